@@ -1,0 +1,72 @@
+# Compiles every kernels/*.cu to kernels/ptx/<name>.ptx (PTX for compute_80, portable to sm_80+; the driver
+# JIT-compiles it for the actual GPU). Windows counterpart of build.sh; same flags, no --use_fast_math.
+# Host compiler: $env:NVCC_CCBIN if set, else nvcc's default (cl.exe must be on PATH: run from a
+# "Developer PowerShell for VS"). Prints ptxas resource usage for sm_90 when this nvcc supports it.
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version Latest
+
+$root = Split-Path -Parent $MyInvocation.MyCommand.Path
+$kdir = Join-Path $root 'kernels'
+$outdir = Join-Path $kdir 'ptx'
+$nvcc = if ($env:NVCC) { $env:NVCC } else { 'nvcc' }
+if (-not (Get-Command $nvcc -ErrorAction SilentlyContinue)) { throw "build.ps1: '$nvcc' not found (set NVCC or add the CUDA toolkit to PATH)" }
+New-Item -ItemType Directory -Force -Path $outdir | Out-Null
+
+$sources = @(Get-ChildItem -Path $kdir -Filter '*.cu' | Sort-Object Name)
+if ($sources.Count -eq 0) { throw 'build.ps1: no kernels/*.cu found' }
+
+$ccbin = @()
+if ($env:NVCC_CCBIN) { $ccbin = @('-ccbin', $env:NVCC_CCBIN) }
+$flags = @('-ptx', '-arch=compute_80', '-O3', '-std=c++17')
+$sm90 = ((& $nvcc --list-gpu-arch 2>$null) -join "`n") -match 'compute_90'
+
+# Hash of a kernel's inputs (the .cu, then every kernels/*.cuh in ordinal name order, CR bytes removed):
+# must match build.sh and the CPU test that flags stale PTX.
+[string[]]$headers = @(Get-ChildItem -Path $kdir -Filter '*.cuh' | Where-Object { $_.Extension -eq '.cuh' } | ForEach-Object { $_.FullName })
+[Array]::Sort($headers, [StringComparer]::Ordinal)
+function Get-SourceHash([string]$cuPath) {
+    $bytes = New-Object System.Collections.Generic.List[byte]
+    foreach ($p in @($cuPath) + $headers) {
+        foreach ($b in [System.IO.File]::ReadAllBytes($p)) { if ($b -ne 13) { $bytes.Add($b) } }
+    }
+    $sha = [System.Security.Cryptography.SHA256]::Create()
+    try { return (($sha.ComputeHash($bytes.ToArray()) | ForEach-Object { $_.ToString('x2') }) -join '') }
+    finally { $sha.Dispose() }
+}
+
+$tmp = Join-Path ([System.IO.Path]::GetTempPath()) ("qwq-ptx-" + [guid]::NewGuid().ToString('N'))
+New-Item -ItemType Directory -Force -Path $tmp | Out-Null
+$failed = $false
+try {
+    foreach ($src in $sources) {
+        $name = [System.IO.Path]::GetFileNameWithoutExtension($src.Name)
+        Write-Host "== $name.cu -> kernels/ptx/$name.ptx"
+        $tmpPtx = Join-Path $tmp "$name.ptx"
+        & $nvcc @ccbin @flags "-I$kdir" $src.FullName -o $tmpPtx
+        if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile $name.cu" -ErrorAction Continue; $failed = $true; continue }
+        # Stamp with the source hash (see Get-SourceHash); drop toolchain-specific header comments so PTX diffs
+        # only show real changes; LF line endings.
+        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
+            @(Get-Content $tmpPtx | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
+        [System.IO.File]::WriteAllText((Join-Path $outdir "$name.ptx"), (($lines -join "`n") + "`n"))
+        if ($sm90) {
+            $report = & $nvcc @ccbin -cubin -arch=sm_90 -O3 -std=c++17 "-I$kdir" -Xptxas -v $src.FullName -o (Join-Path $tmp "$name.cubin") 2>&1
+            foreach ($line in $report) {
+                $s = "$line"
+                if ($s -match "Compiling entry function '([^']+)'") { Write-Host "  $($Matches[1]):" }
+                elseif ($s -match 'ptxas info\s*:\s*(Used .*)') { Write-Host "    $($Matches[1])" }
+                elseif ($s -match '^\s*(\d+ bytes stack frame.*)') { Write-Host "    $($Matches[1])" }
+            }
+        }
+    }
+    # Remove PTX whose source is gone (stale files would otherwise still be embedded).
+    foreach ($ptx in Get-ChildItem -Path $outdir -Filter '*.ptx') {
+        $name = [System.IO.Path]::GetFileNameWithoutExtension($ptx.Name)
+        if (-not (Test-Path (Join-Path $kdir "$name.cu"))) { Write-Host "build.ps1: removing stale $name.ptx"; Remove-Item $ptx.FullName }
+    }
+}
+finally {
+    Remove-Item -Recurse -Force $tmp -ErrorAction SilentlyContinue
+}
+if ($failed) { throw 'build.ps1: one or more kernels failed to compile' }
+Write-Host "build.ps1: $($sources.Count) kernel file(s) compiled to kernels/ptx/"

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Compiles every kernels/*.cu to kernels/ptx/<name>.ptx (PTX for compute_80: portable to sm_80 and newer;
+# the driver JIT-compiles it for the actual GPU). The PTX is committed and embedded into QwQ.Cuda.dll.
+# No --use_fast_math: RoPE and SiLU rely on accurate sincosf / expf.
+# Host compiler: $NVCC_CCBIN if set; otherwise nvcc's default, falling back to clang-14 when nvcc rejects it.
+# Also prints ptxas resource usage (registers / spills / smem) for sm_90 when this nvcc supports it.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+kdir="$root/kernels"
+outdir="$kdir/ptx"
+NVCC="${NVCC:-nvcc}"
+flags=(-ptx -arch=compute_80 -O3 -std=c++17)
+
+command -v "$NVCC" >/dev/null 2>&1 || { echo "build.sh: '$NVCC' not found (set NVCC or add the CUDA toolkit to PATH)" >&2; exit 1; }
+mkdir -p "$outdir"
+
+shopt -s nullglob
+sources=("$kdir"/*.cu)
+if [ ${#sources[@]} -eq 0 ]; then echo "build.sh: no kernels/*.cu found" >&2; exit 1; fi
+
+# Pick a host compiler by probing with a trivial kernel.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+printf '__global__ void probe() {}\n' > "$tmp/probe.cu"
+ccbin=()
+if [ -n "${NVCC_CCBIN:-}" ]; then
+    ccbin=(-ccbin "$NVCC_CCBIN")
+elif ! "$NVCC" -ptx -arch=compute_80 "$tmp/probe.cu" -o "$tmp/probe.ptx" >/dev/null 2>&1; then
+    if command -v clang-14 >/dev/null 2>&1 && "$NVCC" -ccbin clang-14 -ptx -arch=compute_80 "$tmp/probe.cu" -o "$tmp/probe.ptx" >/dev/null 2>&1; then
+        ccbin=(-ccbin clang-14)
+        echo "build.sh: nvcc's default host compiler is unsupported; using clang-14"
+    else
+        echo "build.sh: nvcc cannot compile with its default host compiler; set NVCC_CCBIN" >&2
+        "$NVCC" -ptx -arch=compute_80 "$tmp/probe.cu" -o "$tmp/probe.ptx" >&2 || true
+        exit 1
+    fi
+fi
+
+source_hash() {
+    { tr -d '\r' < "$1"; for h in "${headers[@]}"; do tr -d '\r' < "$h"; done; } | sha256sum | cut -d' ' -f1
+}
+headers=()
+while IFS= read -r h; do headers+=("$h"); done < <(LC_ALL=C ls -1 "$kdir"/*.cuh 2>/dev/null | LC_ALL=C sort)
+
+sm90=0
+if "$NVCC" --list-gpu-arch 2>/dev/null | grep -q compute_90; then sm90=1; fi
+
+failed=0
+for src in "${sources[@]}"; do
+    name="$(basename "$src" .cu)"
+    echo "== $name.cu -> kernels/ptx/$name.ptx"
+    if ! "$NVCC" "${ccbin[@]}" "${flags[@]}" -I"$kdir" "$src" -o "$tmp/$name.ptx"; then
+        echo "build.sh: FAILED to compile $name.cu" >&2
+        failed=1
+        continue
+    fi
+    # Stamp the PTX with a hash of its inputs (this .cu, then every kernels/*.cuh in name order, CRs removed so a
+    # Windows checkout hashes the same) so a CPU test can catch PTX that was not rebuilt after a source change.
+    # Drop the toolchain-specific header comments so PTX diffs only show real changes.
+    hash="$(source_hash "$src")"
+    { echo "// qwq-source-sha256: $hash"; grep -v -E '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' "$tmp/$name.ptx"; } > "$outdir/$name.ptx"
+    if [ $sm90 -eq 1 ]; then
+        "$NVCC" "${ccbin[@]}" -cubin -arch=sm_90 -O3 -std=c++17 -I"$kdir" -Xptxas -v "$src" -o /dev/null 2>&1 \
+            | sed -n -E "s/^ptxas info *: Compiling entry function '([^']+)'.*/  \1:/p; s/^ptxas info *: (Used .*)/    \1/p; s/^ *([0-9]+ bytes stack frame.*)/    \1/p" || true
+    fi
+done
+
+# Remove PTX whose source is gone (stale files would otherwise still be embedded).
+for ptx in "$outdir"/*.ptx; do
+    name="$(basename "$ptx" .ptx)"
+    if [ ! -f "$kdir/$name.cu" ]; then echo "build.sh: removing stale $name.ptx"; rm -f "$ptx"; fi
+done
+
+if [ $failed -ne 0 ]; then echo "build.sh: one or more kernels failed to compile" >&2; exit 1; fi
+echo "build.sh: ${#sources[@]} kernel file(s) compiled to kernels/ptx/"

@@ -1,0 +1,374 @@
+// GQA attention for one decode token over the KV cache, split across thread blocks (flash-decoding).
+//
+// Layouts (docs/CONTRACTS.md):
+//   q    bf16 [1, nq, D]           the new token (RoPE applied), at position ctx_len-1
+//   K, V bf16 [nkv, max_ctx, D]    one layer's cache, positions 0 .. ctx_len-1 written
+//   out  bf16 [1, nq, D]
+//   workspace: part_o fp32 [nq, num_splits, D], then part_ml float2 [nq, num_splits] = (max in log2 units, sum)
+//
+// CUDA-graph safety: the decode step is captured once and replayed while the context grows, so ctx_len is read
+// from device memory and the grid (nkv x num_splits) is fixed by the host from max_ctx. Every block derives its
+// key range from ctx_len with decode_split_plan(); splits past the end exit after writing m = -inf, l = 0.
+//
+// Split kernel: one block per (split, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
+// heads) so each K/V element is read exactly once: the group's heads are the 16 "rows" of an m16n8k16 tensor-core
+// tile (rows >= G are zero and ignored), which turns the memory-bound GEMV into the same register-resident
+// S = Q K^T -> online softmax -> O += P V pipeline as the prefill kernel. Tiles of 64 keys are streamed through a
+// 3-stage cp.async ring (16-byte copies, ~2 tiles in flight per block); warp w takes keys 16w..16w+15 of each
+// tile with its own running max/sum/output, and the 4 warps are merged through shared memory at the end.
+// Combine kernel: one block per query head merges the active splits with a log-sum-exp rescale. When the whole
+// context fits in one split, the split kernel writes the final bf16 output itself and the combine block exits.
+//
+// Requires sm_80+ (mma.sync bf16, ldmatrix, cp.async).
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace attn_decode {
+
+constexpr int BN = 64;       // keys per tile (16 per warp)
+constexpr int WARPS = 4;
+constexpr int THREADS = WARPS * 32;
+constexpr int STAGES = 3;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                                  uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+// How ctx_len keys are dealt to num_splits blocks: whole tiles, as evenly as possible, as few splits as needed.
+// Must be identical in the split and combine kernels (the host only fixes num_splits).
+struct SplitPlan {
+    int ctx;     // clamped context length
+    int chunk;   // keys per split (multiple of BN)
+    int active;  // splits with a non-empty range: [s*chunk, min((s+1)*chunk, ctx))
+};
+__device__ __forceinline__ SplitPlan decode_split_plan(const int* ctx_len_ptr, int max_ctx, int num_splits) {
+    SplitPlan p;
+    int ctx = *ctx_len_ptr;
+    ctx = ctx < 0 ? 0 : (ctx > max_ctx ? max_ctx : ctx);
+    p.ctx = ctx;
+    const int tiles = (ctx + BN - 1) / BN;
+    const int tiles_per_split = (tiles + num_splits - 1) / num_splits;
+    p.chunk = (tiles_per_split > 0 ? tiles_per_split : 1) * BN;
+    p.active = (ctx + p.chunk - 1) / p.chunk;
+    return p;
+}
+
+template <int D>
+constexpr int split_smem_bytes() {
+    constexpr int ring = STAGES * 2 * BN * (D + 8) * 2;
+    constexpr int merge = WARPS * 16 * D * 4 + WARPS * 16 * 2 * 4;
+    return ring > merge ? ring : merge;
+}
+
+template <int D>
+__device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q,
+                                             const __nv_bfloat16* __restrict__ k_cache,
+                                             const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o,
+                                             float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
+                                             const int* __restrict__ ctx_len_ptr, int nq, int nkv, int max_ctx,
+                                             int num_splits, float scale) {
+    static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
+    constexpr int LDS = D + 8;
+    constexpr int KSTEPS = D / 16;
+    constexpr int DT = D / 8;
+    constexpr int ROW_CHUNKS = D / 8;
+    constexpr int TILE_CHUNKS = BN * ROW_CHUNKS;
+    static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
+    constexpr float LOG2E = 1.4426950408889634f;
+    const float NEG_INF = neg_inf();
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [STAGES][BN][LDS]
+    __nv_bfloat16* sV = sK + STAGES * BN * LDS;                       // [STAGES][BN][LDS]
+
+    const int split = blockIdx.x;
+    const int kvh = blockIdx.y;
+    const int G = nq / nkv;
+    const int head0 = kvh * G;
+
+    const SplitPlan plan = decode_split_plan(ctx_len_ptr, max_ctx, num_splits);
+    if (plan.active == 0) {  // empty context: define the output as zeros
+        if (split == 0)
+            for (int i = threadIdx.x; i < G * D; i += THREADS) out[(size_t)head0 * D + i] = __float2bfloat16(0.f);
+        return;
+    }
+    if (split >= plan.active) {
+        if (threadIdx.x < G) part_ml[(size_t)(head0 + threadIdx.x) * num_splits + split] = make_float2(NEG_INF, 0.f);
+        return;
+    }
+    const int k_begin = split * plan.chunk;
+    const int k_end = min(k_begin + plan.chunk, plan.ctx);
+    const int n_tiles = (k_end - k_begin + BN - 1) / BN;
+
+    const __nv_bfloat16* k_base = k_cache + (size_t)kvh * max_ctx * D;
+    const __nv_bfloat16* v_base = v_cache + (size_t)kvh * max_ctx * D;
+
+    auto load_tile = [&](int tile, int stage) {
+        const int n0 = k_begin + tile * BN;
+        __nv_bfloat16* dK = sK + stage * BN * LDS;
+        __nv_bfloat16* dV = sV + stage * BN * LDS;
+#pragma unroll
+        for (int i = 0; i < TILE_CHUNKS / THREADS; ++i) {
+            const int c = threadIdx.x + i * THREADS;
+            const int r = c / ROW_CHUNKS;
+            const int cc = c % ROW_CHUNKS;
+            const int key = n0 + r;
+            const bool valid = key < k_end;
+            const size_t src = (size_t)(valid ? key : 0) * D + cc * 8;
+            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_base + src, valid);
+            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_base + src, valid);
+        }
+    };
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < n_tiles) load_tile(st, st);
+        cp_async_commit();
+    }
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t4 = lane & 3;
+    const int lm_mat = lane >> 3;
+    const int lm_row = lane & 7;
+
+    // Q fragments: row r of the 16-row tile is query head head0 + r (zero for r >= G).
+    uint32_t qf[KSTEPS][4];
+    {
+        const bool v_lo = g < G;
+        const bool v_hi = g + 8 < G;
+        const __nv_bfloat16* q_lo = q + (size_t)(head0 + (v_lo ? g : 0)) * D;
+        const __nv_bfloat16* q_hi = q + (size_t)(head0 + (v_hi ? g + 8 : 0)) * D;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+            const int c = ks * 16 + 2 * t4;
+            qf[ks][0] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c)) : 0u;
+            qf[ks][1] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c)) : 0u;
+            qf[ks][2] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c + 8)) : 0u;
+            qf[ks][3] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c + 8)) : 0u;
+        }
+    }
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_lo = NEG_INF, m_hi = NEG_INF;
+    float l_lo = 0.f, l_hi = 0.f;
+    const float sl2 = scale * LOG2E;
+
+    for (int j = 0; j < n_tiles; ++j) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile j landed for everyone; everyone finished tile j-1, whose stage is refilled next
+        {
+            const int nxt = j + STAGES - 1;
+            if (nxt < n_tiles) load_tile(nxt, nxt % STAGES);
+            cp_async_commit();
+        }
+        const int n0 = k_begin + j * BN + warp * 16;  // this warp's first key
+        if (n0 >= k_end) continue;                    // nothing for this warp in the (last, partial) tile
+
+        const __nv_bfloat16* tK = sK + (j % STAGES) * BN * LDS + warp * 16 * LDS;
+        const __nv_bfloat16* tV = sV + (j % STAGES) * BN * LDS + warp * 16 * LDS;
+
+        float s[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+            const int key_row = (lm_mat >> 1) * 8 + lm_row;
+            const int col = ks * 16 + (lm_mat & 1) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
+            mma_bf16_16816(s[0], qf[ks], b0, b1);
+            mma_bf16_16816(s[1], qf[ks], b2, b3);
+        }
+
+        const bool need_mask = n0 + 16 > k_end;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float v = s[nt][e] * sl2;
+                if (need_mask && n0 + nt * 8 + 2 * t4 + (e & 1) >= k_end) v = NEG_INF;
+                s[nt][e] = v;
+            }
+        }
+
+        float mx_lo = fmaxf(m_lo, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])));
+        float mx_hi = fmaxf(m_hi, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3])));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        const float base_lo = (mx_lo == NEG_INF) ? 0.f : mx_lo;
+        const float base_hi = (mx_hi == NEG_INF) ? 0.f : mx_hi;
+        const float alpha_lo = exp2f(m_lo - base_lo);
+        const float alpha_hi = exp2f(m_hi - base_hi);
+        m_lo = mx_lo;
+        m_hi = mx_hi;
+        float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            s[nt][0] = exp2f(s[nt][0] - base_lo);
+            s[nt][1] = exp2f(s[nt][1] - base_lo);
+            s[nt][2] = exp2f(s[nt][2] - base_hi);
+            s[nt][3] = exp2f(s[nt][3] - base_hi);
+            sum_lo += s[nt][0] + s[nt][1];
+            sum_hi += s[nt][2] + s[nt][3];
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+
+        uint32_t a[4];
+        a[0] = pack_bf16x2(s[0][0], s[0][1]);
+        a[1] = pack_bf16x2(s[0][2], s[0][3]);
+        a[2] = pack_bf16x2(s[1][0], s[1][1]);
+        a[3] = pack_bf16x2(s[1][2], s[1][3]);
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; ++dp) {
+            const int key_row = (lm_mat & 1) * 8 + lm_row;
+            const int col = dp * 16 + (lm_mat >> 1) * 8;
+            uint32_t b0, b1, b2, b3;
+            ldmatrix_x4_trans(b0, b1, b2, b3, smem_addr(tV + key_row * LDS + col));
+            o[2 * dp][0] *= alpha_lo;
+            o[2 * dp][1] *= alpha_lo;
+            o[2 * dp][2] *= alpha_hi;
+            o[2 * dp][3] *= alpha_hi;
+            o[2 * dp + 1][0] *= alpha_lo;
+            o[2 * dp + 1][1] *= alpha_lo;
+            o[2 * dp + 1][2] *= alpha_hi;
+            o[2 * dp + 1][3] *= alpha_hi;
+            mma_bf16_16816(o[2 * dp], a, b0, b1);
+            mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the ring is reused below for the cross-warp merge
+
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+
+    float* sO = reinterpret_cast<float*>(smem_raw);  // [WARPS][16][D]
+    float* sM = sO + WARPS * 16 * D;                 // [WARPS][16]
+    float* sL = sM + WARPS * 16;                     // [WARPS][16]
+    {
+        float* w_o = sO + warp * 16 * D;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            *reinterpret_cast<float2*>(w_o + g * D + dt * 8 + 2 * t4) = make_float2(o[dt][0], o[dt][1]);
+            *reinterpret_cast<float2*>(w_o + (g + 8) * D + dt * 8 + 2 * t4) = make_float2(o[dt][2], o[dt][3]);
+        }
+        if (t4 == 0) {
+            sM[warp * 16 + g] = m_lo;
+            sM[warp * 16 + g + 8] = m_hi;
+            sL[warp * 16 + g] = l_lo;
+            sL[warp * 16 + g + 8] = l_hi;
+        }
+    }
+    __syncthreads();
+
+    const bool single = plan.active == 1;
+    for (int i = threadIdx.x; i < G * D; i += THREADS) {
+        const int r = i / D;
+        const int d = i - r * D;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, sM[w * 16 + r]);
+        const float base = (mx == NEG_INF) ? 0.f : mx;
+        float acc = 0.f, l = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const float wt = exp2f(sM[w * 16 + r] - base);
+            acc += wt * sO[(w * 16 + r) * D + d];
+            l += wt * sL[w * 16 + r];
+        }
+        const int head = head0 + r;
+        if (single) {
+            out[(size_t)head * D + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
+        } else {
+            part_o[((size_t)head * num_splits + split) * D + d] = acc;
+            if (d == 0) part_ml[(size_t)head * num_splits + split] = make_float2(mx, l);
+        }
+    }
+}
+
+}  // namespace attn_decode
+
+// Split kernel. Grid (num_splits, nkv), block 128 threads, dynamic smem = attn_decode::split_smem_bytes<D>()
+// (= 3 stages * (K + V) * 64 keys * (D+8) * 2 bytes: 104448 for D=128). ctx_len is a device pointer.
+#define QWQ_ATTN_DECODE_SPLIT_ENTRY(D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_split_bf16_d##D(        \
+        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
+        const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o, float2* __restrict__ part_ml,   \
+        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_len, int nq, int nkv, int max_ctx,         \
+        int num_splits, float scale) {                                                                          \
+        attn_decode::decode_split<D>(q, k_cache, v_cache, part_o, part_ml, out, ctx_len, nq, nkv, max_ctx,     \
+                                     num_splits, scale);                                                        \
+    }
+
+QWQ_ATTN_DECODE_SPLIT_ENTRY(32)
+QWQ_ATTN_DECODE_SPLIT_ENTRY(64)
+QWQ_ATTN_DECODE_SPLIT_ENTRY(128)
+
+// Combine kernel. Grid (nq), block head_dim threads (one output element each; head_dim <= 1024).
+// Merges splits 0 .. active-1 of each head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s.
+// Does nothing when the split kernel already wrote the output (one active split, or an empty context).
+extern "C" __global__ void __launch_bounds__(1024) attention_decode_combine_bf16(
+    const float* __restrict__ part_o, const float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
+    const int* __restrict__ ctx_len, int nq, int head_dim, int max_ctx, int num_splits) {
+    const attn_decode::SplitPlan plan = attn_decode::decode_split_plan(ctx_len, max_ctx, num_splits);
+    if (plan.active <= 1) return;
+    const int head = blockIdx.x;
+    const int d = threadIdx.x;
+    if (head >= nq || d >= head_dim) return;
+    const float2* ml = part_ml + (size_t)head * num_splits;
+    float mx = attn_decode::neg_inf();
+    for (int s = 0; s < plan.active; ++s) mx = fmaxf(mx, ml[s].x);
+    const float base = (mx == attn_decode::neg_inf()) ? 0.f : mx;
+    const float* po = part_o + (size_t)head * num_splits * head_dim + d;
+    float acc = 0.f, l = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < plan.active; ++s) {
+        const float2 v = ml[s];
+        const float wt = exp2f(v.x - base);
+        acc += wt * po[(size_t)s * head_dim];
+        l += wt * v.y;
+    }
+    out[(size_t)head * head_dim + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
+}

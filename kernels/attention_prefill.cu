@@ -1,0 +1,312 @@
+// Causal GQA attention for prefill (T >= 1 new tokens on top of an existing KV cache), flash-attention style.
+//
+// Layouts (docs/CONTRACTS.md):
+//   q    bf16 [T, nq, D]           tokens at absolute positions start_pos .. start_pos+T-1 (RoPE applied)
+//   K, V bf16 [nkv, max_ctx, D]    one layer's cache; positions 0 .. start_pos+T-1 already written
+//   out  bf16 [T, nq, D]
+// Query row i (absolute position start_pos+i) attends to keys 0 .. start_pos+i.
+//
+// Scheme: one thread block per (query head, tile of BM = 16*WARPS query rows). Each warp owns 16 query rows and
+// keeps their Q fragments in registers for the whole kernel, so the score matrix never exists outside registers:
+//   S = Q K^T   mma.m16n8k16 bf16 -> fp32 (K tile as the "col" B operand = K row-major, ldmatrix)
+//   online softmax in fp32 (exp2 with scale*log2(e) folded in), P rounded to bf16 in registers
+//   O += P V    (P re-used directly as the A operand: the m16n8 accumulator layout of two adjacent n-tiles is
+//                the m16k16 A layout; V via ldmatrix.trans)
+// K/V tiles of BN = 64 keys are staged in shared memory with cp.async, double buffered: the copy of tile j+1
+// overlaps the math on tile j. Rows are padded by 16 bytes so the 8 rows an ldmatrix phase reads fall in
+// distinct bank groups. Keys past the visible range are zero-filled (cp.async src-size 0) so that garbage or
+// NaN in unwritten cache slots cannot leak in through 0 * NaN.
+// Causality: a block stops at the last tile its last row can see; inside, a warp skips tiles entirely above
+// its own rows, and applies the per-element mask only on tiles that cross its diagonal.
+// Blocks are issued heaviest-first (the last query tiles see the most keys) for load balance, with the query
+// heads of one m-tile adjacent so the GQA group's K/V tiles are shared through L2.
+//
+// Requires sm_80+ (mma.sync bf16, ldmatrix, cp.async).
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace attn_prefill {
+
+constexpr int BN = 64;  // keys per tile
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async global->shared copy; when !valid, writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                                  uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+// c += a * b, m16n8k16, bf16 inputs, fp32 accumulate.
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> packed bf16x2 (lo at the lower address), round to nearest even.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <int D, int WARPS>
+__device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,
+                                        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out,
+                                        int T, int start_pos, int nq, int nkv, int max_ctx, float scale) {
+    static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
+    constexpr int THREADS = WARPS * 32;
+    constexpr int BM = 16 * WARPS;
+    constexpr int LDS = D + 8;          // shared row stride (elements): +16 B keeps ldmatrix conflict-free
+    constexpr int KSTEPS = D / 16;      // k-steps of Q K^T
+    constexpr int DT = D / 8;           // n-tiles of the output
+    constexpr int NT = BN / 8;          // n-tiles of the scores
+    constexpr int ROW_CHUNKS = D / 8;   // 16-byte chunks per K/V row
+    constexpr int TILE_CHUNKS = BN * ROW_CHUNKS;
+    static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
+    constexpr float LOG2E = 1.4426950408889634f;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][BN][LDS]
+    __nv_bfloat16* sV = sK + 2 * BN * LDS;                            // [2][BN][LDS]
+
+    const int head = blockIdx.x;
+    const int m_tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
+    const int m0 = m_tile * BM;
+    const int kvh = head / (nq / nkv);
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;   // accumulator row within the 16-row slab
+    const int t4 = lane & 3;   // accumulator column pair
+
+    const int block_rows = min(BM, T - m0);
+    const int kv_end = start_pos + m0 + block_rows;  // keys [0, kv_end) are visible to some row of this block
+    const int n_tiles = (kv_end + BN - 1) / BN;
+
+    const __nv_bfloat16* k_base = k_cache + (size_t)kvh * max_ctx * D;
+    const __nv_bfloat16* v_base = v_cache + (size_t)kvh * max_ctx * D;
+
+    auto load_tile = [&](int tile, int stage) {
+        const int n0 = tile * BN;
+        __nv_bfloat16* dK = sK + stage * BN * LDS;
+        __nv_bfloat16* dV = sV + stage * BN * LDS;
+#pragma unroll
+        for (int i = 0; i < TILE_CHUNKS / THREADS; ++i) {
+            const int c = threadIdx.x + i * THREADS;
+            const int r = c / ROW_CHUNKS;
+            const int cc = c % ROW_CHUNKS;
+            const int key = n0 + r;
+            const bool valid = key < kv_end;
+            const size_t src = (size_t)(valid ? key : 0) * D + cc * 8;
+            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_base + src, valid);
+            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_base + src, valid);
+        }
+    };
+
+    load_tile(0, 0);
+    cp_async_commit();
+
+    // This warp's 16 query rows: rows wr0+g and wr0+g+8 belong to this thread.
+    const int wr0 = m0 + warp * 16;
+    const bool warp_active = wr0 < T;
+    const int warp_first_pos = start_pos + wr0;
+    const int warp_last_pos = start_pos + min(wr0 + 15, T - 1);
+    const int pos_lo = start_pos + wr0 + g;
+    const int pos_hi = pos_lo + 8;
+
+    // Q fragments (A operand, row-major 16x16 per k-step), straight from global: read once per block.
+    uint32_t qf[KSTEPS][4];
+    {
+        const int r_lo = wr0 + g;
+        const int r_hi = r_lo + 8;
+        const bool v_lo = r_lo < T;
+        const bool v_hi = r_hi < T;
+        const __nv_bfloat16* q_lo = q + ((size_t)(v_lo ? r_lo : 0) * nq + head) * D;
+        const __nv_bfloat16* q_hi = q + ((size_t)(v_hi ? r_hi : 0) * nq + head) * D;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+            const int c = ks * 16 + 2 * t4;
+            qf[ks][0] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c)) : 0u;
+            qf[ks][1] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c)) : 0u;
+            qf[ks][2] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c + 8)) : 0u;
+            qf[ks][3] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c + 8)) : 0u;
+        }
+    }
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_lo = NEG_INF, m_hi = NEG_INF;  // running max (log2 domain, scaled)
+    float l_lo = 0.f, l_hi = 0.f;          // running sum, per-thread partial (reduced over the quad at the end)
+    const float sl2 = scale * LOG2E;
+
+    // ldmatrix addressing: lane supplies row (lane & 7) of 8x8 matrix (lane >> 3).
+    const int lm_mat = lane >> 3;
+    const int lm_row = lane & 7;
+
+    for (int j = 0; j < n_tiles; ++j) {
+        cp_async_wait_all();
+        __syncthreads();  // tile j visible to all; everyone is done with tile j-1, so its stage can be refilled
+        if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
+        cp_async_commit();
+
+        const int n0 = j * BN;
+        if (!warp_active || n0 > warp_last_pos) continue;  // whole tile above this warp's diagonal
+
+        const __nv_bfloat16* tK = sK + (j & 1) * BN * LDS;
+        const __nv_bfloat16* tV = sV + (j & 1) * BN * LDS;
+
+        // ---- S = Q K^T (16 x 64 per warp)
+        float s[NT][4];
+#pragma unroll
+        for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                // matrices: (keys +0..7, dims lo), (keys +0..7, dims hi), (keys +8..15, dims lo), (keys +8..15, dims hi)
+                const int key_row = np * 16 + (lm_mat >> 1) * 8 + lm_row;
+                const int col = ks * 16 + (lm_mat & 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
+                mma_bf16_16816(s[2 * np], qf[ks], b0, b1);
+                mma_bf16_16816(s[2 * np + 1], qf[ks], b2, b3);
+            }
+        }
+
+        // ---- scale + causal mask (only where the tile crosses this warp's diagonal)
+        const bool need_mask = n0 + BN - 1 > warp_first_pos;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float v = s[nt][e] * sl2;
+                if (need_mask) {
+                    const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
+                    const int pos = (e < 2) ? pos_lo : pos_hi;
+                    if (key > pos) v = NEG_INF;
+                }
+                s[nt][e] = v;
+            }
+        }
+
+        // ---- online softmax
+        float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+            mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
+        const float base_lo = (mx_lo == NEG_INF) ? 0.f : mx_lo;
+        const float base_hi = (mx_hi == NEG_INF) ? 0.f : mx_hi;
+        const float alpha_lo = exp2f(m_lo - base_lo);
+        const float alpha_hi = exp2f(m_hi - base_hi);
+        m_lo = mx_lo;
+        m_hi = mx_hi;
+
+        float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = exp2f(s[nt][0] - base_lo);
+            s[nt][1] = exp2f(s[nt][1] - base_lo);
+            s[nt][2] = exp2f(s[nt][2] - base_hi);
+            s[nt][3] = exp2f(s[nt][3] - base_hi);
+            sum_lo += s[nt][0] + s[nt][1];
+            sum_hi += s[nt][2] + s[nt][3];
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            o[dt][0] *= alpha_lo;
+            o[dt][1] *= alpha_lo;
+            o[dt][2] *= alpha_hi;
+            o[dt][3] *= alpha_hi;
+        }
+
+        // ---- O += P V
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            uint32_t a[4];
+            a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < DT / 2; ++dp) {
+                // matrices: (keys lo, dims +0..7), (keys hi, dims +0..7), (keys lo, dims +8..15), (keys hi, dims +8..15)
+                const int key_row = kk * 16 + (lm_mat & 1) * 8 + lm_row;
+                const int col = dp * 16 + (lm_mat >> 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3, smem_addr(tV + key_row * LDS + col));
+                mma_bf16_16816(o[2 * dp], a, b0, b1);
+                mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
+            }
+        }
+    }
+    cp_async_wait_all();  // nothing may be in flight when the block exits
+
+    if (!warp_active) return;
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    // Every valid row sees at least key 0, so l > 0 for it; rows >= T are never stored.
+    const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
+    const float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+
+    const int r_lo = wr0 + g;
+    const int r_hi = r_lo + 8;
+    if (r_lo < T) {
+        __nv_bfloat16* dst = out + ((size_t)r_lo * nq + head) * D + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack_bf16x2(o[dt][0] * inv_lo, o[dt][1] * inv_lo);
+    }
+    if (r_hi < T) {
+        __nv_bfloat16* dst = out + ((size_t)r_hi * nq + head) * D + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack_bf16x2(o[dt][2] * inv_hi, o[dt][3] * inv_hi);
+    }
+}
+
+}  // namespace attn_prefill
+
+// Launch: grid (nq, ceil(T / BM)), block WARPS*32 threads, dynamic smem 2 stages * (K + V) * 64 * (D+8) * 2 bytes.
+// BM = 16*WARPS = 128 for every entry below (8 warps).
+#define QWQ_ATTN_PREFILL_ENTRY(D, WARPS)                                                                        \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_bf16_d##D(                    \
+        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
+        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out, int tokens, int start_pos, \
+        int nq, int nkv, int max_ctx, float scale) {                                                            \
+        attn_prefill::prefill<D, WARPS>(q, k_cache, v_cache, out, tokens, start_pos, nq, nkv, max_ctx, scale); \
+    }
+
+QWQ_ATTN_PREFILL_ENTRY(32, 8)
+QWQ_ATTN_PREFILL_ENTRY(64, 8)
+QWQ_ATTN_PREFILL_ENTRY(128, 8)

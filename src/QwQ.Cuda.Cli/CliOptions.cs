@@ -1,0 +1,185 @@
+using System.CommandLine;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Cli;
+
+/// <summary>Where the model comes from and how it is run: shared by generate, chat and info.</summary>
+internal sealed class ModelSourceOptions
+{
+    public readonly Option<string?> Model = new("--model", "-m")
+    {
+        Description = "Model directory (config.json, tokenizer, *.safetensors) or a Hugging Face id in the local HF cache, e.g. Qwen/QwQ-32B",
+        HelpName = "DIR|HF_ID",
+    };
+
+    public readonly Option<string?> Synthetic = new("--synthetic")
+    {
+        Description = "Run a named architecture with synthetic weights instead of a checkpoint (e.g. qwq-32b)",
+        HelpName = "PRESET",
+    };
+
+    public readonly Option<string?> Tokenizer = new("--tokenizer")
+    {
+        Description = "Directory with tokenizer.json (and tokenizer_config.json); default: the model directory",
+        HelpName = "DIR",
+    };
+
+    public readonly Option<string> Backend = new("--backend")
+    {
+        Description = "cuda: the GPU engine; cpu: the float32 reference (small models only)",
+        DefaultValueFactory = _ => "cuda",
+    };
+
+    public readonly Option<int?> MaxContext = new("--max-context")
+    {
+        Description = "KV-cache positions to reserve (default: as many as fit in GPU memory, up to the model's maximum)",
+        HelpName = "N",
+    };
+
+    public readonly Option<int> Device = new("--device")
+    {
+        Description = "CUDA device ordinal",
+        DefaultValueFactory = _ => 0,
+    };
+
+    public ModelSourceOptions(bool withBackend = true)
+    {
+        Backend.AcceptOnlyFromAmong("cuda", "cpu");
+        WithBackend = withBackend;
+    }
+
+    private bool WithBackend { get; }
+
+    public void AddTo(Command command)
+    {
+        command.Add(Model);
+        command.Add(Synthetic);
+        command.Add(Tokenizer);
+        command.Add(MaxContext);
+        if (WithBackend)
+        {
+            command.Add(Backend);
+            command.Add(Device);
+        }
+    }
+
+    /// <summary>The --model value, or null with --synthetic; exactly one of the two must be given.</summary>
+    public (string? Model, string? Synthetic) Source(ParseResult p)
+    {
+        string? model = p.GetValue(Model);
+        string? synthetic = p.GetValue(Synthetic);
+        if (model is not null && synthetic is not null)
+            throw new OptionException("give either --model or --synthetic, not both");
+        if (model is null && synthetic is null)
+            throw new OptionException("no model given: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b to run without weights");
+        return (model, synthetic);
+    }
+
+    public QwqModelOptions Bind(ParseResult p)
+    {
+        var (_, synthetic) = Source(p);
+        int? maxContext = p.GetValue(MaxContext);
+        if (maxContext is < 1)
+            throw new OptionException($"--max-context {maxContext} must be at least 1");
+        return new QwqModelOptions
+        {
+            Synthetic = synthetic,
+            TokenizerPath = p.GetValue(Tokenizer),
+            Backend = WithBackend && p.GetValue(Backend) == "cpu" ? BackendKind.Cpu : BackendKind.Cuda,
+            Engine = new EngineOptions
+            {
+                MaxContext = maxContext,
+                Device = WithBackend ? p.GetValue(Device) : 0,
+            },
+        };
+    }
+}
+
+/// <summary>Every sampling and stopping option; unset values take the model's generation_config.json.</summary>
+internal sealed class SamplingCliOptions
+{
+    public readonly Option<double?> Temperature = new("--temperature", "-t") { Description = "Sampling temperature; 0 = greedy (default: the model's, 0.6 for QwQ)" };
+    public readonly Option<double?> TopP = new("--top-p") { Description = "Nucleus sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1]" };
+    public readonly Option<int?> TopK = new("--top-k") { Description = "Keep the K most likely tokens; 0 = off" };
+    public readonly Option<double?> MinP = new("--min-p") { Description = "Drop tokens less likely than P × the most likely one, in [0, 1]" };
+    public readonly Option<double?> PresencePenalty = new("--presence-penalty") { Description = "Subtract this from the logits of tokens already generated" };
+    public readonly Option<double?> FrequencyPenalty = new("--frequency-penalty") { Description = "Subtract this × count from the logits of tokens already generated" };
+    public readonly Option<double?> RepetitionPenalty = new("--repetition-penalty") { Description = "Divide positive (multiply negative) logits of seen tokens by this; 1 = off" };
+    public readonly Option<ulong?> Seed = new("--seed") { Description = "Random seed, for reproducible sampling" };
+    public readonly Option<int?> MaxTokens = new("--max-tokens", "-n") { Description = "Most new tokens to generate (default: until the end of the answer or a full context)" };
+    public readonly Option<string[]> Stop = new("--stop")
+    {
+        Description = "Stop when the output contains this text (repeatable); the text itself is not printed",
+        AllowMultipleArgumentsPerToken = false,
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Add(Temperature);
+        command.Add(TopP);
+        command.Add(TopK);
+        command.Add(MinP);
+        command.Add(PresencePenalty);
+        command.Add(FrequencyPenalty);
+        command.Add(RepetitionPenalty);
+        command.Add(Seed);
+        command.Add(MaxTokens);
+        command.Add(Stop);
+    }
+
+    /// <summary>The options over <paramref name="defaults"/> (the model's sampling defaults); validated, with CLI flag names in messages.</summary>
+    public GenerationOptions Bind(ParseResult p, SamplingOptions defaults)
+    {
+        // Checked here first so the message names the flag a user typed.
+        if (p.GetValue(Temperature) is double t && !(t >= 0 && double.IsFinite(t)))
+            throw new OptionException($"--temperature {t} must be 0 (greedy) or positive");
+        if (p.GetValue(TopP) is double tp && !(tp > 0 && tp <= 1))
+            throw new OptionException($"--top-p {tp} must be in (0, 1]");
+        if (p.GetValue(TopK) is int tk && tk < 0)
+            throw new OptionException($"--top-k {tk} must be 0 (off) or positive");
+        if (p.GetValue(MinP) is double mp && !(mp >= 0 && mp <= 1))
+            throw new OptionException($"--min-p {mp} must be in [0, 1]");
+        if (p.GetValue(RepetitionPenalty) is double rp && !(rp > 0 && double.IsFinite(rp)))
+            throw new OptionException($"--repetition-penalty {rp} must be positive (1 = off)");
+        if (p.GetValue(PresencePenalty) is double pp && !double.IsFinite(pp))
+            throw new OptionException($"--presence-penalty {pp} must be a finite number");
+        if (p.GetValue(FrequencyPenalty) is double fp && !double.IsFinite(fp))
+            throw new OptionException($"--frequency-penalty {fp} must be a finite number");
+        if (p.GetValue(MaxTokens) is int mt && mt < 1)
+            throw new OptionException($"--max-tokens {mt} must be at least 1");
+        string[] stops = p.GetValue(Stop) ?? [];
+        if (stops.Any(string.IsNullOrEmpty))
+            throw new OptionException("--stop needs non-empty text");
+
+        var sampling = SamplingBinding.Apply(defaults,
+            p.GetValue(Temperature), p.GetValue(TopP), p.GetValue(TopK), p.GetValue(MinP),
+            p.GetValue(PresencePenalty), p.GetValue(FrequencyPenalty), p.GetValue(RepetitionPenalty), p.GetValue(Seed));
+        var options = new GenerationOptions
+        {
+            Sampling = sampling,
+            MaxNewTokens = p.GetValue(MaxTokens),
+            StopStrings = stops,
+        };
+        options.Validate();
+        return options;
+    }
+}
+
+/// <summary>Output switches shared by generate and chat.</summary>
+internal sealed class OutputCliOptions
+{
+    public readonly Option<bool> Json = new("--json") { Description = "Write JSON lines (one object per update, then a final one) for scripts" };
+    public readonly Option<bool> HideReasoning = new("--hide-reasoning") { Description = "Do not print the model's reasoning (the <think> part)" };
+    public readonly Option<bool> NoProgress = new("--no-progress") { Description = "No progress bar while loading" };
+
+    public void AddTo(Command command)
+    {
+        command.Add(Json);
+        command.Add(HideReasoning);
+        command.Add(NoProgress);
+    }
+}

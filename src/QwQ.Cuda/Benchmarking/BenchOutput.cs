@@ -1,0 +1,47 @@
+using System.Text;
+using System.Text.Json;
+
+namespace QwQ.Cuda.Benchmarking;
+
+/// <summary>Writes a <see cref="BenchReport"/> as JSON and as a Markdown table, each figure beside its floor.</summary>
+public static class BenchOutput
+{
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    public static string ToJson(BenchReport r) => JsonSerializer.Serialize(r, Json);
+
+    public static string ToMarkdown(BenchReport r, ComparisonResult? compare = null)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine($"# qwq bench — {r.Date}, {r.Gpu}, commit {r.Commit}");
+        sb.AppendLine();
+        sb.AppendLine($"Model: {r.Model}, weights {r.WeightBytes / 1e9:F1} GB bf16, KV cache up to {r.MaxContext} positions.  ");
+        sb.AppendLine($"Measured ceilings: copy {r.Ceilings.CopyBytesPerSecond / 1e12:F2} TB/s (read + write), bf16 GEMM {r.Ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s.");
+        sb.AppendLine();
+        sb.AppendLine("| decode context | ms/token | tok/s | GB/s | floor ms | % of floor |" + (compare is null ? "" : " transformers ms | speed-up |"));
+        sb.AppendLine("|---:|---:|---:|---:|---:|---:|" + (compare is null ? "" : "---:|---:|"));
+        foreach (var d in r.Decode)
+        {
+            sb.Append($"| {d.Context} | {d.MsPerToken:F2} | {d.TokensPerSecond:F1} | {d.GBPerSecond:F0} | {d.FloorMs:F2} | {d.PercentOfFloor:F0}% |");
+            if (compare?.DecodeMs.TryGetValue(d.Context, out double t) == true) sb.Append($" {t:F2} | {t / d.MsPerToken:F2}× |");
+            else if (compare is not null) sb.Append(" – | – |");
+            sb.AppendLine();
+        }
+        sb.AppendLine();
+        sb.AppendLine("| prefill tokens | ms | tok/s | floor ms | % of floor |" + (compare is null ? "" : " transformers ms | speed-up |"));
+        sb.AppendLine("|---:|---:|---:|---:|---:|" + (compare is null ? "" : "---:|---:|"));
+        foreach (var p in r.Prefill)
+        {
+            sb.Append($"| {p.Tokens} | {p.Ms:F1} | {p.TokensPerSecond:F0} | {p.FloorMs:F1} | {p.PercentOfFloor:F0}% |");
+            if (compare?.PrefillMs.TryGetValue(p.Tokens, out double t) == true) sb.Append($" {t:F1} | {t / p.Ms:F2}× |");
+            else if (compare is not null) sb.Append(" – | – |");
+            sb.AppendLine();
+        }
+        sb.AppendLine();
+        sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms.");
+        return sb.ToString();
+    }
+}
+
+/// <summary>transformers' timings on the same shapes (bench/compare_transformers.py), keyed by tokens/context.</summary>
+public sealed record ComparisonResult(IReadOnlyDictionary<int, double> PrefillMs, IReadOnlyDictionary<int, double> DecodeMs, string Mode);

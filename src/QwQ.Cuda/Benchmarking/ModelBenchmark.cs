@@ -1,0 +1,128 @@
+using System.Diagnostics;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Benchmarking;
+
+/// <summary>What <c>qwq bench</c> measures.</summary>
+public sealed record BenchSettings
+{
+    public int[] PrefillLengths { get; init; } = [512, 2048, 16384];
+    public int[] DecodeContexts { get; init; } = [1024, 16384, 32768];
+    public int DecodeSteps { get; init; } = 64;
+    public int TtftPromptTokens { get; init; } = 64;
+    public int Repeats { get; init; } = 3;
+}
+
+public sealed record PrefillResult(int Tokens, double Ms, double TokensPerSecond, double FloorMs, double PercentOfFloor);
+public sealed record DecodeResult(int Context, double MsPerToken, double TokensPerSecond, double BytesPerToken,
+    double GBPerSecond, double FloorMs, double PercentOfFloor);
+public sealed record TtftResult(int PromptTokens, double Ms);
+
+public sealed record BenchReport(
+    string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
+    DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode, TtftResult Ttft);
+
+/// <summary>
+/// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
+/// the measured copy bandwidth, prefill against FLOPs over the measured GEMM rate. Times are host wall clock
+/// around whole steps (sampling and the token read-back included), which is what a user sees.
+/// </summary>
+public static class ModelBenchmark
+{
+    public static BenchReport Run(CudaBackend backend, BenchSettings settings, string commit, Action<string> log)
+    {
+        var c = backend.Config;
+        var ceilings = DeviceCeilings.Measure(backend.Stream);
+        log($"ceilings: copy {ceilings.CopyBytesPerSecond / 1e12:F2} TB/s, bf16 GEMM {ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s");
+        int need = Math.Max(settings.PrefillLengths.DefaultIfEmpty(0).Max(), settings.DecodeContexts.DefaultIfEmpty(0).Max() + settings.DecodeSteps);
+        int capacity = Math.Min(backend.MaxContext, need + 1);
+        using var seq = backend.CreateSequence(capacity);
+        var rng = new Random(42);
+        int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(0, Math.Min(c.VocabSize, 151643))).ToArray();
+        var greedy = new SamplingOptions { Temperature = 0 };
+
+        // warm-up: module JIT, cuBLAS heuristics, graph capture
+        seq.Append(Tokens(Math.Min(256, capacity - 4)));
+        for (int i = 0; i < 3; i++) seq.Append([seq.Sample(greedy, i)]);
+        seq.Truncate(0);
+
+        var prefill = new List<PrefillResult>();
+        foreach (int n in settings.PrefillLengths.Where(n => n <= capacity))
+        {
+            var times = new List<double>();
+            for (int r = 0; r < settings.Repeats; r++)
+            {
+                int[] prompt = Tokens(n);
+                seq.Truncate(0);
+                var sw = Stopwatch.StartNew();
+                seq.Append(prompt);
+                seq.Sample(greedy, 0); // waits for the prefill to finish
+                times.Add(sw.Elapsed.TotalMilliseconds);
+            }
+            double ms = Timing.Median(times);
+            double floor = PrefillFlops(backend, n) / ceilings.GemmFlopsPerSecond * 1e3;
+            prefill.Add(new PrefillResult(n, ms, n / (ms / 1e3), floor, 100 * floor / ms));
+            log($"prefill {n,6} tokens: {ms,8:F1} ms  {n / (ms / 1e3),8:F0} tok/s  (floor {floor:F1} ms, {100 * floor / ms:F0}%)");
+        }
+
+        var decode = new List<DecodeResult>();
+        foreach (int ctx in settings.DecodeContexts.Where(x => x + settings.DecodeSteps <= capacity))
+        {
+            seq.Truncate(0);
+            seq.Append(Tokens(ctx));
+            int tok = seq.Sample(greedy, 0);
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < settings.DecodeSteps; i++)
+            {
+                seq.Append([tok]);
+                tok = seq.Sample(greedy, i + 1);
+            }
+            double ms = sw.Elapsed.TotalMilliseconds / settings.DecodeSteps;
+            double bytes = DecodeBytesPerToken(backend, ctx + settings.DecodeSteps / 2);
+            double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
+            decode.Add(new DecodeResult(ctx, ms, 1e3 / ms, bytes, bytes / (ms / 1e3) / 1e9, floor, 100 * floor / ms));
+            log($"decode at {ctx,6}: {ms,7:F2} ms/token  {1e3 / ms,6:F1} tok/s  {bytes / (ms / 1e3) / 1e9,7:F0} GB/s  (floor {floor:F2} ms, {100 * floor / ms:F0}%)");
+        }
+
+        var ttfts = new List<double>();
+        for (int r = 0; r < Math.Max(3, settings.Repeats); r++)
+        {
+            int[] prompt = Tokens(settings.TtftPromptTokens);
+            seq.Truncate(0);
+            var sw = Stopwatch.StartNew();
+            seq.Append(prompt);
+            seq.Sample(greedy, 0);
+            ttfts.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        var ttft = new TtftResult(settings.TtftPromptTokens, Timing.Median(ttfts));
+        log($"time to first token ({settings.TtftPromptTokens}-token prompt): {ttft.Ms:F1} ms");
+
+        return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), backend.Context.DeviceName, commit,
+            $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
+            backend.MaxContext, ceilings, prefill, decode, ttft);
+    }
+
+    /// <summary>
+    /// Bytes a decode step must read: every weight except the embedding table (one row of it is read), plus
+    /// K and V of the context.
+    /// </summary>
+    public static double DecodeBytesPerToken(CudaBackend b, int context)
+    {
+        var c = b.Config;
+        double embedding = 2.0 * c.VocabSize * c.HiddenSize;
+        double weights = b.Weights.Bytes - (c.TieWordEmbeddings ? 0 : embedding);
+        return weights + (double)context * c.KvBytesPerToken;
+    }
+
+    /// <summary>Matrix FLOPs of a prefill of n tokens: 2·n per weight of the layers, plus causal attention and one lm_head row.</summary>
+    public static double PrefillFlops(CudaBackend b, int n)
+    {
+        var c = b.Config;
+        double perLayerWeights = (double)c.QkvDim * c.HiddenSize + (double)c.HiddenSize * c.QDim + 3.0 * c.IntermediateSize * c.HiddenSize;
+        double matmul = 2.0 * n * perLayerWeights * c.NumHiddenLayers;
+        double attention = 2.0 * 2.0 * c.NumAttentionHeads * c.HeadDim * (n * (double)(n + 1) / 2) * c.NumHiddenLayers;
+        return matmul + attention + 2.0 * c.VocabSize * c.HiddenSize;
+    }
+}

@@ -1,0 +1,281 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Sampling;
+using AI = Microsoft.Extensions.AI;
+using Qwq = QwQ.Cuda.Text;
+
+namespace QwQ.Cuda.Chat;
+
+/// <summary>
+/// <see cref="IChatClient"/> over a <see cref="QwqModel"/>. Reasoning streams as <see cref="TextReasoningContent"/>,
+/// the answer as <see cref="TextContent"/>, tool calls (the model's <c>&lt;tool_call&gt;</c> blocks) as
+/// <see cref="FunctionCallContent"/>, and the last update carries <see cref="UsageContent"/> and the finish reason.
+/// <para>
+/// The client keeps one <see cref="ChatSession"/>: every call sends the whole conversation, and the KV cache is
+/// reused for the prefix it shares with the previous call (a growing conversation prefills only the new turns).
+/// Calls are serialised (one generation at a time per client); create several clients for parallel conversations.
+/// Cancellation throws <see cref="OperationCanceledException"/>, leaving the client usable.
+/// </para>
+/// </summary>
+public sealed class QwqChatClient : IChatClient
+{
+    public const string ProviderName = "qwq.cuda";
+
+    private readonly QwqModel _model;
+    private readonly bool _ownsModel;
+    private readonly ChatSession _session;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly ChatClientMetadata _metadata;
+    private bool _disposed;
+
+    /// <param name="model">The loaded model.</param>
+    /// <param name="modelId">Reported as <see cref="ChatResponse.ModelId"/> (default: "QwQ-32B").</param>
+    /// <param name="maxContext">KV-cache positions of the client's session (null: the backend's maximum).</param>
+    /// <param name="ownsModel">Dispose <paramref name="model"/> with the client.</param>
+    public QwqChatClient(QwqModel model, string? modelId = null, int? maxContext = null, bool ownsModel = false)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        _model = model;
+        _ownsModel = ownsModel;
+        ModelId = modelId ?? "QwQ-32B";
+        _session = model.CreateSession(maxContext);
+        _metadata = new ChatClientMetadata(ProviderName, null, ModelId);
+    }
+
+    public string ModelId { get; }
+
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default) =>
+        await GetStreamingResponseAsync(messages, options, cancellationToken).ToChatResponseAsync(cancellationToken).ConfigureAwait(false);
+
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var conversation = ToTemplateMessages(messages, options?.Instructions);
+        var tools = ToToolDefinitions(options);
+        var generation = ToGenerationOptions(options, _model.GenerationDefaults);
+
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            string responseId = "qwq-" + Guid.NewGuid().ToString("N")[..16];
+            string messageId = responseId + "-0";
+            var created = DateTimeOffset.UtcNow;
+            ChatResponseUpdate Update(AIContent content) => new(ChatRole.Assistant, [content])
+            {
+                ResponseId = responseId,
+                MessageId = messageId,
+                ModelId = ModelId,
+                CreatedAt = created,
+            };
+
+            bool sawToolCall = false;
+            await foreach (var u in _session.StreamAsync(conversation, generation, tools, cancellationToken).ConfigureAwait(false))
+            {
+                switch (u.Kind)
+                {
+                    case GenerationUpdateKind.Reasoning:
+                        yield return Update(new TextReasoningContent(u.Text));
+                        break;
+                    case GenerationUpdateKind.Answer:
+                        yield return Update(new TextContent(u.Text));
+                        break;
+                    case GenerationUpdateKind.ToolCall:
+                        sawToolCall = true;
+                        yield return Update(ToFunctionCall(u.ToolCall!));
+                        break;
+                    case GenerationUpdateKind.Completed:
+                        var r = u.Result!;
+                        if (r.FinishReason == FinishReason.Cancelled)
+                            throw new OperationCanceledException(cancellationToken);
+                        var final = Update(new UsageContent(ToUsage(r.Usage)));
+                        final.FinishReason = ToFinishReason(r.FinishReason, sawToolCall);
+                        yield return final;
+                        break;
+                }
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return _metadata;
+        if (serviceType == typeof(QwqModel)) return _model;
+        if (serviceType == typeof(ChatSession)) return _session;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _session.Dispose();
+        if (_ownsModel) _model.Dispose();
+        _gate.Dispose();
+    }
+
+    // ---- mapping -----------------------------------------------------------------------------
+
+    /// <summary>ChatOptions over the model's defaults. Extra keys in AdditionalProperties: "min_p", "repetition_penalty".</summary>
+    internal static GenerationOptions ToGenerationOptions(ChatOptions? o, SamplingOptions defaults)
+    {
+        if (o is null) return new GenerationOptions { Sampling = defaults };
+        var s = defaults with
+        {
+            Temperature = o.Temperature ?? defaults.Temperature,
+            TopP = o.TopP ?? defaults.TopP,
+            TopK = o.TopK ?? defaults.TopK,
+            PresencePenalty = o.PresencePenalty ?? defaults.PresencePenalty,
+            FrequencyPenalty = o.FrequencyPenalty ?? defaults.FrequencyPenalty,
+            Seed = o.Seed is long seed ? unchecked((ulong)seed) : defaults.Seed,
+        };
+        if (o.AdditionalProperties is { } extra)
+        {
+            if (extra.TryGetValue("min_p", out float minP)) s = s with { MinP = minP };
+            if (extra.TryGetValue("repetition_penalty", out float rep)) s = s with { RepetitionPenalty = rep };
+        }
+        return new GenerationOptions
+        {
+            Sampling = s,
+            MaxNewTokens = o.MaxOutputTokens,
+            StopStrings = o.StopSequences is { Count: > 0 } stops ? [.. stops] : [],
+        };
+    }
+
+    /// <summary>
+    /// M.E.AI messages → the template's messages: text contents joined; an assistant's function calls become tool
+    /// calls; each function result becomes a "tool" message; reasoning content is dropped (the template drops it too).
+    /// </summary>
+    internal static List<Qwq.ChatMessage> ToTemplateMessages(IEnumerable<AI.ChatMessage> messages, string? instructions)
+    {
+        var list = new List<Qwq.ChatMessage>();
+        foreach (var m in messages)
+        {
+            string role = m.Role.Value;
+            var text = string.Concat(m.Contents.OfType<TextContent>().Select(t => t.Text));
+            var calls = m.Contents.OfType<FunctionCallContent>().Select(c => new Qwq.ToolCall(c.Name, ArgumentsJson(c.Arguments))).ToList();
+            var results = m.Contents.OfType<FunctionResultContent>().ToList();
+
+            if (results.Count > 0)
+            {
+                foreach (var r in results) list.Add(Qwq.ChatMessage.Tool(ResultText(r)));
+                if (text.Length > 0 && role != "tool") list.Add(new Qwq.ChatMessage(role, text));
+                continue;
+            }
+            if (role == "assistant") list.Add(Qwq.ChatMessage.Assistant(text, calls.Count > 0 ? calls : null));
+            else list.Add(new Qwq.ChatMessage(role, text));
+        }
+        if (!string.IsNullOrEmpty(instructions))
+        {
+            if (list.Count > 0 && list[0].Role == "system")
+                list[0] = list[0] with { Content = instructions + "\n\n" + list[0].Content };
+            else
+                list.Insert(0, Qwq.ChatMessage.System(instructions));
+        }
+        if (list.Count == 0) throw new ArgumentException("at least one message is needed", nameof(messages));
+        return list;
+    }
+
+    /// <summary>AIFunction declarations → <c>{"type":"function","function":{name, description, parameters}}</c>.</summary>
+    internal static IReadOnlyList<JsonElement>? ToToolDefinitions(ChatOptions? o)
+    {
+        if (o?.Tools is not { Count: > 0 } tools || o.ToolMode is NoneChatToolMode) return null;
+        var result = new List<JsonElement>();
+        foreach (var f in tools.OfType<AIFunctionDeclaration>())
+        {
+            using var stream = new MemoryStream();
+            using (var w = new Utf8JsonWriter(stream))
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "function");
+                w.WriteStartObject("function");
+                w.WriteString("name", f.Name);
+                if (!string.IsNullOrEmpty(f.Description)) w.WriteString("description", f.Description);
+                w.WritePropertyName("parameters");
+                if (f.JsonSchema.ValueKind == JsonValueKind.Object) f.JsonSchema.WriteTo(w);
+                else { w.WriteStartObject(); w.WriteString("type", "object"); w.WriteStartObject("properties"); w.WriteEndObject(); w.WriteEndObject(); }
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+            using var doc = JsonDocument.Parse(stream.ToArray());
+            result.Add(doc.RootElement.Clone());
+        }
+        return result.Count > 0 ? result : null;
+    }
+
+    internal static FunctionCallContent ToFunctionCall(Qwq.ToolCall call)
+    {
+        var args = new Dictionary<string, object?>();
+        try
+        {
+            using var doc = JsonDocument.Parse(call.ArgumentsJson);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object)
+                foreach (var p in doc.RootElement.EnumerateObject()) args[p.Name] = p.Value.Clone();
+        }
+        catch (JsonException) { }
+        return new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..12], call.Name, args);
+    }
+
+    internal static UsageDetails ToUsage(GenerationUsage u) => new()
+    {
+        InputTokenCount = u.PromptTokens,
+        OutputTokenCount = u.GeneratedTokens,
+        TotalTokenCount = u.TotalTokens,
+        CachedInputTokenCount = u.CachedPromptTokens,
+    };
+
+    internal static ChatFinishReason ToFinishReason(FinishReason reason, bool toolCalls) => reason switch
+    {
+        FinishReason.MaxTokens or FinishReason.MaxContext => ChatFinishReason.Length,
+        _ when toolCalls => ChatFinishReason.ToolCalls,
+        _ => ChatFinishReason.Stop,
+    };
+
+    private static string ArgumentsJson(IDictionary<string, object?>? arguments)
+    {
+        if (arguments is null || arguments.Count == 0) return "{}";
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream))
+        {
+            w.WriteStartObject();
+            foreach (var (k, v) in arguments)
+            {
+                w.WritePropertyName(k);
+                WriteValue(w, v);
+            }
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    private static string ResultText(FunctionResultContent r) => r.Result switch
+    {
+        null => r.Exception is { } e ? $"Error: {e.Message}" : "",
+        string s => s,
+        JsonElement e => e.ValueKind == JsonValueKind.String ? e.GetString()! : e.GetRawText(),
+        var other => JsonSerializer.Serialize(other, AIJsonUtilities.DefaultOptions.GetTypeInfo(other.GetType())),
+    };
+
+    private static void WriteValue(Utf8JsonWriter w, object? v)
+    {
+        switch (v)
+        {
+            case null: w.WriteNullValue(); break;
+            case JsonElement e: e.WriteTo(w); break;
+            case string s: w.WriteStringValue(s); break;
+            case bool b: w.WriteBooleanValue(b); break;
+            default:
+                JsonSerializer.Serialize(w, v, AIJsonUtilities.DefaultOptions.GetTypeInfo(v.GetType()));
+                break;
+        }
+    }
+}

@@ -1,0 +1,35 @@
+namespace QwQ.Cuda.Engine;
+
+/// <summary>How the CUDA engine is set up. Every field has a sensible default.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>KV-cache positions to reserve; null sizes the cache from free device memory (capped at the model's maximum).</summary>
+    public int? MaxContext { get; init; }
+
+    /// <summary>Device memory left free after weights and KV cache, for workspaces and other processes.</summary>
+    public long ReserveBytes { get; init; } = 2L << 30;
+
+    /// <summary>Capture the decode step once as a CUDA graph and replay it (off: launch kernel by kernel, for debugging).</summary>
+    public bool UseCudaGraphs { get; init; } = true;
+
+    /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
+    public ulong SyntheticSeed { get; init; } = 1234;
+
+    /// <summary>The largest prompt chunk one prefill pass processes; longer prompts are prefilled in chunks.</summary>
+    public int PrefillChunk { get; init; } = 4096;
+
+    /// <summary>
+    /// Ids at or past this are never sampled: the embedding has more rows (152064) than the tokenizer has tokens
+    /// (151669). Null: every row of the vocabulary may be sampled (tiny test models).
+    /// </summary>
+    public int? SampleableVocab { get; init; }
+
+    /// <summary>CUDA device ordinal.</summary>
+    public int Device { get; init; }
+}
+
+/// <summary>Load progress: bytes of weights on the device so far.</summary>
+public readonly record struct LoadProgress(string Stage, long BytesDone, long BytesTotal, string? Tensor = null)
+{
+    public double Fraction => BytesTotal == 0 ? 1 : (double)BytesDone / BytesTotal;
+}

@@ -1,0 +1,290 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Threading.Channels;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Text;
+
+namespace QwQ.Cuda.Generation;
+
+/// <summary>
+/// A conversation with its own KV cache, kept across turns. Each call renders the whole conversation with the
+/// chat template, keeps the longest prefix already in the cache, truncates the rest and prefills only what is
+/// new. (QwQ's template drops earlier turns' reasoning, so after an answer the cache diverges right after that
+/// turn's <c>&lt;|im_start|&gt;assistant\n</c>; the common-prefix rule handles it.)
+/// <para>
+/// Not thread-safe: one call at a time (a second concurrent call throws InvalidOperationException). Work runs on
+/// a background thread; the async stream only hands over updates.
+/// </para>
+/// <para>
+/// Cancellation does not throw here: the stream ends with a <see cref="GenerationUpdateKind.Completed"/> update
+/// whose finish reason is <see cref="FinishReason.Cancelled"/> (so usage of the partial output is reported), and
+/// the session stays usable. Stopping the enumeration early cancels the same way.
+/// </para>
+/// </summary>
+public sealed class ChatSession : IDisposable
+{
+    private readonly QwqModel _model;
+    private readonly ISequence _sequence;
+    private readonly Generator _generator;
+    private readonly List<int> _tokens = []; // exactly the tokens in the KV cache: _tokens.Count == _sequence.Length
+    private int _busy;
+    private bool _disposed;
+
+    internal ChatSession(QwqModel model, ISequence sequence)
+    {
+        _model = model;
+        _sequence = sequence;
+        _generator = new Generator(sequence);
+    }
+
+    /// <summary>The conversation so far (user and assistant turns added by <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/>).</summary>
+    public List<ChatMessage> History { get; } = [];
+
+    /// <summary>A system message rendered before <see cref="History"/>; null for none.</summary>
+    public string? SystemPrompt { get; set; }
+
+    /// <summary>Tool definitions (<c>{"type":"function","function":{name, description, parameters}}</c>) offered on every turn.</summary>
+    public IReadOnlyList<JsonElement>? Tools { get; set; }
+
+    /// <summary>Positions in the KV cache.</summary>
+    public int CachedTokens => _sequence.Length;
+
+    /// <summary>The most positions this session can hold (prompt and output together).</summary>
+    public int Capacity => _sequence.Capacity;
+
+    /// <summary>Forgets the conversation and empties the KV cache.</summary>
+    public void Reset()
+    {
+        Enter();
+        try
+        {
+            History.Clear();
+            _sequence.Truncate(0);
+            _tokens.Clear();
+        }
+        finally { Exit(); }
+    }
+
+    /// <summary>
+    /// Adds <paramref name="userMessage"/> to the conversation and streams the answer. When the generation
+    /// completes (not cancelled), the user turn and the assistant's answer (with its tool calls) join <see cref="History"/>.
+    /// </summary>
+    public IAsyncEnumerable<GenerationUpdate> StreamAsync(string userMessage, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(userMessage);
+        var user = ChatMessage.User(userMessage);
+        var messages = Conversation(user);
+        return StreamPromptAsync(Render(messages, Tools), options, startInReasoning: true, onDone: result =>
+        {
+            if (result.FinishReason == FinishReason.Cancelled) return;
+            History.Add(user);
+            History.Add(ChatMessage.Assistant(result.Answer, result.ToolCalls.Count > 0 ? result.ToolCalls : null));
+        }, cancellationToken);
+    }
+
+    /// <summary>
+    /// Streams the assistant's next turn for <paramref name="messages"/> (the whole conversation; <see cref="History"/>
+    /// is neither used nor changed). The KV cache is reused for the prefix shared with the previous call.
+    /// </summary>
+    public IAsyncEnumerable<GenerationUpdate> StreamAsync(IReadOnlyList<ChatMessage> messages, GenerationOptions? options = null,
+        IReadOnlyList<JsonElement>? tools = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        return StreamPromptAsync(Render(messages, tools), options, startInReasoning: true, onDone: null, cancellationToken);
+    }
+
+    /// <summary>
+    /// Streams a continuation of raw token ids (no chat template). Reasoning is recognised if the prompt ends
+    /// inside a <c>&lt;think&gt;</c> block or the output starts with one.
+    /// </summary>
+    public IAsyncEnumerable<GenerationUpdate> StreamTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        int[] prompt = [.. promptTokens];
+        int think = Array.LastIndexOf(prompt, _model.Tokenizer.ThinkId);
+        bool inReasoning = think >= 0 && Array.IndexOf(prompt, _model.Tokenizer.ThinkEndId, think) < 0;
+        return StreamPromptAsync(prompt, options, inReasoning, onDone: null, cancellationToken);
+    }
+
+    /// <summary>Runs <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/> to the end and returns the result.</summary>
+    public Task<GenerationResult> GenerateAsync(string userMessage, GenerationOptions? options = null, CancellationToken cancellationToken = default) =>
+        CollectAsync(StreamAsync(userMessage, options, cancellationToken));
+
+    /// <summary>Runs <see cref="StreamAsync(IReadOnlyList{ChatMessage}, GenerationOptions?, IReadOnlyList{JsonElement}?, CancellationToken)"/> to the end.</summary>
+    public Task<GenerationResult> GenerateAsync(IReadOnlyList<ChatMessage> messages, GenerationOptions? options = null,
+        IReadOnlyList<JsonElement>? tools = null, CancellationToken cancellationToken = default) =>
+        CollectAsync(StreamAsync(messages, options, tools, cancellationToken));
+
+    /// <summary>Runs <see cref="StreamTokensAsync"/> to the end.</summary>
+    public Task<GenerationResult> GenerateTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default) =>
+        CollectAsync(StreamTokensAsync(promptTokens, options, cancellationToken));
+
+    /// <summary>The chat-template prompt for <paramref name="messages"/>, as token ids.</summary>
+    public int[] Render(IReadOnlyList<ChatMessage> messages, IReadOnlyList<JsonElement>? tools = null) =>
+        _model.Tokenizer.Encode(_model.Template.Apply(messages, tools, addGenerationPrompt: true));
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // A running generation notices through its own cancellation; the sequence is released afterwards by its owner.
+        _sequence.Dispose();
+        _model.Forget(this);
+    }
+
+    private List<ChatMessage> Conversation(ChatMessage next)
+    {
+        var list = new List<ChatMessage>(History.Count + 2);
+        if (SystemPrompt is not null) list.Add(ChatMessage.System(SystemPrompt));
+        list.AddRange(History);
+        list.Add(next);
+        return list;
+    }
+
+    private static async Task<GenerationResult> CollectAsync(IAsyncEnumerable<GenerationUpdate> stream)
+    {
+        GenerationResult? result = null;
+        await foreach (var update in stream.ConfigureAwait(false))
+            if (update.Result is not null) result = update.Result;
+        return result!;
+    }
+
+    private async IAsyncEnumerable<GenerationUpdate> StreamPromptAsync(int[] prompt, GenerationOptions? options, bool startInReasoning,
+        Action<GenerationResult>? onDone, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        Enter();
+        try
+        {
+            options ??= new GenerationOptions();
+            var sampling = options.Sampling ?? _model.GenerationDefaults;
+            options.Validate();
+            sampling.Validate(_model.Tokenizer.VocabSize);
+            if (prompt.Length > _sequence.Capacity)
+                throw new OptionException(
+                    $"the prompt is {prompt.Length} tokens but the context holds {_sequence.Capacity}; shorten the prompt or raise --max-context");
+
+            var channel = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            var worker = Task.Factory.StartNew(() =>
+            {
+                try
+                {
+                    var result = Run(prompt, sampling, options, startInReasoning, channel.Writer, stop.Token);
+                    onDone?.Invoke(result);
+                    channel.Writer.TryWrite(GenerationUpdate.Completed(result));
+                    channel.Writer.TryComplete();
+                }
+                catch (Exception e)
+                {
+                    channel.Writer.TryComplete(e);
+                }
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+            try
+            {
+                // No token here: a cancelled caller still receives the Completed update, once the worker has stopped.
+                while (await channel.Reader.WaitToReadAsync().ConfigureAwait(false))
+                    while (channel.Reader.TryRead(out var update))
+                        yield return update;
+            }
+            finally
+            {
+                // The consumer may leave early (break, dispose): stop the worker and wait, so the cache is consistent.
+                stop.Cancel();
+                await worker.ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>The synchronous core: reuse the cached prefix, generate, keep <see cref="_tokens"/> in step with the cache.</summary>
+    private GenerationResult Run(int[] prompt, SamplingOptions sampling, GenerationOptions options, bool startInReasoning,
+        ChannelWriter<GenerationUpdate> sink, CancellationToken ct)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        // At least the last prompt token is recomputed: its logits start the generation.
+        int keep = Math.Min(CommonPrefixLength(_tokens, prompt), prompt.Length - 1);
+        _sequence.Truncate(keep);
+        _tokens.RemoveRange(keep, _tokens.Count - keep);
+
+        var parser = new ReasoningParser(startInReasoning);
+        var decoder = new DetokenizerDecoder(new StreamingDetokenizer(_model.Tokenizer, skipSpecialTokens: true));
+        var text = new System.Text.StringBuilder();
+        void Emit(ParsedDelta d)
+        {
+            if (d.Reasoning.Length > 0) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.Reasoning, d.Reasoning));
+            if (d.Answer.Length > 0) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.Answer, d.Answer));
+            foreach (var call in d.ToolCalls) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.ToolCall, "", call));
+        }
+
+        GenerationOutcome outcome;
+        try
+        {
+            outcome = _generator.Run(prompt, sampling, options, _model.EosTokenIds, decoder, (_, delta) =>
+            {
+                text.Append(delta);
+                var parsed = parser.Push(delta);
+                if (!parsed.IsEmpty) Emit(parsed);
+            }, ct);
+        }
+        catch
+        {
+            // Whatever the failed pass left in the cache beyond the known prefix is not trusted.
+            try { _sequence.Truncate(Math.Min(keep, _sequence.Length)); } catch (Exception) { }
+            _tokens.RemoveRange(Math.Min(keep, _tokens.Count), _tokens.Count - Math.Min(keep, _tokens.Count));
+            throw;
+        }
+
+        _tokens.AddRange(prompt.AsSpan(keep, outcome.AppendedPromptTokens));
+        for (int i = 0; i < outcome.AppendedGeneratedTokens; i++) _tokens.Add(outcome.GeneratedTokens[i]);
+        if (_tokens.Count != _sequence.Length)
+        {
+            // Defensive: never let the bookkeeping and the cache disagree.
+            int n = Math.Min(_tokens.Count, _sequence.Length);
+            _sequence.Truncate(n);
+            _tokens.RemoveRange(n, _tokens.Count - n);
+        }
+
+        var tail = parser.Flush();
+        if (!tail.IsEmpty) Emit(tail);
+
+        return new GenerationResult
+        {
+            FinishReason = outcome.FinishReason,
+            Usage = outcome.Usage,
+            Text = text.ToString(),
+            Reasoning = parser.Reasoning,
+            Answer = parser.Answer,
+            ToolCalls = [.. parser.ToolCalls],
+            TokenIds = outcome.GeneratedTokens,
+            StopString = outcome.StopString,
+        };
+    }
+
+    internal static int CommonPrefixLength(List<int> cached, ReadOnlySpan<int> prompt)
+    {
+        var span = CollectionsMarshal.AsSpan(cached);
+        return span.CommonPrefixLength(prompt);
+    }
+
+    private void Enter()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+            throw new InvalidOperationException("This ChatSession is already generating: a session serves one call at a time (create another session for concurrent conversations).");
+    }
+
+    private void Exit() => Volatile.Write(ref _busy, 0);
+
+    private sealed class DetokenizerDecoder(StreamingDetokenizer inner) : ITokenTextDecoder
+    {
+        public string Push(int tokenId) => inner.Push(tokenId);
+        public string Flush() => inner.Flush();
+    }
+}

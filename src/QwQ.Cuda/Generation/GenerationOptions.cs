@@ -1,0 +1,42 @@
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Generation;
+
+/// <summary>What one generation may do. Defaults: the model's sampling defaults, run until end of sequence or a full context.</summary>
+public sealed record GenerationOptions
+{
+    /// <summary>Sampling parameters; null takes the model's defaults (generation_config.json).</summary>
+    public SamplingOptions? Sampling { get; init; }
+
+    /// <summary>Most new tokens to generate; null: until end of sequence or the context is full.</summary>
+    public int? MaxNewTokens { get; init; }
+
+    /// <summary>Strings that end generation; the stop string itself is not returned.</summary>
+    public IReadOnlyList<string> StopStrings { get; init; } = [];
+
+    /// <summary>End-of-sequence token ids; null takes generation_config.json's (<c>&lt;|im_end|&gt;</c> 151645, <c>&lt;|endoftext|&gt;</c> 151643 for QwQ).</summary>
+    public IReadOnlyList<int>? EosTokenIds { get; init; }
+
+    /// <summary>
+    /// Count the prompt's tokens for the penalties too (transformers' repetition_penalty does this);
+    /// off: only generated tokens are penalised (OpenAI's presence/frequency penalty semantics).
+    /// </summary>
+    public bool PenalizePrompt { get; init; }
+
+    /// <summary>The most prompt tokens appended in one forward pass; cancellation is checked between chunks. 0: all at once.</summary>
+    public int PrefillChunk { get; init; } = 2048;
+
+    /// <summary>Throws <see cref="OptionException"/> naming the first bad value.</summary>
+    public void Validate()
+    {
+        Sampling?.Validate();
+        if (MaxNewTokens is < 1)
+            throw new OptionException($"max new tokens = {MaxNewTokens} must be at least 1 (--max-tokens)");
+        if (PrefillChunk < 0)
+            throw new OptionException($"prefill chunk = {PrefillChunk} must not be negative");
+        foreach (var s in StopStrings)
+            if (string.IsNullOrEmpty(s))
+                throw new OptionException("a stop string is empty (--stop): give non-empty text");
+    }
+}

@@ -1,0 +1,17 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+
+namespace QwQ.Cuda.Hosting;
+
+/// <summary>Creates the backend a <see cref="QwqModel"/> runs on.</summary>
+internal static class BackendFactory
+{
+    /// <param name="validVocab">The tokenizer's size: the CPU sampler never picks ids at or above it.</param>
+    public static IModelBackend Create(BackendKind kind, ModelConfig config, string? checkpointDir, EngineOptions options,
+        int validVocab, IProgress<LoadProgress>? progress, CancellationToken ct) => kind switch
+    {
+        BackendKind.Cpu => CpuReferenceBackend.Load(config, checkpointDir, options, progress, ct, validVocab),
+        _ => CudaBackend.Load(config, checkpointDir, options, progress, ct),
+    };
+}

@@ -1,0 +1,67 @@
+using QwQ.Cuda.Native;
+
+namespace QwQ.Cuda.Kernels;
+
+/// <summary>
+/// Matrix-vector products for decode (kernels/gemv.cu): y (+)= W·x with W bf16 [n, k] row-major (HF Linear
+/// layout [out, in]), x bf16, fp32 accumulation and output. Bandwidth-bound: each call streams W once with
+/// 16-byte loads; see the kernel file for how it keeps DRAM busy.
+/// </summary>
+public sealed class GemvOps
+{
+    [KernelEntry] public const string GemvEntry = "gemv_bf16";
+    [KernelEntry] public const string GemvM2Entry = "gemv_m2_bf16";
+    [KernelEntry] public const string GemvM3Entry = "gemv_m3_bf16";
+    [KernelEntry] public const string GemvM4Entry = "gemv_m4_bf16";
+    [KernelEntry] public const string GemvM5Entry = "gemv_m5_bf16";
+    [KernelEntry] public const string GemvM6Entry = "gemv_m6_bf16";
+    [KernelEntry] public const string GemvM7Entry = "gemv_m7_bf16";
+    [KernelEntry] public const string GemvM8Entry = "gemv_m8_bf16";
+
+    /// <summary>Largest batch <see cref="GemvBatched"/> supports.</summary>
+    public const int MaxBatch = 8;
+
+    // Must match kernels/gemv.cu: 4 warps per block, 2 output rows per warp.
+    private const int Threads = 128;
+    private const int RowsPerBlock = 4 * 2;
+
+    private readonly CudaKernel[] _byBatch; // index m-1
+
+    public GemvOps(PtxLibrary lib)
+    {
+        ArgumentNullException.ThrowIfNull(lib);
+        _byBatch =
+        [
+            lib.GetKernel(GemvEntry), lib.GetKernel(GemvM2Entry), lib.GetKernel(GemvM3Entry), lib.GetKernel(GemvM4Entry),
+            lib.GetKernel(GemvM5Entry), lib.GetKernel(GemvM6Entry), lib.GetKernel(GemvM7Entry), lib.GetKernel(GemvM8Entry),
+        ];
+    }
+
+    /// <summary>
+    /// y = W·x (or y += W·x when <paramref name="accumulate"/>, e.g. o_proj / down_proj into the residual).
+    /// <paramref name="w"/> bf16 [n, k], <paramref name="x"/> bf16 [k], <paramref name="y"/> fp32 [n].
+    /// Requires k % 8 == 0 and 16-byte aligned W and x.
+    /// </summary>
+    public void Gemv(CudaStream s, ulong w, ulong x, ulong y, int n, int k, bool accumulate) =>
+        GemvBatched(s, w, x, y, 1, n, k, accumulate);
+
+    /// <summary>
+    /// Small-batch form: y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="batch"/>), batch 1..8, each W byte read
+    /// once for all rows of x. <paramref name="x"/> bf16 [batch, k], <paramref name="y"/> fp32 [batch, n].
+    /// </summary>
+    public unsafe void GemvBatched(CudaStream s, ulong w, ulong x, ulong y, int batch, int n, int k, bool accumulate)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        if (batch < 1 || batch > MaxBatch) throw new ArgumentException($"batch must be in [1, {MaxBatch}] (got {batch}).", nameof(batch));
+        LaunchChecks.Positive(n, nameof(n));
+        LaunchChecks.Positive(k, nameof(k));
+        if (k % 8 != 0) throw new ArgumentException($"k ({k}) must be a multiple of 8 (16-byte rows).", nameof(k));
+        int acc = accumulate ? 1 : 0;
+        uint blocks = (uint)((n + (long)RowsPerBlock - 1) / RowsPerBlock);
+        void** args = stackalloc void*[] { &w, &x, &y, &n, &k, &acc };
+        _byBatch[batch - 1].Launch(new Dim3(blocks), new Dim3(Threads), 0, s, args);
+    }
+}

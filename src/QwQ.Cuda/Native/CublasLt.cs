@@ -1,0 +1,160 @@
+namespace QwQ.Cuda.Native;
+
+/// <summary>
+/// cuBLASLt for the same row-major product as <see cref="Cublas.GemmBf16NT"/>:
+/// <c>C[M,N] fp32 = A[M,K] · B[N,K]ᵀ + beta · C</c>, A and B bf16. Uses the same column-major mapping
+/// (Lt "A" = our B with TRANSA = T, Lt "B" = our A, C = D = our C read as N×M, ld N). The algorithm from
+/// cublasLtMatmulAlgoGetHeuristic is chosen once per shape (and pointer alignment) and cached, together with
+/// its descriptors, so a repeated shape costs one cublasLtMatmul call.
+/// </summary>
+public sealed class CublasLt : IDisposable
+{
+    internal const long WorkspaceBytes = 32L << 20;
+
+    private readonly LtHandle handle;
+    private readonly DeviceBuffer workspace; // [WorkspaceBytes] bytes, owned
+    private readonly Dictionary<PlanKey, Plan> plans = new();
+    private readonly Lock gate = new();
+
+    private CublasLt(LtHandle handle, DeviceBuffer workspace)
+    {
+        this.handle = handle;
+        this.workspace = workspace;
+    }
+
+    public static CublasLt Create()
+    {
+        NativeLibraries.Require(NativeLib.CublasLt);
+        var ctx = CudaDriverApi.RequireCurrentContext("cublasLtCreate");
+        var h = new LtHandle();
+        CudaErrors.CheckCublas(CublasLtApi.cublasLtCreate(out var raw), "cublasLtCreate");
+        h.Initialize(raw, ctx);
+        try
+        {
+            return new CublasLt(h, DeviceBuffer.Allocate(WorkspaceBytes));
+        }
+        catch
+        {
+            h.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Row-major <c>C[M,N] (fp32) = A[M,K] · B[N,K]ᵀ + beta · C</c> on <paramref name="stream"/>.</summary>
+    public unsafe void MatmulBf16NT(CudaStream stream, ulong a, ulong b, ulong c, int m, int n, int k, float beta = 0f)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(m);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(n);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
+        var plan = GetPlan(new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c)));
+        float alpha = 1f;
+        CublasLtApi.MatmulAlgo algo = plan.Algo;
+        int status = CublasLtApi.cublasLtMatmul(handle.DangerousGetHandle(), plan.Desc,
+            &alpha, (void*)b, plan.ALayout, (void*)a, plan.BLayout,
+            &beta, (void*)c, plan.CLayout, (void*)c, plan.CLayout,
+            &algo, (void*)workspace.Ptr, (nuint)workspace.Bytes, stream.Handle);
+        if (status != 0) CudaErrors.ThrowCublas("cublasLtMatmul", status, Describe(m, n, k));
+        GC.KeepAlive(stream);
+        GC.KeepAlive(this);
+    }
+
+    private static string Describe(int m, int n, int k) => $"C[{m},{n}] fp32 = A[{m},{k}]·B[{n},{k}]ᵀ bf16";
+
+    /// <summary>Largest power of two (≤ 256) dividing the address: the alignment the algorithm may assume.</summary>
+    private static uint Alignment(ulong p) => p == 0 ? 256u : (uint)Math.Min(256ul, p & (~p + 1));
+
+    private Plan GetPlan(PlanKey key)
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(handle.IsClosed, this);
+            if (plans.TryGetValue(key, out var p)) return p;
+            p = CreatePlan(key);
+            plans[key] = p;
+            return p;
+        }
+    }
+
+    private unsafe Plan CreatePlan(PlanKey key)
+    {
+        var plan = new Plan();
+        IntPtr pref = IntPtr.Zero;
+        try
+        {
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulDescCreate(out plan.Desc, CublasApi.CUBLAS_COMPUTE_32F, CublasApi.CUDA_R_32F), "cublasLtMatmulDescCreate");
+            int transA = CublasApi.CUBLAS_OP_T, transB = CublasApi.CUBLAS_OP_N;
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLtApi.CUBLASLT_MATMUL_DESC_TRANSA, &transA, sizeof(int)), "cublasLtMatmulDescSetAttribute");
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLtApi.CUBLASLT_MATMUL_DESC_TRANSB, &transB, sizeof(int)), "cublasLtMatmulDescSetAttribute");
+
+            // Lt "A": our B [N,K] row-major = K×N column-major (ld K), transposed by TRANSA.
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.ALayout, CublasApi.CUDA_R_16BF, (ulong)key.K, (ulong)key.N, key.K), "cublasLtMatrixLayoutCreate");
+            // Lt "B": our A [M,K] row-major = K×M column-major (ld K).
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.BLayout, CublasApi.CUDA_R_16BF, (ulong)key.K, (ulong)key.M, key.K), "cublasLtMatrixLayoutCreate");
+            // C = D: our C [M,N] row-major = N×M column-major (ld N).
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.CLayout, CublasApi.CUDA_R_32F, (ulong)key.N, (ulong)key.M, key.N), "cublasLtMatrixLayoutCreate");
+
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceCreate(out pref), "cublasLtMatmulPreferenceCreate");
+            ulong wsBytes = (ulong)workspace.Bytes;
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtApi.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
+            uint alignA = key.AlignA, alignB = key.AlignB, alignC = key.AlignC;
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtApi.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alignA, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtApi.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alignB, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtApi.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alignC, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtApi.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alignC, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
+
+            CublasLtApi.HeuristicResult result;
+            int status = CublasLtApi.cublasLtMatmulAlgoGetHeuristic(handle.DangerousGetHandle(), plan.Desc,
+                plan.ALayout, plan.BLayout, plan.CLayout, plan.CLayout, pref, 1, &result, out int found);
+            if (status != 0) CudaErrors.ThrowCublas("cublasLtMatmulAlgoGetHeuristic", status, Describe(key.M, key.N, key.K));
+            if (found < 1 || result.State != 0)
+                CudaErrors.ThrowCublas("cublasLtMatmulAlgoGetHeuristic", found < 1 ? 15 : result.State,
+                    $"no algorithm for {Describe(key.M, key.N, key.K)}");
+            plan.Algo = result.Algo;
+            return plan;
+        }
+        catch
+        {
+            plan.Destroy();
+            throw;
+        }
+        finally
+        {
+            if (pref != IntPtr.Zero) CublasLtApi.cublasLtMatmulPreferenceDestroy(pref);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            if (handle.IsClosed) return;
+            foreach (var p in plans.Values) p.Destroy(); // host-side descriptors: no context needed
+            plans.Clear();
+            handle.Dispose();
+            workspace.Dispose();
+        }
+    }
+
+    private readonly record struct PlanKey(int M, int N, int K, uint AlignA, uint AlignB, uint AlignC);
+
+    private sealed class Plan
+    {
+        public IntPtr Desc, ALayout, BLayout, CLayout;
+        public CublasLtApi.MatmulAlgo Algo;
+
+        public void Destroy()
+        {
+            if (CLayout != IntPtr.Zero) CublasLtApi.cublasLtMatrixLayoutDestroy(CLayout);
+            if (BLayout != IntPtr.Zero) CublasLtApi.cublasLtMatrixLayoutDestroy(BLayout);
+            if (ALayout != IntPtr.Zero) CublasLtApi.cublasLtMatrixLayoutDestroy(ALayout);
+            if (Desc != IntPtr.Zero) CublasLtApi.cublasLtMatmulDescDestroy(Desc);
+            Desc = ALayout = BLayout = CLayout = IntPtr.Zero;
+        }
+    }
+}
+
+internal sealed class LtHandle : ContextOwnedHandle
+{
+    protected override void Destroy(IntPtr value) => CublasLtApi.cublasLtDestroy(value);
+}

@@ -1,0 +1,49 @@
+namespace QwQ.Cuda.Native;
+
+/// <summary>
+/// A kernel (CUfunction) resolved from a loaded module. Valid while its module is loaded. A plain value:
+/// op classes resolve it once and launch it many times without allocating.
+/// </summary>
+public readonly struct CudaKernel
+{
+    internal CudaKernel(IntPtr handle, string name)
+    {
+        Handle = handle;
+        Name = name;
+    }
+
+    /// <summary>The CUfunction.</summary>
+    public IntPtr Handle { get; }
+
+    /// <summary>The entry name, for error messages.</summary>
+    public string Name { get; }
+
+    /// <summary>
+    /// Queues the kernel on <paramref name="stream"/>. <paramref name="args"/> points to one pointer per kernel
+    /// parameter, each pointing at the argument value (typically a stack-allocated <c>void**</c> filled with
+    /// addresses of locals). Launch-configuration errors throw naming the kernel; faults inside the kernel
+    /// surface later, at the next synchronizing call.
+    /// </summary>
+    public unsafe void Launch(Dim3 grid, Dim3 block, int sharedBytes, CudaStream stream, void** args)
+    {
+        if (Handle == IntPtr.Zero) throw new InvalidOperationException("Launch of an unresolved (default) CudaKernel.");
+        int rc = CudaDriverApi.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z,
+            (uint)sharedBytes, stream.Handle, args, null);
+        if (rc != CudaErrors.CudaSuccess) ThrowLaunch(rc, grid, block, sharedBytes);
+        GC.KeepAlive(stream);
+    }
+
+    private void ThrowLaunch(int rc, Dim3 grid, Dim3 block, int sharedBytes) =>
+        CudaErrors.Throw("cuLaunchKernel", rc, $"kernel '{Name}' grid={grid} block={block} sharedBytes={sharedBytes}");
+
+    /// <summary>Allows up to <paramref name="bytes"/> of dynamic shared memory (needed above 48 KiB).</summary>
+    public void SetMaxDynamicSharedMemory(int bytes)
+    {
+        if (Handle == IntPtr.Zero) throw new InvalidOperationException("SetMaxDynamicSharedMemory on an unresolved (default) CudaKernel.");
+        int rc = CudaDriverApi.cuFuncSetAttribute(Handle, CudaDriverApi.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
+        if (rc != CudaErrors.CudaSuccess)
+            CudaErrors.Throw("cuFuncSetAttribute", rc, $"kernel '{Name}' MAX_DYNAMIC_SHARED_SIZE_BYTES={bytes}");
+    }
+
+    public override string ToString() => $"CudaKernel({Name})";
+}

@@ -1,0 +1,188 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Hosting;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Text;
+
+namespace QwQ.Cuda;
+
+/// <summary>
+/// A loaded model: configuration, tokenizer, chat template, sampling defaults and a backend (GPU or CPU).
+/// <para>
+/// Thread safety: a QwqModel may be shared; <see cref="CreateSession"/> may be called from any thread. Each
+/// <see cref="ChatSession"/> serves one caller at a time. The CUDA backend serialises work on its device, so
+/// sessions used from several threads take turns on the GPU.
+/// </para>
+/// <para>Dispose frees everything the backend holds (all GPU memory), and ends every session created from it.</para>
+/// </summary>
+public sealed class QwqModel : IDisposable
+{
+    private readonly object _gate = new();
+    private readonly List<ChatSession> _sessions = [];
+    private bool _disposed;
+
+    private QwqModel(IModelBackend backend, QwenTokenizer tokenizer, ChatTemplate template, GenerationConfig generationConfig,
+        string? directory, IReadOnlyList<string> warnings, bool hasGenerationConfig)
+    {
+        Backend = backend;
+        Tokenizer = tokenizer;
+        Template = template;
+        GenerationConfig = generationConfig;
+        ModelDirectory = directory;
+        Warnings = warnings;
+        GenerationDefaults = DefaultsFrom(generationConfig, hasGenerationConfig);
+        // <|im_end|> ends a chat turn even if a generation_config.json forgets it.
+        EosTokenIds = [.. generationConfig.EosTokenIds.Concat([tokenizer.ImEndId, tokenizer.EndOfTextId]).Distinct()];
+    }
+
+    public ModelConfig Config => Backend.Config;
+    public QwenTokenizer Tokenizer { get; }
+    public ChatTemplate Template { get; }
+    public IModelBackend Backend { get; }
+    public GenerationConfig GenerationConfig { get; }
+
+    /// <summary>Sampling from generation_config.json (QwQ: temperature 0.6, top_p 0.95, top_k 40).</summary>
+    public SamplingOptions GenerationDefaults { get; }
+
+    /// <summary>Tokens that end generation: generation_config.json's, plus <c>&lt;|im_end|&gt;</c> and <c>&lt;|endoftext|&gt;</c>.</summary>
+    public IReadOnlyList<int> EosTokenIds { get; }
+
+    /// <summary>The resolved model directory; null for synthetic weights without one.</summary>
+    public string? ModelDirectory { get; }
+
+    /// <summary>Things the user may want to know about (e.g. a chat template that differs from QwQ's).</summary>
+    public IReadOnlyList<string> Warnings { get; }
+
+    /// <summary>
+    /// Loads a model on a background thread: a local directory or a Hugging Face id in the local HF cache
+    /// (see <see cref="ModelLocator"/>), or synthetic weights when <see cref="QwqModelOptions.Synthetic"/> names a preset.
+    /// Config, tokenizer and template are checked before any weights are read.
+    /// </summary>
+    /// <exception cref="QwqException">The model cannot be found or loaded; the message says what and how to fix it.</exception>
+    public static Task<QwqModel> LoadAsync(string? modelPathOrHfId, QwqModelOptions? options = null,
+        IProgress<LoadProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new QwqModelOptions();
+        return Task.Factory.StartNew(() => Load(modelPathOrHfId, options, progress, cancellationToken),
+            cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>Synthetic weights for <see cref="QwqModelOptions.Synthetic"/> (tokenizer from <see cref="QwqModelOptions.TokenizerPath"/>).</summary>
+    public static Task<QwqModel> LoadAsync(QwqModelOptions options, IProgress<LoadProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        LoadAsync(null, options, progress, cancellationToken);
+
+    /// <summary>
+    /// Wraps an already created backend (tests, custom backends). The model takes ownership of <paramref name="backend"/>.
+    /// </summary>
+    public static QwqModel Create(IModelBackend backend, QwenTokenizer tokenizer, GenerationConfig? generationConfig = null, ChatTemplate? template = null)
+    {
+        CheckTokenizerFits(tokenizer, backend.Config, "the tokenizer");
+        return new QwqModel(backend, tokenizer, template ?? ChatTemplate.Qwq, generationConfig ?? GenerationConfig.Default, null, [], generationConfig is not null);
+    }
+
+    /// <summary>Opens a conversation with its own KV cache of <paramref name="maxContext"/> positions (null: the backend's maximum).</summary>
+    public ChatSession CreateSession(int? maxContext = null)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var session = new ChatSession(this, Backend.CreateSequence(maxContext));
+            _sessions.Add(session);
+            return session;
+        }
+    }
+
+    internal void Forget(ChatSession session)
+    {
+        lock (_gate) _sessions.Remove(session);
+    }
+
+    public void Dispose()
+    {
+        ChatSession[] sessions;
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            sessions = [.. _sessions];
+            _sessions.Clear();
+        }
+        foreach (var s in sessions) s.Dispose();
+        Backend.Dispose();
+    }
+
+    private static QwqModel Load(string? modelPathOrHfId, QwqModelOptions options, IProgress<LoadProgress>? progress, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        if (modelPathOrHfId is null && options.Synthetic is null)
+            throw new OptionException("no model given: pass a model directory or Hugging Face id, or set Synthetic to a preset such as \"qwq-32b\"");
+
+        progress?.Report(new LoadProgress("reading config", 0, 0));
+        string? dir = modelPathOrHfId is null ? null : ModelLocator.Resolve(modelPathOrHfId);
+        ModelConfig config;
+        if (options.Synthetic is not null)
+        {
+            config = ModelPresets.Get(options.Synthetic);
+        }
+        else
+        {
+            string configPath = Path.Combine(dir!, "config.json");
+            if (!File.Exists(configPath))
+                throw new ConfigException($"{configPath} does not exist: '{dir}' is not a Hugging Face model directory (it needs config.json, the tokenizer files and *.safetensors)");
+            config = ModelConfig.Load(configPath);
+        }
+        if (options.Engine.MaxContext is int asked && asked > config.MaxPositionEmbeddings)
+            throw new OptionException($"--max-context {asked} exceeds the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings)");
+
+        string? tokenizerDir = options.TokenizerPath ?? dir;
+        if (tokenizerDir is null)
+            throw new OptionException($"synthetic '{options.Synthetic}' weights need a tokenizer: pass --tokenizer DIR (a directory with tokenizer.json and tokenizer_config.json)");
+        if (!Directory.Exists(tokenizerDir))
+            throw new QwqException($"Tokenizer directory '{tokenizerDir}' does not exist.");
+        progress?.Report(new LoadProgress("loading tokenizer", 0, 0));
+        var tokenizer = QwenTokenizer.Load(tokenizerDir);
+        CheckTokenizerFits(tokenizer, config, $"the tokenizer in '{tokenizerDir}'");
+
+        var warnings = new List<string>();
+        var template = ChatTemplate.Load(tokenizerDir, out string? templateWarning);
+        if (templateWarning is not null) warnings.Add(templateWarning);
+        string genPath = Path.Combine(dir ?? tokenizerDir, "generation_config.json");
+        var generation = GenerationConfig.Load(genPath);
+
+        if (dir is not null && options.Synthetic is null && Directory.GetFiles(dir, "*.safetensors").Length == 0)
+            throw new WeightsException($"{dir}: no *.safetensors weights found. Download the checkpoint's weights into it, or run without weights with --synthetic qwq-32b.");
+
+        ct.ThrowIfCancellationRequested();
+        string? checkpoint = options.Synthetic is null ? dir : null;
+        var backend = BackendFactory.Create(options.Backend, config, checkpoint, options.Engine, tokenizer.VocabSize, progress, ct);
+        try
+        {
+            ct.ThrowIfCancellationRequested();
+            return new QwqModel(backend, tokenizer, template, generation, dir, warnings, File.Exists(genPath));
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+    }
+
+    internal static void CheckTokenizerFits(QwenTokenizer tokenizer, ModelConfig config, string what)
+    {
+        if (tokenizer.VocabSize > config.VocabSize)
+            throw new ConfigException(
+                $"{what} has token ids up to {tokenizer.VocabSize - 1}, but the model's vocab_size is {config.VocabSize}: " +
+                "the tokenizer does not belong to this model. Use the tokenizer files that came with the checkpoint.");
+    }
+
+    private static SamplingOptions DefaultsFrom(GenerationConfig g, bool hasFile)
+    {
+        // Without a generation_config.json, QwQ's published defaults apply (transformers' would be temperature 1, top_k 50).
+        if (!hasFile) return SamplingOptions.FromGenerationConfig();
+        var s = SamplingOptions.FromGenerationConfig((float)g.Temperature, (float)g.TopP, g.TopK, (float)g.RepetitionPenalty);
+        return g.DoSample ? s : s with { Temperature = 0f };
+    }
+}

@@ -1,0 +1,144 @@
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using QwQ.Cuda.Chat;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Generation;
+
+namespace QwQ.Cuda.Tests.Chat;
+
+public class QwqChatClientTests
+{
+    [Test]
+    public void ChatOptionsMapToSampling()
+    {
+        var defaults = SamplingOptions.FromGenerationConfig();
+        var o = new ChatOptions
+        {
+            Temperature = 0.3f, TopP = 0.8f, TopK = 7, PresencePenalty = 0.5f, FrequencyPenalty = 0.25f, Seed = 42,
+            MaxOutputTokens = 99, StopSequences = ["END", "###"],
+            AdditionalProperties = new() { ["min_p"] = 0.05f, ["repetition_penalty"] = 1.1f },
+        };
+        var g = QwqChatClient.ToGenerationOptions(o, defaults);
+        var s = g.Sampling!;
+        Assert.That((s.Temperature, s.TopP, s.TopK, s.PresencePenalty, s.FrequencyPenalty, s.Seed), Is.EqualTo((0.3f, 0.8f, 7, 0.5f, 0.25f, (ulong?)42)));
+        Assert.That((s.MinP, s.RepetitionPenalty), Is.EqualTo((0.05f, 1.1f)));
+        Assert.That(g.MaxNewTokens, Is.EqualTo(99));
+        Assert.That(g.StopStrings, Is.EqualTo(new[] { "END", "###" }));
+
+        var none = QwqChatClient.ToGenerationOptions(null, defaults);
+        Assert.That(none.Sampling, Is.EqualTo(defaults));
+        Assert.That(none.MaxNewTokens, Is.Null);
+    }
+
+    [Test]
+    public void ToolsBecomeTheTemplatesFunctionDefinitions()
+    {
+        var f = AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather", "Current weather for a city");
+        var tools = QwqChatClient.ToToolDefinitions(new ChatOptions { Tools = [f] })!;
+        Assert.That(tools, Has.Count.EqualTo(1));
+        var t = tools[0];
+        Assert.That(t.GetProperty("type").GetString(), Is.EqualTo("function"));
+        var fn = t.GetProperty("function");
+        Assert.That(fn.GetProperty("name").GetString(), Is.EqualTo("get_weather"));
+        Assert.That(fn.GetProperty("description").GetString(), Is.EqualTo("Current weather for a city"));
+        Assert.That(fn.GetProperty("parameters").GetProperty("properties").TryGetProperty("city", out _), Is.True);
+        Assert.That(QwqChatClient.ToToolDefinitions(new ChatOptions { Tools = [f], ToolMode = ChatToolMode.None }), Is.Null);
+    }
+
+    [Test]
+    public void MessagesMapToTemplateRolesCallsAndToolResults()
+    {
+        var messages = new List<Microsoft.Extensions.AI.ChatMessage>
+        {
+            new(ChatRole.System, "Be brief."),
+            new(ChatRole.User, "Weather in Paris?"),
+            new(ChatRole.Assistant, [new TextReasoningContent("thinking..."), new FunctionCallContent("c1", "get_weather", new Dictionary<string, object?> { ["city"] = "Paris" })]),
+            new(ChatRole.Tool, [new FunctionResultContent("c1", "sunny")]),
+        };
+        var mapped = QwqChatClient.ToTemplateMessages(messages, "Answer in English.");
+        Assert.That(mapped.Select(m => m.Role), Is.EqualTo(new[] { "system", "user", "assistant", "tool" }));
+        Assert.That(mapped[0].Content, Is.EqualTo("Answer in English.\n\nBe brief."));
+        Assert.That(mapped[2].Content, Is.Empty, "reasoning is not sent back");
+        Assert.That(mapped[2].ToolCalls![0].Name, Is.EqualTo("get_weather"));
+        Assert.That(JsonDocument.Parse(mapped[2].ToolCalls![0].ArgumentsJson).RootElement.GetProperty("city").GetString(), Is.EqualTo("Paris"));
+        Assert.That(mapped[3].Content, Is.EqualTo("sunny"));
+    }
+
+    [Test]
+    public void ToolCallsParseIntoFunctionCallContent()
+    {
+        var call = QwqChatClient.ToFunctionCall(new QwQ.Cuda.Text.ToolCall("get_weather", """{"city":"Oslo","days":3}"""));
+        Assert.That(call.Name, Is.EqualTo("get_weather"));
+        Assert.That(call.CallId, Does.StartWith("call_"));
+        Assert.That(((JsonElement)call.Arguments!["city"]!).GetString(), Is.EqualTo("Oslo"));
+        Assert.That(((JsonElement)call.Arguments!["days"]!).GetInt32(), Is.EqualTo(3));
+    }
+
+    [Test]
+    public void FinishReasonsMap()
+    {
+        Assert.That(QwqChatClient.ToFinishReason(FinishReason.EndOfSequence, false), Is.EqualTo(ChatFinishReason.Stop));
+        Assert.That(QwqChatClient.ToFinishReason(FinishReason.StopString, false), Is.EqualTo(ChatFinishReason.Stop));
+        Assert.That(QwqChatClient.ToFinishReason(FinishReason.EndOfSequence, true), Is.EqualTo(ChatFinishReason.ToolCalls));
+        Assert.That(QwqChatClient.ToFinishReason(FinishReason.MaxTokens, false), Is.EqualTo(ChatFinishReason.Length));
+        Assert.That(QwqChatClient.ToFinishReason(FinishReason.MaxContext, false), Is.EqualTo(ChatFinishReason.Length));
+    }
+
+    [Test]
+    public async Task StreamingOnTheCpuBackendEndsWithUsageAndFinishReason()
+    {
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in client.GetStreamingResponseAsync([new(ChatRole.User, "Hello")], new ChatOptions { Temperature = 0, MaxOutputTokens = 5 }))
+            updates.Add(u);
+        var last = updates[^1];
+        var usage = last.Contents.OfType<UsageContent>().Single().Details;
+        Assert.That(usage.OutputTokenCount, Is.InRange(1, 5));
+        Assert.That(usage.InputTokenCount, Is.GreaterThan(5));
+        Assert.That(usage.TotalTokenCount, Is.EqualTo(usage.InputTokenCount + usage.OutputTokenCount));
+        Assert.That(last.FinishReason, Is.Not.Null);
+        Assert.That(updates.All(u => u.Role == ChatRole.Assistant && u.ModelId == "QwQ-32B"));
+        // Generation starts inside <think>: text before </think> arrives as reasoning.
+        Assert.That(updates.SelectMany(u => u.Contents).Any(c => c is TextReasoningContent or TextContent), Is.True.Or.EqualTo(usage.OutputTokenCount <= 1));
+    }
+
+    [Test]
+    public async Task GetResponseAsyncAggregatesAndReusesTheCache()
+    {
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var history = new List<Microsoft.Extensions.AI.ChatMessage> { new(ChatRole.User, "Hello") };
+        var r1 = await client.GetResponseAsync(history, new ChatOptions { Temperature = 0, MaxOutputTokens = 4 });
+        Assert.That(r1.Usage!.OutputTokenCount, Is.InRange(1, 4));
+        Assert.That(r1.FinishReason, Is.Not.Null);
+        history.AddRange(r1.Messages);
+        history.Add(new(ChatRole.User, "More"));
+        var r2 = await client.GetResponseAsync(history, new ChatOptions { Temperature = 0, MaxOutputTokens = 4 });
+        Assert.That(r2.Usage!.CachedInputTokenCount, Is.GreaterThan(0), "the shared prefix came from the KV cache");
+    }
+
+    [Test]
+    public void CancellationThrowsAndTheClientStaysUsable()
+    {
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        using var cts = new CancellationTokenSource();
+        Assert.CatchAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new(ChatRole.User, "Hello")], new ChatOptions { Temperature = 0, MaxOutputTokens = 500 }, cts.Token))
+                cts.Cancel();
+        });
+        Assert.DoesNotThrowAsync(async () => await client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { Temperature = 0, MaxOutputTokens = 2 }));
+    }
+
+    [Test]
+    public void GetServiceReturnsMetadataAndModel()
+    {
+        var model = TestModels.ChatModel();
+        using var client = new QwqChatClient(model, modelId: "tiny", ownsModel: true);
+        Assert.That(client.GetService<ChatClientMetadata>()!.DefaultModelId, Is.EqualTo("tiny"));
+        Assert.That(client.GetService<ChatClientMetadata>()!.ProviderName, Is.EqualTo(QwqChatClient.ProviderName));
+        Assert.That(client.GetService<QwqModel>(), Is.SameAs(model));
+        Assert.That(client.GetService<IChatClient>(), Is.SameAs(client));
+        Assert.That(client.GetService(typeof(ChatClientMetadata), "key"), Is.Null);
+    }
+}

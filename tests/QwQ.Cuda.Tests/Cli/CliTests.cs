@@ -1,0 +1,404 @@
+using System.CommandLine;
+using System.Text.Json;
+using QwQ.Cuda.Cli;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Native;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Generation;
+
+namespace QwQ.Cuda.Tests.Cli;
+
+/// <summary>The qwq CLI through its entry point, with captured stdout/stderr (CPU only).</summary>
+public class CliTests
+{
+    private static TestModels.TempDir? _shared;
+    private static string TinyModelDir => _shared!.Combine("tiny");
+
+    [OneTimeSetUp]
+    public void WriteTinyModel()
+    {
+        _shared = new TestModels.TempDir();
+        TestModels.WriteModelDir(TinyModelDir, TestModels.ConfigJson(maxPositions: 512));
+    }
+
+    [OneTimeTearDown]
+    public void RemoveTinyModel() => _shared?.Dispose();
+
+    internal sealed record Result(int ExitCode, string Out, string Err);
+
+    internal static async Task<Result> QwqWithInput(string stdin, params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = await Program.RunAsync(args, o, e, new StringReader(stdin));
+        return new Result(code, o.ToString(), e.ToString());
+    }
+
+    internal static Task<Result> Qwq(params string[] args) => QwqWithInput("", args);
+
+    private static void AssertOneCleanError(Result r, int exitCode, params string[] fragments)
+    {
+        Assert.That(r.ExitCode, Is.EqualTo(exitCode), r.Err);
+        var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines.Count(l => l.StartsWith("error:", StringComparison.Ordinal)), Is.EqualTo(1), r.Err);
+        foreach (var f in fragments) Assert.That(r.Err, Does.Contain(f));
+        Assert.That(r.Err, Does.Not.Contain("   at "), "no stack trace without --verbose");
+    }
+
+    private static string[] Gen(string model, params string[] more) =>
+        ["generate", "--model", model, "--backend", "cpu", "--prompt", "Hello", "--temperature", "0", "--max-tokens", "4", .. more];
+
+    // ---- parsing and usage errors -------------------------------------------------------------
+
+    [Test]
+    public async Task HelpListsTheCommands()
+    {
+        var r = await Qwq("--help");
+        Assert.That(r.ExitCode, Is.Zero);
+        Assert.That(r.Out, Does.Contain("generate").And.Contain("chat").And.Contain("info"));
+    }
+
+    [Test]
+    public async Task GenerateHelpListsEverySamplingOption()
+    {
+        var r = await Qwq("generate", "--help");
+        Assert.That(r.ExitCode, Is.Zero);
+        foreach (var o in new[] { "--temperature", "--top-p", "--top-k", "--min-p", "--presence-penalty", "--frequency-penalty",
+                     "--repetition-penalty", "--seed", "--max-tokens", "--stop", "--max-context", "--synthetic", "--backend", "--json", "--hide-reasoning", "--verbose" })
+            Assert.That(r.Out, Does.Contain(o));
+    }
+
+    [Test]
+    public async Task UnknownOptionIsAUsageError()
+    {
+        var r = await Qwq("generate", "--bogus");
+        Assert.That(r.ExitCode, Is.EqualTo(2));
+        Assert.That(r.Err, Does.Contain("--bogus"));
+    }
+
+    [Test]
+    public async Task NonNumericValueIsAUsageError()
+    {
+        var r = await Qwq("generate", "--model", "x", "--prompt", "hi", "--temperature", "hot");
+        Assert.That(r.ExitCode, Is.EqualTo(2));
+        Assert.That(r.Err, Does.Contain("hot"));
+    }
+
+    [Test]
+    public async Task MissingModelSaysHowToGiveOne()
+    {
+        var r = await Qwq("generate", "--prompt", "hi");
+        AssertOneCleanError(r, 2, "--model", "--synthetic");
+    }
+
+    [Test]
+    public async Task ModelAndSyntheticTogetherAreRejected()
+    {
+        var r = await Qwq("generate", "--model", "x", "--synthetic", "qwq-32b", "--prompt", "hi");
+        AssertOneCleanError(r, 2, "either --model or --synthetic");
+    }
+
+    [Test]
+    public async Task SyntheticWithoutTokenizerAsksForOne()
+    {
+        var r = await Qwq("generate", "--synthetic", "qwq-32b", "--prompt", "hi", "--backend", "cpu");
+        AssertOneCleanError(r, 2, "--tokenizer");
+    }
+
+    [Test]
+    public async Task UnknownPresetListsTheKnownOnes()
+    {
+        var r = await Qwq("info", "--synthetic", "gpt-5");
+        AssertOneCleanError(r, 1, "gpt-5", "qwq-32b");
+    }
+
+    [TestCase("--temperature", "-1", "--temperature")]
+    [TestCase("--top-p", "0", "--top-p")]
+    [TestCase("--top-p", "1.5", "--top-p")]
+    [TestCase("--top-k", "-1", "--top-k")]
+    [TestCase("--min-p", "2", "--min-p")]
+    [TestCase("--repetition-penalty", "0", "--repetition-penalty")]
+    [TestCase("--max-tokens", "0", "--max-tokens")]
+    [TestCase("--max-context", "0", "--max-context")]
+    public async Task InvalidSamplingValuesNameTheOption(string option, string value, string named)
+    {
+        // Checked before the model is even looked up.
+        var r = await Qwq("generate", "--model", "/no/such/model", "--prompt", "hi", option, value);
+        AssertOneCleanError(r, 2, named);
+    }
+
+    // ---- model problems ------------------------------------------------------------------------
+
+    [Test]
+    public async Task MissingModelDirectoryIsNamed()
+    {
+        var r = await Qwq(Gen("/no/such/model"));
+        AssertOneCleanError(r, 1, "/no/such/model", "does not exist");
+    }
+
+    [Test]
+    public async Task MissingModelDirectoryWithVerboseShowsTheStack()
+    {
+        var r = await Qwq(Gen("/no/such/model", "--verbose"));
+        Assert.That(r.ExitCode, Is.EqualTo(1));
+        Assert.That(r.Err, Does.Contain("   at "));
+    }
+
+    [Test]
+    public async Task HfIdNotInTheCacheNamesTheSearchedPlaces()
+    {
+        using var tmp = new TestModels.TempDir();
+        Environment.SetEnvironmentVariable("HF_HUB_CACHE", tmp.Path);
+        try
+        {
+            var r = await Qwq(Gen("Qwen/QwQ-32B"));
+            AssertOneCleanError(r, 1, "Qwen/QwQ-32B", tmp.Path);
+        }
+        finally { Environment.SetEnvironmentVariable("HF_HUB_CACHE", null); }
+    }
+
+    [Test]
+    public async Task DirectoryWithoutConfigJson()
+    {
+        using var tmp = new TestModels.TempDir();
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "config.json");
+    }
+
+    [Test]
+    public async Task MalformedConfigJson()
+    {
+        using var tmp = new TestModels.TempDir();
+        File.WriteAllText(tmp.Combine("config.json"), "{ \"model_type\": \"qwen2\", ");
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "config.json", "malformed JSON");
+    }
+
+    [Test]
+    public async Task ConfigThatIsNotQwen2()
+    {
+        using var tmp = new TestModels.TempDir();
+        File.WriteAllText(tmp.Combine("config.json"), TestModels.ConfigJson().Replace("\"qwen2\"", "\"llama\""));
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "model_type", "llama");
+    }
+
+    [Test]
+    public async Task NoSafetensors()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson());
+        File.Delete(tmp.Combine("model.safetensors"));
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "safetensors", "--synthetic");
+    }
+
+    [Test]
+    public async Task MissingShard()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson());
+        File.Move(tmp.Combine("model.safetensors"), tmp.Combine("model-00001-of-00002.safetensors"));
+        File.WriteAllText(tmp.Combine("model.safetensors.index.json"), """
+            {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                                            "lm_head.weight": "model-00002-of-00002.safetensors"}}
+            """);
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "model-00002-of-00002.safetensors");
+    }
+
+    [Test]
+    public async Task MissingTensor()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson(), skipTensor: "model.layers.1.mlp.up_proj.weight");
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "model.layers.1.mlp.up_proj.weight");
+    }
+
+    [Test]
+    public async Task TokenizerThatDoesNotFitTheVocabulary()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson(vocab: 256, maxPositions: 64));
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "vocab_size is 256", "tokenizer");
+    }
+
+    [Test]
+    public async Task PromptLongerThanTheContext()
+    {
+        var r = await Qwq(Gen(TinyModelDir, "--max-context", "8"));
+        AssertOneCleanError(r, 2, "context holds 8", "--max-context");
+    }
+
+    [Test]
+    public async Task MaxContextBeyondTheModelIsRejected()
+    {
+        var r = await Qwq(Gen(TinyModelDir, "--max-context", "100000"));
+        AssertOneCleanError(r, 2, "100000", "512");
+    }
+
+    [Test]
+    public async Task NoCudaDeviceIsOneClearError()
+    {
+        if (global::QwQ.Cuda.Native.Cuda.IsAvailable(out _)) Assert.Ignore("a CUDA device is present");
+        var r = await Qwq("generate", "--model", TinyModelDir, "--prompt", "Hello", "--max-tokens", "2");
+        AssertOneCleanError(r, 1, "CUDA");
+    }
+
+    [Test]
+    public void OutOfMemoryAndOtherErrorsGoThroughTheCentralHandler()
+    {
+        var err = new StringWriter();
+        var host = new CliHost(new StringWriter(), err);
+        int code = Program.Report(new CudaOutOfMemoryException("cuMemAlloc_v2", 2, "cuMemAlloc_v2 failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory). Try a smaller --max-context"), host);
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(err.ToString(), Does.StartWith("error: cuMemAlloc_v2 failed").And.Not.Contain("   at "));
+
+        err.GetStringBuilder().Clear();
+        Assert.That(Program.Report(new CudaUnavailableException("No CUDA-capable GPU was detected."), host), Is.EqualTo(1));
+        Assert.That(err.ToString(), Does.Contain("No CUDA-capable GPU"));
+
+        err.GetStringBuilder().Clear();
+        Assert.That(Program.Report(new OptionException("--top-p 2 must be in (0, 1]"), host), Is.EqualTo(2));
+
+        err.GetStringBuilder().Clear();
+        Assert.That(Program.Report(MakeThrown(new InvalidOperationException("boom")), host), Is.EqualTo(3));
+        Assert.That(err.ToString(), Does.StartWith("internal error: InvalidOperationException: boom").And.Not.Contain("   at "));
+
+        host.Verbose = true;
+        err.GetStringBuilder().Clear();
+        Program.Report(MakeThrown(new InvalidOperationException("boom")), host);
+        Assert.That(err.ToString(), Does.Contain("   at "));
+    }
+
+    private static Exception MakeThrown(Exception e)
+    {
+        try { throw e; } catch (Exception caught) { return caught; }
+    }
+
+    // ---- info ----------------------------------------------------------------------------------
+
+    [Test]
+    public async Task InfoWorksFromConfigAloneWithoutGpu()
+    {
+        var r = await Qwq("info", "--model", TestModels.QwqDir);
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Contain("32,763,876,352").And.Contain("32.76 B"));
+        Assert.That(r.Out, Does.Contain("256 KiB"));
+        Assert.That(r.Out, Does.Contain("max context"));
+        Assert.That(r.Out, Does.Contain("no *.safetensors (config only)"));
+        if (!global::QwQ.Cuda.Native.Cuda.IsAvailable(out _))
+            Assert.That(r.Out, Does.Contain("no usable GPU").And.Contain("H100 80GB").And.Contain("40,960 tokens"));
+    }
+
+    [Test]
+    public async Task InfoJsonIsOneObject()
+    {
+        var r = await Qwq("info", "--synthetic", "qwq-32b", "--json", "--max-context", "8192");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        Assert.That(doc.RootElement.GetProperty("parameters").GetInt64(), Is.EqualTo(32_763_876_352));
+        Assert.That(doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64(), Is.EqualTo(262_144));
+        Assert.That(doc.RootElement.GetProperty("plan").GetProperty("max_context").GetInt32(), Is.LessThanOrEqualTo(8192));
+    }
+
+    // ---- generate and chat on the CPU backend --------------------------------------------------
+
+    [Test]
+    public async Task GenerateStreamsAndPrintsAStatsLine()
+    {
+        var r = await Qwq(Gen(TinyModelDir));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Err, Does.Contain("prompt ").And.Contain("generated ").And.Contain("TTFT").And.Contain("decode").And.Contain("GB/s"));
+        Assert.That(r.Err, Does.Not.Contain("error"));
+    }
+
+    [Test]
+    public async Task GenerateJsonWritesOneObjectPerLineEndingWithDone()
+    {
+        var r = await Qwq(Gen(TinyModelDir, "--json", "--seed", "3", "--stop", "zz", "--stop", "qq"));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        var lines = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var docs = lines.Select(l => JsonDocument.Parse(l)).ToList();
+        var done = docs[^1].RootElement;
+        Assert.That(done.GetProperty("type").GetString(), Is.EqualTo("done"));
+        Assert.That(done.GetProperty("usage").GetProperty("generated_tokens").GetInt32(), Is.InRange(1, 4));
+        Assert.That(done.GetProperty("finish_reason").GetString(), Is.Not.Empty);
+        Assert.That(docs.Take(docs.Count - 1).All(d => d.RootElement.GetProperty("type").GetString() is "reasoning" or "answer" or "tool_call"));
+    }
+
+    [Test]
+    public async Task GenerateHideReasoningPrintsNoReasoning()
+    {
+        var shown = await Qwq(Gen(TinyModelDir, "--json"));
+        var hidden = await Qwq(Gen(TinyModelDir, "--json", "--hide-reasoning"));
+        Assert.That(hidden.ExitCode, Is.Zero, hidden.Err);
+        Assert.That(hidden.Out, Does.Not.Contain("\"reasoning\""));
+        Assume.That(shown.Out, Does.Contain("\"type\":\"reasoning\""));
+    }
+
+    [Test]
+    public async Task GeneratePromptFromStdin()
+    {
+        var r = await QwqWithInput("Hello from stdin", "generate", "--model", TinyModelDir, "--backend", "cpu", "--prompt", "-", "--max-tokens", "2", "--json");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Contain("\"type\":\"done\""));
+    }
+
+    [Test]
+    public async Task ChatKeepsHistoryAndReusesTheCache()
+    {
+        var r = await QwqWithInput("Hello\nAnd again\n/exit\n", "chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "3", "--json");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        var done = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement)
+            .Where(e => e.GetProperty("type").GetString() == "done").ToList();
+        Assert.That(done, Has.Count.EqualTo(2));
+        Assert.That(done[1].GetProperty("usage").GetProperty("cached_prompt_tokens").GetInt32(), Is.GreaterThan(5));
+    }
+
+    [Test]
+    public async Task ChatReportsAnOverlongTurnAndContinues()
+    {
+        string longLine = string.Join(" ", Enumerable.Repeat("word", 100));
+        var r = await QwqWithInput($"{longLine}\nHi\n", "chat", "--model", TinyModelDir, "--backend", "cpu", "--max-context", "40", "--max-tokens", "2", "--json");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Err, Does.Contain("context holds 40"));
+        Assert.That(r.Out, Does.Contain("\"type\":\"done\""));
+    }
+
+    // ---- option binding ------------------------------------------------------------------------
+
+    [Test]
+    public void SamplingFlagsOverrideTheModelDefaults()
+    {
+        var opts = new SamplingCliOptions();
+        var cmd = new Command("x");
+        opts.AddTo(cmd);
+        var p = cmd.Parse(["--temperature", "0.2", "--top-k", "5", "--min-p", "0.1", "--presence-penalty", "0.5",
+            "--frequency-penalty", "0.25", "--repetition-penalty", "1.2", "--seed", "9", "--max-tokens", "12", "--stop", "A", "--stop", "B"]);
+        Assert.That(p.Errors, Is.Empty);
+        var g = opts.Bind(p, SamplingOptions.FromGenerationConfig());
+        var s = g.Sampling!;
+        Assert.That(s.Temperature, Is.EqualTo(0.2f));
+        Assert.That(s.TopP, Is.EqualTo(0.95f), "not given: the model's default");
+        Assert.That(s.TopK, Is.EqualTo(5));
+        Assert.That((s.MinP, s.PresencePenalty, s.FrequencyPenalty, s.RepetitionPenalty, s.Seed), Is.EqualTo((0.1f, 0.5f, 0.25f, 1.2f, (ulong?)9)));
+        Assert.That(g.MaxNewTokens, Is.EqualTo(12));
+        Assert.That(g.StopStrings, Is.EqualTo(new[] { "A", "B" }));
+    }
+
+    [Test]
+    public void ModelSourceFlagsBind()
+    {
+        var opts = new ModelSourceOptions();
+        var cmd = new Command("x");
+        opts.AddTo(cmd);
+        var p = cmd.Parse(["--synthetic", "qwq-32b", "--tokenizer", "/tok", "--backend", "cpu", "--max-context", "4096", "--device", "1"]);
+        Assert.That(p.Errors, Is.Empty);
+        var m = opts.Bind(p);
+        Assert.That((m.Synthetic, m.TokenizerPath, m.Backend, m.Engine.MaxContext, m.Engine.Device), Is.EqualTo(("qwq-32b", "/tok", BackendKind.Cpu, (int?)4096, 1)));
+        Assert.That(cmd.Parse(["--backend", "rocm"]).Errors, Is.Not.Empty);
+    }
+}

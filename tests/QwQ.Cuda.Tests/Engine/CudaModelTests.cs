@@ -1,0 +1,212 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Reference;
+using QwQ.Cuda.Weights;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+using Cuda = global::QwQ.Cuda.Native.Cuda;
+
+/// <summary>
+/// The whole CUDA engine against transformers' goldens and against the float32 CPU reference. bf16 weights and
+/// activations against an fp32 reference: logits within ‖Δ‖/‖ref‖ ≤ 2e-2.
+/// </summary>
+public class CudaModelTests
+{
+    private static readonly SamplingOptions Greedy = new() { Temperature = 0 };
+
+    private static void RequireGpu()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+    }
+
+    internal static double RelErr(ReadOnlySpan<float> got, ReadOnlySpan<float> want)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < want.Length; i++)
+        {
+            Assert.That(float.IsFinite(got[i]), $"element {i} is {got[i]}");
+            double d = got[i] - want[i];
+            num += d * d;
+            den += (double)want[i] * want[i];
+        }
+        return Math.Sqrt(num / den);
+    }
+
+    private static CudaBackend LoadFixture(string model, EngineOptions? options = null)
+    {
+        string dir = ModelFixtures.Dir(model);
+        var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        return CudaBackend.Load(config, dir, options ?? new EngineOptions { MaxContext = 256 });
+    }
+
+    [TestCaseSource(typeof(ModelFixtures), nameof(ModelFixtures.Models))]
+    public void LogitsAtEveryPositionMatchTransformers(string model)
+    {
+        RequireGpu();
+        var goldens = ModelFixtures.ReadGoldens(model);
+        using var backend = LoadFixture(model);
+        foreach (var p in goldens.Prompts)
+        {
+            using var seq = (CudaSequence)backend.CreateSequence();
+            float[] got = seq.AppendWithLogits(p.Ids, Enumerable.Range(0, p.Ids.Length).ToArray());
+            float[] want = p.Logits.SelectMany(r => r).ToArray();
+            double err = RelErr(got, want);
+            TestContext.Out.WriteLine($"{model} prompt of {p.Ids.Length}: ‖Δ‖/‖ref‖ = {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+        }
+    }
+
+    [TestCaseSource(typeof(ModelFixtures), nameof(ModelFixtures.Models))]
+    public void GreedyContinuationsMatchTransformers(string model)
+    {
+        RequireGpu();
+        var goldens = ModelFixtures.ReadGoldens(model);
+        using var backend = LoadFixture(model);
+        foreach (var p in goldens.Prompts)
+        {
+            using var seq = backend.CreateSequence();
+            seq.Append(p.Ids);
+            var got = new List<int>();
+            for (int i = 0; i < p.Greedy.Length; i++)
+            {
+                int tok = seq.Sample(Greedy, i);
+                got.Add(tok);
+                seq.Append([tok]);
+            }
+            TestContext.Out.WriteLine($"{model}: got  {string.Join(",", got)}\n{model}: want {string.Join(",", p.Greedy)}");
+            Assert.That(got.Take(16), Is.EqualTo(p.Greedy.Take(16)), "the first 16 greedy tokens");
+        }
+    }
+
+    [Test]
+    public void MatchesCpuReferenceOnFreshRandomWeights([Values(null, """{"type":"yarn","factor":4.0,"original_max_position_embeddings":16}""")] string? yarn)
+    {
+        RequireGpu();
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        using var tmp = new TempDir();
+        string json = CheckpointWriter.TinyConfigJson(ropeScaling: yarn);
+        var config = ModelConfig.Parse(json, "config.json");
+        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
+        CheckpointWriter.Write(tmp.Path, weights, json);
+        var cpu = new Qwen2CpuModel(config, weights);
+
+        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512 });
+        var rng = new Random(seed);
+        int[] tokens = Enumerable.Range(0, 67).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        using var seq = (CudaSequence)backend.CreateSequence();
+        float[] got = seq.AppendWithLogits(tokens, Enumerable.Range(0, tokens.Length).ToArray());
+        float[] want = cpu.Forward(tokens);
+        double err = RelErr(got, want);
+        TestContext.Out.WriteLine($"‖Δ‖/‖ref‖ = {err:E2}");
+        Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+    }
+
+    [Test]
+    public void DecodeThroughTheKvCacheEqualsFullRecompute([Values(true, false)] bool cudaGraphs)
+    {
+        RequireGpu();
+        using var backend = LoadFixture("tiny-gqa", new EngineOptions { MaxContext = 256, UseCudaGraphs = cudaGraphs });
+        var rng = new Random(Random.Shared.Next());
+        int vocab = backend.Config.VocabSize;
+        int[] prompt = Enumerable.Range(0, 19).Select(_ => rng.Next(vocab)).ToArray();
+        int[] continuation = Enumerable.Range(0, 24).Select(_ => rng.Next(vocab)).ToArray();
+
+        // decode: prefill the prompt, then one token at a time (graph replays); record each step's logits
+        using var decode = backend.CreateSequence();
+        decode.Append(prompt);
+        var stepLogits = new float[continuation.Length * vocab];
+        for (int i = 0; i < continuation.Length; i++)
+        {
+            decode.Append([continuation[i]]);
+            decode.CopyLastLogits(stepLogits.AsSpan(i * vocab, vocab));
+        }
+
+        // recompute: the whole sequence in one prefill, logits at the same positions
+        using var full = (CudaSequence)backend.CreateSequence();
+        int[] all = [.. prompt, .. continuation];
+        float[] want = full.AppendWithLogits(all, Enumerable.Range(prompt.Length, continuation.Length).ToArray());
+        double err = RelErr(stepLogits, want);
+        TestContext.Out.WriteLine($"decode vs recompute ‖Δ‖/‖ref‖ = {err:E2}");
+        Assert.That(err, Is.LessThanOrEqualTo(1e-2));
+        Assert.That(decode.Length, Is.EqualTo(all.Length));
+    }
+
+    [Test]
+    public void ChunkedPrefillEqualsOnePass()
+    {
+        RequireGpu();
+        int[] tokens = Enumerable.Range(0, 45).Select(_ => Random.Shared.Next(256)).ToArray();
+        float[] Last(int chunk)
+        {
+            using var backend = LoadFixture("tiny-gqa", new EngineOptions { MaxContext = 256, PrefillChunk = chunk });
+            using var seq = backend.CreateSequence();
+            seq.Append(tokens[..20]);
+            seq.Append(tokens[20..]); // a second prefill on top of the cache
+            var logits = new float[backend.Config.VocabSize];
+            seq.CopyLastLogits(logits);
+            return logits;
+        }
+        double err = RelErr(Last(7), Last(4096));
+        Assert.That(err, Is.LessThanOrEqualTo(1e-2));
+    }
+
+    [Test]
+    public void SyntheticQwq32bRunsAPrefillOf512AndDecodesAt64Steps()
+    {
+        RequireGpu();
+        var config = ModelPresets.Get("qwq-32b");
+        using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 4096, SampleableVocab = 151669 });
+        TestContext.Out.WriteLine($"{backend.DeviceDescription}; plan: {backend.Plan}");
+        using var seq = backend.CreateSequence();
+        var rng = new Random(7);
+        seq.Append(Enumerable.Range(0, 512).Select(_ => rng.Next(151643)).ToArray());
+        var logits = new float[config.VocabSize];
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "prefill logits are finite");
+        Assert.That(logits.Distinct().Count(), Is.GreaterThan(1000), "prefill logits are not constant");
+        for (int i = 0; i < 64; i++)
+        {
+            int tok = seq.Sample(new SamplingOptions { Temperature = 0.6f, TopP = 0.95f, TopK = 40, Seed = 1 }, i);
+            Assert.That(tok, Is.InRange(0, 151668));
+            seq.Append([tok]);
+        }
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "decode logits are finite");
+        Assert.That(seq.Length, Is.EqualTo(576));
+    }
+
+    [Test]
+    public void MissingTensorIsReportedBeforeTheGpuIsTouched()
+    {
+        // Runs without a GPU: the checkpoint is validated first.
+        using var tmp = new TempDir();
+        string json = CheckpointWriter.TinyConfigJson();
+        var config = ModelConfig.Parse(json, "config.json");
+        CheckpointWriter.Write(tmp.Path, CpuWeights.Random(config, 1), json, include: n => n != TensorNames.UpWeight(1));
+        var e = Assert.Throws<WeightsException>(() => CudaBackend.Load(config, tmp.Path, new EngineOptions()));
+        Assert.That(e!.Message, Does.Contain(TensorNames.UpWeight(1)));
+    }
+
+    [Test]
+    public void SequenceRejectsMoreTokensThanItsCache()
+    {
+        RequireGpu();
+        using var backend = LoadFixture("tiny-gqa", new EngineOptions { MaxContext = 32 });
+        using var seq = backend.CreateSequence();
+        seq.Append(new int[30]);
+        var e = Assert.Throws<OptionException>(() => seq.Append(new int[3]));
+        Assert.That(e!.Message, Does.Contain("32"));
+        Assert.That(seq.Length, Is.EqualTo(30), "a rejected append changes nothing");
+    }
+}
+
+internal sealed class TempDir : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("qwq-engine-test-").FullName;
+    public void Dispose() => Directory.Delete(Path, recursive: true);
+}

@@ -1,0 +1,158 @@
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Tests.Generation;
+
+public class GeneratorTests
+{
+    private static readonly int[] Eos = [151645, 151643];
+
+    private static GenerationOutcome Run(ScriptedSequence seq, int[] prompt, GenerationOptions options, out string text,
+        Func<int, string>? map = null, CancellationToken ct = default, Action<int>? onDelta = null)
+    {
+        var sb = new System.Text.StringBuilder();
+        var outcome = new Generator(seq).Run(prompt, SamplingOptions.Greedy, options, Eos,
+            new MapDecoder(map ?? (id => ((char)('a' + id % 26)).ToString())), (tok, delta) => { sb.Append(delta); onDelta?.Invoke(tok); }, ct);
+        text = sb.ToString();
+        return outcome;
+    }
+
+    [Test]
+    public void StopsAtEndOfSequenceWithoutAppendingIt()
+    {
+        var seq = new ScriptedSequence(100, 0, 1, 2, 151645, 5);
+        var o = Run(seq, [10, 11, 12], new GenerationOptions(), out var text);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.EndOfSequence));
+        Assert.That(o.GeneratedTokens, Is.EqualTo(new[] { 0, 1, 2, 151645 }));
+        Assert.That(text, Is.EqualTo("abc"));
+        Assert.That(seq.Tokens, Is.EqualTo(new[] { 10, 11, 12, 0, 1, 2 }), "the eos token is not appended");
+        Assert.That(o.AppendedGeneratedTokens, Is.EqualTo(3));
+        Assert.That(o.Usage.GeneratedTokens, Is.EqualTo(4));
+        Assert.That(o.Usage.PromptTokens, Is.EqualTo(3));
+    }
+
+    [Test]
+    public void StopsAtMaxNewTokens()
+    {
+        var seq = new ScriptedSequence(100, 1);
+        var o = Run(seq, [3], new GenerationOptions { MaxNewTokens = 5 }, out _);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
+        Assert.That(o.GeneratedTokens, Has.Count.EqualTo(5));
+        Assert.That(seq.Length, Is.EqualTo(1 + 4));
+    }
+
+    [Test]
+    public void StopsWhenTheContextIsFull()
+    {
+        var seq = new ScriptedSequence(6, 1);
+        var o = Run(seq, [3, 4], new GenerationOptions(), out _);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.MaxContext));
+        Assert.That(seq.Length, Is.EqualTo(6));
+        Assert.That(o.GeneratedTokens, Has.Count.EqualTo(5), "4 appended + the last sampled one that had no room");
+    }
+
+    [Test]
+    public void StopStringAcrossTokensIsNotEmitted()
+    {
+        // Tokens 0..: "Hi", " <", "/st", "op>", "more"
+        string[] pieces = ["Hi", " <", "/st", "op>", "more"];
+        var seq = new ScriptedSequence(100, 0, 1, 2, 3, 4);
+        var o = Run(seq, [9], new GenerationOptions { StopStrings = ["</stop>"] }, out var text, id => pieces[id]);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.StopString));
+        Assert.That(o.StopString, Is.EqualTo("</stop>"));
+        Assert.That(text, Is.EqualTo("Hi "));
+        Assert.That(seq.Length, Is.EqualTo(seq.Tokens.Count));
+    }
+
+    [Test]
+    public void PartialStopPrefixIsReleasedAtEndOfSequence()
+    {
+        string[] pieces = ["x", "<", "/s"];
+        var seq = new ScriptedSequence(100, 0, 1, 2, 151643);
+        var o = Run(seq, [9], new GenerationOptions { StopStrings = ["</stop>"] }, out var text, id => id < 3 ? pieces[id] : "");
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.EndOfSequence));
+        Assert.That(text, Is.EqualTo("x</s"));
+    }
+
+    [Test]
+    public void CancellationBetweenTokensKeepsTheSequenceConsistent()
+    {
+        var seq = new ScriptedSequence(1000, 1, 2, 3);
+        using var cts = new CancellationTokenSource();
+        int deltas = 0;
+        var o = Run(seq, [7, 8], new GenerationOptions(), out _, ct: cts.Token, onDelta: _ => { if (++deltas == 4) cts.Cancel(); });
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That(seq.Length, Is.EqualTo(2 + o.AppendedGeneratedTokens));
+        Assert.That(o.GeneratedTokens, Has.Count.EqualTo(4));
+    }
+
+    [Test]
+    public void CancellationBeforePrefillAppendsNothing()
+    {
+        var seq = new ScriptedSequence(1000, 1);
+        var o = Run(seq, [7, 8, 9], new GenerationOptions(), out _, ct: new CancellationToken(true));
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That(seq.Length, Is.Zero);
+        Assert.That(o.AppendedPromptTokens, Is.Zero);
+        Assert.That(o.GeneratedTokens, Is.Empty);
+    }
+
+    [Test]
+    public void PrefillRunsInChunksAndOnlyTheUncachedPart()
+    {
+        var seq = new ScriptedSequence(1000, 151645);
+        seq.Append([1, 2, 3]);
+        var o = Run(seq, [1, 2, 3, 4, 5, 6, 7, 8], new GenerationOptions { PrefillChunk = 2 }, out _);
+        Assert.That(o.Usage.CachedPromptTokens, Is.EqualTo(3));
+        Assert.That(o.Usage.PrefilledTokens, Is.EqualTo(5));
+        Assert.That(o.AppendedPromptTokens, Is.EqualTo(5));
+        Assert.That(seq.Tokens, Is.EqualTo(new[] { 1, 2, 3, 4, 5, 6, 7, 8 }));
+    }
+
+    [Test]
+    public void PromptLongerThanTheContextIsAnOptionError()
+    {
+        var seq = new ScriptedSequence(4, 1);
+        var e = Assert.Throws<OptionException>(() => Run(seq, [1, 2, 3, 4, 5], new GenerationOptions(), out _));
+        Assert.That(e!.Message, Does.Contain("5 tokens").And.Contain("4").And.Contain("--max-context"));
+        Assert.That(seq.Length, Is.Zero);
+    }
+
+    [Test]
+    public void InvalidOptionsAreRejectedBeforeAnythingRuns()
+    {
+        var seq = new ScriptedSequence(100, 1);
+        Assert.Throws<OptionException>(() => Run(seq, [1], new GenerationOptions { MaxNewTokens = 0 }, out _));
+        Assert.Throws<OptionException>(() => new Generator(seq).Run([1], SamplingOptions.Greedy with { TopP = 1.5f }, new GenerationOptions(), Eos, null, null, default));
+        Assert.That(seq.Length, Is.Zero);
+    }
+
+    [Test]
+    public void TimingsAreFilledIn()
+    {
+        var seq = new ScriptedSequence(100, 1, 2, 3, 151645);
+        var o = Run(seq, [5, 6], new GenerationOptions(), out _);
+        Assert.That(o.Usage.TimeToFirstToken, Is.GreaterThan(TimeSpan.Zero));
+        Assert.That(o.Usage.TotalTime, Is.GreaterThanOrEqualTo(o.Usage.TimeToFirstToken));
+        Assert.That(o.Usage.DecodeTokensPerSecond, Is.GreaterThan(0));
+        Assert.That(o.Usage.PrefillTokensPerSecond, Is.GreaterThan(0));
+    }
+
+    [Test]
+    public void CpuBackendEndToEndStopsAndStaysConsistent()
+    {
+        using var backend = TestModels.Backend(vocab: 256, maxPositions: 64);
+        using var seq = backend.CreateSequence(16);
+        var gen = new Generator(seq);
+        var o = gen.Run([1, 2, 3], SamplingOptions.Greedy, new GenerationOptions(), [], null, null, default);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.MaxContext));
+        Assert.That(seq.Length, Is.EqualTo(16));
+
+        // Reuse: truncate to the prompt and regenerate: greedy gives the same tokens.
+        seq.Truncate(2);
+        var again = gen.Run([1, 2, 3], SamplingOptions.Greedy, new GenerationOptions { MaxNewTokens = 5 }, [], null, null, default);
+        Assert.That(again.GeneratedTokens, Is.EqualTo(o.GeneratedTokens.Take(5)));
+        Assert.That(seq.Length, Is.EqualTo(3 + 4));
+    }
+}

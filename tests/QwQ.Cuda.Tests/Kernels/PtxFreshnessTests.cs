@@ -1,0 +1,170 @@
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using QwQ.Cuda.Native;
+
+namespace QwQ.Cuda.Tests.Kernels;
+
+/// <summary>
+/// CPU-only checks that the committed PTX matches the kernel sources: every kernels/*.cu has a kernels/ptx/*.ptx
+/// stamped (by build.sh / build.ps1) with the hash of its current sources, declaring every extern "C" __global__
+/// entry of the .cu. (That every [KernelEntry] name is an embedded entry is checked in Native/KernelEntryTests.)
+/// </summary>
+public class PtxFreshnessTests
+{
+    private static readonly Regex HashStamp = new(@"^// qwq-source-sha256: ([0-9a-f]{64})\s*$", RegexOptions.Multiline);
+
+    // extern "C" __global__ [void] [__launch_bounds__(...)] [void] name(   — name may be token-pasted (a##P##_b);
+    // whitespace may include macro line continuations.
+    private static readonly Regex GlobalEntry = new(
+        @"extern[\s\\]+""C""[\s\\]+__global__[\s\\]+(?:void[\s\\]+)?(?:__launch_bounds__[\s\\]*\([^)]*\)[\s\\]*)?(?:void[\s\\]+)?(?!__launch_bounds__)([A-Za-z_]\w*(?:\s*##\s*\w+)*)[\s\\]*\(",
+        RegexOptions.Singleline);
+
+    private static readonly Regex Define = new(@"^[ \t]*#[ \t]*define[ \t]+(\w+)\(([^)]*)\)(?:[^\n]*\\\n)*[^\n]*", RegexOptions.Multiline);
+
+    /// <summary>
+    /// The extern "C" __global__ names a .cu declares, with the simple macro pattern expanded: an entry whose name is
+    /// token-pasted inside <c>#define M(P, ...)</c> yields one name per top-level invocation <c>M(a, ...)</c>.
+    /// </summary>
+    internal static List<string> DeclaredEntries(string source)
+    {
+        source = source.Replace("\r", "");
+        source = Regex.Replace(source, @"/\*.*?\*/", " ", RegexOptions.Singleline);
+        source = Regex.Replace(source, @"//[^\n]*", "");
+        var defines = Define.Matches(source).ToList();
+        var names = new List<string>();
+        foreach (Match m in GlobalEntry.Matches(source))
+        {
+            string template = m.Groups[1].Value;
+            if (!template.Contains("##"))
+            {
+                names.Add(template);
+                continue;
+            }
+            var def = defines.FirstOrDefault(d => m.Index >= d.Index && m.Index < d.Index + d.Length);
+            if (def is null) continue; // pasted outside a recognisable macro: cannot check
+            string[] parameters = def.Groups[2].Value.Split(',', StringSplitOptions.TrimEntries);
+            string[] parts = template.Split("##", StringSplitOptions.TrimEntries);
+            var call = new Regex(@"(?<![\w#])" + Regex.Escape(def.Groups[1].Value) + @"\s*\(([^()]*)\)");
+            foreach (Match c in call.Matches(source))
+            {
+                if (defines.Any(d => c.Index >= d.Index && c.Index < d.Index + d.Length)) continue;
+                string[] args = c.Groups[1].Value.Split(',', StringSplitOptions.TrimEntries);
+                names.Add(string.Concat(parts.Select(part =>
+                {
+                    int i = Array.IndexOf(parameters, part);
+                    return i >= 0 && i < args.Length ? args[i] : part;
+                })));
+            }
+        }
+        return names;
+    }
+
+    private static string KernelsDir()
+    {
+        for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "QwQ.Cuda.sln")) && Directory.Exists(Path.Combine(dir.FullName, "kernels")))
+                return Path.Combine(dir.FullName, "kernels");
+        }
+        Assert.Ignore("kernels/ not found above the test directory (tests not run from a source checkout)");
+        return "";
+    }
+
+    private static IEnumerable<string> Sources(string kdir) =>
+        Directory.GetFiles(kdir, "*.cu").Where(f => f.EndsWith(".cu", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+
+    /// <summary>sha256 over the .cu then every kernels/*.cuh (ordinal name order), CR bytes removed — as build.sh does.</summary>
+    internal static string SourceHash(string cuPath)
+    {
+        string kdir = Path.GetDirectoryName(cuPath)!;
+        var headers = Directory.GetFiles(kdir, "*.cuh").Where(f => f.EndsWith(".cuh", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal);
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var path in new[] { cuPath }.Concat(headers))
+        {
+            byte[] bytes = File.ReadAllBytes(path);
+            sha.AppendData(bytes.Where(b => b != (byte)'\r').ToArray());
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    [Test]
+    public void EveryKernelSourceHasFreshPtx()
+    {
+        string kdir = KernelsDir();
+        var problems = new List<string>();
+        foreach (var cu in Sources(kdir))
+        {
+            string name = Path.GetFileNameWithoutExtension(cu);
+            string ptxPath = Path.Combine(kdir, "ptx", name + ".ptx");
+            if (!File.Exists(ptxPath))
+            {
+                problems.Add($"kernels/ptx/{name}.ptx is missing");
+                continue;
+            }
+            string ptx = File.ReadAllText(ptxPath);
+            var stamp = HashStamp.Match(ptx);
+            if (!stamp.Success) problems.Add($"kernels/ptx/{name}.ptx has no source-hash stamp (not built by build.sh/build.ps1)");
+            else if (stamp.Groups[1].Value != SourceHash(cu)) problems.Add($"kernels/ptx/{name}.ptx is stale (kernels/{name}.cu or a .cuh changed)");
+
+            var entries = PtxLibrary.ParseEntries(ptx).ToHashSet(StringComparer.Ordinal);
+            foreach (string entry in DeclaredEntries(File.ReadAllText(cu)))
+            {
+                if (!entries.Contains(entry))
+                    problems.Add($"kernels/ptx/{name}.ptx lacks entry '{entry}' declared in {name}.cu");
+            }
+        }
+        Assert.That(problems, Is.Empty, "Rebuild the PTX with ./build.sh (or build.ps1):\n" + string.Join("\n", problems));
+    }
+
+    [Test]
+    public void NoPtxWithoutSource()
+    {
+        string kdir = KernelsDir();
+        var orphans = Directory.GetFiles(Path.Combine(kdir, "ptx"), "*.ptx")
+            .Select(p => Path.GetFileNameWithoutExtension(p))
+            .Where(n => !File.Exists(Path.Combine(kdir, n + ".cu")))
+            .ToList();
+        Assert.That(orphans, Is.Empty, "PTX files whose .cu is gone (build.sh removes them)");
+    }
+
+    [Test]
+    public void DeclaredEntriesExpandsTokenPastingMacros()
+    {
+        const string src = """
+            // extern "C" __global__ void commented_out(int x) {}
+            extern "C" __global__ void __launch_bounds__(256) plain_f32(const float* x) {}
+            extern "C" __global__ void no_bounds(int n)
+            {
+            }
+            #define MAKE(MM, UU)                                              \
+                extern "C" __global__ void __launch_bounds__(128, 4)        \
+                gemv_m##MM##_bf16(const float* w /* [n, k] */, int n) {   \
+                    body<MM, UU>(w, n);                                      \
+                }
+            MAKE(2, 4)
+            MAKE(8, 2)
+            """;
+        Assert.That(DeclaredEntries(src), Is.EquivalentTo(new[] { "plain_f32", "no_bounds", "gemv_m2_bf16", "gemv_m8_bf16" }));
+    }
+
+    [Test]
+    public void SourceHashIgnoresCarriageReturns()
+    {
+        string dir = Directory.CreateTempSubdirectory("qwq-hash").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "a.cu"), "x\ny\n");
+            File.WriteAllText(Path.Combine(dir, "h.cuh"), "z\n");
+            string lf = SourceHash(Path.Combine(dir, "a.cu"));
+            File.WriteAllText(Path.Combine(dir, "a.cu"), "x\r\ny\r\n");
+            Assert.That(SourceHash(Path.Combine(dir, "a.cu")), Is.EqualTo(lf));
+            // sha256("x\ny\nz\n"): the .cu then the header, concatenated.
+            Assert.That(lf, Is.EqualTo(Convert.ToHexStringLower(SHA256.HashData("x\ny\nz\n"u8))));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+using System.Text.RegularExpressions;
+using QwQ.Cuda.Native;
+
+namespace QwQ.Cuda.Tests.Native;
+
+public class PtxLibraryTests
+{
+    [Test]
+    public void EmbeddedPtxIsReadableWithoutAGpu()
+    {
+        var ptx = PtxLibrary.EmbeddedPtx();
+        foreach (var (name, text) in ptx)
+        {
+            Assert.That(name, Does.StartWith("ptx/").And.EndWith(".ptx"));
+            Assert.That(text, Does.Contain(".version").And.Contain(".target"), name);
+        }
+        Assert.That(PtxLibrary.EmbeddedPtx(), Is.SameAs(ptx), "read once");
+    }
+
+    [Test]
+    public void EmbeddedEntriesWorksWithoutAGpu()
+    {
+        var entries = PtxLibrary.EmbeddedEntries();
+        if (PtxLibrary.EmbeddedPtx().Count == 0)
+            Assert.That(entries, Is.Empty);
+        else
+            Assert.That(entries, Is.Not.Empty);
+        Assert.That(entries.All(e => Regex.IsMatch(e, @"^[A-Za-z_$][\w$]*$")), Is.True);
+    }
+
+    [Test]
+    public void EntriesAreUniqueAcrossModules() =>
+        Assert.DoesNotThrow(() => PtxLibrary.EntryToResource(PtxLibrary.EmbeddedPtx()));
+
+    [Test]
+    public void EmbeddedPtxTargetsHardwareWeRunOn()
+    {
+        // The PTX must JIT on sm_80..sm_90 (A100/H100/H200): a higher .target would fail to load there.
+        foreach (var (name, text) in PtxLibrary.EmbeddedPtx())
+        {
+            var m = Regex.Match(text, @"^\s*\.target\s+sm_(\d+)", RegexOptions.Multiline);
+            Assert.That(m.Success, Is.True, $"{name} has no .target");
+            Assert.That(int.Parse(m.Groups[1].Value), Is.LessThanOrEqualTo(90), $"{name}: .target sm_{m.Groups[1].Value}");
+        }
+    }
+
+    [Test]
+    public void ParsesEntriesAndIgnoresFunctionsAndComments()
+    {
+        const string ptx = """
+            .version 7.8
+            .target sm_80
+            .address_size 64
+            	// .globl	alpha
+            .visible .entry alpha(
+            	.param .u64 alpha_param_0
+            )
+            { ret; }
+            .entry beta_bf16
+            (
+            )
+            { ret; }
+            .weak .entry $gamma(){ ret; }
+            .func (.param .b32 r) helper_func(.param .b32 x) { ret; }
+            // .visible .entry commented_out(
+            /* .entry block_commented(
+               */
+            """;
+        Assert.That(PtxLibrary.ParseEntries(ptx).ToArray(), Is.EqualTo(new[] { "alpha", "beta_bf16", "$gamma" }));
+    }
+
+    [Test]
+    public void DuplicateEntriesAcrossModulesAreRejected()
+    {
+        var modules = new Dictionary<string, string>
+        {
+            ["ptx/a.ptx"] = ".visible .entry same(\n)\n{ ret; }\n.visible .entry only_a(\n){ ret; }",
+            ["ptx/b.ptx"] = ".visible .entry same(\n)\n{ ret; }",
+        };
+        var e = Assert.Throws<InvalidOperationException>(() => PtxLibrary.EntryToResource(modules));
+        Assert.That(e!.Message, Does.Contain("'same'").And.Contain("ptx/a.ptx").And.Contain("ptx/b.ptx"));
+
+        modules.Remove("ptx/b.ptx");
+        Assert.That(PtxLibrary.EntryToResource(modules), Is.EquivalentTo(new Dictionary<string, string>
+        {
+            ["same"] = "ptx/a.ptx",
+            ["only_a"] = "ptx/a.ptx",
+        }));
+    }
+}

@@ -1,0 +1,103 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Weights;
+using static QwQ.Cuda.Tests.Weights.SafetensorsTestFiles;
+
+namespace QwQ.Cuda.Tests.Weights;
+
+public class CheckpointValidatorTests
+{
+    // A deliberately tiny Qwen2: hidden 8, 2 heads of 4, 1 KV head, 1 layer, vocab 5.
+    private static ModelConfig Tiny(bool tied = false) => ModelPresets.Get("qwq-32b") with
+    {
+        HiddenSize = 8, IntermediateSize = 6, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1,
+        HeadDim = 4, VocabSize = 5, TieWordEmbeddings = tied, TorchDtype = "float32",
+    };
+
+    private TempDir _dir = null!;
+    [SetUp] public void SetUp() => _dir = new TempDir();
+    [TearDown] public void TearDown() => _dir.Dispose();
+
+    /// <summary>Writes every expected tensor (zeros), letting a test drop or reshape some.</summary>
+    private void WriteCheckpoint(ModelConfig c, Func<ExpectedTensor, ExpectedTensor?>? edit = null, string dtype = "F32")
+    {
+        var entries = new List<Entry>();
+        foreach (var t in TensorNames.Expected(c))
+        {
+            var e = edit is null ? t : edit(t);
+            if (e is null) continue;
+            long n = e.Shape.Aggregate(1L, (a, b) => a * b);
+            entries.Add(new Entry(e.Name, dtype, e.Shape, new byte[n * (dtype == "F32" ? 4 : 2)]));
+        }
+        Write(_dir.File("model.safetensors"), entries);
+    }
+
+    private WeightsException ValidateFails(ModelConfig c)
+    {
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        return Assert.Throws<WeightsException>(() => CheckpointValidator.Validate(ck, c))!;
+    }
+
+    [Test]
+    public void ExpectedNamesAndShapes()
+    {
+        var expected = TensorNames.Expected(Tiny()).ToDictionary(e => e.Name, e => e.Shape);
+        Assert.That(expected, Has.Count.EqualTo(1 + 12 + 2));
+        Assert.That(expected["model.embed_tokens.weight"], Is.EqualTo(new long[] { 5, 8 }));
+        Assert.That(expected["model.layers.0.self_attn.q_proj.weight"], Is.EqualTo(new long[] { 8, 8 }));
+        Assert.That(expected["model.layers.0.self_attn.k_proj.bias"], Is.EqualTo(new long[] { 4 }));
+        Assert.That(expected["model.layers.0.self_attn.o_proj.weight"], Is.EqualTo(new long[] { 8, 8 }));
+        Assert.That(expected["model.layers.0.mlp.down_proj.weight"], Is.EqualTo(new long[] { 8, 6 }));
+        Assert.That(expected["lm_head.weight"], Is.EqualTo(new long[] { 5, 8 }));
+        Assert.That(TensorNames.Expected(Tiny(tied: true)).Select(e => e.Name), Does.Not.Contain("lm_head.weight"));
+        Assert.That(TensorNames.Expected(ModelPresets.Get("qwq-32b")), Has.Count.EqualTo(1 + 64 * 12 + 2));
+    }
+
+    [Test]
+    public void CompleteCheckpointPasses([Values("F32", "BF16", "F16")] string dtype)
+    {
+        WriteCheckpoint(Tiny(), dtype: dtype);
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        Assert.DoesNotThrow(() => CheckpointValidator.Validate(ck, Tiny()));
+    }
+
+    [Test]
+    public void TiedCheckpointNeedsNoLmHead()
+    {
+        WriteCheckpoint(Tiny(tied: true));
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        Assert.DoesNotThrow(() => CheckpointValidator.Validate(ck, Tiny(tied: true)));
+    }
+
+    [Test]
+    public void MissingTensorIsNamed()
+    {
+        WriteCheckpoint(Tiny(), t => t.Name == "model.layers.0.self_attn.v_proj.bias" ? null : t);
+        var e = ValidateFails(Tiny());
+        Assert.That(e.Message, Does.Contain("'model.layers.0.self_attn.v_proj.bias' is missing").And.Contain("[4]"));
+    }
+
+    [Test]
+    public void MissingLmHeadExplainsTying()
+    {
+        WriteCheckpoint(Tiny(), t => t.Name == "lm_head.weight" ? null : t);
+        Assert.That(ValidateFails(Tiny()).Message, Does.Contain("'lm_head.weight'").And.Contain("tie_word_embeddings"));
+    }
+
+    [Test]
+    public void WrongShapeNamesTensorAndFile()
+    {
+        WriteCheckpoint(Tiny(), t => t.Name == "model.layers.0.mlp.up_proj.weight" ? t with { Shape = [8, 6] } : t);
+        var e = ValidateFails(Tiny());
+        Assert.That(e.Message, Does.Contain("'model.layers.0.mlp.up_proj.weight'").And.Contain(_dir.File("model.safetensors"))
+                                   .And.Contain("[8, 6]").And.Contain("expected [6, 8]"));
+    }
+
+    [Test]
+    public void SeveralProblemsAreListedTogether()
+    {
+        WriteCheckpoint(Tiny(), t => t.Name.Contains("norm") ? null : t);
+        var e = ValidateFails(Tiny());
+        Assert.That(e.Message, Does.Contain("3 problems").And.Contain("input_layernorm").And.Contain("model.norm.weight"));
+    }
+}
