@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Reflection;
 using QwQ.Cuda.Cli.Commands;
 
 namespace QwQ.Cuda.Cli;
@@ -16,16 +15,7 @@ internal static class CliApp
         root.Add(InfoCommand.Create(host));
         root.Add(TokenizeCommand.Create());
         root.Add(RenderCommand.Create());
-        // LEAD: BenchCommand is registered through AddOptional so the build never depends on it; once
-        // Commands/BenchCommand.cs exists this line may become `root.Add(BenchCommand.Create());`.
-        AddOptional(root, "QwQ.Cuda.Cli.Commands.BenchCommand");
+        root.Add(BenchCommand.Create(host));
         return root;
-    }
-
-    /// <summary>Adds <c>{type}.Create()</c> when that command exists in this assembly (other engineers' commands).</summary>
-    private static void AddOptional(RootCommand root, string typeName)
-    {
-        var create = typeof(CliApp).Assembly.GetType(typeName)?.GetMethod("Create", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static, Type.EmptyTypes);
-        if (create?.Invoke(null, null) is Command command) root.Add(command);
     }
 }

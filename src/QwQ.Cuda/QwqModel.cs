@@ -134,8 +134,8 @@ public sealed class QwqModel : IDisposable
                 throw new ConfigException($"{configPath} does not exist: '{dir}' is not a Hugging Face model directory (it needs config.json, the tokenizer files and *.safetensors)");
             config = ModelConfig.Load(configPath);
         }
-        if (options.Engine.MaxContext is int asked && asked > config.MaxPositionEmbeddings)
-            throw new OptionException($"--max-context {asked} exceeds the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings)");
+        if (options.Engine.MaxContext is int asked && asked > MemoryPlan.ModelMaxPositions(config))
+            throw new OptionException($"--max-context {asked} exceeds the model's {MemoryPlan.ModelMaxPositions(config)} positions");
 
         string? tokenizerDir = options.TokenizerPath ?? dir;
         if (tokenizerDir is null)

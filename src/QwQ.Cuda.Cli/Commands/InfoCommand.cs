@@ -15,6 +15,9 @@ namespace QwQ.Cuda.Cli.Commands;
 /// </summary>
 internal static class InfoCommand
 {
+    /// <summary>Free memory of an idle 80 GB H100 once a CUDA context exists (about 79.1 GiB).</summary>
+    internal const long H100FreeBytes = 84_935_000_000;
+
     public static Command Create(CliHost host)
     {
         var source = new ModelSourceOptions(withBackend: false);
@@ -70,15 +73,17 @@ internal static class InfoCommand
         }
         else
         {
-            free = ContextPlan.H100FreeBytes;
+            free = H100FreeBytes;
             planDevice = $"NVIDIA H100 80GB (assumed: {Gib(free)} free)";
         }
-        if (engine.MaxContext > config.MaxPositionEmbeddings)
-            throw new OptionException($"--max-context {engine.MaxContext} exceeds the model's {config.MaxPositionEmbeddings} positions");
-        var plan = ContextPlan.Create(config, free, engine);
+        // The engine's own plan, so the numbers are what a load on this device would pick.
+        MemoryPlan? plan = null;
+        string? planError = null;
+        try { plan = MemoryPlan.Create(config, free, engine); }
+        catch (CudaOutOfMemoryPlanException e) { planError = e.Message; }
 
-        if (json) WriteJson(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan);
-        else WriteText(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan);
+        if (json) WriteJson(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan, planError);
+        else WriteText(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan, planError);
     }
 
     private static (int Files, long Bytes) FindWeights(string dir)
@@ -88,7 +93,7 @@ internal static class InfoCommand
     }
 
     private static void WriteText(CliHost host, ModelConfig c, string source, (int Files, long Bytes) weights, bool tokenizer,
-        bool gpu, string noGpuReason, string planDevice, ContextPlan plan)
+        bool gpu, string noGpuReason, string planDevice, MemoryPlan? plan, string? planError)
     {
         var o = host.Out;
         o.WriteLine(host.Bold("Model"));
@@ -114,17 +119,21 @@ internal static class InfoCommand
         if (!gpu) o.WriteLine(host.Dim($"  no usable GPU here: {noGpuReason}"));
         Row(o, "device", planDevice);
         Row(o, "KV cache per token", $"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)");
-        Row(o, "weights on device", $"{Gib(plan.WeightBytes)} (bf16)");
-        Row(o, "workspace", $"{Gib(plan.WorkspaceBytes)} (estimate)");
-        Row(o, "reserve", Gib(plan.ReserveBytes));
-        if (plan.Fits)
-            Row(o, "max context", $"{plan.MaxContext:N0} tokens ({Gib(plan.KvCacheBytes)} KV cache; model maximum {plan.ModelMaxPositions:N0})");
+        if (plan is not null)
+        {
+            Row(o, "weights on device", $"{Gib(plan.WeightBytes)} (bf16)");
+            Row(o, "workspace", Gib(plan.WorkspaceBytes));
+            Row(o, "reserve", Gib(plan.ReserveBytes));
+            Row(o, "max context", $"{plan.MaxContext:N0} tokens ({Gib(plan.KvCacheBytes)} KV cache; model maximum {MemoryPlan.ModelMaxPositions(c):N0})");
+        }
         else
-            Row(o, "max context", $"does not fit: the weights need {Gib(plan.WeightBytes)} but only {Gib(plan.FreeBytes)} is free");
+        {
+            Row(o, "max context", $"does not fit: {planError}");
+        }
     }
 
     private static void WriteJson(CliHost host, ModelConfig c, string source, (int Files, long Bytes) weights, bool tokenizer,
-        bool gpu, string noGpuReason, string planDevice, ContextPlan plan)
+        bool gpu, string noGpuReason, string planDevice, MemoryPlan? plan, string? planError)
     {
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
@@ -150,6 +159,11 @@ internal static class InfoCommand
             w.WriteBoolean("gpu", gpu);
             if (!gpu) w.WriteString("no_gpu_reason", noGpuReason);
             w.WriteString("plan_device", planDevice);
+            if (plan is null)
+            {
+                w.WriteString("plan_error", planError);
+            }
+            else
             {
                 w.WriteStartObject("plan");
                 w.WriteNumber("free_bytes", plan.FreeBytes);
@@ -159,7 +173,6 @@ internal static class InfoCommand
                 w.WriteNumber("kv_bytes_per_token", plan.KvBytesPerToken);
                 w.WriteNumber("max_context", plan.MaxContext);
                 w.WriteNumber("kv_cache_bytes", plan.KvCacheBytes);
-                w.WriteBoolean("fits", plan.Fits);
                 w.WriteEndObject();
             }
             w.WriteEndObject();

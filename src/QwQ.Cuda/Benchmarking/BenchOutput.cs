@@ -8,7 +8,8 @@ public static class BenchOutput
 {
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
-    public static string ToJson(BenchReport r) => JsonSerializer.Serialize(r, Json);
+    public static string ToJson(BenchReport r, ComparisonResult? compare = null) =>
+        JsonSerializer.Serialize(new { report = r, transformers = compare }, Json);
 
     public static string ToMarkdown(BenchReport r, ComparisonResult? compare = null)
     {
@@ -27,6 +28,8 @@ public static class BenchOutput
             else if (compare is not null) sb.Append(" – | – |");
             sb.AppendLine();
         }
+        if (r.SampledDecode is { } sd)
+            sb.AppendLine($"\nWith sampling ({sd.Sampling}) at {sd.Context}: {sd.MsPerToken:F2} ms/token, {sd.TokensPerSecond:F1} tok/s.");
         sb.AppendLine();
         sb.AppendLine("| prefill tokens | ms | tok/s | floor ms | % of floor |" + (compare is null ? "" : " transformers ms | speed-up |"));
         sb.AppendLine("|---:|---:|---:|---:|---:|" + (compare is null ? "" : "---:|---:|"));

@@ -19,10 +19,12 @@ public sealed record PrefillResult(int Tokens, double Ms, double TokensPerSecond
 public sealed record DecodeResult(int Context, double MsPerToken, double TokensPerSecond, double BytesPerToken,
     double GBPerSecond, double FloorMs, double PercentOfFloor);
 public sealed record TtftResult(int PromptTokens, double Ms);
+public sealed record SampledDecodeResult(int Context, string Sampling, double MsPerToken, double TokensPerSecond);
 
 public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
-    DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode, TtftResult Ttft);
+    DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
+    SampledDecodeResult? SampledDecode, TtftResult Ttft);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -68,22 +70,22 @@ public static class ModelBenchmark
         }
 
         var decode = new List<DecodeResult>();
+        SampledDecodeResult? sampled = null;
         foreach (int ctx in settings.DecodeContexts.Where(x => x + settings.DecodeSteps <= capacity))
         {
-            seq.Truncate(0);
-            seq.Append(Tokens(ctx));
-            int tok = seq.Sample(greedy, 0);
-            var sw = Stopwatch.StartNew();
-            for (int i = 0; i < settings.DecodeSteps; i++)
-            {
-                seq.Append([tok]);
-                tok = seq.Sample(greedy, i + 1);
-            }
-            double ms = sw.Elapsed.TotalMilliseconds / settings.DecodeSteps;
+            double ms = DecodeMs(seq, Tokens(ctx), greedy, settings.DecodeSteps);
             double bytes = DecodeBytesPerToken(backend, ctx + settings.DecodeSteps / 2);
             double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
             decode.Add(new DecodeResult(ctx, ms, 1e3 / ms, bytes, bytes / (ms / 1e3) / 1e9, floor, 100 * floor / ms));
             log($"decode at {ctx,6}: {ms,7:F2} ms/token  {1e3 / ms,6:F1} tok/s  {bytes / (ms / 1e3) / 1e9,7:F0} GB/s  (floor {floor:F2} ms, {100 * floor / ms:F0}%)");
+            if (sampled is null)
+            {
+                // what a user runs: QwQ's recommended sampling, the sampler on the GPU every step
+                var qwq = SamplingOptions.FromGenerationConfig(0.6f, 0.95f, 40, 1.0f) with { Seed = 1 };
+                double sms = DecodeMs(seq, Tokens(ctx), qwq, settings.DecodeSteps);
+                sampled = new SampledDecodeResult(ctx, "T=0.6, top_p=0.95, top_k=40", sms, 1e3 / sms);
+                log($"decode at {ctx,6} with QwQ sampling: {sms,7:F2} ms/token  {1e3 / sms,6:F1} tok/s");
+            }
         }
 
         var ttfts = new List<double>();
@@ -101,7 +103,22 @@ public static class ModelBenchmark
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, ttft);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft);
+    }
+
+    /// <summary>Prefills <paramref name="prompt"/>, then times <paramref name="steps"/> decode steps (sample + forward).</summary>
+    private static double DecodeMs(ISequence seq, int[] prompt, SamplingOptions sampling, int steps)
+    {
+        seq.Truncate(0);
+        seq.Append(prompt);
+        int tok = seq.Sample(sampling, 0);
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++)
+        {
+            seq.Append([tok]);
+            tok = seq.Sample(sampling, i + 1);
+        }
+        return sw.Elapsed.TotalMilliseconds / steps;
     }
 
     /// <summary>

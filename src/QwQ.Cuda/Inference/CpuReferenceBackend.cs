@@ -19,7 +19,7 @@ public sealed class CpuReferenceBackend : IModelBackend
     private readonly int _validVocab;
     private readonly ulong? _seed;
 
-    /// <param name="maxContext">Positions a sequence may hold (null: the model's max_position_embeddings).</param>
+    /// <param name="maxContext">Positions a sequence may hold (null: the model's maximum, see MemoryPlan.ModelMaxPositions).</param>
     /// <param name="validVocab">The tokenizer's size: ids at or above it are never sampled (null: config vocab_size).</param>
     /// <param name="samplerSeed">Seed for sampling when the options give none (null: a random one per sequence).</param>
     public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null, ulong? samplerSeed = null)
@@ -27,11 +27,12 @@ public sealed class CpuReferenceBackend : IModelBackend
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
         if (maxContext is < 1) throw new OptionException($"max context {maxContext} must be at least 1");
-        if (maxContext > config.MaxPositionEmbeddings)
-            throw new OptionException($"--max-context {maxContext} exceeds the model's {config.MaxPositionEmbeddings} positions");
+        int modelMax = MemoryPlan.ModelMaxPositions(config);
+        if (maxContext > modelMax)
+            throw new OptionException($"--max-context {maxContext} exceeds the model's {modelMax} positions");
         Config = config;
         _model = new Qwen2CpuModel(config, weights);
-        MaxContext = maxContext ?? config.MaxPositionEmbeddings;
+        MaxContext = maxContext ?? modelMax;
         _validVocab = Math.Min(validVocab ?? config.VocabSize, config.VocabSize);
         _seed = samplerSeed;
     }

@@ -16,12 +16,23 @@ internal static class Goldens
 
     public static (ModelConfig Config, string Dir, List<(int[] Prompt, int[] Greedy)> Cases) Load(string name)
     {
+        var (config, dir, cases) = LoadWithMargins(name);
+        return (config, dir, cases.Select(c => (c.Prompt, c.Greedy)).ToList());
+    }
+
+    /// <summary>
+    /// Also the golden top-1 minus top-2 logit gap of every greedy step: where it is below bf16's noise the
+    /// fp32 reference's choice is a coin toss for a bf16 engine, and the continuations may part from there on.
+    /// </summary>
+    public static (ModelConfig Config, string Dir, List<(int[] Prompt, int[] Greedy, float[] Margins)> Cases) LoadWithMargins(string name)
+    {
         string dir = TestModels.GoldenModelDir(name);
         var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "goldens.json")));
         var cases = doc.RootElement.GetProperty("prompts").EnumerateArray()
             .Select(p => (p.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
-                          p.GetProperty("greedy").EnumerateArray().Select(e => e.GetInt32()).ToArray()))
+                          p.GetProperty("greedy").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
+                          p.GetProperty("greedy_margins").EnumerateArray().Select(e => e.GetSingle()).ToArray()))
             .ToList();
         return (config, dir, cases);
     }
@@ -61,15 +72,26 @@ public class GoldenGenerationGpuTests
     private static IModelBackend LoadCuda(ModelConfig config, string dir) =>
         BackendFactory.Create(BackendKind.Cuda, config, dir, new EngineOptions { MaxContext = config.MaxPositionEmbeddings }, config.VocabSize, null, default);
 
+    /// <summary>Golden logit gaps below this are within bf16 noise of the fp32 reference (measured: ‖Δ‖/‖ref‖ ≈ 4e-3).</summary>
+    private const float Bf16TieMargin = 5e-3f;
+
+    /// <summary>
+    /// Token for token up to the first step whose golden top-1/top-2 gap is a bf16 near-tie, and never fewer than
+    /// the first 16 tokens.
+    /// </summary>
     [TestCaseSource(typeof(Goldens), nameof(Goldens.Models))]
     public void CudaGreedyEqualsTransformersTokenForToken(string name)
     {
-        var (config, dir, cases) = Goldens.Load(name);
+        var (config, dir, cases) = Goldens.LoadWithMargins(name);
         using var backend = LoadCuda(config, dir);
-        foreach (var (prompt, greedy) in cases)
+        foreach (var (prompt, greedy, margins) in cases)
         {
             using var seq = backend.CreateSequence();
-            Assert.That(Goldens.Greedy(seq, prompt, greedy.Length), Is.EqualTo(greedy), $"{name}: prompt [{string.Join(",", prompt)}]");
+            int firstTie = Array.FindIndex(margins, m => m < Bf16TieMargin);
+            int compared = Math.Max(16, firstTie < 0 ? greedy.Length : firstTie);
+            int[] got = Goldens.Greedy(seq, prompt, greedy.Length);
+            TestContext.Out.WriteLine($"{name}: comparing {compared} of {greedy.Length} tokens (first near-tie at {firstTie})");
+            Assert.That(got.Take(compared), Is.EqualTo(greedy.Take(compared)), $"{name}: prompt [{string.Join(",", prompt)}]");
         }
     }
 

@@ -10,16 +10,17 @@ internal static class SamplingTestUtil
 
     /// <summary>[VocabRows] logits: ~-20 background, <paramref name="hot"/> tokens at random ids with logits in
     /// [0, spread), and the padded rows beyond ValidVocab set larger than everything (they must never win).</summary>
-    public static float[] ConcentratedLogits(int seed, int hot = 50, float spread = 4f, int[]? hotIds = null)
+    public static float[] ConcentratedLogits(int seed, int hot = 50, float spread = 4f, int[]? hotIds = null,
+        int rows = VocabRows, int valid = ValidVocab)
     {
         var rng = new Random(seed);
-        var l = new float[VocabRows];
-        for (int i = 0; i < VocabRows; i++) l[i] = -20f - (float)rng.NextDouble() * 10f;
+        var l = new float[rows];
+        for (int i = 0; i < rows; i++) l[i] = -20f - (float)rng.NextDouble() * 10f;
         var ids = new HashSet<int>();
-        while (ids.Count < hot) ids.Add(rng.Next(ValidVocab));
+        while (ids.Count < hot) ids.Add(rng.Next(valid));
         foreach (int id in ids) l[id] = (float)rng.NextDouble() * spread;
         if (hotIds is not null) ids.CopyTo(hotIds);
-        for (int i = ValidVocab; i < VocabRows; i++) l[i] = 100f;
+        for (int i = valid; i < rows; i++) l[i] = 100f;
         return l;
     }
 

@@ -1,0 +1,150 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using QwQ.Cuda.Benchmarking;
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Cli.Commands;
+
+/// <summary>
+/// <c>qwq bench</c>: end-to-end batch-1 timings of the engine (prefill, decode, time to first token), each against
+/// its floor, written as JSON and Markdown; <c>--compare</c> runs transformers on the same shapes in the same run.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create(CliHost host)
+    {
+        var synthetic = new Option<string>("--synthetic") { Description = "Preset to benchmark with random weights", DefaultValueFactory = _ => "qwq-32b" };
+        var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
+        var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
+        var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
+        var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
+        var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
+        var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
+        var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
+        var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
+        var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
+        var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
+        {
+            synthetic, model, prefill, decode, steps, outDir, commit, compare, eager, graphs,
+        };
+        command.SetAction(p =>
+        {
+            var settings = new BenchSettings
+            {
+                PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
+                DecodeContexts = ParseList(p.GetValue(decode)!, "--decode"),
+                DecodeSteps = p.GetValue(steps) is int s and > 0 ? s : throw new OptionException("--steps must be at least 1"),
+            };
+            Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
+                p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    internal static int[] ParseList(string text, string option)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var values = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1)
+                throw new OptionException($"{option} '{text}': expected positive integers separated by commas, e.g. 512,2048");
+        return values;
+    }
+
+    private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
+        string commit, bool compare, bool compareEager, bool cudaGraphs)
+    {
+        ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
+        int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
+        var engine = new EngineOptions { MaxContext = need, UseCudaGraphs = cudaGraphs, SampleableVocab = Math.Min(config.VocabSize, 151669) };
+        host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} with a KV cache of {need} positions…");
+        BenchReport report;
+        var sw = Stopwatch.StartNew();
+        using (var backend = CudaBackend.Load(config, modelDir, engine))
+        {
+            host.Error.WriteLine($"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}");
+            report = ModelBenchmark.Run(backend, settings, commit, line => host.Error.WriteLine(line));
+        }
+
+        ComparisonResult? comparison = null;
+        if (compare)
+            comparison = RunTransformers(host, modelDir is null ? ModelPresets.QwQ32BConfigJson : File.ReadAllText(Path.Combine(modelDir, "config.json")),
+                settings, compareEager);
+
+        string markdown = BenchOutput.ToMarkdown(report, comparison);
+        host.Out.WriteLine(markdown);
+        if (outDir is not null)
+        {
+            Directory.CreateDirectory(outDir);
+            string gpu = new string(report.Gpu.Select(ch => char.IsLetterOrDigit(ch) ? ch : '-').ToArray()).Trim('-');
+            string stem = Path.Combine(outDir, $"{report.Date}-{gpu}-{commit}");
+            File.WriteAllText(stem + ".json", BenchOutput.ToJson(report, comparison));
+            File.WriteAllText(stem + ".md", markdown);
+            host.Error.WriteLine($"wrote {stem}.json and {stem}.md");
+        }
+    }
+
+    private static ComparisonResult RunTransformers(CliHost host, string configJson, BenchSettings s, bool eager)
+    {
+        string script = FindScript();
+        string dir = Directory.CreateTempSubdirectory("qwq-bench-").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "config.json"), configJson);
+            string result = Path.Combine(dir, "transformers.json");
+            var psi = new ProcessStartInfo("python3")
+            {
+                ArgumentList = { script, "--config", dir, "--prefill", string.Join(',', s.PrefillLengths.Where(n => n <= 4096)),
+                    "--decode", string.Join(',', s.DecodeContexts), "--steps", "32", "--out", result },
+                RedirectStandardOutput = false,
+                UseShellExecute = false,
+            };
+            if (eager) psi.ArgumentList.Add("--eager");
+            host.Error.WriteLine($"running transformers: python3 {string.Join(' ', psi.ArgumentList)}");
+            using var process = Process.Start(psi) ?? throw new QwqException("could not start python3 for --compare");
+            process.WaitForExit();
+            if (process.ExitCode != 0)
+                throw new QwqException($"--compare: {script} exited with code {process.ExitCode}; python3 needs torch and transformers");
+            using var doc = JsonDocument.Parse(File.ReadAllText(result));
+            Dictionary<int, double> Read(string name) => doc.RootElement.GetProperty(name).EnumerateObject()
+                .ToDictionary(e => int.Parse(e.Name, CultureInfo.InvariantCulture), e => e.Value.GetDouble());
+            return new ComparisonResult(Read("prefill_ms"), Read("decode_ms"), doc.RootElement.GetProperty("mode").GetString()!);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static string FindScript()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            string candidate = Path.Combine(d.FullName, "bench", "compare_transformers.py");
+            if (File.Exists(candidate)) return candidate;
+        }
+        string cwd = Path.Combine(Environment.CurrentDirectory, "bench", "compare_transformers.py");
+        return File.Exists(cwd) ? cwd : throw new QwqException("--compare needs bench/compare_transformers.py: run qwq bench from the repository");
+    }
+
+    private static string GitCommit()
+    {
+        try
+        {
+            using var git = Process.Start(new ProcessStartInfo("git", "rev-parse --short HEAD") { RedirectStandardOutput = true, RedirectStandardError = true });
+            string sha = git!.StandardOutput.ReadToEnd().Trim();
+            git.WaitForExit();
+            return git.ExitCode == 0 && sha.Length > 0 ? sha : "unknown";
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return "unknown";
+        }
+    }
+}
