@@ -8,9 +8,12 @@
 //   sampling_argmax_f32    greedy only (1 block): reduces the partials, lowest id wins ties, records the token.
 //   sampling_compact_f32   same grid: reduces the partial max M, keeps per tile, in id order, the candidates
 //                          d = x - M >= -28 (everything else has weight exp(d) < 2^-40, i.e. exactly 0 below).
-//   sampling_select_f32    1 block of 1024: concatenates the tiles' candidates in id order, top-k and top-p
-//                          thresholds by radix select on the float keys, min-p cut, then the draw by a prefix
-//                          scan in id order; records the token (counts[token]++) and writes it to `result`.
+//   sampling_radix_pass_f32  same grid, launched 3 times per threshold (11/11/10-bit digits): top-k threshold
+//                          (counts) then top-p threshold (integer mass) by a multi-block radix select: per-tile
+//                          shared histograms, one global histogram, the last block to finish picks the digit.
+//   sampling_draw_f32      same grid: min-p cut and per-tile kept mass; the last block draws r, finds the tile and
+//                          the token by a prefix scan in id order; records it (counts[token]++) into `result`.
+// Every kernel is O(vocab / grid) per block: no single-block pass over the whole vocabulary.
 //
 // Exactness contract with the C# reference (QwQ.Cuda.Sampling.CpuSampler / SamplingMath): every float op is
 // spelled out with an explicit rounding intrinsic (no FMA contraction surprises), exp is our own polynomial,
@@ -186,6 +189,19 @@ __device__ __forceinline__ void sampling_block_argmax(float& v, int& i, float* s
     __syncthreads();
 }
 
+// Device-side state shared by the radix passes and the draw (one per sampler; zeroed once at allocation).
+// counter is the "last block done" ticket of the current launch; every kernel leaves it at 0.
+struct SamplingState
+{
+    unsigned prefix;    // digits chosen so far by the current radix select
+    unsigned mask;      // bits of prefix that are fixed
+    unsigned minKey;    // candidates considered by the current select: key >= minKey
+    unsigned threshold; // kept candidates: key >= threshold (0 = all); reset to 0 by sampling_compact_f32
+    u64 need;           // weight still needed inside the selected digit's bin
+    unsigned active;    // 1 while a select is in progress (0: top-k keeps everything, later passes skip)
+    unsigned counter;   // blocks done in the current launch
+};
+
 // ---------------------------------------------------------------- kernels
 
 // processed[v] = temperature(penalties(bias(logits[v]))) for v < validVocab; NaN -> -inf, -0 -> +0.
@@ -263,8 +279,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_com
     int* __restrict__ segId,        // [gridDim.x * TILE] int32
     unsigned* __restrict__ segKey,  // [gridDim.x * TILE] uint32 order-preserving key of processed[id]
     float* __restrict__ segW,       // [gridDim.x * TILE] fp32 exp(processed[id] - M)
-    int* __restrict__ segCount)     // [gridDim.x] int32
+    int* __restrict__ segCount,     // [gridDim.x] int32
+    SamplingState* state)           // [1]: threshold and select state reset here (nothing reads it in this launch)
 {
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+    {
+        state->threshold = 0u;
+        state->active = 0u;
+    }
     __shared__ float sm[32];
     __shared__ u64 scan[32];
     // Global max from the per-tile partials (a few hundred floats).
@@ -307,145 +329,284 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_com
     if (threadIdx.x == 0) segCount[blockIdx.x] = (int)total;
 }
 
-// Largest key t (a key present among the filtered candidates) such that the weight of {key >= t} reaches
-// `need`, over candidates with key >= minKey. Weight: 1 per candidate (top-k: t = the need-th largest key),
-// or its integer probability mass (top-p). Requires 1 <= need <= total filtered weight.
-__device__ unsigned sampling_radix_select(
-    const unsigned* key, const float* w, int n, unsigned minKey, u64 need, bool byMass,
-    u64* hist, u64* scan, unsigned* selDigit, u64* selNeed)
+// Called by every block after its global atomics; true in exactly one block (the last to arrive), which then
+// sees every other block's global writes. Ticket reset by that block.
+__device__ __forceinline__ bool sampling_last_block(unsigned* counter, int* flag)
 {
-    const int tid = threadIdx.x;
-    unsigned prefix = 0, mask = 0;
-#pragma unroll
-    for (int pass = 0; pass < 3; ++pass)
-    {
-        const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
-        const int nb = pass == 2 ? 1024 : 2048;
-        for (int b = tid; b < SAMPLING_RADIX_BINS; b += SAMPLING_SELECT_THREADS) hist[b] = 0ull;
-        __syncthreads();
-        for (int i = tid; i < n; i += SAMPLING_SELECT_THREADS)
-        {
-            const unsigned k = key[i];
-            if (k >= minKey && (k & mask) == prefix)
-            {
-                const u64 wt = byMass ? sampling_weight(w[i]) : 1ull;
-                if (wt) atomicAdd(&hist[(k >> shift) & (unsigned)(nb - 1)], wt);
-            }
-        }
-        __syncthreads();
-        // Thread t looks at bins nb-1-2t and nb-2-2t: a block scan in descending bin order.
-        const int b0 = nb - 1 - 2 * tid, b1 = nb - 2 - 2 * tid;
-        const u64 h0 = b0 >= 0 ? hist[b0] : 0ull;
-        const u64 h1 = b1 >= 0 ? hist[b1] : 0ull;
-        u64 total;
-        const u64 above = sampling_block_scan<SAMPLING_SELECT_THREADS>(h0 + h1, scan, &total);
-        if (h0 > 0 && above < need && need <= above + h0) { *selDigit = (unsigned)b0; *selNeed = need - above; }
-        else if (h1 > 0 && above + h0 < need && need <= above + h0 + h1) { *selDigit = (unsigned)b1; *selNeed = need - above - h0; }
-        __syncthreads();
-        prefix |= *selDigit << shift;
-        mask |= (unsigned)(nb - 1) << shift;
-        need = *selNeed;
-        __syncthreads();
-    }
-    return prefix;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) *flag = atomicAdd(counter, 1u) == gridDim.x - 1 ? 1 : 0;
+    __syncthreads();
+    const bool last = *flag != 0;
+    if (last) __threadfence();
+    return last;
 }
 
-// The rest of the pipeline on the candidates; 1 block of SAMPLING_SELECT_THREADS.
-// dense* are scratch (not restrict/const: written then read in this kernel).
-extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_select_f32(
-    const int* __restrict__ segId, const unsigned* __restrict__ segKey, const float* __restrict__ segW,
-    const int* __restrict__ segCount, int numBlocks,  // numBlocks <= SAMPLING_SELECT_THREADS
-    int* denseId,        // [validVocab] int32 scratch
-    unsigned* denseKey,  // [validVocab] uint32 scratch
-    float* denseW,       // [validVocab] fp32 scratch
-    int topK,            // 0 = off
-    float topP,          // 1 = off
-    float minP,          // 0 = off
+// One pass of a multi-block radix select over the tiles' candidate segments (grid = numTiles, block =
+// SAMPLING_PREP_THREADS). Finds the largest key t (present among the considered candidates) such that the weight
+// of {key >= t} reaches `need`: weight 1 per candidate (byMass = 0, top-k: need = topK, t = the topK-th largest
+// key) or its integer mass (byMass = 1, top-p: need = ceil(topP * mass of the candidates with key >= threshold)).
+// Digits of 11, 11, 10 bits (passes 0, 1, 2; shifts 21, 10, 0); bins are scanned from the top.
+// Every block histograms its tile in shared memory with 32-bit atomics (64-bit shared atomics are CAS loops on
+// sm_80/sm_90 and collapse under the heavy bin contention of clustered logits), then adds its non-zero bins to
+// the global u64 histogram; the last block picks the digit, updates `state` and re-zeroes the histogram.
+// Pass 2 leaves the result in state->threshold. Exactly the thresholds of CpuSampler (pinned by
+// RadixSelectModelTests).
+extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_radix_pass_f32(
+    const unsigned* __restrict__ segKey,  // [numTiles * TILE] uint32
+    const float* __restrict__ segW,       // [numTiles * TILE] fp32
+    const int* __restrict__ segCount,     // [numTiles] int32
+    int pass,                             // 0, 1, 2
+    int byMass,                           // 0: top-k (counts), 1: top-p (integer mass)
+    int topK,                             // pass 0 of top-k: the k (>= 1)
+    float topP,                           // pass 0 of top-p: p in (0, 1)
+    u64* hist,                            // [SAMPLING_RADIX_BINS] u64, all 0 between launches
+    SamplingState* state)
+{
+    __shared__ unsigned hlo[SAMPLING_RADIX_BINS]; // counts, or the low 20 bits of the masses
+    __shared__ unsigned hhi[SAMPLING_RADIX_BINS]; // masses >> 20 (<= 2^20 each, <= 1024 per tile: fits)
+    __shared__ u64 scan[32];
+    __shared__ unsigned selDigit;
+    __shared__ u64 selNeed;
+    __shared__ int lastFlag;
+    const int tid = threadIdx.x;
+    const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
+    const unsigned digitMask = pass == 2 ? 1023u : 2047u;
+    unsigned prefix = 0, mask = 0, minKey = 0;
+    if (pass == 0)
+    {
+        minKey = byMass ? state->threshold : 0u;
+    }
+    else
+    {
+        if (state->active == 0) return; // uniform over the grid: nobody touches the counter
+        prefix = state->prefix;
+        mask = state->mask;
+        minKey = state->minKey;
+    }
+
+    for (int b = tid; b < SAMPLING_RADIX_BINS; b += SAMPLING_PREP_THREADS) { hlo[b] = 0u; hhi[b] = 0u; }
+    __syncthreads();
+    const int seg = blockIdx.x * SAMPLING_TILE;
+    const int cnt = segCount[blockIdx.x];
+    for (int j = tid; j < cnt; j += SAMPLING_PREP_THREADS)
+    {
+        const unsigned k = segKey[seg + j];
+        if (k >= minKey && (k & mask) == prefix)
+        {
+            const unsigned bin = (k >> shift) & digitMask;
+            if (byMass)
+            {
+                const u64 q = sampling_weight(segW[seg + j]);
+                if (q)
+                {
+                    atomicAdd(&hlo[bin], (unsigned)(q & 0xFFFFFull));
+                    atomicAdd(&hhi[bin], (unsigned)(q >> 20));
+                }
+            }
+            else
+            {
+                atomicAdd(&hlo[bin], 1u);
+            }
+        }
+    }
+    __syncthreads();
+    for (int b = tid; b < SAMPLING_RADIX_BINS; b += SAMPLING_PREP_THREADS)
+    {
+        const u64 v = (u64)hlo[b] + ((u64)hhi[b] << 20);
+        if (v) atomicAdd(&hist[b], v);
+    }
+    if (!sampling_last_block(&state->counter, &lastFlag)) return;
+
+    // Last block: thread t owns bins 2047-8t .. 2040-8t (a scan in descending bin order).
+    constexpr int PER = SAMPLING_RADIX_BINS / SAMPLING_PREP_THREADS; // 8
+    u64 h[PER];
+    u64 sum = 0;
+#pragma unroll
+    for (int i = 0; i < PER; ++i)
+    {
+        h[i] = __ldcg(&hist[SAMPLING_RADIX_BINS - 1 - PER * tid - i]);
+        sum += h[i];
+    }
+    u64 total;
+    u64 above = sampling_block_scan<SAMPLING_PREP_THREADS>(sum, scan, &total);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) hist[SAMPLING_RADIX_BINS - 1 - PER * tid - i] = 0ull; // ready for the next pass
+
+    u64 need;
+    bool keepAll = false;
+    if (pass == 0)
+    {
+        if (byMass)
+        {
+            u64 target = sampling_ceil_mul(topP, total);
+            if (target > total) target = total;
+            if (target < 1) target = 1;
+            need = target;
+        }
+        else
+        {
+            need = (u64)topK;
+            keepAll = need >= total; // top-k with k >= candidates keeps them all (threshold 0)
+        }
+    }
+    else
+    {
+        need = state->need;
+    }
+    if (tid == 0) { selDigit = 0u; selNeed = 1ull; }
+    __syncthreads();
+    if (!keepAll)
+    {
+#pragma unroll
+        for (int i = 0; i < PER; ++i)
+        {
+            const u64 hv = h[i];
+            if (hv > 0 && above < need && need <= above + hv)
+            {
+                selDigit = (unsigned)(SAMPLING_RADIX_BINS - 1 - PER * tid - i);
+                selNeed = need - above;
+            }
+            above += hv;
+        }
+    }
+    __syncthreads();
+    if (tid == 0)
+    {
+        if (keepAll)
+        {
+            state->threshold = 0u;
+            state->active = 0u;
+        }
+        else
+        {
+            const unsigned np = prefix | (selDigit << shift);
+            if (pass == 2)
+            {
+                state->threshold = np;
+                state->active = 0u;
+            }
+            else
+            {
+                state->prefix = np;
+                state->mask = mask | (digitMask << shift);
+                state->need = selNeed;
+                state->minKey = minKey;
+                state->active = 1u;
+            }
+        }
+        state->counter = 0u;
+    }
+}
+
+// min-p and the draw (grid = numTiles, block = SAMPLING_PREP_THREADS): every block sums the integer weights of
+// its tile's kept candidates (key >= state->threshold and exp(d) >= minP) into tileMass; the last block draws
+// r uniform in [0, total), finds the tile, then the token by a prefix scan in id order, exactly as CpuSampler.
+// Records the token (counts[token]++) and writes it to result.
+extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_draw_f32(
+    const int* __restrict__ segId,        // [numTiles * TILE] int32
+    const unsigned* __restrict__ segKey,  // [numTiles * TILE] uint32
+    const float* __restrict__ segW,       // [numTiles * TILE] fp32
+    const int* __restrict__ segCount,     // [numTiles] int32
+    float minP,                           // 0 = off
     u64 seed, u64 step,
+    SamplingState* state,
+    u64* tileMass,       // [numTiles] u64 scratch
     int* counts,         // [vocabRows] int32, counts[token]++
     int* result,         // [1] int32
     u64* debugWeights)   // [validVocab] u64, zeroed by the caller, or null: kept candidates' integer weights
 {
-    __shared__ u64 hist[SAMPLING_RADIX_BINS];
     __shared__ u64 scan[32];
-    __shared__ int segOff[SAMPLING_SELECT_THREADS + 1];
-    __shared__ unsigned selDigit;
-    __shared__ u64 selNeed;
+    __shared__ int lastFlag;
+    __shared__ int selTile;
+    __shared__ u64 selBase;
     __shared__ int selToken;
     const int tid = threadIdx.x;
+    const unsigned threshold = state->threshold;
 
-    // 1. Concatenate the tiles' candidate segments (id order is preserved).
-    u64 total;
-    const int c = tid < numBlocks ? segCount[tid] : 0;
-    const int off = (int)sampling_block_scan<SAMPLING_SELECT_THREADS>((u64)c, scan, &total);
-    segOff[tid] = off;
-    if (tid == 0) { segOff[SAMPLING_SELECT_THREADS] = (int)total; selToken = -1; }
-    __syncthreads();
-    const int n = (int)total;
-    for (int j = tid; j < n; j += SAMPLING_SELECT_THREADS)
-    {
-        int lo = 0, hi = numBlocks - 1; // last segment with segOff <= j
-        while (lo < hi)
-        {
-            const int mid = (lo + hi + 1) >> 1;
-            if (segOff[mid] <= j) lo = mid; else hi = mid - 1;
-        }
-        const int src = lo * SAMPLING_TILE + (j - segOff[lo]);
-        denseId[j] = segId[src];
-        denseKey[j] = segKey[src];
-        denseW[j] = segW[src];
-    }
-    __syncthreads();
-
-    // 2. top-k: keep keys >= the k-th largest (ties at the threshold all kept, as HF).
-    unsigned threshold = 0;
-    if (topK > 0 && topK < n)
-        threshold = sampling_radix_select(denseKey, denseW, n, 0u, (u64)topK, false, hist, scan, &selDigit, &selNeed);
-
-    // 3. top-p: largest threshold whose kept mass is >= ceil(topP * mass of the top-k survivors).
-    if (topP < 1.0f)
-    {
-        u64 part = 0;
-        for (int i = tid; i < n; i += SAMPLING_SELECT_THREADS)
-            if (denseKey[i] >= threshold) part += sampling_weight(denseW[i]);
-        u64 mass;
-        sampling_block_scan<SAMPLING_SELECT_THREADS>(part, scan, &mass);
-        u64 target = sampling_ceil_mul(topP, mass);
-        if (target > mass) target = mass;
-        if (target < 1) target = 1;
-        threshold = sampling_radix_select(denseKey, denseW, n, threshold, target, true, hist, scan, &selDigit, &selNeed);
-    }
-
-    // 4. min-p (w = p / p_max) and the draw: prefix scan of the kept weights in id order over contiguous chunks.
-    const int chunk = (n + SAMPLING_SELECT_THREADS - 1) / SAMPLING_SELECT_THREADS;
-    const int lo = min(n, tid * chunk), hi = min(n, lo + chunk);
+    // Each thread owns SAMPLING_ITEMS consecutive slots of the segment (id order within the tile).
+    int seg = blockIdx.x * SAMPLING_TILE;
+    int cnt = segCount[blockIdx.x];
+    u64 q[SAMPLING_ITEMS];
     u64 local = 0;
-    for (int i = lo; i < hi; ++i)
-        if (denseKey[i] >= threshold && denseW[i] >= minP) local += sampling_weight(denseW[i]);
+#pragma unroll
+    for (int i = 0; i < SAMPLING_ITEMS; ++i)
+    {
+        const int j = tid * SAMPLING_ITEMS + i;
+        q[i] = 0ull;
+        if (j < cnt)
+        {
+            const float w = segW[seg + j];
+            if (segKey[seg + j] >= threshold && w >= minP) q[i] = sampling_weight(w);
+        }
+        local += q[i];
+        if (debugWeights != 0 && q[i] != 0ull) debugWeights[segId[seg + j]] = q[i];
+    }
+    u64 tileTotal;
+    sampling_block_scan<SAMPLING_PREP_THREADS>(local, scan, &tileTotal);
+    if (tid == 0) tileMass[blockIdx.x] = tileTotal;
+    if (!sampling_last_block(&state->counter, &lastFlag)) return;
+
+    // Last block: r in [0, z), then the tile holding r (numTiles <= 4 * SAMPLING_PREP_THREADS).
+    const int nt = gridDim.x;
+    const int per = (nt + SAMPLING_PREP_THREADS - 1) / SAMPLING_PREP_THREADS;
+    const int t0 = min(nt, tid * per), t1 = min(nt, t0 + per);
+    u64 s = 0;
+    for (int t = t0; t < t1; ++t) s += __ldcg(&tileMass[t]);
     u64 z;
-    const u64 before = sampling_block_scan<SAMPLING_SELECT_THREADS>(local, scan, &z);
+    const u64 before = sampling_block_scan<SAMPLING_PREP_THREADS>(s, scan, &z);
     const u64 r = __umul64hi(sampling_rand64(seed, step), z); // uniform in [0, z)
-    if (local > 0 && before <= r && r < before + local)
+    if (tid == 0) { selTile = -1; selBase = 0ull; selToken = -1; }
+    __syncthreads();
+    if (s > 0 && before <= r && r < before + s)
     {
         u64 acc = before;
-        for (int i = lo; i < hi; ++i)
+        for (int t = t0; t < t1; ++t)
         {
-            if (denseKey[i] >= threshold && denseW[i] >= minP)
+            const u64 m = __ldcg(&tileMass[t]);
+            if (r < acc + m) { selTile = t; selBase = acc; break; }
+            acc += m;
+        }
+    }
+    __syncthreads();
+    const int tile = selTile;
+    if (tile >= 0)
+    {
+        seg = tile * SAMPLING_TILE;
+        cnt = segCount[tile];
+        local = 0;
+#pragma unroll
+        for (int i = 0; i < SAMPLING_ITEMS; ++i)
+        {
+            const int j = tid * SAMPLING_ITEMS + i;
+            q[i] = 0ull;
+            if (j < cnt)
             {
-                acc += sampling_weight(denseW[i]);
-                if (acc > r) { selToken = denseId[i]; break; }
+                const float w = segW[seg + j];
+                if (segKey[seg + j] >= threshold && w >= minP) q[i] = sampling_weight(w);
+            }
+            local += q[i];
+        }
+        u64 unused;
+        const u64 pre = selBase + sampling_block_scan<SAMPLING_PREP_THREADS>(local, scan, &unused);
+        if (local > 0 && pre <= r && r < pre + local)
+        {
+            u64 acc = pre;
+#pragma unroll
+            for (int i = 0; i < SAMPLING_ITEMS; ++i)
+            {
+                acc += q[i];
+                if (acc > r) { selToken = segId[seg + tid * SAMPLING_ITEMS + i]; break; }
             }
         }
     }
-    if (debugWeights != 0)
-        for (int i = lo; i < hi; ++i)
-            if (denseKey[i] >= threshold && denseW[i] >= minP) debugWeights[denseId[i]] = sampling_weight(denseW[i]);
     __syncthreads();
     if (tid == 0)
     {
-        const int token = selToken >= 0 ? selToken : (n > 0 ? denseId[0] : 0); // unreachable fallback: z >= 2^40
+        const int token = selToken >= 0 ? selToken : 0; // unreachable fallback: z >= 2^40 (the top token)
         result[0] = token;
         counts[token] += 1;
+        state->counter = 0u;
     }
 }
 

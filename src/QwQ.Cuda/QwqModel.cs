@@ -137,7 +137,8 @@ public sealed class QwqModel : IDisposable
         if (options.Engine.MaxContext is int asked && asked > MemoryPlan.ModelMaxPositions(config))
             throw new OptionException($"--max-context {asked} exceeds the model's {MemoryPlan.ModelMaxPositions(config)} positions");
 
-        string? tokenizerDir = options.TokenizerPath ?? dir;
+        // synthetic presets carry the release's tokenizer files inside the library
+        string? tokenizerDir = options.TokenizerPath ?? dir ?? Presets.PresetFiles.Extract(options.Synthetic!);
         if (tokenizerDir is null)
             throw new OptionException($"synthetic '{options.Synthetic}' weights need a tokenizer: pass --tokenizer DIR (a directory with tokenizer.json and tokenizer_config.json)");
         if (!Directory.Exists(tokenizerDir))

@@ -47,6 +47,11 @@ public sealed class CpuReferenceBackend : IModelBackend
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
         long total = config.ParameterCount * 4;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (total > available / 2)
+            throw new OptionException(
+                $"the CPU reference backend keeps every weight in float32: this model needs {total / 1e9:F1} GB of host memory " +
+                $"and {available / 1e9:F1} GB is available. It is meant for small test models; use --backend cuda.");
         progress?.Report(new LoadProgress(checkpointDir is null ? "synthetic weights" : "loading weights", 0, total));
         CpuWeights weights;
         if (checkpointDir is null)

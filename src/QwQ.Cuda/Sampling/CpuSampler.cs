@@ -17,8 +17,8 @@ public sealed class CpuSampler
     private readonly int[] candId;        // [validVocab] candidates (d >= -28) in id order
     private readonly uint[] candKey;      // [validVocab] their order-preserving keys
     private readonly float[] candW;       // [validVocab] their exp(d)
-    private readonly uint[] sortKey;      // [validVocab] scratch for the thresholds
-    private readonly ulong[] sortMass;    // [validVocab] scratch for the thresholds
+    private readonly ulong[] candQ;       // [validVocab] their integer weights floor(exp(d) * 2^40)
+    private readonly ulong[] hist = new ulong[RadixBins]; // radix-select digit histogram
     private IReadOnlyDictionary<int, float>? uploadedBias;
     private SamplingOptions? validated;
 
@@ -38,8 +38,7 @@ public sealed class CpuSampler
         candId = new int[validVocab];
         candKey = new uint[validVocab];
         candW = new float[validVocab];
-        sortKey = new uint[validVocab];
-        sortMass = new ulong[validVocab];
+        candQ = new ulong[validVocab];
     }
 
     public int VocabRows => vocabRows;
@@ -84,7 +83,9 @@ public sealed class CpuSampler
         return Select(logits, options, step, weights);
     }
 
-    private int Select(ReadOnlySpan<float> logits, SamplingOptions o, long step, Span<ulong> weights)
+    // Hot loops index arrays and a pinned pointer rather than spans: the test suite runs Debug builds, where span
+    // indexers are calls.
+    private unsafe int Select(ReadOnlySpan<float> logits, SamplingOptions o, long step, Span<ulong> weights)
     {
         ArgumentNullException.ThrowIfNull(o);
         if (logits.Length < validVocab)
@@ -102,9 +103,10 @@ public sealed class CpuSampler
         float rp = o.RepetitionPenalty, pres = o.PresencePenalty, freq = o.FrequencyPenalty, temp = o.Temperature;
         float best = float.NegativeInfinity;
         int bestId = 0;
+        fixed (float* lp = logits)
         for (int v = 0; v < validVocab; v++)
         {
-            float x = logits[v];
+            float x = lp[v];
             if (hasBias) x += bias[v];
             if (rep || pf)
             {
@@ -134,65 +136,44 @@ public sealed class CpuSampler
             float d = SamplingMath.Delta(processed[v], best);
             if (d >= SamplingMath.CandidateDelta)
             {
+                float w = SamplingMath.Exp(d);
                 candId[n] = v;
                 candKey[n] = SamplingMath.Key(processed[v]);
-                candW[n] = SamplingMath.Exp(d);
+                candW[n] = w;
+                candQ[n] = SamplingMath.Weight(w);
                 n++;
             }
         }
+        uint[] keys = candKey;
+        ulong[] qs = candQ;
 
         // 3. top-k: threshold = the k-th largest key (all ties kept).
         uint threshold = 0;
         if (o.TopK > 0 && o.TopK < n)
-        {
-            var keys = sortKey.AsSpan(0, n);
-            candKey.AsSpan(0, n).CopyTo(keys);
-            keys.Sort();
-            threshold = keys[n - o.TopK];
-        }
+            threshold = RadixSelect(n, null, 0, (ulong)o.TopK);
 
         // 4. top-p: the largest key threshold whose kept mass reaches ceil(top_p * mass of the top-k survivors).
         if (o.TopP < 1f)
         {
-            int m = 0;
             ulong mass = 0;
             for (int i = 0; i < n; i++)
-            {
-                if (candKey[i] < threshold) continue;
-                ulong q = SamplingMath.Weight(candW[i]);
-                sortKey[m] = candKey[i];
-                sortMass[m] = q;
-                mass += q;
-                m++;
-            }
+                if (keys[i] >= threshold) mass += qs[i];
             ulong target = Math.Clamp(SamplingMath.CeilMul(o.TopP, mass), 1ul, mass);
-            var keys = sortKey.AsSpan(0, m);
-            var masses = sortMass.AsSpan(0, m);
-            keys.Sort(masses);
-            ulong cum = 0;
-            for (int i = m - 1; i >= 0; i--)
-            {
-                cum += masses[i];
-                if ((i == 0 || keys[i - 1] != keys[i]) && cum >= target)
-                {
-                    threshold = keys[i];
-                    break;
-                }
-            }
+            threshold = RadixSelect(n, qs, threshold, target);
         }
 
         // 5. min-p and the draw, in id order.
         float minP = o.MinP;
         ulong z = 0;
         for (int i = 0; i < n; i++)
-            if (candKey[i] >= threshold && candW[i] >= minP) z += SamplingMath.Weight(candW[i]);
+            if (keys[i] >= threshold && candW[i] >= minP) z += qs[i];
         ulong r = SamplingMath.Draw(SamplingMath.Rand64(o.Seed ?? DefaultSeed, step), z);
         int token = -1;
         ulong acc = 0;
         for (int i = 0; i < n; i++)
         {
-            if (candKey[i] < threshold || !(candW[i] >= minP)) continue;
-            ulong q = SamplingMath.Weight(candW[i]);
+            if (keys[i] < threshold || !(candW[i] >= minP)) continue;
+            ulong q = qs[i];
             if (!weights.IsEmpty) weights[candId[i]] = q;
             acc += q;
             if (token < 0 && acc > r)
@@ -202,6 +183,46 @@ public sealed class CpuSampler
             }
         }
         return token >= 0 ? token : candId[0]; // unreachable: z >= 2^40 (the top token)
+    }
+
+    private const int RadixBins = 2048;
+
+    /// <summary>
+    /// The largest key t present among the candidates with key &gt;= <paramref name="minKey"/> such that the
+    /// weight of {key &gt;= t} reaches <paramref name="need"/> (1 &lt;= need &lt;= total weight). Weight: 1 per
+    /// candidate when <paramref name="mass"/> is null (top-k: the need-th largest key), else its integer mass
+    /// (top-p). O(n) per digit: the 11/11/10-bit radix select of sampling_radix_pass_f32, which gives the same
+    /// result as sorting (RadixSelectModelTests) without sorting or allocating.
+    /// </summary>
+    private uint RadixSelect(int n, ulong[]? mass, uint minKey, ulong need)
+    {
+        uint[] keys = candKey;
+        ulong[] h = hist;
+        uint prefix = 0, mask = 0;
+        for (int pass = 0; pass < 3; pass++)
+        {
+            int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
+            uint digitMask = pass == 2 ? 1023u : 2047u;
+            Array.Clear(h);
+            for (int i = 0; i < n; i++)
+            {
+                uint k = keys[i];
+                if (k >= minKey && (k & mask) == prefix)
+                    h[(k >> shift) & digitMask] += mass is null ? 1ul : mass[i];
+            }
+            ulong above = 0;
+            int digit = 0;
+            for (int b = RadixBins - 1; b >= 0; b--)
+            {
+                ulong hb = h[b];
+                if (hb > 0 && above < need && need <= above + hb) { digit = b; break; }
+                above += hb;
+            }
+            need -= above;
+            prefix |= (uint)digit << shift;
+            mask |= digitMask << shift;
+        }
+        return prefix;
     }
 
     private void SyncBias(IReadOnlyDictionary<int, float>? logitBias)

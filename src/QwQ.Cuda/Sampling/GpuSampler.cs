@@ -16,20 +16,24 @@ public sealed class GpuSampler : IDisposable
     [KernelEntry] internal const string PrepareKernel = "sampling_prepare_f32";
     [KernelEntry] internal const string ArgmaxKernel = "sampling_argmax_f32";
     [KernelEntry] internal const string CompactKernel = "sampling_compact_f32";
-    [KernelEntry] internal const string SelectKernel = "sampling_select_f32";
+    [KernelEntry] internal const string RadixPassKernel = "sampling_radix_pass_f32";
+    [KernelEntry] internal const string DrawKernel = "sampling_draw_f32";
     [KernelEntry] internal const string RecordKernel = "sampling_record_i32";
     [KernelEntry] internal const string ZeroKernel = "sampling_zero_u32";
 
     // Must match SAMPLING_* in kernels/sampling.cu.
     private const int Tile = 1024;
     private const int PrepThreads = 256;
-    private const int SelectThreads = 1024;
+    private const int SelectThreads = 1024; // sampling_argmax_f32
+    private const int RadixBins = 2048;
+    private const int MaxTiles = 4 * PrepThreads; // sampling_draw_f32's last block scans <= 4 tiles per thread
+    private const int StateBytes = 64;            // sizeof(SamplingState) = 40, rounded up
     private const int FlagBias = 1, FlagRepetition = 2, FlagPresenceFrequency = 4, FlagTemperature = 8;
 
     private readonly int vocabRows;
     private readonly int validVocab;
     private readonly int numTiles;
-    private readonly CudaKernel prepare, argmax, compact, select, record, zero;
+    private readonly CudaKernel prepare, argmax, compact, radixPass, draw, record, zero;
 
     private readonly DeviceBuffer counts;     // [vocabRows] int32 occurrences since Reset
     private readonly DeviceBuffer processed;  // [validVocab] fp32 logits after bias/penalties/temperature
@@ -39,9 +43,9 @@ public sealed class GpuSampler : IDisposable
     private readonly DeviceBuffer segKey;     // [numTiles * Tile] uint32 their keys
     private readonly DeviceBuffer segW;       // [numTiles * Tile] fp32 their exp(d)
     private readonly DeviceBuffer segCount;   // [numTiles] int32 candidates per tile
-    private readonly DeviceBuffer denseId;    // [validVocab] int32 all candidates, id order
-    private readonly DeviceBuffer denseKey;   // [validVocab] uint32
-    private readonly DeviceBuffer denseW;     // [validVocab] fp32
+    private readonly DeviceBuffer state;      // [1] SamplingState (kernels/sampling.cu): thresholds, select progress
+    private readonly DeviceBuffer hist;       // [RadixBins] u64 global radix histogram, all 0 between launches
+    private readonly DeviceBuffer tileMass;   // [numTiles] u64 kept integer mass per tile
     private readonly DeviceBuffer result;     // [1] int32 the sampled token
     private readonly PinnedHostBuffer resultHost; // [1] int32
     private DeviceBuffer? bias;               // [validVocab] fp32 dense logit bias, allocated on first use
@@ -61,8 +65,8 @@ public sealed class GpuSampler : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(validVocab);
         ArgumentOutOfRangeException.ThrowIfLessThan(vocabRows, validVocab);
         numTiles = (validVocab + Tile - 1) / Tile;
-        if (numTiles > SelectThreads)
-            throw new ArgumentOutOfRangeException(nameof(validVocab), $"GpuSampler supports up to {SelectThreads * Tile} tokens.");
+        if (numTiles > MaxTiles)
+            throw new ArgumentOutOfRangeException(nameof(validVocab), $"GpuSampler supports up to {MaxTiles * Tile} tokens.");
         this.vocabRows = vocabRows;
         this.validVocab = validVocab;
         DefaultSeed = defaultSeed ?? (ulong)Random.Shared.NextInt64();
@@ -70,7 +74,8 @@ public sealed class GpuSampler : IDisposable
         prepare = lib.GetKernel(PrepareKernel);
         argmax = lib.GetKernel(ArgmaxKernel);
         compact = lib.GetKernel(CompactKernel);
-        select = lib.GetKernel(SelectKernel);
+        radixPass = lib.GetKernel(RadixPassKernel);
+        draw = lib.GetKernel(DrawKernel);
         record = lib.GetKernel(RecordKernel);
         zero = lib.GetKernel(ZeroKernel);
 
@@ -91,14 +96,16 @@ public sealed class GpuSampler : IDisposable
             segKey = Alloc(4L * numTiles * Tile);
             segW = Alloc(4L * numTiles * Tile);
             segCount = Alloc(4L * numTiles);
-            denseId = Alloc(4L * validVocab);
-            denseKey = Alloc(4L * validVocab);
-            denseW = Alloc(4L * validVocab);
+            state = Alloc(StateBytes);
+            hist = Alloc(8L * RadixBins);
+            tileMass = Alloc(8L * numTiles);
             result = Alloc(4);
             resultHost = PinnedHostBuffer.Allocate(4);
             owned.Add(resultHost);
             counts.Memset32(0);
             result.Memset32(0);
+            state.Memset32(0); // the kernels keep hist and the block counter at 0 between launches
+            hist.Memset32(0);
         }
         catch
         {
@@ -227,19 +234,31 @@ public sealed class GpuSampler : IDisposable
             return;
         }
 
-        ulong si = segId.Ptr, sk = segKey.Ptr, sw = segW.Ptr, sc = segCount.Ptr;
-        void** compArgs = stackalloc void*[] { &pr, &bm, &vv, &si, &sk, &sw, &sc };
+        // Candidates per tile; also resets the device thresholds to "keep all".
+        ulong si = segId.Ptr, sk = segKey.Ptr, sw = segW.Ptr, sc = segCount.Ptr, st = state.Ptr;
+        void** compArgs = stackalloc void*[] { &pr, &bm, &vv, &si, &sk, &sw, &sc, &st };
         compact.Launch(new Dim3((uint)tiles), new Dim3(PrepThreads), 0, s, compArgs);
 
-        ulong di = denseId.Ptr, dk = denseKey.Ptr, dw = denseW.Ptr, dbg = debugWeights;
+        // Thresholds by multi-block radix select, 3 launches each; the options decide which run (no host sync).
         int topK = o.TopK;
-        float topP = o.TopP, minP = o.MinP;
-        ulong seed = o.Seed ?? DefaultSeed, st = (ulong)step;
-        void** selArgs = stackalloc void*[]
-        {
-            &si, &sk, &sw, &sc, &tiles, &di, &dk, &dw, &topK, &topP, &minP, &seed, &st, &cn, &res, &dbg,
-        };
-        select.Launch(new Dim3(1), new Dim3(SelectThreads), 0, s, selArgs);
+        float topP = o.TopP;
+        if (topK > 0) RadixSelect(s, 0, topK, 1f);
+        if (topP < 1f) RadixSelect(s, 1, 0, topP);
+
+        ulong tm = tileMass.Ptr, dbg = debugWeights;
+        float minP = o.MinP;
+        ulong seed = o.Seed ?? DefaultSeed, stp = (ulong)step;
+        void** drawArgs = stackalloc void*[] { &si, &sk, &sw, &sc, &minP, &seed, &stp, &st, &tm, &cn, &res, &dbg };
+        draw.Launch(new Dim3((uint)tiles), new Dim3(PrepThreads), 0, s, drawArgs);
+    }
+
+    /// <summary>The 3 digit passes (11, 11, 10 bits) of one threshold: top-k (byMass 0) or top-p (byMass 1).</summary>
+    private unsafe void RadixSelect(CudaStream s, int byMass, int topK, float topP)
+    {
+        ulong sk = segKey.Ptr, sw = segW.Ptr, sc = segCount.Ptr, hs = hist.Ptr, st = state.Ptr;
+        int pass = 0;
+        void** args = stackalloc void*[] { &sk, &sw, &sc, &pass, &byMass, &topK, &topP, &hs, &st }; // read at each launch
+        for (; pass < 3; pass++) radixPass.Launch(new Dim3((uint)numTiles), new Dim3(PrepThreads), 0, s, args);
     }
 
     /// <summary>Uploads the dense bias when a different dictionary instance is passed (synchronous, rare).</summary>
@@ -271,9 +290,9 @@ public sealed class GpuSampler : IDisposable
         segKey.Dispose();
         segW.Dispose();
         segCount.Dispose();
-        denseId.Dispose();
-        denseKey.Dispose();
-        denseW.Dispose();
+        state.Dispose();
+        hist.Dispose();
+        tileMass.Dispose();
         result.Dispose();
         resultHost.Dispose();
         bias?.Dispose();
