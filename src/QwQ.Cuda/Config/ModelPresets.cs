@@ -39,9 +39,21 @@ public static class ModelPresets
         }
         """;
 
+    /// <summary>
+    /// QwQ-32B with the YaRN block its model card says to add for prompts past 32768 tokens
+    /// (factor 4 × original 32768 = 131072 positions).
+    /// </summary>
+    internal static readonly string QwQ32BYarnConfigJson = QwQ32BConfigJson.TrimEnd().TrimEnd('}').TrimEnd() +
+        """
+        ,
+          "rope_scaling": { "factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn" }
+        }
+        """;
+
     private static readonly Dictionary<string, string> Presets = new(StringComparer.OrdinalIgnoreCase)
     {
         ["qwq-32b"] = QwQ32BConfigJson,
+        ["qwq-32b-yarn"] = QwQ32BYarnConfigJson,
     };
 
     public static IReadOnlyCollection<string> Names => Presets.Keys;

@@ -210,3 +210,35 @@ internal sealed class TempDir : IDisposable
     public string Path { get; } = Directory.CreateTempSubdirectory("qwq-engine-test-").FullName;
     public void Dispose() => Directory.Delete(Path, recursive: true);
 }
+
+/// <summary>
+/// QwQ-32B's full 131072-position context (YaRN) at full size. Needs ~100 GB of device memory: runs on the H200
+/// (device tool kind nvidia-h200), is ignored on smaller GPUs and without one.
+/// </summary>
+public class FullContextTests
+{
+    [Test]
+    public void AllOf131072PositionsWorkWithYarn()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        var config = ModelPresets.Get("qwq-32b-yarn");
+        long need = ModelWeights.DeviceBytes(config) + 131072L * config.KvBytesPerToken + (4L << 30);
+        using (var probe = global::QwQ.Cuda.Native.CudaContext.Create())
+            if (probe.GetMemoryInfo().Free < need)
+                Assert.Ignore($"needs {need / 1e9:F0} GB of free device memory for 131072 positions (an H200); this GPU has {probe.GetMemoryInfo().Free / 1e9:F0} GB");
+
+        using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 131072, SampleableVocab = 151669 });
+        using var seq = backend.CreateSequence();
+        var rng = new Random(3);
+        seq.Append(Enumerable.Range(0, 131071).Select(_ => rng.Next(151643)).ToArray());
+        var logits = new float[config.VocabSize];
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "prefill of 131071 tokens: finite logits");
+        int tok = seq.Sample(new SamplingOptions { Temperature = 0 }, 0);
+        seq.Append([tok]); // position 131071: the last one
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "decode at the last position: finite logits");
+        Assert.That(seq.Length, Is.EqualTo(131072));
+        Assert.Throws<OptionException>(() => seq.Append([tok]), "position 131072 does not exist");
+    }
+}
