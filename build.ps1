@@ -2,6 +2,10 @@
 # JIT-compiles it for the actual GPU). Windows counterpart of build.sh; same flags, no --use_fast_math.
 # Host compiler: $env:NVCC_CCBIN if set, else nvcc's default (cl.exe must be on PATH: run from a
 # "Developer PowerShell for VS"). Prints ptxas resource usage for sm_90 when this nvcc supports it.
+# Then builds the solution (Release). Without nvcc the committed PTX is used as it is.
+#   ./build.ps1                kernels (if nvcc is here) + dotnet build
+#   ./build.ps1 -KernelsOnly   regenerate kernels/ptx only
+param([switch]$KernelsOnly)
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version Latest
 
@@ -9,7 +13,18 @@ $root = Split-Path -Parent $MyInvocation.MyCommand.Path
 $kdir = Join-Path $root 'kernels'
 $outdir = Join-Path $kdir 'ptx'
 $nvcc = if ($env:NVCC) { $env:NVCC } else { 'nvcc' }
-if (-not (Get-Command $nvcc -ErrorAction SilentlyContinue)) { throw "build.ps1: '$nvcc' not found (set NVCC or add the CUDA toolkit to PATH)" }
+function Invoke-DotnetBuild {
+    if ($KernelsOnly) { return }
+    Write-Host '== dotnet build -c Release'
+    dotnet build (Join-Path $root 'QwQ.Cuda.sln') -c Release -nologo -v q
+    if ($LASTEXITCODE -ne 0) { throw 'build.ps1: dotnet build failed' }
+}
+if (-not (Get-Command $nvcc -ErrorAction SilentlyContinue)) {
+    if ($KernelsOnly) { throw "build.ps1: '$nvcc' not found (set NVCC or add the CUDA toolkit to PATH)" }
+    Write-Host 'build.ps1: no nvcc here: using the committed kernels/ptx (install the CUDA toolkit to rebuild them)'
+    Invoke-DotnetBuild
+    exit 0
+}
 New-Item -ItemType Directory -Force -Path $outdir | Out-Null
 
 $sources = @(Get-ChildItem -Path $kdir -Filter '*.cu' | Sort-Object Name)
@@ -70,3 +85,4 @@ finally {
 }
 if ($failed) { throw 'build.ps1: one or more kernels failed to compile' }
 Write-Host "build.ps1: $($sources.Count) kernel file(s) compiled to kernels/ptx/"
+Invoke-DotnetBuild

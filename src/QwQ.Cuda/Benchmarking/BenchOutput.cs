@@ -18,6 +18,8 @@ public static class BenchOutput
         sb.AppendLine();
         sb.AppendLine($"Model: {r.Model}, weights {r.WeightBytes / 1e9:F1} GB bf16, KV cache up to {r.MaxContext} positions.  ");
         sb.AppendLine($"Measured ceilings: copy {r.Ceilings.CopyBytesPerSecond / 1e12:F2} TB/s (read + write), bf16 GEMM {r.Ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s.");
+        if (compare is not null)
+            sb.AppendLine($"Compared with transformers ({compare.Mode}) on the same shapes, same GPU, same run.");
         sb.AppendLine();
         sb.AppendLine("| decode context | ms/token | tok/s | GB/s | floor ms | % of floor |" + (compare is null ? "" : " transformers ms | speed-up |"));
         sb.AppendLine("|---:|---:|---:|---:|---:|---:|" + (compare is null ? "" : "---:|---:|"));
