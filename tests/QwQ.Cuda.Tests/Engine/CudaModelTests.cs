@@ -3,6 +3,7 @@ using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Generation;
 using QwQ.Cuda.Tests.Reference;
 using QwQ.Cuda.Weights;
 
@@ -35,6 +36,20 @@ public class CudaModelTests
         }
         return Math.Sqrt(num / den);
     }
+
+    private static void WriteCheckpoint(string dir, ModelConfig config, CpuWeights weights, string configJson, string? skipTensor = null)
+    {
+        TestModels.WriteSafetensors(Path.Combine(dir, "model.safetensors"), config, weights, skipTensor);
+        File.WriteAllText(Path.Combine(dir, "config.json"), configJson);
+    }
+
+    /// <summary>A tiny Qwen2 config with QwQ's head ratio scaled down (10 query / 2 KV heads, head_dim 32).</summary>
+    private static string TinyConfigJson(string? ropeScaling = null) => $$"""
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
+         "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
+         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
+         "torch_dtype":"bfloat16","use_sliding_window":false{{(ropeScaling is null ? "" : ",\"rope_scaling\":" + ropeScaling)}}}
+        """;
 
     private static CudaBackend LoadFixture(string model, EngineOptions? options = null)
     {
@@ -88,11 +103,11 @@ public class CudaModelTests
         RequireGpu();
         int seed = Random.Shared.Next();
         TestContext.Out.WriteLine($"seed {seed}");
-        using var tmp = new TempDir();
-        string json = CheckpointWriter.TinyConfigJson(ropeScaling: yarn);
+        using var tmp = new TestModels.TempDir();
+        string json = TinyConfigJson(ropeScaling: yarn);
         var config = ModelConfig.Parse(json, "config.json");
         var weights = CpuWeights.Random(config, seed, bf16Exact: true);
-        CheckpointWriter.Write(tmp.Path, weights, json);
+        WriteCheckpoint(tmp.Path, config, weights, json);
         var cpu = new Qwen2CpuModel(config, weights);
 
         using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512 });
@@ -184,10 +199,10 @@ public class CudaModelTests
     public void MissingTensorIsReportedBeforeTheGpuIsTouched()
     {
         // Runs without a GPU: the checkpoint is validated first.
-        using var tmp = new TempDir();
-        string json = CheckpointWriter.TinyConfigJson();
+        using var tmp = new TestModels.TempDir();
+        string json = TinyConfigJson();
         var config = ModelConfig.Parse(json, "config.json");
-        CheckpointWriter.Write(tmp.Path, CpuWeights.Random(config, 1), json, include: n => n != TensorNames.UpWeight(1));
+        WriteCheckpoint(tmp.Path, config, CpuWeights.Random(config, 1), json, skipTensor: TensorNames.UpWeight(1));
         var e = Assert.Throws<WeightsException>(() => CudaBackend.Load(config, tmp.Path, new EngineOptions()));
         Assert.That(e!.Message, Does.Contain(TensorNames.UpWeight(1)));
     }
@@ -205,11 +220,6 @@ public class CudaModelTests
     }
 }
 
-internal sealed class TempDir : IDisposable
-{
-    public string Path { get; } = Directory.CreateTempSubdirectory("qwq-engine-test-").FullName;
-    public void Dispose() => Directory.Delete(Path, recursive: true);
-}
 
 /// <summary>
 /// QwQ-32B's full 131072-position context (YaRN) at full size. Needs ~100 GB of device memory: runs on the H200

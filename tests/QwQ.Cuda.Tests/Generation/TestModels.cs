@@ -1,3 +1,4 @@
+using QwQ.Cuda.Tests.Weights;
 using System.Text;
 using System.Text.Json;
 using QwQ.Cuda.Config;
@@ -78,35 +79,11 @@ internal static class TestModels
         return dir;
     }
 
-    public static void WriteSafetensors(string path, ModelConfig config, CpuWeights w, string? skipTensor = null)
-    {
-        var tensors = new List<(string Name, long[] Shape, float[] Data)>();
-        foreach (var e in TensorNames.Expected(config))
-        {
-            if (e.Name == skipTensor) continue;
-            tensors.Add((e.Name, e.Shape, Lookup(w, e.Name)));
-        }
-        var header = new StringBuilder("{");
-        long offset = 0;
-        for (int i = 0; i < tensors.Count; i++)
-        {
-            var (name, shape, data) = tensors[i];
-            long bytes = data.LongLength * 4;
-            if (i > 0) header.Append(',');
-            header.Append(JsonSerializer.Serialize(name)).Append(":{\"dtype\":\"F32\",\"shape\":[")
-                .Append(string.Join(",", shape)).Append("],\"data_offsets\":[").Append(offset).Append(',').Append(offset + bytes).Append("]}");
-            offset += bytes;
-        }
-        header.Append('}');
-        while (header.Length % 8 != 0) header.Append(' ');
-        using var fs = File.Create(path);
-        using var bw = new BinaryWriter(fs);
-        byte[] h = Encoding.UTF8.GetBytes(header.ToString());
-        bw.Write((ulong)h.Length);
-        bw.Write(h);
-        foreach (var (_, _, data) in tensors)
-            bw.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
-    }
+    /// <summary>model.safetensors (F32) from <paramref name="w"/>; <paramref name="skipTensor"/> leaves one tensor out.</summary>
+    public static void WriteSafetensors(string path, ModelConfig config, CpuWeights w, string? skipTensor = null) =>
+        SafetensorsTestFiles.Write(path, TensorNames.Expected(config)
+            .Where(e => e.Name != skipTensor)
+            .Select(e => SafetensorsTestFiles.F32(e.Name, e.Shape, Lookup(w, e.Name))));
 
     private static float[] Lookup(CpuWeights w, string name)
     {
