@@ -1,24 +1,15 @@
 // SwiGLU activation: out[t, i] = bf16(silu(gate[t, i]) * up[t, i]) with gate = gate_up[t, 0:I),
-// up = gate_up[t, I:2I) (the fused gate_up projection output: fp32 from the decode GEMV, bf16 from the prefill GEMM).
+// up = gate_up[t, I:2I) (the fused gate_up projection output, fp32).
 #include "common.cuh"
 
 // Accurate expf (no fast-math): silu(g) = g / (1 + e^-g); for g -> -inf, e^-g -> inf and the result -> -0.
 QWQ_DEVICE float silu(float g) { return g / (1.0f + expf(-g)); }
 
-// Four consecutive gate_up elements as fp32, from fp32 or bf16 storage.
-QWQ_DEVICE float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-QWQ_DEVICE float4 load4(const __nv_bfloat16* p) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    return make_float4(bf16_lo(v.x), bf16_hi(v.x), bf16_lo(v.y), bf16_hi(v.y));
-}
-QWQ_DEVICE float load1(const float* p) { return *p; }
-QWQ_DEVICE float load1(const __nv_bfloat16* p) { return bf16_bits_to_float(*reinterpret_cast<const uint16_t*>(p)); }
-
 // Launch: 1-D grid-stride over tokens * I / 4 groups of 4 (or elements when I % 4 != 0), block = 256.
-template <typename T>
-QWQ_DEVICE void silu_mul(const T* __restrict__ gate_up,  // [tokens, 2 * inter]
-                         __nv_bfloat16* __restrict__ out,  // [tokens, inter]
-                         int tokens, int inter) {
+extern "C" __global__ void __launch_bounds__(256)
+silu_mul_f32_bf16(const float* __restrict__ gate_up,  // [tokens, 2 * inter]
+                  __nv_bfloat16* __restrict__ out,    // [tokens, inter]
+                  int tokens, int inter) {
     uint16_t* o = reinterpret_cast<uint16_t*>(out);
     if ((inter & 3) == 0) {
         const int groups_per_row = inter >> 2;
@@ -26,9 +17,9 @@ QWQ_DEVICE void silu_mul(const T* __restrict__ gate_up,  // [tokens, 2 * inter]
         for (uint64_t g = global_thread_index(); g < total; g += grid_thread_count()) {
             const uint64_t t = g / groups_per_row;
             const int c = (int)(g - t * groups_per_row) * 4;
-            const T* row = gate_up + t * (uint64_t)(2 * inter);
-            const float4 gv = load4(row + c);
-            const float4 uv = load4(row + inter + c);
+            const float* row = gate_up + t * (uint64_t)(2 * inter);
+            const float4 gv = *reinterpret_cast<const float4*>(row + c);
+            const float4 uv = *reinterpret_cast<const float4*>(row + inter + c);
             uint2 packed;
             packed.x = pack_bf16x2(silu(gv.x) * uv.x, silu(gv.y) * uv.y);
             packed.y = pack_bf16x2(silu(gv.z) * uv.z, silu(gv.w) * uv.w);
@@ -39,24 +30,8 @@ QWQ_DEVICE void silu_mul(const T* __restrict__ gate_up,  // [tokens, 2 * inter]
         for (uint64_t e = global_thread_index(); e < total; e += grid_thread_count()) {
             const uint64_t t = e / inter;
             const int c = (int)(e - t * inter);
-            const T* row = gate_up + t * (uint64_t)(2 * inter);
-            o[e] = float_to_bf16_bits(silu(load1(row + c)) * load1(row + inter + c));
+            const float* row = gate_up + t * (uint64_t)(2 * inter);
+            o[e] = float_to_bf16_bits(silu(row[c]) * row[inter + c]);
         }
     }
-}
-
-// Decode: the gate_up GEMV writes fp32.
-extern "C" __global__ void __launch_bounds__(256)
-silu_mul_f32_bf16(const float* __restrict__ gate_up,  // [tokens, 2 * inter] fp32
-                  __nv_bfloat16* __restrict__ out,    // [tokens, inter]
-                  int tokens, int inter) {
-    silu_mul(gate_up, out, tokens, inter);
-}
-
-// Prefill: the gate_up GEMM writes bf16, halving the traffic of its largest output (as transformers does in bf16).
-extern "C" __global__ void __launch_bounds__(256)
-silu_mul_bf16(const __nv_bfloat16* __restrict__ gate_up,  // [tokens, 2 * inter] bf16
-              __nv_bfloat16* __restrict__ out,            // [tokens, inter]
-              int tokens, int inter) {
-    silu_mul(gate_up, out, tokens, inter);
 }

@@ -63,9 +63,8 @@ internal sealed class Qwen2Forward
             _blas.GemmBf16NT(_ws.Attn, w.OWeight, _ws.Residual, t, _h, _nq * _d, beta: 1f); // residual add fused (beta = 1)
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
             _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.PostNorm, _ws.Normed, t, _h, Eps);
-            // gate|up in bf16 (as transformers keeps it): the largest activation of the block, half the bytes of fp32
-            _blas.GemmBf16NTOutBf16(_ws.Normed, w.GateUp, _ws.GateUp, t, 2 * _inter, _h);
-            _k.Activation.SiluMulBf16(s, _ws.GateUp, _ws.Act, t, _inter);
+            _blas.GemmBf16NT(_ws.Normed, w.GateUp, _ws.GateUp, t, 2 * _inter, _h);
+            _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
             _blas.GemmBf16NT(_ws.Act, w.Down, _ws.Residual, t, _h, _inter, beta: 1f);
         }
     }

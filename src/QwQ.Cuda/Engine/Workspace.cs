@@ -22,7 +22,7 @@ internal sealed class Workspace : IDisposable
     public ulong Qkv { get; }          // fp32 [chunk, qkv_dim]  q|k|v before bias and RoPE
     public ulong Q { get; }            // bf16 [chunk, nq, D]    q after bias and RoPE
     public ulong Attn { get; }         // bf16 [chunk, nq * D]   attention output
-    public ulong GateUp { get; }       // gate | up: prefill bf16 [chunk, 2 * I], decode fp32 [1, 2 * I] (sized for fp32)
+    public ulong GateUp { get; }       // fp32 [chunk, 2 * I]    gate | up
     public ulong Act { get; }          // bf16 [chunk, I]        silu(gate) * up
     public ulong Logits => _logits.Ptr; // fp32 [logit_rows, vocab]
     public ulong LogitRowsIdx => LogitRowsIdxBuffer.Ptr;
