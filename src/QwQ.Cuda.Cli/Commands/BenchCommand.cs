@@ -28,9 +28,10 @@ internal static class BenchCommand
         var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
+        var gemm = new Option<PrefillGemm>("--prefill-gemm") { Description = "Library for the prefill products: Cublas or CublasLt", DefaultValueFactory = _ => PrefillGemm.Cublas };
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, steps, outDir, commit, compare, eager, graphs,
+            synthetic, model, prefill, decode, steps, outDir, commit, compare, eager, graphs, gemm,
         };
         command.SetAction(p =>
         {
@@ -41,7 +42,7 @@ internal static class BenchCommand
                 DecodeSteps = p.GetValue(steps) is int s and > 0 ? s : throw new OptionException("--steps must be at least 1"),
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
-                p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs));
+                p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm));
             return ExitCodes.Ok;
         });
         return command;
@@ -58,11 +59,11 @@ internal static class BenchCommand
     }
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
-        string commit, bool compare, bool compareEager, bool cudaGraphs)
+        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
-        var engine = new EngineOptions { MaxContext = need, UseCudaGraphs = cudaGraphs, SampleableVocab = Math.Min(config.VocabSize, 151669) };
+        var engine = new EngineOptions { MaxContext = need, UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm, SampleableVocab = Math.Min(config.VocabSize, 151669) };
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} with a KV cache of {need} positions…");
         BenchReport report;
         var sw = Stopwatch.StartNew();

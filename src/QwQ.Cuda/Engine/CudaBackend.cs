@@ -61,6 +61,7 @@ public sealed class CudaBackend : IModelBackend
             Stream = Own(CudaStream.Create());
             var lib = Own(PtxLibrary.Load());
             var blas = Own(Cublas.Create(Stream));
+            var lt = options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
             Weights = Own(ModelWeights.Allocate(config));
             if (checkpoint is not null)
                 WeightUploader.Upload(checkpoint, config, Weights, Stream, progress, ct);
@@ -71,7 +72,7 @@ public sealed class CudaBackend : IModelBackend
             Workspace = Own(new Workspace(config, Math.Min(options.PrefillChunk, Plan.MaxContext), Plan.MaxContext));
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
-            Forward = new Qwen2Forward(config, Weights, Workspace, new KernelSet(lib, Context.MultiprocessorCount), blas,
+            Forward = new Qwen2Forward(config, Weights, Workspace, new KernelSet(lib, Context.MultiprocessorCount), blas, lt,
                 invFreq.Ptr, Rope.AttentionFactor(config));
             Stream.Synchronize();
         }

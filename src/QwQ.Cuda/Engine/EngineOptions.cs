@@ -24,9 +24,15 @@ public sealed record EngineOptions
     /// </summary>
     public int? SampleableVocab { get; init; }
 
+    /// <summary>Which library runs the prefill products (decode always uses our GEMV kernels).</summary>
+    public PrefillGemm PrefillGemm { get; init; } = PrefillGemm.Cublas;
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
 }
+
+/// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>
+public enum PrefillGemm { Cublas, CublasLt }
 
 /// <summary>Load progress: bytes of weights on the device so far.</summary>
 public readonly record struct LoadProgress(string Stage, long BytesDone, long BytesTotal, string? Tensor = null)

@@ -28,19 +28,27 @@ internal sealed class Qwen2Forward
     private readonly Workspace _ws;
     private readonly KernelSet _k;
     private readonly Cublas _blas;
+    private readonly CublasLt? _lt;      // set: prefill products go through cuBLASLt instead of cublasGemmEx
     private readonly ulong _invFreq;      // fp32 [head_dim / 2]
     private readonly float _ropeFactor;   // YaRN attention factor on cos/sin (1 without YaRN)
     private readonly float _scale;        // 1/sqrt(head_dim)
     private readonly int _h, _nq, _nkv, _d, _qkv, _inter;
 
-    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KernelSet k, Cublas blas, ulong invFreq, float ropeFactor)
+    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KernelSet k, Cublas blas, CublasLt? lt, ulong invFreq, float ropeFactor)
     {
-        (_c, _w, _ws, _k, _blas, _invFreq, _ropeFactor) = (c, w, ws, k, blas, invFreq, ropeFactor);
+        (_c, _w, _ws, _k, _blas, _lt, _invFreq, _ropeFactor) = (c, w, ws, k, blas, lt, invFreq, ropeFactor);
         (_h, _nq, _nkv, _d, _qkv, _inter) = (c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.QkvDim, c.IntermediateSize);
         _scale = 1f / MathF.Sqrt(_d);
     }
 
     private float Eps => (float)_c.RmsNormEps;
+
+    /// <summary>Row-major C[m,n] (fp32) = A[m,k] (bf16) · B[n,k]ᵀ (bf16) + beta · C.</summary>
+    private void Gemm(CudaStream s, ulong a, ulong b, ulong c, int m, int n, int k, float beta = 0f)
+    {
+        if (_lt is null) _blas.GemmBf16NT(a, b, c, m, n, k, beta: beta);
+        else _lt.MatmulBf16NT(s, a, b, c, m, n, k, beta);
+    }
 
     /// <summary>
     /// Runs <paramref name="tokens"/> tokens (ids already in <c>Workspace.Ids</c>) at positions
@@ -56,16 +64,16 @@ internal sealed class Qwen2Forward
             LayerWeights w = _w.Layers[l];
             // Attention block: x += o_proj(attn(rope(qkv(norm(x)))))
             _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.InputNorm, _ws.Normed, t, _h, Eps);
-            _blas.GemmBf16NT(_ws.Normed, w.QkvWeight, _ws.Qkv, t, _qkv, _h);
+            Gemm(s, _ws.Normed, w.QkvWeight, _ws.Qkv, t, _qkv, _h);
             _k.Rope.QkvBiasRopeAppend(s, _ws.Qkv, w.QkvBias, _invFreq, _ropeFactor, startPos, t, _nq, _nkv, _d,
                 _ws.Q, cache.K(l), cache.V(l), cache.Capacity);
             _k.Attention.Prefill(s, _ws.Q, cache.K(l), cache.V(l), _ws.Attn, t, startPos, _nq, _nkv, _d, cache.Capacity, _scale);
-            _blas.GemmBf16NT(_ws.Attn, w.OWeight, _ws.Residual, t, _h, _nq * _d, beta: 1f); // residual add fused (beta = 1)
+            Gemm(s, _ws.Attn, w.OWeight, _ws.Residual, t, _h, _nq * _d, beta: 1f); // residual add fused (beta = 1)
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
             _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.PostNorm, _ws.Normed, t, _h, Eps);
-            _blas.GemmBf16NT(_ws.Normed, w.GateUp, _ws.GateUp, t, 2 * _inter, _h);
+            Gemm(s, _ws.Normed, w.GateUp, _ws.GateUp, t, 2 * _inter, _h);
             _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
-            _blas.GemmBf16NT(_ws.Act, w.Down, _ws.Residual, t, _h, _inter, beta: 1f);
+            Gemm(s, _ws.Act, w.Down, _ws.Residual, t, _h, _inter, beta: 1f);
         }
     }
 
@@ -110,6 +118,6 @@ internal sealed class Qwen2Forward
     {
         _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.FinalNorm, _ws.Normed, tokens, _h, Eps);
         _k.Embedding.GatherRowsBf16(s, _ws.Normed, _ws.LogitRowsIdx, _ws.LogitInput, rows, _h);
-        _blas.GemmBf16NT(_ws.LogitInput, _w.LmHead, _ws.Logits, rows, _c.VocabSize, _h);
+        Gemm(s, _ws.LogitInput, _w.LmHead, _ws.Logits, rows, _c.VocabSize, _h);
     }
 }

@@ -152,6 +152,22 @@ public class CudaModelTests
     }
 
     [Test]
+    public void CublasLtPrefillMatchesCublasAndTheGoldens()
+    {
+        RequireGpu();
+        var p = ModelFixtures.ReadGoldens("tiny-gqa").Prompts[^1];
+        float[] Logits(PrefillGemm gemm)
+        {
+            using var backend = LoadFixture("tiny-gqa", new EngineOptions { MaxContext = 256, PrefillGemm = gemm });
+            using var seq = (CudaSequence)backend.CreateSequence();
+            return seq.AppendWithLogits(p.Ids, Enumerable.Range(0, p.Ids.Length).ToArray());
+        }
+        float[] lt = Logits(PrefillGemm.CublasLt);
+        Assert.That(RelErr(lt, Logits(PrefillGemm.Cublas)), Is.LessThanOrEqualTo(1e-2));
+        Assert.That(RelErr(lt, p.Logits.SelectMany(r => r).ToArray()), Is.LessThanOrEqualTo(2e-2));
+    }
+
+    [Test]
     public void ChunkedPrefillEqualsOnePass()
     {
         RequireGpu();
