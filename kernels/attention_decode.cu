@@ -21,7 +21,7 @@
 //
 // Requires sm_80+ (mma.sync bf16, ldmatrix, cp.async).
 
-#include "mma.cuh"
+#include "attention.cuh"
 
 namespace attn_decode {
 
@@ -147,14 +147,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         const bool v_hi = g + 8 < G;
         const __nv_bfloat16* q_lo = q + (size_t)(head0 + (v_lo ? g : 0)) * D;
         const __nv_bfloat16* q_hi = q + (size_t)(head0 + (v_hi ? g + 8 : 0)) * D;
-#pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks) {
-            const int c = ks * 16 + 2 * t4;
-            qf[ks][0] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c)) : 0u;
-            qf[ks][1] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c)) : 0u;
-            qf[ks][2] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c + 8)) : 0u;
-            qf[ks][3] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c + 8)) : 0u;
-        }
+        attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
     }
 
     float o[DT][4];
@@ -202,30 +195,8 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
             }
         }
 
-        float mx_lo = fmaxf(m_lo, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])));
-        float mx_hi = fmaxf(m_hi, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3])));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        const float base_lo = (mx_lo == NEG_INF) ? 0.f : mx_lo;
-        const float base_hi = (mx_hi == NEG_INF) ? 0.f : mx_hi;
-        const float alpha_lo = exp2f(m_lo - base_lo);
-        const float alpha_hi = exp2f(m_hi - base_hi);
-        m_lo = mx_lo;
-        m_hi = mx_hi;
-        float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            s[nt][0] = exp2f(s[nt][0] - base_lo);
-            s[nt][1] = exp2f(s[nt][1] - base_lo);
-            s[nt][2] = exp2f(s[nt][2] - base_hi);
-            s[nt][3] = exp2f(s[nt][3] - base_hi);
-            sum_lo += s[nt][0] + s[nt][1];
-            sum_hi += s[nt][2] + s[nt][3];
-        }
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
+        float alpha_lo, alpha_hi;
+        attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
 
         uint32_t a[4];
         a[0] = pack_bf16x2(s[0][0], s[0][1]);

@@ -23,7 +23,7 @@
 //
 // Requires sm_80+ (mma.sync bf16, ldmatrix, cp.async).
 
-#include "mma.cuh"
+#include "attention.cuh"
 
 namespace attn_prefill {
 
@@ -113,14 +113,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         const bool v_hi = r_hi < T;
         const __nv_bfloat16* q_lo = q + ((size_t)(v_lo ? r_lo : 0) * nq + head) * D;
         const __nv_bfloat16* q_hi = q + ((size_t)(v_hi ? r_hi : 0) * nq + head) * D;
-#pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks) {
-            const int c = ks * 16 + 2 * t4;
-            qf[ks][0] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c)) : 0u;
-            qf[ks][1] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c)) : 0u;
-            qf[ks][2] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c + 8)) : 0u;
-            qf[ks][3] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c + 8)) : 0u;
-        }
+        attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
     }
 
     float o[DT][4];
@@ -181,36 +174,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
 
         // ---- online softmax
-        float mx_lo = m_lo, mx_hi = m_hi;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-            mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
-        const float base_lo = (mx_lo == NEG_INF) ? 0.f : mx_lo;
-        const float base_hi = (mx_hi == NEG_INF) ? 0.f : mx_hi;
-        const float alpha_lo = exp2f(m_lo - base_lo);
-        const float alpha_hi = exp2f(m_hi - base_hi);
-        m_lo = mx_lo;
-        m_hi = mx_hi;
-
-        float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            s[nt][0] = exp2f(s[nt][0] - base_lo);
-            s[nt][1] = exp2f(s[nt][1] - base_lo);
-            s[nt][2] = exp2f(s[nt][2] - base_hi);
-            s[nt][3] = exp2f(s[nt][3] - base_hi);
-            sum_lo += s[nt][0] + s[nt][1];
-            sum_hi += s[nt][2] + s[nt][3];
-        }
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
+        float alpha_lo, alpha_hi;
+        attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
             o[dt][0] *= alpha_lo;
