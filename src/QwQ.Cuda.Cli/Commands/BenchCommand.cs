@@ -48,6 +48,12 @@ internal static class BenchCommand
         return command;
     }
 
+    /// <summary>The tokenizer's size where one is at hand (sampling never picks the embedding's padding rows).</summary>
+    private static int? TokenizerVocab(string? dir) =>
+        dir is not null && (File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "tokenizer.json.gz")))
+            ? Text.QwenTokenizer.Load(dir).VocabSize
+            : null;
+
     internal static int[] ParseList(string text, string option)
     {
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -63,7 +69,11 @@ internal static class BenchCommand
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
-        var engine = new EngineOptions { MaxContext = need, UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm, SampleableVocab = Math.Min(config.VocabSize, 151669) };
+        var engine = new EngineOptions
+        {
+            MaxContext = need, UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
+            SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
+        };
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} with a KV cache of {need} positions…");
         BenchReport report;
         var sw = Stopwatch.StartNew();

@@ -12,6 +12,7 @@ internal static class BackendFactory
         int validVocab, IProgress<LoadProgress>? progress, CancellationToken ct) => kind switch
     {
         BackendKind.Cpu => CpuReferenceBackend.Load(config, checkpointDir, options, progress, ct, validVocab),
-        _ => CudaBackend.Load(config, checkpointDir, options, progress, ct),
+        // the embedding has more rows than the tokenizer has tokens: the GPU sampler must never pick the padding rows
+        _ => CudaBackend.Load(config, checkpointDir, options with { SampleableVocab = options.SampleableVocab ?? validVocab }, progress, ct),
     };
 }

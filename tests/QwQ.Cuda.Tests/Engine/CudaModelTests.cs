@@ -168,6 +168,33 @@ public class CudaModelTests
     }
 
     [Test]
+    public void ModelsLoadedThroughTheFactoryNeverSamplePastTheTokenizersVocabulary()
+    {
+        RequireGpu();
+        string dir = ModelFixtures.Dir("tiny-gqa");
+        var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        int[] prompt = [5, 17, 42, 99];
+        int top;
+        using (var all = LoadFixture("tiny-gqa"))
+        using (var seq = all.CreateSequence())
+        {
+            seq.Append(prompt);
+            var logits = new float[config.VocabSize];
+            seq.CopyLastLogits(logits);
+            top = Array.IndexOf(logits, logits.Max());
+        }
+        Assume.That(top, Is.GreaterThan(0), "the unrestricted argmax must be excludable");
+        // a "tokenizer" of `top` ids: the best row is padding now and must never come out
+        using var backend = QwQ.Cuda.Hosting.BackendFactory.Create(BackendKind.Cuda, config, dir,
+            new EngineOptions { MaxContext = 64 }, validVocab: top, progress: null, default);
+        using var restricted = backend.CreateSequence();
+        restricted.Append(prompt);
+        Assert.That(restricted.Sample(Greedy, 0), Is.LessThan(top));
+        for (int step = 1; step <= 50; step++)
+            Assert.That(restricted.Sample(new SamplingOptions { Temperature = 1.5f, Seed = 9 }, step), Is.LessThan(top));
+    }
+
+    [Test]
     public void ChunkedPrefillEqualsOnePass()
     {
         RequireGpu();
