@@ -7,8 +7,7 @@ namespace QwQ.Cuda.Bench;
 /// <summary>
 /// Tokenizer throughput on one core. The target is ≥ 5 MB/s of English prose for <see cref="EncodeEnglishProse"/>:
 /// it encodes <see cref="ProseBytes"/> (1 MiB of ASCII) per call, so MB/s = 1.048576 / Mean[s].
-/// The tokenizer comes from $QWQ_TOKENIZER_DIR, else the repository's tests/fixtures/qwq-32b (found by walking up
-/// from the working and base directories).
+/// The tokenizer comes from $QWQ_TOKENIZER_DIR, else the qwq-32b preset's files embedded in the library.
 /// </summary>
 [MemoryDiagnoser]
 public class TokenizerBenchmarks
@@ -69,15 +68,6 @@ public class TokenizerBenchmarks
     private static string FindTokenizerDir()
     {
         string? env = Environment.GetEnvironmentVariable("QWQ_TOKENIZER_DIR");
-        if (!string.IsNullOrEmpty(env)) return env;
-        foreach (string start in new[] { Environment.CurrentDirectory, AppContext.BaseDirectory })
-        {
-            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
-            {
-                string candidate = Path.Combine(dir.FullName, "tests", "fixtures", "qwq-32b");
-                if (Directory.Exists(candidate)) return candidate;
-            }
-        }
-        throw new DirectoryNotFoundException("Set QWQ_TOKENIZER_DIR to a directory with tokenizer.json and tokenizer_config.json.");
+        return !string.IsNullOrEmpty(env) ? env : QwQ.Cuda.Presets.PresetFiles.Extract("qwq-32b")!;
     }
 }
