@@ -54,6 +54,7 @@ public static class KernelBenchmarks
         double layerGBs = totalBytes / (totalUs * 1e-6) / 1e9;
         output.WriteLine($"per-layer GEMVs: {totalUs:F1} µs, {layerGBs:F0} GB/s ({100 * layerGBs / copyGBs:F1}% of copy); " +
                          $"64 layers ≈ {64 * totalUs / 1000:F2} ms/token before attention, norms and lm_head");
+        PrefillKernelBenchmarks.Run(output, lib, ctx, stream, copyGBs, iterations);
         return 0;
     }
 
