@@ -19,9 +19,10 @@ internal static class PrefillKernelBenchmarks
         double gemmTflops = GemmTflops(blas, init, stream, 8192, 8192, 8192, Math.Max(5, iterations / 20));
         output.WriteLine($"cuBLAS bf16 GEMM 8192³: {gemmTflops:F0} TFLOP/s (the prefill ceiling)");
         output.WriteLine($"{"prefill product (M=2048)",-30}{"ms",8}{"TFLOP/s",10}{"% GEMM",9}");
-        foreach (var (name, n, k) in new[] { ("qkv_proj", Qkv, H), ("o_proj", H, Nq * D), ("gate_up_proj", 2 * I, H), ("down_proj", H, I) })
+        foreach (var (name, n, k, beta) in new[] { ("qkv_proj", Qkv, H, 0f), ("o_proj", H, Nq * D, 0f), ("o_proj, beta=1", H, Nq * D, 1f),
+                     ("gate_up_proj", 2 * I, H, 0f), ("down_proj", H, I, 0f), ("down_proj, beta=1", H, I, 1f) })
         {
-            double t = GemmTflops(blas, init, stream, 2048, n, k, Math.Max(5, iterations / 10));
+            double t = GemmTflops(blas, init, stream, 2048, n, k, Math.Max(5, iterations / 10), beta);
             output.WriteLine($"{name,-30}{2.0 * 2048 * n * k / (t * 1e12) * 1e3,8:F3}{t,10:F0}{100 * t / gemmTflops,8:F0}%");
         }
 
@@ -97,13 +98,15 @@ internal static class PrefillKernelBenchmarks
         return DeviceBuffer.FromHost<float>(host);
     }
 
-    private static double GemmTflops(Cublas blas, InitOps init, CudaStream s, int m, int n, int k, int reps)
+    /// <summary>beta = 1 is the engine's fused residual add (C += A·Bᵀ), which also reads C.</summary>
+    private static double GemmTflops(Cublas blas, InitOps init, CudaStream s, int m, int n, int k, int reps, float beta = 0f)
     {
         using var a = Random(init, s, (long)m * k);
         using var b = Random(init, s, (long)n * k);
         using var c = DeviceBuffer.Allocate(4L * m * n);
-        blas.GemmBf16NT(a.Ptr, b.Ptr, c.Ptr, m, n, k);
-        double ms = Time(s, reps, () => blas.GemmBf16NT(a.Ptr, b.Ptr, c.Ptr, m, n, k));
+        c.Memset32(0, s);
+        blas.GemmBf16NT(a.Ptr, b.Ptr, c.Ptr, m, n, k, beta: beta);
+        double ms = Time(s, reps, () => blas.GemmBf16NT(a.Ptr, b.Ptr, c.Ptr, m, n, k, beta: beta));
         return 2.0 * m * n * (double)k / (ms * 1e-3) / 1e12;
     }
 
