@@ -35,26 +35,30 @@ internal sealed class Workspace : IDisposable
     {
         Chunk = chunk;
         LogitRows = LogitRowsFor(c, chunk);
-        var sizes = Sizes(c, chunk, maxContext);
-        _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Skip(4).Select(s => s.Bytes)));
+        var sizes = ArenaSizes(c, chunk, maxContext);
+        _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Select(s => s.Bytes)));
         ulong Take(string name) => _arena.Take(sizes.First(s => s.Name == name).Bytes);
-        Ids = DeviceBuffer.Allocate(4L * chunk);
-        Step = DeviceBuffer.Allocate(16);
+        Ids = DeviceBuffer.Allocate(IdsBytes(chunk));
+        Step = DeviceBuffer.Allocate(StepBytes);
         Residual = Take(nameof(Residual)); Normed = Take(nameof(Normed));
         Qkv = Take(nameof(Qkv)); Q = Take(nameof(Q)); Attn = Take(nameof(Attn)); GateUp = Take(nameof(GateUp));
         Act = Take(nameof(Act));
-        _logits = DeviceBuffer.Allocate(4L * LogitRows * c.VocabSize);
+        _logits = DeviceBuffer.Allocate(LogitsBytes(c, LogitRows));
         LogitRowsIdxBuffer = DeviceBuffer.Allocate(4L * LogitRows);
         LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
     }
 
-    private static List<(string Name, long Bytes)> Sizes(ModelConfig c, int chunk, int maxContext)
+    // The buffers the host writes or reads are DeviceBuffers of their own (their copies take a DeviceBuffer);
+    // everything else lives in one arena.
+    private const long StepBytes = 16;
+    private static long IdsBytes(int chunk) => 4L * chunk;
+    private static long LogitsBytes(ModelConfig c, int rows) => 4L * rows * c.VocabSize;
+
+    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int chunk, int maxContext)
     {
         long t = chunk, h = c.HiddenSize, r = LogitRowsFor(c, chunk);
         return
         [
-            // small buffers the host writes or reads are DeviceBuffers of their own; counted here for the plan
-            ("Ids", 4 * t), ("Step", 16), ("Logits", 4 * r * c.VocabSize), ("LogitRowsIdx", 4 * r),
             (nameof(Residual), 4 * t * h), (nameof(Normed), 2 * t * h),
             (nameof(Qkv), 4 * t * c.QkvDim), (nameof(Q), 2 * t * c.NumAttentionHeads * c.HeadDim),
             (nameof(Attn), 2 * t * c.NumAttentionHeads * c.HeadDim), (nameof(GateUp), 4 * t * 2 * c.IntermediateSize),
@@ -76,8 +80,12 @@ internal sealed class Workspace : IDisposable
     /// <summary>
     /// Bytes for a chunk of <paramref name="chunk"/> tokens with decode-attention scratch for <paramref name="maxContext"/>.
     /// </summary>
-    public static long DeviceBytes(ModelConfig c, int chunk, int maxContext = 131072) =>
-        DeviceArena.SizeFor(Sizes(c, chunk, maxContext).Select(s => s.Bytes));
+    public static long DeviceBytes(ModelConfig c, int chunk, int maxContext = 131072)
+    {
+        int rows = LogitRowsFor(c, chunk);
+        return DeviceArena.SizeFor(ArenaSizes(c, chunk, maxContext).Select(s => s.Bytes)) +
+               DeviceArena.SizeFor([IdsBytes(chunk), StepBytes, LogitsBytes(c, rows), 4L * rows]);
+    }
 
     public void Dispose()
     {
