@@ -5,6 +5,22 @@
 
 namespace attn {
 
+// Where one KV head's keys live, for both attention kernels. A key tile is 64 keys (both kernels' BN).
+//   contiguous cache (block_table null): one layer is [nkv, max_ctx, D]; key n of head h is row h * max_ctx + n.
+//   paged pool (docs/ENGINE_V2.md): one layer is [blocks, nkv, 64, D]; entry i of the sequence's block table holds
+//   keys [64 i, 64 i + 64), so a tile that starts on a multiple of 64 is one block and its rows are contiguous.
+struct KvLayout {
+    static constexpr int BLOCK = 64;
+    const int* block_table;
+    int nkv;
+    int max_ctx;
+    // Row (in units of D elements) of key n0 (a multiple of 64 when paged) of head kvh.
+    __device__ __forceinline__ size_t tile_row(int kvh, int n0) const {
+        if (block_table) return ((size_t)__ldg(block_table + n0 / BLOCK) * nkv + kvh) * BLOCK + (n0 % BLOCK);
+        return (size_t)kvh * max_ctx + n0;
+    }
+};
+
 // Q fragments (the A operand, row-major 16x16 per k-step) straight from global memory: row g from q_lo and row
 // g + 8 from q_hi, zeros for rows that do not exist (v_lo / v_hi false).
 template <int KSTEPS>

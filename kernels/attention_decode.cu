@@ -29,6 +29,7 @@ constexpr int BN = 64;       // keys per tile (16 per warp)
 constexpr int WARPS = 4;
 constexpr int THREADS = WARPS * 32;
 constexpr int STAGES = 3;
+static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
 
 using mma::smem_addr;
 using mma::cp_async16;
@@ -73,7 +74,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
                                              const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o,
                                              float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
                                              const int* __restrict__ ctx_len_ptr, int nq, int nkv, int max_ctx,
-                                             int num_splits, float scale) {
+                                             int num_splits, float scale, const int* __restrict__ block_table = nullptr) {
     static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
     constexpr int LDS = D + 8;
     constexpr int KSTEPS = D / 16;
@@ -107,11 +108,11 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     const int k_end = min(k_begin + plan.chunk, plan.ctx);
     const int n_tiles = (k_end - k_begin + BN - 1) / BN;
 
-    const __nv_bfloat16* k_base = k_cache + (size_t)kvh * max_ctx * D;
-    const __nv_bfloat16* v_base = v_cache + (size_t)kvh * max_ctx * D;
+    const attn::KvLayout kv{block_table, nkv, max_ctx};
 
     auto load_tile = [&](int tile, int stage) {
-        const int n0 = k_begin + tile * BN;
+        const int n0 = k_begin + tile * BN;        // a multiple of BN: chunks are whole tiles
+        const size_t row0 = kv.tile_row(kvh, n0);  // n0 < k_end for every tile < n_tiles
         __nv_bfloat16* dK = sK + stage * BN * LDS;
         __nv_bfloat16* dV = sV + stage * BN * LDS;
 #pragma unroll
@@ -119,11 +120,10 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
             const int c = threadIdx.x + i * THREADS;
             const int r = c / ROW_CHUNKS;
             const int cc = c % ROW_CHUNKS;
-            const int key = n0 + r;
-            const bool valid = key < k_end;
-            const size_t src = (size_t)(valid ? key : 0) * D + cc * 8;
-            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_base + src, valid);
-            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_base + src, valid);
+            const bool valid = n0 + r < k_end;
+            const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
+            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_cache + src, valid);
+            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_cache + src, valid);
         }
     };
 
@@ -291,12 +291,41 @@ QWQ_ATTN_DECODE_SPLIT_ENTRY(32)
 QWQ_ATTN_DECODE_SPLIT_ENTRY(64)
 QWQ_ATTN_DECODE_SPLIT_ENTRY(128)
 
+// Paged, one decode row per sequence, many sequences in one launch (docs/ENGINE_V2.md). Grid (num_splits, nkv,
+// batch). Row b: q[b] and out[b] ([batch, nq, D]), ctx_lens[b] keys (0: padding row, output zeros), block table
+// block_tables[b] of max_blocks entries; partials at part_o[b] ([batch, nq, num_splits, D]) and part_ml[b].
+// K and V are one layer of the pool, [blocks, nkv, 64, D]. Every input is read on the device: graph-capture safe.
+#define QWQ_ATTN_DECODE_PAGED_ENTRY(D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_bf16_d##D(        \
+        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,                          \
+        const __nv_bfloat16* __restrict__ v_pool, float* __restrict__ part_o, float2* __restrict__ part_ml,     \
+        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
+        int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
+        const size_t b = blockIdx.z;                                                                            \
+        attn_decode::decode_split<D>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D,          \
+                                     part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, nkv,    \
+                                     max_blocks * attn_decode::BN, num_splits, scale,                           \
+                                     block_tables + b * max_blocks);                                            \
+    }
+
+QWQ_ATTN_DECODE_PAGED_ENTRY(32)
+QWQ_ATTN_DECODE_PAGED_ENTRY(64)
+QWQ_ATTN_DECODE_PAGED_ENTRY(128)
+
 // Combine kernel. Grid (nq), block head_dim threads (one output element each; head_dim <= 1024).
 // Merges splits 0 .. active-1 of each head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s.
 // Does nothing when the split kernel already wrote the output (one active split, or an empty context).
+// Batched (paged) form: grid (nq, batch); row b's partials, output and ctx_len at offset b (see the paged entry).
 extern "C" __global__ void __launch_bounds__(1024) attention_decode_combine_bf16(
     const float* __restrict__ part_o, const float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
     const int* __restrict__ ctx_len, int nq, int head_dim, int max_ctx, int num_splits) {
+    {
+        const size_t b = blockIdx.y;  // 0 for the single-sequence launch
+        part_o += b * nq * num_splits * head_dim;
+        part_ml += b * nq * num_splits;
+        out += b * nq * head_dim;
+        ctx_len += b;
+    }
     const attn_decode::SplitPlan plan = attn_decode::decode_split_plan(ctx_len, max_ctx, num_splits);
     if (plan.active <= 1) return;
     const int head = blockIdx.x;

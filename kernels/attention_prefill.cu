@@ -28,6 +28,7 @@
 namespace attn_prefill {
 
 constexpr int BN = 64;  // keys per tile
+static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
 
 using mma::smem_addr;
 using mma::cp_async16;
@@ -42,7 +43,8 @@ __device__ __forceinline__ void cp_async_wait_all() { cp_async_wait<0>(); }
 template <int D, int WARPS>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,
                                         const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out,
-                                        int T, int start_pos, int nq, int nkv, int max_ctx, float scale) {
+                                        int T, int start_pos, int nq, int nkv, int max_ctx, float scale,
+                                        const int* __restrict__ block_table = nullptr) {
     static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
     constexpr int THREADS = WARPS * 32;
     constexpr int BM = 16 * WARPS;
@@ -73,11 +75,11 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     const int kv_end = start_pos + m0 + block_rows;  // keys [0, kv_end) are visible to some row of this block
     const int n_tiles = (kv_end + BN - 1) / BN;
 
-    const __nv_bfloat16* k_base = k_cache + (size_t)kvh * max_ctx * D;
-    const __nv_bfloat16* v_base = v_cache + (size_t)kvh * max_ctx * D;
+    const attn::KvLayout kv{block_table, nkv, max_ctx};
 
     auto load_tile = [&](int tile, int stage) {
         const int n0 = tile * BN;
+        const size_t row0 = kv.tile_row(kvh, n0);  // tile_row needs n0 < kv_end, true for every tile < n_tiles
         __nv_bfloat16* dK = sK + stage * BN * LDS;
         __nv_bfloat16* dV = sV + stage * BN * LDS;
 #pragma unroll
@@ -85,11 +87,10 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             const int c = threadIdx.x + i * THREADS;
             const int r = c / ROW_CHUNKS;
             const int cc = c % ROW_CHUNKS;
-            const int key = n0 + r;
-            const bool valid = key < kv_end;
-            const size_t src = (size_t)(valid ? key : 0) * D + cc * 8;
-            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_base + src, valid);
-            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_base + src, valid);
+            const bool valid = n0 + r < kv_end;
+            const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
+            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_cache + src, valid);
+            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_cache + src, valid);
         }
     };
 
@@ -246,3 +247,25 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 QWQ_ATTN_PREFILL_ENTRY(32, 8)
 QWQ_ATTN_PREFILL_ENTRY(64, 8)
 QWQ_ATTN_PREFILL_ENTRY(128, 8)
+
+// Paged, many sequences in one launch (docs/ENGINE_V2.md). Grid (nq, max m-tiles over the sequences, sequences).
+// seq_info int32 [sequences, 4] = {first query row in q/out, query rows T, cached positions before them (start_pos),
+// unused}; block_tables int32 [sequences, max_blocks]. K and V are one layer of the pool, [blocks, nkv, 64, D].
+// Sequence z's rows are q[first .. first+T) at positions start_pos .. start_pos+T-1; m-tiles past T exit at once.
+#define QWQ_ATTN_PREFILL_PAGED_ENTRY(D, WARPS)                                                                  \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_paged_bf16_d##D(              \
+        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,                          \
+        const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,                              \
+        const int* __restrict__ seq_info, const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, \
+        float scale) {                                                                                          \
+        const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];                                  \
+        const int T = info.y;                                                                                   \
+        if ((int)(gridDim.y - 1 - blockIdx.y) * 16 * WARPS >= T) return;                                        \
+        const size_t first = (size_t)info.x * nq * D;                                                           \
+        attn_prefill::prefill<D, WARPS>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, 0, scale,  \
+                                        block_tables + (size_t)blockIdx.z * max_blocks);                        \
+    }
+
+QWQ_ATTN_PREFILL_PAGED_ENTRY(32, 8)
+QWQ_ATTN_PREFILL_PAGED_ENTRY(64, 8)
+QWQ_ATTN_PREFILL_PAGED_ENTRY(128, 8)

@@ -1,4 +1,7 @@
+using System.Runtime.InteropServices;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Model;
@@ -9,18 +12,23 @@ using QwQ.Cuda.Weights;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// The CUDA engine: owns the context, the weights on the device, the kernels, cuBLAS, the activation workspace
-/// and the sampler; sequences own their KV caches. One stream: every launch is ordered, and a decode step needs
-/// no host synchronisation until its sampled token is read.
+/// The CUDA engine (nano-vllm's model runner): owns the context, the weights on the device, the kernels, cuBLAS,
+/// the activation workspace, the paged KV pool and the sampler's scratch. Sequences own their tokens, block tables,
+/// logits and penalty counts. One stream: every launch is ordered, and a step needs no host synchronisation until
+/// a sampled token is read.
 /// </summary>
 /// <remarks>
-/// Thread safety: all device work goes through <see cref="Gate"/>, so sequences may be used from different
-/// threads, but one forward pass runs at a time (batch 1). Dispose frees all device memory.
+/// Thread safety: all device work goes through <see cref="Gate"/>, so sequences may be used from different threads;
+/// one forward step runs at a time, over rows from any number of sequences. Dispose frees all device memory.
 /// </remarks>
 public sealed class CudaBackend : IModelBackend
 {
+    /// <summary>Decode batches are padded to one of these sizes, each captured once as a CUDA graph.</summary>
+    internal static readonly int[] GraphBatchSizes = [1, 2, 4, 8, 16, 32, 64, 128];
+
     private readonly List<IDisposable> _owned = [];
-    private bool _disposed;
+    private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
+    private volatile bool _disposed;
 
     internal object Gate { get; } = new();
     internal CudaContext Context { get; }
@@ -30,11 +38,14 @@ public sealed class CudaBackend : IModelBackend
     internal GpuSampler Sampler { get; }
     internal EngineOptions Options { get; }
     internal ModelWeights Weights { get; }
+    internal KvPool KvMemory { get; }
+    internal bool IsDisposed => _disposed;
 
     public ModelConfig Config { get; }
     public MemoryPlan Plan { get; }
     public string DeviceDescription { get; }
     public int MaxContext => Plan.MaxContext;
+    public KvBlockPool KvPool { get; }
 
     private CudaBackend(ModelConfig config, string? checkpointDir, EngineOptions options,
         IProgress<LoadProgress>? progress, CancellationToken ct)
@@ -69,10 +80,13 @@ public sealed class CudaBackend : IModelBackend
                 SyntheticWeights.Fill(Weights, config, new InitOps(lib), Stream, options.SyntheticSeed, progress, ct);
             checkpoint?.Dispose();
 
-            Workspace = Own(new Workspace(config, Math.Min(options.PrefillChunk, Plan.MaxContext), Plan.MaxContext));
+            Workspace = Own(new Workspace(config, options.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
+            KvMemory = Own(new KvPool(config, Plan.KvPoolBlocks));
+            KvPool = new KvBlockPool(Plan.KvPoolBlocks, AttentionOps.KvBlockSize);
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
-            Forward = new Qwen2Forward(config, Weights, Workspace, new KernelSet(lib, Context.MultiprocessorCount), blas, lt,
+            var kernels = new KernelSet(lib, Context.MultiprocessorCount);
+            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, new LinearOps(kernels.Gemv, blas, lt),
                 invFreq.Ptr, Rope.AttentionFactor(config));
             Stream.Synchronize();
         }
@@ -102,16 +116,195 @@ public sealed class CudaBackend : IModelBackend
         ObjectDisposedException.ThrowIf(_disposed, this);
         int capacity = maxContext ?? MaxContext;
         if (capacity < 1 || capacity > MaxContext)
-            throw new Errors.OptionException($"a sequence of {capacity} positions does not fit: this GPU holds at most {MaxContext}");
+            throw new OptionException($"a sequence of {capacity} positions does not fit: this GPU holds at most {MaxContext}");
         lock (Gate)
         {
             Context.MakeCurrent();
-            return new CudaSequence(this, capacity);
+            return new CudaSequence(this, capacity, new KvBlockTable(KvPool));
+        }
+    }
+
+    /// <summary>One part of a step: <see cref="Count"/> tokens of a sequence, from <see cref="Offset"/> of its chunk.</summary>
+    private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits)
+    {
+        public bool IsDecode => Tokens.Length == 1 && Seq.Length > 0;
+    }
+
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var pending = new List<Part>(items.Length);
+        var seen = new HashSet<CudaSequence>();
+        int vocab = Config.VocabSize;
+        foreach (var item in items)
+        {
+            if (item.Sequence is not CudaSequence seq || seq.Backend != this)
+                throw new ArgumentException("a sequence in the step does not belong to this backend", nameof(items));
+            seq.ThrowIfDisposed();
+            if (!seen.Add(seq)) throw new ArgumentException("a sequence appears twice in one step", nameof(items));
+            if (item.Tokens.IsEmpty) continue;
+            if (seq.Length + item.Tokens.Length > seq.Capacity)
+                throw new OptionException(
+                    $"the sequence would need {seq.Length + item.Tokens.Length} positions but holds at most {seq.Capacity}; " +
+                    "shorten the prompt or raise --max-context");
+            foreach (int t in item.Tokens.Span)
+                if ((uint)t >= (uint)vocab)
+                    throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab} rows");
+            pending.Add(new Part(seq, item.Tokens, WantsLogits: true));
+        }
+
+        lock (Gate)
+        {
+            Context.MakeCurrent();
+            // Passes of at most MaxRows rows and MaxSequences sequences; a long prompt continues in the next pass and
+            // only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
+            var pass = new List<Part>();
+            while (pending.Count > 0)
+            {
+                ct.ThrowIfCancellationRequested();
+                pass.Clear();
+                int rows = 0;
+                pending.Sort((a, b) => b.IsDecode.CompareTo(a.IsDecode));
+                for (int i = 0; i < pending.Count && rows < Workspace.MaxRows && pass.Count < Workspace.Inputs.MaxSequences; i++)
+                {
+                    Part p = pending[i];
+                    int n = Math.Min(p.Tokens.Length, Workspace.MaxRows - rows);
+                    pass.Add(p with { Tokens = p.Tokens[..n], WantsLogits = n == p.Tokens.Length });
+                    pending[i] = p with { Tokens = p.Tokens[n..] };
+                    rows += n;
+                }
+                pending.RemoveAll(p => p.Tokens.IsEmpty);
+                RunPass(pass, logitPositions: default);
+            }
+        }
+    }
+
+    /// <summary>Test hook: appends one chunk and returns the logits of the chosen chunk-relative positions, [positions, vocab].</summary>
+    internal float[] AppendWithLogits(CudaSequence seq, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
+    {
+        if (tokens.Length > Workspace.MaxRows || positions.Length > Workspace.LogitRows)
+            throw new ArgumentException($"at most {Workspace.MaxRows} tokens and {Workspace.LogitRows} logit rows per call");
+        if (seq.Length + tokens.Length > seq.Capacity) throw new OptionException("sequence exceeds its capacity");
+        lock (Gate)
+        {
+            Context.MakeCurrent();
+            RunPass([new Part(seq, tokens.ToArray(), WantsLogits: true)], positions);
+            var result = new float[positions.Length * Config.VocabSize];
+            Stream.Synchronize();
+            Workspace.CopyLogits(result);
+            return result;
+        }
+    }
+
+    /// <summary>
+    /// One forward step over <paramref name="pass"/>: reserves KV blocks (all or nothing), writes the step inputs,
+    /// runs the forward (a captured graph for decode-only batches) and hands each sequence its logits.
+    /// </summary>
+    private void RunPass(List<Part> pass, ReadOnlySpan<int> logitPositions)
+    {
+        StepInputs inp = Workspace.Inputs;
+        Stream.Synchronize(); // the previous step has finished reading the pinned inputs
+        ReserveBlocks(pass);
+
+        int rows = 0, seqs = 0, decode = 0, maxPrefill = 0, logitRows = 0;
+        Span<int> ids = inp.IdsHost, pos = inp.PositionsHost, slots = inp.SlotsHost, info = inp.SeqInfoHost;
+        Span<int> ctxLens = inp.CtxLensHost, logits = inp.LogitRowsHost;
+        foreach (Part p in pass)
+        {
+            CudaSequence s = p.Seq;
+            int start = s.Length, n = p.Tokens.Length;
+            ReadOnlySpan<int> tokens = p.Tokens.Span;
+            IReadOnlyList<int> blocks = s.Table.Blocks;
+            for (int j = 0; j < n; j++)
+            {
+                int position = start + j;
+                ids[rows + j] = tokens[j];
+                pos[rows + j] = position;
+                slots[rows + j] = blocks[position / AttentionOps.KvBlockSize] * AttentionOps.KvBlockSize + position % AttentionOps.KvBlockSize;
+            }
+            (info[4 * seqs], info[4 * seqs + 1], info[4 * seqs + 2], info[4 * seqs + 3]) = (rows, n, start, 0);
+            ctxLens[seqs] = start + n;
+            Span<int> table = inp.TableHost(seqs);
+            for (int b = 0; b < blocks.Count; b++) table[b] = blocks[b];
+            if (logitPositions.IsEmpty && p.WantsLogits) logits[logitRows++] = rows + n - 1;
+            if (p.IsDecode) decode++;
+            else maxPrefill = Math.Max(maxPrefill, n);
+            rows += n;
+            seqs++;
+        }
+        foreach (int lp in logitPositions) logits[logitRows++] = lp;
+
+        if (decode == seqs && Options.UseCudaGraphs && logitPositions.IsEmpty && seqs <= GraphBatchSizes[^1])
+        {
+            // Pad to a captured batch size: padding rows write no KV (slot −1) and attend to nothing (ctx_len 0).
+            int batch = GraphBatchSizes.First(b => b >= seqs);
+            for (int r = rows; r < batch; r++)
+            {
+                (ids[r], pos[r], slots[r], ctxLens[r]) = (0, 0, -1, 0);
+                logits[r] = r;
+            }
+            if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
+            {
+                var shape = new StepShape(batch, batch, 0, 0, batch);
+                graph = CudaGraph.Capture(Stream, () =>
+                {
+                    inp.Upload(Stream, batch);
+                    Forward.Step(Stream, shape);
+                });
+                _decodeGraphs.Add(batch, graph);
+            }
+            graph.Launch(Stream);
+        }
+        else
+        {
+            inp.Upload(Stream, seqs);
+            Forward.Step(Stream, new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows));
+        }
+
+        // Each sequence keeps its own logits (any interleaving of Append/Sample gives it exactly what it gets alone).
+        int row = 0;
+        foreach (Part p in pass)
+        {
+            p.Seq.TokenList.AddRange(p.Tokens.Span);
+            p.Seq.HasLogits = p.WantsLogits && logitPositions.IsEmpty;
+            if (p.Seq.HasLogits)
+            {
+                long bytes = 4L * Config.VocabSize;
+                CopyDevice(Workspace.Logits + (ulong)(row * bytes), p.Seq.LogitsPtr, bytes);
+                row++;
+            }
+            p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(p.Seq.TokenList));
+        }
+    }
+
+    private void CopyDevice(ulong src, ulong dst, long bytes) =>
+        CudaErrors.Check(CudaDriverApi.cuMemcpyDtoDAsync_v2(dst, src, (nuint)bytes, Stream.Handle), "cuMemcpyDtoDAsync_v2");
+
+    /// <summary>
+    /// Backs every position the pass writes with an exclusively owned block (copy-on-write of shared ones), for all
+    /// sequences or none: on exhaustion, the sequences reserved so far give their new blocks back.
+    /// </summary>
+    private void ReserveBlocks(List<Part> pass)
+    {
+        for (int i = 0; i < pass.Count; i++)
+        {
+            CudaSequence s = pass[i].Seq;
+            try
+            {
+                s.Table.Reserve(s.Length, s.Length + pass[i].Tokens.Length, (src, dst) => KvMemory.CopyBlock(src, dst, Stream));
+            }
+            catch (KvPoolExhaustedException)
+            {
+                for (int j = 0; j < i; j++) pass[j].Seq.Table.Truncate(pass[j].Seq.Length);
+                throw;
+            }
         }
     }
 
     private void DisposeOwned()
     {
+        foreach (var g in _decodeGraphs.Values) g.Dispose();
+        _decodeGraphs.Clear();
         for (int i = _owned.Count - 1; i >= 0; i--)
         {
             try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
@@ -122,9 +315,9 @@ public sealed class CudaBackend : IModelBackend
     public void Dispose()
     {
         if (_disposed) return;
-        _disposed = true;
         lock (Gate)
         {
+            _disposed = true;
             Context.MakeCurrent();
             Stream.Synchronize();
             DisposeOwned();

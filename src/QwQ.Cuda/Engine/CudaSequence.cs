@@ -1,4 +1,4 @@
-using QwQ.Cuda.Errors;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
@@ -6,150 +6,124 @@ using QwQ.Cuda.Sampling;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// One sequence on the GPU: its KV cache, and the decode step captured once as a CUDA graph. The graph's only
-/// inputs are {token, position, ctx_len}, copied from pinned host memory by the graph's first node, so each
-/// decode step is one graph launch, a sampler launch and one 4-byte read back.
+/// One sequence on the GPU and everything that belongs to it: its tokens, its KV block table in the backend's
+/// shared pool, the logits of its last appended position and its penalty counts. Creating one allocates no KV;
+/// its blocks come from the pool as it grows (docs/ENGINE_V2.md). Forward passes go through
+/// <see cref="CudaBackend.Step"/>, which may batch it with other sequences.
 /// </summary>
 internal sealed class CudaSequence : ISequence
 {
     private readonly CudaBackend _backend;
-    private readonly KvCache _cache;
-    private readonly PinnedHostBuffer _stepHost; // int32 [4]: token, position, ctx_len
-    private CudaGraph? _decodeGraph;
+    private readonly List<int> _tokens = [];
+    private readonly DeviceBuffer _logits; // fp32 [vocab]   logits of the last appended position
+    private readonly DeviceBuffer _counts; // int32 [vocab]  token counts for the penalties
     private bool _disposed;
 
-    public CudaSequence(CudaBackend backend, int capacity)
+    public CudaSequence(CudaBackend backend, int capacity, KvBlockTable table)
     {
         _backend = backend;
-        _cache = new KvCache(backend.Config, capacity);
-        _stepHost = PinnedHostBuffer.Allocate(16);
+        Capacity = capacity;
+        Table = table;
+        int vocab = backend.Config.VocabSize;
+        _logits = DeviceBuffer.Allocate(4L * vocab);
+        try { _counts = DeviceBuffer.Allocate(4L * vocab); }
+        catch { _logits.Dispose(); throw; }
+        _counts.Memset32(0, backend.Stream);
     }
 
-    public int Length { get; private set; }
-    public int Capacity => _cache.Capacity;
+    internal CudaBackend Backend => _backend;
+    internal KvBlockTable Table { get; }
+    internal List<int> TokenList => _tokens;
+    internal ulong LogitsPtr => _logits.Ptr;
+    internal ulong CountsPtr => _counts.Ptr;
+    /// <summary>Whether <see cref="LogitsPtr"/> holds the logits of the current last position.</summary>
+    internal bool HasLogits { get; set; }
 
-    public void Append(ReadOnlySpan<int> tokens)
+    public int Length => _tokens.Count;
+    public int Capacity { get; }
+    public IReadOnlyList<int> Tokens => _tokens;
+
+    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
         if (tokens.IsEmpty) return;
-        if (Length + tokens.Length > Capacity)
-            throw new OptionException(
-                $"the sequence would need {Length + tokens.Length} positions but its KV cache holds {Capacity}; " +
-                "shorten the prompt or raise --max-context");
-        int vocab = _backend.Config.VocabSize;
-        foreach (int t in tokens)
-            if ((uint)t >= (uint)vocab)
-                throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab} rows");
+        _backend.Step([new SequenceChunk(this, tokens.ToArray())], ct);
+    }
 
+    public ISequence Fork()
+    {
+        ThrowIfDisposed();
         lock (_backend.Gate)
         {
             _backend.Context.MakeCurrent();
-            if (tokens.Length == 1 && Length > 0) DecodeOne(tokens[0]);
-            else Prefill(tokens);
+            var child = new CudaSequence(_backend, Capacity, Table.Fork());
+            child._tokens.AddRange(_tokens);
+            child._logits.CopyFromDevice(_logits.Ptr, _logits.Bytes, 0, _backend.Stream);
+            child._counts.CopyFromDevice(_counts.Ptr, _counts.Bytes, 0, _backend.Stream);
+            child.HasLogits = HasLogits;
+            return child;
         }
-    }
-
-    private void Prefill(ReadOnlySpan<int> tokens)
-    {
-        var (s, fwd, ws) = (_backend.Stream, _backend.Forward, _backend.Workspace);
-        int chunk = ws.Chunk;
-        for (int start = 0; start < tokens.Length; start += chunk)
-        {
-            var part = tokens.Slice(start, Math.Min(chunk, tokens.Length - start));
-            s.Synchronize(); // the previous chunk has finished reading Ids
-            ws.Ids.CopyFromHost(part);
-            fwd.Prefill(s, _cache, part.Length, Length);
-            Length += part.Length;
-            if (start + part.Length == tokens.Length)
-                fwd.LastLogits(s, part.Length - 1);
-        }
-    }
-
-    private void DecodeOne(int token)
-    {
-        var (s, ws) = (_backend.Stream, _backend.Workspace);
-        s.Synchronize(); // the pinned step buffer is free: the previous step has consumed it
-        Span<int> step = _stepHost.AsSpan<int>();
-        step[0] = token;
-        step[1] = Length;
-        step[2] = Length + 1;
-        if (_backend.Options.UseCudaGraphs)
-        {
-            _decodeGraph ??= CudaGraph.Capture(s, () => RecordDecode(s, ws));
-            _decodeGraph.Launch(s);
-        }
-        else RecordDecode(s, ws);
-        Length++;
-    }
-
-    private void RecordDecode(CudaStream s, Workspace ws)
-    {
-        ws.Step.CopyFromHostAsync(_stepHost.Ptr, 12, 0, s);
-        _backend.Forward.Decode(s, _cache);
     }
 
     /// <summary>
     /// Logits for chosen positions of <paramref name="tokens"/> appended now (tests compare them with the
-    /// reference). Rows are chunk-relative positions into <paramref name="tokens"/>; the sequence must be short
-    /// enough for one chunk.
+    /// reference). Positions are relative to <paramref name="tokens"/>; one step, so at most a workspace's rows.
     /// </summary>
-    internal float[] AppendWithLogits(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
-    {
-        var (s, fwd, ws) = (_backend.Stream, _backend.Forward, _backend.Workspace);
-        if (tokens.Length > ws.Chunk || positions.Length > ws.LogitRows)
-            throw new ArgumentException($"at most {ws.Chunk} tokens and {ws.LogitRows} logit rows per call");
-        if (Length + tokens.Length > Capacity) throw new OptionException("sequence exceeds its KV cache");
-        lock (_backend.Gate)
-        {
-            _backend.Context.MakeCurrent();
-            s.Synchronize();
-            ws.Ids.CopyFromHost(tokens);
-            fwd.Prefill(s, _cache, tokens.Length, Length);
-            Length += tokens.Length;
-            s.Synchronize();
-            ws.LogitRowsIdxBuffer.CopyFromHost(positions);
-            fwd.LogitsForRows(s, tokens.Length, positions.Length);
-            var result = new float[positions.Length * _backend.Config.VocabSize];
-            s.Synchronize();
-            ws.CopyLogits(result);
-            // leave the last appended position's logits in row 0 for Sample, as Append does
-            fwd.LastLogits(s, tokens.Length - 1);
-            return result;
-        }
-    }
+    internal float[] AppendWithLogits(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions) =>
+        _backend.AppendWithLogits(this, tokens, positions);
 
     public void Truncate(int length)
     {
+        ThrowIfDisposed();
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length));
-        Length = length; // positions ≥ length are overwritten by the next append; attention never reads past ctx_len
+        if (length == Length) return;
+        lock (_backend.Gate)
+        {
+            Table.Truncate(length);
+            _tokens.RemoveRange(length, _tokens.Count - length);
+            HasLogits = false;
+        }
     }
 
     public void ResetPenalties()
     {
-        lock (_backend.Gate) _backend.Sampler.Reset(_backend.Stream);
+        lock (_backend.Gate)
+        {
+            _backend.Context.MakeCurrent();
+            _backend.Sampler.Reset(_backend.Stream, _counts.Ptr);
+        }
     }
 
     public void RecordForPenalties(ReadOnlySpan<int> tokens)
     {
-        lock (_backend.Gate) _backend.Sampler.Record(_backend.Stream, tokens);
+        lock (_backend.Gate)
+        {
+            _backend.Context.MakeCurrent();
+            _backend.Sampler.Record(_backend.Stream, tokens, _counts.Ptr);
+        }
     }
 
     public int Sample(SamplingOptions options, long step)
     {
+        ThrowIfDisposed();
         lock (_backend.Gate)
         {
+            if (!HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
             _backend.Context.MakeCurrent();
-            return _backend.Sampler.Sample(_backend.Stream, _backend.Workspace.Logits, options, step);
+            return _backend.Sampler.Sample(_backend.Stream, _logits.Ptr, _counts.Ptr, options, step);
         }
     }
 
     public void CopyLastLogits(Span<float> destination)
     {
+        ThrowIfDisposed();
         lock (_backend.Gate)
         {
+            if (!HasLogits) throw new InvalidOperationException("no logits: append at least one token first");
             _backend.Context.MakeCurrent();
             _backend.Stream.Synchronize();
-            _backend.Workspace.CopyLogits(destination[.._backend.Config.VocabSize]);
+            _logits.CopyToHost(destination[.._backend.Config.VocabSize]);
         }
     }
 
@@ -159,11 +133,12 @@ internal sealed class CudaSequence : ISequence
         _disposed = true;
         lock (_backend.Gate)
         {
+            if (_backend.IsDisposed) return; // the context and everything in it are gone already
             _backend.Context.MakeCurrent();
             _backend.Stream.Synchronize();
-            _decodeGraph?.Dispose();
-            _cache.Dispose();
-            _stepHost.Dispose();
+            Table.Dispose();
+            _logits.Dispose();
+            _counts.Dispose();
         }
     }
 }

@@ -6,16 +6,22 @@ public sealed record EngineOptions
     /// <summary>KV-cache positions to reserve; null sizes the cache from free device memory (capped at the model's maximum).</summary>
     public int? MaxContext { get; init; }
 
+    /// <summary>
+    /// Positions of the paged KV pool shared by all sequences; null: as many as fit in the free device memory
+    /// (capped at 128 sequences of the model's maximum length).
+    /// </summary>
+    public int? KvPoolPositions { get; init; }
+
     /// <summary>Device memory left free after weights and KV cache, for workspaces and other processes.</summary>
     public long ReserveBytes { get; init; } = 2L << 30;
 
-    /// <summary>Capture the decode step once as a CUDA graph and replay it (off: launch kernel by kernel, for debugging).</summary>
+    /// <summary>Capture decode steps as CUDA graphs, one per padded batch size, and replay them (off: launch kernel by kernel, for debugging).</summary>
     public bool UseCudaGraphs { get; init; } = true;
 
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 
-    /// <summary>The largest prompt chunk one prefill pass processes; longer prompts are prefilled in chunks.</summary>
+    /// <summary>The most rows (tokens of all sequences) one forward step processes; longer prompts are prefilled in chunks.</summary>
     public int PrefillChunk { get; init; } = 4096;
 
     /// <summary>

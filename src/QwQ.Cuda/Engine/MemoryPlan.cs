@@ -1,11 +1,14 @@
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Kernels;
 
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// How device memory is split between weights, activation workspace and KV cache. The KV cache takes what the
-/// weights and workspace leave (less a reserve), capped at the model's maximum positions — nano-vllm's rule.
+/// How device memory is split between weights, activation workspace and the paged KV pool. The pool takes what the
+/// weights and workspace leave (less a reserve) — nano-vllm's rule — capped at <see cref="MaxPoolSequences"/>
+/// sequences of the model's maximum length (small test models need no more). A sequence may grow to
+/// <see cref="MaxContext"/> positions while the pool has blocks for it.
 /// </summary>
 public sealed record MemoryPlan(
     long WeightBytes,
@@ -13,9 +16,19 @@ public sealed record MemoryPlan(
     long KvBytesPerToken,
     long FreeBytes,
     long ReserveBytes,
+    int KvPoolBlocks,
     int MaxContext)
 {
-    public long KvCacheBytes => KvBytesPerToken * MaxContext;
+    /// <summary>The pool never holds more than this many full-length sequences.</summary>
+    public const int MaxPoolSequences = Workspace.MaxSequences;
+
+    /// <summary>Positions in the pool, over all sequences.</summary>
+    public long KvPoolPositions => (long)KvPoolBlocks * AttentionOps.KvBlockSize;
+
+    public long KvCacheBytes => KvBytesPerToken * KvPoolPositions;
+
+    /// <summary>Block-table width: blocks of the longest sequence the model supports.</summary>
+    public static int MaxBlocksPerSequence(ModelConfig c) => (ModelMaxPositions(c) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
 
     /// <summary>
     /// Plans for <paramref name="freeBytes"/> of free device memory (measured after the context is created).
@@ -24,27 +37,40 @@ public sealed record MemoryPlan(
     public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o)
     {
         long weights = ModelWeights.DeviceBytes(c);
-        long workspace = Workspace.DeviceBytes(c, o.PrefillChunk);
+        long workspace = Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c));
         long kvPerToken = c.KvBytesPerToken;
+        long blockBytes = KvPool.BytesPerBlock(c);
         long left = freeBytes - weights - workspace - o.ReserveBytes;
         int modelMax = ModelMaxPositions(c);
-        int fits = left <= 0 ? 0 : (int)Math.Min(int.MaxValue, left / kvPerToken);
-        if (fits < 1)
+        long fitBlocks = left <= 0 ? 0 : left / blockBytes;
+        if (fitBlocks < 1)
             throw new CudaOutOfMemoryPlanException(
                 $"not enough GPU memory: the weights need {Gib(weights)} and the workspace {Gib(workspace)}, " +
                 $"but only {Gib(freeBytes)} is free (reserve {Gib(o.ReserveBytes)}). Use a GPU with more memory or free it from other processes.");
-        int max = Math.Min(fits, modelMax);
+        long capBlocks = (long)MaxPoolSequences * MaxBlocksPerSequence(c);
+        if (o.KvPoolPositions is int poolAsked)
+        {
+            if (poolAsked < AttentionOps.KvBlockSize) throw new OptionException($"a KV pool of {poolAsked} positions is too small: at least {AttentionOps.KvBlockSize}");
+            capBlocks = (poolAsked + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
+            if (capBlocks > fitBlocks)
+                throw new CudaOutOfMemoryPlanException(
+                    $"a KV pool of {poolAsked} positions needs {Gib(capBlocks * blockBytes)} but only {Gib(fitBlocks * blockBytes)} " +
+                    $"({fitBlocks * AttentionOps.KvBlockSize} positions) fits beside the weights.");
+        }
+        int blocks = (int)Math.Min(Math.Min(fitBlocks, capBlocks), int.MaxValue / AttentionOps.KvBlockSize);
+        int poolPositions = blocks * AttentionOps.KvBlockSize;
+        int max = Math.Min(poolPositions, modelMax);
         if (o.MaxContext is int asked)
         {
             if (asked < 1) throw new OptionException($"--max-context {asked} must be at least 1");
             if (asked > modelMax) throw new OptionException($"--max-context {asked} exceeds the model's {modelMax} positions");
-            if (asked > fits)
+            if (asked > poolPositions)
                 throw new CudaOutOfMemoryPlanException(
-                    $"--max-context {asked} needs {Gib(asked * kvPerToken)} of KV cache but only {Gib(fits * kvPerToken)} " +
-                    $"({fits} positions) fits beside the weights; use --max-context {fits} or less.");
+                    $"--max-context {asked} needs {Gib(asked * kvPerToken)} of KV cache but only {Gib((long)poolPositions * kvPerToken)} " +
+                    $"({poolPositions} positions) fits beside the weights; use --max-context {poolPositions} or less.");
             max = asked;
         }
-        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, max);
+        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max);
     }
 
     /// <summary>

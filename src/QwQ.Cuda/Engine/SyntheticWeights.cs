@@ -25,6 +25,8 @@ internal static class SyntheticWeights
             progress?.Report(new LoadProgress("synthetic", Math.Min(done, total), total, what));
         }
 
+        void Linear(LinearWeight lw, string what) => Normal(lw.Weight, (long)lw.Out * lw.In, 0, what);
+
         Normal(w.Embedding, (long)c.VocabSize * c.HiddenSize, 0, "embed_tokens");
         for (int i = 0; i < w.Layers.Length; i++)
         {
@@ -32,16 +34,16 @@ internal static class SyntheticWeights
             LayerWeights l = w.Layers[i];
             string layer = $"layer {i}";
             Normal(l.InputNorm, c.HiddenSize, 1, layer);
-            Normal(l.QkvWeight, (long)c.QkvDim * c.HiddenSize, 0, layer);
+            Linear(l.Qkv, layer);
             Normal(l.QkvBias, c.QkvDim, 0, layer);
-            Normal(l.OWeight, (long)c.HiddenSize * c.NumAttentionHeads * c.HeadDim, 0, layer);
+            Linear(l.O, layer);
             Normal(l.PostNorm, c.HiddenSize, 1, layer);
-            Normal(l.GateUp, 2L * c.IntermediateSize * c.HiddenSize, 0, layer);
-            Normal(l.Down, (long)c.HiddenSize * c.IntermediateSize, 0, layer);
+            Linear(l.GateUp, layer);
+            Linear(l.Down, layer);
             s.Synchronize(); // bounded queue, and progress that means something
         }
         Normal(w.FinalNorm, c.HiddenSize, 1, "norm");
-        if (!c.TieWordEmbeddings) Normal(w.LmHead, (long)c.VocabSize * c.HiddenSize, 0, "lm_head");
+        if (!c.TieWordEmbeddings) Linear(w.LmHead, "lm_head");
         s.Synchronize();
         progress?.Report(new LoadProgress("synthetic", total, total));
     }

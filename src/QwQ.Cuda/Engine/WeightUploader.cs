@@ -23,20 +23,20 @@ internal static class WeightUploader
         {
             LayerWeights l = w.Layers[i];
             list.Add((TensorNames.InputNorm(i), l.InputNorm));
-            list.Add((TensorNames.QWeight(i), l.QkvWeight));
-            list.Add((TensorNames.KWeight(i), l.QkvWeight + (ulong)(2 * q * h)));
-            list.Add((TensorNames.VWeight(i), l.QkvWeight + (ulong)(2 * (q + kv) * h)));
+            list.Add((TensorNames.QWeight(i), l.Qkv.Weight));
+            list.Add((TensorNames.KWeight(i), l.Qkv.Weight + (ulong)(2 * q * h)));
+            list.Add((TensorNames.VWeight(i), l.Qkv.Weight + (ulong)(2 * (q + kv) * h)));
             list.Add((TensorNames.QBias(i), l.QkvBias));
             list.Add((TensorNames.KBias(i), l.QkvBias + (ulong)(2 * q)));
             list.Add((TensorNames.VBias(i), l.QkvBias + (ulong)(2 * (q + kv))));
-            list.Add((TensorNames.OWeight(i), l.OWeight));
+            list.Add((TensorNames.OWeight(i), l.O.Weight));
             list.Add((TensorNames.PostAttentionNorm(i), l.PostNorm));
-            list.Add((TensorNames.GateWeight(i), l.GateUp));
-            list.Add((TensorNames.UpWeight(i), l.GateUp + (ulong)(2 * inter * h)));
-            list.Add((TensorNames.DownWeight(i), l.Down));
+            list.Add((TensorNames.GateWeight(i), l.GateUp.Weight));
+            list.Add((TensorNames.UpWeight(i), l.GateUp.Weight + (ulong)(2 * inter * h)));
+            list.Add((TensorNames.DownWeight(i), l.Down.Weight));
         }
         list.Add((TensorNames.FinalNorm, w.FinalNorm));
-        if (!c.TieWordEmbeddings) list.Add((TensorNames.LmHead, w.LmHead));
+        if (!c.TieWordEmbeddings) list.Add((TensorNames.LmHead, w.LmHead.Weight));
         return list;
     }
 

@@ -5,65 +5,60 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// Activation buffers for one forward chunk of up to <see cref="Chunk"/> tokens, shared by prefill and decode
-/// (decode uses row 0). Named after the intermediates of the architecture, so any of them can be read back and
-/// compared with the CPU reference.
+/// Activation buffers for one forward step of up to <see cref="MaxRows"/> rows (tokens of any sequences), plus the
+/// step's inputs (<see cref="Inputs"/>). Named after the intermediates of the architecture, so any of them can be
+/// read back and compared with the CPU reference.
 /// </summary>
 internal sealed class Workspace : IDisposable
 {
+    /// <summary>Most sequences one step serves (the largest captured decode batch).</summary>
+    public const int MaxSequences = 128;
+
     private readonly DeviceArena _arena;
     private readonly DeviceBuffer _logits;
 
-    public int Chunk { get; }
-    public DeviceBuffer Ids { get; }   // int32 [chunk]          token ids of the chunk (uploaded from the host)
-    public DeviceBuffer Step { get; }  // int32 [4]              decode: token, position, ctx_len (CUDA-graph inputs)
-    public ulong Residual { get; }     // fp32 [chunk, hidden]   the residual stream
-    public ulong Normed { get; }       // bf16 [chunk, hidden]   RMSNorm output, input of the products
-    public ulong Qkv { get; }          // fp32 [chunk, qkv_dim]  q|k|v before bias and RoPE
-    public ulong Q { get; }            // bf16 [chunk, nq, D]    q after bias and RoPE
-    public ulong Attn { get; }         // bf16 [chunk, nq * D]   attention output
-    public ulong GateUp { get; }       // fp32 [chunk, 2 * I]    gate | up
-    public ulong Act { get; }          // bf16 [chunk, I]        silu(gate) * up
+    public int MaxRows { get; }
+    public StepInputs Inputs { get; }
+    public ulong Residual { get; }     // fp32 [rows, hidden]   the residual stream
+    public ulong Normed { get; }       // bf16 [rows, hidden]   RMSNorm output, input of the products
+    public ulong Qkv { get; }          // fp32 [rows, qkv_dim]  q|k|v before bias and RoPE
+    public ulong Q { get; }            // bf16 [rows, nq, D]    q after bias and RoPE
+    public ulong Attn { get; }         // bf16 [rows, nq * D]   attention output
+    public ulong GateUp { get; }       // fp32 [rows, 2 * I]    gate | up
+    public ulong Act { get; }          // bf16 [rows, I]        silu(gate) * up
     public ulong Logits => _logits.Ptr; // fp32 [logit_rows, vocab]
-    public ulong LogitRowsIdx => LogitRowsIdxBuffer.Ptr;
-    public DeviceBuffer LogitRowsIdxBuffer { get; } // int32 [logit_rows]  chunk rows whose logits are asked for
     public ulong LogitInput { get; }   // bf16 [logit_rows, hidden]
-    public ulong DecodeAttnScratch { get; } // split-K partials of decode attention
+    public ulong DecodeAttnScratch { get; } // split-K partials of paged decode attention
     public int LogitRows { get; }
 
-    public Workspace(ModelConfig c, int chunk, int maxContext)
+    public Workspace(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors)
     {
-        Chunk = chunk;
-        LogitRows = LogitRowsFor(c, chunk);
-        var sizes = ArenaSizes(c, chunk, maxContext);
+        MaxRows = maxRows;
+        LogitRows = LogitRowsFor(c, maxRows);
+        var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors);
         _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Select(s => s.Bytes)));
         ulong Take(string name) => _arena.Take(sizes.First(s => s.Name == name).Bytes);
-        Ids = DeviceBuffer.Allocate(IdsBytes(chunk));
-        Step = DeviceBuffer.Allocate(StepBytes);
         Residual = Take(nameof(Residual)); Normed = Take(nameof(Normed));
         Qkv = Take(nameof(Qkv)); Q = Take(nameof(Q)); Attn = Take(nameof(Attn)); GateUp = Take(nameof(GateUp));
-        Act = Take(nameof(Act));
+        Act = Take(nameof(Act)); LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
         _logits = DeviceBuffer.Allocate(LogitsBytes(c, LogitRows));
-        LogitRowsIdxBuffer = DeviceBuffer.Allocate(4L * LogitRows);
-        LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
+        Inputs = new StepInputs(maxRows, Math.Min(MaxSequences, maxRows), LogitRows, maxBlocks);
     }
 
-    // The buffers the host writes or reads are DeviceBuffers of their own (their copies take a DeviceBuffer);
-    // everything else lives in one arena.
-    private const long StepBytes = 16;
-    private static long IdsBytes(int chunk) => 4L * chunk;
+    // The logits are a DeviceBuffer of their own (host copies take a DeviceBuffer); everything else lives in one arena.
     private static long LogitsBytes(ModelConfig c, int rows) => 4L * rows * c.VocabSize;
 
-    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int chunk, int maxContext)
+    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors)
     {
-        long t = chunk, h = c.HiddenSize, r = LogitRowsFor(c, chunk);
+        long t = maxRows, h = c.HiddenSize, r = LogitRowsFor(c, maxRows);
         return
         [
             (nameof(Residual), 4 * t * h), (nameof(Normed), 2 * t * h),
-            (nameof(Qkv), 4 * t * c.QkvDim), (nameof(Q), 2 * t * c.NumAttentionHeads * c.HeadDim),
-            (nameof(Attn), 2 * t * c.NumAttentionHeads * c.HeadDim), (nameof(GateUp), 4 * t * 2 * c.IntermediateSize),
+            (nameof(Qkv), 4 * t * c.QkvDim), (nameof(Q), 2 * t * c.QDim),
+            (nameof(Attn), 2 * t * c.QDim), (nameof(GateUp), 4 * t * 2 * c.IntermediateSize),
             (nameof(Act), 2 * t * c.IntermediateSize), (nameof(LogitInput), 2 * r * h),
-            (nameof(DecodeAttnScratch), AttentionOps.DecodeWorkspaceBytes(c.NumAttentionHeads, c.HeadDim, maxContext)),
+            (nameof(DecodeAttnScratch), AttentionOps.DecodePagedWorkspaceBytes(multiprocessors, c.NumAttentionHeads,
+                c.NumKeyValueHeads, c.HeadDim, Math.Min(MaxSequences, maxRows), maxBlocks)),
         ];
     }
 
@@ -71,28 +66,24 @@ internal sealed class Workspace : IDisposable
     public void CopyLogits(Span<float> destination) => _logits.CopyToHost(destination);
 
     /// <summary>
-    /// Logit rows one pass can produce: all of them for small test models, ~110 for QwQ's 152064-row vocabulary
-    /// (64 MiB of fp32) — generation needs one, tests of big models a few.
+    /// Logit rows one step can produce: one per sequence of a full batch (128: 78 MB of fp32 for QwQ's 152064-row
+    /// vocabulary), and every row of a step for small test models, which compare all positions with the reference.
     /// </summary>
-    public static int LogitRowsFor(ModelConfig c, int chunk) =>
-        (int)Math.Clamp((64L << 20) / (4L * c.VocabSize), 1, chunk);
+    public static int LogitRowsFor(ModelConfig c, int maxRows) =>
+        (int)Math.Min(maxRows, Math.Max(Math.Min(MaxSequences, maxRows), (64L << 20) / (4L * c.VocabSize)));
 
-    /// <summary>
-    /// Bytes for a chunk of <paramref name="chunk"/> tokens with decode-attention scratch for <paramref name="maxContext"/>.
-    /// </summary>
-    public static long DeviceBytes(ModelConfig c, int chunk, int maxContext = 131072)
+    /// <summary>Device bytes of a workspace for <paramref name="maxRows"/> rows (an upper bound over GPUs of up to 256 SMs).</summary>
+    public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256)
     {
-        int rows = LogitRowsFor(c, chunk);
-        return DeviceArena.SizeFor(ArenaSizes(c, chunk, maxContext).Select(s => s.Bytes)) +
-               DeviceArena.SizeFor([IdsBytes(chunk), StepBytes, LogitsBytes(c, rows), 4L * rows]);
+        long inputs = 4L * (4 * maxRows + 8L * MaxSequences + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
+        return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors).Select(s => s.Bytes)) +
+               DeviceArena.SizeFor([LogitsBytes(c, LogitRowsFor(c, maxRows))]) + inputs;
     }
 
     public void Dispose()
     {
         _arena.Dispose();
-        Ids.Dispose();
         _logits.Dispose();
-        LogitRowsIdxBuffer.Dispose();
-        Step.Dispose();
+        Inputs.Dispose();
     }
 }

@@ -74,6 +74,13 @@ public sealed class CpuReferenceBackend : IModelBackend
 
     public int MaxContext { get; }
 
+    public Batching.KvBlockPool KvPool { get; } = new(1); // TEMPORARY: the CPU pool lands from branch e1
+
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        foreach (var item in items) item.Sequence.Append(item.Tokens.Span, ct);
+    }
+
     public ISequence CreateSequence(int? maxContext = null)
     {
         int capacity = maxContext ?? MaxContext;
@@ -95,7 +102,11 @@ public sealed class CpuReferenceBackend : IModelBackend
 
         public int Capacity => session.MaxContext;
 
-        public void Append(ReadOnlySpan<int> tokens)
+        private readonly List<int> _tokens = [];
+        public IReadOnlyList<int> Tokens => _tokens;
+        public ISequence Fork() => throw new NotSupportedException("TEMPORARY: CPU fork lands from branch e1");
+
+        public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (tokens.IsEmpty) throw new ArgumentException("need at least one token", nameof(tokens));

@@ -17,6 +17,12 @@ public interface IModelBackend : IDisposable
     /// <summary>The most positions a sequence can hold on this backend (KV cache sized from free memory).</summary>
     int MaxContext { get; }
 
+    /// <summary>The paged KV pool's bookkeeping, shared by all sequences.</summary>
+    Batching.KvBlockPool KvPool { get; }
+
+    /// <summary>One forward pass over rows from many sequences (TEMPORARY doc; see docs/ENGINE_V2.md).</summary>
+    void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default);
+
     /// <summary>Opens a sequence with its own KV cache of <paramref name="maxContext"/> positions (null: <see cref="MaxContext"/>).</summary>
     ISequence CreateSequence(int? maxContext = null);
 }
@@ -24,8 +30,12 @@ public interface IModelBackend : IDisposable
 /// <summary>
 /// One token sequence and its KV cache. Not thread-safe: one caller at a time.
 /// </summary>
+public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens);
+
 public interface ISequence : IDisposable
 {
+    IReadOnlyList<int> Tokens { get; }
+    ISequence Fork();
     /// <summary>Positions already in the KV cache.</summary>
     int Length { get; }
 
@@ -37,7 +47,7 @@ public interface ISequence : IDisposable
     /// decode when there is one) and leaves the last position's logits ready for <see cref="Sample"/>.
     /// Throws <see cref="Errors.OptionException"/> if Length + tokens.Length exceeds Capacity.
     /// </summary>
-    void Append(ReadOnlySpan<int> tokens);
+    void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default);
 
     /// <summary>Forgets positions ≥ <paramref name="length"/> so a shared prefix can be reused.</summary>
     void Truncate(int length);

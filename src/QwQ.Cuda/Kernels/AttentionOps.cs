@@ -23,6 +23,15 @@ public sealed class AttentionOps
     [KernelEntry] public const string DecodeSplitD64 = "attention_decode_split_bf16_d64";
     [KernelEntry] public const string DecodeSplitD128 = "attention_decode_split_bf16_d128";
     [KernelEntry] public const string DecodeCombine = "attention_decode_combine_bf16";
+    [KernelEntry] public const string PrefillPagedD32 = "attention_prefill_paged_bf16_d32";
+    [KernelEntry] public const string PrefillPagedD64 = "attention_prefill_paged_bf16_d64";
+    [KernelEntry] public const string PrefillPagedD128 = "attention_prefill_paged_bf16_d128";
+    [KernelEntry] public const string DecodePagedD32 = "attention_decode_paged_bf16_d32";
+    [KernelEntry] public const string DecodePagedD64 = "attention_decode_paged_bf16_d64";
+    [KernelEntry] public const string DecodePagedD128 = "attention_decode_paged_bf16_d128";
+
+    /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
+    public const int KvBlockSize = KeyTile;
 
     // Must match kernels/attention_prefill.cu: 8 warps x 16 query rows per block, 64-key tiles, 2 stages.
     private const int PrefillWarps = 8;
@@ -41,6 +50,7 @@ public sealed class AttentionOps
 
     private readonly CudaKernel _prefill32, _prefill64, _prefill128;
     private readonly CudaKernel _split32, _split64, _split128, _combine;
+    private readonly CudaKernel _prefillPaged32, _prefillPaged64, _prefillPaged128, _decodePaged32, _decodePaged64, _decodePaged128;
     private readonly int _multiprocessors;
 
     public AttentionOps(PtxLibrary lib, int multiprocessorCount)
@@ -55,6 +65,12 @@ public sealed class AttentionOps
         _split64 = lib.GetKernel(DecodeSplitD64);
         _split128 = lib.GetKernel(DecodeSplitD128);
         _combine = lib.GetKernel(DecodeCombine);
+        _prefillPaged32 = lib.GetKernel(PrefillPagedD32);
+        _prefillPaged64 = lib.GetKernel(PrefillPagedD64);
+        _prefillPaged128 = lib.GetKernel(PrefillPagedD128);
+        _decodePaged32 = lib.GetKernel(DecodePagedD32);
+        _decodePaged64 = lib.GetKernel(DecodePagedD64);
+        _decodePaged128 = lib.GetKernel(DecodePagedD128);
         // Opt in once to the dynamic shared memory each variant uses (needed above 48 KiB).
         _prefill32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32));
         _prefill64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64));
@@ -62,6 +78,12 @@ public sealed class AttentionOps
         _split32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32));
         _split64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64));
         _split128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128));
+        _prefillPaged32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32));
+        _prefillPaged64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64));
+        _prefillPaged128.SetMaxDynamicSharedMemory(PrefillSmemBytes(128));
+        _decodePaged32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32));
+        _decodePaged64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64));
+        _decodePaged128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128));
     }
 
     /// <summary>Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes.</summary>
@@ -180,6 +202,81 @@ public sealed class AttentionOps
         ulong slot = workspace + (ulong)(DecodeWorkspaceBytes(nq, headDim, maxCtx) - CtxSlotBytes);
         CudaErrors.Check(CudaDriverApi.cuMemsetD32Async(slot, (uint)ctxLen, 1, s.Handle), "cuMemsetD32Async");
         DecodeDevice(s, q, kCache, vCache, output, workspace, slot, nq, nkv, headDim, maxCtx, scale);
+    }
+
+    /// <summary>
+    /// Paged prefill over <paramref name="sequences"/> sequences in one launch (docs/ENGINE_V2.md).
+    /// <paramref name="seqInfo"/> int32 [sequences, 4] = {first query row, query rows, cached positions before them, 0};
+    /// <paramref name="blockTables"/> int32 [sequences, maxBlocks]; q and output bf16 [rows, nq, D];
+    /// <paramref name="kPool"/>/<paramref name="vPool"/>: one layer of the pool, bf16 [blocks, nkv, 64, D], with every
+    /// query row's own K/V already written. <paramref name="maxQueryRows"/> bounds every sequence's query rows.
+    /// </summary>
+    public unsafe void PrefillPaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong seqInfo,
+        ulong blockTables, int sequences, int maxQueryRows, int maxBlocks, int nq, int nkv, int headDim, float scale)
+    {
+        ArgumentNullException.ThrowIfNull(s);
+        ValidateShape(nq, nkv, headDim, maxBlocks * KvBlockSize, scale);
+        ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueryRows, 1);
+        CheckPointers(q, kPool, vPool, output);
+        if (seqInfo == 0 || (seqInfo & 15) != 0) throw new ArgumentException("seqInfo must be non-null and 16-byte aligned.", nameof(seqInfo));
+        if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
+        CudaKernel k = headDim switch { 32 => _prefillPaged32, 64 => _prefillPaged64, _ => _prefillPaged128 };
+        uint mTiles = (uint)((maxQueryRows + PrefillRowsPerBlock - 1) / PrefillRowsPerBlock);
+        int mb = maxBlocks, hq = nq, hkv = nkv;
+        float sc = scale;
+        void** args = stackalloc void*[] { &q, &kPool, &vPool, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
+        k.Launch(new Dim3((uint)nq, mTiles, (uint)sequences), new Dim3(PrefillWarps * 32), PrefillSmemBytes(headDim), s, args);
+    }
+
+    /// <summary>
+    /// Splits per KV head of a paged decode launch of <paramref name="batch"/> rows: about 4 blocks per SM over all
+    /// rows and KV heads. Fixed by the batch and the table width, so a graph captured for a batch size stays valid.
+    /// </summary>
+    internal int DecodePagedSplits(int nkv, int batch, int maxBlocks) => DecodePagedSplits(_multiprocessors, nkv, batch, maxBlocks);
+
+    private static int DecodePagedSplits(int multiprocessors, int nkv, int batch, int maxBlocks)
+    {
+        int target = (4 * multiprocessors + nkv * batch - 1) / (nkv * batch);
+        return Math.Clamp(target, 1, Math.Min(MaxDecodeSplits, maxBlocks));
+    }
+
+    /// <summary>Bytes of paged decode workspace for any batch up to <paramref name="maxBatch"/>: partials [batch, nq, splits, D + 2] fp32.</summary>
+    public static long DecodePagedWorkspaceBytes(int multiprocessors, int nq, int nkv, int headDim, int maxBatch, int maxBlocks)
+    {
+        long most = 0;
+        for (int b = 1; b <= maxBatch; b++) most = Math.Max(most, (long)b * DecodePagedSplits(multiprocessors, nkv, b, maxBlocks));
+        return 4L * nq * most * headDim + 8L * nq * most;
+    }
+
+    /// <summary>
+    /// Paged decode attention for <paramref name="batch"/> rows, one per sequence: row b's q (bf16 [batch, nq, D])
+    /// attends to the first <paramref name="ctxLens"/>[b] positions of its block table row (int32 [batch, maxBlocks]);
+    /// a row with ctx_len 0 (padding) outputs zeros. Every per-row input is read on the device: graph-capture safe.
+    /// <paramref name="workspace"/>: <see cref="DecodePagedWorkspaceBytes"/> bytes, 8-byte aligned.
+    /// </summary>
+    public unsafe void DecodePaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong workspace,
+        ulong ctxLens, ulong blockTables, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale)
+    {
+        ArgumentNullException.ThrowIfNull(s);
+        ValidateShape(nq, nkv, headDim, maxBlocks * KvBlockSize, scale);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        if (nq / nkv > MaxDecodeGroup)
+            throw new ArgumentException($"Decode attention supports at most {MaxDecodeGroup} query heads per KV head; got {nq / nkv}.");
+        CheckPointers(q, kPool, vPool, output);
+        if (workspace == 0 || (workspace & 7) != 0) throw new ArgumentException("Decode workspace must be non-null and 8-byte aligned.", nameof(workspace));
+        if (ctxLens == 0 || (ctxLens & 3) != 0) throw new ArgumentException("ctxLens must be non-null and 4-byte aligned.", nameof(ctxLens));
+        if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
+        int splits = DecodePagedSplits(nkv, batch, maxBlocks);
+        ulong partO = workspace;                                                          // fp32 [batch, nq, splits, D]
+        ulong partMl = workspace + (ulong)(4L * batch * nq * splits * headDim);           // fp32 [batch, nq, splits, 2]
+        int mb = maxBlocks, hq = nq, hkv = nkv, d = headDim, ns = splits, maxCtx = maxBlocks * KvBlockSize;
+        float sc = scale;
+        CudaKernel split = headDim switch { 32 => _decodePaged32, 64 => _decodePaged64, _ => _decodePaged128 };
+        void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
+        split.Launch(new Dim3((uint)splits, (uint)nkv, (uint)batch), new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
+        void** a2 = stackalloc void*[] { &partO, &partMl, &output, &ctxLens, &hq, &d, &maxCtx, &ns };
+        _combine.Launch(new Dim3((uint)nq, (uint)batch), new Dim3((uint)headDim), 0, s, a2);
     }
 
     private static void ValidateShape(int nq, int nkv, int headDim, int maxCtx, float scale)

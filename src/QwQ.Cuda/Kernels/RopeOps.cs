@@ -11,13 +11,16 @@ public sealed class RopeOps
 {
     [KernelEntry] public const string QkvBiasRopeAppendEntry = "qkv_bias_rope_append_f32_bf16";
     [KernelEntry] public const string KvAppendEntry = "kv_append_bf16";
+    [KernelEntry] public const string QkvBiasRopePagedEntry = "qkv_bias_rope_paged_f32_bf16";
 
+    private readonly CudaKernel _qkvBiasRopePaged;
     private readonly CudaKernel _qkvBiasRopeAppend, _kvAppend;
 
     public RopeOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _qkvBiasRopeAppend = lib.GetKernel(QkvBiasRopeAppendEntry);
+        _qkvBiasRopePaged = lib.GetKernel(QkvBiasRopePagedEntry);
         _kvAppend = lib.GetKernel(KvAppendEntry);
     }
 
@@ -51,8 +54,43 @@ public sealed class RopeOps
         Launch(s, qkv, bias, invFreq, attentionFactor, 0, positionPtr, tokens, nq, nkv, headDim, qOut, kCache, vCache, maxCtx);
     }
 
+    /// <summary>
+    /// Paged form over a batch of rows from many sequences (docs/ENGINE_V2.md): row t at position
+    /// <paramref name="positions"/>[t] (int32 [rows], device) writes its k and v to pool slot
+    /// <paramref name="slots"/>[t] (block * 64 + offset; −1: a padding row that writes nothing) of this layer's
+    /// <paramref name="kPool"/> / <paramref name="vPool"/> bf16 [blocks, nkv, 64, D]; q → <paramref name="qOut"/>
+    /// bf16 [rows, nq, D]. Every per-row input is read on the device: graph-capture safe.
+    /// </summary>
+    public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, ulong kPool, ulong vPool)
+    {
+        CheckShape(s, qkv, bias, invFreq, attentionFactor, nq, nkv, headDim, qOut, kPool, vPool);
+        LaunchChecks.Positive(rows, nameof(rows));
+        LaunchChecks.Aligned(positions, 4, nameof(positions));
+        LaunchChecks.Aligned(slots, 4, nameof(slots));
+        uint threads = LaunchChecks.WarpMultiple(headDim / 2, 256);
+        void** args = stackalloc void*[]
+        {
+            &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool,
+        };
+        _qkvBiasRopePaged.Launch(new Dim3((uint)rows, (uint)(nq + 2 * nkv)), new Dim3(threads), 0, s, args);
+    }
+
     private unsafe void Launch(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor, int startPos,
         ulong positionPtr, int tokens, int nq, int nkv, int headDim, ulong qOut, ulong kCache, ulong vCache, int maxCtx)
+    {
+        CheckShape(s, qkv, bias, invFreq, attentionFactor, nq, nkv, headDim, qOut, kCache, vCache);
+        LaunchChecks.Positive(maxCtx, nameof(maxCtx));
+        uint threads = LaunchChecks.WarpMultiple(headDim / 2, 256);
+        void** args = stackalloc void*[]
+        {
+            &qkv, &bias, &invFreq, &attentionFactor, &startPos, &positionPtr, &nq, &nkv, &headDim, &qOut, &kCache, &vCache, &maxCtx,
+        };
+        _qkvBiasRopeAppend.Launch(new Dim3((uint)tokens, (uint)(nq + 2 * nkv)), new Dim3(threads), 0, s, args);
+    }
+
+    private static void CheckShape(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
+        int nq, int nkv, int headDim, ulong qOut, ulong kCache, ulong vCache)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(qkv, 4, nameof(qkv));
@@ -63,17 +101,10 @@ public sealed class RopeOps
         LaunchChecks.Aligned(vCache, 2, nameof(vCache));
         LaunchChecks.Positive(nq, nameof(nq));
         LaunchChecks.Positive(nkv, nameof(nkv));
-        LaunchChecks.Positive(maxCtx, nameof(maxCtx));
         if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"headDim must be positive and even (got {headDim}).", nameof(headDim));
         if (nq % nkv != 0) throw new ArgumentException($"nq ({nq}) must be a multiple of nkv ({nkv}).", nameof(nq));
         if (nq + 2L * nkv > 65535) throw new ArgumentException($"nq + 2*nkv ({nq + 2L * nkv}) exceeds the grid's y limit 65535.", nameof(nq));
         if (!float.IsFinite(attentionFactor)) throw new ArgumentException($"attentionFactor must be finite (got {attentionFactor}).", nameof(attentionFactor));
-        uint threads = LaunchChecks.WarpMultiple(headDim / 2, 256);
-        void** args = stackalloc void*[]
-        {
-            &qkv, &bias, &invFreq, &attentionFactor, &startPos, &positionPtr, &nq, &nkv, &headDim, &qOut, &kCache, &vCache, &maxCtx,
-        };
-        _qkvBiasRopeAppend.Launch(new Dim3((uint)tokens, (uint)(nq + 2 * nkv)), new Dim3(threads), 0, s, args);
     }
 
     /// <summary>

@@ -88,10 +88,23 @@ public sealed partial class PtxLibrary : IDisposable
     public static IReadOnlySet<string> EmbeddedEntries() =>
         EmbeddedPtx().Values.SelectMany(ParseEntries).ToHashSet(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Kernel development: a directory of freshly built <c>*.ptx</c> used instead of the embedded ones, so kernels
+    /// compiled on a GPU machine (which has nvcc but no .NET) run with a build made elsewhere.
+    /// </summary>
+    public const string PtxDirectoryVariable = "QWQ_PTX_DIR";
+
     private static IReadOnlyDictionary<string, string> ReadEmbedded()
     {
-        var asm = typeof(PtxLibrary).Assembly;
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        if (Environment.GetEnvironmentVariable(PtxDirectoryVariable) is { Length: > 0 } dir)
+        {
+            if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{PtxDirectoryVariable}={dir} is not a directory");
+            foreach (var file in Directory.GetFiles(dir, "*" + ResourceSuffix))
+                result[ResourcePrefix + Path.GetFileName(file)] = File.ReadAllText(file, Encoding.UTF8);
+            return result;
+        }
+        var asm = typeof(PtxLibrary).Assembly;
         foreach (var name in asm.GetManifestResourceNames())
         {
             if (!name.StartsWith(ResourcePrefix, StringComparison.Ordinal) || !name.EndsWith(ResourceSuffix, StringComparison.Ordinal))

@@ -127,10 +127,13 @@ public sealed class GpuSampler : IDisposable
     public ulong CountsDevicePtr => counts.Ptr;
 
     /// <summary>Enqueues zeroing of the token counts (start of a generation).</summary>
-    public unsafe void Reset(CudaStream s)
+    public void Reset(CudaStream s) => Reset(s, counts.Ptr);
+
+    /// <summary>Enqueues zeroing of the token counts at <paramref name="countsPtr"/> (int32 [vocabRows], a sequence's own).</summary>
+    public unsafe void Reset(CudaStream s, ulong countsPtr)
     {
         ThrowIfDisposed();
-        ulong p = counts.Ptr;
+        ulong p = countsPtr;
         int n = vocabRows;
         void** args = stackalloc void*[] { &p, &n };
         zero.Launch(new Dim3((uint)((n + 255) / 256)), new Dim3(256), 0, s, args);
@@ -140,7 +143,10 @@ public sealed class GpuSampler : IDisposable
     /// Counts <paramref name="tokens"/> as seen (e.g. the prompt, for HF-style repetition penalty). Ids outside
     /// [0, vocabRows) are ignored. Uses a synchronous upload (ordered with the blocking stream): not for graph capture.
     /// </summary>
-    public unsafe void Record(CudaStream s, ReadOnlySpan<int> tokens)
+    public void Record(CudaStream s, ReadOnlySpan<int> tokens) => Record(s, tokens, counts.Ptr);
+
+    /// <summary>As <see cref="Record(CudaStream, ReadOnlySpan{int})"/>, into the counts at <paramref name="countsPtr"/>.</summary>
+    public unsafe void Record(CudaStream s, ReadOnlySpan<int> tokens, ulong countsPtr)
     {
         ThrowIfDisposed();
         if (tokens.IsEmpty) return;
@@ -151,7 +157,7 @@ public sealed class GpuSampler : IDisposable
             this.tokens = DeviceBuffer.Allocate(4L * Math.Max(tokens.Length, 1024));
         }
         this.tokens.CopyFromHost(tokens);
-        ulong t = this.tokens.Ptr, c = counts.Ptr;
+        ulong t = this.tokens.Ptr, c = countsPtr;
         int n = tokens.Length, rows = vocabRows;
         void** args = stackalloc void*[] { &t, &n, &c, &rows };
         record.Launch(new Dim3((uint)((n + 255) / 256)), new Dim3(256), 0, s, args);
@@ -163,9 +169,12 @@ public sealed class GpuSampler : IDisposable
     /// device, written to <see cref="ResultDevicePtr"/> and copied to pinned memory for <see cref="ReadResult"/>.
     /// A new logit-bias dictionary is uploaded synchronously (once per change).
     /// </summary>
-    public void SampleAsync(CudaStream s, ulong logits, SamplingOptions o, long step)
+    public void SampleAsync(CudaStream s, ulong logits, SamplingOptions o, long step) => SampleAsync(s, logits, counts.Ptr, o, step);
+
+    /// <summary>As <see cref="SampleAsync(CudaStream, ulong, SamplingOptions, long)"/>, with a sequence's own penalty counts.</summary>
+    public void SampleAsync(CudaStream s, ulong logits, ulong countsPtr, SamplingOptions o, long step)
     {
-        Enqueue(s, logits, o, step, 0);
+        Enqueue(s, logits, countsPtr, o, step, 0);
         result.CopyToHostAsync(resultHost.Ptr, 4, 0, s);
     }
 
@@ -178,9 +187,12 @@ public sealed class GpuSampler : IDisposable
     }
 
     /// <summary><see cref="SampleAsync"/> then <see cref="ReadResult"/>.</summary>
-    public int Sample(CudaStream s, ulong logits, SamplingOptions o, long step)
+    public int Sample(CudaStream s, ulong logits, SamplingOptions o, long step) => Sample(s, logits, counts.Ptr, o, step);
+
+    /// <summary><see cref="SampleAsync(CudaStream, ulong, ulong, SamplingOptions, long)"/> then <see cref="ReadResult"/>.</summary>
+    public int Sample(CudaStream s, ulong logits, ulong countsPtr, SamplingOptions o, long step)
     {
-        SampleAsync(s, logits, o, step);
+        SampleAsync(s, logits, countsPtr, o, step);
         return ReadResult(s);
     }
 
@@ -193,7 +205,7 @@ public sealed class GpuSampler : IDisposable
     {
         using var debug = DeviceBuffer.Allocate(8L * validVocab);
         debug.Memset32(0, s);
-        Enqueue(s, logits, o, step, debug.Ptr);
+        Enqueue(s, logits, counts.Ptr, o, step, debug.Ptr);
         result.CopyToHostAsync(resultHost.Ptr, 4, 0, s);
         token = ReadResult(s);
         var w = debug.ToArray<ulong>();
@@ -201,7 +213,7 @@ public sealed class GpuSampler : IDisposable
         return w;
     }
 
-    private unsafe void Enqueue(CudaStream s, ulong logits, SamplingOptions o, long step, ulong debugWeights)
+    private unsafe void Enqueue(CudaStream s, ulong logits, ulong countsPtr, SamplingOptions o, long step, ulong debugWeights)
     {
         ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(s);
@@ -220,7 +232,7 @@ public sealed class GpuSampler : IDisposable
         if (o.HasPresenceOrFrequencyPenalty) flags |= FlagPresenceFrequency;
         if (!o.IsGreedy) flags |= FlagTemperature;
 
-        ulong lg = logits, bs = bias?.Ptr ?? 0, cn = counts.Ptr, pr = processed.Ptr, bm = blockMax.Ptr, ba = blockArg.Ptr;
+        ulong lg = logits, bs = bias?.Ptr ?? 0, cn = countsPtr, pr = processed.Ptr, bm = blockMax.Ptr, ba = blockArg.Ptr;
         int vv = validVocab, tiles = numTiles;
         float rp = o.RepetitionPenalty, pres = o.PresencePenalty, freq = o.FrequencyPenalty, temp = o.Temperature;
         void** prepArgs = stackalloc void*[] { &lg, &bs, &cn, &pr, &bm, &ba, &vv, &flags, &rp, &pres, &freq, &temp };

@@ -126,6 +126,11 @@ internal sealed class CountingBackend(IModelBackend inner) : IModelBackend
     public ModelConfig Config => inner.Config;
     public string DeviceDescription => inner.DeviceDescription;
     public int MaxContext => inner.MaxContext;
+    public QwQ.Cuda.Batching.KvBlockPool KvPool => inner.KvPool;
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        foreach (var item in items) item.Sequence.Append(item.Tokens.Span, ct);
+    }
     public ISequence CreateSequence(int? maxContext = null)
     {
         var s = new CountingSequence(inner.CreateSequence(maxContext));
@@ -141,7 +146,9 @@ internal sealed class CountingSequence(ISequence inner) : ISequence
     public int Length => inner.Length;
     public int Capacity => inner.Capacity;
     public Action? BeforeAppend;
-    public void Append(ReadOnlySpan<int> tokens) { BeforeAppend?.Invoke(); Appended += tokens.Length; inner.Append(tokens); }
+    public IReadOnlyList<int> Tokens => inner.Tokens;
+    public ISequence Fork() => new CountingSequence(inner.Fork());
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default) { BeforeAppend?.Invoke(); Appended += tokens.Length; inner.Append(tokens, ct); }
     public void Truncate(int length) => inner.Truncate(length);
     public void ResetPenalties() => inner.ResetPenalties();
     public void RecordForPenalties(ReadOnlySpan<int> tokens) => inner.RecordForPenalties(tokens);
@@ -155,9 +162,11 @@ internal sealed class ScriptedSequence(int capacity, params int[] script) : ISeq
 {
     private int _next;
     public List<int> Tokens { get; } = [];
+    IReadOnlyList<int> ISequence.Tokens => Tokens;
     public int Length => Tokens.Count;
     public int Capacity => capacity;
-    public void Append(ReadOnlySpan<int> tokens)
+    public ISequence Fork() => throw new NotSupportedException();
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default)
     {
         if (Tokens.Count + tokens.Length > capacity) throw new QwQ.Cuda.Errors.OptionException("full");
         Tokens.AddRange(tokens.ToArray());
