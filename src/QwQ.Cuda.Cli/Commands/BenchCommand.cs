@@ -22,6 +22,7 @@ internal static class BenchCommand
         var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
+        var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
@@ -31,7 +32,7 @@ internal static class BenchCommand
         var gemm = new Option<PrefillGemm>("--prefill-gemm") { Description = "Library for the prefill products: Cublas or CublasLt", DefaultValueFactory = _ => PrefillGemm.Cublas };
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, steps, outDir, commit, compare, eager, graphs, gemm,
+            synthetic, model, prefill, decode, batch, steps, outDir, commit, compare, eager, graphs, gemm,
         };
         command.SetAction(p =>
         {
@@ -40,6 +41,7 @@ internal static class BenchCommand
                 PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
                 DecodeContexts = ParseList(p.GetValue(decode)!, "--decode"),
                 DecodeSteps = p.GetValue(steps) is int s and > 0 ? s : throw new OptionException("--steps must be at least 1"),
+                Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm));
@@ -71,10 +73,11 @@ internal static class BenchCommand
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
         var engine = new EngineOptions
         {
-            MaxContext = need, UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
+            MaxContext = need,
+            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
         };
-        host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} with a KV cache of {need} positions…");
+        host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");
         BenchReport report;
         var sw = Stopwatch.StartNew();
         using (var backend = CudaBackend.Load(config, modelDir, engine))

@@ -13,6 +13,8 @@ public sealed record BenchSettings
     public int DecodeSteps { get; init; } = 64;
     public int TtftPromptTokens { get; init; } = 64;
     public int Repeats { get; init; } = 3;
+    /// <summary>Batch sizes for the batched decode figures (each at every decode context that fits the pool); empty: none.</summary>
+    public int[] Batches { get; init; } = [];
 }
 
 public sealed record PrefillResult(int Tokens, double Ms, double TokensPerSecond, double FloorMs, double PercentOfFloor);
@@ -21,10 +23,18 @@ public sealed record DecodeResult(int Context, double MsPerToken, double TokensP
 public sealed record TtftResult(int PromptTokens, double Ms);
 public sealed record SampledDecodeResult(int Context, string Sampling, double MsPerToken, double TokensPerSecond);
 
+/// <summary>
+/// One figure with every condition it was measured under, so runs compare by script: what was measured
+/// (prefill, decode, ttft), the batch, the context (decode) or tokens (prefill), weight and KV-cache kinds, tensor
+/// parallelism, the aggregate tokens per second, the time per step and its floor.
+/// </summary>
+public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
+    string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor);
+
 public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
-    SampledDecodeResult? SampledDecode, TtftResult Ttft);
+    SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -101,9 +111,64 @@ public static class ModelBenchmark
         var ttft = new TtftResult(settings.TtftPromptTokens, Timing.Median(ttfts));
         log($"time to first token ({settings.TtftPromptTokens}-token prompt): {ttft.Ms:F1} ms");
 
+        var figures = new List<BenchFigure>();
+        BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
+            new(kind, batch, context, tokens, "bf16", 1, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
+        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs)));
+        figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
+        figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
+        seq.Dispose(); // the batched figures need the pool
+        foreach (int batch in settings.Batches)
+            foreach (int ctx in settings.DecodeContexts)
+            {
+                if ((long)batch * (ctx + settings.DecodeSteps + AttentionOpsBlock) > backend.Plan.KvPoolPositions)
+                {
+                    log($"batch {batch} at {ctx}: skipped, the pool holds {backend.Plan.KvPoolPositions} positions");
+                    continue;
+                }
+                double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens);
+                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * c.KvBytesPerToken;
+                double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
+                figures.Add(Figure("decode", batch, ctx, null, batch * 1e3 / ms, ms, floor));
+                log($"decode batch {batch,3} at {ctx,6}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+            }
+
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures);
+    }
+
+    private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;
+
+    /// <summary>
+    /// <paramref name="batch"/> sequences prefilled to <paramref name="context"/> positions, then
+    /// <paramref name="steps"/> batched decode steps timed (one forward over all rows + a greedy sample for each):
+    /// milliseconds per step, which is each sequence's ms/token.
+    /// </summary>
+    private static double BatchDecodeMs(CudaBackend backend, int batch, int context, int steps, Func<int, int[]> tokens)
+    {
+        var greedy = new SamplingOptions { Temperature = 0 };
+        var seqs = Enumerable.Range(0, batch).Select(_ => backend.CreateSequence()).ToArray();
+        try
+        {
+            backend.Step(seqs.Select(s => new SequenceChunk(s, tokens(context))).ToArray());
+            int[] next = seqs.Select(s => s.Sample(greedy, 0)).ToArray();
+            var items = new SequenceChunk[batch];
+            void StepAll(int i)
+            {
+                for (int b = 0; b < batch; b++) items[b] = new SequenceChunk(seqs[b], new[] { next[b] });
+                backend.Step(items);
+                for (int b = 0; b < batch; b++) next[b] = seqs[b].Sample(greedy, i + 1);
+            }
+            StepAll(0); // captures this batch size's graph
+            var sw = Stopwatch.StartNew();
+            for (int i = 1; i <= steps; i++) StepAll(i);
+            return sw.Elapsed.TotalMilliseconds / steps;
+        }
+        finally
+        {
+            foreach (var s in seqs) s.Dispose();
+        }
     }
 
     /// <summary>Prefills <paramref name="prompt"/>, then times <paramref name="steps"/> decode steps (sample + forward).</summary>
