@@ -15,7 +15,7 @@ public sealed record DeviceCeilings(double CopyBytesPerSecond, double GemmFlopsP
 
     private static double MeasureCopy(CudaStream s, int repeats)
     {
-        const long bytes = 2L << 30; // 2 GiB: far past the 50 MB L2
+        const long bytes = 512L << 20; // 512 MiB: ten times the 50 MB L2, and small enough to fit beside a full KV pool
         using var a = DeviceBuffer.Allocate(bytes);
         using var b = DeviceBuffer.Allocate(bytes);
         a.Memset32(0x3F803F80u, s); // non-zero data
