@@ -23,6 +23,7 @@ internal static class BenchCommand
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
+        var gemvRows = new Option<int?>("--gemv-max-rows") { Description = "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 8; 0: always cuBLAS)" };
         var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
@@ -32,7 +33,7 @@ internal static class BenchCommand
         var gemm = new Option<PrefillGemm>("--prefill-gemm") { Description = "Library for the prefill products: Cublas or CublasLt", DefaultValueFactory = _ => PrefillGemm.Cublas };
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, steps, outDir, commit, compare, eager, graphs, gemm,
+            synthetic, model, prefill, decode, batch, gemvRows, steps, outDir, commit, compare, eager, graphs, gemm,
         };
         command.SetAction(p =>
         {
@@ -44,7 +45,8 @@ internal static class BenchCommand
                 Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
-                p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm));
+                p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
+                p.GetValue(gemvRows));
             return ExitCodes.Ok;
         });
         return command;
@@ -67,14 +69,16 @@ internal static class BenchCommand
     }
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
-        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm)
+        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
         var engine = new EngineOptions
         {
             MaxContext = need,
-            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
+            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()),
+            GemvMaxRows = gemvMaxRows is int g and >= 0 ? g : gemvMaxRows is null ? new EngineOptions().GemvMaxRows
+                : throw new OptionException("--gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
         };
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");

@@ -152,13 +152,20 @@ public static class ModelBenchmark
         try
         {
             backend.Step(seqs.Select(s => new SequenceChunk(s, tokens(context))).ToArray());
-            int[] next = seqs.Select(s => s.Sample(greedy, 0)).ToArray();
+            var next = new int[batch];
+            var draws = new SampleRequest[batch];
+            void SampleAll(int step)
+            {
+                for (int b = 0; b < batch; b++) draws[b] = new SampleRequest(seqs[b], greedy, step);
+                backend.Sample(draws, next);
+            }
+            SampleAll(0);
             var items = new SequenceChunk[batch];
             void StepAll(int i)
             {
                 for (int b = 0; b < batch; b++) items[b] = new SequenceChunk(seqs[b], new[] { next[b] });
                 backend.Step(items);
-                for (int b = 0; b < batch; b++) next[b] = seqs[b].Sample(greedy, i + 1);
+                SampleAll(i + 1);
             }
             StepAll(0); // captures this batch size's graph
             var sw = Stopwatch.StartNew();

@@ -29,6 +29,7 @@ public sealed class CudaBackend : IModelBackend
     private readonly List<IDisposable> _owned = [];
     private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
     private volatile bool _disposed;
+    private PinnedHostBuffer? _sampledHost; // int32 [sequences]  tokens of a batched Sample
 
     internal object Gate { get; } = new();
     internal CudaContext Context { get; }
@@ -86,7 +87,7 @@ public sealed class CudaBackend : IModelBackend
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
-            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, new LinearOps(kernels.Gemv, blas, lt),
+            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, new LinearOps(kernels.Gemv, blas, lt, options.GemvMaxRows),
                 invFreq.Ptr, Rope.AttentionFactor(config));
             Stream.Synchronize();
         }
@@ -176,6 +177,34 @@ public sealed class CudaBackend : IModelBackend
                 pending.RemoveAll(p => p.Tokens.IsEmpty);
                 RunPass(pass, logitPositions: default);
             }
+        }
+    }
+
+    /// <summary>
+    /// Samples the next token of many sequences at once: each from its own logits and penalty counts, with its own
+    /// options and step, exactly as <see cref="ISequence.Sample"/> would, but with one host synchronisation in all.
+    /// </summary>
+    public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (tokens.Length < requests.Length) throw new ArgumentException("one token slot per request", nameof(tokens));
+        lock (Gate)
+        {
+            Context.MakeCurrent();
+            if (_sampledHost is null || _sampledHost.Bytes < 4L * requests.Length)
+            {
+                _sampledHost?.Dispose();
+                _sampledHost = PinnedHostBuffer.Allocate(4L * Math.Max(requests.Length, Workspace.MaxSequences));
+            }
+            for (int i = 0; i < requests.Length; i++)
+            {
+                if (requests[i].Sequence is not CudaSequence seq || seq.Backend != this)
+                    throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
+                if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
+                Sampler.SampleAsync(Stream, seq.LogitsPtr, seq.CountsPtr, requests[i].Options, requests[i].Step, _sampledHost.Ptr + 4 * i);
+            }
+            Stream.Synchronize();
+            _sampledHost.AsSpan<int>()[..requests.Length].CopyTo(tokens);
         }
     }
 
@@ -303,6 +332,7 @@ public sealed class CudaBackend : IModelBackend
 
     private void DisposeOwned()
     {
+        _sampledHost?.Dispose();
         foreach (var g in _decodeGraphs.Values) g.Dispose();
         _decodeGraphs.Clear();
         for (int i = _owned.Count - 1; i >= 0; i--)

@@ -33,6 +33,12 @@ public sealed record EngineOptions
     /// <summary>Which library runs the prefill products (decode always uses our GEMV kernels).</summary>
     public PrefillGemm PrefillGemm { get; init; } = PrefillGemm.Cublas;
 
+    /// <summary>
+    /// Linear layers over at most this many rows use our GEMV kernels (each weight read once for all rows, fp32
+    /// FMAs on the CUDA cores); more rows go to cuBLAS's tensor cores. 0: always cuBLAS.
+    /// </summary>
+    public int GemvMaxRows { get; init; } = Kernels.GemvOps.MaxBatch;
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
 }

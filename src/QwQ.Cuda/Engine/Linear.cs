@@ -17,16 +17,16 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 
 /// <summary>
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch):
-/// up to <see cref="GemvOps.MaxBatch"/> rows our bandwidth-bound GEMVs read the weight once for all rows; above,
+/// up to <c>EngineOptions.GemvMaxRows</c> rows our bandwidth-bound GEMVs read the weight once for all rows; above,
 /// cuBLAS (or cuBLASLt) tensor-core GEMMs. Output is fp32; <c>accumulate</c> adds into it (the residual stream),
 /// which is also where a tensor-parallel all-reduce would complete a partial sum.
 /// </summary>
-internal sealed class LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt)
+internal sealed class LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, int gemvMaxRows)
 {
     public void Apply(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate = false)
     {
         if (w.Kind != WeightKind.Bf16) throw new NotSupportedException($"{w.Kind} weights have no kernel yet");
-        if (rows <= GemvOps.MaxBatch)
+        if (rows <= Math.Min(gemvMaxRows, GemvOps.MaxBatch))
             gemv.GemvBatched(s, w.Weight, x, y, rows, w.Out, w.In, accumulate);
         else if (lt is null)
             blas.GemmBf16NT(x, w.Weight, y, rows, w.Out, w.In, beta: accumulate ? 1f : 0f);

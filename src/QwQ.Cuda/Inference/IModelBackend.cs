@@ -30,6 +30,9 @@ public interface IModelBackend : IDisposable
 /// <summary>
 /// One token sequence and its KV cache. Not thread-safe: one caller at a time.
 /// </summary>
+/// <summary>One sequence's next-token draw in a batched sample: its options and its RNG step.</summary>
+public readonly record struct SampleRequest(ISequence Sequence, Sampling.SamplingOptions Options, long Step);
+
 public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens);
 
 public interface ISequence : IDisposable

@@ -178,6 +178,17 @@ public sealed class GpuSampler : IDisposable
         result.CopyToHostAsync(resultHost.Ptr, 4, 0, s);
     }
 
+    /// <summary>
+    /// Enqueues the sampling of <paramref name="logits"/> like <see cref="SampleAsync(CudaStream, ulong, ulong, SamplingOptions, long)"/>,
+    /// with the token copied to <paramref name="tokenHost"/> (pinned memory), so a batch of sequences is sampled
+    /// with one synchronisation at the end instead of one each.
+    /// </summary>
+    public void SampleAsync(CudaStream s, ulong logits, ulong countsPtr, SamplingOptions o, long step, IntPtr tokenHost)
+    {
+        Enqueue(s, logits, countsPtr, o, step, 0);
+        result.CopyToHostAsync(tokenHost, 4, 0, s);
+    }
+
     /// <summary>Waits for the stream and returns the token of the last <see cref="SampleAsync"/>.</summary>
     public int ReadResult(CudaStream s)
     {
