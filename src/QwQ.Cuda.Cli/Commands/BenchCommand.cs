@@ -23,7 +23,7 @@ internal static class BenchCommand
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
-        var gemvRows = new Option<int?>("--gemv-max-rows") { Description = "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 8; 0: always cuBLAS)" };
+        var gemvRows = new Option<int?>("--gemv-max-rows") { Description = "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)" };
         var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };

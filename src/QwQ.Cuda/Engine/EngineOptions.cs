@@ -35,9 +35,9 @@ public sealed record EngineOptions
 
     /// <summary>
     /// Linear layers over at most this many rows use our GEMV kernels (each weight read once for all rows, fp32
-    /// FMAs on the CUDA cores); more rows go to cuBLAS's tensor cores. 0: always cuBLAS.
+    /// FMAs on the CUDA cores, which become the bottleneck past 4 rows); more rows go to cuBLAS's tensor cores. 0: always cuBLAS.
     /// </summary>
-    public int GemvMaxRows { get; init; } = Kernels.GemvOps.MaxBatch;
+    public int GemvMaxRows { get; init; } = 4; // measured crossover on the H100: bench/NOTES.md
 
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
