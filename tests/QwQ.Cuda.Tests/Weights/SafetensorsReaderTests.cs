@@ -12,9 +12,6 @@ public class SafetensorsReaderTests
     [SetUp] public void SetUp() => _dir = new TempDir();
     [TearDown] public void TearDown() => _dir.Dispose();
 
-    private static WeightsException OpenFails(string path) =>
-        Assert.Throws<WeightsException>(() => SafetensorsFile.Open(path).Dispose())!;
-
     [Test]
     public void ReadsTensorsOfEveryDtype()
     {

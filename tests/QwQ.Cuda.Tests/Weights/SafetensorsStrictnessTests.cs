@@ -24,12 +24,7 @@ public class SafetensorsStrictnessTests
 
     [TearDown] public void TearDown() => _dir.Dispose();
 
-    private WeightsException OpenFails()
-    {
-        var e = Assert.Throws<WeightsException>(() => SafetensorsFile.Open(_path).Dispose())!;
-        Assert.That(e.Message, Does.Contain(_path));
-        return e;
-    }
+    private WeightsException OpenFails() => SafetensorsTestFiles.OpenFails(_path);
 
     private void WriteHeader(string header, int dataBytes) => WriteRaw(_path, header, new byte[dataBytes]);
 
@@ -136,49 +131,26 @@ public class SafetensorsStrictnessTests
         Assert.That(OpenFails().Message, Does.Contain("'w'").And.Contain("hold 16 bytes").And.Contain("BF16[4] needs 8"));
     }
 
-    [Test]
-    public void LmHeadPointingAtTheEmbeddingsBytes()
+    /// <summary>
+    /// The reference reader's rule: sorted by offset, each tensor begins where the previous one ended and the last
+    /// ends at the end of the file. Without it two tensors may share bytes and a shifted header goes unnoticed.
+    /// </summary>
+    [TestCase("""{"model.embed_tokens.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"lm_head.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""",
+              8, "tensor 'lm_head.weight' (data_offsets [0, 8]) overlaps tensor 'model.embed_tokens.weight' (data_offsets [0, 8])",
+              TestName = "OffsetsMustTileTheData(lm_head on the embedding's bytes)")]
+    [TestCase("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""",
+              12, "tensor 'b' (data_offsets [4, 12]) overlaps tensor 'a'", TestName = "OffsetsMustTileTheData(partial overlap)")]
+    [TestCase("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}""",
+              12, "tensor 'b' (data_offsets [8, 12]) leaves 4 bytes unused before it after tensor 'a'", TestName = "OffsetsMustTileTheData(hole)")]
+    [TestCase("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""",
+              8, "tensor 'a' (data_offsets [4, 8]) leaves 4 bytes unused before it at the start of the data", TestName = "OffsetsMustTileTheData(hole at the start)")]
+    [TestCase("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""",
+              7, "3 bytes follow the end of the last tensor 'a'", TestName = "OffsetsMustTileTheData(bytes after the last tensor)")]
+    [TestCase("{}", 8, "8 bytes of data, but the header lists no tensors", TestName = "OffsetsMustTileTheData(data but no tensors)")]
+    public void OffsetsMustTileTheData(string header, int dataBytes, string message)
     {
-        WriteHeader("""
-            {"model.embed_tokens.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
-             "lm_head.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}
-            """, 8);
-        Assert.That(OpenFails().Message, Does.Contain("overlaps").And.Contain("'lm_head.weight'").And.Contain("'model.embed_tokens.weight'"));
-    }
-
-    [Test]
-    public void PartlyOverlappingTensors()
-    {
-        WriteHeader("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", 12);
-        Assert.That(OpenFails().Message, Does.Contain("'b'").And.Contain("overlaps tensor 'a'"));
-    }
-
-    [Test]
-    public void HoleBetweenTensors()
-    {
-        WriteHeader("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}""", 12);
-        Assert.That(OpenFails().Message, Does.Contain("'b'").And.Contain("4 bytes unused").And.Contain("'a'"));
-    }
-
-    [Test]
-    public void HoleAtTheStartOfTheData()
-    {
-        WriteHeader("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", 8);
-        Assert.That(OpenFails().Message, Does.Contain("'a'").And.Contain("4 bytes unused").And.Contain("start of the data"));
-    }
-
-    [Test]
-    public void BytesAfterTheLastTensor()
-    {
-        WriteHeader("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 7);
-        Assert.That(OpenFails().Message, Does.Contain("3 bytes follow the end of the last tensor 'a'"));
-    }
-
-    [Test]
-    public void DataButNoTensors()
-    {
-        WriteHeader("{}", 8);
-        Assert.That(OpenFails().Message, Does.Contain("8 bytes of data").And.Contain("lists no tensors"));
+        WriteHeader(header, dataBytes);
+        Assert.That(OpenFails().Message, Does.Contain(message));
     }
 
     [Test]

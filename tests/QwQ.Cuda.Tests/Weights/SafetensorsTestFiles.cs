@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Weights;
 
 namespace QwQ.Cuda.Tests.Weights;
 
@@ -9,6 +11,14 @@ namespace QwQ.Cuda.Tests.Weights;
 internal static class SafetensorsTestFiles
 {
     public sealed record Entry(string Name, string DType, long[] Shape, byte[] Data);
+
+    /// <summary>Opening <paramref name="path"/> fails with a WeightsException that names the file.</summary>
+    public static WeightsException OpenFails(string path)
+    {
+        var e = Assert.Throws<WeightsException>(() => SafetensorsFile.Open(path).Dispose())!;
+        Assert.That(e.Message, Does.Contain(path));
+        return e;
+    }
 
     public static Entry F32(string name, long[] shape, params float[] values) =>
         new(name, "F32", shape, MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
