@@ -5,10 +5,11 @@ using QwQ.Cuda.Weights;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// Streams a safetensors checkpoint to the device: each tensor is read from the memory-mapped file (converted to
-/// bf16 on the fly when stored as fp16/fp32) into one of two pinned staging buffers while the other is copied to
-/// the GPU. Host memory stays at 2 × 64 MiB, however large the model. q/k/v and gate/up land side by side in
-/// their fused device matrices.
+/// Streams a safetensors checkpoint to the device: each tensor is read from the file with positional reads straight
+/// into one of two pinned staging buffers (bf16 as stored; fp16/fp32 read in chunks and converted) while the other
+/// is copied to the GPU, so disk reads overlap host→device copies. Host memory stays at 2 × 64 MiB, however large the
+/// model. A file that shrinks during the load fails with a WeightsException naming file and tensor, never uploads
+/// garbage. q/k/v and gate/up land side by side in their fused device matrices.
 /// </summary>
 internal static class WeightUploader
 {
@@ -62,7 +63,7 @@ internal static class WeightUploader
                 int n = (int)Math.Min(StagingBytes / 2, elements - off);
                 var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
                 free.Synchronize();                              // the GPU has finished copying out of this buffer
-                ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned (converts fp16/fp32)
+                ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
                 w.CopyFromHostAsync(dst + (ulong)(2 * off), stage.Ptr, 2L * n, stream);
                 free.Record(stream);
                 slot ^= 1;

@@ -1,3 +1,5 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using QwQ.Cuda.Errors;
 
@@ -5,13 +7,17 @@ namespace QwQ.Cuda.Weights;
 
 /// <summary>
 /// A Hugging Face checkpoint directory: one <c>model.safetensors</c>, or shards listed by
-/// <c>model.safetensors.index.json</c> (its "weight_map" maps tensor name → shard file). All files are
-/// memory-mapped on open and stay mapped until <see cref="Dispose"/>; reads convert dtypes on the fly.
+/// <c>model.safetensors.index.json</c> (its "weight_map" maps tensor name → shard file). Every file is opened and
+/// its header checked on open; files stay open until <see cref="Dispose"/>. Reads go straight into the caller's
+/// buffer and convert dtypes on the way. Files may be symbolic links (the HF cache's snapshots are).
 /// </summary>
-public sealed unsafe class SafetensorsCheckpoint : IDisposable
+public sealed class SafetensorsCheckpoint : IDisposable
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
+
+    /// <summary>Raw bytes read per step when a read converts dtypes: large enough to read at page-cache speed.</summary>
+    private const int ConversionChunkBytes = 8 << 20;
 
     private readonly Dictionary<string, SafetensorsFile> _filesByPath;
 
@@ -34,8 +40,8 @@ public sealed unsafe class SafetensorsCheckpoint : IDisposable
 
         string indexPath = Path.Combine(directory, IndexFileName);
         string singlePath = Path.Combine(directory, SingleFileName);
-        if (File.Exists(indexPath)) return OpenSharded(directory, indexPath);
-        if (File.Exists(singlePath)) return OpenFiles(directory, [singlePath], null);
+        if (Present(indexPath)) return OpenSharded(directory, indexPath);
+        if (Present(singlePath)) return OpenFiles(directory, [singlePath], null);
 
         // Some exports use other names without an index; take every .safetensors file there is.
         var any = System.IO.Directory.GetFiles(directory, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
@@ -44,49 +50,65 @@ public sealed unsafe class SafetensorsCheckpoint : IDisposable
         return OpenFiles(directory, any, null);
     }
 
+    /// <summary>A file, or a link to one even when its target is gone (opening it then says so, instead of "no weights").</summary>
+    private static bool Present(string path) => File.Exists(path) || new FileInfo(path).LinkTarget is not null;
+
     private static SafetensorsCheckpoint OpenSharded(string directory, string indexPath)
     {
-        var weightMap = ReadWeightMap(indexPath);
-        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+        var weightMap = ReadWeightMap(directory, indexPath);
         var shardPaths = new List<string>();
-        foreach (var shard in shardNames)
+        foreach (var shard in weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
         {
             string p = Path.Combine(directory, shard);
-            if (!File.Exists(p))
+            if (!Present(p))
                 throw new WeightsException($"{indexPath}: shard '{shard}' is listed in the index but missing from {directory}");
             shardPaths.Add(p);
         }
         return OpenFiles(directory, shardPaths, (indexPath, weightMap));
     }
 
-    private static Dictionary<string, string> ReadWeightMap(string indexPath)
+    /// <summary>The index's tensor → shard map, every shard a relative path that stays inside <paramref name="directory"/>.</summary>
+    private static Dictionary<string, string> ReadWeightMap(string directory, string indexPath)
     {
-        try
+        string shown = SafetensorsFile.ShownPath(indexPath);
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(indexPath); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            using var doc = JsonDocument.Parse(File.ReadAllText(indexPath));
-            if (doc.RootElement.ValueKind != JsonValueKind.Object ||
-                !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
-                throw new WeightsException($"{indexPath}: index has no \"weight_map\" object");
-            var result = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var p in map.EnumerateObject())
-            {
-                if (p.Value.ValueKind != JsonValueKind.String)
-                    throw new WeightsException($"{indexPath}: weight_map entry '{p.Name}' is not a file name");
-                string file = p.Value.GetString()!;
-                if (file.Length == 0 || Path.IsPathRooted(file) || file.Contains(".."))
-                    throw new WeightsException($"{indexPath}: weight_map entry '{p.Name}' names an invalid shard '{file}'");
-                result[p.Name] = file;
-            }
-            return result;
+            throw new WeightsException($"{shown}: cannot read index: {e.Message}");
         }
-        catch (JsonException e)
+        using var doc = StrictJson.Parse(bytes, shown, "index");
+        JsonElement map = default;
+        if (doc.RootElement.ValueKind == JsonValueKind.Object)
+            foreach (var (key, value) in StrictJson.Properties(doc.RootElement, shown, "index"))
+                if (key == "weight_map") map = value;
+        if (map.ValueKind != JsonValueKind.Object)
+            throw new WeightsException($"{shown}: index has no \"weight_map\" object");
+
+        string root = Path.GetFullPath(directory);
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (tensor, value) in StrictJson.Properties(map, shown, "\"weight_map\""))
         {
-            throw new WeightsException($"{indexPath}: malformed JSON at line {(e.LineNumber ?? 0) + 1}");
+            string shard = StrictJson.String(value, shown, $"weight_map entry '{tensor}'")
+                ?? throw new WeightsException($"{shown}: weight_map entry '{tensor}' is {value.ValueKind}, not a shard file name");
+            if (!NamesFileInside(root, shard))
+                throw new WeightsException($"{shown}: weight_map entry '{tensor}' names shard '{shard}', which is not a file inside {directory}");
+            result.Add(tensor, shard);
         }
-        catch (IOException e)
-        {
-            throw new WeightsException($"{indexPath}: cannot read index: {e.Message}");
-        }
+        return result;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="shard"/> is a relative path to a file inside <paramref name="root"/>, judged on the
+    /// text before anything is opened. (The shard itself may be a link that leads outside: the HF cache's snapshots
+    /// link into its blobs folder.)
+    /// </summary>
+    private static bool NamesFileInside(string root, string shard)
+    {
+        if (shard.Length == 0 || shard.Contains('\0') || Path.IsPathRooted(shard)) return false;
+        string relative = Path.GetRelativePath(root, Path.GetFullPath(shard, root));
+        return relative != "." && relative != ".." &&
+               !relative.StartsWith(".." + Path.DirectorySeparatorChar, StringComparison.Ordinal);
     }
 
     private static SafetensorsCheckpoint OpenFiles(string directory, IReadOnlyList<string> paths,
@@ -103,7 +125,7 @@ public sealed unsafe class SafetensorsCheckpoint : IDisposable
                 foreach (var (name, t) in file.Tensors)
                 {
                     if (tensors.TryGetValue(name, out var other))
-                        throw new WeightsException($"{directory}: tensor '{name}' is in both {other.FilePath} and {t.FilePath}");
+                        throw new WeightsException($"{directory}: tensor '{name}' is in both {other.FilePath} and {t.FilePath}; a checkpoint holds each tensor once");
                     tensors.Add(name, t);
                 }
             }
@@ -112,10 +134,17 @@ public sealed unsafe class SafetensorsCheckpoint : IDisposable
             {
                 foreach (var (name, shard) in map)
                 {
-                    if (!tensors.TryGetValue(name, out var t))
-                        throw new WeightsException($"{indexPath}: tensor '{name}' is mapped to shard '{shard}' but that file does not contain it");
-                    if (Path.GetFileName(t.FilePath) != shard)
-                        throw new WeightsException($"{indexPath}: tensor '{name}' is mapped to shard '{shard}' but found in {t.FilePath}");
+                    if (!tensors.TryGetValue(name, out var t) || t.FilePath != Path.Combine(directory, shard))
+                        throw new WeightsException($"{indexPath}: tensor '{name}' is mapped to shard '{shard}' but that file does not contain it" +
+                                                   (t is null ? "" : $" (it is in {t.FilePath})"));
+                }
+                // The other direction: a tensor the index does not list is one the exporter did not mean to publish,
+                // or the index belongs to another checkpoint.
+                foreach (var t in tensors.Values.OrderBy(t => t.Name, StringComparer.Ordinal))
+                {
+                    if (!map.ContainsKey(t.Name))
+                        throw new WeightsException($"{indexPath}: tensor '{t.Name}' in {t.FilePath} is not listed in the index's weight_map; " +
+                                                   "the index and its shards disagree");
                 }
             }
             return new SafetensorsCheckpoint(directory, files, tensors);
@@ -135,46 +164,66 @@ public sealed unsafe class SafetensorsCheckpoint : IDisposable
         _filesByPath.TryGetValue(t.FilePath, out var f) ? f
             : throw new ArgumentException($"tensor {t.Name} does not belong to checkpoint {Directory}", nameof(t));
 
-    /// <summary>Raw bytes of a tensor (at most 2 GiB; use <see cref="GetPointer"/> beyond).</summary>
-    public ReadOnlySpan<byte> GetBytes(TensorInfo t) => FileOf(t).GetBytes(t);
-
-    /// <summary>Pointer to a tensor's raw bytes, valid until the checkpoint is disposed (for streaming uploads).</summary>
-    public byte* GetPointer(TensorInfo t) => FileOf(t).GetPointer(t);
+    /// <summary>Raw bytes [byteOffset, byteOffset + destination.Length) of a tensor (see <see cref="SafetensorsFile.Read"/>).</summary>
+    public void Read(TensorInfo t, long byteOffset, Span<byte> destination) => FileOf(t).Read(t, byteOffset, destination);
 
     /// <summary>The whole tensor as fp32 (converted from bf16/f16).</summary>
     public float[] ReadFloat32(string name)
     {
         var t = Get(name);
         if (t.ElementCount > Array.MaxLength)
-            throw new InvalidOperationException($"{name} has {t.ElementCount} elements, too many for one array");
+            throw new WeightsException($"{t.FilePath}: tensor '{name}' has {t.ElementCount} elements, too many for one fp32 array " +
+                                       "(the CPU reference is meant for small models)");
         var result = new float[t.ElementCount];
         ReadFloat32(t, result, 0);
         return result;
     }
 
     /// <summary>Elements [elementOffset, elementOffset + dst.Length) of <paramref name="t"/> as fp32.</summary>
-    public void ReadFloat32(TensorInfo t, Span<float> dst, long elementOffset)
-    {
-        byte* src = SliceStart(t, dst.Length, elementOffset);
-        ElementConversion.ToFloat32(t.DType, new ReadOnlySpan<byte>(src, dst.Length * t.DType.ElementSize()), dst);
-    }
+    public void ReadFloat32(TensorInfo t, Span<float> dst, long elementOffset) =>
+        ReadAs(t, dst, elementOffset, DType.F32, ElementConversion.ToFloat32);
 
     /// <summary>
     /// Elements [elementOffset, elementOffset + dst.Length) of <paramref name="t"/> as bf16 bit patterns:
     /// a copy for bf16 tensors, round-to-nearest-even for f32/f16. Lets callers stream a tensor in chunks.
     /// </summary>
-    public void CopyAsBf16(TensorInfo t, Span<ushort> dst, long elementOffset)
-    {
-        byte* src = SliceStart(t, dst.Length, elementOffset);
-        ElementConversion.ToBf16(t.DType, new ReadOnlySpan<byte>(src, dst.Length * t.DType.ElementSize()), dst);
-    }
+    public void CopyAsBf16(TensorInfo t, Span<ushort> dst, long elementOffset) =>
+        ReadAs(t, dst, elementOffset, DType.BF16, ElementConversion.ToBf16);
 
-    private byte* SliceStart(TensorInfo t, int count, long elementOffset)
+    private delegate void Converter<T>(DType source, ReadOnlySpan<byte> raw, Span<T> dst);
+
+    /// <summary>
+    /// Reads elements of <paramref name="t"/> into <paramref name="dst"/> as <paramref name="target"/>: straight into
+    /// <paramref name="dst"/> when the file already holds that dtype, else in chunks through a pooled buffer.
+    /// </summary>
+    private void ReadAs<T>(TensorInfo t, Span<T> dst, long elementOffset, DType target, Converter<T> convert) where T : unmanaged
     {
-        if (elementOffset < 0 || count < 0 || elementOffset + count > t.ElementCount)
+        if (elementOffset < 0 || elementOffset > t.ElementCount || dst.Length > t.ElementCount - elementOffset)
             throw new ArgumentOutOfRangeException(nameof(elementOffset),
-                $"elements [{elementOffset}, {elementOffset + count}) are outside {t.Name} ({t.ElementCount} elements)");
-        return GetPointer(t) + elementOffset * t.DType.ElementSize();
+                $"elements [{elementOffset}, {elementOffset + dst.Length}) are outside {t.Name} ({t.ElementCount} elements)");
+        int size = t.DType.ElementSize();
+        if (t.DType == target)
+        {
+            Read(t, elementOffset * size, MemoryMarshal.AsBytes(dst));
+            return;
+        }
+        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Min(ConversionChunkBytes, (long)dst.Length * size));
+        try
+        {
+            int perChunk = Math.Min(chunk.Length, ConversionChunkBytes) / size;
+            for (int done = 0; done < dst.Length;)
+            {
+                int n = Math.Min(perChunk, dst.Length - done);
+                var raw = chunk.AsSpan(0, n * size);
+                Read(t, (elementOffset + done) * size, raw);
+                convert(t.DType, raw, dst.Slice(done, n));
+                done += n;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(chunk);
+        }
     }
 
     public void Dispose()

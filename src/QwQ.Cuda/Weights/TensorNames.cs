@@ -18,7 +18,8 @@ public static class TensorNames
     public const string FinalNorm = "model.norm.weight";               // [hidden]
     public const string LmHead = "lm_head.weight";                     // [vocab, hidden]; absent when tied
 
-    private static string Layer(int i) => $"model.layers.{i}.";
+    private const string LayersPrefix = "model.layers.";
+    private static string Layer(int i) => $"{LayersPrefix}{i}.";
 
     public static string InputNorm(int layer) => Layer(layer) + "input_layernorm.weight";              // [hidden]
     public static string QWeight(int layer) => Layer(layer) + "self_attn.q_proj.weight";               // [nq*D, hidden]
@@ -33,8 +34,33 @@ public static class TensorNames
     public static string UpWeight(int layer) => Layer(layer) + "mlp.up_proj.weight";                   // [I, hidden]
     public static string DownWeight(int layer) => Layer(layer) + "mlp.down_proj.weight";               // [hidden, I]
 
+    /// <summary>
+    /// RoPE's inverse frequencies, [head_dim / 2]. Older transformers versions registered them as a persistent
+    /// buffer, so checkpoints saved with those carry one per layer. They are a function of the config alone (rope_theta,
+    /// head_dim, rope_scaling), and we compute them from the config, so the stored copy holds nothing to load.
+    /// </summary>
+    public static string RotaryInvFreq(int layer) => Layer(layer) + "self_attn.rotary_emb.inv_freq";
+
     /// <summary>The name of the output projection: the embedding itself when tied.</summary>
     public static string OutputProjection(ModelConfig c) => c.TieWordEmbeddings ? Embedding : LmHead;
+
+    /// <summary>
+    /// Tensors a checkpoint for <paramref name="c"/> may hold besides <see cref="Expected"/>, because they hold
+    /// nothing the config does not already say (see each name). Anything else extra means config and checkpoint
+    /// disagree. Only for layers the config has: an inv_freq of layer 40 in a 32-layer config is a mismatch too.
+    /// </summary>
+    public static IReadOnlySet<string> Ignorable(ModelConfig c) =>
+        Enumerable.Range(0, c.NumHiddenLayers).Select(RotaryInvFreq).ToHashSet(StringComparer.Ordinal);
+
+    /// <summary>The decoder layer a tensor name belongs to ("model.layers.7.mlp..." → 7), or null.</summary>
+    public static int? LayerIndex(string name)
+    {
+        if (!name.StartsWith(LayersPrefix, StringComparison.Ordinal)) return null;
+        int dot = name.IndexOf('.', LayersPrefix.Length);
+        return dot > LayersPrefix.Length &&
+               int.TryParse(name.AsSpan(LayersPrefix.Length, dot - LayersPrefix.Length), System.Globalization.NumberStyles.None,
+                            System.Globalization.CultureInfo.InvariantCulture, out int layer) ? layer : null;
+    }
 
     /// <summary>Every tensor a checkpoint for <paramref name="c"/> must contain, in load order.</summary>
     public static IReadOnlyList<ExpectedTensor> Expected(ModelConfig c)

@@ -18,10 +18,11 @@ public class CheckpointValidatorTests
     [SetUp] public void SetUp() => _dir = new TempDir();
     [TearDown] public void TearDown() => _dir.Dispose();
 
-    /// <summary>Writes every expected tensor (zeros), letting a test drop or reshape some.</summary>
-    private void WriteCheckpoint(ModelConfig c, Func<ExpectedTensor, ExpectedTensor?>? edit = null, string dtype = "F32")
+    /// <summary>Writes every expected tensor (zeros), letting a test drop or reshape some, or add <paramref name="extra"/>.</summary>
+    private void WriteCheckpoint(ModelConfig c, Func<ExpectedTensor, ExpectedTensor?>? edit = null, string dtype = "F32",
+                                 params Entry[] extra)
     {
-        var entries = new List<Entry>();
+        var entries = new List<Entry>(extra);
         foreach (var t in TensorNames.Expected(c))
         {
             var e = edit is null ? t : edit(t);
@@ -99,5 +100,54 @@ public class CheckpointValidatorTests
         WriteCheckpoint(Tiny(), t => t.Name.Contains("norm") ? null : t);
         var e = ValidateFails(Tiny());
         Assert.That(e.Message, Does.Contain("3 problems").And.Contain("input_layernorm").And.Contain("model.norm.weight"));
+    }
+
+    [Test]
+    public void LayerTheConfigLacksIsRejected()
+    {
+        WriteCheckpoint(Tiny() with { NumHiddenLayers = 2 });
+        var e = ValidateFails(Tiny());
+        Assert.That(e.Message, Does.Contain("config.json and the checkpoint disagree").And.Contain("12 problems")
+                                   .And.Contain("'model.layers.1.self_attn.q_proj.weight'").And.Contain(_dir.File("model.safetensors"))
+                                   .And.Contain("num_hidden_layers = 1"));
+    }
+
+    [Test]
+    public void LmHeadWithTiedEmbeddingsIsRejected()
+    {
+        WriteCheckpoint(Tiny());
+        var e = ValidateFails(Tiny(tied: true));
+        Assert.That(e.Message, Does.Contain("config.json and the checkpoint disagree").And.Contain("'lm_head.weight'")
+                                   .And.Contain("tie_word_embeddings = true"));
+    }
+
+    [Test]
+    public void UnknownTensorIsRejected()
+    {
+        WriteCheckpoint(Tiny(), extra: F32("model.layers.0.self_attn.q_norm.weight", [4], 1, 1, 1, 1));
+        Assert.That(ValidateFails(Tiny()).Message, Does.Contain("'model.layers.0.self_attn.q_norm.weight'").And.Contain("not part of the model"));
+    }
+
+    /// <summary>Old exports carry RoPE's inv_freq per layer; it is derived from the config, so it may be there.</summary>
+    [Test]
+    public void RotaryInvFreqIsIgnorable()
+    {
+        WriteCheckpoint(Tiny(), extra: F32(TensorNames.RotaryInvFreq(0), [2], 1, 0.01f));
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        Assert.DoesNotThrow(() => CheckpointValidator.Validate(ck, Tiny()));
+    }
+
+    [Test]
+    public void RotaryInvFreqOfALayerTheConfigLacksIsRejected()
+    {
+        WriteCheckpoint(Tiny(), extra: F32(TensorNames.RotaryInvFreq(1), [2], 1, 0.01f));
+        Assert.That(ValidateFails(Tiny()).Message, Does.Contain("'model.layers.1.self_attn.rotary_emb.inv_freq'").And.Contain("num_hidden_layers = 1"));
+    }
+
+    [Test]
+    public void FixtureWithAOneLayerConfigDoesNotLoad()
+    {
+        var e = Assert.Throws<WeightsException>(() => TinyGqaFixture.Load(TinyGqaFixture.Dir, TinyGqaFixture.Config with { NumHiddenLayers = 1 }))!;
+        Assert.That(e.Message, Does.Contain("'model.layers.1.mlp.down_proj.weight'").And.Contain("num_hidden_layers = 1"));
     }
 }

@@ -12,9 +12,6 @@ public class SafetensorsReaderTests
     [SetUp] public void SetUp() => _dir = new TempDir();
     [TearDown] public void TearDown() => _dir.Dispose();
 
-    private static WeightsException OpenFails(string path) =>
-        Assert.Throws<WeightsException>(() => SafetensorsFile.Open(path).Dispose())!;
-
     [Test]
     public void ReadsTensorsOfEveryDtype()
     {
@@ -38,8 +35,21 @@ public class SafetensorsReaderTests
             Assert.That(ck.ReadFloat32("b"), Is.EqualTo(new float[] { 1, -2 }));
             Assert.That(ck.ReadFloat32("c"), Is.EqualTo(new float[] { 0.5f, -3, 1024 }));
             Assert.That(ck.ReadFloat32("scalar"), Is.EqualTo(new float[] { 42 }));
-            Assert.That(MemoryMarshal.Cast<byte, ushort>(ck.GetBytes(ck.Tensors["b"])).ToArray(), Is.EqualTo(new ushort[] { 0x3F80, 0xC000 }));
         });
+    }
+
+    [Test]
+    public void ReadCopiesRawBytesFromAnOffset()
+    {
+        Write(_dir.File("model.safetensors"), [F32("a", [1], 9), Bf16("b", [3], 0x3F80, 0xC000, 0x4040)]);
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        var two = new ushort[2];
+        ck.Read(ck.Tensors["b"], 2, MemoryMarshal.AsBytes(two.AsSpan()));
+        Assert.That(two, Is.EqualTo(new ushort[] { 0xC000, 0x4040 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ck.Read(ck.Tensors["b"], 4, new byte[4]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ck.Read(ck.Tensors["b"], -1, new byte[1]));
+        var stranger = ck.Tensors["a"] with { FilePath = _dir.File("other.safetensors") };
+        Assert.Throws<ArgumentException>(() => ck.Read(stranger, 0, new byte[4]));
     }
 
     [Test]
@@ -106,7 +116,7 @@ public class SafetensorsReaderTests
     {
         string path = _dir.File("x.safetensors");
         WriteRaw(path, "{}", new byte[16], headerLengthOverride: ulong.MaxValue - 3);
-        Assert.That(OpenFails(path).Message, Does.Contain(path).And.Contain("not sane"));
+        Assert.That(OpenFails(path).Message, Does.Contain(path).And.Contain("exceeds the format's limit"));
     }
 
     [Test]
@@ -141,7 +151,7 @@ public class SafetensorsReaderTests
         string path = _dir.File("x.safetensors");
         WriteRaw(path, """{"w": {"dtype": "BF16", "shape": [3, 2], "data_offsets": [0, 8]}}""", new byte[8]);
         var e = OpenFails(path);
-        Assert.That(e.Message, Does.Contain("'w'").And.Contain("holds 8 bytes").And.Contain("needs 12"));
+        Assert.That(e.Message, Does.Contain("'w'").And.Contain("hold 8 bytes").And.Contain("needs 12"));
     }
 
     [Test]

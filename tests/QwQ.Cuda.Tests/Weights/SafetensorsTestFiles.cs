@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Weights;
 
 namespace QwQ.Cuda.Tests.Weights;
 
@@ -9,6 +11,14 @@ namespace QwQ.Cuda.Tests.Weights;
 internal static class SafetensorsTestFiles
 {
     public sealed record Entry(string Name, string DType, long[] Shape, byte[] Data);
+
+    /// <summary>Opening <paramref name="path"/> fails with a WeightsException that names the file.</summary>
+    public static WeightsException OpenFails(string path)
+    {
+        var e = Assert.Throws<WeightsException>(() => SafetensorsFile.Open(path).Dispose())!;
+        Assert.That(e.Message, Does.Contain(path));
+        return e;
+    }
 
     public static Entry F32(string name, long[] shape, params float[] values) =>
         new(name, "F32", shape, MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
@@ -40,17 +50,44 @@ internal static class SafetensorsTestFiles
     }
 
     /// <summary>A file with the given header text and data bytes (header padded to 8 bytes like real writers).</summary>
-    public static void WriteRaw(string path, string header, byte[] data, ulong? headerLengthOverride = null)
+    public static void WriteRaw(string path, string header, byte[] data, ulong? headerLengthOverride = null) =>
+        File.WriteAllBytes(path, Bytes(Encoding.UTF8.GetBytes(header), data, headerLengthOverride));
+
+    /// <summary>
+    /// A safetensors file's bytes from raw header bytes (which may be invalid UTF-8) and data: the header is padded
+    /// with spaces to a multiple of 8, as real writers do, and its length written in front unless overridden.
+    /// </summary>
+    public static byte[] Bytes(byte[] header, byte[] data, ulong? headerLengthOverride = null)
     {
-        var hb = Encoding.UTF8.GetBytes(header);
-        int pad = (8 - hb.Length % 8) % 8;
-        hb = hb.Concat(Enumerable.Repeat((byte)' ', pad)).ToArray();
-        var len = new byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(len, headerLengthOverride ?? (ulong)hb.Length);
-        using var f = File.Create(path);
-        f.Write(len);
-        f.Write(hb);
-        f.Write(data);
+        int pad = (8 - header.Length % 8) % 8;
+        var file = new byte[8 + header.Length + pad + data.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(file, headerLengthOverride ?? (ulong)(header.Length + pad));
+        header.CopyTo(file, 8);
+        file.AsSpan(8 + header.Length, pad).Fill((byte)' ');
+        data.CopyTo(file, 8 + header.Length + pad);
+        return file;
+    }
+
+    /// <summary>A well-formed file's header text (padding included) and data section, parsed independently of the reader under test.</summary>
+    public static (string Header, byte[] Data) Split(byte[] file)
+    {
+        int n = checked((int)BinaryPrimitives.ReadUInt64LittleEndian(file));
+        return (Encoding.UTF8.GetString(file, 8, n), file[(8 + n)..]);
+    }
+
+    /// <summary>The tensors of a well-formed file as entries, in data order (for rewriting it as shards).</summary>
+    public static List<Entry> Entries(byte[] file)
+    {
+        var (header, data) = Split(file);
+        using var doc = JsonDocument.Parse(header);
+        return doc.RootElement.EnumerateObject()
+            .Where(p => p.Name != "__metadata__")
+            .Select(p => (Tensor: p.Value, Name: p.Name, Offsets: p.Value.GetProperty("data_offsets").EnumerateArray().Select(e => e.GetInt32()).ToArray()))
+            .OrderBy(t => t.Offsets[0])
+            .Select(t => new Entry(t.Name, t.Tensor.GetProperty("dtype").GetString()!,
+                                   t.Tensor.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray(),
+                                   data[t.Offsets[0]..t.Offsets[1]]))
+            .ToList();
     }
 }
 
