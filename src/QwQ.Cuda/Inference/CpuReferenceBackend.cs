@@ -1,3 +1,4 @@
+using System.Globalization;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
@@ -46,12 +47,9 @@ public sealed class CpuReferenceBackend : IModelBackend
     {
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
-        long total = config.ParameterCount * 4;
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (total > available / 2)
-            throw new OptionException(
-                $"the CPU reference backend keeps every weight in float32: this model needs {total / 1e9:F1} GB of host memory " +
-                $"and {available / 1e9:F1} GB is available. It is meant for small test models; use --backend cuda.");
+        long total = checked(config.ParameterCount * 4);
+        CheckHostMemory(total, "the CPU reference backend keeps every weight in float32: this model",
+            "It is meant for small test models; use --backend cuda.");
         progress?.Report(new LoadProgress(checkpointDir is null ? "synthetic weights" : "loading weights", 0, total));
         CpuWeights weights;
         if (checkpointDir is null)
@@ -80,7 +78,19 @@ public sealed class CpuReferenceBackend : IModelBackend
         if (capacity < 1) throw new OptionException($"max context {capacity} must be at least 1");
         if (capacity > MaxContext)
             throw new OptionException($"a sequence of {capacity} positions exceeds this backend's maximum of {MaxContext}");
+        // The fp32 cache is allocated whole up front; a config with millions of positions must not take the host down.
+        CheckHostMemory(checked(2L * 4 * Config.NumHiddenLayers * Config.KvDim * capacity),
+            $"on the CPU reference backend a KV cache of {capacity} positions", "Pass a smaller --max-context.");
         return new CpuSequence(_model.CreateSession(capacity), new CpuSampler(Config.VocabSize, _validVocab, _seed), Config.VocabSize);
+    }
+
+    /// <summary>Refuses an allocation of more than half the memory the process may use, before trying it.</summary>
+    private static void CheckHostMemory(long bytes, string what, string fix)
+    {
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available / 2)
+            throw new OptionException(string.Create(CultureInfo.InvariantCulture,
+                $"{what} needs {bytes / 1e9:F1} GB of host memory and {available / 1e9:F1} GB is available. {fix}"));
     }
 
     /// <summary>Nothing to free: the weights are managed arrays.</summary>
