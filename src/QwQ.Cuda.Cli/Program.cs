@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using QwQ.Cuda.Errors;
 
 namespace QwQ.Cuda.Cli;
@@ -41,6 +42,10 @@ public static class Program
     internal static async Task<int> RunAsync(string[] args, CliHost host, CancellationToken cancellationToken)
     {
         host.Verbose = args.Contains("--verbose");
+        // Numbers are read and written the same under every locale: scripts parse the output, and messages quote
+        // values as the user typed them (0.5, not 0,5). CurrentCulture flows with the async context, so this holds
+        // for the work this call starts (loading, generation threads) and ends with it; the caller's is untouched.
+        CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
         try
         {
             RootCommand root = CliApp.CreateRootCommand(host);

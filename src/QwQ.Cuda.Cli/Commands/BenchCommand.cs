@@ -22,13 +22,13 @@ internal static class BenchCommand
         var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
-        var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
+        var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
         var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
-        var gemm = new Option<PrefillGemm>("--prefill-gemm") { Description = "Library for the prefill products: Cublas or CublasLt", DefaultValueFactory = _ => PrefillGemm.Cublas };
+        var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
             synthetic, model, prefill, decode, steps, outDir, commit, compare, eager, graphs, gemm,
@@ -79,7 +79,7 @@ internal static class BenchCommand
         var sw = Stopwatch.StartNew();
         using (var backend = CudaBackend.Load(config, modelDir, engine))
         {
-            host.Error.WriteLine($"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}");
+            host.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}"));
             report = ModelBenchmark.Run(backend, settings, commit, line => host.Error.WriteLine(line));
         }
 

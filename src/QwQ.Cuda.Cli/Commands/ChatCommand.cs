@@ -2,6 +2,7 @@ using System.CommandLine;
 using QwQ.Cuda.Cli.Output;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Cli.Commands;
 
@@ -54,7 +55,7 @@ internal static class ChatCommand
             using var session = qwq.CreateSession();
             session.SystemPrompt = p.GetValue(systemOption);
             if (!json)
-                host.Error.WriteLine(host.Dim($"{qwq.Backend.DeviceDescription} · context {session.Capacity:N0} tokens · /reset starts over, /exit quits"));
+                host.Error.WriteLine(host.Dim(Invariant($"{qwq.Backend.DeviceDescription} · context {session.Capacity:N0} tokens · /reset starts over, /exit quits")));
 
             while (!ct.IsCancellationRequested)
             {

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
 using QwQ.Cuda.Errors;
@@ -82,6 +83,69 @@ public class CliTests
         var r = await Qwq("generate", "--model", "x", "--prompt", "hi", "--temperature", "hot");
         Assert.That(r.ExitCode, Is.EqualTo(2));
         Assert.That(r.Err, Does.Contain("hot"));
+    }
+
+    [TestCase("generate", "--top-p", "abc", "--top-p expects a number such as 0.95, got 'abc'")]
+    [TestCase("generate", "--temperature", "0,6", "--temperature expects a number such as 0.6, got '0,6'")]
+    [TestCase("generate", "--seed", "-1", "--seed expects a whole number such as 42, got '-1'")]
+    [TestCase("generate", "--max-tokens", "1.5", "--max-tokens expects a whole number such as 512, got '1.5'")]
+    [TestCase("generate", "--top-k", "99999999999", "--top-k expects a whole number such as 40, got '99999999999'")]
+    [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
+    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, got 'cutlass'")]
+    [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
+    public async Task ParseErrorsSayWhatWasExpected(string command, string option, string value, string message)
+    {
+        var r = await Qwq(command == "generate" ? [command, "--model", "x", "--prompt", "hi", option, value] : [command, option, value]);
+        AssertOneCleanError(r, 2, message);
+        Assert.That(r.Err, Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    /// <summary>A culture that writes one half as "0,5": German-style ('.' groups digits) or French-style (a narrow space does).</summary>
+    private static CultureInfo CommaCulture(string style)
+    {
+        var c = (CultureInfo)CultureInfo.InvariantCulture.Clone();
+        c.NumberFormat.NumberDecimalSeparator = ",";
+        c.NumberFormat.NumberGroupSeparator = style == "de" ? "." : "\u202F";
+        return c;
+    }
+
+    // Under LC_ALL=de_DE.UTF-8, "--temperature 0.5" ran at 5 and "--repetition-penalty 1.05" at 105 ('.' groups digits
+    // there); under fr_FR "0.6" did not parse. Cloned cultures make the test independent of installed ICU data.
+    [TestCase("de")]
+    [TestCase("fr")]
+    public void NumbersParseTheSameUnderEveryLocale(string style)
+    {
+        var saved = CultureInfo.CurrentCulture;
+        CultureInfo.CurrentCulture = CommaCulture(style);
+        try
+        {
+            Assert.That(1.5.ToString(CultureInfo.CurrentCulture), Is.EqualTo("1,5"), "the culture really differs");
+            var opts = new SamplingCliOptions();
+            var cmd = new Command("x");
+            opts.AddTo(cmd);
+            var p = cmd.Parse(["--temperature", "0.5", "--repetition-penalty", "1.05", "--top-p", "0.95", "--min-p", "0.6", "--top-k", "1000"]);
+            Assert.That(p.Errors, Is.Empty);
+            var s = opts.Bind(p, SamplingOptions.FromGenerationConfig()).Sampling!;
+            Assert.That((s.Temperature, s.RepetitionPenalty, s.TopP, s.MinP, s.TopK), Is.EqualTo((0.5f, 1.05f, 0.95f, 0.6f, 1000)));
+            Assert.That(cmd.Parse(["--top-p", "0,95"]).Errors, Is.Not.Empty, "the locale's own spelling is not a second syntax");
+        }
+        finally { CultureInfo.CurrentCulture = saved; }
+    }
+
+    [Test]
+    public async Task InfoPrintsInvariantNumbersUnderACommaLocale()
+    {
+        var saved = CultureInfo.CurrentCulture;
+        var comma = CommaCulture("de");
+        CultureInfo.CurrentCulture = comma;
+        try
+        {
+            var r = await Qwq("info", "--synthetic", "qwq-32b");
+            Assert.That(r.ExitCode, Is.Zero, r.Err);
+            Assert.That(r.Out, Does.Contain("32,763,876,352 (32.76 B)").And.Contain("61.0 GiB"));
+            Assert.That(CultureInfo.CurrentCulture, Is.SameAs(comma), "the caller's culture is left alone");
+        }
+        finally { CultureInfo.CurrentCulture = saved; }
     }
 
     [Test]
