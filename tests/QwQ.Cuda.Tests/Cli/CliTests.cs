@@ -46,8 +46,10 @@ public class CliTests
         Assert.That(r.Err, Does.Not.Contain("   at "), "no stack trace without --verbose");
     }
 
-    private static string[] Gen(string model, params string[] more) =>
-        ["generate", "--model", model, "--backend", "cpu", "--prompt", "Hello", "--temperature", "0", "--max-tokens", "4", .. more];
+    private static string[] Gen(string model, params string[] more) => GenTokens(model, 4, more);
+
+    private static string[] GenTokens(string model, int maxTokens, params string[] more) =>
+        ["generate", "--model", model, "--backend", "cpu", "--prompt", "Hello", "--temperature", "0", "--max-tokens", maxTokens.ToString(CultureInfo.InvariantCulture), .. more];
 
     // ---- parsing and usage errors -------------------------------------------------------------
 
@@ -431,6 +433,91 @@ public class CliTests
         Assert.That(r.ExitCode, Is.Zero, r.Err);
         Assert.That(r.Err, Does.Contain("context holds 40"));
         Assert.That(r.Out, Does.Contain("\"type\":\"done\""));
+    }
+
+    // ---- a stdout that cannot be written ------------------------------------------------------
+
+    /// <summary>stdout whose writes fail as a closed pipe (errno 32) or a full disk (errno 28) do on Linux.</summary>
+    private sealed class FailingWriter(int errno, string message) : StringWriter
+    {
+        public int Attempts;
+        public override void Write(char value) => Fail();
+        public override void Write(string? value) => Fail();
+        public override void Write(char[] buffer, int index, int count) => Fail();
+        public override void Write(ReadOnlySpan<char> buffer) => Fail();
+        private void Fail()
+        {
+            Attempts++;
+            throw new IOException(message, errno);
+        }
+    }
+
+    [Test]
+    public async Task ClosedStdoutStopsGenerationQuietly()
+    {
+        var stdout = new FailingWriter(32, "Broken pipe");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(GenTokens(TinyModelDir, 200, "--json"), stdout, err);
+        Assert.That(code, Is.EqualTo(141), err.ToString());
+        Assert.That(err.ToString(), Is.Empty, "`| head` is not an error worth a message");
+        Assert.That(stdout.Attempts, Is.EqualTo(1), "nothing more was written after the first failure");
+    }
+
+    [Test]
+    public async Task FullStdoutIsOneClearError()
+    {
+        var stdout = new FailingWriter(28, "No space left on device");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(Gen(TinyModelDir, "--json"), stdout, err);
+        AssertOneCleanError(new Result(code, "", err.ToString()), 1, "error: cannot write to standard output: No space left on device");
+        Assert.That(err.ToString(), Does.Not.Contain("internal error"));
+    }
+
+    [Test]
+    public async Task ClosedStdoutInTokenizeIsQuietToo()
+    {
+        var stdout = new FailingWriter(32, "Broken pipe");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(["tokenize", "--model", TestModels.QwqDir, "--text", "Hello"], stdout, err);
+        Assert.That((code, err.ToString()), Is.EqualTo((141, "")));
+    }
+
+    /// <summary>The built qwq in a child process, stdout a pipe or a shell redirection (Linux: /dev/full, pipes).</summary>
+    private static (int Code, string Err) RunQwqProcess(string shellRedirect, bool closeStdout, params string[] args)
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Ignore("needs Linux pipes and /dev/full");
+        string qwq = Path.Combine(AppContext.BaseDirectory, "qwq.dll");
+        string command = "exec dotnet " + string.Join(' ', new[] { qwq }.Concat(args).Select(a => "'" + a.Replace("'", "'\\''") + "'")) + shellRedirect;
+        var psi = new System.Diagnostics.ProcessStartInfo("bash", ["-c", command])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        if (closeStdout) process.StandardOutput.Close(); // before the child can have written anything: it starts a runtime first
+        var err = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail("qwq did not exit within 120 s");
+        }
+        return (process.ExitCode, err.Result);
+    }
+
+    [Test]
+    public void ClosedPipeEndsTheRealProcess()
+    {
+        // .NET's console stream ignores EPIPE: before, this generated all 300 tokens and exited 0.
+        var (code, err) = RunQwqProcess("", closeStdout: true, GenTokens(TinyModelDir, 300, "--json"));
+        Assert.That(code, Is.EqualTo(141), err);
+        Assert.That(err, Does.Not.Contain("error"));
+    }
+
+    [Test]
+    public void DevFullIsOneClearErrorInTheRealProcess()
+    {
+        var (code, err) = RunQwqProcess(" > /dev/full", closeStdout: false, Gen(TinyModelDir, "--json"));
+        Assert.That(code, Is.EqualTo(1), err);
+        Assert.That(err.Trim(), Is.EqualTo("error: cannot write to standard output: No space left on device"));
     }
 
     // ---- option binding ------------------------------------------------------------------------
