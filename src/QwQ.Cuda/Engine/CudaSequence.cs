@@ -28,7 +28,7 @@ internal sealed class CudaSequence : ISequence
     public int Length { get; private set; }
     public int Capacity => _cache.Capacity;
 
-    public void Append(ReadOnlySpan<int> tokens)
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (tokens.IsEmpty) return;
@@ -45,16 +45,17 @@ internal sealed class CudaSequence : ISequence
         {
             _backend.Context.MakeCurrent();
             if (tokens.Length == 1 && Length > 0) DecodeOne(tokens[0]);
-            else Prefill(tokens);
+            else Prefill(tokens, cancellationToken);
         }
     }
 
-    private void Prefill(ReadOnlySpan<int> tokens)
+    private void Prefill(ReadOnlySpan<int> tokens, CancellationToken cancellationToken)
     {
         var (s, fwd, ws) = (_backend.Stream, _backend.Forward, _backend.Workspace);
         int chunk = ws.Chunk;
         for (int start = 0; start < tokens.Length; start += chunk)
         {
+            cancellationToken.ThrowIfCancellationRequested();
             var part = tokens.Slice(start, Math.Min(chunk, tokens.Length - start));
             s.Synchronize(); // the previous chunk has finished reading Ids
             ws.Ids.CopyFromHost(part);

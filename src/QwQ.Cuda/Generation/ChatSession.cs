@@ -69,8 +69,12 @@ public sealed class ChatSession : IDisposable
     }
 
     /// <summary>
-    /// Adds <paramref name="userMessage"/> to the conversation and streams the answer. When the generation
-    /// completes (not cancelled), the user turn and the assistant's answer (with its tool calls) join <see cref="History"/>.
+    /// Adds <paramref name="userMessage"/> to the conversation and streams the answer. When the generation ends, the
+    /// user turn and the assistant's answer (with its tool calls) join <see cref="History"/>, also when it was
+    /// cancelled: then the answer is what was generated until then (possibly empty, e.g. stopped while reasoning or
+    /// during the prompt), and the result's finish reason says <see cref="FinishReason.Cancelled"/>. The question is
+    /// kept because a user who interrupts a long answer still expects the next turn to follow from it; remove the
+    /// last two <see cref="History"/> entries to forget the turn.
     /// </summary>
     public IAsyncEnumerable<GenerationUpdate> StreamAsync(string userMessage, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -79,7 +83,6 @@ public sealed class ChatSession : IDisposable
         var messages = Conversation(user);
         return StreamPromptAsync(Render(messages, Tools), options, startInReasoning: true, onDone: result =>
         {
-            if (result.FinishReason == FinishReason.Cancelled) return;
             History.Add(user);
             History.Add(ChatMessage.Assistant(result.Answer, result.ToolCalls.Count > 0 ? result.ToolCalls : null));
         }, cancellationToken);

@@ -96,6 +96,9 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// <summary>Nothing to free: the weights are managed arrays.</summary>
     public void Dispose() { }
 
+    /// <summary>Prompt tokens the CPU reference runs per forward pass: the most a cancellation waits for.</summary>
+    internal const int PrefillChunk = 128;
+
     private sealed class CpuSequence(CpuKvSession session, CpuSampler sampler, int vocab) : ISequence
     {
         private float[]? _logits; // [vocab] fp32 of the last appended position; null until an Append
@@ -105,7 +108,7 @@ public sealed class CpuReferenceBackend : IModelBackend
 
         public int Capacity => session.MaxContext;
 
-        public void Append(ReadOnlySpan<int> tokens)
+        public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (tokens.IsEmpty) throw new ArgumentException("need at least one token", nameof(tokens));
@@ -114,7 +117,13 @@ public sealed class CpuReferenceBackend : IModelBackend
             foreach (int t in tokens)
                 if ((uint)t >= (uint)vocab)
                     throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab}");
-            _logits = session.Append(tokens);
+            // In chunks, so a cancelled prefill stops within one: in one pass, Ctrl+C during a 1.5k-token prompt took
+            // 22.6 s to be noticed. Chunking changes no result: each position attends to the cached ones either way.
+            for (int start = 0; start < tokens.Length; start += PrefillChunk)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                _logits = session.Append(tokens.Slice(start, Math.Min(PrefillChunk, tokens.Length - start)));
+            }
         }
 
         public void Truncate(int length)

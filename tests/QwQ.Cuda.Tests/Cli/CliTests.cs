@@ -435,6 +435,25 @@ public class CliTests
         Assert.That(r.Out, Does.Contain("\"type\":\"done\""));
     }
 
+    /// <summary>stdout that presses Ctrl+C (cancels the running operation) whenever something is written.</summary>
+    private sealed class CtrlCOnWrite : StringWriter
+    {
+        public CliHost? Host;
+        public override void Write(string? value) { base.Write(value); Host?.CancelOperation(); }
+    }
+
+    [Test]
+    public async Task ChatSaysWhatAnInterruptedTurnLeavesInTheConversation()
+    {
+        var stdout = new CtrlCOnWrite();
+        var err = new StringWriter();
+        var host = new CliHost(stdout, err, new StringReader("Tell me a long story\n/exit\n"));
+        stdout.Host = host;
+        int code = await Program.RunAsync(["chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "200"], host, default);
+        Assert.That(code, Is.Zero, err.ToString());
+        Assert.That(err.ToString(), Does.Contain("cancelled").And.Contain("your message and the answer so far stay in the conversation"));
+    }
+
     // ---- a stdout that cannot be written ------------------------------------------------------
 
     /// <summary>stdout whose writes fail as a closed pipe (errno 32) or a full disk (errno 28) do on Linux.</summary>
