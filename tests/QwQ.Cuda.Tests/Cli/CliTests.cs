@@ -292,6 +292,43 @@ public class CliTests
         AssertOneCleanError(r, 1, "vocab_size is 256", "tokenizer");
     }
 
+    /// <summary>A directory with the QwQ tokenizer files, tokenizer.json edited by <paramref name="edit"/> when given.</summary>
+    private static void WriteTokenizer(string dir, Func<string, string>? edit = null)
+    {
+        using var gz = new System.IO.Compression.GZipStream(File.OpenRead(Path.Combine(TestModels.QwqDir, "tokenizer.json.gz")),
+            System.IO.Compression.CompressionMode.Decompress);
+        string json = new StreamReader(gz).ReadToEnd();
+        string edited = edit?.Invoke(json) ?? json;
+        if (edit is not null) Assert.That(edited, Is.Not.EqualTo(json), "the edit applies");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), edited);
+        File.Copy(Path.Combine(TestModels.QwqDir, "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+    }
+
+    [TestCase("\"!\": 0,", "\"!\": -5,", "model.vocab[\"!\"] is -5")]
+    [TestCase("\"!\": 0,", "\"!\": 2147483647,", "model.vocab[\"!\"] is 2147483647")]
+    [TestCase("\"!\": 0,", "\"!\": \"0\",", "model.vocab[\"!\"] is string")]
+    [TestCase("\"id\": 151643,", "\"id\": -151643,", "an added_tokens id is -151643")]
+    public async Task TokenizerWithABadIdIsOneClearError(string find, string replace, string message)
+    {
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path, json => json.Replace(find, replace));
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer.json", message, "integers from 0 to 16777215");
+        Assert.That(r.Err, Does.Not.Contain("internal error"));
+    }
+
+    [Test]
+    public async Task TokenizerConfigWithANegativeIdIsOneClearError()
+    {
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path);
+        string cfg = File.ReadAllText(tmp.Combine("tokenizer_config.json"));
+        Assert.That(cfg, Does.Contain("\"151643\": {"));
+        File.WriteAllText(tmp.Combine("tokenizer_config.json"), cfg.Replace("\"151643\": {", "\"-7\": {"));
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer_config.json", "added_tokens_decoder key \"-7\"");
+    }
+
     [Test]
     public async Task PromptLongerThanTheContext()
     {
