@@ -39,7 +39,8 @@ internal static class BenchCommand
             {
                 PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
                 DecodeContexts = ParseList(p.GetValue(decode)!, "--decode"),
-                DecodeSteps = p.GetValue(steps) is int s and > 0 ? s : throw new OptionException("--steps must be at least 1"),
+                DecodeSteps = p.GetValue(steps) is int s and > 0 and <= ModelConfig.MaxPositions ? s
+                    : throw new OptionException($"--steps must be from 1 to {ModelConfig.MaxPositions}"),
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm));
@@ -59,8 +60,9 @@ internal static class BenchCommand
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var values = new int[parts.Length];
         for (int i = 0; i < parts.Length; i++)
-            if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1)
-                throw new OptionException($"{option} '{text}': expected positive integers separated by commas, e.g. 512,2048");
+            // Bounded like a model's positions, so the context sized from them (largest + steps + 8) cannot overflow.
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1 || values[i] > ModelConfig.MaxPositions)
+                throw new OptionException($"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048");
         return values;
     }
 

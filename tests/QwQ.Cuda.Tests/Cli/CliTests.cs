@@ -102,6 +102,15 @@ public class CliTests
         Assert.That(r.Err, Does.Not.Contain("System."), "no .NET type names");
     }
 
+    [TestCase("--prefill", "2147483647")]
+    [TestCase("--decode", "512,99999999999")]
+    [TestCase("--decode", "1e3")]
+    public async Task BenchLengthsAreBoundedBeforeAnythingIsSized(string option, string value)
+    {
+        var r = await Qwq("bench", option, value);
+        AssertOneCleanError(r, 2, option, "expected positive integers up to 16777216");
+    }
+
     /// <summary>A culture that writes one half as "0,5": German-style ('.' groups digits) or French-style (a narrow space does).</summary>
     private static CultureInfo CommaCulture(string style)
     {
