@@ -20,6 +20,10 @@ public class ModelConfigTests
         return node.ToJsonString();
     }
 
+    /// <summary>The QwQ config with one field set to raw JSON text (numbers beyond double, strings, anything).</summary>
+    private static string QwqWithRaw(string field, string rawJson) =>
+        QwqWith(field, JsonValue.Create("@raw@")).Replace("\"@raw@\"", rawJson);
+
     private static ConfigException ParseFails(string json) =>
         Assert.Throws<ConfigException>(() => ModelConfig.Parse(json, "config.json"))!;
 
@@ -130,10 +134,7 @@ public class ModelConfigTests
     [TestCase("num_hidden_layers", "2147483648", "from 1 to 1024")]
     public void SizesOutOfRangeAreRejectedWithTheRange(string field, string rawValue, string range)
     {
-        var node = JsonNode.Parse(QwqJson)!.AsObject();
-        node[field] = 0;
-        string json = node.ToJsonString().Replace($"\"{field}\":0", $"\"{field}\":{rawValue}");
-        var e = ParseFails(json);
+        var e = ParseFails(QwqWithRaw(field, rawValue));
         Assert.That(e.Message, Does.StartWith($"config.json: '{field}' must be an integer {range}, got number "));
     }
 
@@ -168,10 +169,7 @@ public class ModelConfigTests
     [TestCase("rope_theta", "-10000", "a finite number greater than 1")]
     public void FloatsOutOfRangeAreRejectedWithTheRange(string field, string rawValue, string range)
     {
-        var node = JsonNode.Parse(QwqJson)!.AsObject();
-        node[field] = 0.25;
-        string json = node.ToJsonString().Replace($"\"{field}\":0.25", $"\"{field}\":{rawValue}");
-        var e = ParseFails(json);
+        var e = ParseFails(QwqWithRaw(field, rawValue));
         Assert.That(e.Message, Does.StartWith($"config.json: '{field}' must be {range}, got "));
     }
 
