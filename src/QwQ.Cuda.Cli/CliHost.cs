@@ -1,3 +1,5 @@
+using QwQ.Cuda.Cli.Output;
+
 namespace QwQ.Cuda.Cli;
 
 /// <summary>
@@ -10,7 +12,8 @@ internal sealed class CliHost
 
     public CliHost(TextWriter stdout, TextWriter stderr, TextReader? stdin = null, bool terminal = false, Func<string, string?>? environment = null)
     {
-        Out = stdout;
+        // Every write to stdout goes through StandardOutput, so a closed or full stdout stops the command cleanly.
+        Out = stdout as StandardOutput ?? new StandardOutput(stdout);
         Error = stderr;
         In = stdin ?? TextReader.Null;
         Environment = environment ?? System.Environment.GetEnvironmentVariable;

@@ -3,6 +3,7 @@ using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
 using QwQ.Cuda.Sampling;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Cli;
 
@@ -33,21 +34,15 @@ internal sealed class ModelSourceOptions
         DefaultValueFactory = _ => "cuda",
     };
 
-    public readonly Option<int?> MaxContext = new("--max-context")
-    {
-        Description = "KV-cache positions to reserve (default: as many as fit in GPU memory, up to the model's maximum)",
-        HelpName = "N",
-    };
+    public readonly Option<int?> MaxContext = TypedOptions.Integer<int>("--max-context", "8192",
+        "KV-cache positions to reserve (default: as many as fit in GPU memory, up to the model's maximum)");
 
-    public readonly Option<int> Device = new("--device")
-    {
-        Description = "CUDA device ordinal",
-        DefaultValueFactory = _ => 0,
-    };
+    public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
+        MaxContext.HelpName = "N";
         WithBackend = withBackend;
     }
 
@@ -101,15 +96,21 @@ internal sealed class ModelSourceOptions
 /// <summary>Every sampling and stopping option; unset values take the model's generation_config.json.</summary>
 internal sealed class SamplingCliOptions
 {
-    public readonly Option<double?> Temperature = new("--temperature", "-t") { Description = "Sampling temperature; 0 = greedy (default: the model's, 0.6 for QwQ)" };
-    public readonly Option<double?> TopP = new("--top-p") { Description = "Nucleus sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1]" };
-    public readonly Option<int?> TopK = new("--top-k") { Description = "Keep the K most likely tokens; 0 = off" };
-    public readonly Option<double?> MinP = new("--min-p") { Description = "Drop tokens less likely than P × the most likely one, in [0, 1]" };
-    public readonly Option<double?> PresencePenalty = new("--presence-penalty") { Description = "Subtract this from the logits of tokens already generated" };
-    public readonly Option<double?> FrequencyPenalty = new("--frequency-penalty") { Description = "Subtract this × count from the logits of tokens already generated" };
-    public readonly Option<double?> RepetitionPenalty = new("--repetition-penalty") { Description = "Divide positive (multiply negative) logits of seen tokens by this; 1 = off" };
-    public readonly Option<ulong?> Seed = new("--seed") { Description = "Random seed, for reproducible sampling" };
-    public readonly Option<int?> MaxTokens = new("--max-tokens", "-n") { Description = "Most new tokens to generate (default: until the end of the answer or a full context)" };
+    public readonly Option<double?> Temperature = TypedOptions.Real("--temperature", "0.6",
+        "Sampling temperature; 0 = greedy (default: the model's, 0.6 for QwQ)", "-t");
+    public readonly Option<double?> TopP = TypedOptions.Real("--top-p", "0.95",
+        "Nucleus sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1]");
+    public readonly Option<int?> TopK = TypedOptions.Integer<int>("--top-k", "40", "Keep the K most likely tokens; 0 = off");
+    public readonly Option<double?> MinP = TypedOptions.Real("--min-p", "0.05", "Drop tokens less likely than P × the most likely one, in [0, 1]");
+    public readonly Option<double?> PresencePenalty = TypedOptions.Real("--presence-penalty", "0.5",
+        "Subtract this from the logits of tokens already generated");
+    public readonly Option<double?> FrequencyPenalty = TypedOptions.Real("--frequency-penalty", "0.5",
+        "Subtract this × count from the logits of tokens already generated");
+    public readonly Option<double?> RepetitionPenalty = TypedOptions.Real("--repetition-penalty", "1.05",
+        "Divide positive (multiply negative) logits of seen tokens by this; 1 = off");
+    public readonly Option<ulong?> Seed = TypedOptions.Integer<ulong>("--seed", "42", "Random seed, for reproducible sampling");
+    public readonly Option<int?> MaxTokens = TypedOptions.Integer<int>("--max-tokens", "512",
+        "Most new tokens to generate (default: until the end of the answer or a full context)", "-n");
     public readonly Option<string[]> Stop = new("--stop")
     {
         Description = "Stop when the output contains this text (repeatable); the text itself is not printed",
@@ -136,21 +137,21 @@ internal sealed class SamplingCliOptions
     {
         // Checked here first so the message names the flag a user typed.
         if (p.GetValue(Temperature) is double t && !(t >= 0 && double.IsFinite(t)))
-            throw new OptionException($"--temperature {t} must be 0 (greedy) or positive");
+            throw new OptionException(Invariant($"--temperature {t} must be 0 (greedy) or positive"));
         if (p.GetValue(TopP) is double tp && !(tp > 0 && tp <= 1))
-            throw new OptionException($"--top-p {tp} must be in (0, 1]");
+            throw new OptionException(Invariant($"--top-p {tp} must be in (0, 1]"));
         if (p.GetValue(TopK) is int tk && tk < 0)
-            throw new OptionException($"--top-k {tk} must be 0 (off) or positive");
+            throw new OptionException(Invariant($"--top-k {tk} must be 0 (off) or positive"));
         if (p.GetValue(MinP) is double mp && !(mp >= 0 && mp <= 1))
-            throw new OptionException($"--min-p {mp} must be in [0, 1]");
+            throw new OptionException(Invariant($"--min-p {mp} must be in [0, 1]"));
         if (p.GetValue(RepetitionPenalty) is double rp && !(rp > 0 && double.IsFinite(rp)))
-            throw new OptionException($"--repetition-penalty {rp} must be positive (1 = off)");
+            throw new OptionException(Invariant($"--repetition-penalty {rp} must be positive (1 = off)"));
         if (p.GetValue(PresencePenalty) is double pp && !double.IsFinite(pp))
-            throw new OptionException($"--presence-penalty {pp} must be a finite number");
+            throw new OptionException(Invariant($"--presence-penalty {pp} must be a finite number"));
         if (p.GetValue(FrequencyPenalty) is double fp && !double.IsFinite(fp))
-            throw new OptionException($"--frequency-penalty {fp} must be a finite number");
+            throw new OptionException(Invariant($"--frequency-penalty {fp} must be a finite number"));
         if (p.GetValue(MaxTokens) is int mt && mt < 1)
-            throw new OptionException($"--max-tokens {mt} must be at least 1");
+            throw new OptionException(Invariant($"--max-tokens {mt} must be at least 1"));
         string[] stops = p.GetValue(Stop) ?? [];
         if (stops.Any(string.IsNullOrEmpty))
             throw new OptionException("--stop needs non-empty text");

@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.Globalization;
+using QwQ.Cuda.Cli.Output;
 using QwQ.Cuda.Errors;
 
 namespace QwQ.Cuda.Cli;
@@ -15,6 +17,8 @@ internal static class ExitCodes
     public const int Internal = 3;
     /// <summary>Interrupted (Ctrl+C), as shells report SIGINT.</summary>
     public const int Cancelled = 130;
+    /// <summary>Standard output's reader went away (<c>| head</c>), as shells report a process ended by SIGPIPE.</summary>
+    public const int BrokenPipe = 141;
 }
 
 public static class Program
@@ -23,7 +27,7 @@ public static class Program
     {
         Console.OutputEncoding = System.Text.Encoding.UTF8;
         bool terminal = !Console.IsOutputRedirected && !Console.IsErrorRedirected;
-        var host = new CliHost(Console.Out, Console.Error, Console.In, terminal);
+        var host = new CliHost(StandardOutput.Open(), Console.Error, Console.In, terminal);
         using var process = new CancellationTokenSource();
         // Ctrl+C cancels the running load or generation (the chat REPL then continues); with nothing running it exits.
         Console.CancelKeyPress += (_, e) =>
@@ -41,6 +45,10 @@ public static class Program
     internal static async Task<int> RunAsync(string[] args, CliHost host, CancellationToken cancellationToken)
     {
         host.Verbose = args.Contains("--verbose");
+        // Numbers are read and written the same under every locale: scripts parse the output, and messages quote
+        // values as the user typed them (0.5, not 0,5). CurrentCulture flows with the async context, so this holds
+        // for the work this call starts (loading, generation threads) and ends with it; the caller's is untouched.
+        CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
         try
         {
             RootCommand root = CliApp.CreateRootCommand(host);
@@ -60,7 +68,9 @@ public static class Program
                 EnableDefaultExceptionHandler = false,
                 ProcessTerminationTimeout = null, // Program.Main handles Ctrl+C itself
             };
-            return await parsed.InvokeAsync(config, cancellationToken);
+            int code = await parsed.InvokeAsync(config, cancellationToken);
+            host.Out.Flush(); // inside the try: a stdout that fails only now is reported like any other failed write
+            return code;
         }
         catch (Exception e)
         {
@@ -68,7 +78,6 @@ public static class Program
         }
         finally
         {
-            host.Out.Flush();
             host.Error.Flush();
         }
     }
@@ -76,10 +85,14 @@ public static class Program
     /// <summary>The one place errors become messages and exit codes.</summary>
     internal static int Report(Exception e, CliHost host)
     {
-        // A partly written line of streamed output should not swallow the message.
-        host.Out.Flush();
+        // A partly written line of streamed output should not swallow the message (unless stdout is what failed).
+        try { host.Out.Flush(); }
+        catch (OutputClosedException) { }
         switch (e)
         {
+            case OutputClosedException { BrokenPipe: true }:
+                // `qwq generate ... | head`: the reader has what it wanted; stop quietly, as a program ended by SIGPIPE does.
+                return ExitCodes.BrokenPipe;
             case OperationCanceledException:
                 host.Error.WriteLine("cancelled");
                 return ExitCodes.Cancelled;

@@ -100,7 +100,19 @@ public sealed class QwqModel : IDisposable
         lock (_gate) _sessions.Remove(session);
     }
 
-    public void Dispose()
+    /// <summary>
+    /// How long Dispose waits for running generations to stop after cancelling them. They stop at the next token or
+    /// prefill chunk, well within this; the bound only keeps a stuck backend call from hanging the caller.
+    /// </summary>
+    internal static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Cancels every running generation, waits for them to stop (up to 10 s in all), then ends the sessions and frees
+    /// the backend. Streams in progress end with a Cancelled update.
+    /// </summary>
+    public void Dispose() => Dispose(StopTimeout);
+
+    internal void Dispose(TimeSpan wait)
     {
         ChatSession[] sessions;
         lock (_gate)
@@ -110,7 +122,11 @@ public sealed class QwqModel : IDisposable
             sessions = [.. _sessions];
             _sessions.Clear();
         }
-        foreach (var s in sessions) s.Dispose();
+        // All cancelled first so they stop together, then one deadline for all of them.
+        foreach (var s in sessions) s.CancelRunning();
+        long deadline = Environment.TickCount64 + (long)wait.TotalMilliseconds;
+        foreach (var s in sessions)
+            s.Dispose(TimeSpan.FromMilliseconds(Math.Max(0, deadline - Environment.TickCount64)));
         Backend.Dispose();
     }
 

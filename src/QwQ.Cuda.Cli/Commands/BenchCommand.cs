@@ -23,14 +23,14 @@ internal static class BenchCommand
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "512,2048,16384" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
-        var gemvRows = new Option<int?>("--gemv-max-rows") { Description = "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)" };
-        var steps = new Option<int>("--steps") { Description = "Decode steps timed at each context", DefaultValueFactory = _ => 64 };
+        var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
+        var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
         var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
-        var gemm = new Option<PrefillGemm>("--prefill-gemm") { Description = "Library for the prefill products: Cublas or CublasLt", DefaultValueFactory = _ => PrefillGemm.Cublas };
+        var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
             synthetic, model, prefill, decode, batch, gemvRows, steps, outDir, commit, compare, eager, graphs, gemm,
@@ -41,7 +41,8 @@ internal static class BenchCommand
             {
                 PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
                 DecodeContexts = ParseList(p.GetValue(decode)!, "--decode"),
-                DecodeSteps = p.GetValue(steps) is int s and > 0 ? s : throw new OptionException("--steps must be at least 1"),
+                DecodeSteps = p.GetValue(steps) is int s and > 0 and <= ModelConfig.MaxPositions ? s
+                    : throw new OptionException($"--steps must be from 1 to {ModelConfig.MaxPositions}"),
                 Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
@@ -63,8 +64,9 @@ internal static class BenchCommand
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var values = new int[parts.Length];
         for (int i = 0; i < parts.Length; i++)
-            if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1)
-                throw new OptionException($"{option} '{text}': expected positive integers separated by commas, e.g. 512,2048");
+            // Bounded like a model's positions, so the context sized from them (largest + steps + 8) cannot overflow.
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1 || values[i] > ModelConfig.MaxPositions)
+                throw new OptionException($"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048");
         return values;
     }
 
@@ -86,7 +88,7 @@ internal static class BenchCommand
         var sw = Stopwatch.StartNew();
         using (var backend = CudaBackend.Load(config, modelDir, engine))
         {
-            host.Error.WriteLine($"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}");
+            host.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}"));
             report = ModelBenchmark.Run(backend, settings, commit, line => host.Error.WriteLine(line));
         }
 

@@ -2,13 +2,15 @@ using System.CommandLine;
 using QwQ.Cuda.Cli.Output;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Cli.Commands;
 
 /// <summary>
 /// <c>qwq chat</c>: a multi-turn REPL. The conversation is kept as the chat template wants it (earlier answers
 /// without their reasoning), and the session reuses its KV cache for the part of the prompt that did not change.
-/// Commands: /reset (new conversation), /exit (or end of input). Ctrl+C stops the current answer.
+/// Commands: /reset (new conversation), /exit (or end of input). Ctrl+C stops the current answer; the question and
+/// the answer so far stay in the conversation, and the REPL says so.
 /// </summary>
 internal static class ChatCommand
 {
@@ -54,7 +56,7 @@ internal static class ChatCommand
             using var session = qwq.CreateSession();
             session.SystemPrompt = p.GetValue(systemOption);
             if (!json)
-                host.Error.WriteLine(host.Dim($"{qwq.Backend.DeviceDescription} · context {session.Capacity:N0} tokens · /reset starts over, /exit quits"));
+                host.Error.WriteLine(host.Dim(Invariant($"{qwq.Backend.DeviceDescription} · context {session.Capacity:N0} tokens · /reset starts over, /exit quits")));
 
             while (!ct.IsCancellationRequested)
             {
@@ -76,8 +78,14 @@ internal static class ChatCommand
                 var token = host.BeginOperation(ct);
                 try
                 {
+                    FinishReason? finish = null;
                     await foreach (var update in session.StreamAsync(line, options, token))
+                    {
                         writer.Write(update);
+                        if (update.Result is { } r) finish = r.FinishReason;
+                    }
+                    if (finish == FinishReason.Cancelled && !json)
+                        host.Error.WriteLine(host.Dim("(stopped: your message and the answer so far stay in the conversation; /reset starts over)"));
                 }
                 catch (OptionException e)
                 {

@@ -6,6 +6,7 @@ using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Native;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Cli.Commands;
 
@@ -21,7 +22,7 @@ internal static class InfoCommand
     public static Command Create(CliHost host)
     {
         var source = new ModelSourceOptions(withBackend: false);
-        var device = new Option<int>("--device") { Description = "CUDA device ordinal to plan for", DefaultValueFactory = _ => 0 };
+        var device = TypedOptions.Integer("--device", 0, "CUDA device ordinal to plan for");
         var json = new Option<bool>("--json") { Description = "Write one JSON object" };
         var command = new Command("info", "Show the model's architecture, parameter count and GPU memory plan (needs only config.json)");
         source.AddTo(command);
@@ -89,7 +90,7 @@ internal static class InfoCommand
     private static (int Files, long Bytes) FindWeights(string dir)
     {
         var files = Directory.GetFiles(dir, "*.safetensors");
-        return (files.Length, files.Sum(f => new FileInfo(f).Length));
+        return (files.Length, files.Sum(f => ((FileInfo?)new FileInfo(f).ResolveLinkTarget(returnFinalTarget: true) ?? new FileInfo(f)).Length) /* HF cache: links into blobs/ */);
     }
 
     private static void WriteText(CliHost host, ModelConfig c, string source, (int Files, long Bytes) weights, bool tokenizer,
@@ -101,30 +102,30 @@ internal static class InfoCommand
         Row(o, "architecture", $"{c.Architecture} ({c.ModelType}), {c.TorchDtype}");
         Row(o, "layers", c.NumHiddenLayers.ToString(CultureInfo.InvariantCulture));
         Row(o, "hidden size", c.HiddenSize.ToString(CultureInfo.InvariantCulture));
-        Row(o, "attention heads", $"{c.NumAttentionHeads} query, {c.NumKeyValueHeads} key/value, head dim {c.HeadDim}");
+        Row(o, "attention heads", Invariant($"{c.NumAttentionHeads} query, {c.NumKeyValueHeads} key/value, head dim {c.HeadDim}"));
         Row(o, "intermediate size", c.IntermediateSize.ToString(CultureInfo.InvariantCulture));
         Row(o, "vocabulary", c.VocabSize.ToString(CultureInfo.InvariantCulture));
         Row(o, "max positions", c.MaxPositionEmbeddings.ToString(CultureInfo.InvariantCulture) + (c.RopeScaling is null ? "" : " (YaRN scaling)"));
         Row(o, "rope theta", c.RopeTheta.ToString("G", CultureInfo.InvariantCulture));
         Row(o, "tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
-        Row(o, "parameters", $"{c.ParameterCount:N0} ({c.ParameterCount / 1e9:F2} B)");
+        Row(o, "parameters", Invariant($"{c.ParameterCount:N0} ({c.ParameterCount / 1e9:F2} B)"));
         Row(o, "weights", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}");
         if (!source.StartsWith("preset", StringComparison.Ordinal))
         {
-            Row(o, "checkpoint files", weights.Files == 0 ? "no *.safetensors (config only)" : $"{weights.Files} safetensors, {Gb(weights.Bytes)}");
+            Row(o, "checkpoint files", weights.Files == 0 ? "no *.safetensors (config only)" : Invariant($"{weights.Files} safetensors, {Gb(weights.Bytes)}"));
             Row(o, "tokenizer", tokenizer ? "tokenizer.json" : "none in the model directory");
         }
         o.WriteLine();
         o.WriteLine(host.Bold("Memory plan"));
         if (!gpu) o.WriteLine(host.Dim($"  no usable GPU here: {noGpuReason}"));
         Row(o, "device", planDevice);
-        Row(o, "KV cache per token", $"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)");
+        Row(o, "KV cache per token", Invariant($"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)"));
         if (plan is not null)
         {
             Row(o, "weights on device", $"{Gib(plan.WeightBytes)} (bf16)");
             Row(o, "workspace", Gib(plan.WorkspaceBytes));
             Row(o, "reserve", Gib(plan.ReserveBytes));
-            Row(o, "max context", $"{plan.MaxContext:N0} tokens ({Gib(plan.KvCacheBytes)} KV cache; model maximum {MemoryPlan.ModelMaxPositions(c):N0})");
+            Row(o, "max context", Invariant($"{plan.MaxContext:N0} tokens ({Gib(plan.KvCacheBytes)} KV cache; model maximum {MemoryPlan.ModelMaxPositions(c):N0})"));
         }
         else
         {

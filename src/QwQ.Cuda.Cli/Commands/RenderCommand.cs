@@ -68,7 +68,7 @@ public static class RenderCommand
             }
             return 0;
         }
-        catch (QwqException e)
+        catch (QwqException e) when (e is not Output.OutputClosedException) // a closed stdout is the entry point's to report
         {
             stdout.Flush();
             stderr.WriteLine("error: " + e.Message);

@@ -22,38 +22,26 @@ public sealed record GenerationConfig
     public static GenerationConfig Default { get; } = new();
 
     /// <summary>Reads generation_config.json; a file that does not exist gives <see cref="Default"/>.</summary>
-    public static GenerationConfig Load(string path)
-    {
-        if (!File.Exists(path)) return Default;
-        string json;
-        try { json = File.ReadAllText(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigException($"{path}: cannot read generation config: {e.Message}");
-        }
-        return Parse(json, path);
-    }
+    public static GenerationConfig Load(string path) =>
+        File.Exists(path) ? Parse(JsonFields.ReadFile(path, "generation config"), path) : Default;
 
     public static GenerationConfig Parse(string json, string sourceName)
     {
         using var doc = JsonFields.ParseDocument(json, sourceName);
         var f = JsonFields.Root(doc, sourceName);
         var d = Default;
+        const int maxId = ModelConfig.MaxVocabSize - 1;
 
-        double temperature = f.OptionalDouble("temperature") ?? d.Temperature;
-        if (temperature < 0) throw f.Invalid($"'temperature' = {JsonFields.Format(temperature)} must not be negative");
-        double topP = f.OptionalDouble("top_p") ?? d.TopP;
-        if (!(topP > 0 && topP <= 1)) throw f.Invalid($"'top_p' = {JsonFields.Format(topP)} must be in (0, 1]");
-        int topK = f.OptionalInt("top_k") ?? d.TopK;
-        if (topK < 0) throw f.Invalid($"'top_k' = {topK} must not be negative");
-        double rep = f.OptionalDouble("repetition_penalty") ?? d.RepetitionPenalty;
-        if (!(rep > 0)) throw f.Invalid($"'repetition_penalty' = {JsonFields.Format(rep)} must be positive");
+        double temperature = f.OptionalDouble("temperature", NumberRange.NonNegative) ?? d.Temperature;
+        double topP = f.OptionalDouble("top_p", new NumberRange(0, 1, MinExclusive: true)) ?? d.TopP;
+        int topK = f.OptionalInt("top_k", 0, ModelConfig.MaxVocabSize) ?? d.TopK;
+        double rep = f.OptionalDouble("repetition_penalty", NumberRange.Positive) ?? d.RepetitionPenalty;
 
         return new GenerationConfig
         {
-            EosTokenIds = f.OptionalIntList("eos_token_id") ?? d.EosTokenIds,
-            BosTokenId = f.OptionalInt("bos_token_id"),
-            PadTokenId = f.OptionalInt("pad_token_id"),
+            EosTokenIds = f.OptionalIntList("eos_token_id", 0, maxId) ?? d.EosTokenIds,
+            BosTokenId = f.OptionalInt("bos_token_id", 0, maxId),
+            PadTokenId = f.OptionalInt("pad_token_id", 0, maxId),
             Temperature = temperature,
             TopP = topP,
             TopK = topK,

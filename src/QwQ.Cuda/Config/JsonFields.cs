@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Errors;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Config;
 
@@ -12,6 +13,34 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
 {
     public string Source => source;
 
+    /// <summary>Config files are a few KiB; a larger one is not a config, and reading it whole could exhaust memory.</summary>
+    public const long MaxFileBytes = 4 << 20;
+
+    /// <summary>The text of a config file (<paramref name="what"/> names it in errors); too large or unreadable files are a <see cref="ConfigException"/>.</summary>
+    public static string ReadFile(string path, string what)
+    {
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            // Counted while reading, not from the length: a pipe or /dev/zero has none.
+            var bytes = new MemoryStream();
+            var chunk = new byte[16 << 10];
+            for (int n; (n = stream.Read(chunk)) > 0;)
+            {
+                bytes.Write(chunk, 0, n);
+                if (bytes.Length > MaxFileBytes)
+                    throw new ConfigException(Invariant($"{path}: more than {MaxFileBytes} bytes is too large for a {what}; is it the right file?"));
+            }
+            bytes.Position = 0;
+            using var reader = new StreamReader(bytes); // drops a UTF-8 byte order mark, as File.ReadAllText does
+            return reader.ReadToEnd();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigException($"{path}: cannot read {what}: {e.Message}");
+        }
+    }
+
     /// <summary>Parses <paramref name="json"/>; malformed JSON names the file and the (1-based) line.</summary>
     public static JsonDocument ParseDocument(string json, string source)
     {
@@ -21,6 +50,8 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
             {
                 AllowTrailingCommas = true,
                 CommentHandling = JsonCommentHandling.Skip,
+                // The same key twice means a hand-edited or corrupt file; which value was meant is a guess, so refuse it.
+                AllowDuplicateProperties = false,
             });
         }
         catch (JsonException e)
@@ -58,31 +89,30 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
         return new JsonFields(v.Value, source, $"{prefix}{field}.");
     }
 
-    public int RequiredInt(string field) => OptionalInt(field) ?? throw Missing(field);
+    public int RequiredInt(string field, int min, int max) => OptionalInt(field, min, max) ?? throw Missing(field);
 
-    public int? OptionalInt(string field)
+    /// <summary>
+    /// An integer in [<paramref name="min"/>, <paramref name="max"/>], or null when absent. Another type, a fraction and a
+    /// value out of range all give one message that states the range, so the user sees what to write.
+    /// </summary>
+    public int? OptionalInt(string field, int min, int max)
     {
         var v = Find(field);
         if (v is null) return null;
-        var e = v.Value;
-        if (e.ValueKind == JsonValueKind.Number)
-        {
-            if (e.TryGetInt32(out int i)) return i;
-            // 4096.0 is an integer too; transformers writes some ints that way.
-            if (e.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) <= int.MaxValue) return (int)d;
-        }
-        throw Bad(field, "must be an integer", e);
+        if (TryInteger(v.Value, out long i) && i >= min && i <= max) return (int)i;
+        throw Bad(field, $"must be {IntRange(min, max)}", v.Value);
     }
 
-    public double RequiredDouble(string field) => OptionalDouble(field) ?? throw Missing(field);
+    public double RequiredDouble(string field, NumberRange range) => OptionalDouble(field, range) ?? throw Missing(field);
 
-    public double? OptionalDouble(string field)
+    /// <summary>A number in <paramref name="range"/> (always finite), or null when absent.</summary>
+    public double? OptionalDouble(string field, NumberRange range)
     {
         var v = Find(field);
         if (v is null) return null;
         var e = v.Value;
-        if (e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && double.IsFinite(d)) return d;
-        throw Bad(field, "must be a finite number", e);
+        if (e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && double.IsFinite(d) && range.Contains(d)) return d;
+        throw Bad(field, $"must be {range}", e);
     }
 
     public bool? OptionalBool(string field)
@@ -123,22 +153,36 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
         return list;
     }
 
-    /// <summary>An integer or a list of integers (eos_token_id), as a list.</summary>
-    public IReadOnlyList<int>? OptionalIntList(string field)
+    /// <summary>An integer or a list of integers (eos_token_id), each in [<paramref name="min"/>, <paramref name="max"/>], as a list.</summary>
+    public IReadOnlyList<int>? OptionalIntList(string field, int min, int max)
     {
         var v = Find(field);
         if (v is null) return null;
-        if (v.Value.ValueKind == JsonValueKind.Number) return [RequiredInt(field)];
-        if (v.Value.ValueKind != JsonValueKind.Array) throw Bad(field, "must be an integer or a list of integers", v.Value);
+        string requirement = $"must be {IntRange(min, max)} or a list of them";
+        if (v.Value.ValueKind == JsonValueKind.Number)
+            return TryInteger(v.Value, out long one) && one >= min && one <= max ? [(int)one] : throw Bad(field, requirement, v.Value);
+        if (v.Value.ValueKind != JsonValueKind.Array) throw Bad(field, requirement, v.Value);
         var list = new List<int>();
         foreach (var item in v.Value.EnumerateArray())
         {
-            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt32(out int i))
-                throw Bad(field, "must be an integer or a list of integers", v.Value);
-            list.Add(i);
+            if (!TryInteger(item, out long i) || i < min || i > max) throw Bad(field, requirement, item);
+            list.Add((int)i);
         }
         return list;
     }
+
+    /// <summary>A JSON number with an integral value; 4096.0 counts (transformers writes some ints that way).</summary>
+    private static bool TryInteger(JsonElement e, out long value)
+    {
+        value = 0;
+        if (e.ValueKind != JsonValueKind.Number) return false;
+        if (e.TryGetInt64(out value)) return true;
+        // Beyond ±2^53 a double no longer tells integers apart; no bound we check comes near that.
+        if (e.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 9e15) { value = (long)d; return true; }
+        return false;
+    }
+
+    private static string IntRange(int min, int max) => Invariant($"an integer from {min} to {max}");
 
     public ConfigException Missing(string field) =>
         new($"{source}: required field {Name(field)} is missing");
@@ -150,8 +194,8 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
 
     internal static string Describe(JsonElement e) => e.ValueKind switch
     {
-        JsonValueKind.String => $"string \"{Truncate(e.GetString() ?? "")}\"",
-        JsonValueKind.Number => $"number {e.GetRawText()}",
+        JsonValueKind.String => $"string {Quote(e.GetString() ?? "")}",
+        JsonValueKind.Number => $"number {Truncate(e.GetRawText())}",
         JsonValueKind.True or JsonValueKind.False => $"boolean {e.GetRawText()}",
         JsonValueKind.Array => "a list",
         JsonValueKind.Object => "an object",
@@ -160,6 +204,9 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
 
     private static string Truncate(string s) => s.Length <= 60 ? s : s[..57] + "...";
 
+    /// <summary>A string value from the file, quoted and shortened for a message (a crafted file may hold megabytes).</summary>
+    internal static string Quote(string s) => $"\"{Truncate(s)}\"";
+
     private static string FirstSentence(string message)
     {
         int i = message.IndexOf(" Path:", StringComparison.Ordinal);
@@ -167,4 +214,27 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
     }
 
     internal static string Format(double d) => d.ToString("R", CultureInfo.InvariantCulture);
+}
+
+/// <summary>The values a number field may take; its text is what error messages say ("a number in (0, 1]").</summary>
+internal readonly record struct NumberRange(double Min, double Max, bool MinExclusive = false)
+{
+    /// <summary>Greater than 0 (no upper bound but finiteness).</summary>
+    public static NumberRange Positive => new(0, double.MaxValue, MinExclusive: true);
+
+    /// <summary>0 or more.</summary>
+    public static NumberRange NonNegative => new(0, double.MaxValue);
+
+    /// <summary>Any finite number.</summary>
+    public static NumberRange Finite => new(double.MinValue, double.MaxValue);
+
+    public bool Contains(double d) => (MinExclusive ? d > Min : d >= Min) && d <= Max;
+
+    public override string ToString()
+    {
+        string min = JsonFields.Format(Min), max = JsonFields.Format(Max);
+        if (Min == double.MinValue) return "a finite number";
+        if (Max == double.MaxValue) return MinExclusive ? $"a finite number greater than {min}" : $"a finite number of at least {min}";
+        return $"a number in {(MinExclusive ? '(' : '[')}{min}, {max}]";
+    }
 }

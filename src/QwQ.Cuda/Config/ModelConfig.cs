@@ -1,5 +1,5 @@
-using System.Text.Json;
 using QwQ.Cuda.Errors;
+using static System.FormattableString;
 
 namespace QwQ.Cuda.Config;
 
@@ -13,6 +13,28 @@ public sealed record ModelConfig
 {
     public const string SupportedModelType = "qwen2";
     public const string SupportedArchitecture = "Qwen2ForCausalLM";
+
+    // ---- bounds -------------------------------------------------------------------------------
+    // Every size config.json gives is bounded, far above any released Qwen2 checkpoint (QwQ-32B: 64 layers, hidden
+    // 5120, 40 heads of 128, intermediate 27648, vocabulary 152064, 40960 positions) yet low enough that every
+    // derived size fits its type: QkvDim ≤ 3·2^20 fits an int, element and byte counts (≤ 2^52) fit a long. So a
+    // crafted file cannot wrap a product around to plausible shapes, nor make `qwq info` allocate per-layer lists
+    // for a billion layers.
+
+    /// <summary>Decoder layers (released models: ≤ ~130).</summary>
+    public const int MaxLayers = 1024;
+    /// <summary>hidden_size (released models: ≤ ~25k).</summary>
+    public const int MaxHiddenSize = 1 << 16;
+    /// <summary>intermediate_size, the MLP width (released models: ≤ ~100k).</summary>
+    public const int MaxIntermediateSize = 1 << 20;
+    /// <summary>Query heads, and so key/value heads (released models: ≤ 128).</summary>
+    public const int MaxHeads = 1024;
+    /// <summary>head_dim (released models: 64–256); it must also be even, RoPE rotates pairs.</summary>
+    public const int MaxHeadDim = 1024;
+    /// <summary>vocab_size and every token id below it (released vocabularies: ≤ ~260k).</summary>
+    public const int MaxVocabSize = 1 << 24;
+    /// <summary>Positions, with or without YaRN: they are int32 on the device and index the KV cache.</summary>
+    public const int MaxPositions = 1 << 24;
 
     public string ModelType { get; init; } = SupportedModelType;
     public string Architecture { get; init; } = SupportedArchitecture;
@@ -38,14 +60,17 @@ public sealed record ModelConfig
     // ---- derived sizes ------------------------------------------------------------------------
 
     /// <summary>Query heads sharing one KV head.</summary>
+    // Checked: Parse bounds the sizes so none of these can overflow, but a record built in code is not parsed, and
+    // a wrapped product would silently describe some other, plausible model.
+
     public int QueriesPerKvHead => NumAttentionHeads / NumKeyValueHeads;
-    public int QDim => NumAttentionHeads * HeadDim;
-    public int KvDim => NumKeyValueHeads * HeadDim;
+    public int QDim => checked(NumAttentionHeads * HeadDim);
+    public int KvDim => checked(NumKeyValueHeads * HeadDim);
     /// <summary>Rows of the fused qkv projection: (nq + 2·nkv)·D.</summary>
-    public int QkvDim => (NumAttentionHeads + 2 * NumKeyValueHeads) * HeadDim;
+    public int QkvDim => checked((NumAttentionHeads + 2 * NumKeyValueHeads) * HeadDim);
 
     /// <summary>bf16 KV-cache bytes per token over all layers: K and V, 2 bytes each.</summary>
-    public long KvBytesPerToken => 2L * NumHiddenLayers * NumKeyValueHeads * HeadDim * 2;
+    public long KvBytesPerToken => checked(2L * NumHiddenLayers * NumKeyValueHeads * HeadDim * 2);
 
     /// <summary>Bytes of one element of the checkpoint's dtype.</summary>
     public int DtypeBytes => TorchDtype == "float32" ? 4 : 2;
@@ -55,34 +80,28 @@ public sealed record ModelConfig
     {
         get
         {
-            long h = HiddenSize, i = IntermediateSize;
-            long perLayer =
-                h                                   // input_layernorm
-                + QkvDim * h + QkvDim               // q,k,v weights + biases
-                + h * QDim                          // o_proj
-                + h                                 // post_attention_layernorm
-                + 3 * h * i;                        // gate, up, down
-            long embed = (long)VocabSize * h;
-            return embed + NumHiddenLayers * perLayer + h + (TieWordEmbeddings ? 0 : embed);
+            checked
+            {
+                long h = HiddenSize, i = IntermediateSize, qkv = QkvDim;
+                long perLayer =
+                    h                                   // input_layernorm
+                    + qkv * h + qkv                     // q,k,v weights + biases
+                    + h * QDim                          // o_proj
+                    + h                                 // post_attention_layernorm
+                    + 3 * h * i;                        // gate, up, down
+                long embed = VocabSize * h;
+                return embed + NumHiddenLayers * perLayer + h + (TieWordEmbeddings ? 0 : embed);
+            }
         }
     }
 
     /// <summary>Checkpoint size in bytes at <see cref="TorchDtype"/>.</summary>
-    public long WeightBytes => ParameterCount * DtypeBytes;
+    public long WeightBytes => checked(ParameterCount * DtypeBytes);
 
     // ---- loading ------------------------------------------------------------------------------
 
     /// <summary>Reads and validates a config.json file.</summary>
-    public static ModelConfig Load(string path)
-    {
-        string json;
-        try { json = File.ReadAllText(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigException($"{path}: cannot read model config: {e.Message}");
-        }
-        return Parse(json, path);
-    }
+    public static ModelConfig Load(string path) => Parse(JsonFields.ReadFile(path, "model config"), path);
 
     /// <summary>Parses and validates config.json text; <paramref name="sourceName"/> names it in errors.</summary>
     public static ModelConfig Parse(string json, string sourceName)
@@ -92,28 +111,29 @@ public sealed record ModelConfig
 
         string modelType = f.RequiredString("model_type");
         if (modelType != SupportedModelType)
-            throw f.Invalid($"'model_type' = \"{modelType}\" is not supported (only \"{SupportedModelType}\" is)");
+            throw f.Invalid($"'model_type' = {JsonFields.Quote(modelType)} is not supported (only \"{SupportedModelType}\" is)");
 
         var architectures = f.OptionalStringList("architectures");
         if (architectures is not null && !architectures.Contains(SupportedArchitecture))
-            throw f.Invalid($"'architectures' = [{string.Join(", ", architectures.Select(a => $"\"{a}\""))}] " +
+            throw f.Invalid($"'architectures' = [{string.Join(", ", architectures.Take(4).Select(JsonFields.Quote))}{(architectures.Count > 4 ? ", ..." : "")}] " +
                             $"does not include \"{SupportedArchitecture}\", the only supported architecture");
 
-        int hidden = Positive(f, "hidden_size");
-        int intermediate = Positive(f, "intermediate_size");
-        int layers = Positive(f, "num_hidden_layers");
-        int heads = Positive(f, "num_attention_heads");
-        int kvHeads = Positive(f, "num_key_value_heads");
-        int vocab = Positive(f, "vocab_size");
-        int maxPos = Positive(f, "max_position_embeddings");
+        int hidden = f.RequiredInt("hidden_size", 1, MaxHiddenSize);
+        int intermediate = f.RequiredInt("intermediate_size", 1, MaxIntermediateSize);
+        int layers = f.RequiredInt("num_hidden_layers", 1, MaxLayers);
+        int heads = f.RequiredInt("num_attention_heads", 1, MaxHeads);
+        int kvHeads = f.RequiredInt("num_key_value_heads", 1, MaxHeads);
+        int vocab = f.RequiredInt("vocab_size", 1, MaxVocabSize);
+        int maxPos = f.RequiredInt("max_position_embeddings", 1, MaxPositions);
 
         if (heads % kvHeads != 0)
             throw f.Invalid($"'num_key_value_heads' = {kvHeads} must divide 'num_attention_heads' = {heads}");
 
+        // Qwen2 takes head_dim from the config when given (then heads·head_dim need not equal hidden_size: q_proj
+        // maps hidden → heads·head_dim and o_proj back), else hidden_size / num_attention_heads.
         int headDim;
-        if (f.OptionalInt("head_dim") is int hd)
+        if (f.OptionalInt("head_dim", 2, MaxHeadDim) is int hd)
         {
-            if (hd <= 0) throw f.Invalid($"'head_dim' = {hd} must be positive");
             headDim = hd;
         }
         else
@@ -122,16 +142,18 @@ public sealed record ModelConfig
                 throw f.Invalid($"'num_attention_heads' = {heads} must divide 'hidden_size' = {hidden} " +
                                 "(or give 'head_dim' explicitly)");
             headDim = hidden / heads;
+            if (headDim > MaxHeadDim)
+                throw f.Invalid($"head dimension 'hidden_size' / 'num_attention_heads' = {headDim} must be at most {MaxHeadDim}");
         }
         if (headDim % 2 != 0)
             throw f.Invalid($"head dimension {headDim} must be even for rotary embeddings");
 
-        double eps = f.RequiredDouble("rms_norm_eps");
-        if (!(eps > 0)) throw f.Invalid($"'rms_norm_eps' = {JsonFields.Format(eps)} must be positive");
+        // Added to the mean square of the activations: a larger one would swamp it (released models: 1e-6 or 1e-5).
+        double eps = f.RequiredDouble("rms_norm_eps", new NumberRange(0, 1, MinExclusive: true));
 
         string act = f.OptionalString("hidden_act") ?? "silu";
         if (act != "silu")
-            throw f.Invalid($"'hidden_act' = \"{act}\" is not supported (only \"silu\" is)");
+            throw f.Invalid($"'hidden_act' = {JsonFields.Quote(act)} is not supported (only \"silu\" is)");
 
         bool sliding = f.OptionalBool("use_sliding_window") ?? false;
         if (sliding)
@@ -141,15 +163,16 @@ public sealed record ModelConfig
         if (dtype is not ("bfloat16" or "float16" or "float32"))
         {
             string key = f.Has("torch_dtype") ? "torch_dtype" : "dtype";
-            throw f.Invalid($"'{key}' = \"{dtype}\" is not supported (bfloat16, float16 or float32)");
+            throw f.Invalid($"'{key}' = {JsonFields.Quote(dtype)} is not supported (bfloat16, float16 or float32)");
         }
 
         // transformers 5 moves rope_theta and the scaling dict into 'rope_parameters'.
         var ropeParams = f.Object("rope_parameters");
         double theta;
-        if (ropeParams is { } rp && rp.Has("rope_theta")) theta = rp.RequiredDouble("rope_theta");
-        else theta = f.RequiredDouble("rope_theta");
-        if (!(theta > 1)) throw f.Invalid($"'rope_theta' = {JsonFields.Format(theta)} must be greater than 1");
+        // Above 1, or the frequencies would not fall with the dimension (and YaRN divides by ln θ).
+        var thetaRange = new NumberRange(1, double.MaxValue, MinExclusive: true);
+        if (ropeParams is { } rp && rp.Has("rope_theta")) theta = rp.RequiredDouble("rope_theta", thetaRange);
+        else theta = f.RequiredDouble("rope_theta", thetaRange);
 
         var scalingFields = f.Object("rope_scaling") ?? ropeParams;
         RopeScaling? scaling = scalingFields is { } sf ? ParseRopeScaling(sf, maxPos) : null;
@@ -175,13 +198,6 @@ public sealed record ModelConfig
         };
     }
 
-    private static int Positive(JsonFields f, string field)
-    {
-        int v = f.RequiredInt(field);
-        if (v <= 0) throw f.Invalid($"'{field}' = {v} must be positive");
-        return v;
-    }
-
     /// <summary>Null for "default" RoPE (no scaling); YaRN parameters otherwise; anything else is unsupported.</summary>
     private static RopeScaling? ParseRopeScaling(JsonFields s, int maxPositionEmbeddings)
     {
@@ -194,26 +210,27 @@ public sealed record ModelConfig
         }
         if (type == "default") return null;
         if (type != "yarn")
-            throw s.Invalid($"{s.Name(s.Has("rope_type") ? "rope_type" : "type")} = \"{type}\" is not supported " +
+            throw s.Invalid($"{s.Name(s.Has("rope_type") ? "rope_type" : "type")} = {JsonFields.Quote(type)} is not supported " +
                             "(only \"yarn\" RoPE scaling is)");
 
-        double factor = s.RequiredDouble("factor");
-        if (!(factor >= 1)) throw s.Invalid($"{s.Name("factor")} = {JsonFields.Format(factor)} must be at least 1");
+        double factor = s.RequiredDouble("factor", new NumberRange(1, MaxPositions));
+        int original = s.OptionalInt("original_max_position_embeddings", 1, MaxPositions) ?? maxPositionEmbeddings;
+        // The extended context (factor × original, see MemoryPlan.ModelMaxPositions) is an int number of positions.
+        if (factor * original > MaxPositions)
+            throw s.Invalid(Invariant($"{s.Name("factor")} × {s.Name("original_max_position_embeddings")} = {factor * original} positions must be at most {MaxPositions}"));
 
-        int original = s.OptionalInt("original_max_position_embeddings") ?? maxPositionEmbeddings;
-        if (original <= 0)
-            throw s.Invalid($"{s.Name("original_max_position_embeddings")} = {original} must be positive");
-
-        // transformers reads these as `get(...) or default`, so an explicit 0 also means the default.
-        double betaFast = s.OptionalDouble("beta_fast") is double bf && bf != 0 ? bf : 32;
-        double betaSlow = s.OptionalDouble("beta_slow") is double bs && bs != 0 ? bs : 1;
+        // transformers reads these as `get(...) or default`, so an explicit 0 also means the default. They count
+        // rotations, and YaRN takes their logarithm: positive, or NaN frequencies would follow.
+        double betaFast = s.OptionalDouble("beta_fast", NumberRange.NonNegative) is double bf && bf != 0 ? bf : 32;
+        double betaSlow = s.OptionalDouble("beta_slow", NumberRange.NonNegative) is double bs && bs != 0 ? bs : 1;
         if (betaFast < betaSlow)
             throw s.Invalid($"{s.Name("beta_fast")} = {JsonFields.Format(betaFast)} must not be below " +
                             $"{s.Name("beta_slow")} = {JsonFields.Format(betaSlow)}");
 
-        double? attention = s.OptionalDouble("attention_factor");
-        if (attention is < 0)
-            throw s.Invalid($"{s.Name("attention_factor")} = {JsonFields.Format(attention.Value)} must not be negative");
+        double? attention = s.OptionalDouble("attention_factor", NumberRange.NonNegative);
+        // Non-negative keeps 0.1·mscale·ln(factor) + 1 at 1 or more, so their ratio is finite.
+        double? mscale = s.OptionalDouble("mscale", NumberRange.NonNegative);
+        double? mscaleAllDim = s.OptionalDouble("mscale_all_dim", NumberRange.NonNegative);
 
         return new RopeScaling
         {
@@ -223,8 +240,8 @@ public sealed record ModelConfig
             BetaFast = betaFast,
             BetaSlow = betaSlow,
             AttentionFactor = attention,
-            Mscale = s.OptionalDouble("mscale"),
-            MscaleAllDim = s.OptionalDouble("mscale_all_dim"),
+            Mscale = mscale,
+            MscaleAllDim = mscaleAllDim,
             Truncate = s.OptionalBool("truncate") ?? true,
         };
     }

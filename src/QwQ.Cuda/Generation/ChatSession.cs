@@ -30,6 +30,9 @@ public sealed class ChatSession : IDisposable
     private readonly ISequence _sequence;
     private readonly Generator _generator;
     private readonly List<int> _tokens = []; // exactly the tokens in the KV cache: _tokens.Count == _sequence.Length
+    private readonly object _gate = new();   // orders Dispose against a generation starting
+    private CancellationTokenSource? _running; // the running generation's stop, and its thread; null when idle
+    private Task? _worker;
     private int _busy;
     private bool _disposed;
 
@@ -69,8 +72,12 @@ public sealed class ChatSession : IDisposable
     }
 
     /// <summary>
-    /// Adds <paramref name="userMessage"/> to the conversation and streams the answer. When the generation
-    /// completes (not cancelled), the user turn and the assistant's answer (with its tool calls) join <see cref="History"/>.
+    /// Adds <paramref name="userMessage"/> to the conversation and streams the answer. When the generation ends, the
+    /// user turn and the assistant's answer (with its tool calls) join <see cref="History"/>, also when it was
+    /// cancelled: then the answer is what was generated until then (possibly empty, e.g. stopped while reasoning or
+    /// during the prompt), and the result's finish reason says <see cref="FinishReason.Cancelled"/>. The question is
+    /// kept because a user who interrupts a long answer still expects the next turn to follow from it; remove the
+    /// last two <see cref="History"/> entries to forget the turn.
     /// </summary>
     public IAsyncEnumerable<GenerationUpdate> StreamAsync(string userMessage, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -79,7 +86,6 @@ public sealed class ChatSession : IDisposable
         var messages = Conversation(user);
         return StreamPromptAsync(Render(messages, Tools), options, startInReasoning: true, onDone: result =>
         {
-            if (result.FinishReason == FinishReason.Cancelled) return;
             History.Add(user);
             History.Add(ChatMessage.Assistant(result.Answer, result.ToolCalls.Count > 0 ? result.ToolCalls : null));
         }, cancellationToken);
@@ -103,6 +109,8 @@ public sealed class ChatSession : IDisposable
     public IAsyncEnumerable<GenerationUpdate> StreamTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(promptTokens);
+        if (promptTokens.Count == 0)
+            throw new ArgumentException("the prompt is empty: give at least one token id (its logits start the generation)", nameof(promptTokens));
         int[] prompt = [.. promptTokens];
         int think = Array.LastIndexOf(prompt, _model.Tokenizer.ThinkId);
         bool inReasoning = think >= 0 && Array.IndexOf(prompt, _model.Tokenizer.ThinkEndId, think) < 0;
@@ -126,13 +134,37 @@ public sealed class ChatSession : IDisposable
     public int[] Render(IReadOnlyList<ChatMessage> messages, IReadOnlyList<JsonElement>? tools = null) =>
         _model.Tokenizer.Encode(_model.Template.Apply(messages, tools, addGenerationPrompt: true));
 
-    public void Dispose()
+    /// <summary>
+    /// Cancels a running generation and waits (up to 10 s) for it to stop before freeing the KV cache, so the
+    /// generation thread never runs on a freed cache; the stream then ends with a Cancelled update.
+    /// </summary>
+    public void Dispose() => Dispose(QwqModel.StopTimeout);
+
+    /// <summary>Dispose, waiting at most <paramref name="wait"/> for the generation to stop (QwqModel shares one bound among its sessions).</summary>
+    internal void Dispose(TimeSpan wait)
     {
-        if (_disposed) return;
-        _disposed = true;
-        // A running generation notices through its own cancellation; the sequence is released afterwards by its owner.
+        Task? worker;
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            worker = _worker;
+        }
+        CancelRunning();
+        // Bounded: a backend call that ignores cancellation must not hang the caller (e.g. process shutdown) forever.
+        _ = worker?.Wait(wait);
         _sequence.Dispose();
         _model.Forget(this);
+    }
+
+    /// <summary>Asks a running generation to stop; it ends at its next check (between tokens or prefill chunks).</summary>
+    internal void CancelRunning()
+    {
+        lock (_gate)
+        {
+            try { _running?.Cancel(); }
+            catch (ObjectDisposedException) { }
+        }
     }
 
     private List<ChatMessage> Conversation(ChatMessage next)
@@ -168,7 +200,7 @@ public sealed class ChatSession : IDisposable
 
             var channel = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            var worker = Task.Factory.StartNew(() =>
+            void Work()
             {
                 try
                 {
@@ -181,7 +213,15 @@ public sealed class ChatSession : IDisposable
                 {
                     channel.Writer.TryComplete(e);
                 }
-            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
+            Task worker;
+            lock (_gate)
+            {
+                // Dispose either sees this generation (and stops it) or has happened, and then it never starts.
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _running = stop;
+                _worker = worker = Task.Factory.StartNew(Work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
 
             try
             {
@@ -195,6 +235,7 @@ public sealed class ChatSession : IDisposable
                 // The consumer may leave early (break, dispose): stop the worker and wait, so the cache is consistent.
                 stop.Cancel();
                 await worker.ConfigureAwait(false);
+                lock (_gate) (_running, _worker) = (null, null);
             }
         }
         finally

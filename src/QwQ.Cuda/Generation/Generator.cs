@@ -85,18 +85,26 @@ public sealed class Generator(ISequence sequence)
         sequence.ResetPenalties();
         if (options.PenalizePrompt) sequence.RecordForPenalties(prompt);
 
-        // Prefill in chunks so cancellation is noticed between them; each chunk lands whole or not at all.
+        // Prefill in chunks so cancellation is noticed between them; the backend also checks the token between its
+        // own, smaller chunks. Either way the sequence keeps what completed, and its Length says how much that is.
         int chunk = options.PrefillChunk > 0 ? options.PrefillChunk : int.MaxValue;
         ReadOnlySpan<int> pending = prompt[cached..];
         bool cancelled = false;
-        while (pending.Length > 0)
+        try
         {
-            if (cancellationToken.IsCancellationRequested) { cancelled = true; break; }
-            int n = Math.Min(chunk, pending.Length);
-            sequence.Append(pending[..n]);
-            appendedPrompt += n;
-            pending = pending[n..];
+            while (pending.Length > 0)
+            {
+                if (cancellationToken.IsCancellationRequested) { cancelled = true; break; }
+                int n = Math.Min(chunk, pending.Length);
+                sequence.Append(pending[..n], cancellationToken);
+                pending = pending[n..];
+            }
         }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            cancelled = true;
+        }
+        appendedPrompt = sequence.Length - cached;
         prefillEnd = Stopwatch.GetTimestamp();
 
         if (cancelled)

@@ -49,8 +49,13 @@ public interface ISequence : IDisposable
     /// Runs the forward pass over <paramref name="tokens"/> placed at positions Length.. (prefill when there are many,
     /// decode when there is one) and leaves the last position's logits ready for <see cref="Sample"/>.
     /// Throws <see cref="Errors.OptionException"/> if Length + tokens.Length exceeds Capacity.
+    /// <para>
+    /// A long prefill runs in chunks and checks <paramref name="cancellationToken"/> before each: once it fires, Append
+    /// throws <see cref="OperationCanceledException"/> and the sequence keeps the chunks that completed (Length says
+    /// how many), and Sample needs another Append first.
+    /// </para>
     /// </summary>
-    void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default);
+    void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default);
 
     /// <summary>Forgets positions ≥ <paramref name="length"/> so a shared prefix can be reused.</summary>
     void Truncate(int length);

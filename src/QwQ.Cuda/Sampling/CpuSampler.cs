@@ -1,3 +1,5 @@
+using QwQ.Cuda.Errors;
+
 namespace QwQ.Cuda.Sampling;
 
 /// <summary>
@@ -123,6 +125,10 @@ public sealed class CpuSampler
             processed[v] = x;
             if (x > best) { best = x; bestId = v; } // ascending ids: the lowest id wins ties
         }
+        // Every logit -inf (or NaN): any pick would be arbitrary (it was id 0), and the caller would not know.
+        if (float.IsNegativeInfinity(best))
+            throw new OptionException(
+                $"no token can be sampled: after logit_bias and penalties all {validVocab} logits are -infinity (or NaN); remove some -infinity logit_bias entries.");
         if (greedy)
         {
             if (!weights.IsEmpty) weights[bestId] = 1;

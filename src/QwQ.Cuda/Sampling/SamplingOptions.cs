@@ -104,6 +104,10 @@ public sealed record SamplingOptions
                 if (float.IsNaN(bias))
                     throw new OptionException($"logit_bias for token id {id} must be a number, got NaN.");
             }
+            // Ids are distinct and, with a vocabulary, in range: as many bans as ids leave nothing to sample.
+            if (vocabSize is int all && LogitBias.Count(b => float.IsNegativeInfinity(b.Value)) == all)
+                throw new OptionException(
+                    $"logit_bias bans every token (-infinity on all {all} ids), so nothing could be sampled; leave at least one token without a -infinity bias.");
         }
     }
 }

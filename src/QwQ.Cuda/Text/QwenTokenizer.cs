@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Globalization;
 using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
@@ -156,14 +157,31 @@ public sealed class QwenTokenizer
                 throw new QwqException($"'{cfgPath}' is malformed: expected a JSON object.");
             if (doc.RootElement.TryGetProperty("added_tokens_decoder", out var dec) && dec.ValueKind == JsonValueKind.Object)
                 foreach (var p in dec.EnumerateObject())
-                    if (int.TryParse(p.Name, out int id) && p.Value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String)
+                {
+                    if (!int.TryParse(p.Name, NumberStyles.None, CultureInfo.InvariantCulture, out int id) || id >= Config.ModelConfig.MaxVocabSize)
+                        throw new QwqException($"'{cfgPath}' is malformed: added_tokens_decoder key {Config.JsonFields.Quote(p.Name)} is not a token id " +
+                                               $"(an integer from 0 to {Config.ModelConfig.MaxVocabSize - 1}).");
+                    if (p.Value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String)
                         result[id] = c.GetString()!;
+                }
         }
         catch (JsonException e)
         {
             throw new QwqException($"'{cfgPath}' is not valid JSON: {e.Message}", e);
         }
         return result;
+    }
+
+    /// <summary>
+    /// A token id from tokenizer.json: an integer in [0, <see cref="Config.ModelConfig.MaxVocabSize"/>). Ids index the
+    /// tables built from them, so a negative one crashed and a huge one allocated gigabytes.
+    /// </summary>
+    private static int TokenId(JsonElement e, string path, string what)
+    {
+        if (e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int id) && id >= 0 && id < Config.ModelConfig.MaxVocabSize) return id;
+        string got = e.ValueKind == JsonValueKind.Number ? e.GetRawText() : e.ValueKind.ToString().ToLowerInvariant();
+        throw new QwqException($"'{path}' is malformed: {what} is {(got.Length > 40 ? got[..40] + "..." : got)}, " +
+                               $"but token ids are integers from 0 to {Config.ModelConfig.MaxVocabSize - 1}.");
     }
 
     private static QwenTokenizer FromTokenizerJson(JsonElement root, string path, Dictionary<int, string> cfgAdded)
@@ -180,7 +198,7 @@ public sealed class QwenTokenizer
 
         var vocab = new Dictionary<string, int>(160_000, StringComparer.Ordinal);
         foreach (var p in vocabEl.EnumerateObject())
-            vocab[p.Name] = p.Value.GetInt32();
+            vocab[p.Name] = TokenId(p.Value, path, $"model.vocab[{Config.JsonFields.Quote(p.Name)}]");
 
         var merges = new List<string>(mergesEl.GetArrayLength());
         foreach (var m in mergesEl.EnumerateArray())
@@ -199,7 +217,7 @@ public sealed class QwenTokenizer
         var added = new List<AddedToken>();
         if (root.TryGetProperty("added_tokens", out var addedEl) && addedEl.ValueKind == JsonValueKind.Array)
             foreach (var a in addedEl.EnumerateArray())
-                added.Add(new AddedToken(a.GetProperty("id").GetInt32(), a.GetProperty("content").GetString()!,
+                added.Add(new AddedToken(TokenId(a.GetProperty("id"), path, "an added_tokens id"), a.GetProperty("content").GetString()!,
                     a.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True));
         foreach (var (id, content) in cfgAdded)
         {

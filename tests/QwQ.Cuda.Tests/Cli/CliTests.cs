@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
 using QwQ.Cuda.Errors;
@@ -45,8 +46,10 @@ public class CliTests
         Assert.That(r.Err, Does.Not.Contain("   at "), "no stack trace without --verbose");
     }
 
-    private static string[] Gen(string model, params string[] more) =>
-        ["generate", "--model", model, "--backend", "cpu", "--prompt", "Hello", "--temperature", "0", "--max-tokens", "4", .. more];
+    private static string[] Gen(string model, params string[] more) => GenTokens(model, 4, more);
+
+    private static string[] GenTokens(string model, int maxTokens, params string[] more) =>
+        ["generate", "--model", model, "--backend", "cpu", "--prompt", "Hello", "--temperature", "0", "--max-tokens", maxTokens.ToString(CultureInfo.InvariantCulture), .. more];
 
     // ---- parsing and usage errors -------------------------------------------------------------
 
@@ -82,6 +85,78 @@ public class CliTests
         var r = await Qwq("generate", "--model", "x", "--prompt", "hi", "--temperature", "hot");
         Assert.That(r.ExitCode, Is.EqualTo(2));
         Assert.That(r.Err, Does.Contain("hot"));
+    }
+
+    [TestCase("generate", "--top-p", "abc", "--top-p expects a number such as 0.95, got 'abc'")]
+    [TestCase("generate", "--temperature", "0,6", "--temperature expects a number such as 0.6, got '0,6'")]
+    [TestCase("generate", "--seed", "-1", "--seed expects a whole number such as 42, got '-1'")]
+    [TestCase("generate", "--max-tokens", "1.5", "--max-tokens expects a whole number such as 512, got '1.5'")]
+    [TestCase("generate", "--top-k", "99999999999", "--top-k expects a whole number such as 40, got '99999999999'")]
+    [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
+    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, got 'cutlass'")]
+    [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
+    public async Task ParseErrorsSayWhatWasExpected(string command, string option, string value, string message)
+    {
+        var r = await Qwq(command == "generate" ? [command, "--model", "x", "--prompt", "hi", option, value] : [command, option, value]);
+        AssertOneCleanError(r, 2, message);
+        Assert.That(r.Err, Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    [TestCase("--prefill", "2147483647")]
+    [TestCase("--decode", "512,99999999999")]
+    [TestCase("--decode", "1e3")]
+    public async Task BenchLengthsAreBoundedBeforeAnythingIsSized(string option, string value)
+    {
+        var r = await Qwq("bench", option, value);
+        AssertOneCleanError(r, 2, option, "expected positive integers up to 16777216");
+    }
+
+    /// <summary>A culture that writes one half as "0,5": German-style ('.' groups digits) or French-style (a narrow space does).</summary>
+    private static CultureInfo CommaCulture(string style)
+    {
+        var c = (CultureInfo)CultureInfo.InvariantCulture.Clone();
+        c.NumberFormat.NumberDecimalSeparator = ",";
+        c.NumberFormat.NumberGroupSeparator = style == "de" ? "." : "\u202F";
+        return c;
+    }
+
+    // Under LC_ALL=de_DE.UTF-8, "--temperature 0.5" ran at 5 and "--repetition-penalty 1.05" at 105 ('.' groups digits
+    // there); under fr_FR "0.6" did not parse. Cloned cultures make the test independent of installed ICU data.
+    [TestCase("de")]
+    [TestCase("fr")]
+    public void NumbersParseTheSameUnderEveryLocale(string style)
+    {
+        var saved = CultureInfo.CurrentCulture;
+        CultureInfo.CurrentCulture = CommaCulture(style);
+        try
+        {
+            Assert.That(1.5.ToString(CultureInfo.CurrentCulture), Is.EqualTo("1,5"), "the culture really differs");
+            var opts = new SamplingCliOptions();
+            var cmd = new Command("x");
+            opts.AddTo(cmd);
+            var p = cmd.Parse(["--temperature", "0.5", "--repetition-penalty", "1.05", "--top-p", "0.95", "--min-p", "0.6", "--top-k", "1000"]);
+            Assert.That(p.Errors, Is.Empty);
+            var s = opts.Bind(p, SamplingOptions.FromGenerationConfig()).Sampling!;
+            Assert.That((s.Temperature, s.RepetitionPenalty, s.TopP, s.MinP, s.TopK), Is.EqualTo((0.5f, 1.05f, 0.95f, 0.6f, 1000)));
+            Assert.That(cmd.Parse(["--top-p", "0,95"]).Errors, Is.Not.Empty, "the locale's own spelling is not a second syntax");
+        }
+        finally { CultureInfo.CurrentCulture = saved; }
+    }
+
+    [Test]
+    public async Task InfoPrintsInvariantNumbersUnderACommaLocale()
+    {
+        var saved = CultureInfo.CurrentCulture;
+        var comma = CommaCulture("de");
+        CultureInfo.CurrentCulture = comma;
+        try
+        {
+            var r = await Qwq("info", "--synthetic", "qwq-32b");
+            Assert.That(r.ExitCode, Is.Zero, r.Err);
+            Assert.That(r.Out, Does.Contain("32,763,876,352 (32.76 B)").And.Contain("61.0 GiB"));
+            Assert.That(CultureInfo.CurrentCulture, Is.SameAs(comma), "the caller's culture is left alone");
+        }
+        finally { CultureInfo.CurrentCulture = saved; }
     }
 
     [Test]
@@ -226,6 +301,43 @@ public class CliTests
         AssertOneCleanError(r, 1, "vocab_size is 256", "tokenizer");
     }
 
+    /// <summary>A directory with the QwQ tokenizer files, tokenizer.json edited by <paramref name="edit"/> when given.</summary>
+    private static void WriteTokenizer(string dir, Func<string, string>? edit = null)
+    {
+        using var gz = new System.IO.Compression.GZipStream(File.OpenRead(Path.Combine(TestModels.QwqDir, "tokenizer.json.gz")),
+            System.IO.Compression.CompressionMode.Decompress);
+        string json = new StreamReader(gz).ReadToEnd();
+        string edited = edit?.Invoke(json) ?? json;
+        if (edit is not null) Assert.That(edited, Is.Not.EqualTo(json), "the edit applies");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), edited);
+        File.Copy(Path.Combine(TestModels.QwqDir, "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+    }
+
+    [TestCase("\"!\": 0,", "\"!\": -5,", "model.vocab[\"!\"] is -5")]
+    [TestCase("\"!\": 0,", "\"!\": 2147483647,", "model.vocab[\"!\"] is 2147483647")]
+    [TestCase("\"!\": 0,", "\"!\": \"0\",", "model.vocab[\"!\"] is string")]
+    [TestCase("\"id\": 151643,", "\"id\": -151643,", "an added_tokens id is -151643")]
+    public async Task TokenizerWithABadIdIsOneClearError(string find, string replace, string message)
+    {
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path, json => json.Replace(find, replace));
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer.json", message, "integers from 0 to 16777215");
+        Assert.That(r.Err, Does.Not.Contain("internal error"));
+    }
+
+    [Test]
+    public async Task TokenizerConfigWithANegativeIdIsOneClearError()
+    {
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path);
+        string cfg = File.ReadAllText(tmp.Combine("tokenizer_config.json"));
+        Assert.That(cfg, Does.Contain("\"151643\": {"));
+        File.WriteAllText(tmp.Combine("tokenizer_config.json"), cfg.Replace("\"151643\": {", "\"-7\": {"));
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer_config.json", "added_tokens_decoder key \"-7\"");
+    }
+
     [Test]
     public async Task PromptLongerThanTheContext()
     {
@@ -367,6 +479,110 @@ public class CliTests
         Assert.That(r.ExitCode, Is.Zero, r.Err);
         Assert.That(r.Err, Does.Contain("context holds 40"));
         Assert.That(r.Out, Does.Contain("\"type\":\"done\""));
+    }
+
+    /// <summary>stdout that presses Ctrl+C (cancels the running operation) whenever something is written.</summary>
+    private sealed class CtrlCOnWrite : StringWriter
+    {
+        public CliHost? Host;
+        public override void Write(string? value) { base.Write(value); Host?.CancelOperation(); }
+    }
+
+    [Test]
+    public async Task ChatSaysWhatAnInterruptedTurnLeavesInTheConversation()
+    {
+        var stdout = new CtrlCOnWrite();
+        var err = new StringWriter();
+        var host = new CliHost(stdout, err, new StringReader("Tell me a long story\n/exit\n"));
+        stdout.Host = host;
+        int code = await Program.RunAsync(["chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "200"], host, default);
+        Assert.That(code, Is.Zero, err.ToString());
+        Assert.That(err.ToString(), Does.Contain("cancelled").And.Contain("your message and the answer so far stay in the conversation"));
+    }
+
+    // ---- a stdout that cannot be written ------------------------------------------------------
+
+    /// <summary>stdout whose writes fail as a closed pipe (errno 32) or a full disk (errno 28) do on Linux.</summary>
+    private sealed class FailingWriter(int errno, string message) : StringWriter
+    {
+        public int Attempts;
+        public override void Write(char value) => Fail();
+        public override void Write(string? value) => Fail();
+        public override void Write(char[] buffer, int index, int count) => Fail();
+        public override void Write(ReadOnlySpan<char> buffer) => Fail();
+        private void Fail()
+        {
+            Attempts++;
+            throw new IOException(message, errno);
+        }
+    }
+
+    [Test]
+    public async Task ClosedStdoutStopsGenerationQuietly()
+    {
+        var stdout = new FailingWriter(32, "Broken pipe");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(GenTokens(TinyModelDir, 200, "--json"), stdout, err);
+        Assert.That(code, Is.EqualTo(141), err.ToString());
+        Assert.That(err.ToString(), Is.Empty, "`| head` is not an error worth a message");
+        Assert.That(stdout.Attempts, Is.EqualTo(1), "nothing more was written after the first failure");
+    }
+
+    [Test]
+    public async Task FullStdoutIsOneClearError()
+    {
+        var stdout = new FailingWriter(28, "No space left on device");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(Gen(TinyModelDir, "--json"), stdout, err);
+        AssertOneCleanError(new Result(code, "", err.ToString()), 1, "error: cannot write to standard output: No space left on device");
+        Assert.That(err.ToString(), Does.Not.Contain("internal error"));
+    }
+
+    [Test]
+    public async Task ClosedStdoutInTokenizeIsQuietToo()
+    {
+        var stdout = new FailingWriter(32, "Broken pipe");
+        var err = new StringWriter();
+        int code = await Program.RunAsync(["tokenize", "--model", TestModels.QwqDir, "--text", "Hello"], stdout, err);
+        Assert.That((code, err.ToString()), Is.EqualTo((141, "")));
+    }
+
+    /// <summary>The built qwq in a child process, stdout a pipe or a shell redirection (Linux: /dev/full, pipes).</summary>
+    private static (int Code, string Err) RunQwqProcess(string shellRedirect, bool closeStdout, params string[] args)
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Ignore("needs Linux pipes and /dev/full");
+        string qwq = Path.Combine(AppContext.BaseDirectory, "qwq.dll");
+        string command = "exec dotnet " + string.Join(' ', new[] { qwq }.Concat(args).Select(a => "'" + a.Replace("'", "'\\''") + "'")) + shellRedirect;
+        var psi = new System.Diagnostics.ProcessStartInfo("bash", ["-c", command])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        if (closeStdout) process.StandardOutput.Close(); // before the child can have written anything: it starts a runtime first
+        var err = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail("qwq did not exit within 120 s");
+        }
+        return (process.ExitCode, err.Result);
+    }
+
+    [Test]
+    public void ClosedPipeEndsTheRealProcess()
+    {
+        // .NET's console stream ignores EPIPE: before, this generated all 300 tokens and exited 0.
+        var (code, err) = RunQwqProcess("", closeStdout: true, GenTokens(TinyModelDir, 300, "--json"));
+        Assert.That(code, Is.EqualTo(141), err);
+        Assert.That(err, Does.Not.Contain("error"));
+    }
+
+    [Test]
+    public void DevFullIsOneClearErrorInTheRealProcess()
+    {
+        var (code, err) = RunQwqProcess(" > /dev/full", closeStdout: false, Gen(TinyModelDir, "--json"));
+        Assert.That(code, Is.EqualTo(1), err);
+        Assert.That(err.Trim(), Is.EqualTo("error: cannot write to standard output: No space left on device"));
     }
 
     // ---- option binding ------------------------------------------------------------------------

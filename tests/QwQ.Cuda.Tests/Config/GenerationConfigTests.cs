@@ -42,9 +42,15 @@ public class GenerationConfigTests
     public void BadValuesAreNamed()
     {
         Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("""{"top_p": 1.5}""", "gen.json"))!.Message,
-                    Does.StartWith("gen.json: 'top_p' = 1.5"));
+                    Is.EqualTo("gen.json: 'top_p' must be a number in (0, 1], got number 1.5"));
         Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("""{"eos_token_id": "x"}""", "gen.json"))!.Message,
                     Does.Contain("'eos_token_id'"));
+        Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("""{"eos_token_id": [151645, -1]}""", "gen.json"))!.Message,
+                    Is.EqualTo("gen.json: 'eos_token_id' must be an integer from 0 to 16777215 or a list of them, got number -1"));
+        Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("""{"top_k": 1e300}""", "gen.json"))!.Message,
+                    Does.Contain("'top_k' must be an integer from 0 to"));
+        Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("""{"temperature": "NaN"}""", "gen.json"))!.Message,
+                    Is.EqualTo("gen.json: 'temperature' must be a finite number of at least 0, got string \"NaN\""));
         Assert.That(Assert.Throws<ConfigException>(() => GenerationConfig.Parse("{", "gen.json"))!.Message,
                     Does.StartWith("gen.json: malformed JSON"));
     }

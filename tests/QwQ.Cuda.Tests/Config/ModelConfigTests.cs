@@ -20,6 +20,10 @@ public class ModelConfigTests
         return node.ToJsonString();
     }
 
+    /// <summary>The QwQ config with one field set to raw JSON text (numbers beyond double, strings, anything).</summary>
+    private static string QwqWithRaw(string field, string rawJson) =>
+        QwqWith(field, JsonValue.Create("@raw@")).Replace("\"@raw@\"", rawJson);
+
     private static ConfigException ParseFails(string json) =>
         Assert.Throws<ConfigException>(() => ModelConfig.Parse(json, "config.json"))!;
 
@@ -97,9 +101,9 @@ public class ModelConfigTests
     public void WrongTypeIsNamed()
     {
         var e = ParseFails(QwqWith("hidden_size", JsonValue.Create("5120")));
-        Assert.That(e.Message, Is.EqualTo("config.json: 'hidden_size' must be an integer, got string \"5120\""));
+        Assert.That(e.Message, Is.EqualTo("config.json: 'hidden_size' must be an integer from 1 to 65536, got string \"5120\""));
         e = ParseFails(QwqWith("num_hidden_layers", JsonValue.Create(64.5)));
-        Assert.That(e.Message, Does.Contain("'num_hidden_layers' must be an integer").And.Contain("64.5"));
+        Assert.That(e.Message, Is.EqualTo("config.json: 'num_hidden_layers' must be an integer from 1 to 1024, got number 64.5"));
         e = ParseFails(QwqWith("tie_word_embeddings", JsonValue.Create("no")));
         Assert.That(e.Message, Does.Contain("'tie_word_embeddings' must be true or false"));
     }
@@ -112,7 +116,122 @@ public class ModelConfigTests
     public void NonPositiveSizeIsRejected()
     {
         var e = ParseFails(QwqWith("num_hidden_layers", JsonValue.Create(0)));
-        Assert.That(e.Message, Is.EqualTo("config.json: 'num_hidden_layers' = 0 must be positive"));
+        Assert.That(e.Message, Is.EqualTo("config.json: 'num_hidden_layers' must be an integer from 1 to 1024, got number 0"));
+    }
+
+    // Each size is bounded (ModelConfig.Max*), so no product of sizes can wrap around; the message gives the range.
+    [TestCase("num_hidden_layers", "1073741824", "from 1 to 1024")]
+    [TestCase("hidden_size", "65537", "from 1 to 65536")]
+    [TestCase("intermediate_size", "1048577", "from 1 to 1048576")]
+    [TestCase("num_attention_heads", "1025", "from 1 to 1024")]
+    [TestCase("num_key_value_heads", "-8", "from 1 to 1024")]
+    [TestCase("vocab_size", "16777217", "from 1 to 16777216")]
+    [TestCase("max_position_embeddings", "16777217", "from 1 to 16777216")]
+    [TestCase("head_dim", "1073741840", "from 2 to 1024")]
+    [TestCase("head_dim", "0", "from 2 to 1024")]
+    [TestCase("vocab_size", "9223372036854775808", "from 1 to 16777216")]
+    [TestCase("hidden_size", "1e400", "from 1 to 65536")]
+    [TestCase("num_hidden_layers", "2147483648", "from 1 to 1024")]
+    public void SizesOutOfRangeAreRejectedWithTheRange(string field, string rawValue, string range)
+    {
+        var e = ParseFails(QwqWithRaw(field, rawValue));
+        Assert.That(e.Message, Does.StartWith($"config.json: '{field}' must be an integer {range}, got number "));
+    }
+
+    [Test]
+    public void HeadDimThatWrapsToTheTrueShapesIsRejected()
+    {
+        // With 20/4 heads, head_dim 2^30 + 16 wraps 32-bit products to the shapes of head_dim 16 (q rows 320, qkv rows
+        // 448), so a checkpoint of that shape would pass every shape check: the value must be refused on its own.
+        var node = JsonNode.Parse(File.ReadAllText(FixturePath("models/tiny-gqa/config.json")))!.AsObject();
+        node["num_attention_heads"] = 20;
+        node["num_key_value_heads"] = 4;
+        node["head_dim"] = 1073741840;
+        Assert.That((unchecked(20 * 1073741840), unchecked(28 * 1073741840)), Is.EqualTo((320, 448)), "the crafted value wraps as the issue describes");
+        Assert.That(ParseFails(node.ToJsonString()).Message, Is.EqualTo("config.json: 'head_dim' must be an integer from 2 to 1024, got number 1073741840"));
+    }
+
+    [Test]
+    public void HeadDimFromHiddenOverHeadsIsBoundedToo()
+    {
+        var node = JsonNode.Parse(QwqJson)!.AsObject();
+        node["hidden_size"] = 65536;
+        node["num_attention_heads"] = 32;
+        node["num_key_value_heads"] = 32;
+        Assert.That(ParseFails(node.ToJsonString()).Message, Does.Contain("2048 must be at most 1024"));
+    }
+
+    [TestCase("rms_norm_eps", "0", "a number in (0, 1]")]
+    [TestCase("rms_norm_eps", "\"1e-5\"", "a number in (0, 1]")]
+    [TestCase("rms_norm_eps", "1.5", "a number in (0, 1]")]
+    [TestCase("rope_theta", "1", "a finite number greater than 1")]
+    [TestCase("rope_theta", "\"Infinity\"", "a finite number greater than 1")]
+    [TestCase("rope_theta", "-10000", "a finite number greater than 1")]
+    public void FloatsOutOfRangeAreRejectedWithTheRange(string field, string rawValue, string range)
+    {
+        var e = ParseFails(QwqWithRaw(field, rawValue));
+        Assert.That(e.Message, Does.StartWith($"config.json: '{field}' must be {range}, got "));
+    }
+
+    [Test]
+    public void DerivedSizesAreCheckedEvenForRecordsBuiltInCode()
+    {
+        // Parse bounds every size; a record built by hand is not parsed, and must not wrap silently either.
+        var huge = ModelPresets.Get("qwq-32b") with { HeadDim = 1073741840, NumAttentionHeads = 20, NumKeyValueHeads = 4 };
+        Assert.Throws<OverflowException>(() => _ = huge.QkvDim);
+        Assert.Throws<OverflowException>(() => _ = huge.ParameterCount);
+    }
+
+    [Test]
+    public void LargestAllowedConfigHasExactSizes()
+    {
+        // At every bound at once, the derived sizes still fit and are exact (no silent wrap).
+        var node = JsonNode.Parse(QwqJson)!.AsObject();
+        node["num_hidden_layers"] = ModelConfig.MaxLayers;
+        node["hidden_size"] = ModelConfig.MaxHiddenSize;
+        node["intermediate_size"] = ModelConfig.MaxIntermediateSize;
+        node["num_attention_heads"] = ModelConfig.MaxHeads;
+        node["num_key_value_heads"] = ModelConfig.MaxHeads;
+        node["head_dim"] = ModelConfig.MaxHeadDim;
+        node["vocab_size"] = ModelConfig.MaxVocabSize;
+        node["max_position_embeddings"] = ModelConfig.MaxPositions;
+        var c = ModelConfig.Parse(node.ToJsonString(), "c");
+        long h = 1L << 16, i = 1L << 20, qkv = 3L << 20, v = 1L << 24;
+        long perLayer = h + qkv * h + qkv + h * (1L << 20) + h + 3 * h * i;
+        Assert.That(c.QkvDim, Is.EqualTo(qkv));
+        Assert.That(c.ParameterCount, Is.EqualTo(2 * v * h + 1024 * perLayer + h));
+        Assert.That(c.WeightBytes, Is.EqualTo(2 * c.ParameterCount));
+        Assert.That(c.KvBytesPerToken, Is.EqualTo(2L * 1024 * 1024 * 1024 * 2));
+    }
+
+    [Test]
+    public void YarnBoundsAreChecked()
+    {
+        var e = ParseFails(QwqWith("rope_scaling", JsonNode.Parse("""{"type": "yarn", "factor": 1e12, "original_max_position_embeddings": 32768}""")));
+        Assert.That(e.Message, Does.Contain("'rope_scaling.factor' must be a number in [1, 16777216]"));
+        e = ParseFails(QwqWith("rope_scaling", JsonNode.Parse("""{"type": "yarn", "factor": 1024, "original_max_position_embeddings": 32768}""")));
+        Assert.That(e.Message, Does.Contain("33554432 positions must be at most 16777216"));
+        e = ParseFails(QwqWith("rope_scaling", JsonNode.Parse("""{"type": "yarn", "factor": 4, "beta_slow": -1}""")));
+        Assert.That(e.Message, Does.Contain("'rope_scaling.beta_slow' must be a finite number of at least 0"));
+        e = ParseFails(QwqWith("rope_scaling", JsonNode.Parse("""{"type": "yarn", "factor": 4, "mscale_all_dim": -10}""")));
+        Assert.That(e.Message, Does.Contain("'rope_scaling.mscale_all_dim'"));
+    }
+
+    [Test]
+    public void DuplicateKeysAreRejected()
+    {
+        string json = QwqJson.TrimEnd().TrimEnd('}') + ", \"hidden_size\": 4096 }";
+        Assert.That(ParseFails(json).Message, Does.Contain("malformed JSON").And.Contain("hidden_size"));
+    }
+
+    [Test]
+    public void OversizedFileIsRefusedWithoutReadingItAll()
+    {
+        using var tmp = new Generation.TestModels.TempDir();
+        string path = tmp.Combine("config.json");
+        using (var f = File.Create(path)) f.SetLength(64L << 20); // sparse: no 64 MiB written
+        var e = Assert.Throws<ConfigException>(() => ModelConfig.Load(path))!;
+        Assert.That(e.Message, Does.StartWith(path).And.Contain("too large"));
     }
 
     [Test]

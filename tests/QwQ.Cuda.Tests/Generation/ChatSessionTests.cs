@@ -101,12 +101,36 @@ public class ChatSessionTests
             backend.Sequences[0].BeforeAppend = null;
             var result = updates[^1].Result!;
             Assert.That(result.FinishReason, Is.EqualTo(FinishReason.Cancelled));
-            Assert.That(session.History, Is.Empty, "a cancelled turn is not added");
+            Assert.That(session.History, Is.EqualTo(new[] { ChatMessage.User("Tell me a long story"), ChatMessage.Assistant(result.Answer) }),
+                "the interrupted turn stays: the question, and the answer so far");
             Assert.That(session.CachedTokens, Is.EqualTo(result.Usage.PromptTokens + result.TokenIds.Count - 1));
 
             var (_, next) = await Collect(session.StreamAsync("Short one", Greedy(3)));
             Assert.That(next.FinishReason, Is.Not.EqualTo(FinishReason.Cancelled));
-            Assert.That(session.History, Has.Count.EqualTo(2));
+            Assert.That(session.History, Has.Count.EqualTo(4));
+            Assert.That(session.History[2], Is.EqualTo(ChatMessage.User("Short one")));
+        }
+    }
+
+    [Test]
+    public async Task CancellationDuringPrefillReachesTheBackendAndKeepsTheQuestion()
+    {
+        var (model, backend) = Create();
+        using (model)
+        {
+            using var session = model.CreateSession();
+            using var cts = new CancellationTokenSource();
+            var seq = backend.Sequences[0];
+            seq.BeforeAppend = () => cts.Cancel(); // the first Append is the prefill: cancelled as it starts
+            var (_, result) = await Collect(session.StreamAsync("Hello there", Greedy(5), cts.Token));
+            seq.BeforeAppend = null;
+            Assert.That(result.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+            Assert.That(seq.Appended, Is.Zero, "the backend saw the token and ran no chunk");
+            Assert.That(session.CachedTokens, Is.Zero);
+            Assert.That(session.History, Is.EqualTo(new[] { ChatMessage.User("Hello there"), ChatMessage.Assistant("") }));
+
+            var (_, next) = await Collect(session.StreamAsync("Still there?", Greedy(2)));
+            Assert.That(next.Usage.PromptTokens, Is.EqualTo(session.Render([ChatMessage.User("Hello there"), ChatMessage.Assistant(""), ChatMessage.User("Still there?")]).Length));
         }
     }
 

@@ -99,6 +99,62 @@ public class GeneratorTests
     }
 
     [Test]
+    public void CancellationInsideTheBackendsPrefillStopsWithinOneChunk()
+    {
+        // The backend prefills in chunks of 4 and checks the token between them; the generator must hand its token on.
+        using var cts = new CancellationTokenSource();
+        int chunks = 0;
+        var seq = new ScriptedSequence(100, 1) { Chunk = 4, AfterChunk = () => { if (++chunks == 1) cts.Cancel(); } };
+        int[] prompt = [.. Enumerable.Range(10, 20)];
+        var o = Run(seq, prompt, new GenerationOptions { PrefillChunk = 0 }, out _, ct: cts.Token);
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That(seq.Tokens, Is.EqualTo(prompt[..4]), "only the chunk that ran");
+        Assert.That(o.AppendedPromptTokens, Is.EqualTo(4), "the outcome says what the sequence holds");
+        Assert.That(o.GeneratedTokens, Is.Empty);
+    }
+
+    [Test]
+    public void CpuBackendPrefillNoticesCancellationBetweenChunks()
+    {
+        // 16 chunks of 128: uncancelled this takes seconds, so the watcher has time to cancel after the first.
+        var config = QwQ.Cuda.Config.ModelConfig.Parse(TestModels.ConfigJson(vocab: 256, maxPositions: 4096, hidden: 64, layers: 2), "c");
+        using var backend = new QwQ.Cuda.Inference.CpuReferenceBackend(config, QwQ.Cuda.Model.Reference.CpuWeights.Random(config, 3));
+        using var seq = backend.CreateSequence(4096);
+        int[] prompt = [.. Enumerable.Range(0, 2048).Select(i => i % 256)];
+
+        using var pre = new CancellationTokenSource();
+        pre.Cancel();
+        Assert.Throws<OperationCanceledException>(() => seq.Append(prompt, pre.Token));
+        Assert.That(seq.Length, Is.Zero, "an already cancelled token runs nothing");
+
+        using var cts = new CancellationTokenSource();
+        var watcher = Task.Run(() =>
+        {
+            while (seq.Length == 0) Thread.SpinWait(100);
+            cts.Cancel(); // as soon as the first chunk is in
+        });
+        Assert.Throws<OperationCanceledException>(() => seq.Append(prompt, cts.Token));
+        watcher.Wait();
+        int chunk = QwQ.Cuda.Inference.CpuReferenceBackend.PrefillChunk;
+        Assert.That(seq.Length, Is.GreaterThanOrEqualTo(chunk).And.LessThan(prompt.Length));
+        Assert.That(seq.Length % chunk, Is.Zero, "whole chunks only");
+    }
+
+    [Test]
+    public void CpuBackendChunkedPrefillEqualsOnePass()
+    {
+        var config = QwQ.Cuda.Config.ModelConfig.Parse(TestModels.ConfigJson(vocab: 256, maxPositions: 512), "c");
+        var weights = TestModels.Weights(config);
+        int[] prompt = [.. Enumerable.Range(0, 300).Select(i => (i * 7) % 256)];
+        using var seq = new QwQ.Cuda.Inference.CpuReferenceBackend(config, weights).CreateSequence();
+        seq.Append(prompt); // 3 chunks
+        var chunked = new float[256];
+        seq.CopyLastLogits(chunked);
+        var onePass = new QwQ.Cuda.Model.Reference.Qwen2CpuModel(config, weights).Forward(prompt);
+        Assert.That(chunked, Is.EqualTo(onePass.AsSpan(299 * 256, 256).ToArray()).Within(1e-5f));
+    }
+
+    [Test]
     public void PrefillRunsInChunksAndOnlyTheUncachedPart()
     {
         var seq = new ScriptedSequence(1000, 151645);

@@ -148,7 +148,13 @@ internal sealed class CountingSequence(ISequence inner) : ISequence
     public Action? BeforeAppend;
     public IReadOnlyList<int> Tokens => inner.Tokens;
     public ISequence Fork() => new CountingSequence(inner.Fork());
-    public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default) { BeforeAppend?.Invoke(); Appended += tokens.Length; inner.Append(tokens, ct); }
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
+    {
+        BeforeAppend?.Invoke();
+        int before = inner.Length;
+        try { inner.Append(tokens, cancellationToken); }
+        finally { Appended += inner.Length - before; }
+    }
     public void Truncate(int length) => inner.Truncate(length);
     public void ResetPenalties() => inner.ResetPenalties();
     public void RecordForPenalties(ReadOnlySpan<int> tokens) => inner.RecordForPenalties(tokens);
@@ -166,10 +172,19 @@ internal sealed class ScriptedSequence(int capacity, params int[] script) : ISeq
     public int Length => Tokens.Count;
     public int Capacity => capacity;
     public ISequence Fork() => throw new NotSupportedException();
-    public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default)
+    /// <summary>Tokens appended per "forward pass", with cancellation checked before each, as the real backends do.</summary>
+    public int Chunk { get; init; } = int.MaxValue;
+    /// <summary>Called after each chunk (tests cancel from here).</summary>
+    public Action? AfterChunk { get; init; }
+    public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
     {
         if (Tokens.Count + tokens.Length > capacity) throw new QwQ.Cuda.Errors.OptionException("full");
-        Tokens.AddRange(tokens.ToArray());
+        for (int start = 0; start < tokens.Length; start += Chunk)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            Tokens.AddRange(tokens.Slice(start, Math.Min(Chunk, tokens.Length - start)).ToArray());
+            AfterChunk?.Invoke();
+        }
     }
     public void Truncate(int length) => Tokens.RemoveRange(length, Tokens.Count - length);
     public void ResetPenalties() { }

@@ -1,0 +1,64 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+using System.Numerics;
+
+namespace QwQ.Cuda.Cli;
+
+/// <summary>
+/// Options whose values are numbers (or enum names), parsed here in the invariant culture. System.CommandLine's own parser uses the
+/// current culture, so under LC_ALL=de_DE.UTF-8 "--temperature 0.5" ran at temperature 5 ('.' is the German group
+/// separator) and under fr_FR "0.6" was refused; and its error named the .NET type (System.Nullable`1[System.Double])
+/// instead of saying what to write.
+/// </summary>
+internal static class TypedOptions
+{
+    /// <summary>A real number, e.g. <c>--top-p 0.95</c>; "1,5" is refused, not read as 15.</summary>
+    public static Option<double?> Real(string name, string example, string description, params string[] aliases) =>
+        Create<double>(name, aliases, description, NumberStyles.Float, $"a number such as {example}");
+
+    /// <summary>A whole number, e.g. <c>--top-k 40</c>.</summary>
+    public static Option<T?> Integer<T>(string name, string example, string description, params string[] aliases) where T : struct, INumberBase<T> =>
+        Create<T>(name, aliases, description, NumberStyles.AllowLeadingSign, $"a whole number such as {example}");
+
+    /// <summary>A whole number with a default, e.g. <c>--device 0</c>.</summary>
+    public static Option<int> Integer(string name, int defaultValue, string description)
+    {
+        var option = new Option<int>(name) { DefaultValueFactory = _ => defaultValue, Description = description };
+        option.CustomParser = r => Parse<int>(r, name, NumberStyles.AllowLeadingSign,
+            string.Create(CultureInfo.InvariantCulture, $"a whole number such as {defaultValue}")) ?? defaultValue;
+        return option;
+    }
+
+    /// <summary>One of an enum's names, e.g. <c>--prefill-gemm CublasLt</c>; the error lists them.</summary>
+    public static Option<T> OneOf<T>(string name, T defaultValue, string description) where T : struct, Enum
+    {
+        var option = new Option<T>(name) { DefaultValueFactory = _ => defaultValue, Description = description };
+        option.CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
+            // By name only: Enum.TryParse would also take "7", which names no member.
+            string? match = Enum.GetNames<T>().FirstOrDefault(n => string.Equals(n, text, StringComparison.OrdinalIgnoreCase));
+            if (match is not null) return Enum.Parse<T>(match);
+            r.AddError($"{name} expects one of {string.Join(", ", Enum.GetNames<T>())}, got '{text}'");
+            return defaultValue;
+        };
+        return option;
+    }
+
+    private static Option<T?> Create<T>(string name, string[] aliases, string description, NumberStyles styles, string expects)
+        where T : struct, INumberBase<T>
+    {
+        var option = new Option<T?>(name, aliases) { Description = description };
+        option.CustomParser = r => Parse<T>(r, name, styles, expects);
+        return option;
+    }
+
+    private static T? Parse<T>(ArgumentResult r, string name, NumberStyles styles, string expects) where T : struct, INumberBase<T>
+    {
+        string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
+        if (T.TryParse(text, styles, CultureInfo.InvariantCulture, out T value)) return value;
+        r.AddError($"{name} expects {expects}, got '{text}'");
+        return null;
+    }
+}
