@@ -36,6 +36,20 @@ public sealed class CudaBackend : IModelBackend
     public string DeviceDescription { get; }
     public int MaxContext => Plan.MaxContext;
 
+    // Bookkeeping only until the paged GPU engine lands: sequences still own contiguous KV caches.
+    private Batching.KvBlockPool? _kvPool;
+    public Batching.KvBlockPool KvPool => _kvPool ??= new(Math.Max(1, MaxContext / Batching.KvBlockPool.DefaultBlockSize));
+
+    /// <summary>One sequence at a time until the batched GPU step lands.</summary>
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        foreach (var item in items)
+        {
+            ct.ThrowIfCancellationRequested();
+            item.Sequence.Append(item.Tokens.Span);
+        }
+    }
+
     private CudaBackend(ModelConfig config, string? checkpointDir, EngineOptions options,
         IProgress<LoadProgress>? progress, CancellationToken ct)
     {

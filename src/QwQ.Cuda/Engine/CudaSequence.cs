@@ -28,6 +28,14 @@ internal sealed class CudaSequence : ISequence
     public int Length { get; private set; }
     public int Capacity => _cache.Capacity;
 
+    private readonly List<int> _tokens = [];
+    public IReadOnlyList<int> Tokens => _tokens;
+
+    /// <summary>No prefix cache until the paged GPU engine lands.</summary>
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => 0;
+
+    public ISequence Fork() => throw new NotSupportedException("GPU fork lands with the paged GPU engine");
+
     public void Append(ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -47,6 +55,7 @@ internal sealed class CudaSequence : ISequence
             if (tokens.Length == 1 && Length > 0) DecodeOne(tokens[0]);
             else Prefill(tokens);
         }
+        _tokens.AddRange(tokens);
     }
 
     private void Prefill(ReadOnlySpan<int> tokens)
@@ -106,6 +115,7 @@ internal sealed class CudaSequence : ISequence
             ws.Ids.CopyFromHost(tokens);
             fwd.Prefill(s, _cache, tokens.Length, Length);
             Length += tokens.Length;
+            _tokens.AddRange(tokens);
             s.Synchronize();
             ws.LogitRowsIdxBuffer.CopyFromHost(positions);
             fwd.LogitsForRows(s, tokens.Length, positions.Length);
@@ -121,6 +131,7 @@ internal sealed class CudaSequence : ISequence
     public void Truncate(int length)
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length));
+        _tokens.RemoveRange(length, _tokens.Count - length);
         Length = length; // positions ≥ length are overwritten by the next append; attention never reads past ctx_len
     }
 

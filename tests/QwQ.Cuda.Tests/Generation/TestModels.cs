@@ -126,6 +126,11 @@ internal sealed class CountingBackend(IModelBackend inner) : IModelBackend
     public ModelConfig Config => inner.Config;
     public string DeviceDescription => inner.DeviceDescription;
     public int MaxContext => inner.MaxContext;
+    public QwQ.Cuda.Batching.KvBlockPool KvPool => inner.KvPool;
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        foreach (var item in items) item.Sequence.Append(item.Tokens.Span);
+    }
     public ISequence CreateSequence(int? maxContext = null)
     {
         var s = new CountingSequence(inner.CreateSequence(maxContext));
@@ -140,6 +145,9 @@ internal sealed class CountingSequence(ISequence inner) : ISequence
     public int Appended;
     public int Length => inner.Length;
     public int Capacity => inner.Capacity;
+    public IReadOnlyList<int> Tokens => inner.Tokens;
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => inner.AttachCachedPrefix(tokens);
+    public ISequence Fork() => new CountingSequence(inner.Fork());
     public Action? BeforeAppend;
     public void Append(ReadOnlySpan<int> tokens) { BeforeAppend?.Invoke(); Appended += tokens.Length; inner.Append(tokens); }
     public void Truncate(int length) => inner.Truncate(length);
@@ -157,6 +165,9 @@ internal sealed class ScriptedSequence(int capacity, params int[] script) : ISeq
     public List<int> Tokens { get; } = [];
     public int Length => Tokens.Count;
     public int Capacity => capacity;
+    IReadOnlyList<int> ISequence.Tokens => Tokens;
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => 0;
+    public ISequence Fork() => throw new NotSupportedException("scripted sequences do not fork");
     public void Append(ReadOnlySpan<int> tokens)
     {
         if (Tokens.Count + tokens.Length > capacity) throw new QwQ.Cuda.Errors.OptionException("full");
