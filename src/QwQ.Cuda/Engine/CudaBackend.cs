@@ -243,7 +243,7 @@ public sealed class CudaBackend : IModelBackend
             CudaSequence s = p.Seq;
             int start = s.Length, n = p.Tokens.Length;
             ReadOnlySpan<int> tokens = p.Tokens.Span;
-            IReadOnlyList<int> blocks = s.Table.Blocks;
+            ReadOnlySpan<int> blocks = s.Table.Blocks;
             for (int j = 0; j < n; j++)
             {
                 int position = start + j;
@@ -254,7 +254,7 @@ public sealed class CudaBackend : IModelBackend
             (info[4 * seqs], info[4 * seqs + 1], info[4 * seqs + 2], info[4 * seqs + 3]) = (rows, n, start, 0);
             ctxLens[seqs] = start + n;
             Span<int> table = inp.TableHost(seqs);
-            for (int b = 0; b < blocks.Count; b++) table[b] = blocks[b];
+            blocks.CopyTo(table);
             if (logitPositions.IsEmpty && p.WantsLogits) logits[logitRows++] = rows + n - 1;
             if (p.IsDecode) decode++;
             else maxPrefill = Math.Max(maxPrefill, n);
@@ -315,6 +315,9 @@ public sealed class CudaBackend : IModelBackend
     /// </summary>
     private void ReserveBlocks(List<Part> pass)
     {
+        int needed = 0;
+        foreach (Part p in pass) needed += p.Seq.Table.BlocksNeeded(p.Seq.Length, p.Seq.Length + p.Tokens.Length);
+        if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
         for (int i = 0; i < pass.Count; i++)
         {
             CudaSequence s = pass[i].Seq;

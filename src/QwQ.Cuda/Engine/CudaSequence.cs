@@ -51,6 +51,19 @@ internal sealed class CudaSequence : ISequence
         _backend.Step([new SequenceChunk(this, tokens.ToArray())], ct);
     }
 
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
+    {
+        ThrowIfDisposed();
+        lock (_backend.Gate)
+        {
+            if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
+            int reused = Table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
+            _tokens.AddRange(tokens[..reused]);
+            HasLogits = false;
+            return reused;
+        }
+    }
+
     public ISequence Fork()
     {
         ThrowIfDisposed();

@@ -1,4 +1,5 @@
-using System.Globalization;
+using System.Runtime.InteropServices;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
@@ -11,29 +12,39 @@ namespace QwQ.Cuda.Inference;
 /// <summary>
 /// <see cref="IModelBackend"/> over the float32 CPU reference (<see cref="Qwen2CpuModel"/>) and <see cref="CpuSampler"/>.
 /// Slow and memory-hungry (4 bytes a parameter), so meant for tiny models, tests and CI: the generation loop,
-/// sessions and the chat client run on it exactly as on the GPU. Sequences share the read-only weights; each
-/// sequence is single-caller, and different sequences may run on different threads.
+/// sessions, the scheduler and the chat client run on it exactly as on the GPU, paged KV pool, batched steps,
+/// copy-on-write and prefix reuse included. Sequences share the read-only weights and the pool; each sequence is
+/// single-caller, different sequences may be used from different threads, and one step runs at a time.
 /// </summary>
 public sealed class CpuReferenceBackend : IModelBackend
 {
     private readonly Qwen2CpuModel _model;
+    private readonly CpuKvBlocks _kv;
+    private readonly Lock _stepGate = new(); // one pass at a time: a step's reservations and KV writes go together
     private readonly int _validVocab;
     private readonly ulong? _seed;
 
     /// <param name="maxContext">Positions a sequence may hold (null: the model's maximum, see MemoryPlan.ModelMaxPositions).</param>
     /// <param name="validVocab">The tokenizer's size: ids at or above it are never sampled (null: config vocab_size).</param>
     /// <param name="samplerSeed">Seed for sampling when the options give none (null: a random one per sequence).</param>
-    public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null, ulong? samplerSeed = null)
+    /// <param name="kvPoolPositions">
+    /// Positions the shared KV pool holds, rounded up to whole blocks (null: 4 × maxContext, room for four full
+    /// sequences). Block memory is allocated on first use, so a big pool costs only what sequences fill.
+    /// </param>
+    public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null,
+        ulong? samplerSeed = null, int? kvPoolPositions = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
         if (maxContext is < 1) throw new OptionException($"max context {maxContext} must be at least 1");
+        if (kvPoolPositions is < 1) throw new OptionException($"a KV pool of {kvPoolPositions} positions must hold at least 1");
         int modelMax = MemoryPlan.ModelMaxPositions(config);
         if (maxContext > modelMax)
             throw new OptionException($"--max-context {maxContext} exceeds the model's {modelMax} positions");
         Config = config;
         _model = new Qwen2CpuModel(config, weights);
         MaxContext = maxContext ?? modelMax;
+        _kv = CpuKvBlocks.ForPositions(config, kvPoolPositions ?? 4L * MaxContext);
         _validVocab = Math.Min(validVocab ?? config.VocabSize, config.VocabSize);
         _seed = samplerSeed;
     }
@@ -47,9 +58,12 @@ public sealed class CpuReferenceBackend : IModelBackend
     {
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
-        long total = checked(config.ParameterCount * 4);
-        CheckHostMemory(total, "the CPU reference backend keeps every weight in float32: this model",
-            "It is meant for small test models; use --backend cuda.");
+        long total = config.ParameterCount * 4;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (total > available / 2)
+            throw new OptionException(
+                $"the CPU reference backend keeps every weight in float32: this model needs {total / 1e9:F1} GB of host memory " +
+                $"and {available / 1e9:F1} GB is available. It is meant for small test models; use --backend cuda.");
         progress?.Report(new LoadProgress(checkpointDir is null ? "synthetic weights" : "loading weights", 0, total));
         CpuWeights weights;
         if (checkpointDir is null)
@@ -72,12 +86,7 @@ public sealed class CpuReferenceBackend : IModelBackend
 
     public int MaxContext { get; }
 
-    public Batching.KvBlockPool KvPool { get; } = new(1); // TEMPORARY: the CPU pool lands from branch e1
-
-    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
-    {
-        foreach (var item in items) item.Sequence.Append(item.Tokens.Span, ct);
-    }
+    public KvBlockPool KvPool => _kv.Pool;
 
     public ISequence CreateSequence(int? maxContext = null)
     {
@@ -85,65 +94,157 @@ public sealed class CpuReferenceBackend : IModelBackend
         if (capacity < 1) throw new OptionException($"max context {capacity} must be at least 1");
         if (capacity > MaxContext)
             throw new OptionException($"a sequence of {capacity} positions exceeds this backend's maximum of {MaxContext}");
-        // The fp32 cache is allocated whole up front; a config with millions of positions must not take the host down.
-        CheckHostMemory(checked(2L * 4 * Config.NumHiddenLayers * Config.KvDim * capacity),
-            $"on the CPU reference backend a KV cache of {capacity} positions", "Pass a smaller --max-context.");
-        return new CpuSequence(_model.CreateSession(capacity), new CpuSampler(Config.VocabSize, _validVocab, _seed), Config.VocabSize);
-    }
-
-    /// <summary>Refuses an allocation of more than half the memory the process may use, before trying it.</summary>
-    private static void CheckHostMemory(long bytes, string what, string fix)
-    {
+        // Blocks are allocated as the sequence grows; one that could grow past half the host's memory is refused now,
+        // not when it takes the host down (a config may claim 16M positions of a 1024-layer model: 2.2 TB of fp32 KV).
+        long bytes = checked(2L * 4 * Config.NumHiddenLayers * Config.KvDim * capacity);
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (bytes > available / 2)
-            throw new OptionException(string.Create(CultureInfo.InvariantCulture,
-                $"{what} needs {bytes / 1e9:F1} GB of host memory and {available / 1e9:F1} GB is available. {fix}"));
+            throw new OptionException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"on the CPU reference backend a KV cache of {capacity} positions needs {bytes / 1e9:F1} GB of host memory and {available / 1e9:F1} GB is available. Pass a smaller --max-context."));
+        return new CpuSequence(this, capacity, new KvBlockTable(_kv.Pool), new CpuSampler(Config.VocabSize, _validVocab, _seed));
     }
 
-    /// <summary>Nothing to free: the weights are managed arrays.</summary>
-    public void Dispose() { }
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        if (items.IsEmpty) throw new ArgumentException("a step needs at least one item", nameof(items));
+        var sequences = new CpuSequence[items.Length];
+        var rows = new CpuBatchRows[items.Length];
+        var distinct = new HashSet<CpuSequence>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < items.Length; i++)
+        {
+            var seq = items[i].Sequence as CpuSequence;
+            if (seq is null || seq.Owner != this)
+                throw new ArgumentException($"item {i} names a sequence of another backend; create it with this backend's CreateSequence", nameof(items));
+            if (!distinct.Add(seq))
+                throw new ArgumentException($"item {i} names a sequence that an earlier item already names; join their tokens into one item", nameof(items));
+            seq.CheckAppend(items[i].Tokens.Span);
+            sequences[i] = seq;
+            rows[i] = new CpuBatchRows(items[i].Tokens, seq.Length, seq.Table);
+        }
+        ct.ThrowIfCancellationRequested();
 
-    /// <summary>Prompt tokens the CPU reference runs per forward pass: the most a cancellation waits for.</summary>
+        lock (_stepGate)
+        {
+            Reserve(rows);
+            float[] logits; // [items, vocab]
+            try
+            {
+                logits = _model.StepLogits(_kv, rows, ct);
+            }
+            catch
+            {
+                foreach (var r in rows) r.Table.Truncate(r.StartPos); // positions half written: the step never happened
+                throw;
+            }
+            int vocab = Config.VocabSize;
+            for (int i = 0; i < sequences.Length; i++)
+                sequences[i].Commit(rows[i].Tokens.Span, logits.AsSpan(i * vocab, vocab));
+        }
+    }
+
+    /// <summary>Backs every item's new positions, or none of them (throwing <see cref="KvPoolExhaustedException"/>).</summary>
+    private void Reserve(CpuBatchRows[] rows)
+    {
+        var pool = _kv.Pool;
+        int needed = 0;
+        foreach (var r in rows) needed += r.Table.BlocksNeeded(r.StartPos, r.StartPos + r.Tokens.Length);
+        int free = pool.FreeBlocks;
+        if (needed > free) throw new KvPoolExhaustedException(needed, free, pool.TotalBlocks, pool.BlockSize);
+        int done = 0;
+        try
+        {
+            for (; done < rows.Length; done++)
+                rows[done].Table.Reserve(rows[done].StartPos, rows[done].StartPos + rows[done].Tokens.Length, _kv.CopyBlock);
+        }
+        catch
+        {
+            // Another thread's sequence took blocks since the count above (only AttachCachedPrefix and Fork run outside the gate).
+            for (int i = 0; i < done; i++) rows[i].Table.Truncate(rows[i].StartPos);
+            throw;
+        }
+    }
+
+    /// <summary>Prompt tokens the CPU reference runs per forward pass in <see cref="ISequence.Append"/>: the most a cancellation waits for.</summary>
     internal const int PrefillChunk = 128;
 
-    private sealed class CpuSequence(CpuKvSession session, CpuSampler sampler, int vocab) : ISequence
+    /// <summary>Nothing to free: the weights and KV blocks are managed arrays.</summary>
+    public void Dispose() { }
+
+    private sealed class CpuSequence(CpuReferenceBackend owner, int capacity, KvBlockTable table, CpuSampler sampler) : ISequence
     {
-        private float[]? _logits; // [vocab] fp32 of the last appended position; null until an Append
+        private readonly List<int> _tokens = [];   // [Length] tokens whose KV the table holds
+        private float[]? _logits;                  // [vocab] fp32 of the last appended position; null until an Append
         private bool _disposed;
 
-        public int Length => session.Length;
-
-        public int Capacity => session.MaxContext;
-
-        private readonly List<int> _tokens = [];
+        public CpuReferenceBackend Owner => owner;
+        public KvBlockTable Table => table;
+        public int Length => _tokens.Count;
+        public int Capacity => capacity;
         public IReadOnlyList<int> Tokens => _tokens;
-        public ISequence Fork() => throw new NotSupportedException("TEMPORARY: CPU fork lands from branch e1");
 
         public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
+        {
+            // In chunks, so a cancelled prefill stops within one: in one pass, Ctrl+C during a 1.5k-token prompt took
+            // 22.6 s to be noticed. Chunking changes no result: each position attends to the cached ones either way.
+            if (tokens.IsEmpty) CheckAppend(tokens);
+            for (int start = 0; start < tokens.Length; start += PrefillChunk)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var part = tokens.Slice(start, Math.Min(PrefillChunk, tokens.Length - start));
+                owner.Step([new SequenceChunk(this, part.ToArray())], cancellationToken);
+            }
+        }
+
+        /// <summary>The checks of <see cref="Step"/> that concern this sequence alone.</summary>
+        public void CheckAppend(ReadOnlySpan<int> tokens)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (tokens.IsEmpty) throw new ArgumentException("need at least one token", nameof(tokens));
             if (Length + tokens.Length > Capacity)
                 throw new OptionException($"the sequence holds {Length} of {Capacity} positions; {tokens.Length} more do not fit (raise --max-context or shorten the prompt)");
+            int vocab = owner.Config.VocabSize;
             foreach (int t in tokens)
                 if ((uint)t >= (uint)vocab)
                     throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab}");
-            // In chunks, so a cancelled prefill stops within one: in one pass, Ctrl+C during a 1.5k-token prompt took
-            // 22.6 s to be noticed. Chunking changes no result: each position attends to the cached ones either way.
-            for (int start = 0; start < tokens.Length; start += PrefillChunk)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                _logits = session.Append(tokens.Slice(start, Math.Min(PrefillChunk, tokens.Length - start)));
-            }
+        }
+
+        /// <summary>A step appended <paramref name="tokens"/>: keep them, their last logits, and publish filled blocks.</summary>
+        public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> lastLogits)
+        {
+            _tokens.AddRange(tokens);
+            _logits = lastLogits.ToArray();
+            table.PublishFullBlocks(CollectionsMarshal.AsSpan(_tokens));
+        }
+
+        public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
+            int reused = table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
+            _tokens.AddRange(tokens[..reused]);
+            return reused;
+        }
+
+        public ISequence Fork()
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var copy = new CpuSampler(sampler.VocabRows, sampler.ValidVocab, sampler.DefaultSeed);
+            var counts = sampler.Counts;
+            for (int id = 0; id < counts.Length; id++)
+                for (int c = 0; c < counts[id]; c++) copy.Record(new ReadOnlySpan<int>(in id));
+            var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits };
+            fork._tokens.AddRange(_tokens);
+            return fork;
         }
 
         public void Truncate(int length)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            int before = Length;
-            session.Truncate(length);
+            if ((uint)length > (uint)Length) throw new ArgumentOutOfRangeException(nameof(length), $"must be in [0, {Length}]");
+            table.Truncate(length);
             // The logits belonged to the old last position; a Sample needs an Append first.
-            if (length < before) _logits = null;
+            if (length < Length) _logits = null;
+            _tokens.RemoveRange(length, _tokens.Count - length);
         }
 
         public void ResetPenalties() => sampler.Reset();
@@ -160,6 +261,11 @@ public sealed class CpuReferenceBackend : IModelBackend
             return _logits ?? throw new InvalidOperationException("no logits: append at least one token after creating or truncating the sequence");
         }
 
-        public void Dispose() => _disposed = true;
+        /// <summary>Gives the KV blocks back to the pool.</summary>
+        public void Dispose()
+        {
+            _disposed = true;
+            table.Dispose();
+        }
     }
 }

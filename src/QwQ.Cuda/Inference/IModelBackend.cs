@@ -1,3 +1,4 @@
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 
 namespace QwQ.Cuda.Inference;
@@ -6,6 +7,8 @@ namespace QwQ.Cuda.Inference;
 /// A loaded model's forward pass: the CUDA engine (<c>QwQ.Cuda.Engine.CudaBackend</c>) or the plain
 /// float32 CPU reference (<c>CpuReferenceBackend</c>, for small models and CI). Generation, sessions and
 /// the chat client are written against this, so the same loop is tested on the CPU and run on the GPU.
+/// Sequences keep their KV in one paged pool (<see cref="KvPool"/>); <see cref="Step"/> runs rows of many
+/// sequences in one forward pass (docs/ENGINE_V2.md).
 /// </summary>
 public interface IModelBackend : IDisposable
 {
@@ -14,41 +17,56 @@ public interface IModelBackend : IDisposable
     /// <summary>One line for humans, e.g. "NVIDIA H100 80GB HBM3, 78.2 GiB free".</summary>
     string DeviceDescription { get; }
 
-    /// <summary>The most positions a sequence can hold on this backend (KV cache sized from free memory).</summary>
+    /// <summary>The most positions a sequence can hold on this backend.</summary>
     int MaxContext { get; }
 
-    /// <summary>The paged KV pool's bookkeeping, shared by all sequences.</summary>
-    Batching.KvBlockPool KvPool { get; }
+    /// <summary>The KV blocks every sequence of this backend draws from (free blocks, prefix cache).</summary>
+    KvBlockPool KvPool { get; }
 
-    /// <summary>One forward pass over rows from many sequences (TEMPORARY doc; see docs/ENGINE_V2.md).</summary>
-    void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default);
-
-    /// <summary>Opens a sequence with its own KV cache of <paramref name="maxContext"/> positions (null: <see cref="MaxContext"/>).</summary>
+    /// <summary>
+    /// Opens an empty sequence that may grow to <paramref name="maxContext"/> positions (null: <see cref="MaxContext"/>).
+    /// Allocates no KV: blocks are taken from <see cref="KvPool"/> as it grows.
+    /// </summary>
     ISequence CreateSequence(int? maxContext = null);
+
+    /// <summary>
+    /// One forward pass over the rows of every item (their tokens laid end to end): each item appends its tokens to
+    /// its sequence, and its last row's logits are kept by that sequence (<see cref="ISequence.Sample"/> reads them).
+    /// Items must name distinct sequences of this backend. Throws <see cref="KvPoolExhaustedException"/> before
+    /// anything runs when the pool cannot hold the new positions, <see cref="Errors.OptionException"/> when an item
+    /// exceeds its sequence's capacity or names a token outside the vocabulary. All or nothing: when it throws
+    /// (cancellation included), no sequence changed.
+    /// </summary>
+    void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default);
 }
 
-/// <summary>
-/// One token sequence and its KV cache. Not thread-safe: one caller at a time.
-/// </summary>
+/// <summary>One item of <see cref="IModelBackend.Step"/>: <paramref name="Tokens"/> to append to <paramref name="Sequence"/>.</summary>
+public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens);
+
 /// <summary>One sequence's next-token draw in a batched sample: its options and its RNG step.</summary>
 public readonly record struct SampleRequest(ISequence Sequence, Sampling.SamplingOptions Options, long Step);
 
-public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens);
-
+/// <summary>
+/// One token sequence: the tokens whose KV is in the pool, the last appended position's logits and the token
+/// counts that sampling penalties use. Its state is its own, so any interleaving of calls across sequences gives
+/// each what it gets alone. Not thread-safe: one caller at a time.
+/// </summary>
 public interface ISequence : IDisposable
 {
-    IReadOnlyList<int> Tokens { get; }
-    ISequence Fork();
     /// <summary>Positions already in the KV cache.</summary>
     int Length { get; }
 
     /// <summary>The most positions this sequence can hold.</summary>
     int Capacity { get; }
 
+    /// <summary>The tokens whose KV is in the cache, in position order (<see cref="Length"/> of them).</summary>
+    IReadOnlyList<int> Tokens { get; }
+
     /// <summary>
     /// Runs the forward pass over <paramref name="tokens"/> placed at positions Length.. (prefill when there are many,
-    /// decode when there is one) and leaves the last position's logits ready for <see cref="Sample"/>.
-    /// Throws <see cref="Errors.OptionException"/> if Length + tokens.Length exceeds Capacity.
+    /// decode when there is one) and leaves the last position's logits ready for <see cref="Sample"/>: a
+    /// <see cref="IModelBackend.Step"/> of this one sequence. Throws <see cref="Errors.OptionException"/> if
+    /// Length + tokens.Length exceeds Capacity, <see cref="KvPoolExhaustedException"/> if the pool is full.
     /// <para>
     /// A long prefill runs in chunks and checks <paramref name="cancellationToken"/> before each: once it fires, Append
     /// throws <see cref="OperationCanceledException"/> and the sequence keeps the chunks that completed (Length says
@@ -57,8 +75,21 @@ public interface ISequence : IDisposable
     /// </summary>
     void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default);
 
-    /// <summary>Forgets positions ≥ <paramref name="length"/> so a shared prefix can be reused.</summary>
+    /// <summary>Forgets positions ≥ <paramref name="length"/> so a shared prefix can be reused; gives back blocks past it.</summary>
     void Truncate(int length);
+
+    /// <summary>
+    /// On an empty sequence: reuses the KV of the longest run of cached full blocks that hold <paramref name="tokens"/>'
+    /// first positions, never all of them (the last must be appended for its logits). Returns the positions reused
+    /// (now <see cref="Length"/>); the caller appends <c>tokens[result..]</c>. A backend without a prefix cache returns 0.
+    /// </summary>
+    int AttachCachedPrefix(ReadOnlySpan<int> tokens);
+
+    /// <summary>
+    /// A new sequence with the same tokens, last logits and penalty counts, sharing this one's KV blocks; a block is
+    /// copied only when one of the two writes into it (copy-on-write). Dispose each independently.
+    /// </summary>
+    ISequence Fork();
 
     /// <summary>Clears the token counts that presence/frequency/repetition penalties use (start of a generation).</summary>
     void ResetPenalties();

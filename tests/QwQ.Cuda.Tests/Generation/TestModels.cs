@@ -145,9 +145,10 @@ internal sealed class CountingSequence(ISequence inner) : ISequence
     public int Appended;
     public int Length => inner.Length;
     public int Capacity => inner.Capacity;
-    public Action? BeforeAppend;
     public IReadOnlyList<int> Tokens => inner.Tokens;
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => inner.AttachCachedPrefix(tokens);
     public ISequence Fork() => new CountingSequence(inner.Fork());
+    public Action? BeforeAppend;
     public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default)
     {
         BeforeAppend?.Invoke();
@@ -171,7 +172,8 @@ internal sealed class ScriptedSequence(int capacity, params int[] script) : ISeq
     IReadOnlyList<int> ISequence.Tokens => Tokens;
     public int Length => Tokens.Count;
     public int Capacity => capacity;
-    public ISequence Fork() => throw new NotSupportedException();
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => 0;
+    public ISequence Fork() => throw new NotSupportedException("scripted sequences do not fork");
     /// <summary>Tokens appended per "forward pass", with cancellation checked before each, as the real backends do.</summary>
     public int Chunk { get; init; } = int.MaxValue;
     /// <summary>Called after each chunk (tests cancel from here).</summary>

@@ -1,3 +1,4 @@
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 
 namespace QwQ.Cuda.Model.Reference;
@@ -43,8 +44,10 @@ public sealed class Qwen2CpuModel
     public float[] Forward(ReadOnlySpan<int> tokens, ActivationSink? sink = null)
     {
         if (tokens.IsEmpty) throw new ArgumentException("need at least one token", nameof(tokens));
-        var cache = new CpuKvCache(Config, tokens.Length);
-        var normed = Decode(tokens, startPos: 0, cache, sink);
+        var kv = CpuKvBlocks.ForPositions(Config, tokens.Length);
+        using var table = new KvBlockTable(kv.Pool);
+        table.Reserve(0, tokens.Length, kv.CopyBlock);
+        var normed = Decode(kv, [new CpuBatchRows(tokens.ToArray(), 0, table)], sink, CancellationToken.None);
         return Logits(normed, tokens.Length, sink);
     }
 
@@ -52,16 +55,31 @@ public sealed class Qwen2CpuModel
     public CpuKvSession CreateSession(int maxContext) => new(this, maxContext);
 
     /// <summary>
-    /// Runs every layer for T new tokens at positions startPos.., writing their K/V into the cache, and
-    /// returns the final-normed hidden states <c>[T, hidden]</c>.
+    /// One batched pass: the rows of every item laid end to end. The products run over all rows at once; RoPE,
+    /// the KV write and attention run per item, each over its own sequence's paged KV (positions
+    /// [0, StartPos + rows) of its table, which must be reserved). Returns the final-normed hidden states
+    /// <c>[rows, hidden]</c>. Every row is computed exactly as it would be alone (row-independent products, per-row
+    /// attention), so batching changes no bit of any result. Cancellation is checked between layers; a cancelled
+    /// pass leaves the reserved positions half written, so callers roll their tables back.
     /// </summary>
-    internal float[] Decode(ReadOnlySpan<int> tokens, int startPos, CpuKvCache cache, ActivationSink? sink)
+    internal float[] Decode(CpuKvBlocks kv, ReadOnlySpan<CpuBatchRows> items, ActivationSink? sink, CancellationToken ct)
     {
         var c = Config;
-        int T = tokens.Length, H = c.HiddenSize, D = c.HeadDim, nq = c.NumAttentionHeads, nkv = c.NumKeyValueHeads;
+        int H = c.HiddenSize, D = c.HeadDim, nq = c.NumAttentionHeads, nkv = c.NumKeyValueHeads;
         int I = c.IntermediateSize;
         float eps = (float)c.RmsNormEps;
         float scale = 1.0f / MathF.Sqrt(D);
+
+        int T = 0, maxKeys = 0;
+        foreach (var item in items)
+        {
+            if (item.Tokens.IsEmpty) throw new ArgumentException("every item needs at least one token", nameof(items));
+            T += item.Tokens.Length;
+            maxKeys = Math.Max(maxKeys, item.StartPos + item.Tokens.Length);
+        }
+        var tokens = new int[T];                  // [T] every item's tokens, end to end
+        for (int i = 0, row = 0; i < items.Length; row += items[i].Tokens.Length, i++)
+            items[i].Tokens.Span.CopyTo(tokens.AsSpan(row));
 
         var x = new float[T * H];                 // residual stream [T, hidden]
         var h = new float[T * H];                 // normed input [T, hidden]
@@ -73,12 +91,15 @@ public sealed class Qwen2CpuModel
         var gate = new float[T * I];              // [T, I]
         var up = new float[T * I];                // [T, I]
         var act = new float[T * I];               // [T, I]
+        var keys = new float[maxKeys * nkv * D];  // one item's gathered K [positions, nkv, D]
+        var values = new float[maxKeys * nkv * D];// one item's gathered V [positions, nkv, D]
 
         CpuOps.Embedding(tokens, Weights.Embedding, x, H);
         sink?.Invoke(ActivationNames.Embedding, x);
 
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
         {
+            ct.ThrowIfCancellationRequested();
             var w = Weights.Layers[layer];
 
             // --- self-attention block ---
@@ -88,15 +109,25 @@ public sealed class Qwen2CpuModel
             CpuOps.MatMulNT(h, w.QWeight, w.QBias, q, T, nq * D, H);
             CpuOps.MatMulNT(h, w.KWeight, w.KBias, k, T, nkv * D, H);
             CpuOps.MatMulNT(h, w.VWeight, w.VBias, v, T, nkv * D, H);
-            CpuOps.ApplyRope(q, T, nq, D, startPos, InvFreq, AttentionFactor);
-            CpuOps.ApplyRope(k, T, nkv, D, startPos, InvFreq, AttentionFactor);
+            for (int i = 0, row = 0; i < items.Length; row += items[i].Tokens.Length, i++)
+            {
+                int n = items[i].Tokens.Length, start = items[i].StartPos;
+                CpuOps.ApplyRope(q.AsSpan(row * nq * D, n * nq * D), n, nq, D, start, InvFreq, AttentionFactor);
+                CpuOps.ApplyRope(k.AsSpan(row * nkv * D, n * nkv * D), n, nkv, D, start, InvFreq, AttentionFactor);
+            }
             sink?.Invoke(ActivationNames.Q(layer), q);
             sink?.Invoke(ActivationNames.K(layer), k);
             sink?.Invoke(ActivationNames.V(layer), v);
 
-            cache.Store(layer, startPos, k, v);
-            int keys = startPos + T;
-            CpuOps.CausalAttention(q, cache.Keys(layer, keys), cache.Values(layer, keys), attn, T, startPos, nq, nkv, D, scale);
+            for (int i = 0, row = 0; i < items.Length; row += items[i].Tokens.Length, i++)
+            {
+                var (n, start, table) = (items[i].Tokens.Length, items[i].StartPos, items[i].Table);
+                int kvRows = (start + n) * nkv * D;
+                kv.Store(table, layer, start, k.AsSpan(row * nkv * D, n * nkv * D), v.AsSpan(row * nkv * D, n * nkv * D));
+                kv.Gather(table, layer, start + n, keys.AsSpan(0, kvRows), values.AsSpan(0, kvRows));
+                CpuOps.CausalAttention(q.AsSpan(row * nq * D, n * nq * D), keys.AsSpan(0, kvRows), values.AsSpan(0, kvRows),
+                    attn.AsSpan(row * nq * D, n * nq * D), n, start, nq, nkv, D, scale);
+            }
             sink?.Invoke(ActivationNames.Attention(layer), attn);
 
             CpuOps.MatMulNT(attn, w.OWeight, default, delta, T, H, nq * D);
@@ -122,6 +153,23 @@ public sealed class Qwen2CpuModel
         return h;
     }
 
+    /// <summary>
+    /// <see cref="Decode"/> over the items, then the logits of each item's last row: <c>[items, vocab]</c>
+    /// (row i belongs to items[i]).
+    /// </summary>
+    internal float[] StepLogits(CpuKvBlocks kv, ReadOnlySpan<CpuBatchRows> items, CancellationToken ct)
+    {
+        var normed = Decode(kv, items, sink: null, ct);
+        int H = Config.HiddenSize;
+        var last = new float[items.Length * H]; // [items, hidden] each item's last row
+        for (int i = 0, row = 0; i < items.Length; i++)
+        {
+            row += items[i].Tokens.Length;
+            normed.AsSpan((row - 1) * H, H).CopyTo(last.AsSpan(i * H));
+        }
+        return Logits(last, items.Length, sink: null);
+    }
+
     /// <summary>logits <c>[rows, vocab]</c> = normed <c>[rows, hidden]</c> · lm_headᵀ.</summary>
     internal float[] Logits(ReadOnlySpan<float> normed, int rows, ActivationSink? sink)
     {
@@ -131,3 +179,6 @@ public sealed class Qwen2CpuModel
         return logits;
     }
 }
+
+/// <summary>One sequence's part of a batched CPU pass: <c>Tokens</c> at positions StartPos.. of the sequence whose blocks <c>Table</c> lists.</summary>
+internal readonly record struct CpuBatchRows(ReadOnlyMemory<int> Tokens, int StartPos, KvBlockTable Table);

@@ -1,0 +1,72 @@
+using QwQ.Cuda.Batching;
+using QwQ.Cuda.Config;
+
+namespace QwQ.Cuda.Model.Reference;
+
+/// <summary>
+/// The CPU reference's paged KV memory: one fp32 array per block of a <see cref="KvBlockPool"/>, each
+/// <c>[layers, 2 (K, V), nkv, B, D]</c> (head-major within a block, like the GPU's). A block's array is allocated
+/// on its first write and kept for reuse, so a big pool costs only what is used. A block is written only by the one
+/// table that owns it exclusively (see <see cref="KvBlockTable.Reserve"/>).
+/// </summary>
+internal sealed class CpuKvBlocks
+{
+    private readonly float[]?[] _blocks; // [TotalBlocks] each [layers, 2, nkv, B, D] fp32, null until first written
+    private readonly int _layers, _nkv, _headDim, _blockSize;
+
+    public CpuKvBlocks(ModelConfig c, int totalBlocks, int blockSize = KvBlockPool.DefaultBlockSize)
+    {
+        Pool = new KvBlockPool(totalBlocks, blockSize);
+        _blocks = new float[]?[totalBlocks];
+        (_layers, _nkv, _headDim, _blockSize) = (c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, blockSize);
+    }
+
+    /// <summary>A pool of exactly enough default-size blocks for <paramref name="positions"/> positions.</summary>
+    public static CpuKvBlocks ForPositions(ModelConfig c, long positions) =>
+        new(c, checked((int)((positions + KvBlockPool.DefaultBlockSize - 1) / KvBlockPool.DefaultBlockSize)));
+
+    public KvBlockPool Pool { get; }
+
+    /// <summary>The copy-on-write callback for <see cref="KvBlockTable.Reserve"/>.</summary>
+    public void CopyBlock(int source, int destination)
+    {
+        if (_blocks[source] is not { } src) return; // never written: nothing anyone may read
+        src.CopyTo(_blocks[destination] ??= new float[src.Length], 0);
+    }
+
+    /// <summary>Writes k, v <c>[T, nkv, D]</c> of positions startPos.. into the table's blocks.</summary>
+    public void Store(KvBlockTable table, int layer, int startPos, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        int row = _nkv * _headDim, tokens = k.Length / row;
+        if (startPos + tokens > table.Length)
+            throw new InvalidOperationException($"positions up to {startPos + tokens} are not reserved (the table backs {table.Length})");
+        for (int t = 0; t < tokens; t++)
+        {
+            int pos = startPos + t;
+            var block = _blocks[table.Blocks[pos / _blockSize]] ??= new float[_layers * 2 * _nkv * _blockSize * _headDim];
+            for (int h = 0; h < _nkv; h++)
+            {
+                k.Slice(t * row + h * _headDim, _headDim).CopyTo(block.AsSpan(Offset(layer, 0, h, pos % _blockSize), _headDim));
+                v.Slice(t * row + h * _headDim, _headDim).CopyTo(block.AsSpan(Offset(layer, 1, h, pos % _blockSize), _headDim));
+            }
+        }
+    }
+
+    /// <summary>Reads positions [0, positions) of the table's K and V into contiguous <c>[positions, nkv, D]</c>.</summary>
+    public void Gather(KvBlockTable table, int layer, int positions, Span<float> k, Span<float> v)
+    {
+        int row = _nkv * _headDim;
+        for (int pos = 0; pos < positions; pos++)
+        {
+            var block = _blocks[table.Blocks[pos / _blockSize]]
+                        ?? throw new InvalidOperationException($"position {pos} was reserved but never written");
+            for (int h = 0; h < _nkv; h++)
+            {
+                block.AsSpan(Offset(layer, 0, h, pos % _blockSize), _headDim).CopyTo(k.Slice(pos * row + h * _headDim, _headDim));
+                block.AsSpan(Offset(layer, 1, h, pos % _blockSize), _headDim).CopyTo(v.Slice(pos * row + h * _headDim, _headDim));
+            }
+        }
+    }
+
+    private int Offset(int layer, int kv, int head, int slot) => (((layer * 2 + kv) * _nkv + head) * _blockSize + slot) * _headDim;
+}
