@@ -23,3 +23,20 @@ gather_rows_bf16(const __nv_bfloat16* __restrict__ src,  // [T, hidden]
         for (int i = threadIdx.x; i < hidden; i += blockDim.x) d[i] = s[i];
     }
 }
+
+// Row scatter: dst_rows[r][:] = src[r, :] for fp32 rows — each sequence of a step takes its logits row into its own
+// buffer in one launch instead of one copy call per sequence. Launch: grid = (R, ceil(cols / (256 * 4))), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+scatter_rows_f32(const float* __restrict__ src,      // [R, cols]
+                 float* const* __restrict__ dst_rows, // [R] device pointers, each to cols floats
+                 int cols) {
+    const int r = blockIdx.x;
+    const float* s = src + (size_t)r * cols;
+    float* d = dst_rows[r];
+    const int base = blockIdx.y * blockDim.x * 4 + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const int i = base + k * blockDim.x;
+        if (i < cols) d[i] = s[i];
+    }
+}

@@ -270,6 +270,34 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_a
     }
 }
 
+// Greedy for many sequences at once, when no bias or penalty changes the logits: row r's token = argmax of its own
+// logits (lowest id on ties, NaN as -inf, as sampling_prepare_f32 + sampling_argmax_f32 decide), counted in that
+// sequence's own counts and written to tokens[r]. One block of 1024 threads per row; one launch for the batch.
+extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_greedy_rows_f32(
+    const float* const* __restrict__ logits_rows,  // [R] device pointers, each to validVocab+ fp32
+    int* const* __restrict__ counts_rows,          // [R] device pointers, each to vocabRows int32
+    int* __restrict__ tokens,                      // [R] int32 out
+    int validVocab)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* logits = logits_rows[blockIdx.x];
+    float best = -INFINITY;
+    int bestId = 0x7fffffff;
+    for (int v = threadIdx.x; v < validVocab; v += SAMPLING_SELECT_THREADS)
+    {
+        float x = logits[v];
+        if (x != x) x = -INFINITY;
+        if (sampling_better(x, v, best, bestId)) { best = x; bestId = v; }
+    }
+    sampling_block_argmax<SAMPLING_SELECT_THREADS>(best, bestId, sv, si);
+    if (threadIdx.x == 0)
+    {
+        tokens[blockIdx.x] = bestId;
+        if (bestId < validVocab) counts_rows[blockIdx.x][bestId] += 1;
+    }
+}
+
 // Candidates of each tile, in id order, into that tile's segment: segId/segKey/segW[blockIdx.x * TILE + j].
 // grid = ceil(validVocab / SAMPLING_TILE), block = SAMPLING_PREP_THREADS.
 extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_compact_f32(

@@ -30,6 +30,8 @@ public sealed class CudaBackend : IModelBackend
     private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
     private volatile bool _disposed;
     private PinnedHostBuffer? _sampledHost; // int32 [sequences]  tokens of a batched Sample
+    private readonly KernelSet _kernels = null!;
+    private readonly RowPointers _rowPointers = null!;
 
     internal object Gate { get; } = new();
     internal CudaContext Context { get; }
@@ -87,6 +89,8 @@ public sealed class CudaBackend : IModelBackend
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
+            _kernels = kernels;
+            _rowPointers = Own(new RowPointers(Workspace.LogitRows));
             Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, new LinearOps(kernels.Gemv, blas, lt, options.GemvMaxRows),
                 invFreq.Ptr, Rope.AttentionFactor(config));
             Stream.Synchronize();
@@ -196,15 +200,33 @@ public sealed class CudaBackend : IModelBackend
                 _sampledHost?.Dispose();
                 _sampledHost = PinnedHostBuffer.Allocate(4L * Math.Max(requests.Length, Workspace.MaxSequences));
             }
+            // Plain greedy rows (the common case of evaluation runs) go through one launch; the rest one by one.
+            Span<int> greedyIndex = stackalloc int[Math.Min(requests.Length, 1024)];
+            int greedy = 0;
             for (int i = 0; i < requests.Length; i++)
             {
                 if (requests[i].Sequence is not CudaSequence seq || seq.Backend != this)
                     throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
                 if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
-                Sampler.SampleAsync(Stream, seq.LogitsPtr, seq.CountsPtr, requests[i].Options, requests[i].Step, _sampledHost.Ptr + 4 * i);
+                requests[i].Options.Validate(Sampler.ValidVocab);
+                if (GpuSampler.IsPlainGreedy(requests[i].Options) && greedy < Math.Min(greedyIndex.Length, _rowPointers.Capacity))
+                {
+                    _rowPointers.SampleLogitsHost[greedy] = seq.LogitsPtr;
+                    _rowPointers.SampleCountsHost[greedy] = seq.CountsPtr;
+                    greedyIndex[greedy++] = i;
+                }
+                else Sampler.SampleAsync(Stream, seq.LogitsPtr, seq.CountsPtr, requests[i].Options, requests[i].Step, _sampledHost.Ptr + 4 * i);
+            }
+            if (greedy > 0)
+            {
+                _rowPointers.Upload(Stream, 1, greedy);
+                _rowPointers.Upload(Stream, 2, greedy);
+                Sampler.GreedyRowsAsync(Stream, _rowPointers.SampleLogits, _rowPointers.SampleCounts, _rowPointers.Tokens, greedy);
+                _rowPointers.DownloadTokens(Stream, greedy);
             }
             Stream.Synchronize();
             _sampledHost.AsSpan<int>()[..requests.Length].CopyTo(tokens);
+            for (int g = 0; g < greedy; g++) tokens[greedyIndex[g]] = _rowPointers.TokensHost[g];
         }
     }
 
@@ -290,24 +312,23 @@ public sealed class CudaBackend : IModelBackend
             Forward.Step(Stream, new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows));
         }
 
-        // Each sequence keeps its own logits (any interleaving of Append/Sample gives it exactly what it gets alone).
-        int row = 0;
+        // Each sequence keeps its own logits (any interleaving of Append/Sample gives it exactly what it gets alone):
+        // one launch copies every logits row into its sequence's buffer.
+        int withLogits = 0;
+        Span<ulong> destinations = _rowPointers.LogitsDestinationsHost;
         foreach (Part p in pass)
         {
             p.Seq.TokenList.AddRange(p.Tokens.Span);
             p.Seq.HasLogits = p.WantsLogits && logitPositions.IsEmpty;
-            if (p.Seq.HasLogits)
-            {
-                long bytes = 4L * Config.VocabSize;
-                CopyDevice(Workspace.Logits + (ulong)(row * bytes), p.Seq.LogitsPtr, bytes);
-                row++;
-            }
+            if (p.Seq.HasLogits) destinations[withLogits++] = p.Seq.LogitsPtr;
             p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(p.Seq.TokenList));
         }
+        if (withLogits > 0)
+        {
+            _rowPointers.Upload(Stream, 0, withLogits);
+            _kernels.Embedding.ScatterRowsF32(Stream, Workspace.Logits, _rowPointers.LogitsDestinations, withLogits, Config.VocabSize);
+        }
     }
-
-    private void CopyDevice(ulong src, ulong dst, long bytes) =>
-        CudaErrors.Check(CudaDriverApi.cuMemcpyDtoDAsync_v2(dst, src, (nuint)bytes, Stream.Handle), "cuMemcpyDtoDAsync_v2");
 
     /// <summary>
     /// Backs every position the pass writes with an exclusively owned block (copy-on-write of shared ones), for all

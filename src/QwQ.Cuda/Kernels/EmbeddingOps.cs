@@ -10,15 +10,17 @@ public sealed class EmbeddingOps
 {
     [KernelEntry] public const string GatherEntry = "embedding_gather_bf16";
     [KernelEntry] public const string GatherRowsEntry = "gather_rows_bf16";
+    [KernelEntry] public const string ScatterRowsEntry = "scatter_rows_f32";
 
     private const int Threads = 256;
-    private readonly CudaKernel _gather, _gatherRows;
+    private readonly CudaKernel _gather, _gatherRows, _scatterRows;
 
     public EmbeddingOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _gather = lib.GetKernel(GatherEntry);
         _gatherRows = lib.GetKernel(GatherRowsEntry);
+        _scatterRows = lib.GetKernel(ScatterRowsEntry);
     }
 
     /// <summary>
@@ -57,5 +59,21 @@ public sealed class EmbeddingOps
         LaunchChecks.Positive(sourceRows, nameof(sourceRows));
         void** args = stackalloc void*[] { &src, &rows, &dst, &sourceRows, &hidden };
         _gatherRows.Launch(new Dim3((uint)rowCount), new Dim3(Threads), 0, s, args);
+    }
+
+    /// <summary>
+    /// dstRows[r][:] = src[r, :] for <paramref name="rows"/> fp32 rows of <paramref name="cols"/>: every sequence of a
+    /// step takes its logits row into its own buffer in one launch. <paramref name="dstRows"/>: device array of
+    /// <paramref name="rows"/> pointers.
+    /// </summary>
+    public unsafe void ScatterRowsF32(CudaStream s, ulong src, ulong dstRows, int rows, int cols)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(src, 4, nameof(src));
+        LaunchChecks.Aligned(dstRows, 8, nameof(dstRows));
+        LaunchChecks.Positive(rows, nameof(rows));
+        LaunchChecks.Positive(cols, nameof(cols));
+        void** args = stackalloc void*[] { &src, &dstRows, &cols };
+        _scatterRows.Launch(new Dim3((uint)rows, (uint)((cols + 1023) / 1024)), new Dim3(256), 0, s, args);
     }
 }

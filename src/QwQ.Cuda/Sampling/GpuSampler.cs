@@ -20,6 +20,7 @@ public sealed class GpuSampler : IDisposable
     [KernelEntry] internal const string DrawKernel = "sampling_draw_f32";
     [KernelEntry] internal const string RecordKernel = "sampling_record_i32";
     [KernelEntry] internal const string ZeroKernel = "sampling_zero_u32";
+    [KernelEntry] internal const string GreedyRowsKernel = "sampling_greedy_rows_f32";
 
     // Must match SAMPLING_* in kernels/sampling.cu.
     private const int Tile = 1024;
@@ -33,7 +34,7 @@ public sealed class GpuSampler : IDisposable
     private readonly int vocabRows;
     private readonly int validVocab;
     private readonly int numTiles;
-    private readonly CudaKernel prepare, argmax, compact, radixPass, draw, record, zero;
+    private readonly CudaKernel prepare, argmax, compact, radixPass, draw, record, zero, greedyRows;
 
     private readonly DeviceBuffer counts;     // [vocabRows] int32 occurrences since Reset
     private readonly DeviceBuffer processed;  // [validVocab] fp32 logits after bias/penalties/temperature
@@ -78,6 +79,7 @@ public sealed class GpuSampler : IDisposable
         draw = lib.GetKernel(DrawKernel);
         record = lib.GetKernel(RecordKernel);
         zero = lib.GetKernel(ZeroKernel);
+        greedyRows = lib.GetKernel(GreedyRowsKernel);
 
         var owned = new List<IDisposable>();
         try
@@ -187,6 +189,25 @@ public sealed class GpuSampler : IDisposable
     {
         Enqueue(s, logits, countsPtr, o, step, 0);
         result.CopyToHostAsync(tokenHost, 4, 0, s);
+    }
+
+    /// <summary>Whether <paramref name="o"/> can go through <see cref="GreedyRowsAsync"/>: greedy, with nothing that changes the logits.</summary>
+    public static bool IsPlainGreedy(SamplingOptions o) =>
+        o.IsGreedy && o.LogitBias is not { Count: > 0 } && !o.HasRepetitionPenalty && !o.HasPresenceOrFrequencyPenalty;
+
+    /// <summary>
+    /// Greedy tokens of <paramref name="rows"/> sequences in one launch (options that <see cref="IsPlainGreedy"/>):
+    /// row r's argmax of the logits at <paramref name="logitsRows"/>[r] is counted in <paramref name="countsRows"/>[r]
+    /// and written to <paramref name="tokens"/>[r] (device int32 [rows]). The pointer arrays are device arrays.
+    /// Same token as <see cref="Sample(CudaStream, ulong, ulong, SamplingOptions, long)"/> would pick.
+    /// </summary>
+    public unsafe void GreedyRowsAsync(CudaStream s, ulong logitsRows, ulong countsRows, ulong tokens, int rows)
+    {
+        ThrowIfDisposed();
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
+        int vv = validVocab;
+        void** args = stackalloc void*[] { &logitsRows, &countsRows, &tokens, &vv };
+        greedyRows.Launch(new Dim3((uint)rows), new Dim3(SelectThreads), 0, s, args);
     }
 
     /// <summary>Waits for the stream and returns the token of the last <see cref="SampleAsync"/>.</summary>

@@ -241,4 +241,44 @@ public class BatchedStepTests
         Assert.That(Free(), Is.EqualTo(before), "device memory after 1000 sessions");
         Assert.That(backend.KvPool.FreeBlocks, Is.EqualTo(blocksBefore), "pool blocks after 1000 sessions");
     }
+
+    [Test]
+    public void BatchedSampleEqualsEachSequenceSampledAlone()
+    {
+        using var backend = Load();
+        var r = NewRandom();
+        const int n = 12;
+        var seqs = Enumerable.Range(0, n).Select(_ => backend.CreateSequence()).ToArray();
+        var twins = new ISequence[n];
+        try
+        {
+            for (int i = 0; i < n; i++)
+            {
+                seqs[i].Append(Tokens(r, r.Next(1, 90)));
+                twins[i] = seqs[i].Fork(); // same logits and penalty counts
+            }
+            // Plain greedy rows take the one-launch path; the others (sampled, penalised) the per-sequence one.
+            SamplingOptions Options(int i) => (i % 3) switch
+            {
+                0 => Greedy,
+                1 => new SamplingOptions { Temperature = 0.6f, TopP = 0.95f, TopK = 40, Seed = (ulong)i },
+                _ => Greedy with { PresencePenalty = 1.5f },
+            };
+            for (int step = 0; step < 3; step++)
+            {
+                var got = new int[n];
+                backend.Sample(seqs.Select((s, i) => new SampleRequest(s, Options(i), step)).ToArray(), got);
+                for (int i = 0; i < n; i++)
+                {
+                    Assert.That(got[i], Is.EqualTo(twins[i].Sample(Options(i), step)), $"sequence {i}, step {step}");
+                    seqs[i].Append([got[i]]);
+                    twins[i].Append([got[i]]);
+                }
+            }
+        }
+        finally
+        {
+            foreach (var s in seqs.Concat(twins)) s?.Dispose();
+        }
+    }
 }
