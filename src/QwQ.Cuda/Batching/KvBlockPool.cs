@@ -25,6 +25,7 @@ public sealed class KvBlockPool
     private readonly PrefixEntry?[] _entries;           // [TotalBlocks] the prefix-cache entry describing a block, if any
     private readonly Dictionary<ulong, PrefixEntry> _byHash = [];
     private readonly BlockHasher _hasher;
+    private TaskCompletionSource? _freed;               // completed at the next release to refcount 0; made on demand
 
     public KvBlockPool(int totalBlocks, int blockSize = DefaultBlockSize) : this(totalBlocks, blockSize, ChainHash) { }
 
@@ -104,8 +105,17 @@ public sealed class KvBlockPool
         lock (_lock)
         {
             if (_refCounts[Check(block)] == 0) throw new InvalidOperationException($"KV block {block} is already free");
-            if (--_refCounts[block] == 0) _free.AddLast(_freeNodes[block]);
+            if (--_refCounts[block] != 0) return;
+            _free.AddLast(_freeNodes[block]);
+            _freed?.TrySetResult(); // continuations run asynchronously, not under this lock
+            _freed = null;
         }
+    }
+
+    /// <summary>Completes when a block next becomes free: a scheduler whose requests wait for blocks held elsewhere sleeps on it.</summary>
+    public Task WhenBlockFreed()
+    {
+        lock (_lock) return (_freed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
     }
 
     /// <summary>Whether <paramref name="block"/> is in the prefix cache (then it is never written in place).</summary>

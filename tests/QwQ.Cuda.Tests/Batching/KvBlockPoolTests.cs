@@ -35,6 +35,20 @@ public class KvBlockPoolTests
     }
 
     [Test]
+    public void WhenBlockFreedCompletesOnlyWhenABlockBecomesFree()
+    {
+        var pool = new KvBlockPool(2);
+        int block = pool.Allocate(1)[0];
+        pool.AddRef(block);
+        var freed = pool.WhenBlockFreed();
+        pool.Release(block);
+        Assert.That(freed.IsCompleted, Is.False, "still held once");
+        pool.Release(block);
+        Assert.That(freed.Wait(TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That(pool.WhenBlockFreed().IsCompleted, Is.False, "a new wait waits for the next one");
+    }
+
+    [Test]
     public void ExhaustionTakesNothingAndSaysWhatIsNeeded()
     {
         var pool = new KvBlockPool(3);

@@ -1,0 +1,353 @@
+using System.Runtime.InteropServices;
+using System.Threading.Channels;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Inference;
+
+namespace QwQ.Cuda.Batching;
+
+/// <summary>
+/// Continuous batching over any <see cref="IModelBackend"/>: one background thread runs steps, each batching the
+/// decode row of every running request with bounded prefill chunks of newly admitted ones, then samples every
+/// request whose tokens are all in. Requests may be submitted from any thread.
+/// </summary>
+/// <remarks>
+/// <para>Admission: a waiting request starts only when its first chunk fits the pool's free blocks next to what
+/// the running requests need this step; an empty sequence first reuses cached prefix blocks
+/// (<see cref="ISequence.AttachCachedPrefix"/>).</para>
+/// <para>Preemption: when a step finds the pool full, the most recently admitted request gives back what it
+/// appended (its sequence is truncated to its length before the request) and goes to the front of the queue, to
+/// recompute prompt and generated tokens later; tokens already streamed are not sampled or streamed again. A request
+/// that alone needs more blocks than the whole pool fails with <see cref="KvPoolExhaustedException"/>. Blocks held by
+/// sequences outside the scheduler (finished requests' included) are waited for: dispose or truncate those sequences,
+/// or cancel the request to give up.</para>
+/// <para>Results do not depend on batch composition: each request samples from its own sequence's logits with its
+/// own options, and step n of a request is the n-th token it sampled.</para>
+/// <para>Ending: end of sequence, the token limit, a full sequence (<see cref="FinishReason.MaxContext"/>) or the
+/// request's token being cancelled. Like <see cref="Generator"/>, the sequence then keeps what the request appended
+/// (a cancelled request waiting to be resumed after a preemption keeps only its sequence's earlier length), so the
+/// caller can continue, truncate or dispose it; the last sampled token is never appended.</para>
+/// </remarks>
+public sealed class BatchScheduler : IDisposable
+{
+    private readonly IModelBackend _backend;
+    private readonly SchedulerOptions _options;
+    private readonly Channel<Request> _submissions = Channel.CreateUnbounded<Request>(new() { SingleReader = true });
+    private readonly HashSet<ISequence> _busy = new(ReferenceEqualityComparer.Instance); // sequences of unfinished requests; lock it
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Thread _loop;
+    private long _steps, _preemptions, _admissions;
+    private int _largestBatch, _disposed;
+
+    // Loop-thread state.
+    private readonly LinkedList<Request> _waiting = new();  // not holding KV: new, or preempted (at the front)
+    private readonly List<Request> _running = [];           // holding KV, in admission order
+
+    public BatchScheduler(IModelBackend backend, SchedulerOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        _backend = backend;
+        _options = options ?? new SchedulerOptions();
+        _options.Validate();
+        _loop = new Thread(Loop) { IsBackground = true, Name = "QwQ batch scheduler" };
+        _loop.Start();
+    }
+
+    public SchedulerCounters Counters =>
+        new(Interlocked.Read(ref _steps), Interlocked.Read(ref _preemptions), Volatile.Read(ref _largestBatch));
+
+    /// <summary>
+    /// Queues a request. Throws <see cref="OptionException"/> for an empty prompt, a token outside the vocabulary, a
+    /// prompt that exceeds the sequence's capacity or invalid sampling options, and <see cref="InvalidOperationException"/>
+    /// when the sequence already has an unfinished request.
+    /// </summary>
+    public GenerationHandle Submit(GenerationRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(request.Sequence);
+        ArgumentNullException.ThrowIfNull(request.Sampling);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        int vocab = _backend.Config.VocabSize;
+        request.Sampling.Validate(vocab);
+        if (request.Prompt is null || request.Prompt.Count == 0) throw new OptionException("the prompt is empty: give at least one token");
+        if (request.MaxNewTokens < 1) throw new OptionException($"max new tokens must be at least 1, got {request.MaxNewTokens}");
+        foreach (int t in request.Prompt)
+            if ((uint)t >= (uint)vocab) throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab}");
+        var seq = request.Sequence;
+        if (seq.Length + request.Prompt.Count > seq.Capacity)
+            throw new OptionException(
+                $"the sequence holds {seq.Length} of {seq.Capacity} positions and the prompt adds {request.Prompt.Count}; shorten the prompt or raise --max-context");
+
+        var r = new Request(request);
+        lock (_busy)
+        {
+            if (!_busy.Add(seq))
+                throw new InvalidOperationException("the sequence already has an unfinished request; await its Completion first, or use another sequence (Fork)");
+        }
+        if (!_submissions.Writer.TryWrite(r))
+        {
+            lock (_busy) _busy.Remove(seq);
+            throw new ObjectDisposedException(nameof(BatchScheduler));
+        }
+        return new GenerationHandle(r.Output.Reader, r.Done.Task);
+    }
+
+    /// <summary>Stops the loop (waiting up to <see cref="SchedulerOptions.DisposeTimeout"/> for its step) and fails unfinished requests.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _submissions.Writer.TryComplete();
+        _stop.Cancel();
+        // Past the timeout the loop still fails its requests, when the step in flight returns.
+        _loop.Join(_options.DisposeTimeout);
+    }
+
+    private void Loop()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            while (_submissions.Reader.TryRead(out var r)) _waiting.AddLast(r);
+            if (_running.Count == 0 && _waiting.Count == 0)
+            {
+                WaitForWork(blocked: false);
+                continue;
+            }
+            bool ran;
+            try
+            {
+                ran = StepOnce();
+            }
+            catch (Exception e)
+            {
+                foreach (var r in _running.Concat(_waiting).ToList()) Fail(r, e); // a bug in the loop: fail what is in flight rather than hang it
+                continue;
+            }
+            if (!ran) WaitForWork(blocked: true);
+        }
+        var gone = new ObjectDisposedException(nameof(BatchScheduler), "the scheduler was disposed before this request finished");
+        while (_submissions.Reader.TryRead(out var r)) _waiting.AddLast(r);
+        foreach (var r in _running.Concat(_waiting).ToList()) Fail(r, gone);
+    }
+
+    /// <summary>
+    /// Sleeps until a submission or the stop signal; when <paramref name="blocked"/> (requests wait for KV blocks that
+    /// sequences outside the scheduler hold), also until a block is freed or a short poll notices cancellations.
+    /// </summary>
+    private void WaitForWork(bool blocked)
+    {
+        var submitted = _submissions.Reader.WaitToReadAsync(_stop.Token).AsTask();
+        try
+        {
+            if (blocked) Task.WaitAny([submitted, _backend.KvPool.WhenBlockFreed()], BlockedPoll);
+            else submitted.GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException) { } // stopping: the loop sees _stop
+    }
+
+    private static readonly TimeSpan BlockedPoll = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>Builds and runs one step, then samples; false when nothing could run (waiting for blocks held elsewhere).</summary>
+    private bool StepOnce()
+    {
+        foreach (var r in _running.Concat(_waiting).Where(r => r.Source.CancellationToken.IsCancellationRequested).ToList())
+            Finish(r, FinishReason.Cancelled);
+
+        var batch = new List<(Request Request, int Count)>();
+        int budget = _options.PrefillTokensPerStep, blocksNeeded = 0;
+        foreach (var r in _running)
+        {
+            int n = r.Pending == 1 ? 1 : Math.Min(r.Pending, budget); // decode rows ride free of the prefill budget
+            if (n == 0) continue;
+            if (r.Pending > 1) budget -= n;
+            batch.Add((r, n));
+            blocksNeeded += BlocksToGrow(r.Sequence.Length, n);
+        }
+        while (_waiting.First is { Value: var r } && _running.Count < _options.MaxSequences && batch.Count < _options.MaxBatch && budget > 0)
+        {
+            int n;
+            try
+            {
+                n = Admit(r, budget, _backend.KvPool.FreeBlocks - blocksNeeded);
+            }
+            catch (Exception e)
+            {
+                Fail(r, e); // e.g. its sequence was disposed while it waited
+                continue;
+            }
+            if (n < 0) continue; // failed and retired
+            if (n == 0) break;   // waits for blocks to be given back
+            _waiting.RemoveFirst();
+            _running.Add(r);
+            if (r.Pending > 1) budget -= n;
+            batch.Add((r, n));
+            blocksNeeded += BlocksToGrow(r.Sequence.Length, n);
+        }
+        if (batch.Count == 0) return false; // nothing runs: the waiting requests wait for blocks held elsewhere
+
+        if (RunStep(batch))
+        {
+            Interlocked.Increment(ref _steps);
+            if (batch.Count > _largestBatch) Volatile.Write(ref _largestBatch, batch.Count);
+            foreach (var (r, n) in batch)
+            {
+                r.Appended += n;
+                if (r.Pending > 0) continue;
+                try
+                {
+                    SampleNext(r);
+                }
+                catch (Exception e)
+                {
+                    Fail(r, e);
+                }
+            }
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Starts (or resumes) <paramref name="r"/> with a first chunk that fits <paramref name="freeBlocks"/>: returns
+    /// its length, 0 when it must wait for blocks, -1 when it failed because it alone exceeds the whole pool.
+    /// </summary>
+    private int Admit(Request r, int budget, int freeBlocks)
+    {
+        var seq = r.Sequence;
+        var pool = _backend.KvPool;
+        if (!r.Started)
+        {
+            r.BaseLength = seq.Length;
+            seq.ResetPenalties();
+            r.Started = true;
+        }
+        if (FailIfAloneTooBig(r, neededBlocks: pool.BlocksFor((long)r.BaseLength + r.Tokens.Count))) return -1;
+        if (seq.Length == 0) r.Appended = seq.AttachCachedPrefix(CollectionsMarshal.AsSpan(r.Tokens)); // BaseLength is 0 then
+
+        int length = seq.Length;
+        long fitting = ((long)pool.BlocksFor(length) + Math.Max(0, freeBlocks)) * pool.BlockSize - length; // positions the free blocks let it grow by
+        int n = (int)Math.Min(Math.Min(r.Pending, budget), Math.Max(0, fitting));
+        if (n > 0)
+        {
+            r.Admission = ++_admissions;
+            return n;
+        }
+        if (r.Appended > 0) seq.Truncate(r.BaseLength); // give the revived prefix blocks back while waiting
+        r.Appended = 0;
+        return 0;
+    }
+
+    /// <summary>Fails <paramref name="r"/> when <paramref name="neededBlocks"/> exceed the whole pool: no waiting or preempting can make it fit.</summary>
+    private bool FailIfAloneTooBig(Request r, int neededBlocks)
+    {
+        var pool = _backend.KvPool;
+        if (neededBlocks <= pool.TotalBlocks) return false;
+        Fail(r, new KvPoolExhaustedException(neededBlocks, pool.FreeBlocks, pool.TotalBlocks, pool.BlockSize));
+        return true;
+    }
+
+    /// <summary>Runs the step, preempting on a full pool; false when nothing ran (every item left the batch, or the loop stops).</summary>
+    private bool RunStep(List<(Request Request, int Count)> batch)
+    {
+        while (batch.Count > 0)
+        {
+            var items = new SequenceChunk[batch.Count];
+            for (int i = 0; i < items.Length; i++)
+            {
+                var (r, n) = batch[i];
+                items[i] = new SequenceChunk(r.Sequence, CollectionsMarshal.AsSpan(r.Tokens).Slice(r.Appended, n).ToArray());
+            }
+            try
+            {
+                _backend.Step(items, _stop.Token);
+                return true;
+            }
+            catch (KvPoolExhaustedException e)
+            {
+                var victim = _running.MaxBy(r => r.Admission)!;
+                batch.RemoveAll(b => b.Request == victim);
+                // Alone, it fails only if the whole pool is too small; else blocks held elsewhere may yet be freed.
+                if (_running.Count > 1 || !FailIfAloneTooBig(victim, e.NeededBlocks + _backend.KvPool.BlocksFor(victim.Sequence.Length)))
+                    Preempt(victim);
+            }
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                return false;
+            }
+            catch (Exception e)
+            {
+                foreach (var (r, _) in batch) Fail(r, e); // the step changed nothing; its requests cannot go on
+                return false;
+            }
+        }
+        return false;
+    }
+
+    private void Preempt(Request r)
+    {
+        r.Sequence.Truncate(r.BaseLength);
+        r.Appended = 0;
+        _running.Remove(r);
+        _waiting.AddFirst(r);
+        Interlocked.Increment(ref _preemptions);
+    }
+
+    private void SampleNext(Request r)
+    {
+        var source = r.Source;
+        int token = r.Sequence.Sample(source.Sampling, r.Sampled++);
+        r.Output.Writer.TryWrite(token);
+        if (source.EosTokenIds.Contains(token)) Finish(r, FinishReason.EndOfSequence);
+        else if (r.Sampled >= source.MaxNewTokens) Finish(r, FinishReason.MaxTokens);
+        else if (r.Sequence.Length >= r.Sequence.Capacity) Finish(r, FinishReason.MaxContext);
+        else if (source.CancellationToken.IsCancellationRequested) Finish(r, FinishReason.Cancelled);
+        else r.Tokens.Add(token);
+    }
+
+    private void Finish(Request r, FinishReason reason)
+    {
+        Retire(r);
+        r.Output.Writer.TryComplete();
+        r.Done.TrySetResult(reason);
+    }
+
+    private void Fail(Request r, Exception e)
+    {
+        Retire(r);
+        r.Output.Writer.TryComplete(e);
+        r.Done.TrySetException(e);
+    }
+
+    private void Retire(Request r)
+    {
+        _running.Remove(r);
+        _waiting.Remove(r);
+        lock (_busy) _busy.Remove(r.Sequence);
+    }
+
+    /// <summary>
+    /// New blocks appending <paramref name="n"/> positions to a sequence of <paramref name="length"/> takes. A copy of
+    /// a shared partial last block (after a fork) is not counted: the step then finds the pool full and preempts.
+    /// </summary>
+    private int BlocksToGrow(int length, int n) =>
+        _backend.KvPool.BlocksFor((long)length + n) - _backend.KvPool.BlocksFor(length);
+
+    private sealed class Request(GenerationRequest source)
+    {
+        public GenerationRequest Source { get; } = source;
+        public ISequence Sequence => Source.Sequence;
+
+        /// <summary>The prompt, then each sampled token that is to be appended: what this request puts in its sequence.</summary>
+        public List<int> Tokens { get; } = [.. source.Prompt];
+
+        /// <summary>Of <see cref="Tokens"/>, how many the sequence holds now.</summary>
+        public int Appended { get; set; }
+
+        public int Pending => Tokens.Count - Appended;
+
+        public int BaseLength { get; set; }
+        public bool Started { get; set; }
+        public long Sampled { get; set; }
+        public long Admission { get; set; }
+        public Channel<int> Output { get; } = Channel.CreateUnbounded<int>(new() { SingleWriter = true });
+        public TaskCompletionSource<FinishReason> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+}

@@ -1,0 +1,41 @@
+using System.Threading.Channels;
+using QwQ.Cuda.Generation;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Batching;
+
+/// <summary>
+/// One generation for <see cref="BatchScheduler"/>: append <paramref name="Prompt"/> to <paramref name="Sequence"/>
+/// (which may already hold earlier turns), then sample up to <paramref name="MaxNewTokens"/> tokens, each appended
+/// before the next is sampled, until one of <paramref name="EosTokenIds"/>. The sequence is the scheduler's until
+/// the request completes: use it from nowhere else meanwhile.
+/// </summary>
+public sealed record GenerationRequest(
+    ISequence Sequence,
+    IReadOnlyList<int> Prompt,
+    SamplingOptions Sampling,
+    int MaxNewTokens,
+    IReadOnlyList<int> EosTokenIds,
+    CancellationToken CancellationToken = default);
+
+/// <summary>What <see cref="BatchScheduler.Submit"/> returns.</summary>
+public sealed class GenerationHandle
+{
+    internal GenerationHandle(ChannelReader<int> tokens, Task<FinishReason> completion) => (Tokens, Completion) = (tokens, completion);
+
+    /// <summary>
+    /// Every sampled token as it is sampled (an end-of-sequence token included, as the last). Completes when the
+    /// request ends; with the request's exception when it fails.
+    /// </summary>
+    public ChannelReader<int> Tokens { get; }
+
+    /// <summary>
+    /// Why the request ended. Faults with <see cref="KvPoolExhaustedException"/> when the request alone does not fit
+    /// the KV pool, with <see cref="ObjectDisposedException"/> when the scheduler is disposed first.
+    /// </summary>
+    public Task<FinishReason> Completion { get; }
+}
+
+/// <summary>What the scheduler has done so far (monitoring, tests).</summary>
+public readonly record struct SchedulerCounters(long Steps, long Preemptions, int LargestBatch);
