@@ -188,19 +188,13 @@ public sealed class BatchScheduler : IDisposable
         {
             Interlocked.Increment(ref _steps);
             if (batch.Count > _largestBatch) Volatile.Write(ref _largestBatch, batch.Count);
+            var ready = new List<Request>(batch.Count);
             foreach (var (r, n) in batch)
             {
                 r.Appended += n;
-                if (r.Pending > 0) continue;
-                try
-                {
-                    SampleNext(r);
-                }
-                catch (Exception e)
-                {
-                    Fail(r, e);
-                }
+                if (r.Pending == 0) ready.Add(r);
             }
+            SampleAll(ready);
         }
         return true;
     }
@@ -290,10 +284,43 @@ public sealed class BatchScheduler : IDisposable
         Interlocked.Increment(ref _preemptions);
     }
 
-    private void SampleNext(Request r)
+    /// <summary>
+    /// The next token of every request whose rows all ran: one batched sample (one synchronisation on the GPU), each
+    /// with its own options and step. If the batch fails, each request is sampled alone so only the bad one fails.
+    /// </summary>
+    private void SampleAll(List<Request> ready)
+    {
+        if (ready.Count == 0) return;
+        var draws = new SampleRequest[ready.Count];
+        for (int i = 0; i < draws.Length; i++) draws[i] = new SampleRequest(ready[i].Sequence, ready[i].Source.Sampling, ready[i].Sampled);
+        var tokens = new int[ready.Count];
+        try
+        {
+            _backend.Sample(draws, tokens);
+        }
+        catch (Exception) when (ready.Count > 1)
+        {
+            foreach (var r in ready) SampleAlone(r);
+            return;
+        }
+        catch (Exception e)
+        {
+            Fail(ready[0], e);
+            return;
+        }
+        for (int i = 0; i < ready.Count; i++) Accept(ready[i], tokens[i]);
+    }
+
+    private void SampleAlone(Request r)
+    {
+        try { Accept(r, r.Sequence.Sample(r.Source.Sampling, r.Sampled)); }
+        catch (Exception e) { Fail(r, e); }
+    }
+
+    private void Accept(Request r, int token)
     {
         var source = r.Source;
-        int token = r.Sequence.Sample(source.Sampling, r.Sampled++);
+        r.Sampled++;
         r.Output.Writer.TryWrite(token);
         if (source.EosTokenIds.Contains(token)) Finish(r, FinishReason.EndOfSequence);
         else if (r.Sampled >= source.MaxNewTokens) Finish(r, FinishReason.MaxTokens);

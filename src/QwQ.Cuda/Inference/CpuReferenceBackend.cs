@@ -142,6 +142,12 @@ public sealed class CpuReferenceBackend : IModelBackend
         }
     }
 
+    public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens)
+    {
+        if (tokens.Length < requests.Length) throw new ArgumentException("one token slot per request", nameof(tokens));
+        for (int i = 0; i < requests.Length; i++) tokens[i] = requests[i].Sequence.Sample(requests[i].Options, requests[i].Step);
+    }
+
     /// <summary>Backs every item's new positions, or none of them (throwing <see cref="KvPoolExhaustedException"/>).</summary>
     private void Reserve(CpuBatchRows[] rows)
     {

@@ -38,6 +38,12 @@ public interface IModelBackend : IDisposable
     /// (cancellation included), no sequence changed.
     /// </summary>
     void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default);
+
+    /// <summary>
+    /// The next token of many sequences at once, each from its own logits and penalty counts with its own options and
+    /// step: exactly what each <see cref="ISequence.Sample"/> would return (the GPU needs one synchronisation for all).
+    /// </summary>
+    void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens);
 }
 
 /// <summary>One item of <see cref="IModelBackend.Step"/>: <paramref name="Tokens"/> to append to <paramref name="Sequence"/>.</summary>

@@ -131,6 +131,10 @@ internal sealed class CountingBackend(IModelBackend inner) : IModelBackend
     {
         foreach (var item in items) item.Sequence.Append(item.Tokens.Span, ct);
     }
+    public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens)
+    {
+        for (int i = 0; i < requests.Length; i++) tokens[i] = requests[i].Sequence.Sample(requests[i].Options, requests[i].Step);
+    }
     public ISequence CreateSequence(int? maxContext = null)
     {
         var s = new CountingSequence(inner.CreateSequence(maxContext));
