@@ -144,3 +144,124 @@ QWQ_GEMV_M(5, 2)
 QWQ_GEMV_M(6, 2)
 QWQ_GEMV_M(7, 2)
 QWQ_GEMV_M(8, 2)
+
+// ---- Tensor-core small-batch GEMV: y[m, n] (+)= sum_k W[n, k] * x[m, k] for m < M <= 8 -------------------------
+// Past ~4 rows of x the CUDA-core kernels above run out of FMA issue slots before DRAM runs out of bandwidth
+// (8 rows x 2 FLOP per weight). Here the weights go through mma.m16n8k16 instead: a warp owns 16 output rows (the
+// mma's M) and the batch rows are its N = 8 (rows >= M are zero), so the math is ~free and W streams at bandwidth.
+//   * No shared memory staging: lane (g, t4) loads 16 contiguous k of W rows g and g+8 (two 16-byte loads each per
+//     64-k chunk, so a row's 128 bytes come from 4 lanes) and 16 k of x row g. Any permutation of k is fine for a dot
+//     product as long as W and x use the same one: k-step s takes elements 4s..4s+3 of each lane's 16, as the A
+//     fragment's (2t4, 2t4+1) and (2t4+8, 2t4+9) columns and the B fragment's matching rows.
+//   * The 4 warps of a block split a tile's k range; blockIdx.y splits it further across blocks when the tile count
+//     alone cannot fill the GPU (o_proj, down_proj: 320 tiles). Partials are combined deterministically: the warps
+//     through shared memory, the blocks through a workspace where the last block of a tile (atomic ticket) adds the
+//     splits in order, so a replay gives bit-identical results.
+// Requirements (host-checked): k % 64 == 0, W / x 16-byte aligned.
+namespace {
+constexpr int kMmaWarps = 4;
+constexpr int kMmaUnroll = 4;  // 64-k chunks loaded before the math: 16 x 16-byte W loads in flight per lane
+
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 64-k chunk: W rows (g, g+8) and x row g, 16 k each, as 2 uint4 per row -> 4 k-steps of mma.
+__device__ __forceinline__ void mma_chunk(float (&c)[4], const uint4 (&wa)[2], const uint4 (&wb)[2], const uint4 (&xv)[2]) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const uint4& A = wa[s >> 1];
+        const uint4& B = wb[s >> 1];
+        const uint4& X = xv[s >> 1];
+        const uint32_t a_lo = (s & 1) ? A.z : A.x, a_hi = (s & 1) ? A.w : A.y;
+        const uint32_t b_lo = (s & 1) ? B.z : B.x, b_hi = (s & 1) ? B.w : B.y;
+        const uint32_t x_lo = (s & 1) ? X.z : X.x, x_hi = (s & 1) ? X.w : X.y;
+        mma16816(c, a_lo, b_lo, a_hi, b_hi, x_lo, x_hi);
+    }
+}
+}  // namespace
+
+// Launch: grid (ceil(n / 16), splits), block kMmaWarps * 32. With splits > 1, part is fp32 [tiles, splits, 16 * 8]
+// and tickets int32 [tiles], all zero before the first launch (every launch leaves them zero).
+extern "C" __global__ void __launch_bounds__(kMmaWarps * 32, 3)
+gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
+              const __nv_bfloat16* __restrict__ x,  // [m, k]
+              float* __restrict__ y,                // [m, n]; read too when accumulate != 0
+              float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m, int accumulate) {
+    __shared__ float red[kMmaWarps][16 * 8];
+    __shared__ int last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int tile = blockIdx.x, splits = gridDim.y;
+    const int row0 = tile * 16;
+    const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
+    const bool xok = g < m;
+    const uint16_t* wa = reinterpret_cast<const uint16_t*>(w) + (size_t)ra * k + 16 * t4;
+    const uint16_t* wb = reinterpret_cast<const uint16_t*>(w) + (size_t)rb * k + 16 * t4;
+    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
+
+    const int chunks = k / 64, parts = splits * kMmaWarps, p = blockIdx.y * kMmaWarps + warp;
+    const int c_begin = (int)((long)chunks * p / parts), c_end = (int)((long)chunks * (p + 1) / parts);
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    int ch = c_begin;
+    for (; ch + kMmaUnroll <= c_end; ch += kMmaUnroll) {
+        uint4 va[kMmaUnroll][2], vb[kMmaUnroll][2], xv[kMmaUnroll][2];
+#pragma unroll
+        for (int u = 0; u < kMmaUnroll; ++u) {
+            const size_t off = (size_t)(ch + u) * 64;
+            va[u][0] = ld_stream_u4(wa + off);
+            va[u][1] = ld_stream_u4(wa + off + 8);
+            vb[u][0] = ld_stream_u4(wb + off);
+            vb[u][1] = ld_stream_u4(wb + off + 8);
+        }
+#pragma unroll
+        for (int u = 0; u < kMmaUnroll; ++u) {
+            const size_t off = (size_t)(ch + u) * 64;
+            xv[u][0] = xok ? ld_ro_u4(xg + off) : zero;
+            xv[u][1] = xok ? ld_ro_u4(xg + off + 8) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < kMmaUnroll; ++u) mma_chunk(c, va[u], vb[u], xv[u]);
+    }
+    for (; ch < c_end; ++ch) {
+        const size_t off = (size_t)ch * 64;
+        uint4 va[2] = {ld_stream_u4(wa + off), ld_stream_u4(wa + off + 8)};
+        uint4 vb[2] = {ld_stream_u4(wb + off), ld_stream_u4(wb + off + 8)};
+        uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
+        mma_chunk(c, va, vb, xv);
+    }
+
+    // C fragment: c0, c1 = (row g, batch 2t4, 2t4+1), c2, c3 = (row g+8, same batches). red[warp][row * 8 + batch].
+    red[warp][g * 8 + 2 * t4] = c[0];
+    red[warp][g * 8 + 2 * t4 + 1] = c[1];
+    red[warp][(g + 8) * 8 + 2 * t4] = c[2];
+    red[warp][(g + 8) * 8 + 2 * t4 + 1] = c[3];
+    __syncthreads();
+    const int i = threadIdx.x;  // one (row, batch) per thread: 128 = 16 x 8
+    float sum = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < kMmaWarps; ++wi) sum += red[wi][i];
+    const int row = row0 + (i >> 3), b = i & 7;
+    if (splits > 1) {
+        float* mine = part + ((size_t)tile * splits + blockIdx.y) * 128;
+        mine[i] = sum;
+        __threadfence();
+        __syncthreads();
+        if (i == 0) last = atomicAdd(tickets + tile, 1) == splits - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        sum = 0.f;
+        const float* all = part + (size_t)tile * splits * 128 + i;
+        for (int s = 0; s < splits; ++s) sum += __ldcg(all + (size_t)s * 128);  // in split order: deterministic
+        if (i == 0) tickets[tile] = 0;  // ready for the next launch (and graph replay)
+    }
+    if (b < m && row < n) {
+        float* dst = y + (size_t)b * n + row;
+        *dst = accumulate ? *dst + sum : sum;
+    }
+}

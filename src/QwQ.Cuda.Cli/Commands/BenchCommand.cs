@@ -24,6 +24,7 @@ internal static class BenchCommand
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
+        var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "Products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default 8; 0: never)");
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
@@ -33,7 +34,7 @@ internal static class BenchCommand
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, steps, outDir, commit, compare, eager, graphs, gemm,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, steps, outDir, commit, compare, eager, graphs, gemm,
         };
         command.SetAction(p =>
         {
@@ -47,7 +48,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows));
+                p.GetValue(gemvRows), p.GetValue(mmaRows));
             return ExitCodes.Ok;
         });
         return command;
@@ -71,7 +72,7 @@ internal static class BenchCommand
     }
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
-        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows)
+        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -80,7 +81,9 @@ internal static class BenchCommand
             MaxContext = need,
             PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()),
             GemvMaxRows = gemvMaxRows is int g and >= 0 ? g : gemvMaxRows is null ? new EngineOptions().GemvMaxRows
-                : throw new OptionException("--gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
+                : throw new OptionException("--gemv-max-rows must be 0 or more"),
+            TensorCoreGemvMaxRows = mmaMaxRows is int t and >= 0 ? t : mmaMaxRows is null ? new EngineOptions().TensorCoreGemvMaxRows
+                : throw new OptionException("--tensor-core-gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
         };
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");

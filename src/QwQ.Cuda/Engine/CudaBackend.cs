@@ -91,7 +91,7 @@ public sealed class CudaBackend : IModelBackend
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
             _kernels = kernels;
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
-            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, new LinearOps(kernels.Gemv, blas, lt, options.GemvMaxRows),
+            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, Own(new LinearOps(kernels.Gemv, blas, lt, options.GemvMaxRows, options.TensorCoreGemvMaxRows, Context.MultiprocessorCount)),
                 invFreq.Ptr, Rope.AttentionFactor(config));
             Stream.Synchronize();
         }

@@ -39,6 +39,12 @@ public sealed record EngineOptions
     /// </summary>
     public int GemvMaxRows { get; init; } = 4; // measured crossover on the H100: bench/NOTES.md
 
+    /// <summary>
+    /// Linear layers over more rows than <see cref="GemvMaxRows"/> and at most this many (≤ 8) use our tensor-core
+    /// GEMV (weights streamed once through mma.sync); above, cuBLAS. 0: skip it.
+    /// </summary>
+    public int TensorCoreGemvMaxRows { get; init; } = Kernels.GemvOps.MaxMmaBatch;
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
 }

@@ -17,20 +17,37 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 
 /// <summary>
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch):
-/// up to <c>EngineOptions.GemvMaxRows</c> rows our bandwidth-bound GEMVs read the weight once for all rows; above,
+/// up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs, up to <c>TensorCoreGemvMaxRows</c> our tensor-core GEMV, read the weight once for all rows; above,
 /// cuBLAS (or cuBLASLt) tensor-core GEMMs. Output is fp32; <c>accumulate</c> adds into it (the residual stream),
 /// which is also where a tensor-parallel all-reduce would complete a partial sum.
 /// </summary>
-internal sealed class LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, int gemvMaxRows)
+internal sealed class LinearOps : IDisposable
 {
+    private readonly GemvOps _gemv;
+    private readonly Cublas _blas;
+    private readonly CublasLt? _lt;
+    private readonly int _gemvMaxRows, _mmaMaxRows, _multiprocessors;
+    private readonly DeviceBuffer _mmaWorkspace; // split-k tickets and partials of the tensor-core GEMV
+
+    public LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, int gemvMaxRows, int mmaMaxRows, int multiprocessors)
+    {
+        (_gemv, _blas, _lt, _gemvMaxRows, _mmaMaxRows, _multiprocessors) = (gemv, blas, lt, gemvMaxRows, mmaMaxRows, multiprocessors);
+        _mmaWorkspace = DeviceBuffer.Allocate(GemvOps.MmaWorkspaceBytes(multiprocessors));
+        _mmaWorkspace.Memset32(0);
+    }
+
     public void Apply(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate = false)
     {
         if (w.Kind != WeightKind.Bf16) throw new NotSupportedException($"{w.Kind} weights have no kernel yet");
-        if (rows <= Math.Min(gemvMaxRows, GemvOps.MaxBatch))
-            gemv.GemvBatched(s, w.Weight, x, y, rows, w.Out, w.In, accumulate);
-        else if (lt is null)
-            blas.GemmBf16NT(x, w.Weight, y, rows, w.Out, w.In, beta: accumulate ? 1f : 0f);
+        if (rows <= Math.Min(_gemvMaxRows, GemvOps.MaxBatch))
+            _gemv.GemvBatched(s, w.Weight, x, y, rows, w.Out, w.In, accumulate);
+        else if (rows <= Math.Min(_mmaMaxRows, GemvOps.MaxMmaBatch) && w.In % GemvOps.MmaChunk == 0)
+            _gemv.GemvMma(s, w.Weight, x, y, rows, w.Out, w.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors);
+        else if (_lt is null)
+            _blas.GemmBf16NT(x, w.Weight, y, rows, w.Out, w.In, beta: accumulate ? 1f : 0f);
         else
-            lt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
+            _lt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
     }
+
+    public void Dispose() => _mmaWorkspace.Dispose();
 }

@@ -17,6 +17,14 @@ public sealed class GemvOps
     [KernelEntry] public const string GemvM6Entry = "gemv_m6_bf16";
     [KernelEntry] public const string GemvM7Entry = "gemv_m7_bf16";
     [KernelEntry] public const string GemvM8Entry = "gemv_m8_bf16";
+    [KernelEntry] public const string GemvMmaEntry = "gemv_mma_bf16";
+
+    /// <summary>Most rows of x <see cref="GemvMma"/> serves (the mma's N = 8).</summary>
+    public const int MaxMmaBatch = 8;
+    /// <summary><see cref="GemvMma"/> walks k in chunks of this many elements.</summary>
+    public const int MmaChunk = 64;
+    private const int MmaThreads = 4 * 32; // kMmaWarps in kernels/gemv.cu
+    private const int MmaRowsPerTile = 16;
 
     /// <summary>Largest batch <see cref="GemvBatched"/> supports.</summary>
     public const int MaxBatch = 8;
@@ -26,6 +34,7 @@ public sealed class GemvOps
     private const int RowsPerBlock = 4 * 2;
 
     private readonly CudaKernel[] _byBatch; // index m-1
+    private readonly CudaKernel _mma;
 
     public GemvOps(PtxLibrary lib)
     {
@@ -35,6 +44,7 @@ public sealed class GemvOps
             lib.GetKernel(GemvEntry), lib.GetKernel(GemvM2Entry), lib.GetKernel(GemvM3Entry), lib.GetKernel(GemvM4Entry),
             lib.GetKernel(GemvM5Entry), lib.GetKernel(GemvM6Entry), lib.GetKernel(GemvM7Entry), lib.GetKernel(GemvM8Entry),
         ];
+        _mma = lib.GetKernel(GemvMmaEntry);
     }
 
     /// <summary>
@@ -63,5 +73,51 @@ public sealed class GemvOps
         uint blocks = (uint)((n + (long)RowsPerBlock - 1) / RowsPerBlock);
         void** args = stackalloc void*[] { &w, &x, &y, &n, &k, &acc };
         _byBatch[batch - 1].Launch(new Dim3(blocks), new Dim3(Threads), 0, s, args);
+    }
+
+    /// <summary>
+    /// Blocks splitting each 16-row tile's k range for <see cref="GemvMma"/>: enough blocks to fill
+    /// <paramref name="multiprocessors"/> SMs several times over when the tiles alone do not.
+    /// </summary>
+    public static int MmaSplits(int n, int k, int multiprocessors)
+    {
+        int tiles = (n + MmaRowsPerTile - 1) / MmaRowsPerTile;
+        int target = 8 * multiprocessors;
+        return Math.Clamp((target + tiles - 1) / tiles, 1, Math.Max(1, k / MmaChunk / 4));
+    }
+
+    /// <summary>
+    /// Bytes of split-k workspace any <see cref="GemvMma"/> call with splits from <see cref="MmaSplits"/> needs:
+    /// int32 tickets [8 × SMs] at a fixed place (a split launch has fewer tiles than that), then partial tiles fp32
+    /// [tiles, splits, 16 × 8] (tiles × splits stays under twice 8 × SMs). Zero it once; every launch leaves the
+    /// tickets zero, and partials are written before they are read.
+    /// </summary>
+    public static long MmaWorkspaceBytes(int multiprocessors) => TicketBytes(multiprocessors) + 2L * 8 * multiprocessors * 128 * 4;
+
+    private static long TicketBytes(int multiprocessors) => (4L * 8 * multiprocessors + 255) / 256 * 256;
+
+    /// <summary>
+    /// Tensor-core small batch: y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="batch"/>), batch 1..8, W bf16
+    /// [n, k] read once. k must be a multiple of 64. <paramref name="workspace"/>: <see cref="MmaWorkspaceBytes"/>
+    /// zeroed bytes for <paramref name="multiprocessors"/>; splits come from <see cref="MmaSplits"/>. Deterministic.
+    /// </summary>
+    public unsafe void GemvMma(CudaStream s, ulong w, ulong x, ulong y, int batch, int n, int k, bool accumulate,
+        ulong workspace, int multiprocessors)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        LaunchChecks.Aligned(workspace, 16, nameof(workspace));
+        if (batch < 1 || batch > MaxMmaBatch) throw new ArgumentException($"batch must be in [1, {MaxMmaBatch}] (got {batch}).", nameof(batch));
+        LaunchChecks.Positive(n, nameof(n));
+        if (k <= 0 || k % MmaChunk != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {MmaChunk}.", nameof(k));
+        int tiles = (n + MmaRowsPerTile - 1) / MmaRowsPerTile;
+        int splits = MmaSplits(n, k, multiprocessors);
+        ulong tickets = workspace;
+        ulong part = workspace + (ulong)TicketBytes(multiprocessors);
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &w, &x, &y, &part, &tickets, &n, &k, &batch, &acc };
+        _mma.Launch(new Dim3((uint)tiles, (uint)splits), new Dim3(MmaThreads), 0, s, args);
     }
 }

@@ -68,6 +68,44 @@ public sealed class GemvKernelTests : KernelTestBase
         Check(batch, 515, 5120, accumulate: true);
     }
 
+    private float[] CheckMma(int batch, int n, int k, bool accumulate)
+    {
+        float[] w = UniformBf16((long)n * k);
+        float[] x = NormalBf16((long)batch * k);
+        float[] y0 = accumulate ? Normal((long)batch * n, 4f) : new float[(long)batch * n];
+        var dw = UploadBf16(w);
+        var dx = UploadBf16(x);
+        var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)batch * n);
+        int sms = Context.MultiprocessorCount;
+        var ws = Alloc(GemvOps.MmaWorkspaceBytes(sms));
+        ws.Memset32(0, Stream);
+        _gemv.GemvMma(Stream, dw.Ptr, dx.Ptr, dy.Ptr, batch, n, k, accumulate, ws.Ptr, sms);
+        float[] got = DownloadF32(dy);
+        var expected = new float[(long)batch * n];
+        CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, batch, n, k);
+        if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
+        AssertClose(got, expected, Tolerance, $"gemv_mma m={batch} {n}x{k} acc={accumulate} splits={GemvOps.MmaSplits(n, k, sms)}");
+
+        // deterministic: the split-k partials are added in a fixed order, so a second run is bit-identical
+        var again = accumulate ? Upload<float>(y0) : PoisonedF32((long)batch * n);
+        _gemv.GemvMma(Stream, dw.Ptr, dx.Ptr, again.Ptr, batch, n, k, accumulate, ws.Ptr, sms);
+        Assert.That(DownloadF32(again), Is.EqualTo(got), "second run");
+        return got;
+    }
+
+    [TestCase(7168, 5120, false, TestName = "GemvMma_QkvProj_7168x5120")]
+    [TestCase(5120, 5120, true, TestName = "GemvMma_OProj_5120x5120_Accumulate")]
+    [TestCase(5120, 27648, true, TestName = "GemvMma_DownProj_5120x27648_Accumulate")]
+    [TestCase(1001, 2048, false, TestName = "GemvMma_OddRows")]
+    [TestCase(13, 64, true, TestName = "GemvMma_OneChunk_Accumulate")]
+    public void TensorCoreVariantMatchesCpu(int n, int k, bool accumulate)
+    {
+        foreach (int batch in new[] { 1, 5, 8 }) CheckMma(batch, n, k, accumulate);
+    }
+
+    [Test]
+    public void TensorCoreVariantEveryBatch([Range(1, GemvOps.MaxMmaBatch)] int batch) => CheckMma(batch, 515, 5120, accumulate: false);
+
     [Test]
     public void GemvOverloadIsBatchOne()
     {
