@@ -24,7 +24,7 @@ internal static class BenchCommand
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated", DefaultValueFactory = _ => "1024,16384,32768" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
-        var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "Products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default 8; 0: never)");
+        var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "Products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default 0: never)");
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };

@@ -41,9 +41,10 @@ public sealed record EngineOptions
 
     /// <summary>
     /// Linear layers over more rows than <see cref="GemvMaxRows"/> and at most this many (≤ 8) use our tensor-core
-    /// GEMV (weights streamed once through mma.sync); above, cuBLAS. 0: skip it.
+    /// GEMV (weights streamed once through mma.sync); above, cuBLAS. 0 (the default): skip it — on the H100 it
+    /// reads the weights at ~2.6 TB/s, no faster than cuBLAS at 5–8 rows (bench/NOTES.md).
     /// </summary>
-    public int TensorCoreGemvMaxRows { get; init; } = Kernels.GemvOps.MaxMmaBatch;
+    public int TensorCoreGemvMaxRows { get; init; }
 
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
