@@ -149,8 +149,8 @@ QWQ_GEMV_M(8, 2)
 // Past ~4 rows of x the CUDA-core kernels above run out of FMA issue slots before DRAM runs out of bandwidth
 // (8 rows x 2 FLOP per weight). Here the weights go through mma.m16n8k16 instead: a warp owns 16 output rows (the
 // mma's M) and the batch rows are its N = 8 (rows >= M are zero), so the math is ~free and W streams at bandwidth.
-//   * No shared memory staging: lane (g, t4) loads 16 k of W rows g and g+8 (two 16-byte loads each per 64-k chunk,
-//     so a row's 128 bytes come from 4 lanes) and the same 16 k of x row g. Any permutation of k is fine for a dot
+//   * No shared memory staging: lane (g, t4) loads 16 contiguous k of W rows g and g+8 (two 16-byte loads each per
+//     64-k chunk, so a row's 128 bytes come from 4 lanes) and 16 k of x row g. Any permutation of k is fine for a dot
 //     product as long as W and x use the same one: k-step s takes elements 4s..4s+3 of each lane's 16, as the A
 //     fragment's (2t4, 2t4+1) and (2t4+8, 2t4+9) columns and the B fragment's matching rows.
 //   * The 4 warps of a block split a tile's k range; blockIdx.y splits it further across blocks when the tile count
@@ -199,11 +199,9 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
     const int row0 = tile * 16;
     const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
     const bool xok = g < m;
-    // A lane's 16 k of a chunk are two 8-element pieces, [8 t4, 8 t4 + 8) and 32 further: each warp-wide load then
-    // reads 64 contiguous bytes of each of its 8 rows (two whole 32-byte sectors) instead of half-sectors.
-    const uint16_t* wa = reinterpret_cast<const uint16_t*>(w) + (size_t)ra * k + 8 * t4;
-    const uint16_t* wb = reinterpret_cast<const uint16_t*>(w) + (size_t)rb * k + 8 * t4;
-    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 8 * t4;
+    const uint16_t* wa = reinterpret_cast<const uint16_t*>(w) + (size_t)ra * k + 16 * t4;
+    const uint16_t* wb = reinterpret_cast<const uint16_t*>(w) + (size_t)rb * k + 16 * t4;
+    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
 
     const int chunks = k / 64, parts = splits * kMmaWarps, p = blockIdx.y * kMmaWarps + warp;
     const int c_begin = (int)((long)chunks * p / parts), c_end = (int)((long)chunks * (p + 1) / parts);
@@ -216,24 +214,24 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
         for (int u = 0; u < kMmaUnroll; ++u) {
             const size_t off = (size_t)(ch + u) * 64;
             va[u][0] = ld_stream_u4(wa + off);
-            va[u][1] = ld_stream_u4(wa + off + 32);
+            va[u][1] = ld_stream_u4(wa + off + 8);
             vb[u][0] = ld_stream_u4(wb + off);
-            vb[u][1] = ld_stream_u4(wb + off + 32);
+            vb[u][1] = ld_stream_u4(wb + off + 8);
         }
 #pragma unroll
         for (int u = 0; u < kMmaUnroll; ++u) {
             const size_t off = (size_t)(ch + u) * 64;
             xv[u][0] = xok ? ld_ro_u4(xg + off) : zero;
-            xv[u][1] = xok ? ld_ro_u4(xg + off + 32) : zero;
+            xv[u][1] = xok ? ld_ro_u4(xg + off + 8) : zero;
         }
 #pragma unroll
         for (int u = 0; u < kMmaUnroll; ++u) mma_chunk(c, va[u], vb[u], xv[u]);
     }
     for (; ch < c_end; ++ch) {
         const size_t off = (size_t)ch * 64;
-        uint4 va[2] = {ld_stream_u4(wa + off), ld_stream_u4(wa + off + 32)};
-        uint4 vb[2] = {ld_stream_u4(wb + off), ld_stream_u4(wb + off + 32)};
-        uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 32) : zero};
+        uint4 va[2] = {ld_stream_u4(wa + off), ld_stream_u4(wa + off + 8)};
+        uint4 vb[2] = {ld_stream_u4(wb + off), ld_stream_u4(wb + off + 8)};
+        uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
         mma_chunk(c, va, vb, xv);
     }
 
