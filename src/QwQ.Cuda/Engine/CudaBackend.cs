@@ -161,6 +161,10 @@ public sealed class CudaBackend : IModelBackend
         lock (Gate)
         {
             Context.MakeCurrent();
+            // A step longer than one pass is still all or nothing on a full pool: check every item's blocks first.
+            int needed = 0;
+            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Seq.Length, p.Seq.Length + p.Tokens.Length);
+            if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
             // Passes of at most MaxRows rows and MaxSequences sequences; a long prompt continues in the next pass and
             // only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
             var pass = new List<Part>();

@@ -240,6 +240,93 @@ public class CudaModelTests
     }
 
     [Test]
+    public void ThirtyTwoSessionsOfQwq32bGrowTogetherUntilThePoolIsFull()
+    {
+        RequireGpu();
+        var config = ModelPresets.Get("qwq-32b");
+        using var backend = CudaBackend.Load(config, null, new EngineOptions { SampleableVocab = 151669 });
+        TestContext.Out.WriteLine($"{backend.DeviceDescription}; pool {backend.Plan.KvPoolPositions} positions");
+        Assert.That(backend.Plan.KvPoolPositions, Is.GreaterThanOrEqualTo(40 * 1024), "the H100 pool holds at least 40k positions");
+        var sessions = Enumerable.Range(0, 32).Select(_ => backend.CreateSequence()).ToArray();
+        try
+        {
+            Assert.That(backend.KvPool.FreeBlocks, Is.EqualTo(backend.KvPool.TotalBlocks), "opening sessions takes no KV");
+            var rng = new Random(3);
+            var e = Assert.Throws<global::QwQ.Cuda.Batching.KvPoolExhaustedException>(() =>
+            {
+                while (true) // all 32 grow by 256 positions a step until the pool cannot back the next step
+                    backend.Step(sessions.Select(s => new global::QwQ.Cuda.Inference.SequenceChunk(s, Enumerable.Range(0, 256).Select(_ => rng.Next(151643)).ToArray())).ToArray());
+            })!;
+            long held = sessions.Sum(s => (long)s.Length);
+            TestContext.Out.WriteLine($"{held} positions held by 32 sessions when the pool filled: {e.Message}");
+            Assert.That(held, Is.GreaterThanOrEqualTo(backend.Plan.KvPoolPositions - 32 * 256), "the sessions filled the pool");
+            var logits = new float[config.VocabSize];
+            sessions[31].CopyLastLogits(logits);
+            Assert.That(logits.All(float.IsFinite));
+        }
+        finally
+        {
+            foreach (var s in sessions) s.Dispose();
+        }
+        Assert.That(backend.KvPool.FreeBlocks, Is.EqualTo(backend.KvPool.TotalBlocks), "disposed sessions give every block back");
+    }
+
+    [Test]
+    public void GreedyAtBatch32EqualsBatch1ExceptAtNearTies()
+    {
+        RequireGpu();
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var config = ModelConfig.Parse(TinyConfigJson(), "config.json");
+        using var tmp = new TestModels.TempDir();
+        WriteCheckpoint(tmp.Path, config, CpuWeights.Random(config, seed, bf16Exact: true), TinyConfigJson());
+        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 1024 });
+        var rng = new Random(seed);
+        const int batch = 32, steps = 24;
+        var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, rng.Next(5, 200)).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray();
+
+        // batch 32: one step for all, one batched sample
+        var seqs = prompts.Select(p => { var s = backend.CreateSequence(); s.Append(p); return s; }).ToArray();
+        var batched = new int[batch][];
+        for (int b = 0; b < batch; b++) batched[b] = new int[steps];
+        var next = new int[batch];
+        for (int t = 0; t < steps; t++)
+        {
+            backend.Sample(seqs.Select(s => new global::QwQ.Cuda.Inference.SampleRequest(s, Greedy, t)).ToArray(), next);
+            for (int b = 0; b < batch; b++) batched[b][t] = next[b];
+            backend.Step(seqs.Select((s, b) => new global::QwQ.Cuda.Inference.SequenceChunk(s, new[] { next[b] })).ToArray());
+        }
+        foreach (var s in seqs) s.Dispose();
+
+        // batch 1, each alone: equal token for token up to the first step whose top-1/top-2 gap is within the
+        // noise between the two runs' logits (bf16 products over 1 vs 32 rows round differently)
+        int ties = 0;
+        var logits = new float[config.VocabSize];
+        for (int b = 0; b < batch; b++)
+        {
+            using var alone = backend.CreateSequence();
+            alone.Append(prompts[b]);
+            for (int t = 0; t < steps; t++)
+            {
+                alone.CopyLastLogits(logits);
+                var top = logits.Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(2).ToArray();
+                int tok = alone.Sample(Greedy, t);
+                if (tok != batched[b][t])
+                {
+                    double margin = top[0].v - top[1].v, scale = logits.Max(Math.Abs);
+                    TestContext.Out.WriteLine($"sequence {b} parts at step {t}: top-1/top-2 gap {margin:E2} of max |logit| {scale:E2}");
+                    Assert.That(margin, Is.LessThan(2e-2 * scale), $"sequence {b}, step {t}: not a near-tie");
+                    ties++;
+                    break;
+                }
+                alone.Append([tok]);
+            }
+        }
+        TestContext.Out.WriteLine($"{batch - ties} of {batch} sequences identical for {steps} steps; {ties} parted at near-ties");
+        Assert.That(ties, Is.LessThanOrEqualTo(batch / 4), "near-ties are rare");
+    }
+
+    [Test]
     public void MissingTensorIsReportedBeforeTheGpuIsTouched()
     {
         // Runs without a GPU: the checkpoint is validated first.
