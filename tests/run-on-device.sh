@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite on the GPU machine, from the repository root, after
 #   ../shared/device/stage.sh tests/QwQ.Cuda.Tests/QwQ.Cuda.Tests.csproj
-# here (carry .device). The fixtures are copied from the tree rather than carried, which keeps the carry small;
+# here (carry .device). The fixtures are copied from the tree, so .device/QwQ.Cuda.Tests/fixtures (and the
+# satellite-language folders) can be deleted after staging to keep the carry under 64 MiB;
 # arguments go to the test runner (e.g. --filter "FullyQualifiedName~Engine").
 set -euo pipefail
 source .device/on-device.sh
