@@ -76,6 +76,7 @@ public sealed class CudaBackend : IModelBackend
             var lib = Own(PtxLibrary.Load());
             var blas = Own(Cublas.Create(Stream));
             var lt = options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
+            var decodeLt = options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
             Weights = Own(ModelWeights.Allocate(config));
             if (checkpoint is not null)
                 WeightUploader.Upload(checkpoint, config, Weights, Stream, progress, ct);
@@ -89,10 +90,14 @@ public sealed class CudaBackend : IModelBackend
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
+            var linear = Own(new LinearOps(kernels.Gemv, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows, Context.MultiprocessorCount));
             _kernels = kernels;
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
-            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, Own(new LinearOps(kernels.Gemv, blas, lt, options.GemvMaxRows, options.TensorCoreGemvMaxRows, Context.MultiprocessorCount)),
+            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, linear,
                 invFreq.Ptr, Rope.AttentionFactor(config));
+            LayerWeights first = Weights.Layers[0];
+            linear.TuneDecodeBatches(Stream, [(first.Qkv, false), (first.O, true), (first.GateUp, false), (first.Down, true), (Weights.LmHead, false)],
+                Workspace.Act, Workspace.GateUp, GraphBatchSizes.Where(b => b <= Workspace.Inputs.MaxSequences));
             Stream.Synchronize();
         }
         catch

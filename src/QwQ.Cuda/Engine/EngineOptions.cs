@@ -46,6 +46,12 @@ public sealed record EngineOptions
     /// </summary>
     public int TensorCoreGemvMaxRows { get; init; }
 
+    /// <summary>
+    /// Decode batches above the GEMV sizes use cuBLASLt with the algorithm that measured fastest for each product and
+    /// padded batch size at load (about a second); off: cublasGemmEx with its own heuristic.
+    /// </summary>
+    public bool TuneDecodeGemm { get; init; } = true;
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
 }

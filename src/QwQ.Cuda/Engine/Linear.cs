@@ -26,12 +26,13 @@ internal sealed class LinearOps : IDisposable
     private readonly GemvOps _gemv;
     private readonly Cublas _blas;
     private readonly CublasLt? _lt;
+    private readonly CublasLt? _decodeLt; // tuned per shape for decode batches (rows up to Workspace.MaxSequences)
     private readonly int _gemvMaxRows, _mmaMaxRows, _multiprocessors;
     private readonly DeviceBuffer _mmaWorkspace; // split-k tickets and partials of the tensor-core GEMV
 
-    public LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, int gemvMaxRows, int mmaMaxRows, int multiprocessors)
+    public LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, CublasLt? decodeLt, int gemvMaxRows, int mmaMaxRows, int multiprocessors)
     {
-        (_gemv, _blas, _lt, _gemvMaxRows, _mmaMaxRows, _multiprocessors) = (gemv, blas, lt, gemvMaxRows, mmaMaxRows, multiprocessors);
+        (_gemv, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors) = (gemv, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors);
         _mmaWorkspace = DeviceBuffer.Allocate(GemvOps.MmaWorkspaceBytes(multiprocessors));
         _mmaWorkspace.Memset32(0);
     }
@@ -43,10 +44,25 @@ internal sealed class LinearOps : IDisposable
             _gemv.GemvBatched(s, w.Weight, x, y, rows, w.Out, w.In, accumulate);
         else if (rows <= Math.Min(_mmaMaxRows, GemvOps.MaxMmaBatch) && w.In % GemvOps.MmaChunk == 0)
             _gemv.GemvMma(s, w.Weight, x, y, rows, w.Out, w.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors);
+        else if (_decodeLt is not null && rows <= Workspace.MaxSequences)
+            _decodeLt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
         else if (_lt is null)
             _blas.GemmBf16NT(x, w.Weight, y, rows, w.Out, w.In, beta: accumulate ? 1f : 0f);
         else
             _lt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
+    }
+
+    /// <summary>
+    /// Picks, by timing, cuBLASLt's fastest algorithm for every decode batch size that a graph is captured for, on
+    /// each of <paramref name="layer"/>'s products and lm_head. <paramref name="x"/> and <paramref name="y"/> are
+    /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
+    /// </summary>
+    public void TuneDecodeBatches(CudaStream s, IEnumerable<(LinearWeight Weight, bool Accumulate)> products, ulong x, ulong y, IEnumerable<int> batches)
+    {
+        if (_decodeLt is null) return;
+        foreach (int rows in batches.Where(b => b > Math.Max(_gemvMaxRows, _mmaMaxRows) && b <= Workspace.MaxSequences))
+            foreach (var (w, accumulate) in products)
+                _decodeLt.Tune(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
     }
 
     public void Dispose() => _mmaWorkspace.Dispose();
