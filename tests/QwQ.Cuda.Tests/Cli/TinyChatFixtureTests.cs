@@ -56,4 +56,31 @@ public class TinyChatFixtureTests
         Assert.That(done.GetProperty("type").GetString(), Is.EqualTo("done"));
         Assert.That(done.GetProperty("usage").GetProperty("generated_tokens").GetInt32(), Is.InRange(1, 6));
     }
+
+    [Test]
+    public async Task ServeAnswersUntilCancelled()
+    {
+        var output = new StringWriter();
+        var stdout = TextWriter.Synchronized(output);
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var run = QwQ.Cuda.Cli.Program.RunAsync(["serve", "--model", Dir, "--backend", "cpu", "--port", "0", "--no-progress"], stdout, new StringWriter(), null, stop.Token);
+        var match = System.Text.RegularExpressions.Match.Empty;
+        while (!run.IsCompleted && !(match = System.Text.RegularExpressions.Regex.Match(output.ToString(), @"at (http://\S+)")).Success)
+            await Task.Delay(20);
+        Assert.That(match.Success, Is.True, output.ToString());
+        using var http = new HttpClient { BaseAddress = new Uri(match.Groups[1].Value) };
+        Assert.That(await http.GetStringAsync("health"), Does.Contain("ok"));
+        stop.Cancel();
+        Assert.That(await run, Is.Zero, "Ctrl+C stops the server cleanly");
+    }
+
+    [TestCase("--host", "example.com", "--host 'example.com' is not an IP address")]
+    [TestCase("--max-queue", "0", "--max-queue 0 must be at least 1")]
+    [TestCase("--port", "70000", "--port 70000 must be in 0..65535")]
+    public async Task ServeOptionsAreCheckedBeforeLoading(string option, string value, string message)
+    {
+        var r = await CliTests.Qwq("serve", "--model", "/nonexistent", option, value);
+        Assert.That(r.ExitCode, Is.EqualTo(2), r.Err);
+        Assert.That(r.Err, Does.Contain(message));
+    }
 }
