@@ -16,6 +16,7 @@ internal static class CliApp
         root.Add(TokenizeCommand.Create());
         root.Add(RenderCommand.Create());
         root.Add(BenchCommand.Create(host));
+        root.Add(ServeCommand.Create(host));
         return root;
     }
 }

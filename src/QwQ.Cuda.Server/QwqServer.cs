@@ -1,0 +1,338 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Prometheus;
+using QwQ.Cuda.Batching;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
+
+namespace QwQ.Cuda.Server;
+
+/// <summary>
+/// An OpenAI-compatible HTTP server over a <see cref="QwqModel"/> (ASP.NET Core minimal APIs on Kestrel):
+/// POST /v1/chat/completions and /v1/completions (whole or as server-sent events), GET /v1/models, /health, /metrics.
+/// <para>
+/// Each request gets its own <see cref="ChatSession"/>, so requests run concurrently as far as the model's backend
+/// allows (the batching scheduler interleaves them); a client that disconnects cancels its generation and its session
+/// is disposed, which gives its KV blocks back. At most <see cref="ServerOptions.MaxQueue"/> generation requests are
+/// admitted at once; more are answered 429 with Retry-After. The model is not owned: dispose it after the server.
+/// </para>
+/// </summary>
+public sealed class QwqServer : IAsyncDisposable
+{
+    internal static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        // An API answer, never embedded in HTML: keep text readable (quotes, <think>) instead of \u-escaping it.
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    private static readonly byte[] DoneEvent = "data: [DONE]\n\n"u8.ToArray();
+
+    private readonly WebApplication _app;
+    private readonly QwqModel _model;
+    private readonly ServerOptions _options;
+    private readonly ServerMetrics _metrics;
+    private readonly byte[]? _apiKeyHash;
+    private int _admitted;
+
+    private QwqServer(QwqModel model, ServerOptions options)
+    {
+        _model = model;
+        _options = options;
+        // Hashes compared, not keys: FixedTimeEquals is constant-time only for equal lengths, and a hash hides the key's.
+        _apiKeyHash = options.ApiKey is null ? null : SHA256.HashData(Encoding.UTF8.GetBytes(options.ApiKey));
+        _metrics = new ServerMetrics(model.Backend, () => Volatile.Read(ref _admitted));
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
+        builder.Logging.ClearProviders(); // the CLI says what matters; errors go to clients as error objects
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+            if (options.Host == "localhost") k.ListenLocalhost(options.Port);
+            else k.Listen(IPAddress.Parse(options.Host), options.Port);
+        });
+        _app = builder.Build();
+        _app.Use(AuthorizeAsync);
+        _app.MapPost("/v1/chat/completions", (HttpContext http) => GenerateAsync(http, "chat", PrepareChatAsync));
+        _app.MapPost("/v1/completions", (HttpContext http) => GenerateAsync(http, "completions", PrepareCompletionAsync));
+        _app.MapGet("/v1/models", (HttpContext http) => WriteJsonAsync(http, 200,
+            new ModelList([new ModelCard(options.ModelName, Started.ToUnixTimeSeconds(), model.Backend.MaxContext)])));
+        _app.MapGet("/health", (HttpContext http) => WriteJsonAsync(http, 200, new { status = "ok" }));
+        _app.MapGet("/metrics", async (HttpContext http) =>
+        {
+            http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await _metrics.Registry.CollectAndExportAsTextAsync(http.Response.Body, http.RequestAborted);
+        });
+    }
+
+    private DateTimeOffset Started { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>Where the server listens, e.g. http://127.0.0.1:8000 (the real port when <see cref="ServerOptions.Port"/> is 0).</summary>
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>Generation requests admitted and not yet finished.</summary>
+    public int Admitted => Volatile.Read(ref _admitted);
+
+    /// <summary>Binds and starts serving; returns once the port is open.</summary>
+    /// <exception cref="OptionException">An option is invalid.</exception>
+    /// <exception cref="QwqException">The address cannot be bound (e.g. the port is taken).</exception>
+    public static async Task<QwqServer> StartAsync(QwqModel model, ServerOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var server = new QwqServer(model, options);
+        try
+        {
+            await server._app.StartAsync(cancellationToken);
+        }
+        catch (IOException e)
+        {
+            await server._app.DisposeAsync();
+            throw new QwqException($"cannot listen on {options.Host}:{options.Port}: {e.Message} (pick another --port, or stop the program using it)", e);
+        }
+        string address = server._app.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
+        server.BaseAddress = new Uri(address.Replace("[::1]", "127.0.0.1", StringComparison.Ordinal));
+        return server;
+    }
+
+    /// <summary>Completes when the server stops (after <paramref name="cancellationToken"/> fires, it stops gracefully).</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    // ---- pipeline --------------------------------------------------------------------------------------------------
+
+    private async Task AuthorizeAsync(HttpContext http, RequestDelegate next)
+    {
+        if (_apiKeyHash is not null && http.Request.Path.StartsWithSegments("/v1") && !HasKey(http.Request))
+        {
+            http.Response.Headers.WWWAuthenticate = "Bearer";
+            await WriteErrorAsync(http, new ApiException(401,
+                "missing or wrong API key: send the key given to qwq serve --api-key as 'Authorization: Bearer KEY'",
+                type: "authentication_error"));
+            return;
+        }
+        await next(http);
+    }
+
+    private bool HasKey(HttpRequest request)
+    {
+        string header = request.Headers.Authorization.ToString();
+        const string scheme = "Bearer ";
+        if (!header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)) return false;
+        byte[] given = SHA256.HashData(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()));
+        return CryptographicOperations.FixedTimeEquals(given, _apiKeyHash);
+    }
+
+    /// <summary>One generation request: what to run, how to answer, which field a prompt error names.</summary>
+    private sealed record Job(
+        bool Stream,
+        bool IncludeUsage,
+        ResponseFormat Format,
+        Func<ChatSession, CancellationToken, IAsyncEnumerable<GenerationUpdate>> Run,
+        string PromptField);
+
+    private async Task<Job> PrepareChatAsync(HttpContext http)
+    {
+        var request = await ReadAsync<ChatCompletionRequest>(http);
+        var messages = request.ToTemplateMessages();
+        var tools = request.OfferedTools();
+        var options = request.ToGenerationOptions(_model);
+        var format = new ChatFormat("chatcmpl-" + NewId(), request.Model ?? _options.ModelName, reportToolCalls: tools is not null);
+        return new Job(request.Stream, request.IncludeUsage, format,
+            (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages");
+    }
+
+    private async Task<Job> PrepareCompletionAsync(HttpContext http)
+    {
+        var request = await ReadAsync<CompletionRequest>(http);
+        int[] prompt = request.PromptTokens(_model);
+        var options = request.ToGenerationOptions(_model);
+        var format = new CompletionFormat("cmpl-" + NewId(), request.Model ?? _options.ModelName);
+        return new Job(request.Stream, request.IncludeUsage, format,
+            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt");
+    }
+
+    private async Task GenerateAsync(HttpContext http, string endpoint, Func<HttpContext, Task<Job>> prepare)
+    {
+        if (Interlocked.Increment(ref _admitted) > _options.MaxQueue)
+        {
+            Interlocked.Decrement(ref _admitted);
+            _metrics.Request(endpoint, "rejected");
+            http.Response.Headers.RetryAfter = _options.RetryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await WriteErrorAsync(http, new ApiException(429,
+                $"the server is at its limit of {_options.MaxQueue} requests (--max-queue); retry after {_options.RetryAfterSeconds} s",
+                type: "rate_limit_error"));
+            return;
+        }
+        var aborted = http.RequestAborted;
+        try
+        {
+            var job = await prepare(http);
+            using var session = _model.CreateSession(_options.MaxContext);
+            await using var updates = job.Run(session, aborted).GetAsyncEnumerator(aborted);
+            bool more;
+            try
+            {
+                more = await updates.MoveNextAsync(); // checks the prompt (length) before anything is sent
+            }
+            catch (OptionException e)
+            {
+                throw ApiException.BadField(job.PromptField, e.Message);
+            }
+            if (job.Stream) await StreamAsync(http, job, updates, more);
+            else await AnswerAsync(http, job, updates, more);
+            _metrics.Request(endpoint, aborted.IsCancellationRequested ? "cancelled" : "ok");
+        }
+        catch (Exception) when (aborted.IsCancellationRequested)
+        {
+            // The client went away: its generation stopped with the token, disposing the session gave back its KV blocks.
+            _metrics.Request(endpoint, "cancelled");
+        }
+        catch (ApiException e)
+        {
+            _metrics.Request(endpoint, e.StatusCode >= 500 ? "error" : "invalid");
+            await WriteErrorAsync(http, e);
+        }
+        catch (KvPoolExhaustedException e)
+        {
+            _metrics.Request(endpoint, "error");
+            http.Response.Headers.RetryAfter = _options.RetryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await WriteErrorAsync(http, new ApiException(503, $"the KV cache is full ({e.Message}); retry later", type: "server_error"));
+        }
+        catch (Exception e)
+        {
+            _metrics.Request(endpoint, "error");
+            await WriteErrorAsync(http, new ApiException(500, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error"));
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _admitted);
+        }
+    }
+
+    private async Task AnswerAsync(HttpContext http, Job job, IAsyncEnumerator<GenerationUpdate> updates, bool more)
+    {
+        GenerationResult? result = null;
+        for (; more; more = await updates.MoveNextAsync())
+            if (updates.Current.Result is { } r) result = r;
+        if (result is null || result.FinishReason == FinishReason.Cancelled) return; // the client is gone
+        _metrics.Finished(result.Usage.PromptTokens, result.Usage.GeneratedTokens);
+        string finish = FinishReasonText(result.FinishReason, result.ToolCalls.Count > 0 && job.Format.ReportsToolCalls);
+        await WriteJsonAsync(http, 200, job.Format.Whole(result, finish, UsageOf(result)));
+    }
+
+    private async Task StreamAsync(HttpContext http, Job job, IAsyncEnumerator<GenerationUpdate> updates, bool more)
+    {
+        var response = http.Response;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        http.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+        var ct = http.RequestAborted;
+        if (job.Format.Start() is { } start) await SendAsync(response, start, ct);
+        try
+        {
+            for (; more; more = await updates.MoveNextAsync())
+            {
+                var u = updates.Current;
+                if (u.Result is { } result)
+                {
+                    if (result.FinishReason == FinishReason.Cancelled) return;
+                    _metrics.Finished(result.Usage.PromptTokens, result.Usage.GeneratedTokens);
+                    await SendAsync(response, job.Format.Finish(FinishReasonText(result.FinishReason, job.Format.ReportedToolCalls)), ct);
+                    if (job.IncludeUsage) await SendAsync(response, job.Format.UsageChunk(UsageOf(result)), ct);
+                }
+                else if (job.Format.Chunk(u) is { } chunk)
+                {
+                    await SendAsync(response, chunk, ct);
+                }
+            }
+        }
+        catch (Exception e) when (!ct.IsCancellationRequested)
+        {
+            // Headers are out: the error travels as an event, as vLLM sends it.
+            var error = e as ApiException ?? new ApiException(500, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error");
+            await SendAsync(response, new ErrorBody(new ErrorDetail(error.Message, error.Type, error.Param)), ct);
+        }
+        await response.Body.WriteAsync(DoneEvent, ct);
+        await response.Body.FlushAsync(ct);
+    }
+
+    private static async Task SendAsync(HttpResponse response, object payload, CancellationToken ct)
+    {
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(payload, payload.GetType(), Json);
+        await response.Body.WriteAsync("data: "u8.ToArray(), ct);
+        await response.Body.WriteAsync(json, ct);
+        await response.Body.WriteAsync("\n\n"u8.ToArray(), ct);
+        await response.Body.FlushAsync(ct);
+    }
+
+    private Usage UsageOf(GenerationResult r)
+    {
+        // Reasoning is what came before </think>; a prompt that opened <think> and an output that never closed it is all reasoning.
+        int end = r.TokenIds is IList<int> ids ? ids.IndexOf(_model.Tokenizer.ThinkEndId) : r.TokenIds.ToList().IndexOf(_model.Tokenizer.ThinkEndId);
+        int reasoning = r.Reasoning.Length == 0 ? 0 : end >= 0 ? end : r.Usage.GeneratedTokens;
+        return Usage.From(r.Usage, reasoning);
+    }
+
+    internal static string FinishReasonText(FinishReason reason, bool toolCalls) => reason switch
+    {
+        FinishReason.MaxTokens or FinishReason.MaxContext => "length",
+        _ when toolCalls => "tool_calls",
+        _ => "stop",
+    };
+
+    private static async Task<T> ReadAsync<T>(HttpContext http) where T : class
+    {
+        try
+        {
+            return await JsonSerializer.DeserializeAsync<T>(http.Request.Body, Json, http.RequestAborted)
+                   ?? throw new ApiException(400, "the request body must be a JSON object");
+        }
+        catch (JsonException e)
+        {
+            string? param = e.Path is { Length: > 2 } path ? path.TrimStart('$', '.') : null;
+            // e.Message names .NET types; the field and the position are what a client can act on.
+            throw new ApiException(400, param is null
+                ? $"the request body is not valid JSON (byte {e.BytePositionInLine} of line {e.LineNumber + 1})"
+                : $"{param} has the wrong type for this field, or the JSON is malformed there (byte {e.BytePositionInLine} of line {e.LineNumber + 1})", param);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw new ApiException(413, $"the request body is larger than the server's limit of {http.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes");
+        }
+    }
+
+    private static async Task WriteErrorAsync(HttpContext http, ApiException e)
+    {
+        if (http.Response.HasStarted) return;
+        await WriteJsonAsync(http, e.StatusCode, new ErrorBody(new ErrorDetail(e.Message, e.Type, e.Param)));
+    }
+
+    private static async Task WriteJsonAsync(HttpContext http, int status, object body)
+    {
+        http.Response.StatusCode = status;
+        http.Response.ContentType = "application/json";
+        await JsonSerializer.SerializeAsync(http.Response.Body, body, body.GetType(), Json, http.RequestAborted);
+    }
+
+    private static string NewId() => Guid.NewGuid().ToString("N")[..24];
+}

@@ -1,0 +1,371 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using OpenAI;
+using OpenAI.Chat;
+using QwqServer = QwQ.Cuda.Server.QwqServer;
+using ServerOptions = QwQ.Cuda.Server.ServerOptions;
+using AI = Microsoft.Extensions.AI;
+
+namespace QwQ.Cuda.Tests.Server;
+
+/// <summary>qwq serve's HTTP API in-process on loopback, with the tiny-chat model on the CPU backend.</summary>
+[NonParallelizable]
+public class ServerTests
+{
+    private const string ToolAnswer = "Let me check.\n</think>\n\nI'll look it up.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    private const string WeatherSchema = """{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""";
+
+    private QwqModel _model = null!;
+    private QwqServer _server = null!;
+    private QwqModel _scripted = null!;
+    private QwqServer _toolServer = null!;
+    private HttpClient _http = null!;
+
+    [OneTimeSetUp]
+    public async Task Start()
+    {
+        _model = await ServerFixture.LoadTinyChatAsync();
+        _server = await ServerFixture.StartAsync(_model);
+        _scripted = ServerFixture.ScriptedTinyChat(ToolAnswer);
+        _toolServer = await ServerFixture.StartAsync(_scripted);
+        _http = new HttpClient { BaseAddress = _server.BaseAddress };
+    }
+
+    [OneTimeTearDown]
+    public async Task Stop()
+    {
+        _http.Dispose();
+        await _server.DisposeAsync();
+        await _toolServer.DisposeAsync();
+        _model.Dispose();
+        _scripted.Dispose();
+    }
+
+    private static ChatClient OpenAiChat(QwqServer server, string key = "unused") =>
+        new("tiny-chat", new ApiKeyCredential(key), new OpenAIClientOptions { Endpoint = new Uri(server.BaseAddress, "v1") });
+
+    private static StringContent Json(string json) => new(json, Encoding.UTF8, "application/json");
+
+    private async Task<string> MetricsAsync() => await _http.GetStringAsync("metrics");
+
+    private static double Metric(string text, string name) =>
+        text.Split('\n').Where(l => l.StartsWith(name + " ", StringComparison.Ordinal) || l.StartsWith(name + "{", StringComparison.Ordinal))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+
+    // ---- the official OpenAI client --------------------------------------------------------------------------------
+
+    [Test]
+    public async Task OpenAiClientChats()
+    {
+        ChatCompletion c = (await OpenAiChat(_server).CompleteChatAsync([new UserChatMessage("Hi")],
+            new ChatCompletionOptions { MaxOutputTokenCount = 8, Temperature = 0 })).Value;
+        Assert.That(c.FinishReason, Is.AnyOf(ChatFinishReason.Stop, ChatFinishReason.Length));
+        Assert.That(c.Usage.OutputTokenCount, Is.InRange(1, 8));
+        Assert.That(c.Usage.InputTokenCount, Is.GreaterThan(5));
+        // The prompt ends inside <think>, and random weights rarely close it: reasoning is counted up to </think>.
+        Assert.That(c.Usage.OutputTokenDetails.ReasoningTokenCount, Is.InRange(0, c.Usage.OutputTokenCount));
+        Assert.That(c.Model, Is.EqualTo("tiny-chat"));
+    }
+
+    [Test]
+    public async Task OpenAiClientStreams()
+    {
+        int updates = 0;
+        ChatFinishReason? finish = null;
+        ChatTokenUsage? usage = null;
+        await foreach (var u in OpenAiChat(_server).CompleteChatStreamingAsync([new UserChatMessage("Hi")],
+                           new ChatCompletionOptions { MaxOutputTokenCount = 6 }))
+        {
+            updates++;
+            finish ??= u.FinishReason;
+            usage ??= u.Usage;
+        }
+        Assert.That(updates, Is.GreaterThanOrEqualTo(2));
+        Assert.That(finish, Is.AnyOf(ChatFinishReason.Stop, ChatFinishReason.Length));
+        Assert.That(usage, Is.Not.Null, "the client asks for include_usage; the last chunk carries it");
+        Assert.That(usage!.OutputTokenCount, Is.InRange(1, 6));
+    }
+
+    [Test]
+    public async Task OpenAiClientGetsToolCallsAndReasoningIsSeparate()
+    {
+        var tool = ChatTool.CreateFunctionTool("get_weather", "Current weather in a city", BinaryData.FromString(WeatherSchema));
+        ChatCompletion c = (await OpenAiChat(_toolServer).CompleteChatAsync([new UserChatMessage("Weather in Paris?")],
+            new ChatCompletionOptions { Tools = { tool } })).Value;
+        Assert.That(c.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        Assert.That(c.ToolCalls, Has.Count.EqualTo(1));
+        Assert.That(c.ToolCalls[0].FunctionName, Is.EqualTo("get_weather"));
+        Assert.That(JsonDocument.Parse(c.ToolCalls[0].FunctionArguments).RootElement.GetProperty("city").GetString(), Is.EqualTo("Paris"));
+        Assert.That(c.Content.Single().Text, Is.EqualTo("I'll look it up.\n"));
+        Assert.That(c.Usage.OutputTokenDetails.ReasoningTokenCount, Is.GreaterThan(0).And.LessThan(c.Usage.OutputTokenCount));
+    }
+
+    [Test]
+    public async Task ToolChoiceNoneOffersNoToolsAndReportsNoCalls()
+    {
+        var body = $$$"""{"messages":[{"role":"user","content":"Weather?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{{{WeatherSchema}}}}}],"tool_choice":"none"}""";
+        using var http = new HttpClient { BaseAddress = _toolServer.BaseAddress };
+        using var r = await http.PostAsync("v1/chat/completions", Json(body));
+        var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+        var choice = root.GetProperty("choices")[0];
+        Assert.That(choice.GetProperty("finish_reason").GetString(), Is.EqualTo("stop"));
+        Assert.That(choice.GetProperty("message").TryGetProperty("tool_calls", out _), Is.False);
+        Assert.That(choice.GetProperty("message").GetProperty("reasoning_content").GetString(), Is.EqualTo("Let me check.\n"));
+    }
+
+    // ---- Microsoft.Extensions.AI over the OpenAI adapter ---------------------------------------------------------
+
+    [Test]
+    public async Task ExtensionsAiClientChatsThroughTheOpenAiAdapter()
+    {
+        AI.IChatClient chat = AI.OpenAIClientExtensions.AsIChatClient(OpenAiChat(_server));
+        var response = await chat.GetResponseAsync([new AI.ChatMessage(AI.ChatRole.User, "Hi")], new AI.ChatOptions { MaxOutputTokens = 5, Temperature = 0 });
+        Assert.That(response.Usage?.OutputTokenCount, Is.InRange(1, 5));
+        Assert.That(response.FinishReason, Is.AnyOf(AI.ChatFinishReason.Stop, AI.ChatFinishReason.Length));
+    }
+
+    [Test]
+    public async Task ExtensionsAiClientStreamsToolCalls()
+    {
+        AI.IChatClient chat = AI.OpenAIClientExtensions.AsIChatClient(OpenAiChat(_toolServer));
+        var tool = AI.AIFunctionFactory.Create((string city) => "sunny", "get_weather", "Current weather in a city");
+        var updates = new List<AI.ChatResponseUpdate>();
+        await foreach (var u in chat.GetStreamingResponseAsync([new AI.ChatMessage(AI.ChatRole.User, "Weather in Paris?")], new AI.ChatOptions { Tools = [tool] }))
+            updates.Add(u);
+        var call = updates.SelectMany(u => u.Contents).OfType<AI.FunctionCallContent>().Single();
+        Assert.That(call.Name, Is.EqualTo("get_weather"));
+        Assert.That(call.Arguments!["city"]?.ToString(), Is.EqualTo("Paris"));
+        Assert.That(updates.Select(u => u.FinishReason).Last(f => f is not null), Is.EqualTo(AI.ChatFinishReason.ToolCalls));
+    }
+
+    // ---- raw HTTP: framing, errors, limits -------------------------------------------------------------------------
+
+    [Test]
+    public async Task StreamIsServerSentEventsEndingWithDone()
+    {
+        using var r = await _http.PostAsync("v1/chat/completions",
+            Json("""{"messages":[{"role":"user","content":"Hi"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"""));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(r.Content.Headers.ContentType?.MediaType, Is.EqualTo("text/event-stream"));
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.That(LoadGenerator.CheckStream(text), Is.InRange(1, 5));
+        Assert.That(text, Does.StartWith("data: {"));
+    }
+
+    [Test]
+    public async Task CompletionsTakeARawPrompt()
+    {
+        using var r = await _http.PostAsync("v1/completions", Json("""{"prompt":"Once upon a time","max_tokens":4,"ignore_eos":true,"temperature":0}"""));
+        var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), root.ToString());
+        Assert.That(root.GetProperty("object").GetString(), Is.EqualTo("text_completion"));
+        Assert.That(root.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("length"), "ignore_eos: exactly max_tokens");
+        Assert.That(root.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(4));
+        Assert.That(root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), Is.EqualTo(_model.Tokenizer.Encode("Once upon a time").Length));
+    }
+
+    [Test]
+    public async Task SameSeedSameText()
+    {
+        const string body = """{"prompt":"Hello","max_tokens":12,"seed":7,"temperature":1.0,"top_k":0,"ignore_eos":true}""";
+        async Task<string> Text()
+        {
+            using var r = await _http.PostAsync("v1/completions", Json(body));
+            return JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        }
+        string first = await Text(), second = await Text();
+        Assert.That(second, Is.EqualTo(first));
+        Assert.That(first, Is.Not.Empty);
+    }
+
+    [Test]
+    public async Task ModelsHealthAndMetrics()
+    {
+        var models = JsonDocument.Parse(await _http.GetStringAsync("v1/models")).RootElement;
+        Assert.That(models.GetProperty("data")[0].GetProperty("id").GetString(), Is.EqualTo("tiny-chat"));
+        Assert.That((await _http.GetAsync("health")).StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        using (await _http.PostAsync("v1/completions", Json("""{"prompt":"Hi","max_tokens":3,"ignore_eos":true}"""))) { }
+        string metrics = await MetricsAsync();
+        Assert.That(Metric(metrics, "qwq_requests_total"), Is.GreaterThanOrEqualTo(1));
+        Assert.That(Metric(metrics, "qwq_generation_tokens_total"), Is.GreaterThanOrEqualTo(3));
+        Assert.That(Metric(metrics, "qwq_kv_blocks_total"), Is.EqualTo(_model.Backend.KvPool.TotalBlocks));
+        Assert.That(metrics, Does.Contain("qwq_kv_blocks_used").And.Contain("qwq_requests_in_queue").And.Contain("qwq_generation_tokens_per_second"));
+    }
+
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"temperature":-1}""", "temperature")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_p":1.5}""", "top_p")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"max_tokens":0}""", "max_tokens")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"max_completion_tokens":-3}""", "max_completion_tokens")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"min_p":2}""", "min_p")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"repetition_penalty":0}""", "repetition_penalty")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"n":2}""", "n")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"stop":5}""", "stop")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"temperature":"hot"}""", "temperature")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"logit_bias":{"99999":1}}""", "logit_bias")]
+    [TestCase("""{"messages":[]}""", "messages")]
+    [TestCase("""{"model":"x"}""", "messages")]
+    [TestCase("""{"messages":[{"role":"robot","content":"Hi"}]}""", "messages[0].role")]
+    [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", "messages[0].content[0]")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{}}]}""", "tools[0].function.name")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"a"}}],"tool_choice":{"type":"function","function":{"name":"b"}}}""", "tool_choice")]
+    public async Task InvalidRequestsNameTheField(string body, string param)
+    {
+        using var r = await _http.PostAsync("v1/chat/completions", Json(body));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+        var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+        Assert.That(error.GetProperty("param").GetString(), Is.EqualTo(param));
+        Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+        Assert.That(error.GetProperty("code").ValueKind, Is.EqualTo(JsonValueKind.Null));
+        Assert.That(error.GetProperty("message").GetString(), Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    [TestCase("{not json")]
+    [TestCase("null")]
+    public async Task MalformedBodyIs400(string body)
+    {
+        using var r = await _http.PostAsync("v1/completions", Json(body));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString(),
+            Is.EqualTo("invalid_request_error"));
+    }
+
+    [Test]
+    public async Task PromptLongerThanTheContextIs400()
+    {
+        string huge = string.Join(' ', Enumerable.Repeat("strawberry", 5000));
+        using var r = await _http.PostAsync("v1/completions", Json(JsonSerializer.Serialize(new { prompt = huge, max_tokens = 1 })));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("prompt"));
+    }
+
+    [Test]
+    public async Task BodyOverTheLimitIs413()
+    {
+        string big = new('a', 5 << 20);
+        // Expect: 100-continue, as curl sends for big bodies: the server refuses before the body is sent (otherwise it
+        // answers and closes mid-upload, and the client sees a broken pipe instead of the answer).
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Json(JsonSerializer.Serialize(new { prompt = big })) };
+        request.Headers.ExpectContinue = true;
+        using var r = await _http.SendAsync(request);
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.RequestEntityTooLarge));
+        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+            Does.Contain("4194304 bytes"));
+    }
+
+    [Test]
+    public async Task ApiKeyIsRequiredOnV1Only()
+    {
+        await using var server = await ServerFixture.StartAsync(_model, new ServerOptions { ApiKey = "s3cret" });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using (var none = await http.GetAsync("v1/models"))
+        {
+            Assert.That(none.StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized));
+            Assert.That(none.Headers.WwwAuthenticate.ToString(), Is.EqualTo("Bearer"));
+        }
+        using (var wrong = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Authorization = new("Bearer", "s3cret-not") } })
+            Assert.That((await http.SendAsync(wrong)).StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized));
+        using (var right = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Authorization = new("Bearer", "s3cret") } })
+            Assert.That((await http.SendAsync(right)).StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That((await http.GetAsync("health")).StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        var ok = await OpenAiChat(server, "s3cret").CompleteChatAsync([new UserChatMessage("Hi")], new ChatCompletionOptions { MaxOutputTokenCount = 2 });
+        Assert.That(ok.Value.Usage.OutputTokenCount, Is.InRange(1, 2));
+    }
+
+    /// <summary>A long stream, read until its first text chunk; the caller owns (and may abandon) the response.</summary>
+    private static async Task<(HttpResponseMessage Response, Stream Body)> StartLongStreamAsync(HttpClient http)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = Json("""{"messages":[{"role":"user","content":"Hi"}],"max_tokens":100000,"ignore_eos":true,"stream":true}"""),
+        };
+        var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        Assert.That(response.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        var body = await response.Content.ReadAsStreamAsync();
+        var buffer = new byte[4096];
+        int total = 0;
+        while (Encoding.UTF8.GetString(buffer, 0, total).Split("\n\n").Length < 4) // the role chunk and two more
+            total += await body.ReadAsync(buffer.AsMemory(total));
+        return (response, body);
+    }
+
+    [Test]
+    public async Task FullQueueAnswers429WithRetryAfter()
+    {
+        await using var server = await ServerFixture.StartAsync(_model, new ServerOptions { MaxQueue = 1 });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var (first, body) = await StartLongStreamAsync(http);
+        using (first)
+        {
+            using var second = await http.PostAsync("v1/completions", Json("""{"prompt":"Hi","max_tokens":1}"""));
+            Assert.That(second.StatusCode, Is.EqualTo(HttpStatusCode.TooManyRequests));
+            Assert.That(second.Headers.RetryAfter?.Delta, Is.EqualTo(TimeSpan.FromSeconds(1)));
+            Assert.That(JsonDocument.Parse(await second.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString(),
+                Is.EqualTo("rate_limit_error"));
+        }
+        body.Dispose();
+        await WaitUntil(() => server.Admitted == 0, "the abandoned stream leaves the queue");
+        using var third = await http.PostAsync("v1/completions", Json("""{"prompt":"Hi","max_tokens":1}"""));
+        Assert.That(third.StatusCode, Is.EqualTo(HttpStatusCode.OK), "room again once the first client left");
+    }
+
+    [Test]
+    public async Task ClientDisconnectCancelsTheGenerationAndFreesItsKv()
+    {
+        double cancelledBefore = Metric(await MetricsAsync(), "qwq_requests_total{endpoint=\"chat\",outcome=\"cancelled\"}");
+        var (response, body) = await StartLongStreamAsync(_http);
+        Assert.That(_model.Backend.KvPool.UsedBlocks, Is.GreaterThan(0), "the running stream holds KV blocks");
+        body.Dispose();
+        response.Dispose();
+        await WaitUntil(() => _server.Admitted == 0 && _model.Backend.KvPool.UsedBlocks == 0, "generation stopped and its blocks returned");
+        string metrics = await MetricsAsync();
+        Assert.That(Metric(metrics, "qwq_requests_total{endpoint=\"chat\",outcome=\"cancelled\"}"), Is.EqualTo(cancelledBefore + 1));
+        Assert.That(Metric(metrics, "qwq_kv_blocks_used"), Is.Zero);
+    }
+
+    private static async Task WaitUntil(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"timed out waiting: {what}");
+            await Task.Delay(20);
+        }
+    }
+
+    // ---- load ----------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// 32 streaming clients for 4 s against a queue of 16: every request completes, well framed, or is a designed 429;
+    /// nothing else. Bounded in clients and time, so it stops by itself in CI.
+    /// </summary>
+    [Test]
+    public async Task LoadManyStreamingClientsLoseNothing()
+    {
+        await using var server = await ServerFixture.StartAsync(_model, new ServerOptions { MaxQueue = 16 });
+        var report = await LoadGenerator.RunAsync(server.BaseAddress, clients: 32, TimeSpan.FromSeconds(4), maxTokens: 16);
+        TestContext.Out.WriteLine("load (CPU, tiny-chat): " + report);
+        Assert.That(report.Failures, Is.Empty);
+        Assert.That(report.Completed, Is.GreaterThan(32));
+        Assert.That(report.Rejected, Is.GreaterThan(0), "32 clients against a queue of 16 must see 429s");
+        Assert.That(server.Admitted, Is.Zero);
+        Assert.That(_model.Backend.KvPool.UsedBlocks, Is.Zero, "every finished request gave its KV blocks back");
+    }
+
+    /// <summary>
+    /// The same load against any running server, for long runs (e.g. qwq serve on the H100):
+    /// QWQ_LOAD_URL=http://127.0.0.1:8000 QWQ_LOAD_CLIENTS=64 QWQ_LOAD_SECONDS=60 QWQ_LOAD_MAX_TOKENS=256 [QWQ_API_KEY=...].
+    /// </summary>
+    [Test, Explicit("long load run against a running server; set QWQ_LOAD_URL")]
+    public async Task LoadAgainstARunningServer()
+    {
+        string url = Environment.GetEnvironmentVariable("QWQ_LOAD_URL") ?? throw new InconclusiveException("set QWQ_LOAD_URL");
+        int Env(string name, int fallback) => int.TryParse(Environment.GetEnvironmentVariable(name), System.Globalization.NumberStyles.None,
+            System.Globalization.CultureInfo.InvariantCulture, out int v) ? v : fallback;
+        var report = await LoadGenerator.RunAsync(new Uri(url), Env("QWQ_LOAD_CLIENTS", 64), TimeSpan.FromSeconds(Env("QWQ_LOAD_SECONDS", 60)),
+            Env("QWQ_LOAD_MAX_TOKENS", 256), Environment.GetEnvironmentVariable("QWQ_API_KEY"));
+        TestContext.Out.WriteLine(report);
+        Assert.That(report.Failures, Is.Empty);
+    }
+}
