@@ -15,7 +15,10 @@ internal static class CliApp
         root.Add(InfoCommand.Create(host));
         root.Add(TokenizeCommand.Create());
         root.Add(RenderCommand.Create());
+        root.Add(EvalCommand.Create(host));
         root.Add(BenchCommand.Create(host));
+        // Bare `qwq` shows what it can do rather than an error about a missing command.
+        root.SetAction(p => new System.CommandLine.Help.HelpAction().Invoke(p));
         return root;
     }
 }

@@ -268,7 +268,7 @@ public class EvalRunnerTests
         Assert.That((lines[0].ReasoningTokens, lines[0].AnswerTokens, lines[0].TotalTokens, lines[0].FinishReason), Is.EqualTo((3, 2, 6, "end_of_sequence")));
         Assert.That(score.PassAt1, Is.EqualTo((2.0 / 3 + 1) / 2).Within(1e-12));
         Assert.That(score.MajorityAtN, Is.EqualTo(1.0));
-        Assert.That(progress[^1], Is.EqualTo(progress[^1] with { ProblemsDone = 2, ProblemsTotal = 2, SamplesDone = 6, SamplesTotal = 6, TokensThisRun = 36 }));
+        Assert.That(progress[^1], Is.EqualTo(progress[^1] with { ProblemsDone = 2, ProblemsTotal = 2, SamplesDone = 6, SamplesTotal = 6, SamplesThisRun = 6, TokensThisRun = 36 }));
     }
 
     [Test]
@@ -291,6 +291,7 @@ public class EvalRunnerTests
         Assert.That(second.Seen.Select(r => (r.Problem.Id, r.Sample, r.Seed)), Is.EqualTo(new[] { ("m2", 1, 8UL), ("m2", 2, 9UL) }));
         Assert.That(progress[0].SamplesDone, Is.EqualTo(4), "resumed samples count as done");
         Assert.That(progress[0].ProblemsDone, Is.EqualTo(1));
+        Assert.That((progress[^1].SamplesDone, progress[^1].SamplesThisRun), Is.EqualTo((6, 2)));
         var lines = EvalResultsFile.Read(path);
         Assert.That(lines.Select(s => (s.Id, s.Sample)), Is.Unique);
         Assert.That(lines, Has.Count.EqualTo(6));
