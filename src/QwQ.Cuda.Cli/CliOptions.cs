@@ -191,7 +191,7 @@ internal sealed class OutputCliOptions
 /// Where tokenize and render find the tokenizer: a model directory, a Hugging Face id in the local cache, or a
 /// synthetic preset's built-in files. They need no weights, so a directory with only the tokenizer files is enough.
 /// </summary>
-internal sealed class TokenizerSourceOptions(string modelDescription)
+internal sealed class TokenizerSourceOptions(string modelDescription, Func<string, string?>? environment)
 {
     public readonly Option<string?> Model = new("--model", "-m") { Description = modelDescription, HelpName = "DIR|HF_ID" };
 
@@ -216,7 +216,7 @@ internal sealed class TokenizerSourceOptions(string modelDescription)
             throw new OptionException("give either --model or --synthetic, not both");
         if (model is null && synthetic is null)
             throw new OptionException("no tokenizer given: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b for the built-in QwQ tokenizer");
-        if (model is not null) return Hosting.ModelLocator.Resolve(model);
+        if (model is not null) return Hosting.ModelLocator.Resolve(model, environment);
         Config.ModelPresets.Get(synthetic!); // an unknown preset is reported with the list of known ones
         return Presets.PresetFiles.Extract(synthetic!)
                ?? throw new OptionException($"the preset '{synthetic}' has no built-in tokenizer; pass --model DIR with the tokenizer files");

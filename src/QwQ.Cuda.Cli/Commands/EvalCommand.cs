@@ -112,13 +112,13 @@ internal static class EvalCommand
     {
         string n = score.SamplesPerProblem.ToString(CultureInfo.InvariantCulture);
         var table = new Table().Border(TableBorder.Simple);
-        table.AddColumn("problem");
-        table.AddColumn(new TableColumn("samples").RightAligned());
+        table.AddColumn(new TableColumn("problem").NoWrap());
+        table.AddColumn(new TableColumn("n").RightAligned());
         table.AddColumn(new TableColumn("pass@1").RightAligned());
         table.AddColumn(new TableColumn($"maj@{n}").RightAligned());
-        table.AddColumn("majority answer");
-        table.AddColumn(new TableColumn("reasoning tok").RightAligned());
-        table.AddColumn(new TableColumn("answer tok").RightAligned());
+        table.AddColumn("majority");
+        table.AddColumn(new TableColumn("think tok").RightAligned().NoWrap());
+        table.AddColumn(new TableColumn("answer tok").RightAligned().NoWrap());
         table.AddColumn(new TableColumn("truncated").RightAligned());
         foreach (var p in score.PerProblem)
             table.AddRow(Markup.Escape(p.Id), Num(p.Samples), Pct(p.PassAt1), p.MajorityCorrect ? "1" : "0",
@@ -127,6 +127,8 @@ internal static class EvalCommand
         table.AddRow("[bold]overall[/]", Num(score.Samples), $"[bold]{Pct(score.PassAt1)}[/]", $"[bold]{Pct(score.MajorityAtN)}[/]", "",
             Num(score.MeanReasoningTokens), Num(score.MeanAnswerTokens), Pct(score.TruncatedShare));
         var console = Console(host, host.Out);
+        // Redirected output has no width; Spectre would assume 80 columns and wrap ids. A file has room.
+        if (!host.Terminal) console.Profile.Width = 160;
         console.Write(table);
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{score.Problems} problems, {score.Samples} samples, {score.GeneratedTokens} tokens in {score.Seconds:F1} s of generation ({score.TokensPerSecond:F1} tok/s)"));

@@ -13,9 +13,10 @@ namespace QwQ.Cuda.Cli.Commands;
 /// </summary>
 public static class RenderCommand
 {
-    public static Command Create()
+    /// <param name="environment">Reads environment variables (HF_HUB_CACHE, HF_HOME); null: the process's.</param>
+    public static Command Create(Func<string, string?>? environment = null)
     {
-        var source = new TokenizerSourceOptions("Model directory or Hugging Face id (its tokenizer_config.json is checked for QwQ's chat template)");
+        var source = new TokenizerSourceOptions("Model directory or Hugging Face id (its tokenizer_config.json is checked for QwQ's chat template)", environment);
         var messages = new Option<string>("--messages") { Description = "JSON file with the messages array ('-' for stdin)", Required = true };
         var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions" };
         var noGen = new Option<bool>("--no-generation-prompt") { Description = "Do not append '<|im_start|>assistant\\n<think>\\n'" };

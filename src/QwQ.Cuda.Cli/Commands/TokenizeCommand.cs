@@ -13,9 +13,10 @@ namespace QwQ.Cuda.Cli.Commands;
 /// </summary>
 public static class TokenizeCommand
 {
-    public static Command Create()
+    /// <param name="environment">Reads environment variables (HF_HUB_CACHE, HF_HOME); null: the process's.</param>
+    public static Command Create(Func<string, string?>? environment = null)
     {
-        var source = new TokenizerSourceOptions("Model directory holding tokenizer.json and tokenizer_config.json, or a Hugging Face id in the local cache");
+        var source = new TokenizerSourceOptions("Model directory holding tokenizer.json and tokenizer_config.json, or a Hugging Face id in the local cache", environment);
         var text = new Option<string?>("--text", "-t") { Description = "Text to encode (otherwise one JSON string per line on stdin)" };
         var command = new Command("tokenize", "Encode text to token ids: one JSON string per stdin line in, one JSON array of ids per line out");
         source.AddTo(command);
