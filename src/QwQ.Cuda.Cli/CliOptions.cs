@@ -63,14 +63,16 @@ internal sealed class ModelSourceOptions
     }
 
     /// <summary>The --model value, or null with --synthetic; exactly one of the two must be given.</summary>
-    public (string? Model, string? Synthetic) Source(ParseResult p)
+    public (string? Model, string? Synthetic) Source(ParseResult p) =>
+        ExactlyOne(p.GetValue(Model), p.GetValue(Synthetic), "no model given", "to run without weights");
+
+    /// <summary>--model or --synthetic, exactly one; the messages name both and say what --synthetic gives.</summary>
+    internal static (string? Model, string? Synthetic) ExactlyOne(string? model, string? synthetic, string missing, string syntheticGives)
     {
-        string? model = p.GetValue(Model);
-        string? synthetic = p.GetValue(Synthetic);
         if (model is not null && synthetic is not null)
             throw new OptionException("give either --model or --synthetic, not both");
         if (model is null && synthetic is null)
-            throw new OptionException("no model given: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b to run without weights");
+            throw new OptionException($"{missing}: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b {syntheticGives}");
         return (model, synthetic);
     }
 
@@ -210,12 +212,7 @@ internal sealed class TokenizerSourceOptions(string modelDescription, Func<strin
     /// <summary>The directory holding the tokenizer files; exactly one of --model and --synthetic must be given.</summary>
     public string Resolve(ParseResult p)
     {
-        string? model = p.GetValue(Model);
-        string? synthetic = p.GetValue(Synthetic);
-        if (model is not null && synthetic is not null)
-            throw new OptionException("give either --model or --synthetic, not both");
-        if (model is null && synthetic is null)
-            throw new OptionException("no tokenizer given: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b for the built-in QwQ tokenizer");
+        var (model, synthetic) = ModelSourceOptions.ExactlyOne(p.GetValue(Model), p.GetValue(Synthetic), "no tokenizer given", "for the built-in QwQ tokenizer");
         if (model is not null) return Hosting.ModelLocator.Resolve(model, environment);
         Config.ModelPresets.Get(synthetic!); // an unknown preset is reported with the list of known ones
         return Presets.PresetFiles.Extract(synthetic!)

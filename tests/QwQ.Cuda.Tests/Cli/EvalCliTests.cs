@@ -181,6 +181,13 @@ public class EvalCliTests
         return null;
     }
 
+    private string OneUserMessage()
+    {
+        string path = _tmp.Combine("m.json");
+        File.WriteAllText(path, "[{\"role\": \"user\", \"content\": \"Hi\"}]");
+        return path;
+    }
+
     [Test]
     public async Task TokenizeAndRenderTakeSyntheticPresets()
     {
@@ -189,8 +196,7 @@ public class EvalCliTests
         Assert.That(synthetic.ExitCode, Is.Zero, synthetic.Err);
         Assert.That(synthetic.Out, Is.EqualTo(dir.Out).And.EqualTo("[9707,1879]\n"));
 
-        string messages = _tmp.Combine("m.json");
-        File.WriteAllText(messages, "[{\"role\": \"user\", \"content\": \"Hi\"}]");
+        string messages = OneUserMessage();
         var render = await Qwq("render", "--synthetic", "qwq-32b", "--messages", messages);
         Assert.That(render.ExitCode, Is.Zero, render.Err);
         Assert.That(render.Out, Is.EqualTo("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"));
@@ -223,8 +229,7 @@ public class EvalCliTests
 
         var tok = await Run("tokenize", "--model", "Qwen/QwQ-32B", "--text", "Hello world");
         Assert.That((tok.ExitCode, tok.Out), Is.EqualTo((0, "[9707,1879]\n")), tok.Err);
-        string messages = _tmp.Combine("m.json");
-        File.WriteAllText(messages, "[{\"role\": \"user\", \"content\": \"Hi\"}]");
+        string messages = OneUserMessage();
         var render = await Run("render", "--model", "Qwen/QwQ-32B", "--messages", messages);
         Assert.That(render.ExitCode, Is.Zero, render.Err);
         Assert.That(render.Out, Does.EndWith("<|im_start|>assistant\n<think>\n"));
