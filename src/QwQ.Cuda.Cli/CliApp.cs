@@ -13,10 +13,13 @@ internal static class CliApp
         root.Add(GenerateCommand.Create(host));
         root.Add(ChatCommand.Create(host));
         root.Add(InfoCommand.Create(host));
-        root.Add(TokenizeCommand.Create());
-        root.Add(RenderCommand.Create());
+        root.Add(TokenizeCommand.Create(host.Environment));
+        root.Add(RenderCommand.Create(host.Environment));
+        root.Add(EvalCommand.Create(host));
         root.Add(BenchCommand.Create(host));
         root.Add(ServeCommand.Create(host));
+        // Bare `qwq` shows what it can do rather than an error about a missing command.
+        root.SetAction(p => new System.CommandLine.Help.HelpAction().Invoke(p));
         return root;
     }
 }

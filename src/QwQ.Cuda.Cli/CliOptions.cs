@@ -34,8 +34,9 @@ internal sealed class ModelSourceOptions
         DefaultValueFactory = _ => "cuda",
     };
 
+    // -c/--ctx-size: what llama.cpp users type for the same thing.
     public readonly Option<int?> MaxContext = TypedOptions.Integer<int>("--max-context", "8192",
-        "KV-cache positions to reserve (default: as many as fit in GPU memory, up to the model's maximum)");
+        "KV-cache positions to reserve (default: as many as fit in GPU memory, up to the model's maximum)", "-c", "--ctx-size");
 
     public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
@@ -62,14 +63,16 @@ internal sealed class ModelSourceOptions
     }
 
     /// <summary>The --model value, or null with --synthetic; exactly one of the two must be given.</summary>
-    public (string? Model, string? Synthetic) Source(ParseResult p)
+    public (string? Model, string? Synthetic) Source(ParseResult p) =>
+        ExactlyOne(p.GetValue(Model), p.GetValue(Synthetic), "no model given", "to run without weights");
+
+    /// <summary>--model or --synthetic, exactly one; the messages name both and say what --synthetic gives.</summary>
+    internal static (string? Model, string? Synthetic) ExactlyOne(string? model, string? synthetic, string missing, string syntheticGives)
     {
-        string? model = p.GetValue(Model);
-        string? synthetic = p.GetValue(Synthetic);
         if (model is not null && synthetic is not null)
             throw new OptionException("give either --model or --synthetic, not both");
         if (model is null && synthetic is null)
-            throw new OptionException("no model given: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b to run without weights");
+            throw new OptionException($"{missing}: pass --model DIR (or a Hugging Face id such as Qwen/QwQ-32B), or --synthetic qwq-32b {syntheticGives}");
         return (model, synthetic);
     }
 
@@ -96,8 +99,9 @@ internal sealed class ModelSourceOptions
 /// <summary>Every sampling and stopping option; unset values take the model's generation_config.json.</summary>
 internal sealed class SamplingCliOptions
 {
+    // --temp as in llama.cpp. No -t: llama.cpp users mean threads by it, and `qwq tokenize -t` is its text.
     public readonly Option<double?> Temperature = TypedOptions.Real("--temperature", "0.6",
-        "Sampling temperature; 0 = greedy (default: the model's, 0.6 for QwQ)", "-t");
+        "Sampling temperature; 0 = greedy (default: the model's, 0.6 for QwQ)", "--temp");
     public readonly Option<double?> TopP = TypedOptions.Real("--top-p", "0.95",
         "Nucleus sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1]");
     public readonly Option<int?> TopK = TypedOptions.Integer<int>("--top-k", "40", "Keep the K most likely tokens; 0 = off");
@@ -108,7 +112,7 @@ internal sealed class SamplingCliOptions
         "Subtract this × count from the logits of tokens already generated");
     public readonly Option<double?> RepetitionPenalty = TypedOptions.Real("--repetition-penalty", "1.05",
         "Divide positive (multiply negative) logits of seen tokens by this; 1 = off");
-    public readonly Option<ulong?> Seed = TypedOptions.Integer<ulong>("--seed", "42", "Random seed, for reproducible sampling");
+    public readonly Option<ulong?> Seed = TypedOptions.Integer<ulong>("--seed", "42", "Random seed, for reproducible sampling", "-s");
     public readonly Option<int?> MaxTokens = TypedOptions.Integer<int>("--max-tokens", "512",
         "Most new tokens to generate (default: until the end of the answer or a full context)", "-n");
     public readonly Option<string[]> Stop = new("--stop")
@@ -182,5 +186,36 @@ internal sealed class OutputCliOptions
         command.Add(Json);
         command.Add(HideReasoning);
         command.Add(NoProgress);
+    }
+}
+
+/// <summary>
+/// Where tokenize and render find the tokenizer: a model directory, a Hugging Face id in the local cache, or a
+/// synthetic preset's built-in files. They need no weights, so a directory with only the tokenizer files is enough.
+/// </summary>
+internal sealed class TokenizerSourceOptions(string modelDescription, Func<string, string?>? environment)
+{
+    public readonly Option<string?> Model = new("--model", "-m") { Description = modelDescription, HelpName = "DIR|HF_ID" };
+
+    public readonly Option<string?> Synthetic = new("--synthetic")
+    {
+        Description = "Use a preset's built-in tokenizer files instead of a model directory (e.g. qwq-32b)",
+        HelpName = "PRESET",
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Add(Model);
+        command.Add(Synthetic);
+    }
+
+    /// <summary>The directory holding the tokenizer files; exactly one of --model and --synthetic must be given.</summary>
+    public string Resolve(ParseResult p)
+    {
+        var (model, synthetic) = ModelSourceOptions.ExactlyOne(p.GetValue(Model), p.GetValue(Synthetic), "no tokenizer given", "for the built-in QwQ tokenizer");
+        if (model is not null) return Hosting.ModelLocator.Resolve(model, environment);
+        Config.ModelPresets.Get(synthetic!); // an unknown preset is reported with the list of known ones
+        return Presets.PresetFiles.Extract(synthetic!)
+               ?? throw new OptionException($"the preset '{synthetic}' has no built-in tokenizer; pass --model DIR with the tokenizer files");
     }
 }

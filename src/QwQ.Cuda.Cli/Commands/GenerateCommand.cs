@@ -14,27 +14,33 @@ internal static class GenerateCommand
         var sampling = new SamplingCliOptions();
         var output = new OutputCliOptions();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "The user message ('-' reads it from standard input)", HelpName = "TEXT" };
+        var file = new Option<string?>("--file", "-f") { Description = "Read the user message from this file (as llama.cpp's -f)", HelpName = "FILE" };
         var system = new Option<string?>("--system") { Description = "A system message placed before the prompt", HelpName = "TEXT" };
 
         var command = new Command("generate", "Generate an answer to one prompt (the chat template is applied; output is streamed)");
         source.AddTo(command);
         command.Add(prompt);
+        command.Add(file);
         command.Add(system);
         sampling.AddTo(command);
         output.AddTo(command);
-        command.SetAction((p, ct) => RunAsync(host, p, source, sampling, output, prompt, system, ct));
+        command.SetAction((p, ct) => RunAsync(host, p, source, sampling, output, prompt, file, system, ct));
         return command;
     }
 
     private static async Task<int> RunAsync(CliHost host, ParseResult p, ModelSourceOptions source, SamplingCliOptions sampling,
-        OutputCliOptions output, Option<string?> promptOption, Option<string?> systemOption, CancellationToken ct)
+        OutputCliOptions output, Option<string?> promptOption, Option<string?> fileOption, Option<string?> systemOption, CancellationToken ct)
     {
         // Everything that can be checked without the model is checked before a possibly long load.
-        string text = p.GetValue(promptOption) switch
+        string text = (p.GetValue(promptOption), p.GetValue(fileOption)) switch
         {
-            null => throw new OptionException("no prompt: pass --prompt \"...\" (or --prompt - to read standard input)"),
-            "-" => await host.In.ReadToEndAsync(ct),
-            var s => s,
+            (not null, not null) => throw new OptionException("give either --prompt or --file, not both"),
+            (null, null) => throw new OptionException("no prompt: pass --prompt \"...\", --file FILE, or --prompt - to read standard input"),
+            (null, string path) => File.Exists(path)
+                ? await File.ReadAllTextAsync(path, ct)
+                : throw new QwqException($"The prompt file '{path}' does not exist."),
+            ("-", null) => await host.In.ReadToEndAsync(ct),
+            (string s, null) => s,
         };
         if (string.IsNullOrWhiteSpace(text))
             throw new OptionException("the prompt is empty: pass --prompt with some text");

@@ -6,25 +6,26 @@ using QwQ.Cuda.Text;
 namespace QwQ.Cuda.Cli.Commands;
 
 /// <summary>
-/// <c>qwq render --model DIR --messages FILE.json [--tools FILE.json] [--no-generation-prompt]</c>: prints the exact
+/// <c>qwq render --model DIR|HF_ID|--synthetic PRESET --messages FILE.json [--tools FILE.json] [--no-generation-prompt]</c>: prints the exact
 /// prompt QwQ's chat template produces, with nothing added (no trailing newline). The messages file holds a JSON
 /// array of <c>{"role", "content", "tool_calls"?}</c> (or an object with "messages" and optional "tools"); "-" reads
 /// stdin. Needs only tokenizer_config.json in DIR; a template other than QwQ's there is reported on stderr.
 /// </summary>
 public static class RenderCommand
 {
-    public static Command Create()
+    /// <param name="environment">Reads environment variables (HF_HUB_CACHE, HF_HOME); null: the process's.</param>
+    public static Command Create(Func<string, string?>? environment = null)
     {
-        var model = new Option<string>("--model", "-m") { Description = "Model directory (its tokenizer_config.json is checked for QwQ's chat template)", Required = true };
+        var source = new TokenizerSourceOptions("Model directory or Hugging Face id (its tokenizer_config.json is checked for QwQ's chat template)", environment);
         var messages = new Option<string>("--messages") { Description = "JSON file with the messages array ('-' for stdin)", Required = true };
         var tools = new Option<string?>("--tools") { Description = "JSON file with an array of tool definitions" };
         var noGen = new Option<bool>("--no-generation-prompt") { Description = "Do not append '<|im_start|>assistant\\n<think>\\n'" };
         var command = new Command("render", "Print the prompt the chat template makes from a messages file (exactly, no trailing newline)");
-        command.Add(model);
+        source.AddTo(command);
         command.Add(messages);
         command.Add(tools);
         command.Add(noGen);
-        command.SetAction(p => Run(p.GetValue(model)!, p.GetValue(messages)!, p.GetValue(tools), !p.GetValue(noGen),
+        command.SetAction(p => Run(source.Resolve(p), p.GetValue(messages)!, p.GetValue(tools), !p.GetValue(noGen),
             Console.In, p.InvocationConfiguration.Output, p.InvocationConfiguration.Error));
         return command;
     }

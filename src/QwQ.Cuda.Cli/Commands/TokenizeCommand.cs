@@ -7,20 +7,21 @@ using QwQ.Cuda.Text;
 namespace QwQ.Cuda.Cli.Commands;
 
 /// <summary>
-/// <c>qwq tokenize --model DIR [--text TEXT]</c>: encodes with the model's tokenizer (needs only tokenizer.json
+/// <c>qwq tokenize --model DIR|HF_ID|--synthetic PRESET [--text TEXT]</c>: encodes with the model's tokenizer (needs only tokenizer.json
 /// and tokenizer_config.json). Without <c>--text</c>, reads one JSON string per line on stdin; prints one JSON array
 /// of ids per line. Added tokens written in the text (<c>&lt;|im_start|&gt;</c>) become their ids.
 /// </summary>
 public static class TokenizeCommand
 {
-    public static Command Create()
+    /// <param name="environment">Reads environment variables (HF_HUB_CACHE, HF_HOME); null: the process's.</param>
+    public static Command Create(Func<string, string?>? environment = null)
     {
-        var model = new Option<string>("--model", "-m") { Description = "Model directory holding tokenizer.json and tokenizer_config.json", Required = true };
+        var source = new TokenizerSourceOptions("Model directory holding tokenizer.json and tokenizer_config.json, or a Hugging Face id in the local cache", environment);
         var text = new Option<string?>("--text", "-t") { Description = "Text to encode (otherwise one JSON string per line on stdin)" };
         var command = new Command("tokenize", "Encode text to token ids: one JSON string per stdin line in, one JSON array of ids per line out");
-        command.Add(model);
+        source.AddTo(command);
         command.Add(text);
-        command.SetAction(p => Run(p.GetValue(model)!, p.GetValue(text), Console.In,
+        command.SetAction(p => Run(source.Resolve(p), p.GetValue(text), Console.In,
             p.InvocationConfiguration.Output, p.InvocationConfiguration.Error));
         return command;
     }

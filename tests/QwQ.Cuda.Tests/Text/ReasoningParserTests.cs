@@ -108,28 +108,3 @@ public class ReasoningParserTests
         Assert.That(ReasoningParser.TryParseCall("[1]"), Is.Null);
     }
 }
-
-[TestFixture]
-public class AnswerExtractorTests
-{
-    [TestCase("The answer is \\boxed{42}.", "42")]
-    [TestCase("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}")]
-    [TestCase("first \\boxed{1} then \\boxed{ 2 }", "2")]
-    [TestCase("\\boxed{a_{i}^{2} + \\{x\\}}", "a_{i}^{2} + \\{x\\}")]
-    [TestCase("good \\boxed{7} then broken \\boxed{8", "7")]
-    [TestCase("\\fbox{x}", "x")]
-    [TestCase("\\boxed {5}", "5")]
-    [TestCase("no box here", null)]
-    [TestCase("", null)]
-    public void ExtractBoxed(string text, string? expected) =>
-        Assert.That(AnswerExtractor.ExtractBoxed(text), Is.EqualTo(expected));
-
-    [TestCase("{\"answer\": \"B\"}", "B")]
-    [TestCase("So {\"answer\":\"A\"} ... final: {\"answer\": \"C\"}", "C")]
-    [TestCase("{\"reasoning\": \"x\", \"answer\" : \" D \"}", "D")]
-    [TestCase("{\"answer\": \"say \\\"hi\\\"\"}", "say \"hi\"")]
-    [TestCase("answer: B", null)]
-    [TestCase(null, null)]
-    public void ExtractChoice(string? text, string? expected) =>
-        Assert.That(AnswerExtractor.ExtractChoice(text), Is.EqualTo(expected));
-}
