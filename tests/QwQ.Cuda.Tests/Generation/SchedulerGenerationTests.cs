@@ -11,6 +11,10 @@ public class SchedulerGenerationTests
 {
     private static GenerationOptions Greedy(int maxTokens) => new() { Sampling = SamplingOptions.Greedy, MaxNewTokens = maxTokens };
 
+    /// <summary>A chat model whose steps take a few milliseconds more, so concurrent callers surely share steps.</summary>
+    private static QwqModel SlowModel() =>
+        TestModels.ChatModel(backend: new SlowStepBackend(TestModels.Backend(validVocab: TestModels.Tokenizer.VocabSize), TimeSpan.FromMilliseconds(5)));
+
     private static readonly string[] Questions =
         ["Hello", "What is 2+2?", "Name a colour.", "Count to five.", "Why is the sky blue?", "Say hi in French.", "Pick a number.", "Tell me a joke."];
 
@@ -23,7 +27,7 @@ public class SchedulerGenerationTests
             foreach (var q in Questions)
                 alone.Add(await client.GetResponseAsync([new(ChatRole.User, q)], options));
 
-        using var model = TestModels.ChatModel();
+        using var model = SlowModel();
         using var shared = new QwqChatClient(model);
         var together = await Task.WhenAll(Questions.Select(q => shared.GetResponseAsync([new(ChatRole.User, q)], options)));
 
@@ -54,7 +58,7 @@ public class SchedulerGenerationTests
         using (var model = TestModels.ChatModel())
             foreach (var script in turns) alone.Add(await Converse(model, script));
 
-        using var sharedModel = TestModels.ChatModel();
+        using var sharedModel = SlowModel();
         var together = await Task.WhenAll(turns.Select(script => Task.Run(() => Converse(sharedModel, script))));
 
         for (int i = 0; i < turns.Length; i++)
@@ -80,7 +84,7 @@ public class SchedulerGenerationTests
         prompts.Add(BatchPrompt.User("s1", "Hello", sampled));
         prompts.Add(BatchPrompt.User("s2", "Hello", sampled with { Sampling = sampled.Sampling! with { Seed = 6 } }));
 
-        using var model = TestModels.ChatModel();
+        using var model = SlowModel();
         var results = new List<BatchResult>();
         await foreach (var r in model.GenerateBatchAsync(prompts)) results.Add(r);
 
