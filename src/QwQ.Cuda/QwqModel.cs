@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
@@ -13,8 +16,9 @@ namespace QwQ.Cuda;
 /// A loaded model: configuration, tokenizer, chat template, sampling defaults and a backend (GPU or CPU).
 /// <para>
 /// Thread safety: a QwqModel may be shared; <see cref="CreateSession"/> may be called from any thread. Each
-/// <see cref="ChatSession"/> serves one caller at a time. The CUDA backend serialises work on its device, so
-/// sessions used from several threads take turns on the GPU.
+/// <see cref="ChatSession"/> serves one caller at a time. Every generation (sessions, <see cref="Chat.QwqChatClient"/>,
+/// <see cref="GenerateBatchAsync"/>) runs on the model's one <see cref="Scheduler"/>, so concurrent work is batched
+/// into shared forward passes on the GPU.
 /// </para>
 /// <para>Dispose frees everything the backend holds (all GPU memory), and ends every session created from it.</para>
 /// </summary>
@@ -25,9 +29,10 @@ public sealed class QwqModel : IDisposable
     private bool _disposed;
 
     private QwqModel(IModelBackend backend, QwenTokenizer tokenizer, ChatTemplate template, GenerationConfig generationConfig,
-        string? directory, IReadOnlyList<string> warnings, bool hasGenerationConfig)
+        string? directory, IReadOnlyList<string> warnings, bool hasGenerationConfig, SchedulerOptions? scheduler)
     {
         Backend = backend;
+        Scheduler = new BatchScheduler(backend, scheduler);
         Tokenizer = tokenizer;
         Template = template;
         GenerationConfig = generationConfig;
@@ -42,6 +47,9 @@ public sealed class QwqModel : IDisposable
     public QwenTokenizer Tokenizer { get; }
     public ChatTemplate Template { get; }
     public IModelBackend Backend { get; }
+
+    /// <summary>Continuous batching over <see cref="Backend"/>: every generation of this model is a request here.</summary>
+    public BatchScheduler Scheduler { get; }
     public GenerationConfig GenerationConfig { get; }
 
     /// <summary>Sampling from generation_config.json (QwQ: temperature 0.6, top_p 0.95, top_k 40).</summary>
@@ -77,10 +85,11 @@ public sealed class QwqModel : IDisposable
     /// <summary>
     /// Wraps an already created backend (tests, custom backends). The model takes ownership of <paramref name="backend"/>.
     /// </summary>
-    public static QwqModel Create(IModelBackend backend, QwenTokenizer tokenizer, GenerationConfig? generationConfig = null, ChatTemplate? template = null)
+    public static QwqModel Create(IModelBackend backend, QwenTokenizer tokenizer, GenerationConfig? generationConfig = null, ChatTemplate? template = null,
+        SchedulerOptions? scheduler = null)
     {
         CheckTokenizerFits(tokenizer, backend.Config, "the tokenizer");
-        return new QwqModel(backend, tokenizer, template ?? ChatTemplate.Qwq, generationConfig ?? GenerationConfig.Default, null, [], generationConfig is not null);
+        return new QwqModel(backend, tokenizer, template ?? ChatTemplate.Qwq, generationConfig ?? GenerationConfig.Default, null, [], generationConfig is not null, scheduler);
     }
 
     /// <summary>Opens a conversation with its own KV cache of <paramref name="maxContext"/> positions (null: the backend's maximum).</summary>
@@ -98,6 +107,118 @@ public sealed class QwqModel : IDisposable
     internal void Forget(ChatSession session)
     {
         lock (_gate) _sessions.Remove(session);
+    }
+
+    /// <summary>
+    /// Generates an answer to every prompt with one model, all through <see cref="Scheduler"/>: up to its
+    /// <see cref="SchedulerOptions.MaxSequences"/> prompts share each forward pass, and prompts that start alike
+    /// (e.g. several samples of one question) reuse the KV blocks of their common prefix once it is computed. Results
+    /// are yielded as each prompt finishes, not in input order; <paramref name="prompts"/> is read as the batch goes,
+    /// so a long input need not be in memory. A prompt that is invalid on its own (empty, longer than the context,
+    /// bad options) gives a result with <see cref="BatchResult.Error"/>; other failures end the enumeration.
+    /// Cancelling <paramref name="cancellationToken"/> throws <see cref="OperationCanceledException"/> from the
+    /// enumeration once the prompts in flight have stopped; every result yielded before was complete.
+    /// </summary>
+    public async IAsyncEnumerable<BatchResult> GenerateBatchAsync(IEnumerable<BatchPrompt> prompts,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompts);
+        lock (_gate) ObjectDisposedException.ThrowIf(_disposed, this);
+        var results = Channel.CreateUnbounded<BatchResult>(new UnboundedChannelOptions { SingleReader = true });
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        // Twice what the scheduler runs at once: every step stays full while finished prompts are replaced.
+        using var slots = new SemaphoreSlim(2 * Scheduler.Options.MaxSequences);
+
+        async Task RunOne(BatchPrompt prompt)
+        {
+            try
+            {
+                var result = await GenerateOneAsync(prompt, stop.Token).ConfigureAwait(false);
+                // A prompt cut short by the caller's cancellation is not a result.
+                if (!(stop.IsCancellationRequested && result.Result?.FinishReason == FinishReason.Cancelled))
+                    results.Writer.TryWrite(result);
+            }
+            catch (Exception e)
+            {
+                results.Writer.TryComplete(e);
+                stop.Cancel();
+            }
+            finally
+            {
+                slots.Release();
+            }
+        }
+
+        var producer = Task.Run(async () =>
+        {
+            var running = new List<Task>();
+            Exception? failed = null;
+            try
+            {
+                foreach (var prompt in prompts)
+                {
+                    await slots.WaitAsync(stop.Token).ConfigureAwait(false);
+                    running.Add(RunOne(prompt));
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+            catch (Exception e) // the caller's enumeration of prompts failed
+            {
+                failed = e;
+                stop.Cancel();
+            }
+            await Task.WhenAll(running).ConfigureAwait(false);
+            results.Writer.TryComplete(failed);
+        }, CancellationToken.None);
+
+        try
+        {
+            await foreach (var result in results.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+                yield return result;
+        }
+        finally
+        {
+            // Also when the caller stops enumerating early: stop what runs, and free its sequences, before returning.
+            stop.Cancel();
+            await producer.ConfigureAwait(false);
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+    }
+
+    private async Task<BatchResult> GenerateOneAsync(BatchPrompt prompt, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        int[] tokens;
+        GenerationOptions options;
+        SamplingOptions sampling;
+        try
+        {
+            if ((prompt.Messages is null) == (prompt.RawText is null))
+                throw new OptionException($"prompt '{prompt.Id}': give either Messages or RawText");
+            tokens = prompt.Messages is { } messages
+                ? Tokenizer.Encode(Template.Apply(messages, null, addGenerationPrompt: true))
+                : Tokenizer.Encode(prompt.RawText!);
+            options = prompt.Options ?? new GenerationOptions();
+            sampling = options.Sampling ?? GenerationDefaults;
+            options.Validate();
+            sampling.Validate(Tokenizer.VocabSize);
+        }
+        catch (QwqException e)
+        {
+            return new BatchResult(prompt.Id, null, e.Message);
+        }
+        // Templated prompts end in "<think>\n"; raw ones are in reasoning only if they leave a <think> open.
+        bool reasoning = prompt.Messages is not null || ParsedGeneration.EndsInReasoning(tokens, Tokenizer);
+        using var sequence = Backend.CreateSequence();
+        try
+        {
+            var (_, result) = await ParsedGeneration.RunAsync(this, sequence, tokens, reasoning, sampling, options, null, ct).ConfigureAwait(false);
+            return new BatchResult(prompt.Id, result);
+        }
+        catch (OptionException e)
+        {
+            return new BatchResult(prompt.Id, null, e.Message);
+        }
     }
 
     /// <summary>
@@ -125,8 +246,10 @@ public sealed class QwqModel : IDisposable
         // All cancelled first so they stop together, then one deadline for all of them.
         foreach (var s in sessions) s.CancelRunning();
         long deadline = Environment.TickCount64 + (long)wait.TotalMilliseconds;
-        foreach (var s in sessions)
-            s.Dispose(TimeSpan.FromMilliseconds(Math.Max(0, deadline - Environment.TickCount64)));
+        TimeSpan Left() => TimeSpan.FromMilliseconds(Math.Max(0, deadline - Environment.TickCount64));
+        foreach (var s in sessions) s.Dispose(Left());
+        // Before the backend: no step may run on freed memory (a step stuck past the deadline is the backend's to survive).
+        Scheduler.Dispose(Left());
         Backend.Dispose();
     }
 
@@ -178,7 +301,7 @@ public sealed class QwqModel : IDisposable
         try
         {
             ct.ThrowIfCancellationRequested();
-            return new QwqModel(backend, tokenizer, template, generation, dir, warnings, File.Exists(genPath));
+            return new QwqModel(backend, tokenizer, template, generation, dir, warnings, File.Exists(genPath), options.Scheduler);
         }
         catch
         {

@@ -1,3 +1,4 @@
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Engine;
 
 namespace QwQ.Cuda;
@@ -24,6 +25,9 @@ public sealed record QwqModelOptions
     public string? Synthetic { get; init; }
 
     public BackendKind Backend { get; init; } = BackendKind.Cuda;
+
+    /// <summary>How the model's scheduler batches concurrent generations (batch size, prefill budget per step).</summary>
+    public SchedulerOptions Scheduler { get; init; } = new();
 
     /// <summary>Directory with tokenizer.json and tokenizer_config.json; null: the model directory.</summary>
     public string? TokenizerPath { get; init; }

@@ -53,6 +53,8 @@ public sealed class BatchScheduler : IDisposable
         _loop.Start();
     }
 
+    public SchedulerOptions Options => _options;
+
     public SchedulerCounters Counters =>
         new(Interlocked.Read(ref _steps), Interlocked.Read(ref _preemptions), Volatile.Read(ref _largestBatch));
 
@@ -93,13 +95,16 @@ public sealed class BatchScheduler : IDisposable
     }
 
     /// <summary>Stops the loop (waiting up to <see cref="SchedulerOptions.DisposeTimeout"/> for its step) and fails unfinished requests.</summary>
-    public void Dispose()
+    public void Dispose() => Dispose(_options.DisposeTimeout);
+
+    /// <summary>Dispose waiting at most <paramref name="wait"/> (a model shares one bound among everything it stops).</summary>
+    internal void Dispose(TimeSpan wait)
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _submissions.Writer.TryComplete();
         _stop.Cancel();
         // Past the timeout the loop still fails its requests, when the step in flight returns.
-        _loop.Join(_options.DisposeTimeout);
+        _loop.Join(wait);
     }
 
     private void Loop()
@@ -211,6 +216,7 @@ public sealed class BatchScheduler : IDisposable
         {
             r.BaseLength = seq.Length;
             seq.ResetPenalties();
+            if (r.Source.PenalizedTokens is { } penalized) seq.RecordForPenalties([.. penalized]);
             r.Started = true;
         }
         if (FailIfAloneTooBig(r, neededBlocks: pool.BlocksFor((long)r.BaseLength + r.Tokens.Count))) return -1;
@@ -249,9 +255,13 @@ public sealed class BatchScheduler : IDisposable
                 var (r, n) = batch[i];
                 items[i] = new SequenceChunk(r.Sequence, CollectionsMarshal.AsSpan(r.Tokens).Slice(r.Appended, n).ToArray());
             }
+            // A step of one request also stops for that request's cancellation (a long prefill of a lone user ends
+            // at the backend's next chunk); a shared step runs on, since cancelling it would stall the others.
+            var own = batch.Count == 1 ? batch[0].Request.Source.CancellationToken : default;
+            using var linked = own.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, own) : null;
             try
             {
-                _backend.Step(items, _stop.Token);
+                _backend.Step(items, linked?.Token ?? _stop.Token);
                 return true;
             }
             catch (KvPoolExhaustedException e)
@@ -262,9 +272,9 @@ public sealed class BatchScheduler : IDisposable
                 if (_running.Count > 1 || !FailIfAloneTooBig(victim, e.NeededBlocks + _backend.KvPool.BlocksFor(victim.Sequence.Length)))
                     Preempt(victim);
             }
-            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested || own.IsCancellationRequested)
             {
-                return false;
+                return false; // nothing changed (Step is all or nothing); a cancelled request is finished at the next step
             }
             catch (Exception e)
             {

@@ -17,7 +17,15 @@ public sealed record GenerationRequest(
     SamplingOptions Sampling,
     int MaxNewTokens,
     IReadOnlyList<int> EosTokenIds,
-    CancellationToken CancellationToken = default);
+    CancellationToken CancellationToken = default)
+{
+    /// <summary>
+    /// Tokens counted for the sampling penalties before the first draw (e.g. the whole prompt, for transformers'
+    /// repetition penalty); null: only generated tokens are penalised. The scheduler resets the counts at admission,
+    /// so a caller cannot record them on the sequence beforehand.
+    /// </summary>
+    public IReadOnlyList<int>? PenalizedTokens { get; init; }
+}
 
 /// <summary>What <see cref="BatchScheduler.Submit"/> returns.</summary>
 public sealed class GenerationHandle

@@ -13,9 +13,11 @@ namespace QwQ.Cuda.Chat;
 /// the answer as <see cref="TextContent"/>, tool calls (the model's <c>&lt;tool_call&gt;</c> blocks) as
 /// <see cref="FunctionCallContent"/>, and the last update carries <see cref="UsageContent"/> and the finish reason.
 /// <para>
-/// The client keeps one <see cref="ChatSession"/>: every call sends the whole conversation, and the KV cache is
-/// reused for the prefix it shares with the previous call (a growing conversation prefills only the new turns).
-/// Calls are serialised (one generation at a time per client); create several clients for parallel conversations.
+/// Every call sends the whole conversation. Calls may run concurrently: each takes a <see cref="ChatSession"/> of
+/// the client's own (an idle one, else a new one), and all of them generate together on the model's scheduler,
+/// batched into shared forward passes. The client keeps the last finished call's session, so a growing
+/// conversation prefills only its new turns; other sessions are closed when their call ends, and the KV blocks of
+/// their full prefixes stay in the model's prefix cache for later calls.
 /// Cancellation throws <see cref="OperationCanceledException"/>, leaving the client usable.
 /// </para>
 /// </summary>
@@ -25,8 +27,8 @@ public sealed class QwqChatClient : IChatClient
 
     private readonly QwqModel _model;
     private readonly bool _ownsModel;
-    private readonly ChatSession _session;
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly int? _maxContext;
+    private readonly Stack<ChatSession> _idle = new(); // lock it; at most one between calls
     private readonly ChatClientMetadata _metadata;
     private bool _disposed;
 
@@ -40,7 +42,8 @@ public sealed class QwqChatClient : IChatClient
         _model = model;
         _ownsModel = ownsModel;
         ModelId = modelId ?? "QwQ-32B";
-        _session = model.CreateSession(maxContext);
+        _maxContext = maxContext;
+        _idle.Push(model.CreateSession(maxContext)); // now, so a bad maxContext fails here
         _metadata = new ChatClientMetadata(ProviderName, null, ModelId);
     }
 
@@ -58,7 +61,7 @@ public sealed class QwqChatClient : IChatClient
         var tools = ToToolDefinitions(options);
         var generation = ToGenerationOptions(options, _model.GenerationDefaults);
 
-        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        var session = Rent();
         try
         {
             string responseId = "qwq-" + Guid.NewGuid().ToString("N")[..16];
@@ -73,7 +76,7 @@ public sealed class QwqChatClient : IChatClient
             };
 
             bool sawToolCall = false;
-            await foreach (var u in _session.StreamAsync(conversation, generation, tools, cancellationToken).ConfigureAwait(false))
+            await foreach (var u in session.StreamAsync(conversation, generation, tools, cancellationToken).ConfigureAwait(false))
             {
                 switch (u.Kind)
                 {
@@ -100,8 +103,32 @@ public sealed class QwqChatClient : IChatClient
         }
         finally
         {
-            _gate.Release();
+            Return(session);
         }
+    }
+
+    private ChatSession Rent()
+    {
+        lock (_idle)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_idle.TryPop(out var session)) return session;
+        }
+        return _model.CreateSession(_maxContext);
+    }
+
+    /// <summary>Keeps the session for the next call if none is kept (its KV cache holds this conversation), else closes it.</summary>
+    private void Return(ChatSession session)
+    {
+        lock (_idle)
+        {
+            if (!_disposed && _idle.Count == 0)
+            {
+                _idle.Push(session);
+                return;
+            }
+        }
+        session.Dispose();
     }
 
     public object? GetService(Type serviceType, object? serviceKey = null)
@@ -110,17 +137,21 @@ public sealed class QwqChatClient : IChatClient
         if (serviceKey is not null) return null;
         if (serviceType == typeof(ChatClientMetadata)) return _metadata;
         if (serviceType == typeof(QwqModel)) return _model;
-        if (serviceType == typeof(ChatSession)) return _session;
         return serviceType.IsInstanceOfType(this) ? this : null;
     }
 
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        _session.Dispose();
+        ChatSession[] idle;
+        lock (_idle)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            idle = [.. _idle];
+            _idle.Clear();
+        }
+        foreach (var s in idle) s.Dispose(); // sessions of calls still running close when those calls end
         if (_ownsModel) _model.Dispose();
-        _gate.Dispose();
     }
 
     // ---- mapping -----------------------------------------------------------------------------

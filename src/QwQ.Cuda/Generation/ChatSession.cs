@@ -15,8 +15,9 @@ namespace QwQ.Cuda.Generation;
 /// new. (QwQ's template drops earlier turns' reasoning, so after an answer the cache diverges right after that
 /// turn's <c>&lt;|im_start|&gt;assistant\n</c>; the common-prefix rule handles it.)
 /// <para>
-/// Not thread-safe: one call at a time (a second concurrent call throws InvalidOperationException). Work runs on
-/// a background thread; the async stream only hands over updates.
+/// Not thread-safe: one call at a time (a second concurrent call throws InvalidOperationException). Generation runs
+/// on the model's <see cref="Batching.BatchScheduler"/>, so several sessions generating at once share each forward
+/// pass on the GPU; the async stream only hands over updates.
 /// </para>
 /// <para>
 /// Cancellation does not throw here: the stream ends with a <see cref="GenerationUpdateKind.Completed"/> update
@@ -28,7 +29,6 @@ public sealed class ChatSession : IDisposable
 {
     private readonly QwqModel _model;
     private readonly ISequence _sequence;
-    private readonly Generator _generator;
     private readonly List<int> _tokens = []; // exactly the tokens in the KV cache: _tokens.Count == _sequence.Length
     private readonly object _gate = new();   // orders Dispose against a generation starting
     private CancellationTokenSource? _running; // the running generation's stop, and its thread; null when idle
@@ -40,7 +40,6 @@ public sealed class ChatSession : IDisposable
     {
         _model = model;
         _sequence = sequence;
-        _generator = new Generator(sequence);
     }
 
     /// <summary>The conversation so far (user and assistant turns added by <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/>).</summary>
@@ -112,9 +111,7 @@ public sealed class ChatSession : IDisposable
         if (promptTokens.Count == 0)
             throw new ArgumentException("the prompt is empty: give at least one token id (its logits start the generation)", nameof(promptTokens));
         int[] prompt = [.. promptTokens];
-        int think = Array.LastIndexOf(prompt, _model.Tokenizer.ThinkId);
-        bool inReasoning = think >= 0 && Array.IndexOf(prompt, _model.Tokenizer.ThinkEndId, think) < 0;
-        return StreamPromptAsync(prompt, options, inReasoning, onDone: null, cancellationToken);
+        return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken);
     }
 
     /// <summary>Runs <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/> to the end and returns the result.</summary>
@@ -200,11 +197,11 @@ public sealed class ChatSession : IDisposable
 
             var channel = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            void Work()
+            async Task Work()
             {
                 try
                 {
-                    var result = Run(prompt, sampling, options, startInReasoning, channel.Writer, stop.Token);
+                    var result = await RunAsync(prompt, sampling, options, startInReasoning, channel.Writer, stop.Token).ConfigureAwait(false);
                     onDone?.Invoke(result);
                     channel.Writer.TryWrite(GenerationUpdate.Completed(result));
                     channel.Writer.TryComplete();
@@ -220,7 +217,7 @@ public sealed class ChatSession : IDisposable
                 // Dispose either sees this generation (and stops it) or has happened, and then it never starts.
                 ObjectDisposedException.ThrowIf(_disposed, this);
                 _running = stop;
-                _worker = worker = Task.Factory.StartNew(Work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                _worker = worker = Task.Run(Work, CancellationToken.None);
             }
 
             try
@@ -244,8 +241,8 @@ public sealed class ChatSession : IDisposable
         }
     }
 
-    /// <summary>The synchronous core: reuse the cached prefix, generate, keep <see cref="_tokens"/> in step with the cache.</summary>
-    private GenerationResult Run(int[] prompt, SamplingOptions sampling, GenerationOptions options, bool startInReasoning,
+    /// <summary>The core: reuse the cached prefix, generate, keep <see cref="_tokens"/> in step with the cache.</summary>
+    private async Task<GenerationResult> RunAsync(int[] prompt, SamplingOptions sampling, GenerationOptions options, bool startInReasoning,
         ChannelWriter<GenerationUpdate> sink, CancellationToken ct)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -254,9 +251,6 @@ public sealed class ChatSession : IDisposable
         _sequence.Truncate(keep);
         _tokens.RemoveRange(keep, _tokens.Count - keep);
 
-        var parser = new ReasoningParser(startInReasoning);
-        var decoder = new DetokenizerDecoder(new StreamingDetokenizer(_model.Tokenizer, skipSpecialTokens: true));
-        var text = new System.Text.StringBuilder();
         void Emit(ParsedDelta d)
         {
             if (d.Reasoning.Length > 0) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.Reasoning, d.Reasoning));
@@ -265,14 +259,10 @@ public sealed class ChatSession : IDisposable
         }
 
         GenerationOutcome outcome;
+        GenerationResult result;
         try
         {
-            outcome = _generator.Run(prompt, sampling, options, _model.EosTokenIds, decoder, (_, delta) =>
-            {
-                text.Append(delta);
-                var parsed = parser.Push(delta);
-                if (!parsed.IsEmpty) Emit(parsed);
-            }, ct);
+            (outcome, result) = await ParsedGeneration.RunAsync(_model, _sequence, prompt, startInReasoning, sampling, options, Emit, ct).ConfigureAwait(false);
         }
         catch
         {
@@ -292,20 +282,7 @@ public sealed class ChatSession : IDisposable
             _tokens.RemoveRange(n, _tokens.Count - n);
         }
 
-        var tail = parser.Flush();
-        if (!tail.IsEmpty) Emit(tail);
-
-        return new GenerationResult
-        {
-            FinishReason = outcome.FinishReason,
-            Usage = outcome.Usage,
-            Text = text.ToString(),
-            Reasoning = parser.Reasoning,
-            Answer = parser.Answer,
-            ToolCalls = [.. parser.ToolCalls],
-            TokenIds = outcome.GeneratedTokens,
-            StopString = outcome.StopString,
-        };
+        return result;
     }
 
     internal static int CommonPrefixLength(List<int> cached, ReadOnlySpan<int> prompt)
@@ -322,10 +299,4 @@ public sealed class ChatSession : IDisposable
     }
 
     private void Exit() => Volatile.Write(ref _busy, 0);
-
-    private sealed class DetokenizerDecoder(StreamingDetokenizer inner) : ITokenTextDecoder
-    {
-        public string Push(int tokenId) => inner.Push(tokenId);
-        public string Flush() => inner.Flush();
-    }
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Sampling;
@@ -28,17 +29,20 @@ public sealed class GenerationOutcome
 }
 
 /// <summary>
-/// The generation loop over one <see cref="ISequence"/>: prefill the uncached part of the prompt, then sample and
-/// decode one token at a time until end of sequence, a stop string, the token limit, a full context or cancellation.
-/// The sequence always ends holding exactly the tokens that were appended (its Length says how many), so it can
-/// be reused. Not thread-safe: one run at a time per sequence.
+/// Generation over one <see cref="ISequence"/>: prefill the uncached part of the prompt, then sample one token at a
+/// time until end of sequence, a stop string, the token limit, a full context or cancellation. Two drivers share
+/// one consumer (detokenizing, stop strings, timings, outcome): <see cref="RunAsync"/> submits the work to a
+/// <see cref="BatchScheduler"/>, which batches it with everything else on the backend; <see cref="Run"/> is the
+/// plain loop over a bare sequence (tests, custom sequences without a backend).
+/// The sequence always ends holding exactly the tokens that were appended (the outcome says how many), so it can
+/// be reused. One run at a time per sequence.
 /// </summary>
 public sealed class Generator(ISequence sequence)
 {
     public ISequence Sequence => sequence;
 
     /// <summary>
-    /// Generates a continuation of <paramref name="prompt"/>. The sequence must already hold
+    /// Generates a continuation of <paramref name="prompt"/> on the calling thread. The sequence must already hold
     /// <c>prompt[..sequence.Length]</c> (callers truncate it to the common prefix first) and at least the last
     /// prompt token must be new, because its logits start generation.
     /// </summary>
@@ -53,34 +57,8 @@ public sealed class Generator(ISequence sequence)
         TextDeltaHandler? onText,
         CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(sampling);
-        ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
-        sampling.Validate();
-
-        int cached = sequence.Length;
-        if (prompt.Length == 0)
-            throw new OptionException("the prompt is empty: give at least one token");
-        if (prompt.Length > sequence.Capacity)
-            throw new OptionException(
-                $"the prompt is {prompt.Length} tokens but the context holds {sequence.Capacity}; shorten the prompt or raise --max-context");
-        if (cached >= prompt.Length)
-            throw new ArgumentException($"the sequence already holds {cached} tokens; truncate it below the prompt length {prompt.Length} first", nameof(prompt));
-
-        var stops = new StopStringMatcher(options.StopStrings);
-        if (stops.HasStops && decoder is null)
-            throw new ArgumentException("stop strings need a decoder", nameof(decoder));
-
-        // Eos ids are few (two for QwQ); a linear scan of an array beats hashing.
-        int[] eos = eosTokenIds as int[] ?? [.. eosTokenIds];
+        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText);
         int maxNew = options.MaxNewTokens ?? int.MaxValue;
-        var generated = new List<int>(Math.Min(maxNew, Math.Max(16, sequence.Capacity - prompt.Length + 1)));
-
-        long start = Stopwatch.GetTimestamp();
-        long prefillEnd = start, firstToken = 0;
-        int appendedPrompt = 0, appendedGenerated = 0;
-        FinishReason reason;
-        string? stopString = null;
 
         sequence.ResetPenalties();
         if (options.PenalizePrompt) sequence.RecordForPenalties(prompt);
@@ -88,7 +66,7 @@ public sealed class Generator(ISequence sequence)
         // Prefill in chunks so cancellation is noticed between them; the backend also checks the token between its
         // own, smaller chunks. Either way the sequence keeps what completed, and its Length says how much that is.
         int chunk = options.PrefillChunk > 0 ? options.PrefillChunk : int.MaxValue;
-        ReadOnlySpan<int> pending = prompt[cached..];
+        ReadOnlySpan<int> pending = prompt[run.Cached..];
         bool cancelled = false;
         try
         {
@@ -104,81 +82,189 @@ public sealed class Generator(ISequence sequence)
         {
             cancelled = true;
         }
-        appendedPrompt = sequence.Length - cached;
-        prefillEnd = Stopwatch.GetTimestamp();
+        run.PrefillDone();
 
-        if (cancelled)
-        {
-            reason = FinishReason.Cancelled;
-        }
-        else
+        FinishReason reason = FinishReason.Cancelled;
+        if (!cancelled)
         {
             long step = 0;
             while (true)
             {
                 int token = sequence.Sample(sampling, step);
-                if (step == 0) firstToken = Stopwatch.GetTimestamp();
-                generated.Add(token);
-
-                if (Array.IndexOf(eos, token) >= 0) { reason = FinishReason.EndOfSequence; break; }
-
-                if (decoder is not null)
-                {
-                    string text = decoder.Push(token);
-                    if (text.Length > 0)
-                    {
-                        bool hit = stops.Push(text, out string released);
-                        if (released.Length > 0) onText?.Invoke(token, released);
-                        if (hit) { stopString = stops.Matched; reason = FinishReason.StopString; break; }
-                    }
-                }
-
-                if (generated.Count >= maxNew) { reason = FinishReason.MaxTokens; break; }
+                if (run.Push(token, out bool eos)) { reason = FinishReason.StopString; break; }
+                if (eos) { reason = FinishReason.EndOfSequence; break; }
+                if (run.Generated.Count >= maxNew) { reason = FinishReason.MaxTokens; break; }
                 if (sequence.Length >= sequence.Capacity) { reason = FinishReason.MaxContext; break; }
                 if (cancellationToken.IsCancellationRequested) { reason = FinishReason.Cancelled; break; }
 
                 sequence.Append(new ReadOnlySpan<int>(in token));
-                appendedGenerated++;
                 step++;
             }
+            if (reason != FinishReason.StopString && run.Flush()) reason = FinishReason.StopString;
+        }
+        return run.Outcome(reason);
+    }
 
-            // Release what the decoder and the stop matcher still hold, unless a stop string ended the text.
-            if (reason != FinishReason.StopString && decoder is not null)
-            {
-                string tail = decoder.Flush();
-                if (tail.Length > 0)
-                {
-                    bool hit = stops.Push(tail, out string released);
-                    if (released.Length > 0) onText?.Invoke(generated[^1], released);
-                    if (hit) { stopString = stops.Matched; reason = FinishReason.StopString; }
-                }
-                if (reason != FinishReason.StopString)
-                {
-                    string held = stops.Flush();
-                    if (held.Length > 0) onText?.Invoke(generated[^1], held);
-                }
-            }
+    /// <summary>
+    /// Like <see cref="Run"/>, but the scheduler appends and samples, batched with every other request on its
+    /// backend; this side consumes the sampled tokens. A stop string cancels the request, and tokens the scheduler
+    /// appended past it are truncated away. Cancellation is noticed between the scheduler's steps (a prefill chunk in
+    /// flight completes first). <see cref="GenerationOptions.PrefillChunk"/> does not apply: the scheduler's
+    /// <see cref="SchedulerOptions.PrefillTokensPerStep"/> bounds a step. Usage's PrefillTime is the time to the first
+    /// token (prefill and the first draw are one step here); CachedPromptTokens counts what the sequence held before,
+    /// not prefix blocks the scheduler attaches to an empty sequence.
+    /// </summary>
+    public async Task<GenerationOutcome> RunAsync(
+        BatchScheduler scheduler,
+        ReadOnlyMemory<int> prompt,
+        SamplingOptions sampling,
+        GenerationOptions options,
+        IReadOnlyList<int> eosTokenIds,
+        ITokenTextDecoder? decoder,
+        TextDeltaHandler? onText,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(scheduler);
+        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText);
+        int fresh = prompt.Length - run.Cached;
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var handle = scheduler.Submit(new GenerationRequest(sequence, prompt[run.Cached..].ToArray(), sampling,
+            options.MaxNewTokens ?? int.MaxValue, eosTokenIds, stop.Token)
+        {
+            PenalizedTokens = options.PenalizePrompt ? prompt.ToArray() : null,
+        });
+
+        bool stopped = false;
+        // No token here: the scheduler notices cancellation at its next step and completes the channel.
+        await foreach (int token in handle.Tokens.ReadAllAsync().ConfigureAwait(false))
+        {
+            if (run.Generated.Count == 0) run.PrefillDone();
+            if (run.Push(token, out _)) { stopped = true; break; }
+        }
+        if (stopped) stop.Cancel();
+        var reason = await handle.Completion.ConfigureAwait(false);
+        if (stopped)
+        {
+            // As Run does: the token that completed the stop string is not appended, nor anything sampled after it.
+            int keep = run.Cached + fresh + run.Generated.Count - 1;
+            if (sequence.Length > keep) sequence.Truncate(keep);
+            reason = FinishReason.StopString;
+        }
+        else
+        {
+            if (run.Generated.Count == 0) run.PrefillDone();
+            if (run.Flush()) reason = FinishReason.StopString;
+        }
+        return run.Outcome(reason);
+    }
+
+    /// <summary>
+    /// The consumer side of one generation, shared by both drivers: validation, detokenizing, stop strings, timings
+    /// and the outcome (what the sequence holds is read from its Length, so it is right whoever appended).
+    /// </summary>
+    private sealed class Consumer
+    {
+        private readonly ISequence _sequence;
+        private readonly int _promptLength;
+        private readonly int[] _eos; // few (two for QwQ): a linear scan beats hashing
+        private readonly StopStringMatcher _stops;
+        private readonly ITokenTextDecoder? _decoder;
+        private readonly TextDeltaHandler? _onText;
+        private readonly long _start = Stopwatch.GetTimestamp();
+        private long _prefillEnd, _firstToken;
+        private string? _stopString;
+
+        public Consumer(ISequence sequence, int promptLength, SamplingOptions sampling, GenerationOptions options,
+            IReadOnlyList<int> eosTokenIds, ITokenTextDecoder? decoder, TextDeltaHandler? onText)
+        {
+            ArgumentNullException.ThrowIfNull(sampling);
+            ArgumentNullException.ThrowIfNull(options);
+            options.Validate();
+            sampling.Validate();
+            if (promptLength == 0)
+                throw new OptionException("the prompt is empty: give at least one token");
+            if (promptLength > sequence.Capacity)
+                throw new OptionException(
+                    $"the prompt is {promptLength} tokens but the context holds {sequence.Capacity}; shorten the prompt or raise --max-context");
+            Cached = sequence.Length;
+            if (Cached >= promptLength)
+                throw new ArgumentException($"the sequence already holds {Cached} tokens; truncate it below the prompt length {promptLength} first", "prompt");
+            _stops = new StopStringMatcher(options.StopStrings);
+            if (_stops.HasStops && decoder is null)
+                throw new ArgumentException("stop strings need a decoder", nameof(decoder));
+            _sequence = sequence;
+            _promptLength = promptLength;
+            _eos = eosTokenIds as int[] ?? [.. eosTokenIds];
+            _decoder = decoder;
+            _onText = onText;
+            int maxNew = options.MaxNewTokens ?? int.MaxValue;
+            Generated = new List<int>(Math.Min(maxNew, Math.Max(16, sequence.Capacity - promptLength + 1)));
         }
 
-        long end = Stopwatch.GetTimestamp();
-        var usage = new GenerationUsage
+        /// <summary>Positions the sequence held at the start (the reused prefix).</summary>
+        public int Cached { get; }
+
+        public List<int> Generated { get; }
+
+        public void PrefillDone()
         {
-            PromptTokens = prompt.Length,
-            CachedPromptTokens = cached,
-            GeneratedTokens = generated.Count,
-            PrefillTime = Stopwatch.GetElapsedTime(start, prefillEnd),
-            TimeToFirstToken = firstToken == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(start, firstToken),
-            DecodeTime = firstToken == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(firstToken, end),
-            TotalTime = Stopwatch.GetElapsedTime(start, end),
-        };
-        return new GenerationOutcome
+            if (_prefillEnd == 0) _prefillEnd = Stopwatch.GetTimestamp();
+        }
+
+        /// <summary>Takes a sampled token: true when its text completed a stop string (generation must end).</summary>
+        public bool Push(int token, out bool eos)
         {
-            FinishReason = reason,
-            Usage = usage,
-            GeneratedTokens = generated,
-            AppendedGeneratedTokens = appendedGenerated,
-            AppendedPromptTokens = appendedPrompt,
-            StopString = stopString,
-        };
+            if (Generated.Count == 0) _firstToken = Stopwatch.GetTimestamp();
+            Generated.Add(token);
+            eos = Array.IndexOf(_eos, token) >= 0;
+            if (eos || _decoder is null) return false;
+            string text = _decoder.Push(token);
+            return text.Length > 0 && Release(text);
+        }
+
+        /// <summary>Releases what the decoder and the stop matcher still hold; true when that completed a stop string.</summary>
+        public bool Flush()
+        {
+            if (_decoder is null || Generated.Count == 0) return false;
+            string tail = _decoder.Flush();
+            if (tail.Length > 0 && Release(tail)) return true;
+            string held = _stops.Flush();
+            if (held.Length > 0) _onText?.Invoke(Generated[^1], held);
+            return false;
+        }
+
+        private bool Release(string text)
+        {
+            bool hit = _stops.Push(text, out string released);
+            if (released.Length > 0) _onText?.Invoke(Generated[^1], released);
+            if (hit) _stopString = _stops.Matched;
+            return hit;
+        }
+
+        public GenerationOutcome Outcome(FinishReason reason)
+        {
+            long end = Stopwatch.GetTimestamp();
+            long prefillEnd = _prefillEnd == 0 ? end : _prefillEnd;
+            int appended = _sequence.Length - Cached;
+            int appendedPrompt = Math.Min(appended, _promptLength - Cached);
+            return new GenerationOutcome
+            {
+                FinishReason = reason,
+                Usage = new GenerationUsage
+                {
+                    PromptTokens = _promptLength,
+                    CachedPromptTokens = Cached,
+                    GeneratedTokens = Generated.Count,
+                    PrefillTime = Stopwatch.GetElapsedTime(_start, prefillEnd),
+                    TimeToFirstToken = _firstToken == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(_start, _firstToken),
+                    DecodeTime = _firstToken == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(_firstToken, end),
+                    TotalTime = Stopwatch.GetElapsedTime(_start, end),
+                },
+                GeneratedTokens = Generated,
+                AppendedGeneratedTokens = appended - appendedPrompt,
+                AppendedPromptTokens = appendedPrompt,
+                StopString = reason == FinishReason.StopString ? _stopString : null,
+            };
+        }
     }
 }

@@ -500,6 +500,135 @@ public class CliTests
         Assert.That(err.ToString(), Does.Contain("cancelled").And.Contain("your message and the answer so far stay in the conversation"));
     }
 
+    // ---- generate --input/--output: many prompts, one model load -------------------------------
+
+    private static string[] Batch(string input, string output, params string[] more) =>
+        ["generate", "--model", TinyModelDir, "--backend", "cpu", "--input", input, "--output", output, "--temperature", "0", "--max-tokens", "4", .. more];
+
+    private static List<JsonElement> ResultLines(string path) =>
+        [.. File.ReadAllText(path).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement.Clone())];
+
+    [Test]
+    public async Task GenerateInputWritesEveryResultAndResumeAppendsOnlyTheRest()
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl"), output = dir.Combine("results.jsonl");
+        File.WriteAllLines(input,
+        [
+            """{"id": "a", "prompt": "Hello"}""",
+            "",
+            """{"id": "b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "max_tokens": 2}""",
+            """{"id": "c", "prompt": "Hello", "temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 3}""",
+        ]);
+        var r = await Qwq(Batch(input, output));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        var results = ResultLines(output);
+        Assert.That(results.Select(e => e.GetProperty("id").GetString()), Is.EquivalentTo(new[] { "a", "b", "c" }));
+        foreach (var e in results)
+        {
+            foreach (var f in new[] { "text", "reasoning", "answer", "finish_reason" }) Assert.That(e.GetProperty(f).ValueKind, Is.EqualTo(JsonValueKind.String), f);
+            Assert.That(e.GetProperty("prompt_tokens").GetInt32(), Is.GreaterThan(3));
+            Assert.That(e.GetProperty("seconds").GetDouble(), Is.GreaterThanOrEqualTo(0));
+        }
+        Assert.That(results.Single(e => e.GetProperty("id").GetString() == "b").GetProperty("completion_tokens").GetInt32(), Is.InRange(1, 2), "max_tokens of the line");
+        Assert.That(results.Single(e => e.GetProperty("id").GetString() == "a").GetProperty("completion_tokens").GetInt32(), Is.InRange(1, 4), "--max-tokens");
+
+        // The same prompt alone through `generate --prompt` gives the same text.
+        var alone = await Qwq(Gen(TinyModelDir, "--json"));
+        var aloneDone = JsonDocument.Parse(alone.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries)[^1]).RootElement;
+        var a = results.Single(e => e.GetProperty("id").GetString() == "a");
+        Assert.That((a.GetProperty("reasoning").GetString(), a.GetProperty("answer").GetString()),
+            Is.EqualTo((aloneDone.GetProperty("reasoning").GetString(), aloneDone.GetProperty("answer").GetString())));
+
+        var again = await Qwq(Batch(input, output));
+        AssertOneCleanError(again, 2, "already has results", "--resume");
+
+        string before = File.ReadAllText(output);
+        File.AppendAllLines(input, ["""{"id": "d", "prompt": "More"}""", """{"id": "e", "prompt": "Again"}"""]);
+        var resumed = await Qwq(Batch(input, output, "--resume"));
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.Err);
+        Assert.That(resumed.Err, Does.Contain("3 of 5 prompts already in"));
+        Assert.That(File.ReadAllText(output), Does.StartWith(before), "earlier results are kept as they were");
+        Assert.That(ResultLines(output).Select(e => e.GetProperty("id").GetString()), Is.EquivalentTo(new[] { "a", "b", "c", "d", "e" }), "each id once");
+
+        var nothingLeft = await Qwq(Batch(input, output, "--resume"));
+        Assert.That(nothingLeft.ExitCode, Is.Zero, nothingLeft.Err);
+        Assert.That(ResultLines(output), Has.Count.EqualTo(5));
+    }
+
+    [Test]
+    public async Task InterruptedGenerateInputKeepsTheFinishedResultsAsValidJsonl()
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl"), output = dir.Combine("results.jsonl");
+        File.WriteAllLines(input, Enumerable.Range(0, 4).Select(i =>
+            $$"""{"id": "p{{i}}", "prompt": "Hello", "max_tokens": {{(i == 0 ? 1 : 400)}}}"""));
+        using var ctrlC = new CancellationTokenSource();
+        var watcher = Task.Run(async () =>
+        {
+            // Ctrl+C once the first (one-token) result is on disk, while the others are mid-way.
+            while (!ctrlC.IsCancellationRequested && !(File.Exists(output) && File.ReadAllText(output).Contains('\n'))) await Task.Delay(5);
+            ctrlC.Cancel();
+        });
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = await Program.RunAsync(Batch(input, output), o, e, null, ctrlC.Token);
+        await watcher;
+        Assert.That(code, Is.EqualTo(130), e.ToString());
+        Assert.That(File.ReadAllText(output), Does.EndWith("\n"));
+        var kept = ResultLines(output);
+        Assert.That(kept.Select(r => r.GetProperty("id").GetString()), Does.Contain("p0"));
+        Assert.That(kept.All(r => r.GetProperty("finish_reason").GetString() != "cancelled"), "only finished results");
+        Assert.That(kept.Where(r => r.GetProperty("id").GetString() != "p0").All(r => r.GetProperty("completion_tokens").GetInt32() == 400));
+
+        File.WriteAllLines(input, Enumerable.Range(0, 4).Select(i => $$"""{"id": "p{{i}}", "prompt": "Hello", "max_tokens": 2}"""));
+        var resumed = await Qwq(Batch(input, output, "--resume"));
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.Err);
+        Assert.That(ResultLines(output).Select(r => r.GetProperty("id").GetString()), Is.EquivalentTo(new[] { "p0", "p1", "p2", "p3" }));
+    }
+
+    [Test]
+    public async Task ResumeCutsOffAnIncompleteLastLine()
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl"), output = dir.Combine("results.jsonl");
+        File.WriteAllLines(input, ["""{"id": "a", "prompt": "Hello"}""", """{"id": "b", "prompt": "Hi"}"""]);
+        File.WriteAllText(output, "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\",\"te");
+        var r = await Qwq(Batch(input, output, "--resume"));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Err, Does.Contain("incomplete line"));
+        var lines = ResultLines(output);
+        Assert.That(lines.Select(l => l.GetProperty("id").GetString()), Is.EqualTo(new[] { "a", "b" }), "a kept, b generated again");
+        Assert.That(lines[0].GetProperty("text").GetString(), Is.EqualTo("x"));
+    }
+
+    [TestCase("""{"id": "x", "prompt": "Hi", "temperature": "hot"}""", "line 2", "\"temperature\" must be a number")]
+    [TestCase("""{"id": "x", "prompt": "Hi", "top_p": 1.5}""", "line 2", "\"top_p\" is 1.5; it must be in (0, 1]")]
+    [TestCase("""{"id": "x", "prompt": "Hi", "max_token": 5}""", "line 2", "unknown field \"max_token\"")]
+    [TestCase("""{"id": "1", "prompt": "Hi"}""", "line 2", "id \"1\" is already on line 1")]
+    [TestCase("""{"id": "x"}""", "line 2", "give either \"prompt\"")]
+    [TestCase("""{"id": 7, "prompt": "Hi"}""", "line 2", "\"id\" must be a non-empty string")]
+    [TestCase("""{"id": "x", "messages": [{"role": "user"}]}""", "line 2", "\"messages\"[0] must be an object")]
+    [TestCase("""{"id": "x", "prompt": "Hi", "seed": -1}""", "line 2", "\"seed\" must be a whole number")]
+    [TestCase("not json", "line 2", "is not JSON")]
+    public async Task BadInputLinesAreOneErrorNamingTheLineAndField(string line, string where, string message)
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl");
+        File.WriteAllLines(input, ["""{"id": "1", "prompt": "Hello"}""", line]);
+        var r = await Qwq(Batch(input, dir.Combine("out.jsonl")));
+        AssertOneCleanError(r, 2, $"{input} {where}", message);
+        Assert.That(File.Exists(dir.Combine("out.jsonl")), Is.False, "nothing is written before the input is valid");
+    }
+
+    [Test]
+    public async Task InputAndPromptOptionsMustComeInTheirPairs()
+    {
+        AssertOneCleanError(await Qwq("generate", "--model", "x", "--input", "in.jsonl"), 2, "--input needs --output");
+        AssertOneCleanError(await Qwq("generate", "--model", "x", "--output", "out.jsonl"), 2, "--output needs --input");
+        AssertOneCleanError(await Qwq("generate", "--model", "x", "--input", "missing.jsonl", "--output", "o.jsonl"), 2, "--input missing.jsonl does not exist");
+    }
+
     // ---- a stdout that cannot be written ------------------------------------------------------
 
     /// <summary>stdout whose writes fail as a closed pipe (errno 32) or a full disk (errno 28) do on Linux.</summary>

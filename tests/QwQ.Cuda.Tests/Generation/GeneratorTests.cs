@@ -212,3 +212,39 @@ public class GeneratorTests
         Assert.That(seq.Length, Is.EqualTo(3 + 4));
     }
 }
+
+/// <summary><see cref="Generator.RunAsync"/>: the same consumer over a request the scheduler runs.</summary>
+public class SchedulerGeneratorTests
+{
+    private static readonly int[] Prompt = [5, 6, 7, 8];
+
+    private static async Task<(GenerationOutcome Outcome, string Text, int[] Held)> Run(GenerationOptions options)
+    {
+        using var backend = TestModels.Backend(vocab: 512);
+        using var scheduler = new QwQ.Cuda.Batching.BatchScheduler(backend);
+        using var seq = backend.CreateSequence();
+        var text = new System.Text.StringBuilder();
+        var outcome = await new Generator(seq).RunAsync(scheduler, Prompt, SamplingOptions.Greedy, options, [],
+            new MapDecoder(id => $"[{id}]"), (_, d) => text.Append(d), default);
+        return (outcome, text.ToString(), [.. seq.Tokens]);
+    }
+
+    [Test]
+    public async Task StopStringCancelsTheRequestAndTheSequenceHoldsOnlyWhatPrecedesIt()
+    {
+        var (free, freeText, _) = await Run(new GenerationOptions { MaxNewTokens = 12 });
+        Assert.That(free.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
+        Assert.That(free.GeneratedTokens, Has.Count.EqualTo(12));
+        Assert.That(freeText, Is.EqualTo(string.Concat(free.GeneratedTokens.Select(t => $"[{t}]"))));
+
+        string stop = $"[{free.GeneratedTokens[2]}]";
+        int first = free.GeneratedTokens.ToList().FindIndex(t => $"[{t}]" == stop);
+        var (o, text, held) = await Run(new GenerationOptions { MaxNewTokens = 12, StopStrings = [stop] });
+        Assert.That(o.FinishReason, Is.EqualTo(FinishReason.StopString));
+        Assert.That(o.StopString, Is.EqualTo(stop));
+        Assert.That(o.GeneratedTokens, Is.EqualTo(free.GeneratedTokens.Take(first + 1)));
+        Assert.That(text, Is.EqualTo(freeText[..freeText.IndexOf(stop, StringComparison.Ordinal)]), "the stop string is not released");
+        Assert.That(held, Is.EqualTo(Prompt.Concat(free.GeneratedTokens.Take(first))), "nothing the scheduler sampled past the stop stays");
+        Assert.That((o.AppendedPromptTokens, o.AppendedGeneratedTokens), Is.EqualTo((Prompt.Length, first)));
+    }
+}

@@ -206,3 +206,23 @@ internal sealed class MapDecoder(Func<int, string> map) : QwQ.Cuda.Generation.IT
     public string Push(int tokenId) => map(tokenId);
     public string Flush() => "";
 }
+
+/// <summary>
+/// The inner backend with a pause after each step: concurrent callers then overlap for sure (each of their turns
+/// spans several steps), so tests that check batching do not depend on thread timing.
+/// </summary>
+internal sealed class SlowStepBackend(IModelBackend inner, TimeSpan delay) : IModelBackend
+{
+    public ModelConfig Config => inner.Config;
+    public string DeviceDescription => inner.DeviceDescription;
+    public int MaxContext => inner.MaxContext;
+    public QwQ.Cuda.Batching.KvBlockPool KvPool => inner.KvPool;
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    {
+        inner.Step(items, ct);
+        Thread.Sleep(delay);
+    }
+    public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens) => inner.Sample(requests, tokens);
+    public ISequence CreateSequence(int? maxContext = null) => inner.CreateSequence(maxContext);
+    public void Dispose() => inner.Dispose();
+}

@@ -1,0 +1,60 @@
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Text;
+
+namespace QwQ.Cuda.Generation;
+
+/// <summary>
+/// One generation of text on a model's scheduler, end to end: detokenize, split reasoning / answer / tool calls as
+/// they are released, and build the <see cref="GenerationResult"/>. Sessions and the batch API both run through
+/// here, so they report the same text for the same tokens.
+/// </summary>
+internal static class ParsedGeneration
+{
+    /// <summary>
+    /// Generates on <paramref name="sequence"/> (which holds <c>prompt[..sequence.Length]</c>) through the model's
+    /// scheduler; <paramref name="onDelta"/> receives parsed text as it is released.
+    /// </summary>
+    public static async Task<(GenerationOutcome Outcome, GenerationResult Result)> RunAsync(QwqModel model, ISequence sequence, int[] prompt,
+        bool startInReasoning, SamplingOptions sampling, GenerationOptions options, Action<ParsedDelta>? onDelta, CancellationToken ct)
+    {
+        var parser = new ReasoningParser(startInReasoning);
+        var text = new System.Text.StringBuilder();
+        var decoder = new DetokenizerDecoder(new StreamingDetokenizer(model.Tokenizer, skipSpecialTokens: true));
+        var outcome = await new Generator(sequence).RunAsync(model.Scheduler, prompt, sampling, options,
+            options.EosTokenIds ?? model.EosTokenIds, decoder, (_, delta) =>
+            {
+                text.Append(delta);
+                var parsed = parser.Push(delta);
+                if (!parsed.IsEmpty) onDelta?.Invoke(parsed);
+            }, ct).ConfigureAwait(false);
+
+        var tail = parser.Flush();
+        if (!tail.IsEmpty) onDelta?.Invoke(tail);
+        var result = new GenerationResult
+        {
+            FinishReason = outcome.FinishReason,
+            Usage = outcome.Usage,
+            Text = text.ToString(),
+            Reasoning = parser.Reasoning,
+            Answer = parser.Answer,
+            ToolCalls = [.. parser.ToolCalls],
+            TokenIds = outcome.GeneratedTokens,
+            StopString = outcome.StopString,
+        };
+        return (outcome, result);
+    }
+
+    /// <summary>Whether generation after <paramref name="prompt"/> starts inside a <c>&lt;think&gt;</c> block (opened and not closed).</summary>
+    public static bool EndsInReasoning(ReadOnlySpan<int> prompt, QwenTokenizer tokenizer)
+    {
+        int think = prompt.LastIndexOf(tokenizer.ThinkId);
+        return think >= 0 && prompt[think..].IndexOf(tokenizer.ThinkEndId) < 0;
+    }
+
+    private sealed class DetokenizerDecoder(StreamingDetokenizer inner) : ITokenTextDecoder
+    {
+        public string Push(int tokenId) => inner.Push(tokenId);
+        public string Flush() => inner.Flush();
+    }
+}
