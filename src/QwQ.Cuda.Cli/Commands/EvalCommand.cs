@@ -62,7 +62,7 @@ internal static class EvalCommand
             GenerateCommand.ReportWarnings(host, qwq, json: false);
             var options = sampling.Bind(p, qwq.GenerationDefaults);
             runOptions = runOptions with { BaseSeed = options.Sampling?.Seed ?? 0 };
-            using var generator = new SessionEvalGenerator(qwq, options);
+            var generator = new BatchEvalGenerator(qwq, options);
             var (score, run) = await RunWithProgressAsync(host, o.Progress, generator, problems, runOptions, results, token);
 
             WriteTable(host, score);

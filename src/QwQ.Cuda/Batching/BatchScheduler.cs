@@ -169,6 +169,7 @@ public sealed class BatchScheduler : IDisposable
         }
         while (_waiting.First is { Value: var r } && _running.Count < _options.MaxSequences && batch.Count < _options.MaxBatch && budget > 0)
         {
+            if (SharesAPrefixStillBeingFilled(r)) break; // next step it attaches those blocks instead of computing them again
             int n;
             try
             {
@@ -202,6 +203,22 @@ public sealed class BatchScheduler : IDisposable
             SampleAll(ready);
         }
         return true;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="r"/>, not yet started on an empty sequence, begins with the same full KV block of
+    /// tokens as a running request that is still prefilling: its blocks are published when that prefill's step ends,
+    /// so waiting one step lets the samples of one prompt share the prompt's KV instead of each computing it.
+    /// </summary>
+    private bool SharesAPrefixStillBeingFilled(Request r)
+    {
+        int block = _backend.KvPool.BlockSize;
+        if (r.Started || r.Sequence.Length != 0 || r.Tokens.Count <= block) return false;
+        var head = CollectionsMarshal.AsSpan(r.Tokens)[..block];
+        foreach (var q in _running)
+            if (q.Pending > 1 && q.BaseLength == 0 && q.Tokens.Count > block && head.SequenceEqual(CollectionsMarshal.AsSpan(q.Tokens)[..block]))
+                return true;
+        return false;
     }
 
     /// <summary>

@@ -97,6 +97,27 @@ public class BatchSchedulerTests
     }
 
     [Test]
+    public async Task SamplesSubmittedTogetherShareTheirPromptsBlocks()
+    {
+        // Three samples of one prompt wait in the queue together (a slow step keeps the loop busy meanwhile): the
+        // first prefills, the others wait that one step and attach its two full blocks instead of computing them.
+        int[] prompt = Tokens(130, seed: 510);
+        using var inner = Backend();
+        using var backend = new Generation.SlowStepBackend(inner, TimeSpan.FromMilliseconds(100));
+        using var scheduler = new BatchScheduler(backend);
+        using var busy = backend.CreateSequence();
+        var running = Collect(scheduler.Submit(new GenerationRequest(busy, Tokens(10, seed: 511), SamplingOptions.Greedy, 3, [])));
+        var seqs = Enumerable.Range(0, 3).Select(_ => backend.CreateSequence()).ToArray();
+        var samples = seqs.Select((s, k) => Collect(scheduler.Submit(new GenerationRequest(s, prompt,
+            new SamplingOptions { Temperature = 0.6f, Seed = (ulong)k }, 4, [])))).ToArray();
+        await Task.WhenAll(samples);
+        await running;
+        int held = backend.KvPool.UsedBlocks - backend.KvPool.BlocksFor(busy.Length);
+        Assert.That(held, Is.EqualTo(3 + 1 + 1), "3 blocks for the first sample, 1 own block for each other");
+        foreach (var s in seqs) s.Dispose();
+    }
+
+    [Test]
     public async Task ARequestWithTheSamePromptReusesCachedBlocks()
     {
         int[] prompt = Tokens(130, seed: 500);
