@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs the test suite on the GPU machine, from the repository root, after
-#   ../shared/device/stage.sh tests/QwQ.Cuda.Tests/QwQ.Cuda.Tests.csproj
-# here (carry .device). The fixtures are copied from the tree, so .device/QwQ.Cuda.Tests/fixtures (and the
-# satellite-language folders) can be deleted after staging to keep the carry under 64 MiB;
-# arguments go to the test runner (e.g. --filter "FullyQualifiedName~Engine").
+# Runs the test suite on the GPU machine, from the repository root, after tests/stage-device.sh here (carry
+# .device). The fixtures are copied from the tree; arguments go to the test runner (e.g. --filter
+# "FullyQualifiedName~Engine"). It also sets up the runtime, so `qwq.dll` in .device/QwQ.Cuda.Tests runs after it.
 set -euo pipefail
 source .device/on-device.sh
+if [ -s .device/aspnetcore-runtime.tar.xz ] && [ ! -d /tmp/dotnet/shared/Microsoft.AspNetCore.App ]; then
+  tar -xJf .device/aspnetcore-runtime.tar.xz -C /tmp/dotnet   # staged by tests/stage-device.sh
+fi
 t=.device/QwQ.Cuda.Tests
 mkdir -p "$t/fixtures/qwq-32b"
 cp -r tests/fixtures/. "$t/fixtures/"
