@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Stages the test build for the GPU machine (which has no .NET) into .device/, within the device tool's 64 MiB carry:
 #   tests/stage-device.sh        then carry [".device"] and run tests/run-on-device.sh there.
-# On top of ../shared/device/stage.sh: the ASP.NET Core shared framework (the server and its tests need it; the
-# shared recipe packs only the base runtime), and without what the carry cannot afford — the fixtures (the tree has
-# them: run-on-device.sh copies them), satellite resource folders, symbols, and the OpenAI client assemblies (only
-# the server tests use them, which need no GPU and run in CI).
+# On top of ../shared/device/stage.sh (the base runtime): the ASP.NET Core shared framework (the server and the
+# tests need it), and a test build without what the carry cannot afford: the server's client tests and their
+# OpenAI client assemblies (they need no GPU; CI runs them), the fixtures (the tree has them: run-on-device.sh copies
+# them), satellite resource folders and symbols.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
-../shared/device/stage.sh tests/QwQ.Cuda.Tests/QwQ.Cuda.Tests.csproj
+../shared/device/stage.sh
 t=.device/QwQ.Cuda.Tests
-rm -rf "$t"/fixtures "$t"/{cs,de,es,fr,it,ja,ko,pl,pt-BR,ru,tr,zh-Hans,zh-Hant} "$t"/*.pdb \
-       "$t"/OpenAI.dll "$t"/Microsoft.Extensions.AI.OpenAI.dll "$t"/System.ClientModel.dll
+rm -rf "$t"
+dotnet build tests/QwQ.Cuda.Tests/QwQ.Cuda.Tests.csproj -c Release -o "$t" -p:ExcludeServerClientTests=true -nologo -v q
+rm -rf "$t"/fixtures "$t"/{cs,de,es,fr,it,ja,ko,pl,pt-BR,ru,tr,zh-Hans,zh-Hant} "$t"/*.pdb
 asp=.device/aspnetcore-runtime.tar.xz
 if [ ! -s "$asp" ]; then
   dn=$(dirname "$(readlink -f "$(command -v dotnet)")")
