@@ -11,4 +11,5 @@ t=.device/QwQ.Cuda.Tests
 mkdir -p "$t/fixtures/qwq-32b"
 cp -r tests/fixtures/. "$t/fixtures/"
 cp src/QwQ.Cuda/Presets/qwq-32b/*.json src/QwQ.Cuda/Presets/qwq-32b/*.gz "$t/fixtures/qwq-32b/"
+mkdir -p "$t/fixtures/eval-examples" && cp bench/eval/examples/*.jsonl "$t/fixtures/eval-examples/"
 cd "$t" && dotnet QwQ.Cuda.Tests.dll "$@"

@@ -66,6 +66,8 @@ internal static class EvalCommand
             var (score, run) = await RunWithProgressAsync(host, o.Progress, generator, problems, runOptions, results, token);
 
             WriteTable(host, score);
+            host.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"this run: {run.SamplesThisRun} samples, {run.TokensThisRun} tokens in {run.Elapsed.TotalSeconds:F1} s ({run.TokensPerSecond:F1} tok/s, samples generated together)"));
             string summary = EvalResultsFile.SummaryPath(o.Out);
             EvalSummary.Write(summary, score, new EvalRunInfo(model ?? $"synthetic:{synthetic}", o.Data, o.Kind, o.Samples, runOptions.BaseSeed, options, run));
             host.Error.WriteLine(host.Dim($"results: {o.Out}   summary: {summary}"));
@@ -131,7 +133,7 @@ internal static class EvalCommand
         if (!host.Terminal) console.Profile.Width = 160;
         console.Write(table);
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{score.Problems} problems, {score.Samples} samples, {score.GeneratedTokens} tokens in {score.Seconds:F1} s of generation ({score.TokensPerSecond:F1} tok/s)"));
+            $"{score.Problems} problems, {score.Samples} samples, {score.GeneratedTokens} tokens, {score.Seconds:F1} s of per-sample time summed"));
     }
 
     private static string Num(double v) => v.ToString("0.#", CultureInfo.InvariantCulture);

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
@@ -21,14 +20,13 @@ public sealed class BatchEvalGenerator(QwqModel model, GenerationOptions options
             Messages = [ChatMessage.User(request.Problem.Prompt)],
             Options = options with { Sampling = (options.Sampling ?? model.GenerationDefaults) with { Seed = request.Seed } },
         });
-        var clock = Stopwatch.StartNew();
         await foreach (var r in model.GenerateBatchAsync(prompts, cancellationToken))
         {
             var request = requests[int.Parse(r.Id, CultureInfo.InvariantCulture)];
             if (r.Result is null)
                 throw new QwqException($"problem {request.Problem.Id}, sample {request.Sample}: {r.Error}");
-            // Samples run concurrently: a sample's time is from the start of the batch to its end.
-            onFinished(request, FromResult(r.Result, model.Tokenizer.ThinkEndId, clock.Elapsed));
+            // The sample's own time, submission to end (samples overlap: the run's wall-clock rate is in the summary).
+            onFinished(request, FromResult(r.Result, model.Tokenizer.ThinkEndId, r.Result.Usage.TotalTime));
         }
     }
 

@@ -63,11 +63,13 @@ public sealed class EvalRunner(IEvalGenerator generator, Action<EvalProgress>? p
         EvalProgress Now() => new(problemsDone, problems.Count, samplesDone, problems.Count * options.Samples, generated, tokens, clock.Elapsed);
         progress?.Invoke(Now());
 
-        foreach (var problem in problems)
+        // Every missing sample of every problem in one call: the generator runs them together (the batch API keeps
+        // a bounded number in flight), and a problem counts as done when its last sample is written.
+        var pending = problems.SelectMany(problem => Enumerable.Range(0, options.Samples).Where(k => !done.Contains((problem.Id, k)))
+            .Select(k => new EvalRequest(problem, k, unchecked(options.BaseSeed + (ulong)k)))).ToList();
+        var left = pending.GroupBy(r => r.Problem.Id).ToDictionary(g => g.Key, g => g.Count());
+        if (pending.Count > 0)
         {
-            var pending = Enumerable.Range(0, options.Samples).Where(k => !done.Contains((problem.Id, k)))
-                .Select(k => new EvalRequest(problem, k, unchecked(options.BaseSeed + (ulong)k))).ToList();
-            if (pending.Count == 0) continue;
             var gate = new object();
             await generator.GenerateAsync(pending, (request, generation) =>
             {
@@ -81,12 +83,11 @@ public sealed class EvalRunner(IEvalGenerator generator, Action<EvalProgress>? p
                     samplesDone++;
                     generated++;
                     tokens += generation.TotalTokens;
+                    if (--left[request.Problem.Id] == 0) problemsDone++;
                     progress?.Invoke(Now());
                 }
             }, cancellationToken);
             cancellationToken.ThrowIfCancellationRequested();
-            problemsDone++;
-            progress?.Invoke(Now());
         }
         return (EvalScorer.Score(problems, all), Now());
     }
