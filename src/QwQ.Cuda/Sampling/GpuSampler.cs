@@ -11,7 +11,7 @@ namespace QwQ.Cuda.Sampling;
 /// The sampler keeps device token counts for the penalties: every sampled token is counted by the kernel itself.
 /// Not thread-safe; use it on one stream at a time.
 /// </summary>
-public sealed class GpuSampler : IDisposable
+internal sealed class GpuSampler : IDisposable
 {
     [KernelEntry] internal const string PrepareKernel = "sampling_prepare_f32";
     [KernelEntry] internal const string ArgmaxKernel = "sampling_argmax_f32";
