@@ -1,6 +1,7 @@
 using Microsoft.Extensions.AI;
 using QwQ.Cuda;
 using QwQ.Cuda.Chat;
+using QwQ.Cuda.Errors;
 
 // The conventional namespace for Add* registrations, so they show up wherever services are configured.
 namespace Microsoft.Extensions.DependencyInjection;
@@ -19,7 +20,8 @@ public static class QwqServiceCollectionExtensions
     /// disposed, which frees the model's GPU memory.
     /// </para>
     /// </summary>
-    /// <param name="model">A model directory or a Hugging Face id in the local cache (as for <see cref="QwqModel.LoadAsync(string?, QwqModelOptions?, IProgress{LoadProgress}?, CancellationToken)"/>).</param>
+    /// <param name="model">A model directory or a Hugging Face id in the local cache (as for <c>QwqModel.LoadAsync</c>).</param>
+    /// <param name="services">The container to add the model and the client to.</param>
     /// <param name="options">Backend, engine and scheduler settings (null: defaults, the CUDA backend).</param>
     /// <param name="modelId">Reported as the responses' ModelId (null: "QwQ-32B").</param>
     public static IServiceCollection AddQwqChatClient(this IServiceCollection services, string model, QwqModelOptions? options = null, string? modelId = null)
