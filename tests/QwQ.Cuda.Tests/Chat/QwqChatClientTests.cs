@@ -227,7 +227,7 @@ public class QwqChatClientTests
         // "Hmm.\n" then </think>: the reasoning tokens are exactly those before </think>.
         var tokenizer = ((QwqModel)client.GetService(typeof(QwqModel))!).Tokenizer;
         Assert.That(r.Usage!.ReasoningTokenCount, Is.EqualTo(tokenizer.Encode("Hmm.\n").Length));
-        Assert.That(r.Usage.ReasoningTokenCount, Is.LessThan(r.Usage.OutputTokenCount));
+        Assert.That(r.Usage.ReasoningTokenCount, Is.LessThan(r.Usage.OutputTokenCount!.Value));
         var props = r.AdditionalProperties!;
         Assert.That(props[QwqChatClient.TimeToFirstTokenMsKey], Is.TypeOf<double>().And.GreaterThan(0.0));
         Assert.That(props[QwqChatClient.TotalMsKey], Is.TypeOf<double>().And.GreaterThanOrEqualTo((double)props[QwqChatClient.TimeToFirstTokenMsKey]!));
