@@ -253,7 +253,7 @@ public sealed class QwqModel : IDisposable
         Backend.Dispose();
     }
 
-    private static QwqModel Load(string? modelPathOrHfId, QwqModelOptions options, IProgress<LoadProgress>? progress, CancellationToken ct)
+    internal static QwqModel Load(string? modelPathOrHfId, QwqModelOptions options, IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         ct.ThrowIfCancellationRequested();
         if (modelPathOrHfId is null && options.Synthetic is null)

@@ -14,7 +14,7 @@ public sealed record SchedulerOptions
     /// <summary>Requests admitted at once (holding KV); at most <see cref="MaxBatch"/>, so every one gets its row each step.</summary>
     public int MaxSequences { get; init; } = 128;
 
-    /// <summary>How long <see cref="BatchScheduler.Dispose"/> waits for the step in flight.</summary>
+    /// <summary>How long <see cref="BatchScheduler.Dispose()"/> waits for the step in flight.</summary>
     public TimeSpan DisposeTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Throws <see cref="OptionException"/> naming the first invalid value.</summary>

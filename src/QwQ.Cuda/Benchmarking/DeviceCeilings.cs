@@ -8,7 +8,7 @@ namespace QwQ.Cuda.Benchmarking;
 /// </summary>
 public sealed record DeviceCeilings(double CopyBytesPerSecond, double GemmFlopsPerSecond)
 {
-    public static DeviceCeilings Measure(CudaStream stream, int repeats = 10)
+    internal static DeviceCeilings Measure(CudaStream stream, int repeats = 10)
     {
         return new DeviceCeilings(MeasureCopy(stream, repeats), MeasureGemm(stream, repeats));
     }
@@ -46,7 +46,7 @@ public sealed record DeviceCeilings(double CopyBytesPerSecond, double GemmFlopsP
 }
 
 /// <summary>Event timing: warm up, repeat, median (METHOD.md).</summary>
-public static class Timing
+internal static class Timing
 {
     public static double[] Repeat(CudaStream s, int repeats, Action work, int warmup = 2)
     {

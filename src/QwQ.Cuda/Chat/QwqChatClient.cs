@@ -20,10 +20,34 @@ namespace QwQ.Cuda.Chat;
 /// their full prefixes stay in the model's prefix cache for later calls.
 /// Cancellation throws <see cref="OperationCanceledException"/>, leaving the client usable.
 /// </para>
+/// <para>
+/// The engine has no constrained decoding, so options that would need it are either refused or enforced after
+/// the fact: <see cref="ChatResponseFormat.Json"/> (and a JSON schema) throws <see cref="NotSupportedException"/>
+/// rather than returning text that may not parse. <see cref="ChatToolMode.RequireSpecific"/> offers the model only
+/// the named function and <see cref="ChatToolMode.RequireAny"/> all of them, each with a system instruction that a
+/// call is required; a generation that still ends without a call throws <see cref="InvalidOperationException"/>
+/// naming the mode (after its text has streamed), so a caller never mistakes a plain answer for the call it required.
+/// </para>
+/// <para>
+/// <see cref="ChatResponse.RawRepresentation"/> is the <see cref="GenerationResult"/>, each update's the
+/// <see cref="GenerationUpdate"/>. Usage carries <see cref="UsageDetails.ReasoningTokenCount"/> (tokens before
+/// <c>&lt;/think&gt;</c>); the last update and the response carry timings in AdditionalProperties
+/// (<see cref="TimeToFirstTokenMsKey"/>, <see cref="DecodeTokensPerSecondKey"/>, <see cref="PrefillTokensPerSecondKey"/>,
+/// <see cref="TotalMsKey"/>, all doubles).
+/// </para>
 /// </summary>
 public sealed class QwqChatClient : IChatClient
 {
     public const string ProviderName = "qwq.cuda";
+
+    /// <summary>AdditionalProperties key: milliseconds from the call to the first sampled token.</summary>
+    public const string TimeToFirstTokenMsKey = "TimeToFirstTokenMs";
+    /// <summary>AdditionalProperties key: generated tokens per second after the first.</summary>
+    public const string DecodeTokensPerSecondKey = "DecodeTokensPerSecond";
+    /// <summary>AdditionalProperties key: prompt tokens prefilled per second (cached ones excluded).</summary>
+    public const string PrefillTokensPerSecondKey = "PrefillTokensPerSecond";
+    /// <summary>AdditionalProperties key: milliseconds of the whole generation.</summary>
+    public const string TotalMsKey = "TotalMs";
 
     private readonly QwqModel _model;
     private readonly bool _ownsModel;
@@ -49,15 +73,29 @@ public sealed class QwqChatClient : IChatClient
 
     public string ModelId { get; }
 
-    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default) =>
-        await GetStreamingResponseAsync(messages, options, cancellationToken).ToChatResponseAsync(cancellationToken).ConfigureAwait(false);
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in GetStreamingResponseAsync(messages, options, cancellationToken).ConfigureAwait(false))
+            updates.Add(u);
+        var response = updates.ToChatResponse();
+        // The aggregate's raw form is the whole generation (the last update's result), not the list of pieces.
+        var final = updates[^1];
+        response.RawRepresentation = ((GenerationUpdate)final.RawRepresentation!).Result;
+        response.AdditionalProperties = final.AdditionalProperties;
+        return response;
+    }
 
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var conversation = ToTemplateMessages(messages, options?.Instructions);
+        if (options?.ResponseFormat is ChatResponseFormatJson)
+            throw new NotSupportedException("ChatOptions.ResponseFormat: JSON-constrained output is not supported (QwQ.Cuda has no constrained decoding); " +
+                "use ChatResponseFormat.Text (or none) and ask for JSON in the prompt, then validate the answer.");
+        string? requiredTool = RequiredToolInstruction(options);
+        var conversation = ToTemplateMessages(messages, JoinInstructions(options?.Instructions, requiredTool));
         var tools = ToToolDefinitions(options);
         var generation = ToGenerationOptions(options, _model.GenerationDefaults);
 
@@ -67,8 +105,9 @@ public sealed class QwqChatClient : IChatClient
             string responseId = "qwq-" + Guid.NewGuid().ToString("N")[..16];
             string messageId = responseId + "-0";
             var created = DateTimeOffset.UtcNow;
-            ChatResponseUpdate Update(AIContent content) => new(ChatRole.Assistant, [content])
+            ChatResponseUpdate Update(AIContent content, GenerationUpdate raw) => new(ChatRole.Assistant, [content])
             {
+                RawRepresentation = raw,
                 ResponseId = responseId,
                 MessageId = messageId,
                 ModelId = ModelId,
@@ -81,21 +120,26 @@ public sealed class QwqChatClient : IChatClient
                 switch (u.Kind)
                 {
                     case GenerationUpdateKind.Reasoning:
-                        yield return Update(new TextReasoningContent(u.Text));
+                        yield return Update(new TextReasoningContent(u.Text), u);
                         break;
                     case GenerationUpdateKind.Answer:
-                        yield return Update(new TextContent(u.Text));
+                        yield return Update(new TextContent(u.Text), u);
                         break;
                     case GenerationUpdateKind.ToolCall:
                         sawToolCall = true;
-                        yield return Update(ToFunctionCall(u.ToolCall!));
+                        yield return Update(ToFunctionCall(u.ToolCall!), u);
                         break;
                     case GenerationUpdateKind.Completed:
                         var r = u.Result!;
                         if (r.FinishReason == FinishReason.Cancelled)
                             throw new OperationCanceledException(cancellationToken);
-                        var final = Update(new UsageContent(ToUsage(r.Usage)));
+                        if (requiredTool is not null && !sawToolCall)
+                            throw new InvalidOperationException($"ChatOptions.ToolMode is {DescribeToolMode(options!.ToolMode!)} but the model answered " +
+                                $"without a tool call (finish reason {r.FinishReason}); QwQ.Cuda cannot force one (no constrained decoding). " +
+                                "Retry the call, raise MaxOutputTokens if the answer was cut off, or use ChatToolMode.Auto and handle plain answers.");
+                        var final = Update(new UsageContent(ToUsage(r, _model.Tokenizer.ThinkEndId)), u);
                         final.FinishReason = ToFinishReason(r.FinishReason, sawToolCall);
+                        final.AdditionalProperties = Timings(r.Usage);
                         yield return final;
                         break;
                 }
@@ -216,13 +260,49 @@ public sealed class QwqChatClient : IChatClient
         return list;
     }
 
-    /// <summary>AIFunction declarations → <c>{"type":"function","function":{name, description, parameters}}</c>.</summary>
+    /// <summary>
+    /// The system instruction a required tool mode adds (null for Auto, None or no mode). Throws when the mode
+    /// cannot be met: no tools offered, or a required function name that is not among them.
+    /// </summary>
+    internal static string? RequiredToolInstruction(ChatOptions? o)
+    {
+        if (o?.ToolMode is not RequiredChatToolMode required) return null;
+        var names = (o.Tools ?? []).OfType<AIFunctionDeclaration>().Select(f => f.Name).ToList();
+        if (names.Count == 0)
+            throw new ArgumentException($"ChatOptions.ToolMode is {DescribeToolMode(required)} but ChatOptions.Tools has no functions; add the functions or use ChatToolMode.Auto.", "options");
+        if (required.RequiredFunctionName is { } name)
+        {
+            if (!names.Contains(name))
+                throw new ArgumentException($"ChatOptions.ToolMode requires the function \"{name}\", which is not in ChatOptions.Tools ({string.Join(", ", names)}); add it or name one of those.", "options");
+            return $"You must answer by calling the function \"{name}\" (a <tool_call> block); do not answer in plain text.";
+        }
+        return "You must answer by calling one or more of the provided functions (<tool_call> blocks); do not answer in plain text.";
+    }
+
+    internal static string DescribeToolMode(ChatToolMode mode) => mode switch
+    {
+        RequiredChatToolMode { RequiredFunctionName: { } name } => $"RequireSpecific(\"{name}\")",
+        RequiredChatToolMode => "RequireAny",
+        NoneChatToolMode => "None",
+        _ => "Auto",
+    };
+
+    private static string? JoinInstructions(string? instructions, string? extra) =>
+        string.IsNullOrEmpty(extra) ? instructions : string.IsNullOrEmpty(instructions) ? extra : instructions + "\n\n" + extra;
+
+    /// <summary>
+    /// AIFunction declarations → <c>{"type":"function","function":{name, description, parameters}}</c>. With
+    /// <see cref="ChatToolMode.RequireSpecific"/> only the required function is offered: the model cannot call
+    /// what it never sees, the closest we get to forcing the choice without constrained decoding.
+    /// </summary>
     internal static IReadOnlyList<JsonElement>? ToToolDefinitions(ChatOptions? o)
     {
         if (o?.Tools is not { Count: > 0 } tools || o.ToolMode is NoneChatToolMode) return null;
+        string? only = (o.ToolMode as RequiredChatToolMode)?.RequiredFunctionName;
         var result = new List<JsonElement>();
         foreach (var f in tools.OfType<AIFunctionDeclaration>())
         {
+            if (only is not null && f.Name != only) continue;
             using var stream = new MemoryStream();
             using (var w = new Utf8JsonWriter(stream))
             {
@@ -256,12 +336,28 @@ public sealed class QwqChatClient : IChatClient
         return new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..12], call.Name, args);
     }
 
-    internal static UsageDetails ToUsage(GenerationUsage u) => new()
+    internal static UsageDetails ToUsage(GenerationResult r, int thinkEndId)
     {
-        InputTokenCount = u.PromptTokens,
-        OutputTokenCount = u.GeneratedTokens,
-        TotalTokenCount = u.TotalTokens,
-        CachedInputTokenCount = u.CachedPromptTokens,
+        // Reasoning is what came before </think>; an output that never closed it (the prompt opened <think>) is all reasoning.
+        int end = r.TokenIds.ToList().IndexOf(thinkEndId);
+        int reasoning = r.Reasoning.Length == 0 ? 0 : end >= 0 ? end : r.Usage.GeneratedTokens;
+        var u = r.Usage;
+        return new()
+        {
+            InputTokenCount = u.PromptTokens,
+            OutputTokenCount = u.GeneratedTokens,
+            TotalTokenCount = u.TotalTokens,
+            CachedInputTokenCount = u.CachedPromptTokens,
+            ReasoningTokenCount = reasoning,
+        };
+    }
+
+    internal static AdditionalPropertiesDictionary Timings(GenerationUsage u) => new()
+    {
+        [TimeToFirstTokenMsKey] = u.TimeToFirstToken.TotalMilliseconds,
+        [DecodeTokensPerSecondKey] = u.DecodeTokensPerSecond,
+        [PrefillTokensPerSecondKey] = u.PrefillTokensPerSecond,
+        [TotalMsKey] = u.TotalTime.TotalMilliseconds,
     };
 
     internal static ChatFinishReason ToFinishReason(FinishReason reason, bool toolCalls) => reason switch

@@ -134,7 +134,7 @@ public sealed class CudaBackend : IModelBackend
         }
     }
 
-    /// <summary>One part of a step: <see cref="Count"/> tokens of a sequence, from <see cref="Offset"/> of its chunk.</summary>
+    /// <summary>One part of a step: <c>Count</c> tokens of a sequence, from <c>Offset</c> of its chunk.</summary>
     private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits)
     {
         public bool IsDecode => Tokens.Length == 1 && Seq.Length > 0;

@@ -54,7 +54,7 @@ internal sealed class LinearOps : IDisposable
 
     /// <summary>
     /// Picks, by timing, cuBLASLt's fastest algorithm for every decode batch size that a graph is captured for, on
-    /// each of <paramref name="layer"/>'s products and lm_head. <paramref name="x"/> and <paramref name="y"/> are
+    /// each of <paramref name="products"/> (a layer's products and lm_head). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
     /// </summary>
     public void TuneDecodeBatches(CudaStream s, IEnumerable<(LinearWeight Weight, bool Accumulate)> products, ulong x, ulong y, IEnumerable<int> batches)

@@ -3,7 +3,7 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Kernels;
 
 /// <summary>SwiGLU activation on the fused gate_up projection output (kernels/activation.cu).</summary>
-public sealed class ActivationOps
+internal sealed class ActivationOps
 {
     [KernelEntry] public const string SiluMulEntry = "silu_mul_f32_bf16";
 

@@ -14,7 +14,7 @@ namespace QwQ.Cuda.Kernels;
 /// captured once into a CUDA graph and replayed while the context grows.</item>
 /// </list>
 /// </summary>
-public sealed class AttentionOps
+internal sealed class AttentionOps
 {
     [KernelEntry] public const string PrefillD32 = "attention_prefill_bf16_d32";
     [KernelEntry] public const string PrefillD64 = "attention_prefill_bf16_d64";

@@ -6,7 +6,7 @@ namespace QwQ.Cuda.Kernels;
 /// Row lookups (kernels/embedding.cu, kernels/gather.cu): token embedding into the fp32 residual stream, and
 /// gathering bf16 rows so lm_head only runs on the positions whose logits are wanted.
 /// </summary>
-public sealed class EmbeddingOps
+internal sealed class EmbeddingOps
 {
     [KernelEntry] public const string GatherEntry = "embedding_gather_bf16";
     [KernelEntry] public const string GatherRowsEntry = "gather_rows_bf16";

@@ -7,7 +7,7 @@ namespace QwQ.Cuda.Kernels;
 /// layout [out, in]), x bf16, fp32 accumulation and output. Bandwidth-bound: each call streams W once with
 /// 16-byte loads; see the kernel file for how it keeps DRAM busy.
 /// </summary>
-public sealed class GemvOps
+internal sealed class GemvOps
 {
     [KernelEntry] public const string GemvEntry = "gemv_bf16";
     [KernelEntry] public const string GemvM2Entry = "gemv_m2_bf16";

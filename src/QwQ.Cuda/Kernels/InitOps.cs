@@ -7,7 +7,7 @@ namespace QwQ.Cuda.Kernels;
 /// fp32 → bf16 conversion. The normal fill is a pure function of (seed, element index), so the same seed gives
 /// the same tensor whatever the launch geometry; <see cref="NormalReference"/> is the host mirror of it.
 /// </summary>
-public sealed class InitOps
+internal sealed class InitOps
 {
     [KernelEntry] public const string FillNormalEntry = "fill_normal_bf16";
     [KernelEntry] public const string FillConstEntry = "fill_const_bf16";

@@ -3,7 +3,7 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Kernels;
 
 /// <summary>RMSNorm with the residual add fused in front (kernels/rmsnorm.cu).</summary>
-public sealed class NormOps
+internal sealed class NormOps
 {
     [KernelEntry] public const string ResidualAddRmsNormEntry = "residual_add_rmsnorm_f32_bf16";
 

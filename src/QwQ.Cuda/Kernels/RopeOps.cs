@@ -7,7 +7,7 @@ namespace QwQ.Cuda.Kernels;
 /// cache, and a plain K/V append. Layouts (docs/CONTRACTS.md): qkv fp32 [tokens, (nq+2*nkv)*D] (q, k, v heads),
 /// q out bf16 [tokens, nq, D], caches bf16 [nkv, maxCtx, D].
 /// </summary>
-public sealed class RopeOps
+internal sealed class RopeOps
 {
     [KernelEntry] public const string QkvBiasRopeAppendEntry = "qkv_bias_rope_append_f32_bf16";
     [KernelEntry] public const string KvAppendEntry = "kv_append_bf16";

@@ -11,7 +11,7 @@ namespace QwQ.Cuda.Native;
 /// <c>transa = T, transb = N, m' = N, n' = M, k' = K, A' = b (lda K), B' = a (ldb K), C' = c (ldc N)</c>.
 /// Check: element (j,i) of the result is Σ_p b[j·K+p]·a[i·K+p] = C[i,j], stored at j + i·N, which is row-major C[i,j].
 /// </summary>
-public sealed class Cublas : IDisposable
+internal sealed class Cublas : IDisposable
 {
     /// <summary>cuBLAS workspace; sized for the split-K / stream-K kernels the heuristics pick for our shapes.</summary>
     internal const long WorkspaceBytes = 32L << 20;

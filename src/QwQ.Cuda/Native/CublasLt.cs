@@ -7,7 +7,7 @@ namespace QwQ.Cuda.Native;
 /// cublasLtMatmulAlgoGetHeuristic is chosen once per shape (and pointer alignment) and cached, together with
 /// its descriptors, so a repeated shape costs one cublasLtMatmul call.
 /// </summary>
-public sealed class CublasLt : IDisposable
+internal sealed class CublasLt : IDisposable
 {
     internal const long WorkspaceBytes = 32L << 20;
 

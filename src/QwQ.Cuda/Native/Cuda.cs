@@ -6,7 +6,7 @@ namespace QwQ.Cuda.Native;
 /// class; write <c>Native.Cuda.IsAvailable(...)</c> (from QwQ.Cuda.*) or add
 /// <c>using Cuda = global::QwQ.Cuda.Native.Cuda;</c> after the file-scoped namespace declaration.
 /// </summary>
-public static class Cuda
+internal static class Cuda
 {
     /// <summary>Oldest driver API version we accept (cuDriverGetVersion encoding: 1000*major + 10*minor).</summary>
     internal const int MinDriverVersion = 12000;

@@ -8,7 +8,7 @@ namespace QwQ.Cuda.Native;
 /// runtime inside cuBLAS uses, so cuBLAS and our kernels share streams and memory without any context switching.
 /// Other threads that touch CUDA call <see cref="MakeCurrent"/> first.
 /// </summary>
-public sealed class CudaContext : IDisposable
+internal sealed class CudaContext : IDisposable
 {
     private int disposed;
 

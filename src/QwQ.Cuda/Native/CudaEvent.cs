@@ -1,7 +1,7 @@
 namespace QwQ.Cuda.Native;
 
 /// <summary>A CUDA event, for timing (default) or for cross-stream ordering (timing disabled, cheaper).</summary>
-public sealed class CudaEvent : IDisposable
+internal sealed class CudaEvent : IDisposable
 {
     private readonly EventHandle handle;
 

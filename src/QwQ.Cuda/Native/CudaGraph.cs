@@ -5,7 +5,7 @@ namespace QwQ.Cuda.Native;
 /// launches (e.g. one decode step) with a single launch call. Captured work must keep using the same device
 /// pointers; the sequence is not re-recorded when data changes, only when shapes or pointers change.
 /// </summary>
-public sealed class CudaGraph : IDisposable
+internal sealed class CudaGraph : IDisposable
 {
     private readonly GraphHandle graph;
     private readonly GraphExecHandle exec;

@@ -4,7 +4,7 @@ namespace QwQ.Cuda.Native;
 /// A kernel (CUfunction) resolved from a loaded module. Valid while its module is loaded. A plain value:
 /// op classes resolve it once and launch it many times without allocating.
 /// </summary>
-public readonly struct CudaKernel
+internal readonly struct CudaKernel
 {
     internal CudaKernel(IntPtr handle, string name)
     {

@@ -3,7 +3,7 @@ using System.Text;
 namespace QwQ.Cuda.Native;
 
 /// <summary>A module JIT-compiled from PTX text into the current context (cuModuleLoadDataEx).</summary>
-public sealed class CudaModule : IDisposable
+internal sealed class CudaModule : IDisposable
 {
     private const int LogBytes = 16 * 1024;
     private readonly ModuleHandle handle;

@@ -6,7 +6,7 @@ namespace QwQ.Cuda.Native;
 /// stream orders with it, so "launch on stream, then CopyToHost" is correct without an explicit sync.
 /// (Do not use the synchronous copies while the stream is being captured into a graph.)
 /// </summary>
-public sealed class CudaStream : IDisposable
+internal sealed class CudaStream : IDisposable
 {
     private readonly StreamHandle handle;
 

@@ -5,7 +5,7 @@ namespace QwQ.Cuda.Native;
 /// default stream, which orders with our (blocking) <see cref="CudaStream"/>s; the Async ones are ordered on the
 /// given stream only. A zero-byte buffer is allowed and has <see cref="Ptr"/> == 0.
 /// </summary>
-public sealed class DeviceBuffer : IDisposable
+internal sealed class DeviceBuffer : IDisposable
 {
     private readonly DeviceMemoryHandle handle;
 

@@ -1,7 +1,7 @@
 namespace QwQ.Cuda.Native;
 
 /// <summary>Grid or block dimensions of a kernel launch.</summary>
-public readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1)
+internal readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1)
 {
     public override string ToString() => $"({X},{Y},{Z})";
 }

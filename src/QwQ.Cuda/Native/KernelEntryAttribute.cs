@@ -5,4 +5,4 @@ namespace QwQ.Cuda.Native;
 /// <c>.entry</c> in the embedded PTX (a rename in a .cu file then fails the build's tests, not a run on the GPU).
 /// </summary>
 [AttributeUsage(AttributeTargets.Field)]
-public sealed class KernelEntryAttribute : Attribute;
+internal sealed class KernelEntryAttribute : Attribute;

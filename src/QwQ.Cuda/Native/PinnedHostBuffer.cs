@@ -1,7 +1,7 @@
 namespace QwQ.Cuda.Native;
 
 /// <summary>Page-locked host memory (cuMemHostAlloc), the source/target for truly asynchronous copies.</summary>
-public sealed class PinnedHostBuffer : IDisposable
+internal sealed class PinnedHostBuffer : IDisposable
 {
     private readonly HostMemoryHandle handle;
 

@@ -9,7 +9,7 @@ namespace QwQ.Cuda.Native;
 /// kernels/build.sh) is JIT-loaded once into the current context, and kernels are handed out by entry name.
 /// Entry names must be unique across modules (they are <c>extern "C"</c>, so a duplicate is a build mistake).
 /// </summary>
-public sealed partial class PtxLibrary : IDisposable
+internal sealed partial class PtxLibrary : IDisposable
 {
     private const string ResourcePrefix = "ptx/";
     private const string ResourceSuffix = ".ptx";

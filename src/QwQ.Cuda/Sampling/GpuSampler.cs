@@ -4,14 +4,14 @@ namespace QwQ.Cuda.Sampling;
 
 /// <summary>
 /// Samples the next token on the GPU from the last position's fp32 logits, without copying them to the host
-/// (kernels/sampling.cu). <see cref="SampleAsync"/> only enqueues work (4 bytes come back, into pinned memory);
+/// (kernels/sampling.cu). <c>SampleAsync</c> only enqueues work (4 bytes come back, into pinned memory);
 /// <see cref="ReadResult"/> is the one synchronisation per token. The token also stays on the device at
 /// <see cref="ResultDevicePtr"/> for the next step's embedding. Semantics, integer weights and RNG are those of
 /// <see cref="CpuSampler"/>, which is the reference: same inputs, seed and step ⇒ same token.
 /// The sampler keeps device token counts for the penalties: every sampled token is counted by the kernel itself.
 /// Not thread-safe; use it on one stream at a time.
 /// </summary>
-public sealed class GpuSampler : IDisposable
+internal sealed class GpuSampler : IDisposable
 {
     [KernelEntry] internal const string PrepareKernel = "sampling_prepare_f32";
     [KernelEntry] internal const string ArgmaxKernel = "sampling_argmax_f32";
@@ -125,7 +125,7 @@ public sealed class GpuSampler : IDisposable
     /// <summary>Device int32 holding the last sampled token (valid once the stream reaches it).</summary>
     public ulong ResultDevicePtr => result.Ptr;
 
-    /// <summary>Device int32 [vocabRows]: occurrences of each id since <see cref="Reset"/>.</summary>
+    /// <summary>Device int32 [vocabRows]: occurrences of each id since <c>Reset</c>.</summary>
     public ulong CountsDevicePtr => counts.Ptr;
 
     /// <summary>Enqueues zeroing of the token counts (start of a generation).</summary>
@@ -210,7 +210,7 @@ public sealed class GpuSampler : IDisposable
         greedyRows.Launch(new Dim3((uint)rows), new Dim3(SelectThreads), 0, s, args);
     }
 
-    /// <summary>Waits for the stream and returns the token of the last <see cref="SampleAsync"/>.</summary>
+    /// <summary>Waits for the stream and returns the token of the last <c>SampleAsync</c>.</summary>
     public int ReadResult(CudaStream s)
     {
         ThrowIfDisposed();
@@ -218,7 +218,7 @@ public sealed class GpuSampler : IDisposable
         return resultHost.AsSpan<int>()[0];
     }
 
-    /// <summary><see cref="SampleAsync"/> then <see cref="ReadResult"/>.</summary>
+    /// <summary><c>SampleAsync</c> then <see cref="ReadResult"/>.</summary>
     public int Sample(CudaStream s, ulong logits, SamplingOptions o, long step) => Sample(s, logits, counts.Ptr, o, step);
 
     /// <summary><see cref="SampleAsync(CudaStream, ulong, ulong, SamplingOptions, long)"/> then <see cref="ReadResult"/>.</summary>
@@ -229,7 +229,7 @@ public sealed class GpuSampler : IDisposable
     }
 
     /// <summary>
-    /// Test hook: samples like <see cref="Sample"/> (counting the token) and also returns the exact filtered
+    /// Test hook: samples like <c>Sample</c> (counting the token) and also returns the exact filtered
     /// distribution, each kept token's integer weight ([validVocab] u64; greedy: 1 on the argmax), to be compared
     /// with <see cref="CpuSampler.FilteredWeights"/>. Allocates; synchronises.
     /// </summary>

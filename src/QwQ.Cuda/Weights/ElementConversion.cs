@@ -16,7 +16,7 @@ internal static class ElementConversion
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ushort FloatToBf16(float f) => Bf16.FromFloat(f);
 
-    /// <summary>Converts <paramref name="count"/> elements of <paramref name="src"/> (raw bytes of <paramref name="type"/>) to fp32.</summary>
+    /// <summary>Converts the elements of <paramref name="src"/> (raw bytes of <paramref name="type"/>) to fp32.</summary>
     public static void ToFloat32(DType type, ReadOnlySpan<byte> src, Span<float> dst)
     {
         switch (type)

@@ -141,4 +141,97 @@ public class QwqChatClientTests
         Assert.That(client.GetService<IChatClient>(), Is.SameAs(client));
         Assert.That(client.GetService(typeof(ChatClientMetadata), "key"), Is.Null);
     }
+
+    private const string ToolAnswer = "Let me check.\n</think>\n\nI'll look it up.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    private const string PlainAnswer = "Hmm.\n</think>\n\nIt is sunny.";
+
+    private static AIFunction Weather => AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather", "Current weather for a city");
+    private static AIFunction Time => AIFunctionFactory.Create((string zone) => "noon", "get_time", "Current time in a zone");
+
+    [Test]
+    public void JsonResponseFormatIsRefusedNotIgnored()
+    {
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        foreach (var format in new[] { ChatResponseFormat.Json, ChatResponseFormat.ForJsonSchema(JsonDocument.Parse("""{"type":"object"}""").RootElement, "answer") })
+        {
+            var e = Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { ResponseFormat = format, MaxOutputTokens = 2 }))!;
+            Assert.That(e.Message, Does.Contain("JSON-constrained output is not supported"));
+        }
+        Assert.DoesNotThrowAsync(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { ResponseFormat = ChatResponseFormat.Text, Temperature = 0, MaxOutputTokens = 2 }));
+    }
+
+    [Test]
+    public void RequireSpecificOffersOnlyThatFunctionAndInstructsTheModel()
+    {
+        var o = new ChatOptions { Tools = [Weather, Time], ToolMode = ChatToolMode.RequireSpecific("get_time") };
+        var tools = QwqChatClient.ToToolDefinitions(o)!;
+        Assert.That(tools.Select(t => t.GetProperty("function").GetProperty("name").GetString()), Is.EqualTo(new[] { "get_time" }));
+        Assert.That(QwqChatClient.RequiredToolInstruction(o), Does.Contain("\"get_time\""));
+
+        var any = new ChatOptions { Tools = [Weather, Time], ToolMode = ChatToolMode.RequireAny };
+        Assert.That(QwqChatClient.ToToolDefinitions(any), Has.Count.EqualTo(2));
+        Assert.That(QwqChatClient.RequiredToolInstruction(any), Does.Contain("must answer by calling"));
+        Assert.That(QwqChatClient.RequiredToolInstruction(new ChatOptions { Tools = [Weather] }), Is.Null, "Auto adds nothing");
+
+        var missing = Assert.Throws<ArgumentException>(() => QwqChatClient.RequiredToolInstruction(new ChatOptions { Tools = [Weather], ToolMode = ChatToolMode.RequireSpecific("nope") }))!;
+        Assert.That(missing.Message, Does.Contain("\"nope\"").And.Contain("get_weather"));
+        var none = Assert.Throws<ArgumentException>(() => QwqChatClient.RequiredToolInstruction(new ChatOptions { ToolMode = ChatToolMode.RequireAny }))!;
+        Assert.That(none.Message, Does.Contain("RequireAny").And.Contain("no functions"));
+    }
+
+    [Test]
+    public async Task RequiredToolModeReturnsTheCallWhenTheModelMakesOne()
+    {
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(ToolAnswer), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather in Paris?")], new ChatOptions { Tools = [Weather], ToolMode = ChatToolMode.RequireAny });
+        Assert.That(r.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        Assert.That(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Single().Name, Is.EqualTo("get_weather"));
+    }
+
+    [Test]
+    public void RequiredToolModeThrowsWhenTheModelAnswersInText()
+    {
+        // A fresh client each time: a scripted sequence replays its script once and a client reuses its session.
+        async Task<ChatResponse> Ask(ChatToolMode mode)
+        {
+            using var client = new QwqChatClient(ScriptedModels.TinyChat(PlainAnswer), ownsModel: true);
+            return await client.GetResponseAsync([new(ChatRole.User, "Weather?")], new ChatOptions { Tools = [Weather], ToolMode = mode });
+        }
+        var any = Assert.ThrowsAsync<InvalidOperationException>(() => Ask(ChatToolMode.RequireAny))!;
+        Assert.That(any.Message, Does.Contain("RequireAny").And.Contain("without a tool call"));
+        var specific = Assert.ThrowsAsync<InvalidOperationException>(() => Ask(ChatToolMode.RequireSpecific("get_weather")))!;
+        Assert.That(specific.Message, Does.Contain("RequireSpecific(\"get_weather\")"));
+        // Auto accepts the same plain answer: the throw is the required mode's doing.
+        Assert.DoesNotThrowAsync(() => Ask(ChatToolMode.Auto));
+    }
+
+    [Test]
+    public async Task ResponseCarriesRawResultReasoningTokensAndTimings()
+    {
+        // A scripted sequence replays its script once, and a client reuses its session: one client per call.
+        using (var streaming = new QwqChatClient(ScriptedModels.TinyChat(PlainAnswer), ownsModel: true))
+        {
+            var updates = new List<ChatResponseUpdate>();
+            await foreach (var u in streaming.GetStreamingResponseAsync([new(ChatRole.User, "Weather?")]))
+                updates.Add(u);
+            Assert.That(updates.All(u => u.RawRepresentation is GenerationUpdate), Is.True);
+            Assert.That(((GenerationUpdate)updates[^1].RawRepresentation!).Kind, Is.EqualTo(GenerationUpdateKind.Completed));
+            Assert.That(updates[^1].AdditionalProperties!.ContainsKey(QwqChatClient.TimeToFirstTokenMsKey), Is.True);
+        }
+
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(PlainAnswer), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather?")]);
+        var raw = r.RawRepresentation as GenerationResult;
+        Assert.That(raw, Is.Not.Null);
+        Assert.That(raw!.Answer, Does.Contain("It is sunny."));
+        // "Hmm.\n" then </think>: the reasoning tokens are exactly those before </think>.
+        var tokenizer = ((QwqModel)client.GetService(typeof(QwqModel))!).Tokenizer;
+        Assert.That(r.Usage!.ReasoningTokenCount, Is.EqualTo(tokenizer.Encode("Hmm.\n").Length));
+        Assert.That(r.Usage.ReasoningTokenCount, Is.LessThan(r.Usage.OutputTokenCount!.Value));
+        var props = r.AdditionalProperties!;
+        Assert.That(props[QwqChatClient.TimeToFirstTokenMsKey], Is.TypeOf<double>().And.GreaterThan(0.0));
+        Assert.That(props[QwqChatClient.TotalMsKey], Is.TypeOf<double>().And.GreaterThanOrEqualTo((double)props[QwqChatClient.TimeToFirstTokenMsKey]!));
+        Assert.That(props[QwqChatClient.DecodeTokensPerSecondKey], Is.TypeOf<double>().And.GreaterThan(0.0));
+        Assert.That(props.ContainsKey(QwqChatClient.PrefillTokensPerSecondKey), Is.True);
+    }
 }

@@ -19,9 +19,9 @@ public abstract class KernelTestBase
     private string _unavailable = "";
     private readonly List<IDisposable> _owned = [];
 
-    protected PtxLibrary Lib => _library!;
-    protected CudaStream Stream => _stream!;
-    protected CudaContext Context => _context!;
+    private protected PtxLibrary Lib => _library!;
+    private protected CudaStream Stream => _stream!;
+    private protected CudaContext Context => _context!;
     protected Random Rng { get; private set; } = new(0);
 
     [OneTimeSetUp]
@@ -64,24 +64,24 @@ public abstract class KernelTestBase
 
     // ---------------------------------------------------------------- buffers
 
-    protected DeviceBuffer Alloc(long bytes)
+    private protected DeviceBuffer Alloc(long bytes)
     {
         var b = DeviceBuffer.Allocate(bytes);
         _owned.Add(b);
         return b;
     }
 
-    protected DeviceBuffer Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
+    private protected DeviceBuffer Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
     {
         var b = DeviceBuffer.FromHost(data);
         _owned.Add(b);
         return b;
     }
 
-    protected DeviceBuffer UploadBf16(ReadOnlySpan<float> data) => Upload<ushort>(Bf16.FromFloat(data));
+    private protected DeviceBuffer UploadBf16(ReadOnlySpan<float> data) => Upload<ushort>(Bf16.FromFloat(data));
 
     /// <summary>fp32 buffer of <paramref name="count"/> elements filled with NaN.</summary>
-    protected DeviceBuffer PoisonedF32(long count)
+    private protected DeviceBuffer PoisonedF32(long count)
     {
         var b = Alloc(count * 4);
         b.Memset32(F32NaN);
@@ -89,20 +89,20 @@ public abstract class KernelTestBase
     }
 
     /// <summary>bf16 buffer of <paramref name="count"/> elements filled with NaN (0xFFFF).</summary>
-    protected DeviceBuffer PoisonedBf16(long count)
+    private protected DeviceBuffer PoisonedBf16(long count)
     {
         var b = Alloc(count * 2);
         b.Memset32(Bf16NaNPair);
         return b;
     }
 
-    protected float[] DownloadF32(DeviceBuffer b)
+    private protected float[] DownloadF32(DeviceBuffer b)
     {
         Stream.Synchronize();
         return b.ToArray<float>();
     }
 
-    protected float[] DownloadBf16(DeviceBuffer b)
+    private protected float[] DownloadBf16(DeviceBuffer b)
     {
         Stream.Synchronize();
         return Bf16.ToFloat(b.ToArray<ushort>());

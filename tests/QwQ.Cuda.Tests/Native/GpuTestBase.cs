@@ -11,7 +11,7 @@ public abstract class GpuTestBase
     private CudaContext? context;
 
     /// <summary>The device's primary context (only touched by tests that were not skipped).</summary>
-    protected CudaContext Context => context ?? throw new InvalidOperationException("no CUDA context");
+    private protected CudaContext Context => context ?? throw new InvalidOperationException("no CUDA context");
 
     [OneTimeSetUp]
     public void CreateContext()
