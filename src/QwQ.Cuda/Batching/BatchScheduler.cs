@@ -167,9 +167,12 @@ public sealed class BatchScheduler : IDisposable
             batch.Add((r, n));
             blocksNeeded += BlocksToGrow(r.Sequence.Length, n);
         }
-        while (_waiting.First is { Value: var r } && _running.Count < _options.MaxSequences && batch.Count < _options.MaxBatch && budget > 0)
+        for (var node = _waiting.First; node is not null && _running.Count < _options.MaxSequences && batch.Count < _options.MaxBatch && budget > 0;)
         {
-            if (SharesAPrefixStillBeingFilled(r)) break; // next step it attaches those blocks instead of computing them again
+            var (r, next) = (node.Value, node.Next); // Fail and Retire unlink the node; the walk goes on from next
+            // It attaches those blocks next step instead of computing them again; requests behind it may start now
+            // (a large eval queues every sample of every problem, and would otherwise start one problem per step).
+            if (SharesAPrefixStillBeingFilled(r)) { node = next; continue; }
             int n;
             try
             {
@@ -178,11 +181,13 @@ public sealed class BatchScheduler : IDisposable
             catch (Exception e)
             {
                 Fail(r, e); // e.g. its sequence was disposed while it waited
+                node = next;
                 continue;
             }
-            if (n < 0) continue; // failed and retired
+            if (n < 0) { node = next; continue; } // failed and retired
             if (n == 0) break;   // waits for blocks to be given back
-            _waiting.RemoveFirst();
+            _waiting.Remove(node);
+            node = next;
             _running.Add(r);
             if (r.Pending > 1) budget -= n;
             batch.Add((r, n));
