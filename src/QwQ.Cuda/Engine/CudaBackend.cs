@@ -217,9 +217,9 @@ public sealed class CudaBackend : IModelBackend
                 if (requests[i].Sequence is not CudaSequence seq || seq.Backend != this)
                     throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
                 if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
-                requests[i].Options.Validate(Sampler.ValidVocab);
                 if (GpuSampler.IsPlainGreedy(requests[i].Options) && greedy < Math.Min(greedyIndex.Length, _rowPointers.Capacity))
                 {
+                    requests[i].Options.Validate(Sampler.ValidVocab); // the one-launch path skips the sampler's own check
                     _rowPointers.SampleLogitsHost[greedy] = seq.LogitsPtr;
                     _rowPointers.SampleCountsHost[greedy] = seq.CountsPtr;
                     greedyIndex[greedy++] = i;
