@@ -12,6 +12,7 @@
 // Requirements (checked on the host): K % 8 == 0, W / x 16-byte aligned (row stride K*2 is then a
 // multiple of 16 as well).
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace {
 
@@ -161,28 +162,6 @@ QWQ_GEMV_M(8, 2)
 namespace {
 constexpr int kMmaWarps = 4;
 constexpr int kMmaUnroll = 4;  // 64-k chunks loaded before the math: 16 x 16-byte W loads in flight per lane
-
-__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// One 64-k chunk: W rows (g, g+8) and x row g, 16 k each, as 2 uint4 per row -> 4 k-steps of mma.
-__device__ __forceinline__ void mma_chunk(float (&c)[4], const uint4 (&wa)[2], const uint4 (&wb)[2], const uint4 (&xv)[2]) {
-#pragma unroll
-    for (int s = 0; s < 4; ++s) {
-        const uint4& A = wa[s >> 1];
-        const uint4& B = wb[s >> 1];
-        const uint4& X = xv[s >> 1];
-        const uint32_t a_lo = (s & 1) ? A.z : A.x, a_hi = (s & 1) ? A.w : A.y;
-        const uint32_t b_lo = (s & 1) ? B.z : B.x, b_hi = (s & 1) ? B.w : B.y;
-        const uint32_t x_lo = (s & 1) ? X.z : X.x, x_hi = (s & 1) ? X.w : X.y;
-        mma16816(c, a_lo, b_lo, a_hi, b_hi, x_lo, x_hi);
-    }
-}
 }  // namespace
 
 // Launch: grid (ceil(n / 16), splits), block kMmaWarps * 32. With splits > 1, part is fp32 [tiles, splits, 16 * 8]
@@ -225,14 +204,14 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
             xv[u][1] = xok ? ld_ro_u4(xg + off + 8) : zero;
         }
 #pragma unroll
-        for (int u = 0; u < kMmaUnroll; ++u) mma_chunk(c, va[u], vb[u], xv[u]);
+        for (int u = 0; u < kMmaUnroll; ++u) mma::mma_chunk64(c, va[u], vb[u], xv[u]);
     }
     for (; ch < c_end; ++ch) {
         const size_t off = (size_t)ch * 64;
         uint4 va[2] = {ld_stream_u4(wa + off), ld_stream_u4(wa + off + 8)};
         uint4 vb[2] = {ld_stream_u4(wb + off), ld_stream_u4(wb + off + 8)};
         uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
-        mma_chunk(c, va, vb, xv);
+        mma::mma_chunk64(c, va, vb, xv);
     }
 
     // C fragment: c0, c1 = (row g, batch 2t4, 2t4+1), c2, c3 = (row g+8, same batches). red[warp][row * 8 + batch].

@@ -42,6 +42,21 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// One 64-k chunk of the small-batch tensor-core GEMVs (gemv.cu, gemv_fp8.cu), where lane (g, t4) holds 16 contiguous
+// k of W rows g and g+8 (wa, wb) and of x row g (xv), as bf16 in two 16-byte words each. A dot product does not
+// care about the order of k as long as W and x use the same one: k-step s takes elements 4s..4s+3 of each lane's 16,
+// as the A fragment's columns (2t4, 2t4+1) and (2t4+8, 2t4+9) and the B fragment's matching rows.
+__device__ __forceinline__ void mma_chunk64(float (&c)[4], const uint4 (&wa)[2], const uint4 (&wb)[2], const uint4 (&xv)[2]) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const uint4& A = wa[s >> 1];
+        const uint4& B = wb[s >> 1];
+        const uint4& X = xv[s >> 1];
+        const uint32_t a[4] = {(s & 1) ? A.z : A.x, (s & 1) ? B.z : B.x, (s & 1) ? A.w : A.y, (s & 1) ? B.w : B.y};
+        mma_bf16_16816(c, a, (s & 1) ? X.z : X.x, (s & 1) ? X.w : X.y);
+    }
+}
+
 // Two floats -> packed bf16x2 (lo at the lower address), round to nearest even.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

@@ -40,6 +40,9 @@ internal sealed class ModelSourceOptions
 
     public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
+    public readonly Option<Quantization> Quantize = TypedOptions.OneOf("--quantize", Quantization.None,
+        "Quantize a bf16 checkpoint's layer weights on the GPU while loading: None or Fp8 (e4m3, one scale per output channel: half the bytes per token)");
+
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
@@ -59,6 +62,7 @@ internal sealed class ModelSourceOptions
         {
             command.Add(Backend);
             command.Add(Device);
+            command.Add(Quantize);
         }
     }
 
@@ -91,6 +95,7 @@ internal sealed class ModelSourceOptions
             {
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
+                Quantize = WithBackend ? p.GetValue(Quantize) : Quantization.None,
             },
         };
     }

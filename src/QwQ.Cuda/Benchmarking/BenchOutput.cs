@@ -16,7 +16,7 @@ public static class BenchOutput
         var sb = new StringBuilder();
         sb.AppendLine($"# qwq bench — {r.Date}, {r.Gpu}, commit {r.Commit}");
         sb.AppendLine();
-        sb.AppendLine($"Model: {r.Model}, weights {r.WeightBytes / 1e9:F1} GB bf16, KV cache up to {r.MaxContext} positions.  ");
+        sb.AppendLine($"Model: {r.Model}, weights {r.WeightBytes / 1e9:F1} GB ({r.Figures.FirstOrDefault()?.Weights ?? "bf16"} layers), KV cache up to {r.MaxContext} positions.  ");
         sb.AppendLine($"Measured ceilings: copy {r.Ceilings.CopyBytesPerSecond / 1e12:F2} TB/s (read + write), bf16 GEMM {r.Ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s.");
         if (compare is not null)
             sb.AppendLine($"Compared with transformers ({compare.Mode}) on the same shapes, same GPU, same run.");

@@ -41,6 +41,7 @@ public sealed class CudaBackend : IModelBackend
     internal GpuSampler Sampler { get; }
     internal EngineOptions Options { get; }
     internal ModelWeights Weights { get; }
+    internal LinearOps Linear { get; } = null!;
     internal KvPool KvMemory { get; }
     internal bool IsDisposed => _disposed;
 
@@ -67,9 +68,14 @@ public sealed class CudaBackend : IModelBackend
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
 
+            WeightKind linearKind = options.Quantize switch
+            {
+                Quantization.Fp8 => WeightKind.Fp8,
+                _ => WeightKind.Bf16,
+            };
             Context = Own(CudaContext.Create(options.Device));
             var (free, total) = Context.GetMemoryInfo();
-            Plan = MemoryPlan.Create(config, free, options);
+            Plan = MemoryPlan.Create(config, free, options, linearKind);
             DeviceDescription = $"{Context.DeviceName}, {MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(total)}";
 
             Stream = Own(CudaStream.Create());
@@ -77,11 +83,16 @@ public sealed class CudaBackend : IModelBackend
             var blas = Own(Cublas.Create(Stream));
             var lt = options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
             var decodeLt = options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
-            Weights = Own(ModelWeights.Allocate(config));
+            Weights = Own(ModelWeights.Allocate(config, linearKind));
+            Fp8Ops? fp8 = linearKind == WeightKind.Fp8 ? new Fp8Ops(lib) : null;
+            // bf16 scratch for quantized kinds: where loads stage rows before quantizing them, and where prefill-sized
+            // products expand a layer's weight for the bf16 tensor cores.
+            long scratchBytes = ModelWeights.ScratchBytes(config, linearKind);
+            DeviceBuffer? scratch = scratchBytes > 0 ? Own(DeviceBuffer.Allocate(scratchBytes)) : null;
             if (checkpoint is not null)
-                WeightUploader.Upload(checkpoint, config, Weights, Stream, progress, ct);
+                WeightUploader.Upload(checkpoint, config, Weights, Stream, fp8, scratch, progress, ct);
             else
-                SyntheticWeights.Fill(Weights, config, new InitOps(lib), Stream, options.SyntheticSeed, progress, ct);
+                SyntheticWeights.Fill(Weights, config, new InitOps(lib), fp8, scratch, Stream, options.SyntheticSeed, progress, ct);
             checkpoint?.Dispose();
 
             Workspace = Own(new Workspace(config, options.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
@@ -90,14 +101,15 @@ public sealed class CudaBackend : IModelBackend
             var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
-            var linear = Own(new LinearOps(kernels.Gemv, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows, Context.MultiprocessorCount));
+            var linear = Own(new LinearOps(kernels.Gemv, new TensorCoreGemvOps(lib), fp8, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows,
+                Context.MultiprocessorCount, scratch?.Ptr ?? 0));
             _kernels = kernels;
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
             Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, linear,
                 invFreq.Ptr, Rope.AttentionFactor(config));
-            LayerWeights first = Weights.Layers[0];
-            linear.TuneDecodeBatches(Stream, [(first.Qkv, false), (first.O, true), (first.GateUp, false), (first.Down, true), (Weights.LmHead, false)],
-                Workspace.Act, Workspace.GateUp, GraphBatchSizes.Where(b => b <= Workspace.Inputs.MaxSequences));
+            linear.TuneDecodeBatches(Stream, Weights.Products(), Workspace.Act, Workspace.GateUp,
+                GraphBatchSizes.Where(b => b <= Workspace.Inputs.MaxSequences));
+            Linear = linear;
             Stream.Synchronize();
         }
         catch
@@ -120,6 +132,9 @@ public sealed class CudaBackend : IModelBackend
         _owned.Add(resource);
         return resource;
     }
+
+    /// <summary>Which kernel each product runs at each padded decode batch, as measured at load (for bench logs).</summary>
+    public IEnumerable<string> DescribeKernelChoices() => Linear.DescribeChoices();
 
     public ISequence CreateSequence(int? maxContext = null)
     {

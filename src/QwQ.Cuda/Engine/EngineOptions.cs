@@ -40,11 +40,11 @@ public sealed record EngineOptions
     public int GemvMaxRows { get; init; } = 4; // measured crossover on the H100: bench/NOTES.md
 
     /// <summary>
-    /// Linear layers over more rows than <see cref="GemvMaxRows"/> and at most this many (≤ 8) use our tensor-core
-    /// GEMV (weights streamed once through mma.sync); above, cuBLAS. 0 (the default): skip it — on the H100 it
-    /// reads the weights at ~2.6 TB/s, no faster than cuBLAS at 5–8 rows (bench/NOTES.md).
+    /// bf16 linear layers over more rows than <see cref="GemvMaxRows"/> and at most this many (≤ 8) use our tensor-core
+    /// GEMV (weights streamed once through mma.sync); above, cuBLAS. Null (the default): per product, whichever of the
+    /// two measured faster at load (with <see cref="TuneDecodeGemm"/>); 0: never (bench/NOTES.md has the timings).
     /// </summary>
-    public int TensorCoreGemvMaxRows { get; init; }
+    public int? TensorCoreGemvMaxRows { get; init; }
 
     /// <summary>
     /// Decode batches above the GEMV sizes use cuBLASLt with the algorithm that measured fastest for each product and
@@ -52,8 +52,24 @@ public sealed record EngineOptions
     /// </summary>
     public bool TuneDecodeGemm { get; init; } = true;
 
+    /// <summary>
+    /// Quantize a bf16 checkpoint's (or synthetic) layer weights on the GPU while they load: <see cref="Quantization.Fp8"/>
+    /// stores e4m3 with one scale per output channel (half the bytes per token). Checkpoints that are already quantized
+    /// load as they are.
+    /// </summary>
+    public Quantization Quantize { get; init; }
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
+}
+
+/// <summary>How to store the layers' linear weights of a bf16 checkpoint on the GPU.</summary>
+public enum Quantization
+{
+    /// <summary>As the checkpoint stores them (bf16).</summary>
+    None,
+    /// <summary>FP8 E4M3, one fp32 scale per output channel (amax / 448), rounded to nearest.</summary>
+    Fp8,
 }
 
 /// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>

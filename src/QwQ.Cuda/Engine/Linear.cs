@@ -3,67 +3,195 @@ using QwQ.Cuda.Native;
 
 namespace QwQ.Cuda.Engine;
 
-/// <summary>How a linear layer's weight is stored. Quantized kinds (fp8, int4-awq) slot in here, each with its kernels.</summary>
-public enum WeightKind { Bf16 }
-
-/// <summary>
-/// A linear layer's weight on the device: y[rows, Out] (+)= x[rows, In] · Wᵀ, W in HF's [out, in] layout. It knows
-/// its kind and shape, so the forward pass never repeats a size (candle's typed linear; gpt-fast swaps the layer).
-/// </summary>
-internal readonly record struct LinearWeight(ulong Weight, int Out, int In, WeightKind Kind = WeightKind.Bf16)
+/// <summary>How a linear layer's weight is stored; each kind has its kernels in <see cref="LinearOps"/>.</summary>
+public enum WeightKind
 {
-    public long Bytes => Kind switch { WeightKind.Bf16 => 2L * Out * In, _ => throw new NotSupportedException(Kind.ToString()) };
+    /// <summary>bf16 [out, in], as the release stores it.</summary>
+    Bf16,
+    /// <summary>e4m3 [out, in] with one fp32 scale per output row (per channel).</summary>
+    Fp8,
 }
 
 /// <summary>
-/// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch):
-/// up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs, up to <c>TensorCoreGemvMaxRows</c> our tensor-core GEMV, read the weight once for all rows; above,
-/// cuBLAS (or cuBLASLt) tensor-core GEMMs. Output is fp32; <c>accumulate</c> adds into it (the residual stream),
-/// which is also where a tensor-parallel all-reduce would complete a partial sum.
+/// A linear layer's weight on the device: y[rows, Out] (+)= x[rows, In] · Wᵀ, W in HF's [out, in] layout. It knows
+/// its kind, shape and scales, so the forward pass never repeats a size (candle's typed linear; gpt-fast swaps the
+/// layer). <see cref="Scales"/>: fp32 [Out] for <see cref="WeightKind.Fp8"/>, 0 for bf16.
+/// </summary>
+internal readonly record struct LinearWeight(ulong Weight, int Out, int In, WeightKind Kind = WeightKind.Bf16, ulong Scales = 0)
+{
+    /// <summary>Bytes of the weight matrix itself.</summary>
+    public long Bytes => Kind switch
+    {
+        WeightKind.Bf16 => 2L * Out * In,
+        WeightKind.Fp8 => (long)Out * In,
+        _ => throw new NotSupportedException(Kind.ToString()),
+    };
+
+    /// <summary>Bytes of its scales (none for bf16).</summary>
+    public long ScaleBytes => Kind == WeightKind.Fp8 ? 4L * Out : 0;
+}
+
+/// <summary>
+/// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
+/// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
+/// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
+/// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows), as measured; above, a dequantized bf16
+/// copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only its bytes). Output is fp32;
+/// <c>accumulate</c> adds into it (the residual stream), which is also where a tensor-parallel all-reduce would
+/// complete a partial sum.
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
+    private enum Path { Lt, MmaBf16, TensorCore, Gemv }
+    private readonly record struct Choice(Path Path, int Splits);
+
     private readonly GemvOps _gemv;
+    private readonly TensorCoreGemvOps _tc;
+    private readonly Fp8Ops? _fp8;
     private readonly Cublas _blas;
     private readonly CublasLt? _lt;
     private readonly CublasLt? _decodeLt; // tuned per shape for decode batches (rows up to Workspace.MaxSequences)
-    private readonly int _gemvMaxRows, _mmaMaxRows, _multiprocessors;
-    private readonly DeviceBuffer _mmaWorkspace; // split-k tickets and partials of the tensor-core GEMV
+    private readonly int _gemvMaxRows, _multiprocessors;
+    private readonly int? _mmaMaxRows;    // bf16: null, by timing at load; 0, never our tensor-core GEMVs; n, gemv_mma_bf16 up to n rows
+    private readonly DeviceBuffer _mmaWorkspace, _tcWorkspace; // split-k tickets and partials of the tensor-core GEMVs
+    private readonly ulong _dequantScratch;      // bf16 [largest quantized product], 0 without quantized weights
+    // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
+    private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
 
-    public LinearOps(GemvOps gemv, Cublas blas, CublasLt? lt, CublasLt? decodeLt, int gemvMaxRows, int mmaMaxRows, int multiprocessors)
+    public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Cublas blas, CublasLt? lt, CublasLt? decodeLt, int gemvMaxRows,
+        int? mmaMaxRows, int multiprocessors, ulong dequantScratch)
     {
-        (_gemv, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors) = (gemv, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors);
+        (_gemv, _tc, _fp8, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors, _dequantScratch) =
+            (gemv, tc, fp8, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors, dequantScratch);
         _mmaWorkspace = DeviceBuffer.Allocate(GemvOps.MmaWorkspaceBytes(multiprocessors));
         _mmaWorkspace.Memset32(0);
+        _tcWorkspace = DeviceBuffer.Allocate(TensorCoreGemvOps.WorkspaceBytes);
+        _tcWorkspace.Memset32(0);
     }
+
+    /// <summary>Rows padded to the batch size whose choice applies: 1, 2, 4, 8, 16, 32.</summary>
+    private static int Padded(int rows) => rows <= 1 ? 1 : (int)Math.Min(32, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)rows));
 
     public void Apply(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate = false)
     {
-        if (w.Kind != WeightKind.Bf16) throw new NotSupportedException($"{w.Kind} weights have no kernel yet");
+        Choice? chosen = rows <= TensorCoreGemvOps.MaxRows && _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(rows)), out var c) ? c : null;
+        switch (w.Kind)
+        {
+            case WeightKind.Bf16:
+                ApplyBf16(s, w.Weight, w.Out, w.In, x, y, rows, accumulate, chosen);
+                break;
+            case WeightKind.Fp8 when _fp8 is not null:
+                if (chosen is { Path: Path.Gemv } || chosen is null && rows <= Math.Min(_gemvMaxRows, Fp8Ops.MaxGemvRows) && w.In % 16 == 0)
+                    _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate);
+                else if (rows <= TensorCoreGemvOps.MaxRows && w.In % TensorCoreGemvOps.Chunk == 0)
+                    _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr,
+                        chosen?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, rows, _multiprocessors));
+                else
+                {
+                    _fp8.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
+                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
+                }
+                break;
+            default:
+                throw new NotSupportedException($"{w.Kind} weights have no kernel here");
+        }
+    }
+
+    private void ApplyBf16(CudaStream s, ulong weight, int outF, int inF, ulong x, ulong y, int rows, bool accumulate, Choice? chosen)
+    {
         if (rows <= Math.Min(_gemvMaxRows, GemvOps.MaxBatch))
-            _gemv.GemvBatched(s, w.Weight, x, y, rows, w.Out, w.In, accumulate);
-        else if (rows <= Math.Min(_mmaMaxRows, GemvOps.MaxMmaBatch) && w.In % GemvOps.MmaChunk == 0)
-            _gemv.GemvMma(s, w.Weight, x, y, rows, w.Out, w.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors);
+            _gemv.GemvBatched(s, weight, x, y, rows, outF, inF, accumulate);
+        else if (chosen is { Path: Path.MmaBf16 } mma)
+            _gemv.GemvMma(s, weight, x, y, rows, outF, inF, accumulate, _mmaWorkspace.Ptr, _multiprocessors, mma.Splits);
+        else if (chosen is { Path: Path.TensorCore } tc)
+            _tc.Gemv(s, fp8: false, weight, 0, x, y, rows, outF, inF, accumulate, _tcWorkspace.Ptr, tc.Splits);
+        else if (chosen is null && _mmaMaxRows is int max && rows <= Math.Min(max, GemvOps.MaxMmaBatch) && inF % GemvOps.MmaChunk == 0)
+            _gemv.GemvMma(s, weight, x, y, rows, outF, inF, accumulate, _mmaWorkspace.Ptr, _multiprocessors);
         else if (_decodeLt is not null && rows <= Workspace.MaxSequences)
-            _decodeLt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
+            _decodeLt.MatmulBf16NT(s, x, weight, y, rows, outF, inF, accumulate ? 1f : 0f);
         else if (_lt is null)
-            _blas.GemmBf16NT(x, w.Weight, y, rows, w.Out, w.In, beta: accumulate ? 1f : 0f);
+            _blas.GemmBf16NT(x, weight, y, rows, outF, inF, beta: accumulate ? 1f : 0f);
         else
-            _lt.MatmulBf16NT(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
+            _lt.MatmulBf16NT(s, x, weight, y, rows, outF, inF, accumulate ? 1f : 0f);
     }
 
     /// <summary>
-    /// Picks, by timing, cuBLASLt's fastest algorithm for every decode batch size that a graph is captured for, on
-    /// each of <paramref name="products"/> (a layer's products and lm_head). <paramref name="x"/> and <paramref name="y"/> are
+    /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:
+    /// cuBLASLt's algorithms (above the GEMV sizes), and up to 32 rows also our tensor-core GEMVs at several split
+    /// counts; fp8: our CUDA-core GEMV (up to 4 rows) against the tensor-core GEMV's split counts. Each candidate is
+    /// timed over several layers' copies of the product in turn, so the weights stream from DRAM as in a real step
+    /// (one layer's o_proj alone, 52 MB, would sit half in L2). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
     /// </summary>
-    public void TuneDecodeBatches(CudaStream s, IEnumerable<(LinearWeight Weight, bool Accumulate)> products, ulong x, ulong y, IEnumerable<int> batches)
+    public void TuneDecodeBatches(CudaStream s, IReadOnlyList<(LinearWeight[] Layers, bool Accumulate)> products, ulong x, ulong y,
+        IEnumerable<int> batches)
     {
         if (_decodeLt is null) return;
-        foreach (int rows in batches.Where(b => b > Math.Max(_gemvMaxRows, _mmaMaxRows) && b <= Workspace.MaxSequences))
-            foreach (var (w, accumulate) in products)
-                _decodeLt.Tune(s, x, w.Weight, y, rows, w.Out, w.In, accumulate ? 1f : 0f);
+        foreach (int rows in batches.Where(b => b <= Workspace.MaxSequences))
+            foreach (var (layers, accumulate) in products)
+            {
+                LinearWeight w0 = layers[0];
+                // Eight layers' copies are enough to stream from DRAM (8 × 52 MB for o_proj, far past the 50 MB L2)
+                // and keep the tuning near a second for the whole model.
+                LinearWeight[] sample = layers.Take(8).ToArray();
+                float best = float.MaxValue;
+                Choice? choice = null;
+                void Try(Choice candidate, Action<LinearWeight> run)
+                {
+                    float ms = TimeMs(s, () => { foreach (var l in sample) run(l); });
+                    if (ms < best) (best, choice) = (ms, candidate);
+                }
+                bool tcFits = rows <= TensorCoreGemvOps.MaxRows && w0.In % TensorCoreGemvOps.Chunk == 0;
+                if (w0.Kind == WeightKind.Bf16)
+                {
+                    if (rows <= _gemvMaxRows) continue;
+                    best = _decodeLt.Tune(s, x, sample.Select(l => l.Weight).ToArray(), y, rows, w0.Out, w0.In, accumulate ? 1f : 0f, candidates: 16);
+                    choice = new Choice(Path.Lt, 0);
+                    if (_mmaMaxRows is not null || !tcFits) continue;
+                    if (rows <= GemvOps.MaxMmaBatch && w0.In % GemvOps.MmaChunk == 0)
+                        foreach (int splits in GemvOps.MmaSplitCandidates(w0.Out, w0.In, _multiprocessors))
+                            Try(new Choice(Path.MmaBf16, splits), l => _gemv.GemvMma(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors, splits));
+                }
+                else if (w0.Kind == WeightKind.Fp8 && _fp8 is not null)
+                {
+                    if (!tcFits) continue;
+                    if (rows <= Math.Min(_gemvMaxRows, Fp8Ops.MaxGemvRows) && w0.In % 16 == 0)
+                        Try(new Choice(Path.Gemv, 0), l => _fp8.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
+                }
+                else continue;
+                bool fp8 = w0.Kind == WeightKind.Fp8;
+                foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                    Try(new Choice(Path.TensorCore, splits), l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
+                if (choice is { } chosen) _choices[(w0.Kind, w0.Out, w0.In, rows)] = chosen;
+            }
     }
 
-    public void Dispose() => _mmaWorkspace.Dispose();
+    /// <summary>Median of seven timed runs after a warm-up, in ms. Synchronises; not for graph capture.</summary>
+    private static float TimeMs(CudaStream s, Action run)
+    {
+        using var start = CudaEvent.Create();
+        using var end = CudaEvent.Create();
+        var times = new float[7];
+        for (int r = -1; r < times.Length; r++)
+        {
+            start.Record(s);
+            run();
+            end.Record(s);
+            end.Synchronize();
+            if (r >= 0) times[r] = CudaEvent.ElapsedMilliseconds(start, end);
+        }
+        Array.Sort(times);
+        return times[3];
+    }
+
+    /// <summary>What the tuner chose, one line per (kind, shape, padded rows), for logs and reports.</summary>
+    public IEnumerable<string> DescribeChoices() =>
+        _choices.OrderBy(c => c.Key.Kind).ThenBy(c => c.Key.Rows).ThenBy(c => c.Key.Out)
+            .Select(c => $"{c.Key.Kind} [{c.Key.Out}x{c.Key.In}] at {c.Key.Rows} rows: {c.Value.Path}{(c.Value.Splits > 0 ? $" ×{c.Value.Splits} splits" : "")}");
+
+    public void Dispose()
+    {
+        _mmaWorkspace.Dispose();
+        _tcWorkspace.Dispose();
+    }
 }

@@ -31,13 +31,14 @@ public sealed record MemoryPlan(
     public static int MaxBlocksPerSequence(ModelConfig c) => (ModelMaxPositions(c) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
 
     /// <summary>
-    /// Plans for <paramref name="freeBytes"/> of free device memory (measured after the context is created).
+    /// Plans for <paramref name="freeBytes"/> of free device memory (measured after the context is created), with the
+    /// layers' linear weights stored as <paramref name="linearKind"/>.
     /// Throws <see cref="CudaOutOfMemoryPlanException"/> when the weights do not fit or the asked-for context does not.
     /// </summary>
-    public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o)
+    public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o, WeightKind linearKind = WeightKind.Bf16)
     {
-        long weights = ModelWeights.DeviceBytes(c);
-        long workspace = Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c));
+        long weights = ModelWeights.DeviceBytes(c, linearKind);
+        long workspace = Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
         long kvPerToken = c.KvBytesPerToken;
         long blockBytes = KvPool.BytesPerBlock(c);
         long left = freeBytes - weights - workspace - o.ReserveBytes;

@@ -5,7 +5,7 @@ namespace QwQ.Cuda.Engine;
 /// <summary>One decoder layer's weights on the device, q/k/v and gate/up fused for fewer, larger products.</summary>
 internal readonly record struct LayerWeights(
     ulong InputNorm,      // bf16 [hidden]
-    LinearWeight Qkv,     // [(nq + 2*nkv) * D, hidden]  rows: q, then k, then v
+    LinearWeight Qkv,     // [(nq + 2*nkv) * D, hidden]  rows: q, then k, then v (fp8: scales in the same row order)
     ulong QkvBias,        // bf16 [(nq + 2*nkv) * D]
     LinearWeight O,       // [hidden, nq * D]
     ulong PostNorm,       // bf16 [hidden]
@@ -23,53 +23,91 @@ internal sealed class ModelWeights : IDisposable
     public ulong Embedding { get; }      // bf16 [vocab, hidden]
     public LayerWeights[] Layers { get; }
     public ulong FinalNorm { get; }      // bf16 [hidden]
-    public LinearWeight LmHead { get; }  // [vocab, hidden]; the embedding's bytes when tied
+    public LinearWeight LmHead { get; }  // bf16 [vocab, hidden]; the embedding's bytes when tied
+    /// <summary>How the layers' linear weights are stored (embedding, norms, biases and lm_head stay bf16).</summary>
+    public WeightKind LinearKind { get; }
     public long Bytes => _arena.Capacity;
 
-    private ModelWeights(ModelConfig c, DeviceArena arena)
+    private ModelWeights(ModelConfig c, WeightKind kind, DeviceArena arena)
     {
         _arena = arena;
+        LinearKind = kind;
         Embedding = arena.Take(EmbeddingBytes(c));
         Layers = new LayerWeights[c.NumHiddenLayers];
-        LinearWeight Linear(int outFeatures, int inFeatures)
+        LinearWeight Linear(int outFeatures, int inFeatures, WeightKind k)
         {
-            var shape = new LinearWeight(0, outFeatures, inFeatures);
-            return shape with { Weight = arena.Take(shape.Bytes) };
+            var shape = new LinearWeight(0, outFeatures, inFeatures, k);
+            ulong weight = arena.Take(shape.Bytes);
+            return shape with { Weight = weight, Scales = shape.ScaleBytes > 0 ? arena.Take(shape.ScaleBytes) : 0 };
         }
         for (int i = 0; i < Layers.Length; i++)
         {
             Layers[i] = new LayerWeights(
                 InputNorm: arena.Take(2L * c.HiddenSize),
-                Qkv: Linear(c.QkvDim, c.HiddenSize),
+                Qkv: Linear(c.QkvDim, c.HiddenSize, kind),
                 QkvBias: arena.Take(2L * c.QkvDim),
-                O: Linear(c.HiddenSize, c.QDim),
+                O: Linear(c.HiddenSize, c.QDim, kind),
                 PostNorm: arena.Take(2L * c.HiddenSize),
-                GateUp: Linear(2 * c.IntermediateSize, c.HiddenSize),
-                Down: Linear(c.HiddenSize, c.IntermediateSize));
+                GateUp: Linear(2 * c.IntermediateSize, c.HiddenSize, kind),
+                Down: Linear(c.HiddenSize, c.IntermediateSize, kind));
         }
         FinalNorm = arena.Take(2L * c.HiddenSize);
-        LmHead = c.TieWordEmbeddings ? new LinearWeight(Embedding, c.VocabSize, c.HiddenSize) : Linear(c.VocabSize, c.HiddenSize);
+        LmHead = c.TieWordEmbeddings ? new LinearWeight(Embedding, c.VocabSize, c.HiddenSize) : Linear(c.VocabSize, c.HiddenSize, WeightKind.Bf16);
     }
 
     private static long EmbeddingBytes(ModelConfig c) => 2L * c.VocabSize * c.HiddenSize;
 
-    /// <summary>Device bytes the weights take (bf16, with alignment padding): the same sizes, in the same order, as the constructor takes.</summary>
-    public static long DeviceBytes(ModelConfig c)
+    /// <summary>
+    /// Device bytes the weights take with linear weights of <paramref name="kind"/> (with alignment padding): the same
+    /// sizes, in the same order, as the constructor takes.
+    /// </summary>
+    public static long DeviceBytes(ModelConfig c, WeightKind kind = WeightKind.Bf16)
     {
-        long Linear(int outFeatures, int inFeatures) => new LinearWeight(0, outFeatures, inFeatures).Bytes;
+        IEnumerable<long> Linear(int outFeatures, int inFeatures, WeightKind k)
+        {
+            var w = new LinearWeight(0, outFeatures, inFeatures, k);
+            return w.ScaleBytes > 0 ? [w.Bytes, w.ScaleBytes] : [w.Bytes];
+        }
         var sizes = new List<long> { EmbeddingBytes(c) };
         for (int i = 0; i < c.NumHiddenLayers; i++)
-            sizes.AddRange([2L * c.HiddenSize, Linear(c.QkvDim, c.HiddenSize), 2L * c.QkvDim, Linear(c.HiddenSize, c.QDim),
-                2L * c.HiddenSize, Linear(2 * c.IntermediateSize, c.HiddenSize), Linear(c.HiddenSize, c.IntermediateSize)]);
+        {
+            sizes.Add(2L * c.HiddenSize);
+            sizes.AddRange(Linear(c.QkvDim, c.HiddenSize, kind));
+            sizes.Add(2L * c.QkvDim);
+            sizes.AddRange(Linear(c.HiddenSize, c.QDim, kind));
+            sizes.Add(2L * c.HiddenSize);
+            sizes.AddRange(Linear(2 * c.IntermediateSize, c.HiddenSize, kind));
+            sizes.AddRange(Linear(c.HiddenSize, c.IntermediateSize, kind));
+        }
         sizes.Add(2L * c.HiddenSize);
-        if (!c.TieWordEmbeddings) sizes.Add(Linear(c.VocabSize, c.HiddenSize));
+        if (!c.TieWordEmbeddings) sizes.AddRange(Linear(c.VocabSize, c.HiddenSize, WeightKind.Bf16));
         return DeviceArena.SizeFor(sizes);
     }
+
+    /// <summary>
+    /// The largest layer product's weight count: the bf16 scratch that quantized weights are expanded into for
+    /// prefill-sized products (and that synthetic and --quantize loads generate into) holds this many elements.
+    /// </summary>
+    public static long LargestLayerProduct(ModelConfig c) =>
+        new[] { (long)c.QkvDim * c.HiddenSize, (long)c.HiddenSize * c.QDim, 2L * c.IntermediateSize * c.HiddenSize, (long)c.HiddenSize * c.IntermediateSize }.Max();
+
+    /// <summary>Device bytes outside the weights that linear weights of <paramref name="kind"/> need: the bf16 scratch for quantized kinds.</summary>
+    public static long ScratchBytes(ModelConfig c, WeightKind kind) => kind == WeightKind.Bf16 ? 0 : 2 * LargestLayerProduct(c);
+
+    /// <summary>Every layer's copy of each product, in forward order (qkv, o, gate_up, down), then lm_head.</summary>
+    public IReadOnlyList<(LinearWeight[] Layers, bool Accumulate)> Products() =>
+    [
+        (Layers.Select(l => l.Qkv).ToArray(), false),
+        (Layers.Select(l => l.O).ToArray(), true),
+        (Layers.Select(l => l.GateUp).ToArray(), false),
+        (Layers.Select(l => l.Down).ToArray(), true),
+        ([LmHead], false),
+    ];
 
     public void CopyFromHostAsync(ulong dst, IntPtr src, long bytes, Native.CudaStream stream) =>
         _arena.CopyFromHostAsync(dst, src, bytes, stream);
 
-    public static ModelWeights Allocate(ModelConfig c) => new(c, new DeviceArena(DeviceBytes(c)));
+    public static ModelWeights Allocate(ModelConfig c, WeightKind kind = WeightKind.Bf16) => new(c, kind, new DeviceArena(DeviceBytes(c, kind)));
 
     public void Dispose() => _arena.Dispose();
 }

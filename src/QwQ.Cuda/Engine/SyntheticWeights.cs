@@ -13,7 +13,11 @@ internal static class SyntheticWeights
 {
     private const float Std = 0.02f;
 
-    public static void Fill(ModelWeights w, ModelConfig c, InitOps init, CudaStream s, ulong seed,
+    /// <summary>
+    /// Fills every weight. Quantized linear weights are generated in bf16 into <paramref name="scratch"/> (the same
+    /// values a bf16 model with this seed gets) and quantized into place, so fp8 and bf16 runs compare weight for weight.
+    /// </summary>
+    public static void Fill(ModelWeights w, ModelConfig c, InitOps init, Fp8Ops? fp8, DeviceBuffer? scratch, CudaStream s, ulong seed,
         IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         long total = w.Bytes, done = 0;
@@ -25,7 +29,16 @@ internal static class SyntheticWeights
             progress?.Report(new LoadProgress("synthetic", Math.Min(done, total), total, what));
         }
 
-        void Linear(LinearWeight lw, string what) => Normal(lw.Weight, (long)lw.Out * lw.In, 0, what);
+        void Linear(LinearWeight lw, string what)
+        {
+            if (lw.Kind == WeightKind.Bf16)
+            {
+                Normal(lw.Weight, (long)lw.Out * lw.In, 0, what);
+                return;
+            }
+            Normal(scratch!.Ptr, (long)lw.Out * lw.In, 0, what);
+            WeightUploader.QuantizeRows(fp8, s, lw, scratch.Ptr, 0, lw.Out);
+        }
 
         Normal(w.Embedding, (long)c.VocabSize * c.HiddenSize, 0, "embed_tokens");
         for (int i = 0; i < w.Layers.Length; i++)

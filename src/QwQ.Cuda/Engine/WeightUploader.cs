@@ -1,4 +1,5 @@
 using QwQ.Cuda.Config;
+using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Weights;
 
@@ -9,40 +10,51 @@ namespace QwQ.Cuda.Engine;
 /// into one of two pinned staging buffers (bf16 as stored; fp16/fp32 read in chunks and converted) while the other
 /// is copied to the GPU, so disk reads overlap host→device copies. Host memory stays at 2 × 64 MiB, however large the
 /// model. A file that shrinks during the load fails with a WeightsException naming file and tensor, never uploads
-/// garbage. q/k/v and gate/up land side by side in their fused device matrices.
+/// garbage. q/k/v and gate/up land side by side in their fused device matrices. When the model's linear weights are
+/// quantized (--quantize fp8), their rows go through a device bf16 scratch and are quantized on the GPU into place,
+/// so no full-size copy exists anywhere.
 /// </summary>
 internal static class WeightUploader
 {
     private const int StagingBytes = 64 << 20;
 
+    /// <summary>
+    /// Where a checkpoint tensor goes: <see cref="Dst"/> for bf16 data, or rows from <see cref="Row"/> of a
+    /// quantized <see cref="Linear"/> (its weight and scales at that row).
+    /// </summary>
+    internal readonly record struct Place(string Name, ulong Dst, LinearWeight? Linear = null, int Row = 0);
+
     /// <summary>Where each checkpoint tensor goes on the device, in checkpoint load order.</summary>
-    internal static List<(string Name, ulong Dst)> Placement(ModelConfig c, ModelWeights w)
+    internal static List<Place> Placement(ModelConfig c, ModelWeights w)
     {
-        long h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
-        var list = new List<(string, ulong)> { (TensorNames.Embedding, w.Embedding) };
+        int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
+        // Row r of a linear weight: a byte offset for bf16; for a quantized kind the rows are quantized into place.
+        Place Rows(string name, LinearWeight lw, int row) =>
+            lw.Kind == WeightKind.Bf16 ? new Place(name, lw.Weight + (ulong)(2L * row * lw.In)) : new Place(name, 0, lw, row);
+        var list = new List<Place> { new(TensorNames.Embedding, w.Embedding) };
         for (int i = 0; i < c.NumHiddenLayers; i++)
         {
             LayerWeights l = w.Layers[i];
-            list.Add((TensorNames.InputNorm(i), l.InputNorm));
-            list.Add((TensorNames.QWeight(i), l.Qkv.Weight));
-            list.Add((TensorNames.KWeight(i), l.Qkv.Weight + (ulong)(2 * q * h)));
-            list.Add((TensorNames.VWeight(i), l.Qkv.Weight + (ulong)(2 * (q + kv) * h)));
-            list.Add((TensorNames.QBias(i), l.QkvBias));
-            list.Add((TensorNames.KBias(i), l.QkvBias + (ulong)(2 * q)));
-            list.Add((TensorNames.VBias(i), l.QkvBias + (ulong)(2 * (q + kv))));
-            list.Add((TensorNames.OWeight(i), l.O.Weight));
-            list.Add((TensorNames.PostAttentionNorm(i), l.PostNorm));
-            list.Add((TensorNames.GateWeight(i), l.GateUp.Weight));
-            list.Add((TensorNames.UpWeight(i), l.GateUp.Weight + (ulong)(2 * inter * h)));
-            list.Add((TensorNames.DownWeight(i), l.Down.Weight));
+            list.Add(new(TensorNames.InputNorm(i), l.InputNorm));
+            list.Add(Rows(TensorNames.QWeight(i), l.Qkv, 0));
+            list.Add(Rows(TensorNames.KWeight(i), l.Qkv, q));
+            list.Add(Rows(TensorNames.VWeight(i), l.Qkv, q + kv));
+            list.Add(new(TensorNames.QBias(i), l.QkvBias));
+            list.Add(new(TensorNames.KBias(i), l.QkvBias + (ulong)(2L * q)));
+            list.Add(new(TensorNames.VBias(i), l.QkvBias + (ulong)(2L * (q + kv))));
+            list.Add(Rows(TensorNames.OWeight(i), l.O, 0));
+            list.Add(new(TensorNames.PostAttentionNorm(i), l.PostNorm));
+            list.Add(Rows(TensorNames.GateWeight(i), l.GateUp, 0));
+            list.Add(Rows(TensorNames.UpWeight(i), l.GateUp, inter));
+            list.Add(Rows(TensorNames.DownWeight(i), l.Down, 0));
         }
-        list.Add((TensorNames.FinalNorm, w.FinalNorm));
-        if (!c.TieWordEmbeddings) list.Add((TensorNames.LmHead, w.LmHead.Weight));
+        list.Add(new(TensorNames.FinalNorm, w.FinalNorm));
+        if (!c.TieWordEmbeddings) list.Add(Rows(TensorNames.LmHead, w.LmHead, 0));
         return list;
     }
 
     public static void Upload(SafetensorsCheckpoint ck, ModelConfig c, ModelWeights w, CudaStream stream,
-        IProgress<LoadProgress>? progress, CancellationToken ct)
+        Fp8Ops? fp8, DeviceBuffer? scratch, IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         var placement = Placement(c, w);
         long total = placement.Sum(p => ck.Get(p.Name).ElementCount * 2), done = 0;
@@ -53,24 +65,50 @@ internal static class WeightUploader
         freeA.Record(stream);
         freeB.Record(stream);
         int slot = 0;
-        foreach (var (name, dst) in placement)
+        foreach (Place place in placement)
         {
-            TensorInfo t = ck.Get(name);
+            TensorInfo t = ck.Get(place.Name);
             long elements = t.ElementCount;
-            for (long off = 0; off < elements; off += StagingBytes / 2)
+            // Quantized rows are staged whole, as many as fit the pinned buffer and the device scratch.
+            long step = place.Linear is { } lw ? Math.Min(StagingBytes, scratch?.Bytes ?? 0) / 2 / lw.In * lw.In : StagingBytes / 2;
+            if (step <= 0) throw new InvalidOperationException($"a row of {place.Name} does not fit the staging buffers");
+            for (long off = 0; off < elements; off += step)
             {
                 ct.ThrowIfCancellationRequested();
-                int n = (int)Math.Min(StagingBytes / 2, elements - off);
+                int n = (int)Math.Min(step, elements - off);
                 var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
                 free.Synchronize();                              // the GPU has finished copying out of this buffer
                 ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
-                w.CopyFromHostAsync(dst + (ulong)(2 * off), stage.Ptr, 2L * n, stream);
+                if (place.Linear is { } linear)
+                {
+                    // pinned → device scratch (bf16 rows) → quantized into the weight's rows, with their scales
+                    scratch!.CopyFromHostAsync(stage.Ptr, 2L * n, 0, stream);
+                    int row = place.Row + (int)(off / linear.In), rows = n / linear.In;
+                    QuantizeRows(fp8, stream, linear, scratch.Ptr, row, rows);
+                }
+                else
+                {
+                    w.CopyFromHostAsync(place.Dst + (ulong)(2 * off), stage.Ptr, 2L * n, stream);
+                }
                 free.Record(stream);
                 slot ^= 1;
                 done += 2L * n;
-                progress?.Report(new LoadProgress("weights", done, total, name));
+                progress?.Report(new LoadProgress("weights", done, total, place.Name));
             }
         }
         stream.Synchronize();
+    }
+
+    /// <summary>bf16 rows [rows, In] at <paramref name="src"/> → rows [row, row + rows) of a quantized weight.</summary>
+    internal static void QuantizeRows(Fp8Ops? fp8, CudaStream s, LinearWeight w, ulong src, int row, int rows)
+    {
+        switch (w.Kind)
+        {
+            case WeightKind.Fp8 when fp8 is not null:
+                fp8.QuantizeRows(s, src, w.Weight + (ulong)((long)row * w.In), w.Scales + (ulong)(4L * row), rows, w.In);
+                break;
+            default:
+                throw new NotSupportedException($"no quantizer for {w.Kind} weights");
+        }
     }
 }

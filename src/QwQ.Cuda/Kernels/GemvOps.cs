@@ -87,14 +87,33 @@ internal sealed class GemvOps
     }
 
     /// <summary>
+    /// Split counts <see cref="GemvMma"/> may be given for this shape (the load-time tuner tries each): every warp gets
+    /// at least one 64-k chunk, the tickets fit (at most 8 × SMs tiles when split) and the partial tiles fit a
+    /// <see cref="MmaWorkspaceBytes"/> workspace.
+    /// </summary>
+    public static IEnumerable<int> MmaSplitCandidates(int n, int k, int multiprocessors) =>
+        SplitChoices.Where(splits => MmaSplitsFit(n, k, multiprocessors, splits));
+
+    private static readonly int[] SplitChoices = [1, 2, 3, 4, 6, 8, 12, 16];
+
+    /// <summary>Whether <paramref name="splits"/> is a valid split count for this shape (see <see cref="MmaSplitCandidates"/>).</summary>
+    public static bool MmaSplitsFit(int n, int k, int multiprocessors, int splits)
+    {
+        int tiles = (n + MmaRowsPerTile - 1) / MmaRowsPerTile;
+        long partialTiles = (MmaWorkspaceBytes(multiprocessors) - MmaTicketBytes(multiprocessors)) / (128 * 4);
+        return splits == 1 || (splits > 1 && splits <= k / MmaChunk / 4 && tiles <= 8 * multiprocessors && (long)tiles * splits <= partialTiles);
+    }
+
+    /// <summary>
     /// Bytes of split-k workspace any <see cref="GemvMma"/> call with splits from <see cref="MmaSplits"/> needs:
     /// int32 tickets [8 × SMs] at a fixed place (a split launch has fewer tiles than that), then partial tiles fp32
     /// [tiles, splits, 16 × 8] (tiles × splits stays under twice 8 × SMs). Zero it once; every launch leaves the
     /// tickets zero, and partials are written before they are read.
     /// </summary>
-    public static long MmaWorkspaceBytes(int multiprocessors) => TicketBytes(multiprocessors) + 2L * 8 * multiprocessors * 128 * 4;
+    public static long MmaWorkspaceBytes(int multiprocessors) => MmaTicketBytes(multiprocessors) + 2L * 8 * multiprocessors * 128 * 4;
 
-    private static long TicketBytes(int multiprocessors) => (4L * 8 * multiprocessors + 255) / 256 * 256;
+    /// <summary>Bytes at the start of the split-k workspace that hold the tickets.</summary>
+    public static long MmaTicketBytes(int multiprocessors) => (4L * 8 * multiprocessors + 255) / 256 * 256;
 
     /// <summary>
     /// Tensor-core small batch: y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="batch"/>), batch 1..8, W bf16
@@ -102,7 +121,7 @@ internal sealed class GemvOps
     /// zeroed bytes for <paramref name="multiprocessors"/>; splits come from <see cref="MmaSplits"/>. Deterministic.
     /// </summary>
     public unsafe void GemvMma(CudaStream s, ulong w, ulong x, ulong y, int batch, int n, int k, bool accumulate,
-        ulong workspace, int multiprocessors)
+        ulong workspace, int multiprocessors, int? splitCount = null)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(w, 16, nameof(w));
@@ -113,9 +132,11 @@ internal sealed class GemvOps
         LaunchChecks.Positive(n, nameof(n));
         if (k <= 0 || k % MmaChunk != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {MmaChunk}.", nameof(k));
         int tiles = (n + MmaRowsPerTile - 1) / MmaRowsPerTile;
-        int splits = MmaSplits(n, k, multiprocessors);
+        int splits = splitCount ?? MmaSplits(n, k, multiprocessors);
+        if (splitCount is int forced && !MmaSplitsFit(n, k, multiprocessors, forced))
+            throw new ArgumentException($"{forced} splits do not fit the workspace for n = {n}, k = {k}.", nameof(splitCount));
         ulong tickets = workspace;
-        ulong part = workspace + (ulong)TicketBytes(multiprocessors);
+        ulong part = workspace + (ulong)MmaTicketBytes(multiprocessors);
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &w, &x, &y, &part, &tickets, &n, &k, &batch, &acc };
         _mma.Launch(new Dim3((uint)tiles, (uint)splits), new Dim3(MmaThreads), 0, s, args);

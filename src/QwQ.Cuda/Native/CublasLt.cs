@@ -60,15 +60,19 @@ internal sealed class CublasLt : IDisposable
     }
 
     /// <summary>
-    /// Times up to <paramref name="candidates"/> of cuBLASLt's heuristic algorithms for this shape on these operands
-    /// (warm-up, then the median of seven runs each) and keeps the fastest for every later call of the shape. The
+    /// Times up to <paramref name="candidates"/> of cuBLASLt's heuristic algorithms for this shape, each run over all of
+    /// <paramref name="bs"/> in turn (every layer's copy of one product, so the timing streams weights from DRAM as a
+    /// real step does, not from L2), warm-up then the median of seven, and keeps the fastest for every later call. The
     /// heuristic's first pick reads a weight matrix at ~2.6 TB/s at 8 rows; another algorithm may do better. Not
     /// for graph capture (it synchronises); <paramref name="c"/> is overwritten. Returns the chosen time in ms.
     /// </summary>
-    public unsafe float Tune(CudaStream stream, ulong a, ulong b, ulong c, int m, int n, int k, float beta, int candidates = 32)
+    public unsafe float Tune(CudaStream stream, ulong a, IReadOnlyList<ulong> bs, ulong c, int m, int n, int k, float beta, int candidates = 32)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        var key = new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c));
+        ArgumentOutOfRangeException.ThrowIfZero(bs.Count);
+        ulong b = bs[0];
+        uint alignB = bs.Select(Alignment).Min();
+        var key = new PlanKey(m, n, k, alignB, Alignment(a), Alignment(c));
         Plan plan;
         lock (gate)
         {
@@ -88,7 +92,7 @@ internal sealed class CublasLt : IDisposable
             for (int r = -1; r < times.Length && ok; r++)
             {
                 start.Record(stream);
-                ok = Run(candidate) == 0;
+                foreach (ulong each in bs) ok &= Run(candidate, each) == 0;
                 end.Record(stream);
                 end.Synchronize();
                 if (r >= 0) times[r] = CudaEvent.ElapsedMilliseconds(start, end);
@@ -100,10 +104,10 @@ internal sealed class CublasLt : IDisposable
         plan.Algo = bestAlgo;
         return best;
 
-        int Run(CublasLtApi.MatmulAlgo algo)
+        int Run(CublasLtApi.MatmulAlgo algo, ulong weight)
         {
             float alpha = 1f, bt = beta;
-            return CublasLtApi.cublasLtMatmul(handle.DangerousGetHandle(), plan.Desc, &alpha, (void*)b, plan.ALayout,
+            return CublasLtApi.cublasLtMatmul(handle.DangerousGetHandle(), plan.Desc, &alpha, (void*)weight, plan.ALayout,
                 (void*)a, plan.BLayout, &bt, (void*)c, plan.CLayout, (void*)c, plan.CLayout, &algo,
                 (void*)workspace.Ptr, (nuint)workspace.Bytes, stream.Handle);
         }

@@ -1,0 +1,34 @@
+// FP8 (E4M3, "e4m3fn": bias 7, no infinities, max 448) weight helpers shared by the FP8 kernels.
+// Conversions are done with integer ops plus one bf16x2 FMA, so the PTX stays compute_80 (the hardware
+// cvt.*.e4m3x2 instructions need sm_89) and is exact on every GPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+// 4 e4m3 values (one 32-bit word, element 0 in the low byte) -> 4 bf16, packed: lo = elements (0, 1), hi = (2, 3).
+// Exact. Each byte s.eeee.mmm is moved to the bf16 bits s.0000eeee.mmm0000: the same value times 2^-120 (bias 7
+// against bf16's 127), and e4m3 zero and subnormals land on bf16 zero and subnormals with the same factor. One
+// bf16x2 FMA by 2^120 (with a -0 addend, so -0 stays -0) then gives the value itself.
+__device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    uint32_t a = __byte_perm(v, 0, 0x1404);  // [0, b0, 0, b1]: each 16-bit half holds its byte in the high half
+    uint32_t b = __byte_perm(v, 0, 0x3424);  // [0, b2, 0, b3]
+    a = ((a >> 4) & 0x07F007F0u) | (a & 0x80008000u);
+    b = ((b >> 4) & 0x07F007F0u) | (b & 0x80008000u);
+    const __nv_bfloat162 two120 = __halves2bfloat162(__ushort_as_bfloat16((unsigned short)0x7B80),
+                                                     __ushort_as_bfloat16((unsigned short)0x7B80));
+    const __nv_bfloat162 neg0 = __halves2bfloat162(__ushort_as_bfloat16((unsigned short)0x8000),
+                                                   __ushort_as_bfloat16((unsigned short)0x8000));
+    __nv_bfloat162 ra = __hfma2(*reinterpret_cast<__nv_bfloat162*>(&a), two120, neg0);
+    __nv_bfloat162 rb = __hfma2(*reinterpret_cast<__nv_bfloat162*>(&b), two120, neg0);
+    lo = *reinterpret_cast<uint32_t*>(&ra);
+    hi = *reinterpret_cast<uint32_t*>(&rb);
+}
+
+// 16 e4m3 (one 16-byte load) -> 16 bf16 as two 16-byte words (elements 0-7, 8-15).
+__device__ __forceinline__ void fp8x16_to_bf16x16(const uint4& v, uint4& first, uint4& second) {
+    fp8x4_to_bf16x4(v.x, first.x, first.y);
+    fp8x4_to_bf16x4(v.y, first.z, first.w);
+    fp8x4_to_bf16x4(v.z, second.x, second.y);
+    fp8x4_to_bf16x4(v.w, second.z, second.w);
+}

@@ -1,0 +1,139 @@
+// Tensor-core GEMV for 1..32 rows of x: y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k], W bf16 or fp8 (E4M3, with
+// one fp32 scale per output row; bf16 has none), x bf16, fp32 accumulation. Decode batches past ~4 rows run out of
+// CUDA-core FMA issue slots before DRAM runs out of bandwidth; the mma does the math for free.
+//   * A warp owns one 16-row tile of W (the mma's M) and the batch is the mma's N, in NB tiles of 8 rows.
+//   * The 4 warps of a block own 4 consecutive tiles and walk the SAME k range, so each x chunk is fetched from L2
+//     once per block and the other three warps hit L1 (with a warp per k range instead, every tile re-reads all of
+//     x from L2: at 32 rows that is several times the weight bytes). blockIdx.y splits k further across blocks.
+//   * Lane (g, t4) loads 16 contiguous k of W rows g and g+8 per 64-k chunk (fp8: 16 bytes, converted exactly to bf16
+//     in registers; bf16: 32 bytes) and the same 16 k of x row 8j + g; mma::mma_chunk64 says why any k order works.
+//   * Split partials are combined deterministically: each warp writes its fragment to the workspace, and the last
+//     warp of a tile (atomic ticket) adds the splits in order, so a replay is bit-identical.
+// Requirements (host-checked): k % 64 == 0, W / x 16-byte aligned.
+#include "common.cuh"
+#include "fp8.cuh"
+#include "mma.cuh"
+
+namespace {
+constexpr int kTcWarps = 4;
+
+template <bool FP8, int NB, int UNROLL>
+__device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const float* __restrict__ scale,
+                                             const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
+                                             float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,
+                                             int accumulate) {
+    constexpr int kOut = 16 * 8 * NB;  // (row, batch) results of a tile
+    constexpr int kBytes = FP8 ? 1 : 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int tile = blockIdx.x * kTcWarps + warp, splits = gridDim.y;
+    const int row0 = tile * 16;
+    if (row0 >= n) return;  // no block-wide barriers below: a warp past the end may leave
+    const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
+    const uint8_t* wa = static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
+    const uint8_t* wb = static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
+    const uint16_t* xg[NB];
+    bool xok[NB];
+#pragma unroll
+    for (int j = 0; j < NB; ++j) {
+        xok[j] = 8 * j + g < m;
+        xg[j] = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok[j] ? 8 * j + g : 0) * k + 16 * t4;
+    }
+    const int chunks = k / 64;
+    const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
+
+    float c[NB][4];
+#pragma unroll
+    for (int j = 0; j < NB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    // W of one chunk for rows g and g + 8: one 16-byte word each (fp8) or two (bf16).
+    struct Chunk { uint4 a[FP8 ? 1 : 2], b[FP8 ? 1 : 2]; };
+    auto load = [&](int ch) {
+        Chunk v;
+        const size_t off = (size_t)ch * 64 * kBytes;
+#pragma unroll
+        for (int h = 0; h < (FP8 ? 1 : 2); ++h) {
+            v.a[h] = ld_stream_u4(wa + off + 16 * h);
+            v.b[h] = ld_stream_u4(wb + off + 16 * h);
+        }
+        return v;
+    };
+    auto math = [&](const Chunk& v, int ch) {
+        uint4 A[2], B[2];
+        if constexpr (FP8) {
+            fp8x16_to_bf16x16(v.a[0], A[0], A[1]);
+            fp8x16_to_bf16x16(v.b[0], B[0], B[1]);
+        } else {
+            A[0] = v.a[0]; A[1] = v.a[1]; B[0] = v.b[0]; B[1] = v.b[1];
+        }
+        const size_t off = (size_t)ch * 64;
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+            const uint4 xv[2] = {xok[j] ? ld_ro_u4(xg[j] + off) : zero, xok[j] ? ld_ro_u4(xg[j] + off + 8) : zero};
+            mma::mma_chunk64(c[j], A, B, xv);
+        }
+    };
+    int ch = c_begin;
+    for (; ch + UNROLL <= c_end; ch += UNROLL) {
+        Chunk v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) v[u] = load(ch + u);
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) math(v[u], ch + u);
+    }
+    for (; ch < c_end; ++ch) math(load(ch), ch);
+
+    // C fragment of batch tile j: c0, c1 = (row g, batches 8j + 2t4, +1), c2, c3 = (row g + 8, same batches).
+    if (splits > 1) {
+        float* mine = part + ((size_t)tile * splits + blockIdx.y) * kOut;
+#pragma unroll
+        for (int j = 0; j < NB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32 + lane] = c[j][e];  // fragment order: coalesced
+        __threadfence();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) last = atomicAdd(tickets + tile, 1) == splits - 1;
+        last = __shfl_sync(0xFFFFFFFFu, last, 0);
+        if (!last) return;
+        __threadfence();
+        const float* all = part + (size_t)tile * splits * kOut;
+#pragma unroll
+        for (int j = 0; j < NB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float s = 0.f;
+                for (int sp = 0; sp < splits; ++sp) s += __ldcg(all + (size_t)sp * kOut + (j * 4 + e) * 32 + lane);  // in split order
+                c[j][e] = s;
+            }
+        if (lane == 0) tickets[tile] = 0;  // ready for the next launch (and graph replay)
+    }
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = row0 + g + (e >= 2 ? 8 : 0), b = 8 * j + 2 * t4 + (e & 1);
+            if (b < m && row < n) {
+                float* dst = y + (size_t)b * n + row;
+                const float v = scale != nullptr ? scale[row] * c[j][e] : c[j][e];
+                *dst = accumulate ? *dst + v : v;
+            }
+        }
+}
+}  // namespace
+
+// Launch: grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB. part: fp32 [tiles, splits, 128 * NB] and
+// tickets int32 [tiles] (tiles = ceil(n / 16)), all zero before the first launch (every launch leaves them zero).
+#define QWQ_GEMV_TC(NAME, FP8, NB, UNROLL)                                                                          \
+    extern "C" __global__ void __launch_bounds__(kTcWarps * 32, 4)                                                  \
+    NAME(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x,          \
+         float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,           \
+         int accumulate) {                                                                                          \
+        gemv_tc_body<FP8, NB, UNROLL>(w, scale, x, y, part, tickets, n, k, m, accumulate);                          \
+    }
+
+QWQ_GEMV_TC(gemv_tc_fp8_n8, true, 1, 8)
+QWQ_GEMV_TC(gemv_tc_fp8_n16, true, 2, 8)
+QWQ_GEMV_TC(gemv_tc_fp8_n32, true, 4, 4)
+QWQ_GEMV_TC(gemv_tc_bf16_n8, false, 1, 4)
+QWQ_GEMV_TC(gemv_tc_bf16_n16, false, 2, 4)
+QWQ_GEMV_TC(gemv_tc_bf16_n32, false, 4, 4)

@@ -1,0 +1,81 @@
+// Weight quantization on the GPU, run at load time (and for the products that go through a bf16 GEMM):
+//   * quantize_fp8_rows: bf16 [rows, k] -> e4m3 [rows, k] + fp32 scale [rows], one scale per output channel,
+//     scale = amax / 448 (the largest e4m3 value), codes = round-to-nearest-even(w / scale), saturated. The CPU side
+//     (Weights/Quantization) quantizes the same way, so tests can build the same weights on both.
+//   * dequantize_fp8_rows: e4m3 + scale -> bf16 (w = code * scale, rounded to bf16), for prefill-sized products
+//     that run on the bf16 tensor cores through cuBLAS.
+#include <cuda_fp8.h>
+
+#include "common.cuh"
+#include "fp8.cuh"
+
+namespace {
+constexpr int kQuantThreads = 256;
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = lane < warps ? scratch[lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    return m;
+}
+}  // namespace
+
+// Launch: grid rows, block 256. k % 8 == 0, src 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(kQuantThreads)
+quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
+                  uint8_t* __restrict__ dst,              // [rows, k]
+                  float* __restrict__ scale,              // [rows]
+                  int k) {
+    __shared__ float scratch[32];
+    const size_t row = blockIdx.x;
+    const uint4* s = reinterpret_cast<const uint4*>(src + row * (size_t)k);
+    const int vecs = k / 8;
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(s[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(f[j]));
+    }
+    amax = block_max(amax, scratch);
+    const float sc = amax > 0.f ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0) scale[row] = sc;
+    uint8_t* d = dst + row * (size_t)k;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(s[i], f);
+        uint2 out;
+        uint8_t* b = reinterpret_cast<uint8_t*>(&out);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
+        reinterpret_cast<uint2*>(d)[i] = out;
+    }
+}
+
+// Launch: 1-D grid-stride over 16-element pieces; k % 16 == 0, pointers 16-byte aligned.
+extern "C" __global__ void dequantize_fp8_rows(const uint8_t* __restrict__ src,  // [rows, k]
+                                               const float* __restrict__ scale,  // [rows]
+                                               __nv_bfloat16* __restrict__ dst,  // [rows, k]
+                                               long long rows, int k) {
+    const long long pieces = rows * (long long)(k / 16);
+    for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
+        const long long row = i / (k / 16);
+        const float sc = scale[row];
+        uint4 lo, hi;
+        fp8x16_to_bf16x16(reinterpret_cast<const uint4*>(src)[i], lo, hi);
+        float f[8];
+        unpack_bf16x8(lo, f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] *= sc;
+        reinterpret_cast<uint4*>(dst)[2 * i] = pack_bf16x8(f);
+        unpack_bf16x8(hi, f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] *= sc;
+        reinterpret_cast<uint4*>(dst)[2 * i + 1] = pack_bf16x8(f);
+    }
+}

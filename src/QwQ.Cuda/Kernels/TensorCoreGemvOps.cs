@@ -1,0 +1,91 @@
+using QwQ.Cuda.Native;
+
+namespace QwQ.Cuda.Kernels;
+
+/// <summary>
+/// The tensor-core GEMV (kernels/gemv_tc.cu) for 1–32 rows of x, over bf16 or fp8 weights:
+/// y[m, :] (+)= scale ⊙ (W·x[m, :]), W read once for all rows, the batch as the mma's N in tiles of 8. Deterministic
+/// for a given split count (split partials are added in a fixed order).
+/// </summary>
+internal sealed class TensorCoreGemvOps
+{
+    [KernelEntry] public const string Fp8N8Entry = "gemv_tc_fp8_n8";
+    [KernelEntry] public const string Fp8N16Entry = "gemv_tc_fp8_n16";
+    [KernelEntry] public const string Fp8N32Entry = "gemv_tc_fp8_n32";
+    [KernelEntry] public const string Bf16N8Entry = "gemv_tc_bf16_n8";
+    [KernelEntry] public const string Bf16N16Entry = "gemv_tc_bf16_n16";
+    [KernelEntry] public const string Bf16N32Entry = "gemv_tc_bf16_n32";
+
+    /// <summary>Most rows of x served.</summary>
+    public const int MaxRows = 32;
+    /// <summary>k must be a multiple of this.</summary>
+    public const int Chunk = 64;
+    private const int Threads = 128;
+    private const int TilesPerBlock = 4;  // kTcWarps: one 16-row tile per warp
+    private const int RowsPerTile = 16;
+    private const long TicketBytes = 64 << 10;  // int32 tickets for up to 16,384 tiles (262,144 output rows)
+
+    /// <summary>Bytes of the zeroed workspace every launch needs: tickets, then split partials.</summary>
+    public const long WorkspaceBytes = 32L << 20;
+
+    private readonly CudaKernel[] _fp8, _bf16; // n8, n16, n32
+
+    public TensorCoreGemvOps(PtxLibrary lib)
+    {
+        ArgumentNullException.ThrowIfNull(lib);
+        _fp8 = [lib.GetKernel(Fp8N8Entry), lib.GetKernel(Fp8N16Entry), lib.GetKernel(Fp8N32Entry)];
+        _bf16 = [lib.GetKernel(Bf16N8Entry), lib.GetKernel(Bf16N16Entry), lib.GetKernel(Bf16N32Entry)];
+    }
+
+    private static int BatchTiles(int rows) => rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
+
+    /// <summary>Whether <paramref name="splits"/> (k split across blocks) fits the workspace and gives every block a chunk.</summary>
+    public static bool SplitsFit(int n, int k, int rows, int splits)
+    {
+        long tiles = (n + RowsPerTile - 1) / RowsPerTile;
+        if (splits == 1) return true;
+        return splits > 1 && splits <= k / Chunk && tiles * 4 <= TicketBytes &&
+               tiles * splits * 128L * BatchTiles(rows) * 4 <= WorkspaceBytes - TicketBytes;
+    }
+
+    private static readonly int[] SplitChoices = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16];
+
+    /// <summary>Split counts the load-time tuner tries for this shape.</summary>
+    public static IEnumerable<int> SplitCandidates(int n, int k, int rows) => SplitChoices.Where(s => SplitsFit(n, k, rows, s));
+
+    /// <summary>A reasonable split count without tuning: about eight blocks per SM in all.</summary>
+    public static int DefaultSplits(int n, int k, int rows, int multiprocessors)
+    {
+        int blocks = (n + TilesPerBlock * RowsPerTile - 1) / (TilesPerBlock * RowsPerTile);
+        int splits = Math.Clamp((8 * multiprocessors + blocks - 1) / blocks, 1, Math.Max(1, k / Chunk / 4));
+        while (splits > 1 && !SplitsFit(n, k, rows, splits)) splits--;
+        return splits;
+    }
+
+    /// <summary>
+    /// y[m, :] (+)= scale ⊙ (W·x[m, :]) for m in [0, <paramref name="rows"/>), rows 1..32. <paramref name="fp8"/>: W
+    /// e4m3 [n, k] with fp32 <paramref name="scale"/> [n]; else W bf16 [n, k] and <paramref name="scale"/> 0.
+    /// <paramref name="workspace"/>: <see cref="WorkspaceBytes"/> bytes, zeroed once.
+    /// </summary>
+    public unsafe void Gemv(CudaStream s, bool fp8, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate,
+        ulong workspace, int splits)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        if (fp8) LaunchChecks.Aligned(scale, 4, nameof(scale));
+        else if (scale != 0) throw new ArgumentException("bf16 weights have no scales", nameof(scale));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        LaunchChecks.Aligned(workspace, 16, nameof(workspace));
+        if (rows < 1 || rows > MaxRows) throw new ArgumentException($"rows must be in [1, {MaxRows}] (got {rows}).", nameof(rows));
+        LaunchChecks.Positive(n, nameof(n));
+        if (k <= 0 || k % Chunk != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {Chunk}.", nameof(k));
+        if (!SplitsFit(n, k, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, rows = {rows}.", nameof(splits));
+        uint blocks = (uint)((n + TilesPerBlock * RowsPerTile - 1) / (TilesPerBlock * RowsPerTile));
+        ulong tickets = workspace, part = workspace + TicketBytes;
+        int acc = accumulate ? 1 : 0;
+        int variant = rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
+        void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
+        (fp8 ? _fp8 : _bf16)[variant].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
+    }
+}

@@ -1,0 +1,131 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Tests.Generation;
+using QwQ.Cuda.Tests.Kernels;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+using Cuda = global::QwQ.Cuda.Native.Cuda;
+
+/// <summary>
+/// <c>--quantize fp8</c> end to end: a bf16 checkpoint quantized on the GPU while it loads, against the fp32 CPU
+/// reference running the same weights quantized here on the CPU (per output row, scale amax / 448, codes rounded to
+/// nearest even: <see cref="Fp8KernelTests.Encode"/>). Every kernel path of the fp8 kind is crossed: prefill
+/// (dequantized to bf16 for the GEMM), decode at 1–4 rows (CUDA-core GEMV) and at 5–32 rows (tensor-core GEMV),
+/// eager and replayed as graphs. bf16 activations: ‖Δ‖/‖ref‖ ≤ 2e-2.
+/// </summary>
+public sealed class Fp8EngineTests
+{
+    private const string ConfigJson = """
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
+         "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
+         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
+         "torch_dtype":"bfloat16","use_sliding_window":false}
+        """;
+
+    /// <summary>Each row of [rows, cols] quantized to e4m3 with its own scale, then dequantized: what the GPU computes with.</summary>
+    internal static float[] QuantizeRows(float[] w, int rows, int cols)
+    {
+        var r = new float[w.Length];
+        for (int i = 0; i < rows; i++)
+        {
+            float amax = 0;
+            for (int j = 0; j < cols; j++) amax = Math.Max(amax, Math.Abs(w[i * cols + j]));
+            float scale = amax > 0 ? amax / 448f : 1f;
+            for (int j = 0; j < cols; j++) r[i * cols + j] = Fp8KernelTests.Decode(Fp8KernelTests.Encode(w[i * cols + j] / scale)) * scale;
+        }
+        return r;
+    }
+
+    private static CpuWeights Quantized(CpuWeights w, ModelConfig c)
+    {
+        int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
+        return new CpuWeights
+        {
+            Config = c,
+            Embedding = w.Embedding,
+            FinalNorm = w.FinalNorm,
+            LmHead = w.LmHead, // lm_head stays bf16
+            Layers = w.Layers.Select(l => new CpuLayerWeights
+            {
+                InputNorm = l.InputNorm,
+                QWeight = QuantizeRows(l.QWeight, q, h),
+                QBias = l.QBias,
+                KWeight = QuantizeRows(l.KWeight, kv, h),
+                KBias = l.KBias,
+                VWeight = QuantizeRows(l.VWeight, kv, h),
+                VBias = l.VBias,
+                OWeight = QuantizeRows(l.OWeight, h, q),
+                PostAttentionNorm = l.PostAttentionNorm,
+                GateWeight = QuantizeRows(l.GateWeight, inter, h),
+                UpWeight = QuantizeRows(l.UpWeight, inter, h),
+                DownWeight = QuantizeRows(l.DownWeight, h, inter),
+            }).ToArray(),
+        };
+    }
+
+    [Test]
+    public void QuantizedOnLoadMatchesCpuReferenceOnTheSameFp8Weights([Values(true, false)] bool cudaGraphs)
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var config = ModelConfig.Parse(ConfigJson, "config.json");
+        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
+        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
+        var cpu = new Qwen2CpuModel(config, Quantized(weights, config));
+        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = Quantization.Fp8, UseCudaGraphs = cudaGraphs });
+        Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Fp8));
+        var rng = new Random(seed);
+
+        // prefill: every position's logits (67 rows: the dequantize + GEMM path)
+        int[] prompt = Enumerable.Range(0, 67).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        using (var seq = (CudaSequence)backend.CreateSequence())
+        {
+            double err = CudaModelTests.RelErr(seq.AppendWithLogits(prompt, Enumerable.Range(0, prompt.Length).ToArray()), cpu.Forward(prompt));
+            TestContext.Out.WriteLine($"prefill: ‖Δ‖/‖ref‖ = {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+        }
+
+        // batched decode at 1, 3 (CUDA-core GEMV), 8 and 20 rows (tensor-core GEMV): each sequence's logits after
+        // every step against the reference over its whole prefix
+        foreach (int batch in new[] { 1, 3, 8, 20 })
+        {
+            var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, rng.Next(3, 40)).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray();
+            var seqs = prompts.Select(p => { var s = backend.CreateSequence(); s.Append(p); return s; }).ToArray();
+            var history = prompts.Select(p => p.ToList()).ToArray();
+            double worst = 0;
+            var logits = new float[config.VocabSize];
+            for (int step = 0; step < 4; step++)
+            {
+                int[] next = Enumerable.Range(0, batch).Select(_ => rng.Next(config.VocabSize)).ToArray();
+                backend.Step(seqs.Select((s, b) => new SequenceChunk(s, new[] { next[b] })).ToArray());
+                for (int b = 0; b < batch; b++)
+                {
+                    history[b].Add(next[b]);
+                    seqs[b].CopyLastLogits(logits);
+                    float[] all = cpu.Forward(history[b].ToArray());
+                    worst = Math.Max(worst, CudaModelTests.RelErr(logits, all.AsSpan(all.Length - config.VocabSize)));
+                }
+            }
+            foreach (var s in seqs) s.Dispose();
+            TestContext.Out.WriteLine($"decode at batch {batch}: worst ‖Δ‖/‖ref‖ = {worst:E2}");
+            Assert.That(worst, Is.LessThanOrEqualTo(2e-2), $"batch {batch}");
+        }
+    }
+
+    [Test]
+    public void Fp8WeightsTakeAboutHalfTheBytes()
+    {
+        var c = ModelPresets.Get("qwq-32b");
+        long bf16 = ModelWeights.DeviceBytes(c), fp8 = ModelWeights.DeviceBytes(c, WeightKind.Fp8);
+        long linear = 64L * ((long)c.QkvDim * c.HiddenSize + (long)c.HiddenSize * c.QDim + 3L * c.IntermediateSize * c.HiddenSize);
+        // every layer weight loses one byte of two; scales add 4 bytes per output row
+        Assert.That(bf16 - fp8, Is.InRange(linear - 64L * 4 * (c.QkvDim + c.HiddenSize * 2 + 2 * c.IntermediateSize) - (1 << 20), linear));
+        TestContext.Out.WriteLine($"QwQ-32B weights: bf16 {bf16 / 1e9:F1} GB, fp8 {fp8 / 1e9:F1} GB");
+    }
+}
