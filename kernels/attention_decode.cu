@@ -275,22 +275,6 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
 
 }  // namespace attn_decode
 
-// Split kernel. Grid (num_splits, nkv), block 128 threads, dynamic smem = attn_decode::split_smem_bytes<D>()
-// (= 3 stages * (K + V) * 64 keys * (D+8) * 2 bytes: 104448 for D=128). ctx_len is a device pointer.
-#define QWQ_ATTN_DECODE_SPLIT_ENTRY(D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_split_bf16_d##D(        \
-        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
-        const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o, float2* __restrict__ part_ml,   \
-        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_len, int nq, int nkv, int max_ctx,         \
-        int num_splits, float scale) {                                                                          \
-        attn_decode::decode_split<D>(q, k_cache, v_cache, part_o, part_ml, out, ctx_len, nq, nkv, max_ctx,     \
-                                     num_splits, scale);                                                        \
-    }
-
-QWQ_ATTN_DECODE_SPLIT_ENTRY(32)
-QWQ_ATTN_DECODE_SPLIT_ENTRY(64)
-QWQ_ATTN_DECODE_SPLIT_ENTRY(128)
-
 // Paged, one decode row per sequence, many sequences in one launch (docs/ENGINE_V2.md). Grid (num_splits, nkv,
 // batch). Row b: q[b] and out[b] ([batch, nq, D]), ctx_lens[b] keys (0: padding row, output zeros), block table
 // block_tables[b] of max_blocks entries; partials at part_o[b] ([batch, nq, num_splits, D]) and part_ml[b].

@@ -234,20 +234,6 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
 }  // namespace attn_prefill
 
-// Launch: grid (nq, ceil(T / BM)), block WARPS*32 threads, dynamic smem 2 stages * (K + V) * 64 * (D+8) * 2 bytes.
-// BM = 16*WARPS = 128 for every entry below (8 warps).
-#define QWQ_ATTN_PREFILL_ENTRY(D, WARPS)                                                                        \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_bf16_d##D(                    \
-        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
-        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out, int tokens, int start_pos, \
-        int nq, int nkv, int max_ctx, float scale) {                                                            \
-        attn_prefill::prefill<D, WARPS>(q, k_cache, v_cache, out, tokens, start_pos, nq, nkv, max_ctx, scale); \
-    }
-
-QWQ_ATTN_PREFILL_ENTRY(32, 8)
-QWQ_ATTN_PREFILL_ENTRY(64, 8)
-QWQ_ATTN_PREFILL_ENTRY(128, 8)
-
 // Paged, many sequences in one launch (docs/ENGINE_V2.md). Grid (nq, max m-tiles over the sequences, sequences).
 // seq_info int32 [sequences, 4] = {first query row in q/out, query rows T, cached positions before them (start_pos),
 // unused}; block_tables int32 [sequences, max_blocks]. K and V are one layer of the pool, [blocks, nkv, 64, D].
