@@ -1,13 +1,11 @@
-// Attention input preparation for one layer:
-//   qkv_bias_rope_append: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half: pairs (i, i + D/2)),
-//   q -> q_out bf16, k and v -> this layer's KV cache at positions start_pos + t.
-//   kv_append_bf16: plain copy of already-prepared k, v into the caches.
+// Attention input preparation for one layer: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half:
+// pairs (i, i + D/2)), q -> q_out bf16, k and v -> this layer's paged KV pool at each row's slot.
 // RoPE angle = (float)pos * inv_freq[i] in fp32 with accurate sincosf (no fast-math: positions reach 32K+
 // and fast __sinf loses all accuracy there); cos/sin are scaled by the YaRN attention factor.
 #include "common.cuh"
 
 // One head of one token: x + bias, rotated (q and k) or not (v), stored as bf16. The block's threads take the pairs
-// (i, i + half). poison: store NaN instead (a position the host could not validate, see below).
+// (i, i + half). poison: store NaN instead (no caller sets it since the contiguous-cache entry was removed).
 __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
                                                 float attention_factor, int pos, bool rotate, bool poison, int half,
                                                 uint16_t* dst) {
@@ -30,8 +28,9 @@ __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* 
     }
 }
 
-// Paged form for a batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv),
-// block as above. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
+// A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv), block = D/2
+// rounded up to a multiple of 32 (64 for D = 128); requires D even, thread i handles the pair (i, i + D/2) of one
+// head of one row. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
 // of this layer's K and V pools ([blocks, nkv, 64, D]); slot -1 marks a padding row (CUDA-graph batches padded
 // to a captured size): it writes nothing to the pool, and its q is computed at position 0 and never read.
 extern "C" __global__ void __launch_bounds__(256)
