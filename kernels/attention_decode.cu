@@ -1,14 +1,17 @@
-// GQA attention for one decode token over the KV cache, split across thread blocks (flash-decoding).
+// GQA attention for one decode token per sequence over the paged KV pool, split across thread blocks
+// (flash-decoding).
 //
-// Layouts (docs/CONTRACTS.md):
-//   q    bf16 [1, nq, D]           the new token (RoPE applied), at position ctx_len-1
-//   K, V bf16 [nkv, max_ctx, D]    one layer's cache, positions 0 .. ctx_len-1 written
+// Layouts (docs/CONTRACTS.md, docs/ENGINE_V2.md), per sequence (row) b of the batch:
+//   q    bf16 [1, nq, D]               the new token (RoPE applied), at position ctx_len-1
+//   K, V bf16 [blocks, nkv, 64, D]     one layer of the paged pool, through the row's block table
+//                                      (attn::KvLayout); positions 0 .. ctx_len-1 written
 //   out  bf16 [1, nq, D]
 //   workspace: part_o fp32 [nq, num_splits, D], then part_ml float2 [nq, num_splits] = (max in log2 units, sum)
 //
-// CUDA-graph safety: the decode step is captured once and replayed while the context grows, so ctx_len is read
-// from device memory and the grid (nkv x num_splits) is fixed by the host from max_ctx. Every block derives its
-// key range from ctx_len with decode_split_plan(); splits past the end exit after writing m = -inf, l = 0.
+// CUDA-graph safety: the decode step is captured once and replayed while contexts grow, so ctx_len is read
+// from device memory and the grid (num_splits x nkv x batch) is fixed by the host from the batch size and the
+// table width. Every block derives its key range from ctx_len with decode_split_plan(); splits past the end exit
+// after writing m = -inf, l = 0.
 //
 // Split kernel: one block per (split, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
 // heads) so each K/V element is read exactly once: the group's heads are the 16 "rows" of an m16n8k16 tensor-core
@@ -275,26 +278,12 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
 
 }  // namespace attn_decode
 
-// Split kernel. Grid (num_splits, nkv), block 128 threads, dynamic smem = attn_decode::split_smem_bytes<D>()
-// (= 3 stages * (K + V) * 64 keys * (D+8) * 2 bytes: 104448 for D=128). ctx_len is a device pointer.
-#define QWQ_ATTN_DECODE_SPLIT_ENTRY(D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_split_bf16_d##D(        \
-        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
-        const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o, float2* __restrict__ part_ml,   \
-        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_len, int nq, int nkv, int max_ctx,         \
-        int num_splits, float scale) {                                                                          \
-        attn_decode::decode_split<D>(q, k_cache, v_cache, part_o, part_ml, out, ctx_len, nq, nkv, max_ctx,     \
-                                     num_splits, scale);                                                        \
-    }
-
-QWQ_ATTN_DECODE_SPLIT_ENTRY(32)
-QWQ_ATTN_DECODE_SPLIT_ENTRY(64)
-QWQ_ATTN_DECODE_SPLIT_ENTRY(128)
-
 // Paged, one decode row per sequence, many sequences in one launch (docs/ENGINE_V2.md). Grid (num_splits, nkv,
 // batch). Row b: q[b] and out[b] ([batch, nq, D]), ctx_lens[b] keys (0: padding row, output zeros), block table
 // block_tables[b] of max_blocks entries; partials at part_o[b] ([batch, nq, num_splits, D]) and part_ml[b].
 // K and V are one layer of the pool, [blocks, nkv, 64, D]. Every input is read on the device: graph-capture safe.
+// Block 128 threads, dynamic smem = attn_decode::split_smem_bytes<D>() (= 3 stages * (K + V) * 64 keys * (D+8) *
+// 2 bytes: 104448 for D=128).
 #define QWQ_ATTN_DECODE_PAGED_ENTRY(D)                                                                          \
     extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_bf16_d##D(        \
         const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,                          \
@@ -312,10 +301,10 @@ QWQ_ATTN_DECODE_PAGED_ENTRY(32)
 QWQ_ATTN_DECODE_PAGED_ENTRY(64)
 QWQ_ATTN_DECODE_PAGED_ENTRY(128)
 
-// Combine kernel. Grid (nq), block head_dim threads (one output element each; head_dim <= 1024).
+// Combine kernel. Grid (nq, batch), block head_dim threads (one output element each; head_dim <= 1024); row b's
+// partials, output and ctx_len at offset b (see the paged entry).
 // Merges splits 0 .. active-1 of each head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s.
 // Does nothing when the split kernel already wrote the output (one active split, or an empty context).
-// Batched (paged) form: grid (nq, batch); row b's partials, output and ctx_len at offset b (see the paged entry).
 extern "C" __global__ void __launch_bounds__(1024) attention_decode_combine_bf16(
     const float* __restrict__ part_o, const float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
     const int* __restrict__ ctx_len, int nq, int head_dim, int max_ctx, int num_splits) {

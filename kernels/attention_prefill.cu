@@ -1,8 +1,9 @@
 // Causal GQA attention for prefill (T >= 1 new tokens on top of an existing KV cache), flash-attention style.
 //
-// Layouts (docs/CONTRACTS.md):
-//   q    bf16 [T, nq, D]           tokens at absolute positions start_pos .. start_pos+T-1 (RoPE applied)
-//   K, V bf16 [nkv, max_ctx, D]    one layer's cache; positions 0 .. start_pos+T-1 already written
+// Layouts (docs/CONTRACTS.md, docs/ENGINE_V2.md), per sequence:
+//   q    bf16 [T, nq, D]               tokens at absolute positions start_pos .. start_pos+T-1 (RoPE applied)
+//   K, V bf16 [blocks, nkv, 64, D]     one layer of the paged pool, through the sequence's block table
+//                                      (attn::KvLayout); positions 0 .. start_pos+T-1 already written
 //   out  bf16 [T, nq, D]
 // Query row i (absolute position start_pos+i) attends to keys 0 .. start_pos+i.
 //
@@ -234,21 +235,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
 }  // namespace attn_prefill
 
-// Launch: grid (nq, ceil(T / BM)), block WARPS*32 threads, dynamic smem 2 stages * (K + V) * 64 * (D+8) * 2 bytes.
-// BM = 16*WARPS = 128 for every entry below (8 warps).
-#define QWQ_ATTN_PREFILL_ENTRY(D, WARPS)                                                                        \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_bf16_d##D(                    \
-        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,                         \
-        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out, int tokens, int start_pos, \
-        int nq, int nkv, int max_ctx, float scale) {                                                            \
-        attn_prefill::prefill<D, WARPS>(q, k_cache, v_cache, out, tokens, start_pos, nq, nkv, max_ctx, scale); \
-    }
-
-QWQ_ATTN_PREFILL_ENTRY(32, 8)
-QWQ_ATTN_PREFILL_ENTRY(64, 8)
-QWQ_ATTN_PREFILL_ENTRY(128, 8)
-
-// Paged, many sequences in one launch (docs/ENGINE_V2.md). Grid (nq, max m-tiles over the sequences, sequences).
+// Paged, many sequences in one launch (docs/ENGINE_V2.md). Grid (nq, max m-tiles over the sequences, sequences),
+// block WARPS*32 threads, dynamic smem 2 stages * (K + V) * 64 * (D+8) * 2 bytes; BM = 16*WARPS = 128 (8 warps).
 // seq_info int32 [sequences, 4] = {first query row in q/out, query rows T, cached positions before them (start_pos),
 // unused}; block_tables int32 [sequences, max_blocks]. K and V are one layer of the pool, [blocks, nkv, 64, D].
 // Sequence z's rows are q[first .. first+T) at positions start_pos .. start_pos+T-1; m-tiles past T exit at once.

@@ -1,13 +1,11 @@
-// Attention input preparation for one layer:
-//   qkv_bias_rope_append: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half: pairs (i, i + D/2)),
-//   q -> q_out bf16, k and v -> this layer's KV cache at positions start_pos + t.
-//   kv_append_bf16: plain copy of already-prepared k, v into the caches.
+// Attention input preparation for one layer: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half:
+// pairs (i, i + D/2)), q -> q_out bf16, k and v -> this layer's paged KV pool at each row's slot.
 // RoPE angle = (float)pos * inv_freq[i] in fp32 with accurate sincosf (no fast-math: positions reach 32K+
 // and fast __sinf loses all accuracy there); cos/sin are scaled by the YaRN attention factor.
 #include "common.cuh"
 
 // One head of one token: x + bias, rotated (q and k) or not (v), stored as bf16. The block's threads take the pairs
-// (i, i + half). poison: store NaN instead (a position the host could not validate, see below).
+// (i, i + half). poison: store NaN instead (no caller sets it since the contiguous-cache entry was removed).
 __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
                                                 float attention_factor, int pos, bool rotate, bool poison, int half,
                                                 uint16_t* dst) {
@@ -30,49 +28,9 @@ __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* 
     }
 }
 
-// Launch: grid = (tokens, nq + 2 * nkv), block = D/2 rounded up to a multiple of 32 (64 for D = 128).
-// Requires D even. Thread i handles the pair (i, i + D/2) of one head of one token.
-// Position of token t = (start_pos_dev ? *start_pos_dev : start_pos) + t. The device form lets a decode
-// step be captured once in a CUDA graph and replayed with the position updated in device memory; since the
-// host cannot validate it, a position outside [0, max_ctx) writes nothing to the caches and NaN to q.
-extern "C" __global__ void __launch_bounds__(256)
-qkv_bias_rope_append_f32_bf16(const float* __restrict__ qkv,            // [tokens, (nq + 2*nkv) * D]
-                              const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
-                              const float* __restrict__ inv_freq,       // [D/2]
-                              float attention_factor, int start_pos,
-                              const int* __restrict__ start_pos_dev,    // [1] or null
-                              int nq, int nkv, int head_dim,
-                              __nv_bfloat16* __restrict__ q_out,        // [tokens, nq, D]
-                              __nv_bfloat16* __restrict__ k_cache,      // [nkv, max_ctx, D]
-                              __nv_bfloat16* __restrict__ v_cache,      // [nkv, max_ctx, D]
-                              int max_ctx) {
-    const int t = blockIdx.x;
-    const int head = blockIdx.y;  // q heads, then k heads, then v heads
-    const int half = head_dim >> 1;
-    const int pos = (start_pos_dev ? __ldg(start_pos_dev) : start_pos) + t;
-    const bool pos_ok = pos >= 0 && pos < max_ctx;
-    const int width = (nq + 2 * nkv) * head_dim;
-    const float* x = qkv + (size_t)t * width + (size_t)head * head_dim;
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(bias) + (size_t)head * head_dim;
-
-    uint16_t* dst;
-    bool rotate = true;
-    if (head < nq) {
-        dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
-    } else if (!pos_ok) {
-        return;
-    } else if (head < nq + nkv) {
-        dst = reinterpret_cast<uint16_t*>(k_cache) + ((size_t)(head - nq) * max_ctx + pos) * head_dim;
-    } else {
-        dst = reinterpret_cast<uint16_t*>(v_cache) + ((size_t)(head - nq - nkv) * max_ctx + pos) * head_dim;
-        rotate = false;
-    }
-
-    bias_rope_store(x, b, inv_freq, attention_factor, pos, rotate, !pos_ok, half, dst);
-}
-
-// Paged form for a batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv),
-// block as above. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
+// A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv), block = D/2
+// rounded up to a multiple of 32 (64 for D = 128); requires D even, thread i handles the pair (i, i + D/2) of one
+// head of one row. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
 // of this layer's K and V pools ([blocks, nkv, 64, D]); slot -1 marks a padding row (CUDA-graph batches padded
 // to a captured size): it writes nothing to the pool, and its q is computed at position 0 and never read.
 extern "C" __global__ void __launch_bounds__(256)
@@ -111,34 +69,4 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
     }
 
     bias_rope_store(x, b, inv_freq, attention_factor, pos, rotate, false, half, dst);
-}
-
-// Launch: grid = (tokens, nkv), block = 128 threads. Copies k[t, h, :] and v[t, h, :] to position
-// start_pos + t of head h in the caches; 16-byte chunks when D % 8 == 0.
-extern "C" __global__ void __launch_bounds__(256)
-kv_append_bf16(const __nv_bfloat16* __restrict__ k,   // [tokens, nkv, D]
-               const __nv_bfloat16* __restrict__ v,   // [tokens, nkv, D]
-               __nv_bfloat16* __restrict__ k_cache,   // [nkv, max_ctx, D]
-               __nv_bfloat16* __restrict__ v_cache,   // [nkv, max_ctx, D]
-               int start_pos, int nkv, int head_dim, int max_ctx) {
-    const int t = blockIdx.x;
-    const int h = blockIdx.y;
-    const size_t src_off = ((size_t)t * nkv + h) * head_dim;
-    const size_t dst_off = ((size_t)h * max_ctx + start_pos + t) * head_dim;
-    const uint16_t* ks = reinterpret_cast<const uint16_t*>(k) + src_off;
-    const uint16_t* vs = reinterpret_cast<const uint16_t*>(v) + src_off;
-    uint16_t* kd = reinterpret_cast<uint16_t*>(k_cache) + dst_off;
-    uint16_t* vd = reinterpret_cast<uint16_t*>(v_cache) + dst_off;
-    if ((head_dim & 7) == 0 && is_aligned(ks, 16) && is_aligned(vs, 16) && is_aligned(kd, 16) &&
-        is_aligned(vd, 16)) {
-        for (int c = threadIdx.x; c < (head_dim >> 3); c += blockDim.x) {
-            reinterpret_cast<uint4*>(kd)[c] = ld_ro_u4(ks + c * 8);
-            reinterpret_cast<uint4*>(vd)[c] = ld_ro_u4(vs + c * 8);
-        }
-    } else {
-        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-            kd[i] = ks[i];
-            vd[i] = vs[i];
-        }
-    }
 }

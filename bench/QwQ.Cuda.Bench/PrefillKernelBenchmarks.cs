@@ -26,28 +26,35 @@ internal static class PrefillKernelBenchmarks
             output.WriteLine($"{name,-30}{2.0 * 2048 * n * k / (t * 1e12) * 1e3,8:F3}{t,10:F0}{100 * t / gemmTflops,8:F0}%");
         }
 
+        // One sequence over the paged pool with the identity block table (block i holds positions [64 i, 64 i + 64)).
         var attention = new AttentionOps(lib, ctx.MultiprocessorCount);
         output.WriteLine($"{"attention",-30}{"ms",8}{"rate",10}{"% ceil",9}");
         foreach (int t in new[] { 2048, 16384 })
         {
+            int blocks = t / AttentionOps.KvBlockSize;
             using var q = Random(init, stream, (long)t * Nq * D);
             using var k = Random(init, stream, (long)Nkv * t * D);
             using var v = Random(init, stream, (long)Nkv * t * D);
             using var o = DeviceBuffer.Allocate(2L * t * Nq * D);
+            using var table = IdentityTable(blocks);
+            using var seqInfo = DeviceBuffer.FromHost<int>([0, t, 0, 0]);
             double ms = Time(stream, t > 4096 ? 5 : 20,
-                () => attention.Prefill(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, t, 0, Nq, Nkv, D, t, 1f / MathF.Sqrt(D)));
+                () => attention.PrefillPaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, seqInfo.Ptr, table.Ptr, 1, t, blocks, Nq, Nkv, D, 1f / MathF.Sqrt(D)));
             double tflops = 4.0 * Nq * D * (t * (t + 1.0) / 2) / (ms * 1e-3) / 1e12;
             output.WriteLine($"{$"prefill T={t}",-30}{ms,8:F3}{tflops,7:F0} TF{100 * tflops / gemmTflops,8:F0}%");
         }
         foreach (int c in new[] { 1024, 32768 })
         {
+            int blocks = c / AttentionOps.KvBlockSize;
             using var q = Random(init, stream, (long)Nq * D);
             using var k = Random(init, stream, (long)Nkv * c * D);
             using var v = Random(init, stream, (long)Nkv * c * D);
             using var o = DeviceBuffer.Allocate(2L * Nq * D);
-            using var work = DeviceBuffer.Allocate(AttentionOps.DecodeWorkspaceBytes(Nq, D, c));
+            using var table = IdentityTable(blocks);
+            using var ctxLen = DeviceBuffer.FromHost<int>([c]);
+            using var work = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(ctx.MultiprocessorCount, Nq, Nkv, D, 1, blocks));
             double ms = Time(stream, iterations,
-                () => attention.Decode(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, work.Ptr, c, Nq, Nkv, D, c, 1f / MathF.Sqrt(D)));
+                () => attention.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, work.Ptr, ctxLen.Ptr, table.Ptr, 1, blocks, Nq, Nkv, D, 1f / MathF.Sqrt(D)));
             double gbs = 2.0 * 2 * Nkv * c * D / (ms * 1e-3) / 1e9;
             output.WriteLine($"{$"decode ctx={c}",-30}{ms,8:F4}{gbs,7:F0} GB/s{100 * gbs / copyGBs,6:F0}%");
         }
@@ -70,11 +77,16 @@ internal static class PrefillKernelBenchmarks
         using var bias = Random(init, stream, Qkv);
         using var invFreq = DeviceBuffer.FromHost<float>(Enumerable.Range(0, D / 2).Select(i => MathF.Pow(1e6f, -2f * i / D)).ToArray());
         using var qOut = DeviceBuffer.Allocate(2L * T * Nq * D);
-        using var kc = DeviceBuffer.Allocate(2L * Nkv * T * D);
-        using var vc = DeviceBuffer.Allocate(2L * Nkv * T * D);
-        Row(output, "qkv_bias_rope_append", copyGBs, 4.0 * T * Qkv + 2.0 * T * Qkv,
-            Time(stream, iterations, () => rope.QkvBiasRopeAppend(stream, qkv.Ptr, bias.Ptr, invFreq.Ptr, 1f, 0, T, Nq, Nkv, D, qOut.Ptr, kc.Ptr, vc.Ptr, T)));
+        using var kPool = DeviceBuffer.Allocate(2L * Nkv * T * D);
+        using var vPool = DeviceBuffer.Allocate(2L * Nkv * T * D);
+        using var positions = DeviceBuffer.FromHost<int>(Enumerable.Range(0, T).ToArray());
+        using var slots = DeviceBuffer.FromHost<int>(Enumerable.Range(0, T).ToArray()); // identity blocks: slot = position
+        Row(output, "qkv_bias_rope_paged", copyGBs, 4.0 * T * Qkv + 2.0 * T * Qkv,
+            Time(stream, iterations, () => rope.QkvBiasRopePaged(stream, qkv.Ptr, bias.Ptr, invFreq.Ptr, 1f, positions.Ptr, slots.Ptr, T, Nq, Nkv, D,
+                qOut.Ptr, kPool.Ptr, vPool.Ptr)));
     }
+
+    private static DeviceBuffer IdentityTable(int blocks) => DeviceBuffer.FromHost<int>(Enumerable.Range(0, blocks).ToArray());
 
     private static void Row(TextWriter output, string name, double copyGBs, double bytes, double ms)
     {

@@ -5,17 +5,20 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Tests.Kernels;
 
 /// <summary>
-/// Attention kernels against the CPU reference (<see cref="CpuOps.CausalAttention"/>) on fresh random inputs.
-/// Every run draws a new seed (printed; set QWQ_TEST_SEED to replay one). Outputs are poisoned with NaN before the
-/// launch, so a row the kernel forgets to write fails the finiteness check; cache slots past the visible context
-/// hold NaN too, so a kernel that reads (or multiplies by zero) an unwritten position fails as well.
-/// Note the layouts: the reference takes K/V as [S, nkv, D], the GPU cache is [nkv, maxCtx, D].
+/// The paged attention kernels against the CPU reference (<see cref="CpuOps.CausalAttention"/>) on fresh random
+/// inputs. Every run draws a new seed (printed; set QWQ_TEST_SEED to replay one). Outputs are poisoned with NaN before
+/// the launch, so a row the kernel forgets to write fails the finiteness check; pool slots past the visible context,
+/// pool blocks no table names and block-table entries past a sequence's blocks (which name an all-NaN block) hold NaN
+/// too, so a kernel that reads (or multiplies by zero) anything it should not fails as well. Block tables are random
+/// permutations of the pool's blocks, never the identity, so a kernel that ignores or misreads its table fails.
+/// Note the layouts: the reference takes K/V as [S, nkv, D], the pool is [blocks, nkv, 64, D].
 /// </summary>
 [TestFixture]
 public sealed class AttentionKernelTests
 {
     private const ushort Bf16NaN = 0x7FC0;
     private const uint Bf16NaNPair = 0x7FC07FC0;
+    private const int Block = AttentionOps.KvBlockSize;
     private const double GlobalTolerance = 1e-2; // ‖Δ‖/‖ref‖ over the whole output
     private const double RowTolerance = 3e-2;    // per (token, head) row, so one bad row cannot hide in the norm
 
@@ -46,8 +49,11 @@ public sealed class AttentionKernelTests
     private (AttentionOps Ops, CudaStream Stream) Gpu()
     {
         if (_ops is null || _stream is null) Assert.Ignore($"no CUDA device ({_unavailable})");
+        _context!.MakeCurrent(); // NUnit may run a test on another thread than the one-time setup
         return (_ops!, _stream!);
     }
+
+    private int Multiprocessors => _context!.MultiprocessorCount;
 
     // ---------------------------------------------------------------- CPU-only checks
 
@@ -57,21 +63,93 @@ public sealed class AttentionKernelTests
         var entries = PtxLibrary.EmbeddedEntries();
         string[] names =
         [
-            AttentionOps.PrefillD32, AttentionOps.PrefillD64, AttentionOps.PrefillD128,
-            AttentionOps.DecodeSplitD32, AttentionOps.DecodeSplitD64, AttentionOps.DecodeSplitD128,
+            AttentionOps.PrefillPagedD32, AttentionOps.PrefillPagedD64, AttentionOps.PrefillPagedD128,
+            AttentionOps.DecodePagedD32, AttentionOps.DecodePagedD64, AttentionOps.DecodePagedD128,
             AttentionOps.DecodeCombine,
         ];
         foreach (var n in names) Assert.That(entries, Does.Contain(n), $"'{n}' missing from kernels/ptx/attention_*.ptx");
     }
 
     [Test]
-    public void DecodeWorkspaceCoversPartialsAndContextSlot()
+    public void DecodeWorkspaceCoversThePartialsOfTheLargestBatch()
     {
-        // QwQ: 40 heads, D = 128, 131072 context: 256 splits at most -> 40*256*128*4 + 40*256*8 + 16 bytes.
-        Assert.That(AttentionOps.DecodeWorkspaceBytes(40, 128, 131072), Is.EqualTo(40L * 256 * 128 * 4 + 40L * 256 * 8 + 16));
-        // A short cache needs at most one split per 64-key tile.
-        Assert.That(AttentionOps.DecodeWorkspaceBytes(10, 32, 100), Is.EqualTo(10L * 2 * 32 * 4 + 10L * 2 * 8 + 16));
-        Assert.That(AttentionOps.DecodeWorkspaceBytes(1, 32, 1), Is.EqualTo(1L * 1 * 32 * 4 + 8 + 16));
+        // QwQ on an H100 (132 SMs, 8 KV heads): one row takes (4 * 132 + 7) / 8 = 66 splits per KV head, partials
+        // fp32 [nq, splits, D] and (max, sum) [nq, splits, 2].
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 1, 2048), Is.EqualTo(40L * 66 * 128 * 4 + 40L * 66 * 8));
+        // Batches of 2, 3, 4 rows take 33, 22, 17 splits: the most partials are 4 x 17 = 68 rows' worth.
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 4, 2048), Is.EqualTo(40L * 68 * 128 * 4 + 40L * 68 * 8));
+        // A short table needs at most one split per 64-key block.
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 10, 2, 32, 1, 2), Is.EqualTo(10L * 2 * 32 * 4 + 10L * 2 * 8));
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(1, 1, 1, 32, 1, 1), Is.EqualTo(1L * 1 * 32 * 4 + 8));
+    }
+
+    // ---------------------------------------------------------------- pools and tables
+
+    /// <summary>A layer's K and V pools, their block count, the all-NaN block that pads tables, and the free blocks left.</summary>
+    private sealed class Pool(int blocks, int nkv, int d)
+    {
+        public int Blocks { get; } = blocks;
+        public ushort[] K { get; } = Poisoned((long)blocks * nkv * Block * d);
+        public ushort[] V { get; } = Poisoned((long)blocks * nkv * Block * d);
+        public int NaNBlock { get; set; }
+        public Queue<int> Free { get; } = new();
+
+        private static ushort[] Poisoned(long n)
+        {
+            var a = new ushort[n];
+            Array.Fill(a, Bf16NaN);
+            return a;
+        }
+
+        /// <summary>Writes [S, nkv, D] keys/values of one sequence at its table's slots.</summary>
+        public void Write(float[] k, float[] v, int s, int[] table)
+        {
+            for (int pos = 0; pos < s; pos++)
+                for (int h = 0; h < nkv; h++)
+                {
+                    long dst = (((long)table[pos / Block] * nkv + h) * Block + pos % Block) * d;
+                    for (int i = 0; i < d; i++)
+                    {
+                        K[dst + i] = Bf16.FromFloat(k[((long)pos * nkv + h) * d + i]);
+                        V[dst + i] = Bf16.FromFloat(v[((long)pos * nkv + h) * d + i]);
+                    }
+                }
+        }
+    }
+
+    /// <summary>
+    /// A pool of <paramref name="usedBlocks"/> + 2 blocks in random order: one kept all-NaN for table padding, one
+    /// never handed out; the rest are dealt by <see cref="Table"/>. The first table dealt is never the identity.
+    /// </summary>
+    private static Pool NewPool(Random rng, int usedBlocks, int nkv, int d)
+    {
+        var pool = new Pool(usedBlocks + 2, nkv, d);
+        int[] perm;
+        do
+        {
+            perm = Enumerable.Range(0, pool.Blocks).ToArray();
+            rng.Shuffle(perm);
+        } while (perm[0] == 0 && (usedBlocks == 1 || perm[1] == 1)); // not an identity start
+        pool.NaNBlock = perm[^1];
+        foreach (int b in perm[..^1]) pool.Free.Enqueue(b);
+        return pool;
+    }
+
+    /// <summary>
+    /// Block table row of <paramref name="maxBlocks"/> entries for a sequence of <paramref name="positions"/>
+    /// positions: <paramref name="shared"/> blocks first (a prefix shared with another sequence), then fresh blocks
+    /// from the pool; entries past the sequence name the all-NaN block.
+    /// </summary>
+    private static int[] Table(Pool pool, int positions, int maxBlocks, int[]? shared = null)
+    {
+        int blocks = (positions + Block - 1) / Block;
+        Assert.That(blocks, Is.LessThanOrEqualTo(maxBlocks));
+        var table = new int[maxBlocks];
+        Array.Fill(table, pool.NaNBlock);
+        int i = 0;
+        for (; shared is not null && i < shared.Length && i < blocks; i++) table[i] = shared[i];
+        for (; i < blocks; i++) table[i] = pool.Free.Dequeue();
+        return table;
     }
 
     // ---------------------------------------------------------------- prefill
@@ -82,83 +160,137 @@ public sealed class AttentionKernelTests
         foreach (var s in shapes)
             foreach (int t in new[] { 1, 7, 64, 130, 1000 })
                 foreach (int start in new[] { 0, 37 })
-                    yield return new TestCaseData(s.Nq, s.Nkv, s.D, t, start).SetName($"Prefill_{s.Name}_T{t}_start{start}");
+                    yield return new TestCaseData(s.Nq, s.Nkv, s.D, t, start).SetName($"PrefillPaged_{s.Name}_T{t}_start{start}");
         // Other head_dim / GQA ratios: D = 64 with a group of 7, a group of 16 (the widest the decode tile allows),
         // plain MHA, and a long chunk on top of a long cache.
-        yield return new TestCaseData(14, 2, 64, 130, 37).SetName("Prefill_d64_g7_T130_start37");
-        yield return new TestCaseData(16, 1, 64, 200, 0).SetName("Prefill_d64_g16_T200_start0");
-        yield return new TestCaseData(4, 4, 32, 300, 5).SetName("Prefill_d32_mha_T300_start5");
-        yield return new TestCaseData(40, 8, 128, 129, 2000).SetName("Prefill_qwq_T129_start2000");
+        yield return new TestCaseData(14, 2, 64, 130, 37).SetName("PrefillPaged_d64_g7_T130_start37");
+        yield return new TestCaseData(16, 1, 64, 200, 0).SetName("PrefillPaged_d64_g16_T200_start0");
+        yield return new TestCaseData(4, 4, 32, 300, 5).SetName("PrefillPaged_d32_mha_T300_start5");
+        yield return new TestCaseData(40, 8, 128, 129, 2000).SetName("PrefillPaged_qwq_T129_start2000");
     }
 
     [TestCaseSource(nameof(PrefillCases))]
-    public void PrefillMatchesCpuReference(int nq, int nkv, int d, int tokens, int startPos)
+    public void PrefillPagedMatchesCpuReference(int nq, int nkv, int d, int tokens, int startPos) =>
+        RunPrefill(nq, nkv, d, [(tokens, startPos, 0)]);
+
+    [Test]
+    public void PrefillPagedManySequencesInOneLaunch_QwqShape() =>
+        // Chunks of several sizes on top of several cache lengths; the fourth shares its first two blocks with the
+        // first (a cached prompt prefix), and the second is a lone row.
+        RunPrefill(40, 8, 128, [(130, 37, 0), (1, 2000, 0), (7, 0, 0), (129, 64, 2)]);
+
+    [Test]
+    public void PrefillPagedManySequencesInOneLaunch_Tiny() =>
+        RunPrefill(10, 2, 32, [(1000, 0, 0), (64, 37, 0), (300, 5, 0), (65, 130, 2), (1, 0, 0)]);
+
+    /// <summary>
+    /// One launch over <paramref name="seqs"/> (query rows T at positions start .. start+T-1 each; SharedBlocks: how
+    /// many leading blocks it shares with sequence 0, whose keys and values it then has there too), every sequence's
+    /// rows laid end to end in q and out, as the engine does.
+    /// </summary>
+    private void RunPrefill(int nq, int nkv, int d, (int T, int Start, int SharedBlocks)[] seqs)
     {
         var (ops, stream) = Gpu();
         var rng = NewRng();
-        int s = startPos + tokens;
-        int maxCtx = s + 67; // not a multiple of the 64-key tile; the tail holds NaN
         float scale = 1f / MathF.Sqrt(d);
+        int[] lengths = seqs.Select(z => z.Start + z.T).ToArray();
+        int maxBlocks = lengths.Max() / Block + 2; // spare entries, which name the NaN block
+        int ownBlocks = seqs.Select((z, i) => (lengths[i] + Block - 1) / Block - Math.Min(z.SharedBlocks, (lengths[i] + Block - 1) / Block)).Sum();
+        var pool = NewPool(rng, ownBlocks, nkv, d);
 
-        float[] q = RandomBf16(rng, (long)tokens * nq * d, 1.5f); // [T, nq, D]
-        float[] k = RandomBf16(rng, (long)s * nkv * d, 1f);       // [S, nkv, D]
-        float[] v = RandomBf16(rng, (long)s * nkv * d, 1f);
+        var ks = new float[seqs.Length][];
+        var vs = new float[seqs.Length][];
+        var tables = new int[seqs.Length][];
+        for (int z = 0; z < seqs.Length; z++)
+        {
+            int s = lengths[z];
+            ks[z] = RandomBf16(rng, (long)s * nkv * d, 1f); // [S, nkv, D]
+            vs[z] = RandomBf16(rng, (long)s * nkv * d, 1f);
+            int shared = seqs[z].SharedBlocks;
+            if (shared > 0)
+            {
+                Assert.That(lengths[0], Is.GreaterThanOrEqualTo(shared * Block), "sequence 0 must hold the shared blocks");
+                Array.Copy(ks[0], ks[z], Math.Min((long)shared * Block, s) * nkv * d);
+                Array.Copy(vs[0], vs[z], Math.Min((long)shared * Block, s) * nkv * d);
+            }
+            tables[z] = Table(pool, s, maxBlocks, shared > 0 ? tables[0][..shared] : null);
+            pool.Write(ks[z], vs[z], s, tables[z]);
+        }
+
+        int rows = seqs.Sum(z => z.T);
+        float[] q = RandomBf16(rng, (long)rows * nq * d, 1.5f); // [rows, nq, D]
+        var info = new int[seqs.Length * 4];
+        for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
+            (info[4 * z], info[4 * z + 1], info[4 * z + 2]) = (first, seqs[z].T, seqs[z].Start);
 
         using var qBuf = DeviceBuffer.FromHost<ushort>(ToBf16(q));
-        using var kBuf = DeviceBuffer.FromHost<ushort>(ToCache(k, s, nkv, d, maxCtx));
-        using var vBuf = DeviceBuffer.FromHost<ushort>(ToCache(v, s, nkv, d, maxCtx));
-        using var outBuf = DeviceBuffer.Allocate(2L * tokens * nq * d);
+        using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
+        using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
+        using var infoBuf = DeviceBuffer.FromHost<int>(info);
+        using var tableBuf = DeviceBuffer.FromHost<int>(tables.SelectMany(t => t).ToArray());
+        using var outBuf = DeviceBuffer.Allocate(2L * rows * nq * d);
         outBuf.Memset32(Bf16NaNPair);
 
-        ops.Prefill(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, tokens, startPos, nq, nkv, d, maxCtx, scale);
+        ops.PrefillPaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, infoBuf.Ptr, tableBuf.Ptr, seqs.Length,
+            seqs.Max(z => z.T), maxBlocks, nq, nkv, d, scale);
         stream.Synchronize();
         float[] got = FromBf16(outBuf.ToArray<ushort>());
 
         AssertAllFinite(got, d, "prefill");
-        // The CPU reference is O(T*S*nq*D): for big cases check the first and last KV-head groups only
-        // (the kernel treats every head alike; the finiteness check above still covers every row).
-        int[] kvHeads = (long)tokens * s * nq > 4_000_000
-            ? [0, nkv - 1]
-            : Enumerable.Range(0, nkv).ToArray();
-        CompareWithReference(got, q, k, v, tokens, startPos, nq, nkv, d, scale, kvHeads, $"prefill T={tokens} start={startPos}");
+        for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
+        {
+            var (t, start, _) = seqs[z];
+            int s = lengths[z];
+            long at = (long)first * nq * d, n = (long)t * nq * d;
+            // The CPU reference is O(T*S*nq*D): for big cases check the first and last KV-head groups only
+            // (the kernel treats every head alike; the finiteness check above still covers every row).
+            int[] kvHeads = (long)t * s * nq > 4_000_000 ? [0, nkv - 1] : Enumerable.Range(0, nkv).ToArray();
+            CompareWithReference(got.AsSpan((int)at, (int)n).ToArray(), q.AsSpan((int)at, (int)n).ToArray(), ks[z], vs[z],
+                t, start, nq, nkv, d, scale, kvHeads, $"prefill seq {z} T={t} start={start}");
+        }
     }
 
     // ---------------------------------------------------------------- decode
 
     [Test]
-    public void DecodeDeviceMatchesCpuReferenceAsContextChanges_QwqShape() =>
+    public void DecodePagedMatchesCpuReferenceAsContextChanges_QwqShape() =>
         DecodeSweep(40, 8, 128, maxCtx: 20480, contexts: [1, 17, 1000, 8192, 20000, 63, 64, 65, 1000]);
 
     [Test]
-    public void DecodeDeviceMatchesCpuReferenceAsContextChanges_Tiny() =>
+    public void DecodePagedMatchesCpuReferenceAsContextChanges_Tiny() =>
         DecodeSweep(10, 2, 32, maxCtx: 3000, contexts: [1, 17, 100, 2999, 3000, 129]);
 
     [Test]
-    public void DecodeDeviceMatchesCpuReferenceAsContextChanges_Group16_D64() =>
+    public void DecodePagedMatchesCpuReferenceAsContextChanges_Group16_D64() =>
         DecodeSweep(16, 1, 64, maxCtx: 5000, contexts: [1, 200, 4999]);
 
     [Test]
-    public void DecodeDeviceMatchesCpuReferenceAsContextChanges_Mha_D64() =>
+    public void DecodePagedMatchesCpuReferenceAsContextChanges_Mha_D64() =>
         DecodeSweep(4, 4, 64, maxCtx: 777, contexts: [700, 3, 777]);
 
     /// <summary>
-    /// One set of buffers and one fixed argument list (as a captured CUDA graph would have); only the int at the
-    /// device ctx_len pointer and the contents of q change between launches.
+    /// One row, one set of buffers and one fixed argument list (as a captured CUDA graph would have); only the int at
+    /// the device ctx_lens pointer and the contents of q change between launches.
     /// </summary>
     private void DecodeSweep(int nq, int nkv, int d, int maxCtx, int[] contexts)
     {
         var (ops, stream) = Gpu();
         var rng = NewRng();
         int filled = contexts.Max();
+        int maxBlocks = (maxCtx + Block - 1) / Block;
         float scale = 1f / MathF.Sqrt(d);
         float[] k = RandomBf16(rng, (long)filled * nkv * d, 1f); // [S, nkv, D]
         float[] v = RandomBf16(rng, (long)filled * nkv * d, 1f);
+        var pool = NewPool(rng, maxBlocks, nkv, d);
+        int[] table = Table(pool, maxCtx, maxBlocks);
+        pool.Write(k, v, filled, table);
 
-        using var kBuf = DeviceBuffer.FromHost<ushort>(ToCache(k, filled, nkv, d, maxCtx));
-        using var vBuf = DeviceBuffer.FromHost<ushort>(ToCache(v, filled, nkv, d, maxCtx));
+        using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
+        using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
+        using var tableBuf = DeviceBuffer.FromHost<int>(table);
         using var qBuf = DeviceBuffer.Allocate(2L * nq * d);
         using var outBuf = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodeWorkspaceBytes(nq, d, maxCtx));
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, maxBlocks));
         using var ctxBuf = DeviceBuffer.Allocate(16);
         ws.Memset32(0x7FC00000); // fp32 NaN: the combine must read only partials written in this launch
 
@@ -169,7 +301,7 @@ public sealed class AttentionKernelTests
             ctxBuf.Memset32((uint)ctx, stream);
             outBuf.Memset32(Bf16NaNPair, stream);
 
-            ops.DecodeDevice(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctxBuf.Ptr, nq, nkv, d, maxCtx, scale);
+            ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, 1, maxBlocks, nq, nkv, d, scale);
             stream.Synchronize();
             float[] got = FromBf16(outBuf.ToArray<ushort>());
 
@@ -180,28 +312,64 @@ public sealed class AttentionKernelTests
     }
 
     [Test]
-    public void DecodeWithHostContextLengthMatchesCpuReference()
+    public void DecodePagedBatchOfSequencesMatchesCpuReference()
     {
+        // One row per sequence, as a decode step batches them: contexts of one key, a block edge either side, a long
+        // one, a padding row (ctx 0: zeros), and one sharing its first 40 blocks with the long one.
         var (ops, stream) = Gpu();
         var rng = NewRng();
-        const int nq = 40, nkv = 8, d = 128, maxCtx = 4096, ctx = 3001;
+        const int nq = 40, nkv = 8, d = 128, maxBlocks = 64;
+        int[] contexts = [1, 64, 65, 3001, 0, 2600];
+        const int longRow = 3, sharingRow = 5, sharedBlocks = 40;
         float scale = 1f / MathF.Sqrt(d);
-        float[] q = RandomBf16(rng, nq * d, 1.5f);
-        float[] k = RandomBf16(rng, (long)ctx * nkv * d, 1f);
-        float[] v = RandomBf16(rng, (long)ctx * nkv * d, 1f);
+        int batch = contexts.Length;
+        int ownBlocks = contexts.Select((c, b) => (c + Block - 1) / Block - (b == sharingRow ? sharedBlocks : 0)).Sum();
+        var pool = NewPool(rng, ownBlocks, nkv, d);
+
+        var ks = new float[batch][];
+        var vs = new float[batch][];
+        var tables = new int[batch][];
+        foreach (int b in new[] { longRow }.Concat(Enumerable.Range(0, batch).Where(b => b != longRow)))
+        {
+            int c = contexts[b];
+            ks[b] = RandomBf16(rng, (long)c * nkv * d, 1f);
+            vs[b] = RandomBf16(rng, (long)c * nkv * d, 1f);
+            if (b == sharingRow)
+            {
+                Array.Copy(ks[longRow], ks[b], (long)sharedBlocks * Block * nkv * d);
+                Array.Copy(vs[longRow], vs[b], (long)sharedBlocks * Block * nkv * d);
+            }
+            tables[b] = Table(pool, c, maxBlocks, b == sharingRow ? tables[longRow][..sharedBlocks] : null);
+            pool.Write(ks[b], vs[b], c, tables[b]);
+        }
+        float[] q = RandomBf16(rng, (long)batch * nq * d, 1.5f); // [batch, nq, D]
 
         using var qBuf = DeviceBuffer.FromHost<ushort>(ToBf16(q));
-        using var kBuf = DeviceBuffer.FromHost<ushort>(ToCache(k, ctx, nkv, d, maxCtx));
-        using var vBuf = DeviceBuffer.FromHost<ushort>(ToCache(v, ctx, nkv, d, maxCtx));
-        using var outBuf = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodeWorkspaceBytes(nq, d, maxCtx));
+        using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
+        using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
+        using var tableBuf = DeviceBuffer.FromHost<int>(tables.SelectMany(t => t).ToArray());
+        using var ctxBuf = DeviceBuffer.FromHost<int>(contexts);
+        using var outBuf = DeviceBuffer.Allocate(2L * batch * nq * d);
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, batch, maxBlocks));
+        ws.Memset32(0x7FC00000);
         outBuf.Memset32(Bf16NaNPair);
 
-        ops.Decode(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctx, nq, nkv, d, maxCtx, scale);
+        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, batch, maxBlocks, nq, nkv, d, scale);
         stream.Synchronize();
         float[] got = FromBf16(outBuf.ToArray<ushort>());
-        AssertAllFinite(got, d, "decode (host ctx)");
-        CompareWithReference(got, q, k, v, 1, ctx - 1, nq, nkv, d, scale, Enumerable.Range(0, nkv).ToArray(), "decode (host ctx)");
+
+        AssertAllFinite(got, d, "decode batch");
+        for (int b = 0; b < batch; b++)
+        {
+            int at = b * nq * d, n = nq * d;
+            if (contexts[b] == 0)
+            {
+                Assert.That(got.AsSpan(at, n).ToArray(), Is.All.Zero, $"padding row {b} outputs zeros");
+                continue;
+            }
+            CompareWithReference(got.AsSpan(at, n).ToArray(), q.AsSpan(at, n).ToArray(), ks[b], vs[b], 1, contexts[b] - 1,
+                nq, nkv, d, scale, Enumerable.Range(0, nkv).ToArray(), $"decode row {b} ctx={contexts[b]}");
+        }
     }
 
     [Test]
@@ -210,22 +378,28 @@ public sealed class AttentionKernelTests
         // The two kernels take different routes (split + merge vs one block); for T = 1 they must agree.
         var (ops, stream) = Gpu();
         var rng = NewRng();
-        const int nq = 40, nkv = 8, d = 128, maxCtx = 9000, ctx = 8500;
+        const int nq = 40, nkv = 8, d = 128, ctx = 8500, maxBlocks = (9000 + Block - 1) / Block;
         float scale = 1f / MathF.Sqrt(d);
         float[] q = RandomBf16(rng, nq * d, 1.5f);
         float[] k = RandomBf16(rng, (long)ctx * nkv * d, 1f);
         float[] v = RandomBf16(rng, (long)ctx * nkv * d, 1f);
+        var pool = NewPool(rng, (ctx + Block - 1) / Block, nkv, d);
+        int[] table = Table(pool, ctx, maxBlocks);
+        pool.Write(k, v, ctx, table);
         using var qBuf = DeviceBuffer.FromHost<ushort>(ToBf16(q));
-        using var kBuf = DeviceBuffer.FromHost<ushort>(ToCache(k, ctx, nkv, d, maxCtx));
-        using var vBuf = DeviceBuffer.FromHost<ushort>(ToCache(v, ctx, nkv, d, maxCtx));
+        using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
+        using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
+        using var tableBuf = DeviceBuffer.FromHost<int>(table);
+        using var ctxBuf = DeviceBuffer.FromHost<int>([ctx]);
+        using var infoBuf = DeviceBuffer.FromHost<int>([0, 1, ctx - 1, 0]);
         using var outA = DeviceBuffer.Allocate(2L * nq * d);
         using var outB = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodeWorkspaceBytes(nq, d, maxCtx));
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, maxBlocks));
         outA.Memset32(Bf16NaNPair);
         outB.Memset32(Bf16NaNPair);
 
-        ops.Decode(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outA.Ptr, ws.Ptr, ctx, nq, nkv, d, maxCtx, scale);
-        ops.Prefill(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outB.Ptr, 1, ctx - 1, nq, nkv, d, maxCtx, scale);
+        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outA.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, 1, maxBlocks, nq, nkv, d, scale);
+        ops.PrefillPaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outB.Ptr, infoBuf.Ptr, tableBuf.Ptr, 1, 1, maxBlocks, nq, nkv, d, scale);
         stream.Synchronize();
         float[] a = FromBf16(outA.ToArray<ushort>());
         float[] b = FromBf16(outB.ToArray<ushort>());
@@ -240,14 +414,20 @@ public sealed class AttentionKernelTests
         var (ops, stream) = Gpu();
         using var buf = DeviceBuffer.Allocate(1 << 16);
         ulong p = buf.Ptr;
-        Assert.Throws<ArgumentException>(() => ops.Prefill(stream, p, p, p, p, 1, 0, 40, 7, 128, 100, 0.1f)); // nq % nkv
-        Assert.Throws<ArgumentException>(() => ops.Prefill(stream, p, p, p, p, 1, 0, 40, 8, 96, 100, 0.1f));  // head_dim
-        Assert.Throws<ArgumentOutOfRangeException>(() => ops.Prefill(stream, p, p, p, p, 0, 0, 40, 8, 128, 100, 0.1f));
-        Assert.Throws<ArgumentOutOfRangeException>(() => ops.Prefill(stream, p, p, p, p, 10, 95, 40, 8, 128, 100, 0.1f));
-        Assert.Throws<ArgumentException>(() => ops.Prefill(stream, p, p + 8, p, p, 1, 0, 40, 8, 128, 100, 0.1f)); // K alignment
-        Assert.Throws<ArgumentException>(() => ops.DecodeDevice(stream, p, p, p, p, p, p, 34, 2, 128, 100, 0.1f)); // group 17
-        Assert.Throws<ArgumentOutOfRangeException>(() => ops.Decode(stream, p, p, p, p, p, 0, 40, 8, 128, 100, 0.1f));
-        Assert.Throws<ArgumentOutOfRangeException>(() => ops.Decode(stream, p, p, p, p, p, 101, 40, 8, 128, 100, 0.1f));
+        Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 1, 1, 2, 40, 7, 128, 0.1f)); // nq % nkv
+        Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 1, 1, 2, 40, 8, 96, 0.1f));  // head_dim
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 0, 1, 2, 40, 8, 128, 0.1f)); // sequences
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 1, 0, 2, 40, 8, 128, 0.1f)); // query rows
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 1, 1, 0, 40, 8, 128, 0.1f)); // table width
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.PrefillPaged(stream, p, p, p, p, p, p, 1, 1, 2, 40, 8, 128, 0f));   // scale
+        Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p + 8, p, p, p, p, 1, 1, 2, 40, 8, 128, 0.1f)); // K alignment
+        Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p + 4, p, 1, 1, 2, 40, 8, 128, 0.1f)); // seqInfo alignment
+        Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p, 0, 1, 1, 2, 40, 8, 128, 0.1f));     // no tables
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 1, 2, 34, 2, 128, 0.1f));      // group 17
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 0, 2, 40, 8, 128, 0.1f)); // batch
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p + 4, p, p, 1, 2, 40, 8, 128, 0.1f));  // workspace alignment
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p + 2, p, 1, 2, 40, 8, 128, 0.1f));  // ctxLens alignment
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, 0, 1, 2, 40, 8, 128, 0.1f));      // no tables
     }
 
     // ---------------------------------------------------------------- throughput (run by hand on a GPU)
@@ -256,13 +436,16 @@ public sealed class AttentionKernelTests
     public void PrefillThroughput_QwqShape_16k()
     {
         var (ops, stream) = Gpu();
-        const int nq = 40, nkv = 8, d = 128, tokens = 16384, maxCtx = 16384;
+        const int nq = 40, nkv = 8, d = 128, tokens = 16384, blocks = tokens / Block;
         using var q = DeviceBuffer.Allocate(2L * tokens * nq * d);
-        using var k = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
-        using var v = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
+        using var k = DeviceBuffer.Allocate(2L * nkv * tokens * d);
+        using var v = DeviceBuffer.Allocate(2L * nkv * tokens * d);
         using var o = DeviceBuffer.Allocate(2L * tokens * nq * d);
+        using var table = DeviceBuffer.FromHost<int>(ShuffledBlocks(blocks));
+        using var info = DeviceBuffer.FromHost<int>([0, tokens, 0, 0]);
         foreach (var b in new[] { q, k, v }) b.Memset32(0x3C003C00); // bf16 pairs of 0.0078125: finite, harmless
-        float ms = Time(stream, 5, () => ops.Prefill(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, tokens, 0, nq, nkv, d, maxCtx, 1f / MathF.Sqrt(d)));
+        float ms = Time(stream, 5, () => ops.PrefillPaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, info.Ptr, table.Ptr, 1, tokens, blocks,
+            nq, nkv, d, 1f / MathF.Sqrt(d)));
         double flops = 4.0 * tokens * (tokens + 1) / 2.0 * nq * d; // causal: QK^T and PV over the lower triangle
         TestContext.Out.WriteLine($"prefill T={tokens}: {ms:F2} ms/layer, {flops / ms / 1e9:F0} TFLOP/s");
     }
@@ -271,22 +454,31 @@ public sealed class AttentionKernelTests
     public void DecodeBandwidth_QwqShape()
     {
         var (ops, stream) = Gpu();
-        const int nq = 40, nkv = 8, d = 128, maxCtx = 131072;
+        const int nq = 40, nkv = 8, d = 128, maxCtx = 131072, blocks = maxCtx / Block;
         using var q = DeviceBuffer.Allocate(2L * nq * d);
         using var k = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
         using var v = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
         using var o = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodeWorkspaceBytes(nq, d, maxCtx));
+        using var table = DeviceBuffer.FromHost<int>(ShuffledBlocks(blocks));
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, blocks));
         using var ctxBuf = DeviceBuffer.Allocate(16);
         foreach (var b in new[] { q, k, v }) b.Memset32(0x3C003C00);
         foreach (int ctx in new[] { 1024, 8192, 32768, 131072 })
         {
             ctxBuf.Memset32((uint)ctx, stream);
-            float ms = Time(stream, 20, () => ops.DecodeDevice(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, ws.Ptr, ctxBuf.Ptr,
-                nq, nkv, d, maxCtx, 1f / MathF.Sqrt(d)));
+            float ms = Time(stream, 20, () => ops.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, ws.Ptr, ctxBuf.Ptr, table.Ptr, 1, blocks,
+                nq, nkv, d, 1f / MathF.Sqrt(d)));
             double bytes = 2.0 * 2 * nkv * (double)ctx * d;
             TestContext.Out.WriteLine($"decode ctx={ctx}: {ms * 1000:F1} us/layer, {bytes / ms / 1e6:F0} GB/s of K/V");
         }
+    }
+
+    /// <summary>A random order of <paramref name="blocks"/> blocks, as a long-running pool hands them out.</summary>
+    private static int[] ShuffledBlocks(int blocks)
+    {
+        var t = Enumerable.Range(0, blocks).ToArray();
+        new Random(1).Shuffle(t);
+        return t;
     }
 
     private static float Time(CudaStream stream, int reps, Action launch)
@@ -327,23 +519,11 @@ public sealed class AttentionKernelTests
     private static ushort[] ToBf16(float[] a) => Bf16.FromFloat(a);
     private static float[] FromBf16(ushort[] a) => Bf16.ToFloat(a);
 
-    /// <summary>[S, nkv, D] floats -> cache [nkv, maxCtx, D] bf16 with positions S.. poisoned by NaN.</summary>
-    private static ushort[] ToCache(float[] kv, int s, int nkv, int d, int maxCtx)
-    {
-        var cache = new ushort[(long)nkv * maxCtx * d];
-        Array.Fill(cache, Bf16NaN);
-        for (int pos = 0; pos < s; pos++)
-            for (int h = 0; h < nkv; h++)
-                for (int i = 0; i < d; i++)
-                    cache[((long)h * maxCtx + pos) * d + i] = Bf16.FromFloat(kv[((long)pos * nkv + h) * d + i]);
-        return cache;
-    }
-
     private static void AssertAllFinite(float[] got, int d, string what)
     {
         for (int i = 0; i < got.Length; i++)
             if (!float.IsFinite(got[i]))
-                Assert.Fail($"{what}: output row {i / d} dim {i % d} is {got[i]} (never written, or NaN from masked cache slots)");
+                Assert.Fail($"{what}: output row {i / d} dim {i % d} is {got[i]} (never written, or NaN from masked pool slots)");
     }
 
     /// <summary>

@@ -5,11 +5,15 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Tests.Kernels;
 
 /// <summary>
-/// qkv_bias_rope_append and kv_append against <see cref="CpuOps.ApplyRope"/> / plain copies. The caches are
-/// poisoned and downloaded whole, so a write to a wrong position or head fails as well as a missing one.
+/// qkv_bias_rope_paged against <see cref="CpuOps.ApplyRope"/> / plain copies. Each row's K/V slot comes from a block
+/// table that is a random permutation of the pool's blocks (never the identity), so a slot computed with the wrong
+/// block, head or offset lands somewhere else. The pool is poisoned and downloaded whole, so a write to a wrong slot
+/// or head fails as well as a missing one.
 /// </summary>
 public sealed class RopeKernelTests : KernelTestBase
 {
+    private const int Block = AttentionOps.KvBlockSize;
+
     private RopeOps _rope = null!;
 
     protected override void CreateOps() => _rope = new RopeOps(Lib);
@@ -22,16 +26,16 @@ public sealed class RopeKernelTests : KernelTestBase
         return r;
     }
 
-    private sealed record Expected(float[] Q, float[] K, float[] V); // q [T, nq, D]; k, v [T, nkv, D]
+    private sealed record Expected(float[] Q, float[] K, float[] V); // q [rows, nq, D]; k, v [rows, nkv, D]
 
-    private static Expected Reference(float[] qkv, float[] bias, int tokens, int nq, int nkv, int d, int startPos,
-        float[] invFreq, float factor)
+    /// <summary>Row t at position <paramref name="positions"/>[t]: q and k rotated there, v only biased.</summary>
+    private static Expected Reference(float[] qkv, float[] bias, int[] positions, int nq, int nkv, int d, float[] invFreq, float factor)
     {
-        int width = (nq + 2 * nkv) * d;
-        var q = new float[tokens * nq * d];
-        var k = new float[tokens * nkv * d];
-        var v = new float[tokens * nkv * d];
-        for (int t = 0; t < tokens; t++)
+        int rows = positions.Length, width = (nq + 2 * nkv) * d;
+        var q = new float[rows * nq * d];
+        var k = new float[rows * nkv * d];
+        var v = new float[rows * nkv * d];
+        for (int t = 0; t < rows; t++)
         for (int c = 0; c < width; c++)
         {
             float x = qkv[t * width + c] + bias[c];
@@ -39,143 +43,197 @@ public sealed class RopeKernelTests : KernelTestBase
             else if (c < (nq + nkv) * d) k[t * nkv * d + c - nq * d] = x;
             else v[t * nkv * d + c - (nq + nkv) * d] = x;
         }
-        CpuOps.ApplyRope(q, tokens, nq, d, startPos, invFreq, factor);
-        CpuOps.ApplyRope(k, tokens, nkv, d, startPos, invFreq, factor);
+        for (int t = 0; t < rows; t++)
+        {
+            CpuOps.ApplyRope(q.AsSpan(t * nq * d, nq * d), 1, nq, d, positions[t], invFreq, factor);
+            CpuOps.ApplyRope(k.AsSpan(t * nkv * d, nkv * d), 1, nkv, d, positions[t], invFreq, factor);
+        }
         return new Expected(q, k, v);
     }
 
-    /// <summary>Checks cache [nkv, maxCtx, D]: rows startPos..startPos+T-1 match expected [T, nkv, D], the rest is poison.</summary>
-    private static void AssertCache(ushort[] cacheBits, float[] expected, int tokens, int nkv, int d, int startPos, int maxCtx,
-        double tolerance, string what)
+    /// <summary>
+    /// Block tables for sequences of <paramref name="blocksPerSequence"/> blocks, dealt from one random permutation of
+    /// <paramref name="poolBlocks"/> blocks (disjoint; the first table is never the identity).
+    /// </summary>
+    private int[][] ShuffledTables(int poolBlocks, params int[] blocksPerSequence)
     {
-        var got = new float[tokens * nkv * d];
-        for (int h = 0; h < nkv; h++)
-        for (int p = 0; p < maxCtx; p++)
+        Assert.That(blocksPerSequence.Sum(), Is.LessThan(poolBlocks), "keep a spare block so no table can be the identity by force");
+        int[] perm;
+        do
         {
-            long row = ((long)h * maxCtx + p) * d;
-            int t = p - startPos;
-            if (t >= 0 && t < tokens)
+            perm = Enumerable.Range(0, poolBlocks).ToArray();
+            Rng.Shuffle(perm);
+        } while (perm.AsSpan(0, blocksPerSequence[0]).SequenceEqual(Enumerable.Range(0, blocksPerSequence[0]).ToArray()));
+        var tables = new int[blocksPerSequence.Length][];
+        int next = 0;
+        for (int i = 0; i < tables.Length; i++)
+        {
+            tables[i] = perm[next..(next + blocksPerSequence[i])];
+            next += blocksPerSequence[i];
+        }
+        return tables;
+    }
+
+    /// <summary>The rows of one sequence at positions start .. start+count-1: their positions and pool slots.</summary>
+    private static (int[] Positions, int[] Slots) SequenceRows(int[] table, int start, int count)
+    {
+        var positions = Enumerable.Range(start, count).ToArray();
+        return (positions, positions.Select(p => table[p / Block] * Block + p % Block).ToArray());
+    }
+
+    /// <summary>
+    /// Pool [blocks, nkv, 64, D]: the slot of every row with slot ≥ 0 holds that row's expected [rows, nkv, D] values,
+    /// every other element is still poison.
+    /// </summary>
+    private static void AssertPool(ushort[] poolBits, float[] expected, int[] slots, int nkv, int d, int poolBlocks, double tolerance, string what)
+    {
+        var rowOfSlot = new int[poolBlocks * Block];
+        Array.Fill(rowOfSlot, -1);
+        for (int t = 0; t < slots.Length; t++)
+            if (slots[t] >= 0) rowOfSlot[slots[t]] = t;
+        var written = Enumerable.Range(0, slots.Length).Where(t => slots[t] >= 0).ToArray();
+        var compact = new int[slots.Length];
+        for (int i = 0; i < written.Length; i++) compact[written[i]] = i;
+        var got = new float[written.Length * nkv * d];
+        var want = new float[got.Length];
+        for (int b = 0; b < poolBlocks; b++)
+        for (int h = 0; h < nkv; h++)
+        for (int o = 0; o < Block; o++)
+        {
+            long at = (((long)b * nkv + h) * Block + o) * d;
+            int t = rowOfSlot[b * Block + o];
+            if (t >= 0)
             {
-                for (int i = 0; i < d; i++) got[(t * nkv + h) * d + i] = Bf16.ToFloat(cacheBits[row + i]);
+                int r = compact[t];
+                for (int i = 0; i < d; i++)
+                {
+                    got[(r * nkv + h) * d + i] = Bf16.ToFloat(poolBits[at + i]);
+                    want[(r * nkv + h) * d + i] = expected[(t * nkv + h) * d + i];
+                }
             }
             else
             {
                 for (int i = 0; i < d; i++)
-                    if (cacheBits[row + i] != Bf16Poison)
-                        Assert.Fail($"{what}: head {h} position {p} element {i} was written (only {startPos}..{startPos + tokens - 1} should be)");
+                    if (poolBits[at + i] != Bf16Poison)
+                        Assert.Fail($"{what}: block {b} head {h} offset {o} element {i} was written (no row has slot {b * Block + o})");
             }
         }
-        AssertClose(got, expected, tolerance, what);
+        if (written.Length > 0) AssertClose(got, want, tolerance, what);
     }
 
-    [TestCase(1, 8190, 8192, 1.0f, TestName = "Rope_Decode_QwQ_NearPos8192")]
-    [TestCase(7, 0, 64, 1.0f, TestName = "Rope_Prefill_QwQ_FromZero")]
-    [TestCase(5, -1, 9000, 1.0f, TestName = "Rope_Prefill_QwQ_RandomStart")]
-    [TestCase(3, 32760, 32768, 1.2f, TestName = "Rope_QwQ_Pos32K_AttentionFactor")]
-    public void QkvBiasRopeAppendMatchesCpu(int tokens, int startPos, int maxCtx, float factor)
+    /// <summary>Launches over the given rows and checks q (every row; padding rows at position 0) and both pools.</summary>
+    private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor)
     {
-        const int nq = 40, nkv = 8, d = 128;
-        if (startPos < 0) startPos = Rng.Next(0, maxCtx - tokens + 1);
-        TestContext.Out.WriteLine($"startPos {startPos}");
-        RunQkvBiasRope(tokens, nq, nkv, d, startPos, maxCtx, factor, devicePosition: false);
-    }
-
-    [Test]
-    public void DevicePositionMatchesCpu()
-    {
-        int maxCtx = 8300;
-        int startPos = Rng.Next(0, maxCtx);
-        TestContext.Out.WriteLine($"startPos {startPos}");
-        RunQkvBiasRope(1, 40, 8, 128, startPos, maxCtx, 1.0f, devicePosition: true);
-    }
-
-    [Test]
-    public void SmallHeadDimAndGroups() => RunQkvBiasRope(4, 6, 2, 32, Rng.Next(0, 100), 128, 1.0f, devicePosition: false);
-
-    private void RunQkvBiasRope(int tokens, int nq, int nkv, int d, int startPos, int maxCtx, float factor, bool devicePosition)
-    {
-        int width = (nq + 2 * nkv) * d;
-        float[] qkv = Normal((long)tokens * width, 2f);
+        int rows = positions.Length, width = (nq + 2 * nkv) * d;
+        float[] qkv = Normal((long)rows * width, 2f);
         float[] bias = NormalBf16(width, 0.5f);
         float[] invFreq = InvFreq(d, 1_000_000.0);
 
         var dQkv = Upload<float>(qkv);
         var dBias = UploadBf16(bias);
         var dInv = Upload<float>(invFreq);
-        var dQ = PoisonedBf16((long)tokens * nq * d);
-        var dK = PoisonedBf16((long)nkv * maxCtx * d);
-        var dV = PoisonedBf16((long)nkv * maxCtx * d);
+        var dPositions = Upload<int>(positions);
+        var dSlots = Upload<int>(slots);
+        var dQ = PoisonedBf16((long)rows * nq * d);
+        var dK = PoisonedBf16((long)poolBlocks * nkv * Block * d);
+        var dV = PoisonedBf16((long)poolBlocks * nkv * Block * d);
 
-        if (devicePosition)
-        {
-            var dPos = Upload<int>([startPos]);
-            _rope.QkvBiasRopeAppendAt(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPos.Ptr, nq, nkv, d, dQ.Ptr, dK.Ptr, dV.Ptr,
-                maxCtx, tokens);
-        }
-        else
-        {
-            _rope.QkvBiasRopeAppend(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, startPos, tokens, nq, nkv, d, dQ.Ptr, dK.Ptr,
-                dV.Ptr, maxCtx);
-        }
+        _rope.QkvBiasRopePaged(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPositions.Ptr, dSlots.Ptr, rows, nq, nkv, d,
+            dQ.Ptr, dK.Ptr, dV.Ptr);
         Stream.Synchronize();
 
-        var exp = Reference(qkv, bias, tokens, nq, nkv, d, startPos, invFreq, factor);
+        // A padding row (slot −1) is computed at position 0, whatever its position entry says.
+        int[] effective = positions.Select((p, t) => slots[t] < 0 ? 0 : p).ToArray();
+        var exp = Reference(qkv, bias, effective, nq, nkv, d, invFreq, factor);
         AssertClose(DownloadBf16(dQ), exp.Q, 1e-2, "q");
-        AssertCache(dK.ToArray<ushort>(), exp.K, tokens, nkv, d, startPos, maxCtx, 1e-2, "k cache");
-        AssertCache(dV.ToArray<ushort>(), exp.V, tokens, nkv, d, startPos, maxCtx, 1e-2, "v cache");
+        AssertPool(dK.ToArray<ushort>(), exp.K, slots, nkv, d, poolBlocks, 1e-2, "k pool");
+        AssertPool(dV.ToArray<ushort>(), exp.V, slots, nkv, d, poolBlocks, 1e-2, "v pool");
+    }
+
+    /// <summary>One sequence of <paramref name="seqPositions"/> positions (spare blocks in the pool), rows start .. start+tokens-1.</summary>
+    private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor)
+    {
+        int blocks = (seqPositions + Block - 1) / Block, poolBlocks = blocks + 3;
+        var table = ShuffledTables(poolBlocks, blocks)[0];
+        var (positions, slots) = SequenceRows(table, startPos, tokens);
+        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor);
+    }
+
+    [TestCase(1, 8190, 8192, 1.0f, TestName = "Rope_Decode_QwQ_NearPos8192")]
+    [TestCase(7, 0, 64, 1.0f, TestName = "Rope_Prefill_QwQ_FromZero")]
+    [TestCase(5, -1, 9000, 1.0f, TestName = "Rope_Prefill_QwQ_RandomStart")]
+    [TestCase(3, 32760, 32768, 1.2f, TestName = "Rope_QwQ_Pos32K_AttentionFactor")]
+    [TestCase(70, 30, 200, 1.0f, TestName = "Rope_Prefill_QwQ_CrossesBlocks")]
+    public void QkvBiasRopePagedMatchesCpu(int tokens, int startPos, int seqPositions, float factor)
+    {
+        if (startPos < 0) startPos = Rng.Next(0, seqPositions - tokens + 1);
+        TestContext.Out.WriteLine($"startPos {startPos}");
+        RunOneSequence(tokens, startPos, seqPositions, 40, 8, 128, factor);
     }
 
     [Test]
-    public void DevicePositionOutOfRangeWritesNothingToCaches()
+    public void RandomDecodePositionMatchesCpu()
     {
-        const int nq = 4, nkv = 2, d = 64, maxCtx = 16;
-        int width = (nq + 2 * nkv) * d;
-        var dQkv = Upload<float>(Normal(width));
-        var dBias = UploadBf16(NormalBf16(width));
-        var dInv = Upload<float>(InvFreq(d, 10000.0));
-        var dQ = PoisonedBf16(nq * d);
-        var dK = PoisonedBf16(nkv * maxCtx * d);
-        var dV = PoisonedBf16(nkv * maxCtx * d);
-        var dPos = Upload<int>([maxCtx]);
-        _rope.QkvBiasRopeAppendAt(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, 1f, dPos.Ptr, nq, nkv, d, dQ.Ptr, dK.Ptr, dV.Ptr, maxCtx);
-        Stream.Synchronize();
-        Assert.That(dK.ToArray<ushort>(), Is.All.EqualTo(Bf16Poison), "k cache");
-        Assert.That(dV.ToArray<ushort>(), Is.All.EqualTo(Bf16Poison), "v cache");
-        Assert.That(DownloadBf16(dQ), Is.All.NaN, "q is NaN for an invalid position");
+        int seqPositions = 8300;
+        int startPos = Rng.Next(0, seqPositions);
+        TestContext.Out.WriteLine($"startPos {startPos}");
+        RunOneSequence(1, startPos, seqPositions, 40, 8, 128, 1.0f);
     }
 
-    [TestCase(3, 8, 128, TestName = "KvAppend_QwQ_Vectorized")]
-    [TestCase(2, 3, 36, TestName = "KvAppend_ScalarPath")]
-    public void KvAppendCopiesIntoPlace(int tokens, int nkv, int d)
+    [Test]
+    public void SmallHeadDimAndGroups() => RunOneSequence(4, Rng.Next(0, 100), 128, 6, 2, 32, 1.0f);
+
+    [Test]
+    public void HeadDimThatIsNotAWarpMultiple() => RunOneSequence(3, Rng.Next(0, 200), 256, 4, 2, 36, 1.0f);
+
+    [Test]
+    public void ManySequencesAndPaddingRowsInOneLaunch()
     {
-        int maxCtx = 8200;
-        int startPos = Rng.Next(0, maxCtx - tokens + 1);
-        TestContext.Out.WriteLine($"startPos {startPos}");
-        float[] k = NormalBf16((long)tokens * nkv * d), v = NormalBf16((long)tokens * nkv * d);
-        var dk = UploadBf16(k);
-        var dv = UploadBf16(v);
-        var dKc = PoisonedBf16((long)nkv * maxCtx * d);
-        var dVc = PoisonedBf16((long)nkv * maxCtx * d);
-        _rope.KvAppend(Stream, dk.Ptr, dv.Ptr, dKc.Ptr, dVc.Ptr, startPos, tokens, nkv, d, maxCtx);
-        Stream.Synchronize();
-        AssertCache(dKc.ToArray<ushort>(), k, tokens, nkv, d, startPos, maxCtx, 0, "k cache");
-        AssertCache(dVc.ToArray<ushort>(), v, tokens, nkv, d, startPos, maxCtx, 0, "v cache");
+        // As the engine lays out a step: decode rows of three sequences, a prefill chunk of a fourth that crosses a
+        // block boundary, then padding rows (slot −1) up to a captured batch size. Disjoint shuffled tables, one pool.
+        int[] lengths = [3000, 65, 64, 100];
+        var tables = ShuffledTables(90, lengths.Select(n => (n + Block - 1) / Block).ToArray());
+        var parts = new List<(int[] Positions, int[] Slots)>
+        {
+            SequenceRows(tables[0], 2999, 1),
+            SequenceRows(tables[1], 64, 1),
+            SequenceRows(tables[2], 63, 1),
+            SequenceRows(tables[3], 30, 70),
+            ([12345, -7], [-1, -1]), // padding: the position entries are garbage and must not matter
+        };
+        int[] positions = [.. parts.SelectMany(p => p.Positions)];
+        int[] slots = [.. parts.SelectMany(p => p.Slots)];
+        RunRows(40, 8, 128, positions, slots, 90, 1.0f);
+    }
+
+    [Test]
+    public void PaddingRowsWriteNothingToThePool()
+    {
+        const int nq = 4, nkv = 2, d = 64, poolBlocks = 2;
+        RunRows(nq, nkv, d, [5, 70, int.MaxValue], [-1, -1, -1], poolBlocks, 1f);
     }
 
     [Test]
     public void RejectsBadArguments()
     {
         var b = Alloc(1 << 16);
+        ulong p = b.Ptr;
         Assert.Multiple(() =>
         {
-            Assert.That(() => _rope.QkvBiasRopeAppend(Stream, b.Ptr, b.Ptr, b.Ptr, 1f, 10, 7, 4, 2, 16, b.Ptr, b.Ptr, b.Ptr, 16),
-                Throws.ArgumentException.With.Property("ParamName").EqualTo("startPos"));
-            Assert.That(() => _rope.QkvBiasRopeAppend(Stream, b.Ptr, b.Ptr, b.Ptr, 1f, 0, 1, 4, 2, 15, b.Ptr, b.Ptr, b.Ptr, 16),
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 15, p, p, p),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("headDim"));
-            Assert.That(() => _rope.QkvBiasRopeAppend(Stream, b.Ptr, b.Ptr, b.Ptr, 1f, 0, 1, 5, 2, 16, b.Ptr, b.Ptr, b.Ptr, 16),
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 5, 2, 16, p, p, p),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("nq"));
-            Assert.That(() => _rope.KvAppend(Stream, b.Ptr, b.Ptr, b.Ptr, b.Ptr, 15, 2, 2, 16, 16),
-                Throws.ArgumentException.With.Property("ParamName").EqualTo("startPos"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 0, 4, 2, 16, p, p, p),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("rows"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p + 2, p, 1, 4, 2, 16, p, p, p),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("positions"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, 0, 1, 4, 2, 16, p, p, p),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("slots"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 16, p, p + 1, p),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("kPool"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, float.NaN, p, p, 1, 4, 2, 16, p, p, p),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("attentionFactor"));
         });
     }
 }
