@@ -91,7 +91,7 @@ public sealed class BatchScheduler : IDisposable
             lock (_busy) _busy.Remove(seq);
             throw new ObjectDisposedException(nameof(BatchScheduler));
         }
-        return new GenerationHandle(r.Output.Reader, r.Done.Task);
+        return r.Handle;
     }
 
     /// <summary>Stops the loop (waiting up to <see cref="SchedulerOptions.DisposeTimeout"/> for its step) and fails unfinished requests.</summary>
@@ -203,6 +203,7 @@ public sealed class BatchScheduler : IDisposable
             foreach (var (r, n) in batch)
             {
                 r.Appended += n;
+                r.CountCachedPrompt();
                 if (r.Pending == 0) ready.Add(r);
             }
             SampleAll(ready);
@@ -242,7 +243,8 @@ public sealed class BatchScheduler : IDisposable
             r.Started = true;
         }
         if (FailIfAloneTooBig(r, neededBlocks: pool.BlocksFor((long)r.BaseLength + r.Tokens.Count))) return -1;
-        if (seq.Length == 0) r.Appended = seq.AttachCachedPrefix(CollectionsMarshal.AsSpan(r.Tokens)); // BaseLength is 0 then
+        r.Attached = 0;
+        if (seq.Length == 0) r.Appended = r.Attached = seq.AttachCachedPrefix(CollectionsMarshal.AsSpan(r.Tokens)); // BaseLength is 0 then
 
         int length = seq.Length;
         long fitting = ((long)pool.BlocksFor(length) + Math.Max(0, freeBlocks)) * pool.BlockSize - length; // positions the free blocks let it grow by
@@ -389,13 +391,20 @@ public sealed class BatchScheduler : IDisposable
     private int BlocksToGrow(int length, int n) =>
         _backend.KvPool.BlocksFor((long)length + n) - _backend.KvPool.BlocksFor(length);
 
-    private sealed class Request(GenerationRequest source)
+    private sealed class Request
     {
-        public GenerationRequest Source { get; } = source;
+        public Request(GenerationRequest source)
+        {
+            Source = source;
+            Tokens = [.. source.Prompt];
+            Handle = new GenerationHandle(Output.Reader, Done.Task);
+        }
+
+        public GenerationRequest Source { get; }
         public ISequence Sequence => Source.Sequence;
 
         /// <summary>The prompt, then each sampled token that is to be appended: what this request puts in its sequence.</summary>
-        public List<int> Tokens { get; } = [.. source.Prompt];
+        public List<int> Tokens { get; }
 
         /// <summary>Of <see cref="Tokens"/>, how many the sequence holds now.</summary>
         public int Appended { get; set; }
@@ -403,10 +412,32 @@ public sealed class BatchScheduler : IDisposable
         public int Pending => Tokens.Count - Appended;
 
         public int BaseLength { get; set; }
+
+        /// <summary>Positions the current admission took from the prefix cache.</summary>
+        public int Attached { get; set; }
+
+        /// <summary>Of the prompt, the fewest positions any admission that ran took from the prefix cache; null before the first step.</summary>
+        private int? _cachedPrompt;
+
         public bool Started { get; set; }
         public long Sampled { get; set; }
         public long Admission { get; set; }
         public Channel<int> Output { get; } = Channel.CreateUnbounded<int>(new() { SingleWriter = true });
         public TaskCompletionSource<FinishReason> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>What <see cref="Submit"/> returns for this request.</summary>
+        public GenerationHandle Handle { get; }
+
+        /// <summary>
+        /// After a step this request ran in: its prompt positions the current admission took from the prefix cache
+        /// count as cached unless an earlier run of the request reused fewer (and so computed the rest itself).
+        /// </summary>
+        public void CountCachedPrompt()
+        {
+            int cached = Math.Min(Attached, Source.Prompt.Count);
+            if (_cachedPrompt is int before && before <= cached) return;
+            _cachedPrompt = cached;
+            Handle.SetCachedPromptTokens(cached);
+        }
     }
 }

@@ -30,6 +30,8 @@ public sealed record GenerationRequest(
 /// <summary>What <see cref="BatchScheduler.Submit"/> returns.</summary>
 public sealed class GenerationHandle
 {
+    private int _cachedPromptTokens;
+
     internal GenerationHandle(ChannelReader<int> tokens, Task<FinishReason> completion) => (Tokens, Completion) = (tokens, completion);
 
     /// <summary>
@@ -43,6 +45,17 @@ public sealed class GenerationHandle
     /// the KV pool, with <see cref="ObjectDisposedException"/> when the scheduler is disposed first.
     /// </summary>
     public Task<FinishReason> Completion { get; }
+
+    /// <summary>
+    /// Prompt tokens whose KV came from the pool's prefix cache instead of being computed: the whole cached blocks
+    /// (<see cref="KvBlockPool.BlockSize"/> positions each) the scheduler attached to the empty sequence, so always
+    /// less than the prompt. 0 when none matched, and when the sequence already held tokens (what it held is the
+    /// caller's to count). Known once the first token has been read (0 before); a request that is preempted and
+    /// recomputed reports the fewest that any of its runs reused, which is what it never computed.
+    /// </summary>
+    public int CachedPromptTokens => Volatile.Read(ref _cachedPromptTokens);
+
+    internal void SetCachedPromptTokens(int count) => Volatile.Write(ref _cachedPromptTokens, count);
 }
 
 /// <summary>What the scheduler has done so far (monitoring, tests).</summary>

@@ -6,7 +6,10 @@ public sealed record GenerationUsage
     /// <summary>Tokens in the whole prompt (cached ones included).</summary>
     public int PromptTokens { get; init; }
 
-    /// <summary>Prompt tokens reused from the KV cache (not recomputed).</summary>
+    /// <summary>
+    /// Prompt tokens reused from the KV cache (not recomputed): what the sequence already held (a session's earlier
+    /// turns) and whole 64-token blocks found in the prefix cache (another request's identical prompt start).
+    /// </summary>
     public int CachedPromptTokens { get; init; }
 
     /// <summary>Prompt tokens actually run through the model (prefill).</summary>

@@ -111,8 +111,8 @@ public sealed class Generator(ISequence sequence)
     /// appended past it are truncated away. Cancellation is noticed between the scheduler's steps (a prefill chunk in
     /// flight completes first). <see cref="GenerationOptions.PrefillChunk"/> does not apply: the scheduler's
     /// <see cref="SchedulerOptions.PrefillTokensPerStep"/> bounds a step. Usage's PrefillTime is the time to the first
-    /// token (prefill and the first draw are one step here); CachedPromptTokens counts what the sequence held before,
-    /// not prefix blocks the scheduler attaches to an empty sequence.
+    /// token (prefill and the first draw are one step here); CachedPromptTokens counts what the sequence held before
+    /// plus the prefix-cache blocks the scheduler attached to an empty sequence (<see cref="GenerationHandle.CachedPromptTokens"/>).
     /// </summary>
     public async Task<GenerationOutcome> RunAsync(
         BatchScheduler scheduler,
@@ -155,7 +155,7 @@ public sealed class Generator(ISequence sequence)
             if (run.Generated.Count == 0) run.PrefillDone();
             if (run.Flush()) reason = FinishReason.StopString;
         }
-        return run.Outcome(reason);
+        return run.Outcome(reason, fromPrefixCache: handle.CachedPromptTokens);
     }
 
     /// <summary>
@@ -241,7 +241,8 @@ public sealed class Generator(ISequence sequence)
             return hit;
         }
 
-        public GenerationOutcome Outcome(FinishReason reason)
+        /// <param name="fromPrefixCache">Prompt tokens whose KV was reused from the prefix cache on top of <see cref="Cached"/>.</param>
+        public GenerationOutcome Outcome(FinishReason reason, int fromPrefixCache = 0)
         {
             long end = Stopwatch.GetTimestamp();
             long prefillEnd = _prefillEnd == 0 ? end : _prefillEnd;
@@ -253,7 +254,7 @@ public sealed class Generator(ISequence sequence)
                 Usage = new GenerationUsage
                 {
                     PromptTokens = _promptLength,
-                    CachedPromptTokens = Cached,
+                    CachedPromptTokens = Cached + fromPrefixCache,
                     GeneratedTokens = Generated.Count,
                     PrefillTime = Stopwatch.GetElapsedTime(_start, prefillEnd),
                     TimeToFirstToken = _firstToken == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(_start, _firstToken),

@@ -108,12 +108,13 @@ public class BatchSchedulerTests
         using var busy = backend.CreateSequence();
         var running = Collect(scheduler.Submit(new GenerationRequest(busy, Tokens(10, seed: 511), SamplingOptions.Greedy, 3, [])));
         var seqs = Enumerable.Range(0, 3).Select(_ => backend.CreateSequence()).ToArray();
-        var samples = seqs.Select((s, k) => Collect(scheduler.Submit(new GenerationRequest(s, prompt,
-            new SamplingOptions { Temperature = 0.6f, Seed = (ulong)k }, 4, [])))).ToArray();
-        await Task.WhenAll(samples);
+        var handles = seqs.Select((s, k) => scheduler.Submit(new GenerationRequest(s, prompt,
+            new SamplingOptions { Temperature = 0.6f, Seed = (ulong)k }, 4, []))).ToArray();
+        await Task.WhenAll(handles.Select(Collect));
         await running;
         int held = backend.KvPool.UsedBlocks - backend.KvPool.BlocksFor(busy.Length);
         Assert.That(held, Is.EqualTo(3 + 1 + 1), "3 blocks for the first sample, 1 own block for each other");
+        Assert.That(handles.Select(h => h.CachedPromptTokens).Order(), Is.EqualTo(new[] { 0, 128, 128 }), "the others report the attached blocks");
         foreach (var s in seqs) s.Dispose();
     }
 
@@ -132,6 +133,36 @@ public class BatchSchedulerTests
         Assert.That(backend.KvPool.UsedBlocks, Is.EqualTo(4), "the two full prompt blocks are shared");
         using var alone = Backend();
         Assert.That(b.Streamed, Is.EqualTo(GenerateAlone(alone, prompt, SamplingOptions.Greedy, 4, [])));
+    }
+
+    [Test]
+    public async Task PrefixCacheHitsAreReportedOnTheHandle()
+    {
+        int[] prompt = Tokens(130, seed: 520);
+        using var backend = Backend();
+        using var scheduler = new BatchScheduler(backend);
+        async Task<GenerationHandle> Run(ISequence seq, int[] p)
+        {
+            var h = scheduler.Submit(new GenerationRequest(seq, p, SamplingOptions.Greedy, 3, []));
+            await Collect(h).WaitAsync(Patience);
+            return h;
+        }
+        using var first = backend.CreateSequence();
+        using var second = backend.CreateSequence();
+        using var other = backend.CreateSequence();
+        using var exact = backend.CreateSequence();
+
+        Assert.That((await Run(first, prompt)).CachedPromptTokens, Is.Zero, "nothing is cached before the first request");
+        var again = await Run(second, prompt);
+        Assert.That(again.CachedPromptTokens, Is.EqualTo(2 * backend.KvPool.BlockSize),
+            "the two full blocks are reused; the third holds the last 2 prompt tokens and is computed");
+        Assert.That(again.CachedPromptTokens % backend.KvPool.BlockSize, Is.Zero);
+        Assert.That(again.CachedPromptTokens, Is.LessThan(prompt.Length));
+        Assert.That((await Run(other, Tokens(130, seed: 521))).CachedPromptTokens, Is.Zero, "a different prompt reuses nothing");
+        Assert.That((await Run(exact, prompt[..128])).CachedPromptTokens, Is.EqualTo(64),
+            "a prompt of exactly two blocks computes its last token, so its second block is not reused");
+        // A sequence that already holds tokens attaches nothing: what it held is its owner's to count.
+        Assert.That((await Run(first, Tokens(70, seed: 522))).CachedPromptTokens, Is.Zero);
     }
 
     [Test]

@@ -118,6 +118,28 @@ public class QwqChatClientTests
     }
 
     [Test]
+    public async Task PrefixCacheHitsOfAnotherClientAreCachedInputTokens()
+    {
+        using var model = TestModels.ChatModel();
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 3 };
+        List<Microsoft.Extensions.AI.ChatMessage> Ask(string topic) => [new(ChatRole.User, ChatSessionTests.LongMessage(topic))];
+        using (var a = new QwqChatClient(model))
+        {
+            var r1 = await a.GetResponseAsync(Ask("glaciers"), options);
+            Assert.That(r1.Usage!.CachedInputTokenCount, Is.Zero, "nothing cached yet");
+        }
+        // A second client has its own session (an empty KV sequence): the hit comes from the model's prefix cache.
+        using var b = new QwqChatClient(model);
+        var r2 = await b.GetResponseAsync(Ask("glaciers"), options);
+        long cached = r2.Usage!.CachedInputTokenCount!.Value;
+        Assert.That(cached, Is.GreaterThan(0).And.LessThan(r2.Usage.InputTokenCount!.Value));
+        Assert.That(cached % model.Backend.KvPool.BlockSize, Is.Zero, "whole KV blocks");
+        using var c = new QwqChatClient(model);
+        var r3 = await c.GetResponseAsync(Ask("deserts"), options);
+        Assert.That(r3.Usage!.CachedInputTokenCount, Is.Zero, "a different prompt reuses nothing");
+    }
+
+    [Test]
     public void CancellationThrowsAndTheClientStaysUsable()
     {
         using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);

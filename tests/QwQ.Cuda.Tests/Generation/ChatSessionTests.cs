@@ -42,6 +42,45 @@ public class ChatSessionTests
         }
     }
 
+    /// <summary>A user message long enough (well over one 64-token KV block) for the prefix cache; distinct from its first words.</summary>
+    internal static string LongMessage(string topic) =>
+        $"{topic}: " + string.Join(" ", Enumerable.Range(0, 60).Select(i => $"item{i} of {topic}"));
+
+    [Test]
+    public async Task ANewSessionWithACachedPromptReportsTheReusedBlocks()
+    {
+        var (model, backend) = Create();
+        using (model)
+        {
+            string question = LongMessage("tides");
+            int prompt = model.CreateSession().Render([ChatMessage.User(question)]).Length;
+            Assert.That(prompt, Is.GreaterThan(128));
+            using (var s1 = model.CreateSession())
+            {
+                var (_, first) = await Collect(s1.StreamAsync(question, Greedy(3)));
+                Assert.That(first.Usage.CachedPromptTokens, Is.Zero);
+                Assert.That(first.Usage.PrefilledTokens, Is.EqualTo(prompt));
+            }
+
+            // Another session (a fresh sequence, as each server request has) with the same prompt: the full blocks of
+            // the first one's prompt are still in the prefix cache, and only the rest is run through the model.
+            using var s2 = model.CreateSession();
+            var (_, second) = await Collect(s2.StreamAsync(question, Greedy(3)));
+            int block = backend.KvPool.BlockSize;
+            Assert.That(second.Usage.PromptTokens, Is.EqualTo(prompt));
+            Assert.That(second.Usage.CachedPromptTokens, Is.EqualTo((prompt - 1) / block * block));
+            Assert.That(second.Usage.CachedPromptTokens, Is.GreaterThan(0).And.LessThan(prompt));
+            Assert.That(second.Usage.PrefilledTokens, Is.EqualTo(prompt - second.Usage.CachedPromptTokens));
+            var seq = backend.Sequences[^1];
+            Assert.That(seq.Appended, Is.EqualTo(second.Usage.PrefilledTokens + second.TokenIds.Count - 1),
+                "the reported cached tokens were not run through the model");
+
+            using var s3 = model.CreateSession();
+            var (_, other) = await Collect(s3.StreamAsync(LongMessage("volcanoes"), Greedy(3)));
+            Assert.That(other.Usage.CachedPromptTokens, Is.Zero, "a different prompt reuses nothing");
+        }
+    }
+
     [Test]
     public async Task SecondTurnPrefillsOnlyTheNewSuffix()
     {

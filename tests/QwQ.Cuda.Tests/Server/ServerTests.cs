@@ -167,6 +167,56 @@ public class ServerTests
     }
 
     [Test]
+    public async Task PromptTokensFromThePrefixCacheAreReportedAsCachedTokens()
+    {
+        // Each request runs on a fresh session: a prompt start seen before comes from the model's prefix cache, in
+        // whole 64-token KV blocks, and usage says so as OpenAI does (prompt_tokens_details.cached_tokens). The GUID
+        // starts every prompt, so no other test's requests can have cached it.
+        int block = _model.Backend.KvPool.BlockSize;
+        static string Message() => Guid.NewGuid().ToString("N") + " " + string.Join(" ", Enumerable.Range(0, 40).Select(i => $"line {i} of the story"));
+        static string Body(string message, bool stream) => JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["messages"] = new[] { new { role = "user", content = message } },
+            ["max_tokens"] = 2,
+            ["temperature"] = 0,
+            ["stream"] = stream,
+            ["stream_options"] = new { include_usage = stream },
+        });
+        async Task<(int Prompt, int Cached)> Usage(string message, bool stream = false)
+        {
+            using var r = await _http.PostAsync("v1/chat/completions", Json(Body(message, stream)));
+            string text = await r.Content.ReadAsStringAsync();
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), text);
+            // Streaming: the usage rides on the last chunk before [DONE].
+            string json = stream ? text.Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal)).Last()[6..] : text;
+            var usage = JsonDocument.Parse(json).RootElement.GetProperty("usage");
+            return (usage.GetProperty("prompt_tokens").GetInt32(), usage.GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+        }
+
+        string message = Message();
+        var first = await Usage(message);
+        Assert.That(first.Prompt, Is.GreaterThan(2 * block), "long enough to fill KV blocks");
+        Assert.That(first.Cached, Is.Zero, "nothing cached yet");
+
+        var second = await Usage(message);
+        Assert.That(second.Prompt, Is.EqualTo(first.Prompt));
+        Assert.That(second.Cached, Is.EqualTo((second.Prompt - 1) / block * block), "every full block but the one holding the last token");
+        Assert.That(second.Cached, Is.GreaterThan(0).And.LessThan(second.Prompt));
+
+        Assert.That(await Usage(message, stream: true), Is.EqualTo(second), "the streamed usage chunk carries it too");
+        Assert.That((await Usage(Message())).Cached, Is.Zero, "a different prompt reuses nothing");
+
+        // The official client reads it where OpenAI puts it.
+        ChatCompletion c = (await OpenAiChat(_server).CompleteChatAsync([new UserChatMessage(message)],
+            new ChatCompletionOptions { MaxOutputTokenCount = 2, Temperature = 0 })).Value;
+        Assert.That(c.Usage.InputTokenDetails.CachedTokenCount, Is.EqualTo(second.Cached));
+        // And so does Microsoft.Extensions.AI's adapter.
+        AI.IChatClient chat = AI.OpenAIClientExtensions.AsIChatClient(OpenAiChat(_server));
+        var response = await chat.GetResponseAsync([new AI.ChatMessage(AI.ChatRole.User, message)], new AI.ChatOptions { MaxOutputTokens = 2, Temperature = 0 });
+        Assert.That(response.Usage?.CachedInputTokenCount, Is.EqualTo(second.Cached));
+    }
+
+    [Test]
     public async Task SameSeedSameText()
     {
         const string body = """{"prompt":"Hello","max_tokens":12,"seed":7,"temperature":1.0,"top_k":0,"ignore_eos":true}""";
