@@ -40,10 +40,14 @@ internal sealed class ModelSourceOptions
 
     public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
+    public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
+        "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
+
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
         MaxContext.HelpName = "N";
+        TensorParallel.HelpName = "N";
         WithBackend = withBackend;
     }
 
@@ -59,6 +63,7 @@ internal sealed class ModelSourceOptions
         {
             command.Add(Backend);
             command.Add(Device);
+            command.Add(TensorParallel);
         }
     }
 
@@ -82,6 +87,9 @@ internal sealed class ModelSourceOptions
         int? maxContext = p.GetValue(MaxContext);
         if (maxContext is < 1)
             throw new OptionException($"--max-context {maxContext} must be at least 1");
+        int tensorParallel = WithBackend ? p.GetValue(TensorParallel) : 1;
+        if (tensorParallel < 1)
+            throw new OptionException($"--tensor-parallel {tensorParallel} must be at least 1 (1: one GPU)");
         return new QwqModelOptions
         {
             Synthetic = synthetic,
@@ -91,6 +99,7 @@ internal sealed class ModelSourceOptions
             {
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
+                TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
             },
         };
     }

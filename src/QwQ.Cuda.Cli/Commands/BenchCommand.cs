@@ -7,6 +7,7 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Cli.Commands;
 
@@ -32,9 +33,10 @@ internal static class BenchCommand
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
+        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); not implemented yet above 1");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, steps, outDir, commit, compare, eager, graphs, gemm,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel,
         };
         command.SetAction(p =>
         {
@@ -48,7 +50,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows));
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(tensorParallel));
             return ExitCodes.Ok;
         });
         return command;
@@ -72,7 +74,8 @@ internal static class BenchCommand
     }
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
-        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows)
+        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
+        int tensorParallel)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -85,7 +88,9 @@ internal static class BenchCommand
             TensorCoreGemvMaxRows = mmaMaxRows is int t and >= 0 ? t : mmaMaxRows is null ? new EngineOptions().TensorCoreGemvMaxRows
                 : throw new OptionException("--tensor-core-gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
+            TensorParallel = tensorParallel,
         };
+        TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");
         BenchReport report;
         var sw = Stopwatch.StartNew();
