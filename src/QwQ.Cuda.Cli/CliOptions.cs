@@ -42,11 +42,14 @@ internal sealed class ModelSourceOptions
 
     public readonly Option<Quantization> Quantize = TypedOptions.OneOf("--quantize", Quantization.None,
         "Quantize a bf16 checkpoint's layer weights on the GPU while loading: None or Fp8 (e4m3, one scale per output channel: half the bytes per token)");
+    public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
+        "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
 
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
         MaxContext.HelpName = "N";
+        TensorParallel.HelpName = "N";
         WithBackend = withBackend;
     }
 
@@ -63,6 +66,7 @@ internal sealed class ModelSourceOptions
             command.Add(Backend);
             command.Add(Device);
             command.Add(Quantize);
+            command.Add(TensorParallel);
         }
     }
 
@@ -86,6 +90,9 @@ internal sealed class ModelSourceOptions
         int? maxContext = p.GetValue(MaxContext);
         if (maxContext is < 1)
             throw new OptionException($"--max-context {maxContext} must be at least 1");
+        int tensorParallel = WithBackend ? p.GetValue(TensorParallel) : 1;
+        if (tensorParallel < 1)
+            throw new OptionException($"--tensor-parallel {tensorParallel} must be at least 1 (1: one GPU)");
         return new QwqModelOptions
         {
             Synthetic = synthetic,
@@ -96,6 +103,7 @@ internal sealed class ModelSourceOptions
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
                 Quantize = WithBackend ? p.GetValue(Quantize) : Quantization.None,
+                TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
             },
         };
     }

@@ -7,6 +7,7 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Cli.Commands;
 
@@ -33,9 +34,10 @@ internal static class BenchCommand
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
+        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); not implemented yet above 1");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, steps, outDir, commit, compare, eager, graphs, gemm,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel,
         };
         command.SetAction(p =>
         {
@@ -49,7 +51,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize));
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel));
             return ExitCodes.Ok;
         });
         return command;
@@ -73,7 +75,8 @@ internal static class BenchCommand
     }
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
-        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows, Quantization quantize)
+        string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
+        Quantization quantize, int tensorParallel)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -87,7 +90,9 @@ internal static class BenchCommand
                 : throw new OptionException("--tensor-core-gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
             Quantize = quantize,
+            TensorParallel = tensorParallel,
         };
+        TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");
         BenchReport report;
         var sw = Stopwatch.StartNew();

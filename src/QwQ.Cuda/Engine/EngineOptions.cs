@@ -61,6 +61,14 @@ public sealed record EngineOptions
 
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
+
+    /// <summary>
+    /// GPUs to split the model over (tensor parallelism); 1: one GPU. It must divide the model's key/value heads and its
+    /// intermediate size (QwQ-32B: 1, 2, 4 or 8); see docs/TENSOR_PARALLEL.md. Checked when a model loads
+    /// (<c>TensorParallelSupport.EnsureSupported</c>), which for now refuses values above 1: the GPU engine does not
+    /// implement it yet.
+    /// </summary>
+    public int TensorParallel { get; init; } = 1;
 }
 
 /// <summary>How to store the layers' linear weights of a bf16 checkpoint on the GPU.</summary>

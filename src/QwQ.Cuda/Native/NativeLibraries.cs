@@ -4,13 +4,14 @@ using System.Runtime.InteropServices;
 namespace QwQ.Cuda.Native;
 
 /// <summary>The native libraries this assembly binds to.</summary>
-internal enum NativeLib { Driver, Cublas, CublasLt }
+internal enum NativeLib { Driver, Cublas, CublasLt, Nccl }
 
 /// <summary>
 /// Resolves the logical library names used by the [LibraryImport]s in this folder to real files.
 /// The default .NET probing would look for "libcuda.so" (a dev symlink absent on runtime-only
 /// machines) and knows nothing about versioned cuBLAS sonames or the CUDA install dirs, so this
 /// assembly's DllImport resolver is owned here. Candidate lists are pure functions so they can be unit-tested.
+/// NCCL (tensor parallelism only) is resolved the same way but loaded only when a communicator is wanted.
 /// </summary>
 internal static class NativeLibraries
 {
@@ -18,15 +19,17 @@ internal static class NativeLibraries
     internal const string DriverName = "qwq_cuda_driver";
     internal const string CublasName = "qwq_cublas";
     internal const string CublasLtName = "qwq_cublaslt";
+    internal const string NcclName = "qwq_nccl";
 
     internal const string CublasPathEnv = "QWQ_CUBLAS_PATH";
     internal const string CublasLtPathEnv = "QWQ_CUBLASLT_PATH";
+    internal const string NcclPathEnv = "QWQ_NCCL_PATH";
 
     // cuBLAS majors we accept, newest first. The GPU box has CUDA 13 only; 12 is kept for older installs.
     private static readonly int[] CublasMajors = [13, 12];
 
     private static readonly Lock Gate = new();
-    private static readonly IntPtr[] Handles = new IntPtr[3];
+    private static readonly IntPtr[] Handles = new IntPtr[Enum.GetValues<NativeLib>().Length];
     private static bool registered;
 
     /// <summary>Installs the resolver once. Called from the static constructors of the API classes.</summary>
@@ -56,6 +59,7 @@ internal static class NativeLibraries
             DriverName => NativeLib.Driver,
             CublasName => NativeLib.Cublas,
             CublasLtName => NativeLib.CublasLt,
+            NcclName => NativeLib.Nccl,
             _ => null,
         };
         if (lib is null) return IntPtr.Zero; // not ours: default probing
@@ -102,7 +106,8 @@ internal static class NativeLibraries
     {
         NativeLib.Driver => "The CUDA driver library",
         NativeLib.Cublas => "cuBLAS",
-        _ => "cuBLASLt",
+        NativeLib.CublasLt => "cuBLASLt",
+        _ => "NCCL (libnccl.so.2)",
     };
 
     private static string Fix(NativeLib lib) => lib switch
@@ -110,8 +115,10 @@ internal static class NativeLibraries
         NativeLib.Driver => "Install the NVIDIA driver (R525 or newer, CUDA 12+); on Linux it provides libcuda.so.1.",
         NativeLib.Cublas => $"Install the CUDA 13 (or 12) cuBLAS runtime, add its lib directory to LD_LIBRARY_PATH (PATH on Windows), " +
                             $"or set {CublasPathEnv} to the library file or its directory.",
-        _ => $"Install the CUDA 13 (or 12) cuBLAS runtime, add its lib directory to LD_LIBRARY_PATH (PATH on Windows), " +
-             $"or set {CublasLtPathEnv} to the library file or its directory.",
+        NativeLib.CublasLt => $"Install the CUDA 13 (or 12) cuBLAS runtime, add its lib directory to LD_LIBRARY_PATH (PATH on Windows), " +
+                              $"or set {CublasLtPathEnv} to the library file or its directory.",
+        _ => "NCCL is needed only for --tensor-parallel > 1 (one GPU runs without it). Install NCCL 2 (Linux: e.g. the libnccl2 " +
+             $"package or NVIDIA's nvidia-nccl pip wheel), add its lib directory to LD_LIBRARY_PATH, or set {NcclPathEnv} to the library file or its directory.",
     };
 
     /// <summary>
@@ -128,6 +135,7 @@ internal static class NativeLibraries
         {
             NativeLib.Cublas => CublasPathEnv,
             NativeLib.CublasLt => CublasLtPathEnv,
+            NativeLib.Nccl => NcclPathEnv,
             _ => null,
         };
         string? overridePath = envVar is null ? null : getEnv(envVar);
@@ -172,6 +180,9 @@ internal static class NativeLibraries
     {
         NativeLib.Driver => isWindows ? ["nvcuda.dll"] : ["libcuda.so.1", "libcuda.so"],
         NativeLib.Cublas => CublasMajors.Select(m => isWindows ? $"cublas64_{m}.dll" : $"libcublas.so.{m}").ToList(),
-        _ => CublasMajors.Select(m => isWindows ? $"cublasLt64_{m}.dll" : $"libcublasLt.so.{m}").ToList(),
+        NativeLib.CublasLt => CublasMajors.Select(m => isWindows ? $"cublasLt64_{m}.dll" : $"libcublasLt.so.{m}").ToList(),
+        // NCCL's ABI is stable across 2.x, so the major soname is enough; the unversioned dev symlink is a last resort.
+        // NVIDIA ships NCCL for Linux only; the Windows name is a placeholder so probing fails with the usual message.
+        _ => isWindows ? ["nccl.dll"] : ["libnccl.so.2", "libnccl.so"],
     };
 }

@@ -1,0 +1,125 @@
+using System.CommandLine;
+using QwQ.Cuda.Cli;
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Hosting;
+using QwQ.Cuda.Sharding;
+
+namespace QwQ.Cuda.Tests.Cli;
+
+/// <summary>
+/// <c>--tensor-parallel N</c>: bound on every command that loads a model, checked against the model's heads, and — until
+/// the GPU engine implements it — refused above 1 with one clean message (never a silent single-GPU run). No GPU needed:
+/// every check runs before CUDA is touched.
+/// </summary>
+public class TensorParallelCliTests
+{
+    // tiny-chat: 4 query / 2 KV heads, intermediate 128: N ∈ {1, 2}
+    private static string Model => TinyChatFixtureTests.Dir;
+
+    private static void AssertOneCleanError(CliTests.Result r, int exitCode, params string[] fragments)
+    {
+        Assert.That(r.ExitCode, Is.EqualTo(exitCode), r.Err);
+        var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines.Count(l => l.StartsWith("error:", StringComparison.Ordinal)), Is.EqualTo(1), r.Err);
+        foreach (var f in fragments) Assert.That(r.Err, Does.Contain(f));
+        Assert.That(r.Err, Does.Not.Contain("   at "), "no stack trace without --verbose");
+        Assert.That(r.Out, Is.Empty, "nothing generated");
+    }
+
+    private static Task<CliTests.Result> Generate(params string[] more) =>
+        CliTests.Qwq(["generate", "--model", Model, "--prompt", "Hello", "--max-tokens", "2", .. more]);
+
+    [Test]
+    public async Task AboveOneTheGpuEngineSaysItIsNotImplemented()
+    {
+        var r = await Generate("--tensor-parallel", "2");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 2", "tensor parallel is not implemented on the GPU engine yet");
+    }
+
+    [Test]
+    public async Task ASizeTheKvHeadsDoNotAllowNamesTheConstraint()
+    {
+        var r = await Generate("--tensor-parallel", "4");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 4", "2 key/value heads", "valid sizes for this model: 1, 2");
+    }
+
+    [TestCase("0")]
+    [TestCase("-1")]
+    public async Task BelowOneIsRefused(string value)
+    {
+        var r = await Generate("--tensor-parallel", value);
+        AssertOneCleanError(r, ExitCodes.Usage, $"--tensor-parallel {value} must be at least 1");
+    }
+
+    [Test]
+    public async Task NotANumberIsAParseError()
+    {
+        var r = await Generate("--tensor-parallel", "two");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel expects a whole number");
+    }
+
+    [Test]
+    public async Task TheCpuReferenceRunsOnOneDevice()
+    {
+        var r = await Generate("--backend", "cpu", "--tensor-parallel", "2");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 2", "CPU reference backend runs on one device");
+    }
+
+    [Test]
+    public async Task OneIsTheDefaultAndRuns()
+    {
+        var r = await Generate("--backend", "cpu", "--tensor-parallel", "1", "--temperature", "0");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+    }
+
+    [Test]
+    public async Task BenchRefusesItToo()
+    {
+        var r = await CliTests.Qwq("bench", "--synthetic", "qwq-32b", "--tensor-parallel", "4");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 4", "tensor parallel is not implemented on the GPU engine yet");
+        r = await CliTests.Qwq("bench", "--synthetic", "qwq-32b", "--tensor-parallel", "3");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 3", "8 key/value heads", "1, 2, 4, 8");
+    }
+
+    [Test]
+    public void EveryCommandThatLoadsAModelTakesIt()
+    {
+        var root = CliApp.CreateRootCommand(new CliHost(TextWriter.Null, TextWriter.Null));
+        foreach (var name in new[] { "generate", "chat", "serve", "eval", "bench" })
+        {
+            var command = root.Subcommands.Single(c => c.Name == name);
+            Assert.That(command.Options.Select(o => o.Name), Does.Contain("--tensor-parallel"), name);
+        }
+    }
+
+    [Test]
+    public void TheFlagBindsToTheEngineOptions()
+    {
+        var opts = new ModelSourceOptions();
+        var cmd = new Command("x");
+        opts.AddTo(cmd);
+        Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b"])).Engine.TensorParallel, Is.EqualTo(1));
+        Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b", "--tensor-parallel", "4"])).Engine.TensorParallel, Is.EqualTo(4));
+        Assert.That(new EngineOptions().TensorParallel, Is.EqualTo(1));
+    }
+
+    // ---- the library gate, without the CLI ------------------------------------------------------------------------
+
+    [Test]
+    public void EveryBackendLoadGoesThroughTheGate()
+    {
+        var config = ModelPresets.Get("qwq-32b");
+        var two = new EngineOptions { TensorParallel = 2 };
+        // refused before any weight, tokenizer or GPU is touched
+        var cuda = Assert.Throws<OptionException>(() => BackendFactory.Create(BackendKind.Cuda, config, null, two, config.VocabSize, null, default))!;
+        Assert.That(cuda.Message, Does.Contain(TensorParallelSupport.NotImplementedOnGpu));
+        var cpu = Assert.Throws<OptionException>(() => BackendFactory.Create(BackendKind.Cpu, config, null, two, config.VocabSize, null, default))!;
+        Assert.That(cpu.Message, Does.Contain("CPU reference backend runs on one device"));
+
+        Assert.DoesNotThrow(() => TensorParallelSupport.EnsureSupported(config, new EngineOptions(), BackendKind.Cuda));
+        Assert.That(Assert.Throws<OptionException>(() => TensorParallelSupport.EnsureSupported(config, new EngineOptions { TensorParallel = 6 }, BackendKind.Cuda))!
+            .Message, Does.Contain("--tensor-parallel 6 must divide the model's 8 key/value heads"));
+    }
+}
