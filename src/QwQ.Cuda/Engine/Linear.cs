@@ -35,8 +35,9 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
-/// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows), as measured; above, a dequantized bf16
-/// copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only its bytes). Output is fp32;
+/// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), as
+/// measured; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
+/// its bytes). Output is fp32;
 /// <c>accumulate</c> adds into it (the residual stream), which is also where a tensor-parallel all-reduce would
 /// complete a partial sum.
 /// </summary>
@@ -69,6 +70,9 @@ internal sealed class LinearOps : IDisposable
         _tcWorkspace.Memset32(0);
     }
 
+    /// <summary>fp8 products over at most this many rows run on the tensor-core GEMV in slices of 32 rows.</summary>
+    private const int SlicedFp8MaxRows = 128;
+
     /// <summary>Rows padded to the batch size whose choice applies: 1, 2, 4, 8, 16, 32.</summary>
     private static int Padded(int rows) => rows <= 1 ? 1 : (int)Math.Min(32, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)rows));
 
@@ -83,9 +87,18 @@ internal sealed class LinearOps : IDisposable
             case WeightKind.Fp8 when _fp8 is not null:
                 if (chosen is { Path: Path.Gemv } || chosen is null && rows <= Math.Min(_gemvMaxRows, Fp8Ops.MaxGemvRows) && w.In % 16 == 0)
                     _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate);
-                else if (rows <= TensorCoreGemvOps.MaxRows && w.In % TensorCoreGemvOps.Chunk == 0)
-                    _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr,
-                        chosen?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, rows, _multiprocessors));
+                else if (rows <= SlicedFp8MaxRows && w.In % TensorCoreGemvOps.Chunk == 0)
+                {
+                    // Up to 128 rows, slices of 32 each read the fp8 weight once: at most 4 bytes per weight, still
+                    // less than expanding it to bf16 (1 read + 2 written + 2 read by the GEMM).
+                    for (int r0 = 0; r0 < rows; r0 += TensorCoreGemvOps.MaxRows)
+                    {
+                        int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
+                        Choice? slice = n == rows ? chosen : _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(n)), out var sc) ? sc : null;
+                        _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, w.Out, w.In,
+                            accumulate, _tcWorkspace.Ptr, slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors));
+                    }
+                }
                 else
                 {
                     _fp8.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
