@@ -32,3 +32,15 @@ __device__ __forceinline__ void fp8x16_to_bf16x16(const uint4& v, uint4& first, 
     fp8x4_to_bf16x4(v.z, second.x, second.y);
     fp8x4_to_bf16x4(v.w, second.z, second.w);
 }
+
+// ---- the fp8 weight layout ------------------------------------------------------------------------------------------
+// FP8 weights are stored in the tensor-core GEMV's fragment order, not row-major, so that every warp-wide load of the
+// decode kernel (gemv_tc.cu) reads 512 contiguous bytes and a warp's 16-row tile is one contiguous stream:
+//   [tile = row / 16][chunk = k / 64][half = (row % 16) / 8][lane = 4 * (row % 8) + (k % 64) / 16][k % 16]
+// i.e. for each 16-row tile and 64-k chunk, 1 KB: first the 16-byte pieces of rows 0-7 of the tile (lane (g, t4)
+// holds row g, k 16·t4 .. 16·t4 + 15), then those of rows 8-15. k must be a multiple of 64; the rows of the last tile
+// past n are padding. Prefill-sized products expand it back to row-major bf16 (dequantize_fp8_rows).
+__device__ __forceinline__ size_t fp8_tile_offset(int row, int kk, int k) {
+    const int tile = row >> 4, r = row & 15, chunk = kk >> 6, w = kk & 63;
+    return (size_t)tile * 16 * (size_t)k + (size_t)chunk * 1024 + (r >> 3) * 512 + ((r & 7) * 4 + (w >> 4)) * 16 + (w & 15);
+}

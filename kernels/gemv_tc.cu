@@ -7,6 +7,8 @@
 //     x from L2: at 32 rows that is several times the weight bytes). blockIdx.y splits k further across blocks.
 //   * Lane (g, t4) loads 16 contiguous k of W rows g and g+8 per 64-k chunk (fp8: 16 bytes, converted exactly to bf16
 //     in registers; bf16: 32 bytes) and the same 16 k of x row 8j + g; mma::mma_chunk64 says why any k order works.
+//     bf16 weights are row-major (cuBLAS reads the same copy for prefill); fp8 weights are stored in this very
+//     fragment order (fp8.cuh), so a warp's tile is one contiguous stream of 512-byte loads.
 //   * Split partials are combined deterministically: each warp writes its fragment to the workspace, and the last
 //     warp of a tile (atomic ticket) adds the splits in order, so a replay is bit-identical.
 // Requirements (host-checked): k % 64 == 0, W / x 16-byte aligned.
@@ -29,8 +31,12 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     const int row0 = tile * 16;
     if (row0 >= n) return;  // no block-wide barriers below: a warp past the end may leave
     const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
-    const uint8_t* wa = static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
-    const uint8_t* wb = static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
+    // bf16: row-major rows g and g + 8 (rows past n alias a valid one). fp8: the tile layout (fp8.cuh), where this
+    // lane's two pieces of each chunk sit at lane * 16 and 512 + lane * 16 of the chunk's kilobyte.
+    const uint8_t* wa = FP8 ? static_cast<const uint8_t*>(w) + (size_t)tile * 16 * k + lane * 16
+                            : static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
+    const uint8_t* wb = FP8 ? wa + 512 : static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
+    constexpr size_t kChunkBytes = FP8 ? 1024 : 64 * kBytes;  // distance between chunks along a lane's stream
     const uint16_t* xg[NB];
     bool xok[NB];
 #pragma unroll
@@ -49,7 +55,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     struct Chunk { uint4 a[FP8 ? 1 : 2], b[FP8 ? 1 : 2]; };
     auto load = [&](int ch) {
         Chunk v;
-        const size_t off = (size_t)ch * 64 * kBytes;
+        const size_t off = (size_t)ch * kChunkBytes;
 #pragma unroll
         for (int h = 0; h < (FP8 ? 1 : 2); ++h) {
             v.a[h] = ld_stream_u4(wa + off + 16 * h);

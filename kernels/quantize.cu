@@ -1,9 +1,10 @@
 // Weight quantization on the GPU, run at load time (and for the products that go through a bf16 GEMM):
-//   * quantize_fp8_rows: bf16 [rows, k] -> e4m3 [rows, k] + fp32 scale [rows], one scale per output channel,
-//     scale = amax / 448 (the largest e4m3 value), codes = round-to-nearest-even(w / scale), saturated. The CPU side
-//     (Weights/Quantization) quantizes the same way, so tests can build the same weights on both.
-//   * dequantize_fp8_rows: e4m3 + scale -> bf16 (w = code * scale, rounded to bf16), for prefill-sized products
-//     that run on the bf16 tensor cores through cuBLAS.
+//   * quantize_fp8_rows: bf16 rows -> e4m3 codes in the fp8 tile layout (fp8.cuh) + one fp32 scale per output
+//     channel, scale = amax / 448 (the largest e4m3 value), codes = round-to-nearest-even(w / scale), saturated. The
+//     CPU side (Weights/Quantization/Fp8E4M3) quantizes the same way, so tests can build the same weights on both.
+//   * repack_fp8_rows: row-major codes (an FP8 checkpoint's) -> the tile layout.
+//   * dequantize_fp8_rows: tile layout + scale -> row-major bf16 (w = code * scale, rounded to bf16), for
+//     prefill-sized products that run on the bf16 tensor cores through cuBLAS.
 #include <cuda_fp8.h>
 
 #include "common.cuh"
@@ -25,15 +26,16 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 }  // namespace
 
-// Launch: grid rows, block 256. k % 8 == 0, src 16-byte aligned.
+// Launch: grid rows, block 256. Rows [row0, row0 + gridDim.x) of the weight; src holds just those rows.
+// k % 64 == 0, src 16-byte aligned.
 extern "C" __global__ void __launch_bounds__(kQuantThreads)
 quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
-                  uint8_t* __restrict__ dst,              // [rows, k]
-                  float* __restrict__ scale,              // [rows]
-                  int k) {
+                  uint8_t* __restrict__ dst,              // the whole weight, tile layout
+                  float* __restrict__ scale,              // [n] of the whole weight
+                  int row0, int k) {
     __shared__ float scratch[32];
-    const size_t row = blockIdx.x;
-    const uint4* s = reinterpret_cast<const uint4*>(src + row * (size_t)k);
+    const int row = row0 + blockIdx.x;
+    const uint4* s = reinterpret_cast<const uint4*>(src + (size_t)blockIdx.x * (size_t)k);
     const int vecs = k / 8;
     float amax = 0.f;
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
@@ -45,7 +47,6 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
     amax = block_max(amax, scratch);
     const float sc = amax > 0.f ? amax / 448.f : 1.f;
     if (threadIdx.x == 0) scale[row] = sc;
-    uint8_t* d = dst + row * (size_t)k;
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(s[i], f);
@@ -53,21 +54,32 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
         uint8_t* b = reinterpret_cast<uint8_t*>(&out);
 #pragma unroll
         for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
-        reinterpret_cast<uint2*>(d)[i] = out;
+        *reinterpret_cast<uint2*>(dst + fp8_tile_offset(row, 8 * i, k)) = out;  // 8 codes stay within one 16-byte piece
     }
 }
 
-// Launch: 1-D grid-stride over 16-element pieces; k % 16 == 0, pointers 16-byte aligned.
-extern "C" __global__ void dequantize_fp8_rows(const uint8_t* __restrict__ src,  // [rows, k]
-                                               const float* __restrict__ scale,  // [rows]
-                                               __nv_bfloat16* __restrict__ dst,  // [rows, k]
-                                               long long rows, int k) {
-    const long long pieces = rows * (long long)(k / 16);
+// Launch: 1-D grid-stride over 16-code pieces of rows [row0, row0 + rows). k % 64 == 0, pointers 16-byte aligned.
+extern "C" __global__ void repack_fp8_rows(const uint8_t* __restrict__ src,  // [rows, k] row-major
+                                           uint8_t* __restrict__ dst,        // the whole weight, tile layout
+                                           int row0, int rows, int k) {
+    const long long per_row = k / 16, pieces = (long long)rows * per_row;
     for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
-        const long long row = i / (k / 16);
+        const int r = (int)(i / per_row), kk = (int)(i % per_row) * 16;
+        *reinterpret_cast<uint4*>(dst + fp8_tile_offset(row0 + r, kk, k)) = reinterpret_cast<const uint4*>(src)[i];
+    }
+}
+
+// Launch: 1-D grid-stride over 16-element pieces of the row-major output; k % 64 == 0, pointers 16-byte aligned.
+extern "C" __global__ void dequantize_fp8_rows(const uint8_t* __restrict__ src,  // tile layout
+                                               const float* __restrict__ scale,  // [rows]
+                                               __nv_bfloat16* __restrict__ dst,  // [rows, k] row-major
+                                               long long rows, int k) {
+    const long long per_row = k / 16, pieces = rows * per_row;
+    for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
+        const int row = (int)(i / per_row), kk = (int)(i % per_row) * 16;
         const float sc = scale[row];
         uint4 lo, hi;
-        fp8x16_to_bf16x16(reinterpret_cast<const uint4*>(src)[i], lo, hi);
+        fp8x16_to_bf16x16(*reinterpret_cast<const uint4*>(src + fp8_tile_offset(row, kk, k)), lo, hi);
         float f[8];
         unpack_bf16x8(lo, f);
 #pragma unroll

@@ -73,6 +73,8 @@ public sealed class CudaBackend : IModelBackend
                 Quantization.Fp8 => WeightKind.Fp8,
                 _ => WeightKind.Bf16,
             };
+            if (linearKind == WeightKind.Fp8 && new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int bad and > 0)
+                throw new OptionException($"fp8 weights need every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
             Context = Own(CudaContext.Create(options.Device));
             var (free, total) = Context.GetMemoryInfo();
             Plan = MemoryPlan.Create(config, free, options, linearKind);

@@ -8,7 +8,7 @@ public enum WeightKind
 {
     /// <summary>bf16 [out, in], as the release stores it.</summary>
     Bf16,
-    /// <summary>e4m3 [out, in] with one fp32 scale per output row (per channel).</summary>
+    /// <summary>e4m3 [out, in] with one fp32 scale per output row (per channel), in the tile layout of kernels/fp8.cuh.</summary>
     Fp8,
 }
 
@@ -23,7 +23,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
     public long Bytes => Kind switch
     {
         WeightKind.Bf16 => 2L * Out * In,
-        WeightKind.Fp8 => (long)Out * In,
+        WeightKind.Fp8 => Fp8Ops.TiledBytes(Out, In),
         _ => throw new NotSupportedException(Kind.ToString()),
     };
 
@@ -35,15 +35,15 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
-/// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), as
-/// measured; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
+/// fp8: our tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128) with the split count that measured
+/// fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
 /// its bytes). Output is fp32;
 /// <c>accumulate</c> adds into it (the residual stream), which is also where a tensor-parallel all-reduce would
 /// complete a partial sum.
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
-    private enum Path { Lt, MmaBf16, TensorCore, Gemv }
+    private enum Path { Lt, MmaBf16, TensorCore }
     private readonly record struct Choice(Path Path, int Splits);
 
     private readonly GemvOps _gemv;
@@ -85,9 +85,7 @@ internal sealed class LinearOps : IDisposable
                 ApplyBf16(s, w.Weight, w.Out, w.In, x, y, rows, accumulate, chosen);
                 break;
             case WeightKind.Fp8 when _fp8 is not null:
-                if (chosen is { Path: Path.Gemv } || chosen is null && rows <= Math.Min(_gemvMaxRows, Fp8Ops.MaxGemvRows) && w.In % 16 == 0)
-                    _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate);
-                else if (rows <= SlicedFp8MaxRows && w.In % TensorCoreGemvOps.Chunk == 0)
+                if (rows <= SlicedFp8MaxRows)
                 {
                     // Up to 128 rows, slices of 32 each read the fp8 weight once: at most 4 bytes per weight, still
                     // less than expanding it to bf16 (1 read + 2 written + 2 read by the GEMM).
@@ -131,7 +129,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:
     /// cuBLASLt's algorithms (above the GEMV sizes), and up to 32 rows also our tensor-core GEMVs at several split
-    /// counts; fp8: our CUDA-core GEMV (up to 4 rows) against the tensor-core GEMV's split counts. Each candidate is
+    /// counts; fp8: the tensor-core GEMV's split counts. Each candidate is
     /// timed over several layers' copies of the product in turn, so the weights stream from DRAM as in a real step
     /// (one layer's o_proj alone, 52 MB, would sit half in L2). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
@@ -165,13 +163,7 @@ internal sealed class LinearOps : IDisposable
                         foreach (int splits in GemvOps.MmaSplitCandidates(w0.Out, w0.In, _multiprocessors))
                             Try(new Choice(Path.MmaBf16, splits), l => _gemv.GemvMma(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors, splits));
                 }
-                else if (w0.Kind == WeightKind.Fp8 && _fp8 is not null)
-                {
-                    if (!tcFits) continue;
-                    if (rows <= Math.Min(_gemvMaxRows, Fp8Ops.MaxGemvRows) && w0.In % 16 == 0)
-                        Try(new Choice(Path.Gemv, 0), l => _fp8.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
-                }
-                else continue;
+                else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
                 bool fp8 = w0.Kind == WeightKind.Fp8;
                 foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
                     Try(new Choice(Path.TensorCore, splits), l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));

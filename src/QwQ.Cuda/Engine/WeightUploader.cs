@@ -105,7 +105,7 @@ internal static class WeightUploader
         switch (w.Kind)
         {
             case WeightKind.Fp8 when fp8 is not null:
-                fp8.QuantizeRows(s, src, w.Weight + (ulong)((long)row * w.In), w.Scales + (ulong)(4L * row), rows, w.In);
+                fp8.QuantizeRows(s, src, w.Weight, w.Scales, row, rows, w.In);
                 break;
             default:
                 throw new NotSupportedException($"no quantizer for {w.Kind} weights");

@@ -3,69 +3,86 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Kernels;
 
 /// <summary>
-/// FP8 (E4M3) weight kernels (kernels/gemv_fp8.cu, kernels/quantize.cu): CUDA-core decode products
-/// y (+)= scale ⊙ (W·x) over 1–4 rows with W e4m3 [n, k] and one fp32 scale per output row (more rows:
-/// <see cref="TensorCoreGemvOps"/>), and the load-time quantizer / the dequantizer that feeds prefill-sized products
-/// to the bf16 GEMM. x is bf16, y fp32, as in <see cref="GemvOps"/>.
+/// FP8 (E4M3) weight preparation (kernels/quantize.cu): the load-time quantizer (bf16 rows → codes + one fp32 scale
+/// per output row), the repacker for checkpoints that are already fp8, and the dequantizer that feeds prefill-sized
+/// products to the bf16 GEMM. FP8 weights live in the tile layout of kernels/fp8.cuh (the decode kernel's fragment
+/// order; <see cref="TileOffset"/>), which is why rows are padded to 16 and k must be a multiple of 64. The decode
+/// products themselves run on <see cref="TensorCoreGemvOps"/>.
 /// </summary>
 internal sealed class Fp8Ops
 {
-    [KernelEntry] public const string GemvM1Entry = "gemv_fp8_m1";
-    [KernelEntry] public const string GemvM2Entry = "gemv_fp8_m2";
-    [KernelEntry] public const string GemvM3Entry = "gemv_fp8_m3";
-    [KernelEntry] public const string GemvM4Entry = "gemv_fp8_m4";
     [KernelEntry] public const string QuantizeEntry = "quantize_fp8_rows";
+    [KernelEntry] public const string RepackEntry = "repack_fp8_rows";
     [KernelEntry] public const string DequantizeEntry = "dequantize_fp8_rows";
 
-    /// <summary>Most rows of x the CUDA-core kernels serve.</summary>
-    public const int MaxGemvRows = 4;
-    private const int Threads = 128;
-    private const int RowsPerBlock = 8;     // 4 warps × 2 rows (kernels/gemv_fp8.cu)
+    /// <summary>k (a weight's input size) must be a multiple of this.</summary>
+    public const int KMultiple = 64;
+    /// <summary>Rows are stored in tiles of this many (the last tile padded).</summary>
+    public const int TileRows = 16;
     private const int QuantThreads = 256;
 
-    private readonly CudaKernel[] _gemv;    // index m − 1
-    private readonly CudaKernel _quantize, _dequantize;
+    private readonly CudaKernel _quantize, _repack, _dequantize;
 
     public Fp8Ops(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
-        _gemv = [lib.GetKernel(GemvM1Entry), lib.GetKernel(GemvM2Entry), lib.GetKernel(GemvM3Entry), lib.GetKernel(GemvM4Entry)];
         _quantize = lib.GetKernel(QuantizeEntry);
+        _repack = lib.GetKernel(RepackEntry);
         _dequantize = lib.GetKernel(DequantizeEntry);
     }
 
-    /// <summary>
-    /// y[m, :] (+)= scale ⊙ (W·x[m, :]) for m in [0, <paramref name="rows"/>), rows 1..4, on the CUDA cores.
-    /// <paramref name="w"/> e4m3 [n, k], <paramref name="scale"/> fp32 [n], x bf16 [rows, k], y fp32 [rows, n]; k % 16 == 0.
-    /// </summary>
-    public unsafe void Gemv(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate)
+    /// <summary>Bytes of an fp8 weight [n, k] in the tile layout (rows padded to a multiple of 16).</summary>
+    public static long TiledBytes(int n, int k) => (long)(n + TileRows - 1) / TileRows * TileRows * k;
+
+    /// <summary>Where code (row, kk) of a [n, k] weight sits in the tile layout (host mirror of fp8_tile_offset).</summary>
+    public static long TileOffset(int row, int kk, int k)
     {
-        Check(s, w, scale, x, y, n, k, 16);
-        if (rows < 1 || rows > MaxGemvRows) throw new ArgumentException($"rows must be in [1, {MaxGemvRows}] (got {rows}).", nameof(rows));
-        int acc = accumulate ? 1 : 0;
-        uint blocks = (uint)((n + (long)RowsPerBlock - 1) / RowsPerBlock);
-        void** args = stackalloc void*[] { &w, &scale, &x, &y, &n, &k, &acc };
-        _gemv[rows - 1].Launch(new Dim3(blocks), new Dim3(Threads), 0, s, args);
+        int tile = row >> 4, r = row & 15, chunk = kk >> 6, w = kk & 63;
+        return (long)tile * 16 * k + (long)chunk * 1024 + (r >> 3) * 512 + ((r & 7) * 4 + (w >> 4)) * 16 + (w & 15);
+    }
+
+    /// <summary>Row-major codes [n, k] → the tile layout (<see cref="TiledBytes"/> bytes, padding zero). For tests and tools.</summary>
+    public static byte[] PackTiles(ReadOnlySpan<byte> codes, int n, int k)
+    {
+        var tiled = new byte[TiledBytes(n, k)];
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < k; j++) tiled[TileOffset(r, j, k)] = codes[r * k + j];
+        return tiled;
     }
 
     /// <summary>
-    /// bf16 [rows, k] → e4m3 [rows, k] + fp32 scale [rows] = amax / 448 per row (1 for an all-zero row), codes rounded
-    /// to nearest even and saturated. k % 8 == 0.
+    /// bf16 rows [rows, k] at <paramref name="src"/> → rows [row0, row0 + rows) of the fp8 weight at <paramref name="dst"/>
+    /// (tile layout, k columns), with their scales = amax / 448 per row (1 for an all-zero row) in <paramref name="scale"/>
+    /// [n]; codes rounded to nearest even and saturated.
     /// </summary>
-    public unsafe void QuantizeRows(CudaStream s, ulong src, ulong dst, ulong scale, int rows, int k)
+    public unsafe void QuantizeRows(CudaStream s, ulong src, ulong dst, ulong scale, int row0, int rows, int k)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(src, 16, nameof(src));
-        LaunchChecks.Aligned(dst, 8, nameof(dst));
+        LaunchChecks.Aligned(dst, 16, nameof(dst));
         LaunchChecks.Aligned(scale, 4, nameof(scale));
+        LaunchChecks.NonNegative(row0, nameof(row0));
         LaunchChecks.Positive(rows, nameof(rows));
-        LaunchChecks.Positive(k, nameof(k));
-        if (k % 8 != 0) throw new ArgumentException($"k ({k}) must be a multiple of 8.", nameof(k));
-        void** args = stackalloc void*[] { &src, &dst, &scale, &k };
+        CheckK(k);
+        void** args = stackalloc void*[] { &src, &dst, &scale, &row0, &k };
         _quantize.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), 0, s, args);
     }
 
-    /// <summary>e4m3 [rows, k] + fp32 scale [rows] → bf16 [rows, k] (code × scale, rounded to bf16). k % 16 == 0.</summary>
+    /// <summary>Row-major codes [rows, k] at <paramref name="src"/> → rows [row0, row0 + rows) of the tile-layout weight at <paramref name="dst"/>.</summary>
+    public unsafe void RepackRows(CudaStream s, ulong src, ulong dst, int row0, int rows, int k)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(src, 16, nameof(src));
+        LaunchChecks.Aligned(dst, 16, nameof(dst));
+        LaunchChecks.NonNegative(row0, nameof(row0));
+        LaunchChecks.Positive(rows, nameof(rows));
+        CheckK(k);
+        long pieces = (long)rows * (k / 16);
+        void** args = stackalloc void*[] { &src, &dst, &row0, &rows, &k };
+        _repack.Launch(new Dim3(LaunchChecks.GridStrideBlocks(pieces, 256)), new Dim3(256), 0, s, args);
+    }
+
+    /// <summary>Tile-layout e4m3 [rows, k] + fp32 scale [rows] → row-major bf16 [rows, k] (code × scale, rounded to bf16).</summary>
     public unsafe void DequantizeRows(CudaStream s, ulong src, ulong scale, ulong dst, long rows, int k)
     {
         LaunchChecks.Stream(s, nameof(s));
@@ -73,21 +90,14 @@ internal sealed class Fp8Ops
         LaunchChecks.Aligned(scale, 4, nameof(scale));
         LaunchChecks.Aligned(dst, 16, nameof(dst));
         LaunchChecks.Positive(rows, nameof(rows));
-        LaunchChecks.Positive(k, nameof(k));
-        if (k % 16 != 0) throw new ArgumentException($"k ({k}) must be a multiple of 16.", nameof(k));
+        CheckK(k);
         long pieces = rows * (k / 16);
         void** args = stackalloc void*[] { &src, &scale, &dst, &rows, &k };
         _dequantize.Launch(new Dim3(LaunchChecks.GridStrideBlocks(pieces, 256)), new Dim3(256), 0, s, args);
     }
 
-    private static void Check(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int n, int k, int kMultiple)
+    private static void CheckK(int k)
     {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(w, 16, nameof(w));
-        LaunchChecks.Aligned(scale, 4, nameof(scale));
-        LaunchChecks.Aligned(x, 16, nameof(x));
-        LaunchChecks.Aligned(y, 4, nameof(y));
-        LaunchChecks.Positive(n, nameof(n));
-        if (k <= 0 || k % kMultiple != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {kMultiple}.", nameof(k));
+        if (k <= 0 || k % KMultiple != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {KMultiple}.", nameof(k));
     }
 }

@@ -13,8 +13,8 @@ using Cuda = global::QwQ.Cuda.Native.Cuda;
 /// <c>--quantize fp8</c> end to end: a bf16 checkpoint quantized on the GPU while it loads, against the fp32 CPU
 /// reference running the same weights quantized here on the CPU (per output row, scale amax / 448, codes rounded to
 /// nearest even: <see cref="Fp8KernelTests.Encode"/>). Every kernel path of the fp8 kind is crossed: prefill (in
-/// 32-row tensor-core slices, and past 128 rows dequantized to bf16 for the GEMM), decode at 1–4 rows (CUDA-core
-/// GEMV) and at 5–32 rows (tensor-core GEMV), eager and replayed as graphs. bf16 activations: ‖Δ‖/‖ref‖ ≤ 2e-2.
+/// 32-row tensor-core slices, and past 128 rows dequantized to bf16 for the GEMM), decode at 1, 3, 8 and 20 rows
+/// (the tensor-core GEMV's 8-, 16- and 32-row variants), eager and replayed as graphs. bf16 activations: ‖Δ‖/‖ref‖ ≤ 2e-2.
 /// </summary>
 public sealed class Fp8EngineTests
 {
@@ -96,7 +96,7 @@ public sealed class Fp8EngineTests
             Assert.That(err, Is.LessThanOrEqualTo(2e-2), $"prefill of {length}");
         }
 
-        // batched decode at 1, 3 (CUDA-core GEMV), 8 and 20 rows (tensor-core GEMV): each sequence's logits after
+        // batched decode at 1, 3, 8 and 20 rows: each sequence's logits after
         // every step against the reference over its whole prefix
         foreach (int batch in new[] { 1, 3, 8, 20 })
         {

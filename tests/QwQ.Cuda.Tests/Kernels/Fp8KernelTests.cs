@@ -7,12 +7,11 @@ namespace QwQ.Cuda.Tests.Kernels;
 /// <summary>
 /// The FP8 weight kernels against references written here from the E4M3 definition (sign, 4 exponent bits with bias
 /// 7, 3 mantissa bits; exponent 0 subnormal; 0x7F/0xFF NaN, no infinities), independent of the kernels' bit tricks:
-/// the conversion for all 256 codes, the quantizer's scales and codes, and every GEMV variant against a CPU product
-/// of the dequantized weights (fp32 accumulation: tolerance 1e-4).
+/// the conversion for all 256 codes, the quantizer's scales and codes, and the repacking into the tile layout (the
+/// decode products over fp8 weights are in <see cref="TensorCoreGemvKernelTests"/>).
 /// </summary>
 public sealed class Fp8KernelTests : KernelTestBase
 {
-    private const double Tolerance = 1e-4;
     private Fp8Ops _fp8 = null!;
 
     protected override void CreateOps() => _fp8 = new Fp8Ops(Lib);
@@ -44,50 +43,71 @@ public sealed class Fp8KernelTests : KernelTestBase
     [Test]
     public void DequantizeIsExactForEveryCode()
     {
-        // 16 rows of 16 codes: all 256, each row with its own power-of-two scale (exact in bf16 too).
-        var codes = Enumerable.Range(0, 256).Select(i => (byte)i).ToArray();
-        var scales = Enumerable.Range(0, 16).Select(r => MathF.Pow(2, r - 8)).ToArray();
-        var dq = Upload<byte>(codes);
+        // 16 rows of 64 codes: every code 4 times, each row with its own power-of-two scale (exact in bf16 too).
+        const int rows = 16, k = 64;
+        var codes = Enumerable.Range(0, rows * k).Select(i => (byte)(i * 37 % 256)).ToArray();
+        var scales = Enumerable.Range(0, rows).Select(r => MathF.Pow(2, r - 8)).ToArray();
+        var dq = Upload<byte>(Fp8Ops.PackTiles(codes, rows, k));
         var ds = Upload<float>(scales);
-        var dout = PoisonedBf16(256);
-        _fp8.DequantizeRows(Stream, dq.Ptr, ds.Ptr, dout.Ptr, 16, 16);
+        var dout = PoisonedBf16(rows * k);
+        _fp8.DequantizeRows(Stream, dq.Ptr, ds.Ptr, dout.Ptr, rows, k);
         float[] got = DownloadBf16(dout);
-        for (int i = 0; i < 256; i++)
+        Assert.That(codes.Distinct().Count(), Is.EqualTo(256));
+        for (int i = 0; i < rows * k; i++)
         {
-            float expected = Decode((byte)i) * scales[i / 16];
+            float expected = Decode(codes[i]) * scales[i / k];
             if (float.IsNaN(expected)) continue; // NaN codes never come out of a quantizer
-            Assert.That(got[i], Is.EqualTo(expected), $"code 0x{i:x2} × {scales[i / 16]}");
-            if (expected == 0) Assert.That(float.IsNegative(got[i]), Is.EqualTo((i & 0x80) != 0), $"sign of zero, code 0x{i:x2}");
+            Assert.That(got[i], Is.EqualTo(expected), $"code 0x{codes[i]:x2} × {scales[i / k]}");
+            if (expected == 0) Assert.That(float.IsNegative(got[i]), Is.EqualTo((codes[i] & 0x80) != 0), $"sign of zero, code 0x{codes[i]:x2}");
         }
     }
 
     [Test]
-    public void QuantizeGivesAmaxScaleAndNearestCodes()
+    public void QuantizeGivesAmaxScaleAndNearestCodesInTheTileLayout()
     {
-        int rows = 37, k = 520;
+        int rows = 37, k = 576, row0 = 5, n = row0 + rows; // rows 5..41 of a 42-row weight: tiles 0-2, the last one padded
         float[] w = NormalBf16((long)rows * k, 0.02f);
         for (int j = 0; j < k; j++) w[3 * k + j] = 0;                  // an all-zero row: scale 1, codes 0
         w[5 * k + 7] = Bf16.Round(3e4f);                                 // one outlier: the rest of its row goes subnormal
         var src = UploadBf16(w);
-        var dq = Alloc((long)rows * k);
-        var ds = Alloc(4L * rows);
-        _fp8.QuantizeRows(Stream, src.Ptr, dq.Ptr, ds.Ptr, rows, k);
-        var codes = new byte[rows * k];
-        dq.CopyToHost<byte>(codes);
+        var dq = Alloc(Fp8Ops.TiledBytes(n, k));
+        var ds = Alloc(4L * n);
+        _fp8.QuantizeRows(Stream, src.Ptr, dq.Ptr, ds.Ptr, row0, rows, k);
+        var tiled = new byte[Fp8Ops.TiledBytes(n, k)];
+        dq.CopyToHost<byte>(tiled);
         float[] scales = DownloadF32(ds);
         for (int r = 0; r < rows; r++)
         {
             float amax = 0;
             for (int j = 0; j < k; j++) amax = Math.Max(amax, Math.Abs(w[r * k + j]));
             float scale = amax > 0 ? amax / 448f : 1f;
-            Assert.That(scales[r], Is.EqualTo(scale), $"scale of row {r}");
+            Assert.That(scales[row0 + r], Is.EqualTo(scale), $"scale of row {row0 + r}");
             for (int j = 0; j < k; j++)
             {
-                byte expected = Encode(w[r * k + j] / scale);
-                if (codes[r * k + j] != expected)
-                    Assert.Fail($"row {r} col {j}: {w[r * k + j]} / {scale} → code 0x{codes[r * k + j]:x2} ({Decode(codes[r * k + j])}), expected 0x{expected:x2} ({Decode(expected)})");
+                byte expected = Encode(w[r * k + j] / scale), got = tiled[Fp8Ops.TileOffset(row0 + r, j, k)];
+                if (got != expected)
+                    Assert.Fail($"row {r} col {j}: {w[r * k + j]} / {scale} → code 0x{got:x2} ({Decode(got)}), expected 0x{expected:x2} ({Decode(expected)})");
             }
         }
+    }
+
+    [Test]
+    public void RepackPutsRowMajorCodesInTheTileLayout()
+    {
+        int n = 40, k = 128;
+        var codes = new byte[n * k];
+        Rng.NextBytes(codes);
+        var src = Upload<byte>(codes.AsSpan(8 * k).ToArray());        // rows 8..39, repacked at row 8
+        var dst = Alloc(Fp8Ops.TiledBytes(n, k));
+        dst.Memset32(0, Stream);
+        _fp8.RepackRows(Stream, src.Ptr, dst.Ptr, 8, n - 8, k);
+        var got = new byte[Fp8Ops.TiledBytes(n, k)];
+        dst.CopyToHost<byte>(got);
+        var expected = Fp8Ops.PackTiles(codes.Select((c, i) => i < 8 * k ? (byte)0 : c).ToArray(), n, k);
+        Assert.That(got, Is.EqualTo(expected));
+        // the layout is a permutation: every (row, k) has its own byte
+        var offsets = new HashSet<long>();
+        for (int r = 0; r < n; r++) for (int j = 0; j < k; j++) Assert.That(offsets.Add(Fp8Ops.TileOffset(r, j, k)), $"({r}, {j})");
     }
 
     /// <summary>Random codes (no NaN) and per-row scales: the device weight and scales, and the dequantized fp32 matrix.</summary>
@@ -109,32 +129,4 @@ public sealed class Fp8KernelTests : KernelTestBase
         }
         return (codes, scales, dequantized);
     }
-
-    private void Check(int rows, int n, int k, bool accumulate)
-    {
-        var (codes, scales, w) = RandomWeights(Rng, n, k);
-        var dw = Upload<byte>(codes);
-        var ds = Upload<float>(scales);
-        float[] x = NormalBf16((long)rows * k);
-        float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
-        var dx = UploadBf16(x);
-        var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-        _fp8.Gemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate);
-        var expected = new float[(long)rows * n];
-        CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
-        if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-        AssertClose(DownloadF32(dy), expected, Tolerance, $"gemv_fp8 rows={rows} {n}x{k} acc={accumulate}");
-    }
-
-    [Test]
-    public void GemvMatchesCpu([Range(1, Fp8Ops.MaxGemvRows)] int rows)
-    {
-        Check(rows, 1001, 2064, accumulate: false); // odd rows, k tail (not a multiple of 512)
-        Check(rows, 515, 5120, accumulate: true);
-        Check(rows, 9, 16, accumulate: false);      // one 16-element piece
-    }
-
-    [TestCase(7168, 5120, false, TestName = "Fp8Gemv_QkvProj_7168x5120")]
-    [TestCase(5120, 27648, true, TestName = "Fp8Gemv_DownProj_5120x27648_Accumulate")]
-    public void QwqShapes(int n, int k, bool accumulate) => Check(1, n, k, accumulate);
 }

@@ -23,7 +23,7 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         if (fp8)
         {
             var (codes, scales, dq) = Fp8KernelTests.RandomWeights(Rng, n, k);
-            (dw, ds, w) = (Upload<byte>(codes), Upload<float>(scales), dq);
+            (dw, ds, w) = (Upload<byte>(Fp8Ops.PackTiles(codes, n, k)), Upload<float>(scales), dq);
         }
         else
         {
