@@ -256,13 +256,19 @@ def torch_model(name, spec, out_dir, device):
     except Exception as e:  # only informative
         print("  (could not write config.hf.json: %s)" % e)
 
+    generator = "transformers %s / torch %s on %s" % (transformers.__version__, torch.__version__, device)
+    return generator, torch_prompts(name, model, spec, device)
+
+
+def torch_prompts(name, model, spec, device):
+    """Logits at every prompt position and the greedy continuation of each prompt, from a float32 HF model."""
+    import torch
     try:
         from transformers import GenerationConfig
         model.generation_config = GenerationConfig(do_sample=False, eos_token_id=None, bos_token_id=None,
                                                    pad_token_id=0)
     except Exception:
         pass
-
     prompts = []
     with torch.no_grad():
         for ids in prompts_for(spec):
@@ -281,8 +287,7 @@ def torch_model(name, spec, out_dir, device):
                 "greedy": new,
                 "greedy_margins": margins_of(scores),
             })
-    generator = "transformers %s / torch %s on %s" % (transformers.__version__, torch.__version__, device)
-    return generator, prompts
+    return prompts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,6 +467,11 @@ def python_model(name, spec, out_dir):
     model = PyQwen2(spec)
     model.save_safetensors(os.path.join(out_dir, "model.safetensors"))
     write_json(os.path.join(out_dir, "config.json"), release_config(spec))
+    return "pure-python float64 reference (provisional, not transformers)", py_prompts(model, spec)
+
+
+def py_prompts(model, spec):
+    """torch_prompts' output, from the float64 PyQwen2 (prepares its weight rows first)."""
     model.prepare()
     prompts = []
     for ids in prompts_for(spec):
@@ -481,7 +491,7 @@ def python_model(name, spec, out_dir):
             "greedy_margins": margins_of(scores),
         })
         print("  prompt of %d tokens done" % len(ids), flush=True)
-    return "pure-python float64 reference (provisional, not transformers)", prompts
+    return prompts
 
 
 # ----------------------------------------------------------------------------------------------

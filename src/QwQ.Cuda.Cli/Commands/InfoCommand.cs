@@ -109,7 +109,10 @@ internal static class InfoCommand
         Row(o, "rope theta", c.RopeTheta.ToString("G", CultureInfo.InvariantCulture));
         Row(o, "tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
         Row(o, "parameters", Invariant($"{c.ParameterCount:N0} ({c.ParameterCount / 1e9:F2} B)"));
-        Row(o, "weights", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}");
+        Row(o, "quantization", c.Quantization?.Description ?? "none");
+        // TODO(quantized memory plan): WeightBytes counts every parameter at TorchDtype, i.e. before quantization; the
+        // engine's memory table (MemoryPlan) is to give the quantized bytes per kind.
+        Row(o, "weights", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}{(c.Quantization is null ? "" : ", unquantized")}");
         if (!source.StartsWith("preset", StringComparison.Ordinal))
         {
             Row(o, "checkpoint files", weights.Files == 0 ? "no *.safetensors (config only)" : Invariant($"{weights.Files} safetensors, {Gb(weights.Bytes)}"));
@@ -143,6 +146,22 @@ internal static class InfoCommand
             w.WriteString("source", source);
             w.WriteString("architecture", c.Architecture);
             w.WriteString("dtype", c.TorchDtype);
+            if (c.Quantization is { } q)
+            {
+                w.WriteStartObject("quantization");
+                w.WriteString("method", q.Method switch
+                {
+                    QuantizationMethod.CompressedTensorsFp8 => QuantizationConfig.CompressedTensorsMethod,
+                    QuantizationMethod.AwqInt4 => QuantizationConfig.AwqMethod,
+                    _ => q.Method.ToString(),
+                });
+                w.WriteString("description", q.Description);
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("quantization");
+            }
             w.WriteNumber("num_hidden_layers", c.NumHiddenLayers);
             w.WriteNumber("hidden_size", c.HiddenSize);
             w.WriteNumber("num_attention_heads", c.NumAttentionHeads);

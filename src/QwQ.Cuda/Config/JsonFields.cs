@@ -80,6 +80,9 @@ internal readonly struct JsonFields(JsonElement obj, string source, string prefi
 
     public bool Has(string field) => Find(field) is not null;
 
+    /// <summary>The object's field names, in file order (for objects keyed by the file's own names, like config_groups).</summary>
+    public IReadOnlyList<string> FieldNames() => obj.EnumerateObject().Select(p => p.Name).ToList();
+
     public JsonFields? Object(string field)
     {
         var v = Find(field);

@@ -56,6 +56,11 @@ public sealed record ModelConfig
     public RopeScaling? RopeScaling { get; init; }
     /// <summary>Always false: sliding-window attention is rejected at load.</summary>
     public bool UseSlidingWindow { get; init; }
+    /// <summary>
+    /// The checkpoint's quantized layout (config.json's quantization_config), or null for plain bf16/fp16/fp32 weights.
+    /// <see cref="TorchDtype"/> is then the dtype of what stays unquantized (embedding, norms, biases, lm_head).
+    /// </summary>
+    public QuantizationConfig? Quantization { get; init; }
 
     // ---- derived sizes ------------------------------------------------------------------------
 
@@ -177,6 +182,14 @@ public sealed record ModelConfig
         var scalingFields = f.Object("rope_scaling") ?? ropeParams;
         RopeScaling? scaling = scalingFields is { } sf ? ParseRopeScaling(sf, maxPos) : null;
 
+        QuantizationConfig? quantization = null;
+        if (f.Object("quantization_config") is { } qf)
+        {
+            quantization = QuantizationConfig.Parse(qf);
+            if (quantization is AwqQuantizationConfig awq)
+                CheckAwqSizes(qf, awq, hidden, heads * headDim, kvHeads * headDim, intermediate);
+        }
+
         return new ModelConfig
         {
             ModelType = modelType,
@@ -195,7 +208,28 @@ public sealed record ModelConfig
             TorchDtype = dtype,
             RopeScaling = scaling,
             UseSlidingWindow = false,
+            Quantization = quantization,
         };
+    }
+
+    /// <summary>
+    /// AWQ packs 8 output features per int32 and groups input features: every quantizable layer's sizes must fit.
+    /// Checked for every decoder linear layer kind, even one modules_to_not_convert may leave out, so the config is
+    /// judged on its own.
+    /// </summary>
+    private static void CheckAwqSizes(JsonFields q, AwqQuantizationConfig awq, int hidden, int qDim, int kvDim, int intermediate)
+    {
+        // (what, size): inputs of q/k/v/gate/up, o_proj and down_proj; outputs of q, k/v, o/down, gate/up.
+        (string, int)[] inputs = [("hidden_size", hidden), ("num_attention_heads × head_dim", qDim), ("intermediate_size", intermediate)];
+        foreach (var (what, size) in inputs)
+            if (size % awq.GroupSize != 0)
+                throw q.Invalid($"{q.Name("group_size")} = {awq.GroupSize} must divide the input size of every quantized layer, " +
+                                $"but {what} = {size} is not a multiple of it");
+        (string, int)[] outputs = [("hidden_size", hidden), ("num_attention_heads × head_dim", qDim), ("num_key_value_heads × head_dim", kvDim), ("intermediate_size", intermediate)];
+        foreach (var (what, size) in outputs)
+            if (size % Weights.Quantization.AwqPacking.ValuesPerInt != 0)
+                throw q.Invalid($"AWQ packs {Weights.Quantization.AwqPacking.ValuesPerInt} output features per int32, " +
+                                $"but {what} = {size} is not a multiple of {Weights.Quantization.AwqPacking.ValuesPerInt}");
     }
 
     /// <summary>Null for "default" RoPE (no scaling); YaRN parameters otherwise; anything else is unsupported.</summary>

@@ -179,6 +179,14 @@ public sealed class SafetensorsCheckpoint : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// A linear layer's weight as fp32 in the Hugging Face layout, [out, in], whatever its stored layout: a plain
+    /// float weight converted, an FP8 one times its scales, an AWQ one unpacked, less its zero points, times its
+    /// scales. <paramref name="linear"/> comes from <see cref="QuantizedTensorNames.Linear"/>; its tensors' dtypes and
+    /// shapes are checked first.
+    /// </summary>
+    public float[] ReadDequantizedLinear(Quantization.LinearTensors linear) => Quantization.LinearDequantizer.Read(this, linear);
+
     /// <summary>Elements [elementOffset, elementOffset + dst.Length) of <paramref name="t"/> as fp32.</summary>
     public void ReadFloat32(TensorInfo t, Span<float> dst, long elementOffset) =>
         ReadAs(t, dst, elementOffset, DType.F32, ElementConversion.ToFloat32);
@@ -198,6 +206,12 @@ public sealed class SafetensorsCheckpoint : IDisposable
     /// </summary>
     private void ReadAs<T>(TensorInfo t, Span<T> dst, long elementOffset, DType target, Converter<T> convert) where T : unmanaged
     {
+        if (!t.DType.IsPlainFloat())
+            throw new WeightsException($"{t.FilePath}: tensor '{t.Name}' is {t.DType}, which does not convert to {target} on its own: " +
+                                       (t.DType == DType.F8_E4M3
+                                           ? "fp8 values mean something only multiplied by their scale. "
+                                           : "its int32 elements pack AWQ 4-bit values, which need their zero points and scales. ") +
+                                       $"Read a quantized linear layer with {nameof(ReadDequantizedLinear)}, or its raw bytes with {nameof(Read)}");
         if (elementOffset < 0 || elementOffset > t.ElementCount || dst.Length > t.ElementCount - elementOffset)
             throw new ArgumentOutOfRangeException(nameof(elementOffset),
                 $"elements [{elementOffset}, {elementOffset + dst.Length}) are outside {t.Name} ({t.ElementCount} elements)");

@@ -185,7 +185,7 @@ public sealed class SafetensorsFile : IDisposable
         string dtypeName = (dtypeEl is { } d ? StrictJson.String(d, _shown, $"tensor '{name}'") : null)
             ?? throw Bad("missing 'dtype' string");
         DType dtype = DTypeExtensions.ParseSafetensors(dtypeName)
-            ?? throw Bad($"unsupported dtype \"{dtypeName}\" (supported: BF16, F16, F32)");
+            ?? throw Bad($"unsupported dtype \"{dtypeName}\" (supported: {DTypeExtensions.SupportedNames})");
 
         if (shapeEl is not { ValueKind: JsonValueKind.Array } shapeArray) throw Bad("missing 'shape' list");
         var shape = new long[shapeArray.GetArrayLength()];

@@ -30,11 +30,16 @@ public sealed class CpuWeights
     /// <summary>[vocab, hidden]; the same array as <see cref="Embedding"/> when tied.</summary>
     public required float[] LmHead { get; init; }
 
-    /// <summary>Validates the checkpoint against the config, then reads every tensor as fp32.</summary>
+    /// <summary>
+    /// Validates the checkpoint against the config, then reads every tensor as fp32. Quantized linear layers (FP8,
+    /// AWQ INT4: see <see cref="ModelConfig.Quantization"/>) are dequantized on the way, so the reference computes
+    /// with exactly the weights the quantized checkpoint stands for.
+    /// </summary>
     public static CpuWeights Load(SafetensorsCheckpoint checkpoint, ModelConfig config)
     {
         CheckpointValidator.Validate(checkpoint, config);
         float[] Read(string name) => checkpoint.ReadFloat32(name);
+        float[] Linear(int layer, Projection p) => checkpoint.ReadDequantizedLinear(QuantizedTensorNames.Linear(config, layer, p));
 
         var embedding = Read(TensorNames.Embedding);
         var layers = new CpuLayerWeights[config.NumHiddenLayers];
@@ -43,17 +48,17 @@ public sealed class CpuWeights
             layers[i] = new CpuLayerWeights
             {
                 InputNorm = Read(TensorNames.InputNorm(i)),
-                QWeight = Read(TensorNames.QWeight(i)),
+                QWeight = Linear(i, Projection.Q),
                 QBias = Read(TensorNames.QBias(i)),
-                KWeight = Read(TensorNames.KWeight(i)),
+                KWeight = Linear(i, Projection.K),
                 KBias = Read(TensorNames.KBias(i)),
-                VWeight = Read(TensorNames.VWeight(i)),
+                VWeight = Linear(i, Projection.V),
                 VBias = Read(TensorNames.VBias(i)),
-                OWeight = Read(TensorNames.OWeight(i)),
+                OWeight = Linear(i, Projection.O),
                 PostAttentionNorm = Read(TensorNames.PostAttentionNorm(i)),
-                GateWeight = Read(TensorNames.GateWeight(i)),
-                UpWeight = Read(TensorNames.UpWeight(i)),
-                DownWeight = Read(TensorNames.DownWeight(i)),
+                GateWeight = Linear(i, Projection.Gate),
+                UpWeight = Linear(i, Projection.Up),
+                DownWeight = Linear(i, Projection.Down),
             };
         }
         return new CpuWeights
@@ -62,7 +67,7 @@ public sealed class CpuWeights
             Embedding = embedding,
             Layers = layers,
             FinalNorm = Read(TensorNames.FinalNorm),
-            LmHead = config.TieWordEmbeddings ? embedding : Read(TensorNames.LmHead),
+            LmHead = QuantizedTensorNames.OutputProjection(config) is { } lmHead ? checkpoint.ReadDequantizedLinear(lmHead) : embedding,
         };
     }
 
