@@ -40,7 +40,7 @@ internal sealed class ModelSourceOptions
 
     public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
-    public readonly Option<Quantization> Quantize = TypedOptions.OneOf("--quantize", Quantization.None,
+    public readonly Option<QuantizeMode> Quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None,
         "Quantize a bf16 checkpoint's layer weights on the GPU while loading: None or Fp8 (e4m3, one scale per output channel: half the bytes per token)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
@@ -102,7 +102,7 @@ internal sealed class ModelSourceOptions
             {
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
-                Quantize = WithBackend ? p.GetValue(Quantize) : Quantization.None,
+                Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
             },
         };

@@ -8,6 +8,7 @@ using QwQ.Cuda.Model;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Weights;
+using QwQ.Cuda.Weights.Quantization;
 
 namespace QwQ.Cuda.Engine;
 
@@ -65,16 +66,10 @@ public sealed class CudaBackend : IModelBackend
                 checkpoint = Own(SafetensorsCheckpoint.Open(checkpointDir));
                 CheckpointValidator.Validate(checkpoint, config);
             }
+            WeightKind linearKind = LinearKind(config, options);
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
 
-            WeightKind linearKind = options.Quantize switch
-            {
-                Quantization.Fp8 => WeightKind.Fp8,
-                _ => WeightKind.Bf16,
-            };
-            if (linearKind == WeightKind.Fp8 && new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int bad and > 0)
-                throw new OptionException($"fp8 weights need every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
             Context = Own(CudaContext.Create(options.Device));
             var (free, total) = Context.GetMemoryInfo();
             Plan = MemoryPlan.Create(config, free, options, linearKind);
@@ -118,6 +113,35 @@ public sealed class CudaBackend : IModelBackend
         {
             DisposeOwned(); // nothing stays allocated when loading fails or is cancelled
             throw;
+        }
+    }
+
+    /// <summary>
+    /// How the layers' linear weights are stored on the GPU: as the checkpoint's quantization says (compressed-tensors
+    /// FP8 loads as fp8), or as --quantize asks of a plain one. Combinations this engine cannot run fail here, before
+    /// any GPU work, with what to do instead.
+    /// </summary>
+    internal static WeightKind LinearKind(ModelConfig config, EngineOptions options)
+    {
+        switch (config.Quantization)
+        {
+            case null:
+                if (options.Quantize != QuantizeMode.Fp8) return WeightKind.Bf16;
+                if (new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int bad and > 0)
+                    throw new OptionException($"--quantize fp8 needs every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
+                return WeightKind.Fp8;
+            case Fp8QuantizationConfig:
+                if (QuantizedTensorNames.OutputProjection(config) is Fp8LinearTensors)
+                    throw new OptionException("this FP8 checkpoint quantizes lm_head too; the GPU engine keeps lm_head in bf16 and loads " +
+                                              "FP8 checkpoints whose quantization_config lists lm_head in \"ignore\" (llm-compressor's default)");
+                if (new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int odd and > 0)
+                    throw new OptionException($"this FP8 checkpoint has a layer input size of {odd}; the GPU engine's fp8 kernels need multiples of {Fp8Ops.KMultiple}");
+                return WeightKind.Fp8; // --quantize fp8 on an fp8 checkpoint asks for what it is
+            case AwqQuantizationConfig:
+                throw new OptionException("INT4 AWQ checkpoints run on the CPU reference only for now (--backend cpu): the GPU engine " +
+                                          "has no INT4 kernels yet. For a smaller model on the GPU, use the bf16 checkpoint with --quantize fp8.");
+            default:
+                throw new OptionException($"{config.Quantization.Description} checkpoints are not supported on the GPU engine");
         }
     }
 

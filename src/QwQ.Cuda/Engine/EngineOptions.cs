@@ -53,11 +53,11 @@ public sealed record EngineOptions
     public bool TuneDecodeGemm { get; init; } = true;
 
     /// <summary>
-    /// Quantize a bf16 checkpoint's (or synthetic) layer weights on the GPU while they load: <see cref="Quantization.Fp8"/>
+    /// Quantize a bf16 checkpoint's (or synthetic) layer weights on the GPU while they load: <see cref="QuantizeMode.Fp8"/>
     /// stores e4m3 with one scale per output channel (half the bytes per token). Checkpoints that are already quantized
     /// load as they are.
     /// </summary>
-    public Quantization Quantize { get; init; }
+    public QuantizeMode Quantize { get; init; }
 
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
@@ -72,7 +72,7 @@ public sealed record EngineOptions
 }
 
 /// <summary>How to store the layers' linear weights of a bf16 checkpoint on the GPU.</summary>
-public enum Quantization
+public enum QuantizeMode
 {
     /// <summary>As the checkpoint stores them (bf16).</summary>
     None,

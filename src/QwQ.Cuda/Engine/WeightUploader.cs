@@ -1,6 +1,7 @@
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Weights;
 
 namespace QwQ.Cuda.Engine;
@@ -11,8 +12,9 @@ namespace QwQ.Cuda.Engine;
 /// is copied to the GPU, so disk reads overlap host→device copies. Host memory stays at 2 × 64 MiB, however large the
 /// model. A file that shrinks during the load fails with a WeightsException naming file and tensor, never uploads
 /// garbage. q/k/v and gate/up land side by side in their fused device matrices. When the model's linear weights are
-/// quantized (--quantize fp8), their rows go through a device bf16 scratch and are quantized on the GPU into place,
-/// so no full-size copy exists anywhere.
+/// fp8, plain rows (--quantize fp8, or a layer an FP8 checkpoint left unquantized) go through a device bf16 scratch
+/// and are quantized on the GPU into place, and an FP8 checkpoint's codes are repacked there into the kernels' tile
+/// layout with their scales beside; no full-size copy exists anywhere.
 /// </summary>
 internal static class WeightUploader
 {
@@ -70,7 +72,10 @@ internal static class WeightUploader
             TensorInfo t = ck.Get(place.Name);
             long elements = t.ElementCount;
             // Quantized rows are staged whole, as many as fit the pinned buffer and the device scratch.
-            long step = place.Linear is { } lw ? Math.Min(StagingBytes, scratch?.Bytes ?? 0) / 2 / lw.In * lw.In : StagingBytes / 2;
+            int size = t.DType == DType.F8_E4M3 ? 1 : 2; // bytes per element in the staging buffers
+            if (size == 1 && place.Linear is not { Kind: WeightKind.Fp8 })
+                throw new WeightsException($"{t.FilePath}: tensor '{place.Name}' is F8_E4M3 but this engine stores it as {place.Linear?.Kind.ToString() ?? "bf16"}");
+            long step = place.Linear is { } lw ? Math.Min(StagingBytes, scratch?.Bytes ?? 0) / size / lw.In * lw.In : StagingBytes / 2;
             if (step <= 0) throw new InvalidOperationException($"a row of {place.Name} does not fit the staging buffers");
             for (long off = 0; off < elements; off += step)
             {
@@ -78,8 +83,15 @@ internal static class WeightUploader
                 int n = (int)Math.Min(step, elements - off);
                 var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
                 free.Synchronize();                              // the GPU has finished copying out of this buffer
-                ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
-                if (place.Linear is { } linear)
+                if (t.DType == DType.F8_E4M3) ck.Read(t, off, stage.AsSpan<byte>()[..n]); // fp8 codes as stored
+                else ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
+                if (place.Linear is { } coded && t.DType == DType.F8_E4M3)
+                {
+                    // an FP8 checkpoint's codes: pinned → device scratch (row-major) → repacked into the tile layout
+                    scratch!.CopyFromHostAsync(stage.Ptr, n, 0, stream);
+                    fp8!.RepackRows(stream, scratch.Ptr, coded.Weight, place.Row + (int)(off / coded.In), n / coded.In, coded.In);
+                }
+                else if (place.Linear is { } linear)
                 {
                     // pinned → device scratch (bf16 rows) → quantized into the weight's rows, with their scales
                     scratch!.CopyFromHostAsync(stage.Ptr, 2L * n, 0, stream);
@@ -94,6 +106,21 @@ internal static class WeightUploader
                 slot ^= 1;
                 done += 2L * n;
                 progress?.Report(new LoadProgress("weights", done, total, place.Name));
+            }
+            if (t.DType == DType.F8_E4M3 && place.Linear is { } scaled)
+            {
+                // its scales: one per output row ([out, 1]), or one for the whole tensor ([1] or []), as fp32
+                string scaleName = QuantizedTensorNames.WeightScale(place.Name[..^TensorNames.WeightSuffix.Length]);
+                int rows = (int)(t.ElementCount / scaled.In);
+                float[] file = ck.ReadFloat32(scaleName);
+                var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
+                free.Synchronize();
+                Span<float> scales = stage.AsSpan<float>()[..rows];
+                if (file.Length == rows) file.CopyTo(scales);
+                else scales.Fill(file[0]);
+                w.CopyFromHostAsync(scaled.Scales + (ulong)(4L * place.Row), stage.Ptr, 4L * rows, stream);
+                free.Record(stream);
+                slot ^= 1;
             }
         }
         stream.Synchronize();

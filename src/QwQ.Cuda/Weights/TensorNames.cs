@@ -46,7 +46,7 @@ public static class TensorNames
     public const string LmHeadModule = "lm_head";
     public const string LmHead = LmHeadModule + WeightSuffix;          // [vocab, hidden]; absent when tied
 
-    private const string WeightSuffix = ".weight", BiasSuffix = ".bias";
+    internal const string WeightSuffix = ".weight", BiasSuffix = ".bias";
     private const string LayersPrefix = "model.layers.";
     private static string Layer(int i) => $"{LayersPrefix}{i}.";
 

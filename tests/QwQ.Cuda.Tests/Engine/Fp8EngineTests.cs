@@ -4,6 +4,7 @@ using QwQ.Cuda.Inference;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Tests.Generation;
 using QwQ.Cuda.Tests.Kernels;
+using QwQ.Cuda.Tests.Reference;
 
 namespace QwQ.Cuda.Tests.Engine;
 
@@ -78,7 +79,7 @@ public sealed class Fp8EngineTests
         TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
         File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
         var cpu = new Qwen2CpuModel(config, Quantized(weights, config));
-        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = Quantization.Fp8, UseCudaGraphs = cudaGraphs });
+        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = QuantizeMode.Fp8, UseCudaGraphs = cudaGraphs });
         Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Fp8));
         var rng = new Random(seed);
 
@@ -132,5 +133,71 @@ public sealed class Fp8EngineTests
         // every layer weight loses one byte of two; scales add 4 bytes per output row
         Assert.That(bf16 - fp8, Is.InRange(linear - 64L * 4 * (c.QkvDim + c.HiddenSize * 2 + 2 * c.IntermediateSize) - (1 << 20), linear));
         TestContext.Out.WriteLine($"QwQ-32B weights: bf16 {bf16 / 1e9:F1} GB, fp8 {fp8 / 1e9:F1} GB");
+    }
+}
+
+/// <summary>Quantized checkpoints on the GPU engine: the FP8 fixture against the CPU reference; what is refused, without a GPU.</summary>
+public sealed class QuantizedCheckpointEngineTests
+{
+    [Test]
+    public void Fp8CheckpointMatchesCpuReference()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        string dir = ModelFixtures.Dir("tiny-fp8");
+        var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        using var checkpoint = global::QwQ.Cuda.Weights.SafetensorsCheckpoint.Open(dir);
+        var cpu = new Qwen2CpuModel(config, CpuWeights.Load(checkpoint, config));
+        using var backend = CudaBackend.Load(config, dir, new EngineOptions { MaxContext = 256 });
+        Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Fp8));
+        var rng = new Random(7);
+        foreach (int length in new[] { 5, 40, 150 })
+        {
+            int[] tokens = Enumerable.Range(0, length).Select(_ => rng.Next(config.VocabSize)).ToArray();
+            using var seq = (CudaSequence)backend.CreateSequence();
+            int[] positions = Enumerable.Range(0, Math.Min(length, 64)).Select(i => i * length / Math.Min(length, 64)).ToArray();
+            float[] all = cpu.Forward(tokens);
+            float[] want = positions.SelectMany(p => all.AsSpan(p * config.VocabSize, config.VocabSize).ToArray()).ToArray();
+            double err = CudaModelTests.RelErr(seq.AppendWithLogits(tokens, positions), want);
+            TestContext.Out.WriteLine($"tiny-fp8, {length} tokens: ‖Δ‖/‖ref‖ = {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+        }
+    }
+
+    [Test]
+    public void AwqCheckpointOnTheGpuEngineSaysToUseTheCpuReference()
+    {
+        string dir = ModelFixtures.Dir("tiny-awq");
+        var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        var e = Assert.Throws<Errors.OptionException>(() => CudaBackend.Load(config, dir, new EngineOptions { MaxContext = 64 }).Dispose());
+        Assert.That(e!.Message, Does.Contain("AWQ").And.Contain("--backend cpu"));
+    }
+
+    [Test]
+    public void QuantizeFp8NeedsInputSizesThatAreMultiplesOf64()
+    {
+        var config = ModelConfig.Parse("""
+            {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":96,"intermediate_size":128,
+             "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,
+             "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false}
+            """, "config.json");
+        var e = Assert.Throws<Errors.OptionException>(() => CudaBackend.Load(config, null, new EngineOptions { Quantize = QuantizeMode.Fp8 }).Dispose());
+        Assert.That(e!.Message, Does.Contain("multiple of 64").And.Contain("96"));
+    }
+
+    [Test]
+    public void CpuReferenceQuantizesLikeTheGpu()
+    {
+        // --backend cpu --quantize fp8 runs the weights the GPU would hold: per-row e4m3, dequantized
+        var config = ModelConfig.Parse("""
+            {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":64,"intermediate_size":128,
+             "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,
+             "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false}
+            """, "config.json");
+        var w = CpuWeights.Random(config, 3);
+        var q = CpuReferenceBackend.QuantizeFp8(w);
+        float[] expected = Fp8EngineTests.QuantizeRows(w.Layers[0].GateWeight, 128, 64);
+        Assert.That(q.Layers[0].GateWeight, Is.EqualTo(expected));
+        Assert.That(q.Layers[0].GateWeight, Is.Not.EqualTo(w.Layers[0].GateWeight));
+        Assert.That(q.LmHead, Is.SameAs(w.LmHead));
     }
 }
