@@ -1,6 +1,6 @@
 using QwQ.Cuda.Weights.Quantization;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>
 /// AWQ's nibble order, checked against int32 constants packed by hand here, so a wrong order cannot hide behind

@@ -1,6 +1,6 @@
 using QwQ.Cuda.Weights.Quantization;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>fp8 e4m3fn against its definition, computed here independently of the table in the code under test.</summary>
 public class Fp8E4M3Tests

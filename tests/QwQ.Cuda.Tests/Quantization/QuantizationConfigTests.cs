@@ -1,9 +1,9 @@
 using System.Text.Json.Nodes;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
-using static QwQ.Cuda.Tests.Quantization.QuantizedConfigs;
+using static QwQ.Cuda.Tests.Quantized.QuantizedConfigs;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 public class QuantizationConfigTests
 {

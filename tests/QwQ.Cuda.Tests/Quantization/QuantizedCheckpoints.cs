@@ -4,7 +4,7 @@ using QwQ.Cuda.Weights;
 using QwQ.Cuda.Weights.Quantization;
 using static QwQ.Cuda.Tests.Weights.SafetensorsTestFiles;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>
 /// Quantized checkpoints written by the tests, and dequantization written here independently of the code under test:

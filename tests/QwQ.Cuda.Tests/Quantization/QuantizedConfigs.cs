@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using QwQ.Cuda.Config;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>config.json texts with a quantization_config, for parsing, validation and loading tests.</summary>
 internal static class QuantizedConfigs

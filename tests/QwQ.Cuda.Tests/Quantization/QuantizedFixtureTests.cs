@@ -9,7 +9,7 @@ using QwQ.Cuda.Tests.Weights;
 using QwQ.Cuda.Weights;
 using QwQ.Cuda.Weights.Quantization;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>
 /// The committed tiny-fp8 and tiny-awq fixtures (tests/goldens/make_quantized_goldens.py): their layout, and the CPU

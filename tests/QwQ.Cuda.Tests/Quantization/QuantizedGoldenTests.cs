@@ -1,7 +1,7 @@
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Tests.Reference;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>
 /// The CPU reference on tiny-fp8 and tiny-awq against goldens computed in float32 on the dequantized weights

@@ -2,7 +2,7 @@ using QwQ.Cuda.Tests.Weights;
 using QwQ.Cuda.Weights;
 using static QwQ.Cuda.Tests.Weights.SafetensorsTestFiles;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>The safetensors reader knows F8_E4M3 (1 byte) and I32 (4 bytes) and checks their byte lengths as strictly as the others.</summary>
 public class QuantizedSafetensorsTests

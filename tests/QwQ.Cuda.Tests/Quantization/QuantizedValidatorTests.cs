@@ -3,10 +3,10 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Tests.Weights;
 using QwQ.Cuda.Weights;
-using static QwQ.Cuda.Tests.Quantization.QuantizedConfigs;
+using static QwQ.Cuda.Tests.Quantized.QuantizedConfigs;
 using static QwQ.Cuda.Tests.Weights.SafetensorsTestFiles;
 
-namespace QwQ.Cuda.Tests.Quantization;
+namespace QwQ.Cuda.Tests.Quantized;
 
 /// <summary>Quantized checkpoints are validated as strictly as plain ones: names, exact shapes, and dtypes.</summary>
 public class QuantizedValidatorTests
