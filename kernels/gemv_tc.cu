@@ -129,17 +129,19 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
 
 // Launch: grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB. part: fp32 [tiles, splits, 128 * NB] and
 // tickets int32 [tiles] (tiles = ceil(n / 16)), all zero before the first launch (every launch leaves them zero).
-#define QWQ_GEMV_TC(NAME, FP8, NB, UNROLL)                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTcWarps * 32, 4)                                                  \
-    NAME(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x,          \
-         float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,           \
-         int accumulate) {                                                                                          \
+// MINB: blocks per SM the registers must allow; the "lite" fp8 variant trades unrolling for twice the warps.
+#define QWQ_GEMV_TC(SUFFIX, FP8, NB, UNROLL, MINB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(kTcWarps * 32, MINB)                                               \
+    gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
+                     float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,   \
+                     int accumulate) {                                                                              \
         gemv_tc_body<FP8, NB, UNROLL>(w, scale, x, y, part, tickets, n, k, m, accumulate);                          \
     }
 
-QWQ_GEMV_TC(gemv_tc_fp8_n8, true, 1, 8)
-QWQ_GEMV_TC(gemv_tc_fp8_n16, true, 2, 8)
-QWQ_GEMV_TC(gemv_tc_fp8_n32, true, 4, 4)
-QWQ_GEMV_TC(gemv_tc_bf16_n8, false, 1, 4)
-QWQ_GEMV_TC(gemv_tc_bf16_n16, false, 2, 4)
-QWQ_GEMV_TC(gemv_tc_bf16_n32, false, 4, 4)
+QWQ_GEMV_TC(fp8_n8, true, 1, 8, 4)
+QWQ_GEMV_TC(fp8_n8_lite, true, 1, 4, 8)
+QWQ_GEMV_TC(fp8_n16, true, 2, 8, 4)
+QWQ_GEMV_TC(fp8_n32, true, 4, 4, 4)
+QWQ_GEMV_TC(bf16_n8, false, 1, 4, 4)
+QWQ_GEMV_TC(bf16_n16, false, 2, 4, 4)
+QWQ_GEMV_TC(bf16_n32, false, 4, 4, 4)

@@ -8,6 +8,7 @@ if [ -s .device/aspnetcore-runtime.tar.xz ] && [ ! -d /tmp/dotnet/shared/Microso
   tar -xJf .device/aspnetcore-runtime.tar.xz -C /tmp/dotnet   # staged by tests/stage-device.sh
 fi
 t=.device/QwQ.Cuda.Tests
+if [ -s .device/tests.tar.xz ] && [ ! -d "$t" ]; then tar -xJf .device/tests.tar.xz -C .device; fi   # staged compressed
 mkdir -p "$t/fixtures/qwq-32b"
 cp -r tests/fixtures/. "$t/fixtures/"
 cp src/QwQ.Cuda/Presets/qwq-32b/*.json src/QwQ.Cuda/Presets/qwq-32b/*.gz "$t/fixtures/qwq-32b/"

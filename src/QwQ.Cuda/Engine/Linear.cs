@@ -35,16 +35,16 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
-/// fp8: our tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128) with the split count that measured
-/// fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
+/// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
+/// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
 /// its bytes). Output is fp32;
 /// <c>accumulate</c> adds into it (the residual stream), which is also where a tensor-parallel all-reduce would
 /// complete a partial sum.
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
-    private enum Path { Lt, MmaBf16, TensorCore }
-    private readonly record struct Choice(Path Path, int Splits);
+    private enum Path { Lt, MmaBf16, TensorCore, Gemv }
+    private readonly record struct Choice(Path Path, int Splits, bool Lite = false);
 
     private readonly GemvOps _gemv;
     private readonly TensorCoreGemvOps _tc;
@@ -85,7 +85,9 @@ internal sealed class LinearOps : IDisposable
                 ApplyBf16(s, w.Weight, w.Out, w.In, x, y, rows, accumulate, chosen);
                 break;
             case WeightKind.Fp8 when _fp8 is not null:
-                if (rows <= SlicedFp8MaxRows)
+                if (chosen is { Path: Path.Gemv } gemv)
+                    _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, gemv.Splits);
+                else if (rows <= SlicedFp8MaxRows)
                 {
                     // Up to 128 rows, slices of 32 each read the fp8 weight once: at most 4 bytes per weight, still
                     // less than expanding it to bf16 (1 read + 2 written + 2 read by the GEMM).
@@ -94,7 +96,8 @@ internal sealed class LinearOps : IDisposable
                         int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
                         Choice? slice = n == rows ? chosen : _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(n)), out var sc) ? sc : null;
                         _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, w.Out, w.In,
-                            accumulate, _tcWorkspace.Ptr, slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors));
+                            accumulate, _tcWorkspace.Ptr, slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors),
+                            slice?.Lite ?? false);
                     }
                 }
                 else
@@ -129,7 +132,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:
     /// cuBLASLt's algorithms (above the GEMV sizes), and up to 32 rows also our tensor-core GEMVs at several split
-    /// counts; fp8: the tensor-core GEMV's split counts. Each candidate is
+    /// counts; fp8: the tensor-core GEMV's variants and split counts, and up to 4 rows the CUDA-core GEMV's. Each candidate is
     /// timed over several layers' copies of the product in turn, so the weights stream from DRAM as in a real step
     /// (one layer's o_proj alone, 52 MB, would sit half in L2). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
@@ -164,9 +167,17 @@ internal sealed class LinearOps : IDisposable
                             Try(new Choice(Path.MmaBf16, splits), l => _gemv.GemvMma(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors, splits));
                 }
                 else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
+                else if (rows <= Fp8Ops.MaxGemvRows && _fp8 is not null)
+                    foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                        Try(new Choice(Path.Gemv, splits), l => _fp8.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
                 bool fp8 = w0.Kind == WeightKind.Fp8;
                 foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                {
                     Try(new Choice(Path.TensorCore, splits), l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
+                    if (fp8 && rows <= 8)
+                        Try(new Choice(Path.TensorCore, splits, Lite: true),
+                            l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits, lite: true));
+                }
                 if (choice is { } chosen) _choices[(w0.Kind, w0.Out, w0.In, rows)] = chosen;
             }
     }
@@ -192,7 +203,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>What the tuner chose, one line per (kind, shape, padded rows), for logs and reports.</summary>
     public IEnumerable<string> DescribeChoices() =>
         _choices.OrderBy(c => c.Key.Kind).ThenBy(c => c.Key.Rows).ThenBy(c => c.Key.Out)
-            .Select(c => $"{c.Key.Kind} [{c.Key.Out}x{c.Key.In}] at {c.Key.Rows} rows: {c.Value.Path}{(c.Value.Splits > 0 ? $" ×{c.Value.Splits} splits" : "")}");
+            .Select(c => $"{c.Key.Kind} [{c.Key.Out}x{c.Key.In}] at {c.Key.Rows} rows: {c.Value.Path}{(c.Value.Lite ? " (lite)" : "")}{(c.Value.Splits > 0 ? $" ×{c.Value.Splits} splits" : "")}");
 
     public void Dispose()
     {

@@ -3,14 +3,18 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Kernels;
 
 /// <summary>
-/// FP8 (E4M3) weight preparation (kernels/quantize.cu): the load-time quantizer (bf16 rows → codes + one fp32 scale
+/// FP8 (E4M3) weight kernels: the CUDA-core GEMV for 1–4 rows (kernels/gemv_fp8.cu) and, in kernels/quantize.cu, the load-time quantizer (bf16 rows → codes + one fp32 scale
 /// per output row), the repacker for checkpoints that are already fp8, and the dequantizer that feeds prefill-sized
 /// products to the bf16 GEMM. FP8 weights live in the tile layout of kernels/fp8.cuh (the decode kernel's fragment
-/// order; <see cref="TileOffset"/>), which is why rows are padded to 16 and k must be a multiple of 64. The decode
-/// products themselves run on <see cref="TensorCoreGemvOps"/>.
+/// order; <see cref="TileOffset"/>), which is why rows are padded to 16 and k must be a multiple of 64. Decode
+/// products over more rows run on <see cref="TensorCoreGemvOps"/>.
 /// </summary>
 internal sealed class Fp8Ops
 {
+    [KernelEntry] public const string GemvM1Entry = "gemv_fp8_m1";
+    [KernelEntry] public const string GemvM2Entry = "gemv_fp8_m2";
+    [KernelEntry] public const string GemvM3Entry = "gemv_fp8_m3";
+    [KernelEntry] public const string GemvM4Entry = "gemv_fp8_m4";
     [KernelEntry] public const string QuantizeEntry = "quantize_fp8_rows";
     [KernelEntry] public const string RepackEntry = "repack_fp8_rows";
     [KernelEntry] public const string DequantizeEntry = "dequantize_fp8_rows";
@@ -21,11 +25,16 @@ internal sealed class Fp8Ops
     public const int TileRows = 16;
     private const int QuantThreads = 256;
 
+    /// <summary>Most rows of x <see cref="Gemv"/> serves.</summary>
+    public const int MaxGemvRows = 4;
+
+    private readonly CudaKernel[] _gemv; // index rows − 1
     private readonly CudaKernel _quantize, _repack, _dequantize;
 
     public Fp8Ops(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
+        _gemv = [lib.GetKernel(GemvM1Entry), lib.GetKernel(GemvM2Entry), lib.GetKernel(GemvM3Entry), lib.GetKernel(GemvM4Entry)];
         _quantize = lib.GetKernel(QuantizeEntry);
         _repack = lib.GetKernel(RepackEntry);
         _dequantize = lib.GetKernel(DequantizeEntry);
@@ -48,6 +57,32 @@ internal sealed class Fp8Ops
         for (int r = 0; r < n; r++)
             for (int j = 0; j < k; j++) tiled[TileOffset(r, j, k)] = codes[r * k + j];
         return tiled;
+    }
+
+    /// <summary>
+    /// CUDA cores (kernels/gemv_fp8.cu): y[m, :] (+)= scale ⊙ (W·x[m, :]) for m in [0, <paramref name="rows"/>), rows 1–4,
+    /// W tile-layout e4m3 [n, k], <paramref name="scale"/> fp32 [n], x bf16 [rows, k], y fp32 [rows, n]. k split over
+    /// <paramref name="splits"/> blocks (<see cref="TensorCoreGemvOps.SplitsFit"/>); <paramref name="workspace"/> is the
+    /// tensor-core GEMV's (<see cref="TensorCoreGemvOps.WorkspaceBytes"/>, zeroed once). Deterministic.
+    /// </summary>
+    public unsafe void Gemv(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate,
+        ulong workspace, int splits)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        LaunchChecks.Aligned(scale, 4, nameof(scale));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        LaunchChecks.Aligned(workspace, 16, nameof(workspace));
+        if (rows < 1 || rows > MaxGemvRows) throw new ArgumentException($"rows must be in [1, {MaxGemvRows}] (got {rows}).", nameof(rows));
+        LaunchChecks.Positive(n, nameof(n));
+        CheckK(k);
+        if (!TensorCoreGemvOps.SplitsFit(n, k, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}.", nameof(splits));
+        uint blocks = (uint)((n + 4 * TileRows - 1) / (4 * TileRows));
+        ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &acc };
+        _gemv[rows - 1].Launch(new Dim3(blocks, (uint)splits), new Dim3(128), 0, s, args);
     }
 
     /// <summary>

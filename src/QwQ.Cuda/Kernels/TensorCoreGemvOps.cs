@@ -10,6 +10,7 @@ namespace QwQ.Cuda.Kernels;
 internal sealed class TensorCoreGemvOps
 {
     [KernelEntry] public const string Fp8N8Entry = "gemv_tc_fp8_n8";
+    [KernelEntry] public const string Fp8N8LiteEntry = "gemv_tc_fp8_n8_lite";
     [KernelEntry] public const string Fp8N16Entry = "gemv_tc_fp8_n16";
     [KernelEntry] public const string Fp8N32Entry = "gemv_tc_fp8_n32";
     [KernelEntry] public const string Bf16N8Entry = "gemv_tc_bf16_n8";
@@ -23,18 +24,20 @@ internal sealed class TensorCoreGemvOps
     private const int Threads = 128;
     private const int TilesPerBlock = 4;  // kTcWarps: one 16-row tile per warp
     private const int RowsPerTile = 16;
-    private const long TicketBytes = 64 << 10;  // int32 tickets for up to 16,384 tiles (262,144 output rows)
+    internal const long TicketBytes = 64 << 10;  // int32 tickets for up to 16,384 tiles (262,144 output rows)
 
     /// <summary>Bytes of the zeroed workspace every launch needs: tickets, then split partials.</summary>
     public const long WorkspaceBytes = 32L << 20;
 
     private readonly CudaKernel[] _fp8, _bf16; // n8, n16, n32
+    private readonly CudaKernel _fp8Lite;      // n8 with half the unrolling and twice the resident warps
 
     public TensorCoreGemvOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _fp8 = [lib.GetKernel(Fp8N8Entry), lib.GetKernel(Fp8N16Entry), lib.GetKernel(Fp8N32Entry)];
         _bf16 = [lib.GetKernel(Bf16N8Entry), lib.GetKernel(Bf16N16Entry), lib.GetKernel(Bf16N32Entry)];
+        _fp8Lite = lib.GetKernel(Fp8N8LiteEntry);
     }
 
     private static int BatchTiles(int rows) => rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
@@ -65,10 +68,11 @@ internal sealed class TensorCoreGemvOps
     /// <summary>
     /// y[m, :] (+)= scale ⊙ (W·x[m, :]) for m in [0, <paramref name="rows"/>), rows 1..32. <paramref name="fp8"/>: W
     /// e4m3 [n, k] with fp32 <paramref name="scale"/> [n]; else W bf16 [n, k] and <paramref name="scale"/> 0.
-    /// <paramref name="workspace"/>: <see cref="WorkspaceBytes"/> bytes, zeroed once.
+    /// <paramref name="workspace"/>: <see cref="WorkspaceBytes"/> bytes, zeroed once. <paramref name="lite"/> (fp8, up to 8
+    /// rows): the variant with half the unrolling and twice the resident warps.
     /// </summary>
     public unsafe void Gemv(CudaStream s, bool fp8, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate,
-        ulong workspace, int splits)
+        ulong workspace, int splits, bool lite = false)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(w, 16, nameof(w));
@@ -86,6 +90,7 @@ internal sealed class TensorCoreGemvOps
         int acc = accumulate ? 1 : 0;
         int variant = rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
-        (fp8 ? _fp8 : _bf16)[variant].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
+        if (lite && !(fp8 && variant == 0)) throw new ArgumentException("the lite variant is for fp8 weights and up to 8 rows", nameof(lite));
+        (lite ? _fp8Lite : (fp8 ? _fp8 : _bf16)[variant]).Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
     }
 }

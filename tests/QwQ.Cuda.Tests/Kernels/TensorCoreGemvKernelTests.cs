@@ -16,7 +16,7 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
 
     protected override void CreateOps() => _tc = new TensorCoreGemvOps(Lib);
 
-    private void Check(bool fp8, int rows, int n, int k, bool accumulate, int? splitCount = null)
+    private void Check(bool fp8, int rows, int n, int k, bool accumulate, int? splitCount = null, bool lite = false)
     {
         DeviceBuffer dw, ds;
         float[] w;
@@ -39,14 +39,14 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         float[] Run()
         {
             var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-            _tc.Gemv(Stream, fp8, dw.Ptr, fp8 ? ds.Ptr : 0, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, splits);
+            _tc.Gemv(Stream, fp8, dw.Ptr, fp8 ? ds.Ptr : 0, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, splits, lite);
             return DownloadF32(dy);
         }
         float[] got = Run();
         var expected = new float[(long)rows * n];
         CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
         if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-        AssertClose(got, expected, Tolerance, $"gemv_tc {(fp8 ? "fp8" : "bf16")} rows={rows} {n}x{k} acc={accumulate} splits={splits}");
+        AssertClose(got, expected, Tolerance, $"gemv_tc {(fp8 ? "fp8" : "bf16")}{(lite ? " lite" : "")} rows={rows} {n}x{k} acc={accumulate} splits={splits}");
         Assert.That(Run(), Is.EqualTo(got), "second run");
     }
 
@@ -63,6 +63,44 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     {
         foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, 32))
             Check(fp8, 32, 1001, 2048, accumulate: true, splits);
+    }
+
+    [Test]
+    public void LiteFp8VariantMatchesCpu([Values(1, 8)] int rows, [Values(1, 3)] int splits)
+    {
+        Check(true, rows, 1001, 2048, accumulate: true, splits, lite: true);
+        Check(true, rows, 13, 64, accumulate: false, 1, lite: true);
+    }
+
+    /// <summary>The CUDA-core fp8 GEMV (1–4 rows) reads the same tile layout and workspace: same checks.</summary>
+    [Test]
+    public void CudaCoreFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxGemvRows)] int rows, [Values(1, 4)] int splits)
+    {
+        var fp8 = new Fp8Ops(Lib);
+        foreach (var (n, k, accumulate) in new[] { (1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true) })
+        {
+            int s = k / 64 >= splits ? splits : 1;
+            var (codes, scales, w) = Fp8KernelTests.RandomWeights(Rng, n, k);
+            var dw = Upload<byte>(Fp8Ops.PackTiles(codes, n, k));
+            var ds = Upload<float>(scales);
+            float[] x = NormalBf16((long)rows * k);
+            float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
+            var dx = UploadBf16(x);
+            var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
+            ws.Memset32(0, Stream);
+            float[] Run()
+            {
+                var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
+                fp8.Gemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, s);
+                return DownloadF32(dy);
+            }
+            float[] got = Run();
+            var expected = new float[(long)rows * n];
+            CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
+            if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
+            AssertClose(got, expected, Tolerance, $"gemv_fp8 rows={rows} {n}x{k} acc={accumulate} splits={s}");
+            Assert.That(Run(), Is.EqualTo(got), "second run");
+        }
     }
 
     [TestCase(7168, 5120, false, TestName = "TensorCore_QkvProj_7168x5120")]

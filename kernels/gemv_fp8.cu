@@ -1,0 +1,137 @@
+// CUDA-core GEMV over FP8 weights for 1..4 rows of x: y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k], W e4m3 in the
+// tile layout (fp8.cuh) with one fp32 scale per row, x bf16, fp32 FMAs. At one row the tensor-core GEMV spends most
+// of its mma on zero rows; here each weight is converted once and multiplied into each row of x on the CUDA cores.
+// Same streaming plan as gemv_tc.cu: a warp owns a 16-row tile (one contiguous stream of 512-byte loads), the 4 warps
+// of a block walk the same k range so x is fetched from L2 once per block, blockIdx.y splits k, and split partials
+// are added by the tile's last warp in a fixed order (deterministic). Lane (g, t4) holds rows g and g + 8 of the
+// tile at k 16·t4 .. 16·t4 + 15 of each 64-k chunk; the 4 lanes of a row add their sums with two shuffles.
+// Requirements (host-checked): k % 64 == 0, x 16-byte aligned.
+#include "common.cuh"
+#include "fp8.cuh"
+
+namespace {
+constexpr int kWarps = 4;
+
+template <int M, int UNROLL>
+__device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                                              const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
+                                              float* __restrict__ part, int* __restrict__ tickets, int n, int k,
+                                              int accumulate) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int tile = blockIdx.x * kWarps + warp, splits = gridDim.y;
+    const int row0 = tile * 16;
+    if (row0 >= n) return;  // no block-wide barriers below
+    const uint8_t* wt = w + (size_t)tile * 16 * k + lane * 16;
+    const uint16_t* xbits = reinterpret_cast<const uint16_t*>(x) + 16 * t4;
+    const int chunks = k / 64;
+    const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
+
+    float acc[M][2];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
+
+    auto math = [&](const uint4& va, const uint4& vb, int ch) {
+        float wa[16], wb[16];
+        {
+            uint4 lo, hi;
+            fp8x16_to_bf16x16(va, lo, hi);
+            unpack_bf16x8(lo, *reinterpret_cast<float(*)[8]>(wa));
+            unpack_bf16x8(hi, *reinterpret_cast<float(*)[8]>(wa + 8));
+            fp8x16_to_bf16x16(vb, lo, hi);
+            unpack_bf16x8(lo, *reinterpret_cast<float(*)[8]>(wb));
+            unpack_bf16x8(hi, *reinterpret_cast<float(*)[8]>(wb + 8));
+        }
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const uint16_t* xm = xbits + (size_t)m * k + (size_t)ch * 64;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float xf[8];
+                unpack_bf16x8(ld_ro_u4(xm + 8 * h), xf);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    acc[m][0] = fmaf(wa[8 * h + j], xf[j], acc[m][0]);
+                    acc[m][1] = fmaf(wb[8 * h + j], xf[j], acc[m][1]);
+                }
+            }
+        }
+    };
+    int ch = c_begin;
+    for (; ch + UNROLL <= c_end; ch += UNROLL) {
+        uint4 va[UNROLL], vb[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            va[u] = ld_stream_u4(wt + (size_t)(ch + u) * 1024);
+            vb[u] = ld_stream_u4(wt + (size_t)(ch + u) * 1024 + 512);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) math(va[u], vb[u], ch + u);
+    }
+    for (; ch < c_end; ++ch) math(ld_stream_u4(wt + (size_t)ch * 1024), ld_stream_u4(wt + (size_t)ch * 1024 + 512), ch);
+
+    // the 4 lanes of a row (same g) add their k pieces
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
+        }
+    // lane (g, 0) now holds rows g and g + 8; result index (m, r, g) -> m * 16 + r * 8 + g
+    if (splits > 1) {
+        float* mine = part + ((size_t)tile * splits + blockIdx.y) * (16 * M);
+        if (t4 == 0) {
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                mine[m * 16 + g] = acc[m][0];
+                mine[m * 16 + 8 + g] = acc[m][1];
+            }
+        }
+        __threadfence();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) last = atomicAdd(tickets + tile, 1) == splits - 1;
+        last = __shfl_sync(0xFFFFFFFFu, last, 0);
+        if (!last) return;
+        __threadfence();
+        const float* all = part + (size_t)tile * splits * (16 * M);
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float s = 0.f;
+                for (int sp = 0; sp < splits; ++sp) s += __ldcg(all + (size_t)sp * 16 * M + m * 16 + r * 8 + g);  // in split order
+                acc[m][r] = s;
+            }
+        if (lane == 0) tickets[tile] = 0;  // ready for the next launch (and graph replay)
+    }
+    if (t4 == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + g + 8 * r;
+            if (row >= n) continue;
+            const float s = scale[row];
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                float* dst = y + (size_t)m * n + row;
+                *dst = accumulate ? *dst + s * acc[m][r] : s * acc[m][r];
+            }
+        }
+    }
+}
+}  // namespace
+
+// Launch: grid (ceil(n / 64), splits), block 128 threads. part: fp32 [tiles, splits, 16 * M] and tickets int32 [tiles],
+// zero before the first launch (every launch leaves them zero).
+#define QWQ_GEMV_FP8(MM, UU)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(kWarps * 32, 8)                                                    \
+    gemv_fp8_m##MM(const uint8_t* __restrict__ w, const float* __restrict__ scale,                                  \
+                   const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,            \
+                   int* __restrict__ tickets, int n, int k, int accumulate) {                                       \
+        gemv_fp8_body<MM, UU>(w, scale, x, y, part, tickets, n, k, accumulate);                                     \
+    }
+
+QWQ_GEMV_FP8(1, 4)
+QWQ_GEMV_FP8(2, 4)
+QWQ_GEMV_FP8(3, 2)
+QWQ_GEMV_FP8(4, 2)
