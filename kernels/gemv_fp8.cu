@@ -30,28 +30,26 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
 
+    // Eight weights of each row at a time (fewer live registers: the 64-register budget of 8 blocks per SM).
     auto math = [&](const uint4& va, const uint4& vb, int ch) {
-        float wa[16], wb[16];
-        {
-            uint4 lo, hi;
-            fp8x16_to_bf16x16(va, lo, hi);
-            unpack_bf16x8(lo, *reinterpret_cast<float(*)[8]>(wa));
-            unpack_bf16x8(hi, *reinterpret_cast<float(*)[8]>(wa + 8));
-            fp8x16_to_bf16x16(vb, lo, hi);
-            unpack_bf16x8(lo, *reinterpret_cast<float(*)[8]>(wb));
-            unpack_bf16x8(hi, *reinterpret_cast<float(*)[8]>(wb + 8));
-        }
 #pragma unroll
-        for (int m = 0; m < M; ++m) {
-            const uint16_t* xm = xbits + (size_t)m * k + (size_t)ch * 64;
+        for (int h = 0; h < 2; ++h) {
+            float wa[8], wb[8];
+            uint32_t a0, a1, a2, a3, b0, b1, b2, b3;
+            fp8x4_to_bf16x4(h ? va.z : va.x, a0, a1);
+            fp8x4_to_bf16x4(h ? va.w : va.y, a2, a3);
+            fp8x4_to_bf16x4(h ? vb.z : vb.x, b0, b1);
+            fp8x4_to_bf16x4(h ? vb.w : vb.y, b2, b3);
+            unpack_bf16x8(make_uint4(a0, a1, a2, a3), wa);
+            unpack_bf16x8(make_uint4(b0, b1, b2, b3), wb);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
+            for (int m = 0; m < M; ++m) {
                 float xf[8];
-                unpack_bf16x8(ld_ro_u4(xm + 8 * h), xf);
+                unpack_bf16x8(ld_ro_u4(xbits + (size_t)m * k + (size_t)ch * 64 + 8 * h), xf);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
-                    acc[m][0] = fmaf(wa[8 * h + j], xf[j], acc[m][0]);
-                    acc[m][1] = fmaf(wb[8 * h + j], xf[j], acc[m][1]);
+                    acc[m][0] = fmaf(wa[j], xf[j], acc[m][0]);
+                    acc[m][1] = fmaf(wb[j], xf[j], acc[m][1]);
                 }
             }
         }
