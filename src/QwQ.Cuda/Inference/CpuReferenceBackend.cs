@@ -86,43 +86,16 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// quantizer does (scale amax / 448, codes rounded to nearest even) and dequantized back to fp32, so CPU and GPU
     /// runs of an fp8 model compute with the same weights. Embedding, norms, biases and lm_head stay as they are.
     /// </summary>
-    internal static CpuWeights QuantizeFp8(CpuWeights w)
+    internal static CpuWeights QuantizeFp8(CpuWeights w) => w.WithLayerLinears(static (m, rows, cols) =>
     {
-        var c = w.Config;
-        int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
-        static float[] Rows(float[] m, int rows, int cols)
-        {
-            var codes = new byte[m.Length];
-            var scales = new float[rows];
-            Weights.Quantization.Fp8E4M3.QuantizePerChannel(m, rows, cols, codes, scales);
-            var result = new float[m.Length];
-            for (int r = 0; r < rows; r++)
-                Weights.Quantization.Fp8E4M3.ToFloat(codes.AsSpan(r * cols, cols), scales[r], result.AsSpan(r * cols, cols));
-            return result;
-        }
-        return new CpuWeights
-        {
-            Config = c,
-            Embedding = w.Embedding,
-            FinalNorm = w.FinalNorm,
-            LmHead = w.LmHead,
-            Layers = w.Layers.Select(l => new Model.Reference.CpuLayerWeights
-            {
-                InputNorm = l.InputNorm,
-                QWeight = Rows(l.QWeight, q, h),
-                QBias = l.QBias,
-                KWeight = Rows(l.KWeight, kv, h),
-                KBias = l.KBias,
-                VWeight = Rows(l.VWeight, kv, h),
-                VBias = l.VBias,
-                OWeight = Rows(l.OWeight, h, q),
-                PostAttentionNorm = l.PostAttentionNorm,
-                GateWeight = Rows(l.GateWeight, inter, h),
-                UpWeight = Rows(l.UpWeight, inter, h),
-                DownWeight = Rows(l.DownWeight, h, inter),
-            }).ToArray(),
-        };
-    }
+        var codes = new byte[m.Length];
+        var scales = new float[rows];
+        Weights.Quantization.Fp8E4M3.QuantizePerChannel(m, rows, cols, codes, scales);
+        var result = new float[m.Length];
+        for (int r = 0; r < rows; r++)
+            Weights.Quantization.Fp8E4M3.ToFloat(codes.AsSpan(r * cols, cols), scales[r], result.AsSpan(r * cols, cols));
+        return result;
+    });
 
     public ModelConfig Config { get; }
 

@@ -40,33 +40,6 @@ public sealed class Fp8EngineTests
         return r;
     }
 
-    private static CpuWeights Quantized(CpuWeights w, ModelConfig c)
-    {
-        int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
-        return new CpuWeights
-        {
-            Config = c,
-            Embedding = w.Embedding,
-            FinalNorm = w.FinalNorm,
-            LmHead = w.LmHead, // lm_head stays bf16
-            Layers = w.Layers.Select(l => new CpuLayerWeights
-            {
-                InputNorm = l.InputNorm,
-                QWeight = QuantizeRows(l.QWeight, q, h),
-                QBias = l.QBias,
-                KWeight = QuantizeRows(l.KWeight, kv, h),
-                KBias = l.KBias,
-                VWeight = QuantizeRows(l.VWeight, kv, h),
-                VBias = l.VBias,
-                OWeight = QuantizeRows(l.OWeight, h, q),
-                PostAttentionNorm = l.PostAttentionNorm,
-                GateWeight = QuantizeRows(l.GateWeight, inter, h),
-                UpWeight = QuantizeRows(l.UpWeight, inter, h),
-                DownWeight = QuantizeRows(l.DownWeight, h, inter),
-            }).ToArray(),
-        };
-    }
-
     [Test]
     public void QuantizedOnLoadMatchesCpuReferenceOnTheSameFp8Weights([Values(true, false)] bool cudaGraphs)
     {
@@ -78,7 +51,7 @@ public sealed class Fp8EngineTests
         using var tmp = new TestModels.TempDir();
         TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
         File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
-        var cpu = new Qwen2CpuModel(config, Quantized(weights, config));
+        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears(QuantizeRows));
         using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = QuantizeMode.Fp8, UseCudaGraphs = cudaGraphs });
         Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Fp8));
         var rng = new Random(seed);
@@ -163,6 +136,13 @@ public sealed class QuantizedCheckpointEngineTests
         }
     }
 
+    /// <summary>A one-layer model with 4 query / 2 KV heads and the given hidden size.</summary>
+    private static ModelConfig Tiny(int hidden) => ModelConfig.Parse($$"""
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":{{hidden}},"intermediate_size":128,
+         "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,
+         "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false}
+        """, "config.json");
+
     [Test]
     public void AwqCheckpointOnTheGpuEngineSaysToUseTheCpuReference()
     {
@@ -175,11 +155,7 @@ public sealed class QuantizedCheckpointEngineTests
     [Test]
     public void QuantizeFp8NeedsInputSizesThatAreMultiplesOf64()
     {
-        var config = ModelConfig.Parse("""
-            {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":96,"intermediate_size":128,
-             "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,
-             "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false}
-            """, "config.json");
+        var config = Tiny(hidden: 96);
         var e = Assert.Throws<Errors.OptionException>(() => CudaBackend.Load(config, null, new EngineOptions { Quantize = QuantizeMode.Fp8 }).Dispose());
         Assert.That(e!.Message, Does.Contain("multiple of 64").And.Contain("96"));
     }
@@ -188,11 +164,7 @@ public sealed class QuantizedCheckpointEngineTests
     public void CpuReferenceQuantizesLikeTheGpu()
     {
         // --backend cpu --quantize fp8 runs the weights the GPU would hold: per-row e4m3, dequantized
-        var config = ModelConfig.Parse("""
-            {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":64,"intermediate_size":128,
-             "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,
-             "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":256,"tie_word_embeddings":false}
-            """, "config.json");
+        var config = Tiny(hidden: 64);
         var w = CpuWeights.Random(config, 3);
         var q = CpuReferenceBackend.QuantizeFp8(w);
         float[] expected = Fp8EngineTests.QuantizeRows(w.Layers[0].GateWeight, 128, 64);

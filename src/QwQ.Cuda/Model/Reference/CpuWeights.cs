@@ -124,4 +124,35 @@ public sealed class CpuWeights
             LmHead = config.TieWordEmbeddings ? embedding : Normal(config.VocabSize * h, 0, 0.02),
         };
     }
+
+    /// <summary>
+    /// A copy whose layers' linear weights are <paramref name="map"/>(weight [out, in], out, in); everything else
+    /// (embedding, norms, biases, lm_head) is shared. How quantized variants of a model are made.
+    /// </summary>
+    public CpuWeights WithLayerLinears(Func<float[], int, int, float[]> map)
+    {
+        int h = Config.HiddenSize, q = Config.QDim, kv = Config.KvDim, inter = Config.IntermediateSize;
+        return new CpuWeights
+        {
+            Config = Config,
+            Embedding = Embedding,
+            FinalNorm = FinalNorm,
+            LmHead = LmHead,
+            Layers = Layers.Select(l => new CpuLayerWeights
+            {
+                InputNorm = l.InputNorm,
+                QWeight = map(l.QWeight, q, h),
+                QBias = l.QBias,
+                KWeight = map(l.KWeight, kv, h),
+                KBias = l.KBias,
+                VWeight = map(l.VWeight, kv, h),
+                VBias = l.VBias,
+                OWeight = map(l.OWeight, h, q),
+                PostAttentionNorm = l.PostAttentionNorm,
+                GateWeight = map(l.GateWeight, inter, h),
+                UpWeight = map(l.UpWeight, inter, h),
+                DownWeight = map(l.DownWeight, h, inter),
+            }).ToArray(),
+        };
+    }
 }
