@@ -14,7 +14,10 @@ public class GoldenTests
 
     private static IEnumerable<string> Models => ModelFixtures.Models;
 
-    [TestCaseSource(nameof(Models))]
+    /// <summary>The plain fixtures and the quantized ones (FP8, AWQ): the goldens run transformers on their dequantized weights.</summary>
+    private static IEnumerable<string> GoldenModels => ModelFixtures.Models.Concat(Quantized.QuantizedFixtureTests.Models);
+
+    [TestCaseSource(nameof(GoldenModels))]
     public void LogitsMatchAtEveryPosition(string modelName)
     {
         var (config, weights) = ModelFixtures.Load(modelName);
@@ -63,7 +66,7 @@ public class GoldenTests
         Assert.That(all.SelectMany(a => a).All(v => (BitConverter.SingleToUInt32Bits(v) & 0xFFFF) == 0), Is.True);
     }
 
-    [TestCaseSource(nameof(Models))]
+    [TestCaseSource(nameof(GoldenModels))]
     public void GreedyContinuationMatches(string modelName)
     {
         var (config, weights) = ModelFixtures.Load(modelName);
