@@ -34,8 +34,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// <summary>
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
-/// our tensor-core GEMVs (register-fed, or with W staged through shared memory) measured fastest for that product and
-/// padded batch at load; above, cuBLAS (or cuBLASLt).
+/// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
 /// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
 /// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
 /// its bytes). Output is fp32;
@@ -44,7 +43,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
-    private enum Path { Lt, MmaBf16, TensorCore, Staged, Gemv }
+    private enum Path { Lt, MmaBf16, TensorCore, Gemv }
     private readonly record struct Choice(Path Path, int Splits, bool Lite = false);
 
     private readonly GemvOps _gemv;
@@ -118,8 +117,6 @@ internal sealed class LinearOps : IDisposable
             _gemv.GemvBatched(s, weight, x, y, rows, outF, inF, accumulate);
         else if (chosen is { Path: Path.MmaBf16 } mma)
             _gemv.GemvMma(s, weight, x, y, rows, outF, inF, accumulate, _mmaWorkspace.Ptr, _multiprocessors, mma.Splits);
-        else if (chosen is { Path: Path.Staged } staged)
-            _tc.Staged(s, weight, x, y, rows, outF, inF, accumulate, _tcWorkspace.Ptr, staged.Splits);
         else if (chosen is { Path: Path.TensorCore } tc)
             _tc.Gemv(s, fp8: false, weight, 0, x, y, rows, outF, inF, accumulate, _tcWorkspace.Ptr, tc.Splits);
         else if (chosen is null && _mmaMaxRows is int max && rows <= Math.Min(max, GemvOps.MaxMmaBatch) && inF % GemvOps.MmaChunk == 0)
@@ -168,8 +165,6 @@ internal sealed class LinearOps : IDisposable
                     if (rows <= GemvOps.MaxMmaBatch && w0.In % GemvOps.MmaChunk == 0)
                         foreach (int splits in GemvOps.MmaSplitCandidates(w0.Out, w0.In, _multiprocessors))
                             Try(new Choice(Path.MmaBf16, splits), l => _gemv.GemvMma(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors, splits));
-                    foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows).Where(sp => TensorCoreGemvOps.StagedFits(w0.Out, w0.In, rows, sp)))
-                        Try(new Choice(Path.Staged, splits), l => _tc.Staged(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
                 }
                 else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
                 else if (rows <= Fp8Ops.MaxGemvRows && _fp8 is not null)

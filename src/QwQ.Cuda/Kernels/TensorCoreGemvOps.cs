@@ -16,13 +16,6 @@ internal sealed class TensorCoreGemvOps
     [KernelEntry] public const string Bf16N8Entry = "gemv_tc_bf16_n8";
     [KernelEntry] public const string Bf16N16Entry = "gemv_tc_bf16_n16";
     [KernelEntry] public const string Bf16N32Entry = "gemv_tc_bf16_n32";
-    [KernelEntry] public const string StagedN8Entry = "gemv_staged_bf16_n8";
-    [KernelEntry] public const string StagedN16Entry = "gemv_staged_bf16_n16";
-    [KernelEntry] public const string StagedN32Entry = "gemv_staged_bf16_n32";
-
-    /// <summary>The staged kernel (kernels/gemv_staged.cu) needs k to be a multiple of this (its stage).</summary>
-    public const int StagedChunk = 256;
-    private const int StagedSmemBytes = 4 * 3 * 8192; // kStWarps × kStStages × 8 KB
 
     /// <summary>Most rows of x served.</summary>
     public const int MaxRows = 32;
@@ -38,7 +31,6 @@ internal sealed class TensorCoreGemvOps
 
     private readonly CudaKernel[] _fp8, _bf16; // n8, n16, n32
     private readonly CudaKernel _fp8Lite;      // n8 with half the unrolling and twice the resident warps
-    private readonly CudaKernel[] _staged;     // bf16, W through shared memory: n8, n16, n32
 
     public TensorCoreGemvOps(PtxLibrary lib)
     {
@@ -46,8 +38,6 @@ internal sealed class TensorCoreGemvOps
         _fp8 = [lib.GetKernel(Fp8N8Entry), lib.GetKernel(Fp8N16Entry), lib.GetKernel(Fp8N32Entry)];
         _bf16 = [lib.GetKernel(Bf16N8Entry), lib.GetKernel(Bf16N16Entry), lib.GetKernel(Bf16N32Entry)];
         _fp8Lite = lib.GetKernel(Fp8N8LiteEntry);
-        _staged = [lib.GetKernel(StagedN8Entry), lib.GetKernel(StagedN16Entry), lib.GetKernel(StagedN32Entry)];
-        foreach (var kernel in _staged) kernel.SetMaxDynamicSharedMemory(StagedSmemBytes);
     }
 
     private static int BatchTiles(int rows) => rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
@@ -73,31 +63,6 @@ internal sealed class TensorCoreGemvOps
         int splits = Math.Clamp((8 * multiprocessors + blocks - 1) / blocks, 1, Math.Max(1, k / Chunk / 4));
         while (splits > 1 && !SplitsFit(n, k, rows, splits)) splits--;
         return splits;
-    }
-
-    /// <summary>Whether the staged kernel can take this shape with <paramref name="splits"/>.</summary>
-    public static bool StagedFits(int n, int k, int rows, int splits) =>
-        k % StagedChunk == 0 && splits <= k / StagedChunk && SplitsFit(n, k, rows, splits);
-
-    /// <summary>
-    /// bf16 W [n, k] staged through shared memory (kernels/gemv_staged.cu): y[m, :] (+)= W·x[m, :], rows 1..32, k a
-    /// multiple of 256. Same workspace and determinism as <see cref="Gemv"/>.
-    /// </summary>
-    public unsafe void Staged(CudaStream s, ulong w, ulong x, ulong y, int rows, int n, int k, bool accumulate, ulong workspace, int splits)
-    {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(w, 16, nameof(w));
-        LaunchChecks.Aligned(x, 16, nameof(x));
-        LaunchChecks.Aligned(y, 4, nameof(y));
-        LaunchChecks.Aligned(workspace, 16, nameof(workspace));
-        if (rows < 1 || rows > MaxRows) throw new ArgumentException($"rows must be in [1, {MaxRows}] (got {rows}).", nameof(rows));
-        LaunchChecks.Positive(n, nameof(n));
-        if (!StagedFits(n, k, rows, splits)) throw new ArgumentException($"the staged GEMV cannot take n = {n}, k = {k}, rows = {rows} with {splits} splits (k must be a multiple of {StagedChunk}).", nameof(k));
-        uint blocks = (uint)((n + TilesPerBlock * RowsPerTile - 1) / (TilesPerBlock * RowsPerTile));
-        ulong tickets = workspace, part = workspace + TicketBytes;
-        int acc = accumulate ? 1 : 0;
-        void** args = stackalloc void*[] { &w, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
-        _staged[rows <= 8 ? 0 : rows <= 16 ? 1 : 2].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), StagedSmemBytes, s, args);
     }
 
     /// <summary>

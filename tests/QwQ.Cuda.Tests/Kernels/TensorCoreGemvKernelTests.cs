@@ -103,34 +103,6 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         }
     }
 
-    /// <summary>The staged bf16 kernel (W through shared memory, swizzled, 3-stage cp.async pipeline): same checks.</summary>
-    [Test]
-    public void StagedBf16MatchesCpu([Values(1, 5, 8, 16, 17, 32)] int rows)
-    {
-        foreach (var (n, k, accumulate, splits) in new[] { (1001, 2048, false, 1), (515, 5120, true, 4), (13, 256, false, 1), (7168, 5120, true, 5), (5120, 27648, false, 16) })
-        {
-            float[] w = NormalBf16((long)n * k, 0.05f);
-            float[] x = NormalBf16((long)rows * k);
-            float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
-            var dw = UploadBf16(w);
-            var dx = UploadBf16(x);
-            var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
-            ws.Memset32(0, Stream);
-            float[] Run()
-            {
-                var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-                _tc.Staged(Stream, dw.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, splits);
-                return DownloadF32(dy);
-            }
-            float[] got = Run();
-            var expected = new float[(long)rows * n];
-            CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
-            if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-            AssertClose(got, expected, Tolerance, $"gemv_staged rows={rows} {n}x{k} acc={accumulate} splits={splits}");
-            Assert.That(Run(), Is.EqualTo(got), "second run");
-        }
-    }
-
     [TestCase(7168, 5120, false, TestName = "TensorCore_QkvProj_7168x5120")]
     [TestCase(5120, 27648, true, TestName = "TensorCore_DownProj_5120x27648_Accumulate")]
     public void QwqShapes(int n, int k, bool accumulate)
