@@ -173,3 +173,53 @@ public sealed class QuantizedCheckpointEngineTests
         Assert.That(q.LmHead, Is.SameAs(w.LmHead));
     }
 }
+
+/// <summary>
+/// How far fp8 weights move the model, measured (not a correctness tolerance): a full-width 2-layer QwQ (hidden 5120,
+/// 40/8 heads, intermediate 27648, vocabulary 152064) with synthetic weights, once in bf16 and once quantized on load
+/// from the very same bf16 values, over the same tokens. Reports the mean KL divergence of the next-token
+/// distributions and the relative logit difference; the bounds only catch a broken quantizer (an fp8 model that is
+/// a different model).
+/// </summary>
+public sealed class Fp8DivergenceTests
+{
+    [Test]
+    public void Fp8AgainstBf16OnTheSameSyntheticWeights()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        var config = ModelPresets.Get("qwq-32b") with { NumHiddenLayers = 2 };
+        var rng = new Random(11);
+        int[] tokens = Enumerable.Range(0, 48).Select(_ => rng.Next(151643)).ToArray();
+        int[] positions = Enumerable.Range(0, tokens.Length).ToArray();
+        float[] Logits(QuantizeMode mode)
+        {
+            using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 256, Quantize = mode, TuneDecodeGemm = false });
+            using var seq = (CudaSequence)backend.CreateSequence();
+            return seq.AppendWithLogits(tokens, positions);
+        }
+        float[] bf16 = Logits(QuantizeMode.None), fp8 = Logits(QuantizeMode.Fp8);
+        int v = config.VocabSize;
+        double kl = 0;
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            var p = bf16.AsSpan(t * v, v);
+            var q = fp8.AsSpan(t * v, v);
+            double mp = double.MinValue, mq = double.MinValue;
+            foreach (float x in p) mp = Math.Max(mp, x);
+            foreach (float x in q) mq = Math.Max(mq, x);
+            double zp = 0, zq = 0;
+            for (int i = 0; i < v; i++) { zp += Math.Exp(p[i] - mp); zq += Math.Exp(q[i] - mq); }
+            double lzp = Math.Log(zp) + mp, lzq = Math.Log(zq) + mq, sum = 0;
+            for (int i = 0; i < v; i++)
+            {
+                double lp = p[i] - lzp, lq = q[i] - lzq;
+                sum += Math.Exp(lp) * (lp - lq);
+            }
+            kl += sum / tokens.Length;
+        }
+        double rel = CudaModelTests.RelErr(fp8, bf16);
+        TestContext.Out.WriteLine($"full-width 2-layer QwQ, synthetic weights, {tokens.Length} positions: mean KL(bf16 ‖ fp8) = {kl:E3} nats, ‖Δlogits‖/‖logits‖ = {rel:E2}");
+        Assert.That(kl, Is.GreaterThan(0).And.LessThan(0.05));
+        Assert.That(rel, Is.LessThan(0.1));
+    }
+}
