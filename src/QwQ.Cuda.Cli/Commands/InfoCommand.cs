@@ -21,7 +21,7 @@ internal static class InfoCommand
     internal const long H100FreeBytes = 84_935_000_000;
 
     /// <summary>A card size as given to --gpu-memory, and its bytes (GB = 10^9, GiB = 2^30).</summary>
-    internal readonly record struct CardSize(string Text, long Bytes, bool Decimal);
+    internal readonly record struct CardSize(string Text, long Bytes, bool DecimalUnit);
 
     /// <summary>One table of the memory plan: the device (or card) it is for, whether its free memory is assumed.</summary>
     private sealed record PlannedDevice(string Name, bool Assumed, MemoryTable Table);
@@ -117,7 +117,7 @@ internal static class InfoCommand
             foreach (var card in cards)
             {
                 var table = MemoryTable.For(config, card.Bytes, engine);
-                string size = card.Decimal ? $"{card.Text} ({Gib(card.Bytes)})" : card.Text;
+                string size = card.DecimalUnit ? $"{card.Text} ({Gib(card.Bytes)})" : card.Text;
                 devices.Add(new PlannedDevice($"{size} card (assumed: {Gib(table.FreeBytes)} free)", Assumed: true, table));
             }
         }
@@ -208,7 +208,7 @@ internal static class InfoCommand
             o.WriteLine(host.Dim($"  assumed free: {MemoryTable.VisiblePercent}% of the card (the rest is ECC and the driver's) less " +
                                  $"{Gib(MemoryTable.ContextOverheadBytes)} for a CUDA context; an H100 80GB shows 79.2 GiB total, about 78.7 GiB free."));
             // GB is 10^9 bytes as asked, but GPUs are sold in binary units: say so rather than plan a smaller card quietly.
-            if (cards.FirstOrDefault(card => card.Decimal) is { Text: not null } gb)
+            if (cards.FirstOrDefault(card => card.DecimalUnit) is { Text: not null } gb)
                 o.WriteLine(host.Dim($"  {gb.Text} is {gb.Text[..^2]}·10^9 bytes; GPU memory is sold in binary units (a card sold as \"80GB\" " +
                                      "has 80 GiB = 85.9 GB), so for a card's label give GiB, e.g. 80GiB."));
         }

@@ -438,7 +438,7 @@ public class CliTests
         {
             var cards = InfoCommand.ParseGpuMemory("24GB, 48GiB,79.5GiB,141GB");
             Assert.That(cards.Select(c => c.Bytes), Is.EqualTo(new[] { 24_000_000_000L, 48L << 30, 85_362_475_008L, 141_000_000_000L }));
-            Assert.That(cards.Select(c => c.Decimal), Is.EqualTo(new[] { true, false, false, true }));
+            Assert.That(cards.Select(c => c.DecimalUnit), Is.EqualTo(new[] { true, false, false, true }));
         }
         finally { CultureInfo.CurrentCulture = saved; }
     }
