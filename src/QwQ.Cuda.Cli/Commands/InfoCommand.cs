@@ -11,35 +11,81 @@ using static System.FormattableString;
 namespace QwQ.Cuda.Cli.Commands;
 
 /// <summary>
-/// <c>qwq info</c>: the architecture, parameter count and memory plan, from config.json alone — no weights and no
-/// GPU needed. Without a GPU it says so and plans for an 80 GB H100 instead.
+/// <c>qwq info</c>: the architecture, parameter count and memory table (every weight kind's bytes and the context that
+/// fits), from config.json alone — no weights and no GPU needed. Without a GPU it says so and plans for an 80 GB H100
+/// instead; <c>--gpu-memory</c> plans for cards of other sizes.
 /// </summary>
 internal static class InfoCommand
 {
     /// <summary>Free memory of an idle 80 GB H100 once a CUDA context exists (about 79.1 GiB).</summary>
     internal const long H100FreeBytes = 84_935_000_000;
 
+    /// <summary>A card size as given to --gpu-memory, and its bytes (GB = 10^9, GiB = 2^30).</summary>
+    internal readonly record struct CardSize(string Text, long Bytes, bool DecimalUnit);
+
+    /// <summary>One table of the memory plan: the device (or card) it is for, whether its free memory is assumed.</summary>
+    private sealed record PlannedDevice(string Name, bool Assumed, MemoryTable Table);
+
+    /// <summary>The largest card --gpu-memory takes (far above any GPU; keeps the byte count and its sums in a long).</summary>
+    internal const long MaxCardBytes = 1L << 50;
+
     public static Command Create(CliHost host)
     {
         var source = new ModelSourceOptions(withBackend: false);
         var device = TypedOptions.Integer("--device", 0, "CUDA device ordinal to plan for");
         var json = new Option<bool>("--json") { Description = "Write one JSON object" };
+        var gpuMemory = new Option<string?>("--gpu-memory")
+        {
+            Description = "Plan for cards of these sizes instead of this GPU: 24GB, 80GiB, or a list such as 24GiB,48GiB,80GiB,141GiB " +
+                          "(GB = 10^9 bytes, GiB = 2^30; a card sold as \"80GB\" has 80 GiB)",
+            HelpName = "SIZES",
+        };
         var command = new Command("info", "Show the model's architecture, parameter count and GPU memory plan (needs only config.json)");
         source.AddTo(command);
         command.Add(device);
         command.Add(json);
+        command.Add(gpuMemory);
         command.SetAction(p =>
         {
+            var cards = p.GetValue(gpuMemory) is string sizes ? ParseGpuMemory(sizes) : null;
             var (model, synthetic) = source.Source(p);
             var modelOptions = source.Bind(p);
             var engine = modelOptions.Engine with { Device = p.GetValue(device) };
-            Run(host, model, synthetic, engine, p.GetValue(json));
+            Run(host, model, synthetic, engine, p.GetValue(json), cards);
             return ExitCodes.Ok;
         });
         return command;
     }
 
-    internal static void Run(CliHost host, string? model, string? synthetic, EngineOptions engine, bool json)
+    /// <summary>
+    /// --gpu-memory: card sizes separated by commas, each a number (invariant culture, decimals allowed) and GB
+    /// (10^9 bytes) or GiB (2^30 bytes), any case: "24GB", "79.2GiB", "24GB,48GB,80GB,141GB".
+    /// </summary>
+    internal static IReadOnlyList<CardSize> ParseGpuMemory(string text)
+    {
+        var cards = new List<CardSize>();
+        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            var (number, unit, isDecimal) =
+                part.EndsWith("GiB", StringComparison.OrdinalIgnoreCase) ? (part[..^3], 1L << 30, false)
+                : part.EndsWith("GB", StringComparison.OrdinalIgnoreCase) ? (part[..^2], 1_000_000_000L, true)
+                : (part, 0L, false);
+            // NumberStyles.AllowDecimalPoint alone: no sign, exponent, group separators or spaces inside ("2 4GB").
+            if (unit == 0 || !decimal.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal value))
+                throw new OptionException(
+                    $"--gpu-memory '{text}': '{part}' is not a card size; expected a number of GB (10^9 bytes) or GiB (2^30 bytes), " +
+                    "comma-separated, e.g. 24GB or 24GiB,48GiB,80GiB,141GiB");
+            // Bounded before multiplying: 10^20 GB would overflow the decimal.
+            decimal bytes = value <= MaxCardBytes / (decimal)unit ? Math.Round(value * unit) : decimal.MaxValue;
+            if (bytes < 1L << 30 || bytes > MaxCardBytes)
+                throw new OptionException(
+                    $"--gpu-memory '{text}': {part} is outside 1 GiB to {MaxCardBytes >> 40} TiB; give a card size such as 24GB or 80GiB");
+            cards.Add(new CardSize(part, (long)bytes, isDecimal));
+        }
+        return cards;
+    }
+
+    internal static void Run(CliHost host, string? model, string? synthetic, EngineOptions engine, bool json, IReadOnlyList<CardSize>? cards = null)
     {
         ModelConfig config;
         string sourceText;
@@ -62,29 +108,44 @@ internal static class InfoCommand
         var weights = dir is null ? (Files: 0, Bytes: 0L) : FindWeights(dir);
         bool tokenizer = dir is not null && File.Exists(Path.Combine(dir, "tokenizer.json"));
 
-        // The plan: on this GPU when there is one, else for an H100 80GB.
+        // The plan: for the cards asked about; else on this GPU when there is one, else for an H100 80GB. Each table is
+        // the engine's own plan per weight kind, so the numbers are what a load on that device would pick.
         bool gpu = QwQ.Cuda.Native.Cuda.IsAvailable(out string noGpuReason);
-        string planDevice;
-        long free;
-        if (gpu)
+        var devices = new List<PlannedDevice>();
+        if (cards is not null)
+        {
+            foreach (var card in cards)
+            {
+                var table = MemoryTable.For(config, card.Bytes, engine);
+                string size = card.DecimalUnit ? $"{card.Text} ({Gib(card.Bytes)})" : card.Text;
+                devices.Add(new PlannedDevice($"{size} card (assumed: {Gib(table.FreeBytes)} free)", Assumed: true, table));
+            }
+        }
+        else if (gpu)
         {
             using var context = CudaContext.Create(engine.Device);
-            free = context.GetMemoryInfo().Free;
-            planDevice = $"{context.DeviceName}, {Gib(free)} free";
+            long free = context.GetMemoryInfo().Free;
+            devices.Add(new PlannedDevice($"{context.DeviceName}, {Gib(free)} free", Assumed: false, MemoryTable.ForFreeBytes(config, free, engine)));
         }
         else
         {
-            free = H100FreeBytes;
-            planDevice = $"NVIDIA H100 80GB (assumed: {Gib(free)} free)";
+            devices.Add(new PlannedDevice($"NVIDIA H100 80GB (assumed: {Gib(H100FreeBytes)} free)", Assumed: true,
+                MemoryTable.ForFreeBytes(config, H100FreeBytes, engine)));
         }
-        // The engine's own plan, so the numbers are what a load on this device would pick.
-        MemoryPlan? plan = null;
-        string? planError = null;
-        try { plan = MemoryPlan.Create(config, free, engine); }
-        catch (CudaOutOfMemoryPlanException e) { planError = e.Message; }
 
-        if (json) WriteJson(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan, planError);
-        else WriteText(host, config, sourceText, weights, tokenizer, gpu, noGpuReason, planDevice, plan, planError);
+        var info = new Info(config, sourceText, weights, tokenizer, gpu, noGpuReason, cards, devices, engine.ReserveBytes);
+        if (json) WriteJson(host, info);
+        else WriteText(host, info);
+    }
+
+    private sealed record Info(ModelConfig Config, string Source, (int Files, long Bytes) Weights, bool Tokenizer, bool Gpu, string NoGpuReason,
+        IReadOnlyList<CardSize>? Cards, IReadOnlyList<PlannedDevice> Devices, long ReserveBytes)
+    {
+        /// <summary>Planned for --gpu-memory's cards rather than the present device.</summary>
+        public bool ForCards => Cards is not null;
+
+        /// <summary>The kind the checkpoint loads as (bf16 for plain weights): its row is "the" plan of the present device.</summary>
+        public WeightKind PlanKind => MemoryTable.CheckpointKind(Config) ?? WeightKind.Bf16;
     }
 
     private static (int Files, long Bytes) FindWeights(string dir)
@@ -93,9 +154,9 @@ internal static class InfoCommand
         return (files.Length, files.Sum(f => ((FileInfo?)new FileInfo(f).ResolveLinkTarget(returnFinalTarget: true) ?? new FileInfo(f)).Length) /* HF cache: links into blobs/ */);
     }
 
-    private static void WriteText(CliHost host, ModelConfig c, string source, (int Files, long Bytes) weights, bool tokenizer,
-        bool gpu, string noGpuReason, string planDevice, MemoryPlan? plan, string? planError)
+    private static void WriteText(CliHost host, Info info)
     {
+        var (c, source, weights) = (info.Config, info.Source, info.Weights);
         var o = host.Out;
         o.WriteLine(host.Bold("Model"));
         Row(o, "source", source);
@@ -110,40 +171,57 @@ internal static class InfoCommand
         Row(o, "tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
         Row(o, "parameters", Invariant($"{c.ParameterCount:N0} ({c.ParameterCount / 1e9:F2} B)"));
         Row(o, "quantization", c.Quantization?.Description ?? "none");
-        // TODO(quantized memory plan): WeightBytes counts every parameter at TorchDtype, i.e. before quantization; the
-        // engine's memory table (MemoryPlan) is to give the quantized bytes per kind.
-        Row(o, "weights", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}{(c.Quantization is null ? "" : ", unquantized")}");
+        // Device bytes per kind (the layers' linear weights in that kind; embedding, norms, biases and lm_head bf16).
+        var byKind = info.Devices[0].Table.Rows;
+        Row(o, "weights", string.Join(", ", byKind.Select(r => $"{r.Name} {Gb(r.WeightBytes)} ({Gib(r.WeightBytes)}{(r.IsCheckpointKind ? ", the checkpoint's" : "")})")) +
+                          " on the GPU");
+        Row(o, "unquantized", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}");
         if (!source.StartsWith("preset", StringComparison.Ordinal))
         {
             Row(o, "checkpoint files", weights.Files == 0 ? "no *.safetensors (config only)" : Invariant($"{weights.Files} safetensors, {Gb(weights.Bytes)}"));
-            Row(o, "tokenizer", tokenizer ? "tokenizer.json" : "none in the model directory");
+            Row(o, "tokenizer", info.Tokenizer ? "tokenizer.json" : "none in the model directory");
         }
         o.WriteLine();
         o.WriteLine(host.Bold("Memory plan"));
-        if (!gpu) o.WriteLine(host.Dim($"  no usable GPU here: {noGpuReason}"));
-        Row(o, "device", planDevice);
+        if (!info.Gpu && !info.ForCards) o.WriteLine(host.Dim($"  no usable GPU here: {info.NoGpuReason}"));
         Row(o, "KV cache per token", Invariant($"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)"));
-        if (plan is not null)
+        Row(o, "reserve", $"{Gib(info.ReserveBytes)} left free beside weights, workspace and KV cache");
+        Row(o, "model maximum", Invariant($"{MemoryPlan.ModelMaxPositions(c):N0} positions"));
+        foreach (var device in info.Devices)
         {
-            Row(o, "weights on device", $"{Gib(plan.WeightBytes)} (bf16)");
-            Row(o, "workspace", Gib(plan.WorkspaceBytes));
-            Row(o, "reserve", Gib(plan.ReserveBytes));
-            Row(o, "max context", Invariant($"{plan.MaxContext:N0} tokens ({Gib(plan.KvCacheBytes)} KV cache; model maximum {MemoryPlan.ModelMaxPositions(c):N0})"));
+            o.WriteLine();
+            Row(o, "device", device.Name);
+            o.WriteLine(host.Dim($"  {"kind",-22} {"weights",-10} {"workspace",-10} {"max context",-15} {"KV pool",-18} on the GPU today"));
+            foreach (var r in device.Table.Rows)
+            {
+                string kind = r.Name + (r.IsCheckpointKind ? " (checkpoint)" : "");
+                string fit = r.Plan is { } p
+                    ? Invariant($"{$"{p.MaxContext:N0} tokens",-15} {$"{p.KvPoolPositions:N0} positions",-18}")
+                    : $"{"does not fit",-15} {"",-18}";
+                o.WriteLine($"  {kind,-22} {Gib(r.WeightBytes),-10} {Gib(r.WorkspaceBytes),-10} {fit} {r.GpuNote}");
+                if (r.DoesNotFit is { } reason) o.WriteLine(host.Dim($"  {"",-22} {reason}"));
+            }
         }
-        else
+        if (info.Cards is { } cards)
         {
-            Row(o, "max context", $"does not fit: {planError}");
+            o.WriteLine();
+            o.WriteLine(host.Dim($"  assumed free: {MemoryTable.VisiblePercent}% of the card (the rest is ECC and the driver's) less " +
+                                 $"{Gib(MemoryTable.ContextOverheadBytes)} for a CUDA context; an H100 80GB shows 79.2 GiB total, about 78.7 GiB free."));
+            // GB is 10^9 bytes as asked, but GPUs are sold in binary units: say so rather than plan a smaller card quietly.
+            if (cards.FirstOrDefault(card => card.DecimalUnit) is { Text: not null } gb)
+                o.WriteLine(host.Dim($"  {gb.Text} is {gb.Text[..^2]}·10^9 bytes; GPU memory is sold in binary units (a card sold as \"80GB\" " +
+                                     "has 80 GiB = 85.9 GB), so for a card's label give GiB, e.g. 80GiB."));
         }
     }
 
-    private static void WriteJson(CliHost host, ModelConfig c, string source, (int Files, long Bytes) weights, bool tokenizer,
-        bool gpu, string noGpuReason, string planDevice, MemoryPlan? plan, string? planError)
+    private static void WriteJson(CliHost host, Info info)
     {
+        var c = info.Config;
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
         {
             w.WriteStartObject();
-            w.WriteString("source", source);
+            w.WriteString("source", info.Source);
             w.WriteString("architecture", c.Architecture);
             w.WriteString("dtype", c.TorchDtype);
             if (c.Quantization is { } q)
@@ -162,6 +240,7 @@ internal static class InfoCommand
             {
                 w.WriteNull("quantization");
             }
+            w.WriteString("checkpoint_kind", MemoryTable.CheckpointKind(c) is { } kind ? MemoryTable.KindName(kind) : null);
             w.WriteNumber("num_hidden_layers", c.NumHiddenLayers);
             w.WriteNumber("hidden_size", c.HiddenSize);
             w.WriteNumber("num_attention_heads", c.NumAttentionHeads);
@@ -171,30 +250,79 @@ internal static class InfoCommand
             w.WriteNumber("vocab_size", c.VocabSize);
             w.WriteNumber("max_position_embeddings", c.MaxPositionEmbeddings);
             w.WriteNumber("parameters", c.ParameterCount);
-            w.WriteNumber("weight_bytes", c.WeightBytes);
-            w.WriteNumber("checkpoint_files", weights.Files);
-            w.WriteNumber("checkpoint_bytes", weights.Bytes);
-            w.WriteBoolean("tokenizer", tokenizer);
+            w.WriteNumber("weight_bytes", c.WeightBytes); // unquantized, at dtype
+            w.WriteStartObject("device_weight_bytes");
+            foreach (var r in info.Devices[0].Table.Rows) w.WriteNumber(r.Name, r.WeightBytes);
+            w.WriteEndObject();
+            w.WriteNumber("checkpoint_files", info.Weights.Files);
+            w.WriteNumber("checkpoint_bytes", info.Weights.Bytes);
+            w.WriteBoolean("tokenizer", info.Tokenizer);
             w.WriteNumber("kv_bytes_per_token", c.KvBytesPerToken);
-            w.WriteBoolean("gpu", gpu);
-            if (!gpu) w.WriteString("no_gpu_reason", noGpuReason);
-            w.WriteString("plan_device", planDevice);
-            if (plan is null)
+            w.WriteNumber("model_max_positions", MemoryPlan.ModelMaxPositions(c));
+            w.WriteBoolean("gpu", info.Gpu);
+            if (!info.Gpu) w.WriteString("no_gpu_reason", info.NoGpuReason);
+            if (!info.ForCards)
             {
-                w.WriteString("plan_error", planError);
+                // The present device's plan for the kind the checkpoint loads as (the table below has every kind).
+                var device = info.Devices[0];
+                var row = device.Table[info.PlanKind];
+                w.WriteString("plan_device", device.Name);
+                if (row.Plan is { } plan)
+                {
+                    w.WriteStartObject("plan");
+                    w.WriteString("kind", row.Name);
+                    w.WriteNumber("free_bytes", plan.FreeBytes);
+                    w.WriteNumber("weight_bytes", plan.WeightBytes);
+                    w.WriteNumber("workspace_bytes", plan.WorkspaceBytes);
+                    w.WriteNumber("reserve_bytes", plan.ReserveBytes);
+                    w.WriteNumber("kv_bytes_per_token", plan.KvBytesPerToken);
+                    w.WriteNumber("max_context", plan.MaxContext);
+                    w.WriteNumber("kv_cache_bytes", plan.KvCacheBytes);
+                    w.WriteEndObject();
+                }
+                else
+                {
+                    w.WriteString("plan_error", row.DoesNotFit);
+                }
             }
-            else
+            w.WriteStartArray("memory");
+            foreach (var device in info.Devices)
             {
-                w.WriteStartObject("plan");
-                w.WriteNumber("free_bytes", plan.FreeBytes);
-                w.WriteNumber("weight_bytes", plan.WeightBytes);
-                w.WriteNumber("workspace_bytes", plan.WorkspaceBytes);
-                w.WriteNumber("reserve_bytes", plan.ReserveBytes);
-                w.WriteNumber("kv_bytes_per_token", plan.KvBytesPerToken);
-                w.WriteNumber("max_context", plan.MaxContext);
-                w.WriteNumber("kv_cache_bytes", plan.KvCacheBytes);
+                var t = device.Table;
+                w.WriteStartObject();
+                w.WriteString("device", device.Name);
+                if (t.CardBytes is long card) w.WriteNumber("card_bytes", card);
+                w.WriteNumber("free_bytes", t.FreeBytes);
+                w.WriteBoolean("free_assumed", device.Assumed);
+                w.WriteNumber("reserve_bytes", info.ReserveBytes);
+                w.WriteStartArray("rows");
+                foreach (var r in t.Rows)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("kind", r.Name);
+                    w.WriteBoolean("checkpoint", r.IsCheckpointKind);
+                    w.WriteString("gpu", r.Gpu.ToString().ToLowerInvariant());
+                    w.WriteString("gpu_note", r.GpuNote);
+                    w.WriteNumber("weight_bytes", r.WeightBytes);
+                    w.WriteNumber("workspace_bytes", r.WorkspaceBytes);
+                    w.WriteNumber("kv_bytes_per_token", r.KvBytesPerToken);
+                    w.WriteBoolean("fits", r.Fits);
+                    if (r.Plan is { } p)
+                    {
+                        w.WriteNumber("max_context", p.MaxContext);
+                        w.WriteNumber("kv_pool_positions", p.KvPoolPositions);
+                        w.WriteNumber("kv_cache_bytes", p.KvCacheBytes);
+                    }
+                    else
+                    {
+                        w.WriteString("reason", r.DoesNotFit);
+                    }
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
                 w.WriteEndObject();
             }
+            w.WriteEndArray();
             w.WriteEndObject();
         }
         host.Out.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));

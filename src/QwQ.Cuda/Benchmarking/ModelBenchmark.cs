@@ -145,6 +145,7 @@ public static class ModelBenchmark
     {
         WeightKind.Bf16 => "bf16",
         WeightKind.Fp8 => "fp8",
+        WeightKind.Int4Awq => "int4-awq",
         _ => kind.ToString().ToLowerInvariant(),
     };
 

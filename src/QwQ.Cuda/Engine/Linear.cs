@@ -10,6 +10,12 @@ public enum WeightKind
     Bf16,
     /// <summary>e4m3 [out, in] with one fp32 scale per output row (per channel), in the tile layout of kernels/fp8.cuh.</summary>
     Fp8,
+    /// <summary>
+    /// AutoAWQ INT4, for memory planning only: no kernels yet (<see cref="LinearOps.Apply"/> refuses it and the engine
+    /// never loads it). Sized as the GPU would hold it: 4-bit codes [out, in] packed two per byte, and per output row and
+    /// group of <see cref="LinearWeight.Int4GroupSize"/> inputs an fp32 scale and a 4-byte zero word.
+    /// </summary>
+    Int4Awq,
 }
 
 /// <summary>
@@ -24,11 +30,20 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
     {
         WeightKind.Bf16 => 2L * Out * In,
         WeightKind.Fp8 => Fp8Ops.TiledBytes(Out, In),
+        WeightKind.Int4Awq => ((long)Out * In + 1) / 2,
         _ => throw new NotSupportedException(Kind.ToString()),
     };
 
-    /// <summary>Bytes of its scales (none for bf16).</summary>
-    public long ScaleBytes => Kind == WeightKind.Fp8 ? 4L * Out : 0;
+    /// <summary>Bytes of its scales (none for bf16); for INT4 the zero points too.</summary>
+    public long ScaleBytes => Kind switch
+    {
+        WeightKind.Fp8 => 4L * Out,
+        WeightKind.Int4Awq => 8L * Out * ((In + Int4GroupSize - 1) / Int4GroupSize),
+        _ => 0,
+    };
+
+    /// <summary>Inputs per INT4 scale group: QwQ-32B-AWQ's 128 (a planning assumption; the checkpoint's group size may differ).</summary>
+    public const int Int4GroupSize = 128;
 }
 
 /// <summary>

@@ -38,7 +38,7 @@ public sealed record MemoryPlan(
     public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o, WeightKind linearKind = WeightKind.Bf16)
     {
         long weights = ModelWeights.DeviceBytes(c, linearKind);
-        long workspace = Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
+        long workspace = WorkspaceBytesFor(c, o, linearKind);
         long kvPerToken = c.KvBytesPerToken;
         long blockBytes = KvPool.BytesPerBlock(c);
         long left = freeBytes - weights - workspace - o.ReserveBytes;
@@ -73,6 +73,10 @@ public sealed record MemoryPlan(
         }
         return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max);
     }
+
+    /// <summary>Activation workspace and the quantized kinds' bf16 scratch: what a plan sets aside besides weights and KV.</summary>
+    public static long WorkspaceBytesFor(ModelConfig c, EngineOptions o, WeightKind linearKind) =>
+        Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
 
     /// <summary>
     /// Positions the model supports: max_position_embeddings, or with YaRN factor × original_max_position_embeddings

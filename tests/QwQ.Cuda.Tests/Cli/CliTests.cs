@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
+using QwQ.Cuda.Cli.Commands;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
@@ -415,6 +416,103 @@ public class CliTests
         Assert.That(doc.RootElement.GetProperty("parameters").GetInt64(), Is.EqualTo(32_763_876_352));
         Assert.That(doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64(), Is.EqualTo(262_144));
         Assert.That(doc.RootElement.GetProperty("plan").GetProperty("max_context").GetInt32(), Is.LessThanOrEqualTo(8192));
+    }
+
+    [TestCase("24GB", 24_000_000_000L)]
+    [TestCase("24GiB", 24L << 30)]
+    [TestCase("24gib", 24L << 30)]
+    [TestCase("79.2GiB", 85_040_352_461L)]
+    [TestCase("141GB", 141_000_000_000L)]
+    public void GpuMemoryTakesGigabytesAndGibibytes(string text, long bytes)
+    {
+        var cards = InfoCommand.ParseGpuMemory(text);
+        Assert.That(cards.Select(c => c.Bytes), Is.EqualTo(new[] { bytes }));
+    }
+
+    [Test]
+    public void GpuMemoryTakesAListAndParsesTheSameUnderACommaLocale()
+    {
+        var saved = CultureInfo.CurrentCulture;
+        CultureInfo.CurrentCulture = CommaCulture("de");
+        try
+        {
+            var cards = InfoCommand.ParseGpuMemory("24GB, 48GiB,79.5GiB,141GB");
+            Assert.That(cards.Select(c => c.Bytes), Is.EqualTo(new[] { 24_000_000_000L, 48L << 30, 85_362_475_008L, 141_000_000_000L }));
+            Assert.That(cards.Select(c => c.DecimalUnit), Is.EqualTo(new[] { true, false, false, true }));
+        }
+        finally { CultureInfo.CurrentCulture = saved; }
+    }
+
+    [TestCase("24", "'24' is not a card size")]
+    [TestCase("24G", "'24G' is not a card size")]
+    [TestCase("24MB", "'24MB' is not a card size")]
+    [TestCase("1TB", "'1TB' is not a card size")]
+    [TestCase("-24GB", "'-24GB' is not a card size")]
+    [TestCase("1e2GB", "'1e2GB' is not a card size")]
+    [TestCase("24 GB", "'24 GB' is not a card size")]
+    [TestCase("1,000GB", "'1' is not a card size")]
+    [TestCase("24GB,", "'' is not a card size")]
+    [TestCase("GB", "'GB' is not a card size")]
+    [TestCase("0GB", "0GB is outside 1 GiB to 1024 TiB")]
+    [TestCase("0.5GiB", "0.5GiB is outside 1 GiB to 1024 TiB")]
+    [TestCase("99999999999999999999GB", "99999999999999999999GB is outside 1 GiB to 1024 TiB")]
+    public async Task GpuMemoryRefusesAnythingElse(string value, string message)
+    {
+        var r = await Qwq("info", "--synthetic", "qwq-32b", "--gpu-memory", value);
+        AssertOneCleanError(r, 2, $"--gpu-memory '{value}'", message, "24GB");
+    }
+
+    [Test]
+    public async Task InfoGpuMemoryPrintsEveryKindForTheCard()
+    {
+        var r = await Qwq("info", "--synthetic", "qwq-32b", "--gpu-memory", "24GB");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Contain("24GB (22.4 GiB) card (assumed: 21.6 GiB free)"));
+        var rows = r.Out.Split('\n').Select(l => l.Trim()).ToList();
+        Assert.That(rows.Any(l => l.StartsWith("bf16 (checkpoint)", StringComparison.Ordinal) && l.Contains("61.0 GiB") && l.Contains("does not fit")), r.Out);
+        Assert.That(rows.Any(l => l.StartsWith("fp8 ", StringComparison.Ordinal) && l.Contains("32.0 GiB") && l.Contains("does not fit")), r.Out);
+        Assert.That(rows.Any(l => l.StartsWith("int4-awq ", StringComparison.Ordinal) && l.Contains("19.3 GiB") && l.Contains("planned")), r.Out);
+        Assert.That(r.Out, Does.Contain("not enough GPU memory"));
+        Assert.That(r.Out, Does.Contain("give GiB, e.g. 80GiB"), "says that a card sold as 24GB has 24 GiB");
+        Assert.That(r.Out, Does.Contain("weights").And.Contain("bf16 65.5 GB (61.0 GiB, the checkpoint's), fp8 34.3 GB (32.0 GiB), int4-awq 20.7 GB (19.3 GiB)"));
+        Assert.That(r.Out, Does.Not.Contain("no usable GPU"), "cards asked about need no GPU here");
+    }
+
+    [Test]
+    public async Task InfoGpuMemoryJsonHasATablePerCard()
+    {
+        var r = await Qwq("info", "--synthetic", "qwq-32b", "--gpu-memory", "24GiB,48GiB,80GiB,141GiB", "--json");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var root = doc.RootElement;
+        Assert.That(root.TryGetProperty("plan", out _), Is.False, "no present-device plan when planning for other cards");
+        Assert.That(root.GetProperty("checkpoint_kind").GetString(), Is.EqualTo("bf16"));
+        Assert.That(root.GetProperty("device_weight_bytes").GetProperty("fp8").GetInt64(), Is.EqualTo(34_340_743_168));
+        var tables = root.GetProperty("memory").EnumerateArray().ToList();
+        Assert.That(tables.Select(t => t.GetProperty("card_bytes").GetInt64()), Is.EqualTo(new[] { 24L << 30, 48L << 30, 80L << 30, 141L << 30 }));
+        JsonElement Row(int card, string kind) => tables[card].GetProperty("rows").EnumerateArray().Single(e => e.GetProperty("kind").GetString() == kind);
+        Assert.That(Row(0, "bf16").GetProperty("fits").GetBoolean(), Is.False);
+        Assert.That(Row(0, "bf16").GetProperty("reason").GetString(), Does.Contain("not enough GPU memory"));
+        Assert.That(Row(0, "int4-awq").GetProperty("fits").GetBoolean(), Is.True);
+        Assert.That(Row(0, "int4-awq").GetProperty("gpu").GetString(), Is.EqualTo("planned"));
+        Assert.That(Row(1, "bf16").GetProperty("fits").GetBoolean(), Is.False);
+        Assert.That(Row(1, "fp8").GetProperty("max_context").GetInt32(), Is.EqualTo(40_960));
+        Assert.That(Row(2, "bf16").GetProperty("max_context").GetInt32(), Is.EqualTo(40_960));
+        Assert.That(Row(2, "bf16").GetProperty("checkpoint").GetBoolean(), Is.True);
+        Assert.That(Row(3, "bf16").GetProperty("kv_pool_positions").GetInt64(), Is.GreaterThan(200_000));
+    }
+
+    [Test]
+    public async Task InfoTableOfThePresentDeviceHasEveryKind()
+    {
+        var r = await Qwq("info", "--synthetic", "qwq-32b", "--json");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var table = doc.RootElement.GetProperty("memory").EnumerateArray().Single();
+        Assert.That(table.GetProperty("rows").EnumerateArray().Select(e => e.GetProperty("kind").GetString()), Is.EqualTo(new[] { "bf16", "fp8", "int4-awq" }));
+        Assert.That(doc.RootElement.GetProperty("plan").GetProperty("kind").GetString(), Is.EqualTo("bf16"));
+        if (!global::QwQ.Cuda.Native.Cuda.IsAvailable(out _))
+            Assert.That(table.GetProperty("free_bytes").GetInt64(), Is.EqualTo(InfoCommand.H100FreeBytes));
     }
 
     // ---- generate and chat on the CPU backend --------------------------------------------------

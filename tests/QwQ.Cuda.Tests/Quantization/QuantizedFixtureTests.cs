@@ -155,6 +155,7 @@ public class QuantizedFixtureTests
         var r = await CliTests.Qwq("info", "--model", ModelFixtures.Dir("tiny-awq"));
         Assert.That(r.ExitCode, Is.Zero, r.Err);
         Assert.That(r.Out, Does.Contain("quantization").And.Contain("AWQ INT4 (gemm packing, group size 64, zero points)"));
+        Assert.That(r.Out, Does.Contain("int4-awq (checkpoint)"));
 
         r = await CliTests.Qwq("info", "--model", ModelFixtures.Dir("tiny-fp8"), "--json");
         Assert.That(r.ExitCode, Is.Zero, r.Err);
@@ -162,6 +163,8 @@ public class QuantizedFixtureTests
         var q = doc.RootElement.GetProperty("quantization");
         Assert.That(q.GetProperty("method").GetString(), Is.EqualTo("compressed-tensors"));
         Assert.That(q.GetProperty("description").GetString(), Does.Contain("FP8 e4m3 weights, per-channel scales"));
+        Assert.That(doc.RootElement.GetProperty("checkpoint_kind").GetString(), Is.EqualTo("fp8"));
+        Assert.That(doc.RootElement.GetProperty("plan").GetProperty("kind").GetString(), Is.EqualTo("fp8"), "planned as it loads");
 
         r = await CliTests.Qwq("info", "--model", ModelFixtures.Dir("tiny-gqa"), "--json");
         using var plain = JsonDocument.Parse(r.Out);

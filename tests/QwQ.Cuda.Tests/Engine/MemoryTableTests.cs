@@ -1,0 +1,169 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Tests.Quantized;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+/// <summary>
+/// The memory table (every weight kind's bytes and the context that fits, per card) for QwQ-32B on the cards of the
+/// issue: 24, 48, 80 and 141 GB. Those are sold in binary units (an "80GB" H100 has 80 GiB of HBM, 79.2 GiB of it
+/// visible to CUDA), so the cards are 24/48/80/141 GiB here; the decimal sizes are checked apart. CPU only.
+/// </summary>
+public sealed class MemoryTableTests
+{
+    private static readonly ModelConfig Qwq = ModelPresets.Get("qwq-32b");
+    private static readonly EngineOptions Defaults = new();
+    private const long GiB = 1L << 30;
+
+    private static MemoryTable Card(long bytes, EngineOptions? o = null) => MemoryTable.For(Qwq, bytes, o ?? Defaults);
+
+    [Test]
+    public void Bf16AndFp8SizesAreWhatTheEngineAllocates()
+    {
+        // The engine allocates with these (ModelWeights.Allocate): the INT4 kind must not have moved them.
+        Assert.That(ModelWeights.DeviceBytes(Qwq, WeightKind.Bf16), Is.EqualTo(65_527_752_704));
+        Assert.That(ModelWeights.DeviceBytes(Qwq, WeightKind.Fp8), Is.EqualTo(34_340_743_168));
+        var table = Card(80 * GiB);
+        foreach (var row in table.Rows)
+        {
+            Assert.That(row.WeightBytes, Is.EqualTo(ModelWeights.DeviceBytes(Qwq, row.Kind)), row.Name);
+            Assert.That(row.WeightBytes, Is.EqualTo(row.Plan!.WeightBytes), row.Name);
+            Assert.That(row.WorkspaceBytes, Is.EqualTo(row.Plan.WorkspaceBytes), row.Name);
+            Assert.That(row.KvBytesPerToken, Is.EqualTo(262_144), row.Name);
+        }
+        Assert.That(table.Rows.Select(r => r.Name), Is.EqualTo(new[] { "bf16", "fp8", "int4-awq" }));
+    }
+
+    [Test]
+    public void Int4AwqIsPackedCodesPlusAScaleAndZeroWordPerGroup()
+    {
+        var down = new LinearWeight(0, 5120, 27648, WeightKind.Int4Awq);
+        Assert.That(down.Bytes, Is.EqualTo(5120L * 27648 / 2));
+        Assert.That(down.ScaleBytes, Is.EqualTo(8L * 5120 * (27648 / 128)));
+        // Layers: 31.2 G weights at 4.5 bits (codes, and 8 bytes per 128); embedding and lm_head stay bf16 (1.56 GB each).
+        long layerParams = 64L * (7168L * 5120 + 5120L * 5120 + 55296L * 5120 + 5120L * 27648);
+        long bf16Tables = 2 * 2L * 152064 * 5120;
+        long normsAndBiases = 2L * (64 * (2 * 5120 + 7168) + 5120);
+        long expected = layerParams / 2 + layerParams / 128 * 8 + bf16Tables + normsAndBiases;
+        Assert.That(ModelWeights.DeviceBytes(Qwq, WeightKind.Int4Awq), Is.EqualTo(expected).Within(1 << 20), "alignment padding: < 1 MiB");
+        // Its scratch is fp8's: the bf16 copy of the largest product (gate_up, 0.53 GiB).
+        Assert.That(ModelWeights.ScratchBytes(Qwq, WeightKind.Int4Awq), Is.EqualTo(2L * 55296 * 5120));
+    }
+
+    [Test]
+    public void TheEngineNeverLoadsInt4()
+    {
+        var plain = QuantizedConfigs.Parse(null);
+        var fp8 = QuantizedConfigs.Parse(QuantizedConfigs.Fp8());
+        var awq = QuantizedConfigs.Parse(QuantizedConfigs.Awq(groupSize: 64));
+        foreach (var config in new[] { plain, fp8, awq })
+            foreach (var mode in Enum.GetValues<QuantizeMode>())
+            {
+                WeightKind? kind = null;
+                try { kind = CudaBackend.LinearKind(config, new EngineOptions { Quantize = mode }); }
+                catch (OptionException) { }
+                Assert.That(kind, Is.Not.EqualTo(WeightKind.Int4Awq), $"{config.Quantization?.Description ?? "plain"}, --quantize {mode}");
+            }
+        Assert.That(() => CudaBackend.LinearKind(awq, Defaults), Throws.TypeOf<OptionException>().With.Message.Contains("CPU reference"));
+    }
+
+    [Test]
+    public void Bf16NeedsAnEightyGigabyteCard()
+    {
+        foreach (long card in new[] { 24 * GiB, 48 * GiB })
+        {
+            var row = Card(card)[WeightKind.Bf16];
+            Assert.That(row.Fits, Is.False, $"{card / GiB} GiB");
+            Assert.That(row.DoesNotFit, Does.Contain("not enough GPU memory").And.Contain("61.0 GiB"));
+        }
+        var h100 = Card(80 * GiB)[WeightKind.Bf16];
+        Assert.That(h100.Fits, Is.True);
+        Assert.That(h100.Plan!.MaxContext, Is.GreaterThanOrEqualTo(40_000).And.EqualTo(MemoryPlan.ModelMaxPositions(Qwq)));
+        Assert.That(h100.Plan.KvPoolPositions, Is.InRange(55_000, 60_000), "the measured H100 holds 58,112 (README)");
+    }
+
+    [Test]
+    public void Fp8FitsA48GigabyteCard()
+    {
+        var table = Card(48 * GiB);
+        Assert.That(table[WeightKind.Fp8].Plan!.MaxContext, Is.EqualTo(40_960));
+        Assert.That(Card(24 * GiB)[WeightKind.Fp8].Fits, Is.False);
+    }
+
+    [Test]
+    public void EveryKindFitsA141GigabyteCardAtTheModelMaximum()
+    {
+        foreach (var row in Card(141 * GiB).Rows)
+            Assert.That(row.Plan!.MaxContext, Is.EqualTo(40_960), row.Name);
+    }
+
+    // The issue asks for INT4 with at least 8k positions on 24 GB. With the byte model asked for (8 bytes of scale and
+    // zero per group of 128: 1.8 GiB) and the default plan (2 GiB reserve, 1.4 GiB of workspace for 4096-row prefill
+    // chunks, 0.5 GiB of bf16 scratch), a 24 GiB card (23.3 GiB free) spends 19.3 GiB on weights, 2.0 GiB on
+    // workspace and scratch and 2.0 GiB on the reserve before the KV cache: 128 positions are left, not 8k (2 GiB).
+    // This pins the gap rather than hiding it; the test after shows what closes it.
+    [Test]
+    public void Int4AwqFits24GiBButTheDefaultPlanLeavesLessThan8kPositions()
+    {
+        var row = Card(24 * GiB)[WeightKind.Int4Awq];
+        Assert.That(row.Fits, Is.True);
+        Assert.That(row.Plan!.MaxContext, Is.LessThan(8192), "if this now reaches 8k, the issue's requirement holds by default: assert it instead");
+        TestContext.Out.WriteLine($"int4-awq on 24 GiB: {row.Plan.MaxContext} positions with the defaults");
+    }
+
+    [Test]
+    public void Int4AwqReaches8kOn24GiBWithA1GiBReserveAnd1024RowPrefill()
+    {
+        var lean = new EngineOptions { ReserveBytes = GiB, PrefillChunk = 1024 };
+        var row = Card(24 * GiB, lean)[WeightKind.Int4Awq];
+        Assert.That(row.Plan!.MaxContext, Is.GreaterThanOrEqualTo(8192));
+        // And so asking for 8k is answered "fits", not refused.
+        Assert.That(Card(24 * GiB, lean with { MaxContext = 8192 })[WeightKind.Int4Awq].Plan!.MaxContext, Is.EqualTo(8192));
+        Assert.That(Card(24 * GiB, Defaults with { MaxContext = 8192 })[WeightKind.Int4Awq].DoesNotFit, Does.Contain("--max-context 8192"));
+    }
+
+    [Test]
+    public void DecimalGigabytesAreSmallerCards()
+    {
+        // 24·10^9 bytes is 22.4 GiB: INT4's weights and workspace do not leave room for one KV block.
+        Assert.That(Card(24_000_000_000)[WeightKind.Int4Awq].Fits, Is.False);
+        // 80·10^9 bytes is 74.5 GiB: bf16 fits, but short of the model maximum.
+        var bf16 = Card(80_000_000_000)[WeightKind.Bf16];
+        Assert.That(bf16.Plan!.MaxContext, Is.LessThan(40_960));
+    }
+
+    [Test]
+    public void AssumedFreeMemoryIsThatOfAnIdleH100For80GiB()
+    {
+        double free = MemoryTable.AssumedFreeBytes(80 * GiB) / (double)GiB;
+        Assert.That(free, Is.EqualTo(78.7).Within(0.05));
+        Assert.That(MemoryTable.AssumedFreeBytes(GiB / 4), Is.Zero, "never negative");
+        Assert.That(() => MemoryTable.For(Qwq, 0, Defaults), Throws.TypeOf<ArgumentOutOfRangeException>());
+    }
+
+    [Test]
+    public void TheCheckpointsKindIsMarked()
+    {
+        Assert.That(Card(80 * GiB).Rows.Single(r => r.IsCheckpointKind).Kind, Is.EqualTo(WeightKind.Bf16));
+        var fp8 = MemoryTable.For(QuantizedConfigs.Parse(QuantizedConfigs.Fp8()), 24 * GiB, Defaults);
+        Assert.That(fp8.Rows.Single(r => r.IsCheckpointKind).Kind, Is.EqualTo(WeightKind.Fp8));
+        var awq = MemoryTable.For(QuantizedConfigs.Parse(QuantizedConfigs.Awq(groupSize: 64)), 24 * GiB, Defaults);
+        Assert.That(awq.Rows.Single(r => r.IsCheckpointKind).Kind, Is.EqualTo(WeightKind.Int4Awq));
+    }
+
+    [Test]
+    public void SaysWhichKindsRunOnTheGpuToday()
+    {
+        var table = Card(80 * GiB);
+        Assert.That(table[WeightKind.Bf16].Gpu, Is.EqualTo(GpuSupport.Yes));
+        Assert.That(table[WeightKind.Fp8].Gpu, Is.EqualTo(GpuSupport.Yes));
+        Assert.That(table[WeightKind.Int4Awq].Gpu, Is.EqualTo(GpuSupport.Planned));
+        Assert.That(table[WeightKind.Int4Awq].GpuNote, Does.Contain("CPU reference only"));
+        // fp8's kernels need input sizes in multiples of Fp8Ops.KMultiple: a model without them is told so.
+        var odd = QuantizedConfigs.Parse(null, hidden: 72, intermediate: 136);
+        var row = MemoryTable.For(odd, 24 * GiB, Defaults)[WeightKind.Fp8];
+        Assert.That(row.Gpu, Is.EqualTo(GpuSupport.No));
+        Assert.That(row.GpuNote, Does.Contain("multiple of"));
+    }
+}
