@@ -20,8 +20,8 @@ internal static class InfoCommand
     /// <summary>Free memory of an idle 80 GB H100 once a CUDA context exists (about 79.1 GiB).</summary>
     internal const long H100FreeBytes = 84_935_000_000;
 
-    /// <summary>A card size as given to --gpu-memory, and its bytes (GB = 10^9, GiB = 2^30).</summary>
-    internal readonly record struct CardSize(string Text, long Bytes, bool DecimalUnit);
+    /// <summary>A card size as given to --gpu-memory, and its bytes (GB as cards are labelled, = GiB = 2^30).</summary>
+    internal readonly record struct CardSize(string Text, long Bytes);
 
     /// <summary>One table of the memory plan: the device (or card) it is for, whether its free memory is assumed.</summary>
     private sealed record PlannedDevice(string Name, bool Assumed, MemoryTable Table);
@@ -37,7 +37,7 @@ internal static class InfoCommand
         var gpuMemory = new Option<string?>("--gpu-memory")
         {
             Description = "Plan for cards of these sizes instead of this GPU: 24GB, 80GiB, or a list such as 24GiB,48GiB,80GiB,141GiB " +
-                          "(GB = 10^9 bytes, GiB = 2^30; a card sold as \"80GB\" has 80 GiB)",
+                          "(sizes as on the card's label: a card sold as \"80GB\" holds 80 GiB, so GB and GiB both mean 2^30 bytes here)",
             HelpName = "SIZES",
         };
         var command = new Command("info", "Show the model's architecture, parameter count and GPU memory plan (needs only config.json)");
@@ -58,29 +58,31 @@ internal static class InfoCommand
     }
 
     /// <summary>
-    /// --gpu-memory: card sizes separated by commas, each a number (invariant culture, decimals allowed) and GB
-    /// (10^9 bytes) or GiB (2^30 bytes), any case: "24GB", "79.2GiB", "24GB,48GB,80GB,141GB".
+    /// --gpu-memory: card sizes separated by commas, each a number (invariant culture, decimals allowed) and GB or GiB,
+    /// any case: "24GB", "79.2GiB", "24GB,48GB,80GB,141GB". GB means what a card's label means: GPU memory is sold in
+    /// binary units (an "80GB" H100 holds 80 GiB, 79.2 of it visible), so both units are 2^30 bytes here; planning
+    /// 80·10^9 bytes for a user who typed the card's name would answer for a card nobody sells.
     /// </summary>
     internal static IReadOnlyList<CardSize> ParseGpuMemory(string text)
     {
         var cards = new List<CardSize>();
         foreach (string part in text.Split(',', StringSplitOptions.TrimEntries))
         {
-            var (number, unit, isDecimal) =
-                part.EndsWith("GiB", StringComparison.OrdinalIgnoreCase) ? (part[..^3], 1L << 30, false)
-                : part.EndsWith("GB", StringComparison.OrdinalIgnoreCase) ? (part[..^2], 1_000_000_000L, true)
-                : (part, 0L, false);
+            var (number, unit) =
+                part.EndsWith("GiB", StringComparison.OrdinalIgnoreCase) ? (part[..^3], 1L << 30)
+                : part.EndsWith("GB", StringComparison.OrdinalIgnoreCase) ? (part[..^2], 1L << 30)
+                : (part, 0L);
             // NumberStyles.AllowDecimalPoint alone: no sign, exponent, group separators or spaces inside ("2 4GB").
             if (unit == 0 || !decimal.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal value))
                 throw new OptionException(
-                    $"--gpu-memory '{text}': '{part}' is not a card size; expected a number of GB (10^9 bytes) or GiB (2^30 bytes), " +
-                    "comma-separated, e.g. 24GB or 24GiB,48GiB,80GiB,141GiB");
+                    $"--gpu-memory '{text}': '{part}' is not a card size; expected a number of GB as on the card's label (= GiB), " +
+                    "comma-separated, e.g. 24GB or 24GB,48GB,80GB,141GB");
             // Bounded before multiplying: 10^20 GB would overflow the decimal.
             decimal bytes = value <= MaxCardBytes / (decimal)unit ? Math.Round(value * unit) : decimal.MaxValue;
             if (bytes < 1L << 30 || bytes > MaxCardBytes)
                 throw new OptionException(
                     $"--gpu-memory '{text}': {part} is outside 1 GiB to {MaxCardBytes >> 40} TiB; give a card size such as 24GB or 80GiB");
-            cards.Add(new CardSize(part, (long)bytes, isDecimal));
+            cards.Add(new CardSize(part, (long)bytes));
         }
         return cards;
     }
@@ -117,7 +119,7 @@ internal static class InfoCommand
             foreach (var card in cards)
             {
                 var table = MemoryTable.For(config, card.Bytes, engine);
-                string size = card.DecimalUnit ? $"{card.Text} ({Gib(card.Bytes)})" : card.Text;
+                string size = card.Text;
                 devices.Add(new PlannedDevice($"{size} card (assumed: {Gib(table.FreeBytes)} free)", Assumed: true, table));
             }
         }
@@ -207,10 +209,6 @@ internal static class InfoCommand
             o.WriteLine();
             o.WriteLine(host.Dim($"  assumed free: {MemoryTable.VisiblePercent}% of the card (the rest is ECC and the driver's) less " +
                                  $"{Gib(MemoryTable.ContextOverheadBytes)} for a CUDA context; an H100 80GB shows 79.2 GiB total, about 78.7 GiB free."));
-            // GB is 10^9 bytes as asked, but GPUs are sold in binary units: say so rather than plan a smaller card quietly.
-            if (cards.FirstOrDefault(card => card.DecimalUnit) is { Text: not null } gb)
-                o.WriteLine(host.Dim($"  {gb.Text} is {gb.Text[..^2]}·10^9 bytes; GPU memory is sold in binary units (a card sold as \"80GB\" " +
-                                     "has 80 GiB = 85.9 GB), so for a card's label give GiB, e.g. 80GiB."));
         }
     }
 

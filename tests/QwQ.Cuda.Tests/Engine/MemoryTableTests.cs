@@ -124,16 +124,6 @@ public sealed class MemoryTableTests
     }
 
     [Test]
-    public void DecimalGigabytesAreSmallerCards()
-    {
-        // 24·10^9 bytes is 22.4 GiB: INT4's weights and workspace do not leave room for one KV block.
-        Assert.That(Card(24_000_000_000)[WeightKind.Int4Awq].Fits, Is.False);
-        // 80·10^9 bytes is 74.5 GiB: bf16 fits, but short of the model maximum.
-        var bf16 = Card(80_000_000_000)[WeightKind.Bf16];
-        Assert.That(bf16.Plan!.MaxContext, Is.LessThan(40_960));
-    }
-
-    [Test]
     public void AssumedFreeMemoryIsThatOfAnIdleH100For80GiB()
     {
         double free = MemoryTable.AssumedFreeBytes(80 * GiB) / (double)GiB;
