@@ -45,11 +45,23 @@ internal sealed class ModelSourceOptions
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
 
+    // Lower-case names as the issue and README spell them; null (not given) leaves the engine's default.
+    public readonly Option<string?> RopeScaling = new("--rope-scaling")
+    {
+        Description = "How the config's YaRN rope_scaling applies: static (YaRN everywhere; the default, what the GPU runs), off (plain RoPE), " +
+                      "adaptive (plain RoPE until a sequence outgrows --rope-switch, then YaRN; CPU reference only for now)",
+        HelpName = "adaptive|static|off",
+    };
+    public readonly Option<int?> RopeSwitch = TypedOptions.Integer<int>("--rope-switch", "8192",
+        "With --rope-scaling adaptive: the length past which a sequence switches to YaRN (default: original_max_position_embeddings, 32768 for QwQ)");
+
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
         MaxContext.HelpName = "N";
         TensorParallel.HelpName = "N";
+        RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
+        RopeSwitch.HelpName = "N";
         WithBackend = withBackend;
     }
 
@@ -67,6 +79,8 @@ internal sealed class ModelSourceOptions
             command.Add(Device);
             command.Add(Quantize);
             command.Add(TensorParallel);
+            command.Add(RopeScaling);
+            command.Add(RopeSwitch);
         }
     }
 
@@ -104,6 +118,15 @@ internal sealed class ModelSourceOptions
                 Device = WithBackend ? p.GetValue(Device) : 0,
                 Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
+                // checked against the model and the backend at load (RopePlan.Resolve, CudaBackend.RopeFor)
+                RopeScaling = WithBackend ? p.GetValue(RopeScaling) switch
+                {
+                    "adaptive" => RopeScalingMode.Adaptive,
+                    "static" => RopeScalingMode.Static,
+                    "off" => RopeScalingMode.Off,
+                    _ => null,
+                } : null,
+                RopeSwitchPosition = WithBackend ? p.GetValue(RopeSwitch) : null,
             },
         };
     }

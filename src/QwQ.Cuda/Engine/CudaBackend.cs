@@ -67,6 +67,7 @@ public sealed class CudaBackend : IModelBackend
                 CheckpointValidator.Validate(checkpoint, config);
             }
             WeightKind linearKind = LinearKind(config, options);
+            RopeParameters rope = RopeFor(config, options);
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
 
@@ -95,7 +96,7 @@ public sealed class CudaBackend : IModelBackend
             Workspace = Own(new Workspace(config, options.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
             KvMemory = Own(new KvPool(config, Plan.KvPoolBlocks));
             KvPool = new KvBlockPool(Plan.KvPoolBlocks, AttentionOps.KvBlockSize);
-            var invFreq = Own(DeviceBuffer.FromHost<float>(Rope.InverseFrequencies(config)));
+            var invFreq = Own(DeviceBuffer.FromHost<float>(rope.InverseFrequencies));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
             var linear = Own(new LinearOps(kernels.Gemv, new TensorCoreGemvOps(lib), fp8, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows,
@@ -103,7 +104,7 @@ public sealed class CudaBackend : IModelBackend
             _kernels = kernels;
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
             Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, linear,
-                invFreq.Ptr, Rope.AttentionFactor(config));
+                invFreq.Ptr, rope.AttentionFactor);
             linear.TuneDecodeBatches(Stream, Weights.Products(), Workspace.Act, Workspace.GateUp,
                 GraphBatchSizes.Where(b => b <= Workspace.Inputs.MaxSequences));
             Linear = linear;
@@ -143,6 +144,22 @@ public sealed class CudaBackend : IModelBackend
             default:
                 throw new OptionException($"{config.Quantization.Description} checkpoints are not supported on the GPU engine");
         }
+    }
+
+    internal const string AdaptiveRopeNotOnGpu =
+        "--rope-scaling adaptive runs on the CPU reference only for now; use static (today's behaviour) or off";
+
+    /// <summary>
+    /// The one rotary embedding every position runs on the GPU (<see cref="EngineOptions.RopeScaling"/>): the config's
+    /// (static YaRN when it has rope_scaling, the default) or plain RoPE (off). Adaptive needs per-sequence ropes and
+    /// re-rotation of cached keys, which the GPU engine does not have yet: refused here, before any GPU work, rather
+    /// than run as static in silence.
+    /// </summary>
+    internal static RopeParameters RopeFor(ModelConfig config, EngineOptions options)
+    {
+        var plan = RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition);
+        if (plan.Mode == RopeScalingMode.Adaptive) throw new OptionException(AdaptiveRopeNotOnGpu);
+        return plan.ForLength(0); // Static and Off have one rope for every length
     }
 
     /// <summary>

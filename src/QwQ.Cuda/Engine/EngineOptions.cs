@@ -69,6 +69,36 @@ public sealed record EngineOptions
     /// implement it yet.
     /// </summary>
     public int TensorParallel { get; init; } = 1;
+
+    /// <summary>
+    /// How a config's YaRN rope_scaling is applied (<see cref="RopeScalingMode"/>); null: <see cref="RopeScalingMode.Static"/>,
+    /// what the GPU engine runs today and what transformers does. Adaptive, the intended default once the GPU implements
+    /// it, runs on the CPU reference only for now (the GPU engine refuses it). See README, "Rope scaling".
+    /// </summary>
+    public RopeScalingMode? RopeScaling { get; init; }
+
+    /// <summary>
+    /// With <see cref="RopeScalingMode.Adaptive"/>: a sequence runs plain RoPE while its length is at most this, and switches
+    /// to YaRN at the step that takes it past. Null: the config's original_max_position_embeddings (QwQ-32B: 32768), where the
+    /// model without YaRN ends. In [1, original_max_position_embeddings].
+    /// </summary>
+    public int? RopeSwitchPosition { get; init; }
+}
+
+/// <summary>How a config's YaRN rope_scaling is applied (a config without it always runs plain RoPE).</summary>
+public enum RopeScalingMode
+{
+    /// <summary>
+    /// Per sequence: plain RoPE (exactly the model without YaRN) while the sequence fits the switch position; the step that
+    /// takes it past rewrites its cache in YaRN (running the sequence again from position 0) and it continues with YaRN,
+    /// so the cache is exactly what a <see cref="Static"/> run would have written. Short texts keep the model's unscaled
+    /// quality, as QwQ-32B's card advises. CPU reference only for now.
+    /// </summary>
+    Adaptive,
+    /// <summary>YaRN at every position of every sequence, as transformers (and vLLM) apply rope_scaling.</summary>
+    Static,
+    /// <summary>Plain RoPE at every position, as if the config had no rope_scaling (the context limit stays the config's).</summary>
+    Off,
 }
 
 /// <summary>How to store the layers' linear weights of a bf16 checkpoint on the GPU.</summary>

@@ -3,6 +3,7 @@ using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Model;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Weights;
@@ -15,6 +16,18 @@ namespace QwQ.Cuda.Inference;
 /// sessions, the scheduler and the chat client run on it exactly as on the GPU, paged KV pool, batched steps,
 /// copy-on-write and prefix reuse included. Sequences share the read-only weights and the pool; each sequence is
 /// single-caller, different sequences may be used from different threads, and one step runs at a time.
+/// <para>
+/// Rope scaling (<see cref="EngineOptions.RopeScaling"/>): Static and Off run one rope everywhere. Adaptive decides per
+/// sequence at every step: the rope of its length after the step (<see cref="RopePlan.ForLength"/>; for
+/// <see cref="ISequence.Append"/>, the length after the whole append). When that differs from the rope its cache was
+/// written in, the step first takes every block of the sequence for itself (copy-on-write of any block a fork or the
+/// prefix cache shares, counted with the step's other reservations), then rewrites the cache in the new rope: it runs
+/// the whole sequence from position 0 (<see cref="RopeSwitchMethod.Recompute"/>, so the cache is exactly what a
+/// static-YaRN run writes; re-rotating the keys is exact in the first layer only, see <see cref="RopeSwitchMethod"/>).
+/// That is the switch to YaRN of a sequence growing past the switch position, and also the switch back of one
+/// truncated below it: a sequence's logits depend on its tokens only, never on how long it once was. The switch back
+/// happens at the next step, not in Truncate, so Truncate never needs blocks.
+/// </para>
 /// </summary>
 public sealed class CpuReferenceBackend : IModelBackend
 {
@@ -23,6 +36,7 @@ public sealed class CpuReferenceBackend : IModelBackend
     private readonly Lock _stepGate = new(); // one pass at a time: a step's reservations and KV writes go together
     private readonly int _validVocab;
     private readonly ulong? _seed;
+    private readonly RopePlan _rope;
 
     /// <param name="maxContext">Positions a sequence may hold (null: the model's maximum, see MemoryPlan.ModelMaxPositions).</param>
     /// <param name="validVocab">The tokenizer's size: ids at or above it are never sampled (null: config vocab_size).</param>
@@ -31,8 +45,10 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// Positions the shared KV pool holds, rounded up to whole blocks (null: 4 × maxContext, room for four full
     /// sequences). Block memory is allocated on first use, so a big pool costs only what sequences fill.
     /// </param>
+    /// <param name="ropeScaling">See <see cref="EngineOptions.RopeScaling"/> (null: static, as the GPU engine runs).</param>
+    /// <param name="ropeSwitchPosition">See <see cref="EngineOptions.RopeSwitchPosition"/> (Adaptive only).</param>
     public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null,
-        ulong? samplerSeed = null, int? kvPoolPositions = null)
+        ulong? samplerSeed = null, int? kvPoolPositions = null, RopeScalingMode? ropeScaling = null, int? ropeSwitchPosition = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
@@ -41,6 +57,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         int modelMax = MemoryPlan.ModelMaxPositions(config);
         if (maxContext > modelMax)
             throw new OptionException($"--max-context {maxContext} exceeds the model's {modelMax} positions");
+        _rope = RopePlan.Resolve(config, ropeScaling, ropeSwitchPosition);
         Config = config;
         _model = new Qwen2CpuModel(config, weights);
         MaxContext = maxContext ?? modelMax;
@@ -58,6 +75,7 @@ public sealed class CpuReferenceBackend : IModelBackend
     {
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
+        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition); // a bad option fails before the weights load
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (total > available / 2)
@@ -78,7 +96,8 @@ public sealed class CpuReferenceBackend : IModelBackend
         if (options.Quantize == QuantizeMode.Fp8) weights = QuantizeFp8(weights);
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
-        return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab);
+        return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
+            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition);
     }
 
     /// <summary>
@@ -103,6 +122,9 @@ public sealed class CpuReferenceBackend : IModelBackend
 
     public int MaxContext { get; }
 
+    /// <summary>The rope scaling this backend runs (Off whenever the config has no YaRN).</summary>
+    internal RopeScalingMode RopeScaling => _rope.Mode;
+
     public KvBlockPool KvPool => _kv.Pool;
 
     public ISequence CreateSequence(int? maxContext = null)
@@ -121,11 +143,27 @@ public sealed class CpuReferenceBackend : IModelBackend
         return new CpuSequence(this, capacity, new KvBlockTable(_kv.Pool), new CpuSampler(Config.VocabSize, _validVocab, _seed));
     }
 
-    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default) => RunStep(items, ropeLength: null, ct);
+
+    /// <summary>
+    /// How a sequence's cache changes rope at an adaptive switch. Recompute, the default, is what the fidelity
+    /// asks for; Rerotate is kept to measure the cheaper alternative (see <see cref="RopeSwitchMethod"/>).
+    /// </summary>
+    internal RopeSwitchMethod SwitchMethod { get; init; } = RopeSwitchMethod.Recompute;
+
+    /// <param name="ropeLength">
+    /// The length that picks the rope of a single item's sequence (null: its length after this step). Append passes the
+    /// length after the whole append, so a prompt that ends past the switch runs YaRN from its first chunk: exactly
+    /// the static-YaRN forward over it, with no plain chunks to redo.
+    /// </param>
+    private void RunStep(ReadOnlySpan<SequenceChunk> items, int? ropeLength, CancellationToken ct)
     {
         if (items.IsEmpty) throw new ArgumentException("a step needs at least one item", nameof(items));
         var sequences = new CpuSequence[items.Length];
         var rows = new CpuBatchRows[items.Length];
+        var lengths = new int[items.Length];      // each sequence's length before the step: what a failed step goes back to
+        var writeFrom = new int[items.Length];    // first position whose block must be the sequence's own
+        var rerotate = new bool[items.Length];    // cached keys turn to rows[i].Rope before the pass
         var distinct = new HashSet<CpuSequence>(ReferenceEqualityComparer.Instance);
         for (int i = 0; i < items.Length; i++)
         {
@@ -136,13 +174,32 @@ public sealed class CpuReferenceBackend : IModelBackend
                 throw new ArgumentException($"item {i} names a sequence that an earlier item already names; join their tokens into one item", nameof(items));
             seq.CheckAppend(items[i].Tokens.Span);
             sequences[i] = seq;
-            rows[i] = new CpuBatchRows(items[i].Tokens, seq.Length, seq.Table);
+            lengths[i] = writeFrom[i] = seq.Length;
+            var rope = _rope.ForLength(ropeLength ?? seq.Length + items[i].Tokens.Length);
+            rows[i] = new CpuBatchRows(items[i].Tokens, seq.Length, seq.Table, rope);
+            if (ReferenceEquals(seq.CacheRope, rope) || seq.Length == 0) continue;
+            // The sequence changes rope: every block it holds is rewritten (copied first where shared).
+            writeFrom[i] = 0;
+            if (SwitchMethod == RopeSwitchMethod.Rerotate && seq.CacheRope is not null)
+                rerotate[i] = true;
+            else // recompute: the pass runs the whole sequence from position 0 in the new rope
+                rows[i] = new CpuBatchRows((int[])[.. seq.Tokens, .. items[i].Tokens.Span], 0, seq.Table, rope);
         }
         ct.ThrowIfCancellationRequested();
 
         lock (_stepGate)
         {
-            Reserve(rows);
+            Reserve(rows, writeFrom, lengths);
+            for (int i = 0; i < rows.Length; i++)
+            {
+                if (ReferenceEquals(sequences[i].CacheRope, rows[i].Rope)) continue;
+                if (rerotate[i])
+                    _kv.RerotateKeys(rows[i].Table, rows[i].StartPos, sequences[i].CacheRope!, rows[i].Rope);
+                // Re-rotated keys are in the new rope whatever becomes of the pass. A recompute rewrites them layer by
+                // layer: until it completes they are in no rope at all, and a sequence whose pass fails recomputes at its
+                // next step, whichever rope its length then asks for.
+                sequences[i].CacheRope = rerotate[i] || lengths[i] == 0 ? rows[i].Rope : null;
+            }
             float[] logits; // [items, vocab]
             try
             {
@@ -150,12 +207,15 @@ public sealed class CpuReferenceBackend : IModelBackend
             }
             catch
             {
-                foreach (var r in rows) r.Table.Truncate(r.StartPos); // positions half written: the step never happened
+                for (int i = 0; i < rows.Length; i++) rows[i].Table.Truncate(lengths[i]); // positions half written: the step never happened
                 throw;
             }
             int vocab = Config.VocabSize;
             for (int i = 0; i < sequences.Length; i++)
-                sequences[i].Commit(rows[i].Tokens.Span, logits.AsSpan(i * vocab, vocab));
+            {
+                sequences[i].CacheRope = rows[i].Rope;
+                sequences[i].Commit(items[i].Tokens.Span, logits.AsSpan(i * vocab, vocab));
+            }
         }
     }
 
@@ -165,24 +225,29 @@ public sealed class CpuReferenceBackend : IModelBackend
         for (int i = 0; i < requests.Length; i++) tokens[i] = requests[i].Sequence.Sample(requests[i].Options, requests[i].Step);
     }
 
-    /// <summary>Backs every item's new positions, or none of them (throwing <see cref="KvPoolExhaustedException"/>).</summary>
-    private void Reserve(CpuBatchRows[] rows)
+    /// <summary>
+    /// Backs every item's new positions, or none of them (throwing <see cref="KvPoolExhaustedException"/>), and makes the
+    /// blocks from <paramref name="writeFrom"/> on each sequence's own: an item that changes rope rewrites all its blocks,
+    /// so it copies those a fork or the prefix cache shares instead of changing them under the other reader.
+    /// </summary>
+    private void Reserve(CpuBatchRows[] rows, int[] writeFrom, int[] lengths)
     {
         var pool = _kv.Pool;
         int needed = 0;
-        foreach (var r in rows) needed += r.Table.BlocksNeeded(r.StartPos, r.StartPos + r.Tokens.Length);
+        for (int i = 0; i < rows.Length; i++)
+            needed += rows[i].Table.BlocksNeeded(writeFrom[i], rows[i].StartPos + rows[i].Tokens.Length);
         int free = pool.FreeBlocks;
         if (needed > free) throw new KvPoolExhaustedException(needed, free, pool.TotalBlocks, pool.BlockSize);
         int done = 0;
         try
         {
             for (; done < rows.Length; done++)
-                rows[done].Table.Reserve(rows[done].StartPos, rows[done].StartPos + rows[done].Tokens.Length, _kv.CopyBlock);
+                rows[done].Table.Reserve(writeFrom[done], rows[done].StartPos + rows[done].Tokens.Length, _kv.CopyBlock);
         }
         catch
         {
             // Another thread's sequence took blocks since the count above (only AttachCachedPrefix and Fork run outside the gate).
-            for (int i = 0; i < done; i++) rows[i].Table.Truncate(rows[i].StartPos);
+            for (int i = 0; i < done; i++) rows[i].Table.Truncate(lengths[i]);
             throw;
         }
     }
@@ -196,6 +261,12 @@ public sealed class CpuReferenceBackend : IModelBackend
     private sealed class CpuSequence(CpuReferenceBackend owner, int capacity, KvBlockTable table, CpuSampler sampler) : ISequence
     {
         private readonly List<int> _tokens = [];   // [Length] tokens whose KV the table holds
+
+        /// <summary>
+        /// The rope the cache was written in (an empty sequence's: the plan's for length 0); null while a recompute into
+        /// another rope is unfinished (a failed step), which makes the next step recompute.
+        /// </summary>
+        public RopeParameters? CacheRope { get; set; } = owner._rope.ForLength(0);
         private float[]? _logits;                  // [vocab] fp32 of the last appended position; null until an Append
         private bool _disposed;
 
@@ -210,11 +281,12 @@ public sealed class CpuReferenceBackend : IModelBackend
             // In chunks, so a cancelled prefill stops within one: in one pass, Ctrl+C during a 1.5k-token prompt took
             // 22.6 s to be noticed. Chunking changes no result: each position attends to the cached ones either way.
             if (tokens.IsEmpty) CheckAppend(tokens);
+            int finalLength = Length + tokens.Length;
             for (int start = 0; start < tokens.Length; start += PrefillChunk)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var part = tokens.Slice(start, Math.Min(PrefillChunk, tokens.Length - start));
-                owner.Step([new SequenceChunk(this, part.ToArray())], cancellationToken);
+                owner.RunStep([new SequenceChunk(this, part.ToArray())], finalLength, cancellationToken);
             }
         }
 
@@ -236,13 +308,14 @@ public sealed class CpuReferenceBackend : IModelBackend
         {
             _tokens.AddRange(tokens);
             _logits = lastLogits.ToArray();
-            table.PublishFullBlocks(CollectionsMarshal.AsSpan(_tokens));
+            if (owner._rope.MayPublish(CacheRope)) table.PublishFullBlocks(CollectionsMarshal.AsSpan(_tokens));
         }
 
         public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
+            CacheRope = owner._rope.ForLength(0); // what cached blocks hold (RopePlan.MayPublish)
             int reused = table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
             _tokens.AddRange(tokens[..reused]);
             return reused;
@@ -255,7 +328,8 @@ public sealed class CpuReferenceBackend : IModelBackend
             var counts = sampler.Counts;
             for (int id = 0; id < counts.Length; id++)
                 for (int c = 0; c < counts[id]; c++) copy.Record(new ReadOnlySpan<int>(in id));
-            var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits };
+            // The fork shares every block, keys in this sequence's rope; whichever of the two re-rotates later copies them first.
+            var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits, CacheRope = CacheRope };
             fork._tokens.AddRange(_tokens);
             return fork;
         }
@@ -268,6 +342,9 @@ public sealed class CpuReferenceBackend : IModelBackend
             // The logits belonged to the old last position; a Sample needs an Append first.
             if (length < Length) _logits = null;
             _tokens.RemoveRange(length, _tokens.Count - length);
+            // Nothing cached, nothing to turn back: an empty sequence starts over in the rope of length 0. A non-empty one
+            // keeps its keys as they are until the next step, which turns them if its length asks for the other rope.
+            if (length == 0) CacheRope = owner._rope.ForLength(0);
         }
 
         public void ResetPenalties() => sampler.Reset();

@@ -15,6 +15,20 @@ namespace QwQ.Cuda.Model;
 /// </summary>
 public static class Rope
 {
+    /// <summary>The rotary embedding <paramref name="c"/> describes: YaRN's when it has rope_scaling, else plain.</summary>
+    public static RopeParameters Parameters(ModelConfig c) => new(InverseFrequencies(c), AttentionFactor(c));
+
+    /// <summary>Plain RoPE of <paramref name="c"/>'s theta and head_dim: the model without its rope_scaling.</summary>
+    public static RopeParameters PlainParameters(ModelConfig c) => Parameters(c with { RopeScaling = null });
+
+    /// <summary>
+    /// The angle every rotation here uses for pair <c>i</c> at <paramref name="position"/>: <c>(float)position · inv_freq[i]</c>,
+    /// rounded to fp32 as transformers (a float32 matmul of inv_freq by the positions) and our GPU kernel
+    /// (<c>kernels/rope.cu</c>) compute it. One definition, so that re-rotating a cached key
+    /// (<see cref="AdaptiveYarn"/>) undoes exactly the angle the forward applied.
+    /// </summary>
+    public static float Angle(int position, float inverseFrequency) => (float)position * inverseFrequency;
+
     /// <summary>inv_freq <c>[head_dim / 2]</c> fp32: angle of pair i at position p is p · inv_freq[i].</summary>
     public static float[] InverseFrequencies(ModelConfig c)
     {
@@ -94,3 +108,12 @@ public static class Rope
         return (Math.Max(low, 0), Math.Min(high, dim - 1));
     }
 }
+
+/// <summary>
+/// One rotary embedding as a forward applies it: pair <c>i</c> of a head at position <c>p</c> turns by
+/// <see cref="Rope.Angle"/>(p, <see cref="InverseFrequencies"/>[i]), and cos and sin are scaled by <see cref="AttentionFactor"/>
+/// (so q and k are each scaled by it). Built by <see cref="Rope.Parameters"/> / <see cref="Rope.PlainParameters"/>.
+/// </summary>
+/// <param name="InverseFrequencies">inv_freq <c>[head_dim / 2]</c> fp32.</param>
+/// <param name="AttentionFactor">YaRN's cos/sin scale; 1 for plain RoPE.</param>
+public sealed record RopeParameters(float[] InverseFrequencies, float AttentionFactor);

@@ -68,5 +68,29 @@ internal sealed class CpuKvBlocks
         }
     }
 
+    /// <summary>
+    /// Turns the keys of positions [0, <paramref name="positions"/>), every layer and head, from <paramref name="from"/>'s
+    /// rotation into <paramref name="to"/>'s, in place (<see cref="AdaptiveYarn"/>). The table must own those blocks
+    /// exclusively (<see cref="KvBlockTable.Reserve"/> from 0 first): another sequence or the prefix cache would otherwise see
+    /// its keys turn under it.
+    /// </summary>
+    public void RerotateKeys(KvBlockTable table, int positions, RopeParameters from, RopeParameters to)
+    {
+        if (positions > table.Length)
+            throw new InvalidOperationException($"positions up to {positions} are not backed (the table backs {table.Length})");
+        int half = _headDim / 2;
+        var cos = new double[half];
+        var sin = new double[half];
+        for (int pos = 0; pos < positions; pos++)
+        {
+            var block = _blocks[table.Blocks[pos / _blockSize]]
+                        ?? throw new InvalidOperationException($"position {pos} was reserved but never written");
+            AdaptiveYarn.Coefficients(pos, from, to, cos, sin);
+            for (int layer = 0; layer < _layers; layer++)
+                for (int h = 0; h < _nkv; h++)
+                    AdaptiveYarn.Apply(block.AsSpan(Offset(layer, 0, h, pos % _blockSize), _headDim), cos, sin);
+        }
+    }
+
     private int Offset(int layer, int kv, int head, int slot) => (((layer * 2 + kv) * _nkv + head) * _blockSize + slot) * _headDim;
 }

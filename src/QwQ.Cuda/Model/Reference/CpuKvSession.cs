@@ -36,7 +36,7 @@ public sealed class CpuKvSession
 
         int start = Length;
         _table.Reserve(start, start + tokens.Length, _kv.CopyBlock);
-        return _model.StepLogits(_kv, [new CpuBatchRows(tokens.ToArray(), start, _table)], CancellationToken.None);
+        return _model.StepLogits(_kv, [new CpuBatchRows(tokens.ToArray(), start, _table, _model.Rope)], CancellationToken.None);
     }
 
     /// <summary>Forgets every token at position ≥ <paramref name="length"/> (their K/V are overwritten by later appends).</summary>

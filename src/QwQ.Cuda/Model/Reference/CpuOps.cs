@@ -97,10 +97,9 @@ public static class CpuOps
         Span<float> sin = stackalloc float[half];
         for (int t = 0; t < tokens; t++)
         {
-            float pos = startPos + t;
             for (int i = 0; i < half; i++)
             {
-                float angle = pos * invFreq[i];
+                float angle = Rope.Angle(startPos + t, invFreq[i]);
                 cos[i] = (float)Math.Cos(angle) * attentionFactor;
                 sin[i] = (float)Math.Sin(angle) * attentionFactor;
             }

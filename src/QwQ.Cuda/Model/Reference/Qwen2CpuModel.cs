@@ -23,6 +23,8 @@ public sealed class Qwen2CpuModel
     public float[] InvFreq { get; }
     /// <summary>YaRN cos/sin scale, 1 without YaRN.</summary>
     public float AttentionFactor { get; }
+    /// <summary>The config's rotary embedding (<see cref="InvFreq"/> and <see cref="AttentionFactor"/>): what <see cref="Forward"/> and sessions run.</summary>
+    public RopeParameters Rope { get; }
 
     public Qwen2CpuModel(ModelConfig config, CpuWeights weights)
     {
@@ -36,8 +38,9 @@ public sealed class Qwen2CpuModel
             throw new ArgumentException("weights do not have the shapes the config describes", nameof(weights));
         Config = config;
         Weights = weights;
-        InvFreq = Rope.InverseFrequencies(config);
-        AttentionFactor = Rope.AttentionFactor(config);
+        Rope = QwQ.Cuda.Model.Rope.Parameters(config);
+        InvFreq = Rope.InverseFrequencies;
+        AttentionFactor = Rope.AttentionFactor;
     }
 
     /// <summary>Full forward pass over <paramref name="tokens"/> from position 0: logits <c>[T, vocab]</c>.</summary>
@@ -47,7 +50,7 @@ public sealed class Qwen2CpuModel
         var kv = CpuKvBlocks.ForPositions(Config, tokens.Length);
         using var table = new KvBlockTable(kv.Pool);
         table.Reserve(0, tokens.Length, kv.CopyBlock);
-        var normed = Decode(kv, [new CpuBatchRows(tokens.ToArray(), 0, table)], sink, CancellationToken.None);
+        var normed = Decode(kv, [new CpuBatchRows(tokens.ToArray(), 0, table, Rope)], sink, CancellationToken.None);
         return Logits(normed, tokens.Length, sink);
     }
 
@@ -55,8 +58,8 @@ public sealed class Qwen2CpuModel
     public CpuKvSession CreateSession(int maxContext) => new(this, maxContext);
 
     /// <summary>
-    /// One batched pass: the rows of every item laid end to end. The products run over all rows at once; RoPE,
-    /// the KV write and attention run per item, each over its own sequence's paged KV (positions
+    /// One batched pass: the rows of every item laid end to end. The products run over all rows at once; RoPE (each
+    /// item's own: a batch may mix plain and YaRN sequences), the KV write and attention run per item, each over its own sequence's paged KV (positions
     /// [0, StartPos + rows) of its table, which must be reserved). Returns the final-normed hidden states
     /// <c>[rows, hidden]</c>. Every row is computed exactly as it would be alone (row-independent products, per-row
     /// attention), so batching changes no bit of any result. Cancellation is checked between layers; a cancelled
@@ -111,9 +114,9 @@ public sealed class Qwen2CpuModel
             CpuOps.MatMulNT(h, w.VWeight, w.VBias, v, T, nkv * D, H);
             for (int i = 0, row = 0; i < items.Length; row += items[i].Tokens.Length, i++)
             {
-                int n = items[i].Tokens.Length, start = items[i].StartPos;
-                CpuOps.ApplyRope(q.AsSpan(row * nq * D, n * nq * D), n, nq, D, start, InvFreq, AttentionFactor);
-                CpuOps.ApplyRope(k.AsSpan(row * nkv * D, n * nkv * D), n, nkv, D, start, InvFreq, AttentionFactor);
+                var (n, start, rope) = (items[i].Tokens.Length, items[i].StartPos, items[i].Rope);
+                CpuOps.ApplyRope(q.AsSpan(row * nq * D, n * nq * D), n, nq, D, start, rope.InverseFrequencies, rope.AttentionFactor);
+                CpuOps.ApplyRope(k.AsSpan(row * nkv * D, n * nkv * D), n, nkv, D, start, rope.InverseFrequencies, rope.AttentionFactor);
             }
             sink?.Invoke(ActivationNames.Q(layer), q);
             sink?.Invoke(ActivationNames.K(layer), k);
@@ -180,5 +183,8 @@ public sealed class Qwen2CpuModel
     }
 }
 
-/// <summary>One sequence's part of a batched CPU pass: <c>Tokens</c> at positions StartPos.. of the sequence whose blocks <c>Table</c> lists.</summary>
-internal readonly record struct CpuBatchRows(ReadOnlyMemory<int> Tokens, int StartPos, KvBlockTable Table);
+/// <summary>
+/// One sequence's part of a batched CPU pass: <c>Tokens</c> at positions StartPos.. of the sequence whose blocks <c>Table</c>
+/// lists, rotated (queries and the keys written) with <c>Rope</c>, which must be the rope its cached keys were written with.
+/// </summary>
+internal readonly record struct CpuBatchRows(ReadOnlyMemory<int> Tokens, int StartPos, KvBlockTable Table, RopeParameters Rope);
