@@ -124,18 +124,22 @@ public sealed class CudaBackend : IModelBackend
     /// </summary>
     internal static WeightKind LinearKind(ModelConfig config, EngineOptions options)
     {
+        // A layer input size (hidden, q, intermediate) the fp8 kernels' 64-k chunks do not divide, or null.
+        static int? InputSizeFp8CannotTake(ModelConfig c) =>
+            new[] { c.HiddenSize, c.QDim, c.IntermediateSize }.Where(k => k % Fp8Ops.KMultiple != 0).Select(k => (int?)k).FirstOrDefault();
+
         switch (config.Quantization)
         {
             case null:
                 if (options.Quantize != QuantizeMode.Fp8) return WeightKind.Bf16;
-                if (new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int bad and > 0)
+                if (InputSizeFp8CannotTake(config) is int bad)
                     throw new OptionException($"--quantize fp8 needs every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
                 return WeightKind.Fp8;
             case Fp8QuantizationConfig:
                 if (QuantizedTensorNames.OutputProjection(config) is Fp8LinearTensors)
                     throw new OptionException("this FP8 checkpoint quantizes lm_head too; the GPU engine keeps lm_head in bf16 and loads " +
                                               "FP8 checkpoints whose quantization_config lists lm_head in \"ignore\" (llm-compressor's default)");
-                if (new[] { config.HiddenSize, config.QDim, config.IntermediateSize }.FirstOrDefault(k => k % Fp8Ops.KMultiple != 0) is int odd and > 0)
+                if (InputSizeFp8CannotTake(config) is int odd)
                     throw new OptionException($"this FP8 checkpoint has a layer input size of {odd}; the GPU engine's fp8 kernels need multiples of {Fp8Ops.KMultiple}");
                 return WeightKind.Fp8; // --quantize fp8 on an fp8 checkpoint asks for what it is
             case AwqQuantizationConfig:

@@ -51,10 +51,9 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
 /// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
-/// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound, so the copy costs only
-/// its bytes). Output is fp32;
-/// <c>accumulate</c> adds into it (the residual stream), which is also where a tensor-parallel all-reduce would
-/// complete a partial sum.
+/// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is
+/// FLOP-bound, so the copy costs only its bytes). Output is fp32; <c>accumulate</c> adds into it (the residual
+/// stream), which is also where a tensor-parallel all-reduce would complete a partial sum.
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
@@ -91,9 +90,13 @@ internal sealed class LinearOps : IDisposable
     /// <summary>Rows padded to the batch size whose choice applies: 1, 2, 4, 8, 16, 32.</summary>
     private static int Padded(int rows) => rows <= 1 ? 1 : (int)Math.Min(32, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)rows));
 
+    /// <summary>What the tuner chose for this product over this many rows (up to 32), or null.</summary>
+    private Choice? Chosen(LinearWeight w, int rows) =>
+        rows <= TensorCoreGemvOps.MaxRows && _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(rows)), out var c) ? c : null;
+
     public void Apply(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate = false)
     {
-        Choice? chosen = rows <= TensorCoreGemvOps.MaxRows && _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(rows)), out var c) ? c : null;
+        Choice? chosen = Chosen(w, rows);
         switch (w.Kind)
         {
             case WeightKind.Bf16:
@@ -109,7 +112,7 @@ internal sealed class LinearOps : IDisposable
                     for (int r0 = 0; r0 < rows; r0 += TensorCoreGemvOps.MaxRows)
                     {
                         int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
-                        Choice? slice = n == rows ? chosen : _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(n)), out var sc) ? sc : null;
+                        Choice? slice = Chosen(w, n);
                         _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, w.Out, w.In,
                             accumulate, _tcWorkspace.Ptr, slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors),
                             slice?.Lite ?? false);

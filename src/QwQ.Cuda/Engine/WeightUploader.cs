@@ -67,6 +67,17 @@ internal static class WeightUploader
         freeA.Record(stream);
         freeB.Record(stream);
         int slot = 0;
+        // The two pinned buffers take turns: one is filled from disk while the GPU copies out of the other.
+        PinnedHostBuffer Acquire()
+        {
+            (slot == 0 ? freeA : freeB).Synchronize(); // the GPU has finished copying out of this buffer
+            return slot == 0 ? stageA : stageB;
+        }
+        void Release()
+        {
+            (slot == 0 ? freeA : freeB).Record(stream);
+            slot ^= 1;
+        }
         foreach (Place place in placement)
         {
             TensorInfo t = ck.Get(place.Name);
@@ -81,8 +92,7 @@ internal static class WeightUploader
             {
                 ct.ThrowIfCancellationRequested();
                 int n = (int)Math.Min(step, elements - off);
-                var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
-                free.Synchronize();                              // the GPU has finished copying out of this buffer
+                var stage = Acquire();
                 if (t.DType == DType.F8_E4M3) ck.Read(t, off, stage.AsSpan<byte>()[..n]); // fp8 codes as stored
                 else ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
                 if (place.Linear is { } coded && t.DType == DType.F8_E4M3)
@@ -102,8 +112,7 @@ internal static class WeightUploader
                 {
                     w.CopyFromHostAsync(place.Dst + (ulong)(2 * off), stage.Ptr, 2L * n, stream);
                 }
-                free.Record(stream);
-                slot ^= 1;
+                Release();
                 done += 2L * n;
                 progress?.Report(new LoadProgress("weights", done, total, place.Name));
             }
@@ -113,14 +122,12 @@ internal static class WeightUploader
                 string scaleName = QuantizedTensorNames.WeightScale(place.Name[..^TensorNames.WeightSuffix.Length]);
                 int rows = (int)(t.ElementCount / scaled.In);
                 float[] file = ck.ReadFloat32(scaleName);
-                var (stage, free) = slot == 0 ? (stageA, freeA) : (stageB, freeB);
-                free.Synchronize();
+                var stage = Acquire();
                 Span<float> scales = stage.AsSpan<float>()[..rows];
                 if (file.Length == rows) file.CopyTo(scales);
                 else scales.Fill(file[0]);
                 w.CopyFromHostAsync(scaled.Scales + (ulong)(4L * place.Row), stage.Ptr, 4L * rows, stream);
-                free.Record(stream);
-                slot ^= 1;
+                Release();
             }
         }
         stream.Synchronize();
