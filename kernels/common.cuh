@@ -84,6 +84,20 @@ QWQ_DEVICE float block_sum(float v, float* scratch) {
     return total;
 }
 
+// Split-k across blocks, one warp per tile: after a warp has written its partial sums it takes the tile's ticket.
+// True for the warp that arrives last, which then adds every split's partial in split order and resets the ticket.
+// The fences order this warp's partial writes before its ticket, and the other splits' writes before the last
+// warp's reads.
+QWQ_DEVICE bool warp_takes_last_ticket(int* ticket, int splits) {
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if ((threadIdx.x & 31) == 0) last = atomicAdd(ticket, 1) == splits - 1;
+    last = __shfl_sync(0xFFFFFFFFu, last, 0);
+    if (last) __threadfence();
+    return last;
+}
+
 // ---- grid-stride helpers ------------------------------------------------------------------------------
 QWQ_DEVICE uint64_t global_thread_index() {
     return (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;

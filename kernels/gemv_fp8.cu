@@ -85,13 +85,7 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
                 mine[m * 16 + 8 + g] = acc[m][1];
             }
         }
-        __threadfence();
-        __syncwarp();
-        int last = 0;
-        if (lane == 0) last = atomicAdd(tickets + tile, 1) == splits - 1;
-        last = __shfl_sync(0xFFFFFFFFu, last, 0);
-        if (!last) return;
-        __threadfence();
+        if (!warp_takes_last_ticket(tickets + tile, splits)) return;
         const float* all = part + (size_t)tile * splits * (16 * M);
 #pragma unroll
         for (int m = 0; m < M; ++m)

@@ -95,13 +95,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
         for (int j = 0; j < NB; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32 + lane] = c[j][e];  // fragment order: coalesced
-        __threadfence();
-        __syncwarp();
-        int last = 0;
-        if (lane == 0) last = atomicAdd(tickets + tile, 1) == splits - 1;
-        last = __shfl_sync(0xFFFFFFFFu, last, 0);
-        if (!last) return;
-        __threadfence();
+        if (!warp_takes_last_ticket(tickets + tile, splits)) return;
         const float* all = part + (size_t)tile * splits * kOut;
 #pragma unroll
         for (int j = 0; j < NB; ++j)
