@@ -108,6 +108,8 @@ public enum QuantizeMode
     None,
     /// <summary>FP8 E4M3, one fp32 scale per output channel (amax / 448), rounded to nearest.</summary>
     Fp8,
+    /// <summary>INT4, round-to-nearest, group 128, asymmetric.</summary>
+    Int4,
 }
 
 /// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>
