@@ -28,30 +28,23 @@ __device__ __host__ __forceinline__ int int4_bit(int kk) {
 
 // ---- scales and zero points -----------------------------------------------------------------------------------------
 // One 32-bit word per (group, row), group-major ([groups, rows padded to 16]) so a tile's 16 rows of one group are 64
-// contiguous bytes: the fp16 scale in the low half, and in the high half the bf16 bits of 128 + z, which is what the
-// dequantization below subtracts (exact: bf16 holds 128..143 exactly).
+// contiguous bytes: the fp16 scale in the low half, and in the high half the bf16 bits of -(128 + z) (exact: bf16 holds
+// 128..143). The GEMV multiplies (128 + q), which one LOP3 makes from a nibble, and adds -(128 + z) times the same x
+// through a second mma, so no per-element subtraction is needed.
 __device__ __host__ __forceinline__ uint32_t int4_pack_scale_zero(uint16_t scale_fp16_bits, int zero) {
-    // bf16 of 128 + z: sign 0, exponent 127 + 7, mantissa z << 3 (7 mantissa bits, ulp 1 at 128)
-    return (uint32_t)scale_fp16_bits | ((uint32_t)(0x4300 | zero) << 16);
+    // bf16 of -(128 + z): sign 1, exponent 127 + 7, mantissa z << 3 (7 mantissa bits, ulp 1 at 128)
+    return (uint32_t)scale_fp16_bits | ((uint32_t)(0xC300 | zero) << 16);
 }
+__device__ __forceinline__ int int4_zero(uint32_t sz) { return (int)((sz >> 16) & 0xFu); }
 
-// The bf16x2 pair (z', z') with z' = -(128 + z), to be added to (128 + q) pairs.
-__device__ __forceinline__ uint32_t int4_neg_zero_pair(uint32_t sz) {
-    const uint32_t hi = sz & 0xFFFF0000u;
-    return (hi | (hi >> 16)) ^ 0x80008000u;
-}
+// The bf16x2 pair (-(128 + z), -(128 + z)).
+__device__ __forceinline__ uint32_t int4_neg_zero_pair(uint32_t sz) { return __byte_perm(sz, 0, 0x3232); }
 __device__ __forceinline__ float int4_scale(uint32_t sz) {
     return __half2float(__ushort_as_half((unsigned short)(sz & 0xFFFFu)));
 }
 
-// Word of 8 codes -> 4 bf16x2 pairs (q - z) (exact small integers): pair p holds the nibbles at bits 4p and 16 + 4p.
-// (q | 0x4300) is the bf16 of 128 + q; adding -(128 + z) is exact.
-__device__ __forceinline__ void int4x8_to_bf16x8(uint32_t v, uint32_t neg_zero, uint32_t (&out)[4]) {
-    const __nv_bfloat162 nz = *reinterpret_cast<const __nv_bfloat162*>(&neg_zero);
+// Word of 8 codes -> 4 bf16x2 pairs (128 + q) (exact): pair p holds the nibbles at bits 4p and 16 + 4p.
+__device__ __forceinline__ void int4x8_to_bf16x8_biased(uint32_t v, uint32_t (&out)[4]) {
 #pragma unroll
-    for (int p = 0; p < 4; ++p) {
-        uint32_t t = ((v >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
-        __nv_bfloat162 r = __hadd2(*reinterpret_cast<__nv_bfloat162*>(&t), nz);
-        out[p] = *reinterpret_cast<uint32_t*>(&r);
-    }
+    for (int p = 0; p < 4; ++p) out[p] = ((v >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
 }

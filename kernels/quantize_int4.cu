@@ -102,7 +102,7 @@ extern "C" __global__ void dequantize_int4_rows(const uint8_t* __restrict__ src,
         const uint32_t v = *reinterpret_cast<const uint32_t*>(src + int4_word_offset(row, kk, k));
         const uint32_t s_z = sz[(size_t)(kk / group) * n_pad + row];
         const float s = int4_scale(s_z);
-        const int z = (int)((s_z >> 16) & 0xF);
+        const int z = int4_zero(s_z);
         float f[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) f[e] = (float)((int)((v >> int4_bit(e)) & 0xFu) - z) * s;

@@ -143,6 +143,7 @@ internal sealed class LinearOps : IDisposable
             int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
             Choice? slice = Chosen(w, n);
             int splits = slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors);
+            if (w.Kind == WeightKind.Int4Awq) splits = Math.Min(splits, w.In / w.Group); // int4 splits fall on group boundaries
             ulong xs = x + (ulong)(2L * r0 * w.In), ys = y + (ulong)(4L * r0 * w.Out);
             if (w.Kind == WeightKind.Int4Awq)
                 _int4!.Gemv(s, w.Weight, w.Scales, xs, ys, n, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
@@ -209,7 +210,7 @@ internal sealed class LinearOps : IDisposable
                 else if (w0.Kind == WeightKind.Int4Awq)
                 {
                     if (_int4 is null || rows > Int4Ops.MaxRows) continue;
-                    foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                    foreach (int splits in Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows))
                         Try(new Choice(Path.TensorCore, splits), l => _int4.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, l.Group, accumulate, _tcWorkspace.Ptr, splits));
                     if (choice is { } int4Choice) _choices[(w0.Kind, w0.Out, w0.In, rows)] = int4Choice;
                     continue;

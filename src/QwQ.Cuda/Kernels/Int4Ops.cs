@@ -12,9 +12,15 @@ namespace QwQ.Cuda.Kernels;
 /// </summary>
 internal sealed class Int4Ops
 {
-    [KernelEntry] public const string GemvN8Entry = "gemv_int4_n8";
-    [KernelEntry] public const string GemvN16Entry = "gemv_int4_n16";
-    [KernelEntry] public const string GemvN32Entry = "gemv_int4_n32";
+    [KernelEntry] public const string GemvN8G64Entry = "gemv_int4_n8_g64";
+    [KernelEntry] public const string GemvN16G64Entry = "gemv_int4_n16_g64";
+    [KernelEntry] public const string GemvN32G64Entry = "gemv_int4_n32_g64";
+    [KernelEntry] public const string GemvN8G128Entry = "gemv_int4_n8_g128";
+    [KernelEntry] public const string GemvN16G128Entry = "gemv_int4_n16_g128";
+    [KernelEntry] public const string GemvN32G128Entry = "gemv_int4_n32_g128";
+    [KernelEntry] public const string GemvN8G256Entry = "gemv_int4_n8_g256";
+    [KernelEntry] public const string GemvN16G256Entry = "gemv_int4_n16_g256";
+    [KernelEntry] public const string GemvN32G256Entry = "gemv_int4_n32_g256";
     [KernelEntry] public const string QuantizeEntry = "quantize_int4_rows";
     [KernelEntry] public const string RepackAwqEntry = "repack_awq_rows";
     [KernelEntry] public const string DequantizeEntry = "dequantize_int4_rows";
@@ -29,13 +35,18 @@ internal sealed class Int4Ops
     public const int MaxRows = TensorCoreGemvOps.MaxRows;
     private const int Threads = 256;
 
-    private readonly CudaKernel[] _gemv; // n8, n16, n32
+    private readonly CudaKernel[,] _gemv; // [group 64, 128, 256][n8, n16, n32]: the group size is compiled in
     private readonly CudaKernel _quantize, _repackAwq, _dequantize;
 
     public Int4Ops(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
-        _gemv = [lib.GetKernel(GemvN8Entry), lib.GetKernel(GemvN16Entry), lib.GetKernel(GemvN32Entry)];
+        _gemv = new[,]
+        {
+            { lib.GetKernel(GemvN8G64Entry), lib.GetKernel(GemvN16G64Entry), lib.GetKernel(GemvN32G64Entry) },
+            { lib.GetKernel(GemvN8G128Entry), lib.GetKernel(GemvN16G128Entry), lib.GetKernel(GemvN32G128Entry) },
+            { lib.GetKernel(GemvN8G256Entry), lib.GetKernel(GemvN16G256Entry), lib.GetKernel(GemvN32G256Entry) },
+        };
         _quantize = lib.GetKernel(QuantizeEntry);
         _repackAwq = lib.GetKernel(RepackAwqEntry);
         _dequantize = lib.GetKernel(DequantizeEntry);
@@ -69,8 +80,16 @@ internal sealed class Int4Ops
         return 4 * ((e & 7) >> 1) + 16 * (e & 1);
     }
 
-    /// <summary>The scale/zero word: fp16 scale in the low half, bf16 of 128 + z in the high half.</summary>
-    public static uint PackScaleZero(Half scale, int zero) => BitConverter.HalfToUInt16Bits(scale) | ((uint)(0x4300 | zero) << 16);
+    /// <summary>The scale/zero word: fp16 scale in the low half, bf16 of −(128 + z) in the high half.</summary>
+    public static uint PackScaleZero(Half scale, int zero) => BitConverter.HalfToUInt16Bits(scale) | ((uint)(0xC300 | zero) << 16);
+
+    /// <summary>Whether <paramref name="splits"/> fits the workspace (<see cref="TensorCoreGemvOps.SplitsFit"/>) and splits on group boundaries.</summary>
+    public static bool SplitsFit(int n, int k, int group, int rows, int splits) =>
+        splits <= k / group && TensorCoreGemvOps.SplitsFit(n, k, rows, splits);
+
+    /// <summary>Split counts the load-time tuner tries for this shape.</summary>
+    public static IEnumerable<int> SplitCandidates(int n, int k, int group, int rows) =>
+        TensorCoreGemvOps.SplitCandidates(n, k, rows).Where(s => s <= k / group);
 
     /// <summary>
     /// Row-major codes [n, k] (0..15), scales and zeros [k / group, n] → the device images: codes in the int4 layout
@@ -99,7 +118,7 @@ internal sealed class Int4Ops
     /// <summary>
     /// y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="rows"/>), rows 1..32, W int4 [n, k] (codes at <paramref name="w"/>,
     /// scale/zero words at <paramref name="scaleZero"/>), x bf16 [rows, k], y fp32 [rows, n]. The workspace and split
-    /// rules are the tensor-core GEMV's (<see cref="TensorCoreGemvOps.SplitsFit"/>). Deterministic.
+    /// rules are the tensor-core GEMV's, and splits start on group boundaries (<see cref="SplitsFit"/>). Deterministic.
     /// </summary>
     public unsafe void Gemv(CudaStream s, ulong w, ulong scaleZero, ulong x, ulong y, int rows, int n, int k, int group,
         bool accumulate, ulong workspace, int splits)
@@ -113,12 +132,12 @@ internal sealed class Int4Ops
         if (rows < 1 || rows > MaxRows) throw new ArgumentException($"rows must be in [1, {MaxRows}] (got {rows}).", nameof(rows));
         LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
-        if (!TensorCoreGemvOps.SplitsFit(n, k, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, rows = {rows}.", nameof(splits));
+        if (!SplitsFit(n, k, group, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, group {group}, rows = {rows}.", nameof(splits));
         uint blocks = (uint)((n + 4 * TileRows - 1) / (4 * TileRows));
         ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
-        int acc = accumulate ? 1 : 0, chunksPerGroup = group / KMultiple;
-        void** args = stackalloc void*[] { &w, &scaleZero, &x, &y, &part, &tickets, &n, &k, &rows, &chunksPerGroup, &acc };
-        _gemv[Variant(rows)].Launch(new Dim3(blocks, (uint)splits), new Dim3(128), 0, s, args);
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &w, &scaleZero, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
+        _gemv[System.Numerics.BitOperations.Log2((uint)group) - 6, Variant(rows)].Launch(new Dim3(blocks, (uint)splits), new Dim3(128), 0, s, args);
     }
 
     /// <summary>

@@ -53,7 +53,7 @@ public sealed class Int4KernelTests : KernelTestBase
         var dx = UploadBf16(x);
         var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
         ws.Memset32(0, Stream);
-        int splits = splitCount ?? TensorCoreGemvOps.DefaultSplits(n, k, rows, Context.MultiprocessorCount);
+        int splits = splitCount ?? Math.Min(k / group, TensorCoreGemvOps.DefaultSplits(n, k, rows, Context.MultiprocessorCount));
         float[] Run()
         {
             var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
@@ -81,8 +81,9 @@ public sealed class Int4KernelTests : KernelTestBase
     [Test]
     public void GemvEverySplitCountMatchesCpu([Values(1, 32)] int rows)
     {
-        foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, rows))
-            Check(rows, 1001, 2048, 128, accumulate: true, splits);
+        foreach (int group in new[] { 64, 128, 256 })
+            foreach (int splits in Int4Ops.SplitCandidates(1001, 2048, group, rows))
+                Check(rows, 1001, 2048, group, accumulate: true, splits);
     }
 
     [TestCase(7168, 5120, false, TestName = "Int4_QkvProj_7168x5120")]
@@ -154,7 +155,7 @@ public sealed class Int4KernelTests : KernelTestBase
             {
                 uint word = sz[g * pad + row0 + r];
                 Assert.That(BitConverter.UInt16BitsToHalf((ushort)word), Is.EqualTo(scales[g * rows + r]), $"scale of row {r} group {g}");
-                Assert.That((int)(word >> 16), Is.EqualTo(0x4300 | zeros[g * rows + r]), $"zero word of row {r} group {g}");
+                Assert.That((int)(word >> 16), Is.EqualTo(0xC300 | zeros[g * rows + r]), $"zero word of row {r} group {g}");
             }
             for (int j = 0; j < k; j++)
             {

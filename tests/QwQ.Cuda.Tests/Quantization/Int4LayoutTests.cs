@@ -50,11 +50,11 @@ public sealed class Int4LayoutTests
     }
 
     [Test]
-    public void ScaleZeroWordHoldsTheFp16ScaleAndBf16Of128PlusZero()
+    public void ScaleZeroWordHoldsTheFp16ScaleAndBf16OfMinus128MinusZero()
     {
         uint word = Int4Ops.PackScaleZero((Half)0.0123f, 11);
         Assert.That(BitConverter.UInt16BitsToHalf((ushort)word), Is.EqualTo((Half)0.0123f));
         float high = BitConverter.UInt32BitsToSingle(word & 0xFFFF0000u); // bf16 bits → fp32
-        Assert.That(high, Is.EqualTo(128f + 11));
+        Assert.That(high, Is.EqualTo(-(128f + 11)));
     }
 }
