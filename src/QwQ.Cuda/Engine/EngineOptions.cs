@@ -56,8 +56,8 @@ public sealed record EngineOptions
     /// Quantize a bf16 checkpoint's (or synthetic) layer weights while they load: <see cref="QuantizeMode.Fp8"/>
     /// stores e4m3 with one scale per output channel (half the bytes per token); <see cref="QuantizeMode.Int4"/> 4-bit
     /// codes with a scale and zero point per 128 inputs (<c>Int4Rtn</c>; about a quarter). The CPU reference computes
-    /// with the same weights, dequantized. Checkpoints that are already quantized load as they are (the CPU reference
-    /// refuses <see cref="QuantizeMode.Int4"/> on them).
+    /// with the same weights, dequantized. Checkpoints that are already quantized load as they are
+    /// (<see cref="QuantizeMode.Int4"/> is refused on FP8 ones).
     /// </summary>
     public QuantizeMode Quantize { get; init; }
 

@@ -77,7 +77,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
         RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition); // a bad option fails before the weights load
-        if (options.Quantize == QuantizeMode.Int4) EnsureInt4Applies(config);
+        bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (total > available / 2)
@@ -96,7 +96,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             weights = CpuWeights.Load(checkpoint, config);
         }
         if (options.Quantize == QuantizeMode.Fp8) weights = QuantizeFp8(weights);
-        else if (options.Quantize == QuantizeMode.Int4) weights = QuantizeInt4(weights);
+        else if (int4) weights = QuantizeInt4(weights);
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
         return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
@@ -123,34 +123,34 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// --quantize int4 on the reference: every layer's linear weight quantized by <see cref="Int4Rtn"/> (round to
     /// nearest, a scale and zero point per 128 inputs of a row) and dequantized back to fp32, the weights the GPU's
     /// int4 layers stand for (its quantizer computes the same codes, scales and zeros). Embedding, norms, biases and
-    /// lm_head stay as they are. <see cref="EnsureInt4Applies"/> first: this throws on sizes the group does not divide.
+    /// lm_head stay as they are. Call <see cref="Int4Applies"/> first: this throws on sizes the group does not divide.
     /// </summary>
     internal static CpuWeights QuantizeInt4(CpuWeights w) =>
         w.WithLayerLinears(static (m, rows, cols) => Int4Rtn.RoundTrip(m, rows, cols, Int4Rtn.DefaultGroupSize));
 
     /// <summary>
-    /// Refuses --quantize int4 where it cannot apply, before any weight loads: a checkpoint that is already quantized
-    /// (re-quantizing its dequantized weights would stack a second rounding on the first: it runs as it is without
-    /// --quantize), or a layer input size (hidden, q, intermediate) the group of 128 does not divide.
+    /// Whether --quantize int4 quantizes this model's weights, as the GPU engine decides (<c>CudaBackend.LinearKind</c>),
+    /// before any weight loads: a bf16 one yes, when the group of 128 divides every layer input size (hidden, q,
+    /// intermediate; refused otherwise); an AWQ checkpoint is INT4 already and runs as it is (false: not rounded a
+    /// second time); an FP8 one (or any other quantized layout) is refused.
     /// </summary>
-    internal static void EnsureInt4Applies(ModelConfig config)
+    internal static bool Int4Applies(ModelConfig config)
     {
         switch (config.Quantization)
         {
             case null:
-                break;
+                int? bad = new[] { config.HiddenSize, config.QDim, config.IntermediateSize }
+                    .Where(k => k % Int4Rtn.DefaultGroupSize != 0).Select(k => (int?)k).FirstOrDefault();
+                if (bad is int k)
+                    throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {Int4Rtn.DefaultGroupSize}, " +
+                                              $"and this model has one of {k}; run it in bf16 or with --quantize fp8");
+                return true;
             case AwqQuantizationConfig:
-                throw new OptionException($"--quantize int4 quantizes bf16 checkpoints, and this one is already {config.Quantization.Description}: " +
-                                          "drop --quantize to run its calibrated weights as they are");
+                return false; // --quantize int4 on an AWQ checkpoint asks for what it is
             default:
-                throw new OptionException($"--quantize int4 quantizes bf16 checkpoints, and this one is already {config.Quantization.Description}: " +
-                                          "drop --quantize to run it as it is, or start from the bf16 checkpoint");
+                throw new OptionException($"--quantize int4 takes a bf16 checkpoint, and this one is already {config.Quantization.Description}; " +
+                                          "drop --quantize, or use the bf16 or AWQ checkpoint");
         }
-        int? bad = new[] { config.HiddenSize, config.QDim, config.IntermediateSize }
-            .Where(k => k % Int4Rtn.DefaultGroupSize != 0).Select(k => (int?)k).FirstOrDefault();
-        if (bad is int k)
-            throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {Int4Rtn.DefaultGroupSize}, " +
-                                      $"and this model has one of {k}; run it in bf16 or with --quantize fp8");
     }
 
     public ModelConfig Config { get; }
