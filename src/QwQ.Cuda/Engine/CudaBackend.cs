@@ -83,14 +83,16 @@ public sealed class CudaBackend : IModelBackend
             var decodeLt = options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
             Weights = Own(ModelWeights.Allocate(config, linearKind));
             Fp8Ops? fp8 = linearKind == WeightKind.Fp8 ? new Fp8Ops(lib) : null;
+            Int4Ops? int4 = linearKind == WeightKind.Int4Awq ? new Int4Ops(lib) : null;
+            var quantizers = new WeightUploader.Quantizers(fp8, int4);
             // bf16 scratch for quantized kinds: where loads stage rows before quantizing them, and where prefill-sized
             // products expand a layer's weight for the bf16 tensor cores.
             long scratchBytes = ModelWeights.ScratchBytes(config, linearKind);
             DeviceBuffer? scratch = scratchBytes > 0 ? Own(DeviceBuffer.Allocate(scratchBytes)) : null;
             if (checkpoint is not null)
-                WeightUploader.Upload(checkpoint, config, Weights, Stream, fp8, scratch, progress, ct);
+                WeightUploader.Upload(checkpoint, config, Weights, Stream, quantizers, scratch, progress, ct);
             else
-                SyntheticWeights.Fill(Weights, config, new InitOps(lib), fp8, scratch, Stream, options.SyntheticSeed, progress, ct);
+                SyntheticWeights.Fill(Weights, config, new InitOps(lib), quantizers, scratch, Stream, options.SyntheticSeed, progress, ct);
             checkpoint?.Dispose();
 
             Workspace = Own(new Workspace(config, options.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
@@ -99,7 +101,7 @@ public sealed class CudaBackend : IModelBackend
             var invFreq = Own(DeviceBuffer.FromHost<float>(rope.InverseFrequencies));
             Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             var kernels = new KernelSet(lib, Context.MultiprocessorCount);
-            var linear = Own(new LinearOps(kernels.Gemv, new TensorCoreGemvOps(lib), fp8, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows,
+            var linear = Own(new LinearOps(kernels.Gemv, new TensorCoreGemvOps(lib), fp8, int4, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows,
                 Context.MultiprocessorCount, scratch?.Ptr ?? 0));
             _kernels = kernels;
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
@@ -127,24 +129,41 @@ public sealed class CudaBackend : IModelBackend
         // A layer input size (hidden, q, intermediate) the fp8 kernels' 64-k chunks do not divide, or null.
         static int? InputSizeFp8CannotTake(ModelConfig c) =>
             new[] { c.HiddenSize, c.QDim, c.IntermediateSize }.Where(k => k % Fp8Ops.KMultiple != 0).Select(k => (int?)k).FirstOrDefault();
+        // Likewise for the int4 kernels with this group size.
+        static int? InputSizeInt4CannotTake(ModelConfig c, int group) =>
+            new[] { c.HiddenSize, c.QDim, c.IntermediateSize }.Where(k => !Int4Ops.Supports(k, group)).Select(k => (int?)k).FirstOrDefault();
 
         switch (config.Quantization)
         {
-            case null:
-                if (options.Quantize != QuantizeMode.Fp8) return WeightKind.Bf16;
+            case null when options.Quantize == QuantizeMode.Fp8:
                 if (InputSizeFp8CannotTake(config) is int bad)
                     throw new OptionException($"--quantize fp8 needs every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
                 return WeightKind.Fp8;
+            case null when options.Quantize == QuantizeMode.Int4:
+                if (InputSizeInt4CannotTake(config, LinearWeight.Int4GroupSize) is int notGrouped)
+                    throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {LinearWeight.Int4GroupSize}, " +
+                                              $"and this model has one of {notGrouped}; run it in bf16 or with --quantize fp8");
+                return WeightKind.Int4Awq;
+            case null:
+                return WeightKind.Bf16;
             case Fp8QuantizationConfig:
+                if (options.Quantize == QuantizeMode.Int4)
+                    throw new OptionException("--quantize int4 takes a bf16 checkpoint, and this one is already FP8; drop --quantize, or use the bf16 or AWQ checkpoint");
                 if (QuantizedTensorNames.OutputProjection(config) is Fp8LinearTensors)
                     throw new OptionException("this FP8 checkpoint quantizes lm_head too; the GPU engine keeps lm_head in bf16 and loads " +
                                               "FP8 checkpoints whose quantization_config lists lm_head in \"ignore\" (llm-compressor's default)");
                 if (InputSizeFp8CannotTake(config) is int odd)
                     throw new OptionException($"this FP8 checkpoint has a layer input size of {odd}; the GPU engine's fp8 kernels need multiples of {Fp8Ops.KMultiple}");
                 return WeightKind.Fp8; // --quantize fp8 on an fp8 checkpoint asks for what it is
-            case AwqQuantizationConfig:
-                throw new OptionException("INT4 AWQ checkpoints run on the CPU reference only for now (--backend cpu): the GPU engine " +
-                                          "has no INT4 kernels yet. For a smaller model on the GPU, use the bf16 checkpoint with --quantize fp8.");
+            case AwqQuantizationConfig awq:
+                if (options.Quantize == QuantizeMode.Fp8)
+                    throw new OptionException("--quantize fp8 takes a bf16 checkpoint, and this one is already INT4 (AWQ); drop --quantize, or use the bf16 checkpoint");
+                if (!Int4Ops.Supports(64 * awq.GroupSize, awq.GroupSize))
+                    throw new OptionException($"this AWQ checkpoint groups {awq.GroupSize} inputs per scale; the GPU engine's int4 kernels take groups of " +
+                                              $"{Int4Ops.KMultiple} to {Int4Ops.MaxGroup} (QwQ-32B-AWQ uses 128); run it with --backend cpu");
+                if (InputSizeInt4CannotTake(config, awq.GroupSize) is int odd4)
+                    throw new OptionException($"this AWQ checkpoint has a layer input size of {odd4}; the GPU engine's int4 kernels need multiples of {Int4Ops.KMultiple} and of the group size");
+                return WeightKind.Int4Awq; // --quantize int4 on an AWQ checkpoint asks for what it is
             default:
                 throw new OptionException($"{config.Quantization.Description} checkpoints are not supported on the GPU engine");
         }

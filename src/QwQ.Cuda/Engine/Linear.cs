@@ -11,9 +11,9 @@ public enum WeightKind
     /// <summary>e4m3 [out, in] with one fp32 scale per output row (per channel), in the tile layout of kernels/fp8.cuh.</summary>
     Fp8,
     /// <summary>
-    /// AutoAWQ INT4, for memory planning only: no kernels yet (<see cref="LinearOps.Apply"/> refuses it and the engine
-    /// never loads it). Sized as the GPU would hold it: 4-bit codes [out, in] packed two per byte, and per output row and
-    /// group of <see cref="LinearWeight.Int4GroupSize"/> inputs an fp32 scale and a 4-byte zero word.
+    /// INT4 in AutoAWQ's format (an AWQ checkpoint's weights, or <c>--quantize int4</c>): 4-bit codes [out, in] in the
+    /// int4 layout of kernels/int4.cuh, and per group of <see cref="LinearWeight.Group"/> inputs and output row an fp16
+    /// scale and a zero point in one 32-bit word; w = (q − z) · s.
     /// </summary>
     Int4Awq,
 }
@@ -21,16 +21,18 @@ public enum WeightKind
 /// <summary>
 /// A linear layer's weight on the device: y[rows, Out] (+)= x[rows, In] · Wᵀ, W in HF's [out, in] layout. It knows
 /// its kind, shape and scales, so the forward pass never repeats a size (candle's typed linear; gpt-fast swaps the
-/// layer). <see cref="Scales"/>: fp32 [Out] for <see cref="WeightKind.Fp8"/>, 0 for bf16.
+/// layer). <see cref="Scales"/>: fp32 [Out] for <see cref="WeightKind.Fp8"/>; for <see cref="WeightKind.Int4Awq"/> the
+/// scale/zero words [In / Group, Out rounded up to 16]; 0 for bf16. <see cref="Group"/>: INT4 inputs per scale.
 /// </summary>
-internal readonly record struct LinearWeight(ulong Weight, int Out, int In, WeightKind Kind = WeightKind.Bf16, ulong Scales = 0)
+internal readonly record struct LinearWeight(ulong Weight, int Out, int In, WeightKind Kind = WeightKind.Bf16, ulong Scales = 0,
+    int Group = LinearWeight.Int4GroupSize)
 {
     /// <summary>Bytes of the weight matrix itself.</summary>
     public long Bytes => Kind switch
     {
         WeightKind.Bf16 => 2L * Out * In,
         WeightKind.Fp8 => Fp8Ops.TiledBytes(Out, In),
-        WeightKind.Int4Awq => ((long)Out * In + 1) / 2,
+        WeightKind.Int4Awq => Int4Ops.CodeBytes(Out, In),
         _ => throw new NotSupportedException(Kind.ToString()),
     };
 
@@ -38,11 +40,11 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
     public long ScaleBytes => Kind switch
     {
         WeightKind.Fp8 => 4L * Out,
-        WeightKind.Int4Awq => 8L * Out * ((In + Int4GroupSize - 1) / Int4GroupSize),
+        WeightKind.Int4Awq => Int4Ops.ScaleZeroBytes(Out, In, Group),
         _ => 0,
     };
 
-    /// <summary>Inputs per INT4 scale group: QwQ-32B-AWQ's 128 (a planning assumption; the checkpoint's group size may differ).</summary>
+    /// <summary>Inputs per INT4 scale group by default: QwQ-32B-AWQ's and <c>--quantize int4</c>'s 128.</summary>
     public const int Int4GroupSize = 128;
 }
 
@@ -52,7 +54,8 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
 /// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
 /// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is
-/// FLOP-bound, so the copy costs only its bytes). Output is fp32; <c>accumulate</c> adds into it (the residual
+/// FLOP-bound, so the copy costs only its bytes). int4: the int4 tensor-core GEMV up to 32 rows (in slices up to 128)
+/// at the tuned split count, above that the same bf16 detour. Output is fp32; <c>accumulate</c> adds into it (the residual
 /// stream), which is also where a tensor-parallel all-reduce would complete a partial sum.
 /// </summary>
 internal sealed class LinearOps : IDisposable
@@ -63,6 +66,7 @@ internal sealed class LinearOps : IDisposable
     private readonly GemvOps _gemv;
     private readonly TensorCoreGemvOps _tc;
     private readonly Fp8Ops? _fp8;
+    private readonly Int4Ops? _int4;
     private readonly Cublas _blas;
     private readonly CublasLt? _lt;
     private readonly CublasLt? _decodeLt; // tuned per shape for decode batches (rows up to Workspace.MaxSequences)
@@ -73,19 +77,19 @@ internal sealed class LinearOps : IDisposable
     // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
     private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
 
-    public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Cublas blas, CublasLt? lt, CublasLt? decodeLt, int gemvMaxRows,
-        int? mmaMaxRows, int multiprocessors, ulong dequantScratch)
+    public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Int4Ops? int4, Cublas blas, CublasLt? lt, CublasLt? decodeLt,
+        int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch)
     {
-        (_gemv, _tc, _fp8, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors, _dequantScratch) =
-            (gemv, tc, fp8, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors, dequantScratch);
+        (_gemv, _tc, _fp8, _int4, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors, _dequantScratch) =
+            (gemv, tc, fp8, int4, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors, dequantScratch);
         _mmaWorkspace = DeviceBuffer.Allocate(GemvOps.MmaWorkspaceBytes(multiprocessors));
         _mmaWorkspace.Memset32(0);
         _tcWorkspace = DeviceBuffer.Allocate(TensorCoreGemvOps.WorkspaceBytes);
         _tcWorkspace.Memset32(0);
     }
 
-    /// <summary>fp8 products over at most this many rows run on the tensor-core GEMV in slices of 32 rows.</summary>
-    private const int SlicedFp8MaxRows = 128;
+    /// <summary>Quantized products over at most this many rows run on the tensor-core GEMVs in slices of 32 rows.</summary>
+    private const int SlicedMaxRows = 128;
 
     /// <summary>Rows padded to the batch size whose choice applies: 1, 2, 4, 8, 16, 32.</summary>
     private static int Padded(int rows) => rows <= 1 ? 1 : (int)Math.Min(32, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)rows));
@@ -105,27 +109,45 @@ internal sealed class LinearOps : IDisposable
             case WeightKind.Fp8 when _fp8 is not null:
                 if (chosen is { Path: Path.Gemv } gemv)
                     _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, gemv.Splits);
-                else if (rows <= SlicedFp8MaxRows)
-                {
-                    // Up to 128 rows, slices of 32 each read the fp8 weight once: at most 4 bytes per weight, still
-                    // less than expanding it to bf16 (1 read + 2 written + 2 read by the GEMM).
-                    for (int r0 = 0; r0 < rows; r0 += TensorCoreGemvOps.MaxRows)
-                    {
-                        int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
-                        Choice? slice = Chosen(w, n);
-                        _tc.Gemv(s, fp8: true, w.Weight, w.Scales, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, w.Out, w.In,
-                            accumulate, _tcWorkspace.Ptr, slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors),
-                            slice?.Lite ?? false);
-                    }
-                }
+                else if (rows <= SlicedMaxRows)
+                    ApplySliced(s, w, x, y, rows, accumulate);
                 else
                 {
                     _fp8.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
                     ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
                 }
                 break;
+            case WeightKind.Int4Awq when _int4 is not null:
+                if (rows <= SlicedMaxRows)
+                    ApplySliced(s, w, x, y, rows, accumulate);
+                else
+                {
+                    _int4.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.Out, w.In, w.Group);
+                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
+                }
+                break;
             default:
                 throw new NotSupportedException($"{w.Kind} weights have no kernel here");
+        }
+    }
+
+    /// <summary>
+    /// A quantized product over up to 128 rows on the tensor-core GEMV, in slices of 32 rows: each slice reads the
+    /// weight once, at most 4 reads of fp8 (4 bytes per weight) or int4 (2 bytes), still less than expanding it to
+    /// bf16 (a read, 2 bytes written and 2 read again by the GEMM).
+    /// </summary>
+    private void ApplySliced(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        for (int r0 = 0; r0 < rows; r0 += TensorCoreGemvOps.MaxRows)
+        {
+            int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
+            Choice? slice = Chosen(w, n);
+            int splits = slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors);
+            ulong xs = x + (ulong)(2L * r0 * w.In), ys = y + (ulong)(4L * r0 * w.Out);
+            if (w.Kind == WeightKind.Int4Awq)
+                _int4!.Gemv(s, w.Weight, w.Scales, xs, ys, n, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
+            else
+                _tc.Gemv(s, fp8: true, w.Weight, w.Scales, xs, ys, n, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, slice?.Lite ?? false);
         }
     }
 
@@ -183,6 +205,14 @@ internal sealed class LinearOps : IDisposable
                     if (rows <= GemvOps.MaxMmaBatch && w0.In % GemvOps.MmaChunk == 0)
                         foreach (int splits in GemvOps.MmaSplitCandidates(w0.Out, w0.In, _multiprocessors))
                             Try(new Choice(Path.MmaBf16, splits), l => _gemv.GemvMma(s, l.Weight, x, y, rows, l.Out, l.In, accumulate, _mmaWorkspace.Ptr, _multiprocessors, splits));
+                }
+                else if (w0.Kind == WeightKind.Int4Awq)
+                {
+                    if (_int4 is null || rows > Int4Ops.MaxRows) continue;
+                    foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                        Try(new Choice(Path.TensorCore, splits), l => _int4.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, l.Group, accumulate, _tcWorkspace.Ptr, splits));
+                    if (choice is { } int4Choice) _choices[(w0.Kind, w0.Out, w0.In, rows)] = int4Choice;
+                    continue;
                 }
                 else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
                 else if (rows <= Fp8Ops.MaxGemvRows && _fp8 is not null)

@@ -37,8 +37,7 @@ public sealed record MemoryTableRow(
 
 /// <summary>
 /// The memory plan of every weight kind (bf16, fp8, int4-awq) on one card: "does it fit, and with how much context".
-/// Each row is <see cref="MemoryPlan.Create"/> for that kind, so the numbers are what a load would pick (int4-awq's
-/// are what it would pick if the engine had INT4 kernels, with the byte model of <see cref="WeightKind.Int4Awq"/>).
+/// Each row is <see cref="MemoryPlan.Create"/> for that kind, so the numbers are what a load would pick.
 /// </summary>
 public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<MemoryTableRow> Rows)
 {
@@ -129,7 +128,17 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
                     return (GpuSupport.No, $"no: {e.Message}");
                 }
             default:
-                return (GpuSupport.Planned, "planned: no INT4 GPU kernels yet, CPU reference only (--backend cpu)");
+                try
+                {
+                    // An AWQ checkpoint as it is; any other model as its bf16 release under --quantize int4.
+                    var asked = c.Quantization is AwqQuantizationConfig ? c : c with { Quantization = null };
+                    CudaBackend.LinearKind(asked, new EngineOptions { Quantize = QuantizeMode.Int4 });
+                    return (GpuSupport.Yes, c.Quantization is AwqQuantizationConfig ? "yes" : "yes (--quantize int4, or an AWQ checkpoint)");
+                }
+                catch (OptionException e)
+                {
+                    return (GpuSupport.No, $"no: {e.Message}");
+                }
         }
     }
 }

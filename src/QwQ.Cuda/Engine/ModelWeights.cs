@@ -34,9 +34,10 @@ internal sealed class ModelWeights : IDisposable
         LinearKind = kind;
         Embedding = arena.Take(EmbeddingBytes(c));
         Layers = new LayerWeights[c.NumHiddenLayers];
+        int group = Int4Group(c);
         LinearWeight Linear(int outFeatures, int inFeatures, WeightKind k)
         {
-            var shape = new LinearWeight(0, outFeatures, inFeatures, k);
+            var shape = new LinearWeight(0, outFeatures, inFeatures, k, Group: group);
             ulong weight = arena.Take(shape.Bytes);
             return shape with { Weight = weight, Scales = shape.ScaleBytes > 0 ? arena.Take(shape.ScaleBytes) : 0 };
         }
@@ -57,15 +58,19 @@ internal sealed class ModelWeights : IDisposable
 
     private static long EmbeddingBytes(ModelConfig c) => 2L * c.VocabSize * c.HiddenSize;
 
+    /// <summary>Inputs per scale of int4 weights: an AWQ checkpoint's group size, else 128 (--quantize int4).</summary>
+    public static int Int4Group(ModelConfig c) => c.Quantization is AwqQuantizationConfig awq ? awq.GroupSize : LinearWeight.Int4GroupSize;
+
     /// <summary>
     /// Device bytes the weights take with linear weights of <paramref name="kind"/> (with alignment padding): the same
     /// sizes, in the same order, as the constructor takes.
     /// </summary>
     public static long DeviceBytes(ModelConfig c, WeightKind kind = WeightKind.Bf16)
     {
+        int group = Int4Group(c);
         IEnumerable<long> Linear(int outFeatures, int inFeatures, WeightKind k)
         {
-            var w = new LinearWeight(0, outFeatures, inFeatures, k);
+            var w = new LinearWeight(0, outFeatures, inFeatures, k, Group: group);
             return w.ScaleBytes > 0 ? [w.Bytes, w.ScaleBytes] : [w.Bytes];
         }
         var sizes = new List<long> { EmbeddingBytes(c) };

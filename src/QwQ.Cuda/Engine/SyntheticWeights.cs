@@ -15,9 +15,9 @@ internal static class SyntheticWeights
 
     /// <summary>
     /// Fills every weight. Quantized linear weights are generated in bf16 into <paramref name="scratch"/> (the same
-    /// values a bf16 model with this seed gets) and quantized into place, so fp8 and bf16 runs compare weight for weight.
+    /// values a bf16 model with this seed gets) and quantized into place, so quantized and bf16 runs compare weight for weight.
     /// </summary>
-    public static void Fill(ModelWeights w, ModelConfig c, InitOps init, Fp8Ops? fp8, DeviceBuffer? scratch, CudaStream s, ulong seed,
+    public static void Fill(ModelWeights w, ModelConfig c, InitOps init, WeightUploader.Quantizers quantizers, DeviceBuffer? scratch, CudaStream s, ulong seed,
         IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         long total = w.Bytes, done = 0;
@@ -37,7 +37,7 @@ internal static class SyntheticWeights
                 return;
             }
             Normal(scratch!.Ptr, (long)lw.Out * lw.In, 0, what);
-            WeightUploader.QuantizeRows(fp8, s, lw, scratch.Ptr, 0, lw.Out);
+            WeightUploader.QuantizeRows(quantizers, s, lw, scratch.Ptr, 0, lw.Out);
         }
 
         Normal(w.Embedding, (long)c.VocabSize * c.HiddenSize, 0, "embed_tokens");

@@ -3,6 +3,7 @@ using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Weights;
+using QwQ.Cuda.Weights.Quantization;
 
 namespace QwQ.Cuda.Engine;
 
@@ -14,7 +15,9 @@ namespace QwQ.Cuda.Engine;
 /// garbage. q/k/v and gate/up land side by side in their fused device matrices. When the model's linear weights are
 /// fp8, plain rows (--quantize fp8, or a layer an FP8 checkpoint left unquantized) go through a device bf16 scratch
 /// and are quantized on the GPU into place, and an FP8 checkpoint's codes are repacked there into the kernels' tile
-/// layout with their scales beside; no full-size copy exists anywhere.
+/// layout with their scales beside. int4 works the same way: plain rows (--quantize int4) are quantized on the GPU, and
+/// an AWQ layer's qweight, qzeros and scales are staged whole in the device scratch and repacked into the int4 layout.
+/// No full-size copy exists anywhere.
 /// </summary>
 internal static class WeightUploader
 {
@@ -24,15 +27,21 @@ internal static class WeightUploader
     /// Where a checkpoint tensor goes: <see cref="Dst"/> for bf16 data, or rows from <see cref="Row"/> of a
     /// quantized <see cref="Linear"/> (its weight and scales at that row).
     /// </summary>
-    internal readonly record struct Place(string Name, ulong Dst, LinearWeight? Linear = null, int Row = 0);
+    /// <see cref="Awq"/>: the layer's AWQ tensors, when the checkpoint stores it so (then <see cref="Name"/> is not in it).
+    internal readonly record struct Place(string Name, ulong Dst, LinearWeight? Linear = null, int Row = 0, AwqLinearTensors? Awq = null);
+
+    /// <summary>Kernels that write quantized weights: one per quantized kind the model has, else null.</summary>
+    internal readonly record struct Quantizers(Fp8Ops? Fp8, Int4Ops? Int4);
 
     /// <summary>Where each checkpoint tensor goes on the device, in checkpoint load order.</summary>
     internal static List<Place> Placement(ModelConfig c, ModelWeights w)
     {
         int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
+        // AWQ layers by their .weight name, which the checkpoint does not have (it has .qweight, .qzeros, .scales).
+        var awq = QuantizedTensorNames.Linears(c).OfType<AwqLinearTensors>().ToDictionary(l => TensorNames.Weight(l.Module));
         // Row r of a linear weight: a byte offset for bf16; for a quantized kind the rows are quantized into place.
         Place Rows(string name, LinearWeight lw, int row) =>
-            lw.Kind == WeightKind.Bf16 ? new Place(name, lw.Weight + (ulong)(2L * row * lw.In)) : new Place(name, 0, lw, row);
+            lw.Kind == WeightKind.Bf16 ? new Place(name, lw.Weight + (ulong)(2L * row * lw.In)) : new Place(name, 0, lw, row, awq.GetValueOrDefault(name));
         var list = new List<Place> { new(TensorNames.Embedding, w.Embedding) };
         for (int i = 0; i < c.NumHiddenLayers; i++)
         {
@@ -56,10 +65,13 @@ internal static class WeightUploader
     }
 
     public static void Upload(SafetensorsCheckpoint ck, ModelConfig c, ModelWeights w, CudaStream stream,
-        Fp8Ops? fp8, DeviceBuffer? scratch, IProgress<LoadProgress>? progress, CancellationToken ct)
+        Quantizers quantizers, DeviceBuffer? scratch, IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         var placement = Placement(c, w);
-        long total = placement.Sum(p => ck.Get(p.Name).ElementCount * 2), done = 0;
+        Fp8Ops? fp8 = quantizers.Fp8;
+        // Progress counts bf16-equivalent bytes, so every kind of checkpoint reports the same total.
+        long Elements(Place p) => p.Awq is { } a ? (long)a.OutFeatures * a.InFeatures : ck.Get(p.Name).ElementCount;
+        long total = placement.Sum(p => Elements(p) * 2), done = 0;
         using var stageA = PinnedHostBuffer.Allocate(StagingBytes);
         using var stageB = PinnedHostBuffer.Allocate(StagingBytes);
         using var freeA = CudaEvent.Create(timing: false);
@@ -78,8 +90,43 @@ internal static class WeightUploader
             (slot == 0 ? freeA : freeB).Record(stream);
             slot ^= 1;
         }
+        // Copies a tensor's raw bytes to the device scratch at byteOffset, through the staging buffers.
+        void StageRaw(TensorInfo t, long byteOffset)
+        {
+            for (long off = 0; off < t.ByteLength; off += StagingBytes)
+            {
+                ct.ThrowIfCancellationRequested();
+                int n = (int)Math.Min(StagingBytes, t.ByteLength - off);
+                var stage = Acquire();
+                ck.Read(t, off, stage.AsSpan<byte>()[..n]);
+                scratch!.CopyFromHostAsync(stage.Ptr, n, byteOffset + off, stream);
+                Release();
+            }
+        }
         foreach (Place place in placement)
         {
+            if (place.Awq is { } awqLayer)
+            {
+                // qweight, qzeros and scales (as fp16) side by side in the scratch, then repacked into the layer's rows
+                LinearWeight int4 = place.Linear!.Value;
+                TensorInfo qweight = ck.Get(awqLayer.QWeight), qzeros = ck.Get(awqLayer.QZeros);
+                long zerosAt = Align(qweight.ByteLength), scalesAt = zerosAt + Align(qzeros.ByteLength);
+                float[] scales32 = ck.ReadFloat32(awqLayer.Scales); // [groups, out]: fp16 in AutoAWQ's files, bf16/fp32 accepted
+                if (scratch is null || scalesAt + 2L * scales32.Length > scratch.Bytes || 2L * scales32.Length > StagingBytes)
+                    throw new InvalidOperationException($"the AWQ tensors of {awqLayer.Module} do not fit the staging buffers");
+                StageRaw(qweight, 0);
+                StageRaw(qzeros, zerosAt);
+                var stage = Acquire();
+                Span<Half> scales16 = stage.AsSpan<Half>()[..scales32.Length];
+                for (int i = 0; i < scales32.Length; i++) scales16[i] = (Half)scales32[i]; // exact for fp16 files
+                scratch.CopyFromHostAsync(stage.Ptr, 2L * scales32.Length, scalesAt, stream);
+                Release();
+                quantizers.Int4!.RepackAwq(stream, scratch.Ptr, scratch.Ptr + (ulong)zerosAt, scratch.Ptr + (ulong)scalesAt, int4.Weight, int4.Scales,
+                    place.Row, awqLayer.OutFeatures, int4.Out, int4.In, int4.Group);
+                done += 2L * awqLayer.OutFeatures * awqLayer.InFeatures;
+                progress?.Report(new LoadProgress("weights", done, total, awqLayer.Module));
+                continue;
+            }
             TensorInfo t = ck.Get(place.Name);
             long elements = t.ElementCount;
             // Quantized rows are staged whole, as many as fit the pinned buffer and the device scratch.
@@ -106,7 +153,7 @@ internal static class WeightUploader
                     // pinned → device scratch (bf16 rows) → quantized into the weight's rows, with their scales
                     scratch!.CopyFromHostAsync(stage.Ptr, 2L * n, 0, stream);
                     int row = place.Row + (int)(off / linear.In), rows = n / linear.In;
-                    QuantizeRows(fp8, stream, linear, scratch.Ptr, row, rows);
+                    QuantizeRows(quantizers, stream, linear, scratch.Ptr, row, rows);
                 }
                 else
                 {
@@ -133,13 +180,18 @@ internal static class WeightUploader
         stream.Synchronize();
     }
 
+    private static long Align(long bytes) => (bytes + 255) / 256 * 256;
+
     /// <summary>bf16 rows [rows, In] at <paramref name="src"/> → rows [row, row + rows) of a quantized weight.</summary>
-    internal static void QuantizeRows(Fp8Ops? fp8, CudaStream s, LinearWeight w, ulong src, int row, int rows)
+    internal static void QuantizeRows(Quantizers q, CudaStream s, LinearWeight w, ulong src, int row, int rows)
     {
         switch (w.Kind)
         {
-            case WeightKind.Fp8 when fp8 is not null:
-                fp8.QuantizeRows(s, src, w.Weight, w.Scales, row, rows, w.In);
+            case WeightKind.Fp8 when q.Fp8 is not null:
+                q.Fp8.QuantizeRows(s, src, w.Weight, w.Scales, row, rows, w.In);
+                break;
+            case WeightKind.Int4Awq when q.Int4 is not null:
+                q.Int4.QuantizeRows(s, src, w.Weight, w.Scales, row, rows, w.Out, w.In, w.Group);
                 break;
             default:
                 throw new NotSupportedException($"no quantizer for {w.Kind} weights");

@@ -470,9 +470,9 @@ public class CliTests
         var rows = r.Out.Split('\n').Select(l => l.Trim()).ToList();
         Assert.That(rows.Any(l => l.StartsWith("bf16 (checkpoint)", StringComparison.Ordinal) && l.Contains("61.0 GiB") && l.Contains("does not fit")), r.Out);
         Assert.That(rows.Any(l => l.StartsWith("fp8 ", StringComparison.Ordinal) && l.Contains("32.0 GiB") && l.Contains("does not fit")), r.Out);
-        Assert.That(rows.Any(l => l.StartsWith("int4-awq ", StringComparison.Ordinal) && l.Contains("19.3 GiB") && l.Contains("planned")), r.Out);
+        Assert.That(rows.Any(l => l.StartsWith("int4-awq ", StringComparison.Ordinal) && l.Contains("18.3 GiB") && l.Contains("yes (--quantize int4")), r.Out);
         Assert.That(r.Out, Does.Contain("not enough GPU memory"));
-        Assert.That(r.Out, Does.Contain("weights").And.Contain("bf16 65.5 GB (61.0 GiB, the checkpoint's), fp8 34.3 GB (32.0 GiB), int4-awq 20.7 GB (19.3 GiB)"));
+        Assert.That(r.Out, Does.Contain("weights").And.Contain("bf16 65.5 GB (61.0 GiB, the checkpoint's), fp8 34.3 GB (32.0 GiB), int4-awq 19.7 GB (18.3 GiB)"));
         Assert.That(r.Out, Does.Not.Contain("no usable GPU"), "cards asked about need no GPU here");
     }
 
@@ -492,7 +492,7 @@ public class CliTests
         Assert.That(Row(0, "bf16").GetProperty("fits").GetBoolean(), Is.False);
         Assert.That(Row(0, "bf16").GetProperty("reason").GetString(), Does.Contain("not enough GPU memory"));
         Assert.That(Row(0, "int4-awq").GetProperty("fits").GetBoolean(), Is.True);
-        Assert.That(Row(0, "int4-awq").GetProperty("gpu").GetString(), Is.EqualTo("planned"));
+        Assert.That(Row(0, "int4-awq").GetProperty("gpu").GetString(), Is.EqualTo("yes"));
         Assert.That(Row(1, "bf16").GetProperty("fits").GetBoolean(), Is.False);
         Assert.That(Row(1, "fp8").GetProperty("max_context").GetInt32(), Is.EqualTo(40_960));
         Assert.That(Row(2, "bf16").GetProperty("max_context").GetInt32(), Is.EqualTo(40_960));

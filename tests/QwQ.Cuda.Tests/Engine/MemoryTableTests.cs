@@ -40,32 +40,30 @@ public sealed class MemoryTableTests
     {
         var down = new LinearWeight(0, 5120, 27648, WeightKind.Int4Awq);
         Assert.That(down.Bytes, Is.EqualTo(5120L * 27648 / 2));
-        Assert.That(down.ScaleBytes, Is.EqualTo(8L * 5120 * (27648 / 128)));
-        // Layers: 31.2 G weights at 4.5 bits (codes, and 8 bytes per 128); embedding and lm_head stay bf16 (1.56 GB each).
+        Assert.That(down.ScaleBytes, Is.EqualTo(4L * 5120 * (27648 / 128)), "an fp16 scale and the zero point in one word per group");
+        // Layers: 31.2 G weights at 4.25 bits (codes, and 4 bytes per 128); embedding and lm_head stay bf16 (1.56 GB each).
         long layerParams = 64L * (7168L * 5120 + 5120L * 5120 + 55296L * 5120 + 5120L * 27648);
         long bf16Tables = 2 * 2L * 152064 * 5120;
         long normsAndBiases = 2L * (64 * (2 * 5120 + 7168) + 5120);
-        long expected = layerParams / 2 + layerParams / 128 * 8 + bf16Tables + normsAndBiases;
+        long expected = layerParams / 2 + layerParams / 128 * 4 + bf16Tables + normsAndBiases;
         Assert.That(ModelWeights.DeviceBytes(Qwq, WeightKind.Int4Awq), Is.EqualTo(expected).Within(1 << 20), "alignment padding: < 1 MiB");
         // Its scratch is fp8's: the bf16 copy of the largest product (gate_up, 0.53 GiB).
         Assert.That(ModelWeights.ScratchBytes(Qwq, WeightKind.Int4Awq), Is.EqualTo(2L * 55296 * 5120));
     }
 
     [Test]
-    public void TheEngineNeverLoadsInt4()
+    public void Int4ComesFromAnAwqCheckpointOrQuantizeInt4()
     {
-        var plain = QuantizedConfigs.Parse(null);
+        var plain = QuantizedConfigs.Parse(null, hidden: 128, intermediate: 256); // multiples of --quantize int4's group, 128
         var fp8 = QuantizedConfigs.Parse(QuantizedConfigs.Fp8());
         var awq = QuantizedConfigs.Parse(QuantizedConfigs.Awq(groupSize: 64));
-        foreach (var config in new[] { plain, fp8, awq })
-            foreach (var mode in Enum.GetValues<QuantizeMode>())
-            {
-                WeightKind? kind = null;
-                try { kind = CudaBackend.LinearKind(config, new EngineOptions { Quantize = mode }); }
-                catch (OptionException) { }
-                Assert.That(kind, Is.Not.EqualTo(WeightKind.Int4Awq), $"{config.Quantization?.Description ?? "plain"}, --quantize {mode}");
-            }
-        Assert.That(() => CudaBackend.LinearKind(awq, Defaults), Throws.TypeOf<OptionException>().With.Message.Contains("CPU reference"));
+        WeightKind Kind(ModelConfig c, QuantizeMode m) => CudaBackend.LinearKind(c, new EngineOptions { Quantize = m });
+        Assert.That(Kind(plain, QuantizeMode.Int4), Is.EqualTo(WeightKind.Int4Awq));
+        Assert.That(Kind(awq, QuantizeMode.None), Is.EqualTo(WeightKind.Int4Awq));
+        Assert.That(Kind(awq, QuantizeMode.Int4), Is.EqualTo(WeightKind.Int4Awq));
+        Assert.That(() => Kind(awq, QuantizeMode.Fp8), Throws.TypeOf<OptionException>().With.Message.Contains("already INT4"));
+        Assert.That(() => Kind(fp8, QuantizeMode.Int4), Throws.TypeOf<OptionException>().With.Message.Contains("already FP8"));
+        Assert.That(Kind(plain, QuantizeMode.None), Is.EqualTo(WeightKind.Bf16));
     }
 
     [Test]
@@ -148,8 +146,8 @@ public sealed class MemoryTableTests
         var table = Card(80 * GiB);
         Assert.That(table[WeightKind.Bf16].Gpu, Is.EqualTo(GpuSupport.Yes));
         Assert.That(table[WeightKind.Fp8].Gpu, Is.EqualTo(GpuSupport.Yes));
-        Assert.That(table[WeightKind.Int4Awq].Gpu, Is.EqualTo(GpuSupport.Planned));
-        Assert.That(table[WeightKind.Int4Awq].GpuNote, Does.Contain("CPU reference only"));
+        Assert.That(table[WeightKind.Int4Awq].Gpu, Is.EqualTo(GpuSupport.Yes));
+        Assert.That(table[WeightKind.Int4Awq].GpuNote, Does.Contain("--quantize int4"));
         // fp8's kernels need input sizes in multiples of Fp8Ops.KMultiple: a model without them is told so.
         var odd = QuantizedConfigs.Parse(null, hidden: 72, intermediate: 136);
         var row = MemoryTable.For(odd, 24 * GiB, Defaults)[WeightKind.Fp8];
