@@ -41,7 +41,8 @@ internal sealed class ModelSourceOptions
     public readonly Option<int> Device = TypedOptions.Integer("--device", 0, "CUDA device ordinal");
 
     public readonly Option<QuantizeMode> Quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None,
-        "Quantize a bf16 checkpoint's layer weights on the GPU while loading: None or Fp8 (e4m3, one scale per output channel: half the bytes per token)");
+        "Quantize a bf16 checkpoint's layer weights while loading: None, Fp8 (e4m3, one scale per output channel: half the bytes per token) " +
+        "or Int4 (round-to-nearest, a scale and zero point per 128 inputs: about a quarter; below AWQ's quality, prefer Qwen/QwQ-32B-AWQ)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
 

@@ -26,7 +26,7 @@ internal static class BenchCommand
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
-        var quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None, "Quantize the layers' weights on the GPU while loading: None or Fp8");
+        var quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None, "Quantize the layers' weights on the GPU while loading: None, Fp8 or Int4 (round-to-nearest, group 128)");
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };

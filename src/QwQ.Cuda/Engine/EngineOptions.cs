@@ -53,9 +53,11 @@ public sealed record EngineOptions
     public bool TuneDecodeGemm { get; init; } = true;
 
     /// <summary>
-    /// Quantize a bf16 checkpoint's (or synthetic) layer weights on the GPU while they load: <see cref="QuantizeMode.Fp8"/>
-    /// stores e4m3 with one scale per output channel (half the bytes per token). Checkpoints that are already quantized
-    /// load as they are.
+    /// Quantize a bf16 checkpoint's (or synthetic) layer weights while they load: <see cref="QuantizeMode.Fp8"/>
+    /// stores e4m3 with one scale per output channel (half the bytes per token); <see cref="QuantizeMode.Int4"/> 4-bit
+    /// codes with a scale and zero point per 128 inputs (<c>Int4Rtn</c>; about a quarter). The CPU reference computes
+    /// with the same weights, dequantized. Checkpoints that are already quantized load as they are
+    /// (<see cref="QuantizeMode.Int4"/> is refused on FP8 ones).
     /// </summary>
     public QuantizeMode Quantize { get; init; }
 
@@ -108,7 +110,11 @@ public enum QuantizeMode
     None,
     /// <summary>FP8 E4M3, one fp32 scale per output channel (amax / 448), rounded to nearest.</summary>
     Fp8,
-    /// <summary>INT4, round-to-nearest, group 128, asymmetric.</summary>
+    /// <summary>
+    /// INT4, round-to-nearest, group 128, asymmetric (a scale and zero point per 128 inputs; exact arithmetic in
+    /// <c>QwQ.Cuda.Weights.Quantization.Int4Rtn</c>). Lower quality than AWQ's calibrated weights: prefer the
+    /// QwQ-32B-AWQ checkpoint. Every layer input size must be a multiple of 128.
+    /// </summary>
     Int4,
 }
 

@@ -7,6 +7,7 @@ using QwQ.Cuda.Model;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Weights;
+using QwQ.Cuda.Weights.Quantization;
 
 namespace QwQ.Cuda.Inference;
 
@@ -76,6 +77,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
         RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition); // a bad option fails before the weights load
+        bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (total > available / 2)
@@ -94,6 +96,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             weights = CpuWeights.Load(checkpoint, config);
         }
         if (options.Quantize == QuantizeMode.Fp8) weights = QuantizeFp8(weights);
+        else if (int4) weights = QuantizeInt4(weights);
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
         return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
@@ -115,6 +118,40 @@ public sealed class CpuReferenceBackend : IModelBackend
             Weights.Quantization.Fp8E4M3.ToFloat(codes.AsSpan(r * cols, cols), scales[r], result.AsSpan(r * cols, cols));
         return result;
     });
+
+    /// <summary>
+    /// --quantize int4 on the reference: every layer's linear weight quantized by <see cref="Int4Rtn"/> (round to
+    /// nearest, a scale and zero point per 128 inputs of a row) and dequantized back to fp32, the weights the GPU's
+    /// int4 layers stand for (its quantizer computes the same codes, scales and zeros). Embedding, norms, biases and
+    /// lm_head stay as they are. Call <see cref="Int4Applies"/> first: this throws on sizes the group does not divide.
+    /// </summary>
+    internal static CpuWeights QuantizeInt4(CpuWeights w) =>
+        w.WithLayerLinears(static (m, rows, cols) => Int4Rtn.RoundTrip(m, rows, cols, Int4Rtn.DefaultGroupSize));
+
+    /// <summary>
+    /// Whether --quantize int4 quantizes this model's weights, as the GPU engine decides (<c>CudaBackend.LinearKind</c>),
+    /// before any weight loads: a bf16 one yes, when the group of 128 divides every layer input size (hidden, q,
+    /// intermediate; refused otherwise); an AWQ checkpoint is INT4 already and runs as it is (false: not rounded a
+    /// second time); an FP8 one (or any other quantized layout) is refused.
+    /// </summary>
+    internal static bool Int4Applies(ModelConfig config)
+    {
+        switch (config.Quantization)
+        {
+            case null:
+                int? bad = new[] { config.HiddenSize, config.QDim, config.IntermediateSize }
+                    .Where(k => k % Int4Rtn.DefaultGroupSize != 0).Select(k => (int?)k).FirstOrDefault();
+                if (bad is int k)
+                    throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {Int4Rtn.DefaultGroupSize}, " +
+                                              $"and this model has one of {k}; run it in bf16 or with --quantize fp8");
+                return true;
+            case AwqQuantizationConfig:
+                return false; // --quantize int4 on an AWQ checkpoint asks for what it is
+            default:
+                throw new OptionException($"--quantize int4 takes a bf16 checkpoint, and this one is already {config.Quantization.Description}; " +
+                                          "drop --quantize, or use the bf16 or AWQ checkpoint");
+        }
+    }
 
     public ModelConfig Config { get; }
 
