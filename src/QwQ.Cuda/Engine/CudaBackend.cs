@@ -95,7 +95,7 @@ public sealed class CudaBackend : IModelBackend
                 SyntheticWeights.Fill(Weights, config, new InitOps(lib), quantizers, scratch, Stream, options.SyntheticSeed, progress, ct);
             checkpoint?.Dispose();
 
-            Workspace = Own(new Workspace(config, options.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
+            Workspace = Own(new Workspace(config, Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
             KvMemory = Own(new KvPool(config, Plan.KvPoolBlocks));
             KvPool = new KvBlockPool(Plan.KvPoolBlocks, AttentionOps.KvBlockSize);
             var invFreq = Own(DeviceBuffer.FromHost<float>(rope.InverseFrequencies));

@@ -21,7 +21,11 @@ public sealed record EngineOptions
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 
-    /// <summary>The most rows (tokens of all sequences) one forward step processes; longer prompts are prefilled in chunks.</summary>
+    /// <summary>
+    /// The most rows (tokens of all sequences) one forward step processes; longer prompts are prefilled in chunks. On a
+    /// card where its activations would leave the KV pool fewer than 8,192 positions, the memory plan halves it (down to
+    /// 512) to keep the context (<see cref="MemoryPlan.PrefillChunk"/>).
+    /// </summary>
     public int PrefillChunk { get; init; } = 4096;
 
     /// <summary>

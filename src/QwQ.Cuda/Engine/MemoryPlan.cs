@@ -8,7 +8,9 @@ namespace QwQ.Cuda.Engine;
 /// How device memory is split between weights, activation workspace and the paged KV pool. The pool takes what the
 /// weights and workspace leave (less a reserve) — nano-vllm's rule — capped at <see cref="MaxPoolSequences"/>
 /// sequences of the model's maximum length (small test models need no more). A sequence may grow to
-/// <see cref="MaxContext"/> positions while the pool has blocks for it.
+/// <see cref="MaxContext"/> positions while the pool has blocks for it. <see cref="PrefillChunk"/>: the most rows one
+/// step takes, <see cref="EngineOptions.PrefillChunk"/> or, on a card where that would leave the pool fewer than
+/// <see cref="ComfortablePositions"/> positions, a smaller power-of-two share of it (not below <see cref="MinPrefillChunk"/>).
 /// </summary>
 public sealed record MemoryPlan(
     long WeightBytes,
@@ -17,8 +19,19 @@ public sealed record MemoryPlan(
     long FreeBytes,
     long ReserveBytes,
     int KvPoolBlocks,
-    int MaxContext)
+    int MaxContext,
+    int PrefillChunk)
 {
+    /// <summary>
+    /// A plan shrinks the prefill chunk, whose activations cost about 0.35 GiB per 1024 rows at QwQ-32B's size, while the
+    /// pool would hold fewer positions than this (or the model's maximum, if smaller): INT4 QwQ-32B on a 24 GB card then
+    /// keeps an 8k context rather than 4096-row prefill steps (the products still run on the tensor cores at 512 rows; int4 and fp8 re-expand their weights once per chunk, about 26 ms for QwQ-32B).
+    /// </summary>
+    public const int ComfortablePositions = 8192;
+
+    /// <summary>The smallest prefill chunk a plan picks by itself.</summary>
+    public const int MinPrefillChunk = 512;
+
     /// <summary>The pool never holds more than this many full-length sequences.</summary>
     public const int MaxPoolSequences = Workspace.MaxSequences;
 
@@ -38,12 +51,19 @@ public sealed record MemoryPlan(
     public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o, WeightKind linearKind = WeightKind.Bf16)
     {
         long weights = ModelWeights.DeviceBytes(c, linearKind);
-        long workspace = WorkspaceBytesFor(c, o, linearKind);
         long kvPerToken = c.KvBytesPerToken;
         long blockBytes = KvPool.BytesPerBlock(c);
-        long left = freeBytes - weights - workspace - o.ReserveBytes;
         int modelMax = ModelMaxPositions(c);
-        long fitBlocks = left <= 0 ? 0 : left / blockBytes;
+        long FitBlocks(int chunk)
+        {
+            long left = freeBytes - weights - WorkspaceBytesFor(c, chunk, linearKind) - o.ReserveBytes;
+            return left <= 0 ? 0 : left / blockBytes;
+        }
+        int prefillChunk = o.PrefillChunk;
+        long comfortableBlocks = (Math.Min(ComfortablePositions, modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
+        while (prefillChunk / 2 >= MinPrefillChunk && FitBlocks(prefillChunk) < comfortableBlocks) prefillChunk /= 2;
+        long workspace = WorkspaceBytesFor(c, prefillChunk, linearKind);
+        long fitBlocks = FitBlocks(prefillChunk);
         if (fitBlocks < 1)
             throw new CudaOutOfMemoryPlanException(
                 $"not enough GPU memory: the weights need {Gib(weights)} and the workspace {Gib(workspace)}, " +
@@ -71,12 +91,12 @@ public sealed record MemoryPlan(
                     $"({poolPositions} positions) fits beside the weights; use --max-context {poolPositions} or less.");
             max = asked;
         }
-        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max);
+        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max, prefillChunk);
     }
 
     /// <summary>Activation workspace and the quantized kinds' bf16 scratch: what a plan sets aside besides weights and KV.</summary>
-    public static long WorkspaceBytesFor(ModelConfig c, EngineOptions o, WeightKind linearKind) =>
-        Workspace.DeviceBytes(c, o.PrefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
+    public static long WorkspaceBytesFor(ModelConfig c, int prefillChunk, WeightKind linearKind) =>
+        Workspace.DeviceBytes(c, prefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
 
     /// <summary>
     /// Positions the model supports: max_position_embeddings, or with YaRN factor × original_max_position_embeddings

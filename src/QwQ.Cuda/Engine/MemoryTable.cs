@@ -102,7 +102,7 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
             try { plan = MemoryPlan.Create(c, freeBytes, o, kind); }
             catch (CudaOutOfMemoryPlanException e) { reason = e.Message; }
             var (gpu, note) = Support(c, kind);
-            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(c, kind), MemoryPlan.WorkspaceBytesFor(c, o, kind), c.KvBytesPerToken,
+            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(c, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(c, o.PrefillChunk, kind), c.KvBytesPerToken,
                 plan, reason, gpu, note, kind == checkpoint));
         }
         return new MemoryTable(cardBytes, freeBytes, rows);
