@@ -230,8 +230,9 @@ public sealed class Fp8DivergenceTests
         TestContext.Out.WriteLine($"full-width 2-layer QwQ, synthetic weights, {tokens.Length} positions: mean KL(bf16 ‖ {quantized}) = {kl:E3} nats, ‖Δlogits‖/‖logits‖ = {rel:E2}");
         // fp8, measured on the H100: KL 1.68e-2 nats, ‖Δ‖/‖ref‖ 0.128 (e4m3 keeps 3 mantissa bits: ~3.6% rms per weight,
         // compounding over five products per layer); the bounds are twice or three times that.
-        // int4 (round-to-nearest, group 128: 16 levels over a group's range, ~10% rms per weight): bounds pending measurement
-        var (klMax, relMax) = quantized == QuantizeMode.Fp8 ? (0.05, 0.25) : (1.0, 0.9);
+        // int4 (round-to-nearest, group 128: 16 levels over a group's range, ~10% rms per weight), measured on the H100:
+        // KL 0.225 nats, ‖Δ‖/‖ref‖ 0.468; the bounds are about twice that (unrelated logits are ~1.4 apart).
+        var (klMax, relMax) = quantized == QuantizeMode.Fp8 ? (0.05, 0.25) : (0.5, 0.8);
         Assert.That(kl, Is.GreaterThan(0).And.LessThan(klMax));
         Assert.That(rel, Is.LessThan(relMax));
     }
