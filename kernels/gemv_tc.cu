@@ -24,7 +24,6 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
                                              const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                              float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,
                                              int accumulate) {
-    constexpr int kOut = 16 * 8 * NB;  // (row, batch) results of a tile
     constexpr int kBytes = FP8 ? 1 : 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int tile = blockIdx.x * kTcWarps + warp, splits = gridDim.y;
@@ -88,36 +87,8 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     }
     for (; ch < c_end; ++ch) math(load(ch), ch);
 
-    // C fragment of batch tile j: c0, c1 = (row g, batches 8j + 2t4, +1), c2, c3 = (row g + 8, same batches).
-    if (splits > 1) {
-        float* mine = part + ((size_t)tile * splits + blockIdx.y) * kOut;
-#pragma unroll
-        for (int j = 0; j < NB; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32 + lane] = c[j][e];  // fragment order: coalesced
-        if (!warp_takes_last_ticket(tickets + tile, splits)) return;
-        const float* all = part + (size_t)tile * splits * kOut;
-#pragma unroll
-        for (int j = 0; j < NB; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float s = 0.f;
-                for (int sp = 0; sp < splits; ++sp) s += __ldcg(all + (size_t)sp * kOut + (j * 4 + e) * 32 + lane);  // in split order
-                c[j][e] = s;
-            }
-        if (lane == 0) tickets[tile] = 0;  // ready for the next launch (and graph replay)
-    }
-#pragma unroll
-    for (int j = 0; j < NB; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int row = row0 + g + (e >= 2 ? 8 : 0), b = 8 * j + 2 * t4 + (e & 1);
-            if (b < m && row < n) {
-                float* dst = y + (size_t)b * n + row;
-                const float v = scale != nullptr ? scale[row] * c[j][e] : c[j][e];
-                *dst = accumulate ? *dst + v : v;
-            }
-        }
+    if (!mma::combine_splits<NB>(c, part, tickets, tile, blockIdx.y, splits, lane)) return;
+    mma::store_tile<NB>(c, y, scale, row0, lane, n, m, accumulate);
 }
 }  // namespace
 

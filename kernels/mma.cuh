@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "common.cuh"
+
 namespace mma {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -61,6 +63,55 @@ __device__ __forceinline__ void mma_chunk64(float (&c)[4], const uint4 (&wa)[2],
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// ---- the small-batch tensor-core GEMVs' epilogue (gemv_tc.cu, gemv_int4.cu) ------------------------------------------
+// A warp owns a 16-row tile and NB batch tiles of 8: its C fragments c[j] hold c0, c1 = (row g, batches 8j + 2t4, +1)
+// and c2, c3 = (row g + 8, same batches).
+
+// Split-k: every split writes its fragments to part [tiles, splits, 128 * NB] (fragment order, coalesced), and the
+// warp that takes the tile's last ticket adds them in split order (so a replay is bit-identical) and resets the ticket.
+// Returns whether this warp holds the tile's full sums and must store them; always true without splits.
+template <int NB>
+__device__ __forceinline__ bool combine_splits(float (&c)[NB][4], float* __restrict__ part, int* __restrict__ tickets, int tile,
+                                               int split, int splits, int lane) {
+    if (splits == 1) return true;
+    constexpr int kOut = 16 * 8 * NB;
+    float* mine = part + ((size_t)tile * splits + split) * kOut;
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32 + lane] = c[j][e];
+    if (!warp_takes_last_ticket(tickets + tile, splits)) return false;
+    const float* all = part + (size_t)tile * splits * kOut;
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float s = 0.f;
+            for (int sp = 0; sp < splits; ++sp) s += __ldcg(all + (size_t)sp * kOut + (j * 4 + e) * 32 + lane);
+            c[j][e] = s;
+        }
+    if (lane == 0) tickets[tile] = 0;  // ready for the next launch (and graph replay)
+    return true;
+}
+
+// y[b, row] (+)= scale[row] · c (scale may be null) for the tile's rows < n and batches < m.
+template <int NB>
+__device__ __forceinline__ void store_tile(const float (&c)[NB][4], float* __restrict__ y, const float* __restrict__ scale,
+                                           int row0, int lane, int n, int m, int accumulate) {
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = row0 + g + (e >= 2 ? 8 : 0), b = 8 * j + 2 * t4 + (e & 1);
+            if (b < m && row < n) {
+                float* dst = y + (size_t)b * n + row;
+                const float v = scale != nullptr ? scale[row] * c[j][e] : c[j][e];
+                *dst = accumulate ? *dst + v : v;
+            }
+        }
 }
 
 }  // namespace mma

@@ -41,61 +41,8 @@ public sealed class Fp8EngineTests
     }
 
     [Test]
-    public void QuantizedOnLoadMatchesCpuReferenceOnTheSameFp8Weights([Values(true, false)] bool cudaGraphs)
-    {
-        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
-        int seed = Random.Shared.Next();
-        TestContext.Out.WriteLine($"seed {seed}");
-        var config = ModelConfig.Parse(ConfigJson, "config.json");
-        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
-        using var tmp = new TestModels.TempDir();
-        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
-        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
-        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears(QuantizeRows));
-        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = QuantizeMode.Fp8, UseCudaGraphs = cudaGraphs });
-        Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Fp8));
-        var rng = new Random(seed);
-
-        // prefill: every position's logits, at 67 rows (tensor-core GEMV in 32-row slices) and 150 rows (dequantized
-        // to bf16 for the GEMM)
-        foreach (int length in new[] { 67, 150 })
-        {
-            int[] prompt = Enumerable.Range(0, length).Select(_ => rng.Next(config.VocabSize)).ToArray();
-            using var seq = (CudaSequence)backend.CreateSequence();
-            int[] positions = Enumerable.Range(0, Math.Min(length, 128)).Select(i => i * length / Math.Min(length, 128)).ToArray();
-            float[] want = cpu.Forward(prompt);
-            float[] wanted = positions.SelectMany(p => want.AsSpan(p * config.VocabSize, config.VocabSize).ToArray()).ToArray();
-            double err = CudaModelTests.RelErr(seq.AppendWithLogits(prompt, positions), wanted);
-            TestContext.Out.WriteLine($"prefill of {length}: ‖Δ‖/‖ref‖ = {err:E2}");
-            Assert.That(err, Is.LessThanOrEqualTo(2e-2), $"prefill of {length}");
-        }
-
-        // batched decode at 1, 3, 8 and 20 rows: each sequence's logits after
-        // every step against the reference over its whole prefix
-        foreach (int batch in new[] { 1, 3, 8, 20 })
-        {
-            var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, rng.Next(3, 40)).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray();
-            var seqs = prompts.Select(p => { var s = backend.CreateSequence(); s.Append(p); return s; }).ToArray();
-            var history = prompts.Select(p => p.ToList()).ToArray();
-            double worst = 0;
-            var logits = new float[config.VocabSize];
-            for (int step = 0; step < 4; step++)
-            {
-                int[] next = Enumerable.Range(0, batch).Select(_ => rng.Next(config.VocabSize)).ToArray();
-                backend.Step(seqs.Select((s, b) => new SequenceChunk(s, new[] { next[b] })).ToArray());
-                for (int b = 0; b < batch; b++)
-                {
-                    history[b].Add(next[b]);
-                    seqs[b].CopyLastLogits(logits);
-                    float[] all = cpu.Forward(history[b].ToArray());
-                    worst = Math.Max(worst, CudaModelTests.RelErr(logits, all.AsSpan(all.Length - config.VocabSize)));
-                }
-            }
-            foreach (var s in seqs) s.Dispose();
-            TestContext.Out.WriteLine($"decode at batch {batch}: worst ‖Δ‖/‖ref‖ = {worst:E2}");
-            Assert.That(worst, Is.LessThanOrEqualTo(2e-2), $"batch {batch}");
-        }
-    }
+    public void QuantizedOnLoadMatchesCpuReferenceOnTheSameFp8Weights([Values(true, false)] bool cudaGraphs) =>
+        QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Fp8, WeightKind.Fp8, QuantizeRows, cudaGraphs);
 
     [Test]
     public void Fp8WeightsTakeAboutHalfTheBytes()
@@ -235,5 +182,70 @@ public sealed class Fp8DivergenceTests
         var (klMax, relMax) = quantized == QuantizeMode.Fp8 ? (0.05, 0.25) : (0.5, 0.8);
         Assert.That(kl, Is.GreaterThan(0).And.LessThan(klMax));
         Assert.That(rel, Is.LessThan(relMax));
+    }
+}
+
+/// <summary>
+/// A bf16 checkpoint quantized on the GPU while it loads, against the fp32 CPU reference running the same weights
+/// quantized by <c>quantize</c>: prefill at 67 rows (tensor-core GEMV in 32-row slices) and 150 (expanded to bf16 for
+/// the GEMM), every position's logits; batched decode at 1, 3, 8 and 20 rows (the 8-, 16- and 32-row variants), each
+/// sequence against the reference over its whole prefix. bf16 activations: ‖Δ‖/‖ref‖ ≤ 2e-2.
+/// </summary>
+internal static class QuantizedOnLoad
+{
+    public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs)
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var config = ModelConfig.Parse(configJson, "config.json");
+        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
+        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), configJson);
+        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears(quantize));
+        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = mode, UseCudaGraphs = cudaGraphs });
+        Assert.That(backend.Weights.LinearKind, Is.EqualTo(kind));
+        var rng = new Random(seed);
+
+        // prefill: every position's logits, at 67 rows (tensor-core GEMV in 32-row slices) and 150 rows (dequantized
+        // to bf16 for the GEMM)
+        foreach (int length in new[] { 67, 150 })
+        {
+            int[] prompt = Enumerable.Range(0, length).Select(_ => rng.Next(config.VocabSize)).ToArray();
+            using var seq = (CudaSequence)backend.CreateSequence();
+            int[] positions = Enumerable.Range(0, Math.Min(length, 128)).Select(i => i * length / Math.Min(length, 128)).ToArray();
+            float[] want = cpu.Forward(prompt);
+            float[] wanted = positions.SelectMany(p => want.AsSpan(p * config.VocabSize, config.VocabSize).ToArray()).ToArray();
+            double err = CudaModelTests.RelErr(seq.AppendWithLogits(prompt, positions), wanted);
+            TestContext.Out.WriteLine($"prefill of {length}: ‖Δ‖/‖ref‖ = {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2), $"prefill of {length}");
+        }
+
+        // batched decode at 1, 3, 8 and 20 rows: each sequence's logits after
+        // every step against the reference over its whole prefix
+        foreach (int batch in new[] { 1, 3, 8, 20 })
+        {
+            var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, rng.Next(3, 40)).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray();
+            var seqs = prompts.Select(p => { var s = backend.CreateSequence(); s.Append(p); return s; }).ToArray();
+            var history = prompts.Select(p => p.ToList()).ToArray();
+            double worst = 0;
+            var logits = new float[config.VocabSize];
+            for (int step = 0; step < 4; step++)
+            {
+                int[] next = Enumerable.Range(0, batch).Select(_ => rng.Next(config.VocabSize)).ToArray();
+                backend.Step(seqs.Select((s, b) => new SequenceChunk(s, new[] { next[b] })).ToArray());
+                for (int b = 0; b < batch; b++)
+                {
+                    history[b].Add(next[b]);
+                    seqs[b].CopyLastLogits(logits);
+                    float[] all = cpu.Forward(history[b].ToArray());
+                    worst = Math.Max(worst, CudaModelTests.RelErr(logits, all.AsSpan(all.Length - config.VocabSize)));
+                }
+            }
+            foreach (var s in seqs) s.Dispose();
+            TestContext.Out.WriteLine($"decode at batch {batch}: worst ‖Δ‖/‖ref‖ = {worst:E2}");
+            Assert.That(worst, Is.LessThanOrEqualTo(2e-2), $"batch {batch}");
+        }
     }
 }

@@ -28,57 +28,8 @@ public sealed class Int4EngineTests
         """;
 
     [Test]
-    public void QuantizedOnLoadMatchesCpuReferenceOnTheSameInt4Weights([Values(true, false)] bool cudaGraphs)
-    {
-        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
-        int seed = Random.Shared.Next();
-        TestContext.Out.WriteLine($"seed {seed}");
-        var config = ModelConfig.Parse(ConfigJson, "config.json");
-        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
-        using var tmp = new TestModels.TempDir();
-        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
-        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
-        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears((m, rows, cols) => Int4KernelTests.RtnDequantized(m, rows, cols)));
-        using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions { MaxContext = 512, Quantize = QuantizeMode.Int4, UseCudaGraphs = cudaGraphs });
-        Assert.That(backend.Weights.LinearKind, Is.EqualTo(WeightKind.Int4Awq));
-        var rng = new Random(seed);
-
-        foreach (int length in new[] { 67, 150 })
-        {
-            int[] prompt = Enumerable.Range(0, length).Select(_ => rng.Next(config.VocabSize)).ToArray();
-            using var seq = (CudaSequence)backend.CreateSequence();
-            int[] positions = Enumerable.Range(0, Math.Min(length, 128)).Select(i => i * length / Math.Min(length, 128)).ToArray();
-            float[] want = cpu.Forward(prompt);
-            float[] wanted = positions.SelectMany(p => want.AsSpan(p * config.VocabSize, config.VocabSize).ToArray()).ToArray();
-            double err = CudaModelTests.RelErr(seq.AppendWithLogits(prompt, positions), wanted);
-            TestContext.Out.WriteLine($"prefill of {length}: ‖Δ‖/‖ref‖ = {err:E2}");
-            Assert.That(err, Is.LessThanOrEqualTo(2e-2), $"prefill of {length}");
-        }
-
-        foreach (int batch in new[] { 1, 3, 8, 20 })
-        {
-            var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, rng.Next(3, 40)).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray();
-            var seqs = prompts.Select(p => { var s = backend.CreateSequence(); s.Append(p); return s; }).ToArray();
-            var history = prompts.Select(p => p.ToList()).ToArray();
-            double worst = 0;
-            var logits = new float[config.VocabSize];
-            for (int step = 0; step < 4; step++)
-            {
-                int[] next = Enumerable.Range(0, batch).Select(_ => rng.Next(config.VocabSize)).ToArray();
-                backend.Step(seqs.Select((s, b) => new SequenceChunk(s, new[] { next[b] })).ToArray());
-                for (int b = 0; b < batch; b++)
-                {
-                    history[b].Add(next[b]);
-                    seqs[b].CopyLastLogits(logits);
-                    float[] all = cpu.Forward(history[b].ToArray());
-                    worst = Math.Max(worst, CudaModelTests.RelErr(logits, all.AsSpan(all.Length - config.VocabSize)));
-                }
-            }
-            foreach (var s in seqs) s.Dispose();
-            TestContext.Out.WriteLine($"decode at batch {batch}: worst ‖Δ‖/‖ref‖ = {worst:E2}");
-            Assert.That(worst, Is.LessThanOrEqualTo(2e-2), $"batch {batch}");
-        }
-    }
+    public void QuantizedOnLoadMatchesCpuReferenceOnTheSameInt4Weights([Values(true, false)] bool cudaGraphs) =>
+        QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Int4, WeightKind.Int4Awq, (m, rows, cols) => Int4KernelTests.RtnDequantized(m, rows, cols), cudaGraphs);
 
     /// <summary>The AWQ fixture (AutoAWQ's packing, group 64) on the GPU against transformers on its dequantized weights.</summary>
     [Test]

@@ -41,9 +41,13 @@ internal static class ModelFixtures
     public sealed record GoldenPrompt(int[] Ids, float[][] Logits, int[] Greedy, float[] GreedyMargins);
     public sealed record Goldens(string Generator, string Model, int NewTokens, GoldenPrompt[] Prompts);
 
-    public static Goldens ReadGoldens(string model)
+    public static Goldens ReadGoldens(string model) => ReadGoldensAt(Dir(model));
+
+    /// <summary>The goldens.json in <paramref name="dir"/> (make_model_goldens.py's format).</summary>
+    public static Goldens ReadGoldensAt(string dir)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(Dir(model), "goldens.json")));
+        using var stream = File.OpenRead(Path.Combine(dir, "goldens.json"));
+        using var doc = JsonDocument.Parse(stream);
         var root = doc.RootElement;
         var prompts = root.GetProperty("prompts").EnumerateArray().Select(p => new GoldenPrompt(
             p.GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray(),
