@@ -12,6 +12,9 @@ using Cuda = global::QwQ.Cuda.Native.Cuda;
 /// The quantized checkpoint layouts at QwQ-32B's full width (2 layers, hidden 5120, 40/8 heads, intermediate 27648,
 /// vocabulary 152064; AWQ group 128) on the GPU, against transformers' float32 Qwen2ForCausalLM on the dequantized
 /// weights: logits at every prompt position within ‖Δ‖/‖ref‖ ≤ 2e-2, and greedy tokens equal up to the first near-tie.
+/// At full width a near-tie is measured, not fixed: a golden top-1/top-2 gap under 8 times the prompt's rms logit error
+/// (the tiny models' 5e-3 is far below the ~0.01–0.02 absolute error of 152,064 bf16 logits of std ~1.4; on the H100
+/// the fp8 model's second prompt parted at token 21 of 32 with the fixed threshold).
 /// The checkpoints are several GB and not committed: <c>python3 tests/goldens/make_quantized_goldens.py --full-width
 /// DIR --device cuda</c> writes DIR/full-fp8 and DIR/full-awq, and <c>QWQ_FULL_WIDTH_GOLDENS=DIR</c> points the tests
 /// at them (skipped without it).
@@ -37,18 +40,24 @@ public sealed class FullWidthQuantizedGoldenTests
         int compared = 0;
         foreach (var prompt in goldens.Prompts)
         {
+            double rmsError;
             using (var seq = (CudaSequence)backend.CreateSequence())
             {
                 int[] positions = Enumerable.Range(0, prompt.Ids.Length).ToArray();
-                double err = CudaModelTests.RelErr(seq.AppendWithLogits(prompt.Ids, positions), prompt.Logits.SelectMany(r => r).ToArray());
-                TestContext.Out.WriteLine($"{model}, {prompt.Ids.Length} tokens: ‖Δ‖/‖ref‖ = {err:E2}");
+                float[] got = seq.AppendWithLogits(prompt.Ids, positions), want = prompt.Logits.SelectMany(r => r).ToArray();
+                double err = CudaModelTests.RelErr(got, want), sq = 0;
+                for (int i = 0; i < got.Length; i++) sq += (double)(got[i] - want[i]) * (got[i] - want[i]);
+                rmsError = Math.Sqrt(sq / got.Length);
+                TestContext.Out.WriteLine($"{model}, {prompt.Ids.Length} tokens: ‖Δ‖/‖ref‖ = {err:E2}, rms logit error {rmsError:E2}");
                 Assert.That(err, Is.LessThanOrEqualTo(2e-2));
             }
             using (var seq = backend.CreateSequence())
             {
-                int count = Goldens.TokensBeforeFirstTie(prompt.GreedyMargins);
+                float tie = (float)Math.Max(Goldens.Bf16TieMargin, 8 * rmsError);
+                int firstTie = Array.FindIndex(prompt.GreedyMargins, m => m < tie);
+                int count = firstTie < 0 ? prompt.GreedyMargins.Length : firstTie;
                 int[] got = Goldens.Greedy(seq, prompt.Ids, prompt.Greedy.Length);
-                TestContext.Out.WriteLine($"{model} greedy: comparing {count} of {prompt.Greedy.Length} tokens");
+                TestContext.Out.WriteLine($"{model} greedy: comparing {count} of {prompt.Greedy.Length} tokens (near-tie: gap < {tie:E2})");
                 Assert.That(got.Take(count), Is.EqualTo(prompt.Greedy.Take(count)));
                 compared += count;
             }
