@@ -10,8 +10,6 @@ public enum GpuSupport
     Yes,
     /// <summary>The kind has kernels, but not for this model's shapes.</summary>
     No,
-    /// <summary>Sized for planning only: no GPU kernels yet.</summary>
-    Planned,
 }
 
 /// <summary>
@@ -108,6 +106,23 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
         return new MemoryTable(cardBytes, freeBytes, rows);
     }
 
+    /// <summary>
+    /// Whether a load would take this kind: a checkpoint already stored so as it is (<paramref name="isCheckpointKind"/>),
+    /// any other model as its bf16 release under --quantize.
+    /// </summary>
+    private static (GpuSupport, string) AskLoad(ModelConfig c, QuantizeMode mode, bool isCheckpointKind, string how)
+    {
+        try
+        {
+            CudaBackend.LinearKind(isCheckpointKind ? c : c with { Quantization = null }, new EngineOptions { Quantize = mode });
+            return (GpuSupport.Yes, isCheckpointKind ? "yes" : $"yes ({how})");
+        }
+        catch (OptionException e)
+        {
+            return (GpuSupport.No, $"no: {e.Message}");
+        }
+    }
+
     /// <summary>Whether the engine runs <paramref name="kind"/> for this model today, asked of the same check a load makes.</summary>
     private static (GpuSupport, string) Support(ModelConfig c, WeightKind kind)
     {
@@ -116,29 +131,9 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
             case WeightKind.Bf16:
                 return (GpuSupport.Yes, "yes");
             case WeightKind.Fp8:
-                try
-                {
-                    // An FP8 checkpoint as it is; any other model as its bf16 release under --quantize fp8.
-                    var asked = c.Quantization is Fp8QuantizationConfig ? c : c with { Quantization = null };
-                    CudaBackend.LinearKind(asked, new EngineOptions { Quantize = QuantizeMode.Fp8 });
-                    return (GpuSupport.Yes, c.Quantization is Fp8QuantizationConfig ? "yes" : "yes (--quantize fp8, or an FP8 checkpoint)");
-                }
-                catch (OptionException e)
-                {
-                    return (GpuSupport.No, $"no: {e.Message}");
-                }
+                return AskLoad(c, QuantizeMode.Fp8, c.Quantization is Fp8QuantizationConfig, "--quantize fp8, or an FP8 checkpoint");
             default:
-                try
-                {
-                    // An AWQ checkpoint as it is; any other model as its bf16 release under --quantize int4.
-                    var asked = c.Quantization is AwqQuantizationConfig ? c : c with { Quantization = null };
-                    CudaBackend.LinearKind(asked, new EngineOptions { Quantize = QuantizeMode.Int4 });
-                    return (GpuSupport.Yes, c.Quantization is AwqQuantizationConfig ? "yes" : "yes (--quantize int4, or an AWQ checkpoint)");
-                }
-                catch (OptionException e)
-                {
-                    return (GpuSupport.No, $"no: {e.Message}");
-                }
+                return AskLoad(c, QuantizeMode.Int4, c.Quantization is AwqQuantizationConfig, "--quantize int4, or an AWQ checkpoint");
         }
     }
 }

@@ -19,12 +19,7 @@ using Cuda = global::QwQ.Cuda.Native.Cuda;
 /// </summary>
 public sealed class Fp8EngineTests
 {
-    private const string ConfigJson = """
-        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
-         "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
-         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
-         "torch_dtype":"bfloat16","use_sliding_window":false}
-        """;
+    private static readonly string ConfigJson = QuantizedOnLoad.ConfigJson(hidden: 320, heads: 10);
 
     /// <summary>Each row of [rows, cols] quantized to e4m3 with its own scale, then dequantized: what the GPU computes with.</summary>
     internal static float[] QuantizeRows(float[] w, int rows, int cols)
@@ -193,6 +188,14 @@ public sealed class Fp8DivergenceTests
 /// </summary>
 internal static class QuantizedOnLoad
 {
+    /// <summary>A 2-layer model with heads of 32, 2 KV heads, intermediate 384 and a 256-token vocabulary.</summary>
+    public static string ConfigJson(int hidden, int heads) => $$"""
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":{{hidden}},"intermediate_size":384,
+         "num_hidden_layers":2,"num_attention_heads":{{heads}},"num_key_value_heads":2,"vocab_size":256,
+         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
+         "torch_dtype":"bfloat16","use_sliding_window":false}
+        """;
+
     public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs)
     {
         if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");

@@ -20,12 +20,7 @@ using Cuda = global::QwQ.Cuda.Native.Cuda;
 public sealed class Int4EngineTests
 {
     // Input sizes 256 and 384: multiples of the group size, 128.
-    private const string ConfigJson = """
-        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":256,"intermediate_size":384,
-         "num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,"vocab_size":256,
-         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
-         "torch_dtype":"bfloat16","use_sliding_window":false}
-        """;
+    private static readonly string ConfigJson = QuantizedOnLoad.ConfigJson(hidden: 256, heads: 8);
 
     [Test]
     public void QuantizedOnLoadMatchesCpuReferenceOnTheSameInt4Weights([Values(true, false)] bool cudaGraphs) =>
