@@ -43,6 +43,9 @@ internal sealed class ModelSourceOptions
     public readonly Option<QuantizeMode> Quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None,
         "Quantize a bf16 checkpoint's layer weights while loading: None, Fp8 (e4m3, one scale per output channel: half the bytes per token) " +
         "or Int4 (round-to-nearest, a scale and zero point per 128 inputs: about a quarter; below AWQ's quality, prefer Qwen/QwQ-32B-AWQ)");
+    public readonly Option<KvCacheKind> KvCache = TypedOptions.OneOf("--kv-cache", KvCacheKind.Bf16,
+        "How the KV cache stores keys and values: bf16 (the default) or fp8 (e4m3 with one scale per position and KV head: " +
+        "about half the bytes per position; CPU reference only for now, see docs/KV_CACHE.md)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
 
@@ -61,6 +64,7 @@ internal sealed class ModelSourceOptions
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
         MaxContext.HelpName = "N";
         TensorParallel.HelpName = "N";
+        KvCache.HelpName = "bf16|fp8";
         RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
         WithBackend = withBackend;
@@ -79,6 +83,7 @@ internal sealed class ModelSourceOptions
             command.Add(Backend);
             command.Add(Device);
             command.Add(Quantize);
+            command.Add(KvCache);
             command.Add(TensorParallel);
             command.Add(RopeScaling);
             command.Add(RopeSwitch);
@@ -118,6 +123,7 @@ internal sealed class ModelSourceOptions
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
                 Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
+                KvCache = WithBackend ? p.GetValue(KvCache) : KvCacheKind.Bf16, // the GPU engine refuses fp8 at load (CudaBackend)
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
                 // checked against the model and the backend at load (RopePlan.Resolve, CudaBackend.RopeFor)
                 RopeScaling = WithBackend ? p.GetValue(RopeScaling) switch

@@ -27,6 +27,7 @@ internal static class BenchCommand
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
         var quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None, "Quantize the layers' weights on the GPU while loading: None, Fp8 or Int4 (round-to-nearest, group 128)");
+        var kvCache = TypedOptions.OneOf("--kv-cache", KvCacheKind.Bf16, "How the KV cache stores keys and values: bf16 or fp8 (not on the GPU yet: refused at load)");
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
@@ -37,7 +38,7 @@ internal static class BenchCommand
         var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); not implemented yet above 1");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel,
         };
         command.SetAction(p =>
         {
@@ -51,7 +52,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel));
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache));
             return ExitCodes.Ok;
         });
         return command;
@@ -76,7 +77,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -90,6 +91,7 @@ internal static class BenchCommand
                 : throw new OptionException("--tensor-core-gemv-max-rows must be 0 or more"), UseCudaGraphs = cudaGraphs, PrefillGemm = prefillGemm,
             SampleableVocab = TokenizerVocab(modelDir ?? Presets.PresetFiles.Extract(preset)),
             Quantize = quantize,
+            KvCache = kvCache,
             TensorParallel = tensorParallel,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory

@@ -68,6 +68,8 @@ public sealed class CudaBackend : IModelBackend
             }
             WeightKind linearKind = LinearKind(config, options);
             RopeParameters rope = RopeFor(config, options);
+            if (options.KvCache != KvCacheKind.Bf16) // before any GPU work, like RopeFor's refusal
+                throw new OptionException(options.KvCache == KvCacheKind.Fp8 ? KvCacheFp8NotOnGpu : $"KV cache kind {options.KvCache} is not one of bf16 or fp8");
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
 
@@ -168,6 +170,9 @@ public sealed class CudaBackend : IModelBackend
                 throw new OptionException($"{config.Quantization.Description} checkpoints are not supported on the GPU engine");
         }
     }
+
+    internal const string KvCacheFp8NotOnGpu =
+        "--kv-cache fp8 runs on the CPU reference only for now; use bf16 (the default)";
 
     internal const string AdaptiveRopeNotOnGpu =
         "--rope-scaling adaptive runs on the CPU reference only for now; use static (today's behaviour) or off";

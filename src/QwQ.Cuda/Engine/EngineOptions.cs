@@ -65,6 +65,13 @@ public sealed record EngineOptions
     /// </summary>
     public QuantizeMode Quantize { get; init; }
 
+    /// <summary>
+    /// How the KV cache stores keys and values. <see cref="KvCacheKind.Fp8"/> (e4m3 codes and one fp32 scale per position
+    /// and KV head, <see cref="Model.KvCacheFp8"/>; docs/KV_CACHE.md) about halves its bytes; it runs on the CPU reference
+    /// only for now (the GPU engine refuses it).
+    /// </summary>
+    public KvCacheKind KvCache { get; init; }
+
     /// <summary>CUDA device ordinal.</summary>
     public int Device { get; init; }
 
@@ -120,6 +127,21 @@ public enum QuantizeMode
     /// QwQ-32B-AWQ checkpoint. Every layer input size must be a multiple of 128.
     /// </summary>
     Int4,
+}
+
+/// <summary>How the KV cache stores keys (after bias and RoPE) and values (docs/KV_CACHE.md).</summary>
+public enum KvCacheKind
+{
+    /// <summary>
+    /// bf16 K and V, the default: 2 × kv_heads × head_dim × 2 bytes per position and layer. The CPU reference keeps them in
+    /// fp32, unrounded, as it always has.
+    /// </summary>
+    Bf16,
+    /// <summary>
+    /// FP8 E4M3: per position, layer and KV head, head_dim codes and one fp32 scale amax / 448 for K and for V
+    /// (<see cref="Model.KvCacheFp8"/>): 2 × kv_heads × (head_dim + 4) bytes per position and layer. CPU reference only for now.
+    /// </summary>
+    Fp8,
 }
 
 /// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>

@@ -29,6 +29,11 @@ namespace QwQ.Cuda.Inference;
 /// truncated below it: a sequence's logits depend on its tokens only, never on how long it once was. The switch back
 /// happens at the next step, not in Truncate, so Truncate never needs blocks.
 /// </para>
+/// <para>
+/// KV cache (<see cref="EngineOptions.KvCache"/>): with Fp8, every K and V head vector goes through the fp8 format as it is
+/// written into the pool (<see cref="KvCacheFp8"/>, docs/KV_CACHE.md), and attention reads what it gives back. Forks, copy-on-write
+/// and the prefix cache copy the stored values, so a shared prefix reads exactly what an unshared one would.
+/// </para>
 /// </summary>
 public sealed class CpuReferenceBackend : IModelBackend
 {
@@ -48,13 +53,19 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// </param>
     /// <param name="ropeScaling">See <see cref="EngineOptions.RopeScaling"/> (null: static, as the GPU engine runs).</param>
     /// <param name="ropeSwitchPosition">See <see cref="EngineOptions.RopeSwitchPosition"/> (Adaptive only).</param>
+    /// <param name="kvCache">
+    /// See <see cref="EngineOptions.KvCache"/>: with Fp8, keys and values go through the fp8 format as they are written
+    /// (<see cref="KvCacheFp8"/>), and every sequence attends to what it gives back.
+    /// </param>
     public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null,
-        ulong? samplerSeed = null, int? kvPoolPositions = null, RopeScalingMode? ropeScaling = null, int? ropeSwitchPosition = null)
+        ulong? samplerSeed = null, int? kvPoolPositions = null, RopeScalingMode? ropeScaling = null, int? ropeSwitchPosition = null,
+        KvCacheKind kvCache = KvCacheKind.Bf16)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
         if (maxContext is < 1) throw new OptionException($"max context {maxContext} must be at least 1");
         if (kvPoolPositions is < 1) throw new OptionException($"a KV pool of {kvPoolPositions} positions must hold at least 1");
+        CheckKvCache(kvCache);
         int modelMax = MemoryPlan.ModelMaxPositions(config);
         if (maxContext > modelMax)
             throw new OptionException($"--max-context {maxContext} exceeds the model's {modelMax} positions");
@@ -62,7 +73,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         Config = config;
         _model = new Qwen2CpuModel(config, weights);
         MaxContext = maxContext ?? modelMax;
-        _kv = CpuKvBlocks.ForPositions(config, kvPoolPositions ?? 4L * MaxContext);
+        _kv = CpuKvBlocks.ForPositions(config, kvPoolPositions ?? 4L * MaxContext, kvCache);
         _validVocab = Math.Min(validVocab ?? config.VocabSize, config.VocabSize);
         _seed = samplerSeed;
     }
@@ -77,6 +88,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
         RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition); // a bad option fails before the weights load
+        CheckKvCache(options.KvCache);
         bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
@@ -100,7 +112,13 @@ public sealed class CpuReferenceBackend : IModelBackend
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
         return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
-            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition);
+            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition, kvCache: options.KvCache);
+    }
+
+    private static void CheckKvCache(KvCacheKind kind)
+    {
+        if (kind is not (KvCacheKind.Bf16 or KvCacheKind.Fp8))
+            throw new OptionException($"KV cache kind {kind} is not one of bf16 or fp8");
     }
 
     /// <summary>
@@ -158,6 +176,9 @@ public sealed class CpuReferenceBackend : IModelBackend
     public string DeviceDescription => $"CPU float32 reference ({Environment.ProcessorCount} cores)";
 
     public int MaxContext { get; }
+
+    /// <summary>How the shared KV pool stores K and V.</summary>
+    internal KvCacheKind KvCache => _kv.Kind;
 
     /// <summary>The rope scaling this backend runs (Off whenever the config has no YaRN).</summary>
     internal RopeScalingMode RopeScaling => _rope.Mode;

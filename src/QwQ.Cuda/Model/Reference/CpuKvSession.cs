@@ -1,4 +1,5 @@
 using QwQ.Cuda.Batching;
+using QwQ.Cuda.Engine;
 
 namespace QwQ.Cuda.Model.Reference;
 
@@ -17,13 +18,15 @@ public sealed class CpuKvSession
     /// <summary>Tokens currently in the cache.</summary>
     public int Length => _table.Length;
     public int MaxContext { get; }
+    /// <summary>How the session's cache stores K and V (<see cref="KvCacheKind"/>).</summary>
+    public KvCacheKind KvCache => _kv.Kind;
 
-    internal CpuKvSession(Qwen2CpuModel model, int maxContext)
+    internal CpuKvSession(Qwen2CpuModel model, int maxContext, KvCacheKind kvCache = KvCacheKind.Bf16)
     {
         if (maxContext <= 0) throw new ArgumentOutOfRangeException(nameof(maxContext), "must be positive");
         _model = model;
         MaxContext = maxContext;
-        _kv = CpuKvBlocks.ForPositions(model.Config, maxContext);
+        _kv = CpuKvBlocks.ForPositions(model.Config, maxContext, kvCache);
         _table = new KvBlockTable(_kv.Pool);
     }
 

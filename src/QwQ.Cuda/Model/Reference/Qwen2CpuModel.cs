@@ -1,5 +1,6 @@
 using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
 
 namespace QwQ.Cuda.Model.Reference;
 
@@ -43,11 +44,15 @@ public sealed class Qwen2CpuModel
         AttentionFactor = Rope.AttentionFactor;
     }
 
-    /// <summary>Full forward pass over <paramref name="tokens"/> from position 0: logits <c>[T, vocab]</c>.</summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, ActivationSink? sink = null)
+    /// <summary>
+    /// Full forward pass over <paramref name="tokens"/> from position 0: logits <c>[T, vocab]</c>. With an fp8
+    /// <paramref name="kvCache"/> every position attends to the keys and values as the fp8 cache gives them back (its own
+    /// and those of the same pass included), so the result equals a session's, however it is chunked.
+    /// </summary>
+    public float[] Forward(ReadOnlySpan<int> tokens, ActivationSink? sink = null, KvCacheKind kvCache = KvCacheKind.Bf16)
     {
         if (tokens.IsEmpty) throw new ArgumentException("need at least one token", nameof(tokens));
-        var kv = CpuKvBlocks.ForPositions(Config, tokens.Length);
+        var kv = CpuKvBlocks.ForPositions(Config, tokens.Length, kvCache);
         using var table = new KvBlockTable(kv.Pool);
         table.Reserve(0, tokens.Length, kv.CopyBlock);
         var normed = Decode(kv, [new CpuBatchRows(tokens.ToArray(), 0, table, Rope)], sink, CancellationToken.None);
@@ -55,7 +60,7 @@ public sealed class Qwen2CpuModel
     }
 
     /// <summary>A KV-cached session for incremental decoding of up to <paramref name="maxContext"/> tokens.</summary>
-    public CpuKvSession CreateSession(int maxContext) => new(this, maxContext);
+    public CpuKvSession CreateSession(int maxContext, KvCacheKind kvCache = KvCacheKind.Bf16) => new(this, maxContext, kvCache);
 
     /// <summary>
     /// One batched pass: the rows of every item laid end to end. The products run over all rows at once; RoPE (each
