@@ -71,6 +71,13 @@ public sealed record ModelConfig
     public int QueriesPerKvHead => NumAttentionHeads / NumKeyValueHeads;
     public int QDim => checked(NumAttentionHeads * HeadDim);
     public int KvDim => checked(NumKeyValueHeads * HeadDim);
+
+    /// <summary>
+    /// The first layer input size (hidden, q, intermediate: the k of every decoder product) that is not a multiple of
+    /// <paramref name="multiple"/>, or null: quantized kernels and formats need whole chunks or groups of inputs.
+    /// </summary>
+    internal int? LayerInputSizeNotMultipleOf(int multiple) =>
+        new[] { HiddenSize, QDim, IntermediateSize }.Where(k => k % multiple != 0).Select(k => (int?)k).FirstOrDefault();
     /// <summary>Rows of the fused qkv projection: (nq + 2·nkv)·D.</summary>
     public int QkvDim => checked((NumAttentionHeads + 2 * NumKeyValueHeads) * HeadDim);
 

@@ -128,23 +128,15 @@ public sealed class CudaBackend : IModelBackend
     /// </summary>
     internal static WeightKind LinearKind(ModelConfig config, EngineOptions options)
     {
-        // A layer input size (hidden, q, intermediate) the fp8 kernels' 64-k chunks do not divide, or null.
-        static int? InputSizeFp8CannotTake(ModelConfig c) =>
-            new[] { c.HiddenSize, c.QDim, c.IntermediateSize }.Where(k => k % Fp8Ops.KMultiple != 0).Select(k => (int?)k).FirstOrDefault();
-        // Likewise for the int4 kernels with this group size.
-        static int? InputSizeInt4CannotTake(ModelConfig c, int group) =>
-            new[] { c.HiddenSize, c.QDim, c.IntermediateSize }.Where(k => !Int4Ops.Supports(k, group)).Select(k => (int?)k).FirstOrDefault();
-
+        // The fp8 kernels need whole 64-k chunks of every layer input, the int4 ones whole groups (themselves whole chunks).
         switch (config.Quantization)
         {
             case null when options.Quantize == QuantizeMode.Fp8:
-                if (InputSizeFp8CannotTake(config) is int bad)
+                if (config.LayerInputSizeNotMultipleOf(Fp8Ops.KMultiple) is int bad)
                     throw new OptionException($"--quantize fp8 needs every layer's input size to be a multiple of {Fp8Ops.KMultiple}, and this model has one of {bad}; run it in bf16");
                 return WeightKind.Fp8;
             case null when options.Quantize == QuantizeMode.Int4:
-                if (InputSizeInt4CannotTake(config, LinearWeight.Int4GroupSize) is int notGrouped)
-                    throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {LinearWeight.Int4GroupSize}, " +
-                                              $"and this model has one of {notGrouped}; run it in bf16 or with --quantize fp8");
+                Int4Rtn.EnsureGroupsDivide(config);
                 return WeightKind.Int4Awq;
             case null:
                 return WeightKind.Bf16;
@@ -154,16 +146,16 @@ public sealed class CudaBackend : IModelBackend
                 if (QuantizedTensorNames.OutputProjection(config) is Fp8LinearTensors)
                     throw new OptionException("this FP8 checkpoint quantizes lm_head too; the GPU engine keeps lm_head in bf16 and loads " +
                                               "FP8 checkpoints whose quantization_config lists lm_head in \"ignore\" (llm-compressor's default)");
-                if (InputSizeFp8CannotTake(config) is int odd)
+                if (config.LayerInputSizeNotMultipleOf(Fp8Ops.KMultiple) is int odd)
                     throw new OptionException($"this FP8 checkpoint has a layer input size of {odd}; the GPU engine's fp8 kernels need multiples of {Fp8Ops.KMultiple}");
                 return WeightKind.Fp8; // --quantize fp8 on an fp8 checkpoint asks for what it is
             case AwqQuantizationConfig awq:
                 if (options.Quantize == QuantizeMode.Fp8)
                     throw new OptionException("--quantize fp8 takes a bf16 checkpoint, and this one is already INT4 (AWQ); drop --quantize, or use the bf16 checkpoint");
-                if (!Int4Ops.Supports(64 * awq.GroupSize, awq.GroupSize))
+                if (!Int4Ops.SupportsGroup(awq.GroupSize))
                     throw new OptionException($"this AWQ checkpoint groups {awq.GroupSize} inputs per scale; the GPU engine's int4 kernels take groups of " +
                                               $"{Int4Ops.KMultiple} to {Int4Ops.MaxGroup} (QwQ-32B-AWQ uses 128); run it with --backend cpu");
-                if (InputSizeInt4CannotTake(config, awq.GroupSize) is int odd4)
+                if (config.LayerInputSizeNotMultipleOf(awq.GroupSize) is int odd4)
                     throw new OptionException($"this AWQ checkpoint has a layer input size of {odd4}; the GPU engine's int4 kernels need multiples of {Int4Ops.KMultiple} and of the group size");
                 return WeightKind.Int4Awq; // --quantize int4 on an AWQ checkpoint asks for what it is
             default:

@@ -45,7 +45,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
     };
 
     /// <summary>Inputs per INT4 scale group by default: QwQ-32B-AWQ's and <c>--quantize int4</c>'s 128.</summary>
-    public const int Int4GroupSize = 128;
+    public const int Int4GroupSize = Weights.Quantization.Int4Rtn.DefaultGroupSize;
 }
 
 /// <summary>
@@ -122,7 +122,7 @@ internal sealed class LinearOps : IDisposable
                     ApplySliced(s, w, x, y, rows, accumulate);
                 else
                 {
-                    _int4.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.Out, w.In, w.Group);
+                    _int4.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
                     ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
                 }
                 break;
@@ -144,12 +144,17 @@ internal sealed class LinearOps : IDisposable
             Choice? slice = Chosen(w, n);
             int splits = slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors);
             if (w.Kind == WeightKind.Int4Awq) splits = Math.Min(splits, w.In / w.Group); // int4 splits fall on group boundaries
-            ulong xs = x + (ulong)(2L * r0 * w.In), ys = y + (ulong)(4L * r0 * w.Out);
-            if (w.Kind == WeightKind.Int4Awq)
-                _int4!.Gemv(s, w.Weight, w.Scales, xs, ys, n, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
-            else
-                _tc.Gemv(s, fp8: true, w.Weight, w.Scales, xs, ys, n, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, slice?.Lite ?? false);
+            TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Lite ?? false);
         }
+    }
+
+    /// <summary>Our tensor-core GEMV for this weight's kind: gemv_tc (bf16, fp8) or gemv_int4, up to 32 rows.</summary>
+    private void TensorCore(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, int splits, bool lite = false)
+    {
+        if (w.Kind == WeightKind.Int4Awq)
+            _int4!.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
+        else
+            _tc.Gemv(s, fp8: w.Kind == WeightKind.Fp8, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, lite);
     }
 
     private void ApplyBf16(CudaStream s, ulong weight, int outF, int inF, ulong x, ulong y, int rows, bool accumulate, Choice? chosen)
@@ -209,23 +214,21 @@ internal sealed class LinearOps : IDisposable
                 }
                 else if (w0.Kind == WeightKind.Int4Awq)
                 {
-                    if (_int4 is null || rows > Int4Ops.MaxRows) continue;
-                    foreach (int splits in Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows))
-                        Try(new Choice(Path.TensorCore, splits), l => _int4.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, l.Group, accumulate, _tcWorkspace.Ptr, splits));
-                    if (choice is { } int4Choice) _choices[(w0.Kind, w0.Out, w0.In, rows)] = int4Choice;
-                    continue;
+                    if (_int4 is null || !tcFits) continue;
                 }
                 else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
                 else if (rows <= Fp8Ops.MaxGemvRows && _fp8 is not null)
                     foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
                         Try(new Choice(Path.Gemv, splits), l => _fp8.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
-                bool fp8 = w0.Kind == WeightKind.Fp8;
-                foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
+                bool tryLite = w0.Kind == WeightKind.Fp8 && rows <= 8;
+                var tcSplits = w0.Kind == WeightKind.Int4Awq
+                    ? Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows)
+                    : TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows);
+                foreach (int splits in tcSplits)
                 {
-                    Try(new Choice(Path.TensorCore, splits), l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
-                    if (fp8 && rows <= 8)
-                        Try(new Choice(Path.TensorCore, splits, Lite: true),
-                            l => _tc.Gemv(s, fp8, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits, lite: true));
+                    Try(new Choice(Path.TensorCore, splits), l => TensorCore(s, l, x, y, rows, accumulate, splits));
+                    if (tryLite)
+                        Try(new Choice(Path.TensorCore, splits, Lite: true), l => TensorCore(s, l, x, y, rows, accumulate, splits, lite: true));
                 }
                 if (choice is { } chosen) _choices[(w0.Kind, w0.Out, w0.In, rows)] = chosen;
             }

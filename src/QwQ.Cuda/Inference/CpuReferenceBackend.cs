@@ -157,11 +157,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         switch (config.Quantization)
         {
             case null:
-                int? bad = new[] { config.HiddenSize, config.QDim, config.IntermediateSize }
-                    .Where(k => k % Int4Rtn.DefaultGroupSize != 0).Select(k => (int?)k).FirstOrDefault();
-                if (bad is int k)
-                    throw new OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {Int4Rtn.DefaultGroupSize}, " +
-                                              $"and this model has one of {k}; run it in bf16 or with --quantize fp8");
+                Int4Rtn.EnsureGroupsDivide(config);
                 return true;
             case AwqQuantizationConfig:
                 return false; // --quantize int4 on an AWQ checkpoint asks for what it is

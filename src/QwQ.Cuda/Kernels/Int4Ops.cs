@@ -62,8 +62,10 @@ internal sealed class Int4Ops
     public static long ScaleZeroBytes(int n, int k, int group) => 4L * (k / group) * PaddedRows(n);
 
     /// <summary>Whether the GPU kernels take this input size and group size.</summary>
-    public static bool Supports(int k, int group) =>
-        k > 0 && k % KMultiple == 0 && group >= KMultiple && group <= MaxGroup && (group & (group - 1)) == 0 && k % group == 0;
+    public static bool Supports(int k, int group) => SupportsGroup(group) && k > 0 && k % group == 0;
+
+    /// <summary>Whether the GPU kernels take this group size: a power of two in [64, 256] (a multiple of the 64-k chunk).</summary>
+    public static bool SupportsGroup(int group) => group >= KMultiple && group <= MaxGroup && (group & (group - 1)) == 0;
 
     /// <summary>Byte offset of the 32-bit word holding code (row, kk) (host mirror of int4_word_offset).</summary>
     public static long WordOffset(int row, int kk, int k)
@@ -185,17 +187,16 @@ internal sealed class Int4Ops
         _repackAwq.Launch(new Dim3((uint)((words + Threads - 1) / Threads)), new Dim3(Threads), 0, s, args);
     }
 
-    /// <summary>Rows [0, rows) of the int4 weight [n, k] → row-major bf16 [rows, k] at <paramref name="dst"/> ((q − z) · s, rounded to bf16).</summary>
-    public unsafe void DequantizeRows(CudaStream s, ulong src, ulong scaleZero, ulong dst, int rows, int n, int k, int group)
+    /// <summary>The int4 weight [n, k] → row-major bf16 [n, k] at <paramref name="dst"/> ((q − z) · s, rounded to bf16).</summary>
+    public unsafe void DequantizeRows(CudaStream s, ulong src, ulong scaleZero, ulong dst, int n, int k, int group)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(src, 16, nameof(src));
         LaunchChecks.Aligned(scaleZero, 4, nameof(scaleZero));
         LaunchChecks.Aligned(dst, 16, nameof(dst));
-        LaunchChecks.Positive(rows, nameof(rows));
-        if (rows > n) throw new ArgumentException($"rows ({rows}) run past n = {n}.", nameof(rows));
+        LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
-        long rowsL = rows;
+        long rowsL = n;
         int pad = PaddedRows(n);
         void** args = stackalloc void*[] { &src, &scaleZero, &dst, &rowsL, &k, &pad, &group };
         _dequantize.Launch(new Dim3(LaunchChecks.GridStrideBlocks(rowsL * (k / 8), Threads)), new Dim3(Threads), 0, s, args);

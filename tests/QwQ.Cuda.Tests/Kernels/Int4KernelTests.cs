@@ -224,7 +224,7 @@ public sealed class Int4KernelTests : KernelTestBase
         var dq = Upload<byte>(tiled);
         var dsz = Upload<uint>(sz);
         var dout = PoisonedBf16((long)n * k);
-        _int4.DequantizeRows(Stream, dq.Ptr, dsz.Ptr, dout.Ptr, n, n, k, group);
+        _int4.DequantizeRows(Stream, dq.Ptr, dsz.Ptr, dout.Ptr, n, k, group);
         float[] got = DownloadBf16(dout);
         for (int i = 0; i < w.Length; i++)
             if (got[i] != Bf16.Round(w[i])) Assert.Fail($"element {i} (row {i / k}, col {i % k}): {got[i]}, expected {Bf16.Round(w[i])}");

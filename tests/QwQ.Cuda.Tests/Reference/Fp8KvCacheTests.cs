@@ -350,6 +350,6 @@ public class Fp8KvCacheTests
         var e = Assert.Throws<OptionException>(() =>
             CudaBackend.Load(ModelPresets.Get("qwq-32b"), checkpointDir: null, new EngineOptions { KvCache = KvCacheKind.Fp8 }).Dispose());
         Assert.That(e!.Message, Is.EqualTo("--kv-cache fp8 runs on the CPU reference only for now; use bf16 (the default)"));
-        Assert.That(CudaBackend.KvCacheFp8NotOnGpu, Is.EqualTo(e.Message));
+        Assert.That(e.Message, Is.EqualTo(CudaBackend.KvCacheFp8NotOnGpu));
     }
 }

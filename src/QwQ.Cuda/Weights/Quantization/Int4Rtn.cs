@@ -29,6 +29,17 @@ public static class Int4Rtn
     /// <summary>Inputs per scale and zero point: 128, as AutoAWQ's default and the QwQ-32B-AWQ checkpoint.</summary>
     public const int DefaultGroupSize = 128;
 
+    /// <summary>
+    /// Refuses <c>--quantize int4</c> for a model whose layer input sizes the default group does not divide, with the
+    /// advice both backends give.
+    /// </summary>
+    internal static void EnsureGroupsDivide(Config.ModelConfig c)
+    {
+        if (c.LayerInputSizeNotMultipleOf(DefaultGroupSize) is int k)
+            throw new Errors.OptionException($"--quantize int4 needs every layer's input size to be a multiple of its group size, {DefaultGroupSize}, " +
+                                             $"and this model has one of {k}; run it in bf16 or with --quantize fp8");
+    }
+
     /// <summary>The largest code and zero point (4 bits).</summary>
     public const int MaxCode = 15;
 
