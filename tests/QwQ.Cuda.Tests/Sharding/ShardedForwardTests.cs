@@ -2,6 +2,7 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Sharding;
+using QwQ.Cuda.Tests.Batching;
 using QwQ.Cuda.Tests.Reference;
 
 namespace QwQ.Cuda.Tests.Sharding;
@@ -27,25 +28,11 @@ public class ShardedForwardTests
 
     private static readonly Lazy<CpuWeights> EightKvWeights = new(() => CpuWeights.Random(EightKv, seed: 11));
 
-    /// <summary>‖a − ref‖₂ / ‖ref‖₂.</summary>
-    private static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<float> reference)
-    {
-        Assert.That(a.Length, Is.EqualTo(reference.Length));
-        double diff = 0, norm = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            double d = (double)a[i] - reference[i];
-            diff += d * d;
-            norm += (double)reference[i] * reference[i];
-        }
-        return Math.Sqrt(diff / norm);
-    }
-
     private static void AssertShardedLogitsMatch(CpuWeights weights, int ranks, int[] tokens)
     {
         var reference = new Qwen2CpuModel(weights.Config, weights).Forward(tokens);
         var sharded = TensorParallelCpuModel.FromFull(weights, ranks).Forward(tokens);
-        double rel = RelativeL2(sharded, reference);
+        double rel = BatchingFixtures.RelErr(sharded, reference);
         TestContext.Out.WriteLine($"N = {ranks}: ‖Δ‖/‖ref‖ = {rel:E2}");
         Assert.That(rel, Is.LessThan(Tolerance), $"N = {ranks}");
     }
@@ -190,7 +177,7 @@ public class ShardedForwardTests
         var permuted = new TensorParallelCpuModel(plan, shards);
 
         var reference = new Qwen2CpuModel(weights.Config, weights).Forward(Tokens);
-        Assert.That(RelativeL2(permuted.Forward(Tokens), reference), Is.LessThan(Tolerance), "same function");
+        Assert.That(BatchingFixtures.RelErr(permuted.Forward(Tokens), reference), Is.LessThan(Tolerance), "same function");
         var problems = CheckRanksAgainstFullModel(weights, permuted, Tokens);
         Assert.That(problems, Is.Not.Empty);
         Assert.That(problems, Has.Some.StartsWith("layer 0 rank 0 layer0.k:"), "rank 0's KV heads are out of order");
