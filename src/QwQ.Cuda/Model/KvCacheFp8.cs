@@ -32,7 +32,7 @@ public static class KvCacheFp8
         ArgumentNullException.ThrowIfNull(config);
         return kind switch
         {
-            KvCacheKind.Bf16 => 2L * config.NumKeyValueHeads * config.HeadDim * 2,
+            KvCacheKind.Bf16 => config.KvBytesPerToken / config.NumHiddenLayers,
             KvCacheKind.Fp8 => 2L * config.NumKeyValueHeads * (config.HeadDim + ScaleBytes),
             _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "bf16 or fp8"),
         };
