@@ -24,15 +24,19 @@ gather_rows_bf16(const __nv_bfloat16* __restrict__ src,  // [T, hidden]
     }
 }
 
-// Row scatter: dst_rows[r][:] = src[r, :] for fp32 rows — each sequence of a step takes its logits row into its own
-// buffer in one launch instead of one copy call per sequence. Launch: grid = (R, ceil(cols / (256 * 4))), block 256.
+// Row scatter: dst_rows[r][dst_offset + c] = src[r * src_stride + c] for c < cols, fp32 rows: each sequence of a step
+// takes its logits row into its own buffer in one launch instead of one copy call per sequence. With tensor parallel
+// the rows come from a rank's shard of the vocabulary (src_stride its padded width, dst_offset its first id).
+// Launch: grid = (R, ceil(cols / (256 * 4))), block 256.
 extern "C" __global__ void __launch_bounds__(256)
-scatter_rows_f32(const float* __restrict__ src,      // [R, cols]
-                 float* const* __restrict__ dst_rows, // [R] device pointers, each to cols floats
+scatter_rows_f32(const float* __restrict__ src,      // [R, src_stride]
+                 long long src_stride,
+                 float* const* __restrict__ dst_rows, // [R] device pointers, each to dst_offset + cols floats
+                 long long dst_offset,
                  int cols) {
     const int r = blockIdx.x;
-    const float* s = src + (size_t)r * cols;
-    float* d = dst_rows[r];
+    const float* s = src + (size_t)r * src_stride;
+    float* d = dst_rows[r] + dst_offset;
     const int base = blockIdx.y * blockDim.x * 4 + threadIdx.x;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {

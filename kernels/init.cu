@@ -49,6 +49,26 @@ fill_normal_bf16(__nv_bfloat16* __restrict__ out,  // [n]
     }
 }
 
+// The window [row0, row0 + rows) x [col0, col0 + cols) of the row-major tensor (full_cols per row) that
+// fill_normal_bf16 makes with the same seed, written densely to out [rows, cols]: a tensor-parallel rank generates
+// exactly its shard of the single-GPU synthetic weights (q/k/v and gate/up by rows, o_proj and down_proj by columns).
+// Launch: 1-D grid (any size), block = 256; one element per thread per step.
+extern "C" __global__ void __launch_bounds__(256)
+fill_normal_bf16_window(__nv_bfloat16* __restrict__ out,  // [rows, cols]
+                        unsigned long long rows, unsigned long long cols, unsigned long long full_cols,
+                        unsigned long long row0, unsigned long long col0,
+                        unsigned long long seed, float mean, float std) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+    const uint64_t seed_mixed = mix64(seed);
+    const uint64_t n = rows * cols;
+    for (uint64_t i = global_thread_index(); i < n; i += grid_thread_count()) {
+        const uint64_t e = (row0 + i / cols) * full_cols + col0 + i % cols;  // index in the full tensor
+        float n0, n1;
+        normal_pair(seed_mixed, e / 2, mean, std, n0, n1);
+        o[i] = float_to_bf16_bits((e & 1) ? n1 : n0);
+    }
+}
+
 // Launch: 1-D grid (any size), block = 256.
 extern "C" __global__ void __launch_bounds__(256)
 fill_const_bf16(__nv_bfloat16* __restrict__ out,  // [n]

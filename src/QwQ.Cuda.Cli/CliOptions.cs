@@ -47,7 +47,9 @@ internal sealed class ModelSourceOptions
         "How the KV cache stores keys and values: bf16 (the default) or fp8 (e4m3 with one scale per position and KV head: " +
         "about half the bytes per position; CPU reference only for now, see docs/KV_CACHE.md)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
-        "GPUs to split the model over (tensor parallelism); must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8). Not implemented yet above 1");
+        "GPUs to split the model over (tensor parallelism), devices --device to --device + N - 1; must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8)");
+    public readonly Option<AllReduceKind> AllReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom,
+        "With --tensor-parallel: how the GPUs sum their partial products: custom (our one-shot kernel over NVLink for decode, NCCL for prefill; the default) or nccl (NCCL throughout)");
 
     // Lower-case names as the issue and README spell them; null (not given) leaves the engine's default.
     public readonly Option<string?> RopeScaling = new("--rope-scaling")
@@ -64,6 +66,7 @@ internal sealed class ModelSourceOptions
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
         MaxContext.HelpName = "N";
         TensorParallel.HelpName = "N";
+        AllReduce.HelpName = "custom|nccl";
         KvCache.HelpName = "bf16|fp8";
         RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
@@ -85,6 +88,7 @@ internal sealed class ModelSourceOptions
             command.Add(Quantize);
             command.Add(KvCache);
             command.Add(TensorParallel);
+            command.Add(AllReduce);
             command.Add(RopeScaling);
             command.Add(RopeSwitch);
         }
@@ -125,6 +129,7 @@ internal sealed class ModelSourceOptions
                 Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
                 KvCache = WithBackend ? p.GetValue(KvCache) : KvCacheKind.Bf16, // the GPU engine refuses fp8 at load (CudaBackend)
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
+                AllReduce = WithBackend ? p.GetValue(AllReduce) : AllReduceKind.Custom,
                 // checked against the model and the backend at load (RopePlan.Resolve, CudaBackend.RopeFor)
                 RopeScaling = WithBackend ? p.GetValue(RopeScaling) switch
                 {

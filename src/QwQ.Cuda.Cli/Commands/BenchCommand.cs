@@ -35,10 +35,11 @@ internal static class BenchCommand
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
-        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); not implemented yet above 1");
+        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); reports the all-reduce, ours against NCCL's");
+        var allReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom, "With --tensor-parallel: custom (one-shot kernel for decode, the default) or nccl");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, gemm, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -52,7 +53,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache));
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce));
             return ExitCodes.Ok;
         });
         return command;
@@ -77,7 +78,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -93,6 +94,7 @@ internal static class BenchCommand
             Quantize = quantize,
             KvCache = kvCache,
             TensorParallel = tensorParallel,
+            AllReduce = allReduce,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");

@@ -44,6 +44,24 @@ public static class BenchOutput
         }
         sb.AppendLine();
         sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms.");
+        if (r.AllReduce is { Count: > 0 } ar)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"Tensor parallel over {r.TensorParallel} GPUs (weights and floors per GPU). One all-reduce of hidden-wide fp32 rows, in a CUDA graph:");
+            sb.AppendLine();
+            sb.AppendLine("| rows | one-shot µs | NCCL µs | 2 per layer, ms/token |");
+            sb.AppendLine("|---:|---:|---:|---:|");
+            foreach (var a in ar)
+                sb.AppendLine($"| {a.Rows} | {(a.OneShotUs is double o ? o.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "off")} | {a.NcclUs:F1} | {a.MsPerToken:F2} |");
+        }
+        if (r.Figures.Any(f => f.Batch > 1))
+        {
+            sb.AppendLine();
+            sb.AppendLine("| batch | context | ms/step | tok/s (all rows) | floor ms | % of floor |");
+            sb.AppendLine("|---:|---:|---:|---:|---:|---:|");
+            foreach (var f in r.Figures.Where(f => f.Kind == "decode" && f.Batch > 1))
+                sb.AppendLine($"| {f.Batch} | {f.Context} | {f.MsPerStep:F2} | {f.TokensPerSecond:F1} | {f.FloorMs:F2} | {f.PercentOfFloor:F0}% |");
+        }
         return sb.ToString();
     }
 }

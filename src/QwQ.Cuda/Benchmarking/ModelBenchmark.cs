@@ -31,15 +31,25 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
     string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor);
 
+/// <summary>
+/// One tensor-parallel all-reduce of <see cref="Rows"/> × hidden fp32, as decode runs it (in a CUDA graph): our
+/// one-shot kernel (null when off) against NCCL in the same run, and what a token's 2 per layer cost with the faster.
+/// </summary>
+public sealed record AllReduceResult(int Rows, double? OneShotUs, double NcclUs, double MsPerToken);
+
+/// <summary><see cref="WeightBytes"/>: per GPU (with tensor parallel each holds its share and the whole embedding).</summary>
 public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
-    SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures);
+    SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
+    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
 /// the measured copy bandwidth, prefill against FLOPs over the measured GEMM rate. Times are host wall clock
-/// around whole steps (sampling and the token read-back included), which is what a user sees.
+/// around whole steps (sampling and the token read-back included), which is what a user sees. With tensor parallel
+/// over N GPUs the floors are per GPU (each reads its share of the bytes and does 1/N of the FLOPs, at the first GPU's
+/// measured rates), and the all-reduce is timed on its own, ours against NCCL's.
 /// </summary>
 public static class ModelBenchmark
 {
@@ -48,6 +58,17 @@ public static class ModelBenchmark
         var c = backend.Config;
         var ceilings = DeviceCeilings.Measure(backend.Stream);
         log($"ceilings: copy {ceilings.CopyBytesPerSecond / 1e12:F2} TB/s, bf16 GEMM {ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s");
+        int tp = backend.TensorParallel;
+        var allReduce = new List<AllReduceResult>();
+        if (tp > 1)
+            foreach (int rows in new[] { 1 }.Concat(settings.Batches).Distinct().Where(r => r <= backend.Plan.PrefillChunk))
+            {
+                var (oneShot, nccl) = backend.MeasureAllReduce(rows);
+                double perToken = 2.0 * c.NumHiddenLayers * Math.Min(oneShot ?? double.MaxValue, nccl) / 1e3;
+                allReduce.Add(new AllReduceResult(rows, oneShot, nccl, perToken));
+                log($"all-reduce of {rows,3} row(s) over {tp} GPUs: one-shot {(oneShot is double o ? $"{o:F1} µs" : "off")}, NCCL {nccl:F1} µs; " +
+                    $"{2 * c.NumHiddenLayers} per token: {perToken:F2} ms");
+            }
         int need = Math.Max(settings.PrefillLengths.DefaultIfEmpty(0).Max(), settings.DecodeContexts.DefaultIfEmpty(0).Max() + settings.DecodeSteps);
         int capacity = Math.Min(backend.MaxContext, need + 1);
         using var seq = backend.CreateSequence(capacity);
@@ -74,7 +95,7 @@ public static class ModelBenchmark
                 times.Add(sw.Elapsed.TotalMilliseconds);
             }
             double ms = Timing.Median(times);
-            double floor = PrefillFlops(backend, n) / ceilings.GemmFlopsPerSecond * 1e3;
+            double floor = PrefillFlops(backend, n) / tp / ceilings.GemmFlopsPerSecond * 1e3;
             prefill.Add(new PrefillResult(n, ms, n / (ms / 1e3), floor, 100 * floor / ms));
             log($"prefill {n,6} tokens: {ms,8:F1} ms  {n / (ms / 1e3),8:F0} tok/s  (floor {floor:F1} ms, {100 * floor / ms:F0}%)");
         }
@@ -113,7 +134,7 @@ public static class ModelBenchmark
 
         var figures = new List<BenchFigure>();
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
-            new(kind, batch, context, tokens, WeightsName(backend.Weights.LinearKind), 1, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
+            new(kind, batch, context, tokens, WeightsName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
         figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs)));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
@@ -127,15 +148,15 @@ public static class ModelBenchmark
                     continue;
                 }
                 double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens);
-                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * c.KvBytesPerToken;
+                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * c.KvBytesPerToken / tp;
                 double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
                 figures.Add(Figure("decode", batch, ctx, null, batch * 1e3 / ms, ms, floor));
                 log($"decode batch {batch,3} at {ctx,6}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
             }
 
-        return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), backend.Context.DeviceName, commit,
+        return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce);
     }
 
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;
@@ -203,15 +224,16 @@ public static class ModelBenchmark
     }
 
     /// <summary>
-    /// Bytes a decode step must read: every weight except the embedding table (one row of it is read), plus
-    /// K and V of the context.
+    /// Bytes a decode step must read on one GPU: every weight it holds except the embedding table (one row of it is
+    /// read), plus its K and V of the context (with tensor parallel, its share of both).
     /// </summary>
     public static double DecodeBytesPerToken(CudaBackend b, int context)
     {
         var c = b.Config;
         double embedding = 2.0 * c.VocabSize * c.HiddenSize;
-        double weights = b.Weights.Bytes - (c.TieWordEmbeddings ? 0 : embedding);
-        return weights + (double)context * c.KvBytesPerToken;
+        bool lmHeadIsEmbedding = c.TieWordEmbeddings && b.TensorParallel == 1;
+        double weights = b.Weights.Bytes - (lmHeadIsEmbedding ? 0 : embedding);
+        return weights + (double)context * c.KvBytesPerToken / b.TensorParallel;
     }
 
     /// <summary>Matrix FLOPs of a prefill of n tokens: 2·n per weight of the layers, plus causal attention and one lm_head row.</summary>

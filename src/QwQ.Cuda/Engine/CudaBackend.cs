@@ -7,16 +7,19 @@ using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Model;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Sharding;
 using QwQ.Cuda.Weights;
 using QwQ.Cuda.Weights.Quantization;
 
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// The CUDA engine (nano-vllm's model runner): owns the context, the weights on the device, the kernels, cuBLAS,
-/// the activation workspace, the paged KV pool and the sampler's scratch. Sequences own their tokens, block tables,
-/// logits and penalty counts. One stream: every launch is ordered, and a step needs no host synchronisation until
-/// a sampled token is read.
+/// The CUDA engine (nano-vllm's model runner): owns the GPUs' parts of the model (<see cref="DeviceRank"/>: context,
+/// stream, weights, kernels, cuBLAS, activation workspace, paged KV pool), the host bookkeeping of the KV pool and the
+/// sampler's scratch. Sequences own their tokens, block tables, logits and penalty counts. One stream per GPU: every
+/// launch is ordered, and a step needs no host synchronisation until a sampled token is read. With tensor parallel
+/// (<see cref="EngineOptions.TensorParallel"/>) every GPU runs each step over its shard, one thread each
+/// (<see cref="RankThreads"/>); the sequences, their logits and the sampler live on the first GPU.
 /// </summary>
 /// <remarks>
 /// Thread safety: all device work goes through <see cref="Gate"/>, so sequences may be used from different threads;
@@ -27,98 +30,151 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Decode batches are padded to one of these sizes, each captured once as a CUDA graph.</summary>
     internal static readonly int[] GraphBatchSizes = [1, 2, 4, 8, 16, 32, 64, 128];
 
-    private readonly List<IDisposable> _owned = [];
-    private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
+    private readonly List<IDisposable> _owned = [];   // on the first GPU
+    private readonly DeviceRank[] _ranks = [];
+    private readonly RankThreads? _threads;
+    private readonly NcclClique? _clique;
+    private readonly TensorParallelPlan? _parallel;
     private volatile bool _disposed;
     private PinnedHostBuffer? _sampledHost; // int32 [sequences]  tokens of a batched Sample
-    private readonly KernelSet _kernels = null!;
     private readonly RowPointers _rowPointers = null!;
 
     internal object Gate { get; } = new();
-    internal CudaContext Context { get; }
-    internal CudaStream Stream { get; }
-    internal Workspace Workspace { get; }
-    internal Qwen2Forward Forward { get; }
-    internal GpuSampler Sampler { get; }
+    private DeviceRank First => _ranks[0];
+    internal CudaContext Context => First.Context;
+    internal CudaStream Stream => First.Stream;
+    internal Workspace Workspace => First.Workspace;
+    internal Qwen2Forward Forward => First.Forward;
+    internal GpuSampler Sampler { get; } = null!;
     internal EngineOptions Options { get; }
-    internal ModelWeights Weights { get; }
-    internal LinearOps Linear { get; } = null!;
-    internal KvPool KvMemory { get; }
+    internal ModelWeights Weights => First.Weights;
+    internal LinearOps Linear => First.Linear;
+    internal KvPool KvMemory => First.Kv;
+    internal IReadOnlyList<DeviceRank> Ranks => _ranks;
     internal bool IsDisposed => _disposed;
 
     public ModelConfig Config { get; }
-    public MemoryPlan Plan { get; }
-    public string DeviceDescription { get; }
+    public MemoryPlan Plan { get; } = null!;
+    public string DeviceDescription { get; } = "";
     public int MaxContext => Plan.MaxContext;
-    public KvBlockPool KvPool { get; }
+    public KvBlockPool KvPool { get; } = null!;
+
+    /// <summary>GPUs the model is split over (1: no tensor parallel).</summary>
+    public int TensorParallel => _ranks.Length;
+
+    /// <summary>Whether decode-sized partial sums go through the one-shot kernel (tensor parallel with peer access and <see cref="AllReduceKind.Custom"/>).</summary>
+    public bool UsesOneShotAllReduce { get; }
 
     private CudaBackend(ModelConfig config, string? checkpointDir, EngineOptions options,
         IProgress<LoadProgress>? progress, CancellationToken ct)
     {
         Config = config;
         Options = options;
+        SafetensorsCheckpoint? checkpoint = null;
         try
         {
             // Check the checkpoint before touching the GPU: a missing tensor is reported in a second, not after minutes.
-            SafetensorsCheckpoint? checkpoint = null;
             if (checkpointDir is not null)
             {
-                checkpoint = Own(SafetensorsCheckpoint.Open(checkpointDir));
+                checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
                 CheckpointValidator.Validate(checkpoint, config);
             }
+            int n = options.TensorParallel;
+            _parallel = n > 1 ? TensorParallelPlan.Create(config, n) : null;
+            RankShape shape = _parallel?.Shape ?? RankShape.Whole(config);
             WeightKind linearKind = LinearKind(config, options);
+            if (_parallel is not null) EnsureShardable(config, shape, options);
             RopeParameters rope = RopeFor(config, options);
             if (options.KvCache != KvCacheKind.Bf16) // before any GPU work, like RopeFor's refusal
                 throw new OptionException(options.KvCache == KvCacheKind.Fp8 ? KvCacheFp8NotOnGpu : $"KV cache kind {options.KvCache} is not one of bf16 or fp8");
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
+            int devices = Native.Cuda.DeviceCount;
+            if (options.Device < 0 || options.Device + n > devices)
+                throw new CudaUnavailableException(n == 1
+                    ? $"CUDA device {options.Device} does not exist: {devices} device(s) visible (ordinals 0..{devices - 1})"
+                    : $"--tensor-parallel {n} from device {options.Device} needs devices {options.Device}..{options.Device + n - 1}, and {devices} are visible; " +
+                      $"use --tensor-parallel {Math.Max(1, TensorParallelPlan.ValidSizes(config).Where(v => v <= devices - Math.Max(0, options.Device)).DefaultIfEmpty(1).Max())} or fewer");
 
-            Context = Own(CudaContext.Create(options.Device));
-            var (free, total) = Context.GetMemoryInfo();
-            Plan = MemoryPlan.Create(config, free, options, linearKind);
-            DeviceDescription = $"{Context.DeviceName}, {MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(total)}";
+            _ranks = new DeviceRank[n];
+            for (int r = 0; r < n; r++) _ranks[r] = new DeviceRank(r, options.Device + r, shape);
+            if (n > 1)
+            {
+                // Peer access lets the one-shot all-reduce read the other GPUs' partial sums; without it (no NVLink or
+                // P2P between some pair) every sum goes through NCCL.
+                UsesOneShotAllReduce = options.AllReduce == AllReduceKind.Custom &&
+                                       _ranks.All(a => _ranks.All(b => a == b || a.Context.CanAccessPeer(b.Context)));
+                if (UsesOneShotAllReduce)
+                    foreach (var a in _ranks)
+                        foreach (var b in _ranks)
+                            if (a != b) a.Context.EnablePeerAccess(b.Context);
+                _clique = NcclClique.Create(_ranks.Select(r => r.Context.Device).ToArray());
+            }
+            // Every GPU gets the same plan, from the one with the least free memory (after NCCL's own buffers).
+            var memory = _ranks.Select(r => r.Context.GetMemoryInfo()).ToArray();
+            long free = memory.Min(m => m.Free);
+            Plan = MemoryPlan.Create(shape, free, options, linearKind);
+            DeviceDescription = n == 1
+                ? $"{Context.DeviceName}, {MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(memory[0].Total)}"
+                : $"{n} × {Context.DeviceName} (tensor parallel, {(UsesOneShotAllReduce ? "one-shot all-reduce over peer access" : "NCCL all-reduce")}), " +
+                  $"{MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(memory[0].Total)} on the fullest";
 
-            Stream = Own(CudaStream.Create());
-            var lib = Own(PtxLibrary.Load());
-            var blas = Own(Cublas.Create(Stream));
-            var lt = options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
-            var decodeLt = options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
-            Weights = Own(ModelWeights.Allocate(config, linearKind));
-            Fp8Ops? fp8 = linearKind == WeightKind.Fp8 ? new Fp8Ops(lib) : null;
-            Int4Ops? int4 = linearKind == WeightKind.Int4Awq ? new Int4Ops(lib) : null;
-            var quantizers = new WeightUploader.Quantizers(fp8, int4);
-            // bf16 scratch for quantized kinds: where loads stage rows before quantizing them, and where prefill-sized
-            // products expand a layer's weight for the bf16 tensor cores.
-            long scratchBytes = ModelWeights.ScratchBytes(config, linearKind);
-            DeviceBuffer? scratch = scratchBytes > 0 ? Own(DeviceBuffer.Allocate(scratchBytes)) : null;
-            if (checkpoint is not null)
-                WeightUploader.Upload(checkpoint, config, Weights, Stream, quantizers, scratch, progress, ct);
-            else
-                SyntheticWeights.Fill(Weights, config, new InitOps(lib), quantizers, scratch, Stream, options.SyntheticSeed, progress, ct);
+            _threads = new RankThreads(n);
+            var load = new DeviceRank.LoadArgs(config, linearKind, rope, Plan, options, checkpoint, _parallel, progress, ct);
+            bool oneShot = UsesOneShotAllReduce;
+            _threads.Run(r => _ranks[r].Load(load, _clique?[r], oneShot));
+            if (oneShot) ResidualSum.Connect(_ranks.Select(r => r.Sum).ToArray());
             checkpoint?.Dispose();
+            checkpoint = null;
 
-            Workspace = Own(new Workspace(config, Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(config), Context.MultiprocessorCount));
-            KvMemory = Own(new KvPool(config, Plan.KvPoolBlocks));
+            Context.MakeCurrent();
             KvPool = new KvBlockPool(Plan.KvPoolBlocks, AttentionOps.KvBlockSize);
-            var invFreq = Own(DeviceBuffer.FromHost<float>(rope.InverseFrequencies));
-            Sampler = Own(new GpuSampler(lib, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
-            var kernels = new KernelSet(lib, Context.MultiprocessorCount);
-            var linear = Own(new LinearOps(kernels.Gemv, new TensorCoreGemvOps(lib), fp8, int4, blas, lt, decodeLt, options.GemvMaxRows, options.TensorCoreGemvMaxRows,
-                Context.MultiprocessorCount, scratch?.Ptr ?? 0));
-            _kernels = kernels;
+            Sampler = Own(new GpuSampler(First.Library, config.VocabSize, options.SampleableVocab ?? config.VocabSize));
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
-            Forward = new Qwen2Forward(config, Weights, Workspace, KvMemory, kernels, linear,
-                invFreq.Ptr, rope.AttentionFactor);
-            linear.TuneDecodeBatches(Stream, Weights.Products(), Workspace.Act, Workspace.GateUp,
-                GraphBatchSizes.Where(b => b <= Workspace.Inputs.MaxSequences));
-            Linear = linear;
+            if (n > 1) WarmUpCollectives();
+            _threads.Run(r => _ranks[r].TuneDecode(GraphBatchSizes));
+            Context.MakeCurrent();
             Stream.Synchronize();
         }
         catch
         {
+            checkpoint?.Dispose();
             DisposeOwned(); // nothing stays allocated when loading fails or is cancelled
             throw;
         }
+    }
+
+    /// <summary>
+    /// Refuses, before any GPU work, what tensor parallel cannot load: pre-quantized checkpoints (their FP8 codes and AWQ
+    /// packs are not sliced yet) and quantized kinds whose per-GPU input sizes the kernels cannot take.
+    /// </summary>
+    private static void EnsureShardable(ModelConfig config, RankShape shape, EngineOptions options)
+    {
+        if (config.Quantization is not null)
+            throw new OptionException($"--tensor-parallel {shape.Ranks} loads bf16 (or fp16/fp32) checkpoints, and this one is {config.Quantization.Description}; " +
+                                      "run it on one GPU, or load the bf16 checkpoint with --quantize fp8 or int4");
+        try { LinearKind(shape.Config, options); }
+        catch (OptionException e)
+        {
+            throw new OptionException($"--tensor-parallel {shape.Ranks}: each GPU's share of the layers does not suit --quantize {options.Quantize.ToString().ToLowerInvariant()} ({e.Message}); use fewer GPUs");
+        }
+    }
+
+    /// <summary>
+    /// NCCL sets up its connections at a communicator's first collectives, which must not happen inside a graph
+    /// capture: one all-reduce and one all-gather on every GPU now, and the one-shot kernel's barrier once.
+    /// </summary>
+    private void WarmUpCollectives()
+    {
+        _threads!.Run(r =>
+        {
+            DeviceRank rank = _ranks[r];
+            rank.Context.MakeCurrent();
+            rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: false);
+            if (UsesOneShotAllReduce) rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: true);
+            rank.Sum.GatherLogits(rank.Stream, rank.Workspace.Logits, 1);
+            rank.Stream.Synchronize();
+        });
     }
 
     /// <summary>
@@ -194,6 +250,65 @@ public sealed class CudaBackend : IModelBackend
     {
         _owned.Add(resource);
         return resource;
+    }
+
+    /// <summary>
+    /// Times one all-reduce of <paramref name="rows"/> × hidden fp32 across the GPUs as decode runs it, inside CUDA graphs
+    /// of <paramref name="calls"/> back-to-back calls: our one-shot kernel (null when it is off) and NCCL's, in
+    /// microseconds per call. Tensor parallel only; overwrites the workspace's residual stream (call between steps).
+    /// </summary>
+    public (double? OneShotUs, double NcclUs) MeasureAllReduce(int rows, int calls = 64)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_ranks.Length < 2) throw new InvalidOperationException("all-reduce timings need tensor parallel");
+        if (rows < 1 || rows > Workspace.MaxRows) throw new ArgumentOutOfRangeException(nameof(rows));
+        lock (Gate)
+        {
+            double Time(bool oneShot)
+            {
+                var graphs = new CudaGraph[_ranks.Length];
+                try
+                {
+                    _threads!.Run(r =>
+                    {
+                        DeviceRank rank = _ranks[r];
+                        rank.Context.MakeCurrent();
+                        graphs[r] = CudaGraph.Capture(rank.Stream, () =>
+                        {
+                            for (int i = 0; i < calls; i++) rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, rows, oneShot);
+                        });
+                    });
+                    var times = new List<double>();
+                    Context.MakeCurrent();
+                    using var start = CudaEvent.Create();
+                    using var end = CudaEvent.Create();
+                    for (int repeat = 0; repeat < 5; repeat++)
+                    {
+                        SynchronizeAll();
+                        start.Record(Stream);
+                        _threads.Run(r => { _ranks[r].Context.MakeCurrent(); graphs[r].Launch(_ranks[r].Stream); });
+                        Context.MakeCurrent();
+                        end.Record(Stream);
+                        SynchronizeAll();
+                        if (repeat > 0) times.Add(1e3 * CudaEvent.ElapsedMilliseconds(start, end) / calls); // the first replay warms up
+                    }
+                    times.Sort();
+                    return times[times.Count / 2];
+                }
+                finally
+                {
+                    for (int r = 0; r < graphs.Length; r++)
+                    {
+                        if (graphs[r] is null) continue;
+                        _ranks[r].Context.MakeCurrent();
+                        graphs[r].Dispose();
+                    }
+                    Context.MakeCurrent();
+                }
+            }
+            double? oneShot = UsesOneShotAllReduce && rows <= ResidualSum.OneShotMaxRows ? Time(true) : null;
+            return (oneShot, Time(false));
+        }
     }
 
     /// <summary>Which kernel each product runs at each padded decode batch, as measured at load (for bench logs).</summary>
@@ -328,10 +443,30 @@ public sealed class CudaBackend : IModelBackend
             Context.MakeCurrent();
             RunPass([new Part(seq, tokens.ToArray(), WantsLogits: true)], positions);
             var result = new float[positions.Length * Config.VocabSize];
-            Stream.Synchronize();
-            Workspace.CopyLogits(result);
+            SynchronizeAll();
+            if (_parallel is null) Workspace.CopyLogits(result);
+            else
+            {
+                // [ranks, rows, lm_head_rows] → [rows, vocab], dropping the last rank's padding
+                int rows = positions.Length, width = _parallel.VocabPerRank;
+                var gathered = new float[(long)_parallel.Ranks * rows * width];
+                First.Sum.CopyGatheredLogits(gathered);
+                for (int r = 0; r < _parallel.Ranks; r++)
+                {
+                    ShardRange vocab = _parallel.Vocab(r);
+                    for (int i = 0; i < rows; i++)
+                        gathered.AsSpan((r * rows + i) * width, vocab.Count).CopyTo(result.AsSpan(i * Config.VocabSize + vocab.Start));
+                }
+            }
             return result;
         }
+    }
+
+    /// <summary>Waits for every GPU's stream; leaves the first GPU's context current.</summary>
+    private void SynchronizeAll()
+    {
+        foreach (var rank in _ranks) rank.Synchronize();
+        Context.MakeCurrent();
     }
 
     /// <summary>
@@ -341,7 +476,7 @@ public sealed class CudaBackend : IModelBackend
     private void RunPass(List<Part> pass, ReadOnlySpan<int> logitPositions)
     {
         StepInputs inp = Workspace.Inputs;
-        Stream.Synchronize(); // the previous step has finished reading the pinned inputs
+        SynchronizeAll(); // the previous step has finished reading the pinned inputs
         ReserveBlocks(pass);
 
         int rows = 0, seqs = 0, decode = 0, maxPrefill = 0, logitRows = 0;
@@ -372,6 +507,7 @@ public sealed class CudaBackend : IModelBackend
         }
         foreach (int lp in logitPositions) logits[logitRows++] = lp;
 
+        int gatheredRows = logitRows; // rows of logits the step computes (padded with the batch)
         if (decode == seqs && Options.UseCudaGraphs && logitPositions.IsEmpty && seqs <= GraphBatchSizes[^1])
         {
             // Pad to a captured batch size: padding rows write no KV (slot −1) and attend to nothing (ctx_len 0).
@@ -381,23 +517,17 @@ public sealed class CudaBackend : IModelBackend
                 (ids[r], pos[r], slots[r], ctxLens[r]) = (0, 0, -1, 0);
                 logits[r] = r;
             }
-            if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
-            {
-                var shape = new StepShape(batch, batch, 0, 0, batch);
-                graph = CudaGraph.Capture(Stream, () =>
-                {
-                    inp.Upload(Stream, batch);
-                    Forward.Step(Stream, shape);
-                });
-                _decodeGraphs.Add(batch, graph);
-            }
-            graph.Launch(Stream);
+            gatheredRows = batch;
+            ShareInputs(batch);
+            _threads!.Run(r => _ranks[r].ReplayDecode(batch));
         }
         else
         {
-            inp.Upload(Stream, seqs);
-            Forward.Step(Stream, new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows));
+            ShareInputs(seqs);
+            var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows);
+            _threads!.Run(r => _ranks[r].Step(shape, seqs));
         }
+        Context.MakeCurrent();
 
         // Each sequence keeps its own logits (any interleaving of Append/Sample gives it exactly what it gets alone):
         // one launch copies every logits row into its sequence's buffer.
@@ -413,8 +543,28 @@ public sealed class CudaBackend : IModelBackend
         if (withLogits > 0)
         {
             _rowPointers.Upload(Stream, 0, withLogits);
-            _kernels.Embedding.ScatterRowsF32(Stream, Workspace.Logits, _rowPointers.LogitsDestinations, withLogits, Config.VocabSize);
+            EmbeddingOps embedding = First.Kernels.Embedding;
+            if (_parallel is null)
+                embedding.ScatterRowsF32(Stream, Workspace.Logits, Config.VocabSize, _rowPointers.LogitsDestinations, 0, withLogits, Config.VocabSize);
+            else
+            {
+                // every GPU's vocabulary rows, gathered on this one as [ranks, rows, lm_head_rows]
+                long width = _parallel.VocabPerRank;
+                for (int r = 0; r < _parallel.Ranks; r++)
+                {
+                    ShardRange vocab = _parallel.Vocab(r);
+                    if (vocab.Count == 0) continue;
+                    ulong shard = First.Sum.GatheredLogits + (ulong)(4L * r * gatheredRows * width);
+                    embedding.ScatterRowsF32(Stream, shard, width, _rowPointers.LogitsDestinations, vocab.Start, withLogits, vocab.Count);
+                }
+            }
         }
+    }
+
+    /// <summary>Every other GPU runs the step from the same inputs as the first.</summary>
+    private void ShareInputs(int sequences)
+    {
+        for (int r = 1; r < _ranks.Length; r++) _ranks[r].Workspace.Inputs.CopyHostFrom(Workspace.Inputs, sequences);
     }
 
     /// <summary>
@@ -431,7 +581,7 @@ public sealed class CudaBackend : IModelBackend
             CudaSequence s = pass[i].Seq;
             try
             {
-                s.Table.Reserve(s.Length, s.Length + pass[i].Tokens.Length, (src, dst) => KvMemory.CopyBlock(src, dst, Stream));
+                s.Table.Reserve(s.Length, s.Length + pass[i].Tokens.Length, CopyBlockOnEveryGpu);
             }
             catch (KvPoolExhaustedException)
             {
@@ -441,16 +591,33 @@ public sealed class CudaBackend : IModelBackend
         }
     }
 
+    /// <summary>Copy-on-write of a KV block: every GPU holds its KV heads of it.</summary>
+    private void CopyBlockOnEveryGpu(int src, int dst)
+    {
+        foreach (var rank in _ranks)
+        {
+            rank.Context.MakeCurrent();
+            rank.Kv.CopyBlock(src, dst, rank.Stream);
+        }
+        Context.MakeCurrent();
+    }
+
     private void DisposeOwned()
     {
+        if (_ranks.Length > 0 && _ranks[0] is { } first)
+        {
+            try { first.Context.MakeCurrent(); } catch (CudaException) { /* best effort while unwinding */ }
+        }
         _sampledHost?.Dispose();
-        foreach (var g in _decodeGraphs.Values) g.Dispose();
-        _decodeGraphs.Clear();
         for (int i = _owned.Count - 1; i >= 0; i--)
         {
             try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
         }
         _owned.Clear();
+        _threads?.Dispose();
+        foreach (var rank in _ranks) rank?.DisposeGraphs(); // NCCL waits for graphs holding its collectives to go
+        _clique?.Dispose(); // before the contexts its communicators live in
+        foreach (var rank in _ranks) rank?.Dispose();
     }
 
     public void Dispose()
@@ -459,9 +626,8 @@ public sealed class CudaBackend : IModelBackend
         lock (Gate)
         {
             _disposed = true;
-            Context.MakeCurrent();
-            Stream.Synchronize();
-            DisposeOwned();
+            try { SynchronizeAll(); }
+            finally { DisposeOwned(); }
         }
     }
 }

@@ -72,16 +72,19 @@ public sealed record EngineOptions
     /// </summary>
     public KvCacheKind KvCache { get; init; }
 
-    /// <summary>CUDA device ordinal.</summary>
+    /// <summary>CUDA device ordinal (with tensor parallel, the first of the <see cref="TensorParallel"/> devices used).</summary>
     public int Device { get; init; }
 
     /// <summary>
     /// GPUs to split the model over (tensor parallelism); 1: one GPU. It must divide the model's key/value heads and its
     /// intermediate size (QwQ-32B: 1, 2, 4 or 8); see docs/TENSOR_PARALLEL.md. Checked when a model loads
-    /// (<c>TensorParallelSupport.EnsureSupported</c>), which for now refuses values above 1: the GPU engine does not
-    /// implement it yet.
+    /// (<c>TensorParallelSupport.EnsureSupported</c>). The GPU engine uses devices <see cref="Device"/> to
+    /// <see cref="Device"/> + N − 1, one CUDA context, stream and thread each, in one process.
     /// </summary>
     public int TensorParallel { get; init; } = 1;
+
+    /// <summary>How tensor-parallel ranks sum their partial products: our one-shot kernel for decode-sized steps (the default) or NCCL throughout.</summary>
+    public AllReduceKind AllReduce { get; init; } = AllReduceKind.Custom;
 
     /// <summary>
     /// How a config's YaRN rope_scaling is applied (<see cref="RopeScalingMode"/>); null: <see cref="RopeScalingMode.Static"/>,

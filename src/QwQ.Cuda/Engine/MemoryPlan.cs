@@ -1,6 +1,7 @@
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Kernels;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Engine;
 
@@ -48,21 +49,29 @@ public sealed record MemoryPlan(
     /// layers' linear weights stored as <paramref name="linearKind"/>.
     /// Throws <see cref="CudaOutOfMemoryPlanException"/> when the weights do not fit or the asked-for context does not.
     /// </summary>
-    public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o, WeightKind linearKind = WeightKind.Bf16)
+    public static MemoryPlan Create(ModelConfig c, long freeBytes, EngineOptions o, WeightKind linearKind = WeightKind.Bf16) =>
+        Create(RankShape.Whole(c), freeBytes, o, linearKind);
+
+    /// <summary>
+    /// The plan of one GPU holding <paramref name="shape"/> (with tensor parallel every GPU's: the same shapes and, from the
+    /// GPU with the least free memory, the same number of KV blocks). Weight, workspace and KV bytes are per GPU.
+    /// </summary>
+    internal static MemoryPlan Create(RankShape shape, long freeBytes, EngineOptions o, WeightKind linearKind)
     {
-        long weights = ModelWeights.DeviceBytes(c, linearKind);
+        ModelConfig c = shape.Config;
+        long weights = ModelWeights.DeviceBytes(shape, linearKind);
         long kvPerToken = c.KvBytesPerToken;
         long blockBytes = KvPool.BytesPerBlock(c);
         int modelMax = ModelMaxPositions(c);
         long FitBlocks(int chunk)
         {
-            long left = freeBytes - weights - WorkspaceBytesFor(c, chunk, linearKind) - o.ReserveBytes;
+            long left = freeBytes - weights - WorkspaceBytesFor(shape, chunk, linearKind) - o.ReserveBytes;
             return left <= 0 ? 0 : left / blockBytes;
         }
         int prefillChunk = o.PrefillChunk;
         long comfortableBlocks = (Math.Min(ComfortablePositions, modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
         while (prefillChunk / 2 >= MinPrefillChunk && FitBlocks(prefillChunk) < comfortableBlocks) prefillChunk /= 2;
-        long workspace = WorkspaceBytesFor(c, prefillChunk, linearKind);
+        long workspace = WorkspaceBytesFor(shape, prefillChunk, linearKind);
         long fitBlocks = FitBlocks(prefillChunk);
         if (fitBlocks < 1)
             throw new CudaOutOfMemoryPlanException(
@@ -96,7 +105,15 @@ public sealed record MemoryPlan(
 
     /// <summary>Activation workspace and the quantized kinds' bf16 scratch: what a plan sets aside besides weights and KV.</summary>
     public static long WorkspaceBytesFor(ModelConfig c, int prefillChunk, WeightKind linearKind) =>
-        Workspace.DeviceBytes(c, prefillChunk, MaxBlocksPerSequence(c)) + ModelWeights.ScratchBytes(c, linearKind);
+        WorkspaceBytesFor(RankShape.Whole(c), prefillChunk, linearKind);
+
+    /// <summary>The same for one GPU holding <paramref name="shape"/>, with tensor parallel's partial and gathered-logit buffers.</summary>
+    internal static long WorkspaceBytesFor(RankShape shape, int prefillChunk, WeightKind linearKind)
+    {
+        ModelConfig c = shape.Config;
+        return Workspace.DeviceBytes(c, prefillChunk, MaxBlocksPerSequence(c), logitsWidth: shape.LmHeadRows) + ModelWeights.ScratchBytes(c, linearKind) +
+               ResidualSum.DeviceBytes(shape, prefillChunk, Workspace.LogitRowsFor(c, prefillChunk));
+    }
 
     /// <summary>
     /// Positions the model supports: max_position_embeddings, or with YaRN factor × original_max_position_embeddings

@@ -35,7 +35,7 @@ public sealed record MemoryTableRow(
 
 /// <summary>
 /// The memory plan of every weight kind (bf16, fp8, int4-awq) on one card: "does it fit, and with how much context".
-/// Each row is <see cref="MemoryPlan.Create"/> for that kind, so the numbers are what a load would pick.
+/// Each row is <see cref="MemoryPlan.Create(QwQ.Cuda.Config.ModelConfig, long, EngineOptions, WeightKind)"/> for that kind, so the numbers are what a load would pick.
 /// </summary>
 public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<MemoryTableRow> Rows)
 {

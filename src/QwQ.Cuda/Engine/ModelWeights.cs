@@ -1,4 +1,5 @@
 using QwQ.Cuda.Config;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Engine;
 
@@ -23,13 +24,14 @@ internal sealed class ModelWeights : IDisposable
     public ulong Embedding { get; }      // bf16 [vocab, hidden]
     public LayerWeights[] Layers { get; }
     public ulong FinalNorm { get; }      // bf16 [hidden]
-    public LinearWeight LmHead { get; }  // bf16 [vocab, hidden]; the embedding's bytes when tied
+    public LinearWeight LmHead { get; }  // bf16 [lm_head_rows, hidden]; the embedding's bytes when tied on one GPU
     /// <summary>How the layers' linear weights are stored (embedding, norms, biases and lm_head stay bf16).</summary>
     public WeightKind LinearKind { get; }
     public long Bytes => _arena.Capacity;
 
-    private ModelWeights(ModelConfig c, WeightKind kind, DeviceArena arena)
+    private ModelWeights(RankShape shape, WeightKind kind, DeviceArena arena)
     {
+        ModelConfig c = shape.Config;
         _arena = arena;
         LinearKind = kind;
         Embedding = arena.Take(EmbeddingBytes(c));
@@ -53,8 +55,11 @@ internal sealed class ModelWeights : IDisposable
                 Down: Linear(c.HiddenSize, c.IntermediateSize, kind));
         }
         FinalNorm = arena.Take(2L * c.HiddenSize);
-        LmHead = c.TieWordEmbeddings ? new LinearWeight(Embedding, c.VocabSize, c.HiddenSize) : Linear(c.VocabSize, c.HiddenSize, WeightKind.Bf16);
+        LmHead = SharesEmbedding(shape) ? new LinearWeight(Embedding, c.VocabSize, c.HiddenSize) : Linear(shape.LmHeadRows, c.HiddenSize, WeightKind.Bf16);
     }
+
+    /// <summary>Tied embeddings on one GPU read lm_head from the embedding; a tensor-parallel rank keeps its vocabulary rows apart.</summary>
+    public static bool SharesEmbedding(RankShape shape) => shape.Config.TieWordEmbeddings && !shape.IsSharded;
 
     private static long EmbeddingBytes(ModelConfig c) => 2L * c.VocabSize * c.HiddenSize;
 
@@ -65,8 +70,12 @@ internal sealed class ModelWeights : IDisposable
     /// Device bytes the weights take with linear weights of <paramref name="kind"/> (with alignment padding): the same
     /// sizes, in the same order, as the constructor takes.
     /// </summary>
-    public static long DeviceBytes(ModelConfig c, WeightKind kind = WeightKind.Bf16)
+    public static long DeviceBytes(ModelConfig c, WeightKind kind = WeightKind.Bf16) => DeviceBytes(RankShape.Whole(c), kind);
+
+    /// <summary>Device bytes one GPU's share of the weights takes (<see cref="DeviceBytes(ModelConfig, WeightKind)"/> per rank).</summary>
+    public static long DeviceBytes(RankShape shape, WeightKind kind)
     {
+        ModelConfig c = shape.Config;
         int group = Int4Group(c);
         IEnumerable<long> Linear(int outFeatures, int inFeatures, WeightKind k)
         {
@@ -85,7 +94,7 @@ internal sealed class ModelWeights : IDisposable
             sizes.AddRange(Linear(c.HiddenSize, c.IntermediateSize, kind));
         }
         sizes.Add(2L * c.HiddenSize);
-        if (!c.TieWordEmbeddings) sizes.AddRange(Linear(c.VocabSize, c.HiddenSize, WeightKind.Bf16));
+        if (!SharesEmbedding(shape)) sizes.AddRange(Linear(shape.LmHeadRows, c.HiddenSize, WeightKind.Bf16));
         return DeviceArena.SizeFor(sizes);
     }
 
@@ -112,7 +121,9 @@ internal sealed class ModelWeights : IDisposable
     public void CopyFromHostAsync(ulong dst, IntPtr src, long bytes, Native.CudaStream stream) =>
         _arena.CopyFromHostAsync(dst, src, bytes, stream);
 
-    public static ModelWeights Allocate(ModelConfig c, WeightKind kind = WeightKind.Bf16) => new(c, kind, new DeviceArena(DeviceBytes(c, kind)));
+    public static ModelWeights Allocate(ModelConfig c, WeightKind kind = WeightKind.Bf16) => Allocate(RankShape.Whole(c), kind);
+
+    public static ModelWeights Allocate(RankShape shape, WeightKind kind) => new(shape, kind, new DeviceArena(DeviceBytes(shape, kind)));
 
     public void Dispose() => _arena.Dispose();
 }

@@ -27,7 +27,8 @@ internal readonly record struct StepShape(int Rows, int DecodeSequences, int Pre
 /// The Qwen2 decoder on the GPU, read top to bottom like the architecture: one forward pass over a batch of rows
 /// from any set of sequences — decode rows and prefill chunks together — with the KV cache in the paged pool.
 /// Every per-row input is read from device memory, so a decode step is captured once per batch size as a CUDA graph
-/// and replayed.
+/// and replayed. With tensor parallel every GPU runs this same pass over its share of the heads, the MLP and the
+/// vocabulary (<see cref="Sharding.RankShape"/>); <see cref="ResidualSum"/> completes the partial products across GPUs.
 /// </summary>
 internal sealed class Qwen2Forward
 {
@@ -37,14 +38,15 @@ internal sealed class Qwen2Forward
     private readonly KvPool _kv;
     private readonly KernelSet _k;
     private readonly LinearOps _linear;
+    private readonly ResidualSum _sum;
     private readonly ulong _invFreq;      // fp32 [head_dim / 2]
     private readonly float _ropeFactor;   // YaRN attention factor on cos/sin (1 without YaRN)
     private readonly float _scale;        // 1/sqrt(head_dim)
     private readonly int _h, _nq, _nkv, _d, _inter, _maxBlocks;
 
-    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KvPool kv, KernelSet k, LinearOps linear, ulong invFreq, float ropeFactor)
+    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KvPool kv, KernelSet k, LinearOps linear, ResidualSum sum, ulong invFreq, float ropeFactor)
     {
-        (_c, _w, _ws, _kv, _k, _linear, _invFreq, _ropeFactor) = (c, w, ws, kv, k, linear, invFreq, ropeFactor);
+        (_c, _w, _ws, _kv, _k, _linear, _sum, _invFreq, _ropeFactor) = (c, w, ws, kv, k, linear, sum, invFreq, ropeFactor);
         (_h, _nq, _nkv, _d, _inter) = (c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize);
         _maxBlocks = ws.Inputs.MaxBlocks;
         _scale = 1f / MathF.Sqrt(_d);
@@ -54,7 +56,8 @@ internal sealed class Qwen2Forward
 
     /// <summary>
     /// Runs the step's rows through every layer, writing their K/V into the pool, and leaves the logits of the
-    /// <see cref="StepShape.LogitRows"/> rows named in the inputs in <c>Workspace.Logits</c> [logit_rows, vocab].
+    /// <see cref="StepShape.LogitRows"/> rows named in the inputs in <c>Workspace.Logits</c> [logit_rows, vocab]
+    /// (tensor parallel: every GPU's vocabulary rows in <c>ResidualSum.GatheredLogits</c>).
     /// </summary>
     public void Step(CudaStream s, StepShape b)
     {
@@ -70,12 +73,12 @@ internal sealed class Qwen2Forward
             _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, _invFreq, _ropeFactor, inp.Positions, inp.Slots, t,
                 _nq, _nkv, _d, _ws.Q, _kv.K(l), _kv.V(l));
             Attention(s, b, l);
-            _linear.Apply(s, w.O, _ws.Attn, _ws.Residual, t, accumulate: true);
+            _sum.AddProduct(s, w.O, _ws.Attn, _ws.Residual, t, ResidualSum.Attention);
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
             _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.PostNorm, _ws.Normed, t, _h, Eps);
             _linear.Apply(s, w.GateUp, _ws.Normed, _ws.GateUp, t);
             _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
-            _linear.Apply(s, w.Down, _ws.Act, _ws.Residual, t, accumulate: true);
+            _sum.AddProduct(s, w.Down, _ws.Act, _ws.Residual, t, ResidualSum.Mlp);
         }
         if (b.LogitRows > 0) Logits(s, t, b.LogitRows); // none when a long prompt's chunk is not its last
     }
@@ -92,11 +95,12 @@ internal sealed class Qwen2Forward
                 inp.Tables(b.DecodeSequences), b.PrefillSequences, b.MaxPrefillRows, _maxBlocks, _nq, _nkv, _d, _scale);
     }
 
-    /// <summary>Final norm of the step's rows, gather of the rows that need logits, lm_head → fp32 [rows, vocab].</summary>
+    /// <summary>Final norm of the step's rows, gather of the rows that need logits, lm_head → fp32 [rows, vocab] (or its shards).</summary>
     private void Logits(CudaStream s, int rows, int logitRows)
     {
         _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.FinalNorm, _ws.Normed, rows, _h, Eps);
         _k.Embedding.GatherRowsBf16(s, _ws.Normed, _ws.Inputs.LogitRows, _ws.LogitInput, logitRows, _h);
         _linear.Apply(s, _w.LmHead, _ws.LogitInput, _ws.Logits, logitRows);
+        _sum.GatherLogits(s, _ws.Logits, logitRows);
     }
 }

@@ -59,6 +59,17 @@ internal sealed class StepInputs : IDisposable
     public ulong LogitRows => Dev(_logitRows);
     public ulong Tables(int firstSeq) => Dev(_tables + firstSeq * MaxBlocks);
 
+    /// <summary>
+    /// Copies what the host wrote into <paramref name="source"/> (same sizes) for a step of <paramref name="sequences"/>
+    /// sequences: the header and their block tables. Tensor-parallel ranks run the same step from the same inputs.
+    /// </summary>
+    public void CopyHostFrom(StepInputs source, int sequences)
+    {
+        if (source._headerBytes != _headerBytes || source.MaxBlocks != MaxBlocks) throw new ArgumentException("step inputs of another size", nameof(source));
+        int ints = _tables + sequences * MaxBlocks;
+        source._host.AsSpan<int>()[..ints].CopyTo(_host.AsSpan<int>());
+    }
+
     /// <summary>Queues the upload of the header and the first <paramref name="sequences"/> block tables.</summary>
     public void Upload(CudaStream s, int sequences)
     {

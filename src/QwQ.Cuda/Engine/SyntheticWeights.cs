@@ -1,6 +1,7 @@
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Engine;
 
@@ -16,47 +17,97 @@ internal static class SyntheticWeights
     /// <summary>
     /// Fills every weight. Quantized linear weights are generated in bf16 into <paramref name="scratch"/> (the same
     /// values a bf16 model with this seed gets) and quantized into place, so quantized and bf16 runs compare weight for weight.
+    /// With a tensor-parallel <paramref name="plan"/>, rank <paramref name="rank"/> generates exactly its slices of the
+    /// tensors one GPU would generate with this seed (each tensor is a pure function of its seed and element index), so
+    /// sharded and single-GPU runs compare logit for logit.
     /// </summary>
     public static void Fill(ModelWeights w, ModelConfig c, InitOps init, WeightUploader.Quantizers quantizers, DeviceBuffer? scratch, CudaStream s, ulong seed,
-        IProgress<LoadProgress>? progress, CancellationToken ct)
+        IProgress<LoadProgress>? progress, CancellationToken ct, TensorParallelPlan? plan = null, int rank = 0)
     {
         long total = w.Bytes, done = 0;
         ulong next = 0;
-        void Normal(ulong ptr, long count, float mean, string what)
+        ulong Seed(ulong index) => unchecked(seed * 0x9E3779B97F4A7C15UL + index);
+        void Report(long elements, string what)
         {
-            init.FillNormalBf16(s, ptr, count, unchecked(seed * 0x9E3779B97F4A7C15UL + next++), mean, Std);
-            done += 2 * count;
+            done += 2 * elements;
             progress?.Report(new LoadProgress("synthetic", Math.Min(done, total), total, what));
         }
-
-        void Linear(LinearWeight lw, string what)
+        void Normal(ulong ptr, long count, float mean, string what)
+        {
+            init.FillNormalBf16(s, ptr, count, Seed(next++), mean, Std);
+            Report(count, what);
+        }
+        // One tensor of [rows, cols] on one GPU: all of it; on a rank, its row blocks (in order) or its column block.
+        void Tensor(ulong dst, int rows, int cols, float mean, string what, ShardRange[]? rowBlocks = null, ShardRange? columns = null)
+        {
+            ulong tensorSeed = Seed(next++);
+            if (rowBlocks is null && columns is null)
+            {
+                init.FillNormalBf16(s, dst, (long)rows * cols, tensorSeed, mean, Std);
+                Report((long)rows * cols, what);
+                return;
+            }
+            if (columns is { } c0)
+            {
+                init.FillNormalWindowBf16(s, dst, rows, c0.Count, cols, 0, c0.Start, tensorSeed, mean, Std);
+                Report((long)rows * c0.Count, what);
+                return;
+            }
+            foreach (ShardRange block in rowBlocks!)
+            {
+                init.FillNormalWindowBf16(s, dst, block.Count, cols, cols, block.Start, 0, tensorSeed, mean, Std);
+                dst += (ulong)(2L * block.Count * cols);
+                Report((long)block.Count * cols, what);
+            }
+        }
+        void Linear(LinearWeight lw, int fullOut, int fullIn, string what, ShardRange[]? rowBlocks = null, ShardRange? columns = null)
         {
             if (lw.Kind == WeightKind.Bf16)
             {
-                Normal(lw.Weight, (long)lw.Out * lw.In, 0, what);
+                Tensor(lw.Weight, fullOut, fullIn, 0, what, rowBlocks, columns);
                 return;
             }
-            Normal(scratch!.Ptr, (long)lw.Out * lw.In, 0, what);
+            Tensor(scratch!.Ptr, fullOut, fullIn, 0, what, rowBlocks, columns);
             WeightUploader.QuantizeRows(quantizers, s, lw, scratch.Ptr, 0, lw.Out);
         }
 
-        Normal(w.Embedding, (long)c.VocabSize * c.HiddenSize, 0, "embed_tokens");
+        int h = c.HiddenSize, d = c.HeadDim, nq = c.NumAttentionHeads, nkv = c.NumKeyValueHeads, inter = c.IntermediateSize;
+        // A rank's rows of the fused q|k|v and gate|up tensors, and its columns of o_proj and down_proj (null: all).
+        ShardRange[]? qkvRows = null, gateUpRows = null;
+        ShardRange? oColumns = null, downColumns = null, vocabRows = null;
+        if (plan is not null)
+        {
+            ShardRange q = plan.QRows(rank), kv = plan.KvRows(rank), mlp = plan.Intermediate(rank);
+            qkvRows = [q, kv with { Start = nq * d + kv.Start }, kv with { Start = (nq + nkv) * d + kv.Start }];
+            gateUpRows = [mlp, mlp with { Start = inter + mlp.Start }];
+            (oColumns, downColumns, vocabRows) = (q, mlp, plan.Vocab(rank));
+        }
+
+        ulong embeddingSeedIndex = next;
+        Normal(w.Embedding, (long)c.VocabSize * h, 0, "embed_tokens");
         for (int i = 0; i < w.Layers.Length; i++)
         {
             ct.ThrowIfCancellationRequested();
             LayerWeights l = w.Layers[i];
             string layer = $"layer {i}";
-            Normal(l.InputNorm, c.HiddenSize, 1, layer);
-            Linear(l.Qkv, layer);
-            Normal(l.QkvBias, c.QkvDim, 0, layer);
-            Linear(l.O, layer);
-            Normal(l.PostNorm, c.HiddenSize, 1, layer);
-            Linear(l.GateUp, layer);
-            Linear(l.Down, layer);
+            Normal(l.InputNorm, h, 1, layer);
+            Linear(l.Qkv, c.QkvDim, h, layer, qkvRows);
+            Tensor(l.QkvBias, c.QkvDim, 1, 0, layer, qkvRows);
+            Linear(l.O, h, c.QDim, layer, columns: oColumns);
+            Normal(l.PostNorm, h, 1, layer);
+            Linear(l.GateUp, 2 * inter, h, layer, gateUpRows);
+            Linear(l.Down, h, inter, layer, columns: downColumns);
             s.Synchronize(); // bounded queue, and progress that means something
         }
-        Normal(w.FinalNorm, c.HiddenSize, 1, "norm");
-        if (!c.TieWordEmbeddings) Linear(w.LmHead, "lm_head");
+        Normal(w.FinalNorm, h, 1, "norm");
+        if (vocabRows is { } vocab)
+        {
+            // a rank's vocabulary rows of lm_head (of the embedding, when tied); the last rank's padding rows are zero
+            init.FillConstBf16(s, w.LmHead.Weight, (long)w.LmHead.Out * h, 0);
+            if (c.TieWordEmbeddings) next = embeddingSeedIndex;
+            Tensor(w.LmHead.Weight, c.VocabSize, h, 0, "lm_head", [vocab]);
+        }
+        else if (!c.TieWordEmbeddings) Linear(w.LmHead, c.VocabSize, h, "lm_head");
         s.Synchronize();
         progress?.Report(new LoadProgress("synthetic", total, total));
     }

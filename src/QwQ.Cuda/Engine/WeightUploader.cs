@@ -2,6 +2,7 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Sharding;
 using QwQ.Cuda.Weights;
 using QwQ.Cuda.Weights.Quantization;
 
@@ -17,7 +18,9 @@ namespace QwQ.Cuda.Engine;
 /// and are quantized on the GPU into place, and an FP8 checkpoint's codes are repacked there into the kernels' tile
 /// layout with their scales beside. int4 works the same way: plain rows (--quantize int4) are quantized on the GPU, and
 /// an AWQ layer's qweight, qzeros and scales are staged whole in the device scratch and repacked into the int4 layout.
-/// No full-size copy exists anywhere.
+/// No full-size copy exists anywhere. With tensor parallel each GPU loads only its slice of every sharded tensor
+/// (<see cref="Slice"/>): row slices are read as they lie in the file; column slices (o_proj, down_proj) are read a few
+/// whole rows at a time and compacted in the pinned buffer before the copy.
 /// </summary>
 internal static class WeightUploader
 {
@@ -28,49 +31,74 @@ internal static class WeightUploader
     /// quantized <see cref="Linear"/> (its weight and scales at that row).
     /// </summary>
     /// <see cref="Awq"/>: the layer's AWQ tensors, when the checkpoint stores it so (then <see cref="Name"/> is not in it).
-    internal readonly record struct Place(string Name, ulong Dst, LinearWeight? Linear = null, int Row = 0, AwqLinearTensors? Awq = null);
+    /// <see cref="Slice"/>: the part of the tensor this GPU holds (tensor parallel), or null for all of it.
+    internal readonly record struct Place(string Name, ulong Dst, LinearWeight? Linear = null, int Row = 0, AwqLinearTensors? Awq = null,
+        Slice? Slice = null);
+
+    /// <summary>
+    /// A tensor-parallel rank's part of a checkpoint tensor: rows [Start, Start + Count) of its first dimension (for a
+    /// 1-D tensor, its elements), or with <see cref="Columns"/> those columns of every row of a 2-D tensor.
+    /// </summary>
+    internal readonly record struct Slice(ShardRange Range, bool Columns = false);
 
     /// <summary>Kernels that write quantized weights: one per quantized kind the model has, else null.</summary>
     internal readonly record struct Quantizers(Fp8Ops? Fp8, Int4Ops? Int4);
 
     /// <summary>Where each checkpoint tensor goes on the device, in checkpoint load order.</summary>
-    internal static List<Place> Placement(ModelConfig c, ModelWeights w)
+    internal static List<Place> Placement(ModelConfig c, ModelWeights w) => Placement(c, w, plan: null, rank: 0);
+
+    /// <summary>
+    /// Where each checkpoint tensor goes on rank <paramref name="rank"/>'s device: with a <paramref name="plan"/> only
+    /// the rank's slices (<see cref="TensorParallelPlan"/>), into the rank's smaller fused matrices.
+    /// </summary>
+    internal static List<Place> Placement(ModelConfig c, ModelWeights w, TensorParallelPlan? plan, int rank)
     {
-        int h = c.HiddenSize, q = c.QDim, kv = c.KvDim, inter = c.IntermediateSize;
+        ModelConfig shard = plan?.Shape.Config ?? c;
+        int q = shard.QDim, kv = shard.KvDim, inter = shard.IntermediateSize;
+        Slice? RowsOf(ShardRange range) => plan is null ? null : new Slice(range);
+        Slice? ColumnsOf(ShardRange range) => plan is null ? null : new Slice(range, Columns: true);
+        Slice? qRows = RowsOf(plan?.QRows(rank) ?? default), kvRows = RowsOf(plan?.KvRows(rank) ?? default);
+        Slice? mlpRows = RowsOf(plan?.Intermediate(rank) ?? default);
+        Slice? oColumns = ColumnsOf(plan?.QRows(rank) ?? default), downColumns = ColumnsOf(plan?.Intermediate(rank) ?? default);
         // AWQ layers by their .weight name, which the checkpoint does not have (it has .qweight, .qzeros, .scales).
         var awq = QuantizedTensorNames.Linears(c).OfType<AwqLinearTensors>().ToDictionary(l => TensorNames.Weight(l.Module));
         // Row r of a linear weight: a byte offset for bf16; for a quantized kind the rows are quantized into place.
-        Place Rows(string name, LinearWeight lw, int row) =>
-            lw.Kind == WeightKind.Bf16 ? new Place(name, lw.Weight + (ulong)(2L * row * lw.In)) : new Place(name, 0, lw, row, awq.GetValueOrDefault(name));
-        var list = new List<Place> { new(TensorNames.Embedding, w.Embedding) };
+        Place Rows(string name, LinearWeight lw, int row, Slice? slice) =>
+            lw.Kind == WeightKind.Bf16 ? new Place(name, lw.Weight + (ulong)(2L * row * lw.In), Slice: slice)
+                                       : new Place(name, 0, lw, row, awq.GetValueOrDefault(name), slice);
+        Place Vector(string name, ulong dst, Slice? slice = null) => new(name, dst, Slice: slice);
+        var list = new List<Place> { Vector(TensorNames.Embedding, w.Embedding) };
         for (int i = 0; i < c.NumHiddenLayers; i++)
         {
             LayerWeights l = w.Layers[i];
-            list.Add(new(TensorNames.InputNorm(i), l.InputNorm));
-            list.Add(Rows(TensorNames.QWeight(i), l.Qkv, 0));
-            list.Add(Rows(TensorNames.KWeight(i), l.Qkv, q));
-            list.Add(Rows(TensorNames.VWeight(i), l.Qkv, q + kv));
-            list.Add(new(TensorNames.QBias(i), l.QkvBias));
-            list.Add(new(TensorNames.KBias(i), l.QkvBias + (ulong)(2L * q)));
-            list.Add(new(TensorNames.VBias(i), l.QkvBias + (ulong)(2L * (q + kv))));
-            list.Add(Rows(TensorNames.OWeight(i), l.O, 0));
-            list.Add(new(TensorNames.PostAttentionNorm(i), l.PostNorm));
-            list.Add(Rows(TensorNames.GateWeight(i), l.GateUp, 0));
-            list.Add(Rows(TensorNames.UpWeight(i), l.GateUp, inter));
-            list.Add(Rows(TensorNames.DownWeight(i), l.Down, 0));
+            list.Add(Vector(TensorNames.InputNorm(i), l.InputNorm));
+            list.Add(Rows(TensorNames.QWeight(i), l.Qkv, 0, qRows));
+            list.Add(Rows(TensorNames.KWeight(i), l.Qkv, q, kvRows));
+            list.Add(Rows(TensorNames.VWeight(i), l.Qkv, q + kv, kvRows));
+            list.Add(Vector(TensorNames.QBias(i), l.QkvBias, qRows));
+            list.Add(Vector(TensorNames.KBias(i), l.QkvBias + (ulong)(2L * q), kvRows));
+            list.Add(Vector(TensorNames.VBias(i), l.QkvBias + (ulong)(2L * (q + kv)), kvRows));
+            list.Add(Rows(TensorNames.OWeight(i), l.O, 0, oColumns));
+            list.Add(Vector(TensorNames.PostAttentionNorm(i), l.PostNorm));
+            list.Add(Rows(TensorNames.GateWeight(i), l.GateUp, 0, mlpRows));
+            list.Add(Rows(TensorNames.UpWeight(i), l.GateUp, inter, mlpRows));
+            list.Add(Rows(TensorNames.DownWeight(i), l.Down, 0, downColumns));
         }
-        list.Add(new(TensorNames.FinalNorm, w.FinalNorm));
-        if (!c.TieWordEmbeddings) list.Add(Rows(TensorNames.LmHead, w.LmHead, 0));
+        list.Add(Vector(TensorNames.FinalNorm, w.FinalNorm));
+        // A rank's vocabulary rows of lm_head (of the embedding, when tied); the last rank's padding rows stay zero.
+        if (plan is not null) list.Add(Rows(c.TieWordEmbeddings ? TensorNames.Embedding : TensorNames.LmHead, w.LmHead, 0, RowsOf(plan.Vocab(rank))));
+        else if (!c.TieWordEmbeddings) list.Add(Rows(TensorNames.LmHead, w.LmHead, 0, null));
         return list;
     }
 
     public static void Upload(SafetensorsCheckpoint ck, ModelConfig c, ModelWeights w, CudaStream stream,
-        Quantizers quantizers, DeviceBuffer? scratch, IProgress<LoadProgress>? progress, CancellationToken ct)
+        Quantizers quantizers, DeviceBuffer? scratch, IProgress<LoadProgress>? progress, CancellationToken ct,
+        TensorParallelPlan? plan = null, int rank = 0)
     {
-        var placement = Placement(c, w);
+        var placement = Placement(c, w, plan, rank);
         Fp8Ops? fp8 = quantizers.Fp8;
         // Progress counts bf16-equivalent bytes, so every kind of checkpoint reports the same total.
-        long Elements(Place p) => p.Awq is { } a ? (long)a.OutFeatures * a.InFeatures : ck.Get(p.Name).ElementCount;
+        long Elements(Place p) => p.Awq is { } a ? (long)a.OutFeatures * a.InFeatures : SliceElements(ck.Get(p.Name), p.Slice);
         long total = placement.Sum(p => Elements(p) * 2), done = 0;
         using var stageA = PinnedHostBuffer.Allocate(StagingBytes);
         using var stageB = PinnedHostBuffer.Allocate(StagingBytes);
@@ -128,12 +156,17 @@ internal static class WeightUploader
                 continue;
             }
             TensorInfo t = ck.Get(place.Name);
-            long elements = t.ElementCount;
+            long elements = SliceElements(t, place.Slice);
             // Quantized rows are staged whole, as many as fit the pinned buffer and the device scratch.
             int size = t.DType == DType.F8_E4M3 ? 1 : 2; // bytes per element in the staging buffers
             if (size == 1 && place.Linear is not { Kind: WeightKind.Fp8 })
                 throw new WeightsException($"{t.FilePath}: tensor '{place.Name}' is F8_E4M3 but this engine stores it as {place.Linear?.Kind.ToString() ?? "bf16"}");
+            if (size == 1 && place.Slice is not null)
+                throw new InvalidOperationException($"{place.Name}: FP8 checkpoints are not sliced for tensor parallel");
             long step = place.Linear is { } lw ? Math.Min(StagingBytes, scratch?.Bytes ?? 0) / size / lw.In * lw.In : StagingBytes / 2;
+            // A column slice is read as whole rows and compacted in the stage: a step is whole rows that fit it in full.
+            long fullRow = t.Shape.Length == 2 ? t.Shape[1] : 1;
+            if (place.Slice is { Columns: true } cols) step = Math.Min(step / cols.Range.Count, StagingBytes / 2 / fullRow) * cols.Range.Count;
             if (step <= 0) throw new InvalidOperationException($"a row of {place.Name} does not fit the staging buffers");
             for (long off = 0; off < elements; off += step)
             {
@@ -141,7 +174,7 @@ internal static class WeightUploader
                 int n = (int)Math.Min(step, elements - off);
                 var stage = Acquire();
                 if (t.DType == DType.F8_E4M3) ck.Read(t, off, stage.AsSpan<byte>()[..n]); // fp8 codes as stored
-                else ck.CopyAsBf16(t, stage.AsSpan<ushort>()[..n], off); // disk/page cache → pinned: bf16 in one read, fp16/fp32 converted in chunks
+                else ReadSliceAsBf16(ck, t, place.Slice, off, stage.AsSpan<ushort>(), n); // disk/page cache → pinned, bf16
                 if (place.Linear is { } coded && t.DType == DType.F8_E4M3)
                 {
                     // an FP8 checkpoint's codes: pinned → device scratch (row-major) → repacked into the tile layout
@@ -181,6 +214,45 @@ internal static class WeightUploader
     }
 
     private static long Align(long bytes) => (bytes + 255) / 256 * 256;
+
+    /// <summary>Elements of <paramref name="t"/> in <paramref name="slice"/> (all of them without one).</summary>
+    internal static long SliceElements(TensorInfo t, Slice? slice)
+    {
+        if (slice is not { } sl) return t.ElementCount;
+        if (sl.Columns)
+        {
+            if (t.Shape.Length != 2 || sl.Range.End > t.Shape[1])
+                throw new WeightsException($"{t.FilePath}: tensor '{t.Name}' {t.ShapeText} has no columns {sl.Range} to shard");
+            return t.Shape[0] * sl.Range.Count;
+        }
+        if (t.Shape.Length == 0 || sl.Range.End > t.Shape[0])
+            throw new WeightsException($"{t.FilePath}: tensor '{t.Name}' {t.ShapeText} has no rows {sl.Range} to shard");
+        return t.ElementCount / t.Shape[0] * sl.Range.Count;
+    }
+
+    /// <summary>
+    /// Elements [<paramref name="off"/>, off + <paramref name="n"/>) of the slice of <paramref name="t"/>, as bf16, into
+    /// the start of <paramref name="stage"/>. A column slice's chunk is whole rows: they are read in full, then each row's
+    /// columns are moved down over the rest (left to right, so nothing is overwritten before it is moved).
+    /// </summary>
+    internal static void ReadSliceAsBf16(SafetensorsCheckpoint ck, TensorInfo t, Slice? slice, long off, Span<ushort> stage, int n)
+    {
+        switch (slice)
+        {
+            case null:
+                ck.CopyAsBf16(t, stage[..n], off);
+                break;
+            case { Columns: false } rows:
+                ck.CopyAsBf16(t, stage[..n], rows.Range.Start * (t.ElementCount / t.Shape[0]) + off);
+                break;
+            case { Columns: true } cols:
+                int count = cols.Range.Count, full = (int)t.Shape[1], rowCount = n / count;
+                if ((long)rowCount * count != n) throw new InvalidOperationException($"{t.Name}: a column-slice chunk must be whole rows");
+                ck.CopyAsBf16(t, stage[..(rowCount * full)], off / count * full);
+                for (int r = 0; r < rowCount; r++) stage.Slice(r * full + cols.Range.Start, count).CopyTo(stage.Slice(r * count, count));
+                break;
+        }
+    }
 
     /// <summary>bf16 rows [rows, In] at <paramref name="src"/> → rows [row, row + rows) of a quantized weight.</summary>
     internal static void QuantizeRows(Quantizers q, CudaStream s, LinearWeight w, ulong src, int row, int rows)

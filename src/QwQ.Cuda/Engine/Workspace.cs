@@ -26,14 +26,17 @@ internal sealed class Workspace : IDisposable
     public ulong Attn { get; }         // bf16 [rows, nq * D]   attention output
     public ulong GateUp { get; }       // fp32 [rows, 2 * I]    gate | up
     public ulong Act { get; }          // bf16 [rows, I]        silu(gate) * up
-    public ulong Logits => _logits.Ptr; // fp32 [logit_rows, vocab]
+    public ulong Logits => _logits.Ptr; // fp32 [logit_rows, LogitsWidth]  (tensor parallel: this GPU's vocabulary rows)
     public ulong LogitInput { get; }   // bf16 [logit_rows, hidden]
     public ulong DecodeAttnScratch { get; } // split-K partials of paged decode attention
     public int LogitRows { get; }
+    /// <summary>Logits per row: the vocabulary, or with tensor parallel this GPU's lm_head rows.</summary>
+    public int LogitsWidth { get; }
 
-    public Workspace(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors)
+    public Workspace(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, int? logitsWidth = null)
     {
         MaxRows = maxRows;
+        LogitsWidth = logitsWidth ?? c.VocabSize;
         LogitRows = LogitRowsFor(c, maxRows);
         var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors);
         _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Select(s => s.Bytes)));
@@ -41,12 +44,11 @@ internal sealed class Workspace : IDisposable
         Residual = Take(nameof(Residual)); Normed = Take(nameof(Normed));
         Qkv = Take(nameof(Qkv)); Q = Take(nameof(Q)); Attn = Take(nameof(Attn)); GateUp = Take(nameof(GateUp));
         Act = Take(nameof(Act)); LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
-        _logits = DeviceBuffer.Allocate(LogitsBytes(c, LogitRows));
+        _logits = DeviceBuffer.Allocate(4L * LogitRows * LogitsWidth);
         Inputs = new StepInputs(maxRows, Math.Min(MaxSequences, maxRows), LogitRows, maxBlocks);
     }
 
     // The logits are a DeviceBuffer of their own (host copies take a DeviceBuffer); everything else lives in one arena.
-    private static long LogitsBytes(ModelConfig c, int rows) => 4L * rows * c.VocabSize;
 
     private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors)
     {
@@ -73,11 +75,11 @@ internal sealed class Workspace : IDisposable
         (int)Math.Min(maxRows, Math.Max(Math.Min(MaxSequences, maxRows), (64L << 20) / (4L * c.VocabSize)));
 
     /// <summary>Device bytes of a workspace for <paramref name="maxRows"/> rows (an upper bound over GPUs of up to 256 SMs).</summary>
-    public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256)
+    public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256, int? logitsWidth = null)
     {
         long inputs = 4L * (4 * maxRows + 8L * MaxSequences + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
         return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors).Select(s => s.Bytes)) +
-               DeviceArena.SizeFor([LogitsBytes(c, LogitRowsFor(c, maxRows))]) + inputs;
+               DeviceArena.SizeFor([4L * LogitRowsFor(c, maxRows) * (logitsWidth ?? c.VocabSize)]) + inputs;
     }
 
     public void Dispose()

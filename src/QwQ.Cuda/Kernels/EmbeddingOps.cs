@@ -62,18 +62,22 @@ internal sealed class EmbeddingOps
     }
 
     /// <summary>
-    /// dstRows[r][:] = src[r, :] for <paramref name="rows"/> fp32 rows of <paramref name="cols"/>: every sequence of a
-    /// step takes its logits row into its own buffer in one launch. <paramref name="dstRows"/>: device array of
-    /// <paramref name="rows"/> pointers.
+    /// dstRows[r][dstOffset + c] = src[r · srcStride + c] for <paramref name="rows"/> fp32 rows of <paramref name="cols"/>:
+    /// every sequence of a step takes its logits row into its own buffer in one launch. <paramref name="dstRows"/>: device
+    /// array of <paramref name="rows"/> pointers. Tensor parallel copies each rank's vocabulary shard with its padded
+    /// width as <paramref name="srcStride"/> and its first token id as <paramref name="dstOffset"/>; one GPU passes
+    /// the vocabulary and 0.
     /// </summary>
-    public unsafe void ScatterRowsF32(CudaStream s, ulong src, ulong dstRows, int rows, int cols)
+    public unsafe void ScatterRowsF32(CudaStream s, ulong src, long srcStride, ulong dstRows, long dstOffset, int rows, int cols)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(src, 4, nameof(src));
         LaunchChecks.Aligned(dstRows, 8, nameof(dstRows));
         LaunchChecks.Positive(rows, nameof(rows));
         LaunchChecks.Positive(cols, nameof(cols));
-        void** args = stackalloc void*[] { &src, &dstRows, &cols };
+        LaunchChecks.NonNegative(dstOffset, nameof(dstOffset));
+        if (srcStride < cols) throw new ArgumentOutOfRangeException(nameof(srcStride), $"a source row of {srcStride} floats cannot hold {cols}");
+        void** args = stackalloc void*[] { &src, &srcStride, &dstRows, &dstOffset, &cols };
         _scatterRows.Launch(new Dim3((uint)rows, (uint)((cols + 1023) / 1024)), new Dim3(256), 0, s, args);
     }
 }

@@ -10,17 +10,19 @@ namespace QwQ.Cuda.Kernels;
 internal sealed class InitOps
 {
     [KernelEntry] public const string FillNormalEntry = "fill_normal_bf16";
+    [KernelEntry] public const string FillNormalWindowEntry = "fill_normal_bf16_window";
     [KernelEntry] public const string FillConstEntry = "fill_const_bf16";
     [KernelEntry] public const string ConvertF32ToBf16Entry = "convert_f32_to_bf16";
 
     private const int Threads = 256;
     private const int ElementsPerThread = 8;
-    private readonly CudaKernel _fillNormal, _fillConst, _convert;
+    private readonly CudaKernel _fillNormal, _fillNormalWindow, _fillConst, _convert;
 
     public InitOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _fillNormal = lib.GetKernel(FillNormalEntry);
+        _fillNormalWindow = lib.GetKernel(FillNormalWindowEntry);
         _fillConst = lib.GetKernel(FillConstEntry);
         _convert = lib.GetKernel(ConvertF32ToBf16Entry);
     }
@@ -37,6 +39,27 @@ internal sealed class InitOps
         ulong n = (ulong)count;
         void** args = stackalloc void*[] { &dst, &n, &seed, &mean, &std };
         _fillNormal.Launch(new Dim3(Blocks(count)), new Dim3(Threads), 0, s, args);
+    }
+
+    /// <summary>
+    /// dst bf16 [rows, cols] ← the window at (<paramref name="row0"/>, <paramref name="col0"/>) of the row-major tensor of
+    /// <paramref name="fullCols"/> columns that <see cref="FillNormalBf16"/> fills with the same seed: a tensor-parallel
+    /// rank's shard of the single-GPU synthetic weights.
+    /// </summary>
+    public unsafe void FillNormalWindowBf16(CudaStream s, ulong dst, long rows, long cols, long fullCols, long row0, long col0,
+        ulong seed, float mean, float std)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(dst, 2, nameof(dst));
+        LaunchChecks.NonNegative(rows, nameof(rows));
+        LaunchChecks.NonNegative(row0, nameof(row0));
+        LaunchChecks.NonNegative(col0, nameof(col0));
+        if (cols < 0 || col0 + cols > fullCols) throw new ArgumentOutOfRangeException(nameof(cols), $"columns [{col0}, {col0 + cols}) are outside [0, {fullCols})");
+        if (!float.IsFinite(mean) || !float.IsFinite(std) || std < 0) throw new ArgumentException($"mean and std must be finite, std non-negative (got {mean}, {std}).");
+        if (rows == 0 || cols == 0) return;
+        ulong r = (ulong)rows, c = (ulong)cols, full = (ulong)fullCols, r0 = (ulong)row0, c0 = (ulong)col0;
+        void** args = stackalloc void*[] { &dst, &r, &c, &full, &r0, &c0, &seed, &mean, &std };
+        _fillNormalWindow.Launch(new Dim3(LaunchChecks.GridStrideBlocks(rows * cols, Threads)), new Dim3(Threads), 0, s, args);
     }
 
     /// <summary>dst bf16 [count] ← bf16(value).</summary>

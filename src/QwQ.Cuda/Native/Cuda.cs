@@ -65,6 +65,17 @@ internal static class Cuda
         return "";
     }
 
+    /// <summary>CUDA devices visible to this process (CUDA must be available: <see cref="EnsureInitialized"/> runs first).</summary>
+    public static int DeviceCount
+    {
+        get
+        {
+            EnsureInitialized();
+            CudaErrors.Check(CudaDriverApi.cuDeviceGetCount(out int count), "cuDeviceGetCount");
+            return count;
+        }
+    }
+
     /// <summary>12020 → "12.2".</summary>
     internal static string FormatVersion(int v) => $"{v / 1000}.{v % 1000 / 10}";
 }

@@ -95,6 +95,25 @@ internal sealed class CudaContext : IDisposable
         CudaErrors.Check(CudaDriverApi.cuCtxSetCurrent(Handle), "cuCtxSetCurrent");
     }
 
+    /// <summary>Whether kernels of this context can read and write <paramref name="peer"/>'s memory (NVLink or PCIe P2P).</summary>
+    public bool CanAccessPeer(CudaContext peer)
+    {
+        CudaErrors.Check(CudaDriverApi.cuDeviceCanAccessPeer(out int can, Device, peer.Device), "cuDeviceCanAccessPeer");
+        return can != 0;
+    }
+
+    /// <summary>
+    /// Lets kernels of this context address every allocation of <paramref name="peer"/>'s (tensor parallel reads the
+    /// peers' partial sums directly). Makes this context current. Enabling it twice is not an error.
+    /// </summary>
+    public void EnablePeerAccess(CudaContext peer)
+    {
+        MakeCurrent();
+        int rc = CudaDriverApi.cuCtxEnablePeerAccess(peer.Handle, 0);
+        if (rc != CudaErrors.CudaSuccess && rc != CudaDriverApi.CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
+            CudaErrors.Throw("cuCtxEnablePeerAccess", rc, $"device {Device} → device {peer.Device}");
+    }
+
     /// <summary>Waits for all work in the context; surfaces asynchronous kernel errors.</summary>
     public void Synchronize()
     {

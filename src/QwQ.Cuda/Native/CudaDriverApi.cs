@@ -20,6 +20,7 @@ internal static unsafe partial class CudaDriverApi
     internal const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
     internal const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
     internal const int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+    internal const int CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704;
     internal const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
     internal const uint CU_EVENT_DEFAULT = 0;
     internal const uint CU_EVENT_DISABLE_TIMING = 2;
@@ -54,6 +55,8 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)] internal static partial int cuCtxSynchronize();
     [LibraryImport(Lib)] internal static partial int cuCtxDestroy_v2(IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuMemGetInfo_v2(out nuint free, out nuint total);
+    [LibraryImport(Lib)] internal static partial int cuDeviceCanAccessPeer(out int canAccessPeer, int device, int peerDevice);
+    [LibraryImport(Lib)] internal static partial int cuCtxEnablePeerAccess(IntPtr peerContext, uint flags);
 
     // --- memory ---
     [LibraryImport(Lib)] internal static partial int cuMemAlloc_v2(out ulong dptr, nuint bytes);

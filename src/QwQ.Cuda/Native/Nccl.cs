@@ -54,6 +54,9 @@ internal static class Nccl
             if (initialized) return;
             NativeLibraries.Require(NativeLib.Nccl);
             DisableNvls();
+            // Connect every algorithm when a communicator is made, not at its first use: a first use can be inside a
+            // CUDA graph capture (a decode step), where NCCL's connection setup (allocations, handshakes) must not run.
+            NativeEnvironment.SetIfUnset("NCCL_RUNTIME_CONNECT", "0");
             Volatile.Write(ref initialized, true);
         }
     }

@@ -48,6 +48,14 @@ internal sealed class TensorParallelPlan
     /// <summary><see cref="VocabPerRank"/> · N ≥ vocab: the width of the all-gathered logits before the padding is dropped.</summary>
     public long PaddedVocab => (long)VocabPerRank * Ranks;
 
+    /// <summary>What each rank's GPU holds: the same shapes on every rank (the last one pads its vocabulary rows).</summary>
+    public RankShape Shape => new(Config with
+    {
+        NumAttentionHeads = QueryHeadsPerRank,
+        NumKeyValueHeads = KvHeadsPerRank,
+        IntermediateSize = IntermediatePerRank,
+    }, Ranks, VocabPerRank);
+
     /// <summary>The plan for <paramref name="ranks"/> ranks; <see cref="OptionException"/> naming N and the broken constraint otherwise.</summary>
     public static TensorParallelPlan Create(ModelConfig config, int ranks)
     {

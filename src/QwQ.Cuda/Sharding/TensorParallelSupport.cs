@@ -7,13 +7,11 @@ namespace QwQ.Cuda.Sharding;
 /// <summary>
 /// The one place that decides whether <see cref="EngineOptions.TensorParallel"/> can run: every backend load goes
 /// through <see cref="EnsureSupported"/> (<c>BackendFactory</c>, <c>qwq bench</c>). The size is checked against the
-/// model first (<see cref="TensorParallelPlan.Check"/>), then against what the backend implements. Today no backend
-/// runs more than one rank; the GPU implementation replaces the CUDA branch here, and only here.
+/// model first (<see cref="TensorParallelPlan.Check"/>), then against what the backend implements: the GPU engine runs
+/// any valid size (<c>CudaBackend</c> checks the GPUs it needs when it loads); the CPU reference runs one rank.
 /// </summary>
 internal static class TensorParallelSupport
 {
-    internal const string NotImplementedOnGpu = "tensor parallel is not implemented on the GPU engine yet";
-
     /// <summary>Throws <see cref="OptionException"/> unless <paramref name="backend"/> can run <paramref name="options"/>' size on <paramref name="config"/>.</summary>
     public static void EnsureSupported(ModelConfig config, EngineOptions options, BackendKind backend)
     {
@@ -21,9 +19,7 @@ internal static class TensorParallelSupport
         ArgumentNullException.ThrowIfNull(options);
         int n = options.TensorParallel;
         if (TensorParallelPlan.Check(config, n) is { } error) throw new OptionException(error);
-        if (n == 1) return;
-        throw backend == BackendKind.Cpu
-            ? new OptionException($"--tensor-parallel {n}: the CPU reference backend runs on one device; use --tensor-parallel 1 with --backend cpu")
-            : new OptionException($"--tensor-parallel {n}: {NotImplementedOnGpu}; run on one GPU with --tensor-parallel 1 (the default)");
+        if (n == 1 || backend != BackendKind.Cpu) return;
+        throw new OptionException($"--tensor-parallel {n}: the CPU reference backend runs on one device; use --tensor-parallel 1 with --backend cpu");
     }
 }

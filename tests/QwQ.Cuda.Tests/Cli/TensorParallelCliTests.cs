@@ -5,13 +5,14 @@ using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Sharding;
+using QwQ.Cuda.Tests.Generation;
 
 namespace QwQ.Cuda.Tests.Cli;
 
 /// <summary>
-/// <c>--tensor-parallel N</c>: bound on every command that loads a model, checked against the model's heads, and — until
-/// the GPU engine implements it — refused above 1 with one clean message (never a silent single-GPU run). No GPU needed:
-/// every check runs before CUDA is touched.
+/// <c>--tensor-parallel N</c>: bound on every command that loads a model, checked against the model's heads, the
+/// checkpoint and the GPUs there are, with one clean message for whatever cannot run (never a silent single-GPU run).
+/// No GPU needed: the checks run before CUDA is touched, or are about too few GPUs.
 /// </summary>
 public class TensorParallelCliTests
 {
@@ -32,10 +33,31 @@ public class TensorParallelCliTests
         CliTests.Qwq(["generate", "--model", Model, "--prompt", "Hello", "--max-tokens", "2", .. more]);
 
     [Test]
-    public async Task AboveOneTheGpuEngineSaysItIsNotImplemented()
+    public async Task MoreGpusThanThereAreIsOneCleanError()
     {
+        bool cuda = QwQ.Cuda.Native.Cuda.IsAvailable(out _);
+        if (cuda && QwQ.Cuda.Native.Cuda.DeviceCount >= 2) Assert.Ignore("this machine has the 2 GPUs: the run would go ahead (TensorParallelEngineTests)");
         var r = await Generate("--tensor-parallel", "2");
-        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 2", "tensor parallel is not implemented on the GPU engine yet");
+        if (cuda) AssertOneCleanError(r, ExitCodes.Error, "--tensor-parallel 2", "needs devices 0..1, and 1 are visible", "--tensor-parallel 1");
+        else AssertOneCleanError(r, ExitCodes.Error, "GPU");
+    }
+
+    [Test]
+    public void APreQuantizedCheckpointIsRefusedBeforeAnyGpuWork()
+    {
+        string dir = TestModels.GoldenModelDir("tiny-fp8");
+        var e = Assert.Throws<OptionException>(() => CudaBackend.Load(ModelConfig.Load(Path.Combine(dir, "config.json")), dir, new EngineOptions { TensorParallel = 2 }))!;
+        Assert.That(e.Message, Does.Contain("--tensor-parallel 2 loads bf16").And.Contain("run it on one GPU"));
+    }
+
+    [Test]
+    public void AQuantizedKindTheShardsCannotTakeIsRefusedBeforeAnyGpuWork()
+    {
+        // tiny-gqa's 320-wide o_proj input (5 fp8 chunks of 64) halves to 160 per GPU: not whole chunks
+        string dir = TestModels.GoldenModelDir("tiny-gqa");
+        var options = new EngineOptions { TensorParallel = 2, Quantize = QuantizeMode.Fp8 };
+        var e = Assert.Throws<OptionException>(() => CudaBackend.Load(ModelConfig.Load(Path.Combine(dir, "config.json")), dir, options))!;
+        Assert.That(e.Message, Does.Contain("--tensor-parallel 2").And.Contain("--quantize fp8").And.Contain("use fewer GPUs"));
     }
 
     [Test]
@@ -75,11 +97,9 @@ public class TensorParallelCliTests
     }
 
     [Test]
-    public async Task BenchRefusesItToo()
+    public async Task BenchRefusesASizeTheModelCannotTake()
     {
-        var r = await CliTests.Qwq("bench", "--synthetic", "qwq-32b", "--tensor-parallel", "4");
-        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 4", "tensor parallel is not implemented on the GPU engine yet");
-        r = await CliTests.Qwq("bench", "--synthetic", "qwq-32b", "--tensor-parallel", "3");
+        var r = await CliTests.Qwq("bench", "--synthetic", "qwq-32b", "--tensor-parallel", "3");
         AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 3", "8 key/value heads", "1, 2, 4, 8");
     }
 
@@ -112,9 +132,8 @@ public class TensorParallelCliTests
     {
         var config = ModelPresets.Get("qwq-32b");
         var two = new EngineOptions { TensorParallel = 2 };
-        // refused before any weight, tokenizer or GPU is touched
-        var cuda = Assert.Throws<OptionException>(() => BackendFactory.Create(BackendKind.Cuda, config, null, two, config.VocabSize, null, default))!;
-        Assert.That(cuda.Message, Does.Contain(TensorParallelSupport.NotImplementedOnGpu));
+        // the GPU engine takes any valid size; the CPU reference is refused before any weight, tokenizer or GPU is touched
+        Assert.DoesNotThrow(() => TensorParallelSupport.EnsureSupported(config, two, BackendKind.Cuda));
         var cpu = Assert.Throws<OptionException>(() => BackendFactory.Create(BackendKind.Cpu, config, null, two, config.VocabSize, null, default))!;
         Assert.That(cpu.Message, Does.Contain("CPU reference backend runs on one device"));
 

@@ -1,0 +1,160 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Kernels;
+using QwQ.Cuda.Model;
+using QwQ.Cuda.Native;
+using QwQ.Cuda.Sharding;
+using QwQ.Cuda.Weights;
+
+namespace QwQ.Cuda.Engine;
+
+/// <summary>
+/// One GPU's part of the engine: its context and stream, its share of the weights, its workspace and KV pool (its KV
+/// heads of every block), its kernels, products and forward pass, and its captured decode graphs. On one GPU the
+/// engine has one rank holding the whole model; with tensor parallel one per GPU, each running the same steps over its
+/// shard (<see cref="RankShape"/>, docs/TENSOR_PARALLEL.md). Every method runs with <see cref="Context"/> current.
+/// </summary>
+internal sealed class DeviceRank : IDisposable
+{
+    private readonly List<IDisposable> _owned = [];
+    private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
+
+    public int Index { get; }
+    public CudaContext Context { get; }
+    public RankShape Shape { get; }
+    public CudaStream Stream { get; private set; } = null!;
+    public PtxLibrary Library { get; private set; } = null!;
+    public ModelWeights Weights { get; private set; } = null!;
+    public Workspace Workspace { get; private set; } = null!;
+    public KvPool Kv { get; private set; } = null!;
+    public KernelSet Kernels { get; private set; } = null!;
+    public LinearOps Linear { get; private set; } = null!;
+    public ResidualSum Sum { get; private set; } = null!;
+    public Qwen2Forward Forward { get; private set; } = null!;
+
+    /// <summary>Makes device <paramref name="device"/>'s context current and measures nothing else: loading is <see cref="Load"/>.</summary>
+    public DeviceRank(int index, int device, RankShape shape)
+    {
+        Index = index;
+        Shape = shape;
+        Context = CudaContext.Create(device);
+    }
+
+    /// <summary>What loading a rank needs besides its own shape (the same for every rank).</summary>
+    public sealed record LoadArgs(ModelConfig Config, WeightKind Kind, RopeParameters Rope, MemoryPlan Plan, EngineOptions Options,
+        SafetensorsCheckpoint? Checkpoint, TensorParallelPlan? Parallel, IProgress<LoadProgress>? Progress, CancellationToken Cancel);
+
+    /// <summary>
+    /// Allocates this GPU's buffers, loads its weights (its slices of the checkpoint, or of the synthetic model) and
+    /// builds its forward pass. <paramref name="comm"/>: its NCCL rank with tensor parallel; <paramref name="oneShot"/>:
+    /// whether partial sums of decode steps go through the one-shot kernel (peer access is on).
+    /// </summary>
+    public void Load(LoadArgs a, NcclCommunicator? comm, bool oneShot)
+    {
+        Context.MakeCurrent();
+        ModelConfig shard = Shape.Config;
+        Stream = Own(CudaStream.Create());
+        Library = Own(PtxLibrary.Load());
+        var blas = Own(Cublas.Create(Stream));
+        var lt = a.Options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
+        var decodeLt = a.Options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
+        Weights = Own(ModelWeights.Allocate(Shape, a.Kind));
+        Fp8Ops? fp8 = a.Kind == WeightKind.Fp8 ? new Fp8Ops(Library) : null;
+        Int4Ops? int4 = a.Kind == WeightKind.Int4Awq ? new Int4Ops(Library) : null;
+        var quantizers = new WeightUploader.Quantizers(fp8, int4);
+        // bf16 scratch for quantized kinds: where loads stage rows before quantizing them, and where prefill-sized
+        // products expand a layer's weight for the bf16 tensor cores.
+        long scratchBytes = ModelWeights.ScratchBytes(shard, a.Kind);
+        DeviceBuffer? scratch = scratchBytes > 0 ? Own(DeviceBuffer.Allocate(scratchBytes)) : null;
+        var progress = Index == 0 ? a.Progress : null; // one rank reports: every rank loads the same amount
+        var init = new InitOps(Library);
+        if (a.Checkpoint is not null)
+        {
+            if (Shape.IsSharded) init.FillConstBf16(Stream, Weights.LmHead.Weight, (long)Weights.LmHead.Out * shard.HiddenSize, 0); // the last rank's padding rows
+            WeightUploader.Upload(a.Checkpoint, a.Config, Weights, Stream, quantizers, scratch, progress, a.Cancel, a.Parallel, Index);
+        }
+        else
+            SyntheticWeights.Fill(Weights, a.Config, init, quantizers, scratch, Stream, a.Options.SyntheticSeed, progress, a.Cancel, a.Parallel, Index);
+
+        Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows));
+        Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks));
+        var invFreq = Own(DeviceBuffer.FromHost<float>(a.Rope.InverseFrequencies));
+        Kernels = new KernelSet(Library, Context.MultiprocessorCount);
+        Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
+            a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0));
+        Sum = Own(comm is null
+            ? new ResidualSum(Linear)
+            : new ResidualSum(Linear, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null, Workspace.MaxRows, Workspace.LogitRows));
+        Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, invFreq.Ptr, a.Rope.AttentionFactor);
+    }
+
+    /// <summary>Times each product's kernels at every captured decode batch size and keeps the fastest (LinearOps).</summary>
+    public void TuneDecode(IEnumerable<int> batches)
+    {
+        Context.MakeCurrent();
+        Linear.TuneDecodeBatches(Stream, Weights.Products(), Workspace.Act, Workspace.GateUp, batches.Where(b => b <= Workspace.Inputs.MaxSequences));
+        Stream.Synchronize();
+    }
+
+    /// <summary>One eager step over rows described by <see cref="Workspace"/>'s inputs (already written on the host).</summary>
+    public void Step(StepShape shape, int sequences)
+    {
+        Context.MakeCurrent();
+        Workspace.Inputs.Upload(Stream, sequences);
+        Forward.Step(Stream, shape);
+    }
+
+    /// <summary>A decode step of <paramref name="batch"/> (padded) rows: its graph, captured at first use, replayed.</summary>
+    public void ReplayDecode(int batch)
+    {
+        Context.MakeCurrent();
+        if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
+        {
+            var shape = new StepShape(batch, batch, 0, 0, batch);
+            graph = CudaGraph.Capture(Stream, () =>
+            {
+                Workspace.Inputs.Upload(Stream, batch);
+                Forward.Step(Stream, shape);
+            });
+            _decodeGraphs.Add(batch, graph);
+        }
+        graph.Launch(Stream);
+    }
+
+    public void Synchronize()
+    {
+        Context.MakeCurrent();
+        Stream.Synchronize();
+    }
+
+    private T Own<T>(T resource) where T : IDisposable
+    {
+        _owned.Add(resource);
+        return resource;
+    }
+
+    /// <summary>
+    /// Frees the captured decode graphs. With tensor parallel they hold NCCL's captured collectives, and destroying a
+    /// communicator waits until no graph refers to it: graphs go before the communicators, which go before the rest.
+    /// </summary>
+    public void DisposeGraphs()
+    {
+        try { Context.MakeCurrent(); } catch (CudaException) { /* disposed or broken: free what can be freed */ }
+        foreach (var g in _decodeGraphs.Values)
+        {
+            try { g.Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
+        }
+        _decodeGraphs.Clear();
+    }
+
+    /// <summary>Frees everything this GPU holds (best effort while unwinding), its context last.</summary>
+    public void Dispose()
+    {
+        DisposeGraphs();
+        for (int i = _owned.Count - 1; i >= 0; i--)
+        {
+            try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
+        }
+        _owned.Clear();
+        Context.Dispose();
+    }
+}

@@ -1,0 +1,235 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Engine;
+using QwQ.Cuda.Tests.Generation;
+using QwQ.Cuda.Tests.Reference;
+namespace QwQ.Cuda.Tests.Sharding;
+
+using Cuda = global::QwQ.Cuda.Native.Cuda;
+
+/// <summary>
+/// The GPU engine split over 2 and 4 GPUs (<see cref="EngineOptions.TensorParallel"/>) against one GPU and the fp32 CPU
+/// reference: prefill logits, batched decode through the captured graphs, greedy generation, both all-reduce paths, and
+/// a full-width synthetic QwQ-32B (2 layers) in bf16, int4 and fp8. Skipped without enough GPUs.
+/// </summary>
+[NonParallelizable]
+public class TensorParallelEngineTests
+{
+    private static readonly SamplingOptions Greedy = new() { Temperature = 0 };
+
+    private static void RequireGpus(int n)
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        int count = Cuda.DeviceCount;
+        if (count < n) Assert.Ignore($"needs {n} GPUs; this machine has {count}");
+    }
+
+    /// <summary>
+    /// 16 query / 8 KV heads of 32, so 2 and 4 GPUs both shard it; a vocabulary neither divides (the last GPU pads its
+    /// lm_head rows); an MLP of 1024 (256 per GPU at 4).
+    /// </summary>
+    private static string EightKvJson() => """
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":512,"intermediate_size":1024,
+         "num_hidden_layers":2,"num_attention_heads":16,"num_key_value_heads":8,"vocab_size":1001,
+         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
+         "torch_dtype":"bfloat16","use_sliding_window":false}
+        """;
+
+    private sealed class Checkpoint : IDisposable
+    {
+        private readonly TestModels.TempDir _dir = new();
+        public ModelConfig Config { get; }
+        public CpuWeights Weights { get; }
+        public string Path => _dir.Path;
+
+        public Checkpoint(int seed)
+        {
+            string json = EightKvJson();
+            Config = ModelConfig.Parse(json, "config.json");
+            Weights = CpuWeights.Random(Config, seed, bf16Exact: true);
+            TestModels.WriteSafetensors(_dir.Combine("model.safetensors"), Config, Weights);
+            File.WriteAllText(_dir.Combine("config.json"), json);
+        }
+
+        public void Dispose() => _dir.Dispose();
+    }
+
+    private static CudaBackend Load(ModelConfig config, string? dir, int ranks, AllReduceKind allReduce = AllReduceKind.Custom,
+        QuantizeMode quantize = QuantizeMode.None, int maxContext = 512)
+    {
+        var backend = CudaBackend.Load(config, dir, new EngineOptions
+        {
+            MaxContext = maxContext, TensorParallel = ranks, AllReduce = allReduce, Quantize = quantize,
+        });
+        TestContext.Out.WriteLine($"{ranks} GPU(s): {backend.DeviceDescription}");
+        if (ranks > 1) Assert.That(backend.TensorParallel, Is.EqualTo(ranks));
+        return backend;
+    }
+
+    private static float[] PrefillLogits(CudaBackend backend, int[] tokens)
+    {
+        using var seq = (CudaSequence)backend.CreateSequence();
+        return seq.AppendWithLogits(tokens, Enumerable.Range(0, tokens.Length).ToArray());
+    }
+
+    private static double RelErr(ReadOnlySpan<float> got, ReadOnlySpan<float> want) => CudaModelTests.RelErr(got, want);
+
+    // ---- prefill ---------------------------------------------------------------------------------------------------
+
+    [TestCase(2, AllReduceKind.Custom)]
+    [TestCase(2, AllReduceKind.Nccl)]
+    [TestCase(4, AllReduceKind.Custom)]
+    [TestCase(4, AllReduceKind.Nccl)]
+    public void PrefillLogitsEqualOneGpuAndTheReference(int ranks, AllReduceKind allReduce)
+    {
+        RequireGpus(ranks);
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        using var ck = new Checkpoint(seed);
+        var rng = new Random(seed);
+        int[] tokens = Enumerable.Range(0, 67).Select(_ => rng.Next(ck.Config.VocabSize)).ToArray();
+        float[] want = new Qwen2CpuModel(ck.Config, ck.Weights).Forward(tokens);
+        float[] one;
+        using (var single = Load(ck.Config, ck.Path, 1)) one = PrefillLogits(single, tokens);
+        using var sharded = Load(ck.Config, ck.Path, ranks, allReduce);
+        float[] got = PrefillLogits(sharded, tokens);
+        double vsReference = RelErr(got, want), vsOneGpu = RelErr(got, one), oneVsReference = RelErr(one, want);
+        TestContext.Out.WriteLine($"{ranks} GPUs ({allReduce}): ‖Δ‖/‖ref‖ {vsReference:E2} against fp32, {vsOneGpu:E2} against one GPU (one GPU: {oneVsReference:E2})");
+        Assert.That(vsReference, Is.LessThanOrEqualTo(2e-2));
+        Assert.That(vsOneGpu, Is.LessThanOrEqualTo(1e-2));
+    }
+
+    [TestCase("tiny-gqa")]
+    [TestCase("tiny-yarn")]
+    [Category("Goldens")]
+    public void TwoGpusMatchTransformersOnTheFixtures(string model)
+    {
+        RequireGpus(2);
+        string dir = ModelFixtures.Dir(model);
+        var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        using var backend = Load(config, dir, 2, maxContext: 256);
+        foreach (var p in ModelFixtures.ReadGoldens(model).Prompts)
+        {
+            float[] got = PrefillLogits(backend, p.Ids);
+            double err = RelErr(got, p.Logits.SelectMany(r => r).ToArray());
+            TestContext.Out.WriteLine($"{model} prompt of {p.Ids.Length}: ‖Δ‖/‖ref‖ = {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+
+            using var seq = backend.CreateSequence();
+            seq.Append(p.Ids);
+            var tokens = new List<int>();
+            for (int i = 0; i < p.Greedy.Length; i++)
+            {
+                tokens.Add(seq.Sample(Greedy, i));
+                seq.Append([tokens[^1]]);
+            }
+            int compared = Goldens.TokensBeforeFirstTie(p.GreedyMargins);
+            Assert.That(tokens.Take(compared), Is.EqualTo(p.Greedy.Take(compared)), $"the {compared} greedy tokens before the first near-tie");
+        }
+    }
+
+    // ---- batched decode through the graphs ---------------------------------------------------------------------------
+
+    [TestCase(2, AllReduceKind.Custom)]
+    [TestCase(2, AllReduceKind.Nccl)]
+    [TestCase(4, AllReduceKind.Custom)]
+    public void BatchedDecodeEqualsOneGpu(int ranks, AllReduceKind allReduce)
+    {
+        RequireGpus(ranks);
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        using var ck = new Checkpoint(seed);
+        var rng = new Random(seed);
+        int[][] prompts = [.. new[] { 5, 23, 70 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(ck.Config.VocabSize)).ToArray())];
+        using var single = Load(ck.Config, ck.Path, 1);
+        using var sharded = Load(ck.Config, ck.Path, ranks, allReduce);
+        ISequence[] a = [.. prompts.Select(_ => single.CreateSequence())], b = [.. prompts.Select(_ => sharded.CreateSequence())];
+        try
+        {
+            // the prompts in one step, then 12 decode steps of all three: the same tokens into both engines
+            single.Step([.. prompts.Select((p, i) => new SequenceChunk(a[i], p))]);
+            sharded.Step([.. prompts.Select((p, i) => new SequenceChunk(b[i], p))]);
+            var la = new float[ck.Config.VocabSize];
+            var lb = new float[ck.Config.VocabSize];
+            double worst = 0;
+            for (int step = 0; step < 12; step++)
+            {
+                var next = new int[prompts.Length];
+                for (int i = 0; i < prompts.Length; i++)
+                {
+                    a[i].CopyLastLogits(la);
+                    b[i].CopyLastLogits(lb);
+                    worst = Math.Max(worst, RelErr(lb, la));
+                    next[i] = a[i].Sample(Greedy, step);
+                    Assert.That(b[i].Sample(Greedy, step) == next[i] || NearTie(la, next[i]), $"sequence {i}, step {step}");
+                }
+                single.Step([.. next.Select((t, i) => new SequenceChunk(a[i], new[] { t }))]);
+                sharded.Step([.. next.Select((t, i) => new SequenceChunk(b[i], new[] { t }))]);
+            }
+            TestContext.Out.WriteLine($"worst ‖Δ‖/‖ref‖ of a sequence's logits against one GPU: {worst:E2}");
+            Assert.That(worst, Is.LessThanOrEqualTo(1e-2));
+        }
+        finally
+        {
+            foreach (var s in a.Concat(b)) s.Dispose();
+        }
+    }
+
+    /// <summary>Whether the top two logits are within bf16 noise (a different argmax there is not a failure).</summary>
+    private static bool NearTie(float[] logits, int chosen)
+    {
+        float top = logits[chosen], second = float.NegativeInfinity, max = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            max = Math.Max(max, Math.Abs(logits[i]));
+            if (i != chosen) second = Math.Max(second, logits[i]);
+        }
+        return top - second < 1e-2f * max;
+    }
+
+    // ---- full width ------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// QwQ-32B at full width with 2 layers, synthetic: each GPU generates exactly its slices of the tensors one GPU
+    /// generates with the seed, so the sharded logits must equal the single-GPU ones within bf16 noise. Quantized kinds
+    /// quantize each GPU's slices (int4 groups and fp8 rows are whole within a slice of q/k/v and gate/up; fp8's
+    /// per-row scales of o_proj and down_proj cover only the slice's columns, hence its wider bound).
+    /// </summary>
+    [TestCase(2, QuantizeMode.None, 2e-2)]
+    [TestCase(4, QuantizeMode.None, 2e-2)]
+    [TestCase(2, QuantizeMode.Int4, 2e-2)]
+    [TestCase(2, QuantizeMode.Fp8, 3e-2)]
+    public void FullWidthSyntheticEqualsOneGpu(int ranks, QuantizeMode quantize, double bound)
+    {
+        RequireGpus(ranks);
+        var config = ModelPresets.Get("qwq-32b") with { NumHiddenLayers = 2 };
+        var rng = new Random(7);
+        int[] prompt = Enumerable.Range(0, 40).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        int[] last = Enumerable.Range(prompt.Length - 4, 4).ToArray();
+        float[] one, got;
+        var decodeOne = new List<float[]>();
+        var decodeGot = new List<float[]>();
+        void Run(CudaBackend backend, out float[] prefill, List<float[]> decode)
+        {
+            using var seq = (CudaSequence)backend.CreateSequence();
+            prefill = seq.AppendWithLogits(prompt, last);
+            for (int i = 0; i < 4; i++)
+            {
+                seq.Append([prompt[i]]); // fixed tokens, so both runs decode the same sequence
+                var l = new float[config.VocabSize];
+                seq.CopyLastLogits(l);
+                decode.Add(l);
+            }
+        }
+        using (var single = Load(config, null, 1, quantize: quantize, maxContext: 1024)) Run(single, out one, decodeOne);
+        using (var sharded = Load(config, null, ranks, quantize: quantize, maxContext: 1024)) Run(sharded, out got, decodeGot);
+        double prefillErr = RelErr(got, one);
+        double decodeErr = decodeOne.Select((l, i) => RelErr(decodeGot[i], l)).Max();
+        TestContext.Out.WriteLine($"{ranks} GPUs, {quantize}: prefill ‖Δ‖/‖ref‖ {prefillErr:E2}, decode (graphs) worst {decodeErr:E2} against one GPU");
+        Assert.That(prefillErr, Is.LessThanOrEqualTo(bound));
+        Assert.That(decodeErr, Is.LessThanOrEqualTo(bound));
+    }
+}
