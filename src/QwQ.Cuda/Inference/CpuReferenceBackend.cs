@@ -78,6 +78,9 @@ public sealed class CpuReferenceBackend : IModelBackend
         _seed = samplerSeed;
     }
 
+    /// <summary>The largest model the reference loads: 32 GB of fp32 weights (8B parameters).</summary>
+    public const long MaxReferenceBytes = 32_000_000_000;
+
     /// <summary>
     /// Loads a checkpoint directory as float32 (validated against <paramref name="config"/> first), or builds
     /// deterministic random weights when <paramref name="checkpointDir"/> is null (seed: <see cref="EngineOptions.SyntheticSeed"/>).
@@ -92,10 +95,13 @@ public sealed class CpuReferenceBackend : IModelBackend
         bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (total > available / 2)
+        // Half the host memory, and never a full-size model: at 32B parameters one fp32 token takes minutes, even where
+        // a 512 GB host could hold the weights.
+        if (total > Math.Min(available / 2, MaxReferenceBytes))
             throw new OptionException(
                 $"the CPU reference backend keeps every weight in float32: this model needs {total / 1e9:F1} GB of host memory " +
-                $"and {available / 1e9:F1} GB is available. It is meant for small test models; use --backend cuda.");
+                $"and it takes at most {Math.Min(available / 2, MaxReferenceBytes) / 1e9:F1} GB (half the {available / 1e9:F1} GB available, " +
+                $"and never over {MaxReferenceBytes / 1e9:F0} GB). It is meant for small test models; use --backend cuda.");
         progress?.Report(new LoadProgress(checkpointDir is null ? "synthetic weights" : "loading weights", 0, total));
         CpuWeights weights;
         if (checkpointDir is null)

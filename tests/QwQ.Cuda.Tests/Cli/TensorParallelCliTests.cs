@@ -39,7 +39,7 @@ public class TensorParallelCliTests
         if (cuda && QwQ.Cuda.Native.Cuda.DeviceCount >= 2) Assert.Ignore("this machine has the 2 GPUs: the run would go ahead (TensorParallelEngineTests)");
         var r = await Generate("--tensor-parallel", "2");
         if (cuda) AssertOneCleanError(r, ExitCodes.Error, "--tensor-parallel 2", "needs devices 0..1, and 1 are visible", "--tensor-parallel 1");
-        else AssertOneCleanError(r, ExitCodes.Error, "GPU");
+        else AssertOneCleanError(r, ExitCodes.Error, "NVIDIA");
     }
 
     [Test]

@@ -194,42 +194,57 @@ public class TensorParallelEngineTests
 
     /// <summary>
     /// QwQ-32B at full width with 2 layers, synthetic: each GPU generates exactly its slices of the tensors one GPU
-    /// generates with the seed, so the sharded logits must equal the single-GPU ones within bf16 noise. Quantized kinds
-    /// quantize each GPU's slices (int4 groups and fp8 rows are whole within a slice of q/k/v and gate/up; fp8's
-    /// per-row scales of o_proj and down_proj cover only the slice's columns, hence its wider bound).
+    /// generates with the seed, so the sharded logits must equal the single-GPU ones within bf16 noise. int4 too: its
+    /// groups of 128 inputs are whole within every GPU's slice, so each GPU quantizes exactly the single GPU's groups.
     /// </summary>
-    [TestCase(2, QuantizeMode.None, 2e-2)]
-    [TestCase(4, QuantizeMode.None, 2e-2)]
-    [TestCase(2, QuantizeMode.Int4, 2e-2)]
-    [TestCase(2, QuantizeMode.Fp8, 3e-2)]
-    public void FullWidthSyntheticEqualsOneGpu(int ranks, QuantizeMode quantize, double bound)
+    [TestCase(2, QuantizeMode.None)]
+    [TestCase(4, QuantizeMode.None)]
+    [TestCase(2, QuantizeMode.Int4)]
+    public void FullWidthSyntheticEqualsOneGpu(int ranks, QuantizeMode quantize)
     {
         RequireGpus(ranks);
+        var one = FullWidthLogits(1, quantize);
+        var got = FullWidthLogits(ranks, quantize);
+        double prefillErr = RelErr(got.Prefill, one.Prefill);
+        double decodeErr = one.Decode.Select((l, i) => RelErr(got.Decode[i], l)).Max();
+        TestContext.Out.WriteLine($"{ranks} GPUs, {quantize}: prefill ‖Δ‖/‖ref‖ {prefillErr:E2}, decode (graphs) worst {decodeErr:E2} against one GPU");
+        Assert.That(prefillErr, Is.LessThanOrEqualTo(2e-2));
+        Assert.That(decodeErr, Is.LessThanOrEqualTo(2e-2));
+    }
+
+    /// <summary>
+    /// fp8's per-row scales of o_proj and down_proj cover only a GPU's columns, so a sharded fp8 model rounds those
+    /// weights differently from the single-GPU one (measured at 2 GPUs: 6.4e-2 apart, two fp8 roundings of one model).
+    /// What must hold is that it is as close to the bf16 model as the single-GPU fp8 is.
+    /// </summary>
+    [Test]
+    public void FullWidthFp8IsAsCloseToBf16AsOneGpuFp8()
+    {
+        RequireGpus(2);
+        var bf16 = FullWidthLogits(1, QuantizeMode.None);
+        double single = RelErr(FullWidthLogits(1, QuantizeMode.Fp8).Prefill, bf16.Prefill);
+        double sharded = RelErr(FullWidthLogits(2, QuantizeMode.Fp8).Prefill, bf16.Prefill);
+        TestContext.Out.WriteLine($"fp8 against bf16: one GPU {single:E2}, 2 GPUs {sharded:E2}");
+        Assert.That(sharded, Is.LessThanOrEqualTo(1.25 * single + 2e-3));
+    }
+
+    /// <summary>Prefill logits of the last 4 of 40 prompt positions, then 4 decode steps (graphs) of fixed tokens.</summary>
+    private static (float[] Prefill, List<float[]> Decode) FullWidthLogits(int ranks, QuantizeMode quantize)
+    {
         var config = ModelPresets.Get("qwq-32b") with { NumHiddenLayers = 2 };
         var rng = new Random(7);
         int[] prompt = Enumerable.Range(0, 40).Select(_ => rng.Next(config.VocabSize)).ToArray();
-        int[] last = Enumerable.Range(prompt.Length - 4, 4).ToArray();
-        float[] one, got;
-        var decodeOne = new List<float[]>();
-        var decodeGot = new List<float[]>();
-        void Run(CudaBackend backend, out float[] prefill, List<float[]> decode)
+        using var backend = Load(config, null, ranks, quantize: quantize, maxContext: 1024);
+        using var seq = (CudaSequence)backend.CreateSequence();
+        float[] prefill = seq.AppendWithLogits(prompt, Enumerable.Range(prompt.Length - 4, 4).ToArray());
+        var decode = new List<float[]>();
+        for (int i = 0; i < 4; i++)
         {
-            using var seq = (CudaSequence)backend.CreateSequence();
-            prefill = seq.AppendWithLogits(prompt, last);
-            for (int i = 0; i < 4; i++)
-            {
-                seq.Append([prompt[i]]); // fixed tokens, so both runs decode the same sequence
-                var l = new float[config.VocabSize];
-                seq.CopyLastLogits(l);
-                decode.Add(l);
-            }
+            seq.Append([prompt[i]]);
+            var l = new float[config.VocabSize];
+            seq.CopyLastLogits(l);
+            decode.Add(l);
         }
-        using (var single = Load(config, null, 1, quantize: quantize, maxContext: 1024)) Run(single, out one, decodeOne);
-        using (var sharded = Load(config, null, ranks, quantize: quantize, maxContext: 1024)) Run(sharded, out got, decodeGot);
-        double prefillErr = RelErr(got, one);
-        double decodeErr = decodeOne.Select((l, i) => RelErr(decodeGot[i], l)).Max();
-        TestContext.Out.WriteLine($"{ranks} GPUs, {quantize}: prefill ‖Δ‖/‖ref‖ {prefillErr:E2}, decode (graphs) worst {decodeErr:E2} against one GPU");
-        Assert.That(prefillErr, Is.LessThanOrEqualTo(bound));
-        Assert.That(decodeErr, Is.LessThanOrEqualTo(bound));
+        return (prefill, decode);
     }
 }
