@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
+using QwQ.Cuda.Sharding;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Native;
@@ -34,6 +35,9 @@ internal static class InfoCommand
         var source = new ModelSourceOptions(withBackend: false);
         var device = TypedOptions.Integer("--device", 0, "CUDA device ordinal to plan for");
         var json = new Option<bool>("--json") { Description = "Write one JSON object" };
+        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
+            "Plan for the model split over N alike GPUs (tensor parallelism): weights, KV cache and context per GPU");
+        tensorParallel.HelpName = "N";
         var gpuMemory = new Option<string?>("--gpu-memory")
         {
             Description = "Plan for cards of these sizes instead of this GPU: 24GB, 80GiB, or a list such as 24GiB,48GiB,80GiB,141GiB " +
@@ -43,6 +47,7 @@ internal static class InfoCommand
         var command = new Command("info", "Show the model's architecture, parameter count and GPU memory plan (needs only config.json)");
         source.AddTo(command);
         command.Add(device);
+        command.Add(tensorParallel);
         command.Add(json);
         command.Add(gpuMemory);
         command.SetAction(p =>
@@ -50,7 +55,7 @@ internal static class InfoCommand
             var cards = p.GetValue(gpuMemory) is string sizes ? ParseGpuMemory(sizes) : null;
             var (model, synthetic) = source.Source(p);
             var modelOptions = source.Bind(p);
-            var engine = modelOptions.Engine with { Device = p.GetValue(device) };
+            var engine = modelOptions.Engine with { Device = p.GetValue(device), TensorParallel = p.GetValue(tensorParallel) };
             Run(host, model, synthetic, engine, p.GetValue(json), cards);
             return ExitCodes.Ok;
         });
@@ -107,6 +112,7 @@ internal static class InfoCommand
             sourceText = dir;
         }
 
+        if (TensorParallelPlan.Check(config, engine.TensorParallel) is { } tpError) throw new OptionException(tpError);
         var weights = dir is null ? (Files: 0, Bytes: 0L) : FindWeights(dir);
         bool tokenizer = dir is not null && File.Exists(Path.Combine(dir, "tokenizer.json"));
 
@@ -120,18 +126,18 @@ internal static class InfoCommand
             {
                 var table = MemoryTable.For(config, card.Bytes, engine);
                 string size = card.Text;
-                devices.Add(new PlannedDevice($"{size} card (assumed: {Gib(table.FreeBytes)} free)", Assumed: true, table));
+                devices.Add(new PlannedDevice($"{Cards(engine)}{size} card (assumed: {Gib(table.FreeBytes)} free)", Assumed: true, table));
             }
         }
         else if (gpu)
         {
             using var context = CudaContext.Create(engine.Device);
             long free = context.GetMemoryInfo().Free;
-            devices.Add(new PlannedDevice($"{context.DeviceName}, {Gib(free)} free", Assumed: false, MemoryTable.ForFreeBytes(config, free, engine)));
+            devices.Add(new PlannedDevice($"{Cards(engine)}{context.DeviceName}, {Gib(free)} free", Assumed: false, MemoryTable.ForFreeBytes(config, free, engine)));
         }
         else
         {
-            devices.Add(new PlannedDevice($"NVIDIA H100 80GB (assumed: {Gib(H100FreeBytes)} free)", Assumed: true,
+            devices.Add(new PlannedDevice($"{Cards(engine)}NVIDIA H100 80GB (assumed: {Gib(H100FreeBytes)} free)", Assumed: true,
                 MemoryTable.ForFreeBytes(config, H100FreeBytes, engine)));
         }
 
@@ -139,6 +145,9 @@ internal static class InfoCommand
         if (json) WriteJson(host, info);
         else WriteText(host, info);
     }
+
+    /// <summary>"2 × " before a card's name when the model is split over several (the figures are per card).</summary>
+    private static string Cards(EngineOptions engine) => engine.TensorParallel > 1 ? $"{engine.TensorParallel} × " : "";
 
     private sealed record Info(ModelConfig Config, string Source, (int Files, long Bytes) Weights, bool Tokenizer, bool Gpu, string NoGpuReason,
         IReadOnlyList<CardSize>? Cards, IReadOnlyList<PlannedDevice> Devices, long ReserveBytes)
@@ -175,8 +184,9 @@ internal static class InfoCommand
         Row(o, "quantization", c.Quantization?.Description ?? "none");
         // Device bytes per kind (the layers' linear weights in that kind; embedding, norms, biases and lm_head bf16).
         var byKind = info.Devices[0].Table.Rows;
+        int tp = info.Devices[0].Table.TensorParallel;
         Row(o, "weights", string.Join(", ", byKind.Select(r => $"{r.Name} {Gb(r.WeightBytes)} ({Gib(r.WeightBytes)}{(r.IsCheckpointKind ? ", the checkpoint's" : "")})")) +
-                          " on the GPU");
+                          (tp > 1 ? $" on each of {tp} GPUs (tensor parallel; the embedding on every one)" : " on the GPU"));
         Row(o, "unquantized", $"{Gb(c.WeightBytes)} ({Gib(c.WeightBytes)}) at {c.TorchDtype}");
         if (!source.StartsWith("preset", StringComparison.Ordinal))
         {
@@ -186,7 +196,8 @@ internal static class InfoCommand
         o.WriteLine();
         o.WriteLine(host.Bold("Memory plan"));
         if (!info.Gpu && !info.ForCards) o.WriteLine(host.Dim($"  no usable GPU here: {info.NoGpuReason}"));
-        Row(o, "KV cache per token", Invariant($"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)"));
+        Row(o, "KV cache per token", Invariant($"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)") +
+                                     (tp > 1 ? Invariant($"; {byKind[0].KvBytesPerToken / 1024.0:F0} KiB on each of {tp} GPUs") : ""));
         Row(o, "reserve", $"{Gib(info.ReserveBytes)} left free beside weights, workspace and KV cache");
         Row(o, "model maximum", Invariant($"{MemoryPlan.ModelMaxPositions(c):N0} positions"));
         foreach (var device in info.Devices)
@@ -256,6 +267,7 @@ internal static class InfoCommand
             w.WriteNumber("checkpoint_bytes", info.Weights.Bytes);
             w.WriteBoolean("tokenizer", info.Tokenizer);
             w.WriteNumber("kv_bytes_per_token", c.KvBytesPerToken);
+            w.WriteNumber("tensor_parallel", info.Devices[0].Table.TensorParallel); // device figures are per GPU
             w.WriteNumber("model_max_positions", MemoryPlan.ModelMaxPositions(c));
             w.WriteBoolean("gpu", info.Gpu);
             if (!info.Gpu) w.WriteString("no_gpu_reason", info.NoGpuReason);

@@ -148,7 +148,7 @@ public sealed class CudaBackend : IModelBackend
     /// Refuses, before any GPU work, what tensor parallel cannot load: pre-quantized checkpoints (their FP8 codes and AWQ
     /// packs are not sliced yet) and quantized kinds whose per-GPU input sizes the kernels cannot take.
     /// </summary>
-    private static void EnsureShardable(ModelConfig config, RankShape shape, EngineOptions options)
+    internal static void EnsureShardable(ModelConfig config, RankShape shape, EngineOptions options)
     {
         if (config.Quantization is not null)
             throw new OptionException($"--tensor-parallel {shape.Ranks} loads bf16 (or fp16/fp32) checkpoints, and this one is {config.Quantization.Description}; " +

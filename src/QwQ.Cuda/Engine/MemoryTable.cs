@@ -1,5 +1,6 @@
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Sharding;
 
 namespace QwQ.Cuda.Engine;
 
@@ -35,9 +36,11 @@ public sealed record MemoryTableRow(
 
 /// <summary>
 /// The memory plan of every weight kind (bf16, fp8, int4-awq) on one card: "does it fit, and with how much context".
-/// Each row is <see cref="MemoryPlan.Create(QwQ.Cuda.Config.ModelConfig, long, EngineOptions, WeightKind)"/> for that kind, so the numbers are what a load would pick.
+/// Each row is the engine's <see cref="MemoryPlan"/> for that kind, so the numbers are what a load would pick. With
+/// <see cref="EngineOptions.TensorParallel"/> = N the card is one of N alike, and every figure is per card: its share
+/// of the weights, its KV heads.
 /// </summary>
-public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<MemoryTableRow> Rows)
+public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<MemoryTableRow> Rows, int TensorParallel = 1)
 {
     /// <summary>The kinds a table lists, in this order.</summary>
     public static IReadOnlyList<WeightKind> Kinds { get; } = [WeightKind.Bf16, WeightKind.Fp8, WeightKind.Int4Awq];
@@ -92,29 +95,33 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
     private static MemoryTable Build(ModelConfig c, long? cardBytes, long freeBytes, EngineOptions o)
     {
         WeightKind? checkpoint = CheckpointKind(c);
+        RankShape shape = o.TensorParallel > 1 ? TensorParallelPlan.Create(c, o.TensorParallel).Shape : RankShape.Whole(c);
         var rows = new List<MemoryTableRow>();
         foreach (WeightKind kind in Kinds)
         {
             MemoryPlan? plan = null;
             string? reason = null;
-            try { plan = MemoryPlan.Create(c, freeBytes, o, kind); }
+            try { plan = MemoryPlan.Create(shape, freeBytes, o, kind); }
             catch (CudaOutOfMemoryPlanException e) { reason = e.Message; }
-            var (gpu, note) = Support(c, kind);
-            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(c, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(c, o.PrefillChunk, kind), c.KvBytesPerToken,
-                plan, reason, gpu, note, kind == checkpoint));
+            var (gpu, note) = Support(c, kind, o.TensorParallel);
+            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(shape, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(shape, o.PrefillChunk, kind),
+                shape.Config.KvBytesPerToken, plan, reason, gpu, note, kind == checkpoint));
         }
-        return new MemoryTable(cardBytes, freeBytes, rows);
+        return new MemoryTable(cardBytes, freeBytes, rows, shape.Ranks);
     }
 
     /// <summary>
     /// Whether a load would take this kind: a checkpoint already stored so as it is (<paramref name="isCheckpointKind"/>),
     /// any other model as its bf16 release under --quantize.
     /// </summary>
-    private static (GpuSupport, string) AskLoad(ModelConfig c, QuantizeMode mode, bool isCheckpointKind, string how)
+    private static (GpuSupport, string) AskLoad(ModelConfig c, QuantizeMode mode, bool isCheckpointKind, string how, int tensorParallel)
     {
         try
         {
-            CudaBackend.LinearKind(isCheckpointKind ? c : c with { Quantization = null }, new EngineOptions { Quantize = mode });
+            var model = isCheckpointKind ? c : c with { Quantization = null };
+            var options = new EngineOptions { Quantize = mode, TensorParallel = tensorParallel };
+            CudaBackend.LinearKind(model, options);
+            if (tensorParallel > 1) CudaBackend.EnsureShardable(model, TensorParallelPlan.Create(model, tensorParallel).Shape, options);
             return (GpuSupport.Yes, isCheckpointKind ? "yes" : $"yes ({how})");
         }
         catch (OptionException e)
@@ -124,16 +131,16 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
     }
 
     /// <summary>Whether the engine runs <paramref name="kind"/> for this model today, asked of the same check a load makes.</summary>
-    private static (GpuSupport, string) Support(ModelConfig c, WeightKind kind)
+    private static (GpuSupport, string) Support(ModelConfig c, WeightKind kind, int tensorParallel)
     {
         switch (kind)
         {
             case WeightKind.Bf16:
-                return (GpuSupport.Yes, "yes");
+                return (GpuSupport.Yes, "yes"); // a plain checkpoint, or a quantized one's bf16 release, at any valid tensor-parallel size
             case WeightKind.Fp8:
-                return AskLoad(c, QuantizeMode.Fp8, c.Quantization is Fp8QuantizationConfig, "--quantize fp8, or an FP8 checkpoint");
+                return AskLoad(c, QuantizeMode.Fp8, c.Quantization is Fp8QuantizationConfig, "--quantize fp8, or an FP8 checkpoint", tensorParallel);
             default:
-                return AskLoad(c, QuantizeMode.Int4, c.Quantization is AwqQuantizationConfig, "--quantize int4, or an AWQ checkpoint");
+                return AskLoad(c, QuantizeMode.Int4, c.Quantization is AwqQuantizationConfig, "--quantize int4, or an AWQ checkpoint", tensorParallel);
         }
     }
 }

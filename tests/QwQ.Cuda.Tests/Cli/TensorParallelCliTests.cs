@@ -104,10 +104,46 @@ public class TensorParallelCliTests
     }
 
     [Test]
+    public async Task InfoPlansEachGpuOfTheSplit()
+    {
+        // QwQ-32B with YaRN in bf16: 131,072 positions do not fit one 80 GB card beside 61 GiB of weights; on two, each
+        // holds half the layers' weights and half the KV heads, and they do.
+        var one = await CliTests.Qwq("info", "--synthetic", "qwq-32b-yarn", "--gpu-memory", "80GB");
+        var two = await CliTests.Qwq("info", "--synthetic", "qwq-32b-yarn", "--gpu-memory", "80GB", "--tensor-parallel", "2");
+        Assert.That(one.ExitCode, Is.Zero, one.Err);
+        Assert.That(two.ExitCode, Is.Zero, two.Err);
+        string Bf16Row(string text) => text.Split('\n').Single(l => l.TrimStart().StartsWith("bf16", StringComparison.Ordinal));
+        Assert.That(Bf16Row(one.Out), Does.Not.Contain("131,072 tokens"));
+        Assert.That(two.Out, Does.Contain("2 × 80GB card").And.Contain("on each of 2 GPUs").And.Contain("128 KiB on each of 2 GPUs"));
+        Assert.That(Bf16Row(two.Out), Does.Contain("131,072 tokens"));
+    }
+
+    [Test]
+    public async Task InfoJsonGivesPerGpuFigures()
+    {
+        var one = await CliTests.Qwq("info", "--synthetic", "qwq-32b", "--gpu-memory", "80GB", "--json");
+        var four = await CliTests.Qwq("info", "--synthetic", "qwq-32b", "--gpu-memory", "80GB", "--json", "--tensor-parallel", "4");
+        using var a = System.Text.Json.JsonDocument.Parse(one.Out);
+        using var b = System.Text.Json.JsonDocument.Parse(four.Out);
+        Assert.That(b.RootElement.GetProperty("tensor_parallel").GetInt32(), Is.EqualTo(4));
+        long whole = a.RootElement.GetProperty("device_weight_bytes").GetProperty("bf16").GetInt64();
+        long each = b.RootElement.GetProperty("device_weight_bytes").GetProperty("bf16").GetInt64();
+        long embedding = 2L * 152064 * 5120; // replicated on every GPU
+        Assert.That(each, Is.EqualTo((whole - embedding) / 4.0 + embedding).Within(0.01 * whole), "a quarter of the rest, and the whole embedding");
+    }
+
+    [Test]
+    public async Task InfoRefusesASizeTheModelCannotTake()
+    {
+        var r = await CliTests.Qwq("info", "--synthetic", "qwq-32b", "--tensor-parallel", "3");
+        AssertOneCleanError(r, ExitCodes.Usage, "--tensor-parallel 3", "1, 2, 4, 8");
+    }
+
+    [Test]
     public void EveryCommandThatLoadsAModelTakesIt()
     {
         var root = CliApp.CreateRootCommand(new CliHost(TextWriter.Null, TextWriter.Null));
-        foreach (var name in new[] { "generate", "chat", "serve", "eval", "bench" })
+        foreach (var name in new[] { "generate", "chat", "serve", "eval", "bench", "info" })
         {
             var command = root.Subcommands.Single(c => c.Name == name);
             Assert.That(command.Options.Select(o => o.Name), Does.Contain("--tensor-parallel"), name);
