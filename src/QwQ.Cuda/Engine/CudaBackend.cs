@@ -145,18 +145,27 @@ public sealed class CudaBackend : IModelBackend
     }
 
     /// <summary>
-    /// Refuses, before any GPU work, what tensor parallel cannot load: pre-quantized checkpoints (their FP8 codes and AWQ
-    /// packs are not sliced yet) and quantized kinds whose per-GPU input sizes the kernels cannot take.
+    /// Refuses, before any GPU work, what tensor parallel cannot load: a quantized kind (from --quantize or the
+    /// checkpoint) whose per-GPU input sizes its kernels cannot take, and AWQ checkpoints whose per-GPU slices do not
+    /// fall on their packing (8 outputs per int32) and groups.
     /// </summary>
     internal static void EnsureShardable(ModelConfig config, RankShape shape, EngineOptions options)
     {
-        if (config.Quantization is not null)
-            throw new OptionException($"--tensor-parallel {shape.Ranks} loads bf16 (or fp16/fp32) checkpoints, and this one is {config.Quantization.Description}; " +
-                                      "run it on one GPU, or load the bf16 checkpoint with --quantize fp8 or int4");
+        string what = options.Quantize != QuantizeMode.None ? $"--quantize {options.Quantize.ToString().ToLowerInvariant()}" : "this checkpoint's quantization";
         try { LinearKind(shape.Config, options); }
         catch (OptionException e)
         {
-            throw new OptionException($"--tensor-parallel {shape.Ranks}: each GPU's share of the layers does not suit --quantize {options.Quantize.ToString().ToLowerInvariant()} ({e.Message}); use fewer GPUs");
+            throw new OptionException($"--tensor-parallel {shape.Ranks}: each GPU's share of the layers does not suit {what} ({e.Message}); use fewer GPUs");
+        }
+        if (config.Quantization is AwqQuantizationConfig awq)
+        {
+            ModelConfig c = shape.Config;
+            foreach (int outputs in new[] { c.QDim, c.KvDim, c.IntermediateSize })
+                if (outputs % 8 != 0)
+                    throw new OptionException($"--tensor-parallel {shape.Ranks}: a GPU would hold {outputs} outputs of an AWQ layer, and AWQ packs them 8 to an int32; use fewer GPUs");
+            foreach (int inputs in new[] { c.QDim, c.IntermediateSize })
+                if (inputs % awq.GroupSize != 0)
+                    throw new OptionException($"--tensor-parallel {shape.Ranks}: a GPU would hold {inputs} inputs of an AWQ layer, not whole groups of {awq.GroupSize}; use fewer GPUs");
         }
     }
 

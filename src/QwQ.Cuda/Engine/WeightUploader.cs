@@ -98,7 +98,9 @@ internal static class WeightUploader
         var placement = Placement(c, w, plan, rank);
         Fp8Ops? fp8 = quantizers.Fp8;
         // Progress counts bf16-equivalent bytes, so every kind of checkpoint reports the same total.
-        long Elements(Place p) => p.Awq is { } a ? (long)a.OutFeatures * a.InFeatures : SliceElements(ck.Get(p.Name), p.Slice);
+        long Elements(Place p) => p.Awq is { } a
+            ? (long)(p.Slice is { Columns: false } o ? o.Range.Count : a.OutFeatures) * (p.Slice is { Columns: true } i ? i.Range.Count : a.InFeatures)
+            : SliceElements(ck.Get(p.Name), p.Slice);
         long total = placement.Sum(p => Elements(p) * 2), done = 0;
         using var stageA = PinnedHostBuffer.Allocate(StagingBytes);
         using var stageB = PinnedHostBuffer.Allocate(StagingBytes);
@@ -118,16 +120,20 @@ internal static class WeightUploader
             (slot == 0 ? freeA : freeB).Record(stream);
             slot ^= 1;
         }
-        // Copies a tensor's raw bytes to the device scratch at byteOffset, through the staging buffers.
-        void StageRaw(TensorInfo t, long byteOffset)
+        // Copies the window [rows] × [columns] of a 2-D tensor's raw elements, compacted, to the device scratch at
+        // byteOffset through the staging buffers, as many whole rows at a time as fit one.
+        void StageWindow(TensorInfo t, ShardRange rows, ShardRange columns, long byteOffset)
         {
-            for (long off = 0; off < t.ByteLength; off += StagingBytes)
+            int size = t.DType.ElementSize();
+            long rowBytes = (long)columns.Count * size;
+            int perChunk = (int)Math.Max(1, StagingBytes / rowBytes);
+            for (int r = 0; r < rows.Count; r += perChunk)
             {
                 ct.ThrowIfCancellationRequested();
-                int n = (int)Math.Min(StagingBytes, t.ByteLength - off);
+                int n = Math.Min(perChunk, rows.Count - r);
                 var stage = Acquire();
-                ck.Read(t, off, stage.AsSpan<byte>()[..n]);
-                scratch!.CopyFromHostAsync(stage.Ptr, n, byteOffset + off, stream);
+                ReadWindow(ck, t, new ShardRange(rows.Start + r, n), columns, stage.AsSpan<byte>()[..(int)(n * rowBytes)]);
+                scratch!.CopyFromHostAsync(stage.Ptr, n * rowBytes, byteOffset + r * rowBytes, stream);
                 Release();
             }
         }
@@ -135,23 +141,34 @@ internal static class WeightUploader
         {
             if (place.Awq is { } awqLayer)
             {
-                // qweight, qzeros and scales (as fp16) side by side in the scratch, then repacked into the layer's rows
+                // qweight, qzeros and scales (as fp16) side by side in the scratch, then repacked into the layer's rows.
+                // With tensor parallel only this GPU's window of each: its outputs are AWQ's columns (8 per int32 of
+                // qweight and qzeros), its inputs AWQ's rows (whole groups of them for qzeros and scales).
                 LinearWeight int4 = place.Linear!.Value;
+                int group = awqLayer.GroupSize;
+                ShardRange outs = place.Slice is { Columns: false } o ? o.Range : new ShardRange(0, awqLayer.OutFeatures);
+                ShardRange ins = place.Slice is { Columns: true } i ? i.Range : new ShardRange(0, awqLayer.InFeatures);
+                if (outs.Start % 8 != 0 || outs.Count % 8 != 0 || ins.Start % group != 0 || ins.Count % group != 0)
+                    throw new InvalidOperationException($"{awqLayer.Module}: outputs {outs} and inputs {ins} do not fall on AWQ's packing and groups");
+                ShardRange words = new(outs.Start / 8, outs.Count / 8), groups = new(ins.Start / group, ins.Count / group);
                 TensorInfo qweight = ck.Get(awqLayer.QWeight), qzeros = ck.Get(awqLayer.QZeros);
-                long zerosAt = Align(qweight.ByteLength), scalesAt = zerosAt + Align(qzeros.ByteLength);
+                long zerosAt = Align(4L * ins.Count * words.Count), scalesAt = zerosAt + Align(4L * groups.Count * words.Count);
                 float[] scales32 = ck.ReadFloat32(awqLayer.Scales); // [groups, out]: fp16 in AutoAWQ's files, bf16/fp32 accepted
-                if (scratch is null || scalesAt + 2L * scales32.Length > scratch.Bytes || 2L * scales32.Length > StagingBytes)
+                int scaleCount = groups.Count * outs.Count;
+                if (scratch is null || scalesAt + 2L * scaleCount > scratch.Bytes || 2L * scaleCount > StagingBytes)
                     throw new InvalidOperationException($"the AWQ tensors of {awqLayer.Module} do not fit the staging buffers");
-                StageRaw(qweight, 0);
-                StageRaw(qzeros, zerosAt);
+                StageWindow(qweight, ins, words, 0);
+                StageWindow(qzeros, groups, words, zerosAt);
                 var stage = Acquire();
-                Span<Half> scales16 = stage.AsSpan<Half>()[..scales32.Length];
-                for (int i = 0; i < scales32.Length; i++) scales16[i] = (Half)scales32[i]; // exact for fp16 files
-                scratch.CopyFromHostAsync(stage.Ptr, 2L * scales32.Length, scalesAt, stream);
+                Span<Half> scales16 = stage.AsSpan<Half>()[..scaleCount];
+                for (int g = 0; g < groups.Count; g++)
+                    for (int col = 0; col < outs.Count; col++)
+                        scales16[g * outs.Count + col] = (Half)scales32[(groups.Start + g) * awqLayer.OutFeatures + outs.Start + col]; // exact for fp16 files
+                scratch.CopyFromHostAsync(stage.Ptr, 2L * scaleCount, scalesAt, stream);
                 Release();
                 quantizers.Int4!.RepackAwq(stream, scratch.Ptr, scratch.Ptr + (ulong)zerosAt, scratch.Ptr + (ulong)scalesAt, int4.Weight, int4.Scales,
-                    place.Row, awqLayer.OutFeatures, int4.Out, int4.In, int4.Group);
-                done += 2L * awqLayer.OutFeatures * awqLayer.InFeatures;
+                    place.Row, outs.Count, int4.Out, int4.In, group);
+                done += 2L * outs.Count * ins.Count;
                 progress?.Report(new LoadProgress("weights", done, total, awqLayer.Module));
                 continue;
             }
@@ -161,19 +178,17 @@ internal static class WeightUploader
             int size = t.DType == DType.F8_E4M3 ? 1 : 2; // bytes per element in the staging buffers
             if (size == 1 && place.Linear is not { Kind: WeightKind.Fp8 })
                 throw new WeightsException($"{t.FilePath}: tensor '{place.Name}' is F8_E4M3 but this engine stores it as {place.Linear?.Kind.ToString() ?? "bf16"}");
-            if (size == 1 && place.Slice is not null)
-                throw new InvalidOperationException($"{place.Name}: FP8 checkpoints are not sliced for tensor parallel");
             long step = place.Linear is { } lw ? Math.Min(StagingBytes, scratch?.Bytes ?? 0) / size / lw.In * lw.In : StagingBytes / 2;
             // A column slice is read as whole rows and compacted in the stage: a step is whole rows that fit it in full.
             long fullRow = t.Shape.Length == 2 ? t.Shape[1] : 1;
-            if (place.Slice is { Columns: true } cols) step = Math.Min(step / cols.Range.Count, StagingBytes / 2 / fullRow) * cols.Range.Count;
+            if (place.Slice is { Columns: true } cols) step = Math.Min(step / cols.Range.Count, StagingBytes / size / fullRow) * cols.Range.Count;
             if (step <= 0) throw new InvalidOperationException($"a row of {place.Name} does not fit the staging buffers");
             for (long off = 0; off < elements; off += step)
             {
                 ct.ThrowIfCancellationRequested();
                 int n = (int)Math.Min(step, elements - off);
                 var stage = Acquire();
-                if (t.DType == DType.F8_E4M3) ck.Read(t, off, stage.AsSpan<byte>()[..n]); // fp8 codes as stored
+                if (t.DType == DType.F8_E4M3) ReadSliceCodes(ck, t, place.Slice, off, stage.AsSpan<byte>(), n); // fp8 codes as stored
                 else ReadSliceAsBf16(ck, t, place.Slice, off, stage.AsSpan<ushort>(), n); // disk/page cache → pinned, bf16
                 if (place.Linear is { } coded && t.DType == DType.F8_E4M3)
                 {
@@ -198,13 +213,14 @@ internal static class WeightUploader
             }
             if (t.DType == DType.F8_E4M3 && place.Linear is { } scaled)
             {
-                // its scales: one per output row ([out, 1]), or one for the whole tensor ([1] or []), as fp32
+                // its scales: one per output row ([out, 1]), or one for the whole tensor ([1] or []), as fp32; this
+                // GPU's rows of them (a column slice keeps every row, and each row's scale)
                 string scaleName = QuantizedTensorNames.WeightScale(place.Name[..^TensorNames.WeightSuffix.Length]);
-                int rows = (int)(t.ElementCount / scaled.In);
+                int rows = (int)(elements / scaled.In), firstRow = place.Slice is { Columns: false } rowSlice ? rowSlice.Range.Start : 0;
                 float[] file = ck.ReadFloat32(scaleName);
                 var stage = Acquire();
                 Span<float> scales = stage.AsSpan<float>()[..rows];
-                if (file.Length == rows) file.CopyTo(scales);
+                if (file.Length == t.Shape[0]) file.AsSpan(firstRow, rows).CopyTo(scales);
                 else scales.Fill(file[0]);
                 w.CopyFromHostAsync(scaled.Scales + (ulong)(4L * place.Row), stage.Ptr, 4L * rows, stream);
                 Release();
@@ -228,6 +244,45 @@ internal static class WeightUploader
         if (t.Shape.Length == 0 || sl.Range.End > t.Shape[0])
             throw new WeightsException($"{t.FilePath}: tensor '{t.Name}' {t.ShapeText} has no rows {sl.Range} to shard");
         return t.ElementCount / t.Shape[0] * sl.Range.Count;
+    }
+
+    /// <summary>
+    /// The window [rows] × [columns] of the 2-D tensor <paramref name="t"/>, as stored, into <paramref name="dst"/>
+    /// (rows.Count × columns.Count elements, row-major): one read when the window is whole rows, else one per row.
+    /// </summary>
+    internal static void ReadWindow(SafetensorsCheckpoint ck, TensorInfo t, ShardRange rows, ShardRange columns, Span<byte> dst)
+    {
+        if (t.Shape.Length != 2 || rows.End > t.Shape[0] || columns.End > t.Shape[1] || rows.Start < 0 || columns.Start < 0)
+            throw new WeightsException($"{t.FilePath}: tensor '{t.Name}' {t.ShapeText} has no window of rows {rows} and columns {columns}");
+        int size = t.DType.ElementSize();
+        long width = t.Shape[1], rowBytes = (long)columns.Count * size;
+        if (dst.Length != rows.Count * rowBytes) throw new ArgumentException($"the window needs {rows.Count * rowBytes} bytes, not {dst.Length}", nameof(dst));
+        if (columns.Count == width)
+        {
+            ck.Read(t, rows.Start * width * size, dst);
+            return;
+        }
+        for (int r = 0; r < rows.Count; r++)
+            ck.Read(t, ((rows.Start + r) * width + columns.Start) * size, dst.Slice((int)(r * rowBytes), (int)rowBytes));
+    }
+
+    /// <summary>Elements [<paramref name="off"/>, off + <paramref name="n"/>) of the slice of a 1-byte tensor (fp8 codes) into <paramref name="stage"/>.</summary>
+    internal static void ReadSliceCodes(SafetensorsCheckpoint ck, TensorInfo t, Slice? slice, long off, Span<byte> stage, int n)
+    {
+        switch (slice)
+        {
+            case null:
+                ck.Read(t, off, stage[..n]);
+                break;
+            case { Columns: false } rows:
+                ck.Read(t, rows.Range.Start * (t.ElementCount / t.Shape[0]) + off, stage[..n]);
+                break;
+            case { Columns: true } cols:
+                int count = cols.Range.Count;
+                if (n % count != 0 || off % count != 0) throw new InvalidOperationException($"{t.Name}: a column-slice chunk must be whole rows");
+                ReadWindow(ck, t, new ShardRange((int)(off / count), n / count), cols.Range, stage[..n]);
+                break;
+        }
     }
 
     /// <summary>

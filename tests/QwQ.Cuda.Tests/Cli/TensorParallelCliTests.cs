@@ -42,12 +42,14 @@ public class TensorParallelCliTests
         else AssertOneCleanError(r, ExitCodes.Error, "NVIDIA");
     }
 
-    [Test]
-    public void APreQuantizedCheckpointIsRefusedBeforeAnyGpuWork()
+    [TestCase("tiny-fp8")]
+    [TestCase("tiny-awq")]
+    public void APreQuantizedCheckpointWhoseShardsTheKernelsCannotTakeIsRefusedBeforeAnyGpuWork(string model)
     {
-        string dir = TestModels.GoldenModelDir("tiny-fp8");
+        // both halve o_proj's 320 inputs to 160 per GPU: not whole fp8 chunks of 64, not whole AWQ groups of 64
+        string dir = TestModels.GoldenModelDir(model);
         var e = Assert.Throws<OptionException>(() => CudaBackend.Load(ModelConfig.Load(Path.Combine(dir, "config.json")), dir, new EngineOptions { TensorParallel = 2 }))!;
-        Assert.That(e.Message, Does.Contain("--tensor-parallel 2 loads bf16").And.Contain("run it on one GPU"));
+        Assert.That(e.Message, Does.Contain("--tensor-parallel 2").And.Contain("this checkpoint's quantization").And.Contain("use fewer GPUs"));
     }
 
     [Test]

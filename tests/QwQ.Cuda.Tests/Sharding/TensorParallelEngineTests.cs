@@ -5,6 +5,7 @@ using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Tests.Engine;
 using QwQ.Cuda.Tests.Generation;
+using QwQ.Cuda.Tests.Quantized;
 using QwQ.Cuda.Tests.Reference;
 namespace QwQ.Cuda.Tests.Sharding;
 
@@ -100,6 +101,38 @@ public class TensorParallelEngineTests
         TestContext.Out.WriteLine($"{ranks} GPUs ({allReduce}): ‖Δ‖/‖ref‖ {vsReference:E2} against fp32, {vsOneGpu:E2} against one GPU (one GPU: {oneVsReference:E2})");
         Assert.That(vsReference, Is.LessThanOrEqualTo(2e-2));
         Assert.That(vsOneGpu, Is.LessThanOrEqualTo(1e-2));
+    }
+
+    /// <summary>
+    /// Pre-quantized checkpoints (random AWQ words and scales, random e4m3 codes with per-channel scales) of the 8-KV-head
+    /// model: each GPU loads its windows of the packed tensors (AWQ: output columns 8 to an int32, input rows in whole
+    /// groups; FP8: rows with their scales, or columns under every row's scale), so the sharded model holds exactly the
+    /// single GPU's weights and its logits differ by summation order only.
+    /// </summary>
+    [TestCase(2, "awq")]
+    [TestCase(4, "awq")]
+    [TestCase(2, "fp8")]
+    [TestCase(4, "fp8")]
+    public void PreQuantizedCheckpointsEqualOneGpu(int ranks, string kind)
+    {
+        RequireGpus(ranks);
+        int seed = Random.Shared.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        using var dir = new TestModels.TempDir();
+        var json = System.Text.Json.Nodes.JsonNode.Parse(EightKvJson())!.AsObject();
+        json["quantization_config"] = kind == "awq" ? QuantizedConfigs.Awq(groupSize: 128) : QuantizedConfigs.Fp8();
+        File.WriteAllText(dir.Combine("config.json"), json.ToJsonString());
+        var config = ModelConfig.Load(dir.Combine("config.json"));
+        QuantizedCheckpoints.Write(dir.Path, QuantizedCheckpoints.Entries(config, seed, "BF16"));
+        var rng = new Random(seed);
+        int[] tokens = Enumerable.Range(0, 37).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        float[] one;
+        using (var single = Load(config, dir.Path, 1)) one = PrefillLogits(single, tokens);
+        using var sharded = Load(config, dir.Path, ranks);
+        float[] got = PrefillLogits(sharded, tokens);
+        double err = RelErr(got, one);
+        TestContext.Out.WriteLine($"{kind} checkpoint on {ranks} GPUs: ‖Δ‖/‖ref‖ {err:E2} against one GPU");
+        Assert.That(err, Is.LessThanOrEqualTo(1e-2));
     }
 
     [TestCase("tiny-gqa")]
