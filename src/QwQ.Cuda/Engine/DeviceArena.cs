@@ -9,12 +9,26 @@ namespace QwQ.Cuda.Engine;
 internal sealed class DeviceArena : IDisposable
 {
     private const long Alignment = 256; // 16-byte vector loads need 16; 256 keeps every tensor on its own cache lines
-    private readonly DeviceBuffer _buffer;
+    private readonly DeviceBuffer? _buffer; // null: a layout only
+    private readonly ulong _base;
+    private readonly long _capacity;
     private long _used;
 
-    public DeviceArena(long bytes) => _buffer = DeviceBuffer.Allocate(Math.Max(bytes, Alignment));
+    public DeviceArena(long bytes)
+    {
+        _buffer = DeviceBuffer.Allocate(Math.Max(bytes, Alignment));
+        (_base, _capacity) = (_buffer.Ptr, _buffer.Bytes);
+    }
 
-    public long Capacity => _buffer.Bytes;
+    private DeviceArena(ulong baseAddress, long bytes) => (_base, _capacity) = (baseAddress, Math.Max(bytes, Alignment));
+
+    /// <summary>
+    /// An arena that hands out addresses from <paramref name="baseAddress"/> without any device memory: the same layout
+    /// as a real one, for checking layouts where there is no GPU. Nothing can be copied into it.
+    /// </summary>
+    public static DeviceArena LayoutOnly(long bytes, ulong baseAddress = 1UL << 40) => new(baseAddress, bytes);
+
+    public long Capacity => _capacity;
     public long Used => _used;
 
     /// <summary>Bytes an arena needs for the given sub-buffer sizes, with alignment padding.</summary>
@@ -26,9 +40,9 @@ internal sealed class DeviceArena : IDisposable
     public ulong Take(long bytes)
     {
         long aligned = Align(bytes);
-        if (_used + aligned > _buffer.Bytes)
-            throw new InvalidOperationException($"DeviceArena overflow: {_used} + {aligned} > {_buffer.Bytes}");
-        ulong ptr = _buffer.Ptr + (ulong)_used;
+        if (_used + aligned > _capacity)
+            throw new InvalidOperationException($"DeviceArena overflow: {_used} + {aligned} > {_capacity}");
+        ulong ptr = _base + (ulong)_used;
         _used += aligned;
         return ptr;
     }
@@ -36,10 +50,11 @@ internal sealed class DeviceArena : IDisposable
     /// <summary>Asynchronous host-to-device copy into memory this arena handed out.</summary>
     public void CopyFromHostAsync(ulong dst, IntPtr src, long bytes, CudaStream stream)
     {
-        if (dst < _buffer.Ptr || dst + (ulong)bytes > _buffer.Ptr + (ulong)_buffer.Bytes)
+        if (_buffer is null) throw new InvalidOperationException("a layout-only arena has no device memory");
+        if (dst < _base || dst + (ulong)bytes > _base + (ulong)_capacity)
             throw new ArgumentOutOfRangeException(nameof(dst), "copy outside the arena");
-        _buffer.CopyFromHostAsync(src, bytes, (long)(dst - _buffer.Ptr), stream);
+        _buffer.CopyFromHostAsync(src, bytes, (long)(dst - _base), stream);
     }
 
-    public void Dispose() => _buffer.Dispose();
+    public void Dispose() => _buffer?.Dispose();
 }

@@ -125,5 +125,8 @@ internal sealed class ModelWeights : IDisposable
 
     public static ModelWeights Allocate(RankShape shape, WeightKind kind) => new(shape, kind, new DeviceArena(DeviceBytes(shape, kind)));
 
+    /// <summary>Where every weight would sit, with addresses but no device memory (<see cref="DeviceArena.LayoutOnly"/>): for checking loads where there is no GPU.</summary>
+    public static ModelWeights LayoutOnly(RankShape shape, WeightKind kind = WeightKind.Bf16) => new(shape, kind, DeviceArena.LayoutOnly(DeviceBytes(shape, kind)));
+
     public void Dispose() => _arena.Dispose();
 }
