@@ -179,8 +179,12 @@ public sealed class CudaBackend : IModelBackend
         {
             DeviceRank rank = _ranks[r];
             rank.Context.MakeCurrent();
-            rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: false);
-            if (UsesOneShotAllReduce) rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: true);
+            rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: false, ResidualSum.Attention);
+            if (UsesOneShotAllReduce)
+            {
+                rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: true, ResidualSum.Attention);
+                rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, 1, oneShot: true, ResidualSum.Mlp);
+            }
             rank.Sum.GatherLogits(rank.Stream, rank.Workspace.Logits, 1);
             rank.Stream.Synchronize();
         });
@@ -269,6 +273,7 @@ public sealed class CudaBackend : IModelBackend
     public (double? OneShotUs, double NcclUs) MeasureAllReduce(int rows, int calls = 64)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (calls < 2 || calls % 2 != 0) throw new ArgumentOutOfRangeException(nameof(calls), "an even number of calls: they alternate the two partial buffers");
         if (_ranks.Length < 2) throw new InvalidOperationException("all-reduce timings need tensor parallel");
         if (rows < 1 || rows > Workspace.MaxRows) throw new ArgumentOutOfRangeException(nameof(rows));
         lock (Gate)
@@ -284,7 +289,8 @@ public sealed class CudaBackend : IModelBackend
                         rank.Context.MakeCurrent();
                         graphs[r] = CudaGraph.Capture(rank.Stream, () =>
                         {
-                            for (int i = 0; i < calls; i++) rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, rows, oneShot);
+                            // in pairs, attention's buffer then the MLP's, as a forward pass alternates them
+                            for (int i = 0; i < calls; i++) rank.Sum.AllReduceOnly(rank.Stream, rank.Workspace.Residual, rows, oneShot, i % 2);
                         });
                     });
                     var times = new List<double>();
@@ -328,7 +334,7 @@ public sealed class CudaBackend : IModelBackend
         ObjectDisposedException.ThrowIf(_disposed, this);
         int capacity = maxContext ?? MaxContext;
         if (capacity < 1 || capacity > MaxContext)
-            throw new OptionException($"a sequence of {capacity} positions does not fit: this GPU holds at most {MaxContext}");
+            throw new OptionException($"a sequence of {capacity} positions does not fit: {(TensorParallel > 1 ? $"these {TensorParallel} GPUs hold" : "this GPU holds")} at most {MaxContext}");
         lock (Gate)
         {
             Context.MakeCurrent();

@@ -126,11 +126,15 @@ internal sealed class ResidualSum : IDisposable
         _comm!.AllGather(logits, _gathered!.Ptr, (long)rows * _logitsWidth, NcclDataType.Float32, s.Handle);
     }
 
-    /// <summary>One all-reduce of <paramref name="rows"/> rows into a scratch <paramref name="residual"/>, for warm-up and timing.</summary>
-    internal void AllReduceOnly(CudaStream s, ulong residual, int rows, bool oneShot)
+    /// <summary>
+    /// One all-reduce of <paramref name="rows"/> rows into a scratch <paramref name="residual"/>, for warm-up and timing.
+    /// One-shot calls must alternate their partial buffers like a forward pass does (attention, MLP): make them in pairs,
+    /// <paramref name="slot"/> <see cref="Attention"/> then <see cref="Mlp"/>, so the next step's first call alternates too.
+    /// </summary>
+    internal void AllReduceOnly(CudaStream s, ulong residual, int rows, bool oneShot, int slot)
     {
         long count = (long)rows * _hidden;
-        if (oneShot && UsesOneShot(rows)) _oneShot!.AllReduceAdd(s, _peers[Attention], _rank, _ranks, _signal!.Ptr, residual, count);
+        if (oneShot && UsesOneShot(rows)) _oneShot!.AllReduceAdd(s, _peers[slot], _rank, _ranks, _signal!.Ptr, residual, count);
         else _comm!.AllReduce(residual, residual, count, NcclDataType.Float32, NcclRedOp.Sum, s.Handle);
     }
 
