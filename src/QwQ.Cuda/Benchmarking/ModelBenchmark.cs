@@ -130,7 +130,8 @@ public static class ModelBenchmark
             ttfts.Add(sw.Elapsed.TotalMilliseconds);
         }
         var ttft = new TtftResult(settings.TtftPromptTokens, Timing.Median(ttfts));
-        log($"time to first token ({settings.TtftPromptTokens}-token prompt): {ttft.Ms:F1} ms");
+        log($"time to first token ({settings.TtftPromptTokens}-token prompt): {ttft.Ms:F1} ms; host time enqueuing its step: " +
+            string.Join(", ", backend.LastEnqueueMs.Select((ms, r) => $"{(tp > 1 ? $"GPU {r} " : "")}{ms:F1} ms")));
 
         var figures = new List<BenchFigure>();
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>

@@ -326,6 +326,9 @@ public sealed class CudaBackend : IModelBackend
         }
     }
 
+    /// <summary>Host time each GPU's thread spent enqueuing the last step, in ms (bench logs: is a step bound by launches?).</summary>
+    public IReadOnlyList<double> LastEnqueueMs => _ranks.Select(r => r.LastEnqueueMs).ToArray();
+
     /// <summary>Which kernel each product runs at each padded decode batch, as measured at load (for bench logs).</summary>
     public IEnumerable<string> DescribeKernelChoices() => Linear.DescribeChoices();
 

@@ -95,17 +95,23 @@ internal sealed class DeviceRank : IDisposable
         Stream.Synchronize();
     }
 
+    /// <summary>Host time this rank's thread spent enqueuing its last step, in ms (launches are asynchronous: not GPU time).</summary>
+    public double LastEnqueueMs { get; private set; }
+
     /// <summary>One eager step over rows described by <see cref="Workspace"/>'s inputs (already written on the host).</summary>
     public void Step(StepShape shape, int sequences)
     {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         Context.MakeCurrent();
         Workspace.Inputs.Upload(Stream, sequences);
         Forward.Step(Stream, shape);
+        LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
     /// <summary>A decode step of <paramref name="batch"/> (padded) rows: its graph, captured at first use, replayed.</summary>
     public void ReplayDecode(int batch)
     {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         Context.MakeCurrent();
         if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
         {
@@ -118,6 +124,7 @@ internal sealed class DeviceRank : IDisposable
             _decodeGraphs.Add(batch, graph);
         }
         graph.Launch(Stream);
+        LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
     public void Synchronize()
