@@ -280,4 +280,36 @@ public class TensorParallelEngineTests
         }
         return (prefill, decode);
     }
+
+    /// <summary>
+    /// The long-context case: QwQ-32B with YaRN in bf16 does not fit 131,072 positions on one 80 GB H100
+    /// (61 GiB of weights + 32 GiB of KV) but does on two, each holding half the layers' weights and half the KV heads.
+    /// Every position, prefill to the last but one and a decode step at the last.
+    /// </summary>
+    [Test]
+    public void AllOf131072PositionsWorkWithYarnOnTwoGpus()
+    {
+        RequireGpus(2);
+        var config = ModelPresets.Get("qwq-32b-yarn");
+        var shape = global::QwQ.Cuda.Sharding.TensorParallelPlan.Create(config, 2).Shape;
+        long need = ModelWeights.DeviceBytes(shape, WeightKind.Bf16) + 131072L * shape.Config.KvBytesPerToken + (4L << 30);
+        for (int device = 0; device < 2; device++)
+            using (var probe = global::QwQ.Cuda.Native.CudaContext.Create(device))
+                if (probe.GetMemoryInfo().Free < need)
+                    Assert.Ignore($"needs {need / 1e9:F0} GB free on each of 2 GPUs; device {device} has {probe.GetMemoryInfo().Free / 1e9:F0} GB");
+
+        using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 131072, SampleableVocab = 151669, TensorParallel = 2 });
+        using var seq = backend.CreateSequence();
+        var rng = new Random(3);
+        seq.Append(Enumerable.Range(0, 131071).Select(_ => rng.Next(151643)).ToArray());
+        var logits = new float[config.VocabSize];
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "prefill of 131071 tokens: finite logits");
+        int tok = seq.Sample(Greedy, 0);
+        seq.Append([tok]); // position 131071: the last one
+        seq.CopyLastLogits(logits);
+        Assert.That(logits.All(float.IsFinite), "decode at the last position: finite logits");
+        Assert.That(seq.Length, Is.EqualTo(131072));
+        Assert.Throws<QwQ.Cuda.Errors.OptionException>(() => seq.Append([tok]), "position 131072 does not exist");
+    }
 }
