@@ -369,10 +369,16 @@ public class FullContextTests
                 Assert.Ignore($"needs {need / 1e9:F0} GB of free device memory for 131072 positions (an H200); this GPU has {probe.GetMemoryInfo().Free / 1e9:F0} GB");
 
         using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 131072, SampleableVocab = 151669 });
+        FillEveryPosition(backend);
+    }
+
+    /// <summary>Prefill to the last position but one, decode at the last, and no position past it: finite logits throughout.</summary>
+    internal static void FillEveryPosition(CudaBackend backend)
+    {
         using var seq = backend.CreateSequence();
         var rng = new Random(3);
         seq.Append(Enumerable.Range(0, 131071).Select(_ => rng.Next(151643)).ToArray());
-        var logits = new float[config.VocabSize];
+        var logits = new float[backend.Config.VocabSize];
         seq.CopyLastLogits(logits);
         Assert.That(logits.All(float.IsFinite), "prefill of 131071 tokens: finite logits");
         int tok = seq.Sample(new SamplingOptions { Temperature = 0 }, 0);

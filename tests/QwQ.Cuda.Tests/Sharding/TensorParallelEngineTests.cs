@@ -299,17 +299,6 @@ public class TensorParallelEngineTests
                     Assert.Ignore($"needs {need / 1e9:F0} GB free on each of 2 GPUs; device {device} has {probe.GetMemoryInfo().Free / 1e9:F0} GB");
 
         using var backend = CudaBackend.Load(config, null, new EngineOptions { MaxContext = 131072, SampleableVocab = 151669, TensorParallel = 2 });
-        using var seq = backend.CreateSequence();
-        var rng = new Random(3);
-        seq.Append(Enumerable.Range(0, 131071).Select(_ => rng.Next(151643)).ToArray());
-        var logits = new float[config.VocabSize];
-        seq.CopyLastLogits(logits);
-        Assert.That(logits.All(float.IsFinite), "prefill of 131071 tokens: finite logits");
-        int tok = seq.Sample(Greedy, 0);
-        seq.Append([tok]); // position 131071: the last one
-        seq.CopyLastLogits(logits);
-        Assert.That(logits.All(float.IsFinite), "decode at the last position: finite logits");
-        Assert.That(seq.Length, Is.EqualTo(131072));
-        Assert.Throws<QwQ.Cuda.Errors.OptionException>(() => seq.Append([tok]), "position 131072 does not exist");
+        FullContextTests.FillEveryPosition(backend);
     }
 }
