@@ -135,7 +135,7 @@ public static class ModelBenchmark
 
         var figures = new List<BenchFigure>();
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
-            new(kind, batch, context, tokens, WeightsName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
+            new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
         figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs)));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
@@ -161,15 +161,6 @@ public static class ModelBenchmark
     }
 
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;
-
-    /// <summary>The <c>weights</c> condition of a figure, as results files spell it: bf16, fp8, int4-awq.</summary>
-    public static string WeightsName(WeightKind kind) => kind switch
-    {
-        WeightKind.Bf16 => "bf16",
-        WeightKind.Fp8 => "fp8",
-        WeightKind.Int4Awq => "int4-awq",
-        _ => kind.ToString().ToLowerInvariant(),
-    };
 
     /// <summary>
     /// <paramref name="batch"/> sequences prefilled to <paramref name="context"/> positions, then

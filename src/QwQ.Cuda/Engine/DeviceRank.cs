@@ -67,11 +67,10 @@ internal sealed class DeviceRank : IDisposable
         DeviceBuffer? scratch = scratchBytes > 0 ? Own(DeviceBuffer.Allocate(scratchBytes)) : null;
         var progress = Index == 0 ? a.Progress : null; // one rank reports: every rank loads the same amount
         var init = new InitOps(Library);
+        // The last rank's lm_head has padding rows past the vocabulary: zero, whatever fills the real ones.
+        if (Shape.IsSharded) init.FillConstBf16(Stream, Weights.LmHead.Weight, (long)Weights.LmHead.Out * shard.HiddenSize, 0);
         if (a.Checkpoint is not null)
-        {
-            if (Shape.IsSharded) init.FillConstBf16(Stream, Weights.LmHead.Weight, (long)Weights.LmHead.Out * shard.HiddenSize, 0); // the last rank's padding rows
             WeightUploader.Upload(a.Checkpoint, a.Config, Weights, Stream, quantizers, scratch, progress, a.Cancel, a.Parallel, Index);
-        }
         else
             SyntheticWeights.Fill(Weights, a.Config, init, quantizers, scratch, Stream, a.Options.SyntheticSeed, progress, a.Cancel, a.Parallel, Index);
 

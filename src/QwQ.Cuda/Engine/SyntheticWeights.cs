@@ -38,15 +38,15 @@ internal static class SyntheticWeights
             Report(count, what);
         }
         // One tensor of [rows, cols] on one GPU: all of it; on a rank, its row blocks (in order) or its column block.
+        // One tensor of [rows, cols] on one GPU: all of it; on a rank, its row blocks (in order) or its column block.
         void Tensor(ulong dst, int rows, int cols, float mean, string what, ShardRange[]? rowBlocks = null, ShardRange? columns = null)
         {
-            ulong tensorSeed = Seed(next++);
             if (rowBlocks is null && columns is null)
             {
-                init.FillNormalBf16(s, dst, (long)rows * cols, tensorSeed, mean, Std);
-                Report((long)rows * cols, what);
+                Normal(dst, (long)rows * cols, mean, what);
                 return;
             }
+            ulong tensorSeed = Seed(next++);
             if (columns is { } c0)
             {
                 init.FillNormalWindowBf16(s, dst, rows, c0.Count, cols, 0, c0.Start, tensorSeed, mean, Std);
@@ -102,8 +102,7 @@ internal static class SyntheticWeights
         Normal(w.FinalNorm, h, 1, "norm");
         if (vocabRows is { } vocab)
         {
-            // a rank's vocabulary rows of lm_head (of the embedding, when tied); the last rank's padding rows are zero
-            init.FillConstBf16(s, w.LmHead.Weight, (long)w.LmHead.Out * h, 0);
+            // a rank's vocabulary rows of lm_head (of the embedding, when tied); the caller zeroes the last rank's padding rows
             if (c.TieWordEmbeddings) next = embeddingSeedIndex;
             Tensor(w.LmHead.Weight, c.VocabSize, h, 0, "lm_head", [vocab]);
         }

@@ -98,9 +98,12 @@ internal static class WeightUploader
         var placement = Placement(c, w, plan, rank);
         Fp8Ops? fp8 = quantizers.Fp8;
         // Progress counts bf16-equivalent bytes, so every kind of checkpoint reports the same total.
-        long Elements(Place p) => p.Awq is { } a
-            ? (long)(p.Slice is { Columns: false } o ? o.Range.Count : a.OutFeatures) * (p.Slice is { Columns: true } i ? i.Range.Count : a.InFeatures)
-            : SliceElements(ck.Get(p.Name), p.Slice);
+        long Elements(Place p)
+        {
+            if (p.Awq is not { } a) return SliceElements(ck.Get(p.Name), p.Slice);
+            var (outs, ins) = AwqWindow(p, a);
+            return (long)outs.Count * ins.Count;
+        }
         long total = placement.Sum(p => Elements(p) * 2), done = 0;
         using var stageA = PinnedHostBuffer.Allocate(StagingBytes);
         using var stageB = PinnedHostBuffer.Allocate(StagingBytes);
@@ -146,8 +149,7 @@ internal static class WeightUploader
                 // qweight and qzeros), its inputs AWQ's rows (whole groups of them for qzeros and scales).
                 LinearWeight int4 = place.Linear!.Value;
                 int group = awqLayer.GroupSize;
-                ShardRange outs = place.Slice is { Columns: false } o ? o.Range : new ShardRange(0, awqLayer.OutFeatures);
-                ShardRange ins = place.Slice is { Columns: true } i ? i.Range : new ShardRange(0, awqLayer.InFeatures);
+                var (outs, ins) = AwqWindow(place, awqLayer);
                 if (outs.Start % 8 != 0 || outs.Count % 8 != 0 || ins.Start % group != 0 || ins.Count % group != 0)
                     throw new InvalidOperationException($"{awqLayer.Module}: outputs {outs} and inputs {ins} do not fall on AWQ's packing and groups");
                 ShardRange words = new(outs.Start / 8, outs.Count / 8), groups = new(ins.Start / group, ins.Count / group);
@@ -231,6 +233,14 @@ internal static class WeightUploader
 
     private static long Align(long bytes) => (bytes + 255) / 256 * 256;
 
+    /// <summary>The outputs (a row slice) and inputs (a column slice) of an AWQ layer this GPU holds; all of either by default.</summary>
+    private static (ShardRange Outputs, ShardRange Inputs) AwqWindow(Place place, AwqLinearTensors awq) =>
+        (place.Slice is { Columns: false } o ? o.Range : new ShardRange(0, awq.OutFeatures),
+         place.Slice is { Columns: true } i ? i.Range : new ShardRange(0, awq.InFeatures));
+
+    /// <summary>The first element of a row slice of <paramref name="t"/>: its first row times the elements per row.</summary>
+    private static long RowSliceStart(TensorInfo t, Slice rows) => rows.Range.Start * (t.ElementCount / t.Shape[0]);
+
     /// <summary>Elements of <paramref name="t"/> in <paramref name="slice"/> (all of them without one).</summary>
     internal static long SliceElements(TensorInfo t, Slice? slice)
     {
@@ -275,7 +285,7 @@ internal static class WeightUploader
                 ck.Read(t, off, stage[..n]);
                 break;
             case { Columns: false } rows:
-                ck.Read(t, rows.Range.Start * (t.ElementCount / t.Shape[0]) + off, stage[..n]);
+                ck.Read(t, RowSliceStart(t, rows) + off, stage[..n]);
                 break;
             case { Columns: true } cols:
                 int count = cols.Range.Count;
@@ -298,7 +308,7 @@ internal static class WeightUploader
                 ck.CopyAsBf16(t, stage[..n], off);
                 break;
             case { Columns: false } rows:
-                ck.CopyAsBf16(t, stage[..n], rows.Range.Start * (t.ElementCount / t.Shape[0]) + off);
+                ck.CopyAsBf16(t, stage[..n], RowSliceStart(t, rows) + off);
                 break;
             case { Columns: true } cols:
                 int count = cols.Range.Count, full = (int)t.Shape[1], rowCount = n / count;
