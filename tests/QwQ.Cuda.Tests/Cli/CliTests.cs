@@ -834,9 +834,8 @@ public class CliTests
     [Test]
     public void ModelSourceFlagsBind()
     {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
+        var flags = new ModelFlags();
+        var (opts, cmd) = (flags.Options, flags.Command);
         var p = cmd.Parse(["--synthetic", "qwq-32b", "--tokenizer", "/tok", "--backend", "cpu", "--max-context", "4096", "--device", "1"]);
         Assert.That(p.Errors, Is.Empty);
         var m = opts.Bind(p);

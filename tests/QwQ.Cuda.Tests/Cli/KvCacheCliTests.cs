@@ -12,15 +12,7 @@ namespace QwQ.Cuda.Tests.Cli;
 /// </summary>
 public class KvCacheCliTests
 {
-    private static KvCacheKind Bind(params string[] args)
-    {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
-        var p = cmd.Parse(["--synthetic", "qwq-32b", .. args]);
-        Assert.That(p.Errors, Is.Empty, string.Join("; ", p.Errors.Select(e => e.Message)));
-        return opts.Bind(p).Engine.KvCache;
-    }
+    private static KvCacheKind Bind(params string[] args) => ModelFlags.Engine(args).KvCache;
 
     [TestCase("fp8", KvCacheKind.Fp8)]
     [TestCase("FP8", KvCacheKind.Fp8)]
@@ -41,11 +33,7 @@ public class KvCacheCliTests
     [TestCase("e4m3")]
     public void AnythingElseIsAParseErrorNamingTheKinds(string value)
     {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
-        var errors = cmd.Parse(["--synthetic", "qwq-32b", "--kv-cache", value]).Errors;
-        Assert.That(errors.Select(e => e.Message), Has.One.EqualTo($"--kv-cache expects one of Bf16, Fp8, got '{value}'"));
+        Assert.That(ModelFlags.Errors("--kv-cache", value), Has.One.EqualTo($"--kv-cache expects one of Bf16, Fp8, got '{value}'"));
     }
 
     [Test]

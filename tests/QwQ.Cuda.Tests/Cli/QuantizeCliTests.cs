@@ -1,4 +1,3 @@
-using System.CommandLine;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
 using QwQ.Cuda.Config;
@@ -14,15 +13,7 @@ namespace QwQ.Cuda.Tests.Cli;
 /// </summary>
 public class QuantizeCliTests
 {
-    private static QuantizeMode Bind(params string[] args)
-    {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
-        var p = cmd.Parse(["--synthetic", "qwq-32b", .. args]);
-        Assert.That(p.Errors, Is.Empty, string.Join("; ", p.Errors.Select(e => e.Message)));
-        return opts.Bind(p).Engine.Quantize;
-    }
+    private static QuantizeMode Bind(params string[] args) => ModelFlags.Engine(args).Quantize;
 
     [TestCase("int4", QuantizeMode.Int4)]
     [TestCase("INT4", QuantizeMode.Int4)]
@@ -39,11 +30,7 @@ public class QuantizeCliTests
     [TestCase("awq")]
     public void AnythingElseIsAParseErrorNamingTheModes(string value)
     {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
-        var errors = cmd.Parse(["--synthetic", "qwq-32b", "--quantize", value]).Errors;
-        Assert.That(errors.Select(e => e.Message), Has.One.Contains($"--quantize expects one of None, Fp8, Int4, got '{value}'"));
+        Assert.That(ModelFlags.Errors("--quantize", value), Has.One.Contains($"--quantize expects one of None, Fp8, Int4, got '{value}'"));
     }
 
     [Test]

@@ -24,9 +24,8 @@ public class RopeScalingCliTests
     [Test]
     public void TheFlagsBindToTheEngineOptions()
     {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
+        var flags = new ModelFlags();
+        var (opts, cmd) = (flags.Options, flags.Command);
         var none = opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn"])).Engine;
         Assert.That((none.RopeScaling, none.RopeSwitchPosition), Is.EqualTo(((RopeScalingMode?)null, (int?)null)), "not given: the engine's default (static)");
         foreach (var (text, mode) in new[] { ("adaptive", RopeScalingMode.Adaptive), ("static", RopeScalingMode.Static), ("off", RopeScalingMode.Off) })

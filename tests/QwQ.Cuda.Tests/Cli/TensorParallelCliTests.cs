@@ -155,11 +155,11 @@ public class TensorParallelCliTests
     [Test]
     public void TheFlagBindsToTheEngineOptions()
     {
-        var opts = new ModelSourceOptions();
-        var cmd = new Command("x");
-        opts.AddTo(cmd);
-        Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b"])).Engine.TensorParallel, Is.EqualTo(1));
-        Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b", "--tensor-parallel", "4"])).Engine.TensorParallel, Is.EqualTo(4));
+        Assert.That(ModelFlags.Engine().TensorParallel, Is.EqualTo(1));
+        Assert.That(ModelFlags.Engine("--tensor-parallel", "4").TensorParallel, Is.EqualTo(4));
+        Assert.That(ModelFlags.Engine().AllReduce, Is.EqualTo(AllReduceKind.Custom));
+        Assert.That(ModelFlags.Engine("--allreduce", "nccl").AllReduce, Is.EqualTo(AllReduceKind.Nccl));
+        Assert.That(ModelFlags.Errors("--allreduce", "ring"), Has.One.Contains("--allreduce expects one of Custom, Nccl"));
         Assert.That(new EngineOptions().TensorParallel, Is.EqualTo(1));
     }
 
