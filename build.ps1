@@ -1,7 +1,8 @@
 # Compiles every kernels/*.cu to kernels/ptx/<name>.ptx (PTX for compute_80, portable to sm_80+; the driver
-# JIT-compiles it for the actual GPU). Windows counterpart of build.sh; same flags, no --use_fast_math.
+# JIT-compiles it for the actual GPU) and to kernels/ptx/sm90/<name>.ptx (compute_90, with programmatic dependent
+# launch; loaded on sm_90 and newer). Windows counterpart of build.sh; same flags, no --use_fast_math.
 # Host compiler: $env:NVCC_CCBIN if set, else nvcc's default (cl.exe must be on PATH: run from a
-# "Developer PowerShell for VS"). Prints ptxas resource usage for sm_90 when this nvcc supports it.
+# "Developer PowerShell for VS"). Prints ptxas resource usage for sm_90.
 # Then builds the solution (Release). Without nvcc the committed PTX is used as it is.
 #   ./build.ps1                kernels (if nvcc is here) + dotnet build
 #   ./build.ps1 -KernelsOnly   regenerate kernels/ptx only
@@ -25,7 +26,7 @@ if (-not (Get-Command $nvcc -ErrorAction SilentlyContinue)) {
     Invoke-DotnetBuild
     exit 0
 }
-New-Item -ItemType Directory -Force -Path $outdir | Out-Null
+New-Item -ItemType Directory -Force -Path (Join-Path $outdir 'sm90') | Out-Null
 
 $sources = @(Get-ChildItem -Path $kdir -Filter '*.cu' | Sort-Object Name)
 if ($sources.Count -eq 0) { throw 'build.ps1: no kernels/*.cu found' }
@@ -33,7 +34,9 @@ if ($sources.Count -eq 0) { throw 'build.ps1: no kernels/*.cu found' }
 $ccbin = @()
 if ($env:NVCC_CCBIN) { $ccbin = @('-ccbin', $env:NVCC_CCBIN) }
 $flags = @('-ptx', '-arch=compute_80', '-O3', '-std=c++17')
-$sm90 = ((& $nvcc --list-gpu-arch 2>$null) -join "`n") -match 'compute_90'
+if (-not (((& $nvcc --list-gpu-arch 2>$null) -join "`n") -match 'compute_90')) {
+    throw 'build.ps1: this nvcc cannot target compute_90 (kernels/ptx/sm90 needs CUDA 12.0 or newer)'
+}
 
 # Hash of a kernel's inputs (the .cu, then every kernels/*.cuh in ordinal name order, CR bytes removed):
 # must match build.sh and the CPU test that flags stale PTX.
@@ -64,18 +67,22 @@ try {
         $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
             @(Get-Content $tmpPtx | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
         [System.IO.File]::WriteAllText((Join-Path $outdir "$name.ptx"), (($lines -join "`n") + "`n"))
-        if ($sm90) {
-            $report = & $nvcc @ccbin -cubin -arch=sm_90 -O3 -std=c++17 "-I$kdir" -Xptxas -v $src.FullName -o (Join-Path $tmp "$name.cubin") 2>&1
-            foreach ($line in $report) {
-                $s = "$line"
-                if ($s -match "Compiling entry function '([^']+)'") { Write-Host "  $($Matches[1]):" }
-                elseif ($s -match 'ptxas info\s*:\s*(Used .*)') { Write-Host "    $($Matches[1])" }
-                elseif ($s -match '^\s*(\d+ bytes stack frame.*)') { Write-Host "    $($Matches[1])" }
-            }
+        $tmpPtx90 = Join-Path $tmp "$name.sm90.ptx"
+        & $nvcc @ccbin -ptx -arch=compute_90 -O3 -std=c++17 "-I$kdir" $src.FullName -o $tmpPtx90
+        if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile $name.cu for compute_90" -ErrorAction Continue; $failed = $true; continue }
+        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
+            @(Get-Content $tmpPtx90 | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
+        [System.IO.File]::WriteAllText((Join-Path (Join-Path $outdir 'sm90') "$name.ptx"), (($lines -join "`n") + "`n"))
+        $report = & $nvcc @ccbin -cubin -arch=sm_90 -O3 -std=c++17 "-I$kdir" -Xptxas -v $src.FullName -o (Join-Path $tmp "$name.cubin") 2>&1
+        foreach ($line in $report) {
+            $s = "$line"
+            if ($s -match "Compiling entry function '([^']+)'") { Write-Host "  $($Matches[1]):" }
+            elseif ($s -match 'ptxas info\s*:\s*(Used .*)') { Write-Host "    $($Matches[1])" }
+            elseif ($s -match '^\s*(\d+ bytes stack frame.*)') { Write-Host "    $($Matches[1])" }
         }
     }
     # Remove PTX whose source is gone (stale files would otherwise still be embedded).
-    foreach ($ptx in Get-ChildItem -Path $outdir -Filter '*.ptx') {
+    foreach ($ptx in @(Get-ChildItem -Path $outdir -Filter '*.ptx') + @(Get-ChildItem -Path (Join-Path $outdir 'sm90') -Filter '*.ptx')) {
         $name = [System.IO.Path]::GetFileNameWithoutExtension($ptx.Name)
         if (-not (Test-Path (Join-Path $kdir "$name.cu"))) { Write-Host "build.ps1: removing stale $name.ptx"; Remove-Item $ptx.FullName }
     }

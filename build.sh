@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Compiles every kernels/*.cu to kernels/ptx/<name>.ptx (PTX for compute_80: portable to sm_80 and newer;
-# the driver JIT-compiles it for the actual GPU). The PTX is committed and embedded into QwQ.Cuda.dll.
+# Compiles every kernels/*.cu twice: to kernels/ptx/<name>.ptx (PTX for compute_80: portable to sm_80 and newer;
+# the driver JIT-compiles it for the actual GPU) and to kernels/ptx/sm90/<name>.ptx (compute_90: the same kernels
+# with programmatic dependent launch, kernel_entry_barrier in kernels/common.cuh; loaded on sm_90 and newer).
+# The PTX is committed and embedded into QwQ.Cuda.dll.
 # No --use_fast_math: RoPE and SiLU rely on accurate sincosf / expf.
 # Host compiler: $NVCC_CCBIN if set; otherwise nvcc's default, falling back to clang-14 when nvcc rejects it.
 # Also prints ptxas resource usage (registers / spills / smem) for sm_90 when this nvcc supports it.
@@ -29,7 +31,7 @@ if ! command -v "$NVCC" >/dev/null 2>&1; then
     dotnet_build
     exit 0
 fi
-mkdir -p "$outdir"
+mkdir -p "$outdir" "$outdir/sm90"
 
 shopt -s nullglob
 sources=("$kdir"/*.cu)
@@ -59,33 +61,50 @@ source_hash() {
 headers=()
 while IFS= read -r h; do headers+=("$h"); done < <(LC_ALL=C ls -1 "$kdir"/*.cuh 2>/dev/null | LC_ALL=C sort)
 
-sm90=0
-if "$NVCC" --list-gpu-arch 2>/dev/null | grep -q compute_90; then sm90=1; fi
+if ! "$NVCC" --list-gpu-arch 2>/dev/null | grep -q compute_90; then
+    echo "build.sh: this nvcc cannot target compute_90 (kernels/ptx/sm90 needs CUDA 12.0 or newer)" >&2
+    exit 1
+fi
 
-failed=0
-for src in "${sources[@]}"; do
+# One kernel file: both builds, stamped, and the sm_90 resource usage. Writes its log to $tmp/<name>.log and
+# touches $tmp/<name>.failed on a compile error; the files compile in parallel (the int4 and tensor-core GEMVs
+# take most of a minute each).
+compile_one() {
+    local src="$1" name hash
     name="$(basename "$src" .cu)"
-    echo "== $name.cu -> kernels/ptx/$name.ptx"
-    if ! "$NVCC" "${ccbin[@]}" "${flags[@]}" -I"$kdir" "$src" -o "$tmp/$name.ptx"; then
+    echo "== $name.cu -> kernels/ptx/$name.ptx, kernels/ptx/sm90/$name.ptx"
+    if ! "$NVCC" "${ccbin[@]}" "${flags[@]}" -I"$kdir" "$src" -o "$tmp/$name.ptx" \
+        || ! "$NVCC" "${ccbin[@]}" -ptx -arch=compute_90 -O3 -std=c++17 -I"$kdir" "$src" -o "$tmp/$name.sm90.ptx"; then
         echo "build.sh: FAILED to compile $name.cu" >&2
-        failed=1
-        continue
+        touch "$tmp/$name.failed"
+        return
     fi
     # Stamp the PTX with a hash of its inputs (this .cu, then every kernels/*.cuh in name order, CRs removed so a
     # Windows checkout hashes the same) so a CPU test can catch PTX that was not rebuilt after a source change.
     # Drop the toolchain-specific header comments so PTX diffs only show real changes.
     hash="$(source_hash "$src")"
     { echo "// qwq-source-sha256: $hash"; grep -v -E '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' "$tmp/$name.ptx"; } > "$outdir/$name.ptx"
-    if [ $sm90 -eq 1 ]; then
-        "$NVCC" "${ccbin[@]}" -cubin -arch=sm_90 -O3 -std=c++17 -I"$kdir" -Xptxas -v "$src" -o /dev/null 2>&1 \
-            | sed -n -E "s/^ptxas info *: Compiling entry function '([^']+)'.*/  \1:/p; s/^ptxas info *: (Used .*)/    \1/p; s/^ *([0-9]+ bytes stack frame.*)/    \1/p" || true
-    fi
+    { echo "// qwq-source-sha256: $hash"; grep -v -E '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' "$tmp/$name.sm90.ptx"; } > "$outdir/sm90/$name.ptx"
+    # Resource usage (registers / spills / smem) of the sm_90 build, for the log.
+    "$NVCC" "${ccbin[@]}" -cubin -arch=sm_90 -O3 -std=c++17 -I"$kdir" -Xptxas -v "$src" -o /dev/null 2>&1 \
+        | sed -n -E "s/^ptxas info *: Compiling entry function '([^']+)'.*/  \1:/p; s/^ptxas info *: (Used .*)/    \1/p; s/^ *([0-9]+ bytes stack frame.*)/    \1/p" || true
+}
+
+for src in "${sources[@]}"; do
+    compile_one "$src" > "$tmp/$(basename "$src" .cu).log" 2>&1 &
+done
+wait
+failed=0
+for src in "${sources[@]}"; do
+    name="$(basename "$src" .cu)"
+    cat "$tmp/$name.log"
+    [ -e "$tmp/$name.failed" ] && failed=1
 done
 
 # Remove PTX whose source is gone (stale files would otherwise still be embedded).
-for ptx in "$outdir"/*.ptx; do
+for ptx in "$outdir"/*.ptx "$outdir"/sm90/*.ptx; do
     name="$(basename "$ptx" .ptx)"
-    if [ ! -f "$kdir/$name.cu" ]; then echo "build.sh: removing stale $name.ptx"; rm -f "$ptx"; fi
+    if [ ! -f "$kdir/$name.cu" ]; then echo "build.sh: removing stale ${ptx#"$kdir"/}"; rm -f "$ptx"; fi
 done
 
 if [ $failed -ne 0 ]; then echo "build.sh: one or more kernels failed to compile" >&2; exit 1; fi

@@ -10,6 +10,7 @@ extern "C" __global__ void __launch_bounds__(256)
 silu_mul_f32_bf16(const float* __restrict__ gate_up,  // [tokens, 2 * inter]
                   __nv_bfloat16* __restrict__ out,    // [tokens, inter]
                   int tokens, int inter) {
+    kernel_entry_barrier();
     uint16_t* o = reinterpret_cast<uint16_t*>(out);
     if ((inter & 3) == 0) {
         const int groups_per_row = inter >> 2;

@@ -57,6 +57,7 @@ allreduce_add_f32(PeerPointers peers, int rank, int ranks,
                   unsigned int* __restrict__ counters,  // [kMaxBlocks]   this rank's epochs
                   float* __restrict__ residual,         // [n]            this rank's residual stream, in/out
                   long long n4) {
+    kernel_entry_barrier();
     __shared__ unsigned int epoch;
     const int b = blockIdx.x;
     if (b >= kMaxBlocks) return;  // the launcher never asks for more; flags exist for kMaxBlocks

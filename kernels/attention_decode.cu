@@ -290,6 +290,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         const __nv_bfloat16* __restrict__ v_pool, float* __restrict__ part_o, float2* __restrict__ part_ml,     \
         __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
         int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
+        kernel_entry_barrier();                                                                                 \
         const size_t b = blockIdx.z;                                                                            \
         attn_decode::decode_split<D>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D,          \
                                      part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, nkv,    \
@@ -308,6 +309,7 @@ QWQ_ATTN_DECODE_PAGED_ENTRY(128)
 extern "C" __global__ void __launch_bounds__(1024) attention_decode_combine_bf16(
     const float* __restrict__ part_o, const float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
     const int* __restrict__ ctx_len, int nq, int head_dim, int max_ctx, int num_splits) {
+    kernel_entry_barrier();
     {
         const size_t b = blockIdx.y;  // 0 for the single-sequence launch
         part_o += b * nq * num_splits * head_dim;

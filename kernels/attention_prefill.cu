@@ -246,6 +246,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,                              \
         const int* __restrict__ seq_info, const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, \
         float scale) {                                                                                          \
+        kernel_entry_barrier();                                                                                 \
         const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];                                  \
         const int T = info.y;                                                                                   \
         if ((int)(gridDim.y - 1 - blockIdx.y) * 16 * WARPS >= T) return;                                        \

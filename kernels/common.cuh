@@ -8,6 +8,23 @@
 
 #define QWQ_DEVICE __device__ __forceinline__
 
+// ---- programmatic dependent launch (sm_90 and newer) ---------------------------------------------------
+// A decode step is ~800 small kernels; between two of them the GPU idles for the next grid's launch and block
+// setup. On sm_90+ the engine loads these kernels from their compute_90 build and launches every one with
+// programmatic stream serialization (Native/CudaKernel.cs), which lets the next kernel's blocks be scheduled while
+// this one is still finishing. So every kernel begins here, before it touches any memory:
+// 1. griddepcontrol.wait: wait until the kernel before it in the stream has completed and its writes are visible
+//    (also the ones it waited for in turn), so reads and writes below are ordered exactly as without overlap;
+// 2. griddepcontrol.launch_dependents: let the next kernel be scheduled now. Only after the wait, so at most one
+//    kernel waits ahead and waiting blocks never pile up on the multiprocessors.
+// Kernels launched without the attribute (compute_80 build, or PDL turned off) pass through it at no cost.
+QWQ_DEVICE void kernel_entry_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ---- bf16 <-> fp32 ------------------------------------------------------------------------------------
 // bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits. Doing it by shift/mask on raw
 // words keeps packed loads (uint32 = 2 x bf16, uint4 = 8 x bf16) free of per-element conversions.

@@ -8,6 +8,7 @@ embedding_gather_bf16(const __nv_bfloat16* __restrict__ table,  // [vocab, hidde
                       const int* __restrict__ ids,              // [tokens]
                       float* __restrict__ out,                  // [tokens, hidden]
                       int vocab, int hidden) {
+    kernel_entry_barrier();
     const int t = blockIdx.x;
     const int id = ids[t];
     float* dst = out + (size_t)t * hidden;

@@ -8,6 +8,7 @@ gather_rows_bf16(const __nv_bfloat16* __restrict__ src,  // [T, hidden]
                  const int* __restrict__ rows,           // [R], each in [0, T)
                  __nv_bfloat16* __restrict__ dst,        // [R, hidden]
                  int t_rows, int hidden) {
+    kernel_entry_barrier();
     const int r = blockIdx.x;
     const int row = rows[r];
     uint16_t* d = reinterpret_cast<uint16_t*>(dst) + (size_t)r * hidden;
@@ -34,6 +35,7 @@ scatter_rows_f32(const float* __restrict__ src,      // [R, src_stride]
                  float* const* __restrict__ dst_rows, // [R] device pointers, each to dst_offset + cols floats
                  long long dst_offset,
                  int cols) {
+    kernel_entry_barrier();
     const int r = blockIdx.x;
     const float* s = src + (size_t)r * src_stride;
     float* d = dst_rows[r] + dst_offset;

@@ -124,6 +124,7 @@ gemv_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k] row-major
           const __nv_bfloat16* __restrict__ x,  // [k]
           float* __restrict__ y,                // [n]; read too when accumulate != 0
           int n, int k, int accumulate) {
+    kernel_entry_barrier();
     gemv_body<1, 2, 4>(w, x, y, n, k, accumulate);
 }
 
@@ -135,6 +136,7 @@ gemv_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k] row-major
                       const __nv_bfloat16* __restrict__ x, /* [MM, k] */                            \
                       float* __restrict__ y,               /* [MM, n] */                            \
                       int n, int k, int accumulate) {                                               \
+        kernel_entry_barrier();                                                                     \
         gemv_body<MM, 2, UU>(w, x, y, n, k, accumulate);                                            \
     }
 
@@ -171,6 +173,7 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
               const __nv_bfloat16* __restrict__ x,  // [m, k]
               float* __restrict__ y,                // [m, n]; read too when accumulate != 0
               float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m, int accumulate) {
+    kernel_entry_barrier();
     __shared__ float red[kMmaWarps][16 * 8];
     __shared__ int last;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;

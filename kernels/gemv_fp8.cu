@@ -120,6 +120,7 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
     gemv_fp8_m##MM(const uint8_t* __restrict__ w, const float* __restrict__ scale,                                  \
                    const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,            \
                    int* __restrict__ tickets, int n, int k, int accumulate) {                                       \
+        kernel_entry_barrier();                                                                                     \
         gemv_fp8_body<MM, UU>(w, scale, x, y, part, tickets, n, k, accumulate);                                     \
     }
 

@@ -133,6 +133,7 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
     gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
+        kernel_entry_barrier();                                                                                     \
         gemv_int4_body<NB, UNROLL, CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                           \
     }
 

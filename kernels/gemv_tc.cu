@@ -100,6 +100,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
                      float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,   \
                      int accumulate) {                                                                              \
+        kernel_entry_barrier();                                                                                     \
         gemv_tc_body<FP8, NB, UNROLL>(w, scale, x, y, part, tickets, n, k, m, accumulate);                          \
     }
 

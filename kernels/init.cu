@@ -32,6 +32,7 @@ QWQ_DEVICE void normal_pair(uint64_t seed_mixed, uint64_t p, float mean, float s
 extern "C" __global__ void __launch_bounds__(256)
 fill_normal_bf16(__nv_bfloat16* __restrict__ out,  // [n]
                  unsigned long long n, unsigned long long seed, float mean, float std) {
+    kernel_entry_barrier();
     uint16_t* o = reinterpret_cast<uint16_t*>(out);
     const uint64_t seed_mixed = mix64(seed);
     const uint64_t groups = (n + 7) / 8;
@@ -58,6 +59,7 @@ fill_normal_bf16_window(__nv_bfloat16* __restrict__ out,  // [rows, cols]
                         unsigned long long rows, unsigned long long cols, unsigned long long full_cols,
                         unsigned long long row0, unsigned long long col0,
                         unsigned long long seed, float mean, float std) {
+    kernel_entry_barrier();
     uint16_t* o = reinterpret_cast<uint16_t*>(out);
     const uint64_t seed_mixed = mix64(seed);
     const uint64_t n = rows * cols;
@@ -73,6 +75,7 @@ fill_normal_bf16_window(__nv_bfloat16* __restrict__ out,  // [rows, cols]
 extern "C" __global__ void __launch_bounds__(256)
 fill_const_bf16(__nv_bfloat16* __restrict__ out,  // [n]
                 unsigned long long n, float value) {
+    kernel_entry_barrier();
     uint16_t* o = reinterpret_cast<uint16_t*>(out);
     const uint16_t bits = float_to_bf16_bits(value);
     const uint32_t word = (uint32_t)bits | ((uint32_t)bits << 16);
@@ -94,6 +97,7 @@ extern "C" __global__ void __launch_bounds__(256)
 convert_f32_to_bf16(const float* __restrict__ src,    // [n]
                     __nv_bfloat16* __restrict__ dst,  // [n]
                     unsigned long long n) {
+    kernel_entry_barrier();
     uint16_t* o = reinterpret_cast<uint16_t*>(dst);
     const uint64_t groups = (n + 7) / 8;
     const bool aligned = is_aligned(o, 16) && is_aligned(src, 16);

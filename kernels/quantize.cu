@@ -33,6 +33,7 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
                   uint8_t* __restrict__ dst,              // the whole weight, tile layout
                   float* __restrict__ scale,              // [n] of the whole weight
                   int row0, int k) {
+    kernel_entry_barrier();
     __shared__ float scratch[32];
     const int row = row0 + blockIdx.x;
     const uint4* s = reinterpret_cast<const uint4*>(src + (size_t)blockIdx.x * (size_t)k);
@@ -62,6 +63,7 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
 extern "C" __global__ void repack_fp8_rows(const uint8_t* __restrict__ src,  // [rows, k] row-major
                                            uint8_t* __restrict__ dst,        // the whole weight, tile layout
                                            int row0, int rows, int k) {
+    kernel_entry_barrier();
     const long long per_row = k / 16, pieces = (long long)rows * per_row;
     for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
         const int r = (int)(i / per_row), kk = (int)(i % per_row) * 16;
@@ -74,6 +76,7 @@ extern "C" __global__ void dequantize_fp8_rows(const uint8_t* __restrict__ src, 
                                                const float* __restrict__ scale,  // [rows]
                                                __nv_bfloat16* __restrict__ dst,  // [rows, k] row-major
                                                long long rows, int k) {
+    kernel_entry_barrier();
     const long long per_row = k / 16, pieces = rows * per_row;
     for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
         const int row = (int)(i / per_row), kk = (int)(i % per_row) * 16;

@@ -36,6 +36,7 @@ quantize_int4_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
                    uint8_t* __restrict__ dst,              // the whole weight, int4 layout
                    uint32_t* __restrict__ sz,              // [k / G, n_pad] of the whole weight
                    int row0, int rows, int k, int n_pad, int group) {
+    kernel_entry_barrier();
     const long long words = (long long)rows * (k / 8);
     const long long i = (long long)global_thread_index();
     const bool valid = i < words;
@@ -73,6 +74,7 @@ repack_awq_rows(const uint32_t* __restrict__ qweight,  // [k, n / 8]
                 uint8_t* __restrict__ dst,             // the whole weight, int4 layout
                 uint32_t* __restrict__ sz,             // [k / G, n_pad] of the whole weight
                 int row0, int n, int k, int n_pad, int group) {
+    kernel_entry_barrier();
     const long long words = (long long)n * (k / 8);
     const long long i = (long long)global_thread_index();
     if (i >= words) return;
@@ -96,6 +98,7 @@ extern "C" __global__ void dequantize_int4_rows(const uint8_t* __restrict__ src,
                                                 const uint32_t* __restrict__ sz,   // [k / G, n_pad]
                                                 __nv_bfloat16* __restrict__ dst,   // [rows, k] row-major
                                                 long long rows, int k, int n_pad, int group) {
+    kernel_entry_barrier();
     const long long words = rows * (k / 8);
     for (long long i = (long long)global_thread_index(); i < words; i += (long long)grid_thread_count()) {
         const int row = (int)(i / (k / 8)), kk = (int)(i % (k / 8)) * 8;

@@ -12,6 +12,7 @@ residual_add_rmsnorm_f32_bf16(float* __restrict__ residual,            // [token
                               const __nv_bfloat16* __restrict__ weight,// [hidden]
                               __nv_bfloat16* __restrict__ out,         // [tokens, hidden]
                               int hidden, float eps) {
+    kernel_entry_barrier();
     __shared__ float scratch[32];
     const size_t base = (size_t)blockIdx.x * hidden;
     float* res = residual + base;

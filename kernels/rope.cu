@@ -44,6 +44,7 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
                              __nv_bfloat16* __restrict__ q_out,        // [rows, nq, D]
                              __nv_bfloat16* __restrict__ k_pool,       // [blocks, nkv, 64, D]
                              __nv_bfloat16* __restrict__ v_pool) {     // [blocks, nkv, 64, D]
+    kernel_entry_barrier();
     constexpr int BLOCK = 64;  // positions per KV block
     const int t = blockIdx.x;
     const int head = blockIdx.y;  // q heads, then k heads, then v heads

@@ -22,6 +22,8 @@
 // Build: nvcc -ccbin clang-14 -ptx -arch=compute_80 -O3 -std=c++17 kernels/sampling.cu -o kernels/ptx/sampling.ptx
 // (never with --use_fast_math: it would change the rounding of the divisions).
 
+#include "common.cuh"
+
 #define SAMPLING_TILE 1024        // logits per tile of prepare/compact
 #define SAMPLING_PREP_THREADS 256 // 4 logits per thread
 #define SAMPLING_ITEMS 4
@@ -217,6 +219,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_pre
     int validVocab, int flags, float repetitionPenalty, float presencePenalty, float frequencyPenalty,
     float temperature)
 {
+    kernel_entry_barrier();
     __shared__ float sv[32];
     __shared__ int si[32];
     float best = -INFINITY;
@@ -256,6 +259,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_a
     int* counts,  // [vocabRows] int32
     int* result)  // [1] int32
 {
+    kernel_entry_barrier();
     __shared__ float sv[32];
     __shared__ int si[32];
     float best = -INFINITY;
@@ -279,6 +283,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_g
     int* __restrict__ tokens,                      // [R] int32 out
     int validVocab)
 {
+    kernel_entry_barrier();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* logits = logits_rows[blockIdx.x];
@@ -310,6 +315,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_com
     int* __restrict__ segCount,     // [gridDim.x] int32
     SamplingState* state)           // [1]: threshold and select state reset here (nothing reads it in this launch)
 {
+    kernel_entry_barrier();
     if (blockIdx.x == 0 && threadIdx.x == 0)
     {
         state->threshold = 0u;
@@ -391,6 +397,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_rad
     u64* hist,                            // [SAMPLING_RADIX_BINS] u64, all 0 between launches
     SamplingState* state)
 {
+    kernel_entry_barrier();
     __shared__ unsigned hlo[SAMPLING_RADIX_BINS]; // counts, or the low 20 bits of the masses
     __shared__ unsigned hhi[SAMPLING_RADIX_BINS]; // masses >> 20 (<= 2^20 each, <= 1024 per tile: fits)
     __shared__ u64 scan[32];
@@ -544,6 +551,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_dra
     int* result,         // [1] int32
     u64* debugWeights)   // [validVocab] u64, zeroed by the caller, or null: kept candidates' integer weights
 {
+    kernel_entry_barrier();
     __shared__ u64 scan[32];
     __shared__ int lastFlag;
     __shared__ int selTile;
@@ -641,6 +649,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_dra
 // counts[tokens[i]]++ for each i (seeding penalties, e.g. with the prompt). Ids outside [0, vocabRows) ignored.
 extern "C" __global__ void sampling_record_i32(const int* __restrict__ tokens, int n, int* counts, int vocabRows)
 {
+    kernel_entry_barrier();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
     {
@@ -652,6 +661,7 @@ extern "C" __global__ void sampling_record_i32(const int* __restrict__ tokens, i
 // p[i] = 0 for i < n (u32 words); stream-ordered reset of counts / debug buffers.
 extern "C" __global__ void sampling_zero_u32(unsigned* p, int n)
 {
+    kernel_entry_barrier();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) p[i] = 0u;
 }

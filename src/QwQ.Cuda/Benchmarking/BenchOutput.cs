@@ -17,7 +17,10 @@ public static class BenchOutput
         sb.AppendLine($"# qwq bench — {r.Date}, {r.Gpu}, commit {r.Commit}");
         sb.AppendLine();
         sb.AppendLine($"Model: {r.Model}, weights {r.WeightBytes / 1e9:F1} GB ({r.Figures.FirstOrDefault()?.Weights ?? "bf16"} layers), KV cache up to {r.MaxContext} positions.  ");
-        sb.AppendLine($"Measured ceilings: copy {r.Ceilings.CopyBytesPerSecond / 1e12:F2} TB/s (read + write), bf16 GEMM {r.Ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s.");
+        sb.AppendLine($"Measured ceilings: copy {r.Ceilings.CopyBytesPerSecond / 1e12:F2} TB/s (read + write), bf16 GEMM {r.Ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s.  ");
+        sb.AppendLine(r.Figures.FirstOrDefault()?.ProgrammaticLaunch == true
+            ? "Kernels launched with programmatic dependent launch (each overlaps the end of the one before it)."
+            : "Kernels launched the ordinary way (no programmatic dependent launch).");
         if (compare is not null)
             sb.AppendLine($"Compared with transformers ({compare.Mode}) on the same shapes, same GPU, same run.");
         sb.AppendLine();

@@ -26,10 +26,11 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 /// <summary>
 /// One figure with every condition it was measured under, so runs compare by script: what was measured
 /// (prefill, decode, ttft), the batch, the context (decode) or tokens (prefill), weight and KV-cache kinds, tensor
-/// parallelism, the aggregate tokens per second, the time per step and its floor.
+/// parallelism, whether kernels overlapped their predecessors (programmatic launch), the aggregate tokens per second,
+/// the time per step and its floor.
 /// </summary>
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
-    string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor);
+    string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false);
 
 /// <summary>
 /// One tensor-parallel all-reduce of <see cref="Rows"/> × hidden fp32, as decode runs it (in a CUDA graph): our
@@ -135,7 +136,8 @@ public static class ModelBenchmark
 
         var figures = new List<BenchFigure>();
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
-            new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor, floor is double f ? 100 * f / ms : null);
+            new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor,
+                floor is double f ? 100 * f / ms : null, backend.ProgrammaticLaunch);
         figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs)));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));

@@ -62,6 +62,9 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>GPUs the model is split over (1: no tensor parallel).</summary>
     public int TensorParallel => _ranks.Length;
 
+    /// <summary>Whether the kernels run with programmatic dependent launch (<see cref="EngineOptions.ProgrammaticLaunch"/> on an sm_90+ GPU).</summary>
+    public bool ProgrammaticLaunch => First.Library.ProgrammaticLaunch;
+
     /// <summary>Whether decode-sized partial sums go through the one-shot kernel (tensor parallel with peer access and <see cref="AllReduceKind.Custom"/>).</summary>
     public bool UsesOneShotAllReduce { get; }
 

@@ -18,6 +18,14 @@ public sealed record EngineOptions
     /// <summary>Capture decode steps as CUDA graphs, one per padded batch size, and replay them (off: launch kernel by kernel, for debugging).</summary>
     public bool UseCudaGraphs { get; init; } = true;
 
+    /// <summary>
+    /// On sm_90 and newer (H100, H200), launch our kernels with programmatic dependent launch: each kernel's blocks may be
+    /// scheduled while the one before it finishes, which hides most of the launch gap between the ~800 small kernels
+    /// of a decode step (kernels/common.cuh, <c>kernel_entry_barrier</c>). Off: the compute_80 build, launched the
+    /// ordinary way (for measuring the difference, or ruling it out). Older GPUs always launch the ordinary way.
+    /// </summary>
+    public bool ProgrammaticLaunch { get; init; } = true;
+
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 

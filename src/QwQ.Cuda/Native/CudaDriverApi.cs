@@ -50,6 +50,7 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)] internal static partial int cuDevicePrimaryCtxRelease_v2(int device);
     [LibraryImport(Lib)] internal static partial int cuCtxSetCurrent(IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxGetCurrent(out IntPtr ctx);
+    [LibraryImport(Lib)] internal static partial int cuCtxGetDevice(out int device);
     [LibraryImport(Lib)] internal static partial int cuCtxPushCurrent_v2(IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxPopCurrent_v2(out IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxSynchronize();
@@ -92,6 +93,28 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)]
     internal static partial int cuLaunchKernel(IntPtr f, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, IntPtr stream, void** kernelParams, void** extra);
+    [LibraryImport(Lib)] internal static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr f, void** kernelParams, void** extra);
+
+    /// <summary>CUlaunchConfig (cuda.h): the grid, block, shared bytes and stream of a launch, and its attributes.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public IntPtr Stream;
+        public LaunchAttribute* Attributes;
+        public uint AttributeCount;
+    }
+
+    /// <summary>CUlaunchAttribute (cuda.h): an id, padding to 8 bytes, and a 64-byte value union whose first int we use.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    internal struct LaunchAttribute
+    {
+        [FieldOffset(0)] public int Id;
+        [FieldOffset(8)] public int Value;
+    }
+
+    /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: value 1 lets the kernel overlap the one before it in the stream.</summary>
+    internal const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
     // --- graphs (stream capture) ---
     [LibraryImport(Lib)] internal static partial int cuStreamBeginCapture_v2(IntPtr stream, int mode);

@@ -6,10 +6,11 @@ namespace QwQ.Cuda.Native;
 /// </summary>
 internal readonly struct CudaKernel
 {
-    internal CudaKernel(IntPtr handle, string name)
+    internal CudaKernel(IntPtr handle, string name, bool programmaticLaunch = false)
     {
         Handle = handle;
         Name = name;
+        ProgrammaticLaunch = programmaticLaunch;
     }
 
     /// <summary>The CUfunction.</summary>
@@ -17,6 +18,14 @@ internal readonly struct CudaKernel
 
     /// <summary>The entry name, for error messages.</summary>
     public string Name { get; }
+
+    /// <summary>
+    /// Launched with programmatic stream serialization: the kernel may be scheduled while the one before it in the
+    /// stream finishes (programmatic dependent launch, sm_90+). Only for kernels that begin with
+    /// <c>kernel_entry_barrier</c> (kernels/common.cuh), which waits for that kernel before touching memory: the
+    /// compute_90 build of our kernels (<see cref="PtxLibrary"/>).
+    /// </summary>
+    public bool ProgrammaticLaunch { get; }
 
     /// <summary>
     /// Queues the kernel on <paramref name="stream"/>. <paramref name="args"/> points to one pointer per kernel
@@ -27,14 +36,32 @@ internal readonly struct CudaKernel
     public unsafe void Launch(Dim3 grid, Dim3 block, int sharedBytes, CudaStream stream, void** args)
     {
         if (Handle == IntPtr.Zero) throw new InvalidOperationException("Launch of an unresolved (default) CudaKernel.");
-        int rc = CudaDriverApi.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z,
-            (uint)sharedBytes, stream.Handle, args, null);
+        int rc;
+        if (ProgrammaticLaunch)
+        {
+            // On the stack: a launch allocates nothing.
+            CudaDriverApi.LaunchAttribute attribute = default;
+            attribute.Id = CudaDriverApi.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attribute.Value = 1;
+            var config = new CudaDriverApi.LaunchConfig
+            {
+                GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block.X, BlockY = block.Y, BlockZ = block.Z,
+                SharedBytes = (uint)sharedBytes, Stream = stream.Handle, Attributes = &attribute, AttributeCount = 1,
+            };
+            rc = CudaDriverApi.cuLaunchKernelEx(&config, Handle, args, null);
+        }
+        else
+        {
+            rc = CudaDriverApi.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z,
+                (uint)sharedBytes, stream.Handle, args, null);
+        }
         if (rc != CudaErrors.CudaSuccess) ThrowLaunch(rc, grid, block, sharedBytes);
         GC.KeepAlive(stream);
     }
 
     private void ThrowLaunch(int rc, Dim3 grid, Dim3 block, int sharedBytes) =>
-        CudaErrors.Throw("cuLaunchKernel", rc, $"kernel '{Name}' grid={grid} block={block} sharedBytes={sharedBytes}");
+        CudaErrors.Throw(ProgrammaticLaunch ? "cuLaunchKernelEx" : "cuLaunchKernel", rc,
+            $"kernel '{Name}' grid={grid} block={block} sharedBytes={sharedBytes}");
 
     /// <summary>Allows up to <paramref name="bytes"/> of dynamic shared memory (needed above 48 KiB).</summary>
     public void SetMaxDynamicSharedMemory(int bytes)

@@ -63,8 +63,11 @@ internal sealed class CudaModule : IDisposable
 
     private static string Decode(byte[] log) => Encoding.UTF8.GetString(((ReadOnlySpan<byte>)log).TrimNullTerminated()).Trim();
 
-    /// <summary>Resolves kernel <paramref name="entry"/>; throws naming it (and this module) if absent.</summary>
-    public unsafe CudaKernel GetKernel(string entry)
+    /// <summary>
+    /// Resolves kernel <paramref name="entry"/>; throws naming it (and this module) if absent.
+    /// <paramref name="programmaticLaunch"/>: see <see cref="CudaKernel.ProgrammaticLaunch"/>.
+    /// </summary>
+    public unsafe CudaKernel GetKernel(string entry, bool programmaticLaunch = false)
     {
         ArgumentNullException.ThrowIfNull(entry);
         ObjectDisposedException.ThrowIf(handle.IsClosed, this);
@@ -78,7 +81,7 @@ internal sealed class CudaModule : IDisposable
             rc = CudaDriverApi.cuModuleGetFunction(out f, handle.DangerousGetHandle(), p);
         if (rc != CudaErrors.CudaSuccess) CudaErrors.Throw("cuModuleGetFunction", rc, $"kernel '{entry}' in module '{Name}'");
         GC.KeepAlive(this);
-        return new CudaKernel(f, entry);
+        return new CudaKernel(f, entry, programmaticLaunch);
     }
 
     public void Dispose() => handle.Dispose();

@@ -5,14 +5,24 @@ using System.Text.RegularExpressions;
 namespace QwQ.Cuda.Native;
 
 /// <summary>
-/// All kernels of this assembly: every embedded resource named <c>ptx/*.ptx</c> (built from kernels/*.cu by
-/// kernels/build.sh) is JIT-loaded once into the current context, and kernels are handed out by entry name.
-/// Entry names must be unique across modules (they are <c>extern "C"</c>, so a duplicate is a build mistake).
+/// All kernels of this assembly, JIT-loaded once into the current context and handed out by entry name. build.sh
+/// embeds two builds of kernels/*.cu:
+/// <list type="bullet">
+/// <item><c>ptx/*.ptx</c>, for compute_80: runs on every GPU we support (A100, H100, H200), launched the ordinary way;</item>
+/// <item><c>ptx/sm90/*.ptx</c>, for compute_90: the same kernels with programmatic dependent launch (every kernel
+/// begins with <c>kernel_entry_barrier</c>, kernels/common.cuh), so each may be scheduled while the one before it
+/// finishes. Loaded on sm_90 and newer unless the caller turns it off (<c>EngineOptions.ProgrammaticLaunch</c>).</item>
+/// </list>
+/// Entry names must be unique across the modules of a build (they are <c>extern "C"</c>, so a duplicate is a build mistake).
 /// </summary>
 internal sealed partial class PtxLibrary : IDisposable
 {
     private const string ResourcePrefix = "ptx/";
+    private const string ProgrammaticPrefix = "ptx/sm90/";
     private const string ResourceSuffix = ".ptx";
+
+    /// <summary>The oldest GPU generation (compute capability major) whose kernels we launch programmatically: Hopper.</summary>
+    public const int ProgrammaticLaunchMinMajor = 9;
 
     private readonly List<CudaModule> modules;
     private readonly Dictionary<string, CudaModule> moduleByEntry;
@@ -20,21 +30,32 @@ internal sealed partial class PtxLibrary : IDisposable
     private readonly Lock gate = new();
     private bool disposed;
 
-    private PtxLibrary(List<CudaModule> modules, Dictionary<string, CudaModule> moduleByEntry)
+    private PtxLibrary(List<CudaModule> modules, Dictionary<string, CudaModule> moduleByEntry, bool programmaticLaunch)
     {
         this.modules = modules;
         this.moduleByEntry = moduleByEntry;
+        ProgrammaticLaunch = programmaticLaunch;
     }
 
-    /// <summary>Loads every embedded PTX module into the current context.</summary>
-    public static PtxLibrary Load()
+    /// <summary>Whether this library's kernels are the compute_90 build, launched programmatically (<see cref="CudaKernel.ProgrammaticLaunch"/>).</summary>
+    public bool ProgrammaticLaunch { get; }
+
+    /// <summary>
+    /// Loads every embedded PTX module of one build into the current context: the compute_90 build with programmatic
+    /// launch when <paramref name="programmaticLaunch"/> is on and the current device is sm_90 or newer, otherwise the
+    /// compute_80 build.
+    /// </summary>
+    public static PtxLibrary Load(bool programmaticLaunch = true)
     {
-        var entryToResource = EntryToResource(EmbeddedPtx()); // throws on duplicates before touching the GPU
+        bool programmatic = programmaticLaunch && EmbeddedPtx(programmatic: true).Count > 0
+            && CurrentDeviceMajor() >= ProgrammaticLaunchMinMajor;
+        var ptx = EmbeddedPtx(programmatic);
+        var entryToResource = EntryToResource(ptx); // throws on duplicates before touching the GPU
         var modules = new List<CudaModule>();
         var byResource = new Dictionary<string, CudaModule>(StringComparer.Ordinal);
         try
         {
-            foreach (var (resource, text) in EmbeddedPtx())
+            foreach (var (resource, text) in ptx)
             {
                 var m = CudaModule.LoadPtx(Encoding.UTF8.GetBytes(text), resource);
                 modules.Add(m);
@@ -47,7 +68,16 @@ internal sealed partial class PtxLibrary : IDisposable
             throw;
         }
         var byEntry = entryToResource.ToDictionary(kv => kv.Key, kv => byResource[kv.Value], StringComparer.Ordinal);
-        return new PtxLibrary(modules, byEntry);
+        return new PtxLibrary(modules, byEntry, programmatic);
+    }
+
+    private static int CurrentDeviceMajor()
+    {
+        CudaDriverApi.RequireCurrentContext("PtxLibrary.Load");
+        CudaErrors.Check(CudaDriverApi.cuCtxGetDevice(out int device), "cuCtxGetDevice");
+        CudaErrors.Check(CudaDriverApi.cuDeviceGetAttribute(out int major, CudaDriverApi.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device),
+            "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR)");
+        return major;
     }
 
     /// <summary>The kernel named <paramref name="entry"/>; throws naming it when no embedded module has it.</summary>
@@ -62,7 +92,7 @@ internal sealed partial class PtxLibrary : IDisposable
                 throw new KeyNotFoundException(
                     $"Kernel '{entry}' is not an .entry in any embedded PTX module ({string.Join(", ", modules.Select(m => m.Name))}). " +
                     "Check the name against kernels/*.cu and rebuild the PTX with kernels/build.sh.");
-            k = module.GetKernel(entry);
+            k = module.GetKernel(entry, ProgrammaticLaunch);
             kernels[entry] = k;
             return k;
         }
@@ -79,35 +109,44 @@ internal sealed partial class PtxLibrary : IDisposable
         }
     }
 
-    private static readonly Lazy<IReadOnlyDictionary<string, string>> Embedded = new(ReadEmbedded);
+    private static readonly Lazy<IReadOnlyDictionary<string, string>> Embedded = new(() => ReadEmbedded(ResourcePrefix));
+    private static readonly Lazy<IReadOnlyDictionary<string, string>> EmbeddedProgrammatic = new(() => ReadEmbedded(ProgrammaticPrefix));
 
-    /// <summary>Resource name (e.g. "ptx/rmsnorm.ptx") → PTX text, sorted by name. Needs no GPU.</summary>
-    public static IReadOnlyDictionary<string, string> EmbeddedPtx() => Embedded.Value;
+    /// <summary>
+    /// Resource name (e.g. "ptx/rmsnorm.ptx", or "ptx/sm90/rmsnorm.ptx" for the compute_90 build) → PTX text, sorted
+    /// by name. Needs no GPU.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> EmbeddedPtx(bool programmatic = false) =>
+        programmatic ? EmbeddedProgrammatic.Value : Embedded.Value;
 
-    /// <summary>Every <c>.entry</c> name across the embedded PTX. Needs no GPU.</summary>
+    /// <summary>Every <c>.entry</c> name across the embedded PTX of the compute_80 build (the other has the same). Needs no GPU.</summary>
     public static IReadOnlySet<string> EmbeddedEntries() =>
         EmbeddedPtx().Values.SelectMany(ParseEntries).ToHashSet(StringComparer.Ordinal);
 
     /// <summary>
-    /// Kernel development: a directory of freshly built <c>*.ptx</c> used instead of the embedded ones, so kernels
-    /// compiled on a GPU machine (which has nvcc but no .NET) run with a build made elsewhere.
+    /// Kernel development: a directory of freshly built <c>*.ptx</c> (and <c>sm90/*.ptx</c>) used instead of the
+    /// embedded ones, so kernels compiled on a GPU machine (which has nvcc but no .NET) run with a build made elsewhere.
     /// </summary>
     public const string PtxDirectoryVariable = "QWQ_PTX_DIR";
 
-    private static IReadOnlyDictionary<string, string> ReadEmbedded()
+    /// <summary>The PTX of one build: resources named <paramref name="prefix"/><c>name.ptx</c> (no deeper folder).</summary>
+    private static IReadOnlyDictionary<string, string> ReadEmbedded(string prefix)
     {
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        if (Environment.GetEnvironmentVariable(PtxDirectoryVariable) is { Length: > 0 } dir)
+        if (Environment.GetEnvironmentVariable(PtxDirectoryVariable) is { Length: > 0 } root)
         {
-            if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{PtxDirectoryVariable}={dir} is not a directory");
+            if (!Directory.Exists(root)) throw new DirectoryNotFoundException($"{PtxDirectoryVariable}={root} is not a directory");
+            string dir = Path.Combine(root, prefix[ResourcePrefix.Length..]);
+            if (!Directory.Exists(dir)) return result;
             foreach (var file in Directory.GetFiles(dir, "*" + ResourceSuffix))
-                result[ResourcePrefix + Path.GetFileName(file)] = File.ReadAllText(file, Encoding.UTF8);
+                result[prefix + Path.GetFileName(file)] = File.ReadAllText(file, Encoding.UTF8);
             return result;
         }
         var asm = typeof(PtxLibrary).Assembly;
         foreach (var name in asm.GetManifestResourceNames())
         {
-            if (!name.StartsWith(ResourcePrefix, StringComparison.Ordinal) || !name.EndsWith(ResourceSuffix, StringComparison.Ordinal))
+            if (!name.StartsWith(prefix, StringComparison.Ordinal) || !name.EndsWith(ResourceSuffix, StringComparison.Ordinal)
+                || name.IndexOf('/', prefix.Length) >= 0)
                 continue;
             using var s = asm.GetManifestResourceStream(name)
                 ?? throw new InvalidOperationException($"Embedded resource '{name}' cannot be opened.");

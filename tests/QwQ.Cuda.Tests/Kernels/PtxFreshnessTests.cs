@@ -5,9 +5,11 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Tests.Kernels;
 
 /// <summary>
-/// CPU-only checks that the committed PTX matches the kernel sources: every kernels/*.cu has a kernels/ptx/*.ptx
-/// stamped (by build.sh / build.ps1) with the hash of its current sources, declaring every extern "C" __global__
-/// entry of the .cu. (That every [KernelEntry] name is an embedded entry is checked in Native/KernelEntryTests.)
+/// CPU-only checks that the committed PTX matches the kernel sources: every kernels/*.cu has a kernels/ptx/*.ptx and a
+/// kernels/ptx/sm90/*.ptx stamped (by build.sh / build.ps1) with the hash of its current sources, declaring every
+/// extern "C" __global__ entry of the .cu; and every kernel of the sm90 build waits for the kernel before it before
+/// touching memory (programmatic dependent launch relies on it). (That every [KernelEntry] name is an embedded entry
+/// is checked in Native/KernelEntryTests.)
 /// </summary>
 public class PtxFreshnessTests
 {
@@ -88,44 +90,134 @@ public class PtxFreshnessTests
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
+    /// <summary>The two builds build.sh writes: compute_80 in ptx/, compute_90 (programmatic launch) in ptx/sm90/.</summary>
+    private static readonly string[] Builds = ["ptx", "ptx/sm90"];
+
     [Test]
-    public void EveryKernelSourceHasFreshPtx()
+    public void EveryKernelSourceHasFreshPtx([ValueSource(nameof(Builds))] string build)
     {
         string kdir = KernelsDir();
         var problems = new List<string>();
         foreach (var cu in Sources(kdir))
         {
             string name = Path.GetFileNameWithoutExtension(cu);
-            string ptxPath = Path.Combine(kdir, "ptx", name + ".ptx");
+            string ptxPath = Path.Combine(kdir, build, name + ".ptx");
             if (!File.Exists(ptxPath))
             {
-                problems.Add($"kernels/ptx/{name}.ptx is missing");
+                problems.Add($"kernels/{build}/{name}.ptx is missing");
                 continue;
             }
             string ptx = File.ReadAllText(ptxPath);
             var stamp = HashStamp.Match(ptx);
-            if (!stamp.Success) problems.Add($"kernels/ptx/{name}.ptx has no source-hash stamp (not built by build.sh/build.ps1)");
-            else if (stamp.Groups[1].Value != SourceHash(cu)) problems.Add($"kernels/ptx/{name}.ptx is stale (kernels/{name}.cu or a .cuh changed)");
+            if (!stamp.Success) problems.Add($"kernels/{build}/{name}.ptx has no source-hash stamp (not built by build.sh/build.ps1)");
+            else if (stamp.Groups[1].Value != SourceHash(cu)) problems.Add($"kernels/{build}/{name}.ptx is stale (kernels/{name}.cu or a .cuh changed)");
 
             var entries = PtxLibrary.ParseEntries(ptx).ToHashSet(StringComparer.Ordinal);
             foreach (string entry in DeclaredEntries(File.ReadAllText(cu)))
             {
                 if (!entries.Contains(entry))
-                    problems.Add($"kernels/ptx/{name}.ptx lacks entry '{entry}' declared in {name}.cu");
+                    problems.Add($"kernels/{build}/{name}.ptx lacks entry '{entry}' declared in {name}.cu");
             }
         }
         Assert.That(problems, Is.Empty, "Rebuild the PTX with ./build.sh (or build.ps1):\n" + string.Join("\n", problems));
     }
 
     [Test]
-    public void NoPtxWithoutSource()
+    public void NoPtxWithoutSource([ValueSource(nameof(Builds))] string build)
     {
         string kdir = KernelsDir();
-        var orphans = Directory.GetFiles(Path.Combine(kdir, "ptx"), "*.ptx")
+        var orphans = Directory.GetFiles(Path.Combine(kdir, build), "*.ptx")
             .Select(p => Path.GetFileNameWithoutExtension(p))
             .Where(n => !File.Exists(Path.Combine(kdir, n + ".cu")))
             .ToList();
         Assert.That(orphans, Is.Empty, "PTX files whose .cu is gone (build.sh removes them)");
+    }
+
+    // A memory instruction of any state space but the kernel's parameters: ld/st/atom/red/cp/prefetch/cvta-free forms.
+    private static readonly Regex MemoryInstruction = new(@"^\s*(?:@!?%p\d+\s+)?(?:ld|st|atom|red|cp|prefetch|mbarrier)\.(?!param)", RegexOptions.Multiline);
+
+    /// <summary>
+    /// The body of each <c>.entry</c> of <paramref name="ptx"/>: from its name to the next entry (device functions are
+    /// inlined into our kernels, so the body holds every instruction the kernel runs before its first call).
+    /// </summary>
+    internal static IEnumerable<(string Entry, string Body)> EntryBodies(string ptx)
+    {
+        var starts = Regex.Matches(ptx, @"(?<![\w.$])\.entry\s+([A-Za-z_$%][\w$]*)").ToList();
+        for (int i = 0; i < starts.Count; i++)
+        {
+            int end = i + 1 < starts.Count ? starts[i + 1].Index : ptx.Length;
+            yield return (starts[i].Groups[1].Value, ptx[starts[i].Index..end]);
+        }
+    }
+
+    /// <summary>
+    /// A kernel launched programmatically may start while the kernel before it still runs: it must execute
+    /// griddepcontrol.wait before any load or store other than its parameters, or it could read stale activations.
+    /// </summary>
+    internal static List<string> ProgrammaticLaunchProblems(string module, string ptx)
+    {
+        var problems = new List<string>();
+        foreach (var (entry, body) in EntryBodies(ptx))
+        {
+            int wait = body.IndexOf("griddepcontrol.wait", StringComparison.Ordinal);
+            if (wait < 0)
+            {
+                problems.Add($"{module}: {entry} never executes griddepcontrol.wait (begin it with kernel_entry_barrier())");
+                continue;
+            }
+            var first = MemoryInstruction.Match(body);
+            if (first.Success && first.Index < wait)
+            {
+                int eol = body.IndexOf('\n', first.Index);
+                string line = body[first.Index..(eol < 0 ? body.Length : eol)].Trim();
+                problems.Add($"{module}: {entry} touches memory before griddepcontrol.wait ('{line}'; call kernel_entry_barrier() first)");
+            }
+        }
+        return problems;
+    }
+
+    [Test]
+    public void EveryProgrammaticKernelWaitsBeforeTouchingMemory()
+    {
+        string dir = Path.Combine(KernelsDir(), "ptx", "sm90");
+        var files = Directory.GetFiles(dir, "*.ptx");
+        Assert.That(files, Is.Not.Empty, "kernels/ptx/sm90 holds the compute_90 build");
+        var problems = files.SelectMany(f => ProgrammaticLaunchProblems(Path.GetFileName(f), File.ReadAllText(f))).ToList();
+        Assert.That(problems, Is.Empty, string.Join("\n", problems));
+    }
+
+    [Test]
+    public void TheWaitCheckCatchesAKernelThatReadsFirst()
+    {
+        const string ptx = """
+            .visible .entry good(
+            	.param .u64 good_param_0
+            )
+            {
+            	ld.param.u64 	%rd1, [good_param_0];
+            	griddepcontrol.wait;
+            	ld.global.f32 	%f1, [%rd1];
+            	ret;
+            }
+            .visible .entry reads_first(
+            	.param .u64 reads_first_param_0
+            )
+            {
+            	ld.param.u64 	%rd1, [reads_first_param_0];
+            	ld.global.nc.f32 	%f1, [%rd1];
+            	griddepcontrol.wait;
+            	ret;
+            }
+            .visible .entry never_waits(
+            )
+            {
+            	ret;
+            }
+            """;
+        var problems = ProgrammaticLaunchProblems("t.ptx", ptx);
+        Assert.That(problems, Has.Count.EqualTo(2));
+        Assert.That(problems[0], Does.Contain("reads_first").And.Contain("ld.global.nc"));
+        Assert.That(problems[1], Does.Contain("never_waits"));
     }
 
     [Test]

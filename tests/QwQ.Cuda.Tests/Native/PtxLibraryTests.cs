@@ -35,13 +35,29 @@ public class PtxLibraryTests
     [Test]
     public void EmbeddedPtxTargetsHardwareWeRunOn()
     {
-        // The PTX must JIT on sm_80..sm_90 (A100/H100/H200): a higher .target would fail to load there.
-        foreach (var (name, text) in PtxLibrary.EmbeddedPtx())
-        {
-            var m = Regex.Match(text, @"^\s*\.target\s+sm_(\d+)", RegexOptions.Multiline);
-            Assert.That(m.Success, Is.True, $"{name} has no .target");
-            Assert.That(int.Parse(m.Groups[1].Value), Is.LessThanOrEqualTo(90), $"{name}: .target sm_{m.Groups[1].Value}");
-        }
+        // The compute_80 build must JIT on sm_80..sm_90 (A100/H100/H200); the programmatic build is loaded on sm_90+
+        // only, so it targets exactly sm_90 (a higher .target would fail to load on the H100).
+        foreach (var (programmatic, most) in new[] { (false, 80), (true, 90) })
+            foreach (var (name, text) in PtxLibrary.EmbeddedPtx(programmatic))
+            {
+                var m = Regex.Match(text, @"^\s*\.target\s+sm_(\d+)", RegexOptions.Multiline);
+                Assert.That(m.Success, Is.True, $"{name} has no .target");
+                Assert.That(int.Parse(m.Groups[1].Value), Is.LessThanOrEqualTo(most), $"{name}: .target sm_{m.Groups[1].Value}");
+            }
+    }
+
+    [Test]
+    public void BothBuildsHoldTheSameKernels()
+    {
+        static string Module(string resource) => resource[(resource.LastIndexOf('/') + 1)..];
+        var portable = PtxLibrary.EmbeddedPtx();
+        var programmatic = PtxLibrary.EmbeddedPtx(programmatic: true);
+        Assert.That(programmatic.Keys.Select(Module), Is.EquivalentTo(portable.Keys.Select(Module)), "one module per kernels/*.cu in each build");
+        Assert.That(programmatic.Keys, Has.All.StartsWith("ptx/sm90/"));
+        Assert.That(portable.Keys, Has.None.StartsWith("ptx/sm90/"), "the compute_80 build excludes the sm90 folder");
+        Assert.That(programmatic.Values.SelectMany(PtxLibrary.ParseEntries), Is.EquivalentTo(portable.Values.SelectMany(PtxLibrary.ParseEntries)));
+        Assert.DoesNotThrow(() => PtxLibrary.EntryToResource(programmatic));
+        Assert.That(portable.Values, Has.None.Contains("griddepcontrol"), "compute_80 has no programmatic launch");
     }
 
     [Test]
