@@ -179,11 +179,18 @@ public sealed class AllReduceKernelTests : KernelTestBase
     private static void Unfused(RankBuffers[] gpus, int rows, int hidden)
     {
         var peers = Peers(gpus);
+        // Every rank's all-reduce before any norm: a kernel's first launch may wait for its context's work (lazy
+        // loading), and from this one thread rank 0's all-reduce would then wait for rank 1's, not yet launched.
         for (int r = 0; r < gpus.Length; r++)
         {
             Rank k = gpus[r].Rank;
             k.Context.MakeCurrent();
             k.AllReduce.AllReduceAdd(k.Stream, peers, r, gpus.Length, gpus[r].Signal.Ptr, gpus[r].Residual.Ptr, (long)rows * hidden);
+        }
+        for (int r = 0; r < gpus.Length; r++)
+        {
+            Rank k = gpus[r].Rank;
+            k.Context.MakeCurrent();
             k.Norm.ResidualAddRmsNorm(k.Stream, gpus[r].Residual.Ptr, 0, gpus[r].Weight.Ptr, gpus[r].Out.Ptr, rows, hidden, Eps);
         }
     }
