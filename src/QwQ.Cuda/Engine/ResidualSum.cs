@@ -15,7 +15,7 @@ public enum AllReduceKind
 }
 
 /// <summary>
-/// How a layer's output product reaches the residual stream x, and x the RMSNorm that follows it:
+/// How a layer's output product reaches the residual stream x, together with the RMSNorm of x that follows:
 /// x += o_proj(attn), then the MLP's norm of x; x += down_proj(act), then the next layer's input norm (or the final
 /// norm), each into the workspace's Normed. On one GPU the product accumulates straight into x and the norm kernel
 /// follows. With tensor parallel each rank's product is a partial sum (its heads' share of o_proj, its slice of the
