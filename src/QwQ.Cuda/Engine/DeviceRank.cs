@@ -81,8 +81,8 @@ internal sealed class DeviceRank : IDisposable
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
             a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0));
         Sum = Own(comm is null
-            ? new ResidualSum(Linear)
-            : new ResidualSum(Linear, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null, Workspace.MaxRows, Workspace.LogitRows));
+            ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
+            : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));
         Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, invFreq.Ptr, a.Rope.AttentionFactor);
     }
 

@@ -64,23 +64,25 @@ internal sealed class Qwen2Forward
         StepInputs inp = _ws.Inputs;
         int t = b.Rows;
         _k.Embedding.Gather(s, _w.Embedding, inp.Ids, _ws.Residual, t, _h);
+        // The first norm; every later one comes with the sum before it (with tensor parallel, in the same kernel).
+        _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.Layers[0].InputNorm, _ws.Normed, t, _h, Eps);
         for (int l = 0; l < _w.Layers.Length; l++)
         {
             LayerWeights w = _w.Layers[l];
-            // Attention block: x += o_proj(attn(rope(qkv(norm(x)))))
-            _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.InputNorm, _ws.Normed, t, _h, Eps);
+            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))), then the MLP's norm of x
             _linear.Apply(s, w.Qkv, _ws.Normed, _ws.Qkv, t);
             _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, _invFreq, _ropeFactor, inp.Positions, inp.Slots, t,
                 _nq, _nkv, _d, _ws.Q, _kv.K(l), _kv.V(l));
             Attention(s, b, l);
-            _sum.AddProduct(s, w.O, _ws.Attn, _ws.Residual, t, ResidualSum.Attention);
-            // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
-            _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, w.PostNorm, _ws.Normed, t, _h, Eps);
+            _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);
+            // MLP block: x += down(silu(gate(norm(x))) * up(norm(x))), then the next layer's input norm (the final norm after the last)
             _linear.Apply(s, w.GateUp, _ws.Normed, _ws.GateUp, t);
             _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
-            _sum.AddProduct(s, w.Down, _ws.Act, _ws.Residual, t, ResidualSum.Mlp);
+            ulong nextNorm = l + 1 < _w.Layers.Length ? _w.Layers[l + 1].InputNorm : _w.FinalNorm;
+            _sum.AddProductThenNorm(s, w.Down, _ws.Act, t, ResidualSum.Mlp, nextNorm);
         }
-        if (b.LogitRows > 0) Logits(s, t, b.LogitRows); // none when a long prompt's chunk is not its last
+        // Normed holds every row's final norm; no row needs logits when a long prompt's chunk is not its last.
+        if (b.LogitRows > 0) Logits(s, b.LogitRows);
     }
 
     /// <summary>Decode rows by split-K over their blocks; prefill chunks by flash attention over theirs.</summary>
@@ -95,10 +97,9 @@ internal sealed class Qwen2Forward
                 inp.Tables(b.DecodeSequences), b.PrefillSequences, b.MaxPrefillRows, _maxBlocks, _nq, _nkv, _d, _scale);
     }
 
-    /// <summary>Final norm of the step's rows, gather of the rows that need logits, lm_head → fp32 [rows, vocab] (or its shards).</summary>
-    private void Logits(CudaStream s, int rows, int logitRows)
+    /// <summary>Gather of the rows that need logits from the final norm (in Normed), lm_head → fp32 [rows, vocab] (or its shards).</summary>
+    private void Logits(CudaStream s, int logitRows)
     {
-        _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.FinalNorm, _ws.Normed, rows, _h, Eps);
         _k.Embedding.GatherRowsBf16(s, _ws.Normed, _ws.Inputs.LogitRows, _ws.LogitInput, logitRows, _h);
         _linear.Apply(s, _w.LmHead, _ws.LogitInput, _ws.Logits, logitRows);
         _sum.GatherLogits(s, _ws.Logits, logitRows);

@@ -1,3 +1,4 @@
+using QwQ.Cuda.Config;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sharding;
@@ -14,14 +15,17 @@ public enum AllReduceKind
 }
 
 /// <summary>
-/// How a layer's output product reaches the residual stream x: x += o_proj(attn), x += down_proj(act). On one GPU the
-/// product accumulates straight into x. With tensor parallel each rank's product is a partial sum (its heads' share of
-/// o_proj, its slice of the MLP), and x += Σ over ranks completes it on every rank:
+/// How a layer's output product reaches the residual stream x, together with the RMSNorm of x that follows:
+/// x += o_proj(attn), then the MLP's norm of x; x += down_proj(act), then the next layer's input norm (or the final
+/// norm), each into the workspace's Normed. On one GPU the product accumulates straight into x and the norm kernel
+/// follows. With tensor parallel each rank's product is a partial sum (its heads' share of o_proj, its slice of the
+/// MLP), and x += Σ over ranks completes it on every rank:
 /// <list type="bullet">
 /// <item>up to <see cref="OneShotMaxRows"/> rows with <see cref="AllReduceKind.Custom"/>: the rank writes its partial
-/// to its own buffer, and the one-shot kernel (kernels/allreduce.cu) adds every rank's, read over NVLink, into x;</item>
+/// to its own buffer, and the one-shot kernel (kernels/allreduce.cu) adds every rank's, read over NVLink, into x and
+/// writes the norm in the same kernel;</item>
 /// <item>otherwise NCCL, in place on x: rank 0 accumulates its partial into x, the others overwrite x with theirs, and
-/// the sum over ranks is x + every partial.</item>
+/// the sum over ranks is x + every partial; the norm kernel follows.</item>
 /// </list>
 /// Both sum in the same order on every rank, so the ranks' residual streams stay identical. The lm_head's vocabulary
 /// shards are all-gathered (<see cref="GatherLogits"/>) into <see cref="GatheredLogits"/> [ranks, rows, lm_head_rows].
@@ -35,6 +39,9 @@ internal sealed class ResidualSum : IDisposable
     public const int Attention = 0, Mlp = 1;
 
     private readonly LinearOps _linear;
+    private readonly NormOps _norm;
+    private readonly ulong _residual, _normed;  // the workspace's fp32 [rows, hidden] residual stream and bf16 [rows, hidden] norm of it
+    private readonly float _eps;
     private readonly int _rank, _ranks, _hidden, _logitsWidth;
     private readonly NcclCommunicator? _comm;
     private readonly AllReduceOps? _oneShot;
@@ -44,19 +51,23 @@ internal sealed class ResidualSum : IDisposable
     private readonly long _partialStride;      // bytes of one partial buffer
     private AllReduceOps.PeerPointers[] _peers = []; // per partial buffer: every rank's partial and flags
 
-    /// <summary>The sum on one GPU: the product accumulates into x.</summary>
-    public ResidualSum(LinearOps linear) => (_linear, _ranks) = (linear, 1);
+    /// <summary>The sum on one GPU: the product accumulates into <paramref name="ws"/>'s residual stream.</summary>
+    public ResidualSum(LinearOps linear, NormOps norm, Workspace ws, ModelConfig c)
+    {
+        (_linear, _norm, _residual, _normed, _ranks) = (linear, norm, ws.Residual, ws.Normed, 1);
+        (_hidden, _eps) = (c.HiddenSize, (float)c.RmsNormEps);
+    }
 
     /// <summary>Rank <paramref name="rank"/>'s side; <see cref="Connect"/> every rank's before the first step.</summary>
-    public ResidualSum(LinearOps linear, RankShape shape, int rank, NcclCommunicator comm, AllReduceOps? oneShot, int maxRows, int logitRows)
+    public ResidualSum(LinearOps linear, NormOps norm, Workspace ws, RankShape shape, int rank, NcclCommunicator comm, AllReduceOps? oneShot)
+        : this(linear, norm, ws, shape.Config)
     {
-        (_linear, _rank, _ranks, _comm, _oneShot) = (linear, rank, shape.Ranks, comm, oneShot);
-        (_hidden, _logitsWidth) = (shape.Config.HiddenSize, shape.LmHeadRows);
+        (_rank, _ranks, _comm, _oneShot, _logitsWidth) = (rank, shape.Ranks, comm, oneShot, shape.LmHeadRows);
         try
         {
-            _gathered = DeviceBuffer.Allocate(4L * _ranks * logitRows * _logitsWidth);
+            _gathered = DeviceBuffer.Allocate(4L * _ranks * ws.LogitRows * _logitsWidth);
             if (oneShot is null) return;
-            _partialStride = 4L * Math.Min(maxRows, OneShotMaxRows) * _hidden;
+            _partialStride = 4L * Math.Min(ws.MaxRows, OneShotMaxRows) * _hidden;
             _partials = DeviceBuffer.Allocate(2 * _partialStride);
             _signal = DeviceBuffer.Allocate(AllReduceOps.SignalBytes);
             _signal.Memset32(0);
@@ -95,28 +106,32 @@ internal sealed class ResidualSum : IDisposable
     }
 
     /// <summary>
-    /// x [rows, hidden] += <paramref name="w"/> · <paramref name="input"/> over every rank's share of the product.
+    /// x [rows, hidden] += <paramref name="w"/> · <paramref name="input"/> over every rank's share of the product, then
+    /// Normed [rows, hidden] = bf16(x / rms(x) · <paramref name="normWeight"/>), the input of the next product.
     /// <paramref name="slot"/>: <see cref="Attention"/> or <see cref="Mlp"/>.
     /// </summary>
-    public void AddProduct(CudaStream s, LinearWeight w, ulong input, ulong residual, int rows, int slot)
+    public void AddProductThenNorm(CudaStream s, LinearWeight w, ulong input, int rows, int slot, ulong normWeight)
     {
-        if (_ranks == 1)
-        {
-            _linear.Apply(s, w, input, residual, rows, accumulate: true);
-            return;
-        }
-        long count = (long)rows * _hidden;
         if (UsesOneShot(rows))
         {
             AllReduceOps.PeerPointers peers = _peers[slot];
             ulong partial;
             unsafe { partial = peers.Partial[_rank]; }
             _linear.Apply(s, w, input, partial, rows);
-            _oneShot!.AllReduceAdd(s, peers, _rank, _ranks, _signal!.Ptr, residual, count);
+            // The sum and the norm in one kernel: no launch gap between them.
+            _oneShot!.AllReduceAddRmsNorm(s, peers, _rank, _ranks, _signal!.Ptr, _residual, normWeight, _normed, rows, _hidden, _eps);
             return;
         }
-        _linear.Apply(s, w, input, residual, rows, accumulate: _rank == 0);
-        _comm!.AllReduce(residual, residual, count, NcclDataType.Float32, NcclRedOp.Sum, s.Handle);
+        if (_ranks == 1)
+        {
+            _linear.Apply(s, w, input, _residual, rows, accumulate: true);
+        }
+        else
+        {
+            _linear.Apply(s, w, input, _residual, rows, accumulate: _rank == 0);
+            _comm!.AllReduce(_residual, _residual, (long)rows * _hidden, NcclDataType.Float32, NcclRedOp.Sum, s.Handle);
+        }
+        _norm.ResidualAddRmsNorm(s, _residual, 0, normWeight, _normed, rows, _hidden, _eps);
     }
 
     /// <summary>Every rank's logits [rows, lm_head_rows] → <see cref="GatheredLogits"/> [ranks, rows, lm_head_rows] on every rank.</summary>

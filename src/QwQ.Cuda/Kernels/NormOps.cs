@@ -7,6 +7,9 @@ internal sealed class NormOps
 {
     [KernelEntry] public const string ResidualAddRmsNormEntry = "residual_add_rmsnorm_f32_bf16";
 
+    /// <summary>Most threads a row gets: 640 take a 5120-wide row at two float4 each (kernels/allreduce.cu's kNormThreads).</summary>
+    public const int MaxRowThreads = 640;
+
     private readonly CudaKernel _residualAddRmsNorm;
 
     public NormOps(PtxLibrary lib)
@@ -32,9 +35,15 @@ internal sealed class NormOps
         LaunchChecks.Positive(tokens, nameof(tokens));
         LaunchChecks.Positive(hidden, nameof(hidden));
         if (!(eps > 0) || float.IsInfinity(eps)) throw new ArgumentException($"eps must be a positive finite number (got {eps}).", nameof(eps));
-        // About two float4 per thread: a 5120-wide row gets 640 threads, so the row's loads are all in flight at once.
-        uint threads = LaunchChecks.WarpMultiple((hidden + 7) / 8, 1024);
+        uint threads = RowThreads(hidden);
         void** args = stackalloc void*[] { &residual, &delta, &weight, &outBf16, &hidden, &eps };
         _residualAddRmsNorm.Launch(new Dim3((uint)tokens), new Dim3(threads), 0, s, args);
     }
+
+    /// <summary>
+    /// Threads of the block that norms one row: about two float4 each, so a 5120-wide row's loads are all in flight at
+    /// once. The fused all-reduce + norm (<see cref="AllReduceOps.AllReduceAddRmsNorm"/>) splits rows the same way, so
+    /// both sum a row's squares in the same order and write the same bits.
+    /// </summary>
+    public static uint RowThreads(int hidden) => LaunchChecks.WarpMultiple((hidden + 7) / 8, MaxRowThreads);
 }
