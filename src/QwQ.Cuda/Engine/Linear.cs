@@ -50,9 +50,8 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 
 /// <summary>
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
-/// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows whichever of our CUDA-core and tensor-core GEMVs measured fastest
-/// for that product and padded batch at load (the CUDA-core one without tuning); up to 32 rows whichever of cuBLASLt and
-/// our tensor-core GEMVs measured fastest; above, cuBLAS (or cuBLASLt).
+/// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
+/// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
 /// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
 /// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is
 /// FLOP-bound, so the copy costs only its bytes). int4: the int4 tensor-core GEMV up to 32 rows (in slices up to 128)
@@ -160,12 +159,12 @@ internal sealed class LinearOps : IDisposable
 
     private void ApplyBf16(CudaStream s, ulong weight, int outF, int inF, ulong x, ulong y, int rows, bool accumulate, Choice? chosen)
     {
-        if (chosen is { Path: Path.MmaBf16 } mma)
+        if (rows <= Math.Min(_gemvMaxRows, GemvOps.MaxBatch))
+            _gemv.GemvBatched(s, weight, x, y, rows, outF, inF, accumulate);
+        else if (chosen is { Path: Path.MmaBf16 } mma)
             _gemv.GemvMma(s, weight, x, y, rows, outF, inF, accumulate, _mmaWorkspace.Ptr, _multiprocessors, mma.Splits);
         else if (chosen is { Path: Path.TensorCore } tc)
             _tc.Gemv(s, fp8: false, weight, 0, x, y, rows, outF, inF, accumulate, _tcWorkspace.Ptr, tc.Splits);
-        else if (rows <= Math.Min(_gemvMaxRows, GemvOps.MaxBatch))
-            _gemv.GemvBatched(s, weight, x, y, rows, outF, inF, accumulate);
         else if (chosen is null && _mmaMaxRows is int max && rows <= Math.Min(max, GemvOps.MaxMmaBatch) && inF % GemvOps.MmaChunk == 0)
             _gemv.GemvMma(s, weight, x, y, rows, outF, inF, accumulate, _mmaWorkspace.Ptr, _multiprocessors);
         else if (_decodeLt is not null && rows <= Workspace.MaxSequences)
@@ -178,8 +177,8 @@ internal sealed class LinearOps : IDisposable
 
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:
-    /// our CUDA-core GEMV (up to the GEMV sizes) or cuBLASLt's algorithms (above), and up to 32 rows also our tensor-core
-    /// GEMVs at several split counts; fp8: the tensor-core GEMV's variants and split counts, and up to 4 rows the CUDA-core GEMV's. Each candidate is
+    /// cuBLASLt's algorithms (above the GEMV sizes), and up to 32 rows also our tensor-core GEMVs at several split
+    /// counts; fp8: the tensor-core GEMV's variants and split counts, and up to 4 rows the CUDA-core GEMV's. Each candidate is
     /// timed over several layers' copies of the product in turn, so the weights stream from DRAM as in a real step
     /// (one layer's o_proj alone, 52 MB, would sit half in L2). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
@@ -203,16 +202,9 @@ internal sealed class LinearOps : IDisposable
                     if (ms < best) (best, choice) = (ms, candidate);
                 }
                 bool tcFits = rows <= TensorCoreGemvOps.MaxRows && w0.In % TensorCoreGemvOps.Chunk == 0;
-                if (w0.Kind == WeightKind.Bf16 && rows <= Math.Min(_gemvMaxRows, GemvOps.MaxBatch))
+                if (w0.Kind == WeightKind.Bf16)
                 {
-                    // The CUDA-core GEMV streams a whole product at ~95% of bandwidth, but a GPU's share of a product
-                    // under tensor parallel can be a few MB, too few rows to spread evenly over the SMs; the tensor-core
-                    // GEMV's split-K can spread it better. Time the two.
-                    if (_mmaMaxRows is not null || !tcFits) continue;
-                    Try(new Choice(Path.Gemv, 0), l => _gemv.GemvBatched(s, l.Weight, x, y, rows, l.Out, l.In, accumulate));
-                }
-                else if (w0.Kind == WeightKind.Bf16)
-                {
+                    if (rows <= _gemvMaxRows) continue;
                     best = _decodeLt.Tune(s, x, sample.Select(l => l.Weight).ToArray(), y, rows, w0.Out, w0.In, accumulate ? 1f : 0f, candidates: 16);
                     choice = new Choice(Path.Lt, 0);
                     if (_mmaMaxRows is not null || !tcFits) continue;
