@@ -134,7 +134,9 @@ internal static class BenchCommand
         if (outDir is null) return;
         Directory.CreateDirectory(outDir);
         string gpu = new string(report.Gpu.Select(ch => char.IsLetterOrDigit(ch) ? ch : '-').ToArray()).Trim('-');
-        string stem = Path.Combine(outDir, $"{report.Date}-{gpu}-{commit}{suffix}");
+        // The weight kind is part of the name, so a bf16 and an fp8 run of one commit on one machine both stay.
+        string weights = report.Figures.FirstOrDefault()?.Weights is { } w and not "bf16" ? $"-{w}" : "";
+        string stem = Path.Combine(outDir, $"{report.Date}-{gpu}-{commit}{weights}{suffix}");
         File.WriteAllText(stem + ".json", BenchOutput.ToJson(report, comparison));
         File.WriteAllText(stem + ".md", markdown);
         host.Error.WriteLine($"wrote {stem}.json and {stem}.md");
