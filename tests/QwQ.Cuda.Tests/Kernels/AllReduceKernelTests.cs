@@ -195,15 +195,11 @@ public sealed class AllReduceKernelTests : KernelTestBase
         }
     }
 
-    // 5120: QwQ-32B's rows, one round of loads per thread; 68: a block of 32 threads, some with one float4 or none;
-    // 12296: three rounds (the last partial), the norm re-reads the residual.
-    [TestCase(2, 5120)]
-    [TestCase(2, 68)]
-    [TestCase(2, 12296)]
-    [TestCase(4, 5120)]
-    [TestCase(8, 5120)]
-    [TestCase(8, 12296)]
-    public void FusedSumAndNormMatchTheHostOnEveryRank(int n, int hidden)
+    /// <summary>
+    /// <paramref name="n"/> ranks' buffers, allocated once for the most rows; then, for every row count, fresh random
+    /// inputs uploaded to every rank and <paramref name="body"/> run on them (it may upload them again).
+    /// </summary>
+    private void ForEveryRowCount(int n, int hidden, Action<RankBuffers[], int, (float[][] Partials, float[] Residual, float[] Weight)> body)
     {
         Rank[] ranks = Ranks(n);
         RankBuffers[] gpus = Allocate(ranks, RowCounts.Max(), hidden);
@@ -211,33 +207,9 @@ public sealed class AllReduceKernelTests : KernelTestBase
         {
             foreach (int rows in RowCounts)
             {
-                var (partials, residual, weight) = Inputs(n, rows, hidden);
-                Upload(gpus, partials, residual, weight);
-                Fused(gpus, rows, hidden);
-                var got = Read(gpus, rows, hidden);
-
-                // The kernel's adds: the partials in rank order, then into the residual (fp32, bit for bit).
-                float[] wantRes = (float[])residual.Clone();
-                for (int i = 0; i < wantRes.Length; i++)
-                {
-                    float sum = partials[0][i];
-                    for (int p = 1; p < n; p++) sum += partials[p][i];
-                    wantRes[i] += sum;
-                }
-                var wantOut = new float[wantRes.Length];
-                CpuOps.RmsNorm(wantRes, weight, Eps, wantOut, hidden);
-                for (int r = 0; r < n; r++)
-                {
-                    string what = $"{n} ranks, {rows} rows of {hidden}, rank {r}";
-                    Assert.That(got[r].Residual, Is.EqualTo(wantRes), $"{what}: residual");
-                    float[] normed = Bf16.ToFloat(got[r].Out);
-                    AssertClose(normed, wantOut, 1e-2, $"{what}: normed");
-                    for (int t = 0; t < rows; t++)
-                        Assert.That(RelativeError(normed.AsSpan(t * hidden, hidden), wantOut.AsSpan(t * hidden, hidden)),
-                            Is.LessThanOrEqualTo(1e-2), $"{what}: normed row {t}");
-                    // Every rank sums in the same order and norms the same row the same way: the same bits.
-                    Assert.That(got[r].Out, Is.EqualTo(got[0].Out), $"{what}: normed bits against rank 0");
-                }
+                var inputs = Inputs(n, rows, hidden);
+                Upload(gpus, inputs.Partials, inputs.Residual, inputs.Weight);
+                body(gpus, rows, inputs);
             }
         }
         finally
@@ -246,6 +218,45 @@ public sealed class AllReduceKernelTests : KernelTestBase
             Context.MakeCurrent();
         }
     }
+
+    // 5120: QwQ-32B's rows, one round of loads per thread; 68: a block of 32 threads, some with one float4 or none;
+    // 12296: three rounds (the last partial), the norm re-reads the residual.
+    [TestCase(2, 5120)]
+    [TestCase(2, 68)]
+    [TestCase(2, 12296)]
+    [TestCase(4, 5120)]
+    [TestCase(8, 5120)]
+    [TestCase(8, 12296)]
+    public void FusedSumAndNormMatchTheHostOnEveryRank(int n, int hidden) =>
+        ForEveryRowCount(n, hidden, (gpus, rows, inputs) =>
+        {
+            var (partials, residual, weight) = inputs;
+            Fused(gpus, rows, hidden);
+            var got = Read(gpus, rows, hidden);
+
+            // The kernel's adds: the partials in rank order, then into the residual (fp32, bit for bit).
+            float[] wantRes = (float[])residual.Clone();
+            for (int i = 0; i < wantRes.Length; i++)
+            {
+                float sum = partials[0][i];
+                for (int p = 1; p < n; p++) sum += partials[p][i];
+                wantRes[i] += sum;
+            }
+            var wantOut = new float[wantRes.Length];
+            CpuOps.RmsNorm(wantRes, weight, Eps, wantOut, hidden);
+            for (int r = 0; r < n; r++)
+            {
+                string what = $"{n} ranks, {rows} rows of {hidden}, rank {r}";
+                Assert.That(got[r].Residual, Is.EqualTo(wantRes), $"{what}: residual");
+                float[] normed = Bf16.ToFloat(got[r].Out);
+                AssertClose(normed, wantOut, 1e-2, $"{what}: normed");
+                for (int t = 0; t < rows; t++)
+                    Assert.That(RelativeError(normed.AsSpan(t * hidden, hidden), wantOut.AsSpan(t * hidden, hidden)),
+                        Is.LessThanOrEqualTo(1e-2), $"{what}: normed row {t}");
+                // Every rank sums in the same order and norms the same row the same way: the same bits.
+                Assert.That(got[r].Out, Is.EqualTo(got[0].Out), $"{what}: normed bits against rank 0");
+            }
+        });
 
     /// <summary>
     /// The fused kernel against the two kernels it replaces (allreduce_add_f32, then residual_add_rmsnorm_f32_bf16 with no
@@ -257,36 +268,22 @@ public sealed class AllReduceKernelTests : KernelTestBase
     [TestCase(2, 12296)]
     [TestCase(4, 5120)]
     [TestCase(8, 5120)]
-    public void FusedEqualsAllReduceThenNormBitForBit(int n, int hidden)
-    {
-        Rank[] ranks = Ranks(n);
-        RankBuffers[] gpus = Allocate(ranks, RowCounts.Max(), hidden);
-        try
+    public void FusedEqualsAllReduceThenNormBitForBit(int n, int hidden) =>
+        ForEveryRowCount(n, hidden, (gpus, rows, inputs) =>
         {
-            foreach (int rows in RowCounts)
+            Unfused(gpus, rows, hidden);
+            var want = Read(gpus, rows, hidden);
+            Upload(gpus, inputs.Partials, inputs.Residual, inputs.Weight);
+            Fused(gpus, rows, hidden);
+            var got = Read(gpus, rows, hidden);
+            for (int r = 0; r < n; r++)
             {
-                var (partials, residual, weight) = Inputs(n, rows, hidden);
-                Upload(gpus, partials, residual, weight);
-                Unfused(gpus, rows, hidden);
-                var want = Read(gpus, rows, hidden);
-                Upload(gpus, partials, residual, weight);
-                Fused(gpus, rows, hidden);
-                var got = Read(gpus, rows, hidden);
-                for (int r = 0; r < n; r++)
-                {
-                    string what = $"{n} ranks, {rows} rows of {hidden}, rank {r}";
-                    AssertAllFinite(Bf16.ToFloat(got[r].Out), $"{what}: normed");
-                    Assert.That(got[r].Residual, Is.EqualTo(want[r].Residual), $"{what}: residual");
-                    Assert.That(got[r].Out, Is.EqualTo(want[r].Out), $"{what}: normed bits");
-                }
+                string what = $"{n} ranks, {rows} rows of {hidden}, rank {r}";
+                AssertAllFinite(Bf16.ToFloat(got[r].Out), $"{what}: normed");
+                Assert.That(got[r].Residual, Is.EqualTo(want[r].Residual), $"{what}: residual");
+                Assert.That(got[r].Out, Is.EqualTo(want[r].Out), $"{what}: normed bits");
             }
-        }
-        finally
-        {
-            foreach (var g in gpus) g.Dispose();
-            Context.MakeCurrent();
-        }
-    }
+        });
 
     [Test]
     public void RejectsBadArguments()
