@@ -34,13 +34,14 @@ internal static class BenchCommand
         var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
+        var profileStep = new Option<bool>("--profile-step") { Description = "Also time one batch-1 decode step kernel by kernel on every GPU (a diagnostic)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); reports the all-reduce, ours against NCCL's");
         var allReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom, "With --tensor-parallel: custom (one-shot kernel for decode, the default) or nccl");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, gemm, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, profileStep, gemm, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -51,6 +52,7 @@ internal static class BenchCommand
                 DecodeSteps = p.GetValue(steps) is int s and > 0 and <= ModelConfig.MaxPositions ? s
                     : throw new OptionException($"--steps must be from 1 to {ModelConfig.MaxPositions}"),
                 Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
+                ProfileStep = p.GetValue(profileStep),
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),

@@ -57,6 +57,23 @@ public static class BenchOutput
             foreach (var a in ar)
                 sb.AppendLine($"| {a.Rows} | {(a.OneShotUs is double o ? o.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "off")} | {a.NcclUs:F1} | {a.MsPerToken:F2} |");
         }
+        if (r.Profile is { } prof)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"One decode step at {prof.Context} (batch {prof.Batch}) kernel by kernel, an event pair around each launch " +
+                $"(kernel times are right; the events serialise the step). Graph replay: {prof.GraphMsPerStep:F2} ms.");
+            foreach (var g in prof.Gpus)
+            {
+                sb.AppendLine();
+                sb.AppendLine($"GPU {g.Gpu}: {g.SpanUs / 1e3:F2} ms from the first kernel's start to the last one's end, " +
+                    $"{g.KernelUs / 1e3:F2} ms inside the timed kernels.");
+                sb.AppendLine();
+                sb.AppendLine("| kernel (grid) | launches | total µs | mean µs |");
+                sb.AppendLine("|---|---:|---:|---:|");
+                foreach (var k in g.Kernels)
+                    sb.AppendLine($"| {k.Kernel} | {k.Launches} | {k.TotalUs:F0} | {k.MeanUs:F1} |");
+            }
+        }
         if (r.Figures.Any(f => f.Batch > 1))
         {
             sb.AppendLine();

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Inference;
+using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
 
 namespace QwQ.Cuda.Benchmarking;
@@ -15,6 +16,8 @@ public sealed record BenchSettings
     public int Repeats { get; init; } = 3;
     /// <summary>Batch sizes for the batched decode figures (each at every decode context that fits the pool); empty: none.</summary>
     public int[] Batches { get; init; } = [];
+    /// <summary>Also time one batch-1 decode step at the first decode context kernel by kernel (<see cref="StepProfile"/>).</summary>
+    public bool ProfileStep { get; init; }
 }
 
 public sealed record PrefillResult(int Tokens, double Ms, double TokensPerSecond, double FloorMs, double PercentOfFloor);
@@ -43,7 +46,7 @@ public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
-    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null);
+    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -120,6 +123,25 @@ public static class ModelBenchmark
             }
         }
 
+        StepProfile? profile = null;
+        if (settings.ProfileStep && decode.Count > 0)
+        {
+            seq.Truncate(0);
+            seq.Append(Tokens(decode[0].Context));
+            int token = seq.Sample(greedy, 0);
+            LaunchTimer.Launch[][] launches = [];
+            for (int i = 0; i < 2; i++) // the second: the first eager decode step may still load something
+            {
+                launches = backend.ProfileStep([new SequenceChunk(seq, new[] { token })]);
+                token = seq.Sample(greedy, i + 1);
+            }
+            profile = StepProfile.Summarize(1, decode[0].Context, decode[0].MsPerToken, launches);
+            foreach (var g in profile.Gpus)
+                log($"profiled step, GPU {g.Gpu}: {g.SpanUs / 1e3:F2} ms from first kernel to last, {g.KernelUs / 1e3:F2} ms inside kernels " +
+                    $"(graph replay: {decode[0].MsPerToken:F2} ms); most: " +
+                    string.Join(", ", g.Kernels.Take(4).Select(k => $"{k.Kernel} {k.Launches}× {k.MeanUs:F1} µs")));
+        }
+
         var ttfts = new List<double>();
         for (int r = 0; r < Math.Max(3, settings.Repeats); r++)
         {
@@ -159,7 +181,7 @@ public static class ModelBenchmark
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile);
     }
 
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;

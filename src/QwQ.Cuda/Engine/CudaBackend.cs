@@ -33,6 +33,7 @@ public sealed class CudaBackend : IModelBackend
     private readonly List<IDisposable> _owned = [];   // on the first GPU
     private readonly DeviceRank[] _ranks = [];
     private readonly RankThreads? _threads;
+    private bool _eagerOnly; // ProfileStep: launch kernel by kernel, even for a batch a graph would replay
     private readonly NcclClique? _clique;
     private readonly TensorParallelPlan? _parallel;
     private volatile bool _disposed;
@@ -266,6 +267,46 @@ public sealed class CudaBackend : IModelBackend
     {
         _owned.Add(resource);
         return resource;
+    }
+
+    /// <summary>
+    /// Runs one step, like <see cref="Step"/> but kernel by kernel, with every kernel our ops launch timed on every GPU
+    /// (<see cref="LaunchTimer"/>): each GPU's launches in order. A diagnostic for <c>qwq bench --profile-step</c>: where
+    /// a step's time goes, per kernel, against what a graph replay of the same step takes.
+    /// </summary>
+    internal LaunchTimer.Launch[][] ProfileStep(ReadOnlySpan<SequenceChunk> items)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var timers = new LaunchTimer[_ranks.Length];
+        try
+        {
+            for (int r = 0; r < _ranks.Length; r++)
+            {
+                _ranks[r].Context.MakeCurrent();
+                timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
+                _ranks[r].Stream.Timer = timers[r];
+            }
+            Context.MakeCurrent();
+            _eagerOnly = true;
+            Step(items);
+            var launches = new LaunchTimer.Launch[_ranks.Length][];
+            for (int r = 0; r < _ranks.Length; r++)
+            {
+                _ranks[r].Context.MakeCurrent();
+                launches[r] = timers[r].Read();
+            }
+            return launches;
+        }
+        finally
+        {
+            _eagerOnly = false;
+            for (int r = 0; r < _ranks.Length; r++)
+            {
+                _ranks[r].Stream.Timer = null;
+                timers[r]?.Dispose();
+            }
+            Context.MakeCurrent();
+        }
     }
 
     /// <summary>
@@ -529,7 +570,7 @@ public sealed class CudaBackend : IModelBackend
         foreach (int lp in logitPositions) logits[logitRows++] = lp;
 
         int gatheredRows = logitRows; // rows of logits the step computes (padded with the batch)
-        if (decode == seqs && Options.UseCudaGraphs && logitPositions.IsEmpty && seqs <= GraphBatchSizes[^1])
+        if (decode == seqs && Options.UseCudaGraphs && !_eagerOnly && logitPositions.IsEmpty && seqs <= GraphBatchSizes[^1])
         {
             // Pad to a captured batch size: padding rows write no KV (slot −1) and attend to nothing (ctx_len 0).
             int batch = GraphBatchSizes.First(b => b >= seqs);

@@ -36,6 +36,8 @@ internal readonly struct CudaKernel
     public unsafe void Launch(Dim3 grid, Dim3 block, int sharedBytes, CudaStream stream, void** args)
     {
         if (Handle == IntPtr.Zero) throw new InvalidOperationException("Launch of an unresolved (default) CudaKernel.");
+        LaunchTimer? timer = stream.Timer;
+        timer?.Before(Name, grid, stream);
         int rc;
         if (ProgrammaticLaunch)
         {
@@ -56,6 +58,7 @@ internal readonly struct CudaKernel
                 (uint)sharedBytes, stream.Handle, args, null);
         }
         if (rc != CudaErrors.CudaSuccess) ThrowLaunch(rc, grid, block, sharedBytes);
+        timer?.After(stream);
         GC.KeepAlive(stream);
     }
 

@@ -32,6 +32,9 @@ internal sealed class CudaStream : IDisposable
         }
     }
 
+    /// <summary>While set, every kernel launched on this stream is timed (a diagnostic; null in normal runs).</summary>
+    internal LaunchTimer? Timer { get; set; }
+
     /// <summary>Waits for all work queued on the stream; surfaces asynchronous kernel errors.</summary>
     public void Synchronize()
     {

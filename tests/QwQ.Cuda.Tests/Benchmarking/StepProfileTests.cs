@@ -1,0 +1,92 @@
+using QwQ.Cuda.Batching;
+using QwQ.Cuda.Benchmarking;
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Native;
+using QwQ.Cuda.Sampling;
+
+namespace QwQ.Cuda.Tests.Benchmarking;
+
+using Cuda = global::QwQ.Cuda.Native.Cuda;
+
+/// <summary>The kernel-by-kernel step profile of <c>qwq bench --profile-step</c>: its summary (CPU) and its timer (GPU).</summary>
+public class StepProfileTests
+{
+    [Test]
+    public void SummaryGroupsByKernelAndGridAndSeparatesKernelTimeFromTheSpan()
+    {
+        LaunchTimer.Launch[][] launches =
+        [
+            [
+                new("gemv_bf16", new Dim3(224), 0f, 10f),
+                new("rmsnorm", new Dim3(1), 12f, 2f),
+                new("gemv_bf16", new Dim3(640), 15f, 8f),
+                new("gemv_bf16", new Dim3(224), 30f, 12f),
+            ],
+            [new("gemv_bf16", new Dim3(224), 0f, 5f)],
+            [],
+        ];
+        var p = StepProfile.Summarize(1, 1024, 7.5, launches);
+        Assert.That(p.Gpus, Has.Count.EqualTo(3));
+        var g0 = p.Gpus[0];
+        Assert.That(g0.SpanUs, Is.EqualTo(42).Within(1e-9), "first start to last end");
+        Assert.That(g0.KernelUs, Is.EqualTo(32).Within(1e-9));
+        Assert.That(g0.Kernels.Select(k => (k.Kernel, k.Launches, k.TotalUs)), Is.EqualTo(new[]
+        {
+            ("gemv_bf16 (224,1,1)", 2, 22.0), ("gemv_bf16 (640,1,1)", 1, 8.0), ("rmsnorm (1,1,1)", 1, 2.0),
+        }), "by grid, most time first");
+        Assert.That(g0.Kernels[0].MeanUs, Is.EqualTo(11).Within(1e-9));
+        Assert.That(p.Gpus[2].SpanUs, Is.Zero);
+        Assert.That(p.Gpus[2].Kernels, Is.Empty);
+    }
+
+    [Test]
+    public void TheMarkdownReportShowsEachGpusKernels()
+    {
+        var profile = StepProfile.Summarize(1, 1024, 7.5, [[new("gemv_bf16", new Dim3(224), 0f, 10f)]]);
+        var report = new BenchReport("2026-11-28", "H100", "abc", "model", 1, 2048,
+            new DeviceCeilings(3e12, 7.6e14), [], [], null, new TtftResult(64, 20), [], Profile: profile);
+        string md = BenchOutput.ToMarkdown(report);
+        Assert.That(md, Does.Contain("Graph replay: 7.50 ms"));
+        Assert.That(md, Does.Contain("| gemv_bf16 (224,1,1) | 1 | 10 | 10.0 |"));
+        Assert.That(BenchOutput.ToJson(report), Does.Contain("\"span_us\""));
+    }
+
+    private static readonly ModelConfig Tiny = ModelConfig.Parse("""
+        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
+         "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
+         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
+         "torch_dtype":"bfloat16","use_sliding_window":false}
+        """, "config.json");
+
+    [Test]
+    public void AProfiledStepTimesEveryKernelAndLeavesTheSequenceAsAPlainStepWould()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        using var backend = CudaBackend.Load(Tiny, null, new EngineOptions { KvPoolPositions = 8192 });
+        var greedy = new SamplingOptions { Temperature = 0 };
+        int[] prompt = Enumerable.Range(0, 100).Select(i => i * 7 % Tiny.VocabSize).ToArray();
+        using var profiled = backend.CreateSequence();
+        using var plain = backend.CreateSequence();
+        profiled.Append(prompt);
+        plain.Append(prompt);
+        int token = profiled.Sample(greedy, 0);
+
+        var launches = backend.ProfileStep([new SequenceChunk(profiled, new[] { token })]);
+        plain.Append([token]);
+
+        Assert.That(launches, Has.Length.EqualTo(1));
+        var kernels = launches[0].Select(l => l.Kernel).ToHashSet();
+        // per layer: the norm, the products, rope, attention (split and combine), the activation
+        Assert.That(launches[0], Has.Length.GreaterThanOrEqualTo(2 * 8));
+        Assert.That(kernels, Does.Contain("residual_add_rmsnorm_f32_bf16").And.Contain("qkv_bias_rope_paged_f32_bf16").And.Contain("silu_mul_f32_bf16"));
+        Assert.That(launches[0].Select(l => l.Us), Has.All.GreaterThan(0f).And.All.LessThan(1e6f));
+        Assert.That(launches[0].Select(l => l.StartUs), Is.Ordered, "in launch order");
+        var a = new float[Tiny.VocabSize];
+        var b = new float[Tiny.VocabSize];
+        profiled.CopyLastLogits(a);
+        plain.CopyLastLogits(b);
+        Assert.That(a, Is.EqualTo(b), "the profiled step computes what a plain step does");
+    }
+}
