@@ -18,12 +18,17 @@
 // 2. griddepcontrol.launch_dependents: let the next kernel be scheduled now. Only after the wait, so at most one
 //    kernel waits ahead and waiting blocks never pile up on the multiprocessors.
 // Kernels launched without the attribute (compute_80 build, or PDL turned off) pass through it at no cost.
+// A weight (written at load, never by a kernel) may be prefetched before the barrier: a prefetch returns no data, so
+// it cannot see anything stale, and it warms L2 while the kernel before finishes (prefetch_l2 below).
 QWQ_DEVICE void kernel_entry_barrier() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// Fetches the 128-byte line holding p into L2 (no data returned; see kernel_entry_barrier for why GEMVs use it).
+QWQ_DEVICE void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // ---- bf16 <-> fp32 ------------------------------------------------------------------------------------
 // bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits. Doing it by shift/mask on raw

@@ -28,7 +28,7 @@ __device__ __forceinline__ void gemv_body(const __nv_bfloat16* __restrict__ w,  
     const int lane = threadIdx.x & 31;
     const int warp_global = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
     const int row0 = warp_global * ROWS;
-    if (row0 >= n) return;
+    if (row0 >= n) return;  // touches nothing: needs no barrier
 
     const uint16_t* wbits = reinterpret_cast<const uint16_t*>(w);
     const uint16_t* xbits = reinterpret_cast<const uint16_t*>(x);
@@ -48,6 +48,17 @@ __device__ __forceinline__ void gemv_body(const __nv_bfloat16* __restrict__ w,  
         for (int r = 0; r < ROWS; ++r) acc[m][r] = 0.0f;
 
     const int lane_off = lane * 8;
+    // The main loop's first UNROLL segments of every row, into L2 while the previous kernel finishes (one lane per
+    // 128-byte line); the loads below then start from L2, not DRAM.
+    if ((lane & 7) == 0) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r)
+                if (u * kSegment + lane_off < k) prefetch_l2(wrow[r] + u * kSegment + lane_off);
+    }
+    kernel_entry_barrier();
+
     int k0 = 0;
     // Main loop: UNROLL full segments per iteration, all W loads issued before any use.
     for (; k0 + UNROLL * kSegment <= k; k0 += UNROLL * kSegment) {
@@ -124,8 +135,7 @@ gemv_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k] row-major
           const __nv_bfloat16* __restrict__ x,  // [k]
           float* __restrict__ y,                // [n]; read too when accumulate != 0
           int n, int k, int accumulate) {
-    kernel_entry_barrier();
-    gemv_body<1, 2, 4>(w, x, y, n, k, accumulate);
+    gemv_body<1, 2, 4>(w, x, y, n, k, accumulate);  // calls kernel_entry_barrier after prefetching its weights
 }
 
 // Small-batch variants (speculative / short prefill): x [M, k], y [M, n]; each W load is reused M times.
@@ -136,7 +146,6 @@ gemv_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k] row-major
                       const __nv_bfloat16* __restrict__ x, /* [MM, k] */                            \
                       float* __restrict__ y,               /* [MM, n] */                            \
                       int n, int k, int accumulate) {                                               \
-        kernel_entry_barrier();                                                                     \
         gemv_body<MM, 2, UU>(w, x, y, n, k, accumulate);                                            \
     }
 

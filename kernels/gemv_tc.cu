@@ -45,6 +45,16 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     }
     const int chunks = k / 64;
     const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
+    // This split's first UNROLL chunks of both rows, into L2 while the previous kernel finishes (the weights are
+    // constants; see kernel_entry_barrier); the main loop's first loads then start from L2, not DRAM.
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u)
+        if (c_begin + u < c_end) {
+            const size_t off = (size_t)(c_begin + u) * kChunkBytes;
+            prefetch_l2(wa + off);
+            prefetch_l2(wb + off);
+        }
+    kernel_entry_barrier();
 
     float c[NB][4];
 #pragma unroll
@@ -100,7 +110,6 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
                      float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,   \
                      int accumulate) {                                                                              \
-        kernel_entry_barrier();                                                                                     \
         gemv_tc_body<FP8, NB, UNROLL>(w, scale, x, y, part, tickets, n, k, m, accumulate);                          \
     }
 
