@@ -25,6 +25,15 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
     const uint16_t* xbits = reinterpret_cast<const uint16_t*>(x) + 16 * t4;
     const int chunks = k / 64;
     const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
+    // This split's first UNROLL chunks, into L2 while the previous kernel finishes (constants; see
+    // kernel_entry_barrier): the main loop's first loads then start from L2, not DRAM.
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u)
+        if (c_begin + u < c_end) {
+            prefetch_l2(wt + (size_t)(c_begin + u) * 1024);
+            prefetch_l2(wt + (size_t)(c_begin + u) * 1024 + 512);
+        }
+    kernel_entry_barrier();
 
     float acc[M][2];
 #pragma unroll
@@ -120,7 +129,6 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
     gemv_fp8_m##MM(const uint8_t* __restrict__ w, const float* __restrict__ scale,                                  \
                    const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,            \
                    int* __restrict__ tickets, int n, int k, int accumulate) {                                       \
-        kernel_entry_barrier();                                                                                     \
         gemv_fp8_body<MM, UU>(w, scale, x, y, part, tickets, n, k, accumulate);                                     \
     }
 

@@ -40,6 +40,13 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
     }
     const int groups = k / (64 * CPG);
     const int c_begin = (int)((long)groups * blockIdx.y / splits) * CPG, c_end = (int)((long)groups * (blockIdx.y + 1) / splits) * CPG;
+    // This split's first UNROLL chunks and their scale words, into L2 while the previous kernel finishes (constants;
+    // see kernel_entry_barrier): the main loop's first loads then start from L2, not DRAM.
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u)
+        if (c_begin + u < c_end) prefetch_l2(wl + (size_t)(c_begin + u) * 512);
+    if (c_begin < c_end && t4 == 0) prefetch_l2(sza + (size_t)(c_begin / CPG) * n_pad);
+    kernel_entry_barrier();
 
     float c[NB][4], cg[NB][4];
 #pragma unroll
@@ -133,7 +140,6 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
     gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
-        kernel_entry_barrier();                                                                                     \
         gemv_int4_body<NB, UNROLL, CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                           \
     }
 
