@@ -11,7 +11,7 @@ namespace QwQ.Cuda.Native;
 /// <item><c>ptx/*.ptx</c>, for compute_80: runs on every GPU we support (A100, H100, H200), launched the ordinary way;</item>
 /// <item><c>ptx/sm90/*.ptx</c>, for compute_90: the same kernels with programmatic dependent launch (every kernel
 /// begins with <c>kernel_entry_barrier</c>, kernels/common.cuh), so each may be scheduled while the one before it
-/// finishes. Loaded on sm_90 and newer unless the caller turns it off (<c>EngineOptions.ProgrammaticLaunch</c>).</item>
+/// finishes. Loaded on sm_90 and newer (driver 12.3+) unless the caller turns it off (<c>EngineOptions.ProgrammaticLaunch</c>).</item>
 /// </list>
 /// Entry names must be unique across the modules of a build (they are <c>extern "C"</c>, so a duplicate is a build mistake).
 /// </summary>
@@ -23,6 +23,9 @@ internal sealed partial class PtxLibrary : IDisposable
 
     /// <summary>The oldest GPU generation (compute capability major) whose kernels we launch programmatically: Hopper.</summary>
     public const int ProgrammaticLaunchMinMajor = 9;
+
+    /// <summary>The oldest driver (cuDriverGetVersion encoding) that keeps programmatic launches in a captured graph: CUDA 12.3.</summary>
+    public const int ProgrammaticLaunchMinDriver = 12030;
 
     private readonly List<CudaModule> modules;
     private readonly Dictionary<string, CudaModule> moduleByEntry;
@@ -42,13 +45,13 @@ internal sealed partial class PtxLibrary : IDisposable
 
     /// <summary>
     /// Loads every embedded PTX module of one build into the current context: the compute_90 build with programmatic
-    /// launch when <paramref name="programmaticLaunch"/> is on and the current device is sm_90 or newer, otherwise the
-    /// compute_80 build.
+    /// launch when <paramref name="programmaticLaunch"/> is on, the current device is sm_90 or newer and the driver CUDA
+    /// 12.3 or newer; otherwise the compute_80 build.
     /// </summary>
     public static PtxLibrary Load(bool programmaticLaunch = true)
     {
         bool programmatic = programmaticLaunch && EmbeddedPtx(programmatic: true).Count > 0
-            && CurrentDeviceMajor() >= ProgrammaticLaunchMinMajor;
+            && CurrentDeviceMajor() >= ProgrammaticLaunchMinMajor && DriverVersion() >= ProgrammaticLaunchMinDriver;
         var ptx = EmbeddedPtx(programmatic);
         var entryToResource = EntryToResource(ptx); // throws on duplicates before touching the GPU
         var modules = new List<CudaModule>();
@@ -69,6 +72,12 @@ internal sealed partial class PtxLibrary : IDisposable
         }
         var byEntry = entryToResource.ToDictionary(kv => kv.Key, kv => byResource[kv.Value], StringComparer.Ordinal);
         return new PtxLibrary(modules, byEntry, programmatic);
+    }
+
+    private static int DriverVersion()
+    {
+        CudaErrors.Check(CudaDriverApi.cuDriverGetVersion(out int version), "cuDriverGetVersion");
+        return version;
     }
 
     private static int CurrentDeviceMajor()
