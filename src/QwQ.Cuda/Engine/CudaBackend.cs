@@ -581,7 +581,14 @@ public sealed class CudaBackend : IModelBackend
             }
             gatheredRows = batch;
             ShareInputs(batch);
-            _threads!.Run(r => _ranks[r].ReplayDecode(batch));
+            if (_ranks.All(rank => rank.HasDecodeGraph(batch)))
+            {
+                // A replay only enqueues (asynchronous, nothing waits on another GPU on the host), so one thread does
+                // every GPU's: no waking of the rank threads, whose latency would start the other GPUs late.
+                foreach (DeviceRank rank in _ranks) rank.ReplayDecode(batch);
+            }
+            else
+                _threads!.Run(r => _ranks[r].ReplayDecode(batch)); // the first replay captures: each GPU on its own thread
         }
         else
         {

@@ -108,6 +108,9 @@ internal sealed class DeviceRank : IDisposable
     }
 
     /// <summary>A decode step of <paramref name="batch"/> (padded) rows: its graph, captured at first use, replayed.</summary>
+    /// <summary>Whether <see cref="ReplayDecode"/> has captured this batch size's graph (a replay then only launches it).</summary>
+    public bool HasDecodeGraph(int batch) => _decodeGraphs.ContainsKey(batch);
+
     public void ReplayDecode(int batch)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
