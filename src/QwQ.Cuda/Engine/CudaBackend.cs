@@ -30,7 +30,7 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Decode batches are padded to one of these sizes, each captured once as a CUDA graph.</summary>
     internal static readonly int[] GraphBatchSizes = [1, 2, 4, 8, 16, 32, 64, 128];
 
-    private readonly List<IDisposable> _owned = [];   // on the first GPU
+    private readonly OwnedResources _owned = new();   // on the first GPU
     private readonly DeviceRank[] _ranks = [];
     private readonly RankThreads? _threads;
     private bool _eagerOnly; // ProfileStep: launch kernel by kernel, even for a batch a graph would replay
@@ -263,11 +263,7 @@ public sealed class CudaBackend : IModelBackend
         IProgress<LoadProgress>? progress = null, CancellationToken ct = default) =>
         new(config, checkpointDir, options, progress, ct);
 
-    private T Own<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Own<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <summary>
     /// Runs one step, like <see cref="Step"/> but kernel by kernel, with every kernel our ops launch timed on every GPU
@@ -671,11 +667,7 @@ public sealed class CudaBackend : IModelBackend
             try { first.Context.MakeCurrent(); } catch (CudaException) { /* best effort while unwinding */ }
         }
         _sampledHost?.Dispose();
-        for (int i = _owned.Count - 1; i >= 0; i--)
-        {
-            try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
-        }
-        _owned.Clear();
+        _owned.DisposeAll();
         _threads?.Dispose();
         foreach (var rank in _ranks) rank?.DisposeGraphs(); // NCCL waits for graphs holding its collectives to go
         _clique?.Dispose(); // before the contexts its communicators live in

@@ -15,7 +15,7 @@ namespace QwQ.Cuda.Engine;
 /// </summary>
 internal sealed class DeviceRank : IDisposable
 {
-    private readonly List<IDisposable> _owned = [];
+    private readonly OwnedResources _owned = new();
     private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
 
     public int Index { get; }
@@ -132,11 +132,7 @@ internal sealed class DeviceRank : IDisposable
         Stream.Synchronize();
     }
 
-    private T Own<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Own<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <summary>
     /// Frees the captured decode graphs. With tensor parallel they hold NCCL's captured collectives, and destroying a
@@ -156,11 +152,7 @@ internal sealed class DeviceRank : IDisposable
     public void Dispose()
     {
         DisposeGraphs();
-        for (int i = _owned.Count - 1; i >= 0; i--)
-        {
-            try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
-        }
-        _owned.Clear();
+        _owned.DisposeAll();
         Context.Dispose();
     }
 }
