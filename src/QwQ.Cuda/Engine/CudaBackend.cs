@@ -273,35 +273,40 @@ public sealed class CudaBackend : IModelBackend
     internal LaunchTimer.Launch[][] ProfileStep(ReadOnlySpan<SequenceChunk> items)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var timers = new LaunchTimer[_ranks.Length];
-        try
+        // The timers and the eager switch are the backend's state: no other step may run while they are set (Step's own
+        // lock is re-entered).
+        lock (Gate)
         {
-            for (int r = 0; r < _ranks.Length; r++)
+            var timers = new LaunchTimer[_ranks.Length];
+            try
             {
-                _ranks[r].Context.MakeCurrent();
-                timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
-                _ranks[r].Stream.Timer = timers[r];
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Context.MakeCurrent();
+                    timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
+                    _ranks[r].Stream.Timer = timers[r];
+                }
+                Context.MakeCurrent();
+                _eagerOnly = true;
+                Step(items);
+                var launches = new LaunchTimer.Launch[_ranks.Length][];
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Context.MakeCurrent();
+                    launches[r] = timers[r].Read();
+                }
+                return launches;
             }
-            Context.MakeCurrent();
-            _eagerOnly = true;
-            Step(items);
-            var launches = new LaunchTimer.Launch[_ranks.Length][];
-            for (int r = 0; r < _ranks.Length; r++)
+            finally
             {
-                _ranks[r].Context.MakeCurrent();
-                launches[r] = timers[r].Read();
+                _eagerOnly = false;
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Stream.Timer = null;
+                    timers[r]?.Dispose();
+                }
+                Context.MakeCurrent();
             }
-            return launches;
-        }
-        finally
-        {
-            _eagerOnly = false;
-            for (int r = 0; r < _ranks.Length; r++)
-            {
-                _ranks[r].Stream.Timer = null;
-                timers[r]?.Dispose();
-            }
-            Context.MakeCurrent();
         }
     }
 
