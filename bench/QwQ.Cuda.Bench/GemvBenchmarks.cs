@@ -32,7 +32,7 @@ public class GemvBenchmarks
         if (!global::QwQ.Cuda.Native.Cuda.IsAvailable(out string reason)) throw new InvalidOperationException($"no CUDA device: {reason}");
         _ctx = CudaContext.Create();
         _stream = CudaStream.Create();
-        _lib = PtxLibrary.Load();
+        _lib = PtxLibrary.Load(_ctx);
         _gemv = new GemvOps(_lib);
         var init = new InitOps(_lib);
         var (n, k) = Dims;

@@ -30,7 +30,7 @@ public static class KernelBenchmarks
             return 0;
         }
         using var ctx = CudaContext.Create();
-        using var lib = PtxLibrary.Load();
+        using var lib = PtxLibrary.Load(ctx);
         using var stream = CudaStream.Create();
         output.WriteLine(ctx.ToString());
 

@@ -26,8 +26,12 @@ internal static class BenchCommand
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
-        var quantize = TypedOptions.OneOf("--quantize", QuantizeMode.None, "Quantize the layers' weights on the GPU while loading: None, Fp8 or Int4 (round-to-nearest, group 128)");
-        var kvCache = TypedOptions.OneOf("--kv-cache", KvCacheKind.Bf16, "How the KV cache stores keys and values: bf16 or fp8 (not on the GPU yet: refused at load)");
+        // How the engine stores the model and sums across GPUs: the same options as generate, chat and serve. Bench keeps
+        // its own --model/--synthetic, and its own --tensor-parallel (it has no --device: always from device 0).
+        var engineOptions = new ModelSourceOptions();
+        var (quantize, kvCache, allReduce) = (engineOptions.Quantize, engineOptions.KvCache, engineOptions.AllReduce);
+        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism), devices 0 to N - 1; reports the all-reduce, ours against NCCL's");
+        tensorParallel.HelpName = "N";
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
         var outDir = new Option<string?>("--out") { Description = "Directory for the JSON and Markdown results (e.g. bench/results)" };
         var commit = new Option<string?>("--commit") { Description = "Commit to record (default: git rev-parse --short HEAD)" };
@@ -37,8 +41,6 @@ internal static class BenchCommand
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time one batch-1 decode step kernel by kernel on every GPU (a diagnostic)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
-        var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism); reports the all-reduce, ours against NCCL's");
-        var allReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom, "With --tensor-parallel: custom (one-shot kernel for decode, the default) or nccl");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
             synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, profileStep, gemm, tensorParallel, allReduce,

@@ -30,7 +30,7 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Decode batches are padded to one of these sizes, each captured once as a CUDA graph.</summary>
     internal static readonly int[] GraphBatchSizes = [1, 2, 4, 8, 16, 32, 64, 128];
 
-    private readonly List<IDisposable> _owned = [];   // on the first GPU
+    private readonly OwnedResources _owned = new();   // on the first GPU
     private readonly DeviceRank[] _ranks = [];
     private readonly RankThreads? _threads;
     private readonly RopePlan _rope = null!;          // which rope a sequence of a given length runs
@@ -278,11 +278,7 @@ public sealed class CudaBackend : IModelBackend
         IProgress<LoadProgress>? progress = null, CancellationToken ct = default) =>
         new(config, checkpointDir, options, progress, ct);
 
-    private T Own<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Own<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <summary>
     /// Runs one step, like <see cref="Step"/> but kernel by kernel, with every kernel our ops launch timed on every GPU
@@ -292,35 +288,40 @@ public sealed class CudaBackend : IModelBackend
     internal LaunchTimer.Launch[][] ProfileStep(ReadOnlySpan<SequenceChunk> items)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var timers = new LaunchTimer[_ranks.Length];
-        try
+        // The timers and the eager switch are the backend's state: no other step may run while they are set (Step's own
+        // lock is re-entered).
+        lock (Gate)
         {
-            for (int r = 0; r < _ranks.Length; r++)
+            var timers = new LaunchTimer[_ranks.Length];
+            try
             {
-                _ranks[r].Context.MakeCurrent();
-                timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
-                _ranks[r].Stream.Timer = timers[r];
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Context.MakeCurrent();
+                    timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
+                    _ranks[r].Stream.Timer = timers[r];
+                }
+                Context.MakeCurrent();
+                _eagerOnly = true;
+                Step(items);
+                var launches = new LaunchTimer.Launch[_ranks.Length][];
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Context.MakeCurrent();
+                    launches[r] = timers[r].Read();
+                }
+                return launches;
             }
-            Context.MakeCurrent();
-            _eagerOnly = true;
-            Step(items);
-            var launches = new LaunchTimer.Launch[_ranks.Length][];
-            for (int r = 0; r < _ranks.Length; r++)
+            finally
             {
-                _ranks[r].Context.MakeCurrent();
-                launches[r] = timers[r].Read();
+                _eagerOnly = false;
+                for (int r = 0; r < _ranks.Length; r++)
+                {
+                    _ranks[r].Stream.Timer = null;
+                    timers[r]?.Dispose();
+                }
+                Context.MakeCurrent();
             }
-            return launches;
-        }
-        finally
-        {
-            _eagerOnly = false;
-            for (int r = 0; r < _ranks.Length; r++)
-            {
-                _ranks[r].Stream.Timer = null;
-                timers[r]?.Dispose();
-            }
-            Context.MakeCurrent();
         }
     }
 
@@ -699,11 +700,7 @@ public sealed class CudaBackend : IModelBackend
             try { first.Context.MakeCurrent(); } catch (CudaException) { /* best effort while unwinding */ }
         }
         _sampledHost?.Dispose();
-        for (int i = _owned.Count - 1; i >= 0; i--)
-        {
-            try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
-        }
-        _owned.Clear();
+        _owned.DisposeAll();
         _threads?.Dispose();
         foreach (var rank in _ranks) rank?.DisposeGraphs(); // NCCL waits for graphs holding its collectives to go
         _clique?.Dispose(); // before the contexts its communicators live in

@@ -15,7 +15,7 @@ namespace QwQ.Cuda.Engine;
 /// </summary>
 internal sealed class DeviceRank : IDisposable
 {
-    private readonly List<IDisposable> _owned = [];
+    private readonly OwnedResources _owned = new();
     private readonly Dictionary<(int Batch, int Rope), CudaGraph> _decodeGraphs = [];
 
     public int Index { get; }
@@ -53,7 +53,7 @@ internal sealed class DeviceRank : IDisposable
         Context.MakeCurrent();
         ModelConfig shard = Shape.Config;
         Stream = Own(CudaStream.Create());
-        Library = Own(PtxLibrary.Load(a.Options.ProgrammaticLaunch));
+        Library = Own(PtxLibrary.Load(Context, a.Options.ProgrammaticLaunch));
         var blas = Own(Cublas.Create(Stream));
         var lt = a.Options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
         var decodeLt = a.Options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
@@ -135,11 +135,7 @@ internal sealed class DeviceRank : IDisposable
         Stream.Synchronize();
     }
 
-    private T Own<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Own<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <summary>
     /// Frees the captured decode graphs. With tensor parallel they hold NCCL's captured collectives, and destroying a
@@ -159,11 +155,7 @@ internal sealed class DeviceRank : IDisposable
     public void Dispose()
     {
         DisposeGraphs();
-        for (int i = _owned.Count - 1; i >= 0; i--)
-        {
-            try { _owned[i].Dispose(); } catch (CudaException) { /* best effort while unwinding */ }
-        }
-        _owned.Clear();
+        _owned.DisposeAll();
         Context.Dispose();
     }
 }

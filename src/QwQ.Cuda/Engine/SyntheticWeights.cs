@@ -38,7 +38,6 @@ internal static class SyntheticWeights
             Report(count, what);
         }
         // One tensor of [rows, cols] on one GPU: all of it; on a rank, its row blocks (in order) or its column block.
-        // One tensor of [rows, cols] on one GPU: all of it; on a rank, its row blocks (in order) or its column block.
         void Tensor(ulong dst, int rows, int cols, float mean, string what, ShardRange[]? rowBlocks = null, ShardRange? columns = null)
         {
             if (rowBlocks is null && columns is null)

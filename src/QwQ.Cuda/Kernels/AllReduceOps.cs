@@ -82,7 +82,7 @@ internal sealed class AllReduceOps
         LaunchChecks.Positive(rows, nameof(rows));
         LaunchChecks.Positive(hidden, nameof(hidden));
         if (hidden % 4 != 0) throw new ArgumentException($"the all-reduce sums float4s; a row of {hidden} is not a multiple of 4", nameof(hidden));
-        if (!(eps > 0) || float.IsInfinity(eps)) throw new ArgumentException($"eps must be a positive finite number (got {eps}).", nameof(eps));
+        LaunchChecks.PositiveFinite(eps, nameof(eps));
         CheckRank(rank, ranks);
         // One block per row; the norm kernel's block size, so both sum each row's squares in the same order.
         uint blocks = (uint)Math.Min(rows, MaxBlocks);

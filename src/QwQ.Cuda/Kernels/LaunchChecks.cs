@@ -33,6 +33,11 @@ internal static class LaunchChecks
         if (value < 0) throw new ArgumentException($"{name} must not be negative (got {value}).", name);
     }
 
+    public static void PositiveFinite(float value, string name)
+    {
+        if (!(value > 0) || float.IsInfinity(value)) throw new ArgumentException($"{name} must be a positive finite number (got {value}).", name);
+    }
+
     public static void Stream(CudaStream stream, string name) => ArgumentNullException.ThrowIfNull(stream, name);
 
     /// <summary>Blocks for a grid-stride loop over <paramref name="work"/> items with <paramref name="threads"/> per block.</summary>

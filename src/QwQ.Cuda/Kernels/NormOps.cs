@@ -34,7 +34,7 @@ internal sealed class NormOps
         LaunchChecks.Aligned(outBf16, 2, nameof(outBf16));
         LaunchChecks.Positive(tokens, nameof(tokens));
         LaunchChecks.Positive(hidden, nameof(hidden));
-        if (!(eps > 0) || float.IsInfinity(eps)) throw new ArgumentException($"eps must be a positive finite number (got {eps}).", nameof(eps));
+        LaunchChecks.PositiveFinite(eps, nameof(eps));
         uint threads = RowThreads(hidden);
         void** args = stackalloc void*[] { &residual, &delta, &weight, &outBf16, &hidden, &eps };
         _residualAddRmsNorm.Launch(new Dim3((uint)tokens), new Dim3(threads), 0, s, args);

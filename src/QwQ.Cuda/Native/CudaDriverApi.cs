@@ -50,7 +50,6 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)] internal static partial int cuDevicePrimaryCtxRelease_v2(int device);
     [LibraryImport(Lib)] internal static partial int cuCtxSetCurrent(IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxGetCurrent(out IntPtr ctx);
-    [LibraryImport(Lib)] internal static partial int cuCtxGetDevice(out int device);
     [LibraryImport(Lib)] internal static partial int cuCtxPushCurrent_v2(IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxPopCurrent_v2(out IntPtr ctx);
     [LibraryImport(Lib)] internal static partial int cuCtxSynchronize();

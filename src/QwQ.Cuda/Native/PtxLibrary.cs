@@ -44,14 +44,16 @@ internal sealed partial class PtxLibrary : IDisposable
     public bool ProgrammaticLaunch { get; }
 
     /// <summary>
-    /// Loads every embedded PTX module of one build into the current context: the compute_90 build with programmatic
-    /// launch when <paramref name="programmaticLaunch"/> is on, the current device is sm_90 or newer and the driver CUDA
-    /// 12.3 or newer; otherwise the compute_80 build.
+    /// Makes <paramref name="context"/> current and loads every embedded PTX module of one build into it: the compute_90
+    /// build with programmatic launch when <paramref name="programmaticLaunch"/> is on, the device is sm_90 or newer and
+    /// the driver CUDA 12.3 or newer; otherwise the compute_80 build.
     /// </summary>
-    public static PtxLibrary Load(bool programmaticLaunch = true)
+    public static PtxLibrary Load(CudaContext context, bool programmaticLaunch = true)
     {
+        ArgumentNullException.ThrowIfNull(context);
+        context.MakeCurrent();
         bool programmatic = programmaticLaunch && EmbeddedPtx(programmatic: true).Count > 0
-            && CurrentDeviceMajor() >= ProgrammaticLaunchMinMajor && DriverVersion() >= ProgrammaticLaunchMinDriver;
+            && context.ComputeCapability.Major >= ProgrammaticLaunchMinMajor && context.DriverVersion >= ProgrammaticLaunchMinDriver;
         var ptx = EmbeddedPtx(programmatic);
         var entryToResource = EntryToResource(ptx); // throws on duplicates before touching the GPU
         var modules = new List<CudaModule>();
@@ -72,21 +74,6 @@ internal sealed partial class PtxLibrary : IDisposable
         }
         var byEntry = entryToResource.ToDictionary(kv => kv.Key, kv => byResource[kv.Value], StringComparer.Ordinal);
         return new PtxLibrary(modules, byEntry, programmatic);
-    }
-
-    private static int DriverVersion()
-    {
-        CudaErrors.Check(CudaDriverApi.cuDriverGetVersion(out int version), "cuDriverGetVersion");
-        return version;
-    }
-
-    private static int CurrentDeviceMajor()
-    {
-        CudaDriverApi.RequireCurrentContext("PtxLibrary.Load");
-        CudaErrors.Check(CudaDriverApi.cuCtxGetDevice(out int device), "cuCtxGetDevice");
-        CudaErrors.Check(CudaDriverApi.cuDeviceGetAttribute(out int major, CudaDriverApi.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device),
-            "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR)");
-        return major;
     }
 
     /// <summary>The kernel named <paramref name="entry"/>; throws naming it when no embedded module has it.</summary>

@@ -5,6 +5,7 @@ using QwQ.Cuda.Engine;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
+using QwQ.Cuda.Tests.Engine;
 
 namespace QwQ.Cuda.Tests.Benchmarking;
 
@@ -53,12 +54,7 @@ public class StepProfileTests
         Assert.That(BenchOutput.ToJson(report), Does.Contain("\"span_us\""));
     }
 
-    private static readonly ModelConfig Tiny = ModelConfig.Parse("""
-        {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
-         "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
-         "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,
-         "torch_dtype":"bfloat16","use_sliding_window":false}
-        """, "config.json");
+    private static readonly ModelConfig Tiny = ModelConfig.Parse(CudaModelTests.TinyConfigJson(), "config.json");
 
     [Test]
     public void AProfiledStepTimesEveryKernelAndLeavesTheSequenceAsAPlainStepWould()

@@ -44,7 +44,7 @@ public class CudaModelTests
     }
 
     /// <summary>A tiny Qwen2 config with QwQ's head ratio scaled down (10 query / 2 KV heads, head_dim 32).</summary>
-    private static string TinyConfigJson(string? ropeScaling = null) => $$"""
+    internal static string TinyConfigJson(string? ropeScaling = null) => $$"""
         {"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":320,"intermediate_size":384,
          "num_hidden_layers":2,"num_attention_heads":10,"num_key_value_heads":2,"vocab_size":256,
          "rms_norm_eps":1e-5,"rope_theta":1000000.0,"max_position_embeddings":4096,"tie_word_embeddings":false,

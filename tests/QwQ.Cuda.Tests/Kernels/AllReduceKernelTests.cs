@@ -51,7 +51,7 @@ public sealed class AllReduceKernelTests : KernelTestBase
         for (int d = 1; d < usable; d++)
         {
             contexts[d].MakeCurrent();
-            var lib = PtxLibrary.Load();
+            var lib = PtxLibrary.Load(contexts[d]);
             var stream = CudaStream.Create();
             _extra[d - 1] = (contexts[d], lib, stream);
             _ranks.Add(new Rank(contexts[d], stream, new AllReduceOps(lib), new NormOps(lib)));

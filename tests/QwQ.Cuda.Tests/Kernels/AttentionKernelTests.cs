@@ -33,7 +33,7 @@ public sealed class AttentionKernelTests
     {
         if (!QwQ.Cuda.Native.Cuda.IsAvailable(out _unavailable)) return;
         _context = CudaContext.Create();
-        _library = PtxLibrary.Load();
+        _library = PtxLibrary.Load(_context);
         _stream = CudaStream.Create();
         _ops = new AttentionOps(_library, _context.MultiprocessorCount);
     }

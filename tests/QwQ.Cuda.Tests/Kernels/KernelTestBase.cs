@@ -29,7 +29,7 @@ public abstract class KernelTestBase
     {
         if (!global::QwQ.Cuda.Native.Cuda.IsAvailable(out _unavailable)) return;
         _context = CudaContext.Create();
-        _library = PtxLibrary.Load();
+        _library = PtxLibrary.Load(_context);
         _stream = CudaStream.Create();
         CreateOps();
     }

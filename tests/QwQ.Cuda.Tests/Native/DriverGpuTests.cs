@@ -226,7 +226,7 @@ public class DriverGpuTests : GpuTestBase
     [Test]
     public void PtxLibraryLoadsEveryEmbeddedModule()
     {
-        using var lib = PtxLibrary.Load();
+        using var lib = PtxLibrary.Load(Context);
         foreach (var entry in PtxLibrary.EmbeddedEntries())
         {
             var k = lib.GetKernel(entry);

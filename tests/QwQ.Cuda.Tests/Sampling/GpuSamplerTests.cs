@@ -34,7 +34,7 @@ public class GpuSamplerTests
     {
         if (!QwQ.Cuda.Native.Cuda.IsAvailable(out _)) return;
         ctx = CudaContext.Create();
-        lib = PtxLibrary.Load();
+        lib = PtxLibrary.Load(ctx);
         stream = CudaStream.Create();
     }
 

@@ -31,7 +31,7 @@ public class SamplerTimingTests
     {
         if (!QwQ.Cuda.Native.Cuda.IsAvailable(out _)) Assert.Ignore("no CUDA device");
         using var ctx = CudaContext.Create();
-        using var lib = PtxLibrary.Load();
+        using var lib = PtxLibrary.Load(ctx);
         using var s = CudaStream.Create();
         using var gpu = new GpuSampler(lib, VocabRows, ValidVocab, 1);
         foreach (var (name, o, l) in Cases())
