@@ -55,7 +55,7 @@ internal sealed class ModelSourceOptions
     public readonly Option<string?> RopeScaling = new("--rope-scaling")
     {
         Description = "How the config's YaRN rope_scaling applies: static (YaRN everywhere; the default, what the GPU runs), off (plain RoPE), " +
-                      "adaptive (plain RoPE until a sequence outgrows --rope-switch, then YaRN; CPU reference only for now)",
+                      "adaptive (plain RoPE until a sequence outgrows --rope-switch, then YaRN)",
         HelpName = "adaptive|static|off",
     };
     public readonly Option<int?> RopeSwitch = TypedOptions.Integer<int>("--rope-switch", "8192",

@@ -33,6 +33,8 @@ public sealed class CudaBackend : IModelBackend
     private readonly OwnedResources _owned = new();   // on the first GPU
     private readonly DeviceRank[] _ranks = [];
     private readonly RankThreads? _threads;
+    private readonly RopePlan _rope = null!;          // which rope a sequence of a given length runs
+    private readonly RopeParameters[] _ropes = [];    // on the device, in this order: StepShape.Rope indexes it
     private bool _eagerOnly; // ProfileStep: launch kernel by kernel, even for a batch a graph would replay
     private readonly NcclClique? _clique;
     private readonly TensorParallelPlan? _parallel;
@@ -88,8 +90,10 @@ public sealed class CudaBackend : IModelBackend
             RankShape shape = _parallel?.Shape ?? RankShape.Whole(config);
             WeightKind linearKind = LinearKind(config, options);
             if (_parallel is not null) EnsureShardable(config, shape, options);
-            RopeParameters rope = RopeFor(config, options);
-            if (options.KvCache != KvCacheKind.Bf16) // before any GPU work, like RopeFor's refusal
+            _rope = RopePlanFor(config, options);
+            // Adaptive runs two ropes (a sequence's length picks one, step by step); Static and Off one everywhere.
+            _ropes = _rope.Mode == RopeScalingMode.Adaptive ? [_rope.Plain, _rope.Yarn] : [_rope.ForLength(0)];
+            if (options.KvCache != KvCacheKind.Bf16) // before any GPU work, like RopePlanFor's refusals
                 throw new OptionException(options.KvCache == KvCacheKind.Fp8 ? KvCacheFp8NotOnGpu : $"KV cache kind {options.KvCache} is not one of bf16 or fp8");
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
@@ -124,7 +128,7 @@ public sealed class CudaBackend : IModelBackend
                   $"{MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(memory[0].Total)} on the fullest";
 
             _threads = new RankThreads(n);
-            var load = new DeviceRank.LoadArgs(config, linearKind, rope, Plan, options, checkpoint, _parallel, progress, ct);
+            var load = new DeviceRank.LoadArgs(config, linearKind, _ropes, Plan, options, checkpoint, _parallel, progress, ct);
             bool oneShot = UsesOneShotAllReduce;
             _threads.Run(r => _ranks[r].Load(load, _clique?[r], oneShot));
             if (oneShot) ResidualSum.Connect(_ranks.Select(r => r.Sum).ToArray());
@@ -239,20 +243,31 @@ public sealed class CudaBackend : IModelBackend
     internal const string KvCacheFp8NotOnGpu =
         "--kv-cache fp8 runs on the CPU reference only for now; use bf16 (the default)";
 
-    internal const string AdaptiveRopeNotOnGpu =
-        "--rope-scaling adaptive runs on the CPU reference only for now; use static (today's behaviour) or off";
+    /// <summary>
+    /// The rotary embeddings the GPU runs (<see cref="EngineOptions.RopeScaling"/>): the config's everywhere (static YaRN
+    /// when it has rope_scaling, the default), plain RoPE everywhere (off), or per sequence by its length (adaptive: plain
+    /// up to the switch position, YaRN past it; a sequence that crosses runs again from position 0 in the new rope, as
+    /// the CPU reference does, <see cref="RopeSwitchMethod.Recompute"/>). Invalid combinations are refused before any GPU work.
+    /// </summary>
+    internal static RopePlan RopePlanFor(ModelConfig config, EngineOptions options) =>
+        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition);
+
+    /// <summary>The rope a sequence's cache starts in and returns to when emptied: what a length of 0 runs.</summary>
+    internal RopeParameters ShortRope => _rope.ForLength(0);
+
+    /// <summary>Whether blocks whose keys <paramref name="rope"/> wrote may go into the prefix cache (<see cref="RopePlan.MayPublish"/>).</summary>
+    internal bool MayPublish(RopeParameters? rope) => _rope.MayPublish(rope);
 
     /// <summary>
-    /// The one rotary embedding every position runs on the GPU (<see cref="EngineOptions.RopeScaling"/>): the config's
-    /// (static YaRN when it has rope_scaling, the default) or plain RoPE (off). Adaptive needs per-sequence ropes and
-    /// re-rotation of cached keys, which the GPU engine does not have yet: refused here, before any GPU work, rather
-    /// than run as static in silence.
+    /// The part of a step that appends <paramref name="tokens"/> to <paramref name="seq"/>: from its length, in the rope of
+    /// its length after the step; or, when that rope is not the one its cache holds, the whole sequence again from
+    /// position 0 in the new rope (the adaptive switch, and the switch back of a sequence truncated below it).
     /// </summary>
-    internal static RopeParameters RopeFor(ModelConfig config, EngineOptions options)
+    private Part PartFor(CudaSequence seq, ReadOnlyMemory<int> tokens)
     {
-        var plan = RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition);
-        if (plan.Mode == RopeScalingMode.Adaptive) throw new OptionException(AdaptiveRopeNotOnGpu);
-        return plan.ForLength(0); // Static and Off have one rope for every length
+        RopeParameters rope = _rope.ForLength(seq.Length + tokens.Length);
+        if (seq.Length == 0 || ReferenceEquals(seq.CacheRope, rope)) return new Part(seq, tokens, WantsLogits: true, seq.Length, rope);
+        return new Part(seq, (int[])[.. seq.TokenList, .. tokens.Span], WantsLogits: true, 0, rope);
     }
 
     /// <summary>
@@ -390,10 +405,13 @@ public sealed class CudaBackend : IModelBackend
         }
     }
 
-    /// <summary>One part of a step: <c>Count</c> tokens of a sequence, from <c>Offset</c> of its chunk.</summary>
-    private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits)
+    /// <summary>
+    /// One part of a step: <c>Tokens</c> of a sequence written at positions from <c>Start</c> (its length, or 0 when it runs
+    /// again in another rope) in <c>Rope</c>.
+    /// </summary>
+    private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits, int Start, RopeParameters Rope)
     {
-        public bool IsDecode => Tokens.Length == 1 && Seq.Length > 0;
+        public bool IsDecode => Tokens.Length == 1 && Start > 0;
     }
 
     public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
@@ -416,7 +434,7 @@ public sealed class CudaBackend : IModelBackend
             foreach (int t in item.Tokens.Span)
                 if ((uint)t >= (uint)vocab)
                     throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab} rows");
-            pending.Add(new Part(seq, item.Tokens, WantsLogits: true));
+            pending.Add(PartFor(seq, item.Tokens));
         }
 
         lock (Gate)
@@ -424,10 +442,10 @@ public sealed class CudaBackend : IModelBackend
             Context.MakeCurrent();
             // A step longer than one pass is still all or nothing on a full pool: check every item's blocks first.
             int needed = 0;
-            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Seq.Length, p.Seq.Length + p.Tokens.Length);
+            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Start, p.Start + p.Tokens.Length);
             if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
-            // Passes of at most MaxRows rows and MaxSequences sequences; a long prompt continues in the next pass and
-            // only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
+            // Passes of at most MaxRows rows and MaxSequences sequences, all in one rope; a long prompt continues in the
+            // next pass and only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
             var pass = new List<Part>();
             while (pending.Count > 0)
             {
@@ -435,12 +453,14 @@ public sealed class CudaBackend : IModelBackend
                 pass.Clear();
                 int rows = 0;
                 pending.Sort((a, b) => b.IsDecode.CompareTo(a.IsDecode));
+                RopeParameters passRope = pending[0].Rope;
                 for (int i = 0; i < pending.Count && rows < Workspace.MaxRows && pass.Count < Workspace.Inputs.MaxSequences; i++)
                 {
                     Part p = pending[i];
+                    if (!ReferenceEquals(p.Rope, passRope)) continue; // the next pass takes it
                     int n = Math.Min(p.Tokens.Length, Workspace.MaxRows - rows);
                     pass.Add(p with { Tokens = p.Tokens[..n], WantsLogits = n == p.Tokens.Length });
-                    pending[i] = p with { Tokens = p.Tokens[n..] };
+                    pending[i] = p with { Tokens = p.Tokens[n..], Start = p.Start + n };
                     rows += n;
                 }
                 pending.RemoveAll(p => p.Tokens.IsEmpty);
@@ -504,7 +524,9 @@ public sealed class CudaBackend : IModelBackend
         lock (Gate)
         {
             Context.MakeCurrent();
-            RunPass([new Part(seq, tokens.ToArray(), WantsLogits: true)], positions);
+            Part part = PartFor(seq, tokens.ToArray());
+            if (part.Start != seq.Length) throw new InvalidOperationException("AppendWithLogits does not switch a sequence's rope: append up to the switch first");
+            RunPass([part], positions);
             var result = new float[positions.Length * Config.VocabSize];
             SynchronizeAll();
             if (_parallel is null) Workspace.CopyLogits(result);
@@ -548,7 +570,7 @@ public sealed class CudaBackend : IModelBackend
         foreach (Part p in pass)
         {
             CudaSequence s = p.Seq;
-            int start = s.Length, n = p.Tokens.Length;
+            int start = p.Start, n = p.Tokens.Length;
             ReadOnlySpan<int> tokens = p.Tokens.Span;
             ReadOnlySpan<int> blocks = s.Table.Blocks;
             for (int j = 0; j < n; j++)
@@ -582,19 +604,20 @@ public sealed class CudaBackend : IModelBackend
             }
             gatheredRows = batch;
             ShareInputs(batch);
-            if (_ranks.All(rank => rank.HasDecodeGraph(batch)))
+            int rope = Array.IndexOf(_ropes, pass[0].Rope);
+            if (_ranks.All(rank => rank.HasDecodeGraph(batch, rope)))
             {
                 // A replay only enqueues (asynchronous, nothing waits on another GPU on the host), so one thread does
                 // every GPU's: no waking of the rank threads, whose latency would start the other GPUs late.
-                foreach (DeviceRank rank in _ranks) rank.ReplayDecode(batch);
+                foreach (DeviceRank rank in _ranks) rank.ReplayDecode(batch, rope);
             }
             else
-                _threads!.Run(r => _ranks[r].ReplayDecode(batch)); // the first replay captures: each GPU on its own thread
+                _threads!.Run(r => _ranks[r].ReplayDecode(batch, rope)); // the first replay captures: each GPU on its own thread
         }
         else
         {
             ShareInputs(seqs);
-            var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows);
+            var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows, Array.IndexOf(_ropes, pass[0].Rope));
             _threads!.Run(r => _ranks[r].Step(shape, seqs));
         }
         Context.MakeCurrent();
@@ -605,10 +628,15 @@ public sealed class CudaBackend : IModelBackend
         Span<ulong> destinations = _rowPointers.LogitsDestinationsHost;
         foreach (Part p in pass)
         {
-            p.Seq.TokenList.AddRange(p.Tokens.Span);
+            List<int> known = p.Seq.TokenList;
+            // A part that runs a sequence again from position 0 starts with tokens it already has.
+            int already = Math.Clamp(known.Count - p.Start, 0, p.Tokens.Length);
+            known.AddRange(p.Tokens.Span[already..]);
+            // Its cache is in the part's rope once the last piece of the part is written; until then, in none.
+            p.Seq.CacheRope = p.WantsLogits || p.Start + p.Tokens.Length >= known.Count ? p.Rope : null;
             p.Seq.HasLogits = p.WantsLogits && logitPositions.IsEmpty;
             if (p.Seq.HasLogits) destinations[withLogits++] = p.Seq.LogitsPtr;
-            p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(p.Seq.TokenList));
+            if (MayPublish(p.Seq.CacheRope)) p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(known));
         }
         if (withLogits > 0)
         {
@@ -644,14 +672,14 @@ public sealed class CudaBackend : IModelBackend
     private void ReserveBlocks(List<Part> pass)
     {
         int needed = 0;
-        foreach (Part p in pass) needed += p.Seq.Table.BlocksNeeded(p.Seq.Length, p.Seq.Length + p.Tokens.Length);
+        foreach (Part p in pass) needed += p.Seq.Table.BlocksNeeded(p.Start, p.Start + p.Tokens.Length);
         if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
         for (int i = 0; i < pass.Count; i++)
         {
             CudaSequence s = pass[i].Seq;
             try
             {
-                s.Table.Reserve(s.Length, s.Length + pass[i].Tokens.Length, CopyBlockOnEveryGpu);
+                s.Table.Reserve(pass[i].Start, pass[i].Start + pass[i].Tokens.Length, CopyBlockOnEveryGpu);
             }
             catch (KvPoolExhaustedException)
             {

@@ -1,5 +1,6 @@
 using QwQ.Cuda.Batching;
 using QwQ.Cuda.Inference;
+using QwQ.Cuda.Model;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
 
@@ -21,6 +22,7 @@ internal sealed class CudaSequence : ISequence
 
     public CudaSequence(CudaBackend backend, int capacity, KvBlockTable table)
     {
+        CacheRope = backend.ShortRope;
         _backend = backend;
         Capacity = capacity;
         Table = table;
@@ -38,6 +40,12 @@ internal sealed class CudaSequence : ISequence
     internal ulong CountsPtr => _counts.Ptr;
     /// <summary>Whether <see cref="LogitsPtr"/> holds the logits of the current last position.</summary>
     internal bool HasLogits { get; set; }
+
+    /// <summary>
+    /// The rope its cached keys were written in; null while a switch rewrites them (adaptive rope scaling: a step whose
+    /// length asks for another rope runs the sequence again from position 0, <c>CudaBackend.PartFor</c>).
+    /// </summary>
+    internal RopeParameters? CacheRope { get; set; }
 
     public int Length => _tokens.Count;
     public int Capacity { get; }
@@ -59,6 +67,7 @@ internal sealed class CudaSequence : ISequence
             if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
             int reused = Table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
             _tokens.AddRange(tokens[..reused]);
+            CacheRope = _backend.ShortRope; // only blocks of the short rope are published (RopePlan.MayPublish)
             HasLogits = false;
             return reused;
         }
@@ -72,6 +81,7 @@ internal sealed class CudaSequence : ISequence
             _backend.Context.MakeCurrent();
             var child = new CudaSequence(_backend, Capacity, Table.Fork());
             child._tokens.AddRange(_tokens);
+            child.CacheRope = CacheRope;
             child._logits.CopyFromDevice(_logits.Ptr, _logits.Bytes, 0, _backend.Stream);
             child._counts.CopyFromDevice(_counts.Ptr, _counts.Bytes, 0, _backend.Stream);
             child.HasLogits = HasLogits;
@@ -95,6 +105,9 @@ internal sealed class CudaSequence : ISequence
         {
             Table.Truncate(length);
             _tokens.RemoveRange(length, _tokens.Count - length);
+            // Emptied, it starts again in the short rope; truncated below an adaptive switch it switches back at its
+            // next step (a step, not Truncate, takes the blocks that needs).
+            if (length == 0) CacheRope = _backend.ShortRope;
             HasLogits = false;
         }
     }

@@ -16,7 +16,7 @@ namespace QwQ.Cuda.Engine;
 internal sealed class DeviceRank : IDisposable
 {
     private readonly OwnedResources _owned = new();
-    private readonly Dictionary<int, CudaGraph> _decodeGraphs = [];
+    private readonly Dictionary<(int Batch, int Rope), CudaGraph> _decodeGraphs = [];
 
     public int Index { get; }
     public CudaContext Context { get; }
@@ -40,7 +40,7 @@ internal sealed class DeviceRank : IDisposable
     }
 
     /// <summary>What loading a rank needs besides its own shape (the same for every rank).</summary>
-    public sealed record LoadArgs(ModelConfig Config, WeightKind Kind, RopeParameters Rope, MemoryPlan Plan, EngineOptions Options,
+    public sealed record LoadArgs(ModelConfig Config, WeightKind Kind, RopeParameters[] Ropes, MemoryPlan Plan, EngineOptions Options,
         SafetensorsCheckpoint? Checkpoint, TensorParallelPlan? Parallel, IProgress<LoadProgress>? Progress, CancellationToken Cancel);
 
     /// <summary>
@@ -76,14 +76,14 @@ internal sealed class DeviceRank : IDisposable
 
         Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows));
         Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks));
-        var invFreq = Own(DeviceBuffer.FromHost<float>(a.Rope.InverseFrequencies));
+        var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
             a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0));
         Sum = Own(comm is null
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));
-        Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, invFreq.Ptr, a.Rope.AttentionFactor);
+        Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, ropes);
     }
 
     /// <summary>Times each product's kernels at every captured decode batch size and keeps the fastest (LinearOps).</summary>
@@ -107,23 +107,26 @@ internal sealed class DeviceRank : IDisposable
         LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
-    /// <summary>A decode step of <paramref name="batch"/> (padded) rows: its graph, captured at first use, replayed.</summary>
-    /// <summary>Whether <see cref="ReplayDecode"/> has captured this batch size's graph (a replay then only launches it).</summary>
-    public bool HasDecodeGraph(int batch) => _decodeGraphs.ContainsKey(batch);
+    /// <summary>Whether <see cref="ReplayDecode"/> has captured the graph of this batch size and rope (a replay then only launches it).</summary>
+    public bool HasDecodeGraph(int batch, int rope) => _decodeGraphs.ContainsKey((batch, rope));
 
-    public void ReplayDecode(int batch)
+    /// <summary>
+    /// A decode step of <paramref name="batch"/> (padded) rows in rope <paramref name="rope"/> (<see cref="StepShape.Rope"/>):
+    /// its graph, captured at first use, replayed.
+    /// </summary>
+    public void ReplayDecode(int batch, int rope = 0)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         Context.MakeCurrent();
-        if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
+        if (!_decodeGraphs.TryGetValue((batch, rope), out CudaGraph? graph))
         {
-            var shape = new StepShape(batch, batch, 0, 0, batch);
+            var shape = new StepShape(batch, batch, 0, 0, batch, rope);
             graph = CudaGraph.Capture(Stream, () =>
             {
                 Workspace.Inputs.Upload(Stream, batch);
                 Forward.Step(Stream, shape);
             });
-            _decodeGraphs.Add(batch, graph);
+            _decodeGraphs.Add((batch, rope), graph);
         }
         graph.Launch(Stream);
         LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;

@@ -96,8 +96,8 @@ public sealed record EngineOptions
 
     /// <summary>
     /// How a config's YaRN rope_scaling is applied (<see cref="RopeScalingMode"/>); null: <see cref="RopeScalingMode.Static"/>,
-    /// what the GPU engine runs today and what transformers does. Adaptive, the intended default once the GPU implements
-    /// it, runs on the CPU reference only for now (the GPU engine refuses it). See README, "Rope scaling".
+    /// what transformers does. Adaptive runs on the CPU reference and the GPU engine (there a sequence that crosses the
+    /// switch runs again from position 0 in YaRN). See README, "Rope scaling".
     /// </summary>
     public RopeScalingMode? RopeScaling { get; init; }
 
@@ -116,7 +116,7 @@ public enum RopeScalingMode
     /// Per sequence: plain RoPE (exactly the model without YaRN) while the sequence fits the switch position; the step that
     /// takes it past rewrites its cache in YaRN (running the sequence again from position 0) and it continues with YaRN,
     /// so the cache is exactly what a <see cref="Static"/> run would have written. Short texts keep the model's unscaled
-    /// quality, as QwQ-32B's card advises. CPU reference only for now.
+    /// quality, as QwQ-32B's card advises.
     /// </summary>
     Adaptive,
     /// <summary>YaRN at every position of every sequence, as transformers (and vLLM) apply rope_scaling.</summary>

@@ -18,10 +18,15 @@ internal sealed class KernelSet(PtxLibrary lib, int multiprocessors)
 /// <summary>
 /// The shape of one step: <see cref="Rows"/> tokens from <see cref="DecodeSequences"/> decoding sequences (one row
 /// each, first) and <see cref="PrefillSequences"/> sequences with a chunk of prompt (their rows after, at most
-/// <see cref="MaxPrefillRows"/> each). <see cref="LogitRows"/> rows get logits. Everything else about the rows
-/// (ids, positions, KV slots, block tables) is in <see cref="StepInputs"/>, on the device.
+/// <see cref="MaxPrefillRows"/> each). <see cref="LogitRows"/> rows get logits. <see cref="Rope"/>: which of the
+/// engine's rotary embeddings every row of the step runs (<see cref="Qwen2Forward"/>'s ropes: 0 the short one, 1 YaRN
+/// with adaptive rope scaling). Everything else about the rows (ids, positions, KV slots, block tables) is in
+/// <see cref="StepInputs"/>, on the device.
 /// </summary>
-internal readonly record struct StepShape(int Rows, int DecodeSequences, int PrefillSequences, int MaxPrefillRows, int LogitRows);
+internal readonly record struct StepShape(int Rows, int DecodeSequences, int PrefillSequences, int MaxPrefillRows, int LogitRows, int Rope = 0);
+
+/// <summary>A rotary embedding on the device: fp32 inverse frequencies [head_dim / 2] and YaRN's attention factor (1 without).</summary>
+internal readonly record struct DeviceRope(ulong InvFreq, float Factor);
 
 /// <summary>
 /// The Qwen2 decoder on the GPU, read top to bottom like the architecture: one forward pass over a batch of rows
@@ -39,14 +44,13 @@ internal sealed class Qwen2Forward
     private readonly KernelSet _k;
     private readonly LinearOps _linear;
     private readonly ResidualSum _sum;
-    private readonly ulong _invFreq;      // fp32 [head_dim / 2]
-    private readonly float _ropeFactor;   // YaRN attention factor on cos/sin (1 without YaRN)
+    private readonly DeviceRope[] _ropes; // one, or with adaptive rope scaling plain then YaRN (StepShape.Rope picks)
     private readonly float _scale;        // 1/sqrt(head_dim)
     private readonly int _h, _nq, _nkv, _d, _inter, _maxBlocks;
 
-    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KvPool kv, KernelSet k, LinearOps linear, ResidualSum sum, ulong invFreq, float ropeFactor)
+    public Qwen2Forward(ModelConfig c, ModelWeights w, Workspace ws, KvPool kv, KernelSet k, LinearOps linear, ResidualSum sum, DeviceRope[] ropes)
     {
-        (_c, _w, _ws, _kv, _k, _linear, _sum, _invFreq, _ropeFactor) = (c, w, ws, kv, k, linear, sum, invFreq, ropeFactor);
+        (_c, _w, _ws, _kv, _k, _linear, _sum, _ropes) = (c, w, ws, kv, k, linear, sum, ropes);
         (_h, _nq, _nkv, _d, _inter) = (c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize);
         _maxBlocks = ws.Inputs.MaxBlocks;
         _scale = 1f / MathF.Sqrt(_d);
@@ -63,6 +67,7 @@ internal sealed class Qwen2Forward
     {
         StepInputs inp = _ws.Inputs;
         int t = b.Rows;
+        DeviceRope rope = _ropes[b.Rope];
         _k.Embedding.Gather(s, _w.Embedding, inp.Ids, _ws.Residual, t, _h);
         // The first norm; every later one comes with the sum before it (with tensor parallel, in the same kernel).
         _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.Layers[0].InputNorm, _ws.Normed, t, _h, Eps);
@@ -71,7 +76,7 @@ internal sealed class Qwen2Forward
             LayerWeights w = _w.Layers[l];
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))), then the MLP's norm of x
             _linear.Apply(s, w.Qkv, _ws.Normed, _ws.Qkv, t);
-            _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, _invFreq, _ropeFactor, inp.Positions, inp.Slots, t,
+            _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, rope.InvFreq, rope.Factor, inp.Positions, inp.Slots, t,
                 _nq, _nkv, _d, _ws.Q, _kv.K(l), _kv.V(l));
             Attention(s, b, l);
             _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);

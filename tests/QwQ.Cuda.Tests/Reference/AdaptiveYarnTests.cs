@@ -180,28 +180,26 @@ public class AdaptiveYarnTests
         Assert.That(e!.Message, Does.Contain("adaptive, static or off"));
     }
 
-    // ---- the GPU engine: refused before CUDA is touched ----------------------------------------
-
-    [Test]
-    public void TheGpuEngineRefusesAdaptiveBeforeAnyGpuWork()
-    {
-        var options = new EngineOptions { RopeScaling = RopeScalingMode.Adaptive };
-        var e = Assert.Throws<OptionException>(() => CudaBackend.RopeFor(QwqYarn, options));
-        Assert.That(e!.Message, Is.EqualTo("--rope-scaling adaptive runs on the CPU reference only for now; use static (today's behaviour) or off"));
-        // Load checks it before CUDA: on a machine without a GPU this is still the option error, not "no CUDA device".
-        e = Assert.Throws<OptionException>(() => CudaBackend.Load(QwqYarn, checkpointDir: null, options));
-        Assert.That(e!.Message, Is.EqualTo(CudaBackend.AdaptiveRopeNotOnGpu));
-    }
+    // ---- the GPU engine's plan ----------------------------------------------------------------------
 
     [Test]
     public void TheGpuEngineRunsStaticByDefaultAndPlainRopeWhenOff()
     {
-        var byDefault = CudaBackend.RopeFor(QwqYarn, new EngineOptions());
+        var byDefault = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions()).ForLength(0);
         Assert.That(byDefault.InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(QwqYarn)));
         Assert.That(byDefault.AttentionFactor, Is.EqualTo(Rope.AttentionFactor(QwqYarn)));
-        var off = CudaBackend.RopeFor(QwqYarn, new EngineOptions { RopeScaling = RopeScalingMode.Off });
+        var off = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions { RopeScaling = RopeScalingMode.Off }).ForLength(100_000);
         var noYarn = ModelPresets.Get("qwq-32b");
         Assert.That(off.InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(noYarn)));
         Assert.That(off.AttentionFactor, Is.EqualTo(1f));
+    }
+
+    [Test]
+    public void TheGpuEngineRunsAdaptivePlainUpToTheSwitchAndYarnPast()
+    {
+        var plan = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions { RopeScaling = RopeScalingMode.Adaptive, RopeSwitchPosition = 8192 });
+        Assert.That(plan.ForLength(8192), Is.SameAs(plan.Plain));
+        Assert.That(plan.ForLength(8193), Is.SameAs(plan.Yarn));
+        Assert.That(plan.Plain.AttentionFactor, Is.EqualTo(1f));
     }
 }

@@ -1,0 +1,135 @@
+using QwQ.Cuda.Batching;
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Inference;
+using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Tests.Reference;
+using static QwQ.Cuda.Tests.Batching.BatchingFixtures;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+using Cuda = global::QwQ.Cuda.Native.Cuda;
+
+/// <summary>
+/// Length-adaptive YaRN on the GPU engine (bf16), against the fp32 reference built without rope_scaling (sequences up
+/// to the switch) and with static YaRN over the same whole sequence (past it); the bound, 2e-2. tiny-yarn's
+/// original_max_position_embeddings is 16, so sequences cross it within a few dozen tokens. A sequence that crosses
+/// runs again from position 0 in YaRN (as the CPU reference does), through eager steps and decode graphs alike.
+/// </summary>
+public class AdaptiveYarnGpuTests
+{
+    private const string Model = "tiny-yarn";
+    private const int Switch = 16; // tiny-yarn's original_max_position_embeddings
+    private const double Tolerance = 2e-2;
+
+    private static (ModelConfig Config, CpuWeights Weights) Fixture => ModelFixtures.Load(Model);
+    private static readonly Lazy<Qwen2CpuModel> StaticYarn = new(() => new Qwen2CpuModel(Fixture.Config, Fixture.Weights));
+    private static readonly Lazy<Qwen2CpuModel> NoYarn = new(() => new Qwen2CpuModel(Fixture.Config with { RopeScaling = null }, Fixture.Weights));
+
+    private static CudaBackend Load()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        return CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(Model),
+            new EngineOptions { MaxContext = 256, RopeScaling = RopeScalingMode.Adaptive });
+    }
+
+    private static float[] LastLogits(Qwen2CpuModel model, ReadOnlySpan<int> tokens)
+    {
+        int v = model.Config.VocabSize;
+        return model.Forward(tokens).AsSpan((tokens.Length - 1) * v, v).ToArray();
+    }
+
+    private static float[] Last(ISequence s)
+    {
+        var l = new float[Fixture.Config.VocabSize];
+        s.CopyLastLogits(l);
+        return l;
+    }
+
+    /// <summary>The reference a sequence of these tokens must match: without YaRN up to the switch, static YaRN past it.</summary>
+    private static float[] Want(ReadOnlySpan<int> tokens) => LastLogits(tokens.Length > Switch ? StaticYarn.Value : NoYarn.Value, tokens);
+
+    private static void AssertClose(float[] got, float[] want, string what)
+    {
+        double err = RelErr(got, want);
+        Assert.That(err, Is.LessThanOrEqualTo(Tolerance), $"{what}: ‖Δ‖/‖ref‖ = {err:E2}");
+    }
+
+    [Test]
+    public void ASequenceIsPlainUpToTheSwitchAndStaticYarnPastItThroughDecodeGraphs()
+    {
+        using var backend = Load();
+        using var seq = backend.CreateSequence();
+        var tokens = Tokens(40, 3);
+        seq.Append(tokens.AsSpan(0, 10));
+        AssertClose(Last(seq), Want(tokens.AsSpan(0, 10)), "prefill of 10");
+        for (int n = 11; n <= tokens.Length; n++) // decode steps: graphs in the plain rope, the switch, graphs in YaRN
+        {
+            seq.Append(tokens.AsSpan(n - 1, 1));
+            AssertClose(Last(seq), Want(tokens.AsSpan(0, n)), $"length {n} (switch at {Switch})");
+        }
+    }
+
+    [Test]
+    public void APromptPastTheSwitchRunsYarnFromPositionZero()
+    {
+        using var backend = Load();
+        using var seq = backend.CreateSequence();
+        var tokens = Tokens(27, 5);
+        seq.Append(tokens);
+        AssertClose(Last(seq), Want(tokens), "27 tokens at once");
+    }
+
+    [Test]
+    public void InABatchEverySequenceRunsItsOwnRope()
+    {
+        using var backend = Load();
+        var prompts = new[] { Tokens(5, 6), Tokens(14, 7), Tokens(30, 8) }; // plain, crossing soon, YaRN
+        var seqs = prompts.Select(_ => backend.CreateSequence()).ToArray();
+        try
+        {
+            backend.Step(seqs.Select((s, i) => new SequenceChunk(s, prompts[i])).ToArray());
+            var all = prompts.Select(p => p.ToList()).ToArray();
+            for (int step = 0; step < 6; step++)
+            {
+                int[] next = Tokens(3, 100 + step);
+                backend.Step(seqs.Select((s, i) => new SequenceChunk(s, new[] { next[i] })).ToArray());
+                for (int i = 0; i < seqs.Length; i++)
+                {
+                    all[i].Add(next[i]);
+                    AssertClose(Last(seqs[i]), Want(all[i].ToArray()), $"step {step}, sequence {i} (length {all[i].Count})");
+                }
+            }
+        }
+        finally
+        {
+            foreach (var s in seqs) s.Dispose();
+        }
+    }
+
+    [Test]
+    public void TruncatedBelowTheSwitchASequenceIsPlainAgain()
+    {
+        using var backend = Load();
+        using var seq = backend.CreateSequence();
+        var tokens = Tokens(24, 9);
+        seq.Append(tokens);
+        seq.Truncate(12);
+        seq.Append(tokens.AsSpan(12, 1));
+        AssertClose(Last(seq), Want(tokens.AsSpan(0, 13)), "truncated to 12, one more token");
+    }
+
+    [Test]
+    public void AForkSharesItsPlainPrefixAndSwitchesOnItsOwn()
+    {
+        using var backend = Load();
+        using var parent = backend.CreateSequence();
+        var tokens = Tokens(30, 10);
+        parent.Append(tokens.AsSpan(0, 14));
+        using var child = parent.Fork();
+        child.Append(tokens.AsSpan(14, 6)); // past the switch: the child runs again in YaRN, its own copies of the blocks
+        parent.Append(tokens.AsSpan(14, 1)); // still plain
+        AssertClose(Last(child), Want(tokens.AsSpan(0, 20)), "the child past the switch");
+        AssertClose(Last(parent), Want(tokens.AsSpan(0, 15)), "the parent below it");
+    }
+}
