@@ -44,13 +44,10 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             float wa[8], wb[8];
-            uint32_t a0, a1, a2, a3, b0, b1, b2, b3;
-            fp8x4_to_bf16x4(h ? va.z : va.x, a0, a1);
-            fp8x4_to_bf16x4(h ? va.w : va.y, a2, a3);
-            fp8x4_to_bf16x4(h ? vb.z : vb.x, b0, b1);
-            fp8x4_to_bf16x4(h ? vb.w : vb.y, b2, b3);
-            unpack_bf16x8(make_uint4(a0, a1, a2, a3), wa);
-            unpack_bf16x8(make_uint4(b0, b1, b2, b3), wb);
+            fp8x4_to_f32x4(h ? va.z : va.x, wa);
+            fp8x4_to_f32x4(h ? va.w : va.y, wa + 4);
+            fp8x4_to_f32x4(h ? vb.z : vb.x, wb);
+            fp8x4_to_f32x4(h ? vb.w : vb.y, wb + 4);
 #pragma unroll
             for (int m = 0; m < M; ++m) {
                 float xf[8];
