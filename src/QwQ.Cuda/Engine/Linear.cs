@@ -121,19 +121,13 @@ internal sealed class LinearOps : IDisposable
                 else if (_fp8Gemm is { } g && g.Fits(w, rows))
                     ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
                 else
-                {
-                    _fp8.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
-                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
-                }
+                    ApplyDequantized(s, w, x, y, rows, accumulate);
                 break;
             case WeightKind.Int4Awq when _int4 is not null:
                 if (rows <= SlicedMaxRows)
                     ApplySliced(s, w, x, y, rows, accumulate);
                 else
-                {
-                    _int4.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
-                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
-                }
+                    ApplyDequantized(s, w, x, y, rows, accumulate);
                 break;
             default:
                 throw new NotSupportedException($"{w.Kind} weights have no kernel here");
@@ -155,6 +149,27 @@ internal sealed class LinearOps : IDisposable
             if (w.Kind == WeightKind.Int4Awq) splits = Math.Min(splits, w.In / w.Group); // int4 splits fall on group boundaries
             TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Lite ?? false);
         }
+    }
+
+    /// <summary>A quantized product through a bf16 copy of its weight (in the scratch) and the bf16 GEMM, at any row count.</summary>
+    internal void ApplyDequantized(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        if (w.Kind == WeightKind.Fp8)
+            _fp8!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
+        else if (w.Kind == WeightKind.Int4Awq)
+            _int4!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
+        else
+            throw new NotSupportedException($"{w.Kind} weights are not quantized");
+        ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
+    }
+
+    /// <summary>An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows).</summary>
+    internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        if (_fp8Gemm is not { } g) throw new InvalidOperationException("this LinearOps has no FP8 GEMM (Fp8PrefillGemm.Dequantize, or not sm_90)");
+        if (w.Kind != WeightKind.Fp8 || !g.Fits(w, rows))
+            throw new ArgumentException($"{w.Kind} [{w.Out}x{w.In}] over {rows} rows does not fit the FP8 GEMM (fp8, K and N multiples of {CublasLt.Fp8Multiple}, at most {g.MaxRows} rows and {g.MaxIn} inputs)");
+        ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
     }
 
     /// <summary>
