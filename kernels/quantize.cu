@@ -5,6 +5,11 @@
 //   * repack_fp8_rows: row-major codes (an FP8 checkpoint's) -> the tile layout.
 //   * dequantize_fp8_rows: tile layout + scale -> row-major bf16 (w = code * scale, rounded to bf16), for
 //     prefill-sized products that run on the bf16 tensor cores through cuBLAS.
+// And for prefill-sized products on the FP8 tensor cores (cuBLASLt, e4m3 x e4m3 with outer-vector scales):
+//   * quantize_fp8_act_rows: bf16 activations -> row-major e4m3 + one fp32 scale per row (token), the same
+//     arithmetic as quantize_fp8_rows (scale = amax / 448, IEEE division, RNE, saturated); the host mirror is
+//     Fp8E4M3.QuantizePerToken.
+//   * untile_fp8_rows: the tile layout -> row-major e4m3 [n, k], which cuBLASLt reads as the K-major ("T") operand.
 #include <cuda_fp8.h>
 
 #include "common.cuh"
@@ -92,5 +97,54 @@ extern "C" __global__ void dequantize_fp8_rows(const uint8_t* __restrict__ src, 
 #pragma unroll
         for (int j = 0; j < 8; ++j) f[j] *= sc;
         reinterpret_cast<uint4*>(dst)[2 * i + 1] = pack_bf16x8(f);
+    }
+}
+
+// Launch: grid rows, block 256 (one block per row: a prefill chunk has thousands of rows, and one row of QwQ's widest
+// input, 27648 bf16, stays in L1/L2 between the amax pass and the quantize pass). k % 16 == 0 (cuBLASLt's FP8
+// alignment; the kernel itself needs k % 8), x and codes 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(kQuantThreads)
+quantize_fp8_act_rows(const __nv_bfloat16* __restrict__ x,  // [rows, k]
+                      uint8_t* __restrict__ codes,          // [rows, k] row-major
+                      float* __restrict__ scale,            // [rows]
+                      int k) {
+    kernel_entry_barrier();
+    __shared__ float scratch[32];
+    const size_t row = blockIdx.x;
+    const uint4* s = reinterpret_cast<const uint4*>(x + row * (size_t)k);
+    const int vecs = k / 8;
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(s[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(f[j]));
+    }
+    amax = block_max(amax, scratch);
+    const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
+    if (threadIdx.x == 0) scale[row] = sc;
+    uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)k);
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(s[i], f);
+        uint2 packed;
+        uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
+        out[i] = packed;
+    }
+}
+
+// Launch: 1-D grid-stride over 16-code pieces of the row-major output (writes coalesced; each warp reads 64-byte runs
+// of the tile layout). k % 64 == 0, pointers 16-byte aligned. Only the first `rows` rows are written (not the padding
+// of the last tile).
+extern "C" __global__ void untile_fp8_rows(const uint8_t* __restrict__ src,  // tile layout
+                                           uint8_t* __restrict__ dst,        // [rows, k] row-major
+                                           long long rows, int k) {
+    kernel_entry_barrier();
+    const long long per_row = k / 16, pieces = rows * per_row;
+    for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
+        const int row = (int)(i / per_row), kk = (int)(i % per_row) * 16;
+        reinterpret_cast<uint4*>(dst)[i] = ld_stream_u4(src + fp8_tile_offset(row, kk, k));
     }
 }

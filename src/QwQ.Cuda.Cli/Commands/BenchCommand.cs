@@ -41,9 +41,11 @@ internal static class BenchCommand
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time one batch-1 decode step kernel by kernel on every GPU (a diagnostic)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
+        var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
+            "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, profileStep, gemm, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, profileStep, gemm, fp8Prefill, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -59,7 +61,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic));
+                !p.GetValue(noProgrammatic), p.GetValue(fp8Prefill));
             return ExitCodes.Ok;
         });
         return command;
@@ -84,7 +86,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, Fp8PrefillGemm fp8Prefill)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -102,6 +104,7 @@ internal static class BenchCommand
             TensorParallel = tensorParallel,
             AllReduce = allReduce,
             ProgrammaticLaunch = programmaticLaunch,
+            Fp8Prefill = fp8Prefill,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");
@@ -140,6 +143,9 @@ internal static class BenchCommand
         string gpu = new string(report.Gpu.Select(ch => char.IsLetterOrDigit(ch) ? ch : '-').ToArray()).Trim('-');
         // The weight kind is part of the name, so a bf16 and an fp8 run of one commit on one machine both stay.
         string weights = report.Figures.FirstOrDefault()?.Weights is { } w and not "bf16" ? $"-{w}" : "";
+        // So is a quantized run's prefill detour, so an A/B of --fp8-prefill keeps both files.
+        if (weights != "" && report.PrefillGemm is { } gemm)
+            weights += gemm.StartsWith("dequantized", StringComparison.Ordinal) ? "-dequant-prefill" : gemm.Contains("fast", StringComparison.Ordinal) ? "-fastaccum" : "";
         string stem = Path.Combine(outDir, $"{report.Date}-{gpu}-{commit}{weights}{suffix}");
         File.WriteAllText(stem + ".json", BenchOutput.ToJson(report, comparison));
         File.WriteAllText(stem + ".md", markdown);

@@ -45,6 +45,7 @@ public static class BenchOutput
             else if (compare is not null) sb.Append(" – | – |");
             sb.AppendLine();
         }
+        if (r.PrefillGemm is { } gemm) sb.AppendLine($"\nPrefill products (over 128 rows): {gemm}.");
         sb.AppendLine();
         sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms.");
         if (r.AllReduce is { Count: > 0 } ar)

@@ -30,10 +30,12 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 /// One figure with every condition it was measured under, so runs compare by script: what was measured
 /// (prefill, decode, ttft), the batch, the context (decode) or tokens (prefill), weight and KV-cache kinds, tensor
 /// parallelism, whether kernels overlapped their predecessors (programmatic launch), the aggregate tokens per second,
-/// the time per step and its floor.
+/// the time per step and its floor; prefill figures also name the GEMM the layer products ran on
+/// (<see cref="CudaBackend.PrefillGemmPath"/>: e.g. "fp8 cuBLASLt" against "dequantized to bf16 cuBLAS").
 /// </summary>
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
-    string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false);
+    string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false,
+    string? PrefillGemm = null);
 
 /// <summary>
 /// One tensor-parallel all-reduce of <see cref="Rows"/> × hidden fp32, as decode runs it (in a CUDA graph): our
@@ -46,7 +48,7 @@ public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
-    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null);
+    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -62,6 +64,8 @@ public static class ModelBenchmark
         var c = backend.Config;
         var ceilings = DeviceCeilings.Measure(backend.Stream);
         log($"ceilings: copy {ceilings.CopyBytesPerSecond / 1e12:F2} TB/s, bf16 GEMM {ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s");
+        string prefillGemm = backend.PrefillGemmPath;
+        log($"prefill products (over 128 rows): {prefillGemm}");
         int tp = backend.TensorParallel;
         var allReduce = new List<AllReduceResult>();
         if (tp > 1)
@@ -160,7 +164,7 @@ public static class ModelBenchmark
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
             new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor,
                 floor is double f ? 100 * f / ms : null, backend.ProgrammaticLaunch);
-        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs)));
+        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm }));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
         seq.Dispose(); // the batched figures need the pool
@@ -181,7 +185,7 @@ public static class ModelBenchmark
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm);
     }
 
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;

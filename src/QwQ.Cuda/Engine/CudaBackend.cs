@@ -392,6 +392,12 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Which kernel each product runs at each padded decode batch, as measured at load (for bench logs).</summary>
     public IEnumerable<string> DescribeKernelChoices() => Linear.DescribeChoices();
 
+    /// <summary>
+    /// Which GEMM the layers' prefill-sized products run on (above 128 rows), e.g. "fp8 cuBLASLt" or "dequantized to bf16
+    /// cuBLAS" (<see cref="EngineOptions.Fp8Prefill"/>, <see cref="EngineOptions.PrefillGemm"/>); bench records it.
+    /// </summary>
+    public string PrefillGemmPath => Linear.PrefillPath(Weights.LinearKind);
+
     public ISequence CreateSequence(int? maxContext = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);

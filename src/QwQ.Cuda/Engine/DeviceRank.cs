@@ -74,12 +74,17 @@ internal sealed class DeviceRank : IDisposable
         else
             SyntheticWeights.Fill(Weights, a.Config, init, quantizers, scratch, Stream, a.Options.SyntheticSeed, progress, a.Cancel, a.Parallel, Index);
 
-        Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows));
+        Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows, a.Kind));
         Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks));
         var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
+        // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input
+        Fp8Gemm? fp8Gemm = null;
+        if (fp8 is not null && LinearOps.Resolve(a.Options.Fp8Prefill, Context.ComputeCapability.Major) is var mode and not Fp8PrefillGemm.Dequantize)
+            fp8Gemm = new Fp8Gemm(Own(CublasLt.Create()), mode == Fp8PrefillGemm.Fp8FastAccum, Workspace.Fp8ActCodes, Workspace.Fp8ActScales,
+                Workspace.MaxRows, Workspace.MaxProductInput(shard));
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
-            a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0));
+            a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0, fp8Gemm));
         Sum = Own(comm is null
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));

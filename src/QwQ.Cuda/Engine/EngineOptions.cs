@@ -46,6 +46,14 @@ public sealed record EngineOptions
     public PrefillGemm PrefillGemm { get; init; } = PrefillGemm.Cublas;
 
     /// <summary>
+    /// How fp8 weights run prefill-sized products (more than 128 rows): on the FP8 tensor cores (activations quantized per
+    /// token, the weight untiled to row-major e4m3, cuBLASLt with outer-vector scales) or expanded to bf16 for the bf16
+    /// GEMM of <see cref="PrefillGemm"/>. <see cref="Fp8PrefillGemm.Auto"/> (the default): the FP8 GEMM where cuBLASLt
+    /// has outer-vector scaling (compute capability 9.x: H100, H200), the bf16 detour elsewhere.
+    /// </summary>
+    public Fp8PrefillGemm Fp8Prefill { get; init; } = Fp8PrefillGemm.Auto;
+
+    /// <summary>
     /// Linear layers over at most this many rows use our GEMV kernels (each weight read once for all rows, fp32
     /// FMAs on the CUDA cores, which become the bottleneck past 4 rows); more rows go to cuBLAS's tensor cores. 0: always cuBLAS.
     /// </summary>
@@ -157,6 +165,22 @@ public enum KvCacheKind
 
 /// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>
 public enum PrefillGemm { Cublas, CublasLt }
+
+/// <summary>How fp8 weights run prefill-sized products (<see cref="EngineOptions.Fp8Prefill"/>).</summary>
+public enum Fp8PrefillGemm
+{
+    /// <summary><see cref="Fp8"/> on compute capability 9.x (where cuBLASLt scales FP8 products by outer vectors), else <see cref="Dequantize"/>.</summary>
+    Auto,
+    /// <summary>Expand the weight to a bf16 scratch and run the bf16 GEMM (<see cref="EngineOptions.PrefillGemm"/>): any GPU, bf16 activations.</summary>
+    Dequantize,
+    /// <summary>
+    /// e4m3 × e4m3 on the FP8 tensor cores through cuBLASLt: activations quantized per token (amax / 448), per-channel weight
+    /// scales and per-token activation scales applied to the fp32 accumulator; sm_90 only (cuBLASLt refuses it elsewhere).
+    /// </summary>
+    Fp8,
+    /// <summary><see cref="Fp8"/> with cuBLASLt's fast accumulation (no periodic fp32 promotion of the accumulator): for measuring.</summary>
+    Fp8FastAccum,
+}
 
 /// <summary>Load progress: bytes of weights on the device so far.</summary>
 public readonly record struct LoadProgress(string Stage, long BytesDone, long BytesTotal, string? Tensor = null)

@@ -53,8 +53,10 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
 /// fp8: our CUDA-core GEMV (1–4 rows) or tensor-core GEMV (up to 32 rows, and in 32-row slices up to 128), with the
-/// variant and split count that measured fastest; above, a dequantized bf16 copy through the bf16 GEMM (prefill is
-/// FLOP-bound, so the copy costs only its bytes). int4: the int4 tensor-core GEMV up to 32 rows (in slices up to 128)
+/// variant and split count that measured fastest; above, on sm_90 the FP8 tensor cores (<see cref="Fp8Gemm"/>: the
+/// input quantized per token, the weight untiled to row-major e4m3, cuBLASLt with outer-vector scales), elsewhere (or
+/// with <see cref="Fp8PrefillGemm.Dequantize"/>) a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound,
+/// so the copy costs only its bytes). int4: the int4 tensor-core GEMV up to 32 rows (in slices up to 128)
 /// at the tuned split count, above that the same bf16 detour. Output is fp32; <c>accumulate</c> adds into it (the residual
 /// stream), which is also where a tensor-parallel all-reduce would complete a partial sum.
 /// </summary>
@@ -74,14 +76,19 @@ internal sealed class LinearOps : IDisposable
     private readonly int? _mmaMaxRows;    // bf16: null, by timing at load; 0, never our tensor-core GEMVs; n, gemv_mma_bf16 up to n rows
     private readonly DeviceBuffer _mmaWorkspace, _tcWorkspace; // split-k tickets and partials of the tensor-core GEMVs
     private readonly ulong _dequantScratch;      // bf16 [largest quantized product], 0 without quantized weights
+                                                 // (the FP8 GEMM untiles its e4m3 [out, in] weight into its first half)
+    private readonly Fp8Gemm? _fp8Gemm;          // fp8 prefill on the FP8 tensor cores; null: the bf16 detour
     // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
     private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
 
     public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Int4Ops? int4, Cublas blas, CublasLt? lt, CublasLt? decodeLt,
-        int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch)
+        int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch, Fp8Gemm? fp8Gemm = null)
     {
         (_gemv, _tc, _fp8, _int4, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors, _dequantScratch) =
             (gemv, tc, fp8, int4, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors, dequantScratch);
+        if (fp8Gemm is not null && (fp8 is null || dequantScratch == 0))
+            throw new ArgumentException("the FP8 GEMM needs the fp8 kernels and the quantized weights' scratch", nameof(fp8Gemm));
+        _fp8Gemm = fp8Gemm;
         _mmaWorkspace = DeviceBuffer.Allocate(GemvOps.MmaWorkspaceBytes(multiprocessors));
         _mmaWorkspace.Memset32(0);
         _tcWorkspace = DeviceBuffer.Allocate(TensorCoreGemvOps.WorkspaceBytes);
@@ -111,20 +118,16 @@ internal sealed class LinearOps : IDisposable
                     _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, gemv.Splits);
                 else if (rows <= SlicedMaxRows)
                     ApplySliced(s, w, x, y, rows, accumulate);
+                else if (_fp8Gemm is { } g && g.Fits(w, rows))
+                    ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
                 else
-                {
-                    _fp8.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
-                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
-                }
+                    ApplyDequantized(s, w, x, y, rows, accumulate);
                 break;
             case WeightKind.Int4Awq when _int4 is not null:
                 if (rows <= SlicedMaxRows)
                     ApplySliced(s, w, x, y, rows, accumulate);
                 else
-                {
-                    _int4.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
-                    ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
-                }
+                    ApplyDequantized(s, w, x, y, rows, accumulate);
                 break;
             default:
                 throw new NotSupportedException($"{w.Kind} weights have no kernel here");
@@ -147,6 +150,62 @@ internal sealed class LinearOps : IDisposable
             TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Lite ?? false);
         }
     }
+
+    /// <summary>A quantized product through a bf16 copy of its weight (in the scratch) and the bf16 GEMM, at any row count.</summary>
+    internal void ApplyDequantized(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        if (w.Kind == WeightKind.Fp8)
+            _fp8!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
+        else if (w.Kind == WeightKind.Int4Awq)
+            _int4!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
+        else
+            throw new NotSupportedException($"{w.Kind} weights are not quantized");
+        ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
+    }
+
+    /// <summary>An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows).</summary>
+    internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        if (_fp8Gemm is not { } g) throw new InvalidOperationException("this LinearOps has no FP8 GEMM (Fp8PrefillGemm.Dequantize, or not sm_90)");
+        if (w.Kind != WeightKind.Fp8 || !g.Fits(w, rows))
+            throw new ArgumentException($"{w.Kind} [{w.Out}x{w.In}] over {rows} rows does not fit the FP8 GEMM (fp8, K and N multiples of {CublasLt.Fp8Multiple}, at most {g.MaxRows} rows and {g.MaxIn} inputs)");
+        ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
+    }
+
+    /// <summary>
+    /// A prefill-sized fp8 product on the FP8 tensor cores: x (bf16 [rows, in]) quantized per token into the workspace's
+    /// e4m3 [rows, in] and scales [rows]; the weight's tile layout untiled into the scratch as row-major e4m3 [out, in]
+    /// (cuBLASLt reads neither our tiles nor bf16 against e4m3); then y[rows, out] (+)= sx ⊙ (x_q · W_qᵀ) ⊙ sw, the
+    /// per-token and per-channel scales applied to the fp32 accumulator by cuBLASLt. The output is the same fp32
+    /// [rows, out] as every other path, accumulate adds into it (beta 1), and there is no bias here (q/k/v biases are added
+    /// with RoPE), exactly as on the bf16 detour.
+    /// </summary>
+    private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    {
+        _fp8!.QuantizeActivations(s, x, g.ActCodes, g.ActScales, rows, w.In);
+        _fp8.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
+        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, _dequantScratch, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum);
+    }
+
+    /// <summary>Which GEMM prefill-sized products of <paramref name="kind"/> run on (for logs and bench results).</summary>
+    public string PrefillPath(WeightKind kind)
+    {
+        string bf16 = _lt is null ? "bf16 cuBLAS" : "bf16 cuBLASLt";
+        return kind switch
+        {
+            WeightKind.Bf16 => bf16,
+            WeightKind.Fp8 when _fp8Gemm is { } g => g.FastAccum ? "fp8 cuBLASLt, fast accumulation" : "fp8 cuBLASLt",
+            _ => $"dequantized to {bf16}",
+        };
+    }
+
+    /// <summary>
+    /// What <see cref="EngineOptions.Fp8Prefill"/> means on a GPU of compute capability <paramref name="major"/>.x: Auto
+    /// takes the FP8 GEMM on 9.x only, where cuBLAS documents outer-vector scaling for FP8 (cuBLAS docs 3.1.4, "Outer
+    /// vector scaling": compute capability 9.0); asked for explicitly elsewhere, cuBLASLt's refusal names the call.
+    /// </summary>
+    public static Fp8PrefillGemm Resolve(Fp8PrefillGemm asked, int major) =>
+        asked == Fp8PrefillGemm.Auto ? (major == 9 ? Fp8PrefillGemm.Fp8 : Fp8PrefillGemm.Dequantize) : asked;
 
     /// <summary>Our tensor-core GEMV for this weight's kind: gemv_tc (bf16, fp8) or gemv_int4, up to 32 rows.</summary>
     private void TensorCore(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, int splits, bool lite = false)
@@ -262,4 +321,16 @@ internal sealed class LinearOps : IDisposable
         _mmaWorkspace.Dispose();
         _tcWorkspace.Dispose();
     }
+}
+
+/// <summary>
+/// What the FP8 prefill GEMM needs besides the weight: the cuBLASLt it runs on, whether it accumulates fast, and the
+/// workspace's per-token copy of a product's input, e4m3 <see cref="ActCodes"/> [<see cref="MaxRows"/>, <see cref="MaxIn"/>]
+/// and fp32 <see cref="ActScales"/> [<see cref="MaxRows"/>] (preallocated: nothing is allocated per launch).
+/// </summary>
+internal sealed record Fp8Gemm(CublasLt Lt, bool FastAccum, ulong ActCodes, ulong ActScales, int MaxRows, int MaxIn)
+{
+    /// <summary>Whether a product fits: its input in the buffers, and K and N multiples of 16 (cuBLASLt's FP8 alignment).</summary>
+    public bool Fits(LinearWeight w, int rows) =>
+        rows <= MaxRows && w.In <= MaxIn && w.In % CublasLt.Fp8Multiple == 0 && w.Out % CublasLt.Fp8Multiple == 0;
 }

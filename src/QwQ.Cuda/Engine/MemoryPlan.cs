@@ -103,7 +103,10 @@ public sealed record MemoryPlan(
         return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max, prefillChunk);
     }
 
-    /// <summary>Activation workspace and the quantized kinds' bf16 scratch: what a plan sets aside besides weights and KV.</summary>
+    /// <summary>
+    /// Activation workspace (with fp8 weights also the per-token e4m3 copy of a product's input for the FP8 GEMM) and the
+    /// quantized kinds' bf16 scratch: what a plan sets aside besides weights and KV.
+    /// </summary>
     public static long WorkspaceBytesFor(ModelConfig c, int prefillChunk, WeightKind linearKind) =>
         WorkspaceBytesFor(RankShape.Whole(c), prefillChunk, linearKind);
 
@@ -111,7 +114,7 @@ public sealed record MemoryPlan(
     internal static long WorkspaceBytesFor(RankShape shape, int prefillChunk, WeightKind linearKind)
     {
         ModelConfig c = shape.Config;
-        return Workspace.DeviceBytes(c, prefillChunk, MaxBlocksPerSequence(c), logitsWidth: shape.LmHeadRows) + ModelWeights.ScratchBytes(c, linearKind) +
+        return Workspace.DeviceBytes(c, prefillChunk, MaxBlocksPerSequence(c), logitsWidth: shape.LmHeadRows, linearKind: linearKind) + ModelWeights.ScratchBytes(c, linearKind) +
                ResidualSum.DeviceBytes(shape, prefillChunk, Workspace.LogitRowsFor(c, prefillChunk));
     }
 

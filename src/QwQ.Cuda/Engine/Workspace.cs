@@ -29,31 +29,35 @@ internal sealed class Workspace : IDisposable
     public ulong Logits => _logits.Ptr; // fp32 [logit_rows, LogitsWidth]  (tensor parallel: this GPU's vocabulary rows)
     public ulong LogitInput { get; }   // bf16 [logit_rows, hidden]
     public ulong DecodeAttnScratch { get; } // split-K partials of paged decode attention
+    // fp8 weights only (0 otherwise): a product's input quantized per token for the FP8 GEMM (LinearOps), the widest input
+    public ulong Fp8ActCodes { get; }  // e4m3 [rows, max(hidden, q_dim, intermediate)]
+    public ulong Fp8ActScales { get; } // fp32 [rows]
     public int LogitRows { get; }
     /// <summary>Logits per row: the vocabulary, or with tensor parallel this GPU's lm_head rows.</summary>
     public int LogitsWidth { get; }
 
-    public Workspace(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, int? logitsWidth = null)
+    public Workspace(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, int? logitsWidth = null, WeightKind linearKind = WeightKind.Bf16)
     {
         MaxRows = maxRows;
         LogitsWidth = logitsWidth ?? c.VocabSize;
         LogitRows = LogitRowsFor(c, maxRows);
-        var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors);
+        var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors, linearKind);
         _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Select(s => s.Bytes)));
         ulong Take(string name) => _arena.Take(sizes.First(s => s.Name == name).Bytes);
         Residual = Take(nameof(Residual)); Normed = Take(nameof(Normed));
         Qkv = Take(nameof(Qkv)); Q = Take(nameof(Q)); Attn = Take(nameof(Attn)); GateUp = Take(nameof(GateUp));
         Act = Take(nameof(Act)); LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
+        if (linearKind == WeightKind.Fp8) (Fp8ActCodes, Fp8ActScales) = (Take(nameof(Fp8ActCodes)), Take(nameof(Fp8ActScales)));
         _logits = DeviceBuffer.Allocate(4L * LogitRows * LogitsWidth);
         Inputs = new StepInputs(maxRows, Math.Min(MaxSequences, maxRows), LogitRows, maxBlocks);
     }
 
     // The logits are a DeviceBuffer of their own (host copies take a DeviceBuffer); everything else lives in one arena.
 
-    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors)
+    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, WeightKind linearKind)
     {
         long t = maxRows, h = c.HiddenSize, r = LogitRowsFor(c, maxRows);
-        return
+        List<(string Name, long Bytes)> sizes =
         [
             (nameof(Residual), 4 * t * h), (nameof(Normed), 2 * t * h),
             (nameof(Qkv), 4 * t * c.QkvDim), (nameof(Q), 2 * t * c.QDim),
@@ -62,7 +66,13 @@ internal sealed class Workspace : IDisposable
             (nameof(DecodeAttnScratch), AttentionOps.DecodePagedWorkspaceBytes(multiprocessors, c.NumAttentionHeads,
                 c.NumKeyValueHeads, c.HeadDim, Math.Min(MaxSequences, maxRows), maxBlocks)),
         ];
+        if (linearKind == WeightKind.Fp8)
+            sizes.AddRange([(nameof(Fp8ActCodes), t * MaxProductInput(c)), (nameof(Fp8ActScales), 4 * t)]);
+        return sizes;
     }
+
+    /// <summary>The widest input of a layer product (hidden for qkv and gate_up, q_dim for o_proj, intermediate for down_proj).</summary>
+    public static int MaxProductInput(ModelConfig c) => Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
 
     /// <summary>Copies the first destination.Length floats of the logits (row-major [rows, vocab]) to the host.</summary>
     public void CopyLogits(Span<float> destination) => _logits.CopyToHost(destination);
@@ -75,10 +85,11 @@ internal sealed class Workspace : IDisposable
         (int)Math.Min(maxRows, Math.Max(Math.Min(MaxSequences, maxRows), (64L << 20) / (4L * c.VocabSize)));
 
     /// <summary>Device bytes of a workspace for <paramref name="maxRows"/> rows (an upper bound over GPUs of up to 256 SMs).</summary>
-    public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256, int? logitsWidth = null)
+    public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256, int? logitsWidth = null,
+        WeightKind linearKind = WeightKind.Bf16)
     {
         long inputs = 4L * (4 * maxRows + 8L * MaxSequences + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
-        return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors).Select(s => s.Bytes)) +
+        return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors, linearKind).Select(s => s.Bytes)) +
                DeviceArena.SizeFor([4L * LogitRowsFor(c, maxRows) * (logitsWidth ?? c.VocabSize)]) + inputs;
     }
 

@@ -5,7 +5,8 @@ namespace QwQ.Cuda.Kernels;
 /// <summary>
 /// FP8 (E4M3) weight kernels: the CUDA-core GEMV for 1–4 rows (kernels/gemv_fp8.cu) and, in kernels/quantize.cu, the load-time quantizer (bf16 rows → codes + one fp32 scale
 /// per output row), the repacker for checkpoints that are already fp8, and the dequantizer that feeds prefill-sized
-/// products to the bf16 GEMM. FP8 weights live in the tile layout of kernels/fp8.cuh (the decode kernel's fragment
+/// products to the bf16 GEMM; and for prefill on the FP8 tensor cores (cuBLASLt, <see cref="CublasLt.MatmulFp8TN"/>) the
+/// per-token activation quantizer and the untiler that gives cuBLASLt a row-major copy of a weight. FP8 weights live in the tile layout of kernels/fp8.cuh (the decode kernel's fragment
 /// order; <see cref="TileOffset"/>), which is why rows are padded to 16 and k must be a multiple of 64. Decode
 /// products over more rows run on <see cref="TensorCoreGemvOps"/>.
 /// </summary>
@@ -18,6 +19,8 @@ internal sealed class Fp8Ops
     [KernelEntry] public const string QuantizeEntry = "quantize_fp8_rows";
     [KernelEntry] public const string RepackEntry = "repack_fp8_rows";
     [KernelEntry] public const string DequantizeEntry = "dequantize_fp8_rows";
+    [KernelEntry] public const string QuantizeActivationsEntry = "quantize_fp8_act_rows";
+    [KernelEntry] public const string UntileEntry = "untile_fp8_rows";
 
     /// <summary>k (a weight's input size) must be a multiple of this.</summary>
     public const int KMultiple = 64;
@@ -29,7 +32,10 @@ internal sealed class Fp8Ops
     public const int MaxGemvRows = 4;
 
     private readonly CudaKernel[] _gemv; // index rows − 1
-    private readonly CudaKernel _quantize, _repack, _dequantize;
+    /// <summary>Inputs of a row of activations quantized for cuBLASLt must be a multiple of this (its FP8 alignment: 16 bytes of codes).</summary>
+    public const int ActivationKMultiple = 16;
+
+    private readonly CudaKernel _quantize, _repack, _dequantize, _quantizeActivations, _untile;
 
     public Fp8Ops(PtxLibrary lib)
     {
@@ -38,6 +44,8 @@ internal sealed class Fp8Ops
         _quantize = lib.GetKernel(QuantizeEntry);
         _repack = lib.GetKernel(RepackEntry);
         _dequantize = lib.GetKernel(DequantizeEntry);
+        _quantizeActivations = lib.GetKernel(QuantizeActivationsEntry);
+        _untile = lib.GetKernel(UntileEntry);
     }
 
     /// <summary>Bytes of an fp8 weight [n, k] in the tile layout (rows padded to a multiple of 16).</summary>
@@ -129,6 +137,37 @@ internal sealed class Fp8Ops
         long pieces = rows * (k / 16);
         void** args = stackalloc void*[] { &src, &scale, &dst, &rows, &k };
         _dequantize.Launch(new Dim3(LaunchChecks.GridStrideBlocks(pieces, 256)), new Dim3(256), 0, s, args);
+    }
+
+    /// <summary>
+    /// Per-token activation quantization for the FP8 GEMM: bf16 <paramref name="x"/> [rows, k] → row-major e4m3
+    /// <paramref name="codes"/> [rows, k] and fp32 <paramref name="scales"/> [rows], scale = amax / 448 per row (1 for an
+    /// all-zero row), codes rounded to nearest even and saturated: <see cref="Weights.Quantization.Fp8E4M3.QuantizePerToken"/>
+    /// bit for bit.
+    /// </summary>
+    public unsafe void QuantizeActivations(CudaStream s, ulong x, ulong codes, ulong scales, int rows, int k)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(codes, 16, nameof(codes));
+        LaunchChecks.Aligned(scales, 16, nameof(scales)); // cuBLASLt reads them as a scale vector: 16-byte aligned
+        LaunchChecks.Positive(rows, nameof(rows));
+        if (k <= 0 || k % ActivationKMultiple != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {ActivationKMultiple}.", nameof(k));
+        void** args = stackalloc void*[] { &x, &codes, &scales, &k };
+        _quantizeActivations.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), 0, s, args);
+    }
+
+    /// <summary>Tile-layout e4m3 [rows, k] → row-major e4m3 [rows, k] (the codes only; scales stay where they are).</summary>
+    public unsafe void UntileRows(CudaStream s, ulong src, ulong dst, long rows, int k)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(src, 16, nameof(src));
+        LaunchChecks.Aligned(dst, 16, nameof(dst));
+        LaunchChecks.Positive(rows, nameof(rows));
+        CheckK(k);
+        long pieces = rows * (k / 16);
+        void** args = stackalloc void*[] { &src, &dst, &rows, &k };
+        _untile.Launch(new Dim3(LaunchChecks.GridStrideBlocks(pieces, 256)), new Dim3(256), 0, s, args);
     }
 
     private static void CheckK(int k)

@@ -16,6 +16,7 @@ internal static unsafe partial class CublasApi
     internal const int CUBLAS_COMPUTE_32F = 68;
     internal const int CUDA_R_32F = 0;
     internal const int CUDA_R_16BF = 14;
+    internal const int CUDA_R_8F_E4M3 = 28;
 
     [LibraryImport(Lib)] internal static partial int cublasCreate_v2(out IntPtr handle);
     [LibraryImport(Lib)] internal static partial int cublasDestroy_v2(IntPtr handle);
@@ -38,6 +39,16 @@ internal static unsafe partial class CublasLtApi
 
     internal const int CUBLASLT_MATMUL_DESC_TRANSA = 3;
     internal const int CUBLASLT_MATMUL_DESC_TRANSB = 4;
+    // FP8 scaling (cublasLt.h, cublasLtMatmulDescAttributes_t): device pointers to the A and B scales, how each is applied
+    // (cublasLtMatmulMatrixScale_t, int32), and fast accumulation (int8: 0 keeps Hopper's periodic promotion of the
+    // FP8 tensor-core accumulator to fp32).
+    internal const int CUBLASLT_MATMUL_DESC_A_SCALE_POINTER = 17;
+    internal const int CUBLASLT_MATMUL_DESC_B_SCALE_POINTER = 18;
+    internal const int CUBLASLT_MATMUL_DESC_FAST_ACCUM = 25;
+    internal const int CUBLASLT_MATMUL_DESC_A_SCALE_MODE = 31;
+    internal const int CUBLASLT_MATMUL_DESC_B_SCALE_MODE = 32;
+    /// <summary>cublasLtMatmulMatrixScale_t: one fp32 scale per row of op(A) (length M) and per column of op(B) (length N); sm_90.</summary>
+    internal const int CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F = 3;
     internal const int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;
     internal const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5;
     internal const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6;

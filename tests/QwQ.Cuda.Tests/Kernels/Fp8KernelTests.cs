@@ -110,6 +110,58 @@ public sealed class Fp8KernelTests : KernelTestBase
         for (int r = 0; r < n; r++) for (int j = 0; j < k; j++) Assert.That(offsets.Add(Fp8Ops.TileOffset(r, j, k)), $"({r}, {j})");
     }
 
+    /// <summary>
+    /// quantize_fp8_act_rows against the host reference (Fp8E4M3.QuantizePerToken) bit for bit, codes and scales: random
+    /// rows of several magnitudes, an all-zero row, an outlier that sends the rest of its row subnormal, and k a multiple
+    /// of 16 but not of 64 (activations need only cuBLASLt's alignment).
+    /// </summary>
+    [Test]
+    public void QuantizeActivationsEqualsTheHostReferenceBitForBit([Values(1040, 5120)] int k)
+    {
+        const int rows = 45;
+        float[] x = NormalBf16((long)rows * k, 1f);
+        for (int r = 0; r < rows; r++)
+        {
+            float scale = MathF.Pow(2, Rng.Next(-20, 12));
+            for (int j = 0; j < k; j++) x[r * k + j] = Bf16.Round(x[r * k + j] * scale);
+        }
+        for (int j = 0; j < k; j++) x[7 * k + j] = 0;
+        x[11 * k + 3] = Bf16.Round(-3e4f);
+        var codesExpected = new byte[rows * k];
+        var scalesExpected = new float[rows];
+        global::QwQ.Cuda.Weights.Quantization.Fp8E4M3.QuantizePerToken(x, rows, k, codesExpected, scalesExpected);
+        var dx = UploadBf16(x);
+        var dcodes = Alloc((long)rows * k);
+        dcodes.Memset32(0xFFFFFFFF, Stream); // NaN codes: every byte must be written
+        var dscales = PoisonedF32(rows);
+        _fp8.QuantizeActivations(Stream, dx.Ptr, dcodes.Ptr, dscales.Ptr, rows, k);
+        float[] scales = DownloadF32(dscales);
+        var codes = new byte[rows * k];
+        dcodes.CopyToHost<byte>(codes);
+        for (int r = 0; r < rows; r++)
+            Assert.That(BitConverter.SingleToUInt32Bits(scales[r]), Is.EqualTo(BitConverter.SingleToUInt32Bits(scalesExpected[r])), $"scale of row {r}");
+        for (int i = 0; i < codes.Length; i++)
+            if (codes[i] != codesExpected[i])
+                Assert.Fail($"row {i / k} col {i % k}: {x[i]} / {scales[i / k]} → code 0x{codes[i]:x2}, expected 0x{codesExpected[i]:x2}");
+    }
+
+    [Test]
+    public void UntileGivesTheRowMajorCodesBack()
+    {
+        int n = 40, k = 192; // a padded last tile, three 64-column chunks
+        var codes = new byte[n * k];
+        Rng.NextBytes(codes);
+        var src = Upload<byte>(Fp8Ops.PackTiles(codes, n, k));
+        var dst = Alloc((long)n * k + 64);
+        dst.Memset32(0xA5A5A5A5, Stream);
+        _fp8.UntileRows(Stream, src.Ptr, dst.Ptr, n, k);
+        var got = new byte[n * k + 64];
+        Stream.Synchronize();
+        dst.CopyToHost<byte>(got);
+        Assert.That(got.AsSpan(0, n * k).ToArray(), Is.EqualTo(codes));
+        Assert.That(got.AsSpan(n * k).ToArray(), Is.All.EqualTo((byte)0xA5), "nothing written past the last row (the tile padding stays behind)");
+    }
+
     /// <summary>Random codes (no NaN) and per-row scales: the device weight and scales, and the dequantized fp32 matrix.</summary>
     internal static (byte[] Codes, float[] Scales, float[] Dequantized) RandomWeights(Random rng, int n, int k)
     {

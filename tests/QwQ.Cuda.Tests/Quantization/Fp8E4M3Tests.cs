@@ -138,4 +138,61 @@ public class Fp8E4M3Tests
             }
         }
     }
+
+    /// <summary>
+    /// The per-token activation quantizer of the FP8 prefill GEMM (what quantize_fp8_act_rows computes): every value comes
+    /// back within half a step of e4m3 at its magnitude (2^-4 relative for normals, 2^-10 · scale absolute below 2^-6 ·
+    /// scale), nothing saturates (x / scale never passes 448 by more than a rounding, and each row's largest magnitude
+    /// decodes to ±448), codes are never NaN, and an all-zero row has scale 1 and zero codes. Values are bf16, as the GPU reads them.
+    /// </summary>
+    [Test]
+    public void QuantizePerTokenRoundTripsWithinHalfAStepAndNeverSaturates()
+    {
+        const int rows = 6, cols = 1040;
+        var rng = new Random(3);
+        var x = new float[rows * cols];
+        for (int i = 0; i < x.Length; i++)
+        {
+            double u1 = 1 - rng.NextDouble(), u2 = rng.NextDouble();
+            x[i] = Bf16Round((float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2)));
+        }
+        for (int j = 0; j < cols; j++) x[2 * cols + j] = 0;                        // an all-zero row
+        x[3 * cols + 5] = Bf16Round(3e4f);                                           // an outlier: its row's small values go subnormal
+        for (int j = 0; j < cols; j++) x[4 * cols + j] = Bf16Round(x[4 * cols + j] * 1e-30f); // tiny magnitudes: scale far below 1
+        x[5 * cols + 9] = -Bf16Round(7.5f);                                          // a negative row maximum
+        var codes = new byte[rows * cols];
+        var scales = new float[rows];
+        Fp8E4M3.QuantizePerToken(x, rows, cols, codes, scales);
+
+        Assert.That(scales[2], Is.EqualTo(1f), "all-zero row: scale 1");
+        Assert.That(codes.AsSpan(2 * cols, cols).ToArray(), Is.All.EqualTo((byte)0), "all-zero row: zero codes");
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.AsSpan(r * cols, cols);
+            float amax = 0;
+            foreach (float v in row) amax = MathF.Max(amax, MathF.Abs(v));
+            if (amax > 0) Assert.That(scales[r], Is.EqualTo(amax / 448f), $"row {r}: scale = amax / 448");
+            bool sawMax = amax == 0;
+            for (int j = 0; j < cols; j++)
+            {
+                byte q = codes[r * cols + j];
+                Assert.That((q & 0x7F) != 0x7F, $"row {r} col {j}: NaN code");
+                Assert.That(q, Is.EqualTo(Nearest(row[j] / scales[r])), $"row {r} col {j}: nearest code, ties to even");
+                Assert.That(Math.Abs(row[j] / scales[r]), Is.LessThanOrEqualTo(448 * (1 + 1e-6)), $"row {r} col {j}: saturated");
+                double back = Fp8E4M3.ToFloat(q) * (double)scales[r];
+                double bound = Math.Max(Math.Abs(row[j]) * Math.Pow(2, -4), scales[r] * Math.Pow(2, -10)) * (1 + 1e-6);
+                Assert.That(Math.Abs(back - row[j]), Is.LessThanOrEqualTo(bound), $"row {r} col {j}: {row[j]} came back as {back}");
+                if (amax > 0 && MathF.Abs(row[j]) == amax) { sawMax = true; Assert.That(q & 0x7F, Is.EqualTo(0x7E), $"row {r}: the largest magnitude is ±448"); }
+            }
+            Assert.That(sawMax, $"row {r}: its maximum was seen");
+        }
+    }
+
+    /// <summary>fp32 → bf16 → fp32, round to nearest even (the values the GPU's bf16 activations hold).</summary>
+    private static float Bf16Round(float f)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
+        return BitConverter.UInt32BitsToSingle(bits);
+    }
 }

@@ -114,4 +114,14 @@ public static class Fp8E4M3
             for (int i = 0; i < inFeatures; i++) q[i] = FromFloat(row[i] / scale);
         }
     }
+
+    /// <summary>
+    /// Quantizes activations per token (per row of [rows, cols]) for the FP8 GEMM, as <c>quantize_fp8_act_rows</c> does on
+    /// the GPU: scale = amax(|row|) / 448 (fp32 IEEE division; 1 for an all-zero row) and codes FromFloat(x / scale)
+    /// (round to nearest even, saturated to ±448, never NaN for finite input). The arithmetic is that of
+    /// <see cref="QuantizePerChannel"/>, applied to a row of inputs instead of a row of weights; <paramref name="x"/> holds
+    /// bf16 values (exact in fp32), as the GPU reads them. The dequantized activation is ToFloat(q) · scale.
+    /// </summary>
+    public static void QuantizePerToken(ReadOnlySpan<float> x, int rows, int cols, Span<byte> codes /* [rows, cols] */, Span<float> scales /* [rows] */) =>
+        QuantizePerChannel(x, rows, cols, codes, scales);
 }

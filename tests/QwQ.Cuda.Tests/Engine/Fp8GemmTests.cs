@@ -1,0 +1,136 @@
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Kernels;
+using QwQ.Cuda.Native;
+using QwQ.Cuda.Tests.Kernels;
+using QwQ.Cuda.Weights.Quantization;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+/// <summary>
+/// The FP8 prefill GEMM of <see cref="LinearOps"/> (per-token activation quantization, untiled weight, cuBLASLt e4m3 with
+/// outer-vector scales) on tile-layout fp8 weights: against a plain product of the dequantized weight and the
+/// quantized-then-dequantized activations (what it computes, up to the order of the fp32 sums: ≤ 1e-2), and against the
+/// bf16 detour it replaces (bf16 activations: the difference is the activations' e4m3 rounding, ~2.5% rms for normal
+/// data: ≤ 3e-2), with and without accumulation into y, at row counts on both sides of where the engine switches to it
+/// (17 and 128 rows run on the tensor-core GEMV in the engine; the GEMM must be right there too) and through
+/// <see cref="LinearOps.Apply"/> above 128 rows. There is no bias here: q/k/v biases are added with RoPE, after the
+/// product, on every path. Skipped without a GPU, and on GPUs other than sm_90 (cuBLASLt's outer-vector scaling).
+/// </summary>
+public sealed class Fp8GemmTests : KernelTestBase
+{
+    private const int MaxRows = 512, MaxIn = 5120;
+    private Fp8Ops _fp8 = null!;
+#pragma warning disable NUnit1032 // created in CreateOps (the base class's [OneTimeSetUp]) and disposed in FreeOps ([OneTimeTearDown])
+    private LinearOps? _linear;
+#pragma warning restore NUnit1032
+    private readonly List<IDisposable> _gpu = [];
+    private string? _unsupported;
+
+    protected override void CreateOps()
+    {
+        if (Context.ComputeCapability.Major != 9)
+        {
+            _unsupported = $"the FP8 GEMM's outer-vector scaling needs compute capability 9.x (this GPU: {Context.ComputeCapability.Major}.{Context.ComputeCapability.Minor})";
+            return;
+        }
+        _fp8 = new Fp8Ops(Lib);
+        var scratch = Own(DeviceBuffer.Allocate(2L * 1792 * 5120));          // bf16 [largest weight here]: the dequantize path's and the untiled codes'
+        var codes = Own(DeviceBuffer.Allocate((long)MaxRows * MaxIn));        // e4m3 [rows, in]
+        var scales = Own(DeviceBuffer.Allocate(4L * MaxRows));                // fp32 [rows]
+        var gemm = new Fp8Gemm(Own(CublasLt.Create()), FastAccum: false, codes.Ptr, scales.Ptr, MaxRows, MaxIn);
+        _linear = new LinearOps(new GemvOps(Lib), new TensorCoreGemvOps(Lib), _fp8, null, Own(Cublas.Create(Stream)), null, null,
+            gemvMaxRows: 4, mmaMaxRows: 0, Context.MultiprocessorCount, scratch.Ptr, gemm);
+    }
+
+    private T Own<T>(T d) where T : IDisposable
+    {
+        _gpu.Add(d);
+        return d;
+    }
+
+    [OneTimeTearDown]
+    public void FreeOps()
+    {
+        _linear?.Dispose();
+        for (int i = _gpu.Count - 1; i >= 0; i--) _gpu[i].Dispose();
+    }
+
+    [SetUp]
+    public void RequireSm90()
+    {
+        if (_unsupported is not null) Assert.Ignore(_unsupported);
+    }
+
+    // (rows, out, in): small; QwQ's o_proj at TP 4 over 128 rows; qkv at TP 4 (7168 / 4 × 5120 / 4 … reduced in K); down_proj at TP 8.
+    [TestCase(17, 48, 64)]
+    [TestCase(128, 1280, 1280)]
+    [TestCase(300, 1792, 1280)]
+    [TestCase(300, 640, 3456)]
+    public void MatchesTheProductOfTheDequantizedOperandsAndTheBf16Detour(int rows, int outF, int inF)
+    {
+        foreach (bool accumulate in new[] { false, true })
+        {
+            var (codes, scales, w) = Fp8KernelTests.RandomWeights(Rng, outF, inF);
+            var dw = Upload<byte>(Fp8Ops.PackTiles(codes, outF, inF));
+            var ds = Upload<float>(scales);
+            var weight = new LinearWeight(dw.Ptr, outF, inF, WeightKind.Fp8, ds.Ptr);
+            float[] x = NormalBf16((long)rows * inF);
+            float[] y0 = accumulate ? Normal((long)rows * outF, 4f) : new float[(long)rows * outF];
+            var dx = UploadBf16(x);
+
+            // what the GEMM multiplies: x quantized per token, dequantized; the weight dequantized
+            var xCodes = new byte[x.Length];
+            var xScales = new float[rows];
+            Fp8E4M3.QuantizePerToken(x, rows, inF, xCodes, xScales);
+            var xq = new float[x.Length];
+            for (int r = 0; r < rows; r++) Fp8E4M3.ToFloat(xCodes.AsSpan(r * inF, inF), xScales[r], xq.AsSpan(r * inF, inF));
+            float[] expected = Product(xq, w, y0, rows, outF, inF);
+
+            float[] Run(Action<ulong> apply)
+            {
+                var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * outF);
+                apply(dy.Ptr);
+                return DownloadF32(dy);
+            }
+            string what = $"rows={rows} [{outF}x{inF}] acc={accumulate}";
+            float[] got = Run(y => _linear!.ApplyFp8Gemm(Stream, weight, dx.Ptr, y, rows, accumulate));
+            AssertClose(got, expected, 1e-2, $"FP8 GEMM against the dequantized operands, {what}");
+            float[] detour = Run(y => _linear!.ApplyDequantized(Stream, weight, dx.Ptr, y, rows, accumulate));
+            AssertClose(got, detour, 3e-2, $"FP8 GEMM against the bf16 detour, {what}");
+            if (rows > 128)
+                Assert.That(Run(y => _linear!.Apply(Stream, weight, dx.Ptr, y, rows, accumulate)), Is.EqualTo(got), $"Apply takes the FP8 GEMM above 128 rows, {what}");
+        }
+    }
+
+    [Test]
+    public void RefusesShapesCublasLtCannotRun()
+    {
+        var (codes, scales, _) = Fp8KernelTests.RandomWeights(Rng, 40, 64);
+        var dw = Upload<byte>(Fp8Ops.PackTiles(codes, 40, 64));
+        var ds = Upload<float>(scales);
+        var dx = UploadBf16(NormalBf16(200 * 64));
+        var dy = PoisonedF32(200 * 40);
+        var weight = new LinearWeight(dw.Ptr, 40, 64, WeightKind.Fp8, ds.Ptr);
+        var e = Assert.Throws<ArgumentException>(() => _linear!.ApplyFp8Gemm(Stream, weight, dx.Ptr, dy.Ptr, 200, false));
+        Assert.That(e!.Message, Does.Contain("multiples of 16"));
+        // the engine's dispatch takes the bf16 detour for it instead
+        _linear!.Apply(Stream, weight, dx.Ptr, dy.Ptr, 200);
+        AssertAllFinite(DownloadF32(dy), "y");
+    }
+
+    /// <summary>y0 + x · wᵀ in double: x [rows, k], w [n, k].</summary>
+    private static float[] Product(float[] x, float[] w, float[] y0, int rows, int n, int k)
+    {
+        var y = new float[(long)rows * n];
+        Parallel.For(0, rows, r =>
+        {
+            for (int o = 0; o < n; o++)
+            {
+                double sum = y0[(long)r * n + o];
+                for (int i = 0; i < k; i++) sum += (double)x[(long)r * k + i] * w[(long)o * k + i];
+                y[(long)r * n + o] = (float)sum;
+            }
+        });
+        return y;
+    }
+}
