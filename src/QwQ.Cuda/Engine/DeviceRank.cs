@@ -75,7 +75,7 @@ internal sealed class DeviceRank : IDisposable
             SyntheticWeights.Fill(Weights, a.Config, init, quantizers, scratch, Stream, a.Options.SyntheticSeed, progress, a.Cancel, a.Parallel, Index);
 
         Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows));
-        Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks));
+        Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks, a.Options.KvCache)); // this GPU's KV heads of every block
         var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
