@@ -23,7 +23,8 @@ struct KvLayout {
 };
 
 // ---- the fp8 KV cache (docs/KV_CACHE.md) ----------------------------------------------------------------------------
-// Per layer, K and V are e4m3 codes [blocks, nkv, 64, D] (bytes) with one fp32 scale per (slot, head), [blocks, nkv, 64]:
+// Per layer, K and V are e4m3 codes [blocks, nkv, 64, D] (bytes) with one fp32 scale per (slot, head),
+// [blocks, nkv, 64]:
 // the same rows as the bf16 pool (KvLayout::tile_row), one byte per element, and the scale of row r at index r. Both
 // kernels stage a tile's codes and scales in shared memory with cp.async (the same ring as for bf16 tiles, a quarter
 // of the bytes: 1 instead of 2 per element, and no padding since nothing reads them with ldmatrix), then, once it has

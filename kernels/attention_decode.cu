@@ -107,7 +107,8 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
     __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
-    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);  // fp8: [STAGES][fp8_stage_bytes]
+    // fp8: the staged codes and scales, [STAGES][attn::fp8_stage_bytes<D, BN>()]
+    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
 
     const int split = blockIdx.x;
     const int kvh = blockIdx.y;

@@ -65,12 +65,13 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = -__int_as_float(0x7f800000);
     constexpr bool FP8 = attn::is_fp8_cache<T_CACHE>();
-    constexpr int TILES = FP8 ? 1 : 2;  // bf16 tiles the warps read: the double buffer itself, or fp8's one expanded tile
+    constexpr int TILES = FP8 ? 1 : 2;  // bf16 tiles the warps read: the double buffer, or fp8's one expanded tile
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
     __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
-    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);  // fp8: [2][fp8_stage_bytes]
+    // fp8: the staged codes and scales, [2][attn::fp8_stage_bytes<D, BN>()]
+    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
 
     const int head = blockIdx.x;
     const int m_tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first

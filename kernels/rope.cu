@@ -40,9 +40,10 @@ __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* 
 // divisions are IEEE (build.sh has no fast math), not a product with a reciprocal. One pair per thread, held in
 // registers across the block-wide max (the launcher keeps head_dim / 2 <= blockDim.x); every thread of the block must
 // call it (it synchronises). warp_max: shared, one float per warp of the block.
-__device__ __forceinline__ void bias_rope_store_fp8(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
-                                                    float attention_factor, int pos, bool rotate, int half,
-                                                    float* warp_max, uint8_t* codes, float* scale_out) {
+__device__ __forceinline__ void bias_rope_store_fp8(const float* x, const uint16_t* b,
+                                                    const float* __restrict__ inv_freq, float attention_factor, int pos,
+                                                    bool rotate, int half, float* warp_max, uint8_t* codes,
+                                                    float* scale_out) {
     const int i = threadIdx.x;
     const bool mine = i < half;
     float2 v = make_float2(0.f, 0.f);
