@@ -71,13 +71,27 @@ constexpr int split_smem_bytes() {
     return ring > merge ? ring : merge;
 }
 
+// Shared memory of the fp8-cache split kernel: one bf16 K/V tile (the expanded one the warps read), the 3-stage ring
+// of staged codes and scales (attn::fp8_tile_async), or the cross-warp merge if larger.
 template <int D>
+constexpr int split_smem_bytes_fp8() {
+    constexpr int ring = 2 * BN * (D + 8) * 2 + STAGES * attn::fp8_stage_bytes<D, BN>();
+    constexpr int merge = WARPS * 16 * D * 4 + WARPS * 16 * 2 * 4;
+    return ring > merge ? ring : merge;
+}
+
+// T: the cache element, __nv_bfloat16, or uint8_t for the fp8 cache (e4m3 codes, with k_scales / v_scales
+// [blocks, nkv, 64]: attention.cuh). An fp8 tile is staged by cp.async like a bf16 one and expanded to bf16 in shared
+// memory when it has landed; everything from the mma on is the same.
+template <int D, typename T = __nv_bfloat16>
 __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q,
-                                             const __nv_bfloat16* __restrict__ k_cache,
-                                             const __nv_bfloat16* __restrict__ v_cache, float* __restrict__ part_o,
+                                             const T* __restrict__ k_cache,
+                                             const T* __restrict__ v_cache, float* __restrict__ part_o,
                                              float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
                                              const int* __restrict__ ctx_len_ptr, int nq, int nkv, int max_ctx,
-                                             int num_splits, float scale, const int* __restrict__ block_table = nullptr) {
+                                             int num_splits, float scale, const int* __restrict__ block_table = nullptr,
+                                             const float* __restrict__ k_scales = nullptr,
+                                             const float* __restrict__ v_scales = nullptr) {
     static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
     constexpr int LDS = D + 8;
     constexpr int KSTEPS = D / 16;
@@ -87,10 +101,14 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = neg_inf();
+    constexpr bool FP8 = attn::is_fp8_cache<T>();
+    constexpr int TILES = FP8 ? 1 : STAGES;  // bf16 tiles the warps read: the ring itself, or fp8's one expanded tile
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [STAGES][BN][LDS]
-    __nv_bfloat16* sV = sK + STAGES * BN * LDS;                       // [STAGES][BN][LDS]
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
+    __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
+    // fp8: the staged codes and scales, [STAGES][attn::fp8_stage_bytes<D, BN>()]
+    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
 
     const int split = blockIdx.x;
     const int kvh = blockIdx.y;
@@ -116,6 +134,11 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     auto load_tile = [&](int tile, int stage) {
         const int n0 = k_begin + tile * BN;        // a multiple of BN: chunks are whole tiles
         const size_t row0 = kv.tile_row(kvh, n0);  // n0 < k_end for every tile < n_tiles
+        if constexpr (FP8) {
+            attn::fp8_tile_async<D, BN, THREADS>(sStaged + stage * attn::fp8_stage_bytes<D, BN>(), k_cache, v_cache,
+                                                 k_scales, v_scales, row0, k_end - n0);
+            return;
+        }
         __nv_bfloat16* dK = sK + stage * BN * LDS;
         __nv_bfloat16* dV = sV + stage * BN * LDS;
 #pragma unroll
@@ -168,11 +191,16 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
             if (nxt < n_tiles) load_tile(nxt, nxt % STAGES);
             cp_async_commit();
         }
+        if constexpr (FP8) {  // tile j's codes landed: expand them into the one bf16 tile (everyone is done with j-1's)
+            attn::fp8_tile_to_bf16<D, BN, THREADS, LDS>(sStaged + (j % STAGES) * attn::fp8_stage_bytes<D, BN>(), sK, sV,
+                                                        k_end - (k_begin + j * BN));
+            __syncthreads();
+        }
         const int n0 = k_begin + j * BN + warp * 16;  // this warp's first key
         if (n0 >= k_end) continue;                    // nothing for this warp in the (last, partial) tile
 
-        const __nv_bfloat16* tK = sK + (j % STAGES) * BN * LDS + warp * 16 * LDS;
-        const __nv_bfloat16* tV = sV + (j % STAGES) * BN * LDS + warp * 16 * LDS;
+        const __nv_bfloat16* tK = sK + (j % TILES) * BN * LDS + warp * 16 * LDS;
+        const __nv_bfloat16* tV = sV + (j % TILES) * BN * LDS + warp * 16 * LDS;
 
         float s[2][4];
 #pragma unroll
@@ -301,6 +329,29 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
 QWQ_ATTN_DECODE_PAGED_ENTRY(32)
 QWQ_ATTN_DECODE_PAGED_ENTRY(64)
 QWQ_ATTN_DECODE_PAGED_ENTRY(128)
+
+// The same over the fp8 KV cache (docs/KV_CACHE.md): K and V e4m3 codes [blocks, nkv, 64, D] with scales k_scales,
+// v_scales fp32 [blocks, nkv, 64]; every other argument, the grid, the block and the partials as the bf16 entry (the
+// same combine kernel follows). Dynamic smem = attn_decode::split_smem_bytes_fp8<D>() (= one bf16 K and V tile
+// 2 * 64 * (D+8) * 2 bytes + 3 stages * (2 * 64 * D + 2 * 64 * 4): 85504 for D=128).
+#define QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(D)                                                                      \
+    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_fp8_d##D(         \
+        const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                \
+        const uint8_t* __restrict__ v_pool, const float* __restrict__ k_scales,                                 \
+        const float* __restrict__ v_scales, float* __restrict__ part_o, float2* __restrict__ part_ml,           \
+        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
+        int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
+        kernel_entry_barrier();                                                                                 \
+        const size_t b = blockIdx.z;                                                                            \
+        attn_decode::decode_split<D, uint8_t>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D, \
+                                              part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, \
+                                              nkv, max_blocks * attn_decode::BN, num_splits, scale,             \
+                                              block_tables + b * max_blocks, k_scales, v_scales);               \
+    }
+
+QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(32)
+QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(64)
+QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(128)
 
 // Combine kernel. Grid (nq, batch), block head_dim threads (one output element each; head_dim <= 1024); row b's
 // partials, output and ctx_len at offset b (see the paged entry).

@@ -41,11 +41,17 @@ using mma::mma_bf16_16816;
 using mma::pack_bf16x2;
 __device__ __forceinline__ void cp_async_wait_all() { cp_async_wait<0>(); }
 
-template <int D, int WARPS>
-__device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,
-                                        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out,
+// T_CACHE: the cache element, __nv_bfloat16, or uint8_t for the fp8 cache (e4m3 codes, with k_scales / v_scales
+// [blocks, nkv, 64]: attention.cuh). An fp8 tile is staged by cp.async like a bf16 one and expanded to bf16 in shared
+// memory when it has landed; everything from the mma on is the same. The chunk's own keys are read back from the pool
+// like every other, so its rows attend to the quantized K and V, as the CPU reference does.
+template <int D, int WARPS, typename T_CACHE = __nv_bfloat16>
+__device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const T_CACHE* __restrict__ k_cache,
+                                        const T_CACHE* __restrict__ v_cache, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, int max_ctx, float scale,
-                                        const int* __restrict__ block_table = nullptr) {
+                                        const int* __restrict__ block_table = nullptr,
+                                        const float* __restrict__ k_scales = nullptr,
+                                        const float* __restrict__ v_scales = nullptr) {
     static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
     constexpr int THREADS = WARPS * 32;
     constexpr int BM = 16 * WARPS;
@@ -58,10 +64,14 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = -__int_as_float(0x7f800000);
+    constexpr bool FP8 = attn::is_fp8_cache<T_CACHE>();
+    constexpr int TILES = FP8 ? 1 : 2;  // bf16 tiles the warps read: the double buffer, or fp8's one expanded tile
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][BN][LDS]
-    __nv_bfloat16* sV = sK + 2 * BN * LDS;                            // [2][BN][LDS]
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
+    __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
+    // fp8: the staged codes and scales, [2][attn::fp8_stage_bytes<D, BN>()]
+    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
 
     const int head = blockIdx.x;
     const int m_tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
@@ -81,6 +91,11 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     auto load_tile = [&](int tile, int stage) {
         const int n0 = tile * BN;
         const size_t row0 = kv.tile_row(kvh, n0);  // tile_row needs n0 < kv_end, true for every tile < n_tiles
+        if constexpr (FP8) {
+            attn::fp8_tile_async<D, BN, THREADS>(sStaged + stage * attn::fp8_stage_bytes<D, BN>(), k_cache, v_cache,
+                                                 k_scales, v_scales, row0, kv_end - n0);
+            return;
+        }
         __nv_bfloat16* dK = sK + stage * BN * LDS;
         __nv_bfloat16* dV = sV + stage * BN * LDS;
 #pragma unroll
@@ -134,12 +149,17 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         __syncthreads();  // tile j visible to all; everyone is done with tile j-1, so its stage can be refilled
         if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
         cp_async_commit();
+        if constexpr (FP8) {  // tile j's codes landed: expand them into the one bf16 tile (everyone is done with j-1's)
+            attn::fp8_tile_to_bf16<D, BN, THREADS, LDS>(sStaged + (j & 1) * attn::fp8_stage_bytes<D, BN>(), sK, sV,
+                                                        kv_end - j * BN);
+            __syncthreads();
+        }
 
         const int n0 = j * BN;
         if (!warp_active || n0 > warp_last_pos) continue;  // whole tile above this warp's diagonal
 
-        const __nv_bfloat16* tK = sK + (j & 1) * BN * LDS;
-        const __nv_bfloat16* tV = sV + (j & 1) * BN * LDS;
+        const __nv_bfloat16* tK = sK + (j % TILES) * BN * LDS;
+        const __nv_bfloat16* tV = sV + (j % TILES) * BN * LDS;
 
         // ---- S = Q K^T (16 x 64 per warp)
         float s[NT][4];
@@ -258,3 +278,27 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 QWQ_ATTN_PREFILL_PAGED_ENTRY(32, 8)
 QWQ_ATTN_PREFILL_PAGED_ENTRY(64, 8)
 QWQ_ATTN_PREFILL_PAGED_ENTRY(128, 8)
+
+// The same over the fp8 KV cache (docs/KV_CACHE.md): K and V e4m3 codes [blocks, nkv, 64, D] with scales k_scales,
+// v_scales fp32 [blocks, nkv, 64]; grid, block and every other argument as the bf16 entry. Dynamic smem = one bf16 K
+// and V tile 2 * 64 * (D+8) * 2 bytes + 2 stages * (2 * 64 * D + 2 * 64 * 4) (68608 for D=128).
+#define QWQ_ATTN_PREFILL_PAGED_FP8_ENTRY(D, WARPS)                                                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_paged_fp8_d##D(               \
+        const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                \
+        const uint8_t* __restrict__ v_pool, const float* __restrict__ k_scales,                                 \
+        const float* __restrict__ v_scales, __nv_bfloat16* __restrict__ out,                                    \
+        const int* __restrict__ seq_info, const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, \
+        float scale) {                                                                                          \
+        kernel_entry_barrier();                                                                                 \
+        const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];                                  \
+        const int T = info.y;                                                                                   \
+        if ((int)(gridDim.y - 1 - blockIdx.y) * 16 * WARPS >= T) return;                                        \
+        const size_t first = (size_t)info.x * nq * D;                                                           \
+        attn_prefill::prefill<D, WARPS, uint8_t>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, 0, \
+                                                 scale, block_tables + (size_t)blockIdx.z * max_blocks,         \
+                                                 k_scales, v_scales);                                           \
+    }
+
+QWQ_ATTN_PREFILL_PAGED_FP8_ENTRY(32, 8)
+QWQ_ATTN_PREFILL_PAGED_FP8_ENTRY(64, 8)
+QWQ_ATTN_PREFILL_PAGED_FP8_ENTRY(128, 8)

@@ -1,8 +1,25 @@
 // Attention input preparation for one layer: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half:
-// pairs (i, i + D/2)), q -> q_out bf16, k and v -> this layer's paged KV pool at each row's slot.
+// pairs (i, i + D/2)), q -> q_out bf16, k and v -> this layer's paged KV pool at each row's slot: bf16, or e4m3 codes
+// with one fp32 scale per (position, head) for the fp8 cache (docs/KV_CACHE.md).
 // RoPE angle = (float)pos * inv_freq[i] in fp32 with accurate sincosf (no fast-math: positions reach 32K+
 // and fast __sinf loses all accuracy there); cos/sin are scaled by the YaRN attention factor.
+#include <cuda_fp8.h>
+
 #include "common.cuh"
+
+// Pair (i, i + half) of one head of one token: x + bias, rotated (q and k) or not (v), in fp32.
+__device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
+                                                 float attention_factor, int pos, bool rotate, int i, int half) {
+    const float lo = x[i] + bf16_bits_to_float(b[i]);
+    const float hi = x[i + half] + bf16_bits_to_float(b[i + half]);
+    if (!rotate) return make_float2(lo, hi);
+    const float angle = (float)pos * inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    c *= attention_factor;
+    s *= attention_factor;
+    return make_float2(lo * c - hi * s, hi * c + lo * s);
+}
 
 // One head of one token: x + bias, rotated (q and k) or not (v), stored as bf16. The block's threads take the pairs
 // (i, i + half). poison: store NaN instead (no caller sets it since the contiguous-cache entry was removed).
@@ -10,22 +27,40 @@ __device__ __forceinline__ void bias_rope_store(const float* x, const uint16_t* 
                                                 float attention_factor, int pos, bool rotate, bool poison, int half,
                                                 uint16_t* dst) {
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float lo = x[i] + bf16_bits_to_float(b[i]);
-        const float hi = x[i + half] + bf16_bits_to_float(b[i + half]);
-        float out_lo = lo, out_hi = hi;
-        if (rotate) {
-            const float angle = (float)pos * inv_freq[i];
-            float s, c;
-            sincosf(angle, &s, &c);
-            c *= attention_factor;
-            s *= attention_factor;
-            out_lo = lo * c - hi * s;
-            out_hi = hi * c + lo * s;
-        }
-        if (poison) out_lo = out_hi = __int_as_float(0x7FC00000);
-        dst[i] = float_to_bf16_bits(out_lo);
-        dst[i + half] = float_to_bf16_bits(out_hi);
+        float2 out = bias_rope_pair(x, b, inv_freq, attention_factor, pos, rotate, i, half);
+        if (poison) out.x = out.y = __int_as_float(0x7FC00000);
+        dst[i] = float_to_bf16_bits(out.x);
+        dst[i + half] = float_to_bf16_bits(out.y);
     }
+}
+
+// One K or V head of one token into the fp8 cache: the fp32 values bias_rope_store would round to bf16, quantized with
+// one scale for the head (KvCacheFp8.Quantize bit for bit, docs/KV_CACHE.md): amax = max |x| (exact, any order),
+// scale = amax / 448 (1 when all zero), code = e4m3 of x / scale rounded to nearest even and saturated to +-448. Both
+// divisions are IEEE (build.sh has no fast math), not a product with a reciprocal. One pair per thread, held in
+// registers across the block-wide max (the launcher keeps head_dim / 2 <= blockDim.x); every thread of the block must
+// call it (it synchronises). warp_max: shared, one float per warp of the block.
+__device__ __forceinline__ void bias_rope_store_fp8(const float* x, const uint16_t* b,
+                                                    const float* __restrict__ inv_freq, float attention_factor, int pos,
+                                                    bool rotate, int half, float* warp_max, uint8_t* codes,
+                                                    float* scale_out) {
+    const int i = threadIdx.x;
+    const bool mine = i < half;
+    float2 v = make_float2(0.f, 0.f);
+    if (mine) v = bias_rope_pair(x, b, inv_freq, attention_factor, pos, rotate, i, half);
+    float amax = fmaxf(fabsf(v.x), fabsf(v.y));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    amax = warp_max[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) amax = fmaxf(amax, warp_max[w]);
+    const float scale = amax > 0.f ? amax / 448.f : 1.f;
+    if (mine) {
+        codes[i] = (uint8_t)__nv_cvt_float_to_fp8(v.x / scale, __NV_SATFINITE, __NV_E4M3);
+        codes[i + half] = (uint8_t)__nv_cvt_float_to_fp8(v.y / scale, __NV_SATFINITE, __NV_E4M3);
+    }
+    if (threadIdx.x == 0) *scale_out = scale;
 }
 
 // A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv), block = D/2
@@ -70,4 +105,45 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
     }
 
     bias_rope_store(x, b, inv_freq, attention_factor, pos, rotate, false, half, dst);
+}
+
+// The same for the fp8 KV cache (docs/KV_CACHE.md): q as above (bf16); k and v quantized to e4m3 codes
+// ([blocks, nkv, 64, D] bytes) with one fp32 scale per (slot, head) ([blocks, nkv, 64]), from the fp32 values after
+// bias and RoPE. Launch as the bf16 entry; additionally D/2 <= 256, so every pair has its own thread.
+extern "C" __global__ void __launch_bounds__(256)
+qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, (nq + 2*nkv) * D]
+                            const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
+                            const float* __restrict__ inv_freq,       // [D/2]
+                            float attention_factor,
+                            const int* __restrict__ positions,        // [rows]
+                            const int* __restrict__ slots,            // [rows]
+                            int nq, int nkv, int head_dim,
+                            __nv_bfloat16* __restrict__ q_out,        // [rows, nq, D]
+                            uint8_t* __restrict__ k_pool,             // [blocks, nkv, 64, D] e4m3
+                            uint8_t* __restrict__ v_pool,             // [blocks, nkv, 64, D] e4m3
+                            float* __restrict__ k_scales,             // [blocks, nkv, 64]
+                            float* __restrict__ v_scales) {           // [blocks, nkv, 64]
+    kernel_entry_barrier();
+    __shared__ float warp_max[8];  // 256 threads at most
+    constexpr int BLOCK = 64;      // positions per KV block
+    const int t = blockIdx.x;
+    const int head = blockIdx.y;   // q heads, then k heads, then v heads
+    const int half = head_dim >> 1;
+    const int slot = __ldg(slots + t);
+    const int pos = slot < 0 ? 0 : __ldg(positions + t);
+    const int width = (nq + 2 * nkv) * head_dim;
+    const float* x = qkv + (size_t)t * width + (size_t)head * head_dim;
+    const uint16_t* b = reinterpret_cast<const uint16_t*>(bias) + (size_t)head * head_dim;
+
+    if (head < nq) {
+        uint16_t* dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
+        bias_rope_store(x, b, inv_freq, attention_factor, pos, true, false, half, dst);
+        return;
+    }
+    if (slot < 0) return;  // the whole block: the quantizer's barrier below is never reached by some threads only
+    const bool is_k = head < nq + nkv;
+    const int kvh = is_k ? head - nq : head - nq - nkv;
+    const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
+    bias_rope_store_fp8(x, b, inv_freq, attention_factor, pos, is_k, half, warp_max,
+                        (is_k ? k_pool : v_pool) + row * head_dim, (is_k ? k_scales : v_scales) + row);
 }

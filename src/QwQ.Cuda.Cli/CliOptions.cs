@@ -45,7 +45,7 @@ internal sealed class ModelSourceOptions
         "or Int4 (round-to-nearest, a scale and zero point per 128 inputs: about a quarter; below AWQ's quality, prefer Qwen/QwQ-32B-AWQ)");
     public readonly Option<KvCacheKind> KvCache = TypedOptions.OneOf("--kv-cache", KvCacheKind.Bf16,
         "How the KV cache stores keys and values: bf16 (the default) or fp8 (e4m3 with one scale per position and KV head: " +
-        "about half the bytes per position; CPU reference only for now, see docs/KV_CACHE.md)");
+        "about half the bytes per position, so about twice the context in the same memory; see docs/KV_CACHE.md)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism), devices --device to --device + N - 1; must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8)");
     public readonly Option<AllReduceKind> AllReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom,
@@ -127,7 +127,7 @@ internal sealed class ModelSourceOptions
                 MaxContext = maxContext,
                 Device = WithBackend ? p.GetValue(Device) : 0,
                 Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
-                KvCache = WithBackend ? p.GetValue(KvCache) : KvCacheKind.Bf16, // the GPU engine refuses fp8 at load (CudaBackend)
+                KvCache = WithBackend ? p.GetValue(KvCache) : KvCacheKind.Bf16, // both backends run either kind
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
                 AllReduce = WithBackend ? p.GetValue(AllReduce) : AllReduceKind.Custom,
                 // checked against the model and the backend at load (RopePlan.Resolve, CudaBackend.RopeFor)

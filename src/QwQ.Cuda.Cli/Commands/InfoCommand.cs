@@ -48,6 +48,7 @@ internal static class InfoCommand
         source.AddTo(command);
         command.Add(device);
         command.Add(tensorParallel);
+        command.Add(source.KvCache); // plans the pool in this format (the other backend options do not change the plan)
         command.Add(json);
         command.Add(gpuMemory);
         command.SetAction(p =>
@@ -55,7 +56,10 @@ internal static class InfoCommand
             var cards = p.GetValue(gpuMemory) is string sizes ? ParseGpuMemory(sizes) : null;
             var (model, synthetic) = source.Source(p);
             var modelOptions = source.Bind(p);
-            var engine = modelOptions.Engine with { Device = p.GetValue(device), TensorParallel = p.GetValue(tensorParallel) };
+            var engine = modelOptions.Engine with
+            {
+                Device = p.GetValue(device), TensorParallel = p.GetValue(tensorParallel), KvCache = p.GetValue(source.KvCache),
+            };
             Run(host, model, synthetic, engine, p.GetValue(json), cards);
             return ExitCodes.Ok;
         });
@@ -141,7 +145,7 @@ internal static class InfoCommand
                 MemoryTable.ForFreeBytes(config, H100FreeBytes, engine)));
         }
 
-        var info = new Info(config, sourceText, weights, tokenizer, gpu, noGpuReason, cards, devices, engine.ReserveBytes);
+        var info = new Info(config, sourceText, weights, tokenizer, gpu, noGpuReason, cards, devices, engine.ReserveBytes, engine.KvCache);
         if (json) WriteJson(host, info);
         else WriteText(host, info);
     }
@@ -150,7 +154,7 @@ internal static class InfoCommand
     private static string Cards(EngineOptions engine) => engine.TensorParallel > 1 ? $"{engine.TensorParallel} × " : "";
 
     private sealed record Info(ModelConfig Config, string Source, (int Files, long Bytes) Weights, bool Tokenizer, bool Gpu, string NoGpuReason,
-        IReadOnlyList<CardSize>? Cards, IReadOnlyList<PlannedDevice> Devices, long ReserveBytes)
+        IReadOnlyList<CardSize>? Cards, IReadOnlyList<PlannedDevice> Devices, long ReserveBytes, KvCacheKind KvCache)
     {
         /// <summary>Planned for --gpu-memory's cards rather than the present device.</summary>
         public bool ForCards => Cards is not null;
@@ -196,7 +200,8 @@ internal static class InfoCommand
         o.WriteLine();
         o.WriteLine(host.Bold("Memory plan"));
         if (!info.Gpu && !info.ForCards) o.WriteLine(host.Dim($"  no usable GPU here: {info.NoGpuReason}"));
-        Row(o, "KV cache per token", Invariant($"{c.KvBytesPerToken / 1024.0:F0} KiB (bf16 K and V, {c.NumHiddenLayers} layers)") +
+        string kvFormat = info.KvCache == KvCacheKind.Fp8 ? "fp8 K and V with a scale per head" : "bf16 K and V";
+        Row(o, "KV cache per token", Invariant($"{KvPool.BytesPerToken(c, info.KvCache) / 1024.0:F0} KiB ({kvFormat}, {c.NumHiddenLayers} layers)") +
                                      (tp > 1 ? Invariant($"; {byKind[0].KvBytesPerToken / 1024.0:F0} KiB on each of {tp} GPUs") : ""));
         Row(o, "reserve", $"{Gib(info.ReserveBytes)} left free beside weights, workspace and KV cache");
         Row(o, "model maximum", Invariant($"{MemoryPlan.ModelMaxPositions(c):N0} positions"));
@@ -266,7 +271,8 @@ internal static class InfoCommand
             w.WriteNumber("checkpoint_files", info.Weights.Files);
             w.WriteNumber("checkpoint_bytes", info.Weights.Bytes);
             w.WriteBoolean("tokenizer", info.Tokenizer);
-            w.WriteNumber("kv_bytes_per_token", c.KvBytesPerToken);
+            w.WriteString("kv_cache", info.KvCache.ToString().ToLowerInvariant());
+            w.WriteNumber("kv_bytes_per_token", KvPool.BytesPerToken(c, info.KvCache));
             w.WriteNumber("tensor_parallel", info.Devices[0].Table.TensorParallel); // device figures are per GPU
             w.WriteNumber("model_max_positions", MemoryPlan.ModelMaxPositions(c));
             w.WriteBoolean("gpu", info.Gpu);

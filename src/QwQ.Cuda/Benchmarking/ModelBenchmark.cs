@@ -162,7 +162,7 @@ public static class ModelBenchmark
 
         var figures = new List<BenchFigure>();
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
-            new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, "bf16", tokPerS, ms, floor,
+            new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, backend.KvCache.ToString().ToLowerInvariant(), tokPerS, ms, floor,
                 floor is double f ? 100 * f / ms : null, backend.ProgrammaticLaunch);
         figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm }));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
@@ -177,7 +177,7 @@ public static class ModelBenchmark
                     continue;
                 }
                 double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens);
-                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * c.KvBytesPerToken / tp;
+                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * backend.Plan.KvBytesPerToken;
                 double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
                 figures.Add(Figure("decode", batch, ctx, null, batch * 1e3 / ms, ms, floor));
                 log($"decode batch {batch,3} at {ctx,6}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
@@ -253,7 +253,7 @@ public static class ModelBenchmark
         double embedding = 2.0 * c.VocabSize * c.HiddenSize;
         bool lmHeadIsEmbedding = c.TieWordEmbeddings && b.TensorParallel == 1;
         double weights = b.Weights.Bytes - (lmHeadIsEmbedding ? 0 : embedding);
-        return weights + (double)context * c.KvBytesPerToken / b.TensorParallel;
+        return weights + (double)context * b.Plan.KvBytesPerToken; // the plan's: one GPU's KV heads, in the cache's format
     }
 
     /// <summary>Matrix FLOPs of a prefill of n tokens: 2·n per weight of the layers, plus causal attention and one lm_head row.</summary>

@@ -53,6 +53,9 @@ public sealed class CudaBackend : IModelBackend
     internal ModelWeights Weights => First.Weights;
     internal LinearOps Linear => First.Linear;
     internal KvPool KvMemory => First.Kv;
+
+    /// <summary>How the KV pool stores keys and values (<see cref="EngineOptions.KvCache"/>): every GPU's pool alike.</summary>
+    internal KvCacheKind KvCache => First.Kv.Kind;
     internal IReadOnlyList<DeviceRank> Ranks => _ranks;
     internal bool IsDisposed => _disposed;
 
@@ -93,8 +96,8 @@ public sealed class CudaBackend : IModelBackend
             _rope = RopePlanFor(config, options);
             // Adaptive runs two ropes (a sequence's length picks one, step by step); Static and Off one everywhere.
             _ropes = _rope.Mode == RopeScalingMode.Adaptive ? [_rope.Plain, _rope.Yarn] : [_rope.ForLength(0)];
-            if (options.KvCache != KvCacheKind.Bf16) // before any GPU work, like RopePlanFor's refusals
-                throw new OptionException(options.KvCache == KvCacheKind.Fp8 ? KvCacheFp8NotOnGpu : $"KV cache kind {options.KvCache} is not one of bf16 or fp8");
+            if (options.KvCache is not (KvCacheKind.Bf16 or KvCacheKind.Fp8)) // before any GPU work, like RopePlanFor's refusals
+                throw new OptionException($"KV cache kind {options.KvCache} is not one of bf16 or fp8");
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
             int devices = Native.Cuda.DeviceCount;
@@ -239,9 +242,6 @@ public sealed class CudaBackend : IModelBackend
                 throw new OptionException($"{config.Quantization.Description} checkpoints are not supported on the GPU engine");
         }
     }
-
-    internal const string KvCacheFp8NotOnGpu =
-        "--kv-cache fp8 runs on the CPU reference only for now; use bf16 (the default)";
 
     /// <summary>
     /// The rotary embeddings the GPU runs (<see cref="EngineOptions.RopeScaling"/>): the config's everywhere (static YaRN

@@ -75,7 +75,7 @@ internal sealed class DeviceRank : IDisposable
             SyntheticWeights.Fill(Weights, a.Config, init, quantizers, scratch, Stream, a.Options.SyntheticSeed, progress, a.Cancel, a.Parallel, Index);
 
         Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows, a.Kind));
-        Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks));
+        Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks, a.Options.KvCache)); // this GPU's KV heads of every block
         var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
         // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input

@@ -83,8 +83,9 @@ public sealed record EngineOptions
 
     /// <summary>
     /// How the KV cache stores keys and values. <see cref="KvCacheKind.Fp8"/> (e4m3 codes and one fp32 scale per position
-    /// and KV head, <see cref="Model.KvCacheFp8"/>; docs/KV_CACHE.md) about halves its bytes; it runs on the CPU reference
-    /// only for now (the GPU engine refuses it).
+    /// and KV head, <see cref="Model.KvCacheFp8"/>; docs/KV_CACHE.md) about halves its bytes, so the memory plan's pool
+    /// holds about twice the positions; the GPU engine and the CPU reference both run it (the GPU's attention reads
+    /// code × scale rounded to bf16).
     /// </summary>
     public KvCacheKind KvCache { get; init; }
 
@@ -158,7 +159,7 @@ public enum KvCacheKind
     Bf16,
     /// <summary>
     /// FP8 E4M3: per position, layer and KV head, head_dim codes and one fp32 scale amax / 448 for K and for V
-    /// (<see cref="Model.KvCacheFp8"/>): 2 × kv_heads × (head_dim + 4) bytes per position and layer. CPU reference only for now.
+    /// (<see cref="Model.KvCacheFp8"/>): 2 × kv_heads × (head_dim + 4) bytes per position and layer.
     /// </summary>
     Fp8,
 }

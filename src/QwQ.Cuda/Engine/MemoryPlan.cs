@@ -6,7 +6,8 @@ using QwQ.Cuda.Sharding;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>
-/// How device memory is split between weights, activation workspace and the paged KV pool. The pool takes what the
+/// How device memory is split between weights, activation workspace and the paged KV pool (its bytes per position as
+/// <see cref="EngineOptions.KvCache"/> stores them: <see cref="KvBytesPerToken"/>). The pool takes what the
 /// weights and workspace leave (less a reserve) — nano-vllm's rule — capped at <see cref="MaxPoolSequences"/>
 /// sequences of the model's maximum length (small test models need no more). A sequence may grow to
 /// <see cref="MaxContext"/> positions while the pool has blocks for it. <see cref="PrefillChunk"/>: the most rows one
@@ -60,8 +61,8 @@ public sealed record MemoryPlan(
     {
         ModelConfig c = shape.Config;
         long weights = ModelWeights.DeviceBytes(shape, linearKind);
-        long kvPerToken = c.KvBytesPerToken;
-        long blockBytes = KvPool.BytesPerBlock(c);
+        long kvPerToken = KvPool.BytesPerToken(c, o.KvCache); // fp8 (--kv-cache fp8): 2,112 of bf16's 4,096 bytes per position and layer
+        long blockBytes = KvPool.BytesPerBlock(c, o.KvCache);
         int modelMax = ModelMaxPositions(c);
         long FitBlocks(int chunk)
         {

@@ -105,7 +105,7 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
             catch (CudaOutOfMemoryPlanException e) { reason = e.Message; }
             var (gpu, note) = Support(c, kind, o.TensorParallel);
             rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(shape, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(shape, o.PrefillChunk, kind),
-                shape.Config.KvBytesPerToken, plan, reason, gpu, note, kind == checkpoint));
+                KvPool.BytesPerToken(shape.Config, o.KvCache), plan, reason, gpu, note, kind == checkpoint));
         }
         return new MemoryTable(cardBytes, freeBytes, rows, shape.Ranks);
     }

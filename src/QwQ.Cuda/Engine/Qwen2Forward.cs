@@ -30,7 +30,8 @@ internal readonly record struct DeviceRope(ulong InvFreq, float Factor);
 
 /// <summary>
 /// The Qwen2 decoder on the GPU, read top to bottom like the architecture: one forward pass over a batch of rows
-/// from any set of sequences — decode rows and prefill chunks together — with the KV cache in the paged pool.
+/// from any set of sequences — decode rows and prefill chunks together — with the KV cache in the paged pool (bf16 or
+/// fp8: the pool's layers say which, and the rope and attention ops pick their kernels by it).
 /// Every per-row input is read from device memory, so a decode step is captured once per batch size as a CUDA graph
 /// and replayed. With tensor parallel every GPU runs this same pass over its share of the heads, the MLP and the
 /// vocabulary (<see cref="Sharding.RankShape"/>); <see cref="ResidualSum"/> completes the partial products across GPUs.
@@ -77,7 +78,7 @@ internal sealed class Qwen2Forward
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))), then the MLP's norm of x
             _linear.Apply(s, w.Qkv, _ws.Normed, _ws.Qkv, t);
             _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, rope.InvFreq, rope.Factor, inp.Positions, inp.Slots, t,
-                _nq, _nkv, _d, _ws.Q, _kv.K(l), _kv.V(l));
+                _nq, _nkv, _d, _ws.Q, _kv.Layer(l));
             Attention(s, b, l);
             _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x))), then the next layer's input norm (the final norm after the last)
@@ -94,11 +95,12 @@ internal sealed class Qwen2Forward
     private void Attention(CudaStream s, StepShape b, int layer)
     {
         StepInputs inp = _ws.Inputs;
+        KvLayer kv = _kv.Layer(layer);
         if (b.DecodeSequences > 0)
-            _k.Attention.DecodePaged(s, _ws.Q, _kv.K(layer), _kv.V(layer), _ws.Attn, _ws.DecodeAttnScratch, inp.CtxLens,
+            _k.Attention.DecodePaged(s, _ws.Q, kv, _ws.Attn, _ws.DecodeAttnScratch, inp.CtxLens,
                 inp.Tables(0), b.DecodeSequences, _maxBlocks, _nq, _nkv, _d, _scale);
         if (b.PrefillSequences > 0)
-            _k.Attention.PrefillPaged(s, _ws.Q, _kv.K(layer), _kv.V(layer), _ws.Attn, inp.SeqInfo(b.DecodeSequences),
+            _k.Attention.PrefillPaged(s, _ws.Q, kv, _ws.Attn, inp.SeqInfo(b.DecodeSequences),
                 inp.Tables(b.DecodeSequences), b.PrefillSequences, b.MaxPrefillRows, _maxBlocks, _nq, _nkv, _d, _scale);
     }
 

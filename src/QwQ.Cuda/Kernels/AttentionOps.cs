@@ -1,3 +1,4 @@
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Native;
 
 namespace QwQ.Cuda.Kernels;
@@ -6,10 +7,12 @@ namespace QwQ.Cuda.Kernels;
 /// Causal GQA attention over the paged KV pool (kernels/attention_prefill.cu, kernels/attention_decode.cu;
 /// docs/ENGINE_V2.md). Layouts: q bf16 [rows, nq, D]; per-layer K and V pools bf16 [blocks, nkv, 64, D], a sequence's
 /// block table (int32) naming the block of each 64 positions; output bf16 [rows, nq, D]. Supported head_dim: 32, 64, 128.
+/// The fp8 KV cache (<see cref="KvLayer"/>, docs/KV_CACHE.md) has its own variant of each kernel: a tile of e4m3 codes
+/// and scales is staged the same way and expanded to bf16 (code × scale) in shared memory before the same tensor-core math.
 /// <list type="bullet">
-/// <item><see cref="PrefillPaged"/>: flash-attention on tensor cores for many sequences in one launch, each any
+/// <item><see cref="PrefillPaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, int, int, int, int, int, int, float)">PrefillPaged</see>: flash-attention on tensor cores for many sequences in one launch, each any
 /// query rows ≥ 1 on top of its cached positions (chunked prefill); the K/V of the new rows must already be in the pool.</item>
-/// <item><see cref="DecodePaged"/>: one query row per sequence, split across blocks (flash-decoding) and merged by a
+/// <item><see cref="DecodePaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, ulong, int, int, int, int, int, float)">DecodePaged</see>: one query row per sequence, split across blocks (flash-decoding) and merged by a
 /// second kernel. Context lengths and block tables are read on the device and the grid depends only on the batch
 /// size and table width, so the call can be captured once into a CUDA graph and replayed while contexts grow.</item>
 /// </list>
@@ -23,6 +26,12 @@ internal sealed class AttentionOps
     [KernelEntry] public const string DecodePagedD32 = "attention_decode_paged_bf16_d32";
     [KernelEntry] public const string DecodePagedD64 = "attention_decode_paged_bf16_d64";
     [KernelEntry] public const string DecodePagedD128 = "attention_decode_paged_bf16_d128";
+    [KernelEntry] public const string PrefillPagedFp8D32 = "attention_prefill_paged_fp8_d32";
+    [KernelEntry] public const string PrefillPagedFp8D64 = "attention_prefill_paged_fp8_d64";
+    [KernelEntry] public const string PrefillPagedFp8D128 = "attention_prefill_paged_fp8_d128";
+    [KernelEntry] public const string DecodePagedFp8D32 = "attention_decode_paged_fp8_d32";
+    [KernelEntry] public const string DecodePagedFp8D64 = "attention_decode_paged_fp8_d64";
+    [KernelEntry] public const string DecodePagedFp8D128 = "attention_decode_paged_fp8_d128";
 
     /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
     public const int KvBlockSize = KeyTile;
@@ -42,6 +51,7 @@ internal sealed class AttentionOps
 
     private readonly CudaKernel _combine;
     private readonly CudaKernel _prefillPaged32, _prefillPaged64, _prefillPaged128, _decodePaged32, _decodePaged64, _decodePaged128;
+    private readonly CudaKernel _prefillFp8_32, _prefillFp8_64, _prefillFp8_128, _decodeFp8_32, _decodeFp8_64, _decodeFp8_128;
     private readonly int _multiprocessors;
 
     public AttentionOps(PtxLibrary lib, int multiprocessorCount)
@@ -56,6 +66,12 @@ internal sealed class AttentionOps
         _decodePaged32 = lib.GetKernel(DecodePagedD32);
         _decodePaged64 = lib.GetKernel(DecodePagedD64);
         _decodePaged128 = lib.GetKernel(DecodePagedD128);
+        _prefillFp8_32 = lib.GetKernel(PrefillPagedFp8D32);
+        _prefillFp8_64 = lib.GetKernel(PrefillPagedFp8D64);
+        _prefillFp8_128 = lib.GetKernel(PrefillPagedFp8D128);
+        _decodeFp8_32 = lib.GetKernel(DecodePagedFp8D32);
+        _decodeFp8_64 = lib.GetKernel(DecodePagedFp8D64);
+        _decodeFp8_128 = lib.GetKernel(DecodePagedFp8D128);
         // Opt in once to the dynamic shared memory each variant uses (needed above 48 KiB).
         _prefillPaged32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32));
         _prefillPaged64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64));
@@ -63,18 +79,37 @@ internal sealed class AttentionOps
         _decodePaged32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32));
         _decodePaged64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64));
         _decodePaged128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128));
+        _prefillFp8_32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32, KvCacheKind.Fp8));
+        _prefillFp8_64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64, KvCacheKind.Fp8));
+        _prefillFp8_128.SetMaxDynamicSharedMemory(PrefillSmemBytes(128, KvCacheKind.Fp8));
+        _decodeFp8_32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32, KvCacheKind.Fp8));
+        _decodeFp8_64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64, KvCacheKind.Fp8));
+        _decodeFp8_128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128, KvCacheKind.Fp8));
     }
 
-    /// <summary>Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes.</summary>
-    internal static int PrefillSmemBytes(int headDim) => PrefillStages * 2 * KeyTile * (headDim + 8) * 2;
+    /// <summary>
+    /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
+    /// pair (the expanded one) and 2 stages of staged codes and scales (kernels/attention.cuh, fp8_stage_bytes).
+    /// </summary>
+    internal static int PrefillSmemBytes(int headDim, KvCacheKind kind = KvCacheKind.Bf16) => kind == KvCacheKind.Fp8
+        ? 2 * KeyTile * (headDim + 8) * 2 + PrefillStages * Fp8StageBytes(headDim)
+        : PrefillStages * 2 * KeyTile * (headDim + 8) * 2;
 
-    /// <summary>Shared memory of the decode split kernel: the 3-stage K/V ring, or the cross-warp merge if larger.</summary>
-    internal static int DecodeSmemBytes(int headDim)
+    /// <summary>
+    /// Shared memory of the decode split kernel: the 3-stage K/V ring (fp8: one expanded bf16 tile pair and 3 stages of
+    /// staged codes and scales), or the cross-warp merge if larger.
+    /// </summary>
+    internal static int DecodeSmemBytes(int headDim, KvCacheKind kind = KvCacheKind.Bf16)
     {
-        int ring = DecodeStages * 2 * KeyTile * (headDim + 8) * 2;
+        int ring = kind == KvCacheKind.Fp8
+            ? 2 * KeyTile * (headDim + 8) * 2 + DecodeStages * Fp8StageBytes(headDim)
+            : DecodeStages * 2 * KeyTile * (headDim + 8) * 2;
         int merge = 4 * 16 * headDim * 4 + 4 * 16 * 2 * 4;
         return Math.Max(ring, merge);
     }
+
+    /// <summary>One staged fp8 tile pair: K and V codes [2, 64, D] bytes, then their scales [2, 64] fp32.</summary>
+    private static int Fp8StageBytes(int headDim) => 2 * KeyTile * headDim + 2 * KeyTile * 4;
 
     /// <summary>
     /// Paged prefill over <paramref name="sequences"/> sequences in one launch (docs/ENGINE_V2.md).
@@ -83,22 +118,43 @@ internal sealed class AttentionOps
     /// <paramref name="kPool"/>/<paramref name="vPool"/>: one layer of the pool, bf16 [blocks, nkv, 64, D], with every
     /// query row's own K/V already written. <paramref name="maxQueryRows"/> bounds every sequence's query rows.
     /// </summary>
-    public unsafe void PrefillPaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong seqInfo,
+    public void PrefillPaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong seqInfo,
+        ulong blockTables, int sequences, int maxQueryRows, int maxBlocks, int nq, int nkv, int headDim, float scale) =>
+        PrefillPaged(s, q, KvLayer.Bf16(kPool, vPool), output, seqInfo, blockTables, sequences, maxQueryRows, maxBlocks, nq, nkv, headDim, scale);
+
+    /// <summary><see cref="PrefillPaged(CudaStream, ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, int, float)"/> over one layer of a bf16 or fp8 pool.</summary>
+    public unsafe void PrefillPaged(CudaStream s, ulong q, KvLayer kv, ulong output, ulong seqInfo,
         ulong blockTables, int sequences, int maxQueryRows, int maxBlocks, int nq, int nkv, int headDim, float scale)
     {
         ArgumentNullException.ThrowIfNull(s);
         ValidateShape(nq, nkv, headDim, maxBlocks, scale);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxQueryRows, 1);
-        CheckPointers(q, kPool, vPool, output);
+        CheckPointers(q, kv, output);
         if (seqInfo == 0 || (seqInfo & 15) != 0) throw new ArgumentException("seqInfo must be non-null and 16-byte aligned.", nameof(seqInfo));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
-        CudaKernel k = headDim switch { 32 => _prefillPaged32, 64 => _prefillPaged64, _ => _prefillPaged128 };
+        bool fp8 = kv.Kind == KvCacheKind.Fp8;
+        CudaKernel k = (headDim, fp8) switch
+        {
+            (32, false) => _prefillPaged32, (64, false) => _prefillPaged64, (_, false) => _prefillPaged128,
+            (32, true) => _prefillFp8_32, (64, true) => _prefillFp8_64, (_, true) => _prefillFp8_128,
+        };
         uint mTiles = (uint)((maxQueryRows + PrefillRowsPerBlock - 1) / PrefillRowsPerBlock);
         int mb = maxBlocks, hq = nq, hkv = nkv;
         float sc = scale;
-        void** args = stackalloc void*[] { &q, &kPool, &vPool, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
-        k.Launch(new Dim3((uint)nq, mTiles, (uint)sequences), new Dim3(PrefillWarps * 32), PrefillSmemBytes(headDim), s, args);
+        ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
+        var grid = new Dim3((uint)nq, mTiles, (uint)sequences);
+        int smem = PrefillSmemBytes(headDim, kv.Kind);
+        if (fp8)
+        {
+            void** a = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
+            k.Launch(grid, new Dim3(PrefillWarps * 32), smem, s, a);
+        }
+        else
+        {
+            void** a = stackalloc void*[] { &q, &kPool, &vPool, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
+            k.Launch(grid, new Dim3(PrefillWarps * 32), smem, s, a);
+        }
     }
 
     /// <summary>
@@ -127,7 +183,12 @@ internal sealed class AttentionOps
     /// a row with ctx_len 0 (padding) outputs zeros. Every per-row input is read on the device: graph-capture safe.
     /// <paramref name="workspace"/>: <see cref="DecodePagedWorkspaceBytes"/> bytes, 8-byte aligned.
     /// </summary>
-    public unsafe void DecodePaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong workspace,
+    public void DecodePaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong workspace,
+        ulong ctxLens, ulong blockTables, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale) =>
+        DecodePaged(s, q, KvLayer.Bf16(kPool, vPool), output, workspace, ctxLens, blockTables, batch, maxBlocks, nq, nkv, headDim, scale);
+
+    /// <summary><see cref="DecodePaged(CudaStream, ulong, ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, float)"/> over one layer of a bf16 or fp8 pool.</summary>
+    public unsafe void DecodePaged(CudaStream s, ulong q, KvLayer kv, ulong output, ulong workspace,
         ulong ctxLens, ulong blockTables, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale)
     {
         ArgumentNullException.ThrowIfNull(s);
@@ -135,7 +196,7 @@ internal sealed class AttentionOps
         ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
         if (nq / nkv > MaxDecodeGroup)
             throw new ArgumentException($"Decode attention supports at most {MaxDecodeGroup} query heads per KV head; got {nq / nkv}.");
-        CheckPointers(q, kPool, vPool, output);
+        CheckPointers(q, kv, output);
         if (workspace == 0 || (workspace & 7) != 0) throw new ArgumentException("Decode workspace must be non-null and 8-byte aligned.", nameof(workspace));
         if (ctxLens == 0 || (ctxLens & 3) != 0) throw new ArgumentException("ctxLens must be non-null and 4-byte aligned.", nameof(ctxLens));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
@@ -144,9 +205,20 @@ internal sealed class AttentionOps
         ulong partMl = workspace + (ulong)(4L * batch * nq * splits * headDim);           // fp32 [batch, nq, splits, 2]
         int mb = maxBlocks, hq = nq, hkv = nkv, d = headDim, ns = splits, maxCtx = maxBlocks * KvBlockSize;
         float sc = scale;
-        CudaKernel split = headDim switch { 32 => _decodePaged32, 64 => _decodePaged64, _ => _decodePaged128 };
-        void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
-        split.Launch(new Dim3((uint)splits, (uint)nkv, (uint)batch), new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
+        ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
+        var grid = new Dim3((uint)splits, (uint)nkv, (uint)batch);
+        if (kv.Kind == KvCacheKind.Fp8)
+        {
+            CudaKernel split = headDim switch { 32 => _decodeFp8_32, 64 => _decodeFp8_64, _ => _decodeFp8_128 };
+            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
+            split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim, kv.Kind), s, a1);
+        }
+        else
+        {
+            CudaKernel split = headDim switch { 32 => _decodePaged32, 64 => _decodePaged64, _ => _decodePaged128 };
+            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
+            split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
+        }
         void** a2 = stackalloc void*[] { &partO, &partMl, &output, &ctxLens, &hq, &d, &maxCtx, &ns };
         _combine.Launch(new Dim3((uint)nq, (uint)batch), new Dim3((uint)headDim), 0, s, a2);
     }
@@ -164,11 +236,10 @@ internal sealed class AttentionOps
             throw new ArgumentOutOfRangeException(nameof(scale), $"Attention scale must be finite and positive; got {scale}.");
     }
 
-    private static void CheckPointers(ulong q, ulong kPool, ulong vPool, ulong output)
+    private static void CheckPointers(ulong q, KvLayer kv, ulong output)
     {
-        // K/V tiles are copied in 16-byte chunks; q and out are accessed as bf16 pairs.
-        if (kPool == 0 || (kPool & 15) != 0) throw new ArgumentException($"K pool pointer 0x{kPool:x} must be non-null and 16-byte aligned.", nameof(kPool));
-        if (vPool == 0 || (vPool & 15) != 0) throw new ArgumentException($"V pool pointer 0x{vPool:x} must be non-null and 16-byte aligned.", nameof(vPool));
+        // K/V tiles (and fp8 scales) are copied in 16-byte chunks; q and out are accessed as bf16 pairs.
+        kv.Check();
         if (q == 0 || (q & 3) != 0) throw new ArgumentException($"q pointer 0x{q:x} must be non-null and 4-byte aligned.", nameof(q));
         if (output == 0 || (output & 3) != 0) throw new ArgumentException($"Output pointer 0x{output:x} must be non-null and 4-byte aligned.", nameof(output));
     }

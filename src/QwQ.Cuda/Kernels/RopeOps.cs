@@ -1,3 +1,4 @@
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Native;
 
 namespace QwQ.Cuda.Kernels;
@@ -5,18 +6,27 @@ namespace QwQ.Cuda.Kernels;
 /// <summary>
 /// Attention input preparation (kernels/rope.cu): QKV bias + RoPE (HF rotate_half), with K and V written to the
 /// layer's paged KV pool. Layouts (docs/CONTRACTS.md, docs/ENGINE_V2.md): qkv fp32 [rows, (nq+2*nkv)*D] (q, k, v
-/// heads), q out bf16 [rows, nq, D], K and V pools bf16 [blocks, nkv, 64, D].
+/// heads), q out bf16 [rows, nq, D], K and V pools bf16 [blocks, nkv, 64, D], or for the fp8 cache e4m3 codes
+/// [blocks, nkv, 64, D] and one fp32 scale per slot and head [blocks, nkv, 64] (<see cref="KvLayer"/>, docs/KV_CACHE.md).
 /// </summary>
 internal sealed class RopeOps
 {
     [KernelEntry] public const string QkvBiasRopePagedEntry = "qkv_bias_rope_paged_f32_bf16";
+    [KernelEntry] public const string QkvBiasRopePagedFp8Entry = "qkv_bias_rope_paged_f32_fp8";
 
-    private readonly CudaKernel _qkvBiasRopePaged;
+    /// <summary>
+    /// The largest head_dim of the fp8 variant: one thread per pair of a head (256 per block), which keeps the pair in
+    /// registers across the head's max-reduction.
+    /// </summary>
+    public const int MaxFp8HeadDim = 512;
+
+    private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8;
 
     public RopeOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _qkvBiasRopePaged = lib.GetKernel(QkvBiasRopePagedEntry);
+        _qkvBiasRopePagedFp8 = lib.GetKernel(QkvBiasRopePagedFp8Entry);
     }
 
     /// <summary>
@@ -28,16 +38,35 @@ internal sealed class RopeOps
     /// <paramref name="bias"/> bf16 [(nq+2*nkv)*D], <paramref name="invFreq"/> fp32 [D/2]. Every per-row input is
     /// read on the device: graph-capture safe.
     /// </summary>
+    public void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, ulong kPool, ulong vPool) =>
+        QkvBiasRopePaged(s, qkv, bias, invFreq, attentionFactor, positions, slots, rows, nq, nkv, headDim, qOut, KvLayer.Bf16(kPool, vPool));
+
+    /// <summary>
+    /// <see cref="QkvBiasRopePaged(CudaStream, ulong, ulong, ulong, float, ulong, ulong, int, int, int, int, ulong, ulong, ulong)"/>
+    /// into one layer of a bf16 or fp8 pool. fp8: each K and V head of a row is quantized from its fp32 values after bias
+    /// and RoPE, with one scale amax / 448 (<see cref="Model.KvCacheFp8.Quantize"/> bit for bit); head_dim at most
+    /// <see cref="MaxFp8HeadDim"/>.
+    /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
-        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, ulong kPool, ulong vPool)
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(qkv, 4, nameof(qkv));
         LaunchChecks.Aligned(bias, 2, nameof(bias));
         LaunchChecks.Aligned(invFreq, 4, nameof(invFreq));
         LaunchChecks.Aligned(qOut, 2, nameof(qOut));
-        LaunchChecks.Aligned(kPool, 2, nameof(kPool));
-        LaunchChecks.Aligned(vPool, 2, nameof(vPool));
+        bool fp8 = kv.Kind == KvCacheKind.Fp8;
+        if (!fp8 && kv.Kind != KvCacheKind.Bf16) throw new ArgumentOutOfRangeException(nameof(kv), kv.Kind, "bf16 or fp8");
+        // bf16 elements, or fp8 codes (bytes) with fp32 scales
+        LaunchChecks.Aligned(kv.K, fp8 ? 1 : 2, "kPool");
+        LaunchChecks.Aligned(kv.V, fp8 ? 1 : 2, "vPool");
+        if (fp8)
+        {
+            LaunchChecks.Aligned(kv.KScales, 4, "kScales");
+            LaunchChecks.Aligned(kv.VScales, 4, "vScales");
+            if (headDim > MaxFp8HeadDim) throw new ArgumentException($"the fp8 KV cache takes head_dim up to {MaxFp8HeadDim} (got {headDim}).", nameof(headDim));
+        }
         LaunchChecks.Positive(nq, nameof(nq));
         LaunchChecks.Positive(nkv, nameof(nkv));
         if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"headDim must be positive and even (got {headDim}).", nameof(headDim));
@@ -48,10 +77,23 @@ internal sealed class RopeOps
         LaunchChecks.Aligned(positions, 4, nameof(positions));
         LaunchChecks.Aligned(slots, 4, nameof(slots));
         uint threads = LaunchChecks.WarpMultiple(headDim / 2, 256);
-        void** args = stackalloc void*[]
+        var grid = new Dim3((uint)rows, (uint)(nq + 2 * nkv));
+        ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
+        if (fp8)
         {
-            &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool,
-        };
-        _qkvBiasRopePaged.Launch(new Dim3((uint)rows, (uint)(nq + 2 * nkv)), new Dim3(threads), 0, s, args);
+            void** args = stackalloc void*[]
+            {
+                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool, &kScales, &vScales,
+            };
+            _qkvBiasRopePagedFp8.Launch(grid, new Dim3(threads), 0, s, args);
+        }
+        else
+        {
+            void** args = stackalloc void*[]
+            {
+                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool,
+            };
+            _qkvBiasRopePaged.Launch(grid, new Dim3(threads), 0, s, args);
+        }
     }
 }

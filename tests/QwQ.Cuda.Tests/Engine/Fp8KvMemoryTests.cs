@@ -1,0 +1,97 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Kernels;
+using QwQ.Cuda.Model;
+using QwQ.Cuda.Sharding;
+
+namespace QwQ.Cuda.Tests.Engine;
+
+/// <summary>
+/// What the fp8 KV cache costs the GPU engine's memory (docs/KV_CACHE.md, no GPU needed): the pool's bytes per block and
+/// position are the format's (2 × kv_heads × (head_dim + 4) per position and layer: 2,112 of bf16's 4,096 for QwQ-32B),
+/// so the plan's pool holds about 4096 / 2112 times the positions in the same memory, per GPU with tensor parallel too.
+/// </summary>
+public sealed class Fp8KvMemoryTests
+{
+    private static readonly ModelConfig Qwq = ModelPresets.Get("qwq-32b");
+    private static readonly ModelConfig Tiny = ModelConfig.Parse(CudaModelTests.TinyConfigJson(), "config.json");
+    private const long GiB = 1L << 30;
+
+    private static EngineOptions Options(KvCacheKind kind) => new() { KvCache = kind };
+
+    [Test]
+    public void BlocksAndPositionsCountTheFormatsBytes()
+    {
+        foreach (var c in new[] { Qwq, Tiny })
+        {
+            foreach (var kind in new[] { KvCacheKind.Bf16, KvCacheKind.Fp8 })
+            {
+                long perLayer = KvCacheFp8.BytesPerPositionPerLayer(c, kind);
+                Assert.That(KvPool.BytesPerToken(c, kind), Is.EqualTo(perLayer * c.NumHiddenLayers), $"{kind}");
+                Assert.That(KvPool.BytesPerBlock(c, kind), Is.EqualTo(perLayer * c.NumHiddenLayers * AttentionOps.KvBlockSize), $"{kind}");
+            }
+            Assert.That(KvPool.BytesPerToken(c, KvCacheKind.Bf16), Is.EqualTo(c.KvBytesPerToken), "bf16 is the model's figure");
+        }
+        Assert.That(KvPool.BytesPerToken(Qwq, KvCacheKind.Fp8), Is.EqualTo(64L * 2 * 8 * (128 + 4)));
+        Assert.That((double)KvPool.BytesPerBlock(Qwq, KvCacheKind.Fp8) / KvPool.BytesPerBlock(Qwq, KvCacheKind.Bf16), Is.EqualTo(2112.0 / 4096));
+    }
+
+    [TestCase(24)]
+    [TestCase(80)]
+    [TestCase(141)]
+    public void ThePlanHoldsAboutTwiceThePositionsInTheSameMemory(int cardGiB)
+    {
+        // int4 weights (about 19 GB) so that a 24 GB card holds some KV too; the same bytes go to the pool either way.
+        long free = MemoryTable.AssumedFreeBytes(cardGiB * GiB);
+        var bf16 = MemoryPlan.Create(Qwq, free, Options(KvCacheKind.Bf16), WeightKind.Int4Awq);
+        var fp8 = MemoryPlan.Create(Qwq, free, Options(KvCacheKind.Fp8), WeightKind.Int4Awq);
+        TestContext.Out.WriteLine($"{cardGiB} GiB: bf16 {bf16.KvPoolPositions:N0} positions (chunk {bf16.PrefillChunk}), fp8 {fp8.KvPoolPositions:N0} (chunk {fp8.PrefillChunk})");
+        Assert.That(fp8.KvBytesPerToken, Is.EqualTo(135_168));
+        Assert.That(bf16.KvBytesPerToken, Is.EqualTo(262_144));
+        Assert.That(fp8.WeightBytes, Is.EqualTo(bf16.WeightBytes));
+        if (fp8.PrefillChunk == bf16.PrefillChunk)
+            Assert.That((double)fp8.KvPoolPositions / bf16.KvPoolPositions, Is.InRange(1.93, 4096.0 / 2112 + 1e-3));
+        else // a bf16 pool short of ComfortablePositions shrank its prefill chunk; fp8's did not need to
+            Assert.That(fp8.PrefillChunk, Is.GreaterThan(bf16.PrefillChunk));
+        Assert.That(fp8.KvCacheBytes, Is.LessThanOrEqualTo(free - fp8.WeightBytes - fp8.WorkspaceBytes - fp8.ReserveBytes));
+        Assert.That(fp8.MaxContext, Is.GreaterThanOrEqualTo(bf16.MaxContext));
+    }
+
+    [TestCase(2)]
+    [TestCase(4)]
+    public void EachGpuStoresItsKvHeadsInFp8(int ranks)
+    {
+        var shape = TensorParallelPlan.Create(Qwq, ranks).Shape;
+        var plan = MemoryPlan.Create(shape, 80 * GiB, Options(KvCacheKind.Fp8), WeightKind.Bf16);
+        Assert.That(plan.KvBytesPerToken, Is.EqualTo(135_168 / ranks));
+        Assert.That(KvPool.BytesPerBlock(shape.Config, KvCacheKind.Fp8), Is.EqualTo(135_168L / ranks * AttentionOps.KvBlockSize));
+    }
+
+    [Test]
+    public void TheMemoryTableCountsTheAskedFormat()
+    {
+        var fp8 = MemoryTable.For(Qwq, 80 * GiB, Options(KvCacheKind.Fp8));
+        var bf16 = MemoryTable.For(Qwq, 80 * GiB, Options(KvCacheKind.Bf16));
+        foreach (var row in fp8.Rows)
+        {
+            Assert.That(row.KvBytesPerToken, Is.EqualTo(135_168), row.Name);
+            Assert.That(row.Plan!.KvBytesPerToken, Is.EqualTo(135_168), row.Name);
+            Assert.That(row.Plan.KvPoolPositions, Is.GreaterThan(bf16[row.Kind].Plan!.KvPoolPositions * 19 / 10), row.Name);
+        }
+    }
+
+    [Test]
+    public void SharedMemoryOfTheFp8KernelsFitsWhereTheBf16KernelsDo()
+    {
+        // The fp8 kernels hold one expanded bf16 tile pair beside their stages of codes and scales: less than the bf16
+        // rings, so they launch wherever those do (kernels/attention_decode.cu, attention_prefill.cu).
+        foreach (int d in new[] { 32, 64, 128 })
+        {
+            Assert.That(AttentionOps.DecodeSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.DecodeSmemBytes(d)), $"decode, head_dim {d}");
+            Assert.That(AttentionOps.PrefillSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.PrefillSmemBytes(d)), $"prefill, head_dim {d}");
+        }
+        // what the kernels' comments state for head_dim 128
+        Assert.That(AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(85_504));
+        Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(68_608));
+    }
+}

@@ -1,0 +1,323 @@
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Kernels;
+using QwQ.Cuda.Model;
+using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Native;
+using QwQ.Cuda.Weights.Quantization;
+
+namespace QwQ.Cuda.Tests.Kernels;
+
+/// <summary>
+/// The fp8 KV cache's kernels (docs/KV_CACHE.md) on fresh random inputs:
+/// <list type="bullet">
+/// <item>qkv_bias_rope_paged_f32_fp8 writes, for every K and V head of every row, exactly the codes and scale
+/// <see cref="KvCacheFp8.Quantize"/> gives for the same fp32 values (bit for bit), at its slot and nowhere else.</item>
+/// <item>The fp8 attention kernels give bit for bit what the bf16 kernels give on a bf16 pool holding
+/// bf16(float(code) × scale): they only add the expansion in front of the same tensor-core pipeline, so any difference
+/// is a misread code, scale, row or tile.</item>
+/// </list>
+/// Pools are poisoned (codes 0x7F, e4m3's NaN; scales and bf16 NaN) wherever nothing was written, and block tables are
+/// shuffled, so a write or read of a wrong slot fails.
+/// </summary>
+public sealed class Fp8KvKernelTests : KernelTestBase
+{
+    private const int Block = AttentionOps.KvBlockSize;
+    private const uint CodeNaN4 = 0x7F7F7F7F; // four e4m3 NaN codes
+
+    private RopeOps _rope = null!;
+    private AttentionOps _attention = null!;
+
+    protected override void CreateOps()
+    {
+        _rope = new RopeOps(Lib);
+        _attention = new AttentionOps(Lib, Context.MultiprocessorCount);
+    }
+
+    // ---- writing: the rope kernel's quantizer ------------------------------------------------------------------------
+
+    /// <summary>An fp8 pool layer on the device: codes [blocks, nkv, 64, D] and scales [blocks, nkv, 64], poisoned.</summary>
+    private (DeviceBuffer KCodes, DeviceBuffer VCodes, DeviceBuffer KScales, DeviceBuffer VScales) PoisonedFp8Pool(int blocks, int nkv, int d)
+    {
+        long rows = (long)blocks * nkv * Block;
+        var kc = Alloc((rows * d + 3) / 4 * 4);
+        var vc = Alloc((rows * d + 3) / 4 * 4);
+        kc.Memset32(CodeNaN4);
+        vc.Memset32(CodeNaN4);
+        return (kc, vc, PoisonedF32(rows), PoisonedF32(rows));
+    }
+
+    /// <summary>
+    /// Rows at random positions, their slots in a shuffled pool, one padding row (slot −1); q, k and v heads of N(0, 2)
+    /// plus bf16 biases (large for a few key dimensions, as QwQ's are). With <paramref name="rotate"/> false inv_freq is
+    /// zero, so K is x + bias exactly as on the host and every head is checked bit for bit; with it, V is (it is never
+    /// rotated) and K against the host's rotation to the last few ulps.
+    /// </summary>
+    [TestCase(40, 8, 128, false, TestName = "Fp8Rope_QwqShape_Unrotated_BitExact")]
+    [TestCase(40, 8, 128, true, TestName = "Fp8Rope_QwqShape_Rotated")]
+    [TestCase(10, 2, 32, false, TestName = "Fp8Rope_Tiny_Unrotated_BitExact")]
+    [TestCase(4, 2, 36, false, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_BitExact")]
+    [TestCase(4, 2, 36, true, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_Rotated")]
+    public void RopeQuantizesEveryKvHeadLikeKvCacheFp8(int nq, int nkv, int d, bool rotate)
+    {
+        const int poolBlocks = 9;
+        int rows = 23;
+        int width = (nq + 2 * nkv) * d;
+        int[] slotsAll = Enumerable.Range(0, poolBlocks * Block).ToArray();
+        Rng.Shuffle(slotsAll);
+        int[] slots = slotsAll[..rows];
+        slots[5] = -1; // padding: writes nothing
+        int[] positions = Enumerable.Range(0, rows).Select(_ => Rng.Next(0, 40000)).ToArray();
+        float[] qkv = Normal((long)rows * width, 2f);
+        float[] bias = NormalBf16(width, 0.5f);
+        for (int h = 0; h < nkv; h++) bias[nq * d + h * d + Rng.Next(d)] = Bf16.Round(20f * (1 + h)); // key biases of 20 .. 20·nkv
+        float[] invFreq = new float[d / 2];
+        if (rotate)
+            for (int i = 0; i < invFreq.Length; i++) invFreq[i] = 1.0f / MathF.Pow(1_000_000f, 2f * i / d);
+
+        var (kc, vc, ks, vs) = PoisonedFp8Pool(poolBlocks, nkv, d);
+        var dQ = PoisonedBf16((long)rows * nq * d);
+        _rope.QkvBiasRopePaged(Stream, Upload<float>(qkv).Ptr, UploadBf16(bias).Ptr, Upload<float>(invFreq).Ptr, 1f,
+            Upload<int>(positions).Ptr, Upload<int>(slots).Ptr, rows, nq, nkv, d, dQ.Ptr, KvLayer.Fp8(kc.Ptr, vc.Ptr, ks.Ptr, vs.Ptr));
+        Stream.Synchronize();
+        byte[] kCodes = kc.ToArray<byte>(), vCodes = vc.ToArray<byte>();
+        float[] kScales = ks.ToArray<float>(), vScales = vs.ToArray<float>();
+
+        // The host's fp32 values of every head: x + bias, K rotated (CpuOps.ApplyRope) at the row's position.
+        var qWant = new List<float>();
+        int exactHeads = 0, closeHeads = 0, differingCodes = 0, codes = 0;
+        var written = new HashSet<int>();
+        for (int t = 0; t < rows; t++)
+        {
+            int pos = slots[t] < 0 ? 0 : positions[t];
+            var heads = new float[width];
+            for (int c = 0; c < width; c++) heads[c] = qkv[t * width + c] + bias[c];
+            CpuOps.ApplyRope(heads.AsSpan(0, nq * d), 1, nq, d, pos, invFreq, 1f);
+            CpuOps.ApplyRope(heads.AsSpan(nq * d, nkv * d), 1, nkv, d, pos, invFreq, 1f);
+            qWant.AddRange(heads.AsSpan(0, nq * d).ToArray());
+            if (slots[t] < 0) continue;
+            int slot = slots[t];
+            for (int h = 0; h < nkv; h++)
+            {
+                int row = ((slot / Block) * nkv + h) * Block + slot % Block;
+                written.Add(row);
+                foreach (bool isK in new[] { true, false })
+                {
+                    var vector = heads.AsSpan((isK ? nq + h : nq + nkv + h) * d, d);
+                    var want = new byte[d];
+                    float wantScale = KvCacheFp8.Quantize(vector, want);
+                    byte[] got = (isK ? kCodes : vCodes).AsSpan(row * d, d).ToArray();
+                    float gotScale = (isK ? kScales : vScales)[row];
+                    string what = $"row {t} (slot {slot}, position {pos}) {(isK ? "K" : "V")} head {h}";
+                    if (!isK || !rotate)
+                    {
+                        // the same fp32 values on both sides: the format's arithmetic, bit for bit
+                        Assert.That(BitConverter.SingleToUInt32Bits(gotScale), Is.EqualTo(BitConverter.SingleToUInt32Bits(wantScale)), $"{what}: scale {gotScale} vs {wantScale}");
+                        Assert.That(got, Is.EqualTo(want), $"{what}: codes");
+                        exactHeads++;
+                        continue;
+                    }
+                    // rotated keys: the device's sincosf and FMAs move values by an ulp or so, rarely across a rounding edge
+                    Assert.That(gotScale, Is.EqualTo(wantScale).Within(1e-5).Percent, $"{what}: scale");
+                    var gotValues = new float[d];
+                    var wantValues = new float[d];
+                    KvCacheFp8.Dequantize(got, gotScale, gotValues);
+                    KvCacheFp8.Dequantize(want, wantScale, wantValues);
+                    Assert.That(RelativeError(gotValues, wantValues), Is.LessThan(2e-2), $"{what}: dequantized");
+                    for (int i = 0; i < d; i++)
+                    {
+                        codes++;
+                        if (got[i] == want[i]) continue;
+                        differingCodes++;
+                        Assert.That(Math.Abs(Fp8E4M3.ToFloat(got[i]) - Fp8E4M3.ToFloat(want[i])), Is.LessThanOrEqualTo(Math.Abs(Fp8E4M3.ToFloat(want[i])) / 8 + 1f / 512),
+                            $"{what}: element {i} is more than one e4m3 step off ({got[i]:x2} vs {want[i]:x2})");
+                    }
+                    closeHeads++;
+                }
+            }
+        }
+        TestContext.Out.WriteLine($"{exactHeads} heads bit for bit; {closeHeads} rotated keys, {differingCodes} of {codes} codes one step off");
+        Assert.That(differingCodes, Is.LessThanOrEqualTo(Math.Max(2, codes / 1000)), "codes one step off (rotated keys)");
+        AssertClose(DownloadBf16(dQ), qWant.ToArray(), 1e-2, "q");
+
+        // Nothing else written: every other row still holds its poison.
+        for (int row = 0; row < poolBlocks * nkv * Block; row++)
+        {
+            if (written.Contains(row)) continue;
+            Assert.That(float.IsNaN(kScales[row]) && float.IsNaN(vScales[row]), $"scales of row {row} were written");
+            for (int i = 0; i < d; i++)
+                if (kCodes[row * d + i] != 0x7F || vCodes[row * d + i] != 0x7F) Assert.Fail($"codes of row {row} were written");
+        }
+    }
+
+    [Test]
+    public void RopeRefusesFp8ArgumentsItCannotTake()
+    {
+        var b = Alloc(1 << 16);
+        ulong p = b.Ptr;
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 16, p, KvLayer.Fp8(p, p, p + 2, p)),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("kScales"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 16, p, KvLayer.Fp8(p, p, p, 0)),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("vScales"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, RopeOps.MaxFp8HeadDim + 2, p, KvLayer.Fp8(p, p, p, p)),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("headDim"));
+        });
+    }
+
+    // ---- reading: the attention kernels -------------------------------------------------------------------------------
+
+    /// <summary>
+    /// A pool of <c>blocks</c> blocks written through shuffled tables, held both ways: fp8 codes and scales (random
+    /// vectors of random magnitudes quantized by <see cref="KvCacheFp8.Quantize"/>) and bf16 bf16(float(code) × scale).
+    /// Block <c>blocks − 1</c> and every slot past a sequence's length stay poison.
+    /// </summary>
+    private sealed class TwinPool
+    {
+        public readonly byte[] KCodes, VCodes;
+        public readonly float[] KScales, VScales;
+        public readonly ushort[] KBf16, VBf16;
+        private readonly int _nkv, _d;
+
+        public TwinPool(int blocks, int nkv, int d)
+        {
+            (_nkv, _d) = (nkv, d);
+            long rows = (long)blocks * nkv * Block;
+            KCodes = Enumerable.Repeat((byte)0x7F, (int)(rows * d)).ToArray();
+            VCodes = Enumerable.Repeat((byte)0x7F, (int)(rows * d)).ToArray();
+            KScales = Enumerable.Repeat(float.NaN, (int)rows).ToArray();
+            VScales = Enumerable.Repeat(float.NaN, (int)rows).ToArray();
+            KBf16 = Enumerable.Repeat((ushort)0x7FC0, (int)(rows * d)).ToArray();
+            VBf16 = Enumerable.Repeat((ushort)0x7FC0, (int)(rows * d)).ToArray();
+        }
+
+        /// <summary>Positions 0 .. length−1 of a sequence with block table <paramref name="table"/>, fresh random vectors.</summary>
+        public void Fill(Random rng, int[] table, int length)
+        {
+            var vector = new float[_d];
+            var codes = new byte[_d];
+            for (int p = 0; p < length; p++)
+                for (int h = 0; h < _nkv; h++)
+                {
+                    int row = (table[p / Block] * _nkv + h) * Block + p % Block;
+                    foreach (bool isK in new[] { true, false })
+                    {
+                        float magnitude = (float)Math.Exp(rng.NextDouble() * 4 - 2); // 0.14 .. 7.4: scales differ row to row
+                        for (int i = 0; i < _d; i++) vector[i] = magnitude * (float)(rng.NextDouble() * 2 - 1);
+                        float scale = KvCacheFp8.Quantize(vector, codes);
+                        codes.CopyTo((isK ? KCodes : VCodes).AsSpan(row * _d, _d));
+                        (isK ? KScales : VScales)[row] = scale;
+                        for (int i = 0; i < _d; i++) (isK ? KBf16 : VBf16)[row * _d + i] = Bf16.FromFloat(Fp8E4M3.ToFloat(codes[i]) * scale);
+                    }
+                }
+        }
+    }
+
+    /// <summary>Disjoint shuffled block tables of <paramref name="maxBlocks"/> entries, unused entries naming the poison block (the last).</summary>
+    private int[][] Tables(int[] lengths, int maxBlocks, out int poolBlocks)
+    {
+        int[] need = lengths.Select(n => (n + Block - 1) / Block).ToArray();
+        poolBlocks = need.Sum() + 1;
+        int[] perm = Enumerable.Range(0, poolBlocks - 1).ToArray();
+        Rng.Shuffle(perm);
+        var tables = new int[lengths.Length][];
+        for (int i = 0, next = 0; i < lengths.Length; next += need[i], i++)
+        {
+            tables[i] = Enumerable.Repeat(poolBlocks - 1, maxBlocks).ToArray();
+            perm.AsSpan(next, need[i]).CopyTo(tables[i]);
+        }
+        return tables;
+    }
+
+    private (KvLayer Fp8, KvLayer Bf16) UploadTwin(TwinPool pool) =>
+        (KvLayer.Fp8(Upload<byte>(pool.KCodes).Ptr, Upload<byte>(pool.VCodes).Ptr, Upload<float>(pool.KScales).Ptr, Upload<float>(pool.VScales).Ptr),
+         KvLayer.Bf16(Upload<ushort>(pool.KBf16).Ptr, Upload<ushort>(pool.VBf16).Ptr));
+
+    private static void AssertSameBits(ushort[] fp8, ushort[] bf16, string what)
+    {
+        int differ = 0, first = -1;
+        for (int i = 0; i < fp8.Length; i++)
+            if (fp8[i] != bf16[i]) { differ++; if (first < 0) first = i; }
+        if (differ > 0)
+            Assert.Fail($"{what}: {differ} of {fp8.Length} outputs differ from the bf16 kernel's on the expanded pool " +
+                        $"(first at {first}: {Bf16.ToFloat(fp8[first])} vs {Bf16.ToFloat(bf16[first])}; ‖Δ‖/‖ref‖ = " +
+                        $"{RelativeError(Bf16.ToFloat(fp8), Bf16.ToFloat(bf16)):E2})");
+        AssertAllFinite(Bf16.ToFloat(fp8), what);
+    }
+
+    [TestCase(40, 8, 128, TestName = "Fp8Decode_QwqShape_EqualsBf16OnTheExpandedPool")]
+    [TestCase(10, 2, 32, TestName = "Fp8Decode_Tiny_EqualsBf16OnTheExpandedPool")]
+    [TestCase(16, 1, 64, TestName = "Fp8Decode_Group16_D64_EqualsBf16OnTheExpandedPool")]
+    public void DecodeEqualsBf16OnTheExpandedPool(int nq, int nkv, int d)
+    {
+        // A decode batch as the engine launches it: one key, either side of a block edge, long, and a padding row.
+        int[] contexts = [1, 63, 64, 65, 3001, 0, 700];
+        int batch = contexts.Length, maxBlocks = 3001 / Block + 3;
+        int[][] tables = Tables(contexts, maxBlocks, out int poolBlocks);
+        var pool = new TwinPool(poolBlocks, nkv, d);
+        for (int b = 0; b < batch; b++) pool.Fill(Rng, tables[b], contexts[b]);
+        var (fp8, bf16) = UploadTwin(pool);
+        var q = Upload<ushort>(Bf16.FromFloat(Normal((long)batch * nq * d, 1.5f)));
+        var ctx = Upload<int>(contexts);
+        var table = Upload<int>(tables.SelectMany(t => t).ToArray());
+        long wsBytes = AttentionOps.DecodePagedWorkspaceBytes(Context.MultiprocessorCount, nq, nkv, d, batch, maxBlocks);
+        float scale = 1f / MathF.Sqrt(d);
+
+        ushort[] Run(KvLayer kv)
+        {
+            var ws = Alloc(wsBytes);
+            ws.Memset32(F32NaN);
+            var o = PoisonedBf16((long)batch * nq * d);
+            _attention.DecodePaged(Stream, q.Ptr, kv, o.Ptr, ws.Ptr, ctx.Ptr, table.Ptr, batch, maxBlocks, nq, nkv, d, scale);
+            Stream.Synchronize();
+            return o.ToArray<ushort>();
+        }
+        AssertSameBits(Run(fp8), Run(bf16), "decode");
+    }
+
+    [TestCase(40, 8, 128, TestName = "Fp8Prefill_QwqShape_EqualsBf16OnTheExpandedPool")]
+    [TestCase(10, 2, 32, TestName = "Fp8Prefill_Tiny_EqualsBf16OnTheExpandedPool")]
+    [TestCase(4, 4, 64, TestName = "Fp8Prefill_Mha_D64_EqualsBf16OnTheExpandedPool")]
+    public void PrefillEqualsBf16OnTheExpandedPool(int nq, int nkv, int d)
+    {
+        // Chunks on top of cached positions, as the engine launches them: (query rows, cached positions before them).
+        (int T, int Start)[] seqs = [(130, 37), (1, 200), (70, 0), (5, 63), (129, 64)];
+        int[] lengths = seqs.Select(z => z.T + z.Start).ToArray();
+        int maxBlocks = lengths.Max() / Block + 2;
+        int[][] tables = Tables(lengths, maxBlocks, out int poolBlocks);
+        var pool = new TwinPool(poolBlocks, nkv, d);
+        for (int z = 0; z < seqs.Length; z++) pool.Fill(Rng, tables[z], lengths[z]);
+        var (fp8, bf16) = UploadTwin(pool);
+        int rows = seqs.Sum(z => z.T);
+        var q = Upload<ushort>(Bf16.FromFloat(Normal((long)rows * nq * d, 1.5f)));
+        var info = new int[seqs.Length * 4];
+        for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
+            (info[4 * z], info[4 * z + 1], info[4 * z + 2]) = (first, seqs[z].T, seqs[z].Start);
+        var seqInfo = Upload<int>(info);
+        var table = Upload<int>(tables.SelectMany(t => t).ToArray());
+        float scale = 1f / MathF.Sqrt(d);
+
+        ushort[] Run(KvLayer kv)
+        {
+            var o = PoisonedBf16((long)rows * nq * d);
+            _attention.PrefillPaged(Stream, q.Ptr, kv, o.Ptr, seqInfo.Ptr, table.Ptr, seqs.Length, seqs.Max(z => z.T), maxBlocks, nq, nkv, d, scale);
+            Stream.Synchronize();
+            return o.ToArray<ushort>();
+        }
+        AssertSameBits(Run(fp8), Run(bf16), "prefill");
+    }
+
+    [Test]
+    public void AttentionRefusesMisalignedScales()
+    {
+        var b = Alloc(1 << 16);
+        ulong p = b.Ptr;
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => _attention.DecodePaged(Stream, p, KvLayer.Fp8(p, p, p + 4, p), p, p, p, p, 1, 2, 40, 8, 128, 0.1f),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("kScales"));
+            Assert.That(() => _attention.PrefillPaged(Stream, p, KvLayer.Fp8(p, p, p, 0), p, p, p, 1, 1, 2, 40, 8, 128, 0.1f),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("vScales"));
+        });
+    }
+}
