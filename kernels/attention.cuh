@@ -33,11 +33,11 @@ struct KvLayout {
 
 // Cache element types of the attention kernels' templates: bf16 (the default) or e4m3 codes with per-row scales.
 template <typename T>
-constexpr bool is_fp8_cache() { return sizeof(T) == 1; }
+__host__ __device__ constexpr bool is_fp8_cache() { return sizeof(T) == 1; }
 
 // Bytes of one staged fp8 tile pair (K and V codes [2][BN][D], then their scales [2][BN]).
 template <int D, int BN>
-constexpr int fp8_stage_bytes() { return 2 * BN * D + 2 * BN * 4; }
+__host__ __device__ constexpr int fp8_stage_bytes() { return 2 * BN * D + 2 * BN * 4; }
 
 // Starts the async copy of the fp8 K and V tile of `rows` valid keys (0 < rows; at most BN) whose first row is row0
 // (a multiple of BN: a whole block) into one stage: codes [2][BN][D] then scales [2][BN]. Rows past `rows` are
