@@ -116,8 +116,9 @@ public sealed class Fp8KvKernelTests : KernelTestBase
                         exactHeads++;
                         continue;
                     }
-                    // rotated keys: the device's sincosf and FMAs move values by an ulp or so, rarely across a rounding edge
-                    Assert.That(gotScale, Is.EqualTo(wantScale).Within(1e-5).Percent, $"{what}: scale");
+                    // rotated keys: the device's sincosf and FMAs move values by a few ulps (measured up to 2.5 on the H100: 1.5e-7
+                    // of the scale), rarely across a rounding edge of a code; a wrong amax would be off by far more
+                    Assert.That(gotScale, Is.EqualTo(wantScale).Within(1e-4).Percent, $"{what}: scale");
                     var gotValues = new float[d];
                     var wantValues = new float[d];
                     KvCacheFp8.Dequantize(got, gotScale, gotValues);
