@@ -7,6 +7,7 @@ using QwQ.Cuda.Model;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Tests.Reference;
 using static QwQ.Cuda.Tests.Batching.BatchingFixtures;
+using static QwQ.Cuda.Tests.Reference.AdaptiveYarnReferences;
 
 namespace QwQ.Cuda.Tests.Batching;
 
@@ -17,34 +18,10 @@ namespace QwQ.Cuda.Tests.Batching;
 /// </summary>
 public class AdaptiveYarnBackendTests
 {
-    private const string Model = "tiny-yarn";
-    private const int Switch = 16; // tiny-yarn's original_max_position_embeddings
     private const double Tolerance = 1e-4;
-
-    private static (ModelConfig Config, CpuWeights Weights) Fixture => ModelFixtures.Load(Model);
 
     private static CpuReferenceBackend Backend(RopeScalingMode? mode = RopeScalingMode.Adaptive, int? switchAt = null, int? kvPoolPositions = null) =>
         new(Fixture.Config, Fixture.Weights, samplerSeed: 3, kvPoolPositions: kvPoolPositions, ropeScaling: mode, ropeSwitchPosition: switchAt);
-
-    /// <summary>Reference with the config's YaRN at every position.</summary>
-    private static readonly Lazy<Qwen2CpuModel> StaticYarn = new(() => new Qwen2CpuModel(Fixture.Config, Fixture.Weights));
-
-    /// <summary>Reference built without rope_scaling: the model as it was trained before YaRN.</summary>
-    private static readonly Lazy<Qwen2CpuModel> NoYarn = new(() => new Qwen2CpuModel(Fixture.Config with { RopeScaling = null }, Fixture.Weights));
-
-    /// <summary>The reference's logits of the last of <paramref name="tokens"/>, over the whole sequence from position 0.</summary>
-    private static float[] LastLogits(Qwen2CpuModel model, ReadOnlySpan<int> tokens)
-    {
-        int v = model.Config.VocabSize;
-        return model.Forward(tokens).AsSpan((tokens.Length - 1) * v, v).ToArray();
-    }
-
-    private static float[] Last(ISequence s)
-    {
-        var l = new float[Fixture.Config.VocabSize];
-        s.CopyLastLogits(l);
-        return l;
-    }
 
     private static int[] Text(int count, int seed) => Tokens(count, seed); // tiny-yarn's vocabulary is 256 too
 
@@ -269,11 +246,11 @@ public class AdaptiveYarnBackendTests
     [Test]
     public void LoadTakesTheModeFromTheEngineOptions()
     {
-        using var adaptive = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(Model), new EngineOptions { RopeScaling = RopeScalingMode.Adaptive, RopeSwitchPosition = 8 });
+        using var adaptive = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName), new EngineOptions { RopeScaling = RopeScalingMode.Adaptive, RopeSwitchPosition = 8 });
         Assert.That(adaptive.RopeScaling, Is.EqualTo(RopeScalingMode.Adaptive));
-        using var byDefault = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(Model));
+        using var byDefault = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName));
         Assert.That(byDefault.RopeScaling, Is.EqualTo(RopeScalingMode.Static), "the default is what the GPU engine runs");
-        using var noYarn = CpuReferenceBackend.Load(Fixture.Config with { RopeScaling = null }, ModelFixtures.Dir(Model));
+        using var noYarn = CpuReferenceBackend.Load(Fixture.Config with { RopeScaling = null }, ModelFixtures.Dir(FixtureName));
         Assert.That(noYarn.RopeScaling, Is.EqualTo(RopeScalingMode.Off));
 
         using var seq = adaptive.CreateSequence();
@@ -309,17 +286,17 @@ public class AdaptiveYarnPrefixCacheTests
     };
     private static readonly CpuWeights Weights = CpuWeights.Random(Small, seed: 4);
 
-    private static float[] Reference(ModelConfig config, ReadOnlySpan<int> tokens)
-    {
-        int v = config.VocabSize;
-        return new Qwen2CpuModel(config, Weights).Forward(tokens).AsSpan((tokens.Length - 1) * v, v).ToArray();
-    }
-
     private static float[] Last(ISequence s)
     {
         var l = new float[Small.VocabSize];
         s.CopyLastLogits(l);
         return l;
+    }
+
+    private static float[] Reference(ModelConfig config, ReadOnlySpan<int> tokens)
+    {
+        int v = config.VocabSize;
+        return new Qwen2CpuModel(config, Weights).Forward(tokens).AsSpan((tokens.Length - 1) * v, v).ToArray();
     }
 
     [Test]

@@ -5,6 +5,7 @@ using QwQ.Cuda.Inference;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Tests.Reference;
 using static QwQ.Cuda.Tests.Batching.BatchingFixtures;
+using static QwQ.Cuda.Tests.Reference.AdaptiveYarnReferences;
 
 namespace QwQ.Cuda.Tests.Engine;
 
@@ -18,32 +19,13 @@ using Cuda = global::QwQ.Cuda.Native.Cuda;
 /// </summary>
 public class AdaptiveYarnGpuTests
 {
-    private const string Model = "tiny-yarn";
-    private const int Switch = 16; // tiny-yarn's original_max_position_embeddings
     private const double Tolerance = 2e-2;
-
-    private static (ModelConfig Config, CpuWeights Weights) Fixture => ModelFixtures.Load(Model);
-    private static readonly Lazy<Qwen2CpuModel> StaticYarn = new(() => new Qwen2CpuModel(Fixture.Config, Fixture.Weights));
-    private static readonly Lazy<Qwen2CpuModel> NoYarn = new(() => new Qwen2CpuModel(Fixture.Config with { RopeScaling = null }, Fixture.Weights));
 
     private static CudaBackend Load()
     {
         if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
-        return CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(Model),
+        return CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName),
             new EngineOptions { MaxContext = 256, RopeScaling = RopeScalingMode.Adaptive });
-    }
-
-    private static float[] LastLogits(Qwen2CpuModel model, ReadOnlySpan<int> tokens)
-    {
-        int v = model.Config.VocabSize;
-        return model.Forward(tokens).AsSpan((tokens.Length - 1) * v, v).ToArray();
-    }
-
-    private static float[] Last(ISequence s)
-    {
-        var l = new float[Fixture.Config.VocabSize];
-        s.CopyLastLogits(l);
-        return l;
     }
 
     /// <summary>The reference a sequence of these tokens must match: without YaRN up to the switch, static YaRN past it.</summary>
