@@ -372,6 +372,28 @@ public class FullContextTests
         FillEveryPosition(backend);
     }
 
+    /// <summary>
+    /// The long-context issue's target: all 131,072 positions on one 80 GB H100, with FP8 weights (34 GB) and the FP8 KV
+    /// cache (132 KiB a position: 17.7 GB), where bf16 weights and KV leave room for 40,960.
+    /// </summary>
+    [Test]
+    public void AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        var config = ModelPresets.Get("qwq-32b-yarn");
+        long need = ModelWeights.DeviceBytes(config, WeightKind.Fp8) + 131072L * KvPool.BytesPerToken(config, KvCacheKind.Fp8) + (4L << 30);
+        using (var probe = global::QwQ.Cuda.Native.CudaContext.Create())
+            if (probe.GetMemoryInfo().Free < need)
+                Assert.Ignore($"needs {need / 1e9:F0} GB of free device memory; this GPU has {probe.GetMemoryInfo().Free / 1e9:F0} GB");
+
+        using var backend = CudaBackend.Load(config, null, new EngineOptions
+        {
+            MaxContext = 131072, SampleableVocab = 151669, Quantize = QuantizeMode.Fp8, KvCache = KvCacheKind.Fp8,
+        });
+        Assert.That(backend.KvCache, Is.EqualTo(KvCacheKind.Fp8));
+        FillEveryPosition(backend);
+    }
+
     /// <summary>Prefill to the last position but one, decode at the last, and no position past it: finite logits throughout.</summary>
     internal static void FillEveryPosition(CudaBackend backend)
     {
