@@ -21,11 +21,11 @@ public class AdaptiveYarnGpuTests
 {
     private const double Tolerance = 2e-2;
 
-    private static CudaBackend Load()
+    private static CudaBackend Load(KvCacheKind kvCache = KvCacheKind.Bf16)
     {
         if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
         return CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName),
-            new EngineOptions { MaxContext = 256, RopeScaling = RopeScalingMode.Adaptive });
+            new EngineOptions { MaxContext = 256, RopeScaling = RopeScalingMode.Adaptive, KvCache = kvCache });
     }
 
     /// <summary>The reference a sequence of these tokens must match: without YaRN up to the switch, static YaRN past it.</summary>
@@ -113,5 +113,25 @@ public class AdaptiveYarnGpuTests
         parent.Append(tokens.AsSpan(14, 1)); // still plain
         AssertClose(Last(child), Want(tokens.AsSpan(0, 20)), "the child past the switch");
         AssertClose(Last(parent), Want(tokens.AsSpan(0, 15)), "the parent below it");
+    }
+
+    [Test]
+    public void WithTheFp8KvCacheTheSwitchRewritesTheCacheAsStaticYarnWritesIt()
+    {
+        // The switch runs the sequence again in YaRN, so the fp8 codes and scales are those a static-YaRN run writes:
+        // compare with the fp32 references keeping their caches in fp8 too (Qwen2CpuModel.Forward with KvCacheKind.Fp8).
+        using var backend = Load(KvCacheKind.Fp8);
+        using var seq = backend.CreateSequence();
+        var tokens = Tokens(30, 11);
+        int v = Fixture.Config.VocabSize;
+        float[] Reference(int n) =>
+            (n > Switch ? StaticYarn.Value : NoYarn.Value).Forward(tokens.AsSpan(0, n), kvCache: KvCacheKind.Fp8).AsSpan((n - 1) * v, v).ToArray();
+        seq.Append(tokens.AsSpan(0, 12));
+        AssertClose(Last(seq), Reference(12), "fp8 KV, prefill of 12 (plain)");
+        for (int n = 13; n <= tokens.Length; n++) // decode through graphs, across the switch at 16
+        {
+            seq.Append(tokens.AsSpan(n - 1, 1));
+            AssertClose(Last(seq), Reference(n), $"fp8 KV, length {n}");
+        }
     }
 }
