@@ -1,0 +1,302 @@
+// Micro-benchmark of the FP8 CUDA-core GEMV (kernels/gemv_fp8.cu, gemv_fp8_m1/m2/m4) and of candidate replacements
+// (bench/micro/gemv_fp8_v2.cuh) at QwQ-32B's per-GPU product shapes, one GPU (TP1) and tensor parallel 2 (TP2), at 1, 2
+// and 4 rows of x, against a plain 16-byte streaming read of the same bytes. Each candidate cycles over >= 8 copies
+// of the weights (more for the small products: >= ~400 MB between two reads of a copy, L2 is 50 MB) so the bytes
+// come from DRAM. Every candidate's output is CHECKED against gemv_fp8_m{M} at 1 split on random e4m3 codes (all
+// finite codes, subnormals included), random per-row scales and random bf16 x: PASS when max|y - ref| / max|ref|
+// <= 1e-5 (fp32 sums in another order differ by a few ulps), so a fast but wrong variant shows as FAIL.
+// Not part of the build. On the GPU machine (< 60 s for the run, a few minutes to compile):
+//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/fp8bench bench/micro/fp8_gemv.cu && /tmp/fp8bench
+// (add -Xptxas -v to see each variant's registers and spills).
+//
+// Why the current kernel is suspect: it reads gate/up at 1.2-1.3 TB/s where the bf16 GEMV reads 2.77 and a copy
+// ~2.9; the hardware e4m3 conversion gained only 2-3%, so instruction issue for the conversion alone is not it. The
+// variants each change one thing (template parameters of fp8v2::body, see gemv_fp8_v2.cuh):
+//   t-u4            control: the current plan (warp per 16-row tile, 4 x 2 x 16 B per lane in flight, 128 threads,
+//                   <= 64 registers) rebuilt from the template: should time like gemv_fp8_m{M}.
+//   t-u8-b4/b8      more bytes in flight per lane (8 chunks = 256 B per lane) with 128 (b4) or 64 (b8) registers:
+//                   tests whether each warp's loads-then-math batches leave DRAM idle (Little's law per SM).
+//   t-u4-w8         256-thread blocks, same registers: fewer, larger blocks (block scheduling / tail effects).
+//   t-pipe-u2/u4    register double buffer: the next batch's loads are issued before the current batch's math, so
+//                   a warp never waits on DRAM with nothing in flight. u2 fits 64 registers; u4 gets 128.
+//   t-raw           integer e4m3 -> fp32 with the 2^-120 of the bit move folded into the row scale: no F2FP / HADD2
+//                   (is the hardware conversion's pipe the limit rather than issue?).
+//   t-ef / t-256B   weight loads with an L2 evict-first policy / the L2::256B prefetch hint (L2 thrash by a stream
+//                   that is read once; sector-sized DRAM requests).
+//   t-xs            x converted once per block to fp32 in shared memory (laid out bank-conflict free): removes the
+//                   bf16 unpack (8 ops per 8 x per row of x) and the L1 traffic of x; costs smem and a barrier.
+//   kw2/kw4/kw8     2, 4 or 8 warps of a 256-thread block share one tile, taking turns over k in groups of U chunks
+//                   (partials meet in shared memory in warp order): a block reads KW * 4 KB contiguous at a time and
+//                   far fewer tiles (DRAM pages / TLB entries) are open at once, as in the plain streaming read.
+//   kw8-u2-pipe     a block per tile (kw8) with the register double buffer.
+//   p-*             persistent grid (SMs * resident blocks, each block walks (tile group, split) items): no wave
+//                   tail when the item count is not a multiple of the resident slots.
+//   combo-*         combinations of the above.
+// Each variant runs at split counts 1, 2, 3, 4, 6, 8, 12, 16 (those that fit); the best is reported with all timings.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include "../../kernels/gemv_fp8.cu"
+#include "gemv_fp8_v2.cuh"
+
+#define CK(call)                                                                                         \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess) {                                                                         \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
+            exit(1);                                                                                     \
+        }                                                                                                \
+    } while (0)
+
+__global__ void read_k(const uint4* p, long long n, uint32_t* out) {
+    uint32_t a = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        uint4 v = ld_stream_u4(p + i);
+        a ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (a == 0x12345678) out[0] = a;
+}
+
+__device__ __forceinline__ uint32_t hash32(uint32_t v) {
+    v ^= v >> 16; v *= 0x7feb352du; v ^= v >> 15; v *= 0x846ca68bu; v ^= v >> 16;
+    return v;
+}
+// Random e4m3 codes, 4 per word; the NaN codes (0x7F, 0xFF) become 0x7E / 0xFE (±448).
+__global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
+        uint32_t v = hash32((uint32_t)i * 2654435761u ^ hash32(seed + (uint32_t)(i >> 32)));
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+            if (((v >> (8 * b)) & 0x7F) == 0x7F) v &= ~(1u << (8 * b));
+        p[i] = v;
+    }
+}
+
+typedef void (*CurFn)(const uint8_t*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
+typedef void (*VarFn)(const uint8_t*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
+
+struct Var {
+    const char* name;
+    VarFn fn;
+    int warps, kw, xs, persistent;
+};
+
+#define V(NAME, U, W, KW, PIPE, CVT, LD, XS, MINB, PERSIST) \
+    Var { NAME, fp8v2::gemv_fp8_v2<M, U, W, KW, PIPE, CVT, LD, XS, MINB>, W, KW, XS, PERSIST }
+
+//                 name             U  W  KW PIPE CVT LD XS MINB persistent
+template <int M>
+std::vector<Var> variants() {
+    return {
+        V("t-u4",            4, 4, 1, 0, 0, 0, 0, 8, 0),
+        V("t-u8-b4",         8, 4, 1, 0, 0, 0, 0, 4, 0),
+        V("t-u8-b8",         8, 4, 1, 0, 0, 0, 0, 8, 0),
+        V("t-u4-w8",         4, 8, 1, 0, 0, 0, 0, 4, 0),
+        V("t-pipe-u2",       2, 4, 1, 1, 0, 0, 0, 8, 0),
+        V("t-pipe-u4",       4, 4, 1, 1, 0, 0, 0, 4, 0),
+        V("t-raw",           4, 4, 1, 0, 1, 0, 0, 8, 0),
+        V("t-ef",            4, 4, 1, 0, 0, 1, 0, 8, 0),
+        V("t-256B",          4, 4, 1, 0, 0, 2, 0, 8, 0),
+        V("t-xs",            4, 4, 1, 0, 0, 0, 1, 8, 0),
+        V("kw2-w8",          4, 8, 2, 0, 0, 0, 0, 4, 0),
+        V("kw4-w8",          4, 8, 4, 0, 0, 0, 0, 4, 0),
+        V("kw8-w8",          4, 8, 8, 0, 0, 0, 0, 4, 0),
+        V("kw8-u2-pipe",     2, 8, 8, 1, 0, 0, 0, 4, 0),
+        V("p-t-u4",          4, 4, 1, 0, 0, 0, 0, 8, 1),
+        V("p-kw8-w8",        4, 8, 8, 0, 0, 0, 0, 4, 1),
+        V("combo-pipe-raw",  4, 4, 1, 1, 1, 0, 0, 4, 0),
+        V("combo-kw4-pipe",  2, 8, 4, 1, 1, 1, 0, 4, 1),
+        V("combo-kw8-xs",    4, 8, 8, 0, 1, 0, 1, 4, 0),
+    };
+}
+#undef V
+
+struct Shape { int n, k; const char* name; };
+
+static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
+static const long kTicketBytes = 64 << 10, kPartBytes = 32 << 20;
+
+static bool splits_fit(int n, int k, int m, int splits) {
+    const long tiles = (n + 15) / 16;
+    if (splits == 1) return true;
+    return splits <= k / 64 && tiles * 4 <= kTicketBytes && tiles * splits * 16L * m * 4 <= kPartBytes;
+}
+
+int main() {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int sms = prop.multiProcessorCount;
+    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
+
+    const Shape shapes[] = {
+        {7168, 5120, "TP1 qkv"},  {5120, 5120, "TP1 o"},  {55296, 5120, "TP1 gate_up"}, {5120, 27648, "TP1 down"},
+        {3584, 5120, "TP2 qkv"},  {5120, 2560, "TP2 o"},  {27648, 5120, "TP2 gate_up"}, {5120, 13824, "TP2 down"}};
+    size_t maxBytes = 0;
+    int maxN = 0, maxK = 0;
+    for (auto& s : shapes) {
+        maxBytes = std::max(maxBytes, (size_t)s.n * s.k);
+        maxN = std::max(maxN, s.n);
+        maxK = std::max(maxK, s.k);
+    }
+    const size_t poolBytes = maxBytes * 8;
+    uint8_t* pool;
+    CK(cudaMalloc(&pool, poolBytes));
+    fill_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
+    CK(cudaGetLastError());
+
+    // scales ~ U(0.5, 1.5) / 448, x ~ U(-2, 2) in bf16 (host-generated, fixed seed)
+    std::vector<float> hs(maxN);
+    std::vector<uint16_t> hx((size_t)4 * maxK);
+    uint32_t st = 987654321u;
+    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
+    for (auto& v : hs) v = (0.5f + rnd()) / 448.0f;
+    for (auto& v : hx) {
+        float f = 4.0f * rnd() - 2.0f;
+        uint32_t b; memcpy(&b, &f, 4);
+        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    }
+    float* scale; CK(cudaMalloc(&scale, (size_t)maxN * 4));
+    CK(cudaMemcpy(scale, hs.data(), (size_t)maxN * 4, cudaMemcpyHostToDevice));
+    __nv_bfloat16* x; CK(cudaMalloc(&x, hx.size() * 2));
+    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    float *y, *yref; CK(cudaMalloc(&y, (size_t)4 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)4 * maxN * 4));
+    uint8_t* ws; CK(cudaMalloc(&ws, kTicketBytes + kPartBytes));
+    CK(cudaMemset(ws, 0, kTicketBytes + kPartBytes));
+    int* tickets = (int*)ws;
+    float* part = (float*)(ws + kTicketBytes);
+    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    cudaEvent_t ea, eb; CK(cudaEventCreate(&ea)); CK(cudaEventCreate(&eb));
+    std::vector<float> href((size_t)4 * maxN), hv((size_t)4 * maxN);
+
+    // copies of a shape's weights, at a 4 KB stride, so that >= ~400 MB lie between two reads of one copy
+    auto layout = [&](const Shape& s, size_t& stride) {
+        stride = ((size_t)s.n * s.k + 4095) & ~(size_t)4095;
+        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride) + 1));
+    };
+    // min over 3 timed passes (after one untimed) of the mean per-launch time, in µs
+    auto timeit = [&](int copies, auto&& launch) {
+        float best = 1e30f;
+        for (int it = 0; it < 4; ++it) {
+            CK(cudaEventRecord(ea));
+            for (int c = 0; c < copies; ++c) launch(c);
+            CK(cudaEventRecord(eb));
+            CK(cudaEventSynchronize(eb));
+            float ms; CK(cudaEventElapsedTime(&ms, ea, eb));
+            if (it > 0) best = std::min(best, ms * 1000.f / copies);
+        }
+        CK(cudaGetLastError());
+        return best;
+    };
+    // max |y - ref| / max |ref| over M rows of n; non-finite -> inf
+    auto check = [&](int m, int n) {
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
+        double md = 0, mr = 0;
+        for (size_t i = 0; i < (size_t)m * n; ++i) {
+            if (!std::isfinite(hv[i])) return (double)INFINITY;
+            md = std::max(md, (double)std::fabs(hv[i] - href[i]));
+            mr = std::max(mr, (double)std::fabs(href[i]));
+        }
+        return mr > 0 ? md / mr : md;
+    };
+
+    // (a) the streaming read of the same bytes (weights + scales)
+    for (auto& s : shapes) {
+        size_t stride; const int copies = layout(s, stride);
+        const size_t bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
+        float us = timeit(copies, [&](int c) {
+            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)(bytes / 16), dummy);
+        });
+        printf("read %-12s %8.1f us  %5.2f TB/s  (%d copies)\n", s.name, us, bytes / us / 1e6, copies);
+    }
+
+    const CurFn cur[4] = {gemv_fp8_m1, gemv_fp8_m2, gemv_fp8_m3, gemv_fp8_m4};
+    std::vector<Var> vars[5];
+    vars[1] = variants<1>(); vars[2] = variants<2>(); vars[4] = variants<4>();
+    int fails = 0;
+    struct Best { const char* shape; int m; float cur, var; int curSplit, varSplit; const char* varName; };
+    std::vector<Best> summary;
+
+    for (int m : {1, 2, 4})
+    for (auto& s : shapes) {
+        size_t stride; const int copies = layout(s, stride);
+        const size_t bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
+        const int tiles = (s.n + 15) / 16;
+        printf("\n== m=%d %s [%d x %d], %.1f MB\n", m, s.name, s.n, s.k, bytes / 1e6);
+
+        // reference: the current kernel at 1 split on copy 0
+        CK(cudaMemset(tickets, 0, kTicketBytes));
+        cur[m - 1]<<<dim3((s.n + 63) / 64, 1), 128>>>(pool, scale, x, yref, part, tickets, s.n, s.k, 0);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+
+        // (b) the current kernel at 1, 2, 4, 8 splits
+        Best b{s.name, m, 1e30f, 1e30f, 0, 0, ""};
+        printf("  %-16s", "current");
+        for (int sp : {1, 2, 4, 8}) {
+            if (!splits_fit(s.n, s.k, m, sp)) continue;
+            CK(cudaMemset(tickets, 0, kTicketBytes));
+            float us = timeit(copies, [&](int c) {
+                cur[m - 1]<<<dim3((s.n + 63) / 64, sp), 128>>>(pool + c * stride, scale, x, y, part, tickets, s.n, s.k, 0);
+            });
+            CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));
+            cur[m - 1]<<<dim3((s.n + 63) / 64, sp), 128>>>(pool, scale, x, y, part, tickets, s.n, s.k, 0);
+            double err = check(m, s.n);
+            const bool ok = err <= 1e-5;
+            if (!ok) ++fails;
+            printf(" s%d %6.1f us %4.2f TB/s%s", sp, us, bytes / us / 1e6, ok ? "" : " FAIL");
+            if (us < b.cur) { b.cur = us; b.curSplit = sp; }
+        }
+        printf("\n");
+
+        // (c) the variants
+        for (auto& v : vars[m]) {
+            const int tpb = v.warps / v.kw, groups = (tiles + tpb - 1) / tpb;
+            float best = 1e30f; int bestSplit = 0; double worst = 0;
+            char timings[512]; int tl = 0; timings[0] = 0;
+            for (int sp : kSplits) {
+                if (!splits_fit(s.n, s.k, m, sp)) continue;
+                const size_t smem = v.xs ? (size_t)m * ((s.k / 64 + sp - 1) / sp) * 64 * 4 : 0;
+                if (smem > 200 * 1024) continue;
+                CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 0)));
+                int occ = 0;
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, v.fn, v.warps * 32, smem));
+                if (occ == 0) continue;
+                const int items = groups * sp;
+                const dim3 grid = v.persistent ? dim3(std::min(items, occ * sms), 1) : dim3(groups, sp);
+                CK(cudaMemset(tickets, 0, kTicketBytes));
+                float us = timeit(copies, [&](int c) {
+                    v.fn<<<grid, v.warps * 32, smem>>>(pool + c * stride, scale, x, y, part, tickets, s.n, s.k, 0, sp);
+                });
+                CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));  // NaN: a row not written fails the check
+                v.fn<<<grid, v.warps * 32, smem>>>(pool, scale, x, y, part, tickets, s.n, s.k, 0, sp);
+                double err = check(m, s.n);
+                worst = std::max(worst, err);
+                tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
+                if (us < best) { best = us; bestSplit = sp; }
+            }
+            const bool ok = worst <= 1e-5;
+            if (!ok) ++fails;
+            if (bestSplit == 0) { printf("  %-16s (no launchable split)\n", v.name); continue; }
+            printf("  %-16s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", v.name, best, bytes / best / 1e6, bestSplit,
+                   ok ? "PASS" : "FAIL", worst, timings);
+            if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = v.name; }
+        }
+        summary.push_back(b);
+    }
+
+    printf("\n== summary (TB/s of weights + scales; read = streaming-read ceiling of the same bytes)\n");
+    printf("%-12s %2s  %18s  %28s  %6s\n", "shape", "m", "current (split)", "best passing variant (split)", "gain");
+    for (auto& b : summary) {
+        const Shape* s = nullptr;
+        for (auto& t : shapes) if (!strcmp(t.name, b.shape)) s = &t;
+        const double bytes = (double)s->n * s->k + (double)s->n * 4;
+        printf("%-12s %2d  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.shape, b.m, b.cur,
+               bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6, b.varSplit, 100.0 * (b.cur / b.var - 1));
+    }
+    printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
+    return fails ? 1 : 0;
+}
