@@ -49,15 +49,8 @@ public sealed class Fp8EngineTests
     [Test]
     public void Fp8PrefillGemmStaysCloseToTheBf16DetourOnTheSameWeights()
     {
-        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
-        int seed = Random.Shared.Next();
-        TestContext.Out.WriteLine($"seed {seed}");
-        var config = ModelConfig.Parse(ConfigJson, "config.json");
-        var weights = CpuWeights.Random(config, seed, bf16Exact: true);
-        using var tmp = new TestModels.TempDir();
-        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
-        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), ConfigJson);
-        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears(QuantizeRows));
+        using var checkpoint = QuantizedOnLoad.RandomCheckpoint(ConfigJson, QuantizeRows);
+        var (config, tmp, cpu, seed) = (checkpoint.Config, checkpoint.Directory, checkpoint.Reference, checkpoint.Seed);
         var rng = new Random(seed);
         int[][] prompts = [.. new[] { 150, 300 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize)).ToArray())];
         int[] Positions(int n) => Enumerable.Range(0, Math.Min(n, 128)).Select(i => i * n / Math.Min(n, 128)).ToArray();
@@ -243,17 +236,28 @@ internal static class QuantizedOnLoad
          "torch_dtype":"bfloat16","use_sliding_window":false}
         """;
 
-    public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs)
+    /// <summary>
+    /// A random bf16-exact checkpoint of <paramref name="configJson"/> written to a temporary directory (deleted on
+    /// dispose), and the fp32 CPU reference over the same weights with every layer linear passed through
+    /// <paramref name="quantize"/> (what the GPU holds after quantizing on load). Ignores the test without a GPU.
+    /// </summary>
+    public static RandomQuantizedCheckpoint RandomCheckpoint(string configJson, Func<float[], int, int, float[]> quantize)
     {
         if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
         int seed = Random.Shared.Next();
         TestContext.Out.WriteLine($"seed {seed}");
         var config = ModelConfig.Parse(configJson, "config.json");
         var weights = CpuWeights.Random(config, seed, bf16Exact: true);
-        using var tmp = new TestModels.TempDir();
-        TestModels.WriteSafetensors(Path.Combine(tmp.Path, "model.safetensors"), config, weights);
-        File.WriteAllText(Path.Combine(tmp.Path, "config.json"), configJson);
-        var cpu = new Qwen2CpuModel(config, weights.WithLayerLinears(quantize));
+        var dir = new TestModels.TempDir();
+        TestModels.WriteSafetensors(Path.Combine(dir.Path, "model.safetensors"), config, weights);
+        File.WriteAllText(Path.Combine(dir.Path, "config.json"), configJson);
+        return new RandomQuantizedCheckpoint(config, dir, new Qwen2CpuModel(config, weights.WithLayerLinears(quantize)), seed);
+    }
+
+    public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs)
+    {
+        using var checkpoint = RandomCheckpoint(configJson, quantize);
+        var (config, tmp, cpu, seed) = (checkpoint.Config, checkpoint.Directory, checkpoint.Reference, checkpoint.Seed);
         // The weights' paths against the reference at its bf16-activation tolerance: prefill on the bf16 detour (the FP8
         // GEMM, which also rounds activations to e4m3, has its own test against it).
         using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions
@@ -301,4 +305,10 @@ internal static class QuantizedOnLoad
             Assert.That(worst, Is.LessThanOrEqualTo(2e-2), $"batch {batch}");
         }
     }
+}
+
+/// <summary>See <see cref="QuantizedOnLoad.RandomCheckpoint"/>: the checkpoint's directory goes with it.</summary>
+internal sealed record RandomQuantizedCheckpoint(ModelConfig Config, TestModels.TempDir Directory, Qwen2CpuModel Reference, int Seed) : IDisposable
+{
+    public void Dispose() => Directory.Dispose();
 }
