@@ -24,6 +24,34 @@ public class CudaModelTests
         if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
     }
 
+    /// <summary>
+    /// Mean over positions of KL(reference ‖ other) in nats between the next-token distributions of two logit tables
+    /// ([positions, vocab] each, softmax of every row).
+    /// </summary>
+    internal static double MeanKl(ReadOnlySpan<float> reference, ReadOnlySpan<float> other, int vocab)
+    {
+        int positions = reference.Length / vocab;
+        double kl = 0;
+        for (int t = 0; t < positions; t++)
+        {
+            var p = reference.Slice(t * vocab, vocab);
+            var q = other.Slice(t * vocab, vocab);
+            double mp = double.MinValue, mq = double.MinValue;
+            foreach (float x in p) mp = Math.Max(mp, x);
+            foreach (float x in q) mq = Math.Max(mq, x);
+            double zp = 0, zq = 0;
+            for (int i = 0; i < vocab; i++) { zp += Math.Exp(p[i] - mp); zq += Math.Exp(q[i] - mq); }
+            double lzp = Math.Log(zp) + mp, lzq = Math.Log(zq) + mq, sum = 0;
+            for (int i = 0; i < vocab; i++)
+            {
+                double lp = p[i] - lzp, lq = q[i] - lzq;
+                sum += Math.Exp(lp) * (lp - lq);
+            }
+            kl += sum / positions;
+        }
+        return kl;
+    }
+
     internal static double RelErr(ReadOnlySpan<float> got, ReadOnlySpan<float> want)
     {
         double num = 0, den = 0;
