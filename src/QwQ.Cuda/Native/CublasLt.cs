@@ -102,9 +102,18 @@ internal sealed class CublasLt : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
         if (k % Fp8Multiple != 0 || n % Fp8Multiple != 0)
             throw new ArgumentException($"cuBLASLt's FP8 GEMM needs K and N to be multiples of {Fp8Multiple} (got K = {k}, N = {n}).");
-        foreach (var (p, name) in new[] { (a, nameof(a)), (aScale, nameof(aScale)), (b, nameof(b)), (bScale, nameof(bScale)), (c, nameof(c)) })
+        // One check per pointer, not a loop over a new array: this runs at every prefill product (no allocation per launch).
+        Aligned16(a, nameof(a));
+        Aligned16(aScale, nameof(aScale));
+        Aligned16(b, nameof(b));
+        Aligned16(bScale, nameof(bScale));
+        Aligned16(c, nameof(c));
+
+        static void Aligned16(ulong p, string name)
+        {
             if (p == 0 || p % 16 != 0)
                 throw new ArgumentException($"cuBLASLt's FP8 GEMM needs 16-byte aligned, non-null pointers ({name} = 0x{p:x}).", name);
+        }
     }
 
     /// <summary>K and N (inputs and outputs of a weight) of an FP8 product must be multiples of this.</summary>
