@@ -50,8 +50,8 @@ internal sealed class AttentionOps
     public const int MaxDecodeSplits = 256;
 
     private readonly CudaKernel _combine;
-    private readonly CudaKernel _prefillPaged32, _prefillPaged64, _prefillPaged128, _decodePaged32, _decodePaged64, _decodePaged128;
-    private readonly CudaKernel _prefillFp8_32, _prefillFp8_64, _prefillFp8_128, _decodeFp8_32, _decodeFp8_64, _decodeFp8_128;
+    // Every prefill and decode variant by cache kind and head_dim, each opted in once to its dynamic shared memory.
+    private readonly Dictionary<(bool Prefill, KvCacheKind Kind, int HeadDim), CudaKernel> _variants = [];
     private readonly int _multiprocessors;
 
     public AttentionOps(PtxLibrary lib, int multiprocessorCount)
@@ -60,31 +60,20 @@ internal sealed class AttentionOps
         ArgumentOutOfRangeException.ThrowIfLessThan(multiprocessorCount, 1);
         _multiprocessors = multiprocessorCount;
         _combine = lib.GetKernel(DecodeCombine);
-        _prefillPaged32 = lib.GetKernel(PrefillPagedD32);
-        _prefillPaged64 = lib.GetKernel(PrefillPagedD64);
-        _prefillPaged128 = lib.GetKernel(PrefillPagedD128);
-        _decodePaged32 = lib.GetKernel(DecodePagedD32);
-        _decodePaged64 = lib.GetKernel(DecodePagedD64);
-        _decodePaged128 = lib.GetKernel(DecodePagedD128);
-        _prefillFp8_32 = lib.GetKernel(PrefillPagedFp8D32);
-        _prefillFp8_64 = lib.GetKernel(PrefillPagedFp8D64);
-        _prefillFp8_128 = lib.GetKernel(PrefillPagedFp8D128);
-        _decodeFp8_32 = lib.GetKernel(DecodePagedFp8D32);
-        _decodeFp8_64 = lib.GetKernel(DecodePagedFp8D64);
-        _decodeFp8_128 = lib.GetKernel(DecodePagedFp8D128);
-        // Opt in once to the dynamic shared memory each variant uses (needed above 48 KiB).
-        _prefillPaged32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32));
-        _prefillPaged64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64));
-        _prefillPaged128.SetMaxDynamicSharedMemory(PrefillSmemBytes(128));
-        _decodePaged32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32));
-        _decodePaged64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64));
-        _decodePaged128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128));
-        _prefillFp8_32.SetMaxDynamicSharedMemory(PrefillSmemBytes(32, KvCacheKind.Fp8));
-        _prefillFp8_64.SetMaxDynamicSharedMemory(PrefillSmemBytes(64, KvCacheKind.Fp8));
-        _prefillFp8_128.SetMaxDynamicSharedMemory(PrefillSmemBytes(128, KvCacheKind.Fp8));
-        _decodeFp8_32.SetMaxDynamicSharedMemory(DecodeSmemBytes(32, KvCacheKind.Fp8));
-        _decodeFp8_64.SetMaxDynamicSharedMemory(DecodeSmemBytes(64, KvCacheKind.Fp8));
-        _decodeFp8_128.SetMaxDynamicSharedMemory(DecodeSmemBytes(128, KvCacheKind.Fp8));
+        (string Entry, bool Prefill, KvCacheKind Kind, int HeadDim)[] variants =
+        [
+            (PrefillPagedD32, true, KvCacheKind.Bf16, 32), (PrefillPagedD64, true, KvCacheKind.Bf16, 64), (PrefillPagedD128, true, KvCacheKind.Bf16, 128),
+            (DecodePagedD32, false, KvCacheKind.Bf16, 32), (DecodePagedD64, false, KvCacheKind.Bf16, 64), (DecodePagedD128, false, KvCacheKind.Bf16, 128),
+            (PrefillPagedFp8D32, true, KvCacheKind.Fp8, 32), (PrefillPagedFp8D64, true, KvCacheKind.Fp8, 64), (PrefillPagedFp8D128, true, KvCacheKind.Fp8, 128),
+            (DecodePagedFp8D32, false, KvCacheKind.Fp8, 32), (DecodePagedFp8D64, false, KvCacheKind.Fp8, 64), (DecodePagedFp8D128, false, KvCacheKind.Fp8, 128),
+        ];
+        foreach (var (entry, prefill, kind, d) in variants)
+        {
+            CudaKernel k = lib.GetKernel(entry);
+            // Opt in once to the dynamic shared memory the variant uses (needed above 48 KiB).
+            k.SetMaxDynamicSharedMemory(prefill ? PrefillSmemBytes(d, kind) : DecodeSmemBytes(d, kind));
+            _variants[(prefill, kind, d)] = k;
+        }
     }
 
     /// <summary>
@@ -134,11 +123,7 @@ internal sealed class AttentionOps
         if (seqInfo == 0 || (seqInfo & 15) != 0) throw new ArgumentException("seqInfo must be non-null and 16-byte aligned.", nameof(seqInfo));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
         bool fp8 = kv.Kind == KvCacheKind.Fp8;
-        CudaKernel k = (headDim, fp8) switch
-        {
-            (32, false) => _prefillPaged32, (64, false) => _prefillPaged64, (_, false) => _prefillPaged128,
-            (32, true) => _prefillFp8_32, (64, true) => _prefillFp8_64, (_, true) => _prefillFp8_128,
-        };
+        CudaKernel k = _variants[(true, kv.Kind, headDim)]; // head_dim and kind checked above
         uint mTiles = (uint)((maxQueryRows + PrefillRowsPerBlock - 1) / PrefillRowsPerBlock);
         int mb = maxBlocks, hq = nq, hkv = nkv;
         float sc = scale;
@@ -207,15 +192,14 @@ internal sealed class AttentionOps
         float sc = scale;
         ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
         var grid = new Dim3((uint)splits, (uint)nkv, (uint)batch);
+        CudaKernel split = _variants[(false, kv.Kind, headDim)]; // head_dim and kind checked above
         if (kv.Kind == KvCacheKind.Fp8)
         {
-            CudaKernel split = headDim switch { 32 => _decodeFp8_32, 64 => _decodeFp8_64, _ => _decodeFp8_128 };
             void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
             split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim, kv.Kind), s, a1);
         }
         else
         {
-            CudaKernel split = headDim switch { 32 => _decodePaged32, 64 => _decodePaged64, _ => _decodePaged128 };
             void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
             split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
         }
