@@ -41,6 +41,7 @@
 #include <vector>
 #include "../../kernels/gemv_fp8.cu"
 #include "gemv_fp8_v2.cuh"
+#include "stream_read.cuh"
 
 #define CK(call)                                                                                         \
     do {                                                                                                 \
@@ -50,15 +51,6 @@
             exit(1);                                                                                     \
         }                                                                                                \
     } while (0)
-
-__global__ void read_k(const uint4* p, long long n, uint32_t* out) {
-    uint32_t a = 0;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        uint4 v = ld_stream_u4(p + i);
-        a ^= v.x ^ v.y ^ v.z ^ v.w;
-    }
-    if (a == 0x12345678) out[0] = a;
-}
 
 __device__ __forceinline__ uint32_t hash32(uint32_t v) {
     v ^= v >> 16; v *= 0x7feb352du; v ^= v >> 15; v *= 0x846ca68bu; v ^= v >> 16;
