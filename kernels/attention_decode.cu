@@ -71,18 +71,23 @@ constexpr int split_smem_bytes() {
     return ring > merge ? ring : merge;
 }
 
-// Shared memory of the fp8-cache split kernel: one bf16 K/V tile (the expanded one the warps read), the 3-stage ring
-// of staged codes and scales (attn::fp8_tile_async), or the cross-warp merge if larger.
+// Shared memory of the fp8-cache split kernel: the 3-stage ring of staged codes and scales (attn::fp8_tile_async),
+// which the mma reads in place, or the cross-warp merge if larger.
 template <int D>
 constexpr int split_smem_bytes_fp8() {
-    constexpr int ring = 2 * BN * (D + 8) * 2 + STAGES * attn::fp8_stage_bytes<D, BN>();
+    constexpr int ring = STAGES * attn::fp8_stage_bytes<D, BN>();
     constexpr int merge = WARPS * 16 * D * 4 + WARPS * 16 * 2 * 4;
     return ring > merge ? ring : merge;
 }
 
 // T: the cache element, __nv_bfloat16, or uint8_t for the fp8 cache (e4m3 codes, with k_scales / v_scales
-// [blocks, nkv, 64]: attention.cuh). An fp8 tile is staged by cp.async like a bf16 one and expanded to bf16 in shared
-// memory when it has landed; everything from the mma on is the same.
+// [blocks, nkv, 64]: attention.cuh).
+// fp8 (since fp8kv-attn-v2): a tile's codes and scales are staged by cp.async in the same 3-stage ring, and the mma
+// reads the codes where they landed (attn::fp8_scores_16keys, attn::fp8_pv_16keys: e4m3 -> bf16 is exact); each score
+// is multiplied by its key's K scale after the Q.K mma, and each P by its key's V scale before it is rounded to bf16
+// for the P.V mma. No expansion pass to a bf16 tile and no extra barrier per tile any more (that pass cost ~4 points
+// of the bandwidth floor at 32k); the output fragments hold interleaved dims, which the merge below puts back in
+// order. The online softmax, the masks, the split plan and the merge are the bf16 kernel's.
 template <int D, typename T = __nv_bfloat16>
 __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q,
                                              const T* __restrict__ k_cache,
@@ -102,13 +107,13 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = neg_inf();
     constexpr bool FP8 = attn::is_fp8_cache<T>();
-    constexpr int TILES = FP8 ? 1 : STAGES;  // bf16 tiles the warps read: the ring itself, or fp8's one expanded tile
+    constexpr int LDK = attn::fp8_row_bytes<D>();  // fp8: bytes per staged row of codes
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
-    __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
-    // fp8: the staged codes and scales, [STAGES][attn::fp8_stage_bytes<D, BN>()]
-    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
+    // bf16: the ring of K and V tiles. fp8: the ring of staged codes and scales, [STAGES][attn::fp8_stage_bytes<D, BN>()].
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [STAGES][BN][LDS]
+    __nv_bfloat16* sV = sK + STAGES * BN * LDS;                       // [STAGES][BN][LDS]
+    [[maybe_unused]] unsigned char* sStaged = smem_raw;
 
     const int split = blockIdx.x;
     const int kvh = blockIdx.y;
@@ -173,7 +178,10 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         const bool v_hi = g + 8 < G;
         const __nv_bfloat16* q_lo = q + (size_t)(head0 + (v_lo ? g : 0)) * D;
         const __nv_bfloat16* q_hi = q + (size_t)(head0 + (v_hi ? g + 8 : 0)) * D;
-        attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
+        if constexpr (FP8)
+            attn::load_q_fragments_fp8(qf, q_lo, q_hi, v_lo, v_hi, t4);  // dims interleaved as the code fragments
+        else
+            attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
     }
 
     float o[DT][4];
@@ -191,28 +199,35 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
             if (nxt < n_tiles) load_tile(nxt, nxt % STAGES);
             cp_async_commit();
         }
-        if constexpr (FP8) {  // tile j's codes landed: expand them into the one bf16 tile (everyone is done with j-1's)
-            attn::fp8_tile_to_bf16<D, BN, THREADS, LDS>(sStaged + (j % STAGES) * attn::fp8_stage_bytes<D, BN>(), sK, sV,
-                                                        k_end - (k_begin + j * BN));
-            __syncthreads();
-        }
         const int n0 = k_begin + j * BN + warp * 16;  // this warp's first key
         if (n0 >= k_end) continue;                    // nothing for this warp in the (last, partial) tile
-
-        const __nv_bfloat16* tK = sK + (j % TILES) * BN * LDS + warp * 16 * LDS;
-        const __nv_bfloat16* tV = sV + (j % TILES) * BN * LDS + warp * 16 * LDS;
 
         float s[2][4];
 #pragma unroll
         for (int i = 0; i < 2; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        // Per score column (key 2t4 + c of n-tile nt): the factor to the log2 domain; fp8: times the key's K scale.
+        float f[2][2] = {{sl2, sl2}, {sl2, sl2}};
+        [[maybe_unused]] const unsigned char* st = sStaged + (j % STAGES) * attn::fp8_stage_bytes<D, BN>();
+        [[maybe_unused]] const float* tScales = attn::fp8_stage_scales<D, BN>(st) + warp * 16;  // K; V at + BN
+        if constexpr (FP8) {
+            attn::fp8_scores_16keys<D>(s[0], s[1], qf, st + warp * 16 * LDK, lane);
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks) {
-            const int key_row = (lm_mat >> 1) * 8 + lm_row;
-            const int col = ks * 16 + (lm_mat & 1) * 8;
-            uint32_t b0, b1, b2, b3;
-            ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
-            mma_bf16_16816(s[0], qf[ks], b0, b1);
-            mma_bf16_16816(s[1], qf[ks], b2, b3);
+            for (int nt = 0; nt < 2; ++nt) {
+                const float2 ksc = *reinterpret_cast<const float2*>(tScales + nt * 8 + 2 * t4);
+                f[nt][0] = ksc.x * sl2;
+                f[nt][1] = ksc.y * sl2;
+            }
+        } else {
+            const __nv_bfloat16* tK = sK + (j % STAGES) * BN * LDS + warp * 16 * LDS;
+#pragma unroll
+            for (int ks = 0; ks < KSTEPS; ++ks) {
+                const int key_row = (lm_mat >> 1) * 8 + lm_row;
+                const int col = ks * 16 + (lm_mat & 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
+                mma_bf16_16816(s[0], qf[ks], b0, b1);
+                mma_bf16_16816(s[1], qf[ks], b2, b3);
+            }
         }
 
         const bool need_mask = n0 + 16 > k_end;
@@ -220,7 +235,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e] * sl2;
+                float v = s[nt][e] * f[nt][e & 1];
                 if (need_mask && n0 + nt * 8 + 2 * t4 + (e & 1) >= k_end) v = NEG_INF;
                 s[nt][e] = v;
             }
@@ -229,6 +244,28 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         float alpha_lo, alpha_hi;
         attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
 
+        if constexpr (FP8) {
+            // P times the V scale of its key (keys 2t4, 2t4+1 of each n-tile: the same keys as the K scales above;
+            // zero for keys past the context, whose P is 0 too), then rounded to bf16 as the A operand.
+            const float2 v0 = *reinterpret_cast<const float2*>(tScales + BN + 2 * t4);
+            const float2 v1 = *reinterpret_cast<const float2*>(tScales + BN + 8 + 2 * t4);
+            uint32_t a[4];
+            a[0] = pack_bf16x2(s[0][0] * v0.x, s[0][1] * v0.y);
+            a[1] = pack_bf16x2(s[0][2] * v0.x, s[0][3] * v0.y);
+            a[2] = pack_bf16x2(s[1][0] * v1.x, s[1][1] * v1.y);
+            a[3] = pack_bf16x2(s[1][2] * v1.x, s[1][3] * v1.y);
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                o[dt][0] *= alpha_lo;
+                o[dt][1] *= alpha_lo;
+                o[dt][2] *= alpha_hi;
+                o[dt][3] *= alpha_hi;
+            }
+            attn::fp8_pv_16keys<D>(o, a, attn::fp8_stage_v<D, BN>(st) + warp * 16 * LDK, lane);
+            continue;
+        }
+
+        const __nv_bfloat16* tV = sV + (j % STAGES) * BN * LDS + warp * 16 * LDS;
         uint32_t a[4];
         a[0] = pack_bf16x2(s[0][0], s[0][1]);
         a[1] = pack_bf16x2(s[0][2], s[0][3]);
@@ -265,10 +302,20 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     float* sL = sM + WARPS * 16;                     // [WARPS][16]
     {
         float* w_o = sO + warp * 16 * D;
+        if constexpr (FP8) {  // interleaved dims (attn::fp8_output_dims): lane holds dims 16b + 4t4 .. +3 of each block b
 #pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            *reinterpret_cast<float2*>(w_o + g * D + dt * 8 + 2 * t4) = make_float2(o[dt][0], o[dt][1]);
-            *reinterpret_cast<float2*>(w_o + (g + 8) * D + dt * 8 + 2 * t4) = make_float2(o[dt][2], o[dt][3]);
+            for (int b = 0; b < D / 16; ++b) {
+                const attn::Fp8OutputDims lo = attn::fp8_output_dims(o, b, false);
+                const attn::Fp8OutputDims hi = attn::fp8_output_dims(o, b, true);
+                *reinterpret_cast<float4*>(w_o + g * D + b * 16 + 4 * t4) = make_float4(lo.x0, lo.x1, lo.x2, lo.x3);
+                *reinterpret_cast<float4*>(w_o + (g + 8) * D + b * 16 + 4 * t4) = make_float4(hi.x0, hi.x1, hi.x2, hi.x3);
+            }
+        } else {
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                *reinterpret_cast<float2*>(w_o + g * D + dt * 8 + 2 * t4) = make_float2(o[dt][0], o[dt][1]);
+                *reinterpret_cast<float2*>(w_o + (g + 8) * D + dt * 8 + 2 * t4) = make_float2(o[dt][2], o[dt][3]);
+            }
         }
         if (t4 == 0) {
             sM[warp * 16 + g] = m_lo;
@@ -332,8 +379,8 @@ QWQ_ATTN_DECODE_PAGED_ENTRY(128)
 
 // The same over the fp8 KV cache (docs/KV_CACHE.md): K and V e4m3 codes [blocks, nkv, 64, D] with scales k_scales,
 // v_scales fp32 [blocks, nkv, 64]; every other argument, the grid, the block and the partials as the bf16 entry (the
-// same combine kernel follows). Dynamic smem = attn_decode::split_smem_bytes_fp8<D>() (= one bf16 K and V tile
-// 2 * 64 * (D+8) * 2 bytes + 3 stages * (2 * 64 * D + 2 * 64 * 4): 85504 for D=128).
+// same combine kernel follows). Dynamic smem = attn_decode::split_smem_bytes_fp8<D>() (= 3 stages *
+// attn::fp8_stage_bytes = 3 * (2 * 64 * (D+16) + 2 * 64 * 4): 56832 for D=128, 32256 for 64, 19968 for 32).
 #define QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(D)                                                                      \
     extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_fp8_d##D(         \
         const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                \

@@ -7,13 +7,12 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-// 4 e4m3 values (one 32-bit word, element 0 in the low byte) -> 4 bf16, packed: lo = elements (0, 1), hi = (2, 3).
-// Exact. Each byte s.eeee.mmm is moved to the bf16 bits s.0000eeee.mmm0000: the same value times 2^-120 (bias 7
-// against bf16's 127), and e4m3 zero and subnormals land on bf16 zero and subnormals with the same factor. One
-// bf16x2 FMA by 2^120 (with a -0 addend, so -0 stays -0) then gives the value itself.
-__device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32_t& hi) {
-    uint32_t a = __byte_perm(v, 0, 0x1404);  // [0, b0, 0, b1]: each 16-bit half holds its byte in the high half
-    uint32_t b = __byte_perm(v, 0, 0x3424);  // [0, b2, 0, b3]
+// Two packed pairs of e4m3 codes -> two bf16x2 words, exact. a and b each hold one code in the HIGH byte of each
+// 16-bit half ([0, c, 0, c'] from the low byte up): each byte s.eeee.mmm is moved to the bf16 bits s.0000eeee.mmm0000,
+// the same value times 2^-120 (bias 7 against bf16's 127), and e4m3 zero and subnormals land on bf16 zero and
+// subnormals with the same factor. One bf16x2 FMA by 2^120 (with a -0 addend, so -0 stays -0) then gives the value
+// itself. The callers below only choose which code goes to which half (one byte_perm each).
+__device__ __forceinline__ void fp8_halves_to_bf16x2(uint32_t a, uint32_t b, uint32_t& lo, uint32_t& hi) {
     a = ((a >> 4) & 0x07F007F0u) | (a & 0x80008000u);
     b = ((b >> 4) & 0x07F007F0u) | (b & 0x80008000u);
     const __nv_bfloat162 two120 = __halves2bfloat162(__ushort_as_bfloat16((unsigned short)0x7B80),
@@ -24,6 +23,23 @@ __device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32
     __nv_bfloat162 rb = __hfma2(*reinterpret_cast<__nv_bfloat162*>(&b), two120, neg0);
     lo = *reinterpret_cast<uint32_t*>(&ra);
     hi = *reinterpret_cast<uint32_t*>(&rb);
+}
+
+// 4 e4m3 values (one 32-bit word, element 0 in the low byte) -> 4 bf16, packed: lo = elements (0, 1), hi = (2, 3).
+// Exact (fp8_halves_to_bf16x2).
+__device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    fp8_halves_to_bf16x2(__byte_perm(v, 0, 0x1404),  // [0, b0, 0, b1]: each 16-bit half holds its byte in the high half
+                         __byte_perm(v, 0, 0x3424),  // [0, b2, 0, b3]
+                         lo, hi);
+}
+
+// The same with the elements interleaved: lo = elements (0, 2), hi = (1, 3). For a word of two 2-byte units
+// [x0, y0 | x1, y1] (an ldmatrix.trans of byte rows: x, y two adjacent columns of rows 0 and 1) this gives
+// lo = (x0, x1) and hi = (y0, y1): the column pairs the mma's B fragment wants (attention.cuh, fp8 V fragments).
+__device__ __forceinline__ void fp8x4_to_bf16x4_interleaved(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    fp8_halves_to_bf16x2(__byte_perm(v, 0, 0x2404),  // [0, b0, 0, b2]
+                         __byte_perm(v, 0, 0x3414),  // [0, b1, 0, b3]
+                         lo, hi);
 }
 
 // 4 e4m3 (one 32-bit word, element 0 in the low byte) -> 4 fp32, exact. sm_89+ converts in hardware (cvt e4m3x2 ->

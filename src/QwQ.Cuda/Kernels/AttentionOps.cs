@@ -8,7 +8,8 @@ namespace QwQ.Cuda.Kernels;
 /// docs/ENGINE_V2.md). Layouts: q bf16 [rows, nq, D]; per-layer K and V pools bf16 [blocks, nkv, 64, D], a sequence's
 /// block table (int32) naming the block of each 64 positions; output bf16 [rows, nq, D]. Supported head_dim: 32, 64, 128.
 /// The fp8 KV cache (<see cref="KvLayer"/>, docs/KV_CACHE.md) has its own variant of each kernel: a tile of e4m3 codes
-/// and scales is staged the same way and expanded to bf16 (code × scale) in shared memory before the same tensor-core math.
+/// and scales is staged the same way and the tensor cores read the codes in place (e4m3 → bf16 is exact), each score
+/// multiplied by its key's K scale and each softmax weight by its key's V scale in fp32 (kernels/attention.cuh).
 /// <list type="bullet">
 /// <item><see cref="PrefillPaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, int, int, int, int, int, int, float)">PrefillPaged</see>: flash-attention on tensor cores for many sequences in one launch, each any
 /// query rows ≥ 1 on top of its cached positions (chunked prefill); the K/V of the new rows must already be in the pool.</item>
@@ -77,28 +78,31 @@ internal sealed class AttentionOps
     }
 
     /// <summary>
-    /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
-    /// pair (the expanded one) and 2 stages of staged codes and scales (kernels/attention.cuh, fp8_stage_bytes).
+    /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: 2 stages of staged
+    /// codes and scales (kernels/attention.cuh, fp8_stage_bytes), which the mma reads in place.
     /// </summary>
     internal static int PrefillSmemBytes(int headDim, KvCacheKind kind = KvCacheKind.Bf16) => kind == KvCacheKind.Fp8
-        ? 2 * KeyTile * (headDim + 8) * 2 + PrefillStages * Fp8StageBytes(headDim)
+        ? PrefillStages * Fp8StageBytes(headDim)
         : PrefillStages * 2 * KeyTile * (headDim + 8) * 2;
 
     /// <summary>
-    /// Shared memory of the decode split kernel: the 3-stage K/V ring (fp8: one expanded bf16 tile pair and 3 stages of
-    /// staged codes and scales), or the cross-warp merge if larger.
+    /// Shared memory of the decode split kernel: the 3-stage K/V ring (fp8: 3 stages of staged codes and scales, which
+    /// the mma reads in place), or the cross-warp merge if larger.
     /// </summary>
     internal static int DecodeSmemBytes(int headDim, KvCacheKind kind = KvCacheKind.Bf16)
     {
         int ring = kind == KvCacheKind.Fp8
-            ? 2 * KeyTile * (headDim + 8) * 2 + DecodeStages * Fp8StageBytes(headDim)
+            ? DecodeStages * Fp8StageBytes(headDim)
             : DecodeStages * 2 * KeyTile * (headDim + 8) * 2;
         int merge = 4 * 16 * headDim * 4 + 4 * 16 * 2 * 4;
         return Math.Max(ring, merge);
     }
 
-    /// <summary>One staged fp8 tile pair: K and V codes [2, 64, D] bytes, then their scales [2, 64] fp32.</summary>
-    private static int Fp8StageBytes(int headDim) => 2 * KeyTile * headDim + 2 * KeyTile * 4;
+    /// <summary>
+    /// One staged fp8 tile pair (kernels/attention.cuh, fp8_stage_bytes): K and V codes [2, 64, D + 16] bytes (rows padded
+    /// by 16 bytes so that ldmatrix reads them without bank conflicts), then their scales [2, 64] fp32.
+    /// </summary>
+    internal static int Fp8StageBytes(int headDim) => 2 * KeyTile * (headDim + 16) + 2 * KeyTile * 4;
 
     /// <summary>
     /// Paged prefill over <paramref name="sequences"/> sequences in one launch (docs/ENGINE_V2.md).

@@ -16,8 +16,9 @@ internal readonly record struct KvLayer(KvCacheKind Kind, ulong K, ulong V, ulon
     public static KvLayer Fp8(ulong kCodes, ulong vCodes, ulong kScales, ulong vScales) => new(KvCacheKind.Fp8, kCodes, vCodes, kScales, vScales);
 
     /// <summary>
-    /// Host checks shared by the ops: K/V tiles are copied in 16-byte chunks (bf16 rows or code rows), fp8 scales 4 rows
-    /// (16 bytes) at a time.
+    /// Host checks shared by the ops: K/V tiles are copied in 16-byte chunks (bf16 rows or code rows); fp8 scale planes
+    /// are required 16-byte aligned too (the attention kernels copy one 4-byte scale per row, the pool allocates them
+    /// aligned).
     /// </summary>
     public void Check()
     {

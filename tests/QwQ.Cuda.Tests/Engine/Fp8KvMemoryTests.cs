@@ -83,15 +83,21 @@ public sealed class Fp8KvMemoryTests
     [Test]
     public void SharedMemoryOfTheFp8KernelsFitsWhereTheBf16KernelsDo()
     {
-        // The fp8 kernels hold one expanded bf16 tile pair beside their stages of codes and scales: less than the bf16
-        // rings, so they launch wherever those do (kernels/attention_decode.cu, attention_prefill.cu).
+        // The fp8 kernels hold only their stages of codes and scales (the mma reads the codes in place): less than the
+        // bf16 rings, so they launch wherever those do (kernels/attention_decode.cu, attention_prefill.cu).
         foreach (int d in new[] { 32, 64, 128 })
         {
             Assert.That(AttentionOps.DecodeSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.DecodeSmemBytes(d)), $"decode, head_dim {d}");
             Assert.That(AttentionOps.PrefillSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.PrefillSmemBytes(d)), $"prefill, head_dim {d}");
         }
-        // what the kernels' comments state for head_dim 128
-        Assert.That(AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(85_504));
-        Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(68_608));
+        // what the kernels' comments state: a stage is K and V codes [2, 64, D + 16] and scales [2, 64] fp32
+        // (attn::fp8_stage_bytes), decode's ring 3 stages (or its cross-warp merge if larger), prefill's 2
+        Assert.That(AttentionOps.Fp8StageBytes(128), Is.EqualTo(18_944));
+        Assert.That(AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(56_832));
+        Assert.That(AttentionOps.DecodeSmemBytes(64, KvCacheKind.Fp8), Is.EqualTo(32_256));
+        Assert.That(AttentionOps.DecodeSmemBytes(32, KvCacheKind.Fp8), Is.EqualTo(19_968));
+        Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(37_888));
+        // four decode blocks fit an H100 multiprocessor (228 KiB, 1 KiB reserved per block), as DecodePagedSplits plans
+        Assert.That(4 * (AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8) + 1024), Is.LessThanOrEqualTo(228 * 1024));
     }
 }

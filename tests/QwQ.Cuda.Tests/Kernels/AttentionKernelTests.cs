@@ -19,8 +19,8 @@ public sealed class AttentionKernelTests
     private const ushort Bf16NaN = 0x7FC0;
     private const uint Bf16NaNPair = 0x7FC07FC0;
     private const int Block = AttentionOps.KvBlockSize;
-    private const double GlobalTolerance = 1e-2; // ‖Δ‖/‖ref‖ over the whole output
-    private const double RowTolerance = 3e-2;    // per (token, head) row, so one bad row cannot hide in the norm
+    internal const double GlobalTolerance = 1e-2; // ‖Δ‖/‖ref‖ over the whole output
+    internal const double RowTolerance = 3e-2;    // per (token, head) row, so one bad row cannot hide in the norm
 
     private CudaContext? _context;
     private PtxLibrary? _library;
@@ -561,7 +561,12 @@ public sealed class AttentionKernelTests
         AssertClose(gs, expected, tokens * subNq, d, what);
     }
 
-    private static void AssertClose(float[] got, float[] expected, int rows, int d, string what)
+    /// <summary>
+    /// ‖Δ‖/‖ref‖ of <paramref name="got"/> against <paramref name="expected"/> (both <paramref name="rows"/> rows of
+    /// <paramref name="d"/>) within <see cref="GlobalTolerance"/> overall and <see cref="RowTolerance"/> for every row
+    /// (the fp8 KV kernels' tests use the same bounds: Fp8KvKernelTests). Returns the overall error.
+    /// </summary>
+    internal static double AssertClose(float[] got, float[] expected, int rows, int d, string what)
     {
         double num = 0, den = 0, worst = 0;
         int worstRow = -1;
@@ -583,5 +588,6 @@ public sealed class AttentionKernelTests
         TestContext.Out.WriteLine($"{what}: rel error {global:E2} overall, worst row {worstRow} {worst:E2}");
         Assert.That(global, Is.LessThanOrEqualTo(GlobalTolerance), $"{what}: ‖Δ‖/‖ref‖");
         Assert.That(worst, Is.LessThanOrEqualTo(RowTolerance), $"{what}: row {worstRow} (in checked-head order) ‖Δ‖/‖ref‖");
+        return global;
     }
 }
