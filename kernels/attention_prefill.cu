@@ -42,13 +42,9 @@ using mma::pack_bf16x2;
 __device__ __forceinline__ void cp_async_wait_all() { cp_async_wait<0>(); }
 
 // T_CACHE: the cache element, __nv_bfloat16, or uint8_t for the fp8 cache (e4m3 codes, with k_scales / v_scales
-// [blocks, nkv, 64]: attention.cuh). The chunk's own keys are read back from the pool like every other, so its rows
-// attend to the quantized K and V, as the CPU reference does.
-// fp8 (since fp8kv-attn-v2): a tile's codes and scales are staged by cp.async in the same double buffer, and the mma
-// reads the codes where they landed (attn::fp8_scores_16keys, attn::fp8_pv_16keys: e4m3 -> bf16 is exact); each score
-// is multiplied by its key's K scale after the Q.K mma, and each P by its key's V scale before it is rounded to bf16
-// for the P.V mma. No expansion pass to a bf16 tile and no extra barrier per tile any more; the output fragments hold
-// interleaved dims, which the store puts back in order. Softmax, causal masks and the schedule are the bf16 kernel's.
+// [blocks, nkv, 64]: attention.cuh). An fp8 tile is staged by cp.async like a bf16 one and expanded to bf16 in shared
+// memory when it has landed; everything from the mma on is the same. The chunk's own keys are read back from the pool
+// like every other, so its rows attend to the quantized K and V, as the CPU reference does.
 template <int D, int WARPS, typename T_CACHE = __nv_bfloat16>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const T_CACHE* __restrict__ k_cache,
                                         const T_CACHE* __restrict__ v_cache, __nv_bfloat16* __restrict__ out,
@@ -69,14 +65,13 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = -__int_as_float(0x7f800000);
     constexpr bool FP8 = attn::is_fp8_cache<T_CACHE>();
-    constexpr int LDK = attn::fp8_row_bytes<D>();  // fp8: bytes per staged row of codes
+    constexpr int TILES = FP8 ? 1 : 2;  // bf16 tiles the warps read: the double buffer, or fp8's one expanded tile
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // bf16: the double buffer of K and V tiles. fp8: the double buffer of staged codes and scales,
-    // [2][attn::fp8_stage_bytes<D, BN>()].
-    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][BN][LDS]
-    __nv_bfloat16* sV = sK + 2 * BN * LDS;                            // [2][BN][LDS]
-    [[maybe_unused]] unsigned char* sStaged = smem_raw;
+    __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TILES][BN][LDS]
+    __nv_bfloat16* sV = sK + TILES * BN * LDS;                        // [TILES][BN][LDS]
+    // fp8: the staged codes and scales, [2][attn::fp8_stage_bytes<D, BN>()]
+    [[maybe_unused]] unsigned char* sStaged = reinterpret_cast<unsigned char*>(sV + TILES * BN * LDS);
 
     const int head = blockIdx.x;
     const int m_tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
@@ -135,10 +130,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         const bool v_hi = r_hi < T;
         const __nv_bfloat16* q_lo = q + ((size_t)(v_lo ? r_lo : 0) * nq + head) * D;
         const __nv_bfloat16* q_hi = q + ((size_t)(v_hi ? r_hi : 0) * nq + head) * D;
-        if constexpr (FP8)
-            attn::load_q_fragments_fp8(qf, q_lo, q_hi, v_lo, v_hi, t4);  // dims interleaved as the code fragments
-        else
-            attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
+        attn::load_q_fragments(qf, q_lo, q_hi, v_lo, v_hi, t4);
     }
 
     float o[DT][4];
@@ -157,46 +149,34 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         __syncthreads();  // tile j visible to all; everyone is done with tile j-1, so its stage can be refilled
         if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
         cp_async_commit();
+        if constexpr (FP8) {  // tile j's codes landed: expand them into the one bf16 tile (everyone is done with j-1's)
+            attn::fp8_tile_to_bf16<D, BN, THREADS, LDS>(sStaged + (j & 1) * attn::fp8_stage_bytes<D, BN>(), sK, sV,
+                                                        kv_end - j * BN);
+            __syncthreads();
+        }
 
         const int n0 = j * BN;
         if (!warp_active || n0 > warp_last_pos) continue;  // whole tile above this warp's diagonal
 
-        [[maybe_unused]] const unsigned char* st = sStaged + (j & 1) * attn::fp8_stage_bytes<D, BN>();
-        [[maybe_unused]] const float* tScales = attn::fp8_stage_scales<D, BN>(st);  // K [BN], then V [BN]
+        const __nv_bfloat16* tK = sK + (j % TILES) * BN * LDS;
+        const __nv_bfloat16* tV = sV + (j % TILES) * BN * LDS;
 
         // ---- S = Q K^T (16 x 64 per warp)
         float s[NT][4];
 #pragma unroll
         for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-        // Per score column (key 2t4 + c of n-tile nt): the factor to the log2 domain; fp8: times the key's K scale.
-        float f[NT][2];
-        if constexpr (FP8) {
 #pragma unroll
-            for (int np = 0; np < NT / 2; ++np)
-                attn::fp8_scores_16keys<D>(s[2 * np], s[2 * np + 1], qf, st + np * 16 * LDK, lane);
+        for (int ks = 0; ks < KSTEPS; ++ks) {
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const float2 ksc = *reinterpret_cast<const float2*>(tScales + nt * 8 + 2 * t4);
-                f[nt][0] = ksc.x * sl2;
-                f[nt][1] = ksc.y * sl2;
+            for (int np = 0; np < NT / 2; ++np) {
+                // matrices: (keys +0..7, dims lo), (keys +0..7, dims hi), (keys +8..15, dims lo), (keys +8..15, dims hi)
+                const int key_row = np * 16 + (lm_mat >> 1) * 8 + lm_row;
+                const int col = ks * 16 + (lm_mat & 1) * 8;
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
+                mma_bf16_16816(s[2 * np], qf[ks], b0, b1);
+                mma_bf16_16816(s[2 * np + 1], qf[ks], b2, b3);
             }
-        } else {
-            const __nv_bfloat16* tK = sK + (j & 1) * BN * LDS;
-#pragma unroll
-            for (int ks = 0; ks < KSTEPS; ++ks) {
-#pragma unroll
-                for (int np = 0; np < NT / 2; ++np) {
-                    // matrices: (keys +0..7, dims lo), (keys +0..7, dims hi), (keys +8..15, dims lo), (keys +8..15, dims hi)
-                    const int key_row = np * 16 + (lm_mat >> 1) * 8 + lm_row;
-                    const int col = ks * 16 + (lm_mat & 1) * 8;
-                    uint32_t b0, b1, b2, b3;
-                    ldmatrix_x4(b0, b1, b2, b3, smem_addr(tK + key_row * LDS + col));
-                    mma_bf16_16816(s[2 * np], qf[ks], b0, b1);
-                    mma_bf16_16816(s[2 * np + 1], qf[ks], b2, b3);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) f[nt][0] = f[nt][1] = sl2;
         }
 
         // ---- scale + causal mask (only where the tile crosses this warp's diagonal)
@@ -205,7 +185,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e] * f[nt][e & 1];
+                float v = s[nt][e] * sl2;
                 if (need_mask) {
                     const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
                     const int pos = (e < 2) ? pos_lo : pos_hi;
@@ -227,23 +207,6 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
 
         // ---- O += P V
-        if constexpr (FP8) {
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                // P times the V scale of its key (keys 2t4, 2t4+1 of n-tiles 2kk and 2kk+1: those of the K scales
-                // above; zero for keys past the visible range, whose P is 0 too), then rounded to bf16.
-                const float2 v0 = *reinterpret_cast<const float2*>(tScales + BN + kk * 16 + 2 * t4);
-                const float2 v1 = *reinterpret_cast<const float2*>(tScales + BN + kk * 16 + 8 + 2 * t4);
-                uint32_t a[4];
-                a[0] = pack_bf16x2(s[2 * kk][0] * v0.x, s[2 * kk][1] * v0.y);
-                a[1] = pack_bf16x2(s[2 * kk][2] * v0.x, s[2 * kk][3] * v0.y);
-                a[2] = pack_bf16x2(s[2 * kk + 1][0] * v1.x, s[2 * kk + 1][1] * v1.y);
-                a[3] = pack_bf16x2(s[2 * kk + 1][2] * v1.x, s[2 * kk + 1][3] * v1.y);
-                attn::fp8_pv_16keys<D>(o, a, attn::fp8_stage_v<D, BN>(st) + kk * 16 * LDK, lane);
-            }
-            continue;
-        }
-        const __nv_bfloat16* tV = sV + (j & 1) * BN * LDS;
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             uint32_t a[4];
@@ -276,22 +239,6 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
     const int r_lo = wr0 + g;
     const int r_hi = r_lo + 8;
-    if constexpr (FP8) {  // interleaved dims (attn::fp8_output_dims): lane holds dims 16b + 4t4 .. +3 of each block b
-#pragma unroll
-        for (int hi = 0; hi < 2; ++hi) {
-            const int r = hi ? r_hi : r_lo;
-            if (r >= T) continue;
-            const float inv = hi ? inv_hi : inv_lo;
-            __nv_bfloat16* dst = out + ((size_t)r * nq + head) * D + 4 * t4;
-#pragma unroll
-            for (int b = 0; b < D / 16; ++b) {
-                const attn::Fp8OutputDims x = attn::fp8_output_dims(o, b, hi != 0);
-                *reinterpret_cast<uint32_t*>(dst + b * 16) = pack_bf16x2(x.x0 * inv, x.x1 * inv);
-                *reinterpret_cast<uint32_t*>(dst + b * 16 + 2) = pack_bf16x2(x.x2 * inv, x.x3 * inv);
-            }
-        }
-        return;
-    }
     if (r_lo < T) {
         __nv_bfloat16* dst = out + ((size_t)r_lo * nq + head) * D + 2 * t4;
 #pragma unroll
@@ -333,8 +280,9 @@ QWQ_ATTN_PREFILL_PAGED_ENTRY(64, 8)
 QWQ_ATTN_PREFILL_PAGED_ENTRY(128, 8)
 
 // The same over the fp8 KV cache (docs/KV_CACHE.md): K and V e4m3 codes [blocks, nkv, 64, D] with scales k_scales,
-// v_scales fp32 [blocks, nkv, 64]; grid, block and every other argument as the bf16 entry. Dynamic smem = 2 stages *
-// attn::fp8_stage_bytes = 2 * (2 * 64 * (D+16) + 2 * 64 * 4) (37888 for D=128).
+// v_scales fp32 [blocks, nkv, 64]; grid, block and every other argument as the bf16 entry. Dynamic smem = one bf16 K
+// and V tile 2 * 64 * (D+8) * 2 bytes + 2 stages * attn::fp8_stage_bytes = 2 * (2 * 64 * (D+16) + 2 * 64 * 4)
+// (72704 for D=128).
 #define QWQ_ATTN_PREFILL_PAGED_FP8_ENTRY(D, WARPS)                                                              \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) attention_prefill_paged_fp8_d##D(               \
         const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                \

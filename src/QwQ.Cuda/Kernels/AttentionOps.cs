@@ -8,8 +8,9 @@ namespace QwQ.Cuda.Kernels;
 /// docs/ENGINE_V2.md). Layouts: q bf16 [rows, nq, D]; per-layer K and V pools bf16 [blocks, nkv, 64, D], a sequence's
 /// block table (int32) naming the block of each 64 positions; output bf16 [rows, nq, D]. Supported head_dim: 32, 64, 128.
 /// The fp8 KV cache (<see cref="KvLayer"/>, docs/KV_CACHE.md) has its own variant of each kernel: a tile of e4m3 codes
-/// and scales is staged the same way and the tensor cores read the codes in place (e4m3 → bf16 is exact), each score
-/// multiplied by its key's K scale and each softmax weight by its key's V scale in fp32 (kernels/attention.cuh).
+/// and scales is staged the same way. Decode's tensor cores read the codes in place (e4m3 → bf16 is exact), each score
+/// multiplied by its key's K scale and each softmax weight by its key's V scale in fp32; prefill expands each tile to
+/// bf16 once per block, since its 8 warps would each convert the whole tile again (kernels/attention.cuh).
 /// <list type="bullet">
 /// <item><see cref="PrefillPaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, int, int, int, int, int, int, float)">PrefillPaged</see>: flash-attention on tensor cores for many sequences in one launch, each any
 /// query rows ≥ 1 on top of its cached positions (chunked prefill); the K/V of the new rows must already be in the pool.</item>
@@ -78,11 +79,11 @@ internal sealed class AttentionOps
     }
 
     /// <summary>
-    /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: 2 stages of staged
-    /// codes and scales (kernels/attention.cuh, fp8_stage_bytes), which the mma reads in place.
+    /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
+    /// pair (the expanded one) and 2 stages of staged codes and scales (kernels/attention.cuh, fp8_stage_bytes).
     /// </summary>
     internal static int PrefillSmemBytes(int headDim, KvCacheKind kind = KvCacheKind.Bf16) => kind == KvCacheKind.Fp8
-        ? PrefillStages * Fp8StageBytes(headDim)
+        ? 2 * KeyTile * (headDim + 8) * 2 + PrefillStages * Fp8StageBytes(headDim)
         : PrefillStages * 2 * KeyTile * (headDim + 8) * 2;
 
     /// <summary>

@@ -83,12 +83,14 @@ public sealed class Fp8KvMemoryTests
     [Test]
     public void SharedMemoryOfTheFp8KernelsFitsWhereTheBf16KernelsDo()
     {
-        // The fp8 kernels hold only their stages of codes and scales (the mma reads the codes in place): less than the
-        // bf16 rings, so they launch wherever those do (kernels/attention_decode.cu, attention_prefill.cu).
+        // Decode's fp8 kernel holds only its stages of codes and scales (the mma reads the codes in place): less than the
+        // bf16 ring, so it launches wherever that does (kernels/attention_decode.cu). Prefill's also holds the expanded
+        // bf16 tile pair, 4% more than the bf16 kernel at head_dim 128; it runs one block per multiprocessor
+        // (__launch_bounds__(256, 1)), far under the 227 KiB a block may opt into on sm_80 and sm_90.
         foreach (int d in new[] { 32, 64, 128 })
         {
             Assert.That(AttentionOps.DecodeSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.DecodeSmemBytes(d)), $"decode, head_dim {d}");
-            Assert.That(AttentionOps.PrefillSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(AttentionOps.PrefillSmemBytes(d)), $"prefill, head_dim {d}");
+            Assert.That(AttentionOps.PrefillSmemBytes(d, KvCacheKind.Fp8), Is.LessThanOrEqualTo(163 * 1024), $"prefill, head_dim {d}: the A100's opt-in limit");
         }
         // what the kernels' comments state: a stage is K and V codes [2, 64, D + 16] and scales [2, 64] fp32
         // (attn::fp8_stage_bytes), decode's ring 3 stages (or its cross-warp merge if larger), prefill's 2
@@ -96,7 +98,7 @@ public sealed class Fp8KvMemoryTests
         Assert.That(AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(56_832));
         Assert.That(AttentionOps.DecodeSmemBytes(64, KvCacheKind.Fp8), Is.EqualTo(32_256));
         Assert.That(AttentionOps.DecodeSmemBytes(32, KvCacheKind.Fp8), Is.EqualTo(19_968));
-        Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(37_888));
+        Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(72_704));
         // four decode blocks fit an H100 multiprocessor (228 KiB, 1 KiB reserved per block), as DecodePagedSplits plans
         Assert.That(4 * (AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8) + 1024), Is.LessThanOrEqualTo(228 * 1024));
     }

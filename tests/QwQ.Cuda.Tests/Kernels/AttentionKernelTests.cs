@@ -568,6 +568,22 @@ public sealed class AttentionKernelTests
     /// </summary>
     internal static double AssertClose(float[] got, float[] expected, int rows, int d, string what)
     {
+        var (global, worst, worstRow) = Errors(got, expected, rows, d, what);
+        Assert.That(global, Is.LessThanOrEqualTo(GlobalTolerance), $"{what}: ‖Δ‖/‖ref‖");
+        Assert.That(worst, Is.LessThanOrEqualTo(RowTolerance), $"{what}: row {worstRow} (in checked-head order) ‖Δ‖/‖ref‖");
+        return global;
+    }
+
+    /// <summary>‖got − expected‖/‖expected‖ overall, printed with the worst row's, and no bound checked (NaN fails).</summary>
+    internal static double RelativeError(float[] got, float[] expected, int rows, int d, string what)
+    {
+        var (global, _, _) = Errors(got, expected, rows, d, what);
+        Assert.That(double.IsFinite(global), $"{what}: not finite");
+        return global;
+    }
+
+    private static (double Global, double Worst, int WorstRow) Errors(float[] got, float[] expected, int rows, int d, string what)
+    {
         double num = 0, den = 0, worst = 0;
         int worstRow = -1;
         for (int r = 0; r < rows; r++)
@@ -586,8 +602,6 @@ public sealed class AttentionKernelTests
         }
         double global = Math.Sqrt(num) / (Math.Sqrt(den) + 1e-12);
         TestContext.Out.WriteLine($"{what}: rel error {global:E2} overall, worst row {worstRow} {worst:E2}");
-        Assert.That(global, Is.LessThanOrEqualTo(GlobalTolerance), $"{what}: ‖Δ‖/‖ref‖");
-        Assert.That(worst, Is.LessThanOrEqualTo(RowTolerance), $"{what}: row {worstRow} (in checked-head order) ‖Δ‖/‖ref‖");
-        return global;
+        return (global, worst, worstRow);
     }
 }

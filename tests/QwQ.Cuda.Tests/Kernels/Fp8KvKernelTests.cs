@@ -271,8 +271,12 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         var expected = new float[q.Length];
         CpuOps.CausalAttention(q, k, v, expected, tokens, startPos, nq, nkv, d, scale);
         double fp8Error = AttentionKernelTests.AssertClose(fp8, expected, tokens * nq, d, $"{what}: fp8 kernel vs fp32 reference");
-        double bf16Error = AttentionKernelTests.AssertClose(bf16, expected, tokens * nq, d, $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
-        AttentionKernelTests.AssertClose(fp8, bf16, tokens * nq, d, $"{what}: fp8 kernel vs bf16 kernel on the expanded pool");
+        // The bf16 kernel on the expanded pool is the yardstick, not the thing tested: it rounds code × scale to bf16 and
+        // its softmax weights to bf16, so single rows stray up to ~4e-2 (measured on the H100); only its overall error is
+        // bounded, and the fp8 kernel must not be much worse than it.
+        double bf16Error = AttentionKernelTests.RelativeError(bf16, expected, tokens * nq, d, $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
+        AttentionKernelTests.RelativeError(fp8, bf16, tokens * nq, d, $"{what}: fp8 kernel vs bf16 kernel on the expanded pool");
+        Assert.That(bf16Error, Is.LessThanOrEqualTo(AttentionKernelTests.GlobalTolerance), $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
         Assert.That(fp8Error, Is.LessThanOrEqualTo(2 * bf16Error + 1e-3),
             $"{what}: the fp8 kernel ({fp8Error:E2}) strays much further from the reference than the bf16 kernel on the expanded pool ({bf16Error:E2})");
     }
