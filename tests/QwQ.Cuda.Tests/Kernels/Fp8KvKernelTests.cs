@@ -259,12 +259,12 @@ public sealed class Fp8KvKernelTests : KernelTestBase
          KvLayer.Bf16(Upload<ushort>(pool.KBf16).Ptr, Upload<ushort>(pool.VBf16).Ptr));
 
     /// <summary>
-    /// The fp8 kernel's output rows of one sequence (<paramref name="fp8"/>, bf16 [T, nq, D]) against the fp32 CPU
-    /// attention over the dequantized cache (<paramref name="k"/>, <paramref name="v"/> [S, nkv, D]) and against the bf16
-    /// kernel on the expanded pool (<paramref name="bf16"/>), both within the bf16 kernel's CPU bounds; and no worse
-    /// against the reference than the bf16 kernel is (the fp8 kernel rounds less: its codes reach the mma exactly).
+    /// The decode kernel's output rows of one sequence (<paramref name="fp8"/>, bf16 [T, nq, D]), whose mma reads the
+    /// codes in place, against the fp32 CPU attention over the dequantized cache (<paramref name="k"/>,
+    /// <paramref name="v"/> [S, nkv, D]) within the bf16 kernel's CPU bounds, and no worse against it than the bf16 kernel
+    /// on the expanded pool (<paramref name="bf16"/>) is (the fp8 kernel rounds less: its codes reach the mma exactly).
     /// </summary>
-    private static void AssertMatchesReference(float[] fp8, float[] bf16, float[] q, float[] k, float[] v, int tokens,
+    private static void AssertInPlaceMatchesReference(float[] fp8, float[] bf16, float[] q, float[] k, float[] v, int tokens,
         int startPos, int nq, int nkv, int d, float scale, string what)
     {
         AssertAllFinite(fp8, what);
@@ -279,6 +279,24 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         Assert.That(bf16Error, Is.LessThanOrEqualTo(AttentionKernelTests.GlobalTolerance), $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
         Assert.That(fp8Error, Is.LessThanOrEqualTo(2 * bf16Error + 1e-3),
             $"{what}: the fp8 kernel ({fp8Error:E2}) strays much further from the reference than the bf16 kernel on the expanded pool ({bf16Error:E2})");
+    }
+
+    /// <summary>
+    /// The prefill kernel's output rows of one sequence (<paramref name="fp8"/>): it expands each tile to bf16(code ×
+    /// scale) in shared memory, which is exactly the expanded pool, and then runs the bf16 kernel's math, so it must give
+    /// the bf16 kernel's output on that pool (<paramref name="bf16"/>) to within float noise; and both stay within the
+    /// bf16 kernel's overall bound of the fp32 CPU attention over the dequantized cache.
+    /// </summary>
+    private static void AssertExpandedMatchesBf16Kernel(float[] fp8, float[] bf16, float[] q, float[] k, float[] v, int tokens,
+        int startPos, int nq, int nkv, int d, float scale, string what)
+    {
+        AssertAllFinite(fp8, what);
+        var expected = new float[q.Length];
+        CpuOps.CausalAttention(q, k, v, expected, tokens, startPos, nq, nkv, d, scale);
+        double twin = AttentionKernelTests.RelativeError(fp8, bf16, tokens * nq, d, $"{what}: fp8 kernel vs bf16 kernel on the expanded pool");
+        Assert.That(twin, Is.LessThanOrEqualTo(1e-5), $"{what}: fp8 kernel vs bf16 kernel on the expanded pool");
+        double fp8Error = AttentionKernelTests.RelativeError(fp8, expected, tokens * nq, d, $"{what}: fp8 kernel vs fp32 reference");
+        Assert.That(fp8Error, Is.LessThanOrEqualTo(AttentionKernelTests.GlobalTolerance), $"{what}: fp8 kernel vs fp32 reference");
     }
 
     [TestCase(40, 8, 128, TestName = "Fp8Decode_QwqShape_MatchesFp32Reference")]
@@ -321,7 +339,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
                 continue;
             }
             var (k, v) = pool.Dequantized(tables[b], contexts[b]);
-            AssertMatchesReference(row, gotBf16.AsSpan(b * n, n).ToArray(), qHost.AsSpan(b * n, n).ToArray(), k, v,
+            AssertInPlaceMatchesReference(row, gotBf16.AsSpan(b * n, n).ToArray(), qHost.AsSpan(b * n, n).ToArray(), k, v,
                 1, contexts[b] - 1, nq, nkv, d, scale, what);
         }
     }
@@ -361,7 +379,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         {
             int at = first * nq * d, n = seqs[z].T * nq * d;
             var (k, v) = pool.Dequantized(tables[z], lengths[z]);
-            AssertMatchesReference(got.AsSpan(at, n).ToArray(), gotBf16.AsSpan(at, n).ToArray(), qHost.AsSpan(at, n).ToArray(), k, v,
+            AssertExpandedMatchesBf16Kernel(got.AsSpan(at, n).ToArray(), gotBf16.AsSpan(at, n).ToArray(), qHost.AsSpan(at, n).ToArray(), k, v,
                 seqs[z].T, seqs[z].Start, nq, nkv, d, scale, $"prefill sequence {z} (T {seqs[z].T} on {seqs[z].Start})");
         }
     }
