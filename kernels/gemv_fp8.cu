@@ -133,3 +133,119 @@ QWQ_GEMV_FP8(1, 4)
 QWQ_GEMV_FP8(2, 4)
 QWQ_GEMV_FP8(3, 2)
 QWQ_GEMV_FP8(4, 2)
+
+// ---- One block per tile: for the products whose tiles are too few to fill the GPU with one warp each --------------
+// QwQ's qkv (448 tiles at TP1, 224 at TP2) and o_proj (320) give 4-warp blocks of the kernel above one tile per warp:
+// far fewer warps than 132 SMs can keep loading, so it needs k splits, and then a second pass over their partials.
+// Here the 8 warps of a block share one 16-row tile and take turns over its k range, U chunks (U KB) at a time, so a
+// tile is read 8U KB at a time in one contiguous stream and every tile has 8 warps' loads in flight, with no split
+// partials: the warps' sums meet in shared memory, added in warp order (deterministic). Measured in
+// bench/micro/fp8_gemv.cu (variant kw8-w8, H100, session 8), one row: TP1 qkv 17.7 -> 16.8 us, o 14.4 -> 13.3,
+// gate_up 100.2 -> 97.6, down 52.6 -> 52.2; TP2 qkv 12.1 -> 11.3, o 10.3 -> 9.2; two rows similar; slower from 4 rows
+// (registers). Which kernel runs a product is the decode tuner's choice (LinearOps.TuneDecodeBatches).
+namespace {
+constexpr int kTileWarps = 8;
+constexpr int kTileUnroll = 4;
+
+template <int M>
+__device__ __forceinline__ void gemv_fp8_tile_body(const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                                                   const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int n,
+                                                   int k, int accumulate) {
+    constexpr int U = kTileUnroll;
+    constexpr int STRIDE = kTileWarps * U;  // chunks between one warp's batches
+    __shared__ float red[kTileWarps][16 * M];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int tile = blockIdx.x;  // grid = tiles: every block has a tile (barriers below)
+    const uint8_t* wt = w + (size_t)tile * 16 * k + lane * 16;
+    const uint16_t* xbits = reinterpret_cast<const uint16_t*>(x) + 16 * t4;
+    const int chunks = k / 64;
+#pragma unroll
+    for (int u = 0; u < U; ++u)  // this warp's first batch into L2 while the previous kernel finishes
+        if (warp * U + u < chunks) {
+            prefetch_l2(wt + (size_t)(warp * U + u) * 1024);
+            prefetch_l2(wt + (size_t)(warp * U + u) * 1024 + 512);
+        }
+    kernel_entry_barrier();
+
+    float acc[M][2];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
+    auto math = [&](const uint4& va, const uint4& vb, int ch) {  // as gemv_fp8_body's
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float wa[8], wb[8];
+            fp8x4_to_f32x4(h ? va.z : va.x, wa);
+            fp8x4_to_f32x4(h ? va.w : va.y, wa + 4);
+            fp8x4_to_f32x4(h ? vb.z : vb.x, wb);
+            fp8x4_to_f32x4(h ? vb.w : vb.y, wb + 4);
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                float xf[8];
+                unpack_bf16x8(ld_ro_u4(xbits + (size_t)m * k + (size_t)ch * 64 + 8 * h), xf);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    acc[m][0] = fmaf(wa[j], xf[j], acc[m][0]);
+                    acc[m][1] = fmaf(wb[j], xf[j], acc[m][1]);
+                }
+            }
+        }
+    };
+    for (int b = warp * U; b < chunks; b += STRIDE) {
+        uint4 va[U], vb[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (b + u < chunks) {
+                va[u] = ld_stream_u4(wt + (size_t)(b + u) * 1024);
+                vb[u] = ld_stream_u4(wt + (size_t)(b + u) * 1024 + 512);
+            } else {
+                va[u] = vb[u] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (b + u < chunks) math(va[u], vb[u], b + u);
+    }
+    // the 4 lanes of a row add their k pieces; lane (g, 0) then holds rows g and g + 8 of this warp's share
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
+        }
+    if (t4 == 0) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            red[warp][m * 16 + g] = acc[m][0];
+            red[warp][m * 16 + 8 + g] = acc[m][1];
+        }
+    }
+    __syncthreads();
+    if (warp != 0 || t4 != 0) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = tile * 16 + g + 8 * r;
+        if (row >= n) continue;
+        const float s = scale[row];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float sum = 0.f;
+#pragma unroll
+            for (int q = 0; q < kTileWarps; ++q) sum += red[q][m * 16 + r * 8 + g];  // in warp order
+            float* dst = y + (size_t)m * n + row;
+            *dst = accumulate ? *dst + s * sum : s * sum;
+        }
+    }
+}
+}  // namespace
+
+// Launch: grid ceil(n / 16) (one block per tile), block 256 threads, no workspace. Same y as gemv_fp8_m*.
+#define QWQ_GEMV_FP8_TILE(MM)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(kTileWarps * 32, 4)                                               \
+    gemv_fp8_tile_m##MM(const uint8_t* __restrict__ w, const float* __restrict__ scale,                            \
+                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int n, int k, int accumulate) {  \
+        gemv_fp8_tile_body<MM>(w, scale, x, y, n, k, accumulate);                                                  \
+    }
+
+QWQ_GEMV_FP8_TILE(1)
+QWQ_GEMV_FP8_TILE(2)

@@ -62,7 +62,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {
-    private enum Path { Lt, MmaBf16, TensorCore, Gemv }
+    private enum Path { Lt, MmaBf16, TensorCore, Gemv, TileGemv }
     private readonly record struct Choice(Path Path, int Splits, bool Lite = false);
 
     private readonly GemvOps _gemv;
@@ -116,6 +116,8 @@ internal sealed class LinearOps : IDisposable
             case WeightKind.Fp8 when _fp8 is not null:
                 if (chosen is { Path: Path.Gemv } gemv)
                     _fp8.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, gemv.Splits);
+                else if (chosen is { Path: Path.TileGemv })
+                    _fp8.TileGemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate);
                 else if (rows <= SlicedMaxRows)
                     ApplySliced(s, w, x, y, rows, accumulate);
                 else if (_fp8Gemm is { } g && g.Fits(w, rows))
@@ -237,7 +239,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:
     /// cuBLASLt's algorithms (above the GEMV sizes), and up to 32 rows also our tensor-core GEMVs at several split
-    /// counts; fp8: the tensor-core GEMV's variants and split counts, and up to 4 rows the CUDA-core GEMV's. Each candidate is
+    /// counts; fp8: the tensor-core GEMV's variants and split counts, up to 4 rows the CUDA-core GEMV's, and up to 2 rows its one-block-per-tile variant. Each candidate is
     /// timed over several layers' copies of the product in turn, so the weights stream from DRAM as in a real step
     /// (one layer's o_proj alone, 52 MB, would sit half in L2). <paramref name="x"/> and <paramref name="y"/> are
     /// scratch big enough for 128 rows of any input and output (their contents are overwritten).
@@ -277,8 +279,12 @@ internal sealed class LinearOps : IDisposable
                 }
                 else if (w0.Kind != WeightKind.Fp8 || !tcFits) continue;
                 else if (rows <= Fp8Ops.MaxGemvRows && _fp8 is not null)
+                {
                     foreach (int splits in TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows))
                         Try(new Choice(Path.Gemv, splits), l => _fp8.Gemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate, _tcWorkspace.Ptr, splits));
+                    if (rows <= Fp8Ops.MaxTileGemvRows)
+                        Try(new Choice(Path.TileGemv, 0), l => _fp8.TileGemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
+                }
                 bool tryLite = w0.Kind == WeightKind.Fp8 && rows <= 8;
                 var tcSplits = w0.Kind == WeightKind.Int4Awq
                     ? Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows)

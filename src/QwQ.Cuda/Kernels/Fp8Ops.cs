@@ -16,6 +16,8 @@ internal sealed class Fp8Ops
     [KernelEntry] public const string GemvM2Entry = "gemv_fp8_m2";
     [KernelEntry] public const string GemvM3Entry = "gemv_fp8_m3";
     [KernelEntry] public const string GemvM4Entry = "gemv_fp8_m4";
+    [KernelEntry] public const string TileGemvM1Entry = "gemv_fp8_tile_m1";
+    [KernelEntry] public const string TileGemvM2Entry = "gemv_fp8_tile_m2";
     [KernelEntry] public const string QuantizeEntry = "quantize_fp8_rows";
     [KernelEntry] public const string RepackEntry = "repack_fp8_rows";
     [KernelEntry] public const string DequantizeEntry = "dequantize_fp8_rows";
@@ -30,8 +32,11 @@ internal sealed class Fp8Ops
 
     /// <summary>Most rows of x <see cref="Gemv"/> serves.</summary>
     public const int MaxGemvRows = 4;
+    /// <summary>Most rows of x <see cref="TileGemv"/> serves (from 4 rows it was slower than <see cref="Gemv"/>: registers).</summary>
+    public const int MaxTileGemvRows = 2;
 
     private readonly CudaKernel[] _gemv; // index rows − 1
+    private readonly CudaKernel[] _tileGemv; // index rows − 1
     /// <summary>Inputs of a row of activations quantized for cuBLASLt must be a multiple of this (its FP8 alignment: 16 bytes of codes).</summary>
     public const int ActivationKMultiple = 16;
 
@@ -41,6 +46,7 @@ internal sealed class Fp8Ops
     {
         ArgumentNullException.ThrowIfNull(lib);
         _gemv = [lib.GetKernel(GemvM1Entry), lib.GetKernel(GemvM2Entry), lib.GetKernel(GemvM3Entry), lib.GetKernel(GemvM4Entry)];
+        _tileGemv = [lib.GetKernel(TileGemvM1Entry), lib.GetKernel(TileGemvM2Entry)];
         _quantize = lib.GetKernel(QuantizeEntry);
         _repack = lib.GetKernel(RepackEntry);
         _dequantize = lib.GetKernel(DequantizeEntry);
@@ -91,6 +97,27 @@ internal sealed class Fp8Ops
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &acc };
         _gemv[rows - 1].Launch(new Dim3(blocks, (uint)splits), new Dim3(128), 0, s, args);
+    }
+
+    /// <summary>
+    /// The same product as <see cref="Gemv"/> for 1–2 rows with one block of 8 warps per 16-row tile, the warps taking
+    /// turns over k (kernels/gemv_fp8.cu, gemv_fp8_tile_m*): no k splits and no workspace, so products with few tiles
+    /// (qkv, o_proj) keep enough loads in flight. The decode tuner picks it per product where it is faster. Deterministic.
+    /// </summary>
+    public unsafe void TileGemv(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        LaunchChecks.Aligned(scale, 4, nameof(scale));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        if (rows < 1 || rows > MaxTileGemvRows) throw new ArgumentException($"rows must be in [1, {MaxTileGemvRows}] (got {rows}).", nameof(rows));
+        LaunchChecks.Positive(n, nameof(n));
+        CheckK(k);
+        uint blocks = (uint)((n + TileRows - 1) / TileRows);
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &w, &scale, &x, &y, &n, &k, &acc };
+        _tileGemv[rows - 1].Launch(new Dim3(blocks), new Dim3(256), 0, s, args);
     }
 
     /// <summary>

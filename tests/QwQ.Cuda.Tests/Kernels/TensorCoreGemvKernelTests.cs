@@ -72,6 +72,38 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         Check(true, rows, 13, 64, accumulate: false, 1, lite: true);
     }
 
+    /// <summary>
+    /// The one-block-per-tile fp8 GEMV (1–2 rows): the CPU product within the same tolerance, at k that 8 warps split
+    /// unevenly (80 chunks: warps 0–3 take 12, 4–7 take 8; 1 chunk: only warp 0 works), rows not a multiple of 16, and
+    /// the same bits on a second run.
+    /// </summary>
+    [Test]
+    public void TileFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxTileGemvRows)] int rows)
+    {
+        var fp8 = new Fp8Ops(Lib);
+        foreach (var (n, k, accumulate) in new[] { (1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true), (40, 27648, false) })
+        {
+            var (codes, scales, w) = Fp8KernelTests.RandomWeights(Rng, n, k);
+            var dw = Upload<byte>(Fp8Ops.PackTiles(codes, n, k));
+            var ds = Upload<float>(scales);
+            float[] x = NormalBf16((long)rows * k);
+            float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
+            var dx = UploadBf16(x);
+            float[] Run()
+            {
+                var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
+                fp8.TileGemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate);
+                return DownloadF32(dy);
+            }
+            float[] got = Run();
+            var expected = new float[(long)rows * n];
+            CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
+            if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
+            AssertClose(got, expected, Tolerance, $"gemv_fp8_tile rows={rows} {n}x{k} acc={accumulate}");
+            Assert.That(Run(), Is.EqualTo(got), "second run");
+        }
+    }
+
     /// <summary>The CUDA-core fp8 GEMV (1–4 rows) reads the same tile layout and workspace: same checks.</summary>
     [Test]
     public void CudaCoreFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxGemvRows)] int rows, [Values(1, 4)] int splits)
