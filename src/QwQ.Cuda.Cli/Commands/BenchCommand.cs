@@ -22,7 +22,7 @@ internal static class BenchCommand
         var synthetic = new Option<string>("--synthetic") { Description = "Preset to benchmark with random weights", DefaultValueFactory = _ => "qwq-32b" };
         var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated (lengths past what a sequence holds here are named and skipped)", DefaultValueFactory = _ => "512,2048,16384,32768" };
-        var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated (contexts past what a sequence holds here are named and skipped)", DefaultValueFactory = _ => "1024,16384,32768,65536,131072" };
+        var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated (contexts past what a sequence holds here, steps included, are named and skipped; 131008: the 64 steps end at position 131072)", DefaultValueFactory = _ => "1024,16384,32768,65536,131008" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
@@ -90,9 +90,12 @@ internal static class BenchCommand
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
+        // Past the model's positions (or the memory) the lengths that do not fit are named and skipped (ModelBenchmark.
+        // Unmeasurable), so the sequence limit is then whatever the plan gives, not an error before anything is measured.
+        int modelMax = MemoryPlan.ModelMaxPositions(config);
         var engine = new EngineOptions
         {
-            MaxContext = need,
+            MaxContext = need <= modelMax ? need : null,
             PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()),
             GemvMaxRows = gemvMaxRows is int g and >= 0 ? g : gemvMaxRows is null ? new EngineOptions().GemvMaxRows
                 : throw new OptionException("--gemv-max-rows must be 0 or more"),
@@ -107,7 +110,7 @@ internal static class BenchCommand
             Fp8Prefill = fp8Prefill,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
-        host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {need} positions…");
+        host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {Math.Min(need, modelMax)} positions{(need > modelMax ? " (the model's maximum)" : "")}…");
         BenchReport report;
         var sw = Stopwatch.StartNew();
         using (var backend = CudaBackend.Load(config, modelDir, engine))
