@@ -146,7 +146,9 @@ internal sealed class LinearOps : IDisposable
         for (int r0 = 0; r0 < rows; r0 += TensorCoreGemvOps.MaxRows)
         {
             int n = Math.Min(TensorCoreGemvOps.MaxRows, rows - r0);
-            Choice? slice = Chosen(w, n);
+            // a slice takes the tuner's split count where it chose a split kernel for that many rows; the one-block-per-
+            // tile GEMV has none (and serves 1–2 rows only through Apply)
+            Choice? slice = Chosen(w, n) is { Path: Path.TensorCore or Path.Gemv } c ? c : null;
             int splits = slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors);
             if (w.Kind == WeightKind.Int4Awq) splits = Math.Min(splits, w.In / w.Group); // int4 splits fall on group boundaries
             TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Lite ?? false);
