@@ -1,7 +1,8 @@
 // Micro-benchmark and first Hopper (sm_90a) kernel for causal GQA prefill attention: wgmma (warpgroup MMA) from
 // 128B-swizzled shared memory, beside the portable mma.sync kernel (kernels/attention_prefill.cu) it is checked against.
 // Not part of the build. On the GPU machine (CUDA 12.x, H100):
-//   nvcc -O3 -std=c++17 -arch=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu && /tmp/attn90
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu && /tmp/attn90
+//   (with CUDA 13, -arch=sm_90a gave a compute_90 module that ptxas refused: "wgmma ... not supported on .target sm_90")
 // Optional argument: a substring of the variant names to run only those (e.g. /tmp/attn90 wg1); the reference always runs.
 // Exit code 0 = every variant passed, 1 = some failed a check (those are not timed), 2/3 = CUDA error.
 // bench/micro/attention_prefill_sm90_layout.py (plain python3) replays the index maps below on the CPU: loader vs
