@@ -81,27 +81,8 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     public void TileFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxTileGemvRows)] int rows)
     {
         var fp8 = new Fp8Ops(Lib);
-        foreach (var (n, k, accumulate) in new[] { (1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true), (40, 27648, false) })
-        {
-            var (codes, scales, w) = Fp8KernelTests.RandomWeights(Rng, n, k);
-            var dw = Upload<byte>(Fp8Ops.PackTiles(codes, n, k));
-            var ds = Upload<float>(scales);
-            float[] x = NormalBf16((long)rows * k);
-            float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
-            var dx = UploadBf16(x);
-            float[] Run()
-            {
-                var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-                fp8.TileGemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate);
-                return DownloadF32(dy);
-            }
-            float[] got = Run();
-            var expected = new float[(long)rows * n];
-            CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
-            if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-            AssertClose(got, expected, Tolerance, $"gemv_fp8_tile rows={rows} {n}x{k} acc={accumulate}");
-            Assert.That(Run(), Is.EqualTo(got), "second run");
-        }
+        CheckFp8Products(rows, [(1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true), (40, 27648, false)],
+            (n, k, w, s, x, y, acc) => fp8.TileGemv(Stream, w, s, x, y, rows, n, k, acc), "gemv_fp8_tile");
     }
 
     /// <summary>The CUDA-core fp8 GEMV (1–4 rows) reads the same tile layout and workspace: same checks.</summary>
@@ -109,28 +90,41 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     public void CudaCoreFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxGemvRows)] int rows, [Values(1, 4)] int splits)
     {
         var fp8 = new Fp8Ops(Lib);
-        foreach (var (n, k, accumulate) in new[] { (1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true) })
+        var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
+        ws.Memset32(0, Stream);
+        CheckFp8Products(rows, [(1001, 2048, false), (515, 5120, true), (13, 64, false), (7168, 5120, true)],
+            (n, k, w, s, x, y, acc) => fp8.Gemv(Stream, w, s, x, y, rows, n, k, acc, ws.Ptr, k / 64 >= splits ? splits : 1),
+            $"gemv_fp8 splits={splits}");
+    }
+
+    private delegate void Fp8Launch(int n, int k, ulong w, ulong scale, ulong x, ulong y, bool accumulate);
+
+    /// <summary>
+    /// Each (n, k, accumulate): random e4m3 weights in the tile layout with their scales, bf16 x [rows, k], y fp32
+    /// [rows, n] poisoned (or holding a sum to add to); the launch's y against the CPU product within
+    /// <see cref="Tolerance"/>, and the same bits on a second run.
+    /// </summary>
+    private void CheckFp8Products(int rows, (int N, int K, bool Accumulate)[] shapes, Fp8Launch launch, string what)
+    {
+        foreach (var (n, k, accumulate) in shapes)
         {
-            int s = k / 64 >= splits ? splits : 1;
             var (codes, scales, w) = Fp8KernelTests.RandomWeights(Rng, n, k);
             var dw = Upload<byte>(Fp8Ops.PackTiles(codes, n, k));
             var ds = Upload<float>(scales);
             float[] x = NormalBf16((long)rows * k);
             float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
             var dx = UploadBf16(x);
-            var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
-            ws.Memset32(0, Stream);
             float[] Run()
             {
                 var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-                fp8.Gemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, s);
+                launch(n, k, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, accumulate);
                 return DownloadF32(dy);
             }
             float[] got = Run();
             var expected = new float[(long)rows * n];
             CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
             if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-            AssertClose(got, expected, Tolerance, $"gemv_fp8 rows={rows} {n}x{k} acc={accumulate} splits={s}");
+            AssertClose(got, expected, Tolerance, $"{what} rows={rows} {n}x{k} acc={accumulate}");
             Assert.That(Run(), Is.EqualTo(got), "second run");
         }
     }
