@@ -82,15 +82,8 @@ internal sealed class Fp8Ops
     public unsafe void Gemv(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate,
         ulong workspace, int splits)
     {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(w, 16, nameof(w));
-        LaunchChecks.Aligned(scale, 4, nameof(scale));
-        LaunchChecks.Aligned(x, 16, nameof(x));
-        LaunchChecks.Aligned(y, 4, nameof(y));
+        CheckProduct(s, w, scale, x, y, rows, MaxGemvRows, n, k);
         LaunchChecks.Aligned(workspace, 16, nameof(workspace));
-        if (rows < 1 || rows > MaxGemvRows) throw new ArgumentException($"rows must be in [1, {MaxGemvRows}] (got {rows}).", nameof(rows));
-        LaunchChecks.Positive(n, nameof(n));
-        CheckK(k);
         if (!TensorCoreGemvOps.SplitsFit(n, k, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}.", nameof(splits));
         uint blocks = (uint)((n + 4 * TileRows - 1) / (4 * TileRows));
         ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
@@ -106,14 +99,7 @@ internal sealed class Fp8Ops
     /// </summary>
     public unsafe void TileGemv(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate)
     {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(w, 16, nameof(w));
-        LaunchChecks.Aligned(scale, 4, nameof(scale));
-        LaunchChecks.Aligned(x, 16, nameof(x));
-        LaunchChecks.Aligned(y, 4, nameof(y));
-        if (rows < 1 || rows > MaxTileGemvRows) throw new ArgumentException($"rows must be in [1, {MaxTileGemvRows}] (got {rows}).", nameof(rows));
-        LaunchChecks.Positive(n, nameof(n));
-        CheckK(k);
+        CheckProduct(s, w, scale, x, y, rows, MaxTileGemvRows, n, k);
         uint blocks = (uint)((n + TileRows - 1) / TileRows);
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &n, &k, &acc };
@@ -195,6 +181,19 @@ internal sealed class Fp8Ops
         long pieces = rows * (k / 16);
         void** args = stackalloc void*[] { &src, &dst, &rows, &k };
         _untile.Launch(new Dim3(LaunchChecks.GridStrideBlocks(pieces, 256)), new Dim3(256), 0, s, args);
+    }
+
+    /// <summary>The host checks both GEMVs make: stream, alignments of w, scale, x and y, 1 to <paramref name="maxRows"/> rows, n and k.</summary>
+    private static void CheckProduct(CudaStream s, ulong w, ulong scale, ulong x, ulong y, int rows, int maxRows, int n, int k)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(w, 16, nameof(w));
+        LaunchChecks.Aligned(scale, 4, nameof(scale));
+        LaunchChecks.Aligned(x, 16, nameof(x));
+        LaunchChecks.Aligned(y, 4, nameof(y));
+        if (rows < 1 || rows > maxRows) throw new ArgumentException($"rows must be in [1, {maxRows}] (got {rows}).", nameof(rows));
+        LaunchChecks.Positive(n, nameof(n));
+        CheckK(k);
     }
 
     private static void CheckK(int k)
