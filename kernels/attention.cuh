@@ -27,11 +27,12 @@ struct KvLayout {
 // [blocks, nkv, 64]: the same rows as the bf16 pool (KvLayout::tile_row), one byte per element, and the scale of row r
 // at index r.
 //
-// What changed (branch fp8kv-attn-v2) and why. Both kernels used to expand every landed tile of codes into a bf16 K/V
-// tile, bf16(float(code) * scale), in shared memory (smem -> registers -> smem, plus one more __syncthreads per tile)
-// and run the bf16 kernel's ldmatrix + mma on that. At 32k that pass cost decode about 4 points of its bandwidth floor
-// (89% against bf16's 93%). Now the mma reads the CODES where cp.async landed them, and the scales are applied in fp32
-// outside the mma, where the algebra allows it exactly:
+// Decode (since fp8kv-attn-v2, session 8) and why. It used to expand every landed tile of codes into a bf16 K/V tile,
+// bf16(float(code) * scale), in shared memory (smem -> registers -> smem, plus one more __syncthreads per tile) and run
+// the bf16 kernel's ldmatrix + mma on that. At 32k that pass cost decode about 4 points of its bandwidth floor (89%
+// against bf16's 93%). Now its mma reads the CODES where cp.async landed them (32k: 25.99 -> 24.98 ms on the H100),
+// and the scales are applied in fp32 outside the mma, where the algebra allows it exactly (prefill still expands:
+// fp8_tile_to_bf16 says why):
 //   S[q, n] = k_scale[n] * (q . code_k[n])                   the score mma on the codes, then one fp32 product per
 //                                                            score (folded with softmax_scale * log2 e)
 //   O[q, :] = sum_n bf16(P[q, n] * v_scale[n]) * code_v[n]   P times its key's V scale before P is rounded to bf16 for
