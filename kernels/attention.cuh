@@ -27,11 +27,12 @@ struct KvLayout {
 // [blocks, nkv, 64]: the same rows as the bf16 pool (KvLayout::tile_row), one byte per element, and the scale of row r
 // at index r.
 //
-// What changed (branch fp8kv-attn-v2) and why. Both kernels used to expand every landed tile of codes into a bf16 K/V
-// tile, bf16(float(code) * scale), in shared memory (smem -> registers -> smem, plus one more __syncthreads per tile)
-// and run the bf16 kernel's ldmatrix + mma on that. At 32k that pass cost decode about 4 points of its bandwidth floor
-// (89% against bf16's 93%). Now the mma reads the CODES where cp.async landed them, and the scales are applied in fp32
-// outside the mma, where the algebra allows it exactly:
+// Decode (since fp8kv-attn-v2, session 8) and why. It used to expand every landed tile of codes into a bf16 K/V tile,
+// bf16(float(code) * scale), in shared memory (smem -> registers -> smem, plus one more __syncthreads per tile) and run
+// the bf16 kernel's ldmatrix + mma on that. At 32k that pass cost decode about 4 points of its bandwidth floor (89%
+// against bf16's 93%). Now its mma reads the CODES where cp.async landed them (32k: 25.99 -> 24.98 ms on the H100),
+// and the scales are applied in fp32 outside the mma, where the algebra allows it exactly (prefill still expands:
+// fp8_tile_to_bf16 says why):
 //   S[q, n] = k_scale[n] * (q . code_k[n])                   the score mma on the codes, then one fp32 product per
 //                                                            score (folded with softmax_scale * log2 e)
 //   O[q, :] = sum_n bf16(P[q, n] * v_scale[n]) * code_v[n]   P times its key's V scale before P is rounded to bf16 for
@@ -112,6 +113,28 @@ __device__ __forceinline__ const unsigned char* fp8_stage_v(const unsigned char*
 template <int D, int BN>
 __device__ __forceinline__ const float* fp8_stage_scales(const unsigned char* stage) {  // K [BN], then V [BN]
     return reinterpret_cast<const float*>(stage + 2 * BN * fp8_row_bytes<D>());
+}
+
+// Starts the async copy of the bf16 K and V tile of `rows` valid keys (0 < rows; at most BN are used) whose first row
+// is row0 (a multiple of BN: a whole block) into dK / dV [BN][LDS] (rows padded for ldmatrix). Rows past `rows` are
+// zero-filled and read nothing. Commit is the caller's.
+template <int D, int BN, int THREADS, int LDS>
+__device__ __forceinline__ void bf16_tile_async(__nv_bfloat16* dK, __nv_bfloat16* dV,
+                                                const __nv_bfloat16* __restrict__ k_cache,
+                                                const __nv_bfloat16* __restrict__ v_cache, size_t row0, int rows) {
+    constexpr int ROW_CHUNKS = D / 8;  // 16-byte chunks per K/V row
+    constexpr int TILE_CHUNKS = BN * ROW_CHUNKS;
+    static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
+#pragma unroll
+    for (int i = 0; i < TILE_CHUNKS / THREADS; ++i) {
+        const int c = threadIdx.x + i * THREADS;
+        const int r = c / ROW_CHUNKS;
+        const int cc = c % ROW_CHUNKS;
+        const bool valid = r < rows;
+        const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
+        mma::cp_async16(mma::smem_addr(dK + r * LDS + cc * 8), k_cache + src, valid);
+        mma::cp_async16(mma::smem_addr(dV + r * LDS + cc * 8), v_cache + src, valid);
+    }
 }
 
 // Starts the async copy of the fp8 K and V tile of `rows` valid keys (0 < rows; at most BN are used) whose first row
@@ -332,6 +355,19 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float& m_lo, f
     }
     l_lo = l_lo * alpha_lo + sum_lo;
     l_hi = l_hi * alpha_hi + sum_hi;
+}
+
+// The output accumulated so far times online_softmax's alpha: rows lo (elements 0, 1) and hi (2, 3) of each of the DT
+// 8-dim output fragments.
+template <int DT>
+__device__ __forceinline__ void rescale_output(float (&o)[DT][4], float alpha_lo, float alpha_hi) {
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+        o[dt][0] *= alpha_lo;
+        o[dt][1] *= alpha_lo;
+        o[dt][2] *= alpha_hi;
+        o[dt][3] *= alpha_hi;
+    }
 }
 
 }  // namespace attn

@@ -35,7 +35,6 @@ constexpr int STAGES = 3;
 static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
 
 using mma::smem_addr;
-using mma::cp_async16;
 using mma::cp_async_commit;
 using mma::cp_async_wait;
 using mma::ldmatrix_x4;
@@ -101,9 +100,6 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     constexpr int LDS = D + 8;
     constexpr int KSTEPS = D / 16;
     constexpr int DT = D / 8;
-    constexpr int ROW_CHUNKS = D / 8;
-    constexpr int TILE_CHUNKS = BN * ROW_CHUNKS;
-    static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = neg_inf();
     constexpr bool FP8 = attn::is_fp8_cache<T>();
@@ -142,19 +138,9 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         if constexpr (FP8) {
             attn::fp8_tile_async<D, BN, THREADS>(sStaged + stage * attn::fp8_stage_bytes<D, BN>(), k_cache, v_cache,
                                                  k_scales, v_scales, row0, k_end - n0);
-            return;
-        }
-        __nv_bfloat16* dK = sK + stage * BN * LDS;
-        __nv_bfloat16* dV = sV + stage * BN * LDS;
-#pragma unroll
-        for (int i = 0; i < TILE_CHUNKS / THREADS; ++i) {
-            const int c = threadIdx.x + i * THREADS;
-            const int r = c / ROW_CHUNKS;
-            const int cc = c % ROW_CHUNKS;
-            const bool valid = n0 + r < k_end;
-            const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
-            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_cache + src, valid);
-            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_cache + src, valid);
+        } else {
+            attn::bf16_tile_async<D, BN, THREADS, LDS>(sK + stage * BN * LDS, sV + stage * BN * LDS, k_cache, v_cache,
+                                                       row0, k_end - n0);
         }
     };
 
@@ -254,13 +240,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
             a[1] = pack_bf16x2(s[0][2] * v0.x, s[0][3] * v0.y);
             a[2] = pack_bf16x2(s[1][0] * v1.x, s[1][1] * v1.y);
             a[3] = pack_bf16x2(s[1][2] * v1.x, s[1][3] * v1.y);
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                o[dt][0] *= alpha_lo;
-                o[dt][1] *= alpha_lo;
-                o[dt][2] *= alpha_hi;
-                o[dt][3] *= alpha_hi;
-            }
+            attn::rescale_output(o, alpha_lo, alpha_hi);
             attn::fp8_pv_16keys<D>(o, a, attn::fp8_stage_v<D, BN>(st) + warp * 16 * LDK, lane);
             continue;
         }

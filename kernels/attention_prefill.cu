@@ -32,7 +32,6 @@ constexpr int BN = 64;  // keys per tile
 static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
 
 using mma::smem_addr;
-using mma::cp_async16;
 using mma::cp_async_commit;
 using mma::cp_async_wait;
 using mma::ldmatrix_x4;
@@ -59,9 +58,6 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     constexpr int KSTEPS = D / 16;      // k-steps of Q K^T
     constexpr int DT = D / 8;           // n-tiles of the output
     constexpr int NT = BN / 8;          // n-tiles of the scores
-    constexpr int ROW_CHUNKS = D / 8;   // 16-byte chunks per K/V row
-    constexpr int TILE_CHUNKS = BN * ROW_CHUNKS;
-    static_assert(TILE_CHUNKS % THREADS == 0, "tile copy must divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = -__int_as_float(0x7f800000);
     constexpr bool FP8 = attn::is_fp8_cache<T_CACHE>();
@@ -94,19 +90,9 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         if constexpr (FP8) {
             attn::fp8_tile_async<D, BN, THREADS>(sStaged + stage * attn::fp8_stage_bytes<D, BN>(), k_cache, v_cache,
                                                  k_scales, v_scales, row0, kv_end - n0);
-            return;
-        }
-        __nv_bfloat16* dK = sK + stage * BN * LDS;
-        __nv_bfloat16* dV = sV + stage * BN * LDS;
-#pragma unroll
-        for (int i = 0; i < TILE_CHUNKS / THREADS; ++i) {
-            const int c = threadIdx.x + i * THREADS;
-            const int r = c / ROW_CHUNKS;
-            const int cc = c % ROW_CHUNKS;
-            const bool valid = n0 + r < kv_end;
-            const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
-            cp_async16(smem_addr(dK + r * LDS + cc * 8), k_cache + src, valid);
-            cp_async16(smem_addr(dV + r * LDS + cc * 8), v_cache + src, valid);
+        } else {
+            attn::bf16_tile_async<D, BN, THREADS, LDS>(sK + stage * BN * LDS, sV + stage * BN * LDS, k_cache, v_cache,
+                                                       row0, kv_end - n0);
         }
     };
 
@@ -198,13 +184,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         // ---- online softmax
         float alpha_lo, alpha_hi;
         attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            o[dt][0] *= alpha_lo;
-            o[dt][1] *= alpha_lo;
-            o[dt][2] *= alpha_hi;
-            o[dt][3] *= alpha_hi;
-        }
+        attn::rescale_output(o, alpha_lo, alpha_hi);
 
         // ---- O += P V
 #pragma unroll

@@ -12,6 +12,44 @@
 namespace {
 constexpr int kWarps = 4;
 
+// acc[m][0..1] (rows g and g + 8 of a tile, row m of x) += one 64-k chunk: va / vb are this lane's 16 codes of each
+// of the two rows (one 16-byte load each), x read as bf16 through L1. Eight weights of each row at a time (fewer live
+// registers: the 64-register budget of 8 blocks per SM). Shared by both GEMVs below.
+template <int M>
+__device__ __forceinline__ void fp8_chunk_fma(float (&acc)[M][2], const uint4& va, const uint4& vb,
+                                              const uint16_t* __restrict__ xbits, int k, int ch) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float wa[8], wb[8];
+        fp8x4_to_f32x4(h ? va.z : va.x, wa);
+        fp8x4_to_f32x4(h ? va.w : va.y, wa + 4);
+        fp8x4_to_f32x4(h ? vb.z : vb.x, wb);
+        fp8x4_to_f32x4(h ? vb.w : vb.y, wb + 4);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float xf[8];
+            unpack_bf16x8(ld_ro_u4(xbits + (size_t)m * k + (size_t)ch * 64 + 8 * h), xf);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                acc[m][0] = fmaf(wa[j], xf[j], acc[m][0]);
+                acc[m][1] = fmaf(wb[j], xf[j], acc[m][1]);
+            }
+        }
+    }
+}
+
+// The 4 lanes of a row (same g) add their k pieces: lane (g, 0) then holds rows g and g + 8.
+template <int M>
+__device__ __forceinline__ void fp8_quad_sum(float (&acc)[M][2]) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
+            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
+        }
+}
+
 template <int M, int UNROLL>
 __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, const float* __restrict__ scale,
                                               const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
@@ -39,27 +77,7 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
 
-    // Eight weights of each row at a time (fewer live registers: the 64-register budget of 8 blocks per SM).
-    auto math = [&](const uint4& va, const uint4& vb, int ch) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float wa[8], wb[8];
-            fp8x4_to_f32x4(h ? va.z : va.x, wa);
-            fp8x4_to_f32x4(h ? va.w : va.y, wa + 4);
-            fp8x4_to_f32x4(h ? vb.z : vb.x, wb);
-            fp8x4_to_f32x4(h ? vb.w : vb.y, wb + 4);
-#pragma unroll
-            for (int m = 0; m < M; ++m) {
-                float xf[8];
-                unpack_bf16x8(ld_ro_u4(xbits + (size_t)m * k + (size_t)ch * 64 + 8 * h), xf);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    acc[m][0] = fmaf(wa[j], xf[j], acc[m][0]);
-                    acc[m][1] = fmaf(wb[j], xf[j], acc[m][1]);
-                }
-            }
-        }
-    };
+    auto math = [&](const uint4& va, const uint4& vb, int c) { fp8_chunk_fma<M>(acc, va, vb, xbits, k, c); };
     int ch = c_begin;
     for (; ch + UNROLL <= c_end; ch += UNROLL) {
         uint4 va[UNROLL], vb[UNROLL];
@@ -73,14 +91,7 @@ __device__ __forceinline__ void gemv_fp8_body(const uint8_t* __restrict__ w, con
     }
     for (; ch < c_end; ++ch) math(ld_stream_u4(wt + (size_t)ch * 1024), ld_stream_u4(wt + (size_t)ch * 1024 + 512), ch);
 
-    // the 4 lanes of a row (same g) add their k pieces
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
-            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
-        }
+    fp8_quad_sum<M>(acc);
     // lane (g, 0) now holds rows g and g + 8; result index (m, r, g) -> m * 16 + r * 8 + g
     if (splits > 1) {
         float* mine = part + ((size_t)tile * splits + blockIdx.y) * (16 * M);
@@ -170,26 +181,6 @@ __device__ __forceinline__ void gemv_fp8_tile_body(const uint8_t* __restrict__ w
     float acc[M][2];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
-    auto math = [&](const uint4& va, const uint4& vb, int ch) {  // as gemv_fp8_body's
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float wa[8], wb[8];
-            fp8x4_to_f32x4(h ? va.z : va.x, wa);
-            fp8x4_to_f32x4(h ? va.w : va.y, wa + 4);
-            fp8x4_to_f32x4(h ? vb.z : vb.x, wb);
-            fp8x4_to_f32x4(h ? vb.w : vb.y, wb + 4);
-#pragma unroll
-            for (int m = 0; m < M; ++m) {
-                float xf[8];
-                unpack_bf16x8(ld_ro_u4(xbits + (size_t)m * k + (size_t)ch * 64 + 8 * h), xf);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    acc[m][0] = fmaf(wa[j], xf[j], acc[m][0]);
-                    acc[m][1] = fmaf(wb[j], xf[j], acc[m][1]);
-                }
-            }
-        }
-    };
     for (int b = warp * U; b < chunks; b += STRIDE) {
         uint4 va[U], vb[U];
 #pragma unroll
@@ -203,16 +194,9 @@ __device__ __forceinline__ void gemv_fp8_tile_body(const uint8_t* __restrict__ w
         }
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (b + u < chunks) math(va[u], vb[u], b + u);
+            if (b + u < chunks) fp8_chunk_fma<M>(acc, va[u], vb[u], xbits, k, b + u);
     }
-    // the 4 lanes of a row add their k pieces; lane (g, 0) then holds rows g and g + 8 of this warp's share
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
-            acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
-        }
+    fp8_quad_sum<M>(acc);  // lane (g, 0): rows g and g + 8 of this warp's share
     if (t4 == 0) {
 #pragma unroll
         for (int m = 0; m < M; ++m) {

@@ -63,6 +63,34 @@ __device__ __forceinline__ void bias_rope_store_fp8(const float* x, const uint16
     if (threadIdx.x == 0) *scale_out = scale;
 }
 
+// What both paged entries below read for their block: row t = blockIdx.x, head = blockIdx.y (q heads, then k heads,
+// then v heads), its position (0 for a padding row, slot -1) and where its fp32 qkv values and bf16 bias start.
+struct PagedHead {
+    int t, head, half, slot, pos;
+    const float* x;     // [D] of qkv [rows, (nq + 2*nkv) * D]
+    const uint16_t* b;  // [D] of the bias
+    // For a k or v head with a real slot: its row of this layer's pool [blocks, nkv, 64, D] (or scales [blocks, nkv, 64]).
+    __device__ size_t pool_row(int nq, int nkv, bool is_k) const {
+        constexpr int BLOCK = 64;  // positions per KV block
+        const int kvh = is_k ? head - nq : head - nq - nkv;
+        return ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
+    }
+};
+
+__device__ __forceinline__ PagedHead paged_head(const float* __restrict__ qkv, const __nv_bfloat16* __restrict__ bias,
+                                                const int* __restrict__ positions, const int* __restrict__ slots,
+                                                int nq, int nkv, int head_dim) {
+    PagedHead h;
+    h.t = blockIdx.x;
+    h.head = blockIdx.y;
+    h.half = head_dim >> 1;
+    h.slot = __ldg(slots + h.t);
+    h.pos = h.slot < 0 ? 0 : __ldg(positions + h.t);
+    h.x = qkv + (size_t)h.t * ((nq + 2 * nkv) * head_dim) + (size_t)h.head * head_dim;
+    h.b = reinterpret_cast<const uint16_t*>(bias) + (size_t)h.head * head_dim;
+    return h;
+}
+
 // A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv), block = D/2
 // rounded up to a multiple of 32 (64 for D = 128); requires D even, thread i handles the pair (i, i + D/2) of one
 // head of one row. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
@@ -80,31 +108,20 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
                              __nv_bfloat16* __restrict__ k_pool,       // [blocks, nkv, 64, D]
                              __nv_bfloat16* __restrict__ v_pool) {     // [blocks, nkv, 64, D]
     kernel_entry_barrier();
-    constexpr int BLOCK = 64;  // positions per KV block
-    const int t = blockIdx.x;
-    const int head = blockIdx.y;  // q heads, then k heads, then v heads
-    const int half = head_dim >> 1;
-    const int slot = __ldg(slots + t);
-    const int pos = slot < 0 ? 0 : __ldg(positions + t);
-    const int width = (nq + 2 * nkv) * head_dim;
-    const float* x = qkv + (size_t)t * width + (size_t)head * head_dim;
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(bias) + (size_t)head * head_dim;
-
+    const PagedHead h = paged_head(qkv, bias, positions, slots, nq, nkv, head_dim);
     uint16_t* dst;
     bool rotate = true;
-    if (head < nq) {
-        dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
-    } else if (slot < 0) {
+    if (h.head < nq) {
+        dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)h.t * nq + h.head) * head_dim;
+    } else if (h.slot < 0) {
         return;
     } else {
-        const bool is_k = head < nq + nkv;
-        const int kvh = is_k ? head - nq : head - nq - nkv;
-        const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
-        dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + row * head_dim;
+        const bool is_k = h.head < nq + nkv;
+        dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + h.pool_row(nq, nkv, is_k) * head_dim;
         rotate = is_k;
     }
 
-    bias_rope_store(x, b, inv_freq, attention_factor, pos, rotate, false, half, dst);
+    bias_rope_store(h.x, h.b, inv_freq, attention_factor, h.pos, rotate, false, h.half, dst);
 }
 
 // The same for the fp8 KV cache (docs/KV_CACHE.md): q as above (bf16); k and v quantized to e4m3 codes
@@ -125,25 +142,15 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
                             float* __restrict__ v_scales) {           // [blocks, nkv, 64]
     kernel_entry_barrier();
     __shared__ float warp_max[8];  // 256 threads at most
-    constexpr int BLOCK = 64;      // positions per KV block
-    const int t = blockIdx.x;
-    const int head = blockIdx.y;   // q heads, then k heads, then v heads
-    const int half = head_dim >> 1;
-    const int slot = __ldg(slots + t);
-    const int pos = slot < 0 ? 0 : __ldg(positions + t);
-    const int width = (nq + 2 * nkv) * head_dim;
-    const float* x = qkv + (size_t)t * width + (size_t)head * head_dim;
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(bias) + (size_t)head * head_dim;
-
-    if (head < nq) {
-        uint16_t* dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
-        bias_rope_store(x, b, inv_freq, attention_factor, pos, true, false, half, dst);
+    const PagedHead h = paged_head(qkv, bias, positions, slots, nq, nkv, head_dim);
+    if (h.head < nq) {
+        uint16_t* dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)h.t * nq + h.head) * head_dim;
+        bias_rope_store(h.x, h.b, inv_freq, attention_factor, h.pos, true, false, h.half, dst);
         return;
     }
-    if (slot < 0) return;  // the whole block: the quantizer's barrier below is never reached by some threads only
-    const bool is_k = head < nq + nkv;
-    const int kvh = is_k ? head - nq : head - nq - nkv;
-    const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
-    bias_rope_store_fp8(x, b, inv_freq, attention_factor, pos, is_k, half, warp_max,
+    if (h.slot < 0) return;  // the whole block: the quantizer's barrier below is never reached by some threads only
+    const bool is_k = h.head < nq + nkv;
+    const size_t row = h.pool_row(nq, nkv, is_k);
+    bias_rope_store_fp8(h.x, h.b, inv_freq, attention_factor, h.pos, is_k, h.half, warp_max,
                         (is_k ? k_pool : v_pool) + row * head_dim, (is_k ? k_scales : v_scales) + row);
 }
