@@ -81,7 +81,7 @@ public sealed class Fp8KvMemoryTests
     }
 
     [Test]
-    public void SharedMemoryOfTheFp8KernelsFitsWhereTheBf16KernelsDo()
+    public void SharedMemoryOfTheFp8KernelsIsAsStatedAndFitsTheOptInLimit()
     {
         // Decode's fp8 kernel holds only its stages of codes and scales (the mma reads the codes in place): less than the
         // bf16 ring, so it launches wherever that does (kernels/attention_decode.cu). Prefill's also holds the expanded
