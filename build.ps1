@@ -1,6 +1,7 @@
 # Compiles every kernels/*.cu to kernels/ptx/<name>.ptx (PTX for compute_80, portable to sm_80+; the driver
 # JIT-compiles it for the actual GPU) and to kernels/ptx/sm90/<name>.ptx (compute_90, with programmatic dependent
-# launch; loaded on sm_90 and newer). Windows counterpart of build.sh; same flags, no --use_fast_math.
+# launch; loaded on sm_90 and newer), and every kernels/sm90a/*.cu (wgmma, arch-specific: runs on compute capability 9.0
+# only) for compute_90a to kernels/ptx/sm90a/<name>.ptx. Windows counterpart of build.sh; same flags, no --use_fast_math.
 # Host compiler: $env:NVCC_CCBIN if set, else nvcc's default (cl.exe must be on PATH: run from a
 # "Developer PowerShell for VS"). Prints ptxas resource usage for sm_90.
 # Then builds the solution (Release). Without nvcc the committed PTX is used as it is.
@@ -27,9 +28,12 @@ if (-not (Get-Command $nvcc -ErrorAction SilentlyContinue)) {
     exit 0
 }
 New-Item -ItemType Directory -Force -Path (Join-Path $outdir 'sm90') | Out-Null
+New-Item -ItemType Directory -Force -Path (Join-Path $outdir 'sm90a') | Out-Null
 
 $sources = @(Get-ChildItem -Path $kdir -Filter '*.cu' | Sort-Object Name)
 if ($sources.Count -eq 0) { throw 'build.ps1: no kernels/*.cu found' }
+$archDir = Join-Path $kdir 'sm90a'
+$archSources = @(if (Test-Path $archDir) { Get-ChildItem -Path $archDir -Filter '*.cu' | Sort-Object Name })
 
 $ccbin = @()
 if ($env:NVCC_CCBIN) { $ccbin = @('-ccbin', $env:NVCC_CCBIN) }
@@ -81,15 +85,31 @@ try {
             elseif ($s -match '^\s*(\d+ bytes stack frame.*)') { Write-Host "    $($Matches[1])" }
         }
     }
+    # kernels/sm90a: compute_90a only (-ptx -arch=compute_90a writes .target sm_90a; with CUDA 13, -arch=sm_90a gave a
+    # compute_90 module that ptxas refused), stamped with the same hash (the .cu, then every kernels/*.cuh).
+    foreach ($src in $archSources) {
+        $name = [System.IO.Path]::GetFileNameWithoutExtension($src.Name)
+        Write-Host "== sm90a/$name.cu -> kernels/ptx/sm90a/$name.ptx"
+        $tmpPtx = Join-Path $tmp "sm90a.$name.ptx"
+        & $nvcc @ccbin -ptx -arch=compute_90a -O3 -std=c++17 "-I$kdir" $src.FullName -o $tmpPtx
+        if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile sm90a/$name.cu" -ErrorAction Continue; $failed = $true; continue }
+        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
+            @(Get-Content $tmpPtx | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
+        [System.IO.File]::WriteAllText((Join-Path (Join-Path $outdir 'sm90a') "$name.ptx"), (($lines -join "`n") + "`n"))
+    }
     # Remove PTX whose source is gone (stale files would otherwise still be embedded).
     foreach ($ptx in @(Get-ChildItem -Path $outdir -Filter '*.ptx') + @(Get-ChildItem -Path (Join-Path $outdir 'sm90') -Filter '*.ptx')) {
         $name = [System.IO.Path]::GetFileNameWithoutExtension($ptx.Name)
         if (-not (Test-Path (Join-Path $kdir "$name.cu"))) { Write-Host "build.ps1: removing stale $name.ptx"; Remove-Item $ptx.FullName }
+    }
+    foreach ($ptx in @(Get-ChildItem -Path (Join-Path $outdir 'sm90a') -Filter '*.ptx')) {
+        $name = [System.IO.Path]::GetFileNameWithoutExtension($ptx.Name)
+        if (-not (Test-Path (Join-Path $archDir "$name.cu"))) { Write-Host "build.ps1: removing stale sm90a/$name.ptx"; Remove-Item $ptx.FullName }
     }
 }
 finally {
     Remove-Item -Recurse -Force $tmp -ErrorAction SilentlyContinue
 }
 if ($failed) { throw 'build.ps1: one or more kernels failed to compile' }
-Write-Host "build.ps1: $($sources.Count) kernel file(s) compiled to kernels/ptx/"
+Write-Host "build.ps1: $($sources.Count) kernel file(s) compiled to kernels/ptx/, $($archSources.Count) to kernels/ptx/sm90a/"
 Invoke-DotnetBuild

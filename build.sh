@@ -2,6 +2,10 @@
 # Compiles every kernels/*.cu twice: to kernels/ptx/<name>.ptx (PTX for compute_80: portable to sm_80 and newer;
 # the driver JIT-compiles it for the actual GPU) and to kernels/ptx/sm90/<name>.ptx (compute_90: the same kernels
 # with programmatic dependent launch, kernel_entry_barrier in kernels/common.cuh; loaded on sm_90 and newer).
+# kernels/sm90a/*.cu (wgmma: only on the arch-specific target, whose code runs on compute capability 9.0 alone) are
+# compiled once, for compute_90a, to kernels/ptx/sm90a/<name>.ptx; PtxLibrary loads them on 9.0 only. Not with
+# -arch=sm_90a: with CUDA 13 that gave a compute_90 module which ptxas refused ("wgmma ... not supported on .target
+# sm_90"); -ptx -arch=compute_90a writes .target sm_90a.
 # The PTX is committed and embedded into QwQ.Cuda.dll.
 # No --use_fast_math: RoPE and SiLU rely on accurate sincosf / expf.
 # Host compiler: $NVCC_CCBIN if set; otherwise nvcc's default, falling back to clang-14 when nvcc rejects it.
@@ -31,11 +35,12 @@ if ! command -v "$NVCC" >/dev/null 2>&1; then
     dotnet_build
     exit 0
 fi
-mkdir -p "$outdir" "$outdir/sm90"
+mkdir -p "$outdir" "$outdir/sm90" "$outdir/sm90a"
 
 shopt -s nullglob
 sources=("$kdir"/*.cu)
 if [ ${#sources[@]} -eq 0 ]; then echo "build.sh: no kernels/*.cu found" >&2; exit 1; fi
+arch_sources=("$kdir"/sm90a/*.cu)
 
 # Pick a host compiler by probing with a trivial kernel.
 tmp="$(mktemp -d)"
@@ -90,8 +95,29 @@ compile_one() {
         | sed -n -E "s/^ptxas info *: Compiling entry function '([^']+)'.*/  \1:/p; s/^ptxas info *: (Used .*)/    \1/p; s/^ *([0-9]+ bytes stack frame.*)/    \1/p" || true
 }
 
+# One kernels/sm90a file: compute_90a only, stamped like the others (the .cu, then every kernels/*.cuh: it includes
+# them as ../*.cuh), and its sm_90a resource usage. Log and failure marker: $tmp/sm90a.<name>.log / .failed.
+compile_arch_one() {
+    local src="$1" name hash
+    name="$(basename "$src" .cu)"
+    echo "== sm90a/$name.cu -> kernels/ptx/sm90a/$name.ptx"
+    if ! "$NVCC" "${ccbin[@]}" -ptx -arch=compute_90a -O3 -std=c++17 -I"$kdir" "$src" -o "$tmp/sm90a.$name.ptx"; then
+        echo "build.sh: FAILED to compile sm90a/$name.cu" >&2
+        touch "$tmp/sm90a.$name.failed"
+        return
+    fi
+    hash="$(source_hash "$src")"
+    { echo "// qwq-source-sha256: $hash"; grep -v -E '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' "$tmp/sm90a.$name.ptx"; } > "$outdir/sm90a/$name.ptx"
+    # -gencode, not -arch=sm_90a (see the top of this file); look for "wgmma ... serialized" warnings here too.
+    "$NVCC" "${ccbin[@]}" -cubin -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -I"$kdir" -Xptxas -v "$src" -o /dev/null 2>&1 \
+        | sed -n -E "s/^ptxas info *: Compiling entry function '([^']+)'.*/  \1:/p; s/^ptxas info *: (Used .*)/    \1/p; s/^ *([0-9]+ bytes stack frame.*)/    \1/p; s/^(ptxas warning.*)/    \1/p" || true
+}
+
 for src in "${sources[@]}"; do
     compile_one "$src" > "$tmp/$(basename "$src" .cu).log" 2>&1 &
+done
+for src in "${arch_sources[@]}"; do
+    compile_arch_one "$src" > "$tmp/sm90a.$(basename "$src" .cu).log" 2>&1 &
 done
 wait
 failed=0
@@ -100,13 +126,22 @@ for src in "${sources[@]}"; do
     cat "$tmp/$name.log"
     [ -e "$tmp/$name.failed" ] && failed=1
 done
+for src in "${arch_sources[@]}"; do
+    name="$(basename "$src" .cu)"
+    cat "$tmp/sm90a.$name.log"
+    [ -e "$tmp/sm90a.$name.failed" ] && failed=1
+done
 
 # Remove PTX whose source is gone (stale files would otherwise still be embedded).
 for ptx in "$outdir"/*.ptx "$outdir"/sm90/*.ptx; do
     name="$(basename "$ptx" .ptx)"
     if [ ! -f "$kdir/$name.cu" ]; then echo "build.sh: removing stale ${ptx#"$kdir"/}"; rm -f "$ptx"; fi
 done
+for ptx in "$outdir"/sm90a/*.ptx; do
+    name="$(basename "$ptx" .ptx)"
+    if [ ! -f "$kdir/sm90a/$name.cu" ]; then echo "build.sh: removing stale ${ptx#"$kdir"/}"; rm -f "$ptx"; fi
+done
 
 if [ $failed -ne 0 ]; then echo "build.sh: one or more kernels failed to compile" >&2; exit 1; fi
-echo "build.sh: ${#sources[@]} kernel file(s) compiled to kernels/ptx/"
+echo "build.sh: ${#sources[@]} kernel file(s) compiled to kernels/ptx/, ${#arch_sources[@]} to kernels/ptx/sm90a/"
 dotnet_build

@@ -1,23 +1,16 @@
-// Micro-benchmark and first Hopper (sm_90a) kernel for causal GQA prefill attention: wgmma (warpgroup MMA) from
-// 128B-swizzled shared memory, beside the portable mma.sync kernel (kernels/attention_prefill.cu) it is checked against.
+// Micro-benchmark of the Hopper (sm_90a) causal GQA prefill attention kernel, kernels/sm90a/attention_prefill_sm90a.cu
+// (wgmma from 128B-swizzled shared memory; its header explains the layout, the descriptors and what to look at when it
+// fails), against the portable mma.sync kernel (kernels/attention_prefill.cu) it is checked against. The kernel's
+// template also has configurations the engine does not launch (2 consumer warpgroups, softmax/PV overlap); they are
+// instantiated here, beside the engine's own extern "C" entry.
 // Not part of the build. On the GPU machine (CUDA 12.x, H100):
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu && /tmp/attn90
 //   (with CUDA 13, -arch=sm_90a gave a compute_90 module that ptxas refused: "wgmma ... not supported on .target sm_90")
 // Optional argument: a substring of the variant names to run only those (e.g. /tmp/attn90 wg1); the reference always runs.
 // Exit code 0 = every variant passed, 1 = some failed a check (those are not timed), 2/3 = CUDA error.
-// bench/micro/attention_prefill_sm90_layout.py (plain python3) replays the index maps below on the CPU: loader vs
+// bench/micro/attention_prefill_sm90_layout.py (plain python3) replays the kernel's index maps on the CPU: loader vs
 // descriptor addresses for the canonical wgmma layouts, the P fragment identity, the ring schedule, and the loop's
 // control flow (masking, tile skipping, OVERLAP order) against exact attention.
-//
-// If it fails on the GPU, look first at:
-//   - "illegal instruction" at launch: a wgmma needs -arch=sm_90a (not sm_90); otherwise a malformed descriptor.
-//   - "misaligned/illegal address": the 1024-byte alignment of sm90_smem, or smem_bytes() vs what is used.
-//   - wrong numbers, no error: S wrong -> K-major descriptor (SBO/LBO, the +32 B k-step, swizzle mode bits 62-63);
-//     only P V wrong (e.g. wg1 passes with V = identity-like data) -> the MN-major descriptor: LBO and SBO swapped
-//     is the classic mistake (here LBO = 8192 = the other 64-dim half, SBO = 1024 = next 8 keys); rows shuffled
-//     within 8 -> the swizzle XOR; error only with start > 0 or T = 200 -> masking / tile counts.
-//   - ptxas "wgmma ... serialized" warning (-Xptxas -v): correctness is fine, but the async overlap is lost; usually
-//     accumulators not kept in registers (spills) -- check the register count and the pin() placement.
 //
 // What it does:
 //   1. correctness: random q, K, V (bf16) at QwQ's shape (nq 40, nkv 8, D 128), paged K/V [blocks, nkv, 64, D] through a
@@ -27,52 +20,6 @@
 //      with a CPU fp64 reference on the small cases, and every variant with the current kernel on all of them:
 //      PASS when ||out - ref|| / ||ref|| <= 1e-2 and no NaN.
 //   2. timing at T=2048 and 16384 (one sequence, shuffled table), TFLOP/s = 4 nq D T(T+1)/2 / time (causal).
-//
-// ---- The sm90 kernel (namespace sm90) ----------------------------------------------------------------------------------
-// One thread block per (query head, tile of 64*WGS query rows); WGS consumer warpgroups of 128 threads, each owning 64
-// query rows, as FlashAttention-3's consumers do. Per 64-key tile (= one KV block, so its rows are contiguous in the
-// pool):
-//   S  = Q K^T   wgmma.m64n64k16 x 8 (D = 128 = 8 k-steps), A = Q and B = K both from shared memory (SS), fp32 acc
-//   online softmax in registers (the same code as the mma.sync kernel: the wgmma accumulator layout of each warp is the
-//                m16n8 layout, see "fragments" below), P rounded to bf16 in registers
-//   O += P V     wgmma.m64n128k16 x 4 (64 keys = 4 k-steps), A = P from registers (RS), B = V from shared memory,
-//                transposed (V is stored [key][dim]: N = dim is the contiguous axis, "MN-major")
-// K/V tiles arrive through a STAGES-deep ring filled with cp.async by all threads (no producer warp yet); a tile's
-// copies are waited for, fenced into the async proxy (wgmma reads shared memory through it, cp.async writes through the
-// generic proxy: fence.proxy.async is required between them), then published with __syncthreads.
-// OVERLAP (FA3's intra-warpgroup pipelining): iteration j issues S_j = Q K_j and then O += P_{j-1} V_{j-1}, waits for
-// S_j only, does the softmax of tile j while the P V product runs on the tensor cores, then waits for it, rescales O and
-// packs P_j. Needs the V tile of j-1 to stay resident one iteration longer, hence STAGES >= 3.
-//
-// ---- Shared-memory layout, swizzle and descriptors ---------------------------------------------------------------------
-// Every operand (Q, K, V) is a [rows][128] bf16 matrix stored as two 64-column halves, each [rows][128 bytes] with the
-// 128-byte swizzle (Swizzle<3,4,3>: byte-address bits [4,7) ^= bits [7,10)), i.e. the 16-byte chunk c (dims 8c..8c+7
-// within the half) of row r sits at chunk position c ^ (r & 7):
-//     offset(r, dim) = (dim / 64) * rows * 128 + r * 128 + (((dim % 64) / 8) ^ (r % 8)) * 16 + (dim % 8) * 2
-// The hardware applies the XOR to absolute shared addresses, so each operand base is 1024-byte aligned (the dynamic
-// shared buffer is rounded up to 1024 B) and every descriptor start below keeps bits [7,10) of the pattern origin at 0,
-// so the descriptor's base-offset field stays 0. Why 128B swizzle: a 64-dim half row is exactly 128 bytes, the widest
-// swizzle, so the 8 rows of a core-matrix group hit 8 different 16-byte bank groups (no conflicts for wgmma or for the
-// cp.async writes), and the same physical layout serves K-major (Q, K) and MN-major (V) reads.
-// Descriptor (PTX ISA "Matrix Descriptor Format"): bits 0-13 start address >> 4, 16-29 leading byte offset >> 4,
-// 32-45 stride byte offset >> 4, 49-51 base offset (0), 62-63 swizzle mode (1 = 128B).
-//   K-major (Q as A, K as B, imm-trans 0): canonical Sw128 o ((8,m),(8,2)):((128 B, SBO),(16 B...)) -- 8 rows of 128 B,
-//     then the next 8-row group at SBO = 1024 B; LBO is unused for swizzled K-major (set to 16 B, encoded 1). A k-step
-//     (16 dims = 32 bytes) ks starts at base + (ks / 4) * rows * 128 + (ks % 4) * 32: +32 B per step inside a 128-byte
-//     row (the XOR is computed on the final address, so advancing the start inside the swizzle row is legal and is what
-//     CUTLASS/ThunderKittens do), +rows*128 B to the second 64-dim half.
-//   MN-major (V as B, imm-trans-b 1): canonical Sw128 o ((64 dims, n),(8 keys, k)):((1, LBO),(128 B, SBO)) -- 64 dims
-//     (one 128-byte swizzle row) contiguous, the next 64 dims at LBO = 64 keys * 128 B = 8192 B (the other half), 8 keys
-//     of 128 B each, the next 8 keys at SBO = 1024 B. A k-step (16 keys) kk starts at base + kk * 16 * 128 = +2048 B.
-//
-// ---- Register fragments (PTX ISA "Register Fragments", m64nNk16) --------------------------------------------------------
-// Accumulator D of an m64nN wgmma: warp w of the warpgroup holds rows 16w..16w+15; lane (g = lane/4, t4 = lane%4) holds
-// d[4i+0], d[4i+1] = (row 16w+g,   cols 8i+2t4, +1) and d[4i+2], d[4i+3] = (row 16w+g+8, same cols), i < N/8: per warp
-// exactly the mma.m16n8 C layout of N/8 adjacent n-tiles, so s[8][4] / o[16][4] below are indexed like the mma.sync
-// kernel's s[NT][4] / o[DT][4] and attn::online_softmax is reused as is.
-// A from registers (bf16): 4 x b32 per thread = the mma.m16n8k16 A layout per warp: a0 (row g, k 2t4..+1),
-// a1 (row g+8, k 2t4..), a2 (row g, k 2t4+8..), a3 (row g+8, k 2t4+8..). So P for keys 16kk..16kk+15 is the S
-// accumulator of n-tiles 2kk, 2kk+1 packed pairwise -- the same identity the mma.sync kernel uses.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -81,360 +28,9 @@
 #include <vector>
 
 #include "../../kernels/attention_prefill.cu"
+#include "../../kernels/sm90a/attention_prefill_sm90a.cu"
 
-namespace sm90 {
-
-constexpr int D = 128;                 // head_dim (QwQ); the layout math below assumes two 64-dim halves
-constexpr int BN = 64;                 // keys per tile = one KV block
-constexpr int ROW_BYTES = 128;         // one swizzle row: 64 bf16
-constexpr int HALF_BYTES = 64 * ROW_BYTES;  // one 64-dim half of a 64-row operand: 8192
-constexpr int OP_BYTES = 2 * HALF_BYTES;    // a 64-row x 128-dim operand (a K or V tile, a warpgroup's Q): 16384
-constexpr int STAGE_BYTES = 2 * OP_BYTES;   // K and V of one tile
-static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
-
-// Byte offset of 16-byte chunk c (dims 8c..8c+7, c < 16) of row r (< 64) inside a 64-row operand (layout above).
-__device__ __forceinline__ uint32_t sw128_offset(int r, int c) {
-    return (uint32_t)((c >> 3) * HALF_BYTES + r * ROW_BYTES + (((c & 7) ^ (r & 7)) << 4));
-}
-
-// Shared-memory matrix descriptor, 128-byte swizzle (mode 1 in bits 62-63), base offset 0.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo_bytes >> 4) & 0x3FFFu) << 16) |
-           ((uint64_t)((sbo_bytes >> 4) & 0x3FFFu) << 32) | (1ull << 62);
-}
-// K-major operand (Q, K): LBO unused (16 B), SBO = 8 rows * 128 B.
-__device__ __forceinline__ uint64_t desc_kmajor(uint32_t saddr) { return desc_sw128(saddr, 16, 1024); }
-// MN-major operand (V): LBO = distance between the two 64-dim halves (64 keys * 128 B), SBO = 8 keys * 128 B.
-__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr) { return desc_sw128(saddr, HALF_BYTES, 1024); }
-
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// Makes this thread's completed generic-proxy shared writes (cp.async, st.shared) visible to async-proxy reads (wgmma).
-__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// The compiler sees a wgmma's accumulators as written when the asm statement issues; the values only exist after
-// wgmma.wait_group. These empty volatile asms pin every accumulator (and the P registers the RS wgmma is still reading)
-// between the wait and the code that uses them, so nothing is hoisted above the wait or reused before it.
-template <int N>
-__device__ __forceinline__ void pin(float (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void pin(uint32_t (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
-}
-
-// d (64 x 64, fp32) (+)= A (64 x 16, smem, K-major) * B (16 x 64, smem, K-major i.e. B^T = [64 keys][16 dims]).
-// scale_d = 0: d = A*B (the first k-step overwrites the accumulator).
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, "
-        "%8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, "
-        "%24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
-// d (64 x 128, fp32) (+)= A (64 x 16, bf16 registers) * B (16 x 128, smem, MN-major: imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
-                                                    int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, "
-        "%8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, "
-        "%24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, "
-        "%40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, "
-        "%56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
-          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
-          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
-          "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
-          "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
-          "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-
-// Shared memory the kernel needs (dynamic): Q for every warpgroup, the K/V ring, and 1 KB to align the base to 1024.
-__host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs * OP_BYTES + stages * STAGE_BYTES + 1024; }
-
-// One (query head, m-tile) block. Arguments as attn_prefill::prefill (paged): q/out [T, nq, D] of this sequence,
-// the layer's K/V pool [blocks, nkv, 64, D], the sequence's block table, T rows at positions start_pos.. .
-template <int WGS, int STAGES, bool OVERLAP>
-__device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
-                                        const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
-                                        int T, int start_pos, int nq, int nkv, float scale,
-                                        const int* __restrict__ block_table) {
-    constexpr int THREADS = 128 * WGS;
-    constexpr int BM = 64 * WGS;
-    // Tiles that must stay resident behind the one being loaded: the tile in use, plus (OVERLAP) the previous tile
-    // whose V is still being multiplied. AHEAD = how many tiles are in flight ahead of the one consumed.
-    constexpr int LAG = OVERLAP ? 2 : 1;
-    constexpr int AHEAD = STAGES - LAG;
-    static_assert(AHEAD >= 1, "OVERLAP needs STAGES >= 3, otherwise STAGES >= 2");
-    constexpr int ROW_CHUNKS = D / 8;  // 16-byte chunks per 128-dim row
-    static_assert((BM * ROW_CHUNKS) % THREADS == 0 && (BN * ROW_CHUNKS) % THREADS == 0, "copies divide evenly");
-    constexpr float LOG2E = 1.4426950408889634f;
-    const float NEG_INF = -__int_as_float(0x7f800000);
-
-    extern __shared__ __align__(1024) unsigned char sm90_smem[];  // not smem_raw: that one is declared __align__(16)
-    // The 128B swizzle is a function of absolute address bits [7,10): align the operands to 1024 B ourselves rather
-    // than trust the declared alignment of dynamic shared memory.
-    unsigned char* smem = sm90_smem + ((1024u - (mma::smem_addr(sm90_smem) & 1023u)) & 1023u);
-    unsigned char* sQ = smem;                     // [WGS][64 rows x 128 dims] (OP_BYTES each)
-    unsigned char* sKV = smem + WGS * OP_BYTES;   // [STAGES][K tile, V tile]
-
-    const int head = blockIdx.x;
-    const int m_tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first, as the mma.sync kernel
-    const int m0 = m_tile * BM;
-    const int kvh = head / (nq / nkv);
-    const int tid = threadIdx.x;
-    const int wg = tid >> 7;              // consumer warpgroup: query rows m0 + 64 wg .. +63
-    const int warp = (tid >> 5) & 3;      // warp within the warpgroup: its rows 16 warp .. +15 of the 64
-    const int lane = tid & 31;
-    const int g = lane >> 2;
-    const int t4 = lane & 3;
-
-    const int block_rows = min(BM, T - m0);
-    const int kv_end = start_pos + m0 + block_rows;  // keys [0, kv_end) are visible to some row of the block
-    const int n_tiles = (kv_end + BN - 1) / BN;
-
-    // This warpgroup's rows and the tiles they see (wgmma is warpgroup-wide, so skipping is decided per warpgroup).
-    const int wg_row0 = m0 + 64 * wg;
-    const int wg_rows = max(0, min(64, T - wg_row0));
-    const int wg_tiles = wg_rows > 0 ? (start_pos + wg_row0 + wg_rows + BN - 1) / BN : 0;
-    const int wg_first_pos = start_pos + wg_row0;
-    const int pos_lo = wg_first_pos + warp * 16 + g;  // absolute positions of this thread's two rows
-    const int pos_hi = pos_lo + 8;
-
-    const attn::KvLayout kv{block_table, nkv, 0};
-
-    // ---- Q: all BM rows into the swizzled layout (rows >= T zero-filled), joins the first cp.async group.
-#pragma unroll
-    for (int i = 0; i < BM * ROW_CHUNKS / THREADS; ++i) {
-        const int c = tid + i * THREADS;
-        const int r = c / ROW_CHUNKS;  // 0 .. BM-1
-        const int cc = c % ROW_CHUNKS;
-        const int row = m0 + r;
-        const bool valid = row < T;
-        const __nv_bfloat16* src = q + ((size_t)(valid ? row : 0) * nq + head) * D + cc * 8;
-        mma::cp_async16(mma::smem_addr(sQ + (r >> 6) * OP_BYTES + sw128_offset(r & 63, cc)), src, valid);
-    }
-
-    // ---- K/V tile `tile` into ring stage `stage`. Keys >= kv_end are zero-filled without reading (NaN-safe), as in the
-    // mma.sync kernel. One 16-byte chunk per thread per step: 16 consecutive threads read one 256-byte row (coalesced)
-    // and each 8 of them write one 128-byte swizzle row (a permutation of its 8 bank groups: conflict-free).
-    auto load_tile = [&](int tile, int stage) {
-        const int n0 = tile * BN;
-        const size_t row0 = kv.tile_row(kvh, n0);
-        unsigned char* dK = sKV + stage * STAGE_BYTES;
-        unsigned char* dV = dK + OP_BYTES;
-#pragma unroll
-        for (int i = 0; i < BN * ROW_CHUNKS / THREADS; ++i) {
-            const int c = tid + i * THREADS;
-            const int r = c / ROW_CHUNKS;
-            const int cc = c % ROW_CHUNKS;
-            const bool valid = n0 + r < kv_end;
-            const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
-            const uint32_t off = sw128_offset(r, cc);
-            mma::cp_async16(mma::smem_addr(dK + off), k_pool + src, valid);
-            mma::cp_async16(mma::smem_addr(dV + off), v_pool + src, valid);
-        }
-    };
-
-    // Prologue: tiles 0 .. AHEAD-1, one commit group each (Q rides in group 0), committed even when empty so that group
-    // j always holds tile j and the wait count below is a constant.
-#pragma unroll
-    for (int t = 0; t < AHEAD; ++t) {
-        if (t < n_tiles) load_tile(t, t);
-        mma::cp_async_commit();
-    }
-
-    const uint32_t q_base = mma::smem_addr(sQ + wg * OP_BYTES);
-    const uint32_t kv_base = mma::smem_addr(sKV);
-
-    float o[16][4];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float s[8][4];  // overwritten by the first k-step of every S (scale-d = 0); zeroed once so nothing reads garbage
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    uint32_t p[4][4];  // P (bf16 pairs) as the A operand of the 4 k-steps of P V
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0u;
-    float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
-    const float sl2 = scale * LOG2E;
-
-    // S = Q K_j^T for this warpgroup's 64 rows (8 k-steps over the head dim).
-    auto issue_s = [&](int j) {
-        const uint32_t k_base = kv_base + (j % STAGES) * STAGE_BYTES;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            const uint32_t off = (ks >> 2) * HALF_BYTES + (ks & 3) * 32;
-            wgmma_m64n64k16_ss(s, desc_kmajor(q_base + off), desc_kmajor(k_base + off), ks > 0);
-        }
-    };
-    // O += P V_j (4 k-steps over the tile's 64 keys).
-    auto issue_pv = [&](int j) {
-        const uint32_t v_base = kv_base + (j % STAGES) * STAGE_BYTES + OP_BYTES;
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor(v_base + kk * 16 * ROW_BYTES), 1);
-    };
-    // Scale, causal mask (only on tiles that cross this warpgroup's diagonal), online softmax; returns alpha.
-    auto softmax = [&](int j, float& alpha_lo, float& alpha_hi) {
-        const int n0 = j * BN;
-        const bool need_mask = n0 + BN - 1 > wg_first_pos;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e] * sl2;
-                if (need_mask) {
-                    const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
-                    if (key > ((e < 2) ? pos_lo : pos_hi)) v = NEG_INF;
-                }
-                s[nt][e] = v;
-            }
-        attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
-    };
-    auto rescale_and_pack = [&](float alpha_lo, float alpha_hi) {
-#pragma unroll
-        for (int dt = 0; dt < 16; ++dt) {
-            o[dt][0] *= alpha_lo;
-            o[dt][1] *= alpha_lo;
-            o[dt][2] *= alpha_hi;
-            o[dt][3] *= alpha_hi;
-        }
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            p[kk][0] = mma::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            p[kk][1] = mma::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            p[kk][2] = mma::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            p[kk][3] = mma::pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-        }
-    };
-
-    const int iters = n_tiles + (OVERLAP ? 1 : 0);  // OVERLAP: one more iteration for the last tile's P V
-    for (int j = 0; j < iters; ++j) {
-        // Tile j is commit group j; AHEAD + j groups are committed, so at most AHEAD - 1 may still be in flight.
-        mma::cp_async_wait<AHEAD - 1>();
-        fence_proxy_async_smem();  // this thread's landed copies -> visible to wgmma (async proxy)
-        __syncthreads();           // ... and everyone's; also: every warpgroup is done with tile j - LAG
-        {
-            const int t = j + AHEAD;  // goes into the stage of tile j - LAG, just released
-            if (t < n_tiles) load_tile(t, t % STAGES);
-            mma::cp_async_commit();
-        }
-
-        if constexpr (!OVERLAP) {
-            if (j < wg_tiles) {
-                wg_fence();
-                issue_s(j);
-                wg_commit();
-                wg_wait<0>();
-                pin(s);
-                float a_lo, a_hi;
-                softmax(j, a_lo, a_hi);
-                rescale_and_pack(a_lo, a_hi);
-                pin(o);
-                pin(p);
-                wg_fence();  // o and p were written by ordinary instructions since the last wgmma
-                issue_pv(j);
-                wg_commit();
-                wg_wait<0>();
-                pin(o);
-                pin(p);
-            }
-        } else {
-            const bool do_s = j < wg_tiles;                   // S and softmax of tile j
-            const bool do_pv = j >= 1 && j - 1 < wg_tiles;    // P V of tile j - 1
-            if (do_s || do_pv) {
-                pin(o);
-                pin(p);
-                wg_fence();
-            }
-            if (do_s) {
-                issue_s(j);
-                wg_commit();
-            }
-            if (do_pv) {
-                issue_pv(j - 1);
-                wg_commit();
-            }
-            float a_lo = 1.f, a_hi = 1.f;
-            if (do_s) {
-                if (do_pv) wg_wait<1>();  // S_j done; the P V product may still run
-                else wg_wait<0>();
-                pin(s);
-                softmax(j, a_lo, a_hi);   // overlaps the tensor cores' P_{j-1} V_{j-1}
-            }
-            if (do_pv) {
-                wg_wait<0>();
-                pin(o);
-                pin(p);
-            }
-            if (do_s) rescale_and_pack(a_lo, a_hi);
-        }
-    }
-    mma::cp_async_wait<0>();  // nothing may be in flight when the block exits
-
-    if (wg_rows == 0) return;
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
-    const float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-    const int r_lo = wg_row0 + warp * 16 + g;
-    const int r_hi = r_lo + 8;
-    if (r_lo < T) {
-        __nv_bfloat16* dst = out + ((size_t)r_lo * nq + head) * D + 2 * t4;
-#pragma unroll
-        for (int dt = 0; dt < 16; ++dt)
-            *reinterpret_cast<uint32_t*>(dst + dt * 8) = mma::pack_bf16x2(o[dt][0] * inv_lo, o[dt][1] * inv_lo);
-    }
-    if (r_hi < T) {
-        __nv_bfloat16* dst = out + ((size_t)r_hi * nq + head) * D + 2 * t4;
-#pragma unroll
-        for (int dt = 0; dt < 16; ++dt)
-            *reinterpret_cast<uint32_t*>(dst + dt * 8) = mma::pack_bf16x2(o[dt][2] * inv_hi, o[dt][3] * inv_hi);
-    }
-}
-
-}  // namespace sm90
+namespace sm90 = attn_prefill_sm90a;
 
 // Same entry signature, grid and seq_info/block table contract as attention_prefill_paged_bf16_d128, except: block
 // 128*WGS threads, grid (nq, ceil(max T / (64*WGS)), sequences), dynamic smem sm90::smem_bytes(WGS, STAGES).
@@ -660,7 +256,12 @@ int main(int argc, char** argv) {
 
     // Simplest first: if one dies with a CUDA error the context is gone, and the ones before it have printed.
     //   <warpgroups, stages, overlap, min blocks per SM>
+    // The engine's entry (kernels/sm90a): the same code as "sm90 wg1 s2", through its extern "C" wrapper.
+    const int engine_smem = sm90::smem_bytes(sm90::ENGINE_WGS, sm90::ENGINE_STAGES);
+    CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            engine_smem));
     std::vector<Variant> all = {
+        Variant{"sm90a engine entry", attention_prefill_paged_bf16_d128_sm90a, sm90::ENGINE_ROWS, 128, engine_smem},
         sm90_variant<1, 2, false, 2>("sm90 wg1 s2"),       // the fallback: 1 warpgroup, no overlap
         sm90_variant<2, 2, false, 1>("sm90 wg2 s2"),       // 2 consumer warpgroups share each K/V tile
         sm90_variant<1, 3, true, 2>("sm90 wg1 s3 ovl"),    // + softmax overlapped with P V

@@ -1,4 +1,4 @@
-# CPU emulation of the sm90 kernel's shared-memory index maps against the wgmma canonical-layout model
+# CPU emulation of the sm90a prefill kernel's (kernels/sm90a/attention_prefill_sm90a.cu) shared-memory index maps against the wgmma canonical-layout model
 # (PTX ISA "Shared Memory Matrix Layout" / CUTLASS make_gmma_desc): checks that what the cp.async loader writes is
 # what each descriptor reads, for Q/K (K-major) and V (MN-major), at a 1024-aligned but nonzero base.
 HALF, ROWB, OP = 8192, 128, 16384

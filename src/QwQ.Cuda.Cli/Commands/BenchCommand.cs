@@ -40,12 +40,13 @@ internal static class BenchCommand
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time one batch-1 decode step kernel by kernel on every GPU (a diagnostic)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
+        var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, profileStep, gemm, fp8Prefill, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, gemm, fp8Prefill, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -61,7 +62,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic), p.GetValue(fp8Prefill));
+                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill));
             return ExitCodes.Ok;
         });
         return command;
@@ -86,7 +87,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, Fp8PrefillGemm fp8Prefill)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -107,6 +108,7 @@ internal static class BenchCommand
             TensorParallel = tensorParallel,
             AllReduce = allReduce,
             ProgrammaticLaunch = programmaticLaunch,
+            HopperAttention = hopperAttention,
             Fp8Prefill = fp8Prefill,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
@@ -117,6 +119,7 @@ internal static class BenchCommand
         {
             host.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}"));
             foreach (string line in backend.DescribeKernelChoices()) host.Error.WriteLine($"  tuned: {line}");
+            host.Error.WriteLine($"  prefill attention: {(backend.HopperAttention ? "sm_90a wgmma kernel" : "portable mma.sync kernel")}");
             report = ModelBenchmark.Run(backend, settings, commit, line => host.Error.WriteLine(line));
         }
 

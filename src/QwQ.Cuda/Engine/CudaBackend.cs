@@ -71,6 +71,9 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Whether the kernels run with programmatic dependent launch (<see cref="EngineOptions.ProgrammaticLaunch"/> on an sm_90+ GPU).</summary>
     public bool ProgrammaticLaunch => First.Library.ProgrammaticLaunch;
 
+    /// <summary>Whether bf16 prefill attention at head_dim 128 runs the sm_90a wgmma kernel (<see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded).</summary>
+    public bool HopperAttention => First.Kernels.Attention.HopperPrefill;
+
     /// <summary>Whether decode-sized partial sums go through the one-shot kernel (tensor parallel with peer access and <see cref="AllReduceKind.Custom"/>).</summary>
     public bool UsesOneShotAllReduce { get; }
 

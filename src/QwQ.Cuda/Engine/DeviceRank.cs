@@ -53,7 +53,7 @@ internal sealed class DeviceRank : IDisposable
         Context.MakeCurrent();
         ModelConfig shard = Shape.Config;
         Stream = Own(CudaStream.Create());
-        Library = Own(PtxLibrary.Load(Context, a.Options.ProgrammaticLaunch));
+        Library = Own(PtxLibrary.Load(Context, a.Options.ProgrammaticLaunch, archSpecific: a.Options.HopperAttention));
         var blas = Own(Cublas.Create(Stream));
         var lt = a.Options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
         var decodeLt = a.Options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;

@@ -26,6 +26,13 @@ public sealed record EngineOptions
     /// </summary>
     public bool ProgrammaticLaunch { get; init; } = true;
 
+    /// <summary>
+    /// On compute capability 9.0 (H100, H200), prefill attention over the bf16 KV cache at head_dim 128 (QwQ) runs the
+    /// Hopper wgmma kernel (kernels/sm90a/attention_prefill_sm90a.cu; same results as the portable kernel, faster) when
+    /// its PTX is embedded. Off: the portable mma.sync kernel everywhere (for measuring the difference, or ruling it out).
+    /// </summary>
+    public bool HopperAttention { get; init; } = true;
+
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 

@@ -13,7 +13,10 @@ namespace QwQ.Cuda.Kernels;
 /// bf16 once per block, since its 8 warps would each convert the whole tile again (kernels/attention.cuh).
 /// <list type="bullet">
 /// <item><see cref="PrefillPaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, int, int, int, int, int, int, float)">PrefillPaged</see>: flash-attention on tensor cores for many sequences in one launch, each any
-/// query rows ≥ 1 on top of its cached positions (chunked prefill); the K/V of the new rows must already be in the pool.</item>
+/// query rows ≥ 1 on top of its cached positions (chunked prefill); the K/V of the new rows must already be in the pool.
+/// On compute capability 9.0 the bf16 cache at head_dim 128 (QwQ) runs the Hopper kernel instead
+/// (kernels/sm90a/attention_prefill_sm90a.cu: wgmma, same arguments and results) when its PTX is embedded and
+/// <see cref="HopperPrefill"/> is on; everything else runs the portable mma.sync kernel.</item>
 /// <item><see cref="DecodePaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, ulong, int, int, int, int, int, float)">DecodePaged</see>: one query row per sequence, split across blocks (flash-decoding) and merged by a
 /// second kernel. Context lengths and block tables are read on the device and the grid depends only on the batch
 /// size and table width, so the call can be captured once into a CUDA graph and replayed while contexts grow.</item>
@@ -34,6 +37,7 @@ internal sealed class AttentionOps
     [KernelEntry] public const string DecodePagedFp8D32 = "attention_decode_paged_fp8_d32";
     [KernelEntry] public const string DecodePagedFp8D64 = "attention_decode_paged_fp8_d64";
     [KernelEntry] public const string DecodePagedFp8D128 = "attention_decode_paged_fp8_d128";
+    [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90a = "attention_prefill_paged_bf16_d128_sm90a";
 
     /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
     public const int KvBlockSize = KeyTile;
@@ -42,6 +46,12 @@ internal sealed class AttentionOps
     private const int PrefillWarps = 8;
     private const int PrefillRowsPerBlock = 16 * PrefillWarps;
     private const int PrefillStages = 2;
+    // Must match kernels/sm90a/attention_prefill_sm90a.cu (ENGINE_WGS, ENGINE_STAGES): one warpgroup of 128 threads owns
+    // the block's 64 query rows; a 2-stage ring of K and V tiles.
+    private const int HopperPrefillThreads = 128;
+    private const int HopperPrefillRowsPerBlock = 64;
+    private const int HopperPrefillStages = 2;
+    private const int HopperPrefillHeadDim = 128;
     // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring.
     private const int DecodeThreads = 128;
     private const int DecodeStages = 3;
@@ -55,8 +65,14 @@ internal sealed class AttentionOps
     // Every prefill and decode variant by cache kind and head_dim, each opted in once to its dynamic shared memory.
     private readonly Dictionary<(bool Prefill, KvCacheKind Kind, int HeadDim), CudaKernel> _variants = [];
     private readonly int _multiprocessors;
+    // The sm_90a prefill kernel for the bf16 cache at head_dim 128; null: the portable kernel runs every prefill.
+    private readonly CudaKernel? _hopperPrefill;
 
-    public AttentionOps(PtxLibrary lib, int multiprocessorCount)
+    /// <summary>
+    /// <paramref name="hopperPrefill"/>: run the sm_90a prefill kernel where it applies, if <paramref name="lib"/> has it
+    /// (<see cref="PtxLibrary.ArchSpecific"/>); off: the portable kernel everywhere (A/B comparisons, tests).
+    /// </summary>
+    public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true)
     {
         ArgumentNullException.ThrowIfNull(lib);
         ArgumentOutOfRangeException.ThrowIfLessThan(multiprocessorCount, 1);
@@ -76,7 +92,36 @@ internal sealed class AttentionOps
             k.SetMaxDynamicSharedMemory(prefill ? PrefillSmemBytes(d, kind) : DecodeSmemBytes(d, kind));
             _variants[(prefill, kind, d)] = k;
         }
+        if (hopperPrefill && lib.ArchSpecific)
+        {
+            CudaKernel k = lib.GetKernel(PrefillPagedD128Sm90a);
+            k.SetMaxDynamicSharedMemory(HopperPrefillSmemBytes);
+            _hopperPrefill = k;
+        }
     }
+
+    /// <summary>Whether bf16 prefill at head_dim 128 runs the sm_90a kernel (kernels/sm90a/attention_prefill_sm90a.cu).</summary>
+    public bool HopperPrefill => _hopperPrefill is not null;
+
+    /// <summary>
+    /// Shared memory of the sm_90a prefill kernel (attn_prefill_sm90a::smem_bytes(1, 2), 82,944 B): the warpgroup's Q
+    /// tile [64, 128] bf16, 2 stages of K and V tiles [64, 128] bf16 (unpadded: the 128-byte swizzle keeps wgmma and
+    /// cp.async free of bank conflicts), and 1 KiB so the kernel can align its base to 1024 bytes, as the swizzle needs.
+    /// </summary>
+    internal const int HopperPrefillSmemBytes =
+        HopperPrefillRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
+
+    /// <summary>How one prefill launch runs: which kernel, query rows per block (the grid's y), threads and dynamic shared memory.</summary>
+    internal readonly record struct PrefillLaunch(bool Hopper, int RowsPerBlock, int Threads, int SmemBytes);
+
+    /// <summary>
+    /// The launch of a prefill over a <paramref name="kind"/> cache at <paramref name="headDim"/>: the sm_90a kernel when
+    /// it is loaded (<paramref name="hopperLoaded"/>) and the shape is its one (bf16, 128), else the portable kernel.
+    /// </summary>
+    internal static PrefillLaunch PrefillLaunchFor(bool hopperLoaded, KvCacheKind kind, int headDim) =>
+        hopperLoaded && kind == KvCacheKind.Bf16 && headDim == HopperPrefillHeadDim
+            ? new PrefillLaunch(true, HopperPrefillRowsPerBlock, HopperPrefillThreads, HopperPrefillSmemBytes)
+            : new PrefillLaunch(false, PrefillRowsPerBlock, PrefillWarps * 32, PrefillSmemBytes(headDim, kind));
 
     /// <summary>
     /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
@@ -128,22 +173,23 @@ internal sealed class AttentionOps
         if (seqInfo == 0 || (seqInfo & 15) != 0) throw new ArgumentException("seqInfo must be non-null and 16-byte aligned.", nameof(seqInfo));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
         bool fp8 = kv.Kind == KvCacheKind.Fp8;
-        CudaKernel k = _variants[(true, kv.Kind, headDim)]; // head_dim and kind checked above
-        uint mTiles = (uint)((maxQueryRows + PrefillRowsPerBlock - 1) / PrefillRowsPerBlock);
+        var launch = PrefillLaunchFor(_hopperPrefill is not null, kv.Kind, headDim);
+        // head_dim and kind checked above; the sm_90a kernel takes the bf16 entry's arguments
+        CudaKernel k = launch.Hopper ? _hopperPrefill!.Value : _variants[(true, kv.Kind, headDim)];
+        uint mTiles = (uint)((maxQueryRows + launch.RowsPerBlock - 1) / launch.RowsPerBlock);
         int mb = maxBlocks, hq = nq, hkv = nkv;
         float sc = scale;
         ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
         var grid = new Dim3((uint)nq, mTiles, (uint)sequences);
-        int smem = PrefillSmemBytes(headDim, kv.Kind);
         if (fp8)
         {
             void** a = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
-            k.Launch(grid, new Dim3(PrefillWarps * 32), smem, s, a);
+            k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
         }
         else
         {
             void** a = stackalloc void*[] { &q, &kPool, &vPool, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
-            k.Launch(grid, new Dim3(PrefillWarps * 32), smem, s, a);
+            k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
         }
     }
 

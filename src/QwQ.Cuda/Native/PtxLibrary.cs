@@ -13,12 +13,18 @@ namespace QwQ.Cuda.Native;
 /// begins with <c>kernel_entry_barrier</c>, kernels/common.cuh), so each may be scheduled while the one before it
 /// finishes. Loaded on sm_90 and newer (driver 12.3+) unless the caller turns it off (<c>EngineOptions.ProgrammaticLaunch</c>).</item>
 /// </list>
-/// Entry names must be unique across the modules of a build (they are <c>extern "C"</c>, so a duplicate is a build mistake).
+/// Beside either build, on compute capability 9.0 exactly, <c>ptx/sm90a/*.ptx</c>: kernels/sm90a/*.cu for compute_90a,
+/// the arch-specific target whose instructions (wgmma) run on 9.0 and on no later GPU. These are extra kernels with their
+/// own entry names (the Hopper prefill attention), not a third build of the others; callers ask
+/// <see cref="ArchSpecific"/> before they use one. When none is embedded (PTX not built yet: it needs nvcc) or the
+/// caller turns them off (<c>EngineOptions.HopperAttention</c>), nothing else changes.
+/// Entry names must be unique across the modules loaded together (they are <c>extern "C"</c>, so a duplicate is a build mistake).
 /// </summary>
 internal sealed partial class PtxLibrary : IDisposable
 {
     private const string ResourcePrefix = "ptx/";
     private const string ProgrammaticPrefix = "ptx/sm90/";
+    private const string ArchSpecificPrefix = "ptx/sm90a/";
     private const string ResourceSuffix = ".ptx";
 
     /// <summary>The oldest GPU generation (compute capability major) whose kernels we launch programmatically: Hopper.</summary>
@@ -27,34 +33,47 @@ internal sealed partial class PtxLibrary : IDisposable
     /// <summary>The oldest driver (cuDriverGetVersion encoding) that keeps programmatic launches in a captured graph: CUDA 12.3.</summary>
     public const int ProgrammaticLaunchMinDriver = 12030;
 
+    /// <summary>The one compute capability the arch-specific (sm_90a) kernels run on: Hopper, H100 and H200.</summary>
+    public static readonly (int Major, int Minor) ArchSpecificCapability = (9, 0);
+
     private readonly List<CudaModule> modules;
     private readonly Dictionary<string, CudaModule> moduleByEntry;
     private readonly Dictionary<string, CudaKernel> kernels = new(StringComparer.Ordinal);
     private readonly Lock gate = new();
     private bool disposed;
 
-    private PtxLibrary(List<CudaModule> modules, Dictionary<string, CudaModule> moduleByEntry, bool programmaticLaunch)
+    private PtxLibrary(List<CudaModule> modules, Dictionary<string, CudaModule> moduleByEntry, bool programmaticLaunch, bool archSpecific)
     {
         this.modules = modules;
         this.moduleByEntry = moduleByEntry;
         ProgrammaticLaunch = programmaticLaunch;
+        ArchSpecific = archSpecific;
     }
 
     /// <summary>Whether this library's kernels are the compute_90 build, launched programmatically (<see cref="CudaKernel.ProgrammaticLaunch"/>).</summary>
     public bool ProgrammaticLaunch { get; }
 
     /// <summary>
+    /// Whether the sm_90a kernels (<c>ptx/sm90a</c>) are loaded: embedded, asked for, and the device is compute
+    /// capability 9.0. They begin with <c>kernel_entry_barrier</c> like every kernel, so they are launched as the
+    /// others are (programmatically when <see cref="ProgrammaticLaunch"/> is on).
+    /// </summary>
+    public bool ArchSpecific { get; }
+
+    /// <summary>
     /// Makes <paramref name="context"/> current and loads every embedded PTX module of one build into it: the compute_90
     /// build with programmatic launch when <paramref name="programmaticLaunch"/> is on, the device is sm_90 or newer and
-    /// the driver CUDA 12.3 or newer; otherwise the compute_80 build.
+    /// the driver CUDA 12.3 or newer; otherwise the compute_80 build. Plus the sm_90a kernels when
+    /// <paramref name="archSpecific"/> is on (see <see cref="LoadsArchSpecific"/>).
     /// </summary>
-    public static PtxLibrary Load(CudaContext context, bool programmaticLaunch = true)
+    public static PtxLibrary Load(CudaContext context, bool programmaticLaunch = true, bool archSpecific = true)
     {
         ArgumentNullException.ThrowIfNull(context);
         context.MakeCurrent();
         bool programmatic = programmaticLaunch && EmbeddedPtx(programmatic: true).Count > 0
             && context.ComputeCapability.Major >= ProgrammaticLaunchMinMajor && context.DriverVersion >= ProgrammaticLaunchMinDriver;
-        var ptx = EmbeddedPtx(programmatic);
+        bool arch = LoadsArchSpecific(context.ComputeCapability, archSpecific, EmbeddedArchSpecificPtx().Count > 0);
+        var ptx = arch ? Merge(EmbeddedPtx(programmatic), EmbeddedArchSpecificPtx()) : EmbeddedPtx(programmatic);
         var entryToResource = EntryToResource(ptx); // throws on duplicates before touching the GPU
         var modules = new List<CudaModule>();
         var byResource = new Dictionary<string, CudaModule>(StringComparer.Ordinal);
@@ -73,7 +92,21 @@ internal sealed partial class PtxLibrary : IDisposable
             throw;
         }
         var byEntry = entryToResource.ToDictionary(kv => kv.Key, kv => byResource[kv.Value], StringComparer.Ordinal);
-        return new PtxLibrary(modules, byEntry, programmatic);
+        return new PtxLibrary(modules, byEntry, programmatic, arch);
+    }
+
+    /// <summary>
+    /// Whether <see cref="Load"/> adds the sm_90a modules: asked for, embedded, and a device of compute capability 9.0
+    /// exactly (sm_90a code does not run on 10.x or 12.x, and the driver refuses to JIT it there). Needs no GPU.
+    /// </summary>
+    internal static bool LoadsArchSpecific((int Major, int Minor) capability, bool requested, bool embedded) =>
+        requested && embedded && capability == ArchSpecificCapability;
+
+    private static SortedDictionary<string, string> Merge(IReadOnlyDictionary<string, string> a, IReadOnlyDictionary<string, string> b)
+    {
+        var all = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (k, v) in a.Concat(b)) all.Add(k, v); // resource names differ by folder: no clash
+        return all;
     }
 
     /// <summary>The kernel named <paramref name="entry"/>; throws naming it when no embedded module has it.</summary>
@@ -107,6 +140,7 @@ internal sealed partial class PtxLibrary : IDisposable
 
     private static readonly Lazy<IReadOnlyDictionary<string, string>> Embedded = new(() => ReadEmbedded(ResourcePrefix));
     private static readonly Lazy<IReadOnlyDictionary<string, string>> EmbeddedProgrammatic = new(() => ReadEmbedded(ProgrammaticPrefix));
+    private static readonly Lazy<IReadOnlyDictionary<string, string>> EmbeddedArch = new(() => ReadEmbedded(ArchSpecificPrefix));
 
     /// <summary>
     /// Resource name (e.g. "ptx/rmsnorm.ptx", or "ptx/sm90/rmsnorm.ptx" for the compute_90 build) → PTX text, sorted
@@ -115,12 +149,22 @@ internal sealed partial class PtxLibrary : IDisposable
     public static IReadOnlyDictionary<string, string> EmbeddedPtx(bool programmatic = false) =>
         programmatic ? EmbeddedProgrammatic.Value : Embedded.Value;
 
+    /// <summary>
+    /// The sm_90a kernels ("ptx/sm90a/name.ptx" → PTX text), sorted by name; empty until build.sh has made them (it
+    /// needs nvcc). Needs no GPU.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> EmbeddedArchSpecificPtx() => EmbeddedArch.Value;
+
     /// <summary>Every <c>.entry</c> name across the embedded PTX of the compute_80 build (the other has the same). Needs no GPU.</summary>
     public static IReadOnlySet<string> EmbeddedEntries() =>
         EmbeddedPtx().Values.SelectMany(ParseEntries).ToHashSet(StringComparer.Ordinal);
 
+    /// <summary>Every <c>.entry</c> name across the embedded sm_90a PTX (empty when none is embedded). Needs no GPU.</summary>
+    public static IReadOnlySet<string> EmbeddedArchSpecificEntries() =>
+        EmbeddedArchSpecificPtx().Values.SelectMany(ParseEntries).ToHashSet(StringComparer.Ordinal);
+
     /// <summary>
-    /// Kernel development: a directory of freshly built <c>*.ptx</c> (and <c>sm90/*.ptx</c>) used instead of the
+    /// Kernel development: a directory of freshly built <c>*.ptx</c> (and <c>sm90/*.ptx</c>, <c>sm90a/*.ptx</c>) used instead of the
     /// embedded ones, so kernels compiled on a GPU machine (which has nvcc but no .NET) run with a build made elsewhere.
     /// </summary>
     public const string PtxDirectoryVariable = "QWQ_PTX_DIR";

@@ -1,3 +1,4 @@
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Model.Reference;
 using QwQ.Cuda.Native;
@@ -26,6 +27,7 @@ public sealed class AttentionKernelTests
     private PtxLibrary? _library;
     private CudaStream? _stream;
     private AttentionOps? _ops;
+    private AttentionOps? _portable; // the portable prefill kernel everywhere, to compare the sm_90a one with
     private string _unavailable = "";
 
     [OneTimeSetUp]
@@ -36,6 +38,7 @@ public sealed class AttentionKernelTests
         _library = PtxLibrary.Load(_context);
         _stream = CudaStream.Create();
         _ops = new AttentionOps(_library, _context.MultiprocessorCount);
+        _portable = new AttentionOps(_library, _context.MultiprocessorCount, hopperPrefill: false);
     }
 
     [OneTimeTearDown]
@@ -68,6 +71,23 @@ public sealed class AttentionKernelTests
             AttentionOps.DecodeCombine,
         ];
         foreach (var n in names) Assert.That(entries, Does.Contain(n), $"'{n}' missing from kernels/ptx/attention_*.ptx");
+    }
+
+    [Test]
+    public void PrefillLaunchPicksTheHopperKernelForBf16HeadDim128Only()
+    {
+        // kernels/sm90a/attention_prefill_sm90a.cu: one warpgroup, 64 query rows per block, Q [64, 128] + 2 stages of
+        // K and V [64, 128] bf16 + 1 KiB of alignment slack (its static_assert holds the same number).
+        Assert.That(AttentionOps.HopperPrefillSmemBytes, Is.EqualTo(82_944));
+        Assert.That(AttentionOps.PrefillLaunchFor(true, KvCacheKind.Bf16, 128),
+            Is.EqualTo(new AttentionOps.PrefillLaunch(true, 64, 128, 82_944)));
+        // Everything else, and everything when the sm_90a module is not loaded, keeps the portable kernel: 8 warps,
+        // 128 rows per block, its own shared memory.
+        foreach (var (kind, d) in new[] { (KvCacheKind.Fp8, 128), (KvCacheKind.Bf16, 64), (KvCacheKind.Bf16, 32), (KvCacheKind.Fp8, 64) })
+            Assert.That(AttentionOps.PrefillLaunchFor(true, kind, d),
+                Is.EqualTo(new AttentionOps.PrefillLaunch(false, 128, 256, AttentionOps.PrefillSmemBytes(d, kind))), $"{kind} d{d}");
+        Assert.That(AttentionOps.PrefillLaunchFor(false, KvCacheKind.Bf16, 128),
+            Is.EqualTo(new AttentionOps.PrefillLaunch(false, 128, 256, 2 * 2 * 64 * (128 + 8) * 2)));
     }
 
     [Test]
@@ -191,7 +211,33 @@ public sealed class AttentionKernelTests
     private void RunPrefill(int nq, int nkv, int d, (int T, int Start, int SharedBlocks)[] seqs)
     {
         var (ops, stream) = Gpu();
-        var rng = NewRng();
+        var p = NewPrefillProblem(NewRng(), nq, nkv, d, seqs);
+        float[] got = LaunchPrefill(ops, stream, p);
+
+        AssertAllFinite(got, d, "prefill");
+        for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
+        {
+            var (t, start, _) = seqs[z];
+            int s = p.Lengths[z];
+            long at = (long)first * nq * d, n = (long)t * nq * d;
+            // The CPU reference is O(T*S*nq*D): for big cases check the first and last KV-head groups only
+            // (the kernel treats every head alike; the finiteness check above still covers every row).
+            int[] kvHeads = (long)t * s * nq > 4_000_000 ? [0, nkv - 1] : Enumerable.Range(0, nkv).ToArray();
+            CompareWithReference(got.AsSpan((int)at, (int)n).ToArray(), p.Q.AsSpan((int)at, (int)n).ToArray(), p.Ks[z], p.Vs[z],
+                t, start, nq, nkv, d, p.Scale, kvHeads, $"prefill seq {z} T={t} start={start}");
+        }
+    }
+
+    /// <summary>
+    /// One prefill launch's inputs on the host: q [rows, nq, D] (every sequence's rows end to end), each sequence's
+    /// K and V [S, nkv, D] (for the reference), the pool they were written into, the block tables
+    /// [sequences][maxBlocks] and seq_info [sequences, 4].
+    /// </summary>
+    private sealed record PrefillProblem(int Nq, int Nkv, int D, (int T, int Start, int SharedBlocks)[] Seqs, int[] Lengths,
+        float Scale, float[] Q, float[][] Ks, float[][] Vs, Pool Pool, int[][] Tables, int MaxBlocks, int[] Info);
+
+    private static PrefillProblem NewPrefillProblem(Random rng, int nq, int nkv, int d, (int T, int Start, int SharedBlocks)[] seqs)
+    {
         float scale = 1f / MathF.Sqrt(d);
         int[] lengths = seqs.Select(z => z.Start + z.T).ToArray();
         int maxBlocks = lengths.Max() / Block + 2; // spare entries, which name the NaN block
@@ -222,32 +268,73 @@ public sealed class AttentionKernelTests
         var info = new int[seqs.Length * 4];
         for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
             (info[4 * z], info[4 * z + 1], info[4 * z + 2]) = (first, seqs[z].T, seqs[z].Start);
+        return new PrefillProblem(nq, nkv, d, seqs, lengths, scale, q, ks, vs, pool, tables, maxBlocks, info);
+    }
 
-        using var qBuf = DeviceBuffer.FromHost<ushort>(ToBf16(q));
-        using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
-        using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
-        using var infoBuf = DeviceBuffer.FromHost<int>(info);
-        using var tableBuf = DeviceBuffer.FromHost<int>(tables.SelectMany(t => t).ToArray());
-        using var outBuf = DeviceBuffer.Allocate(2L * rows * nq * d);
+    /// <summary>One <see cref="AttentionOps.PrefillPaged(CudaStream, ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, int, float)"/> launch of <paramref name="ops"/> over <paramref name="p"/>, output poisoned with NaN first; returns out [rows, nq, D].</summary>
+    private static float[] LaunchPrefill(AttentionOps ops, CudaStream stream, PrefillProblem p)
+    {
+        int rows = p.Seqs.Sum(z => z.T);
+        using var qBuf = DeviceBuffer.FromHost<ushort>(ToBf16(p.Q));
+        using var kBuf = DeviceBuffer.FromHost<ushort>(p.Pool.K);
+        using var vBuf = DeviceBuffer.FromHost<ushort>(p.Pool.V);
+        using var infoBuf = DeviceBuffer.FromHost<int>(p.Info);
+        using var tableBuf = DeviceBuffer.FromHost<int>(p.Tables.SelectMany(t => t).ToArray());
+        using var outBuf = DeviceBuffer.Allocate(2L * rows * p.Nq * p.D);
         outBuf.Memset32(Bf16NaNPair);
 
-        ops.PrefillPaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, infoBuf.Ptr, tableBuf.Ptr, seqs.Length,
-            seqs.Max(z => z.T), maxBlocks, nq, nkv, d, scale);
+        ops.PrefillPaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, infoBuf.Ptr, tableBuf.Ptr, p.Seqs.Length,
+            p.Seqs.Max(z => z.T), p.MaxBlocks, p.Nq, p.Nkv, p.D, p.Scale);
         stream.Synchronize();
-        float[] got = FromBf16(outBuf.ToArray<ushort>());
+        return FromBf16(outBuf.ToArray<ushort>());
+    }
 
-        AssertAllFinite(got, d, "prefill");
-        for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
-        {
-            var (t, start, _) = seqs[z];
-            int s = lengths[z];
-            long at = (long)first * nq * d, n = (long)t * nq * d;
-            // The CPU reference is O(T*S*nq*D): for big cases check the first and last KV-head groups only
-            // (the kernel treats every head alike; the finiteness check above still covers every row).
-            int[] kvHeads = (long)t * s * nq > 4_000_000 ? [0, nkv - 1] : Enumerable.Range(0, nkv).ToArray();
-            CompareWithReference(got.AsSpan((int)at, (int)n).ToArray(), q.AsSpan((int)at, (int)n).ToArray(), ks[z], vs[z],
-                t, start, nq, nkv, d, scale, kvHeads, $"prefill seq {z} T={t} start={start}");
-        }
+    // ---------------------------------------------------------------- prefill: the sm_90a kernel
+
+    private static IEnumerable<TestCaseData> HopperPrefillCases()
+    {
+        (int T, int Start, int SharedBlocks)[][] cases =
+        [
+            [(256, 0, 0)],                  // whole tiles from position 0
+            [(256, 100, 0)],                // chunked prefill: the diagonal is not on a tile boundary
+            [(200, 37, 0)],                 // a partial last query tile on top of a partial KV block
+            [(1, 2000, 0)],                 // one row on top of a long cache
+            [(2048, 0, 0)],                 // many m-tiles: the heaviest-first order and the ring over 32 key tiles
+            // several sequences in one launch: rows end to end in q/out, one launch over the longest; the fourth
+            // shares its first two blocks with the first, the fifth has fewer m-tiles than the grid
+            [(130, 37, 0), (1, 2000, 0), (7, 0, 0), (129, 64, 2), (65, 63, 0), (300, 5, 0)],
+        ];
+        foreach (var c in cases)
+            yield return new TestCaseData((object)c).SetName("HopperPrefillEqualsPortable_" + string.Join("_", c.Select(z => $"T{z.T}s{z.Start}")));
+    }
+
+    /// <summary>
+    /// The sm_90a wgmma kernel (kernels/sm90a) against the portable kernel on the same launch at QwQ's shape (nq 40,
+    /// nkv 8, D 128): unwritten pool slots, spare table entries and the output hold NaN as in every prefill test here.
+    /// The micro-benchmark found the two bit-identical; the bound is the prefill tests' ‖Δ‖/‖ref‖ ≤ 1e-2 (and no NaN), and
+    /// the measured difference is printed. Ignored unless the device is compute capability 9.0 and the sm_90a PTX is embedded.
+    /// </summary>
+    [TestCaseSource(nameof(HopperPrefillCases))]
+    public void HopperPrefillEqualsPortableKernel((int T, int Start, int SharedBlocks)[] seqs)
+    {
+        var (ops, stream) = Gpu();
+        if (_context!.ComputeCapability != PtxLibrary.ArchSpecificCapability)
+            Assert.Ignore($"the sm_90a kernel runs on compute capability 9.0 only; this is {_context.DeviceName} (sm_{_context.ComputeCapability.Major}{_context.ComputeCapability.Minor})");
+        if (!_library!.ArchSpecific)
+            Assert.Ignore("kernels/ptx/sm90a is not embedded (build it with ./build.sh where nvcc is, then rebuild)");
+        Assert.That(ops.HopperPrefill, Is.True, "the default ops run the sm_90a kernel on 9.0");
+        Assert.That(_portable!.HopperPrefill, Is.False);
+        const int nq = 40, nkv = 8, d = 128;
+        var p = NewPrefillProblem(NewRng(), nq, nkv, d, seqs);
+        float[] got = LaunchPrefill(ops, stream, p);
+        float[] expected = LaunchPrefill(_portable, stream, p);
+        AssertAllFinite(expected, d, "portable prefill");
+        AssertAllFinite(got, d, "sm_90a prefill");
+        int rows = seqs.Sum(z => z.T);
+        int differing = got.Where((x, i) => BitConverter.SingleToInt32Bits(x) != BitConverter.SingleToInt32Bits(expected[i])).Count();
+        TestContext.Out.WriteLine($"sm_90a vs portable: {differing} of {got.Length} outputs differ in any bit");
+        double rel = RelativeError(got, expected, rows * nq, d, "sm_90a vs portable");
+        Assert.That(rel, Is.LessThanOrEqualTo(GlobalTolerance), "‖sm_90a − portable‖/‖portable‖");
     }
 
     // ---------------------------------------------------------------- decode

@@ -10,6 +10,9 @@ namespace QwQ.Cuda.Tests.Kernels;
 /// extern "C" __global__ entry of the .cu; and every kernel of the sm90 build waits for the kernel before it before
 /// touching memory (programmatic dependent launch relies on it). (That every [KernelEntry] name is an embedded entry
 /// is checked in Native/KernelEntryTests.)
+/// The sm_90a build (kernels/sm90a/*.cu → kernels/ptx/sm90a/*.ptx, compute_90a) is optional: it needs nvcc, and
+/// without it the engine runs the portable kernels. While kernels/ptx/sm90a holds no PTX at all its checks are ignored
+/// (reported as such); as soon as one file is there the build is checked like the others: every source needs fresh PTX.
 /// </summary>
 public class PtxFreshnessTests
 {
@@ -61,24 +64,34 @@ public class PtxFreshnessTests
         return names;
     }
 
-    private static string KernelsDir()
+    /// <summary>The checkout's kernels/ folder, or null when the tests do not run from a source checkout.</summary>
+    internal static string? FindKernelsDir()
     {
         for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
         {
             if (File.Exists(Path.Combine(dir.FullName, "QwQ.Cuda.sln")) && Directory.Exists(Path.Combine(dir.FullName, "kernels")))
                 return Path.Combine(dir.FullName, "kernels");
         }
+        return null;
+    }
+
+    private static string KernelsDir()
+    {
+        if (FindKernelsDir() is { } kdir) return kdir;
         Assert.Ignore("kernels/ not found above the test directory (tests not run from a source checkout)");
         return "";
     }
 
-    private static IEnumerable<string> Sources(string kdir) =>
-        Directory.GetFiles(kdir, "*.cu").Where(f => f.EndsWith(".cu", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+    private static IEnumerable<string> Sources(string dir) => !Directory.Exists(dir) ? [] :
+        Directory.GetFiles(dir, "*.cu").Where(f => f.EndsWith(".cu", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
 
-    /// <summary>sha256 over the .cu then every kernels/*.cuh (ordinal name order), CR bytes removed — as build.sh does.</summary>
-    internal static string SourceHash(string cuPath)
+    /// <summary>
+    /// sha256 over the .cu then every <paramref name="headerDir"/>/*.cuh (ordinal name order; default: the .cu's own
+    /// folder, i.e. kernels/), CR bytes removed — as build.sh does. kernels/sm90a/*.cu hash with kernels/*.cuh.
+    /// </summary>
+    internal static string SourceHash(string cuPath, string? headerDir = null)
     {
-        string kdir = Path.GetDirectoryName(cuPath)!;
+        string kdir = headerDir ?? Path.GetDirectoryName(cuPath)!;
         var headers = Directory.GetFiles(kdir, "*.cuh").Where(f => f.EndsWith(".cuh", StringComparison.Ordinal))
             .Order(StringComparer.Ordinal);
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -90,18 +103,31 @@ public class PtxFreshnessTests
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
-    /// <summary>The two builds build.sh writes: compute_80 in ptx/, compute_90 (programmatic launch) in ptx/sm90/.</summary>
-    private static readonly string[] Builds = ["ptx", "ptx/sm90"];
+    /// <summary>
+    /// The builds build.sh writes: compute_80 in ptx/ and compute_90 (programmatic launch) in ptx/sm90/ of kernels/*.cu;
+    /// compute_90a in ptx/sm90a/ of kernels/sm90a/*.cu (optional until built: see the class summary).
+    /// </summary>
+    private static readonly string[] Builds = ["ptx", "ptx/sm90", ArchBuild];
 
-    [Test]
-    public void EveryKernelSourceHasFreshPtx([ValueSource(nameof(Builds))] string build)
+    private const string ArchBuild = "ptx/sm90a";
+
+    /// <summary>The folder under kernels/ holding a build's sources: kernels/sm90a for the sm_90a build, kernels/ for the others.</summary>
+    private static string SourceFolder(string build) => build == ArchBuild ? "sm90a" : "";
+
+    /// <summary>
+    /// What is wrong with <paramref name="build"/>'s PTX under <paramref name="kdir"/> (a kernels/ folder), one line per
+    /// problem; null when the build is the optional sm_90a one and its folder holds no PTX yet (never built here).
+    /// </summary>
+    internal static List<string>? FreshnessProblems(string kdir, string build)
     {
-        string kdir = KernelsDir();
+        string src = SourceFolder(build), prefix = src.Length > 0 ? src + "/" : "";
+        string ptxDir = Path.Combine(kdir, build);
+        if (build == ArchBuild && (!Directory.Exists(ptxDir) || Directory.GetFiles(ptxDir, "*.ptx").Length == 0)) return null;
         var problems = new List<string>();
-        foreach (var cu in Sources(kdir))
+        foreach (var cu in Sources(Path.Combine(kdir, src)))
         {
             string name = Path.GetFileNameWithoutExtension(cu);
-            string ptxPath = Path.Combine(kdir, build, name + ".ptx");
+            string ptxPath = Path.Combine(ptxDir, name + ".ptx");
             if (!File.Exists(ptxPath))
             {
                 problems.Add($"kernels/{build}/{name}.ptx is missing");
@@ -110,15 +136,28 @@ public class PtxFreshnessTests
             string ptx = File.ReadAllText(ptxPath);
             var stamp = HashStamp.Match(ptx);
             if (!stamp.Success) problems.Add($"kernels/{build}/{name}.ptx has no source-hash stamp (not built by build.sh/build.ps1)");
-            else if (stamp.Groups[1].Value != SourceHash(cu)) problems.Add($"kernels/{build}/{name}.ptx is stale (kernels/{name}.cu or a .cuh changed)");
+            else if (stamp.Groups[1].Value != SourceHash(cu, kdir)) problems.Add($"kernels/{build}/{name}.ptx is stale (kernels/{prefix}{name}.cu or a .cuh changed)");
 
             var entries = PtxLibrary.ParseEntries(ptx).ToHashSet(StringComparer.Ordinal);
             foreach (string entry in DeclaredEntries(File.ReadAllText(cu)))
             {
                 if (!entries.Contains(entry))
-                    problems.Add($"kernels/{build}/{name}.ptx lacks entry '{entry}' declared in {name}.cu");
+                    problems.Add($"kernels/{build}/{name}.ptx lacks entry '{entry}' declared in {prefix}{name}.cu");
             }
         }
+        return problems;
+    }
+
+    [Test]
+    public void EveryKernelSourceHasFreshPtx([ValueSource(nameof(Builds))] string build)
+    {
+        string kdir = KernelsDir();
+        if (build == ArchBuild)
+            Assert.That(Sources(Path.Combine(kdir, "sm90a")), Is.Not.Empty, "kernels/sm90a holds the Hopper prefill attention");
+        var problems = FreshnessProblems(kdir, build);
+        if (problems is null)
+            Assert.Ignore($"kernels/{build} is not built yet (it needs nvcc: ./build.sh on the GPU machine); until then the engine " +
+                "runs the portable kernels. Once any file is there, every kernels/sm90a/*.cu must have fresh PTX.");
         Assert.That(problems, Is.Empty, "Rebuild the PTX with ./build.sh (or build.ps1):\n" + string.Join("\n", problems));
     }
 
@@ -126,11 +165,48 @@ public class PtxFreshnessTests
     public void NoPtxWithoutSource([ValueSource(nameof(Builds))] string build)
     {
         string kdir = KernelsDir();
-        var orphans = Directory.GetFiles(Path.Combine(kdir, build), "*.ptx")
+        string ptxDir = Path.Combine(kdir, build);
+        var orphans = (Directory.Exists(ptxDir) ? Directory.GetFiles(ptxDir, "*.ptx") : [])
             .Select(p => Path.GetFileNameWithoutExtension(p))
-            .Where(n => !File.Exists(Path.Combine(kdir, n + ".cu")))
+            .Where(n => !File.Exists(Path.Combine(kdir, SourceFolder(build), n + ".cu")))
             .ToList();
         Assert.That(orphans, Is.Empty, "PTX files whose .cu is gone (build.sh removes them)");
+    }
+
+    [Test]
+    public void TheOptionalSm90aBuildIsCheckedOnceBuilt()
+    {
+        // A kernels/ tree in a temporary folder: one header, one sm_90a source; its PTX absent, then fresh, then stale.
+        string kdir = Directory.CreateTempSubdirectory("qwq-kernels").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(kdir, "sm90a"));
+            File.WriteAllText(Path.Combine(kdir, "h.cuh"), "// header\n");
+            string cu = Path.Combine(kdir, "sm90a", "k.cu");
+            File.WriteAllText(cu, "#include \"../h.cuh\"\nextern \"C\" __global__ void __launch_bounds__(128, 2) k_sm90a(int x) {}\n");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.Null, "no kernels/ptx/sm90a: not built yet");
+            Directory.CreateDirectory(Path.Combine(kdir, ArchBuild));
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.Null, "an empty kernels/ptx/sm90a: not built yet");
+
+            string ptx = Path.Combine(kdir, ArchBuild, "k.ptx");
+            void Build(string entry) => File.WriteAllText(ptx,
+                $"// qwq-source-sha256: {SourceHash(cu, kdir)}\n.version 8.0\n.target sm_90a\n.visible .entry {entry}(\n)\n{{ ret; }}\n");
+            Build("k_sm90a");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.Empty, "fresh, hashed with kernels/*.cuh (not kernels/sm90a/*.cuh)");
+
+            File.WriteAllText(Path.Combine(kdir, "h.cuh"), "// header, changed\n");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.EqualTo(new[] { "kernels/ptx/sm90a/k.ptx is stale (kernels/sm90a/k.cu or a .cuh changed)" }),
+                "a header of kernels/ changed");
+            Build("renamed");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.EqualTo(new[] { "kernels/ptx/sm90a/k.ptx lacks entry 'k_sm90a' declared in sm90a/k.cu" }));
+
+            File.WriteAllText(Path.Combine(kdir, "sm90a", "other.cu"), "extern \"C\" __global__ void other(int x) {}\n");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Has.Some.Contains("sm90a/other.ptx is missing"), "once built, every source needs PTX");
+        }
+        finally
+        {
+            Directory.Delete(kdir, recursive: true);
+        }
     }
 
     // A memory instruction that could see another kernel's data: global or generic addresses. The kernel's own
@@ -185,6 +261,9 @@ public class PtxFreshnessTests
         string dir = Path.Combine(KernelsDir(), "ptx", "sm90");
         var files = Directory.GetFiles(dir, "*.ptx");
         Assert.That(files, Is.Not.Empty, "kernels/ptx/sm90 holds the compute_90 build");
+        // The sm_90a kernels are launched programmatically beside the compute_90 build: the same rule (once built).
+        string arch = Path.Combine(KernelsDir(), "ptx", "sm90a");
+        if (Directory.Exists(arch)) files = [.. files, .. Directory.GetFiles(arch, "*.ptx")];
         var problems = files.SelectMany(f => ProgrammaticLaunchProblems(Path.GetFileName(f), File.ReadAllText(f))).ToList();
         Assert.That(problems, Is.Empty, string.Join("\n", problems));
     }

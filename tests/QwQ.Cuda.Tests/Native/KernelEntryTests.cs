@@ -1,16 +1,21 @@
 using System.Reflection;
 using QwQ.Cuda.Native;
+using QwQ.Cuda.Tests.Kernels;
 
 namespace QwQ.Cuda.Tests.Native;
 
-/// <summary>Every <c>[KernelEntry]</c> constant names a real <c>.entry</c> of the embedded PTX.</summary>
+/// <summary>
+/// Every <c>[KernelEntry]</c> constant names a real <c>.entry</c> of the embedded PTX; an arch-specific one
+/// (<c>ArchSpecific = true</c>) an entry of the embedded sm_90a PTX, or, until that is built, one declared in
+/// kernels/sm90a/*.cu.
+/// </summary>
 public class KernelEntryTests
 {
     [Test]
     public void EveryKernelEntryConstantIsInTheEmbeddedPtx()
     {
         var entries = PtxLibrary.EmbeddedEntries();
-        var problems = FindProblems(typeof(PtxLibrary).Assembly, entries);
+        var problems = FindProblems(typeof(PtxLibrary).Assembly, entries, ArchSpecificEntries());
         Assert.That(problems, Is.Empty,
             $"[KernelEntry] names not found as .entry in the embedded PTX ({PtxLibrary.EmbeddedPtx().Count} modules, " +
             $"{entries.Count} entries). Rebuild kernels/ptx with kernels/build.sh or fix the name:{Environment.NewLine}" +
@@ -21,15 +26,35 @@ public class KernelEntryTests
     public void CheckerCatchesMissingAndMisusedEntries()
     {
         // The checker itself must not pass vacuously: run it on this test assembly, which has bad fields below.
-        var problems = FindProblems(typeof(KernelEntryTests).Assembly, new HashSet<string> { Fakes.Present });
-        Assert.That(problems, Has.Count.EqualTo(3), string.Join("\n", problems));
+        var problems = FindProblems(typeof(KernelEntryTests).Assembly, new HashSet<string> { Fakes.Present },
+            new HashSet<string> { Fakes.ArchPresent });
+        Assert.That(problems, Has.Count.EqualTo(4), string.Join("\n", problems));
         Assert.That(problems, Has.Some.Contains("definitely_not_a_kernel").And.Some.Contains("Fakes.Missing"));
         Assert.That(problems, Has.Some.Contains("Nested.Hidden").And.Some.Contains("also_not_a_kernel"));
         Assert.That(problems, Has.Some.Contains("NotConst").And.Some.Contains("const string"));
+        // An arch-specific name is looked up in the sm_90a entries only, not in the portable build's.
+        Assert.That(problems, Has.Some.Contains("Fakes.ArchInPortableOnly").And.Some.Contains("sm_90a"));
     }
 
-    /// <summary>One line per bad field: a [KernelEntry] that is not a const string, or whose value is not an entry.</summary>
-    internal static List<string> FindProblems(Assembly assembly, IReadOnlySet<string> entries)
+    /// <summary>
+    /// The names arch-specific entries are checked against: the embedded sm_90a PTX's entries, or while none is embedded
+    /// (not built yet) the extern "C" kernels kernels/sm90a/*.cu declares; null outside a source checkout (then they are
+    /// not checked).
+    /// </summary>
+    private static IReadOnlySet<string>? ArchSpecificEntries()
+    {
+        var embedded = PtxLibrary.EmbeddedArchSpecificEntries();
+        if (embedded.Count > 0) return embedded;
+        if (PtxFreshnessTests.FindKernelsDir() is not { } kdir || !Directory.Exists(Path.Combine(kdir, "sm90a"))) return null;
+        return Directory.GetFiles(Path.Combine(kdir, "sm90a"), "*.cu")
+            .SelectMany(f => PtxFreshnessTests.DeclaredEntries(File.ReadAllText(f))).ToHashSet(StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// One line per bad field: a [KernelEntry] that is not a const string, or whose value is not an entry (of
+    /// <paramref name="archEntries"/> for an arch-specific one; those are skipped when it is null).
+    /// </summary>
+    internal static List<string> FindProblems(Assembly assembly, IReadOnlySet<string> entries, IReadOnlySet<string>? archEntries)
     {
         Type[] types;
         try { types = assembly.GetTypes(); } // includes nested and non-public types
@@ -41,7 +66,7 @@ public class KernelEntryTests
         {
             foreach (var field in type.GetFields(all))
             {
-                if (field.GetCustomAttribute<KernelEntryAttribute>() is null) continue;
+                if (field.GetCustomAttribute<KernelEntryAttribute>() is not { } attribute) continue;
                 string where = $"{type.FullName?.Replace('+', '.')}.{field.Name}";
                 if (!field.IsLiteral || field.FieldType != typeof(string))
                 {
@@ -49,7 +74,12 @@ public class KernelEntryTests
                     continue;
                 }
                 var value = (string?)field.GetRawConstantValue();
-                if (value is null || !entries.Contains(value))
+                if (attribute.ArchSpecific)
+                {
+                    if (archEntries is not null && (value is null || !archEntries.Contains(value)))
+                        problems.Add($"{where} = \"{value}\" is not an .entry of the sm_90a kernels (kernels/sm90a, kernels/ptx/sm90a)");
+                }
+                else if (value is null || !entries.Contains(value))
                     problems.Add($"{where} = \"{value}\" is not an .entry in the embedded PTX");
             }
         }
@@ -64,6 +94,8 @@ public class KernelEntryTests
         [KernelEntry] internal const string Present = "present_kernel";
         [KernelEntry] internal const string Missing = "definitely_not_a_kernel";
         [KernelEntry] internal static readonly string NotConst = "present_kernel";
+        [KernelEntry(ArchSpecific = true)] internal const string ArchPresent = "arch_kernel";
+        [KernelEntry(ArchSpecific = true)] internal const string ArchInPortableOnly = "present_kernel";
 
         internal static class Nested
         {

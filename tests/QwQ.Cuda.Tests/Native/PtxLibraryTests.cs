@@ -47,6 +47,33 @@ public class PtxLibraryTests
     }
 
     [Test]
+    public void ArchSpecificKernelsLoadOnComputeCapability90Only()
+    {
+        // sm_90a code runs on 9.0 alone: not on Ampere/Ada, and not on Blackwell (10.x, 12.x) either.
+        Assert.That(PtxLibrary.LoadsArchSpecific((9, 0), requested: true, embedded: true), Is.True);
+        foreach (var cc in new[] { (8, 0), (8, 6), (8, 9), (9, 1), (10, 0), (10, 3), (12, 0), (12, 1) })
+            Assert.That(PtxLibrary.LoadsArchSpecific(cc, requested: true, embedded: true), Is.False, $"sm_{cc.Item1}{cc.Item2}");
+        Assert.That(PtxLibrary.LoadsArchSpecific((9, 0), requested: false, embedded: true), Is.False, "turned off (EngineOptions.HopperAttention)");
+        Assert.That(PtxLibrary.LoadsArchSpecific((9, 0), requested: true, embedded: false), Is.False, "not built yet: nothing changes");
+    }
+
+    [Test]
+    public void ArchSpecificPtxTargetsSm90aAndAddsItsOwnEntries()
+    {
+        // Empty until build.sh has run where nvcc is; once embedded, every module is compute_90a PTX whose entries
+        // are distinct from the two builds' (they are loaded together into one library).
+        var arch = PtxLibrary.EmbeddedArchSpecificPtx();
+        Assert.That(arch.Keys, Has.All.StartsWith("ptx/sm90a/"));
+        Assert.That(PtxLibrary.EmbeddedPtx().Keys, Has.None.StartsWith("ptx/sm90a/"), "the compute_80 build excludes the sm90a folder");
+        Assert.That(PtxLibrary.EmbeddedPtx(programmatic: true).Keys, Has.None.StartsWith("ptx/sm90a/"), "so does the compute_90 build");
+        foreach (var (name, text) in arch)
+            Assert.That(Regex.IsMatch(text, @"^\s*\.target\s+sm_90a\b", RegexOptions.Multiline), Is.True, $"{name}: .target sm_90a");
+        var merged = PtxLibrary.EmbeddedPtx(programmatic: true).Concat(arch).ToDictionary(kv => kv.Key, kv => kv.Value);
+        Assert.DoesNotThrow(() => PtxLibrary.EntryToResource(merged));
+        if (arch.Count == 0) Assert.Ignore("kernels/ptx/sm90a not built yet (needs nvcc): only the folder separation was checked");
+    }
+
+    [Test]
     public void BothBuildsHoldTheSameKernels()
     {
         static string Module(string resource) => resource[(resource.LastIndexOf('/') + 1)..];
