@@ -34,11 +34,12 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 /// (prefill, decode, ttft), the batch, the context (decode) or tokens (prefill), weight and KV-cache kinds, tensor
 /// parallelism, whether kernels overlapped their predecessors (programmatic launch), the aggregate tokens per second,
 /// the time per step and its floor; prefill figures also name the GEMM the layer products ran on
-/// (<see cref="CudaBackend.PrefillGemmPath"/>: e.g. "fp8 cuBLASLt" against "dequantized to bf16 cuBLAS").
+/// (<see cref="CudaBackend.PrefillGemmPath"/>: e.g. "fp8 cuBLASLt" against "dequantized to bf16 cuBLAS") and the
+/// attention kernel (<see cref="CudaBackend.PrefillAttentionPath"/>: "wgmma sm_90a" against "mma.sync").
 /// </summary>
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
     string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false,
-    string? PrefillGemm = null);
+    string? PrefillGemm = null, string? PrefillAttention = null);
 
 /// <summary>
 /// One tensor-parallel all-reduce of <see cref="Rows"/> × hidden fp32, as decode runs it (in a CUDA graph): our
@@ -69,6 +70,8 @@ public static class ModelBenchmark
         log($"ceilings: copy {ceilings.CopyBytesPerSecond / 1e12:F2} TB/s, bf16 GEMM {ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s");
         string prefillGemm = backend.PrefillGemmPath;
         log($"prefill products (over 128 rows): {prefillGemm}");
+        string prefillAttention = backend.PrefillAttentionPath;
+        log($"prefill attention: {prefillAttention}");
         int tp = backend.TensorParallel;
         var allReduce = new List<AllReduceResult>();
         if (tp > 1)
@@ -168,7 +171,7 @@ public static class ModelBenchmark
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
             new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, backend.KvCache.ToString().ToLowerInvariant(), tokPerS, ms, floor,
                 floor is double f ? 100 * f / ms : null, backend.ProgrammaticLaunch);
-        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm }));
+        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm, PrefillAttention = prefillAttention }));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
         seq.Dispose(); // the batched figures need the pool

@@ -401,6 +401,13 @@ public sealed class CudaBackend : IModelBackend
     /// </summary>
     public string PrefillGemmPath => Linear.PrefillPath(Weights.LinearKind);
 
+    /// <summary>
+    /// Which kernel prefill attention runs on for this cache and head size: "wgmma sm_90a" (the Hopper kernel, see
+    /// <see cref="HopperAttention"/>) or "mma.sync" (the portable one); bench records it beside each prefill figure.
+    /// </summary>
+    public string PrefillAttentionPath =>
+        Kernels.AttentionOps.PrefillLaunchFor(HopperAttention, KvCache, Config.HeadDim).Hopper ? "wgmma sm_90a" : "mma.sync";
+
     public ISequence CreateSequence(int? maxContext = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
