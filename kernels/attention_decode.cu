@@ -11,7 +11,14 @@
 // CUDA-graph safety: the decode step is captured once and replayed while contexts grow, so ctx_len is read
 // from device memory and the grid (num_splits x nkv x batch) is fixed by the host from the batch size and the
 // table width. Every block derives its key range from ctx_len with decode_split_plan(); splits past the end exit
-// after writing m = -inf, l = 0.
+// at once (the combine reads only the active ones).
+//
+// Programmatic launch (common.cuh): the split kernel passes kernel_entry_barrier() late. Before it, a block reads only
+// what the host wrote before the step (ctx_len, the block table) and K/V rows the kernel before it (this layer's RoPE,
+// which writes position ctx_len-1 alone) cannot touch: its first tiles, when they end before ctx_len-1, start loading
+// while RoPE finishes, and splits past the end exit without waiting. Blocks are dealt split-major (all KV heads' split
+// 0, then split 1, ...) so the active splits of a short context are the grid's first blocks, resident in the first
+// wave, rather than every KV head's 66 splits in turn with most of them idle.
 //
 // Split kernel: one block per (split, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
 // heads) so each K/V element is read exactly once: the group's heads are the 16 "rows" of an m16n8k16 tensor-core
@@ -111,21 +118,21 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     __nv_bfloat16* sV = sK + STAGES * BN * LDS;                       // [STAGES][BN][LDS]
     [[maybe_unused]] unsigned char* sStaged = smem_raw;
 
-    const int split = blockIdx.x;
-    const int kvh = blockIdx.y;
+    // Split-major over the grid's (num_splits, nkv) blocks: see "Programmatic launch" at the top.
+    const int lin = blockIdx.x + blockIdx.y * gridDim.x;
+    const int split = lin / nkv;
+    const int kvh = lin - split * nkv;
     const int G = nq / nkv;
     const int head0 = kvh * G;
 
-    const SplitPlan plan = decode_split_plan(ctx_len_ptr, max_ctx, num_splits);
+    const SplitPlan plan = decode_split_plan(ctx_len_ptr, max_ctx, num_splits);  // ctx_len: written before the step
     if (plan.active == 0) {  // empty context: define the output as zeros
+        kernel_entry_barrier();
         if (split == 0)
             for (int i = threadIdx.x; i < G * D; i += THREADS) out[(size_t)head0 * D + i] = __float2bfloat16(0.f);
         return;
     }
-    if (split >= plan.active) {
-        if (threadIdx.x < G) part_ml[(size_t)(head0 + threadIdx.x) * num_splits + split] = make_float2(NEG_INF, 0.f);
-        return;
-    }
+    if (split >= plan.active) return;  // nothing to read or write: exits without waiting for the kernel before
     const int k_begin = split * plan.chunk;
     const int k_end = min(k_begin + plan.chunk, plan.ctx);
     const int n_tiles = (k_end - k_begin + BN - 1) / BN;
@@ -144,8 +151,15 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         }
     };
 
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
+    // The ring's first tiles, one commit group each (tile j is group j). Those wholly before position ctx_len-1 (the
+    // one the kernel before writes) load before the barrier, the rest after it; the early ones are a prefix.
+    int st = 0;
+    for (; st < STAGES - 1 && k_begin + (st + 1) * BN < plan.ctx; ++st) {
+        if (st < n_tiles) load_tile(st, st);
+        cp_async_commit();
+    }
+    kernel_entry_barrier();  // q (and the newest K/V row) come from the kernel before
+    for (; st < STAGES - 1; ++st) {
         if (st < n_tiles) load_tile(st, st);
         cp_async_commit();
     }
@@ -345,7 +359,7 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         const __nv_bfloat16* __restrict__ v_pool, float* __restrict__ part_o, float2* __restrict__ part_ml,     \
         __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
         int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
-        kernel_entry_barrier();                                                                                 \
+        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                          \
         const size_t b = blockIdx.z;                                                                            \
         attn_decode::decode_split<D>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D,          \
                                      part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, nkv,    \
@@ -368,7 +382,7 @@ QWQ_ATTN_DECODE_PAGED_ENTRY(128)
         const float* __restrict__ v_scales, float* __restrict__ part_o, float2* __restrict__ part_ml,           \
         __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
         int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
-        kernel_entry_barrier();                                                                                 \
+        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                          \
         const size_t b = blockIdx.z;                                                                            \
         attn_decode::decode_split<D, uint8_t>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D, \
                                               part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, \
