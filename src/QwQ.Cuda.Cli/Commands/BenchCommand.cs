@@ -119,7 +119,6 @@ internal static class BenchCommand
         {
             host.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loaded in {sw.Elapsed.TotalSeconds:F1} s on {backend.DeviceDescription}"));
             foreach (string line in backend.DescribeKernelChoices()) host.Error.WriteLine($"  tuned: {line}");
-            host.Error.WriteLine($"  prefill attention: {(backend.HopperAttention ? "sm_90a wgmma kernel" : "portable mma.sync kernel")}");
             report = ModelBenchmark.Run(backend, settings, commit, line => host.Error.WriteLine(line));
         }
 
