@@ -227,7 +227,10 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     const int m0 = m_tile * BM;
     const int kvh = head / (nq / nkv);
     const int tid = threadIdx.x;
-    const int wg = tid >> 7;              // consumer warpgroup: query rows m0 + 64 wg .. +63
+    // Consumer warpgroup: query rows m0 + 64 wg .. +63. Broadcast from lane 0 so that ptxas can prove it warp-uniform
+    // (as CUTLASS's canonical_warp_group_idx does): the branches on it around wgmma are then not "divergent paths",
+    // which it answers by serializing every wgmma (warning C7520).
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
     const int warp = (tid >> 5) & 3;      // warp within the warpgroup: its rows 16 warp .. +15 of the 64
     const int lane = tid & 31;
     const int g = lane >> 2;
