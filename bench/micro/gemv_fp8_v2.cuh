@@ -190,14 +190,7 @@ __device__ __forceinline__ void body(const uint8_t* __restrict__ w, const float*
             }
         }
 
-        // the 4 lanes of a row (same g) add their k pieces; lane (g, 0) then holds rows g and g + 8
-#pragma unroll
-        for (int m = 0; m < M; ++m)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 1);
-                acc[m][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[m][r], 2);
-            }
+        fp8_quad_sum<M>(acc);  // kernels/gemv_fp8.cu: lane (g, 0) then holds rows g and g + 8
         if constexpr (KW > 1) {
             if (t4 == 0) {
 #pragma unroll
