@@ -56,6 +56,14 @@ function Get-SourceHash([string]$cuPath) {
     finally { $sha.Dispose() }
 }
 
+# Writes nvcc's PTX at $ptxPath to $dest, stamped with the hash of $cuPath's inputs (Get-SourceHash) and without the
+# toolchain-specific header comments, so PTX diffs only show real changes; LF line endings.
+function Write-StampedPtx([string]$ptxPath, [string]$cuPath, [string]$dest) {
+    $lines = @("// qwq-source-sha256: $(Get-SourceHash $cuPath)") +
+        @(Get-Content $ptxPath | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
+    [System.IO.File]::WriteAllText($dest, (($lines -join "`n") + "`n"))
+}
+
 $tmp = Join-Path ([System.IO.Path]::GetTempPath()) ("qwq-ptx-" + [guid]::NewGuid().ToString('N'))
 New-Item -ItemType Directory -Force -Path $tmp | Out-Null
 $failed = $false
@@ -66,17 +74,11 @@ try {
         $tmpPtx = Join-Path $tmp "$name.ptx"
         & $nvcc @ccbin @flags "-I$kdir" $src.FullName -o $tmpPtx
         if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile $name.cu" -ErrorAction Continue; $failed = $true; continue }
-        # Stamp with the source hash (see Get-SourceHash); drop toolchain-specific header comments so PTX diffs
-        # only show real changes; LF line endings.
-        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
-            @(Get-Content $tmpPtx | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
-        [System.IO.File]::WriteAllText((Join-Path $outdir "$name.ptx"), (($lines -join "`n") + "`n"))
+        Write-StampedPtx $tmpPtx $src.FullName (Join-Path $outdir "$name.ptx")
         $tmpPtx90 = Join-Path $tmp "$name.sm90.ptx"
         & $nvcc @ccbin -ptx -arch=compute_90 -O3 -std=c++17 "-I$kdir" $src.FullName -o $tmpPtx90
         if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile $name.cu for compute_90" -ErrorAction Continue; $failed = $true; continue }
-        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
-            @(Get-Content $tmpPtx90 | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
-        [System.IO.File]::WriteAllText((Join-Path (Join-Path $outdir 'sm90') "$name.ptx"), (($lines -join "`n") + "`n"))
+        Write-StampedPtx $tmpPtx90 $src.FullName (Join-Path (Join-Path $outdir 'sm90') "$name.ptx")
         $report = & $nvcc @ccbin -cubin -arch=sm_90 -O3 -std=c++17 "-I$kdir" -Xptxas -v $src.FullName -o (Join-Path $tmp "$name.cubin") 2>&1
         foreach ($line in $report) {
             $s = "$line"
@@ -93,9 +95,7 @@ try {
         $tmpPtx = Join-Path $tmp "sm90a.$name.ptx"
         & $nvcc @ccbin -ptx -arch=compute_90a -O3 -std=c++17 "-I$kdir" $src.FullName -o $tmpPtx
         if ($LASTEXITCODE -ne 0) { Write-Error "build.ps1: FAILED to compile sm90a/$name.cu" -ErrorAction Continue; $failed = $true; continue }
-        $lines = @("// qwq-source-sha256: $(Get-SourceHash $src.FullName)") +
-            @(Get-Content $tmpPtx | Where-Object { $_ -notmatch '^// (Compiler Build ID|Cuda compilation tools|Based on NVVM)' })
-        [System.IO.File]::WriteAllText((Join-Path (Join-Path $outdir 'sm90a') "$name.ptx"), (($lines -join "`n") + "`n"))
+        Write-StampedPtx $tmpPtx $src.FullName (Join-Path (Join-Path $outdir 'sm90a') "$name.ptx")
     }
     # Remove PTX whose source is gone (stale files would otherwise still be embedded).
     foreach ($ptx in @(Get-ChildItem -Path $outdir -Filter '*.ptx') + @(Get-ChildItem -Path (Join-Path $outdir 'sm90') -Filter '*.ptx')) {
