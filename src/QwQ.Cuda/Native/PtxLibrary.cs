@@ -16,8 +16,8 @@ namespace QwQ.Cuda.Native;
 /// Beside either build, on compute capability 9.0 exactly, <c>ptx/sm90a/*.ptx</c>: kernels/sm90a/*.cu for compute_90a,
 /// the arch-specific target whose instructions (wgmma) run on 9.0 and on no later GPU. These are extra kernels with their
 /// own entry names (the Hopper prefill attention), not a third build of the others; callers ask
-/// <see cref="ArchSpecific"/> before they use one. When none is embedded (PTX not built yet: it needs nvcc) or the
-/// caller turns them off (<c>EngineOptions.HopperAttention</c>), nothing else changes.
+/// <see cref="ArchSpecific"/> before they use one. When none is embedded or the caller turns them off
+/// (<c>EngineOptions.HopperAttention</c>), nothing else changes: the portable kernels run.
 /// Entry names must be unique across the modules loaded together (they are <c>extern "C"</c>, so a duplicate is a build mistake).
 /// </summary>
 internal sealed partial class PtxLibrary : IDisposable
@@ -150,8 +150,8 @@ internal sealed partial class PtxLibrary : IDisposable
         programmatic ? EmbeddedProgrammatic.Value : Embedded.Value;
 
     /// <summary>
-    /// The sm_90a kernels ("ptx/sm90a/name.ptx" → PTX text), sorted by name; empty until build.sh has made them (it
-    /// needs nvcc). Needs no GPU.
+    /// The sm_90a kernels ("ptx/sm90a/name.ptx" → PTX text), sorted by name; empty only in a build whose tree lacks
+    /// kernels/ptx/sm90a (the tests require it). Needs no GPU.
     /// </summary>
     public static IReadOnlyDictionary<string, string> EmbeddedArchSpecificPtx() => EmbeddedArch.Value;
 

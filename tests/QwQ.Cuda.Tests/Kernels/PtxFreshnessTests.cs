@@ -10,9 +10,9 @@ namespace QwQ.Cuda.Tests.Kernels;
 /// extern "C" __global__ entry of the .cu; and every kernel of the sm90 build waits for the kernel before it before
 /// touching memory (programmatic dependent launch relies on it). (That every [KernelEntry] name is an embedded entry
 /// is checked in Native/KernelEntryTests.)
-/// The sm_90a build (kernels/sm90a/*.cu → kernels/ptx/sm90a/*.ptx, compute_90a) is optional: it needs nvcc, and
-/// without it the engine runs the portable kernels. While kernels/ptx/sm90a holds no PTX at all its checks are ignored
-/// (reported as such); as soon as one file is there the build is checked like the others: every source needs fresh PTX.
+/// The sm_90a build (kernels/sm90a/*.cu → kernels/ptx/sm90a/*.ptx, compute_90a) is checked the same way. (It was
+/// optional until its PTX was first built on the GPU machine, in session 9; the engine still runs the portable kernels
+/// when a build lacks it, but the committed tree must have it.)
 /// </summary>
 public class PtxFreshnessTests
 {
@@ -105,7 +105,7 @@ public class PtxFreshnessTests
 
     /// <summary>
     /// The builds build.sh writes: compute_80 in ptx/ and compute_90 (programmatic launch) in ptx/sm90/ of kernels/*.cu;
-    /// compute_90a in ptx/sm90a/ of kernels/sm90a/*.cu (optional until built: see the class summary).
+    /// compute_90a in ptx/sm90a/ of kernels/sm90a/*.cu.
     /// </summary>
     private static readonly string[] Builds = ["ptx", "ptx/sm90", ArchBuild];
 
@@ -116,13 +116,12 @@ public class PtxFreshnessTests
 
     /// <summary>
     /// What is wrong with <paramref name="build"/>'s PTX under <paramref name="kdir"/> (a kernels/ folder), one line per
-    /// problem; null when the build is the optional sm_90a one and its folder holds no PTX yet (never built here).
+    /// problem.
     /// </summary>
-    internal static List<string>? FreshnessProblems(string kdir, string build)
+    internal static List<string> FreshnessProblems(string kdir, string build)
     {
         string src = SourceFolder(build), prefix = src.Length > 0 ? src + "/" : "";
         string ptxDir = Path.Combine(kdir, build);
-        if (build == ArchBuild && (!Directory.Exists(ptxDir) || Directory.GetFiles(ptxDir, "*.ptx").Length == 0)) return null;
         var problems = new List<string>();
         foreach (var cu in Sources(Path.Combine(kdir, src)))
         {
@@ -155,9 +154,6 @@ public class PtxFreshnessTests
         if (build == ArchBuild)
             Assert.That(Sources(Path.Combine(kdir, "sm90a")), Is.Not.Empty, "kernels/sm90a holds the Hopper prefill attention");
         var problems = FreshnessProblems(kdir, build);
-        if (problems is null)
-            Assert.Ignore($"kernels/{build} is not built yet (it needs nvcc: ./build.sh on the GPU machine); until then the engine " +
-                "runs the portable kernels. Once any file is there, every kernels/sm90a/*.cu must have fresh PTX.");
         Assert.That(problems, Is.Empty, "Rebuild the PTX with ./build.sh (or build.ps1):\n" + string.Join("\n", problems));
     }
 
@@ -174,7 +170,7 @@ public class PtxFreshnessTests
     }
 
     [Test]
-    public void TheOptionalSm90aBuildIsCheckedOnceBuilt()
+    public void TheSm90aBuildIsCheckedWithTheHeadersOfKernels()
     {
         // A kernels/ tree in a temporary folder: one header, one sm_90a source; its PTX absent, then fresh, then stale.
         string kdir = Directory.CreateTempSubdirectory("qwq-kernels").FullName;
@@ -184,9 +180,8 @@ public class PtxFreshnessTests
             File.WriteAllText(Path.Combine(kdir, "h.cuh"), "// header\n");
             string cu = Path.Combine(kdir, "sm90a", "k.cu");
             File.WriteAllText(cu, "#include \"../h.cuh\"\nextern \"C\" __global__ void __launch_bounds__(128, 2) k_sm90a(int x) {}\n");
-            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.Null, "no kernels/ptx/sm90a: not built yet");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.EqualTo(new[] { "kernels/ptx/sm90a/k.ptx is missing" }), "not built");
             Directory.CreateDirectory(Path.Combine(kdir, ArchBuild));
-            Assert.That(FreshnessProblems(kdir, ArchBuild), Is.Null, "an empty kernels/ptx/sm90a: not built yet");
 
             string ptx = Path.Combine(kdir, ArchBuild, "k.ptx");
             void Build(string entry) => File.WriteAllText(ptx,
@@ -201,7 +196,7 @@ public class PtxFreshnessTests
             Assert.That(FreshnessProblems(kdir, ArchBuild), Is.EqualTo(new[] { "kernels/ptx/sm90a/k.ptx lacks entry 'k_sm90a' declared in sm90a/k.cu" }));
 
             File.WriteAllText(Path.Combine(kdir, "sm90a", "other.cu"), "extern \"C\" __global__ void other(int x) {}\n");
-            Assert.That(FreshnessProblems(kdir, ArchBuild), Has.Some.Contains("sm90a/other.ptx is missing"), "once built, every source needs PTX");
+            Assert.That(FreshnessProblems(kdir, ArchBuild), Has.Some.Contains("sm90a/other.ptx is missing"), "every source needs PTX");
         }
         finally
         {
@@ -272,9 +267,10 @@ public class PtxFreshnessTests
         string dir = Path.Combine(KernelsDir(), "ptx", "sm90");
         var files = Directory.GetFiles(dir, "*.ptx");
         Assert.That(files, Is.Not.Empty, "kernels/ptx/sm90 holds the compute_90 build");
-        // The sm_90a kernels are launched programmatically beside the compute_90 build: the same rule (once built).
-        string arch = Path.Combine(KernelsDir(), "ptx", "sm90a");
-        if (Directory.Exists(arch)) files = [.. files, .. Directory.GetFiles(arch, "*.ptx")];
+        // The sm_90a kernels are launched programmatically beside the compute_90 build: the same rule.
+        var arch = Directory.GetFiles(Path.Combine(KernelsDir(), "ptx", "sm90a"), "*.ptx");
+        Assert.That(arch, Is.Not.Empty, "kernels/ptx/sm90a holds the compute_90a build");
+        files = [.. files, .. arch];
         var problems = files.SelectMany(f => ProgrammaticLaunchProblems(Path.GetFileName(f), File.ReadAllText(f))).ToList();
         Assert.That(problems, Is.Empty, string.Join("\n", problems));
     }

@@ -1,13 +1,11 @@
 using System.Reflection;
 using QwQ.Cuda.Native;
-using QwQ.Cuda.Tests.Kernels;
 
 namespace QwQ.Cuda.Tests.Native;
 
 /// <summary>
 /// Every <c>[KernelEntry]</c> constant names a real <c>.entry</c> of the embedded PTX; an arch-specific one
-/// (<c>ArchSpecific = true</c>) an entry of the embedded sm_90a PTX, or, until that is built, one declared in
-/// kernels/sm90a/*.cu.
+/// (<c>ArchSpecific = true</c>) an entry of the embedded sm_90a PTX.
 /// </summary>
 public class KernelEntryTests
 {
@@ -15,7 +13,9 @@ public class KernelEntryTests
     public void EveryKernelEntryConstantIsInTheEmbeddedPtx()
     {
         var entries = PtxLibrary.EmbeddedEntries();
-        var problems = FindProblems(typeof(PtxLibrary).Assembly, entries, ArchSpecificEntries());
+        var archEntries = PtxLibrary.EmbeddedArchSpecificEntries();
+        Assert.That(archEntries, Is.Not.Empty, "the sm_90a PTX (kernels/ptx/sm90a) is embedded");
+        var problems = FindProblems(typeof(PtxLibrary).Assembly, entries, archEntries);
         Assert.That(problems, Is.Empty,
             $"[KernelEntry] names not found as .entry in the embedded PTX ({PtxLibrary.EmbeddedPtx().Count} modules, " +
             $"{entries.Count} entries). Rebuild kernels/ptx with kernels/build.sh or fix the name:{Environment.NewLine}" +
@@ -37,24 +37,10 @@ public class KernelEntryTests
     }
 
     /// <summary>
-    /// The names arch-specific entries are checked against: the embedded sm_90a PTX's entries, or while none is embedded
-    /// (not built yet) the extern "C" kernels kernels/sm90a/*.cu declares; null outside a source checkout (then they are
-    /// not checked).
-    /// </summary>
-    private static IReadOnlySet<string>? ArchSpecificEntries()
-    {
-        var embedded = PtxLibrary.EmbeddedArchSpecificEntries();
-        if (embedded.Count > 0) return embedded;
-        if (PtxFreshnessTests.FindKernelsDir() is not { } kdir || !Directory.Exists(Path.Combine(kdir, "sm90a"))) return null;
-        return Directory.GetFiles(Path.Combine(kdir, "sm90a"), "*.cu")
-            .SelectMany(f => PtxFreshnessTests.DeclaredEntries(File.ReadAllText(f))).ToHashSet(StringComparer.Ordinal);
-    }
-
-    /// <summary>
     /// One line per bad field: a [KernelEntry] that is not a const string, or whose value is not an entry (of
-    /// <paramref name="archEntries"/> for an arch-specific one; those are skipped when it is null).
+    /// <paramref name="archEntries"/> for an arch-specific one).
     /// </summary>
-    internal static List<string> FindProblems(Assembly assembly, IReadOnlySet<string> entries, IReadOnlySet<string>? archEntries)
+    internal static List<string> FindProblems(Assembly assembly, IReadOnlySet<string> entries, IReadOnlySet<string> archEntries)
     {
         Type[] types;
         try { types = assembly.GetTypes(); } // includes nested and non-public types
@@ -76,7 +62,7 @@ public class KernelEntryTests
                 var value = (string?)field.GetRawConstantValue();
                 if (attribute.ArchSpecific)
                 {
-                    if (archEntries is not null && (value is null || !archEntries.Contains(value)))
+                    if (value is null || !archEntries.Contains(value))
                         problems.Add($"{where} = \"{value}\" is not an .entry of the sm_90a kernels (kernels/sm90a, kernels/ptx/sm90a)");
                 }
                 else if (value is null || !entries.Contains(value))
