@@ -300,6 +300,8 @@ public sealed class AttentionKernelTests
             [(200, 37, 0)],                 // a partial last query tile on top of a partial KV block
             [(1, 2000, 0)],                 // one row on top of a long cache
             [(2048, 0, 0)],                 // many m-tiles: the heaviest-first order and the ring over 32 key tiles
+            [(32768, 0, 0)],                // QwQ's longest prompt without YaRN in one launch (issue: equal up to 32k)
+            [(4096, 28672, 0)],             // the last chunk of a chunked 32k prefill: 512 key tiles behind the diagonal
             // several sequences in one launch: rows end to end in q/out, one launch over the longest; the fourth
             // shares its first two blocks with the first, the fifth has fewer m-tiles than the grid
             [(130, 37, 0), (1, 2000, 0), (7, 0, 0), (129, 64, 2), (65, 63, 0), (300, 5, 0)],
