@@ -208,6 +208,10 @@ public class PtxFreshnessTests
     // parameters, its thread's local memory (a by-value struct parameter indexed at run time is copied there) and its
     // block's shared memory are private to this launch, so they may come before the wait; so may a prefetch, which
     // returns no data (the GEMVs prefetch their constant weights into L2 before waiting).
+    // A store, atomic or reduction to global or generic memory: what even the kernels allowed to load early must not do
+    // before the wait (the kernel before may still read what it would overwrite).
+    private static readonly Regex StoreInstruction = new(@"^\s*(?:@!?%p\d+\s+)?(?:st|atom|red)\.(?!param|local|shared)", RegexOptions.Multiline);
+
     private static readonly Regex MemoryInstruction = new(@"^\s*(?:@!?%p\d+\s+)?(?:ld|st|atom|red|cp|mbarrier)\.(?!param|local|shared)", RegexOptions.Multiline);
 
     /// <summary>
@@ -229,7 +233,8 @@ public class PtxFreshnessTests
     /// data. The decode attention split kernels (kernels/attention_decode.cu, "Programmatic launch"): before the wait
     /// they read ctx_len and the block table (copied from the host before the step, and a copy is not overlapped) and
     /// start cp.async loads of K/V tiles that end before position ctx_len-1, which only earlier steps wrote; the kernel
-    /// before (RoPE) writes position ctx_len-1 alone, and q and that tile are read after the wait.
+    /// before (RoPE) writes position ctx_len-1 alone, and q and that tile are read after the wait. They may load early,
+    /// never store: <see cref="StoreInstruction"/> before the wait is still a problem for them.
     /// </summary>
     internal static bool LoadsBeforeWaitByDesign(string entry) =>
         entry.StartsWith("attention_decode_paged_", StringComparison.Ordinal);
@@ -249,8 +254,7 @@ public class PtxFreshnessTests
                 problems.Add($"{module}: {entry} never executes griddepcontrol.wait (begin it with kernel_entry_barrier())");
                 continue;
             }
-            if (LoadsBeforeWaitByDesign(entry)) continue;
-            var first = MemoryInstruction.Match(body);
+            var first = (LoadsBeforeWaitByDesign(entry) ? StoreInstruction : MemoryInstruction).Match(body);
             if (first.Success && first.Index < wait)
             {
                 int eol = body.IndexOf('\n', first.Index);
@@ -338,11 +342,21 @@ public class PtxFreshnessTests
             	ld.global.nc.u32 	%r1, [%rd1];
             	ret;
             }
+            .visible .entry attention_decode_paged_bf16_d64(
+            	.param .u64 p0
+            )
+            {
+            	ld.global.nc.u32 	%r1, [%rd1];
+            	st.global.v2.f32 	[%rd2], {%f1, %f2};
+            	griddepcontrol.wait;
+            	ret;
+            }
             """;
         var problems = ProgrammaticLaunchProblems("attention_decode.ptx", ptx);
-        Assert.That(problems, Has.Count.EqualTo(2), string.Join("\n", problems));
+        Assert.That(problems, Has.Count.EqualTo(3), string.Join("\n", problems));
         Assert.That(problems[0], Does.Contain("attention_decode_combine_bf16").And.Contain("before griddepcontrol.wait"));
         Assert.That(problems[1], Does.Contain("attention_decode_paged_fp8_d128").And.Contain("never executes"));
+        Assert.That(problems[2], Does.Contain("attention_decode_paged_bf16_d64").And.Contain("st.global"), "early loads only, never a store");
     }
 
     [Test]
