@@ -71,9 +71,6 @@ public sealed class CudaBackend : IModelBackend
     /// <summary>Whether the kernels run with programmatic dependent launch (<see cref="EngineOptions.ProgrammaticLaunch"/> on an sm_90+ GPU).</summary>
     public bool ProgrammaticLaunch => First.Library.ProgrammaticLaunch;
 
-    /// <summary>Whether bf16 prefill attention at head_dim 128 runs the sm_90a wgmma kernel (<see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded).</summary>
-    public bool HopperAttention => First.Kernels.Attention.HopperPrefill;
-
     /// <summary>Whether decode-sized partial sums go through the one-shot kernel (tensor parallel with peer access and <see cref="AllReduceKind.Custom"/>).</summary>
     public bool UsesOneShotAllReduce { get; }
 
@@ -402,11 +399,12 @@ public sealed class CudaBackend : IModelBackend
     public string PrefillGemmPath => Linear.PrefillPath(Weights.LinearKind);
 
     /// <summary>
-    /// Which kernel prefill attention runs on for this cache and head size: "wgmma sm_90a" (the Hopper kernel, see
-    /// <see cref="HopperAttention"/>) or "mma.sync" (the portable one); bench records it beside each prefill figure.
+    /// Which kernel prefill attention runs on for this cache and head size: "wgmma sm_90a" (the Hopper kernel:
+    /// <see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded, bf16 cache at
+    /// head_dim 128) or "mma.sync" (the portable one); bench records it beside each prefill figure.
     /// </summary>
     public string PrefillAttentionPath =>
-        Kernels.AttentionOps.PrefillLaunchFor(HopperAttention, KvCache, Config.HeadDim).Hopper ? "wgmma sm_90a" : "mma.sync";
+        Kernels.AttentionOps.PrefillLaunchFor(First.Kernels.Attention.HopperPrefill, KvCache, Config.HeadDim).Hopper ? "wgmma sm_90a" : "mma.sync";
 
     public ISequence CreateSequence(int? maxContext = null)
     {
