@@ -1,15 +1,17 @@
 // Tensor-core GEMV for 1..32 rows of x over INT4 weights (AWQ checkpoints, --quantize int4):
 // y[m, n] (+)= sum_k (q[n, k] - z[n, k / G]) * s[n, k / G] * x[m, k], x bf16, fp32 accumulation.
-// The structure is gemv_tc.cu's (a warp owns a 16-row tile, the block's 4 warps walk the same k range so x comes from
-// L2 once per block, blockIdx.y splits k, deterministic split-k through tickets); what differs is the weight:
+// What every entry shares is the weight's handling:
 //   * Lane (g, t4) loads one 16-byte word per 64-k chunk: 16 k of rows g and g + 8 as nibbles, in the int4 layout of
 //     int4.cuh, so a warp reads 512 contiguous bytes per chunk (half of fp8's, a quarter of bf16's).
-//   * A nibble becomes the bf16 (128 + q) with one shift and one LOP3, exactly. Up to 8 rows of x, the mma adds up
-//     (128 + q) · x over the chunk and a second mma with the row's constant -(128 + z) adds -(128 + z) · x, so the
-//     group's sum of (q - z) · x forms in fp32 inside the tensor core with no per-element subtraction (3-5% faster
-//     at 1 row on the H100). Past 8 rows that would double every batch tile's mmas, so (q - z) is formed first with
-//     one exact bf16x2 add per pair. The sum is scaled by the group's s per row once per group: splits start on group
-//     boundaries, and groups are whole chunks (G = 64 · CPG).
+//   * A nibble becomes the bf16 (128 + q) with one shift and one LOP3, exactly, and one bf16x2 add of -(128 + z) per
+//     pair gives (q - z), exactly; the mma adds (q - z) · x over the chunk in fp32. The sum is scaled by the group's s
+//     per row once per group: splits start on group boundaries, and groups are whole chunks (G = 64 · CPG).
+// Two plans:
+//   * 1..8 rows (gemv_int4_n8_*): a block of 8 warps per 16-row tile, the warps taking turns over the tile's k range
+//     4 chunks at a time, their sums meeting in shared memory in warp order (the fp8 tile GEMV's plan, gemv_fp8.cu).
+//   * 9..32 rows (n16, n32): gemv_tc.cu's plan: a warp owns a 16-row tile, the block's 4 warps walk the same k range
+//     so x comes from L2 once per block.
+// Both split k over blockIdx.y, added deterministically through tickets.
 // Requirements (host-checked): k % 64 == 0, G % 64 == 0, W / x 16-byte aligned, sz [k / G, n rounded up to 16].
 #include "common.cuh"
 #include "int4.cuh"
@@ -18,12 +20,27 @@
 namespace {
 constexpr int kInt4Warps = 4;
 
+// (q - z) as one exact bf16x2 add per pair of the 4 words' 16 pairs: a[word][pair] += -(128 + z) of its row.
+__device__ __forceinline__ void int4_subtract_zero(uint32_t (&a)[4][4], uint32_t za, uint32_t zb) {
+#pragma unroll
+    for (int wd = 0; wd < 4; ++wd)
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {  // (128 + q) + -(128 + z): exact
+            const uint32_t nz = wd < 2 ? za : zb;
+            __nv_bfloat162 r = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a[wd][p]),
+                                       *reinterpret_cast<const __nv_bfloat162*>(&nz));
+            a[wd][p] = *reinterpret_cast<uint32_t*>(&r);
+        }
+}
+
+// The warp-per-tile plan, 9..32 rows (NB batch tiles of 8).
 template <int NB, int UNROLL, int CPG>
 __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,
                                                const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                                float* __restrict__ part, int* __restrict__ tickets, int n, int k,
                                                int m, int accumulate) {
     static_assert(UNROLL % CPG == 0, "a batch of chunks holds whole groups");
+    static_assert(NB >= 2, "1..8 rows take gemv_int4_tile_body");
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int tile = blockIdx.x * kInt4Warps + warp, splits = gridDim.y;
     const int row0 = tile * 16;
@@ -65,25 +82,12 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
     };
     // One chunk into cg; at the group's last chunk, cg scaled into c.
     auto math = [&](const Chunk& v, int ch, bool group_end) {
-        constexpr bool kZeroByMma = NB == 1;
         uint32_t a[4][4];  // [word][pair]: words 0, 1 row g (k 0-7, 8-15 of the lane's 16), words 2, 3 row g + 8
         int4x8_to_bf16x8_biased(v.q.x, a[0]);
         int4x8_to_bf16x8_biased(v.q.y, a[1]);
         int4x8_to_bf16x8_biased(v.q.z, a[2]);
         int4x8_to_bf16x8_biased(v.q.w, a[3]);
-        const uint32_t za = int4_neg_zero_pair(v.sa), zb = int4_neg_zero_pair(v.sb);
-        const uint32_t az[4] = {za, zb, za, zb};
-        if constexpr (!kZeroByMma) {
-#pragma unroll
-            for (int wd = 0; wd < 4; ++wd)
-#pragma unroll
-                for (int p = 0; p < 4; ++p) {  // (128 + q) + -(128 + z): exact
-                    const uint32_t nz = wd < 2 ? za : zb;
-                    __nv_bfloat162 r = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a[wd][p]),
-                                               *reinterpret_cast<const __nv_bfloat162*>(&nz));
-                    a[wd][p] = *reinterpret_cast<uint32_t*>(&r);
-                }
-        }
+        int4_subtract_zero(a, int4_neg_zero_pair(v.sa), int4_neg_zero_pair(v.sb));
         const size_t off = (size_t)ch * 64;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
@@ -96,7 +100,6 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
                 const uint4& X = xv[h];
                 const uint32_t b0 = (st & 1) ? X.z : X.x, b1 = (st & 1) ? X.w : X.y;
                 mma::mma_bf16_16816(cg[j], aq, b0, b1);
-                if constexpr (kZeroByMma) mma::mma_bf16_16816(cg[j], az, b0, b1);
             }
         }
         if (group_end) {
@@ -131,9 +134,119 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
     if (!mma::combine_splits<NB>(c, part, tickets, tile, blockIdx.y, splits, lane)) return;
     mma::store_tile<NB>(c, y, nullptr, row0, lane, n, m, accumulate);
 }
+
+// The block-per-tile plan, 1..8 rows. Measured against the warp-per-tile kernel at 8 rows and below (which added
+// -(128 + z) · x through a second mma instead of the subtraction), each at its best split count, in
+// bench/micro/int4_gemv.cu (H200, 2026-11-28, variant kw8-sub-u4-b4): 1 row qkv 15.8 -> 11.9 us, o 13.2 -> 9.9,
+// gate_up 61.3 -> 58.6, down 37.8 -> 33.8; 8 rows alike. With 4 warps per block on 4 different tiles, qkv's 448 and
+// o's 320 tiles gave too few warps in flight without splits, and the splits a second pass; 8 warps of one tile keep
+// 8 x 4 chunks of it in flight at once. The k-steps alternate between two fragments, so a chunk's mmas form two
+// independent chains of 2 rather than one of 4, and the scale words load once per group, not per chunk.
+constexpr int kTileWarps = 8;
+constexpr int kTileUnroll = 4;
+
+template <int CPG>
+__device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,
+                                                    const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
+                                                    float* __restrict__ part, int* __restrict__ tickets, int n, int k,
+                                                    int m, int accumulate) {
+    constexpr int U = kTileUnroll;
+    static_assert(U % CPG == 0, "a batch of chunks holds whole groups");
+    __shared__ float red[kTileWarps][128];  // each warp's C fragment, [element][lane]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int tile = blockIdx.x, splits = gridDim.y;  // grid.x = tiles: every block has one (barrier below)
+    const int row0 = tile * 16, n_pad = (n + 15) & ~15;
+    const uint8_t* wl = w + (size_t)tile * 8 * k + lane * 16;  // this lane's word of chunk 0
+    const uint32_t* sza = sz + row0 + g;                       // group 0, rows g and g + 8 (padding rows exist)
+    const bool xok = g < m;                                    // lane (g, t4) supplies x row g to the mma
+    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
+    const int groups = k / (64 * CPG);
+    const int c_begin = (int)((long)groups * blockIdx.y / splits) * CPG, c_end = (int)((long)groups * (blockIdx.y + 1) / splits) * CPG;
+    // This warp's first batch and its scale words, into L2 while the previous kernel finishes (constants; see
+    // kernel_entry_barrier).
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (c_begin + warp * U + u < c_end) prefetch_l2(wl + (size_t)(c_begin + warp * U + u) * 512);
+    if (c_begin + warp * U < c_end && t4 == 0) prefetch_l2(sza + (size_t)((c_begin + warp * U) / CPG) * n_pad);
+    kernel_entry_barrier();
+
+    float acc[2][4], c[4] = {0.f, 0.f, 0.f, 0.f};  // acc: this group's sum, in two chains; c: scaled sums
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[h][e] = 0.f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    struct Chunk { uint4 q; uint32_t sa, sb; };  // sa, sb: loaded with a group's first chunk only
+    auto load = [&](int ch, Chunk& v, bool group_start) {
+        v.q = ld_stream_u4(wl + (size_t)ch * 512);
+        if (group_start) {
+            const uint32_t* s = sza + (size_t)(ch / CPG) * n_pad;
+            v.sa = __ldg(s);
+            v.sb = __ldg(s + 8);
+        }
+    };
+    // Chunk ch into acc (gs: the chunk holding its group's scale words); at the group's last chunk, acc scaled into c.
+    auto math = [&](const Chunk& v, const Chunk& gs, int ch, bool group_end) {
+        uint32_t a[4][4];  // [word][pair]: words 0, 1 row g (k 0-7, 8-15 of the lane's 16), words 2, 3 row g + 8
+        int4x8_to_bf16x8_biased(v.q.x, a[0]);
+        int4x8_to_bf16x8_biased(v.q.y, a[1]);
+        int4x8_to_bf16x8_biased(v.q.z, a[2]);
+        int4x8_to_bf16x8_biased(v.q.w, a[3]);
+        int4_subtract_zero(a, int4_neg_zero_pair(gs.sa), int4_neg_zero_pair(gs.sb));
+        const size_t off = (size_t)ch * 64;
+        const uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
+#pragma unroll
+        for (int st = 0; st < 4; ++st) {  // k-step st takes elements 4st..4st+3 of the lane's 16 (mma_chunk64's order)
+            const int h = st >> 1, p = (st & 1) * 2;
+            const uint32_t aq[4] = {a[h][p], a[2 + h][p], a[h][p + 1], a[2 + h][p + 1]};
+            const uint4& X = xv[h];
+            mma::mma_bf16_16816(acc[st & 1], aq, (st & 1) ? X.z : X.x, (st & 1) ? X.w : X.y);
+        }
+        if (group_end) {
+            const float sa = int4_scale(gs.sa), sb = int4_scale(gs.sb);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {  // c0, c1: row g; c2, c3: row g + 8
+                c[e] = fmaf(e < 2 ? sa : sb, acc[0][e] + acc[1][e], c[e]);
+                acc[0][e] = acc[1][e] = 0.f;
+            }
+        }
+    };
+    // Whole batches first (no per-chunk bounds tests), then what is left of this warp's last batch, a group at a
+    // time (c_end is a group boundary).
+    int b = c_begin + warp * U;
+    for (; b + U <= c_end; b += kTileWarps * U) {
+        Chunk v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load(b + u, v[u], u % CPG == 0);
+#pragma unroll
+        for (int u = 0; u < U; ++u) math(v[u], v[u - u % CPG], b + u, u % CPG == CPG - 1);
+    }
+    for (; b < c_end; b += CPG) {
+        Chunk v[CPG];
+#pragma unroll
+        for (int u = 0; u < CPG; ++u) load(b + u, v[u], u == 0);
+#pragma unroll
+        for (int u = 0; u < CPG; ++u) math(v[u], v[0], b + u, u == CPG - 1);
+    }
+
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[warp][e * 32 + lane] = c[e];
+    __syncthreads();
+    if (warp != 0) return;
+    float cc[1][4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        float s = 0.f;
+#pragma unroll
+        for (int q = 0; q < kTileWarps; ++q) s += red[q][e * 32 + lane];  // in warp order
+        cc[0][e] = s;
+    }
+    if (!mma::combine_splits<1>(cc, part, tickets, tile, blockIdx.y, splits, lane)) return;
+    mma::store_tile<1>(cc, y, nullptr, row0, lane, n, m, accumulate);
+}
 }  // namespace
 
-// Launch: grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB; splits <= k / G. part / tickets as
+// Launch (n16, n32): grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB; splits <= k / G. part / tickets as
 // gemv_tc.cu's (the same workspace serves both). One entry per group size G = 64 · CPG (64, 128, 256).
 #define QWQ_GEMV_INT4(SUFFIX, NB, UNROLL, CPG)                                                                       \
     extern "C" __global__ void __launch_bounds__(kInt4Warps * 32, 4)                                                 \
@@ -142,13 +255,21 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
         gemv_int4_body<NB, UNROLL, CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                           \
     }
+// Launch (n8): grid (ceil(n / 16), splits) (a block per tile), block 256 threads; m <= 8; the same workspace.
+#define QWQ_GEMV_INT4_TILE(SUFFIX, CPG)                                                                              \
+    extern "C" __global__ void __launch_bounds__(kTileWarps * 32, 4)                                                 \
+    gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
+                       const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
+                       int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
+        gemv_int4_tile_body<CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                                  \
+    }
 
-QWQ_GEMV_INT4(n8_g64, 1, 8, 1)
+QWQ_GEMV_INT4_TILE(n8_g64, 1)
 QWQ_GEMV_INT4(n16_g64, 2, 8, 1)
 QWQ_GEMV_INT4(n32_g64, 4, 4, 1)
-QWQ_GEMV_INT4(n8_g128, 1, 8, 2)
+QWQ_GEMV_INT4_TILE(n8_g128, 2)
 QWQ_GEMV_INT4(n16_g128, 2, 8, 2)
 QWQ_GEMV_INT4(n32_g128, 4, 4, 2)
-QWQ_GEMV_INT4(n8_g256, 1, 8, 4)
+QWQ_GEMV_INT4_TILE(n8_g256, 4)
 QWQ_GEMV_INT4(n16_g256, 2, 8, 4)
 QWQ_GEMV_INT4(n32_g256, 4, 4, 4)

@@ -29,8 +29,8 @@ __device__ __host__ __forceinline__ int int4_bit(int kk) {
 // ---- scales and zero points -----------------------------------------------------------------------------------------
 // One 32-bit word per (group, row), group-major ([groups, rows padded to 16]) so a tile's 16 rows of one group are 64
 // contiguous bytes: the fp16 scale in the low half, and in the high half the bf16 bits of -(128 + z) (exact: bf16 holds
-// 128..143). The GEMV multiplies (128 + q), which one LOP3 makes from a nibble, and adds -(128 + z) times the same x
-// through a second mma, so no per-element subtraction is needed.
+// 128..143). The GEMV makes (128 + q) from a nibble with one LOP3 and adds -(128 + z) to it with one bf16x2 add, which
+// gives (q - z) exactly.
 __device__ __host__ __forceinline__ uint32_t int4_pack_scale_zero(uint16_t scale_fp16_bits, int zero) {
     // bf16 of -(128 + z): sign 1, exponent 127 + 7, mantissa z << 3 (7 mantissa bits, ulp 1 at 128)
     return (uint32_t)scale_fp16_bits | ((uint32_t)(0xC300 | zero) << 16);

@@ -1,74 +1,224 @@
-// Micro-benchmark of the int4 GEMV (kernels/gemv_int4.cu) at QwQ-32B's four product shapes and 1/8/32 rows, against a
-// plain 16-byte streaming read of the same bytes; each candidate cycles over 8 copies so the bytes come from DRAM.
-// Not part of the build. On the GPU machine: nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
-// Output of one run: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt.
+// Micro-benchmark of the int4 GEMV (kernels/gemv_int4.cu, gemv_int4_n8_g128: 1..8 rows of x, group 128) and of the
+// candidates in gemv_int4_v2.cuh (what each changes is explained there; ctl-u8-b4 is close to the engine's kernel before
+// 2026-11-28, and kw8-sub-u4-b4 is the plan the engine took then) at QwQ-32B's four product shapes
+// (one GPU), 1 and 8 rows of x, against a plain 16-byte streaming read of the same bytes (codes + scale words). Each
+// candidate cycles over >= 8 copies of the weights (>= ~400 MB between two reads of one copy; L2 is 50-60 MB) so the
+// bytes come from DRAM. Inputs are random: every code byte, fp16 scales in [0.5, 1.5) / 8, zero points 0..15, bf16 x
+// in [-2, 2). Every candidate's output is CHECKED against gemv_int4_n8_g128 at 1 split: PASS when
+// max|y - ref| / max|ref| <= 1e-5 (fp32 sums in another order differ by a few ulps; y is poisoned with NaN before
+// each checked launch, so a row left unwritten fails).
+// Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
+//   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
+// Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero
+// x, constant codes) and bench/results/2026-11-28-NVIDIA-H200-*-int4-gemv-micro.txt (this one).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 #include "../../kernels/gemv_int4.cu"
+#include "gemv_int4_v2.cuh"
 #include "stream_read.cuh"
 
-template <int NB, int U, int MINB>
-__global__ void __launch_bounds__(128, MINB) var_k(const uint8_t* w, const uint32_t* sz, const __nv_bfloat16* x, float* y,
-                                                   float* part, int* tickets, int n, int k, int m, int cpg, int acc) {
-    gemv_int4_body<NB, U, 2>(w, sz, x, y, part, tickets, n, k, m, acc);
+#define CK(call)                                                                                         \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess) {                                                                         \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
+            exit(1);                                                                                     \
+        }                                                                                                \
+    } while (0)
+
+__device__ __forceinline__ uint32_t hash32(uint32_t v) {
+    v ^= v >> 16; v *= 0x7feb352du; v ^= v >> 15; v *= 0x846ca68bu; v ^= v >> 16;
+    return v;
+}
+// Random code bytes (every byte is two valid nibbles).
+__global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x)
+        p[i] = hash32((uint32_t)i * 2654435761u ^ hash32(seed + (uint32_t)(i >> 32)));
+}
+// Scale/zero words (int4.cuh's packing): fp16 scale in [0.5, 1.5) / 8, zero 0..15.
+__global__ void fill_scale_zero(uint32_t* p, long long words, uint32_t seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
+        const uint32_t h = hash32((uint32_t)i * 747796405u ^ seed);
+        const float s = (0.5f + (h >> 8) * (1.0f / 16777216.0f)) / 8.0f;
+        p[i] = int4_pack_scale_zero(__half_as_ushort(__float2half_rn(s)), (int)(h & 15));
+    }
 }
 
-typedef void (*KFn)(const uint8_t*, const uint32_t*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int, int);
+typedef void (*Fn)(const uint8_t*, const uint32_t*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
+// The engine's entry (gemv_int4_n8_g128) has an `accumulate` argument the variants lack.
+__global__ void __launch_bounds__(kTileWarps * 32, 4) current_k(const uint8_t* w, const uint32_t* sz, const __nv_bfloat16* x,
+                                                                float* y, float* part, int* tickets, int n, int k, int m) {
+    gemv_int4_tile_body<2>(w, sz, x, y, part, tickets, n, k, m, 0);
+}
+
+struct Var { const char* name; Fn fn; int warps, kw; };
+#define V(NAME, U, W, KW, CH, Z, P, MINB) Var{NAME, int4v2::gemv_int4_v2<U, W, KW, CH, Z, P, MINB>, W, KW}
+//                 name               U  W  KW CH Z  P  MINB
+static const Var kVars[] = {
+    V("ctl-u8-b4",        8, 4, 1, 1, 0, 0, 4),  // control: the current plan rebuilt from the template
+    V("chain2",           8, 4, 1, 2, 0, 0, 4),
+    V("chain4",           8, 4, 1, 4, 0, 0, 4),
+    V("sub",              8, 4, 1, 1, 1, 0, 4),
+    V("sub-chain2",       8, 4, 1, 2, 1, 0, 4),
+    V("sub-chain4",       8, 4, 1, 4, 1, 0, 4),
+    V("chain2-b8-u4",     4, 4, 1, 2, 0, 0, 8),
+    V("sub-chain2-b8-u4", 4, 4, 1, 2, 1, 0, 8),
+    V("pipe-u4",          4, 4, 1, 2, 0, 1, 4),
+    V("sub-pipe-u4",      4, 4, 1, 2, 1, 1, 4),
+    V("kw8-u4-b4",        4, 8, 8, 2, 0, 0, 4),
+    V("kw8-u2-b4",        2, 8, 8, 2, 0, 0, 4),
+    V("kw8-sub-u4-b4",    4, 8, 8, 2, 1, 0, 4),
+    V("kw4-w8-u4",        4, 8, 4, 2, 0, 0, 4),
+    V("kw8-pipe-u2",      2, 8, 8, 2, 0, 1, 4),
+    V("kw8-pipe-u4-b2",   4, 8, 8, 2, 0, 1, 2),
+};
+#undef V
+
+struct Shape { int n, k; const char* name; };
+static const int kSplits[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 16};
+static const long kTicketBytes = 64 << 10, kPartBytes = 32 << 20;
+
+static bool splits_fit(int n, int k, int splits) {
+    const long tiles = (n + 15) / 16;
+    if (splits == 1) return true;
+    return splits <= k / 128 && tiles * 4 <= kTicketBytes && tiles * splits * 128L * 4 <= kPartBytes;
+}
+static size_t code_bytes(const Shape& s) { return (size_t)s.n * s.k / 2; }
+static size_t sz_words(const Shape& s) { return (size_t)(s.k / 128) * ((s.n + 15) & ~15); }
 
 int main() {
-    struct Shape { int n, k; const char* name; } shapes[] = {{7168, 5120, "qkv"}, {5120, 5120, "o"}, {55296, 5120, "gate_up"}, {5120, 27648, "down"}};
-    const int copies = 8;
-    size_t maxBytes = 0;
-    for (auto& s : shapes) maxBytes = std::max(maxBytes, (size_t)s.n * s.k / 2 + (size_t)s.k / 128 * s.n * 4);
-    uint8_t* w; cudaMalloc(&w, maxBytes * copies);
-    cudaMemset(w, 0x37, maxBytes * copies);
-    __nv_bfloat16* x; cudaMalloc(&x, 32 * 27648 * 2); cudaMemset(x, 0, 32 * 27648 * 2);
-    float* y; cudaMalloc(&y, 32 * 55296 * 4);
-    float* part; cudaMalloc(&part, 32 << 20); int* tickets = (int*)part; cudaMemset(part, 0, 32 << 20);
-    cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
-    uint32_t* dummy; cudaMalloc(&dummy, 4);
-    // read roofline over the same bytes
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int sms = prop.multiProcessorCount;
+    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
+
+    const Shape shapes[] = {{7168, 5120, "qkv"}, {5120, 5120, "o"}, {55296, 5120, "gate_up"}, {5120, 27648, "down"}};
+    // copies of a shape (codes, then its scale words) at a 4 KB stride, >= ~400 MB between two reads of one copy
+    auto stride_of = [](const Shape& s) { return (code_bytes(s) + sz_words(s) * 4 + 4095) & ~(size_t)4095; };
+    auto copies_of = [&](const Shape& s) {
+        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride_of(s)) + 1));
+    };
+    size_t poolBytes = 0;
+    int maxN = 0, maxK = 0;
     for (auto& s : shapes) {
-        size_t bytes = (size_t)s.n * s.k / 2 + (size_t)s.k / 128 * s.n * 4;
-        for (int it = 0; it < 3; ++it) {
-            cudaEventRecord(a);
-            for (int c = 0; c < copies; ++c) read_k<<<132 * 8, 256>>>((const uint4*)(w + c * maxBytes), bytes / 16, dummy);
-            cudaEventRecord(b); cudaEventSynchronize(b);
-            float ms; cudaEventElapsedTime(&ms, a, b);
-            if (it == 2) printf("read %-8s %7.1f us  %6.0f GB/s\n", s.name, ms * 1000 / copies, bytes * copies / ms / 1e6);
-        }
+        poolBytes = std::max(poolBytes, stride_of(s) * copies_of(s));
+        maxN = std::max(maxN, s.n);
+        maxK = std::max(maxK, s.k);
     }
-    struct Var { const char* name; KFn fn; int nb; } vars[] = {
-        {"n8 u8 b4", var_k<1, 8, 4>, 1}, {"n8 u16 b3", var_k<1, 16, 3>, 1}, {"n8 u16 b4", var_k<1, 16, 4>, 1},
-        {"n8 u4 b8", var_k<1, 4, 8>, 1}, {"n8 u8 b6", var_k<1, 8, 6>, 1}, {"n32 u4 b4", var_k<4, 4, 4>, 4}};
-    int ms_[] = {1, 8, 32};
-    for (int m : ms_)
+    uint8_t* pool;
+    CK(cudaMalloc(&pool, poolBytes));
+
+    std::vector<uint16_t> hx((size_t)8 * maxK);
+    uint32_t st = 987654321u;
+    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
+    for (auto& v : hx) {
+        float f = 4.0f * rnd() - 2.0f;
+        uint32_t b; memcpy(&b, &f, 4);
+        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    }
+    __nv_bfloat16* x; CK(cudaMalloc(&x, hx.size() * 2));
+    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    float *y, *yref; CK(cudaMalloc(&y, (size_t)8 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)8 * maxN * 4));
+    uint8_t* ws; CK(cudaMalloc(&ws, kTicketBytes + kPartBytes));
+    CK(cudaMemset(ws, 0, kTicketBytes + kPartBytes));
+    int* tickets = (int*)ws;
+    float* part = (float*)(ws + kTicketBytes);
+    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    cudaEvent_t ea, eb; CK(cudaEventCreate(&ea)); CK(cudaEventCreate(&eb));
+    std::vector<float> href((size_t)8 * maxN), hv((size_t)8 * maxN);
+
+    // min over 3 timed passes (after one untimed) of the mean per-launch time, in µs
+    auto timeit = [&](int copies, auto&& launch) {
+        float best = 1e30f;
+        for (int it = 0; it < 4; ++it) {
+            CK(cudaEventRecord(ea));
+            for (int c = 0; c < copies; ++c) launch(c);
+            CK(cudaEventRecord(eb));
+            CK(cudaEventSynchronize(eb));
+            float ms; CK(cudaEventElapsedTime(&ms, ea, eb));
+            if (it > 0) best = std::min(best, ms * 1000.f / copies);
+        }
+        CK(cudaGetLastError());
+        return best;
+    };
+    // max |y - ref| / max |ref| over m rows of n; non-finite -> inf
+    auto check = [&](int m, int n) {
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
+        double md = 0, mr = 0;
+        for (size_t i = 0; i < (size_t)m * n; ++i) {
+            if (!std::isfinite(hv[i])) return (double)INFINITY;
+            md = std::max(md, (double)std::fabs(hv[i] - href[i]));
+            mr = std::max(mr, (double)std::fabs(href[i]));
+        }
+        return mr > 0 ? md / mr : md;
+    };
+
+    int fails = 0;
+    struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
+    std::vector<Best> summary;
     for (auto& s : shapes) {
-        size_t bytes = (size_t)s.n * s.k / 2 + (size_t)s.k / 128 * s.n * 4;
-        for (auto& v : vars) {
-            if ((m == 32) != (v.nb == 4)) continue;
-            float best = 1e9; int bestSplit = 0;
-            for (int splits : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16}) {
-                if (splits > s.k / 128) continue;
-                long tiles = (s.n + 15) / 16;
-                if (splits > 1 && tiles * splits * 128L * 4 > (32 << 20) - (64 << 10)) continue;
-                dim3 grid((s.n + 63) / 64, splits);
-                float ms = 0;
-                for (int it = 0; it < 3; ++it) {
-                    cudaEventRecord(a);
-                    for (int c = 0; c < copies; ++c) {
-                        const uint8_t* wc = w + c * maxBytes;
-                        v.fn<<<grid, 128>>>(wc, (const uint32_t*)(wc + (size_t)s.n * s.k / 2), x, y, part + (64 << 10) / 4, tickets, s.n, s.k, m, 2, 0);
-                    }
-                    cudaEventRecord(b); cudaEventSynchronize(b);
-                    cudaEventElapsedTime(&ms, a, b);
+        const size_t stride = stride_of(s), bytes = code_bytes(s) + sz_words(s) * 4;
+        const int copies = copies_of(s), tiles = (s.n + 15) / 16;
+        fill_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(stride * copies / 4), 12345u + s.n);
+        for (int c = 0; c < copies; ++c)
+            fill_scale_zero<<<sms * 4, 256>>>((uint32_t*)(pool + c * stride + code_bytes(s)), (long long)sz_words(s), 777u + c);
+        CK(cudaGetLastError());
+        auto wOf = [&](int c) { return pool + c * stride; };
+        auto szOf = [&](int c) { return (const uint32_t*)(pool + c * stride + code_bytes(s)); };
+        const float read = timeit(copies, [&](int c) {
+            read_k<<<sms * 8, 256>>>((const uint4*)wOf(c), (long long)(bytes / 16), dummy);
+        });
+        printf("\nread %-8s %8.1f us  %5.2f TB/s  (%.1f MB, %d copies)\n", s.name, read, bytes / read / 1e6, bytes / 1e6, copies);
+
+        for (int m : {1, 8}) {
+            printf("== m=%d %s [%d x %d]\n", m, s.name, s.n, s.k);
+            CK(cudaMemset(tickets, 0, kTicketBytes));
+            current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, yref, part, tickets, s.n, s.k, m);
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+
+            Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
+            auto run = [&](const char* name, Fn fn, int warps, int kw, bool isCurrent) {
+                const int groupsOfTiles = (tiles + warps / kw - 1) / (warps / kw);
+                float best = 1e30f; int bestSplit = 0; double worst = 0;
+                char timings[512]; int tl = 0; timings[0] = 0;
+                for (int sp : kSplits) {
+                    if (!splits_fit(s.n, s.k, sp)) continue;
+                    const dim3 grid(groupsOfTiles, sp);
+                    CK(cudaMemset(tickets, 0, kTicketBytes));
+                    float us = timeit(copies, [&](int c) { fn<<<grid, warps * 32>>>(wOf(c), szOf(c), x, y, part, tickets, s.n, s.k, m); });
+                    CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));  // NaN: a row not written fails the check
+                    fn<<<grid, warps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, m);
+                    worst = std::max(worst, check(m, s.n));
+                    tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
+                    if (us < best) { best = us; bestSplit = sp; }
                 }
-                if (ms < best) { best = ms; bestSplit = splits; }
-            }
-            cudaError_t e = cudaGetLastError();
-            printf("m=%d %-8s %-10s best %7.1f us  %6.0f GB/s  splits %d %s\n", m, s.name, v.name, best * 1000 / copies,
-                   bytes * copies / best / 1e6, bestSplit, e ? cudaGetErrorString(e) : "");
+                const bool ok = worst <= 1e-5;
+                if (!ok) ++fails;
+                printf("  %-14s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", name, best, bytes / best / 1e6, bestSplit,
+                       ok ? "PASS" : "FAIL", worst, timings);
+                if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
+                else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
+            };
+            run("current", current_k, kTileWarps, kTileWarps, true);
+            for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false);
+            summary.push_back(b);
         }
     }
-    return 0;
+
+    printf("\n== summary (TB/s of codes + scale words; read = streaming read of the same bytes)\n");
+    printf("%-8s %2s  %16s  %16s  %30s  %6s\n", "shape", "m", "read", "current (split)", "best passing variant (split)", "gain");
+    for (auto& b : summary) {
+        const double bytes = code_bytes(*b.s) + sz_words(*b.s) * 4.0;
+        printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.s->name, b.m,
+               b.read, bytes / b.read / 1e6, b.cur, bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6,
+               b.varSplit, 100.0 * (b.cur / b.var - 1));
+    }
+    printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
+    return fails ? 1 : 0;
 }

@@ -135,11 +135,15 @@ internal sealed class Int4Ops
         LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
         if (!SplitsFit(n, k, group, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, group {group}, rows = {rows}.", nameof(splits));
-        uint blocks = (uint)((n + 4 * TileRows - 1) / (4 * TileRows));
+        // Up to 8 rows a block of 8 warps per 16-row tile; past that a block of 4 warps on 4 tiles (kernels/gemv_int4.cu).
+        int variant = Variant(rows);
+        int tilesPerBlock = variant == 0 ? 1 : 4;
+        uint blocks = (uint)((n + tilesPerBlock * TileRows - 1) / (tilesPerBlock * TileRows));
         ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &w, &scaleZero, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
-        _gemv[System.Numerics.BitOperations.Log2((uint)group) - 6, Variant(rows)].Launch(new Dim3(blocks, (uint)splits), new Dim3(128), 0, s, args);
+        _gemv[System.Numerics.BitOperations.Log2((uint)group) - 6, variant].Launch(new Dim3(blocks, (uint)splits),
+            new Dim3(variant == 0 ? 256u : 128u), 0, s, args);
     }
 
     /// <summary>
