@@ -257,7 +257,7 @@ __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ 
     }
 // Launch (n8): grid (ceil(n / 16), splits) (a block per tile), block 256 threads; m <= 8; the same workspace.
 #define QWQ_GEMV_INT4_TILE(SUFFIX, CPG)                                                                              \
-    extern "C" __global__ void __launch_bounds__(kTileWarps * 32, 4)                                                 \
+    extern "C" __global__ void __launch_bounds__(kTileWarps * 32, 3)                                                 \
     gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
