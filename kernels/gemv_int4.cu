@@ -249,7 +249,7 @@ __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ 
 // Launch (n16, n32): grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB; splits <= k / G. part / tickets as
 // gemv_tc.cu's (the same workspace serves both). One entry per group size G = 64 · CPG (64, 128, 256).
 #define QWQ_GEMV_INT4(SUFFIX, NB, UNROLL, CPG)                                                                       \
-    extern "C" __global__ void __launch_bounds__(kInt4Warps * 32, 4)                                                 \
+    extern "C" __global__ void __launch_bounds__(kInt4Warps * 32, 3)                                                 \
     gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
