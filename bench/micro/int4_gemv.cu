@@ -1,12 +1,13 @@
 // Micro-benchmark of the int4 GEMV (kernels/gemv_int4.cu, gemv_int4_n8_g128: 1..8 rows of x, group 128) and of the
-// candidates in gemv_int4_v2.cuh (what each changes is explained there; ctl-u8-b4 is close to the engine's kernel before
-// 2026-11-28, and kw8-sub-u4-b4 is the plan the engine took then) at QwQ-32B's four product shapes
-// (one GPU), 1 and 8 rows of x, against a plain 16-byte streaming read of the same bytes (codes + scale words). Each
-// candidate cycles over >= 8 copies of the weights (>= ~400 MB between two reads of one copy; L2 is 50-60 MB) so the
-// bytes come from DRAM. Inputs are random: every code byte, fp16 scales in [0.5, 1.5) / 8, zero points 0..15, bf16 x
-// in [-2, 2). Every candidate's output is CHECKED against gemv_int4_n8_g128 at 1 split: PASS when
-// max|y - ref| / max|ref| <= 1e-5 (fp32 sums in another order differ by a few ulps; y is poisoned with NaN before
-// each checked launch, so a row left unwritten fails).
+// candidates in gemv_int4_v2.cuh (what each changes is explained there) at QwQ-32B's four product shapes (one GPU), 1
+// and 8 rows of x, against a plain 16-byte streaming read of the same bytes (codes + scale words). The first round's
+// ctl-u8-b4 was close to the engine's kernel before 2026-11-28; the engine then took kw8-sub-u4-b4 at 3 blocks per SM
+// (`current` here: its entry, with the prefetch before the PDL wait); the second round's best, kw4-w4-sub-u4-b6, waits
+// on branch s10-int4-kw4 for a device run. Each candidate cycles over >= 8 copies of the weights (>= ~400 MB between
+// two reads of one copy; L2 is 50-60 MB) so the bytes come from DRAM. Inputs are random: every code byte, fp16 scales
+// in [0.5, 1.5) / 8, zero points 0..15, bf16 x in [-2, 2). Every candidate's output is CHECKED against
+// gemv_int4_n8_g128 at 1 split: PASS when max|y - ref| / max|ref| <= 1e-5 (fp32 sums in another order differ by a few
+// ulps; y is poisoned with NaN before each checked launch, so a row left unwritten fails).
 // Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
 // Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero
@@ -50,7 +51,7 @@ __global__ void fill_scale_zero(uint32_t* p, long long words, uint32_t seed) {
 
 typedef void (*Fn)(const uint8_t*, const uint32_t*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 // The engine's entry (gemv_int4_n8_g128) has an `accumulate` argument the variants lack.
-__global__ void __launch_bounds__(kTileWarps * 32, 4) current_k(const uint8_t* w, const uint32_t* sz, const __nv_bfloat16* x,
+__global__ void __launch_bounds__(kTileWarps * 32, 3) current_k(const uint8_t* w, const uint32_t* sz, const __nv_bfloat16* x,
                                                                 float* y, float* part, int* tickets, int n, int k, int m) {
     gemv_int4_tile_body<2>(w, sz, x, y, part, tickets, n, k, m, 0);
 }
@@ -59,22 +60,18 @@ struct Var { const char* name; Fn fn; int warps, kw; };
 #define V(NAME, U, W, KW, CH, Z, P, MINB) Var{NAME, int4v2::gemv_int4_v2<U, W, KW, CH, Z, P, MINB>, W, KW}
 //                 name               U  W  KW CH Z  P  MINB
 static const Var kVars[] = {
-    V("ctl-u8-b4",        8, 4, 1, 1, 0, 0, 4),  // control: the current plan rebuilt from the template
-    V("chain2",           8, 4, 1, 2, 0, 0, 4),
-    V("chain4",           8, 4, 1, 4, 0, 0, 4),
-    V("sub",              8, 4, 1, 1, 1, 0, 4),
-    V("sub-chain2",       8, 4, 1, 2, 1, 0, 4),
-    V("sub-chain4",       8, 4, 1, 4, 1, 0, 4),
-    V("chain2-b8-u4",     4, 4, 1, 2, 0, 0, 8),
-    V("sub-chain2-b8-u4", 4, 4, 1, 2, 1, 0, 8),
-    V("pipe-u4",          4, 4, 1, 2, 0, 1, 4),
-    V("sub-pipe-u4",      4, 4, 1, 2, 1, 1, 4),
-    V("kw8-u4-b4",        4, 8, 8, 2, 0, 0, 4),
-    V("kw8-u2-b4",        2, 8, 8, 2, 0, 0, 4),
-    V("kw8-sub-u4-b4",    4, 8, 8, 2, 1, 0, 4),
-    V("kw4-w8-u4",        4, 8, 4, 2, 0, 0, 4),
-    V("kw8-pipe-u2",      2, 8, 8, 2, 0, 1, 4),
-    V("kw8-pipe-u4-b2",   4, 8, 8, 2, 0, 1, 2),
+    // session 10, second round: around the plan the engine took (kw8-sub-u4-b3 = the engine's entry without its
+    // prefetch before the PDL wait)
+    V("kw8-sub-u4-b3",    4, 8, 8, 2, 1, 0, 3),
+    V("kw8-sub-u4-b3-c1", 4, 8, 8, 1, 1, 0, 3),
+    V("kw8-sub-u8-b2",    8, 8, 8, 2, 1, 0, 2),
+    V("kw8-sub-pipe-u2",  2, 8, 8, 2, 1, 1, 3),
+    V("kw8-sub-pipe-u4",  4, 8, 8, 2, 1, 1, 2),
+    V("kw16-sub-u4-b1",   4, 16, 16, 2, 1, 0, 1),
+    V("kw16-sub-u4-b2",   4, 16, 16, 2, 1, 0, 2),
+    V("kw16-sub-u2-b2",   2, 16, 16, 2, 1, 0, 2),
+    V("kw4-w4-sub-u4-b6", 4, 4, 4, 2, 1, 0, 6),  // branch s10-int4-kw4
+    V("kw8-w16-sub-u4",   4, 16, 8, 2, 1, 0, 2),
 };
 #undef V
 
