@@ -41,21 +41,8 @@
 #include <vector>
 #include "../../kernels/gemv_fp8.cu"
 #include "gemv_fp8_v2.cuh"
+#include "harness.cuh"
 #include "stream_read.cuh"
-
-#define CK(call)                                                                                         \
-    do {                                                                                                 \
-        cudaError_t e_ = (call);                                                                         \
-        if (e_ != cudaSuccess) {                                                                         \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
-            exit(1);                                                                                     \
-        }                                                                                                \
-    } while (0)
-
-__device__ __forceinline__ uint32_t hash32(uint32_t v) {
-    v ^= v >> 16; v *= 0x7feb352du; v ^= v >> 15; v *= 0x846ca68bu; v ^= v >> 16;
-    return v;
-}
 // Random e4m3 codes, 4 per word; the NaN codes (0x7F, 0xFF) become 0x7E / 0xFE (±448).
 __global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
@@ -150,17 +137,14 @@ int main() {
         uint32_t b; memcpy(&b, &f, 4);
         v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
     }
-    float* scale; CK(cudaMalloc(&scale, (size_t)maxN * 4));
-    CK(cudaMemcpy(scale, hs.data(), (size_t)maxN * 4, cudaMemcpyHostToDevice));
-    __nv_bfloat16* x; CK(cudaMalloc(&x, hx.size() * 2));
-    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    const float* scale = device_copy(hs);
+    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
     float *y, *yref; CK(cudaMalloc(&y, (size_t)4 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)4 * maxN * 4));
-    uint8_t* ws; CK(cudaMalloc(&ws, kTicketBytes + kPartBytes));
-    CK(cudaMemset(ws, 0, kTicketBytes + kPartBytes));
-    int* tickets = (int*)ws;
-    float* part = (float*)(ws + kTicketBytes);
+    const SplitWorkspace ws(kTicketBytes, kPartBytes);
+    int* tickets = ws.tickets;
+    float* part = ws.part;
     uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
-    cudaEvent_t ea, eb; CK(cudaEventCreate(&ea)); CK(cudaEventCreate(&eb));
+    LaunchTimer timer;
     std::vector<float> href((size_t)4 * maxN), hv((size_t)4 * maxN);
 
     // copies of a shape's weights, at a 4 KB stride, so that >= ~400 MB lie between two reads of one copy
@@ -168,31 +152,12 @@ int main() {
         stride = ((size_t)s.n * s.k + 4095) & ~(size_t)4095;
         return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride) + 1));
     };
-    // min over 3 timed passes (after one untimed) of the mean per-launch time, in µs
-    auto timeit = [&](int copies, auto&& launch) {
-        float best = 1e30f;
-        for (int it = 0; it < 4; ++it) {
-            CK(cudaEventRecord(ea));
-            for (int c = 0; c < copies; ++c) launch(c);
-            CK(cudaEventRecord(eb));
-            CK(cudaEventSynchronize(eb));
-            float ms; CK(cudaEventElapsedTime(&ms, ea, eb));
-            if (it > 0) best = std::min(best, ms * 1000.f / copies);
-        }
-        CK(cudaGetLastError());
-        return best;
-    };
+    auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
     // max |y - ref| / max |ref| over M rows of n; non-finite -> inf
     auto check = [&](int m, int n) {
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
-        double md = 0, mr = 0;
-        for (size_t i = 0; i < (size_t)m * n; ++i) {
-            if (!std::isfinite(hv[i])) return (double)INFINITY;
-            md = std::max(md, (double)std::fabs(hv[i] - href[i]));
-            mr = std::max(mr, (double)std::fabs(href[i]));
-        }
-        return mr > 0 ? md / mr : md;
+        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
     };
 
     // (a) the streaming read of the same bytes (weights + scales)

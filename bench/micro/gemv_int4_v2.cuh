@@ -72,17 +72,7 @@ gemv_int4_v2(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz, con
         int4x8_to_bf16x8_biased(v.q.w, a[3]);
         const uint32_t za = int4_neg_zero_pair(zsrc.sa), zb = int4_neg_zero_pair(zsrc.sb);
         const uint32_t az[4] = {za, zb, za, zb};
-        if constexpr (ZERO == 1) {
-#pragma unroll
-            for (int wd = 0; wd < 4; ++wd)
-#pragma unroll
-                for (int p = 0; p < 4; ++p) {
-                    const uint32_t nz = wd < 2 ? za : zb;
-                    __nv_bfloat162 r = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a[wd][p]),
-                                               *reinterpret_cast<const __nv_bfloat162*>(&nz));
-                    a[wd][p] = *reinterpret_cast<uint32_t*>(&r);
-                }
-        }
+        if constexpr (ZERO == 1) int4_subtract_zero(a, za, zb);  // kernels/gemv_int4.cu
         const size_t off = (size_t)ch * 64;
         const uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
 #pragma unroll

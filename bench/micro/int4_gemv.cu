@@ -20,21 +20,8 @@
 #include <vector>
 #include "../../kernels/gemv_int4.cu"
 #include "gemv_int4_v2.cuh"
+#include "harness.cuh"
 #include "stream_read.cuh"
-
-#define CK(call)                                                                                         \
-    do {                                                                                                 \
-        cudaError_t e_ = (call);                                                                         \
-        if (e_ != cudaSuccess) {                                                                         \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
-            exit(1);                                                                                     \
-        }                                                                                                \
-    } while (0)
-
-__device__ __forceinline__ uint32_t hash32(uint32_t v) {
-    v ^= v >> 16; v *= 0x7feb352du; v ^= v >> 15; v *= 0x846ca68bu; v ^= v >> 16;
-    return v;
-}
 // Random code bytes (every byte is two valid nibbles).
 __global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x)
@@ -117,42 +104,21 @@ int main() {
         uint32_t b; memcpy(&b, &f, 4);
         v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
     }
-    __nv_bfloat16* x; CK(cudaMalloc(&x, hx.size() * 2));
-    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
     float *y, *yref; CK(cudaMalloc(&y, (size_t)8 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)8 * maxN * 4));
-    uint8_t* ws; CK(cudaMalloc(&ws, kTicketBytes + kPartBytes));
-    CK(cudaMemset(ws, 0, kTicketBytes + kPartBytes));
-    int* tickets = (int*)ws;
-    float* part = (float*)(ws + kTicketBytes);
+    const SplitWorkspace ws(kTicketBytes, kPartBytes);
+    int* tickets = ws.tickets;
+    float* part = ws.part;
     uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
-    cudaEvent_t ea, eb; CK(cudaEventCreate(&ea)); CK(cudaEventCreate(&eb));
+    LaunchTimer timer;
     std::vector<float> href((size_t)8 * maxN), hv((size_t)8 * maxN);
 
-    // min over 3 timed passes (after one untimed) of the mean per-launch time, in µs
-    auto timeit = [&](int copies, auto&& launch) {
-        float best = 1e30f;
-        for (int it = 0; it < 4; ++it) {
-            CK(cudaEventRecord(ea));
-            for (int c = 0; c < copies; ++c) launch(c);
-            CK(cudaEventRecord(eb));
-            CK(cudaEventSynchronize(eb));
-            float ms; CK(cudaEventElapsedTime(&ms, ea, eb));
-            if (it > 0) best = std::min(best, ms * 1000.f / copies);
-        }
-        CK(cudaGetLastError());
-        return best;
-    };
+    auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
     // max |y - ref| / max |ref| over m rows of n; non-finite -> inf
     auto check = [&](int m, int n) {
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
-        double md = 0, mr = 0;
-        for (size_t i = 0; i < (size_t)m * n; ++i) {
-            if (!std::isfinite(hv[i])) return (double)INFINITY;
-            md = std::max(md, (double)std::fabs(hv[i] - href[i]));
-            mr = std::max(mr, (double)std::fabs(href[i]));
-        }
-        return mr > 0 ? md / mr : md;
+        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
     };
 
     int fails = 0;
