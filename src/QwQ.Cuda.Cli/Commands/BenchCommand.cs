@@ -38,7 +38,7 @@ internal static class BenchCommand
         var compare = new Option<bool>("--compare") { Description = "Also run transformers (static cache + torch.compile) on the same shapes via python3 and print the ratio" };
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
-        var profileStep = new Option<bool>("--profile-step") { Description = "Also time one batch-1 decode step kernel by kernel on every GPU (a diagnostic)" };
+        var profileStep = new Option<bool>("--profile-step") { Description = "Also time decode steps kernel by kernel on every GPU (a diagnostic): one at batch 1, and one at the largest --batch" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");

@@ -58,8 +58,9 @@ public static class BenchOutput
             foreach (var a in ar)
                 sb.AppendLine($"| {a.Rows} | {(a.OneShotUs is double o ? o.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "off")} | {a.NcclUs:F1} | {a.MsPerToken:F2} |");
         }
-        if (r.Profile is { } prof)
+        foreach (var prof in new[] { r.Profile, r.BatchProfile })
         {
+            if (prof is null) continue;
             sb.AppendLine();
             sb.AppendLine($"One decode step at {prof.Context} (batch {prof.Batch}) kernel by kernel, an event pair around each launch " +
                 $"(kernel times are right; the events serialise the step). Graph replay: {prof.GraphMsPerStep:F2} ms.");

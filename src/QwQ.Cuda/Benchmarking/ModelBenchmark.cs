@@ -19,7 +19,10 @@ public sealed record BenchSettings
     public int Repeats { get; init; } = 3;
     /// <summary>Batch sizes for the batched decode figures (each at every decode context that fits the pool); empty: none.</summary>
     public int[] Batches { get; init; } = [];
-    /// <summary>Also time one batch-1 decode step at the first decode context kernel by kernel (<see cref="StepProfile"/>).</summary>
+    /// <summary>
+    /// Also time decode steps kernel by kernel (<see cref="StepProfile"/>): one of batch 1 at the first decode context,
+    /// and one of the largest of <see cref="Batches"/> at the first context where that batch runs.
+    /// </summary>
     public bool ProfileStep { get; init; }
 }
 
@@ -52,7 +55,8 @@ public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
-    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null);
+    int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null,
+    StepProfile? BatchProfile = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -147,10 +151,7 @@ public static class ModelBenchmark
                 token = seq.Sample(greedy, i + 1);
             }
             profile = StepProfile.Summarize(1, decode[0].Context, decode[0].MsPerToken, launches);
-            foreach (var g in profile.Gpus)
-                log($"profiled step, GPU {g.Gpu}: {g.SpanUs / 1e3:F2} ms from first kernel to last, {g.KernelUs / 1e3:F2} ms inside kernels " +
-                    $"(graph replay: {decode[0].MsPerToken:F2} ms); most: " +
-                    string.Join(", ", g.Kernels.Take(4).Select(k => $"{k.Kernel} {k.Launches}× {k.MeanUs:F1} µs")));
+            LogProfile(profile, log);
         }
 
         var ttfts = new List<double>();
@@ -175,24 +176,42 @@ public static class ModelBenchmark
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
         seq.Dispose(); // the batched figures need the pool
+        StepProfile? batchProfile = null;
+        int profiledBatch = settings.ProfileStep && settings.Batches.Length > 0 ? settings.Batches.Max() : 0;
         foreach (int batch in settings.Batches)
             foreach (int ctx in settings.DecodeContexts)
             {
-                if ((long)batch * (ctx + settings.DecodeSteps + AttentionOpsBlock) > backend.Plan.KvPoolPositions)
+                if ((long)batch * (ctx + settings.DecodeSteps + 2 + AttentionOpsBlock) > backend.Plan.KvPoolPositions) // + 2: the profiled steps
                 {
                     log($"batch {batch} at {ctx}: skipped, the pool holds {backend.Plan.KvPoolPositions} positions");
                     continue;
                 }
-                double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens);
+                bool profileThis = batch == profiledBatch && batchProfile is null;
+                LaunchTimer.Launch[][]? launches = null;
+                double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens,
+                    profileThis ? items => launches = backend.ProfileStep(items) : null);
                 double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * backend.Plan.KvBytesPerToken;
                 double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
                 figures.Add(Figure("decode", batch, ctx, null, batch * 1e3 / ms, ms, floor));
                 log($"decode batch {batch,3} at {ctx,6}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+                if (launches is not null)
+                {
+                    batchProfile = StepProfile.Summarize(batch, ctx, ms, launches);
+                    LogProfile(batchProfile, log);
+                }
             }
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm, batchProfile);
+    }
+
+    private static void LogProfile(StepProfile profile, Action<string> log)
+    {
+        foreach (var g in profile.Gpus)
+            log($"profiled step, batch {profile.Batch}, GPU {g.Gpu}: {g.SpanUs / 1e3:F2} ms from first kernel to last, {g.KernelUs / 1e3:F2} ms inside kernels " +
+                $"(graph replay: {profile.GraphMsPerStep:F2} ms); most: " +
+                string.Join(", ", g.Kernels.Take(4).Select(k => $"{k.Kernel} {k.Launches}× {k.MeanUs:F1} µs")));
     }
 
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;
@@ -200,9 +219,12 @@ public static class ModelBenchmark
     /// <summary>
     /// <paramref name="batch"/> sequences prefilled to <paramref name="context"/> positions, then
     /// <paramref name="steps"/> batched decode steps timed (one forward over all rows + a greedy sample for each):
-    /// milliseconds per step, which is each sequence's ms/token.
+    /// milliseconds per step, which is each sequence's ms/token. With <paramref name="profile"/>, two more steps of the
+    /// same rows are handed to it after the timed ones (the second is the one kept: the first eager step may still load
+    /// something).
     /// </summary>
-    private static double BatchDecodeMs(CudaBackend backend, int batch, int context, int steps, Func<int, int[]> tokens)
+    private static double BatchDecodeMs(CudaBackend backend, int batch, int context, int steps, Func<int, int[]> tokens,
+        Action<SequenceChunk[]>? profile = null)
     {
         var greedy = new SamplingOptions { Temperature = 0 };
         var seqs = Enumerable.Range(0, batch).Select(_ => backend.CreateSequence()).ToArray();
@@ -227,7 +249,15 @@ public static class ModelBenchmark
             StepAll(0); // captures this batch size's graph
             var sw = Stopwatch.StartNew();
             for (int i = 1; i <= steps; i++) StepAll(i);
-            return sw.Elapsed.TotalMilliseconds / steps;
+            double ms = sw.Elapsed.TotalMilliseconds / steps;
+            if (profile is not null)
+                for (int i = 0; i < 2; i++)
+                {
+                    for (int b = 0; b < batch; b++) items[b] = new SequenceChunk(seqs[b], new[] { next[b] });
+                    profile(items);
+                    SampleAll(steps + 1 + i);
+                }
+            return ms;
         }
         finally
         {

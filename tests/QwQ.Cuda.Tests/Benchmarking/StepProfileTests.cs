@@ -54,6 +54,23 @@ public class StepProfileTests
         Assert.That(BenchOutput.ToJson(report), Does.Contain("\"span_us\""));
     }
 
+    [Test]
+    public void TheReportShowsTheBatchedStepsProfileAfterTheBatchOneProfile()
+    {
+        var one = StepProfile.Summarize(1, 1024, 7.5, [[new("gemv_bf16", new Dim3(224), 0f, 10f)]]);
+        var many = StepProfile.Summarize(32, 1024, 24.7, [[new("gemv_tc_fp8_n32", new Dim3(80, 8), 0f, 40f), new("gemv_tc_fp8_n32", new Dim3(80, 8), 50f, 44f)]]);
+        var report = new BenchReport("2026-11-28", "H200", "abc", "model", 1, 2048,
+            new DeviceCeilings(4e12, 7.8e14), [], [], null, new TtftResult(64, 20), [], Profile: one, BatchProfile: many);
+        string md = BenchOutput.ToMarkdown(report);
+        int first = md.IndexOf("(batch 1)", StringComparison.Ordinal), second = md.IndexOf("(batch 32)", StringComparison.Ordinal);
+        Assert.That(first, Is.GreaterThan(0), md);
+        Assert.That(second, Is.GreaterThan(first), "batch 1 first, then the batched step");
+        Assert.That(md, Does.Contain("Graph replay: 24.70 ms"));
+        Assert.That(md, Does.Contain("| gemv_tc_fp8_n32 (80,8,1) | 2 | 84 | 42.0 |"));
+        string json = BenchOutput.ToJson(report);
+        Assert.That(json, Does.Contain("\"batch_profile\"").And.Contain("\"batch\": 32"));
+    }
+
     private static readonly ModelConfig Tiny = ModelConfig.Parse(CudaModelTests.TinyConfigJson(), "config.json");
 
     [Test]
@@ -84,5 +101,46 @@ public class StepProfileTests
         profiled.CopyLastLogits(a);
         plain.CopyLastLogits(b);
         Assert.That(a, Is.EqualTo(b), "the profiled step computes what a plain step does");
+    }
+
+    // Two rows: a batch size the decode graphs are captured for, so the plain step replays the same kernels unpadded.
+    [Test]
+    public void AProfiledBatchedStepGivesEverySequenceWhatAPlainBatchedStepWould()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        using var backend = CudaBackend.Load(Tiny, null, new EngineOptions { KvPoolPositions = 8192 });
+        var greedy = new SamplingOptions { Temperature = 0 };
+        var profiled = Enumerable.Range(0, 2).Select(_ => backend.CreateSequence()).ToArray();
+        var plain = Enumerable.Range(0, 2).Select(_ => backend.CreateSequence()).ToArray();
+        try
+        {
+            var tokens = new int[2];
+            for (int s = 0; s < 2; s++)
+            {
+                int[] prompt = Enumerable.Range(0, 40 + 17 * s).Select(i => (i * 7 + s) % Tiny.VocabSize).ToArray();
+                profiled[s].Append(prompt);
+                plain[s].Append(prompt);
+                tokens[s] = profiled[s].Sample(greedy, 0);
+            }
+
+            var launches = backend.ProfileStep(profiled.Select((q, s) => new SequenceChunk(q, new[] { tokens[s] })).ToArray());
+            backend.Step(plain.Select((q, s) => new SequenceChunk(q, new[] { tokens[s] })).ToArray());
+
+            Assert.That(launches, Has.Length.EqualTo(1));
+            Assert.That(launches[0], Has.Length.GreaterThanOrEqualTo(2 * 8));
+            Assert.That(launches[0].Select(l => l.Us), Has.All.GreaterThan(0f).And.All.LessThan(1e6f));
+            var a = new float[Tiny.VocabSize];
+            var b = new float[Tiny.VocabSize];
+            for (int s = 0; s < 2; s++)
+            {
+                profiled[s].CopyLastLogits(a);
+                plain[s].CopyLastLogits(b);
+                Assert.That(a, Is.EqualTo(b), $"sequence {s}: the profiled batched step computes what a plain one does");
+            }
+        }
+        finally
+        {
+            foreach (var q in profiled.Concat(plain)) q.Dispose();
+        }
     }
 }
