@@ -65,6 +65,38 @@ internal static class BenchCommand
                 !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill));
             return ExitCodes.Ok;
         });
+        command.Subcommands.Add(CreateCompare(host));
+        return command;
+    }
+
+    /// <summary>
+    /// <c>qwq bench compare --before A.json [B.json …] --after C.json [D.json …]</c>: the figures of saved results matched
+    /// by their conditions, as a Markdown table (several files on a side: repeated runs, averaged, their range shown).
+    /// </summary>
+    private static Command CreateCompare(CliHost host)
+    {
+        var before = new Option<string[]>("--before")
+        {
+            Description = "Results before the change: the .json files `qwq bench --out` wrote (several: repeated runs)",
+            HelpName = "FILE", Required = true, AllowMultipleArgumentsPerToken = true, Arity = ArgumentArity.OneOrMore,
+        };
+        var after = new Option<string[]>("--after")
+        {
+            Description = "Results after the change, the same way",
+            HelpName = "FILE", Required = true, AllowMultipleArgumentsPerToken = true, Arity = ArgumentArity.OneOrMore,
+        };
+        var command = new Command("compare", "Compare saved bench results before and after a change, figure by figure (matched by kind, batch, context or tokens, weights, tensor parallel and KV cache)")
+        {
+            before, after,
+        };
+        command.SetAction(p =>
+        {
+            string[] b = p.GetValue(before)!, a = p.GetValue(after)!;
+            var changes = ResultComparison.Compare(
+                b.Select(ResultComparison.ReadFigures).ToList(), a.Select(ResultComparison.ReadFigures).ToList());
+            host.Out.Write(ResultComparison.ToMarkdown(changes, b, a));
+            return ExitCodes.Ok;
+        });
         return command;
     }
 

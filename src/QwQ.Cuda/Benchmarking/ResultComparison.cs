@@ -1,0 +1,134 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using QwQ.Cuda.Errors;
+
+namespace QwQ.Cuda.Benchmarking;
+
+/// <summary>
+/// What a figure was measured under: the conditions <c>qwq bench</c> writes beside each <c>tokens_per_second</c> (kind,
+/// batch, context or tokens, weights, tensor parallel, KV cache), so that two runs' figures can be matched by script.
+/// </summary>
+public sealed record FigureConditions(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel, string KvCache)
+{
+    public static FigureConditions Of(BenchFigure f) => new(f.Kind, f.Batch, f.Context, f.Tokens, f.Weights, f.TensorParallel, f.KvCache);
+
+    public override string ToString()
+    {
+        var sb = new StringBuilder(Kind);
+        if (Batch != 1) sb.Append(CultureInfo.InvariantCulture, $" batch {Batch}");
+        if (Context is int c) sb.Append(CultureInfo.InvariantCulture, $" at {c}");
+        if (Tokens is int t) sb.Append(CultureInfo.InvariantCulture, $" of {t} tokens");
+        sb.Append(CultureInfo.InvariantCulture, $", {Weights}");
+        if (TensorParallel != 1) sb.Append(CultureInfo.InvariantCulture, $", TP{TensorParallel}");
+        if (KvCache != "bf16") sb.Append(CultureInfo.InvariantCulture, $", {KvCache} KV");
+        return sb.ToString();
+    }
+}
+
+/// <summary>
+/// One figure on both sides of a comparison: the tokens per second of each run that has it (a side may hold several
+/// runs of the same build, e.g. the two rounds of an A/B, and one run may hold a figure twice: `--batch 1,8` measures
+/// batch 1 again through the batched path), empty where a side lacks it.
+/// </summary>
+public sealed record FigureChange(FigureConditions Conditions, IReadOnlyList<double> Before, IReadOnlyList<double> After)
+{
+    /// <summary>Mean after over mean before, minus one; null where a side lacks the figure.</summary>
+    public double? Change => Before.Count > 0 && After.Count > 0 ? After.Average() / Before.Average() - 1 : null;
+}
+
+/// <summary>
+/// <c>qwq bench compare</c>: the figures of <c>qwq bench --out</c> results (their JSON) matched by their conditions
+/// across two sets of runs, before and after a change, as a Markdown table.
+/// </summary>
+public static class ResultComparison
+{
+    private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    /// <summary>The figures of one result file; a missing, malformed or figure-less file is a <see cref="QwqException"/> naming it.</summary>
+    public static IReadOnlyList<BenchFigure> ReadFigures(string path)
+    {
+        if (!File.Exists(path))
+            throw new QwqException($"{path}: no such file (give the .json that `qwq bench --out DIR` wrote)");
+        if (path.EndsWith(".md", StringComparison.OrdinalIgnoreCase))
+            throw new QwqException($"{path}: a Markdown table; give the .json beside it");
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        }
+        catch (JsonException e)
+        {
+            throw new QwqException($"{path}: not valid JSON ({e.Message})");
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("report", out var report) || report.ValueKind != JsonValueKind.Object
+                || !report.TryGetProperty("figures", out var figures) || figures.ValueKind != JsonValueKind.Array)
+                throw new QwqException($"{path}: no report.figures in it: not a `qwq bench --out` result, or one written before " +
+                                       "bench recorded each figure with its conditions");
+            try
+            {
+                var list = figures.Deserialize<List<BenchFigure>>(Json) ?? [];
+                foreach (var f in list)
+                    if (f.Kind is null || f.Weights is null || f.KvCache is null)
+                        throw new QwqException($"{path}: a figure without kind, weights or kv_cache: not a `qwq bench --out` result");
+                return list;
+            }
+            catch (JsonException e)
+            {
+                throw new QwqException($"{path}: a figure does not read as one `qwq bench` writes ({e.Message})");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every figure of either side by its conditions, in the order they first appear (before's runs first): the tokens
+    /// per second of each run holding it.
+    /// </summary>
+    public static IReadOnlyList<FigureChange> Compare(IReadOnlyList<IReadOnlyList<BenchFigure>> before, IReadOnlyList<IReadOnlyList<BenchFigure>> after)
+    {
+        var order = new List<FigureConditions>();
+        var b = new Dictionary<FigureConditions, List<double>>();
+        var a = new Dictionary<FigureConditions, List<double>>();
+        void Add(IReadOnlyList<IReadOnlyList<BenchFigure>> runs, Dictionary<FigureConditions, List<double>> side)
+        {
+            foreach (var run in runs)
+                foreach (var f in run)
+                {
+                    var key = FigureConditions.Of(f);
+                    if (!b.ContainsKey(key) && !a.ContainsKey(key)) order.Add(key);
+                    if (!side.TryGetValue(key, out var values)) side[key] = values = [];
+                    values.Add(f.TokensPerSecond);
+                }
+        }
+        Add(before, b);
+        Add(after, a);
+        return order.Select(k => new FigureChange(k, b.GetValueOrDefault(k) ?? [], a.GetValueOrDefault(k) ?? [])).ToList();
+    }
+
+    /// <summary>The comparison as a Markdown table: mean tokens per second on each side (with the range over several runs) and the change.</summary>
+    public static string ToMarkdown(IReadOnlyList<FigureChange> changes, IReadOnlyList<string> beforeFiles, IReadOnlyList<string> afterFiles)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine(inv, $"Before: {string.Join(", ", beforeFiles.Select(Path.GetFileName))}  ");
+        sb.AppendLine(inv, $"After: {string.Join(", ", afterFiles.Select(Path.GetFileName))}");
+        sb.AppendLine();
+        sb.AppendLine("| figure | before tok/s | after tok/s | change |");
+        sb.AppendLine("|---|---:|---:|---:|");
+        static string Side(IReadOnlyList<double> v) =>
+            v.Count == 0 ? "–"
+            : v.Count == 1 ? v[0].ToString("F1", CultureInfo.InvariantCulture)
+            : string.Create(CultureInfo.InvariantCulture, $"{v.Average():F1} ({v.Min():F1}–{v.Max():F1} over {v.Count})");
+        foreach (var c in changes)
+            sb.AppendLine(inv, $"| {c.Conditions} | {Side(c.Before)} | {Side(c.After)} | {(c.Change is double d ? d.ToString("+0.0%;-0.0%;0.0%", inv) : "–")} |");
+        if (!changes.Any(c => c.Change is not null))
+        {
+            sb.AppendLine();
+            sb.AppendLine("No figure appears on both sides (their conditions differ: kind, batch, context or tokens, weights, tensor parallel, KV cache).");
+        }
+        return sb.ToString();
+    }
+}

@@ -1,0 +1,107 @@
+using QwQ.Cuda.Benchmarking;
+using QwQ.Cuda.Errors;
+using QwQ.Cuda.Tests.Cli;
+
+namespace QwQ.Cuda.Tests.Benchmarking;
+
+/// <summary>
+/// <c>qwq bench compare</c>: saved results' figures matched by their conditions (kind, batch, context or tokens,
+/// weights, tensor parallel, KV cache) across runs before and after a change.
+/// </summary>
+public class ResultComparisonTests
+{
+    private string _dir = "";
+
+    [SetUp]
+    public void SetUp() => Directory.CreateDirectory(_dir = Path.Combine(Path.GetTempPath(), "qwq-compare-" + Guid.NewGuid().ToString("N")));
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(_dir, recursive: true);
+
+    private static BenchFigure Decode(int batch, double tokPerS, string weights = "int4-awq", string kv = "bf16", int tp = 1) =>
+        new("decode", batch, 1024, null, weights, tp, kv, tokPerS, batch * 1e3 / tokPerS, 4.4, 50);
+
+    private string Save(string name, params BenchFigure[] figures)
+    {
+        var report = new BenchReport("2026-11-28", "NVIDIA H200", "abc1234", "64L h5120 40/8 heads", 19_700_000_000, 1096,
+            new DeviceCeilings(4.1e12, 7.8e14), [], [], null, new TtftResult(64, 37), figures);
+        string path = Path.Combine(_dir, name);
+        File.WriteAllText(path, BenchOutput.ToJson(report));
+        return path;
+    }
+
+    [Test]
+    public void ReadsBackTheFiguresBenchWrites()
+    {
+        var figures = new[] { Decode(1, 107.5), Decode(8, 768.5) with { ProgrammaticLaunch = true },
+            new BenchFigure("prefill", 1, null, 2048, "bf16", 1, "bf16", 9275, 220.8, 169.3, 77, PrefillGemm: "bf16 cuBLAS", PrefillAttention: "wgmma sm_90a") };
+        Assert.That(ResultComparison.ReadFigures(Save("a.json", figures)), Is.EqualTo(figures));
+    }
+
+    [Test]
+    public void MatchesFiguresByTheirConditionsAndAveragesRepeatedRuns()
+    {
+        string[] before = [Save("b1.json", Decode(1, 100), Decode(8, 700)), Save("b2.json", Decode(1, 110), Decode(8, 720))];
+        string[] after = [Save("a1.json", Decode(1, 115.5), Decode(8, 710), Decode(1, 130, weights: "fp8")), Save("a2.json", Decode(1, 115.5))];
+        var changes = ResultComparison.Compare(before.Select(ResultComparison.ReadFigures).ToList(), after.Select(ResultComparison.ReadFigures).ToList());
+
+        Assert.That(changes.Select(c => c.Conditions.ToString()),
+            Is.EqualTo(new[] { "decode at 1024, int4-awq", "decode batch 8 at 1024, int4-awq", "decode at 1024, fp8" }));
+        Assert.That(changes[0].Before, Is.EqualTo(new[] { 100.0, 110.0 }));
+        Assert.That(changes[0].After, Is.EqualTo(new[] { 115.5, 115.5 }));
+        Assert.That(changes[0].Change, Is.EqualTo(0.1).Within(1e-12), "mean 115.5 over mean 105");
+        Assert.That(changes[1].Change, Is.EqualTo(0.0).Within(1e-12), "710 over 710");
+        Assert.That(changes[2].Before, Is.Empty, "other weights: another figure");
+        Assert.That(changes[2].Change, Is.Null);
+
+        string md = ResultComparison.ToMarkdown(changes, before, after);
+        Assert.That(md, Does.Contain("| decode at 1024, int4-awq | 105.0 (100.0–110.0 over 2) | 115.5 (115.5–115.5 over 2) | +10.0% |"));
+        Assert.That(md, Does.Contain("| decode at 1024, fp8 | – | 130.0 | – |"));
+        Assert.That(md, Does.Contain("Before: b1.json, b2.json"));
+    }
+
+    [Test]
+    public void TheKvCacheAndTensorParallelTellFiguresApart()
+    {
+        var changes = ResultComparison.Compare([[Decode(1, 100)]], [[Decode(1, 120, kv: "fp8"), Decode(1, 150, tp: 2)]]);
+        Assert.That(changes, Has.Count.EqualTo(3));
+        Assert.That(changes.All(c => c.Change is null), Is.True);
+        Assert.That(changes.Select(c => c.Conditions.ToString()), Does.Contain("decode at 1024, int4-awq, fp8 KV").And.Contain("decode at 1024, int4-awq, TP2"));
+        Assert.That(ResultComparison.ToMarkdown(changes, ["b.json"], ["a.json"]), Does.Contain("No figure appears on both sides"));
+    }
+
+    [Test]
+    public void AFileThatIsNotABenchResultIsOneErrorNamingIt()
+    {
+        string missing = Path.Combine(_dir, "missing.json");
+        string md = Path.Combine(_dir, "r.md");
+        string broken = Path.Combine(_dir, "broken.json");
+        string old = Path.Combine(_dir, "old.json");
+        File.WriteAllText(md, "# qwq bench");
+        File.WriteAllText(broken, "{\"report\": {\"figures\": [");
+        File.WriteAllText(old, "{\"report\": {\"decode\": []}}");
+        Assert.That(() => ResultComparison.ReadFigures(missing), Throws.InstanceOf<QwqException>().With.Message.Contains(missing).And.Message.Contains("no such file"));
+        Assert.That(() => ResultComparison.ReadFigures(md), Throws.InstanceOf<QwqException>().With.Message.Contains("give the .json beside it"));
+        Assert.That(() => ResultComparison.ReadFigures(broken), Throws.InstanceOf<QwqException>().With.Message.Contains(broken).And.Message.Contains("not valid JSON"));
+        Assert.That(() => ResultComparison.ReadFigures(old), Throws.InstanceOf<QwqException>().With.Message.Contains("no report.figures"));
+    }
+
+    [Test]
+    public async Task TheCommandPrintsTheTable()
+    {
+        string b = Save("before.json", Decode(1, 100)), a = Save("after.json", Decode(1, 105));
+        var r = await CliTests.Qwq("bench", "compare", "--before", b, "--after", a);
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Contain("| decode at 1024, int4-awq | 100.0 | 105.0 | +5.0% |"));
+    }
+
+    [Test]
+    public async Task AMissingFileIsOneCleanError()
+    {
+        string a = Save("after.json", Decode(1, 105));
+        var r = await CliTests.Qwq("bench", "compare", "--before", Path.Combine(_dir, "nope.json"), "--after", a);
+        Assert.That(r.ExitCode, Is.Not.Zero);
+        Assert.That(r.Err, Does.Contain("nope.json: no such file").And.Not.Contain("   at "));
+        Assert.That(r.Out, Is.Empty);
+    }
+}
