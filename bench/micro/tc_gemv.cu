@@ -1,0 +1,181 @@
+// Micro-benchmark of the tensor-core GEMV over FP8 weights at 16 and 32 rows of x (kernels/gemv_tc.cu,
+// gemv_tc_fp8_n16 / n32) and of the candidates in gemv_tc_v2.cuh (a warp owning MT tiles, so each x fragment it loads
+// serves MT tiles; why is explained there) at QwQ-32B's four product shapes (one GPU), against a plain 16-byte
+// streaming read of the same bytes. Each candidate cycles over >= 8 copies of the weights (>= ~400 MB between two reads
+// of one copy) so the bytes come from DRAM. Inputs are random: every finite e4m3 code, per-row scales in
+// [0.5, 1.5) / 448, bf16 x in [-2, 2). Every candidate's output is CHECKED against the current kernel at 1 split:
+// PASS when max|y - ref| / max|ref| <= 1e-5 (y poisoned with NaN before each checked launch).
+// Not part of the build. On the GPU machine:
+//   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include "../../kernels/gemv_tc.cu"
+#include "gemv_tc_v2.cuh"
+#include "harness.cuh"
+#include "stream_read.cuh"
+
+// Random e4m3 codes, 4 per word; the NaN codes (0x7F, 0xFF) become 0x7E / 0xFE (±448).
+__global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
+        uint32_t v = hash32((uint32_t)i * 2654435761u ^ hash32(seed + (uint32_t)(i >> 32)));
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+            if (((v >> (8 * b)) & 0x7F) == 0x7F) v &= ~(1u << (8 * b));
+        p[i] = v;
+    }
+}
+
+typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
+typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
+
+struct Var { const char* name; VarFn fn; int mt; };
+#define V(NAME, NB, U, MT, MINB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB>, MT}
+//                        name           NB  U  MT MINB
+static const Var kVars16[] = {
+    V("ctl-u8-b4",        2, 8, 1, 4),  // control: the current plan rebuilt from the template
+    V("mt2-u4-b4",        2, 4, 2, 4),
+    V("mt2-u4-b3",        2, 4, 2, 3),
+    V("mt2-u2-b4",        2, 2, 2, 4),
+    V("mt4-u2-b3",        2, 2, 4, 3),
+};
+static const Var kVars32[] = {
+    V("ctl-u4-b4",        4, 4, 1, 4),
+    V("mt2-u2-b3",        4, 2, 2, 3),
+    V("mt2-u2-b4",        4, 2, 2, 4),
+    V("mt2-u4-b2",        4, 4, 2, 2),
+    V("mt4-u1-b2",        4, 1, 4, 2),
+    V("mt4-u2-b2",        4, 2, 4, 2),
+};
+#undef V
+
+struct Shape { int n, k; const char* name; };
+static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
+static const long kTicketBytes = 64 << 10, kPartBytes = 64 << 20;
+
+static bool splits_fit(int n, int k, int nb, int splits) {
+    const long tiles = (n + 15) / 16;
+    if (splits == 1) return true;
+    return splits <= k / 64 && tiles * 4 <= kTicketBytes && tiles * splits * 128L * nb * 4 <= kPartBytes;
+}
+
+int main() {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int sms = prop.multiProcessorCount;
+    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
+
+    const Shape shapes[] = {{7168, 5120, "qkv"}, {5120, 5120, "o"}, {55296, 5120, "gate_up"}, {5120, 27648, "down"}};
+    auto stride_of = [](const Shape& s) { return ((size_t)s.n * s.k + 4095) & ~(size_t)4095; };
+    auto copies_of = [&](const Shape& s) {
+        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride_of(s)) + 1));
+    };
+    size_t poolBytes = 0;
+    int maxN = 0, maxK = 0;
+    for (auto& s : shapes) {
+        poolBytes = std::max(poolBytes, stride_of(s) * copies_of(s));
+        maxN = std::max(maxN, s.n);
+        maxK = std::max(maxK, s.k);
+    }
+    uint8_t* pool;
+    CK(cudaMalloc(&pool, poolBytes));
+    fill_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
+    CK(cudaGetLastError());
+
+    std::vector<float> hs(maxN);
+    std::vector<uint16_t> hx((size_t)32 * maxK);
+    uint32_t st = 987654321u;
+    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
+    for (auto& v : hs) v = (0.5f + rnd()) / 448.0f;
+    for (auto& v : hx) {
+        float f = 4.0f * rnd() - 2.0f;
+        uint32_t b; memcpy(&b, &f, 4);
+        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    }
+    const float* scale = device_copy(hs);
+    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
+    float *y, *yref; CK(cudaMalloc(&y, (size_t)32 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)32 * maxN * 4));
+    const SplitWorkspace ws(kTicketBytes, kPartBytes);
+    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    LaunchTimer timer;
+    std::vector<float> href((size_t)32 * maxN), hv((size_t)32 * maxN);
+    auto check = [&](int m, int n) {
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
+        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
+    };
+
+    int fails = 0;
+    struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
+    std::vector<Best> summary;
+    for (auto& s : shapes) {
+        const size_t stride = stride_of(s), bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
+        const int copies = copies_of(s), tiles = (s.n + 15) / 16;
+        auto wOf = [&](int c) { return (const void*)(pool + c * stride); };
+        const float read = timer.best_us(copies, [&](int c) {
+            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)((size_t)s.n * s.k / 16), dummy);
+        });
+        printf("\nread %-8s %8.1f us  %5.2f TB/s  (%.1f MB of weights, %d copies)\n", s.name, read, (double)s.n * s.k / read / 1e6,
+               (double)s.n * s.k / 1e6, copies);
+
+        for (int m : {16, 32}) {
+            const int nb = m / 8;
+            const CurFn cur = m == 16 ? gemv_tc_fp8_n16 : gemv_tc_fp8_n32;
+            printf("== m=%d %s [%d x %d]\n", m, s.name, s.n, s.k);
+            CK(cudaMemset(ws.tickets, 0, kTicketBytes));
+            cur<<<dim3((s.n + 63) / 64, 1), 128>>>(wOf(0), scale, x, yref, ws.part, ws.tickets, s.n, s.k, m, 0);
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+
+            Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
+            auto run = [&](const char* name, int mt, auto&& launch, bool isCurrent) {
+                const dim3 g1((tiles + 4 * mt - 1) / (4 * mt), 1);
+                float best = 1e30f; int bestSplit = 0; double worst = 0;
+                char timings[512]; int tl = 0; timings[0] = 0;
+                for (int sp : kSplits) {
+                    if (!splits_fit(s.n, s.k, nb, sp)) continue;
+                    const dim3 grid(g1.x, sp);
+                    CK(cudaMemset(ws.tickets, 0, kTicketBytes));
+                    float us = timer.best_us(copies, [&](int c) { launch(grid, wOf(c)); });
+                    CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));
+                    launch(grid, wOf(0));
+                    worst = std::max(worst, check(m, s.n));
+                    tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
+                    if (us < best) { best = us; bestSplit = sp; }
+                }
+                const bool ok = worst <= 1e-5;
+                if (!ok) ++fails;
+                printf("  %-12s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", name, best, bytes / best / 1e6, bestSplit,
+                       ok ? "PASS" : "FAIL", worst, timings);
+                if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
+                else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
+            };
+            run("current", 1, [&](dim3 grid, const void* wc) {
+                cur<<<grid, 128>>>(wc, scale, x, y, ws.part, ws.tickets, s.n, s.k, m, 0);
+            }, true);
+            const Var* vars = m == 16 ? kVars16 : kVars32;
+            const int count = m == 16 ? (int)(sizeof kVars16 / sizeof *kVars16) : (int)(sizeof kVars32 / sizeof *kVars32);
+            for (int i = 0; i < count; ++i) {
+                const Var& v = vars[i];
+                run(v.name, v.mt, [&](dim3 grid, const void* wc) {
+                    v.fn<<<grid, 128>>>(wc, scale, x, y, ws.part, ws.tickets, s.n, s.k, m);
+                }, false);
+            }
+            summary.push_back(b);
+        }
+    }
+
+    printf("\n== summary (TB/s of weights + scales; read = streaming read of the weights)\n");
+    printf("%-8s %2s  %16s  %16s  %26s  %6s\n", "shape", "m", "read", "current (split)", "best passing variant (split)", "gain");
+    for (auto& b : summary) {
+        const double bytes = (double)b.s->n * b.s->k + (double)b.s->n * 4;
+        printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)  %-10s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.s->name, b.m,
+               b.read, (double)b.s->n * b.s->k / b.read / 1e6, b.cur, bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6,
+               b.varSplit, 100.0 * (b.cur / b.var - 1));
+    }
+    printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
+    return fails ? 1 : 0;
+}
