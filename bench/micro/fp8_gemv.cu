@@ -43,17 +43,6 @@
 #include "gemv_fp8_v2.cuh"
 #include "harness.cuh"
 #include "stream_read.cuh"
-// Random e4m3 codes, 4 per word; the NaN codes (0x7F, 0xFF) become 0x7E / 0xFE (±448).
-__global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
-        uint32_t v = hash32((uint32_t)i * 2654435761u ^ hash32(seed + (uint32_t)(i >> 32)));
-#pragma unroll
-        for (int b = 0; b < 4; ++b)
-            if (((v >> (8 * b)) & 0x7F) == 0x7F) v &= ~(1u << (8 * b));
-        p[i] = v;
-    }
-}
-
 typedef void (*CurFn)(const uint8_t*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 typedef void (*VarFn)(const uint8_t*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
 
@@ -93,22 +82,13 @@ std::vector<Var> variants() {
 }
 #undef V
 
-struct Shape { int n, k; const char* name; };
-
 static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
 static const long kTicketBytes = 64 << 10, kPartBytes = 32 << 20;
 
-static bool splits_fit(int n, int k, int m, int splits) {
-    const long tiles = (n + 15) / 16;
-    if (splits == 1) return true;
-    return splits <= k / 64 && tiles * 4 <= kTicketBytes && tiles * splits * 16L * m * 4 <= kPartBytes;
-}
+static bool fits(int n, int k, int m, int splits) { return splits_fit(n, k, splits, 64, 16L * m, kTicketBytes, kPartBytes); }
 
 int main() {
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    const int sms = prop.multiProcessorCount;
-    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
+    const int sms = print_device();
 
     const Shape shapes[] = {
         {7168, 5120, "TP1 qkv"},  {5120, 5120, "TP1 o"},  {55296, 5120, "TP1 gate_up"}, {5120, 27648, "TP1 down"},
@@ -123,49 +103,29 @@ int main() {
     const size_t poolBytes = maxBytes * 8;
     uint8_t* pool;
     CK(cudaMalloc(&pool, poolBytes));
-    fill_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
+    fill_e4m3_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
     CK(cudaGetLastError());
 
     // scales ~ U(0.5, 1.5) / 448, x ~ U(-2, 2) in bf16 (host-generated, fixed seed)
-    std::vector<float> hs(maxN);
-    std::vector<uint16_t> hx((size_t)4 * maxK);
-    uint32_t st = 987654321u;
-    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
-    for (auto& v : hs) v = (0.5f + rnd()) / 448.0f;
-    for (auto& v : hx) {
-        float f = 4.0f * rnd() - 2.0f;
-        uint32_t b; memcpy(&b, &f, 4);
-        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
-    }
-    const float* scale = device_copy(hs);
-    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
-    float *y, *yref; CK(cudaMalloc(&y, (size_t)4 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)4 * maxN * 4));
-    const SplitWorkspace ws(kTicketBytes, kPartBytes);
-    int* tickets = ws.tickets;
-    float* part = ws.part;
-    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    HostRandom rng;
+    GemvBuffers io(4, maxN, maxK, true, kTicketBytes, kPartBytes, rng);
+    const float* scale; const __nv_bfloat16* x; float *y, *yref, *part; int* tickets;
+    std::tie(scale, x, y, yref, part, tickets) = io.views();
     LaunchTimer timer;
-    std::vector<float> href((size_t)4 * maxN), hv((size_t)4 * maxN);
 
     // copies of a shape's weights, at a 4 KB stride, so that >= ~400 MB lie between two reads of one copy
     auto layout = [&](const Shape& s, size_t& stride) {
-        stride = ((size_t)s.n * s.k + 4095) & ~(size_t)4095;
-        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride) + 1));
+        stride = copy_stride((size_t)s.n * s.k);
+        return copies_for(stride);
     };
     auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
-    // max |y - ref| / max |ref| over M rows of n; non-finite -> inf
-    auto check = [&](int m, int n) {
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
-        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
-    };
 
     // (a) the streaming read of the same bytes (weights + scales)
     for (auto& s : shapes) {
         size_t stride; const int copies = layout(s, stride);
         const size_t bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
         float us = timeit(copies, [&](int c) {
-            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)(bytes / 16), dummy);
+            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)(bytes / 16), io.dummy);
         });
         printf("read %-12s %8.1f us  %5.2f TB/s  (%d copies)\n", s.name, us, bytes / us / 1e6, copies);
     }
@@ -187,21 +147,20 @@ int main() {
         // reference: the current kernel at 1 split on copy 0
         CK(cudaMemset(tickets, 0, kTicketBytes));
         cur[m - 1]<<<dim3((s.n + 63) / 64, 1), 128>>>(pool, scale, x, yref, part, tickets, s.n, s.k, 0);
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+        io.take_reference(m, s.n);
 
         // (b) the current kernel at 1, 2, 4, 8 splits
         Best b{s.name, m, 1e30f, 1e30f, 0, 0, ""};
         printf("  %-16s", "current");
         for (int sp : {1, 2, 4, 8}) {
-            if (!splits_fit(s.n, s.k, m, sp)) continue;
+            if (!fits(s.n, s.k, m, sp)) continue;
             CK(cudaMemset(tickets, 0, kTicketBytes));
             float us = timeit(copies, [&](int c) {
                 cur[m - 1]<<<dim3((s.n + 63) / 64, sp), 128>>>(pool + c * stride, scale, x, y, part, tickets, s.n, s.k, 0);
             });
-            CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));
+            io.poison(m, s.n);
             cur[m - 1]<<<dim3((s.n + 63) / 64, sp), 128>>>(pool, scale, x, y, part, tickets, s.n, s.k, 0);
-            double err = check(m, s.n);
+            double err = io.check(m, s.n);
             const bool ok = err <= 1e-5;
             if (!ok) ++fails;
             printf(" s%d %6.1f us %4.2f TB/s%s", sp, us, bytes / us / 1e6, ok ? "" : " FAIL");
@@ -212,10 +171,9 @@ int main() {
         // (c) the variants
         for (auto& v : vars[m]) {
             const int tpb = v.warps / v.kw, groups = (tiles + tpb - 1) / tpb;
-            float best = 1e30f; int bestSplit = 0; double worst = 0;
-            char timings[512]; int tl = 0; timings[0] = 0;
+            Sweep sw;
             for (int sp : kSplits) {
-                if (!splits_fit(s.n, s.k, m, sp)) continue;
+                if (!fits(s.n, s.k, m, sp)) continue;
                 const size_t smem = v.xs ? (size_t)m * ((s.k / 64 + sp - 1) / sp) * 64 * 4 : 0;
                 if (smem > 200 * 1024) continue;
                 CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 0)));
@@ -228,18 +186,14 @@ int main() {
                 float us = timeit(copies, [&](int c) {
                     v.fn<<<grid, v.warps * 32, smem>>>(pool + c * stride, scale, x, y, part, tickets, s.n, s.k, 0, sp);
                 });
-                CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));  // NaN: a row not written fails the check
+                io.poison(m, s.n);
                 v.fn<<<grid, v.warps * 32, smem>>>(pool, scale, x, y, part, tickets, s.n, s.k, 0, sp);
-                double err = check(m, s.n);
-                worst = std::max(worst, err);
-                tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
-                if (us < best) { best = us; bestSplit = sp; }
+                sw.add(sp, us, io.check(m, s.n));
             }
-            const bool ok = worst <= 1e-5;
-            if (!ok) ++fails;
-            if (bestSplit == 0) { printf("  %-16s (no launchable split)\n", v.name); continue; }
-            printf("  %-16s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", v.name, best, bytes / best / 1e6, bestSplit,
-                   ok ? "PASS" : "FAIL", worst, timings);
+            if (sw.split == 0) { printf("  %-16s (no launchable split)\n", v.name); continue; }
+            if (!sw.ok()) ++fails;
+            sw.print(v.name, bytes);
+            const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
             if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = v.name; }
         }
         summary.push_back(b);

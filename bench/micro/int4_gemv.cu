@@ -62,64 +62,31 @@ static const Var kVars[] = {
 };
 #undef V
 
-struct Shape { int n, k; const char* name; };
 static const int kSplits[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 16};
 static const long kTicketBytes = 64 << 10, kPartBytes = 32 << 20;
 
-static bool splits_fit(int n, int k, int splits) {
-    const long tiles = (n + 15) / 16;
-    if (splits == 1) return true;
-    return splits <= k / 128 && tiles * 4 <= kTicketBytes && tiles * splits * 128L * 4 <= kPartBytes;
-}
+static bool fits(int n, int k, int splits) { return splits_fit(n, k, splits, 128, 128, kTicketBytes, kPartBytes); }
 static size_t code_bytes(const Shape& s) { return (size_t)s.n * s.k / 2; }
 static size_t sz_words(const Shape& s) { return (size_t)(s.k / 128) * ((s.n + 15) & ~15); }
 
 int main() {
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    const int sms = prop.multiProcessorCount;
-    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
-
-    const Shape shapes[] = {{7168, 5120, "qkv"}, {5120, 5120, "o"}, {55296, 5120, "gate_up"}, {5120, 27648, "down"}};
-    // copies of a shape (codes, then its scale words) at a 4 KB stride, >= ~400 MB between two reads of one copy
-    auto stride_of = [](const Shape& s) { return (code_bytes(s) + sz_words(s) * 4 + 4095) & ~(size_t)4095; };
-    auto copies_of = [&](const Shape& s) {
-        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride_of(s)) + 1));
-    };
-    size_t poolBytes = 0;
-    int maxN = 0, maxK = 0;
-    for (auto& s : shapes) {
-        poolBytes = std::max(poolBytes, stride_of(s) * copies_of(s));
-        maxN = std::max(maxN, s.n);
-        maxK = std::max(maxK, s.k);
-    }
+    const int sms = print_device();
+    const auto& shapes = kQwqShapes;
+    // copies of a shape (codes, then its scale words)
+    auto stride_of = [](const Shape& s) { return copy_stride(code_bytes(s) + sz_words(s) * 4); };
+    auto copies_of = [&](const Shape& s) { return copies_for(stride_of(s)); };
+    int maxN, maxK;
+    const size_t poolBytes = pool_bytes(shapes, stride_of, copies_of, maxN, maxK);
     uint8_t* pool;
     CK(cudaMalloc(&pool, poolBytes));
 
-    std::vector<uint16_t> hx((size_t)8 * maxK);
-    uint32_t st = 987654321u;
-    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
-    for (auto& v : hx) {
-        float f = 4.0f * rnd() - 2.0f;
-        uint32_t b; memcpy(&b, &f, 4);
-        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
-    }
-    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
-    float *y, *yref; CK(cudaMalloc(&y, (size_t)8 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)8 * maxN * 4));
-    const SplitWorkspace ws(kTicketBytes, kPartBytes);
-    int* tickets = ws.tickets;
-    float* part = ws.part;
-    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    HostRandom rng;
+    GemvBuffers io(8, maxN, maxK, false, kTicketBytes, kPartBytes, rng);
+    const float* scale; const __nv_bfloat16* x; float *y, *yref, *part; int* tickets;
+    std::tie(scale, x, y, yref, part, tickets) = io.views();
+    (void)scale;  // int4 scales live in the weights' scale words
     LaunchTimer timer;
-    std::vector<float> href((size_t)8 * maxN), hv((size_t)8 * maxN);
-
     auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
-    // max |y - ref| / max |ref| over m rows of n; non-finite -> inf
-    auto check = [&](int m, int n) {
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
-        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
-    };
 
     int fails = 0;
     struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
@@ -134,7 +101,7 @@ int main() {
         auto wOf = [&](int c) { return pool + c * stride; };
         auto szOf = [&](int c) { return (const uint32_t*)(pool + c * stride + code_bytes(s)); };
         const float read = timeit(copies, [&](int c) {
-            read_k<<<sms * 8, 256>>>((const uint4*)wOf(c), (long long)(bytes / 16), dummy);
+            read_k<<<sms * 8, 256>>>((const uint4*)wOf(c), (long long)(bytes / 16), io.dummy);
         });
         printf("\nread %-8s %8.1f us  %5.2f TB/s  (%.1f MB, %d copies)\n", s.name, read, bytes / read / 1e6, bytes / 1e6, copies);
 
@@ -142,29 +109,24 @@ int main() {
             printf("== m=%d %s [%d x %d]\n", m, s.name, s.n, s.k);
             CK(cudaMemset(tickets, 0, kTicketBytes));
             current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, yref, part, tickets, s.n, s.k, m);
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+            io.take_reference(m, s.n);
 
             Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
             auto run = [&](const char* name, Fn fn, int warps, int kw, bool isCurrent) {
                 const int groupsOfTiles = (tiles + warps / kw - 1) / (warps / kw);
-                float best = 1e30f; int bestSplit = 0; double worst = 0;
-                char timings[512]; int tl = 0; timings[0] = 0;
+                Sweep sw;
                 for (int sp : kSplits) {
-                    if (!splits_fit(s.n, s.k, sp)) continue;
+                    if (!fits(s.n, s.k, sp)) continue;
                     const dim3 grid(groupsOfTiles, sp);
                     CK(cudaMemset(tickets, 0, kTicketBytes));
-                    float us = timeit(copies, [&](int c) { fn<<<grid, warps * 32>>>(wOf(c), szOf(c), x, y, part, tickets, s.n, s.k, m); });
-                    CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));  // NaN: a row not written fails the check
+                    const float us = timeit(copies, [&](int c) { fn<<<grid, warps * 32>>>(wOf(c), szOf(c), x, y, part, tickets, s.n, s.k, m); });
+                    io.poison(m, s.n);
                     fn<<<grid, warps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, m);
-                    worst = std::max(worst, check(m, s.n));
-                    tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
-                    if (us < best) { best = us; bestSplit = sp; }
+                    sw.add(sp, us, io.check(m, s.n));
                 }
-                const bool ok = worst <= 1e-5;
-                if (!ok) ++fails;
-                printf("  %-14s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", name, best, bytes / best / 1e6, bestSplit,
-                       ok ? "PASS" : "FAIL", worst, timings);
+                if (!sw.ok()) ++fails;
+                sw.print(name, bytes);
+                const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
                 if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
                 else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
             };

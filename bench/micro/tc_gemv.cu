@@ -18,17 +18,6 @@
 #include "harness.cuh"
 #include "stream_read.cuh"
 
-// Random e4m3 codes, 4 per word; the NaN codes (0x7F, 0xFF) become 0x7E / 0xFE (±448).
-__global__ void fill_codes(uint32_t* p, long long words, uint32_t seed) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words; i += (long long)gridDim.x * blockDim.x) {
-        uint32_t v = hash32((uint32_t)i * 2654435761u ^ hash32(seed + (uint32_t)(i >> 32)));
-#pragma unroll
-        for (int b = 0; b < 4; ++b)
-            if (((v >> (8 * b)) & 0x7F) == 0x7F) v &= ~(1u << (8 * b));
-        p[i] = v;
-    }
-}
-
 typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
 typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 
@@ -52,61 +41,28 @@ static const Var kVars32[] = {
 };
 #undef V
 
-struct Shape { int n, k; const char* name; };
 static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
 static const long kTicketBytes = 64 << 10, kPartBytes = 64 << 20;
 
-static bool splits_fit(int n, int k, int nb, int splits) {
-    const long tiles = (n + 15) / 16;
-    if (splits == 1) return true;
-    return splits <= k / 64 && tiles * 4 <= kTicketBytes && tiles * splits * 128L * nb * 4 <= kPartBytes;
-}
+static bool fits(int n, int k, int nb, int splits) { return splits_fit(n, k, splits, 64, 128L * nb, kTicketBytes, kPartBytes); }
 
 int main() {
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    const int sms = prop.multiProcessorCount;
-    printf("device %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
-
-    const Shape shapes[] = {{7168, 5120, "qkv"}, {5120, 5120, "o"}, {55296, 5120, "gate_up"}, {5120, 27648, "down"}};
-    auto stride_of = [](const Shape& s) { return ((size_t)s.n * s.k + 4095) & ~(size_t)4095; };
-    auto copies_of = [&](const Shape& s) {
-        return (int)std::min<size_t>(32, std::max<size_t>(8, (size_t)(400e6 / stride_of(s)) + 1));
-    };
-    size_t poolBytes = 0;
-    int maxN = 0, maxK = 0;
-    for (auto& s : shapes) {
-        poolBytes = std::max(poolBytes, stride_of(s) * copies_of(s));
-        maxN = std::max(maxN, s.n);
-        maxK = std::max(maxK, s.k);
-    }
+    const int sms = print_device();
+    const auto& shapes = kQwqShapes;
+    auto stride_of = [](const Shape& s) { return copy_stride((size_t)s.n * s.k); };
+    auto copies_of = [&](const Shape& s) { return copies_for(stride_of(s)); };
+    int maxN, maxK;
+    const size_t poolBytes = pool_bytes(shapes, stride_of, copies_of, maxN, maxK);
     uint8_t* pool;
     CK(cudaMalloc(&pool, poolBytes));
-    fill_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
+    fill_e4m3_codes<<<sms * 8, 256>>>((uint32_t*)pool, (long long)(poolBytes / 4), 12345u);
     CK(cudaGetLastError());
 
-    std::vector<float> hs(maxN);
-    std::vector<uint16_t> hx((size_t)32 * maxK);
-    uint32_t st = 987654321u;
-    auto rnd = [&]() { st = st * 1664525u + 1013904223u; return (st >> 8) * (1.0f / 16777216.0f); };
-    for (auto& v : hs) v = (0.5f + rnd()) / 448.0f;
-    for (auto& v : hx) {
-        float f = 4.0f * rnd() - 2.0f;
-        uint32_t b; memcpy(&b, &f, 4);
-        v = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
-    }
-    const float* scale = device_copy(hs);
-    const __nv_bfloat16* x = (const __nv_bfloat16*)device_copy(hx);
-    float *y, *yref; CK(cudaMalloc(&y, (size_t)32 * maxN * 4)); CK(cudaMalloc(&yref, (size_t)32 * maxN * 4));
-    const SplitWorkspace ws(kTicketBytes, kPartBytes);
-    uint32_t* dummy; CK(cudaMalloc(&dummy, 4));
+    HostRandom rng;
+    GemvBuffers io(32, maxN, maxK, true, kTicketBytes, kPartBytes, rng);
+    const float* scale; const __nv_bfloat16* x; float *y, *yref, *part; int* tickets;
+    std::tie(scale, x, y, yref, part, tickets) = io.views();
     LaunchTimer timer;
-    std::vector<float> href((size_t)32 * maxN), hv((size_t)32 * maxN);
-    auto check = [&](int m, int n) {
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(hv.data(), y, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
-        return relative_max_error(hv.data(), href.data(), (size_t)m * n);
-    };
 
     int fails = 0;
     struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
@@ -116,7 +72,7 @@ int main() {
         const int copies = copies_of(s), tiles = (s.n + 15) / 16;
         auto wOf = [&](int c) { return (const void*)(pool + c * stride); };
         const float read = timer.best_us(copies, [&](int c) {
-            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)((size_t)s.n * s.k / 16), dummy);
+            read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)((size_t)s.n * s.k / 16), io.dummy);
         });
         printf("\nread %-8s %8.1f us  %5.2f TB/s  (%.1f MB of weights, %d copies)\n", s.name, read, (double)s.n * s.k / read / 1e6,
                (double)s.n * s.k / 1e6, copies);
@@ -125,43 +81,38 @@ int main() {
             const int nb = m / 8;
             const CurFn cur = m == 16 ? gemv_tc_fp8_n16 : gemv_tc_fp8_n32;
             printf("== m=%d %s [%d x %d]\n", m, s.name, s.n, s.k);
-            CK(cudaMemset(ws.tickets, 0, kTicketBytes));
-            cur<<<dim3((s.n + 63) / 64, 1), 128>>>(wOf(0), scale, x, yref, ws.part, ws.tickets, s.n, s.k, m, 0);
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(href.data(), yref, (size_t)m * s.n * 4, cudaMemcpyDeviceToHost));
+            CK(cudaMemset(tickets, 0, kTicketBytes));
+            cur<<<dim3((s.n + 63) / 64, 1), 128>>>(wOf(0), scale, x, yref, part, tickets, s.n, s.k, m, 0);
+            io.take_reference(m, s.n);
 
             Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
             auto run = [&](const char* name, int mt, auto&& launch, bool isCurrent) {
                 const dim3 g1((tiles + 4 * mt - 1) / (4 * mt), 1);
-                float best = 1e30f; int bestSplit = 0; double worst = 0;
-                char timings[512]; int tl = 0; timings[0] = 0;
+                Sweep sw;
                 for (int sp : kSplits) {
-                    if (!splits_fit(s.n, s.k, nb, sp)) continue;
+                    if (!fits(s.n, s.k, nb, sp)) continue;
                     const dim3 grid(g1.x, sp);
-                    CK(cudaMemset(ws.tickets, 0, kTicketBytes));
-                    float us = timer.best_us(copies, [&](int c) { launch(grid, wOf(c)); });
-                    CK(cudaMemset(y, 0xFF, (size_t)m * s.n * 4));
+                    CK(cudaMemset(tickets, 0, kTicketBytes));
+                    const float us = timer.best_us(copies, [&](int c) { launch(grid, wOf(c)); });
+                    io.poison(m, s.n);
                     launch(grid, wOf(0));
-                    worst = std::max(worst, check(m, s.n));
-                    tl += snprintf(timings + tl, sizeof timings - tl, " %d:%.1f", sp, us);
-                    if (us < best) { best = us; bestSplit = sp; }
+                    sw.add(sp, us, io.check(m, s.n));
                 }
-                const bool ok = worst <= 1e-5;
-                if (!ok) ++fails;
-                printf("  %-12s best %6.1f us %4.2f TB/s s%-2d %s err %.1e |%s\n", name, best, bytes / best / 1e6, bestSplit,
-                       ok ? "PASS" : "FAIL", worst, timings);
+                if (!sw.ok()) ++fails;
+                sw.print(name, bytes);
+                const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
                 if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
                 else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
             };
             run("current", 1, [&](dim3 grid, const void* wc) {
-                cur<<<grid, 128>>>(wc, scale, x, y, ws.part, ws.tickets, s.n, s.k, m, 0);
+                cur<<<grid, 128>>>(wc, scale, x, y, part, tickets, s.n, s.k, m, 0);
             }, true);
             const Var* vars = m == 16 ? kVars16 : kVars32;
             const int count = m == 16 ? (int)(sizeof kVars16 / sizeof *kVars16) : (int)(sizeof kVars32 / sizeof *kVars32);
             for (int i = 0; i < count; ++i) {
                 const Var& v = vars[i];
                 run(v.name, v.mt, [&](dim3 grid, const void* wc) {
-                    v.fn<<<grid, 128>>>(wc, scale, x, y, ws.part, ws.tickets, s.n, s.k, m);
+                    v.fn<<<grid, 128>>>(wc, scale, x, y, part, tickets, s.n, s.k, m);
                 }, false);
             }
             summary.push_back(b);
