@@ -57,8 +57,7 @@ public static class Program
             {
                 // One message: the first problem (later ones are usually consequences of it).
                 host.Error.WriteLine(host.Red("error: ") + parsed.Errors[0].Message);
-                string command = parsed.CommandResult.Command is RootCommand ? "qwq" : $"qwq {parsed.CommandResult.Command.Name}";
-                host.Error.WriteLine($"Run '{command} --help' for usage.");
+                host.Error.WriteLine($"Run '{CommandPath(parsed.CommandResult)} --help' for usage.");
                 return ExitCodes.Usage;
             }
             var config = new InvocationConfiguration
@@ -123,6 +122,16 @@ public static class Program
                 default: return e;
             }
         }
+    }
+
+    /// <summary>The command as typed, from the root: "qwq", "qwq generate", "qwq bench compare".</summary>
+    private static string CommandPath(System.CommandLine.Parsing.CommandResult result)
+    {
+        var names = new List<string>();
+        for (var r = result; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Add(r.Command is RootCommand ? "qwq" : r.Command.Name);
+        names.Reverse();
+        return string.Join(' ', names);
     }
 
     private static bool IsHelpRequest(ParseResult parsed) =>

@@ -96,6 +96,14 @@ public class ResultComparisonTests
     }
 
     [Test]
+    public async Task AMissingOptionNamesTheWholeCommandsHelp()
+    {
+        var r = await CliTests.Qwq("bench", "compare", "--after", Save("after.json", Decode(1, 105)));
+        Assert.That(r.ExitCode, Is.Not.Zero);
+        Assert.That(r.Err, Does.Contain("--before").And.Contain("Run 'qwq bench compare --help' for usage."));
+    }
+
+    [Test]
     public async Task AMissingFileIsOneCleanError()
     {
         string a = Save("after.json", Decode(1, 105));
