@@ -91,10 +91,9 @@ internal static class BenchCommand
         };
         command.SetAction(p =>
         {
-            string[] b = p.GetValue(before)!, a = p.GetValue(after)!;
-            var changes = ResultComparison.Compare(
-                b.Select(ResultComparison.ReadFigures).ToList(), a.Select(ResultComparison.ReadFigures).ToList());
-            host.Out.Write(ResultComparison.ToMarkdown(changes, b, a));
+            var b = p.GetValue(before)!.Select(ResultComparison.Read).ToList();
+            var a = p.GetValue(after)!.Select(ResultComparison.Read).ToList();
+            host.Out.Write(ResultComparison.ToMarkdown(b, a));
             return ExitCodes.Ok;
         });
         return command;

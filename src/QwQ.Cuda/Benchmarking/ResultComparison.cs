@@ -37,6 +37,9 @@ public sealed record FigureChange(FigureConditions Conditions, IReadOnlyList<dou
     public double? Change => Before.Count > 0 && After.Count > 0 ? After.Average() / Before.Average() - 1 : null;
 }
 
+/// <summary>One saved result: where it came from (the GPU and commit it records) and its figures.</summary>
+public sealed record ResultFile(string Path, string Gpu, string Commit, IReadOnlyList<BenchFigure> Figures);
+
 /// <summary>
 /// <c>qwq bench compare</c>: the figures of <c>qwq bench --out</c> results (their JSON) matched by their conditions
 /// across two sets of runs, before and after a change, as a Markdown table.
@@ -46,7 +49,10 @@ public static class ResultComparison
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>The figures of one result file; a missing, malformed or figure-less file is a <see cref="QwqException"/> naming it.</summary>
-    public static IReadOnlyList<BenchFigure> ReadFigures(string path)
+    public static IReadOnlyList<BenchFigure> ReadFigures(string path) => Read(path).Figures;
+
+    /// <summary>One result file: its GPU, commit and figures (errors as <see cref="ReadFigures"/>).</summary>
+    public static ResultFile Read(string path)
     {
         if (!File.Exists(path))
             throw new QwqException($"{path}: no such file (give the .json that `qwq bench --out DIR` wrote)");
@@ -74,7 +80,9 @@ public static class ResultComparison
                 foreach (var f in list)
                     if (f.Kind is null || f.Weights is null || f.KvCache is null)
                         throw new QwqException($"{path}: a figure without kind, weights or kv_cache: not a `qwq bench --out` result");
-                return list;
+                static string Text(JsonElement report, string name) =>
+                    report.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()! : "?";
+                return new ResultFile(path, Text(report, "gpu"), Text(report, "commit"), list);
             }
             catch (JsonException e)
             {
@@ -108,13 +116,30 @@ public static class ResultComparison
         return order.Select(k => new FigureChange(k, b.GetValueOrDefault(k) ?? [], a.GetValueOrDefault(k) ?? [])).ToList();
     }
 
-    /// <summary>The comparison as a Markdown table: mean tokens per second on each side (with the range over several runs) and the change.</summary>
-    public static string ToMarkdown(IReadOnlyList<FigureChange> changes, IReadOnlyList<string> beforeFiles, IReadOnlyList<string> afterFiles)
+    /// <summary>
+    /// The comparison of two sets of files as a Markdown table: mean tokens per second on each side (with the range
+    /// over several runs) and the change; the files listed with their GPU and commit, and a warning where the GPUs differ.
+    /// </summary>
+    public static string ToMarkdown(IReadOnlyList<ResultFile> before, IReadOnlyList<ResultFile> after) =>
+        ToMarkdown(Compare(before.Select(f => f.Figures).ToList(), after.Select(f => f.Figures).ToList()),
+            before.Select(Describe).ToList(), after.Select(Describe).ToList(),
+            before.Concat(after).Select(f => f.Gpu).Distinct().ToList());
+
+    private static string Describe(ResultFile f) => $"{System.IO.Path.GetFileName(f.Path)} ({f.Gpu}, {f.Commit})";
+
+    /// <summary>
+    /// The comparison as a Markdown table under the two sides' labels: mean tokens per second on each side (with the
+    /// range over several runs) and the change; with more than one GPU named, a warning.
+    /// </summary>
+    public static string ToMarkdown(IReadOnlyList<FigureChange> changes, IReadOnlyList<string> before, IReadOnlyList<string> after,
+        IReadOnlyList<string>? gpus = null)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
-        sb.AppendLine(inv, $"Before: {string.Join(", ", beforeFiles.Select(Path.GetFileName))}  ");
-        sb.AppendLine(inv, $"After: {string.Join(", ", afterFiles.Select(Path.GetFileName))}");
+        sb.AppendLine(inv, $"Before: {string.Join(", ", before)}  ");
+        sb.AppendLine(inv, $"After: {string.Join(", ", after)}");
+        if (gpus is { Count: > 1 })
+            sb.AppendLine(inv, $"\nWarning: the files come from different GPUs ({string.Join(", ", gpus)}); memory-bound figures do not compare across them.");
         sb.AppendLine();
         sb.AppendLine("| figure | before tok/s | after tok/s | change |");
         sb.AppendLine("|---|---:|---:|---:|");

@@ -21,9 +21,11 @@ public class ResultComparisonTests
     private static BenchFigure Decode(int batch, double tokPerS, string weights = "int4-awq", string kv = "bf16", int tp = 1) =>
         new("decode", batch, 1024, null, weights, tp, kv, tokPerS, batch * 1e3 / tokPerS, 4.4, 50);
 
-    private string Save(string name, params BenchFigure[] figures)
+    private string Save(string name, params BenchFigure[] figures) => SaveFrom("NVIDIA H200", name, figures);
+
+    private string SaveFrom(string gpu, string name, params BenchFigure[] figures)
     {
-        var report = new BenchReport("2026-11-28", "NVIDIA H200", "abc1234", "64L h5120 40/8 heads", 19_700_000_000, 1096,
+        var report = new BenchReport("2026-11-28", gpu, "abc1234", "64L h5120 40/8 heads", 19_700_000_000, 1096,
             new DeviceCeilings(4.1e12, 7.8e14), [], [], null, new TtftResult(64, 37), figures);
         string path = Path.Combine(_dir, name);
         File.WriteAllText(path, BenchOutput.ToJson(report));
@@ -54,10 +56,11 @@ public class ResultComparisonTests
         Assert.That(changes[2].Before, Is.Empty, "other weights: another figure");
         Assert.That(changes[2].Change, Is.Null);
 
-        string md = ResultComparison.ToMarkdown(changes, before, after);
+        string md = ResultComparison.ToMarkdown(before.Select(ResultComparison.Read).ToList(), after.Select(ResultComparison.Read).ToList());
         Assert.That(md, Does.Contain("| decode at 1024, int4-awq | 105.0 (100.0–110.0 over 2) | 115.5 (115.5–115.5 over 2) | +10.0% |"));
         Assert.That(md, Does.Contain("| decode at 1024, fp8 | – | 130.0 | – |"));
-        Assert.That(md, Does.Contain("Before: b1.json, b2.json"));
+        Assert.That(md, Does.Contain("Before: b1.json (NVIDIA H200, abc1234), b2.json (NVIDIA H200, abc1234)"));
+        Assert.That(md, Does.Not.Contain("Warning"), "one GPU");
     }
 
     [Test]
@@ -68,6 +71,18 @@ public class ResultComparisonTests
         Assert.That(changes.All(c => c.Change is null), Is.True);
         Assert.That(changes.Select(c => c.Conditions.ToString()), Does.Contain("decode at 1024, int4-awq, fp8 KV").And.Contain("decode at 1024, int4-awq, TP2"));
         Assert.That(ResultComparison.ToMarkdown(changes, ["b.json"], ["a.json"]), Does.Contain("No figure appears on both sides"));
+    }
+
+    [Test]
+    public void ResultsFromDifferentGpusCompareWithAWarning()
+    {
+        var before = ResultComparison.Read(SaveFrom("NVIDIA H100 80GB HBM3", "h100.json", Decode(1, 99.3)));
+        var after = ResultComparison.Read(SaveFrom("NVIDIA H200", "h200.json", Decode(1, 114.8)));
+        Assert.That(before.Gpu, Is.EqualTo("NVIDIA H100 80GB HBM3"));
+        Assert.That(after.Commit, Is.EqualTo("abc1234"));
+        string md = ResultComparison.ToMarkdown([before], [after]);
+        Assert.That(md, Does.Contain("Warning: the files come from different GPUs (NVIDIA H100 80GB HBM3, NVIDIA H200)"));
+        Assert.That(md, Does.Contain("| decode at 1024, int4-awq | 99.3 | 114.8 | +15.6% |"));
     }
 
     [Test]
