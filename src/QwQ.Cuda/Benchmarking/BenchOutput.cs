@@ -6,7 +6,8 @@ namespace QwQ.Cuda.Benchmarking;
 /// <summary>Writes a <see cref="BenchReport"/> as JSON and as a Markdown table, each figure beside its floor.</summary>
 public static class BenchOutput
 {
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+    /// <summary>How bench results are written, and read back (<see cref="ResultComparison"/>): snake_case names.</summary>
+    internal static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     public static string ToJson(BenchReport r, ComparisonResult? compare = null) =>
         JsonSerializer.Serialize(new { report = r, transformers = compare }, Json);

@@ -46,12 +46,10 @@ public sealed record ResultFile(string Path, string Gpu, string Commit, IReadOnl
 /// </summary>
 public static class ResultComparison
 {
-    private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
-
-    /// <summary>The figures of one result file; a missing, malformed or figure-less file is a <see cref="QwqException"/> naming it.</summary>
-    public static IReadOnlyList<BenchFigure> ReadFigures(string path) => Read(path).Figures;
-
-    /// <summary>One result file: its GPU, commit and figures (errors as <see cref="ReadFigures"/>).</summary>
+    /// <summary>
+    /// One result file: its GPU, commit and figures; a missing, malformed or figure-less file is a
+    /// <see cref="QwqException"/> naming it.
+    /// </summary>
     public static ResultFile Read(string path)
     {
         if (!File.Exists(path))
@@ -76,7 +74,7 @@ public static class ResultComparison
                                        "bench recorded each figure with its conditions");
             try
             {
-                var list = figures.Deserialize<List<BenchFigure>>(Json) ?? [];
+                var list = figures.Deserialize<List<BenchFigure>>(BenchOutput.Json) ?? [];
                 foreach (var f in list)
                     if (f.Kind is null || f.Weights is null || f.KvCache is null)
                         throw new QwqException($"{path}: a figure without kind, weights or kv_cache: not a `qwq bench --out` result");

@@ -37,7 +37,7 @@ public class ResultComparisonTests
     {
         var figures = new[] { Decode(1, 107.5), Decode(8, 768.5) with { ProgrammaticLaunch = true },
             new BenchFigure("prefill", 1, null, 2048, "bf16", 1, "bf16", 9275, 220.8, 169.3, 77, PrefillGemm: "bf16 cuBLAS", PrefillAttention: "wgmma sm_90a") };
-        Assert.That(ResultComparison.ReadFigures(Save("a.json", figures)), Is.EqualTo(figures));
+        Assert.That(ResultComparison.Read(Save("a.json", figures)).Figures, Is.EqualTo(figures));
     }
 
     [Test]
@@ -45,7 +45,7 @@ public class ResultComparisonTests
     {
         string[] before = [Save("b1.json", Decode(1, 100), Decode(8, 700)), Save("b2.json", Decode(1, 110), Decode(8, 720))];
         string[] after = [Save("a1.json", Decode(1, 115.5), Decode(8, 710), Decode(1, 130, weights: "fp8")), Save("a2.json", Decode(1, 115.5))];
-        var changes = ResultComparison.Compare(before.Select(ResultComparison.ReadFigures).ToList(), after.Select(ResultComparison.ReadFigures).ToList());
+        var changes = ResultComparison.Compare(before.Select(f => ResultComparison.Read(f).Figures).ToList(), after.Select(f => ResultComparison.Read(f).Figures).ToList());
 
         Assert.That(changes.Select(c => c.Conditions.ToString()),
             Is.EqualTo(new[] { "decode at 1024, int4-awq", "decode batch 8 at 1024, int4-awq", "decode at 1024, fp8" }));
@@ -95,10 +95,10 @@ public class ResultComparisonTests
         File.WriteAllText(md, "# qwq bench");
         File.WriteAllText(broken, "{\"report\": {\"figures\": [");
         File.WriteAllText(old, "{\"report\": {\"decode\": []}}");
-        Assert.That(() => ResultComparison.ReadFigures(missing), Throws.InstanceOf<QwqException>().With.Message.Contains(missing).And.Message.Contains("no such file"));
-        Assert.That(() => ResultComparison.ReadFigures(md), Throws.InstanceOf<QwqException>().With.Message.Contains("give the .json beside it"));
-        Assert.That(() => ResultComparison.ReadFigures(broken), Throws.InstanceOf<QwqException>().With.Message.Contains(broken).And.Message.Contains("not valid JSON"));
-        Assert.That(() => ResultComparison.ReadFigures(old), Throws.InstanceOf<QwqException>().With.Message.Contains("no report.figures"));
+        Assert.That(() => ResultComparison.Read(missing), Throws.InstanceOf<QwqException>().With.Message.Contains(missing).And.Message.Contains("no such file"));
+        Assert.That(() => ResultComparison.Read(md), Throws.InstanceOf<QwqException>().With.Message.Contains("give the .json beside it"));
+        Assert.That(() => ResultComparison.Read(broken), Throws.InstanceOf<QwqException>().With.Message.Contains(broken).And.Message.Contains("not valid JSON"));
+        Assert.That(() => ResultComparison.Read(old), Throws.InstanceOf<QwqException>().With.Message.Contains("no report.figures"));
     }
 
     [Test]
