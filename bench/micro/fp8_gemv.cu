@@ -134,7 +134,7 @@ int main() {
     std::vector<Var> vars[5];
     vars[1] = variants<1>(); vars[2] = variants<2>(); vars[4] = variants<4>();
     int fails = 0;
-    struct Best { const char* shape; int m; float cur, var; int curSplit, varSplit; const char* varName; };
+    struct Best { const char* shape; int m; Outcome o; };
     std::vector<Best> summary;
 
     for (int m : {1, 2, 4})
@@ -150,7 +150,7 @@ int main() {
         io.take_reference(m, s.n);
 
         // (b) the current kernel at 1, 2, 4, 8 splits
-        Best b{s.name, m, 1e30f, 1e30f, 0, 0, ""};
+        Best b{s.name, m, {}};
         printf("  %-16s", "current");
         for (int sp : {1, 2, 4, 8}) {
             if (!fits(s.n, s.k, m, sp)) continue;
@@ -164,7 +164,7 @@ int main() {
             const bool ok = err <= 1e-5;
             if (!ok) ++fails;
             printf(" s%d %6.1f us %4.2f TB/s%s", sp, us, bytes / us / 1e6, ok ? "" : " FAIL");
-            if (us < b.cur) { b.cur = us; b.curSplit = sp; }
+            if (us < b.o.cur) { b.o.cur = us; b.o.curSplit = sp; }
         }
         printf("\n");
 
@@ -193,8 +193,7 @@ int main() {
             if (sw.split == 0) { printf("  %-16s (no launchable split)\n", v.name); continue; }
             if (!sw.ok()) ++fails;
             sw.print(v.name, bytes);
-            const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
-            if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = v.name; }
+            b.o.take(v.name, sw, false);
         }
         summary.push_back(b);
     }
@@ -205,8 +204,8 @@ int main() {
         const Shape* s = nullptr;
         for (auto& t : shapes) if (!strcmp(t.name, b.shape)) s = &t;
         const double bytes = (double)s->n * s->k + (double)s->n * 4;
-        printf("%-12s %2d  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.shape, b.m, b.cur,
-               bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6, b.varSplit, 100.0 * (b.cur / b.var - 1));
+        printf("%-12s %2d  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.shape, b.m, b.o.cur,
+               bytes / b.o.cur / 1e6, b.o.curSplit, b.o.varName, b.o.var, bytes / b.o.var / 1e6, b.o.varSplit, 100.0 * (b.o.cur / b.o.var - 1));
     }
     printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
     return fails ? 1 : 0;

@@ -201,3 +201,14 @@ struct GemvBuffers {
         return relative_max_error(hv.data(), href.data(), (size_t)m * n);
     }
 };
+
+// One shape and row count: the current kernel's best time and split, and the fastest candidate that passed its check.
+struct Outcome {
+    float cur = 1e30f, var = 1e30f;
+    int curSplit = 0, varSplit = 0;
+    const char* varName = "";
+    void take(const char* name, const Sweep& sw, bool isCurrent) {
+        if (isCurrent) { cur = sw.best; curSplit = sw.split; }
+        else if (sw.ok() && sw.best < var) { var = sw.best; varSplit = sw.split; varName = name; }
+    }
+};

@@ -89,7 +89,7 @@ int main() {
     auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
 
     int fails = 0;
-    struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
+    struct Best { const Shape* s; int m; float read; Outcome o; };
     std::vector<Best> summary;
     for (auto& s : shapes) {
         const size_t stride = stride_of(s), bytes = code_bytes(s) + sz_words(s) * 4;
@@ -111,7 +111,7 @@ int main() {
             current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, yref, part, tickets, s.n, s.k, m);
             io.take_reference(m, s.n);
 
-            Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
+            Best b{&s, m, read, {}};
             auto run = [&](const char* name, Fn fn, int warps, int kw, bool isCurrent) {
                 const int groupsOfTiles = (tiles + warps / kw - 1) / (warps / kw);
                 Sweep sw;
@@ -126,9 +126,7 @@ int main() {
                 }
                 if (!sw.ok()) ++fails;
                 sw.print(name, bytes);
-                const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
-                if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
-                else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
+                b.o.take(name, sw, isCurrent);
             };
             run("current", current_k, kTileWarps, kTileWarps, true);
             for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false);
@@ -141,8 +139,8 @@ int main() {
     for (auto& b : summary) {
         const double bytes = code_bytes(*b.s) + sz_words(*b.s) * 4.0;
         printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.s->name, b.m,
-               b.read, bytes / b.read / 1e6, b.cur, bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6,
-               b.varSplit, 100.0 * (b.cur / b.var - 1));
+               b.read, bytes / b.read / 1e6, b.o.cur, bytes / b.o.cur / 1e6, b.o.curSplit, b.o.varName, b.o.var, bytes / b.o.var / 1e6,
+               b.o.varSplit, 100.0 * (b.o.cur / b.o.var - 1));
     }
     printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
     return fails ? 1 : 0;

@@ -65,7 +65,7 @@ int main() {
     LaunchTimer timer;
 
     int fails = 0;
-    struct Best { const Shape* s; int m; float read, cur, var; int curSplit, varSplit; const char* varName; };
+    struct Best { const Shape* s; int m; float read; Outcome o; };
     std::vector<Best> summary;
     for (auto& s : shapes) {
         const size_t stride = stride_of(s), bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
@@ -85,7 +85,7 @@ int main() {
             cur<<<dim3((s.n + 63) / 64, 1), 128>>>(wOf(0), scale, x, yref, part, tickets, s.n, s.k, m, 0);
             io.take_reference(m, s.n);
 
-            Best b{&s, m, read, 1e30f, 1e30f, 0, 0, ""};
+            Best b{&s, m, read, {}};
             auto run = [&](const char* name, int mt, auto&& launch, bool isCurrent) {
                 const dim3 g1((tiles + 4 * mt - 1) / (4 * mt), 1);
                 Sweep sw;
@@ -100,9 +100,7 @@ int main() {
                 }
                 if (!sw.ok()) ++fails;
                 sw.print(name, bytes);
-                const float best = sw.best; const int bestSplit = sw.split; const bool ok = sw.ok();
-                if (isCurrent) { b.cur = best; b.curSplit = bestSplit; }
-                else if (ok && best < b.var) { b.var = best; b.varSplit = bestSplit; b.varName = name; }
+                b.o.take(name, sw, isCurrent);
             };
             run("current", 1, [&](dim3 grid, const void* wc) {
                 cur<<<grid, 128>>>(wc, scale, x, y, part, tickets, s.n, s.k, m, 0);
@@ -124,8 +122,8 @@ int main() {
     for (auto& b : summary) {
         const double bytes = (double)b.s->n * b.s->k + (double)b.s->n * 4;
         printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)  %-10s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.s->name, b.m,
-               b.read, (double)b.s->n * b.s->k / b.read / 1e6, b.cur, bytes / b.cur / 1e6, b.curSplit, b.varName, b.var, bytes / b.var / 1e6,
-               b.varSplit, 100.0 * (b.cur / b.var - 1));
+               b.read, (double)b.s->n * b.s->k / b.read / 1e6, b.o.cur, bytes / b.o.cur / 1e6, b.o.curSplit, b.o.varName, b.o.var, bytes / b.o.var / 1e6,
+               b.o.varSplit, 100.0 * (b.o.cur / b.o.var - 1));
     }
     printf("\n%s: %d check(s) failed\n", fails ? "FAIL" : "PASS", fails);
     return fails ? 1 : 0;
