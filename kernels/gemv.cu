@@ -189,15 +189,13 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
     const int tile = blockIdx.x, splits = gridDim.y;
     const int row0 = tile * 16;
     const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
-    const bool xok = g < m;
+    const mma::XRows<1> xr(x, k, m, g, t4);
     const uint16_t* wa = reinterpret_cast<const uint16_t*>(w) + (size_t)ra * k + 16 * t4;
     const uint16_t* wb = reinterpret_cast<const uint16_t*>(w) + (size_t)rb * k + 16 * t4;
-    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
 
     const int chunks = k / 64, parts = splits * kMmaWarps, p = blockIdx.y * kMmaWarps + warp;
     const int c_begin = (int)((long)chunks * p / parts), c_end = (int)((long)chunks * (p + 1) / parts);
     float c[4] = {0.f, 0.f, 0.f, 0.f};
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     int ch = c_begin;
     for (; ch + kMmaUnroll <= c_end; ch += kMmaUnroll) {
         uint4 va[kMmaUnroll][2], vb[kMmaUnroll][2], xv[kMmaUnroll][2];
@@ -210,11 +208,7 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
             vb[u][1] = ld_stream_u4(wb + off + 8);
         }
 #pragma unroll
-        for (int u = 0; u < kMmaUnroll; ++u) {
-            const size_t off = (size_t)(ch + u) * 64;
-            xv[u][0] = xok ? ld_ro_u4(xg + off) : zero;
-            xv[u][1] = xok ? ld_ro_u4(xg + off + 8) : zero;
-        }
+        for (int u = 0; u < kMmaUnroll; ++u) xr.chunk(0, ch + u, xv[u]);
 #pragma unroll
         for (int u = 0; u < kMmaUnroll; ++u) mma::mma_chunk64(c, va[u], vb[u], xv[u]);
     }
@@ -222,7 +216,8 @@ gemv_mma_bf16(const __nv_bfloat16* __restrict__ w,  // [n, k]
         const size_t off = (size_t)ch * 64;
         uint4 va[2] = {ld_stream_u4(wa + off), ld_stream_u4(wa + off + 8)};
         uint4 vb[2] = {ld_stream_u4(wb + off), ld_stream_u4(wb + off + 8)};
-        uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
+        uint4 xv[2];
+        xr.chunk(0, ch, xv);
         mma::mma_chunk64(c, va, vb, xv);
     }
 

@@ -36,13 +36,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
                             : static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
     const uint8_t* wb = FP8 ? wa + 512 : static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
     constexpr size_t kChunkBytes = FP8 ? 1024 : 64 * kBytes;  // distance between chunks along a lane's stream
-    const uint16_t* xg[NB];
-    bool xok[NB];
-#pragma unroll
-    for (int j = 0; j < NB; ++j) {
-        xok[j] = 8 * j + g < m;
-        xg[j] = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok[j] ? 8 * j + g : 0) * k + 16 * t4;
-    }
+    const mma::XRows<NB> xr(x, k, m, g, t4);
     const int chunks = k / 64;
     const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
     // This split's first UNROLL chunks of both rows, into L2 while the previous kernel finishes (the weights are
@@ -59,7 +53,6 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
     float c[NB][4];
 #pragma unroll
     for (int j = 0; j < NB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     // W of one chunk for rows g and g + 8: one 16-byte word each (fp8) or two (bf16).
     struct Chunk { uint4 a[FP8 ? 1 : 2], b[FP8 ? 1 : 2]; };
     auto load = [&](int ch) {
@@ -80,10 +73,10 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
         } else {
             A[0] = v.a[0]; A[1] = v.a[1]; B[0] = v.b[0]; B[1] = v.b[1];
         }
-        const size_t off = (size_t)ch * 64;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
-            const uint4 xv[2] = {xok[j] ? ld_ro_u4(xg[j] + off) : zero, xok[j] ? ld_ro_u4(xg[j] + off + 8) : zero};
+            uint4 xv[2];
+            xr.chunk(j, ch, xv);
             mma::mma_chunk64(c[j], A, B, xv);
         }
     };

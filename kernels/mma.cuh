@@ -65,6 +65,28 @@ __device__ __forceinline__ void mma_chunk64(float (&c)[4], const uint4 (&wa)[2],
     }
 }
 
+// The x a lane feeds the small-batch GEMVs' mma as its B operand: for batch tile j (rows 8j .. 8j + 7 of x), row 8j + g
+// at k 16·t4 .. 16·t4 + 15 of each 64-k chunk, in two 16-byte words; a row at or past m loads nothing and gives zeros.
+template <int NB>
+struct XRows {
+    const uint16_t* p[NB];
+    bool ok[NB];
+    __device__ __forceinline__ XRows(const __nv_bfloat16* x, int k, int m, int g, int t4) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+            ok[j] = 8 * j + g < m;
+            p[j] = reinterpret_cast<const uint16_t*>(x) + (size_t)(ok[j] ? 8 * j + g : 0) * k + 16 * t4;
+        }
+    }
+    // Batch tile j's two words of chunk ch.
+    __device__ __forceinline__ void chunk(int j, int ch, uint4 (&xv)[2]) const {
+        const size_t off = (size_t)ch * 64;
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        xv[0] = ok[j] ? ld_ro_u4(p[j] + off) : zero;
+        xv[1] = ok[j] ? ld_ro_u4(p[j] + off + 8) : zero;
+    }
+};
+
 // Two floats -> packed bf16x2 (lo at the lower address), round to nearest even.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

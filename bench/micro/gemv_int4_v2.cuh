@@ -40,8 +40,7 @@ gemv_int4_v2(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz, con
     const int n_pad = (n + 15) & ~15;
     const uint8_t* wl = w + (size_t)(live ? tile : 0) * 8 * k + lane * 16;
     const uint32_t* sza = sz + (live ? row0 : 0) + g;
-    const bool xok = g < m;
-    const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
+    const mma::XRows<1> xr(x, k, m, g, t4);
     const int groups = k / (64 * CPG);
     const int c_begin = (int)((long)groups * blockIdx.y / splits) * CPG;
     const int c_end = live ? (int)((long)groups * (blockIdx.y + 1) / splits) * CPG : c_begin;
@@ -52,7 +51,6 @@ gemv_int4_v2(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz, con
     for (int h = 0; h < CHAINS; ++h)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[h][e] = 0.f;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     // A batch of N chunks starting at a group boundary: N code words, and one scale word pair per group (loaded with
     // the group's first chunk, not with every chunk as the current kernel does).
     auto load = [&](int ch, Chunk& v, bool group_start) {
@@ -73,8 +71,8 @@ gemv_int4_v2(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz, con
         const uint32_t za = int4_neg_zero_pair(zsrc.sa), zb = int4_neg_zero_pair(zsrc.sb);
         const uint32_t az[4] = {za, zb, za, zb};
         if constexpr (ZERO == 1) int4_subtract_zero(a, za, zb);  // kernels/gemv_int4.cu
-        const size_t off = (size_t)ch * 64;
-        const uint4 xv[2] = {xok ? ld_ro_u4(xg + off) : zero, xok ? ld_ro_u4(xg + off + 8) : zero};
+        uint4 xv[2];
+        xr.chunk(0, ch, xv);
 #pragma unroll
         for (int st = 0; st < 4; ++st) {
             const int h = st >> 1, p = (st & 1) * 2;

@@ -35,13 +35,7 @@ gemv_tc_v2(const void* __restrict__ w, const float* __restrict__ scale, const __
                     : static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
         wb[t] = FP8 ? wa[t] + 512 : static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
     }
-    const uint16_t* xg[NB];
-    bool xok[NB];
-#pragma unroll
-    for (int j = 0; j < NB; ++j) {
-        xok[j] = 8 * j + g < m;
-        xg[j] = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok[j] ? 8 * j + g : 0) * k + 16 * t4;
-    }
+    const mma::XRows<NB> xr(x, k, m, g, t4);
     const int chunks = k / 64;
     const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
     kernel_entry_barrier();
@@ -51,7 +45,6 @@ gemv_tc_v2(const void* __restrict__ w, const float* __restrict__ scale, const __
     for (int t = 0; t < MT; ++t)
 #pragma unroll
         for (int j = 0; j < NB; ++j) c[t][j][0] = c[t][j][1] = c[t][j][2] = c[t][j][3] = 0.f;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     struct Chunk { uint4 a[MT][FP8 ? 1 : 2], b[MT][FP8 ? 1 : 2]; };
     auto load = [&](int ch, Chunk& v) {
         const size_t off = (size_t)ch * kChunkBytes;
@@ -74,10 +67,10 @@ gemv_tc_v2(const void* __restrict__ w, const float* __restrict__ scale, const __
                 A[t][0] = v.a[t][0]; A[t][1] = v.a[t][1]; B[t][0] = v.b[t][0]; B[t][1] = v.b[t][1];
             }
         }
-        const size_t off = (size_t)ch * 64;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
-            const uint4 xv[2] = {xok[j] ? ld_ro_u4(xg[j] + off) : zero, xok[j] ? ld_ro_u4(xg[j] + off + 8) : zero};
+            uint4 xv[2];
+            xr.chunk(j, ch, xv);
 #pragma unroll
             for (int t = 0; t < MT; ++t) mma::mma_chunk64(c[t][j], A[t], B[t], xv);  // one x fragment, MT tiles
         }
