@@ -6,8 +6,8 @@
 // on branch s10-int4-kw4 for a device run. Each candidate cycles over >= 8 copies of the weights (>= ~400 MB between
 // two reads of one copy; L2 is 50-60 MB) so the bytes come from DRAM. Inputs are random: every code byte, fp16 scales
 // in [0.5, 1.5) / 8, zero points 0..15, bf16 x in [-2, 2). Every candidate's output is CHECKED against
-// gemv_int4_n8_g128 at 1 split: PASS when max|y - ref| / max|ref| <= 1e-5 (fp32 sums in another order differ by a few
-// ulps; y is poisoned with NaN before each checked launch, so a row left unwritten fails).
+// gemv_int4_n8_g128 at 1 split: PASS when max|y - ref| / max|ref| <= 1e-4 (harness.cuh says why; y is
+// poisoned with NaN before each checked launch, so a row left unwritten fails).
 // Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
 // Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero

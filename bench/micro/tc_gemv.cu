@@ -4,7 +4,7 @@
 // streaming read of the same bytes. Each candidate cycles over >= 8 copies of the weights (>= ~400 MB between two reads
 // of one copy) so the bytes come from DRAM. Inputs are random: every finite e4m3 code, per-row scales in
 // [0.5, 1.5) / 448, bf16 x in [-2, 2). Every candidate's output is CHECKED against the current kernel at 1 split:
-// PASS when max|y - ref| / max|ref| <= 1e-5 (y poisoned with NaN before each checked launch).
+// PASS when max|y - ref| / max|ref| <= 1e-4 (harness.cuh says why) (y poisoned with NaN before each checked launch).
 // Not part of the build. On the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
 #include <algorithm>
@@ -22,22 +22,24 @@ typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, f
 typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 
 struct Var { const char* name; VarFn fn; int mt; };
-#define V(NAME, NB, U, MT, MINB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB>, MT}
-//                        name           NB  U  MT MINB
+#define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
+//                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
-    V("ctl-u8-b4",        2, 8, 1, 4),  // control: the current plan rebuilt from the template
-    V("mt2-u4-b4",        2, 4, 2, 4),
-    V("mt2-u4-b3",        2, 4, 2, 3),
-    V("mt2-u2-b4",        2, 2, 2, 4),
-    V("mt4-u2-b3",        2, 2, 4, 3),
+    V("ctl-u8-b4",        2, 8, 1, 4, false),  // control: the current plan rebuilt from the template
+    V("db-u4-b4",         2, 4, 1, 4, true),
+    V("db-u2-b4",         2, 2, 1, 4, true),
+    V("mt2-u2-b4",        2, 2, 2, 4, false),
+    V("mt2-db-u2-b3",     2, 2, 2, 3, true),
 };
 static const Var kVars32[] = {
-    V("ctl-u4-b4",        4, 4, 1, 4),
-    V("mt2-u2-b3",        4, 2, 2, 3),
-    V("mt2-u2-b4",        4, 2, 2, 4),
-    V("mt2-u4-b2",        4, 4, 2, 2),
-    V("mt4-u1-b2",        4, 1, 4, 2),
-    V("mt4-u2-b2",        4, 2, 4, 2),
+    V("ctl-u4-b4",        4, 4, 1, 4, false),
+    V("db-u2-b4",         4, 2, 1, 4, true),
+    V("db-u4-b3",         4, 4, 1, 3, true),
+    V("db-u2-b3",         4, 2, 1, 3, true),
+    V("mt2-db-u2-b3",     4, 2, 2, 3, true),
+    V("mt2-db-u1-b3",     4, 1, 2, 3, true),
+    V("mt4-u1-b2",        4, 1, 4, 2, false),
+    V("mt4-db-u1-b2",     4, 1, 4, 2, true),
 };
 #undef V
 
