@@ -1,8 +1,9 @@
 // Tensor-core GEMV for 1..32 rows of x: y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k], W bf16 or fp8 (E4M3, with
 // one fp32 scale per output row; bf16 has none), x bf16, fp32 accumulation. Decode batches past ~4 rows run out of
 // CUDA-core FMA issue slots before DRAM runs out of bandwidth; the mma does the math for free.
-//   * A warp owns one 16-row tile of W (the mma's M) and the batch is the mma's N, in NB tiles of 8 rows.
-//   * The 4 warps of a block own 4 consecutive tiles and walk the SAME k range, so each x chunk is fetched from L2
+//   * A warp owns one 16-row tile of W (the mma's M; MT tiles in the wide entry) and the batch is the mma's N, in NB
+//     tiles of 8 rows.
+//   * The 4 warps of a block own consecutive tiles and walk the SAME k range, so each x chunk is fetched from L2
 //     once per block and the other three warps hit L1 (with a warp per k range instead, every tile re-reads all of
 //     x from L2: at 32 rows that is several times the weight bytes). blockIdx.y splits k further across blocks.
 //   * Lane (g, t4) loads 16 contiguous k of W rows g and g+8 per 64-k chunk (fp8: 16 bytes, converted exactly to bf16
@@ -19,97 +20,149 @@
 namespace {
 constexpr int kTcWarps = 4;
 
-template <bool FP8, int NB, int UNROLL>
+// MT: 16-row tiles per warp (1, or 4 for the "wide" entry): each x fragment a lane loads then feeds MT tiles' mma,
+// so the x traffic through L1 per weight byte falls by MT (at 32 rows it is 4x the weights' with MT = 1).
+// DB: double-buffered, the next UNROLL chunks' weight loads are issued before this batch's math, so the warp keeps
+// loads in flight while it converts and multiplies (at 32 rows that math is long: NB x 16 mma per chunk).
+template <bool FP8, int NB, int UNROLL, int MT = 1, bool DB = false>
 __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const float* __restrict__ scale,
                                              const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                              float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,
                                              int accumulate) {
     constexpr int kBytes = FP8 ? 1 : 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int tile = blockIdx.x * kTcWarps + warp, splits = gridDim.y;
-    const int row0 = tile * 16;
-    if (row0 >= n) return;  // no block-wide barriers below: a warp past the end may leave
-    const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);  // rows past n alias a valid one, unwritten
-    // bf16: row-major rows g and g + 8 (rows past n alias a valid one). fp8: the tile layout (fp8.cuh), where this
-    // lane's two pieces of each chunk sit at lane * 16 and 512 + lane * 16 of the chunk's kilobyte.
-    const uint8_t* wa = FP8 ? static_cast<const uint8_t*>(w) + (size_t)tile * 16 * k + lane * 16
-                            : static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
-    const uint8_t* wb = FP8 ? wa + 512 : static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
+    const int tile0 = (blockIdx.x * kTcWarps + warp) * MT, splits = gridDim.y;
+    if (tile0 * 16 >= n) return;  // no block-wide barriers below: a warp past the end may leave
+    // bf16: row-major rows g and g + 8 of each tile (rows past n alias a valid one, unwritten). fp8: the tile layout
+    // (fp8.cuh), where this lane's two pieces of each chunk sit at lane * 16 and 512 + lane * 16 of the chunk's
+    // kilobyte. A tile past n (MT > 1) aliases the last one: computed, never stored.
+    const uint8_t* wa[MT];
+    const uint8_t* wb[MT];
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        const int tile = min(tile0 + t, (n - 1) / 16), row0 = tile * 16;
+        const int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);
+        wa[t] = FP8 ? static_cast<const uint8_t*>(w) + (size_t)tile * 16 * k + lane * 16
+                    : static_cast<const uint8_t*>(w) + ((size_t)ra * k + 16 * t4) * kBytes;
+        wb[t] = FP8 ? wa[t] + 512 : static_cast<const uint8_t*>(w) + ((size_t)rb * k + 16 * t4) * kBytes;
+    }
     constexpr size_t kChunkBytes = FP8 ? 1024 : 64 * kBytes;  // distance between chunks along a lane's stream
     const mma::XRows<NB> xr(x, k, m, g, t4);
     const int chunks = k / 64;
     const int c_begin = (int)((long)chunks * blockIdx.y / splits), c_end = (int)((long)chunks * (blockIdx.y + 1) / splits);
-    // This split's first UNROLL chunks of both rows, into L2 while the previous kernel finishes (the weights are
+    // This split's first UNROLL chunks of every tile, into L2 while the previous kernel finishes (the weights are
     // constants; see kernel_entry_barrier); the main loop's first loads then start from L2, not DRAM.
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
         if (c_begin + u < c_end) {
             const size_t off = (size_t)(c_begin + u) * kChunkBytes;
-            prefetch_l2(wa + off);
-            prefetch_l2(wb + off);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                prefetch_l2(wa[t] + off);
+                prefetch_l2(wb[t] + off);
+            }
         }
     kernel_entry_barrier();
 
-    float c[NB][4];
+    float c[MT][NB][4];
 #pragma unroll
-    for (int j = 0; j < NB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
-    // W of one chunk for rows g and g + 8: one 16-byte word each (fp8) or two (bf16).
-    struct Chunk { uint4 a[FP8 ? 1 : 2], b[FP8 ? 1 : 2]; };
-    auto load = [&](int ch) {
-        Chunk v;
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int j = 0; j < NB; ++j) c[t][j][0] = c[t][j][1] = c[t][j][2] = c[t][j][3] = 0.f;
+    // W of one chunk for rows g and g + 8 of each tile: one 16-byte word each (fp8) or two (bf16).
+    struct Chunk { uint4 a[MT][FP8 ? 1 : 2], b[MT][FP8 ? 1 : 2]; };
+    auto load = [&](int ch, Chunk& v) {
         const size_t off = (size_t)ch * kChunkBytes;
 #pragma unroll
-        for (int h = 0; h < (FP8 ? 1 : 2); ++h) {
-            v.a[h] = ld_stream_u4(wa + off + 16 * h);
-            v.b[h] = ld_stream_u4(wb + off + 16 * h);
-        }
-        return v;
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+            for (int h = 0; h < (FP8 ? 1 : 2); ++h) {
+                v.a[t][h] = ld_stream_u4(wa[t] + off + 16 * h);
+                v.b[t][h] = ld_stream_u4(wb[t] + off + 16 * h);
+            }
     };
     auto math = [&](const Chunk& v, int ch) {
-        uint4 A[2], B[2];
-        if constexpr (FP8) {
-            fp8x16_to_bf16x16(v.a[0], A[0], A[1]);
-            fp8x16_to_bf16x16(v.b[0], B[0], B[1]);
-        } else {
-            A[0] = v.a[0]; A[1] = v.a[1]; B[0] = v.b[0]; B[1] = v.b[1];
+        uint4 A[MT][2], B[MT][2];
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            if constexpr (FP8) {
+                fp8x16_to_bf16x16(v.a[t][0], A[t][0], A[t][1]);
+                fp8x16_to_bf16x16(v.b[t][0], B[t][0], B[t][1]);
+            } else {
+                A[t][0] = v.a[t][0]; A[t][1] = v.a[t][1]; B[t][0] = v.b[t][0]; B[t][1] = v.b[t][1];
+            }
         }
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
             uint4 xv[2];
             xr.chunk(j, ch, xv);
-            mma::mma_chunk64(c[j], A, B, xv);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) mma::mma_chunk64(c[t][j], A[t], B[t], xv);  // one x fragment, MT tiles
         }
     };
     int ch = c_begin;
-    for (; ch + UNROLL <= c_end; ch += UNROLL) {
-        Chunk v[UNROLL];
+    if constexpr (DB) {
+        Chunk cur[UNROLL], nxt[UNROLL];
+        if (ch + UNROLL <= c_end)
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) v[u] = load(ch + u);
+            for (int u = 0; u < UNROLL; ++u) load(ch + u, cur[u]);
+        for (; ch + UNROLL <= c_end; ch += UNROLL) {
+            const bool more = ch + 2 * UNROLL <= c_end;
+            if (more)
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) math(v[u], ch + u);
+                for (int u = 0; u < UNROLL; ++u) load(ch + UNROLL + u, nxt[u]);
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) math(cur[u], ch + u);
+            if (more)
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) cur[u] = nxt[u];
+        }
+    } else {
+        for (; ch + UNROLL <= c_end; ch += UNROLL) {
+            Chunk v[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) load(ch + u, v[u]);
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) math(v[u], ch + u);
+        }
     }
-    for (; ch < c_end; ++ch) math(load(ch), ch);
+    for (; ch < c_end; ++ch) {
+        Chunk v;
+        load(ch, v);
+        math(v, ch);
+    }
 
-    if (!mma::combine_splits<NB>(c, part, tickets, tile, blockIdx.y, splits, lane)) return;
-    mma::store_tile<NB>(c, y, scale, row0, lane, n, m, accumulate);
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        const int tile = tile0 + t;
+        if (tile * 16 >= n) break;  // the aliased tiles past n
+        if (mma::combine_splits<NB>(c[t], part, tickets, tile, blockIdx.y, splits, lane))
+            mma::store_tile<NB>(c[t], y, scale, tile * 16, lane, n, m, accumulate);
+    }
 }
 }  // namespace
 
-// Launch: grid (ceil(n / 64), splits), block 128 threads; m <= 8 * NB. part: fp32 [tiles, splits, 128 * NB] and
+// Launch: grid (ceil(n / (64 * MT)), splits), block 128 threads; m <= 8 * NB. part: fp32 [tiles, splits, 128 * NB] and
 // tickets int32 [tiles] (tiles = ceil(n / 16)), all zero before the first launch (every launch leaves them zero).
 // MINB: blocks per SM the registers must allow; the "lite" fp8 variant trades unrolling for twice the warps.
-#define QWQ_GEMV_TC(SUFFIX, FP8, NB, UNROLL, MINB)                                                                  \
+// Measured on the H200 (bench/micro/tc_gemv.cu, 2026-11-28, fp8 at 32 rows, best split each): double buffering with
+// 2 chunks a batch against 4 without took qkv 31.3 -> 29.9 us, o 26.5 -> 25.9, gate_up 141.5 -> 126.1, down
+// 82.3 -> 78.9 (at 16 rows it gained nothing, so n16 keeps its plan); the wide entry (4 tiles a warp) took gate_up to
+// 117.7 us but lost on the three narrow shapes (too few warps), so the load-time tuner picks it per shape.
+#define QWQ_GEMV_TC(SUFFIX, FP8, NB, UNROLL, MINB, MT, DB)                                                          \
     extern "C" __global__ void __launch_bounds__(kTcWarps * 32, MINB)                                               \
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
                      float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,   \
                      int accumulate) {                                                                              \
-        gemv_tc_body<FP8, NB, UNROLL>(w, scale, x, y, part, tickets, n, k, m, accumulate);                          \
+        gemv_tc_body<FP8, NB, UNROLL, MT, DB>(w, scale, x, y, part, tickets, n, k, m, accumulate);                  \
     }
 
-QWQ_GEMV_TC(fp8_n8, true, 1, 8, 4)
-QWQ_GEMV_TC(fp8_n8_lite, true, 1, 4, 8)
-QWQ_GEMV_TC(fp8_n16, true, 2, 8, 4)
-QWQ_GEMV_TC(fp8_n32, true, 4, 4, 4)
-QWQ_GEMV_TC(bf16_n8, false, 1, 4, 4)
-QWQ_GEMV_TC(bf16_n16, false, 2, 4, 4)
-QWQ_GEMV_TC(bf16_n32, false, 4, 4, 4)
+//          suffix         FP8    NB UNROLL MINB MT DB
+QWQ_GEMV_TC(fp8_n8,        true,  1, 8,     4,   1, false)
+QWQ_GEMV_TC(fp8_n8_lite,   true,  1, 4,     8,   1, false)
+QWQ_GEMV_TC(fp8_n16,       true,  2, 8,     4,   1, false)
+QWQ_GEMV_TC(fp8_n32,       true,  4, 2,     4,   1, true)
+QWQ_GEMV_TC(fp8_n32_wide,  true,  4, 1,     2,   4, false)
+QWQ_GEMV_TC(bf16_n8,       false, 1, 4,     4,   1, false)
+QWQ_GEMV_TC(bf16_n16,      false, 2, 4,     4,   1, false)
+QWQ_GEMV_TC(bf16_n32,      false, 4, 4,     4,   1, false)

@@ -23,25 +23,26 @@ typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, f
 
 struct Var { const char* name; VarFn fn; int mt; };
 #define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
+#define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}
 //                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
     V("ctl-u8-b4",        2, 8, 1, 4, false),  // control: the current plan rebuilt from the template
-    V("db-u4-b4",         2, 4, 1, 4, true),
-    V("db-u2-b4",         2, 2, 1, 4, true),
-    V("mt2-u2-b4",        2, 2, 2, 4, false),
-    V("mt2-db-u2-b3",     2, 2, 2, 3, true),
+    A("as-s4-b4",         2, 4, 4),
+    A("as-s8-b4",         2, 8, 4),
+    A("as-s6-b6",         2, 6, 6),
+    A("as-s12-b3",        2, 12, 3),
 };
 static const Var kVars32[] = {
-    V("ctl-u4-b4",        4, 4, 1, 4, false),
-    V("db-u2-b4",         4, 2, 1, 4, true),
-    V("db-u4-b3",         4, 4, 1, 3, true),
-    V("db-u2-b3",         4, 2, 1, 3, true),
-    V("mt2-db-u2-b3",     4, 2, 2, 3, true),
-    V("mt2-db-u1-b3",     4, 1, 2, 3, true),
-    V("mt4-u1-b2",        4, 1, 4, 2, false),
-    V("mt4-db-u1-b2",     4, 1, 4, 2, true),
+    V("ctl-u4-b4",        4, 4, 1, 4, false),  // the plan before 2026-11-28 (gemv_tc_fp8_n32 is db-u2-b4 since)
+    V("mt4-u1-b2",        4, 1, 4, 2, false),  // gemv_tc_fp8_n32_wide
+    A("as-s4-b4",         4, 4, 4),
+    A("as-s8-b4",         4, 8, 4),
+    A("as-s6-b5",         4, 6, 5),
+    A("as-s12-b3",        4, 12, 3),
+    A("as-s10-b4",        4, 10, 4),
 };
 #undef V
+#undef A
 
 static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
 static const long kTicketBytes = 64 << 10, kPartBytes = 64 << 20;

@@ -63,7 +63,7 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 internal sealed class LinearOps : IDisposable
 {
     private enum Path { Lt, MmaBf16, TensorCore, Gemv, TileGemv }
-    private readonly record struct Choice(Path Path, int Splits, bool Lite = false);
+    private readonly record struct Choice(Path Path, int Splits, TensorCoreVariant Variant = TensorCoreVariant.Standard);
 
     private readonly GemvOps _gemv;
     private readonly TensorCoreGemvOps _tc;
@@ -151,7 +151,7 @@ internal sealed class LinearOps : IDisposable
             Choice? slice = Chosen(w, n) is { Path: Path.TensorCore or Path.Gemv } c ? c : null;
             int splits = slice?.Splits ?? TensorCoreGemvOps.DefaultSplits(w.Out, w.In, n, _multiprocessors);
             if (w.Kind == WeightKind.Int4Awq) splits = Math.Min(splits, w.In / w.Group); // int4 splits fall on group boundaries
-            TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Lite ?? false);
+            TensorCore(s, w, x + (ulong)(2L * r0 * w.In), y + (ulong)(4L * r0 * w.Out), n, accumulate, splits, slice?.Variant ?? TensorCoreVariant.Standard);
         }
     }
 
@@ -212,12 +212,13 @@ internal sealed class LinearOps : IDisposable
         asked == Fp8PrefillGemm.Auto ? (major == 9 ? Fp8PrefillGemm.Fp8 : Fp8PrefillGemm.Dequantize) : asked;
 
     /// <summary>Our tensor-core GEMV for this weight's kind: gemv_tc (bf16, fp8) or gemv_int4, up to 32 rows.</summary>
-    private void TensorCore(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, int splits, bool lite = false)
+    private void TensorCore(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, int splits,
+        TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         if (w.Kind == WeightKind.Int4Awq)
             _int4!.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
         else
-            _tc.Gemv(s, fp8: w.Kind == WeightKind.Fp8, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, lite);
+            _tc.Gemv(s, fp8: w.Kind == WeightKind.Fp8, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, variant);
     }
 
     private void ApplyBf16(CudaStream s, ulong weight, int outF, int inF, ulong x, ulong y, int rows, bool accumulate, Choice? chosen)
@@ -287,16 +288,16 @@ internal sealed class LinearOps : IDisposable
                     if (rows <= Fp8Ops.MaxTileGemvRows)
                         Try(new Choice(Path.TileGemv, 0), l => _fp8.TileGemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
                 }
-                bool tryLite = w0.Kind == WeightKind.Fp8 && rows <= 8;
+                // int4 has one build; fp8 also the lite (up to 8 rows) and wide (17–32) ones
+                var variants = Enum.GetValues<TensorCoreVariant>()
+                    .Where(v => v == TensorCoreVariant.Standard || (w0.Kind == WeightKind.Fp8 && TensorCoreGemvOps.Serves(v, fp8: true, rows)))
+                    .ToArray();
                 var tcSplits = w0.Kind == WeightKind.Int4Awq
                     ? Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows)
                     : TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows);
                 foreach (int splits in tcSplits)
-                {
-                    Try(new Choice(Path.TensorCore, splits), l => TensorCore(s, l, x, y, rows, accumulate, splits));
-                    if (tryLite)
-                        Try(new Choice(Path.TensorCore, splits, Lite: true), l => TensorCore(s, l, x, y, rows, accumulate, splits, lite: true));
-                }
+                    foreach (var variant in variants)
+                        Try(new Choice(Path.TensorCore, splits, variant), l => TensorCore(s, l, x, y, rows, accumulate, splits, variant));
                 if (choice is { } chosen) _choices[(w0.Kind, w0.Out, w0.In, rows)] = chosen;
             }
     }
@@ -322,7 +323,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>What the tuner chose, one line per (kind, shape, padded rows), for logs and reports.</summary>
     public IEnumerable<string> DescribeChoices() =>
         _choices.OrderBy(c => c.Key.Kind).ThenBy(c => c.Key.Rows).ThenBy(c => c.Key.Out)
-            .Select(c => $"{c.Key.Kind} [{c.Key.Out}x{c.Key.In}] at {c.Key.Rows} rows: {c.Value.Path}{(c.Value.Lite ? " (lite)" : "")}{(c.Value.Splits > 0 ? $" ×{c.Value.Splits} splits" : "")}");
+            .Select(c => $"{c.Key.Kind} [{c.Key.Out}x{c.Key.In}] at {c.Key.Rows} rows: {c.Value.Path}{(c.Value.Variant != TensorCoreVariant.Standard ? $" ({c.Value.Variant.ToString().ToLowerInvariant()})" : "")}{(c.Value.Splits > 0 ? $" ×{c.Value.Splits} splits" : "")}");
 
     public void Dispose()
     {

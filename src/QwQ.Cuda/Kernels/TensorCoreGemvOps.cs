@@ -2,6 +2,20 @@ using QwQ.Cuda.Native;
 
 namespace QwQ.Cuda.Kernels;
 
+/// <summary>Which build of the tensor-core GEMV runs a product; the load-time tuner times the ones that apply.</summary>
+public enum TensorCoreVariant
+{
+    /// <summary>A warp per 16-row tile, the plan for every row count and weight kind.</summary>
+    Standard,
+    /// <summary>fp8, up to 8 rows: half the unrolling and twice the resident warps.</summary>
+    Lite,
+    /// <summary>
+    /// fp8, 17–32 rows: a warp per four tiles, so each x fragment it loads feeds four tiles' mma (a quarter of the x
+    /// traffic; on the H200 gate_up at 32 rows 126 → 118 µs) but a quarter of the warps (slower on narrow products).
+    /// </summary>
+    Wide,
+}
+
 /// <summary>
 /// The tensor-core GEMV (kernels/gemv_tc.cu) for 1–32 rows of x, over bf16 or fp8 weights:
 /// y[m, :] (+)= scale ⊙ (W·x[m, :]), W read once for all rows, the batch as the mma's N in tiles of 8. Deterministic
@@ -13,6 +27,7 @@ internal sealed class TensorCoreGemvOps
     [KernelEntry] public const string Fp8N8LiteEntry = "gemv_tc_fp8_n8_lite";
     [KernelEntry] public const string Fp8N16Entry = "gemv_tc_fp8_n16";
     [KernelEntry] public const string Fp8N32Entry = "gemv_tc_fp8_n32";
+    [KernelEntry] public const string Fp8N32WideEntry = "gemv_tc_fp8_n32_wide";
     [KernelEntry] public const string Bf16N8Entry = "gemv_tc_bf16_n8";
     [KernelEntry] public const string Bf16N16Entry = "gemv_tc_bf16_n16";
     [KernelEntry] public const string Bf16N32Entry = "gemv_tc_bf16_n32";
@@ -22,7 +37,8 @@ internal sealed class TensorCoreGemvOps
     /// <summary>k must be a multiple of this.</summary>
     public const int Chunk = 64;
     private const int Threads = 128;
-    private const int TilesPerBlock = 4;  // kTcWarps: one 16-row tile per warp
+    private const int WarpsPerBlock = 4;  // kTcWarps
+    private const int WideTilesPerWarp = 4;  // MT of the wide entry
     private const int RowsPerTile = 16;
     internal const long TicketBytes = 64 << 10;  // int32 tickets for up to 16,384 tiles (262,144 output rows)
 
@@ -31,6 +47,7 @@ internal sealed class TensorCoreGemvOps
 
     private readonly CudaKernel[] _fp8, _bf16; // n8, n16, n32
     private readonly CudaKernel _fp8Lite;      // n8 with half the unrolling and twice the resident warps
+    private readonly CudaKernel _fp8Wide;      // n32 with four tiles per warp
 
     public TensorCoreGemvOps(PtxLibrary lib)
     {
@@ -38,6 +55,7 @@ internal sealed class TensorCoreGemvOps
         _fp8 = [lib.GetKernel(Fp8N8Entry), lib.GetKernel(Fp8N16Entry), lib.GetKernel(Fp8N32Entry)];
         _bf16 = [lib.GetKernel(Bf16N8Entry), lib.GetKernel(Bf16N16Entry), lib.GetKernel(Bf16N32Entry)];
         _fp8Lite = lib.GetKernel(Fp8N8LiteEntry);
+        _fp8Wide = lib.GetKernel(Fp8N32WideEntry);
     }
 
     private static int BatchTiles(int rows) => rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
@@ -56,10 +74,19 @@ internal sealed class TensorCoreGemvOps
     /// <summary>Split counts the load-time tuner tries for this shape.</summary>
     public static IEnumerable<int> SplitCandidates(int n, int k, int rows) => SplitChoices.Where(s => SplitsFit(n, k, rows, s));
 
+    /// <summary>Whether <paramref name="variant"/> serves these weights and this many rows.</summary>
+    public static bool Serves(TensorCoreVariant variant, bool fp8, int rows) => variant switch
+    {
+        TensorCoreVariant.Standard => rows is >= 1 and <= MaxRows,
+        TensorCoreVariant.Lite => fp8 && rows is >= 1 and <= 8,
+        TensorCoreVariant.Wide => fp8 && rows is > 16 and <= MaxRows,
+        _ => false,
+    };
+
     /// <summary>A reasonable split count without tuning: about eight blocks per SM in all.</summary>
     public static int DefaultSplits(int n, int k, int rows, int multiprocessors)
     {
-        int blocks = (n + TilesPerBlock * RowsPerTile - 1) / (TilesPerBlock * RowsPerTile);
+        int blocks = (n + WarpsPerBlock * RowsPerTile - 1) / (WarpsPerBlock * RowsPerTile);
         int splits = Math.Clamp((8 * multiprocessors + blocks - 1) / blocks, 1, Math.Max(1, k / Chunk / 4));
         while (splits > 1 && !SplitsFit(n, k, rows, splits)) splits--;
         return splits;
@@ -68,11 +95,11 @@ internal sealed class TensorCoreGemvOps
     /// <summary>
     /// y[m, :] (+)= scale ⊙ (W·x[m, :]) for m in [0, <paramref name="rows"/>), rows 1..32. <paramref name="fp8"/>: W
     /// e4m3 [n, k] with fp32 <paramref name="scale"/> [n]; else W bf16 [n, k] and <paramref name="scale"/> 0.
-    /// <paramref name="workspace"/>: <see cref="WorkspaceBytes"/> bytes, zeroed once. <paramref name="lite"/> (fp8, up to 8
-    /// rows): the variant with half the unrolling and twice the resident warps.
+    /// <paramref name="workspace"/>: <see cref="WorkspaceBytes"/> bytes, zeroed once. <paramref name="variant"/>: which
+    /// build runs it (<see cref="Serves"/>).
     /// </summary>
     public unsafe void Gemv(CudaStream s, bool fp8, ulong w, ulong scale, ulong x, ulong y, int rows, int n, int k, bool accumulate,
-        ulong workspace, int splits, bool lite = false)
+        ulong workspace, int splits, TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(w, 16, nameof(w));
@@ -85,12 +112,20 @@ internal sealed class TensorCoreGemvOps
         LaunchChecks.Positive(n, nameof(n));
         if (k <= 0 || k % Chunk != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {Chunk}.", nameof(k));
         if (!SplitsFit(n, k, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, rows = {rows}.", nameof(splits));
-        uint blocks = (uint)((n + TilesPerBlock * RowsPerTile - 1) / (TilesPerBlock * RowsPerTile));
+        if (!Serves(variant, fp8, rows))
+            throw new ArgumentException($"the {variant} variant does not serve {(fp8 ? "fp8" : "bf16")} weights over {rows} rows", nameof(variant));
+        int rowsPerBlock = WarpsPerBlock * RowsPerTile * (variant == TensorCoreVariant.Wide ? WideTilesPerWarp : 1);
+        uint blocks = (uint)((n + rowsPerBlock - 1) / rowsPerBlock);
         ulong tickets = workspace, part = workspace + TicketBytes;
         int acc = accumulate ? 1 : 0;
-        int variant = rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
+        int batchTiles = rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
-        if (lite && !(fp8 && variant == 0)) throw new ArgumentException("the lite variant is for fp8 weights and up to 8 rows", nameof(lite));
-        (lite ? _fp8Lite : (fp8 ? _fp8 : _bf16)[variant]).Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
+        CudaKernel kernel = variant switch
+        {
+            TensorCoreVariant.Lite => _fp8Lite,
+            TensorCoreVariant.Wide => _fp8Wide,
+            _ => (fp8 ? _fp8 : _bf16)[batchTiles],
+        };
+        kernel.Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
     }
 }

@@ -16,7 +16,8 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
 
     protected override void CreateOps() => _tc = new TensorCoreGemvOps(Lib);
 
-    private void Check(bool fp8, int rows, int n, int k, bool accumulate, int? splitCount = null, bool lite = false)
+    private void Check(bool fp8, int rows, int n, int k, bool accumulate, int? splitCount = null,
+        TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         DeviceBuffer dw, ds;
         float[] w;
@@ -39,14 +40,14 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         float[] Run()
         {
             var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-            _tc.Gemv(Stream, fp8, dw.Ptr, fp8 ? ds.Ptr : 0, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, splits, lite);
+            _tc.Gemv(Stream, fp8, dw.Ptr, fp8 ? ds.Ptr : 0, dx.Ptr, dy.Ptr, rows, n, k, accumulate, ws.Ptr, splits, variant);
             return DownloadF32(dy);
         }
         float[] got = Run();
         var expected = new float[(long)rows * n];
         CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
         if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-        AssertClose(got, expected, Tolerance, $"gemv_tc {(fp8 ? "fp8" : "bf16")}{(lite ? " lite" : "")} rows={rows} {n}x{k} acc={accumulate} splits={splits}");
+        AssertClose(got, expected, Tolerance, $"gemv_tc {(fp8 ? "fp8" : "bf16")}{(variant != TensorCoreVariant.Standard ? $" {variant}" : "")} rows={rows} {n}x{k} acc={accumulate} splits={splits}");
         Assert.That(Run(), Is.EqualTo(got), "second run");
     }
 
@@ -68,8 +69,31 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     [Test]
     public void LiteFp8VariantMatchesCpu([Values(1, 8)] int rows, [Values(1, 3)] int splits)
     {
-        Check(true, rows, 1001, 2048, accumulate: true, splits, lite: true);
-        Check(true, rows, 13, 64, accumulate: false, 1, lite: true);
+        Check(true, rows, 1001, 2048, accumulate: true, splits, TensorCoreVariant.Lite);
+        Check(true, rows, 13, 64, accumulate: false, 1, TensorCoreVariant.Lite);
+    }
+
+    /// <summary>
+    /// The wide fp8 build (a warp per four tiles): n that leaves the last warp's tiles partly past the end (1001 rows =
+    /// 63 tiles: the last warp's fourth tile does not exist), a single tile, every split count, QwQ's gate_up width.
+    /// </summary>
+    [Test]
+    public void WideFp8VariantMatchesCpu([Values(17, 24, 32)] int rows)
+    {
+        foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, rows))
+            Check(true, rows, 1001, 2048, accumulate: true, splits, TensorCoreVariant.Wide);
+        Check(true, rows, 13, 64, accumulate: false, 1, TensorCoreVariant.Wide);
+        Check(true, rows, 515, 5120, accumulate: false, 2, TensorCoreVariant.Wide);
+    }
+
+    [Test]
+    public void VariantsRefuseRowsTheyDoNotServe()
+    {
+        var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
+        var buf = Alloc(1 << 20);
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 16, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Wide));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, false, buf.Ptr, 0, buf.Ptr, buf.Ptr, 32, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Wide));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 9, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Lite));
     }
 
     /// <summary>
