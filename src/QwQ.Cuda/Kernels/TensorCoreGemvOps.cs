@@ -3,7 +3,7 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Kernels;
 
 /// <summary>Which build of the tensor-core GEMV runs a product; the load-time tuner times the ones that apply.</summary>
-public enum TensorCoreVariant
+internal enum TensorCoreVariant
 {
     /// <summary>A warp per 16-row tile, the plan for every row count and weight kind.</summary>
     Standard,
