@@ -21,35 +21,40 @@
 typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
 typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 
-struct Var { const char* name; VarFn fn; int mt; };
+struct Var { const char* name; VarFn fn; int mt; bool f16 = false; };
 #define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
+#define H(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB, true>, MT, true}
 #define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}
 //                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
     V("ctl-u8-b4",        2, 8, 1, 4, false),  // control: the current plan rebuilt from the template
-    A("as-s4-b4",         2, 4, 4),
-    A("as-s8-b4",         2, 8, 4),
-    A("as-s6-b6",         2, 6, 6),
-    A("as-s12-b3",        2, 12, 3),
+    H("f16-u8-b4",        2, 8, 1, 4, false),
+    H("f16-db-u4-b4",     2, 4, 1, 4, true),
 };
 static const Var kVars32[] = {
     V("ctl-u4-b4",        4, 4, 1, 4, false),  // the plan before 2026-11-28 (gemv_tc_fp8_n32 is db-u2-b4 since)
     V("mt4-u1-b2",        4, 1, 4, 2, false),  // gemv_tc_fp8_n32_wide
-    A("as-s4-b4",         4, 4, 4),
-    A("as-s8-b4",         4, 8, 4),
-    A("as-s6-b5",         4, 6, 5),
-    A("as-s12-b3",        4, 12, 3),
-    A("as-s10-b4",        4, 10, 4),
+    H("f16-db-u2-b4",     4, 2, 1, 4, true),
+    H("f16-u4-b4",        4, 4, 1, 4, false),
+    H("f16-mt4-u1-b2",    4, 1, 4, 2, false),
+    H("f16-mt2-db-u1-b3", 4, 1, 2, 3, true),
 };
 #undef V
+#undef H
 #undef A
+
+__global__ void bf16_to_f16(const __nv_bfloat16* __restrict__ a, __half* __restrict__ b, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        b[i] = __float2half_rn(__bfloat162float(a[i]));
+}
 
 static const int kSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
 static const long kTicketBytes = 64 << 10, kPartBytes = 64 << 20;
 
 static bool fits(int n, int k, int nb, int splits) { return splits_fit(n, k, splits, 64, 128L * nb, kTicketBytes, kPartBytes); }
 
-int main() {
+// argv[1] (optional): run only the shape of that name (for ncu: one shape, fewer launches).
+int main(int argc, char** argv) {
     const int sms = print_device();
     const auto& shapes = kQwqShapes;
     auto stride_of = [](const Shape& s) { return copy_stride((size_t)s.n * s.k); };
@@ -66,11 +71,17 @@ int main() {
     const float* scale; const __nv_bfloat16* x; float *y, *yref, *part; int* tickets;
     std::tie(scale, x, y, yref, part, tickets) = io.views();
     LaunchTimer timer;
+    // x as f16 for the F16 candidates (x is U(-2, 2) in bf16: exact in f16)
+    __half* x16;
+    CK(cudaMalloc(&x16, (size_t)32 * maxK * 2));
+    bf16_to_f16<<<256, 256>>>(x, x16, 32L * maxK);
+    CK(cudaGetLastError());
 
     int fails = 0;
     struct Best { const Shape* s; int m; float read; Outcome o; };
     std::vector<Best> summary;
     for (auto& s : shapes) {
+        if (argc > 1 && strcmp(argv[1], s.name) != 0) continue;
         const size_t stride = stride_of(s), bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
         const int copies = copies_of(s), tiles = (s.n + 15) / 16;
         auto wOf = [&](int c) { return (const void*)(pool + c * stride); };
@@ -113,7 +124,7 @@ int main() {
             for (int i = 0; i < count; ++i) {
                 const Var& v = vars[i];
                 run(v.name, v.mt, [&](dim3 grid, const void* wc) {
-                    v.fn<<<grid, 128>>>(wc, scale, x, y, part, tickets, s.n, s.k, m);
+                    v.fn<<<grid, 128>>>(wc, scale, v.f16 ? reinterpret_cast<const __nv_bfloat16*>(x16) : x, y, part, tickets, s.n, s.k, m);
                 }, false);
             }
             summary.push_back(b);
