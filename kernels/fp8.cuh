@@ -70,6 +70,32 @@ __device__ __forceinline__ void fp8x16_to_bf16x16(const uint4& v, uint4& first, 
     fp8x4_to_bf16x4(v.w, second.z, second.w);
 }
 
+// 16 e4m3 -> 16 f16 as two 16-byte words (elements 0-7, 8-15), exact: e4m3's range and precision fit f16. On sm_89+
+// one hardware cvt per pair (the fp16 tensor-core GEMV, gemv_tc.cu: against the bf16 route's ~2 integer/FMA
+// instructions per weight, which kept the ALU pipe half busy at 32 rows); older GPUs take the integer route: each
+// byte s.eeee.mmm moved to the f16 bits s.0eeee.mmm0000000, the value times 2^-8 (bias 7 against f16's 15), e4m3 zero
+// and subnormals landing on f16 zero and subnormals with the same factor, then one f16x2 FMA by 2^8.
+__device__ __forceinline__ uint32_t fp8x2_to_f16x2(uint32_t pair) {  // the pair in the low 16 bits
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    uint32_t h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((unsigned short)(pair & 0xFFFFu)));
+    return h;
+#else
+    uint32_t a = __byte_perm(pair, 0, 0x1404);  // [0, b0, 0, b1]: each byte in the high half of its 16 bits
+    a = ((a >> 1) & 0x3F803F80u) | (a & 0x80008000u);
+    const __half2 two8 = __halves2half2(__ushort_as_half((unsigned short)0x5C00), __ushort_as_half((unsigned short)0x5C00));
+    const __half2 neg0 = __halves2half2(__ushort_as_half((unsigned short)0x8000), __ushort_as_half((unsigned short)0x8000));
+    __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), two8, neg0);
+    return *reinterpret_cast<uint32_t*>(&r);
+#endif
+}
+__device__ __forceinline__ void fp8x16_to_f16x16(const uint4& v, uint4& first, uint4& second) {
+    first.x = fp8x2_to_f16x2(v.x); first.y = fp8x2_to_f16x2(v.x >> 16);
+    first.z = fp8x2_to_f16x2(v.y); first.w = fp8x2_to_f16x2(v.y >> 16);
+    second.x = fp8x2_to_f16x2(v.z); second.y = fp8x2_to_f16x2(v.z >> 16);
+    second.z = fp8x2_to_f16x2(v.w); second.w = fp8x2_to_f16x2(v.w >> 16);
+}
+
 // ---- the fp8 weight layout ------------------------------------------------------------------------------------------
 // FP8 weights are stored in the tensor-core GEMV's fragment order, not row-major, so that every warp-wide load of the
 // decode kernel (gemv_tc.cu) reads 512 contiguous bytes and a warp's 16-row tile is one contiguous stream:

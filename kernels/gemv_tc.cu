@@ -24,11 +24,15 @@ constexpr int kTcWarps = 4;
 // so the x traffic through L1 per weight byte falls by MT (at 32 rows it is 4x the weights' with MT = 1).
 // DB: double-buffered, the next UNROLL chunks' weight loads are issued before this batch's math, so the warp keeps
 // loads in flight while it converts and multiplies (at 32 rows that math is long: NB x 16 mma per chunk).
-template <bool FP8, int NB, int UNROLL, int MT = 1, bool DB = false>
+// F16 (fp8 only): x arrives as f16 with a power-of-two scale per row (xscale; gemv_tc_x_to_f16 below), the weights
+// are converted to f16 by the hardware cvt and the mma runs in f16: the bf16 route spends ~2 ALU instructions per
+// weight on the conversion, which at 16-32 rows is what bounds the kernel (ncu: ALU pipe 50% busy on gate_up).
+template <bool FP8, int NB, int UNROLL, int MT = 1, bool DB = false, bool F16 = false>
 __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const float* __restrict__ scale,
                                              const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                              float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,
-                                             int accumulate) {
+                                             int accumulate, const float* __restrict__ xscale = nullptr) {
+    static_assert(FP8 || !F16, "the fp16 route is for fp8 weights");
     constexpr int kBytes = FP8 ? 1 : 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int tile0 = (blockIdx.x * kTcWarps + warp) * MT, splits = gridDim.y;
@@ -85,7 +89,10 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
         uint4 A[MT][2], B[MT][2];
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
-            if constexpr (FP8) {
+            if constexpr (F16) {
+                fp8x16_to_f16x16(v.a[t][0], A[t][0], A[t][1]);
+                fp8x16_to_f16x16(v.b[t][0], B[t][0], B[t][1]);
+            } else if constexpr (FP8) {
                 fp8x16_to_bf16x16(v.a[t][0], A[t][0], A[t][1]);
                 fp8x16_to_bf16x16(v.b[t][0], B[t][0], B[t][1]);
             } else {
@@ -97,7 +104,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
             uint4 xv[2];
             xr.chunk(j, ch, xv);
 #pragma unroll
-            for (int t = 0; t < MT; ++t) mma::mma_chunk64(c[t][j], A[t], B[t], xv);  // one x fragment, MT tiles
+            for (int t = 0; t < MT; ++t) mma::mma_chunk64<F16>(c[t][j], A[t], B[t], xv);  // one x fragment, MT tiles
         }
     };
     int ch = c_begin;
@@ -137,7 +144,7 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
         const int tile = tile0 + t;
         if (tile * 16 >= n) break;  // the aliased tiles past n
         if (mma::combine_splits<NB>(c[t], part, tickets, tile, blockIdx.y, splits, lane))
-            mma::store_tile<NB>(c[t], y, scale, tile * 16, lane, n, m, accumulate);
+            mma::store_tile<NB>(c[t], y, scale, tile * 16, lane, n, m, accumulate, F16 ? xscale : nullptr);
     }
 }
 }  // namespace
@@ -148,13 +155,22 @@ __device__ __forceinline__ void gemv_tc_body(const void* __restrict__ w, const f
 // Measured on the H200 (bench/micro/tc_gemv.cu, 2026-11-28, fp8 at 32 rows, best split each): double buffering with
 // 2 chunks a batch against 4 without took qkv 31.3 -> 29.9 us, o 26.5 -> 25.9, gate_up 141.5 -> 126.1, down
 // 82.3 -> 78.9 (at 16 rows it gained nothing, so n16 keeps its plan); the wide entry (4 tiles a warp) took gate_up to
-// 117.7 us but lost on the three narrow shapes (too few warps), so the load-time tuner picks it per shape.
+// 117.7 us but lost on the three narrow shapes (too few warps), so the load-time tuner picks it per shape. The fp16
+// route (fp8h_*) then: gate_up 94.3 us (wide), down 70.7, qkv 26.7, o 23.6 at 32 rows; 8-24% at 16 rows.
 #define QWQ_GEMV_TC(SUFFIX, FP8, NB, UNROLL, MINB, MT, DB)                                                          \
     extern "C" __global__ void __launch_bounds__(kTcWarps * 32, MINB)                                               \
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
                      float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets, int n, int k, int m,   \
                      int accumulate) {                                                                              \
         gemv_tc_body<FP8, NB, UNROLL, MT, DB>(w, scale, x, y, part, tickets, n, k, m, accumulate);                  \
+    }
+// The fp16 route: x is f16 [m, k] (its bits behind the bf16 pointer type) and xscale fp32 [m], from gemv_tc_x_to_f16.
+#define QWQ_GEMV_TC_F16(SUFFIX, NB, UNROLL, MINB, MT, DB)                                                           \
+    extern "C" __global__ void __launch_bounds__(kTcWarps * 32, MINB)                                               \
+    gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale, const __nv_bfloat16* __restrict__ x, \
+                     const float* __restrict__ xscale, float* __restrict__ y, float* __restrict__ part,              \
+                     int* __restrict__ tickets, int n, int k, int m, int accumulate) {                              \
+        gemv_tc_body<true, NB, UNROLL, MT, DB, true>(w, scale, x, y, part, tickets, n, k, m, accumulate, xscale);   \
     }
 
 //          suffix         FP8    NB UNROLL MINB MT DB
@@ -166,3 +182,39 @@ QWQ_GEMV_TC(fp8_n32_wide,  true,  4, 1,     2,   4, false)
 QWQ_GEMV_TC(bf16_n8,       false, 1, 4,     4,   1, false)
 QWQ_GEMV_TC(bf16_n16,      false, 2, 4,     4,   1, false)
 QWQ_GEMV_TC(bf16_n32,      false, 4, 4,     4,   1, false)
+//              suffix          NB UNROLL MINB MT DB
+QWQ_GEMV_TC_F16(fp8h_n16,       2, 8,     4,   1, false)
+QWQ_GEMV_TC_F16(fp8h_n32,       4, 2,     4,   1, true)
+QWQ_GEMV_TC_F16(fp8h_n32_wide,  4, 1,     2,   4, false)
+
+// x (bf16 [m, k]) -> xh (f16 [m, k]) and xscale (fp32 [m]) with x = xh * xscale, for the fp16 route. Each row is
+// divided by 2^e, e >= 0 the least that brings its largest |x| under 2^16 (the largest bf16 below 2^16 is 65280, within
+// f16's 65504), so every bf16 value converts exactly but those under 2^-24 * 2^e (subnormal in f16, or zero): at most
+// 2^-40 of the row's largest, nothing a dot product can show. Grid m blocks (one row each), 256 threads; k even.
+extern "C" __global__ void __launch_bounds__(256) gemv_tc_x_to_f16(const __nv_bfloat16* __restrict__ x, __half* __restrict__ xh,
+                                                                   float* __restrict__ xscale, int k) {
+    kernel_entry_barrier();
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(x) + (size_t)blockIdx.x * (k / 2);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(xh) + (size_t)blockIdx.x * (k / 2);
+    float mx = 0.f;
+    for (int i = threadIdx.x; i < k / 2; i += blockDim.x) {
+        const uint32_t v = src[i];
+        mx = fmaxf(mx, fmaxf(fabsf(bf16_lo(v)), fabsf(bf16_hi(v))));
+    }
+    __shared__ float warp_max[8];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = warp_max[0];
+#pragma unroll
+    for (int w = 1; w < 8; ++w) mx = fmaxf(mx, warp_max[w]);
+    const int e = mx >= 65536.f ? min(ilogbf(mx) - 15, 126) : 0;  // mx * 2^-e < 2^16
+    const float down = ldexpf(1.f, -e);
+    if (threadIdx.x == 0) xscale[blockIdx.x] = ldexpf(1.f, e);
+    for (int i = threadIdx.x; i < k / 2; i += blockDim.x) {
+        const uint32_t v = src[i];
+        const __half2 h = __floats2half2_rn(bf16_lo(v) * down, bf16_hi(v) * down);
+        dst[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+}

@@ -50,10 +50,20 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c += a * b, m16n8k16, f16 inputs, fp32 accumulate (the fp16 route of gemv_tc.cu).
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // One 64-k chunk of the small-batch tensor-core GEMVs (gemv.cu, gemv_fp8.cu), where lane (g, t4) holds 16 contiguous
 // k of W rows g and g+8 (wa, wb) and of x row g (xv), as bf16 in two 16-byte words each. A dot product does not
 // care about the order of k as long as W and x use the same one: k-step s takes elements 4s..4s+3 of each lane's 16,
 // as the A fragment's columns (2t4, 2t4+1) and (2t4+8, 2t4+9) and the B fragment's matching rows.
+// F16: the operands are f16, not bf16.
+template <bool F16 = false>
 __device__ __forceinline__ void mma_chunk64(float (&c)[4], const uint4 (&wa)[2], const uint4 (&wb)[2], const uint4 (&xv)[2]) {
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
@@ -61,7 +71,8 @@ __device__ __forceinline__ void mma_chunk64(float (&c)[4], const uint4 (&wa)[2],
         const uint4& B = wb[s >> 1];
         const uint4& X = xv[s >> 1];
         const uint32_t a[4] = {(s & 1) ? A.z : A.x, (s & 1) ? B.z : B.x, (s & 1) ? A.w : A.y, (s & 1) ? B.w : B.y};
-        mma_bf16_16816(c, a, (s & 1) ? X.z : X.x, (s & 1) ? X.w : X.y);
+        if constexpr (F16) mma_f16_16816(c, a, (s & 1) ? X.z : X.x, (s & 1) ? X.w : X.y);
+        else mma_bf16_16816(c, a, (s & 1) ? X.z : X.x, (s & 1) ? X.w : X.y);
     }
 }
 
@@ -124,10 +135,12 @@ __device__ __forceinline__ bool combine_splits(float (&c)[NB][4], float* __restr
     return true;
 }
 
-// y[b, row] (+)= scale[row] · c (scale may be null) for the tile's rows < n and batches < m.
+// y[b, row] (+)= scale[row] · c · xscale[b] (scale, xscale may be null) for the tile's rows < n and batches < m.
+// xscale: the power of two each row of x was divided by on its way to f16 (gemv_tc.cu), so the product is exact.
 template <int NB>
 __device__ __forceinline__ void store_tile(const float (&c)[NB][4], float* __restrict__ y, const float* __restrict__ scale,
-                                           int row0, int lane, int n, int m, int accumulate) {
+                                           int row0, int lane, int n, int m, int accumulate,
+                                           const float* __restrict__ xscale = nullptr) {
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int j = 0; j < NB; ++j)
@@ -136,7 +149,8 @@ __device__ __forceinline__ void store_tile(const float (&c)[NB][4], float* __res
             const int row = row0 + g + (e >= 2 ? 8 : 0), b = 8 * j + 2 * t4 + (e & 1);
             if (b < m && row < n) {
                 float* dst = y + (size_t)b * n + row;
-                const float v = scale != nullptr ? scale[row] * c[j][e] : c[j][e];
+                float v = scale != nullptr ? scale[row] * c[j][e] : c[j][e];
+                if (xscale != nullptr) v *= xscale[b];
                 *dst = accumulate ? *dst + v : v;
             }
         }

@@ -11,7 +11,8 @@
 //   UNROLL  chunks loaded per batch
 //   MT      16-row tiles per warp (1 = the current plan)
 //   MINB    __launch_bounds__ minimum blocks per SM (registers)
-//   F16     x given as f16 (the same bits' buffer type is nominal), weights converted to f16, f16 mma (see above)
+//   F16     x given as f16 (the same bits' buffer type is nominal), weights converted to f16 (fp8x16_to_f16x16), f16
+//           mma: the fp16 route, landed as gemv_tc_fp8h_* (kernels/gemv_tc.cu says why)
 //   DB      double-buffered: the next UNROLL chunks are loaded before this batch's math, so a warp always has weight
 //           loads in flight (at 32 rows the math of a batch -- conversions, NB x 16 mma, NB x 2 x loads per chunk --
 //           is long enough that a warp waiting on its next loads leaves DRAM idle; the profile gives gate_up 2.1x and
@@ -20,40 +21,6 @@
 
 namespace tcv2 {
 constexpr int kWarps = 4;
-
-// ---- the fp16 route (F16 below) ----
-// Why: at 32 rows the fp8 GEMV is not bound by loads in flight (the cp.async ring below lost) but perhaps by issue:
-// the exact e4m3 -> bf16 conversion takes ~2 integer/FMA instructions per weight, 64 per lane per chunk against 16
-// mma. e4m3 -> f16 is one hardware cvt per pair (sm_89+), exact, and e4m3 fits f16; x then has to be f16 as well
-// (converted once per step; bf16 values within f16's range convert exactly -- the engine would scale each row by a
-// power of two first). 16 e4m3 -> 16 f16 as two 16-byte words (elements 0-7, 8-15), the layout fp8x16_to_bf16x16 gives.
-__device__ __forceinline__ void fp8x16_to_f16x16(const uint4& v, uint4& first, uint4& second) {
-    auto pair = [](uint32_t w, uint32_t& lo, uint32_t& hi) {
-        asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
-            : "=r"(lo), "=r"(hi) : "r"(w));
-    };
-    pair(v.x, first.x, first.y);
-    pair(v.y, first.z, first.w);
-    pair(v.z, second.x, second.y);
-    pair(v.w, second.z, second.w);
-}
-__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// mma::mma_chunk64 with f16 operands (same k order).
-__device__ __forceinline__ void mma_chunk64_f16(float (&c)[4], const uint4 (&wa)[2], const uint4 (&wb)[2], const uint4 (&xv)[2]) {
-#pragma unroll
-    for (int s = 0; s < 4; ++s) {
-        const uint4& A = wa[s >> 1];
-        const uint4& B = wb[s >> 1];
-        const uint4& X = xv[s >> 1];
-        const uint32_t a[4] = {(s & 1) ? A.z : A.x, (s & 1) ? B.z : B.x, (s & 1) ? A.w : A.y, (s & 1) ? B.w : B.y};
-        mma_f16_16816(c, a, (s & 1) ? X.z : X.x, (s & 1) ? X.w : X.y);
-    }
-}
 
 template <bool FP8, int NB, int UNROLL, int MT, int MINB, bool DB = false, bool F16 = false>
 __global__ void __launch_bounds__(kWarps * 32, MINB)
@@ -115,8 +82,7 @@ gemv_tc_v2(const void* __restrict__ w, const float* __restrict__ scale, const __
             xr.chunk(j, ch, xv);
 #pragma unroll
             for (int t = 0; t < MT; ++t) {  // one x fragment, MT tiles
-                if constexpr (F16) mma_chunk64_f16(c[t][j], A[t], B[t], xv);
-                else mma::mma_chunk64(c[t][j], A[t], B[t], xv);
+                mma::mma_chunk64<F16>(c[t][j], A[t], B[t], xv);
             }
         }
     };

@@ -17,7 +17,7 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     protected override void CreateOps() => _tc = new TensorCoreGemvOps(Lib);
 
     private void Check(bool fp8, int rows, int n, int k, bool accumulate, int? splitCount = null,
-        TensorCoreVariant variant = TensorCoreVariant.Standard)
+        TensorCoreVariant variant = TensorCoreVariant.Standard, float xMagnitude = 0)
     {
         DeviceBuffer dw, ds;
         float[] w;
@@ -32,6 +32,13 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
             (dw, ds) = (UploadBf16(w), Alloc(16));
         }
         float[] x = NormalBf16((long)rows * k);
+        if (xMagnitude > 0)  // every third row gets a few elements of about ±xMagnitude (bf16-exact), the rest unchanged
+            for (int r = 0; r < rows; r += 3)
+                for (int i = 0; i < 4; i++)
+                {
+                    long at = (long)r * k + Rng.Next(k);
+                    x[at] = Bf16.Round((i % 2 == 0 ? 1 : -1) * xMagnitude * (1 + i) / 4);
+                }
         float[] y0 = accumulate ? Normal((long)rows * n, 4f) : new float[(long)rows * n];
         var dx = UploadBf16(x);
         var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
@@ -86,6 +93,32 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         Check(true, rows, 515, 5120, accumulate: false, 2, TensorCoreVariant.Wide);
     }
 
+    /// <summary>
+    /// The fp16 route (x converted to f16 with a power-of-two scale per row, f16 mma), plain and wide, at the row counts
+    /// each serves, every split count, partial tiles and QwQ's down width (27,648 inputs).
+    /// </summary>
+    [Test]
+    public void HalfFp8VariantsMatchCpu([Values(9, 16, 17, 32)] int rows)
+    {
+        foreach (var variant in new[] { TensorCoreVariant.Half, TensorCoreVariant.HalfWide }.Where(v => TensorCoreGemvOps.Serves(v, true, rows, 2048)))
+        {
+            foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, rows))
+                Check(true, rows, 1001, 2048, accumulate: true, splits, variant);
+            Check(true, rows, 13, 64, accumulate: false, 1, variant);
+            Check(true, rows, 40, 27648, accumulate: false, 4, variant);
+        }
+    }
+
+    /// <summary>
+    /// x beyond f16's range (65,504) in some rows: the fp16 route scales those rows by a power of two, so the product
+    /// is still the CPU's within the same tolerance, and finite (an unscaled conversion gives infinities, then NaN).
+    /// </summary>
+    [Test]
+    public void HalfFp8VariantHandlesXBeyondF16Range([Values(false, true)] bool wide)
+    {
+        Check(true, 32, 1001, 2048, accumulate: false, 2, wide ? TensorCoreVariant.HalfWide : TensorCoreVariant.Half, xMagnitude: 3e5f);
+    }
+
     [Test]
     public void VariantsRefuseRowsTheyDoNotServe()
     {
@@ -94,6 +127,9 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 16, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Wide));
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, false, buf.Ptr, 0, buf.Ptr, buf.Ptr, 32, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Wide));
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 9, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Lite));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 8, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, false, buf.Ptr, 0, buf.Ptr, buf.Ptr, 16, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 16, 64, TensorCoreGemvOps.MaxHalfIn + 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
     }
 
     /// <summary>
