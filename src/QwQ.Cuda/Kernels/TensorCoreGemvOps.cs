@@ -59,6 +59,7 @@ internal sealed class TensorCoreGemvOps
     private const long HalfXBytes = (long)MaxRows * MaxHalfIn * 2;  // f16 [rows, k]
     private const long HalfScaleBytes = 256;                        // fp32 [rows], padded
     private const long PartBytes = (32L << 20) - TicketBytes;
+    private const int XToHalfThreads = 1024;  // kXToF16Threads: one block per row, MaxHalfIn / 8 16-byte words per block
 
     /// <summary>
     /// Bytes of the workspace every launch needs, zeroed once: int32 tickets, fp32 split partials (both left zero by
@@ -151,7 +152,7 @@ internal sealed class TensorCoreGemvOps
         {
             ulong xh = part + PartBytes, xs = xh + HalfXBytes;  // x as f16 [rows, k] and its row scales [rows]
             void** convert = stackalloc void*[] { &x, &xh, &xs, &k };
-            _xToHalf.Launch(new Dim3((uint)rows), new Dim3(256), 0, s, convert);
+            _xToHalf.Launch(new Dim3((uint)rows), new Dim3(XToHalfThreads), 0, s, convert);
             void** half = stackalloc void*[] { &w, &scale, &xh, &xs, &y, &part, &tickets, &n, &k, &rows, &acc };
             _fp8Half[wide ? 2 : batchTiles == 1 ? 0 : 1].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, half);
             return;
