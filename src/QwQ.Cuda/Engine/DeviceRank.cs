@@ -84,7 +84,7 @@ internal sealed class DeviceRank : IDisposable
             fp8Gemm = new Fp8Gemm(Own(CublasLt.Create()), mode == Fp8PrefillGemm.Fp8FastAccum, Workspace.Fp8ActCodes, Workspace.Fp8ActScales,
                 Workspace.MaxRows, Workspace.MaxProductInput(shard));
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
-            a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0, fp8Gemm));
+            a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0, fp8Gemm, a.Options.OnlyTensorCoreVariant));
         Sum = Own(comm is null
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));

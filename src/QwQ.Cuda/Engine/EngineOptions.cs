@@ -80,6 +80,12 @@ public sealed record EngineOptions
     public bool TuneDecodeGemm { get; init; } = true;
 
     /// <summary>
+    /// Tests only: where this tensor-core GEMV build serves a product and row count, the load-time tuner may pick only it
+    /// (its split count still tuned), so a test can run a build end to end whatever would measure fastest. Null: all compete.
+    /// </summary>
+    internal Kernels.TensorCoreVariant? OnlyTensorCoreVariant { get; init; }
+
+    /// <summary>
     /// Quantize a bf16 checkpoint's (or synthetic) layer weights while they load: <see cref="QuantizeMode.Fp8"/>
     /// stores e4m3 with one scale per output channel (half the bytes per token); <see cref="QuantizeMode.Int4"/> 4-bit
     /// codes with a scale and zero point per 128 inputs (<c>Int4Rtn</c>; about a quarter). The CPU reference computes

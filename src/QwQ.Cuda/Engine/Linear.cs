@@ -80,10 +80,13 @@ internal sealed class LinearOps : IDisposable
     private readonly Fp8Gemm? _fp8Gemm;          // fp8 prefill on the FP8 tensor cores; null: the bf16 detour
     // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
     private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
+    private readonly TensorCoreVariant? _onlyVariant;  // EngineOptions.OnlyTensorCoreVariant (tests)
 
     public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Int4Ops? int4, Cublas blas, CublasLt? lt, CublasLt? decodeLt,
-        int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch, Fp8Gemm? fp8Gemm = null)
+        int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch, Fp8Gemm? fp8Gemm = null,
+        TensorCoreVariant? onlyVariant = null)
     {
+        _onlyVariant = onlyVariant;
         (_gemv, _tc, _fp8, _int4, _blas, _lt, _decodeLt, _gemvMaxRows, _mmaMaxRows, _multiprocessors, _dequantScratch) =
             (gemv, tc, fp8, int4, blas, lt, decodeLt, gemvMaxRows, mmaMaxRows, multiprocessors, dequantScratch);
         if (fp8Gemm is not null && (fp8 is null || dequantScratch == 0))
@@ -292,6 +295,7 @@ internal sealed class LinearOps : IDisposable
                 var variants = Enum.GetValues<TensorCoreVariant>()
                     .Where(v => v == TensorCoreVariant.Standard || (w0.Kind == WeightKind.Fp8 && TensorCoreGemvOps.Serves(v, fp8: true, rows, w0.In)))
                     .ToArray();
+                if (_onlyVariant is { } only && variants.Contains(only)) variants = [only];
                 var tcSplits = w0.Kind == WeightKind.Int4Awq
                     ? Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows)
                     : TensorCoreGemvOps.SplitCandidates(w0.Out, w0.In, rows);

@@ -40,6 +40,16 @@ public sealed class Fp8EngineTests
         QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Fp8, WeightKind.Fp8, QuantizeRows, cudaGraphs);
 
     /// <summary>
+    /// The same checks with the tuner held to the fp16 route (plain or wide) wherever it serves (9–32 rows: decode at 20
+    /// rows, and the 32-row slices of the 67-row prefill), so the engine runs it end to end; the tuner's choices must
+    /// show it.
+    /// </summary>
+    [Test]
+    public void TheFp16RouteMatchesCpuReferenceOnTheSameFp8Weights([Values(false, true)] bool wide) =>
+        QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Fp8, WeightKind.Fp8, QuantizeRows, cudaGraphs: true,
+            only: wide ? global::QwQ.Cuda.Kernels.TensorCoreVariant.HalfWide : global::QwQ.Cuda.Kernels.TensorCoreVariant.Half);
+
+    /// <summary>
     /// The FP8 prefill GEMM (what <see cref="Fp8PrefillGemm.Auto"/> runs on sm_90) against the bf16 detour on the very same
     /// fp8 weights, prefill of 150 and 300 rows (both above the 128 rows where the engine switches to it), every sampled
     /// position's logits; and both against the fp32 CPU reference on the dequantized weights. The GEMM also rounds the
@@ -236,15 +246,22 @@ internal static class QuantizedOnLoad
         return new RandomQuantizedCheckpoint(config, dir, new Qwen2CpuModel(config, weights.WithLayerLinears(quantize)), seed);
     }
 
-    public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs)
+    public static void MatchesCpuReference(string configJson, QuantizeMode mode, WeightKind kind, Func<float[], int, int, float[]> quantize, bool cudaGraphs,
+        global::QwQ.Cuda.Kernels.TensorCoreVariant? only = null)
     {
         using var checkpoint = RandomCheckpoint(configJson, quantize);
         var (config, tmp, cpu, seed) = (checkpoint.Config, checkpoint.Directory, checkpoint.Reference, checkpoint.Seed);
         // The weights' paths against the reference at its bf16-activation tolerance: prefill on the bf16 detour (the FP8
         // GEMM, which also rounds activations to e4m3, has its own test against it).
         using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions
-            { MaxContext = 512, Quantize = mode, UseCudaGraphs = cudaGraphs, Fp8Prefill = Fp8PrefillGemm.Dequantize });
+            { MaxContext = 512, Quantize = mode, UseCudaGraphs = cudaGraphs, Fp8Prefill = Fp8PrefillGemm.Dequantize, OnlyTensorCoreVariant = only });
         Assert.That(backend.Weights.LinearKind, Is.EqualTo(kind));
+        if (only is { } v)
+        {
+            string[] choices = [.. backend.DescribeKernelChoices()];
+            TestContext.Out.WriteLine(string.Join("\n", choices));
+            Assert.That(choices, Has.Some.Contains($"({v.ToString().ToLowerInvariant()})"), $"the tuner never took {v}");
+        }
         var rng = new Random(seed);
 
         // prefill: every position's logits, at 67 rows (tensor-core GEMV in 32-row slices) and 150 rows (dequantized
