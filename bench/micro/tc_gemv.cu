@@ -24,7 +24,7 @@ typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, f
 struct Var { const char* name; VarFn fn; int mt; bool f16 = false; };
 #define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
 #define H(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB, true>, MT, true}
-#define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}
+#define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}  // the cp.async ring (rejected 2026-11-28): rows to re-run it
 //                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
     V("ctl-u8-b4",        2, 8, 1, 4, false),  // control: the current plan rebuilt from the template
