@@ -291,9 +291,10 @@ internal sealed class LinearOps : IDisposable
                     if (rows <= Fp8Ops.MaxTileGemvRows)
                         Try(new Choice(Path.TileGemv, 0), l => _fp8.TileGemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
                 }
-                // int4 has one build; fp8 also the lite (up to 8 rows), wide (17–32) and fp16-route (9–32) ones
+                // the builds that serve this product (Serves): int4 and bf16 one; fp8 also the lite (up to 8 rows), wide
+                // (17–32) and fp16-route (9–32) ones
                 var variants = Enum.GetValues<TensorCoreVariant>()
-                    .Where(v => v == TensorCoreVariant.Standard || (w0.Kind == WeightKind.Fp8 && TensorCoreGemvOps.Serves(v, fp8: true, rows, w0.In)))
+                    .Where(v => TensorCoreGemvOps.Serves(v, fp8: w0.Kind == WeightKind.Fp8, rows, w0.In))
                     .ToArray();
                 if (_onlyVariant is { } only && variants.Contains(only)) variants = [only];
                 var tcSplits = w0.Kind == WeightKind.Int4Awq
