@@ -7,6 +7,7 @@
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu && /tmp/attn90
 //   (with CUDA 13, -arch=sm_90a gave a compute_90 module that ptxas refused: "wgmma ... not supported on .target sm_90")
 // Optional argument: a substring of the variant names to run only those (e.g. /tmp/attn90 wg1); the reference always runs.
+// A second argument "once" launches each chosen variant once at T=16384 and nothing else (for ncu).
 // Exit code 0 = every variant passed, 1 = some failed a check (those are not timed), 2/3 = CUDA error.
 // bench/micro/attention_prefill_sm90_layout.py (plain python3) replays the kernel's index maps on the CPU: loader vs
 // descriptor addresses for the canonical wgmma layouts, the P fragment identity, the ring schedule, and the loop's
@@ -34,7 +35,7 @@ namespace sm90 = attn_prefill_sm90a;
 
 // Same entry signature, grid and seq_info/block table contract as attention_prefill_paged_bf16_d128, except: block
 // 128*WGS threads, grid (nq, ceil(max T / (64*WGS)), sequences), dynamic smem sm90::smem_bytes(WGS, STAGES).
-template <int WGS, int STAGES, bool OVERLAP, int MINB>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
 __global__ void __launch_bounds__(WGS * 128, MINB)
     attention_prefill_paged_sm90_d128(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                       const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(WGS * 128, MINB)
     const int T = info.y;
     if ((int)(gridDim.y - 1 - blockIdx.y) * 64 * WGS >= T) return;
     const size_t first = (size_t)info.x * nq * sm90::D;
-    sm90::prefill<WGS, STAGES, OVERLAP>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
+    sm90::prefill<WGS, STAGES, OVERLAP, QREG>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
                                         block_tables + (size_t)blockIdx.z * max_blocks);
 }
 
@@ -235,9 +236,9 @@ static float time_ms(const Variant& V, const Problem& P, __nv_bfloat16* out, int
     return ms / reps;
 }
 
-template <int WGS, int STAGES, bool OVERLAP, int MINB>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
 static Variant sm90_variant(const char* name) {
-    auto fn = attention_prefill_paged_sm90_d128<WGS, STAGES, OVERLAP, MINB>;
+    auto fn = attention_prefill_paged_sm90_d128<WGS, STAGES, OVERLAP, MINB, QREG>;
     const int smem = sm90::smem_bytes(WGS, STAGES);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return Variant{name, fn, 64 * WGS, 128 * WGS, smem};
@@ -267,6 +268,10 @@ int main(int argc, char** argv) {
         sm90_variant<1, 3, true, 2>("sm90 wg1 s3 ovl"),    // + softmax overlapped with P V
         sm90_variant<2, 3, true, 1>("sm90 wg2 s3 ovl"),
         sm90_variant<2, 4, true, 1>("sm90 wg2 s4 ovl"),
+        sm90_variant<1, 2, false, 2, true>("sm90 wg1 s2 qreg"),   // Q in registers: S = Q K^T in the RS form
+        sm90_variant<1, 3, false, 2>("sm90 wg1 s3"),              // a third ring stage (if two blocks still fit)
+        sm90_variant<1, 3, false, 2, true>("sm90 wg1 s3 qreg"),
+        sm90_variant<1, 3, true, 2, true>("sm90 wg1 s3 ovl qreg"),
     };
     std::vector<Variant> vars;
     for (auto& v : all)
@@ -279,6 +284,15 @@ int main(int argc, char** argv) {
 
     __nv_bfloat16* out;
     CK(cudaMalloc(&out, (size_t)16384 * NQ * HD * 2));
+
+    // "once": one launch of each chosen variant at T=16384, no checks (for ncu: --launch-count per variant).
+    if (argc > 2 && strcmp(argv[2], "once") == 0) {
+        Problem P(16384, 0, 7);
+        for (auto& v : vars) launch(v, P, out);
+        CK(cudaDeviceSynchronize());
+        printf("once: %zu launch(es) at T=16384\n", vars.size());
+        return 0;
+    }
 
     // ---- correctness
     bool all_pass = true;

@@ -159,6 +159,28 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t de
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
+// d (64 x 64, fp32) (+)= A (64 x 16, bf16 registers) * B (16 x 64, smem, K-major: imm-trans-b = 0). S = Q K^T with Q
+// held in registers (QREG): the tensor cores then read only K from shared memory, half the bytes of the SS form.
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, "
+        "%8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, "
+        "%24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+
 // d (64 x 128, fp32) (+)= A (64 x 16, bf16 registers) * B (16 x 128, smem, MN-major: imm-trans-b = 1).
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
                                                     int scale_d) {
@@ -198,7 +220,10 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs *
 
 // One (query head, m-tile) block. Arguments as attn_prefill::prefill (paged): q/out [T, nq, D] of this sequence,
 // the layer's K/V pool [blocks, nkv, 64, D], the sequence's block table, T rows at positions start_pos.. .
-template <int WGS, int STAGES, bool OVERLAP>
+// QREG: Q's fragments are read from shared memory into registers once (32 per thread) and S = Q K^T runs in the RS
+// form. Why: an SS m64n64k16 reads 4 KB of shared memory per 32 tensor-core cycles, the SM's whole 128 B/cycle; with
+// Q in registers S reads 2 KB, leaving room for P V's reads of V and the ring's cp.async writes.
+template <int WGS, int STAGES, bool OVERLAP, bool QREG = false>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, float scale,
@@ -306,13 +331,30 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
     const float sl2 = scale * LOG2E;
 
+    // QREG: Q of this thread's rows (16 warp + g and + 8 of the warpgroup's 64) as the A operand of the 8 k-steps, in
+    // the m16n8k16 A layout: qf[ks] = {(lo, 16ks + 2t4), (hi, same), (lo, 16ks + 2t4 + 8), (hi, same)}, pairs of dims.
+    // Dims 16ks + 2t4 (+1) sit in 16-byte chunk 2ks of the row at byte 4 t4 (sw128_offset), + 8 in chunk 2ks + 1.
+    uint32_t qf[QREG ? D / 16 : 1][4];
+    auto load_q_fragments = [&]() {
+        const unsigned char* sq = sQ + wg * OP_BYTES;
+        const int lo = warp * 16 + g, hi = lo + 8;
+#pragma unroll
+        for (int ks = 0; ks < (QREG ? D / 16 : 0); ++ks) {
+            qf[ks][0] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(lo, 2 * ks) + 4 * t4);
+            qf[ks][1] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(hi, 2 * ks) + 4 * t4);
+            qf[ks][2] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(lo, 2 * ks + 1) + 4 * t4);
+            qf[ks][3] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(hi, 2 * ks + 1) + 4 * t4);
+        }
+    };
+
     // S = Q K_j^T for this warpgroup's 64 rows (8 k-steps over the head dim).
     auto issue_s = [&](int j) {
         const uint32_t k_base = kv_base + (j % STAGES) * STAGE_BYTES;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
             const uint32_t off = (ks >> 2) * HALF_BYTES + (ks & 3) * 32;
-            wgmma_m64n64k16_ss(s, desc_kmajor(q_base + off), desc_kmajor(k_base + off), ks > 0);
+            if constexpr (QREG) wgmma_m64n64k16_rs(s, qf[ks], desc_kmajor(k_base + off), ks > 0);
+            else wgmma_m64n64k16_ss(s, desc_kmajor(q_base + off), desc_kmajor(k_base + off), ks > 0);
         }
     };
     // O += P V_j (4 k-steps over the tile's 64 keys).
@@ -366,6 +408,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             if (t < n_tiles) load_tile(t, t % STAGES);
             mma::cp_async_commit();
         }
+        if constexpr (QREG)
+            if (j == 0) load_q_fragments();  // Q landed with tile 0 (commit group 0), published by the barrier above
 
         if constexpr (!OVERLAP) {
             if (j < wg_tiles) {
@@ -374,6 +418,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 wg_commit();
                 wg_wait<0>();
                 pin(s);
+                if constexpr (QREG) pin(qf);  // the RS wgmma read them asynchronously until the wait
                 float a_lo, a_hi;
                 softmax(j, a_lo, a_hi);
                 rescale_and_pack(a_lo, a_hi);
@@ -407,6 +452,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 if (do_pv) wg_wait<1>();  // S_j done; the P V product may still run
                 else wg_wait<0>();
                 pin(s);
+                if constexpr (QREG) pin(qf);  // the RS wgmma read them asynchronously until the wait
                 softmax(j, a_lo, a_hi);   // overlaps the tensor cores' P_{j-1} V_{j-1}
             }
             if (do_pv) {

@@ -59,12 +59,23 @@ public static class BenchOutput
             foreach (var a in ar)
                 sb.AppendLine($"| {a.Rows} | {(a.OneShotUs is double o ? o.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "off")} | {a.NcclUs:F1} | {a.MsPerToken:F2} |");
         }
-        foreach (var prof in new[] { r.Profile, r.BatchProfile })
+        foreach (var prof in new[] { r.PrefillProfile, r.Profile, r.BatchProfile })
         {
             if (prof is null) continue;
             sb.AppendLine();
-            sb.AppendLine($"One decode step at {prof.Context} (batch {prof.Batch}) kernel by kernel, an event pair around each launch " +
-                $"(kernel times are right; the events serialise the step). Graph replay: {prof.GraphMsPerStep:F2} ms.");
+            if (prof.PrefillTokens > 0)
+            {
+                sb.AppendLine($"One prefill of {prof.PrefillTokens} tokens kernel by kernel, cuBLAS products included (grid = m, n, k), " +
+                    $"an event pair around each launch (times are right; the events serialise the passes). Measured prefill: {prof.GraphMsPerStep:F1} ms. By kernel:");
+                sb.AppendLine();
+                sb.AppendLine("| kernel | launches | total ms | mean µs |");
+                sb.AppendLine("|---|---:|---:|---:|");
+                foreach (var k in prof.ByKernel())
+                    sb.AppendLine($"| {k.Kernel} | {k.Launches} | {k.TotalUs / 1e3:F2} | {k.MeanUs:F1} |");
+            }
+            else
+                sb.AppendLine($"One decode step at {prof.Context} (batch {prof.Batch}) kernel by kernel, an event pair around each launch " +
+                    $"(kernel times are right; the events serialise the step). Graph replay: {prof.GraphMsPerStep:F2} ms.");
             foreach (var g in prof.Gpus)
             {
                 sb.AppendLine();

@@ -20,8 +20,8 @@ public sealed record BenchSettings
     /// <summary>Batch sizes for the batched decode figures (each at every decode context that fits the pool); empty: none.</summary>
     public int[] Batches { get; init; } = [];
     /// <summary>
-    /// Also time decode steps kernel by kernel (<see cref="StepProfile"/>): one of batch 1 at the first decode context,
-    /// and one of the largest of <see cref="Batches"/> at the first context where that batch runs.
+    /// Also time steps kernel by kernel (<see cref="StepProfile"/>): the longest measured prefill, a decode step of batch 1
+    /// at the first decode context, and one of the largest of <see cref="Batches"/> at the first context where that batch runs.
     /// </summary>
     public bool ProfileStep { get; init; }
 }
@@ -56,7 +56,7 @@ public sealed record BenchReport(
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
     int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null,
-    StepProfile? BatchProfile = null);
+    StepProfile? BatchProfile = null, StepProfile? PrefillProfile = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -117,6 +117,20 @@ public static class ModelBenchmark
             double floor = PrefillFlops(backend, n) / tp / ceilings.GemmFlopsPerSecond * 1e3;
             prefill.Add(new PrefillResult(n, ms, n / (ms / 1e3), floor, 100 * floor / ms));
             log($"prefill {n,6} tokens: {ms,8:F1} ms  {n / (ms / 1e3),8:F0} tok/s  (floor {floor:F1} ms, {100 * floor / ms:F0}%)");
+        }
+
+        StepProfile? prefillProfile = null;
+        if (settings.ProfileStep && prefill.Count > 0)
+        {
+            // The longest measured prompt, from position 0, kernel by kernel (cuBLAS products included): where prefill's
+            // time over its GEMM floor goes. One pass per PrefillChunk rows, each ~1,100 launches.
+            var longest = prefill[^1];
+            seq.Truncate(0);
+            int passes = (longest.Tokens + backend.Plan.PrefillChunk - 1) / backend.Plan.PrefillChunk;
+            var launches = backend.ProfileStep([new SequenceChunk(seq, Tokens(longest.Tokens))], capacity: 2048 * passes + 1024);
+            seq.Truncate(0);
+            prefillProfile = StepProfile.Summarize(1, 0, longest.Ms, launches, longest.Tokens);
+            LogProfile(prefillProfile, log);
         }
 
         var decode = new List<DecodeResult>();
@@ -203,11 +217,19 @@ public static class ModelBenchmark
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
-            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm, batchProfile);
+            backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm, batchProfile,
+            prefillProfile);
     }
 
     private static void LogProfile(StepProfile profile, Action<string> log)
     {
+        if (profile.PrefillTokens > 0)
+        {
+            log($"profiled prefill of {profile.PrefillTokens} tokens, GPU 0: {profile.Gpus[0].SpanUs / 1e3:F1} ms from first kernel to last, " +
+                $"{profile.Gpus[0].KernelUs / 1e3:F1} ms inside kernels and products (measured prefill: {profile.GraphMsPerStep:F1} ms); by kernel: " +
+                string.Join(", ", profile.ByKernel().Take(10).Select(k => $"{k.Kernel} {k.TotalUs / 1e3:F1} ms")));
+            return;
+        }
         foreach (var g in profile.Gpus)
             log($"profiled step, batch {profile.Batch}, GPU {g.Gpu}: {g.SpanUs / 1e3:F2} ms from first kernel to last, {g.KernelUs / 1e3:F2} ms inside kernels " +
                 $"(graph replay: {profile.GraphMsPerStep:F2} ms); most: " +

@@ -285,7 +285,7 @@ public sealed class CudaBackend : IModelBackend
     /// (<see cref="LaunchTimer"/>): each GPU's launches in order. A diagnostic for <c>qwq bench --profile-step</c>: where
     /// a step's time goes, per kernel, against what a graph replay of the same step takes.
     /// </summary>
-    internal LaunchTimer.Launch[][] ProfileStep(ReadOnlySpan<SequenceChunk> items)
+    internal LaunchTimer.Launch[][] ProfileStep(ReadOnlySpan<SequenceChunk> items, int capacity = 4096)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         // The timers and the eager switch are the backend's state: no other step may run while they are set (Step's own
@@ -298,7 +298,7 @@ public sealed class CudaBackend : IModelBackend
                 for (int r = 0; r < _ranks.Length; r++)
                 {
                     _ranks[r].Context.MakeCurrent();
-                    timers[r] = new LaunchTimer(capacity: 4096); // a 64-layer eager step is ~800 launches
+                    timers[r] = new LaunchTimer(capacity); // a 64-layer eager decode step is ~800 launches; a prefill ~1,100 per pass
                     _ranks[r].Stream.Timer = timers[r];
                 }
                 Context.MakeCurrent();

@@ -76,6 +76,9 @@ internal sealed class Cublas : IDisposable
         ObjectDisposedException.ThrowIf(handle.IsClosed, this);
         if (m == 0 || n == 0) return;
         int ld = Math.Max(k, 1); // cuBLAS requires ld >= 1 even when k == 0 (C = beta·C)
+        // A profiled step (qwq bench --profile-step) times the product like a kernel; the grid field holds m, n, k.
+        LaunchTimer? timer = stream.Timer;
+        timer?.Before("cublasGemmEx", new Dim3((uint)m, (uint)n, (uint)k), stream);
         int status = CublasApi.cublasGemmEx(handle.DangerousGetHandle(),
             CublasApi.CUBLAS_OP_T, CublasApi.CUBLAS_OP_N,
             n, m, k,
@@ -88,6 +91,7 @@ internal sealed class Cublas : IDisposable
         if (status != 0)
             CudaErrors.ThrowCublas("cublasGemmEx", status,
                 $"C[{m},{n}] ({(cType == CublasApi.CUDA_R_32F ? "fp32" : "bf16")}) = A[{m},{k}]·B[{n},{k}]ᵀ bf16, alpha={alpha}, beta={beta}");
+        timer?.After(stream);
         GC.KeepAlive(this);
     }
 

@@ -4,8 +4,8 @@ namespace QwQ.Cuda.Native;
 /// Times every kernel launched on one stream while attached to it (<see cref="CudaStream.Timer"/>): an event pair
 /// around each launch, for a diagnostic profile of one step (<c>qwq bench --profile-step</c>). The events serialise
 /// the kernels and cost a few µs each, so a profiled step is slower than a graph replay: a kernel's own time is right,
-/// the time between kernels is an upper bound. Work launched by cuBLAS or NCCL is not timed; it shows as time between
-/// the timed kernels. The events are created up front, in the stream's context, so a launch allocates nothing.
+/// the time between kernels is an upper bound. Our cuBLAS and cuBLASLt products are timed as one launch each (named by
+/// the call, with m, n, k in the grid field); NCCL work is not timed and shows as time between the timed kernels. The events are created up front, in the stream's context, so a launch allocates nothing.
 /// </summary>
 internal sealed class LaunchTimer : IDisposable
 {

@@ -71,6 +71,32 @@ public class StepProfileTests
         Assert.That(json, Does.Contain("\"batch_profile\"").And.Contain("\"batch\": 32"));
     }
 
+    [Test]
+    public void APrefillProfileGroupsByKernelNameAcrossGridsAndCublasProductsAndComesFirstInTheReport()
+    {
+        var prefill = StepProfile.Summarize(1, 0, 1800.0,
+        [[
+            new("cublasGemmEx", new Dim3(4096, 55296, 5120), 0f, 1200f),
+            new("attention_prefill_paged_bf16_d128_sm90a", new Dim3(40, 64, 1), 1300f, 400f),
+            new("cublasGemmEx", new Dim3(4096, 7168, 5120), 1700f, 150f),
+            new("rmsnorm", new Dim3(4096), 1900f, 30f),
+        ]], prefillTokens: 16384);
+        Assert.That(prefill.PrefillTokens, Is.EqualTo(16384));
+        Assert.That(prefill.ByKernel().Select(k => (k.Kernel, k.Launches, k.TotalUs)), Is.EqualTo(new[]
+        {
+            ("cublasGemmEx", 2, 1350.0), ("attention_prefill_paged_bf16_d128_sm90a", 1, 400.0), ("rmsnorm", 1, 30.0),
+        }), "every grid of one kernel together, most time first");
+        var decode = StepProfile.Summarize(1, 1024, 7.5, [[new("gemv_bf16", new Dim3(224), 0f, 10f)]]);
+        var report = new BenchReport("2026-11-28", "H200", "abc", "model", 1, 2048,
+            new DeviceCeilings(4e12, 7.8e14), [], [], null, new TtftResult(64, 20), [], Profile: decode, PrefillProfile: prefill);
+        string md = BenchOutput.ToMarkdown(report);
+        int p = md.IndexOf("One prefill of 16384 tokens", StringComparison.Ordinal), d = md.IndexOf("One decode step", StringComparison.Ordinal);
+        Assert.That(p, Is.GreaterThan(0), md);
+        Assert.That(d, Is.GreaterThan(p), "the prefill profile first, then the decode step");
+        Assert.That(md, Does.Contain("| cublasGemmEx | 2 | 1.35 | 675.0 |"));
+        Assert.That(BenchOutput.ToJson(report), Does.Contain("\"prefill_profile\"").And.Contain("\"prefill_tokens\": 16384"));
+    }
+
     private static readonly ModelConfig Tiny = ModelConfig.Parse(CudaModelTests.TinyConfigJson(), "config.json");
 
     [Test]
