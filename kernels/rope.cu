@@ -7,18 +7,26 @@
 
 #include "common.cuh"
 
-// Pair (i, i + half) of one head of one token: x + bias, rotated (q and k) or not (v), in fp32.
-__device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
-                                                 float attention_factor, int pos, bool rotate, int i, int half) {
-    const float lo = x[i] + bf16_bits_to_float(b[i]);
-    const float hi = x[i + half] + bf16_bits_to_float(b[i + half]);
-    if (!rotate) return make_float2(lo, hi);
+// cos and sin of pair i's angle at pos, scaled by the YaRN attention factor: the same for every head of a token.
+__device__ __forceinline__ float2 rope_cos_sin(const float* __restrict__ inv_freq, float attention_factor, int pos, int i) {
     const float angle = (float)pos * inv_freq[i];
     float s, c;
     sincosf(angle, &s, &c);
-    c *= attention_factor;
-    s *= attention_factor;
-    return make_float2(lo * c - hi * s, hi * c + lo * s);
+    return make_float2(c * attention_factor, s * attention_factor);
+}
+
+// Pair (lo, hi) = (x[i] + b[i], x[i + half] + b[i + half]) of one head, rotated by cs (q and k) or not (v), in fp32.
+__device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t* b, float2 cs, bool rotate, int i,
+                                                 int half) {
+    const float lo = x[i] + bf16_bits_to_float(b[i]);
+    const float hi = x[i + half] + bf16_bits_to_float(b[i + half]);
+    if (!rotate) return make_float2(lo, hi);
+    return make_float2(lo * cs.x - hi * cs.y, hi * cs.x + lo * cs.y);
+}
+__device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t* b, const float* __restrict__ inv_freq,
+                                                 float attention_factor, int pos, bool rotate, int i, int half) {
+    return bias_rope_pair(x, b, rotate ? rope_cos_sin(inv_freq, attention_factor, pos, i) : make_float2(1.f, 0.f),
+                          rotate, i, half);
 }
 
 // One head of one token: x + bias, rotated (q and k) or not (v), stored as bf16. The block's threads take the pairs
@@ -91,37 +99,58 @@ __device__ __forceinline__ PagedHead paged_head(const float* __restrict__ qkv, c
     return h;
 }
 
-// A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, nq + 2 * nkv), block = D/2
-// rounded up to a multiple of 32 (64 for D = 128); requires D even, thread i handles the pair (i, i + D/2) of one
-// head of one row. Row t sits at position positions[t] and its k, v go to pool slot slots[t] = block * 64 + offset
-// of this layer's K and V pools ([blocks, nkv, 64, D]); slot -1 marks a padding row (CUDA-graph batches padded
-// to a captured size): it writes nothing to the pool, and its q is computed at position 0 and never read.
-extern "C" __global__ void __launch_bounds__(256)
+// A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, ceil((nq + 2 * nkv) /
+// heads_per_block)), block = 4 * lanes threads, lanes = D/2 rounded up to a multiple of 32 (64 for D = 128): the block
+// is 4 head slots of `lanes` threads, slot s takes heads y * heads_per_block + s, + 4, ... (below (y + 1) *
+// heads_per_block), lane i the pairs (i, i + D/2), i + lanes, ... of each. Row t sits at position positions[t] and its
+// k, v go to pool slot slots[t] = block * 64 + offset of this layer's K and V pools ([blocks, nkv, 64, D]); slot -1
+// marks a padding row (CUDA-graph batches padded to a captured size): it writes nothing to the pool, and its q is
+// computed at position 0 and never read.
+// Why several heads a block: a prefill chunk of 4096 rows with a 64-thread block per (row, head) was 229,376 blocks
+// that each read 1 KB, and ran at 0.6 TB/s on an H200 (qkv_bias_rope 284 us a chunk, 73 ms of a 16k prefill): the
+// blocks' fixed latency (the slot and position loads, the first loads) was the cost. With the heads of a row in one
+// block the angle's sincos is also computed once per pair, not once per head. Decode rows keep small blocks
+// (heads_per_block 4: 14 blocks a row at QwQ's 56 heads).
+extern "C" __global__ void __launch_bounds__(1024)
 qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows, (nq + 2*nkv) * D]
                              const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
                              const float* __restrict__ inv_freq,       // [D/2]
                              float attention_factor,
                              const int* __restrict__ positions,        // [rows]
                              const int* __restrict__ slots,            // [rows]
-                             int nq, int nkv, int head_dim,
+                             int nq, int nkv, int head_dim, int heads_per_block,
                              __nv_bfloat16* __restrict__ q_out,        // [rows, nq, D]
                              __nv_bfloat16* __restrict__ k_pool,       // [blocks, nkv, 64, D]
                              __nv_bfloat16* __restrict__ v_pool) {     // [blocks, nkv, 64, D]
     kernel_entry_barrier();
-    const PagedHead h = paged_head(qkv, bias, positions, slots, nq, nkv, head_dim);
-    uint16_t* dst;
-    bool rotate = true;
-    if (h.head < nq) {
-        dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)h.t * nq + h.head) * head_dim;
-    } else if (h.slot < 0) {
-        return;
-    } else {
-        const bool is_k = h.head < nq + nkv;
-        dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + h.pool_row(nq, nkv, is_k) * head_dim;
-        rotate = is_k;
+    const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1;
+    const int lanes = blockDim.x >> 2, head_slot = threadIdx.x / lanes, lane = threadIdx.x % lanes;
+    const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
+    // Padding rows have only q heads to write (the first nq).
+    const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);
+    const float* x_row = qkv + (size_t)t * heads * head_dim;
+    const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
+    for (int i = lane; i < half; i += lanes) {
+        const float2 cs = rope_cos_sin(inv_freq, attention_factor, pos, i);
+#pragma unroll 4
+        for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
+            uint16_t* dst;
+            bool rotate = true;
+            if (head < nq) {
+                dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
+            } else {
+                const bool is_k = head < nq + nkv;
+                const int kvh = is_k ? head - nq : head - nq - nkv;
+                constexpr int BLOCK = 64;  // positions per KV block
+                const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
+                dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + row * head_dim;
+                rotate = is_k;
+            }
+            const float2 out = bias_rope_pair(x_row + (size_t)head * head_dim, b16 + (size_t)head * head_dim, cs, rotate, i, half);
+            dst[i] = float_to_bf16_bits(out.x);
+            dst[i + half] = float_to_bf16_bits(out.y);
+        }
     }
-
-    bias_rope_store(h.x, h.b, inv_freq, attention_factor, h.pos, rotate, false, h.half, dst);
 }
 
 // The same for the fp8 KV cache (docs/KV_CACHE.md): q as above (bf16); k and v quantized to e4m3 codes

@@ -39,17 +39,27 @@ internal sealed class RopeOps
     /// read on the device: graph-capture safe.
     /// </summary>
     public void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
-        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, ulong kPool, ulong vPool) =>
-        QkvBiasRopePaged(s, qkv, bias, invFreq, attentionFactor, positions, slots, rows, nq, nkv, headDim, qOut, KvLayer.Bf16(kPool, vPool));
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, ulong kPool, ulong vPool,
+        int headsPerBlock = 0) =>
+        QkvBiasRopePaged(s, qkv, bias, invFreq, attentionFactor, positions, slots, rows, nq, nkv, headDim, qOut, KvLayer.Bf16(kPool, vPool),
+            headsPerBlock);
+
+    /// <summary>
+    /// Heads one block of the bf16 entry takes: every head of its row once a step has enough rows to fill the GPU
+    /// (a prefill chunk: one block per row, the angles computed once per pair), 4 for decode-sized steps (as many
+    /// blocks per row as there are groups of 4 heads, so a batch of one still spreads over the multiprocessors).
+    /// </summary>
+    internal static int HeadsPerBlock(int rows, int heads) => rows >= 512 ? heads : Math.Min(4, heads);
 
     /// <summary>
     /// <see cref="QkvBiasRopePaged(CudaStream, ulong, ulong, ulong, float, ulong, ulong, int, int, int, int, ulong, ulong, ulong)"/>
     /// into one layer of a bf16 or fp8 pool. fp8: each K and V head of a row is quantized from its fp32 values after bias
     /// and RoPE, with one scale amax / 448 (<see cref="Model.KvCacheFp8.Quantize"/> bit for bit); head_dim at most
-    /// <see cref="MaxFp8HeadDim"/>.
+    /// <see cref="MaxFp8HeadDim"/>. <paramref name="headsPerBlock"/> (bf16 pool only): the heads of a row one block takes,
+    /// 0 for <see cref="HeadsPerBlock"/>'s choice (tests set it to cover every split).
     /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
-        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv)
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(qkv, 4, nameof(qkv));
@@ -77,7 +87,11 @@ internal sealed class RopeOps
         LaunchChecks.Aligned(positions, 4, nameof(positions));
         LaunchChecks.Aligned(slots, 4, nameof(slots));
         uint threads = LaunchChecks.WarpMultiple(headDim / 2, 256);
-        var grid = new Dim3((uint)rows, (uint)(nq + 2 * nkv));
+        int heads = nq + 2 * nkv;
+        if (headsPerBlock < 0 || headsPerBlock > heads)
+            throw new ArgumentOutOfRangeException(nameof(headsPerBlock), headsPerBlock, $"0 (automatic) or 1 .. {heads} (nq + 2*nkv)");
+        if (headsPerBlock == 0) headsPerBlock = HeadsPerBlock(rows, heads);
+        var grid = new Dim3((uint)rows, (uint)heads);
         ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
         if (fp8)
         {
@@ -91,9 +105,11 @@ internal sealed class RopeOps
         {
             void** args = stackalloc void*[]
             {
-                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool,
+                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
             };
-            _qkvBiasRopePaged.Launch(grid, new Dim3(threads), 0, s, args);
+            // 4 head slots of `threads` lanes (kernels/rope.cu)
+            var groups = new Dim3((uint)rows, (uint)((heads + headsPerBlock - 1) / headsPerBlock));
+            _qkvBiasRopePaged.Launch(groups, new Dim3(4 * threads), 0, s, args);
         }
     }
 }

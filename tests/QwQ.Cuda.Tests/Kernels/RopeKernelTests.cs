@@ -122,7 +122,7 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     /// <summary>Launches over the given rows and checks q (every row; padding rows at position 0) and both pools.</summary>
-    private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor)
+    private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor, int headsPerBlock = 0)
     {
         int rows = positions.Length, width = (nq + 2 * nkv) * d;
         float[] qkv = Normal((long)rows * width, 2f);
@@ -139,7 +139,7 @@ public sealed class RopeKernelTests : KernelTestBase
         var dV = PoisonedBf16((long)poolBlocks * nkv * Block * d);
 
         _rope.QkvBiasRopePaged(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPositions.Ptr, dSlots.Ptr, rows, nq, nkv, d,
-            dQ.Ptr, dK.Ptr, dV.Ptr);
+            dQ.Ptr, dK.Ptr, dV.Ptr, headsPerBlock);
         Stream.Synchronize();
 
         // A padding row (slot −1) is computed at position 0, whatever its position entry says.
@@ -151,12 +151,32 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     /// <summary>One sequence of <paramref name="seqPositions"/> positions (spare blocks in the pool), rows start .. start+tokens-1.</summary>
-    private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor)
+    private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor, int headsPerBlock = 0)
     {
         int blocks = (seqPositions + Block - 1) / Block, poolBlocks = blocks + 3;
         var table = ShuffledTables(poolBlocks, blocks)[0];
         var (positions, slots) = SequenceRows(table, startPos, tokens);
-        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor);
+        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor, headsPerBlock);
+    }
+
+    // Every way a block can split a row's heads: one head, fewer than the 4 slots, a count that leaves the last block
+    // short (5 of 56, 3 of 10), all of them in one block (what a prefill chunk of 512+ rows gets), and head_dim 36
+    // (lanes past D/2 idle).
+    [TestCase(40, 8, 128, 1)]
+    [TestCase(40, 8, 128, 3)]
+    [TestCase(40, 8, 128, 5)]
+    [TestCase(40, 8, 128, 56)]
+    [TestCase(4, 2, 36, 3)]
+    [TestCase(4, 2, 36, 8)]
+    public void EverySplitOfARowsHeadsOverBlocksMatchesCpu(int nq, int nkv, int d, int headsPerBlock) =>
+        RunOneSequence(70, Rng.Next(0, 200), 300, nq, nkv, d, 1.1f, headsPerBlock);
+
+    [Test]
+    public void APrefillChunkOf600RowsTakesAllHeadsInABlockAndMatchesCpu()
+    {
+        Assert.That(RopeOps.HeadsPerBlock(600, 56), Is.EqualTo(56), "the automatic choice this test covers");
+        Assert.That(RopeOps.HeadsPerBlock(32, 56), Is.EqualTo(4));
+        RunOneSequence(600, Rng.Next(0, 1000), 2000, 40, 8, 128, 1.0f);
     }
 
     [TestCase(1, 8190, 8192, 1.0f, TestName = "Rope_Decode_QwQ_NearPos8192")]
@@ -186,8 +206,9 @@ public sealed class RopeKernelTests : KernelTestBase
     [Test]
     public void HeadDimThatIsNotAWarpMultiple() => RunOneSequence(3, Rng.Next(0, 200), 256, 4, 2, 36, 1.0f);
 
-    [Test]
-    public void ManySequencesAndPaddingRowsInOneLaunch()
+    [TestCase(0)]
+    [TestCase(56)] // all heads of a row in one block, as prefill chunks run: the padding rows stop after the q heads
+    public void ManySequencesAndPaddingRowsInOneLaunch(int headsPerBlock)
     {
         // As the engine lays out a step: decode rows of three sequences, a prefill chunk of a fourth that crosses a
         // block boundary, then padding rows (slot −1) up to a captured batch size. Disjoint shuffled tables, one pool.
@@ -203,14 +224,15 @@ public sealed class RopeKernelTests : KernelTestBase
         };
         int[] positions = [.. parts.SelectMany(p => p.Positions)];
         int[] slots = [.. parts.SelectMany(p => p.Slots)];
-        RunRows(40, 8, 128, positions, slots, 90, 1.0f);
+        RunRows(40, 8, 128, positions, slots, 90, 1.0f, headsPerBlock);
     }
 
-    [Test]
-    public void PaddingRowsWriteNothingToThePool()
+    [TestCase(0)]
+    [TestCase(8)]
+    public void PaddingRowsWriteNothingToThePool(int headsPerBlock)
     {
         const int nq = 4, nkv = 2, d = 64, poolBlocks = 2;
-        RunRows(nq, nkv, d, [5, 70, int.MaxValue], [-1, -1, -1], poolBlocks, 1f);
+        RunRows(nq, nkv, d, [5, 70, int.MaxValue], [-1, -1, -1], poolBlocks, 1f, headsPerBlock);
     }
 
     [Test]
@@ -222,6 +244,8 @@ public sealed class RopeKernelTests : KernelTestBase
         {
             Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 15, p, p, p),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("headDim"));
+            Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 4, 2, 16, p, p, p, headsPerBlock: 9),
+                Throws.InstanceOf<ArgumentOutOfRangeException>().With.Property("ParamName").EqualTo("headsPerBlock"));
             Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 1, 5, 2, 16, p, p, p),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("nq"));
             Assert.That(() => _rope.QkvBiasRopePaged(Stream, p, p, p, 1f, p, p, 0, 4, 2, 16, p, p, p),
