@@ -52,7 +52,7 @@ internal sealed class RopeOps
     internal static int HeadsPerBlock(int rows, int heads) => rows >= 512 ? heads : Math.Min(4, heads);
 
     /// <summary>
-    /// <see cref="QkvBiasRopePaged(CudaStream, ulong, ulong, ulong, float, ulong, ulong, int, int, int, int, ulong, ulong, ulong)"/>
+    /// <see cref="QkvBiasRopePaged(CudaStream, ulong, ulong, ulong, float, ulong, ulong, int, int, int, int, ulong, ulong, ulong, int)"/>
     /// into one layer of a bf16 or fp8 pool. fp8: each K and V head of a row is quantized from its fp32 values after bias
     /// and RoPE, with one scale amax / 448 (<see cref="Model.KvCacheFp8.Quantize"/> bit for bit); head_dim at most
     /// <see cref="MaxFp8HeadDim"/>. <paramref name="headsPerBlock"/> (bf16 pool only): the heads of a row one block takes,
