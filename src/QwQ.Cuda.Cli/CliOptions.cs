@@ -46,6 +46,10 @@ internal sealed class ModelSourceOptions
     public readonly Option<KvCacheKind> KvCache = TypedOptions.OneOf("--kv-cache", KvCacheKind.Bf16,
         "How the KV cache stores keys and values: bf16 (the default) or fp8 (e4m3 with one scale per position and KV head: " +
         "about half the bytes per position, so about twice the context in the same memory; see docs/KV_CACHE.md)");
+    public readonly Option<Fp8PrefillCopy> Fp8PrefillCopy = TypedOptions.OneOf("--fp8-prefill-copy", Engine.Fp8PrefillCopy.Auto,
+        "With fp8 weights on an H100/H200: keep a row-major copy of the weights for prefill's FP8 GEMM (keep: the fp8 weights' " +
+        "size again, prefill no longer re-lays them out every pass), untile them every pass (untile: no extra memory), or " +
+        "auto (keep when the KV pool still holds the model's longest context and half its positions beside the copy; the default)");
     public readonly Option<int> TensorParallel = TypedOptions.Integer("--tensor-parallel", 1,
         "GPUs to split the model over (tensor parallelism), devices --device to --device + N - 1; must divide the model's KV heads (QwQ-32B: 1, 2, 4 or 8)");
     public readonly Option<AllReduceKind> AllReduce = TypedOptions.OneOf("--allreduce", AllReduceKind.Custom,
@@ -68,6 +72,7 @@ internal sealed class ModelSourceOptions
         TensorParallel.HelpName = "N";
         AllReduce.HelpName = "custom|nccl";
         KvCache.HelpName = "bf16|fp8";
+        Fp8PrefillCopy.HelpName = "auto|keep|untile";
         RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
         WithBackend = withBackend;
@@ -87,6 +92,7 @@ internal sealed class ModelSourceOptions
             command.Add(Device);
             command.Add(Quantize);
             command.Add(KvCache);
+            command.Add(Fp8PrefillCopy);
             command.Add(TensorParallel);
             command.Add(AllReduce);
             command.Add(RopeScaling);
@@ -128,6 +134,7 @@ internal sealed class ModelSourceOptions
                 Device = WithBackend ? p.GetValue(Device) : 0,
                 Quantize = WithBackend ? p.GetValue(Quantize) : QuantizeMode.None,
                 KvCache = WithBackend ? p.GetValue(KvCache) : KvCacheKind.Bf16, // both backends run either kind
+                Fp8PrefillCopy = WithBackend ? p.GetValue(Fp8PrefillCopy) : Engine.Fp8PrefillCopy.Auto,
                 TensorParallel = tensorParallel, // checked against the model and the backend at load (TensorParallelSupport)
                 AllReduce = WithBackend ? p.GetValue(AllReduce) : AllReduceKind.Custom,
                 // checked against the model and the backend at load (RopePlan.Resolve, CudaBackend.RopeFor)

@@ -44,9 +44,12 @@ internal static class BenchCommand
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
+        var fp8Copy = TypedOptions.OneOf("--fp8-prefill-copy", Fp8PrefillCopy.Auto,
+            "fp8 weights' prefill on the FP8 GEMM: keep a row-major copy of the weights (keep), untile them every pass (untile), or auto (keep when the pool still holds the longest context and half its positions)");
+        fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, gemm, fp8Prefill, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -62,7 +65,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill));
+                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill), p.GetValue(fp8Copy));
             return ExitCodes.Ok;
         });
         command.Subcommands.Add(CreateCompare(host));
@@ -118,7 +121,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
@@ -141,6 +144,7 @@ internal static class BenchCommand
             ProgrammaticLaunch = programmaticLaunch,
             HopperAttention = hopperAttention,
             Fp8Prefill = fp8Prefill,
+            Fp8PrefillCopy = fp8Copy,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {Math.Min(need, modelMax)} positions{(need > modelMax ? " (the model's maximum)" : "")}…");

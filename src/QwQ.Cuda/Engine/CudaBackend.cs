@@ -124,7 +124,8 @@ public sealed class CudaBackend : IModelBackend
             // Every GPU gets the same plan, from the one with the least free memory (after NCCL's own buffers).
             var memory = _ranks.Select(r => r.Context.GetMemoryInfo()).ToArray();
             long free = memory.Min(m => m.Free);
-            Plan = MemoryPlan.Create(shape, free, options, linearKind);
+            bool fp8Gemm = LinearOps.Resolve(options.Fp8Prefill, Context.ComputeCapability.Major) != Fp8PrefillGemm.Dequantize;
+            Plan = MemoryPlan.Create(shape, free, options, linearKind, fp8Gemm);
             DeviceDescription = n == 1
                 ? $"{Context.DeviceName}, {MemoryPlan.Gib(free)} free of {MemoryPlan.Gib(memory[0].Total)}"
                 : $"{n} × {Context.DeviceName} (tensor parallel, {(UsesOneShotAllReduce ? "one-shot all-reduce over peer access" : "NCCL all-reduce")}), " +

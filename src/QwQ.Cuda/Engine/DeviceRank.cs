@@ -85,6 +85,11 @@ internal sealed class DeviceRank : IDisposable
                 Workspace.MaxRows, Workspace.MaxProductInput(shard));
         Linear = Own(new LinearOps(Kernels.Gemv, new TensorCoreGemvOps(Library), fp8, int4, blas, lt, decodeLt, a.Options.GemvMaxRows,
             a.Options.TensorCoreGemvMaxRows, Context.MultiprocessorCount, scratch?.Ptr ?? 0, fp8Gemm, a.Options.OnlyTensorCoreVariant));
+        // The plan kept room for row-major copies of the fp8 weights (EngineOptions.Fp8PrefillCopy): untile them once
+        // now rather than every prefill pass.
+        if (fp8Gemm is not null && a.Plan.Fp8PrefillCopyBytes > 0)
+            Linear.KeepFp8RowMajor(Stream, Weights.Layers.SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }),
+                Own(DeviceBuffer.Allocate(a.Plan.Fp8PrefillCopyBytes)));
         Sum = Own(comm is null
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));

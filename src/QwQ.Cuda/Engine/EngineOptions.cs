@@ -61,6 +61,17 @@ public sealed record EngineOptions
     public Fp8PrefillGemm Fp8Prefill { get; init; } = Fp8PrefillGemm.Auto;
 
     /// <summary>
+    /// With fp8 weights on the FP8 prefill GEMM: whether a row-major e4m3 copy of every layer weight stays on the device
+    /// (<see cref="Fp8PrefillCopy.Keep"/>), or each product's weight is untiled from the decode kernels' tile layout into
+    /// a scratch every prefill pass (<see cref="Fp8PrefillCopy.Untile"/>: 2 bytes of traffic per weight per pass, 17.5 of
+    /// 162.6 ms of a 2k prefill of QwQ-32B on an H200). The copy costs the fp8 weights' size again (33 GB for QwQ-32B).
+    /// <see cref="Fp8PrefillCopy.Auto"/> (the default) keeps it when the KV pool still holds the model's longest context
+    /// beside it and at least half the positions it would hold without it (an H200 does with QwQ-32B, an 80 GB H100 does
+    /// not), and untiles otherwise.
+    /// </summary>
+    public Fp8PrefillCopy Fp8PrefillCopy { get; init; } = Fp8PrefillCopy.Auto;
+
+    /// <summary>
     /// Linear layers over at most this many rows use our GEMV kernels (each weight read once for all rows, fp32
     /// FMAs on the CUDA cores, which become the bottleneck past 4 rows); more rows go to cuBLAS's tensor cores. 0: always cuBLAS.
     /// </summary>
@@ -194,6 +205,17 @@ public enum Fp8PrefillGemm
     Fp8,
     /// <summary><see cref="Fp8"/> with cuBLASLt's fast accumulation (no periodic fp32 promotion of the accumulator): for measuring.</summary>
     Fp8FastAccum,
+}
+
+/// <summary>Whether fp8 prefill keeps row-major copies of the weights (<see cref="EngineOptions.Fp8PrefillCopy"/>).</summary>
+public enum Fp8PrefillCopy
+{
+    /// <summary><see cref="Keep"/> when the KV pool still holds the model's longest context and half its positions beside the copy, else <see cref="Untile"/>.</summary>
+    Auto,
+    /// <summary>A row-major e4m3 copy of every layer weight stays on the device for the FP8 prefill GEMM; the plan fails if it does not fit.</summary>
+    Keep,
+    /// <summary>Each product's weight is untiled into a scratch every prefill pass (no extra memory).</summary>
+    Untile,
 }
 
 /// <summary>Load progress: bytes of weights on the device so far.</summary>

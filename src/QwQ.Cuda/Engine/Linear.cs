@@ -81,6 +81,9 @@ internal sealed class LinearOps : IDisposable
     // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
     private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
     private readonly TensorCoreVariant? _onlyVariant;  // EngineOptions.OnlyTensorCoreVariant (tests)
+    // Row-major e4m3 [out, in] copies of fp8 weights, by the weight's tile-layout address (EngineOptions.Fp8PrefillCopy):
+    // the FP8 GEMM reads these instead of untiling the weight into the scratch every prefill pass.
+    private readonly Dictionary<ulong, ulong> _fp8RowMajor = new();
 
     public LinearOps(GemvOps gemv, TensorCoreGemvOps tc, Fp8Ops? fp8, Int4Ops? int4, Cublas blas, CublasLt? lt, CublasLt? decodeLt,
         int gemvMaxRows, int? mmaMaxRows, int multiprocessors, ulong dequantScratch, Fp8Gemm? fp8Gemm = null,
@@ -190,9 +193,38 @@ internal sealed class LinearOps : IDisposable
     private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
     {
         _fp8!.QuantizeActivations(s, x, g.ActCodes, g.ActScales, rows, w.In);
-        _fp8.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
-        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, _dequantScratch, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum);
+        if (!_fp8RowMajor.TryGetValue(w.Weight, out ulong rowMajor))
+        {
+            _fp8.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
+            rowMajor = _dequantScratch;
+        }
+        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, rowMajor, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum);
     }
+
+    /// <summary>
+    /// Untiles each fp8 weight of <paramref name="weights"/> once into <paramref name="copies"/> (row-major e4m3 [out, in],
+    /// each at a 256-byte boundary; <see cref="ModelWeights.Fp8RowMajorBytes"/> sizes it) and has the FP8 prefill GEMM
+    /// read those copies from then on. The caller owns <paramref name="copies"/> and keeps it alive as long as this.
+    /// </summary>
+    internal void KeepFp8RowMajor(CudaStream s, IEnumerable<LinearWeight> weights, DeviceBuffer copies)
+    {
+        if (_fp8 is null || _fp8Gemm is null) throw new InvalidOperationException("row-major fp8 copies serve only the FP8 prefill GEMM");
+        long at = 0;
+        foreach (LinearWeight w in weights)
+        {
+            if (w.Kind != WeightKind.Fp8) throw new ArgumentException($"a {w.Kind} weight has no fp8 copy to keep", nameof(weights));
+            long bytes = (long)w.Out * w.In;
+            if (at + bytes > copies.Bytes)
+                throw new ArgumentException($"the copies need more than the {copies.Bytes} bytes given (plan and weights disagree)", nameof(copies));
+            ulong dst = copies.Ptr + (ulong)at;
+            _fp8.UntileRows(s, w.Weight, dst, w.Out, w.In);
+            _fp8RowMajor[w.Weight] = dst;
+            at += (bytes + 255) / 256 * 256;
+        }
+    }
+
+    /// <summary>Whether the FP8 prefill GEMM reads kept row-major copies (<see cref="KeepFp8RowMajor"/>) rather than untiling per pass.</summary>
+    public bool KeepsFp8RowMajor => _fp8RowMajor.Count > 0;
 
     /// <summary>Which GEMM prefill-sized products of <paramref name="kind"/> run on (for logs and bench results).</summary>
     public string PrefillPath(WeightKind kind)
@@ -201,7 +233,8 @@ internal sealed class LinearOps : IDisposable
         return kind switch
         {
             WeightKind.Bf16 => bf16,
-            WeightKind.Fp8 when _fp8Gemm is { } g => g.FastAccum ? "fp8 cuBLASLt, fast accumulation" : "fp8 cuBLASLt",
+            WeightKind.Fp8 when _fp8Gemm is { } g => (g.FastAccum ? "fp8 cuBLASLt, fast accumulation" : "fp8 cuBLASLt") +
+                                                     (KeepsFp8RowMajor ? ", row-major copies kept" : ""),
             _ => $"dequantized to {bf16}",
         };
     }

@@ -13,6 +13,8 @@ namespace QwQ.Cuda.Engine;
 /// <see cref="MaxContext"/> positions while the pool has blocks for it. <see cref="PrefillChunk"/>: the most rows one
 /// step takes, <see cref="EngineOptions.PrefillChunk"/> or, on a card where that would leave the pool fewer than
 /// <see cref="ComfortablePositions"/> positions, a smaller power-of-two share of it (not below <see cref="MinPrefillChunk"/>).
+/// <see cref="Fp8PrefillCopyBytes"/>: the row-major copies of fp8 weights kept for the FP8 prefill GEMM
+/// (<see cref="EngineOptions.Fp8PrefillCopy"/>), 0 when prefill untiles them per pass.
 /// </summary>
 public sealed record MemoryPlan(
     long WeightBytes,
@@ -22,7 +24,8 @@ public sealed record MemoryPlan(
     long ReserveBytes,
     int KvPoolBlocks,
     int MaxContext,
-    int PrefillChunk)
+    int PrefillChunk,
+    long Fp8PrefillCopyBytes = 0)
 {
     /// <summary>
     /// A plan shrinks the prefill chunk, whose activations cost about 0.35 GiB per 1024 rows at QwQ-32B's size, while the
@@ -56,19 +59,40 @@ public sealed record MemoryPlan(
     /// <summary>
     /// The plan of one GPU holding <paramref name="shape"/> (with tensor parallel every GPU's: the same shapes and, from the
     /// GPU with the least free memory, the same number of KV blocks). Weight, workspace and KV bytes are per GPU.
+    /// <paramref name="fp8Gemm"/>: fp8 prefill will run on the FP8 GEMM (compute capability 9.x), the only path that
+    /// reads row-major fp8 copies; without it <see cref="EngineOptions.Fp8PrefillCopy"/> is moot and nothing is kept.
     /// </summary>
-    internal static MemoryPlan Create(RankShape shape, long freeBytes, EngineOptions o, WeightKind linearKind)
+    internal static MemoryPlan Create(RankShape shape, long freeBytes, EngineOptions o, WeightKind linearKind, bool fp8Gemm = false)
     {
         ModelConfig c = shape.Config;
         long weights = ModelWeights.DeviceBytes(shape, linearKind);
         long kvPerToken = KvPool.BytesPerToken(c, o.KvCache); // fp8 (--kv-cache fp8): 2,112 of bf16's 4,096 bytes per position and layer
         long blockBytes = KvPool.BytesPerBlock(c, o.KvCache);
         int modelMax = ModelMaxPositions(c);
+        long copy = linearKind == WeightKind.Fp8 && fp8Gemm && o.Fp8PrefillCopy != Fp8PrefillCopy.Untile ? ModelWeights.Fp8RowMajorBytes(shape) : 0;
         long FitBlocks(int chunk)
         {
-            long left = freeBytes - weights - WorkspaceBytesFor(shape, chunk, linearKind) - o.ReserveBytes;
+            long left = freeBytes - weights - copy - WorkspaceBytesFor(shape, chunk, linearKind) - o.ReserveBytes;
             return left <= 0 ? 0 : left / blockBytes;
         }
+        if (copy > 0 && o.Fp8PrefillCopy == Fp8PrefillCopy.Auto)
+        {
+            // Keep the copies only where they cost the pool little: it must still hold the longest context (or the pool
+            // asked for) and at least half the positions it would hold without them. An H200 with QwQ-32B does; an 80 GB
+            // H100 would give up three quarters of its pool, so it untiles per pass.
+            long want = o.KvPoolPositions is int poolAskedFor ? (poolAskedFor + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize
+                                                       : (long)MaxPoolSequences * MaxBlocksPerSequence(c);
+            long with = Math.Min(FitBlocks(o.PrefillChunk), want);
+            long kept = copy;
+            copy = 0;
+            long without = Math.Min(FitBlocks(o.PrefillChunk), want);
+            long modelMaxBlocks = (modelMax + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
+            if (with >= Math.Min(modelMaxBlocks, want) && 2 * with >= without) copy = kept;
+        }
+        if (copy > 0 && FitBlocks(MinPrefillChunk) < 1)
+            throw new CudaOutOfMemoryPlanException(
+                $"not enough GPU memory for the row-major fp8 copies that --fp8-prefill-copy keep asks for ({Gib(copy)} beside " +
+                $"{Gib(weights)} of weights, {Gib(freeBytes)} free); use --fp8-prefill-copy auto or untile.");
         int prefillChunk = o.PrefillChunk;
         long comfortableBlocks = (Math.Min(ComfortablePositions, modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
         while (prefillChunk / 2 >= MinPrefillChunk && FitBlocks(prefillChunk) < comfortableBlocks) prefillChunk /= 2;
@@ -101,7 +125,7 @@ public sealed record MemoryPlan(
                     $"({poolPositions} positions) fits beside the weights; use --max-context {poolPositions} or less.");
             max = asked;
         }
-        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max, prefillChunk);
+        return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max, prefillChunk, copy);
     }
 
     /// <summary>

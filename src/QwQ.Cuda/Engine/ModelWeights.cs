@@ -105,6 +105,19 @@ internal sealed class ModelWeights : IDisposable
     public static long LargestLayerProduct(ModelConfig c) =>
         new[] { (long)c.QkvDim * c.HiddenSize, (long)c.HiddenSize * c.QDim, 2L * c.IntermediateSize * c.HiddenSize, (long)c.HiddenSize * c.IntermediateSize }.Max();
 
+    /// <summary>
+    /// Device bytes of row-major e4m3 copies of one GPU's fp8 layer weights (<see cref="EngineOptions.Fp8PrefillCopy"/>):
+    /// out × in bytes each, every copy 256-byte aligned (cuBLASLt's FP8 GEMM reads them in place).
+    /// </summary>
+    public static long Fp8RowMajorBytes(RankShape shape)
+    {
+        ModelConfig c = shape.Config;
+        long one = Align((long)c.QkvDim * c.HiddenSize) + Align((long)c.HiddenSize * c.QDim) +
+                   Align(2L * c.IntermediateSize * c.HiddenSize) + Align((long)c.HiddenSize * c.IntermediateSize);
+        return one * c.NumHiddenLayers;
+        static long Align(long bytes) => (bytes + 255) / 256 * 256;
+    }
+
     /// <summary>Device bytes outside the weights that linear weights of <paramref name="kind"/> need: the bf16 scratch for quantized kinds.</summary>
     public static long ScratchBytes(ModelConfig c, WeightKind kind) => kind == WeightKind.Bf16 ? 0 : 2 * LargestLayerProduct(c);
 

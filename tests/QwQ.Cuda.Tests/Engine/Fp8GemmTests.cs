@@ -103,6 +103,52 @@ public sealed class Fp8GemmTests : KernelTestBase
     }
 
     [Test]
+    public void KeptRowMajorCopiesAreTheUntiledCodesAndGiveTheSameProductsBitForBit()
+    {
+        // Two products, as a layer's would be kept (EngineOptions.Fp8PrefillCopy): each copy is the row-major codes, at a
+        // 256-byte boundary, and the GEMM reading it gives exactly what untiling per pass gives.
+        (int Out, int In)[] shapes = [(48, 64), (640, 1280)];
+        var weights = new List<(LinearWeight W, byte[] Codes)>();
+        foreach (var (o, i) in shapes)
+        {
+            var (codes, scales, _) = Fp8KernelTests.RandomWeights(Rng, o, i);
+            weights.Add((new LinearWeight(Upload<byte>(Fp8Ops.PackTiles(codes, o, i)).Ptr, o, i, WeightKind.Fp8, Upload<float>(scales).Ptr), codes));
+        }
+        long bytes = shapes.Sum(s => ((long)s.Out * s.In + 255) / 256 * 256);
+        using var copies = DeviceBuffer.Allocate(bytes);
+        var gemm = new Fp8Gemm(Own(CublasLt.Create()), FastAccum: false, Own(DeviceBuffer.Allocate((long)MaxRows * MaxIn)).Ptr,
+            Own(DeviceBuffer.Allocate(4L * MaxRows)).Ptr, MaxRows, MaxIn);
+        using var keeping = new LinearOps(new GemvOps(Lib), new TensorCoreGemvOps(Lib), _fp8, null, Own(Cublas.Create(Stream)), null, null,
+            gemvMaxRows: 4, mmaMaxRows: 0, Context.MultiprocessorCount, Own(DeviceBuffer.Allocate(2L * 640 * 1280)).Ptr, gemm);
+        Assert.That(keeping.KeepsFp8RowMajor, Is.False);
+        keeping.KeepFp8RowMajor(Stream, weights.Select(w => w.W), copies);
+        Assert.That(keeping.KeepsFp8RowMajor, Is.True);
+        Assert.That(keeping.PrefillPath(WeightKind.Fp8), Does.Contain("row-major copies kept"));
+        byte[] all = copies.ToArray<byte>();
+        long at = 0;
+        foreach (var (w, codes) in weights)
+        {
+            Assert.That(all.AsSpan((int)at, codes.Length).ToArray(), Is.EqualTo(codes), $"[{w.Out}x{w.In}] copy");
+            at += ((long)w.Out * w.In + 255) / 256 * 256;
+        }
+        foreach (var (w, _) in weights)
+        {
+            const int rows = 200;
+            var dx = UploadBf16(NormalBf16((long)rows * w.In));
+            var kept = PoisonedF32((long)rows * w.Out);
+            var untiled = PoisonedF32((long)rows * w.Out);
+            keeping.Apply(Stream, w, dx.Ptr, kept.Ptr, rows);
+            _linear!.Apply(Stream, w, dx.Ptr, untiled.Ptr, rows);
+            float[] got = DownloadF32(kept);
+            AssertAllFinite(got, "kept");
+            Assert.That(got, Is.EqualTo(DownloadF32(untiled)), $"[{w.Out}x{w.In}] over {rows} rows");
+        }
+        using var small = DeviceBuffer.Allocate(256);
+        Assert.That(() => keeping.KeepFp8RowMajor(Stream, weights.Select(w => w.W), small),
+            Throws.ArgumentException.With.Message.Contains("plan and weights disagree"));
+    }
+
+    [Test]
     public void RefusesShapesCublasLtCannotRun()
     {
         var (codes, scales, _) = Fp8KernelTests.RandomWeights(Rng, 40, 64);
