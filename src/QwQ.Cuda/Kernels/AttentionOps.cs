@@ -194,22 +194,40 @@ internal sealed class AttentionOps
     }
 
     /// <summary>
-    /// Splits per KV head of a paged decode launch of <paramref name="batch"/> rows: about 4 blocks per SM over all
-    /// rows and KV heads. Fixed by the batch and the table width, so a graph captured for a batch size stays valid.
+    /// Splits per KV head of a paged decode launch of <paramref name="batch"/> rows: one wave of the blocks the GPU holds
+    /// at once (<see cref="DecodeBlocksPerSm"/> per SM) over all rows and KV heads. Fixed by the batch and the table
+    /// width, so a graph captured for a batch size stays valid.
     /// </summary>
-    internal int DecodePagedSplits(int nkv, int batch, int maxBlocks) => DecodePagedSplits(_multiprocessors, nkv, batch, maxBlocks);
+    internal int DecodePagedSplits(int nkv, int batch, int maxBlocks, int headDim, KvCacheKind kind) =>
+        DecodePagedSplits(_multiprocessors, nkv, batch, maxBlocks, DecodeBlocksPerSm(headDim, kind));
 
-    private static int DecodePagedSplits(int multiprocessors, int nkv, int batch, int maxBlocks)
+    internal static int DecodePagedSplits(int multiprocessors, int nkv, int batch, int maxBlocks, int blocksPerSm)
     {
-        int target = (4 * multiprocessors + nkv * batch - 1) / (nkv * batch);
+        int target = (blocksPerSm * multiprocessors + nkv * batch - 1) / (nkv * batch);
         return Math.Clamp(target, 1, Math.Min(MaxDecodeSplits, maxBlocks));
     }
 
-    /// <summary>Bytes of paged decode workspace for any batch up to <paramref name="maxBatch"/>: partials [batch, nq, splits, D + 2] fp32.</summary>
+    /// <summary>
+    /// Decode split blocks one multiprocessor holds at once, from the split kernel's shared memory on a Hopper
+    /// multiprocessor (228 KiB, 1 KiB reserved per block), at most 4: 2 for the bf16 cache at head_dim 128 (a 104 KB
+    /// ring), 4 for the fp8 cache. Why it sets the splits: more blocks than fit only queue a second wave of blocks with a
+    /// tile or two each. At batch 8 and a 1k context, 4 a multiprocessor (the rule before, from the fp8 cache's
+    /// occupancy) gave bf16 576 blocks of 2 tiles: 22.8 µs a layer on an H200, where the keys' bytes need ~8.
+    /// </summary>
+    internal static int DecodeBlocksPerSm(int headDim, KvCacheKind kind) =>
+        Math.Clamp(228 * 1024 / (DecodeSmemBytes(headDim, kind) + 1024), 1, MaxDecodeBlocksPerSm);
+
+    private const int MaxDecodeBlocksPerSm = 4;
+
+    /// <summary>
+    /// Bytes of paged decode workspace for any batch up to <paramref name="maxBatch"/>, any head_dim and cache kind:
+    /// partials [batch, nq, splits, D + 2] fp32 at the most splits any of them takes.
+    /// </summary>
     public static long DecodePagedWorkspaceBytes(int multiprocessors, int nq, int nkv, int headDim, int maxBatch, int maxBlocks)
     {
         long most = 0;
-        for (int b = 1; b <= maxBatch; b++) most = Math.Max(most, (long)b * DecodePagedSplits(multiprocessors, nkv, b, maxBlocks));
+        for (int b = 1; b <= maxBatch; b++)
+            most = Math.Max(most, (long)b * DecodePagedSplits(multiprocessors, nkv, b, maxBlocks, MaxDecodeBlocksPerSm));
         return 4L * nq * most * headDim + 8L * nq * most;
     }
 
@@ -236,7 +254,7 @@ internal sealed class AttentionOps
         if (workspace == 0 || (workspace & 7) != 0) throw new ArgumentException("Decode workspace must be non-null and 8-byte aligned.", nameof(workspace));
         if (ctxLens == 0 || (ctxLens & 3) != 0) throw new ArgumentException("ctxLens must be non-null and 4-byte aligned.", nameof(ctxLens));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
-        int splits = DecodePagedSplits(nkv, batch, maxBlocks);
+        int splits = DecodePagedSplits(nkv, batch, maxBlocks, headDim, kv.Kind);
         ulong partO = workspace;                                                          // fp32 [batch, nq, splits, D]
         ulong partMl = workspace + (ulong)(4L * batch * nq * splits * headDim);           // fp32 [batch, nq, splits, 2]
         int mb = maxBlocks, hq = nq, hkv = nkv, d = headDim, ns = splits, maxCtx = maxBlocks * KvBlockSize;

@@ -102,4 +102,30 @@ public sealed class Fp8KvMemoryTests
         // four decode blocks fit an H100 multiprocessor (228 KiB, 1 KiB reserved per block), as DecodePagedSplits plans
         Assert.That(4 * (AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8) + 1024), Is.LessThanOrEqualTo(228 * 1024));
     }
+
+    [Test]
+    public void DecodeSplitsPlanOneWaveOfTheBlocksThatFitAMultiprocessor()
+    {
+        // bf16 at head_dim 128: a 104,448-byte ring, two a multiprocessor; the fp8 cache and smaller heads: four (the cap)
+        Assert.That(AttentionOps.DecodeSmemBytes(128), Is.EqualTo(104_448));
+        Assert.That(AttentionOps.DecodeBlocksPerSm(128, KvCacheKind.Bf16), Is.EqualTo(2));
+        Assert.That(AttentionOps.DecodeBlocksPerSm(128, KvCacheKind.Fp8), Is.EqualTo(4));
+        Assert.That(AttentionOps.DecodeBlocksPerSm(64, KvCacheKind.Bf16), Is.EqualTo(4));
+        foreach (int d in new[] { 32, 64, 128 })
+            foreach (var kind in new[] { KvCacheKind.Bf16, KvCacheKind.Fp8 })
+                Assert.That(AttentionOps.DecodeBlocksPerSm(d, kind) * (AttentionOps.DecodeSmemBytes(d, kind) + 1024), Is.LessThanOrEqualTo(228 * 1024),
+                    $"head_dim {d}, {kind}: the blocks planned fit");
+        // the workspace is sized for the most splits any kind takes: every launch's partials fit it
+        const int sms = 132, nq = 40, nkv = 8, maxBlocks = 2048;
+        long bytes = AttentionOps.DecodePagedWorkspaceBytes(sms, nq, nkv, 128, 64, maxBlocks);
+        int Splits(int batch, KvCacheKind kind) => AttentionOps.DecodePagedSplits(sms, nkv, batch, maxBlocks, AttentionOps.DecodeBlocksPerSm(128, kind));
+        foreach (var kind in new[] { KvCacheKind.Bf16, KvCacheKind.Fp8 })
+            for (int batch = 1; batch <= 64; batch++)
+            {
+                int splits = Splits(batch, kind);
+                Assert.That(4L * batch * nq * splits * 128 + 8L * batch * nq * splits, Is.LessThanOrEqualTo(bytes), $"{kind}, batch {batch}");
+                Assert.That((long)splits * nkv * batch, Is.LessThan((long)AttentionOps.DecodeBlocksPerSm(128, kind) * sms + nkv * batch), "one wave");
+            }
+        Assert.That(Splits(8, KvCacheKind.Bf16), Is.EqualTo(5), "batch 8: 264 resident blocks over 64 (row, KV head) pairs");
+    }
 }
