@@ -124,8 +124,12 @@ public sealed class Fp8KvMemoryTests
             {
                 int splits = Splits(batch, kind);
                 Assert.That(4L * batch * nq * splits * 128 + 8L * batch * nq * splits, Is.LessThanOrEqualTo(bytes), $"{kind}, batch {batch}");
-                Assert.That((long)splits * nkv * batch, Is.LessThan((long)AttentionOps.DecodeBlocksPerSm(128, kind) * sms + nkv * batch), "one wave");
+                long resident = (long)AttentionOps.DecodeBlocksPerSm(128, kind) * sms, pairs = (long)nkv * batch;
+                Assert.That(splits * pairs, Is.LessThanOrEqualTo(Math.Max(resident, pairs)), $"{kind}, batch {batch}: one wave (or one split)");
+                Assert.That((splits + 1) * pairs, Is.GreaterThan(resident), $"{kind}, batch {batch}: as many splits as one wave holds");
             }
-        Assert.That(Splits(8, KvCacheKind.Bf16), Is.EqualTo(5), "batch 8: 264 resident blocks over 64 (row, KV head) pairs");
+        Assert.That(Splits(8, KvCacheKind.Bf16), Is.EqualTo(4), "batch 8: 264 resident blocks over 64 (row, KV head) pairs, rounded down");
+        Assert.That(Splits(1, KvCacheKind.Bf16), Is.EqualTo(33));
+        Assert.That(Splits(64, KvCacheKind.Bf16), Is.EqualTo(1), "more pairs than slots: one split each");
     }
 }
