@@ -70,9 +70,9 @@ public sealed record MemoryPlan(
         long blockBytes = KvPool.BytesPerBlock(c, o.KvCache);
         int modelMax = ModelMaxPositions(c);
         long copy = linearKind == WeightKind.Fp8 && fp8Gemm && o.Fp8PrefillCopy != Fp8PrefillCopy.Untile ? ModelWeights.Fp8RowMajorBytes(shape) : 0;
-        long FitBlocks(int chunk)
+        long FitBlocksBeside(int chunk, long copyBytes)
         {
-            long left = freeBytes - weights - copy - WorkspaceBytesFor(shape, chunk, linearKind) - o.ReserveBytes;
+            long left = freeBytes - weights - copyBytes - WorkspaceBytesFor(shape, chunk, linearKind) - o.ReserveBytes;
             return left <= 0 ? 0 : left / blockBytes;
         }
         if (copy > 0 && o.Fp8PrefillCopy == Fp8PrefillCopy.Auto)
@@ -81,18 +81,17 @@ public sealed record MemoryPlan(
             // asked for) and at least half the positions it would hold without them. An H200 with QwQ-32B does; an 80 GB
             // H100 would give up three quarters of its pool, so it untiles per pass.
             long want = o.KvPoolPositions is int poolAskedFor ? (poolAskedFor + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize
-                                                       : (long)MaxPoolSequences * MaxBlocksPerSequence(c);
-            long with = Math.Min(FitBlocks(o.PrefillChunk), want);
-            long kept = copy;
-            copy = 0;
-            long without = Math.Min(FitBlocks(o.PrefillChunk), want);
+                                                              : (long)MaxPoolSequences * MaxBlocksPerSequence(c);
+            long withCopies = Math.Min(FitBlocksBeside(o.PrefillChunk, copy), want);
+            long withoutCopies = Math.Min(FitBlocksBeside(o.PrefillChunk, 0), want);
             long modelMaxBlocks = (modelMax + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
-            if (with >= Math.Min(modelMaxBlocks, want) && 2 * with >= without) copy = kept;
+            if (withCopies < Math.Min(modelMaxBlocks, want) || 2 * withCopies < withoutCopies) copy = 0;
         }
-        if (copy > 0 && FitBlocks(MinPrefillChunk) < 1)
+        if (copy > 0 && FitBlocksBeside(MinPrefillChunk, copy) < 1)
             throw new CudaOutOfMemoryPlanException(
                 $"not enough GPU memory for the row-major fp8 copies that --fp8-prefill-copy keep asks for ({Gib(copy)} beside " +
                 $"{Gib(weights)} of weights, {Gib(freeBytes)} free); use --fp8-prefill-copy auto or untile.");
+        long FitBlocks(int chunk) => FitBlocksBeside(chunk, copy);
         int prefillChunk = o.PrefillChunk;
         long comfortableBlocks = (Math.Min(ComfortablePositions, modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
         while (prefillChunk / 2 >= MinPrefillChunk && FitBlocks(prefillChunk) < comfortableBlocks) prefillChunk /= 2;
