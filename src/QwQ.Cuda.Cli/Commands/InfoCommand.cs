@@ -137,7 +137,8 @@ internal static class InfoCommand
         {
             using var context = CudaContext.Create(engine.Device);
             long free = context.GetMemoryInfo().Free;
-            devices.Add(new PlannedDevice($"{Cards(engine)}{context.DeviceName}, {Gib(free)} free", Assumed: false, MemoryTable.ForFreeBytes(config, free, engine)));
+            devices.Add(new PlannedDevice($"{Cards(engine)}{context.DeviceName}, {Gib(free)} free", Assumed: false,
+                MemoryTable.ForFreeBytes(config, free, engine, context.ComputeCapability.Major)));
         }
         else
         {
@@ -218,6 +219,8 @@ internal static class InfoCommand
                     : $"{"does not fit",-15} {"",-18}";
                 o.WriteLine($"  {kind,-22} {Gib(r.WeightBytes),-10} {Gib(r.WorkspaceBytes),-10} {fit} {r.GpuNote}");
                 if (r.DoesNotFit is { } reason) o.WriteLine(host.Dim($"  {"",-22} {reason}"));
+                if (r.Plan is { Fp8PrefillCopyBytes: > 0 } kept)
+                    o.WriteLine(host.Dim($"  {"",-22} with {Gib(kept.Fp8PrefillCopyBytes)} of row-major copies of the weights for prefill's FP8 GEMM (--fp8-prefill-copy)"));
             }
         }
         if (info.Cards is { } cards)
@@ -328,6 +331,7 @@ internal static class InfoCommand
                         w.WriteNumber("max_context", p.MaxContext);
                         w.WriteNumber("kv_pool_positions", p.KvPoolPositions);
                         w.WriteNumber("kv_cache_bytes", p.KvCacheBytes);
+                        w.WriteNumber("fp8_prefill_copy_bytes", p.Fp8PrefillCopyBytes);
                     }
                     else
                     {

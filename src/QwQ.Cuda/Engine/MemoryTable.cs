@@ -69,8 +69,15 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
         return Build(c, cardBytes, AssumedFreeBytes(cardBytes), o);
     }
 
-    /// <summary>The table for <paramref name="freeBytes"/> measured on a device after its context was created.</summary>
-    public static MemoryTable ForFreeBytes(ModelConfig c, long freeBytes, EngineOptions o) => Build(c, null, freeBytes, o);
+    /// <summary>
+    /// The table for <paramref name="freeBytes"/> measured on a device after its context was created. With the device's
+    /// compute capability (<paramref name="computeCapabilityMajor"/>) the fp8 row is what a load there picks, the
+    /// row-major copies for the FP8 prefill GEMM included (<see cref="EngineOptions.Fp8PrefillCopy"/>, on 9.x); without
+    /// it, and for cards that are only a size (<see cref="For"/>), prefill is assumed to untile (no copies).
+    /// </summary>
+    public static MemoryTable ForFreeBytes(ModelConfig c, long freeBytes, EngineOptions o, int? computeCapabilityMajor = null) =>
+        Build(c, null, freeBytes, o,
+            computeCapabilityMajor is int major && LinearOps.Resolve(o.Fp8Prefill, major) != Fp8PrefillGemm.Dequantize);
 
     /// <summary>The kind a checkpoint's layers are stored as: bf16 for plain weights (they load as bf16), fp8, int4-awq; null for another layout.</summary>
     public static WeightKind? CheckpointKind(ModelConfig c) => c.Quantization switch
@@ -92,7 +99,7 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
     /// <summary>The row of <paramref name="kind"/>.</summary>
     public MemoryTableRow this[WeightKind kind] => Rows.First(r => r.Kind == kind);
 
-    private static MemoryTable Build(ModelConfig c, long? cardBytes, long freeBytes, EngineOptions o)
+    private static MemoryTable Build(ModelConfig c, long? cardBytes, long freeBytes, EngineOptions o, bool fp8Gemm = false)
     {
         WeightKind? checkpoint = CheckpointKind(c);
         RankShape shape = o.TensorParallel > 1 ? TensorParallelPlan.Create(c, o.TensorParallel).Shape : RankShape.Whole(c);
@@ -101,7 +108,7 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
         {
             MemoryPlan? plan = null;
             string? reason = null;
-            try { plan = MemoryPlan.Create(shape, freeBytes, o, kind); }
+            try { plan = MemoryPlan.Create(shape, freeBytes, o, kind, fp8Gemm); }
             catch (CudaOutOfMemoryPlanException e) { reason = e.Message; }
             var (gpu, note) = Support(c, kind, o.TensorParallel);
             rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(shape, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(shape, o.PrefillChunk, kind),

@@ -66,6 +66,18 @@ public sealed class Fp8PrefillCopyPlanTests
     }
 
     [Test]
+    public void QwqInfosTableForThePresentGpuCountsTheCopiesWhereALoadWouldKeepThem()
+    {
+        long free = MemoryTable.AssumedFreeBytes(141 * GiB);
+        var o = new EngineOptions();
+        Assert.That(MemoryTable.ForFreeBytes(Qwq, free, o, computeCapabilityMajor: 9)[WeightKind.Fp8].Plan!.Fp8PrefillCopyBytes, Is.GreaterThan(0), "H200");
+        Assert.That(MemoryTable.ForFreeBytes(Qwq, free, o, computeCapabilityMajor: 8)[WeightKind.Fp8].Plan!.Fp8PrefillCopyBytes, Is.Zero, "the bf16 detour off sm_90");
+        Assert.That(MemoryTable.ForFreeBytes(Qwq, free, o)[WeightKind.Fp8].Plan!.Fp8PrefillCopyBytes, Is.Zero, "a card known by its size only");
+        Assert.That(MemoryTable.ForFreeBytes(Qwq, free, o with { Fp8Prefill = Fp8PrefillGemm.Dequantize }, 9)[WeightKind.Fp8].Plan!.Fp8PrefillCopyBytes, Is.Zero);
+        Assert.That(MemoryTable.ForFreeBytes(Qwq, free, o, 9)[WeightKind.Bf16].Plan!.Fp8PrefillCopyBytes, Is.Zero);
+    }
+
+    [Test]
     public void NothingIsKeptWithoutTheFp8GemmOrFp8Weights()
     {
         Assert.That(Plan(141, Fp8PrefillCopy.Keep, fp8Gemm: false).Fp8PrefillCopyBytes, Is.Zero, "the bf16 detour reads no copy");
