@@ -88,7 +88,7 @@ internal sealed class DeviceRank : IDisposable
         // The plan kept room for row-major copies of the fp8 weights (EngineOptions.Fp8PrefillCopy): untile them once
         // now rather than every prefill pass.
         if (fp8Gemm is not null && a.Plan.Fp8PrefillCopyBytes > 0)
-            Linear.KeepFp8RowMajor(Stream, Weights.Layers.SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }),
+            Linear.KeepFp8RowMajor(Stream, Weights.Products().SelectMany(p => p.Layers).Where(w => w.Kind == WeightKind.Fp8),
                 Own(DeviceBuffer.Allocate(a.Plan.Fp8PrefillCopyBytes)));
         Sum = Own(comm is null
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
