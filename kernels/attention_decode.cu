@@ -18,7 +18,8 @@
 // which writes position ctx_len-1 alone) cannot touch: its first tiles, when they end before ctx_len-1, start loading
 // while RoPE finishes, and splits past the end exit without waiting. Blocks are dealt split-major (all KV heads' split
 // 0, then split 1, ...) so the active splits of a short context are the grid's first blocks, resident in the first
-// wave, rather than every KV head's 66 splits in turn with most of them idle.
+// wave, rather than every KV head's splits in turn with most of them idle (the host plans one wave of the blocks that fit:
+// AttentionOps.DecodePagedSplits, 33 splits a KV head for one row of the bf16 cache on a 132-SM H100/H200).
 //
 // Split kernel: one block per (split, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
 // heads) so each K/V element is read exactly once: the group's heads are the 16 "rows" of an m16n8k16 tensor-core

@@ -45,7 +45,7 @@ internal sealed class RopeOps
             headsPerBlock);
 
     /// <summary>
-    /// Heads one block of the bf16 entry takes: every head of its row once a step has enough rows to fill the GPU
+    /// Heads one block takes (both entries): every head of its row once a step has enough rows to fill the GPU
     /// (a prefill chunk: one block per row, the angles computed once per pair), 4 for decode-sized steps (as many
     /// blocks per row as there are groups of 4 heads, so a batch of one still spreads over the multiprocessors).
     /// </summary>
@@ -55,8 +55,8 @@ internal sealed class RopeOps
     /// <see cref="QkvBiasRopePaged(CudaStream, ulong, ulong, ulong, float, ulong, ulong, int, int, int, int, ulong, ulong, ulong, int)"/>
     /// into one layer of a bf16 or fp8 pool. fp8: each K and V head of a row is quantized from its fp32 values after bias
     /// and RoPE, with one scale amax / 448 (<see cref="Model.KvCacheFp8.Quantize"/> bit for bit); head_dim at most
-    /// <see cref="MaxFp8HeadDim"/>. <paramref name="headsPerBlock"/> (bf16 pool only): the heads of a row one block takes,
-    /// 0 for <see cref="HeadsPerBlock"/>'s choice (tests set it to cover every split).
+    /// <see cref="MaxFp8HeadDim"/>. <paramref name="headsPerBlock"/>: the heads of a row one block takes, 0 for
+    /// <see cref="HeadsPerBlock"/>'s choice (tests set it to cover every split).
     /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
         ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0)
@@ -91,15 +91,16 @@ internal sealed class RopeOps
         if (headsPerBlock < 0 || headsPerBlock > heads)
             throw new ArgumentOutOfRangeException(nameof(headsPerBlock), headsPerBlock, $"0 (automatic) or 1 .. {heads} (nq + 2*nkv)");
         if (headsPerBlock == 0) headsPerBlock = HeadsPerBlock(rows, heads);
-        var grid = new Dim3((uint)rows, (uint)heads);
         ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
+        // 4 head slots of `threads` lanes, heads_per_block heads of a row per block (kernels/rope.cu)
+        var grid = new Dim3((uint)rows, (uint)((heads + headsPerBlock - 1) / headsPerBlock));
         if (fp8)
         {
             void** args = stackalloc void*[]
             {
-                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &qOut, &kPool, &vPool, &kScales, &vScales,
+                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool, &kScales, &vScales,
             };
-            _qkvBiasRopePagedFp8.Launch(grid, new Dim3(threads), 0, s, args);
+            _qkvBiasRopePagedFp8.Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
         else
         {
@@ -107,9 +108,7 @@ internal sealed class RopeOps
             {
                 &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
             };
-            // 4 head slots of `threads` lanes (kernels/rope.cu)
-            var groups = new Dim3((uint)rows, (uint)((heads + headsPerBlock - 1) / headsPerBlock));
-            _qkvBiasRopePaged.Launch(groups, new Dim3(4 * threads), 0, s, args);
+            _qkvBiasRopePaged.Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
     }
 }

@@ -61,7 +61,13 @@ public sealed class Fp8KvKernelTests : KernelTestBase
     [TestCase(10, 2, 32, false, TestName = "Fp8Rope_Tiny_Unrotated_BitExact")]
     [TestCase(4, 2, 36, false, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_BitExact")]
     [TestCase(4, 2, 36, true, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_Rotated")]
-    public void RopeQuantizesEveryKvHeadLikeKvCacheFp8(int nq, int nkv, int d, bool rotate)
+    // every split of a row's heads over blocks: one head, a count that leaves the last block short, all heads in one
+    // block (prefill steps of 512+ rows), and head_dim 36 with all heads in one block (slots of one warp, idle lanes)
+    [TestCase(40, 8, 128, true, 1, TestName = "Fp8Rope_QwqShape_OneHeadABlock")]
+    [TestCase(40, 8, 128, true, 5, TestName = "Fp8Rope_QwqShape_FiveHeadsABlock")]
+    [TestCase(40, 8, 128, true, 56, TestName = "Fp8Rope_QwqShape_AllHeadsInABlock")]
+    [TestCase(4, 2, 36, true, 8, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_AllHeadsInABlock")]
+    public void RopeQuantizesEveryKvHeadLikeKvCacheFp8(int nq, int nkv, int d, bool rotate, int headsPerBlock = 0)
     {
         const int poolBlocks = 9;
         int rows = 23;
@@ -81,7 +87,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         var (kc, vc, ks, vs) = PoisonedFp8Pool(poolBlocks, nkv, d);
         var dQ = PoisonedBf16((long)rows * nq * d);
         _rope.QkvBiasRopePaged(Stream, Upload<float>(qkv).Ptr, UploadBf16(bias).Ptr, Upload<float>(invFreq).Ptr, 1f,
-            Upload<int>(positions).Ptr, Upload<int>(slots).Ptr, rows, nq, nkv, d, dQ.Ptr, KvLayer.Fp8(kc.Ptr, vc.Ptr, ks.Ptr, vs.Ptr));
+            Upload<int>(positions).Ptr, Upload<int>(slots).Ptr, rows, nq, nkv, d, dQ.Ptr, KvLayer.Fp8(kc.Ptr, vc.Ptr, ks.Ptr, vs.Ptr), headsPerBlock);
         Stream.Synchronize();
         byte[] kCodes = kc.ToArray<byte>(), vCodes = vc.ToArray<byte>();
         float[] kScales = ks.ToArray<float>(), vScales = vs.ToArray<float>();
