@@ -58,12 +58,12 @@ internal sealed class ModelSourceOptions
     // Lower-case names as the issue and README spell them; null (not given) leaves the engine's default.
     public readonly Option<string?> RopeScaling = new("--rope-scaling")
     {
-        Description = "How the config's YaRN rope_scaling applies: static (YaRN everywhere; the default, what the GPU runs), off (plain RoPE), " +
-                      "adaptive (plain RoPE until a sequence outgrows --rope-switch, then YaRN)",
+        Description = "How the config's YaRN rope_scaling applies: adaptive (the default: plain RoPE until a sequence outgrows --rope-switch, " +
+                      "then YaRN from position 0), static (YaRN everywhere, as transformers and vLLM apply it), off (plain RoPE everywhere)",
         HelpName = "adaptive|static|off",
     };
     public readonly Option<int?> RopeSwitch = TypedOptions.Integer<int>("--rope-switch", "8192",
-        "With --rope-scaling adaptive: the length past which a sequence switches to YaRN (default: original_max_position_embeddings, 32768 for QwQ)");
+        "With adaptive rope scaling (the default): the length past which a sequence switches to YaRN (default: original_max_position_embeddings, 32768 for QwQ)");
 
     public ModelSourceOptions(bool withBackend = true)
     {

@@ -39,6 +39,7 @@ internal static class BenchCommand
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time decode steps kernel by kernel on every GPU (a diagnostic): one at batch 1, and one at the largest --batch" };
+        var ropeSwitch = new Option<bool>("--rope-switch-stall") { Description = "Also time an adaptive-YaRN switch at the switch position beside 8 decoding sequences under the batch scheduler, the recompute in chunks and in one step (needs a config with YaRN, e.g. --synthetic qwq-32b-yarn)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
@@ -49,7 +50,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -61,6 +62,7 @@ internal static class BenchCommand
                     : throw new OptionException($"--steps must be from 1 to {ModelConfig.MaxPositions}"),
                 Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
                 ProfileStep = p.GetValue(profileStep),
+                RopeSwitch = p.GetValue(ropeSwitch),
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),

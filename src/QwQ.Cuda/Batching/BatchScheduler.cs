@@ -21,6 +21,12 @@ namespace QwQ.Cuda.Batching;
 /// that alone needs more blocks than the whole pool fails with <see cref="KvPoolExhaustedException"/>. Blocks held by
 /// sequences outside the scheduler (finished requests' included) are waited for: dispose or truncate those sequences,
 /// or cancel the request to give up.</para>
+/// <para>Adaptive rope scaling: a request whose sequence grows past the switch (or, truncated, back below it) has every
+/// earlier position of that sequence recomputed in the new rope. It is spread over steps like a prompt: the sequence is
+/// emptied and its earlier tokens are appended again in chunks of the prefill budget, each in the new rope
+/// (<see cref="ISequence.RecomputesAt"/>, <see cref="SequenceChunk.FinalLength"/>). Those earlier tokens then belong to
+/// the request: a preemption gives back their blocks too, and a request cancelled while it waits to resume leaves its
+/// sequence empty.</para>
 /// <para>Results do not depend on batch composition: each request samples from its own sequence's logits with its
 /// own options, and step n of a request is the n-th token it sampled.</para>
 /// <para>Ending: end of sequence, the token limit, a full sequence (<see cref="FinishReason.MaxContext"/>) or the
@@ -36,7 +42,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly HashSet<ISequence> _busy = new(ReferenceEqualityComparer.Instance); // sequences of unfinished requests; lock it
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _loop;
-    private long _steps, _preemptions, _admissions;
+    private long _steps, _preemptions, _admissions, _ropeRecomputes;
     private int _largestBatch, _disposed;
 
     // Loop-thread state.
@@ -56,7 +62,7 @@ public sealed class BatchScheduler : IDisposable
     public SchedulerOptions Options => _options;
 
     public SchedulerCounters Counters =>
-        new(Interlocked.Read(ref _steps), Interlocked.Read(ref _preemptions), Volatile.Read(ref _largestBatch));
+        new(Interlocked.Read(ref _steps), Interlocked.Read(ref _preemptions), Volatile.Read(ref _largestBatch), Interlocked.Read(ref _ropeRecomputes));
 
     /// <summary>
     /// Queues a request. Throws <see cref="OptionException"/> for an empty prompt, a token outside the vocabulary, a
@@ -161,6 +167,7 @@ public sealed class BatchScheduler : IDisposable
         int budget = _options.PrefillTokensPerStep, blocksNeeded = 0;
         foreach (var r in _running)
         {
+            RecomputeInChunks(r);
             int n = r.Pending == 1 ? 1 : Math.Min(r.Pending, budget); // decode rows ride free of the prefill budget
             if (n == 0) continue;
             if (r.Pending > 1) budget -= n;
@@ -243,6 +250,7 @@ public sealed class BatchScheduler : IDisposable
             r.Started = true;
         }
         if (FailIfAloneTooBig(r, neededBlocks: pool.BlocksFor((long)r.BaseLength + r.Tokens.Count))) return -1;
+        RecomputeInChunks(r);
         r.Attached = 0;
         if (seq.Length == 0) r.Appended = r.Attached = seq.AttachCachedPrefix(CollectionsMarshal.AsSpan(r.Tokens)); // BaseLength is 0 then
 
@@ -277,7 +285,7 @@ public sealed class BatchScheduler : IDisposable
             for (int i = 0; i < items.Length; i++)
             {
                 var (r, n) = batch[i];
-                items[i] = new SequenceChunk(r.Sequence, CollectionsMarshal.AsSpan(r.Tokens).Slice(r.Appended, n).ToArray());
+                items[i] = new SequenceChunk(r.Sequence, CollectionsMarshal.AsSpan(r.Tokens).Slice(r.Appended, n).ToArray(), r.FinalLength);
             }
             // A step of one request also stops for that request's cancellation (a long prefill of a lone user ends
             // at the backend's next chunk); a shared step runs on, since cancelling it would stall the others.
@@ -307,6 +315,26 @@ public sealed class BatchScheduler : IDisposable
             }
         }
         return false;
+    }
+
+    /// <summary>
+    /// When the tokens <paramref name="r"/> knows take its sequence to the other rope than its cache holds (adaptive rope
+    /// scaling: a decode step past the switch, or a prompt that carries a short history past it), the backend's step
+    /// would first run every cached position again, a prefill of the whole sequence inside one step that every other
+    /// request of the batch waits for (about 4.5 s at 32k on an H200). Instead the sequence is emptied, and what it held
+    /// joins the front of the request's tokens: they are appended again in chunks within the prefill budget, each in the
+    /// new rope (<see cref="SequenceChunk.FinalLength"/>), while the others keep decoding. Sampling and penalty counts
+    /// are untouched: appending samples nothing, and the request samples again only once all its tokens are back.
+    /// </summary>
+    private void RecomputeInChunks(Request r)
+    {
+        var seq = r.Sequence;
+        if (seq.Length == 0 || !seq.RecomputesAt(r.FinalLength)) return;
+        int[] earlier = [.. seq.Tokens.Take(r.BaseLength)]; // the sequence's positions before this request
+        seq.Truncate(0);
+        r.Tokens.InsertRange(0, earlier);
+        (r.BaseLength, r.Appended) = (0, 0);
+        Interlocked.Increment(ref _ropeRecomputes);
     }
 
     private void Preempt(Request r)
@@ -411,7 +439,11 @@ public sealed class BatchScheduler : IDisposable
 
         public int Pending => Tokens.Count - Appended;
 
+        /// <summary>The sequence's length before this request; 0 once it recomputes them (<see cref="RecomputeInChunks"/>).</summary>
         public int BaseLength { get; set; }
+
+        /// <summary>The length the sequence reaches when every known token is in.</summary>
+        public int FinalLength => BaseLength + Tokens.Count;
 
         /// <summary>Positions the current admission took from the prefix cache.</summary>
         public int Attached { get; set; }

@@ -59,4 +59,6 @@ public sealed class GenerationHandle
 }
 
 /// <summary>What the scheduler has done so far (monitoring, tests).</summary>
-public readonly record struct SchedulerCounters(long Steps, long Preemptions, int LargestBatch);
+/// <param name="RopeRecomputes">Requests whose sequence was run again from position 0 in chunks because its length crossed
+/// the adaptive rope switch (<see cref="Inference.ISequence.RecomputesAt"/>).</param>
+public readonly record struct SchedulerCounters(long Steps, long Preemptions, int LargestBatch, long RopeRecomputes = 0);

@@ -59,6 +59,17 @@ public static class BenchOutput
             foreach (var a in ar)
                 sb.AppendLine($"| {a.Rows} | {(a.OneShotUs is double o ? o.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "off")} | {a.NcclUs:F1} | {a.MsPerToken:F2} |");
         }
+        if (r.RopeSwitch is { Count: > 0 } rs)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"Adaptive YaRN: a sequence at the switch ({rs[0].Context} positions) takes one more token while {rs[0].Decoding} others " +
+                "decode under the batch scheduler; its cache is computed again in YaRN, in chunks of the prefill budget or in one step:");
+            sb.AppendLine();
+            sb.AppendLine("| recompute chunk | switch ms | others' longest wait ms | their median wait ms | median before ms |");
+            sb.AppendLine("|---:|---:|---:|---:|---:|");
+            foreach (var x in rs)
+                sb.AppendLine($"| {x.ChunkTokens} | {x.SwitchMs:F0} | {x.LongestWaitMs:F0} | {x.MedianWaitMs:F1} | {x.DecodeWaitMs:F1} |");
+        }
         foreach (var prof in new[] { r.PrefillProfile, r.Profile, r.BatchProfile })
         {
             if (prof is null) continue;

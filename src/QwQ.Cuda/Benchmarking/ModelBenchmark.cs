@@ -24,6 +24,11 @@ public sealed record BenchSettings
     /// at the first decode context, and one of the largest of <see cref="Batches"/> at the first context where that batch runs.
     /// </summary>
     public bool ProfileStep { get; init; }
+    /// <summary>
+    /// Also time an adaptive-YaRN switch under the batch scheduler (<see cref="RopeSwitchResult"/>): the recompute in
+    /// prefill-budget chunks and in one step. Needs a config with YaRN (e.g. qwq-32b-yarn).
+    /// </summary>
+    public bool RopeSwitch { get; init; }
 }
 
 public sealed record PrefillResult(int Tokens, double Ms, double TokensPerSecond, double FloorMs, double PercentOfFloor);
@@ -56,7 +61,7 @@ public sealed record BenchReport(
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
     int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null,
-    StepProfile? BatchProfile = null, StepProfile? PrefillProfile = null);
+    StepProfile? BatchProfile = null, StepProfile? PrefillProfile = null, IReadOnlyList<RopeSwitchResult>? RopeSwitch = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -137,7 +142,7 @@ public static class ModelBenchmark
         SampledDecodeResult? sampled = null;
         foreach (int ctx in settings.DecodeContexts.Where(x => x + settings.DecodeSteps <= capacity))
         {
-            double ms = DecodeMs(seq, Tokens(ctx), greedy, settings.DecodeSteps);
+            double ms = DecodeMs(backend, seq, Tokens(ctx), greedy, settings.DecodeSteps);
             double bytes = DecodeBytesPerToken(backend, ctx + settings.DecodeSteps / 2);
             double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
             decode.Add(new DecodeResult(ctx, ms, 1e3 / ms, bytes, bytes / (ms / 1e3) / 1e9, floor, 100 * floor / ms));
@@ -146,7 +151,7 @@ public static class ModelBenchmark
             {
                 // what a user runs: QwQ's recommended sampling, the sampler on the GPU every step
                 var qwq = SamplingOptions.FromGenerationConfig(0.6f, 0.95f, 40, 1.0f) with { Seed = 1 };
-                double sms = DecodeMs(seq, Tokens(ctx), qwq, settings.DecodeSteps, reusePrefix: true);
+                double sms = DecodeMs(backend, seq, Tokens(ctx), qwq, settings.DecodeSteps, reusePrefix: true);
                 sampled = new SampledDecodeResult(ctx, "T=0.6, top_p=0.95, top_k=40", sms, 1e3 / sms);
                 log($"decode at {ctx,6} with QwQ sampling: {sms,7:F2} ms/token  {1e3 / sms,6:F1} tok/s");
             }
@@ -156,7 +161,7 @@ public static class ModelBenchmark
         if (settings.ProfileStep && decode.Count > 0)
         {
             seq.Truncate(0);
-            seq.Append(Tokens(decode[0].Context));
+            backend.Step([new SequenceChunk(seq, Tokens(decode[0].Context), FinalLength: decode[0].Context + 3)]); // + 3: the rope of the profiled steps
             int token = seq.Sample(greedy, 0);
             LaunchTimer.Launch[][] launches = [];
             for (int i = 0; i < 2; i++) // the second: the first eager decode step may still load something
@@ -215,10 +220,12 @@ public static class ModelBenchmark
                 }
             }
 
+        IReadOnlyList<RopeSwitchResult>? ropeSwitch = settings.RopeSwitch ? RopeSwitchBenchmark.Run(backend, Tokens, log) : null;
+
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
             backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm, batchProfile,
-            prefillProfile);
+            prefillProfile, ropeSwitch);
     }
 
     private static void LogProfile(StepProfile profile, Action<string> log)
@@ -252,7 +259,8 @@ public static class ModelBenchmark
         var seqs = Enumerable.Range(0, batch).Select(_ => backend.CreateSequence()).ToArray();
         try
         {
-            backend.Step(seqs.Select(s => new SequenceChunk(s, tokens(context))).ToArray());
+            // in the rope of the longest the rows get (adaptive rope scaling): no switch inside the timed steps
+            backend.Step(seqs.Select(s => new SequenceChunk(s, tokens(context), FinalLength: context + steps + 4)).ToArray());
             var next = new int[batch];
             var draws = new SampleRequest[batch];
             void SampleAll(int step)
@@ -292,12 +300,14 @@ public static class ModelBenchmark
     /// Milliseconds per token over <paramref name="steps"/> decode steps after <paramref name="prompt"/>. With
     /// <paramref name="reusePrefix"/>, a sequence already holding at least the prompt's length is cut back to it instead
     /// of prefilled again (the KV of those positions is what decode reads; their tokens do not change its cost), which
-    /// at 128k saves a prefill of about a minute.
+    /// at 128k saves a prefill of about a minute. The prompt runs in the rope of the longest length the timed steps
+    /// reach, and a kept prefix only when its cache is in that rope: with adaptive rope scaling no step inside the
+    /// timing switches (what a switch costs is a prefill of the sequence, not a decode step).
     /// </summary>
-    private static double DecodeMs(ISequence seq, int[] prompt, SamplingOptions sampling, int steps, bool reusePrefix = false)
+    private static double DecodeMs(CudaBackend backend, ISequence seq, int[] prompt, SamplingOptions sampling, int steps, bool reusePrefix = false)
     {
-        int tok;
-        if (reusePrefix && seq.Length >= prompt.Length)
+        int tok, longest = prompt.Length + steps;
+        if (reusePrefix && seq.Length >= prompt.Length && !seq.RecomputesAt(longest))
         {
             seq.Truncate(prompt.Length);
             tok = prompt[^1];
@@ -305,7 +315,7 @@ public static class ModelBenchmark
         else
         {
             seq.Truncate(0);
-            seq.Append(prompt);
+            backend.Step([new SequenceChunk(seq, prompt, FinalLength: longest)]);
             tok = seq.Sample(sampling, 0);
         }
         var sw = Stopwatch.StartNew();

@@ -261,15 +261,26 @@ public sealed class CudaBackend : IModelBackend
 
     /// <summary>
     /// The part of a step that appends <paramref name="tokens"/> to <paramref name="seq"/>: from its length, in the rope of
-    /// its length after the step; or, when that rope is not the one its cache holds, the whole sequence again from
-    /// position 0 in the new rope (the adaptive switch, and the switch back of a sequence truncated below it).
+    /// its length after the step (or of <paramref name="finalLength"/>, <see cref="SequenceChunk.FinalLength"/>, when
+    /// longer); or, when that rope is not the one its cache holds, the whole sequence again from position 0 in the new
+    /// rope (the adaptive switch, and the switch back of a sequence truncated below it).
     /// </summary>
-    private Part PartFor(CudaSequence seq, ReadOnlyMemory<int> tokens)
+    private Part PartFor(CudaSequence seq, ReadOnlyMemory<int> tokens, int finalLength)
     {
-        RopeParameters rope = _rope.ForLength(seq.Length + tokens.Length);
+        RopeParameters rope = _rope.ForLength(Math.Max(seq.Length + tokens.Length, finalLength));
         if (seq.Length == 0 || ReferenceEquals(seq.CacheRope, rope)) return new Part(seq, tokens, WantsLogits: true, seq.Length, rope);
         return new Part(seq, (int[])[.. seq.TokenList, .. tokens.Span], WantsLogits: true, 0, rope);
     }
+
+    /// <summary><see cref="ISequence.RecomputesAt"/>: the rope of <paramref name="length"/> is not the one the cache holds.</summary>
+    internal bool RecomputesAt(CudaSequence seq, int length) =>
+        seq.Length > 0 && !ReferenceEquals(seq.CacheRope, _rope.ForLength(length));
+
+    /// <summary>With adaptive rope scaling, the length past which a sequence runs YaRN; null in the other modes.</summary>
+    internal int? AdaptiveSwitchPosition => _rope.Mode == RopeScalingMode.Adaptive ? _rope.SwitchPosition : null;
+
+    /// <summary>The rope a sequence of <paramref name="length"/> positions runs (<see cref="RopePlan.ForLength"/>).</summary>
+    internal RopeParameters RopeForLength(int length) => _rope.ForLength(length);
 
     /// <summary>
     /// Loads <paramref name="checkpointDir"/> (HF safetensors layout) onto the GPU, or random weights generated on
@@ -449,7 +460,7 @@ public sealed class CudaBackend : IModelBackend
             foreach (int t in item.Tokens.Span)
                 if ((uint)t >= (uint)vocab)
                     throw new OptionException($"token id {t} is outside the model's vocabulary of {vocab} rows");
-            pending.Add(PartFor(seq, item.Tokens));
+            pending.Add(PartFor(seq, item.Tokens, item.FinalLength));
         }
 
         lock (Gate)
@@ -539,7 +550,7 @@ public sealed class CudaBackend : IModelBackend
         lock (Gate)
         {
             Context.MakeCurrent();
-            Part part = PartFor(seq, tokens.ToArray());
+            Part part = PartFor(seq, tokens.ToArray(), finalLength: 0);
             if (part.Start != seq.Length) throw new InvalidOperationException("AppendWithLogits does not switch a sequence's rope: append up to the switch first");
             RunPass([part], positions);
             var result = new float[positions.Length * Config.VocabSize];

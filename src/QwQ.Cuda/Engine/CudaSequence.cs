@@ -65,7 +65,11 @@ internal sealed class CudaSequence : ISequence
         lock (_backend.Gate)
         {
             if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
-            int reused = Table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
+            tokens = tokens[..Math.Min(tokens.Length, Capacity)];
+            // Cached blocks hold short-rope keys (RopePlan.MayPublish): useless to a sequence whose tokens end in the other
+            // rope, whose first step would run them all again.
+            if (!_backend.MayPublish(_backend.RopeForLength(tokens.Length))) return 0;
+            int reused = Table.AttachCachedPrefix(tokens);
             _tokens.AddRange(tokens[..reused]);
             CacheRope = _backend.ShortRope; // only blocks of the short rope are published (RopePlan.MayPublish)
             HasLogits = false;
@@ -95,6 +99,12 @@ internal sealed class CudaSequence : ISequence
     /// </summary>
     internal float[] AppendWithLogits(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions) =>
         _backend.AppendWithLogits(this, tokens, positions);
+
+    public bool RecomputesAt(int length)
+    {
+        ThrowIfDisposed();
+        return _backend.RecomputesAt(this, length);
+    }
 
     public void Truncate(int length)
     {

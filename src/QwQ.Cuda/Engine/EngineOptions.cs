@@ -128,9 +128,10 @@ public sealed record EngineOptions
     public AllReduceKind AllReduce { get; init; } = AllReduceKind.Custom;
 
     /// <summary>
-    /// How a config's YaRN rope_scaling is applied (<see cref="RopeScalingMode"/>); null: <see cref="RopeScalingMode.Static"/>,
-    /// what transformers does. Adaptive runs on the CPU reference and the GPU engine (there a sequence that crosses the
-    /// switch runs again from position 0 in YaRN). See README, "Rope scaling".
+    /// How a config's YaRN rope_scaling is applied (<see cref="RopeScalingMode"/>); null: <see cref="RopeScalingMode.Adaptive"/>
+    /// when the config has YaRN (plain RoPE while a sequence fits the switch, YaRN past it; a sequence that crosses runs
+    /// again from position 0 in YaRN, in chunks under <see cref="Batching.BatchScheduler"/>). <see cref="RopeScalingMode.Static"/>
+    /// is what transformers and vLLM do. See README, "Rope scaling".
     /// </summary>
     public RopeScalingMode? RopeScaling { get; init; }
 
@@ -149,7 +150,7 @@ public enum RopeScalingMode
     /// Per sequence: plain RoPE (exactly the model without YaRN) while the sequence fits the switch position; the step that
     /// takes it past rewrites its cache in YaRN (running the sequence again from position 0) and it continues with YaRN,
     /// so the cache is exactly what a <see cref="Static"/> run would have written. Short texts keep the model's unscaled
-    /// quality, as QwQ-32B's card advises.
+    /// quality, as QwQ-32B's card advises. The default for a config with YaRN.
     /// </summary>
     Adaptive,
     /// <summary>YaRN at every position of every sequence, as transformers (and vLLM) apply rope_scaling.</summary>

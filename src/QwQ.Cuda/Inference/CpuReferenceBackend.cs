@@ -51,7 +51,7 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// Positions the shared KV pool holds, rounded up to whole blocks (null: 4 × maxContext, room for four full
     /// sequences). Block memory is allocated on first use, so a big pool costs only what sequences fill.
     /// </param>
-    /// <param name="ropeScaling">See <see cref="EngineOptions.RopeScaling"/> (null: static, as the GPU engine runs).</param>
+    /// <param name="ropeScaling">See <see cref="EngineOptions.RopeScaling"/> (null: adaptive when the config has YaRN, as on the GPU engine).</param>
     /// <param name="ropeSwitchPosition">See <see cref="EngineOptions.RopeSwitchPosition"/> (Adaptive only).</param>
     /// <param name="kvCache">
     /// See <see cref="EngineOptions.KvCache"/>: with Fp8, keys and values go through the fp8 format as they are written
@@ -203,7 +203,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         return new CpuSequence(this, capacity, new KvBlockTable(_kv.Pool), new CpuSampler(Config.VocabSize, _validVocab, _seed));
     }
 
-    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default) => RunStep(items, ropeLength: null, ct);
+    public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default) => RunStep(items, ct);
 
     /// <summary>
     /// How a sequence's cache changes rope at an adaptive switch. Recompute, the default, is what the fidelity
@@ -211,12 +211,12 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// </summary>
     internal RopeSwitchMethod SwitchMethod { get; init; } = RopeSwitchMethod.Recompute;
 
-    /// <param name="ropeLength">
-    /// The length that picks the rope of a single item's sequence (null: its length after this step). Append passes the
-    /// length after the whole append, so a prompt that ends past the switch runs YaRN from its first chunk: exactly
-    /// the static-YaRN forward over it, with no plain chunks to redo.
-    /// </param>
-    private void RunStep(ReadOnlySpan<SequenceChunk> items, int? ropeLength, CancellationToken ct)
+    /// <summary>
+    /// <see cref="Step"/>. An item's rope is that of its length after the step or of its
+    /// <see cref="SequenceChunk.FinalLength"/>, the longer: Append passes the length after the whole append, so a prompt
+    /// that ends past the switch runs YaRN from its first chunk (exactly the static-YaRN forward, no plain chunks to redo).
+    /// </summary>
+    private void RunStep(ReadOnlySpan<SequenceChunk> items, CancellationToken ct)
     {
         if (items.IsEmpty) throw new ArgumentException("a step needs at least one item", nameof(items));
         var sequences = new CpuSequence[items.Length];
@@ -235,7 +235,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             seq.CheckAppend(items[i].Tokens.Span);
             sequences[i] = seq;
             lengths[i] = writeFrom[i] = seq.Length;
-            var rope = _rope.ForLength(ropeLength ?? seq.Length + items[i].Tokens.Length);
+            var rope = _rope.ForLength(Math.Max(seq.Length + items[i].Tokens.Length, items[i].FinalLength));
             rows[i] = new CpuBatchRows(items[i].Tokens, seq.Length, seq.Table, rope);
             if (ReferenceEquals(seq.CacheRope, rope) || seq.Length == 0) continue;
             // The sequence changes rope: every block it holds is rewritten (copied first where shared).
@@ -346,7 +346,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var part = tokens.Slice(start, Math.Min(PrefillChunk, tokens.Length - start));
-                owner.RunStep([new SequenceChunk(this, part.ToArray())], finalLength, cancellationToken);
+                owner.RunStep([new SequenceChunk(this, part.ToArray(), finalLength)], cancellationToken);
             }
         }
 
@@ -376,7 +376,10 @@ public sealed class CpuReferenceBackend : IModelBackend
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (Length != 0) throw new InvalidOperationException($"the sequence holds {Length} tokens; a cached prefix attaches only to an empty one");
             CacheRope = owner._rope.ForLength(0); // what cached blocks hold (RopePlan.MayPublish)
-            int reused = table.AttachCachedPrefix(tokens[..Math.Min(tokens.Length, Capacity)]);
+            tokens = tokens[..Math.Min(tokens.Length, Capacity)];
+            // useless to a sequence whose tokens end in the other rope: its first step would run them all again
+            if (!owner._rope.MayPublish(owner._rope.ForLength(tokens.Length))) return 0;
+            int reused = table.AttachCachedPrefix(tokens);
             _tokens.AddRange(tokens[..reused]);
             return reused;
         }
@@ -392,6 +395,14 @@ public sealed class CpuReferenceBackend : IModelBackend
             var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits, CacheRope = CacheRope };
             fork._tokens.AddRange(_tokens);
             return fork;
+        }
+
+        public bool RecomputesAt(int length)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            // a re-rotating backend turns the keys in place, unless a failed step left them in no rope (CacheRope null)
+            return Length > 0 && !ReferenceEquals(CacheRope, owner._rope.ForLength(length)) &&
+                   (owner.SwitchMethod == RopeSwitchMethod.Recompute || CacheRope is null);
         }
 
         public void Truncate(int length)

@@ -47,7 +47,13 @@ public interface IModelBackend : IDisposable
 }
 
 /// <summary>One item of <see cref="IModelBackend.Step"/>: <paramref name="Tokens"/> to append to <paramref name="Sequence"/>.</summary>
-public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens);
+/// <param name="FinalLength">
+/// The length the caller will bring the sequence to with tokens it already has (a long prompt appended chunk by chunk
+/// over several steps); 0 or less than the length after this chunk: this chunk ends it. Adaptive rope scaling runs the
+/// rope of the larger of the two, so a prompt that ends past the switch runs YaRN from its first chunk and no chunk is
+/// computed twice.
+/// </param>
+public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens, int FinalLength = 0);
 
 /// <summary>One sequence's next-token draw in a batched sample: its options and its RNG step.</summary>
 public readonly record struct SampleRequest(ISequence Sequence, Sampling.SamplingOptions Options, long Step);
@@ -85,9 +91,21 @@ public interface ISequence : IDisposable
     void Truncate(int length);
 
     /// <summary>
+    /// Whether the step that brings this sequence to <paramref name="length"/> positions first runs every position it
+    /// holds again: with adaptive rope scaling, when that length asks for the other rope than its cache was written in
+    /// (the switch to YaRN past the switch position, or back to plain after a truncation below it). A step does that
+    /// recompute inside itself, so the whole sequence is one step's work; <see cref="Batching.BatchScheduler"/> instead
+    /// empties the sequence and appends its tokens again in bounded chunks (<see cref="SequenceChunk.FinalLength"/>),
+    /// so the other sequences of a batch keep decoding meanwhile. False for an empty sequence and in the other modes.
+    /// </summary>
+    bool RecomputesAt(int length);
+
+    /// <summary>
     /// On an empty sequence: reuses the KV of the longest run of cached full blocks that hold <paramref name="tokens"/>'
     /// first positions, never all of them (the last must be appended for its logits). Returns the positions reused
-    /// (now <see cref="Length"/>); the caller appends <c>tokens[result..]</c>. A backend without a prefix cache returns 0.
+    /// (now <see cref="Length"/>); the caller appends <c>tokens[result..]</c>. A backend without a prefix cache returns 0,
+    /// and so does adaptive rope scaling when <paramref name="tokens"/> end past the switch (cached blocks hold plain
+    /// keys, and such a sequence runs YaRN from position 0).
     /// </summary>
     int AttachCachedPrefix(ReadOnlySpan<int> tokens);
 

@@ -136,21 +136,28 @@ internal sealed record RopePlan
     /// <summary>
     /// Whether blocks whose keys <paramref name="rope"/> wrote may go into the prefix cache. The cache matches blocks by
     /// tokens alone, so with Adaptive only plain blocks do: a short sequence that attached re-rotated YaRN keys would run
-    /// plain queries against them. (A long prompt still reuses the plain blocks of its start, copying them before it
-    /// re-rotates them.) In the other modes every sequence runs the same rope.
+    /// plain queries against them. (A sequence whose tokens end past the switch attaches none: it runs YaRN from position 0.)
+    /// In the other modes every sequence runs the same rope.
     /// </summary>
     public bool MayPublish(RopeParameters? rope) => Mode != RopeScalingMode.Adaptive || ReferenceEquals(rope, Plain);
 
     /// <summary>
-    /// The plan for <paramref name="config"/>. Null mode: <see cref="RopeScalingMode.Static"/>, which is what the GPU engine
-    /// runs today (and transformers always), so the CPU reference agrees with it unless asked otherwise.
+    /// The plan for <paramref name="config"/>. Null mode: <see cref="RopeScalingMode.Adaptive"/> when the config has YaRN
+    /// rope_scaling (on the GPU engine and the CPU reference alike), plain RoPE when it has none.
     /// </summary>
     public static RopePlan Resolve(ModelConfig config, RopeScalingMode? mode, int? switchPosition)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var asked = mode ?? RopeScalingMode.Static;
+        // The default is adaptive wherever there is YaRN to switch to (README, "Rope scaling": short texts run the model
+        // exactly as trained, long ones exactly static YaRN); without it every mode is plain RoPE.
+        var asked = mode ?? (config.RopeScaling is null ? RopeScalingMode.Static : RopeScalingMode.Adaptive);
         if (!Enum.IsDefined(asked)) throw new OptionException($"--rope-scaling {(int)asked} is not a mode: use adaptive, static or off");
         string name = asked.ToString().ToLowerInvariant();
+        if (switchPosition is int none && mode is null && config.RopeScaling is null)
+            throw new OptionException($"--rope-switch {none} moves where a sequence turns to YaRN, but this model's config.json has no YaRN " +
+                                      "rope_scaling, so every sequence runs plain RoPE: drop --rope-switch (QwQ-32B's model card adds " +
+                                      "\"rope_scaling\": {\"factor\": 4.0, \"original_max_position_embeddings\": 32768, \"type\": \"yarn\"}; " +
+                                      "or run --synthetic qwq-32b-yarn)");
         if (switchPosition is int given && asked != RopeScalingMode.Adaptive)
             throw new OptionException($"--rope-switch {given} applies only to --rope-scaling adaptive (it is the length at which a sequence " +
                                       $"turns to YaRN), and the mode is {name}{(mode is null ? " (the default)" : "")}: pass --rope-scaling adaptive, or drop --rope-switch");

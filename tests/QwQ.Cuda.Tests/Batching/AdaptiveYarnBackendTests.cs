@@ -207,7 +207,7 @@ public class AdaptiveYarnBackendTests
     public void StaticAndOffRunOneRopeEverywhere()
     {
         var tokens = Text(24, 12);
-        foreach (var (mode, reference) in new[] { ((RopeScalingMode?)null, StaticYarn.Value), (RopeScalingMode.Static, StaticYarn.Value), (RopeScalingMode.Off, NoYarn.Value) })
+        foreach (var (mode, reference) in new[] { (RopeScalingMode.Static, StaticYarn.Value), (RopeScalingMode.Off, NoYarn.Value) })
         {
             using var backend = Backend(mode);
             using var seq = backend.CreateSequence();
@@ -249,7 +249,7 @@ public class AdaptiveYarnBackendTests
         using var adaptive = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName), new EngineOptions { RopeScaling = RopeScalingMode.Adaptive, RopeSwitchPosition = 8 });
         Assert.That(adaptive.RopeScaling, Is.EqualTo(RopeScalingMode.Adaptive));
         using var byDefault = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName));
-        Assert.That(byDefault.RopeScaling, Is.EqualTo(RopeScalingMode.Static), "the default is what the GPU engine runs");
+        Assert.That(byDefault.RopeScaling, Is.EqualTo(RopeScalingMode.Adaptive), "the default where the config has YaRN, as on the GPU engine");
         using var noYarn = CpuReferenceBackend.Load(Fixture.Config with { RopeScaling = null }, ModelFixtures.Dir(FixtureName));
         Assert.That(noYarn.RopeScaling, Is.EqualTo(RopeScalingMode.Off));
 
@@ -312,9 +312,12 @@ public class AdaptiveYarnPrefixCacheTests
             first.Append(text.AsSpan(0, 100));                  // plain; publishes block [0, 64)
         }
 
+        // A sequence whose tokens end past the switch takes none of them: it runs YaRN from position 0 (a plain block it
+        // attached would only be copied and computed again).
         using var longOne = backend.CreateSequence();
-        Assert.That(longOne.AttachCachedPrefix(text.AsSpan(0, 150)), Is.EqualTo(64));
-        longOne.Append(text.AsSpan(64, 86));                     // to 150: copies the cached block, then turns it to YaRN
+        Assert.That(longOne.AttachCachedPrefix(text.AsSpan(0, 150)), Is.EqualTo(0));
+        Assert.That(longOne.RecomputesAt(150), Is.False, "empty: nothing to run again");
+        longOne.Append(text.AsSpan(0, 150));
         Assert.That(BatchingFixtures.RelErr(Last(longOne), Reference(Small, text.AsSpan(0, 150))), Is.LessThanOrEqualTo(1e-4));
 
         // The cached block still holds plain keys, and the long sequence's YaRN blocks [0, 128) were not published.

@@ -27,7 +27,7 @@ public class RopeScalingCliTests
         var flags = new ModelFlags();
         var (opts, cmd) = (flags.Options, flags.Command);
         var none = opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn"])).Engine;
-        Assert.That((none.RopeScaling, none.RopeSwitchPosition), Is.EqualTo(((RopeScalingMode?)null, (int?)null)), "not given: the engine's default (static)");
+        Assert.That((none.RopeScaling, none.RopeSwitchPosition), Is.EqualTo(((RopeScalingMode?)null, (int?)null)), "not given: the engine's default (adaptive where the config has YaRN)");
         foreach (var (text, mode) in new[] { ("adaptive", RopeScalingMode.Adaptive), ("static", RopeScalingMode.Static), ("off", RopeScalingMode.Off) })
             Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-scaling", text])).Engine.RopeScaling, Is.EqualTo(mode), text);
         var adaptive = opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-scaling", "adaptive", "--rope-switch", "8192"])).Engine;
@@ -60,9 +60,18 @@ public class RopeScalingCliTests
     [Test]
     public async Task TheSwitchNeedsAdaptive()
     {
+        var r = await CliTests.Qwq("generate", "--model", TinyChatFixtureTests.Dir, "--backend", "cpu", "--rope-scaling", "static",
+            "--rope-switch", "8", "--prompt", "Hi", "--max-tokens", "1");
+        AssertOneCleanError(r, "--rope-switch 8 applies only to --rope-scaling adaptive", "the mode is static");
+    }
+
+    [Test]
+    public async Task TheSwitchNeedsAYarnConfig()
+    {
+        // the default mode is adaptive only where there is YaRN to switch to; here every sequence is plain
         var r = await CliTests.Qwq("generate", "--model", TinyChatFixtureTests.Dir, "--backend", "cpu", "--rope-switch", "8",
             "--prompt", "Hi", "--max-tokens", "1");
-        AssertOneCleanError(r, "--rope-switch 8 applies only to --rope-scaling adaptive");
+        AssertOneCleanError(r, "--rope-switch 8", "has no YaRN rope_scaling", "drop --rope-switch");
     }
 
     [Test]

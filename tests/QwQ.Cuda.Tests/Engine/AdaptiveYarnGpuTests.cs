@@ -1,8 +1,10 @@
 using QwQ.Cuda.Batching;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
+using QwQ.Cuda.Generation;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Tests.Reference;
 using static QwQ.Cuda.Tests.Batching.BatchingFixtures;
 using static QwQ.Cuda.Tests.Reference.AdaptiveYarnReferences;
@@ -49,6 +51,38 @@ public class AdaptiveYarnGpuTests
         {
             seq.Append(tokens.AsSpan(n - 1, 1));
             AssertClose(Last(seq), Want(tokens.AsSpan(0, n)), $"length {n} (switch at {Switch})");
+        }
+    }
+
+    [Test]
+    public async Task UnderTheSchedulerByDefaultASwitchIsRecomputedInChunksAndMatchesTheReference()
+    {
+        // No rope option: adaptive is the default for a config with YaRN. Two requests decode past the switch beside a
+        // third whose prompt is past it already; each crossing runs its sequence again in chunks of 4 positions, and every
+        // sequence ends where the static-YaRN reference over its whole text is.
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        using var backend = CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName), new EngineOptions { MaxContext = 256 });
+        (int[] Prompt, int MaxNew)[] jobs = [(Tokens(10, 21), 20), (Tokens(3, 22), 30), (Tokens(20, 23), 5)];
+        var seqs = jobs.Select(_ => backend.CreateSequence()).ToArray();
+        try
+        {
+            SchedulerCounters counters;
+            using (var scheduler = new BatchScheduler(backend, new SchedulerOptions { PrefillTokensPerStep = 4, MaxBatch = 8, MaxSequences = 8 }))
+            {
+                var handles = jobs.Select((j, i) => scheduler.Submit(new GenerationRequest(seqs[i], j.Prompt, SamplingOptions.Greedy, j.MaxNew, []))).ToArray();
+                foreach (var h in handles) Assert.That(await h.Completion, Is.EqualTo(FinishReason.MaxTokens));
+                counters = scheduler.Counters;
+            }
+            Assert.That(counters.RopeRecomputes, Is.EqualTo(2));
+            for (int i = 0; i < seqs.Length; i++)
+            {
+                Assert.That(seqs[i].Length, Is.GreaterThan(Switch));
+                AssertClose(Last(seqs[i]), Want([.. seqs[i].Tokens]), $"request {i}, {seqs[i].Length} positions");
+            }
+        }
+        finally
+        {
+            foreach (var s in seqs) s.Dispose();
         }
     }
 

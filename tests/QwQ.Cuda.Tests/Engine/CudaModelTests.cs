@@ -83,7 +83,8 @@ public class CudaModelTests
     {
         string dir = ModelFixtures.Dir(model);
         var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
-        return CudaBackend.Load(config, dir, options ?? new EngineOptions { MaxContext = 256 });
+        // static: the goldens are transformers' static YaRN (tiny-yarn would switch at 16 by default)
+        return CudaBackend.Load(config, dir, options ?? new EngineOptions { MaxContext = 256, RopeScaling = RopeScalingMode.Static });
     }
 
     [TestCaseSource(typeof(ModelFixtures), nameof(ModelFixtures.Models))]

@@ -37,6 +37,13 @@ internal static class Goldens
         return (config, dir, cases);
     }
 
+    /// <summary>
+    /// What the goldens were made with: transformers applies rope_scaling as static YaRN at every position (tiny-yarn
+    /// would switch at 16 under the default, adaptive); the model's whole context.
+    /// </summary>
+    public static EngineOptions Options(ModelConfig config) =>
+        new() { MaxContext = config.MaxPositionEmbeddings, RopeScaling = RopeScalingMode.Static };
+
     /// <summary>Golden logit gaps below this are within bf16 noise of the fp32 reference (measured: ‖Δ‖/‖ref‖ ≈ 4e-3).</summary>
     public const float Bf16TieMargin = 5e-3f;
 
@@ -64,7 +71,7 @@ public class GoldenGenerationCpuTests
     public void CpuBackendMatchesTheGoldens(string name)
     {
         var (config, dir, cases) = Goldens.Load(name);
-        using var backend = CpuReferenceBackend.Load(config, dir);
+        using var backend = CpuReferenceBackend.Load(config, dir, Goldens.Options(config));
         foreach (var (prompt, greedy) in cases)
         {
             using var seq = backend.CreateSequence();
@@ -83,7 +90,7 @@ public class GoldenGenerationGpuTests
     }
 
     private static IModelBackend LoadCuda(ModelConfig config, string dir) =>
-        BackendFactory.Create(BackendKind.Cuda, config, dir, new EngineOptions { MaxContext = config.MaxPositionEmbeddings }, config.VocabSize, null, default);
+        BackendFactory.Create(BackendKind.Cuda, config, dir, Goldens.Options(config), config.VocabSize, null, default);
 
     /// <summary>
     /// Token for token up to the first step whose golden top-1/top-2 gap is a bf16 near-tie (the goldens' prompts have

@@ -52,6 +52,7 @@ internal static class ScriptedModels
             public IReadOnlyList<int> Tokens => inner.Tokens;
             public void Append(ReadOnlySpan<int> tokens, CancellationToken cancellationToken = default) => inner.Append(tokens, cancellationToken);
             public void Truncate(int length) => inner.Truncate(length);
+            public bool RecomputesAt(int length) => inner.RecomputesAt(length);
             public int AttachCachedPrefix(ReadOnlySpan<int> tokens) => inner.AttachCachedPrefix(tokens);
             public ISequence Fork() => new Sequence(inner.Fork(), script) { _next = _next };
             public void ResetPenalties() => inner.ResetPenalties();

@@ -161,6 +161,7 @@ internal sealed class CountingSequence(ISequence inner) : ISequence
         finally { Appended += inner.Length - before; }
     }
     public void Truncate(int length) => inner.Truncate(length);
+    public bool RecomputesAt(int length) => inner.RecomputesAt(length);
     public void ResetPenalties() => inner.ResetPenalties();
     public void RecordForPenalties(ReadOnlySpan<int> tokens) => inner.RecordForPenalties(tokens);
     public int Sample(SamplingOptions options, long step) => inner.Sample(options, step);
@@ -193,6 +194,7 @@ internal sealed class ScriptedSequence(int capacity, params int[] script) : ISeq
         }
     }
     public void Truncate(int length) => Tokens.RemoveRange(length, Tokens.Count - length);
+    public bool RecomputesAt(int length) => false; // no rope: nothing to recompute
     public void ResetPenalties() { }
     public void RecordForPenalties(ReadOnlySpan<int> tokens) { }
     public int Sample(SamplingOptions options, long step) => script[_next++ % script.Length];

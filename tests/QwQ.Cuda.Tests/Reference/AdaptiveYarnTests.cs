@@ -110,10 +110,21 @@ public class AdaptiveYarnTests
     // ---- options ------------------------------------------------------------------------------
 
     [Test]
-    public void TheDefaultIsStaticWhichIsWhatTheGpuRuns()
+    public void TheDefaultWithYarnIsAdaptiveSwitchingPastOriginalMax()
     {
         var plan = RopePlan.Resolve(QwqYarn, null, null);
-        Assert.That(plan.Mode, Is.EqualTo(RopeScalingMode.Static));
+        Assert.That((plan.Mode, plan.SwitchPosition), Is.EqualTo((RopeScalingMode.Adaptive, 32768)));
+        Assert.That(plan.ForLength(32768).InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(ModelPresets.Get("qwq-32b"))));
+        Assert.That(plan.ForLength(32768).AttentionFactor, Is.EqualTo(1f));
+        Assert.That(plan.ForLength(32769).InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(QwqYarn)));
+        Assert.That(plan.ForLength(32769).AttentionFactor, Is.EqualTo(Rope.AttentionFactor(QwqYarn)));
+        Assert.That(RopePlan.Resolve(QwqYarn, null, 8192).SwitchPosition, Is.EqualTo(8192), "--rope-switch alone moves the default's switch");
+    }
+
+    [Test]
+    public void StaticIsYarnEverywhere()
+    {
+        var plan = RopePlan.Resolve(QwqYarn, RopeScalingMode.Static, null);
         Assert.That(plan.ForLength(1).InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(QwqYarn)));
         Assert.That(plan.ForLength(1).AttentionFactor, Is.EqualTo(Rope.AttentionFactor(QwqYarn)));
     }
@@ -150,13 +161,19 @@ public class AdaptiveYarnTests
         Assert.That(e!.Message, Does.Contain(message));
     }
 
-    [TestCase(null)]
     [TestCase(RopeScalingMode.Static)]
     [TestCase(RopeScalingMode.Off)]
-    public void TheSwitchBelongsToAdaptiveOnly(RopeScalingMode? mode)
+    public void TheSwitchBelongsToAdaptiveOnly(RopeScalingMode mode)
     {
         var e = Assert.Throws<OptionException>(() => RopePlan.Resolve(QwqYarn, mode, 8192));
         Assert.That(e!.Message, Does.Contain("--rope-switch 8192 applies only to --rope-scaling adaptive"));
+    }
+
+    [Test]
+    public void TheSwitchNeedsYarnToSwitchTo()
+    {
+        var e = Assert.Throws<OptionException>(() => RopePlan.Resolve(ModelPresets.Get("qwq-32b"), null, 8192));
+        Assert.That(e!.Message, Does.Contain("--rope-switch 8192").And.Contain("no YaRN rope_scaling").And.Contain("drop --rope-switch"));
     }
 
     [Test]
@@ -183,11 +200,12 @@ public class AdaptiveYarnTests
     // ---- the GPU engine's plan ----------------------------------------------------------------------
 
     [Test]
-    public void TheGpuEngineRunsStaticByDefaultAndPlainRopeWhenOff()
+    public void TheGpuEngineRunsAdaptiveByDefaultStaticWhenAskedAndPlainRopeWhenOff()
     {
-        var byDefault = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions()).ForLength(0);
-        Assert.That(byDefault.InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(QwqYarn)));
-        Assert.That(byDefault.AttentionFactor, Is.EqualTo(Rope.AttentionFactor(QwqYarn)));
+        Assert.That(CudaBackend.RopePlanFor(QwqYarn, new EngineOptions()).Mode, Is.EqualTo(RopeScalingMode.Adaptive));
+        var yarn = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions { RopeScaling = RopeScalingMode.Static }).ForLength(0);
+        Assert.That(yarn.InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(QwqYarn)));
+        Assert.That(yarn.AttentionFactor, Is.EqualTo(Rope.AttentionFactor(QwqYarn)));
         var off = CudaBackend.RopePlanFor(QwqYarn, new EngineOptions { RopeScaling = RopeScalingMode.Off }).ForLength(100_000);
         var noYarn = ModelPresets.Get("qwq-32b");
         Assert.That(off.InverseFrequencies, Is.EqualTo(Rope.InverseFrequencies(noYarn)));
