@@ -30,7 +30,9 @@ __device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t*
 // heads_per_block), lane i the pairs (i, i + D/2), i + lanes, ... of each. Row t sits at position positions[t] and its
 // k, v go to pool slot slots[t] = block * 64 + offset of this layer's K and V pools ([blocks, nkv, 64, D]); slot -1
 // marks a padding row (CUDA-graph batches padded to a captured size): it writes nothing to the pool, and its q is
-// computed at position 0 and never read.
+// computed at position 0 and never read. With adaptive rope scaling the rows of one step come from sequences on either
+// side of the switch: rope_rows[t] picks each row's rope (inv_freq and attention_factor, or the _alt pair), so a batch of
+// mixed ropes is one pass, not one pass (one read of every weight) per rope.
 // Why several heads a block: a prefill chunk of 4096 rows with a 64-thread block per (row, head) was 229,376 blocks
 // that each read 1 KB, and ran at 0.6 TB/s on an H200 (qkv_bias_rope 284 us a chunk, 73 ms of a 16k prefill): the
 // blocks' fixed latency (the slot and position loads, the first loads) was the cost. With the heads of a row in one
@@ -41,6 +43,9 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
                              const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
                              const float* __restrict__ inv_freq,       // [D/2]
                              float attention_factor,
+                             const float* __restrict__ inv_freq_alt,   // [D/2] the other rope (adaptive YaRN), or null
+                             float factor_alt,
+                             const int* __restrict__ rope_rows,        // [rows] 0: inv_freq, 1: inv_freq_alt; null: all 0
                              const int* __restrict__ positions,        // [rows]
                              const int* __restrict__ slots,            // [rows]
                              int nq, int nkv, int head_dim, int heads_per_block,
@@ -55,8 +60,11 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
     const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);
     const float* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
+    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
+    const float* inv = alt ? inv_freq_alt : inv_freq;
+    const float factor = alt ? factor_alt : attention_factor;
     for (int i = lane; i < half; i += lanes) {
-        const float2 cs = rope_cos_sin(inv_freq, attention_factor, pos, i);
+        const float2 cs = rope_cos_sin(inv, factor, pos, i);
 #pragma unroll 4
         for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
             uint16_t* dst;
@@ -95,6 +103,9 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
                             const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
                             const float* __restrict__ inv_freq,       // [D/2]
                             float attention_factor,
+                            const float* __restrict__ inv_freq_alt,   // [D/2] the other rope (adaptive YaRN), or null
+                            float factor_alt,
+                            const int* __restrict__ rope_rows,        // [rows] 0: inv_freq, 1: inv_freq_alt; null: all 0
                             const int* __restrict__ positions,        // [rows]
                             const int* __restrict__ slots,            // [rows]
                             int nq, int nkv, int head_dim, int heads_per_block,
@@ -112,7 +123,9 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
     const float* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
     const bool mine = lane < half;
-    const float2 cs = mine ? rope_cos_sin(inv_freq, attention_factor, pos, lane) : make_float2(1.f, 0.f);
+    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
+    const float2 cs = mine ? rope_cos_sin(alt ? inv_freq_alt : inv_freq, alt ? factor_alt : attention_factor, pos, lane)
+                           : make_float2(1.f, 0.f);
     int parity = 0;
     for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
         const float* x = x_row + (size_t)head * head_dim;
@@ -147,5 +160,110 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
             codes[lane + half] = (uint8_t)__nv_cvt_float_to_fp8(v.y / scale, __NV_SATFINITE, __NV_E4M3);
         }
         if (lane == 0) (is_k ? k_scales : v_scales)[row] = scale;
+    }
+}
+
+// ---- Re-rotating a sequence's cached keys into another rope (adaptive YaRN's fast switch, --rope-switch-method rerotate)
+// A key cached at position p under rope "from" is f_from * R(a_from) * k; the key rope "to" writes is
+// f_to * R(a_to) * k = (f_to / f_from) * R(a_to - a_from) * cached (src/QwQ.Cuda/Model/AdaptiveYarn.cs). Each angle is
+// (float)p * inv_freq[i], as rope_cos_sin computes it; their difference is taken in double (exact: two fp32 values
+// within YaRN's factor of each other), reduced modulo 2 pi in double, and its sincos taken in fp32: the reduced angle
+// keeps fp32's relative precision (~1e-7), far below the bf16 or e4m3 rounding of the result. Values carry no rotation.
+// One block per KV block of the sequence: its 64 positions' coefficients once in shared memory, then the keys of every
+// layer and KV head. k_pool (and k_scales) point at layer 0's plane; layer l's is layer_bytes further.
+constexpr int RR_POSITIONS = 64;  // positions per KV block
+constexpr int RR_MAX_HALF = 64;   // head_dim <= 128: the coefficients of a block fit 32 KB of shared memory
+
+__device__ __forceinline__ void rerotate_coefficients(float2* cs, const float* __restrict__ inv_from, float f_from,
+                                                      const float* __restrict__ inv_to, float f_to, int rows, int half) {
+    const double two_pi = 6.283185307179586476925286766559;
+    const float scale = f_to / f_from;
+    for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
+        const int p = blockIdx.x * RR_POSITIONS + e / half, i = e % half;
+        double d = (double)((float)p * inv_to[i]) - (double)((float)p * inv_from[i]);
+        d -= two_pi * rint(d / two_pi);
+        float s, c;
+        sincosf((float)d, &s, &c);
+        cs[e] = make_float2(c * scale, s * scale);
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+kv_rerotate_paged_bf16(__nv_bfloat16* __restrict__ k_pool,  // layer 0's K [blocks, nkv, 64, D]
+                       long long layer_bytes, int layers,
+                       const int* __restrict__ block_table,  // [ceil(positions / 64)] the sequence's blocks
+                       int positions, int nkv, int head_dim,
+                       const float* __restrict__ inv_from, float f_from, const float* __restrict__ inv_to, float f_to) {
+    kernel_entry_barrier();
+    __shared__ float2 cs[RR_POSITIONS * RR_MAX_HALF];  // [position in the block][pair]
+    const int half = head_dim >> 1, rows = min(RR_POSITIONS, positions - (int)blockIdx.x * RR_POSITIONS);
+    rerotate_coefficients(cs, inv_from, f_from, inv_to, f_to, rows, half);
+    const size_t block = (size_t)__ldg(block_table + blockIdx.x);
+    for (int l = 0; l < layers; ++l) {
+        uint16_t* layer = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(k_pool) + (size_t)l * layer_bytes);
+        for (int h = 0; h < nkv; ++h) {
+            uint16_t* head = layer + (block * nkv + h) * RR_POSITIONS * head_dim;
+            for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
+                uint16_t* row = head + (size_t)(e / half) * head_dim;
+                const int i = e % half;
+                const float x1 = bf16_bits_to_float(row[i]), x2 = bf16_bits_to_float(row[i + half]);
+                const float2 c = cs[e];
+                row[i] = float_to_bf16_bits(x1 * c.x - x2 * c.y);
+                row[i + half] = float_to_bf16_bits(x2 * c.x + x1 * c.y);
+            }
+        }
+    }
+}
+
+// The fp8 cache: each key (one position, one KV head) is decoded (code * scale), turned, and quantized again with a
+// new scale amax / 448 (KvCacheFp8.Quantize's rule), one warp per key: lanes take pairs lane and lane + 32.
+extern "C" __global__ void __launch_bounds__(256)
+kv_rerotate_paged_fp8(uint8_t* __restrict__ k_codes,  // layer 0's K codes [blocks, nkv, 64, D]
+                      float* __restrict__ k_scales,   // layer 0's K scales [blocks, nkv, 64]
+                      long long layer_bytes, int layers, const int* __restrict__ block_table, int positions, int nkv,
+                      int head_dim, const float* __restrict__ inv_from, float f_from, const float* __restrict__ inv_to,
+                      float f_to) {
+    kernel_entry_barrier();
+    __shared__ float2 cs[RR_POSITIONS * RR_MAX_HALF];
+    const int half = head_dim >> 1, rows = min(RR_POSITIONS, positions - (int)blockIdx.x * RR_POSITIONS);
+    rerotate_coefficients(cs, inv_from, f_from, inv_to, f_to, rows, half);
+    const size_t block = (size_t)__ldg(block_table + blockIdx.x);
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int l = 0; l < layers; ++l) {
+        uint8_t* codes_l = k_codes + (size_t)l * layer_bytes;
+        float* scales_l = reinterpret_cast<float*>(reinterpret_cast<char*>(k_scales) + (size_t)l * layer_bytes);
+        for (int v = threadIdx.x >> 5; v < rows * nkv; v += warps) {
+            const int h = v / rows, r = v % rows;
+            const size_t slot = (block * nkv + h) * RR_POSITIONS + r;
+            uint8_t* codes = codes_l + slot * head_dim;
+            const float scale = scales_l[slot];
+            float lo[2], hi[2], amax = 0.f;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int i = lane + 32 * j;
+                lo[j] = hi[j] = 0.f;
+                if (i < half) {
+                    const float x1 = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[i], __NV_E4M3))) * scale;
+                    const float x2 = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[i + half], __NV_E4M3))) * scale;
+                    const float2 c = cs[r * half + i];
+                    lo[j] = x1 * c.x - x2 * c.y;
+                    hi[j] = x2 * c.x + x1 * c.y;
+                    amax = fmaxf(amax, fmaxf(fabsf(lo[j]), fabsf(hi[j])));
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+            const float next = amax > 0.f ? amax / 448.f : 1.f;  // KvCacheFp8.Quantize bit for bit: IEEE divisions
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int i = lane + 32 * j;
+                if (i < half) {
+                    codes[i] = (uint8_t)__nv_cvt_float_to_fp8(lo[j] / next, __NV_SATFINITE, __NV_E4M3);
+                    codes[i + half] = (uint8_t)__nv_cvt_float_to_fp8(hi[j] / next, __NV_SATFINITE, __NV_E4M3);
+                }
+            }
+            if (lane == 0) scales_l[slot] = next;
+        }
     }
 }

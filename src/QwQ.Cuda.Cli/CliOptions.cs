@@ -65,6 +65,11 @@ internal sealed class ModelSourceOptions
     public readonly Option<int?> RopeSwitch = TypedOptions.Integer<int>("--rope-switch", "8192",
         "With adaptive rope scaling (the default): the length past which a sequence switches to YaRN (default: original_max_position_embeddings, 32768 for QwQ)");
 
+    public readonly Option<RopeSwitchMethod> RopeSwitchMethod = TypedOptions.OneOf("--rope-switch-method", Engine.RopeSwitchMethod.Recompute,
+        "With adaptive rope scaling: how a sequence's cache turns to YaRN at the switch: recompute (run it again from position 0: " +
+        "exactly static YaRN, a prefill of its length; the default) or rerotate (turn the cached keys in place: milliseconds, " +
+        "close to but not exactly static YaRN past the first layer; README, \"Rope scaling\")");
+
     public ModelSourceOptions(bool withBackend = true)
     {
         Backend.AcceptOnlyFromAmong("cuda", "cpu");
@@ -75,6 +80,7 @@ internal sealed class ModelSourceOptions
         Fp8PrefillCopy.HelpName = "auto|keep|untile";
         RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
+        RopeSwitchMethod.HelpName = "recompute|rerotate";
         WithBackend = withBackend;
     }
 
@@ -97,6 +103,7 @@ internal sealed class ModelSourceOptions
             command.Add(AllReduce);
             command.Add(RopeScaling);
             command.Add(RopeSwitch);
+            command.Add(RopeSwitchMethod);
         }
     }
 
@@ -146,6 +153,7 @@ internal sealed class ModelSourceOptions
                     _ => null,
                 } : null,
                 RopeSwitchPosition = WithBackend ? p.GetValue(RopeSwitch) : null,
+                RopeSwitch = WithBackend ? p.GetValue(RopeSwitchMethod) : Engine.RopeSwitchMethod.Recompute,
             },
         };
     }

@@ -29,7 +29,7 @@ internal static class BenchCommand
         // How the engine stores the model and sums across GPUs: the same options as generate, chat and serve. Bench keeps
         // its own --model/--synthetic, and its own --tensor-parallel (it has no --device: always from device 0).
         var engineOptions = new ModelSourceOptions();
-        var (quantize, kvCache, allReduce) = (engineOptions.Quantize, engineOptions.KvCache, engineOptions.AllReduce);
+        var (quantize, kvCache, allReduce, switchMethod) = (engineOptions.Quantize, engineOptions.KvCache, engineOptions.AllReduce, engineOptions.RopeSwitchMethod);
         var tensorParallel = TypedOptions.Integer("--tensor-parallel", 1, "GPUs to split the model over (tensor parallelism), devices 0 to N - 1; reports the all-reduce, ours against NCCL's");
         tensorParallel.HelpName = "N";
         var steps = TypedOptions.Integer("--steps", 64, "Decode steps timed at each context");
@@ -39,7 +39,7 @@ internal static class BenchCommand
         var eager = new Option<bool>("--compare-eager") { Description = "With --compare: transformers without torch.compile (faster to start)" };
         var graphs = new Option<bool>("--no-cuda-graphs") { Description = "Launch the decode step kernel by kernel instead of replaying a CUDA graph" };
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time decode steps kernel by kernel on every GPU (a diagnostic): one at batch 1, and one at the largest --batch" };
-        var ropeSwitch = new Option<bool>("--rope-switch-stall") { Description = "Also time an adaptive-YaRN switch at the switch position beside 8 decoding sequences under the batch scheduler, the recompute in chunks and in one step (needs a config with YaRN, e.g. --synthetic qwq-32b-yarn)" };
+        var ropeSwitch = new Option<bool>("--rope-switch-stall") { Description = "Also time an adaptive-YaRN switch at the switch position beside 7 decoding sequences under the batch scheduler, the recompute in chunks and in one step (needs a config with YaRN, e.g. --synthetic qwq-32b-yarn)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
@@ -50,7 +50,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -67,7 +67,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill), p.GetValue(fp8Copy));
+                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
             return ExitCodes.Ok;
         });
         command.Subcommands.Add(CreateCompare(host));
@@ -123,10 +123,13 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy)
+        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
+        RopeSwitchMethod switchMethod)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
+        // --rope-switch-stall grows a sequence past the adaptive switch (original_max_position_embeddings by default)
+        if (settings.RopeSwitch && config.RopeScaling is { } yarn) need = Math.Max(need, yarn.OriginalMaxPositionEmbeddings + 16);
         // Past the model's positions (or the memory) the lengths that do not fit are named and skipped (ModelBenchmark.
         // Unmeasurable), so the sequence limit is then whatever the plan gives, not an error before anything is measured.
         int modelMax = MemoryPlan.ModelMaxPositions(config);
@@ -147,6 +150,7 @@ internal static class BenchCommand
             HopperAttention = hopperAttention,
             Fp8Prefill = fp8Prefill,
             Fp8PrefillCopy = fp8Copy,
+            RopeSwitch = switchMethod,
         };
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {Math.Min(need, modelMax)} positions{(need > modelMax ? " (the model's maximum)" : "")}…");

@@ -63,12 +63,15 @@ public static class BenchOutput
         {
             sb.AppendLine();
             sb.AppendLine($"Adaptive YaRN: a sequence at the switch ({rs[0].Context} positions) takes one more token while {rs[0].Decoding} others " +
-                "decode under the batch scheduler; its cache is computed again in YaRN, in chunks of the prefill budget or in one step:");
+                "decode under the batch scheduler; its cache turns to YaRN (recomputed in chunks of the prefill budget or in one step, or its keys re-rotated):");
             sb.AppendLine();
-            sb.AppendLine("| recompute chunk | switch ms | others' longest wait ms | their median wait ms | median before ms |");
-            sb.AppendLine("|---:|---:|---:|---:|---:|");
+            sb.AppendLine("| method | recompute chunk | switch ms | others' longest wait ms | their median wait ms | median before ms | median after ms |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
             foreach (var x in rs)
-                sb.AppendLine($"| {x.ChunkTokens} | {x.SwitchMs:F0} | {x.LongestWaitMs:F0} | {x.MedianWaitMs:F1} | {x.DecodeWaitMs:F1} |");
+                sb.AppendLine($"| {x.Method} | {(x.Method == "recompute" ? x.ChunkTokens.ToString(System.Globalization.CultureInfo.InvariantCulture) : "–")} | {x.SwitchMs:F1} | {x.LongestWaitMs:F1} | {x.MedianWaitMs:F1} | {x.DecodeWaitMs:F1} | {x.AfterWaitMs:F1} |");
+            sb.AppendLine();
+            sb.AppendLine($"The sequence alone: the step that crosses {rs[0].AloneSwitchStepMs:F2} ms, the next {rs[0].AloneStepMs:F2} ms " +
+                $"(the switch itself: {rs[0].AloneSwitchStepMs - rs[0].AloneStepMs:F2} ms, {rs[0].Method}).");
         }
         foreach (var prof in new[] { r.PrefillProfile, r.Profile, r.BatchProfile })
         {

@@ -34,7 +34,7 @@ public sealed class CudaBackend : IModelBackend
     private readonly DeviceRank[] _ranks = [];
     private readonly RankThreads? _threads;
     private readonly RopePlan _rope = null!;          // which rope a sequence of a given length runs
-    private readonly RopeParameters[] _ropes = [];    // on the device, in this order: StepShape.Rope indexes it
+    private readonly RopeParameters[] _ropes = [];    // on the device, in this order: StepInputs.RopeRows indexes it
     private bool _eagerOnly; // ProfileStep: launch kernel by kernel, even for a batch a graph would replay
     private readonly NcclClique? _clique;
     private readonly TensorParallelPlan? _parallel;
@@ -251,7 +251,7 @@ public sealed class CudaBackend : IModelBackend
     /// the CPU reference does, <see cref="RopeSwitchMethod.Recompute"/>). Invalid combinations are refused before any GPU work.
     /// </summary>
     internal static RopePlan RopePlanFor(ModelConfig config, EngineOptions options) =>
-        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition);
+        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition, options.RopeSwitch);
 
     /// <summary>The rope a sequence's cache starts in and returns to when emptied: what a length of 0 runs.</summary>
     internal RopeParameters ShortRope => _rope.ForLength(0);
@@ -269,15 +269,54 @@ public sealed class CudaBackend : IModelBackend
     {
         RopeParameters rope = _rope.ForLength(Math.Max(seq.Length + tokens.Length, finalLength));
         if (seq.Length == 0 || ReferenceEquals(seq.CacheRope, rope)) return new Part(seq, tokens, WantsLogits: true, seq.Length, rope);
+        if (_rope.Method == RopeSwitchMethod.Rerotate && seq.CacheRope is not null)
+            return new Part(seq, tokens, WantsLogits: true, seq.Length, rope, Rerotate: true);
         return new Part(seq, (int[])[.. seq.TokenList, .. tokens.Span], WantsLogits: true, 0, rope);
     }
 
-    /// <summary><see cref="ISequence.RecomputesAt"/>: the rope of <paramref name="length"/> is not the one the cache holds.</summary>
+    /// <summary>
+    /// <see cref="ISequence.RecomputesAt"/>: the rope of <paramref name="length"/> is not the one the cache holds, and the
+    /// switch recomputes (re-rotation turns the keys in place, unless a failed step left them in no rope).
+    /// </summary>
     internal bool RecomputesAt(CudaSequence seq, int length) =>
-        seq.Length > 0 && !ReferenceEquals(seq.CacheRope, _rope.ForLength(length));
+        seq.Length > 0 && !ReferenceEquals(seq.CacheRope, _rope.ForLength(length)) &&
+        (_rope.Method == RopeSwitchMethod.Recompute || seq.CacheRope is null);
+
+    /// <summary>
+    /// Whether cached prefix blocks (short-rope keys, <see cref="RopePlan.MayPublish"/>) serve a sequence whose tokens end
+    /// at <paramref name="length"/>: not when it would run them all again in the other rope at its first step.
+    /// </summary>
+    internal bool PrefixCacheServes(int length) =>
+        _rope.Method == RopeSwitchMethod.Rerotate || _rope.MayPublish(_rope.ForLength(length));
+
+    /// <summary>
+    /// The switch by re-rotation (<see cref="RopeSwitchMethod.Rerotate"/>): <paramref name="p"/>'s sequence takes its
+    /// blocks for its own (copying those a fork or the prefix cache shares), then its cached keys turn in place into
+    /// the part's rope on every GPU, one kernel each over all layers.
+    /// </summary>
+    private void Rerotate(Part p)
+    {
+        CudaSequence seq = p.Seq;
+        try
+        {
+            seq.Table.Reserve(0, seq.Length, CollectCopy);
+        }
+        finally
+        {
+            FlushCopies();
+        }
+        int from = Array.IndexOf(_ropes, seq.CacheRope), to = Array.IndexOf(_ropes, p.Rope);
+        foreach (DeviceRank rank in _ranks) rank.RerotateKeys(seq.Table.Blocks, seq.Length, from, to);
+        Context.MakeCurrent();
+        seq.CacheRope = p.Rope; // turned, whatever becomes of the pass
+        seq.KeysTurned = true;  // approximately the rope's keys: never shared through the prefix cache
+    }
 
     /// <summary>With adaptive rope scaling, the length past which a sequence runs YaRN; null in the other modes.</summary>
     internal int? AdaptiveSwitchPosition => _rope.Mode == RopeScalingMode.Adaptive ? _rope.SwitchPosition : null;
+
+    /// <summary>How a sequence's cache turns at the adaptive switch (<see cref="EngineOptions.RopeSwitch"/>).</summary>
+    internal RopeSwitchMethod RopeSwitch => _rope.Method;
 
     /// <summary>The rope a sequence of <paramref name="length"/> positions runs (<see cref="RopePlan.ForLength"/>).</summary>
     internal RopeParameters RopeForLength(int length) => _rope.ForLength(length);
@@ -435,7 +474,8 @@ public sealed class CudaBackend : IModelBackend
     /// One part of a step: <c>Tokens</c> of a sequence written at positions from <c>Start</c> (its length, or 0 when it runs
     /// again in another rope) in <c>Rope</c>.
     /// </summary>
-    private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits, int Start, RopeParameters Rope)
+    private readonly record struct Part(CudaSequence Seq, ReadOnlyMemory<int> Tokens, bool WantsLogits, int Start, RopeParameters Rope,
+        bool Rerotate = false)
     {
         public bool IsDecode => Tokens.Length == 1 && Start > 0;
     }
@@ -467,11 +507,14 @@ public sealed class CudaBackend : IModelBackend
         {
             Context.MakeCurrent();
             // A step longer than one pass is still all or nothing on a full pool: check every item's blocks first.
-            int needed = 0;
-            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Start, p.Start + p.Tokens.Length);
+            int needed = 0; // a re-rotation rewrites every block from position 0: shared ones are copied first
+            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Rerotate ? 0 : p.Start, p.Start + p.Tokens.Length);
             if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
-            // Passes of at most MaxRows rows and MaxSequences sequences, all in one rope; a long prompt continues in the
-            // next pass and only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
+            foreach (Part p in pending)
+                if (p.Rerotate) Rerotate(p);
+            // Passes of at most MaxRows rows and MaxSequences sequences, each row in its sequence's rope (StepInputs.RopeRows:
+            // a batch on both sides of the adaptive switch is one pass, one read of the weights); a long prompt continues
+            // in the next pass and only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
             var pass = new List<Part>();
             while (pending.Count > 0)
             {
@@ -479,11 +522,9 @@ public sealed class CudaBackend : IModelBackend
                 pass.Clear();
                 int rows = 0;
                 pending.Sort((a, b) => b.IsDecode.CompareTo(a.IsDecode));
-                RopeParameters passRope = pending[0].Rope;
                 for (int i = 0; i < pending.Count && rows < Workspace.MaxRows && pass.Count < Workspace.Inputs.MaxSequences; i++)
                 {
                     Part p = pending[i];
-                    if (!ReferenceEquals(p.Rope, passRope)) continue; // the next pass takes it
                     int n = Math.Min(p.Tokens.Length, Workspace.MaxRows - rows);
                     pass.Add(p with { Tokens = p.Tokens[..n], WantsLogits = n == p.Tokens.Length });
                     pending[i] = p with { Tokens = p.Tokens[n..], Start = p.Start + n };
@@ -552,6 +593,12 @@ public sealed class CudaBackend : IModelBackend
             Context.MakeCurrent();
             Part part = PartFor(seq, tokens.ToArray(), finalLength: 0);
             if (part.Start != seq.Length) throw new InvalidOperationException("AppendWithLogits does not switch a sequence's rope: append up to the switch first");
+            if (part.Rerotate)
+            {
+                if (part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length) > KvPool.FreeBlocks)
+                    throw new KvPoolExhaustedException(part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length), KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
+                Rerotate(part);
+            }
             RunPass([part], positions);
             var result = new float[positions.Length * Config.VocabSize];
             SynchronizeAll();
@@ -591,7 +638,7 @@ public sealed class CudaBackend : IModelBackend
         ReserveBlocks(pass);
 
         int rows = 0, seqs = 0, decode = 0, maxPrefill = 0, logitRows = 0;
-        Span<int> ids = inp.IdsHost, pos = inp.PositionsHost, slots = inp.SlotsHost, info = inp.SeqInfoHost;
+        Span<int> ids = inp.IdsHost, pos = inp.PositionsHost, slots = inp.SlotsHost, info = inp.SeqInfoHost, ropeRows = inp.RopeRowsHost;
         Span<int> ctxLens = inp.CtxLensHost, logits = inp.LogitRowsHost;
         foreach (Part p in pass)
         {
@@ -599,9 +646,11 @@ public sealed class CudaBackend : IModelBackend
             int start = p.Start, n = p.Tokens.Length;
             ReadOnlySpan<int> tokens = p.Tokens.Span;
             ReadOnlySpan<int> blocks = s.Table.Blocks;
+            int rope = Array.IndexOf(_ropes, p.Rope);
             for (int j = 0; j < n; j++)
             {
                 int position = start + j;
+                ropeRows[rows + j] = rope;
                 ids[rows + j] = tokens[j];
                 pos[rows + j] = position;
                 slots[rows + j] = blocks[position / AttentionOps.KvBlockSize] * AttentionOps.KvBlockSize + position % AttentionOps.KvBlockSize;
@@ -625,25 +674,24 @@ public sealed class CudaBackend : IModelBackend
             int batch = GraphBatchSizes.First(b => b >= seqs);
             for (int r = rows; r < batch; r++)
             {
-                (ids[r], pos[r], slots[r], ctxLens[r]) = (0, 0, -1, 0);
+                (ids[r], pos[r], slots[r], ctxLens[r], ropeRows[r]) = (0, 0, -1, 0, 0);
                 logits[r] = r;
             }
             gatheredRows = batch;
             ShareInputs(batch);
-            int rope = Array.IndexOf(_ropes, pass[0].Rope);
-            if (_ranks.All(rank => rank.HasDecodeGraph(batch, rope)))
+            if (_ranks.All(rank => rank.HasDecodeGraph(batch)))
             {
                 // A replay only enqueues (asynchronous, nothing waits on another GPU on the host), so one thread does
                 // every GPU's: no waking of the rank threads, whose latency would start the other GPUs late.
-                foreach (DeviceRank rank in _ranks) rank.ReplayDecode(batch, rope);
+                foreach (DeviceRank rank in _ranks) rank.ReplayDecode(batch);
             }
             else
-                _threads!.Run(r => _ranks[r].ReplayDecode(batch, rope)); // the first replay captures: each GPU on its own thread
+                _threads!.Run(r => _ranks[r].ReplayDecode(batch)); // the first replay captures: each GPU on its own thread
         }
         else
         {
             ShareInputs(seqs);
-            var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows, Array.IndexOf(_ropes, pass[0].Rope));
+            var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows);
             _threads!.Run(r => _ranks[r].Step(shape, seqs));
         }
         Context.MakeCurrent();
@@ -662,7 +710,7 @@ public sealed class CudaBackend : IModelBackend
             p.Seq.CacheRope = p.WantsLogits || p.Start + p.Tokens.Length >= known.Count ? p.Rope : null;
             p.Seq.HasLogits = p.WantsLogits && logitPositions.IsEmpty;
             if (p.Seq.HasLogits) destinations[withLogits++] = p.Seq.LogitsPtr;
-            if (MayPublish(p.Seq.CacheRope)) p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(known));
+            if (MayPublish(p.Seq.CacheRope) && !p.Seq.KeysTurned) p.Seq.Table.PublishFullBlocks(CollectionsMarshal.AsSpan(known));
         }
         if (withLogits > 0)
         {
@@ -700,30 +748,56 @@ public sealed class CudaBackend : IModelBackend
         int needed = 0;
         foreach (Part p in pass) needed += p.Seq.Table.BlocksNeeded(p.Start, p.Start + p.Tokens.Length);
         if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
-        for (int i = 0; i < pass.Count; i++)
+        try
         {
-            CudaSequence s = pass[i].Seq;
-            try
+            for (int i = 0; i < pass.Count; i++)
             {
-                s.Table.Reserve(pass[i].Start, pass[i].Start + pass[i].Tokens.Length, CopyBlockOnEveryGpu);
+                CudaSequence s = pass[i].Seq;
+                try
+                {
+                    s.Table.Reserve(pass[i].Start, pass[i].Start + pass[i].Tokens.Length, CollectCopy);
+                }
+                catch (KvPoolExhaustedException)
+                {
+                    for (int j = 0; j < i; j++) pass[j].Seq.Table.Truncate(pass[j].Seq.Length);
+                    throw;
+                }
             }
-            catch (KvPoolExhaustedException)
-            {
-                for (int j = 0; j < i; j++) pass[j].Seq.Table.Truncate(pass[j].Seq.Length);
-                throw;
-            }
+        }
+        finally
+        {
+            // Even when a later table failed: an earlier one already holds the destinations in place of the sources, and
+            // keeps those below its length.
+            FlushCopies();
         }
     }
 
-    /// <summary>Copy-on-write of a KV block: every GPU holds its KV heads of it.</summary>
-    private void CopyBlockOnEveryGpu(int src, int dst)
+    private readonly List<int> _copies = []; // [n, 2] (source, destination) blocks a Reserve asked to copy, not yet enqueued
+
+    /// <summary>Copy-on-write of a KV block, collected: <see cref="FlushCopies"/> enqueues them all at once.</summary>
+    private void CollectCopy(int src, int dst)
     {
-        foreach (var rank in _ranks)
+        _copies.Add(src);
+        _copies.Add(dst);
+    }
+
+    /// <summary>
+    /// Enqueues the collected block copies on every GPU (each holds its KV heads of every block), one launch each, before
+    /// anything that reads or writes those blocks. The sources stay intact until then: a released block is only reused by
+    /// a later allocation, whose writes come later on the same streams.
+    /// </summary>
+    private void FlushCopies()
+    {
+        if (_copies.Count == 0) return;
+        try
         {
-            rank.Context.MakeCurrent();
-            rank.Kv.CopyBlock(src, dst, rank.Stream);
+            foreach (var rank in _ranks) rank.CopyBlocks(CollectionsMarshal.AsSpan(_copies));
+            Context.MakeCurrent();
         }
-        Context.MakeCurrent();
+        finally
+        {
+            _copies.Clear();
+        }
     }
 
     private void DisposeOwned()

@@ -47,6 +47,12 @@ internal sealed class CudaSequence : ISequence
     /// </summary>
     internal RopeParameters? CacheRope { get; set; }
 
+    /// <summary>
+    /// Whether its cached keys were re-rotated (<see cref="RopeSwitchMethod.Rerotate"/>): then they are close to, not
+    /// exactly, what the rope writes, and none of its blocks go into the prefix cache until it is emptied.
+    /// </summary>
+    internal bool KeysTurned { get; set; }
+
     public int Length => _tokens.Count;
     public int Capacity { get; }
     public IReadOnlyList<int> Tokens => _tokens;
@@ -68,7 +74,7 @@ internal sealed class CudaSequence : ISequence
             tokens = tokens[..Math.Min(tokens.Length, Capacity)];
             // Cached blocks hold short-rope keys (RopePlan.MayPublish): useless to a sequence whose tokens end in the other
             // rope, whose first step would run them all again.
-            if (!_backend.MayPublish(_backend.RopeForLength(tokens.Length))) return 0;
+            if (!_backend.PrefixCacheServes(tokens.Length)) return 0;
             int reused = Table.AttachCachedPrefix(tokens);
             _tokens.AddRange(tokens[..reused]);
             CacheRope = _backend.ShortRope; // only blocks of the short rope are published (RopePlan.MayPublish)
@@ -85,7 +91,7 @@ internal sealed class CudaSequence : ISequence
             _backend.Context.MakeCurrent();
             var child = new CudaSequence(_backend, Capacity, Table.Fork());
             child._tokens.AddRange(_tokens);
-            child.CacheRope = CacheRope;
+            (child.CacheRope, child.KeysTurned) = (CacheRope, KeysTurned);
             child._logits.CopyFromDevice(_logits.Ptr, _logits.Bytes, 0, _backend.Stream);
             child._counts.CopyFromDevice(_counts.Ptr, _counts.Bytes, 0, _backend.Stream);
             child.HasLogits = HasLogits;
@@ -117,7 +123,7 @@ internal sealed class CudaSequence : ISequence
             _tokens.RemoveRange(length, _tokens.Count - length);
             // Emptied, it starts again in the short rope; truncated below an adaptive switch it switches back at its
             // next step (a step, not Truncate, takes the blocks that needs).
-            if (length == 0) CacheRope = _backend.ShortRope;
+            if (length == 0) (CacheRope, KeysTurned) = (_backend.ShortRope, false);
             HasLogits = false;
         }
     }

@@ -16,7 +16,7 @@ namespace QwQ.Cuda.Engine;
 internal sealed class DeviceRank : IDisposable
 {
     private readonly OwnedResources _owned = new();
-    private readonly Dictionary<(int Batch, int Rope), CudaGraph> _decodeGraphs = [];
+    private readonly Dictionary<int, CudaGraph> _decodeGraphs = []; // by padded batch size
 
     public int Index { get; }
     public CudaContext Context { get; }
@@ -30,6 +30,10 @@ internal sealed class DeviceRank : IDisposable
     public LinearOps Linear { get; private set; } = null!;
     public ResidualSum Sum { get; private set; } = null!;
     public Qwen2Forward Forward { get; private set; } = null!;
+    private DeviceRope[] _ropes = [];
+    private DeviceBuffer? _switchBlocks; // int32 [max blocks of a sequence]: RerotateKeys' block table
+    private DeviceBuffer _copyPairs = null!; // int32 [max blocks of a sequence, 2]: CopyBlocks' (source, destination) pairs
+    private KvBlockOps _blockOps = null!;
 
     /// <summary>Makes device <paramref name="device"/>'s context current and measures nothing else: loading is <see cref="Load"/>.</summary>
     public DeviceRank(int index, int device, RankShape shape)
@@ -77,6 +81,11 @@ internal sealed class DeviceRank : IDisposable
         Workspace = Own(new Workspace(shard, a.Plan.PrefillChunk, MemoryPlan.MaxBlocksPerSequence(shard), Context.MultiprocessorCount, Shape.LmHeadRows, a.Kind));
         Kv = Own(new KvPool(shard, a.Plan.KvPoolBlocks, a.Options.KvCache)); // this GPU's KV heads of every block
         var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
+        _ropes = ropes;
+        _blockOps = new KvBlockOps(Library);
+        _copyPairs = Own(DeviceBuffer.Allocate(8L * MemoryPlan.MaxBlocksPerSequence(shard)));
+        // adaptive rope scaling that re-rotates at the switch: where a switching sequence's block list goes
+        if (a.Options.RopeSwitch == RopeSwitchMethod.Rerotate) _switchBlocks = Own(DeviceBuffer.Allocate(4L * MemoryPlan.MaxBlocksPerSequence(shard)));
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
         // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input
         Fp8Gemm? fp8Gemm = null;
@@ -94,6 +103,41 @@ internal sealed class DeviceRank : IDisposable
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));
         Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, ropes);
+    }
+
+    /// <summary>
+    /// Adaptive rope scaling's fast switch (<see cref="RopeSwitchMethod.Rerotate"/>): turns this GPU's cached keys of the
+    /// sequence whose blocks are <paramref name="blocks"/>, positions 0 .. <paramref name="positions"/>−1 of every layer,
+    /// from rope <paramref name="from"/> into rope <paramref name="to"/> (indices into the ropes it was loaded with). The
+    /// blocks must be the sequence's own (the caller copies shared ones first). Enqueued on <see cref="Stream"/>.
+    /// </summary>
+    public void RerotateKeys(ReadOnlySpan<int> blocks, int positions, int from, int to)
+    {
+        if (_switchBlocks is null) throw new InvalidOperationException("this rank was loaded without --rope-switch-method rerotate");
+        Context.MakeCurrent();
+        Stream.Synchronize(); // the table buffer may still be read by a previous switch
+        int used = (positions + global::QwQ.Cuda.Kernels.AttentionOps.KvBlockSize - 1) / global::QwQ.Cuda.Kernels.AttentionOps.KvBlockSize;
+        _switchBlocks.CopyFromHost(blocks[..used]);
+        ModelConfig c = Shape.Config;
+        Kernels.Rope.RerotateKeys(Stream, Kv.Layer(0), Kv.LayerBytes, Kv.Layers, _switchBlocks.Ptr, positions, c.NumKeyValueHeads, c.HeadDim,
+            _ropes[from].InvFreq, _ropes[from].Factor, _ropes[to].InvFreq, _ropes[to].Factor);
+    }
+
+    /// <summary>
+    /// Copy-on-write of this GPU's KV heads of many blocks, <paramref name="pairs"/> [n, 2] (source, destination), in one
+    /// launch per buffer-full (a sequence's worth of blocks). Enqueued on <see cref="Stream"/>.
+    /// </summary>
+    public void CopyBlocks(ReadOnlySpan<int> pairs)
+    {
+        Context.MakeCurrent();
+        int capacity = (int)(_copyPairs.Bytes / 8), total = pairs.Length / 2;
+        for (int first = 0; first < total; first += capacity)
+        {
+            int n = Math.Min(capacity, total - first);
+            Stream.Synchronize(); // the pair buffer may still be read by an earlier copy
+            _copyPairs.CopyFromHost(pairs.Slice(2 * first, 2 * n));
+            Kv.CopyBlocks(_blockOps, Stream, _copyPairs.Ptr, n);
+        }
     }
 
     /// <summary>Times each product's kernels at every captured decode batch size and keeps the fastest (LinearOps).</summary>
@@ -117,26 +161,26 @@ internal sealed class DeviceRank : IDisposable
         LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
-    /// <summary>Whether <see cref="ReplayDecode"/> has captured the graph of this batch size and rope (a replay then only launches it).</summary>
-    public bool HasDecodeGraph(int batch, int rope) => _decodeGraphs.ContainsKey((batch, rope));
+    /// <summary>Whether <see cref="ReplayDecode"/> has captured the graph of this batch size (a replay then only launches it).</summary>
+    public bool HasDecodeGraph(int batch) => _decodeGraphs.ContainsKey(batch);
 
     /// <summary>
-    /// A decode step of <paramref name="batch"/> (padded) rows in rope <paramref name="rope"/> (<see cref="StepShape.Rope"/>):
+    /// A decode step of <paramref name="batch"/> (padded) rows, each in its own rope (<see cref="StepInputs.RopeRowsHost"/>):
     /// its graph, captured at first use, replayed.
     /// </summary>
-    public void ReplayDecode(int batch, int rope = 0)
+    public void ReplayDecode(int batch)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         Context.MakeCurrent();
-        if (!_decodeGraphs.TryGetValue((batch, rope), out CudaGraph? graph))
+        if (!_decodeGraphs.TryGetValue(batch, out CudaGraph? graph))
         {
-            var shape = new StepShape(batch, batch, 0, 0, batch, rope);
+            var shape = new StepShape(batch, batch, 0, 0, batch);
             graph = CudaGraph.Capture(Stream, () =>
             {
                 Workspace.Inputs.Upload(Stream, batch);
                 Forward.Step(Stream, shape);
             });
-            _decodeGraphs.Add((batch, rope), graph);
+            _decodeGraphs.Add(batch, graph);
         }
         graph.Launch(Stream);
         LastEnqueueMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;

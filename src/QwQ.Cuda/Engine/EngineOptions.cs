@@ -141,6 +141,41 @@ public sealed record EngineOptions
     /// model without YaRN ends. In [1, original_max_position_embeddings].
     /// </summary>
     public int? RopeSwitchPosition { get; init; }
+
+    /// <summary>
+    /// With <see cref="RopeScalingMode.Adaptive"/>: how a sequence's cache turns to the other rope at the switch
+    /// (<see cref="RopeSwitchMethod"/>): recompute it (exact, the default) or re-rotate the cached keys in place (a few
+    /// milliseconds, approximate). See README, "Rope scaling".
+    /// </summary>
+    public RopeSwitchMethod RopeSwitch { get; init; } = RopeSwitchMethod.Recompute;
+}
+
+/// <summary>
+/// How an adaptive sequence's cache changes rope when it crosses the switch (or comes back below it).
+/// <para>
+/// The issue proposed re-rotating the cached keys in place and said that makes the cache exactly what static YaRN
+/// writes. That holds for the first layer only. Every later layer's K and V are projections of hidden states that earlier
+/// layers' attention produced, and that attention ran with plain RoPE (other angles, and no attention factor, which
+/// alone scales the attention logits by factor² ≈ 1.30 for QwQ). Re-rotation fixes the angles of those keys but not what
+/// they were computed from, so the cache stays a hybrid: on the 2-layer tiny-yarn fixture the logits after the switch
+/// are ~1% (relative) from the static-YaRN reference, where a 1-layer model matches to 1e-7. Hence recompute by default,
+/// and re-rotation for who prefers a switch of milliseconds to one of seconds (a lone long generation that would
+/// otherwise pause once at the switch).
+/// </para>
+/// </summary>
+public enum RopeSwitchMethod
+{
+    /// <summary>
+    /// Run the sequence again from position 0 in the new rope (in the step that switches it, or in prefill-budget chunks
+    /// under <see cref="Batching.BatchScheduler"/>). Exactly the static-YaRN (or plain) cache; costs one prefill of the
+    /// sequence's length.
+    /// </summary>
+    Recompute,
+    /// <summary>
+    /// Turn the cached keys in place (<c>Model.AdaptiveYarn</c>; on the GPU one kernel over the sequence's blocks of every
+    /// layer): milliseconds, exact in layer 0 only (see the type's remarks).
+    /// </summary>
+    Rerotate,
 }
 
 /// <summary>How a config's YaRN rope_scaling is applied (a config without it always runs plain RoPE).</summary>

@@ -29,6 +29,9 @@ internal sealed class KvPool : IDisposable
     public int Blocks { get; }
     public int Layers { get; }
 
+    /// <summary>Bytes from one layer's planes to the next's (every plane of layer l is l × this past layer 0's).</summary>
+    public long LayerBytes => _layerBytes;
+
     /// <summary>How K and V are stored: bf16, or e4m3 codes with one fp32 scale per position and KV head.</summary>
     public KvCacheKind Kind { get; }
 
@@ -79,16 +82,12 @@ internal sealed class KvPool : IDisposable
         return Kind == KvCacheKind.Fp8 ? KvLayer.Fp8(Plane(0), Plane(1), Plane(2), Plane(3)) : KvLayer.Bf16(Plane(0), Plane(1));
     }
 
-    /// <summary>Copy-on-write: block <paramref name="src"/>'s K and V (and scales) of every layer into block <paramref name="dst"/>.</summary>
-    public void CopyBlock(int src, int dst, CudaStream s)
-    {
-        for (int layer = 0; layer < Layers; layer++)
-            for (int p = 0; p < _planeBlockBytes.Length; p++)
-            {
-                long plane = layer * _layerBytes + _planeOffset[p], bytes = _planeBlockBytes[p];
-                _buffer.CopyFromDevice(_buffer.Ptr + (ulong)(plane + src * bytes), bytes, plane + dst * bytes, s);
-            }
-    }
+    /// <summary>
+    /// Copy-on-write of many blocks in one launch: <paramref name="count"/> (source, destination) pairs, int32 [count, 2]
+    /// on the device, every layer and plane (<see cref="KvBlockOps"/>).
+    /// </summary>
+    public void CopyBlocks(KvBlockOps ops, CudaStream s, ulong pairs, int count) =>
+        ops.CopyBlocks(s, _buffer.Ptr, _layerBytes, Layers, _planeOffset, _planeBlockBytes, pairs, count);
 
     public void Dispose() => _buffer.Dispose();
 }

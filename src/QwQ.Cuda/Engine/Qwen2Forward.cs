@@ -18,12 +18,10 @@ internal sealed class KernelSet(PtxLibrary lib, int multiprocessors)
 /// <summary>
 /// The shape of one step: <see cref="Rows"/> tokens from <see cref="DecodeSequences"/> decoding sequences (one row
 /// each, first) and <see cref="PrefillSequences"/> sequences with a chunk of prompt (their rows after, at most
-/// <see cref="MaxPrefillRows"/> each). <see cref="LogitRows"/> rows get logits. <see cref="Rope"/>: which of the
-/// engine's rotary embeddings every row of the step runs (<see cref="Qwen2Forward"/>'s ropes: 0 the short one, 1 YaRN
-/// with adaptive rope scaling). Everything else about the rows (ids, positions, KV slots, block tables) is in
-/// <see cref="StepInputs"/>, on the device.
+/// <see cref="MaxPrefillRows"/> each). <see cref="LogitRows"/> rows get logits. Everything else about the rows (ids,
+/// positions, KV slots, each row's rope, block tables) is in <see cref="StepInputs"/>, on the device.
 /// </summary>
-internal readonly record struct StepShape(int Rows, int DecodeSequences, int PrefillSequences, int MaxPrefillRows, int LogitRows, int Rope = 0);
+internal readonly record struct StepShape(int Rows, int DecodeSequences, int PrefillSequences, int MaxPrefillRows, int LogitRows);
 
 /// <summary>A rotary embedding on the device: fp32 inverse frequencies [head_dim / 2] and YaRN's attention factor (1 without).</summary>
 internal readonly record struct DeviceRope(ulong InvFreq, float Factor);
@@ -45,7 +43,7 @@ internal sealed class Qwen2Forward
     private readonly KernelSet _k;
     private readonly LinearOps _linear;
     private readonly ResidualSum _sum;
-    private readonly DeviceRope[] _ropes; // one, or with adaptive rope scaling plain then YaRN (StepShape.Rope picks)
+    private readonly DeviceRope[] _ropes; // one, or with adaptive rope scaling plain then YaRN (StepInputs.RopeRows picks per row)
     private readonly float _scale;        // 1/sqrt(head_dim)
     private readonly int _h, _nq, _nkv, _d, _inter, _maxBlocks;
 
@@ -68,7 +66,9 @@ internal sealed class Qwen2Forward
     {
         StepInputs inp = _ws.Inputs;
         int t = b.Rows;
-        DeviceRope rope = _ropes[b.Rope];
+        // One rope, or with adaptive rope scaling both: each row runs its sequence's (the inputs' rope of each row)
+        DeviceRope rope = _ropes[0], alt = _ropes.Length > 1 ? _ropes[1] : default;
+        ulong ropeRows = _ropes.Length > 1 ? inp.RopeRows : 0;
         _k.Embedding.Gather(s, _w.Embedding, inp.Ids, _ws.Residual, t, _h);
         // The first norm; every later one comes with the sum before it (with tensor parallel, in the same kernel).
         _k.Norm.ResidualAddRmsNorm(s, _ws.Residual, 0, _w.Layers[0].InputNorm, _ws.Normed, t, _h, Eps);
@@ -78,7 +78,7 @@ internal sealed class Qwen2Forward
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))), then the MLP's norm of x
             _linear.Apply(s, w.Qkv, _ws.Normed, _ws.Qkv, t);
             _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, rope.InvFreq, rope.Factor, inp.Positions, inp.Slots, t,
-                _nq, _nkv, _d, _ws.Q, _kv.Layer(l));
+                _nq, _nkv, _d, _ws.Q, _kv.Layer(l), invFreqAlt: alt.InvFreq, factorAlt: alt.Factor, ropeRows: ropeRows);
             Attention(s, b, l);
             _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x))), then the next layer's input norm (the final norm after the last)

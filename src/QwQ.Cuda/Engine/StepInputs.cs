@@ -20,7 +20,7 @@ internal sealed class StepInputs : IDisposable
     public int MaxBlocks { get; }
 
     // Offsets in int32 elements; every region starts on a 16-byte boundary (SeqInfo is read as int4).
-    private readonly int _positions, _slots, _seqInfo, _ctxLens, _logitRows, _tables;
+    private readonly int _positions, _slots, _ropeRows, _seqInfo, _ctxLens, _logitRows, _tables;
 
     public StepInputs(int maxRows, int maxSequences, int maxLogitRows, int maxBlocks)
     {
@@ -28,7 +28,8 @@ internal sealed class StepInputs : IDisposable
         static int Up4(int n) => (n + 3) & ~3;
         _positions = Up4(maxRows);
         _slots = _positions + Up4(maxRows);
-        _seqInfo = _slots + Up4(maxRows);
+        _ropeRows = _slots + Up4(maxRows);
+        _seqInfo = _ropeRows + Up4(maxRows);
         _ctxLens = _seqInfo + 4 * maxSequences;
         _logitRows = _ctxLens + Up4(maxSequences);
         _tables = _logitRows + Up4(maxLogitRows);
@@ -46,6 +47,7 @@ internal sealed class StepInputs : IDisposable
     public Span<int> IdsHost => Host(0, MaxRows);               // [rows]  token ids
     public Span<int> PositionsHost => Host(_positions, MaxRows); // [rows]  absolute positions
     public Span<int> SlotsHost => Host(_slots, MaxRows);         // [rows]  KV pool slot (block * 64 + offset), −1 = padding
+    public Span<int> RopeRowsHost => Host(_ropeRows, MaxRows);   // [rows]  the engine's rope each row runs (adaptive: 0 plain, 1 YaRN)
     public Span<int> SeqInfoHost => Host(_seqInfo, 4 * MaxSequences); // [seqs, 4] first row, rows, cached positions, 0
     public Span<int> CtxLensHost => Host(_ctxLens, MaxSequences);     // [seqs]  positions attended to by a decode row
     public Span<int> LogitRowsHost => Host(_logitRows, MaxLogitRows); // [logit_rows]  rows whose logits are computed
@@ -54,6 +56,7 @@ internal sealed class StepInputs : IDisposable
     public ulong Ids => Dev(0);
     public ulong Positions => Dev(_positions);
     public ulong Slots => Dev(_slots);
+    public ulong RopeRows => Dev(_ropeRows);
     public ulong SeqInfo(int firstSeq) => Dev(_seqInfo + 4 * firstSeq);
     public ulong CtxLens => Dev(_ctxLens);
     public ulong LogitRows => Dev(_logitRows);

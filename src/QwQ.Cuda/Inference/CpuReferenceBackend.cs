@@ -90,7 +90,7 @@ public sealed class CpuReferenceBackend : IModelBackend
     {
         options ??= new EngineOptions();
         cancellationToken.ThrowIfCancellationRequested();
-        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition); // a bad option fails before the weights load
+        RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition, options.RopeSwitch); // a bad option fails before the weights load
         CheckKvCache(options.KvCache);
         bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
         long total = config.ParameterCount * 4;
@@ -118,7 +118,10 @@ public sealed class CpuReferenceBackend : IModelBackend
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
         return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
-            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition, kvCache: options.KvCache);
+            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition, kvCache: options.KvCache)
+        {
+            SwitchMethod = options.RopeSwitch,
+        };
     }
 
     private static void CheckKvCache(KvCacheKind kind)
@@ -207,7 +210,7 @@ public sealed class CpuReferenceBackend : IModelBackend
 
     /// <summary>
     /// How a sequence's cache changes rope at an adaptive switch. Recompute, the default, is what the fidelity
-    /// asks for; Rerotate is kept to measure the cheaper alternative (see <see cref="RopeSwitchMethod"/>).
+    /// asks for; Rerotate (EngineOptions.RopeSwitch) turns the cached keys in place, close to but not exactly static YaRN (see <see cref="RopeSwitchMethod"/>).
     /// </summary>
     internal RopeSwitchMethod SwitchMethod { get; init; } = RopeSwitchMethod.Recompute;
 
@@ -254,7 +257,10 @@ public sealed class CpuReferenceBackend : IModelBackend
             {
                 if (ReferenceEquals(sequences[i].CacheRope, rows[i].Rope)) continue;
                 if (rerotate[i])
+                {
                     _kv.RerotateKeys(rows[i].Table, rows[i].StartPos, sequences[i].CacheRope!, rows[i].Rope);
+                    sequences[i].KeysTurned = true;
+                }
                 // Re-rotated keys are in the new rope whatever becomes of the pass. A recompute rewrites them layer by
                 // layer: until it completes they are in no rope at all, and a sequence whose pass fails recomputes at its
                 // next step, whichever rope its length then asks for.
@@ -327,6 +333,9 @@ public sealed class CpuReferenceBackend : IModelBackend
         /// another rope is unfinished (a failed step), which makes the next step recompute.
         /// </summary>
         public RopeParameters? CacheRope { get; set; } = owner._rope.ForLength(0);
+
+        /// <summary>Whether its keys were re-rotated (close to, not exactly, the rope's): then it publishes no blocks until emptied.</summary>
+        public bool KeysTurned { get; set; }
         private float[]? _logits;                  // [vocab] fp32 of the last appended position; null until an Append
         private bool _disposed;
 
@@ -368,7 +377,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         {
             _tokens.AddRange(tokens);
             _logits = lastLogits.ToArray();
-            if (owner._rope.MayPublish(CacheRope)) table.PublishFullBlocks(CollectionsMarshal.AsSpan(_tokens));
+            if (owner._rope.MayPublish(CacheRope) && !KeysTurned) table.PublishFullBlocks(CollectionsMarshal.AsSpan(_tokens));
         }
 
         public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
@@ -378,7 +387,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             CacheRope = owner._rope.ForLength(0); // what cached blocks hold (RopePlan.MayPublish)
             tokens = tokens[..Math.Min(tokens.Length, Capacity)];
             // useless to a sequence whose tokens end in the other rope: its first step would run them all again
-            if (!owner._rope.MayPublish(owner._rope.ForLength(tokens.Length))) return 0;
+            if (owner.SwitchMethod == RopeSwitchMethod.Recompute && !owner._rope.MayPublish(owner._rope.ForLength(tokens.Length))) return 0;
             int reused = table.AttachCachedPrefix(tokens);
             _tokens.AddRange(tokens[..reused]);
             return reused;
@@ -392,7 +401,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             for (int id = 0; id < counts.Length; id++)
                 for (int c = 0; c < counts[id]; c++) copy.Record(new ReadOnlySpan<int>(in id));
             // The fork shares every block, keys in this sequence's rope; whichever of the two re-rotates later copies them first.
-            var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits, CacheRope = CacheRope };
+            var fork = new CpuSequence(owner, capacity, table.Fork(), copy) { _logits = _logits, CacheRope = CacheRope, KeysTurned = KeysTurned };
             fork._tokens.AddRange(_tokens);
             return fork;
         }
@@ -415,7 +424,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             _tokens.RemoveRange(length, _tokens.Count - length);
             // Nothing cached, nothing to turn back: an empty sequence starts over in the rope of length 0. A non-empty one
             // keeps its keys as they are until the next step, which turns them if its length asks for the other rope.
-            if (length == 0) CacheRope = owner._rope.ForLength(0);
+            if (length == 0) (CacheRope, KeysTurned) = (owner._rope.ForLength(0), false);
         }
 
         public void ResetPenalties() => sampler.Reset();

@@ -13,6 +13,11 @@ internal sealed class RopeOps
 {
     [KernelEntry] public const string QkvBiasRopePagedEntry = "qkv_bias_rope_paged_f32_bf16";
     [KernelEntry] public const string QkvBiasRopePagedFp8Entry = "qkv_bias_rope_paged_f32_fp8";
+    [KernelEntry] public const string KvRerotatePagedEntry = "kv_rerotate_paged_bf16";
+    [KernelEntry] public const string KvRerotatePagedFp8Entry = "kv_rerotate_paged_fp8";
+
+    /// <summary>The largest head_dim <see cref="RerotateKeys"/> takes: one KV block's coefficients in 32 KB of shared memory.</summary>
+    public const int MaxRerotateHeadDim = 128;
 
     /// <summary>
     /// The largest head_dim of the fp8 variant: one thread per pair of a head (256 per block), which keeps the pair in
@@ -20,13 +25,53 @@ internal sealed class RopeOps
     /// </summary>
     public const int MaxFp8HeadDim = 512;
 
-    private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8;
+    private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8, _kvRerotatePaged, _kvRerotatePagedFp8;
 
     public RopeOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _qkvBiasRopePaged = lib.GetKernel(QkvBiasRopePagedEntry);
         _qkvBiasRopePagedFp8 = lib.GetKernel(QkvBiasRopePagedFp8Entry);
+        _kvRerotatePaged = lib.GetKernel(KvRerotatePagedEntry);
+        _kvRerotatePagedFp8 = lib.GetKernel(KvRerotatePagedFp8Entry);
+    }
+
+    /// <summary>
+    /// Turns the cached keys of one sequence, positions 0 .. <paramref name="positions"/>−1 of every layer, from the rope
+    /// (<paramref name="invFrom"/>, <paramref name="factorFrom"/>) into the keys (<paramref name="invTo"/>,
+    /// <paramref name="factorTo"/>) would have written: per pair a rotation by the angle difference and the factors' ratio
+    /// (<see cref="Model.AdaptiveYarn"/>); the fp8 cache decodes, turns and quantizes each key again with a new scale.
+    /// <paramref name="layer0"/>: the pool's first layer (<see cref="Engine.KvPool.Layer"/>), the others
+    /// <paramref name="layerBytes"/> apart; <paramref name="blockTable"/> int32 [ceil(positions / 64)] on the device, the
+    /// sequence's blocks (which must be its own: shared blocks are copied first). inv_freq fp32 [D/2] on the device.
+    /// </summary>
+    public unsafe void RerotateKeys(CudaStream s, KvLayer layer0, long layerBytes, int layers, ulong blockTable, int positions,
+        int nkv, int headDim, ulong invFrom, float factorFrom, ulong invTo, float factorTo)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        layer0.Check();
+        LaunchChecks.Aligned(blockTable, 4, nameof(blockTable));
+        LaunchChecks.Aligned(invFrom, 4, nameof(invFrom));
+        LaunchChecks.Aligned(invTo, 4, nameof(invTo));
+        LaunchChecks.Positive(positions, nameof(positions));
+        LaunchChecks.Positive(layers, nameof(layers));
+        LaunchChecks.Positive(nkv, nameof(nkv));
+        if (headDim < 2 || headDim % 2 != 0 || headDim > MaxRerotateHeadDim)
+            throw new ArgumentException($"head_dim must be even and at most {MaxRerotateHeadDim} (got {headDim}).", nameof(headDim));
+        if (!(factorFrom > 0) || !(factorTo > 0)) throw new ArgumentException("attention factors must be positive");
+        var grid = new Dim3((uint)((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize));
+        if (layer0.Kind == KvCacheKind.Fp8)
+        {
+            ulong codes = layer0.K, scales = layer0.KScales;
+            void** args = stackalloc void*[] { &codes, &scales, &layerBytes, &layers, &blockTable, &positions, &nkv, &headDim, &invFrom, &factorFrom, &invTo, &factorTo };
+            _kvRerotatePagedFp8.Launch(grid, new Dim3(256), 0, s, args);
+        }
+        else
+        {
+            ulong k = layer0.K;
+            void** args = stackalloc void*[] { &k, &layerBytes, &layers, &blockTable, &positions, &nkv, &headDim, &invFrom, &factorFrom, &invTo, &factorTo };
+            _kvRerotatePaged.Launch(grid, new Dim3(256), 0, s, args);
+        }
     }
 
     /// <summary>
@@ -56,11 +101,22 @@ internal sealed class RopeOps
     /// into one layer of a bf16 or fp8 pool. fp8: each K and V head of a row is quantized from its fp32 values after bias
     /// and RoPE, with one scale amax / 448 (<see cref="Model.KvCacheFp8.Quantize"/> bit for bit); head_dim at most
     /// <see cref="MaxFp8HeadDim"/>. <paramref name="headsPerBlock"/>: the heads of a row one block takes, 0 for
-    /// <see cref="HeadsPerBlock"/>'s choice (tests set it to cover every split).
+    /// <see cref="HeadsPerBlock"/>'s choice (tests set it to cover every split). <paramref name="ropeRows"/> (adaptive rope
+    /// scaling): int32 [rows] on the device, 1 where a row runs the other rope (<paramref name="invFreqAlt"/>,
+    /// <paramref name="factorAlt"/>), 0 where it runs (<paramref name="invFreq"/>, <paramref name="attentionFactor"/>); 0
+    /// (null): every row the first. One launch for a step whose sequences sit on both sides of the switch.
     /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
-        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0)
+        ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0,
+        ulong invFreqAlt = 0, float factorAlt = 1f, ulong ropeRows = 0)
     {
+        if (ropeRows != 0)
+        {
+            LaunchChecks.Aligned(ropeRows, 4, nameof(ropeRows));
+            LaunchChecks.Aligned(invFreqAlt, 4, nameof(invFreqAlt));
+            if (invFreqAlt == 0) throw new ArgumentException("per-row ropes need the second rope's inv_freq", nameof(invFreqAlt));
+            if (!float.IsFinite(factorAlt)) throw new ArgumentException($"factorAlt must be finite (got {factorAlt}).", nameof(factorAlt));
+        }
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(qkv, 4, nameof(qkv));
         LaunchChecks.Aligned(bias, 2, nameof(bias));
@@ -98,7 +154,7 @@ internal sealed class RopeOps
         {
             void** args = stackalloc void*[]
             {
-                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool, &kScales, &vScales,
+                &qkv, &bias, &invFreq, &attentionFactor, &invFreqAlt, &factorAlt, &ropeRows, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool, &kScales, &vScales,
             };
             _qkvBiasRopePagedFp8.Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
@@ -106,7 +162,7 @@ internal sealed class RopeOps
         {
             void** args = stackalloc void*[]
             {
-                &qkv, &bias, &invFreq, &attentionFactor, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
+                &qkv, &bias, &invFreq, &attentionFactor, &invFreqAlt, &factorAlt, &ropeRows, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
             };
             _qkvBiasRopePaged.Launch(grid, new Dim3(4 * threads), 0, s, args);
         }

@@ -83,31 +83,6 @@ internal static class AdaptiveYarn
 }
 
 /// <summary>
-/// How an adaptive sequence's cache changes rope when it crosses the switch (or comes back below it).
-/// <para>
-/// The issue proposed re-rotating the cached keys in place and said that makes the cache exactly what static YaRN
-/// writes. That holds for the first layer only. Every later layer's K and V are projections of hidden states that earlier
-/// layers' attention produced, and that attention ran with plain RoPE (other angles, and no attention factor, which
-/// alone scales the attention logits by factor² ≈ 1.30 for QwQ). Re-rotation fixes the angles of those keys but not what
-/// they were computed from, so the cache stays a hybrid: on the 2-layer tiny-yarn fixture the logits after the switch
-/// are ~1% (relative) from the static-YaRN reference, where a 1-layer model matches to 1e-7.
-/// </para>
-/// </summary>
-internal enum RopeSwitchMethod
-{
-    /// <summary>
-    /// Run the sequence again from position 0 in the new rope, in the step that switches it (that step's pass carries
-    /// all its tokens). Exactly the static-YaRN (or plain) cache; costs one prefill of the sequence's length.
-    /// </summary>
-    Recompute,
-    /// <summary>
-    /// Turn the cached keys in place (<see cref="AdaptiveYarn"/>): nearly free, exact in layer 0 only (see the type's
-    /// remarks). Kept on the CPU reference to measure the difference; not offered as an option.
-    /// </summary>
-    Rerotate,
-}
-
-/// <summary>
 /// The rotary embedding a backend runs, resolved once from the config and <see cref="EngineOptions.RopeScaling"/> /
 /// <see cref="EngineOptions.RopeSwitchPosition"/> and validated (errors name the CLI flags).
 /// </summary>
@@ -118,6 +93,9 @@ internal sealed record RopePlan
 
     /// <summary>Adaptive: a sequence longer than this runs YaRN. Unused by the other modes.</summary>
     public required int SwitchPosition { get; init; }
+
+    /// <summary>Adaptive: how a sequence's cache turns at the switch (<see cref="RopeSwitchMethod"/>).</summary>
+    public RopeSwitchMethod Method { get; init; } = RopeSwitchMethod.Recompute;
 
     /// <summary>Plain RoPE: the model without rope_scaling.</summary>
     public required RopeParameters Plain { get; init; }
@@ -145,7 +123,8 @@ internal sealed record RopePlan
     /// The plan for <paramref name="config"/>. Null mode: <see cref="RopeScalingMode.Adaptive"/> when the config has YaRN
     /// rope_scaling (on the GPU engine and the CPU reference alike), plain RoPE when it has none.
     /// </summary>
-    public static RopePlan Resolve(ModelConfig config, RopeScalingMode? mode, int? switchPosition)
+    public static RopePlan Resolve(ModelConfig config, RopeScalingMode? mode, int? switchPosition,
+        RopeSwitchMethod method = RopeSwitchMethod.Recompute)
     {
         ArgumentNullException.ThrowIfNull(config);
         // The default is adaptive wherever there is YaRN to switch to (README, "Rope scaling": short texts run the model
@@ -172,6 +151,9 @@ internal sealed record RopePlan
                     "--rope-scaling adaptive switches long sequences to YaRN, but this model's config.json has no YaRN rope_scaling. " +
                     "QwQ-32B's model card adds \"rope_scaling\": {\"factor\": 4.0, \"original_max_position_embeddings\": 32768, \"type\": \"yarn\"} " +
                     "for inputs over 32,768 tokens (or run --synthetic qwq-32b-yarn); without it, drop --rope-scaling.");
+            if (method == RopeSwitchMethod.Rerotate)
+                throw new OptionException("--rope-switch-method rerotate turns a sequence's keys when it crosses to YaRN, but this model's config.json " +
+                                          "has no YaRN rope_scaling, so no sequence ever switches: drop --rope-switch-method");
             return new RopePlan { Mode = RopeScalingMode.Off, SwitchPosition = int.MaxValue, Plain = plain, Yarn = plain };
         }
         int original = yarn.OriginalMaxPositionEmbeddings;
@@ -181,6 +163,9 @@ internal sealed record RopePlan
         if (at > original)
             throw new OptionException($"--rope-switch {at} must be at most the model's original_max_position_embeddings, {original}: " +
                                       "past it the model without YaRN runs outside the positions it was trained on");
-        return new RopePlan { Mode = asked, SwitchPosition = at, Plain = plain, Yarn = Rope.Parameters(config) };
+        if (method == RopeSwitchMethod.Rerotate && asked != RopeScalingMode.Adaptive)
+            throw new OptionException($"--rope-switch-method rerotate turns a sequence's keys when it crosses the adaptive switch, and the mode is {name}: " +
+                                      "pass --rope-scaling adaptive (the default), or drop --rope-switch-method");
+        return new RopePlan { Mode = asked, SwitchPosition = at, Plain = plain, Yarn = Rope.Parameters(config), Method = method };
     }
 }

@@ -178,4 +178,65 @@ public class AdaptiveYarnSchedulerTests
         backend.Step([new SequenceChunk(seq, prompt.AsMemory(8), FinalLength: prompt.Length)]);
         Assert.That(RelErr(Last(seq), LastLogits(StaticYarn.Value, prompt)), Is.LessThanOrEqualTo(1e-4));
     }
+
+    // ---- --rope-switch-method rerotate: the keys turn in place, nothing runs again ----------------------------------------
+
+    private static CpuReferenceBackend Rerotating() =>
+        CpuReferenceBackend.Load(Fixture.Config, Reference.ModelFixtures.Dir(FixtureName), new EngineOptions { RopeSwitch = RopeSwitchMethod.Rerotate });
+
+    [Test]
+    public async Task WithRerotationADecodePastTheSwitchRecomputesNothingAndStaysCloseToStaticYarn()
+    {
+        (int[] Prompt, int MaxNew)[] jobs = [(Tokens(10, 1), 20), (Tokens(3, 2), 30)];
+        using var watched = new WatchedBackend(Rerotating());
+        var seqs = jobs.Select(_ => watched.CreateSequence()).ToArray();
+        List<int>[] got;
+        using (var scheduler = new BatchScheduler(watched, Options))
+        {
+            got = await Task.WhenAll(jobs.Select((j, i) => Run(scheduler, seqs[i], j.Prompt, j.MaxNew)));
+            Assert.That(scheduler.Counters.RopeRecomputes, Is.Zero);
+        }
+        Assert.That(watched.RecomputesInsideAStep, Is.Zero);
+        Assert.That(watched.MostRowsInAStep, Is.LessThanOrEqualTo(Budget + jobs.Length));
+        using var alone = Rerotating();
+        for (int i = 0; i < jobs.Length; i++)
+        {
+            Assert.That(got[i], Is.EqualTo(GenerateAlone(alone, jobs[i].Prompt, SamplingOptions.Greedy, jobs[i].MaxNew, [])), $"request {i}");
+            // the bound against static YaRN over the whole sequence (re-rotation is exact in the first layer only)
+            double err = RelErr(Last(seqs[i]), LastLogits(StaticYarn.Value, [.. seqs[i].Tokens]));
+            TestContext.Out.WriteLine($"request {i}: re-rotated against static YaRN {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(2e-2));
+            seqs[i].Dispose();
+        }
+    }
+
+    [Test]
+    public void ARerotatedSequencePublishesNoBlocksAndAttachesPlainOnes()
+    {
+        // tiny-yarn's weights with the switch at 128, so plain sequences fill whole 64-position blocks
+        var config = Fixture.Config with { RopeScaling = Fixture.Config.RopeScaling! with { OriginalMaxPositionEmbeddings = 128 } };
+        using var backend = new CpuReferenceBackend(config, Fixture.Weights, ropeScaling: RopeScalingMode.Adaptive) { SwitchMethod = RopeSwitchMethod.Rerotate };
+        int[] text = Tokens(160, 10);
+
+        using (var plain = backend.CreateSequence())
+            plain.Append(text.AsSpan(0, 100)); // plain: publishes block [0, 64)
+        // Re-rotation turns cached plain blocks after copying them, so a sequence that ends past the switch takes them.
+        using (var longOne = backend.CreateSequence())
+        {
+            Assert.That(longOne.AttachCachedPrefix(text.AsSpan(0, 150)), Is.EqualTo(64));
+            longOne.Append(text.AsSpan(64, 86));
+        }
+
+        // A sequence whose keys were turned (to YaRN and back to plain) publishes nothing: they are close to, not exactly, plain keys.
+        int[] other = Tokens(160, 12);
+        using (var turned = backend.CreateSequence())
+        {
+            turned.Append(other.AsSpan(0, 150)); // YaRN from position 0: nothing published
+            turned.Truncate(100);
+            turned.Append(other.AsSpan(100, 1)); // 101 positions: turned back to plain
+            Assert.That(turned.RecomputesAt(101), Is.False);
+        }
+        using var probe = backend.CreateSequence();
+        Assert.That(probe.AttachCachedPrefix(other.AsSpan(0, 101)), Is.Zero, "the turned sequence's plain-looking blocks were not published");
+    }
 }

@@ -30,6 +30,9 @@ public class RopeScalingCliTests
         Assert.That((none.RopeScaling, none.RopeSwitchPosition), Is.EqualTo(((RopeScalingMode?)null, (int?)null)), "not given: the engine's default (adaptive where the config has YaRN)");
         foreach (var (text, mode) in new[] { ("adaptive", RopeScalingMode.Adaptive), ("static", RopeScalingMode.Static), ("off", RopeScalingMode.Off) })
             Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-scaling", text])).Engine.RopeScaling, Is.EqualTo(mode), text);
+        Assert.That(none.RopeSwitch, Is.EqualTo(RopeSwitchMethod.Recompute));
+        Assert.That(opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-switch-method", "rerotate"])).Engine.RopeSwitch, Is.EqualTo(RopeSwitchMethod.Rerotate));
+        Assert.That(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-switch-method", "rotate"]).Errors, Is.Not.Empty);
         var adaptive = opts.Bind(cmd.Parse(["--synthetic", "qwq-32b-yarn", "--rope-scaling", "adaptive", "--rope-switch", "8192"])).Engine;
         Assert.That((adaptive.RopeScaling, adaptive.RopeSwitchPosition), Is.EqualTo(((RopeScalingMode?)RopeScalingMode.Adaptive, (int?)8192)));
 
@@ -45,7 +48,7 @@ public class RopeScalingCliTests
         foreach (var name in new[] { "generate", "chat", "serve", "eval" })
         {
             var options = root.Subcommands.Single(c => c.Name == name).Options.Select(o => o.Name).ToList();
-            Assert.That(options, Does.Contain("--rope-scaling").And.Contain("--rope-switch"), name);
+            Assert.That(options, Does.Contain("--rope-scaling").And.Contain("--rope-switch").And.Contain("--rope-switch-method"), name);
         }
     }
 

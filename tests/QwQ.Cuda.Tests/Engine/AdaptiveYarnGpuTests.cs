@@ -168,4 +168,62 @@ public class AdaptiveYarnGpuTests
             AssertClose(Last(seq), Reference(n), $"fp8 KV, length {n}");
         }
     }
+
+    // ---- --rope-switch-method rerotate: the cached keys turn in place on the GPU -------------------------------------------
+
+    /// <summary>
+    /// The GPU's re-rotating switch against the CPU reference switching the same way (<c>SwitchMethod = Rerotate</c>,
+    /// fp32, with the same cache kind), through decode graphs across the switch, a truncation back below it and a fork that
+    /// switches while its parent stays plain; and every step within the bound (2e-2) of static YaRN over the same
+    /// whole sequence, which re-rotation meets on tiny-yarn without being exact (the type's remarks on RopeSwitchMethod).
+    /// </summary>
+    [TestCase(KvCacheKind.Bf16)]
+    [TestCase(KvCacheKind.Fp8)]
+    public void WithRerotationTheGpuTurnsTheCacheAsTheCpuReferenceDoes(KvCacheKind kvCache)
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        var options = new EngineOptions { MaxContext = 256, KvCache = kvCache, RopeSwitch = RopeSwitchMethod.Rerotate };
+        using var backend = CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName), options);
+        using var cpu = CpuReferenceBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName), options);
+        var tokens = Tokens(40, 31);
+        using var g = backend.CreateSequence();
+        using var c = cpu.CreateSequence();
+        void Both(int from, int count, string what)
+        {
+            g.Append(tokens.AsSpan(from, count));
+            c.Append(tokens.AsSpan(from, count));
+            AssertClose(Last(g), Last(c), $"{kvCache} {what}: GPU against the CPU reference");
+            if (kvCache == KvCacheKind.Bf16) AssertClose(Last(g), Want(tokens.AsSpan(0, g.Length)), $"{what}: against the reference of {g.Length} tokens");
+        }
+        Both(0, 12, "prefill of 12 (plain)");
+        for (int n = 13; n <= 30; n++) Both(n - 1, 1, $"decode to {n}"); // the switch at 17 turns the keys in place
+        Assert.That(g.RecomputesAt(31), Is.False, "nothing is run again");
+
+        using var gFork = g.Fork();
+        g.Truncate(10);
+        c.Truncate(10);
+        Both(10, 2, "truncated to 10, two more tokens (turned back to plain)");
+        gFork.Append(tokens.AsSpan(30, 1)); // the fork keeps its YaRN keys: its copies were taken before the parent turned back
+        using var cFork = cpu.CreateSequence();
+        cFork.Append(tokens.AsSpan(0, 12));
+        for (int n = 13; n <= 31; n++) cFork.Append(tokens.AsSpan(n - 1, 1));
+        AssertClose(Last(gFork), Last(cFork), $"{kvCache} the fork, 31 tokens");
+    }
+
+    [Test]
+    public void WithRerotationTheSchedulerRunsNothingAgain()
+    {
+        if (!Cuda.IsAvailable(out string reason)) Assert.Ignore($"no CUDA device ({reason})");
+        using var backend = CudaBackend.Load(Fixture.Config, ModelFixtures.Dir(FixtureName),
+            new EngineOptions { MaxContext = 256, RopeSwitch = RopeSwitchMethod.Rerotate });
+        using var seq = backend.CreateSequence();
+        using (var scheduler = new BatchScheduler(backend, new SchedulerOptions { PrefillTokensPerStep = 4 }))
+        {
+            var h = scheduler.Submit(new GenerationRequest(seq, Tokens(10, 32), SamplingOptions.Greedy, 20, []));
+            Assert.That(h.Completion.GetAwaiter().GetResult(), Is.EqualTo(FinishReason.MaxTokens));
+            Assert.That(scheduler.Counters.RopeRecomputes, Is.Zero);
+        }
+        Assert.That(seq.Length, Is.EqualTo(29));
+        AssertClose(Last(seq), Want([.. seq.Tokens]), "29 positions past the switch at 16, keys turned at 17");
+    }
 }

@@ -122,7 +122,8 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     /// <summary>Launches over the given rows and checks q (every row; padding rows at position 0) and both pools.</summary>
-    private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor, int headsPerBlock = 0)
+    private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor, int headsPerBlock = 0,
+        bool mixedRopes = false)
     {
         int rows = positions.Length, width = (nq + 2 * nkv) * d;
         float[] qkv = Normal((long)rows * width, 2f);
@@ -138,13 +139,30 @@ public sealed class RopeKernelTests : KernelTestBase
         var dK = PoisonedBf16((long)poolBlocks * nkv * Block * d);
         var dV = PoisonedBf16((long)poolBlocks * nkv * Block * d);
 
+        // Mixed: every row picks one of two ropes (adaptive YaRN: sequences on either side of the switch in one step).
+        float[] invAlt = InvFreq(d, 10_000.0);
+        const float factorAlt = 1.3f;
+        int[] ropeRows = [.. Enumerable.Range(0, rows).Select(_ => mixedRopes ? Rng.Next(2) : 0)];
         _rope.QkvBiasRopePaged(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPositions.Ptr, dSlots.Ptr, rows, nq, nkv, d,
-            dQ.Ptr, dK.Ptr, dV.Ptr, headsPerBlock);
+            dQ.Ptr, KvLayer.Bf16(dK.Ptr, dV.Ptr), headsPerBlock,
+            invFreqAlt: mixedRopes ? Upload<float>(invAlt).Ptr : 0, factorAlt: factorAlt, ropeRows: mixedRopes ? Upload<int>(ropeRows).Ptr : 0);
         Stream.Synchronize();
 
         // A padding row (slot −1) is computed at position 0, whatever its position entry says.
         int[] effective = positions.Select((p, t) => slots[t] < 0 ? 0 : p).ToArray();
         var exp = Reference(qkv, bias, effective, nq, nkv, d, invFreq, factor);
+        if (mixedRopes)
+        {
+            var alt = Reference(qkv, bias, effective, nq, nkv, d, invAlt, factorAlt);
+            for (int t = 0; t < rows; t++)
+                if (ropeRows[t] == 1)
+                {
+                    Array.Copy(alt.Q, (long)t * nq * d, exp.Q, (long)t * nq * d, nq * d);
+                    Array.Copy(alt.K, (long)t * nkv * d, exp.K, (long)t * nkv * d, nkv * d);
+                    Array.Copy(alt.V, (long)t * nkv * d, exp.V, (long)t * nkv * d, nkv * d);
+                }
+            Assert.That(ropeRows.Distinct().Count(), Is.EqualTo(2), "both ropes present");
+        }
         AssertClose(DownloadBf16(dQ), exp.Q, 1e-2, "q");
         AssertPool(dK.ToArray<ushort>(), exp.K, slots, nkv, d, poolBlocks, 1e-2, "k pool");
         AssertPool(dV.ToArray<ushort>(), exp.V, slots, nkv, d, poolBlocks, 1e-2, "v pool");
@@ -170,6 +188,17 @@ public sealed class RopeKernelTests : KernelTestBase
     [TestCase(4, 2, 36, 8)]
     public void EverySplitOfARowsHeadsOverBlocksMatchesCpu(int nq, int nkv, int d, int headsPerBlock) =>
         RunOneSequence(70, Rng.Next(0, 200), 300, nq, nkv, d, 1.1f, headsPerBlock);
+
+    /// <summary>Rows of two ropes in one launch (adaptive YaRN's mixed batches), decode-sized and prefill-sized.</summary>
+    [TestCase(40, 8, 128, 4, 40)]
+    [TestCase(40, 8, 128, 56, 600)]
+    public void EachRowRunsItsOwnRope(int nq, int nkv, int d, int headsPerBlock, int tokens)
+    {
+        int blocks = (tokens + 200 + Block - 1) / Block, poolBlocks = blocks + 3;
+        var table = ShuffledTables(poolBlocks, blocks)[0];
+        var (positions, slots) = SequenceRows(table, Rng.Next(0, 200), tokens);
+        RunRows(nq, nkv, d, positions, slots, poolBlocks, 1.1f, headsPerBlock, mixedRopes: true);
+    }
 
     [Test]
     public void APrefillChunkOf600RowsTakesAllHeadsInABlockAndMatchesCpu()

@@ -170,6 +170,17 @@ public class AdaptiveYarnTests
     }
 
     [Test]
+    public void RerotationIsAnAdaptiveSwitchMethod()
+    {
+        Assert.That(RopePlan.Resolve(QwqYarn, null, null).Method, Is.EqualTo(RopeSwitchMethod.Recompute), "the default");
+        Assert.That(RopePlan.Resolve(QwqYarn, null, null, RopeSwitchMethod.Rerotate).Method, Is.EqualTo(RopeSwitchMethod.Rerotate));
+        var e = Assert.Throws<OptionException>(() => RopePlan.Resolve(QwqYarn, RopeScalingMode.Static, null, RopeSwitchMethod.Rerotate));
+        Assert.That(e!.Message, Does.Contain("--rope-switch-method rerotate").And.Contain("the mode is static"));
+        e = Assert.Throws<OptionException>(() => RopePlan.Resolve(ModelPresets.Get("qwq-32b"), null, null, RopeSwitchMethod.Rerotate));
+        Assert.That(e!.Message, Does.Contain("--rope-switch-method rerotate").And.Contain("no YaRN rope_scaling"));
+    }
+
+    [Test]
     public void TheSwitchNeedsYarnToSwitchTo()
     {
         var e = Assert.Throws<OptionException>(() => RopePlan.Resolve(ModelPresets.Get("qwq-32b"), null, 8192));
