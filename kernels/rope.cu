@@ -189,35 +189,65 @@ __device__ __forceinline__ void rerotate_coefficients(float2* cs, const float* _
     __syncthreads();
 }
 
+// Launch: grid = (ceil(positions / 64), ceil(layers / RR_LAYERS)); block = 256 threads. A block takes RR_LAYERS layers
+// of one KV block (its coefficients computed once for them), a thread 4 pairs at a time with 8-byte loads of x[i..i+3]
+// and x[i+D/2..], RR_LOADS quads loaded before any is stored: bandwidth, not latency, bounds it. The first version (a
+// block per KV block looping over all 64 layers, a pair per thread per iteration) took ~15 ms at 32k on an H200.
+constexpr int RR_LAYERS = 8;  // layers per block
+constexpr int RR_LOADS = 4;   // quads in flight per thread
+
 extern "C" __global__ void __launch_bounds__(256)
 kv_rerotate_paged_bf16(__nv_bfloat16* __restrict__ k_pool,  // layer 0's K [blocks, nkv, 64, D]
                        long long layer_bytes, int layers,
                        const int* __restrict__ block_table,  // [ceil(positions / 64)] the sequence's blocks
-                       int positions, int nkv, int head_dim,
+                       int positions, int nkv, int head_dim,  // head_dim a multiple of 8
                        const float* __restrict__ inv_from, float f_from, const float* __restrict__ inv_to, float f_to) {
     kernel_entry_barrier();
     __shared__ float2 cs[RR_POSITIONS * RR_MAX_HALF];  // [position in the block][pair]
     const int half = head_dim >> 1, rows = min(RR_POSITIONS, positions - (int)blockIdx.x * RR_POSITIONS);
     rerotate_coefficients(cs, inv_from, f_from, inv_to, f_to, rows, half);
     const size_t block = (size_t)__ldg(block_table + blockIdx.x);
-    for (int l = 0; l < layers; ++l) {
+    const int quads = rows * half / 4, l_end = min(layers, ((int)blockIdx.y + 1) * RR_LAYERS);
+    for (int l = blockIdx.y * RR_LAYERS; l < l_end; ++l) {
         uint16_t* layer = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(k_pool) + (size_t)l * layer_bytes);
         for (int h = 0; h < nkv; ++h) {
             uint16_t* head = layer + (block * nkv + h) * RR_POSITIONS * head_dim;
-            for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
-                uint16_t* row = head + (size_t)(e / half) * head_dim;
-                const int i = e % half;
-                const float x1 = bf16_bits_to_float(row[i]), x2 = bf16_bits_to_float(row[i + half]);
-                const float2 c = cs[e];
-                row[i] = float_to_bf16_bits(x1 * c.x - x2 * c.y);
-                row[i + half] = float_to_bf16_bits(x2 * c.x + x1 * c.y);
+            for (int base = 0; base < quads; base += RR_LOADS * blockDim.x) {
+                uint2 lo[RR_LOADS], hi[RR_LOADS];
+#pragma unroll
+                for (int k = 0; k < RR_LOADS; ++k) {
+                    const int q = base + k * blockDim.x + threadIdx.x, e = 4 * q;
+                    if (q < quads) {
+                        const uint16_t* row = head + (size_t)(e / half) * head_dim + e % half;
+                        lo[k] = *reinterpret_cast<const uint2*>(row);
+                        hi[k] = *reinterpret_cast<const uint2*>(row + half);
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < RR_LOADS; ++k) {
+                    const int q = base + k * blockDim.x + threadIdx.x, e = 4 * q;
+                    if (q >= quads) continue;
+                    const float x1[4] = {bf16_lo(lo[k].x), bf16_hi(lo[k].x), bf16_lo(lo[k].y), bf16_hi(lo[k].y)};
+                    const float x2[4] = {bf16_lo(hi[k].x), bf16_hi(hi[k].x), bf16_lo(hi[k].y), bf16_hi(hi[k].y)};
+                    float y1[4], y2[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const float2 c = cs[e + j];  // pairs e..e+3 of one position: e / half is the row
+                        y1[j] = x1[j] * c.x - x2[j] * c.y;
+                        y2[j] = x2[j] * c.x + x1[j] * c.y;
+                    }
+                    uint16_t* row = head + (size_t)(e / half) * head_dim + e % half;
+                    *reinterpret_cast<uint2*>(row) = make_uint2(pack_bf16x2(y1[0], y1[1]), pack_bf16x2(y1[2], y1[3]));
+                    *reinterpret_cast<uint2*>(row + half) = make_uint2(pack_bf16x2(y2[0], y2[1]), pack_bf16x2(y2[2], y2[3]));
+                }
             }
         }
     }
 }
 
 // The fp8 cache: each key (one position, one KV head) is decoded (code * scale), turned, and quantized again with a
-// new scale amax / 448 (KvCacheFp8.Quantize's rule), one warp per key: lanes take pairs lane and lane + 32.
+// new scale amax / 448 (KvCacheFp8.Quantize's rule), one warp per key: lanes take pairs lane and lane + 32. Launched
+// as the bf16 entry (RR_LAYERS layers a block).
 extern "C" __global__ void __launch_bounds__(256)
 kv_rerotate_paged_fp8(uint8_t* __restrict__ k_codes,  // layer 0's K codes [blocks, nkv, 64, D]
                       float* __restrict__ k_scales,   // layer 0's K scales [blocks, nkv, 64]
@@ -229,8 +259,8 @@ kv_rerotate_paged_fp8(uint8_t* __restrict__ k_codes,  // layer 0's K codes [bloc
     const int half = head_dim >> 1, rows = min(RR_POSITIONS, positions - (int)blockIdx.x * RR_POSITIONS);
     rerotate_coefficients(cs, inv_from, f_from, inv_to, f_to, rows, half);
     const size_t block = (size_t)__ldg(block_table + blockIdx.x);
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int l = 0; l < layers; ++l) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, l_end = min(layers, ((int)blockIdx.y + 1) * RR_LAYERS);
+    for (int l = blockIdx.y * RR_LAYERS; l < l_end; ++l) {
         uint8_t* codes_l = k_codes + (size_t)l * layer_bytes;
         float* scales_l = reinterpret_cast<float*>(reinterpret_cast<char*>(k_scales) + (size_t)l * layer_bytes);
         for (int v = threadIdx.x >> 5; v < rows * nkv; v += warps) {

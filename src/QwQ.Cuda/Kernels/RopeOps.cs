@@ -59,7 +59,10 @@ internal sealed class RopeOps
         if (headDim < 2 || headDim % 2 != 0 || headDim > MaxRerotateHeadDim)
             throw new ArgumentException($"head_dim must be even and at most {MaxRerotateHeadDim} (got {headDim}).", nameof(headDim));
         if (!(factorFrom > 0) || !(factorTo > 0)) throw new ArgumentException("attention factors must be positive");
-        var grid = new Dim3((uint)((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize));
+        // a block per (KV block, 8 layers): kernels/rope.cu, RR_LAYERS
+        var grid = new Dim3((uint)((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize), (uint)((layers + 7) / 8));
+        if (layer0.Kind != KvCacheKind.Fp8 && headDim % 8 != 0)
+            throw new ArgumentException($"the bf16 re-rotation takes 4 pairs at a time: head_dim must be a multiple of 8 (got {headDim}).", nameof(headDim));
         if (layer0.Kind == KvCacheKind.Fp8)
         {
             ulong codes = layer0.K, scales = layer0.KScales;
