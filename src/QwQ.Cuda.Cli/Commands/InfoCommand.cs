@@ -184,6 +184,7 @@ internal static class InfoCommand
         Row(o, "vocabulary", c.VocabSize.ToString(CultureInfo.InvariantCulture));
         Row(o, "max positions", c.MaxPositionEmbeddings.ToString(CultureInfo.InvariantCulture) + (c.RopeScaling is null ? "" : " (YaRN scaling)"));
         Row(o, "rope theta", c.RopeTheta.ToString("G", CultureInfo.InvariantCulture));
+        Row(o, "rope scaling", RopeScalingText(c));
         Row(o, "tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
         Row(o, "parameters", Invariant($"{c.ParameterCount:N0} ({c.ParameterCount / 1e9:F2} B)"));
         Row(o, "quantization", c.Quantization?.Description ?? "none");
@@ -231,6 +232,15 @@ internal static class InfoCommand
         }
     }
 
+    /// <summary>
+    /// What generate, chat, serve and eval run by default (README, "Rope scaling"): adaptive YaRN where config.json has
+    /// YaRN rope_scaling, plain RoPE where it has none.
+    /// </summary>
+    internal static string RopeScalingText(ModelConfig c) => c.RopeScaling is { } y
+        ? Invariant($"adaptive (the default): plain RoPE up to {y.OriginalMaxPositionEmbeddings:N0} positions, YaRN (factor {y.Factor:G}) past them; ") +
+          "--rope-scaling static|off and --rope-switch change it"
+        : "none: plain RoPE (config.json has no rope_scaling; QwQ-32B's card adds YaRN for inputs over 32,768 tokens)";
+
     private static void WriteJson(CliHost host, Info info)
     {
         var c = info.Config;
@@ -266,6 +276,21 @@ internal static class InfoCommand
             w.WriteNumber("intermediate_size", c.IntermediateSize);
             w.WriteNumber("vocab_size", c.VocabSize);
             w.WriteNumber("max_position_embeddings", c.MaxPositionEmbeddings);
+            if (c.RopeScaling is { } yarn)
+            {
+                // what the engine runs without --rope-scaling: adaptive, switching past the original context
+                w.WriteStartObject("rope_scaling");
+                w.WriteString("type", yarn.Type);
+                w.WriteNumber("factor", yarn.Factor);
+                w.WriteNumber("original_max_position_embeddings", yarn.OriginalMaxPositionEmbeddings);
+                w.WriteString("default_mode", "adaptive");
+                w.WriteNumber("switch_position", yarn.OriginalMaxPositionEmbeddings);
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("rope_scaling");
+            }
             w.WriteNumber("parameters", c.ParameterCount);
             w.WriteNumber("weight_bytes", c.WeightBytes); // unquantized, at dtype
             w.WriteStartObject("device_weight_bytes");

@@ -408,6 +408,24 @@ public class CliTests
     }
 
     [Test]
+    public async Task InfoSaysWhichRopeRunsByDefault()
+    {
+        var yarn = await Qwq("info", "--synthetic", "qwq-32b-yarn");
+        Assert.That(yarn.ExitCode, Is.Zero, yarn.Err);
+        Assert.That(yarn.Out, Does.Contain("adaptive (the default): plain RoPE up to 32,768 positions, YaRN (factor 4) past them"));
+        var plain = await Qwq("info", "--synthetic", "qwq-32b");
+        Assert.That(plain.Out, Does.Contain("none: plain RoPE"));
+
+        var json = await Qwq("info", "--synthetic", "qwq-32b-yarn", "--json");
+        using var doc = JsonDocument.Parse(json.Out);
+        var rope = doc.RootElement.GetProperty("rope_scaling");
+        Assert.That((rope.GetProperty("default_mode").GetString(), rope.GetProperty("switch_position").GetInt32(), rope.GetProperty("factor").GetDouble()),
+            Is.EqualTo(("adaptive", 32768, 4.0)));
+        using var none = JsonDocument.Parse((await Qwq("info", "--synthetic", "qwq-32b", "--json")).Out);
+        Assert.That(none.RootElement.GetProperty("rope_scaling").ValueKind, Is.EqualTo(JsonValueKind.Null));
+    }
+
+    [Test]
     public async Task InfoJsonIsOneObject()
     {
         var r = await Qwq("info", "--synthetic", "qwq-32b", "--json", "--max-context", "8192");
