@@ -54,7 +54,7 @@ public sealed class QwqServer : IAsyncDisposable
         _options = options;
         // Hashes compared, not keys: FixedTimeEquals is constant-time only for equal lengths, and a hash hides the key's.
         _apiKeyHash = options.ApiKey is null ? null : SHA256.HashData(Encoding.UTF8.GetBytes(options.ApiKey));
-        _metrics = new ServerMetrics(model.Backend, () => Volatile.Read(ref _admitted));
+        _metrics = new ServerMetrics(model.Backend, () => Volatile.Read(ref _admitted), () => model.Scheduler.Counters);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Logging.ClearProviders(); // the CLI says what matters; errors go to clients as error objects

@@ -1,4 +1,5 @@
 using Prometheus;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Inference;
 
 namespace QwQ.Cuda.Server;
@@ -17,7 +18,7 @@ internal sealed class ServerMetrics
     private readonly Counter _generatedTokens;
     private readonly Gauge _tokensPerSecond;
 
-    public ServerMetrics(IModelBackend backend, Func<int> inFlight)
+    public ServerMetrics(IModelBackend backend, Func<int> inFlight, Func<SchedulerCounters> scheduler)
     {
         var factory = Metrics.WithCustomRegistry(Registry);
         _requests = factory.CreateCounter("qwq_requests_total", "Generation requests answered, by endpoint and outcome",
@@ -29,11 +30,20 @@ internal sealed class ServerMetrics
         var queue = factory.CreateGauge("qwq_requests_in_queue", "Generation requests admitted and not finished (running or waiting)");
         var used = factory.CreateGauge("qwq_kv_blocks_used", "KV-cache blocks in use");
         var total = factory.CreateGauge("qwq_kv_blocks_total", "KV-cache blocks in the pool");
+        var steps = factory.CreateCounter("qwq_scheduler_steps_total", "Forward steps the batch scheduler ran");
+        var preemptions = factory.CreateCounter("qwq_scheduler_preemptions_total",
+            "Requests that gave their KV blocks back on a full pool, to be recomputed later");
+        var ropeRecomputes = factory.CreateCounter("qwq_rope_recomputes_total",
+            "Sequences recomputed in YaRN because they grew past the adaptive rope switch (or back below it)");
         Registry.AddBeforeCollectCallback(() =>
         {
             queue.Set(inFlight());
             used.Set(backend.KvPool.UsedBlocks);
             total.Set(backend.KvPool.TotalBlocks);
+            var counts = scheduler();
+            steps.IncTo(counts.Steps);
+            preemptions.IncTo(counts.Preemptions);
+            ropeRecomputes.IncTo(counts.RopeRecomputes);
             _tokensPerSecond.Set(TokensPerSecond());
         });
     }

@@ -242,6 +242,9 @@ public class ServerTests
         Assert.That(Metric(metrics, "qwq_generation_tokens_total"), Is.GreaterThanOrEqualTo(3));
         Assert.That(Metric(metrics, "qwq_kv_blocks_total"), Is.EqualTo(_model.Backend.KvPool.TotalBlocks));
         Assert.That(metrics, Does.Contain("qwq_kv_blocks_used").And.Contain("qwq_requests_in_queue").And.Contain("qwq_generation_tokens_per_second"));
+        Assert.That(Metric(metrics, "qwq_scheduler_steps_total"), Is.EqualTo(_model.Scheduler.Counters.Steps).And.GreaterThanOrEqualTo(3));
+        Assert.That(Metric(metrics, "qwq_scheduler_preemptions_total"), Is.EqualTo(_model.Scheduler.Counters.Preemptions));
+        Assert.That(Metric(metrics, "qwq_rope_recomputes_total"), Is.EqualTo(_model.Scheduler.Counters.RopeRecomputes));
     }
 
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"temperature":-1}""", "temperature")]
