@@ -111,8 +111,8 @@ internal static class RopeSwitchBenchmark
             }
 
             double submitted = clock.Elapsed.TotalMilliseconds;
-            // the crossing sequence takes 32 tokens: past the switch it decodes in YaRN beside the others
-            var h = scheduler.Submit(new GenerationRequest(crossing, tokens(1), greedy, 32, []));
+            // the crossing sequence takes 15 tokens (its capacity is the switch + 16): past the switch it decodes in YaRN beside the others
+            var h = scheduler.Submit(new GenerationRequest(crossing, tokens(1), greedy, 15, []));
             double ended = 0;
             var reader = Task.Run(async () =>
             {
