@@ -274,20 +274,11 @@ public sealed class CudaBackend : IModelBackend
         return new Part(seq, (int[])[.. seq.TokenList, .. tokens.Span], WantsLogits: true, 0, rope);
     }
 
-    /// <summary>
-    /// <see cref="ISequence.RecomputesAt"/>: the rope of <paramref name="length"/> is not the one the cache holds, and the
-    /// switch recomputes (re-rotation turns the keys in place, unless a failed step left them in no rope).
-    /// </summary>
-    internal bool RecomputesAt(CudaSequence seq, int length) =>
-        seq.Length > 0 && !ReferenceEquals(seq.CacheRope, _rope.ForLength(length)) &&
-        (_rope.Method == RopeSwitchMethod.Recompute || seq.CacheRope is null);
+    /// <summary><see cref="ISequence.RecomputesAt"/> (<see cref="RopePlan.Recomputes"/>).</summary>
+    internal bool RecomputesAt(CudaSequence seq, int length) => _rope.Recomputes(seq.Length, seq.CacheRope, length);
 
-    /// <summary>
-    /// Whether cached prefix blocks (short-rope keys, <see cref="RopePlan.MayPublish"/>) serve a sequence whose tokens end
-    /// at <paramref name="length"/>: not when it would run them all again in the other rope at its first step.
-    /// </summary>
-    internal bool PrefixCacheServes(int length) =>
-        _rope.Method == RopeSwitchMethod.Rerotate || _rope.MayPublish(_rope.ForLength(length));
+    /// <summary>Whether cached prefix blocks serve a sequence whose tokens end at <paramref name="length"/> (<see cref="RopePlan.PrefixCacheServes"/>).</summary>
+    internal bool PrefixCacheServes(int length) => _rope.PrefixCacheServes(length);
 
     /// <summary>
     /// The switch by re-rotation (<see cref="RopeSwitchMethod.Rerotate"/>): <paramref name="p"/>'s sequence takes its
@@ -317,9 +308,6 @@ public sealed class CudaBackend : IModelBackend
 
     /// <summary>How a sequence's cache turns at the adaptive switch (<see cref="EngineOptions.RopeSwitch"/>).</summary>
     internal RopeSwitchMethod RopeSwitch => _rope.Method;
-
-    /// <summary>The rope a sequence of <paramref name="length"/> positions runs (<see cref="RopePlan.ForLength"/>).</summary>
-    internal RopeParameters RopeForLength(int length) => _rope.ForLength(length);
 
     /// <summary>
     /// Loads <paramref name="checkpointDir"/> (HF safetensors layout) onto the GPU, or random weights generated on

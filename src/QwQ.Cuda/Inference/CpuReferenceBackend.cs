@@ -53,13 +53,14 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// </param>
     /// <param name="ropeScaling">See <see cref="EngineOptions.RopeScaling"/> (null: adaptive when the config has YaRN, as on the GPU engine).</param>
     /// <param name="ropeSwitchPosition">See <see cref="EngineOptions.RopeSwitchPosition"/> (Adaptive only).</param>
+    /// <param name="ropeSwitch">See <see cref="EngineOptions.RopeSwitch"/> (Adaptive only).</param>
     /// <param name="kvCache">
     /// See <see cref="EngineOptions.KvCache"/>: with Fp8, keys and values go through the fp8 format as they are written
     /// (<see cref="KvCacheFp8"/>), and every sequence attends to what it gives back.
     /// </param>
     public CpuReferenceBackend(ModelConfig config, CpuWeights weights, int? maxContext = null, int? validVocab = null,
         ulong? samplerSeed = null, int? kvPoolPositions = null, RopeScalingMode? ropeScaling = null, int? ropeSwitchPosition = null,
-        KvCacheKind kvCache = KvCacheKind.Bf16)
+        KvCacheKind kvCache = KvCacheKind.Bf16, RopeSwitchMethod ropeSwitch = RopeSwitchMethod.Recompute)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
@@ -69,7 +70,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         int modelMax = MemoryPlan.ModelMaxPositions(config);
         if (maxContext > modelMax)
             throw new OptionException($"--max-context {maxContext} exceeds the model's {modelMax} positions");
-        _rope = RopePlan.Resolve(config, ropeScaling, ropeSwitchPosition);
+        _rope = RopePlan.Resolve(config, ropeScaling, ropeSwitchPosition, ropeSwitch);
         Config = config;
         _model = new Qwen2CpuModel(config, weights);
         MaxContext = maxContext ?? modelMax;
@@ -118,10 +119,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Report(new LoadProgress("weights loaded", total, total));
         return new CpuReferenceBackend(config, weights, options.MaxContext, validVocab,
-            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition, kvCache: options.KvCache)
-        {
-            SwitchMethod = options.RopeSwitch,
-        };
+            ropeScaling: options.RopeScaling, ropeSwitchPosition: options.RopeSwitchPosition, kvCache: options.KvCache, ropeSwitch: options.RopeSwitch);
     }
 
     private static void CheckKvCache(KvCacheKind kind)
@@ -209,10 +207,11 @@ public sealed class CpuReferenceBackend : IModelBackend
     public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default) => RunStep(items, ct);
 
     /// <summary>
-    /// How a sequence's cache changes rope at an adaptive switch. Recompute, the default, is what the fidelity
-    /// asks for; Rerotate (EngineOptions.RopeSwitch) turns the cached keys in place, close to but not exactly static YaRN (see <see cref="RopeSwitchMethod"/>).
+    /// How a sequence's cache changes rope at an adaptive switch (the plan's, from the constructor's ropeSwitch). Recompute,
+    /// the default, is what the fidelity asks for; Rerotate turns the cached keys in place, close to but not
+    /// exactly static YaRN (see <see cref="RopeSwitchMethod"/>).
     /// </summary>
-    internal RopeSwitchMethod SwitchMethod { get; init; } = RopeSwitchMethod.Recompute;
+    internal RopeSwitchMethod SwitchMethod => _rope.Method;
 
     /// <summary>
     /// <see cref="Step"/>. An item's rope is that of its length after the step or of its
@@ -387,7 +386,7 @@ public sealed class CpuReferenceBackend : IModelBackend
             CacheRope = owner._rope.ForLength(0); // what cached blocks hold (RopePlan.MayPublish)
             tokens = tokens[..Math.Min(tokens.Length, Capacity)];
             // useless to a sequence whose tokens end in the other rope: its first step would run them all again
-            if (owner.SwitchMethod == RopeSwitchMethod.Recompute && !owner._rope.MayPublish(owner._rope.ForLength(tokens.Length))) return 0;
+            if (!owner._rope.PrefixCacheServes(tokens.Length)) return 0;
             int reused = table.AttachCachedPrefix(tokens);
             _tokens.AddRange(tokens[..reused]);
             return reused;
@@ -409,9 +408,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         public bool RecomputesAt(int length)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            // a re-rotating backend turns the keys in place, unless a failed step left them in no rope (CacheRope null)
-            return Length > 0 && !ReferenceEquals(CacheRope, owner._rope.ForLength(length)) &&
-                   (owner.SwitchMethod == RopeSwitchMethod.Recompute || CacheRope is null);
+            return owner._rope.Recomputes(Length, CacheRope, length);
         }
 
         public void Truncate(int length)

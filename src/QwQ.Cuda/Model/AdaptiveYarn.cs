@@ -120,6 +120,21 @@ internal sealed record RopePlan
     public bool MayPublish(RopeParameters? rope) => Mode != RopeScalingMode.Adaptive || ReferenceEquals(rope, Plain);
 
     /// <summary>
+    /// Whether a sequence holding <paramref name="held"/> positions whose keys are in <paramref name="cacheRope"/> runs them
+    /// all again at the step that takes it to <paramref name="length"/> (<see cref="Inference.ISequence.RecomputesAt"/>):
+    /// that length asks for the other rope, and the switch recomputes (re-rotation turns the keys in place, unless a failed
+    /// step left them in no rope, null).
+    /// </summary>
+    public bool Recomputes(int held, RopeParameters? cacheRope, int length) =>
+        held > 0 && !ReferenceEquals(cacheRope, ForLength(length)) && (Method == RopeSwitchMethod.Recompute || cacheRope is null);
+
+    /// <summary>
+    /// Whether cached prefix blocks (<see cref="MayPublish"/>: short-rope keys) serve a sequence whose tokens end at
+    /// <paramref name="length"/>: not when its first step would run them all again in the other rope.
+    /// </summary>
+    public bool PrefixCacheServes(int length) => Method == RopeSwitchMethod.Rerotate || MayPublish(ForLength(length));
+
+    /// <summary>
     /// The plan for <paramref name="config"/>. Null mode: <see cref="RopeScalingMode.Adaptive"/> when the config has YaRN
     /// rope_scaling (on the GPU engine and the CPU reference alike), plain RoPE when it has none.
     /// </summary>

@@ -225,7 +225,7 @@ public class AdaptiveYarnBackendTests
         // second layer on, K and V come from hidden states that plain-RoPE attention produced.
         double Deviation(ModelConfig config, CpuWeights weights)
         {
-            using var backend = new CpuReferenceBackend(config, weights, ropeScaling: RopeScalingMode.Adaptive) { SwitchMethod = RopeSwitchMethod.Rerotate };
+            using var backend = new CpuReferenceBackend(config, weights, ropeScaling: RopeScalingMode.Adaptive, ropeSwitch: RopeSwitchMethod.Rerotate);
             using var seq = backend.CreateSequence();
             var tokens = Text(30, 14);
             seq.Append(tokens.AsSpan(0, 12));

@@ -215,7 +215,7 @@ public class AdaptiveYarnSchedulerTests
     {
         // tiny-yarn's weights with the switch at 128, so plain sequences fill whole 64-position blocks
         var config = Fixture.Config with { RopeScaling = Fixture.Config.RopeScaling! with { OriginalMaxPositionEmbeddings = 128 } };
-        using var backend = new CpuReferenceBackend(config, Fixture.Weights, ropeScaling: RopeScalingMode.Adaptive) { SwitchMethod = RopeSwitchMethod.Rerotate };
+        using var backend = new CpuReferenceBackend(config, Fixture.Weights, ropeScaling: RopeScalingMode.Adaptive, ropeSwitch: RopeSwitchMethod.Rerotate);
         int[] text = Tokens(160, 10);
 
         using (var plain = backend.CreateSequence())

@@ -172,7 +172,7 @@ public class AdaptiveYarnGpuTests
     // ---- --rope-switch-method rerotate: the cached keys turn in place on the GPU -------------------------------------------
 
     /// <summary>
-    /// The GPU's re-rotating switch against the CPU reference switching the same way (<c>SwitchMethod = Rerotate</c>,
+    /// The GPU's re-rotating switch against the CPU reference switching the same way (<c>RopeSwitch = Rerotate</c>,
     /// fp32, with the same cache kind), through decode graphs across the switch, a truncation back below it and a fork that
     /// switches while its parent stays plain; and every step within the bound (2e-2) of static YaRN over the same
     /// whole sequence, which re-rotation meets on tiny-yarn without being exact (the type's remarks on RopeSwitchMethod).

@@ -181,6 +181,28 @@ public class AdaptiveYarnTests
     }
 
     [Test]
+    public void ASequenceRecomputesWhenItsLengthAsksForTheOtherRopeAndTheSwitchRecomputes()
+    {
+        // Both backends' RecomputesAt and AttachCachedPrefix decide through these two.
+        var recompute = RopePlan.Resolve(QwqYarn, null, 8192);
+        var rerotate = RopePlan.Resolve(QwqYarn, null, 8192, RopeSwitchMethod.Rerotate);
+        foreach (var plan in new[] { recompute, rerotate })
+        {
+            bool recomputes = plan.Method == RopeSwitchMethod.Recompute;
+            Assert.That(plan.Recomputes(0, plan.Plain, 9000), Is.False, "an empty sequence has nothing to run again");
+            Assert.That(plan.Recomputes(100, plan.Plain, 8192), Is.False, "still plain");
+            Assert.That(plan.Recomputes(100, plan.Plain, 8193), Is.EqualTo(recomputes), "past the switch");
+            Assert.That(plan.Recomputes(9000, plan.Yarn, 9001), Is.False, "already YaRN");
+            Assert.That(plan.Recomputes(9000, plan.Yarn, 100), Is.EqualTo(recomputes), "truncated back below it");
+            Assert.That(plan.Recomputes(100, null, 101), Is.True, "a failed step left the keys in no rope: only a recompute mends them");
+            Assert.That(plan.PrefixCacheServes(8192), Is.True);
+            Assert.That(plan.PrefixCacheServes(8193), Is.EqualTo(!recomputes), "plain blocks are re-rotated, not run again");
+        }
+        var fixedRope = RopePlan.Resolve(QwqYarn, RopeScalingMode.Static, null);
+        Assert.That((fixedRope.Recomputes(100, fixedRope.Yarn, 50_000), fixedRope.PrefixCacheServes(50_000)), Is.EqualTo((false, true)));
+    }
+
+    [Test]
     public void TheSwitchNeedsYarnToSwitchTo()
     {
         var e = Assert.Throws<OptionException>(() => RopePlan.Resolve(ModelPresets.Get("qwq-32b"), null, 8192));
