@@ -267,9 +267,10 @@ public sealed class CudaBackend : IModelBackend
     /// </summary>
     private Part PartFor(CudaSequence seq, ReadOnlyMemory<int> tokens, int finalLength)
     {
-        RopeParameters rope = _rope.ForLength(Math.Max(seq.Length + tokens.Length, finalLength));
+        int length = Math.Max(seq.Length + tokens.Length, finalLength);
+        RopeParameters rope = _rope.ForLength(length);
         if (seq.Length == 0 || ReferenceEquals(seq.CacheRope, rope)) return new Part(seq, tokens, WantsLogits: true, seq.Length, rope);
-        if (_rope.Method == RopeSwitchMethod.Rerotate && seq.CacheRope is not null)
+        if (!_rope.Recomputes(seq.Length, seq.CacheRope, length)) // what RecomputesAt told the caller
             return new Part(seq, tokens, WantsLogits: true, seq.Length, rope, Rerotate: true);
         return new Part(seq, (int[])[.. seq.TokenList, .. tokens.Span], WantsLogits: true, 0, rope);
     }

@@ -207,13 +207,6 @@ public sealed class CpuReferenceBackend : IModelBackend
     public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default) => RunStep(items, ct);
 
     /// <summary>
-    /// How a sequence's cache changes rope at an adaptive switch (the plan's, from the constructor's ropeSwitch). Recompute,
-    /// the default, is what the fidelity asks for; Rerotate turns the cached keys in place, close to but not
-    /// exactly static YaRN (see <see cref="RopeSwitchMethod"/>).
-    /// </summary>
-    internal RopeSwitchMethod SwitchMethod => _rope.Method;
-
-    /// <summary>
     /// <see cref="Step"/>. An item's rope is that of its length after the step or of its
     /// <see cref="SequenceChunk.FinalLength"/>, the longer: Append passes the length after the whole append, so a prompt
     /// that ends past the switch runs YaRN from its first chunk (exactly the static-YaRN forward, no plain chunks to redo).
@@ -237,12 +230,13 @@ public sealed class CpuReferenceBackend : IModelBackend
             seq.CheckAppend(items[i].Tokens.Span);
             sequences[i] = seq;
             lengths[i] = writeFrom[i] = seq.Length;
-            var rope = _rope.ForLength(Math.Max(seq.Length + items[i].Tokens.Length, items[i].FinalLength));
+            int length = Math.Max(seq.Length + items[i].Tokens.Length, items[i].FinalLength);
+            var rope = _rope.ForLength(length);
             rows[i] = new CpuBatchRows(items[i].Tokens, seq.Length, seq.Table, rope);
             if (ReferenceEquals(seq.CacheRope, rope) || seq.Length == 0) continue;
             // The sequence changes rope: every block it holds is rewritten (copied first where shared).
             writeFrom[i] = 0;
-            if (SwitchMethod == RopeSwitchMethod.Rerotate && seq.CacheRope is not null)
+            if (!_rope.Recomputes(seq.Length, seq.CacheRope, length)) // what RecomputesAt told the caller
                 rerotate[i] = true;
             else // recompute: the pass runs the whole sequence from position 0 in the new rope
                 rows[i] = new CpuBatchRows((int[])[.. seq.Tokens, .. items[i].Tokens.Span], 0, seq.Table, rope);
