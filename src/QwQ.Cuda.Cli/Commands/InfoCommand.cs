@@ -236,10 +236,19 @@ internal static class InfoCommand
     /// What generate, chat, serve and eval run by default (README, "Rope scaling"): adaptive YaRN where config.json has
     /// YaRN rope_scaling, plain RoPE where it has none.
     /// </summary>
-    internal static string RopeScalingText(ModelConfig c) => c.RopeScaling is { } y
-        ? Invariant($"adaptive (the default): plain RoPE up to {y.OriginalMaxPositionEmbeddings:N0} positions, YaRN (factor {y.Factor:G}) past them; ") +
-          "--rope-scaling static|off and --rope-switch change it"
-        : "none: plain RoPE (config.json has no rope_scaling; QwQ-32B's card adds YaRN for inputs over 32,768 tokens)";
+    internal static string RopeScalingText(ModelConfig c)
+    {
+        if (c.RopeScaling is not { } y)
+            return "none: plain RoPE (config.json has no rope_scaling; QwQ-32B's card adds YaRN for inputs over 32,768 tokens)";
+        var plan = DefaultRope(c);
+        return Invariant($"{ModeName(plan)} (the default): plain RoPE up to {plan.SwitchPosition:N0} positions, YaRN (factor {y.Factor:G}) past them; ") +
+               "--rope-scaling static|off and --rope-switch change it";
+    }
+
+    /// <summary>The rope plan the engine resolves when no --rope-scaling is given (the one place that decides the default).</summary>
+    private static Model.RopePlan DefaultRope(ModelConfig c) => Model.RopePlan.Resolve(c, null, null);
+
+    private static string ModeName(Model.RopePlan plan) => plan.Mode.ToString().ToLowerInvariant();
 
     private static void WriteJson(CliHost host, Info info)
     {
@@ -283,8 +292,9 @@ internal static class InfoCommand
                 w.WriteString("type", yarn.Type);
                 w.WriteNumber("factor", yarn.Factor);
                 w.WriteNumber("original_max_position_embeddings", yarn.OriginalMaxPositionEmbeddings);
-                w.WriteString("default_mode", "adaptive");
-                w.WriteNumber("switch_position", yarn.OriginalMaxPositionEmbeddings);
+                var plan = DefaultRope(c);
+                w.WriteString("default_mode", ModeName(plan));
+                w.WriteNumber("switch_position", plan.SwitchPosition);
                 w.WriteEndObject();
             }
             else
