@@ -19,6 +19,9 @@ internal sealed class RopeOps
     /// <summary>The largest head_dim <see cref="RerotateKeys"/> takes: one KV block's coefficients in 32 KB of shared memory.</summary>
     public const int MaxRerotateHeadDim = 128;
 
+    /// <summary>Layers one block of the re-rotation kernels takes (kernels/rope.cu, RR_LAYERS).</summary>
+    private const int RerotateLayersPerBlock = 8;
+
     /// <summary>
     /// The largest head_dim of the fp8 variant: one thread per pair of a head (256 per block), which keeps the pair in
     /// registers across the head's max-reduction.
@@ -58,11 +61,12 @@ internal sealed class RopeOps
         LaunchChecks.Positive(nkv, nameof(nkv));
         if (headDim < 2 || headDim % 2 != 0 || headDim > MaxRerotateHeadDim)
             throw new ArgumentException($"head_dim must be even and at most {MaxRerotateHeadDim} (got {headDim}).", nameof(headDim));
-        if (!(factorFrom > 0) || !(factorTo > 0)) throw new ArgumentException("attention factors must be positive");
-        // a block per (KV block, 8 layers): kernels/rope.cu, RR_LAYERS
-        var grid = new Dim3((uint)((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize), (uint)((layers + 7) / 8));
         if (layer0.Kind != KvCacheKind.Fp8 && headDim % 8 != 0)
             throw new ArgumentException($"the bf16 re-rotation takes 4 pairs at a time: head_dim must be a multiple of 8 (got {headDim}).", nameof(headDim));
+        if (!(factorFrom > 0) || !(factorTo > 0)) throw new ArgumentException("attention factors must be positive");
+        // a block per (KV block, RerotateLayersPerBlock layers)
+        var grid = new Dim3((uint)((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize),
+            (uint)((layers + RerotateLayersPerBlock - 1) / RerotateLayersPerBlock));
         if (layer0.Kind == KvCacheKind.Fp8)
         {
             ulong codes = layer0.K, scales = layer0.KScales;
