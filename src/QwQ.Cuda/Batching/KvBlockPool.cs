@@ -125,6 +125,21 @@ public sealed class KvBlockPool
     }
 
     /// <summary>
+    /// Drops <paramref name="block"/>'s prefix-cache entry if exactly one table holds it (the caller's, about to rewrite
+    /// it in place); false, and nothing changes, when another table holds it too. After it the block cannot become shared
+    /// behind its holder's back (only cached blocks are found by <see cref="TryReuse"/>).
+    /// </summary>
+    internal bool TryEvictHeldAlone(int block)
+    {
+        lock (_lock)
+        {
+            if (_refCounts[Check(block)] != 1) return false;
+            Uncache(block);
+            return true;
+        }
+    }
+
+    /// <summary>
     /// Registers the full <paramref name="block"/> as holding <paramref name="tokens"/> after the prefix that
     /// <paramref name="parent"/> describes (null: the sequence's first block). Returns the entry that now describes
     /// this content: the block's own, or an equivalent one already cached (the block then stays uncached).

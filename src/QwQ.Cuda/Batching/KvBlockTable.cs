@@ -29,13 +29,13 @@ public sealed class KvBlockTable : IDisposable
     /// <summary>The block ids, in position order (valid until the next change to this table).</summary>
     public ReadOnlySpan<int> Blocks => CollectionsMarshal.AsSpan(_blocks);
 
-    /// <summary>Blocks <see cref="Reserve"/>(start, end) would take from the pool now: new ones plus copies.</summary>
-    public int BlocksNeeded(int start, int end)
+    /// <summary>Blocks <see cref="Reserve"/>(start, end, …, <paramref name="evictCached"/>) would take from the pool now: new ones plus copies.</summary>
+    public int BlocksNeeded(int start, int end, bool evictCached = false)
     {
         var (firstWritten, writtenEnd, fresh) = Plan(start, end);
         int copies = 0;
         for (int i = firstWritten; i < writtenEnd; i++)
-            if (MustCopy(_blocks[i])) copies++;
+            if (Pool.RefCount(_blocks[i]) > 1 || !evictCached && Pool.IsCached(_blocks[i])) copies++;
         return copies + fresh;
     }
 
@@ -43,16 +43,20 @@ public sealed class KvBlockTable : IDisposable
     /// Makes positions [0, <paramref name="end"/>) backed and every block that positions [<paramref name="start"/>,
     /// <paramref name="end"/>) fall in owned by this table alone and uncached, so they may be written.
     /// <paramref name="copyBlock"/>(source, destination) copies a block's KV (the backend's device copy) when one is
-    /// shared. All or nothing: when the pool is short it throws <see cref="KvPoolExhaustedException"/> and changes nothing.
+    /// shared. All or nothing: when the pool is short it throws <see cref="KvPoolExhaustedException"/> and changes nothing
+    /// (but the cache entries <paramref name="evictCached"/> dropped).
+    /// <paramref name="evictCached"/>: a written block that only the prefix cache shares with this table leaves the cache
+    /// and is written in place, instead of being copied to keep its entry. For a rewrite of a whole long sequence (the
+    /// rope switch by re-rotation), where copying 512 blocks to keep their entries cost more than the rewrite itself.
     /// </summary>
-    public void Reserve(int start, int end, Action<int, int> copyBlock)
+    public void Reserve(int start, int end, Action<int, int> copyBlock, bool evictCached = false)
     {
         ArgumentNullException.ThrowIfNull(copyBlock);
         var (firstWritten, writtenEnd, fresh) = Plan(start, end);
         Span<bool> copy = writtenEnd - firstWritten <= 256 ? stackalloc bool[writtenEnd - firstWritten] : new bool[writtenEnd - firstWritten];
         int copies = 0;
         for (int i = firstWritten; i < writtenEnd; i++)
-            if (copy[i - firstWritten] = MustCopy(_blocks[i])) copies++;
+            if (copy[i - firstWritten] = MustCopy(_blocks[i], evictCached)) copies++;
 
         // Decided before taking anything: a block found shared here may have been released since, and copying it
         // anyway is merely wasteful, while an exclusive uncached block cannot become shared behind its owner's back.
@@ -147,7 +151,12 @@ public sealed class KvBlockTable : IDisposable
         Length = 0;
     }
 
-    private bool MustCopy(int block) => Pool.RefCount(block) > 1 || Pool.IsCached(block);
+    /// <summary>
+    /// Whether a block must be copied before this table writes it: another table holds it, or the prefix cache describes
+    /// it and may not lose it. Evicting is atomic in the pool: a block another table attached meanwhile is copied.
+    /// </summary>
+    private bool MustCopy(int block, bool evictCached) =>
+        Pool.RefCount(block) > 1 || Pool.IsCached(block) && !(evictCached && Pool.TryEvictHeldAlone(block));
 
     /// <summary>Blocks [firstWritten, writtenEnd) already held are written by [start, end); fresh more are needed.</summary>
     private (int FirstWritten, int WrittenEnd, int Fresh) Plan(int start, int end)

@@ -283,15 +283,16 @@ public sealed class CudaBackend : IModelBackend
 
     /// <summary>
     /// The switch by re-rotation (<see cref="RopeSwitchMethod.Rerotate"/>): <paramref name="p"/>'s sequence takes its
-    /// blocks for its own (copying those a fork or the prefix cache shares), then its cached keys turn in place into
-    /// the part's rope on every GPU, one kernel each over all layers.
+    /// blocks for its own (copying those a fork holds too; those only the prefix cache describes leave it, since copying
+    /// a 32k sequence's 512 blocks to keep plain-rope entries would cost more than turning them), then its cached keys
+    /// turn in place into the part's rope on every GPU, one kernel each over all layers.
     /// </summary>
     private void Rerotate(Part p)
     {
         CudaSequence seq = p.Seq;
         try
         {
-            seq.Table.Reserve(0, seq.Length, CollectCopy);
+            seq.Table.Reserve(0, seq.Length, CollectCopy, evictCached: true);
         }
         finally
         {
@@ -496,8 +497,8 @@ public sealed class CudaBackend : IModelBackend
         {
             Context.MakeCurrent();
             // A step longer than one pass is still all or nothing on a full pool: check every item's blocks first.
-            int needed = 0; // a re-rotation rewrites every block from position 0: shared ones are copied first
-            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Rerotate ? 0 : p.Start, p.Start + p.Tokens.Length);
+            int needed = 0; // a re-rotation rewrites every block from position 0: those another sequence holds are copied first
+            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Rerotate ? 0 : p.Start, p.Start + p.Tokens.Length, evictCached: p.Rerotate);
             if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
             foreach (Part p in pending)
                 if (p.Rerotate) Rerotate(p);
@@ -584,8 +585,8 @@ public sealed class CudaBackend : IModelBackend
             if (part.Start != seq.Length) throw new InvalidOperationException("AppendWithLogits does not switch a sequence's rope: append up to the switch first");
             if (part.Rerotate)
             {
-                if (part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length) > KvPool.FreeBlocks)
-                    throw new KvPoolExhaustedException(part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length), KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
+                int needed = part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length, evictCached: true);
+                if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
                 Rerotate(part);
             }
             RunPass([part], positions);

@@ -245,7 +245,7 @@ public sealed class CpuReferenceBackend : IModelBackend
 
         lock (_stepGate)
         {
-            Reserve(rows, writeFrom, lengths);
+            Reserve(rows, writeFrom, lengths, rerotate);
             for (int i = 0; i < rows.Length; i++)
             {
                 if (ReferenceEquals(sequences[i].CacheRope, rows[i].Rope)) continue;
@@ -287,21 +287,22 @@ public sealed class CpuReferenceBackend : IModelBackend
     /// <summary>
     /// Backs every item's new positions, or none of them (throwing <see cref="KvPoolExhaustedException"/>), and makes the
     /// blocks from <paramref name="writeFrom"/> on each sequence's own: an item that changes rope rewrites all its blocks,
-    /// so it copies those a fork or the prefix cache shares instead of changing them under the other reader.
+    /// so it copies those a fork or the prefix cache shares instead of changing them under the other reader; one that
+    /// re-rotates (<paramref name="evictCached"/>) takes those only the prefix cache describes out of it instead, as the GPU backend does.
     /// </summary>
-    private void Reserve(CpuBatchRows[] rows, int[] writeFrom, int[] lengths)
+    private void Reserve(CpuBatchRows[] rows, int[] writeFrom, int[] lengths, bool[] evictCached)
     {
         var pool = _kv.Pool;
         int needed = 0;
         for (int i = 0; i < rows.Length; i++)
-            needed += rows[i].Table.BlocksNeeded(writeFrom[i], rows[i].StartPos + rows[i].Tokens.Length);
+            needed += rows[i].Table.BlocksNeeded(writeFrom[i], rows[i].StartPos + rows[i].Tokens.Length, evictCached[i]);
         int free = pool.FreeBlocks;
         if (needed > free) throw new KvPoolExhaustedException(needed, free, pool.TotalBlocks, pool.BlockSize);
         int done = 0;
         try
         {
             for (; done < rows.Length; done++)
-                rows[done].Table.Reserve(writeFrom[done], rows[done].StartPos + rows[done].Tokens.Length, _kv.CopyBlock);
+                rows[done].Table.Reserve(writeFrom[done], rows[done].StartPos + rows[done].Tokens.Length, _kv.CopyBlock, evictCached[done]);
         }
         catch
         {

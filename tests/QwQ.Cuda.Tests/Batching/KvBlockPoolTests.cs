@@ -217,6 +217,35 @@ public class KvBlockPoolTests
         Assert.That(other.Blocks[0], Is.EqualTo(cached), "the cache still holds the original content");
     }
 
+
+    [Test]
+    public void ARewriteThatEvictsCopiesOnlyWhatAnotherTableHolds()
+    {
+        // Three cached full blocks: the first also held by a fork, the other two by this table alone.
+        var pool = new KvBlockPool(8);
+        var copies = new Copies();
+        int[] prompt = Tokens(3 * B + 1, seed: 5);
+        using var table = new KvBlockTable(pool);
+        table.Reserve(0, prompt.Length, copies.Copy);
+        table.PublishFullBlocks(prompt);
+        int[] before = table.Blocks.ToArray();
+        using var fork = table.Fork();
+        fork.Truncate(B);
+        Assert.That(pool.CachedBlocks, Is.EqualTo(3));
+
+        Assert.That(table.BlocksNeeded(0, prompt.Length), Is.EqualTo(3), "keeping the cache copies every cached block");
+        Assert.That(table.BlocksNeeded(0, prompt.Length, evictCached: true), Is.EqualTo(1), "evicting copies only the fork's");
+        table.Reserve(0, prompt.Length, copies.Copy, evictCached: true);
+
+        Assert.That(copies.Calls, Is.EqualTo(new[] { (before[0], table.Blocks[0]) }));
+        Assert.That(table.Blocks[1..].ToArray(), Is.EqualTo(before[1..]), "written in place");
+        Assert.That(pool.IsCached(before[0]), Is.True, "the fork's block keeps its entry");
+        Assert.That(pool.IsCached(before[1]) || pool.IsCached(before[2]), Is.False);
+        Assert.That(fork.Blocks[0], Is.EqualTo(before[0]));
+
+        using var other = new KvBlockTable(pool);
+        Assert.That(other.AttachCachedPrefix(prompt), Is.EqualTo(B), "only the first block is still served from the cache");
+    }
     [Test]
     public void HashCollisionsNeverShareOtherTokensKv()
     {
