@@ -7,6 +7,9 @@
 #include "common.cuh"
 
 constexpr int KV_MAX_PLANES = 4;
+// 16-byte chunks a thread loads before it stores any: a plain load -> store loop keeps one load in flight per thread
+// (the compiler cannot move a load past a store that may alias it), latency-bound like the first re-rotation kernel.
+constexpr int KV_COPY_AHEAD = 8;
 
 struct KvPlanes {
     long long offset[KV_MAX_PLANES];       // where each plane starts within a layer
@@ -24,6 +27,15 @@ kv_copy_blocks(unsigned char* __restrict__ pool, long long layer_bytes, KvPlanes
         const long long bytes = planes.block_bytes[p];
         const uint4* from = reinterpret_cast<const uint4*>(layer + planes.offset[p] + src * bytes);
         uint4* to = reinterpret_cast<uint4*>(layer + planes.offset[p] + dst * bytes);
-        for (long long i = threadIdx.x; i < bytes / 16; i += blockDim.x) to[i] = from[i];
+        const long long n = bytes / 16, step = blockDim.x;
+        long long i = threadIdx.x;
+        for (; i + (KV_COPY_AHEAD - 1) * step < n; i += KV_COPY_AHEAD * step) {
+            uint4 r[KV_COPY_AHEAD];
+#pragma unroll
+            for (int j = 0; j < KV_COPY_AHEAD; ++j) r[j] = from[i + j * step];
+#pragma unroll
+            for (int j = 0; j < KV_COPY_AHEAD; ++j) to[i + j * step] = r[j];
+        }
+        for (; i < n; i += step) to[i] = from[i];
     }
 }
