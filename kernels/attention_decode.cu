@@ -2,32 +2,35 @@
 // (flash-decoding).
 //
 // Layouts (docs/CONTRACTS.md, docs/ENGINE_V2.md), per sequence (row) b of the batch:
-//   q    bf16 [1, nq, D]               the new token (RoPE applied), at position ctx_len-1
+//   q    bf16 [1, nq, D]               the new token (RoPE applied), at position ctx_len-1 (ctx_len: in the plan)
 //   K, V bf16 [blocks, nkv, 64, D]     one layer of the paged pool, through the row's block table
 //                                      (attn::KvLayout); positions 0 .. ctx_len-1 written
 //   out  bf16 [1, nq, D]
-//   workspace: part_o fp32 [nq, num_splits, D], then part_ml float2 [nq, num_splits] = (max in log2 units, sum)
+//   workspace: part_o fp32 [slots, nq, D], then part_ml float2 [slots, nq] = (max in log2 units, sum)
 //
-// CUDA-graph safety: the decode step is captured once and replayed while contexts grow, so ctx_len is read
-// from device memory and the grid (num_splits x nkv x batch) is fixed by the host from the batch size and the
-// table width. Every block derives its key range from ctx_len with decode_split_plan(); splits past the end exit
-// at once (the combine reads only the active ones).
+// Splits per row (since decode-row-splits): the host plans each step's splits from its context lengths
+// (AttentionOps.PlanDecodeSplits): a fixed number of grid slots per KV head (one wave of the blocks that fit, at least
+// one per row: AttentionOps.DecodeSplitSlots, 33 for the bf16 cache on a 132-SM H100/H200), dealt so that every split
+// reads about the same number of key tiles, whatever the row. Before it the split count was one per batch, so a 32k
+// row beside 1k rows had as many splits as they did, each 32 times as long: the step waited for it.
+//
+// CUDA-graph safety: the decode step is captured once and replayed while contexts grow, so the plan (with the
+// context lengths) is read from device memory (the host writes them with the step's inputs) and the grid (slots x nkv) is
+// fixed by the host from the batch size alone.
 //
 // Programmatic launch (common.cuh): the split kernel passes kernel_entry_barrier() late. Before it, a block reads only
-// what the host wrote before the step (ctx_len, the block table) and K/V rows the kernel before it (this layer's RoPE,
-// which writes position ctx_len-1 alone) cannot touch: its first tiles, when they end before ctx_len-1, start loading
-// while RoPE finishes, and splits past the end exit without waiting. Blocks are dealt split-major (all KV heads' split
-// 0, then split 1, ...) so the active splits of a short context are the grid's first blocks, resident in the first
-// wave, rather than every KV head's splits in turn with most of them idle (the host plans one wave of the blocks that fit:
-// AttentionOps.DecodePagedSplits, 33 splits a KV head for one row of the bf16 cache on a 132-SM H100/H200).
+// what the host wrote before the step (the plan, the block table) and K/V rows the kernel before it (this
+// layer's RoPE, which writes position ctx_len-1 alone) cannot touch: its first tiles, when they end before ctx_len-1,
+// start loading while RoPE finishes, and unused slots exit without waiting. Blocks are dealt slot-major (all KV heads'
+// slot 0, then slot 1, ...) so the used slots are the grid's first blocks, resident in the first wave.
 //
-// Split kernel: one block per (split, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
+// Split kernel: one block per (slot, kv head), 4 warps. It handles the whole GQA group (G = nq/nkv <= 16 query
 // heads) so each K/V element is read exactly once: the group's heads are the 16 "rows" of an m16n8k16 tensor-core
 // tile (rows >= G are zero and ignored), which turns the memory-bound GEMV into the same register-resident
 // S = Q K^T -> online softmax -> O += P V pipeline as the prefill kernel. Tiles of 64 keys are streamed through a
 // 3-stage cp.async ring (16-byte copies, ~2 tiles in flight per block); warp w takes keys 16w..16w+15 of each
 // tile with its own running max/sum/output, and the 4 warps are merged through shared memory at the end.
-// Combine kernel: one block per query head merges the active splits with a log-sum-exp rescale. When the whole
+// Combine kernel: one block per (query head, row) merges the row's active splits with a log-sum-exp rescale. When the whole
 // context fits in one split, the split kernel writes the final bf16 output itself and the combine block exits.
 //
 // Requires sm_80+ (mma.sync bf16, ldmatrix, cp.async).
@@ -52,22 +55,25 @@ using mma::pack_bf16x2;
 
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
-// How ctx_len keys are dealt to num_splits blocks: whole tiles, as evenly as possible, as few splits as needed.
-// Must be identical in the split and combine kernels (the host only fixes num_splits).
-struct SplitPlan {
+// Which keys a split block reads: the host's plan for the step (AttentionOps.PlanDecodeSplits). Grid slot g reads
+// split_work[g] = {row (-1: unused slot), split of the row, keys per split, the row's context length}: everything it
+// needs in one 16-byte load, so its first tile loads issue one load latency after it starts, as with a split count per
+// batch. The combine reads split_rows[b] = {first slot, splits, keys per split, context length} of its row. Lengths
+// are clamped to the table; splits whose range starts past the context are inactive (not in a consistent plan).
+struct RowSplits {
+    int row;     // the batch row, -1: a slot no row uses
+    int split;   // this slot's split of the row (split kernel), or the row's first slot (combine)
     int ctx;     // clamped context length
     int chunk;   // keys per split (multiple of BN)
     int active;  // splits with a non-empty range: [s*chunk, min((s+1)*chunk, ctx))
 };
-__device__ __forceinline__ SplitPlan decode_split_plan(const int* ctx_len_ptr, int max_ctx, int num_splits) {
-    SplitPlan p;
-    int ctx = *ctx_len_ptr;
-    ctx = ctx < 0 ? 0 : (ctx > max_ctx ? max_ctx : ctx);
-    p.ctx = ctx;
-    const int tiles = (ctx + BN - 1) / BN;
-    const int tiles_per_split = (tiles + num_splits - 1) / num_splits;
-    p.chunk = (tiles_per_split > 0 ? tiles_per_split : 1) * BN;
-    p.active = (ctx + p.chunk - 1) / p.chunk;
+__device__ __forceinline__ RowSplits row_splits(int4 e, int max_ctx) {
+    RowSplits p;
+    p.row = e.x;
+    p.split = e.y;
+    p.chunk = e.z < BN ? BN : e.z;
+    p.ctx = e.w < 0 ? 0 : (e.w > max_ctx ? max_ctx : e.w);
+    p.active = (p.ctx + p.chunk - 1) / p.chunk;
     return p;
 }
 
@@ -100,8 +106,8 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
                                              const T* __restrict__ k_cache,
                                              const T* __restrict__ v_cache, float* __restrict__ part_o,
                                              float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
-                                             const int* __restrict__ ctx_len_ptr, int nq, int nkv, int max_ctx,
-                                             int num_splits, float scale, const int* __restrict__ block_table = nullptr,
+                                             const int* __restrict__ block_tables, int max_blocks,
+                                             const int4* __restrict__ split_work, int nq, int nkv, float scale,
                                              const float* __restrict__ k_scales = nullptr,
                                              const float* __restrict__ v_scales = nullptr) {
     static_assert(D % 16 == 0 && D <= 256, "head_dim must be a multiple of 16");
@@ -119,21 +125,28 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     __nv_bfloat16* sV = sK + STAGES * BN * LDS;                       // [STAGES][BN][LDS]
     [[maybe_unused]] unsigned char* sStaged = smem_raw;
 
-    // Split-major over the grid's (num_splits, nkv) blocks: see "Programmatic launch" at the top.
+    // Slot-major over the grid's (slots, nkv) blocks: see "Programmatic launch" at the top.
     const int lin = blockIdx.x + blockIdx.y * gridDim.x;
-    const int split = lin / nkv;
-    const int kvh = lin - split * nkv;
+    const int slot = lin / nkv;
+    const int kvh = lin - slot * nkv;
     const int G = nq / nkv;
     const int head0 = kvh * G;
+    const int max_ctx = max_blocks * BN;
 
-    const SplitPlan plan = decode_split_plan(ctx_len_ptr, max_ctx, num_splits);  // ctx_len: written before the step
+    const RowSplits plan = row_splits(split_work[slot], max_ctx);  // the plan: written before the step
+    if (plan.row < 0) return;  // a slot no row uses: exits without waiting for the kernel before
+    const int row = plan.row;
+    q += (size_t)row * nq * D;
+    out += (size_t)row * nq * D;
+    const int* block_table = block_tables + (size_t)row * max_blocks;
     if (plan.active == 0) {  // empty context: define the output as zeros
         kernel_entry_barrier();
-        if (split == 0)
+        if (plan.split == 0)
             for (int i = threadIdx.x; i < G * D; i += THREADS) out[(size_t)head0 * D + i] = __float2bfloat16(0.f);
         return;
     }
-    if (split >= plan.active) return;  // nothing to read or write: exits without waiting for the kernel before
+    if (plan.split >= plan.active) return;  // nothing to read or write
+    const int split = plan.split;
     const int k_begin = split * plan.chunk;
     const int k_end = min(k_begin + plan.chunk, plan.ctx);
     const int n_tiles = (k_end - k_begin + BN - 1) / BN;
@@ -339,33 +352,31 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         const int head = head0 + r;
         if (single) {
             out[(size_t)head * D + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
-        } else {
-            part_o[((size_t)head * num_splits + split) * D + d] = acc;
-            if (d == 0) part_ml[(size_t)head * num_splits + split] = make_float2(mx, l);
+        } else {  // partials of grid slot `slot`: [slots, nq, D] and [slots, nq]
+            part_o[((size_t)slot * nq + head) * D + d] = acc;
+            if (d == 0) part_ml[(size_t)slot * nq + head] = make_float2(mx, l);
         }
     }
 }
 
 }  // namespace attn_decode
 
-// Paged, one decode row per sequence, many sequences in one launch (docs/ENGINE_V2.md). Grid (num_splits, nkv,
-// batch). Row b: q[b] and out[b] ([batch, nq, D]), ctx_lens[b] keys (0: padding row, output zeros), block table
-// block_tables[b] of max_blocks entries; partials at part_o[b] ([batch, nq, num_splits, D]) and part_ml[b].
-// K and V are one layer of the pool, [blocks, nkv, 64, D]. Every input is read on the device: graph-capture safe.
+// Paged, one decode row per sequence, many sequences in one launch (docs/ENGINE_V2.md). Grid (slots, nkv): slot g of
+// KV head h reads the keys the step's plan gives it (RowSplits: split_work int4 [slots]). Row b: q[b] and out[b]
+// ([batch, nq, D]), its context length in the plan (0: padding row, output zeros), block table block_tables[b] of
+// max_blocks entries. Partials per slot: part_o [slots, nq, D], then part_ml [slots, nq]. K and V are one layer of the
+// pool, [blocks, nkv, 64, D]. Every input is read on the device: graph-capture safe.
 // Block 128 threads, dynamic smem = attn_decode::split_smem_bytes<D>() (= 3 stages * (K + V) * 64 keys * (D+8) *
 // 2 bytes: 104448 for D=128).
-#define QWQ_ATTN_DECODE_PAGED_ENTRY(D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_bf16_d##D(        \
-        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,                          \
-        const __nv_bfloat16* __restrict__ v_pool, float* __restrict__ part_o, float2* __restrict__ part_ml,     \
-        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
-        int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
-        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                          \
-        const size_t b = blockIdx.z;                                                                            \
-        attn_decode::decode_split<D>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D,          \
-                                     part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, nkv,    \
-                                     max_blocks * attn_decode::BN, num_splits, scale,                           \
-                                     block_tables + b * max_blocks);                                            \
+#define QWQ_ATTN_DECODE_PAGED_ENTRY(D)                                                                           \
+    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_bf16_d##D(         \
+        const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,                           \
+        const __nv_bfloat16* __restrict__ v_pool, float* __restrict__ part_o, float2* __restrict__ part_ml,      \
+        __nv_bfloat16* __restrict__ out, const int* __restrict__ block_tables,                                   \
+        const int4* __restrict__ split_work, int max_blocks, int nq, int nkv, float scale) {                    \
+        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                           \
+        attn_decode::decode_split<D>(q, k_pool, v_pool, part_o, part_ml, out, block_tables, max_blocks,          \
+                                     split_work, nq, nkv, scale);                                                \
     }
 
 QWQ_ATTN_DECODE_PAGED_ENTRY(32)
@@ -376,19 +387,16 @@ QWQ_ATTN_DECODE_PAGED_ENTRY(128)
 // v_scales fp32 [blocks, nkv, 64]; every other argument, the grid, the block and the partials as the bf16 entry (the
 // same combine kernel follows). Dynamic smem = attn_decode::split_smem_bytes_fp8<D>() (= 3 stages *
 // attn::fp8_stage_bytes = 3 * (2 * 64 * (D+16) + 2 * 64 * 4): 56832 for D=128, 32256 for 64, 19968 for 32).
-#define QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(D)                                                                      \
-    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_fp8_d##D(         \
-        const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                \
-        const uint8_t* __restrict__ v_pool, const float* __restrict__ k_scales,                                 \
-        const float* __restrict__ v_scales, float* __restrict__ part_o, float2* __restrict__ part_ml,           \
-        __nv_bfloat16* __restrict__ out, const int* __restrict__ ctx_lens, const int* __restrict__ block_tables, \
-        int max_blocks, int nq, int nkv, int num_splits, float scale) {                                         \
-        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                          \
-        const size_t b = blockIdx.z;                                                                            \
-        attn_decode::decode_split<D, uint8_t>(q + b * nq * D, k_pool, v_pool, part_o + b * nq * num_splits * D, \
-                                              part_ml + b * nq * num_splits, out + b * nq * D, ctx_lens + b, nq, \
-                                              nkv, max_blocks * attn_decode::BN, num_splits, scale,             \
-                                              block_tables + b * max_blocks, k_scales, v_scales);               \
+#define QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(D)                                                                       \
+    extern "C" __global__ void __launch_bounds__(attn_decode::THREADS) attention_decode_paged_fp8_d##D(          \
+        const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ k_pool,                                 \
+        const uint8_t* __restrict__ v_pool, const float* __restrict__ k_scales,                                  \
+        const float* __restrict__ v_scales, float* __restrict__ part_o, float2* __restrict__ part_ml,            \
+        __nv_bfloat16* __restrict__ out, const int* __restrict__ block_tables,                                   \
+        const int4* __restrict__ split_work, int max_blocks, int nq, int nkv, float scale) {                    \
+        /* kernel_entry_barrier(): inside decode_split, after the early tile loads */                           \
+        attn_decode::decode_split<D, uint8_t>(q, k_pool, v_pool, part_o, part_ml, out, block_tables, max_blocks, \
+                                              split_work, nq, nkv, scale, k_scales, v_scales);                   \
     }
 
 QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(32)
@@ -396,37 +404,34 @@ QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(64)
 QWQ_ATTN_DECODE_PAGED_FP8_ENTRY(128)
 
 // Combine kernel. Grid (nq, batch), block head_dim threads (one output element each; head_dim <= 1024); row b's
-// partials, output and ctx_len at offset b (see the paged entry).
-// Merges splits 0 .. active-1 of each head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s.
+// splits, partials and output as the paged entry's (RowSplits).
+// Merges the row's active splits of each head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s.
 // Does nothing when the split kernel already wrote the output (one active split, or an empty context).
 extern "C" __global__ void __launch_bounds__(1024) attention_decode_combine_bf16(
     const float* __restrict__ part_o, const float2* __restrict__ part_ml, __nv_bfloat16* __restrict__ out,
-    const int* __restrict__ ctx_len, int nq, int head_dim, int max_ctx, int num_splits) {
+    const int4* __restrict__ split_rows, int nq, int head_dim, int max_ctx) {
     kernel_entry_barrier();
-    {
-        const size_t b = blockIdx.y;  // 0 for the single-sequence launch
-        part_o += b * nq * num_splits * head_dim;
-        part_ml += b * nq * num_splits;
-        out += b * nq * head_dim;
-        ctx_len += b;
-    }
-    const attn_decode::SplitPlan plan = attn_decode::decode_split_plan(ctx_len, max_ctx, num_splits);
+    const int b = blockIdx.y;
+    const int4 r = split_rows[b];  // {first slot, splits, keys per split, context length}
+    attn_decode::RowSplits plan = attn_decode::row_splits(make_int4(b, r.x, r.z, r.w), max_ctx);
+    plan.active = min(plan.active, r.y);
     if (plan.active <= 1) return;
     const int head = blockIdx.x;
     const int d = threadIdx.x;
     if (head >= nq || d >= head_dim) return;
-    const float2* ml = part_ml + (size_t)head * num_splits;
+    const int first = plan.split;                                              // the row's first slot
+    const float2* ml = part_ml + (size_t)first * nq + head;                    // stride nq a slot
+    const float* po = part_o + ((size_t)first * nq + head) * head_dim + d;     // stride nq * head_dim a slot
     float mx = attn_decode::neg_inf();
-    for (int s = 0; s < plan.active; ++s) mx = fmaxf(mx, ml[s].x);
+    for (int s = 0; s < plan.active; ++s) mx = fmaxf(mx, ml[(size_t)s * nq].x);
     const float base = (mx == attn_decode::neg_inf()) ? 0.f : mx;
-    const float* po = part_o + (size_t)head * num_splits * head_dim + d;
     float acc = 0.f, l = 0.f;
 #pragma unroll 8
     for (int s = 0; s < plan.active; ++s) {
-        const float2 v = ml[s];
+        const float2 v = ml[(size_t)s * nq];
         const float wt = exp2f(v.x - base);
-        acc += wt * po[(size_t)s * head_dim];
+        acc += wt * po[(size_t)s * nq * head_dim];
         l += wt * v.y;
     }
-    out[(size_t)head * head_dim + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
+    out[(size_t)b * nq * head_dim + (size_t)head * head_dim + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
 }

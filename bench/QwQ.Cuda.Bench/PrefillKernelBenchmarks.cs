@@ -1,3 +1,4 @@
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Native;
 
@@ -51,10 +52,11 @@ internal static class PrefillKernelBenchmarks
             using var v = Random(init, stream, (long)Nkv * c * D);
             using var o = DeviceBuffer.Allocate(2L * Nq * D);
             using var table = IdentityTable(blocks);
-            using var ctxLen = DeviceBuffer.FromHost<int>([c]);
-            using var work = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(ctx.MultiprocessorCount, Nq, Nkv, D, 1, blocks));
+            using var work = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(ctx.MultiprocessorCount, Nq, Nkv, D, 1));
+            using var plan = new DecodeSplitPlanBuffers(1);
+            plan.Plan(attention, [c], blocks, Nkv, D, KvCacheKind.Bf16);
             double ms = Time(stream, iterations,
-                () => attention.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, work.Ptr, ctxLen.Ptr, table.Ptr, 1, blocks, Nq, Nkv, D, 1f / MathF.Sqrt(D)));
+                () => attention.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, work.Ptr, table.Ptr, plan.Rows, plan.Work, 1, blocks, Nq, Nkv, D, 1f / MathF.Sqrt(D)));
             double gbs = 2.0 * 2 * Nkv * c * D / (ms * 1e-3) / 1e9;
             output.WriteLine($"{$"decode ctx={c}",-30}{ms,8:F4}{gbs,7:F0} GB/s{100 * gbs / copyGBs,6:F0}%");
         }

@@ -668,6 +668,7 @@ public sealed class CudaBackend : IModelBackend
                 logits[r] = r;
             }
             gatheredRows = batch;
+            First.PlanDecodeSplits(batch);
             ShareInputs(batch);
             if (_ranks.All(rank => rank.HasDecodeGraph(batch)))
             {
@@ -680,6 +681,7 @@ public sealed class CudaBackend : IModelBackend
         }
         else
         {
+            if (decode > 0) First.PlanDecodeSplits(decode);
             ShareInputs(seqs);
             var shape = new StepShape(rows, decode, seqs - decode, maxPrefill, logitRows);
             _threads!.Run(r => _ranks[r].Step(shape, seqs));

@@ -106,6 +106,20 @@ internal sealed class DeviceRank : IDisposable
     }
 
     /// <summary>
+    /// Plans the decode attention of a step whose first <paramref name="batch"/> sequences decode (their context lengths
+    /// already in <see cref="Workspace"/>'s step inputs): how this GPU's split slots are dealt to them by length
+    /// (<see cref="AttentionOps.PlanDecodeSplits"/>), written beside the lengths. Tensor-parallel ranks hold the same
+    /// KV head count on the same GPU model, so one rank plans and the others copy its inputs.
+    /// </summary>
+    public void PlanDecodeSplits(int batch)
+    {
+        ModelConfig c = Shape.Config;
+        StepInputs inp = Workspace.Inputs;
+        int slots = Kernels.Attention.DecodeSplitSlots(c.NumKeyValueHeads, batch, c.HeadDim, Kv.Kind);
+        AttentionOps.PlanDecodeSplits(inp.CtxLensHost[..batch], inp.MaxBlocks * AttentionOps.KvBlockSize, slots, inp.SplitRowsHost, inp.SplitWorkHost);
+    }
+
+    /// <summary>
     /// Adaptive rope scaling's fast switch (<see cref="RopeSwitchMethod.Rerotate"/>): turns this GPU's cached keys of the
     /// sequence whose blocks are <paramref name="blocks"/>, positions 0 .. <paramref name="positions"/>−1 of every layer,
     /// from rope <paramref name="from"/> into rope <paramref name="to"/> (indices into the ropes it was loaded with). The

@@ -97,8 +97,8 @@ internal sealed class Qwen2Forward
         StepInputs inp = _ws.Inputs;
         KvLayer kv = _kv.Layer(layer);
         if (b.DecodeSequences > 0)
-            _k.Attention.DecodePaged(s, _ws.Q, kv, _ws.Attn, _ws.DecodeAttnScratch, inp.CtxLens,
-                inp.Tables(0), b.DecodeSequences, _maxBlocks, _nq, _nkv, _d, _scale);
+            _k.Attention.DecodePaged(s, _ws.Q, kv, _ws.Attn, _ws.DecodeAttnScratch, inp.Tables(0), inp.SplitRows,
+                inp.SplitWork, b.DecodeSequences, _maxBlocks, _nq, _nkv, _d, _scale);
         if (b.PrefillSequences > 0)
             _k.Attention.PrefillPaged(s, _ws.Q, kv, _ws.Attn, inp.SeqInfo(b.DecodeSequences),
                 inp.Tables(b.DecodeSequences), b.PrefillSequences, b.MaxPrefillRows, _maxBlocks, _nq, _nkv, _d, _scale);

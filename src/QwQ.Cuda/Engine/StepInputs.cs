@@ -18,20 +18,23 @@ internal sealed class StepInputs : IDisposable
     public int MaxSequences { get; }
     public int MaxLogitRows { get; }
     public int MaxBlocks { get; }
+    public int MaxSplitSlots { get; }
 
-    // Offsets in int32 elements; every region starts on a 16-byte boundary (SeqInfo is read as int4).
-    private readonly int _positions, _slots, _ropeRows, _seqInfo, _ctxLens, _logitRows, _tables;
+    // Offsets in int32 elements; every region starts on a 16-byte boundary (SeqInfo, SplitRows and SplitWork are read as int4).
+    private readonly int _positions, _slots, _ropeRows, _seqInfo, _ctxLens, _splitRows, _splitWork, _logitRows, _tables;
 
-    public StepInputs(int maxRows, int maxSequences, int maxLogitRows, int maxBlocks)
+    public StepInputs(int maxRows, int maxSequences, int maxLogitRows, int maxBlocks, int maxSplitSlots)
     {
-        (MaxRows, MaxSequences, MaxLogitRows, MaxBlocks) = (maxRows, maxSequences, maxLogitRows, maxBlocks);
+        (MaxRows, MaxSequences, MaxLogitRows, MaxBlocks, MaxSplitSlots) = (maxRows, maxSequences, maxLogitRows, maxBlocks, maxSplitSlots);
         static int Up4(int n) => (n + 3) & ~3;
         _positions = Up4(maxRows);
         _slots = _positions + Up4(maxRows);
         _ropeRows = _slots + Up4(maxRows);
         _seqInfo = _ropeRows + Up4(maxRows);
         _ctxLens = _seqInfo + 4 * maxSequences;
-        _logitRows = _ctxLens + Up4(maxSequences);
+        _splitRows = _ctxLens + Up4(maxSequences);
+        _splitWork = _splitRows + 4 * maxSequences;
+        _logitRows = _splitWork + 4 * maxSplitSlots;
         _tables = _logitRows + Up4(maxLogitRows);
         _headerBytes = 4L * _tables;
         long total = 4L * _tables + 4L * maxSequences * maxBlocks;
@@ -49,7 +52,9 @@ internal sealed class StepInputs : IDisposable
     public Span<int> SlotsHost => Host(_slots, MaxRows);         // [rows]  KV pool slot (block * 64 + offset), −1 = padding
     public Span<int> RopeRowsHost => Host(_ropeRows, MaxRows);   // [rows]  the engine's rope each row runs (adaptive: 0 plain, 1 YaRN)
     public Span<int> SeqInfoHost => Host(_seqInfo, 4 * MaxSequences); // [seqs, 4] first row, rows, cached positions, 0
-    public Span<int> CtxLensHost => Host(_ctxLens, MaxSequences);     // [seqs]  positions attended to by a decode row
+    public Span<int> CtxLensHost => Host(_ctxLens, MaxSequences);     // [seqs]  positions attended to by a decode row (the plan's input)
+    public Span<int> SplitRowsHost => Host(_splitRows, 4 * MaxSequences); // [decode seqs, 4]  the decode attention's plan (AttentionOps.PlanDecodeSplits)
+    public Span<int> SplitWorkHost => Host(_splitWork, 4 * MaxSplitSlots); // [slots, 4]  each decode split slot's row (−1 unused), split, keys, context
     public Span<int> LogitRowsHost => Host(_logitRows, MaxLogitRows); // [logit_rows]  rows whose logits are computed
     public Span<int> TableHost(int seq) => Host(_tables + seq * MaxBlocks, MaxBlocks); // [max_blocks] block ids
 
@@ -58,7 +63,8 @@ internal sealed class StepInputs : IDisposable
     public ulong Slots => Dev(_slots);
     public ulong RopeRows => Dev(_ropeRows);
     public ulong SeqInfo(int firstSeq) => Dev(_seqInfo + 4 * firstSeq);
-    public ulong CtxLens => Dev(_ctxLens);
+    public ulong SplitRows => Dev(_splitRows);
+    public ulong SplitWork => Dev(_splitWork);
     public ulong LogitRows => Dev(_logitRows);
     public ulong Tables(int firstSeq) => Dev(_tables + firstSeq * MaxBlocks);
 

@@ -49,7 +49,8 @@ internal sealed class Workspace : IDisposable
         Act = Take(nameof(Act)); LogitInput = Take(nameof(LogitInput)); DecodeAttnScratch = Take(nameof(DecodeAttnScratch));
         if (linearKind == WeightKind.Fp8) (Fp8ActCodes, Fp8ActScales) = (Take(nameof(Fp8ActCodes)), Take(nameof(Fp8ActScales)));
         _logits = DeviceBuffer.Allocate(4L * LogitRows * LogitsWidth);
-        Inputs = new StepInputs(maxRows, Math.Min(MaxSequences, maxRows), LogitRows, maxBlocks);
+        Inputs = new StepInputs(maxRows, Math.Min(MaxSequences, maxRows), LogitRows, maxBlocks,
+            AttentionOps.MaxDecodeSplitSlots(multiprocessors, c.NumKeyValueHeads, Math.Min(MaxSequences, maxRows)));
     }
 
     // The logits are a DeviceBuffer of their own (host copies take a DeviceBuffer); everything else lives in one arena.
@@ -64,7 +65,7 @@ internal sealed class Workspace : IDisposable
             (nameof(Attn), 2 * t * c.QDim), (nameof(GateUp), 4 * t * 2 * c.IntermediateSize),
             (nameof(Act), 2 * t * c.IntermediateSize), (nameof(LogitInput), 2 * r * h),
             (nameof(DecodeAttnScratch), AttentionOps.DecodePagedWorkspaceBytes(multiprocessors, c.NumAttentionHeads,
-                c.NumKeyValueHeads, c.HeadDim, Math.Min(MaxSequences, maxRows), maxBlocks)),
+                c.NumKeyValueHeads, c.HeadDim, Math.Min(MaxSequences, maxRows))),
         ];
         if (linearKind == WeightKind.Fp8)
             sizes.AddRange([(nameof(Fp8ActCodes), t * MaxProductInput(c)), (nameof(Fp8ActScales), 4 * t)]);
@@ -88,7 +89,8 @@ internal sealed class Workspace : IDisposable
     public static long DeviceBytes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors = 256, int? logitsWidth = null,
         WeightKind linearKind = WeightKind.Bf16)
     {
-        long inputs = 4L * (4 * maxRows + 8L * MaxSequences + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
+        long inputs = 4L * (4 * maxRows + 12L * MaxSequences + 4L * AttentionOps.MaxDecodeSplitSlots(multiprocessors, c.NumKeyValueHeads, MaxSequences)
+            + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
         return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors, linearKind).Select(s => s.Bytes)) +
                DeviceArena.SizeFor([4L * LogitRowsFor(c, maxRows) * (logitsWidth ?? c.VocabSize)]) + inputs;
     }

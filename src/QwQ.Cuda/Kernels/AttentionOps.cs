@@ -17,9 +17,10 @@ namespace QwQ.Cuda.Kernels;
 /// On compute capability 9.0 the bf16 cache at head_dim 128 (QwQ) runs the Hopper kernel instead
 /// (kernels/sm90a/attention_prefill_sm90a.cu: wgmma, same arguments and results) when its PTX is embedded and
 /// <see cref="HopperPrefill"/> is on; everything else runs the portable mma.sync kernel.</item>
-/// <item><see cref="DecodePaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, ulong, int, int, int, int, int, float)">DecodePaged</see>: one query row per sequence, split across blocks (flash-decoding) and merged by a
-/// second kernel. Context lengths and block tables are read on the device and the grid depends only on the batch
-/// size and table width, so the call can be captured once into a CUDA graph and replayed while contexts grow.</item>
+/// <item><see cref="DecodePaged(CudaStream, ulong, KvLayer, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, float)">DecodePaged</see>: one query row per sequence, split across blocks (flash-decoding) and merged by a
+/// second kernel; the splits are dealt to the rows by their lengths each step (<see cref="PlanDecodeSplits"/>). The
+/// plan (with the context lengths) and block tables are read on the device and the grid depends only on the batch size, so the call
+/// can be captured once into a CUDA graph and replayed while contexts grow.</item>
 /// </list>
 /// </summary>
 internal sealed class AttentionOps
@@ -194,19 +195,66 @@ internal sealed class AttentionOps
     }
 
     /// <summary>
-    /// Splits per KV head of a paged decode launch of <paramref name="batch"/> rows: one wave of the blocks the GPU holds
-    /// at once (<see cref="DecodeBlocksPerSm"/> per SM) over all rows and KV heads. Fixed by the batch and the table
-    /// width, so a graph captured for a batch size stays valid.
+    /// Grid slots per KV head of a paged decode launch of <paramref name="batch"/> rows: one wave of the blocks the GPU
+    /// holds at once (<see cref="DecodeBlocksPerSm"/> per SM) over the KV heads, at most <see cref="MaxDecodeSplits"/>,
+    /// and at least one per row. Fixed by the batch, so a graph captured for a batch size stays valid; the step's plan
+    /// (<see cref="PlanDecodeSplits"/>) deals them to the rows.
     /// </summary>
-    internal int DecodePagedSplits(int nkv, int batch, int maxBlocks, int headDim, KvCacheKind kind) =>
-        DecodePagedSplits(_multiprocessors, nkv, batch, maxBlocks, DecodeBlocksPerSm(headDim, kind));
+    internal int DecodeSplitSlots(int nkv, int batch, int headDim, KvCacheKind kind) =>
+        DecodeSplitSlots(_multiprocessors, nkv, batch, DecodeBlocksPerSm(headDim, kind));
 
-    internal static int DecodePagedSplits(int multiprocessors, int nkv, int batch, int maxBlocks, int blocksPerSm)
-    {
+    internal static int DecodeSplitSlots(int multiprocessors, int nkv, int batch, int blocksPerSm) =>
         // Rounded down: a few blocks past one wave make a second wave that takes as long as the first (at batch 8 and
         // 32k, 5 splits of 8 × 8 blocks = 320 on 264 slots ran 11% slower than 4).
-        int target = blocksPerSm * multiprocessors / (nkv * batch);
-        return Math.Clamp(target, 1, Math.Min(MaxDecodeSplits, maxBlocks));
+        Math.Max(batch, Math.Clamp(blocksPerSm * multiprocessors / nkv, 1, MaxDecodeSplits));
+
+    /// <summary>
+    /// Deals <paramref name="slots"/> decode splits to the rows of a step by their context lengths: the fewest key tiles
+    /// per split such that every row's splits fit (each row at least one), so every split reads about the same number of
+    /// tiles and a long row beside short ones takes most of the slots. Writes what the decode kernels read
+    /// (kernels/attention_decode.cu, RowSplits): <paramref name="splitRows"/> int32 [rows, 4] = {first slot, splits, keys
+    /// per split, context length} and <paramref name="splitWork"/> int32 [slots, 4] = {row (−1: unused), split of the
+    /// row, keys per split, the row's context length}. Lengths are clamped to [0, <paramref name="maxContext"/>]; a row
+    /// of length 0 (padding) gets one split that writes zeros.
+    /// </summary>
+    public static void PlanDecodeSplits(ReadOnlySpan<int> contextLengths, int maxContext, int slots, Span<int> splitRows, Span<int> splitWork)
+    {
+        int rows = contextLengths.Length;
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1, nameof(contextLengths));
+        if (slots < rows) throw new ArgumentOutOfRangeException(nameof(slots), $"{slots} slots cannot give each of {rows} rows a split");
+        if (splitRows.Length < 4 * rows) throw new ArgumentException($"needs {4 * rows} ints", nameof(splitRows));
+        if (splitWork.Length < 4 * slots) throw new ArgumentException($"needs {4 * slots} ints", nameof(splitWork));
+        Span<int> tiles = rows <= 256 ? stackalloc int[rows] : new int[rows]; // key tiles of each row
+        long total = 0;
+        int longest = 1;
+        for (int r = 0; r < rows; r++)
+        {
+            tiles[r] = (Math.Clamp(contextLengths[r], 0, maxContext) + KeyTile - 1) / KeyTile;
+            (total, longest) = (total + tiles[r], Math.Max(longest, tiles[r]));
+        }
+        static int SplitsAt(ReadOnlySpan<int> tiles, int tilesPerSplit)
+        {
+            int n = 0;
+            foreach (int t in tiles) n += Math.Max(1, (t + tilesPerSplit - 1) / tilesPerSplit);
+            return n;
+        }
+        // The fewest tiles per split whose splits fit; at `longest` every row has one split, which fits (rows ≤ slots).
+        int lo = (int)Math.Clamp((total + slots - 1) / slots, 1, longest), hi = longest;
+        while (lo < hi)
+        {
+            int mid = lo + (hi - lo) / 2;
+            if (SplitsAt(tiles, mid) <= slots) hi = mid;
+            else lo = mid + 1;
+        }
+        int next = 0, chunk = lo * KeyTile;
+        for (int r = 0; r < rows; r++)
+        {
+            int splits = Math.Max(1, (tiles[r] + lo - 1) / lo), context = Math.Clamp(contextLengths[r], 0, maxContext);
+            (splitRows[4 * r], splitRows[4 * r + 1], splitRows[4 * r + 2], splitRows[4 * r + 3]) = (next, splits, chunk, context);
+            for (int i = 0; i < splits; i++, next++)
+                (splitWork[4 * next], splitWork[4 * next + 1], splitWork[4 * next + 2], splitWork[4 * next + 3]) = (r, i, chunk, context);
+        }
+        for (; next < slots; next++) (splitWork[4 * next], splitWork[4 * next + 1], splitWork[4 * next + 2], splitWork[4 * next + 3]) = (-1, 0, 0, 0);
     }
 
     /// <summary>
@@ -222,31 +270,36 @@ internal sealed class AttentionOps
 
     private const int MaxDecodeBlocksPerSm = 4;
 
+    /// <summary>Most decode grid slots any batch up to <paramref name="maxBatch"/> takes, any head_dim and cache kind (the plan's work table).</summary>
+    public static int MaxDecodeSplitSlots(int multiprocessors, int nkv, int maxBatch) =>
+        DecodeSplitSlots(multiprocessors, nkv, maxBatch, MaxDecodeBlocksPerSm);
+
     /// <summary>
     /// Bytes of paged decode workspace for any batch up to <paramref name="maxBatch"/>, any head_dim and cache kind:
-    /// partials [batch, nq, splits, D + 2] fp32 at the most splits any of them takes.
+    /// partials [slots, nq, D + 2] fp32 at the most slots any of them takes.
     /// </summary>
-    public static long DecodePagedWorkspaceBytes(int multiprocessors, int nq, int nkv, int headDim, int maxBatch, int maxBlocks)
+    public static long DecodePagedWorkspaceBytes(int multiprocessors, int nq, int nkv, int headDim, int maxBatch)
     {
-        long most = 0;
-        for (int b = 1; b <= maxBatch; b++)
-            most = Math.Max(most, (long)b * DecodePagedSplits(multiprocessors, nkv, b, maxBlocks, MaxDecodeBlocksPerSm));
-        return 4L * nq * most * headDim + 8L * nq * most;
+        long slots = MaxDecodeSplitSlots(multiprocessors, nkv, maxBatch);
+        return 4L * nq * slots * headDim + 8L * nq * slots;
     }
 
     /// <summary>
     /// Paged decode attention for <paramref name="batch"/> rows, one per sequence: row b's q (bf16 [batch, nq, D])
-    /// attends to the first <paramref name="ctxLens"/>[b] positions of its block table row (int32 [batch, maxBlocks]);
-    /// a row with ctx_len 0 (padding) outputs zeros. Every per-row input is read on the device: graph-capture safe.
+    /// attends to the first positions of its block table row (int32 [batch, maxBlocks]), as many as the plan gives it;
+    /// a row of length 0 (padding) outputs zeros. <paramref name="splitRows"/> (int32 [batch, 4]) and
+    /// <paramref name="splitWork"/> (int32 [<see cref="DecodeSplitSlots"/>, 4]), both 16-byte aligned: the step's plan,
+    /// <see cref="PlanDecodeSplits"/> over the rows' lengths with that many slots. Every per-row input is read on the
+    /// device: graph-capture safe.
     /// <paramref name="workspace"/>: <see cref="DecodePagedWorkspaceBytes"/> bytes, 8-byte aligned.
     /// </summary>
     public void DecodePaged(CudaStream s, ulong q, ulong kPool, ulong vPool, ulong output, ulong workspace,
-        ulong ctxLens, ulong blockTables, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale) =>
-        DecodePaged(s, q, KvLayer.Bf16(kPool, vPool), output, workspace, ctxLens, blockTables, batch, maxBlocks, nq, nkv, headDim, scale);
+        ulong blockTables, ulong splitRows, ulong splitWork, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale) =>
+        DecodePaged(s, q, KvLayer.Bf16(kPool, vPool), output, workspace, blockTables, splitRows, splitWork, batch, maxBlocks, nq, nkv, headDim, scale);
 
-    /// <summary><see cref="DecodePaged(CudaStream, ulong, ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, float)"/> over one layer of a bf16 or fp8 pool.</summary>
+    /// <summary><see cref="DecodePaged(CudaStream, ulong, ulong, ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, float)"/> over one layer of a bf16 or fp8 pool.</summary>
     public unsafe void DecodePaged(CudaStream s, ulong q, KvLayer kv, ulong output, ulong workspace,
-        ulong ctxLens, ulong blockTables, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale)
+        ulong blockTables, ulong splitRows, ulong splitWork, int batch, int maxBlocks, int nq, int nkv, int headDim, float scale)
     {
         ArgumentNullException.ThrowIfNull(s);
         ValidateShape(nq, nkv, headDim, maxBlocks, scale);
@@ -255,27 +308,28 @@ internal sealed class AttentionOps
             throw new ArgumentException($"Decode attention supports at most {MaxDecodeGroup} query heads per KV head; got {nq / nkv}.");
         CheckPointers(q, kv, output);
         if (workspace == 0 || (workspace & 7) != 0) throw new ArgumentException("Decode workspace must be non-null and 8-byte aligned.", nameof(workspace));
-        if (ctxLens == 0 || (ctxLens & 3) != 0) throw new ArgumentException("ctxLens must be non-null and 4-byte aligned.", nameof(ctxLens));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
-        int splits = DecodePagedSplits(nkv, batch, maxBlocks, headDim, kv.Kind);
-        ulong partO = workspace;                                                          // fp32 [batch, nq, splits, D]
-        ulong partMl = workspace + (ulong)(4L * batch * nq * splits * headDim);           // fp32 [batch, nq, splits, 2]
-        int mb = maxBlocks, hq = nq, hkv = nkv, d = headDim, ns = splits, maxCtx = maxBlocks * KvBlockSize;
+        if (splitRows == 0 || (splitRows & 15) != 0) throw new ArgumentException("splitRows must be non-null and 16-byte aligned.", nameof(splitRows));
+        if (splitWork == 0 || (splitWork & 15) != 0) throw new ArgumentException("splitWork must be non-null and 16-byte aligned.", nameof(splitWork));
+        int slots = DecodeSplitSlots(nkv, batch, headDim, kv.Kind);
+        ulong partO = workspace;                                                // fp32 [slots, nq, D]
+        ulong partMl = workspace + (ulong)(4L * slots * nq * headDim);          // fp32 [slots, nq, 2]
+        int mb = maxBlocks, hq = nq, hkv = nkv, d = headDim, maxCtx = maxBlocks * KvBlockSize;
         float sc = scale;
         ulong kPool = kv.K, vPool = kv.V, kScales = kv.KScales, vScales = kv.VScales;
-        var grid = new Dim3((uint)splits, (uint)nkv, (uint)batch);
+        var grid = new Dim3((uint)slots, (uint)nkv);
         CudaKernel split = _variants[(false, kv.Kind, headDim)]; // head_dim and kind checked above
         if (kv.Kind == KvCacheKind.Fp8)
         {
-            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
+            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &partO, &partMl, &output, &blockTables, &splitWork, &mb, &hq, &hkv, &sc };
             split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim, kv.Kind), s, a1);
         }
         else
         {
-            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &ctxLens, &blockTables, &mb, &hq, &hkv, &ns, &sc };
+            void** a1 = stackalloc void*[] { &q, &kPool, &vPool, &partO, &partMl, &output, &blockTables, &splitWork, &mb, &hq, &hkv, &sc };
             split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
         }
-        void** a2 = stackalloc void*[] { &partO, &partMl, &output, &ctxLens, &hq, &d, &maxCtx, &ns };
+        void** a2 = stackalloc void*[] { &partO, &partMl, &output, &splitRows, &hq, &d, &maxCtx };
         _combine.Launch(new Dim3((uint)nq, (uint)batch), new Dim3((uint)headDim), 0, s, a2);
     }
 

@@ -99,7 +99,7 @@ public sealed class Fp8KvMemoryTests
         Assert.That(AttentionOps.DecodeSmemBytes(64, KvCacheKind.Fp8), Is.EqualTo(32_256));
         Assert.That(AttentionOps.DecodeSmemBytes(32, KvCacheKind.Fp8), Is.EqualTo(19_968));
         Assert.That(AttentionOps.PrefillSmemBytes(128, KvCacheKind.Fp8), Is.EqualTo(72_704));
-        // four decode blocks fit an H100 multiprocessor (228 KiB, 1 KiB reserved per block), as DecodePagedSplits plans
+        // four decode blocks fit an H100 multiprocessor (228 KiB, 1 KiB reserved per block), as DecodeSplitSlots plans
         Assert.That(4 * (AttentionOps.DecodeSmemBytes(128, KvCacheKind.Fp8) + 1024), Is.LessThanOrEqualTo(228 * 1024));
     }
 
@@ -115,21 +115,20 @@ public sealed class Fp8KvMemoryTests
             foreach (var kind in new[] { KvCacheKind.Bf16, KvCacheKind.Fp8 })
                 Assert.That(AttentionOps.DecodeBlocksPerSm(d, kind) * (AttentionOps.DecodeSmemBytes(d, kind) + 1024), Is.LessThanOrEqualTo(228 * 1024),
                     $"head_dim {d}, {kind}: the blocks planned fit");
-        // the workspace is sized for the most splits any kind takes: every launch's partials fit it
-        const int sms = 132, nq = 40, nkv = 8, maxBlocks = 2048;
-        long bytes = AttentionOps.DecodePagedWorkspaceBytes(sms, nq, nkv, 128, 64, maxBlocks);
-        int Splits(int batch, KvCacheKind kind) => AttentionOps.DecodePagedSplits(sms, nkv, batch, maxBlocks, AttentionOps.DecodeBlocksPerSm(128, kind));
+        // the workspace is sized for the most slots any kind takes: every launch's partials fit it
+        const int sms = 132, nq = 40, nkv = 8;
+        long bytes = AttentionOps.DecodePagedWorkspaceBytes(sms, nq, nkv, 128, 64);
+        int Slots(int batch, KvCacheKind kind) => AttentionOps.DecodeSplitSlots(sms, nkv, batch, AttentionOps.DecodeBlocksPerSm(128, kind));
         foreach (var kind in new[] { KvCacheKind.Bf16, KvCacheKind.Fp8 })
             for (int batch = 1; batch <= 64; batch++)
             {
-                int splits = Splits(batch, kind);
-                Assert.That(4L * batch * nq * splits * 128 + 8L * batch * nq * splits, Is.LessThanOrEqualTo(bytes), $"{kind}, batch {batch}");
-                long resident = (long)AttentionOps.DecodeBlocksPerSm(128, kind) * sms, pairs = (long)nkv * batch;
-                Assert.That(splits * pairs, Is.LessThanOrEqualTo(Math.Max(resident, pairs)), $"{kind}, batch {batch}: one wave (or one split)");
-                Assert.That((splits + 1) * pairs, Is.GreaterThan(resident), $"{kind}, batch {batch}: as many splits as one wave holds");
+                int slots = Slots(batch, kind);
+                Assert.That(4L * nq * slots * 128 + 8L * nq * slots, Is.LessThanOrEqualTo(bytes), $"{kind}, batch {batch}");
+                long resident = (long)AttentionOps.DecodeBlocksPerSm(128, kind) * sms;
+                Assert.That((long)slots * nkv, Is.LessThanOrEqualTo(Math.Max(resident, (long)batch * nkv)), $"{kind}, batch {batch}: one wave (or one slot a row)");
+                Assert.That((slots + 1L) * nkv, Is.GreaterThan(resident), $"{kind}, batch {batch}: as many slots as one wave holds");
             }
-        Assert.That(Splits(8, KvCacheKind.Bf16), Is.EqualTo(4), "batch 8: 264 resident blocks over 64 (row, KV head) pairs, rounded down");
-        Assert.That(Splits(1, KvCacheKind.Bf16), Is.EqualTo(33));
-        Assert.That(Splits(64, KvCacheKind.Bf16), Is.EqualTo(1), "more pairs than slots: one split each");
+        Assert.That(Slots(8, KvCacheKind.Bf16), Is.EqualTo(33), "264 resident blocks over 8 KV heads, rounded down");
+        Assert.That(Slots(64, KvCacheKind.Bf16), Is.EqualTo(64), "more rows than slots: one each");
     }
 }

@@ -93,15 +93,16 @@ public sealed class AttentionKernelTests
     [Test]
     public void DecodeWorkspaceCoversThePartialsOfTheLargestBatch()
     {
-        // QwQ on an H100 (132 SMs, 8 KV heads), sized for the kind with the most splits (4 blocks a multiprocessor, one
-        // wave rounded down): one row takes 4 * 132 / 8 = 66 splits per KV head, partials fp32 [nq, splits, D] and
-        // (max, sum) [nq, splits, 2].
-        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 1, 2048), Is.EqualTo(40L * 66 * 128 * 4 + 40L * 66 * 8));
-        // Batches of 2, 3, 4 rows take 33, 22, 16 splits: the most partials are still 66 rows' worth.
-        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 4, 2048), Is.EqualTo(40L * 66 * 128 * 4 + 40L * 66 * 8));
-        // A short table needs at most one split per 64-key block.
-        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 10, 2, 32, 1, 2), Is.EqualTo(10L * 2 * 32 * 4 + 10L * 2 * 8));
-        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(1, 1, 1, 32, 1, 1), Is.EqualTo(1L * 1 * 32 * 4 + 8));
+        // QwQ on an H100 (132 SMs, 8 KV heads), sized for the kind with the most slots (4 blocks a multiprocessor, one
+        // wave rounded down): 4 * 132 / 8 = 66 slots per KV head, partials fp32 [slots, nq, D] and (max, sum) [slots, nq, 2].
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 1), Is.EqualTo(40L * 66 * 128 * 4 + 40L * 66 * 8));
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 64), Is.EqualTo(40L * 66 * 128 * 4 + 40L * 66 * 8));
+        // More rows than one wave of slots: one slot each.
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 40, 8, 128, 128), Is.EqualTo(40L * 128 * 128 * 4 + 40L * 128 * 8));
+        // One KV head: at most MaxDecodeSplits slots.
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(132, 4, 1, 32, 1), Is.EqualTo(4L * 256 * 32 * 4 + 4L * 256 * 8));
+        // One multiprocessor: 4 slots.
+        Assert.That(AttentionOps.DecodePagedWorkspaceBytes(1, 1, 1, 32, 1), Is.EqualTo(4L * 1 * 4 * 32 + 8L * 1 * 4));
     }
 
     // ---------------------------------------------------------------- pools and tables
@@ -360,7 +361,7 @@ public sealed class AttentionKernelTests
 
     /// <summary>
     /// One row, one set of buffers and one fixed argument list (as a captured CUDA graph would have); only the int at
-    /// the device ctx_lens pointer and the contents of q change between launches.
+    /// the split plan's device buffers (the context length with it) and the contents of q change between launches.
     /// </summary>
     private void DecodeSweep(int nq, int nkv, int d, int maxCtx, int[] contexts)
     {
@@ -380,18 +381,18 @@ public sealed class AttentionKernelTests
         using var tableBuf = DeviceBuffer.FromHost<int>(table);
         using var qBuf = DeviceBuffer.Allocate(2L * nq * d);
         using var outBuf = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, maxBlocks));
-        using var ctxBuf = DeviceBuffer.Allocate(16);
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1));
+        using var plan = new DecodeSplitPlanBuffers(1);
         ws.Memset32(0x7FC00000); // fp32 NaN: the combine must read only partials written in this launch
 
         foreach (int ctx in contexts)
         {
             float[] q = RandomBf16(rng, (long)nq * d, 1.5f);
             qBuf.CopyFromHost<ushort>(ToBf16(q));
-            ctxBuf.Memset32((uint)ctx, stream);
+            plan.Plan(ops, [ctx], maxBlocks, nkv, d, KvCacheKind.Bf16); // as the engine writes it with each step's inputs
             outBuf.Memset32(Bf16NaNPair, stream);
 
-            ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, 1, maxBlocks, nq, nkv, d, scale);
+            ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, tableBuf.Ptr, plan.Rows, plan.Work, 1, maxBlocks, nq, nkv, d, scale);
             stream.Synchronize();
             float[] got = FromBf16(outBuf.ToArray<ushort>());
 
@@ -438,13 +439,14 @@ public sealed class AttentionKernelTests
         using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
         using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
         using var tableBuf = DeviceBuffer.FromHost<int>(tables.SelectMany(t => t).ToArray());
-        using var ctxBuf = DeviceBuffer.FromHost<int>(contexts);
         using var outBuf = DeviceBuffer.Allocate(2L * batch * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, batch, maxBlocks));
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, batch));
+        using var plan = new DecodeSplitPlanBuffers(batch);
+        plan.Plan(ops, contexts, maxBlocks, nkv, d, KvCacheKind.Bf16);
         ws.Memset32(0x7FC00000);
         outBuf.Memset32(Bf16NaNPair);
 
-        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, batch, maxBlocks, nq, nkv, d, scale);
+        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outBuf.Ptr, ws.Ptr, tableBuf.Ptr, plan.Rows, plan.Work, batch, maxBlocks, nq, nkv, d, scale);
         stream.Synchronize();
         float[] got = FromBf16(outBuf.ToArray<ushort>());
 
@@ -480,15 +482,16 @@ public sealed class AttentionKernelTests
         using var kBuf = DeviceBuffer.FromHost<ushort>(pool.K);
         using var vBuf = DeviceBuffer.FromHost<ushort>(pool.V);
         using var tableBuf = DeviceBuffer.FromHost<int>(table);
-        using var ctxBuf = DeviceBuffer.FromHost<int>([ctx]);
         using var infoBuf = DeviceBuffer.FromHost<int>([0, 1, ctx - 1, 0]);
         using var outA = DeviceBuffer.Allocate(2L * nq * d);
         using var outB = DeviceBuffer.Allocate(2L * nq * d);
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, maxBlocks));
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1));
+        using var plan = new DecodeSplitPlanBuffers(1);
+        plan.Plan(ops, [ctx], maxBlocks, nkv, d, KvCacheKind.Bf16);
         outA.Memset32(Bf16NaNPair);
         outB.Memset32(Bf16NaNPair);
 
-        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outA.Ptr, ws.Ptr, ctxBuf.Ptr, tableBuf.Ptr, 1, maxBlocks, nq, nkv, d, scale);
+        ops.DecodePaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outA.Ptr, ws.Ptr, tableBuf.Ptr, plan.Rows, plan.Work, 1, maxBlocks, nq, nkv, d, scale);
         ops.PrefillPaged(stream, qBuf.Ptr, kBuf.Ptr, vBuf.Ptr, outB.Ptr, infoBuf.Ptr, tableBuf.Ptr, 1, 1, maxBlocks, nq, nkv, d, scale);
         stream.Synchronize();
         float[] a = FromBf16(outA.ToArray<ushort>());
@@ -513,11 +516,13 @@ public sealed class AttentionKernelTests
         Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p + 8, p, p, p, p, 1, 1, 2, 40, 8, 128, 0.1f)); // K alignment
         Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p + 4, p, 1, 1, 2, 40, 8, 128, 0.1f)); // seqInfo alignment
         Assert.Throws<ArgumentException>(() => ops.PrefillPaged(stream, p, p, p, p, p, 0, 1, 1, 2, 40, 8, 128, 0.1f));     // no tables
-        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 1, 2, 34, 2, 128, 0.1f));      // group 17
-        Assert.Throws<ArgumentOutOfRangeException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 0, 2, 40, 8, 128, 0.1f)); // batch
-        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p + 4, p, p, 1, 2, 40, 8, 128, 0.1f));  // workspace alignment
-        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p + 2, p, 1, 2, 40, 8, 128, 0.1f));  // ctxLens alignment
-        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, 0, 1, 2, 40, 8, 128, 0.1f));      // no tables
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, p, 1, 2, 34, 2, 128, 0.1f));      // group 17
+        Assert.Throws<ArgumentOutOfRangeException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, p, 0, 2, 40, 8, 128, 0.1f)); // batch
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p + 4, p, p, p, 1, 2, 40, 8, 128, 0.1f));  // workspace alignment
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, 0, p, p, 1, 2, 40, 8, 128, 0.1f));      // no tables
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p + 4, p, 1, 2, 40, 8, 128, 0.1f));  // plan rows alignment (int4)
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, p + 4, 1, 2, 40, 8, 128, 0.1f));  // plan slots alignment (int4)
+        Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 0, 1, 2, 40, 8, 128, 0.1f));      // no plan
     }
 
     // ---------------------------------------------------------------- throughput (run by hand on a GPU)
@@ -550,13 +555,13 @@ public sealed class AttentionKernelTests
         using var v = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
         using var o = DeviceBuffer.Allocate(2L * nq * d);
         using var table = DeviceBuffer.FromHost<int>(ShuffledBlocks(blocks));
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1, blocks));
-        using var ctxBuf = DeviceBuffer.Allocate(16);
+        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1));
+        using var plan = new DecodeSplitPlanBuffers(1);
         foreach (var b in new[] { q, k, v }) b.Memset32(0x3C003C00);
         foreach (int ctx in new[] { 1024, 8192, 32768, 131072 })
         {
-            ctxBuf.Memset32((uint)ctx, stream);
-            float ms = Time(stream, 20, () => ops.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, ws.Ptr, ctxBuf.Ptr, table.Ptr, 1, blocks,
+            plan.Plan(ops, [ctx], blocks, nkv, d, KvCacheKind.Bf16);
+            float ms = Time(stream, 20, () => ops.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, ws.Ptr, table.Ptr, plan.Rows, plan.Work, 1, blocks,
                 nq, nkv, d, 1f / MathF.Sqrt(d)));
             double bytes = 2.0 * 2 * nkv * (double)ctx * d;
             TestContext.Out.WriteLine($"decode ctx={ctx}: {ms * 1000:F1} us/layer, {bytes / ms / 1e6:F0} GB/s of K/V");

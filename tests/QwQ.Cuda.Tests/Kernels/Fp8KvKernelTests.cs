@@ -312,17 +312,18 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         var (fp8, bf16) = UploadTwin(pool);
         float[] qHost = NormalBf16((long)batch * nq * d, 1.5f);
         var q = UploadBf16(qHost);
-        var ctx = Upload<int>(contexts);
         var table = Upload<int>(tables.SelectMany(t => t).ToArray());
-        long wsBytes = AttentionOps.DecodePagedWorkspaceBytes(Context.MultiprocessorCount, nq, nkv, d, batch, maxBlocks);
+        long wsBytes = AttentionOps.DecodePagedWorkspaceBytes(Context.MultiprocessorCount, nq, nkv, d, batch);
         float scale = 1f / MathF.Sqrt(d);
+        using var plan = new DecodeSplitPlanBuffers(batch);
 
         float[] Run(KvLayer kv)
         {
             var ws = Alloc(wsBytes);
             ws.Memset32(F32NaN);
             var o = PoisonedBf16((long)batch * nq * d);
-            _attention.DecodePaged(Stream, q.Ptr, kv, o.Ptr, ws.Ptr, ctx.Ptr, table.Ptr, batch, maxBlocks, nq, nkv, d, scale);
+            plan.Plan(_attention, contexts, maxBlocks, nkv, d, kv.Kind); // the kinds plan different slot counts
+            _attention.DecodePaged(Stream, q.Ptr, kv, o.Ptr, ws.Ptr, table.Ptr, plan.Rows, plan.Work, batch, maxBlocks, nq, nkv, d, scale);
             Stream.Synchronize();
             return DownloadBf16(o);
         }
@@ -390,7 +391,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         ulong p = b.Ptr;
         Assert.Multiple(() =>
         {
-            Assert.That(() => _attention.DecodePaged(Stream, p, KvLayer.Fp8(p, p, p + 4, p), p, p, p, p, 1, 2, 40, 8, 128, 0.1f),
+            Assert.That(() => _attention.DecodePaged(Stream, p, KvLayer.Fp8(p, p, p + 4, p), p, p, p, p, p, 1, 2, 40, 8, 128, 0.1f),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("kScales"));
             Assert.That(() => _attention.PrefillPaged(Stream, p, KvLayer.Fp8(p, p, p, 0), p, p, p, 1, 1, 2, 40, 8, 128, 0.1f),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("vScales"));
