@@ -53,10 +53,12 @@ internal sealed class AttentionOps
     private const int HopperPrefillRowsPerBlock = 64;
     private const int HopperPrefillStages = 2;
     private const int HopperPrefillHeadDim = 128;
-    // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring.
+    // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring; the combine's thread groups over the
+    // splits (COMBINE_GROUPS: a block of head_dim x 4 threads).
     private const int DecodeThreads = 128;
     private const int DecodeStages = 3;
     private const int KeyTile = 64;
+    private const uint CombineGroups = 4;
     /// <summary>Most query heads per KV head the decode kernel handles (one m16 tensor-core tile of rows).</summary>
     public const int MaxDecodeGroup = 16;
     /// <summary>Upper bound on decode splits, whatever the GPU (keeps the combine loop and workspace small).</summary>
@@ -330,7 +332,7 @@ internal sealed class AttentionOps
             split.Launch(grid, new Dim3(DecodeThreads), DecodeSmemBytes(headDim), s, a1);
         }
         void** a2 = stackalloc void*[] { &partO, &partMl, &output, &splitRows, &hq, &d, &maxCtx };
-        _combine.Launch(new Dim3((uint)nq, (uint)batch), new Dim3((uint)headDim), 0, s, a2);
+        _combine.Launch(new Dim3((uint)nq, (uint)batch), new Dim3((uint)headDim, CombineGroups), 0, s, a2);
     }
 
     private static void ValidateShape(int nq, int nkv, int headDim, int maxBlocks, float scale)
