@@ -24,6 +24,7 @@ internal static class BenchCommand
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated (lengths past what a sequence holds here are named and skipped)", DefaultValueFactory = _ => "512,2048,16384,32768" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated (contexts past what a sequence holds here, steps included, are named and skipped; 131008: the 64 steps end at position 131072)", DefaultValueFactory = _ => "1024,16384,32768,65536,131008" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
+        var mixed = new Option<string?>("--decode-mixed") { Description = "Also decode batches whose rows have different contexts, comma-separated, each as contexts joined by '+' with NxC for N rows at C (e.g. 32768+7x1024: one long trace among seven short ones)", HelpName = "MIX" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
         // How the engine stores the model and sums across GPUs: the same options as generate, chat and serve. Bench keeps
@@ -50,7 +51,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -61,6 +62,7 @@ internal static class BenchCommand
                 DecodeSteps = p.GetValue(steps) is int s and > 0 and <= ModelConfig.MaxPositions ? s
                     : throw new OptionException($"--steps must be from 1 to {ModelConfig.MaxPositions}"),
                 Batches = p.GetValue(batch) is string b ? ParseList(b, "--batch") : [],
+                MixedBatches = p.GetValue(mixed) is string m ? ParseMixed(m) : [],
                 ProfileStep = p.GetValue(profileStep),
                 RopeSwitch = p.GetValue(ropeSwitch),
             };
@@ -121,6 +123,38 @@ internal static class BenchCommand
         return values;
     }
 
+    /// <summary>
+    /// <c>--decode-mixed</c>: batches of per-row contexts, e.g. "32768+7x1024,16384+3x2048" → [32768, 1024 × 7] and
+    /// [16384, 2048 × 3]. Each batch holds at most <see cref="Workspace.MaxSequences"/> rows (the largest decode step).
+    /// </summary>
+    internal static List<int[]> ParseMixed(string text)
+    {
+        const string Example = "e.g. 32768+7x1024 (one row at 32768 and seven at 1024), several separated by commas";
+        var batches = new List<int[]>();
+        foreach (string item in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var rows = new List<int>();
+            foreach (string term in item.Split('+', StringSplitOptions.TrimEntries))
+            {
+                string[] nc = term.Split('x', StringSplitOptions.TrimEntries);
+                int count = 1, context = 0;
+                bool ok = nc.Length is 1 or 2
+                          && (nc.Length == 1 || Positive(nc[0], out count))
+                          && Positive(nc[^1], out context) && context <= ModelConfig.MaxPositions
+                          && rows.Count + (long)count <= Workspace.MaxSequences;
+                if (!ok)
+                    throw new OptionException($"--decode-mixed '{item}': '{term}' is not a context (1 to {ModelConfig.MaxPositions}) or NxC with N rows " +
+                                              $"(a batch holds at most {Workspace.MaxSequences} rows); {Example}");
+                rows.AddRange(Enumerable.Repeat(context, count));
+            }
+            batches.Add([.. rows]);
+        }
+        if (batches.Count == 0) throw new OptionException($"--decode-mixed '{text}': no batch given; {Example}");
+        return batches;
+
+        static bool Positive(string s, out int value) => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out value) && value >= 1;
+    }
+
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
         QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
@@ -128,6 +162,7 @@ internal static class BenchCommand
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
+        foreach (int[] rows in settings.MixedBatches) need = Math.Max(need, rows.Max() + settings.DecodeSteps + 8);
         // --rope-switch-stall grows a sequence past the adaptive switch (original_max_position_embeddings by default)
         if (settings.RopeSwitch && config.RopeScaling is { } yarn) need = Math.Max(need, yarn.OriginalMaxPositionEmbeddings + 16);
         // Past the model's positions (or the memory) the lengths that do not fit are named and skipped (ModelBenchmark.
@@ -136,7 +171,7 @@ internal static class BenchCommand
         var engine = new EngineOptions
         {
             MaxContext = need <= modelMax ? need : null,
-            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.DefaultIfEmpty(0).Max()),
+            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.Concat(settings.MixedBatches.Select(m => m.Length)).DefaultIfEmpty(0).Max()),
             GemvMaxRows = gemvMaxRows is int g and >= 0 ? g : gemvMaxRows is null ? new EngineOptions().GemvMaxRows
                 : throw new OptionException("--gemv-max-rows must be 0 or more"),
             TensorCoreGemvMaxRows = mmaMaxRows is int t and >= 0 ? t : mmaMaxRows is null ? new EngineOptions().TensorCoreGemvMaxRows

@@ -25,6 +25,11 @@ public sealed record BenchSettings
     /// </summary>
     public bool ProfileStep { get; init; }
     /// <summary>
+    /// Batches whose rows decode at different contexts, one context per row (e.g. one at 32,768 beside seven at 1,024:
+    /// a long reasoning trace among short ones), each timed like <see cref="Batches"/> at its own contexts; empty: none.
+    /// </summary>
+    public IReadOnlyList<int[]> MixedBatches { get; init; } = [];
+    /// <summary>
     /// Also time an adaptive-YaRN switch under the batch scheduler (<see cref="RopeSwitchResult"/>): the recompute in
     /// prefill-budget chunks and in one step. Needs a config with YaRN (e.g. qwq-32b-yarn).
     /// </summary>
@@ -43,11 +48,31 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 /// parallelism, whether kernels overlapped their predecessors (programmatic launch), the aggregate tokens per second,
 /// the time per step and its floor; prefill figures also name the GEMM the layer products ran on
 /// (<see cref="CudaBackend.PrefillGemmPath"/>: e.g. "fp8 cuBLASLt" against "dequantized to bf16 cuBLAS") and the
-/// attention kernel (<see cref="CudaBackend.PrefillAttentionPath"/>: "wgmma sm_90a" against "mma.sync").
+/// attention kernel (<see cref="CudaBackend.PrefillAttentionPath"/>: "wgmma sm_90a" against "mma.sync"). A batch whose
+/// rows decode at different contexts names them in <see cref="Contexts"/> (<see cref="MixedContexts"/>, e.g.
+/// "32768+7x1024") and has no single <see cref="Context"/>.
 /// </summary>
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
     string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false,
-    string? PrefillGemm = null, string? PrefillAttention = null);
+    string? PrefillGemm = null, string? PrefillAttention = null, string? Contexts = null)
+{
+    /// <summary>
+    /// Per-row decode contexts written compactly, in the order given: runs of equal contexts as "NxC", joined by "+"
+    /// ([32768, 1024 × 7] → "32768+7x1024"). <c>qwq bench --decode-mixed</c> reads the same form.
+    /// </summary>
+    public static string MixedContexts(IReadOnlyList<int> contexts)
+    {
+        var parts = new List<string>();
+        for (int i = 0; i < contexts.Count;)
+        {
+            int j = i;
+            while (j < contexts.Count && contexts[j] == contexts[i]) j++;
+            parts.Add(j - i == 1 ? $"{contexts[i]}" : $"{j - i}x{contexts[i]}");
+            i = j;
+        }
+        return string.Join('+', parts);
+    }
+}
 
 /// <summary>
 /// One tensor-parallel all-reduce of <see cref="Rows"/> × hidden fp32, as decode runs it (in a CUDA graph): our
@@ -220,6 +245,24 @@ public static class ModelBenchmark
                 }
             }
 
+        foreach (int[] contexts in settings.MixedBatches)
+        {
+            string label = BenchFigure.MixedContexts(contexts);
+            long positions = contexts.Sum(x => (long)x + settings.DecodeSteps + 2 + AttentionOpsBlock);
+            if (positions > backend.Plan.KvPoolPositions || contexts.Max() + settings.DecodeSteps + 8 > backend.MaxContext)
+            {
+                log($"batch {label}: skipped, it needs {positions} positions (one sequence up to {contexts.Max() + settings.DecodeSteps + 8}); " +
+                    $"the pool holds {backend.Plan.KvPoolPositions}, a sequence at most {backend.MaxContext}");
+                continue;
+            }
+            double ms = BatchDecodeMs(backend, contexts, settings.DecodeSteps, Tokens);
+            double bytes = DecodeBytesPerToken(backend, 0) + contexts.Sum(x => (double)(x + settings.DecodeSteps / 2)) * backend.Plan.KvBytesPerToken;
+            double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
+            int batch = contexts.Length;
+            figures.Add(Figure("decode", batch, null, null, batch * 1e3 / ms, ms, floor) with { Contexts = label });
+            log($"decode batch {batch,3} at {label}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+        }
+
         IReadOnlyList<RopeSwitchResult>? ropeSwitch = settings.RopeSwitch ? RopeSwitchBenchmark.Run(backend, Tokens, log) : null;
 
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
@@ -253,14 +296,20 @@ public static class ModelBenchmark
     /// something).
     /// </summary>
     private static double BatchDecodeMs(CudaBackend backend, int batch, int context, int steps, Func<int, int[]> tokens,
+        Action<SequenceChunk[]>? profile = null) =>
+        BatchDecodeMs(backend, Enumerable.Repeat(context, batch).ToArray(), steps, tokens, profile);
+
+    /// <summary>The same with row b prefilled to <paramref name="contexts"/>[b] positions (a batch of mixed contexts).</summary>
+    private static double BatchDecodeMs(CudaBackend backend, int[] contexts, int steps, Func<int, int[]> tokens,
         Action<SequenceChunk[]>? profile = null)
     {
         var greedy = new SamplingOptions { Temperature = 0 };
+        int batch = contexts.Length;
         var seqs = Enumerable.Range(0, batch).Select(_ => backend.CreateSequence()).ToArray();
         try
         {
             // in the rope of the longest the rows get (adaptive rope scaling): no switch inside the timed steps
-            backend.Step(seqs.Select(s => new SequenceChunk(s, tokens(context), FinalLength: context + steps + 4)).ToArray());
+            backend.Step(seqs.Select((s, b) => new SequenceChunk(s, tokens(contexts[b]), FinalLength: contexts[b] + steps + 4)).ToArray());
             var next = new int[batch];
             var draws = new SampleRequest[batch];
             void SampleAll(int step)

@@ -7,17 +7,20 @@ namespace QwQ.Cuda.Benchmarking;
 
 /// <summary>
 /// What a figure was measured under: the conditions <c>qwq bench</c> writes beside each <c>tokens_per_second</c> (kind,
-/// batch, context or tokens, weights, tensor parallel, KV cache), so that two runs' figures can be matched by script.
+/// batch, context, contexts (a batch of mixed contexts) or tokens, weights, tensor parallel, KV cache), so that two runs'
+/// figures can be matched by script.
 /// </summary>
-public sealed record FigureConditions(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel, string KvCache)
+public sealed record FigureConditions(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel, string KvCache,
+    string? Contexts = null)
 {
-    public static FigureConditions Of(BenchFigure f) => new(f.Kind, f.Batch, f.Context, f.Tokens, f.Weights, f.TensorParallel, f.KvCache);
+    public static FigureConditions Of(BenchFigure f) => new(f.Kind, f.Batch, f.Context, f.Tokens, f.Weights, f.TensorParallel, f.KvCache, f.Contexts);
 
     public override string ToString()
     {
         var sb = new StringBuilder(Kind);
         if (Batch != 1) sb.Append(CultureInfo.InvariantCulture, $" batch {Batch}");
         if (Context is int c) sb.Append(CultureInfo.InvariantCulture, $" at {c}");
+        if (Contexts is string mixed) sb.Append(CultureInfo.InvariantCulture, $" at {mixed}");
         if (Tokens is int t) sb.Append(CultureInfo.InvariantCulture, $" of {t} tokens");
         sb.Append(CultureInfo.InvariantCulture, $", {Weights}");
         if (TensorParallel != 1) sb.Append(CultureInfo.InvariantCulture, $", TP{TensorParallel}");

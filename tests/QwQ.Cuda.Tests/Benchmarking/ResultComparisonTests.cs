@@ -127,4 +127,20 @@ public class ResultComparisonTests
         Assert.That(r.Err, Does.Contain("nope.json: no such file").And.Not.Contain("   at "));
         Assert.That(r.Out, Is.Empty);
     }
+
+    [Test]
+    public void ABatchOfMixedContextsIsItsOwnFigure()
+    {
+        Assert.That(BenchFigure.MixedContexts([32768, 1024, 1024, 1024]), Is.EqualTo("32768+3x1024"));
+        Assert.That(BenchFigure.MixedContexts([1024, 32768, 1024]), Is.EqualTo("1024+32768+1024"), "in the order given");
+        var mixed = new BenchFigure("decode", 8, null, null, "bf16", 1, "bf16", 395, 20.2, 18.0, 89, Contexts: "32768+7x1024");
+        string before = Save("b.json", Decode(8, 700, weights: "bf16"), mixed);
+        string after = Save("a.json", Decode(8, 705, weights: "bf16"), mixed with { TokensPerSecond = 400 });
+        Assert.That(ResultComparison.Read(before).Figures[1], Is.EqualTo(mixed), "read back with its contexts");
+        var changes = ResultComparison.Compare([ResultComparison.Read(before).Figures], [ResultComparison.Read(after).Figures]);
+        Assert.That(changes.Select(c => c.Conditions.ToString()),
+            Is.EqualTo(new[] { "decode batch 8 at 1024, bf16", "decode batch 8 at 32768+7x1024, bf16" }));
+        Assert.That(changes[1].Before, Is.EqualTo(new[] { 395.0 }));
+        Assert.That(changes[1].After, Is.EqualTo(new[] { 400.0 }));
+    }
 }

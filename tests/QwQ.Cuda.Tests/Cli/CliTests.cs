@@ -112,6 +112,22 @@ public class CliTests
         AssertOneCleanError(r, 2, option, "expected positive integers up to 16777216");
     }
 
+    [Test]
+    public void BenchDecodeMixedReadsRowsOfDifferentContexts() =>
+        Assert.That(BenchCommand.ParseMixed("32768+7x1024, 2x4096+512"),
+            Is.EqualTo(new[] { new[] { 32768, 1024, 1024, 1024, 1024, 1024, 1024, 1024 }, new[] { 4096, 4096, 512 } }));
+
+    [TestCase("0", TestName = "BenchDecodeMixed_ContextZero_IsRefused")]
+    [TestCase("1024+0x2048", TestName = "BenchDecodeMixed_ZeroRows_IsRefused")]
+    [TestCase("1024+2y2048", TestName = "BenchDecodeMixed_NotNxC_IsRefused")]
+    [TestCase("129x1024", TestName = "BenchDecodeMixed_MoreRowsThanAStepHolds_IsRefused")]
+    [TestCase("99999999999", TestName = "BenchDecodeMixed_PastTheModelsPositions_IsRefused")]
+    public async Task BenchDecodeMixedIsCheckedBeforeAnythingLoads(string value)
+    {
+        var r = await Qwq("bench", "--decode-mixed", value);
+        AssertOneCleanError(r, 2, "--decode-mixed", "e.g. 32768+7x1024");
+    }
+
     /// <summary>A culture that writes one half as "0,5": German-style ('.' groups digits) or French-style (a narrow space does).</summary>
     private static CultureInfo CommaCulture(string style)
     {
