@@ -21,4 +21,6 @@ if [ ! -s "$asp" ]; then
   ver=$(ls "$dn/shared/Microsoft.AspNetCore.App" | sort -V | tail -1)
   tar -C "$dn" -cf - "shared/Microsoft.AspNetCore.App/$ver" | xz -T0 -9 > "$asp.tmp" && mv "$asp.tmp" "$asp"
 fi
+# what was staged, for results written on the device (bench/device-ab.sh); "-dirty": uncommitted changes built too
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests kernels bench/QwQ.Cuda.Bench || echo -dirty)" > .device/COMMIT
 echo "carry: $(( ($(git ls-files -co --exclude-standard | xargs du -cb 2>/dev/null | tail -1 | cut -f1) + $(du -sb .device | cut -f1)) / 1048576 )) MiB of 64"
