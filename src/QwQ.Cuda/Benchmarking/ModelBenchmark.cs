@@ -220,6 +220,17 @@ public static class ModelBenchmark
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
         seq.Dispose(); // the batched figures need the pool
+        // One batch's decode (row b at contexts[b]) timed, and its floor: the weights once and every row's KV at its mean
+        // context over the timed steps, over the copy bandwidth.
+        (double Ms, double FloorMs) MeasureBatch(int[] contexts, Action<SequenceChunk[]>? profileStep = null)
+        {
+            double ms = BatchDecodeMs(backend, contexts, settings.DecodeSteps, Tokens, profileStep);
+            double bytes = DecodeBytesPerToken(backend, 0) + contexts.Sum(x => (double)(x + settings.DecodeSteps / 2)) * backend.Plan.KvBytesPerToken;
+            return (ms, bytes / ceilings.CopyBytesPerSecond * 1e3);
+        }
+        void LogBatch(int batch, string at, double ms, double floor) =>
+            log($"decode batch {batch,3} at {at}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+
         StepProfile? batchProfile = null;
         int profiledBatch = settings.ProfileStep && settings.Batches.Length > 0 ? settings.Batches.Max() : 0;
         foreach (int batch in settings.Batches)
@@ -232,12 +243,9 @@ public static class ModelBenchmark
                 }
                 bool profileThis = batch == profiledBatch && batchProfile is null;
                 LaunchTimer.Launch[][]? launches = null;
-                double ms = BatchDecodeMs(backend, batch, ctx, settings.DecodeSteps, Tokens,
-                    profileThis ? items => launches = backend.ProfileStep(items) : null);
-                double bytes = DecodeBytesPerToken(backend, 0) + (double)batch * (ctx + settings.DecodeSteps / 2) * backend.Plan.KvBytesPerToken;
-                double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
+                var (ms, floor) = MeasureBatch(Enumerable.Repeat(ctx, batch).ToArray(), profileThis ? items => launches = backend.ProfileStep(items) : null);
                 figures.Add(Figure("decode", batch, ctx, null, batch * 1e3 / ms, ms, floor));
-                log($"decode batch {batch,3} at {ctx,6}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+                LogBatch(batch, $"{ctx,6}", ms, floor);
                 if (launches is not null)
                 {
                     batchProfile = StepProfile.Summarize(batch, ctx, ms, launches);
@@ -255,12 +263,9 @@ public static class ModelBenchmark
                     $"the pool holds {backend.Plan.KvPoolPositions}, a sequence at most {backend.MaxContext}");
                 continue;
             }
-            double ms = BatchDecodeMs(backend, contexts, settings.DecodeSteps, Tokens);
-            double bytes = DecodeBytesPerToken(backend, 0) + contexts.Sum(x => (double)(x + settings.DecodeSteps / 2)) * backend.Plan.KvBytesPerToken;
-            double floor = bytes / ceilings.CopyBytesPerSecond * 1e3;
-            int batch = contexts.Length;
-            figures.Add(Figure("decode", batch, null, null, batch * 1e3 / ms, ms, floor) with { Contexts = label });
-            log($"decode batch {batch,3} at {label}: {ms,7:F2} ms/step  {batch * 1e3 / ms,8:F1} tok/s aggregate  (floor {floor:F2} ms, {batch * 1e3 / floor:F0} tok/s; {100 * floor / ms:F0}%)");
+            var (ms, floor) = MeasureBatch(contexts);
+            figures.Add(Figure("decode", contexts.Length, null, null, contexts.Length * 1e3 / ms, ms, floor) with { Contexts = label });
+            LogBatch(contexts.Length, label, ms, floor);
         }
 
         IReadOnlyList<RopeSwitchResult>? ropeSwitch = settings.RopeSwitch ? RopeSwitchBenchmark.Run(backend, Tokens, log) : null;
@@ -289,17 +294,13 @@ public static class ModelBenchmark
     private const int AttentionOpsBlock = Kernels.AttentionOps.KvBlockSize;
 
     /// <summary>
-    /// <paramref name="batch"/> sequences prefilled to <paramref name="context"/> positions, then
+    /// One sequence per entry of <paramref name="contexts"/>, prefilled to that many positions (equal for a plain batch,
+    /// different for a mixed one), then
     /// <paramref name="steps"/> batched decode steps timed (one forward over all rows + a greedy sample for each):
     /// milliseconds per step, which is each sequence's ms/token. With <paramref name="profile"/>, two more steps of the
     /// same rows are handed to it after the timed ones (the second is the one kept: the first eager step may still load
     /// something).
     /// </summary>
-    private static double BatchDecodeMs(CudaBackend backend, int batch, int context, int steps, Func<int, int[]> tokens,
-        Action<SequenceChunk[]>? profile = null) =>
-        BatchDecodeMs(backend, Enumerable.Repeat(context, batch).ToArray(), steps, tokens, profile);
-
-    /// <summary>The same with row b prefilled to <paramref name="contexts"/>[b] positions (a batch of mixed contexts).</summary>
     private static double BatchDecodeMs(CudaBackend backend, int[] contexts, int steps, Func<int, int[]> tokens,
         Action<SequenceChunk[]>? profile = null)
     {
