@@ -31,8 +31,9 @@ internal sealed class DeviceRank : IDisposable
     public ResidualSum Sum { get; private set; } = null!;
     public Qwen2Forward Forward { get; private set; } = null!;
     private DeviceRope[] _ropes = [];
-    private DeviceBuffer? _switchBlocks; // int32 [max blocks of a sequence]: RerotateKeys' block table
-    private DeviceBuffer _copyPairs = null!; // int32 [max blocks of a sequence, 2]: CopyBlocks' (source, destination) pairs
+    private bool _rerotates; // loaded for RopeSwitchMethod.Rerotate
+    // int32 [max blocks of a sequence, 2]: CopyBlocks' (source, destination) pairs, or RerotateKeys' block table
+    private DeviceBuffer _blockLists = null!;
     private KvBlockOps _blockOps = null!;
 
     /// <summary>Makes device <paramref name="device"/>'s context current and measures nothing else: loading is <see cref="Load"/>.</summary>
@@ -83,9 +84,8 @@ internal sealed class DeviceRank : IDisposable
         var ropes = a.Ropes.Select(r => new DeviceRope(Own(DeviceBuffer.FromHost<float>(r.InverseFrequencies)).Ptr, r.AttentionFactor)).ToArray();
         _ropes = ropes;
         _blockOps = new KvBlockOps(Library);
-        _copyPairs = Own(DeviceBuffer.Allocate(8L * MemoryPlan.MaxBlocksPerSequence(shard)));
-        // adaptive rope scaling that re-rotates at the switch: where a switching sequence's block list goes
-        if (a.Options.RopeSwitch == RopeSwitchMethod.Rerotate) _switchBlocks = Own(DeviceBuffer.Allocate(4L * MemoryPlan.MaxBlocksPerSequence(shard)));
+        _blockLists = Own(DeviceBuffer.Allocate(8L * MemoryPlan.MaxBlocksPerSequence(shard)));
+        _rerotates = a.Options.RopeSwitch == RopeSwitchMethod.Rerotate;
         Kernels = new KernelSet(Library, Context.MultiprocessorCount);
         // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input
         Fp8Gemm? fp8Gemm = null;
@@ -127,13 +127,11 @@ internal sealed class DeviceRank : IDisposable
     /// </summary>
     public void RerotateKeys(ReadOnlySpan<int> blocks, int positions, int from, int to)
     {
-        if (_switchBlocks is null) throw new InvalidOperationException("this rank was loaded without --rope-switch-method rerotate");
+        if (!_rerotates) throw new InvalidOperationException("this rank was loaded without --rope-switch-method rerotate");
         Context.MakeCurrent();
-        Stream.Synchronize(); // the table buffer may still be read by a previous switch
-        int used = (positions + global::QwQ.Cuda.Kernels.AttentionOps.KvBlockSize - 1) / global::QwQ.Cuda.Kernels.AttentionOps.KvBlockSize;
-        _switchBlocks.CopyFromHost(blocks[..used]);
+        UploadBlockList(blocks[..((positions + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize)]);
         ModelConfig c = Shape.Config;
-        Kernels.Rope.RerotateKeys(Stream, Kv.Layer(0), Kv.LayerBytes, Kv.Layers, _switchBlocks.Ptr, positions, c.NumKeyValueHeads, c.HeadDim,
+        Kernels.Rope.RerotateKeys(Stream, Kv.Layer(0), Kv.LayerBytes, Kv.Layers, _blockLists.Ptr, positions, c.NumKeyValueHeads, c.HeadDim,
             _ropes[from].InvFreq, _ropes[from].Factor, _ropes[to].InvFreq, _ropes[to].Factor);
     }
 
@@ -144,14 +142,23 @@ internal sealed class DeviceRank : IDisposable
     public void CopyBlocks(ReadOnlySpan<int> pairs)
     {
         Context.MakeCurrent();
-        int capacity = (int)(_copyPairs.Bytes / 8), total = pairs.Length / 2;
+        int capacity = (int)(_blockLists.Bytes / 8), total = pairs.Length / 2;
         for (int first = 0; first < total; first += capacity)
         {
             int n = Math.Min(capacity, total - first);
-            Stream.Synchronize(); // the pair buffer may still be read by an earlier copy
-            _copyPairs.CopyFromHost(pairs.Slice(2 * first, 2 * n));
-            Kv.CopyBlocks(_blockOps, Stream, _copyPairs.Ptr, n);
+            UploadBlockList(pairs.Slice(2 * first, 2 * n));
+            Kv.CopyBlocks(_blockOps, Stream, _blockLists.Ptr, n);
         }
+    }
+
+    /// <summary>
+    /// Puts <paramref name="ints"/> in the block-list buffer, once the stream has finished with what it held (an earlier
+    /// copy or switch may still read it: the host copy does not wait for this stream).
+    /// </summary>
+    private void UploadBlockList(ReadOnlySpan<int> ints)
+    {
+        Stream.Synchronize();
+        _blockLists.CopyFromHost(ints);
     }
 
     /// <summary>Times each product's kernels at every captured decode batch size and keeps the fastest (LinearOps).</summary>
