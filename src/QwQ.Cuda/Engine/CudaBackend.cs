@@ -282,6 +282,20 @@ public sealed class CudaBackend : IModelBackend
     internal bool PrefixCacheServes(int length) => _rope.PrefixCacheServes(length);
 
     /// <summary>
+    /// Throws <see cref="KvPoolExhaustedException"/>, changing nothing, unless the pool holds the blocks of every part
+    /// (a re-rotation rewrites every block from position 0: those another sequence holds are copied first); then turns
+    /// the cached keys of the parts that switch by re-rotation (<see cref="Rerotate"/>).
+    /// </summary>
+    private void CheckBlocksThenRerotate(IReadOnlyList<Part> parts)
+    {
+        int needed = 0;
+        foreach (Part p in parts) needed += p.Seq.Table.BlocksNeeded(p.Rerotate ? 0 : p.Start, p.Start + p.Tokens.Length, evictCached: p.Rerotate);
+        if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
+        foreach (Part p in parts)
+            if (p.Rerotate) Rerotate(p);
+    }
+
+    /// <summary>
     /// The switch by re-rotation (<see cref="RopeSwitchMethod.Rerotate"/>): <paramref name="p"/>'s sequence takes its
     /// blocks for its own (copying those a fork holds too; those only the prefix cache describes leave it, since copying
     /// a 32k sequence's 512 blocks to keep plain-rope entries would cost more than turning them), then its cached keys
@@ -497,11 +511,7 @@ public sealed class CudaBackend : IModelBackend
         {
             Context.MakeCurrent();
             // A step longer than one pass is still all or nothing on a full pool: check every item's blocks first.
-            int needed = 0; // a re-rotation rewrites every block from position 0: those another sequence holds are copied first
-            foreach (Part p in pending) needed += p.Seq.Table.BlocksNeeded(p.Rerotate ? 0 : p.Start, p.Start + p.Tokens.Length, evictCached: p.Rerotate);
-            if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
-            foreach (Part p in pending)
-                if (p.Rerotate) Rerotate(p);
+            CheckBlocksThenRerotate(pending);
             // Passes of at most MaxRows rows and MaxSequences sequences, each row in its sequence's rope (StepInputs.RopeRows:
             // a batch on both sides of the adaptive switch is one pass, one read of the weights); a long prompt continues
             // in the next pass and only its last piece wants logits. Decode parts go first in each pass (StepShape's row order).
@@ -583,12 +593,7 @@ public sealed class CudaBackend : IModelBackend
             Context.MakeCurrent();
             Part part = PartFor(seq, tokens.ToArray(), finalLength: 0);
             if (part.Start != seq.Length) throw new InvalidOperationException("AppendWithLogits does not switch a sequence's rope: append up to the switch first");
-            if (part.Rerotate)
-            {
-                int needed = part.Seq.Table.BlocksNeeded(0, part.Start + part.Tokens.Length, evictCached: true);
-                if (needed > KvPool.FreeBlocks) throw new KvPoolExhaustedException(needed, KvPool.FreeBlocks, KvPool.TotalBlocks, KvPool.BlockSize);
-                Rerotate(part);
-            }
+            CheckBlocksThenRerotate([part]);
             RunPass([part], positions);
             var result = new float[positions.Length * Config.VocabSize];
             SynchronizeAll();
