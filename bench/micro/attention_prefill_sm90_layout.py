@@ -121,19 +121,29 @@ def model(T, start, WGS, OVERLAP, D=4, BN=64, seed=1):
                     for i, key in enumerate(range(j * BN, j * BN + BN)):
                         vv = key_val(key, v)
                         for d in range(D): o[r][d] += Pj[r][i] * vv[d]
-            for j in range(n_tiles + (1 if OVERLAP else 0)):
-                if not OVERLAP:
-                    if j < wg_tiles:
-                        alpha, Pj = softmax(j)
-                        for r in rows: o[r] = [x * alpha[r] for x in o[r]]
-                        pv(j, Pj)
-                else:
-                    do_s = j < wg_tiles; do_pv = j >= 1 and j - 1 < wg_tiles
-                    if do_s: alpha, Pnew = softmax(j)      # S_j, softmax (P V_{j-1} runs meanwhile: o untouched)
-                    if do_pv: pv(j - 1, P)
-                    if do_s:
-                        for r in rows: o[r] = [x * alpha[r] for x in o[r]]
-                        P = Pnew
+            if not OVERLAP:
+                for j in range(wg_tiles):
+                    alpha, Pj = softmax(j)
+                    for r in rows: o[r] = [x * alpha[r] for x in o[r]]
+                    pv(j, Pj)
+            else:   # the kernel's prologue / steady loop / tail; every j gets exactly one ring step
+                steps = [0]
+                if wg_tiles > 0:
+                    alpha, P = softmax(0)
+                    for r in rows: o[r] = [x * alpha[r] for x in o[r]]
+                j = 1
+                while j < wg_tiles:
+                    steps.append(j)
+                    alpha, Pnew = softmax(j)        # S_j, softmax (P V_{j-1} runs meanwhile: o untouched)
+                    pv(j - 1, P)
+                    for r in rows: o[r] = [x * alpha[r] for x in o[r]]
+                    P = Pnew
+                    j += 1
+                while j < n_tiles + 1:
+                    steps.append(j)
+                    if j == wg_tiles: pv(j - 1, P)
+                    j += 1
+                assert steps == list(range(n_tiles + 1)), steps
             for r in rows:
                 if r < T: out[r] = [x / l[r] for x in o[r]]
     err = 0.0

@@ -12,7 +12,9 @@
 // includes this file): the configuration the engine launches (1 consumer warpgroup, 2-stage cp.async ring, no
 // softmax/PV overlap: "wg1 s2") matched the mma.sync kernel bit for bit on T=256 from 0, T=256 on top of 100, T=200 on
 // top of 37 and T=2048, and ran 305 TFLOP/s at T=2k and 360 at 16k against its 220 and 268. The other configurations
-// (2 warpgroups, OVERLAP) stay in the template for the micro-benchmark; only wg1 s2 has an entry here.
+// (2 warpgroups, OVERLAP) stay in the template for the micro-benchmark; only wg1 s2 has an entry here. Since session 15
+// the OVERLAP ones compile without serialized wgmma, and on an H200 at 16k they still trail wg1 s2 (378-390 against
+// 404 TFLOP/s): the overlap gains 1-4% over the same 3-stage ring, which itself costs ~10% against 2 stages.
 //
 // Layouts (as the portable kernel), per sequence:
 //   q    bf16 [T, nq, 128]             tokens at absolute positions start_pos .. start_pos+T-1 (RoPE applied)
@@ -29,8 +31,10 @@
 //     only P V wrong -> the MN-major descriptor: LBO and SBO swapped is the classic mistake (here LBO = 8192 = the
 //     other 64-dim half, SBO = 1024 = next 8 keys); rows shuffled within 8 -> the swizzle XOR; error only with
 //     start > 0 or T not a multiple of 64 -> masking / tile counts.
-//   - ptxas "wgmma ... serialized" warning (-Xptxas -v): correctness is fine, but the async overlap is lost; usually
-//     accumulators not kept in registers (spills) -- check the register count and the pin() placement.
+//   - ptxas "wgmma ... serialized" warning (-Xptxas -v): correctness is fine, but the async overlap is lost. C7520:
+//     a branch around a wgmma that ptxas cannot prove warpgroup-uniform. C7514 / C7515: an ordinary instruction reads
+//     or writes an accumulator of a wgmma that may be in flight; ptxas does not correlate branches, so "if (a) issue;
+//     ... if (a) wait;" counts as in flight after the join (the OVERLAP loop below is written without such pairs).
 // bench/micro/attention_prefill_sm90_layout.py replays the index maps below on the CPU.
 //
 // ---- The kernel (namespace attn_prefill_sm90a) -------------------------------------------------------------------------
@@ -370,21 +374,23 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
     };
 
-    const int iters = n_tiles + (OVERLAP ? 1 : 0);  // OVERLAP: one more iteration for the last tile's P V
-    for (int j = 0; j < iters; ++j) {
-        // Tile j is commit group j; AHEAD + j groups are committed, so at most AHEAD - 1 may still be in flight.
+    // One step of the K/V ring for iteration j, on every thread of the block (it holds a barrier): waits for tile j
+    // (commit group j; AHEAD + j groups are committed, so at most AHEAD - 1 may still be in flight), publishes it, and
+    // refills the stage of tile j - LAG, which every warpgroup is done with by the barrier.
+    auto ring_step = [&](int j) {
         mma::cp_async_wait<AHEAD - 1>();
         fence_proxy_async_smem();  // this thread's landed copies -> visible to wgmma (async proxy)
         __syncthreads();           // ... and everyone's; also: every warpgroup is done with tile j - LAG
-        {
-            const int t = j + AHEAD;  // goes into the stage of tile j - LAG, just released
-            if (t < n_tiles) load_tile(t, t % STAGES);
-            mma::cp_async_commit();
-        }
+        const int t = j + AHEAD;   // goes into the stage of tile j - LAG, just released
+        if (t < n_tiles) load_tile(t, t % STAGES);
+        mma::cp_async_commit();
         if constexpr (QREG)
             if (j == 0) load_q_fragments();  // Q landed with tile 0 (commit group 0), published by the barrier above
+    };
 
-        if constexpr (!OVERLAP) {
+    if constexpr (!OVERLAP) {
+        for (int j = 0; j < n_tiles; ++j) {
+            ring_step(j);
             if (j < wg_tiles) {
                 wg_fence();
                 issue_s(j);
@@ -404,36 +410,59 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 pin(o);
                 pin(p);
             }
-        } else {
-            const bool do_s = j < wg_tiles;                   // S and softmax of tile j
-            const bool do_pv = j >= 1 && j - 1 < wg_tiles;    // P V of tile j - 1
-            if (do_s || do_pv) {
+        }
+    } else {
+        // Iteration j issues S_j = Q K_j, then O += P_{j-1} V_{j-1}, does the softmax of tile j while that product runs,
+        // waits for it, rescales O and packs P_j; one more iteration runs the last tile's P V. Written as a prologue
+        // (S_0 alone), a steady loop with no branch around a wgmma, and a tail (the last P V, then the ring steps of the
+        // other warpgroup's tiles), because ptxas tracks the wgmma in flight without correlating branches: the single
+        // loop with "if (do_s)" / "if (do_pv)" made it assume P V could still be running where O is rescaled, and it
+        // serialized every wgmma (C7514, sessions 9-14).
+        int j = 0;
+        ring_step(0);
+        if (wg_tiles > 0) {
+            wg_fence();
+            issue_s(0);
+            wg_commit();
+            wg_wait<0>();
+            pin(s);
+            if constexpr (QREG) pin(qf);
+            float a_lo, a_hi;
+            softmax(0, a_lo, a_hi);
+            rescale_and_pack(a_lo, a_hi);  // O is still zero: the rescale is harmless
+        }
+        for (j = 1; j < wg_tiles; ++j) {
+            ring_step(j);
+            pin(o);
+            pin(p);
+            wg_fence();  // o and p were written by ordinary instructions since the last wgmma
+            issue_s(j);
+            wg_commit();
+            issue_pv(j - 1);
+            wg_commit();
+            wg_wait<1>();  // S_j done; P_{j-1} V_{j-1} may still run: nothing below touches o or p until the next wait
+            pin(s);
+            if constexpr (QREG) pin(qf);
+            float a_lo, a_hi;
+            softmax(j, a_lo, a_hi);
+            wg_wait<0>();
+            pin(o);
+            pin(p);
+            rescale_and_pack(a_lo, a_hi);
+        }
+        // j == max(1, wg_tiles): the last tile's P V here, then the ring steps that the block's other warpgroup needs
+        for (; j < n_tiles + 1; ++j) {
+            ring_step(j);
+            if (j == wg_tiles) {
                 pin(o);
                 pin(p);
                 wg_fence();
-            }
-            if (do_s) {
-                issue_s(j);
-                wg_commit();
-            }
-            if (do_pv) {
                 issue_pv(j - 1);
                 wg_commit();
-            }
-            float a_lo = 1.f, a_hi = 1.f;
-            if (do_s) {
-                if (do_pv) wg_wait<1>();  // S_j done; the P V product may still run
-                else wg_wait<0>();
-                pin(s);
-                if constexpr (QREG) pin(qf);  // the RS wgmma read them asynchronously until the wait
-                softmax(j, a_lo, a_hi);   // overlaps the tensor cores' P_{j-1} V_{j-1}
-            }
-            if (do_pv) {
                 wg_wait<0>();
                 pin(o);
                 pin(p);
             }
-            if (do_s) rescale_and_pack(a_lo, a_hi);
         }
     }
     mma::cp_async_wait<0>();  // nothing may be in flight when the block exits
