@@ -6,6 +6,7 @@ using QwQ.Cuda.Benchmarking;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Sharding;
 
@@ -26,6 +27,7 @@ internal static class BenchCommand
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
         var mixed = new Option<string?>("--decode-mixed") { Description = "Also decode batches whose rows have different contexts, comma-separated, each as contexts joined by '+' with NxC for N rows at C (e.g. 32768+7x1024: one long trace among seven short ones)", HelpName = "MIX" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
+        var decodeBlocks = TypedOptions.Integer<int>("--decode-blocks-per-sm", "2", "Decode attention split blocks counted per multiprocessor when the splits are planned, 1 to 4 (default: as many as fit, 2 for the bf16 cache, 4 for fp8; a diagnostic: fewer make fewer, longer splits)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
         // How the engine stores the model and sums across GPUs: the same options as generate, chat and serve. Bench keeps
         // its own --model/--synthetic, and its own --tensor-parallel (it has no --device: always from device 0).
@@ -51,7 +53,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -68,7 +70,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(decodeBlocks), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
                 !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
             return ExitCodes.Ok;
         });
@@ -157,7 +159,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
+        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
@@ -186,7 +188,9 @@ internal static class BenchCommand
             Fp8Prefill = fp8Prefill,
             Fp8PrefillCopy = fp8Copy,
             RopeSwitch = switchMethod,
+            DecodeBlocksPerSm = decodeBlocksPerSm,
         };
+        if (decodeBlocksPerSm is int perSm) AttentionOps.CheckDecodeBlocksPerSm(perSm);
         TensorParallelSupport.EnsureSupported(config, engine, BackendKind.Cuda); // bench loads CudaBackend itself, not through BackendFactory
         host.Error.WriteLine($"loading {(modelDir ?? $"synthetic {preset}")} for sequences of up to {Math.Min(need, modelMax)} positions{(need > modelMax ? " (the model's maximum)" : "")}…");
         BenchReport report;

@@ -98,6 +98,7 @@ public sealed class CudaBackend : IModelBackend
             _ropes = _rope.Mode == RopeScalingMode.Adaptive ? [_rope.Plain, _rope.Yarn] : [_rope.ForLength(0)];
             if (options.KvCache is not (KvCacheKind.Bf16 or KvCacheKind.Fp8)) // before any GPU work, like RopePlanFor's refusals
                 throw new OptionException($"KV cache kind {options.KvCache} is not one of bf16 or fp8");
+            if (options.DecodeBlocksPerSm is int perSm) Kernels.AttentionOps.CheckDecodeBlocksPerSm(perSm);
             if (!Native.Cuda.IsAvailable(out string reason))
                 throw new CudaUnavailableException(reason);
             int devices = Native.Cuda.DeviceCount;
@@ -445,7 +446,8 @@ public sealed class CudaBackend : IModelBackend
     public IReadOnlyList<double> LastEnqueueMs => _ranks.Select(r => r.LastEnqueueMs).ToArray();
 
     /// <summary>Which kernel each product runs at each padded decode batch, as measured at load (for bench logs).</summary>
-    public IEnumerable<string> DescribeKernelChoices() => Linear.DescribeChoices();
+    public IEnumerable<string> DescribeKernelChoices() =>
+        Linear.DescribeChoices().Append(First.DescribeDecodeSplits(Options.DecodeBlocksPerSm is not null));
 
     /// <summary>
     /// Which GEMM the layers' prefill-sized products run on (above 128 rows), e.g. "fp8 cuBLASLt" or "dequantized to bf16

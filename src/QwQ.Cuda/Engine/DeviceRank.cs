@@ -86,7 +86,7 @@ internal sealed class DeviceRank : IDisposable
         _blockOps = new KvBlockOps(Library);
         _blockLists = Own(DeviceBuffer.Allocate(8L * MemoryPlan.MaxBlocksPerSequence(shard)));
         _rerotates = a.Options.RopeSwitch == RopeSwitchMethod.Rerotate;
-        Kernels = new KernelSet(Library, Context.MultiprocessorCount);
+        Kernels = new KernelSet(Library, Context.MultiprocessorCount, a.Options.DecodeBlocksPerSm);
         // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input
         Fp8Gemm? fp8Gemm = null;
         if (fp8 is not null && LinearOps.Resolve(a.Options.Fp8Prefill, Context.ComputeCapability.Major) is var mode and not Fp8PrefillGemm.Dequantize)
@@ -103,6 +103,15 @@ internal sealed class DeviceRank : IDisposable
             ? new ResidualSum(Linear, Kernels.Norm, Workspace, shard)
             : new ResidualSum(Linear, Kernels.Norm, Workspace, Shape, Index, comm, oneShot ? new AllReduceOps(Library) : null));
         Forward = new Qwen2Forward(shard, Weights, Workspace, Kv, Kernels, Linear, Sum, ropes);
+    }
+
+    /// <summary>How the decode attention splits on this GPU, for the load log: blocks a multiprocessor and slots a KV head.</summary>
+    public string DescribeDecodeSplits(bool chosen)
+    {
+        ModelConfig c = Shape.Config;
+        int perSm = Kernels.Attention.DecodeBlocksPerSmFor(c.HeadDim, Kv.Kind);
+        int slots = Kernels.Attention.DecodeSplitSlots(c.NumKeyValueHeads, 1, c.HeadDim, Kv.Kind);
+        return $"decode attention: {perSm} split blocks a multiprocessor ({(chosen ? "--decode-blocks-per-sm" : "by occupancy")}), {slots} split slots a KV head at batch 1";
     }
 
     /// <summary>

@@ -85,6 +85,14 @@ public sealed record EngineOptions
     public int? TensorCoreGemvMaxRows { get; init; }
 
     /// <summary>
+    /// A diagnostic: the decode split blocks counted per multiprocessor when a step's split slots are planned (1 to 4;
+    /// <c>AttentionOps.DecodeSplitSlots</c>). Null (the default): as many as the split kernel's shared memory lets one
+    /// multiprocessor hold, 2 for the bf16 cache and 4 for the fp8 cache at head_dim 128, so the splits run in one wave.
+    /// Fewer: fewer and longer splits (less combining, less parallelism); more than fit: a second wave.
+    /// </summary>
+    public int? DecodeBlocksPerSm { get; init; }
+
+    /// <summary>
     /// Decode batches above the GEMV sizes use cuBLASLt with the algorithm that measured fastest for each product and
     /// padded batch size at load (about a second); off: cublasGemmEx with its own heuristic.
     /// </summary>

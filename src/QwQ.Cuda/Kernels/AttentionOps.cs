@@ -1,4 +1,5 @@
 using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Native;
 
 namespace QwQ.Cuda.Kernels;
@@ -68,18 +69,23 @@ internal sealed class AttentionOps
     // Every prefill and decode variant by cache kind and head_dim, each opted in once to its dynamic shared memory.
     private readonly Dictionary<(bool Prefill, KvCacheKind Kind, int HeadDim), CudaKernel> _variants = [];
     private readonly int _multiprocessors;
+    // EngineOptions.DecodeBlocksPerSm; null: DecodeBlocksPerSm by the cache kind's occupancy
+    private readonly int? _decodeBlocksPerSm;
     // The sm_90a prefill kernel for the bf16 cache at head_dim 128; null: the portable kernel runs every prefill.
     private readonly CudaKernel? _hopperPrefill;
 
     /// <summary>
     /// <paramref name="hopperPrefill"/>: run the sm_90a prefill kernel where it applies, if <paramref name="lib"/> has it
     /// (<see cref="PtxLibrary.ArchSpecific"/>); off: the portable kernel everywhere (A/B comparisons, tests).
+    /// <paramref name="decodeBlocksPerSm"/>: <see cref="EngineOptions.DecodeBlocksPerSm"/> (null: by occupancy).
     /// </summary>
-    public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true)
+    public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true, int? decodeBlocksPerSm = null)
     {
         ArgumentNullException.ThrowIfNull(lib);
         ArgumentOutOfRangeException.ThrowIfLessThan(multiprocessorCount, 1);
+        if (decodeBlocksPerSm is int n) CheckDecodeBlocksPerSm(n);
         _multiprocessors = multiprocessorCount;
+        _decodeBlocksPerSm = decodeBlocksPerSm;
         _combine = lib.GetKernel(DecodeCombine);
         (string Entry, bool Prefill, KvCacheKind Kind, int HeadDim)[] variants =
         [
@@ -203,7 +209,17 @@ internal sealed class AttentionOps
     /// (<see cref="PlanDecodeSplits"/>) deals them to the rows.
     /// </summary>
     internal int DecodeSplitSlots(int nkv, int batch, int headDim, KvCacheKind kind) =>
-        DecodeSplitSlots(_multiprocessors, nkv, batch, DecodeBlocksPerSm(headDim, kind));
+        DecodeSplitSlots(_multiprocessors, nkv, batch, DecodeBlocksPerSmFor(headDim, kind));
+
+    /// <summary>The decode split blocks counted per multiprocessor for this cache (the option, or by occupancy).</summary>
+    public int DecodeBlocksPerSmFor(int headDim, KvCacheKind kind) => _decodeBlocksPerSm ?? DecodeBlocksPerSm(headDim, kind);
+
+    /// <summary>Throws the option's message unless <paramref name="blocksPerSm"/> is from 1 to 4 (the workspace's bound).</summary>
+    public static void CheckDecodeBlocksPerSm(int blocksPerSm)
+    {
+        if (blocksPerSm < 1 || blocksPerSm > MaxDecodeBlocksPerSm)
+            throw new OptionException($"--decode-blocks-per-sm must be from 1 to {MaxDecodeBlocksPerSm}, got {blocksPerSm}");
+    }
 
     internal static int DecodeSplitSlots(int multiprocessors, int nkv, int batch, int blocksPerSm) =>
         // Rounded down: a few blocks past one wave make a second wave that takes as long as the first (at batch 8 and
@@ -270,7 +286,8 @@ internal sealed class AttentionOps
     internal static int DecodeBlocksPerSm(int headDim, KvCacheKind kind) =>
         Math.Clamp(228 * 1024 / (DecodeSmemBytes(headDim, kind) + 1024), 1, MaxDecodeBlocksPerSm);
 
-    private const int MaxDecodeBlocksPerSm = 4;
+    /// <summary>Most decode split blocks counted per multiprocessor (the plan's work table is sized for it).</summary>
+    public const int MaxDecodeBlocksPerSm = 4;
 
     /// <summary>Most decode grid slots any batch up to <paramref name="maxBatch"/> takes, any head_dim and cache kind (the plan's work table).</summary>
     public static int MaxDecodeSplitSlots(int multiprocessors, int nkv, int maxBatch) =>
@@ -290,7 +307,7 @@ internal sealed class AttentionOps
     /// Paged decode attention for <paramref name="batch"/> rows, one per sequence: row b's q (bf16 [batch, nq, D])
     /// attends to the first positions of its block table row (int32 [batch, maxBlocks]), as many as the plan gives it;
     /// a row of length 0 (padding) outputs zeros. <paramref name="splitRows"/> (int32 [batch, 4]) and
-    /// <paramref name="splitWork"/> (int32 [<see cref="DecodeSplitSlots"/>, 4]), both 16-byte aligned: the step's plan,
+    /// <paramref name="splitWork"/> (int32 [<see cref="DecodeSplitSlots(int, int, int, KvCacheKind)"/>, 4]), both 16-byte aligned: the step's plan,
     /// <see cref="PlanDecodeSplits"/> over the rows' lengths with that many slots. Every per-row input is read on the
     /// device: graph-capture safe.
     /// <paramref name="workspace"/>: <see cref="DecodePagedWorkspaceBytes"/> bytes, 8-byte aligned.

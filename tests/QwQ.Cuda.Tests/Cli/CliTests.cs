@@ -117,6 +117,14 @@ public class CliTests
         Assert.That(BenchCommand.ParseMixed("32768+7x1024, 2x4096+512"),
             Is.EqualTo(new[] { new[] { 32768, 1024, 1024, 1024, 1024, 1024, 1024, 1024 }, new[] { 4096, 4096, 512 } }));
 
+    [TestCase("0")]
+    [TestCase("9")]
+    public async Task BenchDecodeBlocksPerSmIsCheckedBeforeAnythingLoads(string value)
+    {
+        var r = await Qwq("bench", "--decode-blocks-per-sm", value);
+        AssertOneCleanError(r, 2, $"--decode-blocks-per-sm must be from 1 to 4, got {value}");
+    }
+
     [TestCase("0", TestName = "BenchDecodeMixed_ContextZero_IsRefused")]
     [TestCase("1024+0x2048", TestName = "BenchDecodeMixed_ZeroRows_IsRefused")]
     [TestCase("1024+2y2048", TestName = "BenchDecodeMixed_NotNxC_IsRefused")]

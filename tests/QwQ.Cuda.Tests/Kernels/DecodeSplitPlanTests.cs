@@ -1,3 +1,6 @@
+using QwQ.Cuda.Config;
+using QwQ.Cuda.Engine;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Kernels;
 
 namespace QwQ.Cuda.Tests.Kernels;
@@ -88,4 +91,22 @@ public class DecodeSplitPlanTests
         Assert.Throws<ArgumentException>(() => AttentionOps.PlanDecodeSplits([1, 2], MaxContext, 4, new int[8], new int[15]));
         Assert.Throws<ArgumentOutOfRangeException>(() => AttentionOps.PlanDecodeSplits([], MaxContext, 4, new int[8], new int[16]));
     }
+
+    [TestCase(0)]
+    [TestCase(5)]
+    [TestCase(-2)]
+    public void DecodeBlocksPerSmOutsideOneToFourIsRefusedBeforeAnyGpuWork(int blocksPerSm)
+    {
+        var e = Assert.Throws<OptionException>(() => AttentionOps.CheckDecodeBlocksPerSm(blocksPerSm))!;
+        Assert.That(e.Message, Is.EqualTo($"--decode-blocks-per-sm must be from 1 to 4, got {blocksPerSm}"));
+        // the engine refuses it before it looks for a GPU (CI has none: a later check would say "no CUDA device")
+        var load = Assert.Throws<OptionException>(() =>
+            CudaBackend.Load(ModelPresets.Get("qwq-32b"), null, new EngineOptions { DecodeBlocksPerSm = blocksPerSm }).Dispose())!;
+        Assert.That(load.Message, Is.EqualTo(e.Message));
+    }
+
+    [TestCase(1)]
+    [TestCase(4)]
+    public void DecodeBlocksPerSmFromOneToFourIsAccepted(int blocksPerSm) =>
+        Assert.DoesNotThrow(() => AttentionOps.CheckDecodeBlocksPerSm(blocksPerSm));
 }
