@@ -3,6 +3,8 @@
 #   here:   bench/next/s15-measure.sh prepare     (then tests/stage-device.sh; carry [".device", "tmp-device"])
 #   device: bench/next/s15-measure.sh micro       (~4 min: three micro-benchmark builds, their SASS counts, their runs)
 #   device: bench/next/s15-measure.sh engine      (~8 min: the softmax patch's PTX, kernel tests, A/B against main)
+#   device: bench/next/s15-measure.sh splits      (~7 min: main's decode at batches 1 and 8, 1k and 32k, with
+#           --decode-blocks-per-sm 1 and 2 for the bf16 cache and 1, 2 and 4 for fp8; no kernel rebuilt)
 # prepare writes tmp-device/s15/{main,softmax,tma}/ (kernels/, bench/micro/, build.sh as each tree has them: main,
 # main + s15-softmax-ex2-ftz, main + both patches); tmp-device/ must be in .git/info/exclude.
 set -uo pipefail
@@ -60,8 +62,20 @@ engine)
     bench/device-ab.sh "$QWQ_TESTS" 2 "$out/ab" -- --synthetic qwq-32b --prefill 2048,16384 --decode 1024,32768 --batch 8
   (cd "$out" && tar czf ab.tgz ab && rm -rf ab)
   ;;
+splits)
+  [ -n "${QWQ_TESTS:-}" ] || source tests/device-env.sh
+  out=${OUT:-/tmp/s15-out}; mkdir -p "$out/splits"
+  for run in "bf16 2" "bf16 1" "fp8 4" "fp8 2" "fp8 1"; do
+    set -- $run
+    (cd "$QWQ_TESTS" && timeout 110 dotnet qwq.dll bench --synthetic qwq-32b-yarn --kv-cache "$1" --prefill 64 \
+      --decode 1024,32768 --batch 8 --decode-blocks-per-sm "$2" --commit "$(cat "$root/.device/COMMIT")-bps$2" \
+      --out "$out/splits/$1-bps$2") > "$out/splits/$1-bps$2.log" 2>&1
+    echo "$1 --decode-blocks-per-sm $2: rc=$?"; grep -E "^decode|decode attention:" "$out/splits/$1-bps$2.log"
+  done
+  (cd "$out" && tar czf splits.tgz splits && rm -rf splits)
+  ;;
 *)
-  echo "usage: bench/next/s15-measure.sh prepare|micro|engine" >&2
+  echo "usage: bench/next/s15-measure.sh prepare|micro|engine|splits" >&2
   exit 2
   ;;
 esac
