@@ -319,6 +319,16 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[KSTEPS][4], cons
     }
 }
 
+// 2^x on the SFU, results under 2^-126 flushed to zero. exp2f compiles to ex2.approx.f32 without .ftz, which ptxas
+// wraps in a compare and two predicated multiplies to keep denormal results: four instructions a score instead of one,
+// in kernels that ncu found issue-bound (the sm90a prefill, session 12). A probability under 2^-126 beside the row's
+// maximum of 1 changes neither the sum nor its bf16 P.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // One online-softmax step over NT score tiles already scaled to the log2 domain (masked entries -inf):
 // updates the running max m and sum l of rows lo/hi, turns s into exp2(s - max) in place and returns the factors
 // (alpha) by which the output accumulated so far must be rescaled. Row statistics are reduced over the quad.
@@ -339,17 +349,58 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float& m_lo, f
     // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
     const float base_lo = (mx_lo == neg_inf) ? 0.f : mx_lo;
     const float base_hi = (mx_hi == neg_inf) ? 0.f : mx_hi;
-    alpha_lo = exp2f(m_lo - base_lo);
-    alpha_hi = exp2f(m_hi - base_hi);
+    alpha_lo = exp2_ftz(m_lo - base_lo);
+    alpha_hi = exp2_ftz(m_hi - base_hi);
     m_lo = mx_lo;
     m_hi = mx_hi;
     float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-        s[nt][0] = exp2f(s[nt][0] - base_lo);
-        s[nt][1] = exp2f(s[nt][1] - base_lo);
-        s[nt][2] = exp2f(s[nt][2] - base_hi);
-        s[nt][3] = exp2f(s[nt][3] - base_hi);
+        s[nt][0] = exp2_ftz(s[nt][0] - base_lo);
+        s[nt][1] = exp2_ftz(s[nt][1] - base_lo);
+        s[nt][2] = exp2_ftz(s[nt][2] - base_hi);
+        s[nt][3] = exp2_ftz(s[nt][3] - base_hi);
+        sum_lo += s[nt][0] + s[nt][1];
+        sum_hi += s[nt][2] + s[nt][3];
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;
+    l_hi = l_hi * alpha_hi + sum_hi;
+}
+
+// online_softmax on raw scores (masked entries -inf) with the log2-domain scale c > 0 folded into each exponent:
+// exp2(fma(s, c, -max)) instead of a multiply per score before the step (one instruction fewer a score). m stays in the
+// scaled domain, as in online_softmax; the max of the raw scores times c is the max of the scaled ones (rounding is
+// monotonic), so the two give the same m and, up to the fma's single rounding, the same P.
+template <int NT>
+__device__ __forceinline__ void online_softmax_scaled(float (&s)[NT][4], float c, float& m_lo, float& m_hi, float& l_lo,
+                                                      float& l_hi, float& alpha_lo, float& alpha_hi) {
+    const float neg_inf = -__int_as_float(0x7f800000);
+    float mx_lo = neg_inf, mx_hi = neg_inf;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+        mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    mx_lo = fmaxf(m_lo, mx_lo * c);  // -inf stays -inf
+    mx_hi = fmaxf(m_hi, mx_hi * c);
+    // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
+    const float base_lo = (mx_lo == neg_inf) ? 0.f : mx_lo;
+    const float base_hi = (mx_hi == neg_inf) ? 0.f : mx_hi;
+    alpha_lo = exp2_ftz(m_lo - base_lo);
+    alpha_hi = exp2_ftz(m_hi - base_hi);
+    m_lo = mx_lo;
+    m_hi = mx_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        s[nt][0] = exp2_ftz(fmaf(s[nt][0], c, -base_lo));
+        s[nt][1] = exp2_ftz(fmaf(s[nt][1], c, -base_lo));
+        s[nt][2] = exp2_ftz(fmaf(s[nt][2], c, -base_hi));
+        s[nt][3] = exp2_ftz(fmaf(s[nt][3], c, -base_hi));
         sum_lo += s[nt][0] + s[nt][1];
         sum_hi += s[nt][2] + s[nt][3];
     }

@@ -165,13 +165,13 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             }
         }
 
-        // ---- scale + causal mask (only where the tile crosses this warp's diagonal)
+        // ---- causal mask (only where the tile crosses this warp's diagonal); the scale is applied in the exponent
         const bool need_mask = n0 + BN - 1 > warp_first_pos;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e] * sl2;
+                float v = s[nt][e];  // raw: the scale is folded into the exponent
                 if (need_mask) {
                     const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
                     const int pos = (e < 2) ? pos_lo : pos_hi;
@@ -183,7 +183,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
         // ---- online softmax
         float alpha_lo, alpha_hi;
-        attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
+        attn::online_softmax_scaled(s, sl2, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
         attn::rescale_output(o, alpha_lo, alpha_hi);
 
         // ---- O += P V

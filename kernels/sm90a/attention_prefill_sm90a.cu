@@ -340,7 +340,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor(v_base + kk * 16 * ROW_BYTES), 1);
     };
-    // Scale, causal mask (only on tiles that cross this warpgroup's diagonal), online softmax; returns alpha.
+    // Causal mask (only on tiles that cross this warpgroup's diagonal), online softmax with the scale folded into the
+    // exponent; returns alpha.
     auto softmax = [&](int j, float& alpha_lo, float& alpha_hi) {
         const int n0 = j * BN;
         const bool need_mask = n0 + BN - 1 > wg_first_pos;
@@ -348,14 +349,14 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e] * sl2;
+                float v = s[nt][e];  // raw: the scale is folded into the exponent
                 if (need_mask) {
                     const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
                     if (key > ((e < 2) ? pos_lo : pos_hi)) v = NEG_INF;
                 }
                 s[nt][e] = v;
             }
-        attn::online_softmax(s, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
+        attn::online_softmax_scaled(s, sl2, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
     };
     auto rescale_and_pack = [&](float alpha_lo, float alpha_hi) {
 #pragma unroll
