@@ -4,7 +4,8 @@
 // template also has configurations the engine does not launch (2 consumer warpgroups, softmax/PV overlap); they are
 // instantiated here, beside the engine's own extern "C" entry.
 // Not part of the build. On the GPU machine (CUDA 12.x, H100):
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu && /tmp/attn90
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/attn90 bench/micro/attention_prefill_sm90.cu -lcuda && /tmp/attn90
+//   (-lcuda: the TMA variants' tensor maps are built with the driver's cuTensorMapEncodeTiled)
 //   (with CUDA 13, -arch=sm_90a gave a compute_90 module that ptxas refused: "wgmma ... not supported on .target sm_90")
 // Optional argument: a substring of the variant names to run only those (e.g. /tmp/attn90 wg1); the reference always runs.
 // A second argument "once" launches each chosen variant once at T=16384 and nothing else (for ncu).
@@ -29,6 +30,8 @@
 #include <cstring>
 #include <vector>
 
+#include <cuda.h>  // CUtensorMap, cuTensorMapEncodeTiled (the TMA variants)
+
 #include "../../kernels/attention_prefill.cu"
 #include "../../kernels/sm90a/attention_prefill_sm90a.cu"
 
@@ -49,6 +52,24 @@ __global__ void __launch_bounds__(WGS * 128, MINB)
     const size_t first = (size_t)info.x * nq * sm90::D;
     sm90::prefill<WGS, STAGES, OVERLAP, QREG>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
                                         block_tables + (size_t)blockIdx.z * max_blocks);
+}
+
+// The same with K and V by TMA (sm90::prefill's TMA flag): the pools' tensor maps as two more by-value parameters.
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
+__global__ void __launch_bounds__(WGS * 128, MINB)
+    attention_prefill_paged_sm90_d128_tma(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
+                                          const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
+                                          const int* __restrict__ seq_info, const int* __restrict__ block_tables,
+                                          int max_blocks, int nq, int nkv, float scale,
+                                          const __grid_constant__ sm90::TmaMap tm_k,
+                                          const __grid_constant__ sm90::TmaMap tm_v) {
+    kernel_entry_barrier();
+    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
+    const int T = info.y;
+    if ((int)(gridDim.y - 1 - blockIdx.y) * 64 * WGS >= T) return;
+    const size_t first = (size_t)info.x * nq * sm90::D;
+    sm90::prefill<WGS, STAGES, OVERLAP, QREG, true>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
+                                                   block_tables + (size_t)blockIdx.z * max_blocks, &tm_k, &tm_v);
 }
 
 // ======================================================================================================================
@@ -103,6 +124,7 @@ struct Problem {
     std::vector<int> table;
     __nv_bfloat16 *q = nullptr, *k = nullptr, *v = nullptr;
     int *info = nullptr, *dtable = nullptr;
+    sm90::TmaMap tm_k, tm_v;  // the TMA variants' maps of k and v
     Problem(int T_, int start_, uint64_t seed) : T(T_), start(start_) {
         const int ctx = start + T;
         blocks = (ctx + KV_BLOCK - 1) / KV_BLOCK;
@@ -134,6 +156,26 @@ struct Problem {
         const int hinfo[4] = {0, T, start, 0};
         CK(cudaMemcpy(info, hinfo, 16, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dtable, table.data(), pool_blocks * 4, cudaMemcpyHostToDevice));
+        tm_k = kv_map(k, (uint64_t)pool_blocks * NKV * KV_BLOCK);
+        tm_v = kv_map(v, (uint64_t)pool_blocks * NKV * KV_BLOCK);
+    }
+    // A pool as rows of HD bf16 (256-byte pitch), boxes of 64 rows x 64 dims, 128-byte swizzle (the kernel's layout).
+    static sm90::TmaMap kv_map(void* pool, uint64_t rows) {
+        static_assert(sizeof(CUtensorMap) == sizeof(sm90::TmaMap), "TmaMap must be a CUtensorMap");
+        CUtensorMap m;
+        const cuuint64_t dims[2] = {(cuuint64_t)HD, rows};
+        const cuuint64_t strides[1] = {(cuuint64_t)HD * 2};
+        const cuuint32_t box[2] = {64, 64}, elem[2] = {1, 1};
+        const CUresult r = cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, pool, dims, strides, box, elem,
+                                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) {
+            printf("cuTensorMapEncodeTiled failed: %d\n", (int)r);
+            exit(2);
+        }
+        sm90::TmaMap t;
+        memcpy(&t, &m, sizeof t);
+        return t;
     }
     size_t kidx(int pos, int h, int d) const {
         return (((size_t)table[pos / KV_BLOCK] * NKV + h) * KV_BLOCK + pos % KV_BLOCK) * HD + d;
@@ -177,17 +219,25 @@ static std::vector<float> cpu_reference(const Problem& P) {
 typedef void (*PrefillFn)(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*,
                           const int*, const int*, int, int, int, float);
 
+// The TMA variants launch through a function of their own (their kernels take the two maps as well).
+typedef void (*TmaLaunchFn)(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out);
+
 struct Variant {
     const char* name;
     PrefillFn fn;
     int rows_per_block, threads, smem;
-    bool ok = true;  // cleared when it fails a check: not timed
+    bool ok = true;                  // cleared when it fails a check: not timed
+    TmaLaunchFn tma_launch = nullptr;  // set for the TMA variants (fn unused then)
+    const void* tma_kernel = nullptr;  // their kernel, for the occupancy query
 };
 
 static void launch(const Variant& V, const Problem& P, __nv_bfloat16* out) {
     dim3 grid(NQ, (P.T + V.rows_per_block - 1) / V.rows_per_block, 1);
-    V.fn<<<grid, V.threads, V.smem>>>(P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV,
-                                      1.f / sqrtf((float)HD));
+    if (V.tma_launch)
+        V.tma_launch(grid, V.threads, V.smem, P, out);
+    else
+        V.fn<<<grid, V.threads, V.smem>>>(P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV,
+                                          1.f / sqrtf((float)HD));
 }
 
 // ||a - ref|| / ||ref|| over the first n elements; NaN anywhere -> +inf.
@@ -245,6 +295,23 @@ static Variant sm90_variant(const char* name) {
     return Variant{name, fn, 64 * WGS, 128 * WGS, smem};
 }
 
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG>
+static void sm90_tma_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
+    attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG><<<grid, threads, smem>>>(
+        P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
+}
+
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
+static Variant sm90_tma_variant(const char* name) {
+    auto fn = attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG>;
+    const int smem = sm90::smem_bytes(WGS, STAGES);
+    CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    Variant v{name, nullptr, 64 * WGS, 128 * WGS, smem};
+    v.tma_launch = sm90_tma_launch<WGS, STAGES, OVERLAP, MINB, QREG>;
+    v.tma_kernel = reinterpret_cast<const void*>(fn);
+    return v;
+}
+
 int main(int argc, char** argv) {
     const char* filter = argc > 1 ? argv[1] : nullptr;
     cudaDeviceProp prop;
@@ -273,13 +340,20 @@ int main(int argc, char** argv) {
         sm90_variant<1, 3, false, 2>("sm90 wg1 s3"),              // a third ring stage (if two blocks still fit)
         sm90_variant<1, 3, false, 2, true>("sm90 wg1 s3 qreg"),
         sm90_variant<1, 3, true, 2, true>("sm90 wg1 s3 ovl qreg"),
+        // K and V by TMA (one thread issues a tile's four boxes; the others only wait on the stage's mbarrier)
+        sm90_tma_variant<1, 2, false, 2>("sm90 wg1 s2 tma"),
+        sm90_tma_variant<1, 2, false, 2, true>("sm90 wg1 s2 qreg tma"),
+        sm90_tma_variant<1, 3, true, 2, true>("sm90 wg1 s3 ovl qreg tma"),
+        sm90_tma_variant<2, 2, false, 1>("sm90 wg2 s2 tma"),
+        sm90_tma_variant<2, 3, true, 1>("sm90 wg2 s3 ovl tma"),
     };
     std::vector<Variant> vars;
     for (auto& v : all)
         if (!filter || strstr(v.name, filter)) vars.push_back(v);
     for (auto& v : vars) {
         int occ = 0;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, v.fn, v.threads, v.smem));
+        const void* k = v.tma_kernel ? v.tma_kernel : reinterpret_cast<const void*>(v.fn);
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, v.threads, v.smem));
         printf("%-22s %3d threads, %6d B smem, %d blocks/SM\n", v.name, v.threads, v.smem, occ);
     }
 

@@ -43,6 +43,20 @@ for base in (0x400, 0x8000 + 0x400 * 3):   # 1024-aligned operand bases (Q of wa
                 if mnmajor_addr(d, n, k) != loader_addr(base, 16 * kk + k, n): fails += 1
 print("layout/descriptor emulation:", "PASS" if fails == 0 else f"FAIL ({fails} mismatches)")
 
+# 2b. TMA (the TMA variants): a box of 64 rows x 64 dims (128 bytes a row) written with CU_TENSOR_MAP_SWIZZLE_128B to a
+#     1024-aligned destination puts byte b of box row r at dst + r*128 + (((b // 16) ^ (r % 8)) * 16) + b % 16 (the 16-byte
+#     chunk index XOR the row within each 8-row, 1024-byte atom). The kernel writes dims 0-63 of a tile to the operand's
+#     base and dims 64-127 to base + HALF: every element must land where the cp.async loader (and so the descriptors) put it.
+tma_fails = 0
+for base in (0x400, 0x8000 + 0x400 * 3):
+    for half in range(2):
+        dst = base + half * HALF
+        for r in range(64):
+            for d in range(64):
+                b = 2 * d
+                if dst + r * 128 + (((b // 16) ^ (r % 8)) * 16) + b % 16 != loader_addr(base, r, 64 * half + d): tma_fails += 1
+print("TMA box layout vs loader:", "PASS" if tma_fails == 0 else f"FAIL ({tma_fails} mismatches)")
+
 # 3. fragment identity used for P: accumulator (row, col) of thread (warp w, lane) -> A-operand (row, k) of the same
 #    thread for the k-step that covers that column (m64nNk16 layouts, PTX ISA register fragments).
 def acc_coord(w, lane, i, e):     # d[4i+e]

@@ -123,6 +123,42 @@ __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.
 // Makes this thread's completed generic-proxy shared writes (cp.async, st.shared) visible to async-proxy reads (wgmma).
 __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// ---- TMA (the micro-benchmark's TMA variants; the engine's entry still copies with cp.async) -------------------------
+// A tensor map (the driver's CUtensorMap: 128 bytes, 64-byte aligned), opaque here; the host builds it with
+// cuTensorMapEncodeTiled over a K or V pool seen as rows of 128 bf16 ([blocks * nkv * 64, 128], 256-byte pitch), box
+// 64 x 64 (one 64-dim half of a 64-key tile), 128-byte swizzle: the box lands exactly as sw128_offset lays out a half
+// (Swizzle<3,4,3> on the absolute address, the destination 1024-byte aligned). Passed to the kernel by value as a
+// const __grid_constant__ parameter, whose address the copy instruction takes.
+struct alignas(64) TmaMap {
+    unsigned long long opaque[16];
+};
+// mbarrier in shared memory: init with an arrival count, arrive announcing the bytes a TMA copy will deliver, and wait
+// for the phase of the given parity to complete.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// One box (64 rows x 64 dims) at (dim c0, row c1) of the map into shared memory at dst; completes bytes on bar.
+__device__ __forceinline__ void tma_load_box(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
 // The compiler sees a wgmma's accumulators as written when the asm statement issues; the values only exist after
 // wgmma.wait_group. These empty volatile asms pin every accumulator (and the P registers the RS wgmma is still reading)
 // between the wait and the code that uses them, so nothing is hoisted above the wait or reused before it.
@@ -200,11 +236,16 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs *
 // QREG: Q's fragments are read from shared memory into registers once (32 per thread) and S = Q K^T runs in the RS
 // form. Why: an SS m64n64k16 reads 4 KB of shared memory per 32 tensor-core cycles, the SM's whole 128 B/cycle; with
 // Q in registers S reads 2 KB, leaving room for P V's reads of V and the ring's cp.async writes.
-template <int WGS, int STAGES, bool OVERLAP, bool QREG = false>
+// TMA: K and V tiles arrive by TMA (thread 0 issues four boxes a tile on the stage's mbarrier) instead of cp.async by
+// every thread (16 copies and their address math a thread a tile, in a kernel ncu found issue-bound); tm_k / tm_v are
+// then the pools' tensor maps. Keys at or past kv_end in the last tile arrive as stored (TMA cannot zero-fill part of a
+// box): S masks them by a select, and their V rows are zeroed in shared memory before P V reads them (0 x NaN).
+template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, float scale,
-                                        const int* __restrict__ block_table) {
+                                        const int* __restrict__ block_table, const TmaMap* tm_k = nullptr,
+                                        const TmaMap* tm_v = nullptr) {
     constexpr int THREADS = 128 * WGS;
     constexpr int BM = 64 * WGS;
     // Tiles that must stay resident behind the one being loaded: the tile in use, plus (OVERLAP) the previous tile
@@ -285,12 +326,38 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
     };
 
-    // Prologue: tiles 0 .. AHEAD-1, one commit group each (Q rides in group 0), committed even when empty so that group
-    // j always holds tile j and the wait count below is a constant.
-#pragma unroll
-    for (int t = 0; t < AHEAD; ++t) {
-        if (t < n_tiles) load_tile(t, t);
+    // TMA: tile t of the K/V ring through four boxes on its stage's barrier, issued by one thread.
+    __shared__ __align__(8) uint64_t full_bar[TMA ? STAGES : 1];  // stage s: its tile landed (phase = use count & 1)
+    auto tma_load_tile = [&](int tile, int stage) {
+        const int row0 = (int)kv.tile_row(kvh, tile * BN);
+        const uint32_t dK = mma::smem_addr(sKV + stage * STAGE_BYTES), dV = dK + OP_BYTES;
+        const uint32_t bar = mma::smem_addr(&full_bar[stage]);
+        mbar_arrive_expect_tx(bar, STAGE_BYTES);
+        tma_load_box(dK, tm_k, 0, row0, bar);
+        tma_load_box(dK + HALF_BYTES, tm_k, 64, row0, bar);
+        tma_load_box(dV, tm_v, 0, row0, bar);
+        tma_load_box(dV + HALF_BYTES, tm_v, 64, row0, bar);
+    };
+
+    if constexpr (TMA) {
+        // Q alone is commit group 0 (waited for at j = 0); the barriers are initialised and published before any copy.
         mma::cp_async_commit();
+        if (tid == 0) {
+#pragma unroll
+            for (int st = 0; st < STAGES; ++st) mbar_init(mma::smem_addr(&full_bar[st]), 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+        if (tid == 0)
+            for (int t = 0; t < AHEAD && t < n_tiles; ++t) tma_load_tile(t, t);
+    } else {
+        // Prologue: tiles 0 .. AHEAD-1, one commit group each (Q rides in group 0), committed even when empty so that
+        // group j always holds tile j and the wait count below is a constant.
+#pragma unroll
+        for (int t = 0; t < AHEAD; ++t) {
+            if (t < n_tiles) load_tile(t, t);
+            mma::cp_async_commit();
+        }
     }
 
     const uint32_t q_base = mma::smem_addr(sQ + wg * OP_BYTES);
@@ -379,14 +446,39 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     // (commit group j; AHEAD + j groups are committed, so at most AHEAD - 1 may still be in flight), publishes it, and
     // refills the stage of tile j - LAG, which every warpgroup is done with by the barrier.
     auto ring_step = [&](int j) {
-        mma::cp_async_wait<AHEAD - 1>();
-        fence_proxy_async_smem();  // this thread's landed copies -> visible to wgmma (async proxy)
-        __syncthreads();           // ... and everyone's; also: every warpgroup is done with tile j - LAG
-        const int t = j + AHEAD;   // goes into the stage of tile j - LAG, just released
-        if (t < n_tiles) load_tile(t, t % STAGES);
-        mma::cp_async_commit();
-        if constexpr (QREG)
-            if (j == 0) load_q_fragments();  // Q landed with tile 0 (commit group 0), published by the barrier above
+        if constexpr (TMA) {
+            __syncthreads();  // every warpgroup is done with tile j - LAG: its stage may be refilled
+            const int t = j + AHEAD;
+            if (tid == 0 && t < n_tiles) tma_load_tile(t, t % STAGES);
+            if (j == 0) {
+                mma::cp_async_wait<0>();   // Q
+                fence_proxy_async_smem();  // -> visible to wgmma
+                __syncthreads();
+                if constexpr (QREG) load_q_fragments();
+            }
+            if (j < n_tiles) {
+                mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
+                const int n0 = j * BN;
+                if (n0 + BN > kv_end) {  // the last tile: zero V's rows past the keys (their contents are not ours)
+                    unsigned char* dV = sKV + (j % STAGES) * STAGE_BYTES + OP_BYTES;
+                    const int valid = kv_end - n0;
+                    for (int c = tid; c < (BN - valid) * ROW_CHUNKS; c += THREADS)
+                        *reinterpret_cast<uint4*>(dV + sw128_offset(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) =
+                            make_uint4(0u, 0u, 0u, 0u);
+                    fence_proxy_async_smem();  // generic writes -> visible to wgmma
+                    __syncthreads();
+                }
+            }
+        } else {
+            mma::cp_async_wait<AHEAD - 1>();
+            fence_proxy_async_smem();  // this thread's landed copies -> visible to wgmma (async proxy)
+            __syncthreads();           // ... and everyone's; also: every warpgroup is done with tile j - LAG
+            const int t = j + AHEAD;   // goes into the stage of tile j - LAG, just released
+            if (t < n_tiles) load_tile(t, t % STAGES);
+            mma::cp_async_commit();
+            if constexpr (QREG)
+                if (j == 0) load_q_fragments();  // Q landed with tile 0 (commit group 0), published by the barrier above
+        }
     };
 
     if constexpr (!OVERLAP) {
