@@ -612,3 +612,21 @@ extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf1
     attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_WGS, attn_prefill_sm90a::ENGINE_STAGES, false>(
         q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks);
 }
+
+// The same entry with K and V by TMA (prefill's TMA flag): tm_k / tm_v map this layer's K and V pools as rows of 128
+// bf16 (AttentionOps encodes them per launch with cuTensorMapEncodeTiled: 256-byte pitch, 64 x 64 boxes, 128-byte
+// swizzle). AttentionOps launches this one where the PTX has it, else the entry above.
+extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf16_d128_sm90a_tma(
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
+    const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
+    const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
+    const __grid_constant__ attn_prefill_sm90a::TmaMap tm_k, const __grid_constant__ attn_prefill_sm90a::TmaMap tm_v) {
+    kernel_entry_barrier();
+    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
+    const int T = info.y;
+    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_ROWS >= T) return;
+    const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
+    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_WGS, attn_prefill_sm90a::ENGINE_STAGES, false, false, true>(
+        q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
+        &tm_k, &tm_v);
+}

@@ -461,7 +461,8 @@ public sealed class CudaBackend : IModelBackend
     /// head_dim 128) or "mma.sync" (the portable one); bench records it beside each prefill figure.
     /// </summary>
     public string PrefillAttentionPath =>
-        Kernels.AttentionOps.PrefillLaunchFor(First.Kernels.Attention.HopperPrefill, KvCache, Config.HeadDim).Hopper ? "wgmma sm_90a" : "mma.sync";
+        !Kernels.AttentionOps.PrefillLaunchFor(First.Kernels.Attention.HopperPrefill, KvCache, Config.HeadDim).Hopper ? "mma.sync"
+        : First.Kernels.Attention.HopperPrefillTma ? "wgmma+TMA sm_90a" : "wgmma sm_90a";
 
     public ISequence CreateSequence(int? maxContext = null)
     {

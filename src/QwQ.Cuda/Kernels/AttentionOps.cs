@@ -40,6 +40,8 @@ internal sealed class AttentionOps
     [KernelEntry] public const string DecodePagedFp8D64 = "attention_decode_paged_fp8_d64";
     [KernelEntry] public const string DecodePagedFp8D128 = "attention_decode_paged_fp8_d128";
     [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90a = "attention_prefill_paged_bf16_d128_sm90a";
+    /// <summary>The same with K and V tiles by TMA (two tensor maps as its last arguments); preferred where the PTX has it.</summary>
+    [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aTma = "attention_prefill_paged_bf16_d128_sm90a_tma";
 
     /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
     public const int KvBlockSize = KeyTile;
@@ -73,6 +75,11 @@ internal sealed class AttentionOps
     private readonly int? _decodeBlocksPerSm;
     // The sm_90a prefill kernel for the bf16 cache at head_dim 128; null: the portable kernel runs every prefill.
     private readonly CudaKernel? _hopperPrefill;
+    // Its TMA build (kernels/sm90a: K and V by tensor maps); null where the PTX predates it, and the cp.async one runs.
+    private readonly CudaKernel? _hopperPrefillTma;
+    // The tensor maps' row count: past any pool. TMA reads only the boxes a kernel asks for (rows of the sequences'
+    // blocks), so the count only bounds them, and one need not know the pool's size here.
+    private const ulong TmaRows = 1UL << 31;
 
     /// <summary>
     /// <paramref name="hopperPrefill"/>: run the sm_90a prefill kernel where it applies, if <paramref name="lib"/> has it
@@ -106,11 +113,20 @@ internal sealed class AttentionOps
             CudaKernel k = lib.GetKernel(PrefillPagedD128Sm90a);
             k.SetMaxDynamicSharedMemory(HopperPrefillSmemBytes);
             _hopperPrefill = k;
+            if (lib.Has(PrefillPagedD128Sm90aTma))
+            {
+                CudaKernel t = lib.GetKernel(PrefillPagedD128Sm90aTma);
+                t.SetMaxDynamicSharedMemory(HopperPrefillSmemBytes);
+                _hopperPrefillTma = t;
+            }
         }
     }
 
     /// <summary>Whether bf16 prefill at head_dim 128 runs the sm_90a kernel (kernels/sm90a/attention_prefill_sm90a.cu).</summary>
     public bool HopperPrefill => _hopperPrefill is not null;
+
+    /// <summary>Whether that kernel reads K and V through TMA (its PTX has the TMA entry).</summary>
+    public bool HopperPrefillTma => _hopperPrefillTma is not null;
 
     /// <summary>
     /// Shared memory of the sm_90a prefill kernel (attn_prefill_sm90a::smem_bytes(1, 2), 82,944 B): the warpgroup's Q
@@ -184,7 +200,7 @@ internal sealed class AttentionOps
         bool fp8 = kv.Kind == KvCacheKind.Fp8;
         var launch = PrefillLaunchFor(_hopperPrefill is not null, kv.Kind, headDim);
         // head_dim and kind checked above; the sm_90a kernel takes the bf16 entry's arguments
-        CudaKernel k = launch.Hopper ? _hopperPrefill!.Value : _variants[(true, kv.Kind, headDim)];
+        CudaKernel k = launch.Hopper ? _hopperPrefillTma ?? _hopperPrefill!.Value : _variants[(true, kv.Kind, headDim)];
         uint mTiles = (uint)((maxQueryRows + launch.RowsPerBlock - 1) / launch.RowsPerBlock);
         int mb = maxBlocks, hq = nq, hkv = nkv;
         float sc = scale;
@@ -193,6 +209,15 @@ internal sealed class AttentionOps
         if (fp8)
         {
             void** a = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
+            k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
+        }
+        else if (launch.Hopper && _hopperPrefillTma is not null)
+        {
+            // this layer's K and V pools as rows of head_dim bf16, read in 64-key boxes (host-only encoding, per launch:
+            // prefill is never graph-captured, so nothing is cached that a pool change could stale)
+            TensorMap mapK = TensorMap.EncodeBf16Rows(kPool, TmaRows, headDim, KeyTile);
+            TensorMap mapV = TensorMap.EncodeBf16Rows(vPool, TmaRows, headDim, KeyTile);
+            void** a = stackalloc void*[] { &q, &kPool, &vPool, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc, &mapK, &mapV };
             k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
         }
         else

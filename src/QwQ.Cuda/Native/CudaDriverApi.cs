@@ -89,6 +89,16 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)] internal static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(Lib)] internal static partial int cuModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
     [LibraryImport(Lib)] internal static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+
+    // --- tensor maps (TMA, compute capability 9.0+; host-only: no context needed) ---
+    internal const int CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
+    internal const int CU_TENSOR_MAP_INTERLEAVE_NONE = 0;
+    internal const int CU_TENSOR_MAP_SWIZZLE_128B = 3;
+    internal const int CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
+    internal const int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0;
+    [LibraryImport(Lib)]
+    internal static partial int cuTensorMapEncodeTiled(TensorMap* tensorMap, int dataType, uint rank, ulong globalAddress,
+        ulong* globalDim, ulong* globalStrides, uint* boxDim, uint* elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill);
     [LibraryImport(Lib)]
     internal static partial int cuLaunchKernel(IntPtr f, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, IntPtr stream, void** kernelParams, void** extra);

@@ -109,6 +109,13 @@ internal sealed partial class PtxLibrary : IDisposable
         return all;
     }
 
+    /// <summary>Whether a loaded module has the kernel <paramref name="entry"/> (an entry that an older PTX set may lack).</summary>
+    public bool Has(string entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        lock (gate) return moduleByEntry.ContainsKey(entry);
+    }
+
     /// <summary>The kernel named <paramref name="entry"/>; throws naming it when no embedded module has it.</summary>
     public CudaKernel GetKernel(string entry)
     {
