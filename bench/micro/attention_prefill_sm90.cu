@@ -312,6 +312,21 @@ static Variant sm90_tma_variant(const char* name) {
     return v;
 }
 
+// The engine's TMA entry (kernels/sm90a, ENGINE_TMA_*): the code of "sm90 wg2 s3 ovl tma" through its extern "C" wrapper.
+static void engine_tma_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
+    attention_prefill_paged_bf16_d128_sm90a_tma<<<grid, threads, smem>>>(
+        P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
+}
+
+static Variant engine_tma_variant() {
+    const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_TMA_STAGES);
+    CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    Variant v{"sm90a engine TMA entry", nullptr, sm90::ENGINE_TMA_ROWS, 128 * sm90::ENGINE_TMA_WGS, smem};
+    v.tma_launch = engine_tma_launch;
+    v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_tma);
+    return v;
+}
+
 int main(int argc, char** argv) {
     const char* filter = argc > 1 ? argv[1] : nullptr;
     cudaDeviceProp prop;
@@ -346,6 +361,7 @@ int main(int argc, char** argv) {
         sm90_tma_variant<1, 3, true, 2, true>("sm90 wg1 s3 ovl qreg tma"),
         sm90_tma_variant<2, 2, false, 1>("sm90 wg2 s2 tma"),
         sm90_tma_variant<2, 3, true, 1>("sm90 wg2 s3 ovl tma"),
+        engine_tma_variant(),
     };
     std::vector<Variant> vars;
     for (auto& v : all)

@@ -590,6 +590,15 @@ constexpr int ENGINE_STAGES = 2;
 constexpr int ENGINE_ROWS = 64 * ENGINE_WGS;
 static_assert(smem_bytes(ENGINE_WGS, ENGINE_STAGES) == 82944, "AttentionOps.HopperPrefillSmemBytes must match");
 
+// The TMA entry's configuration: two consumer warpgroups (128 query rows per block) share each K/V tile, a 3-stage
+// ring, softmax overlapped with P V; one block a multiprocessor (132,096 B). Why not the cp.async one's: with the
+// copies off the threads this is the fastest variant of the micro-benchmark (H200, 16k: 471.5 TFLOP/s against 415.9
+// for the cp.async entry and 393.0 for "wg1 s2 tma", session 16), whereas without TMA two warpgroups lose.
+constexpr int ENGINE_TMA_WGS = 2;
+constexpr int ENGINE_TMA_STAGES = 3;
+constexpr int ENGINE_TMA_ROWS = 64 * ENGINE_TMA_WGS;
+static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_TMA_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
+
 }  // namespace attn_prefill_sm90a
 
 // Paged, many sequences in one launch: the arguments, seq_info / block table contract and results of
@@ -613,10 +622,11 @@ extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf1
         q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks);
 }
 
-// The same entry with K and V by TMA (prefill's TMA flag): tm_k / tm_v map this layer's K and V pools as rows of 128
-// bf16 (AttentionOps encodes them per launch with cuTensorMapEncodeTiled: 256-byte pitch, 64 x 64 boxes, 128-byte
-// swizzle). AttentionOps launches this one where the PTX has it, else the entry above.
-extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf16_d128_sm90a_tma(
+// The same with K and V by TMA, in the TMA configuration above (prefill's TMA flag): block 256 threads (two
+// warpgroups), grid (nq, ceil(max T / 128), sequences), dynamic smem smem_bytes(2, 3) = 132,096 B. tm_k / tm_v map this
+// layer's K and V pools as rows of 128 bf16 (AttentionOps encodes them per launch with cuTensorMapEncodeTiled: 256-byte
+// pitch, 64 x 64 boxes, 128-byte swizzle). AttentionOps launches this one where the PTX has it, else the entry above.
+extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_paged_bf16_d128_sm90a_tma(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
     const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
     const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
@@ -624,9 +634,9 @@ extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf1
     kernel_entry_barrier();
     const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
     const int T = info.y;
-    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_ROWS >= T) return;
+    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
     const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
-    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_WGS, attn_prefill_sm90a::ENGINE_STAGES, false, false, true>(
+    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_TMA_STAGES, true, false, true>(
         q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
         &tm_k, &tm_v);
 }

@@ -56,6 +56,10 @@ internal sealed class AttentionOps
     private const int HopperPrefillRowsPerBlock = 64;
     private const int HopperPrefillStages = 2;
     private const int HopperPrefillHeadDim = 128;
+    // Must match its TMA entry (ENGINE_TMA_WGS, ENGINE_TMA_STAGES): two warpgroups, 128 query rows per block, 3 stages.
+    private const int HopperPrefillTmaThreads = 256;
+    private const int HopperPrefillTmaRowsPerBlock = 128;
+    private const int HopperPrefillTmaStages = 3;
     // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring; the combine's thread groups over the
     // splits (COMBINE_GROUPS: a block of head_dim x 4 threads).
     private const int DecodeThreads = 128;
@@ -85,8 +89,11 @@ internal sealed class AttentionOps
     /// <paramref name="hopperPrefill"/>: run the sm_90a prefill kernel where it applies, if <paramref name="lib"/> has it
     /// (<see cref="PtxLibrary.ArchSpecific"/>); off: the portable kernel everywhere (A/B comparisons, tests).
     /// <paramref name="decodeBlocksPerSm"/>: <see cref="EngineOptions.DecodeBlocksPerSm"/> (null: by occupancy).
+    /// <paramref name="hopperTma"/>: of the sm_90a kernel, the TMA entry where the PTX has it; off: the cp.async entry
+    /// (the fallback for a PTX set without the TMA entry, which tests compare against the portable kernel too).
     /// </summary>
-    public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true, int? decodeBlocksPerSm = null)
+    public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true, int? decodeBlocksPerSm = null,
+        bool hopperTma = true)
     {
         ArgumentNullException.ThrowIfNull(lib);
         ArgumentOutOfRangeException.ThrowIfLessThan(multiprocessorCount, 1);
@@ -113,10 +120,10 @@ internal sealed class AttentionOps
             CudaKernel k = lib.GetKernel(PrefillPagedD128Sm90a);
             k.SetMaxDynamicSharedMemory(HopperPrefillSmemBytes);
             _hopperPrefill = k;
-            if (lib.Has(PrefillPagedD128Sm90aTma))
+            if (hopperTma && lib.Has(PrefillPagedD128Sm90aTma))
             {
                 CudaKernel t = lib.GetKernel(PrefillPagedD128Sm90aTma);
-                t.SetMaxDynamicSharedMemory(HopperPrefillSmemBytes);
+                t.SetMaxDynamicSharedMemory(HopperPrefillTmaSmemBytes);
                 _hopperPrefillTma = t;
             }
         }
@@ -136,17 +143,47 @@ internal sealed class AttentionOps
     internal const int HopperPrefillSmemBytes =
         HopperPrefillRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
 
+    /// <summary>
+    /// Shared memory of the sm_90a TMA entry (attn_prefill_sm90a::smem_bytes(2, 3), 132,096 B): two warpgroups' Q tiles
+    /// [128, 128] bf16, 3 stages of K and V tiles [64, 128] bf16, and the 1 KiB of alignment slack.
+    /// </summary>
+    internal const int HopperPrefillTmaSmemBytes =
+        HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
+
+    /// <summary>Which prefill kernel runs: the portable mma.sync one, the sm_90a one with K/V by cp.async, or by TMA.</summary>
+    internal enum PrefillKernel { Portable, Hopper, HopperTma }
+
     /// <summary>How one prefill launch runs: which kernel, query rows per block (the grid's y), threads and dynamic shared memory.</summary>
-    internal readonly record struct PrefillLaunch(bool Hopper, int RowsPerBlock, int Threads, int SmemBytes);
+    internal readonly record struct PrefillLaunch(PrefillKernel Kernel, int RowsPerBlock, int Threads, int SmemBytes)
+    {
+        /// <summary>The path's name, as bench records it beside each prefill figure.</summary>
+        public string Path => Kernel switch
+        {
+            PrefillKernel.HopperTma => "wgmma+TMA sm_90a",
+            PrefillKernel.Hopper => "wgmma sm_90a",
+            _ => "mma.sync",
+        };
+    }
 
     /// <summary>
-    /// The launch of a prefill over a <paramref name="kind"/> cache at <paramref name="headDim"/>: the sm_90a kernel when
-    /// it is loaded (<paramref name="hopperLoaded"/>) and the shape is its one (bf16, 128), else the portable kernel.
+    /// The launch of a prefill over a <paramref name="kind"/> cache at <paramref name="headDim"/>: the best sm_90a kernel
+    /// loaded (<paramref name="loaded"/>: <see cref="PrefillKernel.Portable"/> when none) where the shape is its one
+    /// (bf16, 128), else the portable kernel.
     /// </summary>
-    internal static PrefillLaunch PrefillLaunchFor(bool hopperLoaded, KvCacheKind kind, int headDim) =>
-        hopperLoaded && kind == KvCacheKind.Bf16 && headDim == HopperPrefillHeadDim
-            ? new PrefillLaunch(true, HopperPrefillRowsPerBlock, HopperPrefillThreads, HopperPrefillSmemBytes)
-            : new PrefillLaunch(false, PrefillRowsPerBlock, PrefillWarps * 32, PrefillSmemBytes(headDim, kind));
+    internal static PrefillLaunch PrefillLaunchFor(PrefillKernel loaded, KvCacheKind kind, int headDim) =>
+        kind != KvCacheKind.Bf16 || headDim != HopperPrefillHeadDim ? Portable(kind, headDim) : loaded switch
+        {
+            PrefillKernel.HopperTma => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillTmaThreads, HopperPrefillTmaSmemBytes),
+            PrefillKernel.Hopper => new PrefillLaunch(loaded, HopperPrefillRowsPerBlock, HopperPrefillThreads, HopperPrefillSmemBytes),
+            _ => Portable(kind, headDim),
+        };
+
+    private static PrefillLaunch Portable(KvCacheKind kind, int headDim) =>
+        new(PrefillKernel.Portable, PrefillRowsPerBlock, PrefillWarps * 32, PrefillSmemBytes(headDim, kind));
+
+    /// <summary>The best prefill kernel this instance loaded (<see cref="PrefillLaunchFor"/>'s first argument).</summary>
+    internal PrefillKernel LoadedPrefill =>
+        _hopperPrefillTma is not null ? PrefillKernel.HopperTma : _hopperPrefill is not null ? PrefillKernel.Hopper : PrefillKernel.Portable;
 
     /// <summary>
     /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
@@ -198,9 +235,14 @@ internal sealed class AttentionOps
         if (seqInfo == 0 || (seqInfo & 15) != 0) throw new ArgumentException("seqInfo must be non-null and 16-byte aligned.", nameof(seqInfo));
         if (blockTables == 0 || (blockTables & 3) != 0) throw new ArgumentException("blockTables must be non-null and 4-byte aligned.", nameof(blockTables));
         bool fp8 = kv.Kind == KvCacheKind.Fp8;
-        var launch = PrefillLaunchFor(_hopperPrefill is not null, kv.Kind, headDim);
-        // head_dim and kind checked above; the sm_90a kernel takes the bf16 entry's arguments
-        CudaKernel k = launch.Hopper ? _hopperPrefillTma ?? _hopperPrefill!.Value : _variants[(true, kv.Kind, headDim)];
+        var launch = PrefillLaunchFor(LoadedPrefill, kv.Kind, headDim);
+        // head_dim and kind checked above; the sm_90a kernels take the bf16 entry's arguments (the TMA one, two more)
+        CudaKernel k = launch.Kernel switch
+        {
+            PrefillKernel.HopperTma => _hopperPrefillTma!.Value,
+            PrefillKernel.Hopper => _hopperPrefill!.Value,
+            _ => _variants[(true, kv.Kind, headDim)],
+        };
         uint mTiles = (uint)((maxQueryRows + launch.RowsPerBlock - 1) / launch.RowsPerBlock);
         int mb = maxBlocks, hq = nq, hkv = nkv;
         float sc = scale;
@@ -211,7 +253,7 @@ internal sealed class AttentionOps
             void** a = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
             k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
         }
-        else if (launch.Hopper && _hopperPrefillTma is not null)
+        else if (launch.Kernel == PrefillKernel.HopperTma)
         {
             // this layer's K and V pools as rows of head_dim bf16, read in 64-key boxes (host-only encoding, per launch:
             // prefill is never graph-captured, so nothing is cached that a pool change could stale)
