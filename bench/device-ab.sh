@@ -27,7 +27,9 @@ arm() { # name dir commit round env-assignment-or-empty bench-arguments...
   local name=$1 dir=$2 commit=$3 round=$4 assign=$5 dest="$out/$1-r$4"
   shift 5
   mkdir -p "$dest"
-  (cd "$dir" && env $assign timeout "$timeout" dotnet qwq.dll bench "$@" --commit "$commit" --out "$dest") > "$dest/bench.log" 2>&1
+  # env -u first: a QWQ_PTX_DIR exported to this script (QWQ_PTX_DIR=... bench/device-ab.sh ...) must not reach the base
+  # arm, which would then run the tree's kernels too (sessions 15 and 16 lost an A/B that way: both arms on the new PTX)
+  (cd "$dir" && env -u QWQ_PTX_DIR $assign timeout "$timeout" dotnet qwq.dll bench "$@" --commit "$commit" --out "$dest") > "$dest/bench.log" 2>&1
   echo "$name round $round: exit $?"
   grep -E "^(decode|prefill|rope switch)" "$dest/bench.log" | sed "s/^/  $name: /"
 }
