@@ -31,7 +31,7 @@ arm() { # name dir commit round env-assignment-or-empty bench-arguments...
   # arm, which would then run the tree's kernels too (sessions 15 and 16 lost an A/B that way: both arms on the new PTX)
   (cd "$dir" && env -u QWQ_PTX_DIR $assign timeout "$timeout" dotnet qwq.dll bench "$@" --commit "$commit" --out "$dest") > "$dest/bench.log" 2>&1
   echo "$name round $round: exit $?"
-  grep -E "^(decode|prefill|rope switch)" "$dest/bench.log" | sed "s/^/  $name: /"
+  grep -E "^(decode|prefill|rope switch|kernels)" "$dest/bench.log" | sed "s/^/  $name: /"
 }
 for ((r = 1; r <= rounds; r++)); do
   # the arms alternate which goes first, so neither always runs on a warmer machine

@@ -22,6 +22,7 @@ public static class BenchOutput
         sb.AppendLine(r.Figures.FirstOrDefault()?.ProgrammaticLaunch == true
             ? "Kernels launched with programmatic dependent launch (each overlaps the end of the one before it)."
             : "Kernels launched the ordinary way (no programmatic dependent launch).");
+        if (r.Kernels is not null) sb.AppendLine($"Kernels: {r.Kernels}.  ");
         if (compare is not null)
             sb.AppendLine($"Compared with transformers ({compare.Mode}) on the same shapes, same GPU, same run.");
         sb.AppendLine();

@@ -80,13 +80,18 @@ public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Toke
 /// </summary>
 public sealed record AllReduceResult(int Rows, double? OneShotUs, double NcclUs, double MsPerToken);
 
-/// <summary><see cref="WeightBytes"/>: per GPU (with tensor parallel each holds its share and the whole embedding).</summary>
+/// <summary>
+/// <see cref="WeightBytes"/>: per GPU (with tensor parallel each holds its share and the whole embedding).
+/// <see cref="Kernels"/>: which PTX ran (<c>PtxLibrary.KernelsIdentity</c>: embedded or a QWQ_PTX_DIR, and a hash),
+/// so that <c>qwq bench compare</c> can tell a kernel A/B whose arms ran the same kernels.
+/// </summary>
 public sealed record BenchReport(
     string Date, string Gpu, string Commit, string Model, long WeightBytes, int MaxContext,
     DeviceCeilings Ceilings, IReadOnlyList<PrefillResult> Prefill, IReadOnlyList<DecodeResult> Decode,
     SampledDecodeResult? SampledDecode, TtftResult Ttft, IReadOnlyList<BenchFigure> Figures,
     int TensorParallel = 1, IReadOnlyList<AllReduceResult>? AllReduce = null, StepProfile? Profile = null, string? PrefillGemm = null,
-    StepProfile? BatchProfile = null, StepProfile? PrefillProfile = null, IReadOnlyList<RopeSwitchResult>? RopeSwitch = null);
+    StepProfile? BatchProfile = null, StepProfile? PrefillProfile = null, IReadOnlyList<RopeSwitchResult>? RopeSwitch = null,
+    string? Kernels = null);
 
 /// <summary>
 /// End-to-end timings of the engine at batch 1, each beside its floor: decode against bytes read per token over
@@ -102,6 +107,8 @@ public static class ModelBenchmark
         var c = backend.Config;
         var ceilings = DeviceCeilings.Measure(backend.Stream);
         log($"ceilings: copy {ceilings.CopyBytesPerSecond / 1e12:F2} TB/s, bf16 GEMM {ceilings.GemmFlopsPerSecond / 1e12:F0} TFLOP/s");
+        string kernels = Native.PtxLibrary.KernelsIdentity();
+        log($"kernels: {kernels}");
         string prefillGemm = backend.PrefillGemmPath;
         log($"prefill products (over 128 rows): {prefillGemm}");
         string prefillAttention = backend.PrefillAttentionPath;
@@ -273,7 +280,7 @@ public static class ModelBenchmark
         return new BenchReport(DateTime.UtcNow.ToString("yyyy-MM-dd"), tp > 1 ? $"{tp}x {backend.Context.DeviceName}" : backend.Context.DeviceName, commit,
             $"{c.NumHiddenLayers}L h{c.HiddenSize} {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads", backend.Weights.Bytes,
             backend.MaxContext, ceilings, prefill, decode, sampled, ttft, figures, tp, allReduce, profile, prefillGemm, batchProfile,
-            prefillProfile, ropeSwitch);
+            prefillProfile, ropeSwitch, kernels);
     }
 
     private static void LogProfile(StepProfile profile, Action<string> log)

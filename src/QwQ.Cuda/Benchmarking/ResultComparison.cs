@@ -40,8 +40,11 @@ public sealed record FigureChange(FigureConditions Conditions, IReadOnlyList<dou
     public double? Change => Before.Count > 0 && After.Count > 0 ? After.Average() / Before.Average() - 1 : null;
 }
 
-/// <summary>One saved result: where it came from (the GPU and commit it records) and its figures.</summary>
-public sealed record ResultFile(string Path, string Gpu, string Commit, IReadOnlyList<BenchFigure> Figures);
+/// <summary>
+/// One saved result: where it came from (the GPU and commit it records) and its figures; <see cref="Kernels"/> which
+/// kernels ran (<c>PtxLibrary.KernelsIdentity</c>), null in files written before bench recorded it.
+/// </summary>
+public sealed record ResultFile(string Path, string Gpu, string Commit, IReadOnlyList<BenchFigure> Figures, string? Kernels = null);
 
 /// <summary>
 /// <c>qwq bench compare</c>: the figures of <c>qwq bench --out</c> results (their JSON) matched by their conditions
@@ -83,7 +86,8 @@ public static class ResultComparison
                         throw new QwqException($"{path}: a figure without kind, weights or kv_cache: not a `qwq bench --out` result");
                 static string Text(JsonElement report, string name) =>
                     report.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()! : "?";
-                return new ResultFile(path, Text(report, "gpu"), Text(report, "commit"), list);
+                string? kernels = report.TryGetProperty("kernels", out var k) && k.ValueKind == JsonValueKind.String ? k.GetString() : null;
+                return new ResultFile(path, Text(report, "gpu"), Text(report, "commit"), list, kernels);
             }
             catch (JsonException e)
             {
@@ -119,14 +123,32 @@ public static class ResultComparison
 
     /// <summary>
     /// The comparison of two sets of files as a Markdown table: mean tokens per second on each side (with the range
-    /// over several runs) and the change; the files listed with their GPU and commit, and a warning where the GPUs differ.
+    /// over several runs) and the change; the files listed with their GPU, commit and kernels, a warning where the GPUs
+    /// differ, and a note where every file records its kernels and both sides ran the same ones.
     /// </summary>
-    public static string ToMarkdown(IReadOnlyList<ResultFile> before, IReadOnlyList<ResultFile> after) =>
-        ToMarkdown(Compare(before.Select(f => f.Figures).ToList(), after.Select(f => f.Figures).ToList()),
+    public static string ToMarkdown(IReadOnlyList<ResultFile> before, IReadOnlyList<ResultFile> after)
+    {
+        string md = ToMarkdown(Compare(before.Select(f => f.Figures).ToList(), after.Select(f => f.Figures).ToList()),
             before.Select(Describe).ToList(), after.Select(Describe).ToList(),
             before.Concat(after).Select(f => f.Gpu).Distinct().ToList());
+        return SameKernels(before, after) is string k
+            ? md + $"\nNote: both sides ran the same kernels ({k}): a change to the kernels alone cannot show in this comparison.\n"
+            : md;
+    }
 
-    private static string Describe(ResultFile f) => $"{System.IO.Path.GetFileName(f.Path)} ({f.Gpu}, {f.Commit})";
+    /// <summary>The kernels both sides ran, when every file records them and they are one and the same; else null.</summary>
+    internal static string? SameKernels(IReadOnlyList<ResultFile> before, IReadOnlyList<ResultFile> after)
+    {
+        var files = before.Concat(after).ToList();
+        if (before.Count == 0 || after.Count == 0 || files.Any(f => f.Kernels is null)) return null;
+        // the hash alone: the same PTX from a directory and embedded is the same kernels
+        static string Hash(string kernels) => kernels.LastIndexOf(", ptx ", StringComparison.Ordinal) is var i and >= 0 ? kernels[(i + 2)..] : kernels;
+        var hashes = files.Select(f => Hash(f.Kernels!)).Distinct().ToList();
+        return hashes.Count == 1 ? hashes[0] : null;
+    }
+
+    private static string Describe(ResultFile f) =>
+        $"{System.IO.Path.GetFileName(f.Path)} ({f.Gpu}, {f.Commit}{(f.Kernels is null ? "" : ", " + f.Kernels)})";
 
     /// <summary>
     /// The comparison as a Markdown table under the two sides' labels: mean tokens per second on each side (with the

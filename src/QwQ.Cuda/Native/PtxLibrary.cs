@@ -162,6 +162,30 @@ internal sealed partial class PtxLibrary : IDisposable
     /// </summary>
     public static IReadOnlyDictionary<string, string> EmbeddedArchSpecificPtx() => EmbeddedArch.Value;
 
+    /// <summary>
+    /// Which kernels this process runs, for a benchmark's record: "embedded" or "QWQ_PTX_DIR=path", then the first 12
+    /// hex digits of a SHA-256 over every module of the three builds (names and text). Why: an A/B that swaps the PTX
+    /// must be able to show that its two arms ran different kernels (session 16 found one whose arms did not).
+    /// </summary>
+    public static string KernelsIdentity() =>
+        Describe(Environment.GetEnvironmentVariable(PtxDirectoryVariable), [Embedded.Value, EmbeddedProgrammatic.Value, EmbeddedArch.Value]);
+
+    internal static string Describe(string? ptxDirectory, IEnumerable<IReadOnlyDictionary<string, string>> builds)
+    {
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (var build in builds)
+            foreach (var (name, text) in build.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            {
+                // lengths before each part, so that no two different sets hash the same bytes
+                sha.AppendData(BitConverter.GetBytes(name.Length));
+                sha.AppendData(Encoding.UTF8.GetBytes(name));
+                sha.AppendData(BitConverter.GetBytes(text.Length));
+                sha.AppendData(Encoding.UTF8.GetBytes(text));
+            }
+        string hash = Convert.ToHexStringLower(sha.GetHashAndReset())[..12];
+        return (ptxDirectory is { Length: > 0 } dir ? $"{PtxDirectoryVariable}={dir}" : "embedded") + ", ptx " + hash;
+    }
+
     /// <summary>Every <c>.entry</c> name across the embedded PTX of the compute_80 build (the other has the same). Needs no GPU.</summary>
     public static IReadOnlySet<string> EmbeddedEntries() =>
         EmbeddedPtx().Values.SelectMany(ParseEntries).ToHashSet(StringComparer.Ordinal);

@@ -23,10 +23,12 @@ public class ResultComparisonTests
 
     private string Save(string name, params BenchFigure[] figures) => SaveFrom("NVIDIA H200", name, figures);
 
-    private string SaveFrom(string gpu, string name, params BenchFigure[] figures)
+    private string SaveFrom(string gpu, string name, params BenchFigure[] figures) => SaveWith(gpu, null, name, figures);
+
+    private string SaveWith(string gpu, string? kernels, string name, params BenchFigure[] figures)
     {
         var report = new BenchReport("2026-11-28", gpu, "abc1234", "64L h5120 40/8 heads", 19_700_000_000, 1096,
-            new DeviceCeilings(4.1e12, 7.8e14), [], [], null, new TtftResult(64, 37), figures);
+            new DeviceCeilings(4.1e12, 7.8e14), [], [], null, new TtftResult(64, 37), figures, Kernels: kernels);
         string path = Path.Combine(_dir, name);
         File.WriteAllText(path, BenchOutput.ToJson(report));
         return path;
@@ -83,6 +85,32 @@ public class ResultComparisonTests
         string md = ResultComparison.ToMarkdown([before], [after]);
         Assert.That(md, Does.Contain("Warning: the files come from different GPUs (NVIDIA H100 80GB HBM3, NVIDIA H200)"));
         Assert.That(md, Does.Contain("| decode at 1024, int4-awq | 99.3 | 114.8 | +15.6% |"));
+    }
+
+    [Test]
+    public void TheKernelsEachFileRanAreListedAndTheSameOnBothSidesIsNoted()
+    {
+        // session 16's broken A/B: the base arm inherited the PTX directory, so both arms ran the new kernels
+        const string swapped = "QWQ_PTX_DIR=/tmp/kernels/ptx, ptx 0123456789ab";
+        var before = new[] { ResultComparison.Read(SaveWith("NVIDIA H200", swapped, "b.json", Decode(1, 100))) };
+        var after = new[] { ResultComparison.Read(SaveWith("NVIDIA H200", swapped, "a.json", Decode(1, 100.2))) };
+        Assert.That(before[0].Kernels, Is.EqualTo(swapped), "read back from report.kernels");
+        string md = ResultComparison.ToMarkdown(before, after);
+        Assert.That(md, Does.Contain("b.json (NVIDIA H200, abc1234, QWQ_PTX_DIR=/tmp/kernels/ptx, ptx 0123456789ab)"));
+        Assert.That(md, Does.Contain("Note: both sides ran the same kernels (ptx 0123456789ab)"));
+
+        // the same PTX embedded in one arm and from a directory in the other is still the same kernels
+        var embedded = new[] { ResultComparison.Read(SaveWith("NVIDIA H200", "embedded, ptx 0123456789ab", "e.json", Decode(1, 100))) };
+        Assert.That(ResultComparison.SameKernels(embedded, after), Is.EqualTo("ptx 0123456789ab"));
+
+        // a real kernel A/B: no note
+        var main = new[] { ResultComparison.Read(SaveWith("NVIDIA H200", "embedded, ptx ba9876543210", "m.json", Decode(1, 100))) };
+        Assert.That(ResultComparison.ToMarkdown(main, after), Does.Not.Contain("Note:"));
+        // a file that does not record its kernels (written before bench did): nothing can be said, no note
+        var old = new[] { ResultComparison.Read(SaveFrom("NVIDIA H200", "old.json", Decode(1, 100))) };
+        Assert.That(old[0].Kernels, Is.Null);
+        Assert.That(ResultComparison.SameKernels(old, after), Is.Null);
+        Assert.That(ResultComparison.ToMarkdown(old, after), Does.Contain("old.json (NVIDIA H200, abc1234)").And.Not.Contain("Note:"));
     }
 
     [Test]

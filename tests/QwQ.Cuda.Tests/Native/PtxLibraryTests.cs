@@ -29,6 +29,28 @@ public class PtxLibraryTests
     }
 
     [Test]
+    public void TheKernelsIdentityNamesWhereThePtxCameFromAndHashesEveryModule()
+    {
+        var a = new Dictionary<string, string> { ["ptx/rope.ptx"] = "// rope v1", ["ptx/gemv.ptx"] = "// gemv" };
+        var arch = new Dictionary<string, string> { ["ptx/sm90a/attention_prefill_sm90a.ptx"] = "// tma" };
+        string embedded = PtxLibrary.Describe(null, [a, arch]);
+        Assert.That(embedded, Does.Match("^embedded, ptx [0-9a-f]{12}$"));
+        Assert.That(PtxLibrary.Describe("/tmp/kernels/ptx", [a, arch]), Is.EqualTo("QWQ_PTX_DIR=/tmp/kernels/ptx" + embedded["embedded".Length..]),
+            "the same PTX from a directory: the same hash, another source");
+        // any module's text, any name, a module more or fewer moves the hash
+        var changed = new Dictionary<string, string>(a) { ["ptx/rope.ptx"] = "// rope v2" };
+        var renamed = new Dictionary<string, string> { ["ptx/rope2.ptx"] = "// rope v1", ["ptx/gemv.ptx"] = "// gemv" };
+        var moved = new Dictionary<string, string> { ["ptx/rope.ptx"] = "// rope v", ["ptx/gemv.ptx"] = "1// gemv" };
+        foreach (var other in new[] { PtxLibrary.Describe(null, [changed, arch]), PtxLibrary.Describe(null, [renamed, arch]),
+                     PtxLibrary.Describe(null, [a]), PtxLibrary.Describe(null, [moved, arch]) })
+            Assert.That(other, Is.Not.EqualTo(embedded));
+        // this process's own: the embedded builds unless QWQ_PTX_DIR is set
+        string own = PtxLibrary.KernelsIdentity();
+        Assert.That(own, Does.Match(Environment.GetEnvironmentVariable(PtxLibrary.PtxDirectoryVariable) is { Length: > 0 }
+            ? "^QWQ_PTX_DIR=.+, ptx [0-9a-f]{12}$" : "^embedded, ptx [0-9a-f]{12}$"));
+    }
+
+    [Test]
     public void EntriesAreUniqueAcrossModules() =>
         Assert.DoesNotThrow(() => PtxLibrary.EntryToResource(PtxLibrary.EmbeddedPtx()));
 
