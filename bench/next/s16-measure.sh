@@ -3,6 +3,8 @@
 #   here:   bench/next/s16-measure.sh prepare     (then tests/stage-device.sh; move kernels/ptx out of the tree for
 #                                                 the call if the carry is over 64 MiB; carry [".device", "tmp-device"])
 #   device: bench/next/s16-measure.sh micro       (~2 min: the decoupled patch's micro-benchmark, its ptxas report)
+#   device: bench/next/s16-measure.sh decode-micro (~3 min: bench/micro/attention_decode.cu, first run: the fp8-KV
+#                                                 split kernel's baseline at 1-4 blocks an SM, every batch and context)
 #   device: bench/next/s16-measure.sh suite N     (~5-9 min each: the GPU suite's third N with the TMA prefill, never
 #                                                 run whole on a GPU; part 1 exercises it across the engine)
 #   device: bench/next/s16-measure.sh ncu-decode  (~2 min: ncu stall reasons of the fp8-KV decode split kernel at QwQ's
@@ -27,6 +29,14 @@ prepare)
   git -C "$wt" archive HEAD kernels bench/micro ":(exclude)kernels/ptx" | tar -x -C "$dest/dec"
   git worktree remove --force "$wt"
   du -sh "$dest"
+  ;;
+decode-micro)
+  export PATH=/usr/local/cuda/bin:$PATH
+  mkdir -p "$out"
+  timeout 200 nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/attndec bench/micro/attention_decode.cu > "$out/nvcc-decode.log" 2>&1
+  echo "nvcc: rc=$?"; grep -E "error|spill" "$out/nvcc-decode.log" | head
+  timeout 300 /tmp/attndec > "$out/micro-decode.log" 2>&1
+  echo "micro: rc=$?"; cat "$out/micro-decode.log"
   ;;
 micro)
   export PATH=/usr/local/cuda/bin:$PATH
@@ -59,7 +69,7 @@ ncu-decode)
   grep -E "Stall|Issue Slots|Eligible|Active Warps|Duration|Memory Throughput|No Eligible" "$out/ncu-decode.log" | head -40
   ;;
 *)
-  echo "usage: bench/next/s16-measure.sh prepare | micro | suite 1|2|3 | ncu-decode" >&2
+  echo "usage: bench/next/s16-measure.sh prepare | micro | decode-micro | suite 1|2|3 | ncu-decode" >&2
   exit 2
   ;;
 esac
