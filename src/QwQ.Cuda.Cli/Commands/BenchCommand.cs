@@ -45,6 +45,7 @@ internal static class BenchCommand
         var ropeSwitch = new Option<bool>("--rope-switch-stall") { Description = "Also time an adaptive-YaRN switch at the switch position beside 7 decoding sequences under the batch scheduler, the recompute in chunks and in one step (needs a config with YaRN, e.g. --synthetic qwq-32b-yarn)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
+        var noHopperTma = new Option<bool>("--no-hopper-tma") { Description = "The Hopper prefill attention copying K and V with cp.async instead of TMA (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
@@ -53,7 +54,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -71,7 +72,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(decodeBlocks), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
+                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), !p.GetValue(noHopperTma), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
             return ExitCodes.Ok;
         });
         command.Subcommands.Add(CreateCompare(host));
@@ -159,7 +160,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
+        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
@@ -185,6 +186,7 @@ internal static class BenchCommand
             AllReduce = allReduce,
             ProgrammaticLaunch = programmaticLaunch,
             HopperAttention = hopperAttention,
+            HopperTma = hopperTma,
             Fp8Prefill = fp8Prefill,
             Fp8PrefillCopy = fp8Copy,
             RopeSwitch = switchMethod,

@@ -33,6 +33,13 @@ public sealed record EngineOptions
     /// </summary>
     public bool HopperAttention { get; init; } = true;
 
+    /// <summary>
+    /// Of that Hopper kernel, the entry that reads K and V by TMA (tensor maps, one thread issuing a tile's copies; the
+    /// faster one, session 16) where its PTX has it. Off: the entry that copies them with cp.async on every thread (for
+    /// measuring the difference within one build).
+    /// </summary>
+    public bool HopperTma { get; init; } = true;
+
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 

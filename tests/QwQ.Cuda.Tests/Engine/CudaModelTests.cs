@@ -65,7 +65,7 @@ public class CudaModelTests
         return Math.Sqrt(num / den);
     }
 
-    private static void WriteCheckpoint(string dir, ModelConfig config, CpuWeights weights, string configJson, string? skipTensor = null)
+    internal static void WriteCheckpoint(string dir, ModelConfig config, CpuWeights weights, string configJson, string? skipTensor = null)
     {
         TestModels.WriteSafetensors(Path.Combine(dir, "model.safetensors"), config, weights, skipTensor);
         File.WriteAllText(Path.Combine(dir, "config.json"), configJson);
