@@ -456,9 +456,10 @@ public sealed class CudaBackend : IModelBackend
     public string PrefillGemmPath => Linear.PrefillPath(Weights.LinearKind);
 
     /// <summary>
-    /// Which kernel prefill attention runs on for this cache and head size: "wgmma+TMA sm_90a" or "wgmma sm_90a" (the Hopper kernel:
-    /// <see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded, bf16 cache at
-    /// head_dim 128) or "mma.sync" (the portable one); bench records it beside each prefill figure.
+    /// Which kernel prefill attention runs on for this cache and head size: "wgmma+TMA sm_90a" or "wgmma sm_90a" (the
+    /// Hopper kernel: <see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded, bf16
+    /// cache at head_dim 128; its TMA entry unless <see cref="EngineOptions.HopperTma"/> is off or the PTX predates it)
+    /// or "mma.sync" (the portable one); bench records it beside each prefill figure.
     /// </summary>
     public string PrefillAttentionPath =>
         Kernels.AttentionOps.PrefillLaunchFor(First.Kernels.Attention.LoadedPrefill, KvCache, Config.HeadDim).Path;
