@@ -132,9 +132,6 @@ internal sealed class AttentionOps
     /// <summary>Whether bf16 prefill at head_dim 128 runs the sm_90a kernel (kernels/sm90a/attention_prefill_sm90a.cu).</summary>
     public bool HopperPrefill => _hopperPrefill is not null;
 
-    /// <summary>Whether that kernel reads K and V through TMA (its PTX has the TMA entry).</summary>
-    public bool HopperPrefillTma => _hopperPrefillTma is not null;
-
     /// <summary>
     /// Shared memory of the sm_90a prefill kernel (attn_prefill_sm90a::smem_bytes(1, 2), 82,944 B): the warpgroup's Q
     /// tile [64, 128] bf16, 2 stages of K and V tiles [64, 128] bf16 (unpadded: the 128-byte swizzle keeps wgmma and

@@ -46,7 +46,7 @@ public class HopperPrefillPathTests
 
         using var backend = CudaBackend.Load(config, tmp.Path, options);
         // the path this GPU runs: the asked one on compute capability 9.0 with the sm_90a PTX embedded, else the portable
-        bool hopper = backend.Context.ComputeCapability == PtxLibrary.ArchSpecificCapability && PtxLibrary.EmbeddedArchSpecificPtx().Count > 0;
+        bool hopper = PtxLibrary.LoadsArchSpecific(backend.Context.ComputeCapability, requested: true, embedded: PtxLibrary.EmbeddedArchSpecificPtx().Count > 0);
         string expected = hopper ? hopperPath : "mma.sync";
         Assert.That(backend.PrefillAttentionPath, Is.EqualTo(expected));
         if (!hopper && hopperPath != "mma.sync")

@@ -344,7 +344,8 @@ public sealed class AttentionKernelTests
         Assert.That(_portable!.HopperPrefill, Is.False);
         if (tma && !_library.Has(AttentionOps.PrefillPagedD128Sm90aTma))
             Assert.Ignore("the embedded sm_90a PTX has no TMA entry (an older build: ./build.sh --kernels-only)");
-        Assert.That(defaultOps.HopperPrefillTma, Is.EqualTo(_library.Has(AttentionOps.PrefillPagedD128Sm90aTma)), "the default ops prefer the TMA entry");
+        Assert.That(defaultOps.LoadedPrefill, Is.EqualTo(_library.Has(AttentionOps.PrefillPagedD128Sm90aTma)
+            ? AttentionOps.PrefillKernel.HopperTma : AttentionOps.PrefillKernel.Hopper), "the default ops prefer the TMA entry");
         AttentionOps ops = tma ? defaultOps : _cpAsync!;
         Assert.That(ops.LoadedPrefill, Is.EqualTo(tma ? AttentionOps.PrefillKernel.HopperTma : AttentionOps.PrefillKernel.Hopper));
         const int nq = 40, nkv = 8, d = 128;
