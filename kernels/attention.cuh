@@ -37,9 +37,15 @@ struct KvLayout {
 //                                                            score (folded with softmax_scale * log2 e)
 //   O[q, :] = sum_n bf16(P[q, n] * v_scale[n]) * code_v[n]   P times its key's V scale before P is rounded to bf16 for
 //                                                            the P.V mma (P was rounded there anyway)
-// e4m3 -> bf16 is exact (every e4m3 value is a bf16 value; fp8x4_to_bf16x4, integer ops + one bf16x2 FMA, valid on
-// sm_80), so the per-element rounding bf16(code * scale) is gone: the only roundings left are the bf16 kernel's own
-// (q, P to bf16; fp32 accumulation).
+// e4m3 -> bf16 is exact (every e4m3 value is a bf16 value), so the per-element rounding bf16(code * scale) is gone:
+// the only roundings left are the bf16 kernel's own (q, P to bf16; fp32 accumulation). Since session 17 the mma sees
+// code * 2^-120 (fp8x4_to_bf16x4_pow2: three integer instructions a pair instead of five with the bf16x2 FMA that
+// undid the factor; conversion was two thirds of the split kernel's instructions, which bound it at 3-4 blocks an SM),
+// and powers of two elsewhere cancel it, exactly: Q enters scaled by 2^FP8_DECODE_Q_LOG2 (load_q_fragments_fp8), so
+// a score comes out times 2^(64 - 120) and its fp32 factor carries 2^56 (fp8_decode_score_factor); P enters times
+// its V scale and 2^FP8_DECODE_P_LOG2, so the output comes out times 2^(112 - 120) and the kernel's epilogue multiplies
+// by 2^8. Range: Q is exact while |q| < 2^64, P * v_scale * 2^112 while v_scale < 2^16 (a V row's largest |v| under
+// 2^16 * 448), far past anything a bf16 model computes.
 //
 // A stage of the ring (fp8_tile_async): K codes [BN][LDK] bytes, V codes [BN][LDK] bytes, K scales [BN] fp32, V scales
 // [BN] fp32; LDK = D + 16 (fp8_row_bytes). The 16 pad bytes per row make the 8 rows one ldmatrix phase reads (stride
@@ -76,7 +82,7 @@ struct KvLayout {
 // Output, O += P . V (fp8_pv_16keys): B[k][n] = code of key k, dimension n: lane needs two keys (2t4, 2t4+1) of one
 // dimension, i.e. bytes from two different rows. ldmatrix.trans of the byte rows hands lane (g, t4) units (rows 2t4,
 // 2t4+1, col g) = the bytes [V[2t4][2g], V[2t4][2g+1], V[2t4+1][2g], V[2t4+1][2g+1]]: both keys for TWO dims, 2g and
-// 2g+1. fp8x4_to_bf16x4_interleaved splits that into the pair (keys 2t4, 2t4+1) of dim 2g and of dim 2g+1, which are
+// 2g+1. fp8x4_to_bf16x4_interleaved_pow2 splits that into the pair (keys 2t4, 2t4+1) of dim 2g and of dim 2g+1, which are
 // the B registers of two n-tiles: one whose column n is dim 2n and one whose column n is dim 2n+1. So the output
 // n-tiles hold interleaved dims too:
 //
@@ -180,7 +186,7 @@ __device__ __forceinline__ void fp8_tile_async(unsigned char* stage, const uint8
 
 // s0, s1 += Q . codes^T for 16 keys: tK points at the first of 16 staged rows of K codes (stride fp8_row_bytes<D>),
 // s0 gets keys 0-7, s1 keys 8-15 (C layout: c0 c1 = keys 2t4, 2t4+1). qf from load_q_fragments_fp8. The scores are
-// those of the unscaled codes: the caller multiplies each by its key's K scale.
+// those of the codes times 2^-120 with qf's 2^64: the caller multiplies each by fp8_decode_score_factor.
 template <int D>
 __device__ __forceinline__ void fp8_scores_16keys(float (&s0)[4], float (&s1)[4], const uint32_t (&qf)[D / 16][4],
                                                   const unsigned char* tK, int lane) {
@@ -194,20 +200,21 @@ __device__ __forceinline__ void fp8_scores_16keys(float (&s0)[4], float (&s1)[4]
     for (int kp = 0; kp < D / 32; ++kp) {
         uint32_t r0, r1, r2, r3, lo, hi;
         mma::ldmatrix_x4(r0, r1, r2, r3, addr + kp * 32);
-        fp8x4_to_bf16x4(r0, lo, hi);
+        fp8x4_to_bf16x4_pow2(r0, lo, hi);
         mma::mma_bf16_16816(s0, qf[2 * kp], lo, hi);
-        fp8x4_to_bf16x4(r1, lo, hi);
+        fp8x4_to_bf16x4_pow2(r1, lo, hi);
         mma::mma_bf16_16816(s1, qf[2 * kp], lo, hi);
-        fp8x4_to_bf16x4(r2, lo, hi);
+        fp8x4_to_bf16x4_pow2(r2, lo, hi);
         mma::mma_bf16_16816(s0, qf[2 * kp + 1], lo, hi);
-        fp8x4_to_bf16x4(r3, lo, hi);
+        fp8x4_to_bf16x4_pow2(r3, lo, hi);
         mma::mma_bf16_16816(s1, qf[2 * kp + 1], lo, hi);
     }
 }
 
 // o += a . codes for 16 keys: a = P of those keys, each already times its key's V scale (A layout, keys in natural
 // order: a[0] = row g keys 2t4, 2t4+1; a[1] row g+8; a[2] row g keys 8+2t4, 9+2t4; a[3] row g+8); tV points at the
-// first of 16 staged rows of V codes. o[D/8] is in the interleaved-dims layout (fp8_output_dims).
+// first of 16 staged rows of V codes. o[D/8] is in the interleaved-dims layout (fp8_output_dims). The codes enter times
+// 2^-120: with a's 2^FP8_DECODE_P_LOG2, o comes out times 2^FP8_DECODE_OUT_LOG2.
 template <int D>
 __device__ __forceinline__ void fp8_pv_16keys(float (&o)[D / 8][4], const uint32_t (&a)[4], const unsigned char* tV,
                                               int lane) {
@@ -222,12 +229,12 @@ __device__ __forceinline__ void fp8_pv_16keys(float (&o)[D / 8][4], const uint32
         uint32_t r0, r1, r2, r3;
         mma::ldmatrix_x4_trans(r0, r1, r2, r3, addr + dq * 32);
         uint32_t x_lo, y_lo, x_hi, y_hi;  // x: dim 2g, y: dim 2g+1 of the block; lo: keys 2t4, 2t4+1, hi: 8+2t4, 9+2t4
-        fp8x4_to_bf16x4_interleaved(r0, x_lo, y_lo);
-        fp8x4_to_bf16x4_interleaved(r1, x_hi, y_hi);
+        fp8x4_to_bf16x4_interleaved_pow2(r0, x_lo, y_lo);
+        fp8x4_to_bf16x4_interleaved_pow2(r1, x_hi, y_hi);
         mma::mma_bf16_16816(o[4 * dq + 0], a, x_lo, x_hi);
         mma::mma_bf16_16816(o[4 * dq + 1], a, y_lo, y_hi);
-        fp8x4_to_bf16x4_interleaved(r2, x_lo, y_lo);
-        fp8x4_to_bf16x4_interleaved(r3, x_hi, y_hi);
+        fp8x4_to_bf16x4_interleaved_pow2(r2, x_lo, y_lo);
+        fp8x4_to_bf16x4_interleaved_pow2(r3, x_hi, y_hi);
         mma::mma_bf16_16816(o[4 * dq + 2], a, x_lo, x_hi);
         mma::mma_bf16_16816(o[4 * dq + 3], a, y_lo, y_hi);
     }
@@ -245,19 +252,37 @@ __device__ __forceinline__ Fp8OutputDims fp8_output_dims(const float (&o)[DT][4]
 
 // Q fragments for fp8_scores_16keys: the A operand with the same interleaved dims as its code fragments. Row g from
 // q_lo and row g + 8 from q_hi, zeros for rows that do not exist (v_lo / v_hi false); k-step ks:
-// qf[ks][0] = q_lo[16ks + 4t4 + {0,1}], qf[ks][2] = q_lo[16ks + 4t4 + {2,3}], [1] and [3] the same of q_hi.
+// qf[ks][0] = q_lo[16ks + 4t4 + {0,1}], qf[ks][2] = q_lo[16ks + 4t4 + {2,3}], [1] and [3] the same of q_hi; every
+// element times 2^FP8_DECODE_Q_LOG2 (exact: a power of two, and |q| < 2^64), against the codes' 2^-120 (above).
+constexpr int FP8_DECODE_Q_LOG2 = 64;
+constexpr int FP8_DECODE_P_LOG2 = 112;
+constexpr int FP8_DECODE_OUT_LOG2 = FP8_DECODE_P_LOG2 + FP8_BF16_POW2_LOG2;  // -8: the epilogue multiplies by 2^8
 template <int KSTEPS>
 __device__ __forceinline__ void load_q_fragments_fp8(uint32_t (&qf)[KSTEPS][4], const __nv_bfloat16* q_lo,
                                                      const __nv_bfloat16* q_hi, bool v_lo, bool v_hi, int t4) {
+    const __nv_bfloat162 up = __float2bfloat162_rn(0x1p64f);
+    static_assert(FP8_DECODE_Q_LOG2 == 64, "up is 2^FP8_DECODE_Q_LOG2");
+    auto scaled = [&](const __nv_bfloat16* p) {
+        const unsigned int w = __ldg(reinterpret_cast<const unsigned int*>(p));
+        const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&w), up);
+        return *reinterpret_cast<const uint32_t*>(&r);
+    };
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
         const int c = ks * 16 + 4 * t4;
-        qf[ks][0] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c)) : 0u;
-        qf[ks][1] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c)) : 0u;
-        qf[ks][2] = v_lo ? __ldg(reinterpret_cast<const unsigned int*>(q_lo + c + 2)) : 0u;
-        qf[ks][3] = v_hi ? __ldg(reinterpret_cast<const unsigned int*>(q_hi + c + 2)) : 0u;
+        qf[ks][0] = v_lo ? scaled(q_lo + c) : 0u;
+        qf[ks][1] = v_hi ? scaled(q_hi + c) : 0u;
+        qf[ks][2] = v_lo ? scaled(q_lo + c + 2) : 0u;
+        qf[ks][3] = v_hi ? scaled(q_hi + c + 2) : 0u;
     }
 }
+
+// The fp32 factor of a score from fp8_scores_16keys: the softmax's log2-domain scale, the key's K scale, and the
+// 2^(120 - 64) the codes' and Q's powers of two leave.
+__device__ __forceinline__ float fp8_decode_score_factor(float k_scale, float scale_log2) {
+    return k_scale * scale_log2 * 0x1p56f;
+}
+static_assert(-FP8_BF16_POW2_LOG2 - FP8_DECODE_Q_LOG2 == 56, "fp8_decode_score_factor's 2^56");
 
 // Prefill's way with an fp8 tile: expand one landed stage (fp8_tile_async) into bf16 K and V tiles [BN][LDS],
 // element = bf16(float(code) * scale), one fp32 product rounded to nearest even, then run the bf16 mma pipeline on it.
@@ -419,6 +444,14 @@ __device__ __forceinline__ void rescale_output(float (&o)[DT][4], float alpha_lo
         o[dt][2] *= alpha_hi;
         o[dt][3] *= alpha_hi;
     }
+}
+
+// rescale_output, skipped when no row of the warp got a new max this tile (every alpha exactly 1, so every multiply
+// would be the identity). Decode: a row's max settles within a few tiles of a long context, and the 4 * DT multiplies
+// were an eighth of a tile's instructions; the warp-uniform vote keeps the branch from diverging.
+template <int DT>
+__device__ __forceinline__ void rescale_output_if_needed(float (&o)[DT][4], float alpha_lo, float alpha_hi) {
+    if (__any_sync(0xffffffffu, alpha_lo != 1.f || alpha_hi != 1.f)) rescale_output(o, alpha_lo, alpha_hi);
 }
 
 }  // namespace attn

@@ -96,7 +96,8 @@ constexpr int split_smem_bytes_fp8() {
 // T: the cache element, __nv_bfloat16, or uint8_t for the fp8 cache (e4m3 codes, with k_scales / v_scales
 // [blocks, nkv, 64]: attention.cuh).
 // fp8 (since fp8kv-attn-v2): a tile's codes and scales are staged by cp.async in the same 3-stage ring, and the mma
-// reads the codes where they landed (attn::fp8_scores_16keys, attn::fp8_pv_16keys: e4m3 -> bf16 is exact); each score
+// reads the codes where they landed (attn::fp8_scores_16keys, attn::fp8_pv_16keys: e4m3 -> bf16 is exact, the codes
+// times a power of two that Q's, P's and the epilogue's powers of two cancel, attention.cuh); each score
 // is multiplied by its key's K scale after the Q.K mma, and each P by its key's V scale before it is rounded to bf16
 // for the P.V mma. No expansion pass to a bf16 tile and no extra barrier per tile any more (that pass cost ~4 points
 // of the bandwidth floor at 32k); the output fragments hold interleaved dims, which the merge below puts back in
@@ -228,8 +229,8 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
                 const float2 ksc = *reinterpret_cast<const float2*>(tScales + nt * 8 + 2 * t4);
-                f[nt][0] = ksc.x * sl2;
-                f[nt][1] = ksc.y * sl2;
+                f[nt][0] = attn::fp8_decode_score_factor(ksc.x, sl2);
+                f[nt][1] = attn::fp8_decode_score_factor(ksc.y, sl2);
             }
         } else {
             const __nv_bfloat16* tK = sK + (j % STAGES) * BN * LDS + warp * 16 * LDS;
@@ -260,15 +261,19 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
 
         if constexpr (FP8) {
             // P times the V scale of its key (keys 2t4, 2t4+1 of each n-tile: the same keys as the K scales above;
-            // zero for keys past the context, whose P is 0 too), then rounded to bf16 as the A operand.
+            // zero for keys past the context, whose P is 0 too) and 2^FP8_DECODE_P_LOG2 (attention.cuh: against the
+            // codes' 2^-120), then rounded to bf16 as the A operand.
+            constexpr float P_UP = 0x1p112f;
+            static_assert(attn::FP8_DECODE_P_LOG2 == 112, "P_UP is 2^FP8_DECODE_P_LOG2");
             const float2 v0 = *reinterpret_cast<const float2*>(tScales + BN + 2 * t4);
             const float2 v1 = *reinterpret_cast<const float2*>(tScales + BN + 8 + 2 * t4);
+            const float v0x = v0.x * P_UP, v0y = v0.y * P_UP, v1x = v1.x * P_UP, v1y = v1.y * P_UP;
             uint32_t a[4];
-            a[0] = pack_bf16x2(s[0][0] * v0.x, s[0][1] * v0.y);
-            a[1] = pack_bf16x2(s[0][2] * v0.x, s[0][3] * v0.y);
-            a[2] = pack_bf16x2(s[1][0] * v1.x, s[1][1] * v1.y);
-            a[3] = pack_bf16x2(s[1][2] * v1.x, s[1][3] * v1.y);
-            attn::rescale_output(o, alpha_lo, alpha_hi);
+            a[0] = pack_bf16x2(s[0][0] * v0x, s[0][1] * v0y);
+            a[1] = pack_bf16x2(s[0][2] * v0x, s[0][3] * v0y);
+            a[2] = pack_bf16x2(s[1][0] * v1x, s[1][1] * v1y);
+            a[3] = pack_bf16x2(s[1][2] * v1x, s[1][3] * v1y);
+            attn::rescale_output_if_needed(o, alpha_lo, alpha_hi);
             attn::fp8_pv_16keys<D>(o, a, attn::fp8_stage_v<D, BN>(st) + warp * 16 * LDK, lane);
             continue;
         }
@@ -279,20 +284,13 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
         a[1] = pack_bf16x2(s[0][2], s[0][3]);
         a[2] = pack_bf16x2(s[1][0], s[1][1]);
         a[3] = pack_bf16x2(s[1][2], s[1][3]);
+        attn::rescale_output_if_needed(o, alpha_lo, alpha_hi);
 #pragma unroll
         for (int dp = 0; dp < DT / 2; ++dp) {
             const int key_row = (lm_mat & 1) * 8 + lm_row;
             const int col = dp * 16 + (lm_mat >> 1) * 8;
             uint32_t b0, b1, b2, b3;
             ldmatrix_x4_trans(b0, b1, b2, b3, smem_addr(tV + key_row * LDS + col));
-            o[2 * dp][0] *= alpha_lo;
-            o[2 * dp][1] *= alpha_lo;
-            o[2 * dp][2] *= alpha_hi;
-            o[2 * dp][3] *= alpha_hi;
-            o[2 * dp + 1][0] *= alpha_lo;
-            o[2 * dp + 1][1] *= alpha_lo;
-            o[2 * dp + 1][2] *= alpha_hi;
-            o[2 * dp + 1][3] *= alpha_hi;
             mma_bf16_16816(o[2 * dp], a, b0, b1);
             mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
         }
@@ -311,12 +309,17 @@ __device__ __forceinline__ void decode_split(const __nv_bfloat16* __restrict__ q
     {
         float* w_o = sO + warp * 16 * D;
         if constexpr (FP8) {  // interleaved dims (attn::fp8_output_dims): lane holds dims 16b + 4t4 .. +3 of each block b
+            // o came out times 2^FP8_DECODE_OUT_LOG2 (attention.cuh): undone here, exactly.
+            constexpr float OUT_UP = 0x1p8f;
+            static_assert(attn::FP8_DECODE_OUT_LOG2 == -8, "OUT_UP is 2^-FP8_DECODE_OUT_LOG2");
 #pragma unroll
             for (int b = 0; b < D / 16; ++b) {
                 const attn::Fp8OutputDims lo = attn::fp8_output_dims(o, b, false);
                 const attn::Fp8OutputDims hi = attn::fp8_output_dims(o, b, true);
-                *reinterpret_cast<float4*>(w_o + g * D + b * 16 + 4 * t4) = make_float4(lo.x0, lo.x1, lo.x2, lo.x3);
-                *reinterpret_cast<float4*>(w_o + (g + 8) * D + b * 16 + 4 * t4) = make_float4(hi.x0, hi.x1, hi.x2, hi.x3);
+                *reinterpret_cast<float4*>(w_o + g * D + b * 16 + 4 * t4) =
+                    make_float4(lo.x0 * OUT_UP, lo.x1 * OUT_UP, lo.x2 * OUT_UP, lo.x3 * OUT_UP);
+                *reinterpret_cast<float4*>(w_o + (g + 8) * D + b * 16 + 4 * t4) =
+                    make_float4(hi.x0 * OUT_UP, hi.x1 * OUT_UP, hi.x2 * OUT_UP, hi.x3 * OUT_UP);
             }
         } else {
 #pragma unroll

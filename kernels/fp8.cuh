@@ -25,20 +25,43 @@ __device__ __forceinline__ void fp8_halves_to_bf16x2(uint32_t a, uint32_t b, uin
     hi = *reinterpret_cast<uint32_t*>(&rb);
 }
 
-// 4 e4m3 values (one 32-bit word, element 0 in the low byte) -> 4 bf16, packed: lo = elements (0, 1), hi = (2, 3).
-// Exact (fp8_halves_to_bf16x2).
-__device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32_t& hi) {
-    fp8_halves_to_bf16x2(__byte_perm(v, 0, 0x1404),  // [0, b0, 0, b1]: each 16-bit half holds its byte in the high half
-                         __byte_perm(v, 0, 0x3424),  // [0, b2, 0, b3]
-                         lo, hi);
+// Two e4m3 codes of v -> one bf16x2 word of code * 2^-120 each, exact, in three instructions (prmt, shl, and) where
+// fp8_halves_to_bf16x2 takes five a pair: for callers that fold the constant 2^120 into an fp32 scale they apply
+// anyway (the fp8-cache decode attention: its K scale per score, its V scale per P). SEL is a prmt selector that puts
+// code c in the low byte of a 16-bit half and its sign, replicated by prmt's sign mode (selector nibble 8 + byte;
+// CUDA's __byte_perm masks that bit off, hence the asm), in the high byte: [c, sign(c)] per half. Shifted left by 4,
+// each half holds s.ssss.s.eeee.mmm.0000 (its low 4 sign bits spill into the next half's low 4 bits, below its mask);
+// the mask 0x87F0 keeps the sign (bit 15) and eeee.mmm at bits 10..4: the bf16 bits s.0000eeee.mmm0000, the value
+// times 2^-120 (bias 7 against bf16's 127). e4m3 zero and subnormals land on bf16 zero and subnormals with the same
+// factor (the products with them are at most 2^-6 of a scale unit: whether the tensor core keeps bf16 subnormals or
+// not, they do not move a sum whose largest terms are up to 448 units).
+template <uint32_t SEL>
+__device__ __forceinline__ uint32_t fp8_pair_to_bf16x2_pow2(uint32_t v) {
+    uint32_t p;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p) : "r"(v), "r"(0u), "r"(SEL));
+    return (p << 4) & 0x87F087F0u;
+}
+constexpr int FP8_BF16_POW2_LOG2 = -120;  // fp8_pair_to_bf16x2_pow2 gives code * 2^FP8_BF16_POW2_LOG2
+
+// 4 e4m3 (one 32-bit word, element 0 in the low byte) -> 4 bf16 times 2^-120: lo = elements (0, 1), hi = (2, 3).
+__device__ __forceinline__ void fp8x4_to_bf16x4_pow2(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    lo = fp8_pair_to_bf16x2_pow2<0x9180u>(v);  // [b0, sign(b0), b1, sign(b1)]
+    hi = fp8_pair_to_bf16x2_pow2<0xB3A2u>(v);  // [b2, sign(b2), b3, sign(b3)]
 }
 
 // The same with the elements interleaved: lo = elements (0, 2), hi = (1, 3). For a word of two 2-byte units
 // [x0, y0 | x1, y1] (an ldmatrix.trans of byte rows: x, y two adjacent columns of rows 0 and 1) this gives
 // lo = (x0, x1) and hi = (y0, y1): the column pairs the mma's B fragment wants (attention.cuh, fp8 V fragments).
-__device__ __forceinline__ void fp8x4_to_bf16x4_interleaved(uint32_t v, uint32_t& lo, uint32_t& hi) {
-    fp8_halves_to_bf16x2(__byte_perm(v, 0, 0x2404),  // [0, b0, 0, b2]
-                         __byte_perm(v, 0, 0x3414),  // [0, b1, 0, b3]
+__device__ __forceinline__ void fp8x4_to_bf16x4_interleaved_pow2(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    lo = fp8_pair_to_bf16x2_pow2<0xA280u>(v);  // [b0, sign(b0), b2, sign(b2)]
+    hi = fp8_pair_to_bf16x2_pow2<0xB391u>(v);  // [b1, sign(b1), b3, sign(b3)]
+}
+
+// 4 e4m3 values (one 32-bit word, element 0 in the low byte) -> 4 bf16, packed: lo = elements (0, 1), hi = (2, 3).
+// Exact (fp8_halves_to_bf16x2).
+__device__ __forceinline__ void fp8x4_to_bf16x4(uint32_t v, uint32_t& lo, uint32_t& hi) {
+    fp8_halves_to_bf16x2(__byte_perm(v, 0, 0x1404),  // [0, b0, 0, b1]: each 16-bit half holds its byte in the high half
+                         __byte_perm(v, 0, 0x3424),  // [0, b2, 0, b3]
                          lo, hi);
 }
 
