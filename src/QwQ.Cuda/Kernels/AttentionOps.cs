@@ -75,8 +75,11 @@ internal sealed class AttentionOps
     // Every prefill and decode variant by cache kind and head_dim, each opted in once to its dynamic shared memory.
     private readonly Dictionary<(bool Prefill, KvCacheKind Kind, int HeadDim), CudaKernel> _variants = [];
     private readonly int _multiprocessors;
-    // EngineOptions.DecodeBlocksPerSm; null: DecodeBlocksPerSm by the cache kind's occupancy
+    // EngineOptions.DecodeBlocksPerSm; null: by the loaded split kernel's occupancy (_decodeResident)
     private readonly int? _decodeBlocksPerSm;
+    // Per decode variant: the split blocks one multiprocessor holds at once, as the driver counts them for the loaded
+    // build (registers and shared memory), within DecodeBlocksPerSm's shared-memory bound.
+    private readonly Dictionary<(KvCacheKind Kind, int HeadDim), int> _decodeResident = [];
     // The sm_90a prefill kernel for the bf16 cache at head_dim 128; null: the portable kernel runs every prefill.
     private readonly CudaKernel? _hopperPrefill;
     // Its TMA build (kernels/sm90a: K and V by tensor maps); null where the PTX predates it, and the cp.async one runs.
@@ -114,6 +117,9 @@ internal sealed class AttentionOps
             // Opt in once to the dynamic shared memory the variant uses (needed above 48 KiB).
             k.SetMaxDynamicSharedMemory(prefill ? PrefillSmemBytes(d, kind) : DecodeSmemBytes(d, kind));
             _variants[(prefill, kind, d)] = k;
+            if (!prefill)
+                _decodeResident[(kind, d)] = Math.Clamp(k.MaxActiveBlocksPerMultiprocessor(DecodeThreads, DecodeSmemBytes(d, kind)),
+                    1, DecodeBlocksPerSm(d, kind));
         }
         if (hopperPrefill && lib.ArchSpecific)
         {
@@ -268,15 +274,21 @@ internal sealed class AttentionOps
 
     /// <summary>
     /// Grid slots per KV head of a paged decode launch of <paramref name="batch"/> rows: one wave of the blocks the GPU
-    /// holds at once (<see cref="DecodeBlocksPerSm"/> per SM) over the KV heads, at most <see cref="MaxDecodeSplits"/>,
+    /// holds at once (<see cref="DecodeBlocksPerSmFor"/> per SM) over the KV heads, at most <see cref="MaxDecodeSplits"/>,
     /// and at least one per row. Fixed by the batch, so a graph captured for a batch size stays valid; the step's plan
     /// (<see cref="PlanDecodeSplits"/>) deals them to the rows.
     /// </summary>
     internal int DecodeSplitSlots(int nkv, int batch, int headDim, KvCacheKind kind) =>
         DecodeSplitSlots(_multiprocessors, nkv, batch, DecodeBlocksPerSmFor(headDim, kind));
 
-    /// <summary>The decode split blocks counted per multiprocessor for this cache (the option, or by occupancy).</summary>
-    public int DecodeBlocksPerSmFor(int headDim, KvCacheKind kind) => _decodeBlocksPerSm ?? DecodeBlocksPerSm(headDim, kind);
+    /// <summary>
+    /// The decode split blocks counted per multiprocessor for this cache: the option, or the loaded split kernel's
+    /// occupancy. Why the driver's count and not shared memory alone (<see cref="DecodeBlocksPerSm"/>): the fp8 cache's
+    /// kernel uses ~160 registers a thread, so an H100 or H200 multiprocessor holds 3 of its 128-thread blocks, not the 4
+    /// its 57 KB ring allows, and a plan for 4 ran a second, thin wave of blocks (the split kernel alone, H200, session
+    /// 17: 31.5 µs a layer at 32k and batch 1 planned for 4, 29.8 for 3; at batch 8, 178 and 175).
+    /// </summary>
+    public int DecodeBlocksPerSmFor(int headDim, KvCacheKind kind) => _decodeBlocksPerSm ?? _decodeResident[(kind, headDim)];
 
     /// <summary>Throws the option's message unless <paramref name="blocksPerSm"/> is from 1 to 4 (the workspace's bound).</summary>
     public static void CheckDecodeBlocksPerSm(int blocksPerSm)
@@ -340,12 +352,13 @@ internal sealed class AttentionOps
     }
 
     /// <summary>
-    /// Decode split blocks one multiprocessor holds at once, from the split kernel's shared memory on a Hopper
+    /// Decode split blocks one multiprocessor holds at once by the split kernel's shared memory on a Hopper
     /// multiprocessor (228 KiB, 1 KiB reserved per block), at most 4: 2 for the bf16 cache at head_dim 128 (a 104 KB
     /// ring), 4 for the fp8 cache. Why it sets the splits: more blocks than fit only queue a second wave of blocks with a
     /// tile or two each. At batch 8 and a 1k context, 4 a multiprocessor (the rule before, from the fp8 cache's
     /// occupancy) gave bf16 576 blocks of 2 tiles: 22.8 µs a layer on an H200, where the keys' bytes need ~8; at 32k the
-    /// same 576 blocks ran in three waves, the last a fifth full.
+    /// same 576 blocks ran in three waves, the last a fifth full. An upper bound: registers can lower it
+    /// (<see cref="DecodeBlocksPerSmFor"/> asks the driver).
     /// </summary>
     internal static int DecodeBlocksPerSm(int headDim, KvCacheKind kind) =>
         Math.Clamp(228 * 1024 / (DecodeSmemBytes(headDim, kind) + 1024), 1, MaxDecodeBlocksPerSm);

@@ -89,6 +89,7 @@ internal static unsafe partial class CudaDriverApi
     [LibraryImport(Lib)] internal static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(Lib)] internal static partial int cuModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
     [LibraryImport(Lib)] internal static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(Lib)] internal static partial int cuOccupancyMaxActiveBlocksPerMultiprocessor(out int numBlocks, IntPtr function, int blockSize, nuint dynamicSharedBytes);
 
     // --- tensor maps (TMA, compute capability 9.0+; host-only: no context needed) ---
     internal const int CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;

@@ -75,5 +75,19 @@ internal readonly struct CudaKernel
             CudaErrors.Throw("cuFuncSetAttribute", rc, $"kernel '{Name}' MAX_DYNAMIC_SHARED_SIZE_BYTES={bytes}");
     }
 
+    /// <summary>
+    /// How many blocks of <paramref name="blockThreads"/> threads and <paramref name="dynamicSharedBytes"/> of dynamic
+    /// shared memory one multiprocessor of the current context's GPU holds at once: the driver's answer for this
+    /// build of the kernel, which counts its registers as well as its shared memory.
+    /// </summary>
+    public int MaxActiveBlocksPerMultiprocessor(int blockThreads, int dynamicSharedBytes)
+    {
+        if (Handle == IntPtr.Zero) throw new InvalidOperationException("MaxActiveBlocksPerMultiprocessor on an unresolved (default) CudaKernel.");
+        int rc = CudaDriverApi.cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, Handle, blockThreads, (nuint)dynamicSharedBytes);
+        if (rc != CudaErrors.CudaSuccess)
+            CudaErrors.Throw("cuOccupancyMaxActiveBlocksPerMultiprocessor", rc, $"kernel '{Name}' block={blockThreads} sharedBytes={dynamicSharedBytes}");
+        return blocks;
+    }
+
     public override string ToString() => $"CudaKernel({Name})";
 }

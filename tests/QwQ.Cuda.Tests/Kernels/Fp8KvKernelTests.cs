@@ -307,6 +307,34 @@ public sealed class Fp8KvKernelTests : KernelTestBase
             $"{what}: the fp8 kernel ({fp8Error:E2}) strays much further from the reference than the bf16 kernel on the expanded pool ({bf16Error:E2})");
     }
 
+    /// <summary>
+    /// The decode plan counts no more split blocks a multiprocessor than the driver says the loaded kernel fits (its
+    /// registers as well as its shared memory): a plan past that runs a second, thin wave of blocks. Until session 17 the
+    /// fp8 cache's kernel was planned at 4 by its shared memory alone while its ~160 registers a thread fit 3.
+    /// </summary>
+    [Test]
+    public void Decode_PlansNoMoreSplitBlocksThanFitAMultiprocessor()
+    {
+        (string Entry, KvCacheKind Kind, int D)[] variants =
+        [
+            (AttentionOps.DecodePagedD32, KvCacheKind.Bf16, 32), (AttentionOps.DecodePagedD64, KvCacheKind.Bf16, 64), (AttentionOps.DecodePagedD128, KvCacheKind.Bf16, 128),
+            (AttentionOps.DecodePagedFp8D32, KvCacheKind.Fp8, 32), (AttentionOps.DecodePagedFp8D64, KvCacheKind.Fp8, 64), (AttentionOps.DecodePagedFp8D128, KvCacheKind.Fp8, 128),
+        ];
+        foreach (var (entry, kind, d) in variants)
+        {
+            CudaKernel k = Lib.GetKernel(entry);
+            k.SetMaxDynamicSharedMemory(AttentionOps.DecodeSmemBytes(d, kind));
+            int fits = k.MaxActiveBlocksPerMultiprocessor(128, AttentionOps.DecodeSmemBytes(d, kind)); // 128: the split kernel's block
+            int planned = _attention.DecodeBlocksPerSmFor(d, kind);
+            Assert.That(fits, Is.GreaterThanOrEqualTo(1), $"{entry}: the driver fits no block");
+            Assert.That(planned, Is.InRange(1, fits), $"{entry}: planned {planned} a multiprocessor, {fits} fit");
+            // and as many as fit, up to the plan's cap: fewer leave a multiprocessor's bandwidth unused
+            Assert.That(planned, Is.EqualTo(Math.Min(fits, AttentionOps.MaxDecodeBlocksPerSm)), $"{entry}: planned {planned}, {fits} fit");
+            Assert.That((long)_attention.DecodeSplitSlots(8, 1, d, kind) * 8, Is.LessThanOrEqualTo((long)fits * Context.MultiprocessorCount),
+                $"{entry}: batch 1's grid is one wave");
+        }
+    }
+
     [TestCase(40, 8, 128, TestName = "Fp8Decode_QwqShape_MatchesFp32Reference")]
     [TestCase(10, 2, 32, TestName = "Fp8Decode_Tiny_MatchesFp32Reference")]
     [TestCase(16, 1, 64, TestName = "Fp8Decode_Group16_D64_MatchesFp32Reference")]
