@@ -354,14 +354,9 @@ __device__ __forceinline__ float exp2_ftz(float x) {
     return y;
 }
 
-// One online-softmax step over NT score tiles already scaled to the log2 domain (masked entries -inf):
-// updates the running max m and sum l of rows lo/hi, turns s into exp2(s - max) in place and returns the factors
-// (alpha) by which the output accumulated so far must be rescaled. Row statistics are reduced over the quad.
+// The max of rows lo / hi over NT score tiles and the quad that shares each row, folded into mx_lo / mx_hi.
 template <int NT>
-__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float& m_lo, float& m_hi, float& l_lo, float& l_hi,
-                                               float& alpha_lo, float& alpha_hi) {
-    const float neg_inf = -__int_as_float(0x7f800000);
-    float mx_lo = m_lo, mx_hi = m_hi;
+__device__ __forceinline__ void quad_row_max(const float (&s)[NT][4], float& mx_lo, float& mx_hi) {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
@@ -371,6 +366,17 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float& m_lo, f
     mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+}
+
+// One online-softmax step over NT score tiles already scaled to the log2 domain (masked entries -inf):
+// updates the running max m and sum l of rows lo/hi, turns s into exp2(s - max) in place and returns the factors
+// (alpha) by which the output accumulated so far must be rescaled. Row statistics are reduced over the quad.
+template <int NT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float& m_lo, float& m_hi, float& l_lo, float& l_hi,
+                                               float& alpha_lo, float& alpha_hi) {
+    const float neg_inf = -__int_as_float(0x7f800000);
+    float mx_lo = m_lo, mx_hi = m_hi;
+    quad_row_max(s, mx_lo, mx_hi);
     // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
     const float base_lo = (mx_lo == neg_inf) ? 0.f : mx_lo;
     const float base_hi = (mx_hi == neg_inf) ? 0.f : mx_hi;
@@ -401,15 +407,7 @@ __device__ __forceinline__ void online_softmax_scaled(float (&s)[NT][4], float c
                                                       float& l_hi, float& alpha_lo, float& alpha_hi) {
     const float neg_inf = -__int_as_float(0x7f800000);
     float mx_lo = neg_inf, mx_hi = neg_inf;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-        mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-    }
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    quad_row_max(s, mx_lo, mx_hi);
     mx_lo = fmaxf(m_lo, mx_lo * c);  // -inf stays -inf
     mx_hi = fmaxf(m_hi, mx_hi * c);
     // A row with nothing visible yet keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
