@@ -119,8 +119,20 @@ int split_smem(bool fp8) {
     return fp8 ? attn_decode::split_smem_bytes_fp8<HD>() : attn_decode::split_smem_bytes<HD>();
 }
 
-// AttentionOps.DecodeBlocksPerSm: the blocks one Hopper multiprocessor holds (228 KiB, 1 KiB reserved a block), <= 4.
-int default_blocks_per_sm(bool fp8) { return std::clamp(228 * 1024 / (split_smem(fp8) + 1024), 1, 4); }
+// AttentionOps.DecodeBlocksPerSmFor: the split blocks one multiprocessor holds at once as the runtime counts them for
+// this build (registers and shared memory), at most 4 (the fp8 kernel's ~160 registers fit 3, not its ring's 4).
+int default_blocks_per_sm(bool fp8) {
+    int n = 0;
+    const cudaError_t rc = fp8 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_decode_paged_fp8_d128,
+                                                                               attn_decode::THREADS, split_smem(true))
+                               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_decode_paged_bf16_d128,
+                                                                               attn_decode::THREADS, split_smem(false));
+    if (rc != cudaSuccess) {
+        fprintf(stderr, "cudaOccupancyMaxActiveBlocksPerMultiprocessor: %s\n", cudaGetErrorString(rc));
+        exit(2);
+    }
+    return std::clamp(n, 1, 4);
+}
 
 void launch_split(bool fp8, const Pool& P, int layer, int slots, const __nv_bfloat16* q, float* part_o,
                   float2* part_ml, __nv_bfloat16* out, const int* tables, const int4* work, int max_blocks, float scale) {
