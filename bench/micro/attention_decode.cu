@@ -4,8 +4,9 @@
 // over enough layers (copies of the pool) that L2 never serves a timed read. Why: the engine's `--profile-step` times
 // a layer's split kernel inside a whole step (33 us for the fp8 cache at 32k on an H200), which is slow to iterate on;
 // here one call runs every batch, context and blocks-per-SM setting in a minute, against a plain streaming read.
-// Written in session 16 (not yet run) to measure the levers in bench/NOTES.md (session 16: more chains in flight an
-// SM); variants of the split kernel belong in a header beside this file (bench/micro/README.md: not in kernels/).
+// Written in session 16 to measure the levers in bench/NOTES.md (session 16: more chains in flight an SM), first run in
+// session 17 (bench/results/…-c924166-decode-micro.txt); variants of the split kernel belong in a header beside this
+// file (bench/micro/README.md: not in kernels/).
 // Not part of the build. On the GPU machine (CUDA 12+/13, H100/H200):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/attndec bench/micro/attention_decode.cu && /tmp/attndec
 // Optional arguments: a substring of the configuration names to run only those (e.g. "fp8 b1"), then "once" to launch
