@@ -93,8 +93,9 @@ public sealed record EngineOptions
 
     /// <summary>
     /// A diagnostic: the decode split blocks counted per multiprocessor when a step's split slots are planned (1 to 4;
-    /// <c>AttentionOps.DecodeSplitSlots</c>). Null (the default): as many as the split kernel's shared memory lets one
-    /// multiprocessor hold, 2 for the bf16 cache and 4 for the fp8 cache at head_dim 128, so the splits run in one wave.
+    /// <c>AttentionOps.DecodeSplitSlots</c>). Null (the default): as many as the driver says one multiprocessor holds of
+    /// the loaded split kernel (its registers and shared memory; at most 4), 2 for the bf16 cache and 3 for the fp8 cache
+    /// at head_dim 128 on an H100/H200, so the splits run in one wave.
     /// Fewer: fewer and longer splits (less combining, less parallelism); more than fit: a second wave.
     /// </summary>
     public int? DecodeBlocksPerSm { get; init; }
