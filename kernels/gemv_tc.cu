@@ -194,10 +194,13 @@ QWQ_GEMV_TC_F16(fp8h_n32_wide,  4, 1,     2,   4, false)
 // k <= 32768. A thread holds its (at most 4) 16-byte words of the row in registers between the max and the
 // conversion, so the row is read once and all its loads are in flight together: the kernel sits between two GEMVs
 // on the decode path, where its latency, not its bytes, is the cost (a 256-thread, two-pass version took 6.7 us).
+// PERMUTED: each 64-k chunk of the row is stored in the order the sm_90a build reads it (kernels/sm90a/
+// gemv_tc_sm90a.cu): the 8 inputs of a thread's word at chunk offset 8w go as four pairs to columns c, c + 8, c + 16,
+// c + 24 with c = 32 (w % 2) + 2 (w / 2).
 constexpr int kXToF16Threads = 1024, kXToF16Words = 4;  // 4 x 8 x 1024 = 32768 inputs
-extern "C" __global__ void __launch_bounds__(kXToF16Threads) gemv_tc_x_to_f16(const __nv_bfloat16* __restrict__ x,
-                                                                              __half* __restrict__ xh,
-                                                                              float* __restrict__ xscale, int k) {
+template <bool PERMUTED>
+__device__ __forceinline__ void x_to_f16_body(const __nv_bfloat16* __restrict__ x, __half* __restrict__ xh,
+                                              float* __restrict__ xscale, int k) {
     kernel_entry_barrier();
     const int words = k / 8;
     const uint4* src = reinterpret_cast<const uint4*>(x) + (size_t)blockIdx.x * words;
@@ -234,6 +237,23 @@ extern "C" __global__ void __launch_bounds__(kXToF16Threads) gemv_tc_x_to_f16(co
             const __half2 h = __floats2half2_rn(bf16_lo(p[j]) * down, bf16_hi(p[j]) * down);
             q[j] = *reinterpret_cast<const uint32_t*>(&h);
         }
-        dst[at] = make_uint4(q[0], q[1], q[2], q[3]);
+        if constexpr (PERMUTED) {
+            const int w8 = at & 7, col = 32 * (w8 & 1) + 2 * (w8 >> 1);  // halves from the chunk's start
+            uint32_t* chunk = reinterpret_cast<uint32_t*>(dst + (at - w8));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) chunk[(col + 8 * j) / 2] = q[j];
+        } else {
+            dst[at] = make_uint4(q[0], q[1], q[2], q[3]);
+        }
     }
+}
+extern "C" __global__ void __launch_bounds__(kXToF16Threads) gemv_tc_x_to_f16(const __nv_bfloat16* __restrict__ x,
+                                                                              __half* __restrict__ xh,
+                                                                              float* __restrict__ xscale, int k) {
+    x_to_f16_body<false>(x, xh, xscale, k);
+}
+extern "C" __global__ void __launch_bounds__(kXToF16Threads) gemv_tc_x_to_f16_wg(const __nv_bfloat16* __restrict__ x,
+                                                                                 __half* __restrict__ xh,
+                                                                                 float* __restrict__ xscale, int k) {
+    x_to_f16_body<true>(x, xh, xscale, k);
 }

@@ -90,8 +90,10 @@
 #endif
 
 #include "../attention.cuh"  // relative to this file: build.sh passes -I kernels, the micro-benchmark does not
+#include "../wgmma.cuh"     // descriptors, fences, waits, pin
 
 namespace attn_prefill_sm90a {
+using namespace wg;
 
 constexpr int D = 128;                 // head_dim (QwQ); the layout math below assumes two 64-dim halves
 constexpr int BN = 64;                 // keys per tile = one KV block
@@ -106,22 +108,8 @@ __device__ __forceinline__ uint32_t sw128_offset(int r, int c) {
     return (uint32_t)((c >> 3) * HALF_BYTES + r * ROW_BYTES + (((c & 7) ^ (r & 7)) << 4));
 }
 
-// Shared-memory matrix descriptor, 128-byte swizzle (mode 1 in bits 62-63), base offset 0.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo_bytes >> 4) & 0x3FFFu) << 16) |
-           ((uint64_t)((sbo_bytes >> 4) & 0x3FFFu) << 32) | (1ull << 62);
-}
-// K-major operand (Q, K): LBO unused (16 B), SBO = 8 rows * 128 B.
-__device__ __forceinline__ uint64_t desc_kmajor(uint32_t saddr) { return desc_sw128(saddr, 16, 1024); }
 // MN-major operand (V): LBO = distance between the two 64-dim halves (64 keys * 128 B), SBO = 8 keys * 128 B.
 __device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr) { return desc_sw128(saddr, HALF_BYTES, 1024); }
-
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// Makes this thread's completed generic-proxy shared writes (cp.async, st.shared) visible to async-proxy reads (wgmma).
-__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // ---- TMA (the micro-benchmark's TMA variants; the engine's entry still copies with cp.async) -------------------------
 // A tensor map (the driver's CUtensorMap: 128 bytes, 64-byte aligned), opaque here; the host builds it with
@@ -157,24 +145,6 @@ __device__ __forceinline__ void tma_load_box(uint32_t dst, const TmaMap* map, in
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
-}
-
-// The compiler sees a wgmma's accumulators as written when the asm statement issues; the values only exist after
-// wgmma.wait_group. These empty volatile asms pin every accumulator (and the P registers the RS wgmma is still reading)
-// between the wait and the code that uses them, so nothing is hoisted above the wait or reused before it.
-template <int N>
-__device__ __forceinline__ void pin(float (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void pin(uint32_t (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
 }
 
 // The accumulator operands of the wgmma asm statements below: d[N/8][4] in the fragment order (PTX operands %0 ..

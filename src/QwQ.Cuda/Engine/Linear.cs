@@ -325,9 +325,9 @@ internal sealed class LinearOps : IDisposable
                         Try(new Choice(Path.TileGemv, 0), l => _fp8.TileGemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
                 }
                 // the builds that serve this product (Serves): int4 and bf16 one; fp8 also the lite (up to 8 rows), wide
-                // (17–32) and fp16-route (9–32) ones
+                // (17–32), fp16-route (9–32) and, on compute capability 9.0, warpgroup (9–32) ones
                 var variants = Enum.GetValues<TensorCoreVariant>()
-                    .Where(v => TensorCoreGemvOps.Serves(v, fp8: w0.Kind == WeightKind.Fp8, rows, w0.In))
+                    .Where(v => TensorCoreGemvOps.Serves(v, fp8: w0.Kind == WeightKind.Fp8, rows, w0.In) && _tc.Loaded(v))
                     .ToArray();
                 if (_onlyVariant is { } only && variants.Contains(only)) variants = [only];
                 var tcSplits = w0.Kind == WeightKind.Int4Awq

@@ -2,6 +2,7 @@ using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Model.Reference;
+using QwQ.Cuda.Native;
 using QwQ.Cuda.Tests.Generation;
 using QwQ.Cuda.Tests.Kernels;
 using QwQ.Cuda.Tests.Reference;
@@ -48,6 +49,15 @@ public sealed class Fp8EngineTests
     public void TheFp16RouteMatchesCpuReferenceOnTheSameFp8Weights([Values(false, true)] bool wide) =>
         QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Fp8, WeightKind.Fp8, QuantizeRows, cudaGraphs: true,
             only: wide ? global::QwQ.Cuda.Kernels.TensorCoreVariant.HalfWide : global::QwQ.Cuda.Kernels.TensorCoreVariant.Half);
+
+    /// <summary>
+    /// The same checks with the tuner held to the sm_90a warpgroup builds (wgmma; plain at 9–32 rows, deep at 17–32),
+    /// end to end through the engine, eager and replayed. Compute capability 9.0 with the sm_90a PTX only.
+    /// </summary>
+    [Test]
+    public void TheWarpgroupRouteMatchesCpuReferenceOnTheSameFp8Weights([Values(false, true)] bool deep) =>
+        QuantizedOnLoad.MatchesCpuReference(ConfigJson, QuantizeMode.Fp8, WeightKind.Fp8, QuantizeRows, cudaGraphs: true,
+            only: deep ? global::QwQ.Cuda.Kernels.TensorCoreVariant.WarpgroupDeep : global::QwQ.Cuda.Kernels.TensorCoreVariant.Warpgroup);
 
     /// <summary>
     /// The FP8 prefill GEMM (what <see cref="Fp8PrefillGemm.Auto"/> runs on sm_90) against the bf16 detour on the very same
@@ -256,6 +266,10 @@ internal static class QuantizedOnLoad
         using var backend = CudaBackend.Load(config, tmp.Path, new EngineOptions
             { MaxContext = 512, Quantize = mode, UseCudaGraphs = cudaGraphs, Fp8Prefill = Fp8PrefillGemm.Dequantize, OnlyTensorCoreVariant = only });
         Assert.That(backend.Weights.LinearKind, Is.EqualTo(kind));
+        if (only is global::QwQ.Cuda.Kernels.TensorCoreVariant.Warpgroup or global::QwQ.Cuda.Kernels.TensorCoreVariant.WarpgroupDeep &&
+            !(PtxLibrary.LoadsArchSpecific(backend.Context.ComputeCapability, requested: true, embedded: PtxLibrary.EmbeddedArchSpecificPtx().Count > 0) &&
+              PtxLibrary.EmbeddedArchSpecificEntries().Contains(global::QwQ.Cuda.Kernels.TensorCoreGemvOps.Fp8WarpgroupN32Entry)))
+            Assert.Ignore("the warpgroup builds run on compute capability 9.0 with sm_90a PTX that has them");
         if (only is { } v)
         {
             string[] choices = [.. backend.DescribeKernelChoices()];

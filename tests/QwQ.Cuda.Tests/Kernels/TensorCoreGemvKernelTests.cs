@@ -119,6 +119,42 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         Check(true, 32, 1001, 2048, accumulate: false, 2, wide ? TensorCoreVariant.HalfWide : TensorCoreVariant.Half, xMagnitude: 3e5f);
     }
 
+    /// <summary>
+    /// The sm_90a warpgroup builds (wgmma, x permuted per chunk into shared memory): every split count (down to 2
+    /// chunks a split, below the deep build's 4 in flight: padded iterations), partial tiles and blocks, one chunk, QwQ's
+    /// down width, and the same bits on a second run. Compute capability 9.0 only.
+    /// </summary>
+    [Test]
+    public void WarpgroupFp8VariantsMatchCpu([Values(9, 16, 17, 32)] int rows)
+    {
+        RequireWarpgroupBuilds();
+        foreach (var variant in new[] { TensorCoreVariant.Warpgroup, TensorCoreVariant.WarpgroupDeep }.Where(v => TensorCoreGemvOps.Serves(v, true, rows, 2048)))
+        {
+            foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, rows))
+                Check(true, rows, 1001, 2048, accumulate: true, splits, variant);
+            Check(true, rows, 13, 64, accumulate: false, 1, variant);
+            Check(true, rows, 515, 5120, accumulate: false, 3, variant);
+            Check(true, rows, 40, 27648, accumulate: false, 4, variant);
+        }
+    }
+
+    /// <summary>x beyond f16's range in some rows: the warpgroup builds take the fp16 route's power-of-two row scales.</summary>
+    [Test]
+    public void WarpgroupFp8VariantHandlesXBeyondF16Range([Values(false, true)] bool deep)
+    {
+        RequireWarpgroupBuilds();
+        Check(true, 32, 1001, 2048, accumulate: false, 2, deep ? TensorCoreVariant.WarpgroupDeep : TensorCoreVariant.Warpgroup, xMagnitude: 3e5f);
+    }
+
+    private void RequireWarpgroupBuilds()
+    {
+        if (Context.ComputeCapability != PtxLibrary.ArchSpecificCapability)
+            Assert.Ignore($"the warpgroup builds run on compute capability 9.0 only; this is {Context.DeviceName} (sm_{Context.ComputeCapability.Major}{Context.ComputeCapability.Minor})");
+        if (!_tc.Loaded(TensorCoreVariant.Warpgroup))
+            Assert.Ignore("the loaded sm_90a PTX has no warpgroup GEMV (kernels/ptx/sm90a not embedded, or built before it: ./build.sh --kernels-only)");
+        Assert.That(_tc.Loaded(TensorCoreVariant.WarpgroupDeep), Is.True, "both warpgroup builds load together");
+    }
+
     [Test]
     public void VariantsRefuseRowsTheyDoNotServe()
     {
@@ -130,6 +166,11 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 8, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, false, buf.Ptr, 0, buf.Ptr, buf.Ptr, 16, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
         Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 16, 64, TensorCoreGemvOps.MaxHalfIn + 64, false, ws.Ptr, 1, TensorCoreVariant.Half));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 8, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Warpgroup));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 16, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.WarpgroupDeep));
+        Assert.Throws<ArgumentException>(() => _tc.Gemv(Stream, false, buf.Ptr, 0, buf.Ptr, buf.Ptr, 32, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Warpgroup));
+        if (!_tc.Loaded(TensorCoreVariant.Warpgroup))  // elsewhere a served request names what it lacks
+            Assert.Throws<InvalidOperationException>(() => _tc.Gemv(Stream, true, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 32, 64, 64, false, ws.Ptr, 1, TensorCoreVariant.Warpgroup));
     }
 
     /// <summary>
