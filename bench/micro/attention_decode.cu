@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
     }
 
     std::vector<Config> configs;
-    const std::pair<int, int> shapes[] = {{1, 1024}, {1, 32768}, {8, 1024}, {8, 32768}, {32, 4096}};  // (batch, context)
+    const std::pair<int, int> shapes[] = {{1, 1024}, {1, 32768}, {8, 1024}, {8, 32768}, {32, 1024}, {32, 4096}};  // (batch, context)
     for (bool fp8 : {false, true})
         for (auto [b, ctx] : shapes) {
             Config c{fp8, b, ctx, {}};
