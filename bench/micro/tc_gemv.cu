@@ -5,8 +5,11 @@
 // of one copy) so the bytes come from DRAM. Inputs are random: every finite e4m3 code, per-row scales in
 // [0.5, 1.5) / 448, bf16 x in [-2, 2). Every candidate's output is CHECKED against the current kernel at 1 split:
 // PASS when max|y - ref| / max|ref| <= 1e-4 (harness.cuh says why) (y poisoned with NaN before each checked launch).
+// With -DQWQ_WGMMA (and the arch-specific target) also plans of the Hopper warpgroup build (kernels/sm90a/
+// gemv_tc_sm90a.cu: "wg-*" rows, x converted by the engine's gemv_tc_x_to_f16_wg).
 // Not part of the build. On the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DQWQ_WGMMA -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,21 +18,41 @@
 #include <vector>
 #include "../../kernels/gemv_tc.cu"
 #include "gemv_tc_v2.cuh"
+#ifdef QWQ_WGMMA
+#include "../../kernels/sm90a/gemv_tc_sm90a.cu"
+#endif
 #include "harness.cuh"
 #include "stream_read.cuh"
 
 typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int, int);
 typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
+typedef void (*WgFn)(const void*, const float*, const __half*, const float*, float*, float*, int*, int, int, int, int);
 
-struct Var { const char* name; VarFn fn; int mt; bool f16 = false; };
+// wg: a warpgroup plan (fn unused): x from gemv_tc_x_to_f16_wg, 64 rows a block like MT = 1
+struct Var { const char* name; VarFn fn; int mt; bool f16 = false; WgFn wg = nullptr; };
 #define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
 #define H(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB, true>, MT, true}
 #define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}  // the cp.async ring (rejected 2026-11-28): rows to re-run it
+#ifdef QWQ_WGMMA
+// A plan of the sm_90a build: NB batch tiles, D weight chunks in flight a warp, ST x stages, MINB blocks an SM.
+template <int NB, int D, int ST, int MINB>
+__global__ void __launch_bounds__(128, MINB)
+wg_plan(const void* w, const float* scale, const __half* xh, const float* xscale, float* y, float* part, int* tickets,
+        int n, int k, int m, int accumulate) {
+    gemv_tc_sm90a::gemv_body<NB, D, ST>(w, scale, xh, xscale, y, part, tickets, n, k, m, accumulate);
+}
+#define W(NAME, NB, D, ST, MINB) Var{NAME, nullptr, 1, true, wg_plan<NB, D, ST, MINB>},
+#else
+#define W(NAME, NB, D, ST, MINB)
+#endif
 //                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
     V("ctl-u8-b4",        2, 8, 1, 4, false),  // control: the current plan rebuilt from the template
     H("f16-u8-b4",        2, 8, 1, 4, false),
     H("f16-db-u4-b4",     2, 4, 1, 4, true),
+    //                    name           NB  D  ST MINB
+    W("wg-d2-s3-b6",      2, 2, 3, 6)          // gemv_tc_fp8wg_n16
+    W("wg-d4-s4-b4",      2, 4, 4, 4)
 };
 static const Var kVars32[] = {
     V("ctl-u4-b4",        4, 4, 1, 4, false),  // the plan before 2026-11-28 (gemv_tc_fp8_n32 is db-u2-b4 since)
@@ -38,8 +61,12 @@ static const Var kVars32[] = {
     H("f16-u4-b4",        4, 4, 1, 4, false),
     H("f16-mt4-u1-b2",    4, 1, 4, 2, false),
     H("f16-mt2-db-u1-b3", 4, 1, 2, 3, true),
+    W("wg-d2-s4-b4",      4, 2, 4, 4)          // gemv_tc_fp8wg_n32
+    W("wg-d4-s4-b4",      4, 4, 4, 4)          // gemv_tc_fp8wg_n32_deep
+    W("wg-d2-s4-b6",      4, 2, 4, 6)
 };
 #undef V
+#undef W
 #undef H
 #undef A
 
@@ -76,6 +103,11 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&x16, (size_t)32 * maxK * 2));
     bf16_to_f16<<<256, 256>>>(x, x16, 32L * maxK);
     CK(cudaGetLastError());
+    // and for the warpgroup plans in their permuted chunk order with row scales (all 1 here), per shape below
+    __half* xp;
+    float* xs;
+    CK(cudaMalloc(&xp, (size_t)32 * maxK * 2));
+    CK(cudaMalloc(&xs, 32 * 4));
 
     int fails = 0;
     struct Best { const Shape* s; int m; float read; Outcome o; };
@@ -85,6 +117,8 @@ int main(int argc, char** argv) {
         const size_t stride = stride_of(s), bytes = (size_t)s.n * s.k + (size_t)s.n * 4;
         const int copies = copies_of(s), tiles = (s.n + 15) / 16;
         auto wOf = [&](int c) { return (const void*)(pool + c * stride); };
+        gemv_tc_x_to_f16_wg<<<32, kXToF16Threads>>>(x, xp, xs, s.k);
+        CK(cudaGetLastError());
         const float read = timer.best_us(copies, [&](int c) {
             read_k<<<sms * 8, 256>>>((const uint4*)(pool + c * stride), (long long)((size_t)s.n * s.k / 16), io.dummy);
         });
@@ -124,7 +158,8 @@ int main(int argc, char** argv) {
             for (int i = 0; i < count; ++i) {
                 const Var& v = vars[i];
                 run(v.name, v.mt, [&](dim3 grid, const void* wc) {
-                    v.fn<<<grid, 128>>>(wc, scale, v.f16 ? reinterpret_cast<const __nv_bfloat16*>(x16) : x, y, part, tickets, s.n, s.k, m);
+                    if (v.wg) v.wg<<<grid, 128>>>(wc, scale, xp, xs, y, part, tickets, s.n, s.k, m, 0);
+                    else v.fn<<<grid, 128>>>(wc, scale, v.f16 ? reinterpret_cast<const __nv_bfloat16*>(x16) : x, y, part, tickets, s.n, s.k, m);
                 }, false);
             }
             summary.push_back(b);

@@ -10,7 +10,7 @@
 // wgmma.m64nNk16 as its A operand from registers (per warp the mma.m16n8k16 A fragment of its 16-row tile; the four
 // warps of the warpgroup own four consecutive tiles), and x is the B operand from shared memory, copied once a block
 // a chunk (cp.async, 128-byte swizzle) instead of once a warp. One asynchronous wgmma a k-step replaces NB mma.sync a
-// warp, and the next chunk is converted while it runs. bench/micro/wg_gemv.cu, H200, best split each, 32 rows:
+// warp, and the next chunk is converted while it runs. bench/micro/tc_gemv.cu -DQWQ_WGMMA, H200, best split each, 32 rows:
 // qkv 26.7 -> 24.1 us, o 23.8 -> 21.7, gate_up 97.2 -> 89.3 (the deep build), down 71.2 -> 51.9; 16 rows: qkv, o,
 // down 2-4% faster, gate_up 5% slower (the tuner keeps the portable build there).
 //
