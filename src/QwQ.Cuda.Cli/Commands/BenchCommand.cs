@@ -44,7 +44,7 @@ internal static class BenchCommand
         var profileStep = new Option<bool>("--profile-step") { Description = "Also time decode steps kernel by kernel on every GPU (a diagnostic): one at batch 1, and one at the largest --batch" };
         var ropeSwitch = new Option<bool>("--rope-switch-stall") { Description = "Also time an adaptive-YaRN switch at the switch position beside 7 decoding sequences under the batch scheduler, the recompute in chunks and in one step (needs a config with YaRN, e.g. --synthetic qwq-32b-yarn)" };
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
-        var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one (compute capability 9.0; for comparison)" };
+        var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one, and no other sm_90a kernel either (the fp8 GEMV's warpgroup builds; compute capability 9.0; for comparison)" };
         var noHopperTma = new Option<bool>("--no-hopper-tma") { Description = "The Hopper prefill attention copying K and V with cp.async instead of TMA (compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,

@@ -30,6 +30,8 @@ public sealed record EngineOptions
     /// On compute capability 9.0 (H100, H200), prefill attention over the bf16 KV cache at head_dim 128 (QwQ) runs the
     /// Hopper wgmma kernel (kernels/sm90a/attention_prefill_sm90a.cu; same results as the portable kernel, faster) when
     /// its PTX is embedded. Off: the portable mma.sync kernel everywhere (for measuring the difference, or ruling it out).
+    /// Off also leaves out the rest of the sm_90a module, which is loaded as one: the fp8 tensor-core GEMV's warpgroup
+    /// builds (TensorCoreVariant.Warpgroup, kernels/sm90a/gemv_tc_sm90a.cu) are then not timed or run either.
     /// </summary>
     public bool HopperAttention { get; init; } = true;
 
