@@ -226,6 +226,9 @@ internal sealed class LinearOps : IDisposable
     /// <summary>Whether the FP8 prefill GEMM reads kept row-major copies (<see cref="KeepFp8RowMajor"/>) rather than untiling per pass.</summary>
     public bool KeepsFp8RowMajor => _fp8RowMajor.Count > 0;
 
+    /// <summary>Whether this GPU loaded the kernels of a tensor-core GEMV build (the warpgroup ones: compute capability 9.0, sm_90a PTX).</summary>
+    internal bool Loads(TensorCoreVariant variant) => _tc.Loaded(variant);
+
     /// <summary>Which GEMM prefill-sized products of <paramref name="kind"/> run on (for logs and bench results).</summary>
     public string PrefillPath(WeightKind kind)
     {
