@@ -88,6 +88,15 @@ internal sealed class AttentionOps
     // blocks), so the count only bounds them, and one need not know the pool's size here.
     private const ulong TmaRows = 1UL << 31;
 
+    /// <summary>Every portable prefill and decode entry, by cache kind and head_dim (each loaded by the constructor).</summary>
+    internal static readonly (string Entry, bool Prefill, KvCacheKind Kind, int HeadDim)[] Variants =
+    [
+        (PrefillPagedD32, true, KvCacheKind.Bf16, 32), (PrefillPagedD64, true, KvCacheKind.Bf16, 64), (PrefillPagedD128, true, KvCacheKind.Bf16, 128),
+        (DecodePagedD32, false, KvCacheKind.Bf16, 32), (DecodePagedD64, false, KvCacheKind.Bf16, 64), (DecodePagedD128, false, KvCacheKind.Bf16, 128),
+        (PrefillPagedFp8D32, true, KvCacheKind.Fp8, 32), (PrefillPagedFp8D64, true, KvCacheKind.Fp8, 64), (PrefillPagedFp8D128, true, KvCacheKind.Fp8, 128),
+        (DecodePagedFp8D32, false, KvCacheKind.Fp8, 32), (DecodePagedFp8D64, false, KvCacheKind.Fp8, 64), (DecodePagedFp8D128, false, KvCacheKind.Fp8, 128),
+    ];
+
     /// <summary>
     /// <paramref name="hopperPrefill"/>: run the sm_90a prefill kernel where it applies, if <paramref name="lib"/> has it
     /// (<see cref="PtxLibrary.ArchSpecific"/>); off: the portable kernel everywhere (A/B comparisons, tests).
@@ -104,14 +113,7 @@ internal sealed class AttentionOps
         _multiprocessors = multiprocessorCount;
         _decodeBlocksPerSm = decodeBlocksPerSm;
         _combine = lib.GetKernel(DecodeCombine);
-        (string Entry, bool Prefill, KvCacheKind Kind, int HeadDim)[] variants =
-        [
-            (PrefillPagedD32, true, KvCacheKind.Bf16, 32), (PrefillPagedD64, true, KvCacheKind.Bf16, 64), (PrefillPagedD128, true, KvCacheKind.Bf16, 128),
-            (DecodePagedD32, false, KvCacheKind.Bf16, 32), (DecodePagedD64, false, KvCacheKind.Bf16, 64), (DecodePagedD128, false, KvCacheKind.Bf16, 128),
-            (PrefillPagedFp8D32, true, KvCacheKind.Fp8, 32), (PrefillPagedFp8D64, true, KvCacheKind.Fp8, 64), (PrefillPagedFp8D128, true, KvCacheKind.Fp8, 128),
-            (DecodePagedFp8D32, false, KvCacheKind.Fp8, 32), (DecodePagedFp8D64, false, KvCacheKind.Fp8, 64), (DecodePagedFp8D128, false, KvCacheKind.Fp8, 128),
-        ];
-        foreach (var (entry, prefill, kind, d) in variants)
+        foreach (var (entry, prefill, kind, d) in Variants)
         {
             CudaKernel k = lib.GetKernel(entry);
             // Opt in once to the dynamic shared memory the variant uses (needed above 48 KiB).

@@ -315,12 +315,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
     [Test]
     public void Decode_PlansNoMoreSplitBlocksThanFitAMultiprocessor()
     {
-        (string Entry, KvCacheKind Kind, int D)[] variants =
-        [
-            (AttentionOps.DecodePagedD32, KvCacheKind.Bf16, 32), (AttentionOps.DecodePagedD64, KvCacheKind.Bf16, 64), (AttentionOps.DecodePagedD128, KvCacheKind.Bf16, 128),
-            (AttentionOps.DecodePagedFp8D32, KvCacheKind.Fp8, 32), (AttentionOps.DecodePagedFp8D64, KvCacheKind.Fp8, 64), (AttentionOps.DecodePagedFp8D128, KvCacheKind.Fp8, 128),
-        ];
-        foreach (var (entry, kind, d) in variants)
+        foreach (var (entry, _, kind, d) in AttentionOps.Variants.Where(v => !v.Prefill))
         {
             CudaKernel k = Lib.GetKernel(entry);
             k.SetMaxDynamicSharedMemory(AttentionOps.DecodeSmemBytes(d, kind));
