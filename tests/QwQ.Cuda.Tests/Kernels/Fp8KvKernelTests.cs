@@ -273,8 +273,9 @@ public sealed class Fp8KvKernelTests : KernelTestBase
     /// The bf16 kernel is the yardstick there, not the thing tested: it rounds code × scale and its softmax weights to
     /// bf16, so single rows stray up to ~4e-2 (measured on the H100); only its overall error is bounded.</para>
     /// <para>Prefill (<paramref name="expands"/> true) expands each tile to bf16(code × scale) in shared memory, which is
-    /// exactly the expanded pool, then runs the bf16 kernel's math: it must give the bf16 kernel's output to float noise,
-    /// and stay within the overall bound of the reference.</para>
+    /// exactly the expanded pool, then runs the bf16 kernel's math: it must give the bf16 kernel's output to float noise.
+    /// Returns the reference rows, which the caller bounds over the whole launch (a one-token sequence's overall error is
+    /// a single row's: 1.9e-2 once on an H200, session 19, seed 1345552297, with the bf16 kernel identical to it).</para>
     /// </summary>
     /// <summary>
     /// The bf16 yardstick's overall bound in decode: a sanity check that it is the kernel it should be, looser than the
@@ -285,7 +286,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
     /// </summary>
     private const double YardstickTolerance = 2e-2;
 
-    private static void AssertMatchesReference(bool expands, float[] fp8, float[] bf16, float[] q, float[] k, float[] v, int tokens,
+    private static float[] AssertMatchesReference(bool expands, float[] fp8, float[] bf16, float[] q, float[] k, float[] v, int tokens,
         int startPos, int nq, int nkv, int d, float scale, string what)
     {
         AssertAllFinite(fp8, what);
@@ -296,15 +297,15 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         if (expands)
         {
             Assert.That(twin, Is.LessThanOrEqualTo(1e-5), $"{what}: fp8 kernel vs bf16 kernel on the expanded pool");
-            double error = AttentionKernelTests.RelativeError(fp8, expected, rows, d, $"{what}: fp8 kernel vs fp32 reference");
-            Assert.That(error, Is.LessThanOrEqualTo(AttentionKernelTests.GlobalTolerance), $"{what}: fp8 kernel vs fp32 reference");
-            return;
+            AttentionKernelTests.RelativeError(fp8, expected, rows, d, $"{what}: fp8 kernel vs fp32 reference");
+            return expected;
         }
         double fp8Error = AttentionKernelTests.AssertClose(fp8, expected, rows, d, $"{what}: fp8 kernel vs fp32 reference");
         double bf16Error = AttentionKernelTests.RelativeError(bf16, expected, rows, d, $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
         Assert.That(bf16Error, Is.LessThanOrEqualTo(YardstickTolerance), $"{what}: bf16 kernel (expanded pool) vs fp32 reference");
         Assert.That(fp8Error, Is.LessThanOrEqualTo(2 * bf16Error + 1e-3),
             $"{what}: the fp8 kernel ({fp8Error:E2}) strays much further from the reference than the bf16 kernel on the expanded pool ({bf16Error:E2})");
+        return expected;
     }
 
     /// <summary>
@@ -407,13 +408,16 @@ public sealed class Fp8KvKernelTests : KernelTestBase
             return DownloadBf16(o);
         }
         float[] got = Run(fp8), gotBf16 = Run(bf16);
+        var expected = new float[got.Length];  // [rows, nq, d]: every sequence's fp32 reference rows
         for (int z = 0, first = 0; z < seqs.Length; first += seqs[z].T, z++)
         {
             int at = first * nq * d, n = seqs[z].T * nq * d;
             var (k, v) = pool.Dequantized(tables[z], lengths[z]);
             AssertMatchesReference(expands: true, got.AsSpan(at, n).ToArray(), gotBf16.AsSpan(at, n).ToArray(), qHost.AsSpan(at, n).ToArray(), k, v,
-                seqs[z].T, seqs[z].Start, nq, nkv, d, scale, $"prefill sequence {z} (T {seqs[z].T} on {seqs[z].Start})");
+                seqs[z].T, seqs[z].Start, nq, nkv, d, scale, $"prefill sequence {z} (T {seqs[z].T} on {seqs[z].Start})").CopyTo(expected, at);
         }
+        // The bf16 kernel's own bounds (AttentionKernelTests): overall over the launch, and every row on its own.
+        AttentionKernelTests.AssertClose(got, expected, rows * nq, d, "prefill, every sequence: fp8 kernel vs fp32 reference");
     }
 
     [Test]
