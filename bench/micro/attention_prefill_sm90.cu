@@ -18,7 +18,7 @@
 //   1. correctness: random q, K, V (bf16) at QwQ's shape (nq 40, nkv 8, D 128), paged K/V [blocks, nkv, 64, D] through a
 //      shuffled block table, unwritten cache slots filled with NaN (a kernel that lets them reach the output fails).
 //      Cases: T=256 from position 0, T=256 on top of 100 cached positions (chunked prefill: the diagonal is not on a tile
-//      boundary), T=200 on top of 37 (partial query tile), T=2048. The current kernel and every variant are compared
+//      boundary), T=200 on top of 37 (partial query tile), T=60 on 37 and T=130 (a second warpgroup without rows), T=2048. The current kernel and every variant are compared
 //      with a CPU fp64 reference on the small cases, and every variant with the current kernel on all of them:
 //      PASS when ||out - ref|| / ||ref|| <= 1e-2 and no NaN.
 //   2. timing at T=2048 and 16384 from 0, and T=4096 on top of 12288 (one sequence, shuffled table),
@@ -55,8 +55,9 @@ __global__ void __launch_bounds__(WGS * 128, MINB)
 }
 
 // The same with K and V by TMA (sm90::prefill's TMA flag): the pools' tensor maps as two more by-value parameters.
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
-__global__ void __launch_bounds__(WGS * 128, MINB)
+// PP: the ping-pong schedule, with one producer warp after the consumers (block 128 * WGS + 32 threads).
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false>
+__global__ void __launch_bounds__(WGS * 128 + (PP ? 32 : 0), MINB)
     attention_prefill_paged_sm90_d128_tma(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                           const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                           const int* __restrict__ seq_info, const int* __restrict__ block_tables,
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(WGS * 128, MINB)
     const int T = info.y;
     if ((int)(gridDim.y - 1 - blockIdx.y) * 64 * WGS >= T) return;
     const size_t first = (size_t)info.x * nq * sm90::D;
-    sm90::prefill<WGS, STAGES, OVERLAP, QREG, true>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
+    sm90::prefill<WGS, STAGES, OVERLAP, QREG, true, PP>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
                                                    block_tables + (size_t)blockIdx.z * max_blocks, &tm_k, &tm_v);
 }
 
@@ -295,19 +296,19 @@ static Variant sm90_variant(const char* name) {
     return Variant{name, fn, 64 * WGS, 128 * WGS, smem};
 }
 
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG, bool PP>
 static void sm90_tma_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
-    attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG><<<grid, threads, smem>>>(
+    attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP><<<grid, threads, smem>>>(
         P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
 }
 
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false>
 static Variant sm90_tma_variant(const char* name) {
-    auto fn = attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG>;
+    auto fn = attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP>;
     const int smem = sm90::smem_bytes(WGS, STAGES);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    Variant v{name, nullptr, 64 * WGS, 128 * WGS, smem};
-    v.tma_launch = sm90_tma_launch<WGS, STAGES, OVERLAP, MINB, QREG>;
+    Variant v{name, nullptr, 64 * WGS, 128 * WGS + (PP ? 32 : 0), smem};
+    v.tma_launch = sm90_tma_launch<WGS, STAGES, OVERLAP, MINB, QREG, PP>;
     v.tma_kernel = reinterpret_cast<const void*>(fn);
     return v;
 }
@@ -324,6 +325,21 @@ static Variant engine_tma_variant() {
     Variant v{"sm90a engine TMA entry", nullptr, sm90::ENGINE_TMA_ROWS, 128 * sm90::ENGINE_TMA_WGS, smem};
     v.tma_launch = engine_tma_launch;
     v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_tma);
+    return v;
+}
+
+// The engine's ping-pong entry (ENGINE_PP_*): the code of "sm90 wg2 s3 pp" through its extern "C" wrapper.
+static void engine_pp_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
+    attention_prefill_paged_bf16_d128_sm90a_pp<<<grid, threads, smem>>>(
+        P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
+}
+
+static Variant engine_pp_variant() {
+    const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_PP_STAGES);
+    CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_pp, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    Variant v{"sm90a engine pp entry", nullptr, sm90::ENGINE_TMA_ROWS, sm90::ENGINE_PP_THREADS, smem};
+    v.tma_launch = engine_pp_launch;
+    v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_pp);
     return v;
 }
 
@@ -362,6 +378,12 @@ int main(int argc, char** argv) {
         sm90_tma_variant<2, 2, false, 1>("sm90 wg2 s2 tma"),
         sm90_tma_variant<2, 3, true, 1>("sm90 wg2 s3 ovl tma"),
         engine_tma_variant(),
+        // + a producer warp and the two warpgroups' products in turns (ping-pong, session 19)
+        sm90_tma_variant<2, 2, true, 1, false, true>("sm90 wg2 s2 pp"),
+        sm90_tma_variant<2, 3, true, 1, false, true>("sm90 wg2 s3 pp"),
+        sm90_tma_variant<2, 4, true, 1, false, true>("sm90 wg2 s4 pp"),
+        sm90_tma_variant<2, 3, true, 1, true, true>("sm90 wg2 s3 qreg pp"),  // spills at 224 registers: serialized
+        engine_pp_variant(),
     };
     std::vector<Variant> vars;
     for (auto& v : all)
@@ -387,7 +409,10 @@ int main(int argc, char** argv) {
 
     // ---- correctness
     bool all_pass = true;
-    struct Case { int T, start; bool cpu; } cases[] = {{256, 0, true}, {256, 100, true}, {200, 37, true}, {2048, 0, false}};
+    // {60, 37} and {130, 0}: a 128-row block whose second warpgroup has no rows (the ping-pong variants' turns and
+    // releases without products)
+    struct Case { int T, start; bool cpu; } cases[] = {{256, 0, true}, {256, 100, true}, {200, 37, true}, {60, 37, true},
+                                                       {130, 0, true}, {2048, 0, false}};
     for (auto& c : cases) {
         Problem P(c.T, c.start, 1000 + c.T + c.start);
         printf("check T=%d on top of %d cached positions:\n", c.T, c.start);

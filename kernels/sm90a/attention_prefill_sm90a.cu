@@ -129,6 +129,9 @@ __device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     uint32_t done;
     do {
@@ -138,6 +141,14 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
             : "r"(bar), "r"(parity)
             : "memory");
     } while (!done);
+}
+// Named barriers (ids 1-4 here; 0 is __syncthreads): sync waits until `threads` threads have reached the barrier by
+// sync or arrive; arrive counts itself and goes on.
+__device__ __forceinline__ void bar_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 // One box (64 rows x 64 dims) at (dim c0, row c1) of the map into shared memory at dst; completes bytes on bar.
 __device__ __forceinline__ void tma_load_box(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar) {
@@ -210,19 +221,28 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs *
 // every thread (16 copies and their address math a thread a tile, in a kernel ncu found issue-bound); tm_k / tm_v are
 // then the pools' tensor maps. Keys at or past kv_end in the last tile arrive as stored (TMA cannot zero-fill part of a
 // box): S masks them by a select, and their V rows are zeroed in shared memory before P V reads them (0 x NaN).
-template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false>
+// PP (ping-pong, FlashAttention-3's schedule; needs TMA, OVERLAP and two warpgroups): a producer warp (threads 256 ..
+// 287) issues every tile's boxes as soon as its stage is free, and the two consumer warpgroups take turns on the tensor
+// cores. Why: with one __syncthreads a tile both warpgroups issue their products together and then both run softmax
+// together, so the tensor cores idle through the softmax that P V does not cover; ncu found the kernel issue-bound
+// (ALU 45%, issue slots 63%). Here warpgroup 0 issues S_j and P_{j-1} V_{j-1}, then lets warpgroup 1 issue its own
+// (named barrier 2) and does its softmax while they run; warpgroup 1 hands the turn back (named barrier 1) after its
+// issue. No block-wide barrier remains in the loop: a stage is given back by one arrival a consumer warp on its "empty"
+// mbarrier after that warp's P V of the tile completed, and the producer waits on it before refilling the stage.
+template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false, bool PP = false>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, float scale,
                                         const int* __restrict__ block_table, const TmaMap* tm_k = nullptr,
                                         const TmaMap* tm_v = nullptr) {
-    constexpr int THREADS = 128 * WGS;
+    static_assert(!PP || (TMA && OVERLAP && WGS == 2), "ping-pong: two consumer warpgroups, K/V by TMA, overlap");
+    constexpr int THREADS = 128 * WGS;  // the consumer threads (PP: one producer warp follows them)
     constexpr int BM = 64 * WGS;
     // Tiles that must stay resident behind the one being loaded: the tile in use, plus (OVERLAP) the previous tile
     // whose V is still being multiplied. AHEAD = how many tiles are in flight ahead of the one consumed.
     constexpr int LAG = OVERLAP ? 2 : 1;
     constexpr int AHEAD = STAGES - LAG;
-    static_assert(AHEAD >= 1, "OVERLAP needs STAGES >= 3, otherwise STAGES >= 2");
+    static_assert(PP ? STAGES >= 2 : AHEAD >= 1, "OVERLAP needs STAGES >= 3 (PP: 2), otherwise STAGES >= 2");
     constexpr int ROW_CHUNKS = D / 8;  // 16-byte chunks per 128-dim row
     static_assert((BM * ROW_CHUNKS) % THREADS == 0 && (BN * ROW_CHUNKS) % THREADS == 0, "copies divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
@@ -243,7 +263,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     // Consumer warpgroup: query rows m0 + 64 wg .. +63. Broadcast from lane 0 so that ptxas can prove it warp-uniform
     // (as CUTLASS's canonical_warp_group_idx does): the branches on it around wgmma are then not "divergent paths",
     // which it answers by serializing every wgmma (warning C7520).
-    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // PP: WGS for the producer warp
     const int warp = (tid >> 5) & 3;      // warp within the warpgroup: its rows 16 warp .. +15 of the 64
     const int lane = tid & 31;
     const int g = lane >> 2;
@@ -263,11 +283,14 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
     const attn::KvLayout kv{block_table, nkv, 0};
 
-    // ---- Q: all BM rows into the swizzled layout (rows >= T zero-filled), joins the first cp.async group.
+    // ---- Q: all BM rows into the swizzled layout (rows >= T zero-filled), joins the first cp.async group. PP: each
+    // warpgroup copies its own 64 rows (only it reads them, behind its own barrier), the producer none.
+    constexpr int Q_THREADS = PP ? 128 : THREADS;
+    if (wg < WGS)
 #pragma unroll
     for (int i = 0; i < BM * ROW_CHUNKS / THREADS; ++i) {
-        const int c = tid + i * THREADS;
-        const int r = c / ROW_CHUNKS;  // 0 .. BM-1
+        const int c = (PP ? (tid & 127) : tid) + i * Q_THREADS;
+        const int r = (PP ? 64 * wg : 0) + c / ROW_CHUNKS;  // 0 .. BM-1
         const int cc = c % ROW_CHUNKS;
         const int row = m0 + r;
         const bool valid = row < T;
@@ -298,6 +321,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
     // TMA: tile t of the K/V ring through four boxes on its stage's barrier, issued by one thread.
     __shared__ __align__(8) uint64_t full_bar[TMA ? STAGES : 1];  // stage s: its tile landed (phase = use count & 1)
+    __shared__ __align__(8) uint64_t empty_bar[PP ? STAGES : 1];  // PP: stage s read by all 8 consumer warps
     auto tma_load_tile = [&](int tile, int stage) {
         const int row0 = (int)kv.tile_row(kvh, tile * BN);
         const uint32_t dK = mma::smem_addr(sKV + stage * STAGE_BYTES), dV = dK + OP_BYTES;
@@ -314,12 +338,25 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         mma::cp_async_commit();
         if (tid == 0) {
 #pragma unroll
-            for (int st = 0; st < STAGES; ++st) mbar_init(mma::smem_addr(&full_bar[st]), 1);
+            for (int st = 0; st < STAGES; ++st) {
+                mbar_init(mma::smem_addr(&full_bar[st]), 1);
+                if constexpr (PP) mbar_init(mma::smem_addr(&empty_bar[st]), 2 * 4);
+            }
             mbar_fence_init();
         }
-        __syncthreads();
-        if (tid == 0)
+        __syncthreads();  // PP: the last block-wide barrier
+        if constexpr (PP) {
+            if (wg == WGS) {  // the producer warp: one lane issues every tile, each when its stage is free
+                if (tid == THREADS)
+                    for (int t = 0; t < n_tiles; ++t) {
+                        if (t >= STAGES) mbar_wait(mma::smem_addr(&empty_bar[t % STAGES]), (uint32_t)(t / STAGES - 1) & 1u);
+                        tma_load_tile(t, t % STAGES);
+                    }
+                return;
+            }
+        } else if (tid == 0) {
             for (int t = 0; t < AHEAD && t < n_tiles; ++t) tma_load_tile(t, t);
+        }
     } else {
         // Prologue: tiles 0 .. AHEAD-1, one commit group each (Q rides in group 0), committed even when empty so that
         // group j always holds tile j and the wait count below is a constant.
@@ -451,6 +488,42 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
     };
 
+    // PP: tile j (which this warpgroup reads) landed and is visible to its wgmma; the last tile's V rows past the keys
+    // zeroed. Both warpgroups zero those rows of a tile both read, each behind its own barrier: the second writes the
+    // zeros the first already wrote, which its wgmma may be reading (the same bytes either way).
+    auto acquire = [&](int j) {
+        if (j == 0) {
+            mma::cp_async_wait<0>();  // this thread's part of the warpgroup's Q
+            fence_proxy_async_smem();
+            bar_sync(3 + wg, 128);
+            if constexpr (QREG) load_q_fragments();
+        }
+        mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
+        const int n0 = j * BN;
+        if (n0 + BN > kv_end) {
+            unsigned char* dV = sKV + (j % STAGES) * STAGE_BYTES + OP_BYTES;
+            const int valid = kv_end - n0;
+            for (int c = tid & 127; c < (BN - valid) * ROW_CHUNKS; c += 128)
+                *reinterpret_cast<uint4*>(dV + sw128_offset(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) = make_uint4(0u, 0u, 0u, 0u);
+            fence_proxy_async_smem();
+            bar_sync(3 + wg, 128);
+        }
+    };
+    // PP: this warp is done with tile t (its P V completed; or the warpgroup never reads it, once it has landed).
+    auto release = [&](int t) {
+        if (lane == 0) mbar_arrive(mma::smem_addr(&empty_bar[t % STAGES]));
+    };
+    // PP: the turns (FA3's warp scheduler barriers). Warpgroup w waits on barrier 1 + w for the other's arrival and
+    // arrives on the other's after issuing; warpgroup 1 arrives once first (warpgroup 0 starts), and not after its last
+    // issue, which nobody waits for. Every warpgroup takes n_tiles + 1 turns, issuing or not, so the counts match.
+    auto turn_begin = [&]() {
+        if constexpr (PP) bar_sync(1 + wg, 256);
+    };
+    auto turn_end = [&](int j) {
+        if constexpr (PP)
+            if (!(wg == 1 && j == n_tiles)) bar_arrive(2 - wg, 256);
+    };
+
     if constexpr (!OVERLAP) {
         for (int j = 0; j < n_tiles; ++j) {
             ring_step(j);
@@ -482,20 +555,31 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         // loop with "if (do_s)" / "if (do_pv)" made it assume P V could still be running where O is rescaled, and it
         // serialized every wgmma (C7514, sessions 9-14).
         int j = 0;
-        ring_step(0);
+        if constexpr (PP) {
+            if (wg == 1) bar_arrive(1, 256);  // warpgroup 0's first turn
+            if (wg_tiles > 0) acquire(0);
+        } else {
+            ring_step(0);
+        }
+        turn_begin();
         if (wg_tiles > 0) {
             wg_fence();
             issue_s(0);
             wg_commit();
-            wg_wait<0>();
-            pin(s);
-            if constexpr (QREG) pin(qf);
+        }
+        turn_end(0);
+        wg_wait<0>();  // on every path (ptxas tracks wgmma in flight without correlating the two branches)
+        pin(s);
+        if constexpr (QREG) pin(qf);
+        if (wg_tiles > 0) {
             float a_lo, a_hi;
             softmax(0, a_lo, a_hi);
             rescale_and_pack(a_lo, a_hi);  // O is still zero: the rescale is harmless
         }
         for (j = 1; j < wg_tiles; ++j) {
-            ring_step(j);
+            if constexpr (PP) acquire(j);
+            else ring_step(j);
+            turn_begin();
             pin(o);
             pin(p);
             wg_fence();  // o and p were written by ordinary instructions since the last wgmma
@@ -503,6 +587,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             wg_commit();
             issue_pv(j - 1);
             wg_commit();
+            turn_end(j);
             wg_wait<1>();  // S_j done; P_{j-1} V_{j-1} may still run: nothing below touches o or p until the next wait
             pin(s);
             if constexpr (QREG) pin(qf);
@@ -511,20 +596,28 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             wg_wait<0>();
             pin(o);
             pin(p);
+            if constexpr (PP) release(j - 1);
             rescale_and_pack(a_lo, a_hi);
         }
-        // j == max(1, wg_tiles): the last tile's P V here, then the ring steps that the block's other warpgroup needs
+        // j == max(1, wg_tiles): the last tile's P V here, then the ring steps (PP: the turns and releases) of the
+        // tiles that only the block's other warpgroup reads
         for (; j < n_tiles + 1; ++j) {
-            ring_step(j);
+            if constexpr (!PP) ring_step(j);
+            turn_begin();
             if (j == wg_tiles) {
                 pin(o);
                 pin(p);
                 wg_fence();
                 issue_pv(j - 1);
                 wg_commit();
-                wg_wait<0>();
-                pin(o);
-                pin(p);
+            }
+            turn_end(j);
+            wg_wait<0>();
+            pin(o);
+            pin(p);
+            if constexpr (PP) {
+                if (j - 1 >= wg_tiles) mbar_wait(mma::smem_addr(&full_bar[(j - 1) % STAGES]), (uint32_t)((j - 1) / STAGES) & 1u);
+                release(j - 1);
             }
         }
     }
@@ -569,6 +662,14 @@ constexpr int ENGINE_TMA_STAGES = 3;
 constexpr int ENGINE_TMA_ROWS = 64 * ENGINE_TMA_WGS;
 static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_TMA_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
 
+// The ping-pong entry's configuration (prefill's PP flag): the TMA entry's, plus one producer warp (288 threads). The
+// micro-benchmark's best on an H200 (session 19): 536 TFLOP/s at 16k against the TMA entry's 453, 407 against 355 at 2k,
+// 519 against 440 on the last 4k chunk of 16k; 2 stages ran 380 at 16k (the producer then waits on the slower
+// warpgroup's P V before each tile), 4 stages 502; Q in registers spills at 224 registers a thread and serializes.
+constexpr int ENGINE_PP_STAGES = 3;
+constexpr int ENGINE_PP_THREADS = 128 * ENGINE_TMA_WGS + 32;
+static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_PP_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
+
 }  // namespace attn_prefill_sm90a
 
 // Paged, many sequences in one launch: the arguments, seq_info / block table contract and results of
@@ -607,6 +708,23 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_paged_bf1
     if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
     const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
     attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_TMA_STAGES, true, false, true>(
+        q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
+        &tm_k, &tm_v);
+}
+
+// The same in ping-pong (the configuration above): block 288 threads (two consumer warpgroups, then the producer warp),
+// the TMA entry's grid, shared memory and arguments. AttentionOps launches this one where the PTX has it.
+extern "C" __global__ void __launch_bounds__(attn_prefill_sm90a::ENGINE_PP_THREADS, 1) attention_prefill_paged_bf16_d128_sm90a_pp(
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
+    const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
+    const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
+    const __grid_constant__ attn_prefill_sm90a::TmaMap tm_k, const __grid_constant__ attn_prefill_sm90a::TmaMap tm_v) {
+    kernel_entry_barrier();
+    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
+    const int T = info.y;
+    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
+    const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
+    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_PP_STAGES, true, false, true, true>(
         q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
         &tm_k, &tm_v);
 }

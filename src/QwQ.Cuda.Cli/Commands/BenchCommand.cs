@@ -46,6 +46,7 @@ internal static class BenchCommand
         var noProgrammatic = new Option<bool>("--no-programmatic-launch") { Description = "Launch kernels the ordinary way, without overlapping each with the one before it (sm_90+; for comparison)" };
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one, and no other sm_90a kernel either (the fp8 GEMV's warpgroup builds; compute capability 9.0; for comparison)" };
         var noHopperTma = new Option<bool>("--no-hopper-tma") { Description = "The Hopper prefill attention copying K and V with cp.async instead of TMA (compute capability 9.0; for comparison)" };
+        var noPingPong = new Option<bool>("--no-hopper-ping-pong") { Description = "The Hopper prefill attention's plain TMA entry instead of its ping-pong one (a producer warp, the two warpgroups' products in turns; compute capability 9.0; for comparison)" };
         var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
@@ -54,7 +55,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, noPingPong, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -72,7 +73,7 @@ internal static class BenchCommand
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
                 p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(decodeBlocks), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
-                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), !p.GetValue(noHopperTma), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
+                !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), !p.GetValue(noHopperTma), !p.GetValue(noPingPong), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
             return ExitCodes.Ok;
         });
         command.Subcommands.Add(CreateCompare(host));
@@ -160,7 +161,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
+        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, bool hopperPingPong, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
@@ -187,6 +188,7 @@ internal static class BenchCommand
             ProgrammaticLaunch = programmaticLaunch,
             HopperAttention = hopperAttention,
             HopperTma = hopperTma,
+            HopperPingPong = hopperPingPong,
             Fp8Prefill = fp8Prefill,
             Fp8PrefillCopy = fp8Copy,
             RopeSwitch = switchMethod,

@@ -456,9 +456,11 @@ public sealed class CudaBackend : IModelBackend
     public string PrefillGemmPath => Linear.PrefillPath(Weights.LinearKind);
 
     /// <summary>
-    /// Which kernel prefill attention runs on for this cache and head size: "wgmma+TMA sm_90a" or "wgmma sm_90a" (the
-    /// Hopper kernel: <see cref="EngineOptions.HopperAttention"/> on a compute capability 9.0 GPU, its PTX embedded, bf16
-    /// cache at head_dim 128; its TMA entry unless <see cref="EngineOptions.HopperTma"/> is off or the PTX predates it)
+    /// Which kernel prefill attention runs on for this cache and head size: "wgmma+TMA ping-pong sm_90a", "wgmma+TMA
+    /// sm_90a" or "wgmma sm_90a" (the Hopper kernel: <see cref="EngineOptions.HopperAttention"/> on a compute capability
+    /// 9.0 GPU, its PTX embedded, bf16 cache at head_dim 128; its ping-pong entry unless
+    /// <see cref="EngineOptions.HopperPingPong"/> is off, its TMA entry unless <see cref="EngineOptions.HopperTma"/> is
+    /// off, each where the PTX has it)
     /// or "mma.sync" (the portable one); bench records it beside each prefill figure.
     /// </summary>
     public string PrefillAttentionPath =>

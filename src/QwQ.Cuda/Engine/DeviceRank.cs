@@ -86,7 +86,8 @@ internal sealed class DeviceRank : IDisposable
         _blockOps = new KvBlockOps(Library);
         _blockLists = Own(DeviceBuffer.Allocate(8L * MemoryPlan.MaxBlocksPerSequence(shard)));
         _rerotates = a.Options.RopeSwitch == RopeSwitchMethod.Rerotate;
-        Kernels = new KernelSet(Library, Context.MultiprocessorCount, a.Options.DecodeBlocksPerSm, a.Options.HopperTma);
+        Kernels = new KernelSet(Library, Context.MultiprocessorCount, a.Options.DecodeBlocksPerSm, a.Options.HopperTma,
+            a.Options.HopperPingPong);
         // fp8 prefill on the FP8 tensor cores: its own cuBLASLt (plans per shape and row count), the workspace's e4m3 copy of the input
         Fp8Gemm? fp8Gemm = null;
         if (fp8 is not null && LinearOps.Resolve(a.Options.Fp8Prefill, Context.ComputeCapability.Major) is var mode and not Fp8PrefillGemm.Dequantize)

@@ -42,6 +42,13 @@ public sealed record EngineOptions
     /// </summary>
     public bool HopperTma { get; init; } = true;
 
+    /// <summary>
+    /// Of the TMA entries, the one whose two warpgroups take turns on the tensor cores with a producer warp issuing the
+    /// copies (FlashAttention-3's ping-pong; the faster one, session 19) where its PTX has it. Off: the plain TMA entry
+    /// (for measuring the difference within one build).
+    /// </summary>
+    public bool HopperPingPong { get; init; } = true;
+
     /// <summary>Seed for synthetic weights (when no checkpoint is given).</summary>
     public ulong SyntheticSeed { get; init; } = 1234;
 

@@ -5,12 +5,14 @@ using QwQ.Cuda.Native;
 namespace QwQ.Cuda.Engine;
 
 /// <summary>The kernel families the forward pass launches, resolved once from the embedded PTX.</summary>
-internal sealed class KernelSet(PtxLibrary lib, int multiprocessors, int? decodeBlocksPerSm = null, bool hopperTma = true)
+internal sealed class KernelSet(PtxLibrary lib, int multiprocessors, int? decodeBlocksPerSm = null, bool hopperTma = true,
+    bool hopperPingPong = true)
 {
     public EmbeddingOps Embedding { get; } = new(lib);
     public NormOps Norm { get; } = new(lib);
     public RopeOps Rope { get; } = new(lib);
-    public AttentionOps Attention { get; } = new(lib, multiprocessors, decodeBlocksPerSm: decodeBlocksPerSm, hopperTma: hopperTma);
+    public AttentionOps Attention { get; } = new(lib, multiprocessors, decodeBlocksPerSm: decodeBlocksPerSm, hopperTma: hopperTma,
+        hopperPingPong: hopperPingPong);
     public ActivationOps Activation { get; } = new(lib);
     public GemvOps Gemv { get; } = new(lib);
 }

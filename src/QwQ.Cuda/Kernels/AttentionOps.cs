@@ -42,6 +42,11 @@ internal sealed class AttentionOps
     [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90a = "attention_prefill_paged_bf16_d128_sm90a";
     /// <summary>The same with K and V tiles by TMA (two tensor maps as its last arguments); preferred where the PTX has it.</summary>
     [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aTma = "attention_prefill_paged_bf16_d128_sm90a_tma";
+    /// <summary>
+    /// The TMA entry with a producer warp and the two warpgroups' products in turns (FlashAttention-3's ping-pong; the
+    /// TMA entry's arguments, 288 threads); preferred where the PTX has it.
+    /// </summary>
+    [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aPingPong = "attention_prefill_paged_bf16_d128_sm90a_pp";
 
     /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
     public const int KvBlockSize = KeyTile;
@@ -60,6 +65,8 @@ internal sealed class AttentionOps
     private const int HopperPrefillTmaThreads = 256;
     private const int HopperPrefillTmaRowsPerBlock = 128;
     private const int HopperPrefillTmaStages = 3;
+    // Must match its ping-pong entry (ENGINE_PP_*): the TMA entry's two warpgroups, rows and ring, and one producer warp.
+    private const int HopperPrefillPingPongThreads = 256 + 32;
     // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring; the combine's thread groups over the
     // splits (COMBINE_GROUPS: a block of head_dim x 4 threads).
     private const int DecodeThreads = 128;
@@ -84,6 +91,8 @@ internal sealed class AttentionOps
     private readonly CudaKernel? _hopperPrefill;
     // Its TMA build (kernels/sm90a: K and V by tensor maps); null where the PTX predates it, and the cp.async one runs.
     private readonly CudaKernel? _hopperPrefillTma;
+    // Its ping-pong build (the TMA entry's shared memory and arguments); null where the PTX predates it or it is off.
+    private readonly CudaKernel? _hopperPrefillPingPong;
     // The tensor maps' row count: past any pool. TMA reads only the boxes a kernel asks for (rows of the sequences'
     // blocks), so the count only bounds them, and one need not know the pool's size here.
     private const ulong TmaRows = 1UL << 31;
@@ -103,9 +112,10 @@ internal sealed class AttentionOps
     /// <paramref name="decodeBlocksPerSm"/>: <see cref="EngineOptions.DecodeBlocksPerSm"/> (null: by occupancy).
     /// <paramref name="hopperTma"/>: of the sm_90a kernel, the TMA entry where the PTX has it; off: the cp.async entry
     /// (the fallback for a PTX set without the TMA entry, which tests compare against the portable kernel too).
+    /// <paramref name="hopperPingPong"/>: of the TMA entries, the ping-pong one where the PTX has it; off: the plain one.
     /// </summary>
     public AttentionOps(PtxLibrary lib, int multiprocessorCount, bool hopperPrefill = true, int? decodeBlocksPerSm = null,
-        bool hopperTma = true)
+        bool hopperTma = true, bool hopperPingPong = true)
     {
         ArgumentNullException.ThrowIfNull(lib);
         ArgumentOutOfRangeException.ThrowIfLessThan(multiprocessorCount, 1);
@@ -133,6 +143,12 @@ internal sealed class AttentionOps
                 CudaKernel t = lib.GetKernel(PrefillPagedD128Sm90aTma);
                 t.SetMaxDynamicSharedMemory(HopperPrefillTmaSmemBytes);
                 _hopperPrefillTma = t;
+                if (hopperPingPong && lib.Has(PrefillPagedD128Sm90aPingPong))
+                {
+                    CudaKernel p = lib.GetKernel(PrefillPagedD128Sm90aPingPong);
+                    p.SetMaxDynamicSharedMemory(HopperPrefillTmaSmemBytes);
+                    _hopperPrefillPingPong = p;
+                }
             }
         }
     }
@@ -155,8 +171,11 @@ internal sealed class AttentionOps
     internal const int HopperPrefillTmaSmemBytes =
         HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
 
-    /// <summary>Which prefill kernel runs: the portable mma.sync one, the sm_90a one with K/V by cp.async, or by TMA.</summary>
-    internal enum PrefillKernel { Portable, Hopper, HopperTma }
+    /// <summary>
+    /// Which prefill kernel runs: the portable mma.sync one, the sm_90a one with K/V by cp.async, by TMA, or by TMA with
+    /// the warpgroups in ping-pong.
+    /// </summary>
+    internal enum PrefillKernel { Portable, Hopper, HopperTma, HopperPingPong }
 
     /// <summary>How one prefill launch runs: which kernel, query rows per block (the grid's y), threads and dynamic shared memory.</summary>
     internal readonly record struct PrefillLaunch(PrefillKernel Kernel, int RowsPerBlock, int Threads, int SmemBytes)
@@ -164,6 +183,7 @@ internal sealed class AttentionOps
         /// <summary>The path's name, as bench records it beside each prefill figure.</summary>
         public string Path => Kernel switch
         {
+            PrefillKernel.HopperPingPong => "wgmma+TMA ping-pong sm_90a",
             PrefillKernel.HopperTma => "wgmma+TMA sm_90a",
             PrefillKernel.Hopper => "wgmma sm_90a",
             _ => "mma.sync",
@@ -178,6 +198,7 @@ internal sealed class AttentionOps
     internal static PrefillLaunch PrefillLaunchFor(PrefillKernel loaded, KvCacheKind kind, int headDim) =>
         kind != KvCacheKind.Bf16 || headDim != HopperPrefillHeadDim ? Portable(kind, headDim) : loaded switch
         {
+            PrefillKernel.HopperPingPong => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillPingPongThreads, HopperPrefillTmaSmemBytes),
             PrefillKernel.HopperTma => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillTmaThreads, HopperPrefillTmaSmemBytes),
             PrefillKernel.Hopper => new PrefillLaunch(loaded, HopperPrefillRowsPerBlock, HopperPrefillThreads, HopperPrefillSmemBytes),
             _ => Portable(kind, headDim),
@@ -188,7 +209,9 @@ internal sealed class AttentionOps
 
     /// <summary>The best prefill kernel this instance loaded (<see cref="PrefillLaunchFor"/>'s first argument).</summary>
     internal PrefillKernel LoadedPrefill =>
-        _hopperPrefillTma is not null ? PrefillKernel.HopperTma : _hopperPrefill is not null ? PrefillKernel.Hopper : PrefillKernel.Portable;
+        _hopperPrefillPingPong is not null ? PrefillKernel.HopperPingPong
+        : _hopperPrefillTma is not null ? PrefillKernel.HopperTma
+        : _hopperPrefill is not null ? PrefillKernel.Hopper : PrefillKernel.Portable;
 
     /// <summary>
     /// Shared memory of the prefill kernel: 2 stages of K and V tiles, rows padded by 16 bytes. fp8: one such bf16 tile
@@ -244,6 +267,7 @@ internal sealed class AttentionOps
         // head_dim and kind checked above; the sm_90a kernels take the bf16 entry's arguments (the TMA one, two more)
         CudaKernel k = launch.Kernel switch
         {
+            PrefillKernel.HopperPingPong => _hopperPrefillPingPong!.Value,
             PrefillKernel.HopperTma => _hopperPrefillTma!.Value,
             PrefillKernel.Hopper => _hopperPrefill!.Value,
             _ => _variants[(true, kv.Kind, headDim)],
@@ -258,7 +282,7 @@ internal sealed class AttentionOps
             void** a = stackalloc void*[] { &q, &kPool, &vPool, &kScales, &vScales, &output, &seqInfo, &blockTables, &mb, &hq, &hkv, &sc };
             k.Launch(grid, new Dim3((uint)launch.Threads), launch.SmemBytes, s, a);
         }
-        else if (launch.Kernel == PrefillKernel.HopperTma)
+        else if (launch.Kernel is PrefillKernel.HopperTma or PrefillKernel.HopperPingPong)
         {
             // this layer's K and V pools as rows of head_dim bf16, read in 64-key boxes (host-only encoding, per launch:
             // prefill is never graph-captured, so nothing is cached that a pool change could stale)

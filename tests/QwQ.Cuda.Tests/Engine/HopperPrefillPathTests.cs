@@ -9,8 +9,9 @@ namespace QwQ.Cuda.Tests.Engine;
 using Cuda = global::QwQ.Cuda.Native.Cuda;
 
 /// <summary>
-/// The three prefill attention paths through the whole engine: the sm_90a kernel's TMA entry (the default on compute
-/// capability 9.0), its cp.async entry (<see cref="EngineOptions.HopperTma"/> off) and the portable kernel
+/// The four prefill attention paths through the whole engine: the sm_90a kernel's ping-pong entry (the default on
+/// compute capability 9.0), its plain TMA entry (<see cref="EngineOptions.HopperPingPong"/> off), its cp.async entry
+/// (<see cref="EngineOptions.HopperTma"/> off) and the portable kernel
 /// (<see cref="EngineOptions.HopperAttention"/> off), each against the float32 CPU reference on fresh random weights,
 /// at head_dim 128 (the only one the Hopper kernel takes) with QwQ's group of 5 query heads a KV head. The prompt is
 /// prefilled in two chunks, 300 rows (two whole 128-row blocks of the TMA entry and a partial one) then 77 on top of
@@ -27,7 +28,8 @@ public class HopperPrefillPathTests
 
     private static IEnumerable<TestCaseData> Paths()
     {
-        yield return new TestCaseData(new EngineOptions { MaxContext = 512 }, "wgmma+TMA sm_90a").SetName("TmaEntry");
+        yield return new TestCaseData(new EngineOptions { MaxContext = 512 }, "wgmma+TMA ping-pong sm_90a").SetName("PingPongEntry");
+        yield return new TestCaseData(new EngineOptions { MaxContext = 512, HopperPingPong = false }, "wgmma+TMA sm_90a").SetName("TmaEntry");
         yield return new TestCaseData(new EngineOptions { MaxContext = 512, HopperTma = false }, "wgmma sm_90a").SetName("CpAsyncEntry");
         yield return new TestCaseData(new EngineOptions { MaxContext = 512, HopperAttention = false }, "mma.sync").SetName("PortableKernel");
     }

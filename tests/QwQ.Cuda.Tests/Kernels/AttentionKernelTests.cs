@@ -29,6 +29,7 @@ public sealed class AttentionKernelTests
     private AttentionOps? _ops;
     private AttentionOps? _portable; // the portable prefill kernel everywhere, to compare the sm_90a one with
     private AttentionOps? _cpAsync;  // the sm_90a kernel's cp.async entry (the fallback where the PTX lacks the TMA one)
+    private AttentionOps? _plainTma; // its plain TMA entry (the fallback where the PTX lacks the ping-pong one)
     private string _unavailable = "";
 
     [OneTimeSetUp]
@@ -41,6 +42,7 @@ public sealed class AttentionKernelTests
         _ops = new AttentionOps(_library, _context.MultiprocessorCount);
         _portable = new AttentionOps(_library, _context.MultiprocessorCount, hopperPrefill: false);
         _cpAsync = new AttentionOps(_library, _context.MultiprocessorCount, hopperTma: false);
+        _plainTma = new AttentionOps(_library, _context.MultiprocessorCount, hopperPingPong: false);
     }
 
     [OneTimeTearDown]
@@ -80,7 +82,8 @@ public sealed class AttentionKernelTests
     {
         // kernels/sm90a/attention_prefill_sm90a.cu: the cp.async entry is one warpgroup, 64 query rows per block, Q
         // [64, 128] + 2 stages of K and V [64, 128] bf16 + 1 KiB of alignment slack; the TMA entry two warpgroups, 128
-        // rows, Q [128, 128] + 3 stages (their static_asserts hold the same numbers).
+        // rows, Q [128, 128] + 3 stages; the ping-pong entry the same and a producer warp (their static_asserts hold the
+        // same numbers).
         Assert.That(AttentionOps.HopperPrefillSmemBytes, Is.EqualTo(82_944));
         Assert.That(AttentionOps.HopperPrefillTmaSmemBytes, Is.EqualTo(132_096));
         var hopper = AttentionOps.PrefillLaunchFor(AttentionOps.PrefillKernel.Hopper, KvCacheKind.Bf16, 128);
@@ -89,9 +92,12 @@ public sealed class AttentionKernelTests
         var tma = AttentionOps.PrefillLaunchFor(AttentionOps.PrefillKernel.HopperTma, KvCacheKind.Bf16, 128);
         Assert.That(tma, Is.EqualTo(new AttentionOps.PrefillLaunch(AttentionOps.PrefillKernel.HopperTma, 128, 256, 132_096)));
         Assert.That(tma.Path, Is.EqualTo("wgmma+TMA sm_90a"));
+        var pingPong = AttentionOps.PrefillLaunchFor(AttentionOps.PrefillKernel.HopperPingPong, KvCacheKind.Bf16, 128);
+        Assert.That(pingPong, Is.EqualTo(new AttentionOps.PrefillLaunch(AttentionOps.PrefillKernel.HopperPingPong, 128, 288, 132_096)));
+        Assert.That(pingPong.Path, Is.EqualTo("wgmma+TMA ping-pong sm_90a"));
         // Everything else, and everything when no sm_90a entry is loaded, keeps the portable kernel: 8 warps, 128 rows
         // per block, its own shared memory.
-        foreach (var loaded in new[] { AttentionOps.PrefillKernel.Hopper, AttentionOps.PrefillKernel.HopperTma })
+        foreach (var loaded in new[] { AttentionOps.PrefillKernel.Hopper, AttentionOps.PrefillKernel.HopperTma, AttentionOps.PrefillKernel.HopperPingPong })
             foreach (var (kind, d) in new[] { (KvCacheKind.Fp8, 128), (KvCacheKind.Bf16, 64), (KvCacheKind.Bf16, 32), (KvCacheKind.Fp8, 64) })
                 Assert.That(AttentionOps.PrefillLaunchFor(loaded, kind, d),
                     Is.EqualTo(new AttentionOps.PrefillLaunch(AttentionOps.PrefillKernel.Portable, 128, 256, AttentionOps.PrefillSmemBytes(d, kind))), $"{loaded} {kind} d{d}");
@@ -318,14 +324,14 @@ public sealed class AttentionKernelTests
             // shares its first two blocks with the first, the fifth has fewer m-tiles than the grid
             [(130, 37, 0), (1, 2000, 0), (7, 0, 0), (129, 64, 2), (65, 63, 0), (300, 5, 0)],
         ];
-        foreach (bool tma in new[] { true, false })
+        // the entry by name (the kernel enum is internal; a public test method cannot take it)
+        foreach (string entry in new[] { "PingPong", "Tma", "" })
             foreach (var c in cases)
-                yield return new TestCaseData(c, tma).SetName((tma ? "HopperTmaPrefillEqualsPortable_" : "HopperPrefillEqualsPortable_")
-                    + string.Join("_", c.Select(z => $"T{z.T}s{z.Start}")));
+                yield return new TestCaseData(c, entry).SetName($"Hopper{entry}PrefillEqualsPortable_" + string.Join("_", c.Select(z => $"T{z.T}s{z.Start}")));
     }
 
     /// <summary>
-    /// The sm_90a wgmma kernel (kernels/sm90a), its TMA entry (<paramref name="tma"/>) or its cp.async one, against the
+    /// The sm_90a wgmma kernel (kernels/sm90a) by its entry (<paramref name="entryName"/>: ping-pong, TMA or cp.async), against the
     /// portable kernel on the same launch at QwQ's shape (nq 40, nkv 8, D 128): unwritten pool slots, spare table
     /// entries and the output hold NaN as in every prefill test here (the TMA entry zeroes V rows past the keys in
     /// shared memory; a NaN slot it read unzeroed would poison P V).
@@ -333,8 +339,14 @@ public sealed class AttentionKernelTests
     /// the measured difference is printed. Ignored unless the device is compute capability 9.0 and the sm_90a PTX is embedded.
     /// </summary>
     [TestCaseSource(nameof(HopperPrefillCases))]
-    public void HopperPrefillEqualsPortableKernel((int T, int Start, int SharedBlocks)[] seqs, bool tma)
+    public void HopperPrefillEqualsPortableKernel((int T, int Start, int SharedBlocks)[] seqs, string entryName)
     {
+        var entry = entryName switch
+        {
+            "PingPong" => AttentionOps.PrefillKernel.HopperPingPong,
+            "Tma" => AttentionOps.PrefillKernel.HopperTma,
+            _ => AttentionOps.PrefillKernel.Hopper,
+        };
         var (defaultOps, stream) = Gpu();
         if (_context!.ComputeCapability != PtxLibrary.ArchSpecificCapability)
             Assert.Ignore($"the sm_90a kernel runs on compute capability 9.0 only; this is {_context.DeviceName} (sm_{_context.ComputeCapability.Major}{_context.ComputeCapability.Minor})");
@@ -342,12 +354,18 @@ public sealed class AttentionKernelTests
             Assert.Ignore("kernels/ptx/sm90a is not embedded (build it with ./build.sh where nvcc is, then rebuild)");
         Assert.That(defaultOps.HopperPrefill, Is.True, "the default ops run the sm_90a kernel on 9.0");
         Assert.That(_portable!.HopperPrefill, Is.False);
-        if (tma && !_library.Has(AttentionOps.PrefillPagedD128Sm90aTma))
-            Assert.Ignore("the embedded sm_90a PTX has no TMA entry (an older build: ./build.sh --kernels-only)");
-        Assert.That(defaultOps.LoadedPrefill, Is.EqualTo(_library.Has(AttentionOps.PrefillPagedD128Sm90aTma)
-            ? AttentionOps.PrefillKernel.HopperTma : AttentionOps.PrefillKernel.Hopper), "the default ops prefer the TMA entry");
-        AttentionOps ops = tma ? defaultOps : _cpAsync!;
-        Assert.That(ops.LoadedPrefill, Is.EqualTo(tma ? AttentionOps.PrefillKernel.HopperTma : AttentionOps.PrefillKernel.Hopper));
+        bool hasTma = _library.Has(AttentionOps.PrefillPagedD128Sm90aTma), hasPingPong = hasTma && _library.Has(AttentionOps.PrefillPagedD128Sm90aPingPong);
+        if (entry == AttentionOps.PrefillKernel.HopperTma && !hasTma || entry == AttentionOps.PrefillKernel.HopperPingPong && !hasPingPong)
+            Assert.Ignore($"the embedded sm_90a PTX has no {entry} entry (an older build: ./build.sh --kernels-only)");
+        Assert.That(defaultOps.LoadedPrefill, Is.EqualTo(hasPingPong ? AttentionOps.PrefillKernel.HopperPingPong
+            : hasTma ? AttentionOps.PrefillKernel.HopperTma : AttentionOps.PrefillKernel.Hopper), "the default ops prefer ping-pong, then TMA");
+        AttentionOps ops = entry switch
+        {
+            AttentionOps.PrefillKernel.HopperPingPong => defaultOps,
+            AttentionOps.PrefillKernel.HopperTma => _plainTma!,
+            _ => _cpAsync!,
+        };
+        Assert.That(ops.LoadedPrefill, Is.EqualTo(entry));
         const int nq = 40, nkv = 8, d = 128;
         var p = NewPrefillProblem(NewRng(), nq, nkv, d, seqs);
         float[] got = LaunchPrefill(ops, stream, p);
