@@ -96,20 +96,22 @@ namespace attn_prefill_sm90a {
 using namespace wg;
 
 constexpr int D = 128;                 // head_dim (QwQ); the layout math below assumes two 64-dim halves
-constexpr int BN = 64;                 // keys per tile = one KV block
+constexpr int BN = 64;                 // keys of one KV block: a TMA box's rows, and the key tile but for KT = 128
 constexpr int ROW_BYTES = 128;         // one swizzle row: 64 bf16
 constexpr int HALF_BYTES = 64 * ROW_BYTES;  // one 64-dim half of a 64-row operand: 8192
 constexpr int OP_BYTES = 2 * HALF_BYTES;    // a 64-row x 128-dim operand (a K or V tile, a warpgroup's Q): 16384
-constexpr int STAGE_BYTES = 2 * OP_BYTES;   // K and V of one tile
-static_assert(BN == attn::KvLayout::BLOCK, "a key tile must be one KV block");
+static_assert(BN == attn::KvLayout::BLOCK, "a box must be one KV block");
 
-// Byte offset of 16-byte chunk c (dims 8c..8c+7, c < 16) of row r (< 64) inside a 64-row operand (layout above).
+// Byte offset of 16-byte chunk c (dims 8c..8c+7, c < 16) of row r (< ROWS) inside a ROWS-row operand (layout above:
+// the second 64-dim half starts ROWS * 128 bytes in). ROWS = 64 but for the 128-key tiles of the KT = 128 build.
+template <int ROWS = 64>
 __device__ __forceinline__ uint32_t sw128_offset(int r, int c) {
-    return (uint32_t)((c >> 3) * HALF_BYTES + r * ROW_BYTES + (((c & 7) ^ (r & 7)) << 4));
+    return (uint32_t)((c >> 3) * ROWS * ROW_BYTES + r * ROW_BYTES + (((c & 7) ^ (r & 7)) << 4));
 }
 
-// MN-major operand (V): LBO = distance between the two 64-dim halves (64 keys * 128 B), SBO = 8 keys * 128 B.
-__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr) { return desc_sw128(saddr, HALF_BYTES, 1024); }
+// MN-major operand (V of KEYS keys): LBO = distance between the two 64-dim halves (KEYS * 128 B), SBO = 8 keys * 128 B.
+template <int KEYS = 64>
+__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr) { return desc_sw128(saddr, KEYS * ROW_BYTES, 1024); }
 
 // ---- TMA (the micro-benchmark's TMA variants; the engine's entry still copies with cp.async) -------------------------
 // A tensor map (the driver's CUtensorMap: 128 bytes, 64-byte aligned), opaque here; the host builds it with
@@ -190,6 +192,34 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint3
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
 
+#define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "         \
+                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+                  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// S over a 128-key tile (KT = 128): d (64 x 128, fp32) (+)= A (64 x 16: Q from smem, K-major) * B (16 x 128: K, smem,
+// K-major i.e. [128 keys][16 dims]).
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        WG_REGS64 ", "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : WG_ACC64(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+// The same with Q from registers (QREG).
+__device__ __forceinline__ void wgmma_m64n128k16_rs_kmajor(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                           int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        WG_REGS64 ", "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : WG_ACC64(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+
 // d (64 x 128, fp32) (+)= A (64 x 16, bf16 registers) * B (16 x 128, smem, MN-major: imm-trans-b = 1).
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
                                                     int scale_d) {
@@ -210,7 +240,10 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uin
 }
 
 // Shared memory the kernel needs (dynamic): Q for every warpgroup, the K/V ring, and 1 KB to align the base to 1024.
-__host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs * OP_BYTES + stages * STAGE_BYTES + 1024; }
+// kt: keys per tile (64, or 128 for the KT = 128 build).
+__host__ __device__ constexpr int smem_bytes(int wgs, int stages, int kt = 64) {
+    return wgs * OP_BYTES + stages * 2 * 2 * kt * ROW_BYTES + 1024;
+}
 
 // One (query head, m-tile) block. Arguments as attn_prefill::prefill (paged): q/out [T, nq, D] of this sequence,
 // the layer's K/V pool [blocks, nkv, 64, D], the sequence's block table, T rows at positions start_pos.. .
@@ -229,14 +262,23 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages) { return wgs *
 // (named barrier 2) and does its softmax while they run; warpgroup 1 hands the turn back (named barrier 1) after its
 // issue. No block-wide barrier remains in the loop: a stage is given back by one arrival a consumer warp on its "empty"
 // mbarrier after that warp's P V of the tile completed, and the producer waits on it before refilling the stage.
-template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false, bool PP = false>
+// KT (ping-pong only): keys per tile, 64 (one KV block) or 128 (two: a tile's boxes come from two blocks of the table),
+// FlashAttention-3's tile for head_dim 128: twice the work per turn, barrier and mbarrier wait, and per softmax's row
+// reductions, at 64 more accumulator registers (S) and 16 more (P) a thread.
+template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false, bool PP = false, int KT = 64>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, float scale,
                                         const int* __restrict__ block_table, const TmaMap* tm_k = nullptr,
                                         const TmaMap* tm_v = nullptr) {
     static_assert(!PP || (TMA && OVERLAP && WGS == 2), "ping-pong: two consumer warpgroups, K/V by TMA, overlap");
+    static_assert(KT == 64 || (PP && KT == 128), "128-key tiles in the ping-pong build only");
     constexpr int THREADS = 128 * WGS;  // the consumer threads (PP: one producer warp follows them)
+    constexpr int T_HALF = KT * ROW_BYTES;  // one 64-dim half of a K or V tile
+    constexpr int T_OP = 2 * T_HALF;        // a K or V tile [KT keys x 128 dims]
+    constexpr int T_STAGE = 2 * T_OP;       // K and V of one tile
+    constexpr int NT = KT / 8;              // S's n-tiles of 8 keys
+    constexpr int KK = KT / 16;             // P V's k-steps of 16 keys
     constexpr int BM = 64 * WGS;
     // Tiles that must stay resident behind the one being loaded: the tile in use, plus (OVERLAP) the previous tile
     // whose V is still being multiplied. AHEAD = how many tiles are in flight ahead of the one consumed.
@@ -244,7 +286,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     constexpr int AHEAD = STAGES - LAG;
     static_assert(PP ? STAGES >= 2 : AHEAD >= 1, "OVERLAP needs STAGES >= 3 (PP: 2), otherwise STAGES >= 2");
     constexpr int ROW_CHUNKS = D / 8;  // 16-byte chunks per 128-dim row
-    static_assert((BM * ROW_CHUNKS) % THREADS == 0 && (BN * ROW_CHUNKS) % THREADS == 0, "copies divide evenly");
+    static_assert((BM * ROW_CHUNKS) % THREADS == 0 && (KT * ROW_CHUNKS) % THREADS == 0, "copies divide evenly");
     constexpr float LOG2E = 1.4426950408889634f;
     const float NEG_INF = -__int_as_float(0x7f800000);
 
@@ -271,12 +313,12 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 
     const int block_rows = min(BM, T - m0);
     const int kv_end = start_pos + m0 + block_rows;  // keys [0, kv_end) are visible to some row of the block
-    const int n_tiles = (kv_end + BN - 1) / BN;
+    const int n_tiles = (kv_end + KT - 1) / KT;
 
     // This warpgroup's rows and the tiles they see (wgmma is warpgroup-wide, so skipping is decided per warpgroup).
     const int wg_row0 = m0 + 64 * wg;
     const int wg_rows = max(0, min(64, T - wg_row0));
-    const int wg_tiles = wg_rows > 0 ? (start_pos + wg_row0 + wg_rows + BN - 1) / BN : 0;
+    const int wg_tiles = wg_rows > 0 ? (start_pos + wg_row0 + wg_rows + KT - 1) / KT : 0;
     const int wg_first_pos = start_pos + wg_row0;
     const int pos_lo = wg_first_pos + warp * 16 + g;  // absolute positions of this thread's two rows
     const int pos_hi = pos_lo + 8;
@@ -295,7 +337,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         const int row = m0 + r;
         const bool valid = row < T;
         const __nv_bfloat16* src = q + ((size_t)(valid ? row : 0) * nq + head) * D + cc * 8;
-        mma::cp_async16(mma::smem_addr(sQ + (r >> 6) * OP_BYTES + sw128_offset(r & 63, cc)), src, valid);
+        mma::cp_async16(mma::smem_addr(sQ + (r >> 6) * OP_BYTES + sw128_offset<>(r & 63, cc)), src, valid);
     }
 
     // ---- K/V tile `tile` into ring stage `stage`. Keys >= kv_end are zero-filled without reading (NaN-safe), as in the
@@ -304,8 +346,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     auto load_tile = [&](int tile, int stage) {
         const int n0 = tile * BN;
         const size_t row0 = kv.tile_row(kvh, n0);
-        unsigned char* dK = sKV + stage * STAGE_BYTES;
-        unsigned char* dV = dK + OP_BYTES;
+        unsigned char* dK = sKV + stage * T_STAGE;
+        unsigned char* dV = dK + T_OP;
 #pragma unroll
         for (int i = 0; i < BN * ROW_CHUNKS / THREADS; ++i) {
             const int c = tid + i * THREADS;
@@ -313,7 +355,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             const int cc = c % ROW_CHUNKS;
             const bool valid = n0 + r < kv_end;
             const size_t src = (row0 + (valid ? r : 0)) * D + cc * 8;
-            const uint32_t off = sw128_offset(r, cc);
+            const uint32_t off = sw128_offset<>(r, cc);
             mma::cp_async16(mma::smem_addr(dK + off), k_pool + src, valid);
             mma::cp_async16(mma::smem_addr(dV + off), v_pool + src, valid);
         }
@@ -322,15 +364,21 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     // TMA: tile t of the K/V ring through four boxes on its stage's barrier, issued by one thread.
     __shared__ __align__(8) uint64_t full_bar[TMA ? STAGES : 1];  // stage s: its tile landed (phase = use count & 1)
     __shared__ __align__(8) uint64_t empty_bar[PP ? STAGES : 1];  // PP: stage s read by all 8 consumer warps
+    // KT = 128: the two KV blocks of the tile, each into its 64 rows of every half; a block wholly past kv_end is not
+    // read (its table entry may be any number) and its rows stay as they were (S masks them; V's are zeroed).
     auto tma_load_tile = [&](int tile, int stage) {
-        const int row0 = (int)kv.tile_row(kvh, tile * BN);
-        const uint32_t dK = mma::smem_addr(sKV + stage * STAGE_BYTES), dV = dK + OP_BYTES;
+        const uint32_t dK = mma::smem_addr(sKV + stage * T_STAGE), dV = dK + T_OP;
         const uint32_t bar = mma::smem_addr(&full_bar[stage]);
-        mbar_arrive_expect_tx(bar, STAGE_BYTES);
-        tma_load_box(dK, tm_k, 0, row0, bar);
-        tma_load_box(dK + HALF_BYTES, tm_k, 64, row0, bar);
-        tma_load_box(dV, tm_v, 0, row0, bar);
-        tma_load_box(dV + HALF_BYTES, tm_v, 64, row0, bar);
+        const int blocks = min(KT / BN, (kv_end - tile * KT + BN - 1) / BN);
+        mbar_arrive_expect_tx(bar, (uint32_t)(blocks * 2 * OP_BYTES));
+        for (int b = 0; b < blocks; ++b) {
+            const int row0 = (int)kv.tile_row(kvh, tile * KT + b * BN);
+            const uint32_t at = (uint32_t)(b * BN * ROW_BYTES);
+            tma_load_box(dK + at, tm_k, 0, row0, bar);
+            tma_load_box(dK + T_HALF + at, tm_k, 64, row0, bar);
+            tma_load_box(dV + at, tm_v, 0, row0, bar);
+            tma_load_box(dV + T_HALF + at, tm_v, 64, row0, bar);
+        }
     };
 
     if constexpr (TMA) {
@@ -373,12 +421,12 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
     float o[16][4];
 #pragma unroll
     for (int i = 0; i < 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float s[8][4];  // overwritten by the first k-step of every S (scale-d = 0); zeroed once so nothing reads garbage
+    float s[NT][4];  // overwritten by the first k-step of every S (scale-d = 0); zeroed once so nothing reads garbage
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    uint32_t p[4][4];  // P (bf16 pairs) as the A operand of the 4 k-steps of P V
+    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    uint32_t p[KK][4];  // P (bf16 pairs) as the A operand of the KK k-steps of P V
 #pragma unroll
-    for (int i = 0; i < 4; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0u;
+    for (int i = 0; i < KK; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0u;
     float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
     const float sl2 = scale * LOG2E;
 
@@ -391,36 +439,41 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         const int lo = warp * 16 + g, hi = lo + 8;
 #pragma unroll
         for (int ks = 0; ks < (QREG ? D / 16 : 0); ++ks) {
-            qf[ks][0] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(lo, 2 * ks) + 4 * t4);
-            qf[ks][1] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(hi, 2 * ks) + 4 * t4);
-            qf[ks][2] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(lo, 2 * ks + 1) + 4 * t4);
-            qf[ks][3] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset(hi, 2 * ks + 1) + 4 * t4);
+            qf[ks][0] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset<>(lo, 2 * ks) + 4 * t4);
+            qf[ks][1] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset<>(hi, 2 * ks) + 4 * t4);
+            qf[ks][2] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset<>(lo, 2 * ks + 1) + 4 * t4);
+            qf[ks][3] = *reinterpret_cast<const uint32_t*>(sq + sw128_offset<>(hi, 2 * ks + 1) + 4 * t4);
         }
     };
 
     // S = Q K_j^T for this warpgroup's 64 rows (8 k-steps over the head dim).
     auto issue_s = [&](int j) {
-        const uint32_t k_base = kv_base + (j % STAGES) * STAGE_BYTES;
+        const uint32_t k_base = kv_base + (j % STAGES) * T_STAGE;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
-            const uint32_t off = (ks >> 2) * HALF_BYTES + (ks & 3) * 32;
-            if constexpr (QREG) wgmma_m64n64k16_rs(s, qf[ks], desc_kmajor(k_base + off), ks > 0);
-            else wgmma_m64n64k16_ss(s, desc_kmajor(q_base + off), desc_kmajor(k_base + off), ks > 0);
+            const uint32_t q_off = (ks >> 2) * HALF_BYTES + (ks & 3) * 32, k_off = (ks >> 2) * T_HALF + (ks & 3) * 32;
+            if constexpr (KT == 128) {
+                if constexpr (QREG) wgmma_m64n128k16_rs_kmajor(s, qf[ks], desc_kmajor(k_base + k_off), ks > 0);
+                else wgmma_m64n128k16_ss(s, desc_kmajor(q_base + q_off), desc_kmajor(k_base + k_off), ks > 0);
+            } else {
+                if constexpr (QREG) wgmma_m64n64k16_rs(s, qf[ks], desc_kmajor(k_base + k_off), ks > 0);
+                else wgmma_m64n64k16_ss(s, desc_kmajor(q_base + q_off), desc_kmajor(k_base + k_off), ks > 0);
+            }
         }
     };
     // O += P V_j (4 k-steps over the tile's 64 keys).
     auto issue_pv = [&](int j) {
-        const uint32_t v_base = kv_base + (j % STAGES) * STAGE_BYTES + OP_BYTES;
+        const uint32_t v_base = kv_base + (j % STAGES) * T_STAGE + T_OP;
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor(v_base + kk * 16 * ROW_BYTES), 1);
+        for (int kk = 0; kk < KK; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor<KT>(v_base + kk * 16 * ROW_BYTES), 1);
     };
     // Causal mask (only on tiles that cross this warpgroup's diagonal), online softmax with the scale folded into the
     // exponent; returns alpha.
     auto softmax = [&](int j, float& alpha_lo, float& alpha_hi) {
-        const int n0 = j * BN;
-        const bool need_mask = n0 + BN - 1 > wg_first_pos;
+        const int n0 = j * KT;
+        const bool need_mask = n0 + KT - 1 > wg_first_pos;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float v = s[nt][e];  // raw: the scale is folded into the exponent
@@ -441,7 +494,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             o[dt][3] *= alpha_hi;
         }
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
+        for (int kk = 0; kk < KK; ++kk) {
             p[kk][0] = mma::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
             p[kk][1] = mma::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
             p[kk][2] = mma::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
@@ -465,12 +518,12 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             }
             if (j < n_tiles) {
                 mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
-                const int n0 = j * BN;
-                if (n0 + BN > kv_end) {  // the last tile: zero V's rows past the keys (their contents are not ours)
-                    unsigned char* dV = sKV + (j % STAGES) * STAGE_BYTES + OP_BYTES;
+                const int n0 = j * KT;
+                if (n0 + KT > kv_end) {  // the last tile: zero V's rows past the keys (their contents are not ours)
+                    unsigned char* dV = sKV + (j % STAGES) * T_STAGE + T_OP;
                     const int valid = kv_end - n0;
-                    for (int c = tid; c < (BN - valid) * ROW_CHUNKS; c += THREADS)
-                        *reinterpret_cast<uint4*>(dV + sw128_offset(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) =
+                    for (int c = tid; c < (KT - valid) * ROW_CHUNKS; c += THREADS)
+                        *reinterpret_cast<uint4*>(dV + sw128_offset<KT>(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) =
                             make_uint4(0u, 0u, 0u, 0u);
                     fence_proxy_async_smem();  // generic writes -> visible to wgmma
                     __syncthreads();
@@ -499,12 +552,12 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             if constexpr (QREG) load_q_fragments();
         }
         mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
-        const int n0 = j * BN;
-        if (n0 + BN > kv_end) {
-            unsigned char* dV = sKV + (j % STAGES) * STAGE_BYTES + OP_BYTES;
+        const int n0 = j * KT;
+        if (n0 + KT > kv_end) {
+            unsigned char* dV = sKV + (j % STAGES) * T_STAGE + T_OP;
             const int valid = kv_end - n0;
-            for (int c = tid & 127; c < (BN - valid) * ROW_CHUNKS; c += 128)
-                *reinterpret_cast<uint4*>(dV + sw128_offset(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) = make_uint4(0u, 0u, 0u, 0u);
+            for (int c = tid & 127; c < (KT - valid) * ROW_CHUNKS; c += 128)
+                *reinterpret_cast<uint4*>(dV + sw128_offset<KT>(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) = make_uint4(0u, 0u, 0u, 0u);
             fence_proxy_async_smem();
             bar_sync(3 + wg, 128);
         }
