@@ -56,8 +56,8 @@ __global__ void __launch_bounds__(WGS * 128, MINB)
 
 // The same with K and V by TMA (sm90::prefill's TMA flag): the pools' tensor maps as two more by-value parameters.
 // PP: the ping-pong schedule, with one producer warp after the consumers (block 128 * WGS + 32 threads).
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false, int KT = 64>
-__global__ void __launch_bounds__(WGS * 128 + (PP ? 32 : 0), MINB)
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false, int KT = 64, bool WSR = false>
+__global__ void __launch_bounds__(WGS * 128 + (PP ? (WSR ? 128 : 32) : 0), MINB)
     attention_prefill_paged_sm90_d128_tma(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                           const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                           const int* __restrict__ seq_info, const int* __restrict__ block_tables,
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(WGS * 128 + (PP ? 32 : 0), MINB)
     const int T = info.y;
     if ((int)(gridDim.y - 1 - blockIdx.y) * 64 * WGS >= T) return;
     const size_t first = (size_t)info.x * nq * sm90::D;
-    sm90::prefill<WGS, STAGES, OVERLAP, QREG, true, PP, KT>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
+    sm90::prefill<WGS, STAGES, OVERLAP, QREG, true, PP, KT, WSR>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale,
                                                    block_tables + (size_t)blockIdx.z * max_blocks, &tm_k, &tm_v);
 }
 
@@ -296,19 +296,19 @@ static Variant sm90_variant(const char* name) {
     return Variant{name, fn, 64 * WGS, 128 * WGS, smem};
 }
 
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG, bool PP, int KT>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG, bool PP, int KT, bool WSR>
 static void sm90_tma_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
-    attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT><<<grid, threads, smem>>>(
+    attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT, WSR><<<grid, threads, smem>>>(
         P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
 }
 
-template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false, int KT = 64>
+template <int WGS, int STAGES, bool OVERLAP, int MINB, bool QREG = false, bool PP = false, int KT = 64, bool WSR = false>
 static Variant sm90_tma_variant(const char* name) {
-    auto fn = attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT>;
+    auto fn = attention_prefill_paged_sm90_d128_tma<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT, WSR>;
     const int smem = sm90::smem_bytes(WGS, STAGES, KT);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    Variant v{name, nullptr, 64 * WGS, 128 * WGS + (PP ? 32 : 0), smem};
-    v.tma_launch = sm90_tma_launch<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT>;
+    Variant v{name, nullptr, 64 * WGS, 128 * WGS + (PP ? (WSR ? 128 : 32) : 0), smem};
+    v.tma_launch = sm90_tma_launch<WGS, STAGES, OVERLAP, MINB, QREG, PP, KT, WSR>;
     v.tma_kernel = reinterpret_cast<const void*>(fn);
     return v;
 }
@@ -328,18 +328,18 @@ static Variant engine_tma_variant() {
     return v;
 }
 
-// The engine's ping-pong entry (ENGINE_PP_*): the code of "sm90 wg2 s3 pp" through its extern "C" wrapper.
+// The engine's ping-pong entry (ENGINE_PP_*): the code of "sm90 wg2 s3 pp k128 wsr" through its extern "C" wrapper.
 static void engine_pp_launch(dim3 grid, int threads, int smem, const Problem& P, __nv_bfloat16* out) {
-    attention_prefill_paged_bf16_d128_sm90a_pp<<<grid, threads, smem>>>(
+    attention_prefill_paged_bf16_d128_sm90a_pingpong<<<grid, threads, smem>>>(
         P.q, P.k, P.v, out, P.info, P.dtable, P.pool_blocks, NQ, NKV, 1.f / sqrtf((float)HD), P.tm_k, P.tm_v);
 }
 
 static Variant engine_pp_variant() {
-    const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_PP_STAGES);
-    CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_pp, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_PP_STAGES, sm90::ENGINE_PP_KT);
+    CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_pingpong, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     Variant v{"sm90a engine pp entry", nullptr, sm90::ENGINE_TMA_ROWS, sm90::ENGINE_PP_THREADS, smem};
     v.tma_launch = engine_pp_launch;
-    v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_pp);
+    v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_pingpong);
     return v;
 }
 
@@ -387,6 +387,12 @@ int main(int argc, char** argv) {
         // + 128-key tiles (two KV blocks a tile: FlashAttention-3's 128 x 128 for head_dim 128; session 19)
         sm90_tma_variant<2, 2, true, 1, false, true, 128>("sm90 wg2 s2 pp k128"),
         sm90_tma_variant<2, 3, true, 1, false, true, 128>("sm90 wg2 s3 pp k128"),
+        // + a producer warpgroup handing its registers to the consumers (setmaxnreg 24 / 240; session 19)
+        sm90_tma_variant<2, 3, true, 1, false, true, 64, true>("sm90 wg2 s3 pp wsr"),
+        sm90_tma_variant<2, 3, true, 1, true, true, 64, true>("sm90 wg2 s3 qreg pp wsr"),
+        sm90_tma_variant<2, 2, true, 1, false, true, 128, true>("sm90 wg2 s2 pp k128 wsr"),
+        sm90_tma_variant<2, 3, true, 1, false, true, 128, true>("sm90 wg2 s3 pp k128 wsr"),
+        sm90_tma_variant<2, 2, true, 1, true, true, 128, true>("sm90 wg2 s2 qreg pp k128 wsr"),
     };
     std::vector<Variant> vars;
     for (auto& v : all)

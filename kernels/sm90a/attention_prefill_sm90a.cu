@@ -152,6 +152,12 @@ __device__ __forceinline__ void bar_sync(int id, int threads) {
 __device__ __forceinline__ void bar_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// setmaxnreg (sm_90a): a warpgroup gives registers back to, or takes them from, the block's pool; every warp of the
+// warpgroup executes it. N: the new count a thread, a multiple of 8 from 24 to 256.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 // One box (64 rows x 64 dims) at (dim c0, row c1) of the map into shared memory at dst; completes bytes on bar.
 __device__ __forceinline__ void tma_load_box(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar) {
     asm volatile(
@@ -265,7 +271,11 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages, int kt = 64) {
 // KT (ping-pong only): keys per tile, 64 (one KV block) or 128 (two: a tile's boxes come from two blocks of the table),
 // FlashAttention-3's tile for head_dim 128: twice the work per turn, barrier and mbarrier wait, and per softmax's row
 // reductions, at 64 more accumulator registers (S) and 16 more (P) a thread.
-template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false, bool PP = false, int KT = 64>
+// WSREG (ping-pong only): the producer is a whole warpgroup (threads 256 .. 383) that gives its registers to the
+// consumers (setmaxnreg: 24 a thread for it, 240 for them, within the 168 a thread of a 384-thread block), as FA3 does:
+// for the 128-key tiles and Q in registers, which at 224 a thread serialize their wgmma (C7512) or spill.
+template <int WGS, int STAGES, bool OVERLAP, bool QREG = false, bool TMA = false, bool PP = false, int KT = 64,
+          bool WSREG = false>
 __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
                                         const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
                                         int T, int start_pos, int nq, int nkv, float scale,
@@ -273,6 +283,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                                         const TmaMap* tm_v = nullptr) {
     static_assert(!PP || (TMA && OVERLAP && WGS == 2), "ping-pong: two consumer warpgroups, K/V by TMA, overlap");
     static_assert(KT == 64 || (PP && KT == 128), "128-key tiles in the ping-pong build only");
+    static_assert(!WSREG || PP, "a producer warpgroup in the ping-pong build only");
     constexpr int THREADS = 128 * WGS;  // the consumer threads (PP: one producer warp follows them)
     constexpr int T_HALF = KT * ROW_BYTES;  // one 64-dim half of a K or V tile
     constexpr int T_OP = 2 * T_HALF;        // a K or V tile [KT keys x 128 dims]
@@ -395,6 +406,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         __syncthreads();  // PP: the last block-wide barrier
         if constexpr (PP) {
             if (wg == WGS) {  // the producer warp: one lane issues every tile, each when its stage is free
+                if constexpr (WSREG) setmaxnreg_dec<24>();
                 if (tid == THREADS)
                     for (int t = 0; t < n_tiles; ++t) {
                         if (t >= STAGES) mbar_wait(mma::smem_addr(&empty_bar[t % STAGES]), (uint32_t)(t / STAGES - 1) & 1u);
@@ -402,6 +414,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                     }
                 return;
             }
+            if constexpr (WSREG) setmaxnreg_inc<240>();
         } else if (tid == 0) {
             for (int t = 0; t < AHEAD && t < n_tiles; ++t) tma_load_tile(t, t);
         }
@@ -715,13 +728,19 @@ constexpr int ENGINE_TMA_STAGES = 3;
 constexpr int ENGINE_TMA_ROWS = 64 * ENGINE_TMA_WGS;
 static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_TMA_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
 
-// The ping-pong entry's configuration (prefill's PP flag): the TMA entry's, plus one producer warp (288 threads). The
-// micro-benchmark's best on an H200 (session 19): 536 TFLOP/s at 16k against the TMA entry's 453, 407 against 355 at 2k,
-// 519 against 440 on the last 4k chunk of 16k; 2 stages ran 380 at 16k (the producer then waits on the slower
-// warpgroup's P V before each tile), 4 stages 502; Q in registers spills at 224 registers a thread and serializes.
+// The ping-pong entry's configuration (prefill's PP flag): the TMA entry's two consumer warpgroups, 128-key tiles (KT)
+// in a 3-stage ring, and a producer warpgroup that hands its registers to them (WSREG): 384 threads, 230,400 B of shared
+// memory (of the 232,448 a block may opt into on 9.0). The micro-benchmark on an H200 (session 19), at 16k / 2k / the
+// last 4k chunk of 16k: 566-588 / 424-426 / 559-584 TFLOP/s against 443-453 / 355-356 / 440-444 for the TMA entry.
+// Its steps, each measured: one producer warp and 64-key tiles ran 536-546 / 404-409 / 519-534 (2 stages 375-380 at
+// 16k: the producer then waits on the slower warpgroup's P V before each tile; 4 stages 502-549); 128-key tiles at 224
+// registers a thread (one producer warp) serialize their wgmma (ptxas C7512: 439-445 at 16k); a producer warpgroup with
+// 64-key tiles 491-521, with Q in registers 546.
 constexpr int ENGINE_PP_STAGES = 3;
-constexpr int ENGINE_PP_THREADS = 128 * ENGINE_TMA_WGS + 32;
-static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_PP_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
+constexpr int ENGINE_PP_KT = 128;
+constexpr int ENGINE_PP_THREADS = 128 * ENGINE_TMA_WGS + 128;
+static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_PP_STAGES, ENGINE_PP_KT) == 230400,
+              "AttentionOps.HopperPrefillPingPongSmemBytes must match");
 
 }  // namespace attn_prefill_sm90a
 
@@ -765,9 +784,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_paged_bf1
         &tm_k, &tm_v);
 }
 
-// The same in ping-pong (the configuration above): block 288 threads (two consumer warpgroups, then the producer warp),
-// the TMA entry's grid, shared memory and arguments. AttentionOps launches this one where the PTX has it.
-extern "C" __global__ void __launch_bounds__(attn_prefill_sm90a::ENGINE_PP_THREADS, 1) attention_prefill_paged_bf16_d128_sm90a_pp(
+// The same in ping-pong (the configuration above): block 384 threads (two consumer warpgroups, then the producer
+// warpgroup), dynamic smem smem_bytes(2, 3, 128) = 230,400 B, the TMA entry's grid and arguments. AttentionOps launches
+// this one where the PTX has it.
+extern "C" __global__ void __launch_bounds__(attn_prefill_sm90a::ENGINE_PP_THREADS, 1) attention_prefill_paged_bf16_d128_sm90a_pingpong(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
     const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
     const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
@@ -777,7 +797,8 @@ extern "C" __global__ void __launch_bounds__(attn_prefill_sm90a::ENGINE_PP_THREA
     const int T = info.y;
     if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
     const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
-    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_PP_STAGES, true, false, true, true>(
+    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_PP_STAGES, true, false, true, true,
+                                attn_prefill_sm90a::ENGINE_PP_KT, true>(
         q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
         &tm_k, &tm_v);
 }

@@ -43,10 +43,10 @@ internal sealed class AttentionOps
     /// <summary>The same with K and V tiles by TMA (two tensor maps as its last arguments); preferred where the PTX has it.</summary>
     [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aTma = "attention_prefill_paged_bf16_d128_sm90a_tma";
     /// <summary>
-    /// The TMA entry with a producer warp and the two warpgroups' products in turns (FlashAttention-3's ping-pong; the
-    /// TMA entry's arguments, 288 threads); preferred where the PTX has it.
+    /// The TMA entry with a producer warpgroup and the two consumer warpgroups' products in turns over 128-key tiles
+    /// (FlashAttention-3's ping-pong; the TMA entry's arguments, 384 threads); preferred where the PTX has it.
     /// </summary>
-    [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aPingPong = "attention_prefill_paged_bf16_d128_sm90a_pp";
+    [KernelEntry(ArchSpecific = true)] public const string PrefillPagedD128Sm90aPingPong = "attention_prefill_paged_bf16_d128_sm90a_pingpong";
 
     /// <summary>Positions per block of the paged KV pool: one key tile of both kernels (docs/ENGINE_V2.md).</summary>
     public const int KvBlockSize = KeyTile;
@@ -65,8 +65,10 @@ internal sealed class AttentionOps
     private const int HopperPrefillTmaThreads = 256;
     private const int HopperPrefillTmaRowsPerBlock = 128;
     private const int HopperPrefillTmaStages = 3;
-    // Must match its ping-pong entry (ENGINE_PP_*): the TMA entry's two warpgroups, rows and ring, and one producer warp.
-    private const int HopperPrefillPingPongThreads = 256 + 32;
+    // Must match its ping-pong entry (ENGINE_PP_*): the TMA entry's two warpgroups and rows, a producer warpgroup, a
+    // 3-stage ring of 128-key tiles.
+    private const int HopperPrefillPingPongThreads = 256 + 128;
+    private const int HopperPrefillPingPongKeys = 128;
     // Must match kernels/attention_decode.cu: 4 warps, 64-key tiles, 3-stage ring; the combine's thread groups over the
     // splits (COMBINE_GROUPS: a block of head_dim x 4 threads).
     private const int DecodeThreads = 128;
@@ -146,7 +148,7 @@ internal sealed class AttentionOps
                 if (hopperPingPong && lib.Has(PrefillPagedD128Sm90aPingPong))
                 {
                     CudaKernel p = lib.GetKernel(PrefillPagedD128Sm90aPingPong);
-                    p.SetMaxDynamicSharedMemory(HopperPrefillTmaSmemBytes);
+                    p.SetMaxDynamicSharedMemory(HopperPrefillPingPongSmemBytes);
                     _hopperPrefillPingPong = p;
                 }
             }
@@ -170,6 +172,14 @@ internal sealed class AttentionOps
     /// </summary>
     internal const int HopperPrefillTmaSmemBytes =
         HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
+
+    /// <summary>
+    /// Shared memory of the ping-pong entry (attn_prefill_sm90a::smem_bytes(2, 3, 128), 230,400 B): the TMA entry's Q
+    /// tiles, 3 stages of 128-key K and V tiles [128, 128] bf16, and the alignment slack; within the 232,448 B a block
+    /// may opt into on compute capability 9.0.
+    /// </summary>
+    internal const int HopperPrefillPingPongSmemBytes =
+        HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * HopperPrefillPingPongKeys * HopperPrefillHeadDim * 2 + 1024;
 
     /// <summary>
     /// Which prefill kernel runs: the portable mma.sync one, the sm_90a one with K/V by cp.async, by TMA, or by TMA with
@@ -198,7 +208,7 @@ internal sealed class AttentionOps
     internal static PrefillLaunch PrefillLaunchFor(PrefillKernel loaded, KvCacheKind kind, int headDim) =>
         kind != KvCacheKind.Bf16 || headDim != HopperPrefillHeadDim ? Portable(kind, headDim) : loaded switch
         {
-            PrefillKernel.HopperPingPong => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillPingPongThreads, HopperPrefillTmaSmemBytes),
+            PrefillKernel.HopperPingPong => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillPingPongThreads, HopperPrefillPingPongSmemBytes),
             PrefillKernel.HopperTma => new PrefillLaunch(loaded, HopperPrefillTmaRowsPerBlock, HopperPrefillTmaThreads, HopperPrefillTmaSmemBytes),
             PrefillKernel.Hopper => new PrefillLaunch(loaded, HopperPrefillRowsPerBlock, HopperPrefillThreads, HopperPrefillSmemBytes),
             _ => Portable(kind, headDim),

@@ -30,11 +30,15 @@ public sealed class Fp8KvKernelTests : KernelTestBase
 
     private RopeOps _rope = null!;
     private AttentionOps _attention = null!;
+    // The bf16 twin of an fp8 prefill: the portable kernel, whose math the fp8 prefill runs on the expanded tile (the
+    // Hopper ping-pong entry's 128-key tiles round P differently: ~1e-3 from it, session 19).
+    private AttentionOps _portable = null!;
 
     protected override void CreateOps()
     {
         _rope = new RopeOps(Lib);
         _attention = new AttentionOps(Lib, Context.MultiprocessorCount);
+        _portable = new AttentionOps(Lib, Context.MultiprocessorCount, hopperPrefill: false);
     }
 
     // ---- writing: the rope kernel's quantizer ------------------------------------------------------------------------
@@ -403,7 +407,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         float[] Run(KvLayer kv)
         {
             var o = PoisonedBf16((long)rows * nq * d);
-            _attention.PrefillPaged(Stream, q.Ptr, kv, o.Ptr, seqInfo.Ptr, table.Ptr, seqs.Length, seqs.Max(z => z.T), maxBlocks, nq, nkv, d, scale);
+            _portable.PrefillPaged(Stream, q.Ptr, kv, o.Ptr, seqInfo.Ptr, table.Ptr, seqs.Length, seqs.Max(z => z.T), maxBlocks, nq, nkv, d, scale);
             Stream.Synchronize();
             return DownloadBf16(o);
         }
