@@ -393,6 +393,7 @@ int main(int argc, char** argv) {
         sm90_tma_variant<2, 2, true, 1, false, true, 128, true>("sm90 wg2 s2 pp k128 wsr"),
         sm90_tma_variant<2, 3, true, 1, false, true, 128, true>("sm90 wg2 s3 pp k128 wsr"),
         sm90_tma_variant<2, 2, true, 1, true, true, 128, true>("sm90 wg2 s2 qreg pp k128 wsr"),
+        sm90_tma_variant<2, 3, true, 1, true, true, 128, true>("sm90 wg2 s3 qreg pp k128 wsr"),  // not yet run
     };
     std::vector<Variant> vars;
     for (auto& v : all)
