@@ -12,7 +12,8 @@
 #   device: bench/next/s19-measure.sh micro       (~1.5 min: the attention micro-benchmark's "k128 wsr" variants, with the
 #                                                  new "s3 qreg pp k128 wsr": predicted +1-3% over "s3 pp k128 wsr"
 #                                                  if ptxas fits it in 240 registers without C75xx; then the header
-#                                                  patch applied and the PTX rebuilt, $OUT/ptx.tgz)
+#                                                  patch applied and the PTX rebuilt, $OUT/ptx.tgz: compare it
+#                                                  with the committed one without its first line)
 #   device: bench/next/s19-measure.sh suite2      (~3 min: GPU suite part 2 on the staged build, not run on aad373b)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
