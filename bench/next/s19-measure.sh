@@ -15,6 +15,8 @@
 #                                                  patch applied and the PTX rebuilt, $OUT/ptx.tgz: compare it
 #                                                  with the committed one without its first line)
 #   device: bench/next/s19-measure.sh suite2      (~3 min: GPU suite part 2 on the staged build, not run on aad373b)
+#   device: bench/next/s19-measure.sh profile     (~1.5 min: the 16k prefill kernel by kernel, --profile-step: where the
+#                                                  ~470 ms over the GEMM floor go now that attention is ~15% of it)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -44,8 +46,15 @@ suite2)
   timeout 330 tests/run-on-device.sh --part 2 > "$out/part2.log" 2>&1; echo "part2 rc=$?"
   grep -E "^\s+failed |total:|failed:|succeeded:|skipped:" "$out/part2.log" | head -20
   ;;
+profile)
+  source tests/device-env.sh
+  commit=$(cat .device/COMMIT 2>/dev/null || echo unknown)
+  timeout 300 dotnet "$QWQ_TESTS/qwq.dll" bench --synthetic qwq-32b --prefill 16384 --decode 1024 --profile-step \
+    --commit "$commit-prefill-profile" --out "$out" > "$out/profile.log" 2>&1; echo "profile rc=$?"
+  grep -E "^prefill|kernel|%" "$out/profile.log" | head -40
+  ;;
 *)
-  echo "usage: bench/next/s19-measure.sh sanitizer | micro | suite2" >&2
+  echo "usage: bench/next/s19-measure.sh sanitizer | micro | suite2 | profile" >&2
   exit 2
   ;;
 esac
