@@ -9,6 +9,8 @@
 # OUT/{after,before}-rN/*.json and .log, then OUT/ab.md: `qwq bench compare` of every round. Commits in the results:
 # QWQ_AB_AFTER and QWQ_AB_BEFORE, by default what .device/COMMIT (tests/stage-device.sh) and BASE/COMMIT
 # (bench/build-base-cli.sh) say. Each run is cut at QWQ_AB_TIMEOUT seconds (300).
+# At the end the runs' folders go into OUT/runs.tar.gz (QWQ_AB_PACK=0 keeps them as they are): the device tool brings
+# back at most 8 files from $OUT, and two rounds write 12 (session 19 lost the before arm's JSON files twice).
 set -uo pipefail
 if [ $# -lt 4 ] || [ "$4" != "--" ]; then
   echo "usage: bench/device-ab.sh BASE_DIR ROUNDS OUT_DIR -- qwq-bench-arguments" >&2
@@ -47,6 +49,10 @@ shopt -s nullglob
 before=("$out"/before-r*/*.json) after=("$out"/after-r*/*.json)
 if [ ${#before[@]} -gt 0 ] && [ ${#after[@]} -gt 0 ]; then
   dotnet "$QWQ_TESTS/qwq.dll" bench compare --before "${before[@]}" --after "${after[@]}" > "$out/ab.md" && cat "$out/ab.md"
+  if [ "${QWQ_AB_PACK:-1}" != 0 ]; then
+    runs=("$out"/before-r* "$out"/after-r*)
+    tar -czf "$out/runs.tar.gz" -C "$out" "${runs[@]#"$out"/}" && rm -rf "${runs[@]}"
+  fi
 else
   echo "device-ab: a side wrote no results (see $out/*/bench.log)" >&2
   exit 1
