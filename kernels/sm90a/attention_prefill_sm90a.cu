@@ -8,13 +8,15 @@
 // 9.0 and nothing else (not 10.x, not 12.x). build.sh compiles kernels/*.cu for compute_80 and compute_90 (neither
 // has wgmma) and kernels/sm90a/*.cu for compute_90a into kernels/ptx/sm90a/, which PtxLibrary loads only on 9.0.
 //
-// Measured with bench/micro/attention_prefill_sm90.cu on an H100, when the code still lived there (the micro now
-// includes this file): the configuration the engine launches (1 consumer warpgroup, 2-stage cp.async ring, no
-// softmax/PV overlap: "wg1 s2") matched the mma.sync kernel bit for bit on T=256 from 0, T=256 on top of 100, T=200 on
-// top of 37 and T=2048, and ran 305 TFLOP/s at T=2k and 360 at 16k against its 220 and 268. The other configurations
-// (2 warpgroups, OVERLAP) stay in the template for the micro-benchmark; only wg1 s2 has an entry here. Since session 15
-// the OVERLAP ones compile without serialized wgmma, and on an H200 at 16k they still trail wg1 s2 (378-390 against
-// 404 TFLOP/s): the overlap gains 1-4% over the same 3-stage ring, which itself costs ~10% against 2 stages.
+// Three entries, at the end of this file, each a configuration of one template (prefill below); AttentionOps launches
+// the first its PTX has of: the ping-pong entry (since session 19: a producer warpgroup issues the K/V tiles by TMA,
+// two consumer warpgroups take turns on the tensor cores over 128-key tiles; H200 micro 573 TFLOP/s at 16k), the TMA
+// entry (session 16: two warpgroups in step, 64-key tiles, one __syncthreads a tile; 443-458), the cp.async entry
+// (session 9: one warpgroup, 2-stage cp.async ring; 401-419). The first version, measured on an H100 with
+// bench/micro/attention_prefill_sm90.cu (which includes this file and instantiates the template's other
+// configurations), matched the mma.sync kernel bit for bit and ran 305 TFLOP/s at 2k and 360 at 16k against its 220 and
+// 268. The 64-key entries still give the portable kernel's output bit for bit; the ping-pong's 128-key tiles round P
+// over 128 keys (within ~1e-3 of it).
 //
 // Layouts (as the portable kernel), per sequence:
 //   q    bf16 [T, nq, 128]             tokens at absolute positions start_pos .. start_pos+T-1 (RoPE applied)
@@ -46,7 +48,7 @@
 //                m16n8 layout, see "fragments" below), P rounded to bf16 in registers
 //   O += P V     wgmma.m64n128k16 x 4 (64 keys = 4 k-steps), A = P from registers (RS), B = V from shared memory,
 //                transposed (V is stored [key][dim]: N = dim is the contiguous axis, "MN-major")
-// K/V tiles arrive through a STAGES-deep ring filled with cp.async by all threads (no producer warp yet); a tile's
+// K/V tiles arrive through a STAGES-deep ring filled with cp.async by all threads (TMA and PP below differ); a tile's
 // copies are waited for, fenced into the async proxy (wgmma reads shared memory through it, cp.async writes through the
 // generic proxy: fence.proxy.async is required between them), then published with __syncthreads.
 // OVERLAP (FA3's intra-warpgroup pipelining): iteration j issues S_j = Q K_j and then O += P_{j-1} V_{j-1}, waits for
@@ -113,7 +115,7 @@ __device__ __forceinline__ uint32_t sw128_offset(int r, int c) {
 template <int KEYS = 64>
 __device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr) { return desc_sw128(saddr, KEYS * ROW_BYTES, 1024); }
 
-// ---- TMA (the micro-benchmark's TMA variants; the engine's entry still copies with cp.async) -------------------------
+// ---- TMA (the TMA and ping-pong entries; the cp.async entry copies with cp.async) --------------------------------------
 // A tensor map (the driver's CUtensorMap: 128 bytes, 64-byte aligned), opaque here; the host builds it with
 // cuTensorMapEncodeTiled over a K or V pool seen as rows of 128 bf16 ([blocks * nkv * 64, 128], 256-byte pitch), box
 // 64 x 64 (one 64-dim half of a 64-key tile), 128-byte swizzle: the box lands exactly as sw128_offset lays out a half
@@ -270,7 +272,7 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages, int kt = 64) {
 // mbarrier after that warp's P V of the tile completed, and the producer waits on it before refilling the stage.
 // KT (ping-pong only): keys per tile, 64 (one KV block) or 128 (two: a tile's boxes come from two blocks of the table),
 // FlashAttention-3's tile for head_dim 128: twice the work per turn, barrier and mbarrier wait, and per softmax's row
-// reductions, at 64 more accumulator registers (S) and 16 more (P) a thread.
+// reductions, at 32 more accumulator registers (S: 64 instead of 32) and 16 more (P: 32) a thread.
 // WSREG (ping-pong only): the producer is a whole warpgroup (threads 256 .. 383) that gives its registers to the
 // consumers (setmaxnreg: 24 a thread for it, 240 for them, within the 168 a thread of a 384-thread block), as FA3 does:
 // for the 128-key tiles and Q in registers, which at 224 a thread serialize their wgmma (C7512) or spill.
@@ -515,6 +517,22 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         }
     };
 
+    // TMA: waits for tile j's boxes and, on the last tile, zeroes V's rows past the keys (their contents are not ours: 0
+    // x NaN in P V) with `count` threads from `first`, then publishes them to wgmma behind `publish`, a barrier of those
+    // threads (the ring step's whole block, or PP's one warpgroup).
+    auto land_tile = [&](int j, int first, int count, auto publish) {
+        mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
+        const int n0 = j * KT;
+        if (n0 + KT > kv_end) {
+            unsigned char* dV = sKV + (j % STAGES) * T_STAGE + T_OP;
+            const int valid = kv_end - n0;
+            for (int c = first; c < (KT - valid) * ROW_CHUNKS; c += count)
+                *reinterpret_cast<uint4*>(dV + sw128_offset<KT>(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) = make_uint4(0u, 0u, 0u, 0u);
+            fence_proxy_async_smem();  // generic writes -> visible to wgmma
+            publish();
+        }
+    };
+
     // One step of the K/V ring for iteration j, on every thread of the block (it holds a barrier): waits for tile j
     // (commit group j; AHEAD + j groups are committed, so at most AHEAD - 1 may still be in flight), publishes it, and
     // refills the stage of tile j - LAG, which every warpgroup is done with by the barrier.
@@ -529,19 +547,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 __syncthreads();
                 if constexpr (QREG) load_q_fragments();
             }
-            if (j < n_tiles) {
-                mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
-                const int n0 = j * KT;
-                if (n0 + KT > kv_end) {  // the last tile: zero V's rows past the keys (their contents are not ours)
-                    unsigned char* dV = sKV + (j % STAGES) * T_STAGE + T_OP;
-                    const int valid = kv_end - n0;
-                    for (int c = tid; c < (KT - valid) * ROW_CHUNKS; c += THREADS)
-                        *reinterpret_cast<uint4*>(dV + sw128_offset<KT>(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) =
-                            make_uint4(0u, 0u, 0u, 0u);
-                    fence_proxy_async_smem();  // generic writes -> visible to wgmma
-                    __syncthreads();
-                }
-            }
+            if (j < n_tiles) land_tile(j, tid, THREADS, [] { __syncthreads(); });
         } else {
             mma::cp_async_wait<AHEAD - 1>();
             fence_proxy_async_smem();  // this thread's landed copies -> visible to wgmma (async proxy)
@@ -564,16 +570,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             bar_sync(3 + wg, 128);
             if constexpr (QREG) load_q_fragments();
         }
-        mbar_wait(mma::smem_addr(&full_bar[j % STAGES]), (uint32_t)(j / STAGES) & 1u);
-        const int n0 = j * KT;
-        if (n0 + KT > kv_end) {
-            unsigned char* dV = sKV + (j % STAGES) * T_STAGE + T_OP;
-            const int valid = kv_end - n0;
-            for (int c = tid & 127; c < (KT - valid) * ROW_CHUNKS; c += 128)
-                *reinterpret_cast<uint4*>(dV + sw128_offset<KT>(valid + c / ROW_CHUNKS, c % ROW_CHUNKS)) = make_uint4(0u, 0u, 0u, 0u);
-            fence_proxy_async_smem();
-            bar_sync(3 + wg, 128);
-        }
+        land_tile(j, tid & 127, 128, [&] { bar_sync(3 + wg, 128); });
     };
     // PP: this warp is done with tile t (its P V completed; or the warpgroup never reads it, once it has landed).
     auto release = [&](int t) {
@@ -742,6 +739,24 @@ constexpr int ENGINE_PP_THREADS = 128 * ENGINE_TMA_WGS + 128;
 static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_PP_STAGES, ENGINE_PP_KT) == 230400,
               "AttentionOps.HopperPrefillPingPongSmemBytes must match");
 
+// The entries' common part (below): this block's sequence (blockIdx.z) from seq_info, the exit of m-tiles past its
+// rows, and its slices of q, out and the block table, then the template in the entry's configuration.
+template <int WGS, int STAGES, bool OVERLAP, bool TMA = false, bool PP = false, int KT = 64, bool WSREG = false>
+__device__ __forceinline__ void paged(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
+                                      const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out,
+                                      const int* __restrict__ seq_info, const int* __restrict__ block_tables,
+                                      int max_blocks, int nq, int nkv, float scale, const TmaMap* tm_k = nullptr,
+                                      const TmaMap* tm_v = nullptr) {
+    kernel_entry_barrier();
+    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
+    const int T = info.y;
+    if ((int)(gridDim.y - 1 - blockIdx.y) * 64 * WGS >= T) return;
+    const size_t first = (size_t)info.x * nq * D;
+    prefill<WGS, STAGES, OVERLAP, false, TMA, PP, KT, WSREG>(q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv,
+                                                              scale, block_tables + (size_t)blockIdx.z * max_blocks,
+                                                              tm_k, tm_v);
+}
+
 }  // namespace attn_prefill_sm90a
 
 // Paged, many sequences in one launch: the arguments, seq_info / block table contract and results of
@@ -756,13 +771,8 @@ extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_paged_bf1
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_pool,
     const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
     const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale) {
-    kernel_entry_barrier();
-    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
-    const int T = info.y;
-    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_ROWS >= T) return;
-    const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
-    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_WGS, attn_prefill_sm90a::ENGINE_STAGES, false>(
-        q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks);
+    attn_prefill_sm90a::paged<attn_prefill_sm90a::ENGINE_WGS, attn_prefill_sm90a::ENGINE_STAGES, false>(
+        q, k_pool, v_pool, out, seq_info, block_tables, max_blocks, nq, nkv, scale);
 }
 
 // The same with K and V by TMA, in the TMA configuration above (prefill's TMA flag): block 256 threads (two
@@ -774,14 +784,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_paged_bf1
     const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
     const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
     const __grid_constant__ attn_prefill_sm90a::TmaMap tm_k, const __grid_constant__ attn_prefill_sm90a::TmaMap tm_v) {
-    kernel_entry_barrier();
-    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
-    const int T = info.y;
-    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
-    const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
-    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_TMA_STAGES, true, false, true>(
-        q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
-        &tm_k, &tm_v);
+    attn_prefill_sm90a::paged<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_TMA_STAGES, true, true>(
+        q, k_pool, v_pool, out, seq_info, block_tables, max_blocks, nq, nkv, scale, &tm_k, &tm_v);
 }
 
 // The same in ping-pong (the configuration above): block 384 threads (two consumer warpgroups, then the producer
@@ -792,13 +796,7 @@ extern "C" __global__ void __launch_bounds__(attn_prefill_sm90a::ENGINE_PP_THREA
     const __nv_bfloat16* __restrict__ v_pool, __nv_bfloat16* __restrict__ out, const int* __restrict__ seq_info,
     const int* __restrict__ block_tables, int max_blocks, int nq, int nkv, float scale,
     const __grid_constant__ attn_prefill_sm90a::TmaMap tm_k, const __grid_constant__ attn_prefill_sm90a::TmaMap tm_v) {
-    kernel_entry_barrier();
-    const int4 info = reinterpret_cast<const int4*>(seq_info)[blockIdx.z];
-    const int T = info.y;
-    if ((int)(gridDim.y - 1 - blockIdx.y) * attn_prefill_sm90a::ENGINE_TMA_ROWS >= T) return;
-    const size_t first = (size_t)info.x * nq * attn_prefill_sm90a::D;
-    attn_prefill_sm90a::prefill<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_PP_STAGES, true, false, true, true,
-                                attn_prefill_sm90a::ENGINE_PP_KT, true>(
-        q + first, k_pool, v_pool, out + first, T, info.z, nq, nkv, scale, block_tables + (size_t)blockIdx.z * max_blocks,
-        &tm_k, &tm_v);
+    attn_prefill_sm90a::paged<attn_prefill_sm90a::ENGINE_TMA_WGS, attn_prefill_sm90a::ENGINE_PP_STAGES, true, true, true,
+                              attn_prefill_sm90a::ENGINE_PP_KT, true>(
+        q, k_pool, v_pool, out, seq_info, block_tables, max_blocks, nq, nkv, scale, &tm_k, &tm_v);
 }
