@@ -44,7 +44,12 @@ __device__ __forceinline__ float int4_scale(uint32_t sz) {
 }
 
 // Word of 8 codes -> 4 bf16x2 pairs (128 + q) (exact): pair p holds the nibbles at bits 4p and 16 + 4p.
+// (v >> 4p) & 0x000F000F | 0x43004300 is one LOP3 (lut 0xEA = (a & b) | c), but a LOP3 takes one immediate: written in
+// C, ptxas emitted an AND and then an OR for every pair (34 LOP3 a 64-k chunk in the 1..8-row GEMV, whose ALU pipe ncu
+// found 65% busy: session 20). Written as one lop3 with the bias in a register, it stays one instruction.
 __device__ __forceinline__ void int4x8_to_bf16x8_biased(uint32_t v, uint32_t (&out)[4]) {
+    const uint32_t bias = 0x43004300u;
 #pragma unroll
-    for (int p = 0; p < 4; ++p) out[p] = ((v >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
+    for (int p = 0; p < 4; ++p)
+        asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out[p]) : "r"(v >> (4 * p)), "n"(0x000F000F), "r"(bias));
 }
