@@ -10,6 +10,7 @@
 // poisoned with NaN before each checked launch, so a row left unwritten fails).
 // Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
+// "/tmp/int4bench once" launches the engine's plan once over gate_up at one row (for ncu).
 // Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero
 // x, constant codes) and bench/results/2026-11-28-NVIDIA-H200-*-int4-gemv-micro.txt (this one).
 #include <algorithm>
@@ -69,7 +70,10 @@ static bool fits(int n, int k, int splits) { return splits_fit(n, k, splits, 128
 static size_t code_bytes(const Shape& s) { return (size_t)s.n * s.k / 2; }
 static size_t sz_words(const Shape& s) { return (size_t)(s.k / 128) * ((s.n + 15) & ~15); }
 
-int main() {
+int main(int argc, char** argv) {
+    // "once": the engine's plan launched once over gate_up at one row after the fills, nothing else (for ncu, e.g.
+    // ncu --set full -k regex:current_k /tmp/int4bench once; session 20's opcode counts came from this)
+    const bool once = argc > 1 && strcmp(argv[1], "once") == 0;
     const int sms = print_device();
     const auto& shapes = kQwqShapes;
     // copies of a shape (codes, then its scale words)
@@ -100,6 +104,13 @@ int main() {
         CK(cudaGetLastError());
         auto wOf = [&](int c) { return pool + c * stride; };
         auto szOf = [&](int c) { return (const uint32_t*)(pool + c * stride + code_bytes(s)); };
+        if (once) {
+            if (strcmp(s.name, "gate_up") != 0) continue;
+            current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, 1);
+            CK(cudaDeviceSynchronize());
+            printf("once: current_k over gate_up at 1 row\n");
+            return 0;
+        }
         const float read = timeit(copies, [&](int c) {
             read_k<<<sms * 8, 256>>>((const uint4*)wOf(c), (long long)(bytes / 16), io.dummy);
         });
