@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 20's plan for the next session's device time (bench/NOTES.md, session 20), one device call.
-# Here first: git apply bench/next/s20-int4-umulhi.patch (not committed: the base arm below must embed main's PTX),
-# then tests/stage-device.sh with the tree as main had it (stage BEFORE applying the patch, or stage, then apply),
-# and carry [".device"] with kernels/ptx moved out if the carry is over 64 MiB (the device rebuilds it).
+# Here first: git apply bench/next/s20-int4-umulhi.patch, then tests/stage-device.sh (the staged build embeds the
+# tree's kernels/ptx, still main's: there is no nvcc here; that is the A/B's base arm), then carry [".device"] with
+# kernels/ptx moved out if the carry is over 64 MiB (the script rebuilds it on the device for the other arm).
 #   device: bench/next/s20-measure.sh      (~4 min: the PTX rebuilt with the patch; the SASS of gemv_int4_n8_g128
 #                                           counted (SHF should fall by 12 a chunk-loop body and IMAD.HI appear: if
 #                                           ptxas turned the multiplies back into shifts, the patch is moot); the int4
