@@ -131,10 +131,9 @@ internal sealed class TensorCoreGemvOps
         TensorCoreVariant.Standard => rows is >= 1 and <= MaxRows,
         TensorCoreVariant.Lite => fp8 && rows is >= 1 and <= 8,
         TensorCoreVariant.Wide => fp8 && rows is > 16 and <= MaxRows,
-        TensorCoreVariant.Half => fp8 && rows is > 8 and <= MaxRows && k <= MaxHalfIn,
-        TensorCoreVariant.HalfWide => fp8 && rows is > 16 and <= MaxRows && k <= MaxHalfIn,
-        TensorCoreVariant.Warpgroup => fp8 && rows is > 8 and <= MaxRows && k <= MaxHalfIn,
-        TensorCoreVariant.WarpgroupDeep => fp8 && rows is > 16 and <= MaxRows && k <= MaxHalfIn,
+        // the builds that read x converted to f16 in the workspace (hence MaxHalfIn): from 9 rows, the wide/deep ones from 17
+        TensorCoreVariant.Half or TensorCoreVariant.Warpgroup => fp8 && rows is > 8 and <= MaxRows && k <= MaxHalfIn,
+        TensorCoreVariant.HalfWide or TensorCoreVariant.WarpgroupDeep => fp8 && rows is > 16 and <= MaxRows && k <= MaxHalfIn,
         _ => false,
     };
 
