@@ -6,6 +6,22 @@
 
 #include <stdint.h>
 
+// The operands of the wgmma asm statements: an accumulator d[N/8][4] in the fragment order is PTX operands %0 ..
+// %(N/2 - 1) of an m64nN wgmma; WG_ACC<N/2>(d) binds them and WG_REGS<N/2> names them in the instruction.
+#define WG_ACC4(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define WG_ACC8(d) WG_ACC4(d, 0), WG_ACC4(d, 1)
+#define WG_ACC16(d) WG_ACC8(d), WG_ACC4(d, 2), WG_ACC4(d, 3)
+#define WG_ACC32(d) WG_ACC16(d), WG_ACC4(d, 4), WG_ACC4(d, 5), WG_ACC4(d, 6), WG_ACC4(d, 7)
+#define WG_ACC64(d) WG_ACC32(d), WG_ACC4(d, 8), WG_ACC4(d, 9), WG_ACC4(d, 10), WG_ACC4(d, 11), WG_ACC4(d, 12), WG_ACC4(d, 13), WG_ACC4(d, 14), WG_ACC4(d, 15)
+#define WG_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define WG_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define WG_REGS32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "         \
+                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+                  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
 namespace wg {
 
 // Shared-memory matrix descriptor, 128-byte swizzle (mode 1 in bits 62-63), base offset 0 (PTX ISA "Matrix
@@ -28,19 +44,14 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 // The compiler sees a wgmma's accumulators as written when the asm statement issues; the values only exist after
 // wgmma.wait_group. These empty volatile asms pin every accumulator (and the A registers an RS wgmma is still reading)
 // between the wait and the code that uses them, so nothing is hoisted above the wait or reused before it.
-template <int N>
-__device__ __forceinline__ void pin(float (&r)[N][4]) {
+__device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void pin(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+template <typename T, int N>
+__device__ __forceinline__ void pin(T (&r)[N][4]) {  // float accumulators or uint32_t A fragments
 #pragma unroll
     for (int i = 0; i < N; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void pin(uint32_t (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+        for (int e = 0; e < 4; ++e) pin(r[i][e]);
 }
 
 }  // namespace wg
