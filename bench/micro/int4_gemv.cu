@@ -10,7 +10,8 @@
 // poisoned with NaN before each checked launch, so a row left unwritten fails).
 // Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
-// "/tmp/int4bench once" launches the engine's plan once over gate_up at one row (for ncu).
+// "/tmp/int4bench once" launches the engine's plan once over gate_up at one row (for ncu); "/tmp/int4bench current"
+// times the engine's plan alone (an A/B of edits to kernels/gemv_int4.cu: one build of this file per tree).
 // Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero
 // x, constant codes) and bench/results/2026-11-28-NVIDIA-H200-*-int4-gemv-micro.txt (this one).
 #include <algorithm>
@@ -74,6 +75,8 @@ int main(int argc, char** argv) {
     // "once": the engine's plan launched once over gate_up at one row after the fills, nothing else (for ncu, e.g.
     // ncu --set full -k regex:current_k /tmp/int4bench once; session 20's opcode counts came from this)
     const bool once = argc > 1 && strcmp(argv[1], "once") == 0;
+    // "current": the engine's plan alone at every shape, none of the variants (an A/B of kernel edits, one build each)
+    const bool current_only = argc > 1 && strcmp(argv[1], "current") == 0;
     const int sms = print_device();
     const auto& shapes = kQwqShapes;
     // copies of a shape (codes, then its scale words)
@@ -140,7 +143,8 @@ int main(int argc, char** argv) {
                 b.o.take(name, sw, isCurrent);
             };
             run("current", current_k, kTileWarps, kTileWarps, true);
-            for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false);
+            if (!current_only)
+                for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false);
             summary.push_back(b);
         }
     }
@@ -149,6 +153,11 @@ int main(int argc, char** argv) {
     printf("%-8s %2s  %16s  %16s  %30s  %6s\n", "shape", "m", "read", "current (split)", "best passing variant (split)", "gain");
     for (auto& b : summary) {
         const double bytes = code_bytes(*b.s) + sz_words(*b.s) * 4.0;
+        if (current_only) {
+            printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)\n", b.s->name, b.m, b.read, bytes / b.read / 1e6,
+                   b.o.cur, bytes / b.o.cur / 1e6, b.o.curSplit);
+            continue;
+        }
         printf("%-8s %2d  %6.1f us %4.2f  %6.1f us %4.2f (%2d)  %-14s %6.1f us %4.2f (%2d)  %5.1f%%\n", b.s->name, b.m,
                b.read, bytes / b.read / 1e6, b.o.cur, bytes / b.o.cur / 1e6, b.o.curSplit, b.o.varName, b.o.var, bytes / b.o.var / 1e6,
                b.o.varSplit, 100.0 * (b.o.cur / b.o.var - 1));
