@@ -38,34 +38,48 @@
 namespace gemv_tc_sm90a {
 using namespace wg;
 
-// d (64 x N, fp32) += A (64 x 16, f16 registers) * B (16 x N, shared, K-major: x [N rows][16 k]), N = 8 * NB.
-template <int NB>
-__device__ __forceinline__ void wgmma_f16_rs(float (&d)[NB][4], const uint32_t (&a)[4], uint64_t desc_b);
-template <>
-__device__ __forceinline__ void wgmma_f16_rs<4>(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc_b) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        WG_REGS16 ", "
-        "{%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
-        : WG_ACC16(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+// d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, shared, K-major: x [N rows][16 k]), N = 8 * NB; A and B
+// f16, or bf16 (BF16).
+template <int NB, bool BF16>
+__device__ __forceinline__ void wgmma_rs(float (&d)[NB][4], const uint32_t (&a)[4], uint64_t desc_b) {
+    static_assert(NB == 2 || NB == 4, "N = 16 or 32");
+    if constexpr (NB == 4 && !BF16)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 " WG_REGS16 ", {%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
+                     : WG_ACC16(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    else if constexpr (NB == 4)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " WG_REGS16 ", {%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
+                     : WG_ACC16(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    else if constexpr (!BF16)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 " WG_REGS8 ", {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
+                     : WG_ACC8(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    else
+        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " WG_REGS8 ", {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
+                     : WG_ACC8(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
-template <>
-__device__ __forceinline__ void wgmma_f16_rs<2>(float (&d)[2][4], const uint32_t (&a)[4], uint64_t desc_b) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-        WG_REGS8 ", "
-        "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
-        : WG_ACC8(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+
+// 16 e4m3 -> 16 bf16 times 2^-120 in the order fp8x16_to_f16x16 gives (first: elements 0-7, second: 8-15).
+__device__ __forceinline__ void fp8x16_to_bf16x16_pow2(const uint4& v, uint4& first, uint4& second) {
+    fp8x4_to_bf16x4_pow2(v.x, first.x, first.y);
+    fp8x4_to_bf16x4_pow2(v.y, first.z, first.w);
+    fp8x4_to_bf16x4_pow2(v.z, second.x, second.y);
+    fp8x4_to_bf16x4_pow2(v.w, second.z, second.w);
 }
+
+// BF16X: x is read as it is (bf16 [m, k], row-major) and staged into the shared ring by the block itself, permuted and
+// times 2^64, instead of by a conversion kernel before the GEMV (gemv_tc_x_to_f16_wg: a launch a product, four a layer,
+// ~2-3 us each inside a 32-row step of ~280 us a layer). The weights then go to bf16 as code * 2^-120 (fp8.cuh's
+// three-instruction conversion) and the wgmma runs in bf16: the products are code * x * 2^-56, far from fp32's
+// subnormals (x alone would put them there: code * 2^-120 * x), and the epilogue multiplies by 2^56, exactly. e4m3
+// subnormal codes become bf16 subnormals (at most 2^-6 of a scale unit: fp8.cuh says why they cannot move a sum).
+constexpr float kBf16xUndo = 0x1p56f;       // 2^(120 - 64)
+constexpr uint32_t kBf16x2Pow64 = 0x5F805F80u;  // bf16x2 (2^64, 2^64)
 
 // NB: batch tiles of 8 rows of x (the wgmma's N = 8 * NB). D: weight chunks in flight a warp (a register ring; even,
 // so the A fragments alternate between two register sets). STAGES: x chunks in the shared ring. One warpgroup a
 // block, 64 rows (four 16-row tiles); blockIdx.y splits k as in gemv_tc.cu.
-template <int NB, int D, int STAGES>
+template <int NB, int D, int STAGES, bool BF16X = false>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ scale,
-                                          const __half* __restrict__ xp, const float* __restrict__ xscale,
+                                          const void* __restrict__ xp, const float* __restrict__ xscale,
                                           float* __restrict__ y, float* __restrict__ part, int* __restrict__ tickets,
                                           int n, int k, int m, int accumulate) {
     static_assert(NB == 2 || NB == 4, "N = 16 or 32");
@@ -102,10 +116,40 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         for (int p = tid; p < N * 8; p += kThreads) {
             const int r = p >> 3, q = p & 7;
             const bool valid = in && r < m;
-            const __half* src = xp + (valid ? (size_t)r * k + (size_t)c * 64 + q * 8 : 0);
+            const __half* src = static_cast<const __half*>(xp) + (valid ? (size_t)r * k + (size_t)c * 64 + q * 8 : 0);
             mma::cp_async16(ring + slot * kStage + r * 128 + ((q ^ (r & 7)) << 4), src, valid);
         }
         mma::cp_async_commit();
+    };
+    // BF16X: this thread's 16-byte pieces of x chunk c (bf16, zeros past m or the split) into registers, then from
+    // there into a ring slot: piece q of row r (k 8q .. 8q + 7, four pairs) goes as pair j to the slot's 4-byte unit
+    // 16 (q % 2) + q / 2 + 4j of the row (gemv_tc_x_to_f16_wg's permutation), in the 128-byte swizzle, times 2^64.
+    constexpr int XP = N * 8 / kThreads;  // pieces a thread
+    static_assert(N * 8 % kThreads == 0, "whole pieces a thread");
+    auto load_x = [&](int c, uint4 (&v)[XP]) {
+        const bool in = c < c_end;
+#pragma unroll
+        for (int i = 0; i < XP; ++i) {
+            const int p = tid + i * kThreads, r = p >> 3, q = p & 7;
+            v[i] = in && r < m ? ld_ro_u4(static_cast<const __nv_bfloat16*>(xp) + (size_t)r * k + (size_t)c * 64 + q * 8)
+                               : make_uint4(0, 0, 0, 0);
+        }
+    };
+    auto store_x = [&](const uint4 (&v)[XP], int slot) {
+        const __nv_bfloat162 up = *reinterpret_cast<const __nv_bfloat162*>(&kBf16x2Pow64);
+#pragma unroll
+        for (int i = 0; i < XP; ++i) {
+            const int p = tid + i * kThreads, r = p >> 3, q = p & 7;
+            const uint32_t row = ring + slot * kStage + r * 128 + 4 * (q >> 1);
+            const uint32_t pr[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const __nv_bfloat162 h = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pr[j]), up);
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + (((4 * (q & 1) + j) ^ (r & 7)) << 4)),
+                             "r"(*reinterpret_cast<const uint32_t*>(&h))
+                             : "memory");
+            }
+        }
     };
 
     // The weights are constants: the first chunks head for L2 while the previous kernel finishes.
@@ -120,8 +164,18 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     uint4 wr[D][2];
 #pragma unroll
     for (int u = 0; u < D; ++u) load_w(c_begin + u, wr[u]);
+    uint4 xr[BF16X ? XP : 1];  // BF16X: x chunk i + STAGES - 1 on its way to the ring
+    if constexpr (BF16X) {
 #pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) issue_x(c_begin + st, st);
+        for (int st = 0; st < STAGES - 1; ++st) {
+            load_x(c_begin + st, xr);
+            store_x(xr, st);
+        }
+        load_x(c_begin + STAGES - 1, xr);
+    } else {
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; ++st) issue_x(c_begin + st, st);
+    }
 
     float acc[NB][4];  // per warp the mma.m16n8 C layout of NB n-tiles (attention_prefill_sm90a.cu), as gemv_tc.cu's c
 #pragma unroll
@@ -132,9 +186,14 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 #pragma unroll
         for (int u = 0; u < D; ++u) {
             const int i = i0 + u, par = u & 1;
-            uint4 ra[2], rb[2];  // rows g and g + 8: 16 f16 each
-            fp8x16_to_f16x16(wr[u][0], ra[0], ra[1]);
-            fp8x16_to_f16x16(wr[u][1], rb[0], rb[1]);
+            uint4 ra[2], rb[2];  // rows g and g + 8: 16 f16 each (BF16X: bf16, times 2^-120)
+            if constexpr (BF16X) {
+                fp8x16_to_bf16x16_pow2(wr[u][0], ra[0], ra[1]);
+                fp8x16_to_bf16x16_pow2(wr[u][1], rb[0], rb[1]);
+            } else {
+                fp8x16_to_f16x16(wr[u][0], ra[0], ra[1]);
+                fp8x16_to_f16x16(wr[u][1], rb[0], rb[1]);
+            }
 #pragma unroll
             for (int s = 0; s < 4; ++s) {  // mma::mma_chunk64's fragments
                 const uint4& A = ra[s >> 1];
@@ -145,26 +204,37 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
                 a[par][s][3] = (s & 1) ? B.w : B.y;
             }
             load_w(c_begin + i + D, wr[u]);    // the ring entry just converted: D chunks ahead
-            mma::cp_async_wait<STAGES - 2>();  // this thread's copies of chunk i have landed
-            fence_proxy_async_smem();          // ... and are visible to wgmma (async proxy)
+            if constexpr (!BF16X) mma::cp_async_wait<STAGES - 2>();  // this thread's copies of chunk i have landed
+            fence_proxy_async_smem();          // ... (BF16X: its stores, an iteration or more ago) visible to wgmma
             wg_wait<0>();                      // chunk i - 1's wgmma are done: its A registers and x slot are free
             pin(acc);
             pin(a[par ^ 1]);
             __syncthreads();  // every thread's copies of chunk i landed; every warp is past chunk i - 1's wait
-            issue_x(c_begin + i + STAGES - 1, (i + STAGES - 1) % STAGES);  // into chunk i - 1's slot
+            if constexpr (BF16X) {  // into chunk i - 1's slot; the next chunk's loads fly during this one's wgmma
+                store_x(xr, (i + STAGES - 1) % STAGES);
+                load_x(c_begin + i + STAGES, xr);
+            } else {
+                issue_x(c_begin + i + STAGES - 1, (i + STAGES - 1) % STAGES);  // into chunk i - 1's slot
+            }
             const uint32_t slot = ring + (uint32_t)((i % STAGES) * kStage);
             wg_fence();
 #pragma unroll
-            for (int s = 0; s < 4; ++s) wgmma_f16_rs<NB>(acc, a[par][s], desc_kmajor(slot + 32 * s));
+            for (int s = 0; s < 4; ++s) wgmma_rs<NB, BF16X>(acc, a[par][s], desc_kmajor(slot + 32 * s));
             wg_commit();
         }
     }
     wg_wait<0>();
     pin(acc);
     mma::cp_async_wait<0>();  // the padding copies: nothing in flight into shared memory when the block leaves
+    if constexpr (BF16X) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][e] *= kBf16xUndo;  // exact: a power of two
+    }
 
     if (my_tile * 16 < n && mma::combine_splits<NB>(acc, part, tickets, my_tile, blockIdx.y, splits, lane))
-        mma::store_tile<NB>(acc, y, scale, my_tile * 16, lane, n, m, accumulate, xscale);
+        mma::store_tile<NB>(acc, y, scale, my_tile * 16, lane, n, m, accumulate, BF16X ? nullptr : xscale);
 }
 
 }  // namespace gemv_tc_sm90a
@@ -185,3 +255,16 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 QWQ_GEMV_TC_WG(fp8wg_n16,        2, 2, 3,     6)
 QWQ_GEMV_TC_WG(fp8wg_n32,        4, 2, 4,     4)
 QWQ_GEMV_TC_WG(fp8wg_n32_deep,   4, 4, 4,     4)
+
+// The same plans reading bf16 x [m, k] as it is (BF16X above: no conversion launch before them); xscale unused.
+#define QWQ_GEMV_TC_WGB(SUFFIX, NB, D, STAGES, MINB)                                                               \
+    extern "C" __global__ void __launch_bounds__(128, MINB)                                                        \
+    gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale,                                 \
+                     const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,        \
+                     int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
+        gemv_tc_sm90a::gemv_body<NB, D, STAGES, true>(w, scale, x, nullptr, y, part, tickets, n, k, m, accumulate); \
+    }
+//              suffix            NB D STAGES MINB
+QWQ_GEMV_TC_WGB(fp8wgb_n16,       2, 2, 3,     6)
+QWQ_GEMV_TC_WGB(fp8wgb_n32,       4, 2, 4,     4)
+QWQ_GEMV_TC_WGB(fp8wgb_n32_deep,  4, 4, 4,     4)

@@ -30,6 +30,13 @@ internal enum TensorCoreVariant
     Warpgroup,
     /// <summary><see cref="Warpgroup"/> with twice the weight chunks in flight, 17–32 rows (gate_up at 32 rows: 97.2 → 89.3 µs).</summary>
     WarpgroupDeep,
+    /// <summary>
+    /// <see cref="Warpgroup"/> reading bf16 x as it is, 9–32 rows: the block stages x into shared memory itself and the
+    /// weights go to bf16 instead of f16, so no conversion kernel runs before the product (four launches a layer fewer).
+    /// </summary>
+    WarpgroupBf16,
+    /// <summary><see cref="WarpgroupDeep"/> reading bf16 x as it is, 17–32 rows.</summary>
+    WarpgroupBf16Deep,
 }
 
 /// <summary>
@@ -55,6 +62,9 @@ internal sealed class TensorCoreGemvOps
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN16Entry = "gemv_tc_fp8wg_n16";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN32Entry = "gemv_tc_fp8wg_n32";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN32DeepEntry = "gemv_tc_fp8wg_n32_deep";
+    [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N16Entry = "gemv_tc_fp8wgb_n16";
+    [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N32Entry = "gemv_tc_fp8wgb_n32";
+    [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N32DeepEntry = "gemv_tc_fp8wgb_n32_deep";
 
     /// <summary>Most rows of x served.</summary>
     public const int MaxRows = 32;
@@ -86,6 +96,8 @@ internal sealed class TensorCoreGemvOps
     private readonly CudaKernel _xToHalf;
     // sm_90a (null off compute capability 9.0): x to f16 in the order these builds read it, and the n16, n32, n32 deep builds
     private readonly (CudaKernel XToHalf, CudaKernel[] Gemv)? _warpgroup;
+    // sm_90a, the builds that read bf16 x: n16, n32, n32 deep (null where the PTX predates them)
+    private readonly CudaKernel[]? _warpgroupBf16;
 
     public TensorCoreGemvOps(PtxLibrary lib)
     {
@@ -103,11 +115,20 @@ internal sealed class TensorCoreGemvOps
             _warpgroup = (lib.GetKernel(XToHalfWarpgroupEntry),
                 [lib.GetKernel(Fp8WarpgroupN16Entry), lib.GetKernel(Fp8WarpgroupN32Entry), lib.GetKernel(Fp8WarpgroupN32DeepEntry)]);
         }
+        if (lib.ArchSpecific && lib.Has(Fp8WarpgroupBf16N32Entry))
+        {
+            _warpgroupBf16 = [lib.GetKernel(Fp8WarpgroupBf16N16Entry), lib.GetKernel(Fp8WarpgroupBf16N32Entry),
+                lib.GetKernel(Fp8WarpgroupBf16N32DeepEntry)];
+        }
     }
 
     /// <summary>Whether this GPU has the kernels of <paramref name="variant"/> (the warpgroup builds: compute capability 9.0 only).</summary>
-    public bool Loaded(TensorCoreVariant variant) =>
-        variant is not (TensorCoreVariant.Warpgroup or TensorCoreVariant.WarpgroupDeep) || _warpgroup is not null;
+    public bool Loaded(TensorCoreVariant variant) => variant switch
+    {
+        TensorCoreVariant.Warpgroup or TensorCoreVariant.WarpgroupDeep => _warpgroup is not null,
+        TensorCoreVariant.WarpgroupBf16 or TensorCoreVariant.WarpgroupBf16Deep => _warpgroupBf16 is not null,
+        _ => true,
+    };
 
     private static int BatchTiles(int rows) => rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
 
@@ -134,6 +155,9 @@ internal sealed class TensorCoreGemvOps
         // the builds that read x converted to f16 in the workspace (hence MaxHalfIn): from 9 rows, the wide/deep ones from 17
         TensorCoreVariant.Half or TensorCoreVariant.Warpgroup => fp8 && rows is > 8 and <= MaxRows && k <= MaxHalfIn,
         TensorCoreVariant.HalfWide or TensorCoreVariant.WarpgroupDeep => fp8 && rows is > 16 and <= MaxRows && k <= MaxHalfIn,
+        // the warpgroup builds that read bf16 x where it is: no workspace copy, so any k
+        TensorCoreVariant.WarpgroupBf16 => fp8 && rows is > 8 and <= MaxRows,
+        TensorCoreVariant.WarpgroupBf16Deep => fp8 && rows is > 16 and <= MaxRows,
         _ => false,
     };
 
@@ -197,6 +221,12 @@ internal sealed class TensorCoreGemvOps
             return;
         }
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
+        if (variant is TensorCoreVariant.WarpgroupBf16 or TensorCoreVariant.WarpgroupBf16Deep)
+        {
+            CudaKernel wgb = _warpgroupBf16![variant == TensorCoreVariant.WarpgroupBf16Deep ? 2 : batchTiles == 1 ? 0 : 1];
+            wgb.Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
+            return;
+        }
         CudaKernel kernel = variant switch
         {
             TensorCoreVariant.Lite => _fp8Lite,

@@ -128,7 +128,8 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     public void WarpgroupFp8VariantsMatchCpu([Values(9, 16, 17, 32)] int rows)
     {
         RequireWarpgroupBuilds();
-        foreach (var variant in new[] { TensorCoreVariant.Warpgroup, TensorCoreVariant.WarpgroupDeep }.Where(v => TensorCoreGemvOps.Serves(v, true, rows, 2048)))
+        foreach (var variant in new[] { TensorCoreVariant.Warpgroup, TensorCoreVariant.WarpgroupDeep, TensorCoreVariant.WarpgroupBf16,
+                     TensorCoreVariant.WarpgroupBf16Deep }.Where(v => TensorCoreGemvOps.Serves(v, true, rows, 2048)))
         {
             foreach (int splits in TensorCoreGemvOps.SplitCandidates(1001, 2048, rows))
                 Check(true, rows, 1001, 2048, accumulate: true, splits, variant);
@@ -138,12 +139,22 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         }
     }
 
-    /// <summary>x beyond f16's range in some rows: the warpgroup builds take the fp16 route's power-of-two row scales.</summary>
+    /// <summary>x beyond f16's range in some rows: the warpgroup builds take the fp16 route's power-of-two row scales
+    /// (the bf16-x builds need none: bf16's range is fp32's).</summary>
     [Test]
-    public void WarpgroupFp8VariantHandlesXBeyondF16Range([Values(false, true)] bool deep)
+    public void WarpgroupFp8VariantHandlesXBeyondF16Range(
+        [Values("Warpgroup", "WarpgroupDeep", "WarpgroupBf16", "WarpgroupBf16Deep")] string name)
     {
         RequireWarpgroupBuilds();
-        Check(true, 32, 1001, 2048, accumulate: false, 2, deep ? TensorCoreVariant.WarpgroupDeep : TensorCoreVariant.Warpgroup, xMagnitude: 3e5f);
+        Check(true, 32, 1001, 2048, accumulate: false, 2, Enum.Parse<TensorCoreVariant>(name), xMagnitude: 3e5f);
+    }
+
+    /// <summary>The bf16-x builds at an input width past the fp16 route's workspace (MaxHalfIn), which they can serve.</summary>
+    [Test]
+    public void WarpgroupBf16XVariantServesWideInputs([Values(12, 32)] int rows)
+    {
+        RequireWarpgroupBuilds();
+        Check(true, rows, 77, TensorCoreGemvOps.MaxHalfIn + 2 * TensorCoreGemvOps.Chunk, accumulate: false, 5, TensorCoreVariant.WarpgroupBf16);
     }
 
     private void RequireWarpgroupBuilds()
@@ -153,6 +164,9 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
         if (!_tc.Loaded(TensorCoreVariant.Warpgroup))
             Assert.Ignore("the loaded sm_90a PTX has no warpgroup GEMV (kernels/ptx/sm90a not embedded, or built before it: ./build.sh --kernels-only)");
         Assert.That(_tc.Loaded(TensorCoreVariant.WarpgroupDeep), Is.True, "both warpgroup builds load together");
+        if (!_tc.Loaded(TensorCoreVariant.WarpgroupBf16))
+            Assert.Ignore("the loaded sm_90a PTX has no bf16-x warpgroup GEMV (built before it: ./build.sh --kernels-only)");
+        Assert.That(_tc.Loaded(TensorCoreVariant.WarpgroupBf16Deep), Is.True, "the bf16-x builds load together");
     }
 
     [Test]

@@ -26,6 +26,8 @@ public class TensorCoreVariantTests
             Assert.That(RowsServed(TensorCoreVariant.HalfWide, fp8: true), Is.EqualTo(Range(17, 32)));
             Assert.That(RowsServed(TensorCoreVariant.Warpgroup, fp8: true), Is.EqualTo(Range(9, 32)), "n16 build to 16 rows, n32 above");
             Assert.That(RowsServed(TensorCoreVariant.WarpgroupDeep, fp8: true), Is.EqualTo(Range(17, 32)), "an n32 build only");
+            Assert.That(RowsServed(TensorCoreVariant.WarpgroupBf16, fp8: true), Is.EqualTo(Range(9, 32)), "n16 build to 16 rows, n32 above");
+            Assert.That(RowsServed(TensorCoreVariant.WarpgroupBf16Deep, fp8: true), Is.EqualTo(Range(17, 32)), "an n32 build only");
         });
     }
 
@@ -45,5 +47,13 @@ public class TensorCoreVariantTests
         Assert.That(TensorCoreGemvOps.Serves(variant, fp8: true, rows: 32, k: TensorCoreGemvOps.MaxHalfIn + TensorCoreGemvOps.Chunk), Is.False);
         Assert.That(TensorCoreGemvOps.Serves(TensorCoreVariant.Standard, fp8: true, rows: 32, k: TensorCoreGemvOps.MaxHalfIn + TensorCoreGemvOps.Chunk), Is.True,
             "the plain build reads bf16 x in place");
+    }
+
+    /// <summary>The warpgroup builds that read bf16 x where it is keep no copy of it, so any k serves.</summary>
+    [Test]
+    public void TheBf16XWarpgroupBuildsHaveNoInputBound([Values("WarpgroupBf16", "WarpgroupBf16Deep")] string name)
+    {
+        var variant = Enum.Parse<TensorCoreVariant>(name);
+        Assert.That(TensorCoreGemvOps.Serves(variant, fp8: true, rows: 32, k: TensorCoreGemvOps.MaxHalfIn + TensorCoreGemvOps.Chunk), Is.True);
     }
 }
