@@ -136,7 +136,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         }
     };
     auto store_x = [&](const uint4 (&v)[XP], int slot) {
-        const __nv_bfloat162 up = *reinterpret_cast<const __nv_bfloat162*>(&kBf16x2Pow64);
+        const uint32_t up_bits = kBf16x2Pow64;  // a register copy: device code cannot take a host constexpr's address
+        const __nv_bfloat162 up = *reinterpret_cast<const __nv_bfloat162*>(&up_bits);
 #pragma unroll
         for (int i = 0; i < XP; ++i) {
             const int p = tid + i * kThreads, r = p >> 3, q = p & 7;
