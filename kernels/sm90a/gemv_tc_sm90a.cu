@@ -257,7 +257,9 @@ QWQ_GEMV_TC_WG(fp8wg_n16,        2, 2, 3,     6)
 QWQ_GEMV_TC_WG(fp8wg_n32,        4, 2, 4,     4)
 QWQ_GEMV_TC_WG(fp8wg_n32_deep,   4, 4, 4,     4)
 
-// The same plans reading bf16 x [m, k] as it is (BF16X above: no conversion launch before them); xscale unused.
+// The 32-row plans reading bf16 x [m, k] as it is (BF16X above: no conversion launch before them). Not at 16 rows: there
+// its build spilled (80 registers at 6 blocks an SM) and, though the load-time tuner took it for o, fp8 batch 16 ran
+// 5% slower than with the f16 builds (session 21, bench/NOTES.md).
 #define QWQ_GEMV_TC_WGB(SUFFIX, NB, D, STAGES, MINB)                                                               \
     extern "C" __global__ void __launch_bounds__(128, MINB)                                                        \
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale,                                 \
@@ -266,6 +268,5 @@ QWQ_GEMV_TC_WG(fp8wg_n32_deep,   4, 4, 4,     4)
         gemv_tc_sm90a::gemv_body<NB, D, STAGES, true>(w, scale, x, nullptr, y, part, tickets, n, k, m, accumulate); \
     }
 //              suffix            NB D STAGES MINB
-QWQ_GEMV_TC_WGB(fp8wgb_n16,       2, 2, 3,     6)
 QWQ_GEMV_TC_WGB(fp8wgb_n32,       4, 2, 4,     4)
 QWQ_GEMV_TC_WGB(fp8wgb_n32_deep,  4, 4, 4,     4)
