@@ -148,9 +148,10 @@ QWQ_GEMV_FP8(4, 2)
 // ---- One block per tile: for the products whose tiles are too few to fill the GPU with one warp each --------------
 // QwQ's qkv (448 tiles at TP1, 224 at TP2) and o_proj (320) give 4-warp blocks of the kernel above one tile per warp:
 // far fewer warps than 132 SMs can keep loading, so it needs k splits, and then a second pass over their partials.
-// Here the 8 warps of a block share one 16-row tile and take turns over its k range, U chunks (U KB) at a time, so a
-// tile is read 8U KB at a time in one contiguous stream and every tile has 8 warps' loads in flight, with no split
-// partials: the warps' sums meet in shared memory, added in warp order (deterministic). Measured in
+// Here the 8 warps of a block share one 16-row tile and split its k range into 8 even contiguous runs (session 21: it
+// had been U chunks at a time in turn, which left some warps a batch more), U chunks (U KB) a batch, so every tile has
+// 8 warps' loads in flight, with no split partials: the warps' sums meet in shared memory, added in warp order
+// (deterministic). Measured in
 // bench/micro/fp8_gemv.cu (variant kw8-w8, H100, session 8), one row: TP1 qkv 17.7 -> 16.8 us, o 14.4 -> 13.3,
 // gate_up 100.2 -> 97.6, down 52.6 -> 52.2; TP2 qkv 12.1 -> 11.3, o 10.3 -> 9.2; two rows similar; slower from 4 rows
 // (registers). Which kernel runs a product is the decode tuner's choice (LinearOps.TuneDecodeBatches).
@@ -163,29 +164,32 @@ __device__ __forceinline__ void gemv_fp8_tile_body(const uint8_t* __restrict__ w
                                                    const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int n,
                                                    int k, int accumulate) {
     constexpr int U = kTileUnroll;
-    constexpr int STRIDE = kTileWarps * U;  // chunks between one warp's batches
     __shared__ float red[kTileWarps][16 * M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int tile = blockIdx.x;  // grid = tiles: every block has a tile (barriers below)
     const uint8_t* wt = w + (size_t)tile * 16 * k + lane * 16;
     const uint16_t* xbits = reinterpret_cast<const uint16_t*>(x) + 16 * t4;
     const int chunks = k / 64;
+    // This warp's share: a contiguous run of chunks, dealt evenly (within one). The block ends with a barrier, so its
+    // slowest warp sets its time: dealt U chunks at a time in turn, QwQ's k = 5120 (80 chunks) gave warps 0-3 12 chunks
+    // and warps 4-7 8 (the int4 tile GEMV's warps stalled 15% of their cycles on that barrier under ncu, session 21).
+    const int w_begin = chunks * warp / kTileWarps, w_end = chunks * (warp + 1) / kTileWarps;
 #pragma unroll
     for (int u = 0; u < U; ++u)  // this warp's first batch into L2 while the previous kernel finishes
-        if (warp * U + u < chunks) {
-            prefetch_l2(wt + (size_t)(warp * U + u) * 1024);
-            prefetch_l2(wt + (size_t)(warp * U + u) * 1024 + 512);
+        if (w_begin + u < w_end) {
+            prefetch_l2(wt + (size_t)(w_begin + u) * 1024);
+            prefetch_l2(wt + (size_t)(w_begin + u) * 1024 + 512);
         }
     kernel_entry_barrier();
 
     float acc[M][2];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = 0.f;
-    for (int b = warp * U; b < chunks; b += STRIDE) {
+    for (int b = w_begin; b < w_end; b += U) {
         uint4 va[U], vb[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            if (b + u < chunks) {
+            if (b + u < w_end) {
                 va[u] = ld_stream_u4(wt + (size_t)(b + u) * 1024);
                 vb[u] = ld_stream_u4(wt + (size_t)(b + u) * 1024 + 512);
             } else {
@@ -194,7 +198,7 @@ __device__ __forceinline__ void gemv_fp8_tile_body(const uint8_t* __restrict__ w
         }
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (b + u < chunks) fp8_chunk_fma<M>(acc, va[u], vb[u], xbits, k, b + u);
+            if (b + u < w_end) fp8_chunk_fma<M>(acc, va[u], vb[u], xbits, k, b + u);
     }
     fp8_quad_sum<M>(acc);  // lane (g, 0): rows g and g + 8 of this warp's share
     if (t4 == 0) {
