@@ -188,9 +188,9 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
     }
 
     /// <summary>
-    /// The one-block-per-tile fp8 GEMV (1–2 rows): the CPU product within the same tolerance, at k the 8 warps share
-    /// evenly (80 chunks: 10 a warp) or cannot (27648: 432 chunks, 54 a warp; 1 chunk: only warp 7 works), rows not a
-    /// multiple of 16, and the same bits on a second run.
+    /// The one-block-per-tile fp8 GEMV (1–2 rows): the CPU product within the same tolerance, at k of 80 chunks (10 a
+    /// warp), 32, 432 and 1 (only warp 7 works; the 8 warps take even contiguous runs), rows not a multiple of 16, and
+    /// the same bits on a second run.
     /// </summary>
     [Test]
     public void TileFp8GemvMatchesCpu([Range(1, Fp8Ops.MaxTileGemvRows)] int rows)
