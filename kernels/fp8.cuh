@@ -118,6 +118,13 @@ __device__ __forceinline__ void fp8x16_to_f16x16(const uint4& v, uint4& first, u
     second.x = fp8x2_to_f16x2(v.z); second.y = fp8x2_to_f16x2(v.z >> 16);
     second.z = fp8x2_to_f16x2(v.w); second.w = fp8x2_to_f16x2(v.w >> 16);
 }
+// 16 e4m3 -> 16 bf16 times 2^-120 in the order fp8x16_to_f16x16 gives (first: elements 0-7, second: 8-15).
+__device__ __forceinline__ void fp8x16_to_bf16x16_pow2(const uint4& v, uint4& first, uint4& second) {
+    fp8x4_to_bf16x4_pow2(v.x, first.x, first.y);
+    fp8x4_to_bf16x4_pow2(v.y, first.z, first.w);
+    fp8x4_to_bf16x4_pow2(v.z, second.x, second.y);
+    fp8x4_to_bf16x4_pow2(v.w, second.z, second.w);
+}
 
 // ---- the fp8 weight layout ------------------------------------------------------------------------------------------
 // FP8 weights are stored in the tensor-core GEMV's fragment order, not row-major, so that every warp-wide load of the

@@ -38,32 +38,21 @@
 namespace gemv_tc_sm90a {
 using namespace wg;
 
+// wgmma_rs's four (shape, type) instructions differ only in those two strings and the operand numbering.
+#define WGMMA_RS(SHAPE, TYPE, REGS, ACC, A_AND_B)                                                                   \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " " REGS ", " A_AND_B ", 1, 1, 1, 0;\n" \
+                 : ACC(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
 // d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, shared, K-major: x [N rows][16 k]), N = 8 * NB; A and B
 // f16, or bf16 (BF16).
 template <int NB, bool BF16>
 __device__ __forceinline__ void wgmma_rs(float (&d)[NB][4], const uint32_t (&a)[4], uint64_t desc_b) {
     static_assert(NB == 2 || NB == 4, "N = 16 or 32");
-    if constexpr (NB == 4 && !BF16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 " WG_REGS16 ", {%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
-                     : WG_ACC16(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    else if constexpr (NB == 4)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " WG_REGS16 ", {%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
-                     : WG_ACC16(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    else if constexpr (!BF16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 " WG_REGS8 ", {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
-                     : WG_ACC8(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " WG_REGS8 ", {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
-                     : WG_ACC8(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    if constexpr (NB == 4 && !BF16) WGMMA_RS("m64n32k16", "f16", WG_REGS16, WG_ACC16, "{%16, %17, %18, %19}, %20");
+    else if constexpr (NB == 4)     WGMMA_RS("m64n32k16", "bf16", WG_REGS16, WG_ACC16, "{%16, %17, %18, %19}, %20");
+    else if constexpr (!BF16)       WGMMA_RS("m64n16k16", "f16", WG_REGS8, WG_ACC8, "{%8, %9, %10, %11}, %12");
+    else                            WGMMA_RS("m64n16k16", "bf16", WG_REGS8, WG_ACC8, "{%8, %9, %10, %11}, %12");
 }
-
-// 16 e4m3 -> 16 bf16 times 2^-120 in the order fp8x16_to_f16x16 gives (first: elements 0-7, second: 8-15).
-__device__ __forceinline__ void fp8x16_to_bf16x16_pow2(const uint4& v, uint4& first, uint4& second) {
-    fp8x4_to_bf16x4_pow2(v.x, first.x, first.y);
-    fp8x4_to_bf16x4_pow2(v.y, first.z, first.w);
-    fp8x4_to_bf16x4_pow2(v.z, second.x, second.y);
-    fp8x4_to_bf16x4_pow2(v.w, second.z, second.w);
-}
+#undef WGMMA_RS
 
 // BF16X: x is read as it is (bf16 [m, k], row-major) and staged into the shared ring by the block itself, permuted and
 // times 2^64, instead of by a conversion kernel before the GEMV (gemv_tc_x_to_f16_wg: a launch a product, four a layer,
