@@ -323,7 +323,7 @@ static void engine_tma_launch(dim3 grid, int threads, int smem, const Problem& P
 static Variant engine_tma_variant() {
     const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_TMA_STAGES);
     CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    Variant v{"sm90a engine TMA entry", nullptr, sm90::ENGINE_TMA_ROWS, 128 * sm90::ENGINE_TMA_WGS, smem};
+    Variant v{"sm90a engine TMA entry", nullptr, 64 * sm90::ENGINE_TMA_WGS, 128 * sm90::ENGINE_TMA_WGS, smem};
     v.tma_launch = engine_tma_launch;
     v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_tma);
     return v;
@@ -338,7 +338,7 @@ static void engine_pp_launch(dim3 grid, int threads, int smem, const Problem& P,
 static Variant engine_pp_variant() {
     const int smem = sm90::smem_bytes(sm90::ENGINE_TMA_WGS, sm90::ENGINE_PP_STAGES, sm90::ENGINE_PP_KT);
     CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a_pingpong, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    Variant v{"sm90a engine pp entry", nullptr, sm90::ENGINE_TMA_ROWS, sm90::ENGINE_PP_THREADS, smem};
+    Variant v{"sm90a engine pp entry", nullptr, 64 * sm90::ENGINE_TMA_WGS, sm90::ENGINE_PP_THREADS, smem};
     v.tma_launch = engine_pp_launch;
     v.tma_kernel = reinterpret_cast<const void*>(attention_prefill_paged_bf16_d128_sm90a_pingpong);
     return v;
@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(attention_prefill_paged_bf16_d128_sm90a, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             engine_smem));
     std::vector<Variant> all = {
-        Variant{"sm90a engine entry", attention_prefill_paged_bf16_d128_sm90a, sm90::ENGINE_ROWS, 128, engine_smem},
+        Variant{"sm90a engine entry", attention_prefill_paged_bf16_d128_sm90a, 64 * sm90::ENGINE_WGS, 128, engine_smem},
         sm90_variant<1, 2, false, 2>("sm90 wg1 s2"),       // the fallback: 1 warpgroup, no overlap
         sm90_variant<2, 2, false, 1>("sm90 wg2 s2"),       // 2 consumer warpgroups share each K/V tile
         sm90_variant<1, 3, true, 2>("sm90 wg1 s3 ovl"),    // + softmax overlapped with P V

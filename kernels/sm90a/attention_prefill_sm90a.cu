@@ -693,7 +693,6 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
 // blocks fit on a multiprocessor (2 x 82,944 B of shared memory), hence the launch bound of the entry below.
 constexpr int ENGINE_WGS = 1;
 constexpr int ENGINE_STAGES = 2;
-constexpr int ENGINE_ROWS = 64 * ENGINE_WGS;
 static_assert(smem_bytes(ENGINE_WGS, ENGINE_STAGES) == 82944, "AttentionOps.HopperPrefillSmemBytes must match");
 
 // The TMA entry's configuration: two consumer warpgroups (128 query rows per block) share each K/V tile, a 3-stage
@@ -702,7 +701,6 @@ static_assert(smem_bytes(ENGINE_WGS, ENGINE_STAGES) == 82944, "AttentionOps.Hopp
 // for the cp.async entry and 393.0 for "wg1 s2 tma", session 16), whereas without TMA two warpgroups lose.
 constexpr int ENGINE_TMA_WGS = 2;
 constexpr int ENGINE_TMA_STAGES = 3;
-constexpr int ENGINE_TMA_ROWS = 64 * ENGINE_TMA_WGS;
 static_assert(smem_bytes(ENGINE_TMA_WGS, ENGINE_TMA_STAGES) == 132096, "AttentionOps.HopperPrefillTmaSmemBytes must match");
 
 // The ping-pong entry's configuration (prefill's PP flag): the TMA entry's two consumer warpgroups, 128-key tiles (KT)
