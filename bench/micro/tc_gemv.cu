@@ -6,7 +6,8 @@
 // [0.5, 1.5) / 448, bf16 x in [-2, 2). Every candidate's output is CHECKED against the current kernel at 1 split:
 // PASS when max|y - ref| / max|ref| <= 1e-4 (harness.cuh says why) (y poisoned with NaN before each checked launch).
 // With -DQWQ_WGMMA (and the arch-specific target) also plans of the Hopper warpgroup build (kernels/sm90a/
-// gemv_tc_sm90a.cu: "wg-*" rows, x converted by the engine's gemv_tc_x_to_f16_wg).
+// gemv_tc_sm90a.cu: "wg-*" rows, x converted by the engine's gemv_tc_x_to_f16_wg; "wgb-*" rows, the BF16X builds
+// reading bf16 x as it is, so they do not pay the conversion the "wg-*" rows leave out of their time).
 // Not part of the build. On the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DQWQ_WGMMA -o /tmp/tcbench bench/micro/tc_gemv.cu && /tmp/tcbench
@@ -28,8 +29,9 @@ typedef void (*CurFn)(const void*, const float*, const __nv_bfloat16*, float*, f
 typedef void (*VarFn)(const void*, const float*, const __nv_bfloat16*, float*, float*, int*, int, int, int);
 typedef void (*WgFn)(const void*, const float*, const __half*, const float*, float*, float*, int*, int, int, int, int);
 
-// wg: a warpgroup plan (fn unused): x from gemv_tc_x_to_f16_wg, 64 rows a block like MT = 1
-struct Var { const char* name; VarFn fn; int mt; bool f16 = false; WgFn wg = nullptr; };
+// wg: a warpgroup plan (fn unused): x from gemv_tc_x_to_f16_wg, 64 rows a block like MT = 1; wgb: a BF16X warpgroup
+// plan (fn's signature, bf16 x as it is), 64 rows a block
+struct Var { const char* name; VarFn fn; int mt; bool f16 = false; WgFn wg = nullptr; bool wgb = false; };
 #define V(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB>, MT}
 #define H(NAME, NB, U, MT, MINB, DB) Var{NAME, tcv2::gemv_tc_v2<true, NB, U, MT, MINB, DB, true>, MT, true}
 #define A(NAME, NB, STAGES, MINB) Var{NAME, tcv2::gemv_tc_async<NB, STAGES, MINB>, 1}  // the cp.async ring (rejected 2026-11-28): rows to re-run it
@@ -41,9 +43,17 @@ wg_plan(const void* w, const float* scale, const __half* xh, const float* xscale
         int n, int k, int m, int accumulate) {
     gemv_tc_sm90a::gemv_body<NB, D, ST>(w, scale, xh, xscale, y, part, tickets, n, k, m, accumulate);
 }
+// The same with BF16X: bf16 x staged by the block itself (the engine's gemv_tc_fp8wgb_*).
+template <int NB, int D, int ST, int MINB>
+__global__ void __launch_bounds__(128, MINB)
+wgb_plan(const void* w, const float* scale, const __nv_bfloat16* x, float* y, float* part, int* tickets, int n, int k, int m) {
+    gemv_tc_sm90a::gemv_body<NB, D, ST, true>(w, scale, x, nullptr, y, part, tickets, n, k, m, 0);
+}
 #define W(NAME, NB, D, ST, MINB) Var{NAME, nullptr, 1, true, wg_plan<NB, D, ST, MINB>},
+#define B(NAME, NB, D, ST, MINB) Var{NAME, wgb_plan<NB, D, ST, MINB>, 1, false, nullptr, true},
 #else
 #define W(NAME, NB, D, ST, MINB)
+#define B(NAME, NB, D, ST, MINB)
 #endif
 //                        name           NB  U  MT MINB DB
 static const Var kVars16[] = {
@@ -53,6 +63,8 @@ static const Var kVars16[] = {
     //                    name           NB  D  ST MINB
     W("wg-d2-s3-b6",      2, 2, 3, 6)          // gemv_tc_fp8wg_n16
     W("wg-d4-s4-b4",      2, 4, 4, 4)
+    B("wgb-d2-s3-b6",     2, 2, 3, 6)          // the 16-row bf16-x build session 21 dropped (spilled; batch 16 -5%)
+    B("wgb-d2-s4-b4",     2, 2, 4, 4)
 };
 static const Var kVars32[] = {
     V("ctl-u4-b4",        4, 4, 1, 4, false),  // the plan before 2026-11-28 (gemv_tc_fp8_n32 is db-u2-b4 since)
@@ -64,9 +76,12 @@ static const Var kVars32[] = {
     W("wg-d2-s4-b4",      4, 2, 4, 4)          // gemv_tc_fp8wg_n32
     W("wg-d4-s4-b4",      4, 4, 4, 4)          // gemv_tc_fp8wg_n32_deep
     W("wg-d2-s4-b6",      4, 2, 4, 6)
+    B("wgb-d2-s4-b4",     4, 2, 4, 4)          // gemv_tc_fp8wgb_n32
+    B("wgb-d4-s4-b4",     4, 4, 4, 4)          // gemv_tc_fp8wgb_n32_deep
 };
 #undef V
 #undef W
+#undef B
 #undef H
 #undef A
 
