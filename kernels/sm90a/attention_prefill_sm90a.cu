@@ -233,6 +233,12 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages, int kt = 64) {
     return wgs * OP_BYTES + stages * 2 * 2 * kt * ROW_BYTES + 1024;
 }
 
+// softmax's mask switch, a type so that each of its two bodies is compiled on its own (see softmax below).
+template <bool B>
+struct MayMask {
+    static constexpr bool value = B;
+};
+
 // One (query head, m-tile) block. Arguments as attn_prefill::prefill (paged): q/out [T, nq, D] of this sequence,
 // the layer's K/V pool [blocks, nkv, 64, D], the sequence's block table, T rows at positions start_pos.. .
 // QREG: Q's fragments are read from shared memory into registers once (32 per thread) and S = Q K^T runs in the RS
@@ -463,21 +469,26 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         for (int kk = 0; kk < KK; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor<KT>(v_base + kk * 16 * ROW_BYTES), 1);
     };
     // Causal mask (only on tiles that cross this warpgroup's diagonal), online softmax with the scale folded into the
-    // exponent; returns alpha.
-    auto softmax = [&](int j, float& alpha_lo, float& alpha_hi) {
-        const int n0 = j * KT;
-        const bool need_mask = n0 + KT - 1 > wg_first_pos;
+    // exponent; returns alpha. MayMask<false>: a tile wholly left of the diagonal, with no mask code at all. Why a
+    // separate instantiation rather than the runtime test alone: ptxas if-converts the test, so every tile paid the
+    // mask's compare, predicate and select a score (~190 of ~770 instructions a warp a tile; ncu, session 22) although
+    // at most two tiles of a warpgroup's ~64 cross its diagonal.
+    auto softmax = [&](int j, float& alpha_lo, float& alpha_hi, auto may_mask) {
+        if constexpr (decltype(may_mask)::value) {
+            const int n0 = j * KT;
+            const bool need_mask = n0 + KT - 1 > wg_first_pos;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+            for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e];  // raw: the scale is folded into the exponent
-                if (need_mask) {
-                    const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
-                    if (key > ((e < 2) ? pos_lo : pos_hi)) v = NEG_INF;
+                for (int e = 0; e < 4; ++e) {
+                    float v = s[nt][e];  // raw: the scale is folded into the exponent
+                    if (need_mask) {
+                        const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
+                        if (key > ((e < 2) ? pos_lo : pos_hi)) v = NEG_INF;
+                    }
+                    s[nt][e] = v;
                 }
-                s[nt][e] = v;
-            }
+        }
         attn::online_softmax_scaled(s, sl2, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
     };
     auto rescale_and_pack = [&](float alpha_lo, float alpha_hi) {
@@ -578,7 +589,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 pin(s);
                 if constexpr (QREG) pin(qf);  // the RS wgmma read them asynchronously until the wait
                 float a_lo, a_hi;
-                softmax(j, a_lo, a_hi);
+                softmax(j, a_lo, a_hi, MayMask<true>{});
                 rescale_and_pack(a_lo, a_hi);
                 pin(o);
                 pin(p);
@@ -616,10 +627,12 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         if constexpr (QREG) pin(qf);
         if (wg_tiles > 0) {
             float a_lo, a_hi;
-            softmax(0, a_lo, a_hi);
+            softmax(0, a_lo, a_hi, MayMask<true>{});
             rescale_and_pack(a_lo, a_hi);  // O is still zero: the rescale is harmless
         }
-        for (j = 1; j < wg_tiles; ++j) {
+        // The steady iterations: those of tiles left of this warpgroup's diagonal without the mask code, then the one or
+        // two that cross it (first_mask: the first tile with a key past the warpgroup's first row) with it; one body.
+        auto steady = [&](int j, auto may_mask) {
             if constexpr (PP) acquire(j);
             else ring_step(j);
             turn_begin();
@@ -635,13 +648,16 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             pin(s);
             if constexpr (QREG) pin(qf);
             float a_lo, a_hi;
-            softmax(j, a_lo, a_hi);
+            softmax(j, a_lo, a_hi, may_mask);
             wg_wait<0>();
             pin(o);
             pin(p);
             if constexpr (PP) release(j - 1);
             rescale_and_pack(a_lo, a_hi);
-        }
+        };
+        const int first_mask = (wg_first_pos + 1) / KT;
+        for (j = 1; j < min(first_mask, wg_tiles); ++j) steady(j, MayMask<false>{});
+        for (; j < wg_tiles; ++j) steady(j, MayMask<true>{});
         // j == max(1, wg_tiles): the last tile's P V here, then the ring steps (PP: the turns and releases) of the
         // tiles that only the block's other warpgroup reads
         for (; j < n_tiles + 1; ++j) {
