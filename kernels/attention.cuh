@@ -452,4 +452,13 @@ __device__ __forceinline__ void rescale_output_if_needed(float (&o)[DT][4], floa
     if (__any_sync(0xffffffffu, alpha_lo != 1.f || alpha_hi != 1.f)) rescale_output(o, alpha_lo, alpha_hi);
 }
 
+// A prefill softmax's causal-mask switch, as a type so that each of its two bodies is compiled on its own: a tile
+// wholly left of the rows' diagonal takes MayMask<false> and has no mask code at all. A runtime test alone does not do
+// that: the compilers if-convert it, so every tile paid each score's key index, compare and select (~190 of ~770
+// instructions a warp a tile in the sm90a kernel; ncu, session 22) although at most a tile or two a row cross it.
+template <bool B>
+struct MayMask {
+    static constexpr bool value = B;
+};
+
 }  // namespace attn

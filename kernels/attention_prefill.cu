@@ -165,46 +165,43 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             }
         }
 
-        // ---- causal mask (only where the tile crosses this warp's diagonal); the scale is applied in the exponent
-        const bool need_mask = n0 + BN - 1 > warp_first_pos;
+        // ---- causal mask (only where the tile crosses this warp's diagonal: attn::MayMask), online softmax, O += P V
+        auto softmax_pv = [&](auto may_mask) {
+            if constexpr (decltype(may_mask)::value) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+                for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float v = s[nt][e];  // raw: the scale is folded into the exponent
-                if (need_mask) {
-                    const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
-                    const int pos = (e < 2) ? pos_lo : pos_hi;
-                    if (key > pos) v = NEG_INF;
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = n0 + nt * 8 + 2 * t4 + (e & 1);
+                        const int pos = (e < 2) ? pos_lo : pos_hi;
+                        if (key > pos) s[nt][e] = NEG_INF;  // raw scores: the scale is folded into the exponent
+                    }
                 }
-                s[nt][e] = v;
             }
-        }
-
-        // ---- online softmax
-        float alpha_lo, alpha_hi;
-        attn::online_softmax_scaled(s, sl2, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
-        attn::rescale_output(o, alpha_lo, alpha_hi);
-
-        // ---- O += P V
+            float alpha_lo, alpha_hi;
+            attn::online_softmax_scaled(s, sl2, m_lo, m_hi, l_lo, l_hi, alpha_lo, alpha_hi);
+            attn::rescale_output(o, alpha_lo, alpha_hi);
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                uint32_t a[4];
+                a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+                a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+                a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int dp = 0; dp < DT / 2; ++dp) {
-                // matrices: (keys lo, dims +0..7), (keys hi, dims +0..7), (keys lo, dims +8..15), (keys hi, dims +8..15)
-                const int key_row = kk * 16 + (lm_mat & 1) * 8 + lm_row;
-                const int col = dp * 16 + (lm_mat >> 1) * 8;
-                uint32_t b0, b1, b2, b3;
-                ldmatrix_x4_trans(b0, b1, b2, b3, smem_addr(tV + key_row * LDS + col));
-                mma_bf16_16816(o[2 * dp], a, b0, b1);
-                mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
+                for (int dp = 0; dp < DT / 2; ++dp) {
+                    // matrices: (keys lo, dims +0..7), (keys hi, dims +0..7), (keys lo, dims +8..15), (keys hi, dims +8..15)
+                    const int key_row = kk * 16 + (lm_mat & 1) * 8 + lm_row;
+                    const int col = dp * 16 + (lm_mat >> 1) * 8;
+                    uint32_t b0, b1, b2, b3;
+                    ldmatrix_x4_trans(b0, b1, b2, b3, smem_addr(tV + key_row * LDS + col));
+                    mma_bf16_16816(o[2 * dp], a, b0, b1);
+                    mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
+                }
             }
-        }
+        };
+        if (n0 + BN - 1 > warp_first_pos) softmax_pv(attn::MayMask<true>{});
+        else softmax_pv(attn::MayMask<false>{});
     }
     cp_async_wait_all();  // nothing may be in flight when the block exits
 

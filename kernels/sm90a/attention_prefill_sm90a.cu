@@ -233,12 +233,6 @@ __host__ __device__ constexpr int smem_bytes(int wgs, int stages, int kt = 64) {
     return wgs * OP_BYTES + stages * 2 * 2 * kt * ROW_BYTES + 1024;
 }
 
-// softmax's mask switch, a type so that each of its two bodies is compiled on its own (see softmax below).
-template <bool B>
-struct MayMask {
-    static constexpr bool value = B;
-};
-
 // One (query head, m-tile) block. Arguments as attn_prefill::prefill (paged): q/out [T, nq, D] of this sequence,
 // the layer's K/V pool [blocks, nkv, 64, D], the sequence's block table, T rows at positions start_pos.. .
 // QREG: Q's fragments are read from shared memory into registers once (32 per thread) and S = Q K^T runs in the RS
@@ -469,10 +463,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         for (int kk = 0; kk < KK; ++kk) wgmma_m64n128k16_rs(o, p[kk], desc_mnmajor<KT>(v_base + kk * 16 * ROW_BYTES), 1);
     };
     // Causal mask (only on tiles that cross this warpgroup's diagonal), online softmax with the scale folded into the
-    // exponent; returns alpha. MayMask<false>: a tile wholly left of the diagonal, with no mask code at all. Why a
-    // separate instantiation rather than the runtime test alone: ptxas if-converts the test, so every tile paid the
-    // mask's compare, predicate and select a score (~190 of ~770 instructions a warp a tile; ncu, session 22) although
-    // at most two tiles of a warpgroup's ~64 cross its diagonal.
+    // exponent; returns alpha. MayMask<false> (attention.cuh says why a type): a tile wholly left of the warpgroup's
+    // diagonal, without the mask code.
     auto softmax = [&](int j, float& alpha_lo, float& alpha_hi, auto may_mask) {
         if constexpr (decltype(may_mask)::value) {
             const int n0 = j * KT;
@@ -589,7 +581,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
                 pin(s);
                 if constexpr (QREG) pin(qf);  // the RS wgmma read them asynchronously until the wait
                 float a_lo, a_hi;
-                softmax(j, a_lo, a_hi, MayMask<true>{});
+                softmax(j, a_lo, a_hi, attn::MayMask<true>{});
                 rescale_and_pack(a_lo, a_hi);
                 pin(o);
                 pin(p);
@@ -627,7 +619,7 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
         if constexpr (QREG) pin(qf);
         if (wg_tiles > 0) {
             float a_lo, a_hi;
-            softmax(0, a_lo, a_hi, MayMask<true>{});
+            softmax(0, a_lo, a_hi, attn::MayMask<true>{});
             rescale_and_pack(a_lo, a_hi);  // O is still zero: the rescale is harmless
         }
         // The steady iterations: those of tiles left of this warpgroup's diagonal without the mask code, then the one or
@@ -656,8 +648,8 @@ __device__ __forceinline__ void prefill(const __nv_bfloat16* __restrict__ q, con
             rescale_and_pack(a_lo, a_hi);
         };
         const int first_mask = (wg_first_pos + 1) / KT;
-        for (j = 1; j < min(first_mask, wg_tiles); ++j) steady(j, MayMask<false>{});
-        for (; j < wg_tiles; ++j) steady(j, MayMask<true>{});
+        for (j = 1; j < min(first_mask, wg_tiles); ++j) steady(j, attn::MayMask<false>{});
+        for (; j < wg_tiles; ++j) steady(j, attn::MayMask<true>{});
         // j == max(1, wg_tiles): the last tile's P V here, then the ring steps (PP: the turns and releases) of the
         // tiles that only the block's other warpgroup reads
         for (; j < n_tiles + 1; ++j) {
