@@ -49,8 +49,12 @@ public sealed class InitKernelTests : KernelTestBase
             // Standard error of the mean is std/sqrt(n) ≈ 3e-4·std; bf16 rounding of mean adds ≤ 2^-9·|mean|.
             Assert.That(Math.Abs(m - mean), Is.LessThan(2e-3 * std + 4e-3 * Math.Abs(mean)), "mean");
             Assert.That(Math.Abs(s / std - 1), Is.LessThan(5e-3 + 4e-3 * Math.Abs(mean) / std), "std");
-            Assert.That(within1 / (double)n, Is.EqualTo(0.6827).Within(0.01), "P(|z| < 1)");
-            Assert.That(within2 / (double)n, Is.EqualTo(0.9545).Within(0.01), "P(|z| < 2)");
+            // bf16 rounds every value to a grid of spacing up to 2^-7·|x|, which moves the mass of up to half a cell
+            // across each of the two boundaries mean ± k·std: with a mean of 15 std (a draw below) that alone moved
+            // P(|z| < 1) by 0.014 on the H200 (session 22), so the bound takes it in: 2·φ(k)·2^-8·(|mean|/std + k).
+            double Grid(double k) => 2 * Math.Exp(-k * k / 2) / Math.Sqrt(2 * Math.PI) * Math.Pow(2, -8) * (Math.Abs(mean) / std + k);
+            Assert.That(within1 / (double)n, Is.EqualTo(0.6827).Within(0.01 + Grid(1)), "P(|z| < 1)");
+            Assert.That(within2 / (double)n, Is.EqualTo(0.9545).Within(0.01 + Grid(2)), "P(|z| < 2)");
         });
     }
 
