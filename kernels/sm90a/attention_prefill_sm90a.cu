@@ -10,7 +10,8 @@
 //
 // Three entries, at the end of this file, each a configuration of one template (prefill below); AttentionOps launches
 // the first its PTX has of: the ping-pong entry (since session 19: a producer warpgroup issues the K/V tiles by TMA,
-// two consumer warpgroups take turns on the tensor cores over 128-key tiles; H200 micro 573 TFLOP/s at 16k), the TMA
+// two consumer warpgroups take turns on the tensor cores over 128-key tiles; H200 micro 573 TFLOP/s at 16k, 661-693
+// since session 22's unmasked tiles left of the diagonal, level with torch's cuDNN attention), the TMA
 // entry (session 16: two warpgroups in step, 64-key tiles, one __syncthreads a tile; 443-458), the cp.async entry
 // (session 9: one warpgroup, 2-stage cp.async ring; 401-419). The first version, measured on an H100 with
 // bench/micro/attention_prefill_sm90.cu (which includes this file and instantiates the template's other
