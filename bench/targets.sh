@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Every figure the open issues (#9 quantized weights, #13 long context) set a target for, measured on this machine, then
+# bench/targets.py's table: target, measured, met or not. Why: the targets are set on an H100, which has not been lent
+# since 2026-11-28; the session that gets one should measure them all in one or two device calls, not write a script.
+# On the GPU machine, after tests/stage-device.sh here (carry .device; a step that needs nvcc builds from the tree):
+#   source tests/device-env.sh && bench/targets.sh OUT [STEP ...]
+# STEP, default all, in this order (roughly 9 minutes on an H200, from the single runs of sessions 19-22: split across two
+# device calls of 600 s, e.g.
+# "bf16 fp8 int4" then "kv32k switch attention long targets"):
+#   bf16       qwq bench: prefill 2k / 16k, decode batch 1 and 8 at 1k
+#   fp8        --quantize fp8: prefill 2k, decode batch 1 and 32 at 1k
+#   int4       --quantize int4: prefill 2k, decode batch 1 at 1k
+#   kv32k      --kv-cache fp8: decode at 32k
+#   switch     --synthetic qwq-32b-yarn --rope-switch-stall --rope-switch-method rerotate: the adaptive-YaRN switch at 32k
+#   attention  bench/micro/attention_prefill_sm90.cu "engine pp" and bench/micro/torch_sdpa.py (needs nvcc and sm_90a)
+#   long       the test AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100 (131,072 positions, fp8 weights and KV)
+#   targets    bench/targets.py OUT > OUT/targets.md (also run after every other step list, so each call leaves one)
+# Each bench run is cut at QWQ_TARGETS_TIMEOUT seconds (240). Results: OUT/STEP/*.json, *.log; OUT/targets.md.
+set -uo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|targets ...]" >&2
+  exit 2
+fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+shift
+[ -n "${QWQ_TESTS:-}" ] || { echo "targets: source tests/device-env.sh first" >&2; exit 2; }
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(bf16 fp8 int4 kv32k switch attention long)
+timeout=${QWQ_TARGETS_TIMEOUT:-240}
+
+bench() { # name qwq-bench-arguments...
+  local name=$1 dest="$out/$1"
+  shift
+  mkdir -p "$dest"
+  (cd "$QWQ_TESTS" && timeout "$timeout" dotnet qwq.dll bench "$@" --out "$dest") > "$dest/bench.log" 2>&1
+  echo "$name: exit $?"
+  grep -E "^(decode|prefill|rope switch)" "$dest/bench.log" | sed "s/^/  /"
+}
+
+for step in "${steps[@]}"; do
+  case $step in
+    bf16) bench bf16 --synthetic qwq-32b --prefill 2048,16384 --decode 1024 --batch 8 ;;
+    fp8) bench fp8 --synthetic qwq-32b --quantize fp8 --prefill 2048 --decode 1024 --batch 32 ;;
+    int4) bench int4 --synthetic qwq-32b --quantize int4 --prefill 2048 --decode 1024 ;;
+    kv32k) bench kv32k --synthetic qwq-32b --kv-cache fp8 --prefill 512 --decode 32768 ;;
+    switch) bench switch --synthetic qwq-32b-yarn --rope-switch-stall --rope-switch-method rerotate --prefill 512 --decode 1024 ;;
+    attention)
+      mkdir -p "$out/attention"
+      if command -v nvcc > /dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+        PATH=/usr/local/cuda/bin:$PATH nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o /tmp/qwq-targets-attn90 \
+          "$root/bench/micro/attention_prefill_sm90.cu" -lcuda > "$out/attention/build.log" 2>&1 &&
+          timeout 120 /tmp/qwq-targets-attn90 "engine pp" > "$out/attention/micro.txt" 2>&1
+        echo "attention micro: exit $?"
+        grep -E "TFLOP|FAIL" "$out/attention/micro.txt" | sed "s/^/  /"
+      else
+        echo "attention micro: no nvcc here" | tee "$out/attention/micro.txt"
+      fi
+      timeout 150 python3 "$root/bench/micro/torch_sdpa.py" --out "$out/attention/torch-sdpa.json" > "$out/attention/torch-sdpa.log" 2>&1
+      echo "torch sdpa: exit $?"
+      grep -E "^T=" "$out/attention/torch-sdpa.log" | sed "s/^/  /" ;;
+    long)
+      mkdir -p "$out/long"
+      (cd "$QWQ_TESTS" && timeout 300 dotnet QwQ.Cuda.Tests.dll --filter "FullyQualifiedName~AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100") \
+        > "$out/long/test.log" 2>&1
+      echo "long: exit $?"
+      grep -E "^\s*(passed|failed|skipped) |total:|succeeded:|failed:" "$out/long/test.log" | sed "s/^/  /" ;;
+    targets) ;;
+    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long targets)" >&2; exit 2 ;;
+  esac
+done
+python3 "$root/bench/targets.py" "$out" > "$out/targets.md"
+cat "$out/targets.md"
