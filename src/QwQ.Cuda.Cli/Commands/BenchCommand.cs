@@ -47,7 +47,7 @@ internal static class BenchCommand
         var noHopperAttention = new Option<bool>("--no-hopper-attention") { Description = "Prefill attention on the portable mma.sync kernel instead of the Hopper wgmma one, and no other sm_90a kernel either (the fp8 GEMV's warpgroup builds; compute capability 9.0; for comparison)" };
         var noHopperTma = new Option<bool>("--no-hopper-tma") { Description = "The Hopper prefill attention copying K and V with cp.async instead of TMA (compute capability 9.0; for comparison)" };
         var noPingPong = new Option<bool>("--no-hopper-ping-pong") { Description = "The Hopper prefill attention's plain TMA entry instead of its ping-pong one (a producer warp, the two warpgroups' products in turns; compute capability 9.0; for comparison)" };
-        var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas or CublasLt");
+        var gemm = TypedOptions.OneOf("--prefill-gemm", PrefillGemm.Cublas, "Library for the prefill products: Cublas, CublasLt, or CublasLtTuned (cuBLASLt with the algorithm that times fastest at the prefill chunk, chosen at load)");
         var fp8Prefill = TypedOptions.OneOf("--fp8-prefill", Fp8PrefillGemm.Auto,
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
         var fp8Copy = TypedOptions.OneOf("--fp8-prefill-copy", Fp8PrefillCopy.Auto,

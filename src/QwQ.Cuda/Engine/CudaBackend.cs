@@ -146,6 +146,7 @@ public sealed class CudaBackend : IModelBackend
             _rowPointers = Own(new RowPointers(Workspace.LogitRows));
             if (n > 1) WarmUpCollectives();
             _threads.Run(r => _ranks[r].TuneDecode(GraphBatchSizes));
+            if (options.PrefillGemm == PrefillGemm.CublasLtTuned) _threads.Run(r => _ranks[r].TunePrefill());
             Context.MakeCurrent();
             Stream.Synchronize();
         }

@@ -60,7 +60,7 @@ internal sealed class DeviceRank : IDisposable
         Stream = Own(CudaStream.Create());
         Library = Own(PtxLibrary.Load(Context, a.Options.ProgrammaticLaunch, archSpecific: a.Options.HopperAttention));
         var blas = Own(Cublas.Create(Stream));
-        var lt = a.Options.PrefillGemm == PrefillGemm.CublasLt ? Own(CublasLt.Create()) : null;
+        var lt = a.Options.PrefillGemm is PrefillGemm.CublasLt or PrefillGemm.CublasLtTuned ? Own(CublasLt.Create()) : null;
         var decodeLt = a.Options.TuneDecodeGemm ? Own(CublasLt.Create()) : null;
         Weights = Own(ModelWeights.Allocate(Shape, a.Kind));
         Fp8Ops? fp8 = a.Kind == WeightKind.Fp8 ? new Fp8Ops(Library) : null;
@@ -176,6 +176,32 @@ internal sealed class DeviceRank : IDisposable
     {
         Context.MakeCurrent();
         Linear.TuneDecodeBatches(Stream, Weights.Products(), Workspace.Act, Workspace.GateUp, batches.Where(b => b <= Workspace.Inputs.MaxSequences));
+        Stream.Synchronize();
+    }
+
+    /// <summary>
+    /// Times cuBLASLt's candidate algorithms for each bf16 product at the prefill chunk's row count and keeps the fastest
+    /// (<see cref="PrefillGemm.CublasLtTuned"/>), on the buffers the forward pass gives each product (cuBLASLt's plans
+    /// are keyed by the pointers' alignment too), before any step has run: every one of them is rewritten by a step.
+    /// The inputs are random first (zeros time faster than any real activation).
+    /// </summary>
+    public void TunePrefill()
+    {
+        Context.MakeCurrent();
+        int rows = Workspace.MaxRows;
+        ModelConfig c = Shape.Config;
+        var init = new InitOps(Library);
+        init.FillNormalBf16(Stream, Workspace.Normed, (long)rows * c.HiddenSize, seed: 1, mean: 0f, std: 1f);
+        init.FillNormalBf16(Stream, Workspace.Attn, (long)rows * c.QDim, seed: 2, mean: 0f, std: 1f);
+        init.FillNormalBf16(Stream, Workspace.Act, (long)rows * c.IntermediateSize, seed: 3, mean: 0f, std: 1f);
+        LayerWeights w = Weights.Layers[0];
+        Linear.TunePrefill(Stream, rows,
+        [
+            (w.Qkv, Workspace.Normed, Workspace.Qkv, false),
+            (w.O, Workspace.Attn, Workspace.Residual, true),
+            (w.GateUp, Workspace.Normed, Workspace.GateUp, false),
+            (w.Down, Workspace.Act, Workspace.Residual, true),
+        ]);
         Stream.Synchronize();
     }
 

@@ -249,8 +249,13 @@ public enum KvCacheKind
     Fp8,
 }
 
-/// <summary>The prefill products: cublasGemmEx, or cuBLASLt with a heuristic algorithm chosen once per shape.</summary>
-public enum PrefillGemm { Cublas, CublasLt }
+/// <summary>
+/// The prefill products: cublasGemmEx; cuBLASLt with its heuristic's first algorithm, chosen once per shape; or cuBLASLt
+/// with, at the prefill chunk's row count, whichever of the heuristic's first 16 algorithms measured fastest at load
+/// (about a second; other row counts keep the first pick). Why the third: the 16k prefill spends three quarters of its
+/// time in these products at 624–689 TFLOP/s against the 8192³ GEMM's ~775 (bench/NOTES.md, sessions 20 and 22).
+/// </summary>
+public enum PrefillGemm { Cublas, CublasLt, CublasLtTuned }
 
 /// <summary>How fp8 weights run prefill-sized products (<see cref="EngineOptions.Fp8Prefill"/>).</summary>
 public enum Fp8PrefillGemm

@@ -164,14 +164,24 @@ internal sealed class LinearOps : IDisposable
     /// <summary>A quantized product through a bf16 copy of its weight (in the scratch) and the bf16 GEMM, at any row count.</summary>
     internal void ApplyDequantized(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
     {
+        Dequantize(s, w);
+        ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
+    }
+
+    /// <summary>A quantized weight expanded to bf16 [out, in] in the scratch.</summary>
+    private void Dequantize(CudaStream s, LinearWeight w)
+    {
         if (w.Kind == WeightKind.Fp8)
             _fp8!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In);
         else if (w.Kind == WeightKind.Int4Awq)
             _int4!.DequantizeRows(s, w.Weight, w.Scales, _dequantScratch, w.Out, w.In, w.Group);
         else
             throw new NotSupportedException($"{w.Kind} weights are not quantized");
-        ApplyBf16(s, _dequantScratch, w.Out, w.In, x, y, rows, accumulate, chosen: null);
     }
+
+    /// <summary>Whether a product over this many rows runs the bf16 GEMM on a dequantized copy of its weight (<see cref="Apply"/>).</summary>
+    private bool RunsDequantized(LinearWeight w, int rows) => rows > SlicedMaxRows &&
+        (w.Kind == WeightKind.Int4Awq || (w.Kind == WeightKind.Fp8 && !(_fp8Gemm is { } g && g.Fits(w, rows))));
 
     /// <summary>An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows).</summary>
     internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
@@ -232,7 +242,7 @@ internal sealed class LinearOps : IDisposable
     /// <summary>Which GEMM prefill-sized products of <paramref name="kind"/> run on (for logs and bench results).</summary>
     public string PrefillPath(WeightKind kind)
     {
-        string bf16 = _lt is null ? "bf16 cuBLAS" : "bf16 cuBLASLt";
+        string bf16 = _lt is null ? "bf16 cuBLAS" : _prefillTunedRows is int tuned ? $"bf16 cuBLASLt, tuned at {tuned} rows" : "bf16 cuBLASLt";
         return kind switch
         {
             WeightKind.Bf16 => bf16,
@@ -277,6 +287,34 @@ internal sealed class LinearOps : IDisposable
         else
             _lt.MatmulBf16NT(s, x, weight, y, rows, outF, inF, accumulate ? 1f : 0f);
     }
+
+    /// <summary>
+    /// <see cref="PrefillGemm.CublasLtTuned"/>: for each product that runs the bf16 GEMM at <paramref name="rows"/> rows
+    /// (x [rows, in] → y [rows, out], y added to with <c>Accumulate</c>): bf16 weights, and quantized ones on their
+    /// dequantized copy (int4; fp8 where the FP8 GEMM does not take it), times the first 16 of cuBLASLt's heuristic
+    /// algorithms at exactly that row count (the prefill chunk) and keeps the fastest for every later call of the shape;
+    /// other row counts keep the heuristic's first pick. Prefill is FLOP-bound, so one layer's weight serves (no need to
+    /// stream several from DRAM as <see cref="TuneDecodeBatches"/> does). Synchronises (not for graph capture); y and the
+    /// dequantization scratch are overwritten.
+    /// </summary>
+    public void TunePrefill(CudaStream s, int rows, IReadOnlyList<(LinearWeight W, ulong X, ulong Y, bool Accumulate)> products)
+    {
+        if (_lt is null) throw new InvalidOperationException("prefill tuning needs the cuBLASLt prefill GEMM (PrefillGemm.CublasLtTuned)");
+        if (_decodeLt is not null && rows <= Workspace.MaxSequences) return; // such rows run the decode batches' tuned plans
+        int tuned = 0;
+        foreach (var (w, x, y, accumulate) in products)
+        {
+            ulong b;
+            if (w.Kind == WeightKind.Bf16) b = w.Weight;
+            else if (RunsDequantized(w, rows)) { Dequantize(s, w); b = _dequantScratch; }
+            else continue; // the FP8 GEMM: its own cuBLASLt plans
+            _lt.Tune(s, x, [b], y, rows, w.Out, w.In, accumulate ? 1f : 0f, candidates: 16);
+            tuned++;
+        }
+        if (tuned > 0) _prefillTunedRows = rows;
+    }
+
+    private int? _prefillTunedRows;
 
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:

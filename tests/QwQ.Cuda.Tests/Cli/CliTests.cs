@@ -94,7 +94,7 @@ public class CliTests
     [TestCase("generate", "--max-tokens", "1.5", "--max-tokens expects a whole number such as 512, got '1.5'")]
     [TestCase("generate", "--top-k", "99999999999", "--top-k expects a whole number such as 40, got '99999999999'")]
     [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
-    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, got 'cutlass'")]
+    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, CublasLtTuned, got 'cutlass'")]
     [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
     public async Task ParseErrorsSayWhatWasExpected(string command, string option, string value, string message)
     {

@@ -224,6 +224,30 @@ public class CudaModelTests
             Assert.That(restricted.Sample(new SamplingOptions { Temperature = 1.5f, Seed = 9 }, step), Is.LessThan(top));
     }
 
+    /// <summary>
+    /// PrefillGemm.CublasLtTuned: the algorithms timed fastest at the chunk's row count compute the same prefill as
+    /// cublasGemmEx, for bf16 weights and for int4 ones on their dequantized copy; the prompt is exactly one chunk of more
+    /// than 128 rows (fewer run the decode batches' plans), so the tuned plans run, and the backend names them.
+    /// </summary>
+    [TestCase("tiny-gqa", 200, "bf16 cuBLASLt, tuned at 200 rows")]
+    [TestCase("tiny-awq", 200, "dequantized to bf16 cuBLASLt, tuned at 200 rows")]
+    public void TunedCublasLtPrefillMatchesCublas(string model, int chunk, string path)
+    {
+        RequireGpu();
+        int vocab = ModelConfig.Load(Path.Combine(ModelFixtures.Dir(model), "config.json")).VocabSize;
+        int[] tokens = Enumerable.Range(0, chunk).Select(_ => Random.Shared.Next(vocab)).ToArray();
+        float[] Logits(PrefillGemm gemm, out string ran)
+        {
+            using var backend = LoadFixture(model, new EngineOptions { MaxContext = 256, PrefillChunk = chunk, PrefillGemm = gemm });
+            ran = backend.PrefillGemmPath;
+            using var seq = (CudaSequence)backend.CreateSequence();
+            return seq.AppendWithLogits(tokens, Enumerable.Range(0, chunk).ToArray());
+        }
+        float[] tuned = Logits(PrefillGemm.CublasLtTuned, out string tunedPath);
+        Assert.That(tunedPath, Is.EqualTo(path));
+        Assert.That(RelErr(tuned, Logits(PrefillGemm.Cublas, out _)), Is.LessThanOrEqualTo(1e-2));
+    }
+
     [Test]
     public void ChunkedPrefillEqualsOnePass()
     {
