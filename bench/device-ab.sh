@@ -9,8 +9,9 @@
 # OUT/{after,before}-rN/*.json and .log, then OUT/ab.md: `qwq bench compare` of every round. Commits in the results:
 # QWQ_AB_AFTER and QWQ_AB_BEFORE, by default what .device/COMMIT (tests/stage-device.sh) and BASE/COMMIT
 # (bench/build-base-cli.sh) say. Each run is cut at QWQ_AB_TIMEOUT seconds (300).
-# QWQ_AB_AFTER_EXTRA: arguments added to the after arm's bench only, for an A/B of an option on one build (BASE may
-# then be "$QWQ_TESTS" itself), e.g. QWQ_AB_AFTER_EXTRA="--prefill-gemm CublasLtTuned".
+# QWQ_AB_AFTER_EXTRA / QWQ_AB_BEFORE_EXTRA: arguments added to one arm's bench only, for an A/B of an option on one
+# build (BASE may then be "$QWQ_TESTS" itself), e.g. QWQ_AB_BEFORE_EXTRA="--prefill-gemm CublasLt"
+# QWQ_AB_AFTER_EXTRA="--prefill-gemm CublasLtTuned".
 # At the end the runs' folders go into OUT/runs.tar.gz (QWQ_AB_PACK=0 keeps them as they are): the device tool brings
 # back at most 8 files from $OUT, and two rounds write 12 (session 19 lost the before arm's JSON files twice).
 set -uo pipefail
@@ -41,9 +42,9 @@ for ((r = 1; r <= rounds; r++)); do
   # the arms alternate which goes first, so neither always runs on a warmer machine
   if (( r % 2 )); then
     arm after "$QWQ_TESTS" "$after_commit" "$r" "${QWQ_PTX_DIR:+QWQ_PTX_DIR=$QWQ_PTX_DIR}" "$@" ${QWQ_AB_AFTER_EXTRA:-}
-    arm before "$base" "$before_commit" "$r" "" "$@"
+    arm before "$base" "$before_commit" "$r" "" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
   else
-    arm before "$base" "$before_commit" "$r" "" "$@"
+    arm before "$base" "$before_commit" "$r" "" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
     arm after "$QWQ_TESTS" "$after_commit" "$r" "${QWQ_PTX_DIR:+QWQ_PTX_DIR=$QWQ_PTX_DIR}" "$@" ${QWQ_AB_AFTER_EXTRA:-}
   fi
 done
