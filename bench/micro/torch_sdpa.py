@@ -16,6 +16,7 @@ computes the right thing.
 GPU machine: python3 bench/micro/torch_sdpa.py [--out file.json]
 """
 import argparse
+import contextlib
 import json
 import sys
 
@@ -34,6 +35,11 @@ def inputs(t, seed):
     return q, k, v
 
 
+def using(backend):
+    """The backend forced (None: torch's default dispatch)."""
+    return sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
+
+
 def runner(backend, q, k, v):
     """A closure that runs the backend once, and whether it needed K/V repeated (None if the backend refuses)."""
     def gqa():
@@ -43,7 +49,7 @@ def runner(backend, q, k, v):
         return F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
     for fn, rep in ((gqa, False), (repeated, True)):
         try:
-            with sdpa_kernel(backend) if backend is not None else _null():
+            with using(backend):
                 fn()
             torch.cuda.synchronize()
             return fn, rep
@@ -52,17 +58,9 @@ def runner(backend, q, k, v):
     return None, None
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def time_ms(backend, fn, reps):
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with sdpa_kernel(backend) if backend is not None else _null():
+    with using(backend):
         for _ in range(3):
             fn()
         best = float("inf")
@@ -96,7 +94,7 @@ def main():
         if fn is None:
             print(f"{name:20s} refused this shape")
             continue
-        with sdpa_kernel(b) if b is not None else _null():
+        with using(b):
             out = fn().float()
         rel = ((out - ref).norm() / ref.norm()).item()
         good = rel == rel and rel <= 1e-2
