@@ -81,6 +81,7 @@ internal sealed class LinearOps : IDisposable
     // What measured fastest at load, per weight kind, shape and padded row count (1, 2, 4, 8, 16, 32).
     private readonly Dictionary<(WeightKind Kind, int Out, int In, int Rows), Choice> _choices = new();
     private readonly TensorCoreVariant? _onlyVariant;  // EngineOptions.OnlyTensorCoreVariant (tests)
+    private int? _prefillTunedRows;                    // PrefillGemm.CublasLtTuned: the row count TunePrefill timed
     // Row-major e4m3 [out, in] copies of fp8 weights, by the weight's tile-layout address (EngineOptions.Fp8PrefillCopy):
     // the FP8 GEMM reads these instead of untiling the weight into the scratch every prefill pass.
     private readonly Dictionary<ulong, ulong> _fp8RowMajor = new();
@@ -126,16 +127,16 @@ internal sealed class LinearOps : IDisposable
                     _fp8.TileGemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate);
                 else if (rows <= SlicedMaxRows)
                     ApplySliced(s, w, x, y, rows, accumulate);
-                else if (_fp8Gemm is { } g && g.Fits(w, rows))
-                    ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
-                else
+                else if (RunsDequantized(w, rows))
                     ApplyDequantized(s, w, x, y, rows, accumulate);
+                else
+                    ApplyFp8Gemm(s, _fp8Gemm!, w, x, y, rows, accumulate);
                 break;
             case WeightKind.Int4Awq when _int4 is not null:
-                if (rows <= SlicedMaxRows)
-                    ApplySliced(s, w, x, y, rows, accumulate);
-                else
+                if (RunsDequantized(w, rows))
                     ApplyDequantized(s, w, x, y, rows, accumulate);
+                else
+                    ApplySliced(s, w, x, y, rows, accumulate);
                 break;
             default:
                 throw new NotSupportedException($"{w.Kind} weights have no kernel here");
@@ -179,7 +180,11 @@ internal sealed class LinearOps : IDisposable
             throw new NotSupportedException($"{w.Kind} weights are not quantized");
     }
 
-    /// <summary>Whether a product over this many rows runs the bf16 GEMM on a dequantized copy of its weight (<see cref="Apply"/>).</summary>
+    /// <summary>
+    /// Whether a quantized product over this many rows runs the bf16 GEMM on a dequantized copy of its weight: past the
+    /// sliced tensor-core GEMVs, int4 always, fp8 where the FP8 GEMM does not take it (<see cref="Apply"/> and
+    /// <see cref="TunePrefill"/> decide by this one test).
+    /// </summary>
     private bool RunsDequantized(LinearWeight w, int rows) => rows > SlicedMaxRows &&
         (w.Kind == WeightKind.Int4Awq || (w.Kind == WeightKind.Fp8 && !(_fp8Gemm is { } g && g.Fits(w, rows))));
 
@@ -313,8 +318,6 @@ internal sealed class LinearOps : IDisposable
         }
         if (tuned > 0) _prefillTunedRows = rows;
     }
-
-    private int? _prefillTunedRows;
 
     /// <summary>
     /// Picks, by timing, the fastest way to run each product at every decode batch size a graph is captured for. bf16:

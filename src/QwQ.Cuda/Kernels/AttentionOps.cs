@@ -163,23 +163,28 @@ internal sealed class AttentionOps
     /// tile [64, 128] bf16, 2 stages of K and V tiles [64, 128] bf16 (unpadded: the 128-byte swizzle keeps wgmma and
     /// cp.async free of bank conflicts), and 1 KiB so the kernel can align its base to 1024 bytes, as the swizzle needs.
     /// </summary>
-    internal const int HopperPrefillSmemBytes =
-        HopperPrefillRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
+    internal static readonly int HopperPrefillSmemBytes = HopperSmemBytes(HopperPrefillRowsPerBlock, HopperPrefillStages, KeyTile);
 
     /// <summary>
     /// Shared memory of the sm_90a TMA entry (attn_prefill_sm90a::smem_bytes(2, 3), 132,096 B): two warpgroups' Q tiles
     /// [128, 128] bf16, 3 stages of K and V tiles [64, 128] bf16, and the 1 KiB of alignment slack.
     /// </summary>
-    internal const int HopperPrefillTmaSmemBytes =
-        HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * KeyTile * HopperPrefillHeadDim * 2 + 1024;
+    internal static readonly int HopperPrefillTmaSmemBytes = HopperSmemBytes(HopperPrefillTmaRowsPerBlock, HopperPrefillTmaStages, KeyTile);
 
     /// <summary>
     /// Shared memory of the ping-pong entry (attn_prefill_sm90a::smem_bytes(2, 3, 128), 230,400 B): the TMA entry's Q
     /// tiles, 3 stages of 128-key K and V tiles [128, 128] bf16, and the alignment slack; within the 232,448 B a block
     /// may opt into on compute capability 9.0.
     /// </summary>
-    internal const int HopperPrefillPingPongSmemBytes =
-        HopperPrefillTmaRowsPerBlock * HopperPrefillHeadDim * 2 + HopperPrefillTmaStages * 2 * HopperPrefillPingPongKeys * HopperPrefillHeadDim * 2 + 1024;
+    internal static readonly int HopperPrefillPingPongSmemBytes =
+        HopperSmemBytes(HopperPrefillTmaRowsPerBlock, HopperPrefillTmaStages, HopperPrefillPingPongKeys);
+
+    /// <summary>
+    /// attn_prefill_sm90a::smem_bytes(warpgroups, stages, keys) on the C# side: Q [queryRows, 128] bf16, a ring of
+    /// <paramref name="stages"/> K and V tiles [keys, 128] bf16, and 1 KiB for the kernel to align its base to 1024.
+    /// </summary>
+    private static int HopperSmemBytes(int queryRows, int stages, int keys) =>
+        queryRows * HopperPrefillHeadDim * 2 + stages * 2 * keys * HopperPrefillHeadDim * 2 + 1024;
 
     /// <summary>
     /// Which prefill kernel runs: the portable mma.sync one, the sm_90a one with K/V by cp.async, by TMA, or by TMA with
