@@ -246,9 +246,10 @@ QWQ_GEMV_TC_WG(fp8wg_n16,        2, 2, 3,     6)
 QWQ_GEMV_TC_WG(fp8wg_n32,        4, 2, 4,     4)
 QWQ_GEMV_TC_WG(fp8wg_n32_deep,   4, 4, 4,     4)
 
-// The 32-row plans reading bf16 x [m, k] as it is (BF16X above: no conversion launch before them). Not at 16 rows: there
-// its build spilled (80 registers at 6 blocks an SM) and, though the load-time tuner took it for o, fp8 batch 16 ran
-// 5% slower than with the f16 builds (session 21, bench/NOTES.md).
+// The plans reading bf16 x [m, k] as it is (BF16X above: no conversion launch before them). At 16 rows 4 stages at 4
+// blocks an SM (90 registers, no spill): session 21's 6-block build spilled (80 registers) and, though the load-time
+// tuner took it for o, fp8 batch 16 ran 5% slower; this one was the micro-benchmark's fastest 16-row plan for qkv, o
+// and down (session 22: 18.5 / 15.0 / 43.2 us against the f16 n16 build's 18.8 / 15.7 / 44.1 before its conversion).
 #define QWQ_GEMV_TC_WGB(SUFFIX, NB, D, STAGES, MINB)                                                               \
     extern "C" __global__ void __launch_bounds__(128, MINB)                                                        \
     gemv_tc_##SUFFIX(const void* __restrict__ w, const float* __restrict__ scale,                                 \
@@ -257,5 +258,6 @@ QWQ_GEMV_TC_WG(fp8wg_n32_deep,   4, 4, 4,     4)
         gemv_tc_sm90a::gemv_body<NB, D, STAGES, true>(w, scale, x, nullptr, y, part, tickets, n, k, m, accumulate); \
     }
 //              suffix            NB D STAGES MINB
+QWQ_GEMV_TC_WGB(fp8wgb_n16,       2, 2, 4,     4)
 QWQ_GEMV_TC_WGB(fp8wgb_n32,       4, 2, 4,     4)
 QWQ_GEMV_TC_WGB(fp8wgb_n32_deep,  4, 4, 4,     4)

@@ -31,9 +31,9 @@ internal enum TensorCoreVariant
     /// <summary><see cref="Warpgroup"/> with twice the weight chunks in flight, 17–32 rows (gate_up at 32 rows: 97.2 → 89.3 µs).</summary>
     WarpgroupDeep,
     /// <summary>
-    /// <see cref="Warpgroup"/> reading bf16 x as it is, 17–32 rows: the block stages x into shared memory itself and the
-    /// weights go to bf16 instead of f16, so no conversion kernel runs before the product (fp8 batch 32 at 1k on the H200:
-    /// 1,798 → 1,831 tok/s). Not at 16 rows, where fp8 batch 16 ran 5% slower with it.
+    /// <see cref="Warpgroup"/> reading bf16 x as it is, 9–32 rows (an n16 build to 16, n32 above): the block stages x
+    /// into shared memory itself and the weights go to bf16 instead of f16, so no conversion kernel runs before the
+    /// product (fp8 batch 32 at 1k on the H200: 1,798 → 1,831 tok/s).
     /// </summary>
     WarpgroupBf16,
     /// <summary><see cref="WarpgroupDeep"/> reading bf16 x as it is, 17–32 rows.</summary>
@@ -63,6 +63,7 @@ internal sealed class TensorCoreGemvOps
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN16Entry = "gemv_tc_fp8wg_n16";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN32Entry = "gemv_tc_fp8wg_n32";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupN32DeepEntry = "gemv_tc_fp8wg_n32_deep";
+    [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N16Entry = "gemv_tc_fp8wgb_n16";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N32Entry = "gemv_tc_fp8wgb_n32";
     [KernelEntry(ArchSpecific = true)] public const string Fp8WarpgroupBf16N32DeepEntry = "gemv_tc_fp8wgb_n32_deep";
 
@@ -115,9 +116,11 @@ internal sealed class TensorCoreGemvOps
             _warpgroup = (lib.GetKernel(XToHalfWarpgroupEntry),
                 [lib.GetKernel(Fp8WarpgroupN16Entry), lib.GetKernel(Fp8WarpgroupN32Entry), lib.GetKernel(Fp8WarpgroupN32DeepEntry)]);
         }
-        if (lib.ArchSpecific && lib.Has(Fp8WarpgroupBf16N32Entry))
+        // the three together: PTX from before the n16 build (session 22) has the n32 ones only, and then none load
+        if (lib.ArchSpecific && lib.Has(Fp8WarpgroupBf16N16Entry) && lib.Has(Fp8WarpgroupBf16N32Entry))
         {
-            _warpgroupBf16 = [lib.GetKernel(Fp8WarpgroupBf16N32Entry), lib.GetKernel(Fp8WarpgroupBf16N32DeepEntry)];
+            _warpgroupBf16 = [lib.GetKernel(Fp8WarpgroupBf16N16Entry), lib.GetKernel(Fp8WarpgroupBf16N32Entry),
+                lib.GetKernel(Fp8WarpgroupBf16N32DeepEntry)];
         }
     }
 
@@ -154,8 +157,9 @@ internal sealed class TensorCoreGemvOps
         // the builds that read x converted to f16 in the workspace (hence MaxHalfIn): from 9 rows, the wide/deep ones from 17
         TensorCoreVariant.Half or TensorCoreVariant.Warpgroup => fp8 && rows is > 8 and <= MaxRows && k <= MaxHalfIn,
         TensorCoreVariant.HalfWide or TensorCoreVariant.WarpgroupDeep => fp8 && rows is > 16 and <= MaxRows && k <= MaxHalfIn,
-        // the warpgroup builds that read bf16 x where it is: no workspace copy, so any k
-        TensorCoreVariant.WarpgroupBf16 or TensorCoreVariant.WarpgroupBf16Deep => fp8 && rows is > 16 and <= MaxRows,
+        // the warpgroup builds that read bf16 x where it is: no workspace copy, so any k; the deep one from 17 rows
+        TensorCoreVariant.WarpgroupBf16 => fp8 && rows is > 8 and <= MaxRows,
+        TensorCoreVariant.WarpgroupBf16Deep => fp8 && rows is > 16 and <= MaxRows,
         _ => false,
     };
 
@@ -221,7 +225,7 @@ internal sealed class TensorCoreGemvOps
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
         if (variant is TensorCoreVariant.WarpgroupBf16 or TensorCoreVariant.WarpgroupBf16Deep)
         {
-            CudaKernel wgb = _warpgroupBf16![variant == TensorCoreVariant.WarpgroupBf16Deep ? 1 : 0];
+            CudaKernel wgb = _warpgroupBf16![variant == TensorCoreVariant.WarpgroupBf16Deep ? 2 : batchTiles == 1 ? 0 : 1];
             wgb.Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
             return;
         }

@@ -151,7 +151,7 @@ public sealed class TensorCoreGemvKernelTests : KernelTestBase
 
     /// <summary>The bf16-x builds at an input width past the fp16 route's workspace (MaxHalfIn), which they can serve.</summary>
     [Test]
-    public void WarpgroupBf16XVariantServesWideInputs([Values(17, 32)] int rows)
+    public void WarpgroupBf16XVariantServesWideInputs([Values(9, 16, 17, 32)] int rows)
     {
         RequireWarpgroupBuilds();
         Check(true, rows, 77, TensorCoreGemvOps.MaxHalfIn + 2 * TensorCoreGemvOps.Chunk, accumulate: false, 5, TensorCoreVariant.WarpgroupBf16);
