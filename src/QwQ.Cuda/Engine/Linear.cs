@@ -188,6 +188,24 @@ internal sealed class LinearOps : IDisposable
     private bool RunsDequantized(LinearWeight w, int rows) => rows > SlicedMaxRows &&
         (w.Kind == WeightKind.Int4Awq || (w.Kind == WeightKind.Fp8 && !(_fp8Gemm is { } g && g.Fits(w, rows))));
 
+    /// <summary>
+    /// y (bf16 [rows, out]) = x · Wᵀ where the product runs on cublasGemmEx at this row count (prefill-sized: bf16
+    /// weights, or quantized ones on their dequantized copy, with the cuBLAS prefill GEMM), and true; false elsewhere
+    /// (the GEMVs, the decode batches' cuBLASLt plans, the FP8 GEMM, the cuBLASLt prefill GEMM), where the caller runs
+    /// <see cref="Apply"/>'s fp32 output instead. Why: gate_up's output is the one large activation a layer writes and
+    /// reads again (906 MB in fp32 at 4096 rows), and SiLU·mul, which reads it, is bandwidth-bound.
+    /// </summary>
+    public bool TryApplyBf16Out(CudaStream s, LinearWeight w, ulong x, ulong yBf16, int rows)
+    {
+        if (_lt is not null || rows <= SlicedMaxRows || (_decodeLt is not null && rows <= Workspace.MaxSequences)) return false;
+        ulong weight;
+        if (w.Kind == WeightKind.Bf16) weight = w.Weight;
+        else if (RunsDequantized(w, rows)) { Dequantize(s, w); weight = _dequantScratch; }
+        else return false;
+        _blas.GemmBf16NTOutBf16(x, weight, yBf16, rows, w.Out, w.In);
+        return true;
+    }
+
     /// <summary>An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows).</summary>
     internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
     {

@@ -24,7 +24,7 @@ internal sealed class Workspace : IDisposable
     public ulong Qkv { get; }          // fp32 [rows, qkv_dim]  q|k|v before bias and RoPE
     public ulong Q { get; }            // bf16 [rows, nq, D]    q after bias and RoPE
     public ulong Attn { get; }         // bf16 [rows, nq * D]   attention output
-    public ulong GateUp { get; }       // fp32 [rows, 2 * I]    gate | up
+    public ulong GateUp { get; }       // fp32 [rows, 2 * I]    gate | up (bf16 in its first half for prefill-sized steps: Qwen2Forward)
     public ulong Act { get; }          // bf16 [rows, I]        silu(gate) * up
     public ulong Logits => _logits.Ptr; // fp32 [logit_rows, LogitsWidth]  (tensor parallel: this GPU's vocabulary rows)
     public ulong LogitInput { get; }   // bf16 [logit_rows, hidden]
