@@ -28,6 +28,7 @@ internal static class BenchCommand
         var mixed = new Option<string?>("--decode-mixed") { Description = "Also decode batches whose rows have different contexts, comma-separated, each as contexts joined by '+' with NxC for N rows at C (e.g. 32768+7x1024: one long trace among seven short ones)", HelpName = "MIX" };
         var gemvRows = TypedOptions.Integer<int>("--gemv-max-rows", "4", "Products over at most this many rows use the GEMV kernels, more use cuBLAS (default 4; 0: always cuBLAS)");
         var decodeBlocks = TypedOptions.Integer<int>("--decode-blocks-per-sm", "2", "Decode attention split blocks counted per multiprocessor when the splits are planned, 1 to 4 (default: as many as fit, 2 for the bf16 cache, 3 for fp8 on Hopper; a diagnostic: fewer make fewer, longer splits)");
+        var chunk = TypedOptions.Integer<int>("--prefill-chunk", "8192", $"The most rows one forward step takes, at least {MemoryPlan.MinPrefillChunk}: longer prompts prefill in chunks of this many (default {new EngineOptions().PrefillChunk}, or the largest --batch; the memory plan may halve it on a small card)");
         var mmaRows = TypedOptions.Integer<int>("--tensor-core-gemv-max-rows", "8", "bf16 products over more rows than --gemv-max-rows and at most this many use the tensor-core GEMV (default: per product, whichever measured faster at load; 0: never)");
         // How the engine stores the model and sums across GPUs: the same options as generate, chat and serve. Bench keeps
         // its own --model/--synthetic, and its own --tensor-parallel (it has no --device: always from device 0).
@@ -55,7 +56,7 @@ internal static class BenchCommand
         fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
-            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, noPingPong, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
+            synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, chunk, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, noPingPong, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,
         };
         command.SetAction(p =>
         {
@@ -72,7 +73,7 @@ internal static class BenchCommand
             };
             Run(host, p.GetValue(model), p.GetValue(synthetic)!, settings, p.GetValue(outDir),
                 p.GetValue(commit) ?? GitCommit(), p.GetValue(compare), p.GetValue(eager), !p.GetValue(graphs), p.GetValue(gemm),
-                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(decodeBlocks), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
+                p.GetValue(gemvRows), p.GetValue(mmaRows), p.GetValue(chunk), p.GetValue(decodeBlocks), p.GetValue(quantize), p.GetValue(tensorParallel), p.GetValue(kvCache), p.GetValue(allReduce),
                 !p.GetValue(noProgrammatic), !p.GetValue(noHopperAttention), !p.GetValue(noHopperTma), !p.GetValue(noPingPong), p.GetValue(fp8Prefill), p.GetValue(fp8Copy), p.GetValue(switchMethod));
             return ExitCodes.Ok;
         });
@@ -161,7 +162,7 @@ internal static class BenchCommand
 
     private static void Run(CliHost host, string? modelDir, string preset, BenchSettings settings, string? outDir,
         string commit, bool compare, bool compareEager, bool cudaGraphs, PrefillGemm prefillGemm, int? gemvMaxRows, int? mmaMaxRows,
-        int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, bool hopperPingPong, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
+        int? prefillChunk, int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, bool hopperPingPong, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
@@ -175,7 +176,10 @@ internal static class BenchCommand
         var engine = new EngineOptions
         {
             MaxContext = need <= modelMax ? need : null,
-            PrefillChunk = Math.Max(new EngineOptions().PrefillChunk, settings.Batches.Concat(settings.MixedBatches.Select(m => m.Length)).DefaultIfEmpty(0).Max()),
+            // The batches decode in one step each, so the chunk holds the largest of them.
+            PrefillChunk = Math.Max(prefillChunk is int c ? c >= MemoryPlan.MinPrefillChunk ? c
+                    : throw new OptionException($"--prefill-chunk must be at least {MemoryPlan.MinPrefillChunk}, got {c}") : new EngineOptions().PrefillChunk,
+                settings.Batches.Concat(settings.MixedBatches.Select(m => m.Length)).DefaultIfEmpty(0).Max()),
             GemvMaxRows = gemvMaxRows is int g and >= 0 ? g : gemvMaxRows is null ? new EngineOptions().GemvMaxRows
                 : throw new OptionException("--gemv-max-rows must be 0 or more"),
             TensorCoreGemvMaxRows = mmaMaxRows is int t and >= 0 ? t : mmaMaxRows is null ? new EngineOptions().TensorCoreGemvMaxRows

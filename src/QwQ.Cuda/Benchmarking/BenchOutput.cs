@@ -47,7 +47,8 @@ public static class BenchOutput
             else if (compare is not null) sb.Append(" – | – |");
             sb.AppendLine();
         }
-        if (r.PrefillGemm is { } gemm) sb.AppendLine($"\nPrefill products (over 128 rows): {gemm}.");
+        if (r.PrefillGemm is { } gemm) sb.AppendLine($"\nPrefill products (over 128 rows): {gemm}."
+            + (r.Figures.FirstOrDefault(f => f.PrefillChunk is not null)?.PrefillChunk is int chunk ? $" At most {chunk} rows a step." : ""));
         sb.AppendLine();
         sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms.");
         if (r.AllReduce is { Count: > 0 } ar)

@@ -48,13 +48,14 @@ public sealed record SampledDecodeResult(int Context, string Sampling, double Ms
 /// parallelism, whether kernels overlapped their predecessors (programmatic launch), the aggregate tokens per second,
 /// the time per step and its floor; prefill figures also name the GEMM the layer products ran on
 /// (<see cref="CudaBackend.PrefillGemmPath"/>: e.g. "fp8 cuBLASLt" against "dequantized to bf16 cuBLAS") and the
-/// attention kernel (<see cref="CudaBackend.PrefillAttentionPath"/>: "wgmma sm_90a" against "mma.sync"). A batch whose
+/// attention kernel (<see cref="CudaBackend.PrefillAttentionPath"/>: "wgmma sm_90a" against "mma.sync") and the most rows
+/// one step took (<see cref="PrefillChunk"/>, the memory plan's: a longer prompt ran in chunks of it). A batch whose
 /// rows decode at different contexts names them in <see cref="Contexts"/> (<see cref="MixedContexts"/>, e.g.
 /// "32768+7x1024") and has no single <see cref="Context"/>.
 /// </summary>
 public sealed record BenchFigure(string Kind, int Batch, int? Context, int? Tokens, string Weights, int TensorParallel,
     string KvCache, double TokensPerSecond, double MsPerStep, double? FloorMs, double? PercentOfFloor, bool ProgrammaticLaunch = false,
-    string? PrefillGemm = null, string? PrefillAttention = null, string? Contexts = null)
+    string? PrefillGemm = null, string? PrefillAttention = null, string? Contexts = null, int? PrefillChunk = null)
 {
     /// <summary>
     /// Per-row decode contexts written compactly, in the order given: runs of equal contexts as "NxC", joined by "+"
@@ -113,6 +114,7 @@ public static class ModelBenchmark
         log($"prefill products (over 128 rows): {prefillGemm}");
         string prefillAttention = backend.PrefillAttentionPath;
         log($"prefill attention: {prefillAttention}");
+        log($"prefill chunk: {backend.Plan.PrefillChunk} rows a step");
         int tp = backend.TensorParallel;
         var allReduce = new List<AllReduceResult>();
         if (tp > 1)
@@ -223,7 +225,7 @@ public static class ModelBenchmark
         BenchFigure Figure(string kind, int batch, int? context, int? tokens, double tokPerS, double ms, double? floor) =>
             new(kind, batch, context, tokens, MemoryTable.KindName(backend.Weights.LinearKind), tp, backend.KvCache.ToString().ToLowerInvariant(), tokPerS, ms, floor,
                 floor is double f ? 100 * f / ms : null, backend.ProgrammaticLaunch);
-        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm, PrefillAttention = prefillAttention }));
+        figures.AddRange(prefill.Select(p => Figure("prefill", 1, null, p.Tokens, p.TokensPerSecond, p.Ms, p.FloorMs) with { PrefillGemm = prefillGemm, PrefillAttention = prefillAttention, PrefillChunk = backend.Plan.PrefillChunk }));
         figures.AddRange(decode.Select(d => Figure("decode", 1, d.Context, null, d.TokensPerSecond, d.MsPerToken, d.FloorMs)));
         figures.Add(Figure("ttft", 1, null, ttft.PromptTokens, ttft.PromptTokens / (ttft.Ms / 1e3), ttft.Ms, null));
         seq.Dispose(); // the batched figures need the pool

@@ -125,6 +125,15 @@ public class CliTests
         AssertOneCleanError(r, 2, $"--decode-blocks-per-sm must be from 1 to 4, got {value}");
     }
 
+    [TestCase("0")]
+    [TestCase("511")]
+    [TestCase("-4096")]
+    public async Task BenchPrefillChunkIsCheckedBeforeAnythingLoads(string value)
+    {
+        var r = await Qwq("bench", "--prefill-chunk", value);
+        AssertOneCleanError(r, 2, $"--prefill-chunk must be at least 512, got {value}");
+    }
+
     [TestCase("0", TestName = "BenchDecodeMixed_ContextZero_IsRefused")]
     [TestCase("1024+0x2048", TestName = "BenchDecodeMixed_ZeroRows_IsRefused")]
     [TestCase("1024+2y2048", TestName = "BenchDecodeMixed_NotNxC_IsRefused")]
