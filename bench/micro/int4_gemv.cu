@@ -11,9 +11,7 @@
 // Not part of the build. On the GPU machine (a minute to compile, well under a minute to run):
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v -o /tmp/int4bench bench/micro/int4_gemv.cu && /tmp/int4bench
 // "/tmp/int4bench once" launches the engine's plan once over gate_up at one row (for ncu); "/tmp/int4bench current"
-// times the engine's plan alone (an A/B of edits to kernels/gemv_int4.cu: one build of this file per tree); "/tmp/int4bench
-// f16" times it against gemv_int4_f16.cuh's candidate alone (x in f16, one shift a word; that header says why), and
-// "/tmp/int4bench once-f16" launches that candidate once like "once" (ncu: -k regex:f16x_k).
+// times the engine's plan alone (an A/B of edits to kernels/gemv_int4.cu: one build of this file per tree).
 // Outputs kept: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-2ae4938-int4-gemv-micro.txt (the first harness: zero
 // x, constant codes) and bench/results/2026-11-28-NVIDIA-H200-*-int4-gemv-micro.txt (this one).
 #include <algorithm>
@@ -24,7 +22,6 @@
 #include <vector>
 #include "../../kernels/gemv_int4.cu"
 #include "gemv_int4_v2.cuh"
-#include "gemv_int4_f16.cuh"
 #include "harness.cuh"
 #include "stream_read.cuh"
 // Random code bytes (every byte is two valid nibbles).
@@ -78,9 +75,6 @@ int main(int argc, char** argv) {
     // "once": the engine's plan launched once over gate_up at one row after the fills, nothing else (for ncu, e.g.
     // ncu --set full -k regex:current_k /tmp/int4bench once; session 20's opcode counts came from this)
     const bool once = argc > 1 && strcmp(argv[1], "once") == 0;
-    const bool once_f16 = argc > 1 && strcmp(argv[1], "once-f16") == 0;
-    // "f16": the engine's plan and the f16 candidate, none of the other variants
-    const bool f16_only = argc > 1 && strcmp(argv[1], "f16") == 0;
     // "current": the engine's plan alone at every shape, none of the variants (an A/B of kernel edits, one build each)
     const bool current_only = argc > 1 && strcmp(argv[1], "current") == 0;
     const int sms = print_device();
@@ -98,12 +92,6 @@ int main(int argc, char** argv) {
     const float* scale; const __nv_bfloat16* x; float *y, *yref, *part; int* tickets;
     std::tie(scale, x, y, yref, part, tickets) = io.views();
     (void)scale;  // int4 scales live in the weights' scale words
-    // x as f16 for the f16 candidate (exact: GemvBuffers' x is bf16 in [-2, 2)), typed as bf16 to share Fn
-    __half* xh;
-    CK(cudaMalloc(&xh, (size_t)8 * maxK * sizeof(__half)));
-    bf16_to_f16_k<<<sms, 256>>>(x, xh, (long long)8 * maxK);
-    CK(cudaGetLastError());
-    const __nv_bfloat16* xh_as_bf16 = reinterpret_cast<const __nv_bfloat16*>(xh);
     LaunchTimer timer;
     auto timeit = [&](int copies, auto&& launch) { return timer.best_us(copies, launch); };
 
@@ -119,12 +107,11 @@ int main(int argc, char** argv) {
         CK(cudaGetLastError());
         auto wOf = [&](int c) { return pool + c * stride; };
         auto szOf = [&](int c) { return (const uint32_t*)(pool + c * stride + code_bytes(s)); };
-        if (once || once_f16) {
+        if (once) {
             if (strcmp(s.name, "gate_up") != 0) continue;
-            if (once_f16) f16x_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), xh_as_bf16, y, part, tickets, s.n, s.k, 1);
-            else current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, 1);
+            current_k<<<dim3(tiles, 1), kTileWarps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, 1);
             CK(cudaDeviceSynchronize());
-            printf("once: %s over gate_up at 1 row\n", once_f16 ? "f16x_k" : "current_k");
+            printf("once: current_k over gate_up at 1 row\n");
             return 0;
         }
         const float read = timeit(copies, [&](int c) {
@@ -139,26 +126,25 @@ int main(int argc, char** argv) {
             io.take_reference(m, s.n);
 
             Best b{&s, m, read, {}};
-            auto run = [&](const char* name, Fn fn, int warps, int kw, bool isCurrent, const __nv_bfloat16* xin) {
+            auto run = [&](const char* name, Fn fn, int warps, int kw, bool isCurrent) {
                 const int groupsOfTiles = (tiles + warps / kw - 1) / (warps / kw);
                 Sweep sw;
                 for (int sp : kSplits) {
                     if (!fits(s.n, s.k, sp)) continue;
                     const dim3 grid(groupsOfTiles, sp);
                     CK(cudaMemset(tickets, 0, kTicketBytes));
-                    const float us = timeit(copies, [&](int c) { fn<<<grid, warps * 32>>>(wOf(c), szOf(c), xin, y, part, tickets, s.n, s.k, m); });
+                    const float us = timeit(copies, [&](int c) { fn<<<grid, warps * 32>>>(wOf(c), szOf(c), x, y, part, tickets, s.n, s.k, m); });
                     io.poison(m, s.n);
-                    fn<<<grid, warps * 32>>>(wOf(0), szOf(0), xin, y, part, tickets, s.n, s.k, m);
+                    fn<<<grid, warps * 32>>>(wOf(0), szOf(0), x, y, part, tickets, s.n, s.k, m);
                     sw.add(sp, us, io.check(m, s.n));
                 }
                 if (!sw.ok()) ++fails;
                 sw.print(name, bytes);
                 b.o.take(name, sw, isCurrent);
             };
-            run("current", current_k, kTileWarps, kTileWarps, true, x);
-            if (f16_only) run("f16x", f16x_k, kTileWarps, kTileWarps, false, xh_as_bf16);
-            else if (!current_only)
-                for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false, x);
+            run("current", current_k, kTileWarps, kTileWarps, true);
+            if (!current_only)
+                for (auto& v : kVars) run(v.name, v.fn, v.warps, v.kw, false);
             summary.push_back(b);
         }
     }
