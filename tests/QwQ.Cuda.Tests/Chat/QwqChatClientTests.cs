@@ -100,7 +100,9 @@ public class QwqChatClientTests
         Assert.That(last.FinishReason, Is.Not.Null);
         Assert.That(updates.All(u => u.Role == ChatRole.Assistant && u.ModelId == "QwQ-32B"));
         // Generation starts inside <think>: text before </think> arrives as reasoning.
-        Assert.That(updates.SelectMany(u => u.Contents).Any(c => c is TextReasoningContent or TextContent), Is.True.Or.EqualTo(usage.OutputTokenCount <= 1));
+        // (a single token may be the end of the sequence alone, with no text)
+        bool anyText = updates.SelectMany(u => u.Contents).Any(c => c is TextReasoningContent or TextContent);
+        Assert.That(anyText || usage.OutputTokenCount <= 1, Is.True, $"{usage.OutputTokenCount} tokens and no text or reasoning content");
     }
 
     [Test]

@@ -570,68 +570,8 @@ public sealed class AttentionKernelTests
         Assert.Throws<ArgumentException>(() => ops.DecodePaged(stream, p, p, p, p, p, p, p, 0, 1, 2, 40, 8, 128, 0.1f));      // no plan
     }
 
-    // ---------------------------------------------------------------- throughput (run by hand on a GPU)
-
-    [Test, Explicit("throughput report, not a correctness check")]
-    public void PrefillThroughput_QwqShape_16k()
-    {
-        var (ops, stream) = Gpu();
-        const int nq = 40, nkv = 8, d = 128, tokens = 16384, blocks = tokens / Block;
-        using var q = DeviceBuffer.Allocate(2L * tokens * nq * d);
-        using var k = DeviceBuffer.Allocate(2L * nkv * tokens * d);
-        using var v = DeviceBuffer.Allocate(2L * nkv * tokens * d);
-        using var o = DeviceBuffer.Allocate(2L * tokens * nq * d);
-        using var table = DeviceBuffer.FromHost<int>(ShuffledBlocks(blocks));
-        using var info = DeviceBuffer.FromHost<int>([0, tokens, 0, 0]);
-        foreach (var b in new[] { q, k, v }) b.Memset32(0x3C003C00); // bf16 pairs of 0.0078125: finite, harmless
-        float ms = Time(stream, 5, () => ops.PrefillPaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, info.Ptr, table.Ptr, 1, tokens, blocks,
-            nq, nkv, d, 1f / MathF.Sqrt(d)));
-        double flops = 4.0 * tokens * (tokens + 1) / 2.0 * nq * d; // causal: QK^T and PV over the lower triangle
-        TestContext.Out.WriteLine($"prefill T={tokens}: {ms:F2} ms/layer, {flops / ms / 1e9:F0} TFLOP/s");
-    }
-
-    [Test, Explicit("throughput report, not a correctness check")]
-    public void DecodeBandwidth_QwqShape()
-    {
-        var (ops, stream) = Gpu();
-        const int nq = 40, nkv = 8, d = 128, maxCtx = 131072, blocks = maxCtx / Block;
-        using var q = DeviceBuffer.Allocate(2L * nq * d);
-        using var k = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
-        using var v = DeviceBuffer.Allocate(2L * nkv * maxCtx * d);
-        using var o = DeviceBuffer.Allocate(2L * nq * d);
-        using var table = DeviceBuffer.FromHost<int>(ShuffledBlocks(blocks));
-        using var ws = DeviceBuffer.Allocate(AttentionOps.DecodePagedWorkspaceBytes(Multiprocessors, nq, nkv, d, 1));
-        using var plan = new DecodeSplitPlanBuffers(1);
-        foreach (var b in new[] { q, k, v }) b.Memset32(0x3C003C00);
-        foreach (int ctx in new[] { 1024, 8192, 32768, 131072 })
-        {
-            plan.Plan(ops, [ctx], blocks, nkv, d, KvCacheKind.Bf16);
-            float ms = Time(stream, 20, () => ops.DecodePaged(stream, q.Ptr, k.Ptr, v.Ptr, o.Ptr, ws.Ptr, table.Ptr, plan.Rows, plan.Work, 1, blocks,
-                nq, nkv, d, 1f / MathF.Sqrt(d)));
-            double bytes = 2.0 * 2 * nkv * (double)ctx * d;
-            TestContext.Out.WriteLine($"decode ctx={ctx}: {ms * 1000:F1} us/layer, {bytes / ms / 1e6:F0} GB/s of K/V");
-        }
-    }
-
-    /// <summary>A random order of <paramref name="blocks"/> blocks, as a long-running pool hands them out.</summary>
-    private static int[] ShuffledBlocks(int blocks)
-    {
-        var t = Enumerable.Range(0, blocks).ToArray();
-        new Random(1).Shuffle(t);
-        return t;
-    }
-
-    private static float Time(CudaStream stream, int reps, Action launch)
-    {
-        launch(); // warm-up (JIT of the PTX happened at load; this settles clocks and caches)
-        using var start = CudaEvent.Create();
-        using var end = CudaEvent.Create();
-        start.Record(stream);
-        for (int i = 0; i < reps; i++) launch();
-        end.Record(stream);
-        end.Synchronize();
-        return CudaEvent.ElapsedMilliseconds(start, end) / reps;
-    }
+    // Throughput is measured by the micro-benchmarks (bench/micro/attention_prefill_sm90.cu, attention_decode.cu) and
+    // `qwq bench --profile-step`, not here.
 
     // ---------------------------------------------------------------- helpers
 

@@ -37,7 +37,8 @@ public class SamplerTimingTests
         foreach (var (name, o, l) in Cases())
         {
             using var dl = DeviceBuffer.FromHost<float>(l);
-            for (int i = 0; i < 50; i++) gpu.Sample(s, dl.Ptr, o, i); // warm-up (JIT of the PTX, caches)
+            for (int i = 0; i < 50; i++) // warm-up (JIT of the PTX, caches); the draws must be tokens of the vocabulary
+                Assert.That(gpu.Sample(s, dl.Ptr, o, i), Is.InRange(0, ValidVocab - 1), name);
             const int n = 2000;
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < n; i++) gpu.Sample(s, dl.Ptr, o, i); // enqueue + sync + read: per-token latency
@@ -56,7 +57,7 @@ public class SamplerTimingTests
         var cpu = new CpuSampler(VocabRows, ValidVocab, 1);
         foreach (var (name, o, l) in Cases())
         {
-            for (int i = 0; i < 3; i++) cpu.Sample(l, o, i);
+            for (int i = 0; i < 3; i++) Assert.That(cpu.Sample(l, o, i), Is.InRange(0, ValidVocab - 1), name);
             const int n = 30;
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < n; i++) cpu.Sample(l, o, i);

@@ -420,5 +420,6 @@ public class ServerTests
             Env("QWQ_LOAD_MAX_TOKENS", 256), Environment.GetEnvironmentVariable("QWQ_API_KEY"));
         TestContext.Out.WriteLine(report);
         Assert.That(report.Failures, Is.Empty);
+        Assert.That(report.Completed, Is.GreaterThan(0), "no request completed (every one rejected?)");
     }
 }
