@@ -198,11 +198,23 @@ internal sealed class LinearOps : IDisposable
     public bool TryApplyBf16Out(CudaStream s, LinearWeight w, ulong x, ulong yBf16, int rows)
     {
         if (_lt is not null || rows <= SlicedMaxRows || (_decodeLt is not null && rows <= Workspace.MaxSequences)) return false;
-        ulong weight;
-        if (w.Kind == WeightKind.Bf16) weight = w.Weight;
-        else if (RunsDequantized(w, rows)) { Dequantize(s, w); weight = _dequantScratch; }
-        else return false;
+        if (!TryBf16GemmWeight(s, w, rows, out ulong weight)) return false;
         _blas.GemmBf16NTOutBf16(x, weight, yBf16, rows, w.Out, w.In);
+        return true;
+    }
+
+    /// <summary>
+    /// The bf16 [out, in] weight the bf16 GEMM reads for a product over more than <see cref="SlicedMaxRows"/> rows: a bf16
+    /// weight itself, or a quantized one's copy, expanded into the scratch now (<see cref="RunsDequantized"/>); false where
+    /// the product runs on the FP8 GEMM instead. <see cref="TryApplyBf16Out"/> and <see cref="TunePrefill"/> share it.
+    /// </summary>
+    private bool TryBf16GemmWeight(CudaStream s, LinearWeight w, int rows, out ulong weight)
+    {
+        weight = w.Kind == WeightKind.Bf16 ? w.Weight : 0;
+        if (w.Kind == WeightKind.Bf16) return true;
+        if (!RunsDequantized(w, rows)) return false;
+        Dequantize(s, w);
+        weight = _dequantScratch;
         return true;
     }
 
@@ -327,10 +339,7 @@ internal sealed class LinearOps : IDisposable
         int tuned = 0;
         foreach (var (w, x, y, accumulate) in products)
         {
-            ulong b;
-            if (w.Kind == WeightKind.Bf16) b = w.Weight;
-            else if (RunsDequantized(w, rows)) { Dequantize(s, w); b = _dequantScratch; }
-            else continue; // the FP8 GEMM: its own cuBLASLt plans
+            if (!TryBf16GemmWeight(s, w, rows, out ulong b)) continue; // the FP8 GEMM: its own cuBLASLt plans
             _lt.Tune(s, x, [b], y, rows, w.Out, w.In, accumulate ? 1f : 0f, candidates: 16);
             tuned++;
         }

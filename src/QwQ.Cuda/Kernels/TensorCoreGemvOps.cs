@@ -97,7 +97,7 @@ internal sealed class TensorCoreGemvOps
     private readonly CudaKernel _xToHalf;
     // sm_90a (null off compute capability 9.0): x to f16 in the order these builds read it, and the n16, n32, n32 deep builds
     private readonly (CudaKernel XToHalf, CudaKernel[] Gemv)? _warpgroup;
-    // sm_90a, the builds that read bf16 x: n32, n32 deep (null where the PTX predates them)
+    // sm_90a, the builds that read bf16 x: n16, n32, n32 deep (null where the PTX predates them)
     private readonly CudaKernel[]? _warpgroupBf16;
 
     public TensorCoreGemvOps(PtxLibrary lib)
@@ -202,13 +202,16 @@ internal sealed class TensorCoreGemvOps
         ulong tickets = workspace, part = workspace + TicketBytes;
         int acc = accumulate ? 1 : 0;
         int batchTiles = rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
+        // the f16 and warpgroup families each have three builds: 16 rows, 32 rows, and the wide/deep 32-row one
+        int build = variant is TensorCoreVariant.HalfWide or TensorCoreVariant.WarpgroupDeep or TensorCoreVariant.WarpgroupBf16Deep ? 2
+            : batchTiles == 1 ? 0 : 1;
         if (variant is TensorCoreVariant.Half or TensorCoreVariant.HalfWide)
         {
             ulong xh = part + PartBytes, xs = xh + HalfXBytes;  // x as f16 [rows, k] and its row scales [rows]
             void** convert = stackalloc void*[] { &x, &xh, &xs, &k };
             _xToHalf.Launch(new Dim3((uint)rows), new Dim3(XToHalfThreads), 0, s, convert);
             void** half = stackalloc void*[] { &w, &scale, &xh, &xs, &y, &part, &tickets, &n, &k, &rows, &acc };
-            _fp8Half[wide ? 2 : batchTiles == 1 ? 0 : 1].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, half);
+            _fp8Half[build].Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, half);
             return;
         }
         if (variant is TensorCoreVariant.Warpgroup or TensorCoreVariant.WarpgroupDeep)
@@ -218,14 +221,14 @@ internal sealed class TensorCoreGemvOps
             var (xToHalf, builds) = _warpgroup!.Value;
             xToHalf.Launch(new Dim3((uint)rows), new Dim3(XToHalfThreads), 0, s, convert);
             void** wgArgs = stackalloc void*[] { &w, &scale, &xh, &xs, &y, &part, &tickets, &n, &k, &rows, &acc };
-            CudaKernel wgKernel = builds[variant == TensorCoreVariant.WarpgroupDeep ? 2 : batchTiles == 1 ? 0 : 1];
+            CudaKernel wgKernel = builds[build];
             wgKernel.Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, wgArgs);
             return;
         }
         void** args = stackalloc void*[] { &w, &scale, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
         if (variant is TensorCoreVariant.WarpgroupBf16 or TensorCoreVariant.WarpgroupBf16Deep)
         {
-            CudaKernel wgb = _warpgroupBf16![variant == TensorCoreVariant.WarpgroupBf16Deep ? 2 : batchTiles == 1 ? 0 : 1];
+            CudaKernel wgb = _warpgroupBf16![build];
             wgb.Launch(new Dim3(blocks, (uint)splits), new Dim3(Threads), 0, s, args);
             return;
         }
