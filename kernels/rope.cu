@@ -1,4 +1,5 @@
-// Attention input preparation for one layer: x = qkv + bias (fp32), RoPE on q and k heads (HF rotate_half:
+// Attention input preparation for one layer: x = qkv + bias in fp32 (qkv, the product, fp32 or bf16: the _f32_ and
+// _bf16_ entries), RoPE on q and k heads (HF rotate_half:
 // pairs (i, i + D/2)), q -> q_out bf16, k and v -> this layer's paged KV pool at each row's slot: bf16, or e4m3 codes
 // with one fp32 scale per (position, head) for the fp8 cache (docs/KV_CACHE.md).
 // RoPE angle = (float)pos * inv_freq[i] in fp32 with accurate sincosf (no fast-math: positions reach 32K+
@@ -15,11 +16,19 @@ __device__ __forceinline__ float2 rope_cos_sin(const float* __restrict__ inv_fre
     return make_float2(c * attention_factor, s * attention_factor);
 }
 
+// The product's q/k/v element i as fp32: prefill chunks on cuBLAS write the product in bf16 (half the bytes this
+// kernel reads; LinearOps.TryApplyBf16Out), every other step in fp32.
+__device__ __forceinline__ float qkv_at(const float* x, int i) { return x[i]; }
+__device__ __forceinline__ float qkv_at(const __nv_bfloat16* x, int i) {
+    return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(x)[i]);
+}
+
 // Pair (lo, hi) = (x[i] + b[i], x[i + half] + b[i + half]) of one head, rotated by cs (q and k) or not (v), in fp32.
-__device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t* b, float2 cs, bool rotate, int i,
+template <typename In>
+__device__ __forceinline__ float2 bias_rope_pair(const In* x, const uint16_t* b, float2 cs, bool rotate, int i,
                                                  int half) {
-    const float lo = x[i] + bf16_bits_to_float(b[i]);
-    const float hi = x[i + half] + bf16_bits_to_float(b[i + half]);
+    const float lo = qkv_at(x, i) + bf16_bits_to_float(b[i]);
+    const float hi = qkv_at(x, i + half) + bf16_bits_to_float(b[i + half]);
     if (!rotate) return make_float2(lo, hi);
     return make_float2(lo * cs.x - hi * cs.y, hi * cs.x + lo * cs.y);
 }
@@ -37,28 +46,28 @@ __device__ __forceinline__ float2 bias_rope_pair(const float* x, const uint16_t*
 // that each read 1 KB, and ran at 0.6 TB/s on an H200 (qkv_bias_rope 284 us a chunk, 73 ms of a 16k prefill): the
 // blocks' fixed latency (the slot and position loads, the first loads) was the cost. With the heads of a row in one
 // block the angle's sincos is also computed once per pair, not once per head. Decode rows keep small blocks
-// (heads_per_block 4: 14 blocks a row at QwQ's 56 heads).
-extern "C" __global__ void __launch_bounds__(1024)
-qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows, (nq + 2*nkv) * D]
-                             const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
-                             const float* __restrict__ inv_freq,       // [D/2]
-                             float attention_factor,
-                             const float* __restrict__ inv_freq_alt,   // [D/2] the other rope (adaptive YaRN), or null
-                             float factor_alt,
-                             const int* __restrict__ rope_rows,        // [rows] 0: inv_freq, 1: inv_freq_alt; null: all 0
-                             const int* __restrict__ positions,        // [rows]
-                             const int* __restrict__ slots,            // [rows]
-                             int nq, int nkv, int head_dim, int heads_per_block,
-                             __nv_bfloat16* __restrict__ q_out,        // [rows, nq, D]
-                             __nv_bfloat16* __restrict__ k_pool,       // [blocks, nkv, 64, D]
-                             __nv_bfloat16* __restrict__ v_pool) {     // [blocks, nkv, 64, D]
+// (heads_per_block 4: 14 blocks a row at QwQ's 56 heads). In: the product's type, float or __nv_bfloat16 (qkv_at).
+template <typename In>
+__device__ __forceinline__ void qkv_bias_rope_paged_bf16(const In* __restrict__ qkv,                // [rows, (nq + 2*nkv) * D]
+                                                         const __nv_bfloat16* __restrict__ bias,    // [(nq + 2*nkv) * D]
+                                                         const float* __restrict__ inv_freq,        // [D/2]
+                                                         float attention_factor,
+                                                         const float* __restrict__ inv_freq_alt,    // [D/2] or null
+                                                         float factor_alt,
+                                                         const int* __restrict__ rope_rows,         // [rows] or null
+                                                         const int* __restrict__ positions,         // [rows]
+                                                         const int* __restrict__ slots,             // [rows]
+                                                         int nq, int nkv, int head_dim, int heads_per_block,
+                                                         __nv_bfloat16* __restrict__ q_out,         // [rows, nq, D]
+                                                         __nv_bfloat16* __restrict__ k_pool,        // [blocks, nkv, 64, D]
+                                                         __nv_bfloat16* __restrict__ v_pool) {      // [blocks, nkv, 64, D]
     kernel_entry_barrier();
     const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1;
     const int lanes = blockDim.x >> 2, head_slot = threadIdx.x / lanes, lane = threadIdx.x % lanes;
     const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
     // Padding rows have only q heads to write (the first nq).
     const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);
-    const float* x_row = qkv + (size_t)t * heads * head_dim;
+    const In* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
     const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
     const float* inv = alt ? inv_freq_alt : inv_freq;
@@ -86,6 +95,21 @@ qkv_bias_rope_paged_f32_bf16(const float* __restrict__ qkv,            // [rows,
     }
 }
 
+#define QWQ_QKV_ROPE_BF16_ENTRY(P, IN)                                                                              \
+    extern "C" __global__ void __launch_bounds__(1024)                                                                 \
+    qkv_bias_rope_paged_##P##_bf16(                                                                                   \
+         const IN* __restrict__ qkv, const __nv_bfloat16* __restrict__ bias, const float* __restrict__ inv_freq,        \
+         float attention_factor, const float* __restrict__ inv_freq_alt, float factor_alt,                              \
+         const int* __restrict__ rope_rows, const int* __restrict__ positions, const int* __restrict__ slots, int nq,   \
+         int nkv, int head_dim, int heads_per_block, __nv_bfloat16* __restrict__ q_out,                                 \
+         __nv_bfloat16* __restrict__ k_pool, __nv_bfloat16* __restrict__ v_pool) {                                     \
+        qkv_bias_rope_paged_bf16<IN>(qkv, bias, inv_freq, attention_factor, inv_freq_alt, factor_alt, rope_rows,      \
+                                     positions, slots, nq, nkv, head_dim, heads_per_block, q_out, k_pool, v_pool);     \
+    }
+QWQ_QKV_ROPE_BF16_ENTRY(f32, float)
+QWQ_QKV_ROPE_BF16_ENTRY(bf16, __nv_bfloat16)
+#undef QWQ_QKV_ROPE_BF16_ENTRY
+
 // The same for the fp8 KV cache (docs/KV_CACHE.md): q as above (bf16); k and v quantized to e4m3 codes
 // ([blocks, nkv, 64, D] bytes) with one fp32 scale per (slot, head) ([blocks, nkv, 64]), from the fp32 values after
 // bias and RoPE. Launch as the bf16 entry (the same head slots and heads_per_block); additionally D/2 <= 256, so every
@@ -98,29 +122,29 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, (nq + 2*nkv) * D]
-                            const __nv_bfloat16* __restrict__ bias,   // [(nq + 2*nkv) * D]
-                            const float* __restrict__ inv_freq,       // [D/2]
-                            float attention_factor,
-                            const float* __restrict__ inv_freq_alt,   // [D/2] the other rope (adaptive YaRN), or null
-                            float factor_alt,
-                            const int* __restrict__ rope_rows,        // [rows] 0: inv_freq, 1: inv_freq_alt; null: all 0
-                            const int* __restrict__ positions,        // [rows]
-                            const int* __restrict__ slots,            // [rows]
-                            int nq, int nkv, int head_dim, int heads_per_block,
-                            __nv_bfloat16* __restrict__ q_out,        // [rows, nq, D]
-                            uint8_t* __restrict__ k_pool,             // [blocks, nkv, 64, D] e4m3
-                            uint8_t* __restrict__ v_pool,             // [blocks, nkv, 64, D] e4m3
-                            float* __restrict__ k_scales,             // [blocks, nkv, 64]
-                            float* __restrict__ v_scales) {           // [blocks, nkv, 64]
+template <typename In>
+__device__ __forceinline__ void qkv_bias_rope_paged_fp8(const In* __restrict__ qkv,              // [rows, (nq + 2*nkv) * D]
+                                                        const __nv_bfloat16* __restrict__ bias,  // [(nq + 2*nkv) * D]
+                                                        const float* __restrict__ inv_freq,      // [D/2]
+                                                        float attention_factor,
+                                                        const float* __restrict__ inv_freq_alt,  // [D/2] or null
+                                                        float factor_alt,
+                                                        const int* __restrict__ rope_rows,       // [rows] or null
+                                                        const int* __restrict__ positions,       // [rows]
+                                                        const int* __restrict__ slots,           // [rows]
+                                                        int nq, int nkv, int head_dim, int heads_per_block,
+                                                        __nv_bfloat16* __restrict__ q_out,       // [rows, nq, D]
+                                                        uint8_t* __restrict__ k_pool,            // [blocks, nkv, 64, D] e4m3
+                                                        uint8_t* __restrict__ v_pool,            // [blocks, nkv, 64, D] e4m3
+                                                        float* __restrict__ k_scales,            // [blocks, nkv, 64]
+                                                        float* __restrict__ v_scales) {          // [blocks, nkv, 64]
     kernel_entry_barrier();
     __shared__ float warp_max[2][4][8];  // [head parity][head slot][warp of the slot]: at most 256 lanes a slot
     const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1;
     const int lanes = blockDim.x >> 2, head_slot = threadIdx.x / lanes, lane = threadIdx.x % lanes;
     const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
     const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);  // padding rows: q heads only
-    const float* x_row = qkv + (size_t)t * heads * head_dim;
+    const In* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
     const bool mine = lane < half;
     const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
@@ -128,7 +152,7 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
                            : make_float2(1.f, 0.f);
     int parity = 0;
     for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
-        const float* x = x_row + (size_t)head * head_dim;
+        const In* x = x_row + (size_t)head * head_dim;
         const uint16_t* b = b16 + (size_t)head * head_dim;
         if (head < nq) {
             if (mine) {
@@ -162,6 +186,22 @@ qkv_bias_rope_paged_f32_fp8(const float* __restrict__ qkv,            // [rows, 
         if (lane == 0) (is_k ? k_scales : v_scales)[row] = scale;
     }
 }
+
+#define QWQ_QKV_ROPE_FP8_ENTRY(P, IN)                                                                               \
+    extern "C" __global__ void __launch_bounds__(1024)                                                                 \
+    qkv_bias_rope_paged_##P##_fp8(                                                                                    \
+         const IN* __restrict__ qkv, const __nv_bfloat16* __restrict__ bias, const float* __restrict__ inv_freq,        \
+         float attention_factor, const float* __restrict__ inv_freq_alt, float factor_alt,                              \
+         const int* __restrict__ rope_rows, const int* __restrict__ positions, const int* __restrict__ slots, int nq,   \
+         int nkv, int head_dim, int heads_per_block, __nv_bfloat16* __restrict__ q_out, uint8_t* __restrict__ k_pool,   \
+         uint8_t* __restrict__ v_pool, float* __restrict__ k_scales, float* __restrict__ v_scales) {                    \
+        qkv_bias_rope_paged_fp8<IN>(qkv, bias, inv_freq, attention_factor, inv_freq_alt, factor_alt, rope_rows,       \
+                                    positions, slots, nq, nkv, head_dim, heads_per_block, q_out, k_pool, v_pool,       \
+                                    k_scales, v_scales);                                                               \
+    }
+QWQ_QKV_ROPE_FP8_ENTRY(f32, float)
+QWQ_QKV_ROPE_FP8_ENTRY(bf16, __nv_bfloat16)
+#undef QWQ_QKV_ROPE_FP8_ENTRY
 
 // ---- Re-rotating a sequence's cached keys into another rope (adaptive YaRN's fast switch, --rope-switch-method rerotate)
 // A key cached at position p under rope "from" is f_from * R(a_from) * k; the key rope "to" writes is

@@ -78,9 +78,9 @@ internal sealed class Qwen2Forward
         {
             LayerWeights w = _w.Layers[l];
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))), then the MLP's norm of x
-            _linear.Apply(s, w.Qkv, _ws.Normed, _ws.Qkv, t);
+            bool qkvBf16 = QkvProduct(s, w.Qkv, t);
             _k.Rope.QkvBiasRopePaged(s, _ws.Qkv, w.QkvBias, rope.InvFreq, rope.Factor, inp.Positions, inp.Slots, t,
-                _nq, _nkv, _d, _ws.Q, _kv.Layer(l), invFreqAlt: alt.InvFreq, factorAlt: alt.Factor, ropeRows: ropeRows);
+                _nq, _nkv, _d, _ws.Q, _kv.Layer(l), invFreqAlt: alt.InvFreq, factorAlt: alt.Factor, ropeRows: ropeRows, qkvBf16: qkvBf16);
             Attention(s, b, l);
             _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x))), then the next layer's input norm (the final norm after the last)
@@ -90,6 +90,17 @@ internal sealed class Qwen2Forward
         }
         // Normed holds every row's final norm; no row needs logits when a long prompt's chunk is not its last.
         if (b.LogitRows > 0) Logits(s, b.LogitRows);
+    }
+
+    /// <summary>
+    /// qkv(norm(x)) into the Qkv buffer: bf16 in its first half where the product runs on cuBLAS (prefill-sized steps;
+    /// the bias and RoPE kernel then reads half the bytes, and the product writes half), else fp32. True when bf16.
+    /// </summary>
+    private bool QkvProduct(CudaStream s, LinearWeight qkv, int t)
+    {
+        if (_linear.TryApplyBf16Out(s, qkv, _ws.Normed, _ws.Qkv, t)) return true;
+        _linear.Apply(s, qkv, _ws.Normed, _ws.Qkv, t);
+        return false;
     }
 
     /// <summary>

@@ -13,6 +13,8 @@ internal sealed class RopeOps
 {
     [KernelEntry] public const string QkvBiasRopePagedEntry = "qkv_bias_rope_paged_f32_bf16";
     [KernelEntry] public const string QkvBiasRopePagedFp8Entry = "qkv_bias_rope_paged_f32_fp8";
+    [KernelEntry] public const string QkvBf16BiasRopePagedEntry = "qkv_bias_rope_paged_bf16_bf16";
+    [KernelEntry] public const string QkvBf16BiasRopePagedFp8Entry = "qkv_bias_rope_paged_bf16_fp8";
     [KernelEntry] public const string KvRerotatePagedEntry = "kv_rerotate_paged_bf16";
     [KernelEntry] public const string KvRerotatePagedFp8Entry = "kv_rerotate_paged_fp8";
 
@@ -28,13 +30,16 @@ internal sealed class RopeOps
     /// </summary>
     public const int MaxFp8HeadDim = 512;
 
-    private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8, _kvRerotatePaged, _kvRerotatePagedFp8;
+    private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8, _qkvBf16BiasRopePaged, _qkvBf16BiasRopePagedFp8,
+        _kvRerotatePaged, _kvRerotatePagedFp8;
 
     public RopeOps(PtxLibrary lib)
     {
         ArgumentNullException.ThrowIfNull(lib);
         _qkvBiasRopePaged = lib.GetKernel(QkvBiasRopePagedEntry);
         _qkvBiasRopePagedFp8 = lib.GetKernel(QkvBiasRopePagedFp8Entry);
+        _qkvBf16BiasRopePaged = lib.GetKernel(QkvBf16BiasRopePagedEntry);
+        _qkvBf16BiasRopePagedFp8 = lib.GetKernel(QkvBf16BiasRopePagedFp8Entry);
         _kvRerotatePaged = lib.GetKernel(KvRerotatePagedEntry);
         _kvRerotatePagedFp8 = lib.GetKernel(KvRerotatePagedFp8Entry);
     }
@@ -112,10 +117,12 @@ internal sealed class RopeOps
     /// scaling): int32 [rows] on the device, 1 where a row runs the other rope (<paramref name="invFreqAlt"/>,
     /// <paramref name="factorAlt"/>), 0 where it runs (<paramref name="invFreq"/>, <paramref name="attentionFactor"/>); 0
     /// (null): every row the first. One launch for a step whose sequences sit on both sides of the switch.
+    /// <paramref name="qkvBf16"/>: <paramref name="qkv"/> is bf16 [rows, (nq+2*nkv)*D] (a prefill chunk's product on cuBLAS,
+    /// <see cref="Engine.LinearOps.TryApplyBf16Out"/>), not fp32; the bias and RoPE still run in fp32.
     /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
         ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0,
-        ulong invFreqAlt = 0, float factorAlt = 1f, ulong ropeRows = 0)
+        ulong invFreqAlt = 0, float factorAlt = 1f, ulong ropeRows = 0, bool qkvBf16 = false)
     {
         if (ropeRows != 0)
         {
@@ -125,7 +132,7 @@ internal sealed class RopeOps
             if (!float.IsFinite(factorAlt)) throw new ArgumentException($"factorAlt must be finite (got {factorAlt}).", nameof(factorAlt));
         }
         LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(qkv, 4, nameof(qkv));
+        LaunchChecks.Aligned(qkv, qkvBf16 ? 2 : 4, nameof(qkv));
         LaunchChecks.Aligned(bias, 2, nameof(bias));
         LaunchChecks.Aligned(invFreq, 4, nameof(invFreq));
         LaunchChecks.Aligned(qOut, 2, nameof(qOut));
@@ -163,7 +170,7 @@ internal sealed class RopeOps
             {
                 &qkv, &bias, &invFreq, &attentionFactor, &invFreqAlt, &factorAlt, &ropeRows, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool, &kScales, &vScales,
             };
-            _qkvBiasRopePagedFp8.Launch(grid, new Dim3(4 * threads), 0, s, args);
+            (qkvBf16 ? _qkvBf16BiasRopePagedFp8 : _qkvBiasRopePagedFp8).Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
         else
         {
@@ -171,7 +178,7 @@ internal sealed class RopeOps
             {
                 &qkv, &bias, &invFreq, &attentionFactor, &invFreqAlt, &factorAlt, &ropeRows, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
             };
-            _qkvBiasRopePaged.Launch(grid, new Dim3(4 * threads), 0, s, args);
+            (qkvBf16 ? _qkvBf16BiasRopePaged : _qkvBiasRopePaged).Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
     }
 }

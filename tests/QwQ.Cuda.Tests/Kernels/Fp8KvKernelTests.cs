@@ -71,7 +71,11 @@ public sealed class Fp8KvKernelTests : KernelTestBase
     [TestCase(40, 8, 128, true, 5, TestName = "Fp8Rope_QwqShape_FiveHeadsABlock")]
     [TestCase(40, 8, 128, true, 56, TestName = "Fp8Rope_QwqShape_AllHeadsInABlock")]
     [TestCase(4, 2, 36, true, 8, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_AllHeadsInABlock")]
-    public void RopeQuantizesEveryKvHeadLikeKvCacheFp8(int nq, int nkv, int d, bool rotate, int headsPerBlock = 0)
+    // the bf16-product entry (prefill chunks on cuBLAS write qkv in bf16; the values are bf16-exact, so the host's are the same)
+    [TestCase(40, 8, 128, false, 56, true, TestName = "Fp8Rope_QwqShape_Bf16Product_BitExact")]
+    [TestCase(40, 8, 128, true, 56, true, TestName = "Fp8Rope_QwqShape_Bf16Product_Rotated")]
+    [TestCase(4, 2, 36, true, 3, true, TestName = "Fp8Rope_HeadDimNotAWarpMultiple_Bf16Product")]
+    public void RopeQuantizesEveryKvHeadLikeKvCacheFp8(int nq, int nkv, int d, bool rotate, int headsPerBlock = 0, bool qkvBf16 = false)
     {
         const int poolBlocks = 9;
         int rows = 23;
@@ -81,7 +85,7 @@ public sealed class Fp8KvKernelTests : KernelTestBase
         int[] slots = slotsAll[..rows];
         slots[5] = -1; // padding: writes nothing
         int[] positions = Enumerable.Range(0, rows).Select(_ => Rng.Next(0, 40000)).ToArray();
-        float[] qkv = Normal((long)rows * width, 2f);
+        float[] qkv = qkvBf16 ? NormalBf16((long)rows * width, 2f) : Normal((long)rows * width, 2f);
         float[] bias = NormalBf16(width, 0.5f);
         for (int h = 0; h < nkv; h++) bias[nq * d + h * d + Rng.Next(d)] = Bf16.Round(20f * (1 + h)); // key biases of 20 .. 20·nkv
         float[] invFreq = new float[d / 2];
@@ -90,8 +94,9 @@ public sealed class Fp8KvKernelTests : KernelTestBase
 
         var (kc, vc, ks, vs) = PoisonedFp8Pool(poolBlocks, nkv, d);
         var dQ = PoisonedBf16((long)rows * nq * d);
-        _rope.QkvBiasRopePaged(Stream, Upload<float>(qkv).Ptr, UploadBf16(bias).Ptr, Upload<float>(invFreq).Ptr, 1f,
-            Upload<int>(positions).Ptr, Upload<int>(slots).Ptr, rows, nq, nkv, d, dQ.Ptr, KvLayer.Fp8(kc.Ptr, vc.Ptr, ks.Ptr, vs.Ptr), headsPerBlock);
+        _rope.QkvBiasRopePaged(Stream, (qkvBf16 ? UploadBf16(qkv) : Upload<float>(qkv)).Ptr, UploadBf16(bias).Ptr, Upload<float>(invFreq).Ptr, 1f,
+            Upload<int>(positions).Ptr, Upload<int>(slots).Ptr, rows, nq, nkv, d, dQ.Ptr, KvLayer.Fp8(kc.Ptr, vc.Ptr, ks.Ptr, vs.Ptr), headsPerBlock,
+            qkvBf16: qkvBf16);
         Stream.Synchronize();
         byte[] kCodes = kc.ToArray<byte>(), vCodes = vc.ToArray<byte>();
         float[] kScales = ks.ToArray<float>(), vScales = vs.ToArray<float>();

@@ -122,15 +122,17 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     /// <summary>Launches over the given rows and checks q (every row; padding rows at position 0) and both pools.</summary>
+    /// <paramref name="qkvBf16"/>: the product as a prefill chunk on cuBLAS writes it, bf16 (values exact in bf16, so the
+    /// reference is the same; the _bf16_ entry must read them as bf16, not as half as many fp32).
     private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor, int headsPerBlock = 0,
-        bool mixedRopes = false)
+        bool mixedRopes = false, bool qkvBf16 = false)
     {
         int rows = positions.Length, width = (nq + 2 * nkv) * d;
-        float[] qkv = Normal((long)rows * width, 2f);
+        float[] qkv = qkvBf16 ? NormalBf16((long)rows * width, 2f) : Normal((long)rows * width, 2f);
         float[] bias = NormalBf16(width, 0.5f);
         float[] invFreq = InvFreq(d, 1_000_000.0);
 
-        var dQkv = Upload<float>(qkv);
+        var dQkv = qkvBf16 ? UploadBf16(qkv) : Upload<float>(qkv);
         var dBias = UploadBf16(bias);
         var dInv = Upload<float>(invFreq);
         var dPositions = Upload<int>(positions);
@@ -145,7 +147,8 @@ public sealed class RopeKernelTests : KernelTestBase
         int[] ropeRows = [.. Enumerable.Range(0, rows).Select(_ => mixedRopes ? Rng.Next(2) : 0)];
         _rope.QkvBiasRopePaged(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPositions.Ptr, dSlots.Ptr, rows, nq, nkv, d,
             dQ.Ptr, KvLayer.Bf16(dK.Ptr, dV.Ptr), headsPerBlock,
-            invFreqAlt: mixedRopes ? Upload<float>(invAlt).Ptr : 0, factorAlt: factorAlt, ropeRows: mixedRopes ? Upload<int>(ropeRows).Ptr : 0);
+            invFreqAlt: mixedRopes ? Upload<float>(invAlt).Ptr : 0, factorAlt: factorAlt, ropeRows: mixedRopes ? Upload<int>(ropeRows).Ptr : 0,
+            qkvBf16: qkvBf16);
         Stream.Synchronize();
 
         // A padding row (slot −1) is computed at position 0, whatever its position entry says.
@@ -169,12 +172,13 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     /// <summary>One sequence of <paramref name="seqPositions"/> positions (spare blocks in the pool), rows start .. start+tokens-1.</summary>
-    private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor, int headsPerBlock = 0)
+    private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor, int headsPerBlock = 0,
+        bool qkvBf16 = false)
     {
         int blocks = (seqPositions + Block - 1) / Block, poolBlocks = blocks + 3;
         var table = ShuffledTables(poolBlocks, blocks)[0];
         var (positions, slots) = SequenceRows(table, startPos, tokens);
-        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor, headsPerBlock);
+        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor, headsPerBlock, qkvBf16: qkvBf16);
     }
 
     // Every way a block can split a row's heads: one head, fewer than the 4 slots, a count that leaves the last block
@@ -207,6 +211,13 @@ public sealed class RopeKernelTests : KernelTestBase
         Assert.That(RopeOps.HeadsPerBlock(32, 56), Is.EqualTo(4));
         RunOneSequence(600, Rng.Next(0, 1000), 2000, 40, 8, 128, 1.0f);
     }
+
+    // The bf16-product entry (prefill chunks on cuBLAS): all heads a block as a chunk runs, a short split, head_dim 36.
+    [TestCase(600, 40, 8, 128, 0)]
+    [TestCase(130, 40, 8, 128, 5)]
+    [TestCase(200, 4, 2, 36, 3)]
+    public void ABf16ProductMatchesCpu(int tokens, int nq, int nkv, int d, int headsPerBlock) =>
+        RunOneSequence(tokens, Rng.Next(0, 1000), tokens + 1100, nq, nkv, d, 1.1f, headsPerBlock, qkvBf16: true);
 
     [TestCase(1, 8190, 8192, 1.0f, TestName = "Rope_Decode_QwQ_NearPos8192")]
     [TestCase(7, 0, 64, 1.0f, TestName = "Rope_Prefill_QwQ_FromZero")]
