@@ -197,10 +197,10 @@ internal sealed class DeviceRank : IDisposable
         LayerWeights w = Weights.Layers[0];
         Linear.TunePrefill(Stream, rows,
         [
-            (w.Qkv, Workspace.Normed, Workspace.Qkv, false),
-            (w.O, Workspace.Attn, Workspace.Residual, true),
-            (w.GateUp, Workspace.Normed, Workspace.GateUp, false),
-            (w.Down, Workspace.Act, Workspace.Residual, true),
+            (w.Qkv, Workspace.Normed, Workspace.Qkv, false, true),       // bf16 out: Qwen2Forward.QkvProduct
+            (w.O, Workspace.Attn, Workspace.Residual, true, false),
+            (w.GateUp, Workspace.Normed, Workspace.GateUp, false, true), // bf16 out: Qwen2Forward.GateUpActivation
+            (w.Down, Workspace.Act, Workspace.Residual, true, false),
         ]);
         Stream.Synchronize();
     }

@@ -189,18 +189,30 @@ internal sealed class LinearOps : IDisposable
         (w.Kind == WeightKind.Int4Awq || (w.Kind == WeightKind.Fp8 && !(_fp8Gemm is { } g && g.Fits(w, rows))));
 
     /// <summary>
-    /// y (bf16 [rows, out]) = x · Wᵀ where the product runs on cublasGemmEx at this row count (prefill-sized: bf16
-    /// weights, or quantized ones on their dequantized copy, with the cuBLAS prefill GEMM), and true; false elsewhere
-    /// (the GEMVs, the decode batches' cuBLASLt plans, the FP8 GEMM, the cuBLASLt prefill GEMM), where the caller runs
-    /// <see cref="Apply"/>'s fp32 output instead. Why: gate_up's output is the one large activation a layer writes and
-    /// reads again (906 MB in fp32 at 4096 rows), and SiLU·mul, which reads it, is bandwidth-bound; qkv's (117 MB) is read
-    /// once by the bias and RoPE kernel, which ran at 1.8 TB/s (session 23's profile).
+    /// Products over more rows than this (prefill chunks) write their output in bf16 where the caller asks
+    /// (<see cref="TryApplyBf16Out"/>); up to this many (decode batches, the sliced GEMVs) always in fp32.
+    /// <see cref="Workspace"/> sizes the qkv and gate_up buffers by it.
+    /// </summary>
+    public const int MaxFp32OutRows = SlicedMaxRows;
+
+    /// <summary>
+    /// y (bf16 [rows, out]) = x · Wᵀ for a prefill-sized product (more than <see cref="MaxFp32OutRows"/> rows), and true,
+    /// on whichever GEMM the product runs: cublasGemmEx or cuBLASLt (<see cref="PrefillGemm"/>) on a bf16 weight or a
+    /// quantized one's dequantized copy, or the FP8 GEMM; false for fewer rows (the GEMVs and the decode batches'
+    /// cuBLASLt plans write fp32), where the caller runs <see cref="Apply"/> instead. Why: gate_up's output is the one
+    /// large activation a layer writes and reads again (906 MB in fp32 at 4096 rows), and SiLU·mul, which reads it, is
+    /// bandwidth-bound; qkv's (117 MB) is read once by the bias and RoPE kernel, which ran at 1.8 TB/s (session 23's
+    /// profile). Because every prefill path writes bf16, the workspace holds those two outputs in bf16 past 128 rows.
     /// </summary>
     public bool TryApplyBf16Out(CudaStream s, LinearWeight w, ulong x, ulong yBf16, int rows)
     {
-        if (_lt is not null || rows <= SlicedMaxRows || (_decodeLt is not null && rows <= Workspace.MaxSequences)) return false;
-        if (!TryBf16GemmWeight(s, w, rows, out ulong weight)) return false;
-        _blas.GemmBf16NTOutBf16(x, weight, yBf16, rows, w.Out, w.In);
+        if (rows <= MaxFp32OutRows) return false;
+        if (!TryBf16GemmWeight(s, w, rows, out ulong weight))
+            ApplyFp8Gemm(s, _fp8Gemm!, w, x, yBf16, rows, accumulate: false, outBf16: true);
+        else if (_lt is null)
+            _blas.GemmBf16NTOutBf16(x, weight, yBf16, rows, w.Out, w.In);
+        else
+            _lt.MatmulBf16NT(s, x, weight, yBf16, rows, w.Out, w.In, outBf16: true);
         return true;
     }
 
@@ -219,13 +231,17 @@ internal sealed class LinearOps : IDisposable
         return true;
     }
 
-    /// <summary>An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows).</summary>
-    internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    /// <summary>
+    /// An fp8 product on the FP8 GEMM at any row count (tests; <see cref="Apply"/> takes it above 128 rows), y fp32 [rows,
+    /// out], or bf16 with <paramref name="outBf16"/> (then without accumulation, as <see cref="TryApplyBf16Out"/> runs it).
+    /// </summary>
+    internal void ApplyFp8Gemm(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, bool outBf16 = false)
     {
         if (_fp8Gemm is not { } g) throw new InvalidOperationException("this LinearOps has no FP8 GEMM (Fp8PrefillGemm.Dequantize, or not sm_90)");
         if (w.Kind != WeightKind.Fp8 || !g.Fits(w, rows))
             throw new ArgumentException($"{w.Kind} [{w.Out}x{w.In}] over {rows} rows does not fit the FP8 GEMM (fp8, K and N multiples of {CublasLt.Fp8Multiple}, at most {g.MaxRows} rows and {g.MaxIn} inputs)");
-        ApplyFp8Gemm(s, g, w, x, y, rows, accumulate);
+        if (outBf16 && accumulate) throw new ArgumentException("the FP8 GEMM's bf16 output does not accumulate (prefill's qkv and gate_up overwrite theirs)");
+        ApplyFp8Gemm(s, g, w, x, y, rows, accumulate, outBf16);
     }
 
     /// <summary>
@@ -236,7 +252,7 @@ internal sealed class LinearOps : IDisposable
     /// [rows, out] as every other path, accumulate adds into it (beta 1), and there is no bias here (q/k/v biases are added
     /// with RoPE), exactly as on the bf16 detour.
     /// </summary>
-    private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, ulong x, ulong y, int rows, bool accumulate)
+    private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, bool outBf16 = false)
     {
         _fp8!.QuantizeActivations(s, x, g.ActCodes, g.ActScales, rows, w.In);
         if (!_fp8RowMajor.TryGetValue(w.Weight, out ulong rowMajor))
@@ -244,7 +260,7 @@ internal sealed class LinearOps : IDisposable
             _fp8.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
             rowMajor = _dequantScratch;
         }
-        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, rowMajor, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum);
+        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, rowMajor, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum, outBf16);
     }
 
     /// <summary>
@@ -326,22 +342,24 @@ internal sealed class LinearOps : IDisposable
 
     /// <summary>
     /// <see cref="PrefillGemm.CublasLtTuned"/>: for each product that runs the bf16 GEMM at <paramref name="rows"/> rows
-    /// (x [rows, in] → y [rows, out], y added to with <c>Accumulate</c>): bf16 weights, and quantized ones on their
+    /// (x [rows, in] → y [rows, out], y added to with <c>Accumulate</c>, written in bf16 with <c>OutBf16</c> as
+    /// <see cref="TryApplyBf16Out"/> writes qkv and gate_up): bf16 weights, and quantized ones on their
     /// dequantized copy (int4; fp8 where the FP8 GEMM does not take it), times the first 16 of cuBLASLt's heuristic
     /// algorithms at exactly that row count (the prefill chunk) and keeps the fastest for every later call of the shape;
     /// other row counts keep the heuristic's first pick. Prefill is FLOP-bound, so one layer's weight serves (no need to
     /// stream several from DRAM as <see cref="TuneDecodeBatches"/> does). Synchronises (not for graph capture); y and the
     /// dequantization scratch are overwritten.
     /// </summary>
-    public void TunePrefill(CudaStream s, int rows, IReadOnlyList<(LinearWeight W, ulong X, ulong Y, bool Accumulate)> products)
+    public void TunePrefill(CudaStream s, int rows, IReadOnlyList<(LinearWeight W, ulong X, ulong Y, bool Accumulate, bool OutBf16)> products)
     {
         if (_lt is null) throw new InvalidOperationException("prefill tuning needs the cuBLASLt prefill GEMM (PrefillGemm.CublasLtTuned)");
         if (_decodeLt is not null && rows <= Workspace.MaxSequences) return; // such rows run the decode batches' tuned plans
         int tuned = 0;
-        foreach (var (w, x, y, accumulate) in products)
+        foreach (var (w, x, y, accumulate, outBf16) in products)
         {
             if (!TryBf16GemmWeight(s, w, rows, out ulong b)) continue; // the FP8 GEMM: its own cuBLASLt plans
-            _lt.Tune(s, x, [b], y, rows, w.Out, w.In, accumulate ? 1f : 0f, candidates: 16);
+            // the plan the step runs: bf16 output only where TryApplyBf16Out writes it (past MaxFp32OutRows)
+            _lt.Tune(s, x, [b], y, rows, w.Out, w.In, accumulate ? 1f : 0f, candidates: 16, outBf16: outBf16 && rows > MaxFp32OutRows);
             tuned++;
         }
         if (tuned > 0) _prefillTunedRows = rows;

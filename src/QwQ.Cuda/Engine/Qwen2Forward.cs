@@ -93,8 +93,9 @@ internal sealed class Qwen2Forward
     }
 
     /// <summary>
-    /// qkv(norm(x)) into the Qkv buffer: bf16 in its first half where the product runs on cuBLAS (prefill-sized steps;
-    /// the bias and RoPE kernel then reads half the bytes, and the product writes half), else fp32. True when bf16.
+    /// qkv(norm(x)) into the Qkv buffer: bf16 for prefill-sized steps (more than <see cref="LinearOps.MaxFp32OutRows"/>
+    /// rows, every GEMM; the bias and RoPE kernel then reads half the bytes, and the product writes half), else fp32.
+    /// True when bf16. The workspace holds only that many rows in fp32.
     /// </summary>
     private bool QkvProduct(CudaStream s, LinearWeight qkv, int t)
     {
@@ -104,8 +105,8 @@ internal sealed class Qwen2Forward
     }
 
     /// <summary>
-    /// silu(gate(norm(x))) · up(norm(x)) into Act. Prefill-sized steps have the product write gate | up in bf16 (in the
-    /// GateUp buffer's first half) where it runs on cuBLAS: SiLU·mul then reads half the bytes; elsewhere fp32.
+    /// silu(gate(norm(x))) · up(norm(x)) into Act. Prefill-sized steps have the product write gate | up in bf16, as for
+    /// qkv: SiLU·mul then reads half the bytes; decode batches fp32.
     /// </summary>
     private void GateUpActivation(CudaStream s, LinearWeight gateUp, int t)
     {

@@ -21,10 +21,12 @@ internal sealed class Workspace : IDisposable
     public StepInputs Inputs { get; }
     public ulong Residual { get; }     // fp32 [rows, hidden]   the residual stream
     public ulong Normed { get; }       // bf16 [rows, hidden]   RMSNorm output, input of the products
-    public ulong Qkv { get; }          // fp32 [rows, qkv_dim]  q|k|v before bias and RoPE
+    // The two products a step writes and reads back, fp32 for decode batches (up to LinearOps.MaxFp32OutRows rows) and
+    // bf16 for prefill chunks (LinearOps.TryApplyBf16Out), sized for the larger of the two (ArenaSizes).
+    public ulong Qkv { get; }          // fp32 [rows ≤ 128, qkv_dim] | bf16 [rows, qkv_dim]  q|k|v before bias and RoPE
     public ulong Q { get; }            // bf16 [rows, nq, D]    q after bias and RoPE
     public ulong Attn { get; }         // bf16 [rows, nq * D]   attention output
-    public ulong GateUp { get; }       // fp32 [rows, 2 * I]    gate | up (bf16 in its first half for prefill-sized steps: Qwen2Forward)
+    public ulong GateUp { get; }       // fp32 [rows ≤ 128, 2 * I] | bf16 [rows, 2 * I]  gate | up; also the decode tuner's output scratch
     public ulong Act { get; }          // bf16 [rows, I]        silu(gate) * up
     public ulong Logits => _logits.Ptr; // fp32 [logit_rows, LogitsWidth]  (tensor parallel: this GPU's vocabulary rows)
     public ulong LogitInput { get; }   // bf16 [logit_rows, hidden]
@@ -41,7 +43,7 @@ internal sealed class Workspace : IDisposable
         MaxRows = maxRows;
         LogitsWidth = logitsWidth ?? c.VocabSize;
         LogitRows = LogitRowsFor(c, maxRows);
-        var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors, linearKind);
+        var sizes = ArenaSizes(c, maxRows, maxBlocks, multiprocessors, LogitsWidth, linearKind);
         _arena = new DeviceArena(DeviceArena.SizeFor(sizes.Select(s => s.Bytes)));
         ulong Take(string name) => _arena.Take(sizes.First(s => s.Name == name).Bytes);
         Residual = Take(nameof(Residual)); Normed = Take(nameof(Normed));
@@ -55,14 +57,22 @@ internal sealed class Workspace : IDisposable
 
     // The logits are a DeviceBuffer of their own (host copies take a DeviceBuffer); everything else lives in one arena.
 
-    private static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, WeightKind linearKind)
+    internal static List<(string Name, long Bytes)> ArenaSizes(ModelConfig c, int maxRows, int maxBlocks, int multiprocessors, int logitsWidth,
+        WeightKind linearKind)
     {
         long t = maxRows, h = c.HiddenSize, r = LogitRowsFor(c, maxRows);
+        long decodeRows = Math.Min(t, LinearOps.MaxFp32OutRows);
+        // qkv and gate_up: fp32 for decode batches, bf16 for prefill chunks (half of what fp32 at every row would take:
+        // 453 MB of QwQ's gate_up at 4096 rows). GateUp is also LinearOps.TuneDecodeBatches' output scratch, fp32 for a
+        // decode batch of any product's outputs, lm_head's (this GPU's vocabulary rows) included.
+        long ProductOut(long width) => Math.Max(4 * decodeRows * width, 2 * t * width);
+        long widestOut = Math.Max(Math.Max(c.QkvDim, h), Math.Max(2L * c.IntermediateSize, logitsWidth));
         List<(string Name, long Bytes)> sizes =
         [
             (nameof(Residual), 4 * t * h), (nameof(Normed), 2 * t * h),
-            (nameof(Qkv), 4 * t * c.QkvDim), (nameof(Q), 2 * t * c.QDim),
-            (nameof(Attn), 2 * t * c.QDim), (nameof(GateUp), 4 * t * 2 * c.IntermediateSize),
+            (nameof(Qkv), ProductOut(c.QkvDim)), (nameof(Q), 2 * t * c.QDim),
+            (nameof(Attn), 2 * t * c.QDim),
+            (nameof(GateUp), Math.Max(ProductOut(2L * c.IntermediateSize), 4 * Math.Min(t, MaxSequences) * widestOut)),
             (nameof(Act), 2 * t * c.IntermediateSize), (nameof(LogitInput), 2 * r * h),
             (nameof(DecodeAttnScratch), AttentionOps.DecodePagedWorkspaceBytes(multiprocessors, c.NumAttentionHeads,
                 c.NumKeyValueHeads, c.HeadDim, Math.Min(MaxSequences, maxRows))),
@@ -91,7 +101,7 @@ internal sealed class Workspace : IDisposable
     {
         long inputs = 4L * (4 * maxRows + 12L * MaxSequences + 4L * AttentionOps.MaxDecodeSplitSlots(multiprocessors, c.NumKeyValueHeads, MaxSequences)
             + LogitRowsFor(c, maxRows) + (long)MaxSequences * maxBlocks) * 2; // host + device copies
-        return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors, linearKind).Select(s => s.Bytes)) +
+        return DeviceArena.SizeFor(ArenaSizes(c, maxRows, maxBlocks, multiprocessors, logitsWidth ?? c.VocabSize, linearKind).Select(s => s.Bytes)) +
                DeviceArena.SizeFor([4L * LogitRowsFor(c, maxRows) * (logitsWidth ?? c.VocabSize)]) + inputs;
     }
 

@@ -2,7 +2,8 @@ namespace QwQ.Cuda.Native;
 
 /// <summary>
 /// cuBLASLt for the same row-major product as <see cref="Cublas.GemmBf16NT"/>:
-/// <c>C[M,N] fp32 = A[M,K] · B[N,K]ᵀ + beta · C</c>, A and B bf16. Uses the same column-major mapping
+/// <c>C[M,N] fp32 = A[M,K] · B[N,K]ᵀ + beta · C</c>, A and B bf16 (C in bf16 instead where the caller asks: prefill's
+/// qkv and gate_up products, <c>LinearOps.TryApplyBf16Out</c>). Uses the same column-major mapping
 /// (Lt "A" = our B with TRANSA = T, Lt "B" = our A, C = D = our C read as N×M, ld N). The algorithm from
 /// cublasLtMatmulAlgoGetHeuristic is chosen once per shape (and pointer alignment) and cached, together with
 /// its descriptors, so a repeated shape costs one cublasLtMatmul call. <see cref="MatmulFp8TN"/> runs the same product
@@ -41,14 +42,17 @@ internal sealed class CublasLt : IDisposable
         }
     }
 
-    /// <summary>Row-major <c>C[M,N] (fp32) = A[M,K] · B[N,K]ᵀ + beta · C</c> on <paramref name="stream"/>.</summary>
-    public unsafe void MatmulBf16NT(CudaStream stream, ulong a, ulong b, ulong c, int m, int n, int k, float beta = 0f)
+    /// <summary>
+    /// Row-major <c>C[M,N] (fp32, or bf16 with <paramref name="outBf16"/>) = A[M,K] · B[N,K]ᵀ + beta · C</c> on
+    /// <paramref name="stream"/>.
+    /// </summary>
+    public unsafe void MatmulBf16NT(CudaStream stream, ulong a, ulong b, ulong c, int m, int n, int k, float beta = 0f, bool outBf16 = false)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(m);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(n);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
-        var plan = GetPlan(new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c)));
+        var plan = GetPlan(new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c), OutBf16: outBf16));
         float alpha = 1f;
         CublasLtApi.MatmulAlgo algo = plan.Algo;
         LaunchTimer? timer = stream.Timer; // a profiled step times the product like a kernel (grid field: m, n, k)
@@ -57,14 +61,14 @@ internal sealed class CublasLt : IDisposable
             &alpha, (void*)b, plan.ALayout, (void*)a, plan.BLayout,
             &beta, (void*)c, plan.CLayout, (void*)c, plan.CLayout,
             &algo, (void*)workspace.Ptr, (nuint)workspace.Bytes, stream.Handle);
-        if (status != 0) CudaErrors.ThrowCublas("cublasLtMatmul", status, Describe(m, n, k));
+        if (status != 0) CudaErrors.ThrowCublas("cublasLtMatmul", status, Describe(m, n, k, outBf16));
         timer?.After(stream);
         GC.KeepAlive(stream);
         GC.KeepAlive(this);
     }
 
     /// <summary>
-    /// Row-major <c>C[M,N] (fp32) = diag(aScale) · (A[M,K] · B[N,K]ᵀ) · diag(bScale) + beta · C</c> on the FP8 tensor cores:
+    /// Row-major <c>C[M,N] (fp32, or bf16 with <paramref name="outBf16"/>) = diag(aScale) · (A[M,K] · B[N,K]ᵀ) · diag(bScale) + beta · C</c> on the FP8 tensor cores:
     /// A and B e4m3 row-major (both K-major, cuBLASLt's "TN" layout, the only one Hopper runs for FP8), one fp32 scale per
     /// row of A (<paramref name="aScale"/> [M], the per-token activation scales) and per row of B (<paramref name="bScale"/>
     /// [N], the per-output-channel weight scales), applied to the fp32 accumulator by cuBLASLt's outer-vector scaling
@@ -74,12 +78,12 @@ internal sealed class CublasLt : IDisposable
     /// accumulator). K and N must be multiples of 16 and every pointer 16-byte aligned (cuBLASLt's FP8 requirements).
     /// </summary>
     public unsafe void MatmulFp8TN(CudaStream stream, ulong a, ulong aScale, ulong b, ulong bScale, ulong c, int m, int n, int k,
-        float beta = 0f, bool fastAccum = false)
+        float beta = 0f, bool fastAccum = false, bool outBf16 = false)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(m);
         CheckFp8(a, aScale, b, bScale, c, n, k);
-        var key = new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c), fastAccum ? Operands.Fp8FastAccum : Operands.Fp8);
+        var key = new PlanKey(m, n, k, Alignment(b), Alignment(a), Alignment(c), fastAccum ? Operands.Fp8FastAccum : Operands.Fp8, outBf16);
         float alpha = 1f;
         lock (gate)
         {
@@ -136,15 +140,17 @@ internal sealed class CublasLt : IDisposable
     /// <paramref name="bs"/> in turn (every layer's copy of one product, so the timing streams weights from DRAM as a
     /// real step does, not from L2), warm-up then the median of seven, and keeps the fastest for every later call. The
     /// heuristic's first pick reads a weight matrix at ~2.6 TB/s at 8 rows; another algorithm may do better. Not
-    /// for graph capture (it synchronises); <paramref name="c"/> is overwritten. Returns the chosen time in ms.
+    /// for graph capture (it synchronises); <paramref name="c"/> is overwritten (fp32, or bf16 with <paramref name="outBf16"/>:
+    /// the plan tuned is the one <see cref="MatmulBf16NT"/> runs with the same flag). Returns the chosen time in ms.
     /// </summary>
-    public unsafe float Tune(CudaStream stream, ulong a, IReadOnlyList<ulong> bs, ulong c, int m, int n, int k, float beta, int candidates = 32)
+    public unsafe float Tune(CudaStream stream, ulong a, IReadOnlyList<ulong> bs, ulong c, int m, int n, int k, float beta, int candidates = 32,
+        bool outBf16 = false)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentOutOfRangeException.ThrowIfZero(bs.Count);
         ulong b = bs[0];
         uint alignB = bs.Select(Alignment).Min();
-        var key = new PlanKey(m, n, k, alignB, Alignment(a), Alignment(c));
+        var key = new PlanKey(m, n, k, alignB, Alignment(a), Alignment(c), OutBf16: outBf16);
         Plan plan;
         lock (gate)
         {
@@ -185,11 +191,12 @@ internal sealed class CublasLt : IDisposable
         }
     }
 
-    private static string Describe(int m, int n, int k) => $"C[{m},{n}] fp32 = A[{m},{k}]·B[{n},{k}]ᵀ bf16";
+    private static string Describe(int m, int n, int k, bool outBf16 = false) =>
+        $"C[{m},{n}] {(outBf16 ? "bf16" : "fp32")} = A[{m},{k}]·B[{n},{k}]ᵀ bf16";
 
     private static string Describe(PlanKey key) => key.Operands == Operands.Bf16
-        ? Describe(key.M, key.N, key.K)
-        : $"C[{key.M},{key.N}] fp32 = diag(sA)·A[{key.M},{key.K}]·B[{key.N},{key.K}]ᵀ·diag(sB) e4m3, outer-vector fp32 scales" +
+        ? Describe(key.M, key.N, key.K, key.OutBf16)
+        : $"C[{key.M},{key.N}] {(key.OutBf16 ? "bf16" : "fp32")} = diag(sA)·A[{key.M},{key.K}]·B[{key.N},{key.K}]ᵀ·diag(sB) e4m3, outer-vector fp32 scales" +
           (key.Operands == Operands.Fp8FastAccum ? ", fast accumulation" : "");
 
     /// <summary>Largest power of two (≤ 256) dividing the address: the alignment the algorithm may assume.</summary>
@@ -236,8 +243,9 @@ internal sealed class CublasLt : IDisposable
             CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.ALayout, operandType, (ulong)key.K, (ulong)key.N, key.K), "cublasLtMatrixLayoutCreate");
             // Lt "B": our A [M,K] row-major = K×M column-major (ld K).
             CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.BLayout, operandType, (ulong)key.K, (ulong)key.M, key.K), "cublasLtMatrixLayoutCreate");
-            // C = D: our C [M,N] row-major = N×M column-major (ld N).
-            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.CLayout, CublasApi.CUDA_R_32F, (ulong)key.N, (ulong)key.M, key.N), "cublasLtMatrixLayoutCreate");
+            // C = D: our C [M,N] row-major = N×M column-major (ld N), fp32 or bf16 (the accumulator stays fp32).
+            int outType = key.OutBf16 ? CublasApi.CUDA_R_16BF : CublasApi.CUDA_R_32F;
+            CudaErrors.CheckCublas(CublasLtApi.cublasLtMatrixLayoutCreate(out plan.CLayout, outType, (ulong)key.N, (ulong)key.M, key.N), "cublasLtMatrixLayoutCreate");
 
             CudaErrors.CheckCublas(CublasLtApi.cublasLtMatmulPreferenceCreate(out pref), "cublasLtMatmulPreferenceCreate");
             ulong wsBytes = (ulong)workspace.Bytes;
@@ -286,7 +294,8 @@ internal sealed class CublasLt : IDisposable
     /// <summary>What a plan multiplies: bf16, or e4m3 with outer-vector scales (with or without fast accumulation).</summary>
     private enum Operands { Bf16, Fp8, Fp8FastAccum }
 
-    private readonly record struct PlanKey(int M, int N, int K, uint AlignA, uint AlignB, uint AlignC, Operands Operands = Operands.Bf16);
+    private readonly record struct PlanKey(int M, int N, int K, uint AlignA, uint AlignB, uint AlignC, Operands Operands = Operands.Bf16,
+        bool OutBf16 = false);
 
     private sealed class Plan
     {

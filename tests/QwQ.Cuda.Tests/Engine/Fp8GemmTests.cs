@@ -102,6 +102,37 @@ public sealed class Fp8GemmTests : KernelTestBase
         }
     }
 
+    /// <summary>
+    /// Prefill's qkv and gate_up products come out of the FP8 GEMM in bf16 (<see cref="LinearOps.TryApplyBf16Out"/>): the
+    /// fp32 output rounded (the accumulator is the same; ≤ 4e-3 for bf16's 8 bits), the same bits through TryApplyBf16Out
+    /// above 128 rows, and no bf16 output at or below 128 rows (decode batches write fp32).
+    /// </summary>
+    [TestCase(300, 1792, 1280)]
+    [TestCase(129, 640, 3456)]
+    public void Bf16OutputIsTheFp32OutputRounded(int rows, int outF, int inF)
+    {
+        var (codes, scales, _) = Fp8KernelTests.RandomWeights(Rng, outF, inF);
+        var dw = Upload<byte>(Fp8Ops.PackTiles(codes, outF, inF));
+        var ds = Upload<float>(scales);
+        var weight = new LinearWeight(dw.Ptr, outF, inF, WeightKind.Fp8, ds.Ptr);
+        var dx = UploadBf16(NormalBf16((long)rows * inF));
+        var dy = PoisonedF32((long)rows * outF);
+        _linear!.ApplyFp8Gemm(Stream, weight, dx.Ptr, dy.Ptr, rows, accumulate: false);
+        float[] fp32 = DownloadF32(dy);
+
+        var db = PoisonedBf16((long)rows * outF);
+        _linear.ApplyFp8Gemm(Stream, weight, dx.Ptr, db.Ptr, rows, accumulate: false, outBf16: true);
+        float[] bf16 = DownloadBf16(db);
+        AssertClose(bf16, fp32, 4e-3, $"FP8 GEMM bf16 output against fp32, rows={rows} [{outF}x{inF}]");
+
+        var dt = PoisonedBf16((long)rows * outF);
+        Assert.That(_linear.TryApplyBf16Out(Stream, weight, dx.Ptr, dt.Ptr, rows), Is.True, "past 128 rows every GEMM writes bf16");
+        Assert.That(DownloadBf16(dt), Is.EqualTo(bf16), "TryApplyBf16Out runs the FP8 GEMM's bf16 output");
+        Assert.That(_linear.TryApplyBf16Out(Stream, weight, dx.Ptr, dt.Ptr, 128), Is.False, "128 rows are a decode batch: fp32");
+        Assert.That(() => _linear.ApplyFp8Gemm(Stream, weight, dx.Ptr, dt.Ptr, rows, accumulate: true, outBf16: true),
+            Throws.ArgumentException.With.Message.Contains("does not accumulate"));
+    }
+
     [Test]
     public void KeptRowMajorCopiesAreTheUntiledCodesAndGiveTheSameProductsBitForBit()
     {

@@ -78,7 +78,9 @@ public sealed class MemoryTableTests
         var h100 = Card(80 * GiB)[WeightKind.Bf16];
         Assert.That(h100.Fits, Is.True);
         Assert.That(h100.Plan!.MaxContext, Is.GreaterThanOrEqualTo(40_000).And.EqualTo(MemoryPlan.ModelMaxPositions(Qwq)));
-        Assert.That(h100.Plan.KvPoolPositions, Is.InRange(55_000, 60_000), "the measured H100 holds 58,112 (README)");
+        // 58,112 measured on the H100 (README) before session 24; 60,224 planned since the workspace holds prefill's qkv
+        // and gate_up products in bf16 (WorkspaceSizeTests)
+        Assert.That(h100.Plan.KvPoolPositions, Is.InRange(57_000, 62_000));
     }
 
     [Test]

@@ -142,6 +142,26 @@ public class CublasGpuTests : GpuTestBase
         AssertClose(o.DC.ToArray<float>(), Reference(o.A, o.B, c0, m, n, k, 1, 1), "cublasLt, beta=1");
     }
 
+    [TestCaseSource(nameof(Shapes))]
+    public void CublasLtMatmulBf16NTOutBf16(int m, int n, int k)
+    {
+        using var stream = CudaStream.Create();
+        using var lt = CublasLt.Create();
+        using var o = Upload(m, n, k, 2);
+        o.DC.Memset32(0x7FC07FC0); // bf16 NaN pairs: beta = 0 must overwrite
+        lt.MatmulBf16NT(stream, o.DA.Ptr, o.DB.Ptr, o.DC.Ptr, m, n, k, outBf16: true);
+        stream.Synchronize();
+        AssertClose(Bf16.ToFloat(o.DC.ToArray<ushort>()), Reference(o.A, o.B, null, m, n, k, 1, 0), "cublasLt bf16 out");
+
+        // the fp32-output plan of the same shape is another plan: both stay right when used in turn
+        using var c32 = DeviceBuffer.Allocate((long)m * n * 4);
+        lt.MatmulBf16NT(stream, o.DA.Ptr, o.DB.Ptr, c32.Ptr, m, n, k);
+        lt.MatmulBf16NT(stream, o.DA.Ptr, o.DB.Ptr, o.DC.Ptr, m, n, k, outBf16: true);
+        stream.Synchronize();
+        AssertClose(Bf16.ToFloat(o.DC.ToArray<ushort>()), c32.ToArray<float>().Select(v => (double)v).ToArray(),
+            "cublasLt bf16 out after the fp32 plan, against its output");
+    }
+
     [Test]
     public void GemmCapturesIntoAGraph()
     {
