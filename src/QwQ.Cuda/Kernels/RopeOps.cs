@@ -15,6 +15,7 @@ internal sealed class RopeOps
     [KernelEntry] public const string QkvBiasRopePagedFp8Entry = "qkv_bias_rope_paged_f32_fp8";
     [KernelEntry] public const string QkvBf16BiasRopePagedEntry = "qkv_bias_rope_paged_bf16_bf16";
     [KernelEntry] public const string QkvBf16BiasRopePagedFp8Entry = "qkv_bias_rope_paged_bf16_fp8";
+    [KernelEntry] public const string QkvBf16BiasRopePagedVectorEntry = "qkv_bias_rope_paged_bf16_bf16_v8";
     [KernelEntry] public const string KvRerotatePagedEntry = "kv_rerotate_paged_bf16";
     [KernelEntry] public const string KvRerotatePagedFp8Entry = "kv_rerotate_paged_fp8";
 
@@ -31,7 +32,7 @@ internal sealed class RopeOps
     public const int MaxFp8HeadDim = 512;
 
     private readonly CudaKernel _qkvBiasRopePaged, _qkvBiasRopePagedFp8, _qkvBf16BiasRopePaged, _qkvBf16BiasRopePagedFp8,
-        _kvRerotatePaged, _kvRerotatePagedFp8;
+        _qkvBf16BiasRopePagedVector, _kvRerotatePaged, _kvRerotatePagedFp8;
 
     public RopeOps(PtxLibrary lib)
     {
@@ -40,6 +41,7 @@ internal sealed class RopeOps
         _qkvBiasRopePagedFp8 = lib.GetKernel(QkvBiasRopePagedFp8Entry);
         _qkvBf16BiasRopePaged = lib.GetKernel(QkvBf16BiasRopePagedEntry);
         _qkvBf16BiasRopePagedFp8 = lib.GetKernel(QkvBf16BiasRopePagedFp8Entry);
+        _qkvBf16BiasRopePagedVector = lib.GetKernel(QkvBf16BiasRopePagedVectorEntry);
         _kvRerotatePaged = lib.GetKernel(KvRerotatePagedEntry);
         _kvRerotatePagedFp8 = lib.GetKernel(KvRerotatePagedFp8Entry);
     }
@@ -118,11 +120,13 @@ internal sealed class RopeOps
     /// <paramref name="factorAlt"/>), 0 where it runs (<paramref name="invFreq"/>, <paramref name="attentionFactor"/>); 0
     /// (null): every row the first. One launch for a step whose sequences sit on both sides of the switch.
     /// <paramref name="qkvBf16"/>: <paramref name="qkv"/> is bf16 [rows, (nq+2*nkv)*D] (a prefill chunk's product on cuBLAS,
-    /// <see cref="Engine.LinearOps.TryApplyBf16Out"/>), not fp32; the bias and RoPE still run in fp32.
+    /// <see cref="Engine.LinearOps.TryApplyBf16Out"/>), not fp32; the bias and RoPE still run in fp32. With the bf16 pool
+    /// that runs the vectorised entry where <see cref="Vectorises"/> says so (<paramref name="vectorised"/> false: the
+    /// scalar one always, for tests).
     /// </summary>
     public unsafe void QkvBiasRopePaged(CudaStream s, ulong qkv, ulong bias, ulong invFreq, float attentionFactor,
         ulong positions, ulong slots, int rows, int nq, int nkv, int headDim, ulong qOut, KvLayer kv, int headsPerBlock = 0,
-        ulong invFreqAlt = 0, float factorAlt = 1f, ulong ropeRows = 0, bool qkvBf16 = false)
+        ulong invFreqAlt = 0, float factorAlt = 1f, ulong ropeRows = 0, bool qkvBf16 = false, bool vectorised = true)
     {
         if (ropeRows != 0)
         {
@@ -178,7 +182,27 @@ internal sealed class RopeOps
             {
                 &qkv, &bias, &invFreq, &attentionFactor, &invFreqAlt, &factorAlt, &ropeRows, &positions, &slots, &nq, &nkv, &headDim, &headsPerBlock, &qOut, &kPool, &vPool,
             };
-            (qkvBf16 ? _qkvBf16BiasRopePaged : _qkvBiasRopePaged).Launch(grid, new Dim3(4 * threads), 0, s, args);
+            if (qkvBf16 && vectorised && Vectorises(headDim, qkv, bias, qOut, kPool, vPool))
+            {
+                // heads_per_block heads of D/16 threads (8 pairs each), in whole warps
+                uint vectorThreads = (uint)Math.Min(1024, (headsPerBlock * (headDim / 16) + 31) / 32 * 32);
+                _qkvBf16BiasRopePagedVector.Launch(grid, new Dim3(vectorThreads), 0, s, args);
+            }
+            else
+                (qkvBf16 ? _qkvBf16BiasRopePaged : _qkvBiasRopePaged).Launch(grid, new Dim3(4 * threads), 0, s, args);
         }
+    }
+
+    /// <summary>
+    /// Whether a bf16 product can run the vectorised entry (kernels/rope.cu, <c>qkv_bias_rope_paged_bf16_bf16_v8</c>):
+    /// 8 pairs a thread in 16-byte loads and stores, so head_dim a multiple of 16 (at most 512, its shared cos/sin) and
+    /// every row of qkv, bias, q and the pools on a 16-byte boundary.
+    /// </summary>
+    internal static bool Vectorises(int headDim, params ReadOnlySpan<ulong> pointers)
+    {
+        if (headDim % 16 != 0 || headDim > 512) return false;
+        foreach (ulong p in pointers)
+            if (p % 16 != 0) return false;
+        return true;
     }
 }

@@ -125,7 +125,7 @@ public sealed class RopeKernelTests : KernelTestBase
     /// <paramref name="qkvBf16"/>: the product as a prefill chunk on cuBLAS writes it, bf16 (values exact in bf16, so the
     /// reference is the same; the _bf16_ entry must read them as bf16, not as half as many fp32).
     private void RunRows(int nq, int nkv, int d, int[] positions, int[] slots, int poolBlocks, float factor, int headsPerBlock = 0,
-        bool mixedRopes = false, bool qkvBf16 = false)
+        bool mixedRopes = false, bool qkvBf16 = false, bool vectorised = true)
     {
         int rows = positions.Length, width = (nq + 2 * nkv) * d;
         float[] qkv = qkvBf16 ? NormalBf16((long)rows * width, 2f) : Normal((long)rows * width, 2f);
@@ -148,7 +148,7 @@ public sealed class RopeKernelTests : KernelTestBase
         _rope.QkvBiasRopePaged(Stream, dQkv.Ptr, dBias.Ptr, dInv.Ptr, factor, dPositions.Ptr, dSlots.Ptr, rows, nq, nkv, d,
             dQ.Ptr, KvLayer.Bf16(dK.Ptr, dV.Ptr), headsPerBlock,
             invFreqAlt: mixedRopes ? Upload<float>(invAlt).Ptr : 0, factorAlt: factorAlt, ropeRows: mixedRopes ? Upload<int>(ropeRows).Ptr : 0,
-            qkvBf16: qkvBf16);
+            qkvBf16: qkvBf16, vectorised: vectorised);
         Stream.Synchronize();
 
         // A padding row (slot −1) is computed at position 0, whatever its position entry says.
@@ -173,12 +173,12 @@ public sealed class RopeKernelTests : KernelTestBase
 
     /// <summary>One sequence of <paramref name="seqPositions"/> positions (spare blocks in the pool), rows start .. start+tokens-1.</summary>
     private void RunOneSequence(int tokens, int startPos, int seqPositions, int nq, int nkv, int d, float factor, int headsPerBlock = 0,
-        bool qkvBf16 = false)
+        bool qkvBf16 = false, bool vectorised = true)
     {
         int blocks = (seqPositions + Block - 1) / Block, poolBlocks = blocks + 3;
         var table = ShuffledTables(poolBlocks, blocks)[0];
         var (positions, slots) = SequenceRows(table, startPos, tokens);
-        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor, headsPerBlock, qkvBf16: qkvBf16);
+        RunRows(nq, nkv, d, positions, slots, poolBlocks, factor, headsPerBlock, qkvBf16: qkvBf16, vectorised: vectorised);
     }
 
     // Every way a block can split a row's heads: one head, fewer than the 4 slots, a count that leaves the last block
@@ -213,11 +213,32 @@ public sealed class RopeKernelTests : KernelTestBase
     }
 
     // The bf16-product entry (prefill chunks on cuBLAS): all heads a block as a chunk runs, a short split, head_dim 36.
-    [TestCase(600, 40, 8, 128, 0)]
-    [TestCase(130, 40, 8, 128, 5)]
-    [TestCase(200, 4, 2, 36, 3)]
-    public void ABf16ProductMatchesCpu(int tokens, int nq, int nkv, int d, int headsPerBlock) =>
-        RunOneSequence(tokens, Rng.Next(0, 1000), tokens + 1100, nq, nkv, d, 1.1f, headsPerBlock, qkvBf16: true);
+    // Each case on the vectorised entry (where head_dim allows: not 36) and on the scalar one; head_dim 16 and 512 are
+    // the vectorised entry's smallest and largest (one 8-pair chunk a half; its shared cos/sin full).
+    [TestCase(600, 40, 8, 128, 0, true)]
+    [TestCase(600, 40, 8, 128, 0, false)]
+    [TestCase(130, 40, 8, 128, 5, true)]
+    [TestCase(130, 40, 8, 128, 5, false)]
+    [TestCase(200, 4, 2, 36, 3, true)]
+    [TestCase(200, 4, 2, 36, 3, false)]
+    [TestCase(150, 6, 2, 16, 0, true)]
+    [TestCase(140, 4, 2, 512, 0, true)]
+    [TestCase(140, 4, 2, 512, 3, false)]
+    public void ABf16ProductMatchesCpu(int tokens, int nq, int nkv, int d, int headsPerBlock, bool vectorised) =>
+        RunOneSequence(tokens, Rng.Next(0, 1000), tokens + 1100, nq, nkv, d, 1.1f, headsPerBlock, qkvBf16: true, vectorised: vectorised);
+
+    [Test]
+    public void TheVectorisedEntryServesQwqsShapeOnAlignedBuffers()
+    {
+        Assert.That(RopeOps.Vectorises(128, 0x1000, 0x2000, 0x3000), Is.True);
+        Assert.That(RopeOps.Vectorises(36, 0x1000), Is.False, "head_dim not a multiple of 16");
+        Assert.That(RopeOps.Vectorises(1024, 0x1000), Is.False, "past its shared cos/sin");
+        Assert.That(RopeOps.Vectorises(128, 0x1000, 0x2008), Is.False, "a pointer off a 16-byte boundary");
+    }
+
+    [Test]
+    public void PaddingRowsOnTheVectorisedEntryWriteOnlyQ() =>
+        RunRows(40, 8, 128, [5, 70, 3, 9], [-1, 64, -1, 65], 3, 1f, headsPerBlock: 56, qkvBf16: true);
 
     [TestCase(1, 8190, 8192, 1.0f, TestName = "Rope_Decode_QwQ_NearPos8192")]
     [TestCase(7, 0, 64, 1.0f, TestName = "Rope_Prefill_QwQ_FromZero")]
