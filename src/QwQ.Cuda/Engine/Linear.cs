@@ -58,7 +58,8 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 /// with <see cref="Fp8PrefillGemm.Dequantize"/>) a dequantized bf16 copy through the bf16 GEMM (prefill is FLOP-bound,
 /// so the copy costs only its bytes). int4: the int4 tensor-core GEMV up to 32 rows (in slices up to 128)
 /// at the tuned split count, above that the same bf16 detour. Output is fp32; <c>accumulate</c> adds into it (the residual
-/// stream), which is also where a tensor-parallel all-reduce would complete a partial sum.
+/// stream), which is also where a tensor-parallel all-reduce would complete a partial sum. Prefill chunks' qkv and gate_up
+/// products write bf16 instead (<see cref="TryApplyBf16Out"/>), on whichever GEMM they run.
 /// </summary>
 internal sealed class LinearOps : IDisposable
 {

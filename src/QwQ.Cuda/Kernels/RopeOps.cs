@@ -119,7 +119,7 @@ internal sealed class RopeOps
     /// scaling): int32 [rows] on the device, 1 where a row runs the other rope (<paramref name="invFreqAlt"/>,
     /// <paramref name="factorAlt"/>), 0 where it runs (<paramref name="invFreq"/>, <paramref name="attentionFactor"/>); 0
     /// (null): every row the first. One launch for a step whose sequences sit on both sides of the switch.
-    /// <paramref name="qkvBf16"/>: <paramref name="qkv"/> is bf16 [rows, (nq+2*nkv)*D] (a prefill chunk's product on cuBLAS,
+    /// <paramref name="qkvBf16"/>: <paramref name="qkv"/> is bf16 [rows, (nq+2*nkv)*D] (a prefill chunk's product on any GEMM,
     /// <see cref="Engine.LinearOps.TryApplyBf16Out"/>), not fp32; the bias and RoPE still run in fp32. With the bf16 pool
     /// that runs the vectorised entry where <see cref="Vectorises"/> says so (<paramref name="vectorised"/> false: the
     /// scalar one always, for tests).
