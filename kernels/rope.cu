@@ -23,6 +23,39 @@ __device__ __forceinline__ float qkv_at(const __nv_bfloat16* x, int i) {
     return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(x)[i]);
 }
 
+// What every write kernel below reads first about its row t: the pool slot (-1: a padding row, computed at position 0,
+// writing q only), the position, and the rope it runs (adaptive rope scaling: rope_rows[t] picks the _alt pair).
+struct RowRope {
+    int slot, pos;
+    const float* inv_freq;
+    float factor;
+};
+__device__ __forceinline__ RowRope row_rope(int t, const int* __restrict__ slots, const int* __restrict__ positions,
+                                            const int* __restrict__ rope_rows, const float* __restrict__ inv_freq,
+                                            float attention_factor, const float* __restrict__ inv_freq_alt,
+                                            float factor_alt) {
+    const int slot = __ldg(slots + t);
+    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
+    return {slot, slot < 0 ? 0 : __ldg(positions + t), alt ? inv_freq_alt : inv_freq, alt ? factor_alt : attention_factor};
+}
+
+// The row of KV head kvh at pool slot `slot` in a layer's [blocks, nkv, 64, D] planes (and its [blocks, nkv, 64] scales).
+__device__ __forceinline__ size_t kv_pool_row(int slot, int nkv, int kvh) {
+    constexpr int BLOCK = 64;  // positions per KV block
+    return ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
+}
+
+// Where head `head` of row t goes in a bf16 cache: its q_out row, or its K or V pool row; rotate: q and k heads.
+__device__ __forceinline__ uint16_t* bf16_head_dst(int t, int head, int nq, int nkv, int slot, int head_dim,
+                                                   __nv_bfloat16* q_out, __nv_bfloat16* k_pool, __nv_bfloat16* v_pool,
+                                                   bool& rotate) {
+    rotate = head < nq + nkv;
+    if (head < nq) return reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
+    const bool is_k = head < nq + nkv;
+    return reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) +
+           kv_pool_row(slot, nkv, is_k ? head - nq : head - nq - nkv) * head_dim;
+}
+
 // Pair (lo, hi) = (x[i] + b[i], x[i + half] + b[i + half]) of one head, rotated by cs (q and k) or not (v), in fp32.
 template <typename In>
 __device__ __forceinline__ float2 bias_rope_pair(const In* x, const uint16_t* b, float2 cs, bool rotate, int i,
@@ -64,30 +97,17 @@ __device__ __forceinline__ void qkv_bias_rope_paged_bf16(const In* __restrict__ 
     kernel_entry_barrier();
     const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1;
     const int lanes = blockDim.x >> 2, head_slot = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-    const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
+    const RowRope r = row_rope(t, slots, positions, rope_rows, inv_freq, attention_factor, inv_freq_alt, factor_alt);
     // Padding rows have only q heads to write (the first nq).
-    const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);
+    const int h_end = min(r.slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);
     const In* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
-    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
-    const float* inv = alt ? inv_freq_alt : inv_freq;
-    const float factor = alt ? factor_alt : attention_factor;
     for (int i = lane; i < half; i += lanes) {
-        const float2 cs = rope_cos_sin(inv, factor, pos, i);
+        const float2 cs = rope_cos_sin(r.inv_freq, r.factor, r.pos, i);
 #pragma unroll 4
         for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
-            uint16_t* dst;
-            bool rotate = true;
-            if (head < nq) {
-                dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
-            } else {
-                const bool is_k = head < nq + nkv;
-                const int kvh = is_k ? head - nq : head - nq - nkv;
-                constexpr int BLOCK = 64;  // positions per KV block
-                const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
-                dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + row * head_dim;
-                rotate = is_k;
-            }
+            bool rotate;
+            uint16_t* dst = bf16_head_dst(t, head, nq, nkv, r.slot, head_dim, q_out, k_pool, v_pool, rotate);
             const float2 out = bias_rope_pair(x_row + (size_t)head * head_dim, b16 + (size_t)head * head_dim, cs, rotate, i, half);
             dst[i] = float_to_bf16_bits(out.x);
             dst[i + half] = float_to_bf16_bits(out.y);
@@ -134,30 +154,17 @@ qkv_bias_rope_paged_bf16_bf16_v8(const __nv_bfloat16* __restrict__ qkv,   // [ro
     kernel_entry_barrier();
     __shared__ float2 cos_sin[256];  // [D/2], D <= 512
     const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1, chunks = half >> 3;
-    const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
+    const RowRope r = row_rope(t, slots, positions, rope_rows, inv_freq, attention_factor, inv_freq_alt, factor_alt);
     const int h0 = blockIdx.y * heads_per_block;
-    const int h_end = min(slot < 0 ? nq : heads, h0 + heads_per_block);  // padding rows: q heads only
-    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;
-    const float* inv = alt ? inv_freq_alt : inv_freq;
-    const float factor = alt ? factor_alt : attention_factor;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) cos_sin[i] = rope_cos_sin(inv, factor, pos, i);
+    const int h_end = min(r.slot < 0 ? nq : heads, h0 + heads_per_block);  // padding rows: q heads only
+    for (int i = threadIdx.x; i < half; i += blockDim.x) cos_sin[i] = rope_cos_sin(r.inv_freq, r.factor, r.pos, i);
     __syncthreads();
     const uint16_t* x_row = reinterpret_cast<const uint16_t*>(qkv) + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
     for (int w = threadIdx.x; w < (h_end - h0) * chunks; w += blockDim.x) {
         const int head = h0 + w / chunks, i = (w % chunks) * 8;
-        uint16_t* dst;
-        bool rotate = true;
-        if (head < nq) {
-            dst = reinterpret_cast<uint16_t*>(q_out) + ((size_t)t * nq + head) * head_dim;
-        } else {
-            const bool is_k = head < nq + nkv;
-            const int kvh = is_k ? head - nq : head - nq - nkv;
-            constexpr int BLOCK = 64;  // positions per KV block
-            const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
-            dst = reinterpret_cast<uint16_t*>(is_k ? k_pool : v_pool) + row * head_dim;
-            rotate = is_k;
-        }
+        bool rotate;
+        uint16_t* dst = bf16_head_dst(t, head, nq, nkv, r.slot, head_dim, q_out, k_pool, v_pool, rotate);
         const uint16_t* x = x_row + (size_t)head * head_dim;
         const uint16_t* b = b16 + (size_t)head * head_dim;
         float xl[8], xh[8], bl[8], bh[8], lo[8], hi[8];
@@ -209,14 +216,12 @@ __device__ __forceinline__ void qkv_bias_rope_paged_fp8(const In* __restrict__ q
     __shared__ float warp_max[2][4][8];  // [head parity][head slot][warp of the slot]: at most 256 lanes a slot
     const int t = blockIdx.x, heads = nq + 2 * nkv, half = head_dim >> 1;
     const int lanes = blockDim.x >> 2, head_slot = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-    const int slot = __ldg(slots + t), pos = slot < 0 ? 0 : __ldg(positions + t);
-    const int h_end = min(slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);  // padding rows: q heads only
+    const RowRope r = row_rope(t, slots, positions, rope_rows, inv_freq, attention_factor, inv_freq_alt, factor_alt);
+    const int h_end = min(r.slot < 0 ? nq : heads, (blockIdx.y + 1) * heads_per_block);  // padding rows: q heads only
     const In* x_row = qkv + (size_t)t * heads * head_dim;
     const uint16_t* b16 = reinterpret_cast<const uint16_t*>(bias);
     const bool mine = lane < half;
-    const bool alt = rope_rows != nullptr && __ldg(rope_rows + t) != 0;  // each row its own sequence's rope
-    const float2 cs = mine ? rope_cos_sin(alt ? inv_freq_alt : inv_freq, alt ? factor_alt : attention_factor, pos, lane)
-                           : make_float2(1.f, 0.f);
+    const float2 cs = mine ? rope_cos_sin(r.inv_freq, r.factor, r.pos, lane) : make_float2(1.f, 0.f);
     int parity = 0;
     for (int head = blockIdx.y * heads_per_block + head_slot; head < h_end; head += 4) {
         const In* x = x_row + (size_t)head * head_dim;
@@ -242,9 +247,7 @@ __device__ __forceinline__ void qkv_bias_rope_paged_fp8(const In* __restrict__ q
         parity ^= 1;
         // KvCacheFp8.Quantize bit for bit: scale = amax / 448 (1 when all zero), code = e4m3 of x / scale, IEEE divisions
         const float scale = amax > 0.f ? amax / 448.f : 1.f;
-        const int kvh = is_k ? head - nq : head - nq - nkv;
-        constexpr int BLOCK = 64;  // positions per KV block
-        const size_t row = ((size_t)(slot / BLOCK) * nkv + kvh) * BLOCK + slot % BLOCK;
+        const size_t row = kv_pool_row(r.slot, nkv, is_k ? head - nq : head - nq - nkv);
         uint8_t* codes = (is_k ? k_pool : v_pool) + row * head_dim;
         if (mine) {
             codes[lane] = (uint8_t)__nv_cvt_float_to_fp8(v.x / scale, __NV_SATFINITE, __NV_E4M3);
