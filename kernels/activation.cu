@@ -5,8 +5,7 @@
 // either input, rounded once.
 #include "common.cuh"
 
-// Accurate expf (no fast-math): silu(g) = g / (1 + e^-g); for g -> -inf, e^-g -> inf and the result -> -0.
-QWQ_DEVICE float silu(float g) { return g / (1.0f + expf(-g)); }
+// silu: common.cuh (shared with quantize_fp8_silu_mul_rows, which must give the same bf16 values).
 
 // One input type's element and 16-byte vector reads: fp32 4 elements a vector, bf16 (as bits) 8.
 template <typename In> struct SiluInput;

@@ -120,6 +120,12 @@ QWQ_DEVICE bool warp_takes_last_ticket(int* ticket, int splits) {
     return last;
 }
 
+// ---- activations ----------------------------------------------------------------------------------------
+// SwiGLU's silu with an accurate expf (no fast-math): silu(g) = g / (1 + e^-g); for g -> -inf, e^-g -> inf and the
+// result -> -0. Here because SiLU·mul (activation.cu) and its fusion into the FP8 GEMM's input (quantize.cu) must agree
+// bit for bit.
+QWQ_DEVICE float silu(float g) { return g / (1.0f + expf(-g)); }
+
 // ---- grid-stride helpers ------------------------------------------------------------------------------
 QWQ_DEVICE uint64_t global_thread_index() {
     return (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -10,6 +10,7 @@
 //     arithmetic as quantize_fp8_rows (scale = amax / 448, IEEE division, RNE, saturated); the host mirror is
 //     Fp8E4M3.QuantizePerToken.
 //   * untile_fp8_rows: the tile layout -> row-major e4m3 [n, k], which cuBLASLt reads as the K-major ("T") operand.
+//   * quantize_fp8_silu_mul_rows: SiLU·mul of a bf16 gate_up straight into down_proj's per-token e4m3 input.
 #include <cuda_fp8.h>
 
 #include "common.cuh"
@@ -28,6 +29,16 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
     return m;
+}
+
+// Eight values divided by the row's scale and rounded to e4m3 (IEEE division, round to nearest even, saturated): the
+// per-row quantization of every kernel here, Fp8E4M3's on the host.
+__device__ __forceinline__ uint2 e4m3x8(const float (&f)[8], float sc) {
+    uint2 packed;
+    uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
+    return packed;
 }
 }  // namespace
 
@@ -56,11 +67,7 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(s[i], f);
-        uint2 out;
-        uint8_t* b = reinterpret_cast<uint8_t*>(&out);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
-        *reinterpret_cast<uint2*>(dst + fp8_tile_offset(row, 8 * i, k)) = out;  // 8 codes stay within one 16-byte piece
+        *reinterpret_cast<uint2*>(dst + fp8_tile_offset(row, 8 * i, k)) = e4m3x8(f, sc);  // 8 codes stay within one 16-byte piece
     }
 }
 
@@ -127,11 +134,7 @@ quantize_fp8_act_rows(const __nv_bfloat16* __restrict__ x,  // [rows, k]
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(s[i], f);
-        uint2 packed;
-        uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
-        out[i] = packed;
+        out[i] = e4m3x8(f, sc);
     }
 }
 
@@ -146,5 +149,48 @@ extern "C" __global__ void untile_fp8_rows(const uint8_t* __restrict__ src,  // 
     for (long long i = (long long)global_thread_index(); i < pieces; i += (long long)grid_thread_count()) {
         const int row = (int)(i / per_row), kk = (int)(i % per_row) * 16;
         reinterpret_cast<uint4*>(dst)[i] = ld_stream_u4(src + fp8_tile_offset(row, kk, k));
+    }
+}
+
+// SwiGLU straight into the FP8 GEMM's input (fp8 weights' prefill, down_proj: LinearOps.TrySiluMulIntoFp8Input): per
+// row, act = bf16(silu(g) * u) as silu_mul_bf16_bf16 writes it, then quantize_fp8_act_rows' scale and codes of those
+// bf16 values, bit for bit, without act's round trip through memory (at 4096 rows of QwQ-32B: 226 MB written and read
+// again, and one launch; session 24's 16k profile had the two kernels at ~94 ms of 1,310). The row's bf16 values wait in
+// shared memory between the amax and the codes; each thread reads back only what it wrote (the same i), so block_max's
+// barrier is the only one. Launch: grid rows, block 256, dynamic shared memory 2 * inter bytes; inter % 16 == 0
+// (cuBLASLt's FP8 alignment; the kernel itself needs % 8), gate_up and codes 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(kQuantThreads)
+quantize_fp8_silu_mul_rows(const __nv_bfloat16* __restrict__ gate_up,  // [rows, 2 * inter] bf16: gate | up
+                           uint8_t* __restrict__ codes,                // [rows, inter] row-major e4m3
+                           float* __restrict__ scale,                  // [rows]
+                           int inter) {
+    kernel_entry_barrier();
+    extern __shared__ uint4 act[];  // [inter / 8] the row's bf16 activations
+    __shared__ float scratch[32];
+    const size_t row = blockIdx.x;
+    const int vecs = inter / 8;
+    const uint4* g = reinterpret_cast<const uint4*>(gate_up + row * (size_t)(2 * inter));
+    const uint4* u = g + vecs;
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float gf[8], uf[8], a[8];
+        unpack_bf16x8(g[i], gf);
+        unpack_bf16x8(u[i], uf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] = silu(gf[j]) * uf[j];
+        const uint4 packed = pack_bf16x8(a);
+        act[i] = packed;
+        unpack_bf16x8(packed, a);  // the bf16-rounded values, as quantize_fp8_act_rows reads them
+#pragma unroll
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(a[j]));
+    }
+    amax = block_max(amax, scratch);
+    const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
+    if (threadIdx.x == 0) scale[row] = sc;
+    uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)inter);
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(act[i], f);
+        out[i] = e4m3x8(f, sc);
     }
 }

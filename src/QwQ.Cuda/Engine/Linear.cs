@@ -49,6 +49,18 @@ internal readonly record struct LinearWeight(ulong Weight, int Out, int In, Weig
 }
 
 /// <summary>
+/// A product's input x [rows, in]: bf16 (<see cref="Bf16"/>, what every path reads), or for an fp8 weight on the FP8
+/// GEMM its per-token e4m3 codes [rows, in] and fp32 scales [rows] already made (<see cref="Fp8"/>: prefill's down_proj
+/// input straight from SiLU·mul, <see cref="LinearOps.TrySiluMulIntoFp8Input"/>). A bf16 address converts to one.
+/// </summary>
+internal readonly record struct LinearInput(ulong Bf16, ulong Fp8Codes = 0, ulong Fp8Scales = 0)
+{
+    public bool IsFp8 => Fp8Codes != 0;
+    public static implicit operator LinearInput(ulong bf16) => new(bf16);
+    public static LinearInput Fp8(ulong codes, ulong scales) => new(0, codes, scales);
+}
+
+/// <summary>
 /// The one place that picks a kernel for a linear layer, by weight kind and row count (llama.cpp's dispatch).
 /// bf16: up to <c>EngineOptions.GemvMaxRows</c> rows our CUDA-core GEMVs; up to 32 rows whichever of cuBLASLt and
 /// our tensor-core GEMVs measured fastest for that product and padded batch at load; above, cuBLAS (or cuBLASLt).
@@ -113,8 +125,16 @@ internal sealed class LinearOps : IDisposable
     private Choice? Chosen(LinearWeight w, int rows) =>
         rows <= TensorCoreGemvOps.MaxRows && _choices.TryGetValue((w.Kind, w.Out, w.In, Padded(rows)), out var c) ? c : null;
 
-    public void Apply(CudaStream s, LinearWeight w, ulong x, ulong y, int rows, bool accumulate = false)
+    public void Apply(CudaStream s, LinearWeight w, LinearInput input, ulong y, int rows, bool accumulate = false)
     {
+        if (input.IsFp8)
+        {
+            if (!RunsFp8Gemm(w, rows))
+                throw new InvalidOperationException($"an e4m3 input serves only an fp8 product on the FP8 GEMM (this one: {w.Kind} [{w.Out}x{w.In}] over {rows} rows)");
+            ApplyFp8Gemm(s, _fp8Gemm!, w, input, y, rows, accumulate);
+            return;
+        }
+        ulong x = input.Bf16;
         Choice? chosen = Chosen(w, rows);
         switch (w.Kind)
         {
@@ -189,6 +209,27 @@ internal sealed class LinearOps : IDisposable
     private bool RunsDequantized(LinearWeight w, int rows) => rows > SlicedMaxRows &&
         (w.Kind == WeightKind.Int4Awq || (w.Kind == WeightKind.Fp8 && !(_fp8Gemm is { } g && g.Fits(w, rows))));
 
+    /// <summary>Whether an fp8 product over this many rows runs on the FP8 GEMM (<see cref="Apply"/>'s choice).</summary>
+    private bool RunsFp8Gemm(LinearWeight w, int rows) =>
+        w.Kind == WeightKind.Fp8 && _fp8 is not null && rows > SlicedMaxRows && !RunsDequantized(w, rows);
+
+    /// <summary>
+    /// down_proj's input for the FP8 GEMM straight from SiLU·mul, where <paramref name="w"/> runs on it at this many
+    /// rows (fp8 weights' prefill): bf16 <paramref name="gateUpBf16"/> [rows, 2 · in] (prefill's gate_up product,
+    /// <see cref="TryApplyBf16Out"/>) → the GEMM's per-token e4m3 input, which <paramref name="input"/> names for
+    /// <see cref="Apply"/> (exactly SiLU·mul then the quantization Apply would run, without the bf16 activations in
+    /// memory); false elsewhere, where the caller writes bf16 activations.
+    /// </summary>
+    public bool TrySiluMulIntoFp8Input(CudaStream s, LinearWeight w, ulong gateUpBf16, int rows, out LinearInput input)
+    {
+        input = default;
+        if (!RunsFp8Gemm(w, rows) || w.In > Fp8Ops.MaxSiluMulIntermediate) return false;
+        Fp8Gemm g = _fp8Gemm!;
+        _fp8!.QuantizeSiluMul(s, gateUpBf16, g.ActCodes, g.ActScales, rows, w.In);
+        input = LinearInput.Fp8(g.ActCodes, g.ActScales);
+        return true;
+    }
+
     /// <summary>
     /// Products over more rows than this (prefill chunks) write their output in bf16 where the caller asks
     /// (<see cref="TryApplyBf16Out"/>); up to this many (decode batches, the sliced GEMVs) always in fp32.
@@ -253,15 +294,17 @@ internal sealed class LinearOps : IDisposable
     /// [rows, out] as every other path, accumulate adds into it (beta 1), and there is no bias here (q/k/v biases are added
     /// with RoPE), exactly as on the bf16 detour.
     /// </summary>
-    private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, ulong x, ulong y, int rows, bool accumulate, bool outBf16 = false)
+    private void ApplyFp8Gemm(CudaStream s, Fp8Gemm g, LinearWeight w, LinearInput x, ulong y, int rows, bool accumulate, bool outBf16 = false)
     {
-        _fp8!.QuantizeActivations(s, x, g.ActCodes, g.ActScales, rows, w.In);
+        // the input's codes where they are already made (TrySiluMulIntoFp8Input writes them into the same buffers)
+        (ulong codes, ulong scales) = x.IsFp8 ? (x.Fp8Codes, x.Fp8Scales) : (g.ActCodes, g.ActScales);
+        if (!x.IsFp8) _fp8!.QuantizeActivations(s, x.Bf16, codes, scales, rows, w.In);
         if (!_fp8RowMajor.TryGetValue(w.Weight, out ulong rowMajor))
         {
-            _fp8.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
+            _fp8!.UntileRows(s, w.Weight, _dequantScratch, w.Out, w.In);
             rowMajor = _dequantScratch;
         }
-        g.Lt.MatmulFp8TN(s, g.ActCodes, g.ActScales, rowMajor, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum, outBf16);
+        g.Lt.MatmulFp8TN(s, codes, scales, rowMajor, w.Scales, y, rows, w.Out, w.In, accumulate ? 1f : 0f, g.FastAccum, outBf16);
     }
 
     /// <summary>

@@ -84,9 +84,9 @@ internal sealed class Qwen2Forward
             Attention(s, b, l);
             _sum.AddProductThenNorm(s, w.O, _ws.Attn, t, ResidualSum.Attention, w.PostNorm);
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x))), then the next layer's input norm (the final norm after the last)
-            GateUpActivation(s, w.GateUp, t);
+            LinearInput act = GateUpActivation(s, w.GateUp, w.Down, t);
             ulong nextNorm = l + 1 < _w.Layers.Length ? _w.Layers[l + 1].InputNorm : _w.FinalNorm;
-            _sum.AddProductThenNorm(s, w.Down, _ws.Act, t, ResidualSum.Mlp, nextNorm);
+            _sum.AddProductThenNorm(s, w.Down, act, t, ResidualSum.Mlp, nextNorm);
         }
         // Normed holds every row's final norm; no row needs logits when a long prompt's chunk is not its last.
         if (b.LogitRows > 0) Logits(s, b.LogitRows);
@@ -105,18 +105,21 @@ internal sealed class Qwen2Forward
     }
 
     /// <summary>
-    /// silu(gate(norm(x))) · up(norm(x)) into Act. Prefill-sized steps have the product write gate | up in bf16, as for
-    /// qkv: SiLU·mul then reads half the bytes; decode batches fp32.
+    /// silu(gate(norm(x))) · up(norm(x)), down_proj's input: bf16 in Act, or where down runs on the FP8 GEMM (fp8
+    /// weights' prefill) its per-token e4m3 codes straight from SiLU·mul. Prefill-sized steps have the product write
+    /// gate | up in bf16, as for qkv: SiLU·mul then reads half the bytes; decode batches fp32.
     /// </summary>
-    private void GateUpActivation(CudaStream s, LinearWeight gateUp, int t)
+    private LinearInput GateUpActivation(CudaStream s, LinearWeight gateUp, LinearWeight down, int t)
     {
-        if (_linear.TryApplyBf16Out(s, gateUp, _ws.Normed, _ws.GateUp, t))
+        if (!_linear.TryApplyBf16Out(s, gateUp, _ws.Normed, _ws.GateUp, t))
         {
-            _k.Activation.SiluMulBf16(s, _ws.GateUp, _ws.Act, t, _inter);
-            return;
+            _linear.Apply(s, gateUp, _ws.Normed, _ws.GateUp, t);
+            _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
+            return _ws.Act;
         }
-        _linear.Apply(s, gateUp, _ws.Normed, _ws.GateUp, t);
-        _k.Activation.SiluMul(s, _ws.GateUp, _ws.Act, t, _inter);
+        if (_linear.TrySiluMulIntoFp8Input(s, down, _ws.GateUp, t, out LinearInput fp8)) return fp8;
+        _k.Activation.SiluMulBf16(s, _ws.GateUp, _ws.Act, t, _inter);
+        return _ws.Act;
     }
 
     /// <summary>Decode rows by split-K over their blocks; prefill chunks by flash attention over theirs.</summary>

@@ -110,7 +110,7 @@ internal sealed class ResidualSum : IDisposable
     /// Normed [rows, hidden] = bf16(x / rms(x) · <paramref name="normWeight"/>), the input of the next product.
     /// <paramref name="slot"/>: <see cref="Attention"/> or <see cref="Mlp"/>.
     /// </summary>
-    public void AddProductThenNorm(CudaStream s, LinearWeight w, ulong input, int rows, int slot, ulong normWeight)
+    public void AddProductThenNorm(CudaStream s, LinearWeight w, LinearInput input, int rows, int slot, ulong normWeight)
     {
         if (UsesOneShot(rows))
         {

@@ -23,6 +23,7 @@ internal sealed class Fp8Ops
     [KernelEntry] public const string DequantizeEntry = "dequantize_fp8_rows";
     [KernelEntry] public const string QuantizeActivationsEntry = "quantize_fp8_act_rows";
     [KernelEntry] public const string UntileEntry = "untile_fp8_rows";
+    [KernelEntry] public const string QuantizeSiluMulEntry = "quantize_fp8_silu_mul_rows";
 
     /// <summary>k (a weight's input size) must be a multiple of this.</summary>
     public const int KMultiple = 64;
@@ -40,7 +41,14 @@ internal sealed class Fp8Ops
     /// <summary>Inputs of a row of activations quantized for cuBLASLt must be a multiple of this (its FP8 alignment: 16 bytes of codes).</summary>
     public const int ActivationKMultiple = 16;
 
-    private readonly CudaKernel _quantize, _repack, _dequantize, _quantizeActivations, _untile;
+    /// <summary>
+    /// Widest intermediate <see cref="QuantizeSiluMul"/> takes: a row's bf16 activations wait in its shared memory (2
+    /// bytes each, within the 227 KB an sm_90 block may opt into; QwQ-32B's 27,648 take 54 KB).
+    /// </summary>
+    public const int MaxSiluMulIntermediate = 98304;
+
+    private readonly CudaKernel _quantize, _repack, _dequantize, _quantizeActivations, _untile, _quantizeSiluMul;
+    private int _siluMulSharedBytes; // the dynamic shared memory _quantizeSiluMul has been allowed so far
 
     public Fp8Ops(PtxLibrary lib)
     {
@@ -52,6 +60,7 @@ internal sealed class Fp8Ops
         _dequantize = lib.GetKernel(DequantizeEntry);
         _quantizeActivations = lib.GetKernel(QuantizeActivationsEntry);
         _untile = lib.GetKernel(UntileEntry);
+        _quantizeSiluMul = lib.GetKernel(QuantizeSiluMulEntry);
     }
 
     /// <summary>Bytes of an fp8 weight [n, k] in the tile layout (rows padded to a multiple of 16).</summary>
@@ -168,6 +177,34 @@ internal sealed class Fp8Ops
         if (k <= 0 || k % ActivationKMultiple != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {ActivationKMultiple}.", nameof(k));
         void** args = stackalloc void*[] { &x, &codes, &scales, &k };
         _quantizeActivations.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), 0, s, args);
+    }
+
+    /// <summary>
+    /// SiLU·mul into the FP8 GEMM's input: bf16 <paramref name="gateUp"/> [rows, 2 · I] (gate | up, as prefill's gate_up
+    /// product writes it) → <paramref name="codes"/> e4m3 [rows, I] and <paramref name="scales"/> fp32 [rows], exactly
+    /// <c>ActivationOps.SiluMulBf16</c> followed by <see cref="QuantizeActivations"/> (kernels/quantize.cu,
+    /// <c>quantize_fp8_silu_mul_rows</c>) without the bf16 activations in memory. I a multiple of
+    /// <see cref="ActivationKMultiple"/>, at most <see cref="MaxSiluMulIntermediate"/>.
+    /// </summary>
+    public unsafe void QuantizeSiluMul(CudaStream s, ulong gateUp, ulong codes, ulong scales, int rows, int intermediate)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(gateUp, 16, nameof(gateUp));
+        LaunchChecks.Aligned(codes, 16, nameof(codes));
+        LaunchChecks.Aligned(scales, 16, nameof(scales));
+        LaunchChecks.Positive(rows, nameof(rows));
+        if (intermediate <= 0 || intermediate % ActivationKMultiple != 0 || intermediate > MaxSiluMulIntermediate)
+            throw new ArgumentException($"intermediate ({intermediate}) must be a positive multiple of {ActivationKMultiple} up to {MaxSiluMulIntermediate}.", nameof(intermediate));
+        int shared = 2 * intermediate;
+        if (shared > _siluMulSharedBytes)
+        {
+            // past 48 KB of static and dynamic together a kernel must opt in to its dynamic shared memory: opt in for
+            // every larger size (once per size, not per launch), whatever the threshold
+            _quantizeSiluMul.SetMaxDynamicSharedMemory(shared);
+            _siluMulSharedBytes = shared;
+        }
+        void** args = stackalloc void*[] { &gateUp, &codes, &scales, &intermediate };
+        _quantizeSiluMul.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), shared, s, args);
     }
 
     /// <summary>Tile-layout e4m3 [rows, k] → row-major e4m3 [rows, k] (the codes only; scales stay where they are).</summary>

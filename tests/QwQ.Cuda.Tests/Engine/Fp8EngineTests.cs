@@ -97,6 +97,30 @@ public sealed class Fp8EngineTests
         }
     }
 
+    /// <summary>
+    /// Where down_proj runs on the FP8 GEMM (a prefill step of 200 rows on sm_90), SiLU·mul hands it its e4m3 input
+    /// directly (<c>quantize_fp8_silu_mul_rows</c>, one launch a layer), no bf16 SiLU·mul runs, and only the other three
+    /// products quantize their input; <see cref="Fp8PrefillGemmStaysCloseToTheBf16DetourOnTheSameWeights"/> checks the
+    /// logits of that path.
+    /// </summary>
+    [Test]
+    public void Fp8PrefillHandsDownProjItsInputStraightFromSiluMul()
+    {
+        using var checkpoint = QuantizedOnLoad.RandomCheckpoint(ConfigJson, QuantizeRows);
+        using var backend = CudaBackend.Load(checkpoint.Config, checkpoint.Directory.Path,
+            new EngineOptions { MaxContext = 512, Quantize = QuantizeMode.Fp8, TuneDecodeGemm = false });
+        if (!backend.PrefillGemmPath.StartsWith("fp8", StringComparison.Ordinal))
+            Assert.Ignore($"prefill products run on {backend.PrefillGemmPath} here (the FP8 GEMM needs sm_90)");
+        using var seq = backend.CreateSequence();
+        int[] prompt = [.. Enumerable.Range(0, 200).Select(i => i * 7 % checkpoint.Config.VocabSize)];
+        var launches = backend.ProfileStep([new SequenceChunk(seq, prompt)]);
+        string[] kernels = [.. launches[0].Select(l => l.Kernel)];
+        int layers = checkpoint.Config.NumHiddenLayers;
+        Assert.That(kernels.Count(k => k == "quantize_fp8_silu_mul_rows"), Is.EqualTo(layers));
+        Assert.That(kernels, Has.None.EqualTo("silu_mul_bf16_bf16").And.None.EqualTo("silu_mul_f32_bf16"));
+        Assert.That(kernels.Count(k => k == "quantize_fp8_act_rows"), Is.EqualTo(3 * layers), "qkv, o and gate_up quantize their bf16 input");
+    }
+
     [Test]
     public void Fp8WeightsTakeAboutHalfTheBytes()
     {

@@ -18,12 +18,15 @@ namespace QwQ.Cuda.Tests.Engine;
 /// </summary>
 public sealed class Fp8GemmTests : KernelTestBase
 {
-    private const int MaxRows = 512, MaxIn = 5120;
+    private const int MaxRows = 512, MaxIn = 27648; // QwQ-32B's widest input (down_proj's), for the fused SiLU·mul case
     private Fp8Ops _fp8 = null!;
 #pragma warning disable NUnit1032 // created in CreateOps (the base class's [OneTimeSetUp]) and disposed in FreeOps ([OneTimeTearDown])
     private LinearOps? _linear;
 #pragma warning restore NUnit1032
     private readonly List<IDisposable> _gpu = [];
+#pragma warning disable NUnit1032 // owned by _gpu (disposed in FreeOps)
+    private DeviceBuffer _actCodes = null!, _actScales = null!; // the FP8 GEMM's per-token input
+#pragma warning restore NUnit1032
     private string? _unsupported;
 
     protected override void CreateOps()
@@ -35,9 +38,9 @@ public sealed class Fp8GemmTests : KernelTestBase
         }
         _fp8 = new Fp8Ops(Lib);
         var scratch = Own(DeviceBuffer.Allocate(2L * 1792 * 5120));          // bf16 [largest weight here]: the dequantize path's and the untiled codes'
-        var codes = Own(DeviceBuffer.Allocate((long)MaxRows * MaxIn));        // e4m3 [rows, in]
-        var scales = Own(DeviceBuffer.Allocate(4L * MaxRows));                // fp32 [rows]
-        var gemm = new Fp8Gemm(Own(CublasLt.Create()), FastAccum: false, codes.Ptr, scales.Ptr, MaxRows, MaxIn);
+        _actCodes = Own(DeviceBuffer.Allocate((long)MaxRows * MaxIn));        // e4m3 [rows, in]
+        _actScales = Own(DeviceBuffer.Allocate(4L * MaxRows));               // fp32 [rows]
+        var gemm = new Fp8Gemm(Own(CublasLt.Create()), FastAccum: false, _actCodes.Ptr, _actScales.Ptr, MaxRows, MaxIn);
         _linear = new LinearOps(new GemvOps(Lib), new TensorCoreGemvOps(Lib), _fp8, null, Own(Cublas.Create(Stream)), null, null,
             gemvMaxRows: 4, mmaMaxRows: 0, Context.MultiprocessorCount, scratch.Ptr, gemm);
     }
@@ -131,6 +134,50 @@ public sealed class Fp8GemmTests : KernelTestBase
         Assert.That(_linear.TryApplyBf16Out(Stream, weight, dx.Ptr, dt.Ptr, 128), Is.False, "128 rows are a decode batch: fp32");
         Assert.That(() => _linear.ApplyFp8Gemm(Stream, weight, dx.Ptr, dt.Ptr, rows, accumulate: true, outBf16: true),
             Throws.ArgumentException.With.Message.Contains("does not accumulate"));
+    }
+
+    /// <summary>
+    /// Prefill's down_proj input on the FP8 GEMM straight from SiLU·mul (<see cref="LinearOps.TrySiluMulIntoFp8Input"/>,
+    /// kernels/quantize.cu <c>quantize_fp8_silu_mul_rows</c>): the same codes and scales, bit for bit, as SiLU·mul into
+    /// bf16 then the per-token quantization <see cref="LinearOps.Apply"/> runs, hence the same product; not offered at
+    /// or below 128 rows (the GEMVs' rows), and an e4m3 input refused where the FP8 GEMM does not run.
+    /// </summary>
+    [TestCase(300, 1280, 3456)]
+    [TestCase(129, 640, 1792)]
+    [TestCase(129, 256, 27648)] // QwQ-32B's intermediate: 54 KB of shared memory a row, past the 48 KB default
+    public void SiluMulIntoTheFp8InputEqualsSiluMulThenItsQuantization(int rows, int outF, int inter)
+    {
+        var (codes, scales, _) = Fp8KernelTests.RandomWeights(Rng, outF, inter);
+        var dw = Upload<byte>(Fp8Ops.PackTiles(codes, outF, inter));
+        var ds = Upload<float>(scales);
+        var weight = new LinearWeight(dw.Ptr, outF, inter, WeightKind.Fp8, ds.Ptr);
+        float[] gateUpValues = NormalBf16((long)rows * 2 * inter, 2f);
+        Array.Clear(gateUpValues, inter, inter); // row 0's up half: an all-zero row of activations (scale 1, codes 0)
+        var gateUp = UploadBf16(gateUpValues);
+
+        // SiLU·mul into bf16, then the product quantizes it into the GEMM's input buffers
+        var act = PoisonedBf16((long)rows * inter);
+        new ActivationOps(Lib).SiluMulBf16(Stream, gateUp.Ptr, act.Ptr, rows, inter);
+        var y = PoisonedF32((long)rows * outF);
+        _linear!.Apply(Stream, weight, act.Ptr, y.Ptr, rows);
+        float[] expected = DownloadF32(y);
+        byte[] codesBefore = _actCodes.ToArray<byte>()[..(rows * inter)];
+        float[] scalesBefore = _actScales.ToArray<float>()[..rows];
+
+        _actCodes.Memset32(0x7F7F7F7F); // poison: the fused kernel must write every code and scale
+        _actScales.Memset32(0x7FC00000);
+        Assert.That(_linear.TrySiluMulIntoFp8Input(Stream, weight, gateUp.Ptr, rows, out LinearInput input), Is.True);
+        Assert.That(input.IsFp8 && input.Fp8Codes == _actCodes.Ptr && input.Fp8Scales == _actScales.Ptr, "the GEMM's own input buffers");
+        Stream.Synchronize();
+        Assert.That(_actCodes.ToArray<byte>()[..(rows * inter)], Is.EqualTo(codesBefore), "codes");
+        Assert.That(_actScales.ToArray<float>()[..rows], Is.EqualTo(scalesBefore), "scales");
+        Assert.That(scalesBefore[0], Is.EqualTo(1f), "the all-zero row's scale");
+        var y2 = PoisonedF32((long)rows * outF);
+        _linear.Apply(Stream, weight, input, y2.Ptr, rows);
+        Assert.That(DownloadF32(y2), Is.EqualTo(expected), "the product from the fused input");
+
+        Assert.That(_linear.TrySiluMulIntoFp8Input(Stream, weight, gateUp.Ptr, 128, out _), Is.False, "128 rows run the GEMVs");
+        Assert.That(() => _linear.Apply(Stream, weight, input, y2.Ptr, 128), Throws.InvalidOperationException);
     }
 
     [Test]
