@@ -6,9 +6,9 @@
 //   * dequantize_fp8_rows: tile layout + scale -> row-major bf16 (w = code * scale, rounded to bf16), for
 //     prefill-sized products that run on the bf16 tensor cores through cuBLAS.
 // And for prefill-sized products on the FP8 tensor cores (cuBLASLt, e4m3 x e4m3 with outer-vector scales):
-//   * quantize_fp8_act_rows: bf16 activations -> row-major e4m3 + one fp32 scale per row (token), the same
-//     arithmetic as quantize_fp8_rows (scale = amax / 448, IEEE division, RNE, saturated); the host mirror is
-//     Fp8E4M3.QuantizePerToken.
+//   * quantize_fp8_act_rows: bf16 activations -> row-major e4m3 + one fp32 scale per row (token): scale = amax / 448
+//     as quantize_fp8_rows stores it, codes = RNE(x * (448 / amax)), saturated (a multiplication per element where the
+//     weights divide: e4m3x8_mul); the host mirror is Fp8E4M3.QuantizePerToken.
 //   * untile_fp8_rows: the tile layout -> row-major e4m3 [n, k], which cuBLASLt reads as the K-major ("T") operand.
 //   * quantize_fp8_silu_mul_rows: SiLU·mul of a bf16 gate_up straight into down_proj's per-token e4m3 input.
 #include <cuda_fp8.h>
@@ -18,6 +18,11 @@
 
 namespace {
 constexpr int kQuantThreads = 256;
+// The fused SiLU·mul quantizer's block: QwQ's 27,648-wide row is 3,456 16-byte vectors, 9 a thread at 384 (13.5 at
+// 256, the last pass half idle), and its 54 KB of shared memory let 4 blocks share an SM either way. Session 25's
+// micro-benchmark (bench/micro/silu_fp8.cu): 384 threads 1.10x of 256 alone, 1.41x with the pairwise conversion and
+// the per-token multiplication (e4m3x8_mul); 128 threads 0.72x.
+constexpr int kSiluMulThreads = 384;
 
 __device__ __forceinline__ float block_max(float v, float* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -31,14 +36,33 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return m;
 }
 
-// Eight values divided by the row's scale and rounded to e4m3 (IEEE division, round to nearest even, saturated): the
-// per-row quantization of every kernel here, Fp8E4M3's on the host.
-__device__ __forceinline__ uint2 e4m3x8(const float (&f)[8], float sc) {
-    uint2 packed;
-    uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) b[j] = (uint8_t)__nv_cvt_float_to_fp8(f[j] / sc, __NV_SATFINITE, __NV_E4M3);
-    return packed;
+// Two values to e4m3 codes (round to nearest even, saturated), the first in the low byte: the hardware converts a pair
+// at a time (cvt.rn.satfinite.e4m3x2.f32), half the instructions of one code at a time and the same codes.
+__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+}
+
+// Eight weights divided by their channel's scale (IEEE division) and rounded to e4m3: the per-channel quantization of a
+// weight, Fp8E4M3.QuantizePerChannel's on the host (and the FP8 KV cache's, kernels/rope.cu).
+__device__ __forceinline__ uint2 e4m3x8_div(const float (&f)[8], float sc) {
+    return make_uint2(e4m3x2(f[0] / sc, f[1] / sc) | (e4m3x2(f[2] / sc, f[3] / sc) << 16),
+                      e4m3x2(f[4] / sc, f[5] / sc) | (e4m3x2(f[6] / sc, f[7] / sc) << 16));
+}
+
+// A token's inverse scale, 448 / amax (one IEEE division a row; 1 for an all-zero row), capped at the largest float so a
+// row of subnormal-sized values gives small codes, never inf x 0 = NaN. The row's stored scale stays amax / 448.
+__device__ __forceinline__ float e4m3_inverse_scale(float amax) {
+    return amax > 0.f ? fminf(448.f / amax, 3.402823466e38f) : 1.f;
+}
+
+// Eight activations multiplied by their token's inverse scale and rounded to e4m3: the per-token quantization of the
+// FP8 GEMM's input, Fp8E4M3.QuantizePerToken's on the host. A multiplication instead of the weights' division per
+// element (session 25: with the pairwise conversion, 1.25x the fused SiLU·mul kernel's rate, which the divisions bound;
+// 4,677 of 113 M codes of a 4096-row chunk land one step from the division's, where x / scale lies within an fp32
+// rounding of an e4m3 midpoint).
+__device__ __forceinline__ uint2 e4m3x8_mul(const float (&f)[8], float inv) {
+    return make_uint2(e4m3x2(f[0] * inv, f[1] * inv) | (e4m3x2(f[2] * inv, f[3] * inv) << 16),
+                      e4m3x2(f[4] * inv, f[5] * inv) | (e4m3x2(f[6] * inv, f[7] * inv) << 16));
 }
 }  // namespace
 
@@ -67,7 +91,7 @@ quantize_fp8_rows(const __nv_bfloat16* __restrict__ src,  // [rows, k]
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(s[i], f);
-        *reinterpret_cast<uint2*>(dst + fp8_tile_offset(row, 8 * i, k)) = e4m3x8(f, sc);  // 8 codes stay within one 16-byte piece
+        *reinterpret_cast<uint2*>(dst + fp8_tile_offset(row, 8 * i, k)) = e4m3x8_div(f, sc);  // 8 codes stay within one 16-byte piece
     }
 }
 
@@ -129,12 +153,13 @@ quantize_fp8_act_rows(const __nv_bfloat16* __restrict__ x,  // [rows, k]
     }
     amax = block_max(amax, scratch);
     const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
+    const float inv = e4m3_inverse_scale(amax);
     if (threadIdx.x == 0) scale[row] = sc;
     uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)k);
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(s[i], f);
-        out[i] = e4m3x8(f, sc);
+        out[i] = e4m3x8_mul(f, inv);
     }
 }
 
@@ -157,9 +182,9 @@ extern "C" __global__ void untile_fp8_rows(const uint8_t* __restrict__ src,  // 
 // bf16 values, bit for bit, without act's round trip through memory (at 4096 rows of QwQ-32B: 226 MB written and read
 // again, and one launch; session 24's 16k profile had the two kernels at ~94 ms of 1,310). The row's bf16 values wait in
 // shared memory between the amax and the codes; each thread reads back only what it wrote (the same i), so block_max's
-// barrier is the only one. Launch: grid rows, block 256, dynamic shared memory 2 * inter bytes; inter % 16 == 0
+// barrier is the only one. Launch: grid rows, block kSiluMulThreads (384), dynamic shared memory 2 * inter bytes; inter % 16 == 0
 // (cuBLASLt's FP8 alignment; the kernel itself needs % 8), gate_up and codes 16-byte aligned.
-extern "C" __global__ void __launch_bounds__(kQuantThreads)
+extern "C" __global__ void __launch_bounds__(kSiluMulThreads)
 quantize_fp8_silu_mul_rows(const __nv_bfloat16* __restrict__ gate_up,  // [rows, 2 * inter] bf16: gate | up
                            uint8_t* __restrict__ codes,                // [rows, inter] row-major e4m3
                            float* __restrict__ scale,                  // [rows]
@@ -186,11 +211,12 @@ quantize_fp8_silu_mul_rows(const __nv_bfloat16* __restrict__ gate_up,  // [rows,
     }
     amax = block_max(amax, scratch);
     const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
+    const float inv = e4m3_inverse_scale(amax);
     if (threadIdx.x == 0) scale[row] = sc;
     uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)inter);
     for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
         float f[8];
         unpack_bf16x8(act[i], f);
-        out[i] = e4m3x8(f, sc);
+        out[i] = e4m3x8_mul(f, inv);
     }
 }

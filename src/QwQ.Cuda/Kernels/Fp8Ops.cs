@@ -30,6 +30,8 @@ internal sealed class Fp8Ops
     /// <summary>Rows are stored in tiles of this many (the last tile padded).</summary>
     public const int TileRows = 16;
     private const int QuantThreads = 256;
+    // kernels/quantize.cu's kSiluMulThreads: QwQ's 27,648-wide row is 3,456 vectors, 9 a thread (session 25's micro-benchmark).
+    private const int SiluMulThreads = 384;
 
     /// <summary>Most rows of x <see cref="Gemv"/> serves.</summary>
     public const int MaxGemvRows = 4;
@@ -164,7 +166,7 @@ internal sealed class Fp8Ops
     /// <summary>
     /// Per-token activation quantization for the FP8 GEMM: bf16 <paramref name="x"/> [rows, k] → row-major e4m3
     /// <paramref name="codes"/> [rows, k] and fp32 <paramref name="scales"/> [rows], scale = amax / 448 per row (1 for an
-    /// all-zero row), codes rounded to nearest even and saturated: <see cref="Weights.Quantization.Fp8E4M3.QuantizePerToken"/>
+    /// all-zero row), codes x · (448 / amax) rounded to nearest even and saturated: <see cref="Weights.Quantization.Fp8E4M3.QuantizePerToken"/>
     /// bit for bit.
     /// </summary>
     public unsafe void QuantizeActivations(CudaStream s, ulong x, ulong codes, ulong scales, int rows, int k)
@@ -204,7 +206,7 @@ internal sealed class Fp8Ops
             _siluMulSharedBytes = shared;
         }
         void** args = stackalloc void*[] { &gateUp, &codes, &scales, &intermediate };
-        _quantizeSiluMul.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), shared, s, args);
+        _quantizeSiluMul.Launch(new Dim3((uint)rows), new Dim3(SiluMulThreads), shared, s, args);
     }
 
     /// <summary>Tile-layout e4m3 [rows, k] → row-major e4m3 [rows, k] (the codes only; scales stay where they are).</summary>
