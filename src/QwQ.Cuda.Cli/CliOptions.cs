@@ -1,4 +1,5 @@
 using System.CommandLine;
+using QwQ.Cuda.Batching;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
@@ -154,6 +155,11 @@ internal sealed class ModelSourceOptions
                 } : null,
                 RopeSwitchPosition = WithBackend ? p.GetValue(RopeSwitch) : null,
                 RopeSwitch = WithBackend ? p.GetValue(RopeSwitchMethod) : Engine.RopeSwitchMethod.Recompute,
+                // serve, chat and eval step through the batch scheduler, and generate appends a prompt 2048 rows at a
+                // time (GenerationOptions.PrefillChunk): no step has more rows than the scheduler's, so EngineOptions'
+                // 4096-row workspace (for qwq bench and direct Append calls) would hold activations no step uses. Sized
+                // to the scheduler's step, that memory goes to the KV pool: ~1,700 positions on an 80 GB card.
+                PrefillChunk = new SchedulerOptions().MaxRowsPerStep,
             },
         };
     }

@@ -14,6 +14,13 @@ public sealed record SchedulerOptions
     /// <summary>Requests admitted at once (holding KV); at most <see cref="MaxBatch"/>, so every one gets its row each step.</summary>
     public int MaxSequences { get; init; } = 128;
 
+    /// <summary>
+    /// The most rows (tokens) one step gives the backend: a decode row for each running request beside at most
+    /// <see cref="PrefillTokensPerStep"/> prefill rows. An engine whose workspace holds this many runs every step in one
+    /// pass; a larger one would hold activations no step uses (the CLI sizes the engine's prefill chunk by it).
+    /// </summary>
+    public int MaxRowsPerStep => PrefillTokensPerStep + MaxSequences;
+
     /// <summary>How long <see cref="BatchScheduler.Dispose()"/> waits for the step in flight.</summary>
     public TimeSpan DisposeTimeout { get; init; } = TimeSpan.FromSeconds(10);
 

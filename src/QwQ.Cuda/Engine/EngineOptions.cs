@@ -55,7 +55,9 @@ public sealed record EngineOptions
     /// <summary>
     /// The most rows (tokens of all sequences) one forward step processes; longer prompts are prefilled in chunks. On a
     /// card where its activations would leave the KV pool fewer than 8,192 positions, the memory plan halves it (down to
-    /// 512) to keep the context (<see cref="MemoryPlan.PrefillChunk"/>).
+    /// 512) to keep the context (<see cref="MemoryPlan.PrefillChunk"/>). The CLI's commands other than <c>bench</c> set it to
+    /// the batch scheduler's largest step (<see cref="Batching.SchedulerOptions.MaxRowsPerStep"/>, 2,176 rows), the most
+    /// their steps take, so the rest goes to the KV pool.
     /// </summary>
     public int PrefillChunk { get; init; } = 4096;
 

@@ -62,6 +62,48 @@ public class BatchSchedulerTests
         Assert.That(backend.KvPool.UsedBlocks, Is.EqualTo(0));
     }
 
+    /// <summary>
+    /// No step gives the backend more rows than <see cref="SchedulerOptions.MaxRowsPerStep"/> (the CLI sizes the engine's
+    /// workspace by it, so a larger step would run in two passes): long prompts prefilling beside requests that decode,
+    /// with a small prefill budget so both kinds of row share steps.
+    /// </summary>
+    [Test]
+    public async Task NoStepHasMoreRowsThanMaxRowsPerStep()
+    {
+        var options = new SchedulerOptions { PrefillTokensPerStep = 40, MaxBatch = 6, MaxSequences = 6 };
+        using var inner = Backend(kvPoolPositions: 32 * 64);
+        using var backend = new RowCountingBackend(inner);
+        int[] lengths = [3, 90, 2, 120, 5, 70, 1, 100];
+        var seqs = lengths.Select(_ => backend.CreateSequence()).ToArray();
+        using (var scheduler = new BatchScheduler(backend, options))
+            await Task.WhenAll(lengths.Select((n, i) => Collect(scheduler.Submit(
+                new GenerationRequest(seqs[i], Tokens(n, seed: 600 + i), SamplingOptions.Greedy, 6, []))))).WaitAsync(Patience);
+        foreach (var s in seqs) s.Dispose();
+        TestContext.Out.WriteLine($"largest step {backend.LargestStep} rows, at most {options.MaxRowsPerStep}");
+        Assert.That(backend.LargestStep, Is.LessThanOrEqualTo(options.MaxRowsPerStep));
+        Assert.That(backend.LargestStep, Is.GreaterThan(options.PrefillTokensPerStep), "decode rows were meant to ride beside a full prefill budget");
+    }
+
+    /// <summary>The CPU reference, counting the rows of its largest step.</summary>
+    private sealed class RowCountingBackend(IModelBackend inner) : IModelBackend
+    {
+        public int LargestStep { get; private set; }
+        public global::QwQ.Cuda.Config.ModelConfig Config => inner.Config;
+        public string DeviceDescription => inner.DeviceDescription;
+        public int MaxContext => inner.MaxContext;
+        public KvBlockPool KvPool => inner.KvPool;
+        public ISequence CreateSequence(int? maxContext = null) => inner.CreateSequence(maxContext);
+        public void Step(ReadOnlySpan<SequenceChunk> items, CancellationToken ct = default)
+        {
+            int rows = 0;
+            foreach (var item in items) rows += item.Tokens.Length;
+            LargestStep = Math.Max(LargestStep, rows);
+            inner.Step(items, ct);
+        }
+        public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens) => inner.Sample(requests, tokens);
+        public void Dispose() { } // the test disposes the inner backend
+    }
+
     [Test]
     public async Task ATinyPoolPreemptsAndResumesWithIdenticalTokens()
     {

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
 using QwQ.Cuda.Cli.Commands;
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
@@ -891,6 +892,8 @@ public class CliTests
         Assert.That(p.Errors, Is.Empty);
         var m = opts.Bind(p);
         Assert.That((m.Synthetic, m.TokenizerPath, m.Backend, m.Engine.MaxContext, m.Engine.Device), Is.EqualTo(("qwq-32b", "/tok", BackendKind.Cpu, (int?)4096, 1)));
+        // the commands step through the scheduler: the workspace holds its largest step, not EngineOptions' 4096 rows
+        Assert.That(m.Engine.PrefillChunk, Is.EqualTo(2048 + 128).And.LessThan(new EngineOptions().PrefillChunk));
         Assert.That(cmd.Parse(["--backend", "rocm"]).Errors, Is.Not.Empty);
     }
 }

@@ -114,6 +114,24 @@ public sealed class MemoryTableTests
         foreach (var r in Card(80 * GiB).Rows) Assert.That(r.Plan!.PrefillChunk, Is.EqualTo(Defaults.PrefillChunk), r.Name);
     }
 
+    // The CLI's commands size the workspace to the batch scheduler's largest step (2,176 rows), not EngineOptions' 4096:
+    // on every card and kind the pool gains what the activations no step uses would have held.
+    [Test]
+    public void TheSchedulersStepSizeLeavesMoreForTheKvPool()
+    {
+        var cli = Defaults with { PrefillChunk = new QwQ.Cuda.Batching.SchedulerOptions().MaxRowsPerStep };
+        foreach (long gib in new long[] { 24, 80, 141 })
+            foreach (var row in Card(gib * GiB, cli).Rows.Where(r => r.Plan is not null))
+            {
+                var plan = row.Plan!;
+                var before = Card(gib * GiB)[row.Kind].Plan!;
+                TestContext.Out.WriteLine($"{gib} GiB {row.Name}: pool {before.KvPoolPositions:N0} -> {plan.KvPoolPositions:N0} positions, chunk {before.PrefillChunk} -> {plan.PrefillChunk} rows");
+                Assert.That(plan.KvPoolPositions, Is.GreaterThanOrEqualTo(before.KvPoolPositions), $"{gib} GiB {row.Name}");
+                Assert.That(plan.PrefillChunk, Is.LessThanOrEqualTo(cli.PrefillChunk), $"{gib} GiB {row.Name}");
+            }
+        Assert.That(Card(80 * GiB, cli)[WeightKind.Bf16].Plan!.KvPoolPositions, Is.GreaterThan(Card(80 * GiB)[WeightKind.Bf16].Plan!.KvPoolPositions));
+    }
+
     [Test]
     public void ThePrefillChunkNeverShrinksBelowTheMinimum()
     {
