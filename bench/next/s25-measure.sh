@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 25's plan for the next session's device time (bench/NOTES.md, session 25): one device call (~6 min).
 # Here first, on a branch from main:
-#   git am bench/next/s25-decode-fused-combine.patch
+#   git am bench/next/s25-decode-fused-combine.patch bench/next/s25-quantize-helper.patch   (independent; the second a
+#   refactor of quantize.cu: the same codes, its tests below)
 #   bench/build-base-cli.sh main .device/base-cli.tar.xz     (the base arm: main's C# and embedded PTX)
 #   tests/stage-device.sh; mv kernels/ptx and bench/results out of the tree (carry limit 64 MiB); carry [".device"]
 # Device: bench/next/s25-measure.sh
@@ -27,7 +28,7 @@ grep -E "error|FAILED" "$out/build.log" | head
   && timeout 150 /tmp/attndec > "$out/micro.txt" 2>&1; echo "micro rc=$?")
 grep -E "check|FAIL|b1 1024|b8 1024" "$out/micro.txt" | grep -E "FAIL|\*" | head -20
 (cd "$QWQ_TESTS" && QWQ_PTX_DIR=$root/kernels/ptx timeout 240 dotnet QwQ.Cuda.Tests.dll --filter \
-  "FullyQualifiedName~AttentionKernelTests|FullyQualifiedName~Fp8KvKernelTests|FullyQualifiedName~KernelEntry|FullyQualifiedName~PtxFreshness|FullyQualifiedName~CudaModelTests|FullyQualifiedName~Fp8KvCacheGpuTests|FullyQualifiedName~BatchedStep|FullyQualifiedName~Fp8EngineTests") \
+  "FullyQualifiedName~AttentionKernelTests|FullyQualifiedName~Fp8KvKernelTests|FullyQualifiedName~KernelEntry|FullyQualifiedName~PtxFreshness|FullyQualifiedName~CudaModelTests|FullyQualifiedName~Fp8KvCacheGpuTests|FullyQualifiedName~BatchedStep|FullyQualifiedName~Fp8EngineTests|FullyQualifiedName~Fp8KernelTests|FullyQualifiedName~Fp8GemmTests") \
   > "$out/tests.log" 2>&1; echo "tests rc=$?"
 grep -E "^\s*failed |total:|failed:|succeeded:|skipped:" "$out/tests.log"
 if [ -s .device/base-cli.tar.xz ]; then
