@@ -30,7 +30,7 @@ tree=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null 
 total=$(( (tree + $(du -sb .device | cut -f1)) / 1048576 ))
 echo "carry: $total MiB of 64"
 if [ "$total" -gt 64 ]; then
-  echo "over the carry; the largest folders here (move some out of the tree for the call, then back):"
+  echo "over the carry: tests/device-aside.sh out (kernels/ptx, bench/results) before the call, back after it; the largest folders:"
   for d in kernels/ptx bench/results tests/fixtures src docs; do
     [ -d "$d" ] && echo "  $d $(( $(git ls-files -co --exclude-standard -z -- "$d" | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}') / 1048576 )) MiB"
   done

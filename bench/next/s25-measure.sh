@@ -4,7 +4,7 @@
 #   git am bench/next/s25-decode-fused-combine.patch bench/next/s25-quantize-helper.patch   (independent; the second a
 #   refactor of quantize.cu: the same codes, its tests below)
 #   bench/build-base-cli.sh main .device/base-cli.tar.xz     (the base arm: main's C# and embedded PTX)
-#   tests/stage-device.sh; mv kernels/ptx and bench/results out of the tree (carry limit 64 MiB); carry [".device"]
+#   tests/stage-device.sh; tests/device-aside.sh out (carry limit 64 MiB; "back" after the call); carry [".device"]
 # Device: bench/next/s25-measure.sh
 #   PTX rebuilt with the patch ($OUT/ptx.tgz: only attention_decode's modules change), the decode micro-benchmark
 #   (split+combine against the split kernel merging by tickets, every batch/context/blocks-a-SM, both checked against a
