@@ -97,23 +97,8 @@ public static class Fp8E4M3
     /// each row maps to ±448. The dequantized weight is ToFloat(q) · scale.
     /// </summary>
     public static void QuantizePerChannel(ReadOnlySpan<float> weight, int outFeatures, int inFeatures,
-                                          Span<byte> codes /* [out, in] */, Span<float> scales /* [out] */)
-    {
-        long count = (long)outFeatures * inFeatures;
-        if (outFeatures <= 0 || inFeatures <= 0 || weight.Length != count || codes.Length != count || scales.Length != outFeatures)
-            throw new ArgumentException($"weight [{outFeatures}, {inFeatures}] needs {count} values and codes, and {outFeatures} scales; " +
-                                        $"got {weight.Length}, {codes.Length} and {scales.Length}");
-        for (int o = 0; o < outFeatures; o++)
-        {
-            var row = weight.Slice(o * inFeatures, inFeatures);
-            float amax = 0;
-            foreach (float w in row) amax = MathF.Max(amax, MathF.Abs(w));
-            float scale = amax > 0 ? amax / MaxValue : 1f;
-            scales[o] = scale;
-            var q = codes.Slice(o * inFeatures, inFeatures);
-            for (int i = 0; i < inFeatures; i++) q[i] = FromFloat(row[i] / scale);
-        }
-    }
+                                          Span<byte> codes /* [out, in] */, Span<float> scales /* [out] */) =>
+        QuantizeRows(weight, outFeatures, inFeatures, codes, scales, "weight", byInverse: false);
 
     /// <summary>
     /// Quantizes activations per token (per row of [rows, cols]) for the FP8 GEMM, as <c>quantize_fp8_act_rows</c> and
@@ -125,21 +110,34 @@ public static class Fp8E4M3
     /// <paramref name="x"/> holds bf16 values (exact in fp32), as the GPU reads them. The dequantized activation is
     /// ToFloat(q) · scale.
     /// </summary>
-    public static void QuantizePerToken(ReadOnlySpan<float> x, int rows, int cols, Span<byte> codes /* [rows, cols] */, Span<float> scales /* [rows] */)
+    public static void QuantizePerToken(ReadOnlySpan<float> x, int rows, int cols, Span<byte> codes /* [rows, cols] */, Span<float> scales /* [rows] */) =>
+        QuantizeRows(x, rows, cols, codes, scales, "activations", byInverse: true);
+
+    // Both quantizers, row by row: scale amax / 448 (1 for an all-zero row), codes FromFloat(v / scale) for weights and
+    // the KV cache, or FromFloat(v · min(448 / amax, float.MaxValue)) for activations (QuantizePerToken says why).
+    private static void QuantizeRows(ReadOnlySpan<float> m, int rows, int cols, Span<byte> codes, Span<float> scales, string what, bool byInverse)
     {
         long count = (long)rows * cols;
-        if (rows <= 0 || cols <= 0 || x.Length != count || codes.Length != count || scales.Length != rows)
-            throw new ArgumentException($"activations [{rows}, {cols}] need {count} values and codes, and {rows} scales; " +
-                                        $"got {x.Length}, {codes.Length} and {scales.Length}");
+        if (rows <= 0 || cols <= 0 || m.Length != count || codes.Length != count || scales.Length != rows)
+            throw new ArgumentException($"{what} [{rows}, {cols}] needs {count} values and codes, and {rows} scales; " +
+                                        $"got {m.Length}, {codes.Length} and {scales.Length}");
         for (int r = 0; r < rows; r++)
         {
-            var row = x.Slice(r * cols, cols);
+            var row = m.Slice(r * cols, cols);
             float amax = 0;
             foreach (float v in row) amax = MathF.Max(amax, MathF.Abs(v));
-            scales[r] = amax > 0 ? amax / MaxValue : 1f;
-            float inv = amax > 0 ? MathF.Min(MaxValue / amax, float.MaxValue) : 1f;
+            float scale = amax > 0 ? amax / MaxValue : 1f;
+            scales[r] = scale;
             var q = codes.Slice(r * cols, cols);
-            for (int i = 0; i < cols; i++) q[i] = FromFloat(row[i] * inv);
+            if (byInverse)
+            {
+                float inv = amax > 0 ? MathF.Min(MaxValue / amax, float.MaxValue) : 1f;
+                for (int i = 0; i < cols; i++) q[i] = FromFloat(row[i] * inv);
+            }
+            else
+            {
+                for (int i = 0; i < cols; i++) q[i] = FromFloat(row[i] / scale);
+            }
         }
     }
 }
