@@ -64,6 +64,22 @@ __device__ __forceinline__ uint2 e4m3x8_mul(const float (&f)[8], float inv) {
     return make_uint2(e4m3x2(f[0] * inv, f[1] * inv) | (e4m3x2(f[2] * inv, f[3] * inv) << 16),
                       e4m3x2(f[4] * inv, f[5] * inv) | (e4m3x2(f[6] * inv, f[7] * inv) << 16));
 }
+
+// The end of a per-token quantization, one block a row: the row's amax over the block, its scale (amax / 448, 1 for an
+// all-zero row: no 0/0) and its codes from the row's bf16 values at src (global memory, or the fused kernel's shared
+// copy). quantize_fp8_act_rows and quantize_fp8_silu_mul_rows end alike, so both give the same codes for the same values.
+__device__ __forceinline__ void store_token_codes(float amax, float* scratch, const uint4* src, int vecs,
+                                                  uint8_t* __restrict__ codes_row, float* __restrict__ scale_out) {
+    amax = block_max(amax, scratch);
+    const float inv = e4m3_inverse_scale(amax);
+    if (threadIdx.x == 0) *scale_out = amax > 0.f ? amax / 448.f : 1.f;
+    uint2* out = reinterpret_cast<uint2*>(codes_row);
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float f[8];
+        unpack_bf16x8(src[i], f);
+        out[i] = e4m3x8_mul(f, inv);
+    }
+}
 }  // namespace
 
 // Launch: grid rows, block 256. Rows [row0, row0 + gridDim.x) of the weight; src holds just those rows.
@@ -151,16 +167,7 @@ quantize_fp8_act_rows(const __nv_bfloat16* __restrict__ x,  // [rows, k]
 #pragma unroll
         for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(f[j]));
     }
-    amax = block_max(amax, scratch);
-    const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
-    const float inv = e4m3_inverse_scale(amax);
-    if (threadIdx.x == 0) scale[row] = sc;
-    uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)k);
-    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
-        float f[8];
-        unpack_bf16x8(s[i], f);
-        out[i] = e4m3x8_mul(f, inv);
-    }
+    store_token_codes(amax, scratch, s, vecs, codes + row * (size_t)k, scale + row);
 }
 
 // Launch: 1-D grid-stride over 16-code pieces of the row-major output (writes coalesced; each warp reads 64-byte runs
@@ -209,14 +216,5 @@ quantize_fp8_silu_mul_rows(const __nv_bfloat16* __restrict__ gate_up,  // [rows,
 #pragma unroll
         for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(a[j]));
     }
-    amax = block_max(amax, scratch);
-    const float sc = amax > 0.f ? amax / 448.f : 1.f;  // an all-zero row: scale 1, codes 0 (no 0/0)
-    const float inv = e4m3_inverse_scale(amax);
-    if (threadIdx.x == 0) scale[row] = sc;
-    uint2* out = reinterpret_cast<uint2*>(codes + row * (size_t)inter);
-    for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
-        float f[8];
-        unpack_bf16x8(act[i], f);
-        out[i] = e4m3x8_mul(f, inv);
-    }
+    store_token_codes(amax, scratch, act, vecs, codes + row * (size_t)inter, scale + row);
 }
