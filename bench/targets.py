@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The open issues' targets against what bench/targets.sh measured: one Markdown table, target by target.
+"""The issues' targets (#9, #13, and #10's tensor-parallel ones) against what bench/targets.sh measured: one Markdown table, target by target.
 
     python3 bench/targets.py OUT          (OUT: bench/targets.sh's folder; also works on any folder of qwq bench JSON)
 
 Reads every `qwq bench` JSON under OUT (the `figures` each carries its conditions: kind, batch, context or tokens,
 weights, kv_cache, tensor_parallel), the rope-switch records, the attention micro-benchmark's text, torch's SDPA JSON
-and the 131k test's log. A target with no measurement says so rather than passing. Where several runs measured one
+and the test steps' logs (the 131k tests, the tensor-parallel tests). A target with no measurement says so rather than passing. Where several runs measured one
 figure the table gives their range and judges the median. The targets are the issues' (set on an H100 80GB); the
 header names the GPU the figures came from, since an H200's memory is 1.4x faster and its figures are not the H100's.
 """
@@ -16,7 +16,8 @@ import re
 import statistics
 import sys
 
-# (issue, what, figure conditions, at least). Conditions: kind, batch, context or tokens, weights, kv_cache.
+# (issue, what, figure conditions, at least). Conditions: kind, batch, context or tokens, weights, kv_cache, and
+# tensor_parallel (1 where not named).
 FIGURE_TARGETS = [
     ("#9", "FP8 decode, batch 1 at 1k", dict(kind="decode", batch=1, context=1024, weights="fp8", kv_cache="bf16"), 80),
     ("#9", "FP8 prefill 2k", dict(kind="prefill", tokens=2048, weights="fp8", kv_cache="bf16"), 13000),
@@ -26,6 +27,15 @@ FIGURE_TARGETS = [
     ("#13", "decode at 32k, FP8 KV cache", dict(kind="decode", batch=1, context=32768, weights="bf16", kv_cache="fp8"), 41),
     ("#13", "prefill 16k", dict(kind="prefill", tokens=16384, weights="bf16", kv_cache="bf16"), 8500),
     ("#13", "prefill 2k", dict(kind="prefill", tokens=2048, weights="bf16", kv_cache="bf16"), 9500),
+    ("#10", "TP2 bf16 decode, batch 1 at 1k", dict(kind="decode", batch=1, context=1024, weights="bf16", kv_cache="bf16", tensor_parallel=2), 80),
+    ("#10", "TP4 bf16 decode, batch 1 at 1k", dict(kind="decode", batch=1, context=1024, weights="bf16", kv_cache="bf16", tensor_parallel=4), 140),
+    ("#10", "TP2 FP8 decode, batch 1 at 1k", dict(kind="decode", batch=1, context=1024, weights="fp8", kv_cache="bf16", tensor_parallel=2), 140),
+]
+# Tests whose passing is a target: (issue, what, bench/targets.sh's folder for its log).
+TEST_TARGETS = [
+    ("#13", "131,072 positions with FP8 weights and the FP8 KV cache on one GPU (the test)", "long"),
+    ("#10", "131,072 positions in bf16 (YaRN preset) on two GPUs (the test)", "long-tp2"),
+    ("#10", "the tensor-parallel GPU tests (TensorParallel, Nccl, Sharding, AllReduce)", "tp-tests"),
 ]
 # Figures the issues name without a number of their own: shown for reference.
 REFERENCE_FIGURES = [
@@ -48,12 +58,9 @@ def reports(root):
 
 
 def matches(fig, cond):
-    if fig.get("tensor_parallel", 1) != 1:
+    if fig.get("tensor_parallel", 1) != cond.get("tensor_parallel", 1):
         return False
-    for key, want in cond.items():
-        if fig.get(key) != want:
-            return False
-    return True
+    return all(fig.get(key) == want for key, want in cond.items() if key != "tensor_parallel")
 
 
 def judged(values, at_least=None, at_most=None):
@@ -90,16 +97,18 @@ def torch_sdpa(root):
     return best, gpu
 
 
-def long_test(root):
-    for path in glob.glob(os.path.join(root, "**", "test.log"), recursive=True):
+def test_run(root, folder):
+    """A test step's outcome from the runner's summary in OUT/FOLDER/test.log (bench/targets.sh writes it there)."""
+    for path in glob.glob(os.path.join(root, "**", folder, "test.log"), recursive=True):
         with open(path, errors="replace") as f:
             text = f.read()
-        if "AllOf131072" not in text and "total:" not in text:
-            continue
+        if "total:" not in text:
+            return "cut short (see its log)", "–"
         failed = re.search(r"failed:\s*(\d+)", text)
         ok = re.search(r"succeeded:\s*(\d+)", text)
+        skipped = re.search(r"skipped:\s*(\d+)", text)
         if failed and ok and failed.group(1) == "0" and int(ok.group(1)) > 0:
-            return "passed", "yes"
+            return f"passed ({ok.group(1)} passed, {skipped.group(1) if skipped else 0} skipped)", "yes"
         if failed and failed.group(1) != "0":
             return "failed (see its log)", "no"
         return "skipped or cut short (see its log)", "–"
@@ -143,8 +152,9 @@ def main():
     shown, met = judged(deltas, at_most=SWITCH_MS)
     rows.append(("#13", "the adaptive-YaRN switch at 32k (the switch step minus a step, re-rotation; ms)", f"< {SWITCH_MS:.0f} ms", shown, met))
 
-    shown, met = long_test(root)
-    rows.append(("#13", "131,072 positions with FP8 weights and the FP8 KV cache (the test)", "runs", shown, met))
+    for issue, what, folder in TEST_TARGETS:
+        shown, met = test_run(root, folder)
+        rows.append((issue, what, "passes", shown, met))
 
     for issue, what, cond in REFERENCE_FIGURES:
         shown, _ = judged([f["tokens_per_second"] for f in figures if matches(f, cond)], at_least=0)
@@ -153,7 +163,8 @@ def main():
     print(f"# Issue targets on {', '.join(sorted(gpus)) or 'no GPU results'}" + (f" (torch on {torch_gpu})" if torch_gpu else ""))
     print()
     print(f"From `{root}` (commits: {', '.join(sorted(commits)) or '–'}). The targets are set on an H100 80GB; figures from "
-          "another card are that card's. Synthetic QwQ-32B, one GPU; \"median\" judges several runs.")
+          "another card are that card's. Synthetic QwQ-32B, one GPU unless a row names TP2 or TP4; \"median\" judges "
+          "several runs.")
     print()
     print("| issue | target | bar | measured | met |")
     print("|---|---|---|---:|---|")

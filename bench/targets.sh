@@ -14,11 +14,18 @@
 #   switch     --synthetic qwq-32b-yarn --rope-switch-stall --rope-switch-method rerotate: the adaptive-YaRN switch at 32k
 #   attention  bench/micro/attention_prefill_sm90.cu "engine pp" and bench/micro/torch_sdpa.py (needs nvcc and sm_90a)
 #   long       the test AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100 (131,072 positions, fp8 weights and KV)
+# and, on a host of 2 or 4 GPUs (issue #10; not in the default list: name them, e.g. "tp-tests tp2 long-tp2 targets" on
+# an x2, add "tp4" on an x4; NCCL_NVLS_ENABLE=0 is set for them, as the device notes require):
+#   tp-tests   the tensor-parallel GPU tests (TensorParallel, Nccl, Sharding, AllReduce; ~80 s on 2 x H200, session 26)
+#   tp2        --tensor-parallel 2: bf16 prefill 2k, decode batch 1 and 8 at 1k; fp8 decode batch 1 and 8 at 1k
+#   tp4        --tensor-parallel 4: bf16 prefill 2k, decode batch 1 and 8 at 1k; fp8 decode batch 1 at 1k
+#   long-tp2   the test AllOf131072PositionsWorkWithYarnOnTwoGpus (131,072 positions in bf16 on two GPUs)
 #   targets    bench/targets.py OUT > OUT/targets.md (also run after every other step list, so each call leaves one)
-# Each bench run is cut at QWQ_TARGETS_TIMEOUT seconds (240). Results: OUT/STEP/*.json, *.log; OUT/targets.md.
+# Each bench run is cut at QWQ_TARGETS_TIMEOUT seconds (240). Results: OUT/STEP/*.json, *.log (a test step's
+# OUT/STEP/test.log); OUT/targets.md.
 set -uo pipefail
 if [ $# -lt 1 ]; then
-  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|targets ...]" >&2
+  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|tp-tests|tp2|tp4|long-tp2|targets ...]" >&2
   exit 2
 fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +44,15 @@ bench() { # name qwq-bench-arguments...
   echo "$name: exit $?"
   grep -E "^(decode|prefill|rope switch)" "$dest/bench.log" | sed "s/^/  /"
 }
+
+tests() { # name seconds filter: the test runner over a filter, its summary in OUT/name/test.log
+  local name=$1 seconds=$2 filter=$3
+  mkdir -p "$out/$name"
+  (cd "$QWQ_TESTS" && timeout "$seconds" dotnet QwQ.Cuda.Tests.dll --filter "$filter") > "$out/$name/test.log" 2>&1
+  echo "$name: exit $?"
+  grep -E "^\s*(passed|failed|skipped) |total:|succeeded:|failed:|skipped:" "$out/$name/test.log" | grep -v "^\s*passed " | sed "s/^/  /"
+}
+export NCCL_NVLS_ENABLE=0  # the device notes: NVLink multicast can take a shared host down
 
 for step in "${steps[@]}"; do
   case $step in
@@ -59,14 +75,17 @@ for step in "${steps[@]}"; do
       timeout 150 python3 "$root/bench/micro/torch_sdpa.py" --out "$out/attention/torch-sdpa.json" > "$out/attention/torch-sdpa.log" 2>&1
       echo "torch sdpa: exit $?"
       grep -E "^T=" "$out/attention/torch-sdpa.log" | sed "s/^/  /" ;;
-    long)
-      mkdir -p "$out/long"
-      (cd "$QWQ_TESTS" && timeout 300 dotnet QwQ.Cuda.Tests.dll --filter "FullyQualifiedName~AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100") \
-        > "$out/long/test.log" 2>&1
-      echo "long: exit $?"
-      grep -E "^\s*(passed|failed|skipped) |total:|succeeded:|failed:" "$out/long/test.log" | sed "s/^/  /" ;;
+    long) tests long 300 "FullyQualifiedName~AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100" ;;
+    tp-tests) tests tp-tests 240 "FullyQualifiedName~TensorParallel|FullyQualifiedName~Nccl|FullyQualifiedName~Sharding|FullyQualifiedName~AllReduce" ;;
+    tp2)
+      bench tp2-bf16 --synthetic qwq-32b --tensor-parallel 2 --prefill 2048 --decode 1024 --batch 8
+      bench tp2-fp8 --synthetic qwq-32b --quantize fp8 --tensor-parallel 2 --prefill 64 --decode 1024 --batch 8 ;;
+    tp4)
+      bench tp4-bf16 --synthetic qwq-32b --tensor-parallel 4 --prefill 2048 --decode 1024 --batch 8
+      bench tp4-fp8 --synthetic qwq-32b --quantize fp8 --tensor-parallel 4 --prefill 64 --decode 1024 ;;
+    long-tp2) tests long-tp2 300 "FullyQualifiedName~AllOf131072PositionsWorkWithYarnOnTwoGpus" ;;
     targets) ;;
-    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long targets)" >&2; exit 2 ;;
+    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long tp-tests tp2 tp4 long-tp2 targets)" >&2; exit 2 ;;
   esac
 done
 python3 "$root/bench/targets.py" "$out" > "$out/targets.md"
