@@ -11,7 +11,9 @@
 # (bench/build-base-cli.sh) say. Each run is cut at QWQ_AB_TIMEOUT seconds (300).
 # QWQ_AB_AFTER_EXTRA / QWQ_AB_BEFORE_EXTRA: arguments added to one arm's bench only, for an A/B of an option on one
 # build (BASE may then be "$QWQ_TESTS" itself), e.g. QWQ_AB_BEFORE_EXTRA="--prefill-gemm CublasLt"
-# QWQ_AB_AFTER_EXTRA="--prefill-gemm CublasLtTuned".
+# QWQ_AB_AFTER_EXTRA="--prefill-gemm CublasLtTuned". When that build's kernels were built on the machine (their launch
+# arguments changed, so its embedded PTX no longer fits it), QWQ_AB_BEFORE_PTX_DIR gives the base arm a PTX folder too
+# (set it to QWQ_PTX_DIR's; nothing else reaches the base arm).
 # At the end the runs' folders go into OUT/runs.tar.gz (QWQ_AB_PACK=0 keeps them as they are): the device tool brings
 # back at most 8 files from $OUT, and two rounds write 12 (session 19 lost the before arm's JSON files twice).
 set -uo pipefail
@@ -42,9 +44,9 @@ for ((r = 1; r <= rounds; r++)); do
   # the arms alternate which goes first, so neither always runs on a warmer machine
   if (( r % 2 )); then
     arm after "$QWQ_TESTS" "$after_commit" "$r" "${QWQ_PTX_DIR:+QWQ_PTX_DIR=$QWQ_PTX_DIR}" "$@" ${QWQ_AB_AFTER_EXTRA:-}
-    arm before "$base" "$before_commit" "$r" "" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
+    arm before "$base" "$before_commit" "$r" "${QWQ_AB_BEFORE_PTX_DIR:+QWQ_PTX_DIR=$QWQ_AB_BEFORE_PTX_DIR}" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
   else
-    arm before "$base" "$before_commit" "$r" "" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
+    arm before "$base" "$before_commit" "$r" "${QWQ_AB_BEFORE_PTX_DIR:+QWQ_PTX_DIR=$QWQ_AB_BEFORE_PTX_DIR}" "$@" ${QWQ_AB_BEFORE_EXTRA:-}
     arm after "$QWQ_TESTS" "$after_commit" "$r" "${QWQ_PTX_DIR:+QWQ_PTX_DIR=$QWQ_PTX_DIR}" "$@" ${QWQ_AB_AFTER_EXTRA:-}
   fi
 done
