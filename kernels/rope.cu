@@ -23,6 +23,12 @@ __device__ __forceinline__ float qkv_at(const __nv_bfloat16* x, int i) {
     return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(x)[i]);
 }
 
+// HF rotate_half on one pair (lo, hi) = (x[i], x[i + half]) by cs = (cos, sin) of its frequency: every kernel below
+// rotates through this one line (the write kernels, and the re-rotation between two ropes).
+__device__ __forceinline__ float2 rope_rotate(float lo, float hi, float2 cs) {
+    return make_float2(lo * cs.x - hi * cs.y, hi * cs.x + lo * cs.y);
+}
+
 // What every write kernel below reads first about its row t: the pool slot (-1: a padding row, computed at position 0,
 // writing q only), the position, and the rope it runs (adaptive rope scaling: rope_rows[t] picks the _alt pair).
 struct RowRope {
@@ -62,8 +68,7 @@ __device__ __forceinline__ float2 bias_rope_pair(const In* x, const uint16_t* b,
                                                  int half) {
     const float lo = qkv_at(x, i) + bf16_bits_to_float(b[i]);
     const float hi = qkv_at(x, i + half) + bf16_bits_to_float(b[i + half]);
-    if (!rotate) return make_float2(lo, hi);
-    return make_float2(lo * cs.x - hi * cs.y, hi * cs.x + lo * cs.y);
+    return rotate ? rope_rotate(lo, hi, cs) : make_float2(lo, hi);
 }
 
 // A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, ceil((nq + 2 * nkv) /
@@ -175,9 +180,9 @@ qkv_bias_rope_paged_bf16_bf16_v8(const __nv_bfloat16* __restrict__ qkv,   // [ro
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const float l = xl[j] + bl[j], h = xh[j] + bh[j];
-            const float2 cs = cos_sin[i + j];
-            lo[j] = rotate ? l * cs.x - h * cs.y : l;
-            hi[j] = rotate ? h * cs.x + l * cs.y : h;
+            const float2 out = rotate ? rope_rotate(l, h, cos_sin[i + j]) : make_float2(l, h);
+            lo[j] = out.x;
+            hi[j] = out.y;
         }
         *reinterpret_cast<uint4*>(dst + i) = pack_bf16x8(lo);
         *reinterpret_cast<uint4*>(dst + i + half) = pack_bf16x8(hi);
@@ -342,9 +347,10 @@ kv_rerotate_paged_bf16(__nv_bfloat16* __restrict__ k_pool,  // layer 0's K [bloc
                     float y1[4], y2[4];
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
-                        const float2 c = cs[e + j];  // pairs e..e+3 of one position: e / half is the row
-                        y1[j] = x1[j] * c.x - x2[j] * c.y;
-                        y2[j] = x2[j] * c.x + x1[j] * c.y;
+                        // pairs e..e+3 of one position: e / half is the row
+                        const float2 y = rope_rotate(x1[j], x2[j], cs[e + j]);
+                        y1[j] = y.x;
+                        y2[j] = y.y;
                     }
                     uint16_t* row = head + (size_t)(e / half) * head_dim + e % half;
                     *reinterpret_cast<uint2*>(row) = make_uint2(pack_bf16x2(y1[0], y1[1]), pack_bf16x2(y1[2], y1[3]));
@@ -386,9 +392,9 @@ kv_rerotate_paged_fp8(uint8_t* __restrict__ k_codes,  // layer 0's K codes [bloc
                 if (i < half) {
                     const float x1 = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[i], __NV_E4M3))) * scale;
                     const float x2 = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[i + half], __NV_E4M3))) * scale;
-                    const float2 c = cs[r * half + i];
-                    lo[j] = x1 * c.x - x2 * c.y;
-                    hi[j] = x2 * c.x + x1 * c.y;
+                    const float2 y = rope_rotate(x1, x2, cs[r * half + i]);
+                    lo[j] = y.x;
+                    hi[j] = y.y;
                     amax = fmaxf(amax, fmaxf(fabsf(lo[j]), fabsf(hi[j])));
                 }
             }
