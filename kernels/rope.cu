@@ -23,10 +23,12 @@ __device__ __forceinline__ float qkv_at(const __nv_bfloat16* x, int i) {
     return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(x)[i]);
 }
 
-// HF rotate_half on one pair (lo, hi) = (x[i], x[i + half]) by cs = (cos, sin) of its frequency: every kernel below
-// rotates through this one line (the write kernels, and the re-rotation between two ropes).
-__device__ __forceinline__ float2 rope_rotate(float lo, float hi, float2 cs) {
-    return make_float2(lo * cs.x - hi * cs.y, hi * cs.x + lo * cs.y);
+// HF rotate_half on one pair (lo, hi) = (x[i], x[i + half]) by cs = (cos, sin) of its frequency, or (lo, hi) as they
+// are where !rotate (v heads): every kernel below rotates through this one line (the write kernels, and the
+// re-rotation between two ropes). The flag picks each half by a select: the vector entry's 8 pairs a thread stay
+// branch-free (written as `rotate ? rope_rotate(..) : ..` there, nvcc emitted a branch per pair).
+__device__ __forceinline__ float2 rope_rotate(float lo, float hi, float2 cs, bool rotate = true) {
+    return make_float2(rotate ? lo * cs.x - hi * cs.y : lo, rotate ? hi * cs.x + lo * cs.y : hi);
 }
 
 // What every write kernel below reads first about its row t: the pool slot (-1: a padding row, computed at position 0,
@@ -180,7 +182,7 @@ qkv_bias_rope_paged_bf16_bf16_v8(const __nv_bfloat16* __restrict__ qkv,   // [ro
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const float l = xl[j] + bl[j], h = xh[j] + bh[j];
-            const float2 out = rotate ? rope_rotate(l, h, cos_sin[i + j]) : make_float2(l, h);
+            const float2 out = rope_rotate(l, h, cos_sin[i + j], rotate);
             lo[j] = out.x;
             hi[j] = out.y;
         }
