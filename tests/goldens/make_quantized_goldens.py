@@ -2,7 +2,7 @@
 """Builds tiny quantized Qwen2 checkpoints, in the two quantized layouts QwQ.Cuda loads, and their goldens.
 
     python3 make_quantized_goldens.py OUT_DIR [--checkpoints-only | --goldens-only] [--pure-python] [--device cpu|cuda]
-    python3 make_quantized_goldens.py --full-width OUT_DIR [--device cpu|cuda]
+    python3 make_quantized_goldens.py --full-width OUT_DIR [--device cpu|cuda] [--only full-awq]
 
 Writes, for each model in MODELS (the tiny-gqa fixture's shapes: hidden 320, 10/2 heads of 32, I 384, vocab 256):
     OUT_DIR/tiny-fp8/   compressed-tensors FP8, as llm-compressor's FP8_DYNAMIC writes it: every decoder linear
@@ -524,6 +524,8 @@ def main():
     ap.add_argument("--checkpoints-only", action="store_true", help="write the checkpoints, no goldens")
     ap.add_argument("--goldens-only", action="store_true", help="goldens for the checkpoints already in OUT_DIR")
     ap.add_argument("--full-width", action="store_true", help="2-layer full-width variants (large; numpy + torch)")
+    ap.add_argument("--only", help="comma-separated model names to build, in that order (default: every one of the "
+                    "kind chosen), e.g. full-awq: each full-width model takes minutes")
     args = ap.parse_args()
 
     use_torch = not args.pure_python and base.torch_available()
@@ -539,6 +541,12 @@ def main():
         print("torch/transformers/safetensors not importable: pure-Python goldens (provisional)", file=sys.stderr)
 
     models = FULL_MODELS if args.full_width else MODELS
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in models]
+        if unknown or not names:
+            raise SystemExit("--only %s: not a model of this kind (%s)" % (",".join(unknown) or "''", ", ".join(models)))
+        models = {n: models[n] for n in names}
     if args.full_width:
         self_check_numpy()
     os.makedirs(args.out_dir, exist_ok=True)
