@@ -33,6 +33,7 @@ FIGURE_TARGETS = [
 ]
 # Tests whose passing is a target: (issue, what, bench/targets.sh's folder for its log).
 TEST_TARGETS = [
+    ("#9", "full-width FP8 and AWQ checkpoints against transformers: logits ≤ 2e-2, greedy tokens (the test)", "goldens"),
     ("#13", "131,072 positions with FP8 weights and the FP8 KV cache on one GPU (the test)", "long"),
     ("#10", "131,072 positions in bf16 (YaRN preset) on two GPUs (the test)", "long-tp2"),
     ("#10", "the tensor-parallel GPU tests (TensorParallel, Nccl, Sharding, AllReduce)", "tp-tests"),

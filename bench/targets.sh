@@ -14,6 +14,10 @@
 #   switch     --synthetic qwq-32b-yarn --rope-switch-stall --rope-switch-method rerotate: the adaptive-YaRN switch at 32k
 #   attention  bench/micro/attention_prefill_sm90.cu "engine pp" and bench/micro/torch_sdpa.py (needs nvcc and sm_90a)
 #   long       the test AllOf131072PositionsWorkWithFp8WeightsAndFp8KvOnOneH100 (131,072 positions, fp8 weights and KV)
+#   goldens    issue #9's fidelity check at full width, not in the default list (~8 minutes: a call of its own):
+#              make_quantized_goldens.py --full-width writes full-awq (~160 s on an H200) and full-fp8 (~260 s) with
+#              transformers' goldens under QWQ_FULL_WIDTH_GOLDENS (default /tmp/qwq-full-width; a model whose
+#              goldens.json is there already is not rebuilt), then FullWidthQuantizedGoldenTests (~45 s)
 # and, on a host of 2 or 4 GPUs (issue #10; not in the default list: name them, e.g. "tp-tests tp2 long-tp2 targets" on
 # an x2, add "tp4" on an x4; NCCL_NVLS_ENABLE=0 is set for them, as the device notes require):
 #   tp-tests   the tensor-parallel GPU tests (TensorParallel, Nccl, Sharding, AllReduce; ~80 s on 2 x H200, session 26)
@@ -25,7 +29,7 @@
 # OUT/STEP/test.log); OUT/targets.md.
 set -uo pipefail
 if [ $# -lt 1 ]; then
-  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|tp-tests|tp2|tp4|long-tp2|targets ...]" >&2
+  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|goldens|tp-tests|tp2|tp4|long-tp2|targets ...]" >&2
   exit 2
 fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,10 +49,10 @@ bench() { # name qwq-bench-arguments...
   grep -E "^(decode|prefill|rope switch)" "$dest/bench.log" | sed "s/^/  /"
 }
 
-tests() { # name seconds filter: the test runner over a filter, its summary in OUT/name/test.log
+tests() { # name seconds filter [runner arguments]: the test runner over a filter, its summary in OUT/name/test.log
   local name=$1 seconds=$2 filter=$3
   mkdir -p "$out/$name"
-  (cd "$QWQ_TESTS" && timeout "$seconds" dotnet QwQ.Cuda.Tests.dll --filter "$filter") > "$out/$name/test.log" 2>&1
+  (cd "$QWQ_TESTS" && timeout "$seconds" dotnet QwQ.Cuda.Tests.dll --filter "$filter" "${@:4}") > "$out/$name/test.log" 2>&1
   echo "$name: exit $?"
   grep -E "^\s*(passed|failed|skipped) |total:|succeeded:|failed:|skipped:" "$out/$name/test.log" | grep -v "^\s*passed " | sed "s/^/  /"
 }
@@ -84,8 +88,20 @@ for step in "${steps[@]}"; do
       bench tp4-bf16 --synthetic qwq-32b --tensor-parallel 4 --prefill 2048 --decode 1024 --batch 8
       bench tp4-fp8 --synthetic qwq-32b --quantize fp8 --tensor-parallel 4 --prefill 64 --decode 1024 ;;
     long-tp2) tests long-tp2 300 "FullyQualifiedName~AllOf131072PositionsWorkWithYarnOnTwoGpus" ;;
+    goldens)
+      mkdir -p "$out/goldens"
+      export QWQ_FULL_WIDTH_GOLDENS=${QWQ_FULL_WIDTH_GOLDENS:-/tmp/qwq-full-width}
+      for m in full-awq full-fp8; do
+        [ -f "$QWQ_FULL_WIDTH_GOLDENS/$m/goldens.json" ] && continue
+        timeout 330 python3 "$root/tests/goldens/make_quantized_goldens.py" --full-width "$QWQ_FULL_WIDTH_GOLDENS" \
+          --device cuda --only $m > "$out/goldens/gen-$m.log" 2>&1
+        echo "goldens $m: exit $?"
+      done
+      # the per-prompt errors are the test's output: shown for passed tests too
+      tests goldens 200 "FullyQualifiedName~FullWidthQuantizedGoldenTests" --output Detailed --show-stdout All
+      grep -E "^full-(awq|fp8)" "$out/goldens/test.log" | sed "s/^/  /" ;;
     targets) ;;
-    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long tp-tests tp2 tp4 long-tp2 targets)" >&2; exit 2 ;;
+    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long goldens tp-tests tp2 tp4 long-tp2 targets)" >&2; exit 2 ;;
   esac
 done
 python3 "$root/bench/targets.py" "$out" > "$out/targets.md"
