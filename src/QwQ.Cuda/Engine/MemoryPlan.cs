@@ -100,7 +100,8 @@ public sealed record MemoryPlan(
         if (fitBlocks < 1)
             throw new CudaOutOfMemoryPlanException(
                 $"not enough GPU memory: the weights need {Gib(weights)} and the workspace {Gib(workspace)}, " +
-                $"but only {Gib(freeBytes)} is free (reserve {Gib(o.ReserveBytes)}). Use a GPU with more memory or free it from other processes.");
+                $"but only {Gib(freeBytes)} is free (reserve {Gib(o.ReserveBytes)}). Use a GPU with more memory or free it from other processes.",
+                workspace);
         long capBlocks = (long)MaxPoolSequences * MaxBlocksPerSequence(c);
         if (o.KvPoolPositions is int poolAsked)
         {
@@ -109,7 +110,7 @@ public sealed record MemoryPlan(
             if (capBlocks > fitBlocks)
                 throw new CudaOutOfMemoryPlanException(
                     $"a KV pool of {poolAsked} positions needs {Gib(capBlocks * blockBytes)} but only {Gib(fitBlocks * blockBytes)} " +
-                    $"({fitBlocks * AttentionOps.KvBlockSize} positions) fits beside the weights.");
+                    $"({fitBlocks * AttentionOps.KvBlockSize} positions) fits beside the weights.", workspace);
         }
         int blocks = (int)Math.Min(Math.Min(fitBlocks, capBlocks), int.MaxValue / AttentionOps.KvBlockSize);
         int poolPositions = blocks * AttentionOps.KvBlockSize;
@@ -121,7 +122,7 @@ public sealed record MemoryPlan(
             if (asked > poolPositions)
                 throw new CudaOutOfMemoryPlanException(
                     $"--max-context {asked} needs {Gib(asked * kvPerToken)} of KV cache but only {Gib((long)poolPositions * kvPerToken)} " +
-                    $"({poolPositions} positions) fits beside the weights; use --max-context {poolPositions} or less.");
+                    $"({poolPositions} positions) fits beside the weights; use --max-context {poolPositions} or less.", workspace);
             max = asked;
         }
         return new MemoryPlan(weights, workspace, kvPerToken, freeBytes, o.ReserveBytes, blocks, max, prefillChunk, copy);
@@ -154,5 +155,11 @@ public sealed record MemoryPlan(
     internal static string Gib(long bytes) => $"{bytes / (double)(1L << 30):F1} GiB";
 }
 
-/// <summary>The memory plan does not fit the device.</summary>
-public sealed class CudaOutOfMemoryPlanException(string message) : QwqException(message);
+/// <summary>
+/// The memory plan does not fit the device. <see cref="WorkspaceBytes"/>: the workspace of the plan that failed (at the
+/// prefill chunk it had shrunk to), where it got that far, so a table row beside the message shows the same figure.
+/// </summary>
+public sealed class CudaOutOfMemoryPlanException(string message, long? workspaceBytes = null) : QwqException(message)
+{
+    public long? WorkspaceBytes { get; } = workspaceBytes;
+}

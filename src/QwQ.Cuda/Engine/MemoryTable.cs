@@ -108,10 +108,12 @@ public sealed record MemoryTable(long? CardBytes, long FreeBytes, IReadOnlyList<
         {
             MemoryPlan? plan = null;
             string? reason = null;
+            long? failedWorkspace = null;  // the failed plan's, at the chunk it shrank to: what its message names
             try { plan = MemoryPlan.Create(shape, freeBytes, o, kind, fp8Gemm); }
-            catch (CudaOutOfMemoryPlanException e) { reason = e.Message; }
+            catch (CudaOutOfMemoryPlanException e) { (reason, failedWorkspace) = (e.Message, e.WorkspaceBytes); }
             var (gpu, note) = Support(c, kind, o.TensorParallel);
-            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(shape, kind), plan?.WorkspaceBytes ?? MemoryPlan.WorkspaceBytesFor(shape, o.PrefillChunk, kind),
+            long workspace = plan?.WorkspaceBytes ?? failedWorkspace ?? MemoryPlan.WorkspaceBytesFor(shape, o.PrefillChunk, kind);
+            rows.Add(new MemoryTableRow(kind, ModelWeights.DeviceBytes(shape, kind), workspace,
                 KvPool.BytesPerToken(shape.Config, o.KvCache), plan, reason, gpu, note, kind == checkpoint));
         }
         return new MemoryTable(cardBytes, freeBytes, rows, shape.Ranks);

@@ -74,6 +74,10 @@ public sealed class MemoryTableTests
             var row = Card(card)[WeightKind.Bf16];
             Assert.That(row.Fits, Is.False, $"{card / GiB} GiB");
             Assert.That(row.DoesNotFit, Does.Contain("not enough GPU memory").And.Contain("61.0 GiB"));
+            // the row's workspace is the one its message names (the plan's at the prefill chunk it shrank to), not the
+            // configured chunk's: `qwq info` prints them side by side
+            Assert.That(row.DoesNotFit, Does.Contain($"the workspace {MemoryPlan.Gib(row.WorkspaceBytes)}"));
+            Assert.That(row.WorkspaceBytes, Is.LessThan(MemoryPlan.WorkspaceBytesFor(Qwq, new EngineOptions().PrefillChunk, WeightKind.Bf16)));
         }
         var h100 = Card(80 * GiB)[WeightKind.Bf16];
         Assert.That(h100.Fits, Is.True);
