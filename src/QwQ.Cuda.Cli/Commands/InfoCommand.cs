@@ -203,8 +203,8 @@ internal static class InfoCommand
         o.WriteLine(host.Bold("Memory plan"));
         if (!info.Gpu && !info.ForCards) o.WriteLine(host.Dim($"  no usable GPU here: {info.NoGpuReason}"));
         string kvFormat = info.KvCache == KvCacheKind.Fp8 ? "fp8 K and V with a scale per head" : "bf16 K and V";
-        Row(o, "KV cache per token", Invariant($"{KvPool.BytesPerToken(c, info.KvCache) / 1024.0:F0} KiB ({kvFormat}, {c.NumHiddenLayers} layers)") +
-                                     (tp > 1 ? Invariant($"; {byKind[0].KvBytesPerToken / 1024.0:F0} KiB on each of {tp} GPUs") : ""));
+        Row(o, "KV cache per token", $"{PerTokenSize(KvPool.BytesPerToken(c, info.KvCache))} ({kvFormat}, {c.NumHiddenLayers} layers)" +
+                                     (tp > 1 ? $"; {PerTokenSize(byKind[0].KvBytesPerToken)} on each of {tp} GPUs" : ""));
         Row(o, "reserve", $"{Gib(info.ReserveBytes)} left free beside weights, workspace and KV cache");
         Row(o, "model maximum", Invariant($"{MemoryPlan.ModelMaxPositions(c):N0} positions"));
         foreach (var device in info.Devices)
@@ -384,6 +384,10 @@ internal static class InfoCommand
     }
 
     private static void Row(TextWriter o, string name, string value) => o.WriteLine($"  {name,-20} {value}");
+
+    /// <summary>A KV size per position: whole KiB as QwQ-32B's are (256 KiB), bytes below 1 KiB (a small test model's 512 bytes would print as "0 KiB").</summary>
+    internal static string PerTokenSize(long bytes) =>
+        bytes < 1024 ? Invariant($"{bytes} bytes") : Invariant($"{bytes / 1024.0:0.#} KiB");
 
     internal static string Gib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 30):F1} GiB");
     internal static string Gb(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1e9:F1} GB");

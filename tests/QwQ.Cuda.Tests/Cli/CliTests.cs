@@ -195,6 +195,18 @@ public class CliTests
     }
 
     [Test]
+    public async Task InfoGivesASmallModelsKvSizeInBytes()
+    {
+        // tiny-chat: 2 layers, K and V, 2 KV heads of 16 → 2 · 2 · 2 · 16 · 2 bytes = 256 bytes a position, which printed as "0 KiB"
+        var r = await Qwq("info", "--model", TestModels.GoldenModelDir("tiny-chat"));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Contain("256 bytes (bf16 K and V, 2 layers)"));
+        Assert.That(InfoCommand.PerTokenSize(512), Is.EqualTo("512 bytes"));
+        Assert.That(InfoCommand.PerTokenSize(256 * 1024), Is.EqualTo("256 KiB"));
+        Assert.That(InfoCommand.PerTokenSize(135_168), Is.EqualTo("132 KiB"));  // fp8 K and V with scales, 64 layers
+    }
+
+    [Test]
     public async Task MissingModelSaysHowToGiveOne()
     {
         var r = await Qwq("generate", "--prompt", "hi");
