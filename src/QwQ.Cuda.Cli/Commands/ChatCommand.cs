@@ -74,7 +74,7 @@ internal static class ChatCommand
                     continue;
                 }
 
-                var writer = new UpdateWriter(host, qwq.Config, json, hideReasoning);
+                var writer = new UpdateWriter(host, qwq.Backend, json, hideReasoning);
                 var token = host.BeginOperation(ct);
                 try
                 {

@@ -66,7 +66,7 @@ internal static class GenerateCommand
             var options = sampling.Bind(p, qwq.GenerationDefaults);
             using var session = qwq.CreateSession();
             session.SystemPrompt = p.GetValue(systemOption);
-            var writer = new UpdateWriter(host, qwq.Config, json, p.GetValue(output.HideReasoning));
+            var writer = new UpdateWriter(host, qwq.Backend, json, p.GetValue(output.HideReasoning));
             FinishReason? finish = null;
             await foreach (var update in session.StreamAsync(text, options, token))
             {

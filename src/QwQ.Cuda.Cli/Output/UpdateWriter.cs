@@ -1,8 +1,10 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using QwQ.Cuda.Config;
+using QwQ.Cuda.Benchmarking;
+using QwQ.Cuda.Engine;
 using QwQ.Cuda.Generation;
+using QwQ.Cuda.Inference;
 
 namespace QwQ.Cuda.Cli.Output;
 
@@ -10,8 +12,12 @@ namespace QwQ.Cuda.Cli.Output;
 /// Prints a generation's updates: as text (reasoning dimmed, or hidden; answer plain; a stats line at the end on
 /// stderr), or as JSON lines (one object per update, then a "done" object) for scripts.
 /// </summary>
-internal sealed class UpdateWriter(CliHost host, ModelConfig config, bool json, bool hideReasoning)
+internal sealed class UpdateWriter(CliHost host, long weightBytesPerToken, bool json, bool hideReasoning)
 {
+    /// <summary>A writer for <paramref name="backend"/>'s generations: its bandwidth figure counts the bytes that backend reads.</summary>
+    public UpdateWriter(CliHost host, IModelBackend backend, bool json, bool hideReasoning)
+        : this(host, DecodeWeightBytes(backend), json, hideReasoning) { }
+
     private readonly ArrayBufferWriterStream _buffer = new();
     private GenerationUpdateKind? _last;
     private bool _atLineStart = true;
@@ -40,7 +46,7 @@ internal sealed class UpdateWriter(CliHost host, ModelConfig config, bool json, 
                 EndReasoning();
                 if (!_atLineStart) host.Out.WriteLine();
                 host.Out.Flush();
-                host.Error.WriteLine(host.Dim(StatsLine(update.Result!, config)));
+                host.Error.WriteLine(host.Dim(StatsLine(update.Result!, weightBytesPerToken)));
                 _atLineStart = true;
                 break;
         }
@@ -65,7 +71,7 @@ internal sealed class UpdateWriter(CliHost host, ModelConfig config, bool json, 
     }
 
     /// <summary>"prompt 25 tok · generated 312 tok · TTFT 85 ms · prefill 290 tok/s · decode 36.2 tok/s · 2370 GB/s · end of sequence".</summary>
-    internal static string StatsLine(GenerationResult r, ModelConfig config)
+    internal static string StatsLine(GenerationResult r, long weightBytesPerToken)
     {
         var u = r.Usage;
         var sb = new StringBuilder();
@@ -75,14 +81,29 @@ internal sealed class UpdateWriter(CliHost host, ModelConfig config, bool json, 
         sb.Append(CultureInfo.InvariantCulture, $" · TTFT {u.TimeToFirstToken.TotalMilliseconds:F0} ms");
         sb.Append(CultureInfo.InvariantCulture, $" · prefill {u.PrefillTokensPerSecond:F1} tok/s");
         sb.Append(CultureInfo.InvariantCulture, $" · decode {u.DecodeTokensPerSecond:F1} tok/s");
-        sb.Append(CultureInfo.InvariantCulture, $" · {GbPerSecond(u, config):F0} GB/s");
+        sb.Append(CultureInfo.InvariantCulture, $" · {GbPerSecond(u, weightBytesPerToken):F0} GB/s");
         sb.Append(" · ").Append(Describe(r.FinishReason));
         if (r.StopString is not null) sb.Append(" \"").Append(r.StopString).Append('"');
         return sb.ToString();
     }
 
     /// <summary>Weight bytes streamed per second while decoding (each token reads every weight once).</summary>
-    internal static double GbPerSecond(GenerationUsage u, ModelConfig config) => config.ParameterCount * 2.0 * u.DecodeTokensPerSecond / 1e9;
+    internal static double GbPerSecond(GenerationUsage u, long weightBytesPerToken) => weightBytesPerToken * u.DecodeTokensPerSecond / 1e9;
+
+    /// <summary>
+    /// Weight bytes one decode token reads, over every GPU, as the weights are stored: fp8 and int4 read a half and
+    /// under a third of bf16's (counting 2 bytes a parameter, the figure read twice and 3.5 times the bandwidth it had:
+    /// fp8 QwQ-32B at 100 tok/s showed 6,550 GB/s on a 4.8 TB/s card). The GPU engine's count is the benchmark's
+    /// (<see cref="ModelBenchmark.DecodeBytesPerToken"/>, one GPU's, times the GPUs); the CPU reference reads float32.
+    /// Both leave out the embedding table (a token reads one row of it) unless it is also the lm_head.
+    /// </summary>
+    internal static long DecodeWeightBytes(IModelBackend backend)
+    {
+        if (backend is CudaBackend cuda) return (long)ModelBenchmark.DecodeBytesPerToken(cuda, context: 0) * cuda.TensorParallel;
+        var c = backend.Config;
+        long embedding = c.TieWordEmbeddings ? 0 : (long)c.VocabSize * c.HiddenSize;
+        return (c.ParameterCount - embedding) * sizeof(float);
+    }
 
     internal static string Describe(FinishReason reason) => reason switch
     {
@@ -163,7 +184,7 @@ internal sealed class UpdateWriter(CliHost host, ModelConfig config, bool json, 
         w.WriteNumber("total_ms", Math.Round(u.TotalTime.TotalMilliseconds, 3));
         w.WriteNumber("prefill_tokens_per_second", Math.Round(u.PrefillTokensPerSecond, 3));
         w.WriteNumber("decode_tokens_per_second", Math.Round(u.DecodeTokensPerSecond, 3));
-        w.WriteNumber("weight_gb_per_second", Math.Round(GbPerSecond(u, config), 3));
+        w.WriteNumber("weight_gb_per_second", Math.Round(GbPerSecond(u, weightBytesPerToken), 3));
         w.WriteEndObject();
     }
 

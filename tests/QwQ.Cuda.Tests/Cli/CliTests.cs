@@ -3,8 +3,11 @@ using System.Globalization;
 using System.Text.Json;
 using QwQ.Cuda.Cli;
 using QwQ.Cuda.Cli.Commands;
+using QwQ.Cuda.Cli.Output;
+using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Inference;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Tests.Generation;
@@ -600,6 +603,25 @@ public class CliTests
         Assert.That(done.GetProperty("usage").GetProperty("generated_tokens").GetInt32(), Is.InRange(1, 4));
         Assert.That(done.GetProperty("finish_reason").GetString(), Is.Not.Empty);
         Assert.That(docs.Take(docs.Count - 1).All(d => d.RootElement.GetProperty("type").GetString() is "reasoning" or "answer" or "tool_call"));
+    }
+
+    [Test]
+    public async Task TheBandwidthFigureCountsTheBytesTheBackendReads()
+    {
+        // The CPU reference reads its float32 weights, less the untied embedding table (one row a token); 2 bytes a
+        // parameter (what the figure counted before) made fp8 and int4 runs report twice and 3.5 times their bandwidth.
+        using var backend = TestModels.Backend(vocab: 512);
+        var c = backend.Config;
+        long embedding = c.TieWordEmbeddings ? 0 : (long)c.VocabSize * c.HiddenSize;
+        Assert.That(UpdateWriter.DecodeWeightBytes(backend), Is.EqualTo((c.ParameterCount - embedding) * 4));
+
+        var r = await Qwq(Gen(TinyModelDir, "--json"));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        var usage = JsonDocument.Parse(r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries)[^1]).RootElement.GetProperty("usage");
+        var tiny = ModelConfig.Load(Path.Combine(TinyModelDir, "config.json"));
+        long tinyEmbedding = tiny.TieWordEmbeddings ? 0 : (long)tiny.VocabSize * tiny.HiddenSize;
+        double want = (tiny.ParameterCount - tinyEmbedding) * 4.0 * usage.GetProperty("decode_tokens_per_second").GetDouble() / 1e9;
+        Assert.That(usage.GetProperty("weight_gb_per_second").GetDouble(), Is.EqualTo(want).Within(1e-3 + 1e-6 * want));
     }
 
     [Test]
