@@ -81,7 +81,8 @@ internal sealed class UpdateWriter(CliHost host, long weightBytesPerToken, bool 
         sb.Append(CultureInfo.InvariantCulture, $" · TTFT {u.TimeToFirstToken.TotalMilliseconds:F0} ms");
         sb.Append(CultureInfo.InvariantCulture, $" · prefill {u.PrefillTokensPerSecond:F1} tok/s");
         sb.Append(CultureInfo.InvariantCulture, $" · decode {u.DecodeTokensPerSecond:F1} tok/s");
-        sb.Append(CultureInfo.InvariantCulture, $" · {GbPerSecond(u, weightBytesPerToken):F0} GB/s");
+        double gbps = GbPerSecond(u, weightBytesPerToken);
+        sb.Append(" · ").Append(gbps.ToString(gbps >= 10 ? "F0" : "F2", CultureInfo.InvariantCulture)).Append(" GB/s");  // a small model's is under 1
         sb.Append(" · ").Append(Describe(r.FinishReason));
         if (r.StopString is not null) sb.Append(" \"").Append(r.StopString).Append('"');
         return sb.ToString();

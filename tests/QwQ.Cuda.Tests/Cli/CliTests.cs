@@ -588,6 +588,7 @@ public class CliTests
         var r = await Qwq(Gen(TinyModelDir));
         Assert.That(r.ExitCode, Is.Zero, r.Err);
         Assert.That(r.Err, Does.Contain("prompt ").And.Contain("generated ").And.Contain("TTFT").And.Contain("decode").And.Contain("GB/s"));
+        Assert.That(r.Err, Does.Match(@" · \d+\.\d\d GB/s · "), "the tiny model's bandwidth, under 10 GB/s, with two decimals rather than '0 GB/s'");
         Assert.That(r.Err, Does.Not.Contain("error"));
     }
 
