@@ -164,6 +164,20 @@ internal sealed class Fp8Ops
     }
 
     /// <summary>
+    /// What both per-token quantizers (<see cref="QuantizeActivations"/>, <see cref="QuantizeSiluMul"/>) ask of a launch:
+    /// bf16 <paramref name="input"/> read in 16-byte vectors, row-major e4m3 <paramref name="codes"/> [rows, k] and fp32
+    /// <paramref name="scales"/> [rows] for the FP8 GEMM, which reads the scales as a vector (16-byte aligned).
+    /// </summary>
+    private static void CheckTokenCodesLaunch(CudaStream s, ulong input, string inputName, ulong codes, ulong scales, int rows)
+    {
+        LaunchChecks.Stream(s, nameof(s));
+        LaunchChecks.Aligned(input, 16, inputName);
+        LaunchChecks.Aligned(codes, 16, nameof(codes));
+        LaunchChecks.Aligned(scales, 16, nameof(scales));
+        LaunchChecks.Positive(rows, nameof(rows));
+    }
+
+    /// <summary>
     /// Per-token activation quantization for the FP8 GEMM: bf16 <paramref name="x"/> [rows, k] → row-major e4m3
     /// <paramref name="codes"/> [rows, k] and fp32 <paramref name="scales"/> [rows], scale = amax / 448 per row (1 for an
     /// all-zero row), codes x · (448 / amax) rounded to nearest even and saturated: <see cref="Weights.Quantization.Fp8E4M3.QuantizePerToken"/>
@@ -171,11 +185,7 @@ internal sealed class Fp8Ops
     /// </summary>
     public unsafe void QuantizeActivations(CudaStream s, ulong x, ulong codes, ulong scales, int rows, int k)
     {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(x, 16, nameof(x));
-        LaunchChecks.Aligned(codes, 16, nameof(codes));
-        LaunchChecks.Aligned(scales, 16, nameof(scales)); // cuBLASLt reads them as a scale vector: 16-byte aligned
-        LaunchChecks.Positive(rows, nameof(rows));
+        CheckTokenCodesLaunch(s, x, nameof(x), codes, scales, rows);
         if (k <= 0 || k % ActivationKMultiple != 0) throw new ArgumentException($"k ({k}) must be a positive multiple of {ActivationKMultiple}.", nameof(k));
         void** args = stackalloc void*[] { &x, &codes, &scales, &k };
         _quantizeActivations.Launch(new Dim3((uint)rows), new Dim3(QuantThreads), 0, s, args);
@@ -190,11 +200,7 @@ internal sealed class Fp8Ops
     /// </summary>
     public unsafe void QuantizeSiluMul(CudaStream s, ulong gateUp, ulong codes, ulong scales, int rows, int intermediate)
     {
-        LaunchChecks.Stream(s, nameof(s));
-        LaunchChecks.Aligned(gateUp, 16, nameof(gateUp));
-        LaunchChecks.Aligned(codes, 16, nameof(codes));
-        LaunchChecks.Aligned(scales, 16, nameof(scales));
-        LaunchChecks.Positive(rows, nameof(rows));
+        CheckTokenCodesLaunch(s, gateUp, nameof(gateUp), codes, scales, rows);
         if (intermediate <= 0 || intermediate % ActivationKMultiple != 0 || intermediate > MaxSiluMulIntermediate)
             throw new ArgumentException($"intermediate ({intermediate}) must be a positive multiple of {ActivationKMultiple} up to {MaxSiluMulIntermediate}.", nameof(intermediate));
         int shared = 2 * intermediate;
