@@ -7,8 +7,9 @@
 //     pair gives (q - z), exactly; the mma adds (q - z) · x over the chunk in fp32. The sum is scaled by the group's s
 //     per row once per group: splits start on group boundaries, and groups are whole chunks (G = 64 · CPG).
 // Two plans:
-//   * 1..8 rows (gemv_int4_n8_*): a block of 8 warps per 16-row tile, the warps taking turns over the tile's k range
-//     4 chunks at a time, their sums meeting in shared memory in warp order (the fp8 tile GEMV's plan, gemv_fp8.cu).
+//   * 1..8 rows (gemv_int4_n8_*, n8r_*): a block of 8 warps per 16-row tile, the warps sharing the tile's k range (4
+//     chunks at a time in turn, or n8r: even contiguous runs), their sums meeting in shared memory in warp order (the
+//     fp8 tile GEMV's plan, gemv_fp8.cu).
 //   * 9..32 rows (n16, n32): gemv_tc.cu's plan: a warp owns a 16-row tile, the block's 4 warps walk the same k range
 //     so x comes from L2 once per block.
 // Both split k over blockIdx.y, added deterministically through tickets.
@@ -142,10 +143,17 @@ __device__ __forceinline__ void gemv_int4_body(const uint8_t* __restrict__ w, co
 // o's 320 tiles gave too few warps in flight without splits, and the splits a second pass; 8 warps of one tile keep
 // 8 x 4 chunks of it in flight at once. The k-steps alternate between two fragments, so a chunk's mmas form two
 // independent chains of 2 rather than one of 4, and the scale words load once per group, not per chunk.
+// How the 8 warps share the tile's k range is the template's RUNS:
+//   * false: batches of U chunks in turn (warp, warp + 8, ...), so the block reads one contiguous stretch at a time. At
+//     QwQ's k = 5120 (80 chunks) warps 0-3 get three batches and 4-7 two, and the block waits for its slowest warp.
+//   * true: each warp one contiguous run of whole groups, the split's groups dealt evenly (within one). Session 21
+//     measured it against the batches in turn for every row count (H200): int4 batch 1 +3.3%, batch 8 -2.1% (at 8 rows,
+//     every lane loading x, 8 separate streams of the tile cost more than the balance gains). Both are built and the
+//     decode tuner times them per product and row count (TensorCoreVariant.EvenRuns).
 constexpr int kTileWarps = 8;
 constexpr int kTileUnroll = 4;
 
-template <int CPG>
+template <int CPG, bool RUNS>
 __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,
                                                     const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                                     float* __restrict__ part, int* __restrict__ tickets, int n, int k,
@@ -162,12 +170,17 @@ __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ 
     const uint16_t* xg = reinterpret_cast<const uint16_t*>(x) + (size_t)(xok ? g : 0) * k + 16 * t4;
     const int groups = k / (64 * CPG);
     const int c_begin = (int)((long)groups * blockIdx.y / splits) * CPG, c_end = (int)((long)groups * (blockIdx.y + 1) / splits) * CPG;
+    // This warp's chunks: from `first`, batches of U every `stride` chunks, below `last` (a group boundary).
+    const int split_groups = (c_end - c_begin) / CPG;
+    const int first = RUNS ? c_begin + split_groups * warp / kTileWarps * CPG : c_begin + warp * U;
+    const int last = RUNS ? c_begin + split_groups * (warp + 1) / kTileWarps * CPG : c_end;
+    constexpr int stride = RUNS ? U : kTileWarps * U;
     // This warp's first batch and its scale words, into L2 while the previous kernel finishes (constants; see
     // kernel_entry_barrier).
 #pragma unroll
     for (int u = 0; u < U; ++u)
-        if (c_begin + warp * U + u < c_end) prefetch_l2(wl + (size_t)(c_begin + warp * U + u) * 512);
-    if (c_begin + warp * U < c_end && t4 == 0) prefetch_l2(sza + (size_t)((c_begin + warp * U) / CPG) * n_pad);
+        if (first + u < last) prefetch_l2(wl + (size_t)(first + u) * 512);
+    if (first < last && t4 == 0) prefetch_l2(sza + (size_t)(first / CPG) * n_pad);
     kernel_entry_barrier();
 
     float acc[2][4], c[4] = {0.f, 0.f, 0.f, 0.f};  // acc: this group's sum, in two chains; c: scaled sums
@@ -212,16 +225,16 @@ __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ 
         }
     };
     // Whole batches first (no per-chunk bounds tests), then what is left of this warp's last batch, a group at a
-    // time (c_end is a group boundary).
-    int b = c_begin + warp * U;
-    for (; b + U <= c_end; b += kTileWarps * U) {
+    // time (last is a group boundary).
+    int b = first;
+    for (; b + U <= last; b += stride) {
         Chunk v[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) load(b + u, v[u], u % CPG == 0);
 #pragma unroll
         for (int u = 0; u < U; ++u) math(v[u], v[u - u % CPG], b + u, u % CPG == CPG - 1);
     }
-    for (; b < c_end; b += CPG) {
+    for (; b < last; b += CPG) {
         Chunk v[CPG];
 #pragma unroll
         for (int u = 0; u < CPG; ++u) load(b + u, v[u], u == 0);
@@ -255,21 +268,25 @@ __device__ __forceinline__ void gemv_int4_tile_body(const uint8_t* __restrict__ 
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
         gemv_int4_body<NB, UNROLL, CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                           \
     }
-// Launch (n8): grid (ceil(n / 16), splits) (a block per tile), block 256 threads; m <= 8; the same workspace.
-#define QWQ_GEMV_INT4_TILE(SUFFIX, CPG)                                                                              \
+// Launch (n8, n8r): grid (ceil(n / 16), splits) (a block per tile), block 256 threads; m <= 8; the same workspace.
+// n8r: the warps on even contiguous runs (RUNS above).
+#define QWQ_GEMV_INT4_TILE(SUFFIX, CPG, RUNS)                                                                        \
     extern "C" __global__ void __launch_bounds__(kTileWarps * 32, 3)                                                 \
     gemv_int4_##SUFFIX(const uint8_t* __restrict__ w, const uint32_t* __restrict__ sz,                               \
                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, float* __restrict__ part,         \
                        int* __restrict__ tickets, int n, int k, int m, int accumulate) {                            \
-        gemv_int4_tile_body<CPG>(w, sz, x, y, part, tickets, n, k, m, accumulate);                                  \
+        gemv_int4_tile_body<CPG, RUNS>(w, sz, x, y, part, tickets, n, k, m, accumulate);                            \
     }
 
-QWQ_GEMV_INT4_TILE(n8_g64, 1)
+QWQ_GEMV_INT4_TILE(n8_g64, 1, false)
+QWQ_GEMV_INT4_TILE(n8r_g64, 1, true)
 QWQ_GEMV_INT4(n16_g64, 2, 8, 1)
 QWQ_GEMV_INT4(n32_g64, 4, 4, 1)
-QWQ_GEMV_INT4_TILE(n8_g128, 2)
+QWQ_GEMV_INT4_TILE(n8_g128, 2, false)
+QWQ_GEMV_INT4_TILE(n8r_g128, 2, true)
 QWQ_GEMV_INT4(n16_g128, 2, 8, 2)
 QWQ_GEMV_INT4(n32_g128, 4, 4, 2)
-QWQ_GEMV_INT4_TILE(n8_g256, 4)
+QWQ_GEMV_INT4_TILE(n8_g256, 4, false)
+QWQ_GEMV_INT4_TILE(n8r_g256, 4, true)
 QWQ_GEMV_INT4(n16_g256, 2, 8, 4)
 QWQ_GEMV_INT4(n32_g256, 4, 4, 4)

@@ -361,7 +361,7 @@ internal sealed class LinearOps : IDisposable
         TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         if (w.Kind == WeightKind.Int4Awq)
-            _int4!.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits);
+            _int4!.Gemv(s, w.Weight, w.Scales, x, y, rows, w.Out, w.In, w.Group, accumulate, _tcWorkspace.Ptr, splits, variant);
         else
             _tc.Gemv(s, fp8: w.Kind == WeightKind.Fp8, w.Weight, w.Scales, x, y, rows, w.Out, w.In, accumulate, _tcWorkspace.Ptr, splits, variant);
     }
@@ -458,11 +458,14 @@ internal sealed class LinearOps : IDisposable
                     if (rows <= Fp8Ops.MaxTileGemvRows)
                         Try(new Choice(Path.TileGemv, 0), l => _fp8.TileGemv(s, l.Weight, l.Scales, x, y, rows, l.Out, l.In, accumulate));
                 }
-                // the builds that serve this product (Serves): int4 and bf16 one; fp8 also the lite (up to 8 rows), wide
-                // (17–32), fp16-route (9–32) and, on compute capability 9.0, warpgroup (9–32) ones
-                var variants = Enum.GetValues<TensorCoreVariant>()
-                    .Where(v => TensorCoreGemvOps.Serves(v, fp8: w0.Kind == WeightKind.Fp8, rows, w0.In) && _tc.Loaded(v))
-                    .ToArray();
+                // the builds that serve this product: bf16 one (Serves); int4 also the even-runs one up to 8 rows
+                // (Int4Ops.Variants); fp8 also the lite (up to 8 rows), wide (17–32), fp16-route (9–32) and, on compute
+                // capability 9.0, warpgroup (9–32) ones
+                var variants = w0.Kind == WeightKind.Int4Awq
+                    ? Int4Ops.Variants(rows)
+                    : Enum.GetValues<TensorCoreVariant>()
+                        .Where(v => TensorCoreGemvOps.Serves(v, fp8: w0.Kind == WeightKind.Fp8, rows, w0.In) && _tc.Loaded(v))
+                        .ToArray();
                 if (_onlyVariant is { } only && variants.Contains(only)) variants = [only];
                 var tcSplits = w0.Kind == WeightKind.Int4Awq
                     ? Int4Ops.SplitCandidates(w0.Out, w0.In, w0.Group, rows)

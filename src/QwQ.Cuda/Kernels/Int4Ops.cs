@@ -13,12 +13,15 @@ namespace QwQ.Cuda.Kernels;
 internal sealed class Int4Ops
 {
     [KernelEntry] public const string GemvN8G64Entry = "gemv_int4_n8_g64";
+    [KernelEntry] public const string GemvN8RunsG64Entry = "gemv_int4_n8r_g64";
     [KernelEntry] public const string GemvN16G64Entry = "gemv_int4_n16_g64";
     [KernelEntry] public const string GemvN32G64Entry = "gemv_int4_n32_g64";
     [KernelEntry] public const string GemvN8G128Entry = "gemv_int4_n8_g128";
+    [KernelEntry] public const string GemvN8RunsG128Entry = "gemv_int4_n8r_g128";
     [KernelEntry] public const string GemvN16G128Entry = "gemv_int4_n16_g128";
     [KernelEntry] public const string GemvN32G128Entry = "gemv_int4_n32_g128";
     [KernelEntry] public const string GemvN8G256Entry = "gemv_int4_n8_g256";
+    [KernelEntry] public const string GemvN8RunsG256Entry = "gemv_int4_n8r_g256";
     [KernelEntry] public const string GemvN16G256Entry = "gemv_int4_n16_g256";
     [KernelEntry] public const string GemvN32G256Entry = "gemv_int4_n32_g256";
     [KernelEntry] public const string QuantizeEntry = "quantize_int4_rows";
@@ -35,7 +38,7 @@ internal sealed class Int4Ops
     public const int MaxRows = TensorCoreGemvOps.MaxRows;
     private const int Threads = 256;
 
-    private readonly CudaKernel[,] _gemv; // [group 64, 128, 256][n8, n16, n32]: the group size is compiled in
+    private readonly CudaKernel[,] _gemv; // [group 64, 128, 256][n8, n16, n32, n8r]: the group size is compiled in
     private readonly CudaKernel _quantize, _repackAwq, _dequantize;
 
     public Int4Ops(PtxLibrary lib)
@@ -43,9 +46,9 @@ internal sealed class Int4Ops
         ArgumentNullException.ThrowIfNull(lib);
         _gemv = new[,]
         {
-            { lib.GetKernel(GemvN8G64Entry), lib.GetKernel(GemvN16G64Entry), lib.GetKernel(GemvN32G64Entry) },
-            { lib.GetKernel(GemvN8G128Entry), lib.GetKernel(GemvN16G128Entry), lib.GetKernel(GemvN32G128Entry) },
-            { lib.GetKernel(GemvN8G256Entry), lib.GetKernel(GemvN16G256Entry), lib.GetKernel(GemvN32G256Entry) },
+            { lib.GetKernel(GemvN8G64Entry), lib.GetKernel(GemvN16G64Entry), lib.GetKernel(GemvN32G64Entry), lib.GetKernel(GemvN8RunsG64Entry) },
+            { lib.GetKernel(GemvN8G128Entry), lib.GetKernel(GemvN16G128Entry), lib.GetKernel(GemvN32G128Entry), lib.GetKernel(GemvN8RunsG128Entry) },
+            { lib.GetKernel(GemvN8G256Entry), lib.GetKernel(GemvN16G256Entry), lib.GetKernel(GemvN32G256Entry), lib.GetKernel(GemvN8RunsG256Entry) },
         };
         _quantize = lib.GetKernel(QuantizeEntry);
         _repackAwq = lib.GetKernel(RepackAwqEntry);
@@ -115,15 +118,24 @@ internal sealed class Int4Ops
         return (tiled, sz);
     }
 
-    private static int Variant(int rows) => rows <= 8 ? 0 : rows <= 16 ? 1 : 2;
+    /// <summary>
+    /// The builds of the int4 GEMV that serve <paramref name="rows"/> rows, for the decode tuner to time: the standard
+    /// plan at every count, and up to 8 rows also <see cref="TensorCoreVariant.EvenRuns"/> (kernels/gemv_int4.cu).
+    /// </summary>
+    public static TensorCoreVariant[] Variants(int rows) =>
+        rows is >= 1 and <= 8 ? [TensorCoreVariant.Standard, TensorCoreVariant.EvenRuns] : [TensorCoreVariant.Standard];
+
+    private static int Variant(int rows, TensorCoreVariant variant) =>
+        rows <= 8 ? (variant == TensorCoreVariant.EvenRuns ? 3 : 0) : rows <= 16 ? 1 : 2;
 
     /// <summary>
     /// y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="rows"/>), rows 1..32, W int4 [n, k] (codes at <paramref name="w"/>,
     /// scale/zero words at <paramref name="scaleZero"/>), x bf16 [rows, k], y fp32 [rows, n]. The workspace and split
     /// rules are the tensor-core GEMV's, and splits start on group boundaries (<see cref="SplitsFit"/>). Deterministic.
+    /// <paramref name="variant"/> is one of <see cref="Variants"/>.
     /// </summary>
     public unsafe void Gemv(CudaStream s, ulong w, ulong scaleZero, ulong x, ulong y, int rows, int n, int k, int group,
-        bool accumulate, ulong workspace, int splits)
+        bool accumulate, ulong workspace, int splits, TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         LaunchChecks.Stream(s, nameof(s));
         LaunchChecks.Aligned(w, 16, nameof(w));
@@ -135,15 +147,17 @@ internal sealed class Int4Ops
         LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
         if (!SplitsFit(n, k, group, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, group {group}, rows = {rows}.", nameof(splits));
+        if (!Variants(rows).Contains(variant)) throw new ArgumentException($"the int4 GEMV has no {variant} build for {rows} rows.", nameof(variant));
         // Up to 8 rows a block of 8 warps per 16-row tile; past that a block of 4 warps on 4 tiles (kernels/gemv_int4.cu).
-        int variant = Variant(rows);
-        int tilesPerBlock = variant == 0 ? 1 : 4;
+        int build = Variant(rows, variant);
+        bool blockPerTile = rows <= 8;
+        int tilesPerBlock = blockPerTile ? 1 : 4;
         uint blocks = (uint)((n + tilesPerBlock * TileRows - 1) / (tilesPerBlock * TileRows));
         ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &w, &scaleZero, &x, &y, &part, &tickets, &n, &k, &rows, &acc };
-        _gemv[System.Numerics.BitOperations.Log2((uint)group) - 6, variant].Launch(new Dim3(blocks, (uint)splits),
-            new Dim3(variant == 0 ? 256u : 128u), 0, s, args);
+        _gemv[System.Numerics.BitOperations.Log2((uint)group) - 6, build].Launch(new Dim3(blocks, (uint)splits),
+            new Dim3(blockPerTile ? 256u : 128u), 0, s, args);
     }
 
     /// <summary>

@@ -42,7 +42,8 @@ public sealed class Int4KernelTests : KernelTestBase
         return (codes, scales, zeros, w);
     }
 
-    private void Check(int rows, int n, int k, int group, bool accumulate, int? splitCount = null)
+    private void Check(int rows, int n, int k, int group, bool accumulate, int? splitCount = null,
+        TensorCoreVariant variant = TensorCoreVariant.Standard)
     {
         var (codes, scales, zeros, w) = RandomWeights(Rng, n, k, group);
         var (tiled, sz) = Int4Ops.Pack(codes, scales, zeros, n, k, group);
@@ -57,14 +58,14 @@ public sealed class Int4KernelTests : KernelTestBase
         float[] Run()
         {
             var dy = accumulate ? Upload<float>(y0) : PoisonedF32((long)rows * n);
-            _int4.Gemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, group, accumulate, ws.Ptr, splits);
+            _int4.Gemv(Stream, dw.Ptr, ds.Ptr, dx.Ptr, dy.Ptr, rows, n, k, group, accumulate, ws.Ptr, splits, variant);
             return DownloadF32(dy);
         }
         float[] got = Run();
         var expected = new float[(long)rows * n];
         CpuOps.MatMulNT(x, w, ReadOnlySpan<float>.Empty, expected, rows, n, k);
         if (accumulate) for (long i = 0; i < expected.Length; i++) expected[i] += y0[i];
-        AssertClose(got, expected, Tolerance, $"gemv_int4 rows={rows} {n}x{k} g{group} acc={accumulate} splits={splits}");
+        AssertClose(got, expected, Tolerance, $"gemv_int4 {variant} rows={rows} {n}x{k} g{group} acc={accumulate} splits={splits}");
         Assert.That(Run(), Is.EqualTo(got), "second run");
     }
 
@@ -83,7 +84,33 @@ public sealed class Int4KernelTests : KernelTestBase
     {
         foreach (int group in new[] { 64, 128, 256 })
             foreach (int splits in Int4Ops.SplitCandidates(1001, 2048, group, rows))
-                Check(rows, 1001, 2048, group, accumulate: true, splits);
+                foreach (var variant in Int4Ops.Variants(rows))
+                    Check(rows, 1001, 2048, group, accumulate: true, splits, variant);
+    }
+
+    /// <summary>
+    /// The even-runs build (1..8 rows): its warps' runs are whole groups of a split, so shapes where a split holds fewer
+    /// groups than the block has warps (some warps with nothing), an odd group count and QwQ's k = 5120 all appear.
+    /// </summary>
+    [Test]
+    public void GemvEvenRunsMatchesCpu([Values(1, 2, 5, 8)] int rows)
+    {
+        Check(rows, 1001, 2048, 128, accumulate: false, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 515, 5120, 128, accumulate: true, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 13, 64, 64, accumulate: false, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 40, 320, 64, accumulate: true, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 64, 512, 256, accumulate: false, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 7168, 5120, 128, accumulate: false, splitCount: 1, variant: TensorCoreVariant.EvenRuns);
+        Check(rows, 7168, 5120, 128, accumulate: true, splitCount: Int4Ops.SplitCandidates(7168, 5120, 128, rows).Max(), variant: TensorCoreVariant.EvenRuns);
+    }
+
+    [Test]
+    public void GemvRefusesABuildThatDoesNotServeTheRows()
+    {
+        var buf = Alloc(1 << 20);
+        var ws = Alloc(TensorCoreGemvOps.WorkspaceBytes);
+        Assert.Throws<ArgumentException>(() => _int4.Gemv(Stream, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 9, 64, 128, 64, false, ws.Ptr, 1, TensorCoreVariant.EvenRuns));
+        Assert.Throws<ArgumentException>(() => _int4.Gemv(Stream, buf.Ptr, buf.Ptr, buf.Ptr, buf.Ptr, 1, 64, 128, 64, false, ws.Ptr, 1, TensorCoreVariant.Lite));
     }
 
     [TestCase(7168, 5120, false, TestName = "Int4_QkvProj_7168x5120")]

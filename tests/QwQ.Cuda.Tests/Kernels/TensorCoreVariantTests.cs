@@ -28,7 +28,18 @@ public class TensorCoreVariantTests
             Assert.That(RowsServed(TensorCoreVariant.WarpgroupDeep, fp8: true), Is.EqualTo(Range(17, 32)), "an n32 build only");
             Assert.That(RowsServed(TensorCoreVariant.WarpgroupBf16, fp8: true), Is.EqualTo(Range(9, 32)), "n16 build to 16 rows, n32 above");
             Assert.That(RowsServed(TensorCoreVariant.WarpgroupBf16Deep, fp8: true), Is.EqualTo(Range(17, 32)), "an n32 build only");
+            Assert.That(RowsServed(TensorCoreVariant.EvenRuns, fp8: true), Is.Empty, "an int4 build (Int4Ops.Variants)");
         });
+    }
+
+    /// <summary>The int4 GEMV's builds: the standard one at every row count, the even-runs one at the block-per-tile plan's 1..8.</summary>
+    [Test]
+    public void Int4BuildsServeTheirRowCounts()
+    {
+        for (int rows = 1; rows <= TensorCoreGemvOps.MaxRows; rows++)
+            Assert.That(Int4Ops.Variants(rows), Is.EqualTo(rows <= 8
+                ? new[] { TensorCoreVariant.Standard, TensorCoreVariant.EvenRuns }
+                : new[] { TensorCoreVariant.Standard }), $"rows {rows}");
     }
 
     [Test]
