@@ -70,7 +70,7 @@ __device__ __forceinline__ float2 bias_rope_pair(const In* x, const uint16_t* b,
                                                  int half) {
     const float lo = qkv_at(x, i) + bf16_bits_to_float(b[i]);
     const float hi = qkv_at(x, i + half) + bf16_bits_to_float(b[i + half]);
-    return rope_rotate(lo, hi, cs, rotate);
+    return rotate ? rope_rotate(lo, hi, cs) : make_float2(lo, hi);
 }
 
 // A batch of rows from many sequences (docs/ENGINE_V2.md). Launch: grid = (rows, ceil((nq + 2 * nkv) /

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 28, one device call (~8 min): the int4 GEMV's even-runs build (gemv_int4_n8r_*, TensorCoreVariant.EvenRuns)
+# Session 28, second call: the even-runs build offered up to 4 rows only (call 1: the tuner took it at 8 rows too, -2.0% there), rope.cu as on main.
 # beside the batches-in-turn one, the decode tuner choosing per product and row count; and rope.cu's bias_rope_pair
 # folded into the flag form of rope_rotate (PTX expected identical or a reorder).
 #   Here: bench/build-base-cli.sh main .device/base-cli.tar.xz; mkdir -p .device/old-ptx and copy main's
@@ -29,7 +29,7 @@ export QWQ_PTX_DIR=$root/kernels/ptx QWQ_AB_TIMEOUT=120
 pack() { sed -n '/| figure/,$p' "$out/$1/ab.md" 2>/dev/null; tar czf "$out/$1.tgz" -C "$out" "$1" && rm -rf "${out:?}/$1"; }
 mkdir -p /tmp/base && tar -xJf .device/base-cli.tar.xz -C /tmp/base
 bench/device-ab.sh /tmp/base/qwq-base 2 "$out/ab-int4" -- --synthetic qwq-32b --quantize int4 --prefill 64 \
-  --decode 1024 --batch 1,2,8 2>&1 | grep -E "exit"
+  --decode 1024 --batch 1,4,8 2>&1 | grep -E "exit"
 grep -h "tuned\|EvenRuns\|evenruns" "$out"/ab-int4/after-r1/bench.log | head -40
 pack ab-int4
 tar czf "$out/logs.tgz" -C "$out" build.log tests.log && rm -f "$out/build.log" "$out/tests.log"

@@ -118,12 +118,17 @@ internal sealed class Int4Ops
         return (tiled, sz);
     }
 
+    /// <summary>Most rows the even-runs build is offered for (<see cref="Variants"/>).</summary>
+    public const int MaxEvenRunsRows = 4;
+
     /// <summary>
     /// The builds of the int4 GEMV that serve <paramref name="rows"/> rows, for the decode tuner to time: the standard
-    /// plan at every count, and up to 8 rows also <see cref="TensorCoreVariant.EvenRuns"/> (kernels/gemv_int4.cu).
+    /// plan at every count, and up to <see cref="MaxEvenRunsRows"/> also <see cref="TensorCoreVariant.EvenRuns"/>
+    /// (kernels/gemv_int4.cu). Not at 8 rows, although the kernel serves them: timed alone the tuner took it for every
+    /// product there, and the step ran 2% slower than on the batches in turn (H200, session 28).
     /// </summary>
     public static TensorCoreVariant[] Variants(int rows) =>
-        rows is >= 1 and <= 8 ? [TensorCoreVariant.Standard, TensorCoreVariant.EvenRuns] : [TensorCoreVariant.Standard];
+        rows is >= 1 and <= MaxEvenRunsRows ? [TensorCoreVariant.Standard, TensorCoreVariant.EvenRuns] : [TensorCoreVariant.Standard];
 
     private static int Variant(int rows, TensorCoreVariant variant) =>
         rows <= 8 ? (variant == TensorCoreVariant.EvenRuns ? 3 : 0) : rows <= 16 ? 1 : 2;
@@ -132,7 +137,7 @@ internal sealed class Int4Ops
     /// y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="rows"/>), rows 1..32, W int4 [n, k] (codes at <paramref name="w"/>,
     /// scale/zero words at <paramref name="scaleZero"/>), x bf16 [rows, k], y fp32 [rows, n]. The workspace and split
     /// rules are the tensor-core GEMV's, and splits start on group boundaries (<see cref="SplitsFit"/>). Deterministic.
-    /// <paramref name="variant"/> is one of <see cref="Variants"/>.
+    /// <paramref name="variant"/>: <see cref="TensorCoreVariant.Standard"/>, or up to 8 rows <see cref="TensorCoreVariant.EvenRuns"/>.
     /// </summary>
     public unsafe void Gemv(CudaStream s, ulong w, ulong scaleZero, ulong x, ulong y, int rows, int n, int k, int group,
         bool accumulate, ulong workspace, int splits, TensorCoreVariant variant = TensorCoreVariant.Standard)
@@ -147,7 +152,9 @@ internal sealed class Int4Ops
         LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
         if (!SplitsFit(n, k, group, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, group {group}, rows = {rows}.", nameof(splits));
-        if (!Variants(rows).Contains(variant)) throw new ArgumentException($"the int4 GEMV has no {variant} build for {rows} rows.", nameof(variant));
+        // the even-runs build serves the block-per-tile plan's 1..8 rows (the tuner offers it for fewer: Variants)
+        if (variant != TensorCoreVariant.Standard && !(variant == TensorCoreVariant.EvenRuns && rows <= 8))
+            throw new ArgumentException($"the int4 GEMV has no {variant} build for {rows} rows.", nameof(variant));
         // Up to 8 rows a block of 8 warps per 16-row tile; past that a block of 4 warps on 4 tiles (kernels/gemv_int4.cu).
         int build = Variant(rows, variant);
         bool blockPerTile = rows <= 8;

@@ -39,9 +39,9 @@ internal enum TensorCoreVariant
     /// <summary><see cref="WarpgroupDeep"/> reading bf16 x as it is, 17–32 rows.</summary>
     WarpgroupBf16Deep,
     /// <summary>
-    /// int4 only, 1–8 rows (<see cref="Int4Ops.Variants"/>): the block's 8 warps each read one even, contiguous run of
-    /// the tile's k range instead of 4-chunk batches in turn, which at k = 5120 left half the warps a batch more. On the
-    /// H200 (session 21, every product): int4 batch 1 +3.3%, batch 8 −2.1%, so the tuner times both.
+    /// int4 only, 1–8 rows: the block's 8 warps each read one even, contiguous run of the tile's k range instead of
+    /// 4-chunk batches in turn, which at k = 5120 left half the warps a batch more. On the H200 (session 28): int4 batch 1
+    /// +2.0%, batch 2 +3.0%, batch 8 −2.0%; the tuner times it up to <see cref="Int4Ops.MaxEvenRunsRows"/> rows.
     /// </summary>
     EvenRuns,
 }
