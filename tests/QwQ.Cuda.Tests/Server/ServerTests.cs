@@ -263,9 +263,38 @@ public class ServerTests
     [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", "messages[0].content[0]")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{}}]}""", "tools[0].function.name")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"a"}}],"tool_choice":{"type":"function","function":{"name":"b"}}}""", "tool_choice")]
+    // Unsupported, and the answer would silently differ from what was asked (no logprobs, no JSON mode).
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"logprobs":true}""", "logprobs")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_logprobs":2}""", "top_logprobs")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"}}""", "response_format")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}""", "response_format")]
     public async Task InvalidRequestsNameTheField(string body, string param)
     {
         using var r = await _http.PostAsync("v1/chat/completions", Json(body));
+        await AssertBadFieldAsync(r, param);
+    }
+
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"echo":true}""", "echo")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"logprobs":0}""", "logprobs")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"best_of":3}""", "best_of")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"suffix":"end"}""", "suffix")]
+    [TestCase("""{"prompt":["Hi","there"]}""", "prompt")]
+    public async Task InvalidCompletionRequestsNameTheField(string body, string param)
+    {
+        using var r = await _http.PostAsync("v1/completions", Json(body));
+        await AssertBadFieldAsync(r, param);
+    }
+
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1,"logprobs":false,"top_logprobs":0,"response_format":{"type":"text"}}""")]
+    [TestCase("v1/completions", """{"prompt":"Hi","max_tokens":1,"echo":false,"logprobs":null,"best_of":1,"suffix":""}""")]
+    public async Task NeutralValuesOfUnsupportedFieldsAreAccepted(string path, string body)
+    {
+        using var r = await _http.PostAsync(path, Json(body));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), await r.Content.ReadAsStringAsync());
+    }
+
+    private static async Task AssertBadFieldAsync(HttpResponseMessage r, string param)
+    {
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
         var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
         Assert.That(error.GetProperty("param").GetString(), Is.EqualTo(param));
