@@ -153,7 +153,7 @@ internal sealed class ChatCompletionRequest : SamplingRequest
                 case "assistant":
                     var calls = m.ToolCalls?.Select((c, j) => new ToolCall(
                         c.Function?.Name ?? throw ApiException.BadField($"messages[{i}].tool_calls[{j}].function.name", "a tool call needs function.name"),
-                        string.IsNullOrWhiteSpace(c.Function.Arguments) ? "{}" : c.Function.Arguments)).ToList();
+                        ArgumentsJson(c.Function.Arguments, $"messages[{i}].tool_calls[{j}].function.arguments"))).ToList();
                     list.Add(ChatMessage.Assistant(text, calls is { Count: > 0 } ? calls : null));
                     break;
                 default:
@@ -161,6 +161,22 @@ internal sealed class ChatCompletionRequest : SamplingRequest
             }
         }
         return list;
+    }
+
+    /// <summary>A tool call's arguments as the template renders them: JSON text (the chat template re-dumps it), "{}" when absent.</summary>
+    private static string ArgumentsJson(string? arguments, string field)
+    {
+        if (string.IsNullOrWhiteSpace(arguments)) return "{}";
+        try
+        {
+            using var _ = JsonDocument.Parse(arguments);
+        }
+        catch (JsonException)
+        {
+            // Checked here so the client hears which message is at fault (400), not a template error (500).
+            throw ApiException.BadField(field, $"{field} is not valid JSON: give the arguments as the JSON text of an object, as the model's tool call returned them");
+        }
+        return arguments;
     }
 
     /// <summary>

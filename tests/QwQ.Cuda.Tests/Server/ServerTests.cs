@@ -268,6 +268,8 @@ public class ServerTests
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_logprobs":2}""", "top_logprobs")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"}}""", "response_format")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}""", "response_format")]
+    // A client error in the history, not the server's: 400 naming it, not 500.
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"not json"}}]},{"role":"tool","content":"1"}]}""", "messages[1].tool_calls[0].function.arguments")]
     public async Task InvalidRequestsNameTheField(string body, string param)
     {
         using var r = await _http.PostAsync("v1/chat/completions", Json(body));
@@ -286,6 +288,8 @@ public class ServerTests
     }
 
     [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1,"logprobs":false,"top_logprobs":0,"response_format":{"type":"text"}}""")]
+    // Valid tool-call arguments in the history pass the check that refuses invalid ones.
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]},{"role":"tool","content":"1"}],"max_tokens":1}""")]
     [TestCase("v1/completions", """{"prompt":"Hi","max_tokens":1,"echo":false,"logprobs":null,"best_of":1,"suffix":""}""")]
     public async Task NeutralValuesOfUnsupportedFieldsAreAccepted(string path, string body)
     {
