@@ -307,6 +307,18 @@ public class ServerTests
         Assert.That(error.GetProperty("message").GetString(), Does.Not.Contain("System."), "no .NET type names");
     }
 
+    // Valid JSON but not text: a lone UTF-16 surrogate escape, as a client sends that cut an emoji in half.
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi \ud83d"}],"max_tokens":1}""", "messages[0].content")]
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":[{"type":"text","text":"\ude00"}]}],"max_tokens":1}""", "messages[0].content[0].text")]
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f","description":"x\ud83d"}}],"max_tokens":1}""", "tools[0].function.description")]
+    [TestCase("v1/completions", """{"prompt":"a\udc80b","max_tokens":1}""", "prompt")]
+    [TestCase("v1/completions", """{"prompt":"ab","stop":["x","\ud83d"],"max_tokens":1}""", "stop[1]")]
+    public async Task LoneSurrogateInAStringIs400NamingTheField(string path, string body, string param)
+    {
+        using var r = await _http.PostAsync(path, Json(body));
+        await AssertBadFieldAsync(r, param);
+    }
+
     [TestCase("{not json")]
     [TestCase("null")]
     public async Task MalformedBodyIs400(string body)
