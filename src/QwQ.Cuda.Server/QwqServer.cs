@@ -65,6 +65,8 @@ public sealed class QwqServer : IAsyncDisposable
             else k.Listen(IPAddress.Parse(options.Host), options.Port);
         });
         _app = builder.Build();
+        // Routing answers a wrong path or method with an empty body; OpenAI clients show only the error object's message.
+        _app.UseStatusCodePages(context => WrongUrlAsync(context.HttpContext));
         _app.Use(AuthorizeAsync);
         _app.MapPost("/v1/chat/completions", (HttpContext http) => GenerateAsync(http, "chat", PrepareChatAsync));
         _app.MapPost("/v1/completions", (HttpContext http) => GenerateAsync(http, "completions", PrepareCompletionAsync));
@@ -131,6 +133,20 @@ public sealed class QwqServer : IAsyncDisposable
             return;
         }
         await next(http);
+    }
+
+    private static Task WrongUrlAsync(HttpContext http)
+    {
+        var request = http.Request;
+        string what = $"{request.Method} {request.Path}";
+        string? message = http.Response.StatusCode switch
+        {
+            StatusCodes.Status404NotFound => $"no endpoint {what}: this server serves POST /v1/chat/completions, POST /v1/completions, " +
+                                             "GET /v1/models, /health and /metrics (an OpenAI client's base URL ends in /v1)",
+            StatusCodes.Status405MethodNotAllowed => $"{what} is not allowed: use {http.Response.Headers.Allow}",
+            _ => null,
+        };
+        return message is null ? Task.CompletedTask : WriteErrorAsync(http, new ApiException(http.Response.StatusCode, message));
     }
 
     private bool HasKey(HttpRequest request)

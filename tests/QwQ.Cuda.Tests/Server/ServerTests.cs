@@ -330,6 +330,25 @@ public class ServerTests
     }
 
     [Test]
+    public async Task WrongUrlOrMethodGetsAnErrorObject()
+    {
+        // The commonest client mistake: a base URL without /v1. OpenAI clients show the error object's message.
+        using (var r = await _http.PostAsync("chat/completions", Json("""{"messages":[{"role":"user","content":"Hi"}]}""")))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+            var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.That(error.GetProperty("message").GetString(), Does.Contain("POST /chat/completions").And.Contain("/v1"));
+            Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+        }
+        using (var r = await _http.GetAsync("v1/chat/completions"))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.MethodNotAllowed));
+            Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+                Does.Contain("GET").And.Contain("POST"));
+        }
+    }
+
+    [Test]
     public async Task PromptLongerThanTheContextIs400()
     {
         string huge = string.Join(' ', Enumerable.Repeat("strawberry", 5000));
