@@ -33,6 +33,7 @@ internal abstract class SamplingRequest
     {
         static ApiException Bad(string field, string rule, double value) =>
             ApiException.BadField(field, string.Create(CultureInfo.InvariantCulture, $"{field} = {value} {rule}"));
+        RefuseUnsupported();
         if (N is int n && n != 1) throw Bad("n", "is not supported: this server returns one choice per request (n = 1)", n);
         int? max = MaxCompletionTokens ?? MaxTokens;
         string maxField = MaxCompletionTokens is null ? "max_tokens" : "max_completion_tokens";
@@ -60,6 +61,13 @@ internal abstract class SamplingRequest
         };
         return new GenerationOptions { Sampling = sampling, MaxNewTokens = max, StopStrings = StopStrings() };
     }
+
+    /// <summary>
+    /// 400 for a field this server cannot honour whose answer would otherwise be silently different from what the
+    /// client asked for (no log probabilities, no JSON-constrained decoding, ...). Fields that change nothing a client
+    /// reads (user, metadata, ...) are ignored, as vLLM ignores them.
+    /// </summary>
+    protected virtual void RefuseUnsupported() { }
 
     private Dictionary<int, float>? Bias(QwqModel model)
     {
@@ -108,6 +116,25 @@ internal sealed class ChatCompletionRequest : SamplingRequest
     public List<RequestMessage>? Messages { get; set; }
     public List<JsonElement>? Tools { get; set; }
     public JsonElement? ToolChoice { get; set; }
+    public bool? Logprobs { get; set; }
+    public int? TopLogprobs { get; set; }
+    public JsonElement? ResponseFormat { get; set; }
+
+    protected override void RefuseUnsupported()
+    {
+        if (Logprobs == true) throw ApiException.BadField("logprobs", "logprobs is not supported: this server returns no token log probabilities");
+        if (TopLogprobs is > 0) throw ApiException.BadField("top_logprobs", "top_logprobs is not supported: this server returns no token log probabilities");
+        switch (ResponseFormat)
+        {
+            case null or { ValueKind: JsonValueKind.Null }: return;
+            case { ValueKind: JsonValueKind.Object } f when f.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String:
+                if (type.GetString() == "text") return;
+                throw ApiException.BadField("response_format",
+                    $"response_format type '{type.GetString()}' is not supported: this server does not constrain the output to JSON (only \"text\"; ask for JSON in the messages instead)");
+            default:
+                throw ApiException.BadField("response_format", "response_format must be {\"type\":\"text\"} (the only format this server supports)");
+        }
+    }
 
     /// <summary>The conversation for the chat template; 400 naming the message at fault.</summary>
     public List<ChatMessage> ToTemplateMessages()
@@ -126,7 +153,7 @@ internal sealed class ChatCompletionRequest : SamplingRequest
                 case "assistant":
                     var calls = m.ToolCalls?.Select((c, j) => new ToolCall(
                         c.Function?.Name ?? throw ApiException.BadField($"messages[{i}].tool_calls[{j}].function.name", "a tool call needs function.name"),
-                        string.IsNullOrWhiteSpace(c.Function.Arguments) ? "{}" : c.Function.Arguments)).ToList();
+                        ArgumentsJson(c.Function.Arguments, $"messages[{i}].tool_calls[{j}].function.arguments"))).ToList();
                     list.Add(ChatMessage.Assistant(text, calls is { Count: > 0 } ? calls : null));
                     break;
                 default:
@@ -134,6 +161,22 @@ internal sealed class ChatCompletionRequest : SamplingRequest
             }
         }
         return list;
+    }
+
+    /// <summary>A tool call's arguments as the template renders them: JSON text (the chat template re-dumps it), "{}" when absent.</summary>
+    private static string ArgumentsJson(string? arguments, string field)
+    {
+        if (string.IsNullOrWhiteSpace(arguments)) return "{}";
+        try
+        {
+            using var _ = JsonDocument.Parse(arguments);
+        }
+        catch (JsonException)
+        {
+            // Checked here so the client hears which message is at fault (400), not a template error (500).
+            throw ApiException.BadField(field, $"{field} is not valid JSON: give the arguments as the JSON text of an object, as the model's tool call returned them");
+        }
+        return arguments;
     }
 
     /// <summary>
@@ -214,6 +257,19 @@ internal sealed class RequestFunction
 internal sealed class CompletionRequest : SamplingRequest
 {
     public JsonElement? Prompt { get; set; }
+    public bool? Echo { get; set; }
+    public int? Logprobs { get; set; }
+    public int? BestOf { get; set; }
+    public string? Suffix { get; set; }
+
+    protected override void RefuseUnsupported()
+    {
+        if (Echo == true) throw ApiException.BadField("echo", "echo is not supported: the text is the completion only, without the prompt");
+        if (Logprobs is not null) throw ApiException.BadField("logprobs", "logprobs is not supported: this server returns no token log probabilities");
+        if (BestOf is int b && b != 1)
+            throw ApiException.BadField("best_of", string.Create(CultureInfo.InvariantCulture, $"best_of = {b} is not supported: this server generates one completion per request (best_of = 1)"));
+        if (!string.IsNullOrEmpty(Suffix)) throw ApiException.BadField("suffix", "suffix is not supported: the server completes the prompt only (no insertion)");
+    }
 
     /// <summary>The prompt's token ids: from text, or given as ids.</summary>
     public int[] PromptTokens(QwqModel model)

@@ -65,6 +65,8 @@ public sealed class QwqServer : IAsyncDisposable
             else k.Listen(IPAddress.Parse(options.Host), options.Port);
         });
         _app = builder.Build();
+        // Routing answers a wrong path or method with an empty body; OpenAI clients show only the error object's message.
+        _app.UseStatusCodePages(context => WrongUrlAsync(context.HttpContext));
         _app.Use(AuthorizeAsync);
         _app.MapPost("/v1/chat/completions", (HttpContext http) => GenerateAsync(http, "chat", PrepareChatAsync));
         _app.MapPost("/v1/completions", (HttpContext http) => GenerateAsync(http, "completions", PrepareCompletionAsync));
@@ -131,6 +133,20 @@ public sealed class QwqServer : IAsyncDisposable
             return;
         }
         await next(http);
+    }
+
+    private static Task WrongUrlAsync(HttpContext http)
+    {
+        var request = http.Request;
+        string what = $"{request.Method} {request.Path}";
+        string? message = http.Response.StatusCode switch
+        {
+            StatusCodes.Status404NotFound => $"no endpoint {what}: this server serves POST /v1/chat/completions, POST /v1/completions, " +
+                                             "GET /v1/models, /health and /metrics (an OpenAI client's base URL ends in /v1)",
+            StatusCodes.Status405MethodNotAllowed => $"{what} is not allowed: use {http.Response.Headers.Allow}",
+            _ => null,
+        };
+        return message is null ? Task.CompletedTask : WriteErrorAsync(http, new ApiException(http.Response.StatusCode, message));
     }
 
     private bool HasKey(HttpRequest request)
@@ -302,10 +318,21 @@ public sealed class QwqServer : IAsyncDisposable
 
     private static async Task<T> ReadAsync<T>(HttpContext http) where T : class
     {
+        byte[] body;
         try
         {
-            return await JsonSerializer.DeserializeAsync<T>(http.Request.Body, Json, http.RequestAborted)
-                   ?? throw new ApiException(400, "the request body must be a JSON object");
+            using var buffer = new MemoryStream();
+            await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
+            body = buffer.ToArray();
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw new ApiException(413, $"the request body is larger than the server's limit of {http.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes");
+        }
+        T request;
+        try
+        {
+            request = JsonSerializer.Deserialize<T>(body, Json) ?? throw new ApiException(400, "the request body must be a JSON object");
         }
         catch (JsonException e)
         {
@@ -315,9 +342,58 @@ public sealed class QwqServer : IAsyncDisposable
                 ? $"the request body is not valid JSON (byte {e.BytePositionInLine} of line {e.LineNumber + 1})"
                 : $"{param} has the wrong type for this field, or the JSON is malformed there (byte {e.BytePositionInLine} of line {e.LineNumber + 1})", param);
         }
-        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        // A lone surrogate can only be written as a \u escape; bodies without one need no second look.
+        if (body.AsSpan().IndexOf("\\u"u8) >= 0)
         {
-            throw new ApiException(413, $"the request body is larger than the server's limit of {http.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes");
+            using var document = JsonDocument.Parse(body);
+            if (LoneSurrogateAt(document.RootElement, "") is { } field)
+                throw ApiException.BadField(field, $"{field} is not valid text: it holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff without its pair, e.g. an emoji cut in half)");
+        }
+        return request;
+    }
+
+    /// <summary>
+    /// The field of the first string (or property name) that is valid JSON but not text: a lone surrogate escape.
+    /// The serializer refuses one in a string field, but fields kept as JsonElement (content, prompt, stop, tools) are
+    /// read later, where reading it throws InvalidOperationException, which would be a 500.
+    /// </summary>
+    private static string? LoneSurrogateAt(JsonElement element, string path)
+    {
+        switch (element.ValueKind)
+        {
+            case JsonValueKind.String:
+                try
+                {
+                    element.GetString();
+                    return null;
+                }
+                catch (InvalidOperationException)
+                {
+                    return path;
+                }
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in element.EnumerateArray())
+                    if (LoneSurrogateAt(item, $"{path}[{i++}]") is { } at) return at;
+                return null;
+            case JsonValueKind.Object:
+                foreach (var property in element.EnumerateObject())
+                {
+                    string name;
+                    try
+                    {
+                        name = property.Name;
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        if (path.Length == 0) continue; // not a field of ours: ignored like any unknown field
+                        return path;
+                    }
+                    if (LoneSurrogateAt(property.Value, path.Length == 0 ? name : $"{path}.{name}") is { } at) return at;
+                }
+                return null;
+            default:
+                return null;
         }
     }
 

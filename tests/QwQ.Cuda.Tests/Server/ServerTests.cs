@@ -263,15 +263,60 @@ public class ServerTests
     [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", "messages[0].content[0]")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{}}]}""", "tools[0].function.name")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"a"}}],"tool_choice":{"type":"function","function":{"name":"b"}}}""", "tool_choice")]
+    // Unsupported, and the answer would silently differ from what was asked (no logprobs, no JSON mode).
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"logprobs":true}""", "logprobs")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_logprobs":2}""", "top_logprobs")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"}}""", "response_format")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}""", "response_format")]
+    // A client error in the history, not the server's: 400 naming it, not 500.
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"not json"}}]},{"role":"tool","content":"1"}]}""", "messages[1].tool_calls[0].function.arguments")]
     public async Task InvalidRequestsNameTheField(string body, string param)
     {
         using var r = await _http.PostAsync("v1/chat/completions", Json(body));
+        await AssertBadFieldAsync(r, param);
+    }
+
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"echo":true}""", "echo")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"logprobs":0}""", "logprobs")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"best_of":3}""", "best_of")]
+    [TestCase("""{"prompt":"Hi","max_tokens":1,"suffix":"end"}""", "suffix")]
+    [TestCase("""{"prompt":["Hi","there"]}""", "prompt")]
+    public async Task InvalidCompletionRequestsNameTheField(string body, string param)
+    {
+        using var r = await _http.PostAsync("v1/completions", Json(body));
+        await AssertBadFieldAsync(r, param);
+    }
+
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1,"logprobs":false,"top_logprobs":0,"response_format":{"type":"text"}}""")]
+    // Valid tool-call arguments in the history pass the check that refuses invalid ones.
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]},{"role":"tool","content":"1"}],"max_tokens":1}""")]
+    [TestCase("v1/completions", """{"prompt":"Hi","max_tokens":1,"echo":false,"logprobs":null,"best_of":1,"suffix":""}""")]
+    public async Task NeutralValuesOfUnsupportedFieldsAreAccepted(string path, string body)
+    {
+        using var r = await _http.PostAsync(path, Json(body));
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), await r.Content.ReadAsStringAsync());
+    }
+
+    private static async Task AssertBadFieldAsync(HttpResponseMessage r, string param)
+    {
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
         var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
         Assert.That(error.GetProperty("param").GetString(), Is.EqualTo(param));
         Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
         Assert.That(error.GetProperty("code").ValueKind, Is.EqualTo(JsonValueKind.Null));
         Assert.That(error.GetProperty("message").GetString(), Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    // Valid JSON but not text: a lone UTF-16 surrogate escape, as a client sends that cut an emoji in half.
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi \ud83d"}],"max_tokens":1}""", "messages[0].content")]
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":[{"type":"text","text":"\ude00"}]}],"max_tokens":1}""", "messages[0].content[0].text")]
+    [TestCase("v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f","description":"x\ud83d"}}],"max_tokens":1}""", "tools[0].function.description")]
+    [TestCase("v1/completions", """{"prompt":"a\udc80b","max_tokens":1}""", "prompt")]
+    [TestCase("v1/completions", """{"prompt":"ab","stop":["x","\ud83d"],"max_tokens":1}""", "stop[1]")]
+    public async Task LoneSurrogateInAStringIs400NamingTheField(string path, string body, string param)
+    {
+        using var r = await _http.PostAsync(path, Json(body));
+        await AssertBadFieldAsync(r, param);
     }
 
     [TestCase("{not json")]
@@ -282,6 +327,25 @@ public class ServerTests
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
         Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString(),
             Is.EqualTo("invalid_request_error"));
+    }
+
+    [Test]
+    public async Task WrongUrlOrMethodGetsAnErrorObject()
+    {
+        // The commonest client mistake: a base URL without /v1. OpenAI clients show the error object's message.
+        using (var r = await _http.PostAsync("chat/completions", Json("""{"messages":[{"role":"user","content":"Hi"}]}""")))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+            var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.That(error.GetProperty("message").GetString(), Does.Contain("POST /chat/completions").And.Contain("/v1"));
+            Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+        }
+        using (var r = await _http.GetAsync("v1/chat/completions"))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.MethodNotAllowed));
+            Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+                Does.Contain("GET").And.Contain("POST"));
+        }
     }
 
     [Test]
