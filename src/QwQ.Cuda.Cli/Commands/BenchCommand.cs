@@ -121,10 +121,13 @@ internal static class BenchCommand
     {
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var values = new int[parts.Length];
+        string expected = $"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048";
+        // At least one: the sequence is sized from the largest (an empty --prefill was an internal error there).
+        if (parts.Length == 0) throw new OptionException(expected);
         for (int i = 0; i < parts.Length; i++)
             // Bounded like a model's positions, so the context sized from them (largest + steps + 8) cannot overflow.
             if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1 || values[i] > ModelConfig.MaxPositions)
-                throw new OptionException($"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048");
+                throw new OptionException(expected);
         return values;
     }
 

@@ -116,6 +116,16 @@ public class CliTests
         AssertOneCleanError(r, 2, option, "expected positive integers up to 16777216");
     }
 
+    // An empty list (a variable that expanded to nothing) sized the sequence from no lengths: an internal error.
+    [TestCase("--prefill", "")]
+    [TestCase("--decode", " , ")]
+    [TestCase("--batch", "")]
+    public async Task BenchEmptyLengthListIsAUsageError(string option, string value)
+    {
+        var r = await Qwq("bench", option, value);
+        AssertOneCleanError(r, 2, $"{option} '{value}'", "e.g. 512,2048");
+    }
+
     [Test]
     public void BenchDecodeMixedReadsRowsOfDifferentContexts() =>
         Assert.That(BenchCommand.ParseMixed("32768+7x1024, 2x4096+512"),
