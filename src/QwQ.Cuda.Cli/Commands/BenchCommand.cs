@@ -6,6 +6,7 @@ using QwQ.Cuda.Benchmarking;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Sharding;
@@ -60,6 +61,9 @@ internal static class BenchCommand
         };
         command.SetAction(p =>
         {
+            // --synthetic has a default, so only one the user typed conflicts with --model (it was silently ignored).
+            if (p.GetValue(model) is not null && p.GetResult(synthetic) is { Implicit: false })
+                throw new OptionException("give either --model or --synthetic, not both");
             var settings = new BenchSettings
             {
                 PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
@@ -168,6 +172,13 @@ internal static class BenchCommand
         int? prefillChunk, int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, bool hopperPingPong, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
+        if (modelDir is not null)
+        {
+            // As generate, serve and info find it: a Hugging Face id in the local cache, the same message for a missing directory.
+            modelDir = ModelLocator.Resolve(modelDir, host.Environment);
+            if (!File.Exists(Path.Combine(modelDir, "config.json")))
+                throw new ConfigException($"{Path.Combine(modelDir, "config.json")} does not exist: the model directory needs the checkpoint's config.json");
+        }
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
         foreach (int[] rows in settings.MixedBatches) need = Math.Max(need, rows.Max() + settings.DecodeSteps + 8);

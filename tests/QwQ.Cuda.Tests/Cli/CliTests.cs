@@ -293,6 +293,43 @@ public class CliTests
         finally { Environment.SetEnvironmentVariable("HF_HUB_CACHE", null); }
     }
 
+    // bench read <DIR>/config.json itself: a missing directory was "Could not find a part of the path", a Hugging Face
+    // id was taken for a relative directory, and --synthetic beside --model was silently ignored.
+    [Test]
+    public async Task BenchMissingModelDirectoryIsNamedAsByTheOtherCommands()
+    {
+        var r = await Qwq("bench", "--model", "/no/such/model");
+        AssertOneCleanError(r, 1, "Model directory '/no/such/model' does not exist");
+    }
+
+    [Test]
+    public async Task BenchLooksUpAHuggingFaceIdInTheCache()
+    {
+        using var tmp = new TestModels.TempDir();
+        Environment.SetEnvironmentVariable("HF_HUB_CACHE", tmp.Path);
+        try
+        {
+            var r = await Qwq("bench", "--model", "Qwen/QwQ-32B");
+            AssertOneCleanError(r, 1, "Qwen/QwQ-32B", tmp.Path);
+        }
+        finally { Environment.SetEnvironmentVariable("HF_HUB_CACHE", null); }
+    }
+
+    [Test]
+    public async Task BenchDirectoryWithoutConfigJsonSaysWhatItNeeds()
+    {
+        using var tmp = new TestModels.TempDir();
+        var r = await Qwq("bench", "--model", tmp.Path);
+        AssertOneCleanError(r, 1, Path.Combine(tmp.Path, "config.json") + " does not exist");
+    }
+
+    [Test]
+    public async Task BenchModelAndSyntheticTogetherAreRejected()
+    {
+        var r = await Qwq("bench", "--model", TinyModelDir, "--synthetic", "qwq-32b-yarn");
+        AssertOneCleanError(r, 2, "either --model or --synthetic");
+    }
+
     [Test]
     public async Task DirectoryWithoutConfigJson()
     {
