@@ -22,7 +22,7 @@ internal static class BenchCommand
     public static Command Create(CliHost host)
     {
         var synthetic = new Option<string>("--synthetic") { Description = "Preset to benchmark with random weights", DefaultValueFactory = _ => "qwq-32b" };
-        var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
+        var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory (or a Hugging Face id in the local HF cache) instead of synthetic weights", HelpName = "DIR|HF_ID" };
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated (lengths past what a sequence holds here are named and skipped)", DefaultValueFactory = _ => "512,2048,16384,32768" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated (contexts past what a sequence holds here, steps included, are named and skipped; 131008: the 64 steps end at position 131072)", DefaultValueFactory = _ => "1024,16384,32768,65536,131008" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
