@@ -701,6 +701,28 @@ public class CliTests
         Assert.That(done[1].GetProperty("usage").GetProperty("cached_prompt_tokens").GetInt32(), Is.GreaterThan(5));
     }
 
+    // `qwq chat < questions.txt > answers.txt` wrote a "> " prompt per line into the answers (as text output, not --json).
+    [Test]
+    public async Task ChatFromPipedInputWritesOnlyTheAnswersToStdout()
+    {
+        var r = await QwqWithInput("Hello\n\n/reset\nAgain\n", "chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "3", "--hide-reasoning");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Not.Contain(">"), "no prompts in stdout");
+        Assert.That(r.Err, Does.Not.Contain("> "), "and none on stderr: nobody types at a pipe");
+    }
+
+    [Test]
+    public async Task ChatPromptsATypingUserOnStderr()
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        var host = new CliHost(o, e, new StringReader("Hello\n"), interactiveInput: true);
+        int code = await Program.RunAsync(["chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "3", "--hide-reasoning"], host, default);
+        Assert.That(code, Is.Zero, e.ToString());
+        Assert.That(o.ToString(), Does.Not.Contain(">"), "stdout holds the answers only, also when redirected");
+        Assert.That(e.ToString().Split('\n').Count(l => l.StartsWith("> ", StringComparison.Ordinal)), Is.EqualTo(2), e.ToString());
+    }
+
     [Test]
     public async Task ChatReportsAnOverlongTurnAndContinues()
     {
