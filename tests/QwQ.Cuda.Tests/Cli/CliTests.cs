@@ -219,6 +219,30 @@ public class CliTests
         Assert.That(InfoCommand.PerTokenSize(135_168), Is.EqualTo("132 KiB"));  // fp8 K and V with scales, 64 layers
     }
 
+    // info took --tokenizer (its help lists it) and ignored it: the row always looked in the model directory.
+    [Test]
+    public async Task InfoLooksForTheTokenizerWhereTokenizerSays()
+    {
+        using var tmp = new TestModels.TempDir();
+        string weightsOnly = tmp.Combine("weights"), tokenizerOnly = tmp.Combine("tokenizer");
+        Directory.CreateDirectory(weightsOnly);
+        Directory.CreateDirectory(tokenizerOnly);
+        string chat = TestModels.GoldenModelDir("tiny-chat");
+        File.Copy(Path.Combine(chat, "config.json"), Path.Combine(weightsOnly, "config.json"));
+        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" })
+            File.Copy(Path.Combine(chat, f), Path.Combine(tokenizerOnly, f));
+
+        var found = await Qwq("info", "--model", weightsOnly, "--tokenizer", tokenizerOnly);
+        Assert.That(found.ExitCode, Is.Zero, found.Err);
+        Assert.That(found.Out, Does.Contain(Path.Combine(tokenizerOnly, "tokenizer.json")));
+        var json = await Qwq("info", "--model", weightsOnly, "--tokenizer", tokenizerOnly, "--json");
+        Assert.That(JsonDocument.Parse(json.Out).RootElement.GetProperty("tokenizer").GetBoolean(), Is.True);
+
+        var missing = await Qwq("info", "--model", chat, "--tokenizer", weightsOnly);
+        Assert.That(missing.ExitCode, Is.Zero, missing.Err);
+        Assert.That(missing.Out, Does.Contain($"none in {weightsOnly}"));
+    }
+
     [Test]
     public async Task MissingModelSaysHowToGiveOne()
     {
