@@ -413,6 +413,23 @@ public class CliTests
         AssertOneCleanError(r, 1, "model.layers.1.mlp.up_proj.weight");
     }
 
+    // A checkpoint with NaN weights made every logit NaN; the message blamed logit_bias (which generate has no option
+    // for) and exited 2, a usage error. It is the model's output: exit 1, and say so.
+    [Test]
+    public async Task NanWeightsAreReportedAsTheModelsOutputNotAsLogitBias()
+    {
+        using var tmp = new TestModels.TempDir();
+        string configJson = TestModels.ConfigJson(maxPositions: 512);
+        TestModels.WriteModelDir(tmp.Path, configJson);
+        var config = ModelConfig.Parse(configJson, "config.json");
+        var weights = Model.Reference.CpuWeights.Random(config, 7);
+        Array.Fill(weights.FinalNorm, float.NaN);
+        TestModels.WriteSafetensors(tmp.Combine("model.safetensors"), config, weights);
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "NaN", "weights");
+        Assert.That(r.Err, Does.Not.Contain("logit_bias"));
+    }
+
     [Test]
     public async Task TokenizerThatDoesNotFitTheVocabulary()
     {
