@@ -100,11 +100,22 @@ public class CliTests
     [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
     [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, CublasLtTuned, got 'cutlass'")]
     [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
+    [TestCase("generate", "--backend", "gpu", "--backend expects one of cuda, cpu, got 'gpu'")]          // was "Argument 'gpu' not recognized", the names on tab-indented lines
+    [TestCase("generate", "--rope-scaling", "yarn", "--rope-scaling expects one of adaptive, static, off, got 'yarn'")]
     public async Task ParseErrorsSayWhatWasExpected(string command, string option, string value, string message)
     {
         var r = await Qwq(command == "generate" ? [command, "--model", "x", "--prompt", "hi", option, value] : [command, option, value]);
         AssertOneCleanError(r, 2, message);
         Assert.That(r.Err, Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    // --kv-cache FP8 and --quantize INT4 were taken, --backend CPU was refused.
+    [Test]
+    public async Task BackendNamesAreCaseInsensitiveLikeTheOtherChoices()
+    {
+        var r = await Qwq("generate", "--model", TinyModelDir, "--backend", "CPU", "--rope-scaling", "Off", "--prompt", "Hello", "--max-tokens", "2");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Err, Does.Contain("generated 2 tok"));
     }
 
     [TestCase("--prefill", "2147483647")]
