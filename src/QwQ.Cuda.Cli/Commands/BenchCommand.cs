@@ -179,6 +179,15 @@ internal static class BenchCommand
             if (!File.Exists(Path.Combine(modelDir, "config.json")))
                 throw new ConfigException($"{Path.Combine(modelDir, "config.json")} does not exist: the model directory needs the checkpoint's config.json");
         }
+        // Made now, not when the results are written after the whole run (where a failure was an internal error).
+        if (outDir is not null)
+        {
+            try { Directory.CreateDirectory(outDir); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new OptionException($"--out {outDir} cannot be made a directory ({e.Message}); give a directory the results can be written to");
+            }
+        }
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
         foreach (int[] rows in settings.MixedBatches) need = Math.Max(need, rows.Max() + settings.DecodeSteps + 8);

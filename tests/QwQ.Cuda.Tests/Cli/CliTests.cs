@@ -137,6 +137,17 @@ public class CliTests
         AssertOneCleanError(r, 2, $"{option} '{value}'", "e.g. 512,2048");
     }
 
+    // An --out that cannot be made was found only when the results were written, after the whole run: an internal error.
+    [Test]
+    public async Task BenchOutDirectoryIsCheckedBeforeAnythingLoads()
+    {
+        using var tmp = new TestModels.TempDir();
+        string file = tmp.Combine("a-file");
+        File.WriteAllText(file, "");
+        var r = await Qwq("bench", "--out", Path.Combine(file, "results"));
+        AssertOneCleanError(r, 2, "--out", Path.Combine(file, "results"));
+    }
+
     [Test]
     public void BenchDecodeMixedReadsRowsOfDifferentContexts() =>
         Assert.That(BenchCommand.ParseMixed("32768+7x1024, 2x4096+512"),
