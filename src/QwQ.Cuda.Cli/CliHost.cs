@@ -10,8 +10,10 @@ internal sealed class CliHost
 {
     private CancellationTokenSource _operation = new();
 
-    public CliHost(TextWriter stdout, TextWriter stderr, TextReader? stdin = null, bool terminal = false, Func<string, string?>? environment = null)
+    public CliHost(TextWriter stdout, TextWriter stderr, TextReader? stdin = null, bool terminal = false, Func<string, string?>? environment = null,
+        bool interactiveInput = false)
     {
+        InteractiveInput = interactiveInput;
         // Every write to stdout goes through StandardOutput, so a closed or full stdout stops the command cleanly.
         Out = stdout as StandardOutput ?? new StandardOutput(stdout);
         Error = stderr;
@@ -28,6 +30,9 @@ internal sealed class CliHost
 
     /// <summary>stdout and stderr are an interactive terminal (not redirected).</summary>
     public bool Terminal { get; }
+
+    /// <summary>Standard input is a terminal: someone types there, so a REPL prompts them (not when it reads a pipe or file).</summary>
+    public bool InteractiveInput { get; }
 
     /// <summary>Write ANSI styles (terminal, and NO_COLOR unset).</summary>
     public bool Colors { get; }

@@ -29,7 +29,7 @@ internal sealed class ModelSourceOptions
         HelpName = "DIR",
     };
 
-    public readonly Option<string> Backend = new("--backend")
+    public readonly Option<string?> Backend = new("--backend")
     {
         Description = "cuda: the GPU engine; cpu: the float32 reference (small models only)",
         DefaultValueFactory = _ => "cuda",
@@ -73,13 +73,13 @@ internal sealed class ModelSourceOptions
 
     public ModelSourceOptions(bool withBackend = true)
     {
-        Backend.AcceptOnlyFromAmong("cuda", "cpu");
+        TypedOptions.AcceptOnly(Backend, "cuda", "cpu");
         MaxContext.HelpName = "N";
         TensorParallel.HelpName = "N";
         AllReduce.HelpName = "custom|nccl";
         KvCache.HelpName = "bf16|fp8";
         Fp8PrefillCopy.HelpName = "auto|keep|untile";
-        RopeScaling.AcceptOnlyFromAmong("adaptive", "static", "off");
+        TypedOptions.AcceptOnly(RopeScaling, "adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
         RopeSwitchMethod.HelpName = "recompute|rerotate";
         WithBackend = withBackend;

@@ -27,7 +27,7 @@ public static class Program
     {
         Console.OutputEncoding = System.Text.Encoding.UTF8;
         bool terminal = !Console.IsOutputRedirected && !Console.IsErrorRedirected;
-        var host = new CliHost(StandardOutput.Open(), Console.Error, Console.In, terminal);
+        var host = new CliHost(StandardOutput.Open(), Console.Error, Console.In, terminal, interactiveInput: !Console.IsInputRedirected);
         using var process = new CancellationTokenSource();
         // Ctrl+C cancels the running load or generation (the chat REPL then continues); with nothing running it exits.
         Console.CancelKeyPress += (_, e) =>

@@ -46,6 +46,23 @@ internal static class TypedOptions
         return option;
     }
 
+    /// <summary>
+    /// Restricts a text option to <paramref name="values"/>, any case, as <see cref="OneOf{T}"/> does for enum names
+    /// (System.CommandLine's AcceptOnlyFromAmong refused "CPU" and said "Argument 'gpu' not recognized" without the
+    /// option's name, the choices on tab-indented lines). The value comes back spelled as in <paramref name="values"/>.
+    /// </summary>
+    public static void AcceptOnly(Option<string?> option, params string[] values)
+    {
+        option.HelpName = string.Join('|', values);
+        option.CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
+            string? match = values.FirstOrDefault(v => string.Equals(v, text, StringComparison.OrdinalIgnoreCase));
+            if (match is null) r.AddError($"{option.Name} expects one of {string.Join(", ", values)}, got '{text}'");
+            return match;
+        };
+    }
+
     private static Option<T?> Create<T>(string name, string[] aliases, string description, NumberStyles styles, string expects)
         where T : struct, INumberBase<T>
     {

@@ -6,6 +6,7 @@ using QwQ.Cuda.Benchmarking;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Kernels;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Sharding;
@@ -21,7 +22,7 @@ internal static class BenchCommand
     public static Command Create(CliHost host)
     {
         var synthetic = new Option<string>("--synthetic") { Description = "Preset to benchmark with random weights", DefaultValueFactory = _ => "qwq-32b" };
-        var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory instead of synthetic weights" };
+        var model = new Option<string?>("--model", "-m") { Description = "Benchmark a checkpoint directory (or a Hugging Face id in the local HF cache) instead of synthetic weights", HelpName = "DIR|HF_ID" };
         var prefill = new Option<string>("--prefill") { Description = "Prompt lengths to prefill, comma-separated (lengths past what a sequence holds here are named and skipped)", DefaultValueFactory = _ => "512,2048,16384,32768" };
         var decode = new Option<string>("--decode") { Description = "Contexts to decode at, comma-separated (contexts past what a sequence holds here, steps included, are named and skipped; 131008: the 64 steps end at position 131072)", DefaultValueFactory = _ => "1024,16384,32768,65536,131008" };
         var batch = new Option<string?>("--batch") { Description = "Also decode this many sequences at once at each --decode context, comma-separated (e.g. 1,8,32,64): aggregate tok/s against the floor" };
@@ -60,6 +61,9 @@ internal static class BenchCommand
         };
         command.SetAction(p =>
         {
+            // --synthetic has a default, so only one the user typed conflicts with --model (it was silently ignored).
+            if (p.GetValue(model) is not null && p.GetResult(synthetic) is { Implicit: false })
+                throw new OptionException("give either --model or --synthetic, not both");
             var settings = new BenchSettings
             {
                 PrefillLengths = ParseList(p.GetValue(prefill)!, "--prefill"),
@@ -121,10 +125,13 @@ internal static class BenchCommand
     {
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var values = new int[parts.Length];
+        string expected = $"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048";
+        // At least one: the sequence is sized from the largest (an empty --prefill was an internal error there).
+        if (parts.Length == 0) throw new OptionException(expected);
         for (int i = 0; i < parts.Length; i++)
             // Bounded like a model's positions, so the context sized from them (largest + steps + 8) cannot overflow.
             if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < 1 || values[i] > ModelConfig.MaxPositions)
-                throw new OptionException($"{option} '{text}': expected positive integers up to {ModelConfig.MaxPositions} separated by commas, e.g. 512,2048");
+                throw new OptionException(expected);
         return values;
     }
 
@@ -165,6 +172,22 @@ internal static class BenchCommand
         int? prefillChunk, int? decodeBlocksPerSm, QuantizeMode quantize, int tensorParallel, KvCacheKind kvCache, AllReduceKind allReduce, bool programmaticLaunch, bool hopperAttention, bool hopperTma, bool hopperPingPong, Fp8PrefillGemm fp8Prefill, Fp8PrefillCopy fp8Copy,
         RopeSwitchMethod switchMethod)
     {
+        if (modelDir is not null)
+        {
+            // As generate, serve and info find it: a Hugging Face id in the local cache, the same message for a missing directory.
+            modelDir = ModelLocator.Resolve(modelDir, host.Environment);
+            if (!File.Exists(Path.Combine(modelDir, "config.json")))
+                throw new ConfigException($"{Path.Combine(modelDir, "config.json")} does not exist: the model directory needs the checkpoint's config.json");
+        }
+        // Made now, not when the results are written after the whole run (where a failure was an internal error).
+        if (outDir is not null)
+        {
+            try { Directory.CreateDirectory(outDir); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new OptionException($"--out {outDir} cannot be made a directory ({e.Message}); give a directory the results can be written to");
+            }
+        }
         ModelConfig config = modelDir is null ? ModelPresets.Get(preset) : ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         int need = Math.Max(settings.PrefillLengths.Max(), settings.DecodeContexts.Max() + settings.DecodeSteps) + 8;
         foreach (int[] rows in settings.MixedBatches) need = Math.Max(need, rows.Max() + settings.DecodeSteps + 8);

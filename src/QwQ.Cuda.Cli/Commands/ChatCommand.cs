@@ -60,8 +60,13 @@ internal static class ChatCommand
 
             while (!ct.IsCancellationRequested)
             {
-                if (!json) host.Out.Write(host.Bold("> "));
                 host.Out.Flush();
+                // Only for someone typing, and on stderr as Python's REPL does: stdout (`> answers.txt`) holds the answers alone.
+                if (!json && host.InteractiveInput)
+                {
+                    host.Error.Write(host.Bold("> "));
+                    host.Error.Flush();
+                }
                 string? line = await host.In.ReadLineAsync(ct);
                 if (line is null) break;
                 line = line.Trim();

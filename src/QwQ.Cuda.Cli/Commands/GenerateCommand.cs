@@ -41,18 +41,24 @@ internal static class GenerateCommand
         OutputCliOptions output, Option<string?> promptOption, Option<string?> fileOption, Option<string?> systemOption, CancellationToken ct)
     {
         // Everything that can be checked without the model is checked before a possibly long load.
-        string text = (p.GetValue(promptOption), p.GetValue(fileOption)) switch
+        string? file = p.GetValue(fileOption), prompt = p.GetValue(promptOption);
+        string text = (prompt, file) switch
         {
             (not null, not null) => throw new OptionException("give either --prompt or --file, not both"),
             (null, null) => throw new OptionException("no prompt: pass --prompt \"...\", --file FILE, or --prompt - to read standard input"),
-            (null, string path) => File.Exists(path)
+            (null, string path) => Directory.Exists(path)
+                ? throw new QwqException($"The prompt file '{path}' is a directory; pass a text file holding the prompt.")
+                : File.Exists(path)
                 ? await File.ReadAllTextAsync(path, ct)
                 : throw new QwqException($"The prompt file '{path}' does not exist."),
             ("-", null) => await host.In.ReadToEndAsync(ct),
             (string s, null) => s,
         };
+        // The message names where the prompt came from: the user may not know the file or the pipe was empty.
         if (string.IsNullOrWhiteSpace(text))
-            throw new OptionException("the prompt is empty: pass --prompt with some text");
+            throw new OptionException(file is not null ? $"the prompt file '{file}' is empty: write the prompt in it, or pass --prompt \"...\""
+                : prompt == "-" ? "standard input is empty: pipe the prompt in (echo \"...\" | qwq generate --prompt - ...), or pass --prompt \"...\""
+                : "the prompt is empty: pass --prompt with some text");
         var (model, _) = source.Source(p);
         var modelOptions = source.Bind(p);
         sampling.Bind(p, Sampling.SamplingOptions.FromGenerationConfig());

@@ -60,7 +60,7 @@ internal static class InfoCommand
             {
                 Device = p.GetValue(device), TensorParallel = p.GetValue(tensorParallel), KvCache = p.GetValue(source.KvCache),
             };
-            Run(host, model, synthetic, engine, p.GetValue(json), cards);
+            Run(host, model, synthetic, engine, p.GetValue(json), cards, modelOptions.TokenizerPath);
             return ExitCodes.Ok;
         });
         return command;
@@ -96,7 +96,8 @@ internal static class InfoCommand
         return cards;
     }
 
-    internal static void Run(CliHost host, string? model, string? synthetic, EngineOptions engine, bool json, IReadOnlyList<CardSize>? cards = null)
+    internal static void Run(CliHost host, string? model, string? synthetic, EngineOptions engine, bool json, IReadOnlyList<CardSize>? cards = null,
+        string? tokenizerDir = null)
     {
         ModelConfig config;
         string sourceText;
@@ -118,7 +119,8 @@ internal static class InfoCommand
 
         if (TensorParallelPlan.Check(config, engine.TensorParallel) is { } tpError) throw new OptionException(tpError);
         var weights = dir is null ? (Files: 0, Bytes: 0L) : FindWeights(dir);
-        bool tokenizer = dir is not null && File.Exists(Path.Combine(dir, "tokenizer.json"));
+        // Where a load would read it: --tokenizer, else the model directory.
+        bool tokenizer = (tokenizerDir ?? dir) is { } tokenizerAt && File.Exists(Path.Combine(tokenizerAt, "tokenizer.json"));
 
         // The plan: for the cards asked about; else on this GPU when there is one, else for an H100 80GB. Each table is
         // the engine's own plan per weight kind, so the numbers are what a load on that device would pick.
@@ -146,7 +148,7 @@ internal static class InfoCommand
                 MemoryTable.ForFreeBytes(config, H100FreeBytes, engine)));
         }
 
-        var info = new Info(config, sourceText, weights, tokenizer, gpu, noGpuReason, cards, devices, engine.ReserveBytes, engine.KvCache);
+        var info = new Info(config, sourceText, weights, tokenizer, tokenizerDir, gpu, noGpuReason, cards, devices, engine.ReserveBytes, engine.KvCache);
         if (json) WriteJson(host, info);
         else WriteText(host, info);
     }
@@ -154,7 +156,7 @@ internal static class InfoCommand
     /// <summary>"2 × " before a card's name when the model is split over several (the figures are per card).</summary>
     private static string Cards(EngineOptions engine) => engine.TensorParallel > 1 ? $"{engine.TensorParallel} × " : "";
 
-    private sealed record Info(ModelConfig Config, string Source, (int Files, long Bytes) Weights, bool Tokenizer, bool Gpu, string NoGpuReason,
+    private sealed record Info(ModelConfig Config, string Source, (int Files, long Bytes) Weights, bool Tokenizer, string? TokenizerDir, bool Gpu, string NoGpuReason,
         IReadOnlyList<CardSize>? Cards, IReadOnlyList<PlannedDevice> Devices, long ReserveBytes, KvCacheKind KvCache)
     {
         /// <summary>Planned for --gpu-memory's cards rather than the present device.</summary>
@@ -197,7 +199,13 @@ internal static class InfoCommand
         if (!source.StartsWith("preset", StringComparison.Ordinal))
         {
             Row(o, "checkpoint files", weights.Files == 0 ? "no *.safetensors (config only)" : Invariant($"{weights.Files} safetensors, {Gb(weights.Bytes)}"));
-            Row(o, "tokenizer", info.Tokenizer ? "tokenizer.json" : "none in the model directory");
+            Row(o, "tokenizer", (info.Tokenizer, info.TokenizerDir) switch
+            {
+                (true, null) => "tokenizer.json",
+                (true, string t) => Path.Combine(t, "tokenizer.json"),
+                (false, null) => "none in the model directory",
+                (false, string t) => $"none in {t}",
+            });
         }
         o.WriteLine();
         o.WriteLine(host.Bold("Memory plan"));

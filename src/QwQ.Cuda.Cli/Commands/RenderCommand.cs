@@ -46,7 +46,7 @@ public static class RenderCommand
             if (root.ValueKind == JsonValueKind.Object)
             {
                 if (!root.TryGetProperty("messages", out messagesEl))
-                    throw new QwqException($"Messages file '{messagesFile}' must hold a JSON array, or an object with a \"messages\" array.");
+                    throw new QwqException($"{Named(messagesFile, "messages")} must hold a JSON array, or an object with a \"messages\" array.");
                 if (root.TryGetProperty("tools", out var t) && t.ValueKind != JsonValueKind.Null)
                     toolList = ChatTemplate.ParseTools(t);
             }
@@ -85,6 +85,7 @@ public static class RenderCommand
     {
         string text;
         if (path == "-") text = stdin.ReadToEnd();
+        else if (Directory.Exists(path)) throw new QwqException($"The {what} file '{path}' is a directory; pass a JSON file.");
         else if (!File.Exists(path)) throw new QwqException($"The {what} file '{path}' does not exist.");
         else text = File.ReadAllText(path);
         try
@@ -93,7 +94,10 @@ public static class RenderCommand
         }
         catch (JsonException e)
         {
-            throw new QwqException($"The {what} file '{path}' is not valid JSON: {e.Message}", e);
+            throw new QwqException($"{Named(path, what)} is not valid JSON: {e.Message}", e);
         }
     }
+
+    /// <summary>Where the JSON came from, for messages: "-" is standard input, not a file named '-'.</summary>
+    private static string Named(string path, string what) => path == "-" ? $"standard input (--{what} -)" : $"The {what} file '{path}'";
 }

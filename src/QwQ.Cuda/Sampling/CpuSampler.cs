@@ -85,6 +85,21 @@ public sealed class CpuSampler
         return Select(logits, options, step, weights);
     }
 
+    /// <summary>
+    /// Why no token is left: the caller's logit_bias removed the last ones (an option error), or the model gave no
+    /// usable logit at all (NaN weights in a corrupt checkpoint, or an overflow): then the bias is not what to change.
+    /// </summary>
+    private QwqException NothingToSample(ReadOnlySpan<float> logits)
+    {
+        foreach (float x in logits[..validVocab])
+            if (!float.IsNaN(x) && !float.IsNegativeInfinity(x))
+                return new OptionException(
+                    $"no token can be sampled: after logit_bias and penalties all {validVocab} logits are -infinity (or NaN); remove some -infinity logit_bias entries.");
+        return new QwqException(
+            $"no token can be sampled: the model's logits are NaN or -infinity for all {validVocab} tokens; its weights hold NaN or " +
+            "infinity (a corrupt checkpoint?) or the computation overflowed.");
+    }
+
     // Hot loops index arrays and a pinned pointer rather than spans: the test suite runs Debug builds, where span
     // indexers are calls.
     private unsafe int Select(ReadOnlySpan<float> logits, SamplingOptions o, long step, Span<ulong> weights)
@@ -127,8 +142,7 @@ public sealed class CpuSampler
         }
         // Every logit -inf (or NaN): any pick would be arbitrary (it was id 0), and the caller would not know.
         if (float.IsNegativeInfinity(best))
-            throw new OptionException(
-                $"no token can be sampled: after logit_bias and penalties all {validVocab} logits are -infinity (or NaN); remove some -infinity logit_bias entries.");
+            throw NothingToSample(logits);
         if (greedy)
         {
             if (!weights.IsEmpty) weights[bestId] = 1;

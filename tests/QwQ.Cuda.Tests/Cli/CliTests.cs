@@ -100,11 +100,22 @@ public class CliTests
     [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
     [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, CublasLtTuned, got 'cutlass'")]
     [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
+    [TestCase("generate", "--backend", "gpu", "--backend expects one of cuda, cpu, got 'gpu'")]          // was "Argument 'gpu' not recognized", the names on tab-indented lines
+    [TestCase("generate", "--rope-scaling", "yarn", "--rope-scaling expects one of adaptive, static, off, got 'yarn'")]
     public async Task ParseErrorsSayWhatWasExpected(string command, string option, string value, string message)
     {
         var r = await Qwq(command == "generate" ? [command, "--model", "x", "--prompt", "hi", option, value] : [command, option, value]);
         AssertOneCleanError(r, 2, message);
         Assert.That(r.Err, Does.Not.Contain("System."), "no .NET type names");
+    }
+
+    // --kv-cache FP8 and --quantize INT4 were taken, --backend CPU was refused.
+    [Test]
+    public async Task BackendNamesAreCaseInsensitiveLikeTheOtherChoices()
+    {
+        var r = await Qwq("generate", "--model", TinyModelDir, "--backend", "CPU", "--rope-scaling", "Off", "--prompt", "Hello", "--max-tokens", "2");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Err, Does.Contain("generated 2 tok"));
     }
 
     [TestCase("--prefill", "2147483647")]
@@ -114,6 +125,27 @@ public class CliTests
     {
         var r = await Qwq("bench", option, value);
         AssertOneCleanError(r, 2, option, "expected positive integers up to 16777216");
+    }
+
+    // An empty list (a variable that expanded to nothing) sized the sequence from no lengths: an internal error.
+    [TestCase("--prefill", "")]
+    [TestCase("--decode", " , ")]
+    [TestCase("--batch", "")]
+    public async Task BenchEmptyLengthListIsAUsageError(string option, string value)
+    {
+        var r = await Qwq("bench", option, value);
+        AssertOneCleanError(r, 2, $"{option} '{value}'", "e.g. 512,2048");
+    }
+
+    // An --out that cannot be made was found only when the results were written, after the whole run: an internal error.
+    [Test]
+    public async Task BenchOutDirectoryIsCheckedBeforeAnythingLoads()
+    {
+        using var tmp = new TestModels.TempDir();
+        string file = tmp.Combine("a-file");
+        File.WriteAllText(file, "");
+        var r = await Qwq("bench", "--out", Path.Combine(file, "results"));
+        AssertOneCleanError(r, 2, "--out", Path.Combine(file, "results"));
     }
 
     [Test]
@@ -209,6 +241,30 @@ public class CliTests
         Assert.That(InfoCommand.PerTokenSize(135_168), Is.EqualTo("132 KiB"));  // fp8 K and V with scales, 64 layers
     }
 
+    // info took --tokenizer (its help lists it) and ignored it: the row always looked in the model directory.
+    [Test]
+    public async Task InfoLooksForTheTokenizerWhereTokenizerSays()
+    {
+        using var tmp = new TestModels.TempDir();
+        string weightsOnly = tmp.Combine("weights"), tokenizerOnly = tmp.Combine("tokenizer");
+        Directory.CreateDirectory(weightsOnly);
+        Directory.CreateDirectory(tokenizerOnly);
+        string chat = TestModels.GoldenModelDir("tiny-chat");
+        File.Copy(Path.Combine(chat, "config.json"), Path.Combine(weightsOnly, "config.json"));
+        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" })
+            File.Copy(Path.Combine(chat, f), Path.Combine(tokenizerOnly, f));
+
+        var found = await Qwq("info", "--model", weightsOnly, "--tokenizer", tokenizerOnly);
+        Assert.That(found.ExitCode, Is.Zero, found.Err);
+        Assert.That(found.Out, Does.Contain(Path.Combine(tokenizerOnly, "tokenizer.json")));
+        var json = await Qwq("info", "--model", weightsOnly, "--tokenizer", tokenizerOnly, "--json");
+        Assert.That(JsonDocument.Parse(json.Out).RootElement.GetProperty("tokenizer").GetBoolean(), Is.True);
+
+        var missing = await Qwq("info", "--model", chat, "--tokenizer", weightsOnly);
+        Assert.That(missing.ExitCode, Is.Zero, missing.Err);
+        Assert.That(missing.Out, Does.Contain($"none in {weightsOnly}"));
+    }
+
     [Test]
     public async Task MissingModelSaysHowToGiveOne()
     {
@@ -283,6 +339,43 @@ public class CliTests
         finally { Environment.SetEnvironmentVariable("HF_HUB_CACHE", null); }
     }
 
+    // bench read <DIR>/config.json itself: a missing directory was "Could not find a part of the path", a Hugging Face
+    // id was taken for a relative directory, and --synthetic beside --model was silently ignored.
+    [Test]
+    public async Task BenchMissingModelDirectoryIsNamedAsByTheOtherCommands()
+    {
+        var r = await Qwq("bench", "--model", "/no/such/model");
+        AssertOneCleanError(r, 1, "Model directory '/no/such/model' does not exist");
+    }
+
+    [Test]
+    public async Task BenchLooksUpAHuggingFaceIdInTheCache()
+    {
+        using var tmp = new TestModels.TempDir();
+        Environment.SetEnvironmentVariable("HF_HUB_CACHE", tmp.Path);
+        try
+        {
+            var r = await Qwq("bench", "--model", "Qwen/QwQ-32B");
+            AssertOneCleanError(r, 1, "Qwen/QwQ-32B", tmp.Path);
+        }
+        finally { Environment.SetEnvironmentVariable("HF_HUB_CACHE", null); }
+    }
+
+    [Test]
+    public async Task BenchDirectoryWithoutConfigJsonSaysWhatItNeeds()
+    {
+        using var tmp = new TestModels.TempDir();
+        var r = await Qwq("bench", "--model", tmp.Path);
+        AssertOneCleanError(r, 1, Path.Combine(tmp.Path, "config.json") + " does not exist");
+    }
+
+    [Test]
+    public async Task BenchModelAndSyntheticTogetherAreRejected()
+    {
+        var r = await Qwq("bench", "--model", TinyModelDir, "--synthetic", "qwq-32b-yarn");
+        AssertOneCleanError(r, 2, "either --model or --synthetic");
+    }
+
     [Test]
     public async Task DirectoryWithoutConfigJson()
     {
@@ -340,6 +433,23 @@ public class CliTests
         TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson(), skipTensor: "model.layers.1.mlp.up_proj.weight");
         var r = await Qwq(Gen(tmp.Path));
         AssertOneCleanError(r, 1, "model.layers.1.mlp.up_proj.weight");
+    }
+
+    // A checkpoint with NaN weights made every logit NaN; the message blamed logit_bias (which generate has no option
+    // for) and exited 2, a usage error. It is the model's output: exit 1, and say so.
+    [Test]
+    public async Task NanWeightsAreReportedAsTheModelsOutputNotAsLogitBias()
+    {
+        using var tmp = new TestModels.TempDir();
+        string configJson = TestModels.ConfigJson(maxPositions: 512);
+        TestModels.WriteModelDir(tmp.Path, configJson);
+        var config = ModelConfig.Parse(configJson, "config.json");
+        var weights = Model.Reference.CpuWeights.Random(config, 7);
+        Array.Fill(weights.FinalNorm, float.NaN);
+        TestModels.WriteSafetensors(tmp.Combine("model.safetensors"), config, weights);
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "NaN", "weights");
+        Assert.That(r.Err, Does.Not.Contain("logit_bias"));
     }
 
     [Test]
@@ -652,6 +762,28 @@ public class CliTests
             .Where(e => e.GetProperty("type").GetString() == "done").ToList();
         Assert.That(done, Has.Count.EqualTo(2));
         Assert.That(done[1].GetProperty("usage").GetProperty("cached_prompt_tokens").GetInt32(), Is.GreaterThan(5));
+    }
+
+    // `qwq chat < questions.txt > answers.txt` wrote a "> " prompt per line into the answers (as text output, not --json).
+    [Test]
+    public async Task ChatFromPipedInputWritesOnlyTheAnswersToStdout()
+    {
+        var r = await QwqWithInput("Hello\n\n/reset\nAgain\n", "chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "3", "--hide-reasoning");
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(r.Out, Does.Not.Contain(">"), "no prompts in stdout");
+        Assert.That(r.Err, Does.Not.Contain("> "), "and none on stderr: nobody types at a pipe");
+    }
+
+    [Test]
+    public async Task ChatPromptsATypingUserOnStderr()
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        var host = new CliHost(o, e, new StringReader("Hello\n"), interactiveInput: true);
+        int code = await Program.RunAsync(["chat", "--model", TinyModelDir, "--backend", "cpu", "--temperature", "0", "--max-tokens", "3", "--hide-reasoning"], host, default);
+        Assert.That(code, Is.Zero, e.ToString());
+        Assert.That(o.ToString(), Does.Not.Contain(">"), "stdout holds the answers only, also when redirected");
+        Assert.That(e.ToString().Split('\n').Count(l => l.StartsWith("> ", StringComparison.Ordinal)), Is.EqualTo(2), e.ToString());
     }
 
     [Test]

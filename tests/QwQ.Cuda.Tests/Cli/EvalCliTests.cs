@@ -160,6 +160,24 @@ public class EvalCliTests
         Assert.That((missing.ExitCode, missing.Err.Contains("nope.txt")), Is.EqualTo((1, true)));
     }
 
+    // A directory passed as -f was "does not exist"; an empty file or an empty stdin said "pass --prompt with some text",
+    // naming neither the file nor stdin the user gave.
+    [TestCase("dir", 1, "is a directory")]
+    [TestCase("empty", 2, "is empty")]
+    [TestCase("stdin", 2, "standard input is empty")]
+    public async Task GeneratesPromptSourceIsNamedWhenItHoldsNoPrompt(string source, int exitCode, string message)
+    {
+        string file = _tmp.Combine("prompt.txt");
+        if (source == "dir") Directory.CreateDirectory(file);
+        else File.WriteAllText(file, " \n");
+        string[] args = ["generate", "--model", TinyChat, "--backend", "cpu", "--max-tokens", "4", .. source == "stdin" ? new[] { "--prompt", "-" } : ["-f", file]];
+        var r = await QwqWithInput(" \n", args);
+        Assert.That(r.ExitCode, Is.EqualTo(exitCode), r.Err);
+        Assert.That(r.Err, Does.Contain(message));
+        if (source != "stdin") Assert.That(r.Err, Does.Contain(file));
+        Assert.That(r.Err, Does.Not.Contain("   at "));
+    }
+
     private static int PromptTokens(string jsonLines)
     {
         foreach (var line in jsonLines.Split('\n', StringSplitOptions.RemoveEmptyEntries).Reverse())

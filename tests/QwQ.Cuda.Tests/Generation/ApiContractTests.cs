@@ -53,6 +53,19 @@ public class ApiContractTests
     }
 
     [Test]
+    public void SamplerGivenNoFiniteLogitByTheModelBlamesTheModel()
+    {
+        var sampler = new CpuSampler(16, 12, defaultSeed: 1);
+        var nan = Enumerable.Repeat(float.NaN, 16).ToArray();
+        foreach (var options in new[] { new SamplingOptions(), new SamplingOptions { Temperature = 0 } })
+        {
+            var e = Assert.Throws<QwqException>(() => sampler.Sample(nan, options, 0))!;
+            Assert.That(e, Is.Not.InstanceOf<OptionException>(), "not the caller's options");
+            Assert.That(e.Message, Does.Contain("no token can be sampled").And.Contain("NaN").And.Not.Contain("logit_bias"));
+        }
+    }
+
+    [Test]
     public async Task DisposingTheModelStopsARunningGenerationBeforeReturning()
     {
         var backend = new CountingBackend(TestModels.Backend(validVocab: TestModels.Tokenizer.VocabSize));

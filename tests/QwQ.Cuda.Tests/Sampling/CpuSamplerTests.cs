@@ -42,7 +42,7 @@ public class CpuSamplerTests
         var all = new float[16];
         Array.Fill(all, float.NegativeInfinity);
         all[14] = 0f;
-        Assert.Throws<QwQ.Cuda.Errors.OptionException>(() => s.Sample(all, SamplingOptions.Greedy, 0), "nothing sampleable is finite: no arbitrary pick");
+        Assert.Catch<QwQ.Cuda.Errors.QwqException>(() => s.Sample(all, SamplingOptions.Greedy, 0), "nothing sampleable is finite: no arbitrary pick");
         var full = ConcentratedLogits(5);
         var big = new CpuSampler(VocabRows, ValidVocab, 1);
         int g = big.Sample(full, SamplingOptions.Greedy, 0);

@@ -125,6 +125,9 @@ public class TextCliTests
             (QwqDir, bad, null, "not valid JSON"),
             (QwqDir, good, bad, "not valid JSON"),
             (QwqDir, good, good.Replace("good", "nope"), "nope.json"),
+            (QwqDir, dir, null, $"'{dir}' is a directory"),       // was "does not exist"
+            (QwqDir, good, dir, $"'{dir}' is a directory"),
+            (QwqDir, "-", null, "standard input (--messages -) is not valid JSON"), // was "The messages file '-'"
         })
         {
             var (code, output, err) = Render(model, msgs, tools);
