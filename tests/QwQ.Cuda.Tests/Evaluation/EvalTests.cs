@@ -202,6 +202,20 @@ public class EvalResultsFileTests
     }
 
     [Test]
+    public void AnOutPathThatCannotBeWrittenIsOneClearError()
+    {
+        // A directory, a path under a file: messages naming --out, not internal errors (exit 3).
+        string dir = _tmp.Combine("d");
+        Directory.CreateDirectory(dir);
+        Assert.That(() => EvalResultsFile.Open(dir, resume: false),
+            Throws.InstanceOf<QwqException>().With.Message.Contain("--out").And.Message.Contain("directory"));
+        string file = _tmp.Combine("f.jsonl");
+        File.WriteAllText(file, "");
+        Assert.That(() => EvalResultsFile.Open(Path.Combine(file, "r.jsonl"), resume: false),
+            Throws.InstanceOf<QwqException>().With.Message.Contain("--out").And.Message.Contain(Path.Combine(file, "r.jsonl")));
+    }
+
+    [Test]
     public void SummarySitsBesideTheResults() =>
         Assert.That(EvalResultsFile.SummaryPath(Path.Combine("out", "results.jsonl")), Is.EqualTo(Path.Combine("out", "results.summary.json")));
 }
