@@ -31,7 +31,7 @@ public static partial class AnswerExtractor
     };
 
     /// <summary>
-    /// The content of the last balanced <c>\boxed{...}</c> (nested braces allowed, e.g. <c>\boxed{\frac{1}{2}}</c>
+    /// The content of the last balanced, non-empty <c>\boxed{...}</c> (nested braces allowed, e.g. <c>\boxed{\frac{1}{2}}</c>
     /// gives <c>\frac{1}{2}</c>); <c>\fbox{...}</c> is accepted too. Null when there is none.
     /// </summary>
     public static string? ExtractBoxed(string? text)
@@ -46,9 +46,10 @@ public static partial class AnswerExtractor
             if (at < 0) return null;
             int i = at + (at == boxed ? "\\boxed".Length : "\\fbox".Length);
             while (i < text.Length && text[i] == ' ') i++;
-            if (i < text.Length && text[i] == '{' && MatchingBrace(text, i) is int close)
-                return text.Substring(i + 1, close - i - 1).Trim();
-            searchEnd = at; // unbalanced or not followed by '{': try an earlier one
+            // An empty box is no answer: the instruction "within \boxed{}" is often repeated after the real one.
+            if (i < text.Length && text[i] == '{' && MatchingBrace(text, i) is int close && text.Substring(i + 1, close - i - 1).Trim() is { Length: > 0 } inner)
+                return inner;
+            searchEnd = at; // empty, unbalanced or not followed by '{': try an earlier one
         }
         return null;
     }
@@ -80,7 +81,7 @@ public static partial class AnswerExtractor
     private static partial Regex LooseAnswerRegex();
 
     /// <summary>
-    /// The value of the last <c>"answer": "X"</c> JSON field (string unescaped, trimmed), as QwQ's multiple-choice
+    /// The value of the last non-empty <c>"answer": "X"</c> JSON field (string unescaped, trimmed), as QwQ's multiple-choice
     /// prompt asks for; failing that, the letter of the last loose form (<c>answer: C</c>, <c>'answer': 'C'</c>,
     /// <c>**Answer:** (C)</c>). Null when there is neither.
     /// </summary>
@@ -88,17 +89,20 @@ public static partial class AnswerExtractor
     {
         if (string.IsNullOrEmpty(text)) return null;
         var matches = AnswerFieldRegex().Matches(text);
-        if (matches.Count > 0)
+        for (int m = matches.Count - 1; m >= 0; m--)
         {
-            string literal = matches[^1].Groups[1].Value;
+            string literal = matches[m].Groups[1].Value;
+            string? value;
             try
             {
-                return JsonSerializer.Deserialize<string>(literal, AnswerJsonContext.Default.String)?.Trim();
+                value = JsonSerializer.Deserialize<string>(literal, AnswerJsonContext.Default.String)?.Trim();
             }
             catch (JsonException)
             {
-                return literal[1..^1].Trim();
+                value = literal[1..^1].Trim();
             }
+            // An empty field ("answer": "") is no answer; it must neither vote nor hide an earlier one.
+            if (!string.IsNullOrEmpty(value)) return value;
         }
         var loose = LooseAnswerRegex().Matches(text);
         return loose.Count > 0 ? loose[^1].Groups[1].Value.ToUpperInvariant() : null;

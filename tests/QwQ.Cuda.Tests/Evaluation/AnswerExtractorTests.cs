@@ -13,6 +13,8 @@ public class AnswerExtractorTests
     [TestCase("\\fbox{x}", "x")]
     [TestCase("\\boxed {5}", "5")]
     [TestCase("$\\boxed{\\dfrac{\\sqrt{3}}{2}}$", "\\dfrac{\\sqrt{3}}{2}")]
+    [TestCase("\\boxed{42}, as asked: the final answer goes in \\boxed{}", "42")] // an empty box is not an answer
+    [TestCase("put it in \\boxed{ }", null)]
     [TestCase("no box here", null)]
     [TestCase("", null)]
     public void ExtractBoxed(string text, string? expected) =>
@@ -29,6 +31,8 @@ public class AnswerExtractorTests
     [TestCase("{'answer': 'A'}", "A")]
     [TestCase("\"answer\": C", "C")]
     [TestCase("The answer is: E.", "E")]
+    [TestCase("{\"answer\": \"\"}", null)] // an empty field is no answer
+    [TestCase("answer: B ... {\"answer\": \" \"}", "B")]
     [TestCase("answer: because the field is strong", null)] // a word is not a letter
     [TestCase("I will answer soon", null)]
     [TestCase(null, null)]
@@ -38,6 +42,7 @@ public class AnswerExtractorTests
     [Test]
     public void ChoiceFallsBackToABoxedLetterButNotToABoxedNumber()
     {
+        Assert.That(AnswerExtractor.Extract("{\"answer\": \"\"} so \\boxed{D}", AnswerKind.Choice), Is.EqualTo("D"), "an empty field does not hide the box");
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{B}", AnswerKind.Choice), Is.EqualTo("B"));
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{\\text{(c)}}", AnswerKind.Choice), Is.EqualTo("C"));
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{12}", AnswerKind.Choice), Is.Null);
