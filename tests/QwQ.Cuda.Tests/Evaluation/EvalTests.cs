@@ -50,6 +50,12 @@ public class EvalProblemsTests
     [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\"}", "line 1", "\"answer\"")]
     [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"answer\": \"42\"}", "line 1", "one letter")]
     [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\", \"answer\": 1}\n{\"id\": 1, \"problem\": \"R\", \"answer\": 2}", "line 2", "used twice")]
+    [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\", \"answer\": \" \"}", "line 1", "\"answer\" is empty")]
+    [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"\", \"answer\": \"3\"}", "line 1", "\"problem\" is empty")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"\", \"choices\": [\"x\", \"y\"], \"answer\": \"A\"}", "line 1", "\"question\" is empty")]
+    [TestCase(AnswerKind.Math, "{\"id\": \"\", \"problem\": \"Q\", \"answer\": \"3\"}", "line 1", "\"id\" is empty")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}", "line 1", "A, B")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"choices\": {\"A\": \"x\", \"B\": \"y\"}, \"answer\": \"(c)\"}", "line 1", "A, B")]
     [TestCase(AnswerKind.Math, "not json", "line 1", "not a JSON object")]
     [TestCase(AnswerKind.Math, "", "p.jsonl", "no problems")]
     public void BadLinesNameTheLineAndTheFix(AnswerKind kind, string content, string where, string fix)
