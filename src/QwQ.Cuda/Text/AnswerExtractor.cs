@@ -153,6 +153,9 @@ public static partial class AnswerExtractor
     [GeneratedRegex(@"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{")]
     private static partial Regex TextCommandRegex();
 
+    [GeneratedRegex(@"\G\s*(?:\^\s*(?:[23]|\{\s*[23]\s*\}))?\s*$")]
+    private static partial Regex UnitTailRegex();
+
     [GeneratedRegex(@"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")]
     private static partial Regex LeadingNumberRegex();
 
@@ -207,8 +210,8 @@ public static partial class AnswerExtractor
     }
 
     /// <summary>
-    /// <c>\text{...}</c> (and <c>\mathrm</c>, <c>\mbox</c>, ...): dropped after a number (units: <c>5\text{ cm}</c>
-    /// is 5), unwrapped elsewhere (<c>\text{Tuesday}</c> is Tuesday).
+    /// <c>\text{...}</c> (and <c>\mathrm</c>, <c>\mbox</c>, ...): dropped after a number when it ends the answer (units:
+    /// <c>5\text{ cm}</c> and <c>5\text{ cm}^2</c> are 5), unwrapped elsewhere (<c>\text{Tuesday}</c> is Tuesday).
     /// </summary>
     private static string UnwrapTextCommands(string s)
     {
@@ -222,9 +225,12 @@ public static partial class AnswerExtractor
             sb.Append(before);
             string inner = s[(open + 1)..close];
             string trimmed = inner.Trim();
-            bool unitsAfterNumber = trimmed.Length > 0 && char.IsLetter(trimmed[0]) && TryParseNumber(Normalize(sb.ToString()), out _);
+            // Units end the answer (an exponent such as cm^2 at most follows them): "2 \text{ and } 3" is not 2.
+            var unitEnd = UnitTailRegex().Match(s, close + 1);
+            bool unitsAfterNumber = trimmed.Length > 0 && char.IsLetter(trimmed[0]) && unitEnd.Success
+                                    && TryParseNumber(Normalize(sb.ToString()), out _);
             if (!unitsAfterNumber) sb.Append(inner);
-            at = close + 1;
+            at = unitsAfterNumber ? s.Length : close + 1;
         }
         sb.Append(s[at..]);
         return sb.ToString().Trim();

@@ -59,6 +59,9 @@ public class AnswerExtractorTests
     [TestCase("12.", "12")]
     [TestCase("5\\text{ cm}", "5")]
     [TestCase("5 \\mbox{meters}", "5")]
+    [TestCase("5\\text{ cm}^2", "5")]
+    [TestCase("5 \\text{ cm}^{3}", "5")]
+    [TestCase("2 \\text{ and } 3", "2and3")] // words between numbers are not units
     [TestCase("\\text{Tuesday}", "Tuesday")]
     [TestCase("x = 3", "3")]
     [TestCase("\\dfrac{3}{4}", "\\frac{3}{4}")]
@@ -91,6 +94,8 @@ public class AnswerExtractorTests
     [TestCase("\\frac{1}{2}", "\\frac{2}{1}")]
     [TestCase("\\sqrt{2}", "\\sqrt{3}")]
     [TestCase("1,2", "12")]
+    [TestCase("2 \\text{ and } 3", "23")]
+    [TestCase("1\\text{ or }2", "12")]
     [TestCase("", "0")]
     [TestCase("Infinity", "Infinity1")]
     public void DifferentMathAnswers(string predicted, string expected) =>
