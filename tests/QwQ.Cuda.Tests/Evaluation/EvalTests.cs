@@ -326,6 +326,46 @@ public class EvalRunnerTests
     }
 
     [Test]
+    public async Task ResumingWithFewerSamplesScoresOnlyThoseSamples()
+    {
+        string path = _tmp.Combine("r.jsonl");
+        using (var file = EvalResultsFile.Open(path, resume: false))
+            await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(3, 0), file);
+
+        // m1 is right on samples 0 and 2: over 2 samples its pass@1 is 1/2 and maj@2 is a tie that 42 (seen first) wins.
+        EvalScore score;
+        using (var file = EvalResultsFile.Open(path, resume: true))
+            (score, _) = await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(2, 0), file);
+        Assert.That((score.Samples, score.SamplesPerProblem), Is.EqualTo((4, 2)), "maj@2 of samples 0 and 1, not maj@3 of the whole file");
+        Assert.That(score.PerProblem[0].PassAt1, Is.EqualTo(0.5));
+        Assert.That(EvalResultsFile.Read(path), Has.Count.EqualTo(6), "the file keeps sample 2");
+    }
+
+    [Test]
+    public async Task ResumingAFileOfOtherOptionsOrProblemsIsAnError()
+    {
+        string path = _tmp.Combine("r.jsonl");
+        using (var file = EvalResultsFile.Open(path, resume: false))
+            await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(1, 7), file);
+
+        async Task<QwqException> Resume(EvalProblem[] problems, ulong seed)
+        {
+            var gen = new ScriptedEvalGenerator(Answer);
+            using var file = EvalResultsFile.Open(path, resume: true);
+            var e = Assert.ThrowsAsync<QwqException>(async () => await new EvalRunner(gen).RunAsync(problems, new EvalRunOptions(2, seed), file))!;
+            Assert.That(gen.Seen, Is.Empty, "nothing is generated into a file that does not match");
+            return e;
+        }
+
+        Assert.That((await Resume(Problems, 0)).Message, Does.Contain("--seed 7").And.Contain("r.jsonl"));
+        Assert.That((await Resume([Problems[0], Problems[1] with { Expected = "0.25" }], 7)).Message,
+            Does.Contain("m2").And.Contain("0.25").And.Contain("0.5"));
+        Assert.That((await Resume([new EvalProblem("c1", "q", "B", AnswerKind.Choice)], 7)).Message,
+            Does.Contain("none").And.Contain("--data"));
+        Assert.That(EvalResultsFile.Read(path), Has.Count.EqualTo(2));
+    }
+
+    [Test]
     public void CancelledGenerationsAreNotWritten()
     {
         var p = Problems[0];
