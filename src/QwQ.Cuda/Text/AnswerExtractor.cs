@@ -162,6 +162,15 @@ public static partial class AnswerExtractor
     [GeneratedRegex(@"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")]
     private static partial Regex ThousandsRegex();
 
+    [GeneratedRegex(@"^-?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")]
+    private static partial Regex SpaceThousandsRegex();
+
+    [GeneratedRegex(@"(?<=\d)\s+(?=\d)")]
+    private static partial Regex DigitGapRegex();
+
+    [GeneratedRegex(@"(?<!\d)\s+|\s+(?!\d)")]
+    private static partial Regex SpacesRegex();
+
     [GeneratedRegex(@"\\[dt]frac")]
     private static partial Regex StyledFracRegex();
 
@@ -173,9 +182,10 @@ public static partial class AnswerExtractor
 
     /// <summary>
     /// An answer with its presentation removed: surrounding <c>$</c> / <c>\( \)</c> / <c>\[ \]</c>, a leading
-    /// <c>x =</c>, <c>\left</c>/<c>\right</c>, spacing commands and spaces, thousands separators (1,234), degree and
+    /// <c>x =</c>, <c>\left</c>/<c>\right</c>, spacing commands and spaces (a space between two digits stays unless it
+    /// groups thousands: 1 1/2 is not 11/2), thousands separators (1,234), degree and
     /// percent signs, <c>\dfrac</c>/<c>\tfrac</c> (as <c>\frac</c>, and <c>\frac12</c> as <c>\frac{1}{2}</c>),
-    /// <c>\text{...}</c> units after a number (a <c>\text{}</c> that is the whole answer keeps its content), and a
+    /// <c>\text{...}</c> units ending the answer after a number (a <c>\text{}</c> that is the whole answer keeps its content), and a
     /// trailing period.
     /// </summary>
     public static string Normalize(string answer)
@@ -191,7 +201,10 @@ public static partial class AnswerExtractor
             s = s.Replace(unit, "", StringComparison.Ordinal);
         s = StyledFracRegex().Replace(s, "\\frac");
         s = ShortFracRegex().Replace(s, "\\frac{$1}{$2}");
-        s = string.Concat(s.Where(c => !char.IsWhiteSpace(c)));
+        // Spaces go, except between two digits ("1 1/2" is not 11/2, "2 3" not 23) unless they group thousands.
+        s = s.Trim();
+        s = SpaceThousandsRegex().IsMatch(s) ? string.Concat(s.Where(c => !char.IsWhiteSpace(c)))
+            : SpacesRegex().Replace(DigitGapRegex().Replace(s, " "), "");
         s = s.TrimEnd('.');
         if (ThousandsRegex().IsMatch(s)) s = s.Replace(",", "", StringComparison.Ordinal);
         return s;

@@ -80,6 +80,8 @@ public class AnswerExtractorTests
     [TestCase("\\frac{-3}{4}", "-0.75")]
     [TestCase("1,000", "1000")]
     [TestCase("1000.0", "1000")]
+    [TestCase("1 000 000", "1000000")] // spaces as thousands separators
+    [TestCase("x + 1", "x+1")]
     [TestCase("$12$.", "12")]
     [TestCase("12 \\text{ apples}", "12")]
     [TestCase("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt{3}}{2}")] // not a number: compared as normalized text
@@ -95,6 +97,8 @@ public class AnswerExtractorTests
     [TestCase("\\sqrt{2}", "\\sqrt{3}")]
     [TestCase("1,2", "12")]
     [TestCase("2 \\text{ and } 3", "23")]
+    [TestCase("1 1/2", "11/2")] // a mixed number is not eleven halves
+    [TestCase("2 3", "23")]
     [TestCase("1\\text{ or }2", "12")]
     [TestCase("", "0")]
     [TestCase("Infinity", "Infinity1")]
