@@ -47,13 +47,13 @@ internal static class EvalCommand
     private static async Task<int> RunAsync(CliHost host, ParseResult p, ModelSourceOptions source, SamplingCliOptions sampling, Options o, CancellationToken ct)
     {
         // Everything that can be checked without the model is checked before a possibly long load.
-        var runOptions = new EvalRunOptions(o.Samples, 0);
+        var runOptions = new EvalRunOptions(o.Samples, sampling.Bind(p, Sampling.SamplingOptions.FromGenerationConfig()).Sampling?.Seed ?? 0);
         runOptions.Validate();
         var problems = EvalProblems.Load(o.Data, o.Kind);
         var (model, synthetic) = source.Source(p);
         var modelOptions = source.Bind(p);
-        sampling.Bind(p, Sampling.SamplingOptions.FromGenerationConfig());
         using var results = EvalResultsFile.Open(o.Out, o.Resume);
+        EvalRunner.CheckResumable(problems, runOptions, results);
 
         var token = host.BeginOperation(ct);
         try

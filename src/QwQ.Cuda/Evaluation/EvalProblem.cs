@@ -80,30 +80,40 @@ public static class EvalProblems
     {
         if (o.ValueKind != JsonValueKind.Object)
             throw new QwqException($"{where}: expected a JSON object, got {o.ValueKind}.");
-        string id = OptionalScalar(o, "id", where) ?? lineNo.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        string expected = OptionalScalar(o, "answer", where)
+        string id = NotEmpty(OptionalScalar(o, "id", where), "id", where) ?? lineNo.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        string expected = NotEmpty(OptionalScalar(o, "answer", where), "answer", where)
                           ?? throw new QwqException($"{where}: no \"answer\" field; every problem needs its reference answer.");
         if (kind == AnswerKind.Math)
         {
-            string text = OptionalScalar(o, "problem", where)
+            string text = NotEmpty(OptionalScalar(o, "problem", where), "problem", where)
                           ?? throw new QwqException(o.TryGetProperty("question", out _)
                               ? $"{where}: no \"problem\" field, but a \"question\": is this a multiple-choice set? Pass --kind choice."
                               : $"{where}: no \"problem\" field; math lines are {{\"id\", \"problem\", \"answer\"}}.");
             return new EvalProblem(id, EvalPrompts.Build(text, kind), expected, kind);
         }
 
-        string question = OptionalScalar(o, "question", where)
+        string question = NotEmpty(OptionalScalar(o, "question", where), "question", where)
                           ?? throw new QwqException(o.TryGetProperty("problem", out _)
                               ? $"{where}: no \"question\" field, but a \"problem\": is this a math set? Pass --kind math."
                               : $"{where}: no \"question\" field; choice lines are {{\"id\", \"question\", \"choices\", \"answer\"}}.");
-        if (AnswerExtractor.ChoiceLetter(expected) is null)
+        if (AnswerExtractor.ChoiceLetter(expected) is not { } letter)
             throw new QwqException($"{where}: \"answer\" is \"{expected}\"; a multiple-choice answer is one letter such as \"C\".");
         if (o.TryGetProperty("choices", out var choices) && choices.ValueKind != JsonValueKind.Null)
-            question = EvalPrompts.FormatChoices(question, Choices(choices, where));
+        {
+            var list = Choices(choices, where);
+            // An answer that is none of the listed letters can never be matched: every sample would score 0.
+            if (!list.Any(c => AnswerExtractor.ChoiceLetter(c.Key) == letter))
+                throw new QwqException($"{where}: \"answer\" is \"{expected}\", but the choices are {string.Join(", ", list.Select(c => c.Key))}.");
+            question = EvalPrompts.FormatChoices(question, list);
+        }
         return new EvalProblem(id, EvalPrompts.Build(question, kind), expected, kind);
     }
 
-    private static IEnumerable<KeyValuePair<string, string>> Choices(JsonElement choices, string where)
+    /// <summary>An empty or blank field is a mistake in the set (a problem without text, an answer nothing matches).</summary>
+    private static string? NotEmpty(string? value, string name, string where) =>
+        value is not null && string.IsNullOrWhiteSpace(value) ? throw new QwqException($"{where}: \"{name}\" is empty.") : value;
+
+    private static List<KeyValuePair<string, string>> Choices(JsonElement choices, string where)
     {
         var list = new List<KeyValuePair<string, string>>();
         if (choices.ValueKind == JsonValueKind.Object)

@@ -45,12 +45,23 @@ public sealed class EvalResultsFile : IDisposable
     /// </summary>
     public static EvalResultsFile Open(string path, bool resume)
     {
-        string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
+        if (Directory.Exists(path))
+            throw new QwqException($"--out {path} is a directory; name the results file (for example {System.IO.Path.Combine(path, "results.jsonl")}).");
         bool exists = File.Exists(path) && new FileInfo(path).Length > 0;
         if (exists && !resume)
             throw new QwqException($"The results file '{path}' already exists: pass --resume to continue that run, or choose another --out.");
-        var stream = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read);
+        FileStream stream;
+        try
+        {
+            string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
+            if (dir is not null) Directory.CreateDirectory(dir);
+            stream = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Checked before the model loads: an unwritable place or a path under a file.
+            throw new QwqException($"--out {path} cannot be written: {e.Message}", e);
+        }
         try
         {
             var existing = exists ? ReadAndRepair(stream, path) : [];

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
 using QwQ.Cuda.Text;
 
@@ -53,8 +54,10 @@ public sealed class EvalRunner(IEvalGenerator generator, Action<EvalProgress>? p
         EvalResultsFile results, CancellationToken cancellationToken = default)
     {
         options.Validate();
+        CheckResumable(problems, options, results);
         var done = new HashSet<(string, int)>(results.Existing.Select(s => (s.Id, s.Sample)));
-        var all = new List<EvalSample>(results.Existing);
+        // Samples beyond --samples (a file resumed with fewer) stay in the file but are not scored: maj@N means N.
+        var all = new List<EvalSample>(results.Existing.Where(s => s.Sample < options.Samples));
         int samplesDone = problems.Sum(p => Enumerable.Range(0, options.Samples).Count(k => done.Contains((p.Id, k))));
         int problemsDone = problems.Count(p => Enumerable.Range(0, options.Samples).All(k => done.Contains((p.Id, k))));
         long tokens = 0;
@@ -90,6 +93,32 @@ public sealed class EvalRunner(IEvalGenerator generator, Action<EvalProgress>? p
             cancellationToken.ThrowIfCancellationRequested();
         }
         return (EvalScorer.Score(problems, all), Now());
+    }
+
+    /// <summary>
+    /// Refuses to add to a results file written for other problems or another base seed (a --resume with the wrong
+    /// --data or --seed), which would otherwise mix two runs in one score. Throws <see cref="QwqException"/> naming
+    /// what differs.
+    /// </summary>
+    public static void CheckResumable(IReadOnlyList<EvalProblem> problems, EvalRunOptions options, EvalResultsFile results)
+    {
+        if (results.Existing.Count == 0) return;
+        var byId = problems.ToDictionary(p => p.Id, StringComparer.Ordinal);
+        bool any = false;
+        foreach (var s in results.Existing)
+        {
+            if (!byId.TryGetValue(s.Id, out var problem)) continue; // a problem since removed from the set: not scored
+            any = true;
+            if (s.Expected != problem.Expected)
+                throw new QwqException($"{results.Path}: problem {s.Id}'s reference answer there is \"{s.Expected}\", in --data it is \"{problem.Expected}\"; "
+                                       + "the file is from another problem set or version: choose another --out (after correcting a reference, correct \"expected\" in the file too).");
+            ulong expectedSeed = unchecked(options.BaseSeed + (ulong)s.Sample);
+            if (s.Seed != expectedSeed)
+                throw new QwqException($"{results.Path} was made with --seed {unchecked(s.Seed - (ulong)s.Sample)} (sample {s.Sample} of {s.Id} used seed {s.Seed}), "
+                                       + $"this run's is {options.BaseSeed}: pass --seed {unchecked(s.Seed - (ulong)s.Sample)} to continue it, or choose another --out.");
+        }
+        if (!any)
+            throw new QwqException($"{results.Path} holds {results.Existing.Count} samples, none of a problem in --data: it is the results of another set; choose another --out.");
     }
 
     /// <summary>The results line for one generation: the answer extracted and checked.</summary>

@@ -31,7 +31,7 @@ public static partial class AnswerExtractor
     };
 
     /// <summary>
-    /// The content of the last balanced <c>\boxed{...}</c> (nested braces allowed, e.g. <c>\boxed{\frac{1}{2}}</c>
+    /// The content of the last balanced, non-empty <c>\boxed{...}</c> (nested braces allowed, e.g. <c>\boxed{\frac{1}{2}}</c>
     /// gives <c>\frac{1}{2}</c>); <c>\fbox{...}</c> is accepted too. Null when there is none.
     /// </summary>
     public static string? ExtractBoxed(string? text)
@@ -46,9 +46,10 @@ public static partial class AnswerExtractor
             if (at < 0) return null;
             int i = at + (at == boxed ? "\\boxed".Length : "\\fbox".Length);
             while (i < text.Length && text[i] == ' ') i++;
-            if (i < text.Length && text[i] == '{' && MatchingBrace(text, i) is int close)
-                return text.Substring(i + 1, close - i - 1).Trim();
-            searchEnd = at; // unbalanced or not followed by '{': try an earlier one
+            // An empty box is no answer: the instruction "within \boxed{}" is often repeated after the real one.
+            if (i < text.Length && text[i] == '{' && MatchingBrace(text, i) is int close && text.Substring(i + 1, close - i - 1).Trim() is { Length: > 0 } inner)
+                return inner;
+            searchEnd = at; // empty, unbalanced or not followed by '{': try an earlier one
         }
         return null;
     }
@@ -80,7 +81,7 @@ public static partial class AnswerExtractor
     private static partial Regex LooseAnswerRegex();
 
     /// <summary>
-    /// The value of the last <c>"answer": "X"</c> JSON field (string unescaped, trimmed), as QwQ's multiple-choice
+    /// The value of the last non-empty <c>"answer": "X"</c> JSON field (string unescaped, trimmed), as QwQ's multiple-choice
     /// prompt asks for; failing that, the letter of the last loose form (<c>answer: C</c>, <c>'answer': 'C'</c>,
     /// <c>**Answer:** (C)</c>). Null when there is neither.
     /// </summary>
@@ -88,17 +89,20 @@ public static partial class AnswerExtractor
     {
         if (string.IsNullOrEmpty(text)) return null;
         var matches = AnswerFieldRegex().Matches(text);
-        if (matches.Count > 0)
+        for (int m = matches.Count - 1; m >= 0; m--)
         {
-            string literal = matches[^1].Groups[1].Value;
+            string literal = matches[m].Groups[1].Value;
+            string? value;
             try
             {
-                return JsonSerializer.Deserialize<string>(literal, AnswerJsonContext.Default.String)?.Trim();
+                value = JsonSerializer.Deserialize<string>(literal, AnswerJsonContext.Default.String)?.Trim();
             }
             catch (JsonException)
             {
-                return literal[1..^1].Trim();
+                value = literal[1..^1].Trim();
             }
+            // An empty field ("answer": "") is no answer; it must neither vote nor hide an earlier one.
+            if (!string.IsNullOrEmpty(value)) return value;
         }
         var loose = LooseAnswerRegex().Matches(text);
         return loose.Count > 0 ? loose[^1].Groups[1].Value.ToUpperInvariant() : null;
@@ -149,11 +153,23 @@ public static partial class AnswerExtractor
     [GeneratedRegex(@"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{")]
     private static partial Regex TextCommandRegex();
 
+    [GeneratedRegex(@"\G\s*(?:\^\s*(?:[23]|\{\s*[23]\s*\}))?\s*$")]
+    private static partial Regex UnitTailRegex();
+
     [GeneratedRegex(@"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")]
     private static partial Regex LeadingNumberRegex();
 
     [GeneratedRegex(@"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")]
     private static partial Regex ThousandsRegex();
+
+    [GeneratedRegex(@"^-?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")]
+    private static partial Regex SpaceThousandsRegex();
+
+    [GeneratedRegex(@"(?<=\d)\s+(?=\d)")]
+    private static partial Regex DigitGapRegex();
+
+    [GeneratedRegex(@"(?<!\d)\s+|\s+(?!\d)")]
+    private static partial Regex SpacesRegex();
 
     [GeneratedRegex(@"\\[dt]frac")]
     private static partial Regex StyledFracRegex();
@@ -166,9 +182,10 @@ public static partial class AnswerExtractor
 
     /// <summary>
     /// An answer with its presentation removed: surrounding <c>$</c> / <c>\( \)</c> / <c>\[ \]</c>, a leading
-    /// <c>x =</c>, <c>\left</c>/<c>\right</c>, spacing commands and spaces, thousands separators (1,234), degree and
+    /// <c>x =</c>, <c>\left</c>/<c>\right</c>, spacing commands and spaces (a space between two digits stays unless it
+    /// groups thousands: 1 1/2 is not 11/2), thousands separators (1,234), degree and
     /// percent signs, <c>\dfrac</c>/<c>\tfrac</c> (as <c>\frac</c>, and <c>\frac12</c> as <c>\frac{1}{2}</c>),
-    /// <c>\text{...}</c> units after a number (a <c>\text{}</c> that is the whole answer keeps its content), and a
+    /// <c>\text{...}</c> units ending the answer after a number (a <c>\text{}</c> that is the whole answer keeps its content), and a
     /// trailing period.
     /// </summary>
     public static string Normalize(string answer)
@@ -184,7 +201,10 @@ public static partial class AnswerExtractor
             s = s.Replace(unit, "", StringComparison.Ordinal);
         s = StyledFracRegex().Replace(s, "\\frac");
         s = ShortFracRegex().Replace(s, "\\frac{$1}{$2}");
-        s = string.Concat(s.Where(c => !char.IsWhiteSpace(c)));
+        // Spaces go, except between two digits ("1 1/2" is not 11/2, "2 3" not 23) unless they group thousands.
+        s = s.Trim();
+        s = SpaceThousandsRegex().IsMatch(s) ? string.Concat(s.Where(c => !char.IsWhiteSpace(c)))
+            : SpacesRegex().Replace(DigitGapRegex().Replace(s, " "), "");
         s = s.TrimEnd('.');
         if (ThousandsRegex().IsMatch(s)) s = s.Replace(",", "", StringComparison.Ordinal);
         return s;
@@ -203,8 +223,8 @@ public static partial class AnswerExtractor
     }
 
     /// <summary>
-    /// <c>\text{...}</c> (and <c>\mathrm</c>, <c>\mbox</c>, ...): dropped after a number (units: <c>5\text{ cm}</c>
-    /// is 5), unwrapped elsewhere (<c>\text{Tuesday}</c> is Tuesday).
+    /// <c>\text{...}</c> (and <c>\mathrm</c>, <c>\mbox</c>, ...): dropped after a number when it ends the answer (units:
+    /// <c>5\text{ cm}</c> and <c>5\text{ cm}^2</c> are 5), unwrapped elsewhere (<c>\text{Tuesday}</c> is Tuesday).
     /// </summary>
     private static string UnwrapTextCommands(string s)
     {
@@ -218,9 +238,12 @@ public static partial class AnswerExtractor
             sb.Append(before);
             string inner = s[(open + 1)..close];
             string trimmed = inner.Trim();
-            bool unitsAfterNumber = trimmed.Length > 0 && char.IsLetter(trimmed[0]) && TryParseNumber(Normalize(sb.ToString()), out _);
+            // Units end the answer (an exponent such as cm^2 at most follows them): "2 \text{ and } 3" is not 2.
+            var unitEnd = UnitTailRegex().Match(s, close + 1);
+            bool unitsAfterNumber = trimmed.Length > 0 && char.IsLetter(trimmed[0]) && unitEnd.Success
+                                    && TryParseNumber(Normalize(sb.ToString()), out _);
             if (!unitsAfterNumber) sb.Append(inner);
-            at = close + 1;
+            at = unitsAfterNumber ? s.Length : close + 1;
         }
         sb.Append(s[at..]);
         return sb.ToString().Trim();

@@ -13,6 +13,8 @@ public class AnswerExtractorTests
     [TestCase("\\fbox{x}", "x")]
     [TestCase("\\boxed {5}", "5")]
     [TestCase("$\\boxed{\\dfrac{\\sqrt{3}}{2}}$", "\\dfrac{\\sqrt{3}}{2}")]
+    [TestCase("\\boxed{42}, as asked: the final answer goes in \\boxed{}", "42")] // an empty box is not an answer
+    [TestCase("put it in \\boxed{ }", null)]
     [TestCase("no box here", null)]
     [TestCase("", null)]
     public void ExtractBoxed(string text, string? expected) =>
@@ -29,6 +31,8 @@ public class AnswerExtractorTests
     [TestCase("{'answer': 'A'}", "A")]
     [TestCase("\"answer\": C", "C")]
     [TestCase("The answer is: E.", "E")]
+    [TestCase("{\"answer\": \"\"}", null)] // an empty field is no answer
+    [TestCase("answer: B ... {\"answer\": \" \"}", "B")]
     [TestCase("answer: because the field is strong", null)] // a word is not a letter
     [TestCase("I will answer soon", null)]
     [TestCase(null, null)]
@@ -38,6 +42,7 @@ public class AnswerExtractorTests
     [Test]
     public void ChoiceFallsBackToABoxedLetterButNotToABoxedNumber()
     {
+        Assert.That(AnswerExtractor.Extract("{\"answer\": \"\"} so \\boxed{D}", AnswerKind.Choice), Is.EqualTo("D"), "an empty field does not hide the box");
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{B}", AnswerKind.Choice), Is.EqualTo("B"));
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{\\text{(c)}}", AnswerKind.Choice), Is.EqualTo("C"));
         Assert.That(AnswerExtractor.Extract("so it is \\boxed{12}", AnswerKind.Choice), Is.Null);
@@ -54,6 +59,9 @@ public class AnswerExtractorTests
     [TestCase("12.", "12")]
     [TestCase("5\\text{ cm}", "5")]
     [TestCase("5 \\mbox{meters}", "5")]
+    [TestCase("5\\text{ cm}^2", "5")]
+    [TestCase("5 \\text{ cm}^{3}", "5")]
+    [TestCase("2 \\text{ and } 3", "2and3")] // words between numbers are not units
     [TestCase("\\text{Tuesday}", "Tuesday")]
     [TestCase("x = 3", "3")]
     [TestCase("\\dfrac{3}{4}", "\\frac{3}{4}")]
@@ -72,6 +80,8 @@ public class AnswerExtractorTests
     [TestCase("\\frac{-3}{4}", "-0.75")]
     [TestCase("1,000", "1000")]
     [TestCase("1000.0", "1000")]
+    [TestCase("1 000 000", "1000000")] // spaces as thousands separators
+    [TestCase("x + 1", "x+1")]
     [TestCase("$12$.", "12")]
     [TestCase("12 \\text{ apples}", "12")]
     [TestCase("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt{3}}{2}")] // not a number: compared as normalized text
@@ -86,6 +96,10 @@ public class AnswerExtractorTests
     [TestCase("\\frac{1}{2}", "\\frac{2}{1}")]
     [TestCase("\\sqrt{2}", "\\sqrt{3}")]
     [TestCase("1,2", "12")]
+    [TestCase("2 \\text{ and } 3", "23")]
+    [TestCase("1 1/2", "11/2")] // a mixed number is not eleven halves
+    [TestCase("2 3", "23")]
+    [TestCase("1\\text{ or }2", "12")]
     [TestCase("", "0")]
     [TestCase("Infinity", "Infinity1")]
     public void DifferentMathAnswers(string predicted, string expected) =>

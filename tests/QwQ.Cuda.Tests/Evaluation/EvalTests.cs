@@ -50,6 +50,12 @@ public class EvalProblemsTests
     [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\"}", "line 1", "\"answer\"")]
     [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"answer\": \"42\"}", "line 1", "one letter")]
     [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\", \"answer\": 1}\n{\"id\": 1, \"problem\": \"R\", \"answer\": 2}", "line 2", "used twice")]
+    [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"Q\", \"answer\": \" \"}", "line 1", "\"answer\" is empty")]
+    [TestCase(AnswerKind.Math, "{\"id\": 1, \"problem\": \"\", \"answer\": \"3\"}", "line 1", "\"problem\" is empty")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"\", \"choices\": [\"x\", \"y\"], \"answer\": \"A\"}", "line 1", "\"question\" is empty")]
+    [TestCase(AnswerKind.Math, "{\"id\": \"\", \"problem\": \"Q\", \"answer\": \"3\"}", "line 1", "\"id\" is empty")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}", "line 1", "A, B")]
+    [TestCase(AnswerKind.Choice, "{\"id\": 1, \"question\": \"Q\", \"choices\": {\"A\": \"x\", \"B\": \"y\"}, \"answer\": \"(c)\"}", "line 1", "A, B")]
     [TestCase(AnswerKind.Math, "not json", "line 1", "not a JSON object")]
     [TestCase(AnswerKind.Math, "", "p.jsonl", "no problems")]
     public void BadLinesNameTheLineAndTheFix(AnswerKind kind, string content, string where, string fix)
@@ -202,6 +208,20 @@ public class EvalResultsFileTests
     }
 
     [Test]
+    public void AnOutPathThatCannotBeWrittenIsOneClearError()
+    {
+        // A directory, a path under a file: messages naming --out, not internal errors (exit 3).
+        string dir = _tmp.Combine("d");
+        Directory.CreateDirectory(dir);
+        Assert.That(() => EvalResultsFile.Open(dir, resume: false),
+            Throws.InstanceOf<QwqException>().With.Message.Contain("--out").And.Message.Contain("directory"));
+        string file = _tmp.Combine("f.jsonl");
+        File.WriteAllText(file, "");
+        Assert.That(() => EvalResultsFile.Open(Path.Combine(file, "r.jsonl"), resume: false),
+            Throws.InstanceOf<QwqException>().With.Message.Contain("--out").And.Message.Contain(Path.Combine(file, "r.jsonl")));
+    }
+
+    [Test]
     public void SummarySitsBesideTheResults() =>
         Assert.That(EvalResultsFile.SummaryPath(Path.Combine("out", "results.jsonl")), Is.EqualTo(Path.Combine("out", "results.summary.json")));
 }
@@ -303,6 +323,46 @@ public class EvalRunnerTests
             (score, _) = await new EvalRunner(third).RunAsync(Problems, new EvalRunOptions(3, 7), file);
         Assert.That(third.Seen, Is.Empty);
         Assert.That(score.PassAt1, Is.EqualTo((2.0 / 3 + 1) / 2).Within(1e-12));
+    }
+
+    [Test]
+    public async Task ResumingWithFewerSamplesScoresOnlyThoseSamples()
+    {
+        string path = _tmp.Combine("r.jsonl");
+        using (var file = EvalResultsFile.Open(path, resume: false))
+            await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(3, 0), file);
+
+        // m1 is right on samples 0 and 2: over 2 samples its pass@1 is 1/2 and maj@2 is a tie that 42 (seen first) wins.
+        EvalScore score;
+        using (var file = EvalResultsFile.Open(path, resume: true))
+            (score, _) = await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(2, 0), file);
+        Assert.That((score.Samples, score.SamplesPerProblem), Is.EqualTo((4, 2)), "maj@2 of samples 0 and 1, not maj@3 of the whole file");
+        Assert.That(score.PerProblem[0].PassAt1, Is.EqualTo(0.5));
+        Assert.That(EvalResultsFile.Read(path), Has.Count.EqualTo(6), "the file keeps sample 2");
+    }
+
+    [Test]
+    public async Task ResumingAFileOfOtherOptionsOrProblemsIsAnError()
+    {
+        string path = _tmp.Combine("r.jsonl");
+        using (var file = EvalResultsFile.Open(path, resume: false))
+            await new EvalRunner(new ScriptedEvalGenerator(Answer)).RunAsync(Problems, new EvalRunOptions(1, 7), file);
+
+        async Task<QwqException> Resume(EvalProblem[] problems, ulong seed)
+        {
+            var gen = new ScriptedEvalGenerator(Answer);
+            using var file = EvalResultsFile.Open(path, resume: true);
+            var e = Assert.ThrowsAsync<QwqException>(async () => await new EvalRunner(gen).RunAsync(problems, new EvalRunOptions(2, seed), file))!;
+            Assert.That(gen.Seen, Is.Empty, "nothing is generated into a file that does not match");
+            return e;
+        }
+
+        Assert.That((await Resume(Problems, 0)).Message, Does.Contain("--seed 7").And.Contain("r.jsonl"));
+        Assert.That((await Resume([Problems[0], Problems[1] with { Expected = "0.25" }], 7)).Message,
+            Does.Contain("m2").And.Contain("0.25").And.Contain("0.5"));
+        Assert.That((await Resume([new EvalProblem("c1", "q", "B", AnswerKind.Choice)], 7)).Message,
+            Does.Contain("none").And.Contain("--data"));
+        Assert.That(EvalResultsFile.Read(path), Has.Count.EqualTo(2));
     }
 
     [Test]
