@@ -167,6 +167,34 @@ public class ServerTests
     }
 
     [Test]
+    public async Task CompletionsTakeAPromptInAOneElementArray()
+    {
+        // LangChain's OpenAI LLM and other clients send the batch form, "prompt": ["text"], for one prompt.
+        string ids = string.Join(",", _model.Tokenizer.Encode("Once upon a time"));
+        async Task<(int PromptTokens, string Text)> Complete(string prompt)
+        {
+            using var r = await _http.PostAsync("v1/completions", Json($$"""{"prompt":{{prompt}},"max_tokens":4,"ignore_eos":true,"temperature":0}"""));
+            var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), $"{prompt}: {root}");
+            return (root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), root.GetProperty("choices")[0].GetProperty("text").GetString()!);
+        }
+        var expected = await Complete("\"Once upon a time\"");
+        Assert.That(await Complete("[\"Once upon a time\"]"), Is.EqualTo(expected));
+        Assert.That(await Complete($"[{ids}]"), Is.EqualTo(expected));
+        Assert.That(await Complete($"[[{ids}]]"), Is.EqualTo(expected));
+    }
+
+    [TestCase("""["Hi","there","you"]""", 3)]
+    [TestCase("""[[9,10],[11]]""", 2)]
+    public async Task ABatchOfPromptsIs400AskingForOneRequestPerPrompt(string prompt, int count)
+    {
+        using var r = await _http.PostAsync("v1/completions", Json($$"""{"prompt":{{prompt}},"max_tokens":1}"""));
+        await AssertBadFieldAsync(r, "prompt");
+        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+            Does.Contain($"{count} prompts").And.Contain("one prompt per request; send one request per prompt"));
+    }
+
+    [Test]
     public async Task PromptTokensFromThePrefixCacheAreReportedAsCachedTokens()
     {
         // Each request runs on a fresh session: a prompt start seen before comes from the model's prefix cache, in
@@ -281,6 +309,11 @@ public class ServerTests
     [TestCase("""{"prompt":"Hi","max_tokens":1,"best_of":3}""", "best_of")]
     [TestCase("""{"prompt":"Hi","max_tokens":1,"suffix":"end"}""", "suffix")]
     [TestCase("""{"prompt":["Hi","there"]}""", "prompt")]
+    [TestCase("""{"prompt":[]}""", "prompt")]
+    [TestCase("""{"prompt":[""]}""", "prompt")]
+    [TestCase("""{"prompt":[[]]}""", "prompt")]
+    [TestCase("""{"prompt":[["Hi"]]}""", "prompt")]
+    [TestCase("""{"prompt":["Hi",[9]]}""", "prompt")]
     public async Task InvalidCompletionRequestsNameTheField(string body, string param)
     {
         using var r = await _http.PostAsync("v1/completions", Json(body));
