@@ -158,13 +158,14 @@ public sealed class QwqServer : IAsyncDisposable
         return CryptographicOperations.FixedTimeEquals(given, _apiKeyHash);
     }
 
-    /// <summary>One generation request: what to run, how to answer, which field a prompt error names.</summary>
+    /// <summary>One generation request: what to run, how to answer, which field a prompt error names, the prompt's length in tokens.</summary>
     private sealed record Job(
         bool Stream,
         bool IncludeUsage,
         ResponseFormat Format,
         Func<ChatSession, CancellationToken, IAsyncEnumerable<GenerationUpdate>> Run,
-        string PromptField);
+        string PromptField,
+        Func<ChatSession, int> PromptLength);
 
     private async Task<Job> PrepareChatAsync(HttpContext http)
     {
@@ -174,7 +175,7 @@ public sealed class QwqServer : IAsyncDisposable
         var options = request.ToGenerationOptions(_model);
         var format = new ChatFormat("chatcmpl-" + NewId(), request.Model ?? _options.ModelName, reportToolCalls: tools is not null);
         return new Job(request.Stream, request.IncludeUsage, format,
-            (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages");
+            (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages", session => session.Render(messages, tools).Length);
     }
 
     private async Task<Job> PrepareCompletionAsync(HttpContext http)
@@ -184,7 +185,7 @@ public sealed class QwqServer : IAsyncDisposable
         var options = request.ToGenerationOptions(_model);
         var format = new CompletionFormat("cmpl-" + NewId(), request.Model ?? _options.ModelName);
         return new Job(request.Stream, request.IncludeUsage, format,
-            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt");
+            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt", _ => prompt.Length);
     }
 
     private async Task GenerateAsync(HttpContext http, string endpoint, Func<HttpContext, Task<Job>> prepare)
@@ -212,7 +213,10 @@ public sealed class QwqServer : IAsyncDisposable
             }
             catch (OptionException e)
             {
-                throw ApiException.BadField(job.PromptField, e.Message);
+                // OpenAI's code for a prompt over the context, which clients test for (e.g. to trim the conversation).
+                // Measured again on this error path only, so that no other option error is labelled with it.
+                string? code = job.PromptLength(session) > session.Capacity ? "context_length_exceeded" : null;
+                throw new ApiException(400, e.Message, job.PromptField, code: code);
             }
             if (job.Stream) await StreamAsync(http, job, updates, more);
             else await AnswerAsync(http, job, updates, more);
@@ -286,7 +290,7 @@ public sealed class QwqServer : IAsyncDisposable
         {
             // Headers are out: the error travels as an event, as vLLM sends it.
             var error = e as ApiException ?? new ApiException(500, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error");
-            await SendAsync(response, new ErrorBody(new ErrorDetail(error.Message, error.Type, error.Param)), ct);
+            await SendAsync(response, new ErrorBody(new ErrorDetail(error.Message, error.Type, error.Param, error.Code)), ct);
         }
         await response.Body.WriteAsync(DoneEvent, ct);
         await response.Body.FlushAsync(ct);
@@ -400,7 +404,7 @@ public sealed class QwqServer : IAsyncDisposable
     private static async Task WriteErrorAsync(HttpContext http, ApiException e)
     {
         if (http.Response.HasStarted) return;
-        await WriteJsonAsync(http, e.StatusCode, new ErrorBody(new ErrorDetail(e.Message, e.Type, e.Param)));
+        await WriteJsonAsync(http, e.StatusCode, new ErrorBody(new ErrorDetail(e.Message, e.Type, e.Param, e.Code)));
     }
 
     private static async Task WriteJsonAsync(HttpContext http, int status, object body)

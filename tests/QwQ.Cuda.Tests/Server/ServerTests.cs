@@ -381,13 +381,23 @@ public class ServerTests
         }
     }
 
-    [Test]
-    public async Task PromptLongerThanTheContextIs400()
+    [TestCase("v1/completions", false, "prompt")]
+    [TestCase("v1/chat/completions", false, "messages")]
+    [TestCase("v1/chat/completions", true, "messages")]
+    public async Task PromptLongerThanTheContextIs400WithOpenAisCode(string path, bool stream, string param)
     {
         string huge = string.Join(' ', Enumerable.Repeat("strawberry", 5000));
-        using var r = await _http.PostAsync("v1/completions", Json(JsonSerializer.Serialize(new { prompt = huge, max_tokens = 1 })));
+        object body = path == "v1/completions"
+            ? new { prompt = huge, max_tokens = 1, stream }
+            : new { messages = new[] { new { role = "user", content = huge } }, max_tokens = 1, stream };
+        using var r = await _http.PostAsync(path, Json(JsonSerializer.Serialize(body)));
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
-        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("prompt"));
+        var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+        Assert.That(error.GetProperty("param").GetString(), Is.EqualTo(param));
+        Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+        // OpenAI's code, which clients test for to trim the conversation and retry.
+        Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("context_length_exceeded"));
+        Assert.That(error.GetProperty("message").GetString(), Does.Contain("context holds").And.Contain("shorten the prompt"));
     }
 
     [Test]
