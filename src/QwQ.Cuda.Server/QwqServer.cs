@@ -21,7 +21,7 @@ namespace QwQ.Cuda.Server;
 
 /// <summary>
 /// An OpenAI-compatible HTTP server over a <see cref="QwqModel"/> (ASP.NET Core minimal APIs on Kestrel):
-/// POST /v1/chat/completions and /v1/completions (whole or as server-sent events), GET /v1/models, /health, /metrics.
+/// POST /v1/chat/completions and /v1/completions (whole or as server-sent events), GET /v1/models[/{id}], /health, /metrics.
 /// <para>
 /// Each request gets its own <see cref="ChatSession"/>, so requests run concurrently as far as the model's backend
 /// allows (the batching scheduler interleaves them); a client that disconnects cancels its generation and its session
@@ -70,8 +70,17 @@ public sealed class QwqServer : IAsyncDisposable
         _app.Use(AuthorizeAsync);
         _app.MapPost("/v1/chat/completions", (HttpContext http) => GenerateAsync(http, "chat", PrepareChatAsync));
         _app.MapPost("/v1/completions", (HttpContext http) => GenerateAsync(http, "completions", PrepareCompletionAsync));
-        _app.MapGet("/v1/models", (HttpContext http) => WriteJsonAsync(http, 200,
-            new ModelList([new ModelCard(options.ModelName, Started.ToUnixTimeSeconds(), model.Backend.MaxContext)])));
+        var card = new ModelCard(options.ModelName, Started.ToUnixTimeSeconds(), model.Backend.MaxContext);
+        _app.MapGet("/v1/models", (HttpContext http) => WriteJsonAsync(http, 200, new ModelList([card])));
+        // OpenAI's models.retrieve(id). {**id}: a served id is often a Hugging Face id or a path, whose slashes come raw or as %2F.
+        _app.MapGet("/v1/models/{**id}", (HttpContext http, string? id) =>
+        {
+            id = Uri.UnescapeDataString(id ?? "");
+            return id == options.ModelName
+                ? WriteJsonAsync(http, 200, card)
+                : WriteErrorAsync(http, new ApiException(404, $"the model '{id}' does not exist: this server serves '{options.ModelName}'",
+                    "model", code: "model_not_found"));
+        });
         _app.MapGet("/health", (HttpContext http) => WriteJsonAsync(http, 200, new { status = "ok" }));
         _app.MapGet("/metrics", async (HttpContext http) =>
         {

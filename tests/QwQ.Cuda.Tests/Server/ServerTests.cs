@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using OpenAI;
 using OpenAI.Chat;
+using OpenAI.Models;
 using QwqServer = QwQ.Cuda.Server.QwqServer;
 using ServerOptions = QwQ.Cuda.Server.ServerOptions;
 using AI = Microsoft.Extensions.AI;
@@ -273,6 +274,38 @@ public class ServerTests
         Assert.That(Metric(metrics, "qwq_scheduler_steps_total"), Is.EqualTo(_model.Scheduler.Counters.Steps).And.GreaterThanOrEqualTo(3));
         Assert.That(Metric(metrics, "qwq_scheduler_preemptions_total"), Is.EqualTo(_model.Scheduler.Counters.Preemptions));
         Assert.That(Metric(metrics, "qwq_rope_recomputes_total"), Is.EqualTo(_model.Scheduler.Counters.RopeRecomputes));
+    }
+
+    [Test]
+    public async Task ModelsRetrieveAnswersTheServedModelAndA404ForAnyOther()
+    {
+        // The official client's models.retrieve(id). Served ids are often Hugging Face ids or paths: slashes, sent raw or escaped.
+        await using var server = await QwqServer.StartAsync(_model, new ServerOptions { Port = 0, ModelName = "Qwen/QwQ-32B", ApiKey = "s3cret" });
+        var client = new OpenAIModelClient(new ApiKeyCredential("s3cret"), new OpenAIClientOptions { Endpoint = new Uri(server.BaseAddress, "v1") });
+        OpenAIModel model = (await client.GetModelAsync("Qwen/QwQ-32B")).Value;
+        Assert.That(model.Id, Is.EqualTo("Qwen/QwQ-32B"));
+        Assert.That(model.OwnedBy, Is.EqualTo("qwq.cuda"));
+        var e = Assert.ThrowsAsync<ClientResultException>(() => client.GetModelAsync("gpt-4o"));
+        Assert.That(e!.Status, Is.EqualTo(404));
+
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        http.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret");
+        string listed = JsonDocument.Parse(await http.GetStringAsync("v1/models")).RootElement.GetProperty("data")[0].GetRawText();
+        Assert.That(await http.GetStringAsync("v1/models/Qwen/QwQ-32B"), Is.EqualTo(listed), "the list's entry");
+        Assert.That(await http.GetStringAsync("v1/models/Qwen%2FQwQ-32B"), Is.EqualTo(listed));
+        using (var r = await http.GetAsync("v1/models/gpt-4o"))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+            var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+            Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("model_not_found"));
+            Assert.That(error.GetProperty("message").GetString(), Does.Contain("'gpt-4o'").And.Contain("'Qwen/QwQ-32B'"));
+        }
+        using var noKey = new HttpClient { BaseAddress = server.BaseAddress };
+        using (var r = await noKey.GetAsync("v1/models/Qwen/QwQ-32B"))
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized));
+        using (var r = await noKey.GetAsync("v1/models/gpt-4o"))
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized), "no key, no hint at which ids exist");
     }
 
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"temperature":-1}""", "temperature")]
