@@ -2,9 +2,9 @@ namespace QwQ.Cuda.Server;
 
 /// <summary>
 /// A request the server refuses, answered as OpenAI's error object
-/// <c>{"error":{"message","type","param","code":null}}</c> with <see cref="StatusCode"/>.
+/// <c>{"error":{"message","type","param","code"}}</c> with <see cref="StatusCode"/>.
 /// </summary>
-internal sealed class ApiException(int statusCode, string message, string? param = null, string type = ApiException.InvalidRequest)
+internal sealed class ApiException(int statusCode, string message, string? param = null, string type = ApiException.InvalidRequest, string? code = null)
     : Exception(message)
 {
     public const string InvalidRequest = "invalid_request_error";
@@ -15,6 +15,9 @@ internal sealed class ApiException(int statusCode, string message, string? param
     public string? Param { get; } = param;
 
     public string Type { get; } = type;
+
+    /// <summary>OpenAI's machine-readable code where it has one (e.g. "context_length_exceeded"), or null.</summary>
+    public string? Code { get; } = code;
 
     public static ApiException BadField(string param, string message) => new(400, message, param);
 }

@@ -271,10 +271,21 @@ internal sealed class CompletionRequest : SamplingRequest
         if (!string.IsNullOrEmpty(Suffix)) throw ApiException.BadField("suffix", "suffix is not supported: the server completes the prompt only (no insertion)");
     }
 
-    /// <summary>The prompt's token ids: from text, or given as ids.</summary>
+    /// <summary>The prompt's token ids: from text, or given as ids; either alone or as a one-element batch.</summary>
     public int[] PromptTokens(QwqModel model)
     {
-        int[] ids = Prompt switch
+        var prompt = Prompt;
+        // OpenAI's batch form (an array of strings or of token-id arrays): clients such as LangChain's OpenAI LLM send
+        // one prompt as ["text"]. One choice per request, so a batch of several is refused rather than cut to the first.
+        if (prompt is { ValueKind: JsonValueKind.Array } batch && batch.GetArrayLength() > 0 &&
+            batch.EnumerateArray().All(e => e.ValueKind is JsonValueKind.String or JsonValueKind.Array))
+        {
+            int count = batch.GetArrayLength();
+            if (count > 1)
+                throw ApiException.BadField("prompt", $"prompt is a batch of {count} prompts: this server takes one prompt per request; send one request per prompt");
+            prompt = batch[0];
+        }
+        int[] ids = prompt switch
         {
             { ValueKind: JsonValueKind.String } s => model.Tokenizer.Encode(s.GetString()!),
             { ValueKind: JsonValueKind.Array } a when a.EnumerateArray().All(e => e.ValueKind == JsonValueKind.Number) =>

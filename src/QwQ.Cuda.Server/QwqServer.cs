@@ -21,7 +21,7 @@ namespace QwQ.Cuda.Server;
 
 /// <summary>
 /// An OpenAI-compatible HTTP server over a <see cref="QwqModel"/> (ASP.NET Core minimal APIs on Kestrel):
-/// POST /v1/chat/completions and /v1/completions (whole or as server-sent events), GET /v1/models, /health, /metrics.
+/// POST /v1/chat/completions and /v1/completions (whole or as server-sent events), GET /v1/models[/{id}], /health, /metrics.
 /// <para>
 /// Each request gets its own <see cref="ChatSession"/>, so requests run concurrently as far as the model's backend
 /// allows (the batching scheduler interleaves them); a client that disconnects cancels its generation and its session
@@ -70,8 +70,17 @@ public sealed class QwqServer : IAsyncDisposable
         _app.Use(AuthorizeAsync);
         _app.MapPost("/v1/chat/completions", (HttpContext http) => GenerateAsync(http, "chat", PrepareChatAsync));
         _app.MapPost("/v1/completions", (HttpContext http) => GenerateAsync(http, "completions", PrepareCompletionAsync));
-        _app.MapGet("/v1/models", (HttpContext http) => WriteJsonAsync(http, 200,
-            new ModelList([new ModelCard(options.ModelName, Started.ToUnixTimeSeconds(), model.Backend.MaxContext)])));
+        var card = new ModelCard(options.ModelName, Started.ToUnixTimeSeconds(), model.Backend.MaxContext);
+        _app.MapGet("/v1/models", (HttpContext http) => WriteJsonAsync(http, 200, new ModelList([card])));
+        // OpenAI's models.retrieve(id). {**id}: a served id is often a Hugging Face id or a path, whose slashes come raw or as %2F.
+        _app.MapGet("/v1/models/{**id}", (HttpContext http, string? id) =>
+        {
+            id = Uri.UnescapeDataString(id ?? "");
+            return id == options.ModelName
+                ? WriteJsonAsync(http, 200, card)
+                : WriteErrorAsync(http, new ApiException(404, $"the model '{id}' does not exist: this server serves '{options.ModelName}'",
+                    "model", code: "model_not_found"));
+        });
         _app.MapGet("/health", (HttpContext http) => WriteJsonAsync(http, 200, new { status = "ok" }));
         _app.MapGet("/metrics", async (HttpContext http) =>
         {
@@ -158,13 +167,14 @@ public sealed class QwqServer : IAsyncDisposable
         return CryptographicOperations.FixedTimeEquals(given, _apiKeyHash);
     }
 
-    /// <summary>One generation request: what to run, how to answer, which field a prompt error names.</summary>
+    /// <summary>One generation request: what to run, how to answer, which field a prompt error names, the prompt's length in tokens.</summary>
     private sealed record Job(
         bool Stream,
         bool IncludeUsage,
         ResponseFormat Format,
         Func<ChatSession, CancellationToken, IAsyncEnumerable<GenerationUpdate>> Run,
-        string PromptField);
+        string PromptField,
+        Func<ChatSession, int> PromptLength);
 
     private async Task<Job> PrepareChatAsync(HttpContext http)
     {
@@ -174,7 +184,7 @@ public sealed class QwqServer : IAsyncDisposable
         var options = request.ToGenerationOptions(_model);
         var format = new ChatFormat("chatcmpl-" + NewId(), request.Model ?? _options.ModelName, reportToolCalls: tools is not null);
         return new Job(request.Stream, request.IncludeUsage, format,
-            (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages");
+            (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages", session => session.Render(messages, tools).Length);
     }
 
     private async Task<Job> PrepareCompletionAsync(HttpContext http)
@@ -184,7 +194,7 @@ public sealed class QwqServer : IAsyncDisposable
         var options = request.ToGenerationOptions(_model);
         var format = new CompletionFormat("cmpl-" + NewId(), request.Model ?? _options.ModelName);
         return new Job(request.Stream, request.IncludeUsage, format,
-            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt");
+            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt", _ => prompt.Length);
     }
 
     private async Task GenerateAsync(HttpContext http, string endpoint, Func<HttpContext, Task<Job>> prepare)
@@ -212,7 +222,10 @@ public sealed class QwqServer : IAsyncDisposable
             }
             catch (OptionException e)
             {
-                throw ApiException.BadField(job.PromptField, e.Message);
+                // OpenAI's code for a prompt over the context, which clients test for (e.g. to trim the conversation).
+                // Measured again on this error path only, so that no other option error is labelled with it.
+                string? code = job.PromptLength(session) > session.Capacity ? "context_length_exceeded" : null;
+                throw new ApiException(400, e.Message, job.PromptField, code: code);
             }
             if (job.Stream) await StreamAsync(http, job, updates, more);
             else await AnswerAsync(http, job, updates, more);
@@ -286,7 +299,7 @@ public sealed class QwqServer : IAsyncDisposable
         {
             // Headers are out: the error travels as an event, as vLLM sends it.
             var error = e as ApiException ?? new ApiException(500, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error");
-            await SendAsync(response, new ErrorBody(new ErrorDetail(error.Message, error.Type, error.Param)), ct);
+            await SendAsync(response, new ErrorBody(new ErrorDetail(error.Message, error.Type, error.Param, error.Code)), ct);
         }
         await response.Body.WriteAsync(DoneEvent, ct);
         await response.Body.FlushAsync(ct);
@@ -400,7 +413,7 @@ public sealed class QwqServer : IAsyncDisposable
     private static async Task WriteErrorAsync(HttpContext http, ApiException e)
     {
         if (http.Response.HasStarted) return;
-        await WriteJsonAsync(http, e.StatusCode, new ErrorBody(new ErrorDetail(e.Message, e.Type, e.Param)));
+        await WriteJsonAsync(http, e.StatusCode, new ErrorBody(new ErrorDetail(e.Message, e.Type, e.Param, e.Code)));
     }
 
     private static async Task WriteJsonAsync(HttpContext http, int status, object body)

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using OpenAI;
 using OpenAI.Chat;
+using OpenAI.Models;
 using QwqServer = QwQ.Cuda.Server.QwqServer;
 using ServerOptions = QwQ.Cuda.Server.ServerOptions;
 using AI = Microsoft.Extensions.AI;
@@ -167,6 +168,34 @@ public class ServerTests
     }
 
     [Test]
+    public async Task CompletionsTakeAPromptInAOneElementArray()
+    {
+        // LangChain's OpenAI LLM and other clients send the batch form, "prompt": ["text"], for one prompt.
+        string ids = string.Join(",", _model.Tokenizer.Encode("Once upon a time"));
+        async Task<(int PromptTokens, string Text)> Complete(string prompt)
+        {
+            using var r = await _http.PostAsync("v1/completions", Json($$"""{"prompt":{{prompt}},"max_tokens":4,"ignore_eos":true,"temperature":0}"""));
+            var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), $"{prompt}: {root}");
+            return (root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), root.GetProperty("choices")[0].GetProperty("text").GetString()!);
+        }
+        var expected = await Complete("\"Once upon a time\"");
+        Assert.That(await Complete("[\"Once upon a time\"]"), Is.EqualTo(expected));
+        Assert.That(await Complete($"[{ids}]"), Is.EqualTo(expected));
+        Assert.That(await Complete($"[[{ids}]]"), Is.EqualTo(expected));
+    }
+
+    [TestCase("""["Hi","there","you"]""", 3)]
+    [TestCase("""[[9,10],[11]]""", 2)]
+    public async Task ABatchOfPromptsIs400AskingForOneRequestPerPrompt(string prompt, int count)
+    {
+        using var r = await _http.PostAsync("v1/completions", Json($$"""{"prompt":{{prompt}},"max_tokens":1}"""));
+        await AssertBadFieldAsync(r, "prompt");
+        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+            Does.Contain($"{count} prompts").And.Contain("one prompt per request; send one request per prompt"));
+    }
+
+    [Test]
     public async Task PromptTokensFromThePrefixCacheAreReportedAsCachedTokens()
     {
         // Each request runs on a fresh session: a prompt start seen before comes from the model's prefix cache, in
@@ -247,6 +276,38 @@ public class ServerTests
         Assert.That(Metric(metrics, "qwq_rope_recomputes_total"), Is.EqualTo(_model.Scheduler.Counters.RopeRecomputes));
     }
 
+    [Test]
+    public async Task ModelsRetrieveAnswersTheServedModelAndA404ForAnyOther()
+    {
+        // The official client's models.retrieve(id). Served ids are often Hugging Face ids or paths: slashes, sent raw or escaped.
+        await using var server = await QwqServer.StartAsync(_model, new ServerOptions { Port = 0, ModelName = "Qwen/QwQ-32B", ApiKey = "s3cret" });
+        var client = new OpenAIModelClient(new ApiKeyCredential("s3cret"), new OpenAIClientOptions { Endpoint = new Uri(server.BaseAddress, "v1") });
+        OpenAIModel model = (await client.GetModelAsync("Qwen/QwQ-32B")).Value;
+        Assert.That(model.Id, Is.EqualTo("Qwen/QwQ-32B"));
+        Assert.That(model.OwnedBy, Is.EqualTo("qwq.cuda"));
+        var e = Assert.ThrowsAsync<ClientResultException>(() => client.GetModelAsync("gpt-4o"));
+        Assert.That(e!.Status, Is.EqualTo(404));
+
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        http.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret");
+        string listed = JsonDocument.Parse(await http.GetStringAsync("v1/models")).RootElement.GetProperty("data")[0].GetRawText();
+        Assert.That(await http.GetStringAsync("v1/models/Qwen/QwQ-32B"), Is.EqualTo(listed), "the list's entry");
+        Assert.That(await http.GetStringAsync("v1/models/Qwen%2FQwQ-32B"), Is.EqualTo(listed));
+        using (var r = await http.GetAsync("v1/models/gpt-4o"))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+            var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+            Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("model_not_found"));
+            Assert.That(error.GetProperty("message").GetString(), Does.Contain("'gpt-4o'").And.Contain("'Qwen/QwQ-32B'"));
+        }
+        using var noKey = new HttpClient { BaseAddress = server.BaseAddress };
+        using (var r = await noKey.GetAsync("v1/models/Qwen/QwQ-32B"))
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized));
+        using (var r = await noKey.GetAsync("v1/models/gpt-4o"))
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.Unauthorized), "no key, no hint at which ids exist");
+    }
+
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"temperature":-1}""", "temperature")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_p":1.5}""", "top_p")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"max_tokens":0}""", "max_tokens")]
@@ -281,6 +342,11 @@ public class ServerTests
     [TestCase("""{"prompt":"Hi","max_tokens":1,"best_of":3}""", "best_of")]
     [TestCase("""{"prompt":"Hi","max_tokens":1,"suffix":"end"}""", "suffix")]
     [TestCase("""{"prompt":["Hi","there"]}""", "prompt")]
+    [TestCase("""{"prompt":[]}""", "prompt")]
+    [TestCase("""{"prompt":[""]}""", "prompt")]
+    [TestCase("""{"prompt":[[]]}""", "prompt")]
+    [TestCase("""{"prompt":[["Hi"]]}""", "prompt")]
+    [TestCase("""{"prompt":["Hi",[9]]}""", "prompt")]
     public async Task InvalidCompletionRequestsNameTheField(string body, string param)
     {
         using var r = await _http.PostAsync("v1/completions", Json(body));
@@ -348,13 +414,23 @@ public class ServerTests
         }
     }
 
-    [Test]
-    public async Task PromptLongerThanTheContextIs400()
+    [TestCase("v1/completions", false, "prompt")]
+    [TestCase("v1/chat/completions", false, "messages")]
+    [TestCase("v1/chat/completions", true, "messages")]
+    public async Task PromptLongerThanTheContextIs400WithOpenAisCode(string path, bool stream, string param)
     {
         string huge = string.Join(' ', Enumerable.Repeat("strawberry", 5000));
-        using var r = await _http.PostAsync("v1/completions", Json(JsonSerializer.Serialize(new { prompt = huge, max_tokens = 1 })));
+        object body = path == "v1/completions"
+            ? new { prompt = huge, max_tokens = 1, stream }
+            : new { messages = new[] { new { role = "user", content = huge } }, max_tokens = 1, stream };
+        using var r = await _http.PostAsync(path, Json(JsonSerializer.Serialize(body)));
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
-        Assert.That(JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo("prompt"));
+        var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+        Assert.That(error.GetProperty("param").GetString(), Is.EqualTo(param));
+        Assert.That(error.GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+        // OpenAI's code, which clients test for to trim the conversation and retry.
+        Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("context_length_exceeded"));
+        Assert.That(error.GetProperty("message").GetString(), Does.Contain("context holds").And.Contain("shorten the prompt"));
     }
 
     [Test]
