@@ -82,11 +82,14 @@ internal sealed class UpdateWriter(CliHost host, long weightBytesPerToken, bool 
         sb.Append(CultureInfo.InvariantCulture, $" · prefill {u.PrefillTokensPerSecond:F1} tok/s");
         sb.Append(CultureInfo.InvariantCulture, $" · decode {u.DecodeTokensPerSecond:F1} tok/s");
         double gbps = GbPerSecond(u, weightBytesPerToken);
-        sb.Append(" · ").Append(gbps.ToString(gbps >= 10 ? "F0" : "F2", CultureInfo.InvariantCulture)).Append(" GB/s");  // a small model's is under 1
+        sb.Append(" · ").Append(FormatGbPerSecond(gbps)).Append(" GB/s");
         sb.Append(" · ").Append(Describe(r.FinishReason));
         if (r.StopString is not null) sb.Append(" \"").Append(r.StopString).Append('"');
         return sb.ToString();
     }
+
+    /// <summary>GB/s as the stats line prints it: whole numbers from 10, two decimals below (a small model's is under 1, not "0").</summary>
+    internal static string FormatGbPerSecond(double gbps) => gbps.ToString(gbps >= 10 ? "F0" : "F2", CultureInfo.InvariantCulture);
 
     /// <summary>Weight bytes streamed per second while decoding (each token reads every weight once).</summary>
     internal static double GbPerSecond(GenerationUsage u, long weightBytesPerToken) => weightBytesPerToken * u.DecodeTokensPerSecond / 1e9;
