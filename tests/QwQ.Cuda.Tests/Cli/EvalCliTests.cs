@@ -143,6 +143,23 @@ public class EvalCliTests
         Assert.That(badKind.ExitCode, Is.EqualTo(2));
     }
 
+    // --kind was System.CommandLine's "Argument 'essay' not recognized. Must be one of:" with the names on tab-indented
+    // lines and no option named, and it refused "MATH"; the other choice options say what they expect in one line, any case.
+    [Test]
+    public async Task KindNamesItselfWhenWrongAndTakesAnyCase()
+    {
+        var bad = await Qwq(Eval(TwoProblems(), _tmp.Combine("r.jsonl"), kind: "essay"));
+        Assert.That(bad.ExitCode, Is.EqualTo(2), bad.Err);
+        Assert.That(bad.Err, Does.StartWith("error: --kind expects one of math, choice, got 'essay'\n").And.Not.Contain("not recognized"));
+
+        var upper = await Qwq(Eval(TwoProblems(), _tmp.Combine("r.jsonl"), samples: "1", kind: "MATH"));
+        Assert.That(upper.ExitCode, Is.Zero, upper.Err);
+        var choice = await Qwq(Eval(Path.Combine(Examples, "choice.jsonl"), _tmp.Combine("c.jsonl"), samples: "1", kind: "Choice"));
+        Assert.That(choice.ExitCode, Is.Zero, choice.Err);
+        using var summary = JsonDocument.Parse(File.ReadAllText(_tmp.Combine("c.summary.json")));
+        Assert.That(summary.RootElement.GetProperty("kind").GetString(), Is.EqualTo("choice"), "Choice is the choice kind, not math");
+    }
+
     // ---- llama.cpp conventions -----------------------------------------------------------------
 
     [Test]
