@@ -143,6 +143,18 @@ public class EvalCliTests
         Assert.That(badKind.ExitCode, Is.EqualTo(2));
     }
 
+    // --data DIR said "The problems file 'DIR' does not exist", which it does.
+    [Test]
+    public async Task DataThatIsADirectoryIsNamedAsOne()
+    {
+        string dir = _tmp.Combine("problems");
+        Directory.CreateDirectory(dir);
+        var r = await Qwq(Eval(dir, _tmp.Combine("r.jsonl")));
+        Assert.That(r.ExitCode, Is.EqualTo(1), r.Err);
+        Assert.That(r.Err.Trim(), Is.EqualTo($"error: --data {dir} is a directory; pass a problems .jsonl file (one JSON object per line, see docs/EVAL.md)."));
+        Assert.That(File.Exists(_tmp.Combine("r.jsonl")), Is.False, "nothing written");
+    }
+
     // --kind was System.CommandLine's "Argument 'essay' not recognized. Must be one of:" with the names on tab-indented
     // lines and no option named, and it refused "MATH"; the other choice options say what they expect in one line, any case.
     [Test]
