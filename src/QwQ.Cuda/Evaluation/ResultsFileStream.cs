@@ -2,7 +2,7 @@ using QwQ.Cuda.Errors;
 
 namespace QwQ.Cuda.Evaluation;
 
-/// <summary>Opens a results file that one run appends to as it goes (<c>qwq eval --out</c>).</summary>
+/// <summary>Opens a results file that one run appends to as it goes (<c>qwq eval --out</c>, <c>qwq generate --output</c>).</summary>
 internal static class ResultsFileStream
 {
     /// <summary>
