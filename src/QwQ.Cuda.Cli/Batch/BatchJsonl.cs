@@ -141,19 +141,21 @@ internal static class BatchJsonl
     /// <summary>
     /// The ids already in an output file (to skip on --resume). An incomplete last line (the process was killed
     /// while writing it) is cut off, so appending continues on a line of its own; any other line that is not a
-    /// result is an error naming it.
+    /// result is an error naming it. Read through the run's own handle on the file (<paramref name="path"/> names it).
     /// </summary>
-    public static HashSet<string> ReadDoneIdsAndRepair(string path, out bool repaired)
+    public static HashSet<string> ReadDoneIdsAndRepair(FileStream output, string path, out bool repaired)
     {
         repaired = false;
         var ids = new HashSet<string>(StringComparer.Ordinal);
-        if (!File.Exists(path)) return ids;
-        byte[] bytes = File.ReadAllBytes(path);
+        var buffer = new MemoryStream();
+        output.Seek(0, SeekOrigin.Begin);
+        output.CopyTo(buffer);
+        byte[] bytes = buffer.ToArray();
         int end = bytes.Length;
         if (end > 0 && bytes[end - 1] != (byte)'\n')
         {
             end = Array.LastIndexOf(bytes, (byte)'\n') + 1; // the partial line was never flushed whole: it was not finished
-            using (var f = new FileStream(path, FileMode.Open, FileAccess.Write)) f.SetLength(end);
+            output.SetLength(end);
             repaired = true;
         }
         var lines = Encoding.UTF8.GetString(bytes, 0, end).Split('\n');
@@ -177,9 +179,15 @@ internal static class BatchJsonl
 }
 
 /// <summary>The output file: each result appended as one line and flushed, so an interrupted run keeps every finished one.</summary>
-internal sealed class BatchOutput(string path) : IDisposable
+internal sealed class BatchOutput(FileStream output) : IDisposable
 {
-    private readonly StreamWriter _writer = new(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+    private readonly StreamWriter _writer = new(Append(output), new UTF8Encoding(false));
+
+    private static FileStream Append(FileStream output)
+    {
+        output.Seek(0, SeekOrigin.End);
+        return output;
+    }
 
     public void Write(BatchResult result)
     {

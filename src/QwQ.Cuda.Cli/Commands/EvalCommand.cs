@@ -22,8 +22,8 @@ internal static class EvalCommand
         var source = new ModelSourceOptions();
         var sampling = new SamplingCliOptions();
         var data = new Option<string>("--data") { Description = "Problems, one JSON object per line (see docs/EVAL.md)", HelpName = "FILE", Required = true };
-        var kind = new Option<string>("--kind") { Description = "math: answer in \\boxed{}; choice: a letter in an \"answer\" field", Required = true };
-        kind.AcceptOnlyFromAmong("math", "choice");
+        var kind = new Option<string?>("--kind") { Description = "math: answer in \\boxed{}; choice: a letter in an \"answer\" field", Required = true };
+        TypedOptions.AcceptOnly(kind, "math", "choice");
         var samples = TypedOptions.Integer("--samples", 1, "Samples per problem (sample k uses seed = --seed + k)");
         var output = new Option<string>("--out", "-o") { Description = "Results file (JSON lines, one per sample); the summary goes beside it as NAME.summary.json", HelpName = "FILE", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue an interrupted run: keep the samples already in --out, generate the rest" };

@@ -2,6 +2,7 @@ using System.CommandLine;
 using QwQ.Cuda.Cli.Batch;
 using QwQ.Cuda.Cli.Output;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Evaluation;
 using QwQ.Cuda.Generation;
 using static System.FormattableString;
 
@@ -120,18 +121,20 @@ internal static class GenerateCommand
             throw new OptionException("give either --prompt/--file or --input, not both");
         if (!File.Exists(input)) throw new OptionException($"--input {input} does not exist");
         bool resume = p.GetValue(batch.Resume);
-        if (!resume && File.Exists(path) && new FileInfo(path).Length > 0)
-            throw new OptionException($"--output {path} already has results: pass --resume to skip their ids and append, or choose another file");
 
         // The whole input is checked before a possibly long load: a typo on line 900 should not cost a model load.
         List<InputLine> lines;
         using (var reader = new StreamReader(input)) lines = BatchJsonl.ReadInput(reader, input);
-        bool repaired = false;
-        var done = resume ? BatchJsonl.ReadDoneIdsAndRepair(path, out repaired) : [];
-        var todo = lines.Where(l => !done.Contains(l.Id)).ToList();
         var (model, _) = source.Source(p);
         var modelOptions = source.Bind(p);
         sampling.Bind(p, Sampling.SamplingOptions.FromGenerationConfig());
+        // So is --output, opened as eval opens --out: held by this run alone until it ends (or refused naming it).
+        using var outputFile = ResultsFileStream.Open(path, "--output");
+        if (!resume && outputFile.Length > 0)
+            throw new OptionException($"--output {path} already has results: pass --resume to skip their ids and append, or choose another file");
+        bool repaired = false;
+        var done = resume ? BatchJsonl.ReadDoneIdsAndRepair(outputFile, path, out repaired) : [];
+        var todo = lines.Where(l => !done.Contains(l.Id)).ToList();
         bool json = p.GetValue(output.Json), progress = !p.GetValue(output.NoProgress) && !json;
         if (resume && !json)
         {
@@ -147,7 +150,7 @@ internal static class GenerateCommand
             ReportWarnings(host, qwq, json);
             var options = sampling.Bind(p, qwq.GenerationDefaults);
             string? system = p.GetValue(systemOption);
-            using var writer = new BatchOutput(path);
+            using var writer = new BatchOutput(outputFile);
             var totals = await BatchRun.RunAsync(host, qwq, [.. todo.Select(l => l.ToPrompt(options, system))], writer, progress, token);
             if (!json)
                 host.Error.WriteLine(host.Dim(Invariant(

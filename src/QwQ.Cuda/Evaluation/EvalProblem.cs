@@ -46,6 +46,8 @@ public static class EvalProblems
     /// </summary>
     public static IReadOnlyList<EvalProblem> Load(string path, AnswerKind kind)
     {
+        if (Directory.Exists(path))
+            throw new QwqException($"--data {path} is a directory; pass a problems .jsonl file (one JSON object per line, see docs/EVAL.md).");
         if (!File.Exists(path))
             throw new QwqException($"The problems file '{path}' does not exist (expected JSON lines, see docs/EVAL.md).");
         var problems = new List<EvalProblem>();

@@ -45,25 +45,13 @@ public sealed class EvalResultsFile : IDisposable
     /// </summary>
     public static EvalResultsFile Open(string path, bool resume)
     {
-        if (Directory.Exists(path))
-            throw new QwqException($"--out {path} is a directory; name the results file (for example {System.IO.Path.Combine(path, "results.jsonl")}).");
-        bool exists = File.Exists(path) && new FileInfo(path).Length > 0;
-        if (exists && !resume)
-            throw new QwqException($"The results file '{path}' already exists: pass --resume to continue that run, or choose another --out.");
-        FileStream stream;
+        // Held before anything is read, so that a run another one is writing is refused as such, with or without --resume.
+        var stream = ResultsFileStream.Open(path, "--out");
         try
         {
-            string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
-            if (dir is not null) Directory.CreateDirectory(dir);
-            stream = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Checked before the model loads: an unwritable place or a path under a file.
-            throw new QwqException($"--out {path} cannot be written: {e.Message}", e);
-        }
-        try
-        {
+            bool exists = stream.Length > 0;
+            if (exists && !resume)
+                throw new QwqException($"The results file '{path}' already exists: pass --resume to continue that run, or choose another --out.");
             var existing = exists ? ReadAndRepair(stream, path) : [];
             stream.Seek(0, SeekOrigin.End);
             return new EvalResultsFile(stream, existing);
@@ -79,8 +67,17 @@ public sealed class EvalResultsFile : IDisposable
     public static IReadOnlyList<EvalSample> Read(string path)
     {
         if (!File.Exists(path)) throw new QwqException($"The results file '{path}' does not exist.");
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        return ReadLines(stream, path, out _);
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        }
+        catch (IOException e) when (ResultsFileStream.HeldByAnother(e))
+        {
+            // On Unix a run's exclusive lock keeps .NET readers out too (other programs, e.g. tail, are not stopped).
+            throw new QwqException($"The results file '{path}' is being written by a run; read it when that run ends.", e);
+        }
+        using (stream) return ReadLines(stream, path, out _);
     }
 
     private static List<EvalSample> ReadAndRepair(FileStream stream, string path)

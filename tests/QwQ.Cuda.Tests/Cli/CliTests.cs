@@ -890,8 +890,9 @@ public class CliTests
         using var ctrlC = new CancellationTokenSource();
         var watcher = Task.Run(async () =>
         {
-            // Ctrl+C once the first (one-token) result is on disk, while the others are mid-way.
-            while (!ctrlC.IsCancellationRequested && !(File.Exists(output) && File.ReadAllText(output).Contains('\n'))) await Task.Delay(5);
+            // Ctrl+C once the first (one-token) result is on disk, while the others are mid-way. The run holds the file
+            // (a .NET reader would be refused): its length tells, one short line flushed whole.
+            while (!ctrlC.IsCancellationRequested && !(File.Exists(output) && new FileInfo(output).Length > 0)) await Task.Delay(5);
             ctrlC.Cancel();
         });
         var o = new StringWriter();
@@ -943,6 +944,43 @@ public class CliTests
         var r = await Qwq(Batch(input, dir.Combine("out.jsonl")));
         AssertOneCleanError(r, 2, $"{input} {where}", message);
         Assert.That(File.Exists(dir.Combine("out.jsonl")), Is.False, "nothing is written before the input is valid");
+    }
+
+    // --output that cannot be written ended, after the model had loaded, as "internal error: UnauthorizedAccessException"
+    // (exit 3); and two runs on one --output interleaved their lines. It is opened as eval opens --out, before the load
+    // (here the model does not exist, so an error about the model would mean it was tried first).
+    [TestCase("directory", "is a directory; name the results file")]
+    [TestCase("under a file", "cannot be written")]
+    [TestCase("/sys", "cannot be written")]
+    [TestCase("held by another run", "Another run is writing --output")]
+    public async Task GenerateOutputThatCannotBeWrittenIsOneClearErrorBeforeTheModelLoads(string where, string message)
+    {
+        if (where == "/sys" && !OperatingSystem.IsLinux()) Assert.Ignore("/sys is Linux's");
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl");
+        File.WriteAllLines(input, ["""{"id": "a", "prompt": "Hello"}"""]);
+        string output = where switch
+        {
+            "directory" => dir.Combine("out"),
+            "under a file" => Path.Combine(input, "results.jsonl"),
+            "/sys" => "/sys/qwq-results.jsonl",
+            _ => dir.Combine("results.jsonl"),
+        };
+        if (where == "directory") Directory.CreateDirectory(output);
+        using var held = where == "held by another run" ? QwQ.Cuda.Evaluation.ResultsFileStream.Open(output, "--output") : null;
+        var r = await Qwq("generate", "--model", dir.Combine("no-model"), "--backend", "cpu", "--input", input, "--output", output, "--resume");
+        AssertOneCleanError(r, 1, $"error: {(where == "held by another run" ? "Another run is writing --output " : "--output ")}{output}", message);
+    }
+
+    [Test]
+    public async Task GenerateOutputsFolderIsMadeAsEvalsIs()
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl"), output = dir.Combine("runs", "new", "results.jsonl");
+        File.WriteAllLines(input, ["""{"id": "a", "prompt": "Hello"}"""]);
+        var r = await Qwq(Batch(input, output));
+        Assert.That(r.ExitCode, Is.Zero, r.Err);
+        Assert.That(ResultLines(output).Select(e => e.GetProperty("id").GetString()), Is.EqualTo(new[] { "a" }));
     }
 
     [Test]

@@ -77,6 +77,49 @@ public class EvalCliTests
         Assert.That(samples.Select(s => (s.Id, s.Sample)), Is.EquivalentTo(new[] { ("math-01", 0), ("math-01", 1), ("math-02", 0), ("math-02", 1) }));
     }
 
+    // A second `qwq eval` on the --out that a running one writes exited 0, its lines interleaved with the first's. Now it
+    // fails at once naming --out; and a run killed with kill -9 leaves no lock behind: --resume continues it.
+    [Test]
+    public async Task ASecondRunOnTheSameOutFailsAtOnceAndAKilledRunResumes()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Ignore("kills a child process with SIGKILL");
+        string data = TwoProblems();
+        string results = _tmp.Combine("r.jsonl");
+        // 200,000 samples: the tiny model writes its first lines within a second and would run for many minutes.
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "qwq.dll"), .. Eval(data, results, samples: "100000"), "--no-progress"])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        using (var first = System.Diagnostics.Process.Start(psi)!)
+        {
+            var firstErr = first.StandardError.ReadToEndAsync();
+            _ = first.StandardOutput.ReadToEndAsync();
+            try
+            {
+                var deadline = DateTime.UtcNow.AddSeconds(60);
+                while (!(File.Exists(results) && new FileInfo(results).Length > 0) && !first.HasExited && DateTime.UtcNow < deadline)
+                    await Task.Delay(50);
+                Assert.That(first.HasExited, Is.False, "the first run is still writing");
+                Assert.That(new FileInfo(results).Length, Is.GreaterThan(0), "the first run wrote a sample within 60 s");
+
+                var second = await Qwq(Eval(data, results, more: "--resume"));
+                Assert.That(second.ExitCode, Is.EqualTo(1), second.Err);
+                Assert.That(second.Err.Trim(), Is.EqualTo($"error: Another run is writing --out {results}: wait for it to end (then --resume), or choose another --out."));
+                Assert.That(first.HasExited, Is.False, "refused while the first run was still running");
+            }
+            finally
+            {
+                first.Kill(); // SIGKILL: no finally blocks, no Dispose in the child
+                first.WaitForExit();
+            }
+            Assert.That(await firstErr, Does.Not.Contain("error"));
+        }
+
+        var resumed = await Qwq(Eval(data, results, more: "--resume"));
+        Assert.That(resumed.ExitCode, Is.Zero, resumed.Err);
+        Assert.That(EvalResultsFile.Read(results).Select(s => (s.Id, s.Sample)), Is.SupersetOf(new[] { ("math-01", 0), ("math-01", 1), ("math-02", 0), ("math-02", 1) }));
+    }
+
     [Test]
     public async Task ChoiceSetsRunToo()
     {
@@ -98,6 +141,35 @@ public class EvalCliTests
         Assert.That(noSamples.Err, Does.Contain("--samples 0"));
         var badKind = await Qwq(Eval(TwoProblems(), _tmp.Combine("r.jsonl"), kind: "essay"));
         Assert.That(badKind.ExitCode, Is.EqualTo(2));
+    }
+
+    // --data DIR said "The problems file 'DIR' does not exist", which it does.
+    [Test]
+    public async Task DataThatIsADirectoryIsNamedAsOne()
+    {
+        string dir = _tmp.Combine("problems");
+        Directory.CreateDirectory(dir);
+        var r = await Qwq(Eval(dir, _tmp.Combine("r.jsonl")));
+        Assert.That(r.ExitCode, Is.EqualTo(1), r.Err);
+        Assert.That(r.Err.Trim(), Is.EqualTo($"error: --data {dir} is a directory; pass a problems .jsonl file (one JSON object per line, see docs/EVAL.md)."));
+        Assert.That(File.Exists(_tmp.Combine("r.jsonl")), Is.False, "nothing written");
+    }
+
+    // --kind was System.CommandLine's "Argument 'essay' not recognized. Must be one of:" with the names on tab-indented
+    // lines and no option named, and it refused "MATH"; the other choice options say what they expect in one line, any case.
+    [Test]
+    public async Task KindNamesItselfWhenWrongAndTakesAnyCase()
+    {
+        var bad = await Qwq(Eval(TwoProblems(), _tmp.Combine("r.jsonl"), kind: "essay"));
+        Assert.That(bad.ExitCode, Is.EqualTo(2), bad.Err);
+        Assert.That(bad.Err, Does.StartWith("error: --kind expects one of math, choice, got 'essay'\n").And.Not.Contain("not recognized"));
+
+        var upper = await Qwq(Eval(TwoProblems(), _tmp.Combine("r.jsonl"), samples: "1", kind: "MATH"));
+        Assert.That(upper.ExitCode, Is.Zero, upper.Err);
+        var choice = await Qwq(Eval(Path.Combine(Examples, "choice.jsonl"), _tmp.Combine("c.jsonl"), samples: "1", kind: "Choice"));
+        Assert.That(choice.ExitCode, Is.Zero, choice.Err);
+        using var summary = JsonDocument.Parse(File.ReadAllText(_tmp.Combine("c.summary.json")));
+        Assert.That(summary.RootElement.GetProperty("kind").GetString(), Is.EqualTo("choice"), "Choice is the choice kind, not math");
     }
 
     // ---- llama.cpp conventions -----------------------------------------------------------------

@@ -166,8 +166,8 @@ public class EvalResultsFileTests
         using (var file = EvalResultsFile.Open(path, resume: false))
         {
             file.Append(Sample("a", 0));
-            // Readable by another reader before the writer closes: each sample is on disk as soon as it is appended.
-            Assert.That(EvalResultsFile.Read(path), Is.EqualTo(new[] { Sample("a", 0) }));
+            // Each sample is on disk as soon as it is appended (the run holds the file, so its length tells).
+            Assert.That(new FileInfo(path).Length, Is.EqualTo(EvalResultsFile.Serialize(Sample("a", 0)).Length));
             file.Append(Sample("a", 1));
         }
         Assert.That(EvalResultsFile.Read(path), Is.EqualTo(new[] { Sample("a", 0), Sample("a", 1) }));
@@ -182,6 +182,25 @@ public class EvalResultsFileTests
         Assert.That(() => EvalResultsFile.Open(path, resume: false),
             Throws.InstanceOf<QwqException>().With.Message.Contain("--resume").And.Message.Contain("r.jsonl"));
         Assert.That(EvalResultsFile.Read(path), Has.Count.EqualTo(1));
+    }
+
+    // Two runs on one --out at once interleaved their lines: on Unix the shared lock that FileShare.Read takes did not
+    // stop a second writer. The second is refused at once, naming --out, and the file is free again when the first ends.
+    [Test]
+    public void ASecondRunOnTheSameFileIsRefusedWhileTheFirstWrites()
+    {
+        string path = _tmp.Combine("r.jsonl");
+        using (var first = EvalResultsFile.Open(path, resume: false))
+        {
+            first.Append(Sample("a", 0));
+            foreach (bool resume in new[] { true, false })
+                Assert.That(() => EvalResultsFile.Open(path, resume),
+                    Throws.InstanceOf<QwqException>().With.Message.Contain("Another run is writing --out " + path), $"resume: {resume}");
+            if (!OperatingSystem.IsWindows()) // there readers may share the file; on Unix the lock keeps .NET readers out
+                Assert.That(() => EvalResultsFile.Read(path), Throws.InstanceOf<QwqException>().With.Message.Contain("being written by a run"));
+        }
+        using (var second = EvalResultsFile.Open(path, resume: true)) second.Append(Sample("a", 1));
+        Assert.That(EvalResultsFile.Read(path).Select(s => s.Sample), Is.EqualTo(new[] { 0, 1 }));
     }
 
     [Test]
