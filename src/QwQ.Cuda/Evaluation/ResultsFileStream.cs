@@ -12,6 +12,8 @@ internal static class ResultsFileStream
     /// run never leaves a lock behind; FileShare.Read took a shared flock that a second writer shared. Windows already
     /// refuses a second writer under FileShare.Read, and there it keeps the file readable by other programs.
     /// Every failure is a <see cref="QwqException"/> naming <paramref name="option"/>, so it is found before a model loads.
+    /// A file this call creates and nothing is written to (the model then failed to load, the run was cancelled at once)
+    /// is removed when the stream is disposed, so a failed run leaves no empty results file behind.
     /// </summary>
     public static FileStream Open(string path, string option)
     {
@@ -21,7 +23,8 @@ internal static class ResultsFileStream
         {
             string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
             if (dir is not null) Directory.CreateDirectory(dir);
-            return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, OperatingSystem.IsWindows() ? FileShare.Read : FileShare.None);
+            bool existed = File.Exists(path);
+            return new RunFile(path, OperatingSystem.IsWindows() ? FileShare.Read : FileShare.None, created: !existed);
         }
         catch (IOException e) when (HeldByAnother(e))
         {
@@ -31,6 +34,30 @@ internal static class ResultsFileStream
         {
             // An unwritable place (/sys, no permission) or a path under a file.
             throw new QwqException($"{option} {path} cannot be written: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The run's handle: removes the file at dispose if this run created it and wrote nothing.</summary>
+    private sealed class RunFile(string path, FileShare share, bool created)
+        : FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, share)
+    {
+        private bool _created = created;
+
+        protected override void Dispose(bool disposing)
+        {
+            bool remove = disposing && _created && Length == 0;
+            _created = false; // once: a StreamWriter over it disposes it too
+            // On Unix removed while the lock is held, so no other run can have opened it in between; Windows cannot
+            // delete a file open without FileShare.Delete, so there it goes after the close.
+            if (remove && !OperatingSystem.IsWindows()) TryDelete(path);
+            base.Dispose(disposing);
+            if (remove && OperatingSystem.IsWindows()) TryDelete(path);
+        }
+
+        private static void TryDelete(string path)
+        {
+            try { File.Delete(path); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } // an empty file left is harmless
         }
     }
 

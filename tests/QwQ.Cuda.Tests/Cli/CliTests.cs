@@ -973,6 +973,21 @@ public class CliTests
     }
 
     [Test]
+    public async Task AFailedLoadLeavesNoEmptyOutputFile()
+    {
+        using var dir = new TestModels.TempDir();
+        string input = dir.Combine("prompts.jsonl"), output = dir.Combine("results.jsonl");
+        File.WriteAllLines(input, ["""{"id": "a", "prompt": "Hello"}"""]);
+        var r = await Qwq("generate", "--model", dir.Combine("no-model"), "--backend", "cpu", "--input", input, "--output", output);
+        Assert.That(r.ExitCode, Is.Not.Zero);
+        Assert.That(File.Exists(output), Is.False, "the results file opened before the load, with nothing written");
+        File.WriteAllText(output, "");
+        r = await Qwq("generate", "--model", dir.Combine("no-model"), "--backend", "cpu", "--input", input, "--output", output, "--resume");
+        Assert.That(r.ExitCode, Is.Not.Zero);
+        Assert.That(File.Exists(output), Is.True, "a file that was there before the run stays");
+    }
+
+    [Test]
     public async Task GenerateOutputsFolderIsMadeAsEvalsIs()
     {
         using var dir = new TestModels.TempDir();

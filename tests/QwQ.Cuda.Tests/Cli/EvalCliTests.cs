@@ -155,6 +155,16 @@ public class EvalCliTests
         Assert.That(File.Exists(_tmp.Combine("r.jsonl")), Is.False, "nothing written");
     }
 
+    // The results file is opened (and held) before the model loads; a run that then fails leaves none behind.
+    [Test]
+    public async Task AFailedLoadLeavesNoEmptyResultsFile()
+    {
+        string results = _tmp.Combine("r.jsonl");
+        var r = await Qwq(["eval", "--model", _tmp.Combine("no-model"), "--backend", "cpu", "--data", TwoProblems(), "--kind", "math", "--out", results]);
+        Assert.That(r.ExitCode, Is.EqualTo(1), r.Err);
+        Assert.That(File.Exists(results), Is.False);
+    }
+
     // --kind was System.CommandLine's "Argument 'essay' not recognized. Must be one of:" with the names on tab-indented
     // lines and no option named, and it refused "MATH"; the other choice options say what they expect in one line, any case.
     [Test]
