@@ -98,6 +98,8 @@ public sealed class ChatSession : IDisposable
         IReadOnlyList<JsonElement>? tools = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
+        if (messages.Count == 0)
+            throw new ArgumentException("no messages: give at least one (e.g. the user's)", nameof(messages));
         return StreamPromptAsync(Render(messages, tools), options, startInReasoning: true, onDone: null, cancellationToken);
     }
 

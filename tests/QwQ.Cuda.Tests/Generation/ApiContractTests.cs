@@ -23,6 +23,17 @@ public class ApiContractTests
     }
 
     [Test]
+    public void EmptyMessageListNamesTheParameter()
+    {
+        using var model = TestModels.ChatModel();
+        using var session = model.CreateSession();
+        // exactly ArgumentException, as for an empty token prompt: it was a QwqException from the chat template
+        var e = Assert.Throws<ArgumentException>(() => session.StreamAsync(new List<QwQ.Cuda.Text.ChatMessage>()))!;
+        Assert.That(e.ParamName, Is.EqualTo("messages"));
+        Assert.That(e.Message, Does.Contain("no messages"));
+    }
+
+    [Test]
     public void LogitBiasThatBansEveryTokenIsRefused()
     {
         using var model = TestModels.ChatModel();
