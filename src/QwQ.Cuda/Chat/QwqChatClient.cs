@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.AI;
+using QwQ.Cuda.Errors;
 using QwQ.Cuda.Generation;
 using QwQ.Cuda.Sampling;
 using AI = Microsoft.Extensions.AI;
@@ -200,10 +201,18 @@ public sealed class QwqChatClient : IChatClient
 
     // ---- mapping -----------------------------------------------------------------------------
 
-    /// <summary>ChatOptions over the model's defaults. Extra keys in AdditionalProperties: "min_p", "repetition_penalty".</summary>
+    /// <summary>
+    /// ChatOptions over the model's defaults. Extra keys in AdditionalProperties: "min_p", "repetition_penalty".
+    /// A value that cannot work throws <see cref="ArgumentException"/> (parameter "options") naming the option.
+    /// </summary>
     internal static GenerationOptions ToGenerationOptions(ChatOptions? o, SamplingOptions defaults)
     {
         if (o is null) return new GenerationOptions { Sampling = defaults };
+        // Checked here, in ChatOptions' terms: the engine's own checks name the CLI's flags (--max-tokens, --stop).
+        if (o.MaxOutputTokens is < 1)
+            throw new ArgumentException($"ChatOptions.MaxOutputTokens = {o.MaxOutputTokens} must be at least 1 (null: until the answer ends or the context is full).", "options");
+        if (o.StopSequences is { } stopList && stopList.Any(string.IsNullOrEmpty))
+            throw new ArgumentException("ChatOptions.StopSequences has an empty (or null) string: give non-empty text.", "options");
         var s = defaults with
         {
             Temperature = o.Temperature ?? defaults.Temperature,
@@ -215,8 +224,16 @@ public sealed class QwqChatClient : IChatClient
         };
         if (o.AdditionalProperties is { } extra)
         {
-            if (extra.TryGetValue("min_p", out float minP)) s = s with { MinP = minP };
-            if (extra.TryGetValue("repetition_penalty", out float rep)) s = s with { RepetitionPenalty = rep };
+            if (ExtraNumber(extra, "min_p") is float minP) s = s with { MinP = minP };
+            if (ExtraNumber(extra, "repetition_penalty") is float rep) s = s with { RepetitionPenalty = rep };
+        }
+        try
+        {
+            s.Validate();
+        }
+        catch (OptionException e) // its message names the sampling parameter (temperature, top_p, min_p, ...)
+        {
+            throw new ArgumentException("ChatOptions: " + e.Message, "options", e);
         }
         return new GenerationOptions
         {
@@ -227,14 +244,37 @@ public sealed class QwqChatClient : IChatClient
     }
 
     /// <summary>
+    /// A number under <paramref name="key"/> (any numeric type, a numeric string, or a JSON number as options read
+    /// from configuration carry); null when absent. Anything else throws rather than being dropped without a word.
+    /// </summary>
+    private static float? ExtraNumber(AdditionalPropertiesDictionary extra, string key)
+    {
+        if (!extra.ContainsKey(key)) return null;
+        if (extra.TryGetValue(key, out float value) && extra[key] is not bool) return value;
+        if (extra[key] is JsonElement { ValueKind: JsonValueKind.Number } json && json.TryGetSingle(out value)) return value;
+        throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{key}\"] must be a number, got {Describe(extra[key])}.", "options");
+
+        static string Describe(object? v) => v switch
+        {
+            null => "null",
+            JsonElement e => $"JSON {e.ValueKind.ToString().ToLowerInvariant()} {e.GetRawText()}",
+            string str => $"\"{str}\"",
+            _ => $"{v} ({v.GetType().Name})",
+        };
+    }
+
+    /// <summary>
     /// M.E.AI messages → the template's messages: text contents joined; an assistant's function calls become tool
     /// calls; each function result becomes a "tool" message; reasoning content is dropped (the template drops it too).
     /// </summary>
     internal static List<Qwq.ChatMessage> ToTemplateMessages(IEnumerable<AI.ChatMessage> messages, string? instructions)
     {
         var list = new List<Qwq.ChatMessage>();
+        int index = 0;
         foreach (var m in messages)
         {
+            if (m is null) throw new ArgumentException($"messages[{index}] is null", nameof(messages));
+            index++;
             string role = m.Role.Value;
             var text = string.Concat(m.Contents.OfType<TextContent>().Select(t => t.Text));
             var calls = m.Contents.OfType<FunctionCallContent>().Select(c => new Qwq.ToolCall(c.Name, ArgumentsJson(c.Arguments))).ToList();

@@ -32,6 +32,59 @@ public class QwqChatClientTests
     }
 
     [Test]
+    public void InvalidChatOptionsAreArgumentExceptionsNamingTheOption()
+    {
+        // They were OptionExceptions from the engine naming CLI flags ("(--max-tokens)"), which an IChatClient caller never saw.
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        List<Microsoft.Extensions.AI.ChatMessage> hi = [new(ChatRole.User, "Hi")];
+        foreach (var (options, named) in new (ChatOptions, string)[]
+        {
+            (new() { MaxOutputTokens = -1 }, "ChatOptions.MaxOutputTokens"),
+            (new() { MaxOutputTokens = 0 }, "ChatOptions.MaxOutputTokens"),
+            (new() { StopSequences = ["END", ""] }, "ChatOptions.StopSequences"),
+            (new() { Temperature = -1, MaxOutputTokens = 2 }, "temperature"),
+            (new() { TopP = 2, MaxOutputTokens = 2 }, "top_p"),
+            (new() { TopK = -1, MaxOutputTokens = 2 }, "top_k"),
+            (new() { AdditionalProperties = new() { ["min_p"] = 1.5f }, MaxOutputTokens = 2 }, "min_p"),
+        })
+        {
+            var e = Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(hi, options))!;
+            Assert.That(e.ParamName, Is.EqualTo("options"));
+            Assert.That(e.Message, Does.Contain(named).And.Not.Contain("--"));
+        }
+        Assert.DoesNotThrowAsync(() => client.GetResponseAsync(hi, new ChatOptions { Temperature = 0, MaxOutputTokens = 2 }), "the client stays usable");
+    }
+
+    [Test]
+    public void AdditionalPropertiesTakeJsonNumbersAndRefuseWhatIsNotANumber()
+    {
+        var defaults = SamplingOptions.FromGenerationConfig();
+        // Options read from JSON configuration carry JsonElements: they were silently dropped.
+        var json = new ChatOptions { AdditionalProperties = new() { ["min_p"] = JsonDocument.Parse("0.05").RootElement, ["repetition_penalty"] = JsonDocument.Parse("1.1").RootElement } };
+        var s = QwqChatClient.ToGenerationOptions(json, defaults).Sampling!;
+        Assert.That((s.MinP, s.RepetitionPenalty), Is.EqualTo((0.05f, 1.1f)));
+        var dbl = QwqChatClient.ToGenerationOptions(new ChatOptions { AdditionalProperties = new() { ["min_p"] = 0.05 } }, defaults).Sampling!;
+        Assert.That(dbl.MinP, Is.EqualTo(0.05f));
+
+        foreach (object bad in new object[] { "lots", JsonDocument.Parse("\"x\"").RootElement, true })
+        {
+            var o = new ChatOptions { AdditionalProperties = new() { ["repetition_penalty"] = bad } };
+            var e = Assert.Throws<ArgumentException>(() => QwqChatClient.ToGenerationOptions(o, defaults), $"{bad}")!;
+            Assert.That(e.ParamName, Is.EqualTo("options"));
+            Assert.That(e.Message, Does.Contain("AdditionalProperties[\"repetition_penalty\"]").And.Contain("number"));
+        }
+    }
+
+    [Test]
+    public void ANullMessageIsAnArgumentExceptionNotANullReference()
+    {
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var e = Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync([new(ChatRole.User, "Hi"), null!]))!;
+        Assert.That(e.ParamName, Is.EqualTo("messages"));
+        Assert.That(e.Message, Does.Contain("messages[1] is null"));
+    }
+
+    [Test]
     public void ToolsBecomeTheTemplatesFunctionDefinitions()
     {
         var f = AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather", "Current weather for a city");
