@@ -30,6 +30,13 @@ namespace QwQ.Cuda.Chat;
 /// naming the mode (after its text has streamed), so a caller never mistakes a plain answer for the call it required.
 /// </para>
 /// <para>
+/// Options: MaxOutputTokens, Temperature, TopP, TopK, Seed, StopSequences, Presence/FrequencyPenalty, and
+/// AdditionalProperties "min_p" and "repetition_penalty" (numbers) map to the engine; a value that cannot work throws
+/// <see cref="ArgumentException"/> (parameter "options") naming it. <c>Reasoning.Output = None</c> leaves the
+/// reasoning out of the response (the model still reasons; its tokens are still counted). A
+/// <c>ContinuationToken</c> throws <see cref="NotSupportedException"/>: there are no background responses to resume.
+/// </para>
+/// <para>
 /// <see cref="ChatResponse.RawRepresentation"/> is the <see cref="GenerationResult"/>, each update's the
 /// <see cref="GenerationUpdate"/>. Usage carries <see cref="UsageDetails.ReasoningTokenCount"/> (tokens before
 /// <c>&lt;/think&gt;</c>); the last update and the response carry timings in AdditionalProperties
@@ -95,6 +102,13 @@ public sealed class QwqChatClient : IChatClient
         if (options?.ResponseFormat is ChatResponseFormatJson)
             throw new NotSupportedException("ChatOptions.ResponseFormat: JSON-constrained output is not supported (QwQ.Cuda has no constrained decoding); " +
                 "use ChatResponseFormat.Text (or none) and ask for JSON in the prompt, then validate the answer.");
+#pragma warning disable MEAI001 // ContinuationToken is experimental in M.E.AI; reading it to refuse it is safe whatever it becomes
+        if (options?.ContinuationToken is not null)
+            throw new NotSupportedException("ChatOptions.ContinuationToken: QwQ.Cuda has no background responses, so there is nothing to resume (this client never returns a " +
+                "continuation token); send the conversation again without one.");
+#pragma warning restore MEAI001
+        // The model always reasons (QwQ has no switch for it); Output None only keeps the reasoning out of the response.
+        bool showReasoning = options?.Reasoning?.Output is not ReasoningOutput.None;
         string? requiredTool = RequiredToolInstruction(options);
         var conversation = ToTemplateMessages(messages, JoinInstructions(options?.Instructions, requiredTool));
         var tools = ToToolDefinitions(options);
@@ -121,7 +135,7 @@ public sealed class QwqChatClient : IChatClient
                 switch (u.Kind)
                 {
                     case GenerationUpdateKind.Reasoning:
-                        yield return Update(new TextReasoningContent(u.Text), u);
+                        if (showReasoning) yield return Update(new TextReasoningContent(u.Text), u);
                         break;
                     case GenerationUpdateKind.Answer:
                         yield return Update(new TextContent(u.Text), u);

@@ -283,6 +283,38 @@ public class QwqChatClientTests
     }
 
     [Test]
+    public async Task ReasoningOutputNoneLeavesTheReasoningOutButCountsItsTokens()
+    {
+        // It was ignored: the <think> text came back as TextReasoningContent all the same.
+        var options = new ChatOptions { Reasoning = new ReasoningOptions { Output = ReasoningOutput.None } };
+        using (var streaming = new QwqChatClient(ScriptedModels.TinyChat(PlainAnswer), ownsModel: true))
+        {
+            var updates = new List<ChatResponseUpdate>();
+            await foreach (var u in streaming.GetStreamingResponseAsync([new(ChatRole.User, "Weather?")], options))
+                updates.Add(u);
+            Assert.That(updates.SelectMany(u => u.Contents).OfType<TextReasoningContent>(), Is.Empty);
+            Assert.That(updates.ToChatResponse().Text, Does.Contain("It is sunny."));
+        }
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(PlainAnswer), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather?")], options);
+        Assert.That(r.Messages.SelectMany(m => m.Contents).OfType<TextReasoningContent>(), Is.Empty);
+        Assert.That(r.Text, Does.Contain("It is sunny."));
+        Assert.That(r.Usage!.ReasoningTokenCount, Is.GreaterThan(0), "the model still reasoned, and those tokens are still billed");
+    }
+
+    [Test]
+    public void AContinuationTokenIsRefusedNotAnsweredAfresh()
+    {
+        // The client has no background responses, so it never hands out a token; one given was answered as a new call.
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var options = new ChatOptions { ContinuationToken = ResponseContinuationToken.FromBytes(new byte[] { 1, 2 }), MaxOutputTokens = 2 };
+        var e = Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], options))!;
+        Assert.That(e.Message, Does.Contain("ChatOptions.ContinuationToken"));
+        Assert.DoesNotThrowAsync(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { AllowBackgroundResponses = true, Temperature = 0, MaxOutputTokens = 2 }),
+            "background responses are a permission: answering in the foreground honours it");
+    }
+
+    [Test]
     public async Task ResponseCarriesRawResultReasoningTokensAndTimings()
     {
         // A scripted sequence replays its script once, and a client reuses its session: one client per call.
