@@ -34,15 +34,8 @@ internal static class TypedOptions
     public static Option<T> OneOf<T>(string name, T defaultValue, string description) where T : struct, Enum
     {
         var option = new Option<T>(name) { DefaultValueFactory = _ => defaultValue, Description = description };
-        option.CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
-            // By name only: Enum.TryParse would also take "7", which names no member.
-            string? match = Enum.GetNames<T>().FirstOrDefault(n => string.Equals(n, text, StringComparison.OrdinalIgnoreCase));
-            if (match is not null) return Enum.Parse<T>(match);
-            r.AddError($"{name} expects one of {string.Join(", ", Enum.GetNames<T>())}, got '{text}'");
-            return defaultValue;
-        };
+        // By name only: Enum.TryParse would also take "7", which names no member.
+        option.CustomParser = r => Choice(r, name, Enum.GetNames<T>()) is { } match ? Enum.Parse<T>(match) : defaultValue;
         return option;
     }
 
@@ -54,13 +47,16 @@ internal static class TypedOptions
     public static void AcceptOnly(Option<string?> option, params string[] values)
     {
         option.HelpName = string.Join('|', values);
-        option.CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
-            string? match = values.FirstOrDefault(v => string.Equals(v, text, StringComparison.OrdinalIgnoreCase));
-            if (match is null) r.AddError($"{option.Name} expects one of {string.Join(", ", values)}, got '{text}'");
-            return match;
-        };
+        option.CustomParser = r => Choice(r, option.Name, values);
+    }
+
+    /// <summary>The one of <paramref name="names"/> the argument spells, in any case, as spelled there; else an error naming the option and the choices, and null.</summary>
+    private static string? Choice(ArgumentResult r, string option, string[] names)
+    {
+        string text = r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
+        string? match = names.FirstOrDefault(n => string.Equals(n, text, StringComparison.OrdinalIgnoreCase));
+        if (match is null) r.AddError($"{option} expects one of {string.Join(", ", names)}, got '{text}'");
+        return match;
     }
 
     private static Option<T?> Create<T>(string name, string[] aliases, string description, NumberStyles styles, string expects)
