@@ -118,6 +118,9 @@ internal sealed class Int4Ops
         return (tiled, sz);
     }
 
+    /// <summary>Most rows the block-per-tile plan (gemv_int4_n8_*, n8r_*) serves; more take a warp per tile.</summary>
+    private const int BlockPerTileMaxRows = 8;
+
     /// <summary>Most rows the even-runs build is offered for (<see cref="Variants"/>).</summary>
     public const int MaxEvenRunsRows = 4;
 
@@ -129,9 +132,6 @@ internal sealed class Int4Ops
     /// </summary>
     public static TensorCoreVariant[] Variants(int rows) =>
         rows is >= 1 and <= MaxEvenRunsRows ? [TensorCoreVariant.Standard, TensorCoreVariant.EvenRuns] : [TensorCoreVariant.Standard];
-
-    private static int Variant(int rows, TensorCoreVariant variant) =>
-        rows <= 8 ? (variant == TensorCoreVariant.EvenRuns ? 3 : 0) : rows <= 16 ? 1 : 2;
 
     /// <summary>
     /// y[m, :] (+)= W·x[m, :] for m in [0, <paramref name="rows"/>), rows 1..32, W int4 [n, k] (codes at <paramref name="w"/>,
@@ -152,12 +152,12 @@ internal sealed class Int4Ops
         LaunchChecks.Positive(n, nameof(n));
         CheckShape(k, group);
         if (!SplitsFit(n, k, group, rows, splits)) throw new ArgumentException($"{splits} splits do not fit n = {n}, k = {k}, group {group}, rows = {rows}.", nameof(splits));
-        // the even-runs build serves the block-per-tile plan's 1..8 rows (the tuner offers it for fewer: Variants)
-        if (variant != TensorCoreVariant.Standard && !(variant == TensorCoreVariant.EvenRuns && rows <= 8))
-            throw new ArgumentException($"the int4 GEMV has no {variant} build for {rows} rows.", nameof(variant));
         // Up to 8 rows a block of 8 warps per 16-row tile; past that a block of 4 warps on 4 tiles (kernels/gemv_int4.cu).
-        int build = Variant(rows, variant);
-        bool blockPerTile = rows <= 8;
+        bool blockPerTile = rows <= BlockPerTileMaxRows;
+        // the even-runs build serves the block-per-tile plan's rows (the tuner offers it for fewer: Variants)
+        if (variant != TensorCoreVariant.Standard && !(variant == TensorCoreVariant.EvenRuns && blockPerTile))
+            throw new ArgumentException($"the int4 GEMV has no {variant} build for {rows} rows.", nameof(variant));
+        int build = blockPerTile ? (variant == TensorCoreVariant.EvenRuns ? 3 : 0) : rows <= 16 ? 1 : 2; // _gemv's column
         int tilesPerBlock = blockPerTile ? 1 : 4;
         uint blocks = (uint)((n + tilesPerBlock * TileRows - 1) / (tilesPerBlock * TileRows));
         ulong tickets = workspace, part = workspace + (ulong)TensorCoreGemvOps.TicketBytes;
