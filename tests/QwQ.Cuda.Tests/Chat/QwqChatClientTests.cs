@@ -302,6 +302,9 @@ public class QwqChatClientTests
         Assert.That(r.Usage!.ReasoningTokenCount, Is.GreaterThan(0), "the model still reasoned, and those tokens are still billed");
     }
 
+    // Experimental (MEAI001) in the Abstractions package the library references (10.3), though not in the one CI's
+    // OpenAI adapter brings; the device build (tests/stage-device.sh) has only the former.
+#pragma warning disable MEAI001
     [Test]
     public void AContinuationTokenIsRefusedNotAnsweredAfresh()
     {
@@ -313,6 +316,7 @@ public class QwqChatClientTests
         Assert.DoesNotThrowAsync(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { AllowBackgroundResponses = true, Temperature = 0, MaxOutputTokens = 2 }),
             "background responses are a permission: answering in the foreground honours it");
     }
+#pragma warning restore MEAI001
 
     [Test]
     public async Task ResponseCarriesRawResultReasoningTokensAndTimings()
