@@ -13,6 +13,9 @@
 //                          shared histograms, one global histogram, the last block to finish picks the digit.
 //   sampling_draw_f32      same grid: min-p cut and per-tile kept mass; the last block draws r, finds the tile and
 //                          the token by a prefix scan in id order; records it (counts[token]++) into `result`.
+// When every logit is -inf or NaN after bias and penalties (NaN weights, or a bias that bans the rest) there is
+// nothing to pick: the token is SAMPLING_NO_TOKEN and nothing is counted, where any id would be a silent guess; the
+// host reads it and says why (GpuSampler, as CpuSampler does).
 // Every kernel is O(vocab / grid) per block: no single-block pass over the whole vocabulary.
 //
 // Exactness contract with the C# reference (QwQ.Cuda.Sampling.CpuSampler / SamplingMath): every float op is
@@ -29,6 +32,7 @@
 #define SAMPLING_ITEMS 4
 #define SAMPLING_SELECT_THREADS 1024
 #define SAMPLING_RADIX_BINS 2048  // 11-bit digits: passes of 11, 11, 10 bits
+#define SAMPLING_NO_TOKEN (-1)    // no logit left to pick from (GpuSampler.NoToken)
 
 typedef unsigned long long u64;
 
@@ -253,7 +257,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_pre
     if (threadIdx.x == 0) { blockMax[blockIdx.x] = best; blockArg[blockIdx.x] = bestId; }
 }
 
-// Greedy: token = argmax (lowest id on ties); counts[token]++; result[0] = token. 1 block of 1024.
+// Greedy: token = argmax (lowest id on ties); counts[token]++; result[0] = token (SAMPLING_NO_TOKEN, nothing
+// counted, when every logit is -inf). 1 block of 1024.
 extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_argmax_f32(
     const float* __restrict__ blockMax, const int* __restrict__ blockArg, int numBlocks,
     int* counts,  // [vocabRows] int32
@@ -269,14 +274,16 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_a
     sampling_block_argmax<SAMPLING_SELECT_THREADS>(best, bestId, sv, si);
     if (threadIdx.x == 0)
     {
-        result[0] = bestId;
-        counts[bestId] += 1;
+        const bool none = best == -INFINITY;
+        result[0] = none ? SAMPLING_NO_TOKEN : bestId;
+        if (!none) counts[bestId] += 1;
     }
 }
 
 // Greedy for many sequences at once, when no bias or penalty changes the logits: row r's token = argmax of its own
 // logits (lowest id on ties, NaN as -inf, as sampling_prepare_f32 + sampling_argmax_f32 decide), counted in that
-// sequence's own counts and written to tokens[r]. One block of 1024 threads per row; one launch for the batch.
+// sequence's own counts and written to tokens[r] (SAMPLING_NO_TOKEN, nothing counted, when every logit is NaN or
+// -inf). One block of 1024 threads per row; one launch for the batch.
 extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_greedy_rows_f32(
     const float* const* __restrict__ logits_rows,  // [R] device pointers, each to validVocab+ fp32
     int* const* __restrict__ counts_rows,          // [R] device pointers, each to vocabRows int32
@@ -298,8 +305,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_SELECT_THREADS) sampling_g
     sampling_block_argmax<SAMPLING_SELECT_THREADS>(best, bestId, sv, si);
     if (threadIdx.x == 0)
     {
-        tokens[blockIdx.x] = bestId;
-        if (bestId < validVocab) counts_rows[blockIdx.x][bestId] += 1;
+        const bool none = best == -INFINITY;
+        tokens[blockIdx.x] = none ? SAMPLING_NO_TOKEN : bestId;
+        if (!none) counts_rows[blockIdx.x][bestId] += 1;
     }
 }
 
@@ -333,6 +341,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_com
     m = sm[0];
     for (int w = 1; w < SAMPLING_PREP_THREADS / 32; ++w) m = fmaxf(m, sm[w]);
 
+    // M = -inf: every logit is -inf or NaN, and d = 0 would make each a candidate of weight 1 (a uniform draw over
+    // the vocabulary); none is, so the draw finds nothing and says so.
+    const bool none = m == -INFINITY;
+
     // Each thread owns SAMPLING_ITEMS consecutive ids so the block scan keeps id order.
     const int first = blockIdx.x * SAMPLING_TILE + threadIdx.x * SAMPLING_ITEMS;
     float x[SAMPLING_ITEMS];
@@ -343,7 +355,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_com
     {
         const int v = first + j;
         x[j] = v < validVocab ? processed[v] : -INFINITY;
-        d[j] = v < validVocab ? sampling_delta(x[j], m) : -INFINITY;
+        d[j] = v < validVocab && !none ? sampling_delta(x[j], m) : -INFINITY;
         if (d[j] >= -28.0f) ++mine;
     }
     u64 total;
@@ -537,7 +549,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_rad
 // min-p and the draw (grid = numTiles, block = SAMPLING_PREP_THREADS): every block sums the integer weights of
 // its tile's kept candidates (key >= state->threshold and exp(d) >= minP) into tileMass; the last block draws
 // r uniform in [0, total), finds the tile, then the token by a prefix scan in id order, exactly as CpuSampler.
-// Records the token (counts[token]++) and writes it to result.
+// Records the token (counts[token]++) and writes it to result (SAMPLING_NO_TOKEN when no candidate was kept).
 extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_draw_f32(
     const int* __restrict__ segId,        // [numTiles * TILE] int32
     const unsigned* __restrict__ segKey,  // [numTiles * TILE] uint32
@@ -639,9 +651,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLING_PREP_THREADS) sampling_dra
     __syncthreads();
     if (tid == 0)
     {
-        const int token = selToken >= 0 ? selToken : 0; // unreachable fallback: z >= 2^40 (the top token)
-        result[0] = token;
-        counts[token] += 1;
+        // selToken < 0 only when nothing was kept (z = 0: no candidate, M = -inf); with any candidate z >= 2^40
+        // (the top token's weight) and r < z finds one.
+        result[0] = selToken >= 0 ? selToken : SAMPLING_NO_TOKEN;
+        if (selToken >= 0) counts[selToken] += 1;
         state->counter = 0u;
     }
 }

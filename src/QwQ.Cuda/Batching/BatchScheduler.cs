@@ -348,7 +348,8 @@ public sealed class BatchScheduler : IDisposable
 
     /// <summary>
     /// The next token of every request whose rows all ran: one batched sample (one synchronisation on the GPU), each
-    /// with its own options and step. If the batch fails, each request is sampled alone so only the bad one fails.
+    /// with its own options and step. If the batch fails, each request is sampled alone so only the bad one fails; a
+    /// request whose logits leave no token (NaN weights) fails with the reason its sequence's own sample gives.
     /// </summary>
     private void SampleAll(List<Request> ready)
     {
@@ -370,7 +371,11 @@ public sealed class BatchScheduler : IDisposable
             Fail(ready[0], e);
             return;
         }
-        for (int i = 0; i < ready.Count; i++) Accept(ready[i], tokens[i]);
+        for (int i = 0; i < ready.Count; i++)
+        {
+            if (tokens[i] == SampleRequest.NoToken) SampleAlone(ready[i]); // nothing was counted: it throws the reason
+            else Accept(ready[i], tokens[i]);
+        }
     }
 
     private void SampleAlone(Request r)

@@ -326,6 +326,8 @@ public static class ModelBenchmark
             {
                 for (int b = 0; b < batch; b++) draws[b] = new SampleRequest(seqs[b], greedy, step);
                 backend.Sample(draws, next);
+                for (int b = 0; b < batch; b++)
+                    if (next[b] == SampleRequest.NoToken) seqs[b].Sample(greedy, step); // NaN logits: throws the reason
             }
             SampleAll(0);
             var items = new SequenceChunk[batch];

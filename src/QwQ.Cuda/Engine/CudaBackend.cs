@@ -558,17 +558,23 @@ public sealed class CudaBackend : IModelBackend
                 _sampledHost?.Dispose();
                 _sampledHost = PinnedHostBuffer.Allocate(4L * Math.Max(requests.Length, Workspace.MaxSequences));
             }
+            // Every check before any row is sampled (and counted), as the interface promises.
+            foreach (var r in requests)
+            {
+                if (r.Sequence is not CudaSequence seq || seq.Backend != this)
+                    throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
+                if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
+                r.Options.Validate(Sampler.ValidVocab);
+            }
             // Plain greedy rows (the common case of evaluation runs) go through one launch; the rest one by one.
+            // A row with nothing to sample comes back as SampleRequest.NoToken from either (kernels/sampling.cu).
             Span<int> greedyIndex = stackalloc int[Math.Min(requests.Length, 1024)];
             int greedy = 0;
             for (int i = 0; i < requests.Length; i++)
             {
-                if (requests[i].Sequence is not CudaSequence seq || seq.Backend != this)
-                    throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
-                if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
+                var seq = (CudaSequence)requests[i].Sequence;
                 if (GpuSampler.IsPlainGreedy(requests[i].Options) && greedy < Math.Min(greedyIndex.Length, _rowPointers.Capacity))
                 {
-                    requests[i].Options.Validate(Sampler.ValidVocab); // the one-launch path skips the sampler's own check
                     _rowPointers.SampleLogitsHost[greedy] = seq.LogitsPtr;
                     _rowPointers.SampleCountsHost[greedy] = seq.CountsPtr;
                     greedyIndex[greedy++] = i;

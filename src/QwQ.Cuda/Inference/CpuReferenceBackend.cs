@@ -281,7 +281,16 @@ public sealed class CpuReferenceBackend : IModelBackend
     public void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens)
     {
         if (tokens.Length < requests.Length) throw new ArgumentException("one token slot per request", nameof(tokens));
-        for (int i = 0; i < requests.Length; i++) tokens[i] = requests[i].Sequence.Sample(requests[i].Options, requests[i].Step);
+        // Every check before any row is sampled (and counted), as the interface promises.
+        foreach (var r in requests)
+        {
+            if (r.Sequence is not CpuSequence seq || seq.Owner != this)
+                throw new ArgumentException("a sequence does not belong to this backend", nameof(requests));
+            if (!seq.HasLogits) throw new InvalidOperationException("no logits to sample from: append at least one token first");
+            r.Options.Validate(_validVocab);
+        }
+        for (int i = 0; i < requests.Length; i++)
+            tokens[i] = ((CpuSequence)requests[i].Sequence).TrySample(requests[i].Options, requests[i].Step);
     }
 
     /// <summary>
@@ -424,6 +433,11 @@ public sealed class CpuReferenceBackend : IModelBackend
         public void RecordForPenalties(ReadOnlySpan<int> tokens) => sampler.Record(tokens);
 
         public int Sample(SamplingOptions options, long step) => sampler.Sample(LastLogits(), options, step);
+
+        internal bool HasLogits => _logits is not null;
+
+        /// <summary>As <see cref="Sample"/>, with <see cref="NoTokenLeft.Token"/> where no token is left (the batch's form).</summary>
+        internal int TrySample(SamplingOptions options, long step) => sampler.TrySample(LastLogits(), options, step);
 
         public void CopyLastLogits(Span<float> destination) => LastLogits().CopyTo(destination);
 

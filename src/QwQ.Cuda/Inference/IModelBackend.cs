@@ -42,6 +42,10 @@ public interface IModelBackend : IDisposable
     /// <summary>
     /// The next token of many sequences at once, each from its own logits and penalty counts with its own options and
     /// step: exactly what each <see cref="ISequence.Sample"/> would return (the GPU needs one synchronisation for all).
+    /// Where a sequence's logits leave no token (every one −∞ or NaN after bias and penalties: NaN weights, or a
+    /// logit_bias that bans the rest) its slot gets <see cref="SampleRequest.NoToken"/> and nothing is counted, while
+    /// the other rows are sampled as usual; that sequence's own <see cref="ISequence.Sample"/> throws the reason.
+    /// Invalid options or a sequence without logits throw before any row is sampled.
     /// </summary>
     void Sample(ReadOnlySpan<SampleRequest> requests, Span<int> tokens);
 }
@@ -56,7 +60,11 @@ public interface IModelBackend : IDisposable
 public readonly record struct SequenceChunk(ISequence Sequence, ReadOnlyMemory<int> Tokens, int FinalLength = 0);
 
 /// <summary>One sequence's next-token draw in a batched sample: its options and its RNG step.</summary>
-public readonly record struct SampleRequest(ISequence Sequence, Sampling.SamplingOptions Options, long Step);
+public readonly record struct SampleRequest(ISequence Sequence, Sampling.SamplingOptions Options, long Step)
+{
+    /// <summary>The token of a row with nothing to sample (<see cref="IModelBackend.Sample"/>).</summary>
+    public const int NoToken = Sampling.NoTokenLeft.Token;
+}
 
 /// <summary>
 /// One token sequence: the tokens whose KV is in the pool, the last appended position's logits and the token

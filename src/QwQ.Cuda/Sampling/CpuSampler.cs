@@ -1,5 +1,3 @@
-using QwQ.Cuda.Errors;
-
 namespace QwQ.Cuda.Sampling;
 
 /// <summary>
@@ -65,11 +63,24 @@ public sealed class CpuSampler
             if ((uint)t < (uint)vocabRows) counts[t]++;
     }
 
-    /// <summary>Picks the next token from <paramref name="logits"/> ([vocabRows] or at least [validVocab]) and counts it.</summary>
+    /// <summary>
+    /// Picks the next token from <paramref name="logits"/> ([vocabRows] or at least [validVocab]) and counts it.
+    /// Throws when every logit is −∞ or NaN after bias and penalties (<see cref="NoTokenLeft.Reason"/> says whose).
+    /// </summary>
     public int Sample(ReadOnlySpan<float> logits, SamplingOptions options, long step)
     {
+        int token = TrySample(logits, options, step);
+        return token != NoTokenLeft.Token ? token : throw NoTokenLeft.Reason(logits, validVocab);
+    }
+
+    /// <summary>
+    /// As <see cref="Sample"/>, but where no token is left returns <see cref="NoTokenLeft.Token"/> and counts nothing
+    /// (what the GPU kernels report), so a batch samples its other rows as usual.
+    /// </summary>
+    internal int TrySample(ReadOnlySpan<float> logits, SamplingOptions options, long step)
+    {
         int token = Select(logits, options, step, default);
-        counts[token]++;
+        if (token != NoTokenLeft.Token) counts[token]++;
         return token;
     }
 
@@ -82,22 +93,8 @@ public sealed class CpuSampler
     {
         if (weights.Length < validVocab) throw new ArgumentException($"weights must hold {validVocab} entries.", nameof(weights));
         weights[..validVocab].Clear();
-        return Select(logits, options, step, weights);
-    }
-
-    /// <summary>
-    /// Why no token is left: the caller's logit_bias removed the last ones (an option error), or the model gave no
-    /// usable logit at all (NaN weights in a corrupt checkpoint, or an overflow): then the bias is not what to change.
-    /// </summary>
-    private QwqException NothingToSample(ReadOnlySpan<float> logits)
-    {
-        foreach (float x in logits[..validVocab])
-            if (!float.IsNaN(x) && !float.IsNegativeInfinity(x))
-                return new OptionException(
-                    $"no token can be sampled: after logit_bias and penalties all {validVocab} logits are -infinity (or NaN); remove some -infinity logit_bias entries.");
-        return new QwqException(
-            $"no token can be sampled: the model's logits are NaN or -infinity for all {validVocab} tokens; its weights hold NaN or " +
-            "infinity (a corrupt checkpoint?) or the computation overflowed.");
+        int token = Select(logits, options, step, weights);
+        return token != NoTokenLeft.Token ? token : throw NoTokenLeft.Reason(logits, validVocab);
     }
 
     // Hot loops index arrays and a pinned pointer rather than spans: the test suite runs Debug builds, where span
@@ -142,7 +139,7 @@ public sealed class CpuSampler
         }
         // Every logit -inf (or NaN): any pick would be arbitrary (it was id 0), and the caller would not know.
         if (float.IsNegativeInfinity(best))
-            throw NothingToSample(logits);
+            return NoTokenLeft.Token;
         if (greedy)
         {
             if (!weights.IsEmpty) weights[bestId] = 1;

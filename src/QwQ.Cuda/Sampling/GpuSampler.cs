@@ -9,6 +9,8 @@ namespace QwQ.Cuda.Sampling;
 /// <see cref="ResultDevicePtr"/> for the next step's embedding. Semantics, integer weights and RNG are those of
 /// <see cref="CpuSampler"/>, which is the reference: same inputs, seed and step ⇒ same token.
 /// The sampler keeps device token counts for the penalties: every sampled token is counted by the kernel itself.
+/// Where every logit is −∞ or NaN after bias and penalties the kernels write <see cref="NoTokenLeft.Token"/> and count
+/// nothing; <c>Sample</c> then throws the reason, the asynchronous forms leave that token for the caller to check.
 /// Not thread-safe; use it on one stream at a time.
 /// </summary>
 internal sealed class GpuSampler : IDisposable
@@ -210,7 +212,7 @@ internal sealed class GpuSampler : IDisposable
         greedyRows.Launch(new Dim3((uint)rows), new Dim3(SelectThreads), 0, s, args);
     }
 
-    /// <summary>Waits for the stream and returns the token of the last <c>SampleAsync</c>.</summary>
+    /// <summary>Waits for the stream and returns the token of the last <c>SampleAsync</c> (<see cref="NoTokenLeft.Token"/>: none left).</summary>
     public int ReadResult(CudaStream s)
     {
         ThrowIfDisposed();
@@ -225,7 +227,23 @@ internal sealed class GpuSampler : IDisposable
     public int Sample(CudaStream s, ulong logits, ulong countsPtr, SamplingOptions o, long step)
     {
         SampleAsync(s, logits, countsPtr, o, step);
-        return ReadResult(s);
+        int token = ReadResult(s);
+        return token != NoTokenLeft.Token ? token : throw NoTokenReason(s, logits);
+    }
+
+    /// <summary>
+    /// Why the kernels found no token in <paramref name="logits"/> (device fp32 [vocabRows]): reads them back, which
+    /// allocates, on this error path only.
+    /// </summary>
+    internal QwQ.Cuda.Errors.QwqException NoTokenReason(CudaStream s, ulong logits)
+    {
+        ThrowIfDisposed();
+        var host = new float[validVocab];
+        using var copy = DeviceBuffer.Allocate(4L * validVocab);
+        copy.CopyFromDevice(logits, 4L * validVocab, 0, s);
+        s.Synchronize();
+        copy.CopyToHost<float>(host);
+        return NoTokenLeft.Reason(host, validVocab);
     }
 
     /// <summary>
@@ -240,6 +258,7 @@ internal sealed class GpuSampler : IDisposable
         Enqueue(s, logits, counts.Ptr, o, step, debug.Ptr);
         result.CopyToHostAsync(resultHost.Ptr, 4, 0, s);
         token = ReadResult(s);
+        if (token == NoTokenLeft.Token) throw NoTokenReason(s, logits);
         var w = debug.ToArray<ulong>();
         if (o.IsGreedy) w[token] = 1;
         return w;

@@ -1,4 +1,5 @@
 using System.Reflection;
+using QwQ.Cuda.Inference;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
 using static QwQ.Cuda.Tests.Sampling.SamplingTestUtil;
@@ -237,6 +238,37 @@ public class GpuSamplerTests
         var ban = SamplingOptions.Greedy with { LogitBias = new Dictionary<int, float> { [greedy] = float.NegativeInfinity } };
         Assert.That(gpu.Sample(S, dl.Ptr, ban, 3), Is.Not.EqualTo(greedy));
         Assert.That(gpu.Sample(S, dl.Ptr, SamplingOptions.Greedy, 4), Is.EqualTo(greedy), "no bias once options without bias are used");
+    }
+
+    // Every logit NaN (NaN weights) used to come out as id 0 when greedy and as a uniform draw over the vocabulary when
+    // sampling, counted for the penalties, without a word. Now the kernels write no token and count nothing, and
+    // Sample says whose the fault is, as the CPU sampler does.
+    [Test]
+    public void NoTokenIsPickedWhenEveryLogitIsNaNOrBanned()
+    {
+        var nan = new float[VocabRows];
+        Array.Fill(nan, float.NaN);
+        using var dNan = DeviceBuffer.FromHost<float>(nan);
+        var banned = new float[VocabRows];
+        Array.Fill(banned, float.NegativeInfinity);
+        banned[5] = 3f;
+        using var dBanned = DeviceBuffer.FromHost<float>(banned);
+        var ban5 = new Dictionary<int, float> { [5] = float.NegativeInfinity };
+        using var gpu = NewGpu();
+        long step = 0;
+        foreach (var o in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 1f }, SamplingOptions.FromGenerationConfig(),
+                     new SamplingOptions { Temperature = 1f, TopP = 0.5f, MinP = 0.1f } })
+        {
+            var e = Assert.Throws<QwQ.Cuda.Errors.QwqException>(() => gpu.Sample(S, dNan.Ptr, o, step++))!;
+            Assert.That(e, Is.Not.InstanceOf<QwQ.Cuda.Errors.OptionException>(), $"{o}: the model's fault, not the options'");
+            Assert.That(e.Message, Does.Contain("no token can be sampled").And.Contain("NaN"), $"{o}");
+            var b = Assert.Throws<QwQ.Cuda.Errors.OptionException>(() => gpu.Sample(S, dBanned.Ptr, o with { LogitBias = ban5 }, step++))!;
+            Assert.That(b.Message, Does.Contain("logit_bias"), $"{o}");
+            gpu.SampleAsync(S, dNan.Ptr, o, step++);
+            Assert.That(gpu.ReadResult(S), Is.EqualTo(SampleRequest.NoToken), $"{o}: the asynchronous form leaves the check to its caller");
+        }
+        Assert.That(DownloadCounts(gpu).All(c => c == 0), Is.True, "nothing counted");
+        Assert.That(gpu.Sample(S, dBanned.Ptr, SamplingOptions.Greedy, step++), Is.EqualTo(5), "the sampler works on after");
     }
 
     private int[] DownloadCounts(GpuSampler g)
