@@ -47,11 +47,12 @@ internal static class ResultsFileStream
         {
             bool remove = disposing && _created && Length == 0;
             _created = false; // once: a StreamWriter over it disposes it too
+            string? file = remove ? Name : null; // the full path the base opened (the constructor's path is the base's alone)
             // On Unix removed while the lock is held, so no other run can have opened it in between; Windows cannot
             // delete a file open without FileShare.Delete, so there it goes after the close.
-            if (remove && !OperatingSystem.IsWindows()) TryDelete(path);
+            if (remove && !OperatingSystem.IsWindows()) TryDelete(file!);
             base.Dispose(disposing);
-            if (remove && OperatingSystem.IsWindows()) TryDelete(path);
+            if (remove && OperatingSystem.IsWindows()) TryDelete(file!);
         }
 
         private static void TryDelete(string path)
