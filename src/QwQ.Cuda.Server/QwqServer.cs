@@ -194,7 +194,7 @@ public sealed class QwqServer : IAsyncDisposable
         var options = request.ToGenerationOptions(_model);
         var format = new CompletionFormat("cmpl-" + NewId(), request.Model ?? _options.ModelName);
         return new Job(request.Stream, request.IncludeUsage, format,
-            (session, ct) => session.StreamTokensAsync(prompt, options, ct), "prompt", _ => prompt.Length);
+            (session, ct) => session.StreamRawTokensAsync(prompt, options, ct), "prompt", _ => prompt.Length);
     }
 
     private async Task GenerateAsync(HttpContext http, string endpoint, Func<HttpContext, Task<Job>> prepare)

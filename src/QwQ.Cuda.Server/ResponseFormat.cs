@@ -68,8 +68,8 @@ internal sealed class ChatFormat(string id, string model, bool reportToolCalls) 
 }
 
 /// <summary>
-/// /v1/completions: the generated text. Streamed chunks carry the reasoning and answer text as it comes; the
-/// <c>&lt;/think&gt;</c> marker and tool-call blocks are in the non-streamed text only (the session parses them out).
+/// /v1/completions: the generated text, unparsed (<see cref="ChatSession"/>'s raw stream): the streamed chunks add up to
+/// the non-streamed text, the <c>&lt;/think&gt;</c> marker and tool-call blocks included.
 /// </summary>
 internal sealed class CompletionFormat(string id, string model) : ResponseFormat(id, model)
 {

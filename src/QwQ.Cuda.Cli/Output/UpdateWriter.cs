@@ -19,6 +19,10 @@ internal sealed class UpdateWriter(CliHost host, long weightBytesPerToken, bool 
         : this(host, DecodeWeightBytes(backend), json, hideReasoning) { }
 
     private readonly ArrayBufferWriterStream _buffer = new();
+
+    // As --output, eval's files and the server write text: "<", accents and CJK as themselves, not \u escapes, so a
+    // terminal watching the stream can read it (control characters are still escaped).
+    private static readonly JsonWriterOptions ReadableJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     private GenerationUpdateKind? _last;
     private bool _atLineStart = true;
 
@@ -132,7 +136,7 @@ internal sealed class UpdateWriter(CliHost host, long weightBytesPerToken, bool 
     private void WriteJson(in GenerationUpdate update)
     {
         _buffer.Reset();
-        using (var w = new Utf8JsonWriter(_buffer))
+        using (var w = new Utf8JsonWriter(_buffer, ReadableJson))
         {
             w.WriteStartObject();
             switch (update.Kind)

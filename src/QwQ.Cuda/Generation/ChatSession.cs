@@ -116,6 +116,20 @@ public sealed class ChatSession : IDisposable
         return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken);
     }
 
+    /// <summary>
+    /// <see cref="StreamTokensAsync"/> as OpenAI's /v1/completions streams it: every text update is an Answer holding the
+    /// output exactly as generated (reasoning, the <c>&lt;/think&gt;</c> marker and tool-call blocks included, nothing
+    /// parsed out), so the updates add up to the result's <see cref="GenerationResult.Text"/>; the result is parsed as always.
+    /// </summary>
+    internal IAsyncEnumerable<GenerationUpdate> StreamRawTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        if (promptTokens.Count == 0)
+            throw new ArgumentException("the prompt is empty: give at least one token id (its logits start the generation)", nameof(promptTokens));
+        int[] prompt = [.. promptTokens];
+        return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken, rawText: true);
+    }
+
     /// <summary>Runs <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/> to the end and returns the result.</summary>
     public Task<GenerationResult> GenerateAsync(string userMessage, GenerationOptions? options = null, CancellationToken cancellationToken = default) =>
         CollectAsync(StreamAsync(userMessage, options, cancellationToken));
@@ -184,7 +198,7 @@ public sealed class ChatSession : IDisposable
     }
 
     private async IAsyncEnumerable<GenerationUpdate> StreamPromptAsync(int[] prompt, GenerationOptions? options, bool startInReasoning,
-        Action<GenerationResult>? onDone, [EnumeratorCancellation] CancellationToken cancellationToken)
+        Action<GenerationResult>? onDone, [EnumeratorCancellation] CancellationToken cancellationToken, bool rawText = false)
     {
         Enter();
         try
@@ -203,7 +217,7 @@ public sealed class ChatSession : IDisposable
             {
                 try
                 {
-                    var result = await RunAsync(prompt, sampling, options, startInReasoning, channel.Writer, stop.Token).ConfigureAwait(false);
+                    var result = await RunAsync(prompt, sampling, options, startInReasoning, rawText, channel.Writer, stop.Token).ConfigureAwait(false);
                     onDone?.Invoke(result);
                     channel.Writer.TryWrite(GenerationUpdate.Completed(result));
                     channel.Writer.TryComplete();
@@ -245,7 +259,7 @@ public sealed class ChatSession : IDisposable
 
     /// <summary>The core: reuse the cached prefix, generate, keep <see cref="_tokens"/> in step with the cache.</summary>
     private async Task<GenerationResult> RunAsync(int[] prompt, SamplingOptions sampling, GenerationOptions options, bool startInReasoning,
-        ChannelWriter<GenerationUpdate> sink, CancellationToken ct)
+        bool rawText, ChannelWriter<GenerationUpdate> sink, CancellationToken ct)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         // At least the last prompt token is recomputed: its logits start the generation.
@@ -259,12 +273,14 @@ public sealed class ChatSession : IDisposable
             if (d.Answer.Length > 0) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.Answer, d.Answer));
             foreach (var call in d.ToolCalls) sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.ToolCall, "", call));
         }
+        void EmitRaw(string text) => sink.TryWrite(new GenerationUpdate(GenerationUpdateKind.Answer, text));
 
         GenerationOutcome outcome;
         GenerationResult result;
         try
         {
-            (outcome, result) = await ParsedGeneration.RunAsync(_model, _sequence, prompt, startInReasoning, sampling, options, Emit, ct).ConfigureAwait(false);
+            (outcome, result) = await ParsedGeneration.RunAsync(_model, _sequence, prompt, startInReasoning, sampling, options,
+                rawText ? null : Emit, ct, rawText ? EmitRaw : null).ConfigureAwait(false);
         }
         catch
         {

@@ -13,10 +13,12 @@ internal static class ParsedGeneration
 {
     /// <summary>
     /// Generates on <paramref name="sequence"/> (which holds <c>prompt[..sequence.Length]</c>) through the model's
-    /// scheduler; <paramref name="onDelta"/> receives parsed text as it is released.
+    /// scheduler; <paramref name="onDelta"/> receives parsed text as it is released, <paramref name="onText"/> the same text unparsed
+    /// (the <c>&lt;/think&gt;</c> marker and tool-call blocks included: all of it adds up to the result's Text).
     /// </summary>
     public static async Task<(GenerationOutcome Outcome, GenerationResult Result)> RunAsync(QwqModel model, ISequence sequence, int[] prompt,
-        bool startInReasoning, SamplingOptions sampling, GenerationOptions options, Action<ParsedDelta>? onDelta, CancellationToken ct)
+        bool startInReasoning, SamplingOptions sampling, GenerationOptions options, Action<ParsedDelta>? onDelta, CancellationToken ct,
+        Action<string>? onText = null)
     {
         var parser = new ReasoningParser(startInReasoning);
         var text = new System.Text.StringBuilder();
@@ -25,6 +27,7 @@ internal static class ParsedGeneration
             options.EosTokenIds ?? model.EosTokenIds, decoder, (_, delta) =>
             {
                 text.Append(delta);
+                onText?.Invoke(delta);
                 var parsed = parser.Push(delta);
                 if (!parsed.IsEmpty) onDelta?.Invoke(parsed);
             }, ct).ConfigureAwait(false);

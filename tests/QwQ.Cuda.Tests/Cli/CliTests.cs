@@ -7,6 +7,7 @@ using QwQ.Cuda.Cli.Output;
 using QwQ.Cuda.Config;
 using QwQ.Cuda.Engine;
 using QwQ.Cuda.Errors;
+using QwQ.Cuda.Generation;
 using QwQ.Cuda.Inference;
 using QwQ.Cuda.Native;
 using QwQ.Cuda.Sampling;
@@ -723,6 +724,20 @@ public class CliTests
         Assert.That(done.GetProperty("usage").GetProperty("generated_tokens").GetInt32(), Is.InRange(1, 4));
         Assert.That(done.GetProperty("finish_reason").GetString(), Is.Not.Empty);
         Assert.That(docs.Take(docs.Count - 1).All(d => d.RootElement.GetProperty("type").GetString() is "reasoning" or "answer" or "tool_call"));
+    }
+
+    [Test]
+    public void JsonLinesKeepTextReadable()
+    {
+        // As --output, eval's files and the server write it: "<", accents and CJK as themselves, not \u escapes (a
+        // terminal watching the stream shows them); control characters still escaped, and so are emoji (.NET's encoders
+        // escape every character beyond the BMP).
+        var stdout = new StringWriter();
+        var writer = new UpdateWriter(new CliHost(stdout, new StringWriter()), weightBytesPerToken: 1, json: true, hideReasoning: false);
+        writer.Write(new GenerationUpdate(GenerationUpdateKind.Reasoning, "x < y, \"caf\u00e9\" \u601D\u8003 \U0001F600\u001b[31m"));
+        string line = stdout.ToString().TrimEnd('\n');
+        Assert.That(line, Is.EqualTo("""{"type":"reasoning","text":"x < y, \"café\" 思考 \uD83D\uDE00\u001B[31m"}"""));
+        Assert.That(JsonDocument.Parse(line).RootElement.GetProperty("text").GetString(), Is.EqualTo("x < y, \"caf\u00e9\" \u601D\u8003 \U0001F600\u001b[31m"));
     }
 
     [Test]

@@ -185,6 +185,46 @@ public class ServerTests
         Assert.That(await Complete($"[[{ids}]]"), Is.EqualTo(expected));
     }
 
+    [Test]
+    public async Task StreamedChunksAddUpToTheWholeResponse()
+    {
+        // tiny-chat's vocabulary spells the emoji and the CJK characters one byte a token, so each is split across tokens;
+        // the tool-call block is not offered as a call (no tools), and "</think>" is one token.
+        const string answer = "Hmm \U0001F600.\n</think>\n\n\u6674\u308C \U0001F389\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+        using var model = ServerFixture.ScriptedTinyChat(answer);
+        await using var server = await ServerFixture.StartAsync(model);
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        async Task<(JsonElement Whole, List<JsonElement> Chunks)> Both(string path, Dictionary<string, object> body)
+        {
+            using var whole = await http.PostAsync(path, Json(JsonSerializer.Serialize(body)));
+            body["stream"] = true;
+            body["stream_options"] = new { include_usage = true };
+            using var streamed = await http.PostAsync(path, Json(JsonSerializer.Serialize(body)));
+            var chunks = (await streamed.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries)
+                .Where(e => e != "data: [DONE]").Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement).ToList();
+            return (JsonDocument.Parse(await whole.Content.ReadAsStringAsync()).RootElement, chunks);
+        }
+        static string Concat(IEnumerable<JsonElement> chunks, Func<JsonElement, JsonElement?> field) => string.Concat(chunks
+            .Where(c => c.GetProperty("choices").GetArrayLength() > 0).Select(c => field(c.GetProperty("choices")[0]))
+            .Where(v => v is { ValueKind: JsonValueKind.String }).Select(v => v!.Value.GetString()));
+        static JsonElement? Field(JsonElement e, string name) => e.TryGetProperty(name, out var v) ? v : null;
+
+        // /v1/completions: the text as generated, </think> and the tool-call block included, streamed or not.
+        var (whole, chunks) = await Both("v1/completions", new() { ["prompt"] = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n" });
+        Assert.That(whole.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(answer));
+        Assert.That(Concat(chunks, c => Field(c, "text")), Is.EqualTo(answer));
+        Assert.That(chunks[^1].GetProperty("usage").GetRawText(), Is.EqualTo(whole.GetProperty("usage").GetRawText()));
+
+        // /v1/chat/completions: reasoning_content and content, each the non-streamed one.
+        (whole, chunks) = await Both("v1/chat/completions", new() { ["messages"] = new[] { new { role = "user", content = "Hi" } } });
+        var message = whole.GetProperty("choices")[0].GetProperty("message");
+        Assert.That(message.GetProperty("reasoning_content").GetString(), Is.EqualTo("Hmm \U0001F600.\n"));
+        Assert.That(Concat(chunks, c => Field(c.GetProperty("delta"), "reasoning_content")), Is.EqualTo(message.GetProperty("reasoning_content").GetString()));
+        Assert.That(Concat(chunks, c => Field(c.GetProperty("delta"), "content")), Is.EqualTo(message.GetProperty("content").GetString()));
+        Assert.That(Concat(chunks, c => Field(c, "finish_reason")), Is.EqualTo(whole.GetProperty("choices")[0].GetProperty("finish_reason").GetString()));
+        Assert.That(chunks[^1].GetProperty("usage").GetRawText(), Is.EqualTo(whole.GetProperty("usage").GetRawText()));
+    }
+
     [TestCase("""["Hi","there","you"]""", 3)]
     [TestCase("""[[9,10],[11]]""", 2)]
     public async Task ABatchOfPromptsIs400AskingForOneRequestPerPrompt(string prompt, int count)
