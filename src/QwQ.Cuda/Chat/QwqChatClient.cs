@@ -34,7 +34,8 @@ namespace QwQ.Cuda.Chat;
 /// AdditionalProperties "min_p" and "repetition_penalty" (numbers) map to the engine; a value that cannot work throws
 /// <see cref="ArgumentException"/> (parameter "options") naming it. <c>Reasoning.Output = None</c> leaves the
 /// reasoning out of the response (the model still reasons; its tokens are still counted). A
-/// <c>ContinuationToken</c> throws <see cref="NotSupportedException"/>: there are no background responses to resume.
+/// <c>ContinuationToken</c> throws <see cref="NotSupportedException"/>: there are no background responses to resume;
+/// so does a <c>ConversationId</c>: no conversation is stored, every call sends the whole conversation.
 /// </para>
 /// <para>
 /// <see cref="ChatResponse.RawRepresentation"/> is the <see cref="GenerationResult"/>, each update's the
@@ -107,6 +108,11 @@ public sealed class QwqChatClient : IChatClient
             throw new NotSupportedException("ChatOptions.ContinuationToken: QwQ.Cuda has no background responses, so there is nothing to resume (this client never returns a " +
                 "continuation token); send the conversation again without one.");
 #pragma warning restore MEAI001
+        // Stateless: answering only the messages given would silently drop the history the caller believes is stored.
+        // Never set on a response, so FunctionInvokingChatClient and other middleware never send one on their own.
+        if (options?.ConversationId is not null)
+            throw new NotSupportedException($"ChatOptions.ConversationId (\"{options.ConversationId}\"): QwQ.Cuda stores no conversations (its responses carry " +
+                "no ConversationId); send the whole conversation in messages on every call and leave ConversationId null.");
         // The model always reasons (QwQ has no switch for it); Output None only keeps the reasoning out of the response.
         bool showReasoning = options?.Reasoning?.Output is not ReasoningOutput.None;
         string? requiredTool = RequiredToolInstruction(options);

@@ -319,6 +319,22 @@ public class QwqChatClientTests
 #pragma warning restore MEAI001
 
     [Test]
+    public void AConversationIdIsRefusedNotAnsweredWithoutTheHistory()
+    {
+        // The client stores no conversations (its responses carry no ConversationId): a caller that sent an id and only
+        // the new message was answered as if that message were the whole conversation.
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var e = Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync([new(ChatRole.User, "And tomorrow?")],
+            new ChatOptions { ConversationId = "conv-1", MaxOutputTokens = 2 }))!;
+        Assert.That(e.Message, Does.Contain("ChatOptions.ConversationId"));
+        Assert.ThrowsAsync<NotSupportedException>(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new(ChatRole.User, "And tomorrow?")], new ChatOptions { ConversationId = "conv-1", MaxOutputTokens = 2 })) { }
+        });
+        Assert.DoesNotThrowAsync(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { Temperature = 0, MaxOutputTokens = 2 }), "the client stays usable");
+    }
+
+    [Test]
     public async Task ResponseCarriesRawResultReasoningTokensAndTimings()
     {
         // A scripted sequence replays its script once, and a client reuses its session: one client per call.
