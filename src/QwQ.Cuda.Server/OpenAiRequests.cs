@@ -116,6 +116,7 @@ internal sealed class ChatCompletionRequest : SamplingRequest
     public List<RequestMessage>? Messages { get; set; }
     public List<JsonElement>? Tools { get; set; }
     public JsonElement? ToolChoice { get; set; }
+    public bool? ParallelToolCalls { get; set; }
     public bool? Logprobs { get; set; }
     public int? TopLogprobs { get; set; }
     public JsonElement? ResponseFormat { get; set; }

@@ -30,6 +30,10 @@ namespace QwQ.Cuda.Chat;
 /// naming the mode (after its text has streamed), so a caller never mistakes a plain answer for the call it required.
 /// </para>
 /// <para>
+/// <c>AllowMultipleToolCalls = false</c> ends the generation once the first tool call is complete: the response holds
+/// at most one <see cref="FunctionCallContent"/>.
+/// </para>
+/// <para>
 /// Options: MaxOutputTokens, Temperature, TopP, TopK, Seed, StopSequences, Presence/FrequencyPenalty, and
 /// AdditionalProperties "min_p" and "repetition_penalty" (numbers) map to the engine; a value that cannot work throws
 /// <see cref="ArgumentException"/> (parameter "options") naming it. <c>Reasoning.Output = None</c> leaves the
@@ -260,6 +264,7 @@ public sealed class QwqChatClient : IChatClient
             Sampling = s,
             MaxNewTokens = o.MaxOutputTokens,
             StopStrings = o.StopSequences is { Count: > 0 } stops ? [.. stops] : [],
+            StopAfterFirstToolCall = o.AllowMultipleToolCalls == false,
         };
     }
 

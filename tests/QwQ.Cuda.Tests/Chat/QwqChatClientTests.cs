@@ -225,6 +225,46 @@ public class QwqChatClientTests
     private static AIFunction Weather => AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather", "Current weather for a city");
     private static AIFunction Time => AIFunctionFactory.Create((string zone) => "noon", "get_time", "Current time in a zone");
 
+    private const string TwoCalls = "Both.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n" +
+                                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+
+    [Test]
+    public async Task AllowMultipleToolCallsFalseEndsTheGenerationAfterTheFirstCall()
+    {
+        // It was ignored: both calls came back (and FunctionInvokingChatClient ran both).
+        var single = new ChatOptions { Tools = [Weather], AllowMultipleToolCalls = false };
+        using (var streaming = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true))
+        {
+            var updates = new List<ChatResponseUpdate>();
+            await foreach (var u in streaming.GetStreamingResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], single))
+                updates.Add(u);
+            var call = updates.SelectMany(u => u.Contents).OfType<FunctionCallContent>().Single();
+            Assert.That(call.Arguments!["city"]?.ToString(), Is.EqualTo("Paris"));
+            Assert.That(updates.SelectMany(u => u.Contents).OfType<TextContent>().Select(t => t.Text), Has.None.Contains("Oslo").And.None.Contains("tool_call"),
+                "nothing of the second call streams, not even as text");
+            Assert.That(updates[^1].FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        }
+
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], single);
+        Assert.That(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Single().Arguments!["city"]?.ToString(), Is.EqualTo("Paris"));
+        Assert.That(r.Text, Is.Empty);
+        Assert.That(r.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        // Generation ended at the first call's </tool_call>: the second was never generated, so never billed.
+        var tokenizer = ((QwqModel)client.GetService(typeof(QwqModel))!).Tokenizer;
+        int firstCallEnd = TwoCalls.IndexOf("</tool_call>", StringComparison.Ordinal) + "</tool_call>".Length;
+        Assert.That(r.Usage!.OutputTokenCount, Is.EqualTo(tokenizer.Encode(TwoCalls[..firstCallEnd]).Length));
+        Assert.That(((GenerationResult)r.RawRepresentation!).ToolCalls, Has.Count.EqualTo(1));
+
+        // The default (null) and true allow both.
+        foreach (bool? allow in new bool?[] { null, true })
+        {
+            using var both = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+            var all = await both.GetResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], new ChatOptions { Tools = [Weather], AllowMultipleToolCalls = allow });
+            Assert.That(all.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Select(c => c.Arguments!["city"]?.ToString()), Is.EqualTo(new[] { "Paris", "Oslo" }));
+        }
+    }
+
     [Test]
     public void JsonResponseFormatIsRefusedNotIgnored()
     {

@@ -116,6 +116,44 @@ public class ServerTests
         Assert.That(choice.GetProperty("message").GetProperty("reasoning_content").GetString(), Is.EqualTo("Let me check.\n"));
     }
 
+    private const string TwoCalls = "Both.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n" +
+                                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+
+    [Test]
+    public async Task ParallelToolCallsFalseAnswersWithTheFirstCallOnly()
+    {
+        // parallel_tool_calls was ignored (an unknown field): both calls came back.
+        using var scripted = ServerFixture.ScriptedTinyChat(TwoCalls);
+        await using var server = await ServerFixture.StartAsync(scripted);
+        var tool = ChatTool.CreateFunctionTool("get_weather", "Current weather in a city", BinaryData.FromString(WeatherSchema));
+        static string City(BinaryData arguments) => JsonDocument.Parse(arguments.ToMemory()).RootElement.GetProperty("city").GetString()!;
+        ChatCompletionOptions Options(bool? parallel) => new() { Tools = { tool }, AllowParallelToolCalls = parallel };
+
+        ChatCompletion one = (await OpenAiChat(server).CompleteChatAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(false))).Value;
+        Assert.That(one.ToolCalls.Select(c => City(c.FunctionArguments)), Is.EqualTo(new[] { "Paris" }));
+        Assert.That(one.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        Assert.That(one.Content, Is.Empty, "no text beside the call");
+
+        var streamed = new List<StreamingChatToolCallUpdate>();
+        ChatFinishReason? finish = null;
+        await foreach (var u in OpenAiChat(server).CompleteChatStreamingAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(false)))
+        {
+            streamed.AddRange(u.ToolCallUpdates);
+            finish ??= u.FinishReason;
+        }
+        Assert.That(streamed.Select(c => c.Index), Is.EqualTo(new[] { 0 }), "one call's delta, nothing of the second");
+        Assert.That(City(streamed[0].FunctionArgumentsUpdate), Is.EqualTo("Paris"));
+        Assert.That(finish, Is.EqualTo(ChatFinishReason.ToolCalls));
+
+        // Left out (the default) or true: both, with their own ids.
+        foreach (bool? parallel in new bool?[] { null, true })
+        {
+            ChatCompletion both = (await OpenAiChat(server).CompleteChatAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(parallel))).Value;
+            Assert.That(both.ToolCalls.Select(c => City(c.FunctionArguments)), Is.EqualTo(new[] { "Paris", "Oslo" }));
+            Assert.That(both.ToolCalls.Select(c => c.Id).Distinct().Count(), Is.EqualTo(2));
+        }
+    }
+
     // ---- Microsoft.Extensions.AI over the OpenAI adapter ---------------------------------------------------------
 
     [Test]
