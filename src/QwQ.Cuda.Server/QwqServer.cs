@@ -181,6 +181,7 @@ public sealed class QwqServer : IAsyncDisposable
         var request = await ReadAsync<ChatCompletionRequest>(http);
         var messages = request.ToTemplateMessages();
         var tools = request.OfferedTools();
+        Chat.QwqChatClient.PrependInstructions(messages, request.RequiredToolInstruction());
         // parallel_tool_calls: false: at most one call, so the generation ends at the first one's </tool_call>. Only with
         // tools offered: otherwise calls are not reported, and ending there would cut the text answer short.
         var options = request.ToGenerationOptions(_model) with { StopAfterFirstToolCall = tools is not null && request.ParallelToolCalls == false };

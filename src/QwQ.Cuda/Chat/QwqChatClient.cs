@@ -314,16 +314,25 @@ public sealed class QwqChatClient : IChatClient
             if (role == "assistant") list.Add(Qwq.ChatMessage.Assistant(text, calls.Count > 0 ? calls : null));
             else list.Add(new Qwq.ChatMessage(role, text));
         }
-        if (!string.IsNullOrEmpty(instructions))
-        {
-            if (list.Count > 0 && list[0].Role == "system")
-                list[0] = list[0] with { Content = instructions + "\n\n" + list[0].Content };
-            else
-                list.Insert(0, Qwq.ChatMessage.System(instructions));
-        }
+        PrependInstructions(list, instructions);
         if (list.Count == 0) throw new ArgumentException("at least one message is needed", nameof(messages));
         return list;
     }
+
+    /// <summary>Puts <paramref name="instructions"/> ahead of the first message's text when it is the system's, else in a system message first.</summary>
+    internal static void PrependInstructions(List<Qwq.ChatMessage> list, string? instructions)
+    {
+        if (string.IsNullOrEmpty(instructions)) return;
+        if (list.Count > 0 && list[0].Role == "system")
+            list[0] = list[0] with { Content = instructions + "\n\n" + list[0].Content };
+        else
+            list.Insert(0, Qwq.ChatMessage.System(instructions));
+    }
+
+    /// <summary>The system instruction that a call is required: of <paramref name="functionName"/>, or (null) of any offered function.</summary>
+    internal static string RequiredCallInstruction(string? functionName) => functionName is { } name
+        ? $"You must answer by calling the function \"{name}\" (a <tool_call> block); do not answer in plain text."
+        : "You must answer by calling one or more of the provided functions (<tool_call> blocks); do not answer in plain text.";
 
     /// <summary>
     /// The system instruction a required tool mode adds (null for Auto, None or no mode). Throws when the mode
@@ -339,9 +348,8 @@ public sealed class QwqChatClient : IChatClient
         {
             if (!names.Contains(name))
                 throw new ArgumentException($"ChatOptions.ToolMode requires the function \"{name}\", which is not in ChatOptions.Tools ({string.Join(", ", names)}); add it or name one of those.", "options");
-            return $"You must answer by calling the function \"{name}\" (a <tool_call> block); do not answer in plain text.";
         }
-        return "You must answer by calling one or more of the provided functions (<tool_call> blocks); do not answer in plain text.";
+        return RequiredCallInstruction(required.RequiredFunctionName);
     }
 
     internal static string DescribeToolMode(ChatToolMode mode) => mode switch

@@ -116,6 +116,38 @@ public class ServerTests
         Assert.That(choice.GetProperty("message").GetProperty("reasoning_content").GetString(), Is.EqualTo("Let me check.\n"));
     }
 
+    [Test]
+    public async Task ToolChoiceRequiredOrNamedTellsTheModelACallIsRequired()
+    {
+        // "required" offered the tools exactly as "auto" does, so the model never heard that a call was required (the
+        // library's ChatToolMode.RequireAny adds the instruction); the prompt is now the library's.
+        string tool = $$$"""{"type":"function","function":{"name":"get_weather","parameters":{{{WeatherSchema}}}}}""";
+        async Task<int> PromptTokens(string choice, string messages = """[{"role":"user","content":"Weather?"}]""")
+        {
+            using var r = await _http.PostAsync("v1/chat/completions", Json($$"""{"messages":{{messages}},"tools":[{{tool}}],"tool_choice":{{choice}},"max_tokens":1}"""));
+            var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), root.ToString());
+            return root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        }
+        int Rendered(string instruction, string? system = null) => _model.Tokenizer.Encode(_model.Template.Apply(
+            [QwQ.Cuda.Text.ChatMessage.System(system is null ? instruction : instruction + "\n\n" + system), QwQ.Cuda.Text.ChatMessage.User("Weather?")],
+            [JsonDocument.Parse(tool).RootElement])).Length;
+
+        var lib = new AI.ChatOptions { Tools = [AI.AIFunctionFactory.Create((string city) => "sunny", "get_weather")] };
+        lib.ToolMode = AI.ChatToolMode.RequireAny;
+        string any = QwQ.Cuda.Chat.QwqChatClient.RequiredToolInstruction(lib)!;
+        lib.ToolMode = AI.ChatToolMode.RequireSpecific("get_weather");
+        string named = QwQ.Cuda.Chat.QwqChatClient.RequiredToolInstruction(lib)!;
+
+        Assert.That(await PromptTokens("\"required\""), Is.EqualTo(Rendered(any)));
+        Assert.That(await PromptTokens("""{"type":"function","function":{"name":"get_weather"}}"""), Is.EqualTo(Rendered(named)));
+        Assert.That(await PromptTokens("""{"type":"function","function":{"name":"get_weather"}}""", """[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather?"}]"""),
+            Is.EqualTo(Rendered(named, "Be brief.")), "joined to the caller's system message, ahead of it");
+        int auto = await PromptTokens("\"auto\"");
+        Assert.That(auto, Is.EqualTo(_model.Tokenizer.Encode(_model.Template.Apply([QwQ.Cuda.Text.ChatMessage.User("Weather?")], [JsonDocument.Parse(tool).RootElement])).Length),
+            "auto adds nothing");
+    }
+
     private const string TwoCalls = "Both.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n" +
                                     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
 
@@ -362,6 +394,7 @@ public class ServerTests
     [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", "messages[0].content[0]")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{}}]}""", "tools[0].function.name")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"a"}}],"tool_choice":{"type":"function","function":{"name":"b"}}}""", "tool_choice")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tool_choice":"required"}""", "tool_choice")]
     // Unsupported, and the answer would silently differ from what was asked (no logprobs, no JSON mode).
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"logprobs":true}""", "logprobs")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_logprobs":2}""", "top_logprobs")]
