@@ -396,17 +396,30 @@ public sealed class QwqChatClient : IChatClient
         return result.Count > 0 ? result : null;
     }
 
+    /// <summary>
+    /// A parsed tool call → FunctionCallContent. Arguments that are not a JSON object (the model wrote an array, a
+    /// number, a string) cannot be mapped to named parameters: then <see cref="FunctionCallContent.Exception"/> says so,
+    /// as M.E.AI's own adapters report arguments they cannot parse, rather than the call running with none.
+    /// </summary>
     internal static FunctionCallContent ToFunctionCall(Qwq.ToolCall call)
     {
+        string id = "call_" + Guid.NewGuid().ToString("N")[..12];
         var args = new Dictionary<string, object?>();
+        JsonException? error = null;
         try
         {
             using var doc = JsonDocument.Parse(call.ArgumentsJson);
             if (doc.RootElement.ValueKind == JsonValueKind.Object)
+            {
                 foreach (var p in doc.RootElement.EnumerateObject()) args[p.Name] = p.Value.Clone();
+                return new FunctionCallContent(id, call.Name, args);
+            }
         }
-        catch (JsonException) { }
-        return new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..12], call.Name, args);
+        catch (JsonException e) { error = e; } // the parser passes valid JSON only; kept so nothing escapes as a crash
+        return new FunctionCallContent(id, call.Name)
+        {
+            Exception = new InvalidOperationException($"The arguments of the model's call to \"{call.Name}\" are not a JSON object: {call.ArgumentsJson}", error),
+        };
     }
 
     internal static UsageDetails ToUsage(GenerationResult r, int thinkEndId)

@@ -126,6 +126,21 @@ public class QwqChatClientTests
         Assert.That(call.CallId, Does.StartWith("call_"));
         Assert.That(((JsonElement)call.Arguments!["city"]!).GetString(), Is.EqualTo("Oslo"));
         Assert.That(((JsonElement)call.Arguments!["days"]!).GetInt32(), Is.EqualTo(3));
+        Assert.That(call.Exception, Is.Null);
+    }
+
+    [TestCase("""[1,2]""")]
+    [TestCase("\"Oslo\"")] // the parser keeps string arguments that are not JSON as a JSON string
+    [TestCase("""null""")]
+    public void ToolCallArgumentsThatAreNotAnObjectSetTheException(string arguments)
+    {
+        // They became an empty argument list without a word, so the function ran with its defaults. M.E.AI's way (as its
+        // OpenAI adapter does it): the content's Exception says the arguments could not be mapped.
+        var call = QwqChatClient.ToFunctionCall(new QwQ.Cuda.Text.ToolCall("get_weather", arguments));
+        Assert.That(call.Name, Is.EqualTo("get_weather"));
+        Assert.That(call.Exception, Is.Not.Null);
+        Assert.That(call.Exception!.Message, Does.Contain("not a JSON object").And.Contain(arguments));
+        Assert.That(call.Arguments is null or { Count: 0 }, Is.True);
     }
 
     [Test]
