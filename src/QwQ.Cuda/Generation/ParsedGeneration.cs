@@ -18,7 +18,7 @@ internal static class ParsedGeneration
     public static async Task<(GenerationOutcome Outcome, GenerationResult Result)> RunAsync(QwqModel model, ISequence sequence, int[] prompt,
         bool startInReasoning, SamplingOptions sampling, GenerationOptions options, Action<ParsedDelta>? onDelta, CancellationToken ct)
     {
-        var parser = new ReasoningParser(startInReasoning);
+        var parser = new ReasoningParser(startInReasoning, options.ParseToolCalls);
         var text = new System.Text.StringBuilder();
         var decoder = new DetokenizerDecoder(new StreamingDetokenizer(model.Tokenizer, skipSpecialTokens: true));
         bool atFirstCall = false; // StopAfterFirstToolCall: the first call is complete, nothing more is parsed or passed on

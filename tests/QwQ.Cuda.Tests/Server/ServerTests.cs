@@ -116,6 +116,31 @@ public class ServerTests
         Assert.That(choice.GetProperty("message").GetProperty("reasoning_content").GetString(), Is.EqualTo("Let me check.\n"));
     }
 
+    [TestCase(",\"tool_choice\":\"none\"")]
+    [TestCase(null)]
+    public async Task WithoutToolsOfferedAToolCallBlockIsAnsweredAsText(string? toolChoice)
+    {
+        // The block was parsed out of the answer and, not being reported, lost: content was "I'll look it up.\n" alone.
+        string tools = toolChoice is null ? "" : $$$""","tools":[{"type":"function","function":{"name":"get_weather","parameters":{{{WeatherSchema}}}}}]{{{toolChoice}}}""";
+        string body = $$"""{"messages":[{"role":"user","content":"Weather?"}]{{tools}}""";
+        string answer = ToolAnswer[(ToolAnswer.IndexOf("</think>\n\n", StringComparison.Ordinal) + 10)..];
+        using var http = new HttpClient { BaseAddress = _toolServer.BaseAddress };
+
+        using (var r = await http.PostAsync("v1/chat/completions", Json(body + "}")))
+        {
+            var message = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message");
+            Assert.That(message.GetProperty("content").GetString(), Is.EqualTo(answer));
+            Assert.That(message.TryGetProperty("tool_calls", out _), Is.False);
+        }
+        using (var r = await http.PostAsync("v1/chat/completions", Json(body + ""","stream":true}""")))
+        {
+            var deltas = (await r.Content.ReadAsStringAsync()).Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+                .Select(l => JsonDocument.Parse(l[6..]).RootElement.GetProperty("choices")).Where(c => c.GetArrayLength() > 0).Select(c => c[0].GetProperty("delta")).ToList();
+            Assert.That(string.Concat(deltas.Select(d => d.TryGetProperty("content", out var c) ? c.GetString() : "")), Is.EqualTo(answer));
+            Assert.That(deltas.Any(d => d.TryGetProperty("tool_calls", out _)), Is.False);
+        }
+    }
+
     [Test]
     public async Task ToolChoiceRequiredOrNamedTellsTheModelACallIsRequired()
     {
