@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using QwQ.Cuda.Chat;
 using QwQ.Cuda.Generation;
 using QwQ.Cuda.Sampling;
 using QwQ.Cuda.Text;
@@ -116,6 +117,7 @@ internal sealed class ChatCompletionRequest : SamplingRequest
     public List<RequestMessage>? Messages { get; set; }
     public List<JsonElement>? Tools { get; set; }
     public JsonElement? ToolChoice { get; set; }
+    public bool? ParallelToolCalls { get; set; }
     public bool? Logprobs { get; set; }
     public int? TopLogprobs { get; set; }
     public JsonElement? ResponseFormat { get; set; }
@@ -181,13 +183,19 @@ internal sealed class ChatCompletionRequest : SamplingRequest
 
     /// <summary>
     /// The tool definitions to render into the prompt, after tool_choice: "none" offers none, a named function offers
-    /// only that one, "auto" and "required" offer all (QwQ cannot be forced to call; "required" is a request to the model).
+    /// only that one, "auto" and "required" offer all (QwQ cannot be forced to call; "required" is a request to the model,
+    /// made by <see cref="RequiredToolInstruction"/>).
     /// </summary>
     public IReadOnlyList<JsonElement>? OfferedTools()
     {
-        if (Tools is not { Count: > 0 }) return ToolChoice is { ValueKind: JsonValueKind.Object }
-            ? throw ApiException.BadField("tool_choice", "tool_choice names a function but no tools are given")
-            : null;
+        if (Tools is not { Count: > 0 })
+        {
+            if (ToolChoice is { ValueKind: JsonValueKind.Object })
+                throw ApiException.BadField("tool_choice", "tool_choice names a function but no tools are given");
+            if (ToolChoice is { ValueKind: JsonValueKind.String } required && required.GetString() == "required")
+                throw ApiException.BadField("tool_choice", "tool_choice is \"required\" but no tools are given: add the functions or leave tool_choice out");
+            return null;
+        }
         var names = new List<string>();
         for (int i = 0; i < Tools.Count; i++)
         {
@@ -211,6 +219,17 @@ internal sealed class ChatCompletionRequest : SamplingRequest
                 throw ApiException.BadField("tool_choice", "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}");
         }
     }
+
+    /// <summary>
+    /// The system instruction that a call is required, for tool_choice "required" or a named function (null otherwise):
+    /// the library's for ChatToolMode.RequireAny / RequireSpecific. Call after <see cref="OfferedTools"/> checked the choice.
+    /// </summary>
+    public string? RequiredToolInstruction() => ToolChoice switch
+    {
+        { ValueKind: JsonValueKind.String } s when s.GetString() == "required" => QwqChatClient.RequiredCallInstruction(null),
+        { ValueKind: JsonValueKind.Object } o => QwqChatClient.RequiredCallInstruction(o.GetProperty("function").GetProperty("name").GetString()),
+        _ => null,
+    };
 }
 
 internal sealed class RequestMessage

@@ -181,7 +181,14 @@ public sealed class QwqServer : IAsyncDisposable
         var request = await ReadAsync<ChatCompletionRequest>(http);
         var messages = request.ToTemplateMessages();
         var tools = request.OfferedTools();
-        var options = request.ToGenerationOptions(_model);
+        Chat.QwqChatClient.PrependInstructions(messages, request.RequiredToolInstruction());
+        // Without tools offered no call is reported, so a <tool_call> block the model writes stays in the answer's text.
+        // parallel_tool_calls: false: at most one call, so the generation ends at the first one's </tool_call>.
+        var options = request.ToGenerationOptions(_model) with
+        {
+            ParseToolCalls = tools is not null,
+            StopAfterFirstToolCall = tools is not null && request.ParallelToolCalls == false,
+        };
         var format = new ChatFormat("chatcmpl-" + NewId(), request.Model ?? _options.ModelName, reportToolCalls: tools is not null);
         return new Job(request.Stream, request.IncludeUsage, format,
             (session, ct) => session.StreamAsync(messages, options, tools, ct), "messages", session => session.Render(messages, tools).Length);

@@ -30,11 +30,16 @@ namespace QwQ.Cuda.Chat;
 /// naming the mode (after its text has streamed), so a caller never mistakes a plain answer for the call it required.
 /// </para>
 /// <para>
+/// <c>AllowMultipleToolCalls = false</c> ends the generation once the first tool call is complete: the response holds
+/// at most one <see cref="FunctionCallContent"/>.
+/// </para>
+/// <para>
 /// Options: MaxOutputTokens, Temperature, TopP, TopK, Seed, StopSequences, Presence/FrequencyPenalty, and
 /// AdditionalProperties "min_p" and "repetition_penalty" (numbers) map to the engine; a value that cannot work throws
 /// <see cref="ArgumentException"/> (parameter "options") naming it. <c>Reasoning.Output = None</c> leaves the
 /// reasoning out of the response (the model still reasons; its tokens are still counted). A
-/// <c>ContinuationToken</c> throws <see cref="NotSupportedException"/>: there are no background responses to resume.
+/// <c>ContinuationToken</c> throws <see cref="NotSupportedException"/>: there are no background responses to resume;
+/// so does a <c>ConversationId</c>: no conversation is stored, every call sends the whole conversation.
 /// </para>
 /// <para>
 /// <see cref="ChatResponse.RawRepresentation"/> is the <see cref="GenerationResult"/>, each update's the
@@ -107,6 +112,11 @@ public sealed class QwqChatClient : IChatClient
             throw new NotSupportedException("ChatOptions.ContinuationToken: QwQ.Cuda has no background responses, so there is nothing to resume (this client never returns a " +
                 "continuation token); send the conversation again without one.");
 #pragma warning restore MEAI001
+        // Stateless: answering only the messages given would silently drop the history the caller believes is stored.
+        // Never set on a response, so FunctionInvokingChatClient and other middleware never send one on their own.
+        if (options?.ConversationId is not null)
+            throw new NotSupportedException($"ChatOptions.ConversationId (\"{options.ConversationId}\"): QwQ.Cuda stores no conversations (its responses carry " +
+                "no ConversationId); send the whole conversation in messages on every call and leave ConversationId null.");
         // The model always reasons (QwQ has no switch for it); Output None only keeps the reasoning out of the response.
         bool showReasoning = options?.Reasoning?.Output is not ReasoningOutput.None;
         string? requiredTool = RequiredToolInstruction(options);
@@ -254,6 +264,7 @@ public sealed class QwqChatClient : IChatClient
             Sampling = s,
             MaxNewTokens = o.MaxOutputTokens,
             StopStrings = o.StopSequences is { Count: > 0 } stops ? [.. stops] : [],
+            StopAfterFirstToolCall = o.AllowMultipleToolCalls == false,
         };
     }
 
@@ -303,16 +314,25 @@ public sealed class QwqChatClient : IChatClient
             if (role == "assistant") list.Add(Qwq.ChatMessage.Assistant(text, calls.Count > 0 ? calls : null));
             else list.Add(new Qwq.ChatMessage(role, text));
         }
-        if (!string.IsNullOrEmpty(instructions))
-        {
-            if (list.Count > 0 && list[0].Role == "system")
-                list[0] = list[0] with { Content = instructions + "\n\n" + list[0].Content };
-            else
-                list.Insert(0, Qwq.ChatMessage.System(instructions));
-        }
+        PrependInstructions(list, instructions);
         if (list.Count == 0) throw new ArgumentException("at least one message is needed", nameof(messages));
         return list;
     }
+
+    /// <summary>Puts <paramref name="instructions"/> ahead of the first message's text when it is the system's, else in a system message first.</summary>
+    internal static void PrependInstructions(List<Qwq.ChatMessage> list, string? instructions)
+    {
+        if (string.IsNullOrEmpty(instructions)) return;
+        if (list.Count > 0 && list[0].Role == "system")
+            list[0] = list[0] with { Content = instructions + "\n\n" + list[0].Content };
+        else
+            list.Insert(0, Qwq.ChatMessage.System(instructions));
+    }
+
+    /// <summary>The system instruction that a call is required: of <paramref name="functionName"/>, or (null) of any offered function.</summary>
+    internal static string RequiredCallInstruction(string? functionName) => functionName is { } name
+        ? $"You must answer by calling the function \"{name}\" (a <tool_call> block); do not answer in plain text."
+        : "You must answer by calling one or more of the provided functions (<tool_call> blocks); do not answer in plain text.";
 
     /// <summary>
     /// The system instruction a required tool mode adds (null for Auto, None or no mode). Throws when the mode
@@ -328,9 +348,8 @@ public sealed class QwqChatClient : IChatClient
         {
             if (!names.Contains(name))
                 throw new ArgumentException($"ChatOptions.ToolMode requires the function \"{name}\", which is not in ChatOptions.Tools ({string.Join(", ", names)}); add it or name one of those.", "options");
-            return $"You must answer by calling the function \"{name}\" (a <tool_call> block); do not answer in plain text.";
         }
-        return "You must answer by calling one or more of the provided functions (<tool_call> blocks); do not answer in plain text.";
+        return RequiredCallInstruction(required.RequiredFunctionName);
     }
 
     internal static string DescribeToolMode(ChatToolMode mode) => mode switch
@@ -377,17 +396,30 @@ public sealed class QwqChatClient : IChatClient
         return result.Count > 0 ? result : null;
     }
 
+    /// <summary>
+    /// A parsed tool call → FunctionCallContent. Arguments that are not a JSON object (the model wrote an array, a
+    /// number, a string) cannot be mapped to named parameters: then <see cref="FunctionCallContent.Exception"/> says so,
+    /// as M.E.AI's own adapters report arguments they cannot parse, rather than the call running with none.
+    /// </summary>
     internal static FunctionCallContent ToFunctionCall(Qwq.ToolCall call)
     {
+        string id = "call_" + Guid.NewGuid().ToString("N")[..12];
         var args = new Dictionary<string, object?>();
+        JsonException? error = null;
         try
         {
             using var doc = JsonDocument.Parse(call.ArgumentsJson);
             if (doc.RootElement.ValueKind == JsonValueKind.Object)
+            {
                 foreach (var p in doc.RootElement.EnumerateObject()) args[p.Name] = p.Value.Clone();
+                return new FunctionCallContent(id, call.Name, args);
+            }
         }
-        catch (JsonException) { }
-        return new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..12], call.Name, args);
+        catch (JsonException e) { error = e; } // the parser passes valid JSON only; kept so nothing escapes as a crash
+        return new FunctionCallContent(id, call.Name)
+        {
+            Exception = new InvalidOperationException($"The arguments of the model's call to \"{call.Name}\" are not a JSON object: {call.ArgumentsJson}", error),
+        };
     }
 
     internal static UsageDetails ToUsage(GenerationResult r, int thinkEndId)

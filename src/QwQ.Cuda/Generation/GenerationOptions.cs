@@ -24,6 +24,20 @@ public sealed record GenerationOptions
     /// </summary>
     public bool PenalizePrompt { get; init; }
 
+    /// <summary>
+    /// Parse the answer's <c>&lt;tool_call&gt;</c> blocks into tool calls (default); false leaves them in the answer
+    /// as text, for callers that offered no tools and so report no calls (the server, under <c>tool_choice: "none"</c>).
+    /// </summary>
+    public bool ParseToolCalls { get; init; } = true;
+
+    /// <summary>
+    /// End the generation as soon as the first tool call is complete (its <c>&lt;/tool_call&gt;</c>), so the result holds at
+    /// most one call and nothing after it is generated: OpenAI's <c>parallel_tool_calls: false</c>, Microsoft.Extensions.AI's
+    /// <c>AllowMultipleToolCalls = false</c>. The finish reason is then <see cref="FinishReason.StopString"/> with
+    /// <c>&lt;/tool_call&gt;</c> as <see cref="GenerationResult.StopString"/> (it stays in the result's Text: it closes the call).
+    /// </summary>
+    public bool StopAfterFirstToolCall { get; init; }
+
     /// <summary>The most prompt tokens appended in one forward pass; cancellation is checked between chunks. 0: all at once.</summary>
     public int PrefillChunk { get; init; } = 2048;
 

@@ -42,6 +42,13 @@ public sealed class Generator(ISequence sequence)
     public ISequence Sequence => sequence;
 
     /// <summary>
+    /// Asked after each release of text: true ends the generation there as a stop string would (the token that released
+    /// the text is not appended; finish reason StopString, with no stop string of its own). ParsedGeneration's stop after
+    /// the first tool call.
+    /// </summary>
+    internal Func<bool>? StopAfterText { get; init; }
+
+    /// <summary>
     /// Generates a continuation of <paramref name="prompt"/> on the calling thread. The sequence must already hold
     /// <c>prompt[..sequence.Length]</c> (callers truncate it to the common prefix first) and at least the last
     /// prompt token must be new, because its logits start generation.
@@ -57,7 +64,7 @@ public sealed class Generator(ISequence sequence)
         TextDeltaHandler? onText,
         CancellationToken cancellationToken)
     {
-        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText);
+        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText, StopAfterText);
         int maxNew = options.MaxNewTokens ?? int.MaxValue;
 
         sequence.ResetPenalties();
@@ -125,7 +132,7 @@ public sealed class Generator(ISequence sequence)
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(scheduler);
-        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText);
+        var run = new Consumer(sequence, prompt.Length, sampling, options, eosTokenIds, decoder, onText, StopAfterText);
         int fresh = prompt.Length - run.Cached;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var handle = scheduler.Submit(new GenerationRequest(sequence, prompt[run.Cached..].ToArray(), sampling,
@@ -170,12 +177,13 @@ public sealed class Generator(ISequence sequence)
         private readonly StopStringMatcher _stops;
         private readonly ITokenTextDecoder? _decoder;
         private readonly TextDeltaHandler? _onText;
+        private readonly Func<bool>? _stopAfterText;
         private readonly long _start = Stopwatch.GetTimestamp();
         private long _prefillEnd, _firstToken;
         private string? _stopString;
 
         public Consumer(ISequence sequence, int promptLength, SamplingOptions sampling, GenerationOptions options,
-            IReadOnlyList<int> eosTokenIds, ITokenTextDecoder? decoder, TextDeltaHandler? onText)
+            IReadOnlyList<int> eosTokenIds, ITokenTextDecoder? decoder, TextDeltaHandler? onText, Func<bool>? stopAfterText)
         {
             ArgumentNullException.ThrowIfNull(sampling);
             ArgumentNullException.ThrowIfNull(options);
@@ -197,6 +205,7 @@ public sealed class Generator(ISequence sequence)
             _eos = eosTokenIds as int[] ?? [.. eosTokenIds];
             _decoder = decoder;
             _onText = onText;
+            _stopAfterText = stopAfterText;
             int maxNew = options.MaxNewTokens ?? int.MaxValue;
             Generated = new List<int>(Math.Min(maxNew, Math.Max(16, sequence.Capacity - promptLength + 1)));
         }
@@ -238,7 +247,7 @@ public sealed class Generator(ISequence sequence)
             bool hit = _stops.Push(text, out string released);
             if (released.Length > 0) _onText?.Invoke(Generated[^1], released);
             if (hit) _stopString = _stops.Matched;
-            return hit;
+            return hit || (released.Length > 0 && _stopAfterText?.Invoke() == true);
         }
 
         /// <param name="fromPrefixCache">Prompt tokens whose KV was reused from the prefix cache on top of <see cref="Cached"/>.</param>

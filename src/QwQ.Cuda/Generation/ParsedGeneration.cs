@@ -20,20 +20,31 @@ internal static class ParsedGeneration
         bool startInReasoning, SamplingOptions sampling, GenerationOptions options, Action<ParsedDelta>? onDelta, CancellationToken ct,
         Action<string>? onText = null)
     {
-        var parser = new ReasoningParser(startInReasoning);
+        var parser = new ReasoningParser(startInReasoning, options.ParseToolCalls);
         var text = new System.Text.StringBuilder();
         var decoder = new DetokenizerDecoder(new StreamingDetokenizer(model.Tokenizer, skipSpecialTokens: true));
-        var outcome = await new Generator(sequence).RunAsync(model.Scheduler, prompt, sampling, options,
+        bool atFirstCall = false; // StopAfterFirstToolCall: the first call is complete, nothing more is parsed or passed on
+        var generator = new Generator(sequence) { StopAfterText = options.StopAfterFirstToolCall ? () => atFirstCall : null };
+        var outcome = await generator.RunAsync(model.Scheduler, prompt, sampling, options,
             options.EosTokenIds ?? model.EosTokenIds, decoder, (_, delta) =>
             {
                 text.Append(delta);
-                onText?.Invoke(delta);
+                onText?.Invoke(delta); // the raw stream adds up to Text, whatever is parsed
+                if (atFirstCall) return;
                 var parsed = parser.Push(delta);
+                if (options.StopAfterFirstToolCall && parsed.ToolCalls.Count > 0)
+                {
+                    atFirstCall = true;
+                    if (parsed.ToolCalls.Count > 1) parsed = parsed with { ToolCalls = [parsed.ToolCalls[0]] };
+                }
                 if (!parsed.IsEmpty) onDelta?.Invoke(parsed);
             }, ct).ConfigureAwait(false);
 
-        var tail = parser.Flush();
-        if (!tail.IsEmpty) onDelta?.Invoke(tail);
+        if (!atFirstCall)
+        {
+            var tail = parser.Flush();
+            if (!tail.IsEmpty) onDelta?.Invoke(tail);
+        }
         var result = new GenerationResult
         {
             FinishReason = outcome.FinishReason,
@@ -41,9 +52,9 @@ internal static class ParsedGeneration
             Text = text.ToString(),
             Reasoning = parser.Reasoning,
             Answer = parser.Answer,
-            ToolCalls = [.. parser.ToolCalls],
+            ToolCalls = atFirstCall ? [parser.ToolCalls[0]] : [.. parser.ToolCalls],
             TokenIds = outcome.GeneratedTokens,
-            StopString = outcome.StopString,
+            StopString = outcome.StopString ?? (atFirstCall && outcome.FinishReason == FinishReason.StopString ? "</tool_call>" : null),
         };
         return (outcome, result);
     }

@@ -33,15 +33,20 @@ public sealed class ReasoningParser
     private enum State { Start, Reasoning, AnswerStart, Answer, ToolCall }
 
     private State _state;
+    private readonly bool _parseToolCalls;
     private readonly StringBuilder _buffer = new();   // undecided text
     private readonly StringBuilder _reasoning = new();
     private readonly StringBuilder _answer = new();
     private readonly StringBuilder _call = new();
     private readonly List<ToolCall> _toolCalls = [];
 
-    public ReasoningParser(bool startInReasoning = true)
+    /// <param name="startInReasoning">Generation starts inside the thinking part (QwQ's prompt ends with <c>&lt;think&gt;\n</c>).</param>
+    /// <param name="parseToolCalls">Turn <c>&lt;tool_call&gt;</c> blocks into <see cref="ToolCalls"/>; false keeps them as answer text
+    /// (no tools were offered, so there is nobody to report a call to).</param>
+    public ReasoningParser(bool startInReasoning = true, bool parseToolCalls = true)
     {
         _state = startInReasoning ? State.Reasoning : State.Start;
+        _parseToolCalls = parseToolCalls;
     }
 
     /// <summary>All reasoning so far (without the think tags).</summary>
@@ -117,6 +122,12 @@ public sealed class ReasoningParser
                 }
                 case State.Answer:
                 {
+                    if (!_parseToolCalls)
+                    {
+                        answer.Append(buf);
+                        _buffer.Clear();
+                        goto done;
+                    }
                     int at = buf.IndexOf(CallOpen, StringComparison.Ordinal);
                     if (at >= 0)
                     {

@@ -126,6 +126,21 @@ public class QwqChatClientTests
         Assert.That(call.CallId, Does.StartWith("call_"));
         Assert.That(((JsonElement)call.Arguments!["city"]!).GetString(), Is.EqualTo("Oslo"));
         Assert.That(((JsonElement)call.Arguments!["days"]!).GetInt32(), Is.EqualTo(3));
+        Assert.That(call.Exception, Is.Null);
+    }
+
+    [TestCase("""[1,2]""")]
+    [TestCase("\"Oslo\"")] // the parser keeps string arguments that are not JSON as a JSON string
+    [TestCase("""null""")]
+    public void ToolCallArgumentsThatAreNotAnObjectSetTheException(string arguments)
+    {
+        // They became an empty argument list without a word, so the function ran with its defaults. M.E.AI's way (as its
+        // OpenAI adapter does it): the content's Exception says the arguments could not be mapped.
+        var call = QwqChatClient.ToFunctionCall(new QwQ.Cuda.Text.ToolCall("get_weather", arguments));
+        Assert.That(call.Name, Is.EqualTo("get_weather"));
+        Assert.That(call.Exception, Is.Not.Null);
+        Assert.That(call.Exception!.Message, Does.Contain("not a JSON object").And.Contain(arguments));
+        Assert.That(call.Arguments is null or { Count: 0 }, Is.True);
     }
 
     [Test]
@@ -225,6 +240,46 @@ public class QwqChatClientTests
     private static AIFunction Weather => AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather", "Current weather for a city");
     private static AIFunction Time => AIFunctionFactory.Create((string zone) => "noon", "get_time", "Current time in a zone");
 
+    private const string TwoCalls = "Both.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n" +
+                                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+
+    [Test]
+    public async Task AllowMultipleToolCallsFalseEndsTheGenerationAfterTheFirstCall()
+    {
+        // It was ignored: both calls came back (and FunctionInvokingChatClient ran both).
+        var single = new ChatOptions { Tools = [Weather], AllowMultipleToolCalls = false };
+        using (var streaming = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true))
+        {
+            var updates = new List<ChatResponseUpdate>();
+            await foreach (var u in streaming.GetStreamingResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], single))
+                updates.Add(u);
+            var call = updates.SelectMany(u => u.Contents).OfType<FunctionCallContent>().Single();
+            Assert.That(call.Arguments!["city"]?.ToString(), Is.EqualTo("Paris"));
+            Assert.That(updates.SelectMany(u => u.Contents).OfType<TextContent>().Select(t => t.Text), Has.None.Contains("Oslo").And.None.Contains("tool_call"),
+                "nothing of the second call streams, not even as text");
+            Assert.That(updates[^1].FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        }
+
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], single);
+        Assert.That(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Single().Arguments!["city"]?.ToString(), Is.EqualTo("Paris"));
+        Assert.That(r.Text, Is.Empty);
+        Assert.That(r.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        // Generation ended at the first call's </tool_call>: the second was never generated, so never billed.
+        var tokenizer = ((QwqModel)client.GetService(typeof(QwqModel))!).Tokenizer;
+        int firstCallEnd = TwoCalls.IndexOf("</tool_call>", StringComparison.Ordinal) + "</tool_call>".Length;
+        Assert.That(r.Usage!.OutputTokenCount, Is.EqualTo(tokenizer.Encode(TwoCalls[..firstCallEnd]).Length));
+        Assert.That(((GenerationResult)r.RawRepresentation!).ToolCalls, Has.Count.EqualTo(1));
+
+        // The default (null) and true allow both.
+        foreach (bool? allow in new bool?[] { null, true })
+        {
+            using var both = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+            var all = await both.GetResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], new ChatOptions { Tools = [Weather], AllowMultipleToolCalls = allow });
+            Assert.That(all.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Select(c => c.Arguments!["city"]?.ToString()), Is.EqualTo(new[] { "Paris", "Oslo" }));
+        }
+    }
+
     [Test]
     public void JsonResponseFormatIsRefusedNotIgnored()
     {
@@ -317,6 +372,22 @@ public class QwqChatClientTests
             "background responses are a permission: answering in the foreground honours it");
     }
 #pragma warning restore MEAI001
+
+    [Test]
+    public void AConversationIdIsRefusedNotAnsweredWithoutTheHistory()
+    {
+        // The client stores no conversations (its responses carry no ConversationId): a caller that sent an id and only
+        // the new message was answered as if that message were the whole conversation.
+        using var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var e = Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync([new(ChatRole.User, "And tomorrow?")],
+            new ChatOptions { ConversationId = "conv-1", MaxOutputTokens = 2 }))!;
+        Assert.That(e.Message, Does.Contain("ChatOptions.ConversationId"));
+        Assert.ThrowsAsync<NotSupportedException>(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new(ChatRole.User, "And tomorrow?")], new ChatOptions { ConversationId = "conv-1", MaxOutputTokens = 2 })) { }
+        });
+        Assert.DoesNotThrowAsync(() => client.GetResponseAsync([new(ChatRole.User, "Hi")], new ChatOptions { Temperature = 0, MaxOutputTokens = 2 }), "the client stays usable");
+    }
 
     [Test]
     public async Task ResponseCarriesRawResultReasoningTokensAndTimings()

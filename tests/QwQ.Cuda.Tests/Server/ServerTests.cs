@@ -116,6 +116,101 @@ public class ServerTests
         Assert.That(choice.GetProperty("message").GetProperty("reasoning_content").GetString(), Is.EqualTo("Let me check.\n"));
     }
 
+    [TestCase(",\"tool_choice\":\"none\"")]
+    [TestCase(null)]
+    public async Task WithoutToolsOfferedAToolCallBlockIsAnsweredAsText(string? toolChoice)
+    {
+        // The block was parsed out of the answer and, not being reported, lost: content was "I'll look it up.\n" alone.
+        string tools = toolChoice is null ? "" : $$$""","tools":[{"type":"function","function":{"name":"get_weather","parameters":{{{WeatherSchema}}}}}]{{{toolChoice}}}""";
+        string body = $$"""{"messages":[{"role":"user","content":"Weather?"}]{{tools}}""";
+        string answer = ToolAnswer[(ToolAnswer.IndexOf("</think>\n\n", StringComparison.Ordinal) + 10)..];
+        using var http = new HttpClient { BaseAddress = _toolServer.BaseAddress };
+
+        using (var r = await http.PostAsync("v1/chat/completions", Json(body + "}")))
+        {
+            var message = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message");
+            Assert.That(message.GetProperty("content").GetString(), Is.EqualTo(answer));
+            Assert.That(message.TryGetProperty("tool_calls", out _), Is.False);
+        }
+        using (var r = await http.PostAsync("v1/chat/completions", Json(body + ""","stream":true}""")))
+        {
+            var deltas = (await r.Content.ReadAsStringAsync()).Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+                .Select(l => JsonDocument.Parse(l[6..]).RootElement.GetProperty("choices")).Where(c => c.GetArrayLength() > 0).Select(c => c[0].GetProperty("delta")).ToList();
+            Assert.That(string.Concat(deltas.Select(d => d.TryGetProperty("content", out var c) ? c.GetString() : "")), Is.EqualTo(answer));
+            Assert.That(deltas.Any(d => d.TryGetProperty("tool_calls", out _)), Is.False);
+        }
+    }
+
+    [Test]
+    public async Task ToolChoiceRequiredOrNamedTellsTheModelACallIsRequired()
+    {
+        // "required" offered the tools exactly as "auto" does, so the model never heard that a call was required (the
+        // library's ChatToolMode.RequireAny adds the instruction); the prompt is now the library's.
+        string tool = $$$"""{"type":"function","function":{"name":"get_weather","parameters":{{{WeatherSchema}}}}}""";
+        async Task<int> PromptTokens(string choice, string messages = """[{"role":"user","content":"Weather?"}]""")
+        {
+            using var r = await _http.PostAsync("v1/chat/completions", Json($$"""{"messages":{{messages}},"tools":[{{tool}}],"tool_choice":{{choice}},"max_tokens":1}"""));
+            var root = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), root.ToString());
+            return root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        }
+        int Rendered(string instruction, string? system = null) => _model.Tokenizer.Encode(_model.Template.Apply(
+            [QwQ.Cuda.Text.ChatMessage.System(system is null ? instruction : instruction + "\n\n" + system), QwQ.Cuda.Text.ChatMessage.User("Weather?")],
+            [JsonDocument.Parse(tool).RootElement])).Length;
+
+        var lib = new AI.ChatOptions { Tools = [AI.AIFunctionFactory.Create((string city) => "sunny", "get_weather")] };
+        lib.ToolMode = AI.ChatToolMode.RequireAny;
+        string any = QwQ.Cuda.Chat.QwqChatClient.RequiredToolInstruction(lib)!;
+        lib.ToolMode = AI.ChatToolMode.RequireSpecific("get_weather");
+        string named = QwQ.Cuda.Chat.QwqChatClient.RequiredToolInstruction(lib)!;
+
+        Assert.That(await PromptTokens("\"required\""), Is.EqualTo(Rendered(any)));
+        Assert.That(await PromptTokens("""{"type":"function","function":{"name":"get_weather"}}"""), Is.EqualTo(Rendered(named)));
+        Assert.That(await PromptTokens("""{"type":"function","function":{"name":"get_weather"}}""", """[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather?"}]"""),
+            Is.EqualTo(Rendered(named, "Be brief.")), "joined to the caller's system message, ahead of it");
+        int auto = await PromptTokens("\"auto\"");
+        Assert.That(auto, Is.EqualTo(_model.Tokenizer.Encode(_model.Template.Apply([QwQ.Cuda.Text.ChatMessage.User("Weather?")], [JsonDocument.Parse(tool).RootElement])).Length),
+            "auto adds nothing");
+    }
+
+    private const string TwoCalls = "Both.\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n" +
+                                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+
+    [Test]
+    public async Task ParallelToolCallsFalseAnswersWithTheFirstCallOnly()
+    {
+        // parallel_tool_calls was ignored (an unknown field): both calls came back.
+        using var scripted = ServerFixture.ScriptedTinyChat(TwoCalls);
+        await using var server = await ServerFixture.StartAsync(scripted);
+        var tool = ChatTool.CreateFunctionTool("get_weather", "Current weather in a city", BinaryData.FromString(WeatherSchema));
+        static string City(BinaryData arguments) => JsonDocument.Parse(arguments.ToMemory()).RootElement.GetProperty("city").GetString()!;
+        ChatCompletionOptions Options(bool? parallel) => new() { Tools = { tool }, AllowParallelToolCalls = parallel };
+
+        ChatCompletion one = (await OpenAiChat(server).CompleteChatAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(false))).Value;
+        Assert.That(one.ToolCalls.Select(c => City(c.FunctionArguments)), Is.EqualTo(new[] { "Paris" }));
+        Assert.That(one.FinishReason, Is.EqualTo(ChatFinishReason.ToolCalls));
+        Assert.That(one.Content, Is.Empty, "no text beside the call");
+
+        var streamed = new List<StreamingChatToolCallUpdate>();
+        ChatFinishReason? finish = null;
+        await foreach (var u in OpenAiChat(server).CompleteChatStreamingAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(false)))
+        {
+            streamed.AddRange(u.ToolCallUpdates);
+            finish ??= u.FinishReason;
+        }
+        Assert.That(streamed.Select(c => c.Index), Is.EqualTo(new[] { 0 }), "one call's delta, nothing of the second");
+        Assert.That(City(streamed[0].FunctionArgumentsUpdate), Is.EqualTo("Paris"));
+        Assert.That(finish, Is.EqualTo(ChatFinishReason.ToolCalls));
+
+        // Left out (the default) or true: both, with their own ids.
+        foreach (bool? parallel in new bool?[] { null, true })
+        {
+            ChatCompletion both = (await OpenAiChat(server).CompleteChatAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(parallel))).Value;
+            Assert.That(both.ToolCalls.Select(c => City(c.FunctionArguments)), Is.EqualTo(new[] { "Paris", "Oslo" }));
+            Assert.That(both.ToolCalls.Select(c => c.Id).Distinct().Count(), Is.EqualTo(2));
+        }
+    }
+
     // ---- Microsoft.Extensions.AI over the OpenAI adapter ---------------------------------------------------------
 
     [Test]
@@ -364,6 +459,7 @@ public class ServerTests
     [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", "messages[0].content[0]")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{}}]}""", "tools[0].function.name")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"a"}}],"tool_choice":{"type":"function","function":{"name":"b"}}}""", "tool_choice")]
+    [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"tool_choice":"required"}""", "tool_choice")]
     // Unsupported, and the answer would silently differ from what was asked (no logprobs, no JSON mode).
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"logprobs":true}""", "logprobs")]
     [TestCase("""{"messages":[{"role":"user","content":"Hi"}],"top_logprobs":2}""", "top_logprobs")]

@@ -37,6 +37,20 @@ public class ReasoningParserTests
         }));
     }
 
+    [TestCase(1)]
+    [TestCase(5)]
+    [TestCase(1000)]
+    public void WithoutToolCallParsing_TheBlocksStayInTheAnswer(int chunk)
+    {
+        var p = new ReasoningParser(parseToolCalls: false);
+        for (int i = 0; i < Output.Length; i += chunk)
+            p.Push(Output.Substring(i, Math.Min(chunk, Output.Length - i)));
+        p.Flush();
+        Assert.That(p.Reasoning, Is.EqualTo("Okay, let me think about 2+2.\nIt is 4.\n"));
+        Assert.That(p.Answer, Is.EqualTo(Output[(Output.IndexOf("</think>\n\n", StringComparison.Ordinal) + 10)..]));
+        Assert.That(p.ToolCalls, Is.Empty);
+    }
+
     [Test]
     public void Deltas_AddUpToTheTotals()
     {
