@@ -122,7 +122,9 @@ public sealed class QwqChatClient : IChatClient
         string? requiredTool = RequiredToolInstruction(options);
         var conversation = ToTemplateMessages(messages, JoinInstructions(options?.Instructions, requiredTool));
         var tools = ToToolDefinitions(options);
-        var generation = ToGenerationOptions(options, _model.GenerationDefaults);
+        // No tools offered (none given, or ToolMode None): a <tool_call> block the model writes anyway stays text, as the
+        // server keeps it; parsed, it became a FunctionCallContent that FunctionInvokingChatClient would run under None.
+        var generation = ToGenerationOptions(options, _model.GenerationDefaults) with { ParseToolCalls = tools is not null };
 
         var session = Rent();
         try

@@ -280,6 +280,28 @@ public class QwqChatClientTests
         }
     }
 
+    // With ToolMode None (or no tools) a call the model writes anyway came back as a FunctionCallContent, which
+    // FunctionInvokingChatClient then ran although the caller said no tools; now it stays in the text, as the server keeps it.
+    [TestCase(true), TestCase(false)]
+    public async Task WithoutToolsOfferedACallTheModelWritesStaysText(bool toolModeNone)
+    {
+        var options = toolModeNone ? new ChatOptions { Tools = [Weather], ToolMode = ChatToolMode.None } : new ChatOptions();
+        using var client = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+        var r = await client.GetResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], options);
+        Assert.That(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>(), Is.Empty);
+        Assert.That(r.Text, Does.Contain("<tool_call>").And.Contain("Paris").And.Contain("Oslo"));
+        Assert.That(r.FinishReason, Is.EqualTo(ChatFinishReason.Stop));
+
+        using var streaming = new QwqChatClient(ScriptedModels.TinyChat(TwoCalls), ownsModel: true);
+        var text = new System.Text.StringBuilder();
+        await foreach (var u in streaming.GetStreamingResponseAsync([new(ChatRole.User, "Weather in Paris and Oslo?")], options))
+        {
+            Assert.That(u.Contents.OfType<FunctionCallContent>(), Is.Empty);
+            text.Append(u.Text);
+        }
+        Assert.That(text.ToString(), Is.EqualTo(r.Text));
+    }
+
     [Test]
     public void JsonResponseFormatIsRefusedNotIgnored()
     {
