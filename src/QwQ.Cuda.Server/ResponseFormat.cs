@@ -59,8 +59,9 @@ internal sealed class ChatFormat(string id, string model, bool reportToolCalls) 
     public override object Whole(GenerationResult r, string finishReason, Usage usage)
     {
         var calls = reportToolCalls && r.ToolCalls.Count > 0 ? r.ToolCalls.Select(c => ToolCallOut.From(c)).ToList() : null;
+        // Beside calls, whitespace (the newline between two blocks) is no answer: content null, as OpenAI gives it.
         var message = new AssistantMessage(
-            calls is not null && r.Answer.Length == 0 ? null : r.Answer,
+            calls is not null && string.IsNullOrWhiteSpace(r.Answer) ? null : r.Answer,
             r.Reasoning.Length > 0 ? r.Reasoning : null,
             calls);
         return new ChatCompletion(Id, Created, Model, [new ChatChoice(0, message, finishReason)], usage);

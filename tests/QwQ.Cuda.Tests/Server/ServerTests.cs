@@ -208,6 +208,7 @@ public class ServerTests
             ChatCompletion both = (await OpenAiChat(server).CompleteChatAsync([new UserChatMessage("Weather in Paris and Oslo?")], Options(parallel))).Value;
             Assert.That(both.ToolCalls.Select(c => City(c.FunctionArguments)), Is.EqualTo(new[] { "Paris", "Oslo" }));
             Assert.That(both.ToolCalls.Select(c => c.Id).Distinct().Count(), Is.EqualTo(2));
+            Assert.That(both.Content, Is.Empty, "the newline between the calls is no answer (content was \"\\n\"; OpenAI gives null)");
         }
     }
 
