@@ -600,6 +600,8 @@ public class CliTests
     [TestCase("24gib", 24L << 30)]
     [TestCase("79.2GiB", 85_040_352_461L)]
     [TestCase("141GB", 141L << 30)]
+    [TestCase("24 GB", 24L << 30)]   // as the label, the README's table and the help write it
+    [TestCase("80 GiB", 80L << 30)]
     public void GpuMemoryTakesCardLabelsInGbOrGib(string text, long bytes)
     {
         var cards = InfoCommand.ParseGpuMemory(text);
@@ -625,7 +627,8 @@ public class CliTests
     [TestCase("1TB", "'1TB' is not a card size")]
     [TestCase("-24GB", "'-24GB' is not a card size")]
     [TestCase("1e2GB", "'1e2GB' is not a card size")]
-    [TestCase("24 GB", "'24 GB' is not a card size")]
+    [TestCase("2 4GB", "'2 4GB' is not a card size")]
+    [TestCase("24 G B", "'24 G B' is not a card size")]
     [TestCase("1,000GB", "'1' is not a card size")]
     [TestCase("24GB,", "'' is not a card size")]
     [TestCase("GB", "'GB' is not a card size")]
