@@ -18,8 +18,11 @@ namespace QwQ.Cuda.Cli.Commands;
 /// </summary>
 internal static class InfoCommand
 {
-    /// <summary>Free memory of an idle 80 GB H100 once a CUDA context exists (about 79.1 GiB).</summary>
-    internal const long H100FreeBytes = 84_935_000_000;
+    /// <summary>
+    /// Free memory of an idle 80 GB H100 once a CUDA context exists: what --gpu-memory 80GB assumes (78.7 GiB; a
+    /// context takes about 0.5 GiB, 0.51 measured on an H200), so the plan without a GPU is that card's.
+    /// </summary>
+    internal static readonly long H100FreeBytes = MemoryTable.AssumedFreeBytes(80L << 30);
 
     /// <summary>A card size as given to --gpu-memory, and its bytes (GB as cards are labelled, = GiB = 2^30).</summary>
     internal readonly record struct CardSize(string Text, long Bytes);
