@@ -18,8 +18,11 @@ namespace QwQ.Cuda.Cli.Commands;
 /// </summary>
 internal static class InfoCommand
 {
-    /// <summary>Free memory of an idle 80 GB H100 once a CUDA context exists (about 79.1 GiB).</summary>
-    internal const long H100FreeBytes = 84_935_000_000;
+    /// <summary>
+    /// Free memory of an idle 80 GB H100 once a CUDA context exists: what --gpu-memory 80GB assumes (78.7 GiB; a
+    /// context takes about 0.5 GiB, 0.51 measured on an H200), so the plan without a GPU is that card's.
+    /// </summary>
+    internal static readonly long H100FreeBytes = MemoryTable.AssumedFreeBytes(80L << 30);
 
     /// <summary>A card size as given to --gpu-memory, and its bytes (GB as cards are labelled, = GiB = 2^30).</summary>
     internal readonly record struct CardSize(string Text, long Bytes);
@@ -68,7 +71,7 @@ internal static class InfoCommand
 
     /// <summary>
     /// --gpu-memory: card sizes separated by commas, each a number (invariant culture, decimals allowed) and GB or GiB,
-    /// any case: "24GB", "79.2GiB", "24GB,48GB,80GB,141GB". GB means what a card's label means: GPU memory is sold in
+    /// any case, a space between them or none: "24GB", "24 GB", "79.2GiB", "24GB,48GB,80GB,141GB". GB means what a card's label means: GPU memory is sold in
     /// binary units (an "80GB" H100 holds 80 GiB, 79.2 of it visible), so both units are 2^30 bytes here; planning
     /// 80·10^9 bytes for a user who typed the card's name would answer for a card nobody sells.
     /// </summary>
@@ -81,8 +84,9 @@ internal static class InfoCommand
                 part.EndsWith("GiB", StringComparison.OrdinalIgnoreCase) ? (part[..^3], 1L << 30)
                 : part.EndsWith("GB", StringComparison.OrdinalIgnoreCase) ? (part[..^2], 1L << 30)
                 : (part, 0L);
-            // NumberStyles.AllowDecimalPoint alone: no sign, exponent, group separators or spaces inside ("2 4GB").
-            if (unit == 0 || !decimal.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal value))
+            // A space before the unit is how labels read ("24 GB"); NumberStyles.AllowDecimalPoint alone: no sign,
+            // exponent, group separators or spaces inside the number ("2 4GB").
+            if (unit == 0 || !decimal.TryParse(number.TrimEnd(), NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal value))
                 throw new OptionException(
                     $"--gpu-memory '{text}': '{part}' is not a card size; expected a number of GB as on the card's label (= GiB), " +
                     "comma-separated, e.g. 24GB or 24GB,48GB,80GB,141GB");

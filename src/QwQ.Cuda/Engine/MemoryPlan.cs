@@ -12,7 +12,8 @@ namespace QwQ.Cuda.Engine;
 /// sequences of the model's maximum length (small test models need no more). A sequence may grow to
 /// <see cref="MaxContext"/> positions while the pool has blocks for it. <see cref="PrefillChunk"/>: the most rows one
 /// step takes, <see cref="EngineOptions.PrefillChunk"/> or, on a card where that would leave the pool fewer than
-/// <see cref="ComfortablePositions"/> positions, a smaller power-of-two share of it (not below <see cref="MinPrefillChunk"/>).
+/// <see cref="ComfortablePositions"/> positions (or than the <see cref="EngineOptions.MaxContext"/> or
+/// <see cref="EngineOptions.KvPoolPositions"/> asked for, if more), a smaller power-of-two share of it (not below <see cref="MinPrefillChunk"/>).
 /// <see cref="Fp8PrefillCopyBytes"/>: the row-major copies of fp8 weights kept for the FP8 prefill GEMM
 /// (<see cref="EngineOptions.Fp8PrefillCopy"/>), 0 when prefill untiles them per pass.
 /// </summary>
@@ -93,7 +94,11 @@ public sealed record MemoryPlan(
                 $"{Gib(weights)} of weights, {Gib(freeBytes)} free); use --fp8-prefill-copy auto or untile.");
         long FitBlocks(int chunk) => FitBlocksBeside(chunk, copy);
         int prefillChunk = o.PrefillChunk;
-        long comfortableBlocks = (Math.Min(ComfortablePositions, modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize;
+        // A context (or pool) asked for is a target too: smaller chunks leave room for it, where 8k alone would stop
+        // early and refuse an asked context that fits (INT4 QwQ-32B on 24 GiB: 8,512 positions at 1088 rows, 8,896 at 544).
+        long comfortableBlocks = Math.Max(
+            (Math.Min(Math.Max(ComfortablePositions, o.MaxContext ?? 0), modelMax) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize,
+            ((long)(o.KvPoolPositions ?? 0) + AttentionOps.KvBlockSize - 1) / AttentionOps.KvBlockSize);
         while (prefillChunk / 2 >= MinPrefillChunk && FitBlocks(prefillChunk) < comfortableBlocks) prefillChunk /= 2;
         long workspace = WorkspaceBytesFor(shape, prefillChunk, linearKind);
         long fitBlocks = FitBlocks(prefillChunk);

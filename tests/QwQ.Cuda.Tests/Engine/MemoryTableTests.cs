@@ -136,6 +136,29 @@ public sealed class MemoryTableTests
         Assert.That(Card(80 * GiB, cli)[WeightKind.Bf16].Plan!.KvPoolPositions, Is.GreaterThan(Card(80 * GiB)[WeightKind.Bf16].Plan!.KvPoolPositions));
     }
 
+    // The chunk shrinks for the context asked for, not only for 8k: on a 24 GiB card int4-awq holds more positions at
+    // the smallest chunk than at the one that already keeps 8k, and --max-context up to that many fits (it was refused
+    // with "use --max-context <the 8k plan's pool> or less"); past it the refusal names what the smallest chunk holds.
+    [Test]
+    public void AnAskedContextShrinksThePrefillChunkAsFarAsItNeeds()
+    {
+        var cli = Defaults with { PrefillChunk = new QwQ.Cuda.Batching.SchedulerOptions().MaxRowsPerStep };
+        var plain = Card(24 * GiB, cli)[WeightKind.Int4Awq].Plan!;
+        var smallest = Card(24 * GiB, cli with { PrefillChunk = MemoryPlan.MinPrefillChunk })[WeightKind.Int4Awq].Plan!;
+        Assert.That(smallest.KvPoolPositions, Is.GreaterThan(plain.KvPoolPositions), "the smaller chunk holds more (else this test proves nothing)");
+        int most = (int)smallest.KvPoolPositions;
+
+        var asked = Card(24 * GiB, cli with { MaxContext = most })[WeightKind.Int4Awq];
+        Assert.That(asked.Plan?.MaxContext, Is.EqualTo(most), asked.DoesNotFit);
+        Assert.That(asked.Plan!.PrefillChunk, Is.LessThan(plain.PrefillChunk).And.GreaterThanOrEqualTo(MemoryPlan.MinPrefillChunk));
+        // what fits already keeps its chunk
+        Assert.That(Card(24 * GiB, cli with { MaxContext = (int)plain.KvPoolPositions })[WeightKind.Int4Awq].Plan!.PrefillChunk, Is.EqualTo(plain.PrefillChunk));
+
+        var tooMuch = Card(24 * GiB, cli with { MaxContext = most + 1 })[WeightKind.Int4Awq];
+        Assert.That(tooMuch.Fits, Is.False);
+        Assert.That(tooMuch.DoesNotFit, Does.Contain($"use --max-context {most} or less"));
+    }
+
     [Test]
     public void ThePrefillChunkNeverShrinksBelowTheMinimum()
     {
