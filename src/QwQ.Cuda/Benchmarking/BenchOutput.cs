@@ -50,7 +50,8 @@ public static class BenchOutput
         if (r.PrefillGemm is { } gemm) sb.AppendLine($"\nPrefill products (over 128 rows): {gemm}."
             + (r.Figures.FirstOrDefault(f => f.PrefillChunk is not null)?.PrefillChunk is int chunk ? $" At most {chunk} rows a step." : ""));
         sb.AppendLine();
-        sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms.");
+        sb.AppendLine($"Time to first token, {r.Ttft.PromptTokens}-token prompt: {r.Ttft.Ms:F1} ms" +
+            (r.Ttft.FloorMs is double tf ? $" (floor {tf:F1} ms: the weights read once, {100 * tf / r.Ttft.Ms:F0}%)." : "."));
         if (r.AllReduce is { Count: > 0 } ar)
         {
             sb.AppendLine();

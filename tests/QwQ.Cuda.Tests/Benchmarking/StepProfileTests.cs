@@ -54,6 +54,18 @@ public class StepProfileTests
         Assert.That(BenchOutput.ToJson(report), Does.Contain("\"span_us\""));
     }
 
+    // Every figure is reported against its floor; time to first token had none (floor_ms null in the JSON).
+    [Test]
+    public void TimeToFirstTokenIsReportedAgainstItsFloor()
+    {
+        BenchReport Report(TtftResult ttft) => new("2026-11-29", "H100", "abc", "model", 1, 2048,
+            new DeviceCeilings(3e12, 7.6e14), [], [], null, ttft, []);
+        Assert.That(BenchOutput.ToMarkdown(Report(new TtftResult(64, 25, 20))),
+            Does.Contain("Time to first token, 64-token prompt: 25.0 ms (floor 20.0 ms: the weights read once, 80%)."));
+        Assert.That(BenchOutput.ToMarkdown(Report(new TtftResult(64, 25))), Does.Contain("64-token prompt: 25.0 ms.").And.Not.Contain("floor 0"),
+            "a result written before the floor was measured");
+    }
+
     [Test]
     public void TheReportShowsTheBatchedStepsProfileAfterTheBatchOneProfile()
     {
