@@ -76,12 +76,8 @@ internal sealed class ModelSourceOptions
         TypedOptions.AcceptOnly(Backend, "cuda", "cpu");
         MaxContext.HelpName = "N";
         TensorParallel.HelpName = "N";
-        AllReduce.HelpName = "custom|nccl";
-        KvCache.HelpName = "bf16|fp8";
-        Fp8PrefillCopy.HelpName = "auto|keep|untile";
         TypedOptions.AcceptOnly(RopeScaling, "adaptive", "static", "off");
         RopeSwitch.HelpName = "N";
-        RopeSwitchMethod.HelpName = "recompute|rerotate";
         WithBackend = withBackend;
     }
 

@@ -30,12 +30,16 @@ internal static class TypedOptions
         return option;
     }
 
-    /// <summary>One of an enum's names, e.g. <c>--prefill-gemm CublasLt</c>; the error lists them.</summary>
+    /// <summary>
+    /// One of an enum's names in any case, e.g. <c>--kv-cache fp8</c>; help and errors list them in lower case, as the
+    /// README writes them (the error said "Bf16, Fp8" where the help said &lt;bf16|fp8&gt;).
+    /// </summary>
     public static Option<T> OneOf<T>(string name, T defaultValue, string description) where T : struct, Enum
     {
-        var option = new Option<T>(name) { DefaultValueFactory = _ => defaultValue, Description = description };
+        string[] names = [.. Enum.GetNames<T>().Select(n => n.ToLowerInvariant())];
+        var option = new Option<T>(name) { DefaultValueFactory = _ => defaultValue, Description = description, HelpName = string.Join('|', names) };
         // By name only: Enum.TryParse would also take "7", which names no member.
-        option.CustomParser = r => Choice(r, name, Enum.GetNames<T>()) is { } match ? Enum.Parse<T>(match) : defaultValue;
+        option.CustomParser = r => Choice(r, name, names) is { } match ? Enum.Parse<T>(match, ignoreCase: true) : defaultValue;
         return option;
     }
 

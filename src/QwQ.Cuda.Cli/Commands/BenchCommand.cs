@@ -54,7 +54,6 @@ internal static class BenchCommand
             "fp8 weights' prefill products: Auto (Fp8 on sm_90, else Dequantize), Dequantize (bf16 copy, --prefill-gemm), Fp8 (cuBLASLt e4m3, per-token activation scales) or Fp8FastAccum");
         var fp8Copy = TypedOptions.OneOf("--fp8-prefill-copy", Fp8PrefillCopy.Auto,
             "fp8 weights' prefill on the FP8 GEMM: keep a row-major copy of the weights (keep), untile them every pass (untile), or auto (keep when the pool still holds the longest context and half its positions)");
-        fp8Copy.HelpName = "auto|keep|untile";
         var command = new Command("bench", "Benchmark prefill, decode and time to first token at batch 1 against the bandwidth and GEMM floors")
         {
             synthetic, model, prefill, decode, batch, mixed, gemvRows, mmaRows, chunk, decodeBlocks, quantize, kvCache, steps, outDir, commit, compare, eager, graphs, noProgrammatic, noHopperAttention, noHopperTma, noPingPong, profileStep, ropeSwitch, switchMethod, gemm, fp8Prefill, fp8Copy, tensorParallel, allReduce,

@@ -99,7 +99,7 @@ public class CliTests
     [TestCase("generate", "--max-tokens", "1.5", "--max-tokens expects a whole number such as 512, got '1.5'")]
     [TestCase("generate", "--top-k", "99999999999", "--top-k expects a whole number such as 40, got '99999999999'")]
     [TestCase("info", "--device", "gpu0", "--device expects a whole number such as 0, got 'gpu0'")]
-    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of Cublas, CublasLt, CublasLtTuned, got 'cutlass'")]
+    [TestCase("bench", "--prefill-gemm", "cutlass", "--prefill-gemm expects one of cublas, cublaslt, cublaslttuned, got 'cutlass'")]
     [TestCase("bench", "--steps", "many", "--steps expects a whole number such as 64, got 'many'")]
     [TestCase("generate", "--backend", "gpu", "--backend expects one of cuda, cpu, got 'gpu'")]          // was "Argument 'gpu' not recognized", the names on tab-indented lines
     [TestCase("generate", "--rope-scaling", "yarn", "--rope-scaling expects one of adaptive, static, off, got 'yarn'")]

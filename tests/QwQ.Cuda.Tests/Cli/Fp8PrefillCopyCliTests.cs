@@ -25,7 +25,7 @@ public class Fp8PrefillCopyCliTests
 
     [Test]
     public void AnythingElseIsAParseErrorNamingTheValues() =>
-        Assert.That(ModelFlags.Errors("--fp8-prefill-copy", "always"), Has.One.EqualTo("--fp8-prefill-copy expects one of Auto, Keep, Untile, got 'always'"));
+        Assert.That(ModelFlags.Errors("--fp8-prefill-copy", "always"), Has.One.EqualTo("--fp8-prefill-copy expects one of auto, keep, untile, got 'always'"));
 
     [Test]
     public void EveryCommandThatLoadsAModelTakesIt()

@@ -33,7 +33,7 @@ public class KvCacheCliTests
     [TestCase("e4m3")]
     public void AnythingElseIsAParseErrorNamingTheKinds(string value)
     {
-        Assert.That(ModelFlags.Errors("--kv-cache", value), Has.One.EqualTo($"--kv-cache expects one of Bf16, Fp8, got '{value}'"));
+        Assert.That(ModelFlags.Errors("--kv-cache", value), Has.One.EqualTo($"--kv-cache expects one of bf16, fp8, got '{value}'"));
     }
 
     [Test]
@@ -42,7 +42,7 @@ public class KvCacheCliTests
         var r = await CliTests.Qwq("generate", "--model", TinyChatFixtureTests.Dir, "--backend", "cpu", "--kv-cache", "fp16",
             "--prompt", "Hi", "--max-tokens", "1");
         Assert.That(r.ExitCode, Is.Not.Zero, r.Err);
-        Assert.That(r.Err, Does.Contain("--kv-cache expects one of Bf16, Fp8, got 'fp16'").And.Not.Contain("   at "));
+        Assert.That(r.Err, Does.Contain("--kv-cache expects one of bf16, fp8, got 'fp16'").And.Not.Contain("   at "));
         Assert.That(r.Out, Is.Empty);
     }
 

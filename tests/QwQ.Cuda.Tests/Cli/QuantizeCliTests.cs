@@ -30,7 +30,7 @@ public class QuantizeCliTests
     [TestCase("awq")]
     public void AnythingElseIsAParseErrorNamingTheModes(string value)
     {
-        Assert.That(ModelFlags.Errors("--quantize", value), Has.One.Contains($"--quantize expects one of None, Fp8, Int4, got '{value}'"));
+        Assert.That(ModelFlags.Errors("--quantize", value), Has.One.Contains($"--quantize expects one of none, fp8, int4, got '{value}'"));
     }
 
     [Test]

@@ -159,7 +159,7 @@ public class TensorParallelCliTests
         Assert.That(ModelFlags.Engine("--tensor-parallel", "4").TensorParallel, Is.EqualTo(4));
         Assert.That(ModelFlags.Engine().AllReduce, Is.EqualTo(AllReduceKind.Custom));
         Assert.That(ModelFlags.Engine("--allreduce", "nccl").AllReduce, Is.EqualTo(AllReduceKind.Nccl));
-        Assert.That(ModelFlags.Errors("--allreduce", "ring"), Has.One.Contains("--allreduce expects one of Custom, Nccl"));
+        Assert.That(ModelFlags.Errors("--allreduce", "ring"), Has.One.Contains("--allreduce expects one of custom, nccl"));
         Assert.That(new EngineOptions().TensorParallel, Is.EqualTo(1));
     }
 
