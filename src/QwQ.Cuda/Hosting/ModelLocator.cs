@@ -38,11 +38,13 @@ public static class ModelLocator
         return snapshot;
     }
 
-    /// <summary>The HF hub cache: <c>HF_HUB_CACHE</c>, else <c>HF_HOME/hub</c>, else <c>~/.cache/huggingface/hub</c>.</summary>
+    /// <summary>The HF hub cache: <c>HF_HUB_CACHE</c> (or its old name <c>HUGGINGFACE_HUB_CACHE</c>), else <c>HF_HOME/hub</c>, else <c>~/.cache/huggingface/hub</c>.</summary>
     public static string HubCacheDirectory(Func<string, string?>? environment = null)
     {
         environment ??= Environment.GetEnvironmentVariable;
+        // HUGGINGFACE_HUB_CACHE is the variable's older name, which huggingface_hub still reads when HF_HUB_CACHE is unset.
         string? hubCache = environment("HF_HUB_CACHE");
+        if (string.IsNullOrEmpty(hubCache)) hubCache = environment("HUGGINGFACE_HUB_CACHE");
         if (!string.IsNullOrEmpty(hubCache)) return ExpandHome(hubCache, environment);
         string? hfHome = environment("HF_HOME");
         if (!string.IsNullOrEmpty(hfHome)) return Path.Combine(ExpandHome(hfHome, environment), "hub");

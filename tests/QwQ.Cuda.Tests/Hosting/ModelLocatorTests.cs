@@ -48,6 +48,19 @@ public class ModelLocatorTests
     }
 
     [Test]
+    public void LegacyHuggingfaceHubCacheVariableIsHonoured()
+    {
+        // huggingface_hub still reads HUGGINGFACE_HUB_CACHE (its name before HF_HUB_CACHE) when HF_HUB_CACHE is unset;
+        // containers and older setups export only it.
+        using var tmp = new TestModels.TempDir();
+        string legacy = Path.Combine(tmp.Path, "legacy"), current = Path.Combine(tmp.Path, "current");
+        string legacySnap = MakeSnapshot(legacy, "Qwen/QwQ-32B", "l1");
+        string currentSnap = MakeSnapshot(current, "Qwen/QwQ-32B", "c1");
+        Assert.That(ModelLocator.Resolve("Qwen/QwQ-32B", Env(("HUGGINGFACE_HUB_CACHE", legacy), ("HF_HOME", tmp.Path))), Is.EqualTo(legacySnap));
+        Assert.That(ModelLocator.Resolve("Qwen/QwQ-32B", Env(("HUGGINGFACE_HUB_CACHE", legacy), ("HF_HUB_CACHE", current))), Is.EqualTo(currentSnap));
+    }
+
+    [Test]
     public void HomeCacheIsTheLastResort()
     {
         using var tmp = new TestModels.TempDir();
