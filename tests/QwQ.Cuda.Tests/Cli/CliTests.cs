@@ -500,6 +500,20 @@ public class CliTests
     }
 
     [Test]
+    public async Task TokenizerConfigWithAnEntryThatIsNoObjectIsOneClearError()
+    {
+        // An added_tokens_decoder entry is an object ({"content": ..., "special": ...}); a bare string crashed with exit 3.
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path);
+        var cfg = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(tmp.Combine("tokenizer_config.json")))!;
+        cfg["added_tokens_decoder"]!["151643"] = "<|endoftext|>";
+        File.WriteAllText(tmp.Combine("tokenizer_config.json"), cfg.ToJsonString());
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer_config.json", "added_tokens_decoder[\"151643\"]");
+        Assert.That(r.Err, Does.Not.Contain("internal error"));
+    }
+
+    [Test]
     public async Task PromptLongerThanTheContext()
     {
         var r = await Qwq(Gen(TinyModelDir, "--max-context", "8"));
