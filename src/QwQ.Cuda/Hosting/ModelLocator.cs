@@ -21,7 +21,15 @@ public static class ModelLocator
 
         string expanded = ExpandHome(modelPathOrHfId, environment);
         if (Directory.Exists(expanded))
-            return Path.GetFullPath(expanded);
+        {
+            string full = Path.GetFullPath(expanded);
+            // A repo folder of the cache itself (what tab completion into ~/.cache/huggingface/hub gives) stands for
+            // the snapshot its refs/main names, as the id would.
+            if (IsCacheRepoFolder(full))
+                return FindSnapshot(full, "main", out string why) ??
+                       throw new QwqException($"'{full}' is a Hugging Face cache folder, not a model directory: {why} Pass one of its snapshots/<commit> directories.");
+            return full;
+        }
         if (File.Exists(expanded))
             throw new QwqException($"Model path '{modelPathOrHfId}' is a file; pass the directory that holds config.json and the *.safetensors files.");
 
@@ -30,19 +38,23 @@ public static class ModelLocator
 
         string cacheRoot = HubCacheDirectory(environment);
         string repoDir = Path.Combine(cacheRoot, "models--" + repoId.Replace("/", "--", StringComparison.Ordinal));
-        string? snapshot = FindSnapshot(repoDir, revision, out string searched);
-        if (snapshot is null)
+        string download = revision == "main" ? $"huggingface-cli download {repoId}" : $"huggingface-cli download {repoId} --revision {revision}";
+        if (!Directory.Exists(repoDir))
             throw new QwqException(
-                $"Model '{modelPathOrHfId}' is neither a local directory nor in the Hugging Face cache (searched {searched}). " +
-                $"Download it first (e.g. `huggingface-cli download {repoId}`), set HF_HUB_CACHE/HF_HOME to where it is, or pass its directory.");
-        return snapshot;
+                $"Model '{modelPathOrHfId}' is neither a local directory nor in the Hugging Face cache (searched '{repoDir}'). " +
+                $"Download it first (e.g. `{download}`), set HF_HUB_CACHE/HF_HOME to where it is, or pass its directory.");
+        return FindSnapshot(repoDir, revision, out string reason) ??
+               throw new QwqException($"Model '{modelPathOrHfId}' is not usable from the Hugging Face cache: {reason} " +
+                                      $"Download it again (e.g. `{download}`), or pass a snapshot directory.");
     }
 
-    /// <summary>The HF hub cache: <c>HF_HUB_CACHE</c>, else <c>HF_HOME/hub</c>, else <c>~/.cache/huggingface/hub</c>.</summary>
+    /// <summary>The HF hub cache: <c>HF_HUB_CACHE</c> (or its old name <c>HUGGINGFACE_HUB_CACHE</c>), else <c>HF_HOME/hub</c>, else <c>~/.cache/huggingface/hub</c>.</summary>
     public static string HubCacheDirectory(Func<string, string?>? environment = null)
     {
         environment ??= Environment.GetEnvironmentVariable;
+        // HUGGINGFACE_HUB_CACHE is the variable's older name, which huggingface_hub still reads when HF_HUB_CACHE is unset.
         string? hubCache = environment("HF_HUB_CACHE");
+        if (string.IsNullOrEmpty(hubCache)) hubCache = environment("HUGGINGFACE_HUB_CACHE");
         if (!string.IsNullOrEmpty(hubCache)) return ExpandHome(hubCache, environment);
         string? hfHome = environment("HF_HOME");
         if (!string.IsNullOrEmpty(hfHome)) return Path.Combine(ExpandHome(hfHome, environment), "hub");
@@ -73,16 +85,17 @@ public static class ModelLocator
         return true;
     }
 
-    private static string? FindSnapshot(string repoDir, string revision, out string searched)
+    /// <summary>A folder <c>models--owner--name</c> with a <c>snapshots</c> folder and no config.json of its own.</summary>
+    private static bool IsCacheRepoFolder(string dir) =>
+        Path.GetFileName(Path.TrimEndingDirectorySeparator(dir)).StartsWith("models--", StringComparison.Ordinal) &&
+        Directory.Exists(Path.Combine(dir, "snapshots")) && !File.Exists(Path.Combine(dir, "config.json"));
+
+    /// <summary>The snapshot of <paramref name="revision"/> in an existing repo folder, or null with <paramref name="why"/> saying what is wrong.</summary>
+    private static string? FindSnapshot(string repoDir, string revision, out string why)
     {
         string snapshots = Path.Combine(repoDir, "snapshots");
         string refFile = Path.Combine(repoDir, "refs", revision);
-        searched = $"'{refFile}' and '{snapshots}'";
-        if (!Directory.Exists(repoDir))
-        {
-            searched = $"'{repoDir}'";
-            return null;
-        }
+        why = "";
 
         // A revision that names a commit directly is its own snapshot folder.
         string direct = Path.Combine(snapshots, revision);
@@ -93,15 +106,21 @@ public static class ModelLocator
             string hash = File.ReadAllText(refFile).Trim();
             string dir = Path.Combine(snapshots, hash);
             if (hash.Length > 0 && Directory.Exists(dir)) return dir;
-            searched = $"'{refFile}' (points at '{hash}', but '{dir}' does not exist)";
+            why = $"'{refFile}' points at '{hash}', but '{dir}' does not exist (a download that did not finish?).";
             return null;
         }
 
+        string[] all = Directory.Exists(snapshots) ? Directory.GetDirectories(snapshots) : [];
         // No ref (e.g. downloaded with a pinned revision): take the only snapshot if there is exactly one.
-        if (revision == "main" && Directory.Exists(snapshots))
+        if (revision == "main" && all.Length == 1) return all[0];
+        if (all.Length == 0)
+            why = $"'{repoDir}' has no '{refFile}' and no snapshots.";
+        else
         {
-            string[] all = Directory.GetDirectories(snapshots);
-            if (all.Length == 1) return all[0];
+            string names = string.Join(", ", all.Select(Path.GetFileName).Order(StringComparer.Ordinal));
+            string repoId = Path.GetFileName(Path.TrimEndingDirectorySeparator(repoDir))["models--".Length..].Replace("--", "/", StringComparison.Ordinal);
+            why = $"there is no '{refFile}' to say which of its snapshots ({names}) is '{revision}'. " +
+                  $"Pick one with {repoId}@<snapshot>.";
         }
         return null;
     }

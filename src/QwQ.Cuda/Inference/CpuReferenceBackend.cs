@@ -94,6 +94,10 @@ public sealed class CpuReferenceBackend : IModelBackend
         RopePlan.Resolve(config, options.RopeScaling, options.RopeSwitchPosition, options.RopeSwitch); // a bad option fails before the weights load
         CheckKvCache(options.KvCache);
         bool int4 = options.Quantize == QuantizeMode.Int4 && Int4Applies(config);
+        // The checkpoint is checked against the config before the memory check (headers only): weights under another
+        // model's config are that fault, not a model too big for this backend.
+        using var checkpoint = checkpointDir is null ? null : SafetensorsCheckpoint.Open(checkpointDir);
+        if (checkpoint is not null) CheckpointValidator.Validate(checkpoint, config);
         long total = config.ParameterCount * 4;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         // Half the host memory, and never a full-size model: at 32B parameters one fp32 token takes minutes, even where
@@ -111,8 +115,7 @@ public sealed class CpuReferenceBackend : IModelBackend
         }
         else
         {
-            using var checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
-            weights = CpuWeights.Load(checkpoint, config);
+            weights = CpuWeights.Load(checkpoint!, config);
         }
         if (options.Quantize == QuantizeMode.Fp8) weights = QuantizeFp8(weights);
         else if (int4) weights = QuantizeInt4(weights);

@@ -161,6 +161,9 @@ public sealed class QwenTokenizer
                     if (!int.TryParse(p.Name, NumberStyles.None, CultureInfo.InvariantCulture, out int id) || id >= Config.ModelConfig.MaxVocabSize)
                         throw new QwqException($"'{cfgPath}' is malformed: added_tokens_decoder key {Config.JsonFields.Quote(p.Name)} is not a token id " +
                                                $"(an integer from 0 to {Config.ModelConfig.MaxVocabSize - 1}).");
+                    if (p.Value.ValueKind != JsonValueKind.Object)
+                        throw new QwqException($"'{cfgPath}' is malformed: added_tokens_decoder[{Config.JsonFields.Quote(p.Name)}] is " +
+                                               $"{p.Value.ValueKind.ToString().ToLowerInvariant()}, not an object with the token's \"content\".");
                     if (p.Value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String)
                         result[id] = c.GetString()!;
                 }

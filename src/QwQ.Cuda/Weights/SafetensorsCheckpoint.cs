@@ -40,7 +40,7 @@ public sealed class SafetensorsCheckpoint : IDisposable
 
         string indexPath = Path.Combine(directory, IndexFileName);
         string singlePath = Path.Combine(directory, SingleFileName);
-        if (Present(indexPath)) return OpenSharded(directory, indexPath);
+        if (Present(indexPath)) return OpenSharded(directory, indexPath, Present(singlePath) ? singlePath : null);
         if (Present(singlePath)) return OpenFiles(directory, [singlePath], null);
 
         // Some exports use other names without an index; take every .safetensors file there is.
@@ -53,18 +53,22 @@ public sealed class SafetensorsCheckpoint : IDisposable
     /// <summary>A file, or a link to one even when its target is gone (opening it then says so, instead of "no weights").</summary>
     private static bool Present(string path) => File.Exists(path) || new FileInfo(path).LinkTarget is not null;
 
-    private static SafetensorsCheckpoint OpenSharded(string directory, string indexPath)
+    private static SafetensorsCheckpoint OpenSharded(string directory, string indexPath, string? singlePath)
     {
         var weightMap = ReadWeightMap(directory, indexPath);
-        var shardPaths = new List<string>();
-        foreach (var shard in weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
-        {
-            string p = Path.Combine(directory, shard);
-            if (!Present(p))
-                throw new WeightsException($"{indexPath}: shard '{shard}' is listed in the index but missing from {directory}");
-            shardPaths.Add(p);
-        }
-        return OpenFiles(directory, shardPaths, (indexPath, weightMap));
+        var shards = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+        var missing = shards.Where(shard => !Present(Path.Combine(directory, shard))).ToList();
+        // transformers' save_pretrained, writing one model.safetensors where a sharded save was, deletes the old shards
+        // but leaves their index behind (and loads the single file): an index none of whose shards exist, beside a
+        // model.safetensors, is that leftover. With some shards present it is not, and the single file is not guessed at.
+        if (singlePath is not null && missing.Count == shards.Count)
+            return OpenFiles(directory, [singlePath], null);
+        if (missing.Count > 0)
+            throw new WeightsException(
+                $"{indexPath}: {missing.Count} of the {shards.Count} shards it lists {(missing.Count == 1 ? "is" : "are")} missing from {directory}: " +
+                string.Join(", ", missing.Take(5).Select(m => $"'{m}'")) + (missing.Count > 5 ? $" and {missing.Count - 5} more" : "") +
+                ". The download is incomplete: fetch the missing shards (e.g. `huggingface-cli download <repo>` resumes where it stopped)");
+        return OpenFiles(directory, [.. shards.Select(shard => Path.Combine(directory, shard))], (indexPath, weightMap));
     }
 
     /// <summary>The index's tensor → shard map, every shard a relative path that stays inside <paramref name="directory"/>.</summary>

@@ -436,6 +436,23 @@ public class CliTests
         AssertOneCleanError(r, 1, "model.layers.1.mlp.up_proj.weight");
     }
 
+    // Weights of a tiny model under the config of a large one: the CPU backend said the model was too big for it and
+    // to use --backend cuda, when the fault is that config.json is another model's. The mismatch is named first.
+    [Test]
+    public async Task ConfigOfALargerModelThanItsWeightsIsNamedBeforeTheMemoryCheck()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson());
+        // ~12 B parameters, 49 GB in fp32: over the CPU backend's 32 GB cap on any host.
+        string large = TestModels.ConfigJson(hidden: 8192, layers: 64)
+            .Replace("\"num_attention_heads\": 4, \"num_key_value_heads\": 2", "\"num_attention_heads\": 64, \"num_key_value_heads\": 8");
+        Assert.That(large, Does.Contain("\"num_attention_heads\": 64"));
+        File.WriteAllText(tmp.Combine("config.json"), large);
+        var r = await Qwq(Gen(tmp.Path));
+        AssertOneCleanError(r, 1, "config.json and the checkpoint disagree", "model.embed_tokens.weight", tmp.Combine("model.safetensors"));
+        Assert.That(r.Err, Does.Not.Contain("--backend cuda"));
+    }
+
     // A checkpoint with NaN weights made every logit NaN; the message blamed logit_bias (which generate has no option
     // for) and exited 2, a usage error. It is the model's output: exit 1, and say so.
     [Test]
@@ -497,6 +514,20 @@ public class CliTests
         File.WriteAllText(tmp.Combine("tokenizer_config.json"), cfg.Replace("\"151643\": {", "\"-7\": {"));
         var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
         AssertOneCleanError(r, 1, "tokenizer_config.json", "added_tokens_decoder key \"-7\"");
+    }
+
+    [Test]
+    public async Task TokenizerConfigWithAnEntryThatIsNoObjectIsOneClearError()
+    {
+        // An added_tokens_decoder entry is an object ({"content": ..., "special": ...}); a bare string crashed with exit 3.
+        using var tmp = new TestModels.TempDir();
+        WriteTokenizer(tmp.Path);
+        var cfg = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(tmp.Combine("tokenizer_config.json")))!;
+        cfg["added_tokens_decoder"]!["151643"] = "<|endoftext|>";
+        File.WriteAllText(tmp.Combine("tokenizer_config.json"), cfg.ToJsonString());
+        var r = await Qwq("tokenize", "--model", tmp.Path, "--text", "Hello");
+        AssertOneCleanError(r, 1, "tokenizer_config.json", "added_tokens_decoder[\"151643\"]");
+        Assert.That(r.Err, Does.Not.Contain("internal error"));
     }
 
     [Test]

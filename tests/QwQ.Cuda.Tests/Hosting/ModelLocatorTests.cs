@@ -48,6 +48,42 @@ public class ModelLocatorTests
     }
 
     [Test]
+    public void LegacyHuggingfaceHubCacheVariableIsHonoured()
+    {
+        // huggingface_hub still reads HUGGINGFACE_HUB_CACHE (its name before HF_HUB_CACHE) when HF_HUB_CACHE is unset;
+        // containers and older setups export only it.
+        using var tmp = new TestModels.TempDir();
+        string legacy = Path.Combine(tmp.Path, "legacy"), current = Path.Combine(tmp.Path, "current");
+        string legacySnap = MakeSnapshot(legacy, "Qwen/QwQ-32B", "l1");
+        string currentSnap = MakeSnapshot(current, "Qwen/QwQ-32B", "c1");
+        Assert.That(ModelLocator.Resolve("Qwen/QwQ-32B", Env(("HUGGINGFACE_HUB_CACHE", legacy), ("HF_HOME", tmp.Path))), Is.EqualTo(legacySnap));
+        Assert.That(ModelLocator.Resolve("Qwen/QwQ-32B", Env(("HUGGINGFACE_HUB_CACHE", legacy), ("HF_HUB_CACHE", current))), Is.EqualTo(currentSnap));
+    }
+
+    [Test]
+    public void RepoFolderOfTheCacheResolvesToItsSnapshot()
+    {
+        // Tab-completing into ~/.cache/huggingface/hub gives the repo folder (refs/, snapshots/, blobs/), not a snapshot.
+        using var tmp = new TestModels.TempDir();
+        string snap = MakeSnapshot(tmp.Path, "Qwen/QwQ-32B", "abc123");
+        MakeSnapshot(tmp.Path, "Qwen/QwQ-32B", "old999", writeRef: false);
+        string repoDir = Path.Combine(tmp.Path, "models--Qwen--QwQ-32B");
+        Assert.That(ModelLocator.Resolve(repoDir, Env()), Is.EqualTo(snap));
+        Assert.That(ModelLocator.Resolve(repoDir + "/", Env()), Is.EqualTo(snap));
+    }
+
+    [Test]
+    public void SeveralSnapshotsWithoutRefAreListedWithTheFix()
+    {
+        using var tmp = new TestModels.TempDir();
+        MakeSnapshot(tmp.Path, "Qwen/QwQ-32B", "aaa111", writeRef: false);
+        MakeSnapshot(tmp.Path, "Qwen/QwQ-32B", "bbb222", writeRef: false);
+        var e = Assert.Throws<QwqException>(() => ModelLocator.Resolve("Qwen/QwQ-32B", Env(("HF_HUB_CACHE", tmp.Path))));
+        Assert.That(e!.Message, Does.Contain("aaa111").And.Contain("bbb222").And.Contain("Qwen/QwQ-32B@"));
+        Assert.That(e.Message, Does.Not.Contain("neither"), "the model is in the cache; the message must not say it is not");
+    }
+
+    [Test]
     public void HomeCacheIsTheLastResort()
     {
         using var tmp = new TestModels.TempDir();

@@ -190,6 +190,44 @@ public class SafetensorsReaderTests
     }
 
     [Test]
+    public void EveryMissingShardIsNamedWithTheFix()
+    {
+        // A download that stopped part-way misses several shards: all of them are named, not only the first.
+        Write(_dir.File("model-00001-of-00003.safetensors"), [F32("a", [1], 1)]);
+        File.WriteAllText(_dir.File("model.safetensors.index.json"),
+            """{"weight_map": {"a": "model-00001-of-00003.safetensors", "b": "model-00002-of-00003.safetensors", "c": "model-00003-of-00003.safetensors"}}""");
+        var e = Assert.Throws<WeightsException>(() => SafetensorsCheckpoint.Open(_dir.Path))!;
+        Assert.That(e.Message, Does.Contain("model-00002-of-00003.safetensors").And.Contain("model-00003-of-00003.safetensors")
+            .And.Contain("2 of the 3 shards").And.Contain("download"));
+    }
+
+    [Test]
+    public void IndexLeftOverBesideASingleFileIsIgnored()
+    {
+        // transformers' save_pretrained, writing one model.safetensors where a sharded save was, deletes the old shards
+        // but not their index; transformers then loads the single file, and so must we.
+        Write(_dir.File("model.safetensors"), [F32("a", [1], 1), F32("b", [2], 2, 3)]);
+        File.WriteAllText(_dir.File("model.safetensors.index.json"),
+            """{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}""");
+        using var ck = SafetensorsCheckpoint.Open(_dir.Path);
+        Assert.That(ck.Files.Select(f => Path.GetFileName(f.FilePath)), Is.EqualTo(new[] { "model.safetensors" }));
+        Assert.That(ck.ReadFloat32("b"), Is.EqualTo(new float[] { 2, 3 }));
+    }
+
+    [Test]
+    public void IndexWithSomeShardsBesideASingleFileStillNeedsThemAll()
+    {
+        // Some shards present: the index is not a leftover (a download in progress, or a sharded save over a single
+        // file), so the single file is not silently taken instead.
+        Write(_dir.File("model.safetensors"), [F32("a", [1], 9), F32("b", [2], 9, 9)]);
+        Write(_dir.File("model-00001-of-00002.safetensors"), [F32("a", [1], 1)]);
+        File.WriteAllText(_dir.File("model.safetensors.index.json"),
+            """{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}""");
+        var e = Assert.Throws<WeightsException>(() => SafetensorsCheckpoint.Open(_dir.Path))!;
+        Assert.That(e.Message, Does.Contain("model-00002-of-00002.safetensors").And.Contain("model.safetensors.index.json"));
+    }
+
+    [Test]
     public void IndexedTensorAbsentFromItsShard()
     {
         Write(_dir.File("s1.safetensors"), [F32("a", [1], 1)]);
