@@ -7,6 +7,7 @@ using QwQ.Cuda.Sharding;
 using QwQ.Cuda.Errors;
 using QwQ.Cuda.Hosting;
 using QwQ.Cuda.Native;
+using QwQ.Cuda.Weights;
 using static System.FormattableString;
 
 namespace QwQ.Cuda.Cli.Commands;
@@ -123,6 +124,14 @@ internal static class InfoCommand
 
         if (TensorParallelPlan.Check(config, engine.TensorParallel) is { } tpError) throw new OptionException(tpError);
         var weights = dir is null ? (Files: 0, Bytes: 0L) : FindWeights(dir);
+        // Users run info to check a download: weights that do not match the config (another model's, a missing shard, a
+        // truncated file) are that error, as every other command would say at load, not a plan printed over them. The
+        // headers only; a directory with config.json alone (before the download) is still planned for.
+        if (dir is not null && (weights.Files > 0 || File.Exists(Path.Combine(dir, SafetensorsCheckpoint.IndexFileName))))
+        {
+            using var checkpoint = SafetensorsCheckpoint.Open(dir);
+            CheckpointValidator.Validate(checkpoint, config);
+        }
         // Where a load would read it: --tokenizer, else the model directory.
         bool tokenizer = (tokenizerDir ?? dir) is { } tokenizerAt && File.Exists(Path.Combine(tokenizerAt, "tokenizer.json"));
 

@@ -453,6 +453,25 @@ public class CliTests
         Assert.That(r.Err, Does.Not.Contain("--backend cuda"));
     }
 
+    // info is how users check a download; it printed a memory plan (exit 0) over weights that every other command
+    // refuses at load: another model's config, a missing shard. Now the same one clear error; config.json alone still plans.
+    [Test]
+    public async Task InfoChecksTheWeightsAgainstTheConfig()
+    {
+        using var tmp = new TestModels.TempDir();
+        TestModels.WriteModelDir(tmp.Path, TestModels.ConfigJson());
+        Assert.That((await Qwq("info", "--model", tmp.Path)).ExitCode, Is.Zero, "a sound checkpoint");
+        File.WriteAllText(tmp.Combine("config.json"), TestModels.ConfigJson(hidden: 128));
+        var r = await Qwq("info", "--model", tmp.Path);
+        AssertOneCleanError(r, 1, "config.json and the checkpoint disagree", "model.embed_tokens.weight", tmp.Combine("model.safetensors"));
+
+        File.Delete(tmp.Combine("model.safetensors"));
+        Assert.That((await Qwq("info", "--model", tmp.Path)).ExitCode, Is.Zero, "config.json alone (before the download) is planned for");
+        File.WriteAllText(tmp.Combine("model.safetensors.index.json"),
+            """{"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}""");
+        AssertOneCleanError(await Qwq("info", "--model", tmp.Path), 1, "model-00001-of-00002.safetensors", "missing");
+    }
+
     // A checkpoint with NaN weights made every logit NaN; the message blamed logit_bias (which generate has no option
     // for) and exited 2, a usage error. It is the model's output: exit 1, and say so.
     [Test]
