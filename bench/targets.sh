@@ -24,12 +24,14 @@
 #   tp2        --tensor-parallel 2: bf16 prefill 2k, decode batch 1 and 8 at 1k; fp8 decode batch 1 and 8 at 1k
 #   tp4        --tensor-parallel 4: bf16 prefill 2k, decode batch 1 and 8 at 1k; fp8 decode batch 1 at 1k
 #   long-tp2   the test AllOf131072PositionsWorkWithYarnOnTwoGpus (131,072 positions in bf16 on two GPUs)
+#   serve      not a target, not in the default list: `qwq serve --synthetic qwq-32b` under bench/serve_load.py's 64
+#              streaming clients for 60 s (~2 minutes with the load), OUT/serve/load.json and serve.log; README's figure
 #   targets    bench/targets.py OUT > OUT/targets.md (also run after every other step list, so each call leaves one)
 # Each bench run is cut at QWQ_TARGETS_TIMEOUT seconds (240). Results: OUT/STEP/*.json, *.log (a test step's
 # OUT/STEP/test.log); OUT/targets.md.
 set -uo pipefail
 if [ $# -lt 1 ]; then
-  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|goldens|tp-tests|tp2|tp4|long-tp2|targets ...]" >&2
+  echo "usage: bench/targets.sh OUT_DIR [bf16|fp8|int4|kv32k|switch|attention|long|goldens|tp-tests|tp2|tp4|long-tp2|serve|targets ...]" >&2
   exit 2
 fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -100,8 +102,18 @@ for step in "${steps[@]}"; do
       # the per-prompt errors are the test's output: shown for passed tests too
       tests goldens 200 "FullyQualifiedName~FullWidthQuantizedGoldenTests" --output Detailed --show-stdout All
       grep -E "^full-(awq|fp8)" "$out/goldens/test.log" | sed "s/^/  /" ;;
+    serve)
+      mkdir -p "$out/serve"
+      (cd "$QWQ_TESTS" && exec dotnet qwq.dll serve --synthetic qwq-32b --port 8000) > "$out/serve/serve.log" 2>&1 &
+      server=$!
+      for _ in $(seq 1 300); do curl -s -o /dev/null http://127.0.0.1:8000/health && break; sleep 1; done
+      timeout 200 python3 "$root/bench/serve_load.py" http://127.0.0.1:8000 --clients 64 --seconds 60 --max-tokens 256 > "$out/serve/load.json" 2>&1
+      echo "serve: exit $?"
+      sed "s/^/  /" "$out/serve/load.json"
+      curl -s http://127.0.0.1:8000/metrics | grep -E "^qwq_kv_blocks" | sed "s/^/  /" # used: 0 once every request ended
+      kill "$server"; wait "$server" 2>/dev/null ;;
     targets) ;;
-    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long goldens tp-tests tp2 tp4 long-tp2 targets)" >&2; exit 2 ;;
+    *) echo "targets: unknown step '$step' (bf16 fp8 int4 kv32k switch attention long goldens tp-tests tp2 tp4 long-tp2 serve targets)" >&2; exit 2 ;;
   esac
 done
 python3 "$root/bench/targets.py" "$out" > "$out/targets.md"
