@@ -26,7 +26,8 @@ public sealed record GenerationOptions
 
     /// <summary>
     /// Parse the answer's <c>&lt;tool_call&gt;</c> blocks into tool calls (default); false leaves them in the answer
-    /// as text, for callers that offered no tools and so report no calls (the server, under <c>tool_choice: "none"</c>).
+    /// as text, for callers that offered no tools and so report no calls (the server without tools or under
+    /// <c>tool_choice: "none"</c>, <c>QwqChatClient</c> without tools or under <c>ChatToolMode.None</c>).
     /// </summary>
     public bool ParseToolCalls { get; init; } = true;
 
