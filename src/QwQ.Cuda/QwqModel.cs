@@ -104,6 +104,12 @@ public sealed class QwqModel : IDisposable
         }
     }
 
+    /// <summary>Whether <see cref="Dispose()"/> has begun (clients over the model name it, not their sessions, when it is gone).</summary>
+    internal bool IsDisposed
+    {
+        get { lock (_gate) return _disposed; }
+    }
+
     internal void Forget(ChatSession session)
     {
         lock (_gate) _sessions.Remove(session);
