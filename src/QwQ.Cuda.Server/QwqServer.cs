@@ -26,7 +26,9 @@ namespace QwQ.Cuda.Server;
 /// Each request gets its own <see cref="ChatSession"/>, so requests run concurrently as far as the model's backend
 /// allows (the batching scheduler interleaves them); a client that disconnects cancels its generation and its session
 /// is disposed, which gives its KV blocks back. At most <see cref="ServerOptions.MaxQueue"/> generation requests are
-/// admitted at once; more are answered 429 with Retry-After. The model is not owned: dispose it after the server.
+/// admitted at once; more are answered 429 with Retry-After. Shutdown (<see cref="DisposeAsync"/>, or the token given to
+/// <see cref="WaitForShutdownAsync"/>) stops running generations: a stream ends with a 503 error event and [DONE], a
+/// whole answer is a 503. The model is not owned: dispose it after the server.
 /// </para>
 /// </summary>
 public sealed class QwqServer : IAsyncDisposable
@@ -217,11 +219,14 @@ public sealed class QwqServer : IAsyncDisposable
             return;
         }
         var aborted = http.RequestAborted;
+        // Shutdown stops generations too: Kestrel's graceful stop waits for running requests (up to the host's
+        // shutdown timeout, then it cuts their connections), and a long generation would hold it that long.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(aborted, _app.Lifetime.ApplicationStopping);
         try
         {
             var job = await prepare(http);
             using var session = _model.CreateSession(_options.MaxContext);
-            await using var updates = job.Run(session, aborted).GetAsyncEnumerator(aborted);
+            await using var updates = job.Run(session, stop.Token).GetAsyncEnumerator(stop.Token);
             bool more;
             try
             {
@@ -270,7 +275,11 @@ public sealed class QwqServer : IAsyncDisposable
         GenerationResult? result = null;
         for (; more; more = await updates.MoveNextAsync())
             if (updates.Current.Result is { } r) result = r;
-        if (result is null || result.FinishReason == FinishReason.Cancelled) return; // the client is gone
+        if (result is null || result.FinishReason == FinishReason.Cancelled)
+        {
+            if (http.RequestAborted.IsCancellationRequested) return; // the client is gone
+            throw ShuttingDown();
+        }
         _metrics.Finished(result.Usage.PromptTokens, result.Usage.GeneratedTokens);
         string finish = FinishReasonText(result.FinishReason, result.ToolCalls.Count > 0 && job.Format.ReportsToolCalls);
         await WriteJsonAsync(http, 200, job.Format.Whole(result, finish, UsageOf(result)));
@@ -291,7 +300,11 @@ public sealed class QwqServer : IAsyncDisposable
                 var u = updates.Current;
                 if (u.Result is { } result)
                 {
-                    if (result.FinishReason == FinishReason.Cancelled) return;
+                    if (result.FinishReason == FinishReason.Cancelled)
+                    {
+                        if (ct.IsCancellationRequested) return; // the client is gone
+                        throw ShuttingDown(); // sent as an error event, then [DONE]: the client sees why the stream ended
+                    }
                     _metrics.Finished(result.Usage.PromptTokens, result.Usage.GeneratedTokens);
                     await SendAsync(response, job.Format.Finish(FinishReasonText(result.FinishReason, job.Format.ReportedToolCalls)), ct);
                     if (job.IncludeUsage) await SendAsync(response, job.Format.UsageChunk(UsageOf(result)), ct);
@@ -311,6 +324,10 @@ public sealed class QwqServer : IAsyncDisposable
         await response.Body.WriteAsync(DoneEvent, ct);
         await response.Body.FlushAsync(ct);
     }
+
+    /// <summary>What a request cut short by the server's shutdown answers (503, as a stopping server answers new requests).</summary>
+    private static ApiException ShuttingDown() =>
+        new(503, "the server is shutting down: the generation was stopped; retry the request once the server is back (or on another)", type: "server_error");
 
     private static async Task SendAsync(HttpResponse response, object payload, CancellationToken ct)
     {

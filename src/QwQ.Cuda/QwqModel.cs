@@ -104,6 +104,12 @@ public sealed class QwqModel : IDisposable
         }
     }
 
+    /// <summary>Whether <see cref="Dispose()"/> has begun (clients over the model name it, not their sessions, when it is gone).</summary>
+    internal bool IsDisposed
+    {
+        get { lock (_gate) return _disposed; }
+    }
+
     internal void Forget(ChatSession session)
     {
         lock (_gate) _sessions.Remove(session);
@@ -117,7 +123,8 @@ public sealed class QwqModel : IDisposable
     /// so a long input need not be in memory. A prompt that is invalid on its own (empty, longer than the context,
     /// bad options) gives a result with <see cref="BatchResult.Error"/>; other failures end the enumeration.
     /// Cancelling <paramref name="cancellationToken"/> throws <see cref="OperationCanceledException"/> from the
-    /// enumeration once the prompts in flight have stopped; every result yielded before was complete.
+    /// enumeration once the prompts in flight have stopped; every result yielded before was complete. Disposing the
+    /// model ends it with <see cref="ObjectDisposedException"/>.
     /// </summary>
     public async IAsyncEnumerable<BatchResult> GenerateBatchAsync(IEnumerable<BatchPrompt> prompts,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
@@ -140,7 +147,11 @@ public sealed class QwqModel : IDisposable
             }
             catch (Exception e)
             {
-                results.Writer.TryComplete(e);
+                // Disposing the model fails the prompts in flight with the scheduler's ObjectDisposedException: name the model,
+                // which is what the caller disposed.
+                results.Writer.TryComplete(e is ObjectDisposedException && IsDisposed
+                    ? new ObjectDisposedException(GetType().FullName, "the model was disposed while the batch ran")
+                    : e);
                 stop.Cancel();
             }
             finally

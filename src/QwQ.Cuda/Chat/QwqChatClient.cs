@@ -19,7 +19,9 @@ namespace QwQ.Cuda.Chat;
 /// batched into shared forward passes. The client keeps the last finished call's session, so a growing
 /// conversation prefills only its new turns; other sessions are closed when their call ends, and the KV blocks of
 /// their full prefixes stay in the model's prefix cache for later calls.
-/// Cancellation throws <see cref="OperationCanceledException"/>, leaving the client usable.
+/// Cancellation throws <see cref="OperationCanceledException"/> carrying the caller's token, leaving the client usable.
+/// Disposing the model while calls run (or this client, when it owns the model) ends them with
+/// <see cref="ObjectDisposedException"/> naming what was disposed, as do later calls.
 /// </para>
 /// <para>
 /// The engine has no constrained decoding, so options that would need it are either refused or enforced after
@@ -159,7 +161,7 @@ public sealed class QwqChatClient : IChatClient
                     case GenerationUpdateKind.Completed:
                         var r = u.Result!;
                         if (r.FinishReason == FinishReason.Cancelled)
-                            throw new OperationCanceledException(cancellationToken);
+                            throw Cancelled(cancellationToken);
                         if (requiredTool is not null && !sawToolCall)
                             throw new InvalidOperationException($"ChatOptions.ToolMode is {DescribeToolMode(options!.ToolMode!)} but the model answered " +
                                 $"without a tool call (finish reason {r.FinishReason}); QwQ.Cuda cannot force one (no constrained decoding). " +
@@ -178,11 +180,26 @@ public sealed class QwqChatClient : IChatClient
         }
     }
 
+    /// <summary>
+    /// Why a generation ended as cancelled: the caller's token, else the model disposed under the call (by its owner, or
+    /// by this client when it owns the model). An OperationCanceledException carrying a token that was never cancelled
+    /// would pass a caller's <c>catch when (e.CancellationToken == token)</c> as their own cancellation.
+    /// </summary>
+    private Exception Cancelled(CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested) return new OperationCanceledException(cancellationToken);
+        if (_ownsModel && _disposed) return new ObjectDisposedException(GetType().FullName, "the client (which owns its model) was disposed while this call ran");
+        if (_model.IsDisposed) return new ObjectDisposedException(_model.GetType().FullName, "the model was disposed while this call ran");
+        return new OperationCanceledException("the generation was cancelled");
+    }
+
     private ChatSession Rent()
     {
         lock (_idle)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            // The kept session ended with the model: name what the caller disposed, not a session they never saw.
+            ObjectDisposedException.ThrowIf(_model.IsDisposed, _model);
             if (_idle.TryPop(out var session)) return session;
         }
         return _model.CreateSession(_maxContext);

@@ -24,6 +24,11 @@ namespace QwQ.Cuda.Generation;
 /// whose finish reason is <see cref="FinishReason.Cancelled"/> (so usage of the partial output is reported), and
 /// the session stays usable. Stopping the enumeration early cancels the same way.
 /// </para>
+/// <para>
+/// Between turns a session keeps its KV blocks in the model's pool (<see cref="IModelBackend.KvPool"/>), and a
+/// generation that needs more blocks than are free waits for them, also for those idle sessions hold: dispose (or
+/// <see cref="Reset"/>) sessions you are done with, or a generation may wait for ever once idle sessions fill the pool.
+/// </para>
 /// </summary>
 public sealed class ChatSession : IDisposable
 {

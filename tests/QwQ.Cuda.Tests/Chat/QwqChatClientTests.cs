@@ -223,6 +223,74 @@ public class QwqChatClientTests
     }
 
     [Test]
+    public async Task EveryWayACallIsCancelledThrowsTheCallersTokenAndGivesTheKvBlocksBack()
+    {
+        using var model = TestModels.ChatModel();
+        int free = model.Backend.KvPool.FreeBlocks;
+        var client = new QwqChatClient(model);
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 500 };
+        List<ChatMessage> Hello() => [new(ChatRole.User, "Hello")];
+
+        foreach (int cancelAt in new[] { 0, 1, 5 }) // before the call, at the first update, mid-stream
+        {
+            using var cts = new CancellationTokenSource();
+            if (cancelAt == 0) cts.Cancel();
+            int seen = 0;
+            var e = Assert.CatchAsync<OperationCanceledException>(async () =>
+            {
+                await foreach (var _ in client.GetStreamingResponseAsync(Hello(), options, cts.Token))
+                    if (++seen == cancelAt) cts.Cancel();
+            }, $"cancelled at update {cancelAt}")!;
+            Assert.That(e.CancellationToken, Is.EqualTo(cts.Token), $"cancelled at update {cancelAt}");
+        }
+        await foreach (var _ in client.GetStreamingResponseAsync(Hello(), options)) break; // abandoned: no exception
+        await using (var early = client.GetStreamingResponseAsync(Hello(), options).GetAsyncEnumerator())
+            Assert.That(await early.MoveNextAsync()); // disposed after one update
+        using (var after = new CancellationTokenSource())
+        {
+            var done = await client.GetResponseAsync(Hello(), new ChatOptions { Temperature = 0, MaxOutputTokens = 2 }, after.Token);
+            after.Cancel(); // after completion: nothing to stop
+            Assert.That(done.FinishReason, Is.Not.Null);
+        }
+
+        var next = await client.GetResponseAsync(Hello(), new ChatOptions { Temperature = 0, MaxOutputTokens = 2 });
+        Assert.That(next.Usage!.OutputTokenCount, Is.InRange(1, 2), "the client stays usable");
+        client.Dispose();
+        Assert.That(model.Backend.KvPool.FreeBlocks, Is.EqualTo(free), "every call's KV blocks went back to the pool");
+    }
+
+    [Test]
+    public void DisposingTheModelUnderACallThrowsObjectDisposedExceptionNamingTheModel()
+    {
+        var model = TestModels.ChatModel();
+        using var client = new QwqChatClient(model);
+        using var cts = new CancellationTokenSource();
+        // It was an OperationCanceledException carrying the caller's token, which was never cancelled.
+        var e = Assert.ThrowsAsync<ObjectDisposedException>(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new(ChatRole.User, "Hello")], new ChatOptions { Temperature = 0 }, cts.Token))
+                model.Dispose(); // returns once the generation has stopped
+        })!;
+        Assert.That(e.ObjectName, Is.EqualTo(typeof(QwqModel).FullName));
+        // The next call named the client's internal ChatSession.
+        var next = Assert.ThrowsAsync<ObjectDisposedException>(() => client.GetResponseAsync([new(ChatRole.User, "Hi")]))!;
+        Assert.That(next.ObjectName, Is.EqualTo(typeof(QwqModel).FullName));
+    }
+
+    [Test]
+    public void DisposingAClientThatOwnsItsModelUnderACallThrowsObjectDisposedExceptionNamingTheClient()
+    {
+        var client = new QwqChatClient(TestModels.ChatModel(), ownsModel: true);
+        var e = Assert.ThrowsAsync<ObjectDisposedException>(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new(ChatRole.User, "Hello")], new ChatOptions { Temperature = 0 }))
+                client.Dispose(); // disposes the model, which stops the generation
+        })!;
+        Assert.That(e.ObjectName, Is.EqualTo(typeof(QwqChatClient).FullName));
+        client.Dispose(); // twice is fine
+    }
+
+    [Test]
     public void GetServiceReturnsMetadataAndModel()
     {
         var model = TestModels.ChatModel();

@@ -146,4 +146,23 @@ public class SchedulerGenerationTests
         Assert.That(got[0].Result!.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
         Assert.That(model.Backend.KvPool.FreeBlocks, Is.EqualTo(model.Backend.KvPool.TotalBlocks), "every sequence was disposed");
     }
+
+    [Test]
+    public void DisposingTheModelUnderABatchEndsItWithObjectDisposedExceptionNamingTheModel()
+    {
+        var model = TestModels.ChatModel();
+        var prompts = Enumerable.Range(0, 4).Select(i => BatchPrompt.User($"p{i}", "Hello", Greedy(i == 0 ? 1 : 400)));
+        var got = new List<BatchResult>();
+        // It named the model's BatchScheduler, which the caller never disposed.
+        var e = Assert.ThrowsAsync<ObjectDisposedException>(async () =>
+        {
+            await foreach (var r in model.GenerateBatchAsync(prompts))
+            {
+                got.Add(r);
+                model.Dispose();
+            }
+        })!;
+        Assert.That(e.ObjectName, Is.EqualTo(typeof(QwqModel).FullName));
+        Assert.That(got.Select(r => r.Id), Is.EqualTo(new[] { "p0" }), "the one that finished before the model was disposed");
+    }
 }

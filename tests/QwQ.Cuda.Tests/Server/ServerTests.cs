@@ -654,6 +654,31 @@ public class ServerTests
         Assert.That(Metric(metrics, "qwq_kv_blocks_used"), Is.Zero);
     }
 
+    [Test]
+    public async Task ShutdownStopsRunningGenerationsAndTellsTheirClientsWhy()
+    {
+        var server = await ServerFixture.StartAsync(_model);
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var (streamed, body) = await StartLongStreamAsync(http);
+        var whole = http.PostAsync("v1/chat/completions", Json("""{"messages":[{"role":"user","content":"Hi"}],"max_tokens":100000,"ignore_eos":true}"""));
+        await WaitUntil(() => server.Admitted == 2, "both requests run");
+
+        // Both generations ran on to the end of the context (or until the host's shutdown timeout cut them off) while
+        // DisposeAsync waited, and the stream then ended as if it had finished ("length").
+        await server.DisposeAsync();
+        using (streamed)
+        {
+            string rest = await new StreamReader(body).ReadToEndAsync();
+            Assert.That(rest, Does.Contain("shutting down").And.EndsWith("data: [DONE]\n\n"));
+            Assert.That(rest, Does.Not.Contain("finish_reason"));
+        }
+        using var answer = await whole;
+        Assert.That(answer.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+        Assert.That(JsonDocument.Parse(await answer.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("message").GetString(),
+            Does.Contain("shutting down"));
+        Assert.That(_model.Backend.KvPool.UsedBlocks, Is.Zero, "both sessions gave their KV blocks back");
+    }
+
     private static async Task WaitUntil(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
