@@ -32,7 +32,7 @@ public sealed class QwqModel : IDisposable
         string? directory, IReadOnlyList<string> warnings, bool hasGenerationConfig, SchedulerOptions? scheduler)
     {
         Backend = backend;
-        Scheduler = new BatchScheduler(backend, scheduler);
+        Scheduler = new BatchScheduler(backend, scheduler) { ReleaseIdle = ReleaseIdleSession };
         Tokenizer = tokenizer;
         Template = template;
         GenerationConfig = generationConfig;
@@ -108,6 +108,25 @@ public sealed class QwqModel : IDisposable
     internal bool IsDisposed
     {
         get { lock (_gate) return _disposed; }
+    }
+
+    /// <summary>
+    /// The scheduler's <see cref="BatchScheduler.ReleaseIdle"/>: the least recently used session that is not generating
+    /// and holds KV gives it back. Sessions keep their KV between turns so a conversation prefills only its new turn;
+    /// when they fill the pool a new generation could never start. The released session prefills its whole conversation
+    /// on its next turn, reattaching the full blocks the prefix cache still holds.
+    /// </summary>
+    private bool ReleaseIdleSession()
+    {
+        ChatSession[] sessions;
+        lock (_gate)
+        {
+            if (_disposed) return false;
+            sessions = [.. _sessions];
+        }
+        foreach (var s in sessions.OrderBy(s => s.LastUsed))
+            if (s.TryReleaseKv()) return true;
+        return false;
     }
 
     internal void Forget(ChatSession session)

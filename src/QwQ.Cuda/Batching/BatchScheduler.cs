@@ -61,6 +61,14 @@ public sealed class BatchScheduler : IDisposable
 
     public SchedulerOptions Options => _options;
 
+    /// <summary>
+    /// Asked on the loop thread when no step could run (every waiting request needs blocks that sequences outside the
+    /// scheduler hold): frees some of them and says whether it did, so the loop tries again rather than waits.
+    /// QwqModel's: the least recently used idle ChatSession gives its KV back (its full blocks stay in the prefix cache).
+    /// Without it, idle sessions that filled the pool made every new generation wait for ever.
+    /// </summary>
+    internal Func<bool>? ReleaseIdle { get; set; }
+
     public SchedulerCounters Counters =>
         new(Interlocked.Read(ref _steps), Interlocked.Read(ref _preemptions), Volatile.Read(ref _largestBatch), Interlocked.Read(ref _ropeRecomputes));
 
@@ -133,7 +141,7 @@ public sealed class BatchScheduler : IDisposable
                 foreach (var r in _running.Concat(_waiting).ToList()) Fail(r, e); // a bug in the loop: fail what is in flight rather than hang it
                 continue;
             }
-            if (!ran) WaitForWork(blocked: true);
+            if (!ran && ReleaseIdle?.Invoke() != true) WaitForWork(blocked: true);
         }
         var gone = new ObjectDisposedException(nameof(BatchScheduler), "the scheduler was disposed before this request finished");
         while (_submissions.Reader.TryRead(out var r)) _waiting.AddLast(r);

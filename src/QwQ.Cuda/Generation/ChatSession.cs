@@ -25,9 +25,10 @@ namespace QwQ.Cuda.Generation;
 /// the session stays usable. Stopping the enumeration early cancels the same way.
 /// </para>
 /// <para>
-/// Between turns a session keeps its KV blocks in the model's pool (<see cref="IModelBackend.KvPool"/>), and a
-/// generation that needs more blocks than are free waits for them, also for those idle sessions hold: dispose (or
-/// <see cref="Reset"/>) sessions you are done with, or a generation may wait for ever once idle sessions fill the pool.
+/// Between turns a session keeps its KV blocks in the model's pool (<see cref="IModelBackend.KvPool"/>), so its next
+/// turn prefills only what is new. When a generation cannot start for want of blocks, the least recently used idle
+/// sessions give theirs back (the next turn of such a session prefills its whole conversation, reattaching the full
+/// blocks the prefix cache still holds). Dispose sessions you are done with all the same: that is immediate.
 /// </para>
 /// </summary>
 public sealed class ChatSession : IDisposable
@@ -40,6 +41,10 @@ public sealed class ChatSession : IDisposable
     private Task? _worker;
     private int _busy;
     private bool _disposed;
+    private long _lastUsed = Environment.TickCount64;
+
+    /// <summary>When a turn (or Reset) last ended: the model releases the least recently used idle session's KV first.</summary>
+    internal long LastUsed => Volatile.Read(ref _lastUsed);
 
     internal ChatSession(QwqModel model, ISequence sequence)
     {
@@ -321,5 +326,30 @@ public sealed class ChatSession : IDisposable
             throw new InvalidOperationException("This ChatSession is already generating: a session serves one call at a time (create another session for concurrent conversations).");
     }
 
-    private void Exit() => Volatile.Write(ref _busy, 0);
+    private void Exit()
+    {
+        Volatile.Write(ref _lastUsed, Environment.TickCount64);
+        Volatile.Write(ref _busy, 0);
+    }
+
+    /// <summary>
+    /// Gives this session's KV blocks back to the pool if it is idle (not in a turn) and holds any; the next turn then
+    /// prefills the whole conversation (History is kept). Called by the model's scheduler thread when a generation
+    /// cannot start for want of blocks. Under <c>_gate</c>, so Dispose cannot release the sequence underneath.
+    /// </summary>
+    internal bool TryReleaseKv()
+    {
+        lock (_gate)
+        {
+            if (_disposed || Interlocked.CompareExchange(ref _busy, 1, 0) != 0) return false;
+            try
+            {
+                if (_sequence.Length == 0) return false;
+                _sequence.Truncate(0);
+                _tokens.Clear();
+                return true;
+            }
+            finally { Volatile.Write(ref _busy, 0); } // not a use: LastUsed stays
+        }
+    }
 }

@@ -23,6 +23,43 @@ public class ChatSessionTests
         return (updates, updates[^1].Result!);
     }
 
+    // Sessions keep their KV between turns; once idle ones filled the pool, a new generation waited for ever for blocks
+    // nobody would give back. Now the least recently used idle session gives its KV back, and its next turn prefills
+    // the whole conversation, answering exactly as a fresh session given that conversation does.
+    [Test]
+    public async Task IdleSessionsThatFillThePoolGiveTheirKvBackToANewGeneration()
+    {
+        const int blocks = 4;
+        var config = TestModels.Config(maxPositions: 1024);
+        var backend = new QwQ.Cuda.Inference.CpuReferenceBackend(config, TestModels.Weights(config), validVocab: TestModels.Tokenizer.VocabSize,
+            samplerSeed: 1, kvPoolPositions: blocks * 64);
+        using var model = TestModels.ChatModel(backend: backend);
+        // ~85 positions each, 2 blocks, no prefix shared (a shared one would come from the prefix cache instead)
+        static string Question(string topic) => string.Join(' ', Enumerable.Repeat($"Tell me about {topic}.", 12));
+        var patience = TimeSpan.FromSeconds(60);
+
+        using var a = model.CreateSession();
+        using var b = model.CreateSession();
+        await Collect(a.StreamAsync(Question("the sea"), Greedy(4))).WaitAsync(patience);
+        await Collect(b.StreamAsync(Question("the sky"), Greedy(4))).WaitAsync(patience);
+        Assert.That(backend.KvPool.FreeBlocks, Is.LessThan(2), "the two idle sessions hold the pool but for less than a third prompt's 2 blocks");
+        Assert.That(a.CachedTokens, Is.GreaterThan(64));
+
+        using var c = model.CreateSession();
+        var (_, third) = await Collect(c.StreamAsync(Question("the moon"), Greedy(4))).WaitAsync(patience); // waited for ever
+        Assert.That(third.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
+        Assert.That(a.CachedTokens, Is.Zero, "the least recently used idle session gave its KV back");
+        Assert.That(b.CachedTokens, Is.GreaterThan(64), "only as much as was needed");
+
+        // a's next turn: its history is kept, its whole conversation prefilled again, the answer a fresh session gives.
+        var (_, next) = await Collect(a.StreamAsync("And the rivers?", Greedy(4))).WaitAsync(patience);
+        using var fresh = model.CreateSession();
+        fresh.History.AddRange(a.History.Take(2));
+        var (_, want) = await Collect(fresh.StreamAsync("And the rivers?", Greedy(4))).WaitAsync(patience);
+        Assert.That(next.TokenIds, Is.EqualTo(want.TokenIds));
+        Assert.That(a.History, Has.Count.EqualTo(4));
+    }
+
     [Test]
     public async Task StreamEndsWithCompletedAndReportsUsage()
     {
