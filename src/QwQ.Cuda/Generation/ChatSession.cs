@@ -117,27 +117,24 @@ public sealed class ChatSession : IDisposable
     /// Streams a continuation of raw token ids (no chat template). Reasoning is recognised if the prompt ends
     /// inside a <c>&lt;think&gt;</c> block or the output starts with one.
     /// </summary>
-    public IAsyncEnumerable<GenerationUpdate> StreamTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(promptTokens);
-        if (promptTokens.Count == 0)
-            throw new ArgumentException("the prompt is empty: give at least one token id (its logits start the generation)", nameof(promptTokens));
-        int[] prompt = [.. promptTokens];
-        return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken);
-    }
+    public IAsyncEnumerable<GenerationUpdate> StreamTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default) =>
+        StreamIdsAsync(promptTokens, options, rawText: false, cancellationToken);
 
     /// <summary>
     /// <see cref="StreamTokensAsync"/> as OpenAI's /v1/completions streams it: every text update is an Answer holding the
     /// output exactly as generated (reasoning, the <c>&lt;/think&gt;</c> marker and tool-call blocks included, nothing
     /// parsed out), so the updates add up to the result's <see cref="GenerationResult.Text"/>; the result is parsed as always.
     /// </summary>
-    internal IAsyncEnumerable<GenerationUpdate> StreamRawTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    internal IAsyncEnumerable<GenerationUpdate> StreamRawTokensAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options = null, CancellationToken cancellationToken = default) =>
+        StreamIdsAsync(promptTokens, options, rawText: true, cancellationToken);
+
+    private IAsyncEnumerable<GenerationUpdate> StreamIdsAsync(IReadOnlyList<int> promptTokens, GenerationOptions? options, bool rawText, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(promptTokens);
         if (promptTokens.Count == 0)
             throw new ArgumentException("the prompt is empty: give at least one token id (its logits start the generation)", nameof(promptTokens));
         int[] prompt = [.. promptTokens];
-        return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken, rawText: true);
+        return StreamPromptAsync(prompt, options, ParsedGeneration.EndsInReasoning(prompt, _model.Tokenizer), onDone: null, cancellationToken, rawText);
     }
 
     /// <summary>Runs <see cref="StreamAsync(string, GenerationOptions?, CancellationToken)"/> to the end and returns the result.</summary>

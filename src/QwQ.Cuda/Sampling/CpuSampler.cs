@@ -69,8 +69,7 @@ public sealed class CpuSampler
     /// </summary>
     public int Sample(ReadOnlySpan<float> logits, SamplingOptions options, long step)
     {
-        int token = TrySample(logits, options, step);
-        return token != NoTokenLeft.Token ? token : throw NoTokenLeft.Reason(logits, validVocab);
+        return OrReason(TrySample(logits, options, step), logits);
     }
 
     /// <summary>
@@ -93,9 +92,12 @@ public sealed class CpuSampler
     {
         if (weights.Length < validVocab) throw new ArgumentException($"weights must hold {validVocab} entries.", nameof(weights));
         weights[..validVocab].Clear();
-        int token = Select(logits, options, step, weights);
-        return token != NoTokenLeft.Token ? token : throw NoTokenLeft.Reason(logits, validVocab);
+        return OrReason(Select(logits, options, step, weights), logits);
     }
+
+    /// <summary><paramref name="token"/>, or where none was left the reason, worded from the model's own logits.</summary>
+    private int OrReason(int token, ReadOnlySpan<float> logits) =>
+        token != NoTokenLeft.Token ? token : throw NoTokenLeft.Reason(logits, validVocab);
 
     // Hot loops index arrays and a pinned pointer rather than spans: the test suite runs Debug builds, where span
     // indexers are calls.
